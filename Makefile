@@ -1,0 +1,43 @@
+# lmlab. On a fresh machine: `make train` (creates .venv, installs, trains the default) and
+# `make test`. TORCH_SPEC pins the torch build; the default 2.13.0 resolves to the CPU wheel
+# on machines that carry it locally. Elsewhere: `make install TORCH_SPEC=torch` (or any spec).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help install train test lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
+
+train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, CPU); ARGS=overrides
+	$(PY) src/train.py $(ARGS)
+
+test: $(STAMP)  ## run the test suite
+	$(PY) -m pytest tests
+
+lint: $(STAMP)  ## ruff check and format check
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+
+format: $(STAMP)  ## ruff fix and format
+	$(PY) -m ruff check --fix src tests
+	$(PY) -m ruff format src tests
+
+bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md
+	$(PY) bench/run.py
+
+clean:  ## remove outputs (not .venv, not the data cache)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""Callbacks: throughput and MFU, a final checkpoint, the SDPA kernel report, a text sample."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from lmlab.generation import generate
+from lmlab.hardware import peak_flops
+from lmlab.model import flops_per_token
+
+log = logging.getLogger(__name__)
+
+
+class Throughput(L.Callback):
+    """Tokens/s and MFU over the time spent in training batches (validation excluded). The
+    first ``skip`` batches (allocation, compilation) are left out. Logs every
+    ``log_every_n_steps``; on CUDA it synchronises only then."""
+
+    def __init__(self, skip: int = 2, cache_dir: str = "~/.cache/lmlab") -> None:
+        self.skip, self.cache_dir = skip, cache_dir
+        self.tokens = self.seconds = 0.0
+        self.window_tokens = self.window_seconds = 0.0
+        self.batches = 0
+        self.flops_per_token = self.peak = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seq_len = trainer.datamodule.seq_len
+        self.flops_per_token = flops_per_token(pl_module.model, seq_len)
+        self.peak = peak_flops(pl_module.device, trainer.precision, self.cache_dir)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        if self.batches <= self.skip:
+            return
+        n_tokens = batch["input_ids"].numel() * trainer.world_size
+        if pl_module.device.type == "cuda" and trainer.global_step % trainer.log_every_n_steps == 0:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - self.t0
+        self.tokens += n_tokens
+        self.seconds += dt
+        self.window_tokens += n_tokens
+        self.window_seconds += dt
+        if trainer.global_step % trainer.log_every_n_steps == 0 and self.window_seconds > 0:
+            tps = self.window_tokens / self.window_seconds
+            pl_module.log("perf/tokens_per_second", tps)
+            if self.peak:
+                pl_module.log(
+                    "perf/mfu", tps * self.flops_per_token / trainer.world_size / self.peak
+                )
+            self.window_tokens = self.window_seconds = 0.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds else None
+
+    @property
+    def mfu(self) -> float | None:
+        tps = self.tokens_per_second
+        return tps * self.flops_per_token / self.peak if tps and self.peak else None
+
+
+class Checkpoint(ModelCheckpoint):
+    """ModelCheckpoint that also saves when training ends between two ``every_n_train_steps``
+    saves, so the final weights are always on disk and ``last.ckpt`` points at them."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step > self._last_global_step_saved:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+
+def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
+    """Names of the SDPA kernels one forward actually runs, read from the profiler."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
+    from torch.profiler import profile
+
+    with torch.no_grad(), profile() as prof:
+        model(ids_BT)
+    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    return sorted(n.removeprefix("aten::") for n in names)
+
+
+class SDPAKernelReport(L.Callback):
+    """Logs once which attention kernel runs (flash, memory-efficient, math, cuDNN)."""
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seq_len = trainer.datamodule.seq_len
+        ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
+        kernels = sdpa_kernels(pl_module.model, ids)
+        note = ""
+        if pl_module.model_cfg.positional.value == "alibi" or pl_module.model_cfg.attention_window:
+            note = " (an additive bias or window mask rules out the flash kernel on GPU)"
+        log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
+        pl_module.sdpa_kernels = kernels
+
+
+class Sample(L.Callback):
+    """Generates a short text from ``prompt`` when training ends and logs it."""
+
+    def __init__(
+        self,
+        prompt: str = "def ",
+        max_new_tokens: int = 100,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        seed: int = 0,
+    ) -> None:
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.text: str | None = None
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tok = trainer.datamodule.tokenizer
+        ids = torch.tensor([tok.encode(self.prompt).ids], device=pl_module.device)
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        out = generate(model, ids, self.max_new_tokens, self.temperature, self.top_k, generator=gen)
+        model.train(was_training)
+        self.text = tok.decode(out[0].tolist())
+        log.info("sample (prompt %r):\n%s", self.prompt, self.text)

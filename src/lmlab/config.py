@@ -1,0 +1,188 @@
+"""Every knob as a str-Enum, and the structured configs Hydra validates at compose time.
+
+No torch import here: composing and validating a config must be cheap (``--cfg job`` and the
+preset x experiment tests load this module only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+
+from lmlab.errors import ConfigError
+
+
+class Family(str, Enum):
+    gpt = "gpt"  # decoder-only, next-token prediction
+
+
+class NormPlacement(str, Enum):
+    pre = "pre"  # x + f(norm(x))            (GPT-2, Llama)
+    post = "post"  # norm(x + f(x))          (Vaswani et al. 2017, BERT)
+    sandwich = "sandwich"  # x + norm(f(norm(x)))  (CogView, Ding et al. 2021)
+
+
+class Norm(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"  # Zhang & Sennrich 2019
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    gelu = "gelu"
+    swiglu = "swiglu"  # Shazeer 2020, gated with SiLU
+    geglu = "geglu"  # Shazeer 2020, gated with GELU
+
+
+class Positional(str, Enum):
+    learned = "learned"  # absolute, trained table (GPT-2, BERT)
+    sinusoidal = "sinusoidal"  # absolute, fixed (Vaswani et al. 2017)
+    rope = "rope"  # rotary (Su et al. 2021)
+    alibi = "alibi"  # linear attention bias (Press et al. 2022)
+    none = "none"  # NoPE: causal masking alone (Kazemnejad et al. 2023)
+
+
+GATED = {Activation.swiglu, Activation.geglu}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one model. Every field is a plain override (``model.norm=rmsnorm``).
+
+    ``d_ff=None`` derives the feed-forward width: 4 * d_model for ReLU/GELU, and for the gated
+    SwiGLU/GeGLU (three matrices instead of two) 2/3 of that rounded up to ``ffn_multiple_of``,
+    as Llama does, so the parameter count stays comparable.
+    ``n_kv_heads=None`` means n_heads (multi-head); 1 is MQA, anything between is GQA.
+    ``vocab_size=None`` takes the tokenizer's size at training time.
+    ``attention_window=None`` is full attention; an int W lets each query see its W most recent
+    keys (itself included), as in Mistral's sliding window.
+    """
+
+    family: Family = Family.gpt
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    ffn_multiple_of: int = 64
+    max_seq_len: int = 256
+    vocab_size: int | None = None
+    norm_placement: NormPlacement = NormPlacement.pre
+    norm: Norm = Norm.layernorm
+    norm_eps: float = 1e-5
+    activation: Activation = Activation.gelu
+    positional: Positional = Positional.learned
+    rope_theta: float = 10000.0
+    attention_window: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field invariants, with the offending values in the message."""
+        for name in ("d_model", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
+            )
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} is not divisible by "
+                f"model.n_kv_heads={self.n_kv_heads} (allowed: a divisor of n_heads)"
+            )
+        if self.positional == Positional.rope and self.head_dim % 2:
+            raise ConfigError(
+                f"model.positional=rope needs an even head dimension, but "
+                f"d_model={self.d_model} / n_heads={self.n_heads} = {self.head_dim}"
+            )
+        if self.attention_window is not None and not 1 <= self.attention_window <= self.max_seq_len:
+            raise ConfigError(
+                f"model.attention_window={self.attention_window} must be between 1 and "
+                f"model.max_seq_len={self.max_seq_len} (null for full attention)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 2")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.activation in GATED:
+            m = self.ffn_multiple_of
+            return m * math.ceil(2 * 4 * self.d_model / 3 / m)
+        return 4 * self.d_model
+
+
+class Source(str, Enum):
+    stdlib = "stdlib"  # the Python standard library's own .py sources (no download)
+    text = "text"  # a local UTF-8 file or a folder of them
+    hf = "hf"  # a Hugging Face `datasets` name (online users)
+
+
+class TokenizerKind(str, Enum):
+    bpe = "bpe"  # byte-level BPE trained on the training split
+    char = "char"  # one token per character seen in the training split
+
+
+@dataclass
+class DataConfig:
+    """Corpus, tokenizer and batching. ``seq_len=None`` follows ``model.max_seq_len``.
+
+    ``max_bytes`` keeps only the first documents up to that many bytes (deterministic order),
+    which ``+debug=smoke`` uses for a fast slice. ``val_fraction`` of the documents (by a
+    stable hash of their name) or, for fewer than 20 documents, the tail of each document is
+    held out for validation, as nanoGPT does.
+    """
+
+    source: Source = Source.stdlib
+    path: str | None = None
+    name: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    tokenizer: TokenizerKind = TokenizerKind.bpe
+    vocab_size: int = 4096
+    seq_len: int | None = None
+    batch_size: int = 16
+    val_fraction: float = 0.05
+    max_bytes: int | None = None
+    cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source == Source.text and not self.path:
+            raise ConfigError("data.source=text needs data.path=<file or folder>")
+        if self.source == Source.hf and not self.name:
+            raise ConfigError("data.source=hf needs data.name=<datasets hub name>")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore: ``conf/model/*.yaml`` and ``conf/data/*.yaml``
+    start with ``defaults: [base_model, _self_]`` / ``[base_data, _self_]``, so an unknown key
+    or enum value fails at compose time."""
+    cs = ConfigStore.instance()
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)

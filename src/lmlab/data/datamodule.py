@@ -1,0 +1,102 @@
+"""The LightningDataModule: one corpus pipeline feeding every family's objective."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import lightning as L
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset
+
+from lmlab.config import DataConfig, Family
+from lmlab.data.collators import COLLATORS
+from lmlab.data.packing import prepare
+from lmlab.data.sampler import ResumableSampler
+
+
+class Rows(Dataset):
+    """Packed token rows held in memory as one int32 tensor; ``__getitems__`` gives the
+    DataLoader a whole batch as one indexing op instead of B small tensors."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.rows[indices]
+
+
+def _load_rows(path: Path) -> torch.Tensor:
+    ds = datasets.load_from_disk(str(path)).with_format("numpy")
+    return torch.from_numpy(np.asarray(ds["input_ids"], dtype=np.int32))
+
+
+class LMDataModule(L.LightningDataModule):
+    """``setup`` loads cached rows; ``train_dataloader`` draws ``num_train_samples`` rows in a
+    seeded order starting at ``start_sample`` (set on resume)."""
+
+    def __init__(self, cfg: DataConfig, family: Family, seq_len: int, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.family, self.seq_len, self.seed = cfg, family, seq_len, seed
+        self.row_len = seq_len + 1
+        self.num_train_samples = 0
+        self.start_sample = 0
+        self.blocks_dir: Path | None = None
+
+    def prepare_data(self) -> None:
+        if self.blocks_dir is None:  # train() prepares before the Trainer calls this again
+            self.blocks_dir = prepare(self.cfg, self.row_len)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        if hasattr(self, "train_rows"):
+            return
+        self.meta = json.loads((self.blocks_dir / "meta.json").read_text())
+        self.tokenizer = Tokenizer.from_file(self.meta["tokenizer"])
+        self.train_rows = Rows(_load_rows(self.blocks_dir / "train"))
+        self.val_rows = Rows(_load_rows(self.blocks_dir / "val"))
+        self.collate = COLLATORS[self.family](tokenizer=self.tokenizer, seed=self.seed)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def val_bytes_per_token(self) -> float:
+        return self.meta["val"]["bytes"] / self.meta["val"]["tokens"]
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            len(self.train_rows),
+            self.num_train_samples,
+            self.seed,
+            self.start_sample,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        return self._loader(self.train_rows, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_rows, None)
+
+    def _loader(self, rows: Rows, sampler: ResumableSampler | None) -> DataLoader:
+        return DataLoader(
+            rows,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            drop_last=sampler is None,
+        )

@@ -1,0 +1,123 @@
+"""Split, tokenise and pack a corpus into fixed-length rows with ``datasets``, cached on disk.
+
+Cache layout under ``data.cache_dir``: ``tok-<key>/tokenizer.json`` (keyed by corpus, split and
+tokenizer settings) and ``blocks-<key>/{train,val}`` (``datasets.save_to_disk``, keyed also by
+the row length) with ``meta.json``. Each entry is built in a temporary folder and renamed into
+place, so an interrupted build or two processes building at once never leave a broken cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import datasets
+import numpy as np
+from tokenizers import Tokenizer
+
+from lmlab.config import DataConfig
+from lmlab.data.sources import Documents, fingerprint, load_documents
+from lmlab.data.tokenizer import EOS, train_tokenizer
+from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+MIN_DOCS_FOR_DOC_SPLIT = 20
+
+
+def split_documents(docs: Documents, val_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic split. Many documents: whole documents, taken in the order of a stable
+    hash of their names until they hold ``val_fraction`` of the bytes. Few documents (a single
+    book): the last ``val_fraction`` of each, as nanoGPT does."""
+    if len(docs) >= MIN_DOCS_FOR_DOC_SPLIT:
+        target = val_fraction * sum(len(t) for _, t in docs)
+        val_ids: set[int] = set()
+        held = 0
+        for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(docs[i][0].encode())):
+            if held >= target:
+                break
+            val_ids.add(i)
+            held += len(docs[i][1])
+        if len(val_ids) < len(docs):
+            train = [t for i, (_, t) in enumerate(docs) if i not in val_ids]
+            return train, [t for i, (_, t) in enumerate(docs) if i in val_ids]
+    cuts = [int(len(t) * (1 - val_fraction)) for _, t in docs]
+    pairs = list(zip(docs, cuts, strict=True))
+    return [t[:c] for (_, t), c in pairs], [t[c:] for (_, t), c in pairs]
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([CACHE_VERSION, *parts], sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process published the same entry first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Dataset, int, int]:
+    """Tokenise (batched ``map``), append EOS to every document, concatenate, and cut rows of
+    ``row_len`` tokens (the tail of each 1000-document batch is dropped). Returns the rows, the
+    token count and the UTF-8 byte count (for bits per byte)."""
+    eos = tok.token_to_id(EOS)
+
+    def tokenize(batch: dict) -> dict:
+        ids = [e.ids + [eos] for e in tok.encode_batch(batch["text"])]
+        return {"ids": ids, "n_bytes": [len(t.encode()) for t in batch["text"]]}
+
+    def chunk(batch: dict) -> dict:
+        flat = np.fromiter((i for ids in batch["ids"] for i in ids), dtype=np.int32)
+        n = len(flat) // row_len
+        return {"input_ids": flat[: n * row_len].reshape(n, row_len)}
+
+    ds = datasets.Dataset.from_dict({"text": texts})
+    ds = ds.map(tokenize, batched=True, remove_columns=["text"])
+    n_tokens, n_bytes = sum(len(x) for x in ds["ids"]), sum(ds["n_bytes"])
+    ds = ds.map(chunk, batched=True, batch_size=1000, remove_columns=["ids", "n_bytes"])
+    return ds, n_tokens, n_bytes
+
+
+def prepare(cfg: DataConfig, row_len: int) -> Path:
+    """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir."""
+    datasets.disable_progress_bars()
+    cache = Path(cfg.cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    corpus = [fingerprint(cfg), cfg.val_fraction]
+    tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size)}"
+    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
+    if (blocks_dir / "meta.json").exists():
+        return blocks_dir
+    docs = load_documents(cfg)
+    train_texts, val_texts = split_documents(docs, cfg.val_fraction)
+    if not (tok_dir / "tokenizer.json").exists():
+        log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
+        tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        tok.save(str(tmp / "tokenizer.json"))
+        _publish(tmp, tok_dir)
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+    meta = {"tokenizer": str(tok_dir / "tokenizer.json"), "row_len": row_len}
+    for split, texts in (("train", train_texts), ("val", val_texts)):
+        ds, n_tokens, n_bytes = pack(texts, tok, row_len)
+        if len(ds) == 0:
+            raise ConfigError(
+                f"the {split} split of data source {cfg.source.value} has {n_tokens} tokens, "
+                f"fewer than one row of {row_len}: use a larger corpus (data.max_bytes="
+                f"{cfg.max_bytes}, data.val_fraction={cfg.val_fraction}) or a shorter sequence"
+            )
+        ds.save_to_disk(str(tmp / split))
+        meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    _publish(tmp, blocks_dir)
+    return blocks_dir

@@ -1,0 +1,124 @@
+"""Corpus sources: each yields (name, text) documents in a deterministic order, plus a cheap
+fingerprint (names, sizes, times) so a changed corpus rebuilds the cache."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+
+from lmlab.config import DataConfig, Source
+from lmlab.errors import ConfigError
+
+Documents = list[tuple[str, str]]
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+@functools.cache
+def stdlib_files() -> list[Path]:
+    """The standard library's own .py sources: ~10 MB of real code on every Python install,
+    found through ``sysconfig``. Left out: tests, site-packages, and ``encodings/`` (generated
+    codec tables, not code). The walk prunes those folders instead of filtering afterwards
+    (site-packages alone can hold 10^4 files)."""
+    root = stdlib_root()
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    skip.add("encodings")
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    return sorted(files)
+
+
+def text_files(cfg: DataConfig) -> list[Path]:
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.path={cfg.path!r} does not exist (allowed: a text file or folder)")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ConfigError(f"data.path={cfg.path!r} is an empty folder: no text files in it")
+    return files
+
+
+def text_root(cfg: DataConfig) -> Path:
+    path = Path(cfg.path).expanduser()
+    return path if path.is_dir() else path.parent
+
+
+def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documents:
+    """Documents named by their path relative to ``root``, so the train/val split (a hash of
+    the name) is the same on every machine."""
+    docs, total = [], 0
+    for path in files:
+        raw = path.read_bytes()
+        try:
+            docs.append((path.relative_to(root).as_posix(), raw.decode("utf-8")))
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"data.path: {str(path)!r} is not UTF-8 text (invalid byte at offset {err.start});"
+                " allowed: UTF-8 text files"
+            ) from None
+        total += len(raw)
+        if max_bytes is not None and total >= max_bytes:
+            break
+    return docs
+
+
+def _hf_documents(cfg: DataConfig) -> Documents:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split)
+    except Exception as err:  # the hub raises many types: missing name, no network, bad split
+        raise ConfigError(
+            f"data.name={cfg.name!r} (subset={cfg.subset!r}, split={cfg.split!r}) could not be "
+            f"loaded with datasets.load_dataset: {type(err).__name__}: {err}"
+        ) from None
+    if cfg.text_column not in ds.column_names:
+        raise ConfigError(
+            f"data.text_column={cfg.text_column!r} is not a column of {cfg.name!r} "
+            f"(columns: {ds.column_names})"
+        )
+    docs, total = [], 0
+    for i, text in enumerate(ds[cfg.text_column]):
+        docs.append((f"{cfg.name}:{i}", text))
+        total += len(text.encode())
+        if cfg.max_bytes is not None and total >= cfg.max_bytes:
+            break
+    return docs
+
+
+SOURCES: dict[Source, Callable[[DataConfig], Documents]] = {
+    Source.stdlib: lambda cfg: _read_files(stdlib_files(), stdlib_root(), cfg.max_bytes),
+    Source.text: lambda cfg: _read_files(text_files(cfg), text_root(cfg), cfg.max_bytes),
+    Source.hf: _hf_documents,
+}
+
+
+def load_documents(cfg: DataConfig) -> Documents:
+    """All documents of the configured source; an empty corpus is an error."""
+    docs = [(name, text) for name, text in SOURCES[cfg.source](cfg) if text]
+    if not docs:
+        where = cfg.path or cfg.name or cfg.source.value
+        raise ConfigError(f"data source {cfg.source.value} ({where!r}) holds no text: empty corpus")
+    return docs
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """Identifies the corpus without reading it: file names, sizes and modification times."""
+    if cfg.source == Source.hf:
+        ident: object = [cfg.name, cfg.subset, cfg.split, cfg.text_column]
+    else:
+        files = stdlib_files() if cfg.source == Source.stdlib else text_files(cfg)
+        ident = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps([cfg.source.value, cfg.max_bytes, ident], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

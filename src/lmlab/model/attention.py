@@ -1,0 +1,94 @@
+"""Multi-head attention (MHA, GQA, MQA) through one ``scaled_dot_product_attention`` call.
+
+Masks (causal, sliding window, key padding) and additive biases (ALiBi) are merged into one
+``attn_mask`` by ``build_context``, once per forward, and shared by every layer. With no bias,
+window or padding the mask is left out and ``is_causal`` lets SDPA pick its fastest (flash)
+kernel; an additive bias rules the flash kernel out on GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.config import ModelConfig
+from lmlab.model.positional import PositionalScheme, Rotate, no_rotation
+
+
+@dataclass
+class AttnContext:
+    """What every layer's attention needs for one forward: computed once, shared."""
+
+    mask: torch.Tensor | None = None  # bool (True = attend) or additive float, (B|1, H|1, T, S)
+    is_causal: bool = False
+    rotate: Rotate = field(default=no_rotation)
+
+
+def build_context(
+    positional: PositionalScheme,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    causal: bool,
+    window: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> AttnContext:
+    """Merge causality, window, padding (B, S; True = real token) and positional bias."""
+    rotate = positional.rotation(q_pos, k_pos)
+    bias_HTS = positional.attn_bias(q_pos, k_pos)
+    plain = window is None and bias_HTS is None and key_padding_mask is None
+    if plain and (not causal or q_pos.shape[0] == k_pos.shape[0]):
+        return AttnContext(None, causal, rotate)
+    offset_TS = q_pos[:, None] - k_pos[None, :]
+    allowed_TS = torch.ones_like(offset_TS, dtype=torch.bool)
+    if causal:
+        allowed_TS &= offset_TS >= 0
+    if window is not None:
+        allowed_TS &= offset_TS.abs() < window
+    allowed = allowed_TS[None, None]  # (1, 1, T, S)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :].bool()  # (B, 1, T, S)
+    if bias_HTS is None:
+        return AttnContext(allowed, False, rotate)
+    mask = bias_HTS[None].masked_fill(~allowed, float("-inf"))  # (B|1, H, T, S)
+    return AttnContext(mask, False, rotate)
+
+
+class Attention(nn.Module):
+    """Queries from ``x``; keys and values from ``memory`` (cross-attention) or ``x``.
+
+    ``wkv`` projects to ``n_kv_heads`` heads; SDPA's ``enable_gqa`` shares each across
+    n_heads / n_kv_heads query heads (Ainslie et al. 2023), so nothing is copied.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.bias)
+        self.wkv = nn.Linear(cfg.d_model, 2 * cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        self.wo.residual_projection = True  # GPT-2 scaled init
+        self.dropout_p = cfg.dropout
+
+    def forward(
+        self, x_BTD: torch.Tensor, ctx: AttnContext, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        src_BSD = x_BTD if memory is None else memory
+        B, T, _ = x_BTD.shape
+        S = src_BSD.shape[1]
+        q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        kv = self.wkv(src_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, Hkv, S, hd)
+        q, k = ctx.rotate(q, k)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=ctx.mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=ctx.is_causal,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

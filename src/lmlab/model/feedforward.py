@@ -1,0 +1,56 @@
+"""Position-wise feed-forward: a plain MLP or a gated one (GLU variants, Shazeer 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from lmlab.config import Activation, ModelConfig
+
+
+class MLP(nn.Module):
+    """w_out(act(w_in x)): ReLU as in Vaswani et al., GELU as in GPT-2 and BERT."""
+
+    def __init__(self, cfg: ModelConfig, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.w_in = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.act = act()
+        self.w_out = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
+        self.w_out.residual_projection = True  # GPT-2 scaled init
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.w_out(self.act(self.w_in(x_BTD)))
+
+
+class GatedMLP(nn.Module):
+    """w_out(act(w_gate x) * w_in x): SwiGLU (SiLU gate, Llama) or GeGLU (GELU gate).
+
+    Three matrices instead of two, so ``ModelConfig.ffn_dim`` defaults to 2/3 of the plain width.
+    """
+
+    def __init__(self, cfg: ModelConfig, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.w_in = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.act = act()
+        self.w_out = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
+        self.w_out.residual_projection = True  # GPT-2 scaled init
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.w_out(self.act(self.w_gate(x_BTD)) * self.w_in(x_BTD))
+
+
+# GELU is the tanh approximation, as in GPT-2 and BERT's original code.
+FEEDFORWARDS: dict[Activation, Callable[[ModelConfig], nn.Module]] = {
+    Activation.relu: partial(MLP, act=nn.ReLU),
+    Activation.gelu: partial(MLP, act=partial(nn.GELU, approximate="tanh")),
+    Activation.swiglu: partial(GatedMLP, act=nn.SiLU),
+    Activation.geglu: partial(GatedMLP, act=partial(nn.GELU, approximate="tanh")),
+}
+
+
+def make_feedforward(cfg: ModelConfig) -> nn.Module:
+    return FEEDFORWARDS[cfg.activation](cfg)

@@ -1,0 +1,41 @@
+"""GPT: decoder-only, next-token prediction. Wiring of the shared block library."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.config import ModelConfig
+from lmlab.model.attention import build_context
+from lmlab.model.layers import Block, init_weights
+from lmlab.model.norms import PLACEMENTS, make_norm
+from lmlab.model.positional import make_positional
+
+
+class GPT(nn.Module):
+    """logits = head(norm_f(blocks(positional.embed(embed(ids))))), causal attention."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positional = make_positional(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        needs_final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
+        self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits; position t sees tokens <= t only."""
+        T = input_ids.shape[1]
+        pos_T = torch.arange(T, device=input_ids.device)
+        ctx = build_context(self.positional, pos_T, pos_T, True, self.cfg.attention_window)
+        x_BTD = self.drop(self.positional.embed(self.embed(input_ids), pos_T))
+        for block in self.blocks:
+            x_BTD = block(x_BTD, ctx)
+        return self.head(self.norm_f(x_BTD))

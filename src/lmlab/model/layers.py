@@ -1,0 +1,43 @@
+"""The transformer block: the same two residual sublayers for every placement and family."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.config import ModelConfig
+from lmlab.model.attention import Attention, AttnContext
+from lmlab.model.feedforward import make_feedforward
+from lmlab.model.norms import PLACEMENTS
+
+
+class Block(nn.Module):
+    """x <- residual(x, attn); x <- residual(x, ffn), where residual is the norm placement."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        placement = PLACEMENTS[cfg.norm_placement]
+        self.attn_res = placement(cfg)
+        self.attn = Attention(cfg)
+        self.ffn_res = placement(cfg)
+        self.ffn = make_feedforward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x_BTD: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        x_BTD = self.attn_res(x_BTD, lambda h: self.drop(self.attn(h, ctx)))
+        return self.ffn_res(x_BTD, lambda h: self.drop(self.ffn(h)))
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """GPT-2 init: N(0, 0.02) for matrices and embeddings, zero biases, and residual output
+    projections scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019, section 2.3)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            std = cfg.init_std
+            if getattr(module, "residual_projection", False):
+                std /= (2 * cfg.n_layers) ** 0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=cfg.init_std)

@@ -1,0 +1,132 @@
+"""The LightningModule: one loss path for every family, metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from enum import Enum
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+from torchmetrics.text import Perplexity
+
+from lmlab.config import ModelConfig
+from lmlab.model import build_model
+
+IGNORE = -100
+NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matmul weights only; none on norms, biases and embeddings
+    (a tied head shares the embedding's tensor and so goes undecayed, as in nanoGPT)."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, NO_DECAY_TYPES) or name == "bias" or p.ndim < 2:
+                no_decay.add(id(p))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def model_config_dict(cfg: ModelConfig) -> dict:
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(cfg).items()}
+
+
+class LMTask(L.LightningModule):
+    """Wraps any family. The collator decides the objective; here it is always
+    ``cross_entropy(logits, labels, ignore_index=-100)``."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
+        compile: bool = False,
+        bytes_per_token: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.model = build_model(model_cfg)
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        # the optimizer partial's weight_decay applies to the decayed group only
+        self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
+        self.compile_model = compile
+        self.best_val_loss: float | None = None
+        self.last_val_step = -1
+        self.bytes_per_token = bytes_per_token
+        self.val_loss = torchmetrics.MeanMetric()
+        self.val_ppl = Perplexity(ignore_index=IGNORE)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain types only, so checkpoints load with torch.load(weights_only=True)
+        checkpoint["model_config"] = model_config_dict(self.model_cfg)
+
+    def configure_model(self) -> None:
+        # nn.Module.compile compiles in place: state-dict keys stay clean (no ``_orig_mod.``).
+        if self.compile_model:
+            for block in self.model.blocks:
+                block.compile()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**{k: v for k, v in batch.items() if k != "labels"})
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits_BTV = self(batch)
+        labels_BT = batch["labels"]
+        loss = F.cross_entropy(
+            logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=IGNORE
+        )
+        return loss, logits_BTV
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits_BTV = self.loss(batch)
+        n_targets = (batch["labels"] != IGNORE).sum()
+        self.val_loss.update(loss, weight=n_targets)
+        self.val_ppl.update(logits_BTV.float(), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", self.val_ppl.compute())
+        if self.bytes_per_token:
+            # nats per token -> bits per byte: comparable across tokenizers and objectives
+            self.log(
+                "val/bits_per_byte", loss / torch.log(torch.tensor(2.0)) / self.bytes_per_token
+            )
+        self.val_loss.reset()
+        self.val_ppl.reset()
+        value = float(loss)  # once per validation, not per step
+        self.best_val_loss = min(value, self.best_val_loss or float("inf"))
+        self.last_val_step = self.trainer.global_step
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by global norm and log the pre-clip norm (one computation for both)."""
+        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        self.log("train/grad_norm", norm)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_fn(decay_groups(self.model, self.weight_decay))
+        scheduler = self.scheduler_fn(optimizer, total_steps=self.trainer.max_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

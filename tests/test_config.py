@@ -1,0 +1,124 @@
+"""Every preset x experiment composes and validates; knob registries match their enums."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from conftest import CONF, compose_cfg
+from lmlab.config import (
+    Activation,
+    DataConfig,
+    Family,
+    ModelConfig,
+    Norm,
+    NormPlacement,
+    Positional,
+)
+from lmlab.errors import ConfigError
+from lmlab.model import FAMILIES
+from lmlab.model.feedforward import FEEDFORWARDS
+from lmlab.model.norms import NORMS, PLACEMENTS
+from lmlab.model.positional import POSITIONALS
+
+PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# Refused on purpose: GPT-2 XL's 25 heads cannot be split into 2 key/value groups.
+REFUSED = {("gpt_xl", "gqa"): "n_heads=25 is not divisible by model.n_kv_heads=2"}
+
+
+@pytest.mark.parametrize(
+    ("registry", "enum"),
+    [
+        (FEEDFORWARDS, Activation),
+        (NORMS, Norm),
+        (PLACEMENTS, NormPlacement),
+        (POSITIONALS, Positional),
+        (FAMILIES, Family),
+    ],
+)
+def test_registry_keys_equal_enum_members(registry: dict, enum: type) -> None:
+    assert set(registry) == set(enum)
+
+
+def test_presets_and_experiments_exist() -> None:
+    assert {"gpt_tiny", "gpt_mini", "gpt_small", "gpt_medium", "gpt_large", "gpt_xl"} <= set(
+        PRESETS
+    )
+    required = (
+        "prenorm postnorm sandwich rmsnorm layernorm relu gelu swiglu geglu learned "
+        "sinusoidal rope alibi nope gqa mqa sliding_window gpt2 llama vaswani2017"
+    )
+    assert set(required.split()) <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_x_experiment_validates(preset: str, experiment: str | None) -> None:
+    overrides = [f"model={preset}"] + ([f"+experiment={experiment}"] if experiment else [])
+    cfg = compose_cfg(overrides)
+    if (preset, experiment) in REFUSED:
+        with pytest.raises(ConfigError, match=REFUSED[preset, experiment]):
+            OmegaConf.to_object(cfg.model)
+        return
+    model_cfg = OmegaConf.to_object(cfg.model)
+    assert isinstance(model_cfg, ModelConfig)
+    assert isinstance(OmegaConf.to_object(cfg.data), DataConfig)
+
+
+def test_experiment_applies_its_delta() -> None:
+    cfg = compose_cfg(["model=gpt_medium", "+experiment=llama"])
+    m = OmegaConf.to_object(cfg.model)
+    assert (m.d_model, m.n_layers, m.norm, m.activation, m.positional, m.bias) == (
+        1024,
+        24,
+        Norm.rmsnorm,
+        Activation.swiglu,
+        Positional.rope,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.norm=batchnorm",
+        "model.activation=tanh",
+        "model.positional=xpos",
+        "model.norm_placement=middle",
+    ],
+)
+def test_unknown_knob_value_fails_at_compose_time(override: str) -> None:
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        compose_cfg([override])
+
+
+def test_typo_in_model_key_fails_at_compose_time() -> None:
+    with pytest.raises(ConfigCompositionException, match="d_modle"):
+        compose_cfg(["model.d_modle=64"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"d_model": 100, "n_heads": 7}, "d_model=100 is not divisible by model.n_heads=7"),
+        ({"n_heads": 4, "n_kv_heads": 3}, "n_heads=4 is not divisible by model.n_kv_heads=3"),
+        ({"d_model": 12, "n_heads": 4, "positional": Positional.rope}, "even head dimension"),
+        ({"attention_window": 512, "max_seq_len": 256}, "attention_window=512 must be between"),
+        ({"dropout": 1.5}, "dropout=1.5"),
+    ],
+)
+def test_cross_field_errors_name_fields_and_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_gated_ffn_width_follows_llama_rule() -> None:
+    assert (
+        ModelConfig(d_model=4096, activation=Activation.swiglu, ffn_multiple_of=256).ffn_dim
+        == 11008
+    )
+    assert ModelConfig(d_model=128, activation=Activation.gelu).ffn_dim == 512
+    assert ModelConfig(d_model=128, activation=Activation.swiglu).ffn_dim == 384
