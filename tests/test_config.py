@@ -25,8 +25,18 @@ from lmlab.model.positional import POSITIONALS
 
 PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-# Refused on purpose: GPT-2 XL's 25 heads cannot be split into 2 key/value groups.
+# Refused on purpose: GPT-2 XL's 25 heads cannot be split into 2 key/value groups; BERT's
+# segment embeddings exist in the bert family only; an encoder without positions (NoPE) sees
+# a bag of tokens.
 REFUSED = {("gpt_xl", "gqa"): "n_heads=25 is not divisible by model.n_kv_heads=2"}
+for _preset in PRESETS:
+    _family = _preset.split("_")[0]
+    if _family != "bert":
+        REFUSED[_preset, "bert"] = (
+            rf"type_vocab_size=2 .*applies to model.family=bert only, not family={_family}"
+        )
+    if _family != "gpt":
+        REFUSED[_preset, "nope"] = f"positional=none cannot work with model.family={_family}"
 
 
 @pytest.mark.parametrize(
@@ -44,12 +54,12 @@ def test_registry_keys_equal_enum_members(registry: dict, enum: type) -> None:
 
 
 def test_presets_and_experiments_exist() -> None:
-    assert {"gpt_tiny", "gpt_mini", "gpt_small", "gpt_medium", "gpt_large", "gpt_xl"} <= set(
-        PRESETS
-    )
+    sizes = {"gpt": "tiny mini small medium large xl", "bert": "tiny mini base large"}
+    sizes["t5"] = "tiny small base large"
+    assert {f"{f}_{s}" for f, ss in sizes.items() for s in ss.split()} <= set(PRESETS)
     required = (
         "prenorm postnorm sandwich rmsnorm layernorm relu gelu swiglu geglu learned "
-        "sinusoidal rope alibi nope gqa mqa sliding_window gpt2 llama vaswani2017"
+        "sinusoidal rope alibi nope gqa mqa sliding_window gpt2 llama vaswani2017 bert t5"
     )
     assert set(required.split()) <= set(EXPERIMENTS)
 

@@ -1,4 +1,5 @@
-"""Callbacks: throughput and MFU, a final checkpoint, the SDPA kernel report, a text sample."""
+"""Callbacks: throughput and MFU, the SDPA kernel report, a text sample (checkpoint callbacks
+live in ``checkpointing.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from lmlab.generation import generate
@@ -69,25 +69,18 @@ class Throughput(L.Callback):
         return tps * self.flops_per_token / self.peak if tps and self.peak else None
 
 
-class Checkpoint(ModelCheckpoint):
-    """ModelCheckpoint that also saves when training ends between two ``every_n_train_steps``
-    saves, so the final weights are always on disk and ``last.ckpt`` points at them."""
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step > self._last_global_step_saved:
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
-        super().on_train_end(trainer, pl_module)
-
-
 def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
     """Names of the SDPA kernels one forward actually runs, read from the profiler."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
     from torch.profiler import profile
 
-    with torch.no_grad(), profile() as prof:
+    # eval mode and a forked RNG: the probe must not draw from the training random stream
+    # (a resumed run continues it exactly)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), profile() as prof:
         model(ids_BT)
+    model.train(was_training)
     names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
     return sorted(n.removeprefix("aten::") for n in names)
 
@@ -97,6 +90,8 @@ class SDPAKernelReport(L.Callback):
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.model_cfg.family.value != "gpt":  # the probe feeds input_ids only
+            return
         seq_len = trainer.datamodule.seq_len
         ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
         kernels = sdpa_kernels(pl_module.model, ids)
@@ -124,6 +119,8 @@ class Sample(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.model_cfg.family.value != "gpt":  # left-to-right sampling needs a decoder
+            return
         tok = trainer.datamodule.tokenizer
         ids = torch.tensor([tok.encode(self.prompt).ids], device=pl_module.device)
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)

@@ -16,7 +16,9 @@ from lmlab.errors import ConfigError
 
 
 class Family(str, Enum):
-    gpt = "gpt"  # decoder-only, next-token prediction
+    gpt = "gpt"  # decoder-only, next-token prediction (Radford et al. 2019)
+    bert = "bert"  # encoder-only, masked LM (Devlin et al. 2019)
+    t5 = "t5"  # encoder-decoder, span corruption (Raffel et al. 2020)
 
 
 class NormPlacement(str, Enum):
@@ -42,6 +44,7 @@ class Positional(str, Enum):
     sinusoidal = "sinusoidal"  # absolute, fixed (Vaswani et al. 2017)
     rope = "rope"  # rotary (Su et al. 2021)
     alibi = "alibi"  # linear attention bias (Press et al. 2022)
+    relative = "relative"  # T5's bucketed relative attention bias (Raffel et al. 2020)
     none = "none"  # NoPE: causal masking alone (Kazemnejad et al. 2023)
 
 
@@ -58,12 +61,17 @@ class ModelConfig:
     ``n_kv_heads=None`` means n_heads (multi-head); 1 is MQA, anything between is GQA.
     ``vocab_size=None`` takes the tokenizer's size at training time.
     ``attention_window=None`` is full attention; an int W lets each query see its W most recent
-    keys (itself included), as in Mistral's sliding window.
+    keys (itself included), as in Mistral's sliding window; in an encoder, the keys within W-1
+    positions either side. Cross-attention is never windowed.
+    ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
+    ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
+    ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
     """
 
     family: Family = Family.gpt
     d_model: int = 128
     n_layers: int = 4
+    n_decoder_layers: int | None = None
     n_heads: int = 4
     n_kv_heads: int | None = None
     d_ff: int | None = None
@@ -76,6 +84,9 @@ class ModelConfig:
     activation: Activation = Activation.gelu
     positional: Positional = Positional.learned
     rope_theta: float = 10000.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    type_vocab_size: int = 0
     attention_window: int | None = None
     dropout: float = 0.0
     bias: bool = True
@@ -113,10 +124,47 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 2")
+        self.validate_family()
+
+    def validate_family(self) -> None:
+        """Fields that only one family uses, and knob values a family cannot use."""
+        if self.n_decoder_layers is not None and (
+            self.family != Family.t5 or self.n_decoder_layers < 1
+        ):
+            raise ConfigError(
+                f"model.n_decoder_layers={self.n_decoder_layers} needs model.family=t5 and a "
+                f"value >= 1 (family={self.family.value}; null follows n_layers)"
+            )
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"model.type_vocab_size={self.type_vocab_size} must be >= 0")
+        if self.type_vocab_size and self.family != Family.bert:
+            raise ConfigError(
+                f"model.type_vocab_size={self.type_vocab_size} (segment embeddings, "
+                f"+experiment=bert) applies to model.family=bert only, not "
+                f"family={self.family.value}; set it to 0"
+            )
+        if self.positional == Positional.none and self.family != Family.gpt:
+            raise ConfigError(
+                f"model.positional=none cannot work with model.family={self.family.value}: "
+                "without causal masking an encoder sees its input as a bag of tokens "
+                "(NoPE needs a decoder-only model)"
+            )
+        if self.positional == Positional.relative and not (
+            self.relative_buckets >= 4 and self.relative_max_distance > self.relative_buckets // 2
+        ):
+            raise ConfigError(
+                f"model.positional=relative needs model.relative_buckets >= 4 and "
+                f"model.relative_max_distance > relative_buckets / 2, got relative_buckets="
+                f"{self.relative_buckets}, relative_max_distance={self.relative_max_distance}"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers or self.n_layers
 
     @property
     def kv_heads(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -20,9 +21,10 @@ from lmlab.callbacks import Sample, Throughput
 from lmlab.config import DataConfig, ModelConfig
 from lmlab.data.datamodule import LMDataModule
 from lmlab.errors import ConfigError
-from lmlab.loggers import build_loggers, run_name
+from lmlab.loggers import build_loggers, flatten, redact, run_name, wandb_run_id
 from lmlab.model import param_breakdown
-from lmlab.task import LMTask
+from lmlab.plan import plan_from_cfg, plan_table, run_budget, write_plan
+from lmlab.task import LMTask, model_config_dict
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,72 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
     """Validate the structured configs (``__post_init__`` checks) before any work starts."""
     model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
     data_cfg: DataConfig = OmegaConf.to_object(cfg.data)
+    OmegaConf.to_object(cfg.budget)  # BudgetConfig's checks, before any work
     seq_len = data_cfg.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ConfigError(
             f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"
         )
     return model_cfg, data_cfg, seq_len
+
+
+RUN_CONFIG = "run_config.yaml"
+# What a resumed run must share with the run it continues.
+RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
+    return [
+        f"{k}: {flat_a.get(k)!r} (saved) vs {flat_b.get(k)!r} (now)"
+        for k in sorted(set(flat_a) | set(flat_b))
+        if flat_a.get(k) != flat_b.get(k)
+    ]
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
+    run directory: a resumed run must have the same model, data, optimizer and schedule, and a
+    fresh run must not overwrite another run's checkpoints."""
+    current = {
+        k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
+        if OmegaConf.is_config(cfg[k])
+        else cfg[k]
+        for k in RESUME_KEYS
+    }
+    saved_path = out_dir / RUN_CONFIG
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume"):
+        if not last.exists():
+            raise ConfigError(
+                f"resume=true but {last} does not exist (nothing to resume in "
+                f"hydra.run.dir={out_dir})"
+            )
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.exists() else {}
+        diffs = _differences(saved, current)
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {out_dir}: it holds another config; differing "
+                f"fields: {'; '.join(diffs[:8])}"
+            )
+        return last
+    if last.exists():
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
+            "add resume=true to continue it, or choose another directory"
+        )
+    OmegaConf.save(OmegaConf.create(current), saved_path)
+    return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def check_checkpoint_model(ckpt: dict, path: Path, model_cfg: ModelConfig) -> None:
+    """A checkpoint from another architecture or knob setting is refused, naming the fields."""
+    diffs = _differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model.")
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {path} was trained with another model; differing fields: "
+            + "; ".join(diffs)
+        )
 
 
 def param_table(counts: dict[str, int]) -> Table:
@@ -69,20 +131,36 @@ def param_table(counts: dict[str, int]) -> Table:
 def write_results(out_dir: Path, results: dict[str, Any]) -> None:
     path = out_dir / "results.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.write_text(json.dumps(redact(results), indent=2, default=str))
     tmp.replace(path)
 
 
 def train(cfg: DictConfig) -> float:
-    """Train one run; write ``results.json`` (completed or failed); return the final val loss."""
+    """Train one run; write ``results.json`` (completed, failed or preempted); return the
+    final validation loss."""
     start = time.time()
     route_lightning_logs()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg, data_cfg, seq_len = resolve_configs(cfg)
     results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
     try:
-        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start)
+        model_cfg, data_cfg, seq_len = resolve_configs(cfg)
+        if cfg.get("dry_run"):
+            return dry_run(cfg, model_cfg, data_cfg, seq_len, out_dir)
+        ckpt_path = resume_checkpoint(cfg, out_dir)
+        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start, ckpt_path)
+    except SIGTERMException:
+        results.update(
+            status="preempted",
+            wall_seconds=time.time() - start,
+            error="stopped by SIGTERM/SIGUSR1 after saving checkpoints/last.ckpt",
+        )
+        write_results(out_dir, results)
+        log.warning(
+            "resume with: python src/train.py <same overrides> resume=true hydra.run.dir=%s",
+            out_dir,
+        )
+        raise
     except BaseException as err:
         results.update(
             status="failed", error=f"{type(err).__name__}: {err}", wall_seconds=time.time() - start
@@ -91,6 +169,37 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         finish_wandb()
+
+
+def dry_run(
+    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, out_dir: Path
+) -> float:
+    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing."""
+    plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
+    Console().print(plan_table(plan))
+    log.info("plan: %s", write_plan(plan, out_dir))
+    return float("nan")
+
+
+SUMMARY_KEYS = (
+    "best_val_loss",
+    "val_loss",
+    "val_bits_per_byte",
+    "tokens_per_second",
+    "mfu",
+    "params",
+    "non_embedding_params",
+    "tokens",
+    "flops",
+    "status",
+)
+
+
+def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
+    """The run's headline numbers in the W&B summary, for the dashboard's tables and plots."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update({k: results.get(k) for k in SUMMARY_KEYS})
 
 
 def finish_wandb() -> None:
@@ -109,6 +218,7 @@ def _fit(
     out_dir: Path,
     results: dict[str, Any],
     start: float,
+    ckpt_path: Path | None,
 ) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = LMDataModule(data_cfg, model_cfg.family, seq_len, cfg.seed)
@@ -121,12 +231,18 @@ def _fit(
             f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
             "tokens (leave it null to follow the tokenizer)"
         )
+    ckpt = torch.load(ckpt_path, mmap=True, weights_only=True) if ckpt_path else None
+    if ckpt is not None:
+        check_checkpoint_model(ckpt, ckpt_path, model_cfg)
+    budget = run_budget(cfg, model_cfg, data_cfg, seq_len)
+    cfg.trainer.max_steps = budget.steps  # before the Trainer (and the LR schedule) is built
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False
-    )
+    loggers = build_loggers(cfg, out_dir)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     batch_rows = data_cfg.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     dm.num_train_samples = trainer.max_steps * batch_rows
+    # The data position is one integer: the resumed run draws exactly the rows that follow.
+    dm.start_sample = ckpt["global_step"] * batch_rows if ckpt else 0
     task = LMTask(
         model_cfg,
         instantiate(cfg.optim),
@@ -137,7 +253,7 @@ def _fit(
     counts = param_breakdown(task.model)
     if trainer.is_global_zero:
         Console().print(param_table(counts))
-    trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if task.last_val_step != trainer.global_step:
         trainer.validate(task, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -165,7 +281,12 @@ def _fit(
         precision=str(trainer.precision),
         torch_threads=torch.get_num_threads(),
         sample=sample.text if sample else None,
+        wandb_id=wandb_run_id(out_dir) if "wandb" in (cfg.get("logger") or {}) else None,
+        resumed_from=str(ckpt_path) if ckpt_path else None,
+        budget=budget.as_dict(),
+        budget_flops=budget.nominal_flops,
     )
+    summarize_wandb(loggers, results)
     if trainer.is_global_zero:
         write_results(out_dir, results)
         log.info("results: %s", out_dir / "results.json")

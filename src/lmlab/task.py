@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from lmlab.config import ModelConfig
+from lmlab.config import Family, ModelConfig
 from lmlab.model import build_model
+from lmlab.model.layers import Block
 
 IGNORE = -100
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
@@ -60,9 +62,16 @@ class LMTask(L.LightningModule):
         self.compile_model = compile
         self.best_val_loss: float | None = None
         self.last_val_step = -1
-        self.bytes_per_token = bytes_per_token
+        # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
+        # covers only the corrupted tokens, so it is not logged for BERT and T5.
+        self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None
         self.val_loss = torchmetrics.MeanMetric()
+        # Both over the positions with labels: every token for GPT, the masked tokens for BERT
+        # (masked-token accuracy and perplexity), the target tokens for T5.
         self.val_ppl = Perplexity(ignore_index=IGNORE)
+        self.val_acc = MulticlassAccuracy(
+            model_cfg.vocab_size, average="micro", ignore_index=IGNORE, validate_args=False
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain types only, so checkpoints load with torch.load(weights_only=True)
@@ -71,8 +80,8 @@ class LMTask(L.LightningModule):
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place: state-dict keys stay clean (no ``_orig_mod.``).
         if self.compile_model:
-            for block in self.model.blocks:
-                block.compile()
+            for block in [m for m in self.model.modules() if isinstance(m, Block)]:
+                block.compile()  # DecoderBlock is a Block too
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -96,11 +105,13 @@ class LMTask(L.LightningModule):
         n_targets = (batch["labels"] != IGNORE).sum()
         self.val_loss.update(loss, weight=n_targets)
         self.val_ppl.update(logits_BTV.float(), batch["labels"])
+        self.val_acc.update(logits_BTV.argmax(-1).flatten(), batch["labels"].flatten())
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/perplexity", self.val_ppl.compute())
+        self.log("val/accuracy", self.val_acc.compute())
         if self.bytes_per_token:
             # nats per token -> bits per byte: comparable across tokenizers and objectives
             self.log(
@@ -108,6 +119,7 @@ class LMTask(L.LightningModule):
             )
         self.val_loss.reset()
         self.val_ppl.reset()
+        self.val_acc.reset()
         value = float(loss)  # once per validation, not per step
         self.best_val_loss = min(value, self.best_val_loss or float("inf"))
         self.last_val_step = self.trainer.global_step

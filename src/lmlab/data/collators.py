@@ -1,25 +1,197 @@
 """Objectives live in the collators: each turns packed token rows into model inputs and
-``labels`` (-100 where no loss is taken), so ``task.py`` has one loss path for all families."""
+``labels`` (-100 where no loss is taken), so ``task.py`` has one loss path for all families.
+
+Each collator says how long a packed row it needs for a model sequence of ``seq_len``
+(``row_len``), and is deterministic given its seed and the batch's contents: the random draws
+are seeded by both, so a resumed run and every validation pass see the same corruption.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
 
+import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from lmlab.config import Family
+from lmlab.data.tokenizer import CLS, EOS, MASK, PAD, SENTINELS, SEP, SPECIAL_TOKENS
+from lmlab.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
+IGNORE = -100
+
+
+def batch_seed(seed: int, rows: torch.Tensor) -> int:
+    """A seed from the run's seed and the batch's tokens (CRC32 of the int32 rows)."""
+    return seed * 1_000_003 + zlib.crc32(rows.to(torch.int32).contiguous().numpy().tobytes())
 
 
 class CausalLMCollator:
     """Next-token prediction: inputs are rows[:, :-1], labels rows[:, 1:]."""
+
+    def __init__(self, tokenizer: Tokenizer | None = None, seed: int = 0, seq_len: int = 0) -> None:
+        pass
+
+    @classmethod
+    def row_len(cls, seq_len: int) -> int:
+        return seq_len + 1
 
     def __call__(self, rows_BT1: torch.Tensor) -> Batch:
         rows_BT1 = rows_BT1.long()
         return {"input_ids": rows_BT1[:, :-1], "labels": rows_BT1[:, 1:]}
 
 
-COLLATORS: dict[Family, Callable[..., Callable[[torch.Tensor], Batch]]] = {
-    Family.gpt: lambda **_: CausalLMCollator(),
+class MLMCollator:
+    """BERT's masked LM (Devlin et al. 2019, section 3.1): each row becomes [CLS] row [SEP];
+    each non-special token is selected with probability 0.15, and a selected token is replaced
+    by [MASK] (80%), by a random non-special token (10%) or kept (10%). Labels are the original
+    tokens at selected positions, -100 elsewhere. Packed rows hold no padding (documents are
+    joined by EOS, which, like every special token, is never selected)."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        seed: int = 0,
+        seq_len: int = 0,
+        select: float = 0.15,
+        mask: float = 0.8,
+        random: float = 0.1,
+    ) -> None:
+        self.seed, self.select, self.mask, self.random = seed, select, mask, random
+        self.cls_id, self.sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+        self.mask_id = tokenizer.token_to_id(MASK)
+        vocab = tokenizer.get_vocab_size()
+        self.is_special = torch.zeros(vocab, dtype=torch.bool)
+        self.is_special[[tokenizer.token_to_id(s) for s in SPECIAL_TOKENS]] = True
+        self.regular_ids = (~self.is_special).nonzero().squeeze(1)
+
+    @classmethod
+    def row_len(cls, seq_len: int) -> int:
+        return seq_len - 2  # room for [CLS] and [SEP]
+
+    def __call__(self, rows_BR: torch.Tensor) -> Batch:
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, rows_BR))
+        B = rows_BR.shape[0]
+        ids_BT = torch.cat(
+            (
+                torch.full((B, 1), self.cls_id),
+                rows_BR.long(),
+                torch.full((B, 1), self.sep_id),
+            ),
+            dim=1,
+        )
+        selected_BT = (torch.rand(ids_BT.shape, generator=gen) < self.select) & ~self.is_special[
+            ids_BT
+        ]
+        u_BT = torch.rand(ids_BT.shape, generator=gen)  # one draw splits 80 / 10 / 10
+        to_mask = selected_BT & (u_BT < self.mask)
+        to_random = selected_BT & (u_BT >= self.mask) & (u_BT < self.mask + self.random)
+        random_BT = self.regular_ids[
+            torch.randint(len(self.regular_ids), ids_BT.shape, generator=gen)
+        ]
+        inputs_BT = torch.where(to_mask, self.mask_id, torch.where(to_random, random_BT, ids_BT))
+        labels_BT = torch.where(selected_BT, ids_BT, IGNORE)
+        return {"input_ids": inputs_BT, "labels": labels_BT}
+
+
+def noise_counts(length: int, density: float, mean_span: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) for a row of ``length``, as T5's ``random_spans_noise_mask``
+    rounds them: both depend on the length only, so every row corrupts to the same lengths."""
+    n_noise = min(max(int(np.round(length * density)), 1), length - 1)
+    n_spans = max(int(np.round(min(n_noise, length - n_noise) / mean_span)), 1)
+    return n_noise, n_spans
+
+
+def random_spans_noise_mask(
+    length: int, density: float, mean_span: float, rng: np.random.Generator
+) -> np.ndarray:
+    """T5's noise mask (Raffel et al. 2020, section 3.1.4; HF's ``run_t5_mlm_flax.py``): split
+    the noise and the non-noise tokens each into ``n_spans`` random non-empty segments, and
+    interleave them, non-noise first. Returns a bool (length,) array, True = noise."""
+    n_noise, n_spans = noise_counts(length, density, mean_span)
+
+    def segment_lengths(n_items: int) -> np.ndarray:
+        first = rng.permutation(np.arange(n_items - 1) < n_spans - 1)  # span starts, shuffled
+        segment_id = np.cumsum(np.concatenate(([False], first)))
+        return np.bincount(segment_id, minlength=n_spans)
+
+    interleaved = np.stack(
+        (segment_lengths(length - n_noise), segment_lengths(n_noise)), axis=1
+    ).reshape(-1)
+    starts = np.zeros(length, dtype=np.int64)
+    starts[np.cumsum(interleaved)[:-1]] = 1
+    return np.cumsum(starts) % 2 == 1
+
+
+def corrupt_spans(
+    ids: np.ndarray, noise: np.ndarray, sentinels: np.ndarray, eos: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """inputs: the row with noise span k replaced by sentinel k; targets: sentinel k followed by
+    span k, for every span. Both end with EOS."""
+    starts = noise & ~np.concatenate(([False], noise[:-1]))
+    span = np.cumsum(starts) - 1
+    inputs = np.where(starts, sentinels[span], ids)[~noise | starts]
+    first_in_targets = np.cumsum(noise)[starts] - 1  # index of each span's first token
+    targets = np.insert(ids[noise], first_in_targets, sentinels[: starts.sum()])
+    return np.append(inputs, eos), np.append(targets, eos)
+
+
+class SpanCorruptionCollator:
+    """T5's span corruption: noise density 0.15, mean span length 3. Rows are as long as makes
+    the encoder input exactly ``seq_len`` (HF's ``compute_input_and_target_lengths``); targets
+    are ``n_noise + n_spans + 1`` tokens. ``decoder_input_ids`` are the targets shifted right
+    behind the pad id (T5's decoder start token); padding is masked in attention and loss."""
+
+    density, mean_span = 0.15, 3.0
+
+    def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
+        self.seed, self.input_len = seed, seq_len
+        raw = self.row_len(seq_len)
+        n_noise, n_spans = noise_counts(raw, self.density, self.mean_span)
+        if n_spans > len(SENTINELS):
+            raise ConfigError(
+                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
+                f"tokenizer's {len(SENTINELS)} sentinels: use a shorter sequence"
+            )
+        self.target_len = n_noise + n_spans + 1
+        self.sentinels = np.array([tokenizer.token_to_id(s) for s in SENTINELS])
+        self.eos, self.pad = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
+
+    @classmethod
+    def row_len(cls, seq_len: int) -> int:
+        """The longest raw row whose corrupted input (with EOS) fits in ``seq_len``."""
+        length = seq_len
+        while True:
+            n_noise, n_spans = noise_counts(length + 1, cls.density, cls.mean_span)
+            if length + 1 - n_noise + n_spans + 1 > seq_len:
+                return length
+            length += 1
+
+    def __call__(self, rows_BR: torch.Tensor) -> Batch:
+        rng = np.random.default_rng(batch_seed(self.seed, rows_BR))
+        B, R = rows_BR.shape
+        inputs_BT = np.full((B, self.input_len), self.pad)
+        targets_BS = np.full((B, self.target_len), self.pad)
+        input_lens, target_lens = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+        for b, ids in enumerate(rows_BR.numpy().astype(np.int64)):
+            noise = random_spans_noise_mask(R, self.density, self.mean_span, rng)
+            inputs, targets = corrupt_spans(ids, noise, self.sentinels, self.eos)
+            inputs_BT[b, : len(inputs)], input_lens[b] = inputs, len(inputs)
+            targets_BS[b, : len(targets)], target_lens[b] = targets, len(targets)
+        targets = torch.from_numpy(targets_BS)
+        real_BS = torch.arange(self.target_len) < torch.from_numpy(target_lens)[:, None]
+        start_B1 = torch.full((B, 1), self.pad)
+        return {
+            "input_ids": torch.from_numpy(inputs_BT),
+            "attention_mask": torch.arange(self.input_len) < torch.from_numpy(input_lens)[:, None],
+            "decoder_input_ids": torch.cat((start_B1, targets[:, :-1]), dim=1),
+            "labels": targets.masked_fill(~real_BS, IGNORE),
+        }
+
+
+COLLATORS: dict[Family, type] = {
+    Family.gpt: CausalLMCollator,
+    Family.bert: MLMCollator,
+    Family.t5: SpanCorruptionCollator,
 }

@@ -47,7 +47,9 @@ class LMDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, family: Family, seq_len: int, seed: int) -> None:
         super().__init__()
         self.cfg, self.family, self.seq_len, self.seed = cfg, family, seq_len, seed
-        self.row_len = seq_len + 1
+        # Each objective packs its own row length: seq_len + 1 for next-token pairs, seq_len - 2
+        # for BERT's [CLS] .. [SEP], and for T5 the raw span that corrupts to seq_len.
+        self.row_len = COLLATORS[family].row_len(seq_len)
         self.num_train_samples = 0
         self.start_sample = 0
         self.blocks_dir: Path | None = None
@@ -64,7 +66,9 @@ class LMDataModule(L.LightningDataModule):
         self.tokenizer = Tokenizer.from_file(self.meta["tokenizer"])
         self.train_rows = Rows(_load_rows(self.blocks_dir / "train"))
         self.val_rows = Rows(_load_rows(self.blocks_dir / "val"))
-        self.collate = COLLATORS[self.family](tokenizer=self.tokenizer, seed=self.seed)
+        self.collate = COLLATORS[self.family](
+            tokenizer=self.tokenizer, seed=self.seed, seq_len=self.seq_len
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -98,5 +102,7 @@ class LMDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
-            drop_last=sampler is None,
+            # its own generator: creating an iterator then draws no seed from the global RNG,
+            # which dropout and masking use (exact resume, validation in between or not)
+            generator=torch.Generator().manual_seed(self.seed),
         )

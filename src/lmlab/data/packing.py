@@ -1,9 +1,10 @@
 """Split, tokenise and pack a corpus into fixed-length rows with ``datasets``, cached on disk.
 
-Cache layout under ``data.cache_dir``: ``tok-<key>/tokenizer.json`` (keyed by corpus, split and
-tokenizer settings) and ``blocks-<key>/{train,val}`` (``datasets.save_to_disk``, keyed also by
-the row length) with ``meta.json``. Each entry is built in a temporary folder and renamed into
-place, so an interrupted build or two processes building at once never leave a broken cache.
+Cache layout under ``data.cache_dir``: ``tok-<key>/tokenizer.json`` (keyed by corpus, split,
+tokenizer settings and the special-token list) and ``blocks-<key>/{train,val}``
+(``datasets.save_to_disk``, keyed also by the row length) with ``meta.json``. Each entry is
+built in a temporary folder and renamed into place, so an interrupted build or two processes
+building at once never leave a broken cache.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tokenizers import Tokenizer
 
 from lmlab.config import DataConfig
 from lmlab.data.sources import Documents, fingerprint, load_documents
-from lmlab.data.tokenizer import EOS, train_tokenizer
+from lmlab.data.tokenizer import EOS, SPECIAL_TOKENS, train_tokenizer
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def prepare(cfg: DataConfig, row_len: int) -> Path:
     cache = Path(cfg.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     corpus = [fingerprint(cfg), cfg.val_fraction]
-    tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size)}"
+    tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
     blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
     if (blocks_dir / "meta.json").exists():
         return blocks_dir

@@ -38,4 +38,6 @@ class ResumableSampler(Sampler[int]):
             yield int(perm[g % self.n_rows])
 
     def __len__(self) -> int:
-        return len(range(self.start + self.rank, self.num_samples, self.world_size))
+        """The whole run's length, not what remains after ``start``: Lightning restores its
+        batch counter on resume and ends the epoch when that counter reaches ``len``."""
+        return len(range(self.rank, self.num_samples, self.world_size))

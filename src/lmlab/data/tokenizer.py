@@ -15,9 +15,12 @@ MASK = "<mask>"
 CLS = "<cls>"
 SEP = "<sep>"
 UNK = "<unk>"
-# Every tokenizer carries the specials all three objectives need, so one tokenizer per corpus
-# serves GPT, BERT and T5 alike.
-SPECIAL_TOKENS = [EOS, PAD, MASK, CLS, SEP, UNK]
+# T5's span-corruption sentinels <extra_id_0> .. <extra_id_99> (T5 uses 100).
+N_SENTINELS = 100
+SENTINELS = [f"<extra_id_{i}>" for i in range(N_SENTINELS)]
+# Every tokenizer carries the specials all three objectives need (EOS doubles as T5's </s>), so
+# one tokenizer per corpus serves GPT, BERT and T5 alike. They take ids 0 .. 105.
+SPECIAL_TOKENS = [EOS, PAD, MASK, CLS, SEP, UNK, *SENTINELS]
 N_BYTES = 256
 
 
@@ -27,7 +30,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     if vocab_size < minimum:
         raise ConfigError(
             f"data.vocab_size={vocab_size} is too small: byte-level BPE needs at least {minimum} "
-            f"({N_BYTES} bytes + {len(SPECIAL_TOKENS)} special tokens)"
+            f"({N_BYTES} bytes + {len(SPECIAL_TOKENS)} special tokens, {N_SENTINELS} of them T5's "
+            "sentinels)"
         )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

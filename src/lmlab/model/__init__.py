@@ -7,11 +7,15 @@ from collections.abc import Callable
 from torch import nn
 
 from lmlab.config import Family, ModelConfig
+from lmlab.model.bert import BERT
 from lmlab.model.gpt import GPT
 from lmlab.model.params import flops_per_token, param_breakdown
+from lmlab.model.t5 import T5
 
 FAMILIES: dict[Family, Callable[[ModelConfig], nn.Module]] = {
     Family.gpt: GPT,
+    Family.bert: BERT,
+    Family.t5: T5,
 }
 
 

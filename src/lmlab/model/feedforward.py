@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from lmlab.config import Activation, ModelConfig
+from lmlab.config import GATED, Activation, ModelConfig
 
 
 class MLP(nn.Module):
@@ -43,12 +43,17 @@ class GatedMLP(nn.Module):
         return self.w_out(self.act(self.w_gate(x_BTD)) * self.w_in(x_BTD))
 
 
-# GELU is the tanh approximation, as in GPT-2 and BERT's original code.
+# GELU is the tanh approximation, as in GPT-2 and BERT's original code. A gated activation's
+# function alone (SiLU for SwiGLU) is what an ungated layer such as BERT's MLM transform uses.
+ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
+    Activation.relu: nn.ReLU,
+    Activation.gelu: partial(nn.GELU, approximate="tanh"),
+    Activation.swiglu: nn.SiLU,
+    Activation.geglu: partial(nn.GELU, approximate="tanh"),
+}
+
 FEEDFORWARDS: dict[Activation, Callable[[ModelConfig], nn.Module]] = {
-    Activation.relu: partial(MLP, act=nn.ReLU),
-    Activation.gelu: partial(MLP, act=partial(nn.GELU, approximate="tanh")),
-    Activation.swiglu: partial(GatedMLP, act=nn.SiLU),
-    Activation.geglu: partial(GatedMLP, act=partial(nn.GELU, approximate="tanh")),
+    a: partial(GatedMLP if a in GATED else MLP, act=ACTIVATIONS[a]) for a in Activation
 }
 
 

@@ -1,4 +1,6 @@
-"""The transformer block: the same two residual sublayers for every placement and family."""
+"""The transformer blocks: the same residual sublayers for every placement and family. ``Block``
+(self-attention, feed-forward) serves GPT, BERT and T5's encoder; ``DecoderBlock`` adds the
+cross-attention sublayer of an encoder-decoder (Vaswani et al. 2017, section 3.1)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,28 @@ class Block(nn.Module):
     def forward(self, x_BTD: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         x_BTD = self.attn_res(x_BTD, lambda h: self.drop(self.attn(h, ctx)))
         return self.ffn_res(x_BTD, lambda h: self.drop(self.ffn(h)))
+
+
+class DecoderBlock(Block):
+    """x <- residual(x, self-attn); x <- residual(x, cross-attn to memory); x <- residual(x, ffn).
+
+    Subclasses ``Block`` so the checkpoint keys of the shared sublayers are the same."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.cross_res = PLACEMENTS[cfg.norm_placement](cfg)
+        self.cross = Attention(cfg)
+
+    def forward(
+        self,
+        x_BSD: torch.Tensor,
+        ctx: AttnContext,
+        memory_BTD: torch.Tensor,
+        cross_ctx: AttnContext,
+    ) -> torch.Tensor:
+        x_BSD = self.attn_res(x_BSD, lambda h: self.drop(self.attn(h, ctx)))
+        x_BSD = self.cross_res(x_BSD, lambda h: self.drop(self.cross(h, cross_ctx, memory_BTD)))
+        return self.ffn_res(x_BSD, lambda h: self.drop(self.ffn(h)))
 
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:

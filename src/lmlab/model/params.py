@@ -44,11 +44,15 @@ def param_breakdown(model: nn.Module) -> dict[str, int]:
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token, 6 * (matmul params) + 12 * L * T * d for attention scores
-    (Kaplan et al. 2020; PaLM appendix B). Matmul params are the non-embedding ones plus the
-    output head, which is a matmul even when its weight is tied to the embedding."""
+    """Training FLOPs per input token, 6 * (matmul params) + 12 * A * T * d for the attention
+    scores of A attention layers (Kaplan et al. 2020; PaLM appendix B). Matmul params are the
+    non-embedding ones, with the output head's weight matrices counted as matmuls even when
+    tied to the embedding. For T5 every decoder parameter and cross-attention layer is counted
+    per encoder token too: an upper bound, since span-corruption targets are shorter."""
     cfg = model.cfg
     counts = param_breakdown(model)
-    head = cfg.vocab_size * cfg.d_model
-    matmul_params = counts["non_embedding"] - counts["head"] + head
-    return 6.0 * matmul_params + 12.0 * cfg.n_layers * seq_len * cfg.d_model
+    head = model.get_submodule("head")
+    head_matmuls = sum(m.weight.numel() for m in head.modules() if isinstance(m, nn.Linear))
+    matmul_params = counts["non_embedding"] - counts["head"] + head_matmuls
+    n_attention = sum(isinstance(m, Attention) for m in model.modules())
+    return 6.0 * matmul_params + 12.0 * n_attention * seq_len * cfg.d_model

@@ -2,8 +2,11 @@
 
 - ``embed(x, pos)``: absolute schemes add a vector per position (learned, sinusoidal).
 - ``rotation(q_pos, k_pos)``: RoPE returns a function that rotates q and k.
-- ``attn_bias(q_pos, k_pos)``: ALiBi returns an additive (heads, T, S) bias.
-Positions are explicit tensors so a KV cache can pass offset query positions.
+- ``attn_bias(q_pos, k_pos)``: ALiBi and T5's relative scheme return an additive (heads, T, S)
+  bias.
+Positions are explicit tensors so a KV cache can pass offset query positions. Each stack owns one
+scheme (GPT and BERT one, T5 one per stack) and tells it whether the stack is ``bidirectional``
+(an encoder) or causal (a decoder); only the relative scheme's buckets depend on it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ def no_rotation(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.T
 class PositionalScheme(nn.Module):
     """No position information at all (NoPE): causal masking alone orders the tokens."""
 
+    def __init__(self, cfg: ModelConfig | None = None, bidirectional: bool = False) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+
     def embed(self, x_BTD: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
         return x_BTD
 
@@ -40,8 +47,8 @@ class PositionalScheme(nn.Module):
 class LearnedPositional(PositionalScheme):
     """A trained table of max_seq_len vectors (GPT-2, BERT)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+    def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
+        super().__init__(cfg, bidirectional)
         self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
 
     def embed(self, x_BTD: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
@@ -61,8 +68,8 @@ def sinusoid_table(n_pos: int, dim: int, base: float = 10000.0) -> torch.Tensor:
 class SinusoidalPositional(PositionalScheme):
     """Fixed sinusoids; a non-persistent buffer, so nothing goes in the checkpoint."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+    def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
+        super().__init__(cfg, bidirectional)
         self.register_buffer("table", sinusoid_table(cfg.max_seq_len, cfg.d_model), False)
 
     def embed(self, x_BTD: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
@@ -92,8 +99,8 @@ class RotaryPositional(PositionalScheme):
     theta_i = base^(-2i/d), so q_m . k_n depends on m - n only. Half-split pairing as in
     GPT-NeoX and Llama's HF port."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+    def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
+        super().__init__(cfg, bidirectional)
         hd = cfg.head_dim
         inv_freq = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
         angles = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * inv_freq
@@ -129,8 +136,8 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 class ALiBiPositional(PositionalScheme):
     """Bias score(i, j) by -slope_h * |i - j|: no embeddings, extrapolates to longer inputs."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+    def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
+        super().__init__(cfg, bidirectional)
         self.register_buffer("slopes", alibi_slopes(cfg.n_heads), False)
 
     def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -138,14 +145,56 @@ class ALiBiPositional(PositionalScheme):
         return -self.slopes[:, None, None] * distance_TS  # (H, T, S)
 
 
-POSITIONALS: dict[Positional, Callable[[ModelConfig], PositionalScheme]] = {
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket of each offset ``key - query`` (Raffel et al. 2020, section 2.1; Mesh
+    TensorFlow's ``_relative_position_bucket``). Half the buckets are exact offsets 0..n/2-1,
+    the other half cover n/2..max_distance logarithmically, and farther offsets share the last
+    bucket. Bidirectional: the buckets are split again between keys before and after the query.
+    Causal: keys after the query all fall in bucket 0 (they are masked anyway)."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(
+        max_distance / max_exact
+    )
+    far = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, far)
+
+
+class RelativePositional(PositionalScheme):
+    """T5's relative position bias: a learned scalar per (bucket, head) added to the attention
+    scores. One table per stack, shared by all its layers (T5 keeps it in the first layer)."""
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
+        super().__init__(cfg, bidirectional)
+        self.num_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.table = nn.Embedding(cfg.relative_buckets, cfg.n_heads)
+
+    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        offset_TS = k_pos[None, :] - q_pos[:, None]
+        bucket_TS = relative_position_bucket(
+            offset_TS, self.bidirectional, self.num_buckets, self.max_distance
+        )
+        return self.table(bucket_TS).permute(2, 0, 1)  # (H, T, S)
+
+
+POSITIONALS: dict[Positional, Callable[..., PositionalScheme]] = {
     Positional.learned: LearnedPositional,
     Positional.sinusoidal: SinusoidalPositional,
     Positional.rope: RotaryPositional,
     Positional.alibi: ALiBiPositional,
-    Positional.none: lambda cfg: PositionalScheme(),
+    Positional.relative: RelativePositional,
+    Positional.none: PositionalScheme,
 }
 
 
-def make_positional(cfg: ModelConfig) -> PositionalScheme:
-    return POSITIONALS[cfg.positional](cfg)
+def make_positional(cfg: ModelConfig, bidirectional: bool = False) -> PositionalScheme:
+    """The scheme for one stack: ``bidirectional`` for an encoder, causal for a decoder."""
+    return POSITIONALS[cfg.positional](cfg, bidirectional)

@@ -1,0 +1,166 @@
+"""Checkpoints that survive crashes: atomic writes, safe loads, preemption, RNG state.
+
+- ``AtomicCheckpointIO`` writes to a temporary file in the same folder, fsyncs it and renames
+  it into place, so a kill during a save leaves the previous checkpoint intact; it loads with
+  ``torch.load(weights_only=True)``, never unpickling arbitrary objects.
+- ``Checkpoint`` also saves when training ends between two periodic saves.
+- ``Preemption`` turns SIGTERM (and SIGUSR1 outside SLURM's auto-requeue, which Lightning
+  handles itself) into a checkpoint at the next step boundary and a clean stop.
+- ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout and the
+  masking collators draw from them), so a resumed run continues the same random stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write-to-temp, fsync, rename; load with ``weights_only=True``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power loss
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class Checkpoint(ModelCheckpoint):
+    """ModelCheckpoint that also saves when training ends between two ``every_n_train_steps``
+    saves, so the final weights are always on disk and ``last.ckpt`` points at them."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step > self._last_global_step_saved:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+
+class Preemption(L.Callback):
+    """On SIGTERM (or SIGUSR1 when SLURM auto-requeue is off) Lightning stops after the current
+    step with ``SIGTERMException``; this saves ``last.ckpt`` there, so nothing is lost."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            # Not taken by Lightning's SLURM requeue handler: treat it like SIGTERM.
+            signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.saved = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(self.saved)
+            log.warning("preempted at step %d: saved %s", trainer.global_step, self.saved)
+
+
+class RNGState(L.Callback):
+    """Saves the torch (CPU, CUDA) and Python RNG states with the checkpoint, and restores them
+    right before the first training batch of the resumed run: whatever runs between the
+    restore and that batch (creating the DataLoader iterator draws a seed, probes run
+    forwards) then cannot shift the random stream that dropout and masking draw from."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pending = state_dict
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.pending is None:
+            return
+        torch.set_rng_state(self.pending["torch"])
+        random.setstate(self.pending["python"])
+        if "cuda" in self.pending and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.pending["cuda"])
+        self.pending = None
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient norm."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Checks the gradient norm before every optimizer step (a NaN/inf loss makes it
+    non-finite too). ``mode=stop`` ends the run with a message naming the step and the last
+    good checkpoint; ``mode=skip`` drops the update, at most ``max_skips`` times in a run."""
+
+    def __init__(self, mode: str = "stop", max_skips: int = 10, dirpath: str = "") -> None:
+        if mode not in ("stop", "skip", "off"):
+            raise ValueError(f"guard.mode={mode!r}: allowed stop, skip, off")
+        self.mode, self.max_skips, self.dirpath = mode, max_skips, Path(dirpath)
+        self.skipped = 0
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.mode == "off":
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if torch.isfinite(norm):
+            return
+        step = trainer.global_step
+        if self.mode == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            log.warning(
+                "non-finite gradient norm at step %d: update skipped (%d/%d)",
+                step,
+                self.skipped,
+                self.max_skips,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            return
+        last = self.dirpath / "last.ckpt"
+        where = str(last) if last.exists() else "none saved yet"
+        raise NonFiniteError(
+            f"non-finite loss or gradient norm at step {step} (guard.mode={self.mode}, "
+            f"{self.skipped} updates skipped); last good checkpoint: {where}"
+        )

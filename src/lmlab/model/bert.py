@@ -1,0 +1,87 @@
+"""BERT: encoder-only, masked-LM prediction (Devlin et al. 2019). Wiring of the shared blocks.
+
+The parts BERT adds to the block library: segment (token-type) embeddings, a LayerNorm on the
+embeddings when the placement leaves the residual stream normalised (post-LN, as in BERT), and
+the MLM head's transform. Under ``+experiment=bert`` the parameter count equals Hugging Face's
+``BertForMaskedLM`` (no pooler): 109,514,298 for bert_base with vocab 30522.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.config import ModelConfig
+from lmlab.model.attention import build_context
+from lmlab.model.feedforward import ACTIVATIONS
+from lmlab.model.layers import Block, init_weights
+from lmlab.model.norms import PLACEMENTS, make_norm
+from lmlab.model.positional import make_positional
+
+
+class NoSegments(nn.Module):
+    """``type_vocab_size=0``: no segment embeddings, nothing added."""
+
+    def forward(self, token_type_ids: torch.Tensor) -> float:
+        return 0.0
+
+
+class MLMHead(nn.Module):
+    """BERT's ``cls.predictions``: logits = out(norm(act(dense(x)))), where ``out`` has its own
+    bias and, when tied, the token embedding as its weight."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.norm = make_norm(cfg)
+        self.out = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.act(self.dense(x_BTD))))
+
+
+class BERT(nn.Module):
+    """logits = head(norm_f(blocks(emb_norm(embed(ids) + segment(types) [+ positions])))),
+    with bidirectional attention: every position sees every (non-padding) position."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.segment = (
+            nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else NoSegments()
+        )
+        self.positional = make_positional(cfg, bidirectional=True)
+        # Post-LN keeps the residual stream normalised, so the embeddings enter normalised too
+        # (BERT's embedding LayerNorm); pre-LN and sandwich normalise at the end instead.
+        needs_final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
+        self.emb_norm = nn.Identity() if needs_final_norm else make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
+        self.head = MLMHead(cfg)
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.head.out.weight = self.embed.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits. ``attention_mask`` (B, T): 1 = real token,
+        0 = padding (never attended to); ``token_type_ids`` (B, T) default to segment 0."""
+        T = input_ids.shape[1]
+        pos_T = torch.arange(T, device=input_ids.device)
+        ctx = build_context(
+            self.positional, pos_T, pos_T, False, self.cfg.attention_window, attention_mask
+        )
+        types_BT = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x_BTD = self.embed(input_ids) + self.segment(types_BT)
+        x_BTD = self.drop(self.emb_norm(self.positional.embed(x_BTD, pos_T)))
+        for block in self.blocks:
+            x_BTD = block(x_BTD, ctx)
+        return self.head(self.norm_f(x_BTD))

@@ -1,0 +1,83 @@
+"""T5: encoder-decoder, span-corruption prediction (Raffel et al. 2020). Wiring of the shared
+blocks.
+
+What T5 adds to the block library: a second stack whose ``DecoderBlock`` cross-attends to the
+encoder's output, and one positional scheme per stack (bidirectional in the encoder, causal in
+the decoder; for ``positional=relative`` that is one bias table per stack, shared by its layers).
+One token embedding serves the encoder, the decoder and (tied) the output head, which then
+rescales by d_model**-0.5 as Mesh TensorFlow and HF do. Under ``+experiment=t5`` (T5 v1.0: no
+biases, RMSNorm, ReLU, relative bias, tied) the parameter counts equal HF's
+``T5ForConditionalGeneration``: 60,506,624 for t5_small with vocab 32128.
+
+Attention scores are scaled by 1/sqrt(head_dim) as in every other family (T5 folds that scale
+into its initialisation instead); the parameter count is the same either way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.config import ModelConfig
+from lmlab.model.attention import build_context
+from lmlab.model.layers import Block, DecoderBlock, init_weights
+from lmlab.model.norms import PLACEMENTS, make_norm
+from lmlab.model.positional import PositionalScheme, make_positional
+
+# Cross-attention compares decoder with encoder positions: no rotation and no bias applies.
+NO_POSITIONS = PositionalScheme()
+
+
+class T5(nn.Module):
+    """memory = enc_norm(encoder(embed(ids))); logits = head(dec_norm(decoder(embed(dec_ids),
+    memory))), with a bidirectional encoder and a causal decoder."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
+        self.cfg = cfg
+        final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.enc_positional = make_positional(cfg, bidirectional=True)
+        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.enc_norm = make_norm(cfg) if final_norm else nn.Identity()
+        self.dec_positional = make_positional(cfg, bidirectional=False)
+        self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
+        self.dec_norm = make_norm(cfg) if final_norm else nn.Identity()
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        self.head_scale = cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) memory; padding (attention_mask 0) is never attended to."""
+        pos_T = torch.arange(input_ids.shape[1], device=input_ids.device)
+        ctx = build_context(
+            self.enc_positional, pos_T, pos_T, False, self.cfg.attention_window, attention_mask
+        )
+        h_BTD = self.drop(self.enc_positional.embed(self.embed(input_ids), pos_T))
+        for block in self.encoder:
+            h_BTD = block(h_BTD, ctx)
+        return self.drop(self.enc_norm(h_BTD))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) encoder ids, (B, S) decoder ids -> (B, S, vocab) logits. Decoder position s
+        sees decoder positions <= s and every real encoder position."""
+        memory_BTD = self.encode(input_ids, attention_mask)
+        pos_T = torch.arange(input_ids.shape[1], device=input_ids.device)
+        pos_S = torch.arange(decoder_input_ids.shape[1], device=input_ids.device)
+        ctx = build_context(self.dec_positional, pos_S, pos_S, True, self.cfg.attention_window)
+        cross_ctx = build_context(NO_POSITIONS, pos_S, pos_T, False, None, attention_mask)
+        y_BSD = self.drop(self.dec_positional.embed(self.embed(decoder_input_ids), pos_S))
+        for block in self.decoder:
+            y_BSD = block(y_BSD, ctx, memory_BTD, cross_ctx)
+        return self.head(self.drop(self.dec_norm(y_BSD)) * self.head_scale)

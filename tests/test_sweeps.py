@@ -1,0 +1,92 @@
+"""Sweeps: every sweep file composes; a real multirun survives a failed job, and each job is
+its own W&B run with the sweep's group, a name from the varying overrides, and dotted keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from lmlab.compare import compare
+
+SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_composes(sweep: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+sweeps={sweep}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params, f"{sweep} sweeps nothing"
+    assert f"multirun/{sweep}/" in cfg.hydra.sweep.dir
+
+
+def wandb_records(job_dir: Path) -> list[dict]:
+    (log_file,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
+    out = subprocess.run(
+        [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_multirun_with_a_failed_job_logs_and_compares(tmp_path: Path, cache_dir: Path) -> None:
+    """4 jobs; n_kv_heads=3 cannot divide 4 heads, so job 2 fails and the others complete."""
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "LMLAB_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "train.py"),
+            "-m",
+            "+debug=smoke",
+            "logger=wandb",
+            "model.n_kv_heads=1,2,3,4",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = {
+        int(d.name): json.loads((d / "results.json").read_text())
+        for d in sweep_dir.iterdir()
+        if (d / "results.json").exists()
+    }
+    assert sorted(status) == [0, 1, 2, 3]
+    assert status[2]["status"] == "failed" and "n_kv_heads=3" in status[2]["error"]
+    assert all(status[i]["status"] == "completed" for i in (0, 1, 3))
+
+    groups = set()
+    for i in (0, 1, 3):
+        records = wandb_records(sweep_dir / str(i))
+        run = next(r["run"] for r in records if r["type"] == "run")
+        assert run["display_name"] == f"model.n_kv_heads={i + 1}"
+        assert run["project"] == "lmlab" and "positional:learned" in run["tags"]
+        assert "family:gpt" in run["tags"] and "size:tiny" in run["tags"]
+        groups.add(run["run_group"])
+        config = {
+            k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
+        }
+        assert config["model.n_kv_heads"] == i + 1
+        assert status[i]["wandb_id"] == run["run_id"]
+    assert len(groups) == 1 and groups.pop().startswith("multirun-")
+
+    rows = compare(sweep_dir)
+    done = [r for r in rows if r.status != "failed"]
+    losses = [r.value("val_loss") for r in done]
+    assert losses == sorted(losses) and len(done) == 3
+    assert [r.status for r in rows].count("failed") == 1
+    assert (sweep_dir / "compare.png").stat().st_size > 0
