@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,15 @@ def compose_cfg(
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lmlab-cache")
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records of the run's offline W&B log, read with W&B's own ``wandb leet inspect``."""
+    (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    out = subprocess.run(
+        [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

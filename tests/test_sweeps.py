@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wandb_records
 from lmlab.compare import compare
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
@@ -27,17 +27,6 @@ def test_every_sweep_composes(sweep: str) -> None:
         cfg = compose("train", overrides=[f"+sweeps={sweep}"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params, f"{sweep} sweeps nothing"
     assert f"multirun/{sweep}/" in cfg.hydra.sweep.dir
-
-
-def wandb_records(job_dir: Path) -> list[dict]:
-    (log_file,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
-    out = subprocess.run(
-        [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def test_multirun_with_a_failed_job_logs_and_compares(tmp_path: Path, cache_dir: Path) -> None:

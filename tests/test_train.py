@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF, ROOT, compose_cfg
+from conftest import CONF, ROOT, compose_cfg, wandb_records
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
@@ -106,14 +106,7 @@ def test_validation_loss_falls(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_wandb_offline_run_records_config_and_metrics(tmp_path: Path, cache_dir: Path) -> None:
     run(tmp_path, cache_dir, "logger=wandb")
-    (log_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    out = subprocess.run(
-        [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    records = wandb_records(tmp_path)
     run_rec = next(r["run"] for r in records if r["type"] == "run")
     assert run_rec["project"] == "lmlab" and run_rec["display_name"] == "+debug=smoke,logger=wandb"
     config = {
