@@ -95,12 +95,19 @@ class Preemption(L.Callback):
 
 class RNGState(L.Callback):
     """Saves the torch (CPU, CUDA) and Python RNG states with the checkpoint, and restores them
-    right before the first training batch of the resumed run: whatever runs between the
-    restore and that batch (creating the DataLoader iterator draws a seed, probes run
-    forwards) then cannot shift the random stream that dropout and masking draw from."""
+    right before the first training batch of the resumed run. A fresh run is seeded there
+    from ``seed``. Whatever runs between seeding and that batch (a peak-FLOP/s measurement
+    that only a cold cache runs, probes, DataLoader iterators) then cannot shift the random
+    stream that dropout and masking draw from: the stream depends on the seed and the step
+    only, so an interrupted and resumed run matches an uninterrupted one bit for bit."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self.pending: dict[str, Any] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pending is None:  # a fresh run (a resumed one has its saved states pending)
+            self.pending = {"seed": self.seed + trainer.global_rank}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -115,6 +122,11 @@ class RNGState(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.pending is None:
+            return
+        if "seed" in self.pending:
+            torch.manual_seed(self.pending["seed"])  # CPU and CUDA
+            random.seed(self.pending["seed"])
+            self.pending = None
             return
         torch.set_rng_state(self.pending["torch"])
         random.setstate(self.pending["python"])

@@ -27,7 +27,9 @@ def precision_dtype(precision: str) -> str:
 
 def measure_cpu_matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
     """Best FLOP/s of repeated n x n matmuls on the CPU with the current thread count."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # not the global RNG: training's stream stays put
+    a = torch.randn(n, n, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, dtype=dtype, generator=gen)
     for _ in range(3):
         a @ b
     best, deadline = 0.0, time.perf_counter() + seconds
