@@ -1,11 +1,12 @@
-"""Callbacks: throughput and MFU, the SDPA kernel report, a text sample (checkpoint callbacks
-live in ``checkpointing.py``)."""
+"""Callbacks: throughput and MFU, the SDPA kernel report, a text sample, attention maps
+(checkpoint callbacks live in ``checkpointing.py``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lmlab.generation import generate
 from lmlab.hardware import peak_flops
 from lmlab.model import flops_per_token
+from lmlab.probe import attention_maps, plot_attention, probe_ids, token_labels
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +133,30 @@ class Sample(L.Callback):
         model.train(was_training)
         self.text = tok.decode(out[0].tolist())
         log.info("sample (prompt %r):\n%s", self.prompt, self.text)
+
+
+class AttentionMaps(L.Callback):
+    """At each validation, draws the attention maps of ``text`` into
+    ``<run dir>/attention/step<N>.png`` and logs the image to W&B when W&B is on, so heads
+    can be watched specialising (previous-token heads, induction heads) as training goes."""
+
+    def __init__(self, text: str = "def add(a, b):\n    return a + b\n", dirpath: str = "") -> None:
+        self.text, self.dirpath = text, Path(dirpath)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        tokenizer = trainer.datamodule.tokenizer
+        model = pl_module.model
+        ids = probe_ids(model, tokenizer, self.text)
+        step = trainer.global_step
+        path = plot_attention(
+            attention_maps(model, ids),
+            token_labels(tokenizer, ids),
+            self.dirpath / f"step{step:06d}.png",
+            f"attention at step {step}",
+        )
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                lg.log_image("attention", [str(path)], step=step)

@@ -1,9 +1,26 @@
-"""Sampling from a causal model: temperature, top-k and top-p (nucleus) filtering."""
+"""Sampling from a decoder: temperature, top-k and top-p (nucleus) filtering, with a KV cache.
+
+With the cache, the prompt is run once (prefill) and every later step feeds one token, which
+attends to the cached keys and values; without it, every step recomputes the whole context.
+Both give the same logits (greedy decoding gives the same tokens; the test checks it). Past
+``max_seq_len`` tokens there are no positions left, so both crop the context to its last
+``max_seq_len`` tokens and recompute it every step (nanoGPT's behaviour), cache or not.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from lmlab.model.kv_cache import KVCache
+
+log = logging.getLogger(__name__)
+
+# (ids (B, T), cache or None) -> logits (B, T, V)
+Forward = Callable[[torch.Tensor, KVCache | None], torch.Tensor]
 
 
 def filter_logits(
@@ -23,7 +40,58 @@ def filter_logits(
     return logits_BV
 
 
+def pick(
+    logits_BV: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The next token (B, 1): the argmax when temperature is 0, else a filtered sample."""
+    if temperature == 0:
+        return logits_BV.argmax(-1, keepdim=True)
+    probs = filter_logits(logits_BV.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
 @torch.no_grad()
+def decode_loop(
+    forward: Forward,
+    new_cache: Callable[[int], KVCache] | None,
+    ids_BT: torch.Tensor,
+    max_len: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Append up to ``max_new_tokens`` tokens to ``ids_BT``; ``new_cache=None`` recomputes the
+    context every step. A sequence that produced ``eos_id`` is continued with ``eos_id``; the
+    loop stops early when all have. ``on_token`` receives each step's tokens (B, 1)."""
+    cache = new_cache(ids_BT.shape[0]) if new_cache else None
+    logits_BV = forward(ids_BT[:, -max_len:], cache)[:, -1]
+    done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
+    for step in range(max_new_tokens):
+        next_B1 = pick(logits_BV, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            next_B1 = next_B1.masked_fill(done_B[:, None], eos_id)
+            done_B |= next_B1[:, 0] == eos_id
+        ids_BT = torch.cat((ids_BT, next_B1), dim=1)
+        if on_token is not None:
+            on_token(next_B1)
+        if step == max_new_tokens - 1 or bool(done_B.all()):
+            break
+        if cache is not None and cache.room(1):
+            logits_BV = forward(next_B1, cache)[:, -1]
+        else:  # the context is full: crop and recompute, as without a cache
+            cache = None
+            logits_BV = forward(ids_BT[:, -max_len:], None)[:, -1]
+    return ids_BT
+
+
 def generate(
     model: nn.Module,
     ids_BT: torch.Tensor,
@@ -32,16 +100,31 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    eos_id: int | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Append ``max_new_tokens`` sampled tokens (greedy when temperature is 0); the context
-    is cropped to the model's ``max_seq_len``."""
+    """Continue ``ids_BT`` (B, T) with a GPT model; returns (B, T + new). A prompt longer than
+    ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning)."""
     max_len = model.cfg.max_seq_len
-    for _ in range(max_new_tokens):
-        logits_BV = model(ids_BT[:, -max_len:])[:, -1, :].float()
-        if temperature == 0:
-            next_B1 = logits_BV.argmax(-1, keepdim=True)
-        else:
-            probs = filter_logits(logits_BV / temperature, top_k, top_p).softmax(-1)
-            next_B1 = torch.multinomial(probs, 1, generator=generator)
-        ids_BT = torch.cat((ids_BT, next_B1), dim=1)
-    return ids_BT
+    if ids_BT.shape[1] > max_len:
+        log.warning(
+            "the prompt has %d tokens, more than the model's context of %d: only its last %d "
+            "are used",
+            ids_BT.shape[1],
+            max_len,
+            max_len,
+        )
+    return decode_loop(
+        lambda ids, cache: model(ids, cache=cache),
+        model.new_cache if use_cache else None,
+        ids_BT,
+        max_len,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        eos_id,
+        on_token,
+    )

@@ -236,7 +236,8 @@ def _fit(
         check_checkpoint_model(ckpt, ckpt_path, model_cfg)
     budget = run_budget(cfg, model_cfg, data_cfg, seq_len)
     cfg.trainer.max_steps = budget.steps  # before the Trainer (and the LR schedule) is built
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # callbacks.<name>=null turns one off
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = build_loggers(cfg, out_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     batch_rows = data_cfg.batch_size * trainer.accumulate_grad_batches * trainer.world_size

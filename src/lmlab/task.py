@@ -76,6 +76,10 @@ class LMTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain types only, so checkpoints load with torch.load(weights_only=True)
         checkpoint["model_config"] = model_config_dict(self.model_cfg)
+        # the tokenizer too (a JSON string), so a checkpoint is all that generation needs
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if getattr(datamodule, "tokenizer", None) is not None:
+            checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place: state-dict keys stay clean (no ``_orig_mod.``).

@@ -4,11 +4,16 @@ Masks (causal, sliding window, key padding) and additive biases (ALiBi) are merg
 ``attn_mask`` by ``build_context``, once per forward, and shared by every layer. With no bias,
 window or padding the mask is left out and ``is_causal`` lets SDPA pick its fastest (flash)
 kernel; an additive bias rules the flash kernel out on GPU.
+
+With ``keep_weights`` set (``lmlab.probe.record_attention`` sets it) a layer computes the same
+attention explicitly and keeps its weights (B, H, T, S) for inspection; training never does.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,9 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.model.positional import PositionalScheme, Rotate, no_rotation
+
+if TYPE_CHECKING:
+    from lmlab.model.kv_cache import LayerCache
 
 
 @dataclass
@@ -56,6 +64,21 @@ def build_context(
     return AttnContext(mask, False, rotate)
 
 
+def attention_weights(q_BHTd: torch.Tensor, k_BHSd: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias, masked): what SDPA computes inside, made explicit.
+    ``k`` has as many heads as ``q`` (GQA's shared heads repeated)."""
+    scores = q_BHTd @ k_BHSd.transpose(-2, -1) / math.sqrt(q_BHTd.shape[-1])  # (B, H, T, S)
+    if ctx.is_causal:
+        T, S = scores.shape[-2:]
+        causal_TS = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal_TS, float("-inf"))
+    if ctx.mask is not None and ctx.mask.dtype == torch.bool:
+        scores = scores.masked_fill(~ctx.mask, float("-inf"))
+    elif ctx.mask is not None:
+        scores = scores + ctx.mask
+    return scores.float().softmax(-1).to(q_BHTd.dtype)
+
+
 class Attention(nn.Module):
     """Queries from ``x``; keys and values from ``memory`` (cross-attention) or ``x``.
 
@@ -71,10 +94,17 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.wo.residual_projection = True  # GPT-2 scaled init
         self.dropout_p = cfg.dropout
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last forward
 
     def forward(
-        self, x_BTD: torch.Tensor, ctx: AttnContext, memory: torch.Tensor | None = None
+        self,
+        x_BTD: torch.Tensor,
+        ctx: AttnContext,
+        memory: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
+        """``cache``: this layer's KV cache; the new keys and values join the cached ones."""
         src_BSD = x_BTD if memory is None else memory
         B, T, _ = x_BTD.shape
         S = src_BSD.shape[1]
@@ -82,6 +112,13 @@ class Attention(nn.Module):
         kv = self.wkv(src_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, Hkv, S, hd)
         q, k = ctx.rotate(q, k)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, S_cached + S, hd)
+        if self.keep_weights:
+            rep = self.n_heads // self.n_kv_heads
+            self.weights = attention_weights(q, k.repeat_interleave(rep, 1), ctx)
+            y = self.weights @ v.repeat_interleave(rep, 1)
+            return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         y = F.scaled_dot_product_attention(
             q,
             k,

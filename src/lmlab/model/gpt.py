@@ -7,6 +7,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.model.attention import build_context
+from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import make_positional
@@ -30,12 +31,22 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) logits; position t sees tokens <= t only."""
-        T = input_ids.shape[1]
-        pos_T = torch.arange(T, device=input_ids.device)
-        ctx = build_context(self.positional, pos_T, pos_T, True, self.cfg.attention_window)
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab) logits; position t sees tokens <= t only. With a
+        ``cache`` the ids continue the cached tokens (positions ``cache.length`` on)."""
+        T, window = input_ids.shape[1], self.cfg.attention_window
+        if cache is None:
+            pos_T = torch.arange(T, device=input_ids.device)
+            ctx = build_context(self.positional, pos_T, pos_T, True, window)
+        else:
+            pos_T, ctx = cache.context(self.positional, T, True, window)
         x_BTD = self.drop(self.positional.embed(self.embed(input_ids), pos_T))
-        for block in self.blocks:
-            x_BTD = block(x_BTD, ctx)
+        for i, block in enumerate(self.blocks):
+            x_BTD = block(x_BTD, ctx, cache.layer(i) if cache else None)
+        if cache is not None:
+            cache.advance()
         return self.head(self.norm_f(x_BTD))
+
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty KV cache for ``batch`` sequences, in the model's dtype and device."""
+        return KVCache.for_model(self.cfg, batch, len(self.blocks), self.head.weight)

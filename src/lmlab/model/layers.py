@@ -10,6 +10,7 @@ from torch import nn
 from lmlab.config import ModelConfig
 from lmlab.model.attention import Attention, AttnContext
 from lmlab.model.feedforward import make_feedforward
+from lmlab.model.kv_cache import LayerCache
 from lmlab.model.norms import PLACEMENTS
 
 
@@ -25,8 +26,10 @@ class Block(nn.Module):
         self.ffn = make_feedforward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BTD: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-        x_BTD = self.attn_res(x_BTD, lambda h: self.drop(self.attn(h, ctx)))
+    def forward(
+        self, x_BTD: torch.Tensor, ctx: AttnContext, kv: LayerCache | None = None
+    ) -> torch.Tensor:
+        x_BTD = self.attn_res(x_BTD, lambda h: self.drop(self.attn(h, ctx, cache=kv)))
         return self.ffn_res(x_BTD, lambda h: self.drop(self.ffn(h)))
 
 
@@ -46,8 +49,9 @@ class DecoderBlock(Block):
         ctx: AttnContext,
         memory_BTD: torch.Tensor,
         cross_ctx: AttnContext,
+        kv: LayerCache | None = None,
     ) -> torch.Tensor:
-        x_BSD = self.attn_res(x_BSD, lambda h: self.drop(self.attn(h, ctx)))
+        x_BSD = self.attn_res(x_BSD, lambda h: self.drop(self.attn(h, ctx, cache=kv)))
         x_BSD = self.cross_res(x_BSD, lambda h: self.drop(self.cross(h, cross_ctx, memory_BTD)))
         return self.ffn_res(x_BSD, lambda h: self.drop(self.ffn(h)))
 

@@ -23,24 +23,50 @@ def _kind(module: nn.Module) -> str | None:
     return next((k for t, k in KINDS.items() if isinstance(module, t)), None)
 
 
-def param_breakdown(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters by kind (each tensor counted once, so a tied head counts as
-    embeddings), with ``total`` and ``non_embedding`` (Kaplan et al. 2020: N without token and
-    position embeddings)."""
+def _count(
+    model: nn.Module, seen: set[int], prefix: str = "", head: bool = False
+) -> dict[str, int]:
+    """Parameters of ``model`` by kind, skipping (and then adding to) ``seen``."""
     counts = {"embeddings": 0, "attention": 0, "feed_forward": 0, "norms": 0, "head": 0}
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        kind = _kind(module) or ("head" if name.endswith("head") else None)
+    for name, module in model.named_modules(prefix=prefix):
+        kind = _kind(module) or ("head" if head or name.endswith("head") else None)
         if kind is None:
             continue
         for p in module.parameters():
             if id(p) not in seen and p.requires_grad:
                 seen.add(id(p))
                 counts[kind] += p.numel()
+    return counts
+
+
+def param_breakdown(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters by kind (each tensor counted once, so a tied head counts as
+    embeddings), with ``total`` and ``non_embedding`` (Kaplan et al. 2020: N without token and
+    position embeddings)."""
+    seen: set[int] = set()
+    counts = _count(model, seen)
     counts["other"] = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     counts["total"] = sum(v for k, v in counts.items())
     counts["non_embedding"] = counts["total"] - counts["embeddings"]
     return counts
+
+
+def param_rows(model: nn.Module) -> list[tuple[str, dict[str, int]]]:
+    """The breakdown per top-level part, one row per layer of each stack (``blocks.0``,
+    ``encoder.3``, ...), in model order; tied tensors count once, where they first appear."""
+    seen: set[int] = set()
+    rows = []
+    for name, child in model.named_children():
+        parts = (
+            [(f"{name}.{i}", c) for i, c in enumerate(child)]
+            if isinstance(child, nn.ModuleList)
+            else [(name, child)]
+        )
+        for part_name, part in parts:
+            counts = _count(part, seen, part_name, head=name == "head")
+            if sum(counts.values()):
+                rows.append((part_name, counts))
+    return rows
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:

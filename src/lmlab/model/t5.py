@@ -20,6 +20,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.model.attention import build_context
+from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import PositionalScheme, make_positional
@@ -73,11 +74,32 @@ class T5(nn.Module):
         """(B, T) encoder ids, (B, S) decoder ids -> (B, S, vocab) logits. Decoder position s
         sees decoder positions <= s and every real encoder position."""
         memory_BTD = self.encode(input_ids, attention_mask)
-        pos_T = torch.arange(input_ids.shape[1], device=input_ids.device)
-        pos_S = torch.arange(decoder_input_ids.shape[1], device=input_ids.device)
-        ctx = build_context(self.dec_positional, pos_S, pos_S, True, self.cfg.attention_window)
+        return self.decode(decoder_input_ids, memory_BTD, attention_mask)
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory_BTD: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The decoder stack over an encoded input; with a ``cache`` (of the decoder's
+        self-attention) the ids continue the cached ones, for step-by-step generation."""
+        S, window = decoder_input_ids.shape[1], self.cfg.attention_window
+        pos_T = torch.arange(memory_BTD.shape[1], device=memory_BTD.device)
+        if cache is None:
+            pos_S = torch.arange(S, device=memory_BTD.device)
+            ctx = build_context(self.dec_positional, pos_S, pos_S, True, window)
+        else:
+            pos_S, ctx = cache.context(self.dec_positional, S, True, window)
         cross_ctx = build_context(NO_POSITIONS, pos_S, pos_T, False, None, attention_mask)
         y_BSD = self.drop(self.dec_positional.embed(self.embed(decoder_input_ids), pos_S))
-        for block in self.decoder:
-            y_BSD = block(y_BSD, ctx, memory_BTD, cross_ctx)
+        for i, block in enumerate(self.decoder):
+            y_BSD = block(y_BSD, ctx, memory_BTD, cross_ctx, cache.layer(i) if cache else None)
+        if cache is not None:
+            cache.advance()
         return self.head(self.drop(self.dec_norm(y_BSD)) * self.head_scale)
+
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty KV cache for the decoder's self-attention over ``batch`` sequences."""
+        return KVCache.for_model(self.cfg, batch, len(self.decoder), self.head.weight)

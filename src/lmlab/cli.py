@@ -1,0 +1,59 @@
+"""``key=value`` command lines for the tools that use a trained model (generate, probe).
+
+Values are taken verbatim (``prompt=def fib(`` and ``text=[MASK] is`` need no quoting beyond
+the shell's), then typed and checked against a dataclass by OmegaConf: an unknown key or a
+value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
+Hydra's override grammar would reject those prompts (brackets and parentheses are syntax)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def parse(schema: type[T], argv: list[str]) -> T:
+    """``schema`` (a dataclass) filled from ``key=value`` arguments; ``null`` means None."""
+    fields = {f.name for f in dataclasses.fields(schema)}
+    required = [f.name for f in dataclasses.fields(schema) if f.default == "???"]
+    given: dict[str, str | None] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"argument {arg!r} is not key=value; keys: {', '.join(sorted(fields))}"
+            )
+        if key not in fields:
+            raise ConfigError(f"unknown key {key!r}; allowed: {', '.join(sorted(fields))}")
+        given[key] = None if value == "null" else value
+    for key in required:
+        if key not in given:
+            raise ConfigError(f"{key} is required: add {key}=<value>")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), given)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        where = f"{key}={given.get(key)}: " if key in given else ""
+        raise ConfigError(where + str(err).splitlines()[0]) from None
+
+
+def run_main(main: Callable[[list[str]], None]) -> None:
+    """Run ``main(sys.argv[1:])``; a ``ConfigError`` is one line on stderr and exit code 2
+    (the traceback with ``HYDRA_FULL_ERROR=1``, as in ``src/train.py``)."""
+    try:
+        main(sys.argv[1:])
+    except ConfigError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
