@@ -29,15 +29,15 @@ test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest tests
 
 lint: $(STAMP)  ## ruff check and format check
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
 
 format: $(STAMP)  ## ruff fix and format
-	$(PY) -m ruff check --fix src tests
-	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests bench
+	$(PY) -m ruff format src tests bench
 
-bench:  ## benchmark suite (not built yet: issue #9)
-	@echo "make bench: the benchmark suite is not built yet (issue #9)" >&2; exit 1
+bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md; ARGS=--quick|--only ...
+	$(PY) bench/run.py $(ARGS)
 
 clean:  ## remove outputs (not .venv, not the data cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

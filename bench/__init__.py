@@ -1,0 +1,1 @@
+"""lmlab's benchmark suite: ``make bench`` (``python bench/run.py``) rewrites BENCHMARKS.md."""

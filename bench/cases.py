@@ -1,0 +1,300 @@
+"""The benchmark cases. Each takes the run's ``Settings`` and returns ``CaseResult``s.
+
+- ``train_*``: steady-state tokens/s and MFU of the real lmlab stack (``lmlab.run.train`` on
+  a composed config), MFU against the matmul peak measured in the same benchmark run.
+- ``overhead*``: lmlab's Trainer against ``plain_loop.plain_fit`` on the same config, run
+  interleaved (plain, lmlab, lmlab, plain, ...) so that drift in machine load cancels.
+- ``data``: a cold ``prepare`` of the embedded corpus and the tokenizer's throughput.
+- ``generate``: tokens/s of greedy generation with gpt_mini, with and without the KV cache.
+- ``shakespeare``: nanoGPT's char-level CPU run, GPT-2 and Llama recipes (not in the default
+  set: minutes each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.harness import BENCH_OVERRIDES, ROOT, compose, run_lmlab
+from bench.plain_loop import plain_fit
+from bench.report import CaseResult, Stat
+from lmlab.data.packing import prepare
+from lmlab.data.sources import load_documents
+from lmlab.hardware import measure_cpu_matmul_flops
+from lmlab.run import resolve_configs
+
+
+@dataclass
+class Settings:
+    """How hard to measure: ``repeats`` runs per case; ``quick`` cuts steps for a smoke run."""
+
+    work: Path
+    repeats: int = 3
+    quick: bool = False
+    peaks: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def steps(self, full: int) -> int:
+        return 4 if self.quick else full
+
+    def shrink(self) -> list[str]:
+        """Quick mode's overrides: a small batch, so that even bf16 on a CPU without native
+        bf16 takes seconds (the numbers are for smoke checking only)."""
+        return ["data.batch_size=2"] if self.quick else []
+
+    def peak(self, precision: str) -> float:
+        """The fp32 or bf16 matmul peak, measured once per benchmark run."""
+        dtype = "bf16" if "bf16" in precision else "fp32"
+        if dtype not in self.peaks:
+            torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+            self.peaks[dtype] = measure_cpu_matmul_flops(torch_dtype)
+        return self.peaks[dtype]
+
+
+CaseFn = Callable[[Settings], list[CaseResult]]
+
+
+@dataclass(frozen=True)
+class Case:
+    fn: CaseFn
+    group: str
+    default: bool = True  # in the default ``make bench`` set
+
+
+# --- training throughput -------------------------------------------------------------------
+
+
+def train_case(model: str, precision: str, steps: int) -> CaseFn:
+    """``repeats`` runs of ``steps`` steps; tokens/s from the median start-to-start step time."""
+    label = "bf16" if "bf16" in precision else "fp32"
+
+    def run(s: Settings) -> list[CaseResult]:
+        peak = s.peak(precision)
+        tps, mfu, callback_tps, step_ms = [], [], [], []
+        for i in range(s.repeats):
+            out = s.work / f"train-{model}-{label}-{i}"
+            overrides = [f"model={model}", f"trainer.precision={precision}", *BENCH_OVERRIDES]
+            overrides += [f"trainer.max_steps={s.steps(steps)}", *s.shrink()]
+            cfg = compose(overrides, out)
+            log, results = run_lmlab(cfg)
+            tps.append(log.tokens_per_second())
+            mfu.append(tps[-1] * log.flops_per_token / peak)
+            step_ms.append(1e3 * log.median_step())
+            callback_tps.append(results["tokens_per_second"] or float("nan"))
+            shutil.rmtree(out, ignore_errors=True)
+        stats = [
+            Stat("tokens/s", "tok/s", tps),
+            Stat("MFU", "%", mfu),
+            Stat("step", "ms/step", step_ms),
+            Stat("Throughput callback", "tok/s", callback_tps),
+        ]
+        note = f"{s.steps(steps)} steps x {log.tokens_per_step:,} tokens per run"
+        return [CaseResult("train", f"{model} {label}", stats, note)]
+
+    return run
+
+
+# --- lmlab vs a plain loop -----------------------------------------------------------------
+
+
+def overhead_case(overrides: list[str], name: str, steps: int) -> CaseFn:
+    """Plain loop and lmlab on one config, interleaved (plain, lmlab, lmlab, plain, ...);
+    the overhead is per pair of runs."""
+
+    def run(s: Settings) -> list[CaseResult]:
+        plain_ms, lmlab_ms, overhead, cpu_overhead = [], [], [], []
+        cfg_overrides = [*overrides, *BENCH_OVERRIDES, f"trainer.max_steps={s.steps(steps)}"]
+        cfg_overrides += s.shrink()
+        for i in range(s.repeats):
+            out = s.work / f"overhead-{i}"
+            if i % 2:  # alternate which goes first: plain, lmlab, lmlab, plain, ...
+                lmlab, _ = run_lmlab(compose(cfg_overrides, out))
+            plain = plain_fit(compose(cfg_overrides, s.work / f"plain-{i}"))
+            if not i % 2:
+                lmlab, _ = run_lmlab(compose(cfg_overrides, out))
+            shutil.rmtree(out, ignore_errors=True)
+            plain_ms.append(1e3 * plain.median_step())
+            lmlab_ms.append(1e3 * lmlab.median_step())
+            overhead.append(lmlab_ms[-1] / plain_ms[-1] - 1.0)
+            cpu_overhead.append(lmlab.median_step(cpu=True) / plain.median_step(cpu=True) - 1.0)
+        same = plain.losses == lmlab.losses
+        note = f"{s.steps(steps)} steps x {plain.tokens_per_step:,} tokens per run; losses " + (
+            "identical step for step" if same else "DIFFER: the comparison is not fair"
+        )
+        stats = [
+            Stat("overhead", "%", overhead),
+            Stat("lmlab", "ms/step", lmlab_ms),
+            Stat("plain", "ms/step", plain_ms),
+            Stat("overhead in CPU time", "%", cpu_overhead),
+        ]
+        return [CaseResult("overhead", name, stats, note)]
+
+    return run
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def data_case(s: Settings) -> list[CaseResult]:
+    """Cold ``prepare`` (read, split, train the BPE, tokenise, pack, save) into a fresh cache,
+    then the trained tokenizer's ``encode_batch`` over the whole corpus."""
+    from tokenizers import Tokenizer
+
+    cfg = compose([], s.work / "data")
+    data_cfg = resolve_configs(cfg)[1]
+    if s.quick:
+        data_cfg = dataclasses.replace(data_cfg, max_bytes=1_000_000)
+    texts = [t for _, t in load_documents(data_cfg)]
+    n_bytes = sum(len(t.encode()) for t in texts)
+    prep_s, mb_s = [], []
+    for _ in range(s.repeats):
+        cache = Path(tempfile.mkdtemp(dir=s.work, prefix="cold-cache-"))
+        t0 = time.perf_counter()
+        blocks = prepare(dataclasses.replace(data_cfg, cache_dir=str(cache)), 257)
+        prep_s.append(time.perf_counter() - t0)
+        tok = Tokenizer.from_file(str(next(cache.glob("tok-*")) / "tokenizer.json"))
+        t0 = time.perf_counter()
+        tok.encode_batch(texts)
+        mb_s.append(n_bytes / 1e6 / (time.perf_counter() - t0))
+        assert (blocks / "meta.json").exists()
+        shutil.rmtree(cache, ignore_errors=True)
+    stats = [Stat("cold prepare", "s", prep_s), Stat("tokenise", "MB/s", mb_s)]
+    note = (
+        f"{len(texts)} files, {n_bytes / 1e6:.1f} MB, BPE vocab {data_cfg.vocab_size}, "
+        "rows of 257 tokens"
+    )
+    return [CaseResult("data", "stdlib corpus", stats, note)]
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+def generate_case(s: Settings) -> list[CaseResult]:
+    """gpt_mini (random weights, context 1024), a 16-token prompt, greedy, B = 1."""
+    from lmlab.generation import generate
+    from lmlab.model import build_model
+
+    new_tokens = 64 if s.quick else 512
+    cfg = compose(["model=gpt_mini", "model.max_seq_len=1024"], s.work / "gen")
+    model_cfg = dataclasses.replace(resolve_configs(cfg)[0], vocab_size=4096)
+    torch.manual_seed(0)
+    model = build_model(model_cfg).eval()
+    prompt_BT = torch.randint(0, 4096, (1, 16))
+    has_cache = "use_cache" in inspect.signature(generate).parameters
+    modes = {"no cache": {"use_cache": False} if has_cache else {}}
+    if has_cache:
+        modes["KV cache"] = {"use_cache": True}
+    for kwargs in modes.values():
+        generate(model, prompt_BT, 4, temperature=0, **kwargs)  # warm-up
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    outputs: dict[str, torch.Tensor] = {}
+    for _ in range(s.repeats):
+        for mode, kwargs in modes.items():  # interleaved: load drift hits both alike
+            t0 = time.perf_counter()
+            outputs[mode] = generate(model, prompt_BT, new_tokens, temperature=0, **kwargs)
+            rates[mode].append(new_tokens / (time.perf_counter() - t0))
+    name = f"gpt_mini {new_tokens} tokens"
+    results = [
+        CaseResult("generate", f"{name}, {m}", [Stat("tokens/s", "tok/s", rates[m])]) for m in modes
+    ]
+    if not has_cache:
+        skipped = "KV cache not available"
+        return [*results, CaseResult("generate", f"{name}, KV cache", skipped=skipped)]
+    same = torch.equal(outputs["KV cache"], outputs["no cache"])
+    speedup = [c / n for c, n in zip(rates["KV cache"], rates["no cache"], strict=True)]
+    results[-1].stats.append(Stat("speed-up", "x", speedup))
+    results[-1].note = "the same tokens as without it" if same else "tokens DIFFER from no cache"
+    return results
+
+
+# --- Tiny Shakespeare ----------------------------------------------------------------------
+
+NANOGPT_VAL_LOSS = 1.88  # nanoGPT README, the CPU run at iter 2000
+
+
+def shakespeare_case(s: Settings) -> list[CaseResult]:
+    """nanoGPT's CPU run with the GPT-2 recipe, then with Llama's; one run each (minutes).
+    Outputs are kept under outputs/bench/shakespeare/ (CSV metrics, checkpoints)."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    results = []
+    recipes = {"gpt2": "shakespeare_char_cpu", "llama": "[shakespeare_char_cpu,llama]"}
+    for recipe, experiment in recipes.items():
+        out = ROOT / "outputs" / "bench" / "shakespeare" / stamp / recipe
+        overrides = [f"+experiment={experiment}", "logger=csv"]
+        if s.quick:
+            overrides += ["trainer.max_steps=20", "trainer.val_check_interval=10"]
+        cfg = compose(overrides, out)
+        _, r = run_lmlab(cfg)
+        stats = [
+            Stat("val loss", "nats", [r["val_loss"]]),
+            Stat("best val loss", "nats", [r["best_val_loss"]]),
+            Stat("wall, whole run", "s", [r["wall_seconds"]]),
+            Stat("tokens/s", "tok/s", [r["tokens_per_second"]]),
+        ]
+        where = out.relative_to(ROOT)
+        note = f"{r['global_step']} steps, {r['params']:,} parameters; outputs in {where}"
+        results.append(CaseResult("shakespeare", f"{recipe} char", stats, note))
+    return results
+
+
+CASES: dict[str, Case] = {
+    "train_gpt_tiny_fp32": Case(train_case("gpt_tiny", "32-true", 20), "train"),
+    "train_gpt_tiny_bf16": Case(train_case("gpt_tiny", "bf16-mixed", 6), "train"),
+    "train_gpt_mini_fp32": Case(train_case("gpt_mini", "32-true", 12), "train"),
+    "train_gpt_mini_bf16": Case(train_case("gpt_mini", "bf16-mixed", 5), "train"),
+    "train_bert_tiny_fp32": Case(train_case("bert_tiny", "32-true", 15), "train"),
+    "train_t5_tiny_fp32": Case(train_case("t5_tiny", "32-true", 10), "train"),
+    "overhead": Case(overhead_case([], "gpt_tiny 16x256", 20), "overhead"),
+    "overhead_small": Case(
+        overhead_case(["data.batch_size=12", "data.seq_len=64"], "gpt_tiny 12x64", 60), "overhead"
+    ),
+    "data": Case(data_case, "data"),
+    "generate": Case(generate_case, "generate"),
+    "shakespeare": Case(shakespeare_case, "shakespeare", default=False),
+}
+
+# What each group's numbers mean, above its table in BENCHMARKS.md.
+INTROS = {
+    "train": (
+        "`lmlab.run.train` on the composed config with `logger=none`, no validation and no "
+        "end-of-run sample. tokens/s = tokens per step / the median start-to-start step time "
+        "(everything a step costs: data, forward, backward, clipping, AdamW, hooks, logging, "
+        "progress bar), the first 2 steps left out. MFU = tokens/s x FLOPs per token "
+        "(`lmlab.model.flops_per_token`) / the matmul peak that "
+        "`lmlab.hardware.measure_cpu_matmul_flops` measured in this run (n = 1024, `x @ w.T`, "
+        "the layout `F.linear` uses): {fp32} fp32, {bf16} bf16. 'Throughput callback' is "
+        "results.json's `tokens_per_second` (mean time inside the batch hooks only)."
+    ),
+    "overhead": (
+        "Both loops train the same config from the same seed: `build_model`, AdamW over "
+        "`decay_groups`, the warmup-cosine schedule, clipping at 1.0, the `LMDataModule`'s "
+        "DataLoader, `zero_grad(set_to_none=True)`; the plain loop is `bench/plain_loop.py`. "
+        "Step time is the median start-to-start time from step 3 on; overhead = lmlab / plain "
+        "- 1 for each interleaved pair of runs. 'overhead in CPU time' compares the process's "
+        "CPU seconds per step instead: less sensitive to other jobs on the machine, most of "
+        "all with `--threads 1`. Target (issue #9): within 3%."
+    ),
+    "data": (
+        "cold prepare = `lmlab.data.packing.prepare` into an empty cache folder: read the "
+        "files, split, train the byte-level BPE, tokenise, pack and save the rows. tokenise = "
+        "`Tokenizer.encode_batch` of the trained BPE over the whole corpus (all threads)."
+    ),
+    "generate": (
+        "`lmlab.generation.generate(model, prompt, n, temperature=0, use_cache=...)`: gpt_mini "
+        "with random weights, `model.max_seq_len=1024`, a 16-token prompt, batch 1; the two "
+        "modes alternate run by run."
+    ),
+    "shakespeare": (
+        "`python src/train.py +experiment=shakespeare_char_cpu logger=csv`, and with "
+        "`'+experiment=[shakespeare_char_cpu,llama]'`: one run each, validation loss per "
+        f"character on the whole held-out last 10% of the file. nanoGPT reports {NANOGPT_VAL_LOSS} "
+        "at iter 2000 for this setting."
+    ),
+}

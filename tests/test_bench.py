@@ -1,0 +1,139 @@
+"""The benchmark harness (bench/): the Shakespeare config, a fair plain-loop baseline, the
+report. Behaviour only: speed itself is measured by ``make bench``, never asserted here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose_cfg
+from lmlab.schedule import warmup_cosine_factor
+
+sys.path.insert(0, str(ROOT))
+from bench.harness import BENCH_OVERRIDES, StepLog, run_lmlab  # noqa: E402
+from bench.plain_loop import plain_fit  # noqa: E402
+from bench.report import (  # noqa: E402
+    CaseResult,
+    Stat,
+    markdown_table,
+    render,
+    render_section,
+    summary_line,
+)
+from bench.run import select  # noqa: E402
+
+GPT2 = {
+    "norm_placement": "pre",
+    "norm": "layernorm",
+    "activation": "gelu",
+    "positional": "learned",
+    "tie_embeddings": True,
+}
+LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "positional": "rope", "tie_embeddings": False}
+
+
+def test_shakespeare_char_config_is_nanogpts_cpu_run() -> None:
+    cfg = compose_cfg(["+experiment=shakespeare_char_cpu"])
+    model = OmegaConf.to_container(cfg.model)
+    assert {k: model[k] for k in GPT2} == GPT2
+    assert (model["d_model"], model["n_layers"], model["n_heads"]) == (128, 4, 4)
+    assert (model["max_seq_len"], model["dropout"], model["bias"]) == (64, 0.0, False)
+    data = cfg.data
+    assert (data.source, data.tokenizer, data.batch_size, data.val_fraction) == (
+        "text",
+        "char",
+        12,
+        0.1,
+    )
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (2000, 250)
+    assert cfg.trainer.gradient_clip_val == 1.0
+    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.optim.weight_decay) == (1e-3, [0.9, 0.99], 0.1)
+    assert cfg.scheduler.warmup_steps == 100
+    end = warmup_cosine_factor(2000, 100, 2000, cfg.scheduler.min_lr_ratio)
+    assert cfg.optim.lr * end == pytest.approx(1e-4)  # nanoGPT's min_lr
+
+
+def test_shakespeare_takes_llama_on_top_and_the_path_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("LMLAB_SHAKESPEARE", "/data/shakespeare.txt")
+    cfg = compose_cfg(["+experiment=[shakespeare_char_cpu,llama]"])
+    model = OmegaConf.to_container(cfg.model)
+    assert {k: model[k] for k in LLAMA} == LLAMA
+    assert (model["max_seq_len"], model["d_model"], cfg.data.tokenizer) == (64, 128, "char")
+    assert cfg.data.path == "/data/shakespeare.txt"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        # bf16 autocast, on a model small enough for CPUs without native bf16; no Throughput
+        # callback, whose first bf16 peak measurement takes seconds on such CPUs
+        ["trainer.precision=bf16-mixed", "model.d_model=32", "model.n_layers=1"]
+        + ["~callbacks.throughput"],
+    ],
+    ids=["fp32", "bf16-mixed"],
+)
+def test_plain_loop_trains_exactly_like_lmlab(
+    tmp_path: Path, cache_dir: Path, overrides: list[str]
+) -> None:
+    """Same init, batches, loss, clipping, AdamW groups and schedule: the losses agree step by
+    step, so the overhead benchmark compares like with like."""
+    steps = ["+debug=smoke", "trainer.max_steps=3", *BENCH_OVERRIDES, *overrides]
+    lmlab, results = run_lmlab(compose_cfg(steps, tmp_path / "lmlab", cache_dir))
+    plain = plain_fit(compose_cfg(steps, tmp_path / "plain", cache_dir))
+    assert results["status"] == "completed" and len(lmlab.losses) == 3
+    assert plain.losses == pytest.approx(lmlab.losses, rel=1e-6, abs=0)
+    assert lmlab.losses[-1] < lmlab.losses[0]  # it trains, not just repeats step 0
+    assert plain.tokens_per_step == lmlab.tokens_per_step
+    assert plain.flops_per_token == lmlab.flops_per_token > 0
+    assert len(lmlab.starts) == len(lmlab.cpu_starts) == 3
+
+
+def test_step_times_leave_out_the_warm_up() -> None:
+    log = StepLog([0.0, 5.0, 6.0, 7.0, 8.5], [0.0] * 5, [1.0] * 5, 100, 1.0)
+    assert log.step_seconds(warmup=2) == [1.0, 1.5]
+    assert log.median_step(warmup=2) == 1.25
+    assert log.tokens_per_second(warmup=2) == 80.0
+
+
+def test_report_shows_median_min_max() -> None:
+    result = CaseResult(
+        "train",
+        "gpt_tiny fp32",
+        [Stat("tokens/s", "tok/s", [6800.0, 6600.0, 6745.0]), Stat("MFU", "%", [0.43, 0.4, 0.5])],
+        note="30 steps",
+    )
+    line = summary_line(result)
+    assert line == "train gpt_tiny fp32: 6,745 tok/s (min 6,600 max 6,800) MFU 43.0%"
+    table = markdown_table([result])
+    assert "| gpt_tiny fp32 | tokens/s (tok/s) | 6,745 | 6,600 | 6,800 | 3 |" in table
+    assert "| gpt_tiny fp32 | MFU (%) | 43.0% | 40.0% | 50.0% | 3 |" in table
+    assert "- gpt_tiny fp32: 30 steps" in table
+    skipped = CaseResult("generate", "gpt_mini, KV cache", skipped="KV cache not available")
+    assert summary_line(skipped).endswith("skipped: KV cache not available")
+
+
+def test_a_partial_run_replaces_only_its_own_sections() -> None:
+    def section(group: str, value: float) -> str:
+        stats = [Stat("wall", "s", [value])]
+        return render_section(group, [CaseResult(group, "x", stats)], "measured", "")
+
+    before = render(["- old header"], {"train": section("train", 1.0), "data": section("data", 2)})
+    after = render(["- new header"], {"data": section("data", 3.0)}, previous=before)
+    assert "- new header" in after and "- old header" not in after
+    assert "| x | wall (s) | 1.00 |" in after  # train kept
+    assert "| x | wall (s) | 3.00 |" in after and "2.00" not in after  # data replaced
+    assert after.index("## Training") < after.index("## Data")
+
+
+def test_case_selection() -> None:
+    default = select(None)
+    assert "shakespeare" not in default and "overhead" in default and "data" in default
+    assert select("shakespeare") == ["shakespeare"]
+    assert select("overhead") == ["overhead", "overhead_small"]  # a group name
+    assert all(n.startswith("train_") for n in select("train"))
+    with pytest.raises(SystemExit, match="unknown case nope"):
+        select("nope")
