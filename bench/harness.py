@@ -19,35 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lmlab.budget import register_budget_configs
-from lmlab.config import register_configs
+from lmlab.compose import CONF
+from lmlab.compose import compose_train as compose  # noqa: F401 (the cases' entry point)
 from lmlab.model import flops_per_token
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+ROOT = CONF.parent
 WARMUP_STEPS = 2  # as the Throughput callback: allocation and first-touch steps left out
-register_configs()
-register_budget_configs()
-
-
-def compose(overrides: list[str], output_dir: Path, cache_dir: Path | None = None) -> DictConfig:
-    """The config ``python src/train.py <overrides>`` would run, writing into ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        if cache_dir is not None:
-            cfg.paths.cache_dir = str(cache_dir)
-        del cfg.hydra
-    return cfg
 
 
 @dataclass

@@ -51,6 +51,8 @@ def main(argv: list[str]) -> None:
     from lmlab.errors import ConfigError
 
     cfg = parse(GenerateConfig, argv)
+    if cfg.task is not None and cfg.task not in TASKS.values():
+        raise ConfigError(f"task={cfg.task!r}: allowed {', '.join(TASKS.values())}")
     if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
         raise ConfigError(
             f"num_samples={cfg.num_samples}, max_new_tokens={cfg.max_new_tokens}: both must be >= 1"
@@ -66,8 +68,6 @@ def main(argv: list[str]) -> None:
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     family = pre.family.value
     task = cfg.task or TASKS[family]
-    if task not in TASKS.values():
-        raise ConfigError(f"task={task!r}: allowed {', '.join(TASKS.values())}")
     if TASKS[family] != task:
         raise ConfigError(
             f"task={task} needs a {_family_of(task)} checkpoint; {cfg.ckpt} is {family}"

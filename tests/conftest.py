@@ -9,37 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-from lmlab.budget import register_budget_configs
-from lmlab.config import register_configs
+from lmlab.compose import CONF, compose_train
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-register_configs()
-register_budget_configs()
+ROOT = CONF.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def compose_cfg(
-    overrides: list[str], output_dir: Path | None = None, cache_dir: Path | None = None
-) -> DictConfig:
-    """The config ``python src/train.py <overrides>`` would run, with test paths."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        if output_dir is not None:
-            cfg.paths.output_dir = str(output_dir)
-        if cache_dir is not None:
-            cfg.paths.cache_dir = str(cache_dir)
-        del cfg.hydra
-    return cfg
+compose_cfg = compose_train  # the config ``python src/train.py <overrides>`` would run
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.errors import ConfigError
@@ -24,7 +24,7 @@ T = TypeVar("T")
 def parse(schema: type[T], argv: list[str]) -> T:
     """``schema`` (a dataclass) filled from ``key=value`` arguments; ``null`` means None."""
     fields = {f.name for f in dataclasses.fields(schema)}
-    required = [f.name for f in dataclasses.fields(schema) if f.default == "???"]
+    required = [f.name for f in dataclasses.fields(schema) if f.default == MISSING]
     given: dict[str, str | None] = {}
     for arg in argv:
         key, sep, value = arg.partition("=")

@@ -42,9 +42,12 @@ def build_context(
     causal: bool,
     window: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    new_k_pos: torch.Tensor | None = None,
 ) -> AttnContext:
-    """Merge causality, window, padding (B, S; True = real token) and positional bias."""
-    rotate = positional.rotation(q_pos, k_pos)
+    """Merge causality, window, padding (B, S; True = real token) and positional bias.
+    ``new_k_pos``: the positions of the keys this forward projects, when they are fewer than
+    ``k_pos`` (a KV cache holds the rest, rotated already); RoPE rotates those only."""
+    rotate = positional.rotation(q_pos, k_pos if new_k_pos is None else new_k_pos)
     bias_HTS = positional.attn_bias(q_pos, k_pos)
     plain = window is None and bias_HTS is None and key_padding_mask is None
     if plain and (not causal or q_pos.shape[0] == k_pos.shape[0]):

@@ -84,11 +84,11 @@ class KVCache:
         self._new_pos = pos_T
         if self.ring:
             k_pos_S = torch.cat((self.slot_pos, pos_T))
-            ctx = build_context(positional, pos_T, k_pos_S, causal, window, (k_pos_S >= 0)[None])
+            valid_1S = (k_pos_S >= 0)[None]
         else:
-            k_pos_S = torch.arange(self.length + n_tokens, device=device)
-            ctx = build_context(positional, pos_T, k_pos_S, causal, window)
-        return pos_T, dataclasses.replace(ctx, rotate=positional.rotation(pos_T, pos_T))
+            k_pos_S, valid_1S = torch.arange(self.length + n_tokens, device=device), None
+        ctx = build_context(positional, pos_T, k_pos_S, causal, window, valid_1S, pos_T)
+        return pos_T, ctx
 
     def update(
         self, layer: int, k_BHTd: torch.Tensor, v_BHTd: torch.Tensor
