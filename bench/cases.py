@@ -6,6 +6,7 @@
   interleaved (plain, lmlab, lmlab, plain, ...) so that drift in machine load cancels.
 - ``data``: a cold ``prepare`` of the embedded corpus and the tokenizer's throughput.
 - ``generate``: tokens/s of greedy generation with gpt_mini, with and without the KV cache.
+- ``memory``: peak memory of a training step with and without activation checkpointing.
 - ``shakespeare``: nanoGPT's char-level CPU run, GPT-2 and Llama recipes (not in the default
   set: minutes each).
 """
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -214,6 +218,31 @@ def generate_case(s: Settings) -> list[CaseResult]:
     return results
 
 
+def memory_case(s: Settings) -> list[CaseResult]:
+    """Peak memory of one forward + backward of gpt_mini (context 1024, batch 8), with and
+    without activation checkpointing, each in a fresh process (``bench/memory_probe.py``)."""
+    batch, seq = ("2", "256") if s.quick else ("8", "1024")
+    growth: dict[str, float] = {}
+    for label, flag in (
+        ("stored", []),
+        ("activation checkpointing", ["--activation-checkpointing"]),
+    ):
+        cmd = [sys.executable, str(ROOT / "bench" / "memory_probe.py"), "gpt_mini", batch, seq]
+        out = subprocess.run([*cmd, *flag], capture_output=True, text=True, check=True).stdout
+        growth[label] = json.loads(out.splitlines()[-1])["peak_growth_mib"]
+    name = f"gpt_mini {batch}x{seq} forward+backward"
+    saved = 1 - growth["activation checkpointing"] / growth["stored"]
+    return [
+        CaseResult(
+            "memory",
+            f"{name}, {label}",
+            [Stat("peak memory growth", "MiB", [mib])],
+            f"{saved:.0%} less than storing activations" if label != "stored" else "",
+        )
+        for label, mib in growth.items()
+    ]
+
+
 # --- Tiny Shakespeare ----------------------------------------------------------------------
 
 NANOGPT_VAL_LOSS = 1.88  # nanoGPT README, the CPU run at iter 2000
@@ -257,6 +286,7 @@ CASES: dict[str, Case] = {
     ),
     "data": Case(data_case, "data"),
     "generate": Case(generate_case, "generate"),
+    "memory": Case(memory_case, "memory"),
     "shakespeare": Case(shakespeare_case, "shakespeare", default=False),
 }
 
@@ -290,6 +320,12 @@ INTROS = {
         "`lmlab.generation.generate(model, prompt, n, temperature=0, use_cache=...)`: gpt_mini "
         "with random weights, `model.max_seq_len=1024`, a 16-token prompt, batch 1; the two "
         "modes alternate run by run."
+    ),
+    "memory": (
+        "Growth of the process's peak resident memory (`ru_maxrss`) over one forward and "
+        "backward, beyond the weights, measured in a fresh process for each mode: activations "
+        "stored, or recomputed per block (`model.activation_checkpointing=true`, "
+        "`lmlab.parallel.layout`). CPU memory stands in for GPU memory where no GPU is lent."
     ),
     "shakespeare": (
         "`python src/train.py +experiment=shakespeare_char_cpu logger=csv`, and with "

@@ -141,6 +141,7 @@ GROUP_TITLES = {
     "overhead": "lmlab's Trainer against a plain PyTorch loop (interleaved runs)",
     "data": "Data preparation (embedded corpus, cold cache)",
     "generate": "Generation (greedy, batch 1)",
+    "memory": "Memory: activation checkpointing (peak resident memory of a training step)",
     "shakespeare": "Tiny Shakespeare, character level (nanoGPT's CPU run)",
 }
 GROUP_ORDER = list(GROUP_TITLES)

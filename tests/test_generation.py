@@ -313,7 +313,9 @@ def test_generate_bad_input_is_named(
 def test_cli_error_is_one_line_and_exit_code_2() -> None:
     res = cli("probe.py", "ckpt=/nonexistent.ckpt")
     assert res.returncode == 2
-    assert res.stderr == "error: ckpt=/nonexistent.ckpt: no such checkpoint file\n"
+    assert res.stderr == (
+        "error: ckpt=/nonexistent.ckpt: no such checkpoint file or sharded checkpoint folder\n"
+    )
 
 
 def test_checkpoint_loads_with_wrapper_prefixes_stripped(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from lmlab.generation import generate
 from lmlab.hardware import peak_flops
@@ -31,11 +30,13 @@ class Throughput(L.Callback):
         self.window_tokens = self.window_seconds = 0.0
         self.batches = 0
         self.flops_per_token = self.peak = None
+        self.world_size = 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seq_len = trainer.datamodule.seq_len
         self.flops_per_token = flops_per_token(pl_module.model, seq_len)
         self.peak = peak_flops(pl_module.device, trainer.precision, self.cache_dir)
+        self.world_size = trainer.world_size  # tokens are counted over all ranks, MFU per device
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.t0 = time.perf_counter()
@@ -56,9 +57,7 @@ class Throughput(L.Callback):
             tps = self.window_tokens / self.window_seconds
             pl_module.log("perf/tokens_per_second", tps)
             if self.peak:
-                pl_module.log(
-                    "perf/mfu", tps * self.flops_per_token / trainer.world_size / self.peak
-                )
+                pl_module.log("perf/mfu", tps * self.flops_per_token / self.world_size / self.peak)
             self.window_tokens = self.window_seconds = 0.0
 
     @property
@@ -68,7 +67,9 @@ class Throughput(L.Callback):
     @property
     def mfu(self) -> float | None:
         tps = self.tokens_per_second
-        return tps * self.flops_per_token / self.peak if tps and self.peak else None
+        if not (tps and self.peak):
+            return None
+        return tps * self.flops_per_token / self.world_size / self.peak
 
 
 def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
@@ -87,20 +88,26 @@ def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
     return sorted(n.removeprefix("aten::") for n in names)
 
 
+def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Whether this rank runs a callback's extra forward passes: rank 0 alone, or every rank
+    when the weights are sharded (under FSDP a forward is a collective all ranks join)."""
+    return trainer.is_global_zero or getattr(pl_module, "_device_mesh", None) is not None
+
+
 class SDPAKernelReport(L.Callback):
     """Logs once which attention kernel runs (flash, memory-efficient, math, cuDNN)."""
 
-    @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.model_cfg.family.value != "gpt":  # the probe feeds input_ids only
-            return
+        if pl_module.model_cfg.family.value != "gpt" or not forward_here(trainer, pl_module):
+            return  # the probe feeds input_ids only
         seq_len = trainer.datamodule.seq_len
         ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
         kernels = sdpa_kernels(pl_module.model, ids)
         note = ""
         if pl_module.model_cfg.positional.value == "alibi" or pl_module.model_cfg.attention_window:
             note = " (an additive bias or window mask rules out the flash kernel on GPU)"
-        log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
+        if trainer.is_global_zero:
+            log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
         pl_module.sdpa_kernels = kernels
 
 
@@ -119,10 +126,9 @@ class Sample(L.Callback):
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.text: str | None = None
 
-    @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.model_cfg.family.value != "gpt":  # left-to-right sampling needs a decoder
-            return
+        if pl_module.model_cfg.family.value != "gpt" or not forward_here(trainer, pl_module):
+            return  # left-to-right sampling needs a decoder
         tok = trainer.datamodule.tokenizer
         ids = torch.tensor([tok.encode(self.prompt).ids], device=pl_module.device)
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
@@ -132,7 +138,8 @@ class Sample(L.Callback):
         out = generate(model, ids, self.max_new_tokens, self.temperature, self.top_k, generator=gen)
         model.train(was_training)
         self.text = tok.decode(out[0].tolist())
-        log.info("sample (prompt %r):\n%s", self.prompt, self.text)
+        if trainer.is_global_zero:
+            log.info("sample (prompt %r):\n%s", self.prompt, self.text)
 
 
 class AttentionMaps(L.Callback):
@@ -143,16 +150,18 @@ class AttentionMaps(L.Callback):
     def __init__(self, text: str = "def add(a, b):\n    return a + b\n", dirpath: str = "") -> None:
         self.text, self.dirpath = text, Path(dirpath)
 
-    @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not forward_here(trainer, pl_module):
             return
         tokenizer = trainer.datamodule.tokenizer
         model = pl_module.model
         ids = probe_ids(model, tokenizer, self.text)
+        maps = attention_maps(model, ids)
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         path = plot_attention(
-            attention_maps(model, ids),
+            maps,
             token_labels(tokenizer, ids),
             self.dirpath / f"step{step:06d}.png",
             f"attention at step {step}",

@@ -17,6 +17,8 @@ import os
 import random
 import signal
 import tempfile
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -105,18 +107,39 @@ class RNGState(L.Callback):
         self.seed = seed
         self.pending: dict[str, Any] | None = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.pending is None:  # a fresh run (a resumed one has its saved states pending)
-            self.pending = {"seed": self.seed + trainer.global_rank}
-
     def state_dict(self) -> dict[str, Any]:
+        """Every rank's states (rank 0 writes the checkpoint, so they are gathered to it):
+        each rank draws its own dropout and masking stream."""
         state = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return {"ranks": [state]}
+        ranks: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, state)
+        return {"ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank = trainer.global_rank
+        if self.pending is None:  # a fresh run (a resumed one has its saved states pending)
+            self.pending = {"seed": self.seed + rank}
+        elif "ranks" in self.pending:
+            ranks = self.pending["ranks"]
+            if len(ranks) == trainer.world_size:
+                self.pending = ranks[rank]
+            else:  # another world size: the data order is the same, the dropout stream is not
+                log.warning(
+                    "checkpoint has the RNG states of %d ranks, this run has %d: reseeding "
+                    "dropout and masking from seed + rank + step",
+                    len(ranks),
+                    trainer.world_size,
+                )
+                self.pending = {"seed": self.seed + rank + 1_000_003 * trainer.global_step}
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -133,6 +156,23 @@ class RNGState(L.Callback):
         if "cuda" in self.pending and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.pending["cuda"])
         self.pending = None
+
+
+def all_finite(grads: Iterable[torch.Tensor]) -> bool:
+    """Whether every gradient is finite, on every rank: FSDP2 gradients are shards (DTensors),
+    so each rank checks its own and the ranks agree through one all-reduce (one rank stopping
+    alone would leave the others waiting in a collective)."""
+    grads = list(grads)
+    if not grads:
+        return True
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    bad = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local))))
+    if any(hasattr(g, "to_local") for g in grads):
+        import torch.distributed as dist
+
+        bad = bad.float()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad)
 
 
 class NonFiniteError(RuntimeError):
@@ -155,9 +195,7 @@ class NonFiniteGuard(L.Callback):
     ) -> None:
         if self.mode == "off":
             return
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if torch.isfinite(norm):
+        if all_finite(p.grad for p in pl_module.parameters() if p.grad is not None):
             return
         step = trainer.global_step
         if self.mode == "skip" and self.skipped < self.max_skips:
@@ -176,3 +214,49 @@ class NonFiniteGuard(L.Callback):
             f"non-finite loss or gradient norm at step {step} (guard.mode={self.mode}, "
             f"{self.skipped} updates skipped); last good checkpoint: {where}"
         )
+
+
+# What Lightning's ModelParallelStrategy writes next to the shards: everything but the weights
+# and optimizer states (step, loops, callbacks, model_config, tokenizer).
+SHARDED_META = "meta.pt"
+
+
+def is_sharded(path: str | Path) -> bool:
+    """A sharded (distributed) checkpoint: a folder of per-rank shards and ``meta.pt``."""
+    return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file memory-mapped, or a sharded checkpoint's metadata (no weights)."""
+    path = Path(path)
+    if is_sharded(path):
+        return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder but not a sharded checkpoint (no {SHARDED_META})")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def consolidate(path: str | Path) -> dict[str, Any]:
+    """One single-process checkpoint from a sharded one, with no process group: the full
+    weights (``state_dict``) and the metadata. Optimizer states are left out: the result is
+    for generation and evaluation on any device (resume a sharded run from its folder)."""
+    # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save does, kept in memory
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    path = Path(path)
+    if not is_sharded(path):
+        raise ValueError(f"{path} is not a sharded checkpoint folder (no {SHARDED_META} inside)")
+    full: dict[str, Any] = {}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        _load_state_dict(
+            full,
+            storage_reader=FileSystemReader(path),
+            planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
+            no_dist=True,
+        )
+    meta = read_checkpoint(path)
+    meta.pop("optimizer_states", None)
+    return {**meta, "state_dict": full["state_dict"]}

@@ -49,6 +49,9 @@ class Positional(str, Enum):
 
 
 GATED = {Activation.swiglu, Activation.geglu}
+# ModelConfig fields that change how a model runs, not its weights or outputs: a checkpoint
+# and the run that continues or loads it may differ in them.
+RUNTIME_FIELDS = ("activation_checkpointing",)
 
 
 @dataclass
@@ -66,6 +69,9 @@ class ModelConfig:
     ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
     ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
     ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
+    ``activation_checkpointing`` recomputes each block's activations in the backward pass
+    instead of keeping them (less memory, about a third more compute); it changes how the model
+    runs, not what it computes, so it may differ between a checkpoint and the run resuming it.
     """
 
     family: Family = Family.gpt
@@ -92,6 +98,7 @@ class ModelConfig:
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -195,6 +202,14 @@ class TokenizerKind(str, Enum):
 class DataConfig:
     """Corpus, tokenizer and batching. ``seq_len=None`` follows ``model.max_seq_len``.
 
+    ``batch_size`` is the micro-batch of one device. ``global_batch_size`` (sequences) or
+    ``global_batch_tokens`` fixes the batch of one optimizer step across devices, nodes and
+    accumulation; gradient accumulation is then derived (``lmlab.distributed``), so a run on
+    1 device and on 8 trains on the same batches. Null: micro-batch x devices x
+    ``trainer.accumulate_grad_batches``.
+    ``val_batch_size`` (null: ``batch_size``) with ``trainer.limit_val_batches`` fixes the
+    validation rows: set it when comparing runs whose micro-batches differ.
+
     ``max_bytes`` keeps only the first documents up to that many bytes (deterministic order),
     which ``+debug=smoke`` uses for a fast slice. ``val_fraction`` of the documents (by a
     stable hash of their name) or, for fewer than 20 documents, the tail of each document is
@@ -211,6 +226,9 @@ class DataConfig:
     vocab_size: int = 4096
     seq_len: int | None = None
     batch_size: int = 16
+    global_batch_size: int | None = None
+    global_batch_tokens: int | None = None
+    val_batch_size: int | None = None
     val_fraction: float = 0.05
     max_bytes: int | None = None
     cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
@@ -225,6 +243,10 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+        for name in ("global_batch_size", "global_batch_tokens", "val_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name}={value} must be >= 1 (or null)")
 
 
 def register_configs() -> None:

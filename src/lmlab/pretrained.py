@@ -3,7 +3,8 @@
 A checkpoint carries what it takes to use it alone: the weights, ``model_config`` (plain types)
 and the tokenizer (its JSON), so ``ckpt=<file>`` is all a user passes. Keys are the model's own
 (the task's ``model.`` prefix and any ``_orig_mod.``/``module.`` wrapper prefixes are removed),
-so a checkpoint of any strategy loads into a single-process model.
+so a checkpoint of any strategy loads into a single-process model. A sharded (FSDP) checkpoint
+folder is consolidated in memory; ``src/consolidate.py`` writes it as one file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 from torch import nn
 
+from lmlab.checkpointing import consolidate, is_sharded, read_checkpoint
 from lmlab.config import Family, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
@@ -57,11 +59,11 @@ def load(
     """The model of checkpoint ``path`` in eval mode on ``device`` in ``dtype`` (fp32, bf16,
     fp16), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt={path}: no such checkpoint file")
+    if not (path.is_file() or is_sharded(path)):
+        raise ConfigError(f"ckpt={path}: no such checkpoint file or sharded checkpoint folder")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
     if "model_config" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"ckpt={path}: not an lmlab checkpoint (no model_config/state_dict)")
     cfg: ModelConfig = OmegaConf.to_object(

@@ -18,8 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.callbacks import Sample, Throughput
-from lmlab.config import DataConfig, ModelConfig
+from lmlab.checkpointing import read_checkpoint
+from lmlab.config import RUNTIME_FIELDS, DataConfig, ModelConfig
 from lmlab.data.datamodule import LMDataModule
+from lmlab.distributed import (
+    JobScope,
+    describe_batch,
+    install_job_command,
+    resolve_global_batch,
+    resolve_precision,
+)
 from lmlab.errors import ConfigError
 from lmlab.loggers import build_loggers, flatten, redact, run_name, wandb_run_id
 from lmlab.model import param_breakdown
@@ -66,6 +74,8 @@ RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed")
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
+    for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
+        flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
     return [
         f"{k}: {flat_a.get(k)!r} (saved) vs {flat_b.get(k)!r} (now)"
         for k in sorted(set(flat_a) | set(flat_b))
@@ -84,12 +94,17 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
         for k in RESUME_KEYS
     }
     saved_path = out_dir / RUN_CONFIG
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("resume"):
-        if not last.exists():
+    last = newest_checkpoint(out_dir)
+    resume = cfg.get("resume")
+    if resume not in (True, False, "auto", None):
+        raise ConfigError(f"resume={resume!r}: allowed true, false, auto")
+    if resume == "auto":  # a requeued SLURM job: continue if there is anything to continue
+        resume = last is not None
+    if resume:
+        if last is None:
             raise ConfigError(
-                f"resume=true but {last} does not exist (nothing to resume in "
-                f"hydra.run.dir={out_dir})"
+                f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
+                f"(nothing to resume in hydra.run.dir={out_dir})"
             )
         saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.exists() else {}
         diffs = _differences(saved, current)
@@ -99,13 +114,24 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"fields: {'; '.join(diffs[:8])}"
             )
         return last
-    if last.exists():
+    if last is not None:
         raise ConfigError(
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
             "add resume=true to continue it, or choose another directory"
         )
     OmegaConf.save(OmegaConf.create(current), saved_path)
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def newest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint with the highest step in a run folder: ``checkpoints/last.ckpt`` or
+    one that Lightning saved on a SLURM time-limit signal before requeueing
+    (``hpc_ckpt_<n>.ckpt``); files or sharded folders."""
+    found = [p for p in [out_dir / "checkpoints" / "last.ckpt"] if p.exists()]
+    found += sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
+    if len(found) <= 1:
+        return found[0] if found else None
+    return max(found, key=lambda p: read_checkpoint(p)["global_step"])
 
 
 def check_checkpoint_model(ckpt: dict, path: Path, model_cfg: ModelConfig) -> None:
@@ -143,12 +169,17 @@ def train(cfg: DictConfig) -> float:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
+    install_job_command()
+    scope = JobScope()
     try:
         model_cfg, data_cfg, seq_len = resolve_configs(cfg)
+        resolve_precision(cfg.trainer)
+        results["batch"] = resolve_global_batch(cfg, seq_len)
+        log.info(describe_batch(results["batch"]))
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, out_dir)
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start, ckpt_path)
+        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start, ckpt_path, scope)
     except SIGTERMException:
         results.update(
             status="preempted",
@@ -169,6 +200,7 @@ def train(cfg: DictConfig) -> float:
         raise
     finally:
         finish_wandb()
+        scope.close()  # this job's rank processes have exited before the next job starts
 
 
 def dry_run(
@@ -219,6 +251,7 @@ def _fit(
     results: dict[str, Any],
     start: float,
     ckpt_path: Path | None,
+    scope: JobScope,
 ) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = LMDataModule(data_cfg, model_cfg.family, seq_len, cfg.seed)
@@ -231,7 +264,7 @@ def _fit(
             f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
             "tokens (leave it null to follow the tokenizer)"
         )
-    ckpt = torch.load(ckpt_path, mmap=True, weights_only=True) if ckpt_path else None
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         check_checkpoint_model(ckpt, ckpt_path, model_cfg)
     budget = run_budget(cfg, model_cfg, data_cfg, seq_len)
@@ -240,6 +273,7 @@ def _fit(
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = build_loggers(cfg, out_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    scope.trainer = trainer
     batch_rows = data_cfg.batch_size * trainer.accumulate_grad_batches * trainer.world_size
     dm.num_train_samples = trainer.max_steps * batch_rows
     # The data position is one integer: the resumed run draws exactly the rows that follow.
@@ -269,6 +303,7 @@ def _fit(
         val_bits_per_byte=metrics.get("val/bits_per_byte"),
         train_loss=metrics.get("train/loss"),
         params=counts["total"],
+        params_per_rank=task.params_per_rank,
         non_embedding_params=counts["non_embedding"],
         param_breakdown=counts,
         tokens=tokens,
@@ -287,8 +322,8 @@ def _fit(
         budget=budget.as_dict(),
         budget_flops=budget.nominal_flops,
     )
-    summarize_wandb(loggers, results)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
+        summarize_wandb(loggers, results)
         write_results(out_dir, results)
         log.info("results: %s", out_dir / "results.json")
     return results["val_loss"]

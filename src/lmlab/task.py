@@ -16,7 +16,7 @@ from torchmetrics.text import Perplexity
 
 from lmlab.config import Family, ModelConfig
 from lmlab.model import build_model
-from lmlab.model.layers import Block
+from lmlab.parallel import layout
 
 IGNORE = -100
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
@@ -35,6 +35,11 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
     ]
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from an FSDP2 DTensor (a sharded parameter's norm), as is otherwise."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def model_config_dict(cfg: ModelConfig) -> dict:
@@ -60,6 +65,8 @@ class LMTask(L.LightningModule):
         # the optimizer partial's weight_decay applies to the decayed group only
         self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
         self.compile_model = compile
+        self.laid_out = False
+        self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
         # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
@@ -82,10 +89,23 @@ class LMTask(L.LightningModule):
             checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
 
     def configure_model(self) -> None:
-        # nn.Module.compile compiles in place: state-dict keys stay clean (no ``_orig_mod.``).
-        if self.compile_model:
-            for block in [m for m in self.model.modules() if isinstance(m, Block)]:
-                block.compile()  # DecoderBlock is a Block too
+        """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
+        per block; Lightning calls this before every fit/validate, it applies them once."""
+        if self.laid_out:
+            return
+        self.laid_out = True
+        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        layout(
+            self.model,
+            activation_checkpointing=self.model_cfg.activation_checkpointing,
+            compile=self.compile_model,
+            mesh=mesh,
+            precision=str(self.trainer.precision) if self._trainer else "32-true",
+        )
+        # counted now: after a forward FSDP2 may leave the root and last block gathered
+        self.params_per_rank = sum(
+            (p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.parameters()
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -112,15 +132,16 @@ class LMTask(L.LightningModule):
         self.val_acc.update(logits_BTV.argmax(-1).flatten(), batch["labels"].flatten())
 
     def on_validation_epoch_end(self) -> None:
+        # the metrics are already synced across ranks (torchmetrics); sync_dist averages
+        # identical values, and tells Lightning so
         loss = self.val_loss.compute()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/perplexity", self.val_ppl.compute())
-        self.log("val/accuracy", self.val_acc.compute())
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", self.val_ppl.compute(), sync_dist=True)
+        self.log("val/accuracy", self.val_acc.compute(), sync_dist=True)
         if self.bytes_per_token:
             # nats per token -> bits per byte: comparable across tokenizers and objectives
-            self.log(
-                "val/bits_per_byte", loss / torch.log(torch.tensor(2.0)) / self.bytes_per_token
-            )
+            bpb = loss / torch.log(torch.tensor(2.0)) / self.bytes_per_token
+            self.log("val/bits_per_byte", bpb, sync_dist=True)
         self.val_loss.reset()
         self.val_ppl.reset()
         self.val_acc.reset()
@@ -136,7 +157,7 @@ class LMTask(L.LightningModule):
     ) -> None:
         """Clip by global norm and log the pre-clip norm (one computation for both)."""
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm))
         self.log("train/grad_norm", norm)
 
     def configure_optimizers(self) -> dict:

@@ -96,12 +96,16 @@ class LMDataModule(L.LightningDataModule):
         return self._loader(self.train_rows, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_rows, None)
+        # every rank evaluates the same rows (torchmetrics syncs the sums): the validation set
+        # does not depend on the device count
+        return self._loader(self.val_rows, None, self.cfg.val_batch_size or self.cfg.batch_size)
 
-    def _loader(self, rows: Rows, sampler: ResumableSampler | None) -> DataLoader:
+    def _loader(
+        self, rows: Rows, sampler: ResumableSampler | None, batch_size: int | None = None
+    ) -> DataLoader:
         return DataLoader(
             rows,
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size or self.cfg.batch_size,
             sampler=sampler,
             shuffle=False,
             collate_fn=self.collate,

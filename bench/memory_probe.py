@@ -1,0 +1,48 @@
+"""One forward + backward in a fresh process; prints the growth of the peak resident memory
+over the model's own (weights built, before the step) as JSON. Run by the ``memory`` case:
+
+    python bench/memory_probe.py gpt_mini 8 1024 [--activation-checkpointing]
+
+``ru_maxrss`` only grows, so each measurement needs its own process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lmlab.compose import compose_train  # noqa: E402
+from lmlab.model import build_model  # noqa: E402
+from lmlab.parallel import layout  # noqa: E402
+from lmlab.run import resolve_configs  # noqa: E402
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def main(model: str, batch: int, seq_len: int, checkpointing: bool) -> dict:
+    cfg = compose_train([f"model={model}", f"model.max_seq_len={seq_len}"])
+    model_cfg = dataclasses.replace(resolve_configs(cfg)[0], vocab_size=4096)
+    torch.manual_seed(0)
+    net = build_model(model_cfg)
+    layout(net, activation_checkpointing=checkpointing)
+    ids_BT = torch.randint(0, 4096, (batch, seq_len))
+    before = peak_mib()
+    net(ids_BT).float().logsumexp(-1).mean().backward()
+    return {"peak_growth_mib": peak_mib() - before, "before_mib": before}
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    ac = "--activation-checkpointing" in args
+    name, b, t = [a for a in args if not a.startswith("--")]
+    print(json.dumps(main(name, int(b), int(t), ac)))
