@@ -54,9 +54,10 @@ def test_registry_keys_equal_enum_members(registry: dict, enum: type) -> None:
 
 
 def test_presets_and_experiments_exist() -> None:
-    sizes = {"gpt": "tiny mini small medium large xl", "bert": "tiny mini base large"}
-    sizes["t5"] = "tiny small base large"
-    assert {f"{f}_{s}" for f, ss in sizes.items() for s in ss.split()} <= set(PRESETS)
+    """One ladder for the families: CPU scale (tiny, mini) for each, then the published sizes."""
+    sizes = {"gpt": "tiny mini small medium large xl 1b 3b 7b", "bert": "tiny mini base large"}
+    sizes["t5"] = "tiny mini small base large"
+    assert {f"{f}_{s}" for f, ss in sizes.items() for s in ss.split()} == set(PRESETS)
     required = (
         "prenorm postnorm sandwich rmsnorm layernorm relu gelu swiglu geglu learned "
         "sinusoidal rope alibi nope gqa mqa sliding_window gpt2 llama vaswani2017 bert t5"

@@ -118,6 +118,12 @@ def test_wandb_offline_run_records_config_and_metrics(tmp_path: Path, cache_dir:
     assert config["model.norm_placement"] == "pre" and config["data.source"] == "stdlib"
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     assert any("train/loss" in h for h in history) and any("val/loss" in h for h in history)
+    # the parameter table as a W&B table, with the same numbers as results.json
+    (table_file,) = tmp_path.glob("wandb/offline-run-*/files/media/table/parameters_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["kind", "count"]
+    counts = json.loads((tmp_path / "results.json").read_text())["param_breakdown"]
+    assert dict(table["data"]) == counts
 
 
 def test_compiled_blocks_keep_clean_checkpoint_keys() -> None:

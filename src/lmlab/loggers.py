@@ -148,3 +148,12 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
     for lg in loggers:
         lg.log_hyperparams(flat)
     return loggers
+
+
+def log_param_table(loggers: list[Logger], counts: dict[str, int]) -> None:
+    """The parameter table (embeddings, attention, feed-forward, norms, head, total,
+    non-embedding) as a W&B table named ``parameters``."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            rows = [[kind, n] for kind, n in counts.items()]
+            lg.log_table(key="parameters", columns=["kind", "count"], data=rows)

@@ -29,7 +29,7 @@ from lmlab.distributed import (
     resolve_precision,
 )
 from lmlab.errors import ConfigError
-from lmlab.loggers import build_loggers, flatten, redact, run_name, wandb_run_id
+from lmlab.loggers import build_loggers, flatten, log_param_table, redact, run_name, wandb_run_id
 from lmlab.model import param_breakdown
 from lmlab.plan import plan_from_cfg, plan_table, run_budget, write_plan
 from lmlab.task import LMTask, model_config_dict
@@ -288,6 +288,7 @@ def _fit(
     counts = param_breakdown(task.model)
     if trainer.is_global_zero:
         Console().print(param_table(counts))
+        log_param_table(loggers, counts)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if task.last_val_step != trainer.global_step:
         trainer.validate(task, datamodule=dm, verbose=False)
