@@ -74,16 +74,42 @@ def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict
     return results(run_dir)
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(
+def saved_step(path: Path) -> int:
+    """The step of a checkpoint that a running process may replace at any moment (the rename
+    is atomic, so a read sees the old file or the new one)."""
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
     tmp_path: Path, cache_dir: Path, reference: dict
 ) -> None:
-    """Bit-identical on CPU: same rows, same RNG stream, same optimizer and schedule state."""
+    """Killed with -9 after the first checkpoint, resumed, stopped by SIGTERM (preemption saves
+    a checkpoint at the next step boundary, exit code 143, status preempted), resumed again:
+    bit-identical to the uninterrupted run on CPU (same rows, same RNG stream, same optimizer
+    and schedule state)."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
     proc = launch(tmp_path, cache_dir)
-    wait_for(tmp_path / "checkpoints" / "last.ckpt", proc)
+    wait_for(last, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert killed_at["global_step"] < 40, "the kill came after training ended"
+    killed_at = saved_step(last)
+    assert killed_at < 40, "the kill came after training ended"
+
+    proc = launch(tmp_path, cache_dir, "resume=true")
+    deadline = time.time() + 120
+    while saved_step(last) == killed_at:  # the resumed run has saved once more
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint after resuming"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate()[0]
+    if proc.returncode == 0:
+        pytest.fail("the run ended before SIGTERM arrived; raise trainer.max_steps")
+    assert proc.returncode == 143, out
+    assert "preempted at step" in out and "resume=true" in out
+    assert results(tmp_path)["status"] == "preempted"
+    assert killed_at < saved_step(last) < 40
+
     resumed = launch(tmp_path, cache_dir, "resume=true")
     assert resumed.wait() == 0, resumed.stdout.read()
     r = results(tmp_path)
@@ -91,24 +117,6 @@ def test_kill_9_then_resume_matches_uninterrupted_run(
     assert r["resumed_from"].endswith("last.ckpt")
     assert r["train_loss"] == reference["train_loss"]
     assert r["val_loss"] == reference["val_loss"]
-
-
-def test_sigterm_saves_a_checkpoint_and_exits(
-    tmp_path: Path, cache_dir: Path, reference: dict
-) -> None:
-    proc = launch(tmp_path, cache_dir)
-    wait_for(tmp_path / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate()[0]
-    assert proc.returncode == 143, out
-    assert "preempted at step" in out and "resume=true" in out
-    r = results(tmp_path)
-    assert r["status"] == "preempted"
-    step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 10 <= step < 40
-    resumed = launch(tmp_path, cache_dir, "resume=true")
-    assert resumed.wait() == 0
-    assert results(tmp_path)["val_loss"] == reference["val_loss"]
 
 
 def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path: Path) -> None:
