@@ -1,6 +1,6 @@
-"""Many processes on CPU (gloo, 2 ranks): DDP and FSDP2 reach the single-process loss with the
-same global batch, FSDP shards the parameters and its sharded checkpoints resume and
-consolidate, a 2-job DDP multirun gives one folder and one W&B run per job; activation
+"""Many processes on CPU (gloo, 2 ranks): a 2-job multirun (trainer=ddp, trainer=fsdp) reaches
+the single-process loss with the same global batch and gives one folder and one W&B run per
+job; FSDP shards the parameters and its sharded checkpoints resume and consolidate; activation
 checkpointing leaves the gradients unchanged; every trainer config composes.
 
 Tolerance of the equivalence tests: relative 1e-5 on the validation loss after 6 steps. The
@@ -67,91 +67,84 @@ def single(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """A 2-job multirun with trainer=ddp on 2 CPU processes: micro-batch 4 (no accumulation)
-    and micro-batch 2 (accumulation 2), both the same global batch of 8."""
-    sweep_dir = tmp_path_factory.mktemp("ddp_sweep")
+def sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A 2-job Hydra multirun on 2 CPU processes per job: job 0 trainer=ddp, job 1
+    trainer=fsdp, both micro-batch 4 on each of 2 ranks: the global batch of 8 that the
+    single-process reference makes with micro-batch 4 x accumulation 2."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
     launch(
         cache_dir,
         "-m",
         *COMMON,
-        "trainer=ddp",
+        "trainer=ddp,fsdp",
         *TWO_CPUS,
+        "data.batch_size=4",
         "logger=wandb",
-        "data.batch_size=4,2",
         f"hydra.sweep.dir={sweep_dir}",
     )
     return sweep_dir
 
 
-@pytest.fixture(scope="module")
-def fsdp(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    run_dir = tmp_path_factory.mktemp("fsdp")
-    launch(cache_dir, *COMMON, "trainer=fsdp", *TWO_CPUS, f"hydra.run.dir={run_dir}")
-    return run_dir
-
-
-def test_ddp_multirun_jobs_match_single_process(ddp_sweep: Path, single: Path) -> None:
+def test_ddp_and_fsdp_multirun_jobs_match_single_process(sweep: Path, single: Path) -> None:
     reference = results(single)
     assert reference["batch"]["accumulation"] == 2
-    assert sorted(p.name for p in ddp_sweep.iterdir()) == ["0", "1", "multirun.yaml"]
-    for job, (micro, accumulation) in enumerate([(4, 1), (2, 2)]):
-        job_dir = ddp_sweep / str(job)
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job, trainer in enumerate(["ddp", "fsdp"]):
+        job_dir = sweep / str(job)
         r = results(job_dir)
         assert r["status"] == "completed" and r["global_step"] == STEPS
         assert r["batch"] == {
-            "micro_batch": micro,
+            "micro_batch": 4,
             "devices": 2,
-            "accumulation": accumulation,
+            "accumulation": 1,
             "global_batch_size": 8,
             "global_batch_tokens": 8 * 256,
         }
         assert r["tokens"] == reference["tokens"]
         assert r["val_loss"] == pytest.approx(reference["val_loss"], rel=REL)
-        assert r["params_per_rank"] == r["params"]  # DDP replicates
         # rank 1 ran this job (its log is in the job's folder), and only rank 0 logged to W&B:
         # wandb_records unpacks exactly one offline run
         assert (job_dir / "rank1.log").exists()
         run = next(x["run"] for x in wandb_records(job_dir) if x["type"] == "run")
-        assert run["display_name"] == f"data.batch_size={micro}"
+        assert run["display_name"] == f"trainer={trainer}"
+    assert results(sweep / "0")["params_per_rank"] == reference["params"]  # DDP replicates
 
 
-def test_fsdp_matches_single_process_and_shards_parameters(fsdp: Path, single: Path) -> None:
-    r, reference = results(fsdp), results(single)
-    assert r["status"] == "completed" and r["batch"]["devices"] == 2
-    assert r["val_loss"] == pytest.approx(reference["val_loss"], rel=REL)
+def test_fsdp_shards_parameters_and_checkpoints(sweep: Path) -> None:
+    r = results(sweep / "1")
     # each of 2 ranks holds its half of every tensor (dim-0 shards, the odd row on rank 0)
     assert 0.5 <= r["params_per_rank"] / r["params"] < 0.51
-    assert (fsdp / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # sharded: a folder
-    assert len(list((fsdp / "checkpoints" / "last.ckpt").glob("*.distcp"))) == 2
+    last = sweep / "1" / "checkpoints" / "last.ckpt"
+    assert (last / "meta.pt").is_file() and len(list(last.glob("*.distcp"))) == 2
 
 
 def test_fsdp_sharded_checkpoint_resumes_exactly(
-    fsdp: Path, tmp_path: Path, cache_dir: Path
+    sweep: Path, tmp_path: Path, cache_dir: Path
 ) -> None:
-    step3 = fsdp / "checkpoints" / "step000003.ckpt"
+    step3 = sweep / "1" / "checkpoints" / "step000003.ckpt"
     launch(
         cache_dir,
         *COMMON,
         "trainer=fsdp",
         *TWO_CPUS,
+        "data.batch_size=4",
         f"ckpt_path={step3}",
         f"hydra.run.dir={tmp_path}",
     )
-    r, uninterrupted = results(tmp_path), results(fsdp)
+    r, uninterrupted = results(tmp_path), results(sweep / "1")
     assert r["resumed_from"] == str(step3) and r["global_step"] == STEPS
     assert r["val_loss"] == uninterrupted["val_loss"]
     assert r["train_loss"] == uninterrupted["train_loss"]
 
 
 def test_sharded_checkpoint_consolidates_into_a_single_process_model(
-    fsdp: Path, single: Path, ddp_sweep: Path, tmp_path: Path
+    sweep: Path, single: Path, tmp_path: Path
 ) -> None:
     consolidate = runpy.run_path(str(ROOT / "src" / "consolidate.py"), run_name="consolidate")
     out = tmp_path / "one.ckpt"
-    consolidate["main"]([f"ckpt={fsdp / 'checkpoints' / 'last.ckpt'}", f"out={out}"])
+    consolidate["main"]([f"ckpt={sweep / '1' / 'checkpoints' / 'last.ckpt'}", f"out={out}"])
     reference = load(single / "checkpoints" / "last.ckpt").model.state_dict()
-    for path in (out, ddp_sweep / "0" / "checkpoints" / "last.ckpt"):
+    for path in (out, sweep / "0" / "checkpoints" / "last.ckpt"):
         model = load(path).model  # strict load: no wrapper prefixes, nothing missing
         state = model.state_dict()
         assert list(state) == list(reference)
