@@ -87,16 +87,12 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return str(trainer_cfg.precision)
 
 
-def world_size(trainer_cfg: DictConfig) -> int:
-    from lmlab.plan import device_count
-
-    return device_count(trainer_cfg.devices, trainer_cfg.accelerator) * int(trainer_cfg.num_nodes)
-
-
 def resolve_global_batch(cfg: DictConfig, seq_len: int) -> dict[str, int]:
     """Set ``trainer.accumulate_grad_batches`` from the global batch, when one is given:
     accumulation = global batch / (micro-batch x devices x nodes), which must be a whole number.
     Returns the batch arithmetic (logged at start and written to plan.json/results.json)."""
+    from lmlab.plan import world_size
+
     data, trainer = cfg.data, cfg.trainer
     world, micro = world_size(trainer), int(data.batch_size)
     by_rows, by_tokens = data.get("global_batch_size"), data.get("global_batch_tokens")

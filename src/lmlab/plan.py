@@ -317,10 +317,15 @@ def device_count(devices: Any, accelerator: str) -> int:
     return 1
 
 
+def world_size(trainer_cfg: DictConfig) -> int:
+    """Processes of the run: devices per node x nodes."""
+    return device_count(trainer_cfg.devices, trainer_cfg.accelerator) * int(trainer_cfg.num_nodes)
+
+
 def run_shape(cfg: DictConfig, data_cfg: DataConfig, seq_len: int) -> dict[str, int]:
     """Micro-batch, replicas and tokens per optimizer step from the composed config."""
     trainer = cfg.trainer
-    n_devices = device_count(trainer.devices, trainer.accelerator) * int(trainer.num_nodes)
+    n_devices = world_size(trainer)
     accumulation = int(trainer.accumulate_grad_batches)
     tokens = global_batch_tokens(data_cfg.batch_size, seq_len, n_devices, 1, accumulation)
     return {"micro_batch": data_cfg.batch_size, "n_devices": n_devices, "tokens_per_step": tokens}
