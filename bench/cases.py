@@ -30,10 +30,10 @@ import torch
 from bench.harness import BENCH_OVERRIDES, ROOT, compose, run_lmlab
 from bench.plain_loop import plain_fit
 from bench.report import CaseResult, Stat
+from lmlab.config import resolve_configs
 from lmlab.data.packing import prepare
 from lmlab.data.sources import load_documents
 from lmlab.hardware import measure_cpu_matmul_flops
-from lmlab.run import resolve_configs
 
 
 @dataclass

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lmlab.compose import compose_train  # noqa: E402
+from lmlab.config import resolve_configs  # noqa: E402
 from lmlab.model import build_model  # noqa: E402
 from lmlab.parallel import layout  # noqa: E402
-from lmlab.run import resolve_configs  # noqa: E402
 
 
 def peak_mib() -> float:

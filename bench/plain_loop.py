@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bench.harness import StepLog
+from lmlab.config import resolve_configs
 from lmlab.data.datamodule import LMDataModule
 from lmlab.model import build_model, flops_per_token
-from lmlab.run import resolve_configs
 from lmlab.task import IGNORE, decay_groups
 
 

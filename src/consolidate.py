@@ -33,7 +33,8 @@ class ConsolidateConfig:
 
 def main(argv: list[str]) -> None:
     cfg = parse(ConsolidateConfig, argv)
-    from lmlab.checkpointing import AtomicCheckpointIO, consolidate, is_sharded
+    from lmlab.checkpoint_files import consolidate, is_sharded
+    from lmlab.checkpointing import AtomicCheckpointIO
 
     src = Path(cfg.ckpt)
     if not is_sharded(src):

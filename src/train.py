@@ -24,7 +24,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from lmlab.budget import register_budget_configs  # noqa: E402
-from lmlab.config import register_configs  # noqa: E402
+from lmlab.config import register_configs, resolve_configs  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
 
 register_configs()
@@ -33,6 +33,11 @@ register_budget_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    if not in_multirun():
+        try:  # bad input in ~3 s, before torch and Lightning load (~8 s); train() checks again
+            resolve_configs(cfg)
+        except ConfigError as err:
+            fail(err)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lmlab.run import train  # heavy imports only once the config composed
@@ -46,10 +51,17 @@ def main(cfg: DictConfig) -> float:
             # One failed job must not sink the sweep: results.json already says "failed".
             logging.getLogger("lmlab").error("job failed: %s: %s", type(err).__name__, err)
             return float("nan")
-        if isinstance(err, ConfigError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+        if isinstance(err, ConfigError):
+            fail(err)
         raise
+
+
+def fail(err: ConfigError) -> None:
+    """Bad input: one line on stderr and exit code 2 (``HYDRA_FULL_ERROR=1``: the traceback)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 def in_multirun() -> bool:

@@ -167,6 +167,24 @@ def cli(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_checkpoint_tools_and_input_checks_load_no_lightning() -> None:
+    """generate.py, probe.py and train.py's input check import no Lightning (nor torchmetrics,
+    which it pulls in): that import alone takes ~4 s here, before the first line of output."""
+    modules = "lmlab.pretrained, lmlab.probe, lmlab.fill, lmlab.cli, lmlab.config, lmlab.budget"
+    code = (
+        f"import sys, {modules}; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torchmetrics'}))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
 @pytest.fixture(scope="module")
 def counting(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A corpus where every masked word follows from its neighbours: counting in words."""

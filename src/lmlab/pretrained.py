@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 from torch import nn
 
-from lmlab.checkpointing import consolidate, is_sharded, read_checkpoint
+from lmlab.checkpoint_files import consolidate, is_sharded, read_checkpoint
 from lmlab.config import Family, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model

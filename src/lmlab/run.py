@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.callbacks import Sample, Throughput
-from lmlab.checkpointing import read_checkpoint
-from lmlab.config import RUNTIME_FIELDS, DataConfig, ModelConfig
+from lmlab.checkpoint_files import read_checkpoint
+from lmlab.config import RUNTIME_FIELDS, DataConfig, ModelConfig, resolve_configs
 from lmlab.data.datamodule import LMDataModule
 from lmlab.distributed import (
     JobScope,
@@ -52,19 +52,6 @@ def route_lightning_logs() -> None:
         lightning_log.propagate = True
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropTips())
-
-
-def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
-    """Validate the structured configs (``__post_init__`` checks) before any work starts."""
-    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
-    data_cfg: DataConfig = OmegaConf.to_object(cfg.data)
-    OmegaConf.to_object(cfg.budget)  # BudgetConfig's checks, before any work
-    seq_len = data_cfg.seq_len or model_cfg.max_seq_len
-    if seq_len > model_cfg.max_seq_len:
-        raise ConfigError(
-            f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"
-        )
-    return model_cfg, data_cfg, seq_len
 
 
 RUN_CONFIG = "run_config.yaml"
