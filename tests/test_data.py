@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from lmlab.config import DataConfig, Family, Source, TokenizerKind
+from conftest import compose_cfg
+from lmlab.config import DataConfig, Family, Source, TokenizerKind, resolve_configs
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
@@ -102,6 +105,52 @@ def test_datamodule_batches_are_shifted_next_token_pairs(tmp_path: Path) -> None
     assert (batch["input_ids"][:, 1:] == batch["labels"][:, :-1]).all()
     n_bytes = dm.meta["val"]["bytes"]  # one token per ASCII char, plus one EOS per document
     assert dm.val_bytes_per_token == pytest.approx(n_bytes / (n_bytes + 1))
+
+
+def test_stride_windows_start_at_every_stride_token_of_the_stream(tmp_path: Path) -> None:
+    """``data.stride=1`` (nanoGPT's crops at every offset): window i is tokens i .. i + row_len
+    of the rows laid end to end; the default stride is the rows themselves; validation keeps
+    the non-overlapping rows."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    modules = {
+        stride: LMDataModule(
+            text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, stride=stride),
+            Family.gpt,
+            seq_len=16,
+            seed=0,
+        )
+        for stride in (None, 1, 5)
+    }
+    for dm in modules.values():
+        dm.setup()
+    rows = modules[None].train_rows.rows
+    stream, n_rows = rows.flatten(), rows.shape[0]
+    assert len(modules[None].train_rows) == n_rows and rows.shape[1] == 17
+    assert torch.equal(modules[None].train_rows.__getitems__([2, 0]), rows[[2, 0]])
+    for stride in (1, 5):
+        windows = modules[stride].train_rows
+        assert len(windows) == (n_rows * 17 - 17) // stride + 1
+        got = windows.__getitems__([0, 3, len(windows) - 1])
+        starts = [0, 3 * stride, (len(windows) - 1) * stride]
+        assert torch.equal(got, torch.stack([stream[s : s + 17] for s in starts]))
+        assert torch.equal(modules[stride].val_rows.rows, modules[None].val_rows.rows)
+    dm = modules[1]
+    dm.num_train_samples = 6
+    batch = next(iter(dm.train_dataloader()))
+    assert (batch["input_ids"][:, 1:] == batch["labels"][:, :-1]).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.stride=0"], "data.stride=0 must be >= 1 (or null)"),
+        (["data.stride=300"], "data.stride=300 is above the sequence length 256: windows would"),
+    ],
+)
+def test_bad_stride_is_refused_before_any_work(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_configs(compose_cfg(["+debug=smoke", *overrides]))
 
 
 def test_sampler_resumes_exactly_and_shards_ranks() -> None:

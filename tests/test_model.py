@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import Activation, ModelConfig, Norm, NormPlacement, Positional
-from lmlab.model import build_model, param_breakdown
+from lmlab.config import Activation, Family, ModelConfig, Norm, NormPlacement, Positional
+from lmlab.data.collators import decoder_tokens
+from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.model.attention import build_context
 from lmlab.model.positional import RotaryPositional, alibi_slopes, sinusoid_table
 
@@ -190,3 +191,41 @@ def test_tiny_model_overfits_one_batch(activation: Activation) -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 0.1, f"{activation.value}: loss {loss.item():.3f} after 150 steps"
+
+
+def counted_training_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """FLOPs of one forward + backward as torch's FlopCounterMode counts them, with attention
+    on SDPA's math path (plain matmuls, so its score FLOPs are counted too)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(**inputs).float().sum().backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    ("family", "knobs"),
+    [
+        (Family.gpt, {}),
+        (Family.gpt, {"activation": Activation.swiglu, "n_kv_heads": 2, "tie_embeddings": False}),
+        (Family.bert, {}),
+        (Family.t5, {"n_decoder_layers": 3}),
+    ],
+)
+def test_flops_per_token_equals_counted_matmul_flops(family: Family, knobs: dict) -> None:
+    """MFU, the dry-run plan and BENCHMARKS.md rest on ``flops_per_token``: it must equal what
+    torch counts for a forward + backward. T5 with the span-corruption decoder length counts
+    the decoder on its own (shorter) tokens; without it, it is an upper bound."""
+    T = 24
+    model = build_model(tiny(family=family, bias=False, **knobs))
+    ids = torch.randint(5, V, (2, T))
+    inputs = {"input_ids": ids}
+    S = decoder_tokens(family, T)
+    if family == Family.t5:
+        assert S is not None and S < T // 2
+        inputs["decoder_input_ids"] = ids[:, :S]
+    counted = counted_training_flops(model, inputs) / ids.numel()
+    assert flops_per_token(model, T, S) == pytest.approx(counted, rel=1e-12)
+    if family == Family.t5:
+        assert flops_per_token(model, T) > 1.5 * counted  # the bound without decoder_len

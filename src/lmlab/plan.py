@@ -38,7 +38,7 @@ from torch import nn
 
 from lmlab.budget import Budget, BudgetConfig, global_batch_tokens, resolve_budget
 from lmlab.config import DataConfig, Family, ModelConfig
-from lmlab.data.collators import SpanCorruptionCollator, noise_counts
+from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.errors import ConfigError
 from lmlab.hardware import peak_flops, precision_dtype
 from lmlab.model import build_model, flops_per_token, param_breakdown
@@ -101,9 +101,8 @@ def choose_method(
 
 def _t5_inputs(ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
     """Encoder ids plus decoder ids as long as span corruption's targets for this length."""
-    c = SpanCorruptionCollator
-    n_noise, n_spans = noise_counts(c.row_len(ids_BT.shape[1]), c.density, c.mean_span)
-    return {"input_ids": ids_BT, "decoder_input_ids": ids_BT[:, : n_noise + n_spans + 1]}
+    decoder_len = SpanCorruptionCollator.decoder_len(ids_BT.shape[1])
+    return {"input_ids": ids_BT, "decoder_input_ids": ids_BT[:, :decoder_len]}
 
 
 # A random batch's model inputs per family, as its collator shapes them (labels aside).
@@ -227,7 +226,7 @@ def plan_run(
     device = torch.device(device)
     model = meta_model(model_cfg)
     counts = param_breakdown(model)
-    fpt = flops_per_token(model, seq_len)
+    fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
     budget: Budget = resolve_budget(budget_cfg, counts["total"], tokens_per_step, max_steps)
     speed = _throughput(
         model_cfg, counts, fpt, (micro_batch, seq_len), device, precision, cache_dir

@@ -24,7 +24,9 @@ NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matmul weights only; none on norms, biases and embeddings
-    (a tied head shares the embedding's tensor and so goes undecayed, as in nanoGPT)."""
+    (a tied head shares the embedding's tensor and so goes undecayed). nanoGPT today decays
+    every 2-D tensor, embeddings included; on its Tiny Shakespeare CPU run that made no
+    measurable difference (1.8848 against 1.885)."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):

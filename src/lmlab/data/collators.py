@@ -147,14 +147,13 @@ class SpanCorruptionCollator:
 
     def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
         self.seed, self.input_len = seed, seq_len
-        raw = self.row_len(seq_len)
-        n_noise, n_spans = noise_counts(raw, self.density, self.mean_span)
+        n_spans = noise_counts(self.row_len(seq_len), self.density, self.mean_span)[1]
         if n_spans > len(SENTINELS):
             raise ConfigError(
                 f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
                 f"tokenizer's {len(SENTINELS)} sentinels: use a shorter sequence"
             )
-        self.target_len = n_noise + n_spans + 1
+        self.target_len = self.decoder_len(seq_len)
         self.sentinels = np.array([tokenizer.token_to_id(s) for s in SENTINELS])
         self.eos, self.pad = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
 
@@ -167,6 +166,12 @@ class SpanCorruptionCollator:
             if length + 1 - n_noise + n_spans + 1 > seq_len:
                 return length
             length += 1
+
+    @classmethod
+    def decoder_len(cls, seq_len: int) -> int:
+        """Target tokens per row: each noise token, one sentinel per span, and EOS."""
+        n_noise, n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)
+        return n_noise + n_spans + 1
 
     def __call__(self, rows_BR: torch.Tensor) -> Batch:
         rng = np.random.default_rng(batch_seed(self.seed, rows_BR))
@@ -195,3 +200,10 @@ COLLATORS: dict[Family, type] = {
     Family.bert: MLMCollator,
     Family.t5: SpanCorruptionCollator,
 }
+
+
+def decoder_tokens(family: Family, seq_len: int) -> int | None:
+    """Decoder tokens per example when the encoder reads ``seq_len``: span corruption's target
+    length for T5 (about a third of ``seq_len``), None for the decoder-only and encoder-only
+    families. FLOPs per token and MFU need it (``lmlab.model.flops_per_token``)."""
+    return SpanCorruptionCollator.decoder_len(seq_len) if family == Family.t5 else None

@@ -19,20 +19,30 @@ from lmlab.data.sampler import ResumableSampler
 
 
 class Rows(Dataset):
-    """Packed token rows held in memory as one int32 tensor; ``__getitems__`` gives the
-    DataLoader a whole batch as one indexing op instead of B small tensors."""
+    """Windows of the packed token rows, held in memory as one int32 tensor. Window i starts
+    at token ``i * stride`` of the rows laid end to end; ``stride`` = the row length (the
+    default) gives the rows themselves. A window may join the end of one row to the start of
+    the next: rows are consecutive cuts of the token stream, except where ``pack`` dropped
+    the tail of a 1000-document batch. ``__getitems__`` gives the DataLoader a whole batch as
+    one indexing op instead of B small tensors."""
 
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.rows = rows
+    def __init__(self, rows: torch.Tensor, stride: int | None = None) -> None:
+        self.rows, self.row_len = rows, rows.shape[1]
+        self.stride = stride or self.row_len
+        self.stream = rows.reshape(-1)
+        self.offsets = torch.arange(self.row_len)
 
     def __len__(self) -> int:
-        return self.rows.shape[0]
+        return (self.stream.numel() - self.row_len) // self.stride + 1
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.rows[i]
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return self.rows[indices]
+        if self.stride == self.row_len:
+            return self.rows[indices]
+        starts = torch.as_tensor(indices) * self.stride
+        return self.stream[starts[:, None] + self.offsets]
 
 
 def _load_rows(path: Path) -> torch.Tensor:
@@ -69,7 +79,7 @@ class LMDataModule(L.LightningDataModule):
             return
         self.meta = json.loads((self.blocks_dir / "meta.json").read_text())
         self.tokenizer = Tokenizer.from_file(self.meta["tokenizer"])
-        self.train_rows = Rows(_load_rows(self.blocks_dir / "train"))
+        self.train_rows = Rows(_load_rows(self.blocks_dir / "train"), self.cfg.stride)
         self.val_rows = Rows(_load_rows(self.blocks_dir / "val"))
         self.collate = COLLATORS[self.family](
             tokenizer=self.tokenizer, seed=self.seed, seq_len=self.seq_len

@@ -69,16 +69,32 @@ def param_rows(model: nn.Module) -> list[tuple[str, dict[str, int]]]:
     return rows
 
 
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per input token, 6 * (matmul params) + 12 * A * T * d for the attention
-    scores of A attention layers (Kaplan et al. 2020; PaLM appendix B). Matmul params are the
-    non-embedding ones, with the output head's weight matrices counted as matmuls even when
-    tied to the embedding. For T5 every decoder parameter and cross-attention layer is counted
-    per encoder token too: an upper bound, since span-corruption targets are shorter."""
+def _matmul_weights(module: nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = None) -> float:
+    """Training FLOPs per input token, 6 * (matmul weights) + 12 * A * T * d for the attention
+    scores of A attention layers (Kaplan et al. 2020; PaLM appendix B). Matmul weights are
+    every ``nn.Linear``'s, the output head's included even when tied to the embedding; norms,
+    biases and embedding lookups are left out, as torch's FlopCounterMode leaves them out
+    (tested equal to its count).
+
+    An encoder-decoder with ``decoder_len`` (T5: the span-corruption target length, from
+    ``lmlab.data.collators.decoder_tokens``) counts each part on the tokens it runs on: the
+    encoder and the cross-attention's key/value projections on the ``seq_len`` encoder tokens;
+    the decoder's other matmuls and the head on the ``decoder_len`` decoder tokens; scores of
+    T x T (encoder), S x S (decoder) and S x T (cross) per layer. The total is divided by the
+    encoder tokens, the tokens that tokens/s counts. Without ``decoder_len`` the decoder is
+    counted on ``seq_len`` tokens too, an upper bound."""
     cfg = model.cfg
-    counts = param_breakdown(model)
-    head = model.get_submodule("head")
-    head_matmuls = sum(m.weight.numel() for m in head.modules() if isinstance(m, nn.Linear))
-    matmul_params = counts["non_embedding"] - counts["head"] + head_matmuls
+    if decoder_len is not None and hasattr(model, "decoder"):
+        T, S, d = seq_len, decoder_len, cfg.d_model
+        cross_kv = sum(_matmul_weights(b.cross.wkv) for b in model.decoder)
+        on_encoder = sum(_matmul_weights(b) for b in model.encoder) + cross_kv
+        on_decoder = sum(_matmul_weights(b) for b in model.decoder) - cross_kv
+        on_decoder += _matmul_weights(model.get_submodule("head"))
+        scores = len(model.encoder) * T * T + len(model.decoder) * (S * S + S * T)
+        return (6.0 * (on_encoder * T + on_decoder * S) + 12.0 * d * scores) / T
     n_attention = sum(isinstance(m, Attention) for m in model.modules())
-    return 6.0 * matmul_params + 12.0 * n_attention * seq_len * cfg.d_model
+    return 6.0 * _matmul_weights(model) + 12.0 * n_attention * seq_len * cfg.d_model
