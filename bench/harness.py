@@ -23,7 +23,6 @@ from omegaconf import DictConfig, open_dict
 
 from lmlab.compose import CONF
 from lmlab.compose import compose_train as compose  # noqa: F401 (the cases' entry point)
-from lmlab.data.collators import decoder_tokens
 from lmlab.model import flops_per_token
 
 ROOT = CONF.parent
@@ -75,9 +74,7 @@ class StepTimes(L.Callback):
         self.flops_per_token = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seq_len = trainer.datamodule.seq_len
-        decoder_len = decoder_tokens(pl_module.model.cfg.family, seq_len)
-        self.flops_per_token = flops_per_token(pl_module.model, seq_len, decoder_len)
+        self.flops_per_token = flops_per_token(pl_module.model, trainer.datamodule.seq_len)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.starts.append(time.perf_counter())

@@ -54,13 +54,11 @@ def main(model: str, batch: int, seq_len: int, checkpointing: bool) -> dict:
     net = build_model(model_cfg)
     layout(net, activation_checkpointing=checkpointing)
     ids_BT = torch.randint(0, 4096, (batch, seq_len))
-    if reset_peak():  # growth over the resident size just before the step
-        before = status_mib("VmRSS")
-        net(ids_BT).float().logsumexp(-1).mean().backward()
-        return {"peak_growth_mib": status_mib("VmHWM") - before, "before_mib": before}
-    before = peak_mib()  # growth over the peak so far
+    reset = reset_peak()  # else: growth over the peak so far
+    before = status_mib("VmRSS") if reset else peak_mib()
     net(ids_BT).float().logsumexp(-1).mean().backward()
-    return {"peak_growth_mib": peak_mib() - before, "before_mib": before}
+    after = status_mib("VmHWM") if reset else peak_mib()
+    return {"peak_growth_mib": after - before, "before_mib": before}
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from bench.harness import StepLog
 from lmlab.config import resolve_configs
-from lmlab.data.collators import decoder_tokens
 from lmlab.data.datamodule import LMDataModule
 from lmlab.model import build_model, flops_per_token
 from lmlab.task import IGNORE, decay_groups
@@ -70,5 +69,4 @@ def plain_fit(cfg: DictConfig) -> StepLog:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
     losses_ = [float(x) for x in losses]
-    fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
-    return StepLog(starts, cpu_starts, losses_, tokens_per_step, fpt)
+    return StepLog(starts, cpu_starts, losses_, tokens_per_step, flops_per_token(model, seq_len))

@@ -11,7 +11,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lmlab.data.collators import decoder_tokens
 from lmlab.generation import generate
 from lmlab.hardware import peak_flops
 from lmlab.model import flops_per_token
@@ -35,8 +34,7 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seq_len = trainer.datamodule.seq_len
-        decoder_len = decoder_tokens(pl_module.model.cfg.family, seq_len)
-        self.flops_per_token = flops_per_token(pl_module.model, seq_len, decoder_len)
+        self.flops_per_token = flops_per_token(pl_module.model, seq_len)
         self.peak = peak_flops(pl_module.device, trainer.precision, self.cache_dir)
         self.world_size = trainer.world_size  # tokens are counted over all ranks, MFU per device
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from lmlab.budget import Budget, BudgetConfig, global_batch_tokens, resolve_budget
 from lmlab.config import DataConfig, Family, ModelConfig
-from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
+from lmlab.data.collators import SpanCorruptionCollator
 from lmlab.errors import ConfigError
 from lmlab.hardware import peak_flops, precision_dtype
 from lmlab.model import build_model, flops_per_token, param_breakdown
@@ -226,7 +226,7 @@ def plan_run(
     device = torch.device(device)
     model = meta_model(model_cfg)
     counts = param_breakdown(model)
-    fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
+    fpt = flops_per_token(model, seq_len)
     budget: Budget = resolve_budget(budget_cfg, counts["total"], tokens_per_step, max_steps)
     speed = _throughput(
         model_cfg, counts, fpt, (micro_batch, seq_len), device, precision, cache_dir

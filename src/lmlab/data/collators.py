@@ -200,10 +200,3 @@ COLLATORS: dict[Family, type] = {
     Family.bert: MLMCollator,
     Family.t5: SpanCorruptionCollator,
 }
-
-
-def decoder_tokens(family: Family, seq_len: int) -> int | None:
-    """Decoder tokens per example when the encoder reads ``seq_len``: span corruption's target
-    length for T5 (about a third of ``seq_len``), None for the decoder-only and encoder-only
-    families. FLOPs per token and MFU need it (``lmlab.model.flops_per_token``)."""
-    return SpanCorruptionCollator.decoder_len(seq_len) if family == Family.t5 else None

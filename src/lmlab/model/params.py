@@ -80,16 +80,18 @@ def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = No
     biases and embedding lookups are left out, as torch's FlopCounterMode leaves them out
     (tested equal to its count).
 
-    An encoder-decoder with ``decoder_len`` (T5: the span-corruption target length, from
-    ``lmlab.data.collators.decoder_tokens``) counts each part on the tokens it runs on: the
-    encoder and the cross-attention's key/value projections on the ``seq_len`` encoder tokens;
-    the decoder's other matmuls and the head on the ``decoder_len`` decoder tokens; scores of
-    T x T (encoder), S x S (decoder) and S x T (cross) per layer. The total is divided by the
-    encoder tokens, the tokens that tokens/s counts. Without ``decoder_len`` the decoder is
-    counted on ``seq_len`` tokens too, an upper bound."""
+    An encoder-decoder counts each part on the tokens it runs on: the encoder and the
+    cross-attention's key/value projections on the ``seq_len`` encoder tokens; the decoder's
+    other matmuls and the head on ``decoder_len`` decoder tokens (default: the length of
+    span corruption's targets, the objective T5 trains on); scores of T x T (encoder), S x S
+    (decoder) and S x T (cross) per layer. The total is divided by the encoder tokens, the
+    tokens that tokens/s counts."""
     cfg = model.cfg
-    if decoder_len is not None and hasattr(model, "decoder"):
-        T, S, d = seq_len, decoder_len, cfg.d_model
+    if hasattr(model, "decoder"):
+        from lmlab.data.collators import SpanCorruptionCollator
+
+        S = decoder_len or SpanCorruptionCollator.decoder_len(seq_len)
+        T, d = seq_len, cfg.d_model
         cross_kv = sum(_matmul_weights(b.cross.wkv) for b in model.decoder)
         on_encoder = sum(_matmul_weights(b) for b in model.encoder) + cross_kv
         on_decoder = sum(_matmul_weights(b) for b in model.decoder) - cross_kv
