@@ -1,4 +1,5 @@
-"""Tests for lmlab.compare on synthetic Hydra multirun directories (no training involved)."""
+"""Tests for lmlab.compare (with lmlab.multirun and lmlab.ranking) on synthetic Hydra multirun
+directories (no training involved)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 from lmlab import compare as cmp  # noqa: E402
+from lmlab import multirun as mrun  # noqa: E402
+from lmlab import ranking  # noqa: E402
 
 CSV_COLUMNS = [
     "epoch",
@@ -157,7 +160,7 @@ def table_cells(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("│").split("│")] for line in body]
 
 
-def row_by(rows: list[cmp.Row], norm: str, act: str, status: str = "completed") -> cmp.Row:
+def row_by(rows: list[ranking.Row], norm: str, act: str, status: str = "completed") -> ranking.Row:
     (row,) = [
         r
         for r in rows
@@ -177,7 +180,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_load_runs_reads_every_file(multirun: Path) -> None:
-    runs = cmp.load_runs(multirun)
+    runs = mrun.load_runs(multirun)
     assert [r.dir.name for r in runs] == ["0", "1", "2", "3", "4", "5"]
     assert [r.failed for r in runs] == [False] * 5 + [True]
     assert runs[0].overrides["model.activation"] == "gelu"
@@ -195,7 +198,7 @@ def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
     killed = tmp_path / "sweep" / "b" / "7" / ".hydra"
     killed.mkdir(parents=True)
     (killed / "overrides.yaml").write_text(yaml.safe_dump(["model.activation=geglu"]))
-    runs = cmp.load_runs(tmp_path / "sweep")
+    runs = mrun.load_runs(tmp_path / "sweep")
     assert len(runs) == 4
     assert [r.dir.name for r in runs][-1] == "7"
     assert runs[-1].failed and "no results.json" in runs[-1].error
@@ -203,7 +206,7 @@ def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
 
 def test_varying_knobs_exact(multirun: Path) -> None:
     # seed varies but is excluded; +debug and trainer.max_steps are constant
-    assert cmp.varying_knobs(cmp.load_runs(multirun)) == [
+    assert mrun.varying_knobs(mrun.load_runs(multirun)) == [
         "model.norm_placement",
         "model.activation",
     ]
@@ -220,9 +223,9 @@ def test_varying_knobs_falls_back_to_config(tmp_path: Path) -> None:
         }
         results = results_for(3.0 + i / 10, 1000.0, seed, f"run{i}")
         write_job(tmp_path / str(i), ["+debug=smoke"], config, results, (3.0 + i / 10, 1000.0))
-    runs = cmp.load_runs(tmp_path)
-    assert cmp.varying_knobs(runs) == ["model.activation"]
-    rows = cmp.aggregate(runs, "val_loss")
+    runs = mrun.load_runs(tmp_path)
+    assert mrun.varying_knobs(runs) == ["model.activation"]
+    rows = ranking.aggregate(runs, "val_loss")
     assert [(r.label, r.n) for r in rows] == [("activation=gelu", 1), ("activation=relu", 2)]
 
 
@@ -233,11 +236,11 @@ def test_override_missing_in_some_jobs_uses_config_default(tmp_path: Path) -> No
     other = {"model": {"activation": "relu", "bias": True}, "seed": 1}
     write_job(tmp_path / "2", ["model.activation=relu"], other, results_for(3.2, 1.0, 1, "c"), None)
     # model.bias=true equals the config default True: not a knob
-    assert cmp.varying_knobs(cmp.load_runs(tmp_path)) == ["model.activation"]
+    assert mrun.varying_knobs(mrun.load_runs(tmp_path)) == ["model.activation"]
 
 
 def test_short_names_strip_common_prefix_but_stay_unique() -> None:
-    names = cmp.short_names(["model.norm_placement", "model.dropout", "data.dropout"])
+    names = mrun.short_names(["model.norm_placement", "model.dropout", "data.dropout"])
     assert names == {
         "model.norm_placement": "norm_placement",
         "model.dropout": "model.dropout",
@@ -247,17 +250,17 @@ def test_short_names_strip_common_prefix_but_stay_unique() -> None:
 
 def test_curve_column_maps_result_names_to_csv_columns() -> None:
     columns = ["train/loss", "val/loss", "perf/tokens_per_second"]
-    assert cmp.curve_column("val_loss", columns) == "val/loss"
-    assert cmp.curve_column("tokens_per_second", columns) == "perf/tokens_per_second"
-    assert cmp.curve_column("val/loss", columns) == "val/loss"
-    assert cmp.curve_column("loss", columns) is None  # ambiguous
+    assert mrun.curve_column("val_loss", columns) == "val/loss"
+    assert mrun.curve_column("tokens_per_second", columns) == "perf/tokens_per_second"
+    assert mrun.curve_column("val/loss", columns) == "val/loss"
+    assert mrun.curve_column("loss", columns) is None  # ambiguous
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
 def test_seed_aggregation_mean_std_n(multirun: Path) -> None:
-    rows = cmp.aggregate(cmp.load_runs(multirun), "val_loss")
+    rows = ranking.aggregate(mrun.load_runs(multirun), "val_loss")
     gelu = row_by(rows, "pre", "gelu")
     assert gelu.n == 3
     assert [r.seed for r in gelu.runs] == [1, 2, 3]
@@ -269,7 +272,7 @@ def test_seed_aggregation_mean_std_n(multirun: Path) -> None:
 
 
 def test_rows_ranked_by_metric_failed_last(multirun: Path) -> None:
-    rows = cmp.aggregate(cmp.load_runs(multirun), "val_loss")
+    rows = ranking.aggregate(mrun.load_runs(multirun), "val_loss")
     assert [r.label for r in rows] == [
         "norm_placement=pre, activation=swiglu",
         "norm_placement=pre, activation=gelu",
@@ -283,16 +286,16 @@ def test_rows_ranked_by_metric_failed_last(multirun: Path) -> None:
 
 
 def test_metric_from_metrics_csv(multirun: Path) -> None:
-    runs = cmp.load_runs(multirun)
-    assert cmp.run_value(runs[0], "train/grad_norm") == pytest.approx(1.0 / MAX_STEPS)
-    rows = cmp.aggregate(runs, "val/perplexity")
+    runs = mrun.load_runs(multirun)
+    assert mrun.run_value(runs[0], "train/grad_norm") == pytest.approx(1.0 / MAX_STEPS)
+    rows = ranking.aggregate(runs, "val/perplexity")
     assert rows[0].label == "norm_placement=pre, activation=swiglu"
     assert rows[0].value("val/perplexity") == pytest.approx(math.exp(3.05))
 
 
 def test_unknown_metric_names_the_available_ones(multirun: Path) -> None:
-    with pytest.raises(cmp.CompareError, match="unknown metric 'val_los'") as info:
-        cmp.aggregate(cmp.load_runs(multirun), "val_los")
+    with pytest.raises(mrun.CompareError, match="unknown metric 'val_los'") as info:
+        ranking.aggregate(mrun.load_runs(multirun), "val_los")
     message = str(info.value)
     assert "\n" not in message
     for name in ("val_loss", "tokens_per_second", "train/loss", "val/loss"):
@@ -304,9 +307,9 @@ def test_unknown_metric_names_the_available_ones(multirun: Path) -> None:
 
 
 def test_rendered_table_order_follows_losses(multirun: Path) -> None:
-    runs = cmp.load_runs(multirun)
-    knobs = cmp.varying_knobs(runs)
-    rows = cmp.aggregate(runs, "val_loss", knobs=knobs)
+    runs = mrun.load_runs(multirun)
+    knobs = mrun.varying_knobs(runs)
+    rows = ranking.aggregate(runs, "val_loss", knobs=knobs)
     table = cmp.render_table(rows, knobs, "val_loss")
     cells = table_cells(render(table))
     assert [c[:3] for c in cells] == [
@@ -317,14 +320,14 @@ def test_rendered_table_order_follows_losses(multirun: Path) -> None:
     ]
     assert cells[1][3] == "3.1200 ± 0.0200" and cells[1][4] == "3"
     assert cells[-1][3] == "FAILED" and cells[-1][-1].startswith("FAILED: RuntimeError: CUDA")
-    assert len(cells[-1][-1]) <= len("FAILED: ") + cmp.ERROR_WIDTH
+    assert len(cells[-1][-1]) <= len("FAILED: ") + ranking.ERROR_WIDTH
     assert table.rows[0].style == "bold green"
 
 
 def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path) -> None:
-    runs = cmp.load_runs(multirun)
-    knobs = cmp.varying_knobs(runs)
-    rows = cmp.aggregate(runs, "val_loss", knobs=knobs)
+    runs = mrun.load_runs(multirun)
+    knobs = mrun.varying_knobs(runs)
+    rows = ranking.aggregate(runs, "val_loss", knobs=knobs)
     wide = cmp.render_table(rows, knobs, "val_loss")
     narrow = cmp.render_table(rows, knobs, "val_loss", width=80)
     assert [c.header for c in wide.columns][5:] == [
@@ -344,8 +347,8 @@ def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path
 
 
 def test_summary_winner_gap_and_noise(multirun: Path) -> None:
-    rows = cmp.aggregate(cmp.load_runs(multirun), "val_loss")
-    lines = cmp.summarize(rows, "val_loss")
+    rows = ranking.aggregate(mrun.load_runs(multirun), "val_loss")
+    lines = ranking.summarize(rows, "val_loss")
     assert lines[0] == "winner: norm_placement=pre, activation=swiglu (val_loss = 3.0500)"
     assert lines[1].startswith("runner-up: norm_placement=pre, activation=gelu")
     assert "gap 0.0700 (2.3%)" in lines[1]
@@ -356,21 +359,21 @@ def test_summary_winner_gap_and_noise(multirun: Path) -> None:
 def test_noise_within_and_unknown(tmp_path: Path) -> None:
     noisy = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.10), (2, 3.20), (3, 3.30)]]
     noisy += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35), (3, 3.45)]]
-    rows = cmp.aggregate(cmp.load_runs(make_multirun(tmp_path / "a", noisy)), "val_loss")
+    rows = ranking.aggregate(mrun.load_runs(make_multirun(tmp_path / "a", noisy)), "val_loss")
     # 1 x pooled std < difference <= 2 x pooled std
-    assert cmp.summarize(rows, "val_loss")[2] == (
+    assert ranking.summarize(rows, "val_loss")[2] == (
         "difference 0.1500 <= 2 x pooled std 0.1000: within noise"
     )
     single = [("pre", "gelu", 1, 3.10, 1.0), ("post", "gelu", 1, 3.11, 1.0)]
-    rows = cmp.aggregate(cmp.load_runs(make_multirun(tmp_path / "b", single)), "val_loss")
-    assert "no seed replicates" in cmp.summarize(rows, "val_loss")[2]
-    assert "noise is unknown" in cmp.summarize(rows, "val_loss")[2]
+    rows = ranking.aggregate(mrun.load_runs(make_multirun(tmp_path / "b", single)), "val_loss")
+    assert "no seed replicates" in ranking.summarize(rows, "val_loss")[2]
+    assert "noise is unknown" in ranking.summarize(rows, "val_loss")[2]
 
 
 def test_higher_is_better_reverses_order(multirun: Path) -> None:
-    runs = cmp.load_runs(multirun)
-    lower = cmp.aggregate(runs, "tokens_per_second")
-    higher = cmp.aggregate(runs, "tokens_per_second", higher_is_better=True)
+    runs = mrun.load_runs(multirun)
+    lower = ranking.aggregate(runs, "tokens_per_second")
+    higher = ranking.aggregate(runs, "tokens_per_second", higher_is_better=True)
     ranked = [r.label for r in higher if r.rank is not None]
     assert ranked == [r.label for r in lower if r.rank is not None][::-1]
     assert ranked[0] == "norm_placement=post, activation=relu"

@@ -23,16 +23,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from lmlab.scaling import (  # noqa: E402
+from lmlab.scaling import analyze, load_runs, scan_runs  # noqa: E402
+from lmlab.scaling_fit import (  # noqa: E402
     ScalingError,
-    analyze,
     fit_isoflop,
     fit_parametric,
     group_by_budget,
-    load_runs,
     optimal_allocation,
     predict_loss,
-    scan_runs,
 )
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
