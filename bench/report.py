@@ -81,6 +81,8 @@ def summary_line(result: CaseResult) -> str:
         return f"{head} no measurements"
     first, *rest = result.stats
     parts = [first.show(first.median)]
+    if first.unit in ("%", "x"):  # a bare share or ratio: say what it is
+        parts.insert(0, first.name)
     if len(first.values) > 1:
         parts.append(f"(min {fmt(first.min, first.unit)} max {fmt(first.max, first.unit)})")
     parts += [f"{s.name} {s.show(s.median)}" for s in rest]
@@ -139,6 +141,7 @@ def machine_lines(root: Path) -> list[str]:
 GROUP_TITLES = {
     "train": "Training throughput (steady state, warm-up steps excluded)",
     "overhead": "lmlab's Trainer against a plain PyTorch loop (interleaved runs)",
+    "profile": "Where a step's time goes inside lmlab's Trainer (py-spy)",
     "data": "Data preparation (embedded corpus, cold cache)",
     "generate": "Generation (greedy, batch 1)",
     "memory": "Memory: activation checkpointing (peak resident memory of a training step)",

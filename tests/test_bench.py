@@ -112,6 +112,8 @@ def test_report_shows_median_min_max() -> None:
     assert "| gpt_tiny fp32 | tokens/s (tok/s) | 6,745 | 6,600 | 6,800 | 3 |" in table
     assert "| gpt_tiny fp32 | MFU (%) | 43.0% | 40.0% | 50.0% | 3 |" in table
     assert "- gpt_tiny fp32: 30 steps" in table
+    share = CaseResult("profile", "gpt_tiny", [Stat("Lightning's own", "%", [0.01, 0.02])])
+    assert summary_line(share) == "profile gpt_tiny: Lightning's own 1.5% (min 1.0% max 2.0%)"
     skipped = CaseResult("generate", "gpt_mini, KV cache", skipped="KV cache not available")
     assert summary_line(skipped).endswith("skipped: KV cache not available")
 
@@ -137,3 +139,38 @@ def test_case_selection() -> None:
     assert all(n.startswith("train_") for n in select("train"))
     with pytest.raises(SystemExit, match="unknown case nope"):
         select("nope")
+
+
+def test_profile_sorts_each_sample_into_one_part_of_the_step() -> None:
+    from bench.stack_profile import TRAINER, classify, parse_raw
+
+    loop = "main (src/train.py:40);run (lightning/pytorch/loops/fit_loop.py:216)"
+    loop += ";advance (lightning/pytorch/loops/training_epoch_loop.py:150)"
+    opt = loop + ";step (torch/optim/optimizer.py:493);step (torch/optim/adamw.py:200)"
+    closure = opt + ";closure (lightning/pytorch/loops/optimization/automatic.py:140)"
+    raw = "\n".join(
+        [
+            f"{closure};backward (lightning/core/module.py:1);backward (torch/_tensor.py:581) 50",
+            f"{closure};training_step (lmlab/task.py:120);forward (lmlab/model/gpt.py:60) 30",
+            f"{closure};training_step (lmlab/task.py:125);log (lightning/core/module.py:400) 4",
+            f"{closure};clip_gradients (lightning/x.py:2);clip_grad_norm_ (torch/nn/u.py:3) 2",
+            f"{closure};_call_lightning_module_hook (lightning/pytorch/trainer/call.py:170) 3",
+            f"{opt};_single_tensor_adamw (torch/optim/adamw.py:400) 8",
+            f"{loop};__next__ (torch/utils/data/dataloader.py:700);collate (lmlab/data/c.py:9) 1",
+            f"{loop};save_checkpoint (lightning/pytorch/trainer.py:1);save (torch/s.py:1) 3",
+            f"{loop};on_train_batch_end (lmlab/callbacks.py:49) 6",
+            f"{loop};run (lightning/pytorch/loops/evaluation_loop.py:1);{closure[len(loop) :]} 40",
+            "main (src/train.py:40);prepare (lmlab/data/packing.py:90) 900",  # not in the loop
+            "not a sample line",
+        ]
+    )
+    assert classify(parse_raw(raw)) == {
+        "backward": 50,
+        "forward and loss": 30,
+        "clipping": 2,
+        "AdamW and LR schedule": 8,
+        "data": 1,
+        "checkpoint saves": 3,
+        "validation": 40,
+        TRAINER: 4 + 3 + 6,  # self.log, the closure's hooks, a callback
+    }
