@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -157,31 +156,20 @@ class RNGState(L.Callback):
         self.pending = None
 
 
-def all_finite(grads: Iterable[torch.Tensor]) -> bool:
-    """Whether every gradient is finite, on every rank: FSDP2 gradients are shards (DTensors),
-    so each rank checks its own and the ranks agree through one all-reduce (one rank stopping
-    alone would leave the others waiting in a collective)."""
-    grads = list(grads)
-    if not grads:
-        return True
-    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-    bad = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local))))
-    if any(hasattr(g, "to_local") for g in grads):
-        import torch.distributed as dist
-
-        bad = bad.float()
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    return not bool(bad)
-
-
 class NonFiniteError(RuntimeError):
     """Training produced a NaN/inf loss or gradient norm."""
 
 
 class NonFiniteGuard(L.Callback):
-    """Checks the gradient norm before every optimizer step (a NaN/inf loss makes it
-    non-finite too). ``mode=stop`` ends the run with a message naming the step and the last
-    good checkpoint; ``mode=skip`` drops the update, at most ``max_skips`` times in a run."""
+    """What to do when the gradient norm before clipping is NaN/inf (a NaN/inf loss makes it
+    so too). ``mode=stop`` ends the run with a message naming the step and the last good
+    checkpoint; ``mode=skip`` drops the update, at most ``max_skips`` times in a run.
+
+    The check costs no extra pass over the gradients: ``LMTask.configure_gradient_clipping``
+    computes the global norm once (clipping and the logged ``train/grad_norm`` use it too),
+    then calls :meth:`on_nonfinite` through the module's ``nonfinite_guard``, which this
+    callback sets at the start of fit. Under FSDP the norm is the global one, so every rank
+    takes the same decision."""
 
     def __init__(self, mode: str = "stop", max_skips: int = 10, dirpath: str = "") -> None:
         if mode not in ("stop", "skip", "off"):
@@ -189,13 +177,13 @@ class NonFiniteGuard(L.Callback):
         self.mode, self.max_skips, self.dirpath = mode, max_skips, Path(dirpath)
         self.skipped = 0
 
-    def on_before_optimizer_step(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self.mode == "off":
-            return
-        if all_finite(p.grad for p in pl_module.parameters() if p.grad is not None):
-            return
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not hasattr(pl_module, "nonfinite_guard"):
+            raise TypeError(f"NonFiniteGuard needs an LMTask, got {type(pl_module).__name__}")
+        pl_module.nonfinite_guard = None if self.mode == "off" else self.on_nonfinite
+
+    def on_nonfinite(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """Skip this update (``optimizer.zero_grad``) or raise NonFiniteError."""
         step = trainer.global_step
         if self.mode == "skip" and self.skipped < self.max_skips:
             self.skipped += 1

@@ -277,9 +277,10 @@ def _fit(
         Console().print(param_table(counts))
         log_param_table(loggers, counts)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-    if task.last_val_step != trainer.global_step:
-        trainer.validate(task, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if task.last_val_step != trainer.global_step:  # validate() drops the train/* metrics
+        trainer.validate(task, datamodule=dm, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
     tokens = trainer.global_step * batch_rows * seq_len
