@@ -102,6 +102,8 @@ def test_ddp_and_fsdp_multirun_jobs_match_single_process(sweep: Path, single: Pa
         }
         assert r["tokens"] == reference["tokens"]
         assert r["val_loss"] == pytest.approx(reference["val_loss"], rel=REL)
+        # train/loss is the global batch's: both micro-batches there, both ranks here
+        assert r["train_loss"] == pytest.approx(reference["train_loss"], rel=REL)
         # rank 1 ran this job (its log is in the job's folder), and only rank 0 logged to W&B:
         # wandb_records unpacks exactly one offline run
         assert (job_dir / "rank1.log").exists()

@@ -74,6 +74,7 @@ class LMTask(L.LightningModule):
         # called with (trainer, optimizer) when the gradient norm is not finite (set by
         # lmlab.checkpointing.NonFiniteGuard); None: no check
         self.nonfinite_guard: Callable[[L.Trainer, torch.optim.Optimizer], None] | None = None
+        self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])  # this step's micro-batches
         # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
         # covers only the corrupted tokens, so it is not logged for BERT and T5.
         self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None
@@ -126,9 +127,21 @@ class LMTask(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(batch)
         if self.metrics_due():
-            self.log("train/loss", loss, prog_bar=True)
+            self.log_step_loss(loss.detach())
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def log_step_loss(self, loss: torch.Tensor) -> None:
+        """``train/loss`` = the loss whose gradient this optimizer step takes: the mean over
+        its accumulated micro-batches and over the ranks (one all-reduce, on logging steps
+        only). The same global batch therefore logs the same loss on 1 or N devices."""
+        step = self.trainer.global_step
+        if self.step_losses[0] != step:
+            self.step_losses = (step, [])
+        self.step_losses[1].append(loss)
+        if len(self.step_losses[1]) == self.trainer.accumulate_grad_batches:
+            mean = torch.stack(self.step_losses[1]).mean()
+            self.log("train/loss", mean, prog_bar=True, sync_dist=True)
 
     def metrics_due(self) -> bool:
         """Whether this step's ``train/*`` values reach a logger: Lightning writes them every
