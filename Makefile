@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install train test lint format bench clean
+.PHONY: help install train test test-fast lint format bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, C
 
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest tests
+
+test-fast: $(STAMP)  ## the tests that prepare no data and train nothing (pytest -m "not slow")
+	$(PY) -m pytest tests -m "not slow"
 
 lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check src tests bench

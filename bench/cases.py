@@ -1,6 +1,6 @@
 """The benchmark cases. Each takes the run's ``Settings`` and returns ``CaseResult``s.
 
-- ``train_*``: steady-state tokens/s and MFU of the real lmlab stack (``lmlab.run.train`` on
+- ``train_*``: steady-state tokens/s and MFU of the real lmlab stack (``lmlab.train.run.train`` on
   a composed config), MFU against the matmul peak measured in the same benchmark run.
 - ``overhead*``: lmlab's Trainer against ``plain_loop.plain_fit`` on the same config, run
   interleaved (plain, lmlab, lmlab, plain, ...) so that drift in machine load cancels.
@@ -36,7 +36,7 @@ from bench.stack_profile import ORDER, TRAINER, profile_run, py_spy
 from lmlab.config import resolve_configs
 from lmlab.data.packing import prepare
 from lmlab.data.sources import load_documents
-from lmlab.hardware import measure_cpu_matmul_flops
+from lmlab.train.hardware import measure_cpu_matmul_flops
 
 
 @dataclass
@@ -190,7 +190,7 @@ def data_case(s: Settings) -> list[CaseResult]:
 
 def generate_case(s: Settings) -> list[CaseResult]:
     """gpt_mini (random weights, context 1024), a 16-token prompt, greedy, B = 1."""
-    from lmlab.generation import generate
+    from lmlab.infer.generation import generate
     from lmlab.model import build_model
 
     new_tokens = 64 if s.quick else 512
@@ -330,12 +330,13 @@ CASES: dict[str, Case] = {
 # What each group's numbers mean, above its table in BENCHMARKS.md.
 INTROS = {
     "train": (
-        "`lmlab.run.train` on the composed config with `logger=none`, no validation and no "
+        "`lmlab.train.run.train` on the composed config with `logger=none`, no validation and no "
         "end-of-run sample. tokens/s = tokens per step / the median start-to-start step time "
         "(everything a step costs: data, forward, backward, clipping, AdamW, hooks, logging, "
         "progress bar), the first 2 steps left out. MFU = tokens/s x FLOPs per token "
         "(`lmlab.model.flops_per_token`) / the matmul peak that "
-        "`lmlab.hardware.measure_cpu_matmul_flops` measured in this run (n = 1024, `x @ w.T`, "
+        "`lmlab.train.hardware.measure_cpu_matmul_flops` measured in this run "
+        "(n = 1024, `x @ w.T`, "
         "the layout `F.linear` uses): {fp32} fp32, {bf16} bf16. 'Throughput callback' is "
         "results.json's `tokens_per_second` (mean time inside the batch hooks only)."
     ),
@@ -354,7 +355,8 @@ INTROS = {
         "`Tokenizer.encode_batch` of the trained BPE over the whole corpus (all threads)."
     ),
     "generate": (
-        "`lmlab.generation.generate(model, prompt, n, temperature=0, use_cache=...)`: gpt_mini "
+        "`lmlab.infer.generation.generate(model, prompt, n, temperature=0, use_cache=...)`: "
+        "gpt_mini "
         "with random weights, `model.max_seq_len=1024`, a 16-token prompt, batch 1; the two "
         "modes alternate run by run."
     ),
@@ -363,7 +365,7 @@ INTROS = {
         "through `/proc/self/clear_refs`) over its resident size before one forward and "
         "backward, measured in a fresh process for each run, the modes alternating: activations "
         "stored, or recomputed per block (`model.activation_checkpointing=true`, "
-        "`lmlab.parallel.layout`). CPU memory stands in for GPU memory where no GPU is lent."
+        "`lmlab.train.parallel.layout`). CPU memory stands in for GPU memory where no GPU is lent."
     ),
     "profile": (
         "`py-spy record --nonblocking -r 100 -f raw -- python src/train.py data.batch_size=12 "

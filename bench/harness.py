@@ -1,7 +1,7 @@
 """Run lmlab exactly as ``python src/train.py <overrides>`` would, and time its steps.
 
 ``compose`` builds the config from the real ``conf/`` tree (as ``tests/conftest.py`` does);
-``run_lmlab`` calls ``lmlab.run.train`` with one extra callback, ``StepTimes``, which
+``run_lmlab`` calls ``lmlab.train.run.train`` with one extra callback, ``StepTimes``, which
 timestamps the start of every training batch. The time between two starts is everything one
 step costs (data, forward, backward, clipping, optimizer, logging, callbacks, progress bar),
 which is also what ``plain_loop.plain_fit`` measures for a loop without Lightning.
@@ -21,9 +21,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
-from lmlab.compose import CONF
-from lmlab.compose import compose_train as compose  # noqa: F401 (the cases' entry point)
+from lmlab.data.collators import decoder_tokens
 from lmlab.model import flops_per_token
+from lmlab.train.compose import CONF
+from lmlab.train.compose import compose_train as compose  # noqa: F401 (the cases' entry point)
 
 ROOT = CONF.parent
 WARMUP_STEPS = 2  # as the Throughput callback: allocation and first-touch steps left out
@@ -74,7 +75,10 @@ class StepTimes(L.Callback):
         self.flops_per_token = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.flops_per_token = flops_per_token(pl_module.model, trainer.datamodule.seq_len)
+        seq_len = trainer.datamodule.seq_len
+        self.flops_per_token = flops_per_token(
+            pl_module.model, seq_len, decoder_tokens(pl_module.model_cfg.family, seq_len)
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.starts.append(time.perf_counter())
@@ -99,9 +103,9 @@ BENCH_OVERRIDES = ["logger=none", "~callbacks.sample", "trainer.limit_val_batche
 
 
 def run_lmlab(cfg: DictConfig, log_file: Path | None = None) -> tuple[StepLog, dict[str, Any]]:
-    """``lmlab.run.train(cfg)`` with ``StepTimes`` added; returns its log and results.json.
+    """``lmlab.train.run.train(cfg)`` with ``StepTimes`` added; returns its log and results.json.
     The run's console output (parameter table, progress bar) goes to ``log_file``."""
-    from lmlab.run import train
+    from lmlab.train.run import train
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lmlab.compose import compose_train  # noqa: E402
 from lmlab.config import resolve_configs  # noqa: E402
 from lmlab.model import build_model  # noqa: E402
-from lmlab.parallel import layout  # noqa: E402
+from lmlab.train.compose import compose_train  # noqa: E402
+from lmlab.train.parallel import layout  # noqa: E402
 
 
 def status_mib(field: str) -> float:

@@ -1,4 +1,5 @@
-"""The same training as ``lmlab.run.train`` in a plain PyTorch loop, written for the benchmark.
+"""The same training as ``lmlab.train.run.train`` in a plain PyTorch loop, written for the
+benchmark.
 
 Same model (``build_model``, same seed), same AdamW groups (``decay_groups``), same LR
 schedule, same clipping, the same batches (the ``LMDataModule``'s own DataLoader) and the same
@@ -21,9 +22,10 @@ from omegaconf import DictConfig
 
 from bench.harness import StepLog
 from lmlab.config import resolve_configs
+from lmlab.data.collators import IGNORE, decoder_tokens
 from lmlab.data.datamodule import LMDataModule
 from lmlab.model import build_model, flops_per_token
-from lmlab.task import IGNORE, decay_groups
+from lmlab.train.task import decay_groups
 
 
 def autocast_for(precision: str) -> contextlib.AbstractContextManager:
@@ -69,4 +71,10 @@ def plain_fit(cfg: DictConfig) -> StepLog:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
     losses_ = [float(x) for x in losses]
-    return StepLog(starts, cpu_starts, losses_, tokens_per_step, flops_per_token(model, seq_len))
+    return StepLog(
+        starts,
+        cpu_starts,
+        losses_,
+        tokens_per_step,
+        flops_per_token(model, seq_len, decoder_tokens(model.cfg.family, seq_len)),
+    )

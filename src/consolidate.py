@@ -1,54 +1,10 @@
-"""Consolidate a sharded (FSDP) checkpoint folder into one file that loads on one CPU.
-
-    python src/consolidate.py ckpt=<run>/checkpoints/last.ckpt [out=<file>]
-
-The file holds the full weights, ``model_config``, the tokenizer and the training step, with
-the model's own keys (no wrapper prefixes); optimizer states are left out (resume a sharded
-run from its folder). ``src/generate.py``, ``src/probe.py`` and ``lmlab.pretrained.load`` read
-it, and also read the folder itself, consolidating in memory. Default ``out``: next to the
-folder, ``<name>-consolidated.ckpt``.
-"""
-
-from __future__ import annotations
+"""``python src/consolidate.py ...`` is ``lmlab consolidate ...``: see ``lmlab.cli.consolidate``."""
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent
-if str(SRC) not in sys.path:  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, str(SRC))
-
-from omegaconf import MISSING  # noqa: E402
-
-from lmlab.cli import parse, run_main  # noqa: E402
-from lmlab.errors import ConfigError  # noqa: E402
-
-
-@dataclass
-class ConsolidateConfig:
-    ckpt: str = MISSING
-    out: str | None = None
-
-
-def main(argv: list[str]) -> None:
-    cfg = parse(ConsolidateConfig, argv)
-    from lmlab.checkpoint_files import consolidate, is_sharded
-    from lmlab.checkpointing import AtomicCheckpointIO
-
-    src = Path(cfg.ckpt)
-    if not is_sharded(src):
-        raise ConfigError(
-            f"ckpt={src}: not a sharded checkpoint folder (expected a folder with meta.pt, as "
-            "trainer=fsdp writes; a single-file checkpoint needs no consolidation)"
-        )
-    out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}-consolidated.ckpt")
-    if out.resolve() == src.resolve():
-        raise ConfigError(f"out={out} is the sharded checkpoint itself: choose another file")
-    ckpt = consolidate(src)
-    AtomicCheckpointIO().save_checkpoint(ckpt, out)
-    print(f"{out}: {len(ckpt['state_dict'])} tensors, step {ckpt['global_step']}")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # a checkout without pip install -e .
+from lmlab.cli.main import command  # noqa: E402
 
 if __name__ == "__main__":
-    run_main(main)
+    command("consolidate")

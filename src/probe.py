@@ -1,78 +1,10 @@
-"""Inspect a trained checkpoint: its parameter table (per layer and total), FLOPs per token,
-and a PNG grid of its attention weights (one heat map per layer and head) over a text.
-
-    python src/probe.py ckpt=<run dir>/checkpoints/last.ckpt text="def add(a, b): return a + b"
-
-Writes ``out`` (default: ``attention.png`` next to the checkpoint's run directory). For T5 the
-maps are the encoder's; for BERT the text is framed by [CLS] .. [SEP] as in training.
-"""
-
-from __future__ import annotations
+"""``python src/probe.py ...`` is ``lmlab probe ...``: see ``lmlab.cli.probe``."""
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent
-if str(SRC) not in sys.path:  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, str(SRC))
-
-from omegaconf import MISSING  # noqa: E402
-
-from lmlab.cli import run_main  # noqa: E402
-
-
-@dataclass
-class ProbeConfig:
-    ckpt: str = MISSING
-    text: str = "def add(a, b):\n    return a + b\n"
-    out: str | None = None  # the PNG; default <run dir>/attention.png
-    device: str = "cpu"
-    dtype: str = "fp32"
-    tokenizer: str | None = None
-
-
-def main(argv: list[str]) -> None:
-    from lmlab.cli import parse
-
-    cfg = parse(ProbeConfig, argv)
-    from rich.console import Console
-    from rich.table import Table
-
-    from lmlab.model import flops_per_token, param_breakdown
-    from lmlab.model.params import param_rows
-    from lmlab.pretrained import load
-    from lmlab.probe import attention_maps, plot_attention, probe_ids, token_labels
-
-    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
-    model, console = pre.model, Console(highlight=False)
-    kinds = ["embeddings", "attention", "feed_forward", "norms", "head"]
-    table = Table(title=f"parameters of {pre.path}")
-    table.add_column("part")
-    for kind in [*kinds, "total"]:
-        table.add_column(kind, justify="right")
-    for name, counts in param_rows(model):
-        table.add_row(name, *(f"{counts[k]:,}" for k in kinds), f"{sum(counts.values()):,}")
-    totals = param_breakdown(model)
-    table.add_row(
-        "total", *(f"{totals[k]:,}" for k in kinds), f"{totals['total']:,}", end_section=True
-    )
-    console.print(table)
-    seq_len = pre.cfg.max_seq_len
-    console.print(
-        f"non-embedding parameters: {totals['non_embedding']:,}; training FLOPs per token at "
-        f"context {seq_len}: {flops_per_token(model, seq_len):,.0f} (forward: a third of that)"
-    )
-    ids = probe_ids(model, pre.tokenizer, cfg.text)
-    out = Path(cfg.out) if cfg.out else pre.path.parent.parent / "attention.png"
-    plot_attention(
-        attention_maps(model, ids),
-        token_labels(pre.tokenizer, ids),
-        out,
-        f"{pre.family.value} attention: {pre.path.name}",
-    )
-    console.print(f"attention maps ({len(ids)} tokens): {out}")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # a checkout without pip install -e .
+from lmlab.cli.main import command  # noqa: E402
 
 if __name__ == "__main__":
-    run_main(main)
+    command("probe")

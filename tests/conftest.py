@@ -1,4 +1,6 @@
-"""Compose the real ``conf/`` tree; share one small data cache across the session."""
+"""Shared fixtures: one small data cache per session, the lmlab command line in-process, and
+the records of an offline W&B run. Configs are composed from the real ``conf/`` tree by
+``lmlab.train.compose.compose_train``, exactly as ``lmlab train <overrides>`` composes them."""
 
 from __future__ import annotations
 
@@ -6,18 +8,25 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lmlab.compose import CONF, compose_train
+from lmlab.cli.main import command
 
-ROOT = CONF.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-compose_cfg = compose_train  # the config ``python src/train.py <overrides>`` would run
+# Fixtures that prepare data or train: a test using one is marked slow (`-m "not slow"`).
+SLOW_FIXTURES = {"cache_dir", "sweep", "single", "smoke_ckpts", "counting"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +34,31 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lmlab-cache")
 
 
-def wandb_records(run_dir: Path) -> list[dict]:
-    """The records of the run's offline W&B log, read with W&B's own ``wandb leet inspect``."""
-    (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    out = subprocess.run(
-        [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+@pytest.fixture
+def run_command() -> Callable[..., int]:
+    """``run_command("compare", DIR, "--metric", "mfu")``: ``lmlab compare DIR ...`` in this
+    process; returns its exit code (output through capsys)."""
+
+    def run(name: str, *argv: str) -> int:
+        with pytest.raises(SystemExit) as exited:
+            command(name, [str(a) for a in argv])
+        return exited.value.code
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def wandb_records() -> Callable[[Path], list[dict]]:
+    """The records of a run's offline W&B log, read with W&B's own ``wandb leet inspect``."""
+
+    def read(run_dir: Path) -> list[dict]:
+        (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        out = subprocess.run(
+            [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    return read

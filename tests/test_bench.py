@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose_cfg
-from lmlab.schedule import warmup_cosine_factor
+from lmlab.config import CONF_DIR
+from lmlab.train.compose import compose_train
+from lmlab.train.schedule import warmup_cosine_factor
 
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(CONF_DIR.parent))  # the repository root: bench/ is not installed
 from bench.harness import BENCH_OVERRIDES, StepLog, run_lmlab  # noqa: E402
 from bench.plain_loop import plain_fit  # noqa: E402
 from bench.report import (  # noqa: E402
@@ -25,6 +26,8 @@ from bench.report import (  # noqa: E402
 )
 from bench.run import select  # noqa: E402
 
+REPO = CONF_DIR.parent  # the repository root
+
 GPT2 = {
     "norm_placement": "pre",
     "norm": "layernorm",
@@ -36,14 +39,14 @@ LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "positional": "rope", "tie_e
 
 
 def test_shakespeare_char_config_is_nanogpts_cpu_run() -> None:
-    cfg = compose_cfg(["+experiment=shakespeare_char_cpu"])
+    cfg = compose_train(["+experiment=shakespeare_char_cpu"])
     model = OmegaConf.to_container(cfg.model)
     assert {k: model[k] for k in GPT2} == GPT2
     assert (model["d_model"], model["n_layers"], model["n_heads"]) == (128, 4, 4)
     assert (model["max_seq_len"], model["dropout"], model["bias"]) == (64, 0.0, False)
     data = cfg.data
     assert (data.source, data.tokenizer, data.batch_size, data.val_fraction) == (
-        "text",
+        "shakespeare",
         "char",
         12,
         0.1,
@@ -56,13 +59,12 @@ def test_shakespeare_char_config_is_nanogpts_cpu_run() -> None:
     assert cfg.optim.lr * end == pytest.approx(1e-4)  # nanoGPT's min_lr
 
 
-def test_shakespeare_takes_llama_on_top_and_the_path_from_the_environment(monkeypatch) -> None:
-    monkeypatch.setenv("LMLAB_SHAKESPEARE", "/data/shakespeare.txt")
-    cfg = compose_cfg(["+experiment=[shakespeare_char_cpu,llama]"])
+def test_shakespeare_takes_llama_on_top() -> None:
+    cfg = compose_train(["+experiment=[shakespeare_char_cpu,llama]"])
     model = OmegaConf.to_container(cfg.model)
     assert {k: model[k] for k in LLAMA} == LLAMA
     assert (model["max_seq_len"], model["d_model"], cfg.data.tokenizer) == (64, 128, "char")
-    assert cfg.data.path == "/data/shakespeare.txt"
+    assert cfg.data.source == "shakespeare" and cfg.data.path is None
 
 
 @pytest.mark.parametrize(
@@ -82,8 +84,8 @@ def test_plain_loop_trains_exactly_like_lmlab(
     """Same init, batches, loss, clipping, AdamW groups and schedule: the losses agree step by
     step, so the overhead benchmark compares like with like."""
     steps = ["+debug=smoke", "trainer.max_steps=3", *BENCH_OVERRIDES, *overrides]
-    lmlab, results = run_lmlab(compose_cfg(steps, tmp_path / "lmlab", cache_dir))
-    plain = plain_fit(compose_cfg(steps, tmp_path / "plain", cache_dir))
+    lmlab, results = run_lmlab(compose_train(steps, tmp_path / "lmlab", cache_dir))
+    plain = plain_fit(compose_train(steps, tmp_path / "plain", cache_dir))
     assert results["status"] == "completed" and len(lmlab.losses) == 3
     assert plain.losses == pytest.approx(lmlab.losses, rel=1e-6, abs=0)
     assert lmlab.losses[-1] < lmlab.losses[0]  # it trains, not just repeats step 0

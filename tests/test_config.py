@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from conftest import CONF, compose_cfg
 from lmlab.config import (
+    CONF_DIR,
     Activation,
     DataConfig,
     Family,
@@ -22,9 +22,10 @@ from lmlab.model import FAMILIES
 from lmlab.model.feedforward import FEEDFORWARDS
 from lmlab.model.norms import NORMS, PLACEMENTS
 from lmlab.model.positional import POSITIONALS
+from lmlab.train.compose import compose_train
 
-PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # Refused on purpose: GPT-2 XL's 25 heads cannot be split into 2 key/value groups; BERT's
 # segment embeddings exist in the bert family only; an encoder without positions (NoPE) sees
 # a bag of tokens.
@@ -79,7 +80,7 @@ PAIRS += [(p, e) for p in PRESETS if p not in EDGE_PRESETS for e in SIZE_SENSITI
 @pytest.mark.parametrize(("preset", "experiment"), PAIRS)
 def test_every_preset_x_experiment_validates(preset: str, experiment: str | None) -> None:
     overrides = [f"model={preset}"] + ([f"+experiment={experiment}"] if experiment else [])
-    cfg = compose_cfg(overrides)
+    cfg = compose_train(overrides)
     if (preset, experiment) in REFUSED:
         with pytest.raises(ConfigError, match=REFUSED[preset, experiment]):
             OmegaConf.to_object(cfg.model)
@@ -90,7 +91,7 @@ def test_every_preset_x_experiment_validates(preset: str, experiment: str | None
 
 
 def test_experiment_applies_its_delta() -> None:
-    cfg = compose_cfg(["model=gpt_medium", "+experiment=llama"])
+    cfg = compose_train(["model=gpt_medium", "+experiment=llama"])
     m = OmegaConf.to_object(cfg.model)
     assert (m.d_model, m.n_layers, m.norm, m.activation, m.positional, m.bias) == (
         1024,
@@ -113,12 +114,12 @@ def test_experiment_applies_its_delta() -> None:
 )
 def test_unknown_knob_value_fails_at_compose_time(override: str) -> None:
     with pytest.raises((ValidationError, ConfigCompositionException)):
-        compose_cfg([override])
+        compose_train([override])
 
 
 def test_typo_in_model_key_fails_at_compose_time() -> None:
     with pytest.raises(ConfigCompositionException, match="d_modle"):
-        compose_cfg(["model.d_modle=64"])
+        compose_train(["model.d_modle=64"])
 
 
 @pytest.mark.parametrize(

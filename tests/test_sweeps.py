@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wandb_records
-from lmlab.compare import compare
+from lmlab.analysis.compare import compare
+from lmlab.config import CONF_DIR
 
-SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+REPO = CONF_DIR.parent  # the repository root
+
+SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -23,20 +25,22 @@ def test_every_sweep_composes(sweep: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"+sweeps={sweep}"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params, f"{sweep} sweeps nothing"
     assert f"multirun/{sweep}/" in cfg.hydra.sweep.dir
 
 
-def test_multirun_with_a_failed_job_logs_and_compares(tmp_path: Path, cache_dir: Path) -> None:
+def test_multirun_with_a_failed_job_logs_and_compares(
+    tmp_path: Path, cache_dir: Path, wandb_records
+) -> None:
     """3 jobs; n_kv_heads=3 cannot divide 4 heads, so job 1 fails and the others complete."""
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "LMLAB_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "src" / "train.py"),
+            str(REPO / "src" / "train.py"),
             "-m",
             "+debug=smoke",
             "logger=wandb",

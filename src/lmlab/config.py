@@ -9,11 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import ConfigError
+
+# The Hydra config tree that ``lmlab train`` composes (``conf/`` at the repository root).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class Family(str, Enum):
@@ -191,6 +196,7 @@ class ModelConfig:
 class Source(str, Enum):
     stdlib = "stdlib"  # the Python standard library's own .py sources (no download)
     text = "text"  # a local UTF-8 file or a folder of them
+    shakespeare = "shakespeare"  # Tiny Shakespeare (1.1 MB, public domain), shipped with lmlab
     hf = "hf"  # a Hugging Face `datasets` name (online users)
 
 
@@ -205,7 +211,7 @@ class DataConfig:
 
     ``batch_size`` is the micro-batch of one device. ``global_batch_size`` (sequences) or
     ``global_batch_tokens`` fixes the batch of one optimizer step across devices, nodes and
-    accumulation; gradient accumulation is then derived (``lmlab.distributed``), so a run on
+    accumulation; gradient accumulation is then derived (``lmlab.train.distributed``), so a run on
     1 device and on 8 trains on the same batches. Null: micro-batch x devices x
     ``trainer.accumulate_grad_batches``.
     ``val_batch_size`` (null: ``batch_size``) with ``trainer.limit_val_batches`` fixes the
@@ -256,10 +262,54 @@ class DataConfig:
                 raise ConfigError(f"data.{name}={value} must be >= 1 (or null)")
 
 
+class BudgetKind(str, Enum):
+    steps = "steps"  # trainer.max_steps as given
+    chinchilla = "chinchilla"  # D = tokens_per_param * N (Hoffmann et al. 2022)
+    flops = "flops"  # D = C / (6 N)
+    tokens = "tokens"  # D given
+
+
+@dataclass
+class BudgetConfig:
+    """How long to train (``budget=<kind>``, fields ``budget.<field>=...``).
+
+    ``flops`` is needed by ``budget=flops`` and ``tokens`` by ``budget=tokens``; either set
+    under another kind is an error rather than silently ignored. Both are floats so that
+    ``budget.flops=1e18`` and ``budget.tokens=2e9`` can be typed.
+    """
+
+    kind: BudgetKind = BudgetKind.steps
+    tokens_per_param: float = 20.0
+    flops: float | None = None
+    tokens: float | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Each kind has the value it needs, and every value is positive."""
+        kind = BudgetKind(self.kind)
+        if self.tokens_per_param <= 0:
+            raise ConfigError(f"budget.tokens_per_param={self.tokens_per_param} must be > 0")
+        for name in ("flops", "tokens"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"budget.{name}={value:g} must be a positive number")
+            needed = kind.value == name
+            if needed and value is None:
+                unit = "FLOPs" if name == "flops" else "tokens"
+                raise ConfigError(f"budget={name} needs budget.{name}=<{unit}>, e.g. 1e15")
+            if not needed and value is not None:
+                raise ConfigError(
+                    f"budget.{name}={value:g} is set but budget.kind={kind.value} ignores it "
+                    f"(choose budget={name})"
+                )
+
+
 def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
     """Validate the structured configs (``__post_init__`` checks) before any work starts:
-    ``src/train.py`` calls this before torch and Lightning are imported, so bad input is
-    reported in about 3 s instead of 11."""
+    ``lmlab train`` calls this before torch and Lightning are imported, so bad input is
+    reported before the slow imports (start-up times: BENCHMARKS.md)."""
     model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
     data_cfg: DataConfig = OmegaConf.to_object(cfg.data)
     OmegaConf.to_object(cfg.budget)  # BudgetConfig's checks, before any work
@@ -277,9 +327,22 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore: ``conf/model/*.yaml`` and ``conf/data/*.yaml``
-    start with ``defaults: [base_model, _self_]`` / ``[base_data, _self_]``, so an unknown key
-    or enum value fails at compose time."""
+    """Put the schemas in Hydra's ConfigStore: ``conf/model/*.yaml``, ``conf/data/*.yaml`` and
+    ``conf/budget/*.yaml`` start with ``defaults: [base_model, _self_]`` (``base_data``,
+    ``base_budget``), so an unknown key or enum value fails at compose time."""
     cs = ConfigStore.instance()
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="budget", name="base_budget", node=BudgetConfig)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: ``{"model": {"norm": "rmsnorm"}}`` ->
+    ``{"model.norm": "rmsnorm"}`` (W&B's config keys, compare's knobs); lists and scalars are
+    leaves, and a scalar at the top is ``{prefix: tree}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out

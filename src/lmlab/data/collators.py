@@ -200,3 +200,10 @@ COLLATORS: dict[Family, type] = {
     Family.bert: MLMCollator,
     Family.t5: SpanCorruptionCollator,
 }
+
+
+def decoder_tokens(family: Family, seq_len: int) -> int | None:
+    """Decoder tokens per row when the encoder gets ``seq_len`` (span corruption's targets, for
+    ``flops_per_token``); None for a family without a decoder."""
+    collator = COLLATORS[Family(family)]
+    return collator.decoder_len(seq_len) if hasattr(collator, "decoder_len") else None

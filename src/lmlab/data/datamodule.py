@@ -47,8 +47,7 @@ class Rows(Dataset):
 
 def _load_rows(path: Path) -> torch.Tensor:
     """The packed rows as one (n_rows, row_len) int32 tensor, read from the Arrow column in
-    one piece (converting row by row through ``datasets``' numpy format took 2 s for the
-    default corpus and 28 s for 165k short rows; this takes milliseconds)."""
+    one piece (converting row by row through ``datasets``' numpy format is far slower)."""
     ds = datasets.load_from_disk(str(path))
     column = ds.data.column("input_ids").combine_chunks()  # list<int32>, one row per item
     flat = column.flatten().to_numpy(zero_copy_only=False)

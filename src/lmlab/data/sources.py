@@ -54,6 +54,19 @@ def text_root(cfg: DataConfig) -> Path:
     return path if path.is_dir() else path.parent
 
 
+# Karpathy's char-rnn Tiny Shakespeare (1,115,394 characters, public domain), as nanoGPT uses it.
+SHAKESPEARE = Path(__file__).resolve().parent / "corpora" / "tinyshakespeare.txt"
+
+
+def corpus_files(cfg: DataConfig) -> tuple[list[Path], Path]:
+    """The files of a file-based source and the folder their document names are relative to."""
+    if cfg.source == Source.stdlib:
+        return stdlib_files(), stdlib_root()
+    if cfg.source == Source.shakespeare:
+        return [SHAKESPEARE], SHAKESPEARE.parent
+    return text_files(cfg), text_root(cfg)
+
+
 def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documents:
     """Documents named by their path relative to ``root``, so the train/val split (a hash of
     the name) is the same on every machine."""
@@ -97,9 +110,14 @@ def _hf_documents(cfg: DataConfig) -> Documents:
     return docs
 
 
+def _file_documents(cfg: DataConfig) -> Documents:
+    return _read_files(*corpus_files(cfg), cfg.max_bytes)
+
+
 SOURCES: dict[Source, Callable[[DataConfig], Documents]] = {
-    Source.stdlib: lambda cfg: _read_files(stdlib_files(), stdlib_root(), cfg.max_bytes),
-    Source.text: lambda cfg: _read_files(text_files(cfg), text_root(cfg), cfg.max_bytes),
+    Source.stdlib: _file_documents,
+    Source.text: _file_documents,
+    Source.shakespeare: _file_documents,
     Source.hf: _hf_documents,
 }
 
@@ -118,7 +136,7 @@ def fingerprint(cfg: DataConfig) -> str:
     if cfg.source == Source.hf:
         ident: object = [cfg.name, cfg.subset, cfg.split, cfg.text_column]
     else:
-        files = stdlib_files() if cfg.source == Source.stdlib else text_files(cfg)
+        files = corpus_files(cfg)[0]
         ident = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     blob = json.dumps([cfg.source.value, cfg.max_bytes, ident], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

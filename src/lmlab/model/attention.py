@@ -1,18 +1,16 @@
 """Multi-head attention (MHA, GQA, MQA) through one ``scaled_dot_product_attention`` call.
 
 Masks (causal, sliding window, key padding) and additive biases (ALiBi) are merged into one
-``attn_mask`` by ``build_context``, once per forward, and shared by every layer. With no bias,
-window or padding the mask is left out and ``is_causal`` lets SDPA pick its fastest (flash)
-kernel; an additive bias rules the flash kernel out on GPU.
+``attn_mask`` by ``lmlab.model.context.build_context``, once per forward, and shared by every
+layer.
 
-With ``keep_weights`` set (``lmlab.probe.record_attention`` sets it) a layer computes the same
+With ``keep_weights`` set (``lmlab.infer.probe.record_attention`` sets it) a layer computes the same
 attention explicitly and keeps its weights (B, H, T, S) for inspection; training never does.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,51 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.model.positional import PositionalScheme, Rotate, no_rotation
+from lmlab.model.context import AttnContext
 
 if TYPE_CHECKING:
     from lmlab.model.kv_cache import LayerCache
-
-
-@dataclass
-class AttnContext:
-    """What every layer's attention needs for one forward: computed once, shared."""
-
-    mask: torch.Tensor | None = None  # bool (True = attend) or additive float, (B|1, H|1, T, S)
-    is_causal: bool = False
-    rotate: Rotate = field(default=no_rotation)
-
-
-def build_context(
-    positional: PositionalScheme,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    causal: bool,
-    window: int | None = None,
-    key_padding_mask: torch.Tensor | None = None,
-    new_k_pos: torch.Tensor | None = None,
-) -> AttnContext:
-    """Merge causality, window, padding (B, S; True = real token) and positional bias.
-    ``new_k_pos``: the positions of the keys this forward projects, when they are fewer than
-    ``k_pos`` (a KV cache holds the rest, rotated already); RoPE rotates those only."""
-    rotate = positional.rotation(q_pos, k_pos if new_k_pos is None else new_k_pos)
-    bias_HTS = positional.attn_bias(q_pos, k_pos)
-    plain = window is None and bias_HTS is None and key_padding_mask is None
-    if plain and (not causal or q_pos.shape[0] == k_pos.shape[0]):
-        return AttnContext(None, causal, rotate)
-    offset_TS = q_pos[:, None] - k_pos[None, :]
-    allowed_TS = torch.ones_like(offset_TS, dtype=torch.bool)
-    if causal:
-        allowed_TS &= offset_TS >= 0
-    if window is not None:
-        allowed_TS &= offset_TS.abs() < window
-    allowed = allowed_TS[None, None]  # (1, 1, T, S)
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, None, :].bool()  # (B, 1, T, S)
-    if bias_HTS is None:
-        return AttnContext(allowed, False, rotate)
-    mask = bias_HTS[None].masked_fill(~allowed, float("-inf"))  # (B|1, H, T, S)
-    return AttnContext(mask, False, rotate)
 
 
 def attention_weights(q_BHTd: torch.Tensor, k_BHSd: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
@@ -79,7 +36,8 @@ def attention_weights(q_BHTd: torch.Tensor, k_BHSd: torch.Tensor, ctx: AttnConte
         scores = scores.masked_fill(~ctx.mask, float("-inf"))
     elif ctx.mask is not None:
         scores = scores + ctx.mask
-    return scores.float().softmax(-1).to(q_BHTd.dtype)
+    wide = torch.promote_types(scores.dtype, torch.float32)  # bf16/fp16 softmax in fp32
+    return scores.to(wide).softmax(-1).to(q_BHTd.dtype)
 
 
 class Attention(nn.Module):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.model.attention import build_context
+from lmlab.model.context import encoder_context
 from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.norms import PLACEMENTS, make_norm
@@ -76,9 +76,7 @@ class BERT(nn.Module):
         0 = padding (never attended to); ``token_type_ids`` (B, T) default to segment 0."""
         T = input_ids.shape[1]
         pos_T = torch.arange(T, device=input_ids.device)
-        ctx = build_context(
-            self.positional, pos_T, pos_T, False, self.cfg.attention_window, attention_mask
-        )
+        ctx = encoder_context(self.positional, pos_T, self.cfg.attention_window, attention_mask)
         types_BT = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         x_BTD = self.embed(input_ids) + self.segment(types_BT)
         x_BTD = self.drop(self.emb_norm(self.positional.embed(x_BTD, pos_T)))

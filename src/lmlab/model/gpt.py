@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.model.attention import build_context
+from lmlab.model.context import build_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.norms import PLACEMENTS, make_norm
@@ -37,9 +37,9 @@ class GPT(nn.Module):
         T, window = input_ids.shape[1], self.cfg.attention_window
         if cache is None:
             pos_T = torch.arange(T, device=input_ids.device)
-            ctx = build_context(self.positional, pos_T, pos_T, True, window)
+            ctx = build_context(self.positional, pos_T, pos_T, causal=True, window=window)
         else:
-            pos_T, ctx = cache.context(self.positional, T, True, window)
+            pos_T, ctx = cache.context(self.positional, T, window)
         x_BTD = self.drop(self.positional.embed(self.embed(input_ids), pos_T))
         for i, block in enumerate(self.blocks):
             x_BTD = block(x_BTD, ctx, cache.layer(i) if cache else None)

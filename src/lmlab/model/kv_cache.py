@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from lmlab.config import ModelConfig
-from lmlab.model.attention import AttnContext, build_context
+from lmlab.model.context import AttnContext, build_context
 from lmlab.model.positional import PositionalScheme
 
 
@@ -69,9 +69,10 @@ class KVCache:
         return self.length + n_tokens <= self.max_len
 
     def context(
-        self, positional: PositionalScheme, n_tokens: int, causal: bool, window: int | None
+        self, positional: PositionalScheme, n_tokens: int, window: int | None
     ) -> tuple[torch.Tensor, AttnContext]:
-        """Positions of the next ``n_tokens`` tokens and the attention context they need: the
+        """Positions of the next ``n_tokens`` tokens and the causal attention context they need
+        (a cache only serves a decoder): the
         mask and bias over every key they attend to (cached ones, then their own), and RoPE at
         their own positions (cached keys are rotated already). Call once per forward, then
         ``update`` in every layer, then ``advance``."""
@@ -87,7 +88,15 @@ class KVCache:
             valid_1S = (k_pos_S >= 0)[None]
         else:
             k_pos_S, valid_1S = torch.arange(self.length + n_tokens, device=device), None
-        ctx = build_context(positional, pos_T, k_pos_S, causal, window, valid_1S, pos_T)
+        ctx = build_context(
+            positional,
+            pos_T,
+            k_pos_S,
+            causal=True,
+            window=window,
+            key_padding_mask=valid_1S,
+            new_k_pos=pos_T,
+        )
         return pos_T, ctx
 
     def update(

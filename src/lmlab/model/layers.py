@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.model.attention import Attention, AttnContext
+from lmlab.model.attention import Attention
+from lmlab.model.context import AttnContext
 from lmlab.model.feedforward import make_feedforward
 from lmlab.model.kv_cache import LayerCache
 from lmlab.model.norms import PLACEMENTS

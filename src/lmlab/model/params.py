@@ -82,15 +82,15 @@ def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = No
 
     An encoder-decoder counts each part on the tokens it runs on: the encoder and the
     cross-attention's key/value projections on the ``seq_len`` encoder tokens; the decoder's
-    other matmuls and the head on ``decoder_len`` decoder tokens (default: the length of
-    span corruption's targets, the objective T5 trains on); scores of T x T (encoder), S x S
+    other matmuls and the head on ``decoder_len`` decoder tokens (required; for span
+    corruption ``lmlab.data.collators.decoder_tokens`` gives it); scores of T x T (encoder), S x S
     (decoder) and S x T (cross) per layer. The total is divided by the encoder tokens, the
     tokens that tokens/s counts."""
     cfg = model.cfg
     if hasattr(model, "decoder"):
-        from lmlab.data.collators import SpanCorruptionCollator
-
-        S = decoder_len or SpanCorruptionCollator.decoder_len(seq_len)
+        if decoder_len is None:
+            raise ValueError("an encoder-decoder's FLOPs need decoder_len (its target tokens)")
+        S = decoder_len
         T, d = seq_len, cfg.d_model
         cross_kv = sum(_matmul_weights(b.cross.wkv) for b in model.decoder)
         on_encoder = sum(_matmul_weights(b) for b in model.encoder) + cross_kv

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.model.attention import build_context
+from lmlab.model.context import build_context, encoder_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
 from lmlab.model.norms import PLACEMENTS, make_norm
@@ -57,9 +57,7 @@ class T5(nn.Module):
     ) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) memory; padding (attention_mask 0) is never attended to."""
         pos_T = torch.arange(input_ids.shape[1], device=input_ids.device)
-        ctx = build_context(
-            self.enc_positional, pos_T, pos_T, False, self.cfg.attention_window, attention_mask
-        )
+        ctx = encoder_context(self.enc_positional, pos_T, self.cfg.attention_window, attention_mask)
         h_BTD = self.drop(self.enc_positional.embed(self.embed(input_ids), pos_T))
         for block in self.encoder:
             h_BTD = block(h_BTD, ctx)
@@ -89,10 +87,12 @@ class T5(nn.Module):
         pos_T = torch.arange(memory_BTD.shape[1], device=memory_BTD.device)
         if cache is None:
             pos_S = torch.arange(S, device=memory_BTD.device)
-            ctx = build_context(self.dec_positional, pos_S, pos_S, True, window)
+            ctx = build_context(self.dec_positional, pos_S, pos_S, causal=True, window=window)
         else:
-            pos_S, ctx = cache.context(self.dec_positional, S, True, window)
-        cross_ctx = build_context(NO_POSITIONS, pos_S, pos_T, False, None, attention_mask)
+            pos_S, ctx = cache.context(self.dec_positional, S, window)
+        cross_ctx = build_context(
+            NO_POSITIONS, pos_S, pos_T, causal=False, key_padding_mask=attention_mask
+        )
         y_BSD = self.drop(self.dec_positional.embed(self.embed(decoder_input_ids), pos_S))
         for i, block in enumerate(self.decoder):
             y_BSD = block(y_BSD, ctx, memory_BTD, cross_ctx, cache.layer(i) if cache else None)

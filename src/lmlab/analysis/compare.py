@@ -1,0 +1,186 @@
+"""Compare the jobs of a Hydra multirun: a ranked table, a winner with a noise verdict, a plot.
+
+Reading the runs is :mod:`lmlab.analysis.runs`, their knobs :mod:`lmlab.analysis.multirun`,
+grouping and ranking them :mod:`lmlab.analysis.ranking`, the figure
+:mod:`lmlab.analysis.compare_plot`; this module renders the table and writes ``compare.json``
+(the command line is :mod:`lmlab.cli.compare`). Nothing here prints except through the
+Console :func:`compare` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lmlab.analysis.compare_plot import plot
+from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_knobs
+from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
+from lmlab.analysis.runs import load_runs
+
+# Extra columns left out first when the terminal is narrow.
+DROP_ORDER = ("wall_seconds", "tokens", "params", "val_bits_per_byte", "val_perplexity")
+DROP_ORDER += ("tokens_per_second", "val_loss")
+
+# --------------------------------------------------------------------------- table
+
+
+def render_table(
+    rows: Sequence[Row],
+    knobs: Sequence[str],
+    metric: str,
+    *,
+    higher_is_better: bool = False,
+    width: int | None = None,
+) -> Table:
+    """The comparison as a Rich table, rows in the given order, the winner in bold green.
+
+    Given the console ``width``, the least important extra columns (wall s, tokens, ...) are
+    left out until the table fits; rank, knobs, metric and n are always shown unwrapped."""
+    names = short_names(knobs)
+    titles = ["#", *(names.get(k, k) for k in knobs or ["variant"]), metric, "n"]
+    extras = _fit_extras(rows, knobs, metric, titles, width)
+    cells = [_cells(row, knobs, metric, extras) for row in rows]
+    runs = sum(r.n for r in rows)
+    direction = "higher" if higher_is_better else "lower"
+    table = Table(title=f"{metric} ({direction} is better): {runs} runs, {len(rows)} rows")
+    for i, title in enumerate([*titles, *(EXTRA_COLUMNS[k] for k in extras)]):
+        left = 0 < i < len(titles) - 2
+        min_width = max([len(title), *(len(c[i]) for c in cells)])
+        table.add_column(
+            title, justify="left" if left else "right", no_wrap=True, min_width=min_width
+        )
+    table.add_column("status", overflow="fold", min_width=6)
+    for row, row_cells in zip(rows, cells, strict=True):
+        table.add_row(*row_cells, style=_row_style(row))
+    return table
+
+
+def _fit_extras(
+    rows: Sequence[Row], knobs: Sequence[str], metric: str, titles: list[str], width: int | None
+) -> list[str]:
+    """The extra columns that fit in ``width`` (the status column may wrap down to 24)."""
+    extras = [k for k in EXTRA_COLUMNS if k != metric]
+    while width is not None:
+        cells = [_cells(row, knobs, metric, extras) for row in rows]
+        all_titles = [*titles, *(EXTRA_COLUMNS[k] for k in extras), "status"]
+        widths = [max([len(t), *(len(c[i]) for c in cells)]) for i, t in enumerate(all_titles)]
+        widths[-1] = min(widths[-1], 24)
+        droppable = [k for k in DROP_ORDER if k in extras]
+        if sum(w + 3 for w in widths) + 1 <= width or not droppable:
+            break
+        extras.remove(droppable[0])
+    return extras
+
+
+def _cells(row: Row, knobs: Sequence[str], metric: str, extras: list[str]) -> list[str]:
+    knob_cells = [row.knobs[k] for k in knobs] if knobs else [row.label]
+    if row.status == "failed":
+        main, status = "FAILED", f"FAILED: {truncate(row.error or '')}"
+    else:
+        main = fmt_stat(row.stats[metric], metric)
+        status = "ok" if row.rank is not None else f"no {metric}"
+    return [
+        str(row.rank) if row.rank is not None else MISSING,
+        *knob_cells,
+        main,
+        str(row.n),
+        *(fmt_stat(row.stats[key], key) for key in extras),
+        status,
+    ]
+
+
+def _row_style(row: Row) -> str:
+    if row.rank == 1:
+        return "bold green"
+    if row.status == "failed":
+        return "red"
+    return "" if row.rank is not None else "yellow"
+
+
+# --------------------------------------------------------------------------- plot
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_json(
+    rows: Sequence[Row],
+    knobs: Sequence[str],
+    metric: str,
+    *,
+    higher_is_better: bool = False,
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """The comparison as JSON-ready data (NaN/inf become null)."""
+    winner = next((r.label for r in rows if r.rank == 1), None)
+    return {
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "knobs": list(knobs),
+        "winner": winner,
+        "summary": summarize(rows, metric, higher_is_better),
+        "rows": [_row_json(row, root) for row in rows],
+    }
+
+
+def _row_json(row: Row, root: Path | None) -> dict[str, Any]:
+    return {
+        "rank": row.rank,
+        "label": row.label,
+        "knobs": row.knobs,
+        "status": row.status,
+        "error": row.error,
+        "n": row.n,
+        "seeds": [run.seed for run in row.runs],
+        "runs": [str(run.dir.relative_to(root) if root else run.dir) for run in row.runs],
+        "metrics": {
+            key: {"mean": _finite(s.mean), "std": _finite(s.std), "n": s.n}
+            for key, s in row.stats.items()
+        },
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def compare(
+    path: str | Path,
+    metric: str = "val_loss",
+    out: str | Path | None = None,
+    *,
+    higher_is_better: bool = False,
+    console: Console | None = None,
+) -> list[Row]:
+    """Load a multirun, rank its variants by ``metric``, write ``compare.png`` and
+    ``compare.json`` into ``out`` (default: the multirun dir) and, given a Console, print the
+    table and the winner summary. Returns the rows, best first, failed runs last."""
+    root = Path(path)
+    runs = load_runs(root)
+    knobs = varying_knobs(runs)
+    rows = aggregate(runs, metric, higher_is_better=higher_is_better, knobs=knobs)
+    if console is not None:
+        table = render_table(
+            rows, knobs, metric, higher_is_better=higher_is_better, width=console.width
+        )
+        console.print(table)
+        for line in summarize(rows, metric, higher_is_better):
+            console.print(Text(line, style="bold green" if line.startswith("winner") else ""))
+    out_dir = Path(out) if out is not None else root
+    data = to_json(rows, knobs, metric, higher_is_better=higher_is_better, root=root)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png = plot(rows, out_dir / "compare.png", metric, higher_is_better=higher_is_better)
+        (out_dir / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise CompareError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
+    if console is not None:
+        console.print(Text(f"wrote {png} and {out_dir / 'compare.json'}", style="dim"))
+    return rows

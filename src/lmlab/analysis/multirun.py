@@ -1,0 +1,165 @@
+"""The knobs that vary between the runs of a multirun, and a metric's value per run (the runs
+are read by :mod:`lmlab.analysis.runs`).
+
+The knobs are the overrides whose values differ between jobs, falling back to differing
+``config.yaml`` keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from lmlab.analysis.runs import Run, RunDirError, canonical
+
+# results.json keys that are not metrics.
+NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed"})
+# Config keys that are bookkeeping, not knobs (fallback when overrides do not vary).
+_EXCLUDED_TOKENS = frozenset(
+    {"path", "paths", "dir", "dirs", "root", "file", "files", "cwd", "seed"}
+    | {"timestamp", "date", "datetime", "now"}
+)
+_EXCLUDED_GROUPS = frozenset({"hydra", "wandb", "logger", "logging", "paths"})
+_EXCLUDED_LEAVES = frozenset({"run_name", "run_id", "experiment_name"})
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+MISSING = "-"
+_ABSENT = object()
+
+
+class CompareError(RunDirError):
+    """Bad input to the comparison (missing directory, no runs, unknown metric); one line."""
+
+
+# --------------------------------------------------------------------------- knobs
+
+
+def varying_knobs(runs: Sequence[Run]) -> list[str]:
+    """The override keys whose values differ between runs, in command-line order; ``seed`` and
+    constant overrides excluded. Falls back to differing config.yaml keys (no paths, dirs,
+    seeds, run names, timestamps) when no override varies."""
+    keys: dict[str, None] = {}
+    for run in runs:
+        keys.update(dict.fromkeys(k for k in run.overrides if not _is_seed_key(k)))
+    knobs = [k for k in keys if len({knob_value(r, k) for r in runs}) > 1]
+    return knobs or _config_knobs(runs)
+
+
+def _is_seed_key(key: str) -> bool:
+    return re.split(r"[./]", key)[-1] == "seed"
+
+
+def knob_value(run: Run, key: str) -> str:
+    """The run's value for a knob: its override, else its config value, else ``-``."""
+    if key in run.overrides:
+        return run.overrides[key]
+    value = run.flat_config.get(key, _ABSENT)
+    return MISSING if value is _ABSENT or isinstance(value, dict) else canonical(value)
+
+
+def _config_knobs(runs: Sequence[Run]) -> list[str]:
+    keys: dict[str, None] = {}
+    for run in runs:
+        keys.update(dict.fromkeys(run.flat_config))
+    knobs = []
+    for key in keys:
+        values = [run.flat_config.get(key) for run in runs]
+        if _excluded_config_key(key) or any(_looks_like_path(v) for v in values):
+            continue
+        if len({knob_value(r, key) for r in runs}) > 1:
+            knobs.append(key)
+    return knobs
+
+
+def _excluded_config_key(key: str) -> bool:
+    parts = key.split(".")
+    tokens = {t for part in parts for t in part.lower().split("_")}
+    return (
+        bool(tokens & _EXCLUDED_TOKENS)
+        or parts[0] in _EXCLUDED_GROUPS
+        or parts[-1] in _EXCLUDED_LEAVES
+        or key == "name"
+    )
+
+
+def _looks_like_path(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(("/", "~", "./")) or bool(_DATE_RE.search(value))
+    )
+
+
+def short_names(knobs: Sequence[str]) -> dict[str, str]:
+    """The shortest dotted suffix that still tells each knob apart (``model.act`` -> ``act``)."""
+    out: dict[str, str] = {}
+    for knob in knobs:
+        parts = knob.split(".")
+        out[knob] = knob
+        for k in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-k:])
+            if sum(o == suffix or o.endswith("." + suffix) for o in knobs) == 1:
+                out[knob] = suffix
+                break
+    return out
+
+
+def variant_label(knobs: dict[str, str]) -> str:
+    """``norm_placement=pre, activation=gelu`` (short knob names); ``all runs`` without knobs."""
+    names = short_names(list(knobs))
+    return ", ".join(f"{names[k]}={v}" for k, v in knobs.items()) or "all runs"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def available_metrics(runs: Sequence[Run]) -> list[str]:
+    """Numeric results.json keys (null counts) and metrics.csv columns present in any run."""
+    names: set[str] = set()
+    for run in runs:
+        names.update(
+            k
+            for k, v in run.results.items()
+            if k not in NON_METRIC_KEYS and (v is None or _is_number(v))
+        )
+        names.update(run.curve)
+    return sorted(names)
+
+
+def check_metric(runs: Sequence[Run], metric: str) -> None:
+    """Raise CompareError naming the available metrics when ``metric`` is unknown."""
+    if metric in available_metrics(runs):
+        return
+    if any(curve_column(metric, run.curve) for run in runs):
+        return
+    available = ", ".join(available_metrics(runs)) or "none"
+    raise CompareError(f"unknown metric {metric!r}; available: {available}")
+
+
+def curve_column(metric: str, columns: Iterable[str]) -> str | None:
+    """The metrics.csv column for a metric: ``val_loss`` -> ``val/loss``,
+    ``tokens_per_second`` -> ``perf/tokens_per_second``; None when there is none."""
+    columns = list(columns)
+    if metric in columns:
+        return metric
+    for column in columns:
+        if column.replace("/", "_") == metric:
+            return column
+    tails = [c for c in columns if c.split("/")[-1] == metric]
+    return tails[0] if len(tails) == 1 else None
+
+
+def run_value(run: Run, metric: str) -> float | None:
+    """results.json value of ``metric``, else (completed runs only: a failed run's partial curve
+    is not a final value) the last value of its metrics.csv column."""
+    value = run.results.get(metric)
+    if _is_number(value):
+        return float(value)
+    if run.failed:
+        return None
+    column = curve_column(metric, run.curve)
+    if column and run.curve[column]:
+        return run.curve[column][-1][1]
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,225 @@
+"""Rank the variants of a multirun: runs differing only in seed become one :class:`Row` (mean,
+sample std, n), rows are ranked by a metric, and the winner's lead gets a noise verdict.
+Also how the numbers print (``fmt``, ``fmt_stat``), shared by the table, the plot and the
+summary lines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmlab.analysis.multirun import (
+    MISSING,
+    CompareError,
+    Run,
+    check_metric,
+    knob_value,
+    run_value,
+    variant_label,
+    varying_knobs,
+)
+
+# Columns shown next to the chosen metric (results.json keys), with their table titles.
+EXTRA_COLUMNS: dict[str, str] = {
+    "val_loss": "val_loss",
+    "val_perplexity": "val ppl",
+    "val_bits_per_byte": "val bpb",
+    "params": "params",
+    "tokens": "tokens",
+    "tokens_per_second": "tok/s",
+    "wall_seconds": "wall s",
+}
+# Shown with k/M/B suffixes.
+HUMAN_KEYS = frozenset({"params", "non_embedding_params", "tokens", "flops", "tokens_per_second"})
+# Fixed by the config, not by the seed: no std shown.
+NO_STD_KEYS = frozenset({"params", "non_embedding_params", "tokens", "flops"})
+ERROR_WIDTH = 60
+
+
+@dataclass
+class Stat:
+    """Mean, sample standard deviation (None for n < 2) and count of the finite values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass
+class Row:
+    """One variant (a group of runs differing only in seed), or one failed run."""
+
+    label: str
+    knobs: dict[str, str]
+    runs: list[Run]
+    stats: dict[str, Stat]
+    status: str  # "completed" | "failed"
+    error: str | None = None
+    rank: int | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of runs (seeds) in this row."""
+        return len(self.runs)
+
+    def value(self, metric: str) -> float | None:
+        """The mean of ``metric`` over the row's runs, None when unknown."""
+        stat = self.stats.get(metric)
+        return None if stat is None else stat.mean
+
+
+def stat(values: Iterable[float | None]) -> Stat:
+    """Mean and sample std (ddof=1) of the finite values; std is None when n < 2."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return Stat(None, None, 0)
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+    return Stat(float(np.mean(finite)), std, len(finite))
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def aggregate(
+    runs: Sequence[Run],
+    metric: str,
+    *,
+    higher_is_better: bool = False,
+    knobs: Sequence[str] | None = None,
+) -> list[Row]:
+    """Group completed runs differing only in seed into rows, rank them by ``metric`` (best
+    first), then completed rows without a value, then one row per failed run."""
+    if not runs:
+        raise CompareError("no runs to compare")
+    check_metric(runs, metric)
+    knobs = list(varying_knobs(runs) if knobs is None else knobs)
+    keys = list(dict.fromkeys([metric, *EXTRA_COLUMNS]))
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        if not run.failed:
+            groups.setdefault(tuple(knob_value(run, k) for k in knobs), []).append(run)
+    rows = [_row(group, knobs, keys) for group in groups.values()]
+    seeds_vary = len({repr(run.seed) for run in runs}) > 1
+    rows += [_row([run], knobs, keys, seeds_vary) for run in runs if run.failed]
+    return _rank(rows, metric, higher_is_better)
+
+
+def _row(runs: list[Run], knobs: list[str], keys: list[str], seeds_vary: bool = False) -> Row:
+    values = {k: knob_value(runs[0], k) for k in knobs}
+    failed = runs[0].failed
+    label = variant_label(values)
+    if failed and seeds_vary:
+        label += f" (seed={runs[0].seed})"
+    return Row(
+        label=label,
+        knobs=values,
+        runs=runs,
+        stats={key: stat(run_value(run, key) for run in runs) for key in keys},
+        status="failed" if failed else "completed",
+        error=runs[0].error if failed else None,
+    )
+
+
+def _rank(rows: list[Row], metric: str, higher_is_better: bool) -> list[Row]:
+    ranked = [r for r in rows if r.status == "completed" and r.value(metric) is not None]
+    sign = -1.0 if higher_is_better else 1.0
+    ranked.sort(key=lambda r: (sign * (r.value(metric) or 0.0), r.label))
+    for i, row in enumerate(ranked, start=1):
+        row.rank = i
+    unranked = [r for r in rows if r.status == "completed" and r.rank is None]
+    return ranked + unranked + [r for r in rows if r.status == "failed"]
+
+
+def pooled_std(a: Stat, b: Stat) -> float | None:
+    """Pooled sample std of two groups; None when neither has seed replicates."""
+    dof = max(a.n - 1, 0) + max(b.n - 1, 0)
+    if dof == 0:
+        return None
+    ss = max(a.n - 1, 0) * (a.std or 0.0) ** 2 + max(b.n - 1, 0) * (b.std or 0.0) ** 2
+    return math.sqrt(ss / dof)
+
+
+def noise_verdict(best: Row, second: Row, metric: str) -> str:
+    """Whether the winner's lead exceeds 2 x the pooled seed std (a heuristic, not a test)."""
+    a, b = best.stats[metric], second.stats[metric]
+    diff = abs((a.mean or 0.0) - (b.mean or 0.0))
+    pooled = pooled_std(a, b)
+    if pooled is None:
+        return (
+            "no seed replicates (n=1 for both), so the noise is unknown: "
+            "rerun the top variants with more seeds"
+        )
+    real = diff > 2 * pooled
+    text = (
+        f"difference {fmt(diff, metric)} {'>' if real else '<='} 2 x pooled std "
+        f"{fmt(pooled, metric)}: {'likely real' if real else 'within noise'}"
+    )
+    if min(a.n, b.n) < 2:
+        text += " (std from the variant with seed replicates only)"
+    return text
+
+
+def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) -> list[str]:
+    """Winner, runner-up with the gap, and the noise verdict, as lines of text."""
+    ranked = [r for r in rows if r.rank is not None]
+    failed = [r for r in rows if r.status == "failed"]
+    lines: list[str] = []
+    if not ranked:
+        lines.append(f"no winner: no completed run has a value for {metric}")
+    else:
+        best = ranked[0]
+        lines.append(f"winner: {best.label} ({metric} = {fmt_stat(best.stats[metric], metric)})")
+    if len(ranked) == 1:
+        lines.append("no runner-up: only one variant has a value")
+    elif len(ranked) > 1:
+        best, second = ranked[0], ranked[1]
+        gap = abs((best.value(metric) or 0.0) - (second.value(metric) or 0.0))
+        rel = f" ({gap / abs(best.value(metric) or 1.0):.1%})" if best.value(metric) else ""
+        lines.append(
+            f"runner-up: {second.label} ({metric} = {fmt_stat(second.stats[metric], metric)}); "
+            f"gap {fmt(gap, metric)}{rel}, {'higher' if higher_is_better else 'lower'} is better"
+        )
+        lines.append(noise_verdict(best, second, metric))
+    if failed:
+        lines.append(f"{len(failed)} of {sum(r.n for r in rows)} runs failed (bottom of the table)")
+    return lines
+
+
+# --------------------------------------------------------------------------- table
+
+
+def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
+    """A number for the table: k/M/B for sizes and throughput, else 4 decimals below 10 and 2
+    above; ``like`` formats a std with the decimals of its mean."""
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return str(value)
+    ref = abs(value if like is None else like)
+    if key in HUMAN_KEYS or ref >= 1e4:
+        return _human(value)
+    return f"{value:.4f}" if ref < 10 else f"{value:.2f}"
+
+
+def _human(value: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def fmt_stat(s: Stat, key: str = "") -> str:
+    """``mean ± std`` (just the mean when n < 2 or for sizes); ``-`` when unknown."""
+    if s.mean is None:
+        return MISSING
+    if s.std is None or key in NO_STD_KEYS:
+        return fmt(s.mean, key)
+    return f"{fmt(s.mean, key)} ± {fmt(s.std, key, like=s.mean)}"
+
+
+def truncate(text: str, width: int = ERROR_WIDTH) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."

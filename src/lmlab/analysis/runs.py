@@ -1,0 +1,188 @@
+"""Read run directories: one :class:`Run` per job that ``lmlab train`` left, for every
+analysis tool (compare, scaling).
+
+A job directory is found by its ``results.json`` (at any depth under the given directory) and
+holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch, precision),
+``.hydra/overrides.yaml``, ``.hydra/config.yaml`` and ``csv/metrics.csv``. A killed job
+(``.hydra/`` without results.json) is a failed run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmlab.config import flatten
+from lmlab.errors import ConfigError
+
+# metrics.csv columns that are the x axis, not metrics.
+CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
+_NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class RunDirError(ConfigError):
+    """A directory that holds no readable runs (missing, or no results.json); one line."""
+
+
+@dataclass
+class Run:
+    """One job of the multirun: its directory and what the trainer left there."""
+
+    dir: Path
+    results: dict[str, Any]
+    overrides: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    curve: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """True unless results.json says ``status: completed``."""
+        return self.results.get("status") != "completed"
+
+    @property
+    def error(self) -> str | None:
+        """The error message of a failed run (or a stand-in naming its status)."""
+        if not self.failed:
+            return None
+        error = self.results.get("error")
+        return str(error) if error else f"status {self.results.get('status')!r}"
+
+    @property
+    def seed(self) -> Any:
+        """The seed from results.json, else config.yaml, else the overrides."""
+        for source in (self.results, self.flat_config, self.overrides):
+            if source.get("seed") is not None:
+                return source["seed"]
+        return None
+
+    @cached_property
+    def flat_config(self) -> dict[str, Any]:
+        """config.yaml flattened to dotted keys."""
+        return flatten(self.config)
+
+
+def load_runs(path: str | Path) -> list[Run]:
+    """Load every job under a multirun directory, ordered by job directory (0, 1, ..., 10).
+
+    Job directories with ``.hydra/`` but without results.json (killed jobs) become failed runs.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise RunDirError(f"multirun directory does not exist: {root}")
+    job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
+    if not job_dirs:
+        raise RunDirError(f"no results.json under {root}: not a multirun directory?")
+    orphans = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")} - job_dirs
+    runs = [_load_run(d, has_results=True) for d in job_dirs]
+    runs += [_load_run(d, has_results=False) for d in orphans]
+    return sorted(runs, key=lambda run: _path_key(run.dir.relative_to(root)))
+
+
+def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+
+
+def _load_run(job_dir: Path, has_results: bool) -> Run:
+    if has_results:
+        results = _read_results(job_dir / "results.json")
+    else:
+        results = {"status": "failed", "error": "no results.json (job killed or still running?)"}
+    overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
+    config = _read_yaml(job_dir / ".hydra" / "config.yaml")
+    return Run(
+        dir=job_dir,
+        results=results,
+        overrides=_parse_overrides(overrides if isinstance(overrides, list) else []),
+        config=config if isinstance(config, dict) else {},
+        curve=_read_curve(job_dir),
+    )
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"status": "failed", "error": f"unreadable results.json: {exc}"}
+    if not isinstance(results, dict):
+        return {"status": "failed", "error": "results.json is not a JSON object"}
+    return results
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _parse_overrides(items: Iterable[Any]) -> dict[str, str]:
+    """``["+model.act=gelu", "~x"]`` -> ``{"model.act": "gelu", "x": "<deleted>"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if re.split(r"[./]", key)[0] == "hydra":
+            continue
+        out[key] = canonical(value) if sep else "<deleted>"
+    return out
+
+
+def canonical(value: Any) -> str:
+    """A value as a comparable string: override text and config values of the same value match
+    (``"true"`` and ``True``, ``"0.10"`` and ``0.1``)."""
+    if isinstance(value, str):
+        text = value
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        if isinstance(value, dict | list):
+            return text
+        if isinstance(value, str) and _NUMBER_RE.fullmatch(value):
+            value = float(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _read_curve(job_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """metrics.csv as ``{column: [(step, value), ...]}`` in file order, empty cells skipped."""
+    path = job_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        found = sorted(job_dir.glob("csv/**/metrics.csv"))
+        if not found:
+            return {}
+        path = found[-1]
+    curve: dict[str, list[tuple[float, float]]] = {}
+    try:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                step = _to_float(row.get("step"))
+                if step is None:
+                    continue
+                for column, raw in row.items():
+                    value = _to_float(raw)
+                    if column and column not in CURVE_AXIS_COLUMNS and value is not None:
+                        curve.setdefault(column, []).append((step, value))
+    except (OSError, csv.Error):
+        return curve
+    return curve
+
+
+def _to_float(raw: Any) -> float | None:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,175 @@
+"""Compute-optimal scaling laws from a multirun directory (Chinchilla).
+
+Reads the ``results.json`` of every job under a multirun directory, fits Approaches 2 and 3 of
+Hoffmann et al. 2022 (:mod:`lmlab.analysis.scaling_fit`), and writes ``scaling.json`` and
+``scaling.png`` (:mod:`lmlab.analysis.scaling_plot`).
+
+Each job of the multirun directory holds a ``results.json`` with ``status``, ``params``,
+``non_embedding_params``, ``tokens``, ``flops`` (6 N D), ``val_loss`` and optionally
+``budget_flops`` (the nominal isoFLOP budget the sweep assigned the run to).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmlab.analysis.runs import RunDirError, load_runs
+from lmlab.analysis.scaling_fit import (
+    N_KEYS,
+    ScalingError,
+    budget_summary,
+    fit_isoflop,
+    fit_parametric,
+    isoflop_profiles,
+    n_of,
+    parametric_summary,
+    target_allocation,
+)
+from lmlab.analysis.scaling_plot import plot_scaling
+
+REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
+
+# --------------------------------------------------------------------------- loading runs
+
+
+def _number(data: dict[str, Any], field: str, file: Path) -> float:
+    value = data[field]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ScalingError(f"{file}: field '{field}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _parse_run(file: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The run as a dict (fields made float, ``results_file`` added) or the reason to skip it."""
+    if "status" not in data:
+        raise ScalingError(f"{file}: missing required field 'status'")
+    if data["status"] != "completed":
+        why = f": {data['error']}" if data.get("error") else ""
+        return None, f"status is {data['status']!r}, not 'completed'{why}"
+    for field in REQUIRED_FIELDS:
+        if field not in data:
+            raise ScalingError(f"{file}: missing required field '{field}'")
+    run = dict(data)
+    for field in REQUIRED_FIELDS:
+        run[field] = _number(data, field, file)
+        if not math.isfinite(run[field]) or run[field] <= 0:
+            return None, f"{field} is {run[field]!r}, not a positive finite number"
+    if data.get("budget_flops") is not None:
+        run["budget_flops"] = _number(data, "budget_flops", file)
+        if not 0 < run["budget_flops"] < math.inf:
+            raise ScalingError(
+                f"{file}: field 'budget_flops' must be > 0, got {run['budget_flops']}"
+            )
+    run["results_file"] = str(file)
+    return run, None
+
+
+def scan_runs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """All runs under ``path`` (:func:`lmlab.analysis.runs.load_runs`): the usable runs and, for
+    the others, ``{"file", "reason"}`` (not completed, unreadable, or a non-finite/non-positive
+    value such as a NaN loss).
+
+    Raises ScalingError if the directory does not exist, holds no results.json, or a completed
+    run lacks one of REQUIRED_FIELDS (the message names the file and the field)."""
+    try:
+        found = load_runs(path)
+    except RunDirError as exc:
+        raise ScalingError(str(exc)) from None
+    runs, skipped = [], []
+    for job in found:
+        file = job.dir / "results.json"
+        run, reason = _parse_run(file, job.results)
+        if run is None:
+            skipped.append({"file": str(file), "reason": str(reason)})
+        else:
+            runs.append(run)
+    return runs, skipped
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _attempt(
+    fit: Callable[..., dict[str, Any]], *args: Any
+) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return fit(*args), None
+    except ScalingError as exc:
+        return None, str(exc)
+
+
+def _fit_parametric_runs(runs: list[dict[str, Any]], n_key: str) -> dict[str, Any]:
+    return fit_parametric(
+        [n_of(r, n_key) for r in runs], [r["tokens"] for r in runs], [r["val_loss"] for r in runs]
+    )
+
+
+def _notes(profiles: list[dict[str, Any]], par: dict[str, Any] | None) -> list[str]:
+    notes = [f"approach 2, {line}" for line in budget_summary(profiles)]
+    if par is not None and not (par["alpha"] > 0 and par["beta"] > 0):
+        notes.append("approach 3: alpha or beta <= 0, no compute-optimal allocation")
+    return notes
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _run_counts(runs: list[dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:
+    found = len(runs) + len(skipped)
+    return {"found": found, "used": len(runs), "skipped": len(skipped), "skipped_runs": skipped}
+
+
+def analyze(
+    path: str | Path,
+    target_flops: float | None = None,
+    out: str | Path | None = None,
+    n_key: str = "params",
+) -> dict[str, Any]:
+    """Fit Approaches 2 and 3 of Hoffmann et al. 2022 (Approach 3 as in Besiroglu et al. 2024)
+    to the completed runs under ``path``; write ``scaling.json`` and ``scaling.png`` to ``out``
+    (default ``path``) and return the same dict. ``target_flops`` defaults to 10x the largest
+    budget. One approach may be skipped (the reason is recorded); raises ScalingError if both
+    are impossible."""
+    if n_key not in N_KEYS:
+        raise ScalingError(f"n_key must be one of {N_KEYS}, got {n_key!r}")
+    if target_flops is not None and not 0 < target_flops < math.inf:
+        raise ScalingError(f"target_flops must be a positive finite number, got {target_flops}")
+    runs, skipped = scan_runs(path)
+    iso, iso_reason = _attempt(fit_isoflop, runs, n_key)
+    par, par_reason = _attempt(_fit_parametric_runs, runs, n_key)
+    if iso is None and par is None:
+        raise ScalingError(
+            f"no fit possible from {len(runs)} completed runs ({len(skipped)} skipped): "
+            f"{iso_reason}; {par_reason}"
+        )
+    profiles = iso["budgets"] if iso is not None else isoflop_profiles(runs, n_key)
+    par_out = parametric_summary(par, n_key) if par is not None else None
+    flops = 10.0 * max(p["flops"] for p in profiles) if target_flops is None else target_flops
+    target = target_allocation(float(flops), iso, par_out)
+    out_dir = Path(out) if out is not None else Path(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skip2 = {"status": "skipped", "reason": iso_reason, "budgets": profiles}
+    result: dict[str, Any] = {
+        "multirun_dir": str(path),
+        "n_key": n_key,
+        "runs": _run_counts(runs, skipped),
+        "approach2": dict(iso, status="ok") if iso is not None else skip2,
+        "approach3": par_out or {"status": "skipped", "reason": par_reason},
+        "target": target,
+        "notes": _notes(profiles, par),
+        "outputs": {"json": str(out_dir / "scaling.json"), "png": str(out_dir / "scaling.png")},
+    }
+    plot_scaling(out_dir / "scaling.png", profiles, iso, par_out, target)
+    (out_dir / "scaling.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    return result

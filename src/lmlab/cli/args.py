@@ -1,0 +1,44 @@
+"""``key=value`` command lines for the tools that use a checkpoint (generate, probe, consolidate).
+
+Values are taken verbatim (``prompt=def fib(`` and ``text=[MASK] is`` need no quoting beyond
+the shell's), then typed and checked against a dataclass by OmegaConf: an unknown key or a
+value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
+Hydra's override grammar would reject those prompts (brackets and parentheses are syntax)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def parse(schema: type[T], argv: list[str]) -> T:
+    """``schema`` (a dataclass) filled from ``key=value`` arguments; ``null`` means None."""
+    fields = {f.name for f in dataclasses.fields(schema)}
+    required = [f.name for f in dataclasses.fields(schema) if f.default == MISSING]
+    given: dict[str, str | None] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"argument {arg!r} is not key=value; keys: {', '.join(sorted(fields))}"
+            )
+        if key not in fields:
+            raise ConfigError(f"unknown key {key!r}; allowed: {', '.join(sorted(fields))}")
+        given[key] = None if value == "null" else value
+    for key in required:
+        if key not in given:
+            raise ConfigError(f"{key} is required: add {key}=<value>")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), given)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        where = f"{key}={given.get(key)}: " if key in given else ""
+        raise ConfigError(where + str(err).splitlines()[0]) from None

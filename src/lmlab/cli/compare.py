@@ -1,0 +1,55 @@
+"""``lmlab compare MULTIRUN_DIR [--metric val_loss] [--out DIR] [--higher-is-better]``
+(= ``python src/compare.py ...``): rank the jobs of a Hydra multirun, name the winner and
+whether its margin exceeds seed noise, write compare.png and compare.json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from lmlab.analysis.compare import compare
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of ``lmlab compare`` / ``src/compare.py``."""
+    parser = argparse.ArgumentParser(
+        prog="lmlab compare",
+        description="Rank the jobs of a Hydra multirun; write compare.png and compare.json.",
+    )
+    parser.add_argument(
+        "multirun_dir", metavar="MULTIRUN_DIR", help="e.g. multirun/2024-06-01/12-00-00"
+    )
+    parser.add_argument(
+        "--metric",
+        default="val_loss",
+        help="results.json key or metrics.csv column to rank by (default: val_loss)",
+    )
+    parser.add_argument("--out", default=None, help="output dir (default: MULTIRUN_DIR)")
+    parser.add_argument(
+        "--higher-is-better",
+        action="store_true",
+        help="rank descending (e.g. tokens_per_second, mfu)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """0 on success, 1 when all runs failed; bad input raises ``CompareError`` (exit 2)."""
+    args = build_parser().parse_args(argv)
+    console, errors = Console(), Console(stderr=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200  # piped into a log: do not squeeze the table to 80 columns
+    rows = compare(
+        args.multirun_dir,
+        args.metric,
+        args.out,
+        higher_is_better=args.higher_is_better,
+        console=console,
+    )
+    if rows and all(row.status == "failed" for row in rows):
+        errors.print(f"error: all {len(rows)} runs failed", markup=False, highlight=False)
+        return 1
+    return 0

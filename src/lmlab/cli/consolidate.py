@@ -1,0 +1,45 @@
+"""Consolidate a sharded (FSDP) checkpoint folder into one file that loads on one CPU.
+
+    python src/consolidate.py ckpt=<run>/checkpoints/last.ckpt [out=<file>]
+
+The file holds the full weights, ``model_config``, the tokenizer and the training step, with
+the model's own keys (no wrapper prefixes); optimizer states are left out (resume a sharded
+run from its folder). ``src/generate.py``, ``src/probe.py`` and ``lmlab.infer.pretrained.load`` read
+it, and also read the folder itself, consolidating in memory. Default ``out``: next to the
+folder, ``<name>-consolidated.ckpt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from lmlab.cli.args import parse
+from lmlab.errors import ConfigError
+
+
+@dataclass
+class ConsolidateConfig:
+    ckpt: str = MISSING
+    out: str | None = None
+
+
+def main(argv: list[str]) -> int | None:
+    cfg = parse(ConsolidateConfig, argv)
+    from lmlab.infer.checkpoint import consolidate, is_sharded
+    from lmlab.train.checkpointing import AtomicCheckpointIO
+
+    src = Path(cfg.ckpt)
+    if not is_sharded(src):
+        raise ConfigError(
+            f"ckpt={src}: not a sharded checkpoint folder (expected a folder with meta.pt, as "
+            "trainer=fsdp writes; a single-file checkpoint needs no consolidation)"
+        )
+    out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}-consolidated.ckpt")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"out={out} is the sharded checkpoint itself: choose another file")
+    ckpt = consolidate(src)
+    AtomicCheckpointIO().save_checkpoint(ckpt, out)
+    print(f"{out}: {len(ckpt['state_dict'])} tensors, step {ckpt['global_step']}")

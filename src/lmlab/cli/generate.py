@@ -1,0 +1,132 @@
+"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans (T5).
+
+    python src/generate.py ckpt=<file> prompt="def fib(" max_new_tokens=200 temperature=0.8 \
+        top_k=50 top_p=0.95 seed=0 num_samples=3
+    python src/generate.py ckpt=<bert run>/checkpoints/last.ckpt text="import <mask>"
+    python src/generate.py ckpt=<t5 run>/checkpoints/last.ckpt text="def <extra_id_0>(self):"
+
+``task`` follows the checkpoint's family (generate, fill_mask, infill). Generation streams to
+the terminal and uses a KV cache (``cache=false`` recomputes the context at every token);
+``temperature=0`` is greedy. ``device=cuda dtype=bf16`` for a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from lmlab.cli.args import parse
+from lmlab.config import Family
+
+
+@dataclass
+class GenerateConfig:
+    ckpt: str = MISSING
+    task: str | None = None  # generate | fill_mask | infill; default: by the model's family
+    prompt: str = ""  # generate's prompt
+    text: str | None = None  # fill_mask / infill input (prompt= works too)
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = None  # default 50 for generate, 5 candidates for fill_mask
+    top_p: float | None = None
+    seed: int = 0
+    num_samples: int = 1
+    cache: bool = True
+    device: str = "cpu"
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
+
+
+TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
+
+
+def main(argv: list[str]) -> int | None:
+    from lmlab.errors import ConfigError
+
+    cfg = parse(GenerateConfig, argv)
+    if cfg.task is not None and cfg.task not in TASKS.values():
+        raise ConfigError(f"task={cfg.task!r}: allowed {', '.join(TASKS.values())}")
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
+        raise ConfigError(
+            f"num_samples={cfg.num_samples}, max_new_tokens={cfg.max_new_tokens}: both must be >= 1"
+        )
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmlab.infer.fill import fill_mask, infill
+    from lmlab.infer.generation import generate
+    from lmlab.infer.pretrained import load
+
+    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
+    task = cfg.task or TASKS[pre.family]
+    if TASKS[pre.family] != task:
+        raise ConfigError(
+            f"task={task} needs a {_family_of(task)} checkpoint; {cfg.ckpt} is {pre.family.value}"
+        )
+    console = Console(highlight=False)
+    gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
+    text = cfg.text if cfg.text is not None else cfg.prompt
+    if task == "fill_mask":
+        per_mask, filled = fill_mask(pre, text, cfg.top_k or 5)
+        for i, candidates in enumerate(per_mask):
+            table = Table(title=f"<mask> {i + 1} of {len(per_mask)}")
+            table.add_column("token")
+            table.add_column("probability", justify="right")
+            for c in candidates:
+                table.add_row(repr(c.token), f"{c.probability:.3f}")
+            console.print(table)
+        console.print(f"[bold]filled:[/bold] {filled}")
+        return
+    if task == "infill":
+        spans, filled = infill(
+            pre, text, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.cache
+        )
+        for sentinel, span in spans.items():
+            console.print(f"{sentinel} -> {span!r}")
+        console.print(f"[bold]filled:[/bold] {filled}")
+        return
+    tok = pre.tokenizer
+    ids = tok.encode(cfg.prompt).ids or [tok.token_to_id("<|endoftext|>")]
+    for n in range(cfg.num_samples):
+        if cfg.num_samples > 1:
+            console.rule(f"sample {n + 1} of {cfg.num_samples}")
+        stream = Stream(tok, ids)
+        sys.stdout.write(cfg.prompt)
+        generate(
+            pre.model,
+            torch.tensor([ids], device=pre.device),
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k if cfg.top_k is not None else 50,
+            cfg.top_p,
+            gen,
+            use_cache=cfg.cache,
+            on_token=stream,
+        )
+        sys.stdout.write("\n")
+
+
+def _family_of(task: str) -> str:
+    return next(f.value for f, t in TASKS.items() if t == task)
+
+
+class Stream:
+    """Writes each new token's text as it comes. Decodes the whole continuation and writes
+    what is new, holding back an incomplete UTF-8 character (byte-level BPE can split one)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int]) -> None:
+        self.tok, self.prompt_ids = tokenizer, prompt_ids
+        self.new_ids: list[int] = []
+        self.written = 0
+
+    def __call__(self, next_B1) -> None:
+        self.new_ids.append(int(next_B1[0, 0]))
+        text = self.tok.decode(self.new_ids)
+        if text.endswith("\ufffd"):
+            return
+        sys.stdout.write(text[self.written :])
+        sys.stdout.flush()
+        self.written = len(text)

@@ -1,0 +1,68 @@
+"""``lmlab <command> [arguments]``: one console script for every tool, with the arguments of the
+matching ``python src/<command>.py``. Each command's module is imported only when it runs, so
+``lmlab --help`` and bad input answer in about a second."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from lmlab.errors import ConfigError
+
+# command -> what it does (the module is lmlab.cli.<command>, with main(argv) -> exit code)
+COMMANDS = {
+    "train": "train one run, or a Hydra multirun with -m (Hydra overrides: model=gpt_mini ...)",
+    "compare": "rank the jobs of a multirun: table, winner, compare.png, compare.json",
+    "scaling": "fit Chinchilla scaling laws to a multirun's results.json files",
+    "generate": "sample text (GPT), fill masks (BERT) or spans (T5) from a checkpoint",
+    "probe": "parameter table, FLOPs per token and attention maps of a checkpoint",
+    "consolidate": "turn a sharded (FSDP) checkpoint folder into one file",
+}
+
+
+def fail(err: ConfigError) -> NoReturn:
+    """Bad input: one line on stderr and exit code 2 (the traceback with HYDRA_FULL_ERROR=1)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:
+    """Run ``lmlab.cli.<name>.main(argv)`` (default: ``sys.argv[1:]``) and exit with its code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        module = importlib.import_module(f"lmlab.cli.{name}")
+        code = module.main(args)
+    except ConfigError as err:
+        fail(err)
+    sys.exit(code or 0)
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
+    return (
+        "usage: lmlab <command> [arguments]\n\ncommands:\n" + "\n".join(lines) + "\n\n"
+        "`lmlab <command> --help` (train: `lmlab train --help`, Hydra's) for its arguments; "
+        "`python src/<command>.py` takes the same."
+    )
+
+
+def main() -> NoReturn:
+    """The ``lmlab`` console script."""
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
+    name = sys.argv[1]
+    if name not in COMMANDS:
+        fail(ConfigError(f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}"))
+    sys.argv = [f"{sys.argv[0]} {name}", *sys.argv[2:]]  # what Hydra and argparse show
+    command(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""``lmlab scaling`` (= ``python src/scaling.py``): Chinchilla scaling-law analysis of a
+multirun directory (Hoffmann et al. 2022, Approaches 2 and 3; Besiroglu et al. 2024). Writes
+scaling.json and scaling.png, prints a summary.
+
+    python src/scaling.py MULTIRUN_DIR [--target-flops 1e21] [--out DIR] [--n-key params]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lmlab.analysis.scaling import N_KEYS, analyze
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="lmlab scaling",
+        description="Fit Chinchilla scaling laws (isoFLOP profiles and the parametric loss "
+        "L = E + A/N^alpha + B/D^beta) to the results.json files of a multirun directory.",
+    )
+    parser.add_argument("multirun_dir", type=Path, help="directory searched for results.json")
+    parser.add_argument(
+        "--target-flops",
+        type=_positive_float,
+        default=None,
+        help="compute budget to allocate (default: 10x the largest budget in the data)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: MULTIRUN_DIR)"
+    )
+    parser.add_argument(
+        "--n-key", choices=N_KEYS, default="params", help="results.json field used as N"
+    )
+    return parser
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _budget_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"Approach 2: isoFLOP profiles ({result['approach2']['status']})")
+    for column in ("budget C", "runs", "N_opt", "D_opt", "D/N", "min loss", "status"):
+        table.add_column(column, justify="left" if column == "status" else "right")
+    for p in result["approach2"]["budgets"]:
+        n_opt, d_opt = p.get("N_opt"), p.get("D_opt")
+        ratio = d_opt / n_opt if n_opt else None
+        status = p["status"] + (" (extrapolated)" if p.get("extrapolated") else "")
+        table.add_row(
+            _fmt(p["flops"], ".3g"),
+            str(p["n_runs"]),
+            _fmt(n_opt, ".3g"),
+            _fmt(d_opt, ".3g"),
+            _fmt(ratio, ".1f"),
+            _fmt(p.get("loss_min")),
+            status,
+        )
+    return table
+
+
+def _constants_table(result: dict[str, Any]) -> Table:
+    table = Table(title="Fitted constants")
+    table.add_column("approach")
+    table.add_column("constants")
+    a2, a3 = result["approach2"], result["approach3"]
+    if a3["status"] == "ok":
+        table.add_row(
+            "3: L = E + A/N^alpha + B/D^beta",
+            f"E={a3['E']:.4f}  A={a3['A']:.4g}  B={a3['B']:.4g}  alpha={a3['alpha']:.4f}  "
+            f"beta={a3['beta']:.4f}  (Huber {a3['huber_loss']:.3g})",
+        )
+    else:
+        table.add_row("3 (skipped)", a3["reason"])
+    if a2["status"] == "ok":
+        table.add_row(
+            "2: N_opt = k_N C^a, D_opt = k_D C^b",
+            f"a={a2['a']:.4f}  b={a2['b']:.4f}  k_N={a2['N_opt_law']['k']:.4g}  "
+            f"k_D={a2['D_opt_law']['k']:.4g}",
+        )
+    else:
+        table.add_row("2 (skipped)", a2["reason"])
+    return table
+
+
+def _target_table(result: dict[str, Any]) -> Table:
+    target = result["target"]
+    table = Table(title=f"Compute-optimal allocation at C = {target['flops']:.3g} FLOPs")
+    for column in ("approach", "N_opt", "D_opt", "D/N", "predicted loss"):
+        table.add_column(column, justify="right")
+    for key in ("approach2", "approach3"):
+        row = target[key]
+        if row is not None:
+            table.add_row(
+                key[-1],
+                _fmt(row["N_opt"], ".3g"),
+                _fmt(row["D_opt"], ".3g"),
+                _fmt(row["tokens_per_param"], ".1f"),
+                _fmt(row["predicted_loss"]),
+            )
+    return table
+
+
+def print_summary(console: Console, result: dict[str, Any]) -> None:
+    """Runs used/skipped, the per-budget optima, the fitted constants and the target."""
+    runs = result["runs"]
+    console.print(
+        f"{runs['used']} runs used, {runs['skipped']} skipped (N = {result['n_key']})",
+        highlight=False,
+    )
+    for skip in runs["skipped_runs"]:
+        console.print(f"  skipped {skip['file']}: {skip['reason']}", markup=False, soft_wrap=True)
+    console.print(_budget_table(result))
+    console.print(_constants_table(result))
+    console.print(_target_table(result))
+    for note in result["notes"]:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    outputs = result["outputs"]
+    console.print(f"wrote {outputs['json']} and {outputs['png']}", markup=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run :func:`lmlab.analysis.scaling.analyze`, print (a ``ScalingError``
+    is bad input: exit 2)."""
+    args = build_parser().parse_args(argv)
+    result = analyze(args.multirun_dir, args.target_flops, args.out, n_key=args.n_key)
+    print_summary(Console(), result)
+    return 0

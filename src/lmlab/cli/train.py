@@ -1,0 +1,64 @@
+"""``lmlab train [overrides]`` = ``python src/train.py [overrides]``; ``-m`` for a sweep.
+
+Hydra composes ``conf/`` and ``lmlab.train.run.train`` does the work. The config is checked
+before torch and Lightning are imported, so bad input is reported at once (one line, exit
+code 2). A preempted run (SIGTERM/SIGUSR1) exits with 143 after saving its checkpoint. In a
+multirun a failed job is logged and the sweep goes on (its results.json says ``failed``;
+Optuna sees NaN, a failed trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from lmlab.cli.main import fail
+from lmlab.config import CONF_DIR, register_configs, resolve_configs
+from lmlab.errors import ConfigError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float:
+    if not in_multirun():
+        try:  # before torch and Lightning load; train() checks again
+            resolve_configs(cfg)
+        except ConfigError as err:
+            fail(err)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lmlab.train.run import train  # heavy imports only once the config composed
+
+    try:
+        return train(cfg)
+    except SIGTERMException:
+        sys.exit(143)  # preempted: checkpoint saved, results.json says so
+    except Exception as err:
+        if in_multirun():
+            # One failed job must not sink the sweep: results.json already says "failed".
+            logging.getLogger("lmlab").error("job failed: %s: %s", type(err).__name__, err)
+            return float("nan")
+        if isinstance(err, ConfigError):
+            fail(err)
+        raise
+
+
+def in_multirun() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def main(argv: list[str]) -> int:
+    """Hydra reads the command line itself: ``argv`` becomes ``sys.argv[1:]``."""
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()
+    return 0
+
+
+if __name__ == "__main__":  # the per-rank command of DDP/FSDP children (distributed.job_command)
+    main(sys.argv[1:])

@@ -1,0 +1,119 @@
+"""Fill-mask for encoder checkpoints and span infilling for encoder-decoders, as HF's
+``fill-mask`` and ``text2text-generation`` pipelines do.
+
+Byte-level BPE folds a word's leading space into the word's token, so the one space before a
+``<mask>`` or a sentinel is dropped from the input and the prediction brings its own (RoBERTa's
+mask token strips left whitespace the same way). ``[MASK]`` is accepted for ``<mask>``; in
+``infill`` each ``<mask>`` becomes the next sentinel ``<extra_id_k>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from lmlab.data.tokenizer import CLS, EOS, MASK, PAD, SENTINELS, SEP
+from lmlab.errors import ConfigError
+from lmlab.infer.generation import decode_loop
+from lmlab.infer.pretrained import Pretrained
+
+SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+
+
+@dataclass
+class Candidate:
+    token: str  # decoded, with its leading space
+    token_id: int
+    probability: float
+
+
+def _encode(pre: Pretrained, text: str, marker: str) -> list[int]:
+    text = re.sub(r" ?(" + re.escape(marker) + ")", r"\1", text)
+    return pre.tokenizer.encode(text).ids
+
+
+@torch.no_grad()
+def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Candidate]], str]:
+    """The ``top_k`` most likely tokens for each ``<mask>`` of ``text``, and the text with
+    every mask replaced by its most likely token."""
+    text = text.replace("[MASK]", MASK)
+    if MASK not in text:
+        raise ConfigError(f"text={text!r} has no {MASK} (or [MASK]) to fill")
+    tok = pre.tokenizer
+    ids = [tok.token_to_id(CLS), *_encode(pre, text, MASK), tok.token_to_id(SEP)]
+    if len(ids) > pre.cfg.max_seq_len:
+        raise ConfigError(
+            f"text is {len(ids)} tokens with [CLS] and [SEP], above the model's "
+            f"max_seq_len={pre.cfg.max_seq_len}"
+        )
+    ids_1T = torch.tensor([ids], device=pre.device)
+    probs_TV = pre.model(ids_1T)[0].float().softmax(-1)
+    mask_id = tok.token_to_id(MASK)
+    filled, results = list(ids), []
+    for t in (ids_1T[0] == mask_id).nonzero()[:, 0].tolist():
+        p, idx = probs_TV[t].topk(top_k)
+        pairs = zip(p.tolist(), idx.tolist(), strict=True)
+        results.append([Candidate(tok.decode([i]), i, q) for q, i in pairs])
+        filled[t] = results[-1][0].token_id
+    return results, tok.decode(filled[1:-1])
+
+
+def _sentinels(text: str) -> str:
+    """``<mask>``/``[MASK]`` to successive sentinels after the highest one already there."""
+    used = [int(k) for k in SENTINEL_RE.findall(text)]
+    k = max(used, default=-1) + 1
+    for marker in ("[MASK]", MASK):
+        while marker in text:
+            text = text.replace(marker, SENTINELS[k], 1)
+            k += 1
+    return text
+
+
+@torch.no_grad()
+def infill(
+    pre: Pretrained,
+    text: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> tuple[dict[str, str], str]:
+    """Generate the span of every sentinel in ``text`` (T5's target: ``<extra_id_0> span0
+    <extra_id_1> span1 ... </s>``); returns {sentinel: span} and the filled text."""
+    text = _sentinels(text)
+    if not SENTINEL_RE.search(text):
+        raise ConfigError(f"text={text!r} has no sentinel <extra_id_0> (or <mask>) to fill")
+    tok, model = pre.tokenizer, pre.model
+    ids = [*_encode(pre, text, "<extra_id_"), tok.token_to_id(EOS)]
+    if len(ids) > pre.cfg.max_seq_len:
+        raise ConfigError(
+            f"text is {len(ids)} tokens, above the model's max_seq_len={pre.cfg.max_seq_len}"
+        )
+    memory_1TD = model.encode(torch.tensor([ids], device=pre.device))
+    start_11 = torch.tensor([[tok.token_to_id(PAD)]], device=pre.device)  # T5's start token
+    out_1S = decode_loop(
+        lambda dec_ids, cache: model.decode(dec_ids, memory_1TD, cache=cache),
+        model.new_cache if use_cache else None,
+        start_11,
+        pre.cfg.max_seq_len,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        eos_id=tok.token_to_id(EOS),
+    )
+    spans = parse_spans(tok.decode(out_1S[0, 1:].tolist(), skip_special_tokens=False))
+    filled = SENTINEL_RE.sub(lambda m: spans.get(m.group(0), ""), text)
+    return spans, filled
+
+
+def parse_spans(target: str) -> dict[str, str]:
+    """``<extra_id_0> a <extra_id_1> b</s>`` -> {"<extra_id_0>": " a ", "<extra_id_1>": " b"}."""
+    target = target.split(EOS)[0]
+    parts = SENTINEL_RE.split(target)  # [before, k0, span0, k1, span1, ...]
+    return {f"<extra_id_{k}>": span for k, span in zip(parts[1::2], parts[2::2], strict=True)}

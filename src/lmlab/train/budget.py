@@ -1,0 +1,90 @@
+"""Compute budgets: how long to train, from steps, tokens, FLOPs or a tokens-per-parameter ratio.
+
+A budget fixes the number of training tokens D; the training length follows from the global
+batch in tokens (micro-batch x sequence length x devices x nodes x gradient accumulation):
+
+* ``steps``: D = ``trainer.max_steps`` x tokens per step (the plain Lightning setting).
+* ``chinchilla``: D = ``tokens_per_param`` x N, 20 by default, the compute-optimal ratio of
+  Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556).
+* ``flops``: D = C / (6 N), from the approximation C = 6 N D of training FLOPs (Kaplan et al.
+  2020, "Scaling Laws for Neural Language Models", arXiv:2001.08361, section 2.1; Hoffmann et
+  al. 2022 use the same). N is the total parameter count, as in ``results.json``'s ``flops``.
+* ``tokens``: D given.
+
+Rounding: steps = ceil(D / tokens_per_step), at least 1. The budget then reports what is
+actually trained, tokens = steps x tokens_per_step and flops = 6 N tokens, which exceed the
+requested D by less than one global batch. ``nominal_flops`` keeps the requested C of a
+``flops`` budget, so the runs of an isoFLOP sweep group by the C they were given.
+
+No torch import: a config is validated (and a budget resolved) before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lmlab.config import BudgetConfig, BudgetKind
+from lmlab.errors import ConfigError
+
+# D / tokens_per_step is rounded to this many decimals before ceil, so float noise in
+# C / (6 N) (e.g. 300.0000000001 steps) does not add a whole step.
+_STEP_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resolved budget: what will actually be trained (see the module docstring)."""
+
+    kind: BudgetKind
+    tokens: int  # steps * tokens_per_step, trained
+    steps: int
+    flops: float  # 6 * N * tokens, trained
+    tokens_per_step: int
+    target_tokens: float  # D asked for, before rounding to whole steps
+    nominal_flops: float | None  # C of a ``flops`` budget; None for the other kinds
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain types, for ``plan.json``, ``results.json`` and loggers."""
+        return {**asdict(self), "kind": self.kind.value}
+
+
+def target_tokens(cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_steps: int) -> float:
+    """D requested by the budget, before rounding to whole steps."""
+    kind = BudgetKind(cfg.kind)
+    if kind == BudgetKind.steps:
+        if max_steps < 1:
+            raise ConfigError(f"budget=steps needs trainer.max_steps >= 1, got {max_steps}")
+        return float(max_steps * tokens_per_step)
+    if kind == BudgetKind.chinchilla:
+        return cfg.tokens_per_param * n_params  # Hoffmann et al. 2022: D ~ 20 N
+    if kind == BudgetKind.flops:
+        return cfg.flops / (6.0 * n_params)  # C = 6 N D (Kaplan et al. 2020)
+    return float(cfg.tokens)
+
+
+def resolve_budget(
+    cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_steps: int
+) -> Budget:
+    """Steps, tokens and FLOPs of a run of an N-parameter model with a global batch of
+    ``tokens_per_step`` tokens. ``max_steps`` (``trainer.max_steps``) is read by
+    ``budget=steps`` only. steps = max(1, ceil(D / tokens_per_step)); tokens and flops are those
+    of the whole steps actually trained."""
+    if n_params < 1:
+        raise ConfigError(f"a budget needs the parameter count N >= 1, got {n_params}")
+    if tokens_per_step < 1:
+        raise ConfigError(f"tokens per step={tokens_per_step} must be >= 1")
+    d_target = target_tokens(cfg, n_params, tokens_per_step, max_steps)
+    steps = max(1, math.ceil(round(d_target / tokens_per_step, _STEP_DECIMALS)))
+    tokens = steps * tokens_per_step
+    kind = BudgetKind(cfg.kind)
+    return Budget(
+        kind=kind,
+        tokens=tokens,
+        steps=steps,
+        flops=6.0 * n_params * tokens,
+        tokens_per_step=tokens_per_step,
+        target_tokens=d_target,
+        nominal_flops=float(cfg.flops) if kind == BudgetKind.flops else None,
+    )

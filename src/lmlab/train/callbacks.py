@@ -1,0 +1,178 @@
+"""Callbacks: throughput and MFU, the SDPA kernel report, a text sample, attention maps
+(checkpoint callbacks live in ``checkpointing.py``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lmlab.config import Family, Positional
+from lmlab.data.collators import decoder_tokens
+from lmlab.infer.generation import generate
+from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
+from lmlab.model import flops_per_token
+from lmlab.train.hardware import peak_flops
+
+log = logging.getLogger(__name__)
+
+
+class Throughput(L.Callback):
+    """Tokens/s and MFU over the time spent in training batches (validation excluded). The
+    first ``skip`` batches (allocation, compilation) are left out. Logs every
+    ``log_every_n_steps``; on CUDA it synchronises only then."""
+
+    def __init__(self, skip: int = 2, cache_dir: str = "~/.cache/lmlab") -> None:
+        self.skip, self.cache_dir = skip, cache_dir
+        self.tokens = self.seconds = 0.0
+        self.window_tokens = self.window_seconds = 0.0
+        self.batches = 0
+        self.flops_per_token = self.peak = None
+        self.world_size = 1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seq_len = trainer.datamodule.seq_len
+        self.flops_per_token = flops_per_token(
+            pl_module.model, seq_len, decoder_tokens(pl_module.model_cfg.family, seq_len)
+        )
+        self.peak = peak_flops(pl_module.device, trainer.precision, self.cache_dir)
+        self.world_size = trainer.world_size  # tokens are counted over all ranks, MFU per device
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        if self.batches <= self.skip:
+            return
+        n_tokens = batch["input_ids"].numel() * trainer.world_size
+        if pl_module.device.type == "cuda" and trainer.global_step % trainer.log_every_n_steps == 0:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - self.t0
+        self.tokens += n_tokens
+        self.seconds += dt
+        self.window_tokens += n_tokens
+        self.window_seconds += dt
+        if trainer.global_step % trainer.log_every_n_steps == 0 and self.window_seconds > 0:
+            tps = self.window_tokens / self.window_seconds
+            pl_module.log("perf/tokens_per_second", tps)
+            if self.peak:
+                pl_module.log("perf/mfu", tps * self.flops_per_token / self.world_size / self.peak)
+            self.window_tokens = self.window_seconds = 0.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds else None
+
+    @property
+    def mfu(self) -> float | None:
+        tps = self.tokens_per_second
+        if not (tps and self.peak):
+            return None
+        return tps * self.flops_per_token / self.world_size / self.peak
+
+
+def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
+    """Names of the SDPA kernels one forward actually runs, read from the profiler."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
+    from torch.profiler import profile
+
+    # eval mode and a forked RNG: the probe must not draw from the training random stream
+    # (a resumed run continues it exactly)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), profile() as prof:
+        model(ids_BT)
+    model.train(was_training)
+    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    return sorted(n.removeprefix("aten::") for n in names)
+
+
+def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Whether this rank runs a callback's extra forward passes: rank 0 alone, or every rank
+    when the weights are sharded (under FSDP a forward is a collective all ranks join)."""
+    return trainer.is_global_zero or getattr(pl_module, "_device_mesh", None) is not None
+
+
+class SDPAKernelReport(L.Callback):
+    """Logs once which attention kernel runs (flash, memory-efficient, math, cuDNN)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.model_cfg.family != Family.gpt or not forward_here(trainer, pl_module):
+            return  # the probe feeds input_ids only
+        seq_len = trainer.datamodule.seq_len
+        ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
+        kernels = sdpa_kernels(pl_module.model, ids)
+        note = ""
+        if (
+            pl_module.model_cfg.positional == Positional.alibi
+            or pl_module.model_cfg.attention_window
+        ):
+            note = " (an additive bias or window mask rules out the flash kernel on GPU)"
+        if trainer.is_global_zero:
+            log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
+        pl_module.sdpa_kernels = kernels
+
+
+class Sample(L.Callback):
+    """Generates a short text from ``prompt`` when training ends and logs it."""
+
+    def __init__(
+        self,
+        prompt: str = "def ",
+        max_new_tokens: int = 100,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        seed: int = 0,
+    ) -> None:
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.text: str | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.model_cfg.family != Family.gpt or not forward_here(trainer, pl_module):
+            return  # left-to-right sampling needs a decoder
+        tok = trainer.datamodule.tokenizer
+        ids = torch.tensor([tok.encode(self.prompt).ids], device=pl_module.device)
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        out = generate(model, ids, self.max_new_tokens, self.temperature, self.top_k, generator=gen)
+        model.train(was_training)
+        self.text = tok.decode(out[0].tolist())
+        if trainer.is_global_zero:
+            log.info("sample (prompt %r):\n%s", self.prompt, self.text)
+
+
+class AttentionMaps(L.Callback):
+    """At each validation, draws the attention maps of ``text`` into
+    ``<run dir>/attention/step<N>.png`` and logs the image to W&B when W&B is on, so heads
+    can be watched specialising (previous-token heads, induction heads) as training goes."""
+
+    def __init__(self, text: str = "def add(a, b):\n    return a + b\n", dirpath: str = "") -> None:
+        self.text, self.dirpath = text, Path(dirpath)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not forward_here(trainer, pl_module):
+            return
+        tokenizer = trainer.datamodule.tokenizer
+        model = pl_module.model
+        ids = probe_ids(model, tokenizer, self.text)
+        maps = attention_maps(model, ids)
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        path = plot_attention(
+            maps,
+            token_labels(tokenizer, ids),
+            self.dirpath / f"step{step:06d}.png",
+            f"attention at step {step}",
+        )
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                lg.log_image("attention", [str(path)], step=step)

@@ -1,0 +1,136 @@
+"""Many processes through Lightning: the FSDP2 strategy and Hydra multiruns (the global batch
+is ``lmlab.train.batch``).
+
+- ``FSDPStrategy`` is Lightning's ``ModelParallelStrategy`` (FSDP2, which also runs on CPU
+  with gloo) with the whole world as the data-parallel (sharding) dimension, and sharded
+  checkpoints written atomically: into a temporary folder, renamed into place once every rank
+  has written its shard.
+- ``job_command`` and ``JobScope`` make Hydra multiruns work with DDP/FSDP (a long-standing
+  breakage of Lightning + Hydra): Lightning starts the other ranks by re-running the command
+  line, which in a multirun is the whole sweep. The children instead get this job's own
+  overrides and output folder, and the next job starts only when this job's processes have
+  exited, with the environment Lightning set for them removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+log = logging.getLogger(__name__)
+
+
+class FSDPStrategy(ModelParallelStrategy):
+    """FSDP2 sharding over every process (data_parallel = world size, tensor_parallel = 1).
+    ``LMTask.configure_model`` applies ``fully_shard`` per block on ``device_mesh``."""
+
+    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        """Every rank writes its shard into ``.<name>.tmp``; after all have, rank 0 renames it
+        over ``<name>``: a kill during a save leaves the previous checkpoint whole."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        if self.is_global_zero and tmp.exists():
+            shutil.rmtree(tmp)  # left by a save that was killed
+        self.barrier("lmlab_ckpt_clean")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("lmlab_ckpt_written")
+        if self.is_global_zero:
+            old = path.with_name(f".{path.name}.old")
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        self.barrier("lmlab_ckpt_renamed")
+
+
+def job_command(local_rank: int) -> tuple[Sequence[str], str]:
+    """The command Lightning runs for rank ``local_rank`` under Hydra: this job alone (its own
+    overrides, its output folder), never the sweep. Replaces Lightning's
+    ``_hydra_subprocess_cmd``, which re-runs ``sys.argv`` (``-m`` and all sweep values)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    hydra_cfg = HydraConfig.get()
+    command = [*train_command(), *hydra_cfg.overrides.task]
+    command += [
+        f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
+        f"hydra.job.name=rank{local_rank}",
+        "hydra.output_subdir=null",  # the .hydra/ of the job is rank 0's
+    ]
+    return command, get_original_cwd()
+
+
+def train_command() -> list[str]:
+    """How to start ``lmlab train`` in a child process, whichever way this one was started
+    (``python src/train.py``, the ``lmlab`` console script, ``python -m``): the checkout's
+    ``src/train.py`` when there is one, else the module."""
+    script = Path(__file__).resolve().parents[2] / "train.py"
+    if script.is_file():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "lmlab.cli.train"]
+
+
+def install_job_command() -> None:
+    """Point Lightning's launcher at ``job_command`` (tested by the DDP multirun test)."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = job_command
+
+
+# Set by Lightning's launcher in the main process for its children; left in place they make
+# the next job of a multirun believe it is a child (LOCAL_RANK) and wait for a world forever.
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+class JobScope:
+    """One job's processes, from start to exit: ``close()`` waits for the child ranks,
+    destroys the process group and restores the launch environment."""
+
+    def __init__(self) -> None:
+        self.env = {k: os.environ.get(k) for k in LAUNCH_ENV}
+        self.trainer: Any | None = None  # set once built
+
+    def close(self, timeout: float = 300.0) -> None:
+        launcher = getattr(getattr(self.trainer, "strategy", None), "launcher", None)
+        for proc in getattr(launcher, "procs", []) or []:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("rank process %d still running after %.0f s: kill", proc.pid, timeout)
+                proc.kill()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in self.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

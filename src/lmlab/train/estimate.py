@@ -1,0 +1,305 @@
+"""The dry run: parameters, budget, FLOPs and an estimated wall time, before spending compute.
+
+The model is built on the meta device (shapes, no storage), so every preset up to ``gpt_7b``
+plans on a CPU without allocating its weights. Throughput comes from one of two places:
+
+* ``measured``: when one training step of a micro-batch is cheap, i.e. its FLOPs
+  (``flops_per_token`` x micro_batch x seq_len) at the device peak x ``ASSUMED_MFU`` take less
+  than ``MEASURE_MAX_STEP_SECONDS``, and weights, gradients, AdamW state and activations fit
+  in half the free memory, the real model is built on the device and 1 warm-up + 3 timed
+  forward+backward+AdamW steps on random tokens are run (eager, fp32 or bf16 autocast); the
+  median step gives tokens/s.
+* ``estimated``: otherwise, tokens/s = peak FLOP/s x ``ASSUMED_MFU`` / ``flops_per_token``.
+
+The budget's FLOPs are 6 N D (Kaplan et al. 2020; Hoffmann et al. 2022), as in
+``results.json``; the wall time uses ``flops_per_token`` (matmuls incl. the output head, plus
+attention scores), the same count that MFU uses. Validation, data preparation and
+checkpointing are not included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
+from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
+from lmlab.model import build_model, flops_per_token, param_breakdown
+from lmlab.train.budget import Budget, resolve_budget
+from lmlab.train.hardware import peak_flops, precision_dtype
+from lmlab.train.plan import make_plan, meta_model
+
+ASSUMED_MFU = 0.4  # typical of well-run dense training (measured figures: BENCHMARKS.md)
+MEASURE_MAX_STEP_SECONDS = 5.0  # measure only when one step should take less than this
+MEASURE_MEMORY_FRACTION = 0.5  # and the training state fits in this share of free memory
+WARMUP_STEPS, TIMED_STEPS = 1, 3
+
+
+def planning_model_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> ModelConfig:
+    """``model.vocab_size`` if set, else the tokenizer's target ``data.vocab_size``: a plan
+    needs no data preparation (a char tokenizer's true size is known only after it)."""
+    return dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size or data_cfg.vocab_size)
+
+
+def training_bytes(model_cfg: ModelConfig, n_params: int, micro_batch: int, seq_len: int) -> int:
+    """Coarse memory of one eager fp32 training step: weights, gradients and AdamW's two
+    moments (16 bytes per parameter) plus activations (about 16 d-wide fp32 tensors per
+    token and layer, and three vocabulary-wide ones for logits, softmax and its gradient)."""
+    per_token = 16 * model_cfg.n_layers * model_cfg.d_model + 3 * model_cfg.vocab_size
+    return 16 * n_params + 4 * micro_batch * seq_len * per_token
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: the driver's count; CPU: MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if device.type == "cpu" and meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def choose_method(
+    step_flops: float, peak: float | None, needed_bytes: int, free_bytes: int | None
+) -> tuple[str, str]:
+    """``("measured" | "estimated" | "unavailable", why)`` as in the module docstring."""
+    if free_bytes is not None and needed_bytes > MEASURE_MEMORY_FRACTION * free_bytes:
+        why = f"a training step needs ~{needed_bytes / 2**30:.1f} GiB, too much to measure"
+        return ("estimated" if peak else "unavailable"), why
+    if peak is None:
+        return "measured", "unknown device peak; the step fits in memory"
+    step_seconds = step_flops / (peak * ASSUMED_MFU)
+    if step_seconds < MEASURE_MAX_STEP_SECONDS:
+        return "measured", f"one step should take ~{step_seconds:.2g} s"
+    why = f"one step would take ~{step_seconds:.3g} s (> {MEASURE_MAX_STEP_SECONDS:g} s)"
+    return "estimated", why
+
+
+def _t5_inputs(ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Encoder ids plus decoder ids as long as span corruption's targets for this length."""
+    decoder_len = SpanCorruptionCollator.decoder_len(ids_BT.shape[1])
+    return {"input_ids": ids_BT, "decoder_input_ids": ids_BT[:, :decoder_len]}
+
+
+# A random batch's model inputs per family, as its collator shapes them (labels aside).
+SAMPLE_INPUTS: dict[Family, Callable[[torch.Tensor], dict[str, torch.Tensor]]] = {
+    Family.gpt: lambda ids_BT: {"input_ids": ids_BT},
+    Family.bert: lambda ids_BT: {"input_ids": ids_BT},
+    Family.t5: _t5_inputs,
+}
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision_dtype(precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_tokens_per_second(
+    model_cfg: ModelConfig, micro_batch: int, seq_len: int, device: torch.device, precision: str
+) -> tuple[float, list[float]]:
+    """Tokens/s of eager forward+backward+AdamW steps on random tokens, and the timed steps'
+    seconds: the real model on ``device``, ``WARMUP_STEPS`` untimed, then ``TIMED_STEPS``
+    timed one by one; the median step is used, so one step slowed by a busy machine does not
+    set the estimate. Tokens are input tokens (the encoder's for T5), as ``Throughput`` counts
+    them."""
+    with torch.device(device):
+        model = build_model(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids_BT = torch.randint(0, model_cfg.vocab_size, (micro_batch, seq_len), device=device)
+    inputs = SAMPLE_INPUTS[model_cfg.family](ids_BT)
+    seconds: list[float] = []
+    for step in range(WARMUP_STEPS + TIMED_STEPS):
+        _sync(device)
+        start = time.perf_counter()
+        with _autocast(device, precision):
+            logits = model(**inputs)
+        labels = torch.randint_like(logits[..., 0], model_cfg.vocab_size, dtype=torch.long)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if step >= WARMUP_STEPS:
+            seconds.append(time.perf_counter() - start)
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return micro_batch * seq_len / statistics.median(seconds), seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"3 min 55 s"``, ``"2 h 05 min"``, ``"3.2 days"``; ``"unknown"`` for None."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds < 365 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365 * 86400):.1f} years"
+
+
+def _throughput(
+    model_cfg: ModelConfig,
+    counts: dict[str, int],
+    fpt: float,
+    shape: tuple[int, int],
+    device: torch.device,
+    precision: str,
+    cache_dir: str | Path,
+) -> dict[str, Any]:
+    """Tokens/s per device, measured or estimated, and how."""
+    micro_batch, seq_len = shape
+    peak = peak_flops(device, precision, cache_dir)
+    needed = training_bytes(model_cfg, counts["total"], micro_batch, seq_len)
+    method, why = choose_method(
+        fpt * micro_batch * seq_len, peak, needed, free_memory_bytes(device)
+    )
+    tps = mfu = None
+    step_seconds: list[float] = []
+    if method == "measured":
+        tps, step_seconds = measure_tokens_per_second(
+            model_cfg, micro_batch, seq_len, device, precision
+        )
+        mfu = tps * fpt / peak if peak else None
+    elif method == "estimated":
+        tps, mfu = peak * ASSUMED_MFU / fpt, ASSUMED_MFU
+    return {
+        "method": method,
+        "reason": why,
+        "tokens_per_second": tps,
+        "mfu": mfu,
+        "peak_flops": peak,
+        "device": str(device),
+        "precision": str(precision),
+        "step_seconds": step_seconds,
+    }
+
+
+def plan_run(
+    model_cfg: ModelConfig,
+    seq_len: int,
+    micro_batch: int,
+    tokens_per_step: int,
+    budget_cfg: BudgetConfig,
+    max_steps: int,
+    device: torch.device | str,
+    precision: str,
+    cache_dir: str | Path,
+    n_devices: int = 1,
+) -> dict[str, Any]:
+    """Parameters (meta-device build), the resolved budget and the estimated wall time of a
+    run. Tokens/s is per device; the wall time assumes ``n_devices`` of them scale linearly."""
+    device = torch.device(device)
+    model = meta_model(model_cfg)
+    counts = param_breakdown(model)
+    fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
+    budget: Budget = resolve_budget(budget_cfg, counts["total"], tokens_per_step, max_steps)
+    speed = _throughput(
+        model_cfg, counts, fpt, (micro_batch, seq_len), device, precision, cache_dir
+    )
+    tps = speed["tokens_per_second"]
+    wall = budget.tokens / (tps * n_devices) if tps else None
+    return {
+        "model": {k: v.value if isinstance(v, Enum) else v for k, v in vars(model_cfg).items()},
+        "params": counts["total"],
+        "non_embedding_params": counts["non_embedding"],
+        "param_breakdown": counts,
+        "seq_len": seq_len,
+        "micro_batch": micro_batch,
+        "n_devices": n_devices,
+        "budget": budget.as_dict(),
+        "budget_flops": budget.nominal_flops,
+        "tokens": budget.tokens,
+        "steps": budget.steps,
+        "flops": budget.flops,
+        "tokens_per_step": budget.tokens_per_step,
+        "flops_per_token": fpt,
+        "throughput": speed,
+        "tokens_per_second": tps,
+        "wall_seconds": wall,
+        "wall_time": format_duration(wall),
+    }
+
+
+def plan_table(plan: dict[str, Any]) -> Table:
+    """The plan for the terminal: parameters by kind, then budget, FLOPs and wall time."""
+    table = Table(title="plan", show_header=True)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for kind, n in plan["param_breakdown"].items():
+        if n or kind in ("total", "non_embedding"):
+            table.add_row(f"params: {kind}", f"{n:,}")
+    table.add_section()
+    speed = plan["throughput"]
+    rows = {
+        "budget": plan["budget"]["kind"],
+        "tokens per step": f"{plan['tokens_per_step']:,}",
+        "steps": f"{plan['steps']:,}",
+        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / plan['params']:.1f} per param)",
+        "FLOPs (6ND)": f"{plan['flops']:.3g}",
+        "FLOPs per token": f"{plan['flops_per_token']:.3g}",
+        f"tokens/s ({speed['method']})": _maybe(
+            plan["tokens_per_second"],
+            "{:,.0f}" if (plan["tokens_per_second"] or 0) >= 100 else "{:.3g}",
+        ),
+        "MFU" + (" (assumed)" if speed["method"] == "estimated" else ""): _maybe(
+            speed["mfu"], "{:.1%}"
+        ),
+        "estimated wall time": plan["wall_time"],
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    table.caption = f"{speed['device']}, {speed['precision']}: {speed['reason']}"
+    return table
+
+
+def _maybe(value: float | None, fmt: str) -> str:
+    return "unknown" if value is None else fmt.format(value)
+
+
+def plan_from_cfg(
+    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int
+) -> dict[str, Any]:
+    """The dry run: ``plan_run`` for the run ``cfg`` describes, without preparing any data (the
+    vocabulary is ``planning_model_config``'s), with the run plan's batch and precision."""
+    model_cfg = planning_model_config(model_cfg, data_cfg)
+    run_plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
+    accelerator = str(cfg.trainer.accelerator)
+    use_cuda = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    estimate = plan_run(
+        model_cfg,
+        seq_len,
+        run_plan.batch.micro_batch,
+        run_plan.batch.tokens,
+        OmegaConf.to_object(cfg.budget),
+        int(cfg.trainer.max_steps),
+        torch.device("cuda" if use_cuda else "cpu"),
+        run_plan.precision,
+        cfg.paths.cache_dir,
+        n_devices=run_plan.batch.devices,
+    )
+    return run_plan.as_dict() | estimate

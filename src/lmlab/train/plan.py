@@ -1,0 +1,131 @@
+"""The run plan: what a run will do, resolved once from the composed config, frozen, and saved
+as ``plan.json`` in the run directory beside Hydra's ``.hydra/config.yaml``.
+
+The composed config is never written to after Hydra saved it. Everything a run derives from it
+is here instead: the global batch (micro-batch, devices, accumulation), the precision
+(``trainer.precision=auto`` resolved), the vocabulary and parameter count, and the budget
+(steps, tokens, FLOPs). The Trainer is built with the plan's steps, accumulation and precision,
+the sampler draws the plan's rows, and a resumed run is checked against the plan it continues
+(``check_resumable``). ``results.json`` repeats the budget and batch for the tools that read
+only it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lmlab.config import BudgetConfig, DataConfig, ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.model import build_model, param_breakdown
+from lmlab.train.batch import GlobalBatch, resolve_global_batch
+from lmlab.train.budget import Budget, resolve_budget
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    batch: GlobalBatch
+    precision: str  # Lightning's precision, resolved: "32-true", "bf16-mixed", ...
+    budget: Budget
+    vocab_size: int
+    params: int  # total parameters, the N of the budget
+
+    @property
+    def steps(self) -> int:
+        return self.budget.steps
+
+    @property
+    def train_samples(self) -> int:
+        """Training rows the sampler draws over the whole run (steps x global batch)."""
+        return self.steps * self.batch.rows
+
+    def start_sample(self, global_step: int) -> int:
+        """The data position after ``global_step`` optimizer steps: one integer."""
+        return global_step * self.batch.rows
+
+    def trainer_args(self) -> dict[str, Any]:
+        """What the Trainer takes from the plan instead of from ``cfg.trainer``."""
+        return {
+            "max_steps": self.steps,
+            "accumulate_grad_batches": self.batch.accumulation,
+            "precision": self.precision,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "batch": self.batch.as_dict(),
+            "precision": self.precision,
+            "vocab_size": self.vocab_size,
+            "params": self.params,
+            "train_samples": self.train_samples,
+            "budget": self.budget.as_dict(),
+        }
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    """``trainer.precision=auto``: bf16-mixed where the run's accelerator is a GPU with bf16,
+    32-true otherwise (CPUs without native bf16 run bf16 many times slower)."""
+    precision = str(trainer_cfg.precision)
+    if precision != "auto":
+        return precision
+    gpu = str(trainer_cfg.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def meta_model(model_cfg: ModelConfig) -> nn.Module:
+    """The model with shapes only (no storage), for parameter and FLOP counts."""
+    if model_cfg.vocab_size is None:
+        raise ConfigError("planning needs model.vocab_size (see planning_model_config)")
+    with torch.device("meta"):
+        return build_model(model_cfg)
+
+
+def make_plan(
+    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int
+) -> RunPlan:
+    """The plan of the run ``cfg`` describes; ``model_cfg`` has its final ``vocab_size``."""
+    batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)
+    params = param_breakdown(meta_model(model_cfg))["total"]
+    budget_cfg: BudgetConfig = OmegaConf.to_object(cfg.budget)
+    budget = resolve_budget(budget_cfg, params, batch.tokens, int(cfg.trainer.max_steps))
+    return RunPlan(batch, resolve_precision(cfg.trainer), budget, model_cfg.vocab_size, params)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as JSON atomically (a temporary file renamed over ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def read_plan(out_dir: Path) -> dict[str, Any] | None:
+    """The plan saved in a run directory, or None (a run from before plans were saved)."""
+    path = out_dir / PLAN_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_resumable(saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path) -> None:
+    """A resumed run continues the data position ``step x global batch rows`` of the run it
+    continues, so its global batch and sequence length must be the same; its steps (a longer
+    run), precision and device count may differ."""
+    if saved is None:
+        return
+    was, now = saved["batch"], plan.batch.as_dict()
+    for key in ("global_batch_size", "seq_len"):
+        if was[key] != now[key]:
+            raise ConfigError(
+                f"cannot resume {out_dir}: its plan.json has {key}={was[key]}, this run "
+                f"{now[key]} (the data position is steps x global batch): keep the global batch "
+                "(data.global_batch_size) and sequence length of the run you continue"
+            )

@@ -1,0 +1,316 @@
+"""``train(cfg)``: the whole run, importable (tests, sweeps) behind the thin ``src/train.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from lmlab.config import RUNTIME_FIELDS, DataConfig, ModelConfig, flatten, resolve_configs
+from lmlab.data.datamodule import LMDataModule
+from lmlab.errors import ConfigError
+from lmlab.infer.checkpoint import read_checkpoint
+from lmlab.model import param_breakdown
+from lmlab.train.batch import resolve_global_batch
+from lmlab.train.callbacks import Sample, Throughput
+from lmlab.train.distributed import JobScope, install_job_command
+from lmlab.train.estimate import plan_from_cfg, plan_table
+from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
+from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
+from lmlab.train.task import LMTask, model_config_dict
+
+log = logging.getLogger(__name__)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def route_lightning_logs() -> None:
+    """Lightning's messages go through Hydra's handlers (console and train.log) once, not
+    twice, and without its product tips."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lightning_log = logging.getLogger(name)
+        for handler in list(lightning_log.handlers):
+            lightning_log.removeHandler(handler)
+        lightning_log.propagate = True
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropTips())
+
+
+RUN_CONFIG = "run_config.yaml"
+# What a resumed run must share with the run it continues.
+RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
+    for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
+        flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
+    return [
+        f"{k}: {flat_a.get(k)!r} (saved) vs {flat_b.get(k)!r} (now)"
+        for k in sorted(set(flat_a) | set(flat_b))
+        if flat_a.get(k) != flat_b.get(k)
+    ]
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
+    run directory: a resumed run must have the same model, data, optimizer and schedule, and a
+    fresh run must not overwrite another run's checkpoints."""
+    current = {
+        k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
+        if OmegaConf.is_config(cfg[k])
+        else cfg[k]
+        for k in RESUME_KEYS
+    }
+    saved_path = out_dir / RUN_CONFIG
+    last = newest_checkpoint(out_dir)
+    resume = cfg.get("resume")
+    if resume not in (True, False, "auto", None):
+        raise ConfigError(f"resume={resume!r}: allowed true, false, auto")
+    if resume == "auto":  # a requeued SLURM job: continue if there is anything to continue
+        resume = last is not None
+    if resume:
+        if last is None:
+            raise ConfigError(
+                f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
+                f"(nothing to resume in hydra.run.dir={out_dir})"
+            )
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.exists() else {}
+        diffs = _differences(saved, current)
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {out_dir}: it holds another config; differing "
+                f"fields: {'; '.join(diffs[:8])}"
+            )
+        return last
+    if last is not None:
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
+            "add resume=true to continue it, or choose another directory"
+        )
+    OmegaConf.save(OmegaConf.create(current), saved_path)
+    return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def newest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint with the highest step in a run folder: ``checkpoints/last.ckpt`` or
+    one that Lightning saved on a SLURM time-limit signal before requeueing
+    (``hpc_ckpt_<n>.ckpt``); files or sharded folders."""
+    found = [p for p in [out_dir / "checkpoints" / "last.ckpt"] if p.exists()]
+    found += sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
+    if len(found) <= 1:
+        return found[0] if found else None
+    return max(found, key=lambda p: read_checkpoint(p)["global_step"])
+
+
+def check_checkpoint_model(ckpt: dict, path: Path, model_cfg: ModelConfig) -> None:
+    """A checkpoint from another architecture or knob setting is refused, naming the fields."""
+    diffs = _differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model")
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {path} was trained with another model; differing fields: "
+            + "; ".join(diffs)
+        )
+
+
+def param_table(counts: dict[str, int]) -> Table:
+    table = Table(title="parameters", show_header=True)
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    for kind, n in counts.items():
+        if n or kind in ("total", "non_embedding"):
+            table.add_row(kind, f"{n:,}")
+    return table
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> None:
+    write_json(out_dir / "results.json", redact(results))
+
+
+def train(cfg: DictConfig) -> float:
+    """Train one run; write ``results.json`` (completed, failed or preempted); return the
+    final validation loss. ``cfg`` is read, never written: what the run derives from it is the
+    frozen plan (``lmlab.train.plan``), saved as ``plan.json``."""
+    start = time.time()
+    route_lightning_logs()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
+    install_job_command()
+    scope = JobScope()
+    try:
+        model_cfg, data_cfg, seq_len = resolve_configs(cfg)
+        batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
+        log.info(batch.describe())
+        if cfg.get("dry_run"):
+            return dry_run(cfg, model_cfg, data_cfg, seq_len, out_dir)
+        ckpt_path = resume_checkpoint(cfg, out_dir)
+        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start, ckpt_path, scope)
+    except SIGTERMException:
+        results.update(
+            status="preempted",
+            wall_seconds=time.time() - start,
+            error="stopped by SIGTERM/SIGUSR1 after saving checkpoints/last.ckpt",
+        )
+        write_results(out_dir, results)
+        log.warning(
+            "resume with: python src/train.py <same overrides> resume=true hydra.run.dir=%s",
+            out_dir,
+        )
+        raise
+    except BaseException as err:
+        results.update(
+            status="failed", error=f"{type(err).__name__}: {err}", wall_seconds=time.time() - start
+        )
+        write_results(out_dir, results)
+        raise
+    finally:
+        finish_wandb()
+        scope.close()  # this job's rank processes have exited before the next job starts
+
+
+def dry_run(
+    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, out_dir: Path
+) -> float:
+    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing."""
+    plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
+    Console().print(plan_table(plan))
+    log.info("plan: %s", write_json(out_dir / PLAN_FILE, plan))
+    return float("nan")
+
+
+SUMMARY_KEYS = (
+    "best_val_loss",
+    "val_loss",
+    "val_bits_per_byte",
+    "tokens_per_second",
+    "mfu",
+    "params",
+    "non_embedding_params",
+    "tokens",
+    "flops",
+    "status",
+)
+
+
+def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
+    """The run's headline numbers in the W&B summary, for the dashboard's tables and plots."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update({k: results.get(k) for k in SUMMARY_KEYS})
+
+
+def finish_wandb() -> None:
+    """Close the W&B run, so each job of a sweep is its own run and offline files are flushed."""
+    import sys
+
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()
+
+
+def _fit(
+    cfg: DictConfig,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    seq_len: int,
+    out_dir: Path,
+    results: dict[str, Any],
+    start: float,
+    ckpt_path: Path | None,
+    scope: JobScope,
+) -> float:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = LMDataModule(data_cfg, model_cfg.family, seq_len, cfg.seed)
+    dm.prepare_data()
+    dm.setup()
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=dm.vocab_size)
+    elif model_cfg.vocab_size < dm.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
+            "tokens (leave it null to follow the tokenizer)"
+        )
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt is not None:
+        check_checkpoint_model(ckpt, ckpt_path, model_cfg)
+    plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
+    if cfg.get("resume"):
+        check_resumable(read_plan(out_dir), plan, out_dir)
+    if rank_zero_only.rank == 0:
+        write_json(out_dir / PLAN_FILE, plan.as_dict())
+    # callbacks.<name>=null turns one off
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = build_loggers(cfg, out_dir)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
+    )
+    scope.trainer = trainer
+    dm.num_train_samples = plan.train_samples
+    # The data position is one integer: the resumed run draws exactly the rows that follow.
+    dm.start_sample = plan.start_sample(ckpt["global_step"]) if ckpt else 0
+    task = LMTask(
+        model_cfg,
+        instantiate(cfg.optim),
+        instantiate(cfg.scheduler),
+        compile=cfg.compile,
+        bytes_per_token=dm.val_bytes_per_token,
+    )
+    counts = param_breakdown(task.model)
+    if trainer.is_global_zero:
+        Console().print(param_table(counts))
+        log_param_table(loggers, counts)
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if task.last_val_step != trainer.global_step:  # validate() drops the train/* metrics
+        trainer.validate(task, datamodule=dm, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
+    sample = next((c for c in callbacks if isinstance(c, Sample)), None)
+    tokens = trainer.global_step * plan.batch.tokens
+    results.update(
+        status="completed",
+        val_loss=metrics.get("val/loss"),
+        best_val_loss=task.best_val_loss,
+        val_perplexity=metrics.get("val/perplexity"),
+        val_bits_per_byte=metrics.get("val/bits_per_byte"),
+        train_loss=metrics.get("train/loss"),
+        params=counts["total"],
+        params_per_rank=task.params_per_rank,
+        non_embedding_params=counts["non_embedding"],
+        param_breakdown=counts,
+        tokens=tokens,
+        flops=6.0 * counts["total"] * tokens,
+        global_step=trainer.global_step,
+        tokens_per_second=throughput.tokens_per_second if throughput else None,
+        mfu=throughput.mfu if throughput else None,
+        sdpa_kernels=getattr(task, "sdpa_kernels", None),
+        wall_seconds=time.time() - start,
+        device=str(task.device),
+        precision=str(trainer.precision),
+        torch_threads=torch.get_num_threads(),
+        sample=sample.text if sample else None,
+        wandb_id=wandb_run_id(out_dir) if "wandb" in (cfg.get("logger") or {}) else None,
+        resumed_from=str(ckpt_path) if ckpt_path else None,
+        batch=plan.batch.as_dict(),
+        budget=plan.budget.as_dict(),
+        budget_flops=plan.budget.nominal_flops,
+    )
+    if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
+        summarize_wandb(loggers, results)
+        write_results(out_dir, results)
+        log.info("results: %s", out_dir / "results.json")
+    return results["val_loss"]

@@ -1,0 +1,201 @@
+"""The LightningModule: one loss path for every family, metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from enum import Enum
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from lmlab.config import Family, ModelConfig
+from lmlab.data.collators import IGNORE
+from lmlab.model import build_model
+from lmlab.train.parallel import layout
+
+NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matmul weights only; none on norms, biases and embeddings
+    (a tied head shares the embedding's tensor and so goes undecayed). nanoGPT today decays
+    every 2-D tensor, embeddings included; on its Tiny Shakespeare CPU run that made no
+    measurable difference (1.8848 against 1.885)."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, NO_DECAY_TYPES) or name == "bias" or p.ndim < 2:
+                no_decay.add(id(p))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from an FSDP2 DTensor (a sharded parameter's norm), as is otherwise."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def model_config_dict(cfg: ModelConfig) -> dict:
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(cfg).items()}
+
+
+class LMTask(L.LightningModule):
+    """Wraps any family. The collator decides the objective; here it is always
+    ``cross_entropy(logits, labels, ignore_index=-100)``."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
+        compile: bool = False,
+        bytes_per_token: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.model = build_model(model_cfg)
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        # the optimizer partial's weight_decay applies to the decayed group only
+        self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
+        self.compile_model = compile
+        self.laid_out = False
+        self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
+        self.best_val_loss: float | None = None
+        self.last_val_step = -1
+        # called with (trainer, optimizer) when the gradient norm is not finite (set by
+        # lmlab.train.checkpointing.NonFiniteGuard); None: no check
+        self.nonfinite_guard: Callable[[L.Trainer, torch.optim.Optimizer], None] | None = None
+        self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])  # this step's micro-batches
+        # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
+        # covers only the corrupted tokens, so it is not logged for BERT and T5.
+        self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None
+        self.val_loss = torchmetrics.MeanMetric()
+        # Both over the positions with labels: every token for GPT, the masked tokens for BERT
+        # (masked-token accuracy and perplexity), the target tokens for T5.
+        self.val_ppl = Perplexity(ignore_index=IGNORE)
+        self.val_acc = MulticlassAccuracy(
+            model_cfg.vocab_size, average="micro", ignore_index=IGNORE, validate_args=False
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain types only, so checkpoints load with torch.load(weights_only=True)
+        checkpoint["model_config"] = model_config_dict(self.model_cfg)
+        # the tokenizer too (a JSON string), so a checkpoint is all that generation needs
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if getattr(datamodule, "tokenizer", None) is not None:
+            checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
+
+    def configure_model(self) -> None:
+        """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
+        per block; Lightning calls this before every fit/validate, it applies them once."""
+        if self.laid_out:
+            return
+        self.laid_out = True
+        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        layout(
+            self.model,
+            activation_checkpointing=self.model_cfg.activation_checkpointing,
+            compile=self.compile_model,
+            mesh=mesh,
+            precision=str(self.trainer.precision) if self._trainer else "32-true",
+        )
+        # counted now: after a forward FSDP2 may leave the root and last block gathered
+        self.params_per_rank = sum(
+            (p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.parameters()
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**{k: v for k, v in batch.items() if k != "labels"})
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits_BTV = self(batch)
+        labels_BT = batch["labels"]
+        loss = F.cross_entropy(
+            logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=IGNORE
+        )
+        return loss, logits_BTV
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.loss(batch)
+        if self.metrics_due():
+            self.log_step_loss(loss.detach())
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def log_step_loss(self, loss: torch.Tensor) -> None:
+        """``train/loss`` = the loss whose gradient this optimizer step takes: the mean over
+        its accumulated micro-batches and over the ranks (one all-reduce, on logging steps
+        only). The same global batch therefore logs the same loss on 1 or N devices."""
+        step = self.trainer.global_step
+        if self.step_losses[0] != step:
+            self.step_losses = (step, [])
+        self.step_losses[1].append(loss)
+        if len(self.step_losses[1]) == self.trainer.accumulate_grad_batches:
+            mean = torch.stack(self.step_losses[1]).mean()
+            self.log("train/loss", mean, prog_bar=True, sync_dist=True)
+
+    def metrics_due(self) -> bool:
+        """Whether this step's ``train/*`` values reach a logger: Lightning writes them every
+        ``log_every_n_steps`` steps (the check its own LearningRateMonitor makes), and lmlab
+        logs the last step too (results.json's ``train_loss``). ``self.log`` on the other steps
+        would cost time for nothing (BENCHMARKS.md, case ``profile``)."""
+        trainer = self.trainer
+        last = trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps
+        return trainer._logger_connector.should_update_logs or last
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits_BTV = self.loss(batch)
+        n_targets = (batch["labels"] != IGNORE).sum()
+        self.val_loss.update(loss, weight=n_targets)
+        self.val_ppl.update(logits_BTV.float(), batch["labels"])
+        self.val_acc.update(logits_BTV.argmax(-1).flatten(), batch["labels"].flatten())
+
+    def on_validation_epoch_end(self) -> None:
+        # the metrics are already synced across ranks (torchmetrics); sync_dist averages
+        # identical values, and tells Lightning so
+        loss = self.val_loss.compute()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", self.val_ppl.compute(), sync_dist=True)
+        self.log("val/accuracy", self.val_acc.compute(), sync_dist=True)
+        if self.bytes_per_token:
+            # nats per token -> bits per byte: comparable across tokenizers and objectives
+            bpb = loss / torch.log(torch.tensor(2.0)) / self.bytes_per_token
+            self.log("val/bits_per_byte", bpb, sync_dist=True)
+        self.val_loss.reset()
+        self.val_ppl.reset()
+        self.val_acc.reset()
+        value = float(loss)  # once per validation, not per step
+        self.best_val_loss = min(value, self.best_val_loss or float("inf"))
+        self.last_val_step = self.trainer.global_step
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by global norm, log the pre-clip norm and hand a non-finite one to the guard:
+        one pass over the gradients for all three."""
+        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm))
+        if self.metrics_due():
+            self.log("train/grad_norm", norm)
+        if self.nonfinite_guard is not None and not torch.isfinite(norm):
+            self.nonfinite_guard(self.trainer, optimizer)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_fn(decay_groups(self.model, self.weight_decay))
+        scheduler = self.scheduler_fn(optimizer, total_steps=self.trainer.max_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

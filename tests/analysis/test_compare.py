@@ -1,0 +1,477 @@
+"""Tests for lmlab.analysis.compare (with lmlab.analysis.multirun and lmlab.analysis.ranking)
+on synthetic Hydra multirun directories (no training involved)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from lmlab.analysis import compare as cmp
+from lmlab.analysis import multirun as mrun
+from lmlab.analysis import ranking
+from lmlab.analysis.runs import load_runs
+from lmlab.cli.compare import main as compare_main
+from lmlab.config import CONF_DIR
+
+CSV_COLUMNS = [
+    "epoch",
+    "step",
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "perf/tokens_per_second",
+    "val/loss",
+    "val/perplexity",
+    "val/bits_per_byte",
+]
+MAX_STEPS = 200
+OOM = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)" * 2
+
+# (norm_placement, activation, seed, final val_loss or None if failed, tokens_per_second)
+JOBS = [
+    ("pre", "gelu", 1, 3.10, 2000.0),
+    ("pre", "gelu", 2, 3.12, 2100.0),
+    ("pre", "gelu", 3, 3.14, 1900.0),
+    ("post", "relu", 1, 3.30, 3000.0),
+    ("pre", "swiglu", 1, 3.05, 1000.0),
+    ("post", "gelu", 1, None, None),
+]
+
+
+def loss_at(step: int, final: float) -> float:
+    """Exponential decay from ~10 to exactly ``final`` at MAX_STEPS."""
+    return final + 7.0 * (math.exp(-step / 40) - math.exp(-MAX_STEPS / 40))
+
+
+def write_metrics_csv(path: Path, final: float, tps: float, last_step: int = MAX_STEPS) -> None:
+    """Lightning CSVLogger layout: sparse rows, train every 10 steps, validation every 50."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for step in range(10, last_step + 1, 10):
+            loss = loss_at(step, final) + 0.05
+            writer.writerow(
+                {
+                    "epoch": 0,
+                    "step": step,
+                    "train/loss": loss,
+                    "train/lr": 3e-4,
+                    "train/grad_norm": 1.0 / step,
+                    "perf/tokens_per_second": tps,
+                }
+            )
+            if step % 50 == 0:
+                val = loss_at(step, final)
+                writer.writerow(
+                    {
+                        "epoch": 0,
+                        "step": step,
+                        "val/loss": val,
+                        "val/perplexity": math.exp(val),
+                        "val/bits_per_byte": val / math.log(2) / 4,
+                    }
+                )
+
+
+def results_for(final: float | None, tps: float | None, seed: int, name: str) -> dict:
+    done = final is not None
+    return {
+        "status": "completed" if done else "failed",
+        "error": None if done else OOM,
+        "val_loss": final,
+        "best_val_loss": final,
+        "val_perplexity": math.exp(final) if done else None,
+        "val_bits_per_byte": final / math.log(2) / 4 if done else None,
+        "train_loss": final + 0.05 if done else None,
+        "params": 1_234_567,
+        "non_embedding_params": 234_567,
+        "tokens": 819_200 if done else 409_600,
+        "flops": 6.0 * 1_234_567 * 819_200,
+        "global_step": MAX_STEPS if done else 100,
+        "tokens_per_second": tps,
+        "mfu": 0.31 if done else None,
+        "wall_seconds": 12.5,
+        "seed": seed,
+        "run_name": name,
+    }
+
+
+def write_job(
+    job: Path, overrides: list[str], config: dict, results: dict, curve: tuple | None
+) -> None:
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / "results.json").write_text(json.dumps(results))
+    if curve is not None:
+        write_metrics_csv(job / "csv" / "metrics.csv", *curve)
+
+
+def make_multirun(root: Path, jobs: list[tuple] = JOBS) -> Path:
+    for i, (norm, act, seed, final, tps) in enumerate(jobs):
+        name = f"gpt-{norm}-{act}-s{seed}"
+        overrides = [
+            f"model.norm_placement={norm}",
+            f"model.activation={act}",
+            f"seed={seed}",
+            "+debug=smoke",
+            f"trainer.max_steps={MAX_STEPS}",
+        ]
+        config = {
+            "model": {"norm_placement": norm, "activation": act, "d_model": 64, "n_layer": 2},
+            "trainer": {"max_steps": MAX_STEPS},
+            "debug": "smoke",
+            "seed": seed,
+            "run_name": name,
+            "paths": {"output_dir": f"/tmp/multirun/{i}"},
+        }
+        # the failed job dies at step 100 with a diverging partial curve
+        curve = (final, tps) if final is not None else (4.0, 500.0, 100)
+        write_job(root / str(i), overrides, config, results_for(final, tps, seed, name), curve)
+    return root
+
+
+@pytest.fixture
+def multirun(tmp_path: Path) -> Path:
+    return make_multirun(tmp_path / "multirun")
+
+
+def render(table, width: int = 250) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def table_cells(text: str) -> list[list[str]]:
+    """The body cells of a rendered Rich table (the header uses ┃, the body │)."""
+    body = [line for line in text.splitlines() if line.startswith("│")]
+    return [[c.strip() for c in line.strip("│").split("│")] for line in body]
+
+
+def row_by(rows: list[ranking.Row], norm: str, act: str, status: str = "completed") -> ranking.Row:
+    (row,) = [
+        r
+        for r in rows
+        if r.knobs == {"model.norm_placement": norm, "model.activation": act} and r.status == status
+    ]
+    return row
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+# --------------------------------------------------------------------------- loading & knobs
+
+
+def test_load_runs_reads_every_file(multirun: Path) -> None:
+    runs = load_runs(multirun)
+    assert [r.dir.name for r in runs] == ["0", "1", "2", "3", "4", "5"]
+    assert [r.failed for r in runs] == [False] * 5 + [True]
+    assert runs[0].overrides["model.activation"] == "gelu"
+    assert runs[0].overrides["debug"] == "smoke"  # leading '+' stripped
+    assert runs[0].config["model"]["d_model"] == 64
+    assert [s for s, _ in runs[0].curve["val/loss"]] == [50, 100, 150, 200]
+    assert runs[0].curve["val/loss"][-1][1] == pytest.approx(3.10)
+    assert len(runs[0].curve["train/loss"]) == 20  # empty cells of validation rows skipped
+    assert runs[5].error.startswith("RuntimeError: CUDA out of memory")
+
+
+def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
+    make_multirun(tmp_path / "sweep" / "a", JOBS[:2])
+    make_multirun(tmp_path / "sweep" / "b", JOBS[3:4])
+    killed = tmp_path / "sweep" / "b" / "7" / ".hydra"
+    killed.mkdir(parents=True)
+    (killed / "overrides.yaml").write_text(yaml.safe_dump(["model.activation=geglu"]))
+    runs = load_runs(tmp_path / "sweep")
+    assert len(runs) == 4
+    assert [r.dir.name for r in runs][-1] == "7"
+    assert runs[-1].failed and "no results.json" in runs[-1].error
+
+
+def test_varying_knobs_exact(multirun: Path) -> None:
+    # seed varies but is excluded; +debug and trainer.max_steps are constant
+    assert mrun.varying_knobs(load_runs(multirun)) == [
+        "model.norm_placement",
+        "model.activation",
+    ]
+
+
+def test_varying_knobs_falls_back_to_config(tmp_path: Path) -> None:
+    for i, (act, seed) in enumerate([("gelu", 1), ("relu", 2), ("relu", 3)]):
+        config = {
+            "model": {"activation": act, "d_model": 64},
+            "seed": seed,
+            "run_name": f"run{i}",
+            "paths": {"output_dir": f"/tmp/x/{i}"},
+            "started": f"2024-06-0{i + 1} 12:00:00",
+        }
+        results = results_for(3.0 + i / 10, 1000.0, seed, f"run{i}")
+        write_job(tmp_path / str(i), ["+debug=smoke"], config, results, (3.0 + i / 10, 1000.0))
+    runs = load_runs(tmp_path)
+    assert mrun.varying_knobs(runs) == ["model.activation"]
+    rows = ranking.aggregate(runs, "val_loss")
+    assert [(r.label, r.n) for r in rows] == [("activation=gelu", 1), ("activation=relu", 2)]
+
+
+def test_override_missing_in_some_jobs_uses_config_default(tmp_path: Path) -> None:
+    base = {"model": {"activation": "gelu", "bias": True}, "seed": 1}
+    write_job(tmp_path / "0", ["model.bias=true"], base, results_for(3.0, 1.0, 1, "a"), None)
+    write_job(tmp_path / "1", [], base, results_for(3.1, 1.0, 1, "b"), None)
+    other = {"model": {"activation": "relu", "bias": True}, "seed": 1}
+    write_job(tmp_path / "2", ["model.activation=relu"], other, results_for(3.2, 1.0, 1, "c"), None)
+    # model.bias=true equals the config default True: not a knob
+    assert mrun.varying_knobs(load_runs(tmp_path)) == ["model.activation"]
+
+
+def test_short_names_strip_common_prefix_but_stay_unique() -> None:
+    names = mrun.short_names(["model.norm_placement", "model.dropout", "data.dropout"])
+    assert names == {
+        "model.norm_placement": "norm_placement",
+        "model.dropout": "model.dropout",
+        "data.dropout": "data.dropout",
+    }
+
+
+def test_curve_column_maps_result_names_to_csv_columns() -> None:
+    columns = ["train/loss", "val/loss", "perf/tokens_per_second"]
+    assert mrun.curve_column("val_loss", columns) == "val/loss"
+    assert mrun.curve_column("tokens_per_second", columns) == "perf/tokens_per_second"
+    assert mrun.curve_column("val/loss", columns) == "val/loss"
+    assert mrun.curve_column("loss", columns) is None  # ambiguous
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_seed_aggregation_mean_std_n(multirun: Path) -> None:
+    rows = ranking.aggregate(load_runs(multirun), "val_loss")
+    gelu = row_by(rows, "pre", "gelu")
+    assert gelu.n == 3
+    assert [r.seed for r in gelu.runs] == [1, 2, 3]
+    assert gelu.stats["val_loss"].mean == pytest.approx(3.12)
+    assert gelu.stats["val_loss"].std == pytest.approx(0.02)  # sample std, ddof=1
+    assert gelu.stats["tokens_per_second"].mean == pytest.approx(2000.0)
+    swiglu = row_by(rows, "pre", "swiglu")
+    assert (swiglu.n, swiglu.stats["val_loss"].std) == (1, None)
+
+
+def test_rows_ranked_by_metric_failed_last(multirun: Path) -> None:
+    rows = ranking.aggregate(load_runs(multirun), "val_loss")
+    assert [r.label for r in rows] == [
+        "norm_placement=pre, activation=swiglu",
+        "norm_placement=pre, activation=gelu",
+        "norm_placement=post, activation=relu",
+        "norm_placement=post, activation=gelu (seed=1)",
+    ]
+    assert [r.rank for r in rows] == [1, 2, 3, None]
+    failed = rows[-1]
+    assert failed.status == "failed" and "CUDA out of memory" in failed.error
+    assert failed.value("val_loss") is None
+
+
+def test_metric_from_metrics_csv(multirun: Path) -> None:
+    runs = load_runs(multirun)
+    assert mrun.run_value(runs[0], "train/grad_norm") == pytest.approx(1.0 / MAX_STEPS)
+    rows = ranking.aggregate(runs, "val/perplexity")
+    assert rows[0].label == "norm_placement=pre, activation=swiglu"
+    assert rows[0].value("val/perplexity") == pytest.approx(math.exp(3.05))
+
+
+def test_unknown_metric_names_the_available_ones(multirun: Path) -> None:
+    with pytest.raises(mrun.CompareError, match="unknown metric 'val_los'") as info:
+        ranking.aggregate(load_runs(multirun), "val_los")
+    message = str(info.value)
+    assert "\n" not in message
+    for name in ("val_loss", "tokens_per_second", "train/loss", "val/loss"):
+        assert name in message
+    assert "run_name" not in message and "'seed'" not in message
+
+
+# --------------------------------------------------------------------------- table & summary
+
+
+def test_rendered_table_order_follows_losses(multirun: Path) -> None:
+    runs = load_runs(multirun)
+    knobs = mrun.varying_knobs(runs)
+    rows = ranking.aggregate(runs, "val_loss", knobs=knobs)
+    table = cmp.render_table(rows, knobs, "val_loss")
+    cells = table_cells(render(table))
+    assert [c[:3] for c in cells] == [
+        ["1", "pre", "swiglu"],
+        ["2", "pre", "gelu"],
+        ["3", "post", "relu"],
+        ["-", "post", "gelu"],
+    ]
+    assert cells[1][3] == "3.1200 ± 0.0200" and cells[1][4] == "3"
+    assert cells[-1][3] == "FAILED" and cells[-1][-1].startswith("FAILED: RuntimeError: CUDA")
+    assert len(cells[-1][-1]) <= len("FAILED: ") + ranking.ERROR_WIDTH
+    assert table.rows[0].style == "bold green"
+
+
+def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path) -> None:
+    runs = load_runs(multirun)
+    knobs = mrun.varying_knobs(runs)
+    rows = ranking.aggregate(runs, "val_loss", knobs=knobs)
+    wide = cmp.render_table(rows, knobs, "val_loss")
+    narrow = cmp.render_table(rows, knobs, "val_loss", width=80)
+    assert [c.header for c in wide.columns][5:] == [
+        "val ppl",
+        "val bpb",
+        "params",
+        "tokens",
+        "tok/s",
+        "wall s",
+        "status",
+    ]
+    headers = [c.header for c in narrow.columns]
+    assert headers == ["#", "norm_placement", "activation", "val_loss", "n", "status"]
+    text = render(narrow, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert [c[:4] for c in table_cells(text)][1] == ["2", "pre", "gelu", "3.1200 ± 0.0200"]
+
+
+def test_summary_winner_gap_and_noise(multirun: Path) -> None:
+    rows = ranking.aggregate(load_runs(multirun), "val_loss")
+    lines = ranking.summarize(rows, "val_loss")
+    assert lines[0] == "winner: norm_placement=pre, activation=swiglu (val_loss = 3.0500)"
+    assert lines[1].startswith("runner-up: norm_placement=pre, activation=gelu")
+    assert "gap 0.0700 (2.3%)" in lines[1]
+    assert lines[2].startswith("difference 0.0700 > 2 x pooled std 0.0200: likely real")
+    assert lines[3] == "1 of 6 runs failed (bottom of the table)"
+
+
+def test_noise_within_and_unknown(tmp_path: Path) -> None:
+    noisy = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.10), (2, 3.20), (3, 3.30)]]
+    noisy += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35), (3, 3.45)]]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "a", noisy)), "val_loss")
+    # 1 x pooled std < difference <= 2 x pooled std
+    assert ranking.summarize(rows, "val_loss")[2] == (
+        "difference 0.1500 <= 2 x pooled std 0.1000: within noise"
+    )
+    single = [("pre", "gelu", 1, 3.10, 1.0), ("post", "gelu", 1, 3.11, 1.0)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "b", single)), "val_loss")
+    assert "no seed replicates" in ranking.summarize(rows, "val_loss")[2]
+    assert "noise is unknown" in ranking.summarize(rows, "val_loss")[2]
+
+
+def test_higher_is_better_reverses_order(multirun: Path) -> None:
+    runs = load_runs(multirun)
+    lower = ranking.aggregate(runs, "tokens_per_second")
+    higher = ranking.aggregate(runs, "tokens_per_second", higher_is_better=True)
+    ranked = [r.label for r in higher if r.rank is not None]
+    assert ranked == [r.label for r in lower if r.rank is not None][::-1]
+    assert ranked[0] == "norm_placement=post, activation=relu"
+    assert higher[-1].status == "failed"
+
+
+def test_main_higher_is_better_prints_reversed_table(
+    multirun: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    assert compare_main([str(multirun), "--metric", "tokens_per_second", "--higher-is-better"]) == 0
+    out = capsys.readouterr().out
+    assert [c[:4] for c in table_cells(out)] == [
+        ["1", "post", "relu", "3k"],
+        ["2", "pre", "gelu", "2k ± 100"],
+        ["3", "pre", "swiglu", "1k"],
+        ["-", "post", "gelu", "FAILED"],
+    ]
+    assert "winner: norm_placement=post, activation=relu (tokens_per_second = 3k)" in out
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_compare_writes_png_and_json(multirun: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    rows = cmp.compare(multirun, out=out)
+    assert rows[0].rank == 1
+    png = out / "compare.png"
+    assert png.stat().st_size > 10_000
+    assert png_size(png) == (1400, 500)
+    data = json.loads((out / "compare.json").read_text())
+    assert data["metric"] == "val_loss" and data["higher_is_better"] is False
+    assert data["knobs"] == ["model.norm_placement", "model.activation"]
+    assert data["winner"] == "norm_placement=pre, activation=swiglu"
+    assert data["summary"][0].startswith("winner: norm_placement=pre, activation=swiglu")
+    first, gelu, _, failed = data["rows"]
+    assert first["metrics"]["val_loss"] == {"mean": pytest.approx(3.05), "std": None, "n": 1}
+    assert gelu["n"] == 3 and gelu["seeds"] == [1, 2, 3] and gelu["runs"] == ["0", "1", "2"]
+    assert gelu["metrics"]["val_loss"]["std"] == pytest.approx(0.02)
+    assert gelu["knobs"] == {"model.norm_placement": "pre", "model.activation": "gelu"}
+    assert failed["status"] == "failed" and failed["rank"] is None
+    assert "CUDA out of memory" in failed["error"]
+    assert failed["metrics"]["val_loss"]["mean"] is None
+
+
+def test_compare_defaults_to_multirun_dir(multirun: Path) -> None:
+    cmp.compare(multirun, metric="val_bits_per_byte")
+    assert png_size(multirun / "compare.png")[0] == 1400
+    assert json.loads((multirun / "compare.json").read_text())["metric"] == "val_bits_per_byte"
+
+
+# --------------------------------------------------------------------------- errors & CLI
+
+
+@pytest.mark.parametrize(
+    ("make", "argv_tail", "message"),
+    [
+        (lambda p: p / "missing", [], "error: multirun directory does not exist"),
+        (lambda p: p, [], "error: no results.json under"),
+        (make_multirun, ["--metric", "val_los"], "error: unknown metric 'val_los'; available:"),
+    ],
+)
+def test_main_errors_exit_2_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command, make, argv_tail, message
+) -> None:
+    assert run_command("compare", make(tmp_path), *argv_tail) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message)
+    assert "Traceback" not in captured.err + captured.out
+    assert not (tmp_path / "compare.png").exists()
+
+
+def test_main_all_failed_prints_failures_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    jobs = [("pre", "gelu", 1, None, None), ("post", "gelu", 1, None, None)]
+    assert compare_main([str(make_multirun(tmp_path, jobs))]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("FAILED: RuntimeError: CUDA out of memory") == 2
+    assert "error: all 2 runs failed" in captured.err
+    assert (tmp_path / "compare.png").is_file()
+
+
+def test_cli_script_runs_from_any_directory(multirun: Path, tmp_path: Path) -> None:
+    script = CONF_DIR.parent / "src" / "compare.py"
+    cmd = [sys.executable, str(script), str(multirun), "--out", "out"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "winner: norm_placement=pre, activation=swiglu" in proc.stdout
+    assert (tmp_path / "out" / "compare.png").is_file()
+    bad = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "nope")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: multirun directory does not exist")
+    assert "Traceback" not in bad.stderr

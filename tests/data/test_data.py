@@ -1,0 +1,172 @@
+"""Corpus loading, tokenizers, packing cache, split and the resumable sampler."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.config import DataConfig, Family, Source, TokenizerKind, resolve_configs
+from lmlab.data.datamodule import LMDataModule
+from lmlab.data.packing import prepare, split_documents
+from lmlab.data.sampler import ResumableSampler
+from lmlab.data.sources import load_documents, stdlib_files
+from lmlab.data.tokenizer import SPECIAL_TOKENS, train_bpe, train_char
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+
+TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 50
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def text_cfg(path: Path, tmp_path: Path, **kw) -> DataConfig:
+    return DataConfig(source=Source.text, path=str(path), cache_dir=str(tmp_path / "c"), **kw)
+
+
+def test_stdlib_corpus_is_found_without_download() -> None:
+    files = stdlib_files()
+    assert len(files) > 300
+    assert any(f.name == "functools.py" for f in files)
+    assert not any("site-packages" in f.parts or "test" in f.parts for f in files)
+
+
+def test_tiny_shakespeare_ships_with_the_repository() -> None:
+    """nanoGPT's char-level corpus needs no download and no file outside the repository."""
+    (doc,) = load_documents(DataConfig(source=Source.shakespeare))
+    assert doc[0] == "tinyshakespeare.txt" and len(doc[1]) == 1_115_394
+    assert doc[1].startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+
+
+def test_bpe_round_trips_any_text_and_carries_special_tokens() -> None:
+    tok = train_bpe([TEXT], vocab_size=400)
+    for s in (TEXT[:200], "ünïcödé ✓ 日本"):
+        assert tok.decode(tok.encode(s).ids) == s
+    assert all(tok.token_to_id(t) is not None for t in SPECIAL_TOKENS)
+
+
+def test_char_tokenizer_round_trips_and_maps_unseen_chars_to_unk() -> None:
+    tok = train_char([TEXT])
+    assert tok.decode(tok.encode(TEXT[:100]).ids) == TEXT[:100]
+    assert tok.get_vocab_size() == len(SPECIAL_TOKENS) + len(set(TEXT))
+    assert tok.encode("Z").ids == [tok.token_to_id("<unk>")]
+
+
+def test_vocab_too_small_for_bytes_and_special_tokens() -> None:
+    with pytest.raises(ConfigError, match=r"data.vocab_size=100 is too small.*at least 362"):
+        train_bpe([TEXT], vocab_size=100)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: d / "missing.txt", r"data.path='.*missing.txt' does not exist"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", r"is an empty folder"),
+        (lambda d: write(d / "e.txt", b""), r"holds no text: empty corpus"),
+        (
+            lambda d: write(d / "b.bin", b"\xff\xfe\x00abc"),
+            r"'.*b.bin' is not UTF-8 text \(invalid byte at offset 0\)",
+        ),
+    ],
+)
+def test_bad_data_paths_get_clear_errors(tmp_path: Path, setup, message: str) -> None:
+    path = setup(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        prepare(text_cfg(path, tmp_path), row_len=9)
+
+
+def test_split_is_deterministic_and_disjoint() -> None:
+    docs = [(f"doc{i}.py", f"text {i}") for i in range(200)]
+    train, val = split_documents(docs, 0.1)
+    assert split_documents(list(reversed(docs)), 0.1)[1] == list(reversed(val))
+    assert 5 < len(val) < 40 and len(train) + len(val) == 200
+    one_book = [("book", "x" * 1000)]
+    assert [len(t) for t in split_documents(one_book, 0.1)[1]] == [100]
+
+
+def test_packed_cache_is_reused_and_rebuilt_on_change(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char)
+    first = prepare(cfg, row_len=17)
+    assert prepare(cfg, row_len=17) == first
+    assert prepare(cfg, row_len=33) != first  # row length is part of the key
+    corpus.write_text(TEXT + "more text\n")
+    assert prepare(cfg, row_len=17) != first  # a changed corpus rebuilds
+
+
+def test_datamodule_batches_are_shifted_next_token_pairs(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, batch_size=3)
+    dm = LMDataModule(cfg, Family.gpt, seq_len=16, seed=0)
+    dm.setup()
+    dm.num_train_samples = 9
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, 16)
+    assert (batch["input_ids"][:, 1:] == batch["labels"][:, :-1]).all()
+    n_bytes = dm.meta["val"]["bytes"]  # one token per ASCII char, plus one EOS per document
+    assert dm.val_bytes_per_token == pytest.approx(n_bytes / (n_bytes + 1))
+
+
+def test_stride_windows_start_at_every_stride_token_of_the_stream(tmp_path: Path) -> None:
+    """``data.stride=1`` (nanoGPT's crops at every offset): window i is tokens i .. i + row_len
+    of the rows laid end to end; the default stride is the rows themselves; validation keeps
+    the non-overlapping rows."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    modules = {
+        stride: LMDataModule(
+            text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, stride=stride),
+            Family.gpt,
+            seq_len=16,
+            seed=0,
+        )
+        for stride in (None, 1, 5)
+    }
+    for dm in modules.values():
+        dm.setup()
+    rows = modules[None].train_rows.rows
+    stream, n_rows = rows.flatten(), rows.shape[0]
+    assert len(modules[None].train_rows) == n_rows and rows.shape[1] == 17
+    assert torch.equal(modules[None].train_rows.__getitems__([2, 0]), rows[[2, 0]])
+    for stride in (1, 5):
+        windows = modules[stride].train_rows
+        assert len(windows) == (n_rows * 17 - 17) // stride + 1
+        got = windows.__getitems__([0, 3, len(windows) - 1])
+        starts = [0, 3 * stride, (len(windows) - 1) * stride]
+        assert torch.equal(got, torch.stack([stream[s : s + 17] for s in starts]))
+        assert torch.equal(modules[stride].val_rows.rows, modules[None].val_rows.rows)
+    dm = modules[1]
+    dm.num_train_samples = 6
+    batch = next(iter(dm.train_dataloader()))
+    assert (batch["input_ids"][:, 1:] == batch["labels"][:, :-1]).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.stride=0"], "data.stride=0 must be >= 1 (or null)"),
+        (["data.stride=300"], "data.stride=300 is above the sequence length 256: windows would"),
+    ],
+)
+def test_bad_stride_is_refused_before_any_work(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_configs(compose_train(["+debug=smoke", *overrides]))
+
+
+def test_sampler_resumes_exactly_and_shards_ranks() -> None:
+    full = list(ResumableSampler(10, 35, seed=3))
+    assert sorted(full[:10]) == list(range(10))  # each epoch is a permutation
+    assert full[:10] != full[10:20]  # reshuffled per epoch
+    assert list(ResumableSampler(10, 35, seed=3, start=17)) == full[17:]
+    ranks = [list(ResumableSampler(10, 36, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    assert ranks[0] == full[0::2][:18] and ranks[1] + [None] != ranks[0]
+    assert sorted(ranks[0][:5] + ranks[1][:5]) == sorted(full[:10])
+    resumed = ResumableSampler(10, 35, seed=3, start=17, rank=1, world_size=2)
+    assert len(list(resumed)) == 9 and len(resumed) == 17  # len counts the whole run

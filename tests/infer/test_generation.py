@@ -1,0 +1,358 @@
+"""Using trained models: KV-cache generation, sampling filters, fill-mask, infilling, attention
+maps and the per-layer parameter table, through the library and the two command lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.cli.generate import main as generate_main
+from lmlab.config import CONF_DIR, ModelConfig, Positional
+from lmlab.errors import ConfigError
+from lmlab.infer.fill import fill_mask, parse_spans
+from lmlab.infer.generation import filter_logits, generate
+from lmlab.infer.pretrained import load
+from lmlab.infer.probe import attention_maps
+from lmlab.model import build_model, param_breakdown
+from lmlab.model.params import param_rows
+from lmlab.train.compose import compose_train
+from lmlab.train.run import train
+
+REPO = CONF_DIR.parent  # the repository root
+
+VOCAB = 61
+
+# Paths that compute the same function are compared in float64: their rounding differences are
+# about eps64 (1.1e-16) x accumulation length (< 10^3) x magnitude (logits < 10^2), far below
+# FP64_ATOL, while a real defect (a leaked token, a wrong cache slot) moves logits by > 1e-3.
+# In float32 the same comparisons sit at the noise floor, which differs between CPU kernels.
+FP64_ATOL = 1e-9
+
+
+def tiny(family: str = "gpt", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    # a large init spreads the logits, so greedy choices are far from ties
+    base = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=24, vocab_size=VOCAB, init_std=0.5)
+    return build_model(ModelConfig(family=family, **{**base, **kw})).eval().double()
+
+
+VARIANTS = {
+    "mha": {},
+    "gqa": {"n_kv_heads": 2},
+    "mqa": {"n_kv_heads": 1},
+    "window": {"attention_window": 5},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("positional", list(Positional))
+def test_kv_cache_greedy_equals_full_recomputation(positional: Positional, variant: str) -> None:
+    """7 prompt tokens + 30 new ones: past the window (a ring cache) and past max_seq_len=24
+    (where both paths crop the context)."""
+    model = tiny(positional=positional, **VARIANTS[variant])
+    prompt = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, prompt, 30, temperature=0, use_cache=True)
+    full = generate(model, prompt, 30, temperature=0, use_cache=False)
+    assert torch.equal(cached, full)
+    # and the logits agree step by step, not just their argmax
+    cache = model.new_cache(2)
+    torch.testing.assert_close(model(prompt, cache=cache), model(prompt), atol=FP64_ATOL, rtol=0)
+    for t in range(7, 12):
+        step = model(cached[:, t : t + 1], cache=cache)[:, -1]
+        torch.testing.assert_close(step, model(cached[:, : t + 1])[:, -1], atol=FP64_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("positional", [Positional.relative, Positional.rope])
+def test_t5_decoder_cache_equals_full_decoder(positional: Positional) -> None:
+    model = tiny("t5", positional=positional)
+    src = torch.randint(0, VOCAB, (2, 9))
+    dec = torch.randint(0, VOCAB, (2, 6))
+    memory = model.encode(src)
+    cache = model.new_cache(2)
+    steps = [model.decode(dec[:, :3], memory, cache=cache)]
+    steps += [model.decode(dec[:, t : t + 1], memory, cache=cache) for t in range(3, 6)]
+    torch.testing.assert_close(torch.cat(steps, 1), model(src, dec), atol=FP64_ATOL, rtol=0)
+
+
+def test_window_cache_holds_only_the_window() -> None:
+    model = tiny(attention_window=5, n_kv_heads=1)
+    cache = model.new_cache(1)
+    assert cache.k.shape == (2, 1, 1, 5, 8)  # layers, batch, kv heads, window, head dim
+    model(torch.randint(0, VOCAB, (1, 9)), cache=cache)
+    assert cache.slot_pos.tolist() == [5, 6, 7, 8, 4]  # slot = position % window
+
+
+def test_full_cache_refuses_more_than_max_seq_len() -> None:
+    model = tiny()
+    cache = model.new_cache(1)
+    model(torch.zeros(1, 24, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match=r"KV cache full: 24 \+ 1 tokens > max_seq_len 24"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+def test_long_prompt_is_truncated_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny()
+    prompt = torch.randint(0, VOCAB, (1, 30))
+    out = generate(model, prompt, 2, temperature=0)
+    assert "only its last 24 are used" in caplog.text
+    assert torch.equal(out[:, :30], prompt) and out.shape == (1, 32)
+
+
+def test_top_k_and_top_p_never_sample_outside_the_allowed_set() -> None:
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    top_k = torch.multinomial(filter_logits(logits, top_k=3).softmax(-1), 1, generator=gen)
+    assert set(top_k.unique().tolist()) == {0, 1, 2}
+    # probabilities 0.64, 0.23, 0.09, ...: the nucleus of 0.8 is the first two tokens
+    top_p = torch.multinomial(filter_logits(logits, top_p=0.8).softmax(-1), 1, generator=gen)
+    assert set(top_p.unique().tolist()) == {0, 1}
+    assert filter_logits(logits[:1], top_p=0.01).isfinite().sum() == 1  # the top token stays
+
+
+def test_fixed_seed_reproduces_samples_and_another_seed_does_not() -> None:
+    model = tiny(init_std=0.02)  # flat logits: samples differ between seeds
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+
+    def sample(seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return generate(model, prompt, 20, 1.0, top_k=40, top_p=0.95, generator=gen)
+
+    assert torch.equal(sample(3), sample(3))
+    assert not torch.equal(sample(3), sample(4))
+
+
+def test_debug_attention_path_equals_sdpa_and_rows_sum_to_one() -> None:
+    for family, kw in [("gpt", {"n_kv_heads": 2}), ("gpt", {"positional": "alibi"}), ("bert", {})]:
+        model = tiny(family, **kw)
+        ids = torch.randint(0, VOCAB, (1, 10))
+        with torch.no_grad():
+            expected = model(ids)
+            maps = attention_maps(model, ids[0].tolist())
+            from lmlab.infer.probe import record_attention
+
+            with record_attention(model):
+                torch.testing.assert_close(model(ids), expected, atol=FP64_ATOL, rtol=0)
+        assert list(maps) == ["blocks.0", "blocks.1"]
+        for w_HTT in maps.values():
+            # fp32 maps: 10 weights, each rounded to eps32 (6e-8), summed in fp32
+            torch.testing.assert_close(w_HTT.sum(-1), torch.ones(4, 10), atol=1e-6, rtol=0)
+            upper = torch.triu(torch.ones(10, 10, dtype=torch.bool), 1)
+            if family == "gpt":
+                assert (w_HTT[:, upper] == 0).all()  # causal: lower-triangular
+            else:
+                assert (w_HTT[:, upper] > 0).all()  # bidirectional
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
+def test_per_layer_parameter_rows_add_up_to_the_total(family: str) -> None:
+    model = tiny(family)
+    rows = dict(param_rows(model))
+    assert sum(sum(c.values()) for c in rows.values()) == param_breakdown(model)["total"]
+    layers = [n for n in rows if n.split(".")[-1].isdigit()]
+    assert len(layers) == (2 if family != "t5" else 4)
+    assert len({sum(rows[n].values()) for n in layers if n.startswith(layers[0][:3])}) == 1
+
+
+def test_parse_spans() -> None:
+    spans = parse_spans("<extra_id_0> a b<extra_id_1>(c)<|endoftext|><extra_id_2> junk")
+    assert spans == {"<extra_id_0>": " a b", "<extra_id_1>": "(c)"}
+
+
+# --- trained checkpoints, through the command lines ---------------------------------------
+
+
+def cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "src" / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+
+
+def test_checkpoint_tools_and_input_checks_load_no_lightning() -> None:
+    """generate.py, probe.py and train.py's input check import no Lightning (nor torchmetrics,
+    which it pulls in): that import alone takes ~4 s here, before the first line of output."""
+    modules = ", ".join(
+        ["lmlab.infer.pretrained", "lmlab.infer.probe", "lmlab.infer.fill", "lmlab.cli.main"]
+        + ["lmlab.cli.generate", "lmlab.cli.probe", "lmlab.cli.train", "lmlab.train.budget"]
+    )
+    code = (
+        f"import sys, {modules}; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torchmetrics'}))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def counting(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A corpus where every masked word follows from its neighbours: counting in words."""
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    gen = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, 10, (6000,), generator=gen).tolist()
+    lines = [" ".join(words[(s + j) % 10] for j in range(6)) for s in starts]
+    path = tmp_path_factory.mktemp("counting") / "count.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert_ckpt(tmp_path_factory: pytest.TempPathFactory, counting: Path) -> Path:
+    out = tmp_path_factory.mktemp("bert")
+    overrides = [
+        "+debug=smoke",
+        "model=bert_tiny",
+        "model.d_model=64",
+        "model.n_layers=2",
+        "model.norm_placement=pre",
+        "model.positional=rope",
+        "data=text",
+        f"data.path={counting}",
+        "data.vocab_size=400",
+        "data.max_bytes=null",
+        "data.seq_len=16",
+        "data.batch_size=32",
+        "trainer.max_steps=300",
+        "trainer.val_check_interval=300",
+        "checkpoint.every_n_steps=300",
+        "optim.lr=3e-3",
+        "scheduler.warmup_steps=10",
+        "logger=none",
+    ]
+    train(compose_train(overrides, out, out / "cache"))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> None:
+    """300 steps of a small BERT on counting text: the masked word is the next number."""
+    pre = load(bert_ckpt)
+    (candidates,), filled = fill_mask(pre, "three four [MASK] six seven", top_k=3)
+    assert " five" in [c.token for c in candidates]
+    assert [c.probability for c in candidates] == sorted(
+        (c.probability for c in candidates), reverse=True
+    )
+    with pytest.raises(ConfigError, match="has no <mask>"):
+        fill_mask(pre, "three four five", top_k=3)
+    res = cli("generate.py", f"ckpt={bert_ckpt}", "text=six <mask> eight")
+    assert res.returncode == 0, res.stderr
+    assert "' seven'" in res.stdout and "filled:" in res.stdout
+
+
+def test_probe_writes_the_attention_image_and_the_parameter_table(
+    bert_ckpt: Path, tmp_path: Path
+) -> None:
+    res = cli("probe.py", f"ckpt={bert_ckpt}", "text=one two three", f"out={tmp_path / 'a.png'}")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "blocks.1" in res.stdout and "FLOPs per token" in res.stdout
+    total = param_breakdown(load(bert_ckpt).model)["total"]
+    assert f"{total:,}" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_ckpts(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
+    """Smoke runs of GPT (W&B offline, attention maps at each validation) and T5."""
+    out = {}
+    for family, extra in (("gpt", ["callbacks=attention_maps", "logger=wandb"]), ("t5", [])):
+        run_dir = tmp_path_factory.mktemp(family)
+        overrides = ["+debug=smoke", f"model={family}_tiny", "logger=none", *extra]
+        train(compose_train(overrides, run_dir, cache_dir))
+        out[family] = run_dir / "checkpoints" / "last.ckpt"
+    return out
+
+
+def test_attention_maps_callback_draws_at_each_validation(
+    smoke_ckpts: dict[str, Path], wandb_records
+) -> None:
+    run_dir = smoke_ckpts["gpt"].parent.parent
+    pngs = sorted(p.name for p in (run_dir / "attention").glob("*.png"))
+    assert pngs == ["step000002.png", "step000004.png"]  # +debug=smoke validates every 2 steps
+    history = [r["history"]["item"] for r in wandb_records(run_dir) if r["type"] == "history"]
+    images = [h for h in history if h.get("attention._type") == "images/separated"]
+    assert [h["trainer/global_step"] for h in images] == [2, 4]
+
+
+def test_generate_cli_streams_reproducible_samples(smoke_ckpts: dict[str, Path]) -> None:
+    """Two processes, same seed, cache on and off: the same samples (seeds are also checked
+    in-process above), streamed after the prompt."""
+    args = [f"ckpt={smoke_ckpts['gpt']}", "prompt=def fib(", "max_new_tokens=12", "num_samples=2"]
+    cached, no_cache = (
+        cli("generate.py", *args, "seed=5"),
+        cli("generate.py", *args, "seed=5", "cache=false"),
+    )
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout.count("def fib(") == 2 and "sample 2 of 2" in cached.stdout
+    assert len(cached.stdout.split("sample 2 of 2")[1].strip()) > len("def fib(")
+    assert no_cache.stdout == cached.stdout
+
+
+def test_t5_infill_cli_fills_every_sentinel(smoke_ckpts: dict[str, Path]) -> None:
+    res = cli(
+        "generate.py",
+        f"ckpt={smoke_ckpts['t5']}",
+        "text=def <mask>(self): <mask>",
+        "max_new_tokens=8",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "filled: def " in res.stdout  # the sentinels replaced by the generated spans
+    assert "<extra_id_" not in res.stdout.split("filled:")[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prompt=x"], "ckpt is required: add ckpt=<value>"),
+        (["ckpt=/nonexistent.ckpt"], "ckpt=/nonexistent.ckpt: no such checkpoint file"),
+        (["ckpt=GPT", "tmperature=0"], "unknown key 'tmperature'; allowed: cache, ckpt"),
+        (["ckpt=GPT", "prompt"], "argument 'prompt' is not key=value"),
+        (["ckpt=GPT", "max_new_tokens=many"], "max_new_tokens=many: Value 'many' of type 'str'"),
+        (["ckpt=GPT", "num_samples=0"], "num_samples=0, max_new_tokens=200: both must be >= 1"),
+        (["ckpt=GPT", "task=fill_mask"], "task=fill_mask needs a bert checkpoint"),
+        (["ckpt=GPT", "task=translate"], "task='translate': allowed generate, fill_mask, infill"),
+        (["ckpt=GPT", "dtype=fp8"], "dtype='fp8': allowed fp32, bf16, fp16"),
+    ],
+)
+def test_generate_bad_input_is_named(
+    smoke_ckpts: dict[str, Path], args: list[str], message: str
+) -> None:
+    args = [a.replace("GPT", str(smoke_ckpts["gpt"])) for a in args]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        generate_main(args)
+
+
+def test_cli_error_is_one_line_and_exit_code_2() -> None:
+    res = cli("probe.py", "ckpt=/nonexistent.ckpt")
+    assert res.returncode == 2
+    assert res.stderr == (
+        "error: ckpt=/nonexistent.ckpt: no such checkpoint file or sharded checkpoint folder\n"
+    )
+
+
+def test_checkpoint_loads_with_wrapper_prefixes_stripped(
+    smoke_ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    """A checkpoint whose keys carry DDP/compile wrapper prefixes loads into a plain model."""
+    ckpt = torch.load(smoke_ckpts["gpt"], weights_only=True)
+    ckpt["state_dict"] = {
+        k.replace("model.", "model._orig_mod.module.", 1): v for k, v in ckpt["state_dict"].items()
+    }
+    torch.save(ckpt, tmp_path / "wrapped.ckpt")
+    plain, wrapped = load(smoke_ckpts["gpt"]), load(tmp_path / "wrapped.ckpt", dtype="bf16")
+    assert next(wrapped.model.parameters()).dtype == torch.bfloat16
+    for (k, a), (k2, b) in zip(
+        plain.model.state_dict().items(), wrapped.model.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(a.to(torch.bfloat16), b)

@@ -1,0 +1,249 @@
+"""Model invariants: causality, exact parameter counts, tying, RoPE, ALiBi, GQA, windows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.config import Activation, Family, ModelConfig, Norm, NormPlacement, Positional
+from lmlab.data.collators import decoder_tokens
+from lmlab.model import build_model, flops_per_token, param_breakdown
+from lmlab.model.context import build_context
+from lmlab.model.positional import RotaryPositional, alibi_slopes, sinusoid_table
+
+V = 97
+
+# Paths that compute the same function are compared in float64: their rounding differences are
+# about eps64 (1.1e-16) x accumulation length (< 10^3) x magnitude (logits < 10^2), far below
+# FP64_ATOL, while a real defect (a leaked token, a wrong cache slot) moves logits by > 1e-3.
+# In float32 the same comparisons sit at the noise floor, which differs between CPU kernels.
+FP64_ATOL = 1e-9
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=24, vocab_size=V)
+    return ModelConfig(**{**base, **kw})
+
+
+def gpt2(d: int, layers: int, heads: int) -> ModelConfig:
+    return ModelConfig(
+        d_model=d,
+        n_layers=layers,
+        n_heads=heads,
+        max_seq_len=1024,
+        vocab_size=50257,
+        norm_placement=NormPlacement.pre,
+        norm=Norm.layernorm,
+        activation=Activation.gelu,
+        positional=Positional.learned,
+        bias=True,
+        tie_embeddings=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        (gpt2(768, 12, 12), 124_439_808),
+        (gpt2(1024, 24, 16), 354_823_168),
+        (gpt2(1280, 36, 20), 774_030_080),
+        (gpt2(1600, 48, 25), 1_557_611_200),
+        (
+            ModelConfig(
+                d_model=4096,
+                n_layers=32,
+                n_heads=32,
+                d_ff=11008,
+                max_seq_len=4096,
+                vocab_size=32000,
+                norm=Norm.rmsnorm,
+                activation=Activation.swiglu,
+                positional=Positional.rope,
+                bias=False,
+                tie_embeddings=False,
+            ),
+            6_738_415_616,
+        ),
+    ],
+    ids=["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama2-7b"],
+)
+def test_exact_parameter_counts_of_published_models(cfg: ModelConfig, expected: int) -> None:
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert param_breakdown(model)["total"] == expected
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("placement", list(NormPlacement))
+@pytest.mark.parametrize("positional", list(Positional))
+def test_decoder_is_causal(
+    positional: Positional, placement: NormPlacement, window: int | None
+) -> None:
+    """Changing token t leaves the logits before t unchanged, and changes them at t."""
+    torch.manual_seed(0)
+    model = (
+        build_model(
+            tiny(
+                positional=positional,
+                norm_placement=placement,
+                attention_window=window,
+                n_kv_heads=2,
+            )
+        )
+        .eval()
+        .double()
+    )
+    ids = torch.randint(0, V, (2, 16))
+    t = 9
+    changed = ids.clone()
+    changed[:, t] = (ids[:, t] + 1) % V
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert a.shape == (2, 16, V)
+    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=FP64_ATOL)
+    assert not torch.allclose(a[:, t], b[:, t])
+
+
+def test_sliding_window_forgets_tokens_beyond_the_window() -> None:
+    """With window W and one layer, position t depends on tokens t-W+1..t only."""
+    torch.manual_seed(0)
+    model = build_model(tiny(n_layers=1, attention_window=4, positional=Positional.rope)).eval()
+    model.double()
+    ids = torch.randint(0, V, (1, 16))
+    changed = ids.clone()
+    changed[0, 3] = (ids[0, 3] + 1) % V
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[0, 7:], b[0, 7:], rtol=0, atol=FP64_ATOL)  # 7 - 3 >= 4
+    assert not torch.allclose(a[0, 6], b[0, 6])
+
+
+def test_tied_embeddings_share_storage_and_untied_do_not() -> None:
+    tied = build_model(tiny(tie_embeddings=True))
+    assert tied.head.weight.data_ptr() == tied.embed.weight.data_ptr()
+    untied = build_model(tiny(tie_embeddings=False))
+    assert untied.head.weight.data_ptr() != untied.embed.weight.data_ptr()
+    n = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
+    assert n == V * 32
+
+
+def test_rope_scores_depend_only_on_relative_offset() -> None:
+    rope = RotaryPositional(tiny(positional=Positional.rope, max_seq_len=64))
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        rq, rk = rope.rotation(torch.tensor([m]), torch.tensor([n]))(q, k)
+        return (rq * rk).sum()
+
+    torch.testing.assert_close(score(3, 1), score(40, 38))
+    torch.testing.assert_close(score(10, 10), score(0, 0))
+    assert not torch.allclose(score(3, 1), score(3, 2))
+
+
+def test_alibi_slopes_follow_the_paper() -> None:
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    s6 = alibi_slopes(6)  # 4 from the power of two, then every other one of 8
+    torch.testing.assert_close(s6, torch.cat((alibi_slopes(4), alibi_slopes(8)[0::2][:2])))
+
+
+def test_sinusoid_table_matches_the_formula() -> None:
+    table = sinusoid_table(10, 8)
+    p, i = 7, 2
+    assert math.isclose(table[p, 2 * i], math.sin(p / 10000 ** (2 * i / 8)), abs_tol=1e-6)
+    assert math.isclose(table[p, 2 * i + 1], math.cos(p / 10000 ** (2 * i / 8)), abs_tol=1e-6)
+
+
+def test_attention_mask_merges_causality_window_and_bias() -> None:
+    model = build_model(tiny(positional=Positional.alibi))
+    pos = torch.arange(6)
+    ctx = build_context(model.positional, pos, pos, causal=True, window=3)
+    allowed = ctx.mask[0, 0] > float("-inf")
+    expected = torch.tensor([[0 <= i - j < 3 for j in range(6)] for i in range(6)])
+    assert torch.equal(allowed, expected)
+    plain = build_context(build_model(tiny()).positional, pos, pos, causal=True)
+    assert plain.mask is None and plain.is_causal  # lets SDPA use its flash kernel
+
+
+def test_gqa_equals_attention_with_repeated_kv_heads() -> None:
+    """GQA with n_kv_heads=2 equals MHA whose k/v projections repeat each kv head."""
+    torch.manual_seed(0)
+    gqa = build_model(tiny(n_kv_heads=2)).eval().double()
+    mha = build_model(tiny()).eval().double()
+    state = gqa.state_dict()
+    for i in range(2):
+        w = state[f"blocks.{i}.attn.wkv.weight"].view(2, 2, 8, 32)  # (k|v, kv_head, hd, D)
+        state[f"blocks.{i}.attn.wkv.weight"] = w.repeat_interleave(2, dim=1).reshape(-1, 32)
+        b = state[f"blocks.{i}.attn.wkv.bias"].view(2, 2, 8)
+        state[f"blocks.{i}.attn.wkv.bias"] = b.repeat_interleave(2, dim=1).reshape(-1)
+    mha.load_state_dict(state)
+    ids = torch.randint(0, V, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids), mha(ids), rtol=0, atol=FP64_ATOL)
+    assert sum(p.numel() for p in gqa.parameters()) < sum(p.numel() for p in mha.parameters())
+
+
+def test_residual_projections_get_scaled_init() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny(d_model=256, n_layers=8, n_heads=4))
+    assert abs(model.blocks[0].attn.wq.weight.std().item() - 0.02) < 0.002
+    assert abs(model.blocks[0].attn.wo.weight.std().item() - 0.02 / 4) < 0.0005
+    assert abs(model.blocks[0].ffn.w_out.weight.std().item() - 0.02 / 4) < 0.0005
+
+
+@pytest.mark.parametrize("activation", list(Activation))
+def test_tiny_model_overfits_one_batch(activation: Activation) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny(activation=activation))
+    ids = torch.randint(0, V, (4, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1, f"{activation.value}: loss {loss.item():.3f} after 150 steps"
+
+
+def counted_training_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """FLOPs of one forward + backward as torch's FlopCounterMode counts them, with attention
+    on SDPA's math path (plain matmuls, so its score FLOPs are counted too)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(**inputs).float().sum().backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    ("family", "knobs"),
+    [
+        (Family.gpt, {}),
+        (Family.gpt, {"activation": Activation.swiglu, "n_kv_heads": 2, "tie_embeddings": False}),
+        (Family.bert, {}),
+        (Family.t5, {"n_decoder_layers": 3}),
+    ],
+)
+def test_flops_per_token_equals_counted_matmul_flops(family: Family, knobs: dict) -> None:
+    """MFU, the dry-run plan and BENCHMARKS.md rest on ``flops_per_token``: it must equal what
+    torch counts for a forward + backward. T5 with the span-corruption decoder length counts
+    the decoder on its own (shorter) tokens; without it, it is an upper bound."""
+    T = 24
+    model = build_model(tiny(family=family, bias=False, **knobs))
+    ids = torch.randint(5, V, (2, T))
+    inputs = {"input_ids": ids}
+    S = decoder_tokens(family, T)
+    if family == Family.t5:
+        assert S is not None and S < T // 2
+        inputs["decoder_input_ids"] = ids[:, :S]
+    counted = counted_training_flops(model, inputs) / ids.numel()
+    assert flops_per_token(model, T, S) == pytest.approx(counted, rel=1e-12)
+    if family == Family.t5:  # the decoder counted on every encoder token: an upper bound
+        assert flops_per_token(model, T, decoder_len=T) > 1.5 * counted
+        with pytest.raises(ValueError, match="decoder_len"):
+            flops_per_token(model, T)

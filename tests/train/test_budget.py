@@ -1,0 +1,138 @@
+"""Budget arithmetic for every kind (tokens, steps, FLOPs, rounding), its errors, its configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from lmlab.config import CONF_DIR
+from lmlab.errors import ConfigError
+from lmlab.train.budget import (
+    BudgetConfig,
+    BudgetKind,
+    resolve_budget,
+)
+from lmlab.train.compose import compose_train
+
+N = 1_000_000
+TPS = 4096  # tokens per step
+
+
+def budget_group(name: str) -> str:
+    """``budget=name`` once conf/train.yaml lists the budget group, ``+budget=name`` before."""
+    wired = "budget:" in (CONF_DIR / "train.yaml").read_text()
+    return f"{'' if wired else '+'}budget={name}"
+
+
+KIND_CONFIGS = {
+    BudgetKind.steps: BudgetConfig(),
+    BudgetKind.chinchilla: BudgetConfig(kind=BudgetKind.chinchilla),
+    BudgetKind.flops: BudgetConfig(kind=BudgetKind.flops, flops=1e15),
+    BudgetKind.tokens: BudgetConfig(kind=BudgetKind.tokens, tokens=3e7),
+}
+
+
+def test_every_kind_has_a_config_file_and_a_test_case() -> None:
+    assert set(KIND_CONFIGS) == set(BudgetKind)
+    assert {p.stem for p in (CONF_DIR / "budget").glob("*.yaml")} == {k.value for k in BudgetKind}
+
+
+@pytest.mark.parametrize("kind", list(BudgetKind))
+def test_trained_tokens_are_whole_steps_covering_the_target(kind: BudgetKind) -> None:
+    b = resolve_budget(KIND_CONFIGS[kind], N, TPS, max_steps=300)
+    assert b.kind == kind and b.tokens_per_step == TPS
+    assert b.tokens == b.steps * TPS
+    assert b.flops == 6 * N * b.tokens
+    assert b.target_tokens <= b.tokens < b.target_tokens + TPS  # ceil: under one extra step
+    assert b.as_dict()["kind"] == kind.value
+
+
+def test_steps_budget_is_max_steps() -> None:
+    b = resolve_budget(BudgetConfig(), N, TPS, max_steps=300)
+    assert (b.steps, b.tokens, b.flops) == (300, 300 * TPS, 6.0 * N * 300 * TPS)
+    assert b.nominal_flops is None
+
+
+def test_chinchilla_is_tokens_per_param_times_n() -> None:
+    """Hoffmann et al. 2022: 20 tokens per parameter; 2e7 / 4096 = 4882.8 -> 4883 steps."""
+    b = resolve_budget(BudgetConfig(kind=BudgetKind.chinchilla), N, TPS, max_steps=1)
+    assert (b.target_tokens, b.steps, b.tokens) == (20_000_000, 4883, 4883 * TPS)
+    b10 = resolve_budget(BudgetConfig(kind="chinchilla", tokens_per_param=10), N, TPS, 1)
+    assert b10.target_tokens == 10_000_000 and b10.steps == math.ceil(1e7 / TPS)
+
+
+def test_flops_budget_is_c_over_6n() -> None:
+    b = resolve_budget(BudgetConfig(kind=BudgetKind.flops, flops=6e12), N, 1000, max_steps=1)
+    assert (b.target_tokens, b.steps, b.tokens, b.flops) == (1e6, 1000, 1_000_000, 6e12)
+    assert b.nominal_flops == 6e12
+
+
+def test_float_noise_does_not_add_a_step() -> None:
+    """1.1 x 3000 is 3300.0000000000005 in floating point: still exactly 33 steps of 100."""
+    b = resolve_budget(BudgetConfig(kind="chinchilla", tokens_per_param=1.1), 3000, 100, 1)
+    assert b.target_tokens / 100 > 33  # the noise is there...
+    assert (b.steps, b.tokens) == (33, 3300)  # ...and ignored
+
+
+def test_tokens_budget_rounds_up_to_whole_steps() -> None:
+    b = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=1e6), N, TPS, max_steps=1)
+    assert (b.steps, b.tokens) == (245, 245 * TPS)  # 1e6 / 4096 = 244.1
+
+
+def test_a_tiny_budget_still_trains_one_step() -> None:
+    b = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=1), N, TPS, max_steps=1)
+    assert (b.steps, b.tokens) == (1, TPS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "flops"}, r"budget=flops needs budget.flops=<FLOPs>"),
+        ({"kind": "tokens"}, r"budget=tokens needs budget.tokens=<tokens>"),
+        ({"kind": "flops", "flops": -1e15}, r"budget.flops=-1e\+15 must be a positive"),
+        ({"kind": "tokens", "tokens": 0.0}, r"budget.tokens=0 must be a positive"),
+        ({"kind": "chinchilla", "tokens_per_param": 0}, r"budget.tokens_per_param=0 must be"),
+        ({"flops": 1e15}, r"budget.flops=1e\+15 is set but budget.kind=steps ignores it"),
+        ({"kind": "chinchilla", "tokens": 5.0}, r"budget.tokens=5 is set but budget.kind=chi"),
+    ],
+)
+def test_bad_budget_names_field_and_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BudgetConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((BudgetConfig(), N, TPS, -1), r"budget=steps needs trainer.max_steps >= 1, got -1"),
+        ((BudgetConfig(), 0, TPS, 10), r"parameter count N >= 1, got 0"),
+        ((BudgetConfig(), N, 0, 10), r"tokens per step=0 must be >= 1"),
+    ],
+)
+def test_bad_resolve_arguments_name_the_value(args: tuple, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_budget(*args)
+
+
+@pytest.mark.parametrize("kind", list(BudgetKind))
+def test_budget_files_compose_into_the_schema(kind: BudgetKind) -> None:
+    extra = {"flops": ["budget.flops=2e12"], "tokens": ["budget.tokens=1e6"]}
+    cfg = compose_train([budget_group(kind.value), *extra.get(kind.value, [])])
+    budget = OmegaConf.to_object(cfg.budget)
+    assert isinstance(budget, BudgetConfig) and budget.kind == kind
+
+
+def test_budget_file_without_its_value_fails_with_config_error() -> None:
+    cfg = compose_train([budget_group("flops")])
+    with pytest.raises(ConfigError, match="budget=flops needs budget.flops"):
+        OmegaConf.to_object(cfg.budget)
+
+
+@pytest.mark.parametrize("override", ["budget.kind=weeks", "budget.flopz=1e12"])
+def test_budget_typos_fail_at_compose_time(override: str) -> None:
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        compose_train([budget_group("steps"), override])

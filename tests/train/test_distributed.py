@@ -1,0 +1,237 @@
+"""Many processes on CPU (gloo, 2 ranks): a 2-job multirun (trainer=ddp, trainer=fsdp) reaches
+the single-process loss with the same global batch and gives one folder and one W&B run per
+job; FSDP shards the parameters and its sharded checkpoints resume and consolidate; activation
+checkpointing leaves the gradients unchanged; every trainer config composes.
+
+Tolerance of the equivalence tests: relative 1e-5 on the validation loss after 6 steps. The
+runs differ only in the order of fp32 sums (gradient all-reduce vs accumulation, 1 vs 2
+threads per process), about 1e-7 relative per operation; measured on the 2-core machine, the
+three runs agree to every printed digit. A real fault is far outside it: half the global batch
+(a missing all-reduce or a wrong accumulation) changes this loss by 3.3e-3 relative.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.cli.consolidate import main as consolidate_main
+from lmlab.config import CONF_DIR, Family, ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.infer.pretrained import load
+from lmlab.model import build_model
+from lmlab.train.compose import compose_train
+from lmlab.train.parallel import layout
+from lmlab.train.plan import resolve_precision
+from lmlab.train.run import train
+
+REPO = CONF_DIR.parent  # the repository root
+
+REL = 1e-5
+STEPS = 6
+COMMON = [
+    "+debug=smoke",
+    f"trainer.max_steps={STEPS}",
+    "data.global_batch_size=8",
+    "data.val_batch_size=4",  # the same validation rows whatever the micro-batch
+    "trainer.val_check_interval=3",
+    "checkpoint.every_n_steps=3",
+    "callbacks.checkpoint.save_top_k=-1",
+    "callbacks.sample=null",
+]
+TWO_CPUS = ["trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def launch(cache_dir: Path, *overrides: str, timeout: float = 300) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """One process, micro-batch 4, accumulation 2: the reference."""
+    run_dir = tmp_path_factory.mktemp("single")
+    train(compose_train([*COMMON, "data.batch_size=4"], run_dir, cache_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A 2-job Hydra multirun on 2 CPU processes per job: job 0 trainer=ddp, job 1
+    trainer=fsdp, both micro-batch 4 on each of 2 ranks: the global batch of 8 that the
+    single-process reference makes with micro-batch 4 x accumulation 2."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    launch(
+        cache_dir,
+        "-m",
+        *COMMON,
+        "trainer=ddp,fsdp",
+        *TWO_CPUS,
+        "data.batch_size=4",
+        "logger=wandb",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    return sweep_dir
+
+
+def test_ddp_and_fsdp_multirun_jobs_match_single_process(
+    sweep: Path, single: Path, wandb_records
+) -> None:
+    reference = results(single)
+    assert reference["batch"]["accumulation"] == 2
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job, trainer in enumerate(["ddp", "fsdp"]):
+        job_dir = sweep / str(job)
+        r = results(job_dir)
+        assert r["status"] == "completed" and r["global_step"] == STEPS
+        assert r["batch"] == {
+            "micro_batch": 4,
+            "devices": 2,
+            "accumulation": 1,
+            "seq_len": 256,
+            "global_batch_size": 8,
+            "global_batch_tokens": 8 * 256,
+        }
+        plan = json.loads((job_dir / "plan.json").read_text())  # the frozen plan, saved once
+        assert plan["batch"] == r["batch"] and plan["steps"] == STEPS
+        assert plan["precision"] == "32-true"  # trainer.precision=auto on a CPU
+        assert r["tokens"] == reference["tokens"]
+        assert r["val_loss"] == pytest.approx(reference["val_loss"], rel=REL)
+        # train/loss is the global batch's: both micro-batches there, both ranks here
+        assert r["train_loss"] == pytest.approx(reference["train_loss"], rel=REL)
+        # rank 1 ran this job (its log is in the job's folder), and only rank 0 logged to W&B:
+        # wandb_records unpacks exactly one offline run
+        assert (job_dir / "rank1.log").exists()
+        run = next(x["run"] for x in wandb_records(job_dir) if x["type"] == "run")
+        assert run["display_name"] == f"trainer={trainer}"
+    assert results(sweep / "0")["params_per_rank"] == reference["params"]  # DDP replicates
+
+
+def test_fsdp_shards_parameters_and_checkpoints(sweep: Path) -> None:
+    r = results(sweep / "1")
+    # each of 2 ranks holds its half of every tensor (dim-0 shards, the odd row on rank 0)
+    assert 0.5 <= r["params_per_rank"] / r["params"] < 0.51
+    last = sweep / "1" / "checkpoints" / "last.ckpt"
+    assert (last / "meta.pt").is_file() and len(list(last.glob("*.distcp"))) == 2
+
+
+def test_fsdp_sharded_checkpoint_resumes_exactly(
+    sweep: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    step3 = sweep / "1" / "checkpoints" / "step000003.ckpt"
+    launch(
+        cache_dir,
+        *COMMON,
+        "trainer=fsdp",
+        *TWO_CPUS,
+        "data.batch_size=4",
+        f"ckpt_path={step3}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    r, uninterrupted = results(tmp_path), results(sweep / "1")
+    assert r["resumed_from"] == str(step3) and r["global_step"] == STEPS
+    assert r["val_loss"] == uninterrupted["val_loss"]
+    assert r["train_loss"] == uninterrupted["train_loss"]
+
+
+def test_sharded_checkpoint_consolidates_into_a_single_process_model(
+    sweep: Path, single: Path, tmp_path: Path
+) -> None:
+    sharded = sweep / "1" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "one.ckpt"
+    consolidate_main([f"ckpt={sharded}", f"out={out}"])
+    # the file holds exactly the sharded folder's weights (read and consolidated in memory)
+    folder = load(sharded).model.state_dict()
+    assert all(torch.equal(v, folder[k]) for k, v in load(out).model.state_dict().items())
+    reference = load(single / "checkpoints" / "last.ckpt").model.state_dict()
+    for path in (out, sweep / "0" / "checkpoints" / "last.ckpt"):
+        model = load(path).model  # strict load: no wrapper prefixes, nothing missing
+        state = model.state_dict()
+        assert list(state) == list(reference)
+        for key, value in state.items():
+            # The same 6 AdamW steps as one process; only the order of the fp32 gradient sums
+            # differs. Each step moves a weight by at most about lr (1e-3), so those rounding
+            # differences stay far below lr; a wrong shard or key differs by the init scale.
+            torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-5, msg=key)
+    with pytest.raises(ConfigError, match="not a sharded checkpoint folder"):
+        consolidate_main([f"ckpt={out}"])
+
+
+@pytest.mark.parametrize("family", [Family.gpt, Family.t5])
+def test_activation_checkpointing_same_gradients_and_keys(family: Family) -> None:
+    cfg = ModelConfig(family=family, vocab_size=64, d_model=32, n_heads=4, n_layers=2)
+    torch.manual_seed(0)
+    plain = build_model(cfg)
+    checkpointed = build_model(cfg)
+    checkpointed.load_state_dict(plain.state_dict())
+    layout(checkpointed, activation_checkpointing=True)
+    wrapped = [
+        n for n, m in checkpointed.named_modules() if n.endswith("_checkpoint_wrapped_module")
+    ]
+    assert len(wrapped) == cfg.n_layers * (2 if family == Family.t5 else 1)
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())
+    ids = torch.randint(0, 64, (2, 16))
+    inputs = {"input_ids": ids}
+    if family == Family.t5:
+        inputs["decoder_input_ids"] = ids[:, :8]
+    for model in (plain, checkpointed):
+        model(**inputs).float().pow(2).mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "trainer").glob("*.yaml")))
+def test_every_trainer_config_composes(name: str, tmp_path: Path, cache_dir: Path) -> None:
+    from hydra.utils import instantiate
+
+    many = name in ("ddp", "fsdp")
+    cfg = compose_train([f"trainer={name}", *(TWO_CPUS if many else [])], tmp_path, cache_dir)
+    if name == "gpu":
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+        return  # building a GPU trainer needs a GPU
+    assert resolve_precision(cfg.trainer) == "32-true"  # auto on a CPU: fp32
+    trainer = instantiate(cfg.trainer, precision=resolve_precision(cfg.trainer))
+    expected = {"cpu": "SingleDeviceStrategy", "ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}
+    assert type(trainer.strategy).__name__ == expected[name]
+    assert trainer.num_devices == (2 if many else 1) and trainer.num_nodes == 1
+
+
+def test_slurm_launcher_config_follows_the_trainer() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_resume_auto_takes_the_newest_checkpoint_or_starts_fresh(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    from lmlab.train.run import resume_checkpoint
+
+    cfg = compose_train(["+debug=smoke", "resume=auto"], tmp_path, cache_dir)
+    assert resume_checkpoint(cfg, tmp_path) is None  # nothing yet: a fresh run
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"global_step": 3}, tmp_path / "checkpoints" / "last.ckpt")
+    torch.save({"global_step": 5}, tmp_path / "hpc_ckpt_1.ckpt")  # Lightning's, on SIGUSR1
+    assert resume_checkpoint(cfg, tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+    cfg.resume = "maybe"
+    with pytest.raises(ConfigError, match="resume='maybe': allowed true, false, auto"):
+        resume_checkpoint(cfg, tmp_path)

@@ -1,0 +1,268 @@
+"""Planning: every preset on the meta device, exact counts, plan.json, measured vs estimated."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import resource
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
+from rich.console import Console
+
+import lmlab.train.estimate as estimate_mod
+import lmlab.train.plan as plan_mod
+from lmlab.config import CONF_DIR, Family, ModelConfig
+from lmlab.model import param_breakdown
+from lmlab.train.budget import BudgetConfig, BudgetKind, resolve_budget
+from lmlab.train.compose import compose_train
+from lmlab.train.estimate import (
+    ASSUMED_MFU,
+    SAMPLE_INPUTS,
+    choose_method,
+    format_duration,
+    plan_from_cfg,
+    plan_run,
+    plan_table,
+)
+from lmlab.train.plan import PLAN_FILE, meta_model, write_json
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+LLAMA_7B = 6_738_415_616
+CPU = torch.device("cpu")
+
+
+def model_cfg(preset: str, experiment: str | None = None, vocab: int = 4096) -> ModelConfig:
+    overrides = [f"model={preset}"] + ([f"+experiment={experiment}"] if experiment else [])
+    cfg: ModelConfig = OmegaConf.to_object(compose_train(overrides).model)
+    return dataclasses.replace(cfg, vocab_size=vocab)
+
+
+def plan(cfg: ModelConfig, budget: BudgetConfig | None = None, **kw: object) -> dict:
+    args = dict(seq_len=cfg.max_seq_len, micro_batch=8, tokens_per_step=8 * cfg.max_seq_len)
+    args.update(kw)
+    return plan_run(
+        cfg,
+        budget_cfg=budget or BudgetConfig(kind=BudgetKind.chinchilla),
+        max_steps=10,
+        device=CPU,
+        precision="32-true",
+        cache_dir="unused",
+        **args,
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    """Timed steps on one thread: cheap on a shared machine, and no OpenMP oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """Every model the plan and the estimate build; a fixed CPU peak (1e11 FLOP/s, no measuring)."""
+    built: list[torch.nn.Module] = []
+    build_model = plan_mod.build_model
+
+    def recording_build(cfg: ModelConfig) -> torch.nn.Module:
+        built.append(build_model(cfg))
+        return built[-1]
+
+    for module in (plan_mod, estimate_mod):
+        monkeypatch.setattr(module, "build_model", recording_build)
+    monkeypatch.setattr(estimate_mod, "peak_flops", lambda device, precision, cache_dir: 1e11)
+    return built
+
+
+@pytest.fixture
+def fake_measure(monkeypatch: pytest.MonkeyPatch) -> list[ModelConfig]:
+    """Replace the timed steps by a fixed 1000 tokens/s; record what would have been timed."""
+    measured: list[ModelConfig] = []
+
+    def fake(cfg: ModelConfig, *args: object) -> tuple[float, list[float]]:
+        measured.append(cfg)
+        return 1000.0, [0.1, 0.1, 0.1]
+
+    monkeypatch.setattr(estimate_mod, "measure_tokens_per_second", fake)
+    return measured
+
+
+def is_meta(model: torch.nn.Module) -> bool:
+    return all(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_plans_on_the_meta_device(
+    preset: str, builds: list, fake_measure: list
+) -> None:
+    """Every model plan.py builds has meta parameters only (a real gpt_7b would need 27 GB),
+    and the peak memory of the process does not grow by anything like the model's size."""
+    experiment = "llama" if preset in ("gpt_1b", "gpt_3b", "gpt_7b") else None
+    cfg = model_cfg(preset, experiment, vocab=32000 if experiment else 4096)
+    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    p = plan(cfg, micro_batch=1, tokens_per_step=cfg.max_seq_len)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_rss_kib
+    assert builds and all(is_meta(m) for m in builds)
+    assert grown_kib < 2**18  # < 256 MiB
+    assert p["params"] == p["param_breakdown"]["total"] > p["non_embedding_params"] > 0
+    assert p["steps"] * p["tokens_per_step"] == p["tokens"] and p["wall_seconds"] > 0
+    # the documented threshold: one step at 1e11 FLOP/s x 40% under 5 s is measured
+    step_seconds = p["flops_per_token"] * cfg.max_seq_len / (1e11 * ASSUMED_MFU)
+    assert (p["throughput"]["method"] == "measured") == (step_seconds < 5.0)
+    assert len(fake_measure) == (p["throughput"]["method"] == "measured")
+
+
+def test_sample_inputs_cover_every_family() -> None:
+    assert set(SAMPLE_INPUTS) == set(Family)
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_small_step_is_measured_on_the_real_model(family: Family, builds: list) -> None:
+    cfg = model_cfg(f"{family.value}_tiny", vocab=128)
+    cfg = dataclasses.replace(cfg, d_model=32, n_layers=1, n_heads=2, max_seq_len=64)
+    p = plan(cfg, BudgetConfig(), micro_batch=2, tokens_per_step=128)
+    speed = p["throughput"]
+    assert speed["method"] == "measured" and len(speed["step_seconds"]) == 3
+    assert [is_meta(m) for m in builds] == [True, False]  # the count, then the timed model
+    assert p["tokens_per_second"] > 0 and p["wall_seconds"] == pytest.approx(
+        p["tokens"] / p["tokens_per_second"]
+    )
+
+
+def test_big_presets_take_the_estimate(builds: list) -> None:
+    p = plan(model_cfg("gpt_7b", "llama", vocab=32000))
+    assert p["throughput"]["method"] == "estimated" and all(is_meta(m) for m in builds)
+    assert p["tokens_per_second"] == pytest.approx(1e11 * ASSUMED_MFU / p["flops_per_token"])
+    assert p["throughput"]["mfu"] == ASSUMED_MFU
+
+
+def test_gpt_7b_llama_has_llama2_7b_parameters(builds: list) -> None:
+    p = plan(model_cfg("gpt_7b", "llama", vocab=32000))
+    assert p["params"] == LLAMA_7B
+    assert p["tokens"] >= 20 * LLAMA_7B and p["flops"] == 6.0 * LLAMA_7B * p["tokens"]
+
+
+def test_slow_device_takes_the_estimate_even_for_a_small_model(
+    builds: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(estimate_mod, "peak_flops", lambda device, precision, cache_dir: 1e3)
+    p = plan(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=32, vocab_size=64))
+    assert p["throughput"]["method"] == "estimated" and all(is_meta(m) for m in builds)
+    assert "> 5 s" in p["throughput"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("step_flops", "peak", "needed", "free", "method"),
+    [
+        (1e9, 1e11, 1, 10**9, "measured"),  # 0.025 s per step
+        (1e12, 1e11, 1, 10**9, "estimated"),  # 25 s per step
+        (1e9, 1e11, 10**9, 10**9, "estimated"),  # does not fit in half the memory
+        (1e9, None, 1, 10**9, "measured"),  # unknown GPU, small model: measure it
+        (1e9, None, 10**9, 10**9, "unavailable"),
+    ],
+)
+def test_method_follows_the_documented_threshold(
+    step_flops: float, peak: float | None, needed: int, free: int, method: str
+) -> None:
+    assert choose_method(step_flops, peak, needed, free)[0] == method
+
+
+def test_plan_json_and_table(builds: list, tmp_path: Path) -> None:
+    p = plan(model_cfg("gpt_7b", "llama", vocab=32000))
+    path = write_json(tmp_path / "run" / PLAN_FILE, p)
+    assert path == tmp_path / "run" / "plan.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(p))
+    console = Console(record=True, width=120)
+    console.print(plan_table(p))
+    text = console.export_text()
+    for needle in ("6,738,415,616", "chinchilla", "FLOPs (6ND)", "estimated wall time", "40.0%"):
+        assert needle in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "unknown"), (3.21, "3.2 s"), (235, "3 min 55 s"), (7500, "2 h 05 min")],
+)
+def test_format_duration(seconds: float | None, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+# --------------------------------------------------------------------------- composed configs
+
+
+@pytest.fixture(scope="module")
+def conf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conf/ with the budget group in train.yaml's defaults (a patched copy until it is wired)
+    and sweeps/ reachable as conf/sweeps."""
+    if "budget:" in (CONF_DIR / "train.yaml").read_text() and (CONF_DIR / "sweeps").exists():
+        return CONF_DIR
+    conf = tmp_path_factory.mktemp("conf") / "conf"
+    shutil.copytree(CONF_DIR, conf, symlinks=False, ignore=shutil.ignore_patterns("sweeps"))
+    shutil.copytree(CONF_DIR.parent / "sweeps", conf / "sweeps")
+    train = (conf / "train.yaml").read_text()
+    train = train.replace("  - _self_\n", "  - budget: steps\n  - _self_\n", 1)
+    (conf / "train.yaml").write_text(train + "dry_run: false\n")
+    return conf
+
+
+def compose_in(conf: Path, overrides: list[str]) -> OmegaConf:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.cache_dir = "unused"
+    return cfg
+
+
+def test_plan_from_composed_config(conf_dir: Path, builds: list, fake_measure: list) -> None:
+    cfg = compose_in(
+        conf_dir,
+        [
+            "budget=tokens",
+            "budget.tokens=1e6",
+            "data.batch_size=2",
+            "trainer.accumulate_grad_batches=2",
+        ],
+    )
+    m, d = OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.data)
+    p = plan_from_cfg(cfg, m, d, m.max_seq_len)
+    assert p["tokens_per_step"] == d.batch_size * m.max_seq_len * 2 == 1024
+    assert (p["steps"], p["tokens"], p["model"]["vocab_size"]) == (977, 977 * 1024, 4096)
+
+
+def test_isoflop_sweep_jobs_compose_and_hold_their_budget(conf_dir: Path) -> None:
+    """Every size and every budget of the grid composes and validates (the jobs in the first
+    row and column: the rest are their combinations). At each budget each size trains >= 40
+    steps, with FLOPs within 10% of the nominal C (scaling.py's grouping tolerance); >= 3
+    sizes for each of >= 2 budgets."""
+    params = compose_in(conf_dir, ["+sweeps=isoflop"]).hydra.sweeper.params
+    assert list(params) == ["budget.flops", "model"]
+    flops_ovs, model_ovs = (
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    )
+    jobs = [[flops_ovs[0], m] for m in model_ovs] + [[f, model_ovs[0]] for f in flops_ovs[1:]]
+    sizes: dict[str, int] = {}
+    budgets: dict[str, BudgetConfig] = {}
+    for flops_ov, model_ov in jobs:
+        cfg = compose_in(conf_dir, ["+sweeps=isoflop", flops_ov, model_ov])
+        m, d = OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.data)
+        budgets[flops_ov] = OmegaConf.to_object(cfg.budget)
+        counts = param_breakdown(meta_model(dataclasses.replace(m, vocab_size=d.vocab_size)))
+        sizes[model_ov] = counts["total"]
+        tokens_per_step = d.batch_size * m.max_seq_len
+    assert len(budgets) >= 2 and len(sizes) >= 3
+    for budget, n_params in itertools.product(budgets.values(), sizes.values()):
+        b = resolve_budget(budget, n_params, tokens_per_step, max_steps=1)
+        assert b.kind == BudgetKind.flops and b.steps >= 40
+        assert abs(b.flops / b.nominal_flops - 1) < 0.1

@@ -1,0 +1,80 @@
+"""The frozen run plan: resolved once, saved as plan.json, the only source of the Trainer's
+steps, accumulation and precision; the composed config Hydra saved is never written to."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmlab.config import CONF_DIR, BudgetKind
+from lmlab.errors import ConfigError
+from lmlab.train.batch import GlobalBatch
+from lmlab.train.budget import Budget
+from lmlab.train.plan import RunPlan, check_resumable
+
+TRAIN = CONF_DIR.parent / "src" / "train.py"
+# a token budget (not trainer.max_steps), accumulation 2, precision auto
+RUN = [
+    "+debug=smoke",
+    "budget=tokens",
+    "budget.tokens=10000",
+    "data.batch_size=4",
+    "trainer.accumulate_grad_batches=2",
+    "trainer.precision=auto",
+    "callbacks.sample=null",
+]
+
+
+def train_cli(run_dir: Path, cache_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LMLAB_CACHE": str(cache_dir)}
+    cmd = [sys.executable, str(TRAIN), *RUN, f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_saved_config_is_what_was_given_and_plan_json_what_ran(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    proc = train_cli(tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 4  # +debug=smoke's, as composed
+    assert saved["trainer"]["accumulate_grad_batches"] == 2
+    assert saved["trainer"]["precision"] == "auto"
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    steps = -(-10000 // (8 * 256))  # ceil(D / tokens per step)
+    assert plan["steps"] == steps == 5
+    assert plan["batch"]["accumulation"] == 2 and plan["batch"]["global_batch_size"] == 8
+    assert plan["precision"] == "32-true"  # auto, resolved on a CPU
+    assert plan["train_samples"] == steps * 8
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["global_step"] == plan["steps"] and results["batch"] == plan["batch"]
+    assert results["precision"] == plan["precision"]
+    # a resume with another global batch would read the wrong rows: refused, naming the field
+    refused = train_cli(
+        tmp_path, cache_dir, "resume=true", "trainer.accumulate_grad_batches=1", "budget.tokens=2e4"
+    )
+    assert refused.returncode == 2
+    assert "global_batch_size=8, this run 4" in refused.stderr
+
+
+def plan(rows: int, seq_len: int = 64, steps: int = 10) -> RunPlan:
+    batch = GlobalBatch(micro_batch=rows, devices=1, accumulation=1, seq_len=seq_len)
+    budget = Budget(BudgetKind.steps, steps * batch.tokens, steps, 0.0, batch.tokens, 0.0, None)
+    return RunPlan(batch, "32-true", budget, vocab_size=64, params=1000)
+
+
+def test_resume_checks_the_data_position_not_the_length() -> None:
+    saved = plan(8).as_dict()
+    check_resumable(saved, plan(8, steps=50), Path("run"))  # a longer run continues
+    check_resumable(None, plan(4), Path("run"))  # a run from before plans were saved
+    with pytest.raises(ConfigError, match="global_batch_size=8, this run 4"):
+        check_resumable(saved, plan(4), Path("run"))
+    with pytest.raises(ConfigError, match="seq_len=64, this run 32"):
+        check_resumable(saved, plan(8, seq_len=32), Path("run"))
+    assert plan(8).start_sample(3) == 24 and plan(8).trainer_args()["max_steps"] == 10

@@ -1,0 +1,214 @@
+"""Reliability: kill -9 and resume, atomic checkpoint writes, SIGTERM, non-finite guard,
+and the resume/checkpoint input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lmlab.config import CONF_DIR
+from lmlab.errors import ConfigError
+from lmlab.train.checkpointing import AtomicCheckpointIO
+from lmlab.train.compose import compose_train
+from lmlab.train.run import train
+
+REPO = CONF_DIR.parent  # the repository root
+
+# dropout > 0 so the RNG state must be restored too; 40 steps, a checkpoint every 10.
+RUN = [
+    "+debug=smoke",
+    "trainer.max_steps=40",
+    "checkpoint.every_n_steps=10",
+    "logger=csv",
+    "model.dropout=0.1",
+    "trainer.val_check_interval=20",
+]
+
+
+class InjectNaN(L.Callback):
+    """Test hook: poisons the gradients once, at ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == self.step:
+            next(pl_module.parameters()).grad.fill_(float("nan"))
+
+
+def launch(run_dir: Path, cache_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "LMLAB_CACHE": str(cache_dir)}
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *RUN, f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path} appeared:\n{proc.stdout.read()}"
+        assert time.time() < deadline, f"{path} did not appear in {timeout}s"
+        time.sleep(0.02)
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
+    """The uninterrupted run, same seed and overrides. It starts with no measured matmul peak
+    in the cache (the Throughput callback measures it, running matmuls on random inputs) and
+    the runs it is compared with find it cached: the training stream must not depend on that."""
+    (cache_dir / "peak_flops.json").unlink(missing_ok=True)
+    run_dir = tmp_path_factory.mktemp("reference")
+    train(compose_train(RUN, run_dir, cache_dir))  # in this process: one Lightning import less
+    return results(run_dir)
+
+
+def saved_step(path: Path) -> int:
+    """The step of a checkpoint that a running process may replace at any moment (the rename
+    is atomic, so a read sees the old file or the new one)."""
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
+    tmp_path: Path, cache_dir: Path, reference: dict
+) -> None:
+    """Killed with -9 after the first checkpoint, resumed, stopped by SIGTERM (preemption saves
+    a checkpoint at the next step boundary, exit code 143, status preempted), resumed again:
+    bit-identical to the uninterrupted run on CPU (same rows, same RNG stream, same optimizer
+    and schedule state)."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    proc = launch(tmp_path, cache_dir)
+    wait_for(last, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = saved_step(last)
+    assert killed_at < 40, "the kill came after training ended"
+
+    proc = launch(tmp_path, cache_dir, "resume=true")
+    deadline = time.time() + 120
+    while saved_step(last) == killed_at:  # the resumed run has saved once more
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint after resuming"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate()[0]
+    if proc.returncode == 0:
+        pytest.fail("the run ended before SIGTERM arrived; raise trainer.max_steps")
+    assert proc.returncode == 143, out
+    assert "preempted at step" in out and "resume=true" in out
+    assert results(tmp_path)["status"] == "preempted"
+    assert killed_at < saved_step(last) < 40
+
+    resumed = launch(tmp_path, cache_dir, "resume=true")
+    assert resumed.wait() == 0, resumed.stdout.read()
+    r = results(tmp_path)
+    assert r["status"] == "completed" and r["global_step"] == 40
+    assert r["resumed_from"].endswith("last.ckpt")
+    assert r["train_loss"] == reference["train_loss"]
+    assert r["val_loss"] == reference["val_loss"]
+
+
+def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path: Path) -> None:
+    """A writer killed mid-save (a 400 MB checkpoint) never leaves a torn file behind."""
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    code = (
+        "import sys, torch; from lmlab.train.checkpointing import AtomicCheckpointIO; "
+        "print('ready', flush=True); "
+        "AtomicCheckpointIO().save_checkpoint({'global_step': 2, 'w': torch.zeros(100_000_000)},"
+        f" {str(path)!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = AtomicCheckpointIO().load_checkpoint(path)
+    assert ckpt["global_step"] in (1, 2)  # the old one, or the complete new one: never torn
+    if ckpt["global_step"] == 1:
+        assert torch.equal(ckpt["w"], torch.ones(3))
+
+
+def test_nan_stops_the_run_naming_step_and_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
+    cfg = compose_train(
+        [*RUN, "+callbacks.nan._target_=test_resume.InjectNaN", "+callbacks.nan.step=13"],
+        tmp_path,
+        cache_dir,
+    )
+    with pytest.raises(
+        Exception,
+        match=r"non-finite loss or gradient norm at step 13 .*"
+        r"last good checkpoint: .*last.ckpt",
+    ):
+        train(cfg)
+    r = results(tmp_path)
+    assert r["status"] == "failed" and "step 13" in r["error"]
+
+
+def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: Path) -> None:
+    cfg = compose_train(
+        [
+            *RUN,
+            "trainer.max_steps=16",
+            "guard.mode=skip",
+            "+callbacks.nan._target_=test_resume.InjectNaN",
+            "+callbacks.nan.step=5",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    train(cfg)
+    r = results(tmp_path)
+    assert r["status"] == "completed" and r["val_loss"] == r["val_loss"]  # finite, not NaN
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        (
+            [],
+            ["resume=true", "model.norm=rmsnorm"],
+            r"cannot resume .*another config; differing fields: "
+            r"model.norm: 'layernorm' \(saved\) vs 'rmsnorm' \(now\)",
+        ),
+        ([], [], r"already holds checkpoints of an earlier run: add resume=true"),
+        (None, ["resume=true"], r"resume=true but .*last.ckpt does not exist"),
+    ],
+)
+def test_resume_input_errors(
+    tmp_path: Path, cache_dir: Path, first: list | None, second: list, message: str
+) -> None:
+    short = ["+debug=smoke", "trainer.max_steps=2", "logger=none"]
+    if first is not None:
+        train(compose_train([*short, *first], tmp_path, cache_dir))
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train([*short, *second], tmp_path, cache_dir))
+
+
+def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    short = ["+debug=smoke", "trainer.max_steps=2", "logger=none"]
+    train(compose_train(short, tmp_path / "a", cache_dir))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(
+        ConfigError,
+        match=r"trained with another model; differing fields: "
+        r"model.activation: 'gelu' \(saved\) vs 'swiglu' \(now\)",
+    ):
+        train(
+            compose_train(
+                [*short, "model.activation=swiglu", f"ckpt_path={ckpt}"], tmp_path / "b", cache_dir
+            )
+        )
