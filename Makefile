@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install train test test-fast lint format bench clean
+.PHONY: help install train test test-fast lint format bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ format: $(STAMP)  ## ruff fix and format
 
 bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md; ARGS=--quick|--only ...
 	$(PY) bench/run.py $(ARGS)
+
+bench-gpu: $(STAMP)  ## the GPU comparison on one CUDA GPU (BENCHMARKS.md's GPU section)
+	$(PY) bench/run.py --only gpu $(ARGS)
 
 clean:  ## remove outputs (not .venv, not the data cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from bench.gpu_cases import GPU_CASES, STEPS, WARMUP
 from bench.harness import BENCH_OVERRIDES, ROOT, compose, run_lmlab
 from bench.plain_loop import plain_fit
 from bench.report import CaseResult, Stat
@@ -325,10 +326,21 @@ CASES: dict[str, Case] = {
     "memory": Case(memory_case, "memory"),
     "profile": Case(profile_case, "profile"),
     "shakespeare": Case(shakespeare_case, "shakespeare", default=False),
+    **{name: Case(fn, "gpu", default=False) for name, fn in GPU_CASES.items()},
 }
 
 # What each group's numbers mean, above its table in BENCHMARKS.md.
 INTROS = {
+    "gpu": (
+        "`make bench-gpu` (`python bench/run.py --only gpu`) on one GPU. lmlab runs "
+        "`trainer=gpu compile=model` (bf16-mixed, the loss in the compiled graph, fused AdamW) "
+        "on the embedded corpus with `logger=none`, no validation and no sample; tokens/s over "
+        f"steps {WARMUP} to {STEPS} (mean start-to-start time). The plain loop "
+        "(`bench/nanogpt_loop.py`) is written like nanoGPT's `bench.py`: its own GPT-2, "
+        "whole-model `torch.compile`, fused AdamW, bf16 autocast, random tokens; the two "
+        "alternate run by run. MFU = tokens/s x `flops_per_token` / the dense bf16 peak "
+        "(`lmlab.train.hardware.gpu_peak_flops`)."
+    ),
     "train": (
         "`lmlab.train.run.train` on the composed config with `logger=none`, no validation and no "
         "end-of-run sample. tokens/s = tokens per step / the median start-to-start step time "

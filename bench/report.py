@@ -146,6 +146,7 @@ GROUP_TITLES = {
     "generate": "Generation (greedy, batch 1)",
     "memory": "Memory: activation checkpointing (peak resident memory of a training step)",
     "shakespeare": "Tiny Shakespeare, character level (nanoGPT's CPU run)",
+    "gpu": "One GPU: lmlab against a nanoGPT-style loop, every family, FSDP, generation",
 }
 GROUP_ORDER = list(GROUP_TITLES)
 SECTION = re.compile(r"<!-- section:(\w+) -->\n(.*?)<!-- /section -->\n", re.S)

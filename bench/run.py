@@ -63,7 +63,10 @@ def select(only: str | None) -> list[str]:
     if unknown:
         choices = ", ".join(CASES)
         raise SystemExit(f"error: unknown case {', '.join(unknown)}; choose from {choices}")
-    return [n for n, c in CASES.items() if n in wanted or (c.group in wanted and c.default)]
+    # a group selects its default cases, or all of them when none is in the default set (gpu)
+    default_groups = {c.group for c in CASES.values() if c.default}
+    in_group = lambda c: c.group in wanted and (c.default or c.group not in default_groups)  # noqa: E731
+    return [n for n, c in CASES.items() if n in wanted or in_group(c)]
 
 
 def gflops(flops: float) -> str:

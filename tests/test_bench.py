@@ -176,3 +176,19 @@ def test_profile_sorts_each_sample_into_one_part_of_the_step() -> None:
         "validation": 40,
         TRAINER: 4 + 3 + 6,  # self.log, the closure's hooks, a callback
     }
+
+
+def test_gpu_cases_run_in_quick_mode_on_any_device(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make bench-gpu``'s cases, shrunk (``--quick``: a tiny model, no compile), run on the
+    device there is, so the GPU benchmark does not rot between the sessions that have a GPU."""
+    from bench.cases import CASES, Settings
+
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    s = Settings(work=tmp_path, repeats=1, quick=True)
+    assert select("gpu") == [n for n in CASES if n.startswith("gpu_")]  # all: none is default
+    for name in ("gpu_gpt_small", "gpu_fsdp", "gpu_generate"):
+        (result,) = CASES[name].fn(s)
+        assert result.group == "gpu" and not result.skipped
+        assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)

@@ -55,9 +55,9 @@ class Positional(str, Enum):
 
 
 GATED = {Activation.swiglu, Activation.geglu}
-# ModelConfig fields that change how a model runs, not its weights or outputs: a checkpoint
-# and the run that continues or loads it may differ in them.
-RUNTIME_FIELDS = ("activation_checkpointing",)
+# Config fields (of any group) that change how a run computes, not what: a checkpoint and
+# the run that continues or loads it may differ in them.
+RUNTIME_FIELDS = ("activation_checkpointing", "fused", "num_workers")
 
 
 @dataclass
@@ -245,7 +245,7 @@ class DataConfig:
     val_fraction: float = 0.05
     max_bytes: int | None = None
     cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
-    num_workers: int = 0
+    num_workers: int | None = None  # null: 0 on a CPU, up to 4 per process on a GPU
 
     def __post_init__(self) -> None:
         if self.source == Source.text and not self.path:
@@ -256,6 +256,8 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0 (or null: auto)")
         for name in ("global_batch_size", "global_batch_tokens", "val_batch_size", "stride"):
             value = getattr(self, name)
             if value is not None and value < 1:

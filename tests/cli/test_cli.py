@@ -3,6 +3,7 @@ commands with the same arguments, and bad input is one line with exit code 2."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ SRC = CONF_DIR.parent / "src"
 
 
 def run(*cmd: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` as a user runs it: the installed lmlab, no PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, timeout=120, cwd=cwd
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
     )
 
 

@@ -20,6 +20,7 @@ from lmlab.infer.generation import filter_logits, generate
 from lmlab.infer.pretrained import load
 from lmlab.infer.probe import attention_maps
 from lmlab.model import build_model, param_breakdown
+from lmlab.model.kv_cache import KVCache
 from lmlab.model.params import param_rows
 from lmlab.train.compose import compose_train
 from lmlab.train.run import train
@@ -78,6 +79,15 @@ def test_t5_decoder_cache_equals_full_decoder(positional: Positional) -> None:
     steps = [model.decode(dec[:, :3], memory, cache=cache)]
     steps += [model.decode(dec[:, t : t + 1], memory, cache=cache) for t in range(3, 6)]
     torch.testing.assert_close(torch.cat(steps, 1), model(src, dec), atol=FP64_ATOL, rtol=0)
+
+
+def test_cache_takes_the_dtype_attention_computes_in() -> None:
+    """FSDP's bf16 policy computes keys in bf16 over fp32 weights: the cache, made in the
+    weights' dtype, follows the keys (SDPA refuses a bf16 query with fp32 keys)."""
+    cache = KVCache(n_layers=1, batch=1, n_kv_heads=2, head_dim=4, max_len=8)
+    k = torch.randn(1, 2, 3, 4, dtype=torch.bfloat16)
+    keys, values = cache.update(0, k, k + 1)
+    assert keys.dtype == values.dtype == torch.bfloat16 and torch.equal(keys, k)
 
 
 def test_window_cache_holds_only_the_window() -> None:

@@ -105,6 +105,9 @@ class KVCache:
         """Store layer ``layer``'s new (rotated) keys and values; return every key and value
         the new queries attend to, in the order of ``context``'s key positions."""
         T = k_BHTd.shape[2]
+        if k_BHTd.dtype != self.k.dtype:  # computed in another precision than the weights are
+            # stored in (FSDP's bf16 compute over fp32 shards): cache what attention receives
+            self.k, self.v = self.k.to(k_BHTd.dtype), self.v.to(v_BHTd.dtype)
         if not self.ring:
             end = self.length + T
             self.k[layer, :, :, self.length : end] = k_BHTd

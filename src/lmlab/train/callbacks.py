@@ -3,19 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lmlab.config import Family, Positional
 from lmlab.data.collators import decoder_tokens
 from lmlab.infer.generation import generate
 from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
 from lmlab.model import flops_per_token
+from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.hardware import peak_flops
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,9 @@ class Throughput(L.Callback):
         self.flops_per_token = flops_per_token(
             pl_module.model, seq_len, decoder_tokens(pl_module.model_cfg.family, seq_len)
         )
-        self.peak = peak_flops(pl_module.device, trainer.precision, self.cache_dir)
+        rows = trainer.datamodule.cfg.batch_size * seq_len
+        shapes = largest_linears(pl_module.model, rows)
+        self.peak = peak_flops(pl_module.device, trainer.precision, self.cache_dir, shapes)
         self.world_size = trainer.world_size  # tokens are counted over all ranks, MFU per device
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -76,7 +83,31 @@ class Throughput(L.Callback):
         return tps * self.flops_per_token / self.world_size / self.peak
 
 
-def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
+@contextlib.contextmanager
+def optional(what: str) -> Iterator[None]:
+    """An extra a run can do without (a sample, attention maps, the kernel report) never fails
+    it: an error is logged and the run goes on to its final checkpoint and results.json."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 (any failure of an extra: log it, keep the run)
+        log.warning("%s failed, the run goes on: %s: %s", what, type(err).__name__, err)
+
+
+def eager() -> contextlib.AbstractContextManager:
+    """Extra forwards run the modules eagerly: compiled blocks would recompile for every new
+    shape and KV-cache index (a generated sample), where eager costs nothing to start."""
+    return torch.compiler.set_stance("force_eager")
+
+
+def largest_linears(model: torch.nn.Module, rows: int, n: int = 2) -> list[tuple[int, int, int]]:
+    """(rows, in, out) of the model's ``n`` largest distinct linear layers over ``rows``
+    tokens: the matmuls that bound how fast a step can run."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = {(rows, m.in_features, m.out_features) for m in linears}
+    return sorted(shapes, key=lambda s: s[1] * s[2], reverse=True)[:n]
+
+
+def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
     """Names of the SDPA kernels one forward actually runs, read from the profiler."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
     from torch.profiler import profile
@@ -86,7 +117,7 @@ def sdpa_kernels(model: torch.nn.Module, ids_BT: torch.Tensor) -> list[str]:
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad(), profile() as prof:
-        model(ids_BT)
+        model(**inputs)
     model.train(was_training)
     names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
     return sorted(n.removeprefix("aten::") for n in names)
@@ -99,14 +130,21 @@ def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
 
 
 class SDPAKernelReport(L.Callback):
-    """Logs once which attention kernel runs (flash, memory-efficient, math, cuDNN)."""
+    """Logs once which attention kernel the training step runs (flash, memory-efficient, math,
+    cuDNN): a forward of the training shape, under the training precision's autocast."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.model_cfg.family != Family.gpt or not forward_here(trainer, pl_module):
-            return  # the probe feeds input_ids only
+        if not forward_here(trainer, pl_module):
+            return
+        with optional("the attention-kernel report"):
+            self.report(trainer, pl_module)
+
+    def report(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seq_len = trainer.datamodule.seq_len
         ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
-        kernels = sdpa_kernels(pl_module.model, ids)
+        inputs = SAMPLE_INPUTS[pl_module.model_cfg.family](ids)
+        with trainer.precision_plugin.forward_context(), eager():
+            kernels = sdpa_kernels(pl_module.model, inputs)
         note = ""
         if (
             pl_module.model_cfg.positional == Positional.alibi
@@ -116,6 +154,34 @@ class SDPAKernelReport(L.Callback):
         if trainer.is_global_zero:
             log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
         pl_module.sdpa_kernels = kernels
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with ``train/loss`` and ``val/loss``, read from the device only
+    on logging steps and after validation. (A value logged with ``prog_bar=True`` is converted
+    to a float after every batch: one host-device synchronisation per training step.)"""
+
+    SHOWN = ("train/loss", "val/loss")
+
+    def __init__(self, refresh_rate: int = 10) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.shown: dict[str, float] = {}
+
+    def read(self, trainer: L.Trainer) -> None:
+        metrics = trainer.callback_metrics
+        self.shown.update({k: round(float(metrics[k]), 3) for k in self.SHOWN if k in metrics})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if getattr(pl_module, "logging_now", True):
+            self.read(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.read(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, pl_module), **self.shown}
 
 
 class Sample(L.Callback):
@@ -136,6 +202,10 @@ class Sample(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.model_cfg.family != Family.gpt or not forward_here(trainer, pl_module):
             return  # left-to-right sampling needs a decoder
+        with optional("the end-of-run sample"), eager():
+            self.sample(trainer, pl_module)
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tok = trainer.datamodule.tokenizer
         ids = torch.tensor([tok.encode(self.prompt).ids], device=pl_module.device)
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
@@ -160,6 +230,10 @@ class AttentionMaps(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not forward_here(trainer, pl_module):
             return
+        with optional("the attention maps"), eager():
+            self.draw(trainer, pl_module)
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tokenizer = trainer.datamodule.tokenizer
         model = pl_module.model
         ids = probe_ids(model, tokenizer, self.text)

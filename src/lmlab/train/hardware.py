@@ -1,37 +1,63 @@
-"""Peak FLOP/s per device for MFU: a table for GPUs, a measured (and cached) value for CPUs."""
+"""Peak FLOP/s per device for MFU (the data sheets' dense figures for GPUs, a measured value for
+CPUs), and the fp32 matmul precision on CUDA."""
 
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-# Dense (no sparsity) peak FLOP/s from the vendors' data sheets.
-GPU_PEAKS = {  # name fragment -> {dtype: FLOP/s}
-    "H200": {"bf16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp32": 19.5e12},
-    "L40S": {"bf16": 362e12, "fp32": 91.6e12},
-    "A10G": {"bf16": 70e12, "fp32": 31.2e12},
-    "RTX 4090": {"bf16": 165e12, "fp32": 82.6e12},
-    "V100": {"bf16": 125e12, "fp32": 15.7e12},
-}
+from lmlab.errors import ConfigError
+
+# Lightning's peak table (lightning.fabric.utilities.throughput.get_available_flops) serves
+# most GPUs. Its H200 rows hold the sparse figures under names the driver does not report
+# ("NVIDIA H200" matches neither "sxm1" nor "nvl1"): lmlab uses the dense data-sheet figures
+# there, as Lightning does for the H100 (989 TFLOP/s bf16).
+DENSE_OVERRIDES = {"H200": {torch.bfloat16: 989e12, "tfloat32": 494.7e12, torch.float32: 66.9e12}}
+
+
+# torch.set_float32_matmul_precision: "highest" is full fp32, "high" lets CUDA use TF32 (10-bit
+# mantissa inputs, fp32 accumulation: about 8x the fp32 rate on Ampere and Hopper).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def check_matmul_precision(value: str) -> str:
+    if value not in MATMUL_PRECISIONS:
+        allowed = ", ".join(MATMUL_PRECISIONS)
+        raise ConfigError(f"matmul_precision={value!r}: allowed {allowed}")
+    return value
+
+
+def set_matmul_precision(value: str, device: torch.device) -> None:
+    """Applies ``matmul_precision`` to a CUDA run; a CPU run keeps full fp32 matmuls (there the
+    setting would change results, not speed them up)."""
+    check_matmul_precision(value)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision(value)
 
 
 def precision_dtype(precision: str) -> str:
     return "bf16" if "bf16" in str(precision) else "fp32"
 
 
-def measure_cpu_matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
-    """Best FLOP/s of repeated n x n matmuls on the CPU with the current thread count, in the
-    layout ``F.linear`` uses (``x @ w.T``): on CPUs without native bf16, ``a @ b`` in bf16
-    takes a path ten times slower than the one training takes, and is no peak."""
+def measure_cpu_matmul_flops(
+    dtype: torch.dtype,
+    n: int = 1024,
+    seconds: float = 1.0,
+    shape: tuple[int, int, int] | None = None,
+) -> float:
+    """Best FLOP/s of repeated matmuls on the CPU with the current thread count, in the layout
+    ``F.linear`` uses (``x @ w.T``; on CPUs without native bf16, ``a @ b`` in bf16 takes a path
+    ten times slower than the one training takes, and is no peak): n x n by default, or
+    ``shape`` = (rows, in, out), a linear layer of the model itself."""
+    rows, k, out = shape or (n, n, n)
     gen = torch.Generator().manual_seed(0)  # not the global RNG: training's stream stays put
-    a = torch.randn(n, n, dtype=dtype, generator=gen)
-    w = torch.randn(n, n, dtype=dtype, generator=gen)
+    a = torch.randn(rows, k, dtype=dtype, generator=gen)
+    w = torch.randn(out, k, dtype=dtype, generator=gen)
     for _ in range(3):
         a @ w.T
     best, deadline = 0.0, time.perf_counter() + seconds
@@ -39,31 +65,55 @@ def measure_cpu_matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float =
         t = time.perf_counter()
         for _ in range(4):
             a @ w.T
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t))
+        best = max(best, 4 * 2 * rows * k * out / (time.perf_counter() - t))
     return best
 
 
-def cpu_peak_flops(dtype_name: str, cache_dir: str | Path) -> float:
-    """Measured once per (cpu, threads, dtype) and cached in ``cache_dir/peak_flops.json``."""
+def cpu_peak_flops(
+    dtype_name: str, cache_dir: str | Path, shapes: Iterable[tuple[int, int, int]] = ()
+) -> float:
+    """The best matmul FLOP/s this CPU has shown at this thread count and dtype, kept as the
+    maximum over runs in ``cache_dir/peak_flops.json``: the square n = 1024 matmul (measured
+    when the cache has no value), and at every run's start ``shapes``, the run's own largest
+    linear layers (a fifth of a second each). A value measured while other work ran is raised
+    by the next idle run, and the run's own matmuls, measured alone, cannot beat the peak
+    their MFU is taken against."""
     path = Path(cache_dir).expanduser() / "peak_flops.json"
-    # "linear": the x @ w.T measurement (older entries timed a @ b)
     cpu = platform.processor() or platform.machine()
     key = f"{cpu}|{torch.get_num_threads()}|{dtype_name}|linear"
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     cache = json.loads(path.read_text()) if path.exists() else {}
-    if key not in cache:
-        dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-        cache[key] = measure_cpu_matmul_flops(dtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cache, indent=2))
+    measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
+    measured += [measure_cpu_matmul_flops(dtype, seconds=0.2, shape=s) for s in shapes]
+    cache[key] = max([cache.get(key, 0.0), *measured])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cache, indent=2))
     return cache[key]
 
 
-def peak_flops(device: torch.device, precision: str, cache_dir: str | Path) -> float | None:
+def gpu_peak_flops(device: torch.device, precision: str) -> float | None:
+    """The data sheet's dense peak at the training precision (bf16, or fp32 / TF32 as
+    ``matmul_precision`` allows); None for a GPU neither table knows."""
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    name = torch.cuda.get_device_name(device)
+    dtype = torch.bfloat16 if precision_dtype(precision) == "bf16" else torch.float32
+    for fragment, peaks in DENSE_OVERRIDES.items():
+        if fragment in name:
+            tf32 = dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest"
+            return peaks["tfloat32" if tf32 else dtype]
+    return get_available_flops(device, dtype)
+
+
+def peak_flops(
+    device: torch.device,
+    precision: str,
+    cache_dir: str | Path,
+    shapes: Iterable[tuple[int, int, int]] = (),
+) -> float | None:
     """Peak FLOP/s for ``device`` at the training precision; None for an unknown GPU."""
-    dtype_name = precision_dtype(precision)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((p[dtype_name] for k, p in GPU_PEAKS.items() if k in name), None)
+        return gpu_peak_flops(device, precision)
     if device.type == "cpu":
-        return cpu_peak_flops(dtype_name, cache_dir)
+        return cpu_peak_flops(precision_dtype(precision), cache_dir, shapes)
     return None

@@ -6,9 +6,12 @@ shard), so each lever composes with the others and with DDP.
   ``torch.utils.checkpoint``): the block's activations are recomputed in the backward pass.
   The wrapper's state-dict hooks drop its ``_checkpoint_wrapped_module.`` prefix, so
   checkpoint keys stay the model's own.
-- Compilation is ``nn.Module.compile`` on each block, in place: no ``_orig_mod.`` in keys.
-  Compiling blocks rather than the whole model lets the graphs be reused across layers and
-  keeps FSDP's per-block hooks outside the compiled regions (torchtitan's choice).
+- Compilation (``compile=``): ``blocks`` is ``nn.Module.compile`` on each block, in place (no
+  ``_orig_mod.`` in keys); the graphs are reused across layers and FSDP's per-block hooks stay
+  outside them (torchtitan's choice). ``model`` compiles the whole training loss instead:
+  embeddings, blocks, head and cross-entropy as one graph (nanoGPT's choice), so Inductor
+  fuses the loss into the head and never writes fp32 logits of the whole batch. It compiles a
+  function of the module (``LMTask``), not the module, so keys stay clean there too.
 - FSDP2 (``fully_shard``) makes one unit per block and one for the root (embeddings, final
   norm, head): each rank holds 1/world of every parameter, gathers a block's weights just
   before it runs and frees them after. In bf16 the policy keeps fp32 master weights, runs the
@@ -18,13 +21,30 @@ shard), so each lever composes with the others and with DDP.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import Enum
 
 import torch
 from torch import nn
 
+from lmlab.errors import ConfigError
 from lmlab.model.layers import Block
 
 BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
+
+
+class Compile(str, Enum):
+    none = "none"  # eager
+    blocks = "blocks"  # each transformer block, in place
+    model = "model"  # the whole training loss: embeddings, blocks, head, cross-entropy
+
+
+def compile_mode(value: object) -> Compile:
+    """``compile=``: false, true (= blocks), blocks or model."""
+    text = {"false": "none", "true": "blocks"}.get(str(value).lower(), str(value).lower())
+    if text not in Compile.__members__:
+        allowed = "false, blocks, model (true = blocks)"
+        raise ConfigError(f"compile={value!r}: allowed {allowed}")
+    return Compile(text)
 
 
 def block_slots(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:

@@ -16,10 +16,12 @@ from torchmetrics.text import Perplexity
 
 from lmlab.config import Family, ModelConfig
 from lmlab.data.collators import IGNORE
+from lmlab.errors import ConfigError
 from lmlab.model import build_model
-from lmlab.train.parallel import layout
+from lmlab.train.parallel import Compile, compile_mode, layout
 
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+Guard = Callable[[L.Trainer, torch.optim.Optimizer, torch.Tensor], None]
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -37,6 +39,24 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
     ]
+
+
+def build_optimizer(
+    optimizer: Callable[..., torch.optim.Optimizer], groups: list[dict], device: torch.device
+) -> torch.optim.Optimizer:
+    """The configured optimizer (a partial) over ``groups``. Its ``fused`` setting (``optim.fused``:
+    auto, true, false) picks the implementation: ``auto`` is the fused kernel on CUDA (one
+    launch for all parameters, as nanoGPT uses) and ``foreach`` elsewhere; ``false`` is foreach."""
+    kwargs = dict(getattr(optimizer, "keywords", {}))
+    if "fused" not in kwargs:  # an optimizer without the setting: as configured
+        return optimizer(groups)
+    fused = kwargs.pop("fused")
+    if fused not in ("auto", True, False):
+        raise ConfigError(f"optim.fused={fused!r}: allowed auto, true, false")
+    if fused == "auto":
+        fused = device.type == "cuda"
+    impl = {"fused": True} if fused else {"foreach": True}
+    return optimizer.func(groups, *optimizer.args, **kwargs, **impl)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -57,7 +77,7 @@ class LMTask(L.LightningModule):
         model_cfg: ModelConfig,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
-        compile: bool = False,
+        compile: bool | str = False,
         bytes_per_token: float | None = None,
     ) -> None:
         super().__init__()
@@ -66,15 +86,17 @@ class LMTask(L.LightningModule):
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         # the optimizer partial's weight_decay applies to the decayed group only
         self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
-        self.compile_model = compile
+        self.compile = compile_mode(compile)
+        self.train_loss = self.loss_only  # compile=model replaces it by its compiled graph
         self.laid_out = False
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
-        # called with (trainer, optimizer) when the gradient norm is not finite (set by
-        # lmlab.train.checkpointing.NonFiniteGuard); None: no check
-        self.nonfinite_guard: Callable[[L.Trainer, torch.optim.Optimizer], None] | None = None
+        # called with (trainer, optimizer, gradient norm) every step, before the optimizer
+        # step (set by lmlab.train.guard.NonFiniteGuard); None: no check
+        self.nonfinite_guard: Guard | None = None
         self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])  # this step's micro-batches
+        self.logging_now = True  # whether this step's train/* values reach a logger
         # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
         # covers only the corrupted tokens, so it is not logged for BERT and T5.
         self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None
@@ -104,10 +126,12 @@ class LMTask(L.LightningModule):
         layout(
             self.model,
             activation_checkpointing=self.model_cfg.activation_checkpointing,
-            compile=self.compile_model,
+            compile=self.compile == Compile.blocks,
             mesh=mesh,
             precision=str(self.trainer.precision) if self._trainer else "32-true",
         )
+        if self.compile == Compile.model:
+            self.train_loss = torch.compile(self.loss_only)
         # counted now: after a forward FSDP2 may leave the root and last block gathered
         self.params_per_rank = sum(
             (p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.parameters()
@@ -117,6 +141,7 @@ class LMTask(L.LightningModule):
         return self.model(**{k: v for k, v in batch.items() if k != "labels"})
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loss of every family, and the logits (validation's metrics use them)."""
         logits_BTV = self(batch)
         labels_BT = batch["labels"]
         loss = F.cross_entropy(
@@ -124,9 +149,14 @@ class LMTask(L.LightningModule):
         )
         return loss, logits_BTV
 
+    def loss_only(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(batch)[0]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss(batch)
-        if self.metrics_due():
+        loss = self.train_loss(batch)
+        # callbacks read device values (guard flag, progress bar) on logging steps only
+        self.logging_now = self.metrics_due()
+        if self.logging_now:
             self.log_step_loss(loss.detach())
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
@@ -141,7 +171,9 @@ class LMTask(L.LightningModule):
         self.step_losses[1].append(loss)
         if len(self.step_losses[1]) == self.trainer.accumulate_grad_batches:
             mean = torch.stack(self.step_losses[1]).mean()
-            self.log("train/loss", mean, prog_bar=True, sync_dist=True)
+            # not prog_bar: Lightning converts progress-bar values to floats after every batch,
+            # a host-device sync per step; lmlab's ProgressBar shows it on logging steps
+            self.log("train/loss", mean, sync_dist=True)
 
     def metrics_due(self) -> bool:
         """Whether this step's ``train/*`` values reach a logger: Lightning writes them every
@@ -163,7 +195,7 @@ class LMTask(L.LightningModule):
         # the metrics are already synced across ranks (torchmetrics); sync_dist averages
         # identical values, and tells Lightning so
         loss = self.val_loss.compute()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/loss", loss, sync_dist=True)
         self.log("val/perplexity", self.val_ppl.compute(), sync_dist=True)
         self.log("val/accuracy", self.val_acc.compute(), sync_dist=True)
         if self.bytes_per_token:
@@ -189,11 +221,12 @@ class LMTask(L.LightningModule):
         norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm))
         if self.metrics_due():
             self.log("train/grad_norm", norm)
-        if self.nonfinite_guard is not None and not torch.isfinite(norm):
-            self.nonfinite_guard(self.trainer, optimizer)
+        if self.nonfinite_guard is not None:
+            self.nonfinite_guard(self.trainer, optimizer, norm)
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_fn(decay_groups(self.model, self.weight_decay))
+        groups = decay_groups(self.model, self.weight_decay)
+        optimizer = build_optimizer(self.optimizer_fn, groups, self.device)
         scheduler = self.scheduler_fn(optimizer, total_steps=self.trainer.max_steps)
         return {
             "optimizer": optimizer,

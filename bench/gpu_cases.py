@@ -1,0 +1,179 @@
+"""``make bench-gpu``: lmlab on one GPU against a plain loop written like nanoGPT's
+(``bench/nanogpt_loop.py``), at nanoGPT's ``bench.py`` shapes (12 x 1024 tokens, vocab 50304,
+no biases, dropout 0, bf16, whole-model compile), run interleaved; then every family's MFU,
+FSDP on one GPU and KV-cache generation. Nothing is installed or downloaded: the data is the
+embedded corpus, the weights random.
+
+``--quick`` shrinks every case to a tiny model on whatever device there is (a CPU in CI),
+without compilation: it checks that the cases run, and measures nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+
+import torch
+
+from bench.harness import BENCH_OVERRIDES, compose, run_lmlab
+from bench.nanogpt_loop import tokens_per_second as plain_tokens_per_second
+from bench.report import CaseResult, Stat
+from lmlab.config import resolve_configs
+from lmlab.data.collators import decoder_tokens
+from lmlab.model import build_model, flops_per_token
+from lmlab.train.hardware import peak_flops
+
+WARMUP = 15  # compilation and allocator warm-up: left out of every timing
+STEPS = 60
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def shapes(s, preset: str, batch: int, seq: int) -> list[str]:
+    """nanoGPT's bench.py shapes on ``preset``; quick: a tiny model on the device there is."""
+    if s.quick:
+        tiny = preset.split("_")[0] + "_tiny"
+        return [f"model={tiny}", "data.batch_size=2", "data.seq_len=64", "data.max_bytes=1000000"]
+    return [f"model={preset}", f"data.batch_size={batch}", f"data.seq_len={seq}"]
+
+
+def lmlab_run(s, name: str, overrides: list[str]) -> tuple[float, dict]:
+    """tokens/s of one lmlab run over its steady steps (mean start-to-start time: the
+    logging steps' syncs keep the host within 10 steps of the GPU), and its results.json."""
+    gpu = device().type == "cuda"
+    trainer = ["trainer=gpu"] if gpu else ["trainer.precision=32-true"]
+    if any(o.startswith("trainer=") for o in overrides):  # FSDP: its own trainer, block compile
+        trainer = ["compile=blocks"] if gpu else []
+    elif gpu:
+        trainer.append("compile=model")
+    steps = 6 if s.quick else STEPS
+    out = s.work / name
+    cfg = compose([*overrides, *trainer, *BENCH_OVERRIDES, f"trainer.max_steps={steps}"], out)
+    log, results = run_lmlab(cfg)
+    warm = 2 if s.quick else WARMUP
+    elapsed = log.starts[-1] - log.starts[warm]
+    shutil.rmtree(out, ignore_errors=True)
+    return log.tokens_per_step * (len(log.starts) - 1 - warm) / elapsed, results
+
+
+def mfu(tokens_per_s: float, overrides: list[str], s) -> float:
+    """MFU of ``tokens_per_s`` for the model ``overrides`` describe, against the device's
+    dense peak (bf16 on a GPU)."""
+    model_cfg, _, seq_len = resolve_configs(compose(overrides, s.work / "mfu"))
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size or 4096)
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
+    precision = "bf16-mixed" if device().type == "cuda" else "32-true"
+    return tokens_per_s * fpt / peak_flops(device(), precision, s.work)
+
+
+GPT2_SHAPES = ["+experiment=gpt2", "model.bias=false", "model.vocab_size=50304"]
+SIZES = {"gpt_small": (12, 12, 768), "gpt_medium": (24, 16, 1024)}  # layers, heads, d_model
+
+
+def versus_plain(preset: str) -> callable:
+    """lmlab against the nanoGPT-style loop at the same shapes, interleaved run by run."""
+
+    def run(s) -> list[CaseResult]:
+        overrides = [*shapes(s, preset, 12, 1024), *GPT2_SHAPES, "model.dropout=0.0"]
+        n_layer, n_head, d = SIZES["gpt_small" if s.quick else preset]
+        if s.quick:
+            n_layer, n_head, d = 4, 4, 128
+        batch, seq = (2, 64) if s.quick else (12, 1024)
+        lm, plain = [], []
+        for i in range(s.repeats):
+            order = ("plain", "lmlab") if i % 2 == 0 else ("lmlab", "plain")
+            for which in order:
+                if which == "lmlab":
+                    lm.append(lmlab_run(s, f"{preset}-{i}", overrides)[0])
+                else:
+                    plain.append(
+                        plain_tokens_per_second(
+                            n_layer,
+                            n_head,
+                            d,
+                            50304,
+                            batch,
+                            seq,
+                            6 if s.quick else STEPS,
+                            2 if s.quick else WARMUP,
+                            device(),
+                            compile=not s.quick,
+                        )
+                    )
+        ratio = [a / b for a, b in zip(lm, plain, strict=True)]
+        stats = [
+            Stat("lmlab / plain", "x", ratio),
+            Stat("lmlab", "tok/s", lm),
+            Stat("plain loop", "tok/s", plain),
+            Stat("lmlab MFU", "%", [mfu(t, overrides, s) for t in lm]),
+            Stat("plain MFU", "%", [mfu(t, overrides, s) for t in plain]),
+        ]
+        note = f"{batch} x {seq} tokens per step, {device()}; target 1.05x"
+        return [CaseResult("gpu", f"{preset} vs plain", stats, note)]
+
+    return run
+
+
+def family_case(preset: str, extra: list[str], batch: int, seq: int, label: str) -> callable:
+    """One lmlab configuration's tokens/s and MFU (``repeats`` runs)."""
+
+    def run(s) -> list[CaseResult]:
+        overrides = [*shapes(s, preset, batch, seq), *extra]
+        tps = [lmlab_run(s, f"{label}-{i}", overrides)[0] for i in range(s.repeats)]
+        stats = [
+            Stat("tokens/s", "tok/s", tps),
+            Stat("MFU", "%", [mfu(t, overrides, s) for t in tps]),
+        ]
+        return [CaseResult("gpu", label, stats, f"{batch} x {seq} tokens per step")]
+
+    return run
+
+
+def generate_case(s) -> list[CaseResult]:
+    """KV-cache greedy generation with gpt_small in bf16 (random weights), batch 1."""
+    from lmlab.infer.generation import generate
+
+    cfg = compose(shapes(s, "gpt_small", 1, 1024), s.work / "gen")
+    model_cfg = dataclasses.replace(resolve_configs(cfg)[0], vocab_size=50304)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
+    model = build_model(model_cfg).to(device(), dtype).eval()
+    prompt = torch.randint(50304, (1, 16), device=device())
+    new = 16 if s.quick else 512
+    rates = []
+    for _ in range(s.repeats):
+        if device().type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        generate(model, prompt, new, temperature=0, use_cache=True)
+        if device().type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(new / (time.perf_counter() - t0))
+    return [
+        CaseResult(
+            "gpu",
+            "generate gpt_small",
+            [Stat("KV cache", "tok/s", rates)],
+            f"{new} new tokens, batch 1, {dtype}",
+        )
+    ]
+
+
+GPU_CASES = {
+    "gpu_gpt_small": versus_plain("gpt_small"),
+    "gpu_gpt_medium": versus_plain("gpt_medium"),
+    "gpu_gpt_medium_llama": family_case(
+        "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
+    ),
+    "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),
+    "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small"),
+    "gpu_fsdp": family_case(
+        "gpt_small", [*GPT2_SHAPES, "trainer=fsdp", "trainer.devices=1"], 12, 1024, "gpt_small fsdp"
+    ),
+    "gpu_generate": generate_case,
+}

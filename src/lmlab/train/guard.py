@@ -1,0 +1,102 @@
+"""The non-finite guard: what a NaN/inf loss or gradient norm does to a run.
+
+``mode=stop`` ends the run with a message naming the step and the last good checkpoint;
+``mode=skip`` drops the update, at most ``max_skips`` times in a run; ``off`` does nothing.
+
+The check costs no extra pass over the gradients: ``LMTask.configure_gradient_clipping``
+computes the global norm once (clipping and the logged ``train/grad_norm`` use it too) and
+hands it to :meth:`NonFiniteGuard.check`. Under FSDP the norm is the global one, so every rank
+takes the same decision.
+
+``stop`` decides on the device: each step folds "is the norm finite?" into a device tensor
+holding the first bad step, and the host reads it only on logging steps, before every
+checkpoint is written (``on_save_checkpoint``, so no checkpoint ever holds the weights of a
+non-finite update) and when training ends. A step that logs nothing therefore waits for no
+device result. ``skip`` must decide before the optimizer step, so it reads the norm every
+step: on a GPU that is one host-device synchronisation per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+MODES = ("stop", "skip", "off")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient norm."""
+
+
+class NonFiniteGuard(L.Callback):
+    def __init__(self, mode: str = "stop", max_skips: int = 10, dirpath: str = "") -> None:
+        if mode not in MODES:
+            raise ValueError(f"guard.mode={mode!r}: allowed {', '.join(MODES)}")
+        self.mode, self.max_skips, self.dirpath = mode, max_skips, Path(dirpath)
+        self.skipped = 0
+        self.first_bad: torch.Tensor | None = None  # on the device: -1, or the first bad step
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not hasattr(pl_module, "nonfinite_guard"):
+            raise TypeError(f"NonFiniteGuard needs an LMTask, got {type(pl_module).__name__}")
+        pl_module.nonfinite_guard = None if self.mode == "off" else self.check
+
+    def check(
+        self, trainer: L.Trainer, optimizer: torch.optim.Optimizer, norm: torch.Tensor
+    ) -> None:
+        """Called with every step's gradient norm, before the optimizer step."""
+        if self.mode == "skip":
+            if not bool(torch.isfinite(norm)):  # reads the device: skip must decide now
+                self.skip_or_stop(trainer, optimizer)
+            return
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=norm.device)
+        bad = ~torch.isfinite(norm) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, trainer.global_step, self.first_bad)
+
+    def skip_or_stop(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """``skip``: drop this update (``optimizer.zero_grad``) while skips remain."""
+        if self.skipped < self.max_skips:
+            self.skipped += 1
+            log.warning(
+                "non-finite gradient norm at step %d: update skipped (%d/%d)",
+                trainer.global_step,
+                self.skipped,
+                self.max_skips,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            return
+        self.stop(trainer.global_step)
+
+    def raise_if_bad(self) -> None:
+        """Read the device flag (a synchronisation) and stop if any step was non-finite."""
+        if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
+            self.stop(step)
+
+    def stop(self, step: int) -> None:
+        last = self.dirpath / "last.ckpt"
+        where = str(last) if last.exists() else "none saved yet"
+        raise NonFiniteError(
+            f"non-finite loss or gradient norm at step {step} (guard.mode={self.mode}, "
+            f"{self.skipped} updates skipped); last good checkpoint: {where}"
+        )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if pl_module.logging_now:  # a logging step reads device values anyway
+            self.raise_if_bad()
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.raise_if_bad()  # before the file is written: never save non-finite weights
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.raise_if_bad()

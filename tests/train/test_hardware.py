@@ -1,0 +1,65 @@
+"""Peak FLOP/s for MFU (dense data-sheet figures on GPUs, the best measured rate on CPUs) and
+the fp32 matmul precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import lmlab.train.hardware as hw
+from lmlab.errors import ConfigError
+
+
+@pytest.fixture
+def restore_matmul_precision():
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_tf32_is_set_for_cuda_runs_only(restore_matmul_precision) -> None:
+    torch.set_float32_matmul_precision("highest")
+    hw.set_matmul_precision("high", torch.device("cpu"))
+    assert torch.get_float32_matmul_precision() == "highest"  # CPU results stay full fp32
+    hw.set_matmul_precision("high", torch.device("cuda"))
+    assert torch.get_float32_matmul_precision() == "high"
+    with pytest.raises(ConfigError, match="matmul_precision='tf32': allowed highest, high, medium"):
+        hw.check_matmul_precision("tf32")
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H200", "bf16-mixed", 989e12),  # Lightning's H200 rows: sparse, other names
+        ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4e12),  # Lightning's table
+        ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
+    ],
+)
+def test_gpu_peaks_are_dense_data_sheet_figures(
+    monkeypatch: pytest.MonkeyPatch, name: str, precision: str, peak: float
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert hw.peak_flops(torch.device("cuda"), precision, "unused") == pytest.approx(peak)
+
+
+def test_cpu_peak_is_the_best_rate_seen_and_covers_the_runs_own_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peak measured while other work ran (50) is raised by the next run (200), never
+    lowered (120); every run measures its own largest linear shapes."""
+    timed: list[tuple | None] = []
+    rates = iter([50.0, 40.0, 200.0, 120.0])
+
+    def fake(dtype, n=1024, seconds=1.0, shape=None):
+        timed.append(shape)
+        return next(rates)
+
+    monkeypatch.setattr(hw, "measure_cpu_matmul_flops", fake)
+    head = (4096, 128, 4096)
+    assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 50.0  # square 50, head 40
+    assert timed == [None, head]
+    assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 200.0  # cached: the head alone
+    assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 200.0  # 120 does not lower it
+    assert timed == [None, head, head, head]

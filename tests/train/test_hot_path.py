@@ -1,0 +1,254 @@
+"""The training step's hot path: no host-device synchronisation in a step that logs nothing,
+the optimizer's implementation by device, TF32 on CUDA, and the guard deciding on the device."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch._dynamo.utils import counters
+
+from lmlab.config import CONF_DIR
+from lmlab.data.datamodule import loader_settings
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+from lmlab.train.guard import NonFiniteError
+from lmlab.train.parallel import Compile, compile_mode
+from lmlab.train.run import train
+from lmlab.train.task import LMTask, build_optimizer, decay_groups
+
+# Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
+HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
+# Code whose tensors live on the host on every device, so its reads wait for nothing: the data
+# loader and lmlab's sampler (CPU index tensors), and torch.optim's step counters (kept on the
+# CPU unless capturable; the fused CUDA AdamW reads none).
+HOST_SIDE = ("torch/utils/data/", "lmlab/data/", "torch/optim/")
+
+
+def on_host_side(stack: traceback.StackSummary) -> bool:
+    return any(part in frame.filename for frame in stack for part in HOST_SIDE)
+
+
+class CountHostReads(L.Callback):
+    """Counts host reads per optimizer step, from one step's start to the next one's."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.per_step: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.step: int | None = None
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self.counting(name, original))
+
+    def counting(self, name: str, original):
+        def read(tensor: torch.Tensor, *args, **kwargs):
+            if self.step is not None and not on_host_side(traceback.extract_stack(limit=12)):
+                self.per_step[self.step][name] += 1
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.step = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.step = None  # validation reads its results: not a training step
+
+
+@pytest.mark.parametrize("guard", ["stop", "off"])
+def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, guard: str
+) -> None:
+    cfg = compose_train(
+        [
+            "+debug=smoke",
+            "trainer.max_steps=12",
+            "trainer.log_every_n_steps=5",
+            "trainer.val_check_interval=100",
+            "checkpoint.every_n_steps=100",
+            "callbacks.sample=null",
+            "logger=csv",
+            f"guard.mode={guard}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    counter = CountHostReads(monkeypatch)
+    monkeypatch.setattr(LMTask, "configure_callbacks", lambda self: [counter])
+    train(cfg)
+    quiet = [s for s in range(2, 11) if (s + 1) % 5]  # not a logging step, nor the first two
+    assert quiet, "no quiet steps to check"
+    assert {s: dict(counter.per_step[s]) for s in quiet} == {s: {} for s in quiet}
+
+
+def test_the_guard_reads_late_but_never_saves_a_non_finite_checkpoint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """NaN at step 13 with logs every 10 steps: the device flag is read at the step-15 save,
+    which is refused; the run stops naming step 13, and the newest checkpoint is finite."""
+    cfg = compose_train(
+        [
+            "+debug=smoke",
+            "trainer.max_steps=30",
+            "trainer.log_every_n_steps=10",
+            "trainer.val_check_interval=100",
+            "checkpoint.every_n_steps=5",
+            "callbacks.sample=null",
+            "logger=csv",
+            "+callbacks.nan._target_=test_resume.InjectNaN",
+            "+callbacks.nan.step=13",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    with pytest.raises(NonFiniteError, match=r"at step 13 .*last good checkpoint: .*last.ckpt"):
+        train(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not (tmp_path / "checkpoints" / "step000015.ckpt").exists()
+
+
+def adamw(**setting: object) -> functools.partial:
+    return functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1, **setting)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "fused", "foreach"),
+    [
+        ("auto", "cuda", True, False),  # one fused kernel for every parameter
+        ("auto", "cpu", False, True),
+        (False, "cuda", False, True),
+        (True, "cpu", True, False),
+    ],
+)
+def test_adamw_is_fused_on_cuda_and_foreach_elsewhere(
+    setting: object, device: str, fused: bool, foreach: bool
+) -> None:
+    groups = [{"params": [torch.nn.Parameter(torch.randn(3, 3))], "weight_decay": 0.1}]
+    opt = build_optimizer(adamw(fused=setting), groups, torch.device(device))
+    assert bool(opt.defaults["fused"]) == fused and bool(opt.defaults["foreach"]) == foreach
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.defaults["lr"] == 1e-3
+    plain = build_optimizer(
+        functools.partial(torch.optim.SGD, lr=0.1), groups, torch.device(device)
+    )
+    assert plain.defaults["foreach"] is None  # an optimizer without the setting: as configured
+    with pytest.raises(ConfigError, match="optim.fused='yes': allowed auto, true, false"):
+        build_optimizer(adamw(fused="yes"), groups, torch.device("cpu"))
+
+
+def test_the_configured_run_builds_foreach_adamw_on_cpu(tmp_path: Path) -> None:
+    cfg = compose_train(["optim.lr=3e-4"], tmp_path)
+    assert cfg.optim.fused == "auto"
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(instantiate(cfg.optim), decay_groups(model, 0.1), torch.device("cpu"))
+    assert opt.defaults["foreach"] and not opt.defaults["fused"] and opt.defaults["lr"] == 3e-4
+
+
+def test_compile_model_trains_the_eager_loss_with_clean_keys(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """compile=model: embeddings, blocks, head and cross-entropy as one graph. Its losses
+    are the eager ones: each is a mean over 1,024 tokens of a log-softmax over 4,096 logits,
+    where a fused fp32 graph sums in another order (about 1e-6 relative), and three AdamW
+    steps of lr <= 1e-3 keep that well below 1e-4; a graph that computed something else (no
+    ignore mask, a shifted label) would be off by more than 1e-2."""
+    losses = {}
+    counters.clear()
+    for mode in ("false", "model"):
+        out = tmp_path / mode
+        cfg = compose_train(
+            [
+                "+debug=smoke",
+                "trainer.max_steps=3",
+                "trainer.limit_val_batches=0",
+                "callbacks.sample=null",
+                "callbacks.sdpa_kernel=null",
+                f"compile={mode}",
+            ],
+            out,
+            cache_dir,
+        )
+        train(cfg)
+        rows = (out / "csv" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        column = header.index("train/loss")
+        losses[mode] = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+        losses[mode + " keys"] = list(ckpt["state_dict"])
+    assert len(losses["model"]) == 3 and losses["model"] == pytest.approx(losses["false"], rel=1e-4)
+    assert counters["stats"]["unique_graphs"] >= 1  # the model run did run a compiled graph
+    assert losses["model keys"] == losses["false keys"]
+    assert not any("_orig_mod" in k for k in losses["model keys"])
+    with pytest.raises(ConfigError, match="compile='graph': allowed false, blocks, model"):
+        compile_mode("graph")
+    assert compile_mode(True) == Compile.blocks and compile_mode(False) == Compile.none
+
+
+def test_fsdp_in_bf16_samples_and_keeps_its_final_checkpoint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """FSDP's bf16 policy computes in bf16 over fp32 shards; the end-of-run sample decodes
+    through a KV cache made from those shards (on a GPU it crashed the finished run and lost
+    its results). Two CPU processes over gloo."""
+    cmd = [
+        sys.executable,
+        str(CONF_DIR.parent / "src" / "train.py"),
+        "+debug=smoke",
+        "trainer=fsdp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.precision=bf16-mixed",
+        "callbacks.sample.max_new_tokens=4",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    env = {**os.environ, "LMLAB_CACHE": str(cache_dir)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and results["precision"] == "bf16-mixed"
+    assert results["sample"] and results["sample"].startswith("def ")
+    assert (tmp_path / "checkpoints" / "last.ckpt" / "meta.pt").exists()  # sharded, final
+    assert "failed, the run goes on" not in proc.stderr + proc.stdout
+
+
+def test_a_failing_extra_never_fails_the_run(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("Expected query, key, and value to have the same dtype")
+
+    monkeypatch.setattr("lmlab.train.callbacks.generate", broken)
+    cfg = compose_train(["+debug=smoke", "logger=csv"], tmp_path, cache_dir)
+    train(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and results["sample"] is None
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "processes", "expected"),
+    [
+        (None, "cpu", 1, (0, False)),  # the main process collates: workers would take its cores
+        (None, "cuda", 1, (min(4, len(os.sched_getaffinity(0))), True)),
+        (None, "cuda", 64, (1, True)),  # at least one worker per process
+        (2, "cpu", 1, (2, False)),
+        (0, "cuda", 1, (0, True)),
+    ],
+)
+def test_gpu_runs_collate_in_workers_into_pinned_memory(
+    setting: int | None, device: str, processes: int, expected: tuple[int, bool]
+) -> None:
+    assert loader_settings(setting, torch.device(device), processes) == expected
