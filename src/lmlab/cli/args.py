@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
+from lmlab.config import to_schema
 from lmlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -35,10 +35,4 @@ def parse(schema: type[T], argv: list[str]) -> T:
     for key in required:
         if key not in given:
             raise ConfigError(f"{key} is required: add {key}=<value>")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), given)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        where = f"{key}={given.get(key)}: " if key in given else ""
-        raise ConfigError(where + str(err).splitlines()[0]) from None
+    return to_schema(schema, given)
