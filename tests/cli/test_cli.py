@@ -132,3 +132,20 @@ def test_compose_error_from_the_script_and_with_full_error(tmp_path: Path) -> No
     )
     assert full.returncode == 1 and "Traceback" in full.stderr
     assert "MissingConfigException" in full.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("scaling", ["DIR", "--target-flops", "-1"], "argument --target-flops: must be a positive"),
+        ("scaling", ["DIR", "--n-key", "layers"], "argument --n-key: invalid choice: 'layers'"),
+        ("compare", ["DIR", "--metrik", "mfu"], "unrecognized arguments: --metrik mfu"),
+        ("compare", [], "the following arguments are required: MULTIRUN_DIR"),
+    ],
+)
+def test_argument_errors_are_one_line_and_exit_2(
+    name: str, args: list[str], message: str, tmp_path: Path, run_command, capsys
+) -> None:
+    assert run_command(name, *[str(tmp_path) if a == "DIR" else a for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: lmlab {name}: {message}") and err.count("\n") == 1, err

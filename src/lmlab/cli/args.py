@@ -3,12 +3,15 @@
 Values are taken verbatim (``prompt=def fib(`` and ``text=[MASK] is`` need no quoting beyond
 the shell's), then typed and checked against a dataclass by OmegaConf: an unknown key or a
 value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
-Hydra's override grammar would reject those prompts (brackets and parentheses are syntax)."""
+Hydra's override grammar would reject those prompts (brackets and parentheses are syntax).
+The commands with flags (compare, scaling) use ``ArgumentParser``, whose errors take the same
+one-line path."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from omegaconf import MISSING
 
@@ -16,6 +19,14 @@ from lmlab.config import to_schema
 from lmlab.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands that take flags (compare, scaling): a bad argument is a
+    ConfigError, one line with exit code 2, rather than argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (--help lists the arguments)")
 
 
 def parse(schema: type[T], argv: list[str]) -> T:
