@@ -38,6 +38,8 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 class Launch:
     """What ``main`` knows about the Hydra call in progress."""
 
+    forced: bool = False  # main() set HYDRA_FULL_ERROR=1 (not so when a launcher plugin
+    # such as submitit calls hydra_main in its own process)
     user_full_error: str | None = None  # HYDRA_FULL_ERROR as the user set it
     task_started: bool = False  # Hydra reached hydra_main: its own errors are behind us
 
@@ -66,6 +68,8 @@ def _set_env(name: str, value: str | None) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     LAUNCH.task_started = True
+    if not LAUNCH.forced:
+        return run(cfg)
     # The run and the processes it starts (DDP ranks) see the user's HYDRA_FULL_ERROR.
     with environ(FULL_ERROR, LAUNCH.user_full_error):
         return run(cfg)
@@ -128,7 +132,8 @@ def main(argv: list[str]) -> int:
     HYDRA_FULL_ERROR=1 Hydra raises its errors instead of printing them, so it is set while
     Hydra runs and its errors become one line here (unless the user set it: a traceback)."""
     sys.argv = [sys.argv[0], *argv]
-    LAUNCH.user_full_error, LAUNCH.task_started = os.environ.get(FULL_ERROR), False
+    LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
+    LAUNCH.task_started = False
     try:
         with environ(FULL_ERROR, "1"):
             hydra_main()
@@ -136,6 +141,8 @@ def main(argv: list[str]) -> int:
         if LAUNCH.task_started or LAUNCH.user_full_error == "1":
             raise
         fail(hydra_error(err, argv))
+    finally:
+        LAUNCH.forced = False
     return 0
 
 
