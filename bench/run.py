@@ -2,7 +2,8 @@
 
     python bench/run.py                        # the default set (est. 15-20 min, idle 2 cores)
     python bench/run.py --threads 1            # steadier where other jobs share the CPU
-    python bench/run.py --quick                # smoke check: 1 run per case, a few steps
+    python bench/run.py --quick                # smoke check: 1 run per case, a few steps;
+                                               # writes no report unless --out names a file
     python bench/run.py --only overhead,data   # chosen cases (or groups: train, overhead, ...)
     python bench/run.py --only shakespeare     # nanoGPT's char-level CPU run (minutes)
     python bench/run.py --list                 # the cases
@@ -49,7 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", help="comma-separated cases or groups (see --list)")
     p.add_argument("--repeats", type=int, help="runs per case (default 3, or 1 with --quick)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="the file to rewrite")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the file to rewrite (default: BENCHMARKS.md; none for --quick, whose smoke "
+        "numbers are not benchmarks)",
+    )
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     return p.parse_args(argv)
 
@@ -106,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, case in CASES.items():
             print(f"{name:24s} {case.group:12s} {'default' if case.default else '--only'}")
         return 0
-    out_file = args.out.resolve()
+    if args.out is None and not args.quick:
+        args.out = ROOT / "BENCHMARKS.md"
+    out_file = args.out.resolve() if args.out is not None else None
     os.chdir(ROOT)  # the configs' relative paths (the Shakespeare text) start here
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,11 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if out_file is None:
+        print("--quick: no report written (--out FILE writes one)")
+        return _exit_code(results)
     previous = out_file.read_text() if out_file.exists() else ""
     header.append(f"- this run: `python bench/run.py {' '.join(argv or sys.argv[1:])}`".rstrip())
     header.append(f"- wall time of this run: {time.time() - started:,.0f} s")
     out_file.write_text(render(header, sections, previous))
     print(f"wrote {out_file}")
+    return _exit_code(results)
+
+
+def _exit_code(results: list[CaseResult]) -> int:
     return 1 if any(r.skipped and r.skipped.startswith("failed") for r in results) else 0
 
 

@@ -192,3 +192,32 @@ def test_gpu_cases_run_in_quick_mode_on_any_device(
         (result,) = CASES[name].fn(s)
         assert result.group == "gpu" and not result.skipped
         assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
+
+
+def test_quick_run_leaves_benchmarks_md_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--quick`` numbers are a smoke check, not benchmarks: the tracked BENCHMARKS.md is
+    rewritten by full runs only, a quick run writes where ``--out`` says."""
+    import bench.run as bench_run
+    from bench.cases import Case
+
+    case = Case(lambda s: [CaseResult("generate", "fake", skipped="smoke")], "generate")
+    monkeypatch.setattr(bench_run, "CASES", {"fake": case})
+    monkeypatch.setattr(bench_run, "ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # main() moves to ROOT; the test's directory comes back
+    (tmp_path / "BENCHMARKS.md").write_text("measured\n")
+    assert bench_run.main(["--quick", "--only", "fake"]) == 0
+    assert (tmp_path / "BENCHMARKS.md").read_text() == "measured\n"
+    assert bench_run.main(["--quick", "--only", "fake", "--out", str(tmp_path / "q.md")]) == 0
+    assert "| fake |" in (tmp_path / "q.md").read_text()
+    assert bench_run.main(["--only", "fake"]) == 0  # a full run rewrites it
+    assert "| fake |" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_profile_case_tools_are_in_the_dev_extras() -> None:
+    """The ``profile`` case needs py-spy; without it ``make bench`` skips the case."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(req.startswith("py-spy") for req in project["optional-dependencies"]["dev"])

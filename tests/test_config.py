@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -12,10 +14,12 @@ from lmlab.config import (
     Activation,
     DataConfig,
     Family,
+    GuardMode,
     ModelConfig,
     Norm,
     NormPlacement,
     Positional,
+    resolve_configs,
 )
 from lmlab.errors import ConfigError
 from lmlab.model import FAMILIES
@@ -144,3 +148,73 @@ def test_gated_ffn_width_follows_llama_rule() -> None:
     )
     assert ModelConfig(d_model=128, activation=Activation.gelu).ffn_dim == 512
     assert ModelConfig(d_model=128, activation=Activation.swiglu).ffn_dim == 384
+
+
+# Each is refused by resolve_configs, which lmlab train runs before torch is imported and
+# train() runs before any data is prepared; the message names the field and the value.
+BAD_VALUES = [
+    ("+model.nrom=rmsnorm", "model.nrom=rmsnorm: unknown key; allowed: family, d_model"),
+    ("+data.seq_lne=64", "data.seq_lne=64: unknown key; allowed: source, path"),
+    ("+guard.mdoe=skip", "guard.mdoe=skip: unknown key; allowed: mode, max_skips"),
+    ("model.d_ff=0", "model.d_ff=0 must be >= 1 (or null"),
+    ("model.ffn_multiple_of=0", "model.ffn_multiple_of=0 must be >= 1"),
+    ("model.norm_eps=-1", "model.norm_eps=-1.0 must be > 0"),
+    ("model.norm_eps=0", "model.norm_eps=0.0 must be > 0"),
+    ("model.rope_theta=0", "model.rope_theta=0.0 must be > 0"),
+    ("model.init_std=-0.02", "model.init_std=-0.02 must be > 0"),
+    ("data.seq_len=0", "data.seq_len=0 must be >= 1 (or null"),
+    ("data.vocab_size=1", "data.vocab_size=1 must be >= 2"),
+    ("data.num_workers=-1", "data.num_workers=-1 must be >= 0"),
+    ("optim.lr=0", "optim.lr=0 must be a positive number"),
+    ("optim.lr=-1", "optim.lr=-1 must be a positive number"),
+    ("optim.lr=abc", "optim.lr=abc must be a positive number"),
+    ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("guard.mode=foo", "guard.mode=foo: Invalid value 'foo', expected one of [stop, skip, off]"),
+    ("guard.max_skips=-1", "guard.max_skips=-1 must be >= 0"),
+    ("checkpoint.every_n_steps=-5", "checkpoint.every_n_steps=-5 must be >= 0"),
+    ("resume=maybe", "resume=maybe: allowed true, false, auto"),
+    ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such file"),
+    ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be >= 0"),
+    ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio=1.5 must be in [0, 1]"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_bad_values_are_refused_before_any_work(override: str, message: str) -> None:
+    cfg = compose_train([override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_configs(cfg)
+
+
+def test_zero_seq_len_is_not_taken_for_unset() -> None:
+    """``data.seq_len=null`` follows the model's context; 0 is not null (``or`` made it 256)."""
+    assert resolve_configs(compose_train(["data.seq_len=64"]))[2] == 64
+    assert resolve_configs(compose_train([]))[2] == 256
+
+
+@pytest.mark.parametrize("mode", list(GuardMode))
+def test_every_guard_mode_is_one_the_guard_takes(mode: GuardMode) -> None:
+    from lmlab.train.guard import NonFiniteGuard
+
+    assert NonFiniteGuard(mode=mode.value).mode == mode.value
+
+
+LAUNCH_VARS = ("WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "LSB_JOBID", "NODE_RANK")
+
+
+def test_many_nodes_need_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torchrun, SLURM or a node rank, Lightning waits forever for the other nodes."""
+    for name in LAUNCH_VARS + ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = compose_train(["trainer.num_nodes=2"])
+    with pytest.raises(ConfigError, match=r"trainer.num_nodes=2 .*torchrun.*SLURM") as info:
+        resolve_configs(cfg)
+    assert "WORLD_SIZE" in str(info.value) and "\n" not in str(info.value)
+    resolve_configs(compose_train(["trainer.num_nodes=2", "dry_run=true"]))  # plans only
+    resolve_configs(compose_train(["trainer.num_nodes=1"]))
+    for name, value in [("WORLD_SIZE", "16"), ("SLURM_NTASKS", "16"), ("NODE_RANK", "1")]:
+        monkeypatch.setenv(name, value)
+        resolve_configs(cfg)
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="trainer.num_nodes=0 must be >= 1"):
+        resolve_configs(compose_train(["trainer.num_nodes=0"]))

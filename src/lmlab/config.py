@@ -6,14 +6,18 @@ preset x experiment tests load this module only).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from lmlab.errors import ConfigError
 
@@ -111,9 +115,17 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Cross-field invariants, with the offending values in the message."""
-        for name in ("d_model", "n_layers", "n_heads", "max_seq_len"):
+        for name in ("d_model", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ConfigError(
+                f"model.d_ff={self.d_ff} must be >= 1 (or null: derived from d_model and the "
+                "activation)"
+            )
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be > 0 and finite")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
@@ -256,9 +268,18 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+        if self.vocab_size < 2:
+            raise ConfigError(f"data.vocab_size={self.vocab_size} must be >= 2")
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0 (or null: auto)")
-        for name in ("global_batch_size", "global_batch_tokens", "val_batch_size", "stride"):
+        for name in (
+            "seq_len",
+            "global_batch_size",
+            "global_batch_tokens",
+            "val_batch_size",
+            "stride",
+            "max_bytes",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{name}={value} must be >= 1 (or null)")
@@ -308,14 +329,174 @@ class BudgetConfig:
                 )
 
 
+class Compile(str, Enum):
+    none = "none"  # eager
+    blocks = "blocks"  # each transformer block, in place (true means this too)
+    model = "model"  # the whole training loss: embeddings, blocks, head, cross-entropy
+
+
+def compile_mode(value: object) -> Compile:
+    """``compile=``: false, true (= blocks), blocks or model."""
+    text = {"false": "none", "true": "blocks"}.get(str(value).lower(), str(value).lower())
+    if text not in Compile.__members__:
+        raise ConfigError(f"compile={value!r}: allowed false, blocks, model (true = blocks)")
+    return Compile(text)
+
+
+# torch.set_float32_matmul_precision: "highest" is full fp32, "high" lets CUDA use TF32 (10-bit
+# mantissa inputs, fp32 accumulation: about 8x the fp32 rate on Ampere and Hopper).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+class GuardMode(str, Enum):
+    stop = "stop"  # end the run, naming the step and the last good checkpoint
+    skip = "skip"  # drop the update, at most guard.max_skips times in a run
+    off = "off"  # no check
+
+
+@dataclass
+class GuardConfig:
+    """A NaN/inf loss or gradient norm (``guard.<field>``)."""
+
+    mode: GuardMode = GuardMode.stop
+    max_skips: int = 10
+    """Updates ``mode=skip`` may drop before the run stops."""
+
+    def __post_init__(self) -> None:
+        if self.max_skips < 0:
+            raise ConfigError(f"guard.max_skips={self.max_skips} must be >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written (``checkpoint.<field>``)."""
+
+    every_n_steps: int = 200
+    """Steps between checkpoints; 0 writes only the final one (``checkpoints/last.ckpt``)."""
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 0:
+            raise ConfigError(
+                f"checkpoint.every_n_steps={self.every_n_steps} must be >= 0 (0: the final "
+                "checkpoint only)"
+            )
+
+
+@dataclass
+class RunConfig:
+    """The top-level keys of ``conf/train.yaml`` that are not a group of their own."""
+
+    seed: int = 1337
+    dry_run: bool = False
+    compile: Any = False
+    """false, blocks (or true) or model: see ``Compile``."""
+    matmul_precision: str = "high"
+    """fp32 matmuls on CUDA: high (TF32), highest (full fp32) or medium."""
+    resume: Any = False
+    """true: continue the run directory's newest checkpoint; auto: only if it has one."""
+    ckpt_path: str | None = None
+    """Start from this checkpoint file or sharded folder (same model config)."""
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        compile_mode(self.compile)
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            allowed = ", ".join(MATMUL_PRECISIONS)
+            raise ConfigError(f"matmul_precision={self.matmul_precision!r}: allowed {allowed}")
+        if self.resume not in (True, False, "auto", None):
+            raise ConfigError(f"resume={self.resume}: allowed true, false, auto")
+        if self.ckpt_path and not Path(self.ckpt_path).exists():
+            raise ConfigError(
+                f"ckpt_path={self.ckpt_path}: no such file or sharded checkpoint folder"
+            )
+
+
+T = TypeVar("T")
+
+
+def to_schema(schema: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    """``values`` (a dict or config node) as the dataclass ``schema``, typed and checked. An
+    unknown key (which a ``+`` override can add even to a structured config: Hydra adds with
+    ``force_add``, by design), a value of the wrong type or outside an enum, and the schema's
+    ``__post_init__`` checks are a ConfigError naming the key, the value and what is allowed."""
+    if OmegaConf.is_config(values):
+        values = OmegaConf.to_container(values, resolve=True)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        if not key:
+            raise ConfigError(f"{prefix.rstrip('.')}: {str(err).splitlines()[0]}") from None
+        value = OmegaConf.select(OmegaConf.create(values), key)
+        raise omegaconf_error(err, f"{prefix}{key}={value}") from None
+
+
+def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
+    """OmegaConf's error at ``where`` (``key=value``) as one line; an unknown key lists the
+    keys its node has."""
+    parent = getattr(err, "parent_node", None)
+    if isinstance(err, ConfigKeyError | ConfigAttributeError) and OmegaConf.is_dict(parent):
+        return ConfigError(f"{where}: unknown key; allowed: {', '.join(map(str, parent))}")
+    return ConfigError(f"{where}: {str(err).splitlines()[0]}")
+
+
+def check_optimizer(optim: Mapping[str, Any], scheduler: Mapping[str, Any]) -> None:
+    """The values the optimizer and schedule groups (``_target_`` nodes, no schema: any
+    torch optimizer fits) must have whatever the target."""
+    lr = optim.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+        raise ConfigError(f"optim.lr={lr} must be a positive number (default 1e-3)")
+    warmup = scheduler.get("warmup_steps", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"scheduler.warmup_steps={warmup} must be >= 0")
+    ratio = scheduler.get("min_lr_ratio", 0.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise ConfigError(f"scheduler.min_lr_ratio={ratio} must be in [0, 1]")
+
+
+# Set in every process of a multi-node run by what started it, and read by Lightning to find
+# the other nodes: torchrun, SLURM, LSF, MPI (Open MPI, MPICH), or NODE_RANK where Lightning
+# starts the processes of each node itself.
+LAUNCHER_VARIABLES = (
+    "WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_NTASKS",
+    "LSB_JOBID",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "NODE_RANK",
+)
+
+
+def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> None:
+    """More than one node needs a launcher: without one, Lightning starts this node's
+    processes and waits for the others forever."""
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(f"trainer.num_nodes={nodes} must be >= 1")
+    if nodes > 1 and not any(name in environ for name in LAUNCHER_VARIABLES):
+        raise ConfigError(
+            f"trainer.num_nodes={nodes} needs a launcher that starts every node's processes: "
+            f"torchrun (--nnodes={nodes}) or SLURM (scripts/slurm/train.sbatch); none of "
+            f"{', '.join(LAUNCHER_VARIABLES)} is set, so Lightning would wait for the other "
+            "nodes forever"
+        )
+
+
 def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
-    """Validate the structured configs (``__post_init__`` checks) before any work starts:
-    ``lmlab train`` calls this before torch and Lightning are imported, so bad input is
-    reported before the slow imports (start-up times: BENCHMARKS.md)."""
-    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
-    data_cfg: DataConfig = OmegaConf.to_object(cfg.data)
-    OmegaConf.to_object(cfg.budget)  # BudgetConfig's checks, before any work
-    seq_len = data_cfg.seq_len or model_cfg.max_seq_len
+    """Validate the structured configs (``__post_init__`` checks) and the other groups'
+    values before any work starts: ``lmlab train`` calls this before torch and Lightning are
+    imported, so bad input is reported before the slow imports (start-up times:
+    BENCHMARKS.md)."""
+    model_cfg = to_schema(ModelConfig, cfg.model, "model.")
+    data_cfg = to_schema(DataConfig, cfg.data, "data.")
+    to_schema(BudgetConfig, cfg.budget, "budget.")
+    run_cfg = to_schema(RunConfig, {f.name: cfg.get(f.name) for f in dataclasses.fields(RunConfig)})
+    check_optimizer(cfg.optim, cfg.scheduler)
+    if not run_cfg.dry_run:  # a dry run plans for many nodes and launches nothing
+        check_launch(cfg.trainer)
+    seq_len = model_cfg.max_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ConfigError(
             f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"

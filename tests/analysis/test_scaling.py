@@ -292,3 +292,43 @@ def test_cli_script_runs_from_other_cwd(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: no results.json under")
     assert "Traceback" not in proc.stderr
+
+
+def test_one_compute_budget_cannot_identify_approach3(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs of one budget lie on the line log N + log D = log(C / 6): A / N^alpha and
+    B / D^beta cannot be told apart along it, so approach 3 is refused (it used to report a
+    fit whose E, A, alpha were arbitrary) and, approach 2 needing two budgets, so is the
+    analysis: one line, exit code 2."""
+    runs = chinchilla_runs(noise=0.002, budgets=BUDGETS[:1], sizes=7)
+    columns = ([r[k] for r in runs] for k in ("params", "tokens", "val_loss"))
+    with pytest.raises(ScalingError, match="the 7 runs share one compute budget"):
+        fit_parametric(*columns)
+    # Real runs miss their budget by a few percent (whole steps): still one budget.
+    few = chinchilla_runs(noise=0.002, budgets=BUDGETS[:1], sizes=5)
+    jitter = np.random.default_rng(0).uniform(0.96, 1.04, len(few))
+    with pytest.raises(ScalingError, match="share one compute budget"):
+        fit_parametric(
+            [r["params"] for r in few],
+            [r["tokens"] * j for r, j in zip(few, jitter, strict=True)],
+            [r["val_loss"] for r in few],
+        )
+    write_runs(tmp_path, runs)
+    with pytest.raises(ScalingError, match="approach 3 cannot separate N from D") as info:
+        analyze(tmp_path)
+    assert "()" not in str(info.value)  # approach 2's reason lists no unusable budgets
+    assert run_command("scaling", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no fit possible from 7 completed runs") and err.count("\n") == 1
+    assert not (tmp_path / "scaling.json").exists()
+
+
+def test_one_tokens_per_param_ratio_cannot_identify_approach3() -> None:
+    """A Chinchilla-style ladder at D = 20 N is one line too (log D = log N + log 20)."""
+    n = np.logspace(7, 9, 8)
+    with pytest.raises(ScalingError, match="one line"):
+        fit_parametric(n, 20 * n, [true_loss(x, 20 * x) for x in n])
+    two = chinchilla_runs(noise=0.002, budgets=BUDGETS[:2], sizes=5)  # two budgets suffice
+    columns = ([r[k] for r in two] for k in ("params", "tokens", "val_loss"))
+    assert fit_parametric(*columns)["alpha"] > 0

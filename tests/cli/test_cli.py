@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lmlab.cli.main import COMMANDS
 from lmlab.config import CONF_DIR
 
@@ -59,3 +61,93 @@ def test_the_scripts_are_not_importable_modules(tmp_path: Path) -> None:
     out = run(sys.executable, "-c", code, cwd=tmp_path)
     assert out.stdout.strip() == "[None, None]", out.stdout
     assert run(sys.executable, "-c", "import lmlab.cli.main", cwd=tmp_path).returncode == 0
+
+
+# Bad input to the checkpoint tools, refused before the checkpoint is read (none exists here).
+BAD_TOOL_INPUT = [
+    ("generate", "temperature=-1", "temperature=-1.0 must be >= 0 (0: greedy)"),
+    ("generate", "top_p=1.5", "top_p=1.5 must be in (0, 1]"),
+    ("generate", "top_p=0", "top_p=0.0 must be in (0, 1]"),
+    ("generate", "top_k=0", "top_k=0 must be >= 1"),
+    ("generate", "top_k=-3", "top_k=-3 must be >= 1"),
+    ("generate", "max_new_tokens=0", "max_new_tokens=0: both must be >= 1"),
+    ("generate", "device=cuda:99", "device=cuda:99: "),
+    ("generate", "device=gpu0", "device=gpu0: "),
+    ("probe", "text=", "text='' is empty"),
+    ("probe", "device=cuda:99", "device=cuda:99: "),
+]
+
+
+@pytest.mark.parametrize(("name", "arg", "message"), BAD_TOOL_INPUT)
+def test_checkpoint_tools_refuse_bad_values_before_loading(
+    name: str, arg: str, message: str, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_command(name, "ckpt=/nonexistent.ckpt", arg) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=gpt_huge", "model=gpt_huge: no such config; allowed: bert_base, "),
+        ("+experiment=lama", "experiment=lama: no such config; allowed: alibi, bert, "),
+        ("model.nrom=x", "model.nrom=x: unknown key; allowed: family, d_model, "),
+        ("model.norm=batchnorm", "model.norm=batchnorm: Invalid value 'batchnorm', expected one"),
+        ("seed=[1,2", "seed=[1,2: no viable alternative at input '[1,2'"),
+        ("trainer.max_stpes=3", "trainer.max_stpes=3: unknown key; allowed: _target_, accel"),
+    ],
+)
+def test_compose_errors_are_one_line_and_exit_2(
+    override: str, message: str, tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_command("train", override, f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert "base_model" not in err  # the schema is not a preset
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_run_dir_is_one_line_and_exit_2(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert run_command("train", f"hydra.run.dir={tmp_path / 'file' / 'run'}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"{tmp_path / 'file' / 'run'}" in err and "Not a directory" in err
+
+
+def test_compose_error_from_the_script_and_with_full_error(tmp_path: Path) -> None:
+    """The script exits 2 with one line; HYDRA_FULL_ERROR=1 gives Hydra's traceback."""
+    out = run(sys.executable, SRC / "train.py", "model=gpt_huge", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: model=gpt_huge: no such config; allowed: ")
+    full = subprocess.run(
+        [sys.executable, SRC / "train.py", "model=gpt_huge"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert full.returncode == 1 and "Traceback" in full.stderr
+    assert "MissingConfigException" in full.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("scaling", ["DIR", "--target-flops", "-1"], "argument --target-flops: must be a positive"),
+        ("scaling", ["DIR", "--n-key", "layers"], "argument --n-key: invalid choice: 'layers'"),
+        ("compare", ["DIR", "--metrik", "mfu"], "unrecognized arguments: --metrik mfu"),
+        ("compare", [], "the following arguments are required: MULTIRUN_DIR"),
+    ],
+)
+def test_argument_errors_are_one_line_and_exit_2(
+    name: str, args: list[str], message: str, tmp_path: Path, run_command, capsys
+) -> None:
+    assert run_command(name, *[str(tmp_path) if a == "DIR" else a for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: lmlab {name}: {message}") and err.count("\n") == 1, err

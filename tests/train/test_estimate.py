@@ -47,12 +47,11 @@ def model_cfg(preset: str, experiment: str | None = None, vocab: int = 4096) -> 
 
 def plan(cfg: ModelConfig, budget: BudgetConfig | None = None, **kw: object) -> dict:
     args = dict(seq_len=cfg.max_seq_len, micro_batch=8, tokens_per_step=8 * cfg.max_seq_len)
-    args.update(kw)
+    args.update({"device": CPU, **kw})
     return plan_run(
         cfg,
         budget_cfg=budget or BudgetConfig(kind=BudgetKind.chinchilla),
         max_steps=10,
-        device=CPU,
         precision="32-true",
         cache_dir="unused",
         **args,
@@ -159,6 +158,21 @@ def test_slow_device_takes_the_estimate_even_for_a_small_model(
     p = plan(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=32, vocab_size=64))
     assert p["throughput"]["method"] == "estimated" and all(is_meta(m) for m in builds)
     assert "> 5 s" in p["throughput"]["reason"]
+
+
+def test_processes_on_one_cpu_share_its_cores(
+    builds: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two DDP processes on a CPU run on the same cores: one process's speed times two would
+    halve the wall time it cannot halve. GPUs (one per process) do scale with the count."""
+    speed = {"tokens_per_second": 1000.0, "method": "measured"}
+    monkeypatch.setattr(estimate_mod, "_throughput", lambda *args: dict(speed))
+    cfg = model_cfg("gpt_tiny")
+    one, two = plan(cfg), plan(cfg, n_devices=2)
+    assert one["tokens"] == two["tokens"] and one["wall_seconds"] == one["tokens"] / 1000.0
+    assert two["wall_seconds"] == one["wall_seconds"]
+    on_gpus = plan(cfg, n_devices=2, device=torch.device("cuda"))
+    assert on_gpus["wall_seconds"] == one["wall_seconds"] / 2
 
 
 @pytest.mark.parametrize(

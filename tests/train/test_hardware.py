@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import lmlab.train.hardware as hw
+from lmlab.config import resolve_configs
 from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def test_tf32_is_set_for_cuda_runs_only(restore_matmul_precision) -> None:
     hw.set_matmul_precision("high", torch.device("cuda"))
     assert torch.get_float32_matmul_precision() == "high"
     with pytest.raises(ConfigError, match="matmul_precision='tf32': allowed highest, high, medium"):
-        hw.check_matmul_precision("tf32")
+        resolve_configs(compose_train(["matmul_precision=tf32"]))
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,11 @@ import torch
 from hydra.utils import instantiate
 from torch._dynamo.utils import counters
 
-from lmlab.config import CONF_DIR
+from lmlab.config import CONF_DIR, Compile, compile_mode
 from lmlab.data.datamodule import loader_settings
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
-from lmlab.train.parallel import Compile, compile_mode
 from lmlab.train.run import train
 from lmlab.train.task import LMTask, build_optimizer, decay_groups
 

@@ -63,6 +63,8 @@ def test_smoke_run_writes_results_checkpoint_and_metrics(tmp_path: Path, cache_d
     assert r["flops"] == 6 * r["params"] * r["tokens"]
     assert math.isclose(r["val_perplexity"], math.exp(r["val_loss"]), rel_tol=1e-3)
     assert r["val_bits_per_byte"] < r["val_loss"] / math.log(2)  # > 1 byte per BPE token
+    # one checkpoint, the final one: a smoke run of gpt_medium wrote 7 GB of step files
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["model_config"]["positional"] == "learned"
     model = build_model(ModelConfig(**ckpt["model_config"]))

@@ -33,6 +33,12 @@ BUDGET_TOLERANCE = 0.10  # runs whose flops differ by less than 10% share an iso
 MIN_SIZES_PER_BUDGET = 3
 MIN_BUDGETS = 2
 MIN_PARAMETRIC_RUNS = 5
+# Approach 3 separates A / N^alpha from B / D^beta only if the runs' (log N, log D) points do
+# not lie on one line: one compute budget (log N + log D = log(C/6)) or one tokens-per-
+# parameter ratio (log D = log N + const). It needs >= MIN_BUDGETS budgets, and a spread
+# across the best line through the points of at least this fraction of the spread along it
+# (the ratio of the two singular values).
+MIN_PARAMETRIC_SPREAD = 0.05
 # The initialisation grid of Hoffmann et al. 2022 (Appendix D.2), in the (e, a, b) log space.
 CHINCHILLA_GRID: dict[str, tuple[float, ...]] = {
     "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
@@ -150,7 +156,7 @@ def fit_isoflop(runs: Sequence[dict[str, Any]], n_key: str = "params") -> dict[s
         raise ScalingError(
             f"approach 2 needs >= {MIN_BUDGETS} compute budgets with an isoFLOP minimum "
             f"(>= {MIN_SIZES_PER_BUDGET} distinct N each); found {len(good)} of "
-            f"{len(profiles)} budgets from {len(runs)} runs ({detail})"
+            f"{len(profiles)} budgets from {len(runs)} runs" + (f" ({detail})" if detail else "")
         )
     budgets = [p["flops"] for p in good]
     n_law = _power_law(budgets, [p["N_opt"] for p in good])
@@ -233,6 +239,22 @@ def _check_points(n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> None:
         raise ScalingError(
             f"approach 3 needs >= {MIN_PARAMETRIC_RUNS} runs with >= 2 distinct N and >= 2 "
             f"distinct D; found {len(n)} runs, {n_distinct} distinct N, {d_distinct} distinct D"
+        )
+    budgets = group_by_budget([{"flops": 6.0 * x * y} for x, y in zip(n, d, strict=True)])
+    if len(budgets) < MIN_BUDGETS:
+        raise ScalingError(
+            f"approach 3 cannot separate N from D: the {len(n)} runs share one compute budget "
+            f"(6ND within {BUDGET_TOLERANCE:.0%}), along which A / N^alpha and B / D^beta trade "
+            f"off; it needs runs at >= {MIN_BUDGETS} compute budgets"
+        )
+    points = np.column_stack([np.log(n), np.log(d)])
+    along, across = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+    if across < MIN_PARAMETRIC_SPREAD * along:
+        raise ScalingError(
+            f"approach 3 cannot separate N from D: the {len(n)} runs lie on one line in "
+            f"(log N, log D) (spread across it {across / along:.2g} of that along it, "
+            f"< {MIN_PARAMETRIC_SPREAD}), as runs of one tokens-per-parameter ratio do; it "
+            "needs runs off that line"
         )
 
 

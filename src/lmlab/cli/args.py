@@ -3,19 +3,30 @@
 Values are taken verbatim (``prompt=def fib(`` and ``text=[MASK] is`` need no quoting beyond
 the shell's), then typed and checked against a dataclass by OmegaConf: an unknown key or a
 value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
-Hydra's override grammar would reject those prompts (brackets and parentheses are syntax)."""
+Hydra's override grammar would reject those prompts (brackets and parentheses are syntax).
+The commands with flags (compare, scaling) use ``ArgumentParser``, whose errors take the same
+one-line path."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
+from lmlab.config import to_schema
 from lmlab.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands that take flags (compare, scaling): a bad argument is a
+    ConfigError, one line with exit code 2, rather than argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (--help lists the arguments)")
 
 
 def parse(schema: type[T], argv: list[str]) -> T:
@@ -35,10 +46,4 @@ def parse(schema: type[T], argv: list[str]) -> T:
     for key in required:
         if key not in given:
             raise ConfigError(f"{key} is required: add {key}=<value>")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), given)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        where = f"{key}={given.get(key)}: " if key in given else ""
-        raise ConfigError(where + str(err).splitlines()[0]) from None
+    return to_schema(schema, given)

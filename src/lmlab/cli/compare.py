@@ -4,18 +4,18 @@ whether its margin exceeds seed noise, write compare.png and compare.json."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 
 from rich.console import Console
 
 from lmlab.analysis.compare import compare
+from lmlab.cli.args import ArgumentParser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """The arguments of ``lmlab compare`` / ``src/compare.py``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lmlab compare",
         description="Rank the jobs of a Hydra multirun; write compare.png and compare.json.",
     )

@@ -12,6 +12,7 @@ the terminal and uses a KV cache (``cache=false`` recomputes the context at ever
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from omegaconf import MISSING
 
 from lmlab.cli.args import parse
 from lmlab.config import Family
+from lmlab.errors import ConfigError
 
 
 @dataclass
@@ -38,20 +40,31 @@ class GenerateConfig:
     dtype: str = "fp32"  # fp32 | bf16 | fp16
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
 
+    def __post_init__(self) -> None:
+        """Every value is checked here, before the checkpoint is read."""
+        if self.task is not None and self.task not in TASKS.values():
+            raise ConfigError(f"task={self.task!r}: allowed {', '.join(TASKS.values())}")
+        if self.num_samples < 1 or self.max_new_tokens < 1:
+            raise ConfigError(
+                f"num_samples={self.num_samples}, max_new_tokens={self.max_new_tokens}: both "
+                "must be >= 1"
+            )
+        if not 0 <= self.temperature < math.inf:
+            raise ConfigError(f"temperature={self.temperature} must be >= 0 (0: greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(
+                f"top_k={self.top_k} must be >= 1 (or null: 50 for generate, 5 candidates for "
+                "fill_mask)"
+            )
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (or null: no nucleus)")
+
 
 TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
 
 
 def main(argv: list[str]) -> int | None:
-    from lmlab.errors import ConfigError
-
     cfg = parse(GenerateConfig, argv)
-    if cfg.task is not None and cfg.task not in TASKS.values():
-        raise ConfigError(f"task={cfg.task!r}: allowed {', '.join(TASKS.values())}")
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
-        raise ConfigError(
-            f"num_samples={cfg.num_samples}, max_new_tokens={cfg.max_new_tokens}: both must be >= 1"
-        )
     import torch
     from rich.console import Console
     from rich.table import Table

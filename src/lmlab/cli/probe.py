@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from lmlab.cli.args import parse
+from lmlab.errors import ConfigError
 
 
 @dataclass
@@ -26,9 +27,12 @@ class ProbeConfig:
     dtype: str = "fp32"
     tokenizer: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.text:
+            raise ConfigError("text='' is empty: give the text whose attention maps to draw")
+
 
 def main(argv: list[str]) -> int | None:
-
     cfg = parse(ProbeConfig, argv)
     from rich.console import Console
     from rich.table import Table

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.analysis.scaling import N_KEYS, analyze
+from lmlab.cli.args import ArgumentParser
 
 
 def _positive_float(text: str) -> float:
@@ -27,9 +28,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lmlab scaling",
         description="Fit Chinchilla scaling laws (isoFLOP profiles and the parametric loss "
         "L = E + A/N^alpha + B/D^beta) to the results.json files of a multirun directory.",

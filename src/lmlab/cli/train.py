@@ -2,30 +2,80 @@
 
 Hydra composes ``conf/`` and ``lmlab.train.run.train`` does the work. The config is checked
 before torch and Lightning are imported, so bad input is reported at once (one line, exit
-code 2). A preempted run (SIGTERM/SIGUSR1) exits with 143 after saving its checkpoint. In a
-multirun a failed job is logged and the sweep goes on (its results.json says ``failed``;
-Optuna sees NaN, a failed trial).
+code 2): Hydra's own errors before the run starts too (an unknown preset or key, a value
+outside an enum, override syntax, a run directory that cannot be created), which Hydra
+would print over several lines with exit code 1. A preempted run (SIGTERM/SIGUSR1) exits
+with 143 after saving its checkpoint. In a multirun a failed job is logged and the sweep
+goes on (its results.json says ``failed``; Optuna sees NaN, a failed trial).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.main import fail
-from lmlab.config import CONF_DIR, register_configs, resolve_configs
+from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
 
 register_configs()
 
+FULL_ERROR = "HYDRA_FULL_ERROR"
+
+
+@dataclass
+class Launch:
+    """What ``main`` knows about the Hydra call in progress."""
+
+    forced: bool = False  # main() set HYDRA_FULL_ERROR=1 (not so when a launcher plugin
+    # such as submitit calls hydra_main in its own process)
+    user_full_error: str | None = None  # HYDRA_FULL_ERROR as the user set it
+    task_started: bool = False  # Hydra reached hydra_main: its own errors are behind us
+
+
+LAUNCH = Launch()
+
+
+@contextmanager
+def environ(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` (None: unset) inside the block, as it was after."""
+    before = os.environ.get(name)
+    _set_env(name, value)
+    try:
+        yield
+    finally:
+        _set_env(name, before)
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
+    LAUNCH.task_started = True
+    if not LAUNCH.forced:
+        return run(cfg)
+    # The run and the processes it starts (DDP ranks) see the user's HYDRA_FULL_ERROR.
+    with environ(FULL_ERROR, LAUNCH.user_full_error):
+        return run(cfg)
+
+
+def run(cfg: DictConfig) -> float:
     if not in_multirun():
         try:  # before torch and Lightning load; train() checks again
             resolve_configs(cfg)
@@ -53,10 +103,46 @@ def in_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
+    """One line for what Hydra raised before the run started, naming the override and, where
+    Hydra says it, what is allowed."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = [o for o in err.options or () if not o.startswith("base_")]  # not schemas
+        if group and options:
+            return ConfigError(f"{group}={name}: no such config; allowed: {', '.join(options)}")
+    if isinstance(err, OverrideParseException):
+        return ConfigError(f"{err.override}: {str(err).splitlines()[0]}")
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        given = [a for a in argv if a.lstrip("+~").partition("=")[0] == key]
+        return omegaconf_error(cause, given[-1].lstrip("+~") if given else key)
+    if isinstance(err, OSError) and err.filename:  # creating the run directory
+        return ConfigError(
+            f"cannot write {err.filename}: {err.strerror} (hydra.run.dir, or hydra.sweep.dir "
+            "with -m, must be a directory this user can create and write)"
+        )
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return ConfigError(" ".join(lines) or type(err).__name__)
+
+
 def main(argv: list[str]) -> int:
-    """Hydra reads the command line itself: ``argv`` becomes ``sys.argv[1:]``."""
+    """Hydra reads the command line itself: ``argv`` becomes ``sys.argv[1:]``. With
+    HYDRA_FULL_ERROR=1 Hydra raises its errors instead of printing them, so it is set while
+    Hydra runs and its errors become one line here (unless the user set it: a traceback)."""
     sys.argv = [sys.argv[0], *argv]
-    hydra_main()
+    LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
+    LAUNCH.task_started = False
+    try:
+        with environ(FULL_ERROR, "1"):
+            hydra_main()
+    except Exception as err:
+        if LAUNCH.task_started or LAUNCH.user_full_error == "1":
+            raise
+        fail(hydra_error(err, argv))
+    finally:
+        LAUNCH.forced = False
     return 0
 
 

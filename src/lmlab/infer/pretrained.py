@@ -53,11 +53,29 @@ def model_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device this process can use (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    usable = "cpu" + (
+        f", cuda (0 to {torch.cuda.device_count() - 1})" if torch.cuda.is_available() else ""
+    )
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError):
+        raise ConfigError(
+            f"device={device}: not usable on this machine; allowed: {usable}"
+        ) from None
+    if dev.type == "meta":
+        raise ConfigError(f"device={device}: holds no weights; allowed: {usable}")
+    return dev
+
+
 def load(
     path: str | Path, device: str = "cpu", dtype: str = "fp32", tokenizer: str | None = None
 ) -> Pretrained:
     """The model of checkpoint ``path`` in eval mode on ``device`` in ``dtype`` (fp32, bf16,
     fp16), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``)."""
+    check_device(device)
     path = Path(path)
     if not (path.is_file() or is_sharded(path)):
         raise ConfigError(f"ckpt={path}: no such checkpoint file or sharded checkpoint folder")

@@ -212,7 +212,9 @@ def plan_run(
     n_devices: int = 1,
 ) -> dict[str, Any]:
     """Parameters (meta-device build), the resolved budget and the estimated wall time of a
-    run. Tokens/s is per device; the wall time assumes ``n_devices`` of them scale linearly."""
+    run. Tokens/s is per device; the wall time assumes ``n_devices`` accelerators scale
+    linearly, but not processes on a CPU: they share its cores, which the one measured
+    process already used."""
     device = torch.device(device)
     model = meta_model(model_cfg)
     counts = param_breakdown(model)
@@ -222,7 +224,8 @@ def plan_run(
         model_cfg, counts, fpt, (micro_batch, seq_len), device, precision, cache_dir
     )
     tps = speed["tokens_per_second"]
-    wall = budget.tokens / (tps * n_devices) if tps else None
+    parallel = 1 if device.type == "cpu" else n_devices
+    wall = budget.tokens / (tps * parallel) if tps else None
     return {
         "model": {k: v.value if isinstance(v, Enum) else v for k, v in vars(model_cfg).items()},
         "params": counts["total"],

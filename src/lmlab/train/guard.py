@@ -25,9 +25,9 @@ from typing import Any
 import lightning as L
 import torch
 
-log = logging.getLogger(__name__)
+from lmlab.config import GuardMode
 
-MODES = ("stop", "skip", "off")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -36,9 +36,8 @@ class NonFiniteError(RuntimeError):
 
 class NonFiniteGuard(L.Callback):
     def __init__(self, mode: str = "stop", max_skips: int = 10, dirpath: str = "") -> None:
-        if mode not in MODES:
-            raise ValueError(f"guard.mode={mode!r}: allowed {', '.join(MODES)}")
-        self.mode, self.max_skips, self.dirpath = mode, max_skips, Path(dirpath)
+        self.mode = GuardMode(mode).value  # checked with the config: stop, skip, off
+        self.max_skips, self.dirpath = max_skips, Path(dirpath)
         self.skipped = 0
         self.first_bad: torch.Tensor | None = None  # on the device: -1, or the first bad step
 

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from lmlab.errors import ConfigError
-
 # Lightning's peak table (lightning.fabric.utilities.throughput.get_available_flops) serves
 # most GPUs. Its H200 rows hold the sparse figures under names the driver does not report
 # ("NVIDIA H200" matches neither "sxm1" nor "nvl1"): lmlab uses the dense data-sheet figures
@@ -20,22 +18,9 @@ from lmlab.errors import ConfigError
 DENSE_OVERRIDES = {"H200": {torch.bfloat16: 989e12, "tfloat32": 494.7e12, torch.float32: 66.9e12}}
 
 
-# torch.set_float32_matmul_precision: "highest" is full fp32, "high" lets CUDA use TF32 (10-bit
-# mantissa inputs, fp32 accumulation: about 8x the fp32 rate on Ampere and Hopper).
-MATMUL_PRECISIONS = ("highest", "high", "medium")
-
-
-def check_matmul_precision(value: str) -> str:
-    if value not in MATMUL_PRECISIONS:
-        allowed = ", ".join(MATMUL_PRECISIONS)
-        raise ConfigError(f"matmul_precision={value!r}: allowed {allowed}")
-    return value
-
-
 def set_matmul_precision(value: str, device: torch.device) -> None:
-    """Applies ``matmul_precision`` to a CUDA run; a CPU run keeps full fp32 matmuls (there the
-    setting would change results, not speed them up)."""
-    check_matmul_precision(value)
+    """Applies ``matmul_precision`` (checked by ``RunConfig``) to a CUDA run; a CPU run keeps
+    full fp32 matmuls (there the setting would change results, not speed them up)."""
     if device.type == "cuda":
         torch.set_float32_matmul_precision(value)
 

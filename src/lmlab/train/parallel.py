@@ -21,30 +21,13 @@ shard), so each lever composes with the others and with DDP.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from enum import Enum
 
 import torch
 from torch import nn
 
-from lmlab.errors import ConfigError
 from lmlab.model.layers import Block
 
 BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
-
-
-class Compile(str, Enum):
-    none = "none"  # eager
-    blocks = "blocks"  # each transformer block, in place
-    model = "model"  # the whole training loss: embeddings, blocks, head, cross-entropy
-
-
-def compile_mode(value: object) -> Compile:
-    """``compile=``: false, true (= blocks), blocks or model."""
-    text = {"false": "none", "true": "blocks"}.get(str(value).lower(), str(value).lower())
-    if text not in Compile.__members__:
-        allowed = "false, blocks, model (true = blocks)"
-        raise ConfigError(f"compile={value!r}: allowed {allowed}")
-    return Compile(text)
 
 
 def block_slots(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:

@@ -26,9 +26,8 @@ from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import Sample, Throughput
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
-from lmlab.train.hardware import check_matmul_precision, set_matmul_precision
+from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
-from lmlab.train.parallel import compile_mode
 from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
 from lmlab.train.task import LMTask, model_config_dict
 
@@ -157,8 +156,6 @@ def train(cfg: DictConfig) -> float:
     try:
         model_cfg, data_cfg, seq_len = resolve_configs(cfg)
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
-        compile_mode(cfg.compile)
-        check_matmul_precision(cfg.matmul_precision)
         log.info(batch.describe())
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, out_dir)

@@ -14,11 +14,11 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from lmlab.config import Family, ModelConfig
+from lmlab.config import Compile, Family, ModelConfig, compile_mode
 from lmlab.data.collators import IGNORE
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
-from lmlab.train.parallel import Compile, compile_mode, layout
+from lmlab.train.parallel import layout
 
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
 Guard = Callable[[L.Trainer, torch.optim.Optimizer, torch.Tensor], None]
