@@ -254,7 +254,7 @@ def _fit(
         write_json(out_dir / PLAN_FILE, plan.as_dict())
     # callbacks.<name>=null turns one off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = build_loggers(cfg, out_dir)
+    loggers = build_loggers(cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
     )
