@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.cli.main import command
+from lmlab.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -32,6 +33,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lmlab-cache")
+
+
+@pytest.fixture
+def start_train(cache_dir: Path) -> Callable[..., subprocess.Popen]:
+    """``start_train(*overrides)``: ``python src/train.py OVERRIDES`` in a child process, as a
+    user types it, with this session's data cache and W&B offline. Returns the process; its
+    stdout and stderr come merged as text (``proc.stdout``, ``proc.communicate()[0]``)."""
+    env = {**os.environ, "LMLAB_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    script = CONF_DIR.parent / "src" / "train.py"
+
+    def start(*overrides: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(script), *overrides],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    return start
 
 
 @pytest.fixture

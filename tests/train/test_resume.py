@@ -4,7 +4,6 @@ and the resume/checkpoint input checks."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -45,14 +44,6 @@ class InjectNaN(L.Callback):
             next(pl_module.parameters()).grad.fill_(float("nan"))
 
 
-def launch(run_dir: Path, cache_dir: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "LMLAB_CACHE": str(cache_dir)}
-    cmd = [sys.executable, str(REPO / "src" / "train.py"), *RUN, f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while not path.exists():
@@ -83,21 +74,25 @@ def saved_step(path: Path) -> int:
 
 
 def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
-    tmp_path: Path, cache_dir: Path, reference: dict
+    tmp_path: Path, start_train, reference: dict
 ) -> None:
     """Killed with -9 after the first checkpoint, resumed, stopped by SIGTERM (preemption saves
     a checkpoint at the next step boundary, exit code 143, status preempted), resumed again:
     bit-identical to the uninterrupted run on CPU (same rows, same RNG stream, same optimizer
     and schedule state)."""
     last = tmp_path / "checkpoints" / "last.ckpt"
-    proc = launch(tmp_path, cache_dir)
+
+    def launch(*extra: str) -> subprocess.Popen:
+        return start_train(*RUN, f"hydra.run.dir={tmp_path}", *extra)
+
+    proc = launch()
     wait_for(last, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = saved_step(last)
     assert killed_at < 40, "the kill came after training ended"
 
-    proc = launch(tmp_path, cache_dir, "resume=true")
+    proc = launch("resume=true")
     deadline = time.time() + 120
     while saved_step(last) == killed_at:  # the resumed run has saved once more
         assert proc.poll() is None, proc.stdout.read()
@@ -112,7 +107,7 @@ def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
     assert results(tmp_path)["status"] == "preempted"
     assert killed_at < saved_step(last) < 40
 
-    resumed = launch(tmp_path, cache_dir, "resume=true")
+    resumed = launch("resume=true")
     assert resumed.wait() == 0, resumed.stdout.read()
     r = results(tmp_path)
     assert r["status"] == "completed" and r["global_step"] == 40

@@ -7,11 +7,18 @@ Kept apart from ``lmlab.train.checkpointing`` (the Lightning callbacks): ``lmlab
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # What Lightning's ModelParallelStrategy writes next to the shards: everything but the weights
 # and optimizer states (step, loops, callbacks, model_config, tokenizer).
@@ -23,14 +30,62 @@ def is_sharded(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file()
 
 
+@contextmanager
+def readable(path: Path) -> Iterator[None]:
+    """Reading checkpoint ``path``: any failure becomes a ``ConfigError`` that names the file
+    and what is wrong (one line, exit code 2 in every tool), not a traceback from the reader."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"checkpoint {path} is unreadable (truncated, corrupt or not a checkpoint): "
+            f"{reason.split('. ')[0]}"
+        ) from err
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file memory-mapped, or a sharded checkpoint's metadata (no weights)."""
+    """A checkpoint file memory-mapped, or a sharded checkpoint's metadata (no weights). A
+    truncated or corrupt one raises ``ConfigError`` (the reader checks the file's structure,
+    not every byte of its tensors)."""
     path = Path(path)
-    if is_sharded(path):
-        return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder but not a sharded checkpoint (no {SHARDED_META})")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    with readable(path):
+        if is_sharded(path):
+            return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            raise ConfigError(
+                f"checkpoint {path} is a folder but not a sharded checkpoint (no {SHARDED_META})"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def newest_checkpoint(paths: list[Path]) -> Path:
+    """The intact training checkpoint among ``paths`` with the highest step (``last.ckpt`` on
+    a tie), to resume from. One that cannot be read (truncated, a dangling link) is passed
+    over with a warning; weights-only files (``consolidate``'s) are not training checkpoints.
+    None intact: ``ConfigError``."""
+    newest: tuple[tuple[int, bool], Path] | None = None
+    unreadable = []
+    for path in paths:
+        try:
+            ckpt = read_checkpoint(path)
+        except ConfigError as err:
+            log.warning("%s; passed over for the newest intact checkpoint", err)
+            unreadable.append(path.name)
+            continue
+        if "state_dict" in ckpt and "optimizer_states" not in ckpt and not is_sharded(path):
+            continue
+        key = (int(ckpt.get("global_step", -1)), path.name == "last.ckpt")
+        if newest is None or key > newest[0]:
+            newest = (key, path)
+    if newest is None:
+        raise ConfigError(
+            f"no intact checkpoint to resume in {paths[0].parent} (unreadable: "
+            f"{', '.join(unreadable) or 'none'}; the others hold weights only)"
+        )
+    return newest[1]
 
 
 def consolidate(path: str | Path) -> dict[str, Any]:
@@ -45,8 +100,9 @@ def consolidate(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not is_sharded(path):
         raise ValueError(f"{path} is not a sharded checkpoint folder (no {SHARDED_META} inside)")
+    meta = read_checkpoint(path)
     full: dict[str, Any] = {}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+    with readable(path), warnings.catch_warnings():  # "assuming ... a single process"
         warnings.simplefilter("ignore", UserWarning)
         _load_state_dict(
             full,
@@ -54,6 +110,5 @@ def consolidate(path: str | Path) -> dict[str, Any]:
             planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
             no_dist=True,
         )
-    meta = read_checkpoint(path)
     meta.pop("optimizer_states", None)
     return {**meta, "state_dict": full["state_dict"]}

@@ -3,7 +3,9 @@
 - ``AtomicCheckpointIO`` writes to a temporary file in the same folder, fsyncs it and renames
   it into place, so a kill during a save leaves the previous checkpoint intact; it loads with
   ``torch.load(weights_only=True)``, never unpickling arbitrary objects.
-- ``Checkpoint`` also saves when training ends between two periodic saves.
+- ``Checkpoint`` also saves when training ends between two periodic saves, and keeps
+  ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
+  atomically: one copy on disk, never absent.
 - ``Preemption`` turns SIGTERM (and SIGUSR1 outside SLURM's auto-requeue, which Lightning
   handles itself) into a checkpoint at the next step boundary and a clean stop.
 - ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout and the
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -61,7 +64,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class Checkpoint(ModelCheckpoint):
     """ModelCheckpoint that also saves when training ends between two ``every_n_train_steps``
-    saves, so the final weights are always on disk and ``last.ckpt`` points at them."""
+    saves, so the final weights are always on disk and ``last.ckpt`` points at them.
+
+    ``conf/callbacks/default.yaml`` sets ``save_last: link`` (``last.ckpt`` is a relative link
+    to the newest step checkpoint, file or sharded folder, so it costs no second copy and
+    survives copying the directory) and ``enable_version_counter: false`` (in a copied or
+    moved directory Lightning does not recognise its own ``last.ckpt`` and would write
+    ``last-v1.ckpt`` beside it)."""
+
+    @staticmethod
+    def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
+        """Lightning removes ``last.ckpt`` and then links it: a kill in between leaves none.
+        Here the new link is made under a temporary name and renamed over the old one."""
+        link = Path(linkpath)
+        if trainer.is_global_zero and link.absolute() != Path(filepath).absolute():
+            tmp = link.with_name(f".{link.name}.link.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(os.path.relpath(filepath, link.parent))
+            if link.is_dir() and not link.is_symlink():  # a sharded save by Preemption
+                shutil.rmtree(link)
+            os.replace(tmp, link)
+        trainer.strategy.barrier()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step > self._last_global_step_saved:

@@ -60,12 +60,12 @@ class FSDPStrategy(ModelParallelStrategy):
         self.barrier("lmlab_ckpt_written")
         if self.is_global_zero:
             old = path.with_name(f".{path.name}.old")
-            if path.exists():
+            if os.path.lexists(path):  # a folder, or last.ckpt's link to a step checkpoint
                 path.rename(old)
             tmp.rename(path)
-            if old.is_dir():
+            if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
-            elif old.exists():
+            elif os.path.lexists(old):
                 old.unlink()
         self.barrier("lmlab_ckpt_renamed")
 

@@ -1,7 +1,9 @@
-"""Experiment loggers from ``conf/logger``: W&B (offline unless a key is configured) and CSV."""
+"""Experiment loggers from ``conf/logger``: W&B (offline unless a key is configured) and CSV
+(``CSVLogger``: one history per run directory, across resumes)."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import re
@@ -11,8 +13,11 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten
@@ -116,8 +121,68 @@ def wandb_run_id(out_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
-    """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys."""
+def write_rows(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+    """Write a CSV file atomically (a temporary file renamed over ``path``): a kill while the
+    history is rewritten leaves the old history, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+class HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes ``metrics.csv`` when it starts. This one keeps the rows
+    of the steps before ``resume_step`` (the step a resumed run continues from) and drops the
+    rest, which the resumed run logs again: one history, no step twice. A fresh run
+    (``resume_step=0``) starts an empty file."""
+
+    def __init__(self, log_dir: str, resume_step: int = 0) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            kept = [row for row in reader if int(row["step"]) < self.resume_step]
+            fieldnames = list(reader.fieldnames or [])
+        if not kept:
+            path.unlink()
+            return
+        self.metrics_keys = fieldnames  # the header new rows are appended under
+        write_rows(path, fieldnames, kept)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        write_rows(Path(self.metrics_file_path), fieldnames, rows)
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's ``CSVLogger`` writing through ``HistoryWriter``: a resumed run appends to
+    the run directory's ``csv/metrics.csv``. ``resume_step`` is the resumed checkpoint's step
+    (``build_loggers`` sets it)."""
+
+    def __init__(self, *args: Any, resume_step: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> HistoryWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = HistoryWriter(self.log_dir, self.resume_step)
+        return self._experiment
+
+
+def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int = 0) -> list[Logger]:
+    """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys. A run
+    resumed from step ``resume_step`` continues the CSV history from there."""
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
@@ -132,6 +197,8 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
                     tags=list(lcfg.get("tags") or []) + run_tags(cfg),
                 )
             )
+        elif issubclass(get_class(lcfg._target_), CSVLogger):
+            loggers.append(instantiate(lcfg, resume_step=resume_step))
         else:
             loggers.append(instantiate(lcfg))
     flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)))

@@ -20,7 +20,7 @@ from rich.table import Table
 from lmlab.config import RUNTIME_FIELDS, DataConfig, ModelConfig, flatten, resolve_configs
 from lmlab.data.datamodule import LMDataModule
 from lmlab.errors import ConfigError
-from lmlab.infer.checkpoint import read_checkpoint
+from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import Sample, Throughput
@@ -67,55 +67,57 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     ]
 
 
-def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
-    run directory: a resumed run must have the same model, data, optimizer and schedule, and a
-    fresh run must not overwrite another run's checkpoints."""
-    current = {
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (saved as ``run_config.yaml``)."""
+    return {
         k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
         if OmegaConf.is_config(cfg[k])
         else cfg[k]
         for k in RESUME_KEYS
     }
-    saved_path = out_dir / RUN_CONFIG
-    last = newest_checkpoint(out_dir)
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
+    run directory: a resumed run must have the same model, data, optimizer and schedule, and a
+    fresh run must not overwrite another run's checkpoints."""
     resume = cfg.get("resume")
     if resume not in (True, False, "auto", None):
         raise ConfigError(f"resume={resume!r}: allowed true, false, auto")
+    found = checkpoints_in(out_dir)
     if resume == "auto":  # a requeued SLURM job: continue if there is anything to continue
-        resume = last is not None
+        resume = bool(found)
     if resume:
-        if last is None:
+        if not found:
             raise ConfigError(
                 f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
                 f"(nothing to resume in hydra.run.dir={out_dir})"
             )
+        saved_path = out_dir / RUN_CONFIG
         saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.exists() else {}
-        diffs = _differences(saved, current)
+        diffs = _differences(saved, run_identity(cfg))
         if diffs:
             raise ConfigError(
                 f"cannot resume {out_dir}: it holds another config; differing "
                 f"fields: {'; '.join(diffs[:8])}"
             )
-        return last
-    if last is not None:
+        return newest_checkpoint(found)
+    if found:
         raise ConfigError(
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
             "add resume=true to continue it, or choose another directory"
         )
-    OmegaConf.save(OmegaConf.create(current), saved_path)
+    OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
 
-def newest_checkpoint(out_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in a run folder: ``checkpoints/last.ckpt`` or
-    one that Lightning saved on a SLURM time-limit signal before requeueing
-    (``hpc_ckpt_<n>.ckpt``); files or sharded folders."""
-    found = [p for p in [out_dir / "checkpoints" / "last.ckpt"] if p.exists()]
-    found += sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
-    if len(found) <= 1:
-        return found[0] if found else None
-    return max(found, key=lambda p: read_checkpoint(p)["global_step"])
+def checkpoints_in(out_dir: Path) -> list[Path]:
+    """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
+    links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
+    time-limit signal before requeueing."""
+    ckpt_dir = out_dir / "checkpoints"
+    found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def check_checkpoint_model(ckpt: dict, path: Path, model_cfg: ModelConfig) -> None:
@@ -255,7 +257,7 @@ def _fit(
         write_json(out_dir / PLAN_FILE, plan.as_dict())
     # callbacks.<name>=null turns one off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = build_loggers(cfg, out_dir)
+    loggers = build_loggers(cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
     )

@@ -1,0 +1,146 @@
+"""Run directories are never damaged: a resumed run appends to its metrics history, a copied
+directory resumes from its newest step, ``last.ckpt`` is no second copy, and a corrupt
+checkpoint is named, not a traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+from lmlab.train.run import resume_checkpoint, train
+
+SMOKE = ["+debug=smoke", "logger=csv"]  # 4 steps, a checkpoint every 2, validation every 2
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def steps(run_dir: Path, metric: str) -> list[int]:
+    return [int(r["step"]) for r in rows(run_dir) if r.get(metric)]
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, weights_only=True, map_location="cpu")["global_step"]
+
+
+def test_a_resumed_run_appends_to_the_metrics_history(tmp_path: Path, cache_dir: Path) -> None:
+    train(compose_train([*SMOKE, "trainer.max_steps=6"], tmp_path, cache_dir))
+    train(compose_train([*SMOKE, "trainer.max_steps=10", "resume=true"], tmp_path, cache_dir))
+    assert steps(tmp_path, "train/loss") == list(range(10))
+    assert steps(tmp_path, "val/loss") == [1, 3, 5, 7, 9]  # after every 2nd step
+
+
+def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """As if killed after step 4's checkpoint, once the rows of steps 4 and 5 were written:
+    the resumed run replays those steps, and the file holds each once, as uninterrupted."""
+    run = [*SMOKE, "trainer.max_steps=6", "callbacks.checkpoint.save_top_k=-1"]
+    train(compose_train(run, tmp_path, cache_dir))
+    uninterrupted = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)]
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "last.ckpt").unlink()
+    (ckpts / "step000006.ckpt").unlink()
+    shutil.copy(ckpts / "step000004.ckpt", ckpts / "last.ckpt")
+    train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
+    assert results(tmp_path)["global_step"] == 6
+    assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)] == uninterrupted
+
+
+def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """ModelCheckpoint does not recognise its files in a copied directory: it wrote
+    ``last-v1.ckpt`` and left ``last.ckpt`` behind, so the next resume went back in time."""
+    run = ["+debug=smoke", "logger=none", "callbacks.sample=null"]
+    train(compose_train([*run, "trainer.max_steps=6"], tmp_path / "a", cache_dir))
+    copy = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", copy)  # links become files, as cp -L or a sync makes them
+    cfg = compose_train([*run, "trainer.max_steps=8", "resume=true"], copy, cache_dir)
+    train(cfg)
+    ckpts = copy / "checkpoints"
+    assert not list(ckpts.glob("last-v*")), sorted(p.name for p in ckpts.iterdir())
+    assert step_of(ckpts / "last.ckpt") == 8
+    assert step_of(resume_checkpoint(cfg, copy)) == 8
+    train(compose_train([*run, "trainer.max_steps=10", "resume=true"], copy, cache_dir))
+    assert step_of(ckpts / "last.ckpt") == 10 and not list(ckpts.glob("last-v*"))
+
+
+def test_checkpoints_hold_one_copy_per_step_and_every_tool_follows_last(
+    tmp_path: Path, cache_dir: Path, run_command
+) -> None:
+    train(compose_train(["+debug=smoke", "logger=none"], tmp_path, cache_dir))
+    ckpts = tmp_path / "checkpoints"
+    last = ckpts / "last.ckpt"
+    entries = list(ckpts.iterdir())
+    distinct_steps = {step_of(p) for p in entries}
+    largest = max(p.lstat().st_size for p in entries)
+    sizes = {p.name: p.lstat().st_size for p in entries}  # a link's own size, not its target's
+    assert sum(sizes.values()) <= len(distinct_steps) * largest * 1.01, sizes
+    assert step_of(last) == 4 == results(tmp_path)["global_step"]
+    assert run_command("generate", f"ckpt={last}", "max_new_tokens=2") == 0
+    assert run_command("probe", f"ckpt={last}", f"out={tmp_path / 'maps.png'}") == 0
+
+
+def truncate(path: Path) -> None:
+    """Cut the file at ``path`` (not a link's target) to half its bytes, as a full disk or an
+    interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_corrupt_checkpoint_is_named_by_every_tool(
+    tmp_path: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    train(compose_train(["+debug=smoke", "logger=none"], tmp_path / "run", cache_dir))
+    bad = tmp_path / "bad.ckpt"
+    shutil.copy(tmp_path / "run" / "checkpoints" / "last.ckpt", bad)
+    truncate(bad)
+    sharded = tmp_path / "sharded.ckpt"
+    sharded.mkdir()
+    (sharded / "meta.pt").write_bytes(b"not a checkpoint")
+    expected = {"generate": bad, "probe": bad, "consolidate": sharded}
+    for tool, path in expected.items():
+        capsys.readouterr()
+        assert run_command(tool, f"ckpt={path}") == 2, tool
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: checkpoint {path}") and "unreadable" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match=rf"checkpoint {bad} is unreadable"):
+        train(compose_train(["+debug=smoke", f"ckpt_path={bad}"], tmp_path / "new", cache_dir))
+
+
+def test_resume_continues_from_the_newest_intact_checkpoint(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A truncated ``last.ckpt`` (a real file here, as a preempted save or a copy makes it) is
+    passed over with a warning for the intact step checkpoint beside it."""
+    run = ["+debug=smoke", "logger=none", "callbacks.checkpoint.save_top_k=-1"]
+    train(compose_train(run, tmp_path, cache_dir))
+    ckpts = tmp_path / "checkpoints"
+    truncate(ckpts / "last.ckpt")
+    with caplog.at_level(logging.WARNING):
+        train(compose_train([*run, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
+    r = results(tmp_path)
+    assert r["status"] == "completed" and r["global_step"] == 6
+    assert r["resumed_from"] == str(ckpts / "step000004.ckpt")
+    assert any("last.ckpt" in m and "unreadable" in m for m in caplog.messages), caplog.messages
+    for path in [p for p in ckpts.iterdir() if p.is_file() and not p.is_symlink()]:
+        truncate(path)
+    with pytest.raises(ConfigError, match=r"no intact checkpoint"):
+        train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
