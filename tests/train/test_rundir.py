@@ -49,7 +49,8 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
 ) -> None:
     """As if killed after step 4's checkpoint, once the rows of steps 4 and 5 were written:
     the resumed run replays those steps, and the file holds each once, as uninterrupted."""
-    run = [*SMOKE, "trainer.max_steps=6", "callbacks.checkpoint.save_top_k=-1"]
+    run = [*SMOKE, "trainer.max_steps=6", "checkpoint.every_n_steps=2"]
+    run += ["callbacks.checkpoint.save_top_k=-1"]
     train(compose_train(run, tmp_path, cache_dir))
     uninterrupted = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)]
     ckpts = tmp_path / "checkpoints"

@@ -86,12 +86,22 @@ class Checkpoint(ModelCheckpoint):
             os.replace(tmp, link)
         trainer.strategy.barrier()
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # the last step is saved here, inside its epoch like every periodic save (a run
+            # resumed from it logs on the right steps), and before the end-of-run extras
+            self.save_final(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save_final(trainer)  # training ended another way (max_epochs, a stop)
+        super().on_train_end(trainer, pl_module)
+
+    def save_final(self, trainer: L.Trainer) -> None:
         if trainer.global_step > self._last_global_step_saved:
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
-        super().on_train_end(trainer, pl_module)
 
 
 class Preemption(L.Callback):
