@@ -116,6 +116,25 @@ def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
     assert r["val_loss"] == reference["val_loss"]
 
 
+def test_a_second_run_into_a_live_directory_is_refused(tmp_path: Path, start_train) -> None:
+    """Two runs in one directory would mix their checkpoints: while one runs (stopped here with
+    SIGSTOP, so it cannot finish first), another, even ``resume=true``, is refused before it
+    writes anything; the first then completes. kill -9 leaves no live lock (see above)."""
+    first = start_train(*RUN, f"hydra.run.dir={tmp_path}")
+    wait_for(tmp_path / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = start_train(*RUN, f"hydra.run.dir={tmp_path}", "resume=true")
+        out = second.communicate(timeout=300)[0]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2, out
+    assert f"{tmp_path} is in use by a live run (pid {first.pid})" in out
+    assert first.wait() == 0, first.stdout.read()
+    assert results(tmp_path)["status"] == "completed" and results(tmp_path)["global_step"] == 40
+    assert "resume=true" not in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+
+
 def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path: Path) -> None:
     """A writer killed mid-save (a 400 MB checkpoint) never leaves a torn file behind."""
     path = tmp_path / "last.ckpt"

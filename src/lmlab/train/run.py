@@ -28,6 +28,7 @@ from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
 from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
+from lmlab.train.rundir import RunDir
 from lmlab.train.task import LMTask, model_config_dict
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
     run directory: a resumed run must have the same model, data, optimizer and schedule, and a
-    fresh run must not overwrite another run's checkpoints."""
+    fresh run must not overwrite another run's checkpoints. Reads, never writes."""
     resume = cfg.get("resume")
     if resume not in (True, False, "auto", None):
         raise ConfigError(f"resume={resume!r}: allowed true, false, auto")
@@ -106,7 +107,6 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
             "add resume=true to continue it, or choose another directory"
         )
-    OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
 
@@ -146,11 +146,13 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> float:
     """Train one run; write ``results.json`` (completed, failed or preempted); return the
     final validation loss. ``cfg`` is read, never written: what the run derives from it is the
-    frozen plan (``lmlab.train.plan``), saved as ``plan.json``."""
+    frozen plan (``lmlab.train.plan``), saved as ``plan.json``. A directory that holds an
+    earlier run is written to only once this run starts training (``lmlab.train.rundir``): a
+    refused or failed start leaves it as it was."""
     start = time.time()
     route_lightning_logs()
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out_dir)  # a live run there: refused before anything is written
     results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
     install_job_command()
     scope = JobScope()
@@ -159,16 +161,17 @@ def train(cfg: DictConfig) -> float:
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
         log.info(batch.describe())
         if cfg.get("dry_run"):
-            return dry_run(cfg, model_cfg, data_cfg, seq_len, out_dir)
+            return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start, ckpt_path, scope)
+        return _fit(cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope)
     except SIGTERMException:
         results.update(
             status="preempted",
             wall_seconds=time.time() - start,
             error="stopped by SIGTERM/SIGUSR1 after saving checkpoints/last.ckpt",
         )
-        write_results(out_dir, results)
+        if run.may_record:
+            write_results(out_dir, results)
         log.warning(
             "resume with: python src/train.py <same overrides> resume=true hydra.run.dir=%s",
             out_dir,
@@ -178,20 +181,26 @@ def train(cfg: DictConfig) -> float:
         results.update(
             status="failed", error=f"{type(err).__name__}: {err}", wall_seconds=time.time() - start
         )
-        write_results(out_dir, results)
+        if run.may_record:
+            write_results(out_dir, results)
         raise
     finally:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
+        run.close()
 
 
 def dry_run(
-    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, out_dir: Path
+    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, run: RunDir
 ) -> float:
-    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing."""
+    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing.
+    Into a directory that holds an earlier run, nothing is written."""
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
     Console().print(plan_table(plan))
-    log.info("plan: %s", write_json(out_dir / PLAN_FILE, plan))
+    if run.earlier:
+        log.info("plan.json not written: %s holds an earlier run, left as it was", run.path)
+    else:
+        log.info("plan: %s", write_json(run.path / PLAN_FILE, plan))
     return float("nan")
 
 
@@ -229,12 +238,13 @@ def _fit(
     model_cfg: ModelConfig,
     data_cfg: DataConfig,
     seq_len: int,
-    out_dir: Path,
+    run: RunDir,
     results: dict[str, Any],
     start: float,
     ckpt_path: Path | None,
     scope: JobScope,
 ) -> float:
+    out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = LMDataModule(data_cfg, model_cfg.family, seq_len, cfg.seed)
     dm.prepare_data()
@@ -252,7 +262,9 @@ def _fit(
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
     if cfg.get("resume"):
         check_resumable(read_plan(out_dir), plan, out_dir)
+    run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
+        OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
         write_json(out_dir / PLAN_FILE, plan.as_dict())
     # callbacks.<name>=null turns one off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
