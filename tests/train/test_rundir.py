@@ -10,10 +10,13 @@ import logging
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
@@ -104,6 +107,37 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
     train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
     assert results(tmp_path)["global_step"] == 6
     assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)] == uninterrupted
+
+
+class SignalAt(L.Callback):
+    """Test hook: SIGTERM to this process once, between two batches of the validation that
+    follows step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            self.step = -1
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache_dir: Path) -> None:
+    """Stopped mid-validation, Lightning saves a checkpoint whose resume runs a partial
+    validation and logs every later step one step off. The stop waits for the validation's
+    end instead: the resumed history is the uninterrupted one, row for row."""
+    run = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
+    train(compose_train(run, tmp_path / "whole", cache_dir))
+    stopped = tmp_path / "stopped"
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*run, *hook], stopped, cache_dir))
+    assert results(stopped)["status"] == "preempted" and results(stopped)["global_step"] == 4
+    train(compose_train([*run, "resume=true"], stopped, cache_dir))
+    history = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(stopped)]
+    assert history == [
+        (r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path / "whole")
+    ]
 
 
 def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(

@@ -2,9 +2,9 @@
 
 Hydra composes ``conf/`` and ``lmlab.train.run.train`` does the work. The config is checked
 before torch and Lightning are imported, so bad input is reported at once (one line, exit
-code 2). A preempted run (SIGTERM/SIGUSR1) exits with 143 after saving its checkpoint. In a
-multirun a failed job is logged and the sweep goes on (its results.json says ``failed``;
-Optuna sees NaN, a failed trial).
+code 2). A preempted run (SIGTERM/SIGUSR1) exits with 143 after saving its checkpoint, an
+interrupted one (Ctrl-C) with 130. In a multirun a failed job is logged and the sweep goes on
+(its results.json says ``failed``; Optuna sees NaN, a failed trial).
 
 ``RunDirCallback`` (``hydra.callbacks`` in ``conf/train.yaml``) guards the run directory of a
 single run before Hydra writes into it: see ``lmlab.train.rundir``.
@@ -66,6 +66,8 @@ def hydra_main(cfg: DictConfig) -> float:
         return train(cfg)
     except SIGTERMException:
         sys.exit(143)  # preempted: checkpoint saved, results.json says so
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C: results.json says interrupted, the log how to resume
     except Exception as err:
         if in_multirun():
             # One failed job must not sink the sweep: results.json already says "failed".

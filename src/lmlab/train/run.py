@@ -24,6 +24,7 @@ from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import Sample, Throughput
+from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
@@ -144,11 +145,11 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 
 
 def train(cfg: DictConfig) -> float:
-    """Train one run; write ``results.json`` (completed, failed or preempted); return the
-    final validation loss. ``cfg`` is read, never written: what the run derives from it is the
-    frozen plan (``lmlab.train.plan``), saved as ``plan.json``. A directory that holds an
-    earlier run is written to only once this run starts training (``lmlab.train.rundir``): a
-    refused or failed start leaves it as it was."""
+    """Train one run; write ``results.json`` (completed, failed, preempted or interrupted);
+    return the final validation loss. ``cfg`` is read, never written: what the run derives
+    from it is the frozen plan (``lmlab.train.plan``), saved as ``plan.json``. A directory
+    that holds an earlier run is written to only once this run starts training
+    (``lmlab.train.rundir``): a refused or failed start leaves it as it was."""
     start = time.time()
     route_lightning_logs()
     out_dir = Path(cfg.paths.output_dir)
@@ -164,30 +165,55 @@ def train(cfg: DictConfig) -> float:
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope)
-    except SIGTERMException:
-        results.update(
-            status="preempted",
-            wall_seconds=time.time() - start,
-            error="stopped by SIGTERM/SIGUSR1 after saving checkpoints/last.ckpt",
-        )
-        if run.may_record:
-            write_results(out_dir, results)
-        log.warning(
-            "resume with: python src/train.py <same overrides> resume=true hydra.run.dir=%s",
-            out_dir,
-        )
-        raise
     except BaseException as err:
-        results.update(
-            status="failed", error=f"{type(err).__name__}: {err}", wall_seconds=time.time() - start
-        )
+        results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
         if run.may_record:
             write_results(out_dir, results)
+        status = results["status"]
+        if status != "failed" and checkpoints_in(out_dir):
+            log.warning(
+                "%s: resume with: python src/train.py <same overrides> resume=true "
+                "hydra.run.dir=%s",
+                status,
+                out_dir,
+            )
+        if status == "interrupted" and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
         raise
     finally:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
+
+
+STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
+
+
+def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, Any]:
+    """results.json's ``status`` and ``error`` for a run that did not complete: ``preempted``
+    (SIGTERM, SIGUSR1), ``interrupted`` (Ctrl-C, also when a second one made Lightning call
+    ``sys.exit(1)``) or ``failed``; with the step of the checkpoint saved at a stop."""
+    preemption = next(
+        (c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)), None
+    )
+    ctrl_c = isinstance(err, KeyboardInterrupt) or bool(preemption and preemption.interrupted)
+    if ctrl_c and isinstance(err, KeyboardInterrupt | SystemExit | SIGTERMException):
+        status = "interrupted"
+    elif isinstance(err, SIGTERMException):
+        status = "preempted"
+    else:
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    saved = preemption.saved if preemption else None
+    if saved is None:
+        return {
+            "status": status,
+            "error": f"stopped by {STOP_SIGNALS[status]}; earlier checkpoints are kept",
+        }
+    return {
+        "status": status,
+        "error": f"stopped by {STOP_SIGNALS[status]} after saving {saved}",
+        "global_step": trainer.global_step,
+    }
 
 
 def dry_run(
