@@ -175,6 +175,25 @@ def test_checkpoints_hold_one_copy_per_step_and_every_tool_follows_last(
     assert run_command("probe", f"ckpt={last}", f"out={tmp_path / 'maps.png'}") == 0
 
 
+def test_last_ckpt_never_points_at_a_removed_checkpoint(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save_top_k=1 removes the previous step checkpoint after saving the next one: by then
+    ``last.ckpt`` already links to the new one (a kill in between leaves a working link)."""
+    from lmlab.train.checkpointing import Checkpoint
+
+    removed, remove = [], Checkpoint._remove_checkpoint
+
+    def spy(self: Checkpoint, trainer: L.Trainer, filepath: str) -> None:
+        last = Path(self.dirpath) / "last.ckpt"
+        removed.append((Path(filepath).name, last.resolve().name))
+        remove(self, trainer, filepath)
+
+    monkeypatch.setattr(Checkpoint, "_remove_checkpoint", spy)
+    train(compose_train(["+debug=smoke", "logger=none"], tmp_path, cache_dir))
+    assert removed == [("step000002.ckpt", "step000004.ckpt")]
+
+
 def truncate(path: Path) -> None:
     """Cut the file at ``path`` (not a link's target) to half its bytes, as a full disk or an
     interrupted copy leaves it."""

@@ -89,6 +89,15 @@ class Checkpoint(ModelCheckpoint):
             os.replace(tmp, link)
         trainer.strategy.barrier()
 
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Link ``last.ckpt`` to a step checkpoint as soon as it is written: Lightning links it
+        only after ``save_top_k`` has removed the previous step checkpoint, the one
+        ``last.ckpt`` pointed to, so a kill in between left a dangling link."""
+        super()._save_checkpoint(trainer, filepath)
+        last = os.path.join(self.dirpath or "", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        if self.save_last == "link" and os.path.abspath(filepath) != os.path.abspath(last):
+            self._link_checkpoint(trainer, filepath, last)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step > self._last_global_step_saved:
             candidates = self._monitor_candidates(trainer)
