@@ -224,10 +224,13 @@ def test_slurm_launcher_config_follows_the_trainer() -> None:
 def test_resume_auto_takes_the_newest_checkpoint_or_starts_fresh(
     tmp_path: Path, cache_dir: Path
 ) -> None:
-    from lmlab.train.run import resume_checkpoint
+    from omegaconf import OmegaConf
+
+    from lmlab.train.run import RUN_CONFIG, resume_checkpoint, run_identity
 
     cfg = compose_train(["+debug=smoke", "resume=auto"], tmp_path, cache_dir)
     assert resume_checkpoint(cfg, tmp_path) is None  # nothing yet: a fresh run
+    OmegaConf.save(run_identity(cfg), tmp_path / RUN_CONFIG)  # what the run saved on starting
     (tmp_path / "checkpoints").mkdir()
     torch.save({"global_step": 3}, tmp_path / "checkpoints" / "last.ckpt")
     torch.save({"global_step": 5}, tmp_path / "hpc_ckpt_1.ckpt")  # Lightning's, on SIGUSR1

@@ -1,23 +1,44 @@
-"""Run directories are never damaged: a resumed run appends to its metrics history, a copied
-directory resumes from its newest step, ``last.ckpt`` is no second copy, and a corrupt
-checkpoint is named, not a traceback."""
+"""Run directories are never damaged: a refused command leaves one byte for byte as it was, a
+resumed run appends to its metrics history, a copied directory resumes from its newest step,
+``last.ckpt`` is no second copy, and a corrupt checkpoint is named, not a traceback."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
+import re
 import shutil
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.run import resume_checkpoint, train
 
 SMOKE = ["+debug=smoke", "logger=csv"]  # 4 steps, a checkpoint every 2, validation every 2
+
+
+def snapshot(run_dir: Path) -> dict[str, object]:
+    """Every entry under ``run_dir``: a file's bytes, a link's target, or ``dir``."""
+    entries: dict[str, object] = {}
+    for path in sorted(run_dir.rglob("*")):
+        name = str(path.relative_to(run_dir))
+        if path.is_symlink():
+            entries[name] = f"-> {os.readlink(path)}"
+        else:
+            entries[name] = path.read_bytes() if path.is_file() else "dir"
+    return entries
+
+
+def changed(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 def results(run_dir: Path) -> dict:
@@ -35,6 +56,33 @@ def steps(run_dir: Path, metric: str) -> list[int]:
 
 def step_of(path: Path) -> int:
     return torch.load(path, weights_only=True, map_location="cpu")["global_step"]
+
+
+def test_refused_commands_leave_the_run_directory_byte_for_byte(
+    tmp_path: Path, start_train
+) -> None:
+    """Hydra writes ``.hydra/`` and ``train.log`` before the task runs: a command that is
+    refused, before or after the data is prepared, must leave all of it, ``results.json``,
+    ``plan.json`` and the checkpoints exactly as the completed run left them."""
+    first = start_train(*SMOKE, f"hydra.run.dir={tmp_path}")
+    assert first.wait() == 0, first.stdout.read()
+    before = snapshot(tmp_path)
+    assert {"results.json", ".hydra/config.yaml", "train.log", "plan.json"} <= set(before)
+    refusals = [
+        (["model.activation=relu"], "already holds checkpoints of an earlier run"),
+        (["resume=true", "model.activation=relu"], "cannot resume .* another config"),
+        # refused only once the data is prepared: the global batch is 8 rows, the run's was 4
+        (["resume=true", "trainer.accumulate_grad_batches=2"], "global_batch_size=4, this run 8"),
+    ]
+    for extra, message in refusals:
+        proc = start_train(*SMOKE, f"hydra.run.dir={tmp_path}", *extra)
+        out = proc.communicate()[0]
+        assert proc.returncode == 2, out
+        assert re.search(message, out), out
+        assert changed(before, snapshot(tmp_path)) == [], extra
+    planned = start_train(*SMOKE, f"hydra.run.dir={tmp_path}", "dry_run=true")
+    assert planned.wait() == 0, planned.stdout.read()  # prints the plan, writes nothing
+    assert changed(before, snapshot(tmp_path)) == []
 
 
 def test_a_resumed_run_appends_to_the_metrics_history(tmp_path: Path, cache_dir: Path) -> None:
@@ -60,6 +108,37 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
     train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
     assert results(tmp_path)["global_step"] == 6
     assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)] == uninterrupted
+
+
+class SignalAt(L.Callback):
+    """Test hook: SIGTERM to this process once, between two batches of the validation that
+    follows step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            self.step = -1
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache_dir: Path) -> None:
+    """Stopped mid-validation, Lightning saves a checkpoint whose resume runs a partial
+    validation and logs every later step one step off. The stop waits for the validation's
+    end instead: the resumed history is the uninterrupted one, row for row."""
+    run = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
+    train(compose_train(run, tmp_path / "whole", cache_dir))
+    stopped = tmp_path / "stopped"
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*run, *hook], stopped, cache_dir))
+    assert results(stopped)["status"] == "preempted" and results(stopped)["global_step"] == 4
+    train(compose_train([*run, "resume=true"], stopped, cache_dir))
+    history = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(stopped)]
+    assert history == [
+        (r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path / "whole")
+    ]
 
 
 def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
@@ -97,6 +176,25 @@ def test_checkpoints_hold_one_copy_per_step_and_every_tool_follows_last(
     assert run_command("probe", f"ckpt={last}", f"out={tmp_path / 'maps.png'}") == 0
 
 
+def test_last_ckpt_never_points_at_a_removed_checkpoint(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save_top_k=1 removes the previous step checkpoint after saving the next one: by then
+    ``last.ckpt`` already links to the new one (a kill in between leaves a working link)."""
+    from lmlab.train.checkpointing import Checkpoint
+
+    removed, remove = [], Checkpoint._remove_checkpoint
+
+    def spy(self: Checkpoint, trainer: L.Trainer, filepath: str) -> None:
+        last = Path(self.dirpath) / "last.ckpt"
+        removed.append((Path(filepath).name, last.resolve().name))
+        remove(self, trainer, filepath)
+
+    monkeypatch.setattr(Checkpoint, "_remove_checkpoint", spy)
+    train(compose_train(["+debug=smoke", "logger=none"], tmp_path, cache_dir))
+    assert removed == [("step000002.ckpt", "step000004.ckpt")]
+
+
 def truncate(path: Path) -> None:
     """Cut the file at ``path`` (not a link's target) to half its bytes, as a full disk or an
     interrupted copy leaves it."""
@@ -130,17 +228,22 @@ def test_resume_continues_from_the_newest_intact_checkpoint(
     tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A truncated ``last.ckpt`` (a real file here, as a preempted save or a copy makes it) is
-    passed over with a warning for the intact step checkpoint beside it."""
+    passed over with a warning for the intact step checkpoint beside it; files left by a save
+    that was killed (``.<name>.<random>.tmp``) are removed when the next run starts."""
     run = ["+debug=smoke", "logger=none", "callbacks.checkpoint.save_top_k=-1"]
     train(compose_train(run, tmp_path, cache_dir))
     ckpts = tmp_path / "checkpoints"
     truncate(ckpts / "last.ckpt")
+    orphans = [ckpts / ".step000006.ckpt.k2j4x9.tmp", ckpts / ".last.ckpt.tmp"]
+    orphans[0].write_bytes(b"half a checkpoint")
+    orphans[1].mkdir()  # a sharded save's folder
     with caplog.at_level(logging.WARNING):
         train(compose_train([*run, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
     r = results(tmp_path)
     assert r["status"] == "completed" and r["global_step"] == 6
     assert r["resumed_from"] == str(ckpts / "step000004.ckpt")
     assert any("last.ckpt" in m and "unreadable" in m for m in caplog.messages), caplog.messages
+    assert not any(p.exists() for p in orphans)
     for path in [p for p in ckpts.iterdir() if p.is_file() and not p.is_symlink()]:
         truncate(path)
     with pytest.raises(ConfigError, match=r"no intact checkpoint"):

@@ -6,7 +6,11 @@ code 2): Hydra's own errors before the run starts too (an unknown preset or key,
 outside an enum, override syntax, a run directory that cannot be created), which Hydra
 would print over several lines with exit code 1. A preempted run (SIGTERM/SIGUSR1) exits
 with 143 after saving its checkpoint. In a multirun a failed job is logged and the sweep
-goes on (its results.json says ``failed``; Optuna sees NaN, a failed trial).
+goes on (its results.json says ``failed``; Optuna sees NaN, a failed trial). An interrupted
+run (Ctrl-C) exits with 130.
+
+``RunDirCallback`` (``hydra.callbacks`` in ``conf/train.yaml``) guards the run directory of a
+single run before Hydra writes into it: see ``lmlab.train.rundir``.
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
+from lmlab.train.rundir import hold_hydra_writes, launch_rank_is_zero, lock_run_dir
 
 register_configs()
 
@@ -65,6 +73,26 @@ def _set_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+class RunDirCallback(Callback):
+    """Hydra calls ``on_run_start`` with the composed config before ``run_job`` creates the
+    run directory, saves ``.hydra/`` and opens ``train.log``. Here a single run takes the
+    directory's lock (a live run there: refused, nothing written) and, if the directory is
+    not empty, holds Hydra's writes until training starts. Hydra turns a callback's exception
+    into a warning, so a refusal exits here. Multirun jobs are guarded in ``train()``, after
+    Hydra wrote their ``.hydra/``."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not launch_rank_is_zero():
+            return  # a DDP/FSDP rank of a run that rank 0 guards
+        HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
+        run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()
+        try:
+            lock_run_dir(run_dir)
+        except ConfigError as err:
+            fail(err)
+        hold_hydra_writes(config, run_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     LAUNCH.task_started = True
@@ -89,6 +117,8 @@ def run(cfg: DictConfig) -> float:
         return train(cfg)
     except SIGTERMException:
         sys.exit(143)  # preempted: checkpoint saved, results.json says so
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C: results.json says interrupted, the log how to resume
     except Exception as err:
         if in_multirun():
             # One failed job must not sink the sweep: results.json already says "failed".

@@ -7,7 +7,8 @@
   ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
   atomically: one copy on disk, never absent.
 - ``Preemption`` turns SIGTERM (and SIGUSR1 outside SLURM's auto-requeue, which Lightning
-  handles itself) into a checkpoint at the next step boundary and a clean stop.
+  handles itself) and Ctrl-C (SIGINT) into a checkpoint at the next step boundary and a
+  clean stop.
 - ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout and the
   masking collators draw from them), so a resumed run continues the same random stream.
 """
@@ -20,6 +21,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,15 @@ class Checkpoint(ModelCheckpoint):
             os.replace(tmp, link)
         trainer.strategy.barrier()
 
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Link ``last.ckpt`` to a step checkpoint as soon as it is written: Lightning links it
+        only after ``save_top_k`` has removed the previous step checkpoint, the one
+        ``last.ckpt`` pointed to, so a kill in between left a dangling link."""
+        super()._save_checkpoint(trainer, filepath)
+        last = os.path.join(self.dirpath or "", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        if self.save_last == "link" and os.path.abspath(filepath) != os.path.abspath(last):
+            self._link_checkpoint(trainer, filepath, last)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if 0 < trainer.max_steps <= trainer.global_step:
@@ -106,24 +118,90 @@ class Checkpoint(ModelCheckpoint):
 
 class Preemption(L.Callback):
     """On SIGTERM (or SIGUSR1 when SLURM auto-requeue is off) Lightning stops after the current
-    step with ``SIGTERMException``; this saves ``last.ckpt`` there, so nothing is lost."""
+    step with ``SIGTERMException``; this saves ``last.ckpt`` there, so nothing is lost.
+
+    Ctrl-C (SIGINT) takes the same path: a KeyboardInterrupt in the middle of a step would
+    leave no consistent state to save, so the first Ctrl-C asks for that stop, and
+    ``interrupted`` tells ``train()`` to record ``status: interrupted``. A second Ctrl-C stops
+    at once (Lightning's KeyboardInterrupt handling), keeping the checkpoints already saved.
+
+    A stop takes effect at the end of a validation, never between two of its batches:
+    Lightning's resume from a checkpoint saved mid-validation runs a partial validation and
+    logs every later step one step off (Lightning issue #19549). The checkpoint of a stop at a
+    validation step is saved at the validation's end, the point Lightning's resume expects
+    (validation done, not run again; the step not yet counted)."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self.saved: Path | None = None
+        self.saved_step = -1
+        self.interrupted = False
+        self._sigint: list[Any] = []  # the SIGINT handler to restore after fit, once installed
+        self._sigterm: list[Any] = []  # Lightning's SIGTERM handler while validation holds it
+        self._stop_held = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             # Not taken by Lightning's SLURM requeue handler: treat it like SIGTERM.
             signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+        if threading.current_thread() is threading.main_thread():  # where signals arrive
+            self._sigint = [signal.signal(signal.SIGINT, self._on_sigint)]
+
+    def _on_sigint(self, *_: Any) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
+        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop at the step boundary
+
+    def _restore_sigint(self) -> None:
+        if self._sigint:
+            signal.signal(signal.SIGINT, self._sigint.pop() or signal.default_int_handler)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Hold SIGTERM until the validation ends, and hide a stop already asked for from
+        Lightning's validation loop (its flag has no public setter)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._stop_held = trainer._signal_connector.received_sigterm
+        trainer._signal_connector.received_sigterm = False
+        self._sigterm = [signal.signal(signal.SIGTERM, self._hold_sigterm)]
+
+    def _hold_sigterm(self, *_: Any) -> None:
+        self._stop_held = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._sigterm:
+            return
+        lightning_handler = self._sigterm.pop()
+        signal.signal(signal.SIGTERM, lightning_handler)
+        if not self._stop_held:
+            return
+        self._stop_held = False
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._save(trainer)
+        if callable(lightning_handler):  # Lightning stops at the end of this step
+            lightning_handler(signal.SIGTERM, None)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, SIGTERMException):
-            self.saved = self.dirpath / "last.ckpt"
-            trainer.save_checkpoint(self.saved)
-            log.warning("preempted at step %d: saved %s", trainer.global_step, self.saved)
+        self._restore_sigint()
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+        if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved, self.saved_step = path, trainer.global_step
+        what = "interrupted" if self.interrupted else "preempted"
+        log.warning("%s at step %d: saved %s", what, trainer.global_step, path)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
 
 
 class RNGState(L.Callback):

@@ -24,11 +24,13 @@ from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import Sample, Throughput
+from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
 from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
+from lmlab.train.rundir import RunDir
 from lmlab.train.task import LMTask, model_config_dict
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
     run directory: a resumed run must have the same model, data, optimizer and schedule, and a
-    fresh run must not overwrite another run's checkpoints."""
+    fresh run must not overwrite another run's checkpoints. Reads, never writes."""
     resume = cfg.get("resume")
     if resume not in (True, False, "auto", None):
         raise ConfigError(f"resume={resume!r}: allowed true, false, auto")
@@ -107,7 +109,6 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
             "add resume=true to continue it, or choose another directory"
         )
-    OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
 
@@ -145,13 +146,15 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 
 
 def train(cfg: DictConfig) -> float:
-    """Train one run; write ``results.json`` (completed, failed or preempted); return the
-    final validation loss. ``cfg`` is read, never written: what the run derives from it is the
-    frozen plan (``lmlab.train.plan``), saved as ``plan.json``."""
+    """Train one run; write ``results.json`` (completed, failed, preempted or interrupted);
+    return the final validation loss. ``cfg`` is read, never written: what the run derives
+    from it is the frozen plan (``lmlab.train.plan``), saved as ``plan.json``. A directory
+    that holds an earlier run is written to only once this run starts training
+    (``lmlab.train.rundir``): a refused or failed start leaves it as it was."""
     start = time.time()
     route_lightning_logs()
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out_dir)  # a live run there: refused before anything is written
     results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
     install_job_command()
     scope = JobScope()
@@ -160,39 +163,71 @@ def train(cfg: DictConfig) -> float:
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
         log.info(batch.describe())
         if cfg.get("dry_run"):
-            return dry_run(cfg, model_cfg, data_cfg, seq_len, out_dir)
+            return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(cfg, model_cfg, data_cfg, seq_len, out_dir, results, start, ckpt_path, scope)
-    except SIGTERMException:
-        results.update(
-            status="preempted",
-            wall_seconds=time.time() - start,
-            error="stopped by SIGTERM/SIGUSR1 after saving checkpoints/last.ckpt",
-        )
-        write_results(out_dir, results)
-        log.warning(
-            "resume with: python src/train.py <same overrides> resume=true hydra.run.dir=%s",
-            out_dir,
-        )
-        raise
+        return _fit(cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope)
     except BaseException as err:
-        results.update(
-            status="failed", error=f"{type(err).__name__}: {err}", wall_seconds=time.time() - start
-        )
-        write_results(out_dir, results)
+        results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
+        if run.may_record:
+            write_results(out_dir, results)
+        status = results["status"]
+        if status != "failed" and checkpoints_in(out_dir):
+            log.warning(
+                "%s: resume with: python src/train.py <same overrides> resume=true "
+                "hydra.run.dir=%s",
+                status,
+                out_dir,
+            )
+        if status == "interrupted" and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
         raise
     finally:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
+        run.close()
+
+
+STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
+
+
+def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, Any]:
+    """results.json's ``status`` and ``error`` for a run that did not complete: ``preempted``
+    (SIGTERM, SIGUSR1), ``interrupted`` (Ctrl-C, also when a second one made Lightning call
+    ``sys.exit(1)``) or ``failed``; with the step of the checkpoint saved at a stop."""
+    preemption = next(
+        (c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)), None
+    )
+    ctrl_c = isinstance(err, KeyboardInterrupt) or bool(preemption and preemption.interrupted)
+    if ctrl_c and isinstance(err, KeyboardInterrupt | SystemExit | SIGTERMException):
+        status = "interrupted"
+    elif isinstance(err, SIGTERMException):
+        status = "preempted"
+    else:
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    saved = preemption.saved if preemption else None
+    if saved is None:
+        return {
+            "status": status,
+            "error": f"stopped by {STOP_SIGNALS[status]}; earlier checkpoints are kept",
+        }
+    return {
+        "status": status,
+        "error": f"stopped by {STOP_SIGNALS[status]} after saving {saved}",
+        "global_step": trainer.global_step,
+    }
 
 
 def dry_run(
-    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, out_dir: Path
+    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, run: RunDir
 ) -> float:
-    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing."""
+    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing.
+    Into a directory that holds an earlier run, nothing is written."""
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
     Console().print(plan_table(plan))
-    log.info("plan: %s", write_json(out_dir / PLAN_FILE, plan))
+    if run.earlier:
+        log.info("plan.json not written: %s holds an earlier run, left as it was", run.path)
+    else:
+        log.info("plan: %s", write_json(run.path / PLAN_FILE, plan))
     return float("nan")
 
 
@@ -230,12 +265,13 @@ def _fit(
     model_cfg: ModelConfig,
     data_cfg: DataConfig,
     seq_len: int,
-    out_dir: Path,
+    run: RunDir,
     results: dict[str, Any],
     start: float,
     ckpt_path: Path | None,
     scope: JobScope,
 ) -> float:
+    out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = LMDataModule(data_cfg, model_cfg.family, seq_len, cfg.seed)
     dm.prepare_data()
@@ -253,7 +289,9 @@ def _fit(
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
     if cfg.get("resume"):
         check_resumable(read_plan(out_dir), plan, out_dir)
+    run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
+        OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
         write_json(out_dir / PLAN_FILE, plan.as_dict())
     # callbacks.<name>=null turns one off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

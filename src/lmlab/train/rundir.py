@@ -1,0 +1,231 @@
+"""The run directory is never damaged: one live run at a time, and nothing written into a
+directory that holds an earlier run until the new run has passed every check and starts
+training.
+
+- ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, held for the
+  run's lifetime. A second run into a live directory is refused (``ConfigError``). The
+  kernel drops the lock when its process dies, so a ``kill -9`` leaves no live lock behind.
+- ``hold_hydra_writes``: Hydra saves ``.hydra/`` and opens the job log (``train.log``) before
+  the task function runs. ``lmlab.cli.train.RunDirCallback`` (``hydra.callbacks``) calls this
+  from ``on_run_start``, before any of that, for a directory that is not empty: Hydra then
+  saves nothing, and the log's records wait in memory (``HeldFileHandler``).
+- ``RunDir``: ``train()``'s handle. ``open()`` marks the start of training: the held
+  ``.hydra/`` files are written and the log flushed, files left by a killed checkpoint save
+  are removed. A run that fails before ``open()`` in a directory holding an earlier run
+  leaves it exactly as it was (``may_record`` is False: no ``results.json`` either).
+
+Only global rank 0 guards (``launch_rank_is_zero``): the other ranks of a DDP/FSDP job run in
+the same directory, started by Lightning or torchrun.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import fcntl
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lmlab.lock"
+# What a run writes: their presence means the directory holds an earlier run.
+RUN_FILES = ("results.json", "plan.json", "run_config.yaml", "checkpoints")
+# Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def launch_rank_is_zero() -> bool:
+    """True unless a launcher started this process as another rank than global 0."""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+
+
+_LOCKS: dict[Path, int] = {}  # run directory -> the file descriptor holding its lock
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take ``run_dir``'s lock for this process (again: nothing happens), or refuse: another
+    live process holds it."""
+    run_dir = run_dir.absolute()
+    if run_dir in _LOCKS:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"hydra.run.dir={run_dir} is in use by a live run (pid {holder}): wait for it "
+                "to end, or choose another directory"
+            ) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the run that held it removed the file meanwhile: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    if not _LOCKS:
+        atexit.register(unlock_all)
+    _LOCKS[run_dir] = fd
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    """Remove the lock file and release the lock (a no-op if this process holds none)."""
+    fd = _LOCKS.pop(run_dir.absolute(), None)
+    if fd is not None:
+        (run_dir.absolute() / LOCK_FILE).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def unlock_all() -> None:
+    for run_dir in list(_LOCKS):
+        unlock_run_dir(run_dir)
+
+
+class HeldFileHandler(logging.FileHandler):
+    """Hydra's job log file for a directory that holds an earlier run: records wait in memory
+    until the run starts training (``write_waiting``) and are dropped if it never does. They
+    reach the console meanwhile, through Hydra's console handler."""
+
+    def __init__(
+        self,
+        filename: str,
+        mode: str = "a",
+        encoding: str | None = None,
+        delay: bool = False,
+        errors: str | None = None,
+    ) -> None:
+        super().__init__(filename, mode, encoding, delay=True, errors=errors)
+        self.waiting: list[logging.LogRecord] | None = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.waiting is None:
+            super().emit(record)
+        else:
+            self.waiting.append(record)
+
+    def write_waiting(self) -> None:
+        self.acquire()
+        try:
+            waiting, self.waiting = self.waiting or [], None
+            for record in waiting:
+                super().emit(record)
+        finally:
+            self.release()
+
+
+@dataclass
+class _Held:
+    run_dir: Path
+    output_subdir: str | None  # where Hydra would have saved its files (".hydra")
+    handler_classes: dict[str, str]  # job-logging handlers swapped for HeldFileHandler
+
+
+_HELD: _Held | None = None
+
+
+def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
+    """Before Hydra's ``run_job``, if ``run_dir`` holds anything (but its lock): Hydra saves no
+    ``.hydra/`` files and its job log's file handlers hold their records, until
+    ``RunDir.open``."""
+    global _HELD
+    if not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        return
+    swapped = {}
+    with read_write(config.hydra), open_dict(config.hydra):
+        subdir = config.hydra.output_subdir
+        config.hydra.output_subdir = None
+        handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
+        for name, handler in handlers.items():
+            if handler.get("class") == "logging.FileHandler":
+                swapped[name] = handler["class"]
+                handler["class"] = f"{__name__}.{HeldFileHandler.__name__}"
+    _HELD = _Held(run_dir.absolute(), subdir, swapped)
+
+
+def _save_yaml(data: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    OmegaConf.save(data, tmp)
+    tmp.replace(path)
+
+
+def write_held(task_cfg: DictConfig) -> None:
+    """What Hydra would have written at the start: ``.hydra/config.yaml``, ``hydra.yaml`` (as
+    configured, not as held) and ``overrides.yaml``; then the job log's waiting records."""
+    global _HELD
+    held, _HELD = _HELD, None
+    if held is None:
+        return
+    if held.output_subdir is not None:
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+            hydra_cfg.hydra.output_subdir = held.output_subdir
+            for name, cls in held.handler_classes.items():
+                hydra_cfg.hydra.job_logging.handlers[name]["class"] = cls
+        out = held.run_dir / held.output_subdir
+        out.mkdir(parents=True, exist_ok=True)
+        _save_yaml(task_cfg, out / "config.yaml")
+        _save_yaml(hydra_cfg, out / "hydra.yaml")
+        _save_yaml(hydra_cfg.hydra.overrides.task, out / "overrides.yaml")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, HeldFileHandler):
+            handler.write_waiting()
+
+
+def remove_orphans(ckpt_dir: Path) -> None:
+    """Remove what a checkpoint save killed midway leaves: ``.<name>.<random>.tmp`` files
+    (``AtomicCheckpointIO``), ``.<name>.tmp``/``.<name>.old`` folders (sharded saves). Called
+    under the run directory's lock, so no live save owns them."""
+    for path in [*ckpt_dir.glob(".*.tmp"), *ckpt_dir.glob(".*.old")]:
+        log.info("removing %s, left by a checkpoint save that was killed", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+class RunDir:
+    """``train()``'s run directory: locked (on rank 0), and written to only once ``open()``
+    says training starts, if it holds an earlier run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.guard = launch_rank_is_zero()
+        if self.guard:
+            lock_run_dir(path)
+        held = _HELD is not None and _HELD.run_dir == path.absolute()
+        self.earlier = held or any((path / name).exists() for name in RUN_FILES)
+        self.opened = False
+
+    def open(self, task_cfg: DictConfig) -> None:
+        """Training starts: write what was held, clean up after killed saves."""
+        self.opened = True
+        if self.guard:
+            write_held(task_cfg)
+            remove_orphans(self.path / "checkpoints")
+
+    @property
+    def may_record(self) -> bool:
+        """Whether a failure may be written to ``results.json``: not into an earlier run's
+        directory before this run started training."""
+        return self.opened or not self.earlier
+
+    def close(self) -> None:
+        if self.guard:
+            unlock_run_dir(self.path)
