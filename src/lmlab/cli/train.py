@@ -89,7 +89,10 @@ class RunDirCallback(Callback):
         try:
             lock_run_dir(run_dir)
         except ConfigError as err:
-            fail(err)
+            # not fail(): while Hydra runs, main() sets HYDRA_FULL_ERROR=1 and fail() would
+            # raise, which Hydra turns into a warning and goes on to write into the directory
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         hold_hydra_writes(config, run_dir)
 
 
