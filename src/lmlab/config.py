@@ -44,7 +44,8 @@ class Norm(str, Enum):
 
 class Activation(str, Enum):
     relu = "relu"
-    gelu = "gelu"
+    gelu = "gelu"  # tanh approximation (GPT-2; Hugging Face's gelu_new / gelu_pytorch_tanh)
+    gelu_exact = "gelu_exact"  # x * Phi(x), the erf form (Hendrycks & Gimpel 2016; HF BERT's gelu)
     swiglu = "swiglu"  # Shazeer 2020, gated with SiLU
     geglu = "geglu"  # Shazeer 2020, gated with GELU
 
@@ -72,6 +73,8 @@ class ModelConfig:
     SwiGLU/GeGLU (three matrices instead of two) 2/3 of that rounded up to ``ffn_multiple_of``,
     as Llama does, so the parameter count stays comparable.
     ``n_kv_heads=None`` means n_heads (multi-head); 1 is MQA, anything between is GQA.
+    ``d_head=None`` gives each head d_model / n_heads dimensions; set it when n_heads x d_head
+    differs from d_model (T5 v1.1 small: 6 heads of 64 in a 512 model; Gemma, Qwen3).
     ``vocab_size=None`` takes the tokenizer's size at training time.
     ``attention_window=None`` is full attention; an int W lets each query see its W most recent
     keys (itself included), as in Mistral's sliding window; in an encoder, the keys within W-1
@@ -90,6 +93,7 @@ class ModelConfig:
     n_decoder_layers: int | None = None
     n_heads: int = 4
     n_kv_heads: int | None = None
+    d_head: int | None = None
     d_ff: int | None = None
     ffn_multiple_of: int = 64
     max_seq_len: int = 256
@@ -126,9 +130,12 @@ class ModelConfig:
         for name in ("norm_eps", "rope_theta", "init_std"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be > 0 and finite")
-        if self.d_model % self.n_heads:
+        if self.d_head is not None and self.d_head < 1:
+            raise ConfigError(f"model.d_head={self.d_head} must be >= 1 (or null: d_model / n_heads)")
+        if self.d_head is None and self.d_model % self.n_heads:
             raise ConfigError(
-                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads} "
+                "(or set model.d_head, the dimension of each head)"
             )
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ConfigError(
@@ -137,8 +144,8 @@ class ModelConfig:
             )
         if self.positional == Positional.rope and self.head_dim % 2:
             raise ConfigError(
-                f"model.positional=rope needs an even head dimension, but "
-                f"d_model={self.d_model} / n_heads={self.n_heads} = {self.head_dim}"
+                f"model.positional=rope needs an even head dimension, but the head dimension "
+                f"(model.d_head, or d_model / n_heads) is {self.head_dim}"
             )
         if self.attention_window is not None and not 1 <= self.attention_window <= self.max_seq_len:
             raise ConfigError(
@@ -185,7 +192,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.d_head or self.d_model // self.n_heads
 
     @property
     def decoder_layers(self) -> int:

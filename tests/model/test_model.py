@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from lmlab.config import Activation, Family, ModelConfig, Norm, NormPlacement, Positional
 from lmlab.data.collators import decoder_tokens
 from lmlab.model import build_model, flops_per_token, param_breakdown
+from lmlab.errors import ConfigError
 from lmlab.model.context import build_context
+from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.positional import RotaryPositional, alibi_slopes, sinusoid_table
 
 V = 97
@@ -227,6 +229,7 @@ def counted_training_flops(model: torch.nn.Module, inputs: dict[str, torch.Tenso
         (Family.gpt, {"activation": Activation.swiglu, "n_kv_heads": 2, "tie_embeddings": False}),
         (Family.bert, {}),
         (Family.t5, {"n_decoder_layers": 3}),
+        (Family.t5, {"d_head": 24}),  # n_heads x d_head != d_model, as in T5 v1.1 small
     ],
 )
 def test_flops_per_token_equals_counted_matmul_flops(family: Family, knobs: dict) -> None:
@@ -247,3 +250,26 @@ def test_flops_per_token_equals_counted_matmul_flops(family: Family, knobs: dict
         assert flops_per_token(model, T, decoder_len=T) > 1.5 * counted
         with pytest.raises(ValueError, match="decoder_len"):
             flops_per_token(model, T)
+
+
+def test_gelu_exact_is_the_erf_form_and_gelu_the_tanh_approximation() -> None:
+    """Hugging Face's BERT uses x * Phi(x) (``hidden_act="gelu"``), GPT-2 the tanh form; the two
+    differ by up to ~5e-4, far above float64 rounding (~1e-16 at these magnitudes)."""
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    erf_form = 0.5 * x * (1 + torch.erf(x / 2**0.5))
+    tanh_form = 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+    assert torch.allclose(ACTIVATIONS[Activation.gelu_exact]()(x), erf_form, rtol=0, atol=1e-14)
+    assert torch.allclose(ACTIVATIONS[Activation.gelu]()(x), tanh_form, rtol=0, atol=1e-14)
+    assert (erf_form - tanh_form).abs().max() > 1e-4
+
+
+def test_head_dimension_may_differ_from_d_model_over_heads() -> None:
+    """``d_head``: 6 heads of 16 in a 64-wide model (T5 v1.1 small's 6 x 64 in 512, scaled)."""
+    cfg = tiny(d_model=64, n_heads=6, d_head=16, n_kv_heads=2, positional=Positional.rope)
+    model = build_model(cfg)
+    attn = model.blocks[0].attn
+    assert attn.wq.weight.shape == (96, 64) and attn.wkv.weight.shape == (64, 64)
+    assert attn.wo.weight.shape == (64, 96)
+    assert model(torch.randint(0, V, (2, 9))).shape == (2, 9, V)
+    with pytest.raises(ConfigError, match="model.d_head=0"):
+        tiny(d_head=0)

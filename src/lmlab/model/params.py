@@ -75,10 +75,10 @@ def _matmul_weights(module: nn.Module) -> int:
 
 def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = None) -> float:
     """Training FLOPs per input token, 6 * (matmul weights) + 12 * A * T * d for the attention
-    scores of A attention layers (Kaplan et al. 2020; PaLM appendix B). Matmul weights are
-    every ``nn.Linear``'s, the output head's included even when tied to the embedding; norms,
-    biases and embedding lookups are left out, as torch's FlopCounterMode leaves them out
-    (tested equal to its count).
+    scores of A attention layers, d = n_heads x the head dimension (d_model unless ``d_head`` is
+    set) (Kaplan et al. 2020; PaLM appendix B). Matmul weights are every ``nn.Linear``'s, the
+    output head's included even when tied to the embedding; norms, biases and embedding lookups
+    are left out, as torch's FlopCounterMode leaves them out (tested equal to its count).
 
     An encoder-decoder counts each part on the tokens it runs on: the encoder and the
     cross-attention's key/value projections on the ``seq_len`` encoder tokens; the decoder's
@@ -91,7 +91,7 @@ def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = No
         if decoder_len is None:
             raise ValueError("an encoder-decoder's FLOPs need decoder_len (its target tokens)")
         S = decoder_len
-        T, d = seq_len, cfg.d_model
+        T, d = seq_len, cfg.n_heads * cfg.head_dim
         cross_kv = sum(_matmul_weights(b.cross.wkv) for b in model.decoder)
         on_encoder = sum(_matmul_weights(b) for b in model.encoder) + cross_kv
         on_decoder = sum(_matmul_weights(b) for b in model.decoder) - cross_kv
@@ -99,4 +99,4 @@ def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = No
         scores = len(model.encoder) * T * T + len(model.decoder) * (S * S + S * T)
         return (6.0 * (on_encoder * T + on_decoder * S) + 12.0 * d * scores) / T
     n_attention = sum(isinstance(m, Attention) for m in model.modules())
-    return 6.0 * _matmul_weights(model) + 12.0 * n_attention * seq_len * cfg.d_model
+    return 6.0 * _matmul_weights(model) + 12.0 * n_attention * seq_len * cfg.n_heads * cfg.head_dim
