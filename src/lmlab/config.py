@@ -131,7 +131,9 @@ class ModelConfig:
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be > 0 and finite")
         if self.d_head is not None and self.d_head < 1:
-            raise ConfigError(f"model.d_head={self.d_head} must be >= 1 (or null: d_model / n_heads)")
+            raise ConfigError(
+                f"model.d_head={self.d_head} must be >= 1 (or null: d_model / n_heads)"
+            )
         if self.d_head is None and self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads} "

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from lmlab.config import Activation, Family, ModelConfig, Norm, NormPlacement, Positional
 from lmlab.data.collators import decoder_tokens
-from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.errors import ConfigError
+from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.model.context import build_context
 from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.positional import RotaryPositional, alibi_slopes, sinusoid_table

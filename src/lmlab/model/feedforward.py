@@ -43,9 +43,10 @@ class GatedMLP(nn.Module):
         return self.w_out(self.act(self.w_gate(x_BTD)) * self.w_in(x_BTD))
 
 
-# ``gelu`` is the tanh approximation, as in GPT-2 and BERT's original code; ``gelu_exact`` the erf
-# form that Hugging Face's BERT (``hidden_act="gelu"``) and torch's default use. A gated activation's
-# function alone (SiLU for SwiGLU) is what an ungated layer such as BERT's MLM transform uses.
+# ``gelu`` is the tanh approximation, as in GPT-2 and BERT's original code; ``gelu_exact`` the
+# erf form that Hugging Face's BERT (``hidden_act="gelu"``) and torch's default use. A gated
+# activation's function alone (SiLU for SwiGLU) is what an ungated layer such as BERT's MLM
+# transform uses.
 ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
     Activation.relu: nn.ReLU,
     Activation.gelu: partial(nn.GELU, approximate="tanh"),
