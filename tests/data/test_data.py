@@ -13,7 +13,7 @@ from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
 from lmlab.data.sources import load_documents, stdlib_files
-from lmlab.data.tokenizer import SPECIAL_TOKENS, train_bpe, train_char
+from lmlab.data.tokenizer import EOS, MASK, SPECIAL_TOKENS, Specials, train_bpe, train_char
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 
@@ -170,3 +170,30 @@ def test_sampler_resumes_exactly_and_shards_ranks() -> None:
     assert sorted(ranks[0][:5] + ranks[1][:5]) == sorted(full[:10])
     resumed = ResumableSampler(10, 35, seed=3, start=17, rank=1, world_size=2)
     assert len(list(resumed)) == 9 and len(resumed) == 17  # len counts the whole run
+
+
+def test_special_token_roles_come_from_the_tokenizers_own_specials() -> None:
+    """lmlab's names for its own tokenizers, Hugging Face's ([CLS], </s>, <s>) for converted
+    ones; an ordinary token spelled like a special is never taken, and a missing role is an
+    error that names the use."""
+    from tokenizers import AddedToken, Tokenizer, models
+
+    own = Specials.of(train_char(TEXT))
+    assert (own.eos, own.mask, own.bos, len(own.sentinels)) == (EOS, MASK, None, 100)
+    vocab = {t: i for i, t in enumerate(["<s>", "a", "b", "[UNK]"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.add_special_tokens(["[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]", "</s>"])
+    tok.add_special_tokens([AddedToken(f"<extra_id_{i}>", special=True) for i in (0, 1, 3)])
+    roles = Specials.of(tok)
+    assert (roles.cls, roles.sep, roles.mask, roles.pad, roles.eos) == (
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[PAD]",
+        "</s>",
+    )
+    assert roles.bos is None  # "<s>" is an ordinary vocabulary entry here
+    assert roles.sentinels == ("<extra_id_0>", "<extra_id_1>")  # numbered from 0, no gap
+    assert roles.id(tok, "mask", "fill-mask") == tok.token_to_id("[MASK]")
+    with pytest.raises(ConfigError, match="infilling needs a bos token"):
+        roles.id(tok, "bos", "infilling")

@@ -14,6 +14,7 @@ import torch
 
 from lmlab.cli.generate import main as generate_main
 from lmlab.config import CONF_DIR, ModelConfig, Positional
+from lmlab.data.tokenizer import EOS
 from lmlab.errors import ConfigError
 from lmlab.infer.fill import fill_mask, parse_spans
 from lmlab.infer.generation import filter_logits, generate
@@ -170,8 +171,9 @@ def test_per_layer_parameter_rows_add_up_to_the_total(family: str) -> None:
 
 
 def test_parse_spans() -> None:
-    spans = parse_spans("<extra_id_0> a b<extra_id_1>(c)<|endoftext|><extra_id_2> junk")
+    spans = parse_spans("<extra_id_0> a b<extra_id_1>(c)<|endoftext|><extra_id_2> junk", EOS)
     assert spans == {"<extra_id_0>": " a b", "<extra_id_1>": "(c)"}
+    assert parse_spans("<extra_id_0> x</s><extra_id_1> y", "</s>") == {"<extra_id_0>": " x"}
 
 
 # --- trained checkpoints, through the command lines ---------------------------------------

@@ -20,6 +20,7 @@ from omegaconf import MISSING
 
 from lmlab.cli.args import parse
 from lmlab.config import Family
+from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
 
 
@@ -102,7 +103,8 @@ def main(argv: list[str]) -> int | None:
         console.print(f"[bold]filled:[/bold] {filled}")
         return
     tok = pre.tokenizer
-    ids = tok.encode(cfg.prompt).ids or [tok.token_to_id("<|endoftext|>")]
+    start = "bos" if pre.specials.bos else "eos"  # what an empty prompt starts from
+    ids = encode(tok, cfg.prompt) or [pre.specials.id(tok, start, "an empty prompt")]
     for n in range(cfg.num_samples):
         if cfg.num_samples > 1:
             console.rule(f"sample {n + 1} of {cfg.num_samples}")

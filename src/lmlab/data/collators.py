@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import Family
-from lmlab.data.tokenizer import CLS, EOS, MASK, PAD, SENTINELS, SEP, SPECIAL_TOKENS
+from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
@@ -59,11 +59,13 @@ class MLMCollator:
         random: float = 0.1,
     ) -> None:
         self.seed, self.select, self.mask, self.random = seed, select, mask, random
-        self.cls_id, self.sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
-        self.mask_id = tokenizer.token_to_id(MASK)
+        specials = Specials.of(tokenizer)
+        self.cls_id = specials.id(tokenizer, "cls", "BERT's masked LM")
+        self.sep_id = specials.id(tokenizer, "sep", "BERT's masked LM")
+        self.mask_id = specials.id(tokenizer, "mask", "BERT's masked LM")
         vocab = tokenizer.get_vocab_size()
         self.is_special = torch.zeros(vocab, dtype=torch.bool)
-        self.is_special[[tokenizer.token_to_id(s) for s in SPECIAL_TOKENS]] = True
+        self.is_special[specials.all_ids(tokenizer)] = True
         self.regular_ids = (~self.is_special).nonzero().squeeze(1)
 
     @classmethod
@@ -147,15 +149,17 @@ class SpanCorruptionCollator:
 
     def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
         self.seed, self.input_len = seed, seq_len
+        specials = Specials.of(tokenizer)
         n_spans = noise_counts(self.row_len(seq_len), self.density, self.mean_span)[1]
-        if n_spans > len(SENTINELS):
+        if n_spans > len(specials.sentinels):
             raise ConfigError(
                 f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
-                f"tokenizer's {len(SENTINELS)} sentinels: use a shorter sequence"
+                f"tokenizer's {len(specials.sentinels)} sentinels: use a shorter sequence"
             )
         self.target_len = self.decoder_len(seq_len)
-        self.sentinels = np.array([tokenizer.token_to_id(s) for s in SENTINELS])
-        self.eos, self.pad = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
+        self.sentinels = np.array([tokenizer.token_to_id(s) for s in specials.sentinels])
+        self.eos = specials.id(tokenizer, "eos", "T5's span corruption")
+        self.pad = specials.id(tokenizer, "pad", "T5's span corruption")
 
     @classmethod
     def row_len(cls, seq_len: int) -> int:

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from lmlab.config import DataConfig
 from lmlab.data.sources import Documents, fingerprint, load_documents
-from lmlab.data.tokenizer import EOS, SPECIAL_TOKENS, train_tokenizer
+from lmlab.data.tokenizer import SPECIAL_TOKENS, Specials, train_tokenizer
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,17 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Dataset, int, int]:
-    """Tokenise (batched ``map``), append EOS to every document, concatenate, and cut rows of
-    ``row_len`` tokens (the tail of each 1000-document batch is dropped). Returns the rows, the
-    token count and the UTF-8 byte count (for bits per byte)."""
-    eos = tok.token_to_id(EOS)
+    """Tokenise (batched ``map``), end every document with EOS (and start it with BOS when the
+    tokenizer has one, as Llama's does), concatenate, and cut rows of ``row_len`` tokens (the
+    tail of each 1000-document batch is dropped). Returns the rows, the token count and the
+    UTF-8 byte count (for bits per byte)."""
+    specials = Specials.of(tok)
+    eos = [specials.id(tok, "eos", "packing documents")]
+    bos = [specials.id(tok, "bos", "")] if specials.bos else []
 
     def tokenize(batch: dict) -> dict:
-        ids = [e.ids + [eos] for e in tok.encode_batch(batch["text"])]
+        encoded = tok.encode_batch(batch["text"], add_special_tokens=False)
+        ids = [bos + e.ids + eos for e in encoded]
         return {"ids": ids, "n_bytes": [len(t.encode()) for t in batch["text"]]}
 
     def chunk(batch: dict) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -22,6 +24,74 @@ SENTINELS = [f"<extra_id_{i}>" for i in range(N_SENTINELS)]
 # one tokenizer per corpus serves GPT, BERT and T5 alike. They take ids 0 .. 105.
 SPECIAL_TOKENS = [EOS, PAD, MASK, CLS, SEP, UNK, *SENTINELS]
 N_BYTES = 256
+
+# The names each role has in the tokenizers lmlab reads: its own first, then Hugging Face's
+# (GPT-2, Llama 2 and 3, Mistral, BERT, T5). A role is looked up among a tokenizer's special
+# (added) tokens only, so an ordinary BPE token that happens to read "<s>" is never taken.
+ROLE_NAMES = {
+    "eos": (EOS, "</s>", "<|end_of_text|>", "<eos>"),
+    "pad": (PAD, "[PAD]"),
+    "mask": (MASK, "[MASK]"),
+    "cls": (CLS, "[CLS]"),
+    "sep": (SEP, "[SEP]"),
+    "unk": (UNK, "[UNK]"),
+    "bos": ("<s>", "<|begin_of_text|>", "<bos>"),
+}
+SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+
+
+@dataclass(frozen=True)
+class Specials:
+    """The token that plays each role for lmlab's objectives and tools: EOS ends documents and
+    generation, PAD pads and starts T5's decoder, CLS/SEP frame and MASK masks BERT's input,
+    the sentinels mark T5's spans. lmlab's tokenizers use ``SPECIAL_TOKENS``; a converted
+    Hugging Face tokenizer brings its own names ([CLS], </s>, ...). None: the tokenizer has no
+    token for the role (``id`` then says which use needs one)."""
+
+    eos: str | None = EOS
+    pad: str | None = PAD
+    mask: str | None = MASK
+    cls: str | None = CLS
+    sep: str | None = SEP
+    unk: str | None = UNK
+    bos: str | None = None
+    sentinels: tuple[str, ...] = tuple(SENTINELS)
+
+    @classmethod
+    def of(cls, tok: Tokenizer) -> Specials:
+        """The roles of ``tok``'s special tokens, by name (``ROLE_NAMES``). A tokenizer without
+        added special tokens (a character vocabulary saved before lmlab marked its specials) is
+        searched in its whole vocabulary."""
+        added = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        added = added or set(tok.get_vocab())
+        roles = {
+            role: next((n for n in names if n in added), None) for role, names in ROLE_NAMES.items()
+        }
+        numbered = sorted((int(m.group(1)), t) for t in added if (m := SENTINEL_RE.fullmatch(t)))
+        sentinels = tuple(t for i, (k, t) in enumerate(numbered) if k == i)  # 0, 1, 2, ... only
+        return cls(**roles, sentinels=sentinels)
+
+    def id(self, tok: Tokenizer, role: str, use: str) -> int:
+        """The id of ``role``'s token; a ConfigError naming ``use`` when there is none."""
+        name = getattr(self, role)
+        token_id = tok.token_to_id(name) if name is not None else None
+        if token_id is None:
+            raise ConfigError(
+                f"{use} needs a {role} token, and this tokenizer has none (its special tokens: "
+                f"{', '.join(n for n in asdict(self).values() if isinstance(n, str)) or 'none'})"
+            )
+        return token_id
+
+    def all_ids(self, tok: Tokenizer) -> list[int]:
+        """Every special token's id (roles and sentinels), to keep out of masking."""
+        names = [n for n in asdict(self).values() if isinstance(n, str)] + list(self.sentinels)
+        return [i for n in names if (i := tok.token_to_id(n)) is not None]
+
+
+def encode(tok: Tokenizer, text: str) -> list[int]:
+    """``text``'s ids without the specials a tokenizer's post-processor adds (a converted BERT
+    tokenizer's [CLS] .. [SEP], Llama's <s>, T5's </s>): lmlab frames its inputs itself."""
+    return tok.encode(text, add_special_tokens=False).ids
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -53,6 +123,7 @@ def train_char(texts: Iterable[str]) -> Tokenizer:
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL_TOKENS)  # already in the vocabulary: marks them special
     return tok
 
 

@@ -3,8 +3,9 @@
 
 Byte-level BPE folds a word's leading space into the word's token, so the one space before a
 ``<mask>`` or a sentinel is dropped from the input and the prediction brings its own (RoBERTa's
-mask token strips left whitespace the same way). ``[MASK]`` is accepted for ``<mask>``; in
-``infill`` each ``<mask>`` becomes the next sentinel ``<extra_id_k>``.
+mask token strips left whitespace the same way). ``<mask>`` and ``[MASK]`` both stand for the
+tokenizer's mask token (a converted BERT's is ``[MASK]``); in ``infill`` each becomes the next
+sentinel ``<extra_id_k>``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from lmlab.data.tokenizer import CLS, EOS, MASK, PAD, SENTINELS, SEP
+from lmlab.data.tokenizer import SENTINEL_RE, encode
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import decode_loop
 from lmlab.infer.pretrained import Pretrained
 
-SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+MASK_MARKERS = ("<mask>", "[MASK]")
 
 
 @dataclass
@@ -31,18 +32,22 @@ class Candidate:
 
 def _encode(pre: Pretrained, text: str, marker: str) -> list[int]:
     text = re.sub(r" ?(" + re.escape(marker) + ")", r"\1", text)
-    return pre.tokenizer.encode(text).ids
+    return encode(pre.tokenizer, text)
 
 
 @torch.no_grad()
 def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Candidate]], str]:
     """The ``top_k`` most likely tokens for each ``<mask>`` of ``text``, and the text with
     every mask replaced by its most likely token."""
-    text = text.replace("[MASK]", MASK)
-    if MASK not in text:
-        raise ConfigError(f"text={text!r} has no {MASK} (or [MASK]) to fill")
-    tok = pre.tokenizer
-    ids = [tok.token_to_id(CLS), *_encode(pre, text, MASK), tok.token_to_id(SEP)]
+    tok, specials = pre.tokenizer, pre.specials
+    mask = specials.mask or "<mask>"
+    for marker in MASK_MARKERS:
+        text = text.replace(marker, mask)
+    if mask not in text:
+        raise ConfigError(f"text={text!r} has no <mask> (or [MASK]) to fill")
+    mask_id = specials.id(tok, "mask", "fill-mask")
+    cls_id, sep_id = specials.id(tok, "cls", "fill-mask"), specials.id(tok, "sep", "fill-mask")
+    ids = [cls_id, *_encode(pre, text, mask), sep_id]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(
             f"text is {len(ids)} tokens with [CLS] and [SEP], above the model's "
@@ -50,7 +55,6 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
         )
     ids_1T = torch.tensor([ids], device=pre.device)
     probs_TV = pre.model(ids_1T)[0].float().softmax(-1)
-    mask_id = tok.token_to_id(MASK)
     filled, results = list(ids), []
     for t in (ids_1T[0] == mask_id).nonzero()[:, 0].tolist():
         p, idx = probs_TV[t].topk(top_k)
@@ -60,13 +64,15 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
     return results, tok.decode(filled[1:-1])
 
 
-def _sentinels(text: str) -> str:
+def _sentinels(text: str, sentinels: tuple[str, ...]) -> str:
     """``<mask>``/``[MASK]`` to successive sentinels after the highest one already there."""
     used = [int(k) for k in SENTINEL_RE.findall(text)]
     k = max(used, default=-1) + 1
-    for marker in ("[MASK]", MASK):
+    for marker in MASK_MARKERS:
         while marker in text:
-            text = text.replace(marker, SENTINELS[k], 1)
+            if k >= len(sentinels):
+                raise ConfigError(f"text has more masks than the tokenizer's {k} sentinels")
+            text = text.replace(marker, sentinels[k], 1)
             k += 1
     return text
 
@@ -84,17 +90,19 @@ def infill(
 ) -> tuple[dict[str, str], str]:
     """Generate the span of every sentinel in ``text`` (T5's target: ``<extra_id_0> span0
     <extra_id_1> span1 ... </s>``); returns {sentinel: span} and the filled text."""
-    text = _sentinels(text)
+    tok, model, specials = pre.tokenizer, pre.model, pre.specials
+    text = _sentinels(text, specials.sentinels)
     if not SENTINEL_RE.search(text):
         raise ConfigError(f"text={text!r} has no sentinel <extra_id_0> (or <mask>) to fill")
-    tok, model = pre.tokenizer, pre.model
-    ids = [*_encode(pre, text, "<extra_id_"), tok.token_to_id(EOS)]
+    eos_id = specials.id(tok, "eos", "infilling")
+    ids = [*_encode(pre, text, "<extra_id_"), eos_id]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(
             f"text is {len(ids)} tokens, above the model's max_seq_len={pre.cfg.max_seq_len}"
         )
     memory_1TD = model.encode(torch.tensor([ids], device=pre.device))
-    start_11 = torch.tensor([[tok.token_to_id(PAD)]], device=pre.device)  # T5's start token
+    start_id = specials.id(tok, "pad", "infilling")  # T5's decoder start token
+    start_11 = torch.tensor([[start_id]], device=pre.device)
     out_1S = decode_loop(
         lambda dec_ids, cache: model.decode(dec_ids, memory_1TD, cache=cache),
         model.new_cache if use_cache else None,
@@ -105,15 +113,16 @@ def infill(
         top_k,
         top_p,
         generator,
-        eos_id=tok.token_to_id(EOS),
+        eos_id=eos_id,
     )
-    spans = parse_spans(tok.decode(out_1S[0, 1:].tolist(), skip_special_tokens=False))
+    target = tok.decode(out_1S[0, 1:].tolist(), skip_special_tokens=False)
+    spans = parse_spans(target, specials.eos)
     filled = SENTINEL_RE.sub(lambda m: spans.get(m.group(0), ""), text)
     return spans, filled
 
 
-def parse_spans(target: str) -> dict[str, str]:
+def parse_spans(target: str, eos: str) -> dict[str, str]:
     """``<extra_id_0> a <extra_id_1> b</s>`` -> {"<extra_id_0>": " a ", "<extra_id_1>": " b"}."""
-    target = target.split(EOS)[0]
+    target = target.split(eos)[0]
     parts = SENTINEL_RE.split(target)  # [before, k0, span0, k1, span1, ...]
     return {f"<extra_id_{k}>": span for k, span in zip(parts[1::2], parts[2::2], strict=True)}

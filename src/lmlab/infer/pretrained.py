@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.config import Family, ModelConfig
+from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
 from lmlab.model import build_model
@@ -36,6 +37,10 @@ class Pretrained:
     @property
     def family(self) -> Family:
         return self.cfg.family
+
+    @property
+    def specials(self) -> Specials:
+        return Specials.of(self.tokenizer)
 
     @property
     def device(self) -> torch.device:

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.config import Family
-from lmlab.data.tokenizer import CLS, SEP
+from lmlab.data.tokenizer import Specials, encode
 from lmlab.model.attention import Attention
 
 
@@ -40,9 +40,11 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, Attention]]:
 
 def probe_ids(model: nn.Module, tokenizer: Tokenizer, text: str) -> list[int]:
     """The ids the model sees for ``text``: BERT's input is framed by [CLS] .. [SEP]."""
-    ids = tokenizer.encode(text).ids
+    ids = encode(tokenizer, text)
     if model.cfg.family == Family.bert:
-        ids = [tokenizer.token_to_id(CLS), *ids, tokenizer.token_to_id(SEP)]
+        specials = Specials.of(tokenizer)
+        cls_id, sep_id = (specials.id(tokenizer, r, "BERT's input") for r in ("cls", "sep"))
+        ids = [cls_id, *ids, sep_id]
     return ids[: model.cfg.max_seq_len]
 
 
