@@ -214,6 +214,11 @@ class ModelConfig:
         return 4 * self.d_model
 
 
+def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """``cfg`` as plain types (enums as their values), as checkpoints store it."""
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
 class Source(str, Enum):
     stdlib = "stdlib"  # the Python standard library's own .py sources (no download)
     text = "text"  # a local UTF-8 file or a folder of them

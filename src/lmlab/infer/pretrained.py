@@ -79,13 +79,13 @@ def load(
     path: str | Path, device: str = "cpu", dtype: str = "fp32", tokenizer: str | None = None
 ) -> Pretrained:
     """The model of checkpoint ``path`` in eval mode on ``device`` in ``dtype`` (fp32, bf16,
-    fp16), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``)."""
+    fp16, or auto: as stored), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``)."""
     check_device(device)
     path = Path(path)
     if not (path.is_file() or is_sharded(path)):
         raise ConfigError(f"ckpt={path}: no such checkpoint file or sharded checkpoint folder")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}")
+    if dtype not in DTYPES and dtype != "auto":
+        raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}, auto")
     ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
     if "model_config" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"ckpt={path}: not an lmlab checkpoint (no model_config/state_dict)")
@@ -102,6 +102,8 @@ def load(
             "tokenizer=<the run's data cache>/tokenizer.json"
         )
     model = build_model(cfg)
-    model.load_state_dict(model_state(ckpt["state_dict"]))
-    model.to(device=device, dtype=DTYPES[dtype]).eval()
+    state = model_state(ckpt["state_dict"])
+    model.load_state_dict(state)
+    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    model.to(device=device, dtype=stored if dtype == "auto" else DTYPES[dtype]).eval()
     return Pretrained(model, tok, cfg, path)

@@ -17,7 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from lmlab.config import RUNTIME_FIELDS, DataConfig, ModelConfig, flatten, resolve_configs
+from lmlab.config import (
+    RUNTIME_FIELDS,
+    DataConfig,
+    ModelConfig,
+    flatten,
+    model_config_dict,
+    resolve_configs,
+)
 from lmlab.data.datamodule import LMDataModule
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
@@ -31,7 +38,7 @@ from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
 from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
 from lmlab.train.rundir import RunDir
-from lmlab.train.task import LMTask, model_config_dict
+from lmlab.train.task import LMTask
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
-from enum import Enum
 
 import lightning as L
 import torch
@@ -14,7 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from lmlab.config import Compile, Family, ModelConfig, compile_mode
+from lmlab.config import Compile, Family, ModelConfig, compile_mode, model_config_dict
 from lmlab.data.collators import IGNORE
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
@@ -62,10 +60,6 @@ def build_optimizer(
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A plain tensor from an FSDP2 DTensor (a sharded parameter's norm), as is otherwise."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def model_config_dict(cfg: ModelConfig) -> dict:
-    return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(cfg).items()}
 
 
 class LMTask(L.LightningModule):

@@ -1,0 +1,227 @@
+"""``from_hf``: a Hugging Face model folder (or hub name) -> an lmlab checkpoint file.
+``to_hf``: an lmlab checkpoint (file or sharded folder) -> a folder that transformers'
+``AutoModelFor*`` and ``AutoTokenizer`` load.
+
+transformers reads and writes the Hugging Face side (configs, legacy key names, safetensors
+shards, ``bin`` files, tokenizers); ``huggingface_hub.save_torch_state_dict`` writes the weights
+(sharded when large). What lmlab adds is the mapping (``lmlab.infer.hf.mapping``) and the
+refusals: a knob value a transformers class cannot express is named, never approximated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.config import ModelConfig, model_config_dict, to_schema
+from lmlab.data.tokenizer import Specials
+from lmlab.errors import ConfigError
+from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
+from lmlab.infer.hf.mapping import to_hf as state_to_hf
+from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
+from lmlab.infer.pretrained import load
+from lmlab.model import build_model
+
+log = logging.getLogger(__name__)
+# Where ModelConfig's dropout is 0 and init_std is unused after conversion: these HF settings
+# are about training, and a converted model is set up for use (model.dropout to fine-tune).
+
+
+def _transformers() -> Any:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # its notes on unused keys are ours to report
+    return transformers
+
+
+def hf_config(source: str) -> Any:
+    """The Hugging Face config of a local folder or a hub name, or a ConfigError that says
+    which it was and why it cannot be read."""
+    transformers = _transformers()
+    local = Path(source)
+    if local.exists() and not (local / "config.json").is_file():
+        raise ConfigError(f"from_hf={source}: a local path without config.json")
+    try:
+        return transformers.AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        if local.exists():
+            raise ConfigError(f"from_hf={source}: config.json unreadable: {err}") from None
+        raise ConfigError(
+            f"from_hf={source}: no such local folder, and the Hugging Face hub has no such model "
+            "or cannot be reached (offline?): download it where you are online "
+            f"(`huggingface-cli download {source} --local-dir DIR`) and pass from_hf=DIR"
+        ) from None
+
+
+def architecture_of(config: Any, source: str) -> Architecture:
+    arch = ARCHITECTURES.get(config.model_type)
+    if arch is None:
+        raise ConfigError(
+            f"from_hf={source}: model_type={config.model_type!r} has no lmlab recipe; "
+            f"allowed: {', '.join(ARCHITECTURES)}"
+        )
+    return arch
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """{name: the name it shares its tensor with} (a tied head -> the embedding)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
+def from_hf(source: str, out: str | Path) -> Path:
+    """Convert ``source`` (folder or hub name) into the lmlab checkpoint ``out``."""
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"out={out} exists: choose a new file (nothing is overwritten)")
+    config = hf_config(source)
+    arch = architecture_of(config, source)
+    transformers = _transformers()
+    try:
+        hf_model = getattr(transformers, arch.hf_class).from_pretrained(source, dtype="auto")
+    except OSError as err:
+        raise ConfigError(f"from_hf={source}: weights unreadable: {err}") from None
+    tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
+    cfg = to_schema(ModelConfig, arch.config_from_hf(hf_model.config, tied), "model.")
+    hf_state = hf_model.state_dict()
+    with torch.device("meta"):
+        skeleton = build_model(cfg)
+    shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
+    rules = arch.rules(cfg)
+    state = state_to_lmlab(hf_state, rules, shapes)
+    for alias, name in tied_aliases(skeleton).items():
+        state[alias] = state[name]
+    used = {k for r in rules for k in r.hf} | set(
+        getattr(hf_model, "_tied_weights_keys", None) or {}
+    )
+    unused = sorted(set(hf_state) - used)
+    if unused:
+        raise ConfigError(
+            f"from_hf={source}: weights with no lmlab counterpart: {', '.join(unused[:6])}"
+        )
+    skeleton.load_state_dict(state, strict=True, assign=True)  # every key, every shape
+    ckpt: dict[str, Any] = {
+        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "model_config": model_config_dict(cfg),
+        "converted_from": {"source": str(source), "hf_class": arch.hf_class},
+    }
+    tokenizer = hf_tokenizer(source)
+    if tokenizer is not None:
+        ckpt["tokenizer"] = tokenizer.backend_tokenizer.to_str()
+        check_specials(tokenizer)
+    else:
+        log.warning(
+            "%s has no tokenizer files: generation will need tokenizer=<tokenizer.json>", source
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def hf_tokenizer(source: str) -> Any | None:
+    """The model's fast tokenizer, or None when the folder has no tokenizer files."""
+    transformers = _transformers()
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+    return tok if hasattr(tok, "backend_tokenizer") else None
+
+
+def check_specials(tokenizer: Any) -> None:
+    """lmlab finds each role by name among the special tokens (``Specials.of``); warn where that
+    differs from what the Hugging Face tokenizer declares."""
+    found = Specials.of(tokenizer.backend_tokenizer)
+    for role in ("eos", "pad", "mask", "cls", "sep", "bos"):
+        declared = getattr(tokenizer, f"{role}_token", None)
+        if declared and getattr(found, role) not in (declared, None):
+            log.warning(
+                "the tokenizer's %s is %r; lmlab uses %r", role, declared, getattr(found, role)
+            )
+
+
+def choose_architecture(cfg: ModelConfig) -> Architecture:
+    """The transformers class for ``cfg``, or a ConfigError naming every knob in the way."""
+    candidates = architectures_of(cfg.family)
+    chosen = [a for a in candidates if a.selects(cfg)]
+    if not chosen:
+        options = "; ".join(f"{a.hf_class} has {a.model_type} positions" for a in candidates)
+        raise ConfigError(
+            f"model.positional={cfg.positional.value} (family={cfg.family.value}) has no "
+            f"transformers class: {options}"
+        )
+    chosen[0].check(cfg)
+    return chosen[0]
+
+
+def stored_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def to_hf(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
+    """Write checkpoint ``path`` as a Hugging Face model folder ``out`` (config.json,
+    model.safetensors or shards, the tokenizer)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"out={out} exists and is not an empty folder (nothing is overwritten)")
+    pre = load(path, dtype=dtype)
+    cfg = pre.cfg
+    arch = choose_architecture(cfg)
+    transformers = _transformers()
+    hf_class = getattr(transformers, arch.hf_class)
+    tok, specials = pre.tokenizer, pre.specials
+    ids = {
+        role: tok.token_to_id(getattr(specials, role))
+        for role in ("bos", "eos", "pad")
+        if getattr(specials, role)
+    }
+    extra = {f"{role}_token_id": i for role, i in ids.items()}
+    if cfg.family.value == "t5" and "pad" in ids:
+        extra["decoder_start_token_id"] = ids["pad"]  # lmlab's T5 decoder starts from PAD
+    weights_dtype = stored_dtype(pre.model)
+    config = hf_class.config_class(
+        **arch.config_to_hf(cfg), architectures=[arch.hf_class], dtype=weights_dtype, **extra
+    )
+    state = pre.model.state_dict()
+    hf_state = state_to_hf(state, arch.rules(cfg)) | arch.fill_to_hf(cfg, state["embed.weight"])
+    from huggingface_hub import save_torch_state_dict
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        config.save_pretrained(tmp)
+        save_torch_state_dict(hf_state, tmp)
+        hf_tokenizer_of(tok, specials).save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def hf_tokenizer_of(tok: Any, specials: Specials) -> Any:
+    """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles."""
+    transformers = _transformers()
+    roles = {
+        f"{role}_token": getattr(specials, role)
+        for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
+        if getattr(specials, role)
+    }
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, additional_special_tokens=list(specials.sentinels), **roles
+    )

@@ -1,0 +1,312 @@
+"""Hugging Face interop: tiny random models of each transformers class, saved and converted,
+give transformers' logits and greedy tokens; lmlab checkpoints go out and come back unchanged.
+
+No hub access: every model is built here from a config. The logits are compared in fp32 at
+1e-5 (the issue's bound): these models' logits are O(1) and each passes ~10^2 accumulations
+per layer, so fp32 rounding (6e-8 per operation) stays near 1e-6, while a wrong mapping (a
+transposed matrix, a lost bias, an unscaled query) moves logits by 1e-2 or more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from lmlab.config import (  # noqa: E402
+    Activation,
+    Family,
+    ModelConfig,
+    NormPlacement,
+    Positional,
+    model_config_dict,
+    to_schema,
+)
+from lmlab.data.tokenizer import Specials, train_char  # noqa: E402
+from lmlab.errors import ConfigError  # noqa: E402
+from lmlab.infer.generation import decode_loop, generate  # noqa: E402
+from lmlab.infer.hf.convert import choose_architecture, from_hf, hf_tokenizer_of, to_hf  # noqa: E402
+from lmlab.infer.pretrained import load  # noqa: E402
+from lmlab.model import build_model  # noqa: E402
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 4
+TOKENIZER = train_char([TEXT])
+V = TOKENIZER.get_vocab_size()
+SPECIALS = Specials.of(TOKENIZER)
+PAD = TOKENIZER.token_to_id(SPECIALS.pad)
+NO_SPECIAL_IDS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+CASES = {
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            vocab_size=V,
+            initializer_range=0.1,
+            **NO_SPECIAL_IDS,
+        )
+    ),
+    "llama": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=V,
+            max_position_embeddings=64,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            tie_word_embeddings=False,
+            initializer_range=0.1,
+            **NO_SPECIAL_IDS,
+        )
+    ),
+    "mistral": lambda: transformers.MistralForCausalLM(
+        transformers.MistralConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            vocab_size=V,
+            max_position_embeddings=64,
+            sliding_window=5,
+            initializer_range=0.1,
+            **NO_SPECIAL_IDS,
+        )
+    ),
+    "bert": lambda: transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=V,
+            max_position_embeddings=64,
+            type_vocab_size=2,
+            initializer_range=0.1,
+            pad_token_id=PAD,
+        )
+    ),
+    "t5": lambda: transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            d_model=32,
+            d_ff=64,
+            d_kv=8,
+            num_layers=2,
+            num_decoder_layers=3,
+            num_heads=4,
+            vocab_size=V,
+            feed_forward_proj="relu",
+            pad_token_id=PAD,
+            decoder_start_token_id=PAD,
+            eos_token_id=None,
+        )
+    ),
+    # T5 v1.1 / Flan: gated GELU, untied head, 3 heads of 16 in a 32-wide model
+    "t5_v1_1": lambda: transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            d_model=32,
+            d_ff=64,
+            d_kv=16,
+            num_layers=2,
+            num_heads=3,
+            vocab_size=V,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            pad_token_id=PAD,
+            decoder_start_token_id=PAD,
+            eos_token_id=None,
+        )
+    ),
+}
+
+
+def hf_folder(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny random model of ``name`` with lmlab's char tokenizer, as save_pretrained writes."""
+    torch.manual_seed(0)
+    model = CASES[name]().eval()
+    folder = root / name
+    model.save_pretrained(folder)
+    hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(folder)
+    return folder, model
+
+
+def inputs(name: str) -> dict[str, torch.Tensor]:
+    """Ids (two rows, 12 tokens: longer than Mistral's window of 5); BERT also a padded row
+    and segments, T5 decoder inputs."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(110, V, (2, 12), generator=g)
+    if name == "bert":
+        mask = torch.ones_like(ids)
+        mask[1, 8:] = 0
+        segments = torch.zeros_like(ids)
+        segments[:, 6:] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments}
+    if name.startswith("t5"):
+        return {"input_ids": ids, "decoder_input_ids": torch.randint(110, V, (2, 7), generator=g)}
+    return {"input_ids": ids}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_from_hf_gives_transformers_logits(name: str, tmp_path: Path) -> None:
+    folder, hf_model = hf_folder(name, tmp_path)
+    pre = load(from_hf(str(folder), tmp_path / f"{name}.ckpt"))
+    batch = inputs(name)
+    with torch.no_grad():
+        expected = hf_model(**batch).logits
+        got = pre.model(**batch)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5
+    assert pre.tokenizer.get_vocab() == TOKENIZER.get_vocab()  # the tokenizer came along
+    assert pre.tokenizer.encode(TEXT).ids == TOKENIZER.encode(TEXT).ids
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "t5_v1_1"])
+def test_greedy_generation_with_the_kv_cache_gives_transformers_tokens(
+    name: str, tmp_path: Path
+) -> None:
+    folder, hf_model = hf_folder(name, tmp_path)
+    pre = load(from_hf(str(folder), tmp_path / f"{name}.ckpt"))
+    ids = inputs(name)["input_ids"][:1]
+    n = 10
+    with torch.no_grad():
+        expected = hf_model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+        if name.startswith("t5"):
+            memory = pre.model.encode(ids)
+            start = torch.full((1, 1), PAD)
+            got = decode_loop(
+                lambda d, cache: pre.model.decode(d, memory, cache=cache),
+                pre.model.new_cache,
+                start,
+                pre.cfg.max_seq_len,
+                n,
+                temperature=0.0,
+            )
+        else:
+            got = generate(pre.model, ids, n, temperature=0.0, use_cache=True)
+    assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("knobs", "hf_class"),
+    [
+        ({"positional": Positional.learned}, "GPT2LMHeadModel"),
+        (
+            dict(
+                positional="rope",
+                norm="rmsnorm",
+                activation="swiglu",
+                bias=False,
+                n_kv_heads=2,
+                tie_embeddings=False,
+            ),
+            "LlamaForCausalLM",
+        ),
+        (
+            dict(
+                positional="rope",
+                norm="rmsnorm",
+                activation="geglu",
+                bias=False,
+                attention_window=6,
+            ),
+            "MistralForCausalLM",
+        ),
+        (dict(family="bert", norm_placement="post", activation="gelu_exact"), "BertForMaskedLM"),
+        (dict(family="bert", norm_placement="post", type_vocab_size=2), "BertForMaskedLM"),
+        (
+            # 2 heads of 16: the query scale sqrt(16) = 4 is exact both ways
+            dict(
+                family="t5",
+                positional="relative",
+                norm="rmsnorm",
+                bias=False,
+                n_heads=2,
+                activation="relu",
+            ),
+            "T5ForConditionalGeneration",
+        ),
+    ],
+)
+def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
+    knobs: dict, hf_class: str, tmp_path: Path
+) -> None:
+    base = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=32, vocab_size=V)
+    cfg = to_schema(ModelConfig, {**base, **knobs})
+    ckpt = tmp_path / "lmlab.ckpt"
+    torch.manual_seed(0)
+
+    model = build_model(cfg)
+    with torch.no_grad():  # every parameter nonzero, norms away from 1, so nothing hides
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "model_config": model_config_dict(cfg),
+            "tokenizer": TOKENIZER.to_str(),
+        },
+        ckpt,
+    )
+    folder = to_hf(ckpt, tmp_path / "hf")
+    auto = {
+        Family.gpt: "AutoModelForCausalLM",
+        Family.bert: "AutoModelForMaskedLM",
+        Family.t5: "AutoModelForSeq2SeqLM",
+    }[cfg.family]
+    hf_model = getattr(transformers, auto).from_pretrained(folder).eval()
+    assert type(hf_model).__name__ == hf_class
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    assert tok("hear me", add_special_tokens=False)["input_ids"] == TOKENIZER.encode("hear me").ids
+    batch = inputs(cfg.family.value)
+    batch["input_ids"] = batch["input_ids"][:, : cfg.max_seq_len]
+    if cfg.family == Family.bert and not cfg.type_vocab_size:
+        batch.pop("token_type_ids")
+    with torch.no_grad():
+        assert (hf_model(**batch).logits - model.eval()(**batch)).abs().max() <= 1e-5
+    back = load(from_hf(str(folder), tmp_path / "back.ckpt"))
+    original = model.state_dict()
+    # the width made explicit; a BERT without segments comes back with one all-zero segment
+    segments = max(cfg.type_vocab_size, 1) if cfg.family == Family.bert else 0
+    assert back.cfg == dataclasses.replace(cfg, d_ff=cfg.ffn_dim, type_vocab_size=segments)
+    restored = back.model.state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in original.items())
+
+
+@pytest.mark.parametrize(
+    ("knobs", "named"),
+    [
+        ({"positional": Positional.alibi}, "model.positional=alibi"),
+        ({"norm_placement": NormPlacement.post}, "model.norm_placement=post"),
+        ({"norm_placement": NormPlacement.sandwich, "norm": "rmsnorm"}, "model.norm=rmsnorm"),
+        ({"positional": Positional.rope, "activation": Activation.gelu}, "model.activation=gelu"),
+        ({"family": Family.bert}, "model.norm_placement=pre"),
+        ({"family": Family.t5, "positional": Positional.relative}, "model.bias=True"),
+    ],
+)
+def test_to_hf_refuses_what_transformers_cannot_express(knobs: dict, named: str) -> None:
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V, **knobs))
+    with pytest.raises(ConfigError, match=named.replace("=", "=").replace(".", r"\.")):
+        choose_architecture(cfg)
+
+
+def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network wait
+    with pytest.raises(ConfigError, match="no such local folder.*huggingface-cli download"):
+        from_hf("openai-community/gpt2", tmp_path / "x.ckpt")
+    with pytest.raises(ConfigError, match="without config.json"):
+        from_hf(str(tmp_path), tmp_path / "x.ckpt")
+    (tmp_path / "x.ckpt").write_text("mine")
+    with pytest.raises(ConfigError, match="exists"):
+        from_hf(str(tmp_path), tmp_path / "x.ckpt")
+    assert (tmp_path / "x.ckpt").read_text() == "mine"
