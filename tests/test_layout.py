@@ -74,7 +74,7 @@ def test_imports_follow_the_layering(path: Path) -> None:
 def test_src_holds_only_the_thin_scripts_and_the_package() -> None:
     src = PACKAGE.parent
     scripts = sorted(p.stem for p in src.glob("*.py"))
-    assert scripts == ["compare", "consolidate", "generate", "probe", "scaling", "train"]
+    assert scripts == ["compare", "consolidate", "convert", "generate", "probe", "scaling", "train"]
     for script in src.glob("*.py"):
         code = [line for line in script.read_text().splitlines() if line and line[0] not in '#"']
         assert len(code) <= 6, f"{script.name} is more than a thin entry point"

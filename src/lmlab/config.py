@@ -229,6 +229,7 @@ class Source(str, Enum):
 class TokenizerKind(str, Enum):
     bpe = "bpe"  # byte-level BPE trained on the training split
     char = "char"  # one token per character seen in the training split
+    checkpoint = "checkpoint"  # the tokenizer of the init_from checkpoint (a converted model's)
 
 
 @dataclass
@@ -410,6 +411,9 @@ class RunConfig:
     """true: continue the run directory's newest checkpoint; auto: only if it has one."""
     ckpt_path: str | None = None
     """Start from this checkpoint file or sharded folder (same model config)."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights and architecture, with a fresh optimizer and
+    schedule (``lmlab.train.init_from``); needs ``data.tokenizer=checkpoint``."""
     guard: GuardConfig = field(default_factory=GuardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -510,6 +514,11 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
     check_optimizer(cfg.optim, cfg.scheduler)
     if not run_cfg.dry_run:  # a dry run plans for many nodes and launches nothing
         check_launch(cfg.trainer)
+    return model_cfg, data_cfg, sequence_length(model_cfg, data_cfg)
+
+
+def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
+    """``data.seq_len``, or the model's ``max_seq_len`` when null, checked against both."""
     seq_len = model_cfg.max_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ConfigError(
@@ -520,7 +529,7 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
             f"data.stride={data_cfg.stride} is above the sequence length {seq_len}: windows "
             "would skip tokens (allowed: 1 to the sequence length, or null for whole rows)"
         )
-    return model_cfg, data_cfg, seq_len
+    return seq_len
 
 
 def register_configs() -> None:

@@ -310,3 +310,49 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ConfigError, match="exists"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")
     assert (tmp_path / "x.ckpt").read_text() == "mine"
+
+
+# --- a trained checkpoint out to transformers, back, and into training -------------------
+
+
+def test_trained_llama_goes_to_transformers_and_back_into_training(
+    tmp_path: Path, cache_dir: Path, run_command
+) -> None:
+    """``+debug=smoke +experiment=llama`` -> ``convert to_hf`` -> transformers' logits equal
+    lmlab's -> ``convert from_hf`` is bit-exact -> ``init_from`` trains from it: with a
+    vanishing learning rate its validation loss is the trained run's (the weights and the
+    tokenizer both came along)."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+
+    smoke = ["+debug=smoke", "logger=none", "callbacks.sample=null"]
+    first = tmp_path / "first"
+    val_loss = train(compose_train([*smoke, "+experiment=llama"], first, cache_dir))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert run_command("convert", f"to_hf={ckpt}", f"out={tmp_path / 'hf'}") == 0
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    pre = load(ckpt)
+    ids = torch.randint(
+        200, pre.cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        assert (hf_model(ids).logits - pre.model(ids)).abs().max() <= 1e-5
+    back = tmp_path / "back.ckpt"
+    assert run_command("convert", f"from_hf={tmp_path / 'hf'}", f"out={back}") == 0
+    restored = load(back).model.state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in pre.model.state_dict().items())
+
+    init = [*smoke, f"init_from={back}", "data.tokenizer=checkpoint", "optim.lr=1e-12"]
+    continued = train(compose_train(init, tmp_path / "continued", cache_dir))
+    # same weights, tokenizer and validation rows: equal up to fp32 summation order (1e-6 x
+    # a loss of ~8) and a 1e-12 learning rate's steps
+    assert continued == pytest.approx(val_loss, abs=1e-4)
+    plan = (tmp_path / "continued" / "plan.json").read_text()
+    assert '"init_from"' in plan and '"positional": "rope"' in plan
+
+    with pytest.raises(ConfigError, match="needs data.tokenizer=checkpoint"):
+        train(compose_train([*smoke, f"init_from={back}"], tmp_path / "x", cache_dir))
+    with pytest.raises(ConfigError, match=r"model\.n_layers=3 \(from model.n_layers=3\)"):
+        train(compose_train([*init, "model.n_layers=3"], tmp_path / "y", cache_dir))
+    for refused in ("x", "y"):  # refused before any data, plan or checkpoint
+        assert not {"plan.json", "checkpoints"} & {p.name for p in (tmp_path / refused).iterdir()}

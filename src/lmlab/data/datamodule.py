@@ -77,9 +77,18 @@ class LMDataModule(L.LightningDataModule):
     """``setup`` loads cached rows; ``train_dataloader`` draws ``num_train_samples`` rows in a
     seeded order starting at ``start_sample`` (set on resume)."""
 
-    def __init__(self, cfg: DataConfig, family: Family, seq_len: int, seed: int) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        family: Family,
+        seq_len: int,
+        seed: int,
+        tokenizer: str | None = None,
+    ) -> None:
+        """``tokenizer``: the JSON of the tokenizer ``data.tokenizer=checkpoint`` uses."""
         super().__init__()
         self.cfg, self.family, self.seq_len, self.seed = cfg, family, seq_len, seed
+        self.given_tokenizer = tokenizer
         # Each objective packs its own row length: seq_len + 1 for next-token pairs, seq_len - 2
         # for BERT's [CLS] .. [SEP], and for T5 the raw span that corrupts to seq_len.
         self.row_len = COLLATORS[family].row_len(seq_len)
@@ -89,7 +98,7 @@ class LMDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.blocks_dir is None:  # train() prepares before the Trainer calls this again
-            self.blocks_dir = prepare(self.cfg, self.row_len)
+            self.blocks_dir = prepare(self.cfg, self.row_len, self.given_tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 from tokenizers import Tokenizer
 
-from lmlab.config import DataConfig
+from lmlab.config import DataConfig, TokenizerKind
 from lmlab.data.sources import Documents, fingerprint, load_documents
 from lmlab.data.tokenizer import SPECIAL_TOKENS, Specials, train_tokenizer
 from lmlab.errors import ConfigError
@@ -92,21 +92,30 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     return ds, n_tokens, n_bytes
 
 
-def prepare(cfg: DataConfig, row_len: int) -> Path:
-    """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir."""
+def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path:
+    """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir.
+    ``tokenizer`` (a tokenizer's JSON) is the one ``data.tokenizer=checkpoint`` uses."""
     datasets.disable_progress_bars()
     cache = Path(cfg.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     corpus = [fingerprint(cfg), cfg.val_fraction]
-    tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
+    if cfg.tokenizer == TokenizerKind.checkpoint:
+        if tokenizer is None:
+            raise ConfigError("data.tokenizer=checkpoint needs init_from=<checkpoint>")
+        tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, tokenizer)}"
+    else:
+        tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
     blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
     if (blocks_dir / "meta.json").exists():
         return blocks_dir
     docs = load_documents(cfg)
     train_texts, val_texts = split_documents(docs, cfg.val_fraction)
     if not (tok_dir / "tokenizer.json").exists():
-        log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
-        tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
+        if tokenizer is not None:
+            tok = Tokenizer.from_str(tokenizer)
+        else:
+            log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
+            tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
         tok.save(str(tmp / "tokenizer.json"))
         _publish(tmp, tok_dir)

@@ -24,6 +24,7 @@ from lmlab.config import (
     flatten,
     model_config_dict,
     resolve_configs,
+    sequence_length,
 )
 from lmlab.data.datamodule import LMDataModule
 from lmlab.errors import ConfigError
@@ -35,6 +36,7 @@ from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.hardware import set_matmul_precision
+from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
 from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
 from lmlab.train.rundir import RunDir
@@ -62,7 +64,7 @@ def route_lightning_logs() -> None:
 
 RUN_CONFIG = "run_config.yaml"
 # What a resumed run must share with the run it continues.
-RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed")
+RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -167,12 +169,15 @@ def train(cfg: DictConfig) -> float:
     scope = JobScope()
     try:
         model_cfg, data_cfg, seq_len = resolve_configs(cfg)
+        init = resolve_init_from(cfg, model_cfg, data_cfg)  # the checkpoint's architecture
+        if init is not None:
+            model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
         log.info(batch.describe())
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope)
+        return _fit(cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope, init)
     except BaseException as err:
         results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
         if run.may_record:
@@ -277,10 +282,13 @@ def _fit(
     start: float,
     ckpt_path: Path | None,
     scope: JobScope,
+    init: InitFrom | None = None,
 ) -> float:
     out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = LMDataModule(data_cfg, model_cfg.family, seq_len, cfg.seed)
+    dm = LMDataModule(
+        data_cfg, model_cfg.family, seq_len, cfg.seed, tokenizer=init.tokenizer if init else None
+    )
     dm.prepare_data()
     dm.setup()
     if model_cfg.vocab_size is None:
@@ -299,7 +307,7 @@ def _fit(
     run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
-        write_json(out_dir / PLAN_FILE, plan.as_dict())
+        write_json(out_dir / PLAN_FILE, plan.as_dict() | (model_record(init) if init else {}))
     # callbacks.<name>=null turns one off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = build_loggers(cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0)
@@ -318,6 +326,9 @@ def _fit(
         compile=cfg.compile,
         bytes_per_token=dm.val_bytes_per_token,
     )
+    if init is not None and ckpt_path is None:  # resuming restores its own weights
+        load_weights(task.model, init)
+        log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)
     counts = param_breakdown(task.model)
     if trainer.is_global_zero:
         Console().print(param_table(counts))

@@ -1,0 +1,132 @@
+"""``init_from=<checkpoint>``: start a run from a checkpoint's weights with a fresh optimizer
+and schedule (nanoGPT's ``init_from``): continued pre-training, or fine-tuning a converted
+Hugging Face model on the user's text.
+
+The architecture is the checkpoint's: the run's model config is the checkpoint's
+``model_config``, and only the fields that carry no weights (``model.dropout`` and the
+runtime fields, such as ``model.activation_checkpointing``) come from the composed config. A
+``model=``/``model.<field>=`` override or a ``+experiment=`` that asks for another architecture
+is refused, naming the field, before any data is prepared. The token ids only mean something
+with the checkpoint's own tokenizer, so ``data.tokenizer=checkpoint`` is required.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lmlab.config import (
+    CONF_DIR,
+    RUNTIME_FIELDS,
+    DataConfig,
+    ModelConfig,
+    TokenizerKind,
+    model_config_dict,
+    to_schema,
+)
+from lmlab.errors import ConfigError
+from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
+from lmlab.infer.pretrained import model_state
+
+# Model fields a run may set differently from the checkpoint it starts from: none has weights.
+FREE_FIELDS = ("dropout", *RUNTIME_FIELDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFrom:
+    path: Path
+    model_cfg: ModelConfig
+    tokenizer: str  # the tokenizer's JSON
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides typed for this run (``model.dropout=0.1``, ``+experiment=llama``)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def asked_model_fields(overrides: list[str]) -> dict[str, str]:
+    """{model field: where it was asked} for the model fields the command line sets: directly
+    (``model.n_layers=2``), by a preset (``model=gpt_small``: all of them) or by an experiment's
+    ``model:`` block."""
+    asked: dict[str, str] = {}
+    every = [f.name for f in dataclasses.fields(ModelConfig)]
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith("model."):
+            asked.setdefault(key.removeprefix("model.").split(".")[0], override)
+        elif key == "model":
+            asked.update({name: override for name in every if name not in asked})
+        elif key == "experiment":
+            path = CONF_DIR / "experiment" / f"{value}.yaml"
+            block = OmegaConf.load(path).get("model", {}) if path.is_file() else {}
+            asked.update({name: override for name in block if name not in asked})
+    return asked
+
+
+def resolve_init_from(
+    cfg: DictConfig, composed: ModelConfig, data_cfg: DataConfig
+) -> InitFrom | None:
+    """The checkpoint ``init_from`` names, its model config (with this run's free fields) and
+    tokenizer; None without ``init_from``. Reads the checkpoint's metadata only."""
+    path = cfg.get("init_from")
+    if data_cfg.tokenizer == TokenizerKind.checkpoint and not path:
+        raise ConfigError("data.tokenizer=checkpoint needs init_from=<checkpoint file or folder>")
+    if not path:
+        return None
+    path = Path(path)
+    if not (path.is_file() or is_sharded(path)):
+        raise ConfigError(f"init_from={path}: no such checkpoint file or sharded checkpoint folder")
+    ckpt = read_checkpoint(path)
+    if "model_config" not in ckpt or "state_dict" not in ckpt and not is_sharded(path):
+        raise ConfigError(f"init_from={path}: not an lmlab checkpoint (no model_config/weights)")
+    if data_cfg.tokenizer != TokenizerKind.checkpoint:
+        raise ConfigError(
+            f"init_from={path} needs data.tokenizer=checkpoint: the checkpoint's token ids mean "
+            f"something only with its own tokenizer (data.tokenizer={data_cfg.tokenizer.value} "
+            "would train another)"
+        )
+    if "tokenizer" not in ckpt:
+        raise ConfigError(
+            f"init_from={path} holds no tokenizer, so data.tokenizer=checkpoint has none"
+        )
+    saved = to_schema(ModelConfig, ckpt["model_config"], "model.")
+    free = {name: getattr(composed, name) for name in FREE_FIELDS if hasattr(composed, name)}
+    model_cfg = dataclasses.replace(saved, **free)
+    differs = {
+        name: where
+        for name, where in asked_model_fields(command_line_overrides()).items()
+        if name not in FREE_FIELDS and getattr(composed, name, None) != getattr(saved, name, None)
+    }
+    if differs:
+        shown = "; ".join(
+            f"model.{name}={_shown(getattr(composed, name))} (from {where}) but the checkpoint "
+            f"has {_shown(getattr(saved, name))}"
+            for name, where in sorted(differs.items())
+        )
+        raise ConfigError(
+            f"init_from={path} takes the architecture from the checkpoint: {shown}. Only "
+            f"{', '.join('model.' + f for f in FREE_FIELDS)} may be set"
+        )
+    return InitFrom(path, model_cfg, ckpt["tokenizer"])
+
+
+def _shown(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def load_weights(model: nn.Module, init: InitFrom) -> None:
+    """The checkpoint's weights into ``model`` (every key, every shape)."""
+    ckpt = consolidate(init.path) if is_sharded(init.path) else read_checkpoint(init.path)
+    model.load_state_dict(model_state(ckpt["state_dict"]))
+
+
+def model_record(init: InitFrom) -> dict[str, Any]:
+    """What plan.json records of the model a run took from its checkpoint."""
+    return {"init_from": str(init.path), "model": model_config_dict(init.model_cfg)}
