@@ -356,3 +356,77 @@ def test_trained_llama_goes_to_transformers_and_back_into_training(
         train(compose_train([*init, "model.n_layers=3"], tmp_path / "y", cache_dir))
     for refused in ("x", "y"):  # refused before any data, plan or checkpoint
         assert not {"plan.json", "checkpoints"} & {p.name for p in (tmp_path / refused).iterdir()}
+
+
+# Published shapes, written from the papers' and model cards' hyper-parameters, not from lmlab's
+# mapping: (preset, recipe, vocabulary, the transformers class and config of the reference).
+PUBLISHED = {
+    "gpt2": ("gpt_small", "gpt2", 50257, "GPT2LMHeadModel", {}),
+    "gpt2-medium": (
+        "gpt_medium",
+        "gpt2",
+        50257,
+        "GPT2LMHeadModel",
+        dict(n_embd=1024, n_layer=24, n_head=16),
+    ),
+    "gpt2-large": (
+        "gpt_large",
+        "gpt2",
+        50257,
+        "GPT2LMHeadModel",
+        dict(n_embd=1280, n_layer=36, n_head=20),
+    ),
+    "gpt2-xl": (
+        "gpt_xl",
+        "gpt2",
+        50257,
+        "GPT2LMHeadModel",
+        dict(n_embd=1600, n_layer=48, n_head=25),
+    ),
+    "llama-2-7b": ("gpt_7b", "llama", 32000, "LlamaForCausalLM", {}),  # LlamaConfig()'s default
+    "bert-base": ("bert_base", "bert", 30522, "BertForMaskedLM", {}),
+    "bert-large": (
+        "bert_large",
+        "bert",
+        30522,
+        "BertForMaskedLM",
+        dict(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        ),
+    ),
+    "t5-small": ("t5_small", "t5", 32128, "T5ForConditionalGeneration", {}),
+    "t5-base": (
+        "t5_base",
+        "t5",
+        32128,
+        "T5ForConditionalGeneration",
+        dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+    ),
+    "t5-large": (
+        "t5_large",
+        "t5",
+        32128,
+        "T5ForConditionalGeneration",
+        dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_preset_parameter_counts_equal_the_published_models(name: str) -> None:
+    """Every size preset under its recipe has the parameters of the transformers class built
+    on the meta device from the published shape, and converts to that class's config."""
+    from lmlab.train.compose import compose_train
+
+    preset, recipe, vocab, hf_class, shape = PUBLISHED[name]
+    composed = compose_train(
+        [f"model={preset}", f"+experiment={recipe}", f"model.vocab_size={vocab}"]
+    )
+    cfg = to_schema(ModelConfig, composed.model)
+    cls = getattr(transformers, hf_class)
+    with torch.device("meta"):
+        reference = cls(cls.config_class(vocab_size=vocab, **shape))
+        ours = build_model(cfg)
+    expected = sum(p.numel() for p in reference.parameters())
+    assert sum(p.numel() for p in ours.parameters()) == expected
+    assert choose_architecture(cfg).hf_class == hf_class
