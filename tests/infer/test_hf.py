@@ -10,6 +10,7 @@ transposed matrix, a lost bias, an unscaled query) moves logits by 1e-2 or more.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,25 @@ def test_preset_parameter_counts_equal_the_published_models(name: str) -> None:
     expected = sum(p.numel() for p in reference.parameters())
     assert sum(p.numel() for p in ours.parameters()) == expected
     assert choose_architecture(cfg).hf_class == hf_class
+
+
+def test_to_hf_folder_has_the_permissions_of_a_plain_folder(tmp_path: Path) -> None:
+    """Not the private 0700 of a temporary folder: the folder is for sharing."""
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    ckpt = tmp_path / "m.ckpt"
+    state = build_model(cfg).state_dict()
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "model_config": model_config_dict(cfg),
+            "tokenizer": TOKENIZER.to_str(),
+        },
+        ckpt,
+    )
+    umask = os.umask(0o022)
+    try:
+        out = to_hf(ckpt, tmp_path / "hf")
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}

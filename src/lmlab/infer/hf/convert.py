@@ -206,12 +206,23 @@ def to_hf(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
         config.save_pretrained(tmp)
         save_torch_state_dict(hf_state, tmp)
         hf_tokenizer_of(tok, specials).save_pretrained(tmp)
+        as_umask_allows(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def as_umask_allows(folder: Path) -> None:
+    """The permissions a plain ``mkdir`` and ``open`` would give: the temporary folder (and
+    the safetensors writer's files) start private (0700, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def hf_tokenizer_of(tok: Any, specials: Specials) -> Any:

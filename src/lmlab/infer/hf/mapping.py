@@ -25,14 +25,16 @@ from lmlab.errors import ConfigError
 
 @dataclass(frozen=True)
 class Rule:
-    """cat(lmlab tensors, 0) == scale * T(cat(hf tensors, 0)), T a transpose when
-    ``transpose``. ``hf_sizes`` splits the Hugging Face side when it has several tensors."""
+    """cat(lmlab tensors, dim) == scale * T(cat(hf tensors, dim)), T a transpose when
+    ``transpose``. ``hf_sizes`` splits the Hugging Face side when it has several tensors.
+    ``dim`` is 0 (output rows) but for stacked experts, whose rows are dimension 1."""
 
     lmlab: tuple[str, ...]
     hf: tuple[str, ...]
     transpose: bool = False
     scale: float = 1.0
     hf_sizes: tuple[int, ...] | None = None
+    dim: int = 0
 
 
 def rule(
@@ -41,9 +43,10 @@ def rule(
     transpose: bool = False,
     scale: float = 1.0,
     hf_sizes: tuple[int, ...] | None = None,
+    dim: int = 0,
 ) -> Rule:
     as_tuple = lambda k: (k,) if isinstance(k, str) else tuple(k)
-    return Rule(as_tuple(lmlab), as_tuple(hf), transpose, scale, hf_sizes)
+    return Rule(as_tuple(lmlab), as_tuple(hf), transpose, scale, hf_sizes, dim)
 
 
 def linear(lmlab: str, hf: str, bias: bool, **kw: Any) -> list[Rule]:
@@ -81,11 +84,11 @@ def to_lmlab(
         missing = [k for k in r.hf if k not in hf_state]
         if missing:
             raise ConfigError(f"the Hugging Face weights lack {', '.join(missing)}")
-        full = _oriented(torch.cat([hf_state[k] for k in r.hf]), r.transpose)
+        full = _oriented(torch.cat([hf_state[k] for k in r.hf], r.dim), r.transpose)
         if r.scale != 1.0:
             full = full * r.scale
-        sizes = [shapes[k][0] for k in r.lmlab]
-        for key, part in zip(r.lmlab, full.split(sizes), strict=True):
+        sizes = [shapes[k][r.dim] for k in r.lmlab]
+        for key, part in zip(r.lmlab, full.split(sizes, r.dim), strict=True):
             out[key] = part.contiguous()
     return out
 
@@ -95,11 +98,11 @@ def to_hf(lmlab_state: Mapping[str, torch.Tensor], rules: list[Rule]) -> dict[st
     refuses views that share one)."""
     out: dict[str, torch.Tensor] = {}
     for r in rules:
-        full = torch.cat([lmlab_state[k] for k in r.lmlab])
+        full = torch.cat([lmlab_state[k] for k in r.lmlab], r.dim)
         if r.scale != 1.0:
             full = full / r.scale
         full = _oriented(full, r.transpose)
-        parts = full.split(list(r.hf_sizes)) if r.hf_sizes else [full]
+        parts = full.split(list(r.hf_sizes), r.dim) if r.hf_sizes else [full]
         for key, part in zip(r.hf, parts, strict=True):
             out[key] = part.clone().contiguous()
     return out
