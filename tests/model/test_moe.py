@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lmlab.config import GATED, Activation, ModelConfig, MoEConfig, Norm
+from lmlab.config import GATED, Activation, Family, ModelConfig, MoEConfig, Norm
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.model.layers import Block
 from lmlab.model.moe import ExpertLinear, MoEFeedForward, moe_layers
@@ -246,6 +246,20 @@ def test_flops_per_token_counts_the_active_experts(every_n_layers: int) -> None:
     ffn_weights = 3 * D * cfg.ffn_dim
     expected = flops_per_token(dense, 24) + 6 * n_moe * (ffn_weights + D * 4)  # 2nd expert, router
     assert flops_per_token(model, 24) == expected
+
+
+@pytest.mark.parametrize("family", [Family.bert, Family.t5])
+def test_every_family_takes_experts_on_the_blocks_every_n_layers_picks(family: Family) -> None:
+    """Blocks 0, 2, ... of each stack (T5: encoder and decoder) are MoE, the others dense."""
+    cfg = dataclasses.replace(config(every_n_layers=2), family=family, n_layers=3)
+    model = build_model(cfg)
+    expected = {Family.bert: ["blocks.0", "blocks.2"], Family.t5: ["encoder.0", "encoder.2"]}
+    expected[Family.t5] += ["decoder.0", "decoder.2"]
+    assert list(moe_layers(model)) == expected[family]
+    ids = torch.randint(0, V, (2, 12))
+    inputs = {"input_ids": ids} | ({"decoder_input_ids": ids[:, :5]} if family == "t5" else {})
+    model(**inputs).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_activation_checkpointing_keeps_gradients_with_router_losses() -> None:
