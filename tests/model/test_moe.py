@@ -81,7 +81,7 @@ def naive_moe(ffn: MoEFeedForward, x_ND: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("activation", list(Activation))
 def test_one_expert_top1_equals_the_dense_feed_forward(activation: Activation) -> None:
     """A dense model's FFN weights as the only expert: the same logits (the router's one
-    probability is exactly 1), in float64 and, through torch._grouped_mm, in float32."""
+    probability is exactly 1), in float64 and, through F.grouped_mm, in float32."""
     moe_cfg = config(activation, bias=True, num_experts=1, top_k=1, aux_loss_coef=0.0)
     dense_cfg = dataclasses.replace(moe_cfg, moe=MoEConfig())
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_routed_output_equals_a_per_token_loop(
         ffn.capacity_factor = cfg.moe.num_experts / top_k  # C = N * k: nothing dropped
         torch.testing.assert_close(ffn.train()(x_BTD), expected, rtol=0, atol=FP64_ATOL)
         assert ffn.dropped == 0
-        # float32 through torch._grouped_mm: rounding of 6e-8 per operation, grown by dot
+        # float32 through F.grouped_mm: rounding of 6e-8 per operation, grown by dot
         # products of length <= 128 to about sqrt(128) x 6e-8 = 7e-7 of the output's scale;
         # 1e-5 of it leaves a 10x margin, and a wrong expert or gate is an O(1) change
         ffn.capacity_factor = None

@@ -9,7 +9,7 @@ probability itself (Switch), which keeps a gradient to the router through the ou
 
 Dispatch never loops over tokens. Dropless (default): the (token, expert) assignments are
 sorted by expert and each expert multiplies its contiguous rows in one matmul: one
-``torch._grouped_mm`` call for all experts where torch has it, else one matmul per expert
+``F.grouped_mm`` call for all experts where torch has it, else one matmul per expert
 over the stacked weights (``grouped_mm``). With ``capacity_factor`` (training only), each
 expert gets a fixed buffer of C rows (GShard, Lepikhin et al. 2020): static shapes, one
 ``bmm``; assignments past C are dropped and their token passes through the residual.
@@ -32,27 +32,31 @@ from torch import nn
 from lmlab.config import GATED, Activation, ModelConfig
 from lmlab.model.feedforward import ACTIVATIONS
 
-# torch._grouped_mm inside a compiled graph: its meta kernel takes bf16 only (torch 2.13).
+# One call for every expert's rows: F.grouped_mm (torch 2.13 has it), else the private
+# torch._grouped_mm of earlier releases; with neither, one matmul per expert (torch >= 2.5).
+GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+# grouped_mm inside a compiled graph: bf16 on CUDA (SM >= 80, its docs say), the only dtype
+# its meta kernel takes (torch 2.13).
 TRACEABLE_GROUPED_MM = {("cuda", torch.bfloat16)}
-# torch._grouped_mm run eagerly (outside the graph under compile): the CPU kernel takes these.
+# grouped_mm run eagerly (outside the graph under compile): torch 2.13's CPU kernel takes these.
 EAGER_GROUPED_MM = {("cpu", torch.float32), ("cpu", torch.bfloat16), ("cpu", torch.float16)}
 
 
 def _aligned(x_MI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
-    """torch._grouped_mm needs every row stride to be a multiple of 16 bytes."""
+    """grouped_mm exists and has row strides that are multiples of 16 bytes, as it needs."""
     step = 16 // x_MI.element_size()
-    return x_MI.shape[-1] % step == 0 and w_EOI.shape[-2] % step == 0
+    return GROUPED_MM is not None and x_MI.shape[-1] % step == 0 and w_EOI.shape[-2] % step == 0
 
 
 def grouped_mm(x_MI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
     """Rows ``offsets[e-1]:offsets[e]`` of ``x`` times ``w[e].T``, for every expert e: (M, O).
 
-    ``torch._grouped_mm`` (one call for all experts, offsets on the device, no host read)
-    where torch takes the dtype; otherwise one matmul per expert, which reads the group sizes
+    ``GROUPED_MM`` (one call for all experts, offsets on the device, no host read) where
+    torch has it for the dtype; otherwise one matmul per expert, which reads the group sizes
     on the host (on a GPU, one synchronisation per MoE layer: float32 there, and float64)."""
     where = (x_MI.device.type, x_MI.dtype)
     if where in TRACEABLE_GROUPED_MM and _aligned(x_MI, w_EOI):
-        return torch._grouped_mm(x_MI, w_EOI.transpose(-2, -1), offs=offsets_E)
+        return GROUPED_MM(x_MI, w_EOI.transpose(-2, -1), offs=offsets_E)
     if where in EAGER_GROUPED_MM and _aligned(x_MI, w_EOI):
         return _eager_grouped_mm(x_MI, w_EOI, offsets_E)
     return _per_expert_mm(x_MI, w_EOI, offsets_E)
@@ -60,7 +64,7 @@ def grouped_mm(x_MI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor)
 
 @torch.compiler.disable  # traceable in bf16 only: run eagerly, a graph break, no recompile
 def _eager_grouped_mm(x_MI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor):
-    return torch._grouped_mm(x_MI, w_EOI.transpose(-2, -1), offs=offsets_E)
+    return GROUPED_MM(x_MI, w_EOI.transpose(-2, -1), offs=offsets_E)
 
 
 @torch.compiler.disable  # data-dependent sizes: eager, so a compiled block never respecializes
@@ -70,8 +74,8 @@ def _per_expert_mm(x_MI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Ten
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a matmul on ``x`` runs in: autocast's where it is on (torch._grouped_mm is
-    not on autocast's list), else ``x``'s."""
+    """The dtype a matmul on ``x`` runs in: autocast's where it is on (grouped_mm is not on
+    autocast's list), else ``x``'s."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
