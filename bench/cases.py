@@ -7,6 +7,8 @@
 - ``data``: a cold ``prepare`` of the embedded corpus and the tokenizer's throughput.
 - ``generate``: tokens/s of greedy generation with gpt_mini, with and without the KV cache.
 - ``memory``: peak memory of a training step with and without activation checkpointing.
+- ``moe``: step time of a Mixture-of-Experts model against the dense one with the same active
+  parameters, interleaved.
 - ``profile``: a py-spy profile of lmlab's training loop, Lightning's own share of a step.
 - ``shakespeare``: nanoGPT's char-level CPU run, GPT-2 and Llama recipes (not in the default
   set: minutes each).
@@ -255,6 +257,40 @@ def memory_case(s: Settings) -> list[CaseResult]:
     ]
 
 
+# --- Mixture of Experts ------------------------------------------------------------------
+
+# gpt_tiny with Llama's blocks (SwiGLU d_ff 384), and with 8 experts top-2 of half that width:
+# the same active parameters (plus a 128 x 8 router per block), 4.6x the FFN parameters.
+MOE_VARIANTS = {
+    "dense": ["+experiment=llama"],
+    "moe 8 experts top-2": ["+experiment=mixtral", "model.d_ff=192"],
+}
+
+
+def moe_case(s: Settings) -> list[CaseResult]:
+    """Dense and MoE runs interleaved (dense, moe, moe, dense, ...), the same batches: the MoE
+    step's cost over the dense step's at equal active parameters (routing, sorting, grouped
+    matmuls, router losses)."""
+    step_ms: dict[str, list[float]] = {name: [] for name in MOE_VARIANTS}
+    params: dict[str, str] = {}
+    for i in range(s.repeats):
+        names = list(MOE_VARIANTS) if i % 2 == 0 else list(MOE_VARIANTS)[::-1]
+        for name in names:
+            out = s.work / f"moe-{i}-{name.split()[0]}"
+            overrides = [*MOE_VARIANTS[name], *BENCH_OVERRIDES, f"trainer.max_steps={s.steps(20)}"]
+            log, results = run_lmlab(compose([*overrides, *s.shrink()], out))
+            step_ms[name].append(1e3 * log.median_step())
+            params[name] = f"{results['active_params']:,} active of {results['params']:,}"
+            shutil.rmtree(out, ignore_errors=True)
+    ratio = [m / d for m, d in zip(step_ms["moe 8 experts top-2"], step_ms["dense"], strict=True)]
+    stats = [
+        Stat("MoE / dense step", "x", ratio),
+        *(Stat(name, "ms/step", ms) for name, ms in step_ms.items()),
+    ]
+    note = "; ".join(f"{name}: {p} parameters" for name, p in params.items())
+    return [CaseResult("moe", "gpt_tiny llama, equal active parameters", stats, note)]
+
+
 # --- profile --------------------------------------------------------------------------------
 
 
@@ -324,6 +360,7 @@ CASES: dict[str, Case] = {
     "data": Case(data_case, "data"),
     "generate": Case(generate_case, "generate"),
     "memory": Case(memory_case, "memory"),
+    "moe": Case(moe_case, "moe"),
     "profile": Case(profile_case, "profile"),
     "shakespeare": Case(shakespeare_case, "shakespeare", default=False),
     **{name: Case(fn, "gpu", default=False) for name, fn in GPU_CASES.items()},
@@ -378,6 +415,12 @@ INTROS = {
         "backward, measured in a fresh process for each run, the modes alternating: activations "
         "stored, or recomputed per block (`model.activation_checkpointing=true`, "
         "`lmlab.train.parallel.layout`). CPU memory stands in for GPU memory where no GPU is lent."
+    ),
+    "moe": (
+        "`+experiment=llama` (dense, SwiGLU d_ff 384) against `+experiment=mixtral "
+        "model.d_ff=192` (8 experts, each token to 2: the same active parameters) on gpt_tiny, "
+        "16 x 256 tokens per step, fp32, the runs alternating; step time as in the train "
+        "group (median start-to-start, first 2 steps left out)."
     ),
     "profile": (
         "`py-spy record --nonblocking -r 100 -f raw -- python src/train.py data.batch_size=12 "

@@ -1,6 +1,7 @@
 """``make bench-gpu``: lmlab on one GPU against a plain loop written like nanoGPT's
 (``bench/nanogpt_loop.py``), at nanoGPT's ``bench.py`` shapes (12 x 1024 tokens, vocab 50304,
 no biases, dropout 0, bf16, whole-model compile), run interleaved; then every family's MFU,
+a Mixture of Experts (Mixtral's recipe on gpt_medium: MFU from the active parameters),
 FSDP on one GPU and KV-cache generation. Nothing is installed or downloaded: the data is the
 embedded corpus, the weights random.
 
@@ -169,6 +170,13 @@ GPU_CASES = {
     "gpu_gpt_medium": versus_plain("gpt_medium"),
     "gpu_gpt_medium_llama": family_case(
         "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
+    ),
+    "gpu_moe": family_case(
+        "gpt_medium",
+        ["+experiment=mixtral", "model.vocab_size=50304"],
+        12,
+        1024,
+        "gpt_medium mixtral 8 experts top-2",
     ),
     "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),
     "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small"),

@@ -24,6 +24,7 @@ from lmlab.config import (
 from lmlab.errors import ConfigError
 from lmlab.model import FAMILIES
 from lmlab.model.feedforward import FEEDFORWARDS
+from lmlab.model.moe import EXPERTS
 from lmlab.model.norms import NORMS, PLACEMENTS
 from lmlab.model.positional import POSITIONALS
 from lmlab.train.compose import compose_train
@@ -48,6 +49,7 @@ for _preset in PRESETS:
     ("registry", "enum"),
     [
         (FEEDFORWARDS, Activation),
+        (EXPERTS, Activation),
         (NORMS, Norm),
         (PLACEMENTS, NormPlacement),
         (POSITIONALS, Positional),
@@ -60,12 +62,12 @@ def test_registry_keys_equal_enum_members(registry: dict, enum: type) -> None:
 
 def test_presets_and_experiments_exist() -> None:
     """One ladder for the families: CPU scale (tiny, mini) for each, then the published sizes."""
-    sizes = {"gpt": "tiny mini small medium large xl 1b 3b 7b", "bert": "tiny mini base large"}
+    sizes = {"gpt": "tiny mini small medium large xl 1b 3b 7b 8x7b", "bert": "tiny mini base large"}
     sizes["t5"] = "tiny mini small base large"
     assert {f"{f}_{s}" for f, ss in sizes.items() for s in ss.split()} == set(PRESETS)
     required = (
         "prenorm postnorm sandwich rmsnorm layernorm relu gelu swiglu geglu learned "
-        "sinusoidal rope alibi nope gqa mqa sliding_window gpt2 llama vaswani2017 bert t5"
+        "sinusoidal rope alibi nope gqa mqa sliding_window gpt2 llama vaswani2017 bert t5 mixtral"
     )
     assert set(required.split()) <= set(EXPERIMENTS)
 
@@ -134,6 +136,10 @@ def test_typo_in_model_key_fails_at_compose_time() -> None:
         ({"d_model": 12, "n_heads": 4, "positional": Positional.rope}, "even head dimension"),
         ({"attention_window": 512, "max_seq_len": 256}, "attention_window=512 must be between"),
         ({"dropout": 1.5}, "dropout=1.5"),
+        (
+            {"moe": {"num_experts": 4, "top_k": 5}},
+            "moe.top_k=5 must be between 1 and model.moe.num",
+        ),
     ],
 )
 def test_cross_field_errors_name_fields_and_values(kwargs: dict, message: str) -> None:
@@ -176,6 +182,11 @@ BAD_VALUES = [
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such file"),
     ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be >= 0"),
     ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio=1.5 must be in [0, 1]"),
+    ("model.moe.num_experts=-1", "model.moe.num_experts=-1 must be >= 0 (0: dense"),
+    ("model.moe.capacity_factor=0", "model.moe.capacity_factor=0.0 must be > 0 (or null"),
+    ("model.moe.every_n_layers=0", "model.moe.every_n_layers=0 must be >= 1"),
+    ("model.moe.z_loss_coef=-1", "model.moe.z_loss_coef=-1.0 must be >= 0"),
+    ("+model.moe.topk=2", "model.moe.topk=2: unknown key; allowed: num_experts, top_k"),
 ]
 
 

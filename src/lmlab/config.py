@@ -66,6 +66,63 @@ RUNTIME_FIELDS = ("activation_checkpointing", "fused", "num_workers")
 
 
 @dataclass
+class MoEConfig:
+    """A sparse Mixture-of-Experts feed-forward (``model.moe.<field>``): each token's FFN is
+    the gate-weighted sum of ``top_k`` of ``num_experts`` expert FFNs, chosen by a learned
+    router (Shazeer et al. 2017; Switch, Fedus et al. 2021; Mixtral, Jiang et al. 2024).
+    Experts are FFNs of the model's own activation and ``d_ff`` (SwiGLU experts under
+    ``+experiment=mixtral``)."""
+
+    num_experts: int = 0
+    """Experts per MoE layer; 0 is the dense feed-forward (the default), 1 routes every token
+    to one expert (the dense FFN with a router beside it)."""
+    top_k: int = 2
+    """Experts per token. k >= 2 weights them by the softmax over their k router logits
+    (Mixtral); k = 1 by the router probability itself (Switch), so the router keeps a gradient
+    through the output."""
+    aux_loss_coef: float = 0.01
+    """Weight of the load-balancing loss E * sum_i f_i P_i (Switch eq. 4; 1.0 when balanced),
+    averaged over MoE layers and added to the LM loss. Switch's 1e-2."""
+    z_loss_coef: float = 0.001
+    """Weight of the router z-loss mean(logsumexp(logits)^2), which keeps router logits small
+    (ST-MoE, Zoph et al. 2022, eq. 5, their 1e-3)."""
+    capacity_factor: float | None = None
+    """null: dropless, every token reaches its k experts. A number c: in training each expert
+    takes at most ceil(c * tokens * k / E) of a batch's assignments, first choices first
+    (GShard's priority); the rest are dropped and pass through the residual unchanged.
+    Evaluation and generation stay dropless."""
+    every_n_layers: int = 1
+    """Block i gets the MoE feed-forward when i % every_n_layers == 0, the others stay dense
+    (1: every block; 2: every other block, as in GShard and Switch; Megatron's
+    ``moe_layer_freq``). Counted per stack for T5's encoder and decoder."""
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 0:
+            raise ConfigError(
+                f"model.moe.num_experts={self.num_experts} must be >= 0 (0: dense feed-forward)"
+            )
+        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
+            raise ConfigError(
+                f"model.moe.top_k={self.top_k} must be between 1 and "
+                f"model.moe.num_experts={self.num_experts}"
+            )
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"model.moe.{name}={getattr(self, name)} must be >= 0 and finite")
+        cf = self.capacity_factor
+        if cf is not None and not 0 < cf < math.inf:
+            raise ConfigError(
+                f"model.moe.capacity_factor={cf} must be > 0 (or null: dropless routing)"
+            )
+        if self.every_n_layers < 1:
+            raise ConfigError(f"model.moe.every_n_layers={self.every_n_layers} must be >= 1")
+
+    def applies_to(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based, within its stack) has the MoE feed-forward."""
+        return self.num_experts > 0 and layer % self.every_n_layers == 0
+
+
+@dataclass
 class ModelConfig:
     """Architecture of one model. Every field is a plain override (``model.norm=rmsnorm``).
 
@@ -85,6 +142,7 @@ class ModelConfig:
     ``activation_checkpointing`` recomputes each block's activations in the backward pass
     instead of keeping them (less memory, about a third more compute); it changes how the model
     runs, not what it computes, so it may differ between a checkpoint and the run resuming it.
+    ``moe``: the Mixture-of-Experts feed-forward (``model.moe.num_experts=8``), see ``MoEConfig``.
     """
 
     family: Family = Family.gpt
@@ -113,8 +171,11 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     activation_checkpointing: bool = False
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.moe, Mapping):  # plain types, as a checkpoint's model_config holds
+            self.moe = MoEConfig(**self.moe)
         self.validate()
 
     def validate(self) -> None:
@@ -307,6 +368,11 @@ class BudgetKind(str, Enum):
     tokens = "tokens"  # D given
 
 
+class ParamCount(str, Enum):
+    active = "active"  # parameters one token runs through (a MoE counts top_k of its experts)
+    total = "total"  # every parameter (a MoE counts all its experts)
+
+
 @dataclass
 class BudgetConfig:
     """How long to train (``budget=<kind>``, fields ``budget.<field>=...``).
@@ -320,6 +386,9 @@ class BudgetConfig:
     tokens_per_param: float = 20.0
     flops: float | None = None
     tokens: float | None = None
+    params: ParamCount = ParamCount.active
+    """The N of D = tokens_per_param * N and C = 6 N D: ``active`` (the compute a token costs;
+    a dense model's active parameters are all of them) or ``total`` (a MoE's every expert)."""
 
     def __post_init__(self) -> None:
         self.validate()

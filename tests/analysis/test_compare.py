@@ -475,3 +475,28 @@ def test_cli_script_runs_from_any_directory(multirun: Path, tmp_path: Path) -> N
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: multirun directory does not exist")
     assert "Traceback" not in bad.stderr
+
+
+def test_a_metric_measured_once_per_run_draws_the_training_loss_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep that validates only at its end (isoflop, moe) has one val/loss point per run,
+    no curve: the left panel draws train/loss instead of an empty axis."""
+    import matplotlib.axes
+
+    ylabels: list[str] = []
+    original = matplotlib.axes.Axes.set
+
+    def spy(self, **kwargs):
+        ylabels.append(kwargs.get("ylabel"))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set", spy)
+    root = make_multirun(tmp_path / "curves", JOBS[:2])
+    cmp.compare(root)
+    assert "val/loss" in ylabels and "train/loss" not in ylabels
+    for job in ("0", "1"):  # validated once, at step 50
+        write_metrics_csv(root / job / "csv" / "metrics.csv", 3.1, 2000.0, last_step=50)
+    ylabels.clear()
+    cmp.compare(root)
+    assert "train/loss" in ylabels and "val/loss" not in ylabels

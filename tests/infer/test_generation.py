@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lmlab.cli.generate import main as generate_main
-from lmlab.config import CONF_DIR, ModelConfig, Positional
+from lmlab.config import CONF_DIR, ModelConfig, MoEConfig, Positional
 from lmlab.data.tokenizer import EOS
 from lmlab.errors import ConfigError
 from lmlab.infer.fill import fill_mask, parse_spans
@@ -49,11 +49,17 @@ VARIANTS = {
     "gqa": {"n_kv_heads": 2},
     "mqa": {"n_kv_heads": 1},
     "window": {"attention_window": 5},
+    # generation routes every token (dropless) whatever the training capacity
+    "moe": {"moe": MoEConfig(num_experts=4, top_k=2, capacity_factor=1.0)},
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("positional", list(Positional))
+# every positional scheme with every attention variant; the MoE feed-forward with Mixtral's RoPE
+CACHE_CASES = [(p, v) for v in VARIANTS if v != "moe" for p in Positional]
+CACHE_CASES.append((Positional.rope, "moe"))
+
+
+@pytest.mark.parametrize(("positional", "variant"), CACHE_CASES)
 def test_kv_cache_greedy_equals_full_recomputation(positional: Positional, variant: str) -> None:
     """7 prompt tokens + 30 new ones: past the window (a ring cache) and past max_seq_len=24
     (where both paths crop the context)."""

@@ -14,6 +14,7 @@ from lmlab.errors import ConfigError
 from lmlab.train.budget import (
     BudgetConfig,
     BudgetKind,
+    budget_params,
     resolve_budget,
 )
 from lmlab.train.compose import compose_train
@@ -69,6 +70,18 @@ def test_flops_budget_is_c_over_6n() -> None:
     b = resolve_budget(BudgetConfig(kind=BudgetKind.flops, flops=6e12), N, 1000, max_steps=1)
     assert (b.target_tokens, b.steps, b.tokens, b.flops) == (1e6, 1000, 1_000_000, 6e12)
     assert b.nominal_flops == 6e12
+
+
+@pytest.mark.parametrize("count", ["active", "total"])
+def test_budget_n_is_the_parameter_count_it_names(count: str) -> None:
+    """A Mixture of Experts has two counts; budget.params picks N (active by default)."""
+    counts = {"total": 3 * N, "active": N}
+    cfg = BudgetConfig(kind=BudgetKind.flops, flops=6e12, params=count)
+    assert BudgetConfig().params == "active"
+    b = resolve_budget(cfg, budget_params(cfg, counts), 1000, max_steps=1)
+    n = counts[count]
+    assert (b.n_params, b.target_tokens, b.flops) == (n, 6e12 / (6 * n), 6.0 * n * b.tokens)
+    assert b.as_dict()["params"] == count
 
 
 def test_float_noise_does_not_add_a_step() -> None:
@@ -132,7 +145,9 @@ def test_budget_file_without_its_value_fails_with_config_error() -> None:
         OmegaConf.to_object(cfg.budget)
 
 
-@pytest.mark.parametrize("override", ["budget.kind=weeks", "budget.flopz=1e12"])
+@pytest.mark.parametrize(
+    "override", ["budget.kind=weeks", "budget.flopz=1e12", "budget.params=all"]
+)
 def test_budget_typos_fail_at_compose_time(override: str) -> None:
     with pytest.raises((ValidationError, ConfigCompositionException)):
         compose_train([budget_group("steps"), override])

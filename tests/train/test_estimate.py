@@ -106,7 +106,8 @@ def test_every_preset_plans_on_the_meta_device(
 ) -> None:
     """Every model plan.py builds has meta parameters only (a real gpt_7b would need 27 GB),
     and the peak memory of the process does not grow by anything like the model's size."""
-    experiment = "llama" if preset in ("gpt_1b", "gpt_3b", "gpt_7b") else None
+    experiment = {"gpt_1b": "llama", "gpt_3b": "llama", "gpt_7b": "llama", "gpt_8x7b": "mixtral"}
+    experiment = experiment.get(preset)
     cfg = model_cfg(preset, experiment, vocab=32000 if experiment else 4096)
     peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     p = plan(cfg, micro_batch=1, tokens_per_step=cfg.max_seq_len)
@@ -280,3 +281,23 @@ def test_isoflop_sweep_jobs_compose_and_hold_their_budget(conf_dir: Path) -> Non
         b = resolve_budget(budget, n_params, tokens_per_step, max_steps=1)
         assert b.kind == BudgetKind.flops and b.steps >= 40
         assert abs(b.flops / b.nominal_flops - 1) < 0.1
+
+
+@pytest.mark.parametrize("count", ["active", "total"])
+def test_a_moe_budget_uses_the_parameter_count_it_names(
+    count: str, builds: list, fake_measure: list
+) -> None:
+    """Mixtral-8x7B at 20 tokens per parameter: N is the 12.9B active parameters by default
+    (the compute a token costs) or all 46.7B with budget.params=total; the plan says which."""
+    cfg = model_cfg("gpt_8x7b", "mixtral", vocab=32000)
+    budget = BudgetConfig(kind=BudgetKind.chinchilla, params=count)
+    p = plan(cfg, budget, seq_len=4096, micro_batch=1, tokens_per_step=4096)
+    assert (p["params"], p["active_params"]) == (46_702_792_704, 12_879_925_248)
+    n = p["active_params" if count == "active" else "params"]
+    assert (p["budget"]["params"], p["budget"]["n_params"]) == (count, n)
+    assert p["budget"]["target_tokens"] == 20 * n and p["flops"] == 6 * n * p["tokens"]
+    # FLOPs per token follow the active weights whatever the budget counts
+    assert p["flops_per_token"] < 6.2 * p["active_params"] + 12 * 32 * 4096 * 4096
+    console = Console(record=True, width=120)
+    console.print(plan_table(p))
+    assert f"chinchilla, N = {count} params ({n:,})" in console.export_text()

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch._dynamo.utils import counters
 
-from lmlab.config import CONF_DIR, Compile, compile_mode
+from lmlab.config import CONF_DIR, Activation, Compile, ModelConfig, MoEConfig, compile_mode
 from lmlab.data.datamodule import loader_settings
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
@@ -90,6 +90,42 @@ def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
     quiet = [s for s in range(2, 11) if (s + 1) % 5]  # not a logging step, nor the first two
     assert quiet, "no quiet steps to check"
     assert {s: dict(counter.per_step[s]) for s in quiet} == {s: {} for s in quiet}
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 1.25])
+def test_the_moe_objective_reads_nothing_on_the_host(
+    monkeypatch: pytest.MonkeyPatch, capacity_factor: float | None
+) -> None:
+    """What a Mixture of Experts adds to every step (routing, dispatch in float32, the router
+    losses joining the LM loss, the recorded load) reads no tensor on the host: the loads are
+    read on logging steps only (``LMTask.log_expert_load``)."""
+    model_cfg = ModelConfig(
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        vocab_size=64,
+        activation=Activation.swiglu,
+        moe=MoEConfig(num_experts=4, top_k=2, capacity_factor=capacity_factor),
+    )
+    task = LMTask(model_cfg, adamw(), functools.partial(torch.optim.lr_scheduler.LambdaLR))
+    ids = torch.randint(0, 64, (2, 17))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def read(tensor: torch.Tensor, *args, name=name, original=original, **kwargs):
+            reads.append(name)
+            return original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    loss, parts = task.objective(batch)
+    loss.backward()
+    monkeypatch.undo()
+    assert reads == [] and parts.shape == (3,)
+    assert loss.item() == pytest.approx(
+        parts[0].item() + 0.01 * parts[1].item() + 0.001 * parts[2].item(), rel=1e-6
+    )
 
 
 def test_the_guard_reads_late_but_never_saves_a_non_finite_checkpoint(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmlab.config import CONF_DIR, BudgetKind
+from lmlab.config import CONF_DIR, BudgetKind, ParamCount
 from lmlab.errors import ConfigError
 from lmlab.train.batch import GlobalBatch
 from lmlab.train.budget import Budget
@@ -65,8 +65,18 @@ def test_the_saved_config_is_what_was_given_and_plan_json_what_ran(
 
 def plan(rows: int, seq_len: int = 64, steps: int = 10) -> RunPlan:
     batch = GlobalBatch(micro_batch=rows, devices=1, accumulation=1, seq_len=seq_len)
-    budget = Budget(BudgetKind.steps, steps * batch.tokens, steps, 0.0, batch.tokens, 0.0, None)
-    return RunPlan(batch, "32-true", budget, vocab_size=64, params=1000)
+    budget = Budget(
+        BudgetKind.steps,
+        steps * batch.tokens,
+        steps,
+        0.0,
+        batch.tokens,
+        0.0,
+        None,
+        ParamCount.active,
+        1000,
+    )
+    return RunPlan(batch, "32-true", budget, vocab_size=64, params=1000, active_params=1000)
 
 
 def test_resume_checks_the_data_position_not_the_length() -> None:

@@ -122,6 +122,46 @@ def test_every_experiment_trains(tmp_path: Path, cache_dir: Path, experiment: st
     assert r["status"] == "completed" and math.isfinite(r["val_loss"])
 
 
+# Llama blocks, 4 experts top-2 in block 0 of 2, capacity-limited: every MoE signal logged
+MOE = [
+    "+experiment=mixtral",
+    "model.n_layers=2",
+    "model.moe.num_experts=4",
+    "model.moe.every_n_layers=2",
+    "model.moe.capacity_factor=1.0",
+    "checkpoint.every_n_steps=2",
+    "callbacks.checkpoint.save_top_k=-1",
+    "callbacks.sample.max_new_tokens=4",
+]
+
+
+def test_moe_run_logs_router_signals_and_resumes_exactly(tmp_path: Path, cache_dir: Path) -> None:
+    """train/loss stays the LM loss, with train/aux_loss, train/z_loss and block 0's expert
+    load (max, min, dropped) beside it at every logging step; FLOPs and the budget use the
+    active parameters; a run continued from the step-2 checkpoint ends where this one does."""
+    r = run(tmp_path / "a", cache_dir, *MOE)
+    assert r["status"] == "completed" and r["active_params"] < r["params"]
+    assert r["flops"] == 6 * r["active_params"] * r["tokens"]
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["active_params"] == r["active_params"] and plan["params"] == r["params"]
+    assert (plan["budget"]["params"], plan["budget"]["n_params"]) == ("active", r["active_params"])
+    rows = [x for x in read_csv(tmp_path / "a" / "csv" / "metrics.csv") if x.get("train/loss")]
+    assert len(rows) == 4  # +debug=smoke logs every step
+    for row in rows:
+        assert float(row["train/aux_loss"]) > 0 and float(row["train/z_loss"]) > 0
+        load_max, load_min = (
+            float(row["moe/blocks.0/load_max"]),
+            float(row["moe/blocks.0/load_min"]),
+        )
+        assert load_max >= 1 / 4 >= load_min >= 0 and 0 <= float(row["moe/blocks.0/dropped"]) < 1
+    assert not any(key.startswith("moe/blocks.1/") for key in rows[0])  # block 1 is dense
+    assert r["train_loss"] == pytest.approx(float(rows[-1]["train/loss"]))
+    step2 = tmp_path / "a" / "checkpoints" / "step000002.ckpt"
+    resumed = run(tmp_path / "b", cache_dir, *MOE, f"ckpt_path={step2}")
+    assert resumed["global_step"] == 4
+    assert (resumed["train_loss"], resumed["val_loss"]) == (r["train_loss"], r["val_loss"])
+
+
 def test_validation_loss_falls(tmp_path: Path, cache_dir: Path) -> None:
     """An untrained model scores about ln(4096) = 8.3 nats; 30 steps of 8 x 256 tokens must
     go 1 nat below."""

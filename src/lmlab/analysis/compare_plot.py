@@ -47,6 +47,12 @@ def _colors(rows: Sequence[Row]) -> list[Any]:
 def _plot_curves(ax: Any, rows: Sequence[Row], metric: str, colors: list[Any]) -> None:
     columns = {c for row in rows for run in row.runs for c in run.curve}
     column = curve_column(metric, columns) or curve_column("val_loss", columns)
+    if column is not None and all(
+        len(run.curve.get(column, [])) <= 1 for row in rows for run in row.runs
+    ):
+        # measured once per run (a sweep that validates at the end): no curve to draw, so the
+        # training loss's, whose final values the bars do not show
+        column = curve_column("train_loss", columns) or column
     if column is None:
         ax.text(0.5, 0.5, "no metrics.csv curves", ha="center", transform=ax.transAxes)
         return

@@ -59,9 +59,10 @@ def main(argv: list[str]) -> int | None:
     console.print(table)
     seq_len = pre.cfg.max_seq_len
     fpt = flops_per_token(model, seq_len, decoder_tokens(pre.family, seq_len))
+    active = f"; active per token: {totals['active']:,}" * (totals["active"] < totals["total"])
     console.print(
-        f"non-embedding parameters: {totals['non_embedding']:,}; training FLOPs per token at "
-        f"context {seq_len}: {fpt:,.0f} (forward: a third of that)"
+        f"non-embedding parameters: {totals['non_embedding']:,}{active}; training FLOPs per "
+        f"token at context {seq_len}: {fpt:,.0f} (forward: a third of that)"
     )
     ids = probe_ids(model, pre.tokenizer, cfg.text)
     out = Path(cfg.out) if cfg.out else pre.path.parent.parent / "attention.png"

@@ -59,7 +59,7 @@ class BERT(nn.Module):
         needs_final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
         self.emb_norm = nn.Identity() if needs_final_norm else make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
         self.head = MLMHead(cfg)
         init_weights(self, cfg)

@@ -12,19 +12,27 @@ from lmlab.model.attention import Attention
 from lmlab.model.context import AttnContext
 from lmlab.model.feedforward import make_feedforward
 from lmlab.model.kv_cache import LayerCache
+from lmlab.model.moe import ExpertLinear, MoEFeedForward
 from lmlab.model.norms import PLACEMENTS
 
 
-class Block(nn.Module):
-    """x <- residual(x, attn); x <- residual(x, ffn), where residual is the norm placement."""
+def make_block_feedforward(cfg: ModelConfig, layer: int) -> nn.Module:
+    """The feed-forward of block ``layer`` (0-based in its stack): the Mixture-of-Experts one
+    where ``model.moe`` puts it, the dense one elsewhere."""
+    return MoEFeedForward(cfg) if cfg.moe.applies_to(layer) else make_feedforward(cfg)
 
-    def __init__(self, cfg: ModelConfig) -> None:
+
+class Block(nn.Module):
+    """x <- residual(x, attn); x <- residual(x, ffn), where residual is the norm placement.
+    ``layer`` (its index in the stack) decides whether its ffn is a Mixture of Experts."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         placement = PLACEMENTS[cfg.norm_placement]
         self.attn_res = placement(cfg)
         self.attn = Attention(cfg)
         self.ffn_res = placement(cfg)
-        self.ffn = make_feedforward(cfg)
+        self.ffn = make_block_feedforward(cfg, layer)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -39,8 +47,8 @@ class DecoderBlock(Block):
 
     Subclasses ``Block`` so the checkpoint keys of the shared sublayers are the same."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
+        super().__init__(cfg, layer)
         self.cross_res = PLACEMENTS[cfg.norm_placement](cfg)
         self.cross = Attention(cfg)
 
@@ -59,9 +67,10 @@ class DecoderBlock(Block):
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     """GPT-2 init: N(0, 0.02) for matrices and embeddings, zero biases, and residual output
-    projections scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019, section 2.3)."""
+    projections scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019, section 2.3). Stacked
+    expert weights are initialised as the linear layers they stack."""
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear | ExpertLinear):
             std = cfg.init_std
             if getattr(module, "residual_projection", False):
                 std /= (2 * cfg.n_layers) ** 0.5

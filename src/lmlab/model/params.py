@@ -1,4 +1,8 @@
-"""Parameter counts by kind and the FLOPs per token that MFU and budgets use."""
+"""Parameter counts by kind and the FLOPs per token that MFU and budgets use.
+
+A Mixture-of-Experts model has two counts: ``total`` (every expert) and ``active`` (what one
+token runs through: the router and ``top_k`` of the E experts). FLOPs per token, and so MFU,
+follow the active weights; for a dense model active and total are equal."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from torch import nn
 
 from lmlab.model.attention import Attention
 from lmlab.model.feedforward import MLP, GatedMLP
+from lmlab.model.moe import MoEFeedForward
 from lmlab.model.positional import PositionalScheme
 
 KINDS = {
@@ -14,6 +19,7 @@ KINDS = {
     Attention: "attention",
     MLP: "feed_forward",
     GatedMLP: "feed_forward",
+    MoEFeedForward: "feed_forward",  # its router and experts
     nn.LayerNorm: "norms",
     nn.RMSNorm: "norms",
 }
@@ -41,13 +47,15 @@ def _count(
 
 def param_breakdown(model: nn.Module) -> dict[str, int]:
     """Trainable parameters by kind (each tensor counted once, so a tied head counts as
-    embeddings), with ``total`` and ``non_embedding`` (Kaplan et al. 2020: N without token and
-    position embeddings)."""
+    embeddings), with ``total``, ``non_embedding`` (Kaplan et al. 2020: N without token and
+    position embeddings) and ``active`` (``total`` less the experts a token skips)."""
     seen: set[int] = set()
     counts = _count(model, seen)
     counts["other"] = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     counts["total"] = sum(v for k, v in counts.items())
     counts["non_embedding"] = counts["total"] - counts["embeddings"]
+    skipped = sum(m.inactive_params for m in model.modules() if isinstance(m, MoEFeedForward))
+    counts["active"] = counts["total"] - skipped
     return counts
 
 
@@ -70,15 +78,21 @@ def param_rows(model: nn.Module) -> list[tuple[str, dict[str, int]]]:
 
 
 def _matmul_weights(module: nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+    """Weights one token multiplies: every ``nn.Linear``'s, and of a MoE its router's and
+    ``top_k`` experts' (the stacked expert weights are not ``nn.Linear``)."""
+    linear = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+    experts = [m for m in module.modules() if isinstance(m, MoEFeedForward)]
+    return linear + sum(m.active_expert_weights for m in experts)
 
 
 def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = None) -> float:
     """Training FLOPs per input token, 6 * (matmul weights) + 12 * A * T * d for the attention
     scores of A attention layers, d = n_heads x the head dimension (d_model unless ``d_head`` is
     set) (Kaplan et al. 2020; PaLM appendix B). Matmul weights are every ``nn.Linear``'s, the
-    output head's included even when tied to the embedding; norms, biases and embedding lookups
-    are left out, as torch's FlopCounterMode leaves them out (tested equal to its count).
+    output head's included even when tied to the embedding, and a MoE's ``top_k`` experts
+    (active, not total: a capacity-limited training step computes ``capacity_factor`` times
+    that in its expert buffers, padding included); norms, biases and embedding lookups are left
+    out, as torch's FlopCounterMode leaves them out (tested equal to its count).
 
     An encoder-decoder counts each part on the tokens it runs on: the encoder and the
     cross-attention's key/value projections on the ``seq_len`` encoder tokens; the decoder's

@@ -8,8 +8,12 @@ batch in tokens (micro-batch x sequence length x devices x nodes x gradient accu
   Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556).
 * ``flops``: D = C / (6 N), from the approximation C = 6 N D of training FLOPs (Kaplan et al.
   2020, "Scaling Laws for Neural Language Models", arXiv:2001.08361, section 2.1; Hoffmann et
-  al. 2022 use the same). N is the total parameter count, as in ``results.json``'s ``flops``.
+  al. 2022 use the same).
 * ``tokens``: D given.
+
+N is the parameter count ``budget.params`` names: ``active`` (default; what one token runs
+through, so 6 N D is the compute of a Mixture of Experts too) or ``total`` (every expert). A
+dense model's two counts are equal. ``results.json``'s ``flops`` uses the same N.
 
 Rounding: steps = ceil(D / tokens_per_step), at least 1. The budget then reports what is
 actually trained, tokens = steps x tokens_per_step and flops = 6 N tokens, which exceed the
@@ -25,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lmlab.config import BudgetConfig, BudgetKind
+from lmlab.config import BudgetConfig, BudgetKind, ParamCount
 from lmlab.errors import ConfigError
 
 # D / tokens_per_step is rounded to this many decimals before ceil, so float noise in
@@ -44,10 +48,12 @@ class Budget:
     tokens_per_step: int
     target_tokens: float  # D asked for, before rounding to whole steps
     nominal_flops: float | None  # C of a ``flops`` budget; None for the other kinds
+    params: ParamCount  # which count N is: active or total
+    n_params: int  # N
 
     def as_dict(self) -> dict[str, Any]:
         """Plain types, for ``plan.json``, ``results.json`` and loggers."""
-        return {**asdict(self), "kind": self.kind.value}
+        return {**asdict(self), "kind": self.kind.value, "params": self.params.value}
 
 
 def target_tokens(cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_steps: int) -> float:
@@ -64,11 +70,16 @@ def target_tokens(cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_st
     return float(cfg.tokens)
 
 
+def budget_params(cfg: BudgetConfig, counts: dict[str, int]) -> int:
+    """N for the budget: ``counts`` (a ``param_breakdown``) ``active`` or ``total``."""
+    return counts[ParamCount(cfg.params).value]
+
+
 def resolve_budget(
     cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_steps: int
 ) -> Budget:
-    """Steps, tokens and FLOPs of a run of an N-parameter model with a global batch of
-    ``tokens_per_step`` tokens. ``max_steps`` (``trainer.max_steps``) is read by
+    """Steps, tokens and FLOPs of a run of an N-parameter model (N: ``budget_params``) with a
+    global batch of ``tokens_per_step`` tokens. ``max_steps`` (``trainer.max_steps``) is read by
     ``budget=steps`` only. steps = max(1, ceil(D / tokens_per_step)); tokens and flops are those
     of the whole steps actually trained."""
     if n_params < 1:
@@ -87,4 +98,6 @@ def resolve_budget(
         tokens_per_step=tokens_per_step,
         target_tokens=d_target,
         nominal_flops=float(cfg.flops) if kind == BudgetKind.flops else None,
+        params=ParamCount(cfg.params),
+        n_params=n_params,
     )

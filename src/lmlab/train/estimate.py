@@ -37,7 +37,7 @@ from rich.table import Table
 from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
 from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.model import build_model, flops_per_token, param_breakdown
-from lmlab.train.budget import Budget, resolve_budget
+from lmlab.train.budget import Budget, budget_params, resolve_budget
 from lmlab.train.hardware import peak_flops, precision_dtype
 from lmlab.train.plan import make_plan, meta_model
 
@@ -219,7 +219,8 @@ def plan_run(
     model = meta_model(model_cfg)
     counts = param_breakdown(model)
     fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
-    budget: Budget = resolve_budget(budget_cfg, counts["total"], tokens_per_step, max_steps)
+    n = budget_params(budget_cfg, counts)
+    budget: Budget = resolve_budget(budget_cfg, n, tokens_per_step, max_steps)
     speed = _throughput(
         model_cfg, counts, fpt, (micro_batch, seq_len), device, precision, cache_dir
     )
@@ -227,8 +228,12 @@ def plan_run(
     parallel = 1 if device.type == "cpu" else n_devices
     wall = budget.tokens / (tps * parallel) if tps else None
     return {
-        "model": {k: v.value if isinstance(v, Enum) else v for k, v in vars(model_cfg).items()},
+        "model": {
+            k: v.value if isinstance(v, Enum) else v
+            for k, v in dataclasses.asdict(model_cfg).items()
+        },
         "params": counts["total"],
+        "active_params": counts["active"],
         "non_embedding_params": counts["non_embedding"],
         "param_breakdown": counts,
         "seq_len": seq_len,
@@ -258,11 +263,12 @@ def plan_table(plan: dict[str, Any]) -> Table:
             table.add_row(f"params: {kind}", f"{n:,}")
     table.add_section()
     speed = plan["throughput"]
+    budget = plan["budget"]
     rows = {
-        "budget": plan["budget"]["kind"],
+        "budget": f"{budget['kind']}, N = {budget['params']} params ({budget['n_params']:,})",
         "tokens per step": f"{plan['tokens_per_step']:,}",
         "steps": f"{plan['steps']:,}",
-        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / plan['params']:.1f} per param)",
+        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / budget['n_params']:.1f} per param)",
         "FLOPs (6ND)": f"{plan['flops']:.3g}",
         "FLOPs per token": f"{plan['flops_per_token']:.3g}",
         f"tokens/s ({speed['method']})": _maybe(

@@ -25,7 +25,7 @@ from lmlab.config import BudgetConfig, DataConfig, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
-from lmlab.train.budget import Budget, resolve_budget
+from lmlab.train.budget import Budget, budget_params, resolve_budget
 
 PLAN_FILE = "plan.json"
 
@@ -36,7 +36,8 @@ class RunPlan:
     precision: str  # Lightning's precision, resolved: "32-true", "bf16-mixed", ...
     budget: Budget
     vocab_size: int
-    params: int  # total parameters, the N of the budget
+    params: int  # total parameters
+    active_params: int  # what one token runs through (a MoE: top_k of its experts)
 
     @property
     def steps(self) -> int:
@@ -66,6 +67,7 @@ class RunPlan:
             "precision": self.precision,
             "vocab_size": self.vocab_size,
             "params": self.params,
+            "active_params": self.active_params,
             "train_samples": self.train_samples,
             "budget": self.budget.as_dict(),
         }
@@ -94,10 +96,14 @@ def make_plan(
 ) -> RunPlan:
     """The plan of the run ``cfg`` describes; ``model_cfg`` has its final ``vocab_size``."""
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)
-    params = param_breakdown(meta_model(model_cfg))["total"]
+    counts = param_breakdown(meta_model(model_cfg))
     budget_cfg: BudgetConfig = OmegaConf.to_object(cfg.budget)
-    budget = resolve_budget(budget_cfg, params, batch.tokens, int(cfg.trainer.max_steps))
-    return RunPlan(batch, resolve_precision(cfg.trainer), budget, model_cfg.vocab_size, params)
+    n = budget_params(budget_cfg, counts)
+    budget = resolve_budget(budget_cfg, n, batch.tokens, int(cfg.trainer.max_steps))
+    precision = resolve_precision(cfg.trainer)
+    return RunPlan(
+        batch, precision, budget, model_cfg.vocab_size, counts["total"], counts["active"]
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

@@ -21,6 +21,7 @@ from lmlab.config import (
     RUNTIME_FIELDS,
     DataConfig,
     ModelConfig,
+    MoEConfig,
     flatten,
     model_config_dict,
     resolve_configs,
@@ -67,8 +68,15 @@ RUN_CONFIG = "run_config.yaml"
 RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
 
 
+# Model fields added since runs were first saved: a saved config without them had these.
+ADDED_MODEL_FIELDS = {f"model.moe.{k}": v for k, v in dataclasses.asdict(MoEConfig()).items()}
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS aside."""
     flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
+    if any(k.startswith("model.") for k in flat_a):
+        flat_a = {**ADDED_MODEL_FIELDS, **flat_a}
     for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
         flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
     return [
@@ -250,6 +258,7 @@ SUMMARY_KEYS = (
     "tokens_per_second",
     "mfu",
     "params",
+    "active_params",
     "non_embedding_params",
     "tokens",
     "flops",
@@ -349,11 +358,12 @@ def _fit(
         val_bits_per_byte=metrics.get("val/bits_per_byte"),
         train_loss=metrics.get("train/loss"),
         params=counts["total"],
+        active_params=counts["active"],
         params_per_rank=task.params_per_rank,
         non_embedding_params=counts["non_embedding"],
         param_breakdown=counts,
         tokens=tokens,
-        flops=6.0 * counts["total"] * tokens,
+        flops=6.0 * plan.budget.n_params * tokens,  # N as budget.params says (active default)
         global_step=trainer.global_step,
         tokens_per_second=throughput.tokens_per_second if throughput else None,
         mfu=throughput.mfu if throughput else None,

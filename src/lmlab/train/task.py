@@ -16,6 +16,7 @@ from lmlab.config import Compile, Family, ModelConfig, compile_mode, model_confi
 from lmlab.data.collators import IGNORE
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
+from lmlab.model.moe import moe_layers
 from lmlab.train.parallel import layout
 
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
@@ -81,7 +82,8 @@ class LMTask(L.LightningModule):
         # the optimizer partial's weight_decay applies to the decayed group only
         self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
         self.compile = compile_mode(compile)
-        self.train_loss = self.loss_only  # compile=model replaces it by its compiled graph
+        self.moe_layers = moe_layers(self.model)  # {block name: MoE feed-forward}
+        self.train_loss = self.objective  # compile=model replaces it by its compiled graph
         self.laid_out = False
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
@@ -89,7 +91,9 @@ class LMTask(L.LightningModule):
         # called with (trainer, optimizer, gradient norm) every step, before the optimizer
         # step (set by lmlab.train.guard.NonFiniteGuard); None: no check
         self.nonfinite_guard: Guard | None = None
-        self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])  # this step's micro-batches
+        # this step's micro-batches: (lm, aux, z) losses and each MoE layer's load
+        self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])
+        self.step_loads: list[torch.Tensor] = []
         self.logging_now = True  # whether this step's train/* values reach a logger
         # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
         # covers only the corrupted tokens, so it is not logged for BERT and T5.
@@ -125,7 +129,7 @@ class LMTask(L.LightningModule):
             precision=str(self.trainer.precision) if self._trainer else "32-true",
         )
         if self.compile == Compile.model:
-            self.train_loss = torch.compile(self.loss_only)
+            self.train_loss = torch.compile(self.objective)
         # counted now: after a forward FSDP2 may leave the root and last block gathered
         self.params_per_rank = sum(
             (p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.parameters()
@@ -143,31 +147,64 @@ class LMTask(L.LightningModule):
         )
         return loss, logits_BTV
 
-    def loss_only(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss(batch)[0]
+    def objective(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What training minimises, and its parts (detached) for the logs. Dense: the LM loss,
+        parts (lm,). Mixture of Experts: lm + aux_loss_coef * aux + z_loss_coef * z, where aux
+        (load balancing, Switch) and z (router z-loss, ST-MoE) are each the mean over the MoE
+        layers of what their forward recorded; parts (lm, aux, z)."""
+        lm = self.loss(batch)[0]
+        if not self.moe_layers:
+            return lm, lm.detach()[None]
+        layers, moe = self.moe_layers.values(), self.model_cfg.moe
+        aux = torch.stack([m.aux_loss for m in layers]).mean()
+        z = torch.stack([m.z_loss for m in layers]).mean()
+        total = lm + moe.aux_loss_coef * aux + moe.z_loss_coef * z
+        return total, torch.stack([lm, aux, z]).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.train_loss(batch)
+        loss, parts = self.train_loss(batch)
         # callbacks read device values (guard flag, progress bar) on logging steps only
         self.logging_now = self.metrics_due()
         if self.logging_now:
-            self.log_step_loss(loss.detach())
+            self.log_step_loss(parts)
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
-    def log_step_loss(self, loss: torch.Tensor) -> None:
-        """``train/loss`` = the loss whose gradient this optimizer step takes: the mean over
-        its accumulated micro-batches and over the ranks (one all-reduce, on logging steps
-        only). The same global batch therefore logs the same loss on 1 or N devices."""
+    def log_step_loss(self, parts: torch.Tensor) -> None:
+        """``train/loss`` = the LM loss of this optimizer step: the mean over its accumulated
+        micro-batches and over the ranks (one all-reduce, on logging steps only). The same
+        global batch therefore logs the same loss on 1 or N devices. A MoE logs its router
+        losses beside it, ``train/aux_loss`` and ``train/z_loss`` (unweighted), and each MoE
+        layer's load (``log_expert_load``)."""
         step = self.trainer.global_step
         if self.step_losses[0] != step:
-            self.step_losses = (step, [])
-        self.step_losses[1].append(loss)
+            self.step_losses, self.step_loads = (step, []), []
+        self.step_losses[1].append(parts)
+        if self.moe_layers:
+            loads = [torch.cat([m.load_E, m.dropped[None]]) for m in self.moe_layers.values()]
+            self.step_loads.append(torch.stack(loads))
         if len(self.step_losses[1]) == self.trainer.accumulate_grad_batches:
-            mean = torch.stack(self.step_losses[1]).mean()
+            mean = torch.stack(self.step_losses[1]).mean(0)
             # not prog_bar: Lightning converts progress-bar values to floats after every batch,
             # a host-device sync per step; lmlab's ProgressBar shows it on logging steps
-            self.log("train/loss", mean, sync_dist=True)
+            self.log("train/loss", mean[0], sync_dist=True)
+            if self.moe_layers:
+                self.log("train/aux_loss", mean[1], sync_dist=True)
+                self.log("train/z_loss", mean[2], sync_dist=True)
+                self.log_expert_load(torch.stack(self.step_loads).mean(0))
+
+    def log_expert_load(self, loads_LE1: torch.Tensor) -> None:
+        """Per MoE layer, the fraction of the step's token-to-expert assignments each expert
+        got (its max and min: 1/E each when balanced) and, with a capacity factor, the
+        fraction dropped: ``moe/<block>/load_max``, ``load_min``, ``dropped``. Over the whole
+        global batch: micro-batches averaged here, ranks in one all-reduce."""
+        loads_LE1 = self.trainer.strategy.reduce(loads_LE1, reduce_op="mean")
+        capacity = self.model_cfg.moe.capacity_factor is not None
+        for name, load_E1 in zip(self.moe_layers, loads_LE1, strict=True):
+            self.log(f"moe/{name}/load_max", load_E1[:-1].max())
+            self.log(f"moe/{name}/load_min", load_E1[:-1].min())
+            if capacity:
+                self.log(f"moe/{name}/dropped", load_E1[-1])
 
     def metrics_due(self) -> bool:
         """Whether this step's ``train/*`` values reach a logger: Lightning writes them every
