@@ -453,3 +453,51 @@ def test_to_hf_folder_has_the_permissions_of_a_plain_folder(tmp_path: Path) -> N
         os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
+
+
+def test_mixtral_converts_both_ways_with_transformers_logits(tmp_path: Path) -> None:
+    """MixtralForCausalLM (4 experts, top-2, GQA) in, equal logits and greedy tokens; and an
+    ``+experiment=mixtral`` model out and back bit-exact."""
+    torch.manual_seed(0)
+    hf_model = transformers.MixtralForCausalLM(
+        transformers.MixtralConfig(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=V,
+            max_position_embeddings=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            initializer_range=0.1,
+            **NO_SPECIAL_IDS,
+        )
+    ).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(tmp_path / "hf")
+    pre = load(from_hf(str(tmp_path / "hf"), tmp_path / "m.ckpt"))
+    assert (pre.cfg.moe.num_experts, pre.cfg.moe.top_k) == (4, 2)
+    ids = inputs("llama")["input_ids"]
+    with torch.no_grad():
+        assert (pre.model(ids) - hf_model(ids).logits).abs().max() <= 1e-5
+        expected = hf_model.generate(ids[:1], do_sample=False, max_new_tokens=8, min_new_tokens=8)
+        assert generate(pre.model, ids[:1], 8, temperature=0.0).tolist() == expected.tolist()
+    out = to_hf(tmp_path / "m.ckpt", tmp_path / "out")
+    back = load(from_hf(str(out), tmp_path / "back.ckpt")).model.state_dict()
+    assert all(torch.equal(back[k], v) for k, v in pre.model.state_dict().items())
+    dense = to_schema(
+        ModelConfig,
+        dict(
+            d_model=32,
+            n_layers=1,
+            n_heads=4,
+            positional="rope",
+            norm="rmsnorm",
+            activation="swiglu",
+            bias=False,
+            moe={"num_experts": 4, "top_k": 2, "every_n_layers": 2},
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"model\.moe\.every_n_layers=2"):
+        choose_architecture(dense)

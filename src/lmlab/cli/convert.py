@@ -5,8 +5,9 @@
 
 ``from_hf`` reads a ``save_pretrained`` folder (config.json, safetensors or pytorch_model.bin,
 the tokenizer files when present) of GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
-BertForMaskedLM or T5ForConditionalGeneration and writes a checkpoint that ``generate``,
-``probe``, ``lmlab.infer.pretrained.load`` and ``train init_from=`` read. ``to_hf`` writes a
+MixtralForCausalLM, BertForMaskedLM or T5ForConditionalGeneration and writes a checkpoint
+that ``generate``, ``probe``, ``lmlab.infer.pretrained.load`` and ``train init_from=`` read.
+``to_hf`` writes a
 folder that transformers' ``AutoModelFor*`` and ``AutoTokenizer`` load, when the checkpoint's
 knobs have a transformers equivalent (the refusal names each knob that has none). ``dtype``:
 the weights' type in the folder (auto: as in the checkpoint; fp32, bf16, fp16).

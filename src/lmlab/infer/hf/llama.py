@@ -129,7 +129,11 @@ LLAMA = Architecture(
     config_to_hf=config_to_hf,
     rules=rules,
     requirements=REQUIREMENTS,
-    selects=lambda cfg: cfg.positional == Positional.rope and cfg.attention_window is None,
+    selects=lambda cfg: (
+        cfg.positional == Positional.rope
+        and cfg.attention_window is None
+        and not cfg.moe.num_experts
+    ),
 )
 
 MISTRAL = Architecture(
@@ -140,5 +144,9 @@ MISTRAL = Architecture(
     config_to_hf=config_to_hf,
     rules=rules,
     requirements=[*REQUIREMENTS, ("bias", same(False), "Mistral has no biases")],
-    selects=lambda cfg: cfg.positional == Positional.rope and cfg.attention_window is not None,
+    selects=lambda cfg: (
+        cfg.positional == Positional.rope
+        and cfg.attention_window is not None
+        and not cfg.moe.num_experts
+    ),
 )

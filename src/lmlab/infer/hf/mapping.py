@@ -12,6 +12,7 @@ its rules.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def check(cfg: ModelConfig, requirements: list[Requirement], hf_class: str) -> N
     """Every knob value the class cannot express, in one ConfigError."""
     problems = []
     for name, allowed_of, why in requirements:
-        value, allowed = getattr(cfg, name), allowed_of(cfg)
+        value, allowed = functools.reduce(getattr, name.split("."), cfg), allowed_of(cfg)
         if value not in allowed:
             shown = ", ".join(str(getattr(a, "value", a)) for a in allowed)
             problems.append(f"model.{name}={getattr(value, 'value', value)} (needs {shown}: {why})")
@@ -155,6 +156,11 @@ class Architecture:
     selects: Callable[[ModelConfig], bool] = lambda cfg: True  # the class for this config?
 
     def check(self, cfg: ModelConfig) -> None:
+        if cfg.moe.num_experts and self.model_type != "mixtral":
+            raise ConfigError(
+                f"{self.hf_class} cannot express model.moe.num_experts={cfg.moe.num_experts} "
+                "(a Mixture of Experts converts as MixtralForCausalLM: +experiment=mixtral)"
+            )
         check(cfg, self.requirements, self.hf_class)
 
 

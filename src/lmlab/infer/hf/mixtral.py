@@ -1,0 +1,79 @@
+"""Mixtral (``MixtralForCausalLM``): Llama's blocks with a sparse Mixture-of-Experts
+feed-forward in every block, each token routed to ``top_k`` SwiGLU experts by a softmax over
+the router's logits renormalised over the chosen ones (Jiang et al. 2024). lmlab's
+``+experiment=mixtral`` recipe. transformers 5 stores each layer's experts stacked:
+``gate_up_proj`` (E, 2 d_ff, d) is lmlab's ``w_gate`` and ``w_in`` side by side,
+``down_proj`` (E, d, d_ff) its ``w_out``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmlab.config import Activation, Family, ModelConfig, Positional
+from lmlab.errors import ConfigError
+from lmlab.infer.hf import llama
+from lmlab.infer.hf.mapping import Architecture, Rule, rule, same
+
+
+def config_from_hf(hf: Any, tied: bool) -> dict[str, Any]:
+    if hf.num_experts_per_tok < 2:
+        raise ConfigError(
+            f"num_experts_per_tok={hf.num_experts_per_tok}: Mixtral renormalises the chosen "
+            "gates (a single expert gets weight 1), lmlab's top_k=1 weights it by its router "
+            "probability (Switch); only top_k >= 2 converts"
+        )
+    if getattr(hf, "router_jitter_noise", 0.0):
+        raise ConfigError(f"router_jitter_noise={hf.router_jitter_noise}: lmlab has no jitter")
+    fields = llama.config_from_hf(hf, tied)
+    fields["moe"] = {
+        "num_experts": hf.num_local_experts,
+        "top_k": hf.num_experts_per_tok,
+        "aux_loss_coef": hf.router_aux_loss_coef,
+    }
+    return fields
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    out = llama.config_to_hf(cfg)
+    out.pop("attention_bias", None), out.pop("mlp_bias", None)
+    return out | dict(
+        num_local_experts=cfg.moe.num_experts,
+        num_experts_per_tok=cfg.moe.top_k,
+        router_aux_loss_coef=cfg.moe.aux_loss_coef,
+        sliding_window=cfg.attention_window,
+    )
+
+
+def rules(cfg: ModelConfig) -> list[Rule]:
+    out = [r for r in llama.rules(cfg) if ".ffn." not in r.lmlab[0]]
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}.ffn", f"model.layers.{i}.mlp"
+        out += [
+            rule(f"{b}.router.weight", f"{h}.gate.weight"),
+            rule(
+                (f"{b}.experts.w_gate.weight", f"{b}.experts.w_in.weight"),
+                f"{h}.experts.gate_up_proj",
+                dim=1,
+            ),
+            rule(f"{b}.experts.w_out.weight", f"{h}.experts.down_proj"),
+        ]
+    return out
+
+
+MIXTRAL = Architecture(
+    hf_class="MixtralForCausalLM",
+    model_type="mixtral",
+    family=Family.gpt,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    rules=rules,
+    requirements=[
+        *llama.REQUIREMENTS,
+        ("activation", same(Activation.swiglu), "Mixtral's experts are SwiGLU"),
+        ("bias", same(False), "Mixtral has no biases"),
+        ("moe.every_n_layers", same(1), "Mixtral has experts in every block"),
+        ("moe.capacity_factor", same(None), "Mixtral routes dropless"),
+        ("moe.top_k", lambda c: tuple(range(2, c.moe.num_experts + 1)), "Mixtral renormalises"),
+    ],
+    selects=lambda cfg: cfg.positional == Positional.rope and cfg.moe.num_experts > 0,
+)
