@@ -20,6 +20,7 @@ COMMANDS = {
     "generate": "sample text (GPT), fill masks (BERT) or spans (T5) from a checkpoint",
     "probe": "parameter table, FLOPs per token and attention maps of a checkpoint",
     "consolidate": "turn a sharded (FSDP) checkpoint folder into one file",
+    "evaluate": "score a GPT or T5 checkpoint on lm-evaluation-harness tasks (offline ones ship)",
 }
 
 

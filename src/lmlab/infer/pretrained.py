@@ -32,6 +32,7 @@ class Pretrained:
     tokenizer: Tokenizer
     cfg: ModelConfig
     path: Path
+    global_step: int | None = None  # the training step the checkpoint was saved at
 
     @property
     def family(self) -> Family:
@@ -99,4 +100,4 @@ def load(
     model = build_model(cfg)
     model.load_state_dict(model_state(ckpt["state_dict"]))
     model.to(device=device, dtype=DTYPES[dtype]).eval()
-    return Pretrained(model, tok, cfg, path)
+    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"))
