@@ -71,11 +71,12 @@ class LmlabLM(TemplateLM):
         if not isinstance(pretrained, Pretrained):
             pretrained = load(pretrained, device or "cpu", dtype)
         check_family(pretrained.family, f"ckpt={pretrained.path}")
-        if not str(batch_size or 16).isdigit() or int(batch_size or 16) < 1:
-            raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
+        size = 16 if batch_size is None else batch_size  # the harness passes None, ints, "8"
+        if not str(size).isdigit() or int(size) < 1:
+            raise ConfigError(f"batch_size={batch_size!r}: allowed an integer >= 1 (not auto)")
         self.pre, self.model, self.tok = pretrained, pretrained.model, pretrained.tokenizer
         self.backend = BACKENDS[pretrained.family]
-        self.batch_size = int(batch_size or 16)
+        self.batch_size = int(size)
         self.max_length = pretrained.cfg.max_seq_len
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
         self.eos_id, self.pad_id = self.tok.token_to_id(EOS), self.tok.token_to_id(PAD)
@@ -106,7 +107,7 @@ class LmlabLM(TemplateLM):
     def get_model_info(self) -> dict[str, Any]:
         """What lm-eval records in ``results["config"]``."""
         return {
-            "model_family": self.pre.family.value,
+            "model_family": Family(self.pre.family).value,
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_dtype": str(next(self.model.parameters()).dtype),
             "checkpoint": str(self.pre.path),

@@ -24,6 +24,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlparse
 
 import numpy as np
@@ -126,12 +127,12 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
             try:
                 manager.load([name])
             except Exception as err:  # the hub raises many types: no network, gated, missing
-                state = "offline: the Hugging Face hub is unreachable and " if offline else ""
+                state = "the hub is unreachable (offline) and " if offline else ""
                 raise ConfigError(
                     f"{where}: task {name!r} needs its dataset from the Hugging Face hub; "
                     f"{state}it could not be loaded ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0] if str(err) else ''}); offline, use the "
-                    f"shipped tasks: {', '.join(sorted(shipped))}"
+                    f"{str(err).splitlines()[0] if str(err) else ''}); the shipped tasks run "
+                    f"offline: {', '.join(sorted(shipped))}"
                 ) from None
     return True
 
@@ -183,7 +184,8 @@ def kept_random_state() -> Iterator[None]:
     run they are put back afterwards, so a run with evals draws the same numbers as one
     without (and resumes exactly)."""
     py, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):  # the harness seeds the GPUs' generators too
         try:
             yield
         finally:
@@ -202,10 +204,15 @@ def run_tasks(
     """lm-eval's ``simple_evaluate`` of ``lm`` on ``names`` (checked by ``check_tasks``), with
     its fixed seeds: the same model gives the same results. The global random state is as
     before. Returns the harness's results dict (no per-item samples)."""
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
 
     hub = any(n not in shipped_tasks() for n in names)
-    with offline_hub(hub and not hub_reachable()), quiet_harness(progress), kept_random_state():
+    # simple_evaluate also describes the machine (pip, GPUs, OS: 1.5 s on the 2-core CPU, more
+    # under load) for a report lmlab does not write: skipped, at every in-training eval too
+    no_env_info = mock.patch.object(lm_eval.evaluator, "add_env_info", lambda results: None)
+    offline = offline_hub(hub and not hub_reachable())
+    with offline, quiet_harness(progress), kept_random_state(), no_env_info:
         return simple_evaluate(
             model=lm,
             tasks=list(names),
