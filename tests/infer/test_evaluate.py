@@ -243,3 +243,27 @@ def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> Non
     merged = json.loads(path.read_text())
     assert merged["metrics"] == {"eval/a/acc": 0.5, "eval/b/acc": 0.7}
     assert set(merged["tasks"]) == {"a", "b"}
+
+
+def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
+    tok, tmp_path: Path, run_command, capsys, wandb_records
+) -> None:
+    """``lmlab evaluate`` on a checkpoint in ``<run>/checkpoints/``: the table, then
+    ``<run>/eval/step<N>.json`` and the metrics in the run's (offline) W&B run, at step N."""
+    pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
+    ckpt = tmp_path / "checkpoints" / "step000007.ckpt"
+    ckpt.parent.mkdir()
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = {k: getattr(v, "value", v) for k, v in vars(pre.cfg).items()}
+    torch.save(
+        {"state_dict": state, "model_config": config, "tokenizer": tok.to_str(), "global_step": 7},
+        ckpt,
+    )
+    (tmp_path / "wandb_id").write_text("abcd1234")
+    assert run_command("evaluate", f"ckpt={ckpt}", "tasks=stdlib_nextline", "limit=4") == 0
+    assert "stdlib_nextline" in capsys.readouterr().out
+    record = json.loads((tmp_path / "eval" / "step000007.json").read_text())
+    assert record["global_step"] == 7 and record["tasks"]["stdlib_nextline"]["n_samples"]
+    history = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
+    (logged,) = [h for h in history if "eval/stdlib_nextline/acc" in h]
+    assert float(json.loads(str(logged["trainer/global_step"]))) == 7
