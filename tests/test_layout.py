@@ -74,7 +74,35 @@ def test_imports_follow_the_layering(path: Path) -> None:
 def test_src_holds_only_the_thin_scripts_and_the_package() -> None:
     src = PACKAGE.parent
     scripts = sorted(p.stem for p in src.glob("*.py"))
-    assert scripts == ["compare", "consolidate", "convert", "generate", "probe", "scaling", "train"]
+    assert scripts == sorted(
+        ["compare", "consolidate", "convert", "evaluate", "generate", "probe"]
+        + ["scaling", "train"]
+    )
     for script in src.glob("*.py"):
         code = [line for line in script.read_text().splitlines() if line and line[0] not in '#"']
         assert len(code) <= 6, f"{script.name} is more than a thin entry point"
+
+
+# Heavy packages imported at module level only by the modules that exist to use them, so that
+# `lmlab --help`, training without evals and the other commands never pay for them.
+LAZY = {"lm_eval": {"infer/evaluate.py"}}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("package", list(LAZY))
+def test_heavy_packages_are_imported_lazily(package: str) -> None:
+    eager = {
+        str(p.relative_to(PACKAGE))
+        for p in MODULES
+        if any(n == package or n.startswith(package + ".") for n in top_level_imports(p))
+    }
+    assert eager <= LAZY[package], f"{package} imported at module level by {eager - LAZY[package]}"

@@ -467,6 +467,40 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    """lm-eval tasks run on the model while it trains (``eval.<field>``), through the model
+    class ``lmlab evaluate`` uses; logged as ``eval/<task>/<metric>`` to every logger and
+    written to results.json."""
+
+    tasks: list[str] = field(default_factory=list)
+    """Task names: the shipped offline ones (stdlib_nextline, stdlib_cloze,
+    stdlib_perplexity) or any lm-eval task, whose dataset is downloaded (online only).
+    Empty: no evals. Checked before training starts."""
+    every_n_steps: int = 0
+    """Steps between evals; they always run at the last step (0: only there)."""
+    limit: int | None = None
+    """At most this many items per task (null: all)."""
+    batch_size: int = 16
+    """Requests per forward pass."""
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 0:
+            raise ConfigError(
+                f"eval.every_n_steps={self.every_n_steps} must be >= 0 (0: at the last step only)"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit={self.limit} must be >= 1 (or null: every item)")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+        bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip() or "," in t]
+        if bad:
+            raise ConfigError(
+                f"eval.tasks={list(self.tasks)}: {bad[0]!r} is not a task name (allowed: a list "
+                "of names, eval.tasks=[stdlib_nextline,stdlib_cloze])"
+            )
+
+
+@dataclass
 class RunConfig:
     """The top-level keys of ``conf/train.yaml`` that are not a group of their own."""
 
@@ -485,6 +519,7 @@ class RunConfig:
     schedule (``lmlab.train.init_from``); needs ``data.tokenizer=checkpoint``."""
     guard: GuardConfig = field(default_factory=GuardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         compile_mode(self.compile)

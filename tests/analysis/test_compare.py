@@ -500,3 +500,38 @@ def test_a_metric_measured_once_per_run_draws_the_training_loss_curve(
     ylabels.clear()
     cmp.compare(root)
     assert "train/loss" in ylabels and "val/loss" not in ylabels
+
+
+# --------------------------------------------------------------------------- eval metrics
+
+EVAL_ACC = "eval/stdlib_nextline/acc_mutual_info"
+
+
+def test_eval_metrics_rank_a_sweep_higher_first_with_seed_mean_and_std(
+    multirun: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--metric eval/<task>/acc...`` ranks by the eval metric, higher first by default, from
+    results.json (evals during training) or from ``eval/step<N>.json`` (``lmlab evaluate``
+    after it: the newest step counts)."""
+    # (job, accuracy): the three pre/gelu seeds in results.json, the others evaluated later
+    in_results = {"0": 0.40, "1": 0.44, "2": 0.42}
+    for job, acc in in_results.items():
+        results = json.loads((multirun / job / "results.json").read_text())
+        (multirun / job / "results.json").write_text(json.dumps({**results, EVAL_ACC: acc}))
+    for job, acc in {"3": 0.50, "4": 0.30}.items():
+        (multirun / job / "eval").mkdir()
+        for step, value in ((100, 0.99), (200, acc)):
+            record = {"global_step": step, "metrics": {EVAL_ACC: value}}
+            (multirun / job / "eval" / f"step{step:06d}.json").write_text(json.dumps(record))
+    monkeypatch.setenv("COLUMNS", "250")
+    assert compare_main([str(multirun), "--metric", EVAL_ACC]) == 0
+    out = capsys.readouterr().out
+    assert f"{EVAL_ACC} (higher is better)" in out
+    assert [c[:4] for c in table_cells(out)] == [
+        ["1", "post", "relu", "0.5000"],
+        ["2", "pre", "gelu", "0.4200 ± 0.0200"],
+        ["3", "pre", "swiglu", "0.3000"],
+        ["-", "post", "gelu", "FAILED"],
+    ]
+    assert compare_main([str(multirun), "--metric", EVAL_ACC, "--no-higher-is-better"]) == 0
+    assert table_cells(capsys.readouterr().out)[0][1:3] == ["pre", "swiglu"]

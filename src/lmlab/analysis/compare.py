@@ -21,6 +21,7 @@ from rich.text import Text
 
 from lmlab.analysis.compare_plot import plot
 from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_knobs
+from lmlab.analysis.multirun import higher_is_better as default_direction
 from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
 from lmlab.analysis.runs import load_runs
 
@@ -156,12 +157,16 @@ def compare(
     metric: str = "val_loss",
     out: str | Path | None = None,
     *,
-    higher_is_better: bool = False,
+    higher_is_better: bool | None = None,
     console: Console | None = None,
 ) -> list[Row]:
     """Load a multirun, rank its variants by ``metric``, write ``compare.png`` and
     ``compare.json`` into ``out`` (default: the multirun dir) and, given a Console, print the
-    table and the winner summary. Returns the rows, best first, failed runs last."""
+    table and the winner summary. Returns the rows, best first, failed runs last.
+    ``higher_is_better=None`` takes the metric's default direction (higher for eval
+    accuracies, lower otherwise: ``multirun.higher_is_better``)."""
+    if higher_is_better is None:
+        higher_is_better = default_direction(metric)
     root = Path(path)
     runs = load_runs(root)
     knobs = varying_knobs(runs)

@@ -112,7 +112,8 @@ def variant_label(knobs: dict[str, str]) -> str:
 
 
 def available_metrics(runs: Sequence[Run]) -> list[str]:
-    """Numeric results.json keys (null counts) and metrics.csv columns present in any run."""
+    """Numeric results.json keys (null counts), ``lmlab evaluate``'s metrics and metrics.csv
+    columns present in any run."""
     names: set[str] = set()
     for run in runs:
         names.update(
@@ -120,8 +121,22 @@ def available_metrics(runs: Sequence[Run]) -> list[str]:
             for k, v in run.results.items()
             if k not in NON_METRIC_KEYS and (v is None or _is_number(v))
         )
+        names.update(run.evals)
         names.update(run.curve)
     return sorted(names)
+
+
+# lm-eval metrics where more is better; its others (perplexity, bits_per_byte, ...) are less
+HIGHER_EVAL_METRICS = frozenset(
+    {"acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "mcc", "bleu", "chrf"}
+)
+
+
+def higher_is_better(metric: str) -> bool:
+    """The default direction of ``metric``: higher for the accuracy-like eval metrics
+    (``eval/<task>/acc``), lower for everything else (losses, perplexities)."""
+    parts = metric.split("/")
+    return len(parts) == 3 and parts[0] == "eval" and parts[2] in HIGHER_EVAL_METRICS
 
 
 def check_metric(runs: Sequence[Run], metric: str) -> None:
@@ -149,12 +164,15 @@ def curve_column(metric: str, columns: Iterable[str]) -> str | None:
 
 def run_value(run: Run, metric: str) -> float | None:
     """results.json value of ``metric``, else (completed runs only: a failed run's partial curve
-    is not a final value) the last value of its metrics.csv column."""
+    is not a final value) ``lmlab evaluate``'s value, else the last value of its metrics.csv
+    column."""
     value = run.results.get(metric)
     if _is_number(value):
         return float(value)
     if run.failed:
         return None
+    if metric in run.evals:  # lmlab evaluate of a checkpoint, after training
+        return run.evals[metric]
     column = curve_column(metric, run.curve)
     if column and run.curve[column]:
         return run.curve[column][-1][1]

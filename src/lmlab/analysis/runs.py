@@ -3,8 +3,9 @@ analysis tool (compare, scaling).
 
 A job directory is found by its ``results.json`` (at any depth under the given directory) and
 holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch, precision),
-``.hydra/overrides.yaml``, ``.hydra/config.yaml`` and ``csv/metrics.csv``. A killed job
-(``.hydra/`` without results.json) is a failed run.
+``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``csv/metrics.csv`` and, once ``lmlab
+evaluate`` has scored a checkpoint, ``eval/step<N>.json``. A killed job (``.hydra/`` without
+results.json) is a failed run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Run:
     overrides: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     curve: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    evals: dict[str, float] = field(default_factory=dict)
+    """``eval/<task>/<metric>`` from ``lmlab evaluate`` of the run's newest evaluated step."""
 
     @property
     def failed(self) -> bool:
@@ -103,7 +106,20 @@ def _load_run(job_dir: Path, has_results: bool) -> Run:
         overrides=_parse_overrides(overrides if isinstance(overrides, list) else []),
         config=config if isinstance(config, dict) else {},
         curve=_read_curve(job_dir),
+        evals=_read_evals(job_dir),
     )
+
+
+def _read_evals(job_dir: Path) -> dict[str, float]:
+    """The metrics of ``eval/step<N>.json`` with the largest N (``lmlab evaluate`` of the
+    final checkpoint, usually); unreadable files are skipped."""
+    for path in sorted(job_dir.glob("eval/step*.json"), key=lambda p: p.stem, reverse=True):
+        try:
+            metrics = json.loads(path.read_text()).get("metrics", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    return {}
 
 
 def _read_results(path: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ whether its margin exceeds seed noise, write compare.png and compare.json."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 
@@ -30,8 +31,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", default=None, help="output dir (default: MULTIRUN_DIR)")
     parser.add_argument(
         "--higher-is-better",
-        action="store_true",
-        help="rank descending (e.g. tokens_per_second, mfu)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rank descending (e.g. tokens_per_second, mfu); default: higher for eval "
+        "accuracies (eval/<task>/acc), lower for everything else",
     )
     return parser
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "probe": "parameter table, FLOPs per token and attention maps of a checkpoint",
     "consolidate": "turn a sharded (FSDP) checkpoint folder into one file",
     "convert": "Hugging Face models in (from_hf=) and out (to_hf=): GPT-2, Llama, BERT, T5",
+    "evaluate": "score a GPT or T5 checkpoint on lm-evaluation-harness tasks (offline ones ship)",
 }
 
 

@@ -32,22 +32,32 @@ CACHE_VERSION = 1
 MIN_DOCS_FOR_DOC_SPLIT = 20
 
 
+def held_out(docs: Documents, val_fraction: float) -> set[int]:
+    """Indices of the documents validation holds out whole: taken in the order of a stable
+    hash of their names until they hold ``val_fraction`` of the bytes. Empty for fewer than
+    ``MIN_DOCS_FOR_DOC_SPLIT`` documents (those are split inside each document instead).
+    ``scripts/make_eval_tasks.py`` draws the shipped eval tasks from these documents."""
+    if len(docs) < MIN_DOCS_FOR_DOC_SPLIT:
+        return set()
+    target = val_fraction * sum(len(t) for _, t in docs)
+    val_ids: set[int] = set()
+    held = 0
+    for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(docs[i][0].encode())):
+        if held >= target:
+            break
+        val_ids.add(i)
+        held += len(docs[i][1])
+    return val_ids
+
+
 def split_documents(docs: Documents, val_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic split. Many documents: whole documents, taken in the order of a stable
-    hash of their names until they hold ``val_fraction`` of the bytes. Few documents (a single
-    book): the last ``val_fraction`` of each, as nanoGPT does."""
-    if len(docs) >= MIN_DOCS_FOR_DOC_SPLIT:
-        target = val_fraction * sum(len(t) for _, t in docs)
-        val_ids: set[int] = set()
-        held = 0
-        for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(docs[i][0].encode())):
-            if held >= target:
-                break
-            val_ids.add(i)
-            held += len(docs[i][1])
-        if len(val_ids) < len(docs):
-            train = [t for i, (_, t) in enumerate(docs) if i not in val_ids]
-            return train, [t for i, (_, t) in enumerate(docs) if i in val_ids]
+    hash of their names until they hold ``val_fraction`` of the bytes (``held_out``). Few
+    documents (a single book): the last ``val_fraction`` of each, as nanoGPT does."""
+    val_ids = held_out(docs, val_fraction)
+    if val_ids and len(val_ids) < len(docs):
+        train = [t for i, (_, t) in enumerate(docs) if i not in val_ids]
+        return train, [t for i, (_, t) in enumerate(docs) if i in val_ids]
     cuts = [int(len(t) * (1 - val_fraction)) for _, t in docs]
     pairs = list(zip(docs, cuts, strict=True))
     return [t[:c] for (_, t), c in pairs], [t[c:] for (_, t), c in pairs]

@@ -67,19 +67,35 @@ def decode_loop(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    forced_BF: torch.Tensor | None = None,
+    stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to ``ids_BT``; ``new_cache=None`` recomputes the
     context every step. A sequence that produced ``eos_id`` is continued with ``eos_id``; the
-    loop stops early when all have. ``on_token`` receives each step's tokens (B, 1)."""
+    loop stops early when all have. ``on_token`` receives each step's tokens (B, 1).
+
+    Prompts of different lengths share one batch without padding: ``ids_BT`` holds the part
+    every prompt has (their first T tokens) and ``forced_BF`` the rest of each, right-padded
+    with -1. At step s a row takes ``forced_BF[:, s]`` where it is >= 0 instead of the picked
+    token, so every row sees exactly its own prompt at the positions an unbatched run gives
+    it. ``stop(ids_BT)`` -> (B,) bool marks rows finished (a stop sequence), as EOS does."""
     cache = new_cache(ids_BT.shape[0]) if new_cache else None
     logits_BV = forward(ids_BT[:, -max_len:], cache)[:, -1]
     done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
+    n_forced = 0 if forced_BF is None else forced_BF.shape[1]
     for step in range(max_new_tokens):
         next_B1 = pick(logits_BV, temperature, top_k, top_p, generator)
+        generated_B = torch.ones_like(done_B)
+        if step < n_forced:
+            force_B1 = forced_BF[:, step : step + 1]
+            next_B1 = torch.where(force_B1 >= 0, force_B1, next_B1)
+            generated_B = force_B1[:, 0] < 0
         if eos_id is not None:
             next_B1 = next_B1.masked_fill(done_B[:, None], eos_id)
-            done_B |= next_B1[:, 0] == eos_id
+            done_B |= (next_B1[:, 0] == eos_id) & generated_B
         ids_BT = torch.cat((ids_BT, next_B1), dim=1)
+        if stop is not None:
+            done_B |= stop(ids_BT)
         if on_token is not None:
             on_token(next_B1)
         if step == max_new_tokens - 1 or bool(done_B.all()):

@@ -33,6 +33,7 @@ class Pretrained:
     tokenizer: Tokenizer
     cfg: ModelConfig
     path: Path
+    global_step: int | None = None  # the training step the checkpoint was saved at
 
     @property
     def family(self) -> Family:
@@ -106,4 +107,4 @@ def load(
     model.load_state_dict(state)
     stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model.to(device=device, dtype=stored if dtype == "auto" else DTYPES[dtype]).eval()
-    return Pretrained(model, tok, cfg, path)
+    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"))

@@ -251,3 +251,78 @@ class AttentionMaps(L.Callback):
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
                 lg.log_image("attention", [str(path)], step=step)
+
+
+class EvalTasks(L.Callback):
+    """Runs lm-eval ``tasks`` on the model being trained, every ``every_n_steps`` steps and at
+    the last step, through ``lmlab evaluate``'s model class (``lmlab.infer.evaluate``), and
+    logs ``eval/<task>/<metric>`` to every logger at that step; the last values go into
+    results.json. Rank 0 runs them (every rank when the weights are sharded); the model is
+    put back in training mode and the random state is left as it was. A failure is logged
+    and the run goes on. The task names were checked before training started."""
+
+    def __init__(
+        self,
+        tasks: list[str] | None = None,
+        every_n_steps: int = 0,
+        limit: int | None = None,
+        batch_size: int = 16,
+        bootstrap_iters: int = 1000,
+    ) -> None:
+        self.tasks = [str(t) for t in (tasks or [])]
+        self.every_n_steps, self.limit = every_n_steps, limit
+        self.batch_size, self.bootstrap_iters = batch_size, bootstrap_iters
+        self.metrics: dict[str, float] = {}
+        self.last_step = -1
+
+    def due(self, trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        last = trainer.max_steps > 0 and step >= trainer.max_steps
+        every = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        return bool(self.tasks) and step > 0 and step != self.last_step and (last or every)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed run continues from a step whose rows metrics.csv dropped (it keeps the
+        # steps before the checkpoint's): evaluating the same weights again restores them.
+        if self.due(trainer):
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.due(trainer):
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.last_step = trainer.global_step
+        if not forward_here(trainer, pl_module):
+            return
+        with optional(f"the evals at step {trainer.global_step}"), eager():
+            metrics = self.run(trainer, pl_module)
+            for lg in trainer.loggers:  # loggers write on rank 0 only
+                lg.log_metrics(metrics, step=trainer.global_step)
+            self.metrics = metrics
+            if trainer.is_global_zero:
+                shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
+                log.info("evals at step %d: %s", trainer.global_step, shown)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from lmlab.infer import harness
+        from lmlab.infer.evaluate import LmlabLM
+        from lmlab.infer.pretrained import Pretrained
+
+        model = pl_module.model
+        pre = Pretrained(
+            model,
+            trainer.datamodule.tokenizer,
+            pl_module.model_cfg,
+            Path(trainer.default_root_dir),
+            trainer.global_step,
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            with trainer.precision_plugin.forward_context():
+                lm = LmlabLM(pre, self.batch_size)
+                results = harness.run_tasks(lm, self.tasks, self.limit, None, self.bootstrap_iters)
+        finally:
+            model.train(was_training)
+        return harness.flat_metrics(results)

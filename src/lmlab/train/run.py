@@ -32,7 +32,7 @@ from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.batch import resolve_global_batch
-from lmlab.train.callbacks import Sample, Throughput
+from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
@@ -182,6 +182,7 @@ def train(cfg: DictConfig) -> float:
             model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
         log.info(batch.describe())
+        check_evals(cfg, model_cfg)
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)
@@ -205,6 +206,18 @@ def train(cfg: DictConfig) -> float:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
+
+
+def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
+    """``eval.tasks`` name tasks whose data can be read now (a hub task's dataset is fetched
+    here), for a model that can be scored: before data, plan or model are built."""
+    tasks = list((cfg.get("eval") or {}).get("tasks") or [])
+    if not tasks:
+        return
+    from lmlab.infer import harness  # lm-eval itself is imported only for a hub task
+
+    harness.check_family(model_cfg.family, f"eval.tasks={tasks} with model.family")
+    harness.check_tasks(tasks, where="eval.tasks")
 
 
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
@@ -349,6 +362,7 @@ def _fit(
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
+    evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
     tokens = trainer.global_step * plan.batch.tokens
     results.update(
         status="completed",
@@ -379,6 +393,7 @@ def _fit(
         budget=plan.budget.as_dict(),
         budget_flops=plan.budget.nominal_flops,
     )
+    results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
     if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
         summarize_wandb(loggers, results)
         write_results(out_dir, results)

@@ -1,0 +1,112 @@
+"""Evaluate a checkpoint on lm-evaluation-harness tasks.
+
+    python src/evaluate.py ckpt=<run>/checkpoints/last.ckpt                  # the shipped tasks
+    python src/evaluate.py ckpt=<file> tasks=stdlib_nextline,stdlib_cloze limit=100
+    python src/evaluate.py ckpt=<file> tasks=hellaswag,lambada_openai       # online: hub tasks
+
+With no ``tasks=``, the offline tasks shipped with lmlab run (``stdlib_nextline``,
+``stdlib_cloze``, ``stdlib_perplexity``). Results are printed as the harness's table, written
+to ``<run dir>/eval/step<N>.json`` (a checkpoint outside a run's ``checkpoints/`` folder: an
+``eval/`` folder beside it; ``out=`` to choose) and logged to the run's W&B run when it has one
+(``wandb=false`` to skip). Task names, and a hub task's dataset, are checked before the
+checkpoint is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from lmlab.cli.args import parse
+from lmlab.errors import ConfigError
+
+
+@dataclass
+class EvaluateConfig:
+    ckpt: str = MISSING
+    tasks: str | None = None  # comma-separated; default: every shipped offline task
+    limit: int | None = None  # at most this many items per task
+    num_fewshot: int | None = None  # default: each task's own (0 for the shipped ones)
+    batch_size: int = 16
+    max_gen_toks: int = 256  # generate_until's default length, when a task sets none
+    bootstrap_iters: int = 1000  # resamples for the standard errors that need them
+    device: str = "cpu"
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
+    out: str | None = None  # default: <run dir>/eval/step<N>.json
+    wandb: bool = True  # log to the checkpoint's W&B run, when its run directory has one
+
+    def __post_init__(self) -> None:
+        """Every value is checked here, before tasks or checkpoint are read."""
+        for name in ("batch_size", "max_gen_toks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit={self.limit} must be >= 1 (or null: every item)")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"num_fewshot={self.num_fewshot} must be >= 0 (or null)")
+        if self.bootstrap_iters < 0:
+            raise ConfigError(f"bootstrap_iters={self.bootstrap_iters} must be >= 0")
+
+
+def main(argv: list[str]) -> int | None:
+    cfg = parse(EvaluateConfig, argv)
+    from lmlab.infer import harness
+
+    names = harness.parse_tasks(cfg.tasks)
+    harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
+    from lmlab.infer.evaluate import LmlabLM
+    from lmlab.infer.pretrained import load
+
+    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
+    lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)
+    results = harness.run_tasks(
+        lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
+    )
+    print(harness.table(results))
+    record = harness.eval_record(results, str(pre.path), pre.global_step)
+    path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
+    print(f"results: {harness.write_record(path, record)}")
+    if cfg.wandb:
+        run_dir = harness.eval_path(pre.path, pre.global_step).parent.parent
+        wandb_run = log_to_wandb(run_dir, record["metrics"], pre.global_step)
+        if wandb_run:
+            print(f"logged to W&B run {wandb_run}")
+
+
+def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> str | None:
+    """Log ``metrics`` into the W&B run of ``run_dir`` (its ``wandb_id``, project and entity
+    from its ``.hydra/config.yaml``), at the checkpoint's step on the ``trainer/global_step``
+    axis Lightning's logger uses, and into its summary. Offline unless credentials exist, as
+    in training; an offline run is uploaded with ``wandb sync <run dir>/wandb/offline-run-*``.
+    Returns the run id, or None when the run directory has no W&B run."""
+    id_file = run_dir / "wandb_id"
+    if not id_file.is_file():
+        return None
+    import wandb
+    import yaml
+
+    from lmlab.train.loggers import wandb_offline
+
+    config: dict[str, Any] = {}
+    if (run_dir / ".hydra" / "config.yaml").is_file():
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
+    wb = (config.get("logger") or {}).get("wandb") or {}
+    run = wandb.init(
+        project=wb.get("project") or "lmlab",
+        entity=wb.get("entity"),
+        id=id_file.read_text().strip(),
+        resume="allow",
+        dir=str(run_dir),
+        mode="offline" if wandb_offline(wb.get("offline")) else "online",
+        settings=wandb.Settings(silent=True),
+    )
+    run.define_metric("trainer/global_step")
+    run.define_metric("eval/*", step_metric="trainer/global_step")
+    run.log({**metrics, "trainer/global_step": step or 0})
+    run.summary.update(metrics)
+    run.finish()
+    return run.id

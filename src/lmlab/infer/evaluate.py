@@ -1,0 +1,287 @@
+"""lmlab models in EleutherAI's lm-evaluation-harness: ``LmlabLM``, registered as ``lmlab``.
+
+The harness asks three things of a model, as text in and numbers or text out:
+
+- ``loglikelihood(context, continuation)``: the summed log-probability of the continuation's
+  tokens and whether greedy decoding gives exactly them (multiple choice, cloze);
+- ``loglikelihood_rolling(text)``: the whole text's log-probability, in windows of the
+  model's context (perplexity);
+- ``generate_until(context, until)``: greedy (or sampled) text up to a stop sequence.
+
+GPT checkpoints are scored as causal LMs (context and continuation in one sequence); T5 as an
+encoder-decoder, as the harness does for seq2seq models: the context (with EOS) goes to the
+encoder and the decoder, started from T5's start token, scores or writes the continuation.
+BERT is refused: an encoder with a masked-LM head gives no probability of a continuation.
+
+Requests are batched with right padding, which is exact for a causal decoder: no position
+attends to the padding after it (batched and unbatched scores agree; tested). Generation uses
+the KV cache and ``decode_loop``'s forced tokens, so prompts of different lengths share a
+batch without padding. Tokenisation, window making, request sorting and the parsing of
+generation arguments are the harness's own (``TemplateLM``, ``Collator``,
+``get_rolling_token_windows``, ``normalize_gen_kwargs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import (
+    Collator,
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+)
+from tqdm import tqdm
+
+from lmlab.config import Family
+from lmlab.data.tokenizer import encode
+from lmlab.errors import ConfigError
+from lmlab.infer.generation import decode_loop
+from lmlab.infer.harness import check_family
+from lmlab.infer.pretrained import Pretrained, load
+
+# family -> how the harness treats it (its ``backend``); BERT has none
+BACKENDS = {Family.gpt: "causal", Family.t5: "seq2seq"}
+# (request key or None, context tokens, continuation tokens): TemplateLM's request form
+TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
+
+
+@register_model("lmlab")
+class LmlabLM(TemplateLM):
+    """An lmlab GPT or T5 model (a checkpoint path or a loaded ``Pretrained``) for lm-eval."""
+
+    def __init__(
+        self,
+        pretrained: Pretrained | str | Path,
+        batch_size: int | str | None = 16,
+        device: str | None = None,
+        dtype: str = "fp32",
+        max_gen_toks: int = 256,
+        seed: int = 1234,
+        progress: bool = False,
+        **_harness_args: Any,  # max_batch_size and others the harness passes to every model
+    ) -> None:
+        super().__init__()
+        if not isinstance(pretrained, Pretrained):
+            pretrained = load(pretrained, device or "cpu", dtype)
+        check_family(pretrained.family, f"ckpt={pretrained.path}")
+        size = 16 if batch_size is None else batch_size  # the harness passes None, ints, "8"
+        if not str(size).isdigit() or int(size) < 1:
+            raise ConfigError(f"batch_size={batch_size!r}: allowed an integer >= 1 (not auto)")
+        self.pre, self.model, self.tok = pretrained, pretrained.model, pretrained.tokenizer
+        self.backend = BACKENDS[pretrained.family]
+        self.batch_size = int(size)
+        self.max_length = pretrained.cfg.max_seq_len
+        self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
+        # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD])
+        specials = pretrained.specials
+        self.eos = specials.eos
+        self.eos_id = specials.id(self.tok, "eos", "evaluation")
+        self.pad_id = specials.id(self.tok, "pad", "evaluation") if specials.pad else self.eos_id
+
+    # ---------------------------------------------------------------- what TemplateLM needs
+
+    @property
+    def eot_token_id(self) -> int:
+        """EOS separates the documents in training, so it also stands before an empty context."""
+        return self.eos_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.pre.device
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"lmlab-{self.tok.get_vocab_size()}"
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **_: Any
+    ) -> list[int]:
+        return encode(self.tok, string)
+
+    def tok_decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def get_model_info(self) -> dict[str, Any]:
+        """What lm-eval records in ``results["config"]``."""
+        return {
+            "model_family": Family(self.pre.family).value,
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(next(self.model.parameters()).dtype),
+            "checkpoint": str(self.pre.path),
+            "global_step": self.pre.global_step,
+        }
+
+    # ---------------------------------------------------------------- scoring
+
+    def _loglikelihood_tokens(
+        self, requests: list[TokenRequest], disable_tqdm: bool = False, **_: Any
+    ) -> list[tuple[float, bool]]:
+        """(sum of log p(continuation token), greedy) per request, longest first in batches.
+        An empty continuation has probability 1."""
+        collator = Collator(
+            requests, sort_fn=lambda r: (-len(r[1]) - len(r[2]), tuple(r[1] + r[2]))
+        )
+        results = []
+        bar = tqdm(total=len(requests), desc="scoring", disable=disable_tqdm or not self.progress)
+        for chunk in collator.get_batched(n=self.batch_size):
+            bar.update(len(chunk))
+            scored = self._score([r for r in chunk if r[2]])[::-1]
+            for key, _, cont in chunk:
+                answer = scored.pop() if cont else (0.0, True)
+                results.append(answer)
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+        bar.close()
+        return collator.get_original(results)
+
+    @torch.no_grad()
+    def _score(self, chunk: Sequence[TokenRequest]) -> list[tuple[float, bool]]:
+        """One forward for a batch; each row's continuation logits, scored in float64."""
+        if not chunk:
+            return []
+        if self.backend == "causal":
+            # The last max_length + 1 tokens (a longer request loses its start, as in the
+            # harness): the model reads tokens ..-1 and predicts tokens 1..
+            rows = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in chunk]
+            targets = [cont[-(len(r) - 1) :] for r, (_, _, cont) in zip(rows, chunk, strict=True)]
+            ids_BT, _ = self._right_pad([r[:-1] for r in rows], self.eos_id)
+            logits_BTV = self.model(ids_BT)
+            ends = [len(r) - 1 for r in rows]  # each row's own length: its padding comes after
+        else:
+            targets = [cont[: self.max_length] for _, _, cont in chunk]
+            enc = [ctx[-(self.max_length - 1) :] + [self.eos_id] for _, ctx, _ in chunk]
+            dec = [[self.pad_id, *t[:-1]] for t in targets]  # shifted behind the start token
+            enc_BT, mask_BT = self._right_pad(enc, self.pad_id)
+            dec_BS, _ = self._right_pad(dec, self.pad_id)
+            logits_BTV = self.model(enc_BT, dec_BS, mask_BT)
+            ends = [len(t) for t in targets]
+        out = []
+        for logits_TV, end, target in zip(logits_BTV, ends, targets, strict=True):
+            logp_KV = logits_TV[end - len(target) : end].double().log_softmax(-1)
+            target_K = torch.tensor(target, device=logp_KV.device)
+            logp = float(logp_KV.gather(-1, target_K[:, None]).sum())
+            out.append((logp, bool((logp_KV.argmax(-1) == target_K).all())))
+        return out
+
+    def _right_pad(self, rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids padded on the right with ``value``, and the mask of real tokens."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), value, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = True
+        return ids.to(self.device), mask.to(self.device)
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+        """Each text scored whole: the harness's disjoint windows of ``max_length`` tokens, the
+        first conditioned on EOS, every token predicted once; the windows' sum per text."""
+        windows: list[TokenRequest] = []
+        owners: list[int] = []
+        for i, (text,) in enumerate(req.args for req in requests):
+            pairs = lm_utils.get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
+            for ctx, cont in map(lm_utils.make_disjoint_window, pairs):
+                windows.append((None, ctx, cont))
+                owners.append(i)
+        totals = [0.0] * len(requests)
+        for i, (logp, _) in zip(owners, self._loglikelihood_tokens(windows), strict=True):
+            totals[i] += logp
+        for req, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # ---------------------------------------------------------------- generation
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (``temperature`` > 0: sampled, seeded) continuations, cut before the first
+        stop sequence (EOS is always one); batched per set of generation arguments."""
+        collator = Collator(
+            [req.args for req in requests],
+            sort_fn=lambda a: (-len(self.tok_encode(a[0])), a[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda a: a[1],
+        )
+        out = []
+        for chunk in collator.get_batched(n=self.batch_size):
+            contexts, all_kwargs = zip(*chunk, strict=True)
+            kwargs = normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=self.eos)
+            texts = self._generate(list(contexts), until, kwargs)
+            for context, gen_kwargs, text in zip(contexts, all_kwargs, texts, strict=True):
+                out.append(text)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return collator.get_original(out)
+
+    @torch.no_grad()
+    def _generate(self, contexts: list[str], until: list[str], kwargs: dict) -> list[str]:
+        max_new = int(kwargs["max_gen_toks"])
+        temperature = float(kwargs.get("temperature") or 0.0)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        sampling = (temperature, kwargs.get("top_k"), kwargs.get("top_p"), gen)
+        if self.backend == "causal":
+            # room for the new tokens; a longer context keeps its end (the harness's rule)
+            keep = max(1, self.max_length - max_new)
+            prompts = [self.tok_encode(c)[-keep:] or [self.eos_id] for c in contexts]
+            starts = [len(p) for p in prompts]
+            common = min(starts)
+            ragged = max(starts) > common  # the rest of the longer prompts is forced
+            forced_BF = self._right_pad([p[common:] for p in prompts], -1)[0] if ragged else None
+            out_BT = decode_loop(
+                lambda ids, cache: self.model(ids, cache=cache),
+                self.model.new_cache,
+                torch.tensor([p[:common] for p in prompts], device=self.device),
+                self.max_length,
+                max(starts) - common + max_new,
+                *sampling,
+                eos_id=self.eos_id,
+                forced_BF=forced_BF,
+                stop=StopAt(self.tok_decode, starts, until),
+            )
+        else:
+            enc = [self.tok_encode(c)[-(self.max_length - 1) :] + [self.eos_id] for c in contexts]
+            enc_BT, mask_BT = self._right_pad(enc, self.pad_id)
+            memory_BTD = self.model.encode(enc_BT, mask_BT)
+            starts = [1] * len(contexts)  # after the decoder's start token
+            out_BT = decode_loop(
+                lambda ids, cache: self.model.decode(ids, memory_BTD, mask_BT, cache=cache),
+                self.model.new_cache,
+                torch.full((len(contexts), 1), self.pad_id, device=self.device),
+                self.max_length,
+                max_new,
+                *sampling,
+                eos_id=self.eos_id,
+                stop=StopAt(self.tok_decode, starts, until),
+            )
+        rows = out_BT.tolist()
+        return [
+            postprocess_generated_text(self.tok_decode(row[s : s + max_new]), until, None)
+            for row, s in zip(rows, starts, strict=True)
+        ]
+
+
+class StopAt:
+    """``decode_loop``'s ``stop``: the rows whose generated text (from each row's own start)
+    holds a stop sequence."""
+
+    def __init__(self, decode: Any, starts: list[int], until: list[str]) -> None:
+        self.decode, self.starts, self.until = decode, starts, [s for s in until if s]
+
+    def __call__(self, ids_BT: torch.Tensor) -> torch.Tensor:
+        rows = ids_BT.tolist()
+        done = [
+            any(s in self.decode(row[start:]) for s in self.until)
+            for row, start in zip(rows, self.starts, strict=True)
+        ]
+        return torch.tensor(done, device=ids_BT.device)

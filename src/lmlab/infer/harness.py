@@ -1,0 +1,303 @@
+"""Tasks for ``LmlabLM``: find them, check them, run them, and record what they gave.
+
+Tasks are lm-eval's: the ones shipped in ``infer/tasks/`` (YAML + JSONL made by
+``scripts/make_eval_tasks.py``, offline) and, for users who are online, any task the harness
+knows (hellaswag, lambada_openai, arc_easy, ...), whose dataset it downloads. Names are checked
+and datasets fetched before a model is loaded or a run trains, so an unknown name or a hub task
+offline fails at once, naming the task. Results become flat metrics, ``eval/<task>/<metric>``,
+the names every logger and ``lmlab compare`` use.
+
+lm-eval is imported inside the functions: importing this module costs nothing, so the
+training command line starts as fast without evals as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import logging
+import os
+import random
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from lmlab.config import Family
+from lmlab.errors import ConfigError
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+log = logging.getLogger(__name__)
+
+
+def check_family(family: Family, what: str) -> None:
+    """Only decoders (GPT) and encoder-decoders (T5) give the probability of a continuation."""
+    if family == Family.bert:
+        raise ConfigError(
+            f"{what}: a bert model is an encoder with a masked-LM head and gives no probability "
+            "of a continuation, which every lm-eval request needs; allowed: gpt (causal) or t5 "
+            "(encoder-decoder) models"
+        )
+
+
+def shipped_tasks() -> list[str]:
+    """The offline tasks that ship with lmlab (their YAML files' names)."""
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+@functools.cache
+def task_manager(hub: bool) -> Any:
+    """lm-eval's ``TaskManager`` over the shipped tasks, plus the harness's own when ``hub``
+    (indexing its thousands of YAML files takes seconds, so only when a name needs them)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=hub)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (HF_ENDPOINT, default huggingface.co); False when
+    HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set."""
+    if any(
+        os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def offline_hub(offline: bool) -> Iterator[None]:
+    """With ``offline``, ``datasets`` and ``huggingface_hub`` use their caches only: a hub
+    dataset cached earlier still loads, any other fails at once instead of after minutes of
+    retries."""
+    if not offline:
+        yield
+        return
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def parse_tasks(value: str | Sequence[str] | None) -> list[str]:
+    """``a,b,c`` (or a list) as task names; none: every shipped task."""
+    if value is None:
+        return shipped_tasks()
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ConfigError(f"tasks={value!r} names no task; shipped: {', '.join(shipped_tasks())}")
+    return names
+
+
+def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
+    """Every name is a task whose data can be read now; returns whether the hub's task index
+    is needed (a name that is not shipped). A hub task's dataset is downloaded (or found in
+    the cache) here, before any model is loaded: offline, that fails naming the task."""
+    shipped = set(shipped_tasks())
+    hub_names = [n for n in names if n not in shipped]
+    if not hub_names:
+        return False
+    manager = task_manager(hub=True)
+    unknown = [n for n in hub_names if n not in manager.all_tasks]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown task {unknown[0]!r}; allowed: the shipped offline tasks "
+            f"({', '.join(sorted(shipped))}) or an lm-eval task (`lm_eval ls tasks` lists them)"
+        )
+    offline = not hub_reachable()
+    for name in hub_names:
+        with offline_hub(offline), quiet_harness():
+            try:
+                manager.load([name])
+            except Exception as err:  # the hub raises many types: no network, gated, missing
+                state = "the hub is unreachable (offline) and " if offline else ""
+                raise ConfigError(
+                    f"{where}: task {name!r} needs its dataset from the Hugging Face hub; "
+                    f"{state}it could not be loaded ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}); the shipped tasks run "
+                    f"offline: {', '.join(sorted(shipped))}"
+                ) from None
+    return True
+
+
+NOTICE_LOGGERS = ("lm_eval", "lm_eval.api.task", "lm_eval.evaluator", "lm_eval.api.model")
+
+
+class _DropNotices(logging.Filter):
+    """The harness's notices that say nothing about lmlab's use of it."""
+
+    NOTICES = ("Custom kwargs can be passed", "No chat template", "chat_template")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOTICES)
+
+
+@contextlib.contextmanager
+def quiet_harness(progress: bool = False) -> Iterator[None]:
+    """lm-eval at WARNING (its INFO lines would fill a training log) and without its notices;
+    without ``progress``, its progress bars and prints (to stderr and stdout) are dropped
+    (logging's handlers keep their streams). Bootstrapped standard errors are computed in
+    this process: a pool of worker processes inside a training run is not worth starting."""
+    harness_log = logging.getLogger("lm_eval")
+    level, notices = harness_log.level, _DropNotices()
+    harness_log.setLevel(logging.WARNING)
+    for name in NOTICE_LOGGERS:  # a logger's filter sees its own records only
+        logging.getLogger(name).addFilter(notices)
+    saved = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        with contextlib.ExitStack() as stack:
+            if not progress:
+                stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            yield
+    finally:
+        harness_log.setLevel(level)
+        for name in NOTICE_LOGGERS:
+            logging.getLogger(name).removeFilter(notices)
+        if saved is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = saved
+
+
+@contextlib.contextmanager
+def kept_random_state() -> Iterator[None]:
+    """The harness seeds Python's, NumPy's and torch's global generators; inside a training
+    run they are put back afterwards, so a run with evals draws the same numbers as one
+    without (and resumes exactly)."""
+    py, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):  # the harness seeds the GPUs' generators too
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+
+
+def run_tasks(
+    lm: Any,
+    names: Sequence[str],
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    bootstrap_iters: int = 1000,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """lm-eval's ``simple_evaluate`` of ``lm`` on ``names`` (checked by ``check_tasks``), with
+    its fixed seeds: the same model gives the same results. The global random state is as
+    before. Returns the harness's results dict (no per-item samples)."""
+    import lm_eval.evaluator
+    from lm_eval import simple_evaluate
+
+    hub = any(n not in shipped_tasks() for n in names)
+    # simple_evaluate also describes the machine (pip, GPUs, OS: 1.5 s on the 2-core CPU, more
+    # under load) for a report lmlab does not write: skipped, at every in-training eval too
+    no_env_info = mock.patch.object(lm_eval.evaluator, "add_env_info", lambda results: None)
+    offline = offline_hub(hub and not hub_reachable())
+    with offline, quiet_harness(progress), kept_random_state(), no_env_info:
+        return simple_evaluate(
+            model=lm,
+            tasks=list(names),
+            task_manager=task_manager(hub),
+            limit=limit,
+            num_fewshot=num_fewshot,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+        )
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``results["results"]`` as ``{"eval/<task>/<metric>": value}``: lm-eval's key
+    ``acc,none`` becomes ``acc`` (``acc_<filter>`` for another filter), standard errors
+    included; values that are not numbers (``N/A``) and the item count are left out."""
+    out: dict[str, float] = {}
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            if key == "sample_len" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue  # sample_len: the item count, not a metric
+            metric, _, filt = key.partition(",")
+            name = metric if filt in ("", "none") else f"{metric}_{filt}"
+            out[f"eval/{task}/{name}"] = float(value)
+    return out
+
+
+def eval_record(results: dict[str, Any], checkpoint: str, step: int | None) -> dict[str, Any]:
+    """What ``<run dir>/eval/step<N>.json`` holds for one evaluation: the flat metrics and,
+    per task, the harness's results, item count, version, shots and metric directions."""
+    tasks = {}
+    for task, metrics in results.get("results", {}).items():
+        tasks[task] = {
+            "results": metrics,
+            "n_samples": results.get("n-samples", {}).get(task),
+            "version": results.get("versions", {}).get(task),
+            "n_shot": results.get("n-shot", {}).get(task),
+            "higher_is_better": results.get("higher_is_better", {}).get(task),
+        }
+    config = results.get("config", {})
+    from lm_eval import __version__ as lm_eval_version
+
+    return {
+        "checkpoint": checkpoint,
+        "global_step": step,
+        "metrics": flat_metrics(results),
+        "tasks": tasks,
+        "lm_eval": {
+            "version": lm_eval_version,
+            **{k: config.get(k) for k in ("limit", "bootstrap_iters", "batch_size")},
+        },
+    }
+
+
+def eval_path(ckpt: Path, step: int | None) -> Path:
+    """``<run dir>/eval/step<N>.json`` for a checkpoint in ``<run dir>/checkpoints/``; for a
+    checkpoint elsewhere, an ``eval/`` folder beside it. ``step<N>`` is the checkpoint's
+    training step (its file name when it has none)."""
+    folder = ckpt.absolute().parent
+    run_dir = folder.parent if folder.name == "checkpoints" else folder
+    name = f"step{step:06d}" if step is not None else ckpt.resolve().stem
+    return run_dir / "eval" / f"{name}.json"
+
+
+def write_record(path: Path, record: dict[str, Any]) -> Path:
+    """Write (or merge into: tasks evaluated earlier at the same step stay) ``path``,
+    atomically."""
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        record = {
+            **record,
+            "metrics": {**old.get("metrics", {}), **record["metrics"]},
+            "tasks": {**old.get("tasks", {}), **record["tasks"]},
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def table(results: dict[str, Any]) -> str:
+    """The harness's own markdown table of the results."""
+    from lm_eval.utils import make_table
+
+    return make_table(results)

@@ -1,0 +1,269 @@
+"""lmlab models in lm-evaluation-harness: the three request types against hand computation,
+batching, stop sequences, the shipped offline tasks end to end, and ``lmlab evaluate``.
+
+Tiny models are built in-process from a ModelConfig with a small BPE trained on a few
+standard-library files; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from lmlab.config import Family, ModelConfig, Positional
+from lmlab.data.collators import IGNORE
+from lmlab.data.sources import stdlib_files
+from lmlab.data.tokenizer import EOS, PAD, train_bpe
+from lmlab.errors import ConfigError
+from lmlab.infer import harness
+from lmlab.infer.evaluate import LmlabLM
+from lmlab.infer.pretrained import Pretrained
+from lmlab.model import build_model
+from lmlab.train.task import LMTask
+
+# Same function, two paths, in float64: rounding differences are about eps64 (1.1e-16) x
+# accumulation length (< 10^3) x magnitude (log-probabilities < 10^2 per token, < 50 tokens),
+# far below this, while a misplaced token or position moves a score by > 1e-3.
+FP64_ATOL = 1e-9
+# The task's loss is computed from float32 logits (task.py casts them): eps32 (6e-8) x the
+# log-sum-exp over the vocabulary, per token, relative.
+FP32_RTOL = 1e-5
+CONTEXTS = ["def add(a, b):\n    return", "import os\n", "x", "class Foo:\n    def __init__(self"]
+CONTINUATIONS = [" a + b", "import sys", " = 1", "):\n        pass"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A 400-token byte-level BPE of a few standard-library files (about a second)."""
+    return train_bpe([p.read_text() for p in stdlib_files()[:8]], 400)
+
+
+def tiny(tok, family: str = "gpt", dtype=torch.float64, **kw) -> Pretrained:
+    torch.manual_seed(0)
+    base = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, init_std=0.3)
+    cfg = ModelConfig(family=Family(family), vocab_size=tok.get_vocab_size(), **{**base, **kw})
+    return Pretrained(build_model(cfg).eval().to(dtype), tok, cfg, Path("tiny.ckpt"), 0)
+
+
+def requests(kind: str, args: list[tuple]) -> list[Instance]:
+    return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
+
+
+def hand_loglikelihood(pre: Pretrained, context: str, continuation: str) -> tuple[float, bool]:
+    """The definition: log-softmax of the model's logits, summed over the continuation's
+    tokens (context and continuation split as the harness splits them)."""
+    enc = lambda s: pre.tokenizer.encode(s).ids  # noqa: E731
+    spaces = len(context) - len(context.rstrip())  # the harness moves them to the continuation
+    context, continuation = (
+        context[: len(context) - spaces],
+        context[len(context) - spaces :] + continuation,
+    )
+    if pre.family == Family.gpt:
+        whole, ctx = enc(context + continuation), enc(context)
+        cont = whole[len(ctx) :]
+        logits = pre.model(torch.tensor([whole[:-1]]))[0, len(ctx) - 1 :]
+    else:  # T5: the context and EOS to the encoder; the decoder starts from the pad token
+        eos, pad = pre.tokenizer.token_to_id(EOS), pre.tokenizer.token_to_id(PAD)
+        cont = enc(continuation)
+        logits = pre.model(torch.tensor([enc(context) + [eos]]), torch.tensor([[pad, *cont[:-1]]]))[
+            0
+        ]
+    logp = logits.detach().log_softmax(-1)
+    target = torch.tensor(cont)
+    return float(logp[torch.arange(len(cont)), target].sum()), bool(
+        (logp.argmax(-1) == target).all()
+    )
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5"])
+def test_loglikelihood_is_the_summed_log_softmax_of_the_continuation(tok, family: str) -> None:
+    pre = tiny(tok, family)
+    got = LmlabLM(pre).loglikelihood(
+        requests("loglikelihood", list(zip(CONTEXTS, CONTINUATIONS, strict=True)))
+    )
+    for (logp, greedy), ctx, cont in zip(got, CONTEXTS, CONTINUATIONS, strict=True):
+        want_logp, want_greedy = hand_loglikelihood(pre, ctx, cont)
+        assert logp == pytest.approx(want_logp, abs=FP64_ATOL) and greedy == want_greedy
+        assert logp < -1.0  # a random model is far from certain: the check can fail
+
+
+@pytest.mark.parametrize(
+    "family,knobs",
+    [("gpt", {"positional": p}) for p in Positional]
+    + [("gpt", {"attention_window": 5}), ("t5", {"positional": Positional.relative})],
+    ids=lambda v: v if isinstance(v, str) else "-".join(str(x) for x in v.values()),
+)
+def test_batched_scores_equal_unbatched(tok, family: str, knobs: dict) -> None:
+    """Right padding is exact: scores of a batch of requests of different lengths (and of a
+    rolling text longer than the context) equal those of one request at a time."""
+    pre = tiny(tok, family, **knobs)
+    pairs = requests("loglikelihood", list(zip(CONTEXTS, CONTINUATIONS, strict=True)))
+    text = requests("loglikelihood_rolling", [(stdlib_files()[0].read_text()[:600],)])
+    one, many = LmlabLM(pre, batch_size=1), LmlabLM(pre, batch_size=8)
+    for (a, ga), (b, gb) in zip(one.loglikelihood(pairs), many.loglikelihood(pairs), strict=True):
+        assert a == pytest.approx(b, abs=FP64_ATOL) and ga == gb
+    rolled_one, rolled_many = one.loglikelihood_rolling(text), many.loglikelihood_rolling(text)
+    assert rolled_one[0] == pytest.approx(rolled_many[0], abs=FP64_ATOL)
+
+
+def test_rolling_loglikelihood_equals_the_training_loss(tok) -> None:
+    """``loglikelihood_rolling`` of a text is minus the task's own summed cross-entropy over
+    it: one window when it fits the context (EOS first, as between training documents), and
+    the harness's disjoint windows when it does not."""
+    pre = tiny(tok, dtype=torch.float32)
+    task = LMTask(pre.cfg, None, None)
+    task.model.load_state_dict(pre.model.state_dict())
+    task.eval()
+    lm, eos = LmlabLM(pre), tok.token_to_id(EOS)
+    for text in ("def f(x):\n    return x * 2\n", stdlib_files()[1].read_text()[:1000]):
+        ids = tok.encode(text).ids
+        windows = list(get_rolling_token_windows(ids, eos, pre.cfg.max_seq_len, context_len=1))
+        total = 0.0
+        for ctx, cont in map(make_disjoint_window, windows):
+            row = ctx + cont  # the model reads row[:-1]; labels only where the window scores
+            labels = [IGNORE] * (len(ctx) - 1) + cont
+            batch = {"input_ids": torch.tensor([row[:-1]]), "labels": torch.tensor([labels])}
+            with torch.no_grad():
+                total -= float(task.loss(batch)[0]) * len(cont)
+        (rolled,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
+        assert (len(windows) > 1) == (len(ids) > pre.cfg.max_seq_len)
+        assert rolled == pytest.approx(total, rel=FP32_RTOL)
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5"])
+def test_generate_until_stops_at_the_stop_sequence(tok, family: str) -> None:
+    pre = tiny(tok, family)
+    lm = LmlabLM(pre, batch_size=4)
+    free = lm.generate_until(requests("generate_until", [(CONTEXTS[0], {"max_gen_toks": 30})]))[0]
+    stop = free[4:7]  # text the model writes, first seen at or before character 4
+    first = free.index(stop)
+    forwards = []
+    pre.model.register_forward_hook(lambda *_: forwards.append(1))
+    kwargs = {"until": [stop], "max_gen_toks": 30}
+    (cut,) = lm.generate_until(requests("generate_until", [(CONTEXTS[0], kwargs)]))
+    assert cut == free[:first] and len(cut) < len(free)
+    assert len(forwards) < 30  # the loop ended at the stop sequence, not after 30 tokens
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(tok) -> None:
+    """Prompts of different lengths in one batch (the longer ones' extra tokens forced)."""
+    lm = LmlabLM(tiny(tok), batch_size=4)
+    args = [(c, {"max_gen_toks": 12, "until": ["\n\n"]}) for c in CONTEXTS]
+    batched = lm.generate_until(requests("generate_until", args))
+    lm.batch_size = 1
+    assert batched == lm.generate_until(requests("generate_until", args))
+    assert len(set(batched)) > 1
+
+
+def test_a_bert_checkpoint_is_refused(tok) -> None:
+    with pytest.raises(ConfigError, match="bert model is an encoder"):
+        LmlabLM(tiny(tok, "bert"))
+
+
+def test_shipped_tasks_run_offline_and_twice_the_same(tok) -> None:
+    """Every shipped task through lm-eval's ``simple_evaluate``: offline, in seconds, the same
+    numbers twice."""
+    lm = LmlabLM(tiny(tok, dtype=torch.float32, max_seq_len=256), batch_size=16)
+    first = harness.flat_metrics(harness.run_tasks(lm, harness.shipped_tasks(), limit=12))
+    again = harness.flat_metrics(harness.run_tasks(lm, harness.shipped_tasks(), limit=12))
+    assert first == again
+    expected = {"stdlib_nextline/acc", "stdlib_cloze/acc", "stdlib_perplexity/bits_per_byte"}
+    assert expected <= {k.removeprefix("eval/") for k in first}
+    assert all(math.isfinite(v) for v in first.values())
+
+
+def test_evals_leave_the_global_random_state_alone(tok) -> None:
+    """The harness seeds the global generators; a training run must draw on as before."""
+    lm = LmlabLM(tiny(tok, dtype=torch.float32, max_seq_len=256))
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    want = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    harness.run_tasks(lm, ["stdlib_nextline"], limit=4)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == want
+
+
+def test_random_weights_score_at_chance_on_the_multiple_choice_task(tok) -> None:
+    """Four choices drawn alike: a model that knows nothing gets 25%, within the standard
+    error the harness reports (300 items)."""
+    lm = LmlabLM(tiny(tok, dtype=torch.float32, max_seq_len=256, init_std=0.02), batch_size=32)
+    m = harness.flat_metrics(harness.run_tasks(lm, ["stdlib_nextline"]))
+    acc, stderr = m["eval/stdlib_nextline/acc"], m["eval/stdlib_nextline/acc_stderr"]
+    assert stderr == pytest.approx(math.sqrt(0.25 * 0.75 / 299), rel=0.2)
+    assert abs(acc - 0.25) <= stderr, (acc, stderr)
+
+
+class HubIndex:
+    """Stands in for lm-eval's index of its own tasks (building it takes seconds): it knows
+    hellaswag, and loading it fails the way the hub fails without a network."""
+
+    all_tasks = ["hellaswag", *harness.shipped_tasks()]
+
+    def load(self, names: list[str]) -> None:
+        raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
+
+
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "task_manager", lambda hub: HubIndex())
+    monkeypatch.setattr(harness, "hub_reachable", lambda: False)
+
+
+def test_unknown_or_unreachable_tasks_are_refused_naming_them(offline_hub) -> None:
+    assert harness.check_tasks(harness.shipped_tasks()) is False  # no hub index needed
+    with pytest.raises(ConfigError, match="unknown task 'no_such_task'; allowed: the shipped"):
+        harness.check_tasks(["stdlib_nextline", "no_such_task"])
+    offline = r"task 'hellaswag' needs its dataset .* unreachable \(offline\)"
+    with pytest.raises(ConfigError, match=offline):
+        harness.check_tasks(["hellaswag"])
+
+
+def test_evaluate_command_refuses_a_hub_task_offline_before_reading_the_checkpoint(
+    offline_hub, run_command, capsys, tmp_path: Path
+) -> None:
+    code = run_command("evaluate", f"ckpt={tmp_path / 'missing.ckpt'}", "tasks=hellaswag")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'hellaswag'" in err, err
+
+
+def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run" / "checkpoints" / "step000300.ckpt"
+    path = harness.eval_path(ckpt, 300)
+    assert path == tmp_path / "run" / "eval" / "step000300.json"
+    assert harness.eval_path(tmp_path / "model.ckpt", None) == tmp_path / "eval" / "model.json"
+    first = {"metrics": {"eval/a/acc": 0.5}, "tasks": {"a": {}}, "global_step": 300}
+    harness.write_record(path, first)
+    harness.write_record(path, {**first, "metrics": {"eval/b/acc": 0.7}, "tasks": {"b": {}}})
+    merged = json.loads(path.read_text())
+    assert merged["metrics"] == {"eval/a/acc": 0.5, "eval/b/acc": 0.7}
+    assert set(merged["tasks"]) == {"a", "b"}
+
+
+def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
+    tok, tmp_path: Path, run_command, capsys, wandb_records
+) -> None:
+    """``lmlab evaluate`` on a checkpoint in ``<run>/checkpoints/``: the table, then
+    ``<run>/eval/step<N>.json`` and the metrics in the run's (offline) W&B run, at step N."""
+    pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
+    ckpt = tmp_path / "checkpoints" / "step000007.ckpt"
+    ckpt.parent.mkdir()
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = {k: getattr(v, "value", v) for k, v in vars(pre.cfg).items()}
+    torch.save(
+        {"state_dict": state, "model_config": config, "tokenizer": tok.to_str(), "global_step": 7},
+        ckpt,
+    )
+    (tmp_path / "wandb_id").write_text("abcd1234")
+    assert run_command("evaluate", f"ckpt={ckpt}", "tasks=stdlib_nextline", "limit=4") == 0
+    assert "stdlib_nextline" in capsys.readouterr().out
+    record = json.loads((tmp_path / "eval" / "step000007.json").read_text())
+    assert record["global_step"] == 7 and record["tasks"]["stdlib_nextline"]["n_samples"]
+    history = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
+    (logged,) = [h for h in history if "eval/stdlib_nextline/acc" in h]
+    assert float(json.loads(str(logged["trainer/global_step"]))) == 7

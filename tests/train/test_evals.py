@@ -1,0 +1,70 @@
+"""Evals during training (``eval.tasks``, ``eval.every_n_steps``): checked before any work,
+logged as ``eval/<task>/<metric>`` to CSV and W&B at their steps, kept in results.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lmlab.config import resolve_configs
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+from lmlab.train.run import train
+
+ACC = "eval/stdlib_nextline/acc"
+
+
+def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wandb_records) -> None:
+    overrides = ["+debug=smoke", "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
+    overrides += ["eval.every_n_steps=2", "eval.limit=6"]
+    train(compose_train(overrides, tmp_path, cache_dir))
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(ACC)]
+    assert [int(r["step"]) for r in rows] == [2, 4]  # every 2 steps; the last step is 4
+    assert all(r["eval/stdlib_cloze/perplexity"] for r in rows)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results[ACC] == pytest.approx(float(rows[-1][ACC]))
+    assert f"{ACC}_stderr" in results and "eval/stdlib_cloze/acc" in results
+    history = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
+    logged = [h for h in history if ACC in h]
+    assert len(logged) == 2
+    value = logged[-1][ACC]  # W&B's record holds the value or its JSON text
+    assert float(json.loads(value) if isinstance(value, str) else value) == results[ACC]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("eval.every_n_steps=-1", "eval.every_n_steps=-1 must be >= 0"),
+        ("eval.limit=0", "eval.limit=0 must be >= 1"),
+        ("eval.tasks=[a,' ']", "is not a task name"),
+    ],
+)
+def test_bad_eval_values_are_refused_before_any_work(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_configs(compose_train([override]))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["eval.tasks=[stdlib_nextline,no_such_task]"], "eval.tasks: unknown task 'no_such"),
+        (["model=bert_tiny", "eval.tasks=[stdlib_nextline]"], "bert model is an encoder"),
+    ],
+)
+def test_tasks_are_checked_before_training_starts(
+    tmp_path: Path, overrides: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmlab.infer import harness
+
+    class ShippedOnly:  # lm-eval's hub index takes seconds to build; these names need none
+        all_tasks = harness.shipped_tasks()
+
+    monkeypatch.setattr(harness, "task_manager", lambda hub: ShippedOnly())
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train(["+debug=smoke", *overrides], tmp_path, tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()  # refused before any data was prepared
