@@ -17,7 +17,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from lmlab.config import Family, ModelConfig, Positional
+from lmlab.config import Family, ModelConfig, Positional, model_config_dict
 from lmlab.data.collators import IGNORE
 from lmlab.data.sources import stdlib_files
 from lmlab.data.tokenizer import EOS, PAD, train_bpe
@@ -254,7 +254,7 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     ckpt = tmp_path / "checkpoints" / "step000007.ckpt"
     ckpt.parent.mkdir()
     state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
-    config = {k: getattr(v, "value", v) for k, v in vars(pre.cfg).items()}
+    config = model_config_dict(pre.cfg)
     torch.save(
         {"state_dict": state, "model_config": config, "tokenizer": tok.to_str(), "global_step": 7},
         ckpt,
