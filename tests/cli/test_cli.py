@@ -52,7 +52,10 @@ def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> No
     assert from_script.stdout == from_lmlab.stdout and "d_model: 1024" in from_lmlab.stdout
     bad = run(LMLAB, "train", "model.d_model=100", "model.n_heads=7", cwd=tmp_path)
     assert bad.returncode == 2
-    assert bad.stderr == "error: model.d_model=100 is not divisible by model.n_heads=7\n"
+    assert bad.stderr == (
+        "error: model.d_model=100 is not divisible by model.n_heads=7 (or set model.d_head, "
+        "the dimension of each head)\n"
+    )
 
 
 def test_the_scripts_are_not_importable_modules(tmp_path: Path) -> None:
