@@ -260,7 +260,7 @@ def memory_case(s: Settings) -> list[CaseResult]:
 # --- Mixture of Experts ------------------------------------------------------------------
 
 # gpt_tiny with Llama's blocks (SwiGLU d_ff 384), and with 8 experts top-2 of half that width:
-# the same active parameters (plus a 128 x 8 router per block), 4.6x the FFN parameters.
+# the same active parameters (plus a 128 x 8 router per block), 4x the FFN parameters.
 MOE_VARIANTS = {
     "dense": ["+experiment=llama"],
     "moe 8 experts top-2": ["+experiment=mixtral", "model.d_ff=192"],

@@ -145,6 +145,7 @@ GROUP_TITLES = {
     "data": "Data preparation (embedded corpus, cold cache)",
     "generate": "Generation (greedy, batch 1)",
     "memory": "Memory: activation checkpointing (peak resident memory of a training step)",
+    "moe": "Mixture of Experts: step time against dense at equal active parameters",
     "shakespeare": "Tiny Shakespeare, character level (nanoGPT's CPU run)",
     "gpu": "One GPU: lmlab against a nanoGPT-style loop, every family, FSDP, generation",
 }

@@ -288,7 +288,7 @@ def test_compiled_blocks_do_not_recompile_when_routing_changes() -> None:
     torch._dynamo.reset()
     counters.clear()
     model = build_model(dataclasses.replace(config(), n_layers=1))
-    model.blocks[0].compile(backend="aot_eager")
+    model.blocks[0].compile(backend="eager")  # dynamo alone decides about recompiles
     graphs = []
     for seed in range(3):
         ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(seed))
