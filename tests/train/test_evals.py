@@ -19,7 +19,7 @@ ACC = "eval/stdlib_nextline/acc"
 
 def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wandb_records) -> None:
     overrides = ["+debug=smoke", "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
-    overrides += ["eval.every_n_steps=2", "eval.limit=6"]
+    overrides += ["eval.every_n_steps=2", "eval.limit=3"]
     train(compose_train(overrides, tmp_path, cache_dir))
     with open(tmp_path / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get(ACC)]
