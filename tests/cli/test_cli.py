@@ -78,6 +78,10 @@ BAD_TOOL_INPUT = [
     ("generate", "device=gpu0", "device=gpu0: "),
     ("probe", "text=", "text='' is empty"),
     ("probe", "device=cuda:99", "device=cuda:99: "),
+    ("evaluate", "limit=0", "limit=0 must be >= 1"),
+    ("evaluate", "batch_size=0", "batch_size=0 must be >= 1"),
+    ("evaluate", "tasks=,", "tasks=',' names no task"),
+    ("evaluate", "device=cuda:99", "device=cuda:99: "),
 ]
 
 

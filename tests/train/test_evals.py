@@ -19,7 +19,7 @@ ACC = "eval/stdlib_nextline/acc"
 
 def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wandb_records) -> None:
     overrides = ["+debug=smoke", "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
-    overrides += ["eval.every_n_steps=2", "eval.limit=6"]
+    overrides += ["eval.every_n_steps=2", "eval.limit=3"]
     train(compose_train(overrides, tmp_path, cache_dir))
     with open(tmp_path / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get(ACC)]
@@ -68,3 +68,37 @@ def test_tasks_are_checked_before_training_starts(
     with pytest.raises(ConfigError, match=message):
         train(compose_train(["+debug=smoke", *overrides], tmp_path, tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()  # refused before any data was prepared
+
+
+def test_evals_run_every_n_steps_at_the_last_and_again_at_a_resumed_step() -> None:
+    """When the callback evaluates: at multiples of every_n_steps and at the last step, once
+    per step (micro-batches of one step share it), and at the start of a run resumed at a
+    step where evals were due (metrics.csv dropped that step's rows)."""
+    from types import SimpleNamespace
+
+    from lmlab.train.callbacks import EvalTasks
+
+    ran: list[int] = []
+
+    def fake(callback: EvalTasks) -> EvalTasks:
+        def evaluate(trainer, module) -> None:
+            callback.last_step = trainer.global_step
+            ran.append(trainer.global_step)
+
+        callback.evaluate = evaluate
+        return callback
+
+    trainer = SimpleNamespace(global_step=0, max_steps=300)
+    fresh = fake(EvalTasks(tasks=["stdlib_nextline"], every_n_steps=100))
+    fresh.on_train_start(trainer, None)
+    for step in (1, 99, 100, 100, 101, 200, 250, 300):
+        trainer.global_step = step
+        fresh.on_train_batch_end(trainer, None, None, None, 0)
+    assert ran == [100, 200, 300]
+    ran.clear()
+    resumed = fake(EvalTasks(tasks=["stdlib_nextline"], every_n_steps=100))
+    trainer.global_step = 200
+    resumed.on_train_start(trainer, None)
+    resumed.on_train_batch_end(trainer, None, None, None, 0)
+    assert ran == [200]
+    assert not EvalTasks(tasks=[], every_n_steps=1).due(trainer)  # no tasks: never

@@ -37,6 +37,7 @@ from lm_eval.models.utils import (
     normalize_gen_kwargs,
     postprocess_generated_text,
 )
+from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from lmlab.config import Family
@@ -162,13 +163,11 @@ class LmlabLM(TemplateLM):
             dec_BS, _ = self._right_pad(dec, self.pad_id)
             logits_BTV = self.model(enc_BT, dec_BS, mask_BT)
             ends = [len(t) for t in targets]
-        out = []
-        for logits_TV, end, target in zip(logits_BTV, ends, targets, strict=True):
-            logp_KV = logits_TV[end - len(target) : end].double().log_softmax(-1)
-            target_K = torch.tensor(target, device=logp_KV.device)
-            logp = float(logp_KV.gather(-1, target_K[:, None]).sum())
-            out.append((logp, bool((logp_KV.argmax(-1) == target_K).all())))
-        return out
+        spans = [
+            (logits_TV[end - len(target) : end], target)
+            for logits_TV, end, target in zip(logits_BTV, ends, targets, strict=True)
+        ]
+        return [answer for group in _groups(spans) for answer in _continuation_scores(group)]
 
     def _right_pad(self, rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids padded on the right with ``value``, and the mask of real tokens."""
@@ -269,6 +268,38 @@ class LmlabLM(TemplateLM):
             postprocess_generated_text(self.tok_decode(row[s : s + max_new]), until, None)
             for row, s in zip(rows, starts, strict=True)
         ]
+
+
+# Values per float64 log-softmax (128 MiB): the rows of a batch are scored together, since a
+# call per row costs more than its arithmetic, but a batch of long windows over a large
+# vocabulary at once would not fit.
+LOGP_ELEMENTS = 1 << 24
+Span = tuple[torch.Tensor, list[int]]  # one row's continuation logits (K, V) and its K targets
+
+
+def _groups(spans: list[Span]) -> list[list[Span]]:
+    """Consecutive rows, as many per group as fit in ``LOGP_ELEMENTS`` (at least one)."""
+    groups: list[list[Span]] = [[]]
+    size = 0
+    for span in spans:
+        if groups[-1] and size + span[0].numel() > LOGP_ELEMENTS:
+            groups.append([])
+            size = 0
+        groups[-1].append(span)
+        size += span[0].numel()
+    return groups
+
+
+def _continuation_scores(group: list[Span]) -> list[tuple[float, bool]]:
+    """(sum of log p(target), every target the argmax) per row: one float64 log-softmax over
+    the group's rows, per-row sums over a zero-padded (rows, K) table (a fixed order: the same
+    numbers on every run and device), one read back to the host."""
+    logp_NV = torch.cat([logits for logits, _ in group]).double().log_softmax(-1)
+    target_N = torch.tensor([t for _, ts in group for t in ts], device=logp_NV.device)
+    sizes = [len(ts) for _, ts in group]
+    logp_RK = pad_sequence(logp_NV.gather(-1, target_N[:, None])[:, 0].split(sizes), True)
+    miss_RK = pad_sequence((logp_NV.argmax(-1) != target_N).split(sizes), True)
+    return list(zip(logp_RK.sum(1).tolist(), (~miss_RK.any(1)).tolist(), strict=True))
 
 
 class StopAt:

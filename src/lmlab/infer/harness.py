@@ -34,7 +34,6 @@ from lmlab.config import Family
 from lmlab.errors import ConfigError
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-log = logging.getLogger(__name__)
 
 
 def check_family(family: Family, what: str) -> None:
