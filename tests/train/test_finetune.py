@@ -29,11 +29,13 @@ from lmlab.data.finetune import COLLATORS, COLUMNS, CORPORA, label_ids, label_na
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq
+from lmlab.infer.pretrained import load
 from lmlab.model import TASK_MODELS, build_model, build_task_model
 from lmlab.train.compose import compose_train
+from lmlab.train.finetune import DATAMODULES, TASK_RESULTS
 from lmlab.train.init_from import FRESH_PREFIXES, STARTS_FROM, InitFrom, load_weights
 from lmlab.train.metrics import METRICS
-from lmlab.train.run import DATAMODULES, TASK_RESULTS, train
+from lmlab.train.run import train
 
 FINE_TUNING = [k for k in TaskKind if k != TaskKind.lm]
 TINY_BERT = dict(family="bert", d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
@@ -281,6 +283,8 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
     assert plan["task"] == r["task"] and plan["params"] == r["params"]
     ckpt = torch.load(classified / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["task"] == {"kind": "classify", "labels": ["blue", "green", "red"]}
+    with pytest.raises(ConfigError, match=r"is a task=classify model .* not a language model"):
+        load(classified / "checkpoints" / "last.ckpt")  # generate, probe, convert
 
 
 def test_classify_resumes_exactly_after_kill_9(
@@ -340,6 +344,22 @@ def test_classify_fine_tunes_a_bert_checkpoint(
         if not key.startswith("head."):
             torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)
     assert tuned["head.out.weight"].shape == (3, 32) and "head.pooler.weight" in tuned
+
+
+def test_a_hub_dataset_offline_is_a_one_line_error(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    overrides = ["task=classify", "model=bert_tiny", "task.source=hf", "task.name=no-such/set"]
+    with pytest.raises(ConfigError, match=r"task.name='no-such/set' .* could not be loaded") as e:
+        train(compose_train([*overrides, "task.subset=sst2"], tmp_path, cache_dir))
+    assert "\n" not in str(e.value)
 
 
 def test_init_from_a_gpt_checkpoint_is_refused_for_classify(tmp_path: Path) -> None:

@@ -222,7 +222,8 @@ class FinetuneDataModule(LMDataModule):
             labels = label_names(y_train, task.num_labels, train.origin)
             y_train = label_ids(y_train, labels, train.origin)
             y_val = label_ids(y_val, labels, val.origin)
-        texts = x_train + [y for y in y_train if isinstance(y, str)]
+        # a trained tokenizer learns what it will read: the inputs, and seq2seq's targets
+        texts = x_train + (y_train if task.kind == TaskKind.seq2seq else [])
         tok_dir = tokenizer_dir(
             cache, ["finetune", texts_key(texts)], self.cfg, self.given_tokenizer
         )

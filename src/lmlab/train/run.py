@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,6 @@ from lmlab.config import (
     resolve_task,
     sequence_length,
 )
-from lmlab.data.datamodule import LMDataModule
-from lmlab.data.finetune import FinetuneDataModule
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
@@ -43,6 +40,7 @@ from lmlab.train.callbacks import Sample, Throughput
 from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
+from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
@@ -69,20 +67,6 @@ def route_lightning_logs() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropTips())
 
-
-# The data each task trains on: packed rows of a corpus, or fine-tuning examples; called with
-# (data config, task config, family, sequence length, seed, tokenizer JSON or None).
-DATAMODULES: dict[TaskKind, Callable[..., LMDataModule]] = {
-    TaskKind.lm: lambda data_cfg, task_cfg, *rest: LMDataModule(data_cfg, *rest),
-    TaskKind.classify: FinetuneDataModule,
-    TaskKind.seq2seq: FinetuneDataModule,
-}
-# The results.json keys of each task's own validation metrics (compare.py ranks by any).
-TASK_RESULTS: dict[TaskKind, dict[str, str]] = {
-    TaskKind.lm: {},
-    TaskKind.classify: {"val_acc": "val/acc", "val_f1": "val/f1"},
-    TaskKind.seq2seq: {"val_accuracy": "val/accuracy", "val_exact_match": "val/exact_match"},
-}
 
 RUN_CONFIG = "run_config.yaml"
 # What a resumed run must share with the run it continues.
@@ -306,22 +290,6 @@ def finish_wandb() -> None:
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         sys.modules["wandb"].finish()
-
-
-def fine_tuning_results(spec: TaskSpec, metrics: dict[str, float], examples: int) -> dict:
-    """What results.json says of a fine-tuning run besides the loss: its task (kind, labels,
-    example counts), its own metrics, and the examples trained on. Tokens and FLOPs are left
-    empty: batches are padded to their longest example, so steps x rows x seq_len would
-    overstate them."""
-    return {
-        "task": spec.record()
-        | {"train_examples": spec.train_examples, "val_examples": spec.val_examples},
-        **{key: metrics.get(name) for key, name in TASK_RESULTS[spec.kind].items()},
-        "examples": examples,
-        "epochs": examples / spec.train_examples,
-        "tokens": None,
-        "flops": None,
-    }
 
 
 def _fit(
