@@ -54,28 +54,31 @@ def first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def read_file(field_name: str, path: str | Path, cache_dir: Path) -> Split:
-    """One JSONL or CSV file as a ``datasets.Dataset``."""
+def read_file(origin: str, path: str | Path, cache_dir: Path) -> Split:
+    """One JSONL or CSV file as a ``datasets.Dataset``; ``origin`` names it in errors."""
     kind = FILE_FORMATS[Path(path).suffix.lower()]
     try:
         ds = datasets.load_dataset(
             kind, data_files=str(Path(path).expanduser()), split="train", cache_dir=str(cache_dir)
         )
     except Exception as err:  # datasets raises many types for a malformed file
-        raise ConfigError(
-            f"{field_name}={path} could not be read as {kind}: {first_line(err)}"
-        ) from None
-    return Split(ds, f"{field_name}={path}")
+        raise ConfigError(f"{origin} could not be read as {kind}: {first_line(err)}") from None
+    return Split(ds, origin)
 
 
 def shipped_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
-    train, val = (CORPORA / f"{task.name}.{split}.jsonl" for split in ("train", "val"))
-    return read_file("task.name", train, cache_dir), read_file("task.name", val, cache_dir)
+    train, val = (
+        read_file(
+            f"task.name={task.name} ({split})", CORPORA / f"{task.name}.{split}.jsonl", cache_dir
+        )
+        for split in ("train", "val")
+    )
+    return train, val
 
 
 def file_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
-    train = read_file("task.train", task.train, cache_dir)
-    return train, read_file("task.val", task.val, cache_dir) if task.val else None
+    train = read_file(f"task.train={task.train}", task.train, cache_dir)
+    return train, read_file(f"task.val={task.val}", task.val, cache_dir) if task.val else None
 
 
 def hub_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
