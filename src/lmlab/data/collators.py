@@ -211,3 +211,62 @@ def decoder_tokens(family: Family, seq_len: int) -> int | None:
     ``flops_per_token``); None for a family without a decoder."""
     collator = COLLATORS[Family(family)]
     return collator.decoder_len(seq_len) if hasattr(collator, "decoder_len") else None
+
+
+# --------------------------------------------------------------------------- fine-tuning
+# Fine-tuning examples are token-id lists of any length (``lmlab.data.finetune``), padded per
+# batch to its longest row: every row's padding is masked in attention and left out of the loss.
+
+
+def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, longest) ids, ``pad_id`` after each row's end, and the (B, longest) mask of real
+    tokens."""
+    lengths = torch.tensor([len(row) for row in rows])
+    ids_BT = torch.full((len(rows), int(lengths.max())), pad_id)
+    for b, row in enumerate(rows):
+        ids_BT[b, : len(row)] = torch.tensor(row)
+    return ids_BT, torch.arange(ids_BT.shape[1]) < lengths[:, None]
+
+
+class ClassifyCollator:
+    """Sequence classification: each text framed as BERT was pre-trained, [CLS] text [SEP]
+    (cut to ``seq_len``); ``labels`` (B, 1) are the class ids, one prediction per sequence
+    (``lmlab.model.bert.ClassificationHead``)."""
+
+    def __init__(self, tokenizer: Tokenizer, seq_len: int) -> None:
+        specials, use = Specials.of(tokenizer), "task=classify"
+        self.cls_id = specials.id(tokenizer, "cls", use)
+        self.sep_id = specials.id(tokenizer, "sep", use)
+        self.pad_id = specials.id(tokenizer, "pad", use)
+        self.seq_len = seq_len
+
+    def __call__(self, examples: list[tuple[list[int], int]]) -> Batch:
+        rows = [[self.cls_id, *ids[: self.seq_len - 2], self.sep_id] for ids, _ in examples]
+        input_ids, real_BT = pad_rows(rows, self.pad_id)
+        labels_B1 = torch.tensor([[label] for _, label in examples])
+        return {"input_ids": input_ids, "attention_mask": real_BT, "labels": labels_B1}
+
+
+class Seq2SeqCollator:
+    """Input -> target text: the input ends with EOS (cut to ``seq_len``), the target too (cut
+    to ``max_target_len``); ``decoder_input_ids`` are the targets shifted right behind PAD,
+    T5's decoder start token, as in span corruption."""
+
+    def __init__(self, tokenizer: Tokenizer, seq_len: int, max_target_len: int) -> None:
+        specials, use = Specials.of(tokenizer), "task=seq2seq"
+        self.eos = specials.id(tokenizer, "eos", use)
+        self.pad = specials.id(tokenizer, "pad", use)
+        self.seq_len, self.max_target_len = seq_len, max_target_len
+
+    def __call__(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
+        inputs = [[*ids[: self.seq_len - 1], self.eos] for ids, _ in examples]
+        targets = [[*ids[: self.max_target_len - 1], self.eos] for _, ids in examples]
+        input_ids, real_BT = pad_rows(inputs, self.pad)
+        targets_BS, real_BS = pad_rows(targets, self.pad)
+        start_B1 = torch.full((len(examples), 1), self.pad)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": real_BT,
+            "decoder_input_ids": torch.cat((start_B1, targets_BS[:, :-1]), dim=1),
+            "labels": targets_BS.masked_fill(~real_BS, IGNORE),
+        }

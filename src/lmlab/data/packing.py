@@ -102,34 +102,47 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     return ds, n_tokens, n_bytes
 
 
-def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path:
-    """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir.
-    ``tokenizer`` (a tokenizer's JSON) is the one ``data.tokenizer=checkpoint`` uses."""
-    datasets.disable_progress_bars()
-    cache = Path(cfg.cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    corpus = [fingerprint(cfg), cfg.val_fraction]
+def tokenizer_dir(cache: Path, corpus: list, cfg: DataConfig, tokenizer: str | None) -> Path:
+    """Where the tokenizer of ``corpus`` (a JSON-able identity of the training text) is
+    cached: keyed by the corpus and the tokenizer settings, or by the given tokenizer's JSON
+    (``data.tokenizer=checkpoint``)."""
     if cfg.tokenizer == TokenizerKind.checkpoint:
         if tokenizer is None:
             raise ConfigError("data.tokenizer=checkpoint needs init_from=<checkpoint>")
-        tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, tokenizer)}"
-    else:
-        tok_dir = cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
-    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
-    if (blocks_dir / "meta.json").exists():
-        return blocks_dir
-    docs = load_documents(cfg)
-    train_texts, val_texts = split_documents(docs, cfg.val_fraction)
+        return cache / f"tok-{_key(corpus, cfg.tokenizer.value, tokenizer)}"
+    return cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
+
+
+def cached_tokenizer(
+    tok_dir: Path, cfg: DataConfig, train_texts: list[str], tokenizer: str | None
+) -> Tokenizer:
+    """The tokenizer in ``tok_dir``, first trained on ``train_texts`` (or taken from the given
+    JSON) and published there if it is not yet."""
     if not (tok_dir / "tokenizer.json").exists():
         if tokenizer is not None:
             tok = Tokenizer.from_str(tokenizer)
         else:
             log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
             tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
-        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=tok_dir.parent, prefix=".tmp-"))
         tok.save(str(tmp / "tokenizer.json"))
         _publish(tmp, tok_dir)
-    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    return Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+
+
+def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path:
+    """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir.
+    ``tokenizer`` (a tokenizer's JSON) is the one ``data.tokenizer=checkpoint`` uses."""
+    datasets.disable_progress_bars()
+    cache = Path(cfg.cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    tok_dir = tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction], cfg, tokenizer)
+    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
+    if (blocks_dir / "meta.json").exists():
+        return blocks_dir
+    docs = load_documents(cfg)
+    train_texts, val_texts = split_documents(docs, cfg.val_fraction)
+    tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
     meta = {"tokenizer": str(tok_dir / "tokenizer.json"), "row_len": row_len}
     for split, texts in (("train", train_texts), ("val", val_texts)):

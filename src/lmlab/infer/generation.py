@@ -144,3 +144,29 @@ def generate(
         eos_id,
         on_token,
     )
+
+
+@torch.no_grad()
+def greedy_seq2seq(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    start_B1: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Greedy targets of an encoder-decoder (T5) for a batch of inputs, with the decoder's KV
+    cache: (B, max_new_tokens) tokens after the decoder start tokens ``start_B1``. A row that
+    produced ``eos_id`` continues with ``eos_id``; a batch that ends early is padded so."""
+    memory_BTD = model.encode(input_ids, attention_mask)
+    out_BS = decode_loop(
+        lambda dec_ids, cache: model.decode(dec_ids, memory_BTD, attention_mask, cache=cache),
+        model.new_cache,
+        start_B1,
+        model.cfg.max_seq_len,
+        max_new_tokens,
+        temperature=0.0,
+        eos_id=eos_id,
+    )[:, 1:]
+    short = max_new_tokens - out_BS.shape[1]
+    return torch.nn.functional.pad(out_BS, (0, short), value=eos_id if eos_id is not None else 0)

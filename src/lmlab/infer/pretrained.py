@@ -90,6 +90,13 @@ def load(
     ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
     if "model_config" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"ckpt={path}: not an lmlab checkpoint (no model_config/state_dict)")
+    task = ckpt.get("task", {})
+    if task.get("kind") == "classify":  # seq2seq fine-tunes T5 as it is: it infills as before
+        raise ConfigError(
+            f"ckpt={path} is a task=classify model (a classification head over the labels "
+            f"{', '.join(task.get('labels', [])[:10])}), not a language model: generation, "
+            "probes and conversion read language models; fine-tune it on with init_from"
+        )
     cfg: ModelConfig = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(ModelConfig), ckpt["model_config"])
     )

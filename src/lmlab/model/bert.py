@@ -4,6 +4,10 @@ The parts BERT adds to the block library: segment (token-type) embeddings, a Lay
 embeddings when the placement leaves the residual stream normalised (post-LN, as in BERT), and
 the MLM head's transform. Under ``+experiment=bert`` the parameter count equals Hugging Face's
 ``BertForMaskedLM`` (no pooler): 109,514,298 for bert_base with vocab 30522.
+
+Fine-tuning swaps the head: ``ClassificationHead`` (pooler, dropout, linear, as Hugging Face's
+``BertForSequenceClassification``) takes the MLM head's place under the same name, ``head``,
+so the encoder's checkpoint keys are the same in both models and only ``head.*`` differs.
 """
 
 from __future__ import annotations
@@ -40,12 +44,37 @@ class MLMHead(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(self.act(self.dense(x_BTD))))
 
+    def tie(self, embed: nn.Embedding) -> None:
+        """The output layer shares the token embedding's weight (``tie_embeddings``)."""
+        self.out.weight = embed.weight
+
+
+class ClassificationHead(nn.Module):
+    """One label per sequence, from its first position ([CLS]): logits =
+    out(dropout(tanh(pooler(x[:, 0])))), Hugging Face's pooler and classifier. The logits are
+    (B, 1, labels), a sequence of one prediction, so the task's one cross-entropy over (B, T)
+    labels serves classification as well."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.d_model, num_labels, bias=cfg.bias)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        pooled_BD = torch.tanh(self.pooler(x_BTD[:, 0]))
+        return self.out(self.drop(pooled_BD))[:, None]  # (B, 1, labels)
+
+    def tie(self, embed: nn.Embedding) -> None:
+        """Nothing to tie: the head predicts labels, not tokens."""
+
 
 class BERT(nn.Module):
     """logits = head(norm_f(blocks(emb_norm(embed(ids) + segment(types) [+ positions])))),
-    with bidirectional attention: every position sees every (non-padding) position."""
+    with bidirectional attention: every position sees every (non-padding) position. ``head``
+    is the MLM head unless another is given (``ClassificationHead``)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, head: nn.Module | None = None) -> None:
         super().__init__()
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
@@ -61,10 +90,10 @@ class BERT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
-        self.head = MLMHead(cfg)
+        self.head = head if head is not None else MLMHead(cfg)
         init_weights(self, cfg)
         if cfg.tie_embeddings:
-            self.head.out.weight = self.embed.weight
+            self.head.tie(self.embed)
 
     def forward(
         self,
@@ -72,8 +101,18 @@ class BERT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) logits. ``attention_mask`` (B, T): 1 = real token,
-        0 = padding (never attended to); ``token_type_ids`` (B, T) default to segment 0."""
+        """(B, T) token ids -> (B, T, vocab) logits (the MLM head). ``attention_mask`` (B, T):
+        1 = real token, 0 = padding (never attended to); ``token_type_ids`` (B, T) default to
+        segment 0."""
+        return self.head(self.encode(input_ids, attention_mask, token_type_ids))
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, D) hidden states, the encoder's output before the head."""
         T = input_ids.shape[1]
         pos_T = torch.arange(T, device=input_ids.device)
         ctx = encoder_context(self.positional, pos_T, self.cfg.attention_window, attention_mask)
@@ -82,4 +121,4 @@ class BERT(nn.Module):
         x_BTD = self.drop(self.emb_norm(self.positional.embed(x_BTD, pos_T)))
         for block in self.blocks:
             x_BTD = block(x_BTD, ctx)
-        return self.head(self.norm_f(x_BTD))
+        return self.norm_f(x_BTD)

@@ -8,6 +8,11 @@ runtime fields, such as ``model.activation_checkpointing``) come from the compos
 ``model=``/``model.<field>=`` override or a ``+experiment=`` that asks for another architecture
 is refused, naming the field, before any data is prepared. The token ids only mean something
 with the checkpoint's own tokenizer, so ``data.tokenizer=checkpoint`` is required.
+
+Fine-tuning a classifier (``task=classify``) takes the checkpoint's encoder and leaves its head
+out: the keys under ``FRESH_PREFIXES`` (BERT's MLM head, or another classifier's head) are
+dropped from the checkpoint and the model's own keys there start from their initialisation.
+Every other key must load, with its shape, as for pre-training.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from lmlab.config import (
     RUNTIME_FIELDS,
     DataConfig,
     ModelConfig,
+    TaskKind,
     TokenizerKind,
     model_config_dict,
     to_schema,
@@ -35,6 +41,20 @@ from lmlab.infer.pretrained import model_state
 
 # Model fields a run may set differently from the checkpoint it starts from: none has weights.
 FREE_FIELDS = ("dropout", *RUNTIME_FIELDS)
+# Per task, the model keys (prefixes) that start fresh: left out of the checkpoint, initialised
+# in the model. A classifier's head replaces whatever head the checkpoint had.
+FRESH_PREFIXES: dict[TaskKind, tuple[str, ...]] = {
+    TaskKind.lm: (),
+    TaskKind.classify: ("head.",),
+    TaskKind.seq2seq: (),
+}
+# Per task, the checkpoints (their task; pre-training's have none) it can start from: a
+# classifier has no MLM head to continue pre-training with.
+STARTS_FROM: dict[TaskKind, tuple[TaskKind, ...]] = {
+    TaskKind.lm: (TaskKind.lm, TaskKind.seq2seq),
+    TaskKind.classify: (TaskKind.lm, TaskKind.classify),
+    TaskKind.seq2seq: (TaskKind.lm, TaskKind.seq2seq),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +91,11 @@ def asked_model_fields(overrides: list[str]) -> dict[str, str]:
 
 
 def resolve_init_from(
-    cfg: DictConfig, composed: ModelConfig, data_cfg: DataConfig
+    cfg: DictConfig, composed: ModelConfig, data_cfg: DataConfig, task: TaskKind = TaskKind.lm
 ) -> InitFrom | None:
     """The checkpoint ``init_from`` names, its model config (with this run's free fields) and
-    tokenizer; None without ``init_from``. Reads the checkpoint's metadata only."""
+    tokenizer; None without ``init_from``. Reads the checkpoint's metadata only. A checkpoint
+    ``task`` cannot start from (``STARTS_FROM``) is refused."""
     path = cfg.get("init_from")
     if data_cfg.tokenizer == TokenizerKind.checkpoint and not path:
         raise ConfigError("data.tokenizer=checkpoint needs init_from=<checkpoint file or folder>")
@@ -95,6 +116,12 @@ def resolve_init_from(
     if "tokenizer" not in ckpt:
         raise ConfigError(
             f"init_from={path} holds no tokenizer, so data.tokenizer=checkpoint has none"
+        )
+    saved_task = TaskKind(ckpt.get("task", {}).get("kind", TaskKind.lm))
+    if saved_task not in STARTS_FROM[task]:
+        raise ConfigError(
+            f"init_from={path} holds a task={saved_task.value} model; task={task.value} starts "
+            f"from {' or '.join(k.value for k in STARTS_FROM[task])} checkpoints only"
         )
     saved = to_schema(ModelConfig, ckpt["model_config"], "model.")
     free = {name: getattr(composed, name) for name in FREE_FIELDS if hasattr(composed, name)}
@@ -121,10 +148,25 @@ def _shown(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def load_weights(model: nn.Module, init: InitFrom) -> None:
-    """The checkpoint's weights into ``model`` (every key, every shape)."""
+def load_weights(
+    model: nn.Module, init: InitFrom, task: TaskKind = TaskKind.lm
+) -> tuple[list[str], list[str]]:
+    """The checkpoint's weights into ``model``: every key, every shape, but the keys
+    ``task`` starts fresh (``FRESH_PREFIXES``). Returns (the checkpoint keys left out, the
+    model keys left at their initialisation)."""
     ckpt = consolidate(init.path) if is_sharded(init.path) else read_checkpoint(init.path)
-    model.load_state_dict(model_state(ckpt["state_dict"]))
+    state, fresh = model_state(ckpt["state_dict"]), FRESH_PREFIXES[task]
+    dropped = sorted(k for k in state if k.startswith(fresh))
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(fresh)}, strict=False
+    )
+    wrong = [k for k in missing if not k.startswith(fresh)] + list(unexpected)
+    if wrong:
+        raise ConfigError(
+            f"init_from={init.path} does not fit the task={task.value} model: "
+            f"{', '.join(sorted(wrong)[:8])} missing or unexpected"
+        )
+    return dropped, sorted(missing)
 
 
 def model_record(init: InitFrom) -> dict[str, Any]:

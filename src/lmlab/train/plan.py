@@ -21,9 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lmlab.config import BudgetConfig, DataConfig, ModelConfig
+from lmlab.config import PRETRAINING, BudgetConfig, DataConfig, ModelConfig, TaskKind, TaskSpec
 from lmlab.errors import ConfigError
-from lmlab.model import build_model, param_breakdown
+from lmlab.model import build_task_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 
@@ -38,6 +38,7 @@ class RunPlan:
     vocab_size: int
     params: int  # total parameters
     active_params: int  # what one token runs through (a MoE: top_k of its experts)
+    task: TaskSpec = PRETRAINING  # fine-tuning: its kind, labels and example counts
 
     @property
     def steps(self) -> int:
@@ -61,7 +62,7 @@ class RunPlan:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        plan = {
             "steps": self.steps,
             "batch": self.batch.as_dict(),
             "precision": self.precision,
@@ -71,6 +72,12 @@ class RunPlan:
             "train_samples": self.train_samples,
             "budget": self.budget.as_dict(),
         }
+        if self.task.kind != TaskKind.lm:  # a pre-training plan stays as it was
+            plan["task"] = self.task.record() | {
+                "train_examples": self.task.train_examples,
+                "val_examples": self.task.val_examples,
+            }
+        return plan
 
 
 def resolve_precision(trainer_cfg: DictConfig) -> str:
@@ -83,26 +90,32 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def meta_model(model_cfg: ModelConfig) -> nn.Module:
-    """The model with shapes only (no storage), for parameter and FLOP counts."""
+def meta_model(model_cfg: ModelConfig, task: TaskSpec = PRETRAINING) -> nn.Module:
+    """The model ``task`` trains with shapes only (no storage), for parameter and FLOP
+    counts."""
     if model_cfg.vocab_size is None:
         raise ConfigError("planning needs model.vocab_size (see planning_model_config)")
     with torch.device("meta"):
-        return build_model(model_cfg)
+        return build_task_model(model_cfg, task)
 
 
 def make_plan(
-    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int
+    cfg: DictConfig,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    seq_len: int,
+    task: TaskSpec = PRETRAINING,
 ) -> RunPlan:
-    """The plan of the run ``cfg`` describes; ``model_cfg`` has its final ``vocab_size``."""
+    """The plan of the run ``cfg`` describes; ``model_cfg`` has its final ``vocab_size``, and
+    ``task`` its labels (fine-tuning: the examples are read)."""
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)
-    counts = param_breakdown(meta_model(model_cfg))
+    counts = param_breakdown(meta_model(model_cfg, task))
     budget_cfg: BudgetConfig = OmegaConf.to_object(cfg.budget)
     n = budget_params(budget_cfg, counts)
     budget = resolve_budget(budget_cfg, n, batch.tokens, int(cfg.trainer.max_steps))
     precision = resolve_precision(cfg.trainer)
     return RunPlan(
-        batch, precision, budget, model_cfg.vocab_size, counts["total"], counts["active"]
+        batch, precision, budget, model_cfg.vocab_size, counts["total"], counts["active"], task
     )
 
 
@@ -127,6 +140,12 @@ def check_resumable(saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path) 
     run), precision and device count may differ."""
     if saved is None:
         return
+    was_task, now_task = saved.get("task"), plan.as_dict().get("task")
+    if was_task != now_task:
+        raise ConfigError(
+            f"cannot resume {out_dir}: its plan.json has task {was_task}, this run {now_task} "
+            "(other examples or labels: the data position would point elsewhere)"
+        )
     was, now = saved["batch"], plan.batch.as_dict()
     for key in ("global_batch_size", "seq_len"):
         if was[key] != now[key]:

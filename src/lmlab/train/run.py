@@ -18,16 +18,21 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.config import (
+    PRETRAINING,
     RUNTIME_FIELDS,
     DataConfig,
     ModelConfig,
     MoEConfig,
+    TaskConfig,
+    TaskKind,
+    TaskSpec,
+    check_task_model,
     flatten,
     model_config_dict,
     resolve_configs,
+    resolve_task,
     sequence_length,
 )
-from lmlab.data.datamodule import LMDataModule
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
@@ -36,6 +41,7 @@ from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
+from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
@@ -87,12 +93,15 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (saved as ``run_config.yaml``)."""
+    """What a resumed run must share with the run it continues (saved as ``run_config.yaml``):
+    the ``task`` too when it fine-tunes (a pre-training run's identity stays as it was)."""
+    fine_tuning = TaskKind(cfg.get("task", {}).get("kind", TaskKind.lm)) != TaskKind.lm
+    keys = (*RESUME_KEYS, "task") if fine_tuning else RESUME_KEYS
     return {
         k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
         if OmegaConf.is_config(cfg[k])
         else cfg[k]
-        for k in RESUME_KEYS
+        for k in keys
     }
 
 
@@ -138,9 +147,13 @@ def checkpoints_in(out_dir: Path) -> list[Path]:
     return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 
 
-def check_checkpoint_model(ckpt: dict, path: Path, model_cfg: ModelConfig) -> None:
-    """A checkpoint from another architecture or knob setting is refused, naming the fields."""
+def check_checkpoint_model(
+    ckpt: dict, path: Path, model_cfg: ModelConfig, task: TaskSpec = PRETRAINING
+) -> None:
+    """A checkpoint from another architecture, knob setting or task (another head, other
+    labels) is refused, naming the fields."""
     diffs = _differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model")
+    diffs += _differences(ckpt.get("task", PRETRAINING.record()), task.record(), "task")
     if diffs:
         raise ConfigError(
             f"checkpoint {path} was trained with another model; differing fields: "
@@ -177,16 +190,21 @@ def train(cfg: DictConfig) -> float:
     scope = JobScope()
     try:
         model_cfg, data_cfg, seq_len = resolve_configs(cfg)
-        init = resolve_init_from(cfg, model_cfg, data_cfg)  # the checkpoint's architecture
+        task_cfg = resolve_task(cfg, model_cfg)
+        # the checkpoint's architecture
+        init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)
         if init is not None:
             model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
+            check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
         log.info(batch.describe())
         check_evals(cfg, model_cfg)
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope, init)
+        return _fit(
+            cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope, init, task_cfg
+        )
     except BaseException as err:
         results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
         if run.may_record:
@@ -281,9 +299,11 @@ SUMMARY_KEYS = (
 
 def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
     """The run's headline numbers in the W&B summary, for the dashboard's tables and plots."""
+    kind = TaskKind(results.get("task", {}).get("kind", TaskKind.lm))
+    keys = (*SUMMARY_KEYS, *TASK_RESULTS[kind])
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update({k: results.get(k) for k in SUMMARY_KEYS})
+            lg.experiment.summary.update({k: results.get(k) for k in keys})
 
 
 def finish_wandb() -> None:
@@ -305,11 +325,13 @@ def _fit(
     ckpt_path: Path | None,
     scope: JobScope,
     init: InitFrom | None = None,
+    task_cfg: TaskConfig | None = None,
 ) -> float:
     out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = LMDataModule(
-        data_cfg, model_cfg.family, seq_len, cfg.seed, tokenizer=init.tokenizer if init else None
+    task_cfg = task_cfg or TaskConfig()  # task=lm
+    dm = DATAMODULES[task_cfg.kind](
+        data_cfg, task_cfg, model_cfg.family, seq_len, cfg.seed, init.tokenizer if init else None
     )
     dm.prepare_data()
     dm.setup()
@@ -320,10 +342,11 @@ def _fit(
             f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
             "tokens (leave it null to follow the tokenizer)"
         )
+    spec = getattr(dm, "spec", PRETRAINING)  # fine-tuning: its labels, once the data is read
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        check_checkpoint_model(ckpt, ckpt_path, model_cfg)
-    plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
+        check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
+    plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec)
     if cfg.get("resume"):
         check_resumable(read_plan(out_dir), plan, out_dir)
     run.open(cfg)  # every check passed: from here on this run writes into the directory
@@ -347,10 +370,14 @@ def _fit(
         instantiate(cfg.scheduler),
         compile=cfg.compile,
         bytes_per_token=dm.val_bytes_per_token,
+        task=spec,
     )
     if init is not None and ckpt_path is None:  # resuming restores its own weights
-        load_weights(task.model, init)
+        dropped, fresh = load_weights(task.model, init, spec.kind)
         log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)
+        if dropped or fresh:
+            log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
+            log.info("initialised fresh: %s", ", ".join(fresh) or "none")
     counts = param_breakdown(task.model)
     if trainer.is_global_zero:
         Console().print(param_table(counts))
@@ -394,6 +421,8 @@ def _fit(
         budget_flops=plan.budget.nominal_flops,
     )
     results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
+    if spec.kind != TaskKind.lm:
+        results.update(fine_tuning_results(spec, metrics, trainer.global_step * plan.batch.rows))
     if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
         summarize_wandb(loggers, results)
         write_results(out_dir, results)

@@ -9,14 +9,22 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.text import Perplexity
 
-from lmlab.config import Compile, Family, ModelConfig, compile_mode, model_config_dict
+from lmlab.config import (
+    PRETRAINING,
+    Compile,
+    Family,
+    ModelConfig,
+    TaskKind,
+    TaskSpec,
+    compile_mode,
+    model_config_dict,
+)
 from lmlab.data.collators import IGNORE
 from lmlab.errors import ConfigError
-from lmlab.model import build_model
+from lmlab.model import build_task_model
 from lmlab.model.moe import moe_layers
+from lmlab.train.metrics import METRICS
 from lmlab.train.parallel import layout
 
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
@@ -64,8 +72,10 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class LMTask(L.LightningModule):
-    """Wraps any family. The collator decides the objective; here it is always
-    ``cross_entropy(logits, labels, ignore_index=-100)``."""
+    """Wraps any family and task. The collator decides the objective; here it is always
+    ``cross_entropy(logits, labels, ignore_index=-100)``: over tokens for pre-training and
+    seq2seq, over one position per row for classification (``ClassificationHead``). ``task``
+    picks the model's head and the validation metrics (``lmlab.train.metrics``)."""
 
     def __init__(
         self,
@@ -74,10 +84,11 @@ class LMTask(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler],
         compile: bool | str = False,
         bytes_per_token: float | None = None,
+        task: TaskSpec = PRETRAINING,
     ) -> None:
         super().__init__()
-        self.model_cfg = model_cfg
-        self.model = build_model(model_cfg)
+        self.model_cfg, self.task = model_cfg, task
+        self.model = build_task_model(model_cfg, task)
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         # the optimizer partial's weight_decay applies to the decayed group only
         self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
@@ -99,16 +110,13 @@ class LMTask(L.LightningModule):
         # covers only the corrupted tokens, so it is not logged for BERT and T5.
         self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None
         self.val_loss = torchmetrics.MeanMetric()
-        # Both over the positions with labels: every token for GPT, the masked tokens for BERT
-        # (masked-token accuracy and perplexity), the target tokens for T5.
-        self.val_ppl = Perplexity(ignore_index=IGNORE)
-        self.val_acc = MulticlassAccuracy(
-            model_cfg.vocab_size, average="micro", ignore_index=IGNORE, validate_args=False
-        )
+        self.val_metrics = METRICS[task.kind](model_cfg, task)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain types only, so checkpoints load with torch.load(weights_only=True)
         checkpoint["model_config"] = model_config_dict(self.model_cfg)
+        if self.task.kind != TaskKind.lm:  # a pre-training checkpoint stays as it was
+            checkpoint["task"] = self.task.record()
         # the tokenizer too (a JSON string), so a checkpoint is all that generation needs
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if getattr(datamodule, "tokenizer", None) is not None:
@@ -219,23 +227,21 @@ class LMTask(L.LightningModule):
         loss, logits_BTV = self.loss(batch)
         n_targets = (batch["labels"] != IGNORE).sum()
         self.val_loss.update(loss, weight=n_targets)
-        self.val_ppl.update(logits_BTV.float(), batch["labels"])
-        self.val_acc.update(logits_BTV.argmax(-1).flatten(), batch["labels"].flatten())
+        self.val_metrics.update(batch, logits_BTV, self.model)
 
     def on_validation_epoch_end(self) -> None:
         # the metrics are already synced across ranks (torchmetrics); sync_dist averages
         # identical values, and tells Lightning so
         loss = self.val_loss.compute()
         self.log("val/loss", loss, sync_dist=True)
-        self.log("val/perplexity", self.val_ppl.compute(), sync_dist=True)
-        self.log("val/accuracy", self.val_acc.compute(), sync_dist=True)
+        for name, value in self.val_metrics.compute().items():
+            self.log(f"val/{name}", value, sync_dist=True)
         if self.bytes_per_token:
             # nats per token -> bits per byte: comparable across tokenizers and objectives
             bpb = loss / torch.log(torch.tensor(2.0)) / self.bytes_per_token
             self.log("val/bits_per_byte", bpb, sync_dist=True)
         self.val_loss.reset()
-        self.val_ppl.reset()
-        self.val_acc.reset()
+        self.val_metrics.reset()
         value = float(loss)  # once per validation, not per step
         self.best_val_loss = min(value, self.best_val_loss or float("inf"))
         self.last_val_step = self.trainer.global_step

@@ -1,0 +1,263 @@
+"""Fine-tuning examples (``task=classify``, ``task=seq2seq``): read, split, labelled and
+tokenised, then batched by the same resumable sampler as pre-training.
+
+Examples come from a set shipped with lmlab (``corpora/<name>.{train,val}.jsonl``), local
+JSONL or CSV files, or a ``datasets`` hub name; ``datasets.load_dataset`` reads all three.
+Without a validation file or split, a fixed fraction of the training examples is held out
+(``task.val_fraction``, seed 0). Class labels get ids once, from the training split
+(``label_names``), and travel with the checkpoint, plan.json and results.json. The tokenizer
+is the checkpoint's (``data.tokenizer=checkpoint``) or one trained on the training texts and
+cached like a corpus's. Examples are small: they are held in memory as token-id lists, and
+each batch is padded to its longest row (``lmlab.data.collators``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import datasets
+from tokenizers import Tokenizer
+
+from lmlab.config import (
+    FILE_FORMATS,
+    DataConfig,
+    Family,
+    TaskConfig,
+    TaskKind,
+    TaskSource,
+    TaskSpec,
+)
+from lmlab.data.collators import ClassifyCollator, Seq2SeqCollator
+from lmlab.data.datamodule import LMDataModule
+from lmlab.data.packing import cached_tokenizer, tokenizer_dir
+from lmlab.errors import ConfigError
+
+CORPORA = Path(__file__).resolve().parent / "corpora"
+
+# The two columns each task reads (fields of TaskConfig): the model's input, what it predicts.
+COLUMNS = {
+    TaskKind.classify: ("text_column", "label_column"),
+    TaskKind.seq2seq: ("input_column", "target_column"),
+}
+
+
+class Split(NamedTuple):
+    examples: datasets.Dataset
+    origin: str  # where it was read, for error messages: "task.train=x.jsonl"
+
+
+def first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def read_file(origin: str, path: str | Path, cache_dir: Path) -> Split:
+    """One JSONL or CSV file as a ``datasets.Dataset``; ``origin`` names it in errors."""
+    kind = FILE_FORMATS[Path(path).suffix.lower()]
+    try:
+        ds = datasets.load_dataset(
+            kind, data_files=str(Path(path).expanduser()), split="train", cache_dir=str(cache_dir)
+        )
+    except Exception as err:  # datasets raises many types for a malformed file
+        raise ConfigError(f"{origin} could not be read as {kind}: {first_line(err)}") from None
+    return Split(ds, origin)
+
+
+def shipped_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
+    train, val = (
+        read_file(
+            f"task.name={task.name} ({split})", CORPORA / f"{task.name}.{split}.jsonl", cache_dir
+        )
+        for split in ("train", "val")
+    )
+    return train, val
+
+
+def file_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
+    train = read_file(f"task.train={task.train}", task.train, cache_dir)
+    return train, read_file(f"task.val={task.val}", task.val, cache_dir) if task.val else None
+
+
+def hub_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
+    def load(split: str) -> Split:
+        try:
+            ds = datasets.load_dataset(
+                task.name, task.subset, split=split, cache_dir=str(cache_dir)
+            )
+        except Exception as err:  # the hub raises many types: missing name, no network, bad split
+            raise ConfigError(
+                f"task.name={task.name!r} (subset={task.subset!r}, split={split!r}) could not be "
+                f"loaded with datasets.load_dataset: {type(err).__name__}: {first_line(err)}"
+            ) from None
+        return Split(ds, f"task.name={task.name} split={split}")
+
+    return load(task.train_split), load(task.val_split) if task.val_split else None
+
+
+SOURCES: dict[TaskSource, Callable[[TaskConfig, Path], tuple[Split, Split | None]]] = {
+    TaskSource.shipped: shipped_splits,
+    TaskSource.files: file_splits,
+    TaskSource.hf: hub_splits,
+}
+
+
+def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
+    """The training and validation examples; without validation ones, ``task.val_fraction``
+    of the training examples, held out by a fixed shuffle (the same for every run seed)."""
+    train, val = SOURCES[task.source](task, cache_dir)
+    if val is not None:
+        return train, val
+    if len(train.examples) < 2:
+        raise ConfigError(f"{train.origin} holds {len(train.examples)} examples: too few to split")
+    parts = train.examples.train_test_split(test_size=task.val_fraction, seed=0)
+    held_out = f"{train.origin} (task.val_fraction={task.val_fraction} held out)"
+    return Split(parts["train"], train.origin), Split(parts["test"], held_out)
+
+
+def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
+    """The task's two columns of ``split``: a missing column, an empty split or a text that is
+    not a string is a ConfigError naming the field."""
+    values = []
+    for field_name in COLUMNS[task.kind]:
+        column = getattr(task, field_name)
+        if column not in split.examples.column_names:
+            raise ConfigError(
+                f"task.{field_name}={column!r} is not a column of {split.origin} (its columns: "
+                f"{', '.join(split.examples.column_names)})"
+            )
+        values.append(list(split.examples[column]))
+    if not values[0]:
+        raise ConfigError(f"{split.origin} holds no examples")
+    texts_at = [0] if task.kind == TaskKind.classify else [0, 1]
+    for i in texts_at:
+        field_name = COLUMNS[task.kind][i]
+        bad = next((r for r, t in enumerate(values[i]) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ConfigError(
+                f"task.{field_name}={getattr(task, field_name)!r}: row {bad} of {split.origin} "
+                f"holds {values[i][bad]!r}, not a text"
+            )
+    return values[0], values[1]
+
+
+def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple[str, ...]:
+    """The class names in id order, from the training labels. Integer labels are their own
+    ids, 0 .. num_labels - 1 (null: the largest + 1); any other labels (strings) take ids in
+    the sorted order of their text. Deterministic: the same data gives the same ids."""
+    if None in labels:
+        raise ConfigError(f"task.label_column: row {labels.index(None)} of {origin} has no label")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+        n = num_labels or max(labels) + 1
+        bad = next((v for v in labels if not 0 <= v < n), None)
+        if bad is not None:
+            raise ConfigError(
+                f"task.label_column: label {bad} of {origin} is not a class id in 0 .. {n - 1} "
+                "(integer labels are class ids; task.num_labels sets how many)"
+            )
+        names = tuple(str(i) for i in range(n))
+    else:
+        names = tuple(sorted({str(v) for v in labels}))
+        if num_labels is not None and num_labels != len(names):
+            raise ConfigError(
+                f"task.num_labels={num_labels}, but {origin} has {len(names)} labels: "
+                f"{', '.join(names[:20])}"
+            )
+    if len(names) < 2:
+        raise ConfigError(
+            f"task.label_column: {origin} has one label only ({names[0]}): a classifier needs "
+            "two or more"
+        )
+    return names
+
+
+def label_ids(labels: list[Any], names: tuple[str, ...], origin: str) -> list[int]:
+    """Each label's id; a label the training split does not have is a ConfigError."""
+    index = {name: i for i, name in enumerate(names)}
+    for row, value in enumerate(labels):
+        if value is None or str(value) not in index:
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise ConfigError(
+                f"task.label_column: row {row} of {origin} has label {value!r}, unknown to the "
+                f"training split (its labels: {shown})"
+            )
+    return [index[str(v)] for v in labels]
+
+
+def texts_key(texts: list[str]) -> str:
+    """An identity of the tokenizer's training text, for its cache key."""
+    return hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
+
+
+class FinetuneDataModule(LMDataModule):
+    """Fine-tuning examples in place of packed rows; batching, the resumable sampler (the data
+    position is one integer) and the loaders are pre-training's. ``spec`` (the task's kind,
+    labels and sizes) is known after ``setup``."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        task: TaskConfig,
+        family: Family,
+        seq_len: int,
+        seed: int,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__(cfg, family, seq_len, seed, tokenizer)
+        self.task_cfg = task
+        self.spec = TaskSpec(task.kind)
+
+    def prepare_data(self) -> None:
+        """Nothing shared to prepare on disk first: ``setup`` reads the examples."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_rows"):
+            return
+        task = self.task_cfg
+        cache = Path(self.cfg.cache_dir).expanduser()
+        cache.mkdir(parents=True, exist_ok=True)
+        train, val = load_splits(task, cache / "datasets")
+        (x_train, y_train), (x_val, y_val) = columns(task, train), columns(task, val)
+        labels: tuple[str, ...] = ()
+        if task.kind == TaskKind.classify:  # labels become ids; seq2seq targets are texts
+            labels = label_names(y_train, task.num_labels, train.origin)
+            y_train = label_ids(y_train, labels, train.origin)
+            y_val = label_ids(y_val, labels, val.origin)
+        # a trained tokenizer learns what it will read: the inputs, and seq2seq's targets
+        texts = x_train + (y_train if task.kind == TaskKind.seq2seq else [])
+        tok_dir = tokenizer_dir(
+            cache, ["finetune", texts_key(texts)], self.cfg, self.given_tokenizer
+        )
+        self.tokenizer = cached_tokenizer(tok_dir, self.cfg, texts, self.given_tokenizer)
+        self.train_rows = self.tokenized(x_train, y_train)
+        self.val_rows = self.tokenized(x_val, y_val)
+        self.collate = COLLATORS[task.kind](self.tokenizer, self.seq_len, task)
+        self.spec = TaskSpec(
+            task.kind, labels, len(self.train_rows), len(self.val_rows), task.decode_rows
+        )
+
+    def tokenized(self, x: list[str], y: list[Any]) -> list[tuple[list[int], Any]]:
+        """(input ids, target) per example: the target's ids for a text, else the label id.
+        A plain list is the dataset: the DataLoader hands the collator lists of these."""
+
+        def ids(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+        targets = ids(y) if y and isinstance(y[0], str) else y
+        return list(zip(ids(x), targets, strict=True))
+
+    @property
+    def val_bytes_per_token(self) -> None:
+        """Bits per byte is a language-model measure: none here."""
+        return None
+
+
+# How each task's examples are batched.
+COLLATORS: dict[TaskKind, Callable[[Tokenizer, int, TaskConfig], Callable]] = {
+    TaskKind.classify: lambda tok, seq_len, task: ClassifyCollator(tok, seq_len),
+    TaskKind.seq2seq: lambda tok, seq_len, task: Seq2SeqCollator(
+        tok, seq_len, task.max_target_len or seq_len
+    ),
+}

@@ -1,0 +1,120 @@
+"""Validation metrics per task, all torchmetrics (summed across ranks by torchmetrics itself).
+Each set is a module with ``update(batch, logits, model)``, ``compute() -> {name: value}``
+(logged as ``val/<name>``) and ``reset()``; the loss (``val/loss``) is the task's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassExactMatch,
+    MulticlassF1Score,
+)
+from torchmetrics.text import Perplexity
+
+from lmlab.config import ModelConfig, TaskKind, TaskSpec
+from lmlab.data.collators import IGNORE
+from lmlab.infer.generation import greedy_seq2seq
+
+Batch = dict[str, torch.Tensor]
+
+
+class ValMetrics(nn.Module):
+    """A named set of torchmetrics; ``compute`` returns them in the order they were added."""
+
+    def __init__(self, **metrics: Metric) -> None:
+        super().__init__()
+        self.metrics = nn.ModuleDict(metrics)
+
+    def update(self, batch: Batch, logits_BTV: torch.Tensor, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {name: metric.compute() for name, metric in self.metrics.items()}
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+
+
+class TokenMetrics(ValMetrics):
+    """Language-model metrics over the positions with labels: every token for GPT, the masked
+    tokens for BERT (masked-token accuracy and perplexity), the target tokens for T5."""
+
+    def __init__(self, model_cfg: ModelConfig, task: TaskSpec, **extra: Metric) -> None:
+        super().__init__(
+            perplexity=Perplexity(ignore_index=IGNORE),
+            accuracy=MulticlassAccuracy(
+                model_cfg.vocab_size, average="micro", ignore_index=IGNORE, validate_args=False
+            ),
+            **extra,
+        )
+
+    def update(self, batch: Batch, logits_BTV: torch.Tensor, model: nn.Module) -> None:
+        self.metrics["perplexity"].update(logits_BTV.float(), batch["labels"])
+        self.metrics["accuracy"].update(logits_BTV.argmax(-1).flatten(), batch["labels"].flatten())
+
+
+class Seq2SeqMetrics(TokenMetrics):
+    """The target tokens' perplexity and (teacher-forced) accuracy, and ``exact_match``: the
+    share of the first ``task.decode_rows`` validation rows whose greedy decode (KV cache,
+    as many steps as the batch's longest target) equals the whole target, EOS included."""
+
+    def __init__(self, model_cfg: ModelConfig, task: TaskSpec) -> None:
+        super().__init__(
+            model_cfg,
+            task,
+            exact_match=MulticlassExactMatch(
+                model_cfg.vocab_size, ignore_index=IGNORE, validate_args=False
+            ),
+        )
+        self.decode_rows, self.decoded = task.decode_rows, 0
+
+    def update(self, batch: Batch, logits_BTV: torch.Tensor, model: nn.Module) -> None:
+        super().update(batch, logits_BTV, model)
+        rows = min(self.decode_rows - self.decoded, batch["input_ids"].shape[0])
+        if rows <= 0:
+            return
+        self.decoded += rows
+        labels_BS = batch["labels"][:rows]
+        start_B1 = batch["decoder_input_ids"][:rows, :1]
+        mask = batch.get("attention_mask")
+        predicted_BS = greedy_seq2seq(
+            model,
+            batch["input_ids"][:rows],
+            mask[:rows] if mask is not None else None,
+            start_B1,
+            labels_BS.shape[1],
+        )
+        self.metrics["exact_match"].update(predicted_BS, labels_BS)
+
+    def reset(self) -> None:
+        super().reset()
+        self.decoded = 0
+
+
+class ClassifyMetrics(ValMetrics):
+    """Accuracy (micro: the share of rows classified right) and macro-F1 (the mean of the
+    classes' F1, so a rare class weighs as much as a common one)."""
+
+    def __init__(self, model_cfg: ModelConfig, task: TaskSpec) -> None:
+        super().__init__(
+            acc=MulticlassAccuracy(task.num_labels, average="micro"),
+            f1=MulticlassF1Score(task.num_labels, average="macro"),
+        )
+
+    def update(self, batch: Batch, logits_BTV: torch.Tensor, model: nn.Module) -> None:
+        predicted_B = logits_BTV[:, 0].argmax(-1)  # one prediction per row: (B, 1, labels)
+        for metric in self.metrics.values():
+            metric.update(predicted_B, batch["labels"][:, 0])
+
+
+METRICS: dict[TaskKind, Callable[[ModelConfig, TaskSpec], ValMetrics]] = {
+    TaskKind.lm: TokenMetrics,
+    TaskKind.classify: ClassifyMetrics,
+    TaskKind.seq2seq: Seq2SeqMetrics,
+}
