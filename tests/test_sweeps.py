@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.analysis.compare import compare
-from lmlab.config import CONF_DIR
+from lmlab.config import CONF_DIR, register_configs
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -24,6 +24,7 @@ def test_every_sweep_composes(sweep: str) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_configs()  # the schemas the presets extend (the train command registers them too)
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"+sweeps={sweep}"], return_hydra_config=True)

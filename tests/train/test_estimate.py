@@ -19,7 +19,7 @@ from rich.console import Console
 
 import lmlab.train.estimate as estimate_mod
 import lmlab.train.plan as plan_mod
-from lmlab.config import CONF_DIR, Family, ModelConfig
+from lmlab.config import CONF_DIR, PRETRAINING, Family, ModelConfig, TaskSpec
 from lmlab.model import param_breakdown
 from lmlab.train.budget import BudgetConfig, BudgetKind, resolve_budget
 from lmlab.train.compose import compose_train
@@ -71,14 +71,14 @@ def one_thread() -> object:
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
     """Every model the plan and the estimate build; a fixed CPU peak (1e11 FLOP/s, no measuring)."""
     built: list[torch.nn.Module] = []
-    build_model = plan_mod.build_model
+    build_task_model = plan_mod.build_task_model
 
-    def recording_build(cfg: ModelConfig) -> torch.nn.Module:
-        built.append(build_model(cfg))
+    def recording_build(cfg: ModelConfig, task: TaskSpec = PRETRAINING) -> torch.nn.Module:
+        built.append(build_task_model(cfg, task))
         return built[-1]
 
-    for module in (plan_mod, estimate_mod):
-        monkeypatch.setattr(module, "build_model", recording_build)
+    monkeypatch.setattr(plan_mod, "build_task_model", recording_build)
+    monkeypatch.setattr(estimate_mod, "build_model", recording_build)
     monkeypatch.setattr(estimate_mod, "peak_flops", lambda device, precision, cache_dir: 1e11)
     return built
 

@@ -88,10 +88,13 @@ class RunDirCallback(Callback):
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()
         try:
             lock_run_dir(run_dir)
-        except ConfigError as err:
+        except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
             # not fail(): while Hydra runs, main() sets HYDRA_FULL_ERROR=1 and fail() would
             # raise, which Hydra turns into a warning and goes on to write into the directory
-            print(f"error: {err}", file=sys.stderr)
+            print(
+                f"error: {err if isinstance(err, ConfigError) else unwritable(err)}",
+                file=sys.stderr,
+            )
             sys.exit(2)
         hold_hydra_writes(config, run_dir)
 
@@ -152,12 +155,17 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         given = [a for a in argv if a.lstrip("+~").partition("=")[0] == key]
         return omegaconf_error(cause, given[-1].lstrip("+~") if given else key)
     if isinstance(err, OSError) and err.filename:  # creating the run directory
-        return ConfigError(
-            f"cannot write {err.filename}: {err.strerror} (hydra.run.dir, or hydra.sweep.dir "
-            "with -m, must be a directory this user can create and write)"
-        )
+        return unwritable(err)
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return ConfigError(" ".join(lines) or type(err).__name__)
+
+
+def unwritable(err: OSError) -> ConfigError:
+    """The run directory could not be created or written."""
+    return ConfigError(
+        f"cannot write {err.filename}: {err.strerror} (hydra.run.dir, or hydra.sweep.dir "
+        "with -m, must be a directory this user can create and write)"
+    )
 
 
 def main(argv: list[str]) -> int:
