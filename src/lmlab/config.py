@@ -50,6 +50,11 @@ class Activation(str, Enum):
     geglu = "geglu"  # Shazeer 2020, gated with GELU
 
 
+class Init(str, Enum):
+    gpt2 = "gpt2"  # N(0, init_std), residual projections / sqrt(2 n_layers) (Radford et al. 2019)
+    t5 = "t5"  # Mesh TensorFlow's: linear layers N(0, 1/fan_in), embeddings N(0, 1) (Raffel 2020)
+
+
 class Positional(str, Enum):
     learned = "learned"  # absolute, trained table (GPT-2, BERT)
     sinusoidal = "sinusoidal"  # absolute, fixed (Vaswani et al. 2017)
@@ -143,6 +148,12 @@ class ModelConfig:
     instead of keeping them (less memory, about a third more compute); it changes how the model
     runs, not what it computes, so it may differ between a checkpoint and the run resuming it.
     ``moe``: the Mixture-of-Experts feed-forward (``model.moe.num_experts=8``), see ``MoEConfig``.
+    ``init``: how the weights start. ``gpt2`` (the default): N(0, ``init_std``) for matrices
+    and embeddings, the residual output projections divided by sqrt(2 n_layers). ``t5``: Mesh
+    TensorFlow's, as transformers initialises T5: every linear layer N(0, 1/fan_in), the token,
+    position and segment embeddings N(0, 1), T5's relative bias table N(0, 1/d_model)
+    (the t5_* presets). T5's tied head rescales by d_model**-0.5; GPT's
+    and BERT's do not, so there an embedding that is also the head is N(0, 1/d_model).
     """
 
     family: Family = Family.gpt
@@ -169,6 +180,7 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    init: Init = Init.gpt2
     init_std: float = 0.02
     activation_checkpointing: bool = False
     moe: MoEConfig = field(default_factory=MoEConfig)

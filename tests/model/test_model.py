@@ -196,6 +196,34 @@ def test_residual_projections_get_scaled_init() -> None:
     assert abs(model.blocks[0].ffn.w_out.weight.std().item() - 0.02 / 4) < 0.0005
 
 
+def test_t5_init_gives_each_weight_mesh_tensorflows_std() -> None:
+    """model.init=t5: linear layers N(0, 1/fan_in) (the query too: lmlab scales the scores by
+    1/sqrt(d_head) where T5 folds it into the query's init), the shared embedding and T5's head
+    tied to it N(0, 1), the relative bias N(0, 1/d_model), biases zero. Each sample std is
+    within 6 of its standard errors, std * (2n)^-1/2 for n draws."""
+    torch.manual_seed(0)
+    cfg = tiny(family=Family.t5, init="t5", d_model=64, d_ff=256, positional=Positional.relative)
+    model = build_model(cfg)
+    expected = {id(model.embed.weight): 1.0}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in expected:
+            expected[id(module.weight)] = module.in_features**-0.5
+            assert module.bias is None or not module.bias.any()
+        elif isinstance(module, torch.nn.Embedding) and module is not model.embed:
+            expected[id(module.weight)] = cfg.d_model**-0.5  # the relative bias tables
+    assert model.head.weight is model.embed.weight
+    for name, p in model.named_parameters():
+        if "norm" in name or name.endswith(".bias"):  # norms 1, biases 0 (above)
+            continue
+        std, n = expected[id(p)], p.numel()  # every other weight has its expected std
+        assert abs(p.std().item() - std) < 6 * std / (2 * n) ** 0.5, name
+    # GPT's tied head does not rescale: its embedding is the head's N(0, 1/d_model)
+    gpt = build_model(tiny(init="t5", d_model=64))
+    std, n = 64**-0.5, gpt.embed.weight.numel()
+    assert gpt.head.weight is gpt.embed.weight
+    assert abs(gpt.embed.weight.std().item() - std) < 6 * std / (2 * n) ** 0.5
+
+
 @pytest.mark.parametrize("activation", list(Activation))
 def test_tiny_model_overfits_one_batch(activation: Activation) -> None:
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.config import ModelConfig
+from lmlab.config import Family, Init, ModelConfig
 from lmlab.model.attention import Attention
 from lmlab.model.context import AttnContext
 from lmlab.model.feedforward import make_feedforward
@@ -65,17 +65,43 @@ class DecoderBlock(Block):
         return self.ffn_res(x_BSD, lambda h: self.drop(self.ffn(h)))
 
 
+def gpt2_std(module: nn.Module, cfg: ModelConfig, tied: bool) -> float:
+    """GPT-2's: N(0, 0.02) for matrices and embeddings (a tied head too), residual output
+    projections scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019, section 2.3)."""
+    if getattr(module, "residual_projection", False):
+        return cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    return cfg.init_std
+
+
+def t5_std(module: nn.Module, cfg: ModelConfig, tied: bool) -> float:
+    """Mesh TensorFlow's (T5's, and transformers' ``T5PreTrainedModel._init_weights``): a
+    linear layer N(0, 1/fan_in), an embedding N(0, 1), the relative bias N(0, 1/d_model). T5
+    folds attention's 1/sqrt(d_head) into the query's init, (d_model d_head)^-1/2; lmlab
+    scales the scores, so the query's fan-in rule gives the same scores at init. An embedding
+    tied to the head keeps N(0, 1) under T5's head, which rescales by d_model**-0.5; under
+    GPT's and BERT's, which do not, it is the head's N(0, 1/d_model) (unit-scale logits)."""
+    if getattr(module, "attention_bias", False):
+        return cfg.d_model**-0.5
+    if tied and cfg.family == Family.t5:
+        return 1.0
+    if isinstance(module, nn.Embedding) and not tied:
+        return 1.0
+    return module.weight.shape[-1] ** -0.5  # (out, in), stacked experts (E, out, in), tied
+
+
+# The std of each weight under ``model.init``, per module.
+INITS = {Init.gpt2: gpt2_std, Init.t5: t5_std}
+
+
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
-    """GPT-2 init: N(0, 0.02) for matrices and embeddings, zero biases, and residual output
-    projections scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019, section 2.3). Stacked
+    """Weights N(0, std) with the std ``model.init`` gives each module, zero biases. Stacked
     expert weights are initialised as the linear layers they stack."""
+    std_of = INITS[cfg.init]
+    # the token embedding, which is also the head with tie_embeddings (BERT ties it after)
+    token = getattr(model, "embed", None) if cfg.tie_embeddings else None
     for module in model.modules():
-        if isinstance(module, nn.Linear | ExpertLinear):
-            std = cfg.init_std
-            if getattr(module, "residual_projection", False):
-                std /= (2 * cfg.n_layers) ** 0.5
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=cfg.init_std)
+        if isinstance(module, nn.Linear | ExpertLinear | nn.Embedding):
+            tied = token is not None and module.weight is token.weight
+            nn.init.normal_(module.weight, mean=0.0, std=std_of(module, cfg, tied))
+        if isinstance(module, nn.Linear | ExpertLinear) and module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -176,6 +176,7 @@ class RelativePositional(PositionalScheme):
         super().__init__(cfg, bidirectional)
         self.num_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
         self.table = nn.Embedding(cfg.relative_buckets, cfg.n_heads)
+        self.table.attention_bias = True  # init=t5: N(0, 1/d_model), not an embedding's N(0, 1)
 
     def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         offset_TS = k_pos[None, :] - q_pos[:, None]
