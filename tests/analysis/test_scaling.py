@@ -24,6 +24,7 @@ from lmlab.analysis.scaling_fit import (
     fit_isoflop,
     fit_parametric,
     group_by_budget,
+    n_of,
     optimal_allocation,
     predict_loss,
 )
@@ -140,6 +141,20 @@ def test_noise_free_fit_is_exact() -> None:
     for key in ("A", "B"):
         assert fit[key] == pytest.approx(TRUE[key], rel=1e-3), key
     assert fit["huber_loss"] < 1e-12
+
+
+def test_n_is_the_active_parameters_of_6nd_by_default() -> None:
+    """Mixture-of-Experts runs hold 4x their active parameters in total; their flops are
+    6 x active x D. The default N is the active count, so approach 2 finds the optimum the
+    same grid of dense runs gives (float64 fits of the same points); N = total parameters puts
+    it 4x higher. A run without the field (dense, older) counts all its parameters."""
+    dense = chinchilla_runs(noise=0.0)
+    moe = [r | {"active_params": r["params"], "params": 4 * r["params"]} for r in dense]
+    expected = [p["N_opt"] for p in fit_isoflop(dense, "params")["budgets"]]
+    for n_key, factor in (("active_params", 1.0), ("params", 4.0)):
+        got = [p["N_opt"] for p in fit_isoflop(moe, n_key)["budgets"]]
+        assert got == pytest.approx([factor * n for n in expected], rel=1e-9), n_key
+    assert n_of({"params": 7}, "active_params") == 7.0
 
 
 def test_optimal_allocation_minimises_loss_on_isoflop() -> None:

@@ -134,7 +134,7 @@ def analyze(
     path: str | Path,
     target_flops: float | None = None,
     out: str | Path | None = None,
-    n_key: str = "params",
+    n_key: str = "active_params",
 ) -> dict[str, Any]:
     """Fit Approaches 2 and 3 of Hoffmann et al. 2022 (Approach 3 as in Besiroglu et al. 2024)
     to the completed runs under ``path``; write ``scaling.json`` and ``scaling.png`` to ``out``

@@ -27,7 +27,10 @@ from threadpoolctl import threadpool_limits
 
 from lmlab.errors import ConfigError
 
-N_KEYS = ("params", "non_embedding_params")
+# The results.json field used as N. ``active_params`` (the default) is the N of 6·N·D in
+# ``flops`` under the default ``budget.params=active``: a Mixture of Experts' top_k experts
+# per token, all parameters for a dense model (and for runs that predate the field).
+N_KEYS = ("active_params", "params", "non_embedding_params")
 HUBER_DELTA = 1e-3
 BUDGET_TOLERANCE = 0.10  # runs whose flops differ by less than 10% share an isoFLOP budget
 MIN_SIZES_PER_BUDGET = 3
@@ -58,6 +61,8 @@ class ScalingError(ConfigError):
 def n_of(run: dict[str, Any], n_key: str) -> float:
     if n_key not in N_KEYS:
         raise ScalingError(f"n_key must be one of {N_KEYS}, got {n_key!r}")
+    if n_key == "active_params" and run.get(n_key) is None:
+        return float(run["params"])  # a run from before MoE: dense, all of them active
     return float(run[n_key])
 
 
@@ -118,7 +123,9 @@ def _fit_profile(budget: float, runs: list[dict[str, Any]], n_key: str) -> dict[
     return profile
 
 
-def isoflop_profiles(runs: Sequence[dict[str, Any]], n_key: str = "params") -> list[dict[str, Any]]:
+def isoflop_profiles(
+    runs: Sequence[dict[str, Any]], n_key: str = "active_params"
+) -> list[dict[str, Any]]:
     """Per-budget isoFLOP profiles (Hoffmann et al. 2022, Approach 2), without the power-law
     fit: each has flops, N, loss, status and, if the parabola has a minimum, N_opt, D_opt,
     loss_min and whether the vertex lies outside the sampled N (``extrapolated``)."""
@@ -141,7 +148,7 @@ def _loss_law(budgets: list[float], losses: list[float]) -> dict[str, Any] | Non
     return law
 
 
-def fit_isoflop(runs: Sequence[dict[str, Any]], n_key: str = "params") -> dict[str, Any]:
+def fit_isoflop(runs: Sequence[dict[str, Any]], n_key: str = "active_params") -> dict[str, Any]:
     """Approach 2 of Hoffmann et al. 2022 (isoFLOP profiles), as replicated by Besiroglu et al.
     2024: per budget C a parabola in log10 N gives N_opt(C) and D_opt = C / (6 N_opt); then
     N_opt = k_N C^a and D_opt = k_D C^b (Chinchilla: a ~ b ~ 0.5) and, as a pure power law,

@@ -2,7 +2,7 @@
 multirun directory (Hoffmann et al. 2022, Approaches 2 and 3; Besiroglu et al. 2024). Writes
 scaling.json and scaling.png, prints a summary.
 
-    python src/scaling.py MULTIRUN_DIR [--target-flops 1e21] [--out DIR] [--n-key params]
+    python src/scaling.py MULTIRUN_DIR [--target-flops 1e21] [--out DIR] [--n-key active_params]
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def build_parser() -> ArgumentParser:
         "--out", type=Path, default=None, help="output directory (default: MULTIRUN_DIR)"
     )
     parser.add_argument(
-        "--n-key", choices=N_KEYS, default="params", help="results.json field used as N"
+        "--n-key",
+        choices=N_KEYS,
+        default="active_params",
+        help="results.json field used as N (default: the active parameters, the N of 6·N·D in "
+        "flops; all parameters for a dense model; params for runs with budget.params=total)",
     )
     return parser
 
