@@ -355,6 +355,30 @@ def test_summary_winner_gap_and_noise(multirun: Path) -> None:
     assert lines[3] == "1 of 6 runs failed (bottom of the table)"
 
 
+def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: Path) -> None:
+    """Seeds score the same 300 items: a lead of 0.0065 over a seed std of 0.0025 would be
+    'likely real' by the seeds alone, but each accuracy has a standard error of 0.026 over its
+    items, so the verdict is 'within noise'; a lead of 0.25 clears both."""
+    jobs = [("pre", "gelu", s, 3.0, 1.0) for s in (1, 2)]
+    jobs += [("post", "gelu", s, 3.5, 1.0) for s in (1, 2)]
+    root = make_multirun(tmp_path / "m", jobs)
+
+    def score(accs: list[float]) -> list:
+        for job, acc in zip(sorted(root.iterdir(), key=lambda d: d.name), accs, strict=True):
+            path = job / "results.json"
+            extra = {"eval/t/acc": acc, "eval/t/acc_stderr": 0.026}
+            path.write_text(json.dumps(json.loads(path.read_text()) | extra))
+        return ranking.aggregate(load_runs(root), "eval/t/acc", higher_is_better=True)
+
+    verdict = ranking.summarize(score([0.277, 0.273, 0.270, 0.267]), "eval/t/acc", True)[2]
+    assert verdict == (
+        "difference 0.0065 > 2 x pooled std 0.0025, <= 2 x the items' standard error "
+        "(eval/t/acc_stderr) 0.0368: within noise"
+    )
+    verdict = ranking.summarize(score([0.57, 0.51, 0.34, 0.26]), "eval/t/acc", True)[2]
+    assert verdict.endswith(": likely real")
+
+
 def test_noise_within_and_unknown(tmp_path: Path) -> None:
     noisy = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.10), (2, 3.20), (3, 3.30)]]
     noisy += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35), (3, 3.45)]]

@@ -37,6 +37,7 @@ HUMAN_KEYS = frozenset({"params", "non_embedding_params", "tokens", "flops", "to
 # Fixed by the config, not by the seed: no std shown.
 NO_STD_KEYS = frozenset({"params", "non_embedding_params", "tokens", "flops"})
 ERROR_WIDTH = 60
+STDERR = "_stderr"  # lm-eval's standard error of a metric, logged as eval/<task>/<metric>_stderr
 
 
 @dataclass
@@ -96,7 +97,8 @@ def aggregate(
         raise CompareError("no runs to compare")
     check_metric(runs, metric)
     knobs = list(varying_knobs(runs) if knobs is None else knobs)
-    keys = list(dict.fromkeys([metric, *EXTRA_COLUMNS]))
+    # an eval metric's standard error over its items, where the runs logged it (noise_verdict)
+    keys = list(dict.fromkeys([metric, f"{metric}{STDERR}", *EXTRA_COLUMNS]))
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         if not run.failed:
@@ -142,22 +144,44 @@ def pooled_std(a: Stat, b: Stat) -> float | None:
     return math.sqrt(ss / dof)
 
 
+def items_stderr(best: Row, second: Row, metric: str) -> float | None:
+    """The standard error of the two rows' difference in an eval metric from the sampling of
+    the task's items: sqrt(se_a^2 + se_b^2), each the mean over the row's runs of
+    ``<metric>_stderr``. Seeds score the same items, so averaging them does not shrink it.
+    None when the runs did not log it (any metric other than an eval's)."""
+    se = [row.stats.get(f"{metric}{STDERR}") for row in (best, second)]
+    if any(s is None or s.mean is None for s in se):
+        return None
+    return math.hypot(*(s.mean for s in se))
+
+
 def noise_verdict(best: Row, second: Row, metric: str) -> str:
-    """Whether the winner's lead exceeds 2 x the pooled seed std (a heuristic, not a test)."""
+    """Whether the winner's lead exceeds 2 x the pooled seed std and, for an eval metric,
+    2 x the standard error of the difference from the items' sampling (a heuristic, not a
+    test)."""
     a, b = best.stats[metric], second.stats[metric]
     diff = abs((a.mean or 0.0) - (b.mean or 0.0))
     pooled = pooled_std(a, b)
-    if pooled is None:
+    items = items_stderr(best, second, metric)
+    if pooled is None and items is None:
         return (
             "no seed replicates (n=1 for both), so the noise is unknown: "
             "rerun the top variants with more seeds"
         )
-    real = diff > 2 * pooled
-    text = (
-        f"difference {fmt(diff, metric)} {'>' if real else '<='} 2 x pooled std "
-        f"{fmt(pooled, metric)}: {'likely real' if real else 'within noise'}"
+    checks = []
+    if pooled is not None:
+        checks.append((pooled, "pooled std"))
+    if items is not None:
+        checks.append((items, f"the items' standard error ({metric}{STDERR})"))
+    real = all(diff > 2 * noise for noise, _ in checks)
+    text = f"difference {fmt(diff, metric)} " + ", ".join(
+        f"{'>' if diff > 2 * noise else '<='} 2 x {name} {fmt(noise, metric)}"
+        for noise, name in checks
     )
-    if min(a.n, b.n) < 2:
+    text += f": {'likely real' if real else 'within noise'}"
+    if pooled is None:
+        text += " (no seed replicates: the seed noise is unknown)"
+    elif min(a.n, b.n) < 2:
         text += " (std from the variant with seed replicates only)"
     return text
 
