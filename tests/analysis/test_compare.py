@@ -379,6 +379,18 @@ def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: 
     assert verdict.endswith(": likely real")
 
 
+def test_an_init_from_run_shows_the_model_it_trained(tmp_path: Path) -> None:
+    """init_from trains the checkpoint's architecture whatever the composed config says;
+    plan.json records it, and compare reads the knobs from there."""
+    jobs = [("pre", "gelu", 1, 3.0, 1.0), ("pre", "relu", 1, 3.1, 1.0)]
+    root = make_multirun(tmp_path / "m", jobs)
+    model = {"norm_placement": "post", "activation": "swiglu", "d_model": 32}
+    (root / "0" / "plan.json").write_text(json.dumps({"init_from": "a.ckpt", "model": model}))
+    first, second = load_runs(root)
+    assert first.flat_config["model.d_model"] == 32  # the config composed 64
+    assert second.flat_config["model.d_model"] == 64  # no plan.json model: the config's
+
+
 def test_noise_within_and_unknown(tmp_path: Path) -> None:
     noisy = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.10), (2, 3.20), (3, 3.30)]]
     noisy += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35), (3, 3.45)]]

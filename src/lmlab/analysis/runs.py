@@ -5,7 +5,8 @@ A job directory is found by its ``results.json`` (at any depth under the given d
 holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch, precision),
 ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``csv/metrics.csv`` and, once ``lmlab
 evaluate`` has scored a checkpoint, ``eval/step<N>.json``. A killed job (``.hydra/`` without
-results.json) is a failed run.
+results.json) is a failed run. A run started with ``init_from`` trained the checkpoint's
+model, not the one its config composed: plan.json's ``model`` replaces the config's.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def _load_run(job_dir: Path, has_results: bool) -> Run:
         results = {"status": "failed", "error": "no results.json (job killed or still running?)"}
     overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = _read_yaml(job_dir / ".hydra" / "config.yaml")
+    plan = _read_results(job_dir / "plan.json")
+    if isinstance(config, dict) and isinstance(plan.get("model"), dict):  # init_from's model
+        config = {**config, "model": plan["model"]}
     return Run(
         dir=job_dir,
         results=results,
