@@ -1,0 +1,116 @@
+"""The configuration: every knob as a str-Enum, and the structured configs Hydra validates at
+compose time, one module per group (knobs, model, data, run, task), how a node becomes a checked
+dataclass (schema) and how a composed config is checked as a whole (resolve). Everything is
+importable from ``lmlab.config``.
+
+No torch import here: composing and validating a config must be cheap (``--cfg job`` and the
+preset x experiment tests load this package only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmlab.config.data import DataConfig, Source, TokenizerKind
+from lmlab.config.knobs import (
+    GATED,
+    RUNTIME_FIELDS,
+    Activation,
+    Family,
+    Init,
+    Norm,
+    NormPlacement,
+    Positional,
+)
+from lmlab.config.model import ModelConfig, MoEConfig, model_config_dict
+from lmlab.config.resolve import (
+    LAUNCHER_VARIABLES,
+    check_launch,
+    check_optimizer,
+    register_configs,
+    resolve_configs,
+    sequence_length,
+)
+from lmlab.config.run import (
+    MATMUL_PRECISIONS,
+    BudgetConfig,
+    BudgetKind,
+    CheckpointConfig,
+    Compile,
+    EvalConfig,
+    GuardConfig,
+    GuardMode,
+    ParamCount,
+    RunConfig,
+    compile_mode,
+)
+from lmlab.config.schema import flatten, omegaconf_error, to_schema
+from lmlab.config.task import (
+    FILE_FORMATS,
+    PRETRAINING,
+    SHIPPED_TASKS,
+    SOURCE_IGNORES,
+    SOURCE_NEEDS,
+    TASK_FAMILIES,
+    TaskConfig,
+    TaskKind,
+    TaskSource,
+    TaskSpec,
+    check_example_file,
+    check_task_model,
+    resolve_task,
+)
+
+# The Hydra config tree that ``lmlab train`` composes (``conf/`` at the repository root).
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+__all__ = [
+    "Activation",
+    "BudgetConfig",
+    "BudgetKind",
+    "check_example_file",
+    "check_launch",
+    "check_optimizer",
+    "check_task_model",
+    "CheckpointConfig",
+    "Compile",
+    "compile_mode",
+    "CONF_DIR",
+    "DataConfig",
+    "EvalConfig",
+    "Family",
+    "FILE_FORMATS",
+    "flatten",
+    "GATED",
+    "GuardConfig",
+    "GuardMode",
+    "Init",
+    "LAUNCHER_VARIABLES",
+    "MATMUL_PRECISIONS",
+    "model_config_dict",
+    "ModelConfig",
+    "MoEConfig",
+    "Norm",
+    "NormPlacement",
+    "omegaconf_error",
+    "ParamCount",
+    "Positional",
+    "PRETRAINING",
+    "register_configs",
+    "resolve_configs",
+    "resolve_task",
+    "RunConfig",
+    "RUNTIME_FIELDS",
+    "sequence_length",
+    "SHIPPED_TASKS",
+    "Source",
+    "SOURCE_IGNORES",
+    "SOURCE_NEEDS",
+    "TASK_FAMILIES",
+    "TaskConfig",
+    "TaskKind",
+    "TaskSource",
+    "TaskSpec",
+    "to_schema",
+    "TokenizerKind",
+]

@@ -1,0 +1,89 @@
+"""``data.*``: corpus, tokenizer and batching (DataConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from lmlab.errors import ConfigError
+
+
+class Source(str, Enum):
+    stdlib = "stdlib"  # the Python standard library's own .py sources (no download)
+    text = "text"  # a local UTF-8 file or a folder of them
+    shakespeare = "shakespeare"  # Tiny Shakespeare (1.1 MB, public domain), shipped with lmlab
+    hf = "hf"  # a Hugging Face `datasets` name (online users)
+
+
+class TokenizerKind(str, Enum):
+    bpe = "bpe"  # byte-level BPE trained on the training split
+    char = "char"  # one token per character seen in the training split
+    checkpoint = "checkpoint"  # the tokenizer of the init_from checkpoint (a converted model's)
+
+
+@dataclass
+class DataConfig:
+    """Corpus, tokenizer and batching. ``seq_len=None`` follows ``model.max_seq_len``.
+
+    ``batch_size`` is the micro-batch of one device. ``global_batch_size`` (sequences) or
+    ``global_batch_tokens`` fixes the batch of one optimizer step across devices, nodes and
+    accumulation; gradient accumulation is then derived (``lmlab.train.distributed``), so a run on
+    1 device and on 8 trains on the same batches. Null: micro-batch x devices x
+    ``trainer.accumulate_grad_batches``.
+    ``val_batch_size`` (null: ``batch_size``) with ``trainer.limit_val_batches`` fixes the
+    validation rows: set it when comparing runs whose micro-batches differ.
+
+    ``max_bytes`` keeps only the first documents up to that many bytes (deterministic order),
+    which ``+debug=smoke`` uses for a fast slice. ``val_fraction`` of the documents (by a
+    stable hash of their name) or, for fewer than 20 documents, the tail of each document is
+    held out for validation, as nanoGPT does.
+
+    ``stride`` (tokens, null: one row) is where training windows start in the packed token
+    stream: null cuts it into rows that do not overlap, each token seen once per epoch; 1
+    starts a window at every token, as nanoGPT's random crops do, which helps small corpora
+    seen for many epochs (Tiny Shakespeare). Validation always uses the non-overlapping rows.
+    """
+
+    source: Source = Source.stdlib
+    path: str | None = None
+    name: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    tokenizer: TokenizerKind = TokenizerKind.bpe
+    vocab_size: int = 4096
+    seq_len: int | None = None
+    batch_size: int = 16
+    global_batch_size: int | None = None
+    global_batch_tokens: int | None = None
+    val_batch_size: int | None = None
+    stride: int | None = None
+    val_fraction: float = 0.05
+    max_bytes: int | None = None
+    cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
+    num_workers: int | None = None  # null: 0 on a CPU, up to 4 per process on a GPU
+
+    def __post_init__(self) -> None:
+        if self.source == Source.text and not self.path:
+            raise ConfigError("data.source=text needs data.path=<file or folder>")
+        if self.source == Source.hf and not self.name:
+            raise ConfigError("data.source=hf needs data.name=<datasets hub name>")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
+        if self.vocab_size < 2:
+            raise ConfigError(f"data.vocab_size={self.vocab_size} must be >= 2")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0 (or null: auto)")
+        for name in (
+            "seq_len",
+            "global_batch_size",
+            "global_batch_tokens",
+            "val_batch_size",
+            "stride",
+            "max_bytes",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name}={value} must be >= 1 (or null)")

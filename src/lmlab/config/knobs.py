@@ -1,0 +1,50 @@
+"""The architecture knobs, one str-Enum each (the values a config may name)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Family(str, Enum):
+    gpt = "gpt"  # decoder-only, next-token prediction (Radford et al. 2019)
+    bert = "bert"  # encoder-only, masked LM (Devlin et al. 2019)
+    t5 = "t5"  # encoder-decoder, span corruption (Raffel et al. 2020)
+
+
+class NormPlacement(str, Enum):
+    pre = "pre"  # x + f(norm(x))            (GPT-2, Llama)
+    post = "post"  # norm(x + f(x))          (Vaswani et al. 2017, BERT)
+    sandwich = "sandwich"  # x + norm(f(norm(x)))  (CogView, Ding et al. 2021)
+
+
+class Norm(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"  # Zhang & Sennrich 2019
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    gelu = "gelu"  # tanh approximation (GPT-2; Hugging Face's gelu_new / gelu_pytorch_tanh)
+    gelu_exact = "gelu_exact"  # x * Phi(x), the erf form (Hendrycks & Gimpel 2016; HF BERT's gelu)
+    swiglu = "swiglu"  # Shazeer 2020, gated with SiLU
+    geglu = "geglu"  # Shazeer 2020, gated with GELU
+
+
+class Init(str, Enum):
+    gpt2 = "gpt2"  # N(0, init_std), residual projections / sqrt(2 n_layers) (Radford et al. 2019)
+    t5 = "t5"  # Mesh TensorFlow's: linear layers N(0, 1/fan_in), embeddings N(0, 1) (Raffel 2020)
+
+
+class Positional(str, Enum):
+    learned = "learned"  # absolute, trained table (GPT-2, BERT)
+    sinusoidal = "sinusoidal"  # absolute, fixed (Vaswani et al. 2017)
+    rope = "rope"  # rotary (Su et al. 2021)
+    alibi = "alibi"  # linear attention bias (Press et al. 2022)
+    relative = "relative"  # T5's bucketed relative attention bias (Raffel et al. 2020)
+    none = "none"  # NoPE: causal masking alone (Kazemnejad et al. 2023)
+
+
+GATED = {Activation.swiglu, Activation.geglu}
+# Config fields (of any group) that change how a run computes, not what: a checkpoint and
+# the run that continues or loads it may differ in them.
+RUNTIME_FIELDS = ("activation_checkpointing", "fused", "num_workers")

@@ -1,0 +1,235 @@
+"""``model.*``: the architecture of one model (ModelConfig, and its MoEConfig)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from lmlab.config.knobs import GATED, Activation, Family, Init, Norm, NormPlacement, Positional
+from lmlab.errors import ConfigError
+
+
+@dataclass
+class MoEConfig:
+    """A sparse Mixture-of-Experts feed-forward (``model.moe.<field>``): each token's FFN is
+    the gate-weighted sum of ``top_k`` of ``num_experts`` expert FFNs, chosen by a learned
+    router (Shazeer et al. 2017; Switch, Fedus et al. 2021; Mixtral, Jiang et al. 2024).
+    Experts are FFNs of the model's own activation and ``d_ff`` (SwiGLU experts under
+    ``+experiment=mixtral``)."""
+
+    num_experts: int = 0
+    """Experts per MoE layer; 0 is the dense feed-forward (the default), 1 routes every token
+    to one expert (the dense FFN with a router beside it)."""
+    top_k: int = 2
+    """Experts per token. k >= 2 weights them by the softmax over their k router logits
+    (Mixtral); k = 1 by the router probability itself (Switch), so the router keeps a gradient
+    through the output."""
+    aux_loss_coef: float = 0.01
+    """Weight of the load-balancing loss E * sum_i f_i P_i (Switch eq. 4; 1.0 when balanced),
+    averaged over MoE layers and added to the LM loss. Switch's 1e-2."""
+    z_loss_coef: float = 0.001
+    """Weight of the router z-loss mean(logsumexp(logits)^2), which keeps router logits small
+    (ST-MoE, Zoph et al. 2022, eq. 5, their 1e-3)."""
+    capacity_factor: float | None = None
+    """null: dropless, every token reaches its k experts. A number c: in training each expert
+    takes at most ceil(c * tokens * k / E) of a batch's assignments, first choices first
+    (GShard's priority); the rest are dropped and pass through the residual unchanged.
+    Evaluation and generation stay dropless."""
+    every_n_layers: int = 1
+    """Block i gets the MoE feed-forward when i % every_n_layers == 0, the others stay dense
+    (1: every block; 2: every other block, as in GShard and Switch; Megatron's
+    ``moe_layer_freq``). Counted per stack for T5's encoder and decoder."""
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 0:
+            raise ConfigError(
+                f"model.moe.num_experts={self.num_experts} must be >= 0 (0: dense feed-forward)"
+            )
+        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
+            raise ConfigError(
+                f"model.moe.top_k={self.top_k} must be between 1 and "
+                f"model.moe.num_experts={self.num_experts}"
+            )
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"model.moe.{name}={getattr(self, name)} must be >= 0 and finite")
+        cf = self.capacity_factor
+        if cf is not None and not 0 < cf < math.inf:
+            raise ConfigError(
+                f"model.moe.capacity_factor={cf} must be > 0 (or null: dropless routing)"
+            )
+        if self.every_n_layers < 1:
+            raise ConfigError(f"model.moe.every_n_layers={self.every_n_layers} must be >= 1")
+
+    def applies_to(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based, within its stack) has the MoE feed-forward."""
+        return self.num_experts > 0 and layer % self.every_n_layers == 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one model. Every field is a plain override (``model.norm=rmsnorm``).
+
+    ``d_ff=None`` derives the feed-forward width: 4 * d_model for ReLU/GELU, and for the gated
+    SwiGLU/GeGLU (three matrices instead of two) 2/3 of that rounded up to ``ffn_multiple_of``,
+    as Llama does, so the parameter count stays comparable.
+    ``n_kv_heads=None`` means n_heads (multi-head); 1 is MQA, anything between is GQA.
+    ``d_head=None`` gives each head d_model / n_heads dimensions; set it when n_heads x d_head
+    differs from d_model (T5 v1.1 small: 6 heads of 64 in a 512 model; Gemma, Qwen3).
+    ``vocab_size=None`` takes the tokenizer's size at training time.
+    ``attention_window=None`` is full attention; an int W lets each query see its W most recent
+    keys (itself included), as in Mistral's sliding window; in an encoder, the keys within W-1
+    positions either side. Cross-attention is never windowed.
+    ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
+    ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
+    ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
+    ``activation_checkpointing`` recomputes each block's activations in the backward pass
+    instead of keeping them (less memory, about a third more compute); it changes how the model
+    runs, not what it computes, so it may differ between a checkpoint and the run resuming it.
+    ``moe``: the Mixture-of-Experts feed-forward (``model.moe.num_experts=8``), see ``MoEConfig``.
+    ``init``: how the weights start. ``gpt2`` (the default): N(0, ``init_std``) for matrices
+    and embeddings, the residual output projections divided by sqrt(2 n_layers). ``t5``: Mesh
+    TensorFlow's, as transformers initialises T5: every linear layer N(0, 1/fan_in), the token,
+    position and segment embeddings N(0, 1), T5's relative bias table N(0, 1/d_model)
+    (the t5_* presets). T5's tied head rescales by d_model**-0.5; GPT's
+    and BERT's do not, so there an embedding that is also the head is N(0, 1/d_model).
+    """
+
+    family: Family = Family.gpt
+    d_model: int = 128
+    n_layers: int = 4
+    n_decoder_layers: int | None = None
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_ff: int | None = None
+    ffn_multiple_of: int = 64
+    max_seq_len: int = 256
+    vocab_size: int | None = None
+    norm_placement: NormPlacement = NormPlacement.pre
+    norm: Norm = Norm.layernorm
+    norm_eps: float = 1e-5
+    activation: Activation = Activation.gelu
+    positional: Positional = Positional.learned
+    rope_theta: float = 10000.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    type_vocab_size: int = 0
+    attention_window: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    init: Init = Init.gpt2
+    init_std: float = 0.02
+    activation_checkpointing: bool = False
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.moe, Mapping):  # plain types, as a checkpoint's model_config holds
+            self.moe = MoEConfig(**self.moe)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field invariants, with the offending values in the message."""
+        for name in ("d_model", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ConfigError(
+                f"model.d_ff={self.d_ff} must be >= 1 (or null: derived from d_model and the "
+                "activation)"
+            )
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be > 0 and finite")
+        if self.d_head is not None and self.d_head < 1:
+            raise ConfigError(
+                f"model.d_head={self.d_head} must be >= 1 (or null: d_model / n_heads)"
+            )
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads} "
+                "(or set model.d_head, the dimension of each head)"
+            )
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} is not divisible by "
+                f"model.n_kv_heads={self.n_kv_heads} (allowed: a divisor of n_heads)"
+            )
+        if self.positional == Positional.rope and self.head_dim % 2:
+            raise ConfigError(
+                f"model.positional=rope needs an even head dimension, but the head dimension "
+                f"(model.d_head, or d_model / n_heads) is {self.head_dim}"
+            )
+        if self.attention_window is not None and not 1 <= self.attention_window <= self.max_seq_len:
+            raise ConfigError(
+                f"model.attention_window={self.attention_window} must be between 1 and "
+                f"model.max_seq_len={self.max_seq_len} (null for full attention)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 2")
+        self.validate_family()
+
+    def validate_family(self) -> None:
+        """Fields that only one family uses, and knob values a family cannot use."""
+        if self.n_decoder_layers is not None and (
+            self.family != Family.t5 or self.n_decoder_layers < 1
+        ):
+            raise ConfigError(
+                f"model.n_decoder_layers={self.n_decoder_layers} needs model.family=t5 and a "
+                f"value >= 1 (family={self.family.value}; null follows n_layers)"
+            )
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"model.type_vocab_size={self.type_vocab_size} must be >= 0")
+        if self.type_vocab_size and self.family != Family.bert:
+            raise ConfigError(
+                f"model.type_vocab_size={self.type_vocab_size} (segment embeddings, "
+                f"+experiment=bert) applies to model.family=bert only, not "
+                f"family={self.family.value}; set it to 0"
+            )
+        if self.positional == Positional.none and self.family != Family.gpt:
+            raise ConfigError(
+                f"model.positional=none cannot work with model.family={self.family.value}: "
+                "without causal masking an encoder sees its input as a bag of tokens "
+                "(NoPE needs a decoder-only model)"
+            )
+        if self.positional == Positional.relative and not (
+            self.relative_buckets >= 4 and self.relative_max_distance > self.relative_buckets // 2
+        ):
+            raise ConfigError(
+                f"model.positional=relative needs model.relative_buckets >= 4 and "
+                f"model.relative_max_distance > relative_buckets / 2, got relative_buckets="
+                f"{self.relative_buckets}, relative_max_distance={self.relative_max_distance}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers or self.n_layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.activation in GATED:
+            m = self.ffn_multiple_of
+            return m * math.ceil(2 * 4 * self.d_model / 3 / m)
+        return 4 * self.d_model
+
+
+def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """``cfg`` as plain types (enums as their values), as checkpoints store it."""
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,106 @@
+"""A composed config checked as a whole before any work: the schemas, the optimizer, the
+launcher, the sequence length; and the schemas' registration in Hydra's ConfigStore."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from lmlab.config.data import DataConfig
+from lmlab.config.model import ModelConfig
+from lmlab.config.run import BudgetConfig, RunConfig
+from lmlab.config.schema import to_schema
+from lmlab.config.task import TaskConfig, resolve_task
+from lmlab.errors import ConfigError
+
+
+def check_optimizer(optim: Mapping[str, Any], scheduler: Mapping[str, Any]) -> None:
+    """The values the optimizer and schedule groups (``_target_`` nodes, no schema: any
+    torch optimizer fits) must have whatever the target."""
+    lr = optim.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+        raise ConfigError(f"optim.lr={lr} must be a positive number (default 1e-3)")
+    warmup = scheduler.get("warmup_steps", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"scheduler.warmup_steps={warmup} must be >= 0")
+    ratio = scheduler.get("min_lr_ratio", 0.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise ConfigError(f"scheduler.min_lr_ratio={ratio} must be in [0, 1]")
+
+
+# Set in every process of a multi-node run by what started it, and read by Lightning to find
+# the other nodes: torchrun, SLURM, LSF, MPI (Open MPI, MPICH), or NODE_RANK where Lightning
+# starts the processes of each node itself.
+LAUNCHER_VARIABLES = (
+    "WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_NTASKS",
+    "LSB_JOBID",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "NODE_RANK",
+)
+
+
+def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> None:
+    """More than one node needs a launcher: without one, Lightning starts this node's
+    processes and waits for the others forever."""
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(f"trainer.num_nodes={nodes} must be >= 1")
+    if nodes > 1 and not any(name in environ for name in LAUNCHER_VARIABLES):
+        raise ConfigError(
+            f"trainer.num_nodes={nodes} needs a launcher that starts every node's processes: "
+            f"torchrun (--nnodes={nodes}) or SLURM (scripts/slurm/train.sbatch); none of "
+            f"{', '.join(LAUNCHER_VARIABLES)} is set, so Lightning would wait for the other "
+            "nodes forever"
+        )
+
+
+def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
+    """Validate the structured configs (``__post_init__`` checks) and the other groups'
+    values before any work starts: ``lmlab train`` calls this before torch and Lightning are
+    imported, so bad input is reported before the slow imports (start-up times:
+    BENCHMARKS.md)."""
+    model_cfg = to_schema(ModelConfig, cfg.model, "model.")
+    data_cfg = to_schema(DataConfig, cfg.data, "data.")
+    to_schema(BudgetConfig, cfg.budget, "budget.")
+    run_cfg = to_schema(RunConfig, {f.name: cfg.get(f.name) for f in dataclasses.fields(RunConfig)})
+    check_optimizer(cfg.optim, cfg.scheduler)
+    resolve_task(cfg, model_cfg)
+    if not run_cfg.dry_run:  # a dry run plans for many nodes and launches nothing
+        check_launch(cfg.trainer)
+    return model_cfg, data_cfg, sequence_length(model_cfg, data_cfg)
+
+
+def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
+    """``data.seq_len``, or the model's ``max_seq_len`` when null, checked against both."""
+    seq_len = model_cfg.max_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise ConfigError(
+            f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"
+        )
+    if data_cfg.stride is not None and data_cfg.stride > seq_len:
+        raise ConfigError(
+            f"data.stride={data_cfg.stride} is above the sequence length {seq_len}: windows "
+            "would skip tokens (allowed: 1 to the sequence length, or null for whole rows)"
+        )
+    return seq_len
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore: ``conf/model/*.yaml``, ``conf/data/*.yaml``,
+    ``conf/budget/*.yaml`` and ``conf/task/*.yaml`` start with ``defaults: [base_model, _self_]``
+    (``base_data``, ``base_budget``, ``base_task``), so an unknown key or enum value fails at
+    compose time."""
+    cs = ConfigStore.instance()
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="budget", name="base_budget", node=BudgetConfig)
+    cs.store(group="task", name="base_task", node=TaskConfig)

@@ -1,0 +1,185 @@
+"""The run's other groups: budget, compile, guard, checkpoint, evals, and the top-level
+fields (RunConfig)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import ConfigError
+
+
+class BudgetKind(str, Enum):
+    steps = "steps"  # trainer.max_steps as given
+    chinchilla = "chinchilla"  # D = tokens_per_param * N (Hoffmann et al. 2022)
+    flops = "flops"  # D = C / (6 N)
+    tokens = "tokens"  # D given
+
+
+class ParamCount(str, Enum):
+    active = "active"  # parameters one token runs through (a MoE counts top_k of its experts)
+    total = "total"  # every parameter (a MoE counts all its experts)
+
+
+@dataclass
+class BudgetConfig:
+    """How long to train (``budget=<kind>``, fields ``budget.<field>=...``).
+
+    ``flops`` is needed by ``budget=flops`` and ``tokens`` by ``budget=tokens``; either set
+    under another kind is an error rather than silently ignored. Both are floats so that
+    ``budget.flops=1e18`` and ``budget.tokens=2e9`` can be typed.
+    """
+
+    kind: BudgetKind = BudgetKind.steps
+    tokens_per_param: float = 20.0
+    flops: float | None = None
+    tokens: float | None = None
+    params: ParamCount = ParamCount.active
+    """The N of D = tokens_per_param * N and C = 6 N D: ``active`` (the compute a token costs;
+    a dense model's active parameters are all of them) or ``total`` (a MoE's every expert)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Each kind has the value it needs, and every value is positive."""
+        kind = BudgetKind(self.kind)
+        if self.tokens_per_param <= 0:
+            raise ConfigError(f"budget.tokens_per_param={self.tokens_per_param} must be > 0")
+        for name in ("flops", "tokens"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"budget.{name}={value:g} must be a positive number")
+            needed = kind.value == name
+            if needed and value is None:
+                unit = "FLOPs" if name == "flops" else "tokens"
+                raise ConfigError(f"budget={name} needs budget.{name}=<{unit}>, e.g. 1e15")
+            if not needed and value is not None:
+                raise ConfigError(
+                    f"budget.{name}={value:g} is set but budget.kind={kind.value} ignores it "
+                    f"(choose budget={name})"
+                )
+
+
+class Compile(str, Enum):
+    none = "none"  # eager
+    blocks = "blocks"  # each transformer block, in place (true means this too)
+    model = "model"  # the whole training loss: embeddings, blocks, head, cross-entropy
+
+
+def compile_mode(value: object) -> Compile:
+    """``compile=``: false, true (= blocks), blocks or model."""
+    text = {"false": "none", "true": "blocks"}.get(str(value).lower(), str(value).lower())
+    if text not in Compile.__members__:
+        raise ConfigError(f"compile={value!r}: allowed false, blocks, model (true = blocks)")
+    return Compile(text)
+
+
+# torch.set_float32_matmul_precision: "highest" is full fp32, "high" lets CUDA use TF32 (10-bit
+# mantissa inputs, fp32 accumulation: about 8x the fp32 rate on Ampere and Hopper).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+class GuardMode(str, Enum):
+    stop = "stop"  # end the run, naming the step and the last good checkpoint
+    skip = "skip"  # drop the update, at most guard.max_skips times in a run
+    off = "off"  # no check
+
+
+@dataclass
+class GuardConfig:
+    """A NaN/inf loss or gradient norm (``guard.<field>``)."""
+
+    mode: GuardMode = GuardMode.stop
+    max_skips: int = 10
+    """Updates ``mode=skip`` may drop before the run stops."""
+
+    def __post_init__(self) -> None:
+        if self.max_skips < 0:
+            raise ConfigError(f"guard.max_skips={self.max_skips} must be >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written (``checkpoint.<field>``)."""
+
+    every_n_steps: int = 200
+    """Steps between checkpoints; 0 writes only the final one (``checkpoints/last.ckpt``)."""
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 0:
+            raise ConfigError(
+                f"checkpoint.every_n_steps={self.every_n_steps} must be >= 0 (0: the final "
+                "checkpoint only)"
+            )
+
+
+@dataclass
+class EvalConfig:
+    """lm-eval tasks run on the model while it trains (``eval.<field>``), through the model
+    class ``lmlab evaluate`` uses; logged as ``eval/<task>/<metric>`` to every logger and
+    written to results.json."""
+
+    tasks: list[str] = field(default_factory=list)
+    """Task names: the shipped offline ones (stdlib_nextline, stdlib_cloze,
+    stdlib_perplexity) or any lm-eval task, whose dataset is downloaded (online only).
+    Empty: no evals. Checked before training starts."""
+    every_n_steps: int = 0
+    """Steps between evals; they always run at the last step (0: only there)."""
+    limit: int | None = None
+    """At most this many items per task (null: all)."""
+    batch_size: int = 16
+    """Requests per forward pass."""
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 0:
+            raise ConfigError(
+                f"eval.every_n_steps={self.every_n_steps} must be >= 0 (0: at the last step only)"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit={self.limit} must be >= 1 (or null: every item)")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+        bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip() or "," in t]
+        if bad:
+            raise ConfigError(
+                f"eval.tasks={list(self.tasks)}: {bad[0]!r} is not a task name (allowed: a list "
+                "of names, eval.tasks=[stdlib_nextline,stdlib_cloze])"
+            )
+
+
+@dataclass
+class RunConfig:
+    """The top-level keys of ``conf/train.yaml`` that are not a group of their own."""
+
+    seed: int = 1337
+    dry_run: bool = False
+    compile: Any = False
+    """false, blocks (or true) or model: see ``Compile``."""
+    matmul_precision: str = "high"
+    """fp32 matmuls on CUDA: high (TF32), highest (full fp32) or medium."""
+    resume: Any = False
+    """true: continue the run directory's newest checkpoint; auto: only if it has one."""
+    ckpt_path: str | None = None
+    """Start from this checkpoint file or sharded folder (same model config)."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights and architecture, with a fresh optimizer and
+    schedule (``lmlab.train.init_from``); needs ``data.tokenizer=checkpoint``."""
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        compile_mode(self.compile)
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            allowed = ", ".join(MATMUL_PRECISIONS)
+            raise ConfigError(f"matmul_precision={self.matmul_precision!r}: allowed {allowed}")
+        if self.resume not in (True, False, "auto", None):
+            raise ConfigError(f"resume={self.resume}: allowed true, false, auto")
+        if self.ckpt_path and not Path(self.ckpt_path).exists():
+            raise ConfigError(
+                f"ckpt_path={self.ckpt_path}: no such file or sharded checkpoint folder"
+            )

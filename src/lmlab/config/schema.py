@@ -1,0 +1,51 @@
+"""Config nodes as typed, checked dataclasses, with one-line errors; dotted flattening."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from lmlab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_schema(schema: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    """``values`` (a dict or config node) as the dataclass ``schema``, typed and checked. An
+    unknown key (which a ``+`` override can add even to a structured config: Hydra adds with
+    ``force_add``, by design), a value of the wrong type or outside an enum, and the schema's
+    ``__post_init__`` checks are a ConfigError naming the key, the value and what is allowed."""
+    if OmegaConf.is_config(values):
+        values = OmegaConf.to_container(values, resolve=True)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        if not key:
+            raise ConfigError(f"{prefix.rstrip('.')}: {str(err).splitlines()[0]}") from None
+        value = OmegaConf.select(OmegaConf.create(values), key)
+        raise omegaconf_error(err, f"{prefix}{key}={value}") from None
+
+
+def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
+    """OmegaConf's error at ``where`` (``key=value``) as one line; an unknown key lists the
+    keys its node has."""
+    parent = getattr(err, "parent_node", None)
+    if isinstance(err, ConfigKeyError | ConfigAttributeError) and OmegaConf.is_dict(parent):
+        return ConfigError(f"{where}: unknown key; allowed: {', '.join(map(str, parent))}")
+    return ConfigError(f"{where}: {str(err).splitlines()[0]}")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: ``{"model": {"norm": "rmsnorm"}}`` ->
+    ``{"model.norm": "rmsnorm"}`` (W&B's config keys, compare's knobs); lists and scalars are
+    leaves, and a scalar at the top is ``{prefix: tree}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
