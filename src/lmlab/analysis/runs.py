@@ -101,8 +101,8 @@ def _load_run(job_dir: Path, has_results: bool) -> Run:
         results = {"status": "failed", "error": "no results.json (job killed or still running?)"}
     overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = _read_yaml(job_dir / ".hydra" / "config.yaml")
-    plan = _read_results(job_dir / "plan.json")
-    if isinstance(config, dict) and isinstance(plan.get("model"), dict):  # init_from's model
+    plan = _read_json(job_dir / "plan.json")
+    if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
     return Run(
         dir=job_dir,
@@ -134,6 +134,14 @@ def _read_results(path: Path) -> dict[str, Any]:
     if not isinstance(results, dict):
         return {"status": "failed", "error": "results.json is not a JSON object"}
     return results
+
+
+def _read_json(path: Path) -> Any:
+    """The file's JSON, None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_yaml(path: Path) -> Any:
