@@ -68,6 +68,20 @@ def run_command() -> Callable[..., int]:
     return run
 
 
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hugging Face hub offline for this test: the environment variables, and the constants
+    datasets and huggingface_hub read at import, so a lookup fails at once instead of retrying
+    an unreachable hub."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def wandb_records() -> Callable[[Path], list[dict]]:
     """The records of a run's offline W&B log, read with W&B's own ``wandb leet inspect``."""

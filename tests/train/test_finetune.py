@@ -347,15 +347,8 @@ def test_classify_fine_tunes_a_bert_checkpoint(
 
 
 def test_a_hub_dataset_offline_is_a_one_line_error(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cache_dir: Path, hf_offline: None
 ) -> None:
-    import datasets
-    import huggingface_hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     overrides = ["task=classify", "model=bert_tiny", "task.source=hf", "task.name=no-such/set"]
     with pytest.raises(ConfigError, match=r"task.name='no-such/set' .* could not be loaded") as e:
         train(compose_train([*overrides, "task.subset=sst2"], tmp_path, cache_dir))

@@ -273,17 +273,8 @@ def test_sequence_longer_than_the_context_is_refused(tmp_path: Path, cache_dir: 
 
 
 def test_unknown_hf_dataset_is_a_clear_error(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cache_dir: Path, hf_offline: None
 ) -> None:
-    # datasets and huggingface_hub read these at import: set their constants too, so the
-    # lookup fails at once instead of retrying an unreachable hub
-    import datasets
-    import huggingface_hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(
         ConfigError,
         match=r"data.name='no-such/dataset-xyz' .* could not be "
