@@ -31,7 +31,7 @@ PHASES: list[tuple[str, tuple[str, ...]]] = [
 # inside ``training_step``: the deepest frame puts each sample where its time is spent.
 WORK: list[tuple[str, tuple[str, ...]]] = [
     ("backward", ("backward (torch/_tensor.py",)),
-    ("forward and loss", ("training_step (lmlab/task.py",)),
+    ("forward and loss", ("training_step (",)),  # lmlab's; Lightning's frames are the Trainer's
     ("clipping", ("clip_grad_norm_ (",)),
     ("AdamW and LR schedule", ("torch/optim/",)),
     (TRAINER, ("lightning/", "lightning_utilities/")),
@@ -64,6 +64,8 @@ def _part(stack: tuple[str, ...]) -> str:
         if any(m in frame for frame in stack for m in marks):
             return name
     for frame in reversed(stack):  # leaf first
+        if "lightning/" in frame:  # its own training_step and closure wrap lmlab's
+            return TRAINER
         for name, marks in WORK:
             if any(m in frame for m in marks):
                 return name
