@@ -39,7 +39,9 @@ from bench.stack_profile import ORDER, TRAINER, profile_run, py_spy
 from lmlab.config import resolve_configs
 from lmlab.data.packing import prepare
 from lmlab.data.sources import load_documents
+from lmlab.model import build_model
 from lmlab.train.hardware import measure_cpu_matmul_flops
+from lmlab.train.task import decay_groups
 
 
 @dataclass
@@ -257,6 +259,51 @@ def memory_case(s: Settings) -> list[CaseResult]:
     ]
 
 
+# --- AdamW implementations ------------------------------------------------------------------
+
+# (label, overrides, vocabulary): the Tiny Shakespeare model and two presets
+ADAMW_MODELS = [
+    ("shakespeare char (d 128, 4 layers)", ["+experiment=shakespeare_char_cpu"], 171),
+    ("gpt_tiny", ["model=gpt_tiny"], 4096),
+    ("gpt_mini", ["model=gpt_mini"], 4096),
+]
+
+
+def adamw_case(s: Settings) -> list[CaseResult]:
+    """``optimizer.step()`` of torch's AdamW over lmlab's parameter groups with random
+    gradients, ``foreach`` against ``fused`` (what ``optim.fused=auto`` picks on CPU), the two
+    alternating round by round in one process: the step alone, without the model."""
+    results = []
+    for label, overrides, vocab in ADAMW_MODELS:
+        cfg = compose([*overrides, "logger=none"], s.work / "adamw")
+        model_cfg = dataclasses.replace(resolve_configs(cfg)[0], vocab_size=vocab)
+        torch.manual_seed(0)
+        model = build_model(model_cfg)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opts = {
+            impl: torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-6, **{impl: True})
+            for impl in ("foreach", "fused")
+        }
+        ms: dict[str, list[float]] = {impl: [] for impl in opts}
+        steps = s.steps(20)
+        for i in range(s.repeats + 1):  # round 0 warms up
+            for impl in list(opts) if i % 2 == 0 else list(opts)[::-1]:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    opts[impl].step()
+                if i:
+                    ms[impl].append(1e3 * (time.perf_counter() - start) / steps)
+        speedup = [a / b for a, b in zip(ms["foreach"], ms["fused"], strict=True)]
+        stats = [Stat(f"AdamW {impl}", "ms/step", v) for impl, v in ms.items()]
+        stats.append(Stat("fused speed-up (foreach / fused)", "x", speedup))
+        n = sum(p.numel() for p in model.parameters())
+        results.append(
+            CaseResult("adamw", label, stats, f"{n:,} parameters; {steps} steps a round")
+        )
+    return results
+
+
 # --- Mixture of Experts ------------------------------------------------------------------
 
 # gpt_tiny with Llama's blocks (SwiGLU d_ff 384), and with 8 experts top-2 of half that width:
@@ -413,6 +460,7 @@ CASES: dict[str, Case] = {
     "generate": Case(generate_case, "generate"),
     "memory": Case(memory_case, "memory"),
     "moe": Case(moe_case, "moe"),
+    "adamw": Case(adamw_case, "adamw"),
     "profile": Case(profile_case, "profile"),
     "shakespeare": Case(shakespeare_case, "shakespeare", default=False),
     **{name: Case(fn, "gpu", default=False) for name, fn in GPU_CASES.items()},
@@ -473,6 +521,12 @@ INTROS = {
         "model.d_ff=192` (8 experts, each token to 2: the same active parameters) on gpt_tiny, "
         "16 x 256 tokens per step, fp32, the runs alternating; step time as in the train "
         "group (median start-to-start, first 2 steps left out)."
+    ),
+    "adamw": (
+        "torch's AdamW (`decay_groups`, weight decay 0.1) over each model's parameters with "
+        "random gradients: `foreach=True` against `fused=True`, which `optim.fused=auto` "
+        "picks on CPU and CUDA (`lmlab.train.task.build_optimizer`). One process, the two "
+        "alternating round by round after a warm-up round; ms per `optimizer.step()`."
     ),
     "profile": (
         "`py-spy record --nonblocking -r 100 -f raw -- python src/train.py data.batch_size=12 "

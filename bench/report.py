@@ -146,6 +146,7 @@ GROUP_TITLES = {
     "generate": "Generation (greedy, batch 1)",
     "memory": "Memory: activation checkpointing (peak resident memory of a training step)",
     "moe": "Mixture of Experts: step time against dense at equal active parameters",
+    "adamw": "AdamW on the CPU: foreach against fused",
     "shakespeare": "Tiny Shakespeare, character level (nanoGPT's CPU run)",
     "gpu": "One GPU: lmlab against a nanoGPT-style loop, every family, FSDP, generation",
 }
