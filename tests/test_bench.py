@@ -52,6 +52,8 @@ def test_shakespeare_char_config_is_nanogpts_cpu_run() -> None:
         0.1,
     )
     assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (2000, 250)
+    # nanoGPT's 20-batch estimates while training; the whole held-out split at the end
+    assert (cfg.trainer.limit_val_batches, cfg.final_val_batches) == (20, 1.0)
     assert cfg.trainer.gradient_clip_val == 1.0
     assert (cfg.optim.lr, list(cfg.optim.betas), cfg.optim.weight_decay) == (1e-3, [0.9, 0.99], 0.1)
     assert cfg.scheduler.warmup_steps == 100

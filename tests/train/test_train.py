@@ -17,7 +17,7 @@ from lmlab.config import CONF_DIR, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
 from lmlab.train.compose import compose_train
-from lmlab.train.run import train
+from lmlab.train.run import final_val_limit, train
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -163,9 +163,12 @@ def test_moe_run_logs_router_signals_and_resumes_exactly(tmp_path: Path, cache_d
     assert (resumed["train_loss"], resumed["val_loss"]) == (r["train_loss"], r["val_loss"])
 
 
-def test_validation_loss_falls(tmp_path: Path, cache_dir: Path) -> None:
+def test_validation_loss_falls_and_the_last_scores_final_val_batches(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     """An untrained model scores about ln(4096) = 8.3 nats; 30 steps of 8 x 256 tokens must
-    go 1 nat below."""
+    go 1 nat below. Validations during training score trainer.limit_val_batches (2 batches);
+    the one after the last step scores final_val_batches (5), and results.json reports it."""
     r = run(
         tmp_path,
         cache_dir,
@@ -175,11 +178,22 @@ def test_validation_loss_falls(tmp_path: Path, cache_dir: Path) -> None:
         "optim.lr=3e-3",
         "scheduler.warmup_steps=3",
         "logger=csv",
+        "final_val_batches=5",
     )
     rows = read_csv(tmp_path / "csv" / "metrics.csv")
     losses = [float(x["val/loss"]) for x in rows if x.get("val/loss")]
-    assert len(losses) == 3 and losses[0] > losses[-1], losses
+    assert len(losses) == 4 and losses[0] > losses[2], losses  # steps 10, 20, 30; then final
     assert r["val_loss"] < math.log(4096) - 1.0, losses  # measured 6.81 vs 7.32
+    assert r["val_tokens"] == 5 * 8 * 256  # 5 batches of 8 rows, 256 targets each
+    # the same weights on more rows: another mean (equal only by a coincidence of floats)
+    assert r["val_loss"] == pytest.approx(losses[3]) and losses[3] != losses[2]
+
+
+def test_final_validation_rescores_only_when_its_rows_differ() -> None:
+    assert final_val_limit(None, 20) is None  # the default: the rows validated during training
+    assert final_val_limit(20, 20) is None and final_val_limit(1.0, 1.0) is None
+    assert final_val_limit(1.0, 20) == 1.0 and final_val_limit(5, 2) == 5
+    assert type(final_val_limit(1, 1.0)) is int  # one batch, not the whole split
 
 
 def test_wandb_offline_run_records_config_and_metrics(

@@ -151,6 +151,23 @@ class EvalConfig:
             )
 
 
+def check_val_batches(name: str, value: object) -> None:
+    """A Lightning ``limit_*_batches`` value: null, an int >= 1 (batches) or a float in
+    (0, 1] (a fraction of the split)."""
+    ok = value is None or (
+        not isinstance(value, bool)
+        and (
+            (isinstance(value, int) and value >= 1)
+            or (isinstance(value, float) and 0.0 < value <= 1.0)
+        )
+    )
+    if not ok:
+        raise ConfigError(
+            f"{name}={value!r}: allowed null, a number of batches (an int >= 1) or a fraction "
+            "of the validation split (a float in (0, 1], 1.0 = all of it)"
+        )
+
+
 @dataclass
 class RunConfig:
     """The top-level keys of ``conf/train.yaml`` that are not a group of their own."""
@@ -168,6 +185,12 @@ class RunConfig:
     init_from: str | None = None
     """Start from this checkpoint's weights and architecture, with a fresh optimizer and
     schedule (``lmlab.train.init_from``); needs ``data.tokenizer=checkpoint``."""
+    final_val_batches: Any = None
+    """The validation after the last step, whose loss is results.json's ``val_loss``: null
+    scores what ``trainer.limit_val_batches`` scores during training; 1.0 the whole held-out
+    split; an int that many batches, a float in (0, 1) that fraction. Set it to 1.0 with a
+    small ``trainer.limit_val_batches`` to watch a cheap fixed subset during training and
+    still rank runs on the whole split."""
     guard: GuardConfig = field(default_factory=GuardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -177,6 +200,7 @@ class RunConfig:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             allowed = ", ".join(MATMUL_PRECISIONS)
             raise ConfigError(f"matmul_precision={self.matmul_precision!r}: allowed {allowed}")
+        check_val_batches("final_val_batches", self.final_val_batches)
         if self.resume not in (True, False, "auto", None):
             raise ConfigError(f"resume={self.resume}: allowed true, false, auto")
         if self.ckpt_path and not Path(self.ckpt_path).exists():

@@ -314,6 +314,15 @@ def finish_wandb() -> None:
         sys.modules["wandb"].finish()
 
 
+def final_val_limit(final: int | float | None, during: int | float) -> int | float | None:
+    """The ``limit_val_batches`` of the validation after the last step, when it differs from
+    the one during training (``final_val_batches``); None: the same rows. Compared by type
+    too, as Lightning reads them: 1 is one batch, 1.0 the whole split."""
+    if final is None or (type(final), final) == (type(during), during):
+        return None
+    return final
+
+
 def _fit(
     cfg: DictConfig,
     model_cfg: ModelConfig,
@@ -384,8 +393,11 @@ def _fit(
         log_param_table(loggers, counts)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if task.last_val_step != trainer.global_step:  # validate() drops the train/* metrics
-        trainer.validate(task, datamodule=dm, verbose=False)
+    rescore = final_val_limit(cfg.get("final_val_batches"), trainer.limit_val_batches)
+    if rescore is not None:
+        trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
+    if rescore is not None or task.last_val_step != trainer.global_step:
+        trainer.validate(task, datamodule=dm, verbose=False)  # it drops the train/* metrics
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
@@ -395,6 +407,7 @@ def _fit(
         status="completed",
         val_loss=metrics.get("val/loss"),
         best_val_loss=task.best_val_loss,
+        val_tokens=task.val_tokens,  # what val_loss averages over (final_val_batches)
         val_perplexity=metrics.get("val/perplexity"),
         val_bits_per_byte=metrics.get("val/bits_per_byte"),
         train_loss=metrics.get("train/loss"),

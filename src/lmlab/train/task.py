@@ -105,6 +105,7 @@ class LMTask(L.LightningModule):
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
+        self.val_tokens: int | None = None  # target tokens the last validation scored (all ranks)
         # called with (trainer, optimizer, gradient norm) every step, before the optimizer
         # step (set by lmlab.train.guard.NonFiniteGuard); None: no check
         self.nonfinite_guard: Guard | None = None
@@ -239,6 +240,8 @@ class LMTask(L.LightningModule):
         # the metrics are already synced across ranks (torchmetrics); sync_dist averages
         # identical values, and tells Lightning so
         loss = self.val_loss.compute()
+        # compute() leaves each rank its own state: the tokens of every rank, one all-reduce
+        tokens = self.trainer.strategy.reduce(self.val_loss.weight.clone(), reduce_op="sum")
         self.log("val/loss", loss, sync_dist=True)
         for name, value in self.val_metrics.compute().items():
             self.log(f"val/{name}", value, sync_dist=True)
@@ -249,6 +252,7 @@ class LMTask(L.LightningModule):
         self.val_loss.reset()
         self.val_metrics.reset()
         value = float(loss)  # once per validation, not per step
+        self.val_tokens = int(tokens)
         self.best_val_loss = min(value, self.best_val_loss or float("inf"))
         self.last_val_step = self.trainer.global_step
 
