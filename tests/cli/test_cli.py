@@ -126,6 +126,24 @@ def test_unwritable_run_dir_is_one_line_and_exit_2(
     assert f"{tmp_path / 'file' / 'run'}" in err and "Not a directory" in err
 
 
+def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_before_hydra_writes(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra writes multirun.yaml and each job's .hydra/ before lmlab's checks: a new sweep
+    into a folder that holds runs would rewrite what describes them."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "results.json").write_text('{"status": "completed"}')
+    (sweep / "multirun.yaml").write_text("the earlier sweep\n")
+    argv = ("-m", "+debug=smoke", "model.activation=relu,gelu", f"hydra.sweep.dir={sweep}")
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: hydra.sweep.dir={sweep} already holds the runs of an ")
+    assert "sweep (0): choose another directory" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in sweep.rglob("*")) == ["0", "multirun.yaml", "results.json"]
+    assert (sweep / "multirun.yaml").read_text() == "the earlier sweep\n"
+
+
 def test_compose_error_from_the_script_and_with_full_error(tmp_path: Path) -> None:
     """The script exits 2 with one line; HYDRA_FULL_ERROR=1 gives Hydra's traceback."""
     out = run(sys.executable, SRC / "train.py", "model=gpt_huge", cwd=tmp_path)

@@ -35,7 +35,12 @@ from omegaconf.errors import OmegaConfBaseException
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
-from lmlab.train.rundir import hold_hydra_writes, launch_rank_is_zero, lock_run_dir
+from lmlab.train.rundir import (
+    earlier_sweep_runs,
+    hold_hydra_writes,
+    launch_rank_is_zero,
+    lock_run_dir,
+)
 
 register_configs()
 
@@ -78,8 +83,25 @@ class RunDirCallback(Callback):
     run directory, saves ``.hydra/`` and opens ``train.log``. Here a single run takes the
     directory's lock (a live run there: refused, nothing written) and, if the directory is
     not empty, holds Hydra's writes until training starts. Hydra turns a callback's exception
-    into a warning, so a refusal exits here. Multirun jobs are guarded in ``train()``, after
-    Hydra wrote their ``.hydra/``."""
+    into a warning, so a refusal exits here. A multirun into a sweep folder that holds an
+    earlier sweep's runs is refused in ``on_multirun_start``, before Hydra writes anything,
+    unless ``resume`` continues them; each job is guarded again in ``train()``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("resume") in (True, "auto"):
+            return  # the same sweep, continued job by job
+        HydraConfig.instance().set_config(config)
+        sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
+        runs = earlier_sweep_runs(sweep_dir)
+        if runs:
+            shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+            print(
+                f"error: hydra.sweep.dir={sweep_dir} already holds the runs of an earlier "
+                f"sweep ({shown}): choose another directory (the default is a new one), or "
+                "add resume=auto to continue them",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not launch_rank_is_zero():

@@ -139,6 +139,19 @@ class _Held:
 _HELD: _Held | None = None
 
 
+def earlier_sweep_runs(sweep_dir: Path) -> list[str]:
+    """The job folders directly under ``sweep_dir`` that hold a run (``RUN_FILES``), by name.
+    Hydra's launcher writes ``multirun.yaml`` there, and each job's ``.hydra/``, before any
+    job's checks run: a new sweep into such a folder would overwrite what describes them."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(
+        job.name
+        for job in sweep_dir.iterdir()
+        if job.is_dir() and any((job / name).exists() for name in RUN_FILES)
+    )
+
+
 def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
     """Before Hydra's ``run_job``, if ``run_dir`` holds anything (but its lock): Hydra saves no
     ``.hydra/`` files and its job log's file handlers hold their records, until
