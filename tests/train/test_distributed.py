@@ -109,6 +109,7 @@ def test_ddp_and_fsdp_multirun_jobs_match_single_process(
         assert plan["precision"] == "32-true"  # trainer.precision=auto on a CPU
         assert r["tokens"] == reference["tokens"]
         assert r["val_loss"] == pytest.approx(reference["val_loss"], rel=REL)
+        assert r["val_tokens"] == reference["val_tokens"]  # every rank scores the same rows
         # train/loss is the global batch's: both micro-batches there, both ranks here
         assert r["train_loss"] == pytest.approx(reference["train_loss"], rel=REL)
         # rank 1 ran this job (its log is in the job's folder), and only rank 0 logged to W&B:

@@ -105,7 +105,7 @@ class LMTask(L.LightningModule):
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
-        self.val_tokens: int | None = None  # target tokens the last validation scored (all ranks)
+        self.val_tokens: int | None = None  # target tokens the last validation scored
         # called with (trainer, optimizer, gradient norm) every step, before the optimizer
         # step (set by lmlab.train.guard.NonFiniteGuard); None: no check
         self.nonfinite_guard: Guard | None = None
@@ -240,8 +240,6 @@ class LMTask(L.LightningModule):
         # the metrics are already synced across ranks (torchmetrics); sync_dist averages
         # identical values, and tells Lightning so
         loss = self.val_loss.compute()
-        # compute() leaves each rank its own state: the tokens of every rank, one all-reduce
-        tokens = self.trainer.strategy.reduce(self.val_loss.weight.clone(), reduce_op="sum")
         self.log("val/loss", loss, sync_dist=True)
         for name, value in self.val_metrics.compute().items():
             self.log(f"val/{name}", value, sync_dist=True)
@@ -249,10 +247,11 @@ class LMTask(L.LightningModule):
             # nats per token -> bits per byte: comparable across tokenizers and objectives
             bpb = loss / torch.log(torch.tensor(2.0)) / self.bytes_per_token
             self.log("val/bits_per_byte", bpb, sync_dist=True)
+        # every rank scores the same rows (LMDataModule.val_dataloader): this rank's count
+        self.val_tokens = int(self.val_loss.weight)  # once per validation, as the loss below
         self.val_loss.reset()
         self.val_metrics.reset()
         value = float(loss)  # once per validation, not per step
-        self.val_tokens = int(tokens)
         self.best_val_loss = min(value, self.best_val_loss or float("inf"))
         self.last_val_step = self.trainer.global_step
 
