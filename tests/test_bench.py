@@ -226,3 +226,17 @@ def test_profile_case_tools_are_in_the_dev_extras() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert any(req.startswith("py-spy") for req in project["optional-dependencies"]["dev"])
+
+
+def test_adamw_case_times_both_implementations_over_the_same_parameters(tmp_path: Path) -> None:
+    """``make bench --only adamw`` in quick mode: foreach and fused, one model at a time, each
+    row a positive time (no speed is asserted: that is the benchmark's job)."""
+    from bench.cases import ADAMW_MODELS, CASES, Settings
+
+    results = CASES["adamw"].fn(Settings(work=tmp_path, repeats=1, quick=True))
+    assert [r.name for r in results] == [label for label, _, _ in ADAMW_MODELS]
+    for result in results:
+        names = [stat.name for stat in result.stats]
+        assert names == ["AdamW foreach", "AdamW fused", "fused speed-up (foreach / fused)"]
+        assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
+    assert "817,664 parameters" in results[0].note  # the Tiny Shakespeare model, vocabulary 171
