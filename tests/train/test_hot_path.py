@@ -193,6 +193,55 @@ def test_the_configured_run_builds_fused_adamw_on_cpu(tmp_path: Path) -> None:
     assert opt.defaults["fused"] and not opt.defaults["foreach"] and opt.defaults["lr"] == 3e-4
 
 
+def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16 with a GradScaler (16-mixed on CUDA; a CPU scaler here). Fused AdamW unscales
+    inside its step, so Lightning leaves the gradients scaled by 65536 for clipping. lmlab
+    unscales them first: the norm is the true one, so no step overflows, the scale keeps its
+    start value, and the guard (stop) lets the run finish."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lmlab.train.guard import NonFiniteGuard
+
+    cfg = compose_train(["optim.lr=1e-3"], tmp_path)
+    task = LMTask(
+        ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=64),
+        instantiate(cfg.optim),  # fused=auto: fused on the CPU
+        instantiate(cfg.scheduler),
+    )
+    scaler = torch.amp.GradScaler("cpu")
+    norms: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(*args, **kwargs):
+        norm = clip(*args, **kwargs)
+        norms.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision(precision="16-mixed", device="cpu", scaler=scaler)],
+        callbacks=[NonFiniteGuard("stop", dirpath=str(tmp_path))],
+        max_steps=3,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    ids = torch.randint(0, 64, (12, 17))
+    rows = [{"input_ids": r[:-1], "labels": r[1:]} for r in ids]
+    trainer.fit(task, torch.utils.data.DataLoader(rows, batch_size=4))
+    assert task.optimizers().optimizer.defaults["fused"]
+    assert trainer.global_step == 3 and len(norms) == 3
+    # a freshly initialised model's gradient norm is of order 1; scaled, it would be ~65536x
+    # that (fp16 overflows to inf), and the scaler would halve its scale at each step
+    assert all(0 < n < 100 for n in norms), norms
+    assert scaler.get_scale() == 65536.0
+
+
 def test_compile_model_trains_the_eager_loss_with_clean_keys(
     tmp_path: Path, cache_dir: Path
 ) -> None:

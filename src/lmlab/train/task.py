@@ -262,12 +262,21 @@ class LMTask(L.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip by global norm, log the pre-clip norm and hand a non-finite one to the guard:
-        one pass over the gradients for all three."""
+        one pass over the gradients for all three.
+
+        Under a GradScaler (``16-mixed`` on CUDA) Lightning unscales the gradients before this,
+        except for an optimizer that unscales inside its own step (fused AdamW): this unscales
+        those, so clipping and the logged norm see the true gradients. An overflow step is
+        then the scaler's to handle (it skips the update and lowers the scale), not the
+        guard's."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm))
         if self.metrics_due():
             self.log("train/grad_norm", norm)
-        if self.nonfinite_guard is not None:
+        if self.nonfinite_guard is not None and scaler is None:
             self.nonfinite_guard(self.trainer, optimizer, norm)
 
     def configure_optimizers(self) -> dict:
