@@ -139,17 +139,18 @@ class _Held:
 _HELD: _Held | None = None
 
 
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` holds what a run writes (``RUN_FILES``)."""
+    return any((path / name).exists() for name in RUN_FILES)
+
+
 def earlier_sweep_runs(sweep_dir: Path) -> list[str]:
     """The job folders directly under ``sweep_dir`` that hold a run (``RUN_FILES``), by name.
     Hydra's launcher writes ``multirun.yaml`` there, and each job's ``.hydra/``, before any
     job's checks run: a new sweep into such a folder would overwrite what describes them."""
     if not sweep_dir.is_dir():
         return []
-    return sorted(
-        job.name
-        for job in sweep_dir.iterdir()
-        if job.is_dir() and any((job / name).exists() for name in RUN_FILES)
-    )
+    return sorted(job.name for job in sweep_dir.iterdir() if job.is_dir() and holds_run(job))
 
 
 def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
@@ -223,7 +224,7 @@ class RunDir:
         if self.guard:
             lock_run_dir(path)
         held = _HELD is not None and _HELD.run_dir == path.absolute()
-        self.earlier = held or any((path / name).exists() for name in RUN_FILES)
+        self.earlier = held or holds_run(path)
         self.opened = False
 
     def open(self, task_cfg: DictConfig) -> None:
