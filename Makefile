@@ -25,11 +25,15 @@ install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
 train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, CPU); ARGS=overrides
 	$(PY) src/train.py $(ARGS)
 
+# pytest-xdist: a worker per core (at most 4), each test file on one worker; tests/conftest.py
+# gives each worker its share of the cores' threads
+XDIST := -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP)  ## run the test suite
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(XDIST)
 
 test-fast: $(STAMP)  ## the tests that prepare no data and train nothing (pytest -m "not slow")
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" $(XDIST)
 
 lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check src tests bench

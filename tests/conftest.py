@@ -18,6 +18,14 @@ from lmlab.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs one worker per core (-n auto)
+    # Each worker, and the processes its tests start, gets its share of the cores: with
+    # torch's default of a thread per core each, the workers' threads contend (measured on 2
+    # cores: the suite took longer with 2 workers than with one). Read by torch at import.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(1, (cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(share))
 
 
 # Fixtures that prepare data or train: a test using one is marked slow (`-m "not slow"`).
