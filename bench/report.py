@@ -147,6 +147,7 @@ GROUP_TITLES = {
     "memory": "Memory: activation checkpointing (peak resident memory of a training step)",
     "moe": "Mixture of Experts: step time against dense at equal active parameters",
     "adamw": "AdamW on the CPU: foreach against fused",
+    "startup": "Start-up and exit: the garbage collector around heavy imports",
     "shakespeare": "Tiny Shakespeare, character level (nanoGPT's CPU run)",
     "gpu": "One GPU: lmlab against a nanoGPT-style loop, every family, FSDP, generation",
 }

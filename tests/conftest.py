@@ -4,6 +4,7 @@ the records of an offline W&B run. Configs are composed from the real ``conf/`` 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -69,8 +70,11 @@ def run_command() -> Callable[..., int]:
     process; returns its exit code (output through capsys)."""
 
     def run(name: str, *argv: str) -> int:
-        with pytest.raises(SystemExit) as exited:
-            command(name, [str(a) for a in argv])
+        try:
+            with pytest.raises(SystemExit) as exited:
+                command(name, [str(a) for a in argv])
+        finally:
+            gc.unfreeze()  # command() froze the heap for an exit that this process skips
         return exited.value.code
 
     return run

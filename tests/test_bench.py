@@ -240,3 +240,15 @@ def test_adamw_case_times_both_implementations_over_the_same_parameters(tmp_path
         assert names == ["AdamW foreach", "AdamW fused", "fused speed-up (foreach / fused)"]
         assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
     assert "817,664 parameters" in results[0].note  # the Tiny Shakespeare model, vocabulary 171
+
+
+def test_startup_case_times_both_collector_settings(tmp_path: Path) -> None:
+    """``make bench --only startup`` in quick mode (a light import): both settings, each row a
+    positive time (no speed is asserted)."""
+    from bench.cases import CASES, STARTUP_MODES, Settings
+
+    results = CASES["startup"].fn(Settings(work=tmp_path, repeats=1, quick=True))
+    assert [r.name for r in results] == list(STARTUP_MODES)
+    for result in results:
+        assert len(result.stats) == 3
+        assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from lmlab.cli.heap import before_exit, long_lived
 from lmlab.errors import ConfigError
 
 # command -> what it does (the module is lmlab.cli.<command>, with main(argv) -> exit code)
@@ -37,10 +38,12 @@ def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:
     """Run ``lmlab.cli.<name>.main(argv)`` (default: ``sys.argv[1:]``) and exit with its code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        module = importlib.import_module(f"lmlab.cli.{name}")
+        with long_lived():  # its imports
+            module = importlib.import_module(f"lmlab.cli.{name}")
         code = module.main(args)
     except ConfigError as err:
         fail(err)
+    before_exit()  # the interpreter's shutdown need not scan the heap: about 1.4 s sooner
     sys.exit(code or 0)
 
 

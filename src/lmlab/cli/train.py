@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
@@ -139,7 +140,8 @@ def run(cfg: DictConfig) -> float:
             fail(err)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lmlab.train.run import train  # heavy imports only once the config composed
+    with long_lived():  # heavy imports only once the config composed
+        from lmlab.train.run import train
 
     try:
         return train(cfg)
@@ -211,3 +213,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":  # the per-rank command of DDP/FSDP children (distributed.job_command)
     main(sys.argv[1:])
+    before_exit()
