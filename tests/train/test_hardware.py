@@ -3,6 +3,8 @@ the fp32 matmul precision."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,16 @@ def test_cpu_peak_is_the_best_rate_seen_and_covers_the_runs_own_shapes(
     assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 200.0  # cached: the head alone
     assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 200.0  # 120 does not lower it
     assert timed == [None, head, head, head]
+
+
+@pytest.mark.parametrize("damage", [b'{"cpu|2|fp32|lin', b"[1, 2]", b'{"k": "fast"}', b"\xff\x00"])
+def test_a_damaged_peak_cache_is_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: bytes
+) -> None:
+    """Another run's interrupted write, or any unreadable file: measured anew and rewritten
+    whole, never a failed run."""
+    monkeypatch.setattr(hw, "measure_cpu_matmul_flops", lambda *a, **k: 75.0)
+    (tmp_path / "peak_flops.json").write_bytes(damage)
+    assert hw.cpu_peak_flops("fp32", tmp_path) == 75.0
+    assert list(json.loads((tmp_path / "peak_flops.json").read_text()).values()) == [75.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["peak_flops.json"]  # no temporary left

@@ -4,6 +4,7 @@ CPUs), and the fp32 matmul precision on CUDA."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Iterable
@@ -67,13 +68,29 @@ def cpu_peak_flops(
     cpu = platform.processor() or platform.machine()
     key = f"{cpu}|{torch.get_num_threads()}|{dtype_name}|linear"
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    cache = read_peak_cache(path)
     measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
     measured += [measure_cpu_matmul_flops(dtype, seconds=0.2, shape=s) for s in shapes]
     cache[key] = max([cache.get(key, 0.0), *measured])
+    # Runs on one machine share the file: each writes a whole file under its own name and
+    # renames it into place, so no run reads another's half-written one.
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cache, indent=2))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=2))
+    os.replace(tmp, path)
     return cache[key]
+
+
+def read_peak_cache(path: Path) -> dict[str, float]:
+    """The cached peaks; empty when there is no file or it cannot be read as one (a damaged
+    cache is measured again, not a failed run)."""
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cache, dict):
+        return {}
+    return {k: v for k, v in cache.items() if isinstance(v, int | float)}
 
 
 def gpu_peak_flops(device: torch.device, precision: str) -> float | None:
