@@ -25,9 +25,9 @@ install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
 train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, CPU); ARGS=overrides
 	$(PY) src/train.py $(ARGS)
 
-# pytest-xdist: a worker per core (at most 4), each test file on one worker; tests/conftest.py
-# gives each worker its share of the cores' threads
-XDIST := -n auto --maxprocesses=4 --dist loadfile
+# pytest-xdist: a worker per logical CPU (at most 4), each test file on one worker;
+# tests/conftest.py gives each worker its share of the CPUs' threads
+XDIST := -n logical --maxprocesses=4 --dist loadfile
 
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest tests $(XDIST)

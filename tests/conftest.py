@@ -19,7 +19,7 @@ from lmlab.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs one worker per core (-n auto)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: a worker per logical CPU
     # Each worker, and the processes its tests start, gets its share of the cores: with
     # torch's default of a thread per core each, the workers' threads contend (measured on 2
     # cores: the suite took longer with 2 workers than with one). Read by torch at import.
