@@ -4,7 +4,6 @@ the fp32 matmul precision."""
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
