@@ -4,13 +4,14 @@ CPUs), and the fp32 matmul precision on CUDA."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from lmlab.train.plan import write_json
 
 # Lightning's peak table (lightning.fabric.utilities.throughput.get_available_flops) serves
 # most GPUs. Its H200 rows hold the sparse figures under names the driver does not report
@@ -72,12 +73,7 @@ def cpu_peak_flops(
     measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
     measured += [measure_cpu_matmul_flops(dtype, seconds=0.2, shape=s) for s in shapes]
     cache[key] = max([cache.get(key, 0.0), *measured])
-    # Runs on one machine share the file: each writes a whole file under its own name and
-    # renames it into place, so no run reads another's half-written one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=2))
-    os.replace(tmp, path)
+    write_json(path, cache)  # runs on one machine share it: never half-written
     return cache[key]
 
 

@@ -13,6 +13,7 @@ only it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,9 +121,11 @@ def make_plan(
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON atomically (a temporary file renamed over ``path``)."""
+    """Write ``data`` as JSON atomically: a temporary file, named for this process so that
+    processes writing the same file (the CPU peak cache) do not share it, renamed over
+    ``path``. A reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
     return path
