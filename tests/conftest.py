@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmlab.cli.main import command
 from lmlab.config import CONF_DIR
@@ -34,6 +35,14 @@ SLOW_FIXTURES = {"cache_dir", "sweep", "single", "smoke_ckpts", "counting"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs CUDA (make test-gpu on a GPU)")
+            for item in gpu_tests:
+                item.add_marker(skip)
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
@@ -78,6 +87,26 @@ def run_command() -> Callable[..., int]:
         return exited.value.code
 
     return run
+
+
+# Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
+HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every host read (``HOST_READS``) of any tensor from now on, until
+    ``monkeypatch.undo()`` or the test's end."""
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def read(tensor: torch.Tensor, *args, name=name, original=original, **kwargs):
+            reads.append(name)
+            return original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    return reads
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch._dynamo.utils import counters
 
-from lmlab.config import CONF_DIR, Activation, Compile, ModelConfig, MoEConfig, compile_mode
+from lmlab.config import Activation, Compile, ModelConfig, MoEConfig, compile_mode
 from lmlab.data.datamodule import loader_settings
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
@@ -94,7 +94,7 @@ def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
 
 @pytest.mark.parametrize("capacity_factor", [None, 1.25])
 def test_the_moe_objective_reads_nothing_on_the_host(
-    monkeypatch: pytest.MonkeyPatch, capacity_factor: float | None
+    monkeypatch: pytest.MonkeyPatch, host_reads: list[str], capacity_factor: float | None
 ) -> None:
     """What a Mixture of Experts adds to every step (routing, dispatch in float32, the router
     losses joining the LM loss, the recorded load) reads no tensor on the host: the loads are
@@ -110,19 +110,11 @@ def test_the_moe_objective_reads_nothing_on_the_host(
     task = LMTask(model_cfg, adamw(), functools.partial(torch.optim.lr_scheduler.LambdaLR))
     ids = torch.randint(0, 64, (2, 17))
     batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
-    reads: list[str] = []
-    for name in HOST_READS:
-        original = getattr(torch.Tensor, name)
-
-        def read(tensor: torch.Tensor, *args, name=name, original=original, **kwargs):
-            reads.append(name)
-            return original(tensor, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, read)
+    host_reads.clear()  # from here on
     loss, parts = task.objective(batch)
     loss.backward()
     monkeypatch.undo()
-    assert reads == [] and parts.shape == (3,)
+    assert host_reads == [] and parts.shape == (3,)
     assert loss.item() == pytest.approx(
         parts[0].item() + 0.01 * parts[1].item() + 0.001 * parts[2].item(), rel=1e-6
     )
@@ -242,6 +234,7 @@ def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
     assert scaler.get_scale() == 65536.0
 
 
+@torch._dynamo.config.patch(error_on_recompile=True)  # one graph for the 3 steps
 def test_compile_model_trains_the_eager_loss_with_clean_keys(
     tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -283,14 +276,12 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
 
 
 def test_fsdp_in_bf16_samples_and_keeps_its_final_checkpoint(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, start_train: Callable[..., subprocess.Popen]
 ) -> None:
     """FSDP's bf16 policy computes in bf16 over fp32 shards; the end-of-run sample decodes
     through a KV cache made from those shards (on a GPU it crashed the finished run and lost
     its results). Two CPU processes over gloo."""
-    cmd = [
-        sys.executable,
-        str(CONF_DIR.parent / "src" / "train.py"),
+    proc = start_train(
         "+debug=smoke",
         "trainer=fsdp",
         "trainer.devices=2",
@@ -298,15 +289,14 @@ def test_fsdp_in_bf16_samples_and_keeps_its_final_checkpoint(
         "trainer.precision=bf16-mixed",
         "callbacks.sample.max_new_tokens=4",
         f"hydra.run.dir={tmp_path}",
-    ]
-    env = {**os.environ, "LMLAB_CACHE": str(cache_dir)}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    )
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "completed" and results["precision"] == "bf16-mixed"
     assert results["sample"] and results["sample"].startswith("def ")
     assert (tmp_path / "checkpoints" / "last.ckpt" / "meta.pt").exists()  # sharded, final
-    assert "failed, the run goes on" not in proc.stderr + proc.stdout
+    assert "failed, the run goes on" not in output
 
 
 def test_a_failing_extra_never_fails_the_run(

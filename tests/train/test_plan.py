@@ -88,3 +88,17 @@ def test_resume_checks_the_data_position_not_the_length() -> None:
     with pytest.raises(ConfigError, match="seq_len=64, this run 32"):
         check_resumable(saved, plan(8, seq_len=32), Path("run"))
     assert plan(8).start_sample(3) == 24 and plan(8).trainer_args()["max_steps"] == 10
+
+
+def test_flex_attention_is_refused_before_training_off_cuda(tmp_path: Path) -> None:
+    """FlexAttention has no backward pass off CUDA: refused before data, plan or model."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+
+    overrides = ["+debug=smoke", "model.positional=alibi", "model.attention_kernel=flex"]
+    cfg = compose_train([*overrides, "trainer.accelerator=cpu"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"model.attention_kernel=flex cannot train with "):
+        train(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and "attention_kernel=flex" in results["error"]
+    assert [p.name for p in tmp_path.rglob("*.json")] == ["results.json"]  # no plan, no data

@@ -16,6 +16,7 @@ from lmlab.config.knobs import (
     GATED,
     RUNTIME_FIELDS,
     Activation,
+    AttentionKernel,
     Family,
     Init,
     Norm,
@@ -66,6 +67,7 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 __all__ = [
     "Activation",
+    "AttentionKernel",
     "BudgetConfig",
     "BudgetKind",
     "check_example_file",

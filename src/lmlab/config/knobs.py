@@ -30,6 +30,15 @@ class Activation(str, Enum):
     geglu = "geglu"  # Shazeer 2020, gated with GELU
 
 
+class AttentionKernel(str, Enum):
+    """The kernel of attention that needs a mask or a bias (ALiBi, T5's buckets, a window,
+    padding). Plain causal or full attention always takes SDPA with no mask (flash on GPU)."""
+
+    auto = "auto"  # FlexAttention on CUDA, SDPA elsewhere (and with attention dropout)
+    sdpa = "sdpa"  # one scaled_dot_product_attention call with a dense (B|1, H|1, T, S) mask
+    flex = "flex"  # FlexAttention; trains on CUDA only (on CPU: forward passes, unfused)
+
+
 class Init(str, Enum):
     gpt2 = "gpt2"  # N(0, init_std), residual projections / sqrt(2 n_layers) (Radford et al. 2019)
     t5 = "t5"  # Mesh TensorFlow's: linear layers N(0, 1/fan_in), embeddings N(0, 1) (Raffel 2020)
@@ -47,4 +56,4 @@ class Positional(str, Enum):
 GATED = {Activation.swiglu, Activation.geglu}
 # Config fields (of any group) that change how a run computes, not what: a checkpoint and
 # the run that continues or loads it may differ in them.
-RUNTIME_FIELDS = ("activation_checkpointing", "fused", "num_workers")
+RUNTIME_FIELDS = ("activation_checkpointing", "attention_kernel", "fused", "num_workers")

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from lmlab.config.knobs import GATED, Activation, Family, Init, Norm, NormPlacement, Positional
+from lmlab.config.knobs import (
+    GATED,
+    Activation,
+    AttentionKernel,
+    Family,
+    Init,
+    Norm,
+    NormPlacement,
+    Positional,
+)
 from lmlab.errors import ConfigError
 
 
@@ -84,6 +93,13 @@ class ModelConfig:
     ``attention_window=None`` is full attention; an int W lets each query see its W most recent
     keys (itself included), as in Mistral's sliding window; in an encoder, the keys within W-1
     positions either side. Cross-attention is never windowed.
+    ``attention_kernel`` (auto, sdpa, flex): how attention that needs a mask or a bias runs
+    (ALiBi, T5's relative bias, a window, padding). ``sdpa`` merges them into one dense mask,
+    which rules out SDPA's flash kernels; ``flex`` runs FlexAttention (block-sparse masks, the
+    bias computed inside the kernel); ``auto`` takes FlexAttention on CUDA and SDPA elsewhere.
+    FlexAttention has no attention dropout, so ``auto`` with ``dropout`` > 0 takes SDPA.
+    Generation with a KV cache always runs SDPA. It changes how attention runs, not what it
+    computes (equal within the precision's rounding).
     ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
     ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
     ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
@@ -120,6 +136,7 @@ class ModelConfig:
     relative_max_distance: int = 128
     type_vocab_size: int = 0
     attention_window: int | None = None
+    attention_kernel: AttentionKernel = AttentionKernel.auto
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
@@ -172,6 +189,11 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.attention_kernel == AttentionKernel.flex and self.dropout:
+            raise ConfigError(
+                f"model.attention_kernel=flex cannot apply model.dropout={self.dropout}: "
+                "FlexAttention has no attention dropout (use auto or sdpa, or dropout=0)"
+            )
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 2")
         self.validate_family()
@@ -215,6 +237,14 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.n_decoder_layers or self.n_layers
+
+    @property
+    def masked_attention(self) -> AttentionKernel:
+        """``attention_kernel`` as it applies: ``auto`` with attention dropout is ``sdpa``
+        (FlexAttention has no dropout)."""
+        if self.attention_kernel == AttentionKernel.auto and self.dropout:
+            return AttentionKernel.sdpa
+        return self.attention_kernel
 
     @property
     def kv_heads(self) -> int:

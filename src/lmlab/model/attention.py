@@ -1,8 +1,9 @@
-"""Multi-head attention (MHA, GQA, MQA) through one ``scaled_dot_product_attention`` call.
+"""Multi-head attention (MHA, GQA, MQA) through one fused attention call.
 
-Masks (causal, sliding window, key padding) and additive biases (ALiBi) are merged into one
-``attn_mask`` by ``lmlab.model.context.build_context``, once per forward, and shared by every
-layer.
+Masks (causal, sliding window, key padding) and additive biases (ALiBi, T5's buckets) are
+resolved by ``lmlab.model.context.build_context`` once per forward and shared by every layer:
+one ``scaled_dot_product_attention`` call, or FlexAttention where ``model.attention_kernel``
+takes it (``ctx.attend``).
 
 With ``keep_weights`` set (``lmlab.infer.probe.record_attention`` sets it) a layer computes the same
 attention explicitly and keeps its weights (B, H, T, S) for inspection; training never does.
@@ -14,7 +15,6 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ModelConfig
@@ -77,16 +77,9 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)  # (B, Hkv, S_cached + S, hd)
         if self.keep_weights:
             rep = self.n_heads // self.n_kv_heads
-            self.weights = attention_weights(q, k.repeat_interleave(rep, 1), ctx)
+            self.weights = attention_weights(q, k.repeat_interleave(rep, 1), ctx.dense())
             y = self.weights @ v.repeat_interleave(rep, 1)
             return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=ctx.mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=ctx.is_causal,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # (B, H, T, hd)
+        dropout_p = self.dropout_p if self.training else 0.0
+        y = ctx.attend(q, k, v, dropout_p, gqa=self.n_kv_heads != self.n_heads)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -78,6 +78,7 @@ class BERT(nn.Module):
         super().__init__()
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
+        self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.segment = (
             nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else NoSegments()
@@ -115,7 +116,9 @@ class BERT(nn.Module):
         """(B, T) token ids -> (B, T, D) hidden states, the encoder's output before the head."""
         T = input_ids.shape[1]
         pos_T = torch.arange(T, device=input_ids.device)
-        ctx = encoder_context(self.positional, pos_T, self.cfg.attention_window, attention_mask)
+        ctx = encoder_context(
+            self.positional, pos_T, self.cfg.attention_window, attention_mask, self.kernel
+        )
         types_BT = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         x_BTD = self.embed(input_ids) + self.segment(types_BT)
         x_BTD = self.drop(self.emb_norm(self.positional.embed(x_BTD, pos_T)))

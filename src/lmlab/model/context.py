@@ -1,18 +1,44 @@
 """The attention context of one forward: causality, sliding window, key padding and the
-positional scheme's bias merged into one SDPA ``attn_mask``, plus the scheme's rotation.
+positional scheme's bias, plus the scheme's rotation. Built once per forward and shared by every
+layer, in one of two forms:
 
-Built once per forward and shared by every layer. With no bias, window or padding the mask is
-left out and ``is_causal`` lets SDPA pick its fastest (flash) kernel; an additive bias (ALiBi,
-T5's relative buckets) or a window needs a mask, which rules the flash kernel out on GPU.
+- ``AttnContext``: one SDPA call. With no bias, window or padding the mask is left out and
+  ``is_causal`` lets SDPA pick its fastest (flash) kernel. Otherwise everything is merged into
+  one dense ``attn_mask``, which rules the flash kernels out on GPU.
+- ``FlexContext``: FlexAttention (``torch.nn.attention.flex_attention``). The mask becomes a
+  block mask (key blocks a query block never sees are skipped) and the bias a ``score_mod``
+  computed inside the fused kernel, so ALiBi, T5's relative bias and windows run at close to
+  flash speed.
+
+Both forms come from the same elementwise functions (``allowed`` here, the scheme's
+``score_bias``), evaluated on index grids for the dense mask and inside the kernel for
+FlexAttention, so they cannot disagree about what is masked or how much is added.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from lmlab.config import AttentionKernel
 from lmlab.model.positional import PositionalScheme, Rotate, no_rotation
+
+# (batch, query position, key position, key index) -> whether the query attends to the key
+Allowed = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Where a context that needs a mask or a bias runs FlexAttention (else SDPA's dense mask).
+# CUDA only for auto: on CPU FlexAttention runs an unfused reference (and a compiled one has
+# no backward).
+FLEX_ON: dict[AttentionKernel, Callable[[torch.device], bool]] = {
+    AttentionKernel.auto: lambda device: device.type == "cuda",
+    AttentionKernel.sdpa: lambda device: False,
+    AttentionKernel.flex: lambda device: True,
+}
 
 
 @dataclass
@@ -22,6 +48,103 @@ class AttnContext:
     mask: torch.Tensor | None = None  # bool (True = attend) or additive float, (B|1, H|1, T, S)
     is_causal: bool = False
     rotate: Rotate = field(default=no_rotation)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, gqa: bool
+    ) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d) + mask) v, (B, H, T, hd); ``gqa``: k, v have fewer heads."""
+        return F.scaled_dot_product_attention(
+            q, k, v, self.mask, dropout_p, self.is_causal, enable_gqa=gqa
+        )
+
+    def dense(self) -> AttnContext:
+        """The same attention as an SDPA mask (for explicit attention weights)."""
+        return self
+
+
+@dataclass
+class FlexContext(AttnContext):
+    """FlexAttention over a full forward, where positions are the indices 0..T-1 and 0..S-1.
+    ``mask`` and ``is_causal`` stay unset: ``dense()`` builds the SDPA form when asked."""
+
+    block_mask: BlockMask | None = None  # None: every key is attended to
+    score_mod: Callable[..., torch.Tensor] | None = None
+    as_dense: Callable[[], AttnContext] = field(default=AttnContext)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, gqa: bool
+    ) -> torch.Tensor:
+        # models with attention dropout never build one (ModelConfig.masked_attention).
+        # Inside a compiled model flex_attention is fused with it; in eager mode on CUDA it
+        # needs its own compile (eager runs the unfused reference, as it does on CPU).
+        eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
+        kernel = compiled_flex_attention() if eager_cuda else flex_attention
+        return kernel(q, k, v, score_mod=self.score_mod, block_mask=self.block_mask, enable_gqa=gqa)
+
+    def dense(self) -> AttnContext:
+        return self.as_dense()
+
+
+@functools.cache
+def compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def allowed_fn(causal: bool, window: int | None, padding: torch.Tensor | None) -> Allowed | None:
+    """Causality, window and key padding (B|1, S; True = real token) as one elementwise
+    function; None when nothing is masked."""
+    tests: list[Allowed] = []
+    if causal:
+        tests.append(lambda b, q, k, kv: q >= k)
+    if window is not None:
+        tests.append(lambda b, q, k, kv: (q - k).abs() < window)
+    if padding is not None:
+        tests.append(lambda b, q, k, kv: padding[b, kv].bool())
+    if not tests:
+        return None
+    return lambda b, q, k, kv: functools.reduce(torch.logical_and, (t(b, q, k, kv) for t in tests))
+
+
+def dense_context(
+    positional: PositionalScheme,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    allowed: Allowed | None,
+    batch: int,
+    rotate: Rotate,
+) -> AttnContext:
+    """The SDPA mask: ``allowed`` and the scheme's bias evaluated on (B|1, H|1, T, S) grids."""
+    device = q_pos.device
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    h = torch.arange(positional.n_heads, device=device)[None, :, None, None]
+    q, k = q_pos[None, None, :, None], k_pos[None, None, None, :]
+    kv = torch.arange(len(k_pos), device=device)[None, None, None, :]
+    mask = allowed(b, q, k, kv) if allowed is not None else None  # bool, (B|1, 1, T, S)
+    if positional.has_bias:
+        bias = positional.score_bias(h, q, k)  # (1, H, T, S)
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+    return AttnContext(mask, False, rotate)
+
+
+def flex_context(
+    positional: PositionalScheme,
+    q_len: int,
+    k_len: int,
+    allowed: Allowed | None,
+    batch: int | None,
+    rotate: Rotate,
+    as_dense: Callable[[], AttnContext],
+    device: torch.device,
+) -> FlexContext:
+    """The same attention as ``dense_context`` for FlexAttention, positions being indices."""
+    block_mask = score_mod = None
+    if allowed is not None:
+        block_mask = create_block_mask(
+            lambda b, h, q, kv: allowed(b, q, kv, kv), batch, None, q_len, k_len, device=device
+        )
+    if positional.has_bias:
+        score_mod = lambda score, b, h, q, kv: score + positional.score_bias(h, q, kv)  # noqa: E731
+    return FlexContext(None, False, rotate, block_mask, score_mod, as_dense)
 
 
 def build_context(
@@ -33,28 +156,26 @@ def build_context(
     window: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
     new_k_pos: torch.Tensor | None = None,
+    kernel: AttentionKernel = AttentionKernel.sdpa,
 ) -> AttnContext:
     """Merge causality, window, padding (B, S; True = real token) and positional bias.
     ``new_k_pos``: the positions of the keys this forward projects, when they are fewer than
-    ``k_pos`` (a KV cache holds the rest, rotated already); RoPE rotates those only."""
+    ``k_pos`` (a KV cache holds the rest, rotated already); RoPE rotates those only, and the
+    context is SDPA's. Otherwise positions are 0..T-1 and 0..S-1, and ``kernel`` decides
+    (``FLEX_ON``) whether attention that needs a mask or a bias runs FlexAttention."""
     rotate = positional.rotation(q_pos, k_pos if new_k_pos is None else new_k_pos)
-    bias_HTS = positional.attn_bias(q_pos, k_pos)
-    plain = window is None and bias_HTS is None and key_padding_mask is None
+    plain = window is None and not positional.has_bias and key_padding_mask is None
     if plain and (not causal or q_pos.shape[0] == k_pos.shape[0]):
         return AttnContext(None, causal, rotate)
-    offset_TS = q_pos[:, None] - k_pos[None, :]
-    allowed_TS = torch.ones_like(offset_TS, dtype=torch.bool)
-    if causal:
-        allowed_TS &= offset_TS >= 0
-    if window is not None:
-        allowed_TS &= offset_TS.abs() < window
-    allowed = allowed_TS[None, None]  # (1, 1, T, S)
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, None, :].bool()  # (B, 1, T, S)
-    if bias_HTS is None:
-        return AttnContext(allowed, False, rotate)
-    mask = bias_HTS[None].masked_fill(~allowed, float("-inf"))  # (B|1, H, T, S)
-    return AttnContext(mask, False, rotate)
+    allowed = allowed_fn(causal, window, key_padding_mask)
+    batch = 1 if key_padding_mask is None else key_padding_mask.shape[0]
+    as_dense = functools.partial(dense_context, positional, q_pos, k_pos, allowed, batch, rotate)
+    if new_k_pos is not None or not FLEX_ON[kernel](q_pos.device):
+        return as_dense()
+    flex_batch = None if key_padding_mask is None else batch  # None: the same for every row
+    return flex_context(
+        positional, len(q_pos), len(k_pos), allowed, flex_batch, rotate, as_dense, q_pos.device
+    )
 
 
 def encoder_context(
@@ -62,8 +183,15 @@ def encoder_context(
     pos_T: torch.Tensor,
     window: int | None,
     key_padding_mask: torch.Tensor | None,
+    kernel: AttentionKernel = AttentionKernel.sdpa,
 ) -> AttnContext:
     """Self-attention of an encoder (BERT, T5's encoder): bidirectional, over ``pos_T``."""
     return build_context(
-        positional, pos_T, pos_T, causal=False, window=window, key_padding_mask=key_padding_mask
+        positional,
+        pos_T,
+        pos_T,
+        causal=False,
+        window=window,
+        key_padding_mask=key_padding_mask,
+        kernel=kernel,
     )

@@ -20,6 +20,7 @@ class GPT(nn.Module):
         super().__init__()
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
+        self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positional = make_positional(cfg)
         self.drop = nn.Dropout(cfg.dropout)
@@ -37,7 +38,9 @@ class GPT(nn.Module):
         T, window = input_ids.shape[1], self.cfg.attention_window
         if cache is None:
             pos_T = torch.arange(T, device=input_ids.device)
-            ctx = build_context(self.positional, pos_T, pos_T, causal=True, window=window)
+            ctx = build_context(
+                self.positional, pos_T, pos_T, causal=True, window=window, kernel=self.kernel
+            )
         else:
             pos_T, ctx = cache.context(self.positional, T, window)
         x_BTD = self.drop(self.positional.embed(self.embed(input_ids), pos_T))

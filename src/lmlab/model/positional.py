@@ -2,8 +2,9 @@
 
 - ``embed(x, pos)``: absolute schemes add a vector per position (learned, sinusoidal).
 - ``rotation(q_pos, k_pos)``: RoPE returns a function that rotates q and k.
-- ``attn_bias(q_pos, k_pos)``: ALiBi and T5's relative scheme return an additive (heads, T, S)
-  bias.
+- ``score_bias(h, q_pos, k_pos)``: ALiBi and T5's relative scheme (``has_bias``) add a bias to
+  head h's score of a query against a key, elementwise over broadcastable tensors, so that one
+  definition fills SDPA's dense (heads, T, S) mask and runs inside FlexAttention's kernel.
 Positions are explicit tensors so a KV cache can pass offset query positions. Each stack owns one
 scheme (GPT and BERT one, T5 one per stack) and tells it whether the stack is ``bidirectional``
 (an encoder) or causal (a decoder); only the relative scheme's buckets depend on it.
@@ -30,9 +31,12 @@ def no_rotation(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.T
 class PositionalScheme(nn.Module):
     """No position information at all (NoPE): causal masking alone orders the tokens."""
 
+    has_bias = False  # whether score_bias applies
+
     def __init__(self, cfg: ModelConfig | None = None, bidirectional: bool = False) -> None:
         super().__init__()
         self.bidirectional = bidirectional
+        self.n_heads = cfg.n_heads if cfg is not None else 1
 
     def embed(self, x_BTD: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
         return x_BTD
@@ -40,8 +44,10 @@ class PositionalScheme(nn.Module):
     def rotation(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> Rotate:
         return no_rotation
 
-    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
-        return None
+    def score_bias(self, h: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """The bias added to head ``h``'s score of a query at ``q_pos`` against a key at
+        ``k_pos`` (integer tensors that broadcast together); only when ``has_bias``."""
+        raise NotImplementedError(f"{type(self).__name__} adds no attention bias")
 
 
 class LearnedPositional(PositionalScheme):
@@ -136,13 +142,14 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 class ALiBiPositional(PositionalScheme):
     """Bias score(i, j) by -slope_h * |i - j|: no embeddings, extrapolates to longer inputs."""
 
+    has_bias = True
+
     def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
         super().__init__(cfg, bidirectional)
         self.register_buffer("slopes", alibi_slopes(cfg.n_heads), False)
 
-    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        distance_TS = (q_pos[:, None] - k_pos[None, :]).abs().float()
-        return -self.slopes[:, None, None] * distance_TS  # (H, T, S)
+    def score_bias(self, h: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return -self.slopes[h] * (q_pos - k_pos).abs()
 
 
 def relative_position_bucket(
@@ -153,24 +160,27 @@ def relative_position_bucket(
     the other half cover n/2..max_distance logarithmically, and farther offsets share the last
     bucket. Bidirectional: the buckets are split again between keys before and after the query.
     Causal: keys after the query all fall in bucket 0 (they are masked anyway)."""
-    buckets = torch.zeros_like(relative_position)
+    # no in-place update: the function also runs inside FlexAttention's score_mod (vmap)
     if bidirectional:
         num_buckets //= 2
-        buckets += (relative_position > 0).long() * num_buckets
+        side = (relative_position > 0).long() * num_buckets  # keys after the query
         distance = relative_position.abs()
     else:
+        side = torch.zeros_like(relative_position)
         distance = (-relative_position).clamp(min=0)
     max_exact = num_buckets // 2
     log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(
         max_distance / max_exact
     )
     far = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
-    return buckets + torch.where(distance < max_exact, distance, far)
+    return side + torch.where(distance < max_exact, distance, far)
 
 
 class RelativePositional(PositionalScheme):
     """T5's relative position bias: a learned scalar per (bucket, head) added to the attention
     scores. One table per stack, shared by all its layers (T5 keeps it in the first layer)."""
+
+    has_bias = True
 
     def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
         super().__init__(cfg, bidirectional)
@@ -178,12 +188,11 @@ class RelativePositional(PositionalScheme):
         self.table = nn.Embedding(cfg.relative_buckets, cfg.n_heads)
         self.table.attention_bias = True  # init=t5: N(0, 1/d_model), not an embedding's N(0, 1)
 
-    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        offset_TS = k_pos[None, :] - q_pos[:, None]
-        bucket_TS = relative_position_bucket(
-            offset_TS, self.bidirectional, self.num_buckets, self.max_distance
+    def score_bias(self, h: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        bucket = relative_position_bucket(
+            k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance
         )
-        return self.table(bucket_TS).permute(2, 0, 1)  # (H, T, S)
+        return self.table.weight[bucket, h]  # a learned scalar per (bucket, head)
 
 
 POSITIONALS: dict[Positional, Callable[..., PositionalScheme]] = {

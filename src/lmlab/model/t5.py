@@ -37,6 +37,7 @@ class T5(nn.Module):
         super().__init__()
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
+        self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
         final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -57,7 +58,9 @@ class T5(nn.Module):
     ) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) memory; padding (attention_mask 0) is never attended to."""
         pos_T = torch.arange(input_ids.shape[1], device=input_ids.device)
-        ctx = encoder_context(self.enc_positional, pos_T, self.cfg.attention_window, attention_mask)
+        ctx = encoder_context(
+            self.enc_positional, pos_T, self.cfg.attention_window, attention_mask, self.kernel
+        )
         h_BTD = self.drop(self.enc_positional.embed(self.embed(input_ids), pos_T))
         for block in self.encoder:
             h_BTD = block(h_BTD, ctx)
@@ -87,11 +90,18 @@ class T5(nn.Module):
         pos_T = torch.arange(memory_BTD.shape[1], device=memory_BTD.device)
         if cache is None:
             pos_S = torch.arange(S, device=memory_BTD.device)
-            ctx = build_context(self.dec_positional, pos_S, pos_S, causal=True, window=window)
+            ctx = build_context(
+                self.dec_positional, pos_S, pos_S, causal=True, window=window, kernel=self.kernel
+            )
         else:
             pos_S, ctx = cache.context(self.dec_positional, S, window)
         cross_ctx = build_context(
-            NO_POSITIONS, pos_S, pos_T, causal=False, key_padding_mask=attention_mask
+            NO_POSITIONS,
+            pos_S,
+            pos_T,
+            causal=False,
+            key_padding_mask=attention_mask,
+            kernel=self.kernel,
         )
         y_BSD = self.drop(self.dec_positional.embed(self.embed(decoder_input_ids), pos_S))
         for i, block in enumerate(self.decoder):

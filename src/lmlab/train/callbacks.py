@@ -109,7 +109,8 @@ def largest_linears(model: torch.nn.Module, rows: int, n: int = 2) -> list[tuple
 
 
 def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the SDPA kernels one forward actually runs, read from the profiler."""
+    """Names of the attention kernels one forward actually runs, read from the profiler: SDPA's
+    (flash, efficient, cudnn, math) and ``flex_attention``."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
     from torch.profiler import profile
 
@@ -120,8 +121,11 @@ def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> lis
     with torch.random.fork_rng(devices=[]), torch.no_grad(), profile() as prof:
         model(**inputs)
     model.train(was_training)
-    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
-    return sorted(n.removeprefix("aten::") for n in names)
+    names = {e.key for e in prof.key_averages()}
+    kernels = {n.removeprefix("aten::") for n in names if "scaled_dot_product" in n}
+    if any(n.startswith("FlexAttention") for n in names):  # its autograd op, fused or not
+        kernels.add("flex_attention")
+    return sorted(kernels)
 
 
 def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -147,10 +151,8 @@ class SDPAKernelReport(L.Callback):
         with trainer.precision_plugin.forward_context(), eager():
             kernels = sdpa_kernels(pl_module.model, inputs)
         note = ""
-        if (
-            pl_module.model_cfg.positional == Positional.alibi
-            or pl_module.model_cfg.attention_window
-        ):
+        masked = pl_module.model_cfg.positional in (Positional.alibi, Positional.relative)
+        if "flex_attention" not in kernels and (masked or pl_module.model_cfg.attention_window):
             note = " (an additive bias or window mask rules out the flash kernel on GPU)"
         if trainer.is_global_zero:
             log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)

@@ -39,7 +39,7 @@ from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 from lmlab.train.hardware import peak_flops, precision_dtype
-from lmlab.train.plan import make_plan, meta_model
+from lmlab.train.plan import make_plan, meta_model, on_cuda
 
 ASSUMED_MFU = 0.4  # typical of well-run dense training (measured figures: BENCHMARKS.md)
 MEASURE_MAX_STEP_SECONDS = 5.0  # measure only when one step should take less than this
@@ -90,9 +90,14 @@ def choose_method(
 
 
 def _t5_inputs(ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Encoder ids plus decoder ids as long as span corruption's targets for this length."""
+    """Encoder ids plus decoder ids as long as span corruption's targets for this length, and
+    the padding mask its collator always passes (so attention runs as in training)."""
     decoder_len = SpanCorruptionCollator.decoder_len(ids_BT.shape[1])
-    return {"input_ids": ids_BT, "decoder_input_ids": ids_BT[:, :decoder_len]}
+    return {
+        "input_ids": ids_BT,
+        "attention_mask": torch.ones_like(ids_BT, dtype=torch.bool),
+        "decoder_input_ids": ids_BT[:, :decoder_len],
+    }
 
 
 # A random batch's model inputs per family, as its collator shapes them (labels aside).
@@ -297,8 +302,7 @@ def plan_from_cfg(
     vocabulary is ``planning_model_config``'s), with the run plan's batch and precision."""
     model_cfg = planning_model_config(model_cfg, data_cfg)
     run_plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
-    accelerator = str(cfg.trainer.accelerator)
-    use_cuda = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    use_cuda = on_cuda(cfg.trainer)
     estimate = plan_run(
         model_cfg,
         seq_len,

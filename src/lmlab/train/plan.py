@@ -22,7 +22,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lmlab.config import PRETRAINING, BudgetConfig, DataConfig, ModelConfig, TaskKind, TaskSpec
+from lmlab.config import (
+    PRETRAINING,
+    AttentionKernel,
+    BudgetConfig,
+    DataConfig,
+    ModelConfig,
+    TaskKind,
+    TaskSpec,
+)
 from lmlab.errors import ConfigError
 from lmlab.model import build_task_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
@@ -81,14 +89,31 @@ class RunPlan:
         return plan
 
 
+def on_cuda(trainer_cfg: DictConfig) -> bool:
+    """Whether the run's accelerator is a CUDA GPU (``auto`` takes one when there is one)."""
+    accelerator = str(trainer_cfg.accelerator)
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     """``trainer.precision=auto``: bf16-mixed where the run's accelerator is a GPU with bf16,
     32-true otherwise (CPUs without native bf16 run bf16 many times slower)."""
     precision = str(trainer_cfg.precision)
     if precision != "auto":
         return precision
-    gpu = str(trainer_cfg.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if on_cuda(trainer_cfg) and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def check_attention_kernel(trainer_cfg: DictConfig, model_cfg: ModelConfig) -> None:
+    """``model.attention_kernel=flex`` trains on CUDA only: torch's FlexAttention has no
+    backward pass on other devices (it raises at the first step)."""
+    if model_cfg.attention_kernel == AttentionKernel.flex and not on_cuda(trainer_cfg):
+        raise ConfigError(
+            f"model.attention_kernel=flex cannot train with trainer.accelerator="
+            f"{trainer_cfg.accelerator} (CUDA available: {torch.cuda.is_available()}): "
+            "FlexAttention has no backward pass off CUDA; use model.attention_kernel=auto "
+            "(FlexAttention on CUDA, SDPA elsewhere) or sdpa"
+        )
 
 
 def meta_model(model_cfg: ModelConfig, task: TaskSpec = PRETRAINING) -> nn.Module:

@@ -45,7 +45,14 @@ from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
-from lmlab.train.plan import PLAN_FILE, check_resumable, make_plan, read_plan, write_json
+from lmlab.train.plan import (
+    PLAN_FILE,
+    check_attention_kernel,
+    check_resumable,
+    make_plan,
+    read_plan,
+    write_json,
+)
 from lmlab.train.rundir import RunDir
 from lmlab.train.task import LMTask
 
@@ -199,6 +206,7 @@ def train(cfg: DictConfig) -> float:
         batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
         log.info(batch.describe())
         check_evals(cfg, model_cfg)
+        check_attention_kernel(cfg.trainer, model_cfg)
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)

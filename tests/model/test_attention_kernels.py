@@ -1,0 +1,177 @@
+"""``model.attention_kernel``: FlexAttention computes what SDPA's dense mask does, for every
+family, positional scheme, window and padding.
+
+FlexAttention has no backward pass on CPU, so these compare forward passes (its unfused
+reference implementation); the gradients and the fused CUDA kernel are compared by the
+``gpu``-marked tests in ``tests/test_gpu.py``."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from lmlab.config import AttentionKernel, Family, ModelConfig, Positional
+from lmlab.errors import ConfigError
+from lmlab.infer.probe import record_attention
+from lmlab.model import build_model
+from lmlab.model.context import FLEX_ON, AttnContext, FlexContext, build_context
+
+V = 61
+# float64 throughout: both kernels sum at most 24 products of O(1) values per score and per
+# output, so their rounding differences are a few eps64 (1.1e-16) x 24, far below 1e-9,
+# while one masked or unmasked key, or a bias on the wrong head, moves outputs by > 1e-3.
+FP64_ATOL = 1e-9
+
+
+@pytest.fixture(autouse=True)
+def quiet_reference() -> None:
+    """flex_attention warns that, outside torch.compile, it runs its unfused reference."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without")
+        yield
+
+
+def pair(family: Family, **kw) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same weights under attention_kernel=sdpa and =flex, in float64."""
+    base = dict(family=family, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    cfg = dict(base, vocab_size=V, **kw)
+    torch.manual_seed(0)
+    sdpa = build_model(ModelConfig(**cfg, attention_kernel=AttentionKernel.sdpa)).double()
+    flex = build_model(ModelConfig(**cfg, attention_kernel=AttentionKernel.flex)).double()
+    flex.load_state_dict(sdpa.state_dict())
+    return sdpa.eval(), flex.eval()
+
+
+def inputs(family: Family) -> dict[str, torch.Tensor]:
+    """Three rows; for BERT and T5 two of them padded, as their collators pad."""
+    torch.manual_seed(1)
+    batch = {"input_ids": torch.randint(0, V, (3, 20))}
+    if family != Family.gpt:
+        lengths = torch.tensor([20, 15, 7])
+        batch["attention_mask"] = torch.arange(20) < lengths[:, None]
+    if family == Family.t5:
+        batch["decoder_input_ids"] = torch.randint(0, V, (3, 9))
+    return batch
+
+
+def flex_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    attend = FlexContext.attend
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return attend(self, *args, **kwargs)
+
+    monkeypatch.setattr(FlexContext, "attend", counted)
+    return calls
+
+
+CASES = [
+    (family, positional, window)
+    for family in Family
+    for positional in Positional
+    for window in (None, 5)
+    if family == Family.gpt or positional != Positional.none
+]
+
+
+@pytest.mark.parametrize(("family", "positional", "window"), CASES)
+def test_flex_attention_equals_sdpa(
+    monkeypatch: pytest.MonkeyPatch, family: Family, positional: Positional, window: int | None
+) -> None:
+    sdpa, flex = pair(family, positional=positional, attention_window=window)
+    batch = inputs(family)
+    calls = flex_calls(monkeypatch)
+    with torch.no_grad():
+        expected = sdpa(**batch)
+        assert not calls
+        got = flex(**batch)
+    torch.testing.assert_close(got, expected, rtol=0, atol=FP64_ATOL)
+    # a GPT with neither bias nor window keeps SDPA's causal flash path: no mask is needed
+    needs_mask = positional in (Positional.alibi, Positional.relative) or window is not None
+    assert bool(calls) == (family != Family.gpt or needs_mask)
+
+
+def test_every_kernel_has_a_device_rule() -> None:
+    assert set(FLEX_ON) == set(AttentionKernel)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not FLEX_ON[AttentionKernel.auto](cpu) and FLEX_ON[AttentionKernel.auto](cuda)
+    assert not FLEX_ON[AttentionKernel.sdpa](cuda) and FLEX_ON[AttentionKernel.flex](cpu)
+
+
+def test_auto_takes_sdpa_on_cpu_and_with_attention_dropout() -> None:
+    model = build_model(ModelConfig(vocab_size=V, positional=Positional.alibi))
+    pos = torch.arange(8)
+    ctx = build_context(model.positional, pos, pos, causal=True, kernel=model.kernel)
+    assert type(ctx) is AttnContext and ctx.mask is not None  # auto, on a CPU
+    assert ModelConfig(dropout=0.1).masked_attention == AttentionKernel.sdpa
+    assert ModelConfig().masked_attention == AttentionKernel.auto
+    with pytest.raises(ConfigError, match=r"attention_kernel=flex.*dropout=0.1"):
+        ModelConfig(attention_kernel=AttentionKernel.flex, dropout=0.1)
+
+
+def test_flex_context_has_sdpas_mask_as_its_dense_form() -> None:
+    model = build_model(ModelConfig(vocab_size=V, positional=Positional.relative))
+    pos, padding = torch.arange(6), torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6]).bool()
+    kw = dict(causal=False, window=3, key_padding_mask=padding)
+    flex = build_context(model.positional, pos, pos, kernel=AttentionKernel.flex, **kw)
+    dense = build_context(model.positional, pos, pos, kernel=AttentionKernel.sdpa, **kw)
+    assert isinstance(flex, FlexContext) and flex.mask is None
+    torch.testing.assert_close(flex.dense().mask, dense.mask, rtol=0, atol=0)
+    assert dense.mask.shape == (2, 4, 6, 6)  # (B, H, T, S): padding per row, bias per head
+
+
+def test_attention_maps_of_a_flex_model_are_sdpas() -> None:
+    """The probe's explicit weights come from the dense form of a FlexAttention context."""
+    sdpa, flex = pair(Family.gpt, positional=Positional.alibi, attention_window=4)
+    ids = inputs(Family.gpt)["input_ids"]
+    maps = []
+    for model in (sdpa, flex):
+        with torch.no_grad(), record_attention(model) as layers:
+            model(ids)
+        maps.append({name: layer.weights for name, layer in layers.items()})
+    assert maps[0].keys() == maps[1].keys() and len(maps[0]) == 2
+    for name, weights in maps[0].items():
+        torch.testing.assert_close(maps[1][name], weights, rtol=0, atol=FP64_ATOL)
+
+
+@pytest.mark.parametrize("positional", [Positional.alibi, Positional.relative])
+def test_cached_generation_of_a_flex_model_equals_its_full_forward(
+    positional: Positional,
+) -> None:
+    """Decoding with a KV cache runs SDPA; the full forward runs FlexAttention: each cached
+    step's logits equal the full forward's at that position."""
+    _, flex = pair(Family.gpt, positional=positional, attention_window=6)
+    ids = inputs(Family.gpt)["input_ids"][:, :14]
+    with torch.no_grad():
+        full = flex(ids)
+        cache = flex.new_cache(ids.shape[0])
+        steps = [flex(ids[:, :8], cache=cache)]
+        steps += [flex(ids[:, t : t + 1], cache=cache) for t in range(8, 14)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=FP64_ATOL)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_building_a_flex_context_reads_nothing_on_the_host(
+    monkeypatch: pytest.MonkeyPatch, host_reads: list[str], padding: bool
+) -> None:
+    """A forward builds its block mask every step: on a GPU a host read there would stall
+    every step (``tests/train/test_hot_path.py`` counts the same reads over whole steps; the
+    synchronisations of CUDA kernels themselves are checked by ``tests/train/test_gpu.py``)."""
+    model = build_model(ModelConfig(vocab_size=V, positional=Positional.relative))
+    pos = torch.arange(16)
+    mask = (torch.arange(16) < torch.tensor([16, 9])[:, None]) if padding else None
+    host_reads.clear()  # from here on
+    ctx = build_context(
+        model.positional,
+        pos,
+        pos,
+        causal=not padding,
+        window=6,
+        key_padding_mask=mask,
+        kernel=AttentionKernel.flex,
+    )
+    monkeypatch.undo()
+    assert isinstance(ctx, FlexContext) and host_reads == []
