@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install train test test-fast lint format bench bench-gpu clean
+.PHONY: help install train test test-fast test-gpu lint format bench bench-gpu gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: $(STAMP)  ## run the test suite
 test-fast: $(STAMP)  ## the tests that prepare no data and train nothing (pytest -m "not slow")
 	$(PY) -m pytest tests -m "not slow" $(XDIST)
 
+test-gpu: $(STAMP)  ## the tests marked gpu, on one CUDA GPU (skipped without one)
+	$(PY) -m pytest tests -m gpu -v
+
 lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
@@ -48,6 +51,14 @@ bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md; ARGS=--qu
 
 bench-gpu: $(STAMP)  ## the GPU comparison on one CUDA GPU (BENCHMARKS.md's GPU section)
 	$(PY) bench/run.py --only gpu $(ARGS)
+
+# What a GPU image with torch, lightning and transformers but no package registry lacks, as
+# pure-Python wheels for bench/gpu_check.sh (antlr4's runtime exists as a source archive only).
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels: $(STAMP)  ## wheels for bench/gpu_check.sh on a GPU machine without a registry, into .whl/
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) -d .whl $(GPU_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 clean:  ## remove outputs (not .venv, not the data cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import statistics
 import time
 
 import torch
@@ -20,9 +21,11 @@ import torch
 from bench.harness import BENCH_OVERRIDES, compose, run_lmlab
 from bench.nanogpt_loop import tokens_per_second as plain_tokens_per_second
 from bench.report import CaseResult, Stat
-from lmlab.config import resolve_configs
+from lmlab.config import AttentionKernel, ModelConfig, Positional, resolve_configs
 from lmlab.data.collators import decoder_tokens
 from lmlab.model import build_model, flops_per_token
+from lmlab.model.context import build_context
+from lmlab.model.positional import make_positional
 from lmlab.train.hardware import peak_flops
 
 WARMUP = 15  # compilation and allocator warm-up: left out of every timing
@@ -165,6 +168,77 @@ def generate_case(s) -> list[CaseResult]:
     ]
 
 
+ATTENTION_SCHEMES = {  # what each positional or window sweep adds to causal attention
+    "ALiBi": {"positional": Positional.alibi},
+    "T5 relative": {"positional": Positional.relative},
+    "window T/4": {"attention_window": 4},  # the sequence length over 4
+}
+
+
+def attention_seconds(step: callable, iters: int) -> float:
+    """Median seconds of ``step`` over ``iters`` calls after 3 warm-up calls (compilation)."""
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(iters):
+        if device().type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if device().type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def attention_case(s) -> list[CaseResult]:
+    """Attention alone at GPT-2 small's shape (12 x 1024 tokens, 12 heads of 64, causal),
+    forward and backward in bf16, compiled: SDPA with lmlab's dense mask against FlexAttention
+    (``model.attention_kernel=sdpa|flex``), per scheme that needs a mask or a bias, and both
+    against plain causal SDPA (no mask: the flash kernels), the bound. Each step builds the
+    context (mask, block mask) as a forward does once for all its layers. ``--quick`` (or a
+    CPU): forward only, uncompiled (FlexAttention has no CPU backward)."""
+    dev, quick = device(), s.quick or device().type != "cuda"
+    B, T, H, hd = (2, 64, 4, 16) if quick else (12, 1024, 12, 64)
+    dtype = torch.float32 if quick else torch.bfloat16
+    pos = torch.arange(T, device=dev)
+    qkv = [torch.randn(B, H, T, hd, device=dev, dtype=dtype) for _ in range(3)]
+    for t in qkv:
+        t.requires_grad_(not quick)
+
+    def seconds(knobs: dict, kernel: AttentionKernel) -> float:
+        cfg = ModelConfig(d_model=H * hd, n_heads=H, max_seq_len=T, vocab_size=64, **knobs)
+        positional = make_positional(cfg).to(dev)
+
+        def attend() -> torch.Tensor:
+            window = cfg.attention_window
+            ctx = build_context(positional, pos, pos, causal=True, window=window, kernel=kernel)
+            return ctx.attend(*qkv, 0.0, False)
+
+        fn = attend if quick else torch.compile(attend)
+        if quick:
+            with torch.no_grad():
+                return attention_seconds(fn, 5)
+        return attention_seconds(lambda: fn().sum().backward(), 50)
+
+    flash = seconds({}, AttentionKernel.sdpa)
+    results = []
+    for label, knobs in ATTENTION_SCHEMES.items():
+        if "attention_window" in knobs:
+            knobs = {"attention_window": T // knobs["attention_window"]}
+        sdpa, flex = seconds(knobs, AttentionKernel.sdpa), seconds(knobs, AttentionKernel.flex)
+        stats = [
+            Stat("flex / sdpa speed", "x", [sdpa / flex]),
+            Stat("sdpa, dense mask", "ms", [1e3 * sdpa]),
+            Stat("flex", "ms", [1e3 * flex]),
+            Stat("causal, no mask", "ms", [1e3 * flash]),
+        ]
+        passes = "forward" if quick else "forward + backward"
+        note = f"{B} x {T} tokens, {H} heads of {hd}, {dtype}, {passes}"
+        results.append(CaseResult("gpu", f"attention {label}", stats, note))
+    return results
+
+
 GPU_CASES = {
     "gpu_gpt_small": versus_plain("gpt_small"),
     "gpu_gpt_medium": versus_plain("gpt_medium"),
@@ -184,4 +258,5 @@ GPU_CASES = {
         "gpt_small", [*GPT2_SHAPES, "trainer=fsdp", "trainer.devices=1"], 12, 1024, "gpt_small fsdp"
     ),
     "gpu_generate": generate_case,
+    "gpu_attention": attention_case,
 }
