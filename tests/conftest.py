@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from lmlab.cli.main import command
 from lmlab.config import CONF_DIR
@@ -97,6 +96,8 @@ HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "nump
 def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The name of every host read (``HOST_READS``) of any tensor from now on, until
     ``monkeypatch.undo()`` or the test's end."""
+    import torch  # not at the top: the thread settings above must come first
+
     reads: list[str] = []
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
