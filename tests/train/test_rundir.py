@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.errors import ConfigError
@@ -249,3 +250,33 @@ def test_resume_continues_from_the_newest_intact_checkpoint(
         truncate(path)
     with pytest.raises(ConfigError, match=r"no intact checkpoint"):
         train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
+
+
+def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
+    tmp_path: Path, start_train
+) -> None:
+    """``resume=auto`` into a sweep's folder with another grid: the job whose config changed
+    (gelu -> swiglu) is refused and its folder stays byte for byte as it was (Hydra's launcher
+    used to rewrite its ``.hydra/`` first); the job that continues gets ``.hydra/`` as
+    configured, with nothing of how it was held."""
+    from lmlab.train.rundir import HELD_SUBDIR
+
+    sweep = tmp_path / "sweep"
+    common = ["-m", *SMOKE, "callbacks.sample=null", f"hydra.sweep.dir={sweep}"]
+    first = start_train(*common, "model.activation=relu,gelu")
+    output = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, output[-3000:]
+    before = snapshot(sweep / "1")
+    second = start_train(*common, "model.activation=relu,swiglu", "resume=auto")
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output[-3000:]
+    assert "differing fields: model.activation" in output
+    assert changed(before, snapshot(sweep / "1")) == []
+    hydra_yaml = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra_yaml["output_subdir"] == ".hydra"
+    added = ("output_subdir", HELD_SUBDIR, "HeldFileHandler")
+    assert not [o for o in hydra_yaml["overrides"]["hydra"] if any(a in o for a in added)]
+    assert hydra_yaml["job_logging"]["handlers"]["file"]["class"] == "logging.FileHandler"
+    assert HELD_SUBDIR not in hydra_yaml["job"]["env_set"]
+    overrides = yaml.safe_load((sweep / "0" / ".hydra" / "overrides.yaml").read_text())
+    assert "resume=auto" in overrides and "model.activation=relu" in overrides

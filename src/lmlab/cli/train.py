@@ -39,6 +39,8 @@ from lmlab.errors import ConfigError
 from lmlab.train.rundir import (
     earlier_sweep_runs,
     hold_hydra_writes,
+    hold_sweep_hydra_writes,
+    job_started,
     launch_rank_is_zero,
     lock_run_dir,
 )
@@ -86,15 +88,16 @@ class RunDirCallback(Callback):
     not empty, holds Hydra's writes until training starts. Hydra turns a callback's exception
     into a warning, so a refusal exits here. A multirun into a sweep folder that holds an
     earlier sweep's runs is refused in ``on_multirun_start``, before Hydra writes anything,
-    unless ``resume`` continues them; each job is guarded again in ``train()``."""
+    unless ``resume`` continues them: then each job's ``.hydra/`` is held until that job's
+    checks pass (``on_job_start``), and each job is guarded again in ``train()``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("resume") in (True, "auto"):
-            return  # the same sweep, continued job by job
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
         runs = earlier_sweep_runs(sweep_dir)
-        if runs:
+        if runs and config.get("resume") in (True, "auto"):
+            hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
+        elif runs:
             shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
             print(
                 f"error: hydra.sweep.dir={sweep_dir} already holds the runs of an earlier "
@@ -103,6 +106,9 @@ class RunDirCallback(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        job_started(config)  # a resumed sweep's job: see on_multirun_start
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not launch_rank_is_zero():

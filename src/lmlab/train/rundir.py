@@ -9,6 +9,10 @@ training.
   the task function runs. ``lmlab.cli.train.RunDirCallback`` (``hydra.callbacks``) calls this
   from ``on_run_start``, before any of that, for a directory that is not empty: Hydra then
   saves nothing, and the log's records wait in memory (``HeldFileHandler``).
+- ``hold_sweep_hydra_writes`` / ``job_started``: the same for the jobs of a resumed sweep
+  (``resume=auto`` into a folder holding runs), whose ``.hydra/`` Hydra's launcher would
+  rewrite before each job's checks: a job that another grid's config is refused for keeps
+  what described it.
 - ``RunDir``: ``train()``'s handle. ``open()`` marks the start of training: the held
   ``.hydra/`` files are written and the log flushed, files left by a killed checkpoint save
   are removed. A run that fails before ``open()`` in a directory holding an earlier run
@@ -137,6 +141,20 @@ class _Held:
 
 
 _HELD: _Held | None = None
+HELD_HANDLER = f"{__name__}.{HeldFileHandler.__name__}"  # as hydra.job_logging names it
+
+# A resumed sweep's jobs compose without .hydra/, with held job logs, and find in their
+# environment (hydra.job.env_set) where Hydra would have saved .hydra/.
+HELD_SUBDIR = "LMLAB_HELD_OUTPUT_SUBDIR"
+
+
+def sweep_hold_overrides(subdir: str, handler_names: list[str]) -> list[str]:
+    """The overrides ``hold_sweep_hydra_writes`` adds to every job of a resumed sweep."""
+    return [
+        "hydra.output_subdir=null",
+        f"+hydra.job.env_set.{HELD_SUBDIR}={subdir}",
+        *(f"hydra.job_logging.handlers.{name}.class={HELD_HANDLER}" for name in handler_names),
+    ]
 
 
 def holds_run(path: Path) -> bool:
@@ -168,8 +186,41 @@ def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
         for name, handler in handlers.items():
             if handler.get("class") == "logging.FileHandler":
                 swapped[name] = handler["class"]
-                handler["class"] = f"{__name__}.{HeldFileHandler.__name__}"
+                handler["class"] = HELD_HANDLER
     _HELD = _Held(run_dir.absolute(), subdir, swapped)
+
+
+def hold_sweep_hydra_writes(config: DictConfig) -> None:
+    """A resumed sweep into a folder that holds runs (``on_multirun_start``): every job
+    composes without ``.hydra/`` (the launcher composes each job from
+    ``hydra.overrides.hydra``) and carries where it would have gone, for ``job_started``."""
+    subdir = config.hydra.output_subdir
+    if subdir is None:
+        return
+    handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
+    files = [name for name, h in handlers.items() if h.get("class") == "logging.FileHandler"]
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.overrides.hydra.extend(sweep_hold_overrides(subdir, files))
+
+
+def job_started(config: DictConfig) -> None:
+    """A job of a sweep that ``hold_sweep_hydra_writes`` holds (``on_job_start``, once Hydra
+    has set up the job): its ``.hydra/`` is written now into a folder that holds no run, and
+    by ``RunDir.open`` into one that does, once this job's checks passed and it trains."""
+    global _HELD
+    subdir = os.environ.get(HELD_SUBDIR)
+    if subdir is None or not launch_rank_is_zero():
+        return
+    run_dir = Path(config.hydra.runtime.output_dir).absolute()
+    handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
+    held_logs = [name for name, h in handlers.items() if h.get("class") == HELD_HANDLER]
+    files = dict.fromkeys(held_logs, "logging.FileHandler")
+    _HELD = _Held(run_dir, subdir, files)
+    if not holds_run(run_dir):
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        write_held(task_cfg, run_dir)
 
 
 def _save_yaml(data: object, path: Path) -> None:
@@ -178,12 +229,14 @@ def _save_yaml(data: object, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_held(task_cfg: DictConfig) -> None:
-    """What Hydra would have written at the start: ``.hydra/config.yaml``, ``hydra.yaml`` (as
-    configured, not as held) and ``overrides.yaml``; then the job log's waiting records."""
+def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra would have written at the start of the run in ``run_dir``:
+    ``.hydra/config.yaml``, ``hydra.yaml`` (as configured, not as held) and
+    ``overrides.yaml``; then the job log's waiting records. What is held for another
+    directory (a refused run's, earlier in this process) is dropped."""
     global _HELD
     held, _HELD = _HELD, None
-    if held is None:
+    if held is None or held.run_dir != run_dir.absolute():
         return
     if held.output_subdir is not None:
         hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
@@ -191,6 +244,11 @@ def write_held(task_cfg: DictConfig) -> None:
             hydra_cfg.hydra.output_subdir = held.output_subdir
             for name, cls in held.handler_classes.items():
                 hydra_cfg.hydra.job_logging.handlers[name]["class"] = cls
+            # as configured: without what held a resumed sweep's writes
+            added = sweep_hold_overrides(held.output_subdir, list(held.handler_classes))
+            overrides = hydra_cfg.hydra.overrides.hydra
+            hydra_cfg.hydra.overrides.hydra = [o for o in overrides if o not in added]
+            hydra_cfg.hydra.job.env_set.pop(HELD_SUBDIR, None)
         out = held.run_dir / held.output_subdir
         out.mkdir(parents=True, exist_ok=True)
         _save_yaml(task_cfg, out / "config.yaml")
@@ -231,7 +289,7 @@ class RunDir:
         """Training starts: write what was held, clean up after killed saves."""
         self.opened = True
         if self.guard:
-            write_held(task_cfg)
+            write_held(task_cfg, self.path)
             remove_orphans(self.path / "checkpoints")
 
     @property
