@@ -87,7 +87,10 @@ class FlexContext(AttnContext):
 
 @functools.cache
 def compiled_flex_attention() -> Callable[..., torch.Tensor]:
-    return torch.compile(flex_attention, dynamic=False)
+    """FlexAttention compiled on its own, for eager models on CUDA. torch.compile's default
+    shapes: static for the first, dynamic from the first new length on, so an evaluation's
+    varying lengths compile once more instead of once per length."""
+    return torch.compile(flex_attention)
 
 
 def allowed_fn(causal: bool, window: int | None, padding: torch.Tensor | None) -> Allowed | None:
