@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import re
 import shutil
 import statistics
@@ -54,6 +55,12 @@ class Settings:
     work: Path
     repeats: int = 3
     quick: bool = False
+    profile: Path | None = None  # --profile DIR: the GPU cases' profiler tables go there
+    deadline: float = math.inf  # --budget: time.time() after which no case or run starts
+
+    def time_left(self) -> bool:
+        return time.time() < self.deadline
+
     peaks: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def steps(self, full: int) -> int:

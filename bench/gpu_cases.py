@@ -20,6 +20,7 @@ import torch
 
 from bench.harness import BENCH_OVERRIDES, compose, run_lmlab
 from bench.nanogpt_loop import tokens_per_second as plain_tokens_per_second
+from bench.profiling import PROFILE_STEPS
 from bench.report import CaseResult, Stat
 from lmlab.config import AttentionKernel, ModelConfig, Positional, resolve_configs
 from lmlab.data.collators import decoder_tokens
@@ -44,9 +45,11 @@ def shapes(s, preset: str, batch: int, seq: int) -> list[str]:
     return [f"model={preset}", f"data.batch_size={batch}", f"data.seq_len={seq}"]
 
 
-def lmlab_run(s, name: str, overrides: list[str]) -> tuple[float, dict]:
+def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tuple[float, dict]:
     """tokens/s of one lmlab run over its steady steps (mean start-to-start time: the
-    logging steps' syncs keep the host within 10 steps of the GPU), and its results.json."""
+    logging steps' syncs keep the host within 10 steps of the GPU), and its results.json.
+    ``profile`` (with ``--profile DIR``): then ``PROFILE_STEPS`` more steps under the
+    profiler, their table in ``DIR/<name>.txt``; the timed steps are the same."""
     gpu = device().type == "cuda"
     trainer = ["trainer=gpu"] if gpu else ["trainer.precision=32-true"]
     if any(o.startswith("trainer=") for o in overrides):  # FSDP: its own trainer, block compile
@@ -54,13 +57,16 @@ def lmlab_run(s, name: str, overrides: list[str]) -> tuple[float, dict]:
     elif gpu:
         trainer.append("compile=model")
     steps = 6 if s.quick else STEPS
+    table = s.profile / f"{name}.txt" if profile and s.profile else None
+    total = steps + (PROFILE_STEPS if table else 0)
     out = s.work / name
-    cfg = compose([*overrides, *trainer, *BENCH_OVERRIDES, f"trainer.max_steps={steps}"], out)
-    log, results = run_lmlab(cfg)
+    cfg = compose([*overrides, *trainer, *BENCH_OVERRIDES, f"trainer.max_steps={total}"], out)
+    log, results = run_lmlab(cfg, profile=table, profile_start=steps)
     warm = 2 if s.quick else WARMUP
-    elapsed = log.starts[-1] - log.starts[warm]
+    starts = log.starts[:steps]  # the profiled steps, if any, come after
+    elapsed = starts[-1] - starts[warm]
     shutil.rmtree(out, ignore_errors=True)
-    return log.tokens_per_step * (len(log.starts) - 1 - warm) / elapsed, results
+    return log.tokens_per_step * (len(starts) - 1 - warm) / elapsed, results
 
 
 def mfu(tokens_per_s: float, overrides: list[str], s) -> float:
@@ -90,10 +96,12 @@ def versus_plain(preset: str) -> callable:
         batch, seq = (2, 64) if s.quick else (12, 1024)
         lm, plain = [], []
         for i in range(s.repeats):
+            if i and not s.time_left():  # --budget: the pairs measured so far
+                break
             order = ("plain", "lmlab") if i % 2 == 0 else ("lmlab", "plain")
             for which in order:
                 if which == "lmlab":
-                    lm.append(lmlab_run(s, f"{preset}-{i}", overrides)[0])
+                    lm.append(lmlab_run(s, f"{preset}-{i}", overrides, profile=i == 0)[0])
                 else:
                     plain.append(
                         plain_tokens_per_second(
@@ -107,6 +115,9 @@ def versus_plain(preset: str) -> callable:
                             2 if s.quick else WARMUP,
                             device(),
                             compile=not s.quick,
+                            profile=s.profile / f"{preset}-plain.txt"
+                            if s.profile and i == 0
+                            else None,
                         )
                     )
         ratio = [a / b for a, b in zip(lm, plain, strict=True)]
@@ -128,7 +139,12 @@ def family_case(preset: str, extra: list[str], batch: int, seq: int, label: str)
 
     def run(s) -> list[CaseResult]:
         overrides = [*shapes(s, preset, batch, seq), *extra]
-        tps = [lmlab_run(s, f"{label}-{i}", overrides)[0] for i in range(s.repeats)]
+        name = label.replace(" ", "_")
+        tps = [
+            lmlab_run(s, f"{name}-{i}", overrides, i == 0)[0]
+            for i in range(s.repeats)
+            if i == 0 or s.time_left()  # --budget: the runs measured so far
+        ]
         stats = [
             Stat("tokens/s", "tok/s", tps),
             Stat("MFU", "%", [mfu(t, overrides, s) for t in tps]),
@@ -242,6 +258,7 @@ def attention_case(s) -> list[CaseResult]:
 GPU_CASES = {
     "gpu_gpt_small": versus_plain("gpt_small"),
     "gpu_gpt_medium": versus_plain("gpt_medium"),
+    "gpu_attention": attention_case,
     "gpu_gpt_medium_llama": family_case(
         "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
     ),
@@ -258,5 +275,4 @@ GPU_CASES = {
         "gpt_small", [*GPT2_SHAPES, "trainer=fsdp", "trainer.devices=1"], 12, 1024, "gpt_small fsdp"
     ),
     "gpu_generate": generate_case,
-    "gpu_attention": attention_case,
 }

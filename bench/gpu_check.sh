@@ -2,7 +2,7 @@
 # The GPU checks of #17 as one prepared script for a machine with a CUDA GPU whose Python
 # already has torch, lightning and the rest of lmlab's stack but no registry access:
 #   bench/gpu_check.sh tests   # the tests marked gpu (tests/train/test_gpu.py), ~5 min
-#   bench/gpu_check.sh bench   # make bench-gpu: BENCHMARKS.md's GPU section, < 8 min
+#   bench/gpu_check.sh bench   # make bench-gpu: BENCHMARKS.md's GPU section, about 8 min
 # The packages such an image lacks travel as wheels in .whl/ (`make gpu-wheels` fetches them
 # here); they are installed into /tmp/site. Logs and BENCHMARKS.md go to $OUT (default
 # gpu-check/). W&B is off: the tests and the benchmark log to CSV or nowhere.
@@ -29,9 +29,13 @@ tests)
     exit "${PIPESTATUS[0]}"
     ;;
 bench)
-    python3 bench/run.py --only gpu ${BENCH_ARGS:-} 2>&1 | tee "$out/bench-gpu.log"
+    # 2 interleaved pairs per race, no case started after 7 minutes, profiler tables of each
+    # case's first run (one archive: a device run returns at most 8 files)
+    python3 bench/run.py --only gpu ${BENCH_ARGS:---repeats 2 --budget 420} \
+        --profile "$out/profiles" 2>&1 | tee "$out/bench-gpu.log"
     status=${PIPESTATUS[0]}
     cp BENCHMARKS.md "$out/"
+    tar czf "$out/profiles.tgz" -C "$out" profiles && rm -rf "$out/profiles"
     exit "$status"
     ;;
 *)

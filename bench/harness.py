@@ -102,9 +102,15 @@ class StepTimes(L.Callback):
 BENCH_OVERRIDES = ["logger=none", "~callbacks.sample", "trainer.limit_val_batches=0"]
 
 
-def run_lmlab(cfg: DictConfig, log_file: Path | None = None) -> tuple[StepLog, dict[str, Any]]:
+def run_lmlab(
+    cfg: DictConfig,
+    log_file: Path | None = None,
+    profile: Path | None = None,
+    profile_start: int = 0,
+) -> tuple[StepLog, dict[str, Any]]:
     """``lmlab.train.run.train(cfg)`` with ``StepTimes`` added; returns its log and results.json.
-    The run's console output (parameter table, progress bar) goes to ``log_file``."""
+    The run's console output (parameter table, progress bar) goes to ``log_file``. ``profile``:
+    also write a torch.profiler table of the steps from ``profile_start`` on to that file."""
     from lmlab.train.run import train
 
     out_dir = Path(cfg.paths.output_dir)
@@ -114,6 +120,12 @@ def run_lmlab(cfg: DictConfig, log_file: Path | None = None) -> tuple[StepLog, d
             "_target_": f"{__name__}.StepTimes",
             "path": str(out_dir / "step_times.json"),
         }
+        if profile is not None:
+            cfg.callbacks.profile_steps = {
+                "_target_": "bench.profiling.ProfileSteps",
+                "path": str(profile),
+                "start": profile_start,
+            }
     with _redirected(log_file or out_dir / "console.log"):
         train(cfg)
     results = json.loads((out_dir / "results.json").read_text())

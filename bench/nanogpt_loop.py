@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.profiling import PROFILE_STEPS, profiled
 
 
 class Block(nn.Module):
@@ -64,8 +67,10 @@ def tokens_per_second(
     warmup: int,
     device: torch.device,
     compile: bool = True,
+    profile: Path | None = None,
 ) -> float:
-    """Tokens/s over ``steps`` timed steps after ``warmup`` (synchronised before and after)."""
+    """Tokens/s over ``steps`` timed steps after ``warmup`` (synchronised before and after).
+    ``profile``: then a torch.profiler table of ``PROFILE_STEPS`` more steps, to that file."""
     torch.manual_seed(1337)
     model = NanoGPT(n_layer, n_head, d, vocab, seq).to(device)
     cuda = device.type == "cuda"
@@ -92,4 +97,9 @@ def tokens_per_second(
     for _ in range(steps):
         step()
     sync()
-    return steps * batch * seq / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if profile is not None:
+        with profiled(profile, PROFILE_STEPS):
+            for _ in range(PROFILE_STEPS):
+                step()
+    return steps * batch * seq / seconds

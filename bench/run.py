@@ -16,6 +16,7 @@ others, so ``--only`` updates part of the file.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -56,6 +57,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the file to rewrite (default: BENCHMARKS.md; none for --quick, whose smoke "
         "numbers are not benchmarks)",
     )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="GPU cases: a torch.profiler table of each case's first lmlab run (and plain "
+        "loop) into DIR, of 5 steps after the timed ones",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="start no case, and no further run of a case, after SECONDS (those left are "
+        "reported as not run): bounds make bench-gpu on a machine lent for minutes",
+    )
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     return p.parse_args(argv)
 
@@ -93,6 +108,10 @@ def run_cases(names: list[str], s: Settings) -> list[CaseResult]:
     results = []
     for name in names:
         case, t0, load = CASES[name], time.time(), os.getloadavg()[0]
+        if not s.time_left():
+            results.append(CaseResult(case.group, name, skipped="not run: --budget spent"))
+            print(summary_line(results[-1]), flush=True)
+            continue
         try:
             out = case.fn(s)
         except Exception as err:  # one broken case must not lose the others' numbers
@@ -115,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and not args.quick:
         args.out = ROOT / "BENCHMARKS.md"
     out_file = args.out.resolve() if args.out is not None else None
+    profile = args.profile.resolve() if args.profile else None  # before the chdir below
     os.chdir(ROOT)  # the configs' relative paths (the Shakespeare text) start here
     if args.threads:
         torch.set_num_threads(args.threads)
     names = select(args.only)
     repeats = args.repeats or (1 if args.quick else 3)
     work = Path(tempfile.mkdtemp(prefix="lmlab-bench-"))
-    s = Settings(work=work, repeats=repeats, quick=args.quick)
-    header = machine_lines(ROOT)
     started = time.time()
+    deadline = started + args.budget if args.budget else math.inf
+    s = Settings(work=work, repeats=repeats, quick=args.quick, profile=profile, deadline=deadline)
+    header = machine_lines(ROOT)
     try:
         results = run_cases(names, s)
         measured = (

@@ -191,12 +191,27 @@ def test_gpu_cases_run_in_quick_mode_on_any_device(
     from bench.cases import CASES, Settings
 
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
-    s = Settings(work=tmp_path, repeats=1, quick=True)
+    s = Settings(work=tmp_path, repeats=1, quick=True, profile=tmp_path / "profiles")
     assert select("gpu") == [n for n in CASES if n.startswith("gpu_")]  # all: none is default
     for name in ("gpu_gpt_small", "gpu_fsdp", "gpu_generate", "gpu_attention"):
         for result in CASES[name].fn(s):
             assert result.group == "gpu" and not result.skipped
             assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
+    # --profile: a table of each first run, lmlab's and the plain loop's
+    tables = sorted(p.name for p in (tmp_path / "profiles").iterdir())
+    assert tables == ["gpt_small-0.txt", "gpt_small-plain.txt", "gpt_small_fsdp-0.txt"]
+    table = (tmp_path / "profiles" / "gpt_small-0.txt").read_text()
+    assert "5 training steps" in table and "aten::mm" in table
+
+
+def test_budget_starts_no_case_once_spent(tmp_path: Path) -> None:
+    """``--budget``: cases not started in time are reported as not run, not as failed."""
+    from bench.cases import Settings
+    from bench.run import run_cases
+
+    s = Settings(work=tmp_path, deadline=0.0)
+    (result,) = run_cases(["gpu_attention"], s)
+    assert result.skipped == "not run: --budget spent" and not result.stats
 
 
 def test_quick_run_leaves_benchmarks_md_alone(
