@@ -41,6 +41,24 @@ SPECIALS = Specials.of(TOKENIZER)
 PAD = TOKENIZER.token_to_id(SPECIALS.pad)
 NO_SPECIAL_IDS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
+
+def llama(**kw) -> torch.nn.Module:
+    """A tiny random ``LlamaForCausalLM``: 2 layers, 4 query heads sharing 2 key-value heads."""
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=V,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        **NO_SPECIAL_IDS,
+        **kw,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
 CASES = {
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(
@@ -53,20 +71,22 @@ CASES = {
             **NO_SPECIAL_IDS,
         )
     ),
-    "llama": lambda: transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=V,
-            max_position_embeddings=64,
-            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-            tie_word_embeddings=False,
-            initializer_range=0.1,
-            **NO_SPECIAL_IDS,
-        )
+    "llama": lambda: llama(
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        tie_word_embeddings=False,
+    ),
+    # Llama 3.1's scaled RoPE; with these frequencies (head_dim 8, theta 5e5: wavelengths 6,
+    # 167, 4443, 118e3) and L = 512 one is kept (< 128), one interpolated, two divided (> 512)
+    "llama3_rope": lambda: llama(
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 512,
+        },
+        tie_word_embeddings=True,
     ),
     "mistral": lambda: transformers.MistralForCausalLM(
         transformers.MistralConfig(
@@ -170,7 +190,7 @@ def test_from_hf_gives_transformers_logits(name: str, tmp_path: Path) -> None:
     assert pre.tokenizer.encode(TEXT).ids == TOKENIZER.encode(TEXT).ids
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "t5_v1_1"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama3_rope", "mistral", "t5_v1_1"])
 def test_greedy_generation_with_the_kv_cache_gives_transformers_tokens(
     name: str, tmp_path: Path
 ) -> None:
@@ -210,6 +230,23 @@ def test_greedy_generation_with_the_kv_cache_gives_transformers_tokens(
                 tie_embeddings=False,
             ),
             "LlamaForCausalLM",
+        ),
+        *(
+            (
+                dict(
+                    positional="rope",
+                    norm="rmsnorm",
+                    activation="swiglu",
+                    bias=False,
+                    rope_factor=4.0,
+                    **scaling,
+                ),
+                "LlamaForCausalLM",
+            )
+            for scaling in (
+                {"rope_scaling": "linear"},
+                {"rope_scaling": "llama3", "rope_original_max_seq_len": 16},
+            )
         ),
         (
             dict(
@@ -297,6 +334,27 @@ def test_to_hf_refuses_what_transformers_cannot_express(knobs: dict, named: str)
     cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V, **knobs))
     with pytest.raises(ConfigError, match=named.replace("=", "=").replace(".", r"\.")):
         choose_architecture(cfg)
+
+
+def test_scaled_rope_converts_and_what_has_no_knob_is_refused(tmp_path: Path) -> None:
+    """Llama 3.1's frequencies are transformers' own; YaRN (which also rescales attention)
+    is refused, naming the rope_type and what converts."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_model = CASES["llama3_rope"]()
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_model.config)
+    folder, _ = hf_folder("llama3_rope", tmp_path)
+    pre = load(from_hf(str(folder), tmp_path / "llama3.ckpt"))
+    assert pre.cfg.rope_scaling == "llama3" and pre.cfg.rope_original_max_seq_len == 512
+    rope = pre.model.positional  # the angles of position 1 are the frequencies
+    inv_freq = torch.atan2(rope.sin[1, :4], rope.cos[1, :4])
+    # fp32 cos/sin tables (rounding 6e-8) against transformers' fp32 frequencies
+    torch.testing.assert_close(inv_freq, expected, rtol=1e-6, atol=1e-7)
+    yarn = dict(hf_model.config.rope_parameters, rope_type="yarn")
+    hf_model.config.rope_parameters = yarn
+    hf_model.save_pretrained(tmp_path / "yarn")
+    with pytest.raises(ConfigError, match=r"rope_type='yarn' has no lmlab knob; allowed: default"):
+        from_hf(str(tmp_path / "yarn"), tmp_path / "yarn.ckpt")
 
 
 def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import Activation, Family, ModelConfig, Norm, NormPlacement, Positional
+from lmlab.config import (
+    Activation,
+    Family,
+    ModelConfig,
+    Norm,
+    NormPlacement,
+    Positional,
+    RopeScaling,
+)
 from lmlab.data.collators import decoder_tokens
 from lmlab.errors import ConfigError
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.model.context import build_context
 from lmlab.model.feedforward import ACTIVATIONS
-from lmlab.model.positional import RotaryPositional, alibi_slopes, sinusoid_table
+from lmlab.model.positional import (
+    ROPE_SCALINGS,
+    RotaryPositional,
+    alibi_slopes,
+    sinusoid_table,
+)
 
 V = 97
 
@@ -301,3 +315,34 @@ def test_head_dimension_may_differ_from_d_model_over_heads() -> None:
     assert model(torch.randint(0, V, (2, 9))).shape == (2, 9, V)
     with pytest.raises(ConfigError, match="model.d_head=0"):
         tiny(d_head=0)
+
+
+def test_rope_scalings_stretch_the_low_frequencies_only_as_llama3_says() -> None:
+    """Head dim 8, theta 5e5: wavelengths 6, 167, 4443 and 118e3 positions. Llama 3.1's
+    scaling with L = 512 (L/4 = 128, L/1 = 512) keeps the first, divides the last two by the
+    factor and puts the second between; linear divides all of them."""
+    assert set(ROPE_SCALINGS) == set(RopeScaling)
+    cfg = tiny(positional=Positional.rope, rope_theta=5e5, rope_original_max_seq_len=512)
+    inv_freq = 5e5 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    assert torch.equal(ROPE_SCALINGS[RopeScaling.none](inv_freq, cfg), inv_freq)
+    torch.testing.assert_close(ROPE_SCALINGS[RopeScaling.linear](inv_freq, cfg), inv_freq / 8)
+    scaled = ROPE_SCALINGS[RopeScaling.llama3](inv_freq, cfg)
+    assert scaled[0] == inv_freq[0] and torch.equal(scaled[2:], inv_freq[2:] / 8)
+    assert inv_freq[1] / 8 < scaled[1] < inv_freq[1]
+    model = build_model(dataclasses.replace(cfg, rope_scaling=RopeScaling.llama3))
+    angles = torch.atan2(model.positional.sin[1, :4], model.positional.cos[1, :4]).double()
+    torch.testing.assert_close(angles, scaled, rtol=1e-6, atol=1e-7)  # the fp32 tables
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"positional": Positional.alibi}, "model.rope_scaling=llama3 scales RoPE: it needs"),
+        ({"rope_factor": 0.0}, "model.rope_factor=0.0 must be > 0"),
+        ({"rope_low_freq_factor": 4.0}, "needs 0 < model.rope_low_freq_factor < model.rope_high"),
+        ({"rope_original_max_seq_len": 0}, "model.rope_original_max_seq_len=0 must be >= 1"),
+    ],
+)
+def test_rope_scaling_values_are_checked(knobs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny(**{"positional": Positional.rope, "rope_scaling": RopeScaling.llama3, **knobs})

@@ -22,6 +22,7 @@ from lmlab.config.knobs import (
     Norm,
     NormPlacement,
     Positional,
+    RopeScaling,
 )
 from lmlab.config.model import ModelConfig, MoEConfig, model_config_dict
 from lmlab.config.resolve import (
@@ -102,6 +103,7 @@ __all__ = [
     "resolve_configs",
     "resolve_task",
     "RunConfig",
+    "RopeScaling",
     "RUNTIME_FIELDS",
     "sequence_length",
     "SHIPPED_TASKS",

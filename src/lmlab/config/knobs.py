@@ -39,6 +39,14 @@ class AttentionKernel(str, Enum):
     flex = "flex"  # FlexAttention; trains on CUDA only (on CPU: forward passes, unfused)
 
 
+class RopeScaling(str, Enum):
+    """How RoPE's frequencies are stretched for contexts beyond the pre-training length."""
+
+    none = "none"
+    linear = "linear"  # position interpolation: every frequency / factor (Chen et al. 2023)
+    llama3 = "llama3"  # Llama 3.1's: low frequencies / factor, high ones kept, smooth between
+
+
 class Init(str, Enum):
     gpt2 = "gpt2"  # N(0, init_std), residual projections / sqrt(2 n_layers) (Radford et al. 2019)
     t5 = "t5"  # Mesh TensorFlow's: linear layers N(0, 1/fan_in), embeddings N(0, 1) (Raffel 2020)

@@ -18,6 +18,7 @@ from lmlab.config.knobs import (
     Norm,
     NormPlacement,
     Positional,
+    RopeScaling,
 )
 from lmlab.errors import ConfigError
 
@@ -103,6 +104,12 @@ class ModelConfig:
     ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
     ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
     ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
+    ``rope_scaling`` (none, linear, llama3) stretches RoPE's frequencies for contexts longer
+    than pre-training saw: ``linear`` divides every frequency by ``rope_factor`` (position
+    interpolation); ``llama3`` (Llama 3.1 to 3.3) divides those whose wavelength exceeds
+    ``rope_original_max_seq_len / rope_low_freq_factor`` by ``rope_factor``, keeps those
+    shorter than ``rope_original_max_seq_len / rope_high_freq_factor`` and interpolates in
+    between. The defaults are Llama 3.1's (8, 1, 4, 8192).
     ``activation_checkpointing`` recomputes each block's activations in the backward pass
     instead of keeping them (less memory, about a third more compute); it changes how the model
     runs, not what it computes, so it may differ between a checkpoint and the run resuming it.
@@ -132,6 +139,11 @@ class ModelConfig:
     activation: Activation = Activation.gelu
     positional: Positional = Positional.learned
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling.none
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
     relative_buckets: int = 32
     relative_max_distance: int = 128
     type_vocab_size: int = 0
@@ -182,6 +194,7 @@ class ModelConfig:
                 f"model.positional=rope needs an even head dimension, but the head dimension "
                 f"(model.d_head, or d_model / n_heads) is {self.head_dim}"
             )
+        self.validate_rope_scaling()
         if self.attention_window is not None and not 1 <= self.attention_window <= self.max_seq_len:
             raise ConfigError(
                 f"model.attention_window={self.attention_window} must be between 1 and "
@@ -197,6 +210,30 @@ class ModelConfig:
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 2")
         self.validate_family()
+
+    def validate_rope_scaling(self) -> None:
+        if self.rope_scaling == RopeScaling.none:
+            return
+        scaling = f"model.rope_scaling={self.rope_scaling.value}"
+        if self.positional != Positional.rope:
+            raise ConfigError(
+                f"{scaling} scales RoPE: it needs model.positional=rope, not "
+                f"{self.positional.value} (or model.rope_scaling=none)"
+            )
+        if not 0 < self.rope_factor < math.inf:
+            raise ConfigError(f"model.rope_factor={self.rope_factor} must be > 0 and finite")
+        if self.rope_scaling != RopeScaling.llama3:
+            return
+        low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
+        if not 0 < low < high < math.inf:
+            raise ConfigError(
+                f"{scaling} needs 0 < model.rope_low_freq_factor < model.rope_high_freq_factor, "
+                f"got {low} and {high}"
+            )
+        if self.rope_original_max_seq_len < 1:
+            raise ConfigError(
+                f"model.rope_original_max_seq_len={self.rope_original_max_seq_len} must be >= 1"
+            )
 
     def validate_family(self) -> None:
         """Fields that only one family uses, and knob values a family cannot use."""

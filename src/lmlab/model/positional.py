@@ -19,7 +19,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from lmlab.config import ModelConfig, Positional
+from lmlab.config import ModelConfig, Positional, RopeScaling
 
 Rotate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -100,6 +100,28 @@ def apply_rope(
     return q_rot, k_rot
 
 
+def llama3_frequencies(inv_freq: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Llama 3.1's RoPE scaling (Meta's ``apply_scaling``; transformers' ``rope_type=llama3``):
+    frequencies whose wavelength exceeds L / low_freq_factor are divided by ``rope_factor``,
+    those under L / high_freq_factor kept, and those between interpolated linearly in L /
+    wavelength, where L is the pre-training context ``rope_original_max_seq_len``."""
+    L, low = cfg.rope_original_max_seq_len, cfg.rope_low_freq_factor
+    high = cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (L / wavelen - low) / (high - low)
+    between = (1 - smooth) * inv_freq / cfg.rope_factor + smooth * inv_freq
+    kept = torch.where(wavelen < L / high, inv_freq, between)
+    return torch.where(wavelen > L / low, inv_freq / cfg.rope_factor, kept)
+
+
+# RoPE's inverse frequencies, scaled for longer contexts (model.rope_scaling).
+ROPE_SCALINGS: dict[RopeScaling, Callable[[torch.Tensor, ModelConfig], torch.Tensor]] = {
+    RopeScaling.none: lambda inv_freq, cfg: inv_freq,
+    RopeScaling.linear: lambda inv_freq, cfg: inv_freq / cfg.rope_factor,
+    RopeScaling.llama3: llama3_frequencies,
+}
+
+
 class RotaryPositional(PositionalScheme):
     """RoPE (Su et al. 2021): rotate each (x_i, x_{i+d/2}) pair of q and k by pos * theta_i,
     theta_i = base^(-2i/d), so q_m . k_n depends on m - n only. Half-split pairing as in
@@ -109,6 +131,7 @@ class RotaryPositional(PositionalScheme):
         super().__init__(cfg, bidirectional)
         hd = cfg.head_dim
         inv_freq = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        inv_freq = ROPE_SCALINGS[cfg.rope_scaling](inv_freq, cfg)
         angles = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * inv_freq
         angles = torch.cat((angles, angles), dim=-1)  # (max_seq_len, hd)
         self.register_buffer("cos", angles.cos().float(), False)

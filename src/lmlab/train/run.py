@@ -22,7 +22,6 @@ from lmlab.config import (
     RUNTIME_FIELDS,
     DataConfig,
     ModelConfig,
-    MoEConfig,
     TaskConfig,
     TaskKind,
     TaskSpec,
@@ -81,8 +80,9 @@ RUN_CONFIG = "run_config.yaml"
 RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
 
 
-# Model fields added since runs were first saved: a saved config without them had these.
-ADDED_MODEL_FIELDS = {f"model.moe.{k}": v for k, v in dataclasses.asdict(MoEConfig()).items()}
+# A saved config without a field (one added since it was saved: the MoE block, RoPE scaling)
+# had its default, which keeps what older models computed.
+ADDED_MODEL_FIELDS = flatten(model_config_dict(ModelConfig()), "model")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

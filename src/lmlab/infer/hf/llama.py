@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.config import Activation, Family, ModelConfig, Norm, NormPlacement, Positional
+from lmlab.config import (
+    Activation,
+    Family,
+    ModelConfig,
+    Norm,
+    NormPlacement,
+    Positional,
+    RopeScaling,
+)
 from lmlab.errors import ConfigError
 from lmlab.infer.hf.mapping import Architecture, Rule, fused_kv, linear, rule, same
 
@@ -18,16 +26,47 @@ GATED_ACTIVATIONS = {
 GATED_NAMES = {Activation.swiglu: "silu", Activation.geglu: "gelu_pytorch_tanh"}
 
 
-def rope_theta(hf: Any) -> float:
-    """RoPE's base from ``rope_parameters`` (transformers 5) or ``rope_theta``; scaled RoPE
-    (linear, dynamic, YaRN, Llama 3's) has no lmlab knob yet."""
+# transformers' rope_type for each model.rope_scaling (YaRN, dynamic NTK and LongRoPE have
+# no lmlab knob: they also rescale attention or depend on the input's length)
+ROPE_TYPES = {
+    RopeScaling.none: "default",
+    RopeScaling.linear: "linear",
+    RopeScaling.llama3: "llama3",
+}
+LLAMA3_PARAMETERS = {  # transformers' rope_parameters key -> lmlab's field
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_max_seq_len",
+}
+
+
+def rope_fields(hf: Any) -> dict[str, Any]:
+    """RoPE's base and scaling from ``rope_parameters`` (transformers 5) or ``rope_theta``."""
     params = getattr(hf, "rope_parameters", None) or {}
     kind = params.get("rope_type", "default")
-    if kind != "default":
+    scalings = {v: k for k, v in ROPE_TYPES.items()}
+    if kind not in scalings:
         raise ConfigError(
-            f"rope_type={kind!r} (scaled RoPE) has no lmlab knob: only the default RoPE converts"
+            f"rope_type={kind!r} has no lmlab knob; allowed: {', '.join(scalings)} "
+            "(model.rope_scaling)"
         )
-    return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
+    theta = float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
+    fields: dict[str, Any] = {"rope_theta": theta, "rope_scaling": scalings[kind]}
+    if kind != "default":
+        fields["rope_factor"] = float(params["factor"])
+    if kind == "llama3":
+        fields |= {ours: params[theirs] for theirs, ours in LLAMA3_PARAMETERS.items()}
+    return fields
+
+
+def rope_parameters(cfg: ModelConfig) -> dict[str, Any]:
+    """transformers' ``rope_parameters`` of ``cfg``'s RoPE."""
+    out: dict[str, Any] = {"rope_type": ROPE_TYPES[cfg.rope_scaling], "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling != RopeScaling.none:
+        out["factor"] = cfg.rope_factor
+    if cfg.rope_scaling == RopeScaling.llama3:
+        out |= {theirs: getattr(cfg, ours) for theirs, ours in LLAMA3_PARAMETERS.items()}
+    return out
 
 
 def config_from_hf(hf: Any, tied: bool) -> dict[str, Any]:
@@ -62,7 +101,7 @@ def config_from_hf(hf: Any, tied: bool) -> dict[str, Any]:
         norm_eps=hf.rms_norm_eps,
         activation=GATED_ACTIVATIONS[hf.hidden_act],
         positional=Positional.rope,
-        rope_theta=rope_theta(hf),
+        **rope_fields(hf),
         attention_window=window,
         bias=attention_bias,
         tie_embeddings=tied,
@@ -82,7 +121,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         vocab_size=cfg.vocab_size,
         rms_norm_eps=cfg.norm_eps,
         hidden_act=GATED_NAMES[cfg.activation],
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        rope_parameters=rope_parameters(cfg),
         tie_word_embeddings=cfg.tie_embeddings,
         initializer_range=cfg.init_std,
         attention_dropout=cfg.dropout,
