@@ -273,3 +273,18 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path, cache_d
                 [*short, "model.activation=swiglu", f"ckpt_path={ckpt}"], tmp_path / "b", cache_dir
             )
         )
+
+
+def test_a_checkpoint_saved_before_a_model_field_existed_still_matches() -> None:
+    """A saved model config without a field added since (the MoE block, RoPE scaling) had
+    that field's default; a value other than the default is a real difference."""
+    from lmlab.config import ModelConfig, model_config_dict
+    from lmlab.train.run import check_checkpoint_model
+
+    saved = model_config_dict(ModelConfig(vocab_size=50))
+    for field in ("rope_scaling", "rope_factor", "rope_original_max_seq_len", "moe"):
+        saved.pop(field)
+    check_checkpoint_model({"model_config": saved}, Path("old.ckpt"), ModelConfig(vocab_size=50))
+    with pytest.raises(ConfigError, match=r"model.rope_factor: 8.0 \(saved\) vs 4.0 \(now\)"):
+        now = ModelConfig(vocab_size=50, rope_factor=4.0)
+        check_checkpoint_model({"model_config": saved}, Path("old.ckpt"), now)
