@@ -177,6 +177,7 @@ BAD_VALUES = [
     ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("guard.mode=foo", "guard.mode=foo: Invalid value 'foo', expected one of [stop, skip, off]"),
     ("guard.max_skips=-1", "guard.max_skips=-1 must be >= 0"),
+    ("guard.min_loss_scale=-1", "guard.min_loss_scale=-1.0 must be >= 0 and finite"),
     ("checkpoint.every_n_steps=-5", "checkpoint.every_n_steps=-5 must be >= 0"),
     ("resume=maybe", "resume=maybe: allowed true, false, auto"),
     ("final_val_batches=0", "final_val_batches=0: allowed null, a number of batches (an int"),

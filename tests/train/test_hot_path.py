@@ -185,6 +185,23 @@ def test_the_configured_run_builds_fused_adamw_on_cpu(tmp_path: Path) -> None:
     assert opt.defaults["fused"] and not opt.defaults["foreach"] and opt.defaults["lr"] == 3e-4
 
 
+def fp16_trainer(tmp_path: Path, guard, scaler, max_steps: int) -> L.Trainer:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return L.Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision(precision="16-mixed", device="cpu", scaler=scaler)],
+        callbacks=[guard],
+        max_steps=max_steps,
+        gradient_clip_val=1.0,
+        log_every_n_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
 def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,8 +209,6 @@ def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
     inside its step, so Lightning leaves the gradients scaled by 65536 for clipping. lmlab
     unscales them first: the norm is the true one, so no step overflows, the scale keeps its
     start value, and the guard (stop) lets the run finish."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
     from lmlab.train.guard import NonFiniteGuard
 
     cfg = compose_train(["optim.lr=1e-3"], tmp_path)
@@ -212,17 +227,8 @@ def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
         return norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        plugins=[MixedPrecision(precision="16-mixed", device="cpu", scaler=scaler)],
-        callbacks=[NonFiniteGuard("stop", dirpath=str(tmp_path))],
-        max_steps=3,
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    guard = NonFiniteGuard("stop", dirpath=str(tmp_path))
+    trainer = fp16_trainer(tmp_path, guard, scaler, max_steps=3)
     ids = torch.randint(0, 64, (12, 17))
     rows = [{"input_ids": r[:-1], "labels": r[1:]} for r in ids]
     trainer.fit(task, torch.utils.data.DataLoader(rows, batch_size=4))
@@ -232,6 +238,32 @@ def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
     # that (fp16 overflows to inf), and the scaler would halve its scale at each step
     assert all(0 < n < 100 for n in norms), norms
     assert scaler.get_scale() == 65536.0
+
+
+def test_fp16_stops_once_the_loss_scale_collapses(tmp_path: Path) -> None:
+    """Every step's loss is inf, so every step's gradients overflow: the GradScaler skips each
+    update and halves its scale, 65536 -> 32768 -> 16384 -> 8192. With
+    guard.min_loss_scale=16384 the run stops at the step whose scale falls below it, naming
+    the scale and the step, instead of running its 20 steps without one update."""
+    from lmlab.train.guard import NonFiniteError, NonFiniteGuard
+
+    cfg = compose_train(["optim.lr=1e-3"], tmp_path)
+    task = LMTask(
+        ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=64),
+        instantiate(cfg.optim),
+        instantiate(cfg.scheduler),
+    )
+    objective = task.train_loss
+    task.train_loss = lambda batch: (lambda out: (out[0] * float("inf"), out[1]))(objective(batch))
+    weights = [p.detach().clone() for p in task.parameters()]
+    scaler = torch.amp.GradScaler("cpu")
+    guard = NonFiniteGuard("stop", dirpath=str(tmp_path), min_loss_scale=16384.0)
+    trainer = fp16_trainer(tmp_path, guard, scaler, max_steps=20)
+    ids = torch.randint(0, 64, (80, 17))
+    rows = [{"input_ids": r[:-1], "labels": r[1:]} for r in ids]
+    with pytest.raises(NonFiniteError, match=r"loss scale fell to 8192 by step 3, below guard"):
+        trainer.fit(task, torch.utils.data.DataLoader(rows, batch_size=4))
+    assert all(torch.equal(p, w) for p, w in zip(task.parameters(), weights, strict=True))
 
 
 @torch._dynamo.config.patch(error_on_recompile=True)  # one graph for the 3 steps

@@ -96,10 +96,20 @@ class GuardConfig:
     mode: GuardMode = GuardMode.stop
     max_skips: int = 10
     """Updates ``mode=skip`` may drop before the run stops."""
+    min_loss_scale: float = 1.0
+    """Under fp16 with a GradScaler: the run stops once the loss scale is below this (read on
+    logging steps). The scaler halves the scale at every step whose gradients overflow and
+    skips that update, so a run whose every step overflows would otherwise go on updating
+    nothing (DeepSpeed stops at its minimum scale too). 0 never stops."""
 
     def __post_init__(self) -> None:
         if self.max_skips < 0:
             raise ConfigError(f"guard.max_skips={self.max_skips} must be >= 0")
+        if not 0 <= self.min_loss_scale < math.inf:
+            raise ConfigError(
+                f"guard.min_loss_scale={self.min_loss_scale} must be >= 0 and finite "
+                "(0: never stop)"
+            )
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 ``mode=stop`` ends the run with a message naming the step and the last good checkpoint;
 ``mode=skip`` drops the update, at most ``max_skips`` times in a run; ``off`` does nothing.
+Under fp16 with a GradScaler an overflow step is the scaler's (it skips the update and halves
+the loss scale); the guard stops the run once the scale is below ``min_loss_scale``, when
+nearly every recent step has overflowed.
 
 The check costs no extra pass over the gradients: ``LMTask.configure_gradient_clipping``
 computes the global norm once (clipping and the logged ``train/grad_norm`` use it too) and
@@ -35,9 +38,16 @@ class NonFiniteError(RuntimeError):
 
 
 class NonFiniteGuard(L.Callback):
-    def __init__(self, mode: str = "stop", max_skips: int = 10, dirpath: str = "") -> None:
+    def __init__(
+        self,
+        mode: str = "stop",
+        max_skips: int = 10,
+        dirpath: str = "",
+        min_loss_scale: float = 1.0,
+    ) -> None:
         self.mode = GuardMode(mode).value  # checked with the config: stop, skip, off
         self.max_skips, self.dirpath = max_skips, Path(dirpath)
+        self.min_loss_scale = min_loss_scale
         self.skipped = 0
         self.first_bad: torch.Tensor | None = None  # on the device: -1, or the first bad step
 
@@ -78,12 +88,28 @@ class NonFiniteGuard(L.Callback):
         if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
             self.stop(step)
 
-    def stop(self, step: int) -> None:
+    def raise_if_scale_collapsed(self, trainer: L.Trainer) -> None:
+        """fp16: stop once the GradScaler's loss scale is below ``min_loss_scale`` (a read
+        of the device, as ``raise_if_bad``)."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if self.mode == "off" or scaler is None or not scaler.is_enabled():
+            return
+        if (scale := scaler.get_scale()) < self.min_loss_scale:
+            raise NonFiniteError(
+                f"the fp16 loss scale fell to {scale:g} by step {trainer.global_step}, below "
+                f"guard.min_loss_scale={self.min_loss_scale:g}: the gradients overflowed at "
+                "nearly every recent step and the GradScaler skipped those updates (a "
+                f"divergence it cannot recover from); {self.last_checkpoint()}"
+            )
+
+    def last_checkpoint(self) -> str:
         last = self.dirpath / "last.ckpt"
-        where = str(last) if last.exists() else "none saved yet"
+        return f"last good checkpoint: {last if last.exists() else 'none saved yet'}"
+
+    def stop(self, step: int) -> None:
         raise NonFiniteError(
             f"non-finite loss or gradient norm at step {step} (guard.mode={self.mode}, "
-            f"{self.skipped} updates skipped); last good checkpoint: {where}"
+            f"{self.skipped} updates skipped); {self.last_checkpoint()}"
         )
 
     def on_train_batch_end(
@@ -91,6 +117,7 @@ class NonFiniteGuard(L.Callback):
     ) -> None:
         if pl_module.logging_now:  # a logging step reads device values anyway
             self.raise_if_bad()
+            self.raise_if_scale_collapsed(trainer)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -99,3 +126,4 @@ class NonFiniteGuard(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.raise_if_bad()
+        self.raise_if_scale_collapsed(trainer)
