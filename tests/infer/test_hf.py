@@ -355,6 +355,11 @@ def test_scaled_rope_converts_and_what_has_no_knob_is_refused(tmp_path: Path) ->
     hf_model.save_pretrained(tmp_path / "yarn")
     with pytest.raises(ConfigError, match=r"rope_type='yarn' has no lmlab knob; allowed: default"):
         from_hf(str(tmp_path / "yarn"), tmp_path / "yarn.ckpt")
+    hf_model.config.rope_parameters = {"rope_type": "default", "rope_theta": 1e4}
+    hf_model.config.rope_parameters["partial_rotary_factor"] = 0.5
+    hf_model.save_pretrained(tmp_path / "partial")
+    with pytest.raises(ConfigError, match=r"partial_rotary_factor=0.5: lmlab's RoPE rotates"):
+        from_hf(str(tmp_path / "partial"), tmp_path / "partial.ckpt")
 
 
 def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

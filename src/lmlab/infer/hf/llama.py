@@ -50,6 +50,12 @@ def rope_fields(hf: Any) -> dict[str, Any]:
             f"rope_type={kind!r} has no lmlab knob; allowed: {', '.join(scalings)} "
             "(model.rope_scaling)"
         )
+    partial = params.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", 1.0))
+    if partial not in (None, 1.0):
+        raise ConfigError(
+            f"partial_rotary_factor={partial}: lmlab's RoPE rotates every dimension of a head "
+            "(only 1.0 converts)"
+        )
     theta = float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
     fields: dict[str, Any] = {"rope_theta": theta, "rope_scaling": scalings[kind]}
     if kind != "default":
