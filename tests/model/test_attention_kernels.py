@@ -102,12 +102,15 @@ def test_every_kernel_has_a_device_rule() -> None:
 
 
 def test_auto_takes_sdpa_on_cpu_and_with_attention_dropout() -> None:
-    model = build_model(ModelConfig(vocab_size=V, positional=Positional.alibi))
+    auto = AttentionKernel.auto
+    cfg = ModelConfig(vocab_size=V, positional=Positional.alibi, attention_kernel=auto)
+    model = build_model(cfg)
     pos = torch.arange(8)
     ctx = build_context(model.positional, pos, pos, causal=True, kernel=model.kernel)
     assert type(ctx) is AttnContext and ctx.mask is not None  # auto, on a CPU
-    assert ModelConfig(dropout=0.1).masked_attention == AttentionKernel.sdpa
-    assert ModelConfig().masked_attention == AttentionKernel.auto
+    assert ModelConfig(attention_kernel=auto, dropout=0.1).masked_attention == AttentionKernel.sdpa
+    assert ModelConfig(attention_kernel=auto).masked_attention == auto
+    assert ModelConfig().masked_attention == AttentionKernel.sdpa  # until measured on a GPU
     with pytest.raises(ConfigError, match=r"attention_kernel=flex.*dropout=0.1"):
         ModelConfig(attention_kernel=AttentionKernel.flex, dropout=0.1)
 

@@ -26,6 +26,7 @@ from lmlab.train.task import LMTask
 pytestmark = pytest.mark.gpu
 
 GPU = ["+debug=smoke", "trainer=gpu", "logger=csv"]  # bf16-mixed on one GPU
+MASKED = ["model.positional=alibi", "model.attention_window=64"]  # a bias and a window
 
 
 def losses(out: Path) -> list[float]:
@@ -49,7 +50,7 @@ def test_a_bf16_step_trains_and_reports_a_fused_attention_kernel(
 
 @pytest.mark.parametrize(
     "knobs",
-    [[], ["model.positional=alibi", "model.attention_window=64"]],
+    [[], MASKED],
     ids=["flash", "flex"],
 )
 @torch._dynamo.config.patch(error_on_recompile=True)
@@ -133,7 +134,9 @@ class SyncDebug(L.Callback):
 
 
 @pytest.mark.parametrize("compile", ["false", "model"])
-@pytest.mark.parametrize("knobs", [[], ["model.positional=alibi", "model.attention_window=64"]])
+@pytest.mark.parametrize(
+    "knobs", [[], [*MASKED, "model.attention_kernel=auto"]], ids=["flash", "flex"]
+)
 def test_a_quiet_step_never_synchronises(
     tmp_path: Path,
     cache_dir: Path,

@@ -34,8 +34,8 @@ class AttentionKernel(str, Enum):
     """The kernel of attention that needs a mask or a bias (ALiBi, T5's buckets, a window,
     padding). Plain causal or full attention always takes SDPA with no mask (flash on GPU)."""
 
-    auto = "auto"  # FlexAttention on CUDA, SDPA elsewhere (and with attention dropout)
     sdpa = "sdpa"  # one scaled_dot_product_attention call with a dense (B|1, H|1, T, S) mask
+    auto = "auto"  # FlexAttention on CUDA, SDPA elsewhere (and with attention dropout)
     flex = "flex"  # FlexAttention; trains on CUDA only (on CPU: forward passes, unfused)
 
 

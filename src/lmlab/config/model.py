@@ -94,11 +94,13 @@ class ModelConfig:
     ``attention_window=None`` is full attention; an int W lets each query see its W most recent
     keys (itself included), as in Mistral's sliding window; in an encoder, the keys within W-1
     positions either side. Cross-attention is never windowed.
-    ``attention_kernel`` (auto, sdpa, flex): how attention that needs a mask or a bias runs
-    (ALiBi, T5's relative bias, a window, padding). ``sdpa`` merges them into one dense mask,
-    which rules out SDPA's flash kernels; ``flex`` runs FlexAttention (block-sparse masks, the
-    bias computed inside the kernel); ``auto`` takes FlexAttention on CUDA and SDPA elsewhere.
-    FlexAttention has no attention dropout, so ``auto`` with ``dropout`` > 0 takes SDPA.
+    ``attention_kernel`` (sdpa, auto, flex): how attention that needs a mask or a bias runs
+    (ALiBi, T5's relative bias, a window, padding). ``sdpa`` (the default) merges them into one
+    dense mask, which rules out SDPA's flash kernels; ``flex`` runs FlexAttention (block-sparse
+    masks, the bias computed inside the kernel); ``auto`` takes FlexAttention on CUDA and SDPA
+    elsewhere. ``sdpa`` stays the default until FlexAttention's path has been measured on a
+    GPU (``make test-gpu``, ``make bench-gpu``). FlexAttention has no attention dropout, so
+    ``auto`` with ``dropout`` > 0 takes SDPA.
     Generation with a KV cache always runs SDPA. It changes how attention runs, not what it
     computes (equal within the precision's rounding).
     ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
@@ -148,7 +150,7 @@ class ModelConfig:
     relative_max_distance: int = 128
     type_vocab_size: int = 0
     attention_window: int | None = None
-    attention_kernel: AttentionKernel = AttentionKernel.auto
+    attention_kernel: AttentionKernel = AttentionKernel.sdpa
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
