@@ -258,10 +258,12 @@ def attention_case(s) -> list[CaseResult]:
 GPU_CASES = {
     "gpu_gpt_small": versus_plain("gpt_small"),
     "gpu_gpt_medium": versus_plain("gpt_medium"),
-    "gpu_attention": attention_case,
     "gpu_gpt_medium_llama": family_case(
         "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
     ),
+    "gpu_attention": attention_case,
+    "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),
+    "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small"),
     "gpu_moe": family_case(
         "gpt_medium",
         ["+experiment=mixtral", "model.vocab_size=50304"],
@@ -269,8 +271,6 @@ GPU_CASES = {
         1024,
         "gpt_medium mixtral 8 experts top-2",
     ),
-    "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),
-    "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small"),
     "gpu_fsdp": family_case(
         "gpt_small", [*GPT2_SHAPES, "trainer=fsdp", "trainer.devices=1"], 12, 1024, "gpt_small fsdp"
     ),
