@@ -276,6 +276,7 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
     steps of lr <= 1e-3 keep that well below 1e-4; a graph that computed something else (no
     ignore mask, a shifted label) would be off by more than 1e-2."""
     losses = {}
+    torch._dynamo.reset()  # what earlier tests in this process compiled would recompile
     counters.clear()
     for mode in ("false", "model"):
         out = tmp_path / mode
