@@ -29,6 +29,14 @@ GPU = ["+debug=smoke", "trainer=gpu", "logger=csv"]  # bf16-mixed on one GPU
 MASKED = ["model.positional=alibi", "model.attention_window=64"]  # a bias and a window
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> None:
+    """Each test compiles from scratch: LMTask.objective compiled again for another model in
+    this process would count as a recompile (and dynamo's limit on them would make later tests
+    run eagerly without saying so)."""
+    torch._dynamo.reset()
+
+
 def losses(out: Path) -> list[float]:
     rows = (out / "csv" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("train/loss")
@@ -63,7 +71,6 @@ def test_compile_model_trains_the_eager_loss_on_cuda(
     own in eager mode, inside the graph with compile=model) and ``sdpa`` the dense mask: the
     same losses within the same bound, and no step recompiles."""
     found = {}
-    torch._dynamo.reset()  # what earlier tests in this process compiled would recompile
     counters.clear()
     runs = [("false", "sdpa"), ("false", "auto"), ("model", "auto")]
     for mode, kernel in runs:
