@@ -178,3 +178,22 @@ def test_building_a_flex_context_reads_nothing_on_the_host(
     )
     monkeypatch.undo()
     assert isinstance(ctx, FlexContext) and host_reads == []
+
+
+def test_an_additive_mask_takes_the_queries_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 queries with the fp32 bias build_context makes: SDPA gets the bias in bf16, as
+    autocast gives it in training (CUDA's fused kernels take no other)."""
+    model = build_model(ModelConfig(vocab_size=V, positional=Positional.alibi))
+    pos = torch.arange(8)
+    ctx = build_context(model.positional, pos, pos, causal=True)
+    assert ctx.mask.dtype == torch.float32
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(q, k, v, attn_mask=None, *args, **kwargs):
+        seen.append(attn_mask.dtype)
+        return sdpa(q, k, v, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    q, k, v = (torch.randn(1, 4, 8, 32, dtype=torch.bfloat16) for _ in range(3))
+    assert ctx.attend(q, k, v, 0.0, False).dtype == torch.bfloat16
+    assert seen == [torch.bfloat16]

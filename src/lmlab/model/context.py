@@ -52,9 +52,15 @@ class AttnContext:
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, gqa: bool
     ) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d) + mask) v, (B, H, T, hd); ``gqa``: k, v have fewer heads."""
+        """softmax(q k^T / sqrt(d) + mask) v, (B, H, T, hd); ``gqa``: k, v have fewer heads.
+        An additive mask (fp32, as built) takes the queries' dtype, as autocast gives it in
+        training: CUDA's fused kernels take a bias only in the queries' dtype (bf16 weights,
+        as in generation)."""
+        mask = self.mask
+        if mask is not None and mask.dtype not in (torch.bool, q.dtype):
+            mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(
-            q, k, v, self.mask, dropout_p, self.is_causal, enable_gqa=gqa
+            q, k, v, mask, dropout_p, self.is_causal, enable_gqa=gqa
         )
 
     def dense(self) -> AttnContext:
