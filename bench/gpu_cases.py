@@ -231,6 +231,7 @@ def attention_case(s) -> list[CaseResult]:
             ctx = build_context(positional, pos, pos, causal=True, window=window, kernel=kernel)
             return ctx.attend(*qkv, 0.0, False)
 
+        torch._dynamo.reset()  # each configuration its own compile, not a recompile
         fn = attend if quick else torch.compile(attend)
         if quick:
             with torch.no_grad():
