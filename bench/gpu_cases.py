@@ -61,6 +61,9 @@ def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tupl
     total = steps + (PROFILE_STEPS if table else 0)
     out = s.work / name
     cfg = compose([*overrides, *trainer, *BENCH_OVERRIDES, f"trainer.max_steps={total}"], out)
+    # Every run compiles LMTask.objective afresh: in one process, the same code compiled for
+    # another model counts as a recompile, and past dynamo's limit (8) runs go eager unsaid.
+    torch._dynamo.reset()
     log, results = run_lmlab(cfg, profile=table, profile_start=steps)
     warm = 2 if s.quick else WARMUP
     starts = log.starts[:steps]  # the profiled steps, if any, come after

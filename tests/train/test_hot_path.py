@@ -308,6 +308,26 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
     assert compile_mode(True) == Compile.blocks and compile_mode(False) == Compile.none
 
 
+@torch._dynamo.config.patch(error_on_recompile=True)
+def test_each_run_of_a_multirun_compiles_afresh(tmp_path: Path, cache_dir: Path) -> None:
+    """A multirun's jobs share one process. Two compile=model runs of different widths:
+    the second compiles LMTask.objective afresh instead of recompiling it (past dynamo's
+    limit of 8 recompiles, later jobs of a sweep would have run eagerly without a word)."""
+    for width in (64, 96):
+        overrides = [
+            "+debug=smoke",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=0",
+            "callbacks.sample=null",
+            "callbacks.sdpa_kernel=null",
+            "compile=model",
+            f"model.d_model={width}",
+        ]
+        train(compose_train(overrides, tmp_path / str(width), cache_dir))
+        results = json.loads((tmp_path / str(width) / "results.json").read_text())
+        assert results["status"] == "completed"
+
+
 def test_fsdp_in_bf16_samples_and_keeps_its_final_checkpoint(
     tmp_path: Path, start_train: Callable[..., subprocess.Popen]
 ) -> None:

@@ -20,12 +20,14 @@ from rich.table import Table
 from lmlab.config import (
     PRETRAINING,
     RUNTIME_FIELDS,
+    Compile,
     DataConfig,
     ModelConfig,
     TaskConfig,
     TaskKind,
     TaskSpec,
     check_task_model,
+    compile_mode,
     flatten,
     model_config_dict,
     resolve_configs,
@@ -381,6 +383,11 @@ def _fit(
     dm.num_train_samples = plan.train_samples
     # The data position is one integer: the resumed run draws exactly the rows that follow.
     dm.start_sample = plan.start_sample(ckpt["global_step"]) if ckpt else 0
+    if compile_mode(cfg.compile) != Compile.none:
+        # This run compiles afresh. A multirun's jobs share one process: compiling the same
+        # code (LMTask.objective, Block.forward) for another job's model counts as a
+        # recompile, and past dynamo's limit (8) the later jobs would run eagerly, unsaid.
+        torch._dynamo.reset()
     task = LMTask(
         model_cfg,
         instantiate(cfg.optim),
