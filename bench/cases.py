@@ -558,7 +558,12 @@ INTROS = {
         "(`bench/nanogpt_loop.py`) is written like nanoGPT's `bench.py`: its own GPT-2, "
         "whole-model `torch.compile`, fused AdamW, bf16 autocast, random tokens; the two "
         "alternate run by run. MFU = tokens/s x `flops_per_token` / the dense bf16 peak "
-        "(`lmlab.train.hardware.gpu_peak_flops`)."
+        "(`lmlab.train.hardware.gpu_peak_flops`). The attention rows time attention alone at "
+        "GPT-2 small's shape (forward and backward, bf16, compiled): SDPA with lmlab's dense "
+        "mask against FlexAttention (`model.attention_kernel=sdpa|flex`), per scheme that needs "
+        "a mask or a bias, with plain causal SDPA as the bound. `--profile DIR` writes a "
+        "torch.profiler table of each case's first run there; `--budget` reports the cases it "
+        "left out as not run."
     ),
     "train": (
         "`lmlab.train.run.train` on the composed config with `logger=none`, no validation and no "
