@@ -9,6 +9,7 @@
 - ``memory``: peak memory of a training step with and without activation checkpointing.
 - ``moe``: step time of a Mixture-of-Experts model against the dense one with the same active
   parameters, interleaved.
+- ``cross_entropy``: the output layer's loss, the full form against the chunked one.
 - ``startup``: a fresh process's import of what ``lmlab train`` loads, and its exit, with and
   without ``lmlab.cli.heap``'s collector settings.
 - ``profile``: a py-spy profile of lmlab's training loop, Lightning's own share of a step.
@@ -31,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -242,10 +244,16 @@ def generate_case(s: Settings) -> list[CaseResult]:
 
 
 def memory_case(s: Settings) -> list[CaseResult]:
-    """Peak memory of one forward + backward of gpt_mini (context 1024, batch 8), with and
-    without activation checkpointing, each in a fresh process (``bench/memory_probe.py``)."""
+    """Peak memory of one forward + backward of gpt_mini's training loss (context 1024,
+    batch 8): activations stored, with activation checkpointing, and stored with the full
+    cross-entropy instead of the chunked one (``model.cross_entropy``), each in a fresh process
+    (``bench/memory_probe.py``)."""
     batch, seq = ("2", "256") if s.quick else ("8", "1024")
-    modes = {"stored": [], "activation checkpointing": ["--activation-checkpointing"]}
+    modes = {
+        "stored": [],
+        "activation checkpointing": ["--activation-checkpointing"],
+        "stored, full cross-entropy": ["--full-loss"],
+    }
     growth: dict[str, list[float]] = {label: [] for label in modes}
     for _ in range(s.repeats):
         for label, flag in modes.items():  # interleaved, a fresh process each
@@ -255,21 +263,38 @@ def memory_case(s: Settings) -> list[CaseResult]:
     if min(min(g) for g in growth.values()) <= 0:
         raise RuntimeError(f"no memory growth measured: {growth} (MiB)")
     name = f"gpt_mini {batch}x{seq} forward+backward"
-    saved = 1 - statistics.median(growth["activation checkpointing"]) / statistics.median(
-        growth["stored"]
-    )
+    stored = statistics.median(growth["stored"])
+    notes = {
+        "stored": "",
+        "activation checkpointing": "{:.0%} less than storing activations (medians)",
+        "stored, full cross-entropy": "{:.0%} more than the chunked cross-entropy (medians)",
+    }
+
+    def note(label: str) -> str:
+        return notes[label].format(abs(1 - statistics.median(growth[label]) / stored))
+
     return [
-        CaseResult(
-            "memory",
-            f"{name}, {label}",
-            [Stat("peak memory growth", "MiB", mib)],
-            f"{saved:.0%} less than storing activations (medians)" if label != "stored" else "",
-        )
+        CaseResult("memory", f"{name}, {label}", [Stat("peak growth", "MiB", mib)], note(label))
         for label, mib in growth.items()
     ]
 
 
 # --- AdamW implementations ------------------------------------------------------------------
+
+
+def alternate(calls: dict[str, Callable[[], object]], steps: int, rounds: int) -> dict:
+    """ms per call of each of ``calls``, ``steps`` calls a round, the calls alternating round
+    by round (a, b, then b, a) after one warm-up round: {name: [ms per round]}."""
+    ms: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(rounds + 1):  # round 0 warms up
+        for name in list(calls) if i % 2 == 0 else list(calls)[::-1]:
+            start = time.perf_counter()
+            for _ in range(steps):
+                calls[name]()
+            if i:
+                ms[name].append(1e3 * (time.perf_counter() - start) / steps)
+    return ms
+
 
 # (label, overrides, vocabulary): the Tiny Shakespeare model and two presets
 ADAMW_MODELS = [
@@ -295,15 +320,8 @@ def adamw_case(s: Settings) -> list[CaseResult]:
             impl: torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-6, **{impl: True})
             for impl in ("foreach", "fused")
         }
-        ms: dict[str, list[float]] = {impl: [] for impl in opts}
         steps = s.steps(20)
-        for i in range(s.repeats + 1):  # round 0 warms up
-            for impl in list(opts) if i % 2 == 0 else list(opts)[::-1]:
-                start = time.perf_counter()
-                for _ in range(steps):
-                    opts[impl].step()
-                if i:
-                    ms[impl].append(1e3 * (time.perf_counter() - start) / steps)
+        ms = alternate({impl: opt.step for impl, opt in opts.items()}, steps, s.repeats)
         speedup = [a / b for a, b in zip(ms["foreach"], ms["fused"], strict=True)]
         stats = [Stat(f"AdamW {impl}", "ms/step", v) for impl, v in ms.items()]
         stats.append(Stat("fused speed-up (foreach / fused)", "x", speedup))
@@ -311,6 +329,49 @@ def adamw_case(s: Settings) -> list[CaseResult]:
         results.append(
             CaseResult("adamw", label, stats, f"{n:,} parameters; {steps} steps a round")
         )
+    return results
+
+
+# --- cross-entropy forms -------------------------------------------------------------------
+
+# (label, tokens per micro-batch, d_model, vocabulary): the shapes of lmlab's CPU runs and of
+# GPT-2 small's head at a short context
+CE_SHAPES = [
+    ("Tiny Shakespeare 12x64, d 128, vocab 171", 768, 128, 171),
+    ("gpt_tiny 16x256 (make train), d 128, vocab 4096", 4096, 128, 4096),
+    ("gpt_mini 16x256, d 256, vocab 4096", 4096, 256, 4096),
+    ("GPT-2 small head 4x512, d 768, vocab 50304", 2048, 768, 50304),
+]
+
+
+def cross_entropy_case(s: Settings) -> list[CaseResult]:
+    """The output layer's loss alone, forward and backward in fp32: ``full`` (logits, then
+    cross-entropy) against ``chunked`` (torch's ``linear_cross_entropy``), as the families call
+    them (``lmlab.model.loss.output``), alternating round by round in one process."""
+    from lmlab.model.loss import CHUNKED_AVAILABLE, Chunking, output
+
+    if not CHUNKED_AVAILABLE:
+        return []
+    results = []
+    forms = {"full": Chunking.never, "chunked": Chunking.always}
+    shapes = CE_SHAPES[:2] if s.quick else CE_SHAPES
+    for label, n, d, vocab in shapes:
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(d, vocab, bias=False)
+        x = torch.randn(n, d, requires_grad=True)
+        labels = torch.randint(0, vocab, (n,))
+        steps = s.steps(5)
+        calls = {
+            form: partial(lambda *args: output(*args).backward(), layer, x, labels, chunking)
+            for form, chunking in forms.items()
+        }
+        ms = alternate(calls, steps, s.repeats)
+        speedup = [a / b for a, b in zip(ms["full"], ms["chunked"], strict=True)]
+        stats = [Stat(f"{form}", "ms/step", v) for form, v in ms.items()]
+        stats.append(Stat("chunked speed-up (full / chunked)", "x", speedup))
+        logits_mib = n * vocab * 4 / 2**20
+        note = f"{steps} steps a round; the full form's fp32 logits: {logits_mib:,.0f} MiB"
+        results.append(CaseResult("cross_entropy", label, stats, note))
     return results
 
 
@@ -542,6 +603,7 @@ CASES: dict[str, Case] = {
     "memory": Case(memory_case, "memory"),
     "moe": Case(moe_case, "moe"),
     "adamw": Case(adamw_case, "adamw"),
+    "cross_entropy": Case(cross_entropy_case, "cross_entropy"),
     "startup": Case(startup_case, "startup"),
     "profile": Case(profile_case, "profile"),
     "shakespeare": Case(shakespeare_case, "shakespeare", default=False),
@@ -601,7 +663,10 @@ INTROS = {
         "through `/proc/self/clear_refs`) over its resident size before one forward and "
         "backward, measured in a fresh process for each run, the modes alternating: activations "
         "stored, or recomputed per block (`model.activation_checkpointing=true`, "
-        "`lmlab.train.parallel.layout`). CPU memory stands in for GPU memory where no GPU is lent."
+        "`lmlab.train.parallel.layout`), and stored with the full cross-entropy "
+        "(`model.cross_entropy=full`: the whole fp32 logits and their gradient) instead of the "
+        "chunked one the default takes here. The step is the training loss of random tokens "
+        "over a 4096-token vocabulary. CPU memory stands in for GPU memory where no GPU is lent."
     ),
     "moe": (
         "`+experiment=llama` (dense, SwiGLU d_ff 384) against `+experiment=mixtral "
@@ -614,6 +679,14 @@ INTROS = {
         "random gradients: `foreach=True` against `fused=True`, which `optim.fused=auto` "
         "picks on CPU and CUDA (`lmlab.train.task.build_optimizer`). One process, the two "
         "alternating round by round after a warm-up round; ms per `optimizer.step()`."
+    ),
+    "cross_entropy": (
+        "The output layer's loss alone (`lmlab.model.loss.output`), forward and backward in "
+        "fp32 on random activations: `full` (the whole logits, then `F.cross_entropy`) "
+        "against `chunked` (torch's `F.linear_cross_entropy`, 1024 rows per chunk on the "
+        "CPU), which `model.cross_entropy=auto` takes for fp32 runs once the vocabulary is at "
+        "least 8 times `d_model`. One process, the two alternating round by round after a "
+        "warm-up round; ms per forward and backward."
     ),
     "startup": (
         "A fresh `python -c` process imports `lmlab.train.run` (what `lmlab train` loads once "

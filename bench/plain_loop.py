@@ -16,13 +16,12 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bench.harness import StepLog
 from lmlab.config import resolve_configs
-from lmlab.data.collators import IGNORE, decoder_tokens
+from lmlab.data.collators import decoder_tokens
 from lmlab.data.datamodule import LMDataModule
 from lmlab.model import build_model, flops_per_token
 from lmlab.train.task import build_optimizer, decay_groups
@@ -58,13 +57,9 @@ def plain_fit(cfg: DictConfig) -> StepLog:
     for batch in dm.train_dataloader():
         starts.append(time.perf_counter())
         cpu_starts.append(time.process_time())
-        labels_BT = batch.pop("labels")
         tokens_per_step = batch["input_ids"].numel()
         with autocast_for(cfg.trainer.precision):
-            logits_BTV = model(**batch)
-            loss = F.cross_entropy(
-                logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=IGNORE
-            )
+            loss = model(**batch)  # with its labels: the loss, as lmlab's training step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
         optimizer.step()

@@ -144,9 +144,13 @@ GROUP_TITLES = {
     "profile": "Where a step's time goes inside lmlab's Trainer (py-spy)",
     "data": "Data preparation (embedded corpus, cold cache)",
     "generate": "Generation (greedy, batch 1)",
-    "memory": "Memory: activation checkpointing (peak resident memory of a training step)",
+    "memory": (
+        "Memory: activation checkpointing and the cross-entropy "
+        "(peak resident memory of a training step)"
+    ),
     "moe": "Mixture of Experts: step time against dense at equal active parameters",
     "adamw": "AdamW on the CPU: foreach against fused",
+    "cross_entropy": "Cross-entropy on the CPU: full logits against chunked",
     "startup": "Start-up and exit: the garbage collector around heavy imports",
     "shakespeare": "Tiny Shakespeare, character level (nanoGPT's CPU run)",
     "gpu": "One GPU: lmlab against a nanoGPT-style loop, every family, FSDP, generation",

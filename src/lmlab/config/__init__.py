@@ -14,9 +14,11 @@ from pathlib import Path
 from lmlab.config.data import DataConfig, Source, TokenizerKind
 from lmlab.config.knobs import (
     GATED,
+    IGNORE,
     RUNTIME_FIELDS,
     Activation,
     AttentionKernel,
+    CrossEntropy,
     Family,
     Init,
     Norm,
@@ -69,6 +71,8 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 __all__ = [
     "Activation",
     "AttentionKernel",
+    "IGNORE",
+    "CrossEntropy",
     "BudgetConfig",
     "BudgetKind",
     "check_example_file",

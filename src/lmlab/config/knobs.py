@@ -39,6 +39,20 @@ class AttentionKernel(str, Enum):
     flex = "flex"  # FlexAttention; trains on CUDA only (on CPU: forward passes, unfused)
 
 
+# The label of a position the loss skips (padding, an unmasked BERT token): the collators set
+# it, the loss (lmlab.model.loss) skips it. torch's own default ignore_index.
+IGNORE = -100
+
+
+class CrossEntropy(str, Enum):
+    """How training computes the loss of an output layer (vocabulary or labels): both forms
+    give the same loss and gradients, within the precision's rounding."""
+
+    auto = "auto"  # chunked when the output is >= 8x the input width and torch has it
+    full = "full"  # the whole (tokens, vocab) logits, then cross-entropy in fp32
+    chunked = "chunked"  # torch's linear_cross_entropy: logits a chunk of rows at a time
+
+
 class RopeScaling(str, Enum):
     """How RoPE's frequencies are stretched for contexts beyond the pre-training length."""
 
@@ -64,4 +78,10 @@ class Positional(str, Enum):
 GATED = {Activation.swiglu, Activation.geglu}
 # Config fields (of any group) that change how a run computes, not what: a checkpoint and
 # the run that continues or loads it may differ in them.
-RUNTIME_FIELDS = ("activation_checkpointing", "attention_kernel", "fused", "num_workers")
+RUNTIME_FIELDS = (
+    "activation_checkpointing",
+    "attention_kernel",
+    "cross_entropy",
+    "fused",
+    "num_workers",
+)

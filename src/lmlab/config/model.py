@@ -13,6 +13,7 @@ from lmlab.config.knobs import (
     GATED,
     Activation,
     AttentionKernel,
+    CrossEntropy,
     Family,
     Init,
     Norm,
@@ -103,6 +104,16 @@ class ModelConfig:
     ``auto`` with ``dropout`` > 0 takes SDPA.
     Generation with a KV cache always runs SDPA. It changes how attention runs, not what it
     computes (equal within the precision's rounding).
+    ``cross_entropy`` (auto, full, chunked): how training computes the output layer's loss.
+    ``full`` projects every position to the whole vocabulary, then takes the cross-entropy in
+    fp32: under bf16 that is an fp32 copy of the (tokens, vocab) logits, plus its gradient.
+    ``chunked`` is torch's ``linear_cross_entropy`` (torch 2.13 and later): projection, loss
+    and both gradients for a chunk of rows at a time, so the whole logits never exist.
+    ``auto`` (the default) is chunked when the output is at least 8 times as wide as its
+    input (a vocabulary head: gpt_tiny's 4096 over 128) and torch has it, full otherwise
+    (Tiny Shakespeare's 171 characters, a classifier). Under ``compile=model`` Inductor fuses
+    the loss of the full form into the compiled graph, whatever this is set to. Validation
+    and generation need the logits, so they always take the full form.
     ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
     ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
     ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
@@ -151,6 +162,7 @@ class ModelConfig:
     type_vocab_size: int = 0
     attention_window: int | None = None
     attention_kernel: AttentionKernel = AttentionKernel.sdpa
+    cross_entropy: CrossEntropy = CrossEntropy.auto
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True

@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from lmlab.config import Family
+from lmlab.config import IGNORE, Family
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
-IGNORE = -100
 
 
 def batch_seed(seed: int, rows: torch.Tensor) -> int:

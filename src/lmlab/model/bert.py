@@ -19,6 +19,7 @@ from lmlab.config import ModelConfig
 from lmlab.model.context import encoder_context
 from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.layers import Block, init_weights
+from lmlab.model.loss import chunked_loss, output
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import make_positional
 
@@ -40,9 +41,11 @@ class MLMHead(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]()
         self.norm = make_norm(cfg)
         self.out = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
+        self.chunked_loss = chunked_loss(cfg, cfg.vocab_size, cfg.d_model)
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(self.act(self.dense(x_BTD))))
+    def forward(self, x_BTD: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h_BTD = self.norm(self.act(self.dense(x_BTD)))
+        return output(self.out, h_BTD, labels, self.chunked_loss)
 
     def tie(self, embed: nn.Embedding) -> None:
         """The output layer shares the token embedding's weight (``tie_embeddings``)."""
@@ -60,10 +63,11 @@ class ClassificationHead(nn.Module):
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.d_model, num_labels, bias=cfg.bias)
+        self.chunked_loss = chunked_loss(cfg, num_labels, cfg.d_model)
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        pooled_BD = torch.tanh(self.pooler(x_BTD[:, 0]))
-        return self.out(self.drop(pooled_BD))[:, None]  # (B, 1, labels)
+    def forward(self, x_BTD: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        pooled_B1D = torch.tanh(self.pooler(x_BTD[:, :1]))
+        return output(self.out, self.drop(pooled_B1D), labels, self.chunked_loss)  # (B, 1, L)
 
     def tie(self, embed: nn.Embedding) -> None:
         """Nothing to tie: the head predicts labels, not tokens."""
@@ -101,11 +105,13 @@ class BERT(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) logits (the MLM head). ``attention_mask`` (B, T):
         1 = real token, 0 = padding (never attended to); ``token_type_ids`` (B, T) default to
-        segment 0."""
-        return self.head(self.encode(input_ids, attention_mask, token_type_ids))
+        segment 0. With ``labels`` (the head's: (B, T) tokens, (B, 1) classes): their mean
+        cross-entropy instead of the logits."""
+        return self.head(self.encode(input_ids, attention_mask, token_type_ids), labels)
 
     def encode(
         self,

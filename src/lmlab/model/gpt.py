@@ -9,12 +9,14 @@ from lmlab.config import ModelConfig
 from lmlab.model.context import build_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, init_weights
+from lmlab.model.loss import chunked_loss, output
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import make_positional
 
 
 class GPT(nn.Module):
-    """logits = head(norm_f(blocks(positional.embed(embed(ids))))), causal attention."""
+    """logits = head(norm_f(blocks(positional.embed(embed(ids))))), causal attention; with
+    labels, their loss (``lmlab.model.loss``)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -28,13 +30,20 @@ class GPT(nn.Module):
         needs_final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
         self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.chunked_loss = chunked_loss(cfg, cfg.vocab_size, cfg.d_model)
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) logits; position t sees tokens <= t only. With a
-        ``cache`` the ids continue the cached tokens (positions ``cache.length`` on)."""
+        ``cache`` the ids continue the cached tokens (positions ``cache.length`` on). With
+        (B, T) ``labels``: their mean cross-entropy instead of the logits."""
         T, window = input_ids.shape[1], self.cfg.attention_window
         if cache is None:
             pos_T = torch.arange(T, device=input_ids.device)
@@ -48,7 +57,7 @@ class GPT(nn.Module):
             x_BTD = block(x_BTD, ctx, cache.layer(i) if cache else None)
         if cache is not None:
             cache.advance()
-        return self.head(self.norm_f(x_BTD))
+        return output(self.head, self.norm_f(x_BTD), labels, self.chunked_loss)
 
     def new_cache(self, batch: int) -> KVCache:
         """An empty KV cache for ``batch`` sequences, in the model's dtype and device."""

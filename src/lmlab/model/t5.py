@@ -22,6 +22,7 @@ from lmlab.config import ModelConfig
 from lmlab.model.context import build_context, encoder_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
+from lmlab.model.loss import chunked_loss, output
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import PositionalScheme, make_positional
 
@@ -31,7 +32,8 @@ NO_POSITIONS = PositionalScheme()
 
 class T5(nn.Module):
     """memory = enc_norm(encoder(embed(ids))); logits = head(dec_norm(decoder(embed(dec_ids),
-    memory))), with a bidirectional encoder and a causal decoder."""
+    memory))), with a bidirectional encoder and a causal decoder; with labels, their loss
+    (``lmlab.model.loss``)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -48,6 +50,7 @@ class T5(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.decoder_layers))
         self.dec_norm = make_norm(cfg) if final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.chunked_loss = chunked_loss(cfg, cfg.vocab_size, cfg.d_model)
         init_weights(self, cfg)
         self.head_scale = cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0
         if cfg.tie_embeddings:
@@ -71,11 +74,13 @@ class T5(nn.Module):
         input_ids: torch.Tensor,
         decoder_input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) encoder ids, (B, S) decoder ids -> (B, S, vocab) logits. Decoder position s
-        sees decoder positions <= s and every real encoder position."""
+        sees decoder positions <= s and every real encoder position. With (B, S) ``labels``:
+        their mean cross-entropy instead of the logits."""
         memory_BTD = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, memory_BTD, attention_mask)
+        return self.decode(decoder_input_ids, memory_BTD, attention_mask, labels=labels)
 
     def decode(
         self,
@@ -83,6 +88,7 @@ class T5(nn.Module):
         memory_BTD: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The decoder stack over an encoded input; with a ``cache`` (of the decoder's
         self-attention) the ids continue the cached ones, for step-by-step generation."""
@@ -108,7 +114,8 @@ class T5(nn.Module):
             y_BSD = block(y_BSD, ctx, memory_BTD, cross_ctx, cache.layer(i) if cache else None)
         if cache is not None:
             cache.advance()
-        return self.head(self.drop(self.dec_norm(y_BSD)) * self.head_scale)
+        y_BSD = self.drop(self.dec_norm(y_BSD)) * self.head_scale
+        return output(self.head, y_BSD, labels, self.chunked_loss)
 
     def new_cache(self, batch: int) -> KVCache:
         """An empty KV cache for the decoder's self-attention over ``batch`` sequences."""

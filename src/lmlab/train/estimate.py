@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
@@ -132,14 +131,14 @@ def measure_tokens_per_second(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids_BT = torch.randint(0, model_cfg.vocab_size, (micro_batch, seq_len), device=device)
     inputs = SAMPLE_INPUTS[model_cfg.family](ids_BT)
+    targets = inputs.get("decoder_input_ids", ids_BT)  # the positions the loss scores
+    labels = torch.randint_like(targets, model_cfg.vocab_size)
     seconds: list[float] = []
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         _sync(device)
         start = time.perf_counter()
         with _autocast(device, precision):
-            logits = model(**inputs)
-        labels = torch.randint_like(logits[..., 0], model_cfg.vocab_size, dtype=torch.long)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            loss = model(**inputs, labels=labels)  # as training computes it
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

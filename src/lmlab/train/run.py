@@ -37,6 +37,7 @@ from lmlab.config import (
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
+from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
@@ -209,6 +210,7 @@ def train(cfg: DictConfig) -> float:
         log.info(batch.describe())
         check_evals(cfg, model_cfg)
         check_attention_kernel(cfg.trainer, model_cfg)
+        check_cross_entropy(model_cfg)
         if cfg.get("dry_run"):
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         ckpt_path = resume_checkpoint(cfg, out_dir)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
@@ -20,9 +19,9 @@ from lmlab.config import (
     compile_mode,
     model_config_dict,
 )
-from lmlab.data.collators import IGNORE
 from lmlab.errors import ConfigError
 from lmlab.model import build_task_model
+from lmlab.model.loss import IGNORE, logits_loss
 from lmlab.model.moe import moe_layers
 from lmlab.train.metrics import METRICS
 from lmlab.train.parallel import layout
@@ -78,9 +77,10 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class LMTask(L.LightningModule):
-    """Wraps any family and task. The collator decides the objective; here it is always
-    ``cross_entropy(logits, labels, ignore_index=-100)``: over tokens for pre-training and
-    seq2seq, over one position per row for classification (``ClassificationHead``). ``task``
+    """Wraps any family and task. The collator decides the objective; it is always the
+    cross-entropy of the model's output layer against the batch's labels, skipping ``IGNORE``
+    (``lmlab.model.loss``): over tokens for pre-training and seq2seq, over one position per
+    row for classification (``ClassificationHead``). ``task``
     picks the model's head and the validation metrics (``lmlab.train.metrics``)."""
 
     def __init__(
@@ -154,20 +154,19 @@ class LMTask(L.LightningModule):
         return self.model(**{k: v for k, v in batch.items() if k != "labels"})
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one loss of every family, and the logits (validation's metrics use them)."""
+        """The one loss of every family from the logits, and the logits (validation's metrics
+        use them)."""
         logits_BTV = self(batch)
-        labels_BT = batch["labels"]
-        loss = F.cross_entropy(
-            logits_BTV.flatten(0, 1).float(), labels_BT.flatten(), ignore_index=IGNORE
-        )
-        return loss, logits_BTV
+        return logits_loss(logits_BTV, batch["labels"]), logits_BTV
 
     def objective(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """What training minimises, and its parts (detached) for the logs. Dense: the LM loss,
-        parts (lm,). Mixture of Experts: lm + aux_loss_coef * aux + z_loss_coef * z, where aux
-        (load balancing, Switch) and z (router z-loss, ST-MoE) are each the mean over the MoE
-        layers of what their forward recorded; parts (lm, aux, z)."""
-        lm = self.loss(batch)[0]
+        parts (lm,), which the model computes from its labels without handing the logits out
+        (``model.cross_entropy``: chunked or full). Mixture of Experts: lm + aux_loss_coef *
+        aux + z_loss_coef * z, where aux (load balancing, Switch) and z (router z-loss, ST-MoE)
+        are each the mean over the MoE layers of what their forward recorded; parts (lm, aux,
+        z)."""
+        lm = self.model(**batch)
         if not self.moe_layers:
             return lm, lm.detach()[None]
         layers, moe = self.moe_layers.values(), self.model_cfg.moe
