@@ -259,6 +259,54 @@ def attention_case(s) -> list[CaseResult]:
     return results
 
 
+def cross_entropy_case(s) -> list[CaseResult]:
+    """The output layer's loss alone at GPT-2 small's head (12 x 1024 tokens, d 768, vocab
+    50304), forward and backward under bf16 autocast: the full form (bf16 logits, their fp32
+    copy, cross-entropy) against torch's chunked ``linear_cross_entropy``
+    (``model.cross_entropy=full|chunked``, ``lmlab.model.loss.output``): time and the peak
+    memory the step adds. ``--quick`` (or a CPU): a small shape in fp32, time only."""
+    from lmlab.model.loss import CHUNKED_AVAILABLE, Chunking, output
+
+    dev, quick = device(), s.quick or device().type != "cuda"
+    if not CHUNKED_AVAILABLE:
+        note = f"not run: torch {torch.__version__} has no linear_cross_entropy"
+        return [CaseResult("gpu", "cross-entropy", [], note)]
+    N, D, V = (256, 32, 1024) if quick else (12 * 1024, 768, 50304)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(D, V, bias=False, device=dev)
+    x = torch.randn(N, D, device=dev, requires_grad=True)
+    labels = torch.randint(0, V, (N,), device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not quick)
+
+    def step(chunking: Chunking) -> None:
+        with autocast:
+            loss = output(layer, x, labels, chunking)
+        loss.backward()
+        layer.weight.grad = x.grad = None
+
+    def measure(chunking: Chunking) -> tuple[float, float]:
+        seconds = attention_seconds(lambda: step(chunking), 3 if quick else 30)
+        if dev.type != "cuda":
+            return seconds, float("nan")
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(chunking)
+        return seconds, (torch.cuda.max_memory_allocated() - base) / 2**20
+
+    (full_s, full_mib), (chunk_s, chunk_mib) = measure(Chunking.never), measure(Chunking.always)
+    stats = [
+        Stat("chunked / full speed", "x", [full_s / chunk_s]),
+        Stat("full", "ms", [1e3 * full_s]),
+        Stat("chunked", "ms", [1e3 * chunk_s]),
+    ]
+    if dev.type == "cuda":
+        stats += [Stat("full, peak added", "MiB", [full_mib])]
+        stats += [Stat("chunked, peak added", "MiB", [chunk_mib])]
+    precision = "fp32" if quick else "bf16 autocast"
+    note = f"{N} tokens, d {D}, vocab {V}, {precision}, forward + backward"
+    return [CaseResult("gpu", "cross-entropy", stats, note)]
+
+
 GPU_CASES = {
     "gpu_gpt_small": versus_plain("gpt_small"),
     "gpu_gpt_medium": versus_plain("gpt_medium"),
@@ -266,6 +314,7 @@ GPU_CASES = {
         "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
     ),
     "gpu_attention": attention_case,
+    "gpu_cross_entropy": cross_entropy_case,
     "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),
     "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small"),
     "gpu_moe": family_case(

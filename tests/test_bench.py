@@ -193,7 +193,7 @@ def test_gpu_cases_run_in_quick_mode_on_any_device(
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     s = Settings(work=tmp_path, repeats=1, quick=True, profile=tmp_path / "profiles")
     assert select("gpu") == [n for n in CASES if n.startswith("gpu_")]  # all: none is default
-    for name in ("gpu_gpt_small", "gpu_fsdp", "gpu_generate", "gpu_attention"):
+    for name in ("gpu_gpt_small", "gpu_fsdp", "gpu_generate", "gpu_attention", "gpu_cross_entropy"):
         for result in CASES[name].fn(s):
             assert result.group == "gpu" and not result.skipped
             assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
