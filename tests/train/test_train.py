@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from lmlab.config import CONF_DIR, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
+from lmlab.model.loss import CHUNKED_AVAILABLE
 from lmlab.train.compose import compose_train
 from lmlab.train.run import final_val_limit, train
 
@@ -64,6 +65,8 @@ def test_smoke_run_writes_results_checkpoint_and_metrics(tmp_path: Path, cache_d
     assert r["flops"] == 6 * r["params"] * r["tokens"]
     assert math.isclose(r["val_perplexity"], math.exp(r["val_loss"]), rel_tol=1e-3)
     assert r["val_bits_per_byte"] < r["val_loss"] / math.log(2)  # > 1 byte per BPE token
+    # gpt_tiny's 4096-token vocabulary over d_model 128, fp32: auto's chunked loss
+    assert r["cross_entropy"] == ("chunked" if CHUNKED_AVAILABLE else "full")
     # one checkpoint, the final one: a smoke run of gpt_medium wrote 7 GB of step files
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

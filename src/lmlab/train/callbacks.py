@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from lmlab.config import Family, Positional
+from lmlab.config import Compile, Family, Positional, TaskKind
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.tokenizer import encode
 from lmlab.infer.generation import generate
@@ -108,9 +108,9 @@ def largest_linears(model: torch.nn.Module, rows: int, n: int = 2) -> list[tuple
     return sorted(shapes, key=lambda s: s[1] * s[2], reverse=True)[:n]
 
 
-def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the attention kernels one forward actually runs, read from the profiler: SDPA's
-    (flash, efficient, cudnn, math) and ``flex_attention``."""
+def profiled_ops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> set[str]:
+    """Names of the ops one forward of ``inputs`` (with ``labels``: the loss) runs, read from
+    the profiler."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
     from torch.profiler import profile
 
@@ -121,11 +121,29 @@ def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> lis
     with torch.random.fork_rng(devices=[]), torch.no_grad(), profile() as prof:
         model(**inputs)
     model.train(was_training)
-    names = {e.key for e in prof.key_averages()}
-    kernels = {n.removeprefix("aten::") for n in names if "scaled_dot_product" in n}
-    if any(n.startswith("FlexAttention") for n in names):  # its autograd op, fused or not
+    return {e.key for e in prof.key_averages()}
+
+
+def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the attention kernels one forward actually runs: SDPA's (flash, efficient,
+    cudnn, math) and ``flex_attention``."""
+    return attention_kernels(profiled_ops(model, inputs))
+
+
+def attention_kernels(ops: set[str]) -> list[str]:
+    kernels = {n.removeprefix("aten::") for n in ops if "scaled_dot_product" in n}
+    if any(n.startswith("FlexAttention") for n in ops):  # its autograd op, fused or not
         kernels.add("flex_attention")
     return sorted(kernels)
+
+
+def cross_entropy_form(ops: set[str], compiled_loss: bool) -> str:
+    """Which form of the loss the training step runs (``model.cross_entropy``): ``chunked``
+    where the probe ran torch's chunked op, ``full`` otherwise; under ``compile=model`` the
+    full form, fused by Inductor."""
+    if compiled_loss:
+        return "full (compiled)"
+    return "chunked" if any("linear_cross_entropy" in n for n in ops) else "full"
 
 
 def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -136,7 +154,8 @@ def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
 
 class SDPAKernelReport(L.Callback):
     """Logs once which attention kernel the training step runs (flash, memory-efficient, math,
-    cuDNN): a forward of the training shape, under the training precision's autocast."""
+    cuDNN) and which form of the cross-entropy: a forward and loss of the training shape,
+    under the training precision's autocast."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not forward_here(trainer, pl_module):
@@ -148,15 +167,21 @@ class SDPAKernelReport(L.Callback):
         seq_len = trainer.datamodule.seq_len
         ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
         inputs = SAMPLE_INPUTS[pl_module.model_cfg.family](ids)
+        targets = inputs.get("decoder_input_ids", ids)
+        classify = pl_module.task.kind == TaskKind.classify
+        labels = torch.zeros_like(targets[:, :1]) if classify else targets
         with trainer.precision_plugin.forward_context(), eager():
-            kernels = sdpa_kernels(pl_module.model, inputs)
+            ops = profiled_ops(pl_module.model, inputs | {"labels": labels})
+        kernels = attention_kernels(ops)
+        loss_form = cross_entropy_form(ops, pl_module.compile == Compile.model)
         note = ""
         masked = pl_module.model_cfg.positional in (Positional.alibi, Positional.relative)
         if "flex_attention" not in kernels and (masked or pl_module.model_cfg.attention_window):
             note = " (an additive bias or window mask rules out the flash kernel on GPU)"
         if trainer.is_global_zero:
             log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
-        pl_module.sdpa_kernels = kernels
+            log.info("cross-entropy: %s", loss_form)
+        pl_module.sdpa_kernels, pl_module.cross_entropy = kernels, loss_form
 
 
 class ProgressBar(TQDMProgressBar):

@@ -439,6 +439,7 @@ def _fit(
         tokens_per_second=throughput.tokens_per_second if throughput else None,
         mfu=throughput.mfu if throughput else None,
         sdpa_kernels=getattr(task, "sdpa_kernels", None),
+        cross_entropy=getattr(task, "cross_entropy", None),
         wall_seconds=time.time() - start,
         device=str(task.device),
         precision=str(trainer.precision),
