@@ -258,7 +258,8 @@ def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
     """``resume=auto`` into a sweep's folder with another grid: the job whose config changed
     (gelu -> swiglu) is refused and its folder stays byte for byte as it was (Hydra's launcher
     used to rewrite its ``.hydra/`` first); the job that continues gets ``.hydra/`` as
-    configured, with nothing of how it was held."""
+    configured, with nothing of how it was held. The first invocation's ``multirun.yaml`` is
+    kept as ``multirun.1.yaml``."""
     from lmlab.train.rundir import HELD_SUBDIR
 
     sweep = tmp_path / "sweep"
@@ -266,12 +267,16 @@ def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
     first = start_train(*common, "model.activation=relu,gelu")
     output = first.communicate(timeout=600)[0]
     assert first.returncode == 0, output[-3000:]
-    before = snapshot(sweep / "1")
+    before, first_multirun = snapshot(sweep / "1"), (sweep / "multirun.yaml").read_bytes()
     second = start_train(*common, "model.activation=relu,swiglu", "resume=auto")
     output = second.communicate(timeout=600)[0]
     assert second.returncode == 0, output[-3000:]
     assert "differing fields: model.activation" in output
     assert changed(before, snapshot(sweep / "1")) == []
+    # the first invocation's multirun.yaml is kept; Hydra wrote the second's in its place
+    assert (sweep / "multirun.1.yaml").read_bytes() == first_multirun
+    task = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    assert "model.activation=relu,swiglu" in task and "resume=auto" in task
     hydra_yaml = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
     assert hydra_yaml["output_subdir"] == ".hydra"
     added = ("output_subdir", HELD_SUBDIR, "HeldFileHandler")

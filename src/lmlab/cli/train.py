@@ -41,6 +41,7 @@ from lmlab.train.rundir import (
     hold_hydra_writes,
     hold_sweep_hydra_writes,
     job_started,
+    keep_multirun_yaml,
     launch_rank_is_zero,
     lock_run_dir,
 )
@@ -88,8 +89,9 @@ class RunDirCallback(Callback):
     not empty, holds Hydra's writes until training starts. Hydra turns a callback's exception
     into a warning, so a refusal exits here. A multirun into a sweep folder that holds an
     earlier sweep's runs is refused in ``on_multirun_start``, before Hydra writes anything,
-    unless ``resume`` continues them: then each job's ``.hydra/`` is held until that job's
-    checks pass (``on_job_start``), and each job is guarded again in ``train()``."""
+    unless ``resume`` continues them: then the earlier ``multirun.yaml`` is kept as
+    ``multirun.<n>.yaml``, each job's ``.hydra/`` is held until that job's checks pass
+    (``on_job_start``), and each job is guarded again in ``train()``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
@@ -97,6 +99,7 @@ class RunDirCallback(Callback):
         runs = earlier_sweep_runs(sweep_dir)
         if runs and config.get("resume") in (True, "auto"):
             hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
+            keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
         elif runs:
             shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
             print(

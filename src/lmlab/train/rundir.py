@@ -171,6 +171,22 @@ def earlier_sweep_runs(sweep_dir: Path) -> list[str]:
     return sorted(job.name for job in sweep_dir.iterdir() if job.is_dir() and holds_run(job))
 
 
+def keep_multirun_yaml(sweep_dir: Path) -> Path | None:
+    """A resumed sweep (``on_multirun_start``): Hydra's launcher is about to rewrite the
+    folder's ``multirun.yaml`` with this invocation. The one there is copied first to
+    ``multirun.<n>.yaml`` (1 for the first invocation, then 2, ...), so every invocation that
+    wrote into the folder stays described. Returns the copy, or None if there was none."""
+    current = sweep_dir / "multirun.yaml"
+    if not current.is_file():
+        return None
+    n = 1
+    while (sweep_dir / f"multirun.{n}.yaml").exists():
+        n += 1
+    kept = sweep_dir / f"multirun.{n}.yaml"
+    shutil.copy2(current, kept)
+    return kept
+
+
 def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
     """Before Hydra's ``run_job``, if ``run_dir`` holds anything (but its lock): Hydra saves no
     ``.hydra/`` files and its job log's file handlers hold their records, until
