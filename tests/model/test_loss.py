@@ -14,7 +14,7 @@ from lmlab.config import CrossEntropy, Family, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_classifier, build_model
 from lmlab.model import loss as loss_module
-from lmlab.model.loss import CROSS_ENTROPY, IGNORE, Chunking, chunked_loss
+from lmlab.model.loss import CROSS_ENTROPY, IGNORE, Chunking, resolve_chunking
 
 pytestmark = pytest.mark.skipif(
     not loss_module.CHUNKED_AVAILABLE, reason="this torch has no linear_cross_entropy"
@@ -170,18 +170,16 @@ def test_auto_rule_and_registry() -> None:
     head), never a narrow output (Tiny Shakespeare's 171 characters at d 128, a classifier)."""
     assert set(CROSS_ENTROPY) == set(CrossEntropy)
     cfg = config(Family.gpt, CrossEntropy.auto)
-    assert chunked_loss(cfg, 4096, 128) == Chunking.fp32
-    assert chunked_loss(cfg, 1023, 128) == Chunking.never
-    assert chunked_loss(cfg, 171, 128) == Chunking.never
-    assert build_classifier(config(Family.bert, CrossEntropy.auto), 3).head.chunked_loss == (
+    assert resolve_chunking(cfg, 4096, 128) == Chunking.fp32
+    assert resolve_chunking(cfg, 1023, 128) == Chunking.never
+    assert resolve_chunking(cfg, 171, 128) == Chunking.never
+    assert build_classifier(config(Family.bert, CrossEntropy.auto), 3).head.loss_chunking == (
         Chunking.never
     )
-    assert chunked_loss(dataclasses.replace(cfg, cross_entropy=CrossEntropy.full), 10**6, 8) == (
-        Chunking.never
-    )
-    assert chunked_loss(dataclasses.replace(cfg, cross_entropy=CrossEntropy.chunked), 3, 8) == (
-        Chunking.always
-    )
+    full = dataclasses.replace(cfg, cross_entropy=CrossEntropy.full)
+    chunked = dataclasses.replace(cfg, cross_entropy=CrossEntropy.chunked)
+    assert resolve_chunking(full, 10**6, 8) == Chunking.never
+    assert resolve_chunking(chunked, 3, 8) == Chunking.always
 
 
 def test_chunked_refused_without_the_op(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +187,7 @@ def test_chunked_refused_without_the_op(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(loss_module, "CHUNKED_AVAILABLE", False)
     with pytest.raises(ConfigError, match=r"model.cross_entropy=chunked needs .* use auto"):
         build_model(config(Family.gpt, CrossEntropy.chunked))
-    assert build_model(config(Family.gpt, CrossEntropy.auto)).chunked_loss == Chunking.never
+    assert build_model(config(Family.gpt, CrossEntropy.auto)).loss_chunking == Chunking.never
 
 
 def test_chunked_step_reads_nothing_from_the_device(host_reads: list[str]) -> None:

@@ -19,7 +19,7 @@ from lmlab.config import ModelConfig
 from lmlab.model.context import encoder_context
 from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.layers import Block, init_weights
-from lmlab.model.loss import chunked_loss, output
+from lmlab.model.loss import output, resolve_chunking
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import make_positional
 
@@ -41,11 +41,11 @@ class MLMHead(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]()
         self.norm = make_norm(cfg)
         self.out = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
-        self.chunked_loss = chunked_loss(cfg, cfg.vocab_size, cfg.d_model)
+        self.loss_chunking = resolve_chunking(cfg, cfg.vocab_size, cfg.d_model)
 
     def forward(self, x_BTD: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h_BTD = self.norm(self.act(self.dense(x_BTD)))
-        return output(self.out, h_BTD, labels, self.chunked_loss)
+        return output(self.out, h_BTD, labels, self.loss_chunking)
 
     def tie(self, embed: nn.Embedding) -> None:
         """The output layer shares the token embedding's weight (``tie_embeddings``)."""
@@ -63,11 +63,11 @@ class ClassificationHead(nn.Module):
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.d_model, num_labels, bias=cfg.bias)
-        self.chunked_loss = chunked_loss(cfg, num_labels, cfg.d_model)
+        self.loss_chunking = resolve_chunking(cfg, num_labels, cfg.d_model)
 
     def forward(self, x_BTD: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         pooled_B1D = torch.tanh(self.pooler(x_BTD[:, :1]))
-        return output(self.out, self.drop(pooled_B1D), labels, self.chunked_loss)  # (B, 1, L)
+        return output(self.out, self.drop(pooled_B1D), labels, self.loss_chunking)  # (B, 1, L)
 
     def tie(self, embed: nn.Embedding) -> None:
         """Nothing to tie: the head predicts labels, not tokens."""

@@ -9,7 +9,7 @@ from lmlab.config import ModelConfig
 from lmlab.model.context import build_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, init_weights
-from lmlab.model.loss import chunked_loss, output
+from lmlab.model.loss import output, resolve_chunking
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import make_positional
 
@@ -30,7 +30,7 @@ class GPT(nn.Module):
         needs_final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
         self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.chunked_loss = chunked_loss(cfg, cfg.vocab_size, cfg.d_model)
+        self.loss_chunking = resolve_chunking(cfg, cfg.vocab_size, cfg.d_model)
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -57,7 +57,7 @@ class GPT(nn.Module):
             x_BTD = block(x_BTD, ctx, cache.layer(i) if cache else None)
         if cache is not None:
             cache.advance()
-        return output(self.head, self.norm_f(x_BTD), labels, self.chunked_loss)
+        return output(self.head, self.norm_f(x_BTD), labels, self.loss_chunking)
 
     def new_cache(self, batch: int) -> KVCache:
         """An empty KV cache for ``batch`` sequences, in the model's dtype and device."""

@@ -13,7 +13,7 @@ bf16 the reported loss would be rounded to bf16 (steps of 1/64 at a loss of 2 to
 ``torch.compile`` (``compile=model``) the full form is traced, whatever the setting: Inductor
 fuses it into the compiled graph, and the chunked op would break that graph.
 
-A family calls ``output(layer, x, labels, chunked)`` last: logits without labels (validation,
+A family calls ``output(layer, x, labels, chunking)`` last: logits without labels (validation,
 generation, conversion), the loss with them (training), so the output layer runs inside the
 model's ``forward`` and FSDP has gathered its weights.
 """
@@ -66,7 +66,7 @@ def check_cross_entropy(cfg: ModelConfig) -> None:
         )
 
 
-def chunked_loss(cfg: ModelConfig, out_features: int, in_features: int) -> Chunking:
+def resolve_chunking(cfg: ModelConfig, out_features: int, in_features: int) -> Chunking:
     """Where an output layer of ``in_features`` -> ``out_features`` trains chunked."""
     check_cross_entropy(cfg)
     return CROSS_ENTROPY[CrossEntropy(cfg.cross_entropy)](out_features, in_features)

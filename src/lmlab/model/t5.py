@@ -22,7 +22,7 @@ from lmlab.config import ModelConfig
 from lmlab.model.context import build_context, encoder_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
-from lmlab.model.loss import chunked_loss, output
+from lmlab.model.loss import output, resolve_chunking
 from lmlab.model.norms import PLACEMENTS, make_norm
 from lmlab.model.positional import PositionalScheme, make_positional
 
@@ -50,7 +50,7 @@ class T5(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.decoder_layers))
         self.dec_norm = make_norm(cfg) if final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.chunked_loss = chunked_loss(cfg, cfg.vocab_size, cfg.d_model)
+        self.loss_chunking = resolve_chunking(cfg, cfg.vocab_size, cfg.d_model)
         init_weights(self, cfg)
         self.head_scale = cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0
         if cfg.tie_embeddings:
@@ -115,7 +115,7 @@ class T5(nn.Module):
         if cache is not None:
             cache.advance()
         y_BSD = self.drop(self.dec_norm(y_BSD)) * self.head_scale
-        return output(self.head, y_BSD, labels, self.chunked_loss)
+        return output(self.head, y_BSD, labels, self.loss_chunking)
 
     def new_cache(self, batch: int) -> KVCache:
         """An empty KV cache for the decoder's self-attention over ``batch`` sequences."""
