@@ -11,7 +11,7 @@ import torch
 from lmlab.config import AttentionKernel, Family, ModelConfig, Positional
 from lmlab.model import build_model
 from lmlab.model.loss import CHUNKED_AVAILABLE
-from lmlab.train.callbacks import cross_entropy_form, profiled_ops, sdpa_kernels
+from lmlab.train.callbacks import attention_kernels, cross_entropy_form, profiled_ops
 from lmlab.train.estimate import SAMPLE_INPUTS
 
 
@@ -32,7 +32,7 @@ def test_report_names_the_kernel_every_attention_runs(
     inputs = SAMPLE_INPUTS[family](torch.zeros(1, 32, dtype=torch.long))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without")
-        kernels = sdpa_kernels(build_model(cfg), inputs)
+        kernels = attention_kernels(profiled_ops(build_model(cfg), inputs))
     if kernel == AttentionKernel.flex:
         assert kernels == ["flex_attention"]
     else:

@@ -124,13 +124,9 @@ def profiled_ops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> set
     return {e.key for e in prof.key_averages()}
 
 
-def sdpa_kernels(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the attention kernels one forward actually runs: SDPA's (flash, efficient,
-    cudnn, math) and ``flex_attention``."""
-    return attention_kernels(profiled_ops(model, inputs))
-
-
 def attention_kernels(ops: set[str]) -> list[str]:
+    """The attention kernels among the ops a forward ran: SDPA's (flash, efficient, cudnn,
+    math) and ``flex_attention``."""
     kernels = {n.removeprefix("aten::") for n in ops if "scaled_dot_product" in n}
     if any(n.startswith("FlexAttention") for n in ops):  # its autograd op, fused or not
         kernels.add("flex_attention")
