@@ -16,7 +16,14 @@ from lmlab.config import AttentionKernel, Family, ModelConfig, Positional
 from lmlab.errors import ConfigError
 from lmlab.infer.probe import record_attention
 from lmlab.model import build_model
-from lmlab.model.context import FLEX_ON, AttnContext, FlexContext, build_context
+from lmlab.model.context import (
+    FLEX_ON,
+    AttnContext,
+    FlexContext,
+    block_mask_of,
+    build_context,
+    shared_block_mask,
+)
 
 V = 61
 # float64 throughout: both kernels sum at most 24 products of O(1) values per score and per
@@ -160,12 +167,14 @@ def test_cached_generation_of_a_flex_model_equals_its_full_forward(
 def test_building_a_flex_context_reads_nothing_on_the_host(
     monkeypatch: pytest.MonkeyPatch, host_reads: list[str], padding: bool
 ) -> None:
-    """A forward builds its block mask every step: on a GPU a host read there would stall
-    every step (``tests/train/test_hot_path.py`` counts the same reads over whole steps; the
+    """A forward with key padding builds its block mask every step, and one without builds
+    it on the first step of each shape: on a GPU a host read there would stall a step
+    (``tests/train/test_hot_path.py`` counts the same reads over whole steps; the
     synchronisations of CUDA kernels themselves are checked by ``tests/train/test_gpu.py``)."""
     model = build_model(ModelConfig(vocab_size=V, positional=Positional.relative))
     pos = torch.arange(16)
     mask = (torch.arange(16) < torch.tensor([16, 9])[:, None]) if padding else None
+    shared_block_mask.cache_clear()  # built here, not found
     host_reads.clear()  # from here on
     ctx = build_context(
         model.positional,
@@ -178,6 +187,45 @@ def test_building_a_flex_context_reads_nothing_on_the_host(
     )
     monkeypatch.undo()
     assert isinstance(ctx, FlexContext) and host_reads == []
+
+
+def flex_mask(
+    model: torch.nn.Module, length: int, padding: torch.Tensor | None = None, **kw
+) -> FlexContext:
+    pos = torch.arange(length)
+    ctx = build_context(
+        model.positional, pos, pos, key_padding_mask=padding, kernel=AttentionKernel.flex, **kw
+    )
+    assert isinstance(ctx, FlexContext)
+    return ctx.block_mask
+
+
+def test_a_block_mask_without_padding_is_built_once_per_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Causality and a window depend on nothing that changes between steps: every forward of
+    a shape shares one block mask, equal to a freshly built one. With key padding (BERT, T5)
+    each batch builds its own; so does a traced forward (torch.compile)."""
+    model = build_model(ModelConfig(vocab_size=V, positional=Positional.alibi))
+    shared_block_mask.cache_clear()
+    first = flex_mask(model, 16, causal=True, window=6)
+    assert flex_mask(model, 16, causal=True, window=6) is first
+    fresh = block_mask_of(lambda b, q, k, kv: (q >= k) & ((q - k).abs() < 6), None, 16, 16, "cpu")
+    torch.testing.assert_close(first.to_dense(), fresh.to_dense(), rtol=0, atol=0)
+    others = [
+        flex_mask(model, 16, causal=True, window=5),
+        flex_mask(model, 16, causal=False, window=6),
+        flex_mask(model, 12, causal=True, window=6),
+    ]
+    assert all(other is not first for other in others)
+    assert shared_block_mask.cache_info().currsize == 4
+    padding = torch.arange(16) < torch.tensor([16, 9])[:, None]
+    padded = [flex_mask(model, 16, padding, causal=False, window=6) for _ in range(2)]
+    assert padded[0] is not padded[1]
+    torch.testing.assert_close(padded[0].to_dense(), padded[1].to_dense(), rtol=0, atol=0)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert flex_mask(model, 16, causal=True, window=6) is not first
+    assert shared_block_mask.cache_info().currsize == 4
 
 
 def test_an_additive_mask_takes_the_queries_dtype(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@ layer, in one of two forms:
 - ``FlexContext``: FlexAttention (``torch.nn.attention.flex_attention``). The mask becomes a
   block mask (key blocks a query block never sees are skipped) and the bias a ``score_mod``
   computed inside the fused kernel, so ALiBi, T5's relative bias and windows run at close to
-  flash speed.
+  flash speed. A block mask without key padding is built once per shape and shared by every
+  forward of that shape (``shared_block_mask``).
 
 Both forms come from the same elementwise functions (``allowed`` here, the scheme's
 ``score_bias``), evaluated on index grids for the dense mask and inside the kernel for
@@ -135,6 +136,28 @@ def dense_context(
     return AttnContext(mask, False, rotate)
 
 
+def block_mask_of(
+    allowed: Allowed, batch: int | None, q_len: int, k_len: int, device: torch.device
+) -> BlockMask:
+    """FlexAttention's block mask of ``allowed`` over positions 0..q_len-1 and 0..k_len-1;
+    ``batch`` None: the same for every row."""
+    return create_block_mask(
+        lambda b, h, q, kv: allowed(b, q, kv, kv), batch, None, q_len, k_len, device=device
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def shared_block_mask(
+    causal: bool, window: int | None, q_len: int, k_len: int, device: torch.device
+) -> BlockMask:
+    """The block mask of causality and a window, which depends on nothing but these: built
+    once per shape (training's every step, an evaluation's few lengths) instead of every
+    forward. A mask with key padding differs by batch and is built each time."""
+    allowed = allowed_fn(causal, window, None)
+    assert allowed is not None, "nothing to mask"
+    return block_mask_of(allowed, None, q_len, k_len, device)
+
+
 def flex_context(
     positional: PositionalScheme,
     q_len: int,
@@ -144,13 +167,16 @@ def flex_context(
     rotate: Rotate,
     as_dense: Callable[[], AttnContext],
     device: torch.device,
+    shared: tuple[bool, int | None] | None = None,
 ) -> FlexContext:
-    """The same attention as ``dense_context`` for FlexAttention, positions being indices."""
+    """The same attention as ``dense_context`` for FlexAttention, positions being indices.
+    ``shared``: (causal, window) when ``allowed`` is nothing else, so its block mask is the
+    cached one. Under torch.compile the mask is traced with the model instead."""
     block_mask = score_mod = None
-    if allowed is not None:
-        block_mask = create_block_mask(
-            lambda b, h, q, kv: allowed(b, q, kv, kv), batch, None, q_len, k_len, device=device
-        )
+    if allowed is not None and shared is not None and not torch.compiler.is_compiling():
+        block_mask = shared_block_mask(*shared, q_len, k_len, device)
+    elif allowed is not None:
+        block_mask = block_mask_of(allowed, batch, q_len, k_len, device)
     if positional.has_bias:
         score_mod = lambda score, b, h, q, kv: score + positional.score_bias(h, q, kv)  # noqa: E731
     return FlexContext(None, False, rotate, block_mask, score_mod, as_dense)
@@ -182,8 +208,17 @@ def build_context(
     if new_k_pos is not None or not FLEX_ON[kernel](q_pos.device):
         return as_dense()
     flex_batch = None if key_padding_mask is None else batch  # None: the same for every row
+    shared = (causal, window) if key_padding_mask is None else None
     return flex_context(
-        positional, len(q_pos), len(k_pos), allowed, flex_batch, rotate, as_dense, q_pos.device
+        positional,
+        len(q_pos),
+        len(k_pos),
+        allowed,
+        flex_batch,
+        rotate,
+        as_dense,
+        q_pos.device,
+        shared,
     )
 
 
