@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from omegaconf import OmegaConf
 
 from lmlab.config import CONF_DIR, BudgetKind, ParamCount
 from lmlab.errors import ConfigError
 from lmlab.train.batch import GlobalBatch
 from lmlab.train.budget import Budget
-from lmlab.train.plan import RunPlan, check_resumable
+from lmlab.train.plan import RunPlan, check_accelerator, check_resumable
 
 TRAIN = CONF_DIR.parent / "src" / "train.py"
 # a token budget (not trainer.max_steps), accumulation 2, precision auto
@@ -102,3 +104,39 @@ def test_flex_attention_is_refused_before_training_off_cuda(tmp_path: Path) -> N
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "failed" and "attention_kernel=flex" in results["error"]
     assert [p.name for p in tmp_path.rglob("*.json")] == ["results.json"]  # no plan, no data
+
+
+def test_a_gpu_run_is_refused_where_torch_sees_no_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer=gpu on a machine without one: one line naming the field and what to use,
+    before any data (Lightning raised once the Trainer was built, through a traceback)."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    cfg = compose_train(["+debug=smoke", "trainer=gpu"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        train(cfg)
+    assert str(refused.value) == (
+        f"trainer.accelerator=gpu needs a CUDA GPU and torch sees none (torch "
+        f"{torch.__version__} is a CPU build); use trainer=cpu, or trainer.accelerator=auto to "
+        "take a GPU where there is one"
+    )
+    assert [p.name for p in tmp_path.rglob("*.json")] == ["results.json"]  # no plan, no data
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build without a device
+    with pytest.raises(ConfigError, match=r"accelerator=cuda .*\(CUDA 12.8\) finds no device"):
+        check_accelerator(OmegaConf.create({"accelerator": "cuda", "devices": 1}))
+    for fine in ("cpu", "auto"):
+        check_accelerator(OmegaConf.create({"accelerator": fine, "devices": 4}))
+
+
+def test_more_gpus_than_the_machine_has_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^trainer.devices=4 but torch sees 2 CUDA GPU\(s\)"):
+        check_accelerator(OmegaConf.create({"accelerator": "gpu", "devices": 4}))
+    for devices in (2, 1, "auto", -1, "0,1", [0, 1]):
+        check_accelerator(OmegaConf.create({"accelerator": "gpu", "devices": devices}))

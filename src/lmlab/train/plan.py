@@ -95,6 +95,33 @@ def on_cuda(trainer_cfg: DictConfig) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """A run that asks for a GPU runs on one: ``trainer.accelerator`` gpu or cuda where torch
+    sees none, or ``trainer.devices`` above the GPUs it sees, is refused before any data is
+    read (Lightning would raise once the Trainer is built, through a traceback)."""
+    accelerator = str(trainer_cfg.accelerator)
+    if accelerator not in ("gpu", "cuda"):
+        return
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu
+    if not torch.cuda.is_available() and not mps:
+        build = (
+            f"torch {torch.__version__} is a CPU build"
+            if torch.version.cuda is None
+            else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no device: "
+            "check the driver and CUDA_VISIBLE_DEVICES"
+        )
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch sees none ({build}); "
+            "use trainer=cpu, or trainer.accelerator=auto to take a GPU where there is one"
+        )
+    devices, count = str(trainer_cfg.get("devices", 1)), torch.cuda.device_count()
+    if not mps and devices.isdigit() and int(devices) > count:
+        raise ConfigError(
+            f"trainer.devices={devices} but torch sees {count} CUDA GPU(s) here; "
+            f"use trainer.devices={count} or fewer, or auto (every GPU)"
+        )
+
+
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     """``trainer.precision=auto``: bf16-mixed where the run's accelerator is a GPU with bf16,
     32-true otherwise (CPUs without native bf16 run bf16 many times slower)."""

@@ -49,6 +49,7 @@ from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
 from lmlab.train.plan import (
     PLAN_FILE,
+    check_accelerator,
     check_attention_kernel,
     check_resumable,
     make_plan,
@@ -211,8 +212,9 @@ def train(cfg: DictConfig) -> float:
         check_evals(cfg, model_cfg)
         check_attention_kernel(cfg.trainer, model_cfg)
         check_cross_entropy(model_cfg)
-        if cfg.get("dry_run"):
+        if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
+        check_accelerator(cfg.trainer)
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(
             cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope, init, task_cfg
