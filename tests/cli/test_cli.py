@@ -176,3 +176,28 @@ def test_argument_errors_are_one_line_and_exit_2(
     assert run_command(name, *[str(tmp_path) if a == "DIR" else a for a in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: lmlab {name}: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("name", ["generate", "probe", "consolidate", "convert", "evaluate"])
+def test_key_value_commands_answer_help(name: str, run_command, capsys) -> None:
+    """``lmlab <command> --help``, as ``lmlab --help`` says: the command's usage, then every
+    key with its default and what it is; exit 0, nothing loaded."""
+    import dataclasses
+    import importlib
+
+    module = importlib.import_module(f"lmlab.cli.{name}")
+    schema = next(
+        v
+        for v in vars(module).values()
+        if dataclasses.is_dataclass(v) and v.__module__ == module.__name__
+    )
+    for flag in ("--help", "-h"):
+        assert run_command(name, "ckpt=/nowhere", flag) == 0
+        out, err = capsys.readouterr()
+        assert err == "" and out.startswith(f"usage: lmlab {name} key=value ...")
+        assert module.__doc__.splitlines()[0] in out
+        keys = out.partition("keys (default; null is None):\n")[2].splitlines()
+        assert [line.split()[0] for line in keys] == [f.name for f in dataclasses.fields(schema)]
+    if name == "generate":
+        assert "  temperature     0.8       0: greedy" in keys
+        assert "  ckpt            required" in keys and "  prompt          ''" in out

@@ -5,12 +5,16 @@ the shell's), then typed and checked against a dataclass by OmegaConf: an unknow
 value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
 Hydra's override grammar would reject those prompts (brackets and parentheses are syntax).
 The commands with flags (compare, scaling) use ``ArgumentParser``, whose errors take the same
-one-line path."""
+one-line path. ``-h`` or ``--help`` prints the command's usage (its module's docstring) and
+every key with its default and the comment beside it in the schema."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
+import sys
 from typing import NoReturn, TypeVar
 
 from omegaconf import MISSING
@@ -19,6 +23,10 @@ from lmlab.config import to_schema
 from lmlab.errors import ConfigError
 
 T = TypeVar("T")
+
+HELP = ("-h", "--help")
+# a schema's field line: ``name: type = default  # what it is``
+FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -29,8 +37,45 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message} (--help lists the arguments)")
 
 
+def usage(schema: type) -> str:
+    """The help of the command whose arguments ``schema`` holds: the docstring of the module
+    that defines it (examples and what the command does), then each key, its default and
+    the comment beside it."""
+    module = sys.modules[schema.__module__]
+    command = schema.__module__.rpartition(".")[2]
+    comments = dict(
+        match.groups()
+        for line in inspect.getsource(schema).splitlines()
+        if (match := FIELD_COMMENT.match(line))
+    )
+    rows = []
+    for f in dataclasses.fields(schema):
+        if f.default == MISSING:
+            default = "required"
+        elif f.default is None:
+            default = "null"
+        elif isinstance(f.default, bool):
+            default = str(f.default).lower()
+        elif isinstance(f.default, str) and (" " in f.default or not f.default.isprintable()):
+            default = repr(f.default)
+        else:
+            default = str(f.default) or "''"
+        rows.append((f.name, default, comments.get(f.name, "")))
+    width = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    keys = [f"  {n:<{width[0]}}  {d:<{width[1]}}  {c}".rstrip() for n, d, c in rows]
+    return (
+        f"usage: lmlab {command} key=value ...  (or python src/{command}.py key=value ...)\n\n"
+        f"{inspect.cleandoc(module.__doc__ or '')}\n\nkeys (default; null is None):\n"
+        + "\n".join(keys)
+    )
+
+
 def parse(schema: type[T], argv: list[str]) -> T:
-    """``schema`` (a dataclass) filled from ``key=value`` arguments; ``null`` means None."""
+    """``schema`` (a dataclass) filled from ``key=value`` arguments; ``null`` means None.
+    ``-h``/``--help`` prints ``usage(schema)`` and exits with 0."""
+    if any(arg in HELP for arg in argv):
+        print(usage(schema))
+        raise SystemExit(0)
     fields = {f.name for f in dataclasses.fields(schema)}
     required = [f.name for f in dataclasses.fields(schema) if f.default == MISSING]
     given: dict[str, str | None] = {}

@@ -1,4 +1,4 @@
-"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans (T5).
+r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans (T5).
 
     python src/generate.py ckpt=<file> prompt="def fib(" max_new_tokens=200 temperature=0.8 \
         top_k=50 top_p=0.95 seed=0 num_samples=3
