@@ -140,3 +140,39 @@ def test_more_gpus_than_the_machine_has_are_refused(monkeypatch: pytest.MonkeyPa
         check_accelerator(OmegaConf.create({"accelerator": "gpu", "devices": 4}))
     for devices in (2, 1, "auto", -1, "0,1", [0, 1]):
         check_accelerator(OmegaConf.create({"accelerator": "gpu", "devices": devices}))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "callbacks.sample.max_new_tokens=0",
+            "callbacks.sample.max_new_tokens=0 must be >= 1 (callbacks.sample=null: no sample)",
+        ),
+        (
+            "callbacks.sample.temperature=-0.5",
+            "callbacks.sample.temperature=-0.5 must be >= 0 (0: greedy)",
+        ),
+        (
+            "callbacks.sample.top_k=0",
+            "callbacks.sample.top_k=0 must be >= 1 (or null: every token)",
+        ),
+        (
+            "+callbacks.sample.top_p=0.9",
+            "callbacks.sample: Sample.__init__() got an unexpected keyword argument 'top_p'",
+        ),
+    ],
+)
+def test_a_callbacks_bad_value_is_refused_before_any_data(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    """The end-of-run sample's values are checked when the run starts, not found wrong when
+    it ends (where the sample would fail and the run carry on without it)."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+
+    cfg = compose_train(["+debug=smoke", override], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        train(cfg)
+    assert str(refused.value) == message
+    assert [p.name for p in tmp_path.rglob("*.json")] == ["results.json"]  # no plan, no data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lmlab.config import Compile, Family, Positional, TaskKind
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.tokenizer import encode
+from lmlab.errors import ConfigError
 from lmlab.infer.generation import generate
 from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
 from lmlab.model import flops_per_token
@@ -219,6 +221,17 @@ class Sample(L.Callback):
         top_k: int | None = 40,
         seed: int = 0,
     ) -> None:
+        if max_new_tokens < 1:
+            raise ConfigError(
+                f"callbacks.sample.max_new_tokens={max_new_tokens} must be >= 1 "
+                "(callbacks.sample=null: no sample)"
+            )
+        if not 0 <= temperature < math.inf:
+            raise ConfigError(
+                f"callbacks.sample.temperature={temperature} must be >= 0 (0: greedy)"
+            )
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"callbacks.sample.top_k={top_k} must be >= 1 (or null: every token)")
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.text: str | None = None

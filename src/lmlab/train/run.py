@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -186,6 +187,26 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
     write_json(out_dir / "results.json", redact(results))
 
 
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """``cfg.callbacks``' entries (``callbacks.<name>=null`` turns one off). A value a
+    callback refuses (its ConfigError) or cannot take (a TypeError or ValueError: a key it
+    does not have, a wrong type) is one ConfigError, not Hydra's wrapping of it."""
+    callbacks = []
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if entry is None:
+            continue
+        try:
+            callbacks.append(instantiate(entry))
+        except InstantiationException as err:
+            cause = err.__cause__
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            if isinstance(cause, TypeError | ValueError):
+                raise ConfigError(f"callbacks.{name}: {cause}") from err
+            raise
+    return callbacks
+
+
 def train(cfg: DictConfig) -> float:
     """Train one run; write ``results.json`` (completed, failed, preempted or interrupted);
     return the final validation loss. ``cfg`` is read, never written: what the run derives
@@ -212,12 +233,24 @@ def train(cfg: DictConfig) -> float:
         check_evals(cfg, model_cfg)
         check_attention_kernel(cfg.trainer, model_cfg)
         check_cross_entropy(model_cfg)
+        callbacks = build_callbacks(cfg)  # their bad values are refused here
         if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
         check_accelerator(cfg.trainer)
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(
-            cfg, model_cfg, data_cfg, seq_len, run, results, start, ckpt_path, scope, init, task_cfg
+            cfg,
+            model_cfg,
+            data_cfg,
+            seq_len,
+            run,
+            results,
+            start,
+            ckpt_path,
+            scope,
+            callbacks,
+            init,
+            task_cfg,
         )
     except BaseException as err:
         results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
@@ -347,6 +380,7 @@ def _fit(
     start: float,
     ckpt_path: Path | None,
     scope: JobScope,
+    callbacks: list[L.Callback],
     init: InitFrom | None = None,
     task_cfg: TaskConfig | None = None,
 ) -> float:
@@ -376,8 +410,6 @@ def _fit(
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
         write_json(out_dir / PLAN_FILE, plan.as_dict() | (model_record(init) if init else {}))
-    # callbacks.<name>=null turns one off
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = build_loggers(cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
