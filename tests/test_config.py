@@ -187,6 +187,16 @@ BAD_VALUES = [
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such file"),
     ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be >= 0"),
     ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio=1.5 must be in [0, 1]"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 must be >= 0 (0: no decay)"),
+    ("optim.betas=[0.9,1.5]", "optim.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
+    ("optim.betas=[0.9]", "optim.betas=[0.9] must be two numbers in [0, 1)"),
+    ("optim.eps=0", "optim.eps=0 must be a positive number"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be an int >= 1"),
+    ("trainer.val_check_interval=0.5", "trainer.val_check_interval=0.5 must be an int >= 1"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be an int >= 1"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 must be >= 0"),
+    ("trainer.limit_val_batches=-1", "trainer.limit_val_batches=-1: allowed an int >= 0"),
+    ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches=1.5: allowed an int >= 0"),
     ("model.moe.num_experts=-1", "model.moe.num_experts=-1 must be >= 0 (0: dense"),
     ("model.moe.capacity_factor=0", "model.moe.capacity_factor=0.0 must be > 0 (or null"),
     ("model.moe.every_n_layers=0", "model.moe.every_n_layers=0 must be >= 1"),
@@ -200,6 +210,15 @@ def test_bad_values_are_refused_before_any_work(override: str, message: str) -> 
     cfg = compose_train([override])
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_configs(cfg)
+
+
+def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
+    for ok in (
+        ["trainer.gradient_clip_val=null", "trainer.limit_val_batches=0"],
+        ["trainer.gradient_clip_val=0", "trainer.limit_val_batches=0.25", "optim.betas=[0, 0.5]"],
+        ["trainer.val_check_interval=null", "optim.weight_decay=0"],
+    ):
+        resolve_configs(compose_train(ok))
 
 
 def test_zero_seq_len_is_not_taken_for_unset() -> None:

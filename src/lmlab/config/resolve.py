@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from lmlab.config.data import DataConfig
 from lmlab.config.model import ModelConfig
@@ -32,6 +32,52 @@ def check_optimizer(optim: Mapping[str, Any], scheduler: Mapping[str, Any]) -> N
     ratio = scheduler.get("min_lr_ratio", 0.0)
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
         raise ConfigError(f"scheduler.min_lr_ratio={ratio} must be in [0, 1]")
+    # the optimizer's own checks would fail only once training starts, with a traceback
+    decay = optim.get("weight_decay", 0.0)
+    if not is_number(decay) or not 0 <= decay < math.inf:
+        raise ConfigError(f"optim.weight_decay={decay} must be >= 0 (0: no decay)")
+    betas = optim.get("betas")
+    if betas is not None and (
+        not isinstance(betas, Sequence | ListConfig)
+        or len(betas) != 2
+        or not all(is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        shown = list(betas) if isinstance(betas, ListConfig) else betas
+        raise ConfigError(f"optim.betas={shown} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    eps = optim.get("eps", 1e-8)
+    if not is_number(eps) or not 0 < eps < math.inf:
+        raise ConfigError(f"optim.eps={eps} must be a positive number (default 1e-8)")
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float (a YAML ``true`` is neither)."""
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def check_trainer(trainer: Mapping[str, Any]) -> None:
+    """The Trainer's values that Lightning would divide by, or take without complaint and
+    train wrongly with (a negative clipping threshold flips every gradient's sign)."""
+    for name in ("log_every_n_steps", "val_check_interval"):
+        value = trainer.get(name, 1)
+        if value is None or (is_number(value) and isinstance(value, int) and value >= 1):
+            continue
+        why = " (lmlab trains by steps, not epochs: a fraction of one has no meaning)"
+        shown = f"'{value}'" if isinstance(value, str) else value
+        raise ConfigError(
+            f"trainer.{name}={shown} must be an int >= 1 (batches)"
+            + (why if isinstance(value, float) else "")
+        )
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not is_number(clip) or not 0 <= clip < math.inf):
+        raise ConfigError(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")
+    limit = trainer.get("limit_val_batches", 1.0)
+    if limit is not None and (
+        not is_number(limit) or limit < 0 or (isinstance(limit, float) and limit > 1)
+    ):
+        raise ConfigError(
+            f"trainer.limit_val_batches={limit}: allowed an int >= 0 (batches; 0: no "
+            "validation) or a float in [0, 1] (a fraction of the validation split)"
+        )
 
 
 # Set in every process of a multi-node run by what started it, and read by Lightning to find
@@ -73,6 +119,7 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
     to_schema(BudgetConfig, cfg.budget, "budget.")
     run_cfg = to_schema(RunConfig, {f.name: cfg.get(f.name) for f in dataclasses.fields(RunConfig)})
     check_optimizer(cfg.optim, cfg.scheduler)
+    check_trainer(cfg.trainer)
     resolve_task(cfg, model_cfg)
     if not run_cfg.dry_run:  # a dry run plans for many nodes and launches nothing
         check_launch(cfg.trainer)
