@@ -322,6 +322,21 @@ def test_bad_examples_are_one_line_errors_naming_the_field(
     odd.write_text(odd.read_text().replace('"red"', '"purple"'))
     with pytest.raises(ConfigError, match=r"row \d+ of task.val=.*odd.jsonl has label 'purple'"):
         train(compose_train([*run, f"task.val={odd}"], tmp_path / "b", cache_dir))
+    # without task.val the examples are shuffled into two splits; a bad row is still named by
+    # its row in the file
+    no_val = [o for o in run if not o.startswith(("task.train=", "task.val="))]
+    rows = [json.loads(line) for line in odd.read_text().splitlines()]
+    for row, change, message in [
+        (14, lambda r: r.pop("label"), r"task.label_column='label': row 14 of .* has no label"),
+        (17, lambda r: r.update(text=None), r"task.text_column='text': row 17 of .* holds None"),
+    ]:
+        bad = [dict(r) for r in rows]
+        change(bad[row])
+        path = tmp_path / f"bad{row}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in bad))
+        with pytest.raises(ConfigError, match=message):
+            overrides = [*no_val, f"task.train={path}"]
+            train(compose_train(overrides, tmp_path / f"c{row}", cache_dir))
 
 
 def test_classify_fine_tunes_a_bert_checkpoint(

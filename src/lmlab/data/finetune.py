@@ -112,14 +112,15 @@ def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
         return train, val
     if len(train.examples) < 2:
         raise ConfigError(f"{train.origin} holds {len(train.examples)} examples: too few to split")
+    columns(task, train)  # checked before the shuffle: its row numbers are the source's
     parts = train.examples.train_test_split(test_size=task.val_fraction, seed=0)
     held_out = f"{train.origin} (task.val_fraction={task.val_fraction} held out)"
     return Split(parts["train"], train.origin), Split(parts["test"], held_out)
 
 
 def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
-    """The task's two columns of ``split``: a missing column, an empty split or a text that is
-    not a string is a ConfigError naming the field."""
+    """The task's two columns of ``split``: a missing column, an empty split, a text that is
+    not a string or a missing label is a ConfigError naming the field and the row."""
     values = []
     for field_name in COLUMNS[task.kind]:
         column = getattr(task, field_name)
@@ -140,6 +141,11 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
                 f"task.{field_name}={getattr(task, field_name)!r}: row {bad} of {split.origin} "
                 f"holds {values[i][bad]!r}, not a text"
             )
+    if task.kind == TaskKind.classify and None in values[1]:
+        raise ConfigError(
+            f"task.label_column={task.label_column!r}: row {values[1].index(None)} of "
+            f"{split.origin} has no label"
+        )
     return values[0], values[1]
 
 
@@ -147,8 +153,6 @@ def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple
     """The class names in id order, from the training labels. Integer labels are their own
     ids, 0 .. num_labels - 1 (null: the largest + 1); any other labels (strings) take ids in
     the sorted order of their text. Deterministic: the same data gives the same ids."""
-    if None in labels:
-        raise ConfigError(f"task.label_column: row {labels.index(None)} of {origin} has no label")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
         n = num_labels or max(labels) + 1
         bad = next((v for v in labels if not 0 <= v < n), None)
