@@ -54,10 +54,18 @@ def planning_model_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> Model
 
 def training_bytes(model_cfg: ModelConfig, n_params: int, micro_batch: int, seq_len: int) -> int:
     """Coarse memory of one eager fp32 training step: weights, gradients and AdamW's two
-    moments (16 bytes per parameter) plus activations (about 16 d-wide fp32 tensors per
-    token and layer, and three vocabulary-wide ones for logits, softmax and its gradient)."""
+    moments (16 bytes per parameter) plus ``activation_bytes``."""
+    return 16 * n_params + activation_bytes(model_cfg, micro_batch, seq_len)
+
+
+def activation_bytes(model_cfg: ModelConfig, micro_batch: int, seq_len: int) -> int:
+    """What an eager fp32 step keeps for its backward: about 16 d-wide fp32 tensors per
+    token and layer, and three vocabulary-wide ones (logits, softmax and its gradient). For
+    gpt_mini at 8 x 1024 that is 1,152 MiB; the measured growth of the step's peak memory,
+    gradients (22 MiB) included, was 1,279 MiB with the full cross-entropy and 953 MiB with
+    the chunked one (BENCHMARKS.md, memory case)."""
     per_token = 16 * model_cfg.n_layers * model_cfg.d_model + 3 * model_cfg.vocab_size
-    return 16 * n_params + 4 * micro_batch * seq_len * per_token
+    return 4 * micro_batch * seq_len * per_token
 
 
 def free_memory_bytes(device: torch.device) -> int | None:

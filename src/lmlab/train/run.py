@@ -48,6 +48,7 @@ from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
+from lmlab.train.memory import check_state_fits
 from lmlab.train.plan import (
     PLAN_FILE,
     check_accelerator,
@@ -404,6 +405,7 @@ def _fit(
     if ckpt is not None:
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec)
+    check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
         check_resumable(read_plan(out_dir), plan, out_dir)
     run.open(cfg)  # every check passed: from here on this run writes into the directory

@@ -1,0 +1,119 @@
+"""Whether a run's training state fits the memory it will have, checked from the plan before
+the model is built: a model too large for the machine is refused in one line instead of being
+killed by the kernel (CPU) or by an out-of-memory error (GPU) minutes later.
+
+The check is a lower bound, so it refuses no run that could fit: the weights, their gradients
+and the optimizer's state, nothing else (activations, the data and the framework come on top).
+Per parameter that is the parameter's bytes (4 under ``32-true`` and the mixed precisions,
+which keep fp32 weights; 2 under ``bf16-true``), twice, plus two moments of that size for Adam
+and AdamW. FSDP shards it over every process; DDP gives every process all of it. On the CPU
+the processes of a node share its memory (``MemAvailable``); on a GPU each process has its
+own device's free memory.
+
+A whole step needs activations too: where the dry run's coarse estimate of them (fp32, halved
+under 16-bit compute, left out with activation checkpointing) takes the step past the free
+memory, the run starts with a warning that names the micro-batch and what needs less.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from lmlab.config import ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.train.estimate import activation_bytes, free_memory_bytes
+from lmlab.train.plan import RunPlan, on_cuda
+
+log = logging.getLogger(__name__)
+
+# Lightning's precision -> bytes of one parameter (the others: 4, fp32 weights)
+PARAM_BYTES = {"64-true": 8, "64": 8, "bf16-true": 2, "16-true": 2}
+# optimizers that keep two moment buffers the size of each parameter
+TWO_MOMENTS = ("Adam", "AdamW")
+
+
+def state_bytes_per_param(precision: str, optimizer_target: str) -> int:
+    """Weights, gradients and optimizer state of one parameter, in bytes."""
+    param = PARAM_BYTES.get(precision, 4)
+    moments = 2 if optimizer_target.rpartition(".")[2] in TWO_MOMENTS else 0
+    return param * (2 + moments)
+
+
+def step_activations(plan: RunPlan, model_cfg: ModelConfig) -> int:
+    """The dry run's coarse activation memory of one micro-batch (``activation_bytes``):
+    fp32, halved for 16-bit compute; none counted with activation checkpointing, which keeps
+    one block's."""
+    if model_cfg.activation_checkpointing:
+        return 0
+    fp32 = activation_bytes(model_cfg, plan.batch.micro_batch, plan.batch.seq_len)
+    return fp32 // 2 if "16" in plan.precision else fp32
+
+
+def sharded(trainer_cfg: Mapping[str, Any]) -> bool:
+    """Whether the strategy shards the training state over the processes (FSDP)."""
+    strategy = trainer_cfg.get("strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, Mapping) else str(strategy or "")
+    return "fsdp" in name.lower()
+
+
+def available_bytes(trainer_cfg: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The memory one process's share is compared with, and where it is: this process's GPU
+    (``LOCAL_RANK``), or the node's ``MemAvailable`` (None where unknown)."""
+    if on_cuda(trainer_cfg):
+        index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+        free = torch.cuda.mem_get_info(index)[0]
+        return free, f"GPU {index} ({torch.cuda.get_device_name(index)}) has"
+    return free_memory_bytes(torch.device("cpu")), "this machine has"
+
+
+def check_state_fits(
+    plan: RunPlan,
+    model_cfg: ModelConfig,
+    trainer_cfg: Mapping[str, Any],
+    optim_cfg: Mapping[str, Any],
+    available: tuple[int | None, str] | None = None,
+) -> None:
+    """Refuse the run when the lower bound above exceeds the memory it will have; warn when
+    the dry run's coarse estimate of a whole step does (``step_activations``)."""
+    free, where = available or available_bytes(trainer_cfg)
+    if free is None:
+        return
+    optimizer = str(optim_cfg.get("_target_", ""))
+    per_param = state_bytes_per_param(plan.precision, optimizer)
+    processes, nodes = plan.batch.devices, int(trainer_cfg.get("num_nodes") or 1)
+    shards = processes if sharded(trainer_cfg) else 1
+    per_process = math.ceil(per_param * plan.params / shards)
+    # the processes of one node share the CPU's memory; a GPU is one process's
+    sharing = 1 if on_cuda(trainer_cfg) else max(processes // nodes, 1)
+    need = per_process * sharing
+    gib = 2**30
+    if need <= free:
+        step = (per_process + step_activations(plan, model_cfg)) * sharing
+        if step > free:
+            log.warning(
+                "a training step needs about %.1f GiB by a coarse estimate (activations of "
+                "data.batch_size=%d x %d tokens included), and %s %.1f GiB free: it may run "
+                "out of memory; a smaller data.batch_size (with data.global_batch_size set, the "
+                "batch stays the same through accumulation) or model.activation_checkpointing="
+                "true needs less",
+                step / gib,
+                plan.batch.micro_batch,
+                plan.batch.seq_len,
+                where,
+                free / gib,
+            )
+        return
+    how = f"sharded over {shards} FSDP processes" if shards > 1 else "whole in each process"
+    raise ConfigError(
+        f"the model's {plan.params:,} parameters need at least {need / gib:.1f} GiB for "
+        f"weights, gradients and {optimizer.rpartition('.')[2] or 'optimizer'} state "
+        f"({per_param} bytes each in {plan.precision}, {how}; activations not counted), and "
+        f"{where} {free / gib:.1f} GiB free: use a smaller model, trainer=fsdp over more "
+        "devices, or a machine with more memory (dry_run=true plans any size)"
+    )

@@ -1,0 +1,95 @@
+"""A run whose training state cannot fit the memory it will have is refused before the model
+is built (it was killed by the kernel minutes later), and one whose step probably cannot fit
+starts with a warning."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lmlab.config import ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.train import memory
+from lmlab.train.batch import GlobalBatch
+from lmlab.train.memory import check_state_fits, state_bytes_per_param
+from lmlab.train.plan import RunPlan
+
+GIB = 2**30
+ADAMW = {"_target_": "torch.optim.AdamW"}
+CPU = OmegaConf.create({"accelerator": "cpu", "num_nodes": 1})
+FSDP = OmegaConf.merge(CPU, {"strategy": {"_target_": "lmlab.train.distributed.FSDPStrategy"}})
+MODEL = ModelConfig(d_model=64, n_layers=2, n_heads=4, vocab_size=256)
+
+
+def plan(params: int, devices: int = 1, precision: str = "32-true") -> RunPlan:
+    batch = GlobalBatch(micro_batch=8, devices=devices, accumulation=1, seq_len=128)
+    return RunPlan(batch, precision, None, 256, params, params)
+
+
+def test_bytes_per_parameter() -> None:
+    """Weights and gradients in the parameters' dtype, plus Adam's two moments."""
+    assert state_bytes_per_param("32-true", "torch.optim.AdamW") == 16
+    assert state_bytes_per_param("bf16-mixed", "torch.optim.AdamW") == 16  # fp32 weights kept
+    assert state_bytes_per_param("bf16-true", "torch.optim.Adam") == 8
+    assert state_bytes_per_param("64-true", "torch.optim.AdamW") == 32
+    assert state_bytes_per_param("32-true", "torch.optim.SGD") == 8
+
+
+def test_a_state_larger_than_the_memory_is_refused() -> None:
+    # 1 GiB of parameters x 16 bytes = 16 GiB: not in 10 GiB, in one process or two
+    with pytest.raises(ConfigError) as refused:
+        check_state_fits(plan(GIB), MODEL, CPU, ADAMW, (10 * GIB, "this machine has"))
+    assert str(refused.value) == (
+        f"the model's {GIB:,} parameters need at least 16.0 GiB for weights, gradients and "
+        "AdamW state (16 bytes each in 32-true, whole in each process; activations not "
+        "counted), and this machine has 10.0 GiB free: use a smaller model, trainer=fsdp over "
+        "more devices, or a machine with more memory (dry_run=true plans any size)"
+    )
+    # 1 GiB of parameters in 20 GiB: fits alone; DDP's 2 processes on one CPU hold 2 copies
+    check_state_fits(plan(GIB // 16), MODEL, CPU, ADAMW, (20 * GIB, "this machine has"))
+    ddp = OmegaConf.merge(CPU, {"strategy": {"_target_": "lightning.pytorch.strategies.DDP"}})
+    with pytest.raises(ConfigError, match=r"need at least 2.0 GiB .* whole in each process"):
+        check_state_fits(plan(GIB // 16, 2), MODEL, ddp, ADAMW, (1.5 * GIB, "this machine has"))
+    # FSDP shards it, but its processes on one CPU share the machine's memory
+    with pytest.raises(ConfigError, match=r"need at least 1.0 GiB .* sharded over 2 FSDP"):
+        check_state_fits(plan(GIB // 16, 2), MODEL, FSDP, ADAMW, (0.5 * GIB, "this machine has"))
+    check_state_fits(plan(GIB // 16, 2), MODEL, FSDP, ADAMW, (1.5 * GIB, "this machine has"))
+
+
+def test_a_step_that_probably_does_not_fit_starts_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The state fits, the coarse estimate of the step's activations does not: a warning,
+    naming the micro-batch; none with activation checkpointing (one block's activations)."""
+    free = (60 * 2**20, "this machine has")  # 60 MiB; the state of 1M parameters is 16 MiB
+    wide = ModelConfig(d_model=256, n_layers=8, n_heads=4, vocab_size=32768)
+    with caplog.at_level(logging.WARNING, logger=memory.__name__):
+        check_state_fits(plan(2**20), wide, CPU, ADAMW, free)
+        assert "data.batch_size=8 x 128 tokens included" in caplog.text
+        caplog.clear()
+        check_state_fits(plan(2**20), MODEL, CPU, ADAMW, free)  # a narrow model's fit
+        checkpointed = ModelConfig(**{**vars(wide), "activation_checkpointing": True})
+        check_state_fits(plan(2**20), checkpointed, CPU, ADAMW, free)
+    assert caplog.text == ""
+
+
+def test_a_run_too_large_for_the_machine_is_refused_before_its_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmlab.train import run
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+
+    monkeypatch.setattr(memory, "available_bytes", lambda trainer: (2**20, "this machine has"))
+    built: list[int] = []
+    monkeypatch.setattr(run, "LMTask", lambda *a, **k: built.append(1))
+    cfg = compose_train(["+debug=smoke"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"parameters need at least 0\.\d GiB .* 0.0 GiB free"):
+        train(cfg)
+    assert built == []
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and not (tmp_path / "run" / "plan.json").exists()
