@@ -14,13 +14,25 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import CONF_DIR, Activation, Family, ModelConfig, Norm, NormPlacement, Positional
+from lmlab.config import (
+    CONF_DIR,
+    MIN_SEQ_LEN,
+    Activation,
+    Family,
+    ModelConfig,
+    Norm,
+    NormPlacement,
+    Positional,
+    resolve_configs,
+)
 from lmlab.data.collators import (
     COLLATORS,
     IGNORE,
     MLMCollator,
     SpanCorruptionCollator,
+    batch_seed,
     corrupt_spans,
+    noise_counts,
     random_spans_noise_mask,
 )
 from lmlab.data.tokenizer import SENTINELS, SPECIAL_TOKENS, train_bpe
@@ -197,6 +209,44 @@ def test_span_corruption_reconstructs_the_original(tokenizer) -> None:
     corrupted, _ = corrupt_spans(np.arange(raw), noise, np.array(sentinel_ids), eos)
     assert (np.diff(noise.astype(int)) == 1).sum() == round(noise.sum() / 3)  # spans
     assert len(corrupted) == raw - noise.sum() + round(noise.sum() / 3) + 1
+
+
+def test_the_shortest_sequences_fill_bert_and_t5s_objectives(tokenizer) -> None:
+    """From MIN_SEQ_LEN up, T5's row is the longest whose corrupted input fits (below 10 it
+    is shorter than the sequence) and reconstructs; every BERT row selects a token, as BERT's
+    own data does (its loss is never a mean over no labels). Shorter ones are refused."""
+    n_vocab = tokenizer.get_vocab_size()
+    sentinel_ids = [tokenizer.token_to_id(s) for s in SENTINELS]
+    for seq_len in range(MIN_SEQ_LEN[Family.t5], 40):
+        raw = SpanCorruptionCollator.row_len(seq_len)
+        n_noise, n_spans = noise_counts(raw + 1, 0.15, 3.0)
+        assert raw + 1 - n_noise + n_spans + 1 > seq_len  # one token more would not fit
+        rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (8, raw), dtype=torch.int32)
+        batch = SpanCorruptionCollator(tokenizer, seed=0, seq_len=seq_len)(rows)
+        assert batch["input_ids"].shape == (8, seq_len)
+        for b in range(8):
+            inputs = batch["input_ids"][b, : int(batch["attention_mask"][b].sum())].tolist()
+            targets = batch["labels"][b][batch["labels"][b] != IGNORE].tolist()
+            assert reconstruct(inputs, targets, sentinel_ids) == rows[b].tolist()
+    with pytest.raises(ConfigError, match=r"data.seq_len=2 is too short for T5's span corr"):
+        SpanCorruptionCollator.row_len(MIN_SEQ_LEN[Family.t5] - 1)
+    collate = MLMCollator(tokenizer, seed=0)
+    for seq_len in (MIN_SEQ_LEN[Family.bert], 4, 6):
+        rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (256, MLMCollator.row_len(seq_len)))
+        assert ((collate(rows.to(torch.int32))["labels"] != IGNORE).sum(1) >= 1).all()
+    # rows that select tokens on their own keep the draws they had: one rand per position
+    rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (16, 254), dtype=torch.int32)
+    draws = torch.rand((16, 256), generator=torch.Generator().manual_seed(batch_seed(0, rows)))
+    regular = torch.ones(16, 256, dtype=torch.bool)
+    regular[:, [0, -1]] = False  # [CLS], [SEP]
+    assert torch.equal(collate(rows)["labels"] != IGNORE, (draws < 0.15) & regular)
+    for family, shortest in MIN_SEQ_LEN.items():
+        preset = {Family.gpt: "gpt_tiny", Family.bert: "bert_tiny", Family.t5: "t5_tiny"}[family]
+        resolve_configs(compose_train([f"model={preset}", f"data.seq_len={shortest}"]))
+        if shortest > 1:
+            too_short = compose_train([f"model={preset}", f"data.seq_len={shortest - 1}"])
+            with pytest.raises(ConfigError, match=f"at least {shortest}$"):
+                resolve_configs(too_short)
 
 
 def bert(d: int, layers: int, heads: int) -> ModelConfig:

@@ -29,6 +29,7 @@ from lmlab.config.knobs import (
 from lmlab.config.model import ModelConfig, MoEConfig, model_config_dict
 from lmlab.config.resolve import (
     LAUNCHER_VARIABLES,
+    MIN_SEQ_LEN,
     check_launch,
     check_optimizer,
     register_configs,
@@ -110,6 +111,7 @@ __all__ = [
     "RopeScaling",
     "RUNTIME_FIELDS",
     "sequence_length",
+    "MIN_SEQ_LEN",
     "SHIPPED_TASKS",
     "Source",
     "SOURCE_IGNORES",

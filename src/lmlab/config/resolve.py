@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig
 
 from lmlab.config.data import DataConfig
+from lmlab.config.knobs import Family
 from lmlab.config.model import ModelConfig
 from lmlab.config.run import BudgetConfig, RunConfig
 from lmlab.config.schema import to_schema
@@ -126,9 +127,22 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
     return model_cfg, data_cfg, sequence_length(model_cfg, data_cfg)
 
 
+# The shortest sequence each family's objective can fill: BERT frames a row as [CLS] row [SEP];
+# T5's span corruption turns two tokens into one kept token, one sentinel and EOS
+# (lmlab.data.collators, tested there).
+MIN_SEQ_LEN = {Family.gpt: 1, Family.bert: 3, Family.t5: 3}
+
+
 def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
-    """``data.seq_len``, or the model's ``max_seq_len`` when null, checked against both."""
+    """``data.seq_len``, or the model's ``max_seq_len`` when null, checked against both and
+    against what the family's objective needs."""
     seq_len = model_cfg.max_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
+    shortest = MIN_SEQ_LEN[Family(model_cfg.family)]
+    if seq_len < shortest:
+        raise ConfigError(
+            f"data.seq_len={seq_len} is too short for a {Family(model_cfg.family).value} "
+            f"model: at least {shortest}"
+        )
     if seq_len > model_cfg.max_seq_len:
         raise ConfigError(
             f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"

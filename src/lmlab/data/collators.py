@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from lmlab.config import IGNORE, Family
+from lmlab.config import IGNORE, MIN_SEQ_LEN, Family
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
 
@@ -43,7 +43,8 @@ class CausalLMCollator:
 
 class MLMCollator:
     """BERT's masked LM (Devlin et al. 2019, section 3.1): each row becomes [CLS] row [SEP];
-    each non-special token is selected with probability 0.15, and a selected token is replaced
+    each non-special token is selected with probability 0.15 (one at least per row), and a
+    selected token is replaced
     by [MASK] (80%), by a random non-special token (10%) or kept (10%). Labels are the original
     tokens at selected positions, -100 elsewhere. Packed rows hold no padding (documents are
     joined by EOS, which, like every special token, is never selected)."""
@@ -82,9 +83,14 @@ class MLMCollator:
             ),
             dim=1,
         )
-        selected_BT = (torch.rand(ids_BT.shape, generator=gen) < self.select) & ~self.is_special[
-            ids_BT
-        ]
+        regular_BT = ~self.is_special[ids_BT]
+        selected_BT = (torch.rand(ids_BT.shape, generator=gen) < self.select) & regular_BT
+        # as in BERT's own data (max(1, round(0.15 n)) per row), a row selects one token at
+        # least, so no batch is a mean over no labels (likely only for rows of a few tokens)
+        none_B = ~selected_BT.any(1) & regular_BT.any(1)
+        if none_B.any():
+            score_BT = torch.rand(ids_BT.shape, generator=gen).masked_fill(~regular_BT, -1.0)
+            selected_BT[none_B, score_BT[none_B].argmax(1)] = True
         u_BT = torch.rand(ids_BT.shape, generator=gen)  # one draw splits 80 / 10 / 10
         to_mask = selected_BT & (u_BT < self.mask)
         to_random = selected_BT & (u_BT >= self.mask) & (u_BT < self.mask + self.random)
@@ -162,13 +168,25 @@ class SpanCorruptionCollator:
 
     @classmethod
     def row_len(cls, seq_len: int) -> int:
-        """The longest raw row whose corrupted input (with EOS) fits in ``seq_len``."""
+        """The longest raw row whose corrupted input (with EOS) fits in ``seq_len``: longer
+        than ``seq_len`` from 10 on (the noise leaves more tokens than its sentinels add),
+        shorter below it; none below 3 (``MIN_SEQ_LEN``)."""
+
+        def fits(length: int) -> bool:
+            n_noise, n_spans = noise_counts(length, cls.density, cls.mean_span)
+            return length - n_noise + n_spans + 1 <= seq_len
+
         length = seq_len
-        while True:
-            n_noise, n_spans = noise_counts(length + 1, cls.density, cls.mean_span)
-            if length + 1 - n_noise + n_spans + 1 > seq_len:
-                return length
+        while length > 2 and not fits(length):
+            length -= 1
+        if not fits(length):
+            raise ConfigError(
+                f"data.seq_len={seq_len} is too short for T5's span corruption (2 tokens become "
+                f"a kept token, a sentinel and EOS): at least {MIN_SEQ_LEN[Family.t5]}"
+            )
+        while fits(length + 1):
             length += 1
+        return length
 
     @classmethod
     def decoder_len(cls, seq_len: int) -> int:
