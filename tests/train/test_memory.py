@@ -93,3 +93,19 @@ def test_a_run_too_large_for_the_machine_is_refused_before_its_model_is_built(
     assert built == []
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "failed" and not (tmp_path / "run" / "plan.json").exists()
+
+
+def test_a_dry_run_prints_and_saves_both_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+
+    monkeypatch.setattr(memory, "available_bytes", lambda trainer: (3 * GIB, "this machine has"))
+    train(compose_train(["+debug=smoke", "dry_run=true"], tmp_path / "run", tmp_path))
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["memory"]["state"] == 16 * plan["params"] and plan["memory"]["free"] == 3 * GIB
+    assert plan["memory"]["step"] > plan["memory"]["state"]
+    out = capsys.readouterr().out
+    assert "memory: weights, grads, optimizer" in out and "memory free (this machine)" in out
+    assert "3.0 GiB" in out

@@ -292,10 +292,20 @@ def plan_table(plan: dict[str, Any]) -> Table:
         ),
         "estimated wall time": plan["wall_time"],
     }
+    memory = plan.get("memory")
+    if memory:  # lmlab.train.memory: per node's CPU, or per GPU
+        rows["memory: weights, grads, optimizer"] = f"{_size(memory['state'])} (at least)"
+        rows["memory: a training step"] = f"~{_size(memory['step'])} (coarse)"
+        if memory["free"] is not None:
+            rows[f"memory free ({memory['where'].removesuffix(' has')})"] = _size(memory["free"])
     for name, value in rows.items():
         table.add_row(name, value)
     table.caption = f"{speed['device']}, {speed['precision']}: {speed['reason']}"
     return table
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
 def _maybe(value: float | None, fmt: str) -> str:

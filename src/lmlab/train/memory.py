@@ -8,7 +8,7 @@ Per parameter that is the parameter's bytes (4 under ``32-true`` and the mixed p
 which keep fp32 weights; 2 under ``bf16-true``), twice, plus two moments of that size for Adam
 and AdamW. FSDP shards it over every process; DDP gives every process all of it. On the CPU
 the processes of a node share its memory (``MemAvailable``); on a GPU each process has its
-own device's free memory.
+own device's free memory. A dry run prints both figures (``memory_needs``).
 
 A whole step needs activations too: where the dry run's coarse estimate of them (fp32, halved
 under 16-bit compute, left out with activation checkpointing) takes the step past the free
@@ -17,10 +17,12 @@ memory, the run starts with a warning that names the micro-batch and what needs 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,6 +74,40 @@ def available_bytes(trainer_cfg: Mapping[str, Any]) -> tuple[int | None, str]:
     return free_memory_bytes(torch.device("cpu")), "this machine has"
 
 
+@dataclass(frozen=True)
+class MemoryNeeds:
+    """What the processes that share one memory (a node's CPU, or one GPU) need, and have."""
+
+    per_param: int  # bytes of weights, gradients and optimizer state per parameter
+    shards: int  # processes the state is sharded over (FSDP), else 1
+    state: int  # weights, gradients and optimizer state: the lower bound
+    step: int  # the state plus the coarse activation estimate of one micro-batch
+    free: int | None  # None: unknown
+    where: str  # "this machine has", "GPU 0 (NVIDIA H200) has"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def memory_needs(
+    plan: RunPlan,
+    model_cfg: ModelConfig,
+    trainer_cfg: Mapping[str, Any],
+    optim_cfg: Mapping[str, Any],
+    available: tuple[int | None, str] | None = None,
+) -> MemoryNeeds:
+    """The lower bound and the coarse step estimate for ``plan``, and the free memory."""
+    free, where = available or available_bytes(trainer_cfg)
+    per_param = state_bytes_per_param(plan.precision, str(optim_cfg.get("_target_", "")))
+    processes, nodes = plan.batch.devices, int(trainer_cfg.get("num_nodes") or 1)
+    shards = processes if sharded(trainer_cfg) else 1
+    per_process = math.ceil(per_param * plan.params / shards)
+    # the processes of one node share the CPU's memory; a GPU is one process's
+    sharing = 1 if on_cuda(trainer_cfg) else max(processes // nodes, 1)
+    step = (per_process + step_activations(plan, model_cfg)) * sharing
+    return MemoryNeeds(per_param, shards, per_process * sharing, step, free, where)
+
+
 def check_state_fits(
     plan: RunPlan,
     model_cfg: ModelConfig,
@@ -81,39 +117,35 @@ def check_state_fits(
 ) -> None:
     """Refuse the run when the lower bound above exceeds the memory it will have; warn when
     the dry run's coarse estimate of a whole step does (``step_activations``)."""
-    free, where = available or available_bytes(trainer_cfg)
-    if free is None:
+    needs = memory_needs(plan, model_cfg, trainer_cfg, optim_cfg, available)
+    if needs.free is None:
         return
-    optimizer = str(optim_cfg.get("_target_", ""))
-    per_param = state_bytes_per_param(plan.precision, optimizer)
-    processes, nodes = plan.batch.devices, int(trainer_cfg.get("num_nodes") or 1)
-    shards = processes if sharded(trainer_cfg) else 1
-    per_process = math.ceil(per_param * plan.params / shards)
-    # the processes of one node share the CPU's memory; a GPU is one process's
-    sharing = 1 if on_cuda(trainer_cfg) else max(processes // nodes, 1)
-    need = per_process * sharing
     gib = 2**30
-    if need <= free:
-        step = (per_process + step_activations(plan, model_cfg)) * sharing
-        if step > free:
+    if needs.state <= needs.free:
+        if needs.step > needs.free:
             log.warning(
                 "a training step needs about %.1f GiB by a coarse estimate (activations of "
                 "data.batch_size=%d x %d tokens included), and %s %.1f GiB free: it may run "
                 "out of memory; a smaller data.batch_size (with data.global_batch_size set, the "
                 "batch stays the same through accumulation) or model.activation_checkpointing="
                 "true needs less",
-                step / gib,
+                needs.step / gib,
                 plan.batch.micro_batch,
                 plan.batch.seq_len,
-                where,
-                free / gib,
+                needs.where,
+                needs.free / gib,
             )
         return
-    how = f"sharded over {shards} FSDP processes" if shards > 1 else "whole in each process"
+    optimizer = str(optim_cfg.get("_target_", "")).rpartition(".")[2] or "optimizer"
+    how = (
+        f"sharded over {needs.shards} FSDP processes"
+        if needs.shards > 1
+        else "whole in each process"
+    )
     raise ConfigError(
-        f"the model's {plan.params:,} parameters need at least {need / gib:.1f} GiB for "
-        f"weights, gradients and {optimizer.rpartition('.')[2] or 'optimizer'} state "
-        f"({per_param} bytes each in {plan.precision}, {how}; activations not counted), and "
-        f"{where} {free / gib:.1f} GiB free: use a smaller model, trainer=fsdp over more "
+        f"the model's {plan.params:,} parameters need at least {needs.state / gib:.1f} GiB for "
+        f"weights, gradients and {optimizer} state ({needs.per_param} bytes each in "
+        f"{plan.precision}, {how}; activations not counted), and {needs.where} "
+        f"{needs.free / gib:.1f} GiB free: use a smaller model, trainer=fsdp over more "
         "devices, or a machine with more memory (dry_run=true plans any size)"
     )

@@ -43,12 +43,12 @@ from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
-from lmlab.train.estimate import plan_from_cfg, plan_table
+from lmlab.train.estimate import plan_from_cfg, plan_table, planning_model_config
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
-from lmlab.train.memory import check_state_fits
+from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
     PLAN_FILE,
     check_accelerator,
@@ -322,6 +322,9 @@ def dry_run(
     """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing.
     Into a directory that holds an earlier run, nothing is written."""
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
+    planned = planning_model_config(model_cfg, data_cfg)
+    run_plan = make_plan(cfg, planned, data_cfg, seq_len)
+    plan["memory"] = memory_needs(run_plan, planned, cfg.trainer, cfg.optim).as_dict()
     Console().print(plan_table(plan))
     if run.earlier:
         log.info("plan.json not written: %s holds an earlier run, left as it was", run.path)
