@@ -109,3 +109,25 @@ def test_a_dry_run_prints_and_saves_both_figures(
     out = capsys.readouterr().out
     assert "memory: weights, grads, optimizer" in out and "memory free (this machine)" in out
     assert "3.0 GiB" in out
+
+
+def test_on_a_gpu_each_process_has_its_own_devices_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process's GPU (LOCAL_RANK): the driver's free memory plus what this process's
+    caching allocator holds unused; DDP's processes each hold the whole state on their own
+    GPU, so they do not add up as on a CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((3 + i) * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i: 2 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda i: GIB // 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "H200")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    gpu = OmegaConf.create({"accelerator": "gpu", "num_nodes": 1})
+    assert memory.available_bytes(gpu) == (5.5 * GIB, "GPU 1 (H200) has")
+    check_state_fits(plan(GIB // 4, devices=2), MODEL, gpu, ADAMW)  # 4 GiB per GPU
+    with pytest.raises(ConfigError, match=r"need at least 6.0 GiB .* GPU 1 \(H200\) has 5.5 GiB"):
+        check_state_fits(plan(3 * GIB // 8, devices=2), MODEL, gpu, ADAMW)

@@ -66,10 +66,13 @@ def sharded(trainer_cfg: Mapping[str, Any]) -> bool:
 
 def available_bytes(trainer_cfg: Mapping[str, Any]) -> tuple[int | None, str]:
     """The memory one process's share is compared with, and where it is: this process's GPU
-    (``LOCAL_RANK``), or the node's ``MemAvailable`` (None where unknown)."""
+    (``LOCAL_RANK``): what the driver has free plus what this process's caching allocator
+    holds unused (an earlier run in the same process, a multirun's or a benchmark's); or the
+    node's ``MemAvailable`` (None where unknown)."""
     if on_cuda(trainer_cfg):
         index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
-        free = torch.cuda.mem_get_info(index)[0]
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        free = torch.cuda.mem_get_info(index)[0] + cached
         return free, f"GPU {index} ({torch.cuda.get_device_name(index)}) has"
     return free_memory_bytes(torch.device("cpu")), "this machine has"
 
