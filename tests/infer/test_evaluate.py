@@ -230,6 +230,15 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(harness, "hub_reachable", lambda: False)
 
 
+def test_task_names_parse_as_a_comma_list_or_the_training_configs_list() -> None:
+    expected = ["stdlib_cloze", "stdlib_nextline"]
+    for given in ("stdlib_cloze,stdlib_nextline", "[stdlib_cloze, stdlib_nextline]", expected):
+        assert harness.parse_tasks(given) == expected
+    assert harness.parse_tasks(None) == harness.shipped_tasks()
+    with pytest.raises(ConfigError, match=r"tasks='\[\]' names no task"):
+        harness.parse_tasks("[]")
+
+
 def test_unknown_or_unreachable_tasks_are_refused_naming_them(offline_hub) -> None:
     assert harness.check_tasks(harness.shipped_tasks()) is False  # no hub index needed
     with pytest.raises(ConfigError, match="unknown task 'no_such_task'; allowed: the shipped"):

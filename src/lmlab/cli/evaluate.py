@@ -27,7 +27,7 @@ from lmlab.errors import ConfigError
 @dataclass
 class EvaluateConfig:
     ckpt: str = MISSING
-    tasks: str | None = None  # comma-separated; default: every shipped offline task
+    tasks: str | None = None  # a,b or [a,b]; default: every shipped offline task
     limit: int | None = None  # at most this many items per task
     num_fewshot: int | None = None  # default: each task's own (0 for the shipped ones)
     batch_size: int = 16

@@ -95,10 +95,12 @@ def offline_hub(offline: bool) -> Iterator[None]:
 
 
 def parse_tasks(value: str | Sequence[str] | None) -> list[str]:
-    """``a,b,c`` (or a list) as task names; none: every shipped task."""
+    """``a,b,c`` or ``[a,b,c]`` (the list syntax of ``eval.tasks`` in training), or a list,
+    as task names; none: every shipped task."""
     if value is None:
         return shipped_tasks()
-    names = value.split(",") if isinstance(value, str) else list(value)
+    listed = isinstance(value, str) and value.startswith("[") and value.endswith("]")
+    names = (value[1:-1] if listed else value).split(",") if isinstance(value, str) else value
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise ConfigError(f"tasks={value!r} names no task; shipped: {', '.join(shipped_tasks())}")
