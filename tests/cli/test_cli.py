@@ -3,6 +3,7 @@ commands with the same arguments, and bad input is one line with exit code 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -201,3 +202,19 @@ def test_key_value_commands_answer_help(name: str, run_command, capsys) -> None:
     if name == "generate":
         assert "  temperature     0.8       0: greedy" in keys
         assert "  ckpt            required" in keys and "  prompt          ''" in out
+
+
+def test_a_run_the_guard_stops_says_why_on_one_line(tmp_path: Path) -> None:
+    """Weights of standard deviation 1e9 overflow at step 0: the guard's message, exit 1,
+    no traceback; results.json says failed."""
+    out = run(
+        LMLAB, "train", "+debug=smoke", "model.init_std=1e9", "logger=none",
+        f"hydra.run.dir={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.endswith(
+        "error: non-finite loss or gradient norm at step 0 (guard.mode=stop, 0 updates "
+        "skipped); last good checkpoint: none saved yet\n"
+    )
+    assert "Traceback" not in out.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"

@@ -26,12 +26,13 @@ COMMANDS = {
 }
 
 
-def fail(err: ConfigError) -> NoReturn:
-    """Bad input: one line on stderr and exit code 2 (the traceback with HYDRA_FULL_ERROR=1)."""
+def fail(err: Exception, code: int = 2) -> NoReturn:
+    """One line on stderr and exit ``code``: 2 for bad input, 1 for a run that stopped on its
+    own terms (the non-finite guard); the traceback with HYDRA_FULL_ERROR=1."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:

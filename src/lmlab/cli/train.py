@@ -7,7 +7,8 @@ outside an enum, override syntax, a run directory that cannot be created), which
 would print over several lines with exit code 1. A preempted run (SIGTERM/SIGUSR1) exits
 with 143 after saving its checkpoint. In a multirun a failed job is logged and the sweep
 goes on (its results.json says ``failed``; Optuna sees NaN, a failed trial). An interrupted
-run (Ctrl-C) exits with 130.
+run (Ctrl-C) exits with 130. A run the non-finite guard stops says why on one line and exits
+with 1 (results.json says ``failed``).
 
 ``RunDirCallback`` (``hydra.callbacks`` in ``conf/train.yaml``) guards the run directory of a
 single run before Hydra writes into it: see ``lmlab.train.rundir``.
@@ -150,6 +151,7 @@ def run(cfg: DictConfig) -> float:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     with long_lived():  # heavy imports only once the config composed
+        from lmlab.train.guard import NonFiniteError
         from lmlab.train.run import train
 
     try:
@@ -165,6 +167,8 @@ def run(cfg: DictConfig) -> float:
             return float("nan")
         if isinstance(err, ConfigError):
             fail(err)
+        if isinstance(err, NonFiniteError):  # the guard's stop, already in results.json
+            fail(err, code=1)
         raise
 
 
