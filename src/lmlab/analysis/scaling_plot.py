@@ -92,7 +92,7 @@ def _plot_frontier(
         )
     if iso is not None:
         k, a = iso["N_opt_law"]["k"], iso["N_opt_law"]["exponent"]
-        ax.plot(cs, k * cs**a, "k-", label=f"approach 2: $N_{{opt}} = {k:.3g}\,C^{{{a:.3f}}}$")
+        ax.plot(cs, k * cs**a, "k-", label=f"approach 2: $N_{{opt}} = {k:.3g}\\,C^{{{a:.3f}}}$")
     if par is not None and target["approach3"] is not None:
         n3 = [optimal_allocation(par, c)[0] for c in cs]
         ax.plot(cs, n3, "r--", label=f"approach 3: $N_{{opt}} \\propto C^{{{par['a']:.3f}}}$")
