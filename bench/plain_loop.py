@@ -24,7 +24,7 @@ from lmlab.config import resolve_configs
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.datamodule import LMDataModule
 from lmlab.model import build_model, flops_per_token
-from lmlab.train.task import build_optimizer, decay_groups
+from lmlab.train.task import build_optimizer, decay_groups, optimizer_from
 
 
 def autocast_for(precision: str) -> contextlib.AbstractContextManager:
@@ -47,7 +47,7 @@ def plain_fit(cfg: DictConfig) -> StepLog:
     model = build_model(model_cfg)
     model.train()
     groups = decay_groups(model, cfg.optim.weight_decay)
-    optimizer = build_optimizer(instantiate(cfg.optim), groups, torch.device("cpu"))
+    optimizer = build_optimizer(optimizer_from(cfg.optim), groups, torch.device("cpu"))
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps)
     torch.manual_seed(cfg.seed)  # lmlab's RNGState seeds dropout's stream before step 0
     starts: list[float] = []

@@ -24,7 +24,7 @@ from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
 from lmlab.train.run import train
-from lmlab.train.task import LMTask, build_optimizer, decay_groups
+from lmlab.train.task import LMTask, build_optimizer, decay_groups, optimizer_from
 
 # Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
 HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
@@ -181,8 +181,27 @@ def test_the_configured_run_builds_fused_adamw_on_cpu(tmp_path: Path) -> None:
     cfg = compose_train(["optim.lr=3e-4"], tmp_path)
     assert cfg.optim.fused == "auto"
     model = torch.nn.Linear(4, 4)
-    opt = build_optimizer(instantiate(cfg.optim), decay_groups(model, 0.1), torch.device("cpu"))
+    opt = build_optimizer(optimizer_from(cfg.optim), decay_groups(model, 0.1), torch.device("cpu"))
     assert opt.defaults["fused"] and not opt.defaults["foreach"] and opt.defaults["lr"] == 3e-4
+
+
+def test_the_configured_optimizer_holds_plain_values_only(tmp_path: Path) -> None:
+    """torch 2.6's AdamW keeps ``betas`` as given: a ListConfig there made every checkpoint
+    unreadable with ``weights_only=True``. The configured arguments are plain on any torch,
+    and the optimizer's state round-trips through a weights-only load."""
+    from omegaconf import Container
+
+    factory = optimizer_from(compose_train([], tmp_path).optim)
+    assert not any(isinstance(v, Container) for v in factory.keywords.values())
+    assert factory.keywords["betas"] == [0.9, 0.95]
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(factory, decay_groups(model, 0.1), torch.device("cpu"))
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    loaded = torch.load(path, weights_only=True)
+    assert list(loaded["param_groups"][0]["betas"]) == [0.9, 0.95]
 
 
 def fp16_trainer(tmp_path: Path, guard, scaler, max_steps: int) -> L.Trainer:

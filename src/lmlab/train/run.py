@@ -59,7 +59,7 @@ from lmlab.train.plan import (
     write_json,
 )
 from lmlab.train.rundir import RunDir
-from lmlab.train.task import LMTask
+from lmlab.train.task import LMTask, optimizer_from
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ def _fit(
         torch._dynamo.reset()
     task = LMTask(
         model_cfg,
-        instantiate(cfg.optim),
+        optimizer_from(cfg.optim),
         instantiate(cfg.scheduler),
         compile=cfg.compile,
         bytes_per_token=dm.val_bytes_per_token,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -49,6 +50,17 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 # Devices where optim.fused=auto takes torch's fused AdamW (measured faster on both).
 FUSED_DEVICES = ("cuda", "cpu")
+
+
+def optimizer_from(optim_cfg: Any) -> Callable[..., torch.optim.Optimizer]:
+    """The ``optim`` config as a partial whose arguments are plain Python values (``betas`` a
+    list, not OmegaConf's ListConfig). torch 2.6's AdamW keeps ``betas`` as given in its
+    param groups, and a checkpoint that holds a ListConfig does not load with
+    ``torch.load(weights_only=True)``, which every lmlab reader uses (torch 2.11 and later
+    make it a tuple)."""
+    from hydra.utils import instantiate
+
+    return instantiate(optim_cfg, _convert_="all")
 
 
 def build_optimizer(
