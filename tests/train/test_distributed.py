@@ -195,7 +195,7 @@ def test_activation_checkpointing_same_gradients_and_keys(family: Family) -> Non
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "trainer").glob("*.yaml")))
 def test_every_trainer_config_composes(name: str, tmp_path: Path, cache_dir: Path) -> None:
-    from hydra.utils import instantiate
+    from lmlab.train.run import build_trainer
 
     many = name in ("ddp", "fsdp")
     cfg = compose_train([f"trainer={name}", *(TWO_CPUS if many else [])], tmp_path, cache_dir)
@@ -203,7 +203,7 @@ def test_every_trainer_config_composes(name: str, tmp_path: Path, cache_dir: Pat
         assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
         return  # building a GPU trainer needs a GPU
     assert resolve_precision(cfg.trainer) == "32-true"  # auto on a CPU: fp32
-    trainer = instantiate(cfg.trainer, precision=resolve_precision(cfg.trainer))
+    trainer = build_trainer(cfg, precision=resolve_precision(cfg.trainer))  # as a run does
     expected = {"cpu": "SingleDeviceStrategy", "ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}
     assert type(trainer.strategy).__name__ == expected[name]
     assert trainer.num_devices == (2 if many else 1) and trainer.num_nodes == 1

@@ -176,3 +176,21 @@ def test_a_callbacks_bad_value_is_refused_before_any_data(
         train(cfg)
     assert str(refused.value) == message
     assert [p.name for p in tmp_path.rglob("*.json")] == ["results.json"]  # no plan, no data
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp", "fsdp"])
+def test_the_trainer_gets_plain_lists_and_dicts(tmp_path: Path, trainer: str) -> None:
+    """Lightning 2.4 took the config's ListConfig of plugins for one plugin and refused it, so
+    no run started there. The Trainer's arguments are plain Python containers on any
+    Lightning: read here by building ``dict`` in the Trainer's place."""
+    from omegaconf import Container
+
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import build_trainer
+
+    cfg = compose_train([f"trainer={trainer}"], tmp_path)
+    cfg.trainer._target_ = "builtins.dict"
+    kwargs = build_trainer(cfg, callbacks=[], logger=False)
+    assert not [k for k, v in kwargs.items() if isinstance(v, Container)]
+    assert type(kwargs["plugins"]) is list
+    assert type(kwargs["plugins"][0]).__name__ == "AtomicCheckpointIO"

@@ -365,6 +365,13 @@ def finish_wandb() -> None:
         sys.modules["wandb"].finish()
 
 
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """Lightning's Trainer from ``cfg.trainer`` and ``kwargs``, its arguments plain lists and
+    dicts (``_convert_="all"``): Lightning 2.4 takes a ListConfig of plugins for one plugin,
+    and refused lmlab's checkpoint plugin."""
+    return instantiate(cfg.trainer, _convert_="all", **kwargs)
+
+
 def final_val_limit(final: int | float | None, during: int | float) -> int | float | None:
     """The ``limit_val_batches`` of the validation after the last step, when it differs from
     the one during training (``final_val_batches``); None: the same rows. Compared by type
@@ -416,8 +423,8 @@ def _fit(
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
         write_json(out_dir / PLAN_FILE, plan.as_dict() | (model_record(init) if init else {}))
     loggers = build_loggers(cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
+    trainer = build_trainer(
+        cfg, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
     )
     scope.trainer = trainer
     set_matmul_precision(cfg.matmul_precision, trainer.strategy.root_device)
