@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -98,6 +99,32 @@ def test_packed_cache_is_reused_and_rebuilt_on_change(tmp_path: Path) -> None:
     assert prepare(cfg, row_len=33) != first  # row length is part of the key
     corpus.write_text(TEXT + "more text\n")
     assert prepare(cfg, row_len=17) != first  # a changed corpus rebuilds
+
+
+def test_a_cache_this_datasets_cannot_read_is_refused_naming_the_folder(tmp_path: Path) -> None:
+    """Rows written by another ``datasets`` can fail to load deep inside ``datasets.features``
+    (seen: 2.19 reading 5.2's cache, a TypeError through Hydra's traceback). Simulated with a
+    feature type this version does not know; the refusal names the folder and the writer."""
+    import datasets
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, batch_size=3)
+    dm = LMDataModule(cfg, Family.gpt, seq_len=16, seed=0)
+    dm.setup()
+    assert dm.meta["datasets"] == datasets.__version__
+    info = dm.blocks_dir / "train" / "dataset_info.json"
+    record = json.loads(info.read_text())
+    record["features"]["input_ids"]["_type"] = "FeatureFromTheFuture"
+    info.write_text(json.dumps(record))
+    again = LMDataModule(cfg, Family.gpt, seq_len=16, seed=0)
+    message = (
+        rf"the packed rows cached in {re.escape(str(dm.blocks_dir / 'train'))} cannot be read "
+        rf"by datasets {re.escape(datasets.__version__)} .*written by datasets "
+        rf"{re.escape(datasets.__version__)}\. Delete {re.escape(str(dm.blocks_dir))} and run"
+    )
+    with pytest.raises(ConfigError, match=message):
+        again.setup()
 
 
 def test_datamodule_batches_are_shifted_next_token_pairs(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from lmlab.config import DataConfig, Family
 from lmlab.data.collators import COLLATORS
 from lmlab.data.packing import prepare
 from lmlab.data.sampler import ResumableSampler
+from lmlab.errors import ConfigError
 
 
 class Rows(Dataset):
@@ -48,8 +49,20 @@ class Rows(Dataset):
 
 def _load_rows(path: Path) -> torch.Tensor:
     """The packed rows as one (n_rows, row_len) int32 tensor, read from the Arrow column in
-    one piece (converting row by row through ``datasets``' numpy format is far slower)."""
-    ds = datasets.load_from_disk(str(path))
+    one piece (converting row by row through ``datasets``' numpy format is far slower). A
+    cache this ``datasets`` cannot read (one written by another version can fail deep inside
+    ``datasets.features``) is refused in one line that names the folder to delete."""
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:
+        meta = path.parent / "meta.json"
+        writer = json.loads(meta.read_text()).get("datasets") if meta.exists() else None
+        raise ConfigError(
+            f"the packed rows cached in {path} cannot be read by datasets "
+            f"{datasets.__version__} ({type(err).__name__}: {err}); they were written by "
+            f"datasets {writer or '(version not recorded)'}. Delete {path.parent} and run "
+            "again: it is rebuilt from the corpus"
+        ) from err
     column = ds.data.column("input_ids").combine_chunks()  # list<int32>, one row per item
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return torch.from_numpy(flat.astype(np.int32).reshape(len(ds), -1))

@@ -144,7 +144,11 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     train_texts, val_texts = split_documents(docs, cfg.val_fraction)
     tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
-    meta = {"tokenizer": str(tok_dir / "tokenizer.json"), "row_len": row_len}
+    meta = {
+        "tokenizer": str(tok_dir / "tokenizer.json"),
+        "row_len": row_len,
+        "datasets": datasets.__version__,  # named if another version cannot read the rows
+    }
     for split, texts in (("train", train_texts), ("val", val_texts)):
         ds, n_tokens, n_bytes = pack(texts, tok, row_len)
         if len(ds) == 0:
