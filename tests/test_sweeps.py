@@ -35,7 +35,9 @@ def test_every_sweep_composes(sweep: str) -> None:
 def test_multirun_with_a_failed_job_logs_and_compares(
     tmp_path: Path, cache_dir: Path, wandb_records
 ) -> None:
-    """3 jobs; n_kv_heads=3 cannot divide 4 heads, so job 1 fails and the others complete."""
+    """3 jobs; job 1's 300 output rows are fewer than the tokenizer's 4,096 tokens, found once
+    its data is read (a value refused from the config alone refuses the whole sweep before
+    it starts: tests/cli/test_sweep.py), so job 1 fails and the others complete."""
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "LMLAB_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
     proc = subprocess.run(
@@ -45,7 +47,7 @@ def test_multirun_with_a_failed_job_logs_and_compares(
             "-m",
             "+debug=smoke",
             "logger=wandb",
-            "model.n_kv_heads=1,3,4",
+            "model.vocab_size=4096,300,8192",
             f"hydra.sweep.dir={sweep_dir}",
         ],
         env=env,
@@ -60,21 +62,21 @@ def test_multirun_with_a_failed_job_logs_and_compares(
         if (d / "results.json").exists()
     }
     assert sorted(status) == [0, 1, 2]
-    assert status[1]["status"] == "failed" and "n_kv_heads=3" in status[1]["error"]
+    assert status[1]["status"] == "failed" and "vocab_size=300 is below" in status[1]["error"]
     assert all(status[i]["status"] == "completed" for i in (0, 2))
 
     groups = set()
-    for i, kv_heads in ((0, 1), (2, 4)):
+    for i, vocab in ((0, 4096), (2, 8192)):
         records = wandb_records(sweep_dir / str(i))
         run = next(r["run"] for r in records if r["type"] == "run")
-        assert run["display_name"] == f"model.n_kv_heads={kv_heads}"
+        assert run["display_name"] == f"model.vocab_size={vocab}"
         assert run["project"] == "lmlab" and "positional:learned" in run["tags"]
         assert "family:gpt" in run["tags"] and "size:tiny" in run["tags"]
         groups.add(run["run_group"])
         config = {
             k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
         }
-        assert config["model.n_kv_heads"] == kv_heads
+        assert config["model.vocab_size"] == vocab
         assert status[i]["wandb_id"] == run["run_id"]
     assert len(groups) == 1 and groups.pop().startswith("multirun-")
 

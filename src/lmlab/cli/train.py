@@ -5,8 +5,10 @@ before torch and Lightning are imported, so bad input is reported at once (one l
 code 2): Hydra's own errors before the run starts too (an unknown preset or key, a value
 outside an enum, override syntax, a run directory that cannot be created), which Hydra
 would print over several lines with exit code 1. A preempted run (SIGTERM/SIGUSR1) exits
-with 143 after saving its checkpoint. In a multirun a failed job is logged and the sweep
-goes on (its results.json says ``failed``; Optuna sees NaN, a failed trial). An interrupted
+with 143 after saving its checkpoint. A multirun checks every job's config before the first
+one starts (``check_sweep``): one bad job refuses the sweep, naming each bad job, before
+anything is written. A job that fails later is logged and the sweep goes on (its
+results.json says ``failed``; Optuna sees NaN, a failed trial). An interrupted
 run (Ctrl-C) exits with 130. A run the non-finite guard stops says why on one line and exits
 with 1 (results.json says ``failed``).
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.main import fail
+from lmlab.cli.sweep import job_config, runs_here, sweep_jobs, swept_keys
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
 from lmlab.train.rundir import (
@@ -89,8 +92,9 @@ class RunDirCallback(Callback):
     directory's lock (a live run there: refused, nothing written) and, if the directory is
     not empty, holds Hydra's writes until training starts. Hydra turns a callback's exception
     into a warning, so a refusal exits here. A multirun into a sweep folder that holds an
-    earlier sweep's runs is refused in ``on_multirun_start``, before Hydra writes anything,
-    unless ``resume`` continues them: then the earlier ``multirun.yaml`` is kept as
+    earlier sweep's runs, or whose jobs do not all pass their checks (``check_sweep``), is
+    refused in ``on_multirun_start``, before Hydra writes anything, unless ``resume``
+    continues the earlier runs: then the earlier ``multirun.yaml`` is kept as
     ``multirun.<n>.yaml``, each job's ``.hydra/`` is held until that job's checks pass
     (``on_job_start``), and each job is guarded again in ``train()``."""
 
@@ -98,10 +102,8 @@ class RunDirCallback(Callback):
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
         runs = earlier_sweep_runs(sweep_dir)
-        if runs and config.get("resume") in (True, "auto"):
-            hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
-            keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
-        elif runs:
+        resumed = bool(runs) and config.get("resume") in (True, "auto")
+        if runs and not resumed:
             shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
             print(
                 f"error: hydra.sweep.dir={sweep_dir} already holds the runs of an earlier "
@@ -110,6 +112,10 @@ class RunDirCallback(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        check_sweep(config)
+        if resumed:
+            hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
+            keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         job_started(config)  # a resumed sweep's job: see on_multirun_start
@@ -130,6 +136,55 @@ class RunDirCallback(Callback):
             )
             sys.exit(2)
         hold_hydra_writes(config, run_dir)
+
+
+MAX_REASONS = 10  # a refused sweep's lines, one reason each
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Every job of a sweep passes the checks a run makes before any work
+    (``lmlab.train.preflight.check_job``), or the sweep exits here, before Hydra writes
+    anything, naming each refused job and why. Jobs a cluster launcher sends elsewhere are
+    checked without this machine's GPU and memory (``lmlab.cli.sweep.runs_here``)."""
+    jobs = sweep_jobs(config)
+    if not jobs:
+        return  # another sweeper: each job is checked as it starts
+    with long_lived():
+        from lmlab.train.preflight import check_job
+    keys, machine = swept_keys(jobs), runs_here(config)
+    refused: dict[str, list[str]] = {}
+    try:
+        for num, overrides in enumerate(jobs):
+            try:
+                job = job_config(config, overrides, num)
+                HydraConfig.instance().set_config(job)  # ${hydra:...} of this job
+                check_job(job, machine)
+            except ConfigError as err:
+                why = str(err)
+            except (HydraException, OmegaConfBaseException) as err:  # it does not compose
+                why = str(hydra_error(err, overrides))
+            else:
+                continue
+            named = " ".join(o for o in overrides if o.partition("=")[0] in keys)
+            refused.setdefault(why, []).append(f"#{num} {named}".strip())
+    finally:
+        HydraConfig.instance().set_config(config)
+    if refused:
+        count = sum(len(names) for names in refused.values())
+        lines = [
+            f"error: {count} of the sweep's {len(jobs)} jobs would be refused, so none was "
+            "started (fix or leave out these values):"
+        ]
+        for why, names in list(refused.items())[:MAX_REASONS]:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"  {shown}: {why}")
+        if len(refused) > MAX_REASONS:
+            rest = sum(len(names) for names in list(refused.values())[MAX_REASONS:])
+            lines.append(
+                f"  and {rest} more job(s), for {len(refused) - MAX_REASONS} other reasons"
+            )
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -110,11 +110,12 @@ def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.env
         )
 
 
-def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
+def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig, DataConfig, int]:
     """Validate the structured configs (``__post_init__`` checks) and the other groups'
     values before any work starts: ``lmlab train`` calls this before torch and Lightning are
     imported, so bad input is reported before the slow imports (start-up times:
-    BENCHMARKS.md)."""
+    BENCHMARKS.md). ``machine=False``: not whether this machine can launch the run (a sweep
+    that a cluster launcher sends elsewhere)."""
     model_cfg = to_schema(ModelConfig, cfg.model, "model.")
     data_cfg = to_schema(DataConfig, cfg.data, "data.")
     to_schema(BudgetConfig, cfg.budget, "budget.")
@@ -122,7 +123,7 @@ def resolve_configs(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, int]:
     check_optimizer(cfg.optim, cfg.scheduler)
     check_trainer(cfg.trainer)
     resolve_task(cfg, model_cfg)
-    if not run_cfg.dry_run:  # a dry run plans for many nodes and launches nothing
+    if machine and not run_cfg.dry_run:  # a dry run plans for many nodes, launches nothing
         check_launch(cfg.trainer)
     return model_cfg, data_cfg, sequence_length(model_cfg, data_cfg)
 

@@ -117,15 +117,17 @@ def check_state_fits(
     trainer_cfg: Mapping[str, Any],
     optim_cfg: Mapping[str, Any],
     available: tuple[int | None, str] | None = None,
+    warn: bool = True,
 ) -> None:
     """Refuse the run when the lower bound above exceeds the memory it will have; warn when
-    the dry run's coarse estimate of a whole step does (``step_activations``)."""
+    the dry run's coarse estimate of a whole step does (``step_activations``), unless
+    ``warn`` is False (a sweep's check of its jobs: each job warns when it starts)."""
     needs = memory_needs(plan, model_cfg, trainer_cfg, optim_cfg, available)
     if needs.free is None:
         return
     gib = 2**30
     if needs.state <= needs.free:
-        if needs.step > needs.free:
+        if warn and needs.step > needs.free:
             log.warning(
                 "a training step needs about %.1f GiB by a coarse estimate (activations of "
                 "data.batch_size=%d x %d tokens included), and %s %.1f GiB free: it may run "

@@ -10,7 +10,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -27,37 +26,30 @@ from lmlab.config import (
     TaskConfig,
     TaskKind,
     TaskSpec,
-    check_task_model,
     compile_mode,
     flatten,
     model_config_dict,
-    resolve_configs,
-    resolve_task,
-    sequence_length,
 )
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
-from lmlab.model.loss import check_cross_entropy
-from lmlab.train.batch import resolve_global_batch
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table, planning_model_config
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
-from lmlab.train.init_from import InitFrom, load_weights, model_record, resolve_init_from
+from lmlab.train.init_from import InitFrom, load_weights, model_record
 from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
     PLAN_FILE,
-    check_accelerator,
-    check_attention_kernel,
     check_resumable,
     make_plan,
     read_plan,
     write_json,
 )
+from lmlab.train.preflight import check_run
 from lmlab.train.rundir import RunDir
 from lmlab.train.task import LMTask, optimizer_from
 
@@ -188,26 +180,6 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
     write_json(out_dir / "results.json", redact(results))
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """``cfg.callbacks``' entries (``callbacks.<name>=null`` turns one off). A value a
-    callback refuses (its ConfigError) or cannot take (a TypeError or ValueError: a key it
-    does not have, a wrong type) is one ConfigError, not Hydra's wrapping of it."""
-    callbacks = []
-    for name, entry in (cfg.get("callbacks") or {}).items():
-        if entry is None:
-            continue
-        try:
-            callbacks.append(instantiate(entry))
-        except InstantiationException as err:
-            cause = err.__cause__
-            if isinstance(cause, ConfigError):
-                raise cause from None
-            if isinstance(cause, TypeError | ValueError):
-                raise ConfigError(f"callbacks.{name}: {cause}") from err
-            raise
-    return callbacks
-
-
 def train(cfg: DictConfig) -> float:
     """Train one run; write ``results.json`` (completed, failed, preempted or interrupted);
     return the final validation loss. ``cfg`` is read, never written: what the run derives
@@ -222,22 +194,11 @@ def train(cfg: DictConfig) -> float:
     install_job_command()
     scope = JobScope()
     try:
-        model_cfg, data_cfg, seq_len = resolve_configs(cfg)
-        task_cfg = resolve_task(cfg, model_cfg)
-        # the checkpoint's architecture
-        init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)
-        if init is not None:
-            model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
-            check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
-        batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
-        log.info(batch.describe())
-        check_evals(cfg, model_cfg)
-        check_attention_kernel(cfg.trainer, model_cfg)
-        check_cross_entropy(model_cfg)
-        callbacks = build_callbacks(cfg)  # their bad values are refused here
+        checked = check_run(cfg)  # bad input: refused before any work
+        log.info(checked.batch.describe())
+        model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
         if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
-        check_accelerator(cfg.trainer)
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(
             cfg,
@@ -249,9 +210,9 @@ def train(cfg: DictConfig) -> float:
             start,
             ckpt_path,
             scope,
-            callbacks,
-            init,
-            task_cfg,
+            checked.callbacks,
+            checked.init,
+            checked.task_cfg,
         )
     except BaseException as err:
         results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
@@ -272,18 +233,6 @@ def train(cfg: DictConfig) -> float:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
-
-
-def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
-    """``eval.tasks`` name tasks whose data can be read now (a hub task's dataset is fetched
-    here), for a model that can be scored: before data, plan or model are built."""
-    tasks = list((cfg.get("eval") or {}).get("tasks") or [])
-    if not tasks:
-        return
-    from lmlab.infer import harness  # lm-eval itself is imported only for a hub task
-
-    harness.check_family(model_cfg.family, f"eval.tasks={tasks} with model.family")
-    harness.check_tasks(tasks, where="eval.tasks")
 
 
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}

@@ -1,0 +1,112 @@
+"""The checks a run passes before it reads data, builds a model or writes into its directory:
+``check_run`` for the run itself (``lmlab.train.run.train``), ``check_job`` for each job of a
+sweep before the first one starts (``lmlab.cli.sweep``), so that a sweep whose sixth job has
+a bad value is refused at once, not after five jobs have trained.
+
+``machine=False`` leaves out what depends on the machine the run will train on (a GPU there,
+its free memory, a multi-node launcher's variables): a sweep that a cluster launcher sends
+to other machines is checked on the one it is started from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmlab.config import (
+    DataConfig,
+    ModelConfig,
+    TaskConfig,
+    check_task_model,
+    resolve_configs,
+    resolve_task,
+    sequence_length,
+)
+from lmlab.errors import ConfigError
+from lmlab.model.loss import check_cross_entropy
+from lmlab.train.batch import GlobalBatch, resolve_global_batch
+from lmlab.train.estimate import planning_model_config
+from lmlab.train.init_from import InitFrom, resolve_init_from
+from lmlab.train.memory import check_state_fits
+from lmlab.train.plan import check_accelerator, check_attention_kernel, make_plan
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """What the checks resolved, for the run to go on with."""
+
+    model_cfg: ModelConfig  # with ``init_from``: the checkpoint's architecture
+    data_cfg: DataConfig
+    seq_len: int
+    task_cfg: TaskConfig
+    init: InitFrom | None
+    batch: GlobalBatch
+    callbacks: list[L.Callback]
+
+
+def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
+    """Every check of ``cfg`` that needs no data, model or run directory, in the order a run
+    meets them; the first failure is a ConfigError. A dry run (``dry_run=true``) plans for any
+    machine, so the machine's own checks are left out of it."""
+    here = machine and not cfg.get("dry_run")
+    model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
+    task_cfg = resolve_task(cfg, model_cfg)
+    init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)
+    if init is not None:  # the checkpoint's architecture
+        model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
+        check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
+    batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
+    check_evals(cfg, model_cfg)
+    if machine:
+        check_attention_kernel(cfg.trainer, model_cfg)
+    check_cross_entropy(model_cfg)
+    callbacks = build_callbacks(cfg)  # their bad values are refused here
+    if here:
+        check_accelerator(cfg.trainer)
+    return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
+
+
+def check_job(cfg: DictConfig, machine: bool = True) -> None:
+    """``check_run`` and the plan a dry run would print (its budget, the parameters' memory
+    against this machine's): one job of a sweep, checked before any job starts."""
+    checked = check_run(cfg, machine)
+    planned = planning_model_config(checked.model_cfg, checked.data_cfg)
+    plan = make_plan(cfg, planned, checked.data_cfg, checked.seq_len)
+    if machine and not cfg.get("dry_run"):
+        check_state_fits(plan, planned, cfg.trainer, cfg.optim, warn=False)
+
+
+def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
+    """``eval.tasks`` name tasks whose data can be read now (a hub task's dataset is fetched
+    here), for a model that can be scored: before data, plan or model are built."""
+    tasks = list((cfg.get("eval") or {}).get("tasks") or [])
+    if not tasks:
+        return
+    from lmlab.infer import harness  # lm-eval itself is imported only for a hub task
+
+    harness.check_family(model_cfg.family, f"eval.tasks={tasks} with model.family")
+    harness.check_tasks(tasks, where="eval.tasks")
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """``cfg.callbacks``' entries (``callbacks.<name>=null`` turns one off). A value a
+    callback refuses (its ConfigError) or cannot take (a TypeError or ValueError: a key it
+    does not have, a wrong type) is one ConfigError, not Hydra's wrapping of it."""
+    callbacks = []
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if entry is None:
+            continue
+        try:
+            callbacks.append(instantiate(entry))
+        except InstantiationException as err:
+            cause = err.__cause__
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            if isinstance(cause, TypeError | ValueError):
+                raise ConfigError(f"callbacks.{name}: {cause}") from err
+            raise
+    return callbacks

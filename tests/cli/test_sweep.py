@@ -1,0 +1,125 @@
+"""A sweep's jobs are known and checked before the first starts: the jobs are Hydra's own,
+in its order, and one bad job refuses the sweep with nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.cli.sweep import job_config, runs_here, sweep_jobs
+from lmlab.config import CONF_DIR, register_configs
+
+
+@pytest.fixture
+def multirun_config() -> Iterator:
+    """``multirun_config(*overrides)``: the primary config of ``lmlab train -m OVERRIDES``,
+    inside the Hydra that composed it (its config loader composes the jobs)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+
+        def compose(*overrides: str) -> DictConfig:
+            loader = GlobalHydra.instance().config_loader()
+            return loader.load_configuration("train", list(overrides), RunMode.MULTIRUN)
+
+        yield compose
+    GlobalHydra.instance().clear()
+
+
+class Recorder(Launcher):
+    """A launcher that runs nothing and keeps what it was asked to launch."""
+
+    def __init__(self) -> None:
+        self.jobs: list[list[str]] = []
+
+    def setup(self, **kwargs) -> None:
+        pass
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        self.jobs += [list(job) for job in job_overrides]
+        return list[JobReturn]()
+
+
+def test_the_jobs_are_the_ones_hydras_sweeper_launches_in_its_order(
+    multirun_config, tmp_path: Path
+) -> None:
+    """A sweep file's params and the command line's values, as Hydra's basic sweeper itself
+    expands them (job #i is the i-th it launches)."""
+    argv = [
+        "+sweeps=norm_x_activation",
+        "model.n_heads=2,4",
+        "seed=7",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    config = multirun_config(*argv)
+    context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks())
+    sweeper = Plugins.instance().instantiate_sweeper(
+        config=config, hydra_context=context, task_function=lambda cfg: None
+    )
+    assert type(sweeper).__name__ == "BasicSweeper"
+    sweeper.launcher = Recorder()
+    sweeper.sweep(list(config.hydra.overrides.task))
+    jobs = sweep_jobs(config)
+    assert jobs == sweeper.launcher.jobs and len(jobs) == 2 * 3 * 2
+    assert jobs[1] == [
+        "model.norm_placement=pre",
+        "model.activation=relu",
+        "+sweeps=norm_x_activation",
+        "model.n_heads=4",
+        "seed=7",
+    ]  # hydra.* overrides are Hydra's, not the job's
+    job = job_config(config, jobs[1], 1)
+    assert (job.model.n_heads, job.model.activation, job.seed) == (4, "relu", 7)
+    assert job.hydra.runtime.output_dir == str(tmp_path / "1")  # where its checkpoints go
+
+
+def test_another_sweeper_draws_its_jobs_as_it_goes_and_a_cluster_trains_elsewhere() -> None:
+    optuna = OmegaConf.create(
+        {"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"}}}
+    )
+    assert sweep_jobs(optuna) is None  # each job is checked as it starts
+    for target, here in [
+        ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", True),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", False),
+    ]:
+        assert runs_here(OmegaConf.create({"hydra": {"launcher": {"_target_": target}}})) is here
+
+
+def test_a_sweep_with_bad_jobs_is_refused_before_any_job_starts(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each refused job is named by its number and swept values, jobs refused for the same
+    reason on one line; the sweep folder is not created."""
+    sweep = tmp_path / "sweep"
+    argv = [
+        "-m",
+        "+debug=smoke",
+        "model.n_heads=2,3",
+        "model.activation=relu,gelu",
+        "trainer.max_steps=4,0",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: 6 of the sweep's 8 jobs would be refused, so none was started (fix or leave "
+        "out these values):",
+        "  #1 model.n_heads=2 model.activation=relu trainer.max_steps=0, #3 model.n_heads=2 "
+        "model.activation=gelu trainer.max_steps=0: budget=steps needs trainer.max_steps >= 1, "
+        "got 0",
+        "  #4 model.n_heads=3 model.activation=relu trainer.max_steps=4, #5 model.n_heads=3 "
+        "model.activation=relu trainer.max_steps=0, #6 model.n_heads=3 model.activation=gelu "
+        "trainer.max_steps=4 and 1 more: model.d_model=128 is not divisible by model.n_heads=3 "
+        "(or set model.d_head, the dimension of each head)",
+    ]
+    assert not sweep.exists()
