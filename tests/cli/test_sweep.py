@@ -123,3 +123,16 @@ def test_a_sweep_with_bad_jobs_is_refused_before_any_job_starts(
         "(or set model.d_head, the dimension of each head)",
     ]
     assert not sweep.exists()
+
+
+def test_a_cluster_sweep_is_checked_here_without_this_machines_gpu(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hydra/launcher=slurm from a machine without a GPU: a config error is refused here; the
+    GPU the jobs ask for is left to the GPU nodes (job #0 is not refused for it)."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "hydra/launcher=slurm", "+debug=smoke", "trainer=gpu", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *argv, "model.n_heads=2,3") == 2
+    err = capsys.readouterr().err
+    assert "1 of the sweep's 2 jobs would be refused" in err and "#1 model.n_heads=3: " in err
+    assert "#0" not in err and "CUDA" not in err and not sweep.exists()
