@@ -64,8 +64,9 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
             continue
         why = " (lmlab trains by steps, not epochs: a fraction of one has no meaning)"
         shown = f"'{value}'" if isinstance(value, str) else value
+        once = " or null (once, after the last step)" if name == "val_check_interval" else ""
         raise ConfigError(
-            f"trainer.{name}={shown} must be an int >= 1 (batches)"
+            f"trainer.{name}={shown} must be an int >= 1 (batches){once}"
             + (why if isinstance(value, float) else "")
         )
     clip = trainer.get("gradient_clip_val")
