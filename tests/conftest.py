@@ -88,6 +88,46 @@ def run_command() -> Callable[..., int]:
     return run
 
 
+@pytest.fixture
+def refused_jobs(tmp_path: Path) -> Callable[..., list[str]]:
+    """``refused_jobs(*argv)``: why each job of ``lmlab train ARGV`` (``-m``: every job of the
+    sweep, as Hydra's sweeper composes it; Optuna's: its base config) would be refused before
+    any work, the machine's own checks aside; [] when none is. Nothing is written."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from lmlab.cli.sweep import job_config, sweep_jobs
+    from lmlab.config import register_configs
+    from lmlab.errors import ConfigError
+    from lmlab.train.preflight import check_job
+
+    def refused(*argv: str) -> list[str]:
+        multirun = "-m" in argv
+        overrides = [a for a in argv if a != "-m"]
+        dirs = [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
+        register_configs()
+        GlobalHydra.instance().clear()
+        reasons = []
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            config = loader.load_configuration("train", overrides + dirs, RunMode.MULTIRUN)
+            jobs = (sweep_jobs(config) if multirun else None) or [overrides]
+            for num, job_overrides in enumerate(jobs):
+                job = job_config(config, job_overrides, num)
+                HydraConfig.instance().set_config(job)
+                try:
+                    check_job(job, machine=False)
+                except ConfigError as err:
+                    reasons.append(f"#{num} {' '.join(job_overrides)}: {err}")
+        GlobalHydra.instance().clear()
+        assert not any(tmp_path.iterdir()), "the checks wrote something"
+        return reasons
+
+    return refused
+
+
 # Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
 HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
 

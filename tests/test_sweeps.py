@@ -33,31 +33,11 @@ def test_every_sweep_composes(sweep: str) -> None:
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
-def test_every_job_of_every_sweep_passes_the_checks_before_work(sweep: str, tmp_path: Path) -> None:
+def test_every_job_of_every_sweep_passes_the_checks_before_work(sweep: str, refused_jobs) -> None:
     """Each job as Hydra's sweeper composes it passes what a run checks before any work
     (``check_job``, the machine's own checks aside): a value the checks refuse in a sweep file
-    would refuse the whole sweep. Optuna's sweep is checked at its base config."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from lmlab.cli.sweep import job_config, sweep_jobs
-    from lmlab.train.preflight import check_job
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        argv = [f"+sweeps={sweep}", f"hydra.sweep.dir={tmp_path}"]
-        config = loader.load_configuration("train", argv, RunMode.MULTIRUN)
-        jobs = sweep_jobs(config) or [[f"+sweeps={sweep}"]]
-        for num, overrides in enumerate(jobs):
-            job = job_config(config, overrides, num)
-            HydraConfig.instance().set_config(job)
-            check_job(job, machine=False)
-    GlobalHydra.instance().clear()
-    assert list(tmp_path.iterdir()) == []
+    would refuse the whole sweep."""
+    assert refused_jobs("-m", f"+sweeps={sweep}") == []
 
 
 def test_multirun_with_a_failed_job_logs_and_compares(

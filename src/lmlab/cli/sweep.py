@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # the launcher that runs each job in this process, on this machine
@@ -52,8 +52,9 @@ def job_config(config: DictConfig, overrides: Sequence[str], num: int) -> DictCo
     job = GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
     with open_dict(job):
         job.hydra.job.id = job.hydra.job.num = num
-        sweep_dir = str(OmegaConf.select(job, "hydra.sweep.dir"))
-        subdir = str(OmegaConf.select(job, "hydra.sweep.subdir"))
+    sweep_dir = str(OmegaConf.select(job, "hydra.sweep.dir"))
+    subdir = str(OmegaConf.select(job, "hydra.sweep.subdir"))
+    with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):  # as Hydra's run_job
         job.hydra.runtime.output_dir = os.path.abspath(os.path.join(sweep_dir, subdir))
     return job
 

@@ -1,0 +1,42 @@
+"""The README's training commands are ones lmlab accepts: each ``python src/train.py`` line
+of its bash blocks (continuations joined, comments dropped) passes the checks a run makes
+before any work, every job of a sweep included. Lines that need a file the README's reader
+brings (a checkpoint, a text file, a JSONL set) or the hub, or that show a placeholder, are
+left out."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from lmlab.config import CONF_DIR
+
+README = CONF_DIR.parent / "README.md"
+# a reader's own file or the hub, or a placeholder: not checkable here
+NEEDS_MORE = ("init_from=", "data.path=", "task.train=", "task.source=hf", "<", "...", "ARGS")
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [line.split(" #")[0].strip() for line in lines]
+    checkable = [
+        c.removeprefix("python src/train.py").strip()
+        for c in commands
+        if c.startswith("python src/train.py") and not any(m in c for m in NEEDS_MORE)
+    ]
+    return list(dict.fromkeys(checkable))  # each once
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_training_commands_to_check() -> None:
+    assert len(COMMANDS) >= 20 and "-m +sweeps=moe" in COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_training_command_passes_the_checks(command: str, refused_jobs) -> None:
+    assert refused_jobs(*shlex.split(command)) == []
