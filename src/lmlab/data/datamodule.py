@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import DataConfig, Family
 from lmlab.data.collators import COLLATORS
-from lmlab.data.packing import prepare
+from lmlab.data.packing import discard, prepare
 from lmlab.data.sampler import ResumableSampler
 from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class Rows(Dataset):
@@ -47,21 +50,24 @@ class Rows(Dataset):
         return self.stream[starts[:, None] + self.offsets]
 
 
+class UnreadableRows(Exception):
+    """Cached rows the installed ``datasets`` cannot read, with why and who wrote them."""
+
+
 def _load_rows(path: Path) -> torch.Tensor:
     """The packed rows as one (n_rows, row_len) int32 tensor, read from the Arrow column in
-    one piece (converting row by row through ``datasets``' numpy format is far slower). A
-    cache this ``datasets`` cannot read (one written by another version can fail deep inside
-    ``datasets.features``) is refused in one line that names the folder to delete."""
+    one piece (converting row by row through ``datasets``' numpy format is far slower). Rows
+    that this ``datasets`` cannot read (ones written by another version can fail deep inside
+    ``datasets.features``) raise UnreadableRows, naming the version that wrote them."""
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as err:
         meta = path.parent / "meta.json"
         writer = json.loads(meta.read_text()).get("datasets") if meta.exists() else None
-        raise ConfigError(
+        raise UnreadableRows(
             f"the packed rows cached in {path} cannot be read by datasets "
             f"{datasets.__version__} ({type(err).__name__}: {err}); they were written by "
-            f"datasets {writer or '(version not recorded)'}. Delete {path.parent} and run "
-            "again: it is rebuilt from the corpus"
+            f"datasets {writer or '(version not recorded)'}"
         ) from err
     column = ds.data.column("input_ids").combine_chunks()  # list<int32>, one row per item
     flat = column.flatten().to_numpy(zero_copy_only=False)
@@ -117,13 +123,27 @@ class LMDataModule(L.LightningDataModule):
         self.prepare_data()
         if hasattr(self, "train_rows"):
             return
-        self.meta = json.loads((self.blocks_dir / "meta.json").read_text())
-        self.tokenizer = Tokenizer.from_file(self.meta["tokenizer"])
-        self.train_rows = Rows(_load_rows(self.blocks_dir / "train"), self.cfg.stride)
-        self.val_rows = Rows(_load_rows(self.blocks_dir / "val"))
+        try:
+            train, val = self._load()
+        except UnreadableRows as err:  # a cache, rebuilt from the corpus
+            log.warning("%s: building them again from the corpus", err)
+            discard(self.blocks_dir)
+            self.blocks_dir = None
+            self.prepare_data()
+            try:
+                train, val = self._load()
+            except UnreadableRows as again:
+                raise ConfigError(f"{again}, just after writing them") from again
+        self.train_rows, self.val_rows = Rows(train, self.cfg.stride), Rows(val)
         self.collate = COLLATORS[self.family](
             tokenizer=self.tokenizer, seed=self.seed, seq_len=self.seq_len
         )
+
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached rows of both splits, and the tokenizer and counts beside them."""
+        self.meta = json.loads((self.blocks_dir / "meta.json").read_text())
+        self.tokenizer = Tokenizer.from_file(self.meta["tokenizer"])
+        return _load_rows(self.blocks_dir / "train"), _load_rows(self.blocks_dir / "val")
 
     @property
     def vocab_size(self) -> int:

@@ -4,7 +4,8 @@ Cache layout under ``data.cache_dir``: ``tok-<key>/tokenizer.json`` (keyed by co
 tokenizer settings and the special-token list) and ``blocks-<key>/{train,val}``
 (``datasets.save_to_disk``, keyed also by the row length) with ``meta.json``. Each entry is
 built in a temporary folder and renamed into place, so an interrupted build or two processes
-building at once never leave a broken cache.
+building at once never leave a broken cache. Rows that the installed ``datasets`` cannot
+read (another version wrote them) are discarded and built again (``discard``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,18 @@ def cached_tokenizer(
         tok.save(str(tmp / "tokenizer.json"))
         _publish(tmp, tok_dir)
     return Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+
+
+def discard(entry: Path) -> None:
+    """Remove a cache entry that cannot be used (rows another ``datasets`` wrote): renamed
+    aside first, so that a process that finds it gone builds it again, and that of two
+    processes discarding it at once one does and the other finds nothing to do."""
+    aside = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
+    try:
+        os.replace(entry, aside)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path:
