@@ -3,6 +3,7 @@ its own W&B run with the sweep's group, a name from the varying overrides, and d
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmlab.analysis.compare import compare
 from lmlab.config import CONF_DIR, register_configs
@@ -94,3 +96,69 @@ def test_multirun_with_a_failed_job_logs_and_compares(
     assert losses == sorted(losses) and len(done) == 2
     assert [r.status for r in rows].count("failed") == 1
     assert (sweep_dir / "compare.png").stat().st_size > 0
+
+
+def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
+    tmp_path: Path, cache_dir: Path, wandb_records, refused_jobs
+) -> None:
+    """sweeps/wandb/norm_x_activation.yaml: the Hydra sweep's grid; every point, as W&B's
+    own command builder writes it, passes the checks; and one point run the way W&B's agent
+    runs it (its command macros, its environment: sweep id, run id, the parameters' file;
+    offline, as no agent can be here) trains under the agent's run id, which results.json
+    records (a resume reopens that W&B run)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+    from wandb.sdk.lib import config_util
+
+    spec = yaml.safe_load((REPO / "sweeps" / "wandb" / "norm_x_activation.yaml").read_text())
+    hydra_sweep = yaml.safe_load((REPO / "sweeps" / "norm_x_activation.yaml").read_text())
+    grid = {k: p["values"] for k, p in spec["parameters"].items()}
+    assert grid == {
+        k: str(v).split(",") for k, v in hydra_sweep["hydra"]["sweeper"]["params"].items()
+    }
+    assert spec["method"] == "grid" and spec["metric"]["name"] == "val/loss"
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    for point in points:
+        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})
+        assert refused_jobs(*args["args_no_hyphens"]) == []
+
+    point = {"model.norm_placement": "post", "model.activation": "swiglu"}
+    args = {k: {"value": v} for k, v in point.items()}
+    macros = create_sweep_command_args({"args": args}) | {
+        "env": ["/usr/bin/env"],
+        "interpreter": ["python"],
+        "program": [spec["program"]],
+    }
+    command = []
+    for part in create_sweep_command(list(spec["command"])):  # as wandb_agent.py expands it
+        command += macros[part[2:-1]] if part.startswith("${") else [part]
+    assert command == ["/usr/bin/env", "python", "src/train.py", *args_of(point)]
+    params = tmp_path / "config-agentrun1.yaml"
+    config_util.save_config_file_from_dict(str(params), args)
+    env = {
+        **os.environ,
+        "LMLAB_CACHE": str(cache_dir),
+        "WANDB_MODE": "offline",
+        "WANDB_SWEEP_ID": "sweep123",
+        "WANDB_RUN_ID": "agentrun1",
+        "WANDB_SWEEP_PARAM_PATH": str(params),
+    }
+    run_dir = tmp_path / "run"
+    extra = ["+debug=smoke", "logger=wandb", "callbacks.sample=null", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(
+        [sys.executable, *command[2:], *extra], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["wandb_id"] == "agentrun1"
+    records = wandb_records(run_dir)
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["run_id"] == "agentrun1"
+    config = run["config"]["update"]  # W&B's from the agent's file, then lmlab's on top
+    config |= {
+        k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
+    }
+    assert {k: config[k] for k in point} == point and config["model.norm"] == "layernorm"
+
+
+def args_of(point: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in point.items()]

@@ -112,12 +112,20 @@ def redact(value: Any) -> Any:
     return value
 
 
+def in_wandb_sweep() -> bool:
+    """Whether a W&B sweep agent (``wandb agent``) started this run: W&B then takes the run's
+    id and project from the agent, whatever ``wandb.init`` is given."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
 def wandb_run_id(out_dir: Path) -> str:
     """The run directory's W&B id, created once and kept in ``wandb_id``: a resumed run
-    reopens the same W&B run, so the dashboard shows one continuous curve."""
+    reopens the same W&B run, so the dashboard shows one continuous curve. Under a W&B sweep
+    agent it is the agent's (``WANDB_RUN_ID``), the id W&B gives the run."""
     path = out_dir / "wandb_id"
     if not path.exists():
-        path.write_text(secrets.token_hex(4))  # W&B run ids: short, lowercase alphanumeric
+        agent = os.environ.get("WANDB_RUN_ID") if in_wandb_sweep() else None
+        path.write_text(agent or secrets.token_hex(4))  # short, lowercase alphanumeric
     return path.read_text().strip()
 
 
@@ -186,15 +194,18 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int = 0) -> list[
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
+            run_id = wandb_run_id(out_dir)
+            # a sweep agent gives the run its id (W&B would ignore this one, with a warning)
+            where = {} if in_wandb_sweep() else {"id": run_id}
             loggers.append(
                 instantiate(
                     lcfg,
                     name=lcfg.get("name") or run_name(cfg),
                     offline=wandb_offline(lcfg.get("offline")),
-                    id=wandb_run_id(out_dir),
                     resume="allow",
                     group=lcfg.get("group") or run_group(),
                     tags=list(lcfg.get("tags") or []) + run_tags(cfg),
+                    **where,
                 )
             )
         elif issubclass(get_class(lcfg._target_), CSVLogger):
