@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,6 +152,7 @@ def check_sweep(config: DictConfig) -> None:
         return  # another sweeper: each job is checked as it starts
     with long_lived():
         from lmlab.train.preflight import check_job
+    started = time.perf_counter()
     keys, machine = swept_keys(jobs), runs_here(config)
     refused: dict[str, list[str]] = {}
     try:
@@ -169,6 +171,8 @@ def check_sweep(config: DictConfig) -> None:
             refused.setdefault(why, []).append(f"#{num} {named}".strip())
     finally:
         HydraConfig.instance().set_config(config)
+    seconds = time.perf_counter() - started
+    logging.getLogger("lmlab").info("checked the sweep's %d jobs in %.1f s", len(jobs), seconds)
     if refused:
         count = sum(len(names) for names in refused.values())
         lines = [
