@@ -131,7 +131,8 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
     command = []
     for part in create_sweep_command(list(spec["command"])):  # as wandb_agent.py expands it
         command += macros[part[2:-1]] if part.startswith("${") else [part]
-    assert command == ["/usr/bin/env", "python", "src/train.py", *args_of(point)]
+    run_dir = "hydra.run.dir=outputs/wandb/${oc.env:WANDB_SWEEP_ID}/${oc.env:WANDB_RUN_ID}"
+    assert command == ["/usr/bin/env", "python", "src/train.py", *args_of(point), run_dir]
     params = tmp_path / "config-agentrun1.yaml"
     config_util.save_config_file_from_dict(str(params), args)
     env = {
@@ -142,12 +143,17 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
         "WANDB_RUN_ID": "agentrun1",
         "WANDB_SWEEP_PARAM_PATH": str(params),
     }
-    run_dir = tmp_path / "run"
-    extra = ["+debug=smoke", "logger=wandb", "callbacks.sample=null", f"hydra.run.dir={run_dir}"]
+    extra = ["+debug=smoke", "logger=wandb", "callbacks.sample=null"]
+    program = str(REPO / command[2])  # the agent runs it from the repository's root
     proc = subprocess.run(
-        [sys.executable, *command[2:], *extra], env=env, capture_output=True, text=True, cwd=REPO
+        [sys.executable, program, *command[3:], *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "outputs" / "wandb" / "sweep123" / "agentrun1"  # one per agent run
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["wandb_id"] == "agentrun1"
     records = wandb_records(run_dir)
@@ -158,6 +164,8 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
         k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
     }
     assert {k: config[k] for k in point} == point and config["model.norm"] == "layernorm"
+    (row,) = compare(tmp_path / "outputs" / "wandb" / "sweep123")
+    assert row.status == "completed" and row.value("val_loss") == results["val_loss"]
 
 
 def args_of(point: dict[str, str]) -> list[str]:
