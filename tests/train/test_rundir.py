@@ -285,3 +285,65 @@ def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
     assert HELD_SUBDIR not in hydra_yaml["job"]["env_set"]
     overrides = yaml.safe_load((sweep / "0" / ".hydra" / "overrides.yaml").read_text())
     assert "resume=auto" in overrides and "model.activation=relu" in overrides
+
+
+def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None:
+    """The default directory is named by the second a run starts: a live run's (another open
+    lock) or an earlier run's is passed over for ``<dir>_2``, ``_3``, ..., and left as it was."""
+    import fcntl
+
+    from lmlab.train.rundir import LOCK_FILE, fresh_run_dir, unlock_run_dir
+
+    base = tmp_path / "12-00-00"
+    assert fresh_run_dir(base) == base  # free: itself
+    unlock_run_dir(base)
+    held = os.open(base / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # another run's, live
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (tmp_path / "12-00-00_2").mkdir()
+    (tmp_path / "12-00-00_2" / "results.json").write_text("{}")  # an earlier run's
+    before = snapshot(tmp_path / "12-00-00_2")
+    try:
+        assert fresh_run_dir(base) == tmp_path / "12-00-00_3"
+    finally:
+        os.close(held)
+    assert changed(before, snapshot(tmp_path / "12-00-00_2")) == []
+    assert not (tmp_path / "12-00-00_2" / LOCK_FILE).exists()
+    unlock_run_dir(tmp_path / "12-00-00_3")
+
+
+def test_two_runs_started_in_the_same_second_get_a_directory_each(
+    tmp_path: Path, cache_dir: Path, run_command, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``outputs/<date>/<time>`` taken by a run of the same second: the second run goes to
+    ``<time>_2`` (it was refused: the directory held the first run's checkpoints). A chosen
+    ``hydra.run.dir`` is never changed."""
+    import datetime as real
+
+    import hydra.core.utils
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):  # every run starts at the same second
+            return cls(2026, 11, 30, 12, 0, 0)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    first, second = (
+        tmp_path / "outputs/2026-11-30/12-00-00",
+        tmp_path / "outputs/2026-11-30/12-00-00_2",
+    )
+    assert run_command("train", *SMOKE, "callbacks.sample=null") == 0
+    before = snapshot(first)
+    assert run_command("train", *SMOKE, "callbacks.sample=null") == 0
+    assert f"{first} is taken (a run started in the same second); this run is in {second}" in (
+        capsys.readouterr().out
+    )
+    assert changed(before, snapshot(first)) == []
+    assert json.loads((second / "results.json").read_text())["status"] == "completed"
+    assert yaml.safe_load((second / ".hydra" / "hydra.yaml").read_text())["hydra"]["run"][
+        "dir"
+    ] == str(second)
+    chosen = ["+debug=smoke", f"hydra.run.dir={first}"]
+    assert run_command("train", *chosen) == 2  # the user's choice: refused, not moved
+    assert "already holds checkpoints of an earlier run" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.heap import before_exit, long_lived
@@ -42,7 +42,9 @@ from lmlab.cli.sweep import job_config, runs_here, sweep_jobs, swept_keys
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
 from lmlab.train.rundir import (
+    chose_run_dir,
     earlier_sweep_runs,
+    fresh_run_dir,
     hold_hydra_writes,
     hold_sweep_hydra_writes,
     job_started,
@@ -127,7 +129,10 @@ class RunDirCallback(Callback):
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()
         try:
-            lock_run_dir(run_dir)
+            if chose_run_dir(config):
+                lock_run_dir(run_dir)
+            else:  # outputs/<date>/<time>: taken by a run started in the same second?
+                run_dir = take_fresh_run_dir(config, run_dir)
         except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
             # not fail(): while Hydra runs, main() sets HYDRA_FULL_ERROR=1 and fail() would
             # raise, which Hydra turns into a warning and goes on to write into the directory
@@ -189,6 +194,17 @@ def check_sweep(config: DictConfig) -> None:
             )
         print("\n".join(lines), file=sys.stderr)
         sys.exit(2)
+
+
+def take_fresh_run_dir(config: DictConfig, default: Path) -> Path:
+    """The default run directory, or the fresh one taken where it is not free, which Hydra's
+    ``run_job`` then writes into (``hydra.run.dir``)."""
+    run_dir = fresh_run_dir(default)
+    if run_dir != default:
+        print(f"{default} is taken (a run started in the same second); this run is in {run_dir}")
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = str(run_dir)
+    return run_dir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -5,6 +5,8 @@ training.
 - ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, held for the
   run's lifetime. A second run into a live directory is refused (``ConfigError``). The
   kernel drops the lock when its process dies, so a ``kill -9`` leaves no live lock behind.
+  ``fresh_run_dir``: where the user did not choose the directory (``chose_run_dir``), a run
+  whose default one is taken takes ``<dir>_2`` (``_3``, ...) instead of being refused.
 - ``hold_hydra_writes``: Hydra saves ``.hydra/`` and opens the job log (``train.log``) before
   the task function runs. ``lmlab.cli.train.RunDirCallback`` (``hydra.callbacks``) calls this
   from ``on_run_start``, before any of that, for a directory that is not empty: Hydra then
@@ -27,6 +29,7 @@ from __future__ import annotations
 import atexit
 import copy
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -86,6 +89,31 @@ def lock_run_dir(run_dir: Path) -> None:
     if not _LOCKS:
         atexit.register(unlock_all)
     _LOCKS[run_dir] = fd
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, or where it is taken (a live run holds it, or it holds anything but a
+    lock), the first free one of ``<run_dir>_2``, ``<run_dir>_3``, ...; locked for this run.
+    For the default directory, named by the second the run started
+    (``outputs/<date>/<time>``): runs started in the same second (one per GPU, from a loop)
+    get one each, and an earlier run's directory is left as it was."""
+    for n in itertools.count(1):
+        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}_{n}")
+        try:
+            lock_run_dir(candidate)
+        except ConfigError:  # a live run's
+            continue
+        if not any(p.name != LOCK_FILE for p in candidate.iterdir()):
+            return candidate
+        unlock_run_dir(candidate)  # an earlier run's
+    raise AssertionError("unreachable")
+
+
+def chose_run_dir(config: DictConfig) -> bool:
+    """Whether the user chose the run's directory: ``hydra.run.dir`` on the command line, or a
+    run that resumes one. Otherwise it is the default, ``outputs/<date>/<time>``."""
+    given = [o.lstrip("+~").partition("=")[0] for o in config.hydra.overrides.hydra]
+    return "hydra.run.dir" in given or config.get("resume") not in (False, None)
 
 
 def unlock_run_dir(run_dir: Path) -> None:
