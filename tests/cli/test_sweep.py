@@ -123,6 +123,11 @@ def test_a_sweep_with_bad_jobs_is_refused_before_any_job_starts(
         "(or set model.d_head, the dimension of each head)",
     ]
     assert not sweep.exists()
+    # one swept value per job: a reason that starts with it does not say it twice
+    assert run_command("train", "-m", "+debug=smoke", "model=gpt_tiny,gpt_huge", argv[-1]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[1].startswith("  #1 model=gpt_huge: no such config; allowed: bert_base, ")
+    assert not sweep.exists()
 
 
 def test_a_cluster_sweep_is_checked_here_without_this_machines_gpu(

@@ -173,6 +173,8 @@ def check_sweep(config: DictConfig) -> None:
             else:
                 continue
             named = " ".join(o for o in overrides if o.partition("=")[0] in keys)
+            if named and " " not in named:  # one swept value, which the reason may start with
+                why = why.removeprefix(f"{named}: ")
             refused.setdefault(why, []).append(f"#{num} {named}".strip())
     finally:
         HydraConfig.instance().set_config(config)
