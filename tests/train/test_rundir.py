@@ -311,24 +311,56 @@ def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None
     unlock_run_dir(tmp_path / "12-00-00_3")
 
 
-def test_two_runs_started_in_the_same_second_get_a_directory_each(
-    tmp_path: Path, cache_dir: Path, run_command, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    """``outputs/<date>/<time>`` taken by a run of the same second: the second run goes to
-    ``<time>_2`` (it was refused: the directory held the first run's checkpoints). A chosen
-    ``hydra.run.dir`` is never changed."""
+@pytest.fixture
+def same_second(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command from here on starts at 2026-11-30 12:00:00 (Hydra's ``${now:...}``), in
+    ``tmp_path``."""
     import datetime as real
 
     import hydra.core.utils
 
     class Frozen(real.datetime):
         @classmethod
-        def now(cls, tz=None):  # every run starts at the same second
+        def now(cls, tz=None):
             return cls(2026, 11, 30, 12, 0, 0)
 
     monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+
+
+def test_two_sweeps_started_in_the_same_second_get_a_folder_each(
+    tmp_path: Path, same_second: None, run_command, capsys
+) -> None:
+    """multirun/<date>/<time> taken by a sweep of the same second: the second sweep, its
+    multirun.yaml and its jobs go to <time>_2 (they shared the folder: each sweep lost the jobs
+    whose folder the other's live job held, and multirun.yaml was overwritten)."""
+    first = tmp_path / "multirun/2026-11-30/12-00-00"
+    second = first.with_name("12-00-00_2")
+    argv = ["-m", *SMOKE, "callbacks.sample=null"]
+    assert run_command("train", *argv, "model.activation=relu") == 0
+    before = snapshot(first)
+    assert run_command("train", *argv, "model.activation=gelu") == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{first} is taken (a sweep started in the same second); this sweep is in {second}" in out
+    )
+    assert changed(before, snapshot(first)) == []
+    results = json.loads((second / "0" / "results.json").read_text())
+    assert results["status"] == "completed" and results["run_name"] == "job0"
+    assert "model.activation=gelu" in (second / "multirun.yaml").read_text()
+    assert (
+        yaml.safe_load((second / "0" / ".hydra" / "config.yaml").read_text())["model"]["activation"]
+        == "gelu"
+    )
+
+
+def test_two_runs_started_in_the_same_second_get_a_directory_each(
+    tmp_path: Path, same_second: None, run_command, capsys
+) -> None:
+    """``outputs/<date>/<time>`` taken by a run of the same second: the second run goes to
+    ``<time>_2`` (it was refused: the directory held the first run's checkpoints). A chosen
+    ``hydra.run.dir`` is never changed."""
     first, second = (
         tmp_path / "outputs/2026-11-30/12-00-00",
         tmp_path / "outputs/2026-11-30/12-00-00_2",

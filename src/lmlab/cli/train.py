@@ -42,9 +42,10 @@ from lmlab.cli.sweep import job_config, runs_here, sweep_jobs, swept_keys
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
 from lmlab.train.rundir import (
-    chose_run_dir,
+    chose_dir,
     earlier_sweep_runs,
     fresh_run_dir,
+    fresh_sweep_dir,
     hold_hydra_writes,
     hold_sweep_hydra_writes,
     job_started,
@@ -104,7 +105,8 @@ class RunDirCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
-        runs = earlier_sweep_runs(sweep_dir)
+        chosen = chose_dir(config, "hydra.sweep.dir")
+        runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
             shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
@@ -116,6 +118,8 @@ class RunDirCallback(Callback):
             )
             sys.exit(2)
         check_sweep(config)
+        if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
+            take_fresh_sweep_dir(config, sweep_dir)
         if resumed:
             hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
             keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
@@ -129,7 +133,7 @@ class RunDirCallback(Callback):
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()
         try:
-            if chose_run_dir(config):
+            if chose_dir(config, "hydra.run.dir"):
                 lock_run_dir(run_dir)
             else:  # outputs/<date>/<time>: taken by a run started in the same second?
                 run_dir = take_fresh_run_dir(config, run_dir)
@@ -207,6 +211,19 @@ def take_fresh_run_dir(config: DictConfig, default: Path) -> Path:
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = str(run_dir)
     return run_dir
+
+
+def take_fresh_sweep_dir(config: DictConfig, default: Path) -> None:
+    """The sweep's default folder, or the fresh one taken where it exists, for the sweeper
+    (``hydra.sweep.dir``) and for each job, which Hydra's launcher composes again from the
+    command line's Hydra overrides."""
+    sweep_dir = fresh_sweep_dir(default)
+    if sweep_dir == default:
+        return
+    print(f"{default} is taken (a sweep started in the same second); this sweep is in {sweep_dir}")
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.sweep.dir = str(sweep_dir)
+        config.hydra.overrides.hydra.append(f"hydra.sweep.dir={sweep_dir}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

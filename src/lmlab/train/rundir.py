@@ -5,8 +5,9 @@ training.
 - ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, held for the
   run's lifetime. A second run into a live directory is refused (``ConfigError``). The
   kernel drops the lock when its process dies, so a ``kill -9`` leaves no live lock behind.
-  ``fresh_run_dir``: where the user did not choose the directory (``chose_run_dir``), a run
-  whose default one is taken takes ``<dir>_2`` (``_3``, ...) instead of being refused.
+  ``fresh_run_dir`` / ``fresh_sweep_dir``: where the user did not choose the folder
+  (``chose_dir``), a run or sweep whose default one is taken, by another started in the same
+  second, takes ``<dir>_2`` (``_3``, ...) instead of being refused or sharing it.
 - ``hold_hydra_writes``: Hydra saves ``.hydra/`` and opens the job log (``train.log``) before
   the task function runs. ``lmlab.cli.train.RunDirCallback`` (``hydra.callbacks``) calls this
   from ``on_run_start``, before any of that, for a directory that is not empty: Hydra then
@@ -109,11 +110,28 @@ def fresh_run_dir(run_dir: Path) -> Path:
     raise AssertionError("unreachable")
 
 
-def chose_run_dir(config: DictConfig) -> bool:
-    """Whether the user chose the run's directory: ``hydra.run.dir`` on the command line, or a
-    run that resumes one. Otherwise it is the default, ``outputs/<date>/<time>``."""
+def fresh_sweep_dir(sweep_dir: Path) -> Path:
+    """``sweep_dir``, or where it exists already, the first of ``<sweep_dir>_2``, ``_3``, ...
+    that does not; created here (``mkdir`` creates a folder for one process only): sweeps
+    started in the same second get one folder each."""
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        candidate = sweep_dir if n == 1 else sweep_dir.with_name(f"{sweep_dir.name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def chose_dir(config: DictConfig, key: str) -> bool:
+    """Whether the user chose the run's (``key="hydra.run.dir"``) or the sweep's
+    (``"hydra.sweep.dir"``) folder: on the command line, or by resuming. Otherwise it is the
+    default, named by the second the command started (``outputs/<date>/<time>``, a sweep
+    file's ``multirun/<name>/<date>/<time>``)."""
     given = [o.lstrip("+~").partition("=")[0] for o in config.hydra.overrides.hydra]
-    return "hydra.run.dir" in given or config.get("resume") not in (False, None)
+    return key in given or config.get("resume") not in (False, None)
 
 
 def unlock_run_dir(run_dir: Path) -> None:
