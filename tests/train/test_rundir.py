@@ -379,3 +379,25 @@ def test_two_runs_started_in_the_same_second_get_a_directory_each(
     chosen = ["+debug=smoke", f"hydra.run.dir={first}"]
     assert run_command("train", *chosen) == 2  # the user's choice: refused, not moved
     assert "already holds checkpoints of an earlier run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_launcher_ranks_without_a_chosen_run_dir_are_refused(
+    rank: str, tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """torchrun starts every rank with the same command: without ``hydra.run.dir`` each
+    names ``outputs/<date>/<time>`` by the second it started, and ranks that straddle a
+    second split the run (a sharded checkpoint too) over two folders. Every rank is refused
+    before anything is written. (Lightning's own DDP children get the folder: those tests
+    pass.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    assert run_command("train", "+debug=smoke") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this is one of 2 processes that a launcher (torchrun) started")
+    assert (
+        err.rstrip().endswith("give them one with hydra.run.dir=<folder>") and err.count("\n") == 1
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -51,6 +51,7 @@ from lmlab.train.rundir import (
     job_started,
     keep_multirun_yaml,
     launch_rank_is_zero,
+    launched_processes,
     lock_run_dir,
 )
 
@@ -128,6 +129,18 @@ class RunDirCallback(Callback):
         job_started(config)  # a resumed sweep's job: see on_multirun_start
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        processes = launched_processes()
+        if processes > 1 and not chose_dir(config, "hydra.run.dir"):
+            # every rank would name outputs/<date>/<time> by the second it started: ranks
+            # that straddle a second would write (a sharded checkpoint too) into two folders
+            print(
+                f"error: this is one of {processes} processes that a launcher (torchrun) "
+                "started for one run, and each would name the default folder, "
+                "outputs/<date>/<time>, by the second it started: give them one with "
+                "hydra.run.dir=<folder>",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         if not launch_rank_is_zero():
             return  # a DDP/FSDP rank of a run that rank 0 guards
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve

@@ -56,6 +56,14 @@ def launch_rank_is_zero() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
+def launched_processes() -> int:
+    """How many processes a launcher that sets ``WORLD_SIZE`` (torchrun; Lightning for its
+    DDP children) started for this run: 1 without one. (srun's tasks are left out: a batch
+    script's own process sees the allocation's task count too.)"""
+    count = os.environ.get("WORLD_SIZE", "1")
+    return int(count) if count.isdigit() else 1
+
+
 _LOCKS: dict[Path, int] = {}  # run directory -> the file descriptor holding its lock
 
 
