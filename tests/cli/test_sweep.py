@@ -3,6 +3,7 @@ in its order, and one bad job refuses the sweep with nothing written."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -141,3 +142,19 @@ def test_a_cluster_sweep_is_checked_here_without_this_machines_gpu(
     err = capsys.readouterr().err
     assert "1 of the sweep's 2 jobs would be refused" in err and "#1 model.n_heads=3: " in err
     assert "#0" not in err and "CUDA" not in err and not sweep.exists()
+
+
+def test_a_sweep_that_passes_says_what_its_jobs_train_in_all(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checked sweep's totals, from each job's plan: smoke's 4 steps of 4 x 256 tokens
+    per job (a dry run, so nothing trains here)."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+debug=smoke", "model.n_heads=2,4", "dry_run=true", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *argv) == 0
+    out = capsys.readouterr()
+    line = next(x for x in (out.out + out.err).splitlines() if "checked the sweep's" in x)
+    assert re.search(
+        r"checked the sweep's 2 jobs in [0-9.]+ s; they train 8 steps, 8,192 tokens", line
+    )
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]

@@ -177,12 +177,18 @@ def check_sweep(config: DictConfig) -> None:
     started = time.perf_counter()
     keys, machine = swept_keys(jobs), runs_here(config)
     refused: dict[str, list[str]] = {}
+    steps = tokens = flops = 0
     try:
         for num, overrides in enumerate(jobs):
             try:
                 job = job_config(config, overrides, num)
                 HydraConfig.instance().set_config(job)  # ${hydra:...} of this job
-                check_job(job, machine)
+                budget = check_job(job, machine).budget
+                steps, tokens, flops = (
+                    steps + budget.steps,
+                    tokens + budget.tokens,
+                    flops + budget.flops,
+                )
             except ConfigError as err:
                 why = str(err)
             except (HydraException, OmegaConfBaseException) as err:  # it does not compose
@@ -195,8 +201,10 @@ def check_sweep(config: DictConfig) -> None:
             refused.setdefault(why, []).append(f"#{num} {named}".strip())
     finally:
         HydraConfig.instance().set_config(config)
-    seconds = time.perf_counter() - started
-    logging.getLogger("lmlab").info("checked the sweep's %d jobs in %.1f s", len(jobs), seconds)
+    checked = f"checked the sweep's {len(jobs)} jobs in {time.perf_counter() - started:.1f} s"
+    if not refused:
+        checked += f"; they train {steps:,} steps, {tokens:,} tokens, {flops:.3g} FLOPs (6ND)"
+    logging.getLogger("lmlab").info(checked)
     if refused:
         count = sum(len(names) for names in refused.values())
         lines = [

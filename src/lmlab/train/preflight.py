@@ -32,7 +32,7 @@ from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
 from lmlab.train.memory import check_state_fits
-from lmlab.train.plan import check_accelerator, check_attention_kernel, make_plan
+from lmlab.train.plan import RunPlan, check_accelerator, check_attention_kernel, make_plan
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,16 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
 
 
-def check_job(cfg: DictConfig, machine: bool = True) -> None:
+def check_job(cfg: DictConfig, machine: bool = True) -> RunPlan:
     """``check_run`` and the plan a dry run would print (its budget, the parameters' memory
-    against this machine's): one job of a sweep, checked before any job starts."""
+    against this machine's): one job of a sweep, checked before any job starts. Returns that
+    plan (its vocabulary is the tokenizer's target size: no data is read)."""
     checked = check_run(cfg, machine)
     planned = planning_model_config(checked.model_cfg, checked.data_cfg)
     plan = make_plan(cfg, planned, checked.data_cfg, checked.seq_len)
     if machine and not cfg.get("dry_run"):
         check_state_fits(plan, planned, cfg.trainer, cfg.optim, warn=False)
+    return plan
 
 
 def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
