@@ -9,8 +9,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,39 +90,51 @@ def run_command() -> Callable[..., int]:
 
 
 @pytest.fixture
-def refused_jobs(tmp_path: Path) -> Callable[..., list[str]]:
+def multirun_config() -> Iterator[Callable[..., Any]]:
+    """``multirun_config(*overrides)``: the primary config of ``lmlab train -m OVERRIDES``,
+    inside the Hydra that composed it (its config loader composes the jobs)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from lmlab.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+
+        def compose(*overrides: str) -> Any:
+            loader = GlobalHydra.instance().config_loader()
+            return loader.load_configuration("train", list(overrides), RunMode.MULTIRUN)
+
+        yield compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def refused_jobs(tmp_path: Path, multirun_config) -> Callable[..., list[str]]:
     """``refused_jobs(*argv)``: why each job of ``lmlab train ARGV`` (``-m``: every job of the
     sweep, as Hydra's sweeper composes it; Optuna's: its base config) would be refused before
     any work, the machine's own checks aside; [] when none is. Nothing is written."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     from lmlab.cli.sweep import job_config, sweep_jobs
-    from lmlab.config import register_configs
     from lmlab.errors import ConfigError
     from lmlab.train.preflight import check_job
 
     def refused(*argv: str) -> list[str]:
-        multirun = "-m" in argv
         overrides = [a for a in argv if a != "-m"]
         dirs = [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
-        register_configs()
-        GlobalHydra.instance().clear()
+        config = multirun_config(*overrides, *dirs)
+        jobs = (sweep_jobs(config) if "-m" in argv else None) or [overrides]
         reasons = []
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            loader = GlobalHydra.instance().config_loader()
-            config = loader.load_configuration("train", overrides + dirs, RunMode.MULTIRUN)
-            jobs = (sweep_jobs(config) if multirun else None) or [overrides]
-            for num, job_overrides in enumerate(jobs):
-                job = job_config(config, job_overrides, num)
-                HydraConfig.instance().set_config(job)
-                try:
-                    check_job(job, machine=False)
-                except ConfigError as err:
-                    reasons.append(f"#{num} {' '.join(job_overrides)}: {err}")
-        GlobalHydra.instance().clear()
+        for num, job_overrides in enumerate(jobs):
+            job = job_config(config, job_overrides, num)
+            HydraConfig.instance().set_config(job)
+            try:
+                check_job(job, machine=False)
+            except ConfigError as err:
+                reasons.append(f"#{num} {' '.join(job_overrides)}: {err}")
         assert not any(tmp_path.iterdir()), "the checks wrote something"
         return reasons
 

@@ -4,37 +4,19 @@ in its order, and one bad job refuses the sweep with nothing written."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, RunMode
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import HydraContext
+from omegaconf import OmegaConf
 
 from lmlab.cli.sweep import job_config, runs_here, sweep_jobs
-from lmlab.config import CONF_DIR, register_configs
-
-
-@pytest.fixture
-def multirun_config() -> Iterator:
-    """``multirun_config(*overrides)``: the primary config of ``lmlab train -m OVERRIDES``,
-    inside the Hydra that composed it (its config loader composes the jobs)."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-
-        def compose(*overrides: str) -> DictConfig:
-            loader = GlobalHydra.instance().config_loader()
-            return loader.load_configuration("train", list(overrides), RunMode.MULTIRUN)
-
-        yield compose
-    GlobalHydra.instance().clear()
 
 
 class Recorder(Launcher):

@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,14 +101,21 @@ def lock_run_dir(run_dir: Path) -> None:
     _LOCKS[run_dir] = fd
 
 
+def numbered(path: Path) -> Iterator[Path]:
+    """``path``, then ``<path>_2``, ``<path>_3``, ...: the names a default folder that is
+    taken falls back to."""
+    yield path
+    for n in itertools.count(2):
+        yield path.with_name(f"{path.name}_{n}")
+
+
 def fresh_run_dir(run_dir: Path) -> Path:
     """``run_dir``, or where it is taken (a live run holds it, or it holds anything but a
     lock), the first free one of ``<run_dir>_2``, ``<run_dir>_3``, ...; locked for this run.
     For the default directory, named by the second the run started
     (``outputs/<date>/<time>``): runs started in the same second (one per GPU, from a loop)
     get one each, and an earlier run's directory is left as it was."""
-    for n in itertools.count(1):
-        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}_{n}")
+    for candidate in numbered(run_dir):
         try:
             lock_run_dir(candidate)
         except ConfigError:  # a live run's
@@ -123,8 +131,7 @@ def fresh_sweep_dir(sweep_dir: Path) -> Path:
     that does not; created here (``mkdir`` creates a folder for one process only): sweeps
     started in the same second get one folder each."""
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        candidate = sweep_dir if n == 1 else sweep_dir.with_name(f"{sweep_dir.name}_{n}")
+    for candidate in numbered(sweep_dir):
         try:
             candidate.mkdir()
         except FileExistsError:
