@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from lmlab.analysis.compare import compare
 from lmlab.config import CONF_DIR, register_configs
+from lmlab.train.loggers import build_loggers
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -99,13 +101,14 @@ def test_multirun_with_a_failed_job_logs_and_compares(
 
 
 def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
-    tmp_path: Path, cache_dir: Path, wandb_records, refused_jobs
+    tmp_path: Path, cache_dir: Path, wandb_records, refused_jobs, monkeypatch
 ) -> None:
     """sweeps/wandb/norm_x_activation.yaml: the Hydra sweep's grid; every point, as W&B's
     own command builder writes it, passes the checks; and one point run the way W&B's agent
-    runs it (its command macros, its environment: sweep id, run id, the parameters' file;
-    offline, as no agent can be here) trains under the agent's run id, which results.json
-    records (a resume reopens that W&B run)."""
+    runs it (its command macros, its environment: sweep id, run id, project, the parameters'
+    file; offline, as no agent can be here) trains under the agent's run id and project, which
+    the run directory records: its loggers, built again outside the agent (a resume), reopen
+    that W&B run there, not in the config's project."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
     from wandb.sdk.lib import config_util
 
@@ -141,6 +144,7 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
         "WANDB_MODE": "offline",
         "WANDB_SWEEP_ID": "sweep123",
         "WANDB_RUN_ID": "agentrun1",
+        "WANDB_PROJECT": "agentproj",  # `wandb agent me/agentproj/sweep123` sets it
         "WANDB_SWEEP_PARAM_PATH": str(params),
     }
     extra = ["+debug=smoke", "logger=wandb", "callbacks.sample=null"]
@@ -158,7 +162,8 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
     assert results["status"] == "completed" and results["wandb_id"] == "agentrun1"
     records = wandb_records(run_dir)
     run = next(r["run"] for r in records if r["type"] == "run")
-    assert run["run_id"] == "agentrun1"
+    assert run["run_id"] == "agentrun1" and run["project"] == "agentproj"
+    assert (run_dir / "wandb_project").read_text() == "agentproj"  # offline: no entity
     config = run["config"]["update"]  # W&B's from the agent's file, then lmlab's on top
     config |= {
         k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
@@ -166,6 +171,18 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
     assert {k: config[k] for k in point} == point and config["model.norm"] == "layernorm"
     (row,) = compare(tmp_path / "outputs" / "wandb" / "sweep123")
     assert row.status == "completed" and row.value("val_loss") == results["val_loss"]
+
+    # resumed by hand, outside the agent: the config names project lmlab
+    for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_SWEEP_PARAM_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.paths.output_dir = str(run_dir)
+    assert cfg.logger.wandb.project == "lmlab"
+    (wandb_logger,) = [lg for lg in build_loggers(cfg, run_dir) if lg.name == "agentproj"]
+    run = wandb_logger.experiment
+    assert (run.id, run.project) == ("agentrun1", "agentproj")
+    run.finish()
 
 
 def args_of(point: dict[str, str]) -> list[str]:

@@ -284,10 +284,14 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
         ckpt,
     )
     (tmp_path / "wandb_id").write_text("abcd1234")
+    (tmp_path / "wandb_project").write_text("agentproj")  # a W&B sweep agent's project
     assert run_command("evaluate", f"ckpt={ckpt}", "tasks=stdlib_nextline", "limit=4") == 0
     assert "stdlib_nextline" in capsys.readouterr().out
     record = json.loads((tmp_path / "eval" / "step000007.json").read_text())
     assert record["global_step"] == 7 and record["tasks"]["stdlib_nextline"]["n_samples"]
-    history = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
+    records = wandb_records(tmp_path)
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert (run["run_id"], run["project"]) == ("abcd1234", "agentproj")  # the run's own
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
     (logged,) = [h for h in history if "eval/stdlib_nextline/acc" in h]
     assert float(json.loads(str(logged["trainer/global_step"]))) == 7

@@ -78,26 +78,26 @@ def main(argv: list[str]) -> int | None:
 
 
 def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> str | None:
-    """Log ``metrics`` into the W&B run of ``run_dir`` (its ``wandb_id``, project and entity
-    from its ``.hydra/config.yaml``), at the checkpoint's step on the ``trainer/global_step``
-    axis Lightning's logger uses, and into its summary. Offline unless credentials exist, as
-    in training; an offline run is uploaded with ``wandb sync <run dir>/wandb/offline-run-*``.
-    Returns the run id, or None when the run directory has no W&B run."""
+    """Log ``metrics`` into the W&B run of ``run_dir`` (its ``wandb_id``, in the project and
+    entity where it was created: its ``wandb_project``, else its ``.hydra/config.yaml``), at
+    the checkpoint's step on the ``trainer/global_step`` axis Lightning's logger uses, and into
+    its summary. Offline unless credentials exist, as in training; an offline run is uploaded
+    with ``wandb sync <run dir>/wandb/offline-run-*``. Returns the run id, or None when the
+    run directory has no W&B run."""
     id_file = run_dir / "wandb_id"
     if not id_file.is_file():
         return None
     import wandb
     import yaml
 
-    from lmlab.train.loggers import wandb_offline
+    from lmlab.train.loggers import wandb_offline, wandb_place
 
     config: dict[str, Any] = {}
     if (run_dir / ".hydra" / "config.yaml").is_file():
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
     wb = (config.get("logger") or {}).get("wandb") or {}
     run = wandb.init(
-        project=wb.get("project") or "lmlab",
-        entity=wb.get("entity"),
+        **wandb_place(run_dir, wb.get("project") or "lmlab", wb.get("entity")),
         id=id_file.read_text().strip(),
         resume="allow",
         dir=str(run_dir),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
 import re
@@ -21,6 +22,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten
+
+log = logging.getLogger(__name__)
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -129,6 +132,32 @@ def wandb_run_id(out_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[str, Any]:
+    """The ``project`` and ``entity`` that reopen the run directory's W&B run: where it was
+    created (``wandb_project``, written at its first start), whatever the config says now, so a
+    resume or a later ``lmlab evaluate --wandb`` continues that run rather than starting one of
+    the same id elsewhere. A W&B sweep agent's run lives in the agent's project, which the run's
+    config does not name. Without a record: the config's."""
+    path = out_dir / "wandb_project"
+    if path.is_file():
+        recorded = path.read_text().strip()
+        if recorded:
+            entity_, _, project_ = recorded.rpartition("/")
+            return {"project": project_, "entity": entity_ or None}
+    return {"project": project, "entity": entity}
+
+
+def record_wandb_place(out_dir: Path, experiment: Any) -> None:
+    """Write where a live W&B run is (``entity/project``, or the project alone offline, where
+    W&B knows no entity) into the run directory's ``wandb_project``, once."""
+    path = out_dir / "wandb_project"
+    project = getattr(experiment, "project", None)
+    if path.exists() or not isinstance(project, str) or not project:
+        return  # recorded already, or a stand-in experiment (a rank other than 0)
+    entity = getattr(experiment, "entity", None)
+    path.write_text(f"{entity}/{project}" if isinstance(entity, str) and entity else project)
+
+
 def write_rows(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
     """Write a CSV file atomically (a temporary file renamed over ``path``): a kill while the
     history is rewritten leaves the old history, never half of it."""
@@ -195,8 +224,14 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int = 0) -> list[
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
             run_id = wandb_run_id(out_dir)
-            # a sweep agent gives the run its id (W&B would ignore this one, with a warning)
-            where = {} if in_wandb_sweep() else {"id": run_id}
+            # a sweep agent gives the run its id, project and entity (W&B ignores an id
+            # passed, with a warning); otherwise the id, and where the run was created
+            where: dict[str, Any] = {}
+            if not in_wandb_sweep():
+                where = {"id": run_id} | wandb_place(out_dir, lcfg.project, lcfg.entity)
+                if (where["project"], where["entity"]) != (lcfg.project, lcfg.entity):
+                    path = "/".join(v for v in (where["entity"], where["project"]) if v)
+                    log.info("W&B: run %s continues in %s, where it was created", run_id, path)
             loggers.append(
                 instantiate(
                     lcfg,
@@ -214,7 +249,9 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int = 0) -> list[
             loggers.append(instantiate(lcfg))
     flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)))
     for lg in loggers:
-        lg.log_hyperparams(flat)
+        lg.log_hyperparams(flat)  # W&B's run starts here (rank 0)
+        if type(lg).__name__ == "WandbLogger":
+            record_wandb_place(out_dir, lg.experiment)
     return loggers
 
 
