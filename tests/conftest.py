@@ -114,11 +114,12 @@ def multirun_config() -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def refused_jobs(tmp_path: Path, multirun_config) -> Callable[..., list[str]]:
     """``refused_jobs(*argv)``: why each job of ``lmlab train ARGV`` (``-m``: every job of the
-    sweep, as Hydra's sweeper composes it; Optuna's: its base config) would be refused before
-    any work, the machine's own checks aside; [] when none is. Nothing is written."""
+    sweep, as Hydra's sweeper composes it; Optuna's: the corners of its search space) would be
+    refused before any work, the machine's own checks aside; [] when none is. Nothing is
+    written."""
     from hydra.core.hydra_config import HydraConfig
 
-    from lmlab.cli.sweep import job_config, sweep_jobs
+    from lmlab.cli.sweep import job_config, search_corners, sweep_jobs
     from lmlab.errors import ConfigError
     from lmlab.train.preflight import check_job
 
@@ -126,7 +127,8 @@ def refused_jobs(tmp_path: Path, multirun_config) -> Callable[..., list[str]]:
         overrides = [a for a in argv if a != "-m"]
         dirs = [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
         config = multirun_config(*overrides, *dirs)
-        jobs = (sweep_jobs(config) if "-m" in argv else None) or [overrides]
+        multirun = "-m" in argv
+        jobs = (multirun and (sweep_jobs(config) or search_corners(config))) or [overrides]
         reasons = []
         for num, job_overrides in enumerate(jobs):
             job = job_config(config, job_overrides, num)

@@ -11,12 +11,12 @@ import pytest
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from lmlab.cli.sweep import job_config, runs_here, sweep_jobs
+from lmlab.cli.sweep import MAX_CORNERS, job_config, runs_here, search_corners, sweep_jobs
 
 
 class Recorder(Launcher):
@@ -30,7 +30,8 @@ class Recorder(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
         self.jobs += [list(job) for job in job_overrides]
-        return list[JobReturn]()
+        # a finished job each, for a sweeper that reads them (Optuna's)
+        return [JobReturn(_return_value=1.0, status=JobStatus.COMPLETED) for _ in job_overrides]
 
 
 def test_the_jobs_are_the_ones_hydras_sweeper_launches_in_its_order(
@@ -140,3 +141,61 @@ def test_a_sweep_that_passes_says_what_its_jobs_train_in_all(
         r"checked the sweep's 2 jobs in [0-9.]+ s; they train 8 steps, 8,192 tokens", line
     )
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+
+
+def test_an_optuna_sweeps_corners_are_its_search_space_as_its_trials_write_them(
+    multirun_config, tmp_path: Path
+) -> None:
+    """Every choice, every value of a short integer range and both ends of any other, in every
+    combination, with the fixed values: the keys and fixed values the Optuna sweeper's own
+    trials launch with. Past MAX_CORNERS combinations, each parameter's values one at a time."""
+    argv = [
+        "+sweeps=lr",
+        "model.n_heads=2,4",
+        "model.n_layers=range(1,4)",
+        "seed=7",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    config = multirun_config(*argv)
+    assert sweep_jobs(config) is None
+    corners = search_corners(config)
+    lows = ["optim.lr=0.0001", "optim.lr=0.01"]  # tag(log, interval(1e-4, 1e-2))
+    assert [c[:3] for c in corners[:3]] == [
+        [lows[0], "model.n_heads=2", "model.n_layers=1"],
+        [lows[0], "model.n_heads=2", "model.n_layers=2"],
+        [lows[0], "model.n_heads=2", "model.n_layers=3"],
+    ]
+    # the sweeper's IntUniformDistribution(1, 4) includes 4
+    assert len(corners) == 2 * 2 * 4 and {c[0] for c in corners} == set(lows)
+    context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks())
+    sweeper = Plugins.instance().instantiate_sweeper(
+        config=config, hydra_context=context, task_function=lambda cfg: None
+    )
+    sweeper.sweeper.launcher = Recorder()  # the plugin's implementation launches
+    sweeper.sweeper.n_trials = 3
+    sweeper.sweep(list(config.hydra.overrides.task))
+    trials = sweeper.sweeper.launcher.jobs
+    assert len(trials) == 3
+    for trial in trials:
+        assert [o.partition("=")[0] for o in trial] == [o.partition("=")[0] for o in corners[0]]
+        assert trial[3:] == corners[0][3:]  # the fixed values
+    wide = multirun_config(*argv[:-1], "model.d_model=64,128,256,512", argv[-1])
+    corners = search_corners(wide)
+    assert MAX_CORNERS < 2 * 2 * 4 * 4 and len(corners) == 1 + 1 + 1 + 3 + 3
+
+
+def test_an_optuna_sweep_whose_range_reaches_a_refused_value_starts_no_trial(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A corner refused refuses the search before its first trial, named by its values."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+sweeps=lr", "+debug=smoke", "model.n_heads=2,3", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: 2 of the search space's 4 corners would be refused, so no trial was started "
+        "(fix, narrow or leave out these values):",
+        "  optim.lr=0.0001 model.n_heads=3, optim.lr=0.01 model.n_heads=3: model.d_model=128 is "
+        "not divisible by model.n_heads=3 (or set model.d_head, the dimension of each head)",
+    ]
+    assert not sweep.exists()

@@ -4,20 +4,32 @@ as its launcher composes it. ``RunDirCallback.on_multirun_start`` checks them al
 (``lmlab.train.preflight.check_job``), so a bad value in a sweep's last job is refused before
 the first job trains, not hours later.
 
-Another sweeper (Optuna's, for one) draws its jobs as it goes: those are checked each as it
-starts, as a single run is.
+Optuna's sweeper draws its trials as it goes, so its jobs are not known in advance. What is
+known is its search space: ``search_corners`` gives the jobs at its corners (every choice, both
+ends of every range), which are checked the same way, so a range that reaches a refused value
+(a learning rate of 0, a width no head count divides) is refused before the first trial; each
+trial is still checked as it starts, as a single run is. Other sweepers: each job as it starts.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+# an integer range with at most this many values is checked at every value, not its two ends
+ALL_INT_VALUES = 8
+# the corners checked in every combination up to this many; past it, each parameter's values
+# one at a time, the others at their first value
+MAX_CORNERS = 32
 # the launcher that runs each job in this process, on this machine
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
@@ -38,6 +50,48 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
         for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
         for job in batch
     ]
+
+
+def search_corners(config: DictConfig) -> list[list[str]] | None:
+    """Jobs at the corners of an Optuna sweep's search space (``hydra.sweeper.params`` and the
+    command line, read by the sweeper's own parser): every value of a choice and of a short
+    integer range, both ends of any other range, with the fixed values, as Optuna's trials
+    write their overrides. All combinations, or past ``MAX_CORNERS`` each parameter's values
+    one at a time. None under another sweeper, or with the sweeper's older ``search_space``
+    form, which is left to the checks each trial makes as it starts."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != OPTUNA_SWEEPER or sweeper.get("search_space"):
+        return None
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    arguments += list(config.hydra.overrides.task)
+    try:
+        space, fixed = create_params_from_overrides(arguments)
+    except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
+        return None
+    for name in fixed:  # a fixed value wins, as in the sweeper
+        space.pop(name, None)
+    values = {name: corner_values(dist) for name, dist in space.items()}
+    if math.prod(len(v) for v in values.values()) <= MAX_CORNERS:
+        points = [dict(zip(values, p, strict=True)) for p in itertools.product(*values.values())]
+    else:
+        first = {name: v[0] for name, v in values.items()}
+        points = [first] + [first | {name: v} for name, vs in values.items() for v in vs[1:]]
+    return [[f"{k}={v}" for k, v in (point | fixed).items()] for point in points]
+
+
+def corner_values(distribution: Any) -> list[Any]:
+    """The values of one Optuna distribution that ``search_corners`` checks."""
+    if hasattr(distribution, "choices"):
+        return list(distribution.choices)
+    low, high = distribution.low, distribution.high
+    step = getattr(distribution, "step", None) or getattr(distribution, "q", None)
+    if isinstance(low, int) and isinstance(high, int):
+        every = list(range(low, high + 1, step or 1))
+        if len(every) <= ALL_INT_VALUES:
+            return every
+    return [low, high]
 
 
 def runs_here(config: DictConfig) -> bool:

@@ -38,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.main import fail
-from lmlab.cli.sweep import job_config, runs_here, sweep_jobs, swept_keys
+from lmlab.cli.sweep import job_config, runs_here, search_corners, sweep_jobs, swept_keys
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError
 from lmlab.train.rundir import (
@@ -168,10 +168,15 @@ def check_sweep(config: DictConfig) -> None:
     """Every job of a sweep passes the checks a run makes before any work
     (``lmlab.train.preflight.check_job``), or the sweep exits here, before Hydra writes
     anything, naming each refused job and why. Jobs a cluster launcher sends elsewhere are
-    checked without this machine's GPU and memory (``lmlab.cli.sweep.runs_here``)."""
+    checked without this machine's GPU and memory (``lmlab.cli.sweep.runs_here``). An Optuna
+    sweep: the corners of its search space (``lmlab.cli.sweep.search_corners``)."""
     jobs = sweep_jobs(config)
+    corners = jobs is None
+    if corners:
+        jobs = search_corners(config)
     if not jobs:
         return  # another sweeper: each job is checked as it starts
+    what, noun = ("search space's", "corners") if corners else ("sweep's", "jobs")
     with long_lived():
         from lmlab.train.preflight import check_job
     started = time.perf_counter()
@@ -198,18 +203,23 @@ def check_sweep(config: DictConfig) -> None:
             named = " ".join(o for o in overrides if o.partition("=")[0] in keys)
             if named and " " not in named:  # one swept value, which the reason may start with
                 why = why.removeprefix(f"{named}: ")
-            refused.setdefault(why, []).append(f"#{num} {named}".strip())
+            name = named if corners else f"#{num} {named}".strip()  # a corner is no job
+            refused.setdefault(why, []).append(name)
     finally:
         HydraConfig.instance().set_config(config)
-    checked = f"checked the sweep's {len(jobs)} jobs in {time.perf_counter() - started:.1f} s"
-    if not refused:
+    checked = f"checked the {what} {len(jobs)} {noun} in {time.perf_counter() - started:.1f} s"
+    if not refused and not corners:
         checked += f"; they train {steps:,} steps, {tokens:,} tokens, {flops:.3g} FLOPs (6ND)"
     logging.getLogger("lmlab").info(checked)
     if refused:
         count = sum(len(names) for names in refused.values())
         lines = [
-            f"error: {count} of the sweep's {len(jobs)} jobs would be refused, so none was "
-            "started (fix or leave out these values):"
+            f"error: {count} of the {what} {len(jobs)} {noun} would be refused, so "
+            + (
+                "no trial was started (fix, narrow or leave out these values):"
+                if corners
+                else "none was started (fix or leave out these values):"
+            )
         ]
         for why, names in list(refused.items())[:MAX_REASONS]:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
