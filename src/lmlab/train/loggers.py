@@ -137,13 +137,15 @@ def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[
     created (``wandb_project``, written at its first start), whatever the config says now, so a
     resume or a later ``lmlab evaluate --wandb`` continues that run rather than starting one of
     the same id elsewhere. A W&B sweep agent's run lives in the agent's project, which the run's
-    config does not name. Without a record: the config's."""
+    config does not name. Without a record: the config's; a record without an entity (an
+    offline run's) keeps the config's entity."""
     path = out_dir / "wandb_project"
     if path.is_file():
         recorded = path.read_text().strip()
         if recorded:
             entity_, _, project_ = recorded.rpartition("/")
-            return {"project": project_, "entity": entity_ or None}
+            # offline, W&B knew no entity: the config's (None: the account's default)
+            return {"project": project_, "entity": entity_ or entity}
     return {"project": project, "entity": entity}
 
 
