@@ -34,6 +34,14 @@ class Recorder(Launcher):
         return [JobReturn(_return_value=1.0, status=JobStatus.COMPLETED) for _ in job_overrides]
 
 
+def sweeper_for(config):
+    """The sweeper Hydra instantiates for ``config``, through its plugins."""
+    context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks())
+    return Plugins.instance().instantiate_sweeper(
+        config=config, hydra_context=context, task_function=lambda cfg: None
+    )
+
+
 def test_the_jobs_are_the_ones_hydras_sweeper_launches_in_its_order(
     multirun_config, tmp_path: Path
 ) -> None:
@@ -46,10 +54,7 @@ def test_the_jobs_are_the_ones_hydras_sweeper_launches_in_its_order(
         f"hydra.sweep.dir={tmp_path}",
     ]
     config = multirun_config(*argv)
-    context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks())
-    sweeper = Plugins.instance().instantiate_sweeper(
-        config=config, hydra_context=context, task_function=lambda cfg: None
-    )
+    sweeper = sweeper_for(config)
     assert type(sweeper).__name__ == "BasicSweeper"
     sweeper.launcher = Recorder()
     sweeper.sweep(list(config.hydra.overrides.task))
@@ -167,10 +172,7 @@ def test_an_optuna_sweeps_corners_are_its_search_space_as_its_trials_write_them(
     ]
     # the sweeper's IntUniformDistribution(1, 4) includes 4
     assert len(corners) == 2 * 2 * 4 and {c[0] for c in corners} == set(lows)
-    context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks())
-    sweeper = Plugins.instance().instantiate_sweeper(
-        config=config, hydra_context=context, task_function=lambda cfg: None
-    )
+    sweeper = sweeper_for(config)
     sweeper.sweeper.launcher = Recorder()  # the plugin's implementation launches
     sweeper.sweeper.n_trials = 3
     sweeper.sweep(list(config.hydra.overrides.task))
