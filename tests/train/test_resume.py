@@ -163,22 +163,25 @@ def test_ctrl_c_saves_records_interrupted_and_resumes_exactly(
     assert r["val_loss"] == reference["val_loss"]
 
 
-def test_a_second_run_into_a_live_directory_is_refused(tmp_path: Path, start_train) -> None:
+def test_a_second_run_into_a_live_directory_is_refused(
+    tmp_path: Path, start_train, run_command, capsys: pytest.CaptureFixture
+) -> None:
     """Two runs in one directory would mix their checkpoints: while one runs (stopped here with
     SIGSTOP, so it cannot finish first), another, even ``resume=true``, is refused before it
     writes anything; the first then completes. kill -9 leaves no live lock (see above)."""
-    first = start_train(*RUN, f"hydra.run.dir={tmp_path}")
-    wait_for(tmp_path / "checkpoints" / "last.ckpt", first)
+    first = start_train(*RUN, "trainer.max_steps=12", f"hydra.run.dir={tmp_path}")
+    wait_for(tmp_path / "checkpoints" / "last.ckpt", first)  # step 10's
     first.send_signal(signal.SIGSTOP)
     try:
-        second = start_train(*RUN, f"hydra.run.dir={tmp_path}", "resume=true")
-        out = second.communicate(timeout=300)[0]
+        argv = [*RUN, "trainer.max_steps=12", f"hydra.run.dir={tmp_path}", "resume=true"]
+        code = run_command("train", *argv)
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2, out
+    out = "".join(capsys.readouterr())
+    assert code == 2, out
     assert f"{tmp_path} is in use by a live run (pid {first.pid})" in out
     assert first.wait() == 0, first.stdout.read()
-    assert results(tmp_path)["status"] == "completed" and results(tmp_path)["global_step"] == 40
+    assert results(tmp_path)["status"] == "completed" and results(tmp_path)["global_step"] == 12
     assert "resume=true" not in (tmp_path / ".hydra" / "overrides.yaml").read_text()
 
 
@@ -288,3 +291,39 @@ def test_a_checkpoint_saved_before_a_model_field_existed_still_matches() -> None
     with pytest.raises(ConfigError, match=r"model.rope_factor: 8.0 \(saved\) vs 4.0 \(now\)"):
         now = ModelConfig(vocab_size=50, rope_factor=4.0)
         check_checkpoint_model({"model_config": saved}, Path("old.ckpt"), now)
+
+
+def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    """A changed corpus trains another tokenizer of the same size: the ids would no longer
+    mean what the checkpoint's weights learnt, so the resume is refused, not trained."""
+    corpus = tmp_path / "corpus.txt"
+    words = [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+    ]
+    corpus.write_text("\n".join(" ".join(words[i % 12 :] + words[: i % 12]) for i in range(400)))
+    run = [
+        "+debug=smoke",
+        "trainer.max_steps=2",
+        "logger=none",
+        "data=text",
+        f"data.path={corpus}",
+        "data.vocab_size=400",
+        "data.seq_len=32",
+    ]
+    train(compose_train(run, tmp_path / "run", cache_dir))
+    corpus.write_text(corpus.read_text().replace("e", "a").replace("o", "u"))
+    with pytest.raises(ConfigError, match=r"trained with another tokenizer than the one"):
+        train(
+            compose_train([*run, "trainer.max_steps=4", "resume=true"], tmp_path / "run", cache_dir)
+        )

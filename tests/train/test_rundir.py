@@ -60,29 +60,48 @@ def step_of(path: Path) -> int:
 
 
 def test_refused_commands_leave_the_run_directory_byte_for_byte(
-    tmp_path: Path, start_train
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """Hydra writes ``.hydra/`` and ``train.log`` before the task runs: a command that is
     refused, before or after the data is prepared, must leave all of it, ``results.json``,
-    ``plan.json`` and the checkpoints exactly as the completed run left them."""
-    first = start_train(*SMOKE, f"hydra.run.dir={tmp_path}")
-    assert first.wait() == 0, first.stdout.read()
+    ``plan.json`` and the checkpoints exactly as the completed run left them. A completed
+    run resumed (by hand, or by a resumed sweep's ``resume=auto``) trains nothing and is left
+    as it was too; without its checkpoints, the directory still holds the run."""
+    here = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *here) == 0
     before = snapshot(tmp_path)
     assert {"results.json", ".hydra/config.yaml", "train.log", "plan.json"} <= set(before)
+
+    def output() -> str:
+        return "".join(capsys.readouterr())
+
     refusals = [
         (["model.activation=relu"], "already holds checkpoints of an earlier run"),
         (["resume=true", "model.activation=relu"], "cannot resume .* another config"),
         # refused only once the data is prepared: the global batch is 8 rows, the run's was 4
         (["resume=true", "trainer.accumulate_grad_batches=2"], "global_batch_size=4, this run 8"),
+        (["resume=true", "trainer.max_steps=2"], "at step 4, past this run's 2 planned steps"),
     ]
     for extra, message in refusals:
-        proc = start_train(*SMOKE, f"hydra.run.dir={tmp_path}", *extra)
-        out = proc.communicate()[0]
-        assert proc.returncode == 2, out
-        assert re.search(message, out), out
+        output()
+        assert run_command("train", *here, *extra) == 2, extra
+        assert re.search(message, out := output()), out
         assert changed(before, snapshot(tmp_path)) == [], extra
-    planned = start_train(*SMOKE, f"hydra.run.dir={tmp_path}", "dry_run=true")
-    assert planned.wait() == 0, planned.stdout.read()  # prints the plan, writes nothing
+    for resume in ("true", "auto"):
+        assert run_command("train", *here, f"resume={resume}") == 0
+        assert "completed its 4 planned steps: nothing to train" in (out := output()), out
+        assert changed(before, snapshot(tmp_path)) == [], resume
+    assert run_command("train", *here, "dry_run=true") == 0  # prints the plan, writes nothing
+    assert changed(before, snapshot(tmp_path)) == []
+
+    shutil.rmtree(tmp_path / "checkpoints")
+    before = snapshot(tmp_path)
+    output()
+    assert run_command("train", *here) == 2
+    assert "already holds an earlier run (results.json, plan.json" in (out := output()), out
+    assert run_command("train", *here, "resume=auto") == 0  # completed: left alone
+    assert run_command("train", *here, "resume=auto", "trainer.max_steps=6") == 2
+    assert "no checkpoint to continue to 6" in (out := output()), out
     assert changed(before, snapshot(tmp_path)) == []
 
 
@@ -268,7 +287,10 @@ def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
     output = first.communicate(timeout=600)[0]
     assert first.returncode == 0, output[-3000:]
     before, first_multirun = snapshot(sweep / "1"), (sweep / "multirun.yaml").read_bytes()
-    second = start_train(*common, "model.activation=relu,swiglu", "resume=auto")
+    # job 0 trains 2 more steps (a completed job with nothing left to train is left alone)
+    second = start_train(
+        *common, "model.activation=relu,swiglu", "resume=auto", "trainer.max_steps=6"
+    )
     output = second.communicate(timeout=600)[0]
     assert second.returncode == 0, output[-3000:]
     assert "differing fields: model.activation" in output

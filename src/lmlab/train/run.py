@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -44,13 +45,14 @@ from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
     PLAN_FILE,
+    RunPlan,
     check_resumable,
     make_plan,
     read_plan,
     write_json,
 )
 from lmlab.train.preflight import check_run
-from lmlab.train.rundir import RunDir
+from lmlab.train.rundir import RUN_FILES, RunDir, holds_run, launch_rank_is_zero
 from lmlab.train.task import LMTask, optimizer_from
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,66 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
             "add resume=true to continue it, or choose another directory"
         )
+    if cfg.get("resume") == "auto":
+        if finished_run(out_dir) is not None:  # completed without a checkpoint to continue
+            return None  # _fit leaves it alone, or refuses to train it again
+    elif holds_run(out_dir) and launch_rank_is_zero():  # other ranks start once it wrote
+        written = ", ".join(n for n in RUN_FILES if (out_dir / n).exists())
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} already holds an earlier run ({written}; no checkpoint "
+            "to resume): choose another directory, or move that run away first"
+        )
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def finished_run(out_dir: Path) -> dict[str, Any] | None:
+    """``results.json`` of a run that completed in ``out_dir``, else None."""
+    path = out_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and results.get("status") == "completed" else None
+
+
+def already_done(
+    out_dir: Path, plan: RunPlan, ckpt: dict | None, ckpt_path: Path | None
+) -> dict[str, Any] | None:
+    """A resumed run (``resume=true`` or ``auto``) whose planned steps are all trained: the
+    completed run's results, which it leaves as they are; None when there is training left.
+    A checkpoint past the plan's last step (``trainer.max_steps`` lowered), or a completed
+    run with no checkpoint and more steps planned, is refused: neither can be continued."""
+    step = ckpt["global_step"] if ckpt is not None else None
+    if step is not None and step > plan.steps:
+        raise ConfigError(
+            f"cannot resume {out_dir}: {ckpt_path} is at step {step}, past this run's "
+            f"{plan.steps} planned steps (trainer.max_steps or the budget was lowered): keep "
+            f"them at {step} or more"
+        )
+    finished = finished_run(out_dir)
+    if finished is None:
+        return None
+    if step is None and finished.get("global_step") != plan.steps:
+        raise ConfigError(
+            f"cannot resume {out_dir}: the run completed {finished.get('global_step')} steps "
+            f"and has no checkpoint to continue to {plan.steps}; choose another directory"
+        )
+    if step in (None, plan.steps) and finished.get("global_step") == plan.steps:
+        return finished
+    return None
+
+
+def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
+    """The data's tokenizer now is the checkpoint's: a changed corpus trains another one,
+    whose ids would not mean what the weights learnt."""
+    saved = ckpt.get("tokenizer")
+    if saved is None or tokenizer is None or json.loads(saved) == json.loads(tokenizer.to_str()):
+        return
+    raise ConfigError(
+        f"checkpoint {path} was trained with another tokenizer than the one this run's data "
+        "gives now (the corpus, data.tokenizer or data.vocab_size changed since): resume with "
+        "the data it was trained on, or start a new run in another directory"
+    )
 
 
 def checkpoints_in(out_dir: Path) -> list[Path]:
@@ -363,10 +424,20 @@ def _fit(
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
+        check_same_tokenizer(ckpt, ckpt_path, getattr(dm, "tokenizer", None))
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec)
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
         check_resumable(read_plan(out_dir), plan, out_dir)
+        done = already_done(out_dir, plan, ckpt, ckpt_path)
+        if done is not None:
+            log.info(
+                "%s completed its %d planned steps: nothing to train, its files are left as "
+                "they were (raise trainer.max_steps to train further)",
+                out_dir,
+                plan.steps,
+            )
+            return done.get("val_loss")
     run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
