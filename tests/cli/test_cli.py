@@ -218,3 +218,40 @@ def test_a_run_the_guard_stops_says_why_on_one_line(tmp_path: Path) -> None:
     )
     assert "Traceback" not in out.stderr
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("consolidate", ["ckpt=SHARDED", "out=KEEP"], "exists: choose a new file"),
+        ("consolidate", ["ckpt=SHARDED", "out=SHARDED/meta.pt"], "exists: choose a new file"),
+        ("consolidate", ["ckpt=SHARDED", "out=DIR"], "is a folder: name the file to write"),
+        ("consolidate", ["ckpt=SHARDED", "out=KEEP/x.ckpt"], "is a file, not a folder"),
+        ("convert", ["from_hf=DIR", "out=KEEP"], "exists: choose a new file"),
+        ("convert", ["from_hf=DIR", "out=KEEP/x.ckpt"], "is a file, not a folder"),
+        ("convert", ["to_hf=DIR/m.ckpt", "out=KEEP"], "is a file: name a folder"),
+        ("convert", ["to_hf=DIR/m.ckpt", "out=KEEP/hf"], "is a file, not a folder"),
+        ("probe", ["ckpt=DIR/m.ckpt", "out=KEEP/a.png"], "is a file, not a folder"),
+        ("probe", ["ckpt=DIR/m.ckpt", "out=DIR/x.ckpt"], ".ckpt is not an image format"),
+        ("probe", ["ckpt=DIR/m.ckpt", "out=DIR"], "is a folder: name the file to write"),
+        ("scaling", ["DIR", "--out", "KEEP"], "is a file: name a folder"),
+    ],
+)
+def test_an_out_that_would_damage_a_file_is_refused_before_any_work(
+    name: str, args: list[str], message: str, tmp_path: Path, run_command, capsys
+) -> None:
+    """Every command that writes checks ``out`` first: an existing file is never replaced
+    (unless the command owns it), and a path under a file or a folder where a file belongs
+    is one line, exit 2, before anything is read or computed."""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("the user's file\n")
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()
+    (sharded / "meta.pt").write_bytes(b"not read")
+    before = {p: p.read_bytes() for p in (keep, sharded / "meta.pt")}
+    names = {"SHARDED": str(sharded), "KEEP": str(keep), "DIR": str(tmp_path)}
+    argv = [next((a.replace(k, v) for k, v in names.items() if k in a), a) for a in args]
+    assert run_command(name, *argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in before} == before

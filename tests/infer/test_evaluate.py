@@ -261,12 +261,50 @@ def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> Non
     path = harness.eval_path(ckpt, 300)
     assert path == tmp_path / "run" / "eval" / "step000300.json"
     assert harness.eval_path(tmp_path / "model.ckpt", None) == tmp_path / "eval" / "model.json"
-    first = {"metrics": {"eval/a/acc": 0.5}, "tasks": {"a": {}}, "global_step": 300}
-    harness.write_record(path, first)
-    harness.write_record(path, {**first, "metrics": {"eval/b/acc": 0.7}, "tasks": {"b": {}}})
+    # loose checkpoints (one folder may hold several of one step): named by their file
+    assert harness.eval_path(tmp_path / "v1.ckpt", 300) == tmp_path / "eval" / "v1.json"
+    first = {"checkpoint": str(ckpt), "metrics": {"eval/a/acc": 0.5}, "tasks": {"a": {}}}
+    harness.write_record(path, {**first, "global_step": 300})
+    last = str(ckpt.with_name("last.ckpt"))  # the same run's checkpoint of the same step
+    second = {"checkpoint": last, "metrics": {"eval/b/acc": 0.7}, "tasks": {"b": {}}}
+    harness.write_record(path, {**second, "global_step": 300})
     merged = json.loads(path.read_text())
     assert merged["metrics"] == {"eval/a/acc": 0.5, "eval/b/acc": 0.7}
     assert set(merged["tasks"]) == {"a", "b"}
+    before = path.read_bytes()
+    other = {**second, "checkpoint": str(tmp_path / "other" / "checkpoints" / "x.ckpt")}
+    for record in ({**other, "global_step": 300}, {**second, "global_step": 200}):
+        with pytest.raises(ConfigError, match=r"holds the eval of another checkpoint .*step 300"):
+            harness.write_record(path, record)
+    assert path.read_bytes() == before  # never two checkpoints' metrics in one record
+
+
+def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
+    tok, tmp_path: Path, run_command, capsys
+) -> None:
+    """``out=`` that is not an eval record (the checkpoint itself, results.json), a folder, or
+    a path under a file: one line, exit 2, before the checkpoint is read; the file is kept."""
+    pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
+    ckpt = tmp_path / "model.ckpt"
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = model_config_dict(pre.cfg)
+    torch.save({"state_dict": state, "model_config": config, "tokenizer": tok.to_str()}, ckpt)
+    results = tmp_path / "results.json"
+    results.write_text('{"status": "completed", "val_loss": 2.5}')
+    kept = {p: p.read_bytes() for p in (ckpt, results)}
+    cases = [
+        (ckpt, "exists and is not an lmlab eval record"),
+        (results, "exists and is not an lmlab eval record"),
+        (tmp_path, "is a folder: name the file to write"),
+        (results / "eval.json", "is a file, not a folder"),
+    ]
+    for out, message in cases:
+        capsys.readouterr()
+        argv = [f"ckpt={ckpt}", "tasks=stdlib_nextline", "limit=2", f"out={out}", "wandb=false"]
+        assert run_command("evaluate", *argv) == 2, out
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in kept} == kept
 
 
 def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(

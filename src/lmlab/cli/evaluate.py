@@ -57,21 +57,25 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer import harness
 
     names = harness.parse_tasks(cfg.tasks)
+    if cfg.out:
+        harness.read_record(Path(cfg.out))  # nothing there, or an eval record: else refused
     harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
+    from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.evaluate import LmlabLM
     from lmlab.infer.pretrained import load
 
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
+    path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
+    harness.check_record(path, str(pre.path), pre.global_step)  # before any task runs
     lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)
     results = harness.run_tasks(
         lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
     )
     print(harness.table(results))
     record = harness.eval_record(results, str(pre.path), pre.global_step)
-    path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
     print(f"results: {harness.write_record(path, record)}")
     if cfg.wandb:
-        run_dir = harness.eval_path(pre.path, pre.global_step).parent.parent
+        run_dir = run_dir_of(pre.path)
         wandb_run = log_to_wandb(run_dir, record["metrics"], pre.global_step)
         if wandb_run:
             print(f"logged to W&B run {wandb_run}")

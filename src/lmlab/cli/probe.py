@@ -3,7 +3,8 @@ and a PNG grid of its attention weights (one heat map per layer and head) over a
 
     python src/probe.py ckpt=<run dir>/checkpoints/last.ckpt text="def add(a, b): return a + b"
 
-Writes ``out`` (default: ``attention.png`` next to the checkpoint's run directory). For T5 the
+Writes ``out`` (default: ``attention.png`` in the checkpoint's run directory, or beside a
+checkpoint outside one; any image format matplotlib writes, by its suffix). For T5 the
 maps are the encoder's; for BERT the text is framed by [CLS] .. [SEP] as in training.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from lmlab.cli.args import parse
+from lmlab.config.outpath import check_file_out
 from lmlab.errors import ConfigError
 
 
@@ -38,11 +40,14 @@ def main(argv: list[str]) -> int | None:
     from rich.table import Table
 
     from lmlab.data.collators import decoder_tokens
+    from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.pretrained import load
     from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
     from lmlab.model import flops_per_token, param_breakdown
     from lmlab.model.params import param_rows
 
+    if cfg.out:
+        check_image_out(Path(cfg.out))
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     model, console = pre.model, Console(highlight=False)
     kinds = ["embeddings", "attention", "feed_forward", "norms", "head"]
@@ -65,7 +70,7 @@ def main(argv: list[str]) -> int | None:
         f"token at context {seq_len}: {fpt:,.0f} (forward: a third of that)"
     )
     ids = probe_ids(model, pre.tokenizer, cfg.text)
-    out = Path(cfg.out) if cfg.out else pre.path.parent.parent / "attention.png"
+    out = Path(cfg.out) if cfg.out else run_dir_of(pre.path) / "attention.png"
     plot_attention(
         attention_maps(model, ids),
         token_labels(pre.tokenizer, ids),
@@ -73,3 +78,16 @@ def main(argv: list[str]) -> int | None:
         f"{pre.family.value} attention: {pre.path.name}",
     )
     console.print(f"attention maps ({len(ids)} tokens): {out}")
+
+
+def check_image_out(out: Path) -> None:
+    """``out`` is an image file matplotlib writes (by its suffix), in a folder."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    check_file_out(out, new=False)  # a plot it redraws may be replaced
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise ConfigError(
+            f"out={out}: {out.suffix or 'no suffix'} is not an image format; allowed: "
+            + ", ".join(f".{f}" for f in sorted(formats))
+        )

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from lmlab.analysis.scaling import N_KEYS, analyze
 from lmlab.cli.args import ArgumentParser
+from lmlab.config.outpath import check_folder_out
 
 
 def _positive_float(text: str) -> float:
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run :func:`lmlab.analysis.scaling.analyze`, print (a ``ScalingError``
     is bad input: exit 2)."""
     args = build_parser().parse_args(argv)
+    if args.out is not None:
+        check_folder_out(args.out, "--out")  # before the fit: a file there is refused
     result = analyze(args.multirun_dir, args.target_flops, args.out, n_key=args.n_key)
     print_summary(Console(), result)
     return 0

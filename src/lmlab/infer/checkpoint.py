@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 SHARDED_META = "meta.pt"
 
 
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory of a checkpoint in ``<run dir>/checkpoints/``; for a checkpoint
+    elsewhere, the folder that holds it. (``lmlab evaluate`` and ``probe`` write there.)"""
+    folder = ckpt.absolute().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
 def is_sharded(path: str | Path) -> bool:
     """A sharded (distributed) checkpoint: a folder of per-rank shards and ``meta.pt``."""
     return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file()

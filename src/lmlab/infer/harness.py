@@ -268,23 +268,74 @@ def eval_record(results: dict[str, Any], checkpoint: str, step: int | None) -> d
 
 
 def eval_path(ckpt: Path, step: int | None) -> Path:
-    """``<run dir>/eval/step<N>.json`` for a checkpoint in ``<run dir>/checkpoints/``; for a
-    checkpoint elsewhere, an ``eval/`` folder beside it. ``step<N>`` is the checkpoint's
-    training step (its file name when it has none)."""
-    folder = ckpt.absolute().parent
-    run_dir = folder.parent if folder.name == "checkpoints" else folder
-    name = f"step{step:06d}" if step is not None else ckpt.resolve().stem
-    return run_dir / "eval" / f"{name}.json"
+    """``<run dir>/eval/step<N>.json`` (N: the checkpoint's training step) for a checkpoint in
+    ``<run dir>/checkpoints/``, whose checkpoints of one step hold the same weights
+    (``last.ckpt`` and ``step-<N>.ckpt``). For a checkpoint elsewhere, ``eval/<name>.json``
+    beside it, named by its file: a folder of loose checkpoints may hold several of one step."""
+    from lmlab.infer.checkpoint import run_dir_of
+
+    in_run = ckpt.absolute().parent.name == "checkpoints"
+    name = f"step{step:06d}" if in_run and step is not None else ckpt.absolute().stem
+    return run_dir_of(ckpt) / "eval" / f"{name}.json"
+
+
+RECORD_KEYS = ("checkpoint", "global_step", "metrics", "tasks")
+
+
+def read_record(path: Path, key: str = "out") -> dict[str, Any] | None:
+    """The eval record at ``path`` (None: there is none yet); anything else there is refused,
+    never overwritten."""
+    from lmlab.config.outpath import check_file_out
+
+    check_file_out(path, key, new=False)
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        old = None
+    if not isinstance(old, dict) or not set(RECORD_KEYS) <= set(old):
+        raise ConfigError(
+            f"{key}={path} exists and is not an lmlab eval record: choose a new file (nothing "
+            "is overwritten)"
+        )
+    return old
+
+
+def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool:
+    """Whether checkpoints ``a`` and ``b`` hold the same weights: one step, and one file
+    (``last.ckpt`` is a link) or one run's ``checkpoints/`` folder. (``last.ckpt`` moves on
+    as its run trains: the same file at another step holds other weights.)"""
+    if step_a != step_b:
+        return False
+    pa, pb = Path(a).absolute(), Path(b).absolute()
+    one_run = pa.parent == pb.parent and pa.parent.name == "checkpoints" and step_a is not None
+    return one_run or pa.resolve() == pb.resolve()
+
+
+def check_record(
+    path: Path, checkpoint: str, step: int | None, key: str = "out"
+) -> dict[str, Any] | None:
+    """``path`` is free (None), or holds this checkpoint's record (returned: the new tasks
+    merge into it). The record of other weights is refused before any task runs, so no
+    record ever mixes two."""
+    old = read_record(path, key)
+    if old is not None and not same_weights(
+        old["checkpoint"], checkpoint, old["global_step"], step
+    ):
+        raise ConfigError(
+            f"{key}={path} holds the eval of another checkpoint ({old['checkpoint']}, step "
+            f"{old['global_step']}): choose another out= (records of two checkpoints are "
+            "never mixed)"
+        )
+    return old
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
-    """Write (or merge into: tasks evaluated earlier at the same step stay) ``path``,
-    atomically."""
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
+    """Write (or merge into: tasks evaluated earlier for the same weights stay) ``path``,
+    atomically; ``check_record`` refuses what may not be merged."""
+    old = check_record(path, record["checkpoint"], record["global_step"])
+    if old is not None:
         record = {
             **record,
             "metrics": {**old.get("metrics", {}), **record["metrics"]},
