@@ -302,6 +302,12 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
     }[cfg.family]
     hf_model = getattr(transformers, auto).from_pretrained(folder).eval()
     assert type(hf_model).__name__ == hf_class
+    # each special id is the tokenizer's own, or None: never the HF class's default (GPT-2's
+    # bos 50256 is past this vocabulary; Llama's 1 would be lmlab's <pad>)
+    for role in ("bos", "eos", "pad"):
+        name = getattr(SPECIALS, role)
+        expected = TOKENIZER.token_to_id(name) if name else None
+        assert getattr(hf_model.config, f"{role}_token_id") == expected, role
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     assert tok("hear me", add_special_tokens=False)["input_ids"] == TOKENIZER.encode("hear me").ids
     batch = inputs(cfg.family.value)
@@ -370,6 +376,19 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
         from_hf("openai-community/gpt2", tmp_path / "x.ckpt")
     with pytest.raises(ConfigError, match="without config.json"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")
+    # a base model (no language-model head) or another task's head: its head would be random
+    headless = {
+        "LlamaModel": CASES["llama"]().model,
+        "BertModel": CASES["bert"]().bert,
+        "LlamaForSequenceClassification": transformers.LlamaForSequenceClassification(
+            CASES["llama"]().config
+        ),
+    }
+    for cls, model in headless.items():
+        model.save_pretrained(tmp_path / cls)
+        with pytest.raises(ConfigError, match=rf"{cls} lacks weights .*(lm_head|cls\.pred)"):
+            from_hf(str(tmp_path / cls), tmp_path / f"{cls}.ckpt")
+        assert not (tmp_path / f"{cls}.ckpt").exists()
     (tmp_path / "x.ckpt").write_text("mine")
     with pytest.raises(ConfigError, match="exists"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lmlab.config import ModelConfig, model_config_dict, to_schema
+from lmlab.config.outpath import check_file_out, check_folder_out
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
@@ -83,16 +84,25 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
 
 def from_hf(source: str, out: str | Path) -> Path:
     """Convert ``source`` (folder or hub name) into the lmlab checkpoint ``out``."""
-    out = Path(out)
-    if out.exists():
-        raise ConfigError(f"out={out} exists: choose a new file (nothing is overwritten)")
+    out = check_file_out(Path(out))
     config = hf_config(source)
     arch = architecture_of(config, source)
     transformers = _transformers()
     try:
-        hf_model = getattr(transformers, arch.hf_class).from_pretrained(source, dtype="auto")
+        hf_model, info = getattr(transformers, arch.hf_class).from_pretrained(
+            source, dtype="auto", output_loading_info=True
+        )
     except OSError as err:
         raise ConfigError(f"from_hf={source}: weights unreadable: {err}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers would initialise them at random (its warning is silenced)
+        saved = (config.architectures or ["its class"])[0]
+        raise ConfigError(
+            f"from_hf={source}: {saved} lacks weights {arch.hf_class} needs: "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} (a base model "
+            "without its language-model head, or another task's head); allowed: a folder "
+            f"saved from {arch.hf_class}"
+        )
     tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
     cfg = to_schema(ModelConfig, arch.config_from_hf(hf_model.config, tied), "model.")
     hf_state = hf_model.state_dict()
@@ -175,9 +185,7 @@ def stored_dtype(model: torch.nn.Module) -> torch.dtype:
 def to_hf(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
     """Write checkpoint ``path`` as a Hugging Face model folder ``out`` (config.json,
     model.safetensors or shards, the tokenizer)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"out={out} exists and is not an empty folder (nothing is overwritten)")
+    out = check_folder_out(Path(out), empty=True)
     pre = load(path, dtype=dtype)
     cfg = pre.cfg
     arch = choose_architecture(cfg)
@@ -189,7 +197,9 @@ def to_hf(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
         for role in ("bos", "eos", "pad")
         if getattr(specials, role)
     }
-    extra = {f"{role}_token_id": i for role, i in ids.items()}
+    # every role, None where lmlab's tokenizer has none: the HF config classes' defaults are
+    # their own vocabularies' ids (GPT-2's bos 50256, Llama's bos 1, lmlab's <pad>)
+    extra = {f"{role}_token_id": ids.get(role) for role in ("bos", "eos", "pad")}
     if cfg.family.value == "t5" and "pad" in ids:
         extra["decoder_start_token_id"] = ids["pad"]  # lmlab's T5 decoder starts from PAD
     weights_dtype = stored_dtype(pre.model)
