@@ -248,3 +248,32 @@ def test_special_token_roles_come_from_the_tokenizers_own_specials() -> None:
     assert roles.id(tok, "mask", "fill-mask") == tok.token_to_id("[MASK]")
     with pytest.raises(ConfigError, match="infilling needs a bos token"):
         roles.id(tok, "bos", "infilling")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.path=my.txt"],
+            r"data.path='my.txt' is read only by data=text; this run's data "
+            r"is stdlib, which would ignore it: add data=text",
+        ),  # fmt: skip
+        (["data=shakespeare", "data.path=my.txt"], r"this run's data is shakespeare"),
+        (
+            ["data=text", "data.path=my.txt", "data.name=wikitext"],
+            r"data.name='wikitext' is "
+            r"read only by data=hf",
+        ),  # fmt: skip
+        (["data=text", "data.path=my.txt", "data.text_column=body"], r"data.text_column='body'"),
+        (["data=hf", "data.name=x", "data.path=my.txt"], r"data.path='my.txt' is read only"),
+    ],
+)
+def test_a_field_the_source_would_ignore_is_refused(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    """``data.path=`` without ``data=text`` used to train on the standard library, unsaid."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.preflight import check_run
+
+    with pytest.raises(ConfigError, match=message):
+        check_run(compose_train(["+debug=smoke", *overrides], tmp_path, tmp_path / "cache"))

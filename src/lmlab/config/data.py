@@ -21,6 +21,17 @@ class TokenizerKind(str, Enum):
     checkpoint = "checkpoint"  # the tokenizer of the init_from checkpoint (a converted model's)
 
 
+# The fields one source reads (with their defaults): set for another source, they would be
+# ignored, and the run would train on another corpus than the one named.
+SOURCE_FIELDS: dict[str, tuple[tuple[Source, ...], object]] = {
+    "path": ((Source.text,), None),
+    "name": ((Source.hf,), None),
+    "subset": ((Source.hf,), None),
+    "split": ((Source.hf,), "train"),
+    "text_column": ((Source.hf,), "text"),
+}
+
+
 @dataclass
 class DataConfig:
     """Corpus, tokenizer and batching. ``seq_len=None`` follows ``model.max_seq_len``.
@@ -64,6 +75,15 @@ class DataConfig:
     num_workers: int | None = None  # null: 0 on a CPU, up to 4 per process on a GPU
 
     def __post_init__(self) -> None:
+        for name, (sources, default) in SOURCE_FIELDS.items():
+            value = getattr(self, name)
+            if value != default and self.source not in sources:
+                users = " or ".join(f"data={s.value}" for s in sources)
+                raise ConfigError(
+                    f"data.{name}={value!r} is read only by {users}; this run's data is "
+                    f"{self.source.value}, which would ignore it: add {users}, or leave "
+                    f"data.{name} out"
+                )
         if self.source == Source.text and not self.path:
             raise ConfigError("data.source=text needs data.path=<file or folder>")
         if self.source == Source.hf and not self.name:
