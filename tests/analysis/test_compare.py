@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import struct
 import subprocess
 import sys
@@ -571,3 +572,28 @@ def test_eval_metrics_rank_a_sweep_higher_first_with_seed_mean_and_std(
     ]
     assert compare_main([str(multirun), "--metric", EVAL_ACC, "--no-higher-is-better"]) == 0
     assert table_cells(capsys.readouterr().out)[0][1:3] == ["pre", "swiglu"]
+
+
+def test_copies_of_a_run_are_not_seed_replicates(tmp_path: Path) -> None:
+    """A job folder copied (or a run repeated with its seed) gives the same numbers: counted
+    as replicates, it would show a spread of 0 and call any lead real."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    shutil.copytree(root / "0", root / "2")
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    (gelu,) = [r for r in rows if r.knobs["model.activation"] == "gelu"]
+    assert (gelu.n, gelu.stats["val_loss"].std) == (1, None)
+    assert [r.dir.name for r in gelu.copies] == ["2"]
+    lines = ranking.summarize(rows, "val_loss")
+    assert any(line.startswith("note: ") and "(2): copies or repeats" in line for line in lines)
+
+
+def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) -> None:
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    config = yaml.safe_load((root / "1" / ".hydra" / "config.yaml").read_text())
+    config["data"] = {"vocab_size": 8192}
+    (root / "1" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    (warning,) = [line for line in ranking.summarize(rows, "val_loss") if "warning" in line]
+    assert "differ in data.vocab_size" in warning and "val_bits_per_byte" in warning
+    bpb = ranking.aggregate(load_runs(root), "val_bits_per_byte")
+    assert not [line for line in ranking.summarize(bpb, "val_bits_per_byte") if "warning" in line]

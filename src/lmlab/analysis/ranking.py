@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,6 +60,9 @@ class Row:
     status: str  # "completed" | "failed"
     error: str | None = None
     rank: int | None = None
+    copies: list[Run] = field(default_factory=list)
+    """Runs of this variant with a seed already in ``runs`` (copied or repeated folders):
+    one seed is one replicate, so they are left out of the statistics."""
 
     @property
     def n(self) -> int:
@@ -104,6 +107,14 @@ def aggregate(
         if not run.failed:
             groups.setdefault(tuple(knob_value(run, k) for k in knobs), []).append(run)
     rows = [_row(group, knobs, keys) for group in groups.values()]
+    for row in rows:  # a seed counts once: copies would fake a tight spread
+        by_seed: dict[str, Run] = {}
+        for run in row.runs:
+            by_seed.setdefault(repr(run.seed), run)
+        if len(by_seed) < row.n:
+            row.copies = [r for r in row.runs if r not in by_seed.values()]
+            row.runs = list(by_seed.values())
+            row.stats = _row(row.runs, knobs, keys).stats
     seeds_vary = len({repr(run.seed) for run in runs}) > 1
     rows += [_row([run], knobs, keys, seeds_vary) for run in runs if run.failed]
     return _rank(rows, metric, higher_is_better)
@@ -209,7 +220,40 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
         lines.append(noise_verdict(best, second, metric))
     if failed:
         lines.append(f"{len(failed)} of {sum(r.n for r in rows)} runs failed (bottom of the table)")
+    for row in rows:
+        if row.copies:
+            lines.append(
+                f"note: {row.label}: {len(row.copies)} more run(s) with a seed already counted "
+                f"({', '.join(str(r.dir.name) for r in row.copies)}): copies or repeats of one "
+                "run are not seed replicates, so each seed counts once"
+            )
+    lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
     return lines
+
+
+# What fixes the tokens a per-token loss is averaged over.
+TOKENIZER_KEYS = ("data.source", "data.path", "data.name", "data.tokenizer", "data.vocab_size")
+PER_TOKEN = frozenset({"val_loss", "best_val_loss", "val_perplexity", "train_loss"})
+
+
+def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
+    """A warning when ``metric`` is per token and the runs split text into tokens
+    differently: another tokenizer changes the loss per token without changing the model's
+    quality, so bits per byte is the comparable measure."""
+    if metric not in PER_TOKEN:
+        return []
+    differ = [
+        key
+        for key in TOKENIZER_KEYS
+        if len({repr(run.flat_config.get(key)) for run in runs if not run.failed}) > 1
+    ]
+    if not differ:
+        return []
+    return [
+        f"warning: the runs differ in {', '.join(differ)}, so their tokens differ and {metric} "
+        "(per token) does not compare them; rank by val_bits_per_byte (--metric "
+        "val_bits_per_byte) instead"
+    ]
 
 
 # --------------------------------------------------------------------------- table
