@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.config import DataConfig, Family, Source, TokenizerKind, resolve_configs
+from lmlab.config import DataConfig, Family, Source, TokenizerKind
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
@@ -203,12 +203,18 @@ def test_stride_windows_start_at_every_stride_token_of_the_stream(tmp_path: Path
     ("overrides", "message"),
     [
         (["data.stride=0"], "data.stride=0 must be >= 1 (or null)"),
-        (["data.stride=300"], "data.stride=300 is above the sequence length 256: windows would"),
+        (["data.stride=258"], "data.stride=258 is above the 257-token rows a gpt model trains"),
+        # BERT's rows leave room for [CLS] and [SEP]: 256 would skip 2 tokens per window
+        (["model=bert_tiny", "data.stride=256"], "above the 254-token rows a bert model"),
     ],
 )
 def test_bad_stride_is_refused_before_any_work(overrides: list[str], message: str) -> None:
+    from lmlab.train.preflight import check_run
+
     with pytest.raises(ConfigError, match=re.escape(message)):
-        resolve_configs(compose_train(["+debug=smoke", *overrides]))
+        check_run(compose_train(["+debug=smoke", *overrides]))
+    bert_rows = ["+debug=smoke", "model=bert_tiny", "data.stride=254"]
+    assert check_run(compose_train(bert_rows)).seq_len == 256
 
 
 def test_sampler_resumes_exactly_and_shards_ranks() -> None:

@@ -111,6 +111,8 @@ def test_a_tiny_budget_still_trains_one_step() -> None:
         ({"kind": "chinchilla", "tokens_per_param": 0}, r"budget.tokens_per_param=0 must be"),
         ({"flops": 1e15}, r"budget.flops=1e\+15 is set but budget.kind=steps ignores it"),
         ({"kind": "chinchilla", "tokens": 5.0}, r"budget.tokens=5 is set but budget.kind=chi"),
+        ({"tokens_per_param": 40}, r"budget.tokens_per_param=40 is set but budget.kind=steps "),
+        ({"kind": "flops", "flops": 1e15, "tokens_per_param": 5}, r"kind=flops ignores it"),
     ],
 )
 def test_bad_budget_names_field_and_value(kwargs: dict, message: str) -> None:

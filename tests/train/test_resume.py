@@ -327,3 +327,20 @@ def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir:
         train(
             compose_train([*run, "trainer.max_steps=4", "resume=true"], tmp_path / "run", cache_dir)
         )
+
+
+def test_resume_checks_what_the_data_is_not_where_it_is_cached(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """``data.cache_dir`` (LMLAB_CACHE moved) is where the prepared data is kept, not what it
+    is: the resume goes on. Without ``run_config.yaml`` nothing can be checked: refused,
+    saying so."""
+    short = ["+debug=smoke", "trainer.max_steps=2", "logger=none"]
+    train(compose_train(short, tmp_path, cache_dir))
+    moved = tmp_path.parent / f"{tmp_path.name}-new-cache"  # prepared again, identically
+    longer = [*short, "trainer.max_steps=3", "resume=true"]
+    train(compose_train(longer, tmp_path, moved))
+    assert results(tmp_path)["global_step"] == 3
+    (tmp_path / "run_config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"its run_config.yaml .* is missing"):
+        train(compose_train([*short, "trainer.max_steps=4", "resume=true"], tmp_path, moved))

@@ -81,6 +81,7 @@ GATED = {Activation.swiglu, Activation.geglu}
 RUNTIME_FIELDS = (
     "activation_checkpointing",
     "attention_kernel",
+    "cache_dir",  # where the prepared data is kept (LMLAB_CACHE moved), not what it is
     "cross_entropy",
     "fused",
     "num_workers",

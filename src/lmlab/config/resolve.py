@@ -149,11 +149,6 @@ def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
         raise ConfigError(
             f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"
         )
-    if data_cfg.stride is not None and data_cfg.stride > seq_len:
-        raise ConfigError(
-            f"data.stride={data_cfg.stride} is above the sequence length {seq_len}: windows "
-            "would skip tokens (allowed: 1 to the sequence length, or null for whole rows)"
-        )
     return seq_len
 
 

@@ -24,6 +24,9 @@ class ParamCount(str, Enum):
     total = "total"  # every parameter (a MoE counts all its experts)
 
 
+TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022's compute-optimal ratio, the default
+
+
 @dataclass
 class BudgetConfig:
     """How long to train (``budget=<kind>``, fields ``budget.<field>=...``).
@@ -34,7 +37,7 @@ class BudgetConfig:
     """
 
     kind: BudgetKind = BudgetKind.steps
-    tokens_per_param: float = 20.0
+    tokens_per_param: float = TOKENS_PER_PARAM
     flops: float | None = None
     tokens: float | None = None
     params: ParamCount = ParamCount.active
@@ -49,6 +52,11 @@ class BudgetConfig:
         kind = BudgetKind(self.kind)
         if self.tokens_per_param <= 0:
             raise ConfigError(f"budget.tokens_per_param={self.tokens_per_param} must be > 0")
+        if kind != BudgetKind.chinchilla and self.tokens_per_param != TOKENS_PER_PARAM:
+            raise ConfigError(
+                f"budget.tokens_per_param={self.tokens_per_param:g} is set but budget.kind="
+                f"{kind.value} ignores it (choose budget=chinchilla)"
+            )
         for name in ("flops", "tokens"):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:

@@ -19,13 +19,16 @@ from omegaconf import DictConfig
 
 from lmlab.config import (
     DataConfig,
+    Family,
     ModelConfig,
     TaskConfig,
+    TaskKind,
     check_task_model,
     resolve_configs,
     resolve_task,
     sequence_length,
 )
+from lmlab.data.collators import COLLATORS
 from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
@@ -48,6 +51,19 @@ class CheckedRun:
     callbacks: list[L.Callback]
 
 
+def check_stride(stride: int | None, family: Family, seq_len: int) -> None:
+    """``data.stride`` is at most the row a pre-training window takes from the token stream
+    (``seq_len`` + 1 for GPT's shifted labels, ``seq_len`` - 2 for BERT's [CLS]/[SEP], more
+    for T5, whose spans shrink): a longer one would skip tokens between windows."""
+    row = COLLATORS[Family(family)].row_len(seq_len)
+    if stride is not None and stride > row:
+        raise ConfigError(
+            f"data.stride={stride} is above the {row}-token rows a {Family(family).value} model "
+            f"trains on at data.seq_len={seq_len}: windows would skip tokens (allowed: 1 to "
+            f"{row}, or null for whole rows)"
+        )
+
+
 def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     """Every check of ``cfg`` that needs no data, model or run directory, in the order a run
     meets them; the first failure is a ConfigError. A dry run (``dry_run=true``) plans for any
@@ -59,6 +75,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if init is not None:  # the checkpoint's architecture
         model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
         check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
+    if task_cfg.kind == TaskKind.lm:
+        check_stride(data_cfg.stride, model_cfg.family, seq_len)
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_evals(cfg, model_cfg)
     if machine:

@@ -129,7 +129,14 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"(nothing to resume in hydra.run.dir={out_dir})"
             )
         saved_path = out_dir / RUN_CONFIG
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.exists() else {}
+        if not saved_path.is_file():
+            raise ConfigError(
+                f"cannot resume {out_dir}: its {RUN_CONFIG} (the model, data, optimizer and "
+                "schedule the checkpoints were trained with) is missing, so this config cannot "
+                "be checked against it: restore it from a copy of the run, or start a new run "
+                "from the weights (init_from=<checkpoint>)"
+            )
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
         diffs = _differences(saved, run_identity(cfg))
         if diffs:
             raise ConfigError(
