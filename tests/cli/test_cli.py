@@ -255,3 +255,16 @@ def test_an_out_that_would_damage_a_file_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(
+    run_command, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmlab.cli.generate
+
+    def interrupted(argv: list[str]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmlab.cli.generate, "main", interrupted)
+    assert run_command("generate", "ckpt=x") == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"

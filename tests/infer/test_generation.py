@@ -264,6 +264,8 @@ def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> No
     )
     with pytest.raises(ConfigError, match="has no <mask>"):
         fill_mask(pre, "three four five", top_k=3)
+    (every,), _ = fill_mask(pre, "three four [MASK] six", top_k=10**6)  # at most every token
+    assert len(every) == pre.cfg.vocab_size and every[0].token == candidates[0].token
     res = cli("generate.py", f"ckpt={bert_ckpt}", "text=six <mask> eight")
     assert res.returncode == 0, res.stderr
     assert "' seven'" in res.stdout and "filled:" in res.stdout
@@ -374,3 +376,49 @@ def test_checkpoint_loads_with_wrapper_prefixes_stripped(
         plain.model.state_dict().items(), wrapped.model.state_dict().items(), strict=True
     ):
         assert k == k2 and torch.equal(a.to(torch.bfloat16), b)
+
+
+def test_checkpoint_and_tokenizer_inputs_are_named(
+    smoke_ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    """What a user may pass by mistake: one line naming the argument, never a traceback from
+    torch, OmegaConf or tokenizers (an IndexError in the embedding, for a larger tokenizer)."""
+    gpt = smoke_ckpts["gpt"]
+    ckpt = torch.load(gpt, weights_only=True)
+    tensor, newer = tmp_path / "tensor.ckpt", tmp_path / "newer.ckpt"
+    torch.save(torch.zeros(3), tensor)
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "new_knob": 1}}, newer)
+    notjson = tmp_path / "tok.json"
+    notjson.write_text("not json")
+    big = tmp_path / "big.json"
+    from lmlab.data.tokenizer import train_char
+
+    train_char(["".join(chr(0x4E00 + i) for i in range(ckpt["model_config"]["vocab_size"]))]).save(
+        str(big)
+    )
+    cases = [
+        (dict(path=tensor), "not an lmlab checkpoint (no model_config/state_dict)"),
+        (dict(path=newer), "its model_config does not fit this lmlab's ModelConfig"),
+        (dict(path=gpt, tokenizer=tmp_path / "none.json"), "none.json: no such file"),
+        (dict(path=gpt, tokenizer=notjson), "tok.json: not a tokenizers JSON file"),
+        (dict(path=gpt, tokenizer=big), "more than the model's vocabulary of"),
+        (dict(path=tmp_path, key="to_hf"), "to_hf="),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load(**kwargs)
+
+
+def test_generation_edge_values_give_answers(smoke_ckpts: dict[str, Path]) -> None:
+    """A temperature so small that logits / T overflow samples the argmax (was nan); a T5
+    sentinel past the tokenizer's is refused (was dropped from the output)."""
+    from lmlab.infer.fill import infill
+    from lmlab.infer.generation import pick
+
+    logits = torch.tensor([[0.0, 3.0, -2.0, float("-inf")]])
+    picked = pick(logits, 1e-40, None, None, torch.Generator().manual_seed(0))
+    assert picked.tolist() == [[1]]
+    t5 = load(smoke_ckpts["t5"])
+    last = len(t5.specials.sentinels)
+    with pytest.raises(ConfigError, match=rf"<extra_id_{last}>, but the tokenizer's sentinels"):
+        infill(t5, f"def <extra_id_{last}>(self):", max_new_tokens=2)

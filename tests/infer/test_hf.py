@@ -371,9 +371,19 @@ def test_scaled_rope_converts_and_what_has_no_knob_is_refused(tmp_path: Path) ->
 def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network wait
+    # the hub unreachable: transformers reads its cache only (no 30 s of retries), then fails
+    monkeypatch.setattr("lmlab.infer.hf.convert.hub_reachable", lambda: False)
+    seen, before = [], huggingface_hub.constants.HF_HUB_OFFLINE
+    real = transformers.AutoConfig.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(huggingface_hub.constants.HF_HUB_OFFLINE)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
     with pytest.raises(ConfigError, match="no such local folder.*huggingface-cli download"):
         from_hf("openai-community/gpt2", tmp_path / "x.ckpt")
+    assert seen == [True] and huggingface_hub.constants.HF_HUB_OFFLINE == before
     with pytest.raises(ConfigError, match="without config.json"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")
     # a base model (no language-model head) or another task's head: its head would be random

@@ -29,6 +29,7 @@ class ConvertConfig:
     from_hf: str | None = None
     to_hf: str | None = None
     dtype: str = "auto"
+    tokenizer: str | None = None  # to_hf: a tokenizer.json, for checkpoints that carry none
 
     def __post_init__(self) -> None:
         if (self.from_hf is None) == (self.to_hf is None):
@@ -38,6 +39,10 @@ class ConvertConfig:
             )
         if self.from_hf is not None and self.dtype != "auto":
             raise ConfigError(f"dtype={self.dtype} applies to to_hf; from_hf keeps the dtype")
+        if self.from_hf is not None and self.tokenizer is not None:
+            raise ConfigError(
+                "tokenizer= applies to to_hf; from_hf takes the folder's own tokenizer files"
+            )
 
 
 def main(argv: list[str]) -> int | None:
@@ -48,6 +53,6 @@ def main(argv: list[str]) -> int | None:
         out = from_hf(cfg.from_hf, cfg.out)
         print(f"{out}: lmlab checkpoint of {cfg.from_hf}")
     else:
-        out = to_hf(cfg.to_hf, cfg.out, cfg.dtype)
+        out = to_hf(cfg.to_hf, cfg.out, cfg.dtype, cfg.tokenizer)
         print(f"{out}: Hugging Face model folder of {cfg.to_hf}")
     return 0

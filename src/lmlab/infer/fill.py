@@ -57,7 +57,7 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
     probs_TV = pre.model(ids_1T)[0].float().softmax(-1)
     filled, results = list(ids), []
     for t in (ids_1T[0] == mask_id).nonzero()[:, 0].tolist():
-        p, idx = probs_TV[t].topk(top_k)
+        p, idx = probs_TV[t].topk(min(top_k, probs_TV.shape[-1]))  # at most every token
         pairs = zip(p.tolist(), idx.tolist(), strict=True)
         results.append([Candidate(tok.decode([i]), i, q) for q, i in pairs])
         filled[t] = results[-1][0].token_id
@@ -67,6 +67,11 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
 def _sentinels(text: str, sentinels: tuple[str, ...]) -> str:
     """``<mask>``/``[MASK]`` to successive sentinels after the highest one already there."""
     used = [int(k) for k in SENTINEL_RE.findall(text)]
+    if used and max(used) >= len(sentinels):
+        raise ConfigError(
+            f"text has <extra_id_{max(used)}>, but the tokenizer's sentinels are <extra_id_0> "
+            f"to <extra_id_{len(sentinels) - 1}>"
+        )
     k = max(used, default=-1) + 1
     for marker in MASK_MARKERS:
         while marker in text:

@@ -50,7 +50,10 @@ def pick(
     """The next token (B, 1): the argmax when temperature is 0, else a filtered sample."""
     if temperature == 0:
         return logits_BV.argmax(-1, keepdim=True)
-    probs = filter_logits(logits_BV.float() / temperature, top_k, top_p).softmax(-1)
+    # shifted by the max first (softmax is unchanged): a tiny temperature gives -inf, not nan
+    logits_BV = logits_BV.float()
+    scaled_BV = (logits_BV - logits_BV.amax(-1, keepdim=True)) / temperature
+    probs = filter_logits(scaled_BV, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)
 
 

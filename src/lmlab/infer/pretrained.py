@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -76,20 +77,43 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
+    """``tokenizer=``: a ``tokenizers`` JSON file whose ids fit the model's vocabulary."""
+    if not path.is_file():
+        raise ConfigError(f"tokenizer={path}: no such file (a tokenizer.json)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for any file it cannot parse
+        raise ConfigError(
+            f"tokenizer={path}: not a tokenizers JSON file ({str(err).splitlines()[0][:120]})"
+        ) from None
+    if tok.get_vocab_size() > vocab_size:
+        raise ConfigError(
+            f"tokenizer={path} has {tok.get_vocab_size()} tokens, more than the model's "
+            f"vocabulary of {vocab_size}: it is another model's tokenizer"
+        )
+    return tok
+
+
 def load(
-    path: str | Path, device: str = "cpu", dtype: str = "fp32", tokenizer: str | None = None
+    path: str | Path,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    tokenizer: str | None = None,
+    key: str = "ckpt",
 ) -> Pretrained:
     """The model of checkpoint ``path`` in eval mode on ``device`` in ``dtype`` (fp32, bf16,
-    fp16, or auto: as stored), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``)."""
+    fp16, or auto: as stored), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``).
+    ``key``: the argument that named ``path``, for the messages."""
     check_device(device)
     path = Path(path)
     if not (path.is_file() or is_sharded(path)):
-        raise ConfigError(f"ckpt={path}: no such checkpoint file or sharded checkpoint folder")
+        raise ConfigError(f"{key}={path}: no such checkpoint file or sharded checkpoint folder")
     if dtype not in DTYPES and dtype != "auto":
         raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}, auto")
     ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
-    if "model_config" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(f"ckpt={path}: not an lmlab checkpoint (no model_config/state_dict)")
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"{key}={path}: not an lmlab checkpoint (no model_config/state_dict)")
     task = ckpt.get("task", {})
     if task.get("kind") == "classify":  # seq2seq fine-tunes T5 as it is: it infills as before
         raise ConfigError(
@@ -97,17 +121,24 @@ def load(
             f"{', '.join(task.get('labels', [])[:10])}), not a language model: generation, "
             "probes and conversion read language models; fine-tune it on with init_from"
         )
-    cfg: ModelConfig = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(ModelConfig), ckpt["model_config"])
-    )
+    try:
+        cfg: ModelConfig = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(ModelConfig), ckpt["model_config"])
+        )
+    except OmegaConfBaseException as err:  # a field this lmlab lacks, or a bad value
+        raise ConfigError(
+            f"{key}={path}: its model_config does not fit this lmlab's ModelConfig ("
+            f"{str(err).splitlines()[0]}): saved by another lmlab version?"
+        ) from None
     if tokenizer is not None:
-        tok = Tokenizer.from_file(str(tokenizer))
+        tok = read_tokenizer(Path(tokenizer), cfg.vocab_size)
     elif "tokenizer" in ckpt:
         tok = Tokenizer.from_str(ckpt["tokenizer"])
     else:
         raise ConfigError(
-            f"ckpt={path} holds no tokenizer (saved by an older lmlab): pass "
-            "tokenizer=<the run's data cache>/tokenizer.json"
+            f"{key}={path} holds no tokenizer (saved by an older lmlab, or converted from a "
+            "folder without one): pass tokenizer=<a tokenizer.json, such as the run's data "
+            "cache's>"
         )
     model = build_model(cfg)
     state = model_state(ckpt["state_dict"])

@@ -23,6 +23,7 @@ from lmlab.config import ModelConfig, model_config_dict, to_schema
 from lmlab.config.outpath import check_file_out, check_folder_out
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
+from lmlab.infer.harness import hub_reachable, offline_hub
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
@@ -85,6 +86,18 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
 def from_hf(source: str, out: str | Path) -> Path:
     """Convert ``source`` (folder or hub name) into the lmlab checkpoint ``out``."""
     out = check_file_out(Path(out))
+    # a hub name while the hub is unreachable: the cache only, at once (not 30 s of retries)
+    with offline_hub(not Path(source).exists() and not hub_reachable()):
+        ckpt = _from_hf(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def _from_hf(source: str) -> dict[str, Any]:
+    """The lmlab checkpoint (a dict) of ``source``."""
     config = hf_config(source)
     arch = architecture_of(config, source)
     transformers = _transformers()
@@ -135,11 +148,7 @@ def from_hf(source: str, out: str | Path) -> Path:
         log.warning(
             "%s has no tokenizer files: generation will need tokenizer=<tokenizer.json>", source
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
-    return out
+    return ckpt
 
 
 def hf_tokenizer(source: str) -> Any | None:
@@ -182,11 +191,13 @@ def stored_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
-def to_hf(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
+def to_hf(
+    path: str | Path, out: str | Path, dtype: str = "auto", tokenizer: str | None = None
+) -> Path:
     """Write checkpoint ``path`` as a Hugging Face model folder ``out`` (config.json,
-    model.safetensors or shards, the tokenizer)."""
+    model.safetensors or shards, the tokenizer: the checkpoint's, or ``tokenizer``)."""
     out = check_folder_out(Path(out), empty=True)
-    pre = load(path, dtype=dtype)
+    pre = load(path, dtype=dtype, tokenizer=tokenizer, key="to_hf")
     cfg = pre.cfg
     arch = choose_architecture(cfg)
     transformers = _transformers()
