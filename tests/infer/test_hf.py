@@ -383,7 +383,7 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
     with pytest.raises(ConfigError, match="no such local folder.*huggingface-cli download"):
         from_hf("openai-community/gpt2", tmp_path / "x.ckpt")
-    assert seen == [True] and huggingface_hub.constants.HF_HUB_OFFLINE == before
+    assert seen == [True] and before == huggingface_hub.constants.HF_HUB_OFFLINE
     with pytest.raises(ConfigError, match="without config.json"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")
     # a base model (no language-model head) or another task's head: its head would be random
