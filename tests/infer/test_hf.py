@@ -309,7 +309,15 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
         expected = TOKENIZER.token_to_id(name) if name else None
         assert getattr(hf_model.config, f"{role}_token_id") == expected, role
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    assert tok("hear me", add_special_tokens=False)["input_ids"] == TOKENIZER.encode("hear me").ids
+    ids = TOKENIZER.encode("hear me").ids
+    assert tok("hear me", add_special_tokens=False)["input_ids"] == ids
+    # tok(text) frames it as lmlab's model saw it in training: BERT [CLS] .. [SEP], T5 .. EOS
+    framing = {
+        Family.gpt: ([], []),
+        Family.bert: ([TOKENIZER.token_to_id(SPECIALS.cls)], [TOKENIZER.token_to_id(SPECIALS.sep)]),
+        Family.t5: ([], [TOKENIZER.token_to_id(SPECIALS.eos)]),
+    }[cfg.family]
+    assert tok("hear me")["input_ids"] == [*framing[0], *ids, *framing[1]]
     batch = inputs(cfg.family.value)
     batch["input_ids"] = batch["input_ids"][:, : cfg.max_seq_len]
     if cfg.family == Family.bert and not cfg.type_vocab_size:

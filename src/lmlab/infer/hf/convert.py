@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lmlab.config import ModelConfig, model_config_dict, to_schema
+from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
 from lmlab.config.outpath import check_file_out, check_folder_out
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError
@@ -226,7 +226,7 @@ def to_hf(
     try:
         config.save_pretrained(tmp)
         save_torch_state_dict(hf_state, tmp)
-        hf_tokenizer_of(tok, specials).save_pretrained(tmp)
+        hf_tokenizer_of(tok, specials, cfg.family).save_pretrained(tmp)
         as_umask_allows(tmp)
         if out.exists():
             out.rmdir()
@@ -246,9 +246,35 @@ def as_umask_allows(folder: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def hf_tokenizer_of(tok: Any, specials: Specials) -> Any:
-    """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles."""
+def framed(tok: Any, specials: Specials, family: Family | None) -> Any:
+    """A copy of ``tok`` whose post-processor frames text as lmlab's ``family`` does: BERT
+    ``[CLS] a [SEP]`` (a pair: ``[CLS] a [SEP] b [SEP]``, segments 0 and 1), T5's encoder
+    ``a </s>``. transformers' tokenizer then gives the model's inputs from ``tok(text)``, as
+    the Hugging Face BERT and T5 tokenizers do; lmlab itself encodes without it."""
+    from tokenizers import Tokenizer, processors
+
+    if family == Family.bert and specials.cls and specials.sep:
+        c, s = specials.cls, specials.sep
+        single, pair, used = f"{c} $A {s}", f"{c} $A {s} $B:1 {s}:1", (c, s)
+    elif family == Family.t5 and specials.eos:
+        e = specials.eos
+        single, pair, used = f"$A {e}", f"$A {e} $B {e}", (e,)
+    else:
+        return tok
+    copy = Tokenizer.from_str(tok.to_str())
+    template = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, copy.token_to_id(t)) for t in used]
+    )
+    kept = copy.post_processor  # byte-level BPE's offsets trimming stays
+    copy.post_processor = processors.Sequence([kept, template]) if kept else template
+    return copy
+
+
+def hf_tokenizer_of(tok: Any, specials: Specials, family: Family | None = None) -> Any:
+    """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles and
+    (given the ``family``) the framing its model's inputs have (``framed``)."""
     transformers = _transformers()
+    tok = framed(tok, specials, family)
     roles = {
         f"{role}_token": getattr(specials, role)
         for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
