@@ -4,9 +4,6 @@ steps, accumulation and precision; the composed config Hydra saved is never writ
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +11,12 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from lmlab.config import CONF_DIR, BudgetKind, ParamCount
+from lmlab.config import BudgetKind, ParamCount
 from lmlab.errors import ConfigError
 from lmlab.train.batch import GlobalBatch
 from lmlab.train.budget import Budget
 from lmlab.train.plan import RunPlan, check_accelerator, check_resumable
 
-TRAIN = CONF_DIR.parent / "src" / "train.py"
 # a token budget (not trainer.max_steps), accumulation 2, precision auto
 RUN = [
     "+debug=smoke",
@@ -33,17 +29,12 @@ RUN = [
 ]
 
 
-def train_cli(run_dir: Path, cache_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LMLAB_CACHE": str(cache_dir)}
-    cmd = [sys.executable, str(TRAIN), *RUN, f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_the_saved_config_is_what_was_given_and_plan_json_what_ran(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
-    proc = train_cli(tmp_path, cache_dir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    """The command line in-process (Hydra's own ``.hydra/`` writes, as a user's run)."""
+    here = [*RUN, f"hydra.run.dir={tmp_path}", f"data.cache_dir={cache_dir}"]
+    assert run_command("train", *here) == 0, capsys.readouterr().err[-2000:]
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 4  # +debug=smoke's, as composed
     assert saved["trainer"]["accumulate_grad_batches"] == 2
@@ -58,11 +49,10 @@ def test_the_saved_config_is_what_was_given_and_plan_json_what_ran(
     assert results["global_step"] == plan["steps"] and results["batch"] == plan["batch"]
     assert results["precision"] == plan["precision"]
     # a resume with another global batch would read the wrong rows: refused, naming the field
-    refused = train_cli(
-        tmp_path, cache_dir, "resume=true", "trainer.accumulate_grad_batches=1", "budget.tokens=2e4"
-    )
-    assert refused.returncode == 2
-    assert "global_batch_size=8, this run 4" in refused.stderr
+    capsys.readouterr()
+    longer = ["resume=true", "trainer.accumulate_grad_batches=1", "budget.tokens=2e4"]
+    assert run_command("train", *here, *longer) == 2
+    assert "global_batch_size=8, this run 4" in capsys.readouterr().err
 
 
 def plan(rows: int, seq_len: int = 64, steps: int = 10) -> RunPlan:
