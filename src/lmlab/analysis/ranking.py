@@ -102,25 +102,31 @@ def aggregate(
     knobs = list(varying_knobs(runs) if knobs is None else knobs)
     # an eval metric's standard error over its items, where the runs logged it (noise_verdict)
     keys = list(dict.fromkeys([metric, f"{metric}{STDERR}", *EXTRA_COLUMNS]))
-    groups: dict[tuple[str, ...], list[Run]] = {}
+    # variant -> seed -> its first run: a seed counts once (copies would fake a tight spread)
+    groups: dict[tuple[str, ...], dict[str, Run]] = {}
+    copies: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         if not run.failed:
-            groups.setdefault(tuple(knob_value(run, k) for k in knobs), []).append(run)
-    rows = [_row(group, knobs, keys) for group in groups.values()]
-    for row in rows:  # a seed counts once: copies would fake a tight spread
-        by_seed: dict[str, Run] = {}
-        for run in row.runs:
-            by_seed.setdefault(repr(run.seed), run)
-        if len(by_seed) < row.n:
-            row.copies = [r for r in row.runs if r not in by_seed.values()]
-            row.runs = list(by_seed.values())
-            row.stats = _row(row.runs, knobs, keys).stats
+            variant = tuple(knob_value(run, k) for k in knobs)
+            first = groups.setdefault(variant, {}).setdefault(repr(run.seed), run)
+            if first is not run:
+                copies.setdefault(variant, []).append(run)
+    rows = [
+        _row(list(group.values()), knobs, keys, copies=copies.get(variant, []))
+        for variant, group in groups.items()
+    ]
     seeds_vary = len({repr(run.seed) for run in runs}) > 1
     rows += [_row([run], knobs, keys, seeds_vary) for run in runs if run.failed]
     return _rank(rows, metric, higher_is_better)
 
 
-def _row(runs: list[Run], knobs: list[str], keys: list[str], seeds_vary: bool = False) -> Row:
+def _row(
+    runs: list[Run],
+    knobs: list[str],
+    keys: list[str],
+    seeds_vary: bool = False,
+    copies: list[Run] | None = None,
+) -> Row:
     values = {k: knob_value(runs[0], k) for k in knobs}
     failed = runs[0].failed
     label = variant_label(values)
@@ -133,6 +139,7 @@ def _row(runs: list[Run], knobs: list[str], keys: list[str], seeds_vary: bool = 
         stats={key: stat(run_value(run, key) for run in runs) for key in keys},
         status="failed" if failed else "completed",
         error=runs[0].error if failed else None,
+        copies=copies or [],
     )
 
 
