@@ -28,10 +28,11 @@ from bench.run import select  # noqa: E402
 
 REPO = CONF_DIR.parent  # the repository root
 
-GPT2 = {
+# GPT-2's blocks with nanoGPT's exact GELU (nn.GELU()), not GPT-2's tanh form
+NANOGPT = {
     "norm_placement": "pre",
     "norm": "layernorm",
-    "activation": "gelu",
+    "activation": "gelu_exact",
     "positional": "learned",
     "tie_embeddings": True,
 }
@@ -41,9 +42,10 @@ LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "positional": "rope", "tie_e
 def test_shakespeare_char_config_is_nanogpts_cpu_run() -> None:
     cfg = compose_train(["+experiment=shakespeare_char_cpu"])
     model = OmegaConf.to_container(cfg.model)
-    assert {k: model[k] for k in GPT2} == GPT2
+    assert {k: model[k] for k in NANOGPT} == NANOGPT
     assert (model["d_model"], model["n_layers"], model["n_heads"]) == (128, 4, 4)
     assert (model["max_seq_len"], model["dropout"], model["bias"]) == (64, 0.0, False)
+    assert model["activation"] == "gelu_exact"  # nanoGPT's nn.GELU(), not GPT-2's tanh form
     data = cfg.data
     assert (data.source, data.tokenizer, data.batch_size, data.val_fraction) == (
         "shakespeare",
