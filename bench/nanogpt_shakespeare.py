@@ -15,7 +15,8 @@ the vocabulary, the first 90% to train and the last 10% to validate.
 What is timed is the run as nanoGPT's user sees it: ``python train.py ...`` from start to the
 last iteration. After that (not timed) the script scores the whole validation split in
 non-overlapping 65-character rows, lmlab's measure, so that the two are compared alike. Prints
-one JSON line: ``done_at`` (``time.time()`` when training ended), the last validation estimate,
+one JSON line: ``loop_at`` and ``done_at`` (``time.time()`` when the training loop began and
+ended), the last validation estimate,
 the whole-split loss and the iterations run.
 
     python bench/nanogpt_shakespeare.py [--seed 1337] [--max-iters 2000] [--out DIR]
@@ -161,6 +162,7 @@ def main() -> None:
         return out_losses
 
     best_val, last_val, it = 1e9, None, 0
+    loop_at = time.time()  # start-up (imports, data, model) ends here
     x, y = get_batch("train")
     while True:
         for group in optimizer.param_groups:
@@ -199,6 +201,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "loop_at": loop_at,
                 "done_at": done_at,
                 "val_loss_estimate": last_val,
                 "val_loss_whole_split": total / rows.shape[0],
