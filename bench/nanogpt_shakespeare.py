@@ -16,8 +16,7 @@ What is timed is the run as nanoGPT's user sees it: ``python train.py ...`` from
 last iteration. After that (not timed) the script scores the whole validation split in
 non-overlapping 65-character rows, lmlab's measure, so that the two are compared alike. Prints
 one JSON line: ``loop_at`` and ``done_at`` (``time.time()`` when the training loop began and
-ended), the last validation estimate,
-the whole-split loss and the iterations run.
+ended), the last validation estimate, the whole-split loss and the iterations run.
 
     python bench/nanogpt_shakespeare.py [--seed 1337] [--max-iters 2000] [--out DIR]
 """
