@@ -143,6 +143,16 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None:
+    """``run`` into ``run_dir``, stopped by SIGTERM in the validation after step 4, then
+    resumed."""
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*run, *hook], run_dir, cache_dir))
+    assert results(run_dir)["status"] == "preempted" and results(run_dir)["global_step"] == 4
+    train(compose_train([*run, "resume=true"], run_dir, cache_dir))
+
+
 def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache_dir: Path) -> None:
     """Stopped mid-validation, Lightning saves a checkpoint whose resume runs a partial
     validation and logs every later step one step off. The stop waits for the validation's
@@ -150,15 +160,80 @@ def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache
     run = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
     train(compose_train(run, tmp_path / "whole", cache_dir))
     stopped = tmp_path / "stopped"
-    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
-    with pytest.raises(SIGTERMException):
-        train(compose_train([*run, *hook], stopped, cache_dir))
-    assert results(stopped)["status"] == "preempted" and results(stopped)["global_step"] == 4
-    train(compose_train([*run, "resume=true"], stopped, cache_dir))
+    stop_at_4_and_resume(run, stopped, cache_dir)
     history = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(stopped)]
     assert history == [
         (r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path / "whole")
     ]
+
+
+def untimed(run_dir: Path) -> list[tuple[tuple[str, str], ...]]:
+    """``metrics.csv``'s rows, sorted, without the throughput columns, which each process
+    times anew (a resume with no step to train logs the last step's evals after its row)."""
+    return sorted(
+        tuple((k, v) for k, v in r.items() if not k.startswith("perf/")) for r in rows(run_dir)
+    )
+
+
+# what a resume changes in results.json: its name carries resume=true, this process's time
+RESUME_FIELDS = {"run_name", "resumed_from", "wall_seconds"}
+
+
+def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A run stopped after its last step's checkpoint (in the final validation, the evals or
+    the sample) has no step left to train. Its resume validates again, runs the last step's
+    evals and the sample, and writes the results the uninterrupted run wrote: the last step's
+    train loss, the best validation loss, the throughput and the kernels come from the
+    checkpoint. ``metrics.csv`` holds the final validation once, whether or not the stopped
+    run had logged it. Two stops: SIGTERM in the final validation (its checkpoint is saved
+    once the validation ends), and a ``kill -9`` before the validation's row was written."""
+    run = [*SMOKE, "eval.tasks=[stdlib_nextline]", "eval.limit=3"]
+    train(compose_train(run, tmp_path / "whole", cache_dir))
+    whole, history = results(tmp_path / "whole"), untimed(tmp_path / "whole")
+    assert whole["train_loss"] and whole["tokens_per_second"] and whole["sample"]
+    assert "eval/stdlib_nextline/acc" in whole and rows(tmp_path / "whole")[-1]["val/loss"]
+
+    def same_end(run_dir: Path, timed: set[str]) -> None:
+        again = results(run_dir)
+        assert again["status"] == "completed" and again["resumed_from"]
+        assert {k for k in whole.keys() | again.keys() if whole.get(k) != again.get(k)} <= (
+            RESUME_FIELDS | timed
+        ), again
+        assert all(again[k] for k in timed)
+        assert untimed(run_dir) == history
+
+    stopped = tmp_path / "stopped"
+    stop_at_4_and_resume(run, stopped, cache_dir)
+    same_end(stopped, {"tokens_per_second", "mfu"})  # timed in the stopped process
+
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "whole", killed, symlinks=True)
+    (killed / "results.json").write_text(json.dumps({"status": "running"}))
+    with open(killed / "csv" / "metrics.csv") as f:
+        lines = f.readlines()
+    (killed / "csv" / "metrics.csv").write_text("".join(lines[:-1]))  # no final validation
+    train(compose_train([*run, "resume=auto"], killed, cache_dir))
+    same_end(killed, set())  # the whole run's checkpoint: its throughput too
+
+
+def test_a_resumed_run_reports_the_best_validation_loss_of_every_process(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The checkpoint keeps the best validation loss so far; the resumed run's
+    ``best_val_loss`` starts from it. (A checkpoint is written before its step's
+    validation: a resume from step N knows the validations before N.)"""
+    train(compose_train([*SMOKE, "trainer.max_steps=6"], tmp_path, cache_dir))
+    path = (tmp_path / "checkpoints" / "last.ckpt").resolve()
+    ckpt = torch.load(path, weights_only=True)
+    before = [float(r["val/loss"]) for r in rows(tmp_path) if r["val/loss"] and int(r["step"]) < 5]
+    assert ckpt["run_state"]["best_val_loss"] == pytest.approx(min(before), rel=1e-6)
+    assert ckpt["run_state"]["train_loss"] == pytest.approx(results(tmp_path)["train_loss"])
+    ckpt["run_state"]["best_val_loss"] = 0.5  # below any loss this run reaches
+    torch.save(ckpt, path)
+    train(compose_train([*SMOKE, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
+    assert results(tmp_path)["best_val_loss"] == 0.5
 
 
 def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 class Throughput(L.Callback):
     """Tokens/s and MFU over the time spent in training batches (validation excluded). The
-    first ``skip`` batches (allocation, compilation) are left out. Logs every
-    ``log_every_n_steps``; on CUDA it synchronises only then."""
+    first ``skip`` batches of each process (allocation, compilation) are left out. Logs every
+    ``log_every_n_steps``; on CUDA it synchronises only then. Checkpoints keep the totals, so
+    a resumed run's figures cover every process that trained it."""
 
     def __init__(self, skip: int = 2, cache_dir: str = "~/.cache/lmlab") -> None:
         self.skip, self.cache_dir = skip, cache_dir
@@ -73,6 +74,14 @@ class Throughput(L.Callback):
             if self.peak:
                 pl_module.log("perf/mfu", tps * self.flops_per_token / self.world_size / self.peak)
             self.window_tokens = self.window_seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        # the peak and FLOPs per token too: a resume with no step left to train measures none
+        keep = ("tokens", "seconds", "flops_per_token", "peak", "world_size")
+        return {name: getattr(self, name) for name in keep}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)  # a training start measures the peak afresh
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -142,6 +151,13 @@ def cross_entropy_form(ops: set[str], compiled_loss: bool) -> str:
     if compiled_loss:
         return "full (compiled)"
     return "chunked" if any("linear_cross_entropy" in n for n in ops) else "full"
+
+
+def finishing(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Whether this validation ends a resumed run that had no step left to train (stopped
+    after its last checkpoint): Lightning then starts and ends no training, so the extras of
+    a run's start and end (the last step's evals, the sample) run around this validation."""
+    return getattr(pl_module, "finishing", False) and not trainer.sanity_checking
 
 
 def forward_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -242,6 +258,10 @@ class Sample(L.Callback):
         with optional("the end-of-run sample"), eager():
             self.sample(trainer, pl_module)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if finishing(trainer, pl_module):  # a resumed run's end: no training ended here
+            self.on_train_end(trainer, pl_module)
+
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tok = trainer.datamodule.tokenizer
         ids = torch.tensor([encode(tok, self.prompt)], device=pl_module.device)
@@ -326,6 +346,10 @@ class EvalTasks(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.due(trainer):
             self.evaluate(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if finishing(trainer, pl_module):  # a resumed run's end: its last step's evals
+            self.on_train_start(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.last_step = trainer.global_step

@@ -174,12 +174,20 @@ def write_rows(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) ->
 class HistoryWriter(ExperimentWriter):
     """Lightning's CSV writer deletes ``metrics.csv`` when it starts. This one keeps the rows
     of the steps before ``resume_step`` (the step a resumed run continues from) and drops the
-    rest, which the resumed run logs again: one history, no step twice. A fresh run
-    (``resume_step=0``) starts an empty file."""
+    rest, which the resumed run logs again: one history, no step twice. ``revalidates``: the
+    resumed run validates its checkpoint's step again (it has no step left to train), so that
+    step's validation rows go too. A fresh run (``resume_step=0``) starts an empty file."""
 
-    def __init__(self, log_dir: str, resume_step: int = 0) -> None:
-        self.resume_step = resume_step
+    def __init__(self, log_dir: str, resume_step: int = 0, revalidates: bool = False) -> None:
+        self.resume_step, self.revalidates = resume_step, revalidates
         super().__init__(log_dir)
+
+    def keeps(self, row: dict[str, str]) -> bool:
+        # a step's rows carry step - 1 (Lightning counts the steps done before it)
+        step = int(row["step"])
+        if self.revalidates and step == self.resume_step - 1 and row.get("val/loss"):
+            return False
+        return step < self.resume_step
 
     def _check_log_dir_exists(self) -> None:
         path = Path(self.metrics_file_path)
@@ -187,7 +195,7 @@ class HistoryWriter(ExperimentWriter):
             return
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            kept = [row for row in reader if int(row["step"]) < self.resume_step]
+            kept = [row for row in reader if self.keeps(row)]
             fieldnames = list(reader.fieldnames or [])
         if not kept:
             path.unlink()
@@ -206,22 +214,27 @@ class CSVLogger(pl_loggers.CSVLogger):
     the run directory's ``csv/metrics.csv``. ``resume_step`` is the resumed checkpoint's step
     (``build_loggers`` sets it)."""
 
-    def __init__(self, *args: Any, resume_step: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, resume_step: int = 0, revalidates: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.resume_step = resume_step
+        self.resume_step, self.revalidates = resume_step, revalidates
 
     @property
     @rank_zero_experiment
     def experiment(self) -> HistoryWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = HistoryWriter(self.log_dir, self.resume_step)
+            self._experiment = HistoryWriter(self.log_dir, self.resume_step, self.revalidates)
         return self._experiment
 
 
-def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int = 0) -> list[Logger]:
+def build_loggers(
+    cfg: DictConfig, out_dir: Path, resume_step: int = 0, revalidates: bool = False
+) -> list[Logger]:
     """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys. A run
-    resumed from step ``resume_step`` continues the CSV history from there."""
+    resumed from step ``resume_step`` continues the CSV history from there (``revalidates``:
+    ``HistoryWriter``)."""
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
@@ -246,7 +259,7 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int = 0) -> list[
                 )
             )
         elif issubclass(get_class(lcfg._target_), CSVLogger):
-            loggers.append(instantiate(lcfg, resume_step=resume_step))
+            loggers.append(instantiate(lcfg, resume_step=resume_step, revalidates=revalidates))
         else:
             loggers.append(instantiate(lcfg))
     flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)))

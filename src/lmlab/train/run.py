@@ -445,11 +445,16 @@ def _fit(
                 plan.steps,
             )
             return done.get("val_loss")
+    # stopped after its last checkpoint (in the final validation, evals, sample): only the
+    # run's end is left, which this process does again
+    finishing = ckpt is not None and ckpt["global_step"] == plan.steps
     run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
         write_json(out_dir / PLAN_FILE, plan.as_dict() | (model_record(init) if init else {}))
-    loggers = build_loggers(cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0)
+    loggers = build_loggers(
+        cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0, revalidates=finishing
+    )
     trainer = build_trainer(
         cfg, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
     )
@@ -486,9 +491,12 @@ def _fit(
     rescore = final_val_limit(cfg.get("final_val_batches"), trainer.limit_val_batches)
     if rescore is not None:
         trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
+    task.finishing = finishing  # its evals and sample run around this last validation
     if rescore is not None or task.last_val_step != trainer.global_step:
         trainer.validate(task, datamodule=dm, verbose=False)  # it drops the train/* metrics
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if "train/loss" not in metrics and task.logged_loss is not None:  # nothing trained here
+        metrics["train/loss"] = float(task.logged_loss[1])
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
     evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
@@ -511,8 +519,8 @@ def _fit(
         global_step=trainer.global_step,
         tokens_per_second=throughput.tokens_per_second if throughput else None,
         mfu=throughput.mfu if throughput else None,
-        sdpa_kernels=getattr(task, "sdpa_kernels", None),
-        cross_entropy=getattr(task, "cross_entropy", None),
+        sdpa_kernels=task.sdpa_kernels,
+        cross_entropy=task.cross_entropy,
         wall_seconds=time.time() - start,
         device=str(task.device),
         precision=str(trainer.precision),

@@ -117,6 +117,14 @@ class LMTask(L.LightningModule):
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
+        # (global step, its train/loss on the device) of the last step that logged it: a
+        # checkpoint of that step keeps the value (``run_state``)
+        self.logged_loss: tuple[int, torch.Tensor] | None = None
+        self.sdpa_kernels: list[str] | None = None  # SDPAKernelReport sets both
+        self.cross_entropy: str | None = None
+        # True for the validation that ends a resumed run with no step left to train
+        # (``lmlab.train.run``): the extras of a run's end run around it
+        self.finishing = False
         self.val_tokens: int | None = None  # target tokens the last validation scored
         # called with (trainer, optimizer, gradient norm) every step, before the optimizer
         # step (set by lmlab.train.guard.NonFiniteGuard); None: no check
@@ -140,6 +148,33 @@ class LMTask(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if getattr(datamodule, "tokenizer", None) is not None:
             checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
+        checkpoint["run_state"] = self.run_state()
+
+    def run_state(self) -> dict[str, Any]:
+        """What ``results.json`` reports about the steps up to this checkpoint, for a resumed
+        run: the best validation loss so far, the train loss of the checkpoint's step (None
+        unless that step logged it; the last step always does) and the training step's
+        kernels. Read once per checkpoint, when the host waits for the device anyway."""
+        step = self.trainer.global_step
+        logged = self.logged_loss
+        return {
+            "best_val_loss": self.best_val_loss,
+            "train_loss": float(logged[1]) if logged and logged[0] == step else None,
+            "sdpa_kernels": self.sdpa_kernels,
+            "cross_entropy": self.cross_entropy,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run's best validation loss covers the validations before the checkpoint
+        too; a resume with no step left to train reports the checkpoint's train loss and
+        kernels (checkpoints from before ``run_state`` restore nothing)."""
+        state = checkpoint.get("run_state") or {}
+        self.best_val_loss = state.get("best_val_loss")
+        self.sdpa_kernels = state.get("sdpa_kernels")
+        self.cross_entropy = state.get("cross_entropy")
+        if state.get("train_loss") is not None:
+            loss = torch.tensor(state["train_loss"])
+            self.logged_loss = (checkpoint["global_step"], loss)
 
     def configure_model(self) -> None:
         """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
@@ -211,12 +246,14 @@ class LMTask(L.LightningModule):
             self.step_loads.append(torch.stack(loads))
         if len(self.step_losses[1]) == self.trainer.accumulate_grad_batches:
             mean = torch.stack(self.step_losses[1]).mean(0)
+            mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # over the ranks
+            self.logged_loss = (step + 1, mean[0])  # the step's count once its update is made
             # not prog_bar: Lightning converts progress-bar values to floats after every batch,
             # a host-device sync per step; lmlab's ProgressBar shows it on logging steps
-            self.log("train/loss", mean[0], sync_dist=True)
+            self.log("train/loss", mean[0])
             if self.moe_layers:
-                self.log("train/aux_loss", mean[1], sync_dist=True)
-                self.log("train/z_loss", mean[2], sync_dist=True)
+                self.log("train/aux_loss", mean[1])
+                self.log("train/z_loss", mean[2])
                 self.log_expert_load(torch.stack(self.step_loads).mean(0))
 
     def log_expert_load(self, loads_LE1: torch.Tensor) -> None:
