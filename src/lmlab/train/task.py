@@ -155,7 +155,7 @@ class LMTask(L.LightningModule):
         run: the best validation loss so far, the train loss of the checkpoint's step (None
         unless that step logged it; the last step always does) and the training step's
         kernels. Read once per checkpoint, when the host waits for the device anyway."""
-        step = self.trainer.global_step
+        step = self._trainer.global_step if self._trainer else None
         logged = self.logged_loss
         return {
             "best_val_loss": self.best_val_loss,
