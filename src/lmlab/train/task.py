@@ -117,9 +117,9 @@ class LMTask(L.LightningModule):
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
-        # (global step, its train/loss on the device) of the last step that logged it: a
-        # checkpoint of that step keeps the value (``run_state``)
-        self.logged_loss: tuple[int, torch.Tensor] | None = None
+        # (global step, its train/loss: on the device, or restored from a checkpoint) of the
+        # last step that logged it: a checkpoint of that step keeps the value (``run_state``)
+        self.logged_loss: tuple[int, torch.Tensor | float] | None = None
         self.sdpa_kernels: list[str] | None = None  # SDPAKernelReport sets both
         self.cross_entropy: str | None = None
         # True for the validation that ends a resumed run with no step left to train
@@ -173,8 +173,7 @@ class LMTask(L.LightningModule):
         self.sdpa_kernels = state.get("sdpa_kernels")
         self.cross_entropy = state.get("cross_entropy")
         if state.get("train_loss") is not None:
-            loss = torch.tensor(state["train_loss"])
-            self.logged_loss = (checkpoint["global_step"], loss)
+            self.logged_loss = (checkpoint["global_step"], state["train_loss"])
 
     def configure_model(self) -> None:
         """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
