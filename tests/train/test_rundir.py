@@ -156,11 +156,20 @@ def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None
 def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache_dir: Path) -> None:
     """Stopped mid-validation, Lightning saves a checkpoint whose resume runs a partial
     validation and logs every later step one step off. The stop waits for the validation's
-    end instead: the resumed history is the uninterrupted one, row for row."""
+    end instead: the resumed history is the uninterrupted one, row for row. Step 4 is a
+    periodic checkpoint's step too, saved once at that point: ``last.ckpt`` links to it."""
     run = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
+    run += ["checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=1"]
     train(compose_train(run, tmp_path / "whole", cache_dir))
     stopped = tmp_path / "stopped"
-    stop_at_4_and_resume(run, stopped, cache_dir)
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*run, *hook], stopped, cache_dir))
+    ckpts = stopped / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step000004.ckpt"]
+    assert os.readlink(ckpts / "last.ckpt") == "step000004.ckpt"
+    assert results(stopped)["error"].endswith("after saving " + str(ckpts / "last.ckpt"))
+    train(compose_train([*run, "resume=true"], stopped, cache_dir))
     history = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(stopped)]
     assert history == [
         (r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path / "whole")
@@ -222,18 +231,36 @@ def test_a_resumed_run_reports_the_best_validation_loss_of_every_process(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     """The checkpoint keeps the best validation loss so far; the resumed run's
-    ``best_val_loss`` starts from it. (A checkpoint is written before its step's
-    validation: a resume from step N knows the validations before N.)"""
-    train(compose_train([*SMOKE, "trainer.max_steps=6"], tmp_path, cache_dir))
-    path = (tmp_path / "checkpoints" / "last.ckpt").resolve()
-    ckpt = torch.load(path, weights_only=True)
-    before = [float(r["val/loss"]) for r in rows(tmp_path) if r["val/loss"] and int(r["step"]) < 5]
-    assert ckpt["run_state"]["best_val_loss"] == pytest.approx(min(before), rel=1e-6)
-    assert ckpt["run_state"]["train_loss"] == pytest.approx(results(tmp_path)["train_loss"])
-    ckpt["run_state"]["best_val_loss"] = 0.5  # below any loss this run reaches
-    torch.save(ckpt, path)
-    train(compose_train([*SMOKE, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
+    ``best_val_loss`` starts from it. A periodic checkpoint whose step is validated is saved
+    once that validation ends, so it holds it; the last step's is saved before the final
+    validation, which a resume from it runs again, and a run extended past its end takes
+    that one from its results."""
+    run = [*SMOKE, "trainer.max_steps=6", "checkpoint.every_n_steps=2"]
+    train(compose_train([*run, "callbacks.checkpoint.save_top_k=-1"], tmp_path, cache_dir))
+    val = {int(r["step"]) + 1: float(r["val/loss"]) for r in rows(tmp_path) if r["val/loss"]}
+    assert sorted(val) == [2, 4, 6] and val[4] < val[2], val  # step 4's own is its best
+    ckpts = tmp_path / "checkpoints"
+    best = {
+        step: torch.load(ckpts / f"step00000{step}.ckpt", weights_only=True)["run_state"]
+        for step in (2, 4, 6)
+    }
+    assert best[2]["best_val_loss"] == pytest.approx(val[2], rel=1e-6)
+    assert best[4]["best_val_loss"] == pytest.approx(val[4], rel=1e-6)
+    assert best[6]["best_val_loss"] == pytest.approx(val[4], rel=1e-6)
+    assert best[6]["train_loss"] == pytest.approx(results(tmp_path)["train_loss"])
+    # extended past its end: step 6's own validation is in results.json, as if it were the
+    # best (0.5 is below any loss this run reaches); then the checkpoint's
+    ended = results(tmp_path) | {"best_val_loss": 0.5}
+    (tmp_path / "results.json").write_text(json.dumps(ended))
+    train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
     assert results(tmp_path)["best_val_loss"] == 0.5
+    path = (ckpts / "last.ckpt").resolve()
+    ckpt = torch.load(path, weights_only=True)
+    assert step_of(path) == 8 and ckpt["run_state"]["best_val_loss"] == 0.5  # carried on
+    ckpt["run_state"]["best_val_loss"] = 0.25
+    torch.save(ckpt, path)
+    train(compose_train([*run, "trainer.max_steps=10", "resume=true"], tmp_path, cache_dir))
+    assert results(tmp_path)["best_val_loss"] == 0.25
 
 
 def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(

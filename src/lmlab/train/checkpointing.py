@@ -3,8 +3,9 @@
 - ``AtomicCheckpointIO`` writes to a temporary file in the same folder, fsyncs it and renames
   it into place, so a kill during a save leaves the previous checkpoint intact; it loads with
   ``torch.load(weights_only=True)``, never unpickling arbitrary objects.
-- ``Checkpoint`` also saves when training ends between two periodic saves, and keeps
-  ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
+- ``Checkpoint`` saves a periodic step whose validation follows at that validation's end
+  (the checkpoint holds it), also saves when training ends between two periodic saves, and
+  keeps ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
   atomically: one copy on disk, never absent.
 - ``Preemption`` turns SIGTERM (and SIGUSR1 outside SLURM's auto-requeue, which Lightning
   handles itself) and Ctrl-C (SIGINT) into a checkpoint at the next step boundary and a
@@ -98,18 +99,51 @@ class Checkpoint(ModelCheckpoint):
         if self.save_last == "link" and os.path.abspath(filepath) != os.path.abspath(last):
             self._link_checkpoint(trainer, filepath, last)
 
+    pending_step: int | None = None  # a periodic save waiting for its step's validation
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.pending_step is not None and trainer.global_step > self.pending_step:
+            self.save_now(trainer)  # its validation did not run: saved one step later
+        if self.waits_for_validation(trainer):
+            self.pending_step = trainer.global_step
+        else:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if 0 < trainer.max_steps <= trainer.global_step:
             # the last step is saved here, inside its epoch like every periodic save (a run
             # resumed from it logs on the right steps), and before the end-of-run extras
-            self.save_final(trainer)
+            self.save_now(trainer)
+
+    def waits_for_validation(self, trainer: L.Trainer) -> bool:
+        """A periodic save is due at this step and a validation follows it: the save waits
+        for the validation's end, so the checkpoint holds that validation (the best
+        validation loss so far; a resume does not run it again), as nanoGPT and litgpt save
+        after their evaluation. The last step is saved at once: its validation is the run's
+        end, which a resume from that checkpoint runs again."""
+        step = trainer.global_step
+        due = self._every_n_train_steps >= 1 and step % self._every_n_train_steps == 0
+        if not due or step >= trainer.max_steps > 0 or self._should_skip_saving_checkpoint(trainer):
+            return False
+        if step == self.pending_step:  # still waiting: no save amid the next accumulation
+            return True
+        loop = trainer.fit_loop
+        try:  # the test Lightning's epoch loop makes after this hook (private: if it is gone,
+            # the save is made now, before the validation, as Lightning's own)
+            return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+        except AttributeError:
+            return False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pending_step == trainer.global_step and not trainer.sanity_checking:
+            self.save_now(trainer)
+        super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save_final(trainer)  # training ended another way (max_epochs, a stop)
+        self.save_now(trainer)  # training ended another way (max_epochs, a stop)
         super().on_train_end(trainer, pl_module)
 
-    def save_final(self, trainer: L.Trainer) -> None:
+    def save_now(self, trainer: L.Trainer) -> None:
+        """Save this step (top-k and ``last.ckpt``) unless it is saved already."""
+        self.pending_step = None
         if trainer.global_step > self._last_global_step_saved:
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
@@ -178,7 +212,7 @@ class Preemption(L.Callback):
             return
         self._stop_held = False
         if trainer.state.fn == TrainerFn.FITTING:
-            self._save(trainer)
+            self._save_at_validation_end(trainer)
         if callable(lightning_handler):  # Lightning stops at the end of this step
             lightning_handler(signal.SIGTERM, None)
         else:
@@ -193,12 +227,28 @@ class Preemption(L.Callback):
         if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
             self._save(trainer)
 
+    def _save_at_validation_end(self, trainer: L.Trainer) -> None:
+        """A periodic save waiting for this validation (``Checkpoint.waits_for_validation``)
+        is made now, once: ``last.ckpt`` links to it. Otherwise ``last.ckpt`` is written."""
+        step = trainer.global_step
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, Checkpoint) and callback.pending_step == step:
+                callback.save_now(trainer)
+                saved = callback.last_model_path or callback.best_model_path
+                if callback._last_global_step_saved == step and saved:
+                    self.saved, self.saved_step = Path(saved), step
+                    log.warning("%s at step %d: saved %s", self._why(), step, saved)
+                    return
+        self._save(trainer)
+
+    def _why(self) -> str:
+        return "interrupted" if self.interrupted else "preempted"
+
     def _save(self, trainer: L.Trainer) -> None:
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
         self.saved, self.saved_step = path, trainer.global_step
-        what = "interrupted" if self.interrupted else "preempted"
-        log.warning("%s at step %d: saved %s", what, trainer.global_step, path)
+        log.warning("%s at step %d: saved %s", self._why(), trainer.global_step, path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_sigint()

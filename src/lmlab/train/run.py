@@ -445,6 +445,11 @@ def _fit(
                 plan.steps,
             )
             return done.get("val_loss")
+    # a completed run extended (a larger trainer.max_steps) resumes from its last step's
+    # checkpoint, written before its final validation: results.json holds that one
+    extended = finished_run(out_dir) if cfg.get("resume") and ckpt is not None else None
+    if extended is not None and extended.get("global_step") != ckpt["global_step"]:
+        extended = None
     # stopped after its last checkpoint (in the final validation, evals, sample): only the
     # run's end is left, which this process does again
     finishing = ckpt is not None and ckpt["global_step"] == plan.steps
@@ -476,6 +481,8 @@ def _fit(
         bytes_per_token=dm.val_bytes_per_token,
         task=spec,
     )
+    if extended is not None:
+        task.best_val_loss = extended.get("best_val_loss")  # with the checkpoint's, the lower
     if init is not None and ckpt_path is None:  # resuming restores its own weights
         dropped, fresh = load_weights(task.model, init, spec.kind)
         log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)

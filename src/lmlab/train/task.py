@@ -166,10 +166,12 @@ class LMTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run's best validation loss covers the validations before the checkpoint
-        too; a resume with no step left to train reports the checkpoint's train loss and
-        kernels (checkpoints from before ``run_state`` restore nothing)."""
+        too (and one known otherwise, set before: ``lmlab.train.run``); a resume with no step
+        left to train reports the checkpoint's train loss and kernels (checkpoints from
+        before ``run_state`` restore nothing)."""
         state = checkpoint.get("run_state") or {}
-        self.best_val_loss = state.get("best_val_loss")
+        known = [v for v in (self.best_val_loss, state.get("best_val_loss")) if v is not None]
+        self.best_val_loss = min(known, default=None)
         self.sdpa_kernels = state.get("sdpa_kernels")
         self.cross_entropy = state.get("cross_entropy")
         if state.get("train_loss") is not None:
