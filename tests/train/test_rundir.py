@@ -116,18 +116,25 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     """As if killed after step 4's checkpoint, once the rows of steps 4 and 5 were written:
-    the resumed run replays those steps, and the file holds each once, as uninterrupted."""
+    the resumed run replays those steps, and the file holds each once, as uninterrupted.
+    Two micro-batches a step: the checkpoint, saved once step 4's validation ends, is a
+    step boundary."""
     run = [*SMOKE, "trainer.max_steps=6", "checkpoint.every_n_steps=2"]
-    run += ["callbacks.checkpoint.save_top_k=-1"]
+    run += ["callbacks.checkpoint.save_top_k=-1", "data.global_batch_size=8"]
     train(compose_train(run, tmp_path, cache_dir))
     uninterrupted = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)]
     ckpts = tmp_path / "checkpoints"
     (ckpts / "last.ckpt").unlink()
     (ckpts / "step000006.ckpt").unlink()
     shutil.copy(ckpts / "step000004.ckpt", ckpts / "last.ckpt")
+    whole = results(tmp_path)
     train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
-    assert results(tmp_path)["global_step"] == 6
+    again = results(tmp_path)
+    assert again["global_step"] == 6 and again["batch"]["accumulation"] == 2
     assert [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)] == uninterrupted
+    assert [again[k] for k in ("train_loss", "val_loss", "best_val_loss")] == [
+        whole[k] for k in ("train_loss", "val_loss", "best_val_loss")
+    ]
 
 
 class SignalAt(L.Callback):
