@@ -84,7 +84,7 @@ def saved_step(path: Path) -> int:
 
 
 def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
-    tmp_path: Path, start_train, reference: dict
+    tmp_path: Path, start_train, reference: dict, cache_dir: Path
 ) -> None:
     """Killed with -9 after the first checkpoint, resumed, stopped by SIGTERM (preemption saves
     a checkpoint at the next step boundary, exit code 143, status preempted), resumed again:
@@ -122,8 +122,7 @@ def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
     assert results(tmp_path)["status"] == "preempted"
     assert killed_at < saved_step(last) < 40
 
-    resumed = launch("resume=true")
-    assert resumed.wait() == 0, resumed.stdout.read()
+    train(compose_train([*RUN, "resume=true"], tmp_path, cache_dir))  # one import less
     r = results(tmp_path)
     assert r["status"] == "completed" and r["global_step"] == 40
     assert r["resumed_from"].endswith("last.ckpt")
@@ -136,7 +135,7 @@ def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
 
 
 def test_ctrl_c_saves_records_interrupted_and_resumes_exactly(
-    tmp_path: Path, start_train, reference: dict
+    tmp_path: Path, start_train, reference: dict, cache_dir: Path
 ) -> None:
     """SIGINT (Ctrl-C) stops at the next step boundary like SIGTERM: a checkpoint there,
     ``status: interrupted``, exit code 130 and the resume command in the log. The resumed run
@@ -156,8 +155,7 @@ def test_ctrl_c_saves_records_interrupted_and_resumes_exactly(
     assert f"interrupted at step {stopped_at}" in out and "resume=true" in out
     assert "Traceback" not in out
 
-    resumed = start_train(*RUN, f"hydra.run.dir={tmp_path}", "resume=true")
-    assert resumed.wait() == 0, resumed.stdout.read()
+    train(compose_train([*RUN, "resume=true"], tmp_path, cache_dir))  # one import less
     r = results(tmp_path)
     assert r["status"] == "completed" and r["global_step"] == 40
     assert r["val_loss"] == reference["val_loss"]
