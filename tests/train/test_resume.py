@@ -97,8 +97,8 @@ def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
 
     proc = launch()
     wait_for(last, proc)
-    # Lightning saves a step's checkpoint before it logs that step: a kill in between loses
-    # the row (README). Here the kill comes once the row is written, the common case.
+    # step 10 has no validation: its checkpoint is saved before its row is logged, and a kill
+    # in between loses the row (README). Here the kill comes once the row is written.
     while saved_step(last) - 1 not in logged_steps(tmp_path, "train/loss"):
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.01)
