@@ -380,14 +380,15 @@ def test_resume_continues_from_the_newest_intact_checkpoint(
         train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
 
 
-def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
-    tmp_path: Path, start_train
+def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
+    tmp_path: Path, start_train, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """``resume=auto`` into a sweep's folder with another grid: the job whose config changed
-    (gelu -> swiglu) is refused and its folder stays byte for byte as it was (Hydra's launcher
-    used to rewrite its ``.hydra/`` first); the job that continues gets ``.hydra/`` as
-    configured, with nothing of how it was held. The first invocation's ``multirun.yaml`` is
-    kept as ``multirun.1.yaml``."""
+    (gelu -> swiglu in folder 1) is named and the sweep is refused before any job trains, the
+    folder byte for byte as it was (job 0 used to train on, and Hydra's launcher rewrote
+    job 1's ``.hydra/``). Resumed with its own grid, each job continues and gets ``.hydra/``
+    as configured, with nothing of how it was held; the first invocation's
+    ``multirun.yaml`` is kept as ``multirun.1.yaml``."""
     from lmlab.train.rundir import HELD_SUBDIR
 
     sweep = tmp_path / "sweep"
@@ -395,19 +396,23 @@ def test_a_resumed_sweep_with_another_grid_leaves_the_refused_jobs_alone(
     first = start_train(*common, "model.activation=relu,gelu")
     output = first.communicate(timeout=600)[0]
     assert first.returncode == 0, output[-3000:]
-    before, first_multirun = snapshot(sweep / "1"), (sweep / "multirun.yaml").read_bytes()
-    # job 0 trains 2 more steps (a completed job with nothing left to train is left alone)
-    second = start_train(
-        *common, "model.activation=relu,swiglu", "resume=auto", "trainer.max_steps=6"
-    )
+    before, first_multirun = snapshot(sweep), (sweep / "multirun.yaml").read_bytes()
+    more = ["resume=auto", "trainer.max_steps=6"]
+    assert run_command("train", *common, "model.activation=relu,swiglu", *more) == 2
+    err = capsys.readouterr().err
+    assert "error: 1 of the sweep's 2 jobs would be refused, so none was started" in err, err
+    assert f"#1 model.activation=swiglu: cannot resume {sweep / '1'}: it holds another " in err
+    assert "differing fields: model.activation: 'gelu' (saved) vs 'swiglu' (now)" in err
+    assert changed(before, snapshot(sweep)) == []
+
+    second = start_train(*common, "model.activation=relu,gelu", *more)
     output = second.communicate(timeout=600)[0]
     assert second.returncode == 0, output[-3000:]
-    assert "differing fields: model.activation" in output
-    assert changed(before, snapshot(sweep / "1")) == []
+    assert [results(sweep / job)["global_step"] for job in "01"] == [6, 6]
     # the first invocation's multirun.yaml is kept; Hydra wrote the second's in its place
     assert (sweep / "multirun.1.yaml").read_bytes() == first_multirun
     task = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
-    assert "model.activation=relu,swiglu" in task and "resume=auto" in task
+    assert "model.activation=relu,gelu" in task and "resume=auto" in task
     hydra_yaml = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
     assert hydra_yaml["output_subdir"] == ".hydra"
     added = ("output_subdir", HELD_SUBDIR, "HeldFileHandler")

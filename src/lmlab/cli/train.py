@@ -118,7 +118,7 @@ class RunDirCallback(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
-        check_sweep(config)
+        check_sweep(config, resumed)
         if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
             take_fresh_sweep_dir(config, sweep_dir)
         if resumed:
@@ -164,12 +164,15 @@ class RunDirCallback(Callback):
 MAX_REASONS = 10  # a refused sweep's lines, one reason each
 
 
-def check_sweep(config: DictConfig) -> None:
+def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     """Every job of a sweep passes the checks a run makes before any work
     (``lmlab.train.preflight.check_job``), or the sweep exits here, before Hydra writes
-    anything, naming each refused job and why. Jobs a cluster launcher sends elsewhere are
-    checked without this machine's GPU and memory (``lmlab.cli.sweep.runs_here``). An Optuna
-    sweep: the corners of its search space (``lmlab.cli.sweep.search_corners``)."""
+    anything, naming each refused job and why. ``resumed``: a sweep continued in its folder;
+    each job passes its run directory's checks too (``lmlab.train.run.check_continues``), so
+    a job whose config changed is refused before its neighbours train. Jobs a cluster
+    launcher sends elsewhere are checked without this machine's GPU and memory
+    (``lmlab.cli.sweep.runs_here``). An Optuna sweep: the corners of its search space
+    (``lmlab.cli.sweep.search_corners``)."""
     jobs = sweep_jobs(config)
     corners = jobs is None
     if corners:
@@ -179,6 +182,7 @@ def check_sweep(config: DictConfig) -> None:
     what, noun = ("search space's", "corners") if corners else ("sweep's", "jobs")
     with long_lived():
         from lmlab.train.preflight import check_job
+        from lmlab.train.run import check_continues
     started = time.perf_counter()
     keys, machine = swept_keys(jobs), runs_here(config)
     refused: dict[str, list[str]] = {}
@@ -188,7 +192,10 @@ def check_sweep(config: DictConfig) -> None:
             try:
                 job = job_config(config, overrides, num)
                 HydraConfig.instance().set_config(job)  # ${hydra:...} of this job
-                budget = check_job(job, machine).budget
+                plan = check_job(job, machine)
+                if resumed and not corners:
+                    check_continues(job, plan, Path(job.hydra.runtime.output_dir))
+                budget = plan.budget
                 steps, tokens, flops = (
                     steps + budget.steps,
                     tokens + budget.tokens,

@@ -198,6 +198,14 @@ def already_done(
     return None
 
 
+def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
+    """What a resumed run checks of the run it continues in ``out_dir`` (``resume_checkpoint``:
+    its checkpoint and config; ``check_resumable``: its plan's task, global batch and
+    sequence length), for a resumed sweep's job before any job of the sweep starts."""
+    resume_checkpoint(cfg, out_dir)
+    check_resumable(read_plan(out_dir), plan, out_dir)
+
+
 def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
     """The data's tokenizer now is the checkpoint's: a changed corpus trains another one,
     whose ids would not mean what the weights learnt."""
