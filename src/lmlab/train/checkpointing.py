@@ -141,13 +141,18 @@ class Checkpoint(ModelCheckpoint):
         self.save_now(trainer)  # training ended another way (max_epochs, a stop)
         super().on_train_end(trainer, pl_module)
 
-    def save_now(self, trainer: L.Trainer) -> None:
-        """Save this step (top-k and ``last.ckpt``) unless it is saved already."""
+    def save_now(self, trainer: L.Trainer) -> str | None:
+        """Save this step (top-k and ``last.ckpt``) unless it is saved already; the path
+        saved (``last.ckpt`` where it is kept), None if nothing was."""
         self.pending_step = None
-        if trainer.global_step > self._last_global_step_saved:
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+        if trainer.global_step <= self._last_global_step_saved:
+            return None
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+        if self._last_global_step_saved != trainer.global_step:  # save_top_k=0, no last
+            return None
+        return self.last_model_path or self.best_model_path
 
 
 class Preemption(L.Callback):
@@ -230,25 +235,23 @@ class Preemption(L.Callback):
     def _save_at_validation_end(self, trainer: L.Trainer) -> None:
         """A periodic save waiting for this validation (``Checkpoint.waits_for_validation``)
         is made now, once: ``last.ckpt`` links to it. Otherwise ``last.ckpt`` is written."""
-        step = trainer.global_step
         for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, Checkpoint) and callback.pending_step == step:
-                callback.save_now(trainer)
-                saved = callback.last_model_path or callback.best_model_path
-                if callback._last_global_step_saved == step and saved:
-                    self.saved, self.saved_step = Path(saved), step
-                    log.warning("%s at step %d: saved %s", self._why(), step, saved)
+            if isinstance(callback, Checkpoint) and callback.pending_step == trainer.global_step:
+                saved = callback.save_now(trainer)
+                if saved:
+                    self._saved(trainer, Path(saved))
                     return
         self._save(trainer)
-
-    def _why(self) -> str:
-        return "interrupted" if self.interrupted else "preempted"
 
     def _save(self, trainer: L.Trainer) -> None:
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
+        self._saved(trainer, path)
+
+    def _saved(self, trainer: L.Trainer, path: Path) -> None:
         self.saved, self.saved_step = path, trainer.global_step
-        log.warning("%s at step %d: saved %s", self._why(), trainer.global_step, path)
+        what = "interrupted" if self.interrupted else "preempted"
+        log.warning("%s at step %d: saved %s", what, trainer.global_step, path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_sigint()
