@@ -62,16 +62,17 @@ def cpu_peak_flops(
     """The best matmul FLOP/s this CPU has shown at this thread count and dtype, kept as the
     maximum over runs in ``cache_dir/peak_flops.json``: the square n = 1024 matmul (measured
     when the cache has no value), and at every run's start ``shapes``, the run's own largest
-    linear layers (a fifth of a second each). A value measured while other work ran is raised
-    by the next idle run, and the run's own matmuls, measured alone, cannot beat the peak
-    their MFU is taken against."""
+    linear layers (a twentieth of a second each, or seven matmuls where those take longer:
+    every run pays it at start-up). A value measured while other work ran is raised by the
+    next idle run, and the run's own matmuls, measured alone, cannot beat the peak their MFU
+    is taken against."""
     path = Path(cache_dir).expanduser() / "peak_flops.json"
     cpu = platform.processor() or platform.machine()
     key = f"{cpu}|{torch.get_num_threads()}|{dtype_name}|linear"
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     cache = read_peak_cache(path)
     measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
-    measured += [measure_cpu_matmul_flops(dtype, seconds=0.2, shape=s) for s in shapes]
+    measured += [measure_cpu_matmul_flops(dtype, seconds=0.05, shape=s) for s in shapes]
     cache[key] = max([cache.get(key, 0.0), *measured])
     write_json(path, cache)  # runs on one machine share it: never half-written
     return cache[key]
