@@ -381,7 +381,11 @@ def test_resume_continues_from_the_newest_intact_checkpoint(
 
 
 def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
-    tmp_path: Path, start_train, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path,
+    cache_dir: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``resume=auto`` into a sweep's folder with another grid: the job whose config changed
     (gelu -> swiglu in folder 1) is named and the sweep is refused before any job trains, the
@@ -391,11 +395,10 @@ def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
     ``multirun.yaml`` is kept as ``multirun.1.yaml``."""
     from lmlab.train.rundir import HELD_SUBDIR
 
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     sweep = tmp_path / "sweep"
     common = ["-m", *SMOKE, "callbacks.sample=null", f"hydra.sweep.dir={sweep}"]
-    first = start_train(*common, "model.activation=relu,gelu")
-    output = first.communicate(timeout=600)[0]
-    assert first.returncode == 0, output[-3000:]
+    assert run_command("train", *common, "model.activation=relu,gelu") == 0
     before, first_multirun = snapshot(sweep), (sweep / "multirun.yaml").read_bytes()
     more = ["resume=auto", "trainer.max_steps=6"]
     assert run_command("train", *common, "model.activation=relu,swiglu", *more) == 2
@@ -405,9 +408,7 @@ def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
     assert "differing fields: model.activation: 'gelu' (saved) vs 'swiglu' (now)" in err
     assert changed(before, snapshot(sweep)) == []
 
-    second = start_train(*common, "model.activation=relu,gelu", *more)
-    output = second.communicate(timeout=600)[0]
-    assert second.returncode == 0, output[-3000:]
+    assert run_command("train", *common, "model.activation=relu,gelu", *more) == 0
     assert [results(sweep / job)["global_step"] for job in "01"] == [6, 6]
     # the first invocation's multirun.yaml is kept; Hydra wrote the second's in its place
     assert (sweep / "multirun.1.yaml").read_bytes() == first_multirun
