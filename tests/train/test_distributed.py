@@ -86,6 +86,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     return sweep_dir
 
 
+@pytest.mark.e2e
 def test_ddp_and_fsdp_multirun_jobs_match_single_process(
     sweep: Path, single: Path, wandb_records
 ) -> None:
@@ -120,6 +121,7 @@ def test_ddp_and_fsdp_multirun_jobs_match_single_process(
     assert results(sweep / "0")["params_per_rank"] == reference["params"]  # DDP replicates
 
 
+@pytest.mark.e2e
 def test_fsdp_shards_parameters_and_checkpoints(sweep: Path) -> None:
     r = results(sweep / "1")
     # each of 2 ranks holds its half of every tensor (dim-0 shards, the odd row on rank 0)
@@ -128,6 +130,7 @@ def test_fsdp_shards_parameters_and_checkpoints(sweep: Path) -> None:
     assert (last / "meta.pt").is_file() and len(list(last.glob("*.distcp"))) == 2
 
 
+@pytest.mark.e2e
 def test_fsdp_sharded_checkpoint_resumes_exactly(
     sweep: Path, tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -147,6 +150,7 @@ def test_fsdp_sharded_checkpoint_resumes_exactly(
     assert r["train_loss"] == uninterrupted["train_loss"]
 
 
+@pytest.mark.e2e
 def test_sharded_checkpoint_consolidates_into_a_single_process_model(
     sweep: Path, single: Path, tmp_path: Path
 ) -> None:

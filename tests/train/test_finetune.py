@@ -286,6 +286,7 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
         load(classified / "checkpoints" / "last.ckpt")  # generate, probe, convert
 
 
+@pytest.mark.e2e
 def test_classify_resumes_exactly_after_kill_9(
     tmp_path: Path, start_train, cache_dir: Path, examples: tuple[Path, Path], classified: Path
 ) -> None:

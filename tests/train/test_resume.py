@@ -83,6 +83,7 @@ def saved_step(path: Path) -> int:
     return torch.load(path, weights_only=True)["global_step"]
 
 
+@pytest.mark.e2e
 def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
     tmp_path: Path, start_train, reference: dict, cache_dir: Path
 ) -> None:
@@ -134,6 +135,7 @@ def test_kill_9_then_sigterm_then_resume_matches_uninterrupted_run(
     assert logged_steps(tmp_path, "val/loss") == [19, 39]  # validation every 20 steps
 
 
+@pytest.mark.e2e
 def test_ctrl_c_saves_records_interrupted_and_resumes_exactly(
     tmp_path: Path, start_train, reference: dict, cache_dir: Path
 ) -> None:
@@ -159,6 +161,51 @@ def test_ctrl_c_saves_records_interrupted_and_resumes_exactly(
     r = results(tmp_path)
     assert r["status"] == "completed" and r["global_step"] == 40
     assert r["val_loss"] == reference["val_loss"]
+
+
+class SignalAfter(L.Callback):
+    """Test hook: ``signum`` to this process once, after the training batch of ``step``."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            self.step = -1
+            signal.raise_signal(self.signum)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "status"),
+    [(signal.SIGTERM, 143, "preempted"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
+    tmp_path: Path,
+    cache_dir: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+    code: int,
+    status: str,
+) -> None:
+    """``lmlab train`` stopped by SIGTERM (preemption) or Ctrl-C, in this process: a checkpoint
+    at the step boundary, the shell's exit code for the signal (128 + its number), the status
+    and the resume command on one line, no traceback; ``resume=true`` completes the run. The
+    same through real processes and kill -9: the e2e tests above."""
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    hook = ["+callbacks.stop._target_=test_resume.SignalAfter", "+callbacks.stop.step=3"]
+    argv = ["+debug=smoke", "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv, *hook, f"+callbacks.stop.signum={int(signum)}") == code
+    out = "".join(capsys.readouterr())
+    assert f"{status} at step 3" in out and "resume=true" in out, out
+    assert "Traceback" not in out
+    r = results(tmp_path)
+    assert r["status"] == status and r["global_step"] == 3
+    assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == 3
+    assert run_command("train", *argv, "resume=true") == 0
+    r = results(tmp_path)
+    assert r["status"] == "completed" and r["global_step"] == 6
 
 
 def test_a_second_run_into_a_live_directory_is_refused(
