@@ -16,10 +16,12 @@ help:  ## list the targets
 # pip installs torch (TORCH_SPEC, from where pip is configured to look: the local CPU wheel
 # here) and uv; uv installs the rest with torch held at that build, downloading in parallel and
 # byte-compiling on every core (95 s for the whole install on the 2-core machine, 136 s with
-# pip alone). Where uv cannot install (an index only pip is configured for), pip does.
+# pip alone). Where uv cannot install (no uv wheel for the platform, an index only pip is
+# configured for), pip does.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" uv
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	-$(PY) -m pip install --quiet uv
 	$(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $(VENV)/torch-pin.txt
 	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode --constraint $(VENV)/torch-pin.txt -e ".[dev]" \
 	  || $(PY) -m pip install --quiet -e ".[dev]"
@@ -34,10 +36,10 @@ train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, C
 # tests/conftest.py gives each worker its share of the CPUs' threads
 XDIST := -n logical --maxprocesses=4 --dist loadfile
 
-# `make test` (CI's, 10 minutes on 2 cores with the install) leaves out the tests marked e2e:
-# real training processes on several ranks or stopped from outside, about a fifth of the
-# suite's CPU time for eleven tests. `make test-all` runs them too: before changing
-# checkpoints, resume, signals or the distributed paths, and before every stop.
+# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the ten tests
+# marked e2e, which train in real child processes (DDP/FSDP ranks, kill -9 and signals from
+# outside, W&B's agent): a quarter of the suite's CPU time. `make test-all` runs them too:
+# before changing checkpoints, resume, signals, run directories or the distributed paths.
 test: $(STAMP)  ## the test suite without the e2e tests (CI)
 	$(PY) -m pytest tests -m "not e2e" $(XDIST)
 

@@ -88,6 +88,7 @@ def test_multirun_with_a_failed_job_logs_and_compares(
     assert (sweep_dir / "compare.png").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
     tmp_path: Path, cache_dir: Path, wandb_records, refused_jobs, monkeypatch
 ) -> None:

@@ -208,6 +208,7 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     assert r["status"] == "completed" and r["global_step"] == 6
 
 
+@pytest.mark.e2e
 def test_a_second_run_into_a_live_directory_is_refused(
     tmp_path: Path, start_train, run_command, capsys: pytest.CaptureFixture
 ) -> None:
