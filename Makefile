@@ -13,18 +13,18 @@ ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-# pip installs torch (TORCH_SPEC, from where pip is configured to look: the local CPU wheel
-# here) and uv; uv installs the rest with torch held at that build, downloading in parallel and
-# byte-compiling on every core (95 s for the whole install on the 2-core machine, 136 s with
-# pip alone). Where uv cannot install (no uv wheel for the platform, an index only pip is
-# configured for), pip does.
+# pip finds torch's wheel (TORCH_SPEC, where pip is configured to look: here the local CPU
+# build) and installs uv; uv installs that wheel and the rest, downloading in parallel and
+# byte-compiling on every core. Where uv cannot install (no uv wheel for the platform, an
+# index only pip is configured for), pip does. Whole install on the 2-core machine: README.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	-$(PY) -m pip install --quiet uv
-	$(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $(VENV)/torch-pin.txt
-	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode --constraint $(VENV)/torch-pin.txt -e ".[dev]" \
-	  || $(PY) -m pip install --quiet -e ".[dev]"
+	rm -rf $(VENV)/torch-wheel
+	$(PY) -m pip download --quiet --no-deps -d $(VENV)/torch-wheel "$(TORCH_SPEC)"
+	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode $(VENV)/torch-wheel/*.whl -e ".[dev]" \
+	  || $(PY) -m pip install --quiet $(VENV)/torch-wheel/*.whl -e ".[dev]"
+	rm -rf $(VENV)/torch-wheel
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
