@@ -163,18 +163,6 @@ def test_ctrl_c_saves_records_interrupted_and_resumes_exactly(
     assert r["val_loss"] == reference["val_loss"]
 
 
-class SignalAfter(L.Callback):
-    """Test hook: ``signum`` to this process once, after the training batch of ``step``."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum = step, signum
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            self.step = -1
-            signal.raise_signal(self.signum)
-
-
 @pytest.mark.parametrize(
     ("signum", "code", "status"),
     [(signal.SIGTERM, 143, "preempted"), (signal.SIGINT, 130, "interrupted")],
@@ -189,20 +177,21 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     code: int,
     status: str,
 ) -> None:
-    """``lmlab train`` stopped by SIGTERM (preemption) or Ctrl-C, in this process: a checkpoint
-    at the step boundary, the shell's exit code for the signal (128 + its number), the status
-    and the resume command on one line, no traceback; ``resume=true`` completes the run. The
-    same through real processes and kill -9: the e2e tests above."""
+    """``lmlab train`` stopped by SIGTERM (preemption) or Ctrl-C, in this process (during the
+    validation after step 2: the stop waits for its end): a checkpoint there, the shell's exit
+    code for the signal (128 + its number), the status and the resume command on one line, no
+    traceback; ``resume=true`` completes the run. The same through real processes and
+    kill -9: the e2e tests above."""
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
-    hook = ["+callbacks.stop._target_=test_resume.SignalAfter", "+callbacks.stop.step=3"]
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=2"]
     argv = ["+debug=smoke", "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *argv, *hook, f"+callbacks.stop.signum={int(signum)}") == code
     out = "".join(capsys.readouterr())
-    assert f"{status} at step 3" in out and "resume=true" in out, out
+    assert f"{status} at step 2" in out and "resume=true" in out, out
     assert "Traceback" not in out
     r = results(tmp_path)
-    assert r["status"] == status and r["global_step"] == 3
-    assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == 3
+    assert r["status"] == status and r["global_step"] == 2
+    assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == 2
     assert run_command("train", *argv, "resume=true") == 0
     r = results(tmp_path)
     assert r["status"] == "completed" and r["global_step"] == 6

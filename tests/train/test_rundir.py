@@ -138,16 +138,16 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
 
 
 class SignalAt(L.Callback):
-    """Test hook: SIGTERM to this process once, between two batches of the validation that
-    follows step ``step``."""
+    """Test hook: ``signum`` (SIGTERM by default) to this process once, between two batches of
+    the validation that follows step ``step``."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum = step, signum
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             self.step = -1
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None:
