@@ -92,13 +92,41 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
         assert "completed its 4 planned steps: nothing to train" in (out := output()), out
         assert changed(before, snapshot(tmp_path)) == [], resume
     assert run_command("train", *here, "dry_run=true") == 0  # prints the plan, writes nothing
+    # the sequence length it trained at, named rather than left null: the same run
+    seq_len = json.loads((tmp_path / "plan.json").read_text())["batch"]["seq_len"]
+    assert run_command("train", *here, "resume=true", f"data.seq_len={seq_len}") == 0
     assert changed(before, snapshot(tmp_path)) == []
+
+    # the run's records damaged or deleted: named in one line (no traceback), and a copy of
+    # the directory is left as it was; without plan.json, the checkpoint's global batch
+    damages = [
+        ("plan.json", '{"steps": 6', [], r"plan.json cannot be read as a run plan \(JSONDecode"),
+        ("plan.json", "[]", [], "plan.json cannot be read as a run plan"),
+        ("run_config.yaml", "model: [unclosed", [], "run_config.yaml cannot be read as a config"),
+        ("plan.json", None, ["trainer.accumulate_grad_batches=2"], "checkpoint .*ckpt has "),
+    ]
+    copy = tmp_path.parent / f"{tmp_path.name}-damaged"
+    for name, text, extra, message in damages:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(tmp_path, copy, symlinks=True)
+        (copy / name).unlink()
+        if text is not None:
+            (copy / name).write_text(text)
+        damaged = snapshot(copy)
+        output()
+        assert run_command("train", *SMOKE, f"hydra.run.dir={copy}", "resume=true", *extra) == 2
+        assert re.search(message, out := output()) and "Traceback" not in out, out
+        assert changed(damaged, snapshot(copy)) == [], name
+    assert "global_batch_size=4, this run 8" in out, out
 
     shutil.rmtree(tmp_path / "checkpoints")
     before = snapshot(tmp_path)
     output()
     assert run_command("train", *here) == 2
     assert "already holds an earlier run (results.json, plan.json" in (out := output()), out
+    # resume=auto with nothing to resume starts afresh, but not over another config's run
+    assert run_command("train", *here, "resume=auto", "model.activation=relu") == 2
+    assert re.search("cannot resume .* another config", out := output()), out
     assert run_command("train", *here, "resume=auto") == 0  # completed: left alone
     assert run_command("train", *here, "resume=auto", "trainer.max_steps=6") == 2
     assert "no checkpoint to continue to 6" in (out := output()), out

@@ -184,28 +184,44 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 
 def read_plan(out_dir: Path) -> dict[str, Any] | None:
-    """The plan saved in a run directory, or None (a run from before plans were saved)."""
+    """The plan saved in a run directory, or None (a run from before plans were saved, or
+    one whose ``plan.json`` was deleted: its checkpoints keep the global batch too)."""
     path = out_dir / PLAN_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        plan = f"{type(err).__name__}: {err}"
+    if not isinstance(plan, dict) or not isinstance(plan.get("batch"), dict):
+        raise ConfigError(
+            f"cannot resume {out_dir}: its {PLAN_FILE} cannot be read as a run plan "
+            f"({plan if isinstance(plan, str) else 'no batch in it'}): restore it from a copy "
+            "of the run, or delete it (the checkpoint's global batch is checked instead)"
+        )
+    return plan
 
 
-def check_resumable(saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path) -> None:
+def check_resumable(
+    saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN_FILE
+) -> None:
     """A resumed run continues the data position ``step x global batch rows`` of the run it
     continues, so its global batch and sequence length must be the same; its steps (a longer
-    run), precision and device count may differ."""
+    run), precision and device count may differ. ``saved``: the run directory's plan, or
+    (``source``: a checkpoint) the batch its checkpoint records."""
     if saved is None:
         return
     was_task, now_task = saved.get("task"), plan.as_dict().get("task")
-    if was_task != now_task:
+    if source == PLAN_FILE and was_task != now_task:  # a checkpoint's task: checked with it
         raise ConfigError(
             f"cannot resume {out_dir}: its plan.json has task {was_task}, this run {now_task} "
             "(other examples or labels: the data position would point elsewhere)"
         )
     was, now = saved["batch"], plan.batch.as_dict()
     for key in ("global_batch_size", "seq_len"):
-        if was[key] != now[key]:
+        if was.get(key) != now[key]:
             raise ConfigError(
-                f"cannot resume {out_dir}: its plan.json has {key}={was[key]}, this run "
+                f"cannot resume {out_dir}: its {source} has {key}={was.get(key)}, this run "
                 f"{now[key]} (the data position is steps x global batch): keep the global batch "
                 "(data.global_batch_size) and sequence length of the run you continue"
             )

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -85,11 +86,19 @@ RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
 ADDED_MODEL_FIELDS = flatten(model_config_dict(ModelConfig()), "model")
 
 
+# A null that stands for another field's value: set to that value, it is the same run.
+NULL_MEANS = {"data.seq_len": "model.max_seq_len", "data.val_batch_size": "data.batch_size"}
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS aside."""
     flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
     if any(k.startswith("model.") for k in flat_a):
         flat_a = {**ADDED_MODEL_FIELDS, **flat_a}
+    for flat in (flat_a, flat_b):
+        for key, source in NULL_MEANS.items():
+            if key in flat and flat[key] is None:
+                flat[key] = flat.get(source)
     for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
         flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
     return [
@@ -128,21 +137,8 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
                 f"(nothing to resume in hydra.run.dir={out_dir})"
             )
-        saved_path = out_dir / RUN_CONFIG
-        if not saved_path.is_file():
-            raise ConfigError(
-                f"cannot resume {out_dir}: its {RUN_CONFIG} (the model, data, optimizer and "
-                "schedule the checkpoints were trained with) is missing, so this config cannot "
-                "be checked against it: restore it from a copy of the run, or start a new run "
-                "from the weights (init_from=<checkpoint>)"
-            )
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-        diffs = _differences(saved, run_identity(cfg))
-        if diffs:
-            raise ConfigError(
-                f"cannot resume {out_dir}: it holds another config; differing "
-                f"fields: {'; '.join(diffs[:8])}"
-            )
+        check_same_run(cfg, out_dir, "the checkpoints were trained with")
+        read_plan(out_dir)  # an unreadable plan.json: refused before the data is prepared
         return newest_checkpoint(found)
     if found:
         raise ConfigError(
@@ -150,8 +146,11 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             "add resume=true to continue it, or choose another directory"
         )
     if cfg.get("resume") == "auto":
-        if finished_run(out_dir) is not None:  # completed without a checkpoint to continue
-            return None  # _fit leaves it alone, or refuses to train it again
+        # no checkpoint: an earlier attempt of this config (killed before its first save,
+        # or completed without one) starts again or stays as it is; another config's run
+        # is not overwritten. Without a run_config.yaml the earlier one never trained.
+        if (out_dir / RUN_CONFIG).exists():
+            check_same_run(cfg, out_dir, "the run there was started with")
     elif holds_run(out_dir) and launch_rank_is_zero():  # other ranks start once it wrote
         written = ", ".join(n for n in RUN_FILES if (out_dir / n).exists())
         raise ConfigError(
@@ -159,6 +158,35 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             "to resume): choose another directory, or move that run away first"
         )
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
+    """The run in ``out_dir`` has the model, data, optimizer and schedule of ``cfg``: its
+    ``run_config.yaml`` (``what``: whose config that is) names no other value."""
+    saved_path = out_dir / RUN_CONFIG
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"cannot resume {out_dir}: its {RUN_CONFIG} (the model, data, optimizer and "
+            f"schedule {what}) is missing, so this config cannot be checked against it: "
+            "restore it from a copy of the run, or start a new run in another directory "
+            "(from the weights: init_from=<checkpoint>)"
+        )
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        saved = f"{type(err).__name__}: {err}".splitlines()[0]
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"cannot resume {out_dir}: its {RUN_CONFIG} cannot be read as a config "
+            f"({saved if isinstance(saved, str) else type(saved).__name__}): restore it from a "
+            "copy of the run, or start a new run in another directory"
+        )
+    diffs = _differences(saved, run_identity(cfg))
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {out_dir}: it holds another config; differing "
+            f"fields: {'; '.join(diffs[:8])}"
+        )
 
 
 def finished_run(out_dir: Path) -> dict[str, Any] | None:
@@ -443,7 +471,11 @@ def _fit(
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec)
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
-        check_resumable(read_plan(out_dir), plan, out_dir)
+        saved_batch = (ckpt.get("run_state") or {}).get("batch") if ckpt else None
+        if (out_dir / PLAN_FILE).exists() or not saved_batch:
+            check_resumable(read_plan(out_dir), plan, out_dir)
+        else:  # plan.json deleted: the checkpoint's record of the global batch
+            check_resumable({"batch": saved_batch}, plan, out_dir, f"checkpoint {ckpt_path}")
         done = already_done(out_dir, plan, ckpt, ckpt_path)
         if done is not None:
             log.info(
@@ -489,6 +521,7 @@ def _fit(
         bytes_per_token=dm.val_bytes_per_token,
         task=spec,
     )
+    task.plan_batch = plan.batch.as_dict()  # its checkpoints keep the global batch
     if extended is not None:
         task.best_val_loss = extended.get("best_val_loss")  # with the checkpoint's, the lower
     if init is not None and ckpt_path is None:  # resuming restores its own weights
