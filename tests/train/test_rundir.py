@@ -133,6 +133,22 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
     assert changed(before, snapshot(tmp_path)) == []
 
 
+def test_a_refused_first_command_leaves_the_directory_to_the_corrected_one(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """A command refused in a new directory records its failure there; nothing trained, so
+    the corrected command runs in it (and a directory with a trained run is still refused)."""
+    here = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *here, "trainer.max_steps=-1") == 2
+    assert results(tmp_path)["status"] == "failed"
+    assert "max_steps" in results(tmp_path)["error"]
+    assert run_command("train", *here) == 0
+    assert results(tmp_path)["status"] == "completed"
+    capsys.readouterr()
+    assert run_command("train", *here, "model.activation=relu") == 2
+    assert "already holds checkpoints" in "".join(capsys.readouterr())
+
+
 def test_a_resumed_run_appends_to_the_metrics_history(tmp_path: Path, cache_dir: Path) -> None:
     train(compose_train([*SMOKE, "trainer.max_steps=6"], tmp_path, cache_dir))
     train(compose_train([*SMOKE, "trainer.max_steps=10", "resume=true"], tmp_path, cache_dir))

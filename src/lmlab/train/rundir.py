@@ -31,6 +31,7 @@ import atexit
 import copy
 import fcntl
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -219,8 +220,18 @@ def sweep_hold_overrides(subdir: str, handler_names: list[str]) -> list[str]:
 
 
 def holds_run(path: Path) -> bool:
-    """Whether ``path`` holds what a run writes (``RUN_FILES``)."""
-    return any((path / name).exists() for name in RUN_FILES)
+    """Whether ``path`` holds what a run writes (``RUN_FILES``). A ``results.json`` alone that
+    says ``failed`` is a start refused or failed before training (the plan and config are
+    written when training starts): nothing trained there, and the corrected command may use
+    the directory."""
+    present = [name for name in RUN_FILES if (path / name).exists()]
+    if present == ["results.json"]:
+        try:
+            status = json.loads((path / "results.json").read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        return status != "failed"
+    return bool(present)
 
 
 def earlier_sweep_runs(sweep_dir: Path) -> list[str]:
