@@ -3,6 +3,8 @@ before the first starts), with and without the machine's own checks."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -53,3 +55,39 @@ def test_a_job_is_checked_as_far_as_its_dry_run_goes(tmp_path) -> None:
     check_job(big, machine=False)  # a cluster's node may have it
     check_job(compose_train(["model=gpt_8x7b", "dry_run=true"], tmp_path / "run", tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.precision=fp8", "trainer.precision=fp8: allowed auto, 64, 32, 16, "),
+        ("trainer.accelerator=foo", "trainer.accelerator=foo: allowed auto, gpu, cpu, cuda"),
+        ("trainer.devices=0", "trainer.devices=0: allowed an int >= 1 (that many devices), -1"),
+        ("trainer.devices=-2", "trainer.devices=-2: allowed an int >= 1"),
+        ("trainer.devices=[]", "trainer.devices=[]: allowed an int >= 1"),
+        ("trainer.devices=[0,1]", "trainer.devices=[0, 1] with trainer.accelerator=cpu: allowed"),
+    ],
+)
+def test_trainer_values_lightning_refuses_are_refused_before_any_data(
+    override: str, message: str, tmp_path
+) -> None:
+    """Lightning refuses these only when the Trainer is built, after the data is prepared,
+    through a traceback; a dry run plans for another machine, but not with such values."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train(["+debug=smoke", override, *dry], tmp_path / "run", tmp_path)
+        with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+            check_run(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    from lmlab.train.plan import trainer_precisions
+
+    allowed = trainer_precisions()
+    assert {"auto", "32-true", "bf16-mixed", "16-mixed", "64-true"} <= set(allowed)
+    for precision in allowed[1:]:
+        _convert_precision_to_unified_args(precision)  # raises on a value it does not take
+    for ok in (["trainer=gpu", "dry_run=true"], ["trainer.devices=auto"], ["trainer.devices=1"]):
+        check_run(compose_train(["+debug=smoke", *ok]), machine=False)

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -93,6 +93,48 @@ def on_cuda(trainer_cfg: DictConfig) -> bool:
     """Whether the run's accelerator is a CUDA GPU (``auto`` takes one when there is one)."""
     accelerator = str(trainer_cfg.accelerator)
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def trainer_precisions() -> list[str]:
+    """What ``trainer.precision`` may be: lmlab's ``auto`` and Lightning's own values."""
+    from lightning.fabric.connector import _PRECISION_INPUT  # Lightning's list of them
+
+    values = (str(v) for kind in get_args(_PRECISION_INPUT) for v in get_args(kind))
+    return list(dict.fromkeys(["auto", *values]))
+
+
+def check_trainer_choices(trainer_cfg: DictConfig) -> None:
+    """``trainer.precision``, ``accelerator`` and ``devices`` are values Lightning takes, on
+    any machine: refused here, in one line, rather than by the Trainer once the data is
+    prepared (through a traceback)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if precision not in (allowed := trainer_precisions()):
+        raise ConfigError(f"trainer.precision={precision}: allowed {', '.join(allowed)}")
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    names = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+    if isinstance(accelerator, str) and accelerator not in names:
+        raise ConfigError(f"trainer.accelerator={accelerator}: allowed {', '.join(names)}")
+    devices = trainer_cfg.get("devices", "auto")
+    ids = list(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else None
+    text = str(devices).strip()
+    if ids is not None:
+        valid = bool(ids) and all(isinstance(i, int) and i >= 0 for i in ids)
+    elif "," in text:  # "0,1": those device ids
+        valid = all(part.strip().isdigit() for part in text.split(",") if part.strip())
+    else:
+        valid = text == "auto" or text == "-1" or (text.isdigit() and int(text) >= 1)
+    if not valid:
+        raise ConfigError(
+            f"trainer.devices={devices}: allowed an int >= 1 (that many devices), -1 or auto "
+            "(every one), or a list of device ids ([0, 1] or '0,1')"
+        )
+    if accelerator == "cpu" and not (text == "auto" or text.isdigit()):  # Lightning's rule
+        raise ConfigError(
+            f"trainer.devices={devices} with trainer.accelerator=cpu: allowed an int >= 1 "
+            "(that many processes) or auto (one)"
+        )
 
 
 def check_accelerator(trainer_cfg: DictConfig) -> None:

@@ -35,7 +35,13 @@ from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
 from lmlab.train.memory import check_state_fits
-from lmlab.train.plan import RunPlan, check_accelerator, check_attention_kernel, make_plan
+from lmlab.train.plan import (
+    RunPlan,
+    check_accelerator,
+    check_attention_kernel,
+    check_trainer_choices,
+    make_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
     if task_cfg.kind == TaskKind.lm:
         check_stride(data_cfg.stride, model_cfg.family, seq_len)
+    check_trainer_choices(cfg.trainer)
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_evals(cfg, model_cfg)
     if machine:
