@@ -597,3 +597,33 @@ def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) 
     assert "differ in data.vocab_size" in warning and "val_bits_per_byte" in warning
     bpb = ranking.aggregate(load_runs(root), "val_bits_per_byte")
     assert not [line for line in ranking.summarize(bpb, "val_bits_per_byte") if "warning" in line]
+
+
+def test_losses_of_different_objectives_are_listed_unranked(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """GPT's next-token loss, BERT's masked-token loss and a classifier's loss measure
+    different things: no winner, no ranks, and the summary says why; a downstream eval or
+    throughput still ranks them."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    for job, family in (("0", "gpt"), ("1", "bert")):
+        config = yaml.safe_load((root / job / ".hydra" / "config.yaml").read_text())
+        config["model"] = {**config.get("model", {}), "family": family}
+        (root / job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    assert [r.rank for r in rows] == [None, None]
+    assert all(r.value("val_loss") is not None for r in rows)
+    (first, *_) = ranking.summarize(rows, "val_loss")
+    assert first.startswith("no winner: the runs differ in model.family: bert, gpt"), first
+    assert compare_main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "\nwinner: " not in out and "unranked" in out
+    assert json.loads((root / "compare.json").read_text())["winner"] is None
+    throughput = ranking.aggregate(load_runs(root), "tokens_per_second", higher_is_better=True)
+    assert sorted(r.rank for r in throughput) == [1, 2]
+
+    config["task"] = {"kind": "classify"}  # a fine-tuning task's loss, beside pre-training's
+    config["model"]["family"] = "gpt"
+    (root / "1" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (first, *_) = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    assert first.startswith("no winner: the runs differ in task.kind: classify, lm"), first

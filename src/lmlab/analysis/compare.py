@@ -87,6 +87,8 @@ def _cells(row: Row, knobs: Sequence[str], metric: str, extras: list[str]) -> li
     else:
         main = fmt_stat(row.stats[metric], metric)
         status = "ok" if row.rank is not None else f"no {metric}"
+        if row.rank is None and row.value(metric) is not None:
+            status = "unranked"  # another objective than the other rows' (summarize)
     return [
         str(row.rank) if row.rank is not None else MISSING,
         *knob_cells,

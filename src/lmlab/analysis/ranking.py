@@ -117,7 +117,8 @@ def aggregate(
     ]
     seeds_vary = len({repr(run.seed) for run in runs}) > 1
     rows += [_row([run], knobs, keys, seeds_vary) for run in runs if run.failed]
-    return _rank(rows, metric, higher_is_better)
+    # losses of different objectives are listed in order, unranked (summarize says why)
+    return _rank(rows, metric, higher_is_better, rank=not objective_differences(runs, metric))
 
 
 def _row(
@@ -143,13 +144,13 @@ def _row(
     )
 
 
-def _rank(rows: list[Row], metric: str, higher_is_better: bool) -> list[Row]:
+def _rank(rows: list[Row], metric: str, higher_is_better: bool, rank: bool = True) -> list[Row]:
     ranked = [r for r in rows if r.status == "completed" and r.value(metric) is not None]
     sign = -1.0 if higher_is_better else 1.0
     ranked.sort(key=lambda r: (sign * (r.value(metric) or 0.0), r.label))
-    for i, row in enumerate(ranked, start=1):
+    for i, row in enumerate(ranked if rank else [], start=1):
         row.rank = i
-    unranked = [r for r in rows if r.status == "completed" and r.rank is None]
+    unranked = [r for r in rows if r.status == "completed" and r.value(metric) is None]
     return ranked + unranked + [r for r in rows if r.status == "failed"]
 
 
@@ -209,7 +210,15 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
     ranked = [r for r in rows if r.rank is not None]
     failed = [r for r in rows if r.status == "failed"]
     lines: list[str] = []
-    if not ranked:
+    differ = objective_differences([run for row in rows for run in row.runs], metric)
+    if differ:
+        lines.append(
+            f"no winner: the runs differ in {'; '.join(differ)}, so their {metric} measures "
+            "different objectives (next-token, masked-token, span-corruption or task loss) and "
+            "does not rank them; compare runs of one objective, or rank by a downstream eval "
+            "(--metric eval/<task>/<metric>)"
+        )
+    elif not ranked:
         lines.append(f"no winner: no completed run has a value for {metric}")
     else:
         best = ranked[0]
@@ -236,6 +245,25 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
             )
     lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
     return lines
+
+
+# What a loss is the loss of: the family's objective (next-token, masked-token, span
+# corruption) and the task (pre-training, or a fine-tuning task's own loss).
+OBJECTIVE_KEYS = (("model.family", None), ("task.kind", "lm"))
+
+
+def objective_differences(runs: Sequence[Run], metric: str) -> list[str]:
+    """``key: values`` for each objective key the completed runs differ in, when ``metric``
+    is a loss (their values then measure different things); else none."""
+    if metric not in PER_TOKEN | {"val_bits_per_byte"}:
+        return []
+    done = [run for run in runs if not run.failed]
+    differ = []
+    for key, default in OBJECTIVE_KEYS:
+        values = sorted({str(run.flat_config.get(key, default)) for run in done})
+        if len(values) > 1:
+            differ.append(f"{key}: {', '.join(values)}")
+    return differ
 
 
 # What fixes the tokens a per-token loss is averaged over.
