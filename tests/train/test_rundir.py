@@ -369,6 +369,29 @@ def test_last_ckpt_never_points_at_a_removed_checkpoint(
     assert removed == [("step000002.ckpt", "step000004.ckpt")]
 
 
+def test_save_top_k_keeps_the_newest_k_step_checkpoints(tmp_path: Path, cache_dir: Path) -> None:
+    """``save_top_k=3`` keeps the three newest steps (Lightning refuses k > 1 unless a value
+    is monitored: the step is), and a resumed run goes on keeping them."""
+    run = ["+debug=smoke", "logger=none", "checkpoint.every_n_steps=2"]
+    run += ["callbacks.checkpoint.save_top_k=3", "trainer.max_steps=8"]
+    train(compose_train(run, tmp_path, cache_dir))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "last.ckpt",
+        "step000004.ckpt",
+        "step000006.ckpt",
+        "step000008.ckpt",
+    ]
+    assert os.readlink(ckpts / "last.ckpt") == "step000008.ckpt"
+    train(compose_train([*run, "trainer.max_steps=10", "resume=true"], tmp_path, cache_dir))
+    assert sorted(p.name for p in ckpts.iterdir())[1:] == [
+        "step000006.ckpt",
+        "step000008.ckpt",
+        "step000010.ckpt",
+    ]
+    assert os.readlink(ckpts / "last.ckpt") == "step000010.ckpt"
+
+
 def truncate(path: Path) -> None:
     """Cut the file at ``path`` (not a link's target) to half its bytes, as a full disk or an
     interrupted copy leaves it."""

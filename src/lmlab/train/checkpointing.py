@@ -76,6 +76,13 @@ class Checkpoint(ModelCheckpoint):
     moved directory Lightning does not recognise its own ``last.ckpt`` and would write
     ``last-v1.ckpt`` beside it)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``save_top_k`` keeps the newest k step checkpoints (Lightning keeps k only of a
+        monitored value, and refuses k > 1 without one: here the value is the step)."""
+        if kwargs.get("monitor") is None and (kwargs.get("save_top_k") or 1) > 1:
+            kwargs |= {"monitor": "step", "mode": "max"}
+        super().__init__(*args, **kwargs)
+
     @staticmethod
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
         """Lightning removes ``last.ckpt`` and then links it: a kill in between leaves none.
