@@ -23,6 +23,7 @@ TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 50
 
 
 def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
 
@@ -80,6 +81,27 @@ def test_bad_data_paths_get_clear_errors(tmp_path: Path, setup, message: str) ->
     path = setup(tmp_path)
     with pytest.raises(ConfigError, match=message):
         prepare(text_cfg(path, tmp_path), row_len=9)
+
+
+def test_a_folder_of_text_leaves_out_hidden_folders_and_byte_code(tmp_path: Path) -> None:
+    """A project checkout as ``data.path``: its ``.git`` (binary index and objects), hidden
+    folders and ``__pycache__`` are not read (they are not UTF-8 text)."""
+    project = tmp_path / "project"
+    write(project / "src" / "a.py", b"def a():\n    return 1\n")
+    write(project / "README.md", b"# a project\n")
+    for binary in (".git/index", ".venv/lib/x.so", "src/__pycache__/a.cpython-311.pyc"):
+        write(project / binary, b"\xff\xfe\x00binary")
+    write(project / ".hidden" / "notes.txt", b"not for training")
+    docs = load_documents(text_cfg(project, tmp_path))
+    assert sorted(name for name, _ in docs) == ["README.md", "src/a.py"]
+
+
+def test_a_refused_corpus_leaves_no_half_built_rows_in_the_cache(tmp_path: Path) -> None:
+    corpus = write(tmp_path / "tiny.txt", b"x = 1\n" * 40)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char)
+    with pytest.raises(ConfigError, match=r"the val split .* fewer than one row of 64"):
+        prepare(cfg, row_len=64)  # the train split is packed and saved first
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".tmp")] == []
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

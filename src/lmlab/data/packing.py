@@ -162,16 +162,21 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
         "row_len": row_len,
         "datasets": datasets.__version__,  # named if another version cannot read the rows
     }
-    for split, texts in (("train", train_texts), ("val", val_texts)):
-        ds, n_tokens, n_bytes = pack(texts, tok, row_len)
-        if len(ds) == 0:
-            raise ConfigError(
-                f"the {split} split of data source {cfg.source.value} has {n_tokens} tokens, "
-                f"fewer than one row of {row_len}: use a larger corpus (data.max_bytes="
-                f"{cfg.max_bytes}, data.val_fraction={cfg.val_fraction}) or a shorter sequence"
-            )
-        ds.save_to_disk(str(tmp / split))
-        meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        for split, texts in (("train", train_texts), ("val", val_texts)):
+            ds, n_tokens, n_bytes = pack(texts, tok, row_len)
+            if len(ds) == 0:
+                raise ConfigError(
+                    f"the {split} split of data source {cfg.source.value} has {n_tokens} "
+                    f"tokens, fewer than one row of {row_len}: use a larger corpus (data."
+                    f"max_bytes={cfg.max_bytes}, data.val_fraction={cfg.val_fraction}) or a "
+                    "shorter sequence"
+                )
+            ds.save_to_disk(str(tmp / split))
+            meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    except BaseException:  # refused or stopped: no half-built rows left in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _publish(tmp, blocks_dir)
     return blocks_dir

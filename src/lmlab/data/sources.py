@@ -37,13 +37,19 @@ def stdlib_files() -> list[Path]:
     return sorted(files)
 
 
+def skipped(relative: Path) -> bool:
+    """What a folder of text leaves out: hidden files and folders (``.git``, ``.venv``) and
+    Python's byte-code caches, which are never the text a user means."""
+    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
+
+
 def text_files(cfg: DataConfig) -> list[Path]:
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise ConfigError(f"data.path={cfg.path!r} does not exist (allowed: a text file or folder)")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path)))
     if not files:
         raise ConfigError(f"data.path={cfg.path!r} is an empty folder: no text files in it")
     return files
