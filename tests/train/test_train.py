@@ -298,3 +298,22 @@ def test_unknown_hf_dataset_is_a_clear_error(
         r"loaded with datasets.load_dataset",
     ):
         run(tmp_path, cache_dir, "data=hf", "data.name=no-such/dataset-xyz")
+
+
+def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
+    tmp_path: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """``model=gpt_tiny`` with a gpt_tiny checkpoint asks for its architecture: the preset's
+    null fields (the vocabulary, d_ff) are derived, not a conflict. Another preset is refused,
+    naming the model fields a run may still set."""
+    smoke = ["+debug=smoke", "logger=none", "callbacks.sample=null"]
+    first = tmp_path / "first"
+    assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
+    init = [*smoke, f"init_from={first / 'checkpoints' / 'last.ckpt'}", "data.tokenizer=checkpoint"]
+    assert run_command("train", *init, "model=gpt_tiny", f"hydra.run.dir={tmp_path / 'a'}") == 0
+    capsys.readouterr()
+    assert run_command("train", *init, "model=gpt_mini", f"hydra.run.dir={tmp_path / 'b'}") == 2
+    err = capsys.readouterr().err
+    assert "model.d_model=256 (from model=gpt_mini) but the checkpoint has 128" in err, err
+    assert "model.vocab_size" not in err and "model.cache_dir" not in err
+    assert "Only model.dropout, model.activation_checkpointing" in err, err

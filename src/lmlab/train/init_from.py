@@ -126,10 +126,12 @@ def resolve_init_from(
     saved = to_schema(ModelConfig, ckpt["model_config"], "model.")
     free = {name: getattr(composed, name) for name in FREE_FIELDS if hasattr(composed, name)}
     model_cfg = dataclasses.replace(saved, **free)
-    differs = {
+    differs = {  # a field left null (the vocabulary, d_ff) is derived: it asks for nothing
         name: where
         for name, where in asked_model_fields(command_line_overrides()).items()
-        if name not in FREE_FIELDS and getattr(composed, name, None) != getattr(saved, name, None)
+        if name not in FREE_FIELDS
+        and getattr(composed, name, None) is not None
+        and getattr(composed, name, None) != getattr(saved, name, None)
     }
     if differs:
         shown = "; ".join(
@@ -139,7 +141,7 @@ def resolve_init_from(
         )
         raise ConfigError(
             f"init_from={path} takes the architecture from the checkpoint: {shown}. Only "
-            f"{', '.join('model.' + f for f in FREE_FIELDS)} may be set"
+            f"{', '.join('model.' + f for f in FREE_FIELDS if hasattr(saved, f))} may be set"
         )
     return InitFrom(path, model_cfg, ckpt["tokenizer"])
 
