@@ -91,3 +91,25 @@ def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
         _convert_precision_to_unified_args(precision)  # raises on a value it does not take
     for ok in (["trainer=gpu", "dry_run=true"], ["trainer.devices=auto"], ["trainer.devices=1"]):
         check_run(compose_train(["+debug=smoke", *ok]), machine=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.vocab_size=100"], "data.vocab_size=100 is too small: byte-level BPE needs at le"),
+        (
+            ["model=t5_tiny", "model.max_seq_len=4096", "model.positional=rope"],
+            "data.seq_len=4096 makes 227 noise spans per row, more than the tokenizer's 100 sen",
+        ),
+    ],
+)
+def test_what_the_tokenizer_must_hold_is_checked_before_the_corpus_is_read(
+    overrides: list[str], message: str, tmp_path
+) -> None:
+    """Arithmetic, not data: a dry run refuses them as the run would, before any data."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train(["+debug=smoke", *overrides, *dry], tmp_path / "run", tmp_path)
+        with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+            check_run(cfg)
+    assert list(tmp_path.iterdir()) == []
+    check_run(compose_train(["+debug=smoke", "model=t5_tiny"], tmp_path / "run", tmp_path))

@@ -33,6 +33,18 @@ class CausalLMCollator:
         pass
 
     @classmethod
+    def check_spans(cls, seq_len: int, n_sentinels: int) -> None:
+        """Each noise span of a row takes a sentinel of its own: a row with more spans than
+        the tokenizer has sentinels cannot be corrupted (arithmetic only: checked before the
+        data is prepared too)."""
+        n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)[1]
+        if n_spans > n_sentinels:
+            raise ConfigError(
+                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
+                f"tokenizer's {n_sentinels} sentinels: use a shorter sequence"
+            )
+
+    @classmethod
     def row_len(cls, seq_len: int) -> int:
         return seq_len + 1
 
@@ -67,6 +79,18 @@ class MLMCollator:
         self.is_special = torch.zeros(vocab, dtype=torch.bool)
         self.is_special[specials.all_ids(tokenizer)] = True
         self.regular_ids = (~self.is_special).nonzero().squeeze(1)
+
+    @classmethod
+    def check_spans(cls, seq_len: int, n_sentinels: int) -> None:
+        """Each noise span of a row takes a sentinel of its own: a row with more spans than
+        the tokenizer has sentinels cannot be corrupted (arithmetic only: checked before the
+        data is prepared too)."""
+        n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)[1]
+        if n_spans > n_sentinels:
+            raise ConfigError(
+                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
+                f"tokenizer's {n_sentinels} sentinels: use a shorter sequence"
+            )
 
     @classmethod
     def row_len(cls, seq_len: int) -> int:
@@ -155,16 +179,23 @@ class SpanCorruptionCollator:
     def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
         self.seed, self.input_len = seed, seq_len
         specials = Specials.of(tokenizer)
-        n_spans = noise_counts(self.row_len(seq_len), self.density, self.mean_span)[1]
-        if n_spans > len(specials.sentinels):
-            raise ConfigError(
-                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
-                f"tokenizer's {len(specials.sentinels)} sentinels: use a shorter sequence"
-            )
+        self.check_spans(seq_len, len(specials.sentinels))
         self.target_len = self.decoder_len(seq_len)
         self.sentinels = np.array([tokenizer.token_to_id(s) for s in specials.sentinels])
         self.eos = specials.id(tokenizer, "eos", "T5's span corruption")
         self.pad = specials.id(tokenizer, "pad", "T5's span corruption")
+
+    @classmethod
+    def check_spans(cls, seq_len: int, n_sentinels: int) -> None:
+        """Each noise span of a row takes a sentinel of its own: a row with more spans than
+        the tokenizer has sentinels cannot be corrupted (arithmetic only: checked before the
+        data is prepared too)."""
+        n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)[1]
+        if n_spans > n_sentinels:
+            raise ConfigError(
+                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
+                f"tokenizer's {n_sentinels} sentinels: use a shorter sequence"
+            )
 
     @classmethod
     def row_len(cls, seq_len: int) -> int:

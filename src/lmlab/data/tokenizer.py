@@ -94,8 +94,9 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE as in GPT-2: any UTF-8 input is representable, nothing is unknown."""
+def check_bpe_size(vocab_size: int) -> None:
+    """A byte-level BPE holds every byte and lmlab's special tokens (checked before the
+    corpus is read too)."""
     minimum = N_BYTES + len(SPECIAL_TOKENS)
     if vocab_size < minimum:
         raise ConfigError(
@@ -103,6 +104,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
             f"({N_BYTES} bytes + {len(SPECIAL_TOKENS)} special tokens, {N_SENTINELS} of them T5's "
             "sentinels)"
         )
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE as in GPT-2: any UTF-8 input is representable, nothing is unknown."""
+    check_bpe_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -23,12 +23,14 @@ from lmlab.config import (
     ModelConfig,
     TaskConfig,
     TaskKind,
+    TokenizerKind,
     check_task_model,
     resolve_configs,
     resolve_task,
     sequence_length,
 )
-from lmlab.data.collators import COLLATORS
+from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
+from lmlab.data.tokenizer import N_SENTINELS, check_bpe_size
 from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
@@ -81,8 +83,12 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if init is not None:  # the checkpoint's architecture
         model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
         check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
+    if data_cfg.tokenizer == TokenizerKind.bpe:
+        check_bpe_size(data_cfg.vocab_size)  # before the corpus is read
     if task_cfg.kind == TaskKind.lm:
         check_stride(data_cfg.stride, model_cfg.family, seq_len)
+        if model_cfg.family == Family.t5 and data_cfg.tokenizer != TokenizerKind.checkpoint:
+            SpanCorruptionCollator.check_spans(seq_len, N_SENTINELS)  # lmlab's tokenizers' count
     check_trainer_choices(cfg.trainer)
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_evals(cfg, model_cfg)
