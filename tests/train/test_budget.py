@@ -153,3 +153,28 @@ def test_budget_file_without_its_value_fails_with_config_error() -> None:
 def test_budget_typos_fail_at_compose_time(override: str) -> None:
     with pytest.raises((ValidationError, ConfigCompositionException)):
         compose_train([budget_group("steps"), override])
+
+
+def test_a_budget_that_sets_the_steps_refuses_max_steps_asked_for(tmp_path) -> None:
+    """``trainer.max_steps`` is ``budget=steps``' only: asked for under another budget, on
+    the command line or by ``+debug=smoke``, it is refused, not silently ignored (a smoke
+    run of a Chinchilla budget would train for hours); the trainer preset's default is not
+    asked for."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.preflight import check_run
+
+    tokens = ["budget=tokens", "budget.tokens=100000"]
+    cases = [
+        ([*tokens, "trainer.max_steps=7"], r"^trainer.max_steps=7 is read by budget=steps only"),
+        (
+            ["budget=chinchilla", "+debug=smoke"],
+            r"^trainer.max_steps=4 \(from \+debug=smoke\) is read by budget=steps only: "
+            r"budget=chinchilla",
+        ),
+        (["+debug=smoke", *tokens, "trainer.max_steps=7"], r"^trainer.max_steps=7 is read"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            check_run(compose_train([*overrides, "dry_run=true"], tmp_path, tmp_path))
+    check_run(compose_train([*tokens, "dry_run=true"], tmp_path, tmp_path))
+    check_run(compose_train(["+debug=smoke", "trainer.max_steps=7"], tmp_path, tmp_path))

@@ -17,9 +17,14 @@ from lmlab.train.batch import GlobalBatch
 from lmlab.train.budget import Budget
 from lmlab.train.plan import RunPlan, check_accelerator, check_resumable
 
-# a token budget (not trainer.max_steps), accumulation 2, precision auto
+# a token budget (not trainer.max_steps), accumulation 2, precision auto; +debug=smoke's
+# settings but its trainer.max_steps, which a token budget refuses
 RUN = [
-    "+debug=smoke",
+    "logger=csv",
+    "data.max_bytes=1000000",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2",
+    "checkpoint.every_n_steps=0",
     "budget=tokens",
     "budget.tokens=10000",
     "data.batch_size=4",
@@ -36,7 +41,7 @@ def test_the_saved_config_is_what_was_given_and_plan_json_what_ran(
     here = [*RUN, f"hydra.run.dir={tmp_path}", f"data.cache_dir={cache_dir}"]
     assert run_command("train", *here) == 0, capsys.readouterr().err[-2000:]
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert saved["trainer"]["max_steps"] == 4  # +debug=smoke's, as composed
+    assert saved["trainer"]["max_steps"] == 300  # trainer=cpu's, as composed (not asked for)
     assert saved["trainer"]["accumulate_grad_batches"] == 2
     assert saved["trainer"]["precision"] == "auto"
     plan = json.loads((tmp_path / "plan.json").read_text())

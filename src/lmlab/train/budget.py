@@ -70,6 +70,18 @@ def target_tokens(cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_st
     return float(cfg.tokens)
 
 
+def check_steps_asked(kind: BudgetKind, max_steps: int, asked: str | None) -> None:
+    """``trainer.max_steps`` is read by ``budget=steps`` only: asked for under another budget
+    (``asked``: the override, ``+debug=smoke`` among them), it would be ignored."""
+    if asked and kind != BudgetKind.steps:
+        where = "" if asked.lstrip("+~").startswith("trainer.") else f" (from {asked})"
+        raise ConfigError(
+            f"trainer.max_steps={max_steps}{where} is read by budget=steps only: "
+            f"budget={kind.value} sets the steps from its tokens (dry_run=true shows them); "
+            "drop trainer.max_steps, or use budget=steps"
+        )
+
+
 def budget_params(cfg: BudgetConfig, counts: dict[str, int]) -> int:
     """N for the budget: ``counts`` (a ``param_breakdown``) ``active`` or ``total``."""
     return counts[ParamCount(cfg.params).value]

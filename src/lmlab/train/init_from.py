@@ -21,12 +21,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from lmlab.config import (
-    CONF_DIR,
     RUNTIME_FIELDS,
     DataConfig,
     ModelConfig,
@@ -35,6 +33,7 @@ from lmlab.config import (
     model_config_dict,
     to_schema,
 )
+from lmlab.config.asked import asked_fields, command_line_overrides
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
 from lmlab.infer.pretrained import model_state
@@ -57,37 +56,15 @@ STARTS_FROM: dict[TaskKind, tuple[TaskKind, ...]] = {
 }
 
 
+# A model preset (``model=gpt_small``) asks for every field of the architecture.
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
 @dataclasses.dataclass(frozen=True)
 class InitFrom:
     path: Path
     model_cfg: ModelConfig
     tokenizer: str  # the tokenizer's JSON
-
-
-def command_line_overrides() -> list[str]:
-    """The overrides typed for this run (``model.dropout=0.1``, ``+experiment=llama``)."""
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)
-
-
-def asked_model_fields(overrides: list[str]) -> dict[str, str]:
-    """{model field: where it was asked} for the model fields the command line sets: directly
-    (``model.n_layers=2``), by a preset (``model=gpt_small``: all of them) or by an experiment's
-    ``model:`` block."""
-    asked: dict[str, str] = {}
-    every = [f.name for f in dataclasses.fields(ModelConfig)]
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key.startswith("model."):
-            asked.setdefault(key.removeprefix("model.").split(".")[0], override)
-        elif key == "model":
-            asked.update({name: override for name in every if name not in asked})
-        elif key == "experiment":
-            path = CONF_DIR / "experiment" / f"{value}.yaml"
-            block = OmegaConf.load(path).get("model", {}) if path.is_file() else {}
-            asked.update({name: override for name in block if name not in asked})
-    return asked
 
 
 def resolve_init_from(
@@ -128,7 +105,7 @@ def resolve_init_from(
     model_cfg = dataclasses.replace(saved, **free)
     differs = {  # a field left null (the vocabulary, d_ff) is derived: it asks for nothing
         name: where
-        for name, where in asked_model_fields(command_line_overrides()).items()
+        for name, where in asked_fields(command_line_overrides(), "model", MODEL_FIELDS).items()
         if name not in FREE_FIELDS
         and getattr(composed, name, None) is not None
         and getattr(composed, name, None) != getattr(saved, name, None)

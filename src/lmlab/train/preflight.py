@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmlab.config import (
+    BudgetKind,
     DataConfig,
     Family,
     ModelConfig,
@@ -29,11 +30,13 @@ from lmlab.config import (
     resolve_task,
     sequence_length,
 )
+from lmlab.config.asked import asked_fields, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.tokenizer import N_SENTINELS, check_bpe_size
 from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
+from lmlab.train.budget import check_steps_asked
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
 from lmlab.train.memory import check_state_fits
@@ -78,6 +81,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     machine, so the machine's own checks are left out of it."""
     here = machine and not cfg.get("dry_run")
     model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
+    asked = asked_fields(command_line_overrides(), "trainer").get("max_steps")
+    check_steps_asked(BudgetKind(cfg.budget.kind), cfg.trainer.max_steps, asked)
     task_cfg = resolve_task(cfg, model_cfg)
     init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)
     if init is not None:  # the checkpoint's architecture
