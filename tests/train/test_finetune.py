@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from lmlab.config import (
     resolve_configs,
 )
 from lmlab.data.collators import IGNORE, ClassifyCollator, Seq2SeqCollator
-from lmlab.data.finetune import COLLATORS, COLUMNS, CORPORA, label_ids, label_names
+from lmlab.data.finetune import COLLATORS, COLUMNS, CORPORA, label_ids, label_names, read_file
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq
@@ -140,6 +141,42 @@ def test_labels_get_ids_deterministically() -> None:
         label_names([0, 5], 3, "x")
     with pytest.raises(ConfigError, match=r"has one label only \(pos\)"):
         label_names(["pos", "pos"], None, "x")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "why"),
+    [
+        ("empty.jsonl", "", "the file is empty: no examples"),
+        ("blank.csv", "\n\n", "the file is empty: no examples"),
+        ("header.csv", "text,label\n", "a header row and no examples"),
+        ("broken.jsonl", '{"text": "a", "label": 0}\n{"text": "b", \n', "line 2 is not JSON"),
+        ("list.jsonl", '{"text": "a", "label": 0}\n["b", 1]\n', "line 2 is not a JSON object"),
+    ],
+)
+def test_a_file_of_examples_datasets_cannot_read_is_named_with_what_is_wrong(
+    tmp_path: Path, name: str, text: str, why: str
+) -> None:
+    """``datasets``' own errors name its internals (``StopIteration``, "corresponds to no
+    data"): the error says what is wrong with the file, and where."""
+    path = tmp_path / name
+    path.write_text(text)
+    kind = "json" if name.endswith(".jsonl") else "csv"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"task.train={path} could not be read as {kind}: {why}")
+    ):
+        read_file(f"task.train={path}", path, tmp_path / "cache")
+
+
+def test_a_text_column_taken_for_the_labels_gives_a_short_error() -> None:
+    labels = [
+        f"sentence number {i} of a long text column, far longer than a label" for i in range(50)
+    ]
+    names = label_names(labels, None, "x")
+    with pytest.raises(ConfigError) as info:
+        label_ids(
+            ["an unseen sentence, as long as the ones the column holds, or longer"], names, "v"
+        )
+    assert "its 50 labels: " in str(info.value) and len(str(info.value)) < 1200, str(info.value)
 
 
 def test_collators_frame_pad_and_mask() -> None:

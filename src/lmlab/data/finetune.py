@@ -57,13 +57,37 @@ def first_line(err: Exception) -> str:
 def read_file(origin: str, path: str | Path, cache_dir: Path) -> Split:
     """One JSONL or CSV file as a ``datasets.Dataset``; ``origin`` names it in errors."""
     kind = FILE_FORMATS[Path(path).suffix.lower()]
+    path = Path(path).expanduser()
     try:
         ds = datasets.load_dataset(
-            kind, data_files=str(Path(path).expanduser()), split="train", cache_dir=str(cache_dir)
+            kind, data_files=str(path), split="train", cache_dir=str(cache_dir)
         )
     except Exception as err:  # datasets raises many types for a malformed file
-        raise ConfigError(f"{origin} could not be read as {kind}: {first_line(err)}") from None
+        why = what_is_wrong(path, kind) or first_line(err)
+        raise ConfigError(f"{origin} could not be read as {kind}: {why}") from None
     return Split(ds, origin)
+
+
+def what_is_wrong(path: Path, kind: str) -> str | None:
+    """Why ``datasets`` could not read a file, in the file's terms (its own errors name its
+    internals: ``StopIteration``, "corresponds to no data"); None if not found here."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        return first_line(err)
+    filled = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not filled:
+        return "the file is empty: no examples"
+    if kind == "csv":
+        return "a header row and no examples" if len(filled) == 1 else None
+    for n, line in filled:
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            return f"line {n} is not JSON ({err})"
+        if not isinstance(row, dict):
+            return f'line {n} is not a JSON object (one example per line: {{"text": ...}})'
+    return None
 
 
 def shipped_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
@@ -182,12 +206,17 @@ def label_ids(labels: list[Any], names: tuple[str, ...], origin: str) -> list[in
     index = {name: i for i, name in enumerate(names)}
     for row, value in enumerate(labels):
         if value is None or str(value) not in index:
-            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            shown = ", ".join(clip(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
             raise ConfigError(
-                f"task.label_column: row {row} of {origin} has label {value!r}, unknown to the "
-                f"training split (its labels: {shown})"
+                f"task.label_column: row {row} of {origin} has label {clip(repr(value))}, unknown "
+                f"to the training split (its {len(names)} labels: {shown})"
             )
     return [index[str(v)] for v in labels]
+
+
+def clip(text: str, width: int = 40) -> str:
+    """A label as an error shows it: a text column taken for the labels has long ones."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def texts_key(texts: list[str]) -> str:
