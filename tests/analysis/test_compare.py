@@ -239,6 +239,19 @@ def test_override_missing_in_some_jobs_uses_config_default(tmp_path: Path) -> No
     assert mrun.varying_knobs(load_runs(tmp_path)) == ["model.activation"]
 
 
+def test_a_group_left_at_its_default_shows_the_preset_it_ran_with(tmp_path: Path) -> None:
+    """``model=t5_tiny`` against a run that kept the default: the default's name (Hydra's
+    runtime choices), not ``-``; run bookkeeping (W&B id, resumed_from) is not a metric."""
+    for job, overrides, model in (("0", [], "gpt_tiny"), ("1", ["model=t5_tiny"], "t5_tiny")):
+        results = results_for(3.0, 1.0, 1, job) | {"wandb_id": None, "resumed_from": None}
+        write_job(tmp_path / job, overrides, {"seed": 1}, results, None)
+        hydra = {"hydra": {"runtime": {"choices": {"model": model, "hydra/launcher": "basic"}}}}
+        (tmp_path / job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    runs = load_runs(tmp_path)
+    assert [mrun.knob_value(run, "model") for run in runs] == ["gpt_tiny", "t5_tiny"]
+    assert not {"wandb_id", "resumed_from"} & set(mrun.available_metrics(runs))
+
+
 def test_short_names_strip_common_prefix_but_stay_unique() -> None:
     names = mrun.short_names(["model.norm_placement", "model.dropout", "data.dropout"])
     assert names == {
@@ -465,10 +478,16 @@ def test_compare_defaults_to_multirun_dir(multirun: Path) -> None:
 # --------------------------------------------------------------------------- errors & CLI
 
 
+def write(path: Path) -> Path:
+    path.write_text("{}")
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "argv_tail", "message"),
     [
         (lambda p: p / "missing", [], "error: multirun directory does not exist"),
+        (lambda p: write(p / "results.json"), [], "error: {} is a file: give a multirun dir"),
         (lambda p: p, [], "error: no results.json under"),
         (make_multirun, ["--metric", "val_los"], "error: unknown metric 'val_los'; available:"),
     ],
@@ -476,9 +495,10 @@ def test_compare_defaults_to_multirun_dir(multirun: Path) -> None:
 def test_main_errors_exit_2_without_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command, make, argv_tail, message
 ) -> None:
-    assert run_command("compare", make(tmp_path), *argv_tail) == 2
+    path = make(tmp_path)
+    assert run_command("compare", path, *argv_tail) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith(message)
+    assert captured.err.startswith(message.format(path))
     assert "Traceback" not in captured.err + captured.out
     assert not (tmp_path / "compare.png").exists()
 

@@ -14,7 +14,7 @@ from typing import Any
 from lmlab.analysis.runs import Run, RunDirError, canonical
 
 # results.json keys that are not metrics.
-NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed"})
+NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed", "wandb_id", "resumed_from"})
 # Config keys that are bookkeeping, not knobs (fallback when overrides do not vary).
 _EXCLUDED_TOKENS = frozenset(
     {"path", "paths", "dir", "dirs", "root", "file", "files", "cwd", "seed"}
@@ -50,9 +50,12 @@ def _is_seed_key(key: str) -> bool:
 
 
 def knob_value(run: Run, key: str) -> str:
-    """The run's value for a knob: its override, else its config value, else ``-``."""
+    """The run's value for a knob: its override, else its config value (a group's option:
+    the default preset it ran with), else ``-``."""
     if key in run.overrides:
         return run.overrides[key]
+    if key.lstrip("+~") in run.choices:
+        return run.choices[key.lstrip("+~")]
     value = run.flat_config.get(key, _ABSENT)
     return MISSING if value is _ABSENT or isinstance(value, dict) else canonical(value)
 

@@ -308,6 +308,8 @@ def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
 
 
 def _human(value: float) -> str:
+    if abs(value) >= 1e15:  # past the units: a diverged run's perplexity, say
+        return f"{value:.3g}"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"

@@ -45,6 +45,8 @@ class Run:
     curve: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     evals: dict[str, float] = field(default_factory=dict)
     """``eval/<task>/<metric>`` from ``lmlab evaluate`` of the run's newest evaluated step."""
+    choices: dict[str, str] = field(default_factory=dict)
+    """The option of each config group it ran with (``model: gpt_tiny``), overridden or not."""
 
     @property
     def failed(self) -> bool:
@@ -79,6 +81,8 @@ def load_runs(path: str | Path) -> list[Run]:
     Job directories with ``.hydra/`` but without results.json (killed jobs) become failed runs.
     """
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"{root} is a file: give a multirun directory or a run directory")
     if not root.is_dir():
         raise RunDirError(f"multirun directory does not exist: {root}")
     job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
@@ -111,7 +115,21 @@ def _load_run(job_dir: Path, has_results: bool) -> Run:
         config=config if isinstance(config, dict) else {},
         curve=_read_curve(job_dir),
         evals=_read_evals(job_dir),
+        choices=_read_choices(job_dir / ".hydra" / "hydra.yaml"),
     )
+
+
+def _read_choices(path: Path) -> dict[str, str]:
+    """Hydra's ``runtime.choices`` (each group's option; none when unreadable)."""
+    hydra = _read_yaml(path)
+    choices = (
+        hydra.get("hydra", {}).get("runtime", {}).get("choices")
+        if isinstance(hydra, dict)
+        else None
+    )
+    if not isinstance(choices, dict):
+        return {}
+    return {str(k): str(v) for k, v in choices.items() if v is not None and "/" not in str(k)}
 
 
 def _read_evals(job_dir: Path) -> dict[str, float]:
