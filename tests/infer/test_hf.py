@@ -10,6 +10,8 @@ transposed matrix, a lost bias, an unscaled query) moves logits by 1e-2 or more.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -160,6 +162,21 @@ def hf_folder(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
     return folder, model
 
 
+def lmlab_checkpoint(path: Path, cfg: ModelConfig, model: torch.nn.Module | None = None) -> Path:
+    """``model`` (default: a fresh one of ``cfg``) saved as training saves it, with the char
+    tokenizer."""
+    state = (build_model(cfg) if model is None else model).state_dict()
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "model_config": model_config_dict(cfg),
+            "tokenizer": TOKENIZER.to_str(),
+        },
+        path,
+    )
+    return path
+
+
 def inputs(name: str) -> dict[str, torch.Tensor]:
     """Ids (two rows, 12 tokens: longer than Mistral's window of 5); BERT also a padded row
     and segments, T5 decoder inputs."""
@@ -279,22 +296,13 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
 ) -> None:
     base = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=32, vocab_size=V)
     cfg = to_schema(ModelConfig, {**base, **knobs})
-    ckpt = tmp_path / "lmlab.ckpt"
     torch.manual_seed(0)
 
     model = build_model(cfg)
     with torch.no_grad():  # every parameter nonzero, norms away from 1, so nothing hides
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "model_config": model_config_dict(cfg),
-            "tokenizer": TOKENIZER.to_str(),
-        },
-        ckpt,
-    )
-    folder = to_hf(ckpt, tmp_path / "hf")
+    folder = to_hf(lmlab_checkpoint(tmp_path / "lmlab.ckpt", cfg, model), tmp_path / "hf")
     auto = {
         Family.gpt: "AutoModelForCausalLM",
         Family.bert: "AutoModelForMaskedLM",
@@ -309,15 +317,24 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
         expected = TOKENIZER.token_to_id(name) if name else None
         assert getattr(hf_model.config, f"{role}_token_id") == expected, role
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    ids = TOKENIZER.encode("hear me").ids
-    assert tok("hear me", add_special_tokens=False)["input_ids"] == ids
+    a, b = TOKENIZER.encode("hear me").ids, TOKENIZER.encode("speak").ids
+    assert tok("hear me", add_special_tokens=False)["input_ids"] == a
     # tok(text) frames it as lmlab's model saw it in training: BERT [CLS] .. [SEP], T5 .. EOS
-    framing = {
-        Family.gpt: ([], []),
-        Family.bert: ([TOKENIZER.token_to_id(SPECIALS.cls)], [TOKENIZER.token_to_id(SPECIALS.sep)]),
-        Family.t5: ([], [TOKENIZER.token_to_id(SPECIALS.eos)]),
+    cls, sep, eos = (TOKENIZER.token_to_id(getattr(SPECIALS, r)) for r in ("cls", "sep", "eos"))
+    single, pair = {
+        Family.gpt: (a, [*a, *b]),
+        Family.bert: ([cls, *a, sep], [cls, *a, sep, *b, sep]),
+        Family.t5: ([*a, eos], [*a, eos, *b, eos]),
     }[cfg.family]
-    assert tok("hear me")["input_ids"] == [*framing[0], *ids, *framing[1]]
+    assert tok("hear me")["input_ids"] == single
+    assert tok("hear me", "speak")["input_ids"] == pair
+    # BERT's segments: 0 up to the first [SEP], then 1; a model without them has one, 0, and
+    # is given none unless asked (then 0s: its one segment)
+    assert ("token_type_ids" in tok("hear me", "speak")) == bool(cfg.type_vocab_size)
+    if cfg.family == Family.bert:
+        second = 1 if cfg.type_vocab_size else 0
+        segments = tok("hear me", "speak", return_token_type_ids=True)["token_type_ids"]
+        assert segments == [0] * (len(a) + 2) + [second] * (len(b) + 1)
     batch = inputs(cfg.family.value)
     batch["input_ids"] = batch["input_ids"][:, : cfg.max_seq_len]
     if cfg.family == Family.bert and not cfg.type_vocab_size:
@@ -331,6 +348,12 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
     assert back.cfg == dataclasses.replace(cfg, d_ff=cfg.ffn_dim, type_vocab_size=segments)
     restored = back.model.state_dict()
     assert all(torch.equal(restored[k], v) for k, v in original.items())
+    # out again: the tokenizer that came back already frames, and is framed once, not twice
+    again = transformers.AutoTokenizer.from_pretrained(
+        to_hf(tmp_path / "back.ckpt", tmp_path / "2")
+    )
+    for text in (["hear me"], ["hear me", "speak"]):
+        assert dict(again(*text)) == dict(tok(*text))
 
 
 @pytest.mark.parametrize(
@@ -411,6 +434,187 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ConfigError, match="exists"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")
     assert (tmp_path / "x.ckpt").read_text() == "mine"
+
+
+# Tokenizers that frame their input themselves, as transformers builds them from a vocabulary
+# (no files, no hub): BERT's WordPiece ([CLS] a [SEP]) and T5's Unigram (a </s>)
+WORDS = ["paris", "is", "the", "capital", "of", "france"]
+FRAMING = {
+    "bert": (
+        lambda: transformers.BertTokenizerFast(
+            vocab={
+                w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])
+            }
+        ),
+        lambda n: transformers.BertForMaskedLM(
+            transformers.BertConfig(
+                vocab_size=n,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+            )
+        ),
+    ),
+    "t5": (
+        lambda: transformers.T5TokenizerFast(
+            vocab=[
+                ("<pad>", 0.0),
+                ("</s>", 0.0),
+                ("<unk>", 0.0),
+                *((f"▁{w}", -1.0) for w in WORDS),
+            ],
+            extra_ids=3,
+        ),
+        lambda n: transformers.T5ForConditionalGeneration(
+            transformers.T5Config(
+                vocab_size=n,
+                d_model=16,
+                d_ff=32,
+                d_kv=8,
+                num_layers=1,
+                num_heads=2,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FRAMING))
+def test_a_tokenizer_that_frames_goes_both_ways_twice_unchanged(name: str, tmp_path: Path) -> None:
+    """from_hf, to_hf, and again (the tokenizer then is to_hf's own): each folder's tokenizer
+    encodes a text and a pair as the original does (ids and segments), framed once."""
+    tokenizer, model = FRAMING[name]
+    original = tokenizer()
+    folder = tmp_path / "hf0"
+    model(len(original)).save_pretrained(folder)
+    original.save_pretrained(folder)
+    texts = (["paris is the capital of france"], ["paris is", "the capital"])
+    expected = [dict(original(*t)) for t in texts]
+    for i in (1, 2):
+        folder = to_hf(from_hf(str(folder), tmp_path / f"{i}.ckpt"), tmp_path / f"hf{i}")
+        tok = transformers.AutoTokenizer.from_pretrained(folder)
+        assert [dict(tok(*t)) for t in texts] == expected, f"round {i}"
+
+
+def test_from_hf_keeps_a_tokenizer_only_where_the_folder_has_a_usable_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No tokenizer files (transformers would make up a GPT-2 tokenizer of one token), or
+    files without a vocabulary: the checkpoint has none, and a warning says why and that
+    generation needs tokenizer=. Files that do not load, or whose ids pass the model's
+    vocabulary, are refused."""
+    folder, _ = hf_folder("gpt2", tmp_path)
+    tokenizer_json = (folder / "tokenizer.json").read_bytes()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+
+    def converted(name: str) -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.convert"):
+            return torch.load(from_hf(str(folder), tmp_path / name))
+
+    assert "tokenizer" not in converted("none.ckpt")
+    assert f"from_hf={folder} has no tokenizer files: generation will need tokenizer=" in (
+        caplog.text
+    )
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}')
+    assert "tokenizer" not in converted("empty.ckpt")
+    assert f"from_hf={folder} has tokenizer files (tokenizer_config.json) without a vocabulary" in (
+        caplog.text
+    )
+    (folder / "tokenizer.json").write_bytes(tokenizer_json[:200])  # a download cut short
+    with pytest.raises(
+        ConfigError,
+        match=r"its tokenizer \(tokenizer.json, tokenizer_config.json\) does not load: .*; "
+        "repair or remove it",
+    ):
+        from_hf(str(folder), tmp_path / "cut.ckpt")
+    # a tokenizer of V tokens on a model of V - 10: ids V - 10 .. V - 1 have no embedding
+    small = tmp_path / "small"
+    transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=V - 10, **NO_SPECIAL_IDS)
+    ).save_pretrained(small)
+    hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(small)
+    with pytest.raises(
+        ConfigError,
+        match=rf"its tokenizer has ids up to {V - 1}, past config.json's vocab_size={V - 10} "
+        rf".*; allowed: ids below {V - 10}$",
+    ):
+        from_hf(str(small), tmp_path / "small.ckpt")
+    assert not {"cut.ckpt", "small.ckpt"} & {p.name for p in tmp_path.iterdir()}
+
+
+def test_from_hf_refuses_weights_that_are_not_the_model_in_one_line(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """A weights file cut short, a config.json of other shapes, another task's head that the
+    conversion would drop: one line, exit 2, no checkpoint."""
+    folder, _ = hf_folder("gpt2", tmp_path)
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    original = weights.read_bytes(), config.read_text()
+
+    def refusal() -> str:
+        capsys.readouterr()  # save_pretrained's progress bars
+        assert run_command("convert", f"from_hf={folder}", f"out={tmp_path / 'x.ckpt'}") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and not (tmp_path / "x.ckpt").exists(), err
+        return err
+
+    weights.write_bytes(original[0][: len(original[0]) // 2])
+    assert refusal().startswith(f"error: from_hf={folder}: weights unreadable: Error while ")
+    weights.write_bytes(original[0])
+    config.write_text(json.dumps({**json.loads(original[1]), "n_positions": 32}))
+    assert refusal() == (
+        f"error: from_hf={folder}: config.json does not match the weights: "
+        "transformer.wpe.weight is [64, 32] in the weights, [32, 32] by config.json\n"
+    )
+    # GPT-2's head is its embedding: a sequence classifier lacks nothing GPT2LMHeadModel needs
+    torch.manual_seed(0)
+    classifier = transformers.GPT2ForSequenceClassification(CASES["gpt2"]().config)
+    classifier.save_pretrained(folder)
+    assert refusal() == (
+        f"error: from_hf={folder}: GPT2ForSequenceClassification has weights GPT2LMHeadModel "
+        "leaves out: score.weight (another task's head, which the conversion would drop); "
+        "allowed: a folder saved from GPT2LMHeadModel\n"
+    )
+
+
+def test_berts_pretraining_heads_are_left_out_and_its_masked_lm_converts(tmp_path: Path) -> None:
+    """Published BERT checkpoints (bert-base-uncased) hold BertForPreTraining's pooler and
+    next-sentence head beside the MLM head: BertForMaskedLM leaves them out, and so does
+    lmlab; the MLM gives BertForMaskedLM's logits."""
+    torch.manual_seed(0)
+    pretraining = transformers.BertForPreTraining(CASES["bert"]().config)
+    pretraining.save_pretrained(tmp_path / "hf")
+    hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(tmp_path / "hf")
+    mlm = transformers.BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    pre = load(from_hf(str(tmp_path / "hf"), tmp_path / "bert.ckpt"))
+    batch = inputs("bert")
+    with torch.no_grad():
+        assert (pre.model(**batch) - mlm(**batch).logits).abs().max() <= 1e-5
+
+
+def test_to_hf_refuses_a_link_as_out_before_any_work(tmp_path: Path, run_command, capsys) -> None:
+    """The folder is written beside ``out`` and renamed into place, which a link (to an
+    empty folder, or dangling) does not take: refused first, even before the checkpoint is
+    looked for. An existing empty folder is written into (nothing in it is lost)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, tmp_path / "nowhere"):
+        link = tmp_path / f"to-{target.name}"
+        link.symlink_to(target)
+        assert run_command("convert", f"to_hf={tmp_path / 'none.ckpt'}", f"out={link}") == 2
+        assert capsys.readouterr().err == (
+            f"error: out={link} is a symbolic link (to {target}): name a new folder, or the "
+            "folder it points to\n"
+        )
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    assert to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg), empty) == empty
+    assert (empty / "config.json").is_file()
 
 
 # --- a trained checkpoint out to transformers, back, and into training -------------------
@@ -536,16 +740,7 @@ def test_preset_parameter_counts_equal_the_published_models(name: str) -> None:
 def test_to_hf_folder_has_the_permissions_of_a_plain_folder(tmp_path: Path) -> None:
     """Not the private 0700 of a temporary folder: the folder is for sharing."""
     cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
-    ckpt = tmp_path / "m.ckpt"
-    state = build_model(cfg).state_dict()
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in state.items()},
-            "model_config": model_config_dict(cfg),
-            "tokenizer": TOKENIZER.to_str(),
-        },
-        ckpt,
-    )
+    ckpt = lmlab_checkpoint(tmp_path / "m.ckpt", cfg)
     umask = os.umask(0o022)
     try:
         out = to_hf(ckpt, tmp_path / "hf")

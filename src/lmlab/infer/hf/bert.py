@@ -104,6 +104,7 @@ BERT = Architecture(
     config_to_hf=config_to_hf,
     rules=rules,
     fill_to_hf=fill_to_hf,
+    droppable=("bert.pooler.", "cls.seq_relationship."),
     requirements=[
         ("norm_placement", same(NormPlacement.post), "BERT is post-norm (+experiment=bert)"),
         ("norm", same(Norm.layernorm), "BERT uses LayerNorm"),

@@ -10,8 +10,10 @@ refusals: a knob value a transformers class cannot express is named, never appro
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +33,20 @@ from lmlab.infer.pretrained import load
 from lmlab.model import build_model
 
 log = logging.getLogger(__name__)
+# The files transformers builds a tokenizer from: a folder with none of them has no tokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer.model",
+)
+# Post-processors that add special tokens: ``framed`` replaces them with its own template
+FRAMING = {"TemplateProcessing", "BertProcessing", "RobertaProcessing"}
 # Where ModelConfig's dropout is 0 and init_std is unused after conversion: these HF settings
 # are about training, and a converted model is set up for use (model.dropout to fine-tune).
 
@@ -39,6 +55,7 @@ def _transformers() -> Any:
     import transformers
 
     transformers.logging.set_verbosity_error()  # its notes on unused keys are ours to report
+    transformers.logging.disable_progress_bar()  # a refusal is one line, not under a bar
     return transformers
 
 
@@ -100,22 +117,8 @@ def _from_hf(source: str) -> dict[str, Any]:
     """The lmlab checkpoint (a dict) of ``source``."""
     config = hf_config(source)
     arch = architecture_of(config, source)
-    transformers = _transformers()
-    try:
-        hf_model, info = getattr(transformers, arch.hf_class).from_pretrained(
-            source, dtype="auto", output_loading_info=True
-        )
-    except OSError as err:
-        raise ConfigError(f"from_hf={source}: weights unreadable: {err}") from None
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:  # transformers would initialise them at random (its warning is silenced)
-        saved = (config.architectures or ["its class"])[0]
-        raise ConfigError(
-            f"from_hf={source}: {saved} lacks weights {arch.hf_class} needs: "
-            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} (a base model "
-            "without its language-model head, or another task's head); allowed: a folder "
-            f"saved from {arch.hf_class}"
-        )
+    tokenizer, none_because = hf_tokenizer(source, config.vocab_size)  # before the weights
+    hf_model = hf_weights(source, config, arch)
     tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
     cfg = to_schema(ModelConfig, arch.config_from_hf(hf_model.config, tied), "model.")
     hf_state = hf_model.state_dict()
@@ -131,34 +134,108 @@ def _from_hf(source: str) -> dict[str, Any]:
     )
     unused = sorted(set(hf_state) - used)
     if unused:
-        raise ConfigError(
-            f"from_hf={source}: weights with no lmlab counterpart: {', '.join(unused[:6])}"
-        )
+        raise ConfigError(f"from_hf={source}: weights with no lmlab counterpart: {listed(unused)}")
     skeleton.load_state_dict(state, strict=True, assign=True)  # every key, every shape
     ckpt: dict[str, Any] = {
         "state_dict": {f"model.{k}": v for k, v in state.items()},
         "model_config": model_config_dict(cfg),
         "converted_from": {"source": str(source), "hf_class": arch.hf_class},
     }
-    tokenizer = hf_tokenizer(source)
     if tokenizer is not None:
         ckpt["tokenizer"] = tokenizer.backend_tokenizer.to_str()
         check_specials(tokenizer)
     else:
         log.warning(
-            "%s has no tokenizer files: generation will need tokenizer=<tokenizer.json>", source
+            "from_hf=%s %s: generation will need tokenizer=<tokenizer.json>", source, none_because
         )
     return ckpt
 
 
-def hf_tokenizer(source: str) -> Any | None:
-    """The model's fast tokenizer, or None when the folder has no tokenizer files."""
-    transformers = _transformers()
+def listed(keys: list[str], n: int = 4) -> str:
+    return f"{', '.join(keys[:n])}{' ...' if len(keys) > n else ''}"
+
+
+def first_line(err: Exception) -> str:
+    return (str(err) or type(err).__name__).splitlines()[0][:200]
+
+
+def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
+    """The transformers model of ``source``, or a ConfigError where it would not be the saved
+    model: weights that do not read, a weight the class needs and the folder lacks
+    (transformers would initialise it at random), one the folder has and the class leaves out
+    (another task's head: lmlab would drop it), one whose shape is not config.json's."""
+    from safetensors import SafetensorError
+
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError):
-        return None
-    return tok if hasattr(tok, "backend_tokenizer") else None
+        hf_model, info = getattr(_transformers(), arch.hf_class).from_pretrained(
+            source, dtype="auto", output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+        raise ConfigError(f"from_hf={source}: weights unreadable: {first_line(err)}") from None
+    saved = (config.architectures or ["its class"])[0]
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ConfigError(
+            f"from_hf={source}: {saved} lacks weights {arch.hf_class} needs: {listed(missing)} "
+            "(a base model without its language-model head, or another task's head); allowed: "
+            f"a folder saved from {arch.hf_class}"
+        )
+    dropped = sorted(
+        k for k in info.get("unexpected_keys") or () if not k.startswith(arch.droppable)
+    )
+    if dropped:
+        raise ConfigError(
+            f"from_hf={source}: {saved} has weights {arch.hf_class} leaves out: "
+            f"{listed(dropped)} (another task's head, which the conversion would drop); "
+            f"allowed: a folder saved from {arch.hf_class}"
+        )
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise ConfigError(
+            f"from_hf={source}: config.json does not match the weights: {key} is "
+            f"{list(stored)} in the weights, {list(expected)} by config.json{more}"
+        )
+    return hf_model
+
+
+def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
+    """The model's fast tokenizer, or None and why ``source`` has none (a folder without
+    tokenizer files, for which transformers makes up a stand-in of special tokens only).
+    Tokenizer files that do not load, and ids past ``vocab_size``, are refused: the
+    checkpoint could not generate with them."""
+    local = Path(source)
+    files = [f for f in TOKENIZER_FILES if (local / f).is_file()]
+    if local.is_dir() and not files:
+        return None, "has no tokenizer files"
+    try:
+        tok = _transformers().AutoTokenizer.from_pretrained(source)
+    except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+        if isinstance(err, OSError) and not local.exists():  # a hub name without them
+            return None, "has no tokenizer files"
+        raise ConfigError(
+            f"from_hf={source}: its tokenizer ({', '.join(files) or 'tokenizer files'}) does "
+            f"not load: {first_line(err)}; repair or remove it (without one, generation needs "
+            "tokenizer=<tokenizer.json>)"
+        ) from None
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None, f"gives a {type(tok).__name__}, not a tokenizers one (tokenizer.json)"
+    added = {t.content for t in backend.get_added_tokens_decoder().values()}
+    if len(set(backend.get_vocab()) - added) < 2:  # < 2: T5's stand-in also has "▁"
+        return (
+            None,
+            f"has tokenizer files ({', '.join(files) or 'on the hub'}) without a vocabulary",
+        )
+    top = max(backend.get_vocab().values())
+    if top >= vocab_size:
+        raise ConfigError(
+            f"from_hf={source}: its tokenizer has ids up to {top}, past config.json's "
+            f"vocab_size={vocab_size} (no embedding for them: another model's tokenizer?); "
+            f"allowed: ids below {vocab_size}"
+        )
+    return tok, ""
 
 
 def check_specials(tokenizer: Any) -> None:
@@ -196,7 +273,13 @@ def to_hf(
 ) -> Path:
     """Write checkpoint ``path`` as a Hugging Face model folder ``out`` (config.json,
     model.safetensors or shards, the tokenizer: the checkpoint's, or ``tokenizer``)."""
-    out = check_folder_out(Path(out), empty=True)
+    out = Path(out)
+    if out.is_symlink():  # the folder is renamed into place, which a link does not take
+        raise ConfigError(
+            f"out={out} is a symbolic link (to {os.readlink(out)}): name a new folder, or the "
+            "folder it points to"
+        )
+    out = check_folder_out(out, empty=True)
     pre = load(path, dtype=dtype, tokenizer=tokenizer, key="to_hf")
     cfg = pre.cfg
     arch = choose_architecture(cfg)
@@ -226,7 +309,7 @@ def to_hf(
     try:
         config.save_pretrained(tmp)
         save_torch_state_dict(hf_state, tmp)
-        hf_tokenizer_of(tok, specials, cfg.family).save_pretrained(tmp)
+        hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1).save_pretrained(tmp)
         as_umask_allows(tmp)
         if out.exists():
             out.rmdir()
@@ -246,40 +329,62 @@ def as_umask_allows(folder: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def framed(tok: Any, specials: Specials, family: Family | None) -> Any:
+def framed(tok: Any, specials: Specials, family: Family | None, segments: bool = False) -> Any:
     """A copy of ``tok`` whose post-processor frames text as lmlab's ``family`` does: BERT
-    ``[CLS] a [SEP]`` (a pair: ``[CLS] a [SEP] b [SEP]``, segments 0 and 1), T5's encoder
-    ``a </s>``. transformers' tokenizer then gives the model's inputs from ``tok(text)``, as
-    the Hugging Face BERT and T5 tokenizers do; lmlab itself encodes without it."""
+    ``[CLS] a [SEP]`` (a pair: ``[CLS] a [SEP] b [SEP]``, with ``segments`` 0 and 1), T5's
+    encoder ``a </s>``. transformers' tokenizer then gives the model's inputs from
+    ``tok(text)``, as the Hugging Face BERT and T5 tokenizers do; lmlab itself encodes
+    without it. Idempotent: a template ``tok`` has already is replaced, not framed again."""
     from tokenizers import Tokenizer, processors
 
     if family == Family.bert and specials.cls and specials.sep:
         c, s = specials.cls, specials.sep
-        single, pair, used = f"{c} $A {s}", f"{c} $A {s} $B:1 {s}:1", (c, s)
+        b = int(segments)  # without segments, Hugging Face's BERT has the one, 0
+        single, pair, used = f"{c} $A {s}", f"{c} $A {s} $B:{b} {s}:{b}", (c, s)
     elif family == Family.t5 and specials.eos:
         e = specials.eos
         single, pair, used = f"$A {e}", f"$A {e} $B {e}", (e,)
     else:
         return tok
-    copy = Tokenizer.from_str(tok.to_str())
     template = processors.TemplateProcessing(
-        single=single, pair=pair, special_tokens=[(t, copy.token_to_id(t)) for t in used]
+        single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t in used]
     )
-    kept = copy.post_processor  # byte-level BPE's offsets trimming stays
-    copy.post_processor = processors.Sequence([kept, template]) if kept else template
+    spec = json.loads(tok.to_str())
+    # a tokenizer from Hugging Face, or from an earlier to_hf, already frames: its template
+    # goes (framing twice gives [CLS] [CLS] ..), byte-level BPE's offsets trimming stays
+    kept = [p for p in steps(spec.get("post_processor")) if p["type"] not in FRAMING]
+    spec["post_processor"] = {"type": "Sequence", "processors": kept} if kept else None
+    copy = Tokenizer.from_str(json.dumps(spec))
+    copy.post_processor = processors.Sequence([copy.post_processor, template]) if kept else template
     return copy
 
 
-def hf_tokenizer_of(tok: Any, specials: Specials, family: Family | None = None) -> Any:
+def steps(processor: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The post-processors (as JSON) that ``processor`` applies, in order."""
+    if processor is None:
+        return []
+    if processor["type"] == "Sequence":
+        return [step for p in processor["processors"] for step in steps(p)]
+    return [processor]
+
+
+def hf_tokenizer_of(
+    tok: Any, specials: Specials, family: Family | None = None, segments: bool = False
+) -> Any:
     """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles and
-    (given the ``family``) the framing its model's inputs have (``framed``)."""
+    (given the ``family``) the framing its model's inputs have (``framed``); with
+    ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read."""
     transformers = _transformers()
-    tok = framed(tok, specials, family)
+    tok = framed(tok, specials, family, segments)
+    inputs = ["input_ids", *(["token_type_ids"] if segments else []), "attention_mask"]
     roles = {
         f"{role}_token": getattr(specials, role)
         for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
         if getattr(specials, role)
     }
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, additional_special_tokens=list(specials.sentinels), **roles
+        tokenizer_object=tok,
+        additional_special_tokens=list(specials.sentinels),
+        model_input_names=inputs,
+        **roles,
     )

@@ -154,6 +154,10 @@ class Architecture:
     # table for a model without segments): (config, a tensor of the right dtype) -> tensors
     fill_to_hf: Callable[[ModelConfig, torch.Tensor], dict[str, torch.Tensor]] = no_fill
     selects: Callable[[ModelConfig], bool] = lambda cfg: True  # the class for this config?
+    # Prefixes of Hugging Face weights a folder may hold that the class leaves out for its
+    # own task (BERT's pooler and next-sentence head, in pre-training checkpoints): dropped.
+    # Any other weight the class leaves out (another task's head) is refused.
+    droppable: tuple[str, ...] = ()
 
     def check(self, cfg: ModelConfig) -> None:
         if cfg.moe.num_experts and self.model_type != "mixtral":
