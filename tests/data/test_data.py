@@ -12,10 +12,19 @@ import torch
 
 from lmlab.config import DataConfig, Family, Source, TokenizerKind
 from lmlab.data.datamodule import LMDataModule
-from lmlab.data.packing import prepare, split_documents
+from lmlab.data.packing import pack, prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
 from lmlab.data.sources import load_documents, stdlib_files
-from lmlab.data.tokenizer import EOS, MASK, SPECIAL_TOKENS, Specials, train_bpe, train_char
+from lmlab.data.tokenizer import (
+    EOS,
+    MASK,
+    SPECIAL_TOKENS,
+    Specials,
+    encode,
+    prompt_ids,
+    train_bpe,
+    train_char,
+)
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 
@@ -58,6 +67,21 @@ def test_char_tokenizer_round_trips_and_maps_unseen_chars_to_unk() -> None:
     assert tok.decode(tok.encode(TEXT[:100]).ids) == TEXT[:100]
     assert tok.get_vocab_size() == len(SPECIAL_TOKENS) + len(set(TEXT))
     assert tok.encode("Z").ids == [tok.token_to_id("<unk>")]
+
+
+def test_a_prompt_starts_as_a_packed_document_does() -> None:
+    """Generation and the end-of-run sample read a prompt as ``pack`` wrote a document's
+    start: after BOS where the tokenizer has one (a converted Llama's), else as the text;
+    an empty prompt without BOS is the EOS a document follows."""
+    tok = train_char([TEXT])
+    assert prompt_ids(tok, "def") == encode(tok, "def")
+    assert prompt_ids(tok, "") == [tok.token_to_id(EOS)]
+    tok.add_special_tokens(["<s>"])
+    bos = tok.token_to_id("<s>")
+    assert prompt_ids(tok, "def") == [bos, *encode(tok, "def")]
+    assert prompt_ids(tok, "") == [bos]
+    packed = pack(["def"], tok, row_len=2)[0]["input_ids"][0]
+    assert packed == prompt_ids(tok, "def")[:2]
 
 
 def test_vocab_too_small_for_bytes_and_special_tokens() -> None:

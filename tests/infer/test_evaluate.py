@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from lmlab.data.tokenizer import EOS, PAD, train_bpe
 from lmlab.errors import ConfigError
 from lmlab.infer import harness
 from lmlab.infer.evaluate import LmlabLM
+from lmlab.infer.generation import generate
 from lmlab.infer.pretrained import Pretrained
 from lmlab.model import build_model
 from lmlab.train.task import LMTask
@@ -52,6 +55,20 @@ def tok():
     return train_bpe(SNIPPETS, 400)
 
 
+@pytest.fixture(scope="module")
+def bos_tok():
+    """The same BPE with Llama's ``<s>``: training starts every document with it."""
+    with_bos = train_bpe(SNIPPETS, 400)
+    with_bos.add_special_tokens(["<s>"])
+    return with_bos
+
+
+def bos_of(pre: Pretrained) -> list[int]:
+    """What training put before a document: ``<s>`` when the tokenizer has it (a GPT)."""
+    bos = pre.tokenizer.token_to_id("<s>")
+    return [bos] if bos is not None and pre.family == Family.gpt else []
+
+
 def tiny(tok, family: str = "gpt", dtype=torch.float64, **kw) -> Pretrained:
     torch.manual_seed(0)
     base = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, init_std=0.3)
@@ -65,7 +82,9 @@ def requests(kind: str, args: list[tuple]) -> list[Instance]:
 
 def hand_loglikelihood(pre: Pretrained, context: str, continuation: str) -> tuple[float, bool]:
     """The definition: log-softmax of the model's logits, summed over the continuation's
-    tokens (context and continuation split as the harness splits them)."""
+    tokens (context and continuation split as the harness splits them); a GPT reads the
+    context after BOS, where training started documents with one (an empty context: BOS,
+    else EOS)."""
     enc = lambda s: pre.tokenizer.encode(s).ids  # noqa: E731
     spaces = len(context) - len(context.rstrip())  # the harness moves them to the continuation
     context, continuation = (
@@ -73,7 +92,8 @@ def hand_loglikelihood(pre: Pretrained, context: str, continuation: str) -> tupl
         context[len(context) - spaces :] + continuation,
     )
     if pre.family == Family.gpt:
-        whole, ctx = enc(context + continuation), enc(context)
+        start = bos_of(pre) or ([] if context else [pre.tokenizer.token_to_id(EOS)])
+        whole, ctx = start + enc(context + continuation), start + enc(context)
         cont = whole[len(ctx) :]
         logits = pre.model(torch.tensor([whole[:-1]]))[0, len(ctx) - 1 :]
     else:  # T5: the context and EOS to the encoder; the decoder starts from the pad token
@@ -89,13 +109,18 @@ def hand_loglikelihood(pre: Pretrained, context: str, continuation: str) -> tupl
     )
 
 
-@pytest.mark.parametrize("family", ["gpt", "t5"])
-def test_loglikelihood_is_the_summed_log_softmax_of_the_continuation(tok, family: str) -> None:
-    pre = tiny(tok, family)
-    got = LmlabLM(pre).loglikelihood(
-        requests("loglikelihood", list(zip(CONTEXTS, CONTINUATIONS, strict=True)))
-    )
-    for (logp, greedy), ctx, cont in zip(got, CONTEXTS, CONTINUATIONS, strict=True):
+@pytest.mark.parametrize(
+    ("family", "bos"), [("gpt", False), ("gpt", True), ("t5", False)], ids=["gpt", "gpt-bos", "t5"]
+)
+def test_loglikelihood_is_the_summed_log_softmax_of_the_continuation(
+    tok, bos_tok, family: str, bos: bool
+) -> None:
+    pre = tiny(bos_tok if bos else tok, family)
+    pairs = list(zip(CONTEXTS, CONTINUATIONS, strict=True))
+    if family == "gpt":
+        pairs.append(("", "import sys"))  # an empty context: the harness's prefix token alone
+    got = LmlabLM(pre).loglikelihood(requests("loglikelihood", pairs))
+    for (logp, greedy), (ctx, cont) in zip(got, pairs, strict=True):
         want_logp, want_greedy = hand_loglikelihood(pre, ctx, cont)
         assert logp == pytest.approx(want_logp, abs=FP64_ATOL) and greedy == want_greedy
         assert logp < -1.0  # a random model is far from certain: the check can fail
@@ -120,18 +145,21 @@ def test_batched_scores_equal_unbatched(tok, family: str, knobs: dict) -> None:
     assert rolled_one[0] == pytest.approx(rolled_many[0], abs=FP64_ATOL)
 
 
-def test_rolling_loglikelihood_equals_the_training_loss(tok) -> None:
+@pytest.mark.parametrize("bos", [False, True], ids=["eos", "bos"])
+def test_rolling_loglikelihood_equals_the_training_loss(tok, bos_tok, bos: bool) -> None:
     """``loglikelihood_rolling`` of a text is minus the task's own summed cross-entropy over
-    it: one window when it fits the context (EOS first, as between training documents), and
-    the harness's disjoint windows when it does not."""
+    it: one window when it fits the context (conditioned on what a training document
+    follows: BOS where the tokenizer has one, else the EOS before), and the harness's
+    disjoint windows when it does not."""
+    tok = bos_tok if bos else tok
     pre = tiny(tok, dtype=torch.float32)
     task = LMTask(pre.cfg, None, None)
     task.model.load_state_dict(pre.model.state_dict())
     task.eval()
-    lm, eos = LmlabLM(pre), tok.token_to_id(EOS)
+    lm, start = LmlabLM(pre), (bos_of(pre) or [tok.token_to_id(EOS)])[0]
     for text in ("def f(x):\n    return x * 2\n", SNIPPETS[1]):
         ids = tok.encode(text).ids
-        windows = list(get_rolling_token_windows(ids, eos, pre.cfg.max_seq_len, context_len=1))
+        windows = list(get_rolling_token_windows(ids, start, pre.cfg.max_seq_len, context_len=1))
         total = 0.0
         for ctx, cont in map(make_disjoint_window, windows):
             row = ctx + cont  # the model reads row[:-1]; labels only where the window scores
@@ -142,6 +170,36 @@ def test_rolling_loglikelihood_equals_the_training_loss(tok) -> None:
         (rolled,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
         assert (len(windows) > 1) == (len(ids) > pre.cfg.max_seq_len)
         assert rolled == pytest.approx(total, rel=FP32_RTOL)
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["eos", "bos"])
+def test_rolling_windows_predict_every_token_of_the_text_once(
+    tok, bos_tok, bos: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BOS is the first window's condition, never a token to predict: the windows' targets,
+    in order, are the text's tokens, each once, every window within the context."""
+    pre = tiny(bos_tok if bos else tok)
+    lm = LmlabLM(pre)
+    windows = []
+    score = lm._loglikelihood_tokens
+    monkeypatch.setattr(lm, "_loglikelihood_tokens", lambda r: windows.extend(r) or score(r))
+    text = SNIPPETS[1]
+    lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
+    assert [t for _, _, cont in windows for t in cont] == pre.tokenizer.encode(text).ids
+    assert windows[0][1] == (bos_of(pre) or [pre.tokenizer.token_to_id(EOS)])
+    assert len(windows) > 1 and all(len(c + t) <= 65 for _, c, t in windows)  # 64 + 1 each
+
+
+def test_generate_until_continues_the_context_after_bos(bos_tok) -> None:
+    """With a BOS tokenizer, the greedy text is the model's greedy continuation of
+    [BOS] + the context's tokens (float64: the same function by two paths)."""
+    pre = tiny(bos_tok)
+    kwargs = {"max_gen_toks": 10, "until": ["\n\n"]}
+    (got,) = LmlabLM(pre).generate_until(requests("generate_until", [(CONTEXTS[0], kwargs)]))
+    ids = bos_of(pre) + bos_tok.encode(CONTEXTS[0]).ids
+    out = generate(pre.model, torch.tensor([ids]), 10, temperature=0)[0, len(ids) :]
+    want = bos_tok.decode(out.tolist(), skip_special_tokens=False)
+    assert got == want.split(EOS)[0].split("\n\n")[0] and got
 
 
 @pytest.mark.parametrize("family", ["gpt", "t5"])
@@ -251,9 +309,82 @@ def test_unknown_or_unreachable_tasks_are_refused_naming_them(offline_hub) -> No
 def test_evaluate_command_refuses_a_hub_task_offline_before_reading_the_checkpoint(
     offline_hub, run_command, capsys, tmp_path: Path
 ) -> None:
-    code = run_command("evaluate", f"ckpt={tmp_path / 'missing.ckpt'}", "tasks=hellaswag")
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not read")  # a checkpoint that is there: its path passes the checks
+    code = run_command("evaluate", f"ckpt={ckpt}", "tasks=hellaswag")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "'hellaswag'" in err, err
+
+
+def test_evaluate_checks_its_inputs_before_importing_the_harness(tmp_path: Path) -> None:
+    """A missing checkpoint or a bad dtype is one line before lm-eval is imported (seconds:
+    the error came after it). A fresh process: this one has lm-eval imported."""
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not read")
+    code = (
+        "import json, sys\n"
+        "from lmlab.cli.evaluate import main\n"
+        "from lmlab.errors import ConfigError\n"
+        "out = []\n"
+        f"for argv in (['ckpt={tmp_path / 'missing.ckpt'}'], ['ckpt={ckpt}', 'dtype=int8']):\n"
+        "    try:\n"
+        "        main(argv + ['wandb=false'])\n"
+        "    except ConfigError as err:\n"
+        "        out.append(str(err))\n"
+        "print(json.dumps([out, 'lm_eval' in sys.modules]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    errors, harness_imported = json.loads(res.stdout.splitlines()[-1])
+    assert errors == [
+        f"ckpt={tmp_path / 'missing.ckpt'}: no such checkpoint file or sharded checkpoint folder",
+        "dtype='int8': allowed fp32, bf16, fp16, auto",
+    ]
+    assert harness_imported is False
+
+
+def harness_results(limit: int, tasks: dict[str, dict[str, float]]) -> dict:
+    """What ``simple_evaluate`` returns, in the parts a record reads, for ``tasks`` run with
+    ``limit`` items each: {task: {metric: value}}."""
+    return {
+        "results": {t: {f"{m},none": v for m, v in ms.items()} for t, ms in tasks.items()},
+        "n-samples": {t: {"original": 300, "effective": limit} for t in tasks},
+        "n-shot": {t: 0 for t in tasks},
+        "config": {"limit": limit, "bootstrap_iters": 1000, "batch_size": 16},
+    }
+
+
+def test_eval_record_keeps_the_settings_each_task_ran_with(tmp_path: Path) -> None:
+    """Every task, then one again with fewer items: the other tasks keep their results and
+    their own ``limit``; the task run again has the new run's results and settings, none of
+    its older metrics; nothing states one setting for all."""
+    ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
+    everything = {"a": {"acc": 0.5, "acc_norm": 0.4}, "b": {"acc": 0.25, "acc_norm": 0.3}}
+    harness.write_record(path, harness.eval_record(harness_results(20, everything), ckpt, None))
+    again = harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
+    harness.write_record(path, again)
+    record = json.loads(path.read_text())
+    assert "lm_eval" not in record  # a record-wide block would misstate a task's settings
+    tasks = record["tasks"]
+    assert (tasks["a"]["lm_eval"]["limit"], tasks["b"]["lm_eval"]["limit"]) == (20, 5)
+    assert tasks["b"]["n_samples"]["effective"] == 5 and tasks["b"]["results"] == {"acc,none": 0.6}
+    assert tasks["a"]["lm_eval"]["version"] and tasks["a"]["lm_eval"]["bootstrap_iters"] == 1000
+    assert record["metrics"] == {"eval/a/acc": 0.5, "eval/a/acc_norm": 0.4, "eval/b/acc": 0.6}
+
+
+def test_an_older_record_gives_its_settings_to_its_tasks_when_merged(tmp_path: Path) -> None:
+    """A record written before tasks held their settings (one top-level ``lm_eval``): its
+    tasks keep those settings when a new run of another task merges in."""
+    ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
+    old = harness.eval_record(harness_results(20, {"a": {"acc": 0.5}}), ckpt, None)
+    settings = old["tasks"]["a"].pop("lm_eval")
+    path.parent.mkdir()
+    path.write_text(json.dumps({**old, "lm_eval": settings}))
+    harness.write_record(
+        path, harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
+    )
+    tasks = json.loads(path.read_text())["tasks"]
+    assert (tasks["a"]["lm_eval"]["limit"], tasks["b"]["lm_eval"]["limit"]) == (20, 5)
 
 
 def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ maps and the per-layer parameter table, through the library and the two command 
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from lmlab.cli.generate import main as generate_main
-from lmlab.config import CONF_DIR, ModelConfig, MoEConfig, Positional
-from lmlab.data.tokenizer import EOS
+from lmlab.config import CONF_DIR, ModelConfig, MoEConfig, Positional, model_config_dict
+from lmlab.data.tokenizer import EOS, encode, train_char
 from lmlab.errors import ConfigError
-from lmlab.infer.fill import fill_mask, parse_spans
+from lmlab.infer import fill
+from lmlab.infer.fill import fill_mask, infill, parse_spans
 from lmlab.infer.generation import filter_logits, generate
-from lmlab.infer.pretrained import load
-from lmlab.infer.probe import attention_maps
+from lmlab.infer.pretrained import Pretrained, load
+from lmlab.infer.probe import CREATOR, attention_maps, drawn_by_probe, probe_ids
 from lmlab.model import build_model, param_breakdown
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.params import param_rows
@@ -327,8 +330,13 @@ def test_t5_infill_cli_fills_every_sentinel(smoke_ckpts: dict[str, Path]) -> Non
         "max_new_tokens=8",
     )
     assert res.returncode == 0, res.stderr
-    assert "filled: def " in res.stdout  # the sentinels replaced by the generated spans
-    assert "<extra_id_" not in res.stdout.split("filled:")[1]
+    printed = re.findall(r"^(<extra_id_\d+>) -> (.*)$", res.stdout, re.MULTILINE)
+    spans = {sentinel: ast.literal_eval(span) for sentinel, span in printed}
+    # the sentinels (and the space before each) replaced by the generated spans
+    filled = res.stdout.split("filled: ")[1].removesuffix("\n")
+    assert filled == "def" + spans.get("<extra_id_0>", "") + "(self):" + spans.get(
+        "<extra_id_1>", ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -422,3 +430,230 @@ def test_generation_edge_values_give_answers(smoke_ckpts: dict[str, Path]) -> No
     last = len(t5.specials.sentinels)
     with pytest.raises(ConfigError, match=rf"<extra_id_{last}>, but the tokenizer's sentinels"):
         infill(t5, f"def <extra_id_{last}>(self):", max_new_tokens=2)
+
+
+# --- checkpoints saved here (no training): prompts, damaged files, probe's output ------------
+
+CODE = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nmemo = [fib(k)]  # a/b\n"
+
+
+def char_tokenizer(bos: bool) -> Tokenizer:
+    """lmlab's character tokenizer of ``CODE``; with ``bos``, also Llama's ``<s>`` (a
+    special token: ``Specials`` finds it, and packing starts every document with it)."""
+    tok = train_char([CODE])
+    if bos:
+        tok.add_special_tokens(["<s>"])
+    return tok
+
+
+def save_ckpt(model: torch.nn.Module, tok: Tokenizer, path: Path) -> Path:
+    """``model`` and ``tok`` as an lmlab checkpoint file, in the keys training saves."""
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    config = model_config_dict(model.cfg)
+    torch.save({"state_dict": state, "model_config": config, "tokenizer": tok.to_str()}, path)
+    return path
+
+
+def char_ckpt(path: Path, bos: bool = False, family: str = "gpt") -> tuple[Path, Tokenizer]:
+    tok = char_tokenizer(bos)
+    model = tiny(family, vocab_size=tok.get_vocab_size(), max_seq_len=48).float()
+    return save_ckpt(model, tok, path), tok
+
+
+@pytest.mark.parametrize("bos", [True, False], ids=["bos", "no-bos"])
+def test_generate_prompt_starts_as_training_started_documents(
+    bos: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's greedy text is the definition's: at each step the argmax of one forward
+    pass over [BOS] + the prompt's tokens + what came before (no BOS where the tokenizer has
+    none). The definition runs in float64 and the command in fp32: every step's top two
+    logits are checked to differ by far more than fp32's rounding (eps32 x |logit| ~ 1e-5)."""
+    ckpt, tok = char_ckpt(tmp_path / "m.ckpt", bos)
+    n = 12
+    generate_main([f"ckpt={ckpt}", "prompt=def fib(", "temperature=0", f"max_new_tokens={n}"])
+    model = load(ckpt).model.double()
+    ids = [tok.token_to_id("<s>")] * bos + encode(tok, "def fib(")
+    with torch.no_grad():
+        for _ in range(n):
+            top2 = model(torch.tensor([ids]))[0, -1].topk(2)
+            assert float(top2.values[0] - top2.values[1]) > 1e-3  # no near tie
+            ids.append(int(top2.indices[0]))
+    assert capsys.readouterr().out == "def fib(" + tok.decode(ids[-n:]) + "\n"
+
+
+def test_converted_llama_generates_transformers_greedy_tokens_after_its_bos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Llama whose tokenizer adds ``<s>`` (``tok(prompt)`` starts with it): lmlab's greedy
+    continuation of the prompt is transformers' ``generate(tok(prompt))``."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import processors
+
+    from lmlab.infer.hf.convert import from_hf
+
+    tok = char_tokenizer(bos=True)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token=EOS
+    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        bos_token_id=bos,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    hf_model = transformers.LlamaForCausalLM(config).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    ckpt = from_hf(str(tmp_path / "hf"), tmp_path / "llama.ckpt")
+    ids = hf_tok("def fib(", return_tensors="pt").input_ids
+    assert ids[0, 0] == bos  # the tokenizer adds it, as Llama's does
+    n = 12
+    with torch.no_grad():
+        expected = hf_model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+    generate_main([f"ckpt={ckpt}", "prompt=def fib(", "temperature=0", f"max_new_tokens={n}"])
+    new = expected[0, ids.shape[1] :].tolist()
+    assert capsys.readouterr().out == "def fib(" + tok.decode(new) + "\n"
+
+
+def test_generate_takes_text_as_a_gpt_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``text=`` and ``prompt=`` name one input for every family (the help says so); two
+    different ones are refused, not one of them silently dropped."""
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")
+    args = [f"ckpt={ckpt}", "temperature=0", "max_new_tokens=8"]
+    generate_main([*args, "prompt=def fib("])
+    as_prompt = capsys.readouterr().out
+    generate_main([*args, "text=def fib("])
+    assert capsys.readouterr().out == as_prompt and as_prompt.startswith("def fib(")
+    with pytest.raises(ConfigError, match=r"prompt='def' and text='fib': two inputs"):
+        generate_main([*args, "prompt=def", "text=fib"])
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Weights that do not fit the checkpoint's model_config (a key lost, n_layers or d_model
+    edited) and a tokenizer that does not parse: generate and probe say so in one line, exit
+    2, naming the file and what is wrong; ``load`` raises ``ConfigError``."""
+    good, _ = char_ckpt(tmp_path / "good.ckpt")
+    ckpt = torch.load(good, weights_only=True)
+    config = ckpt["model_config"]
+    lost = {k: v for k, v in ckpt["state_dict"].items() if k != "model.blocks.1.attn.wq.weight"}
+    cases = {
+        "lost": ({**ckpt, "state_dict": lost}, "missing blocks.1.attn.wq.weight"),
+        "deeper": (
+            {**ckpt, "model_config": {**config, "n_layers": 3}},
+            "missing blocks.2.attn_res.norm.weight",
+        ),
+        "shallower": (
+            {**ckpt, "model_config": {**config, "n_layers": 1}},
+            "unexpected blocks.1.attn_res.norm.weight",
+        ),
+        "wider": (
+            {**ckpt, "model_config": {**config, "d_model": 64}},
+            f"shape embed.weight ({config['vocab_size']}, 32) where the model has",
+        ),
+        "tokenizer": ({**ckpt, "tokenizer": '{"version": 1'}, "its tokenizer is unreadable ("),
+    }
+    for name, (damaged, message) in cases.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(damaged, path)
+        with pytest.raises(ConfigError, match=re.escape(f"ckpt={path}: ")):
+            load(path)
+        for command in ("generate", "probe"):
+            assert run_command(command, f"ckpt={path}") == 2, (name, command)
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: ckpt={path}: ") and err.count("\n") == 1, err
+            assert message in err, err
+    assert not (tmp_path / "attention.png").exists()
+
+
+def test_infill_fills_the_text_the_model_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one space before a sentinel is dropped from the input (the span brings its own):
+    the spans fill that text, with no doubled space."""
+    tok = char_tokenizer(bos=False)
+    model = tiny("t5", vocab_size=tok.get_vocab_size()).float()
+    pre = Pretrained(model, tok, model.cfg, Path("t5.ckpt"))
+    target = encode(tok, "<extra_id_0> fib<extra_id_1> n") + [tok.token_to_id(EOS)]
+    start = tok.token_to_id("<pad>")
+    monkeypatch.setattr(fill, "decode_loop", lambda *_, **__: torch.tensor([[start, *target]]))
+    spans, filled = infill(pre, "def <extra_id_0>(self): <mask>")
+    assert spans == {"<extra_id_0>": " fib", "<extra_id_1>": " n"}
+    assert filled == "def fib(self): n"
+
+
+def test_infill_command_prints_spans_and_filled_text_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the model wrote, whole: one space before each span, brackets kept (code, not
+    rich markup: ``[/b]`` was a MarkupError), long lines unwrapped."""
+    ckpt, tok = char_ckpt(tmp_path / "t5.ckpt", family="t5")
+    spans = (" memo[k]" + " + fib(n - 1)" * 6, " [/b]")
+    target = encode(tok, f"<extra_id_0>{spans[0]}<extra_id_1>{spans[1]}") + [tok.token_to_id(EOS)]
+    start = tok.token_to_id("<pad>")
+    monkeypatch.setattr(fill, "decode_loop", lambda *_, **__: torch.tensor([[start, *target]]))
+    generate_main([f"ckpt={ckpt}", "text=def <extra_id_0>(self): <mask>"])
+    assert capsys.readouterr().out == (
+        f"<extra_id_0> -> {spans[0]!r}\n<extra_id_1> -> {spans[1]!r}\n"
+        f"filled: def{spans[0]}(self):{spans[1]}\n"
+    )
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_probe_keeps_the_first_tokens_of_a_long_text_with_a_warning(
+    family: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A text past the context is cut to the tokens that fit, with a warning, inside BERT's
+    [CLS] .. [SEP] frame (its [SEP] was cut off); a text that fits is whole, silently."""
+    tok = char_tokenizer(bos=False)
+    model = tiny(family, vocab_size=tok.get_vocab_size())  # max_seq_len=24 < len(CODE)
+    cls, sep = tok.token_to_id("<cls>"), tok.token_to_id("<sep>")
+    frame = (lambda ids: [cls, *ids, sep]) if family == "bert" else (lambda ids: ids)
+    room = 24 - 2 * (family == "bert")
+    assert probe_ids(model, tok, "def f") == frame(encode(tok, "def f")) and not caplog.text
+    ids = probe_ids(model, tok, CODE)
+    assert ids == frame(encode(tok, CODE)[:room]) and len(ids) == 24
+    assert f"the text has {len(CODE)} tokens, more than the {room}" in caplog.text
+
+
+def test_probe_redraws_its_own_plot_and_refuses_any_other_file(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``out=`` (or the default, ``attention.png`` beside the checkpoint) that holds a file
+    probe did not draw (a user's image, another matplotlib figure) is refused before the
+    checkpoint is read, and kept; a plot probe drew is redrawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")
+    figure = tmp_path / "figure.png"
+    plt.figure()
+    plt.savefig(figure)
+    plt.close()
+    (tmp_path / "mine.svg").write_text(f"<svg><!-- not by {CREATOR[:5]} --></svg>")
+    (tmp_path / "attention.png").write_bytes(b"\x89PNG\r\n\x1a\n the user's own")
+    kept = {p: p.read_bytes() for p in tmp_path.iterdir() if p.suffix != ".ckpt"}
+    for out in ([f"out={figure}"], [f"out={tmp_path / 'mine.svg'}"], []):
+        assert run_command("probe", f"ckpt={ckpt}", *out) == 2, out
+        err = capsys.readouterr().err
+        assert "exists and is not a plot probe drew" in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in kept} == kept
+    for suffix in ("png", "svg", "pdf"):
+        out = tmp_path / f"maps.{suffix}"
+        for _ in range(2):  # new, then redrawn
+            assert run_command("probe", f"ckpt={ckpt}", f"out={out}", "text=def f") == 0
+            assert drawn_by_probe(out), suffix

@@ -8,8 +8,8 @@ With no ``tasks=``, the offline tasks shipped with lmlab run (``stdlib_nextline`
 ``stdlib_cloze``, ``stdlib_perplexity``). Results are printed as the harness's table, written
 to ``<run dir>/eval/step<N>.json`` (a checkpoint outside a run's ``checkpoints/`` folder: an
 ``eval/`` folder beside it; ``out=`` to choose) and logged to the run's W&B run when it has one
-(``wandb=false`` to skip). Task names, and a hub task's dataset, are checked before the
-checkpoint is read.
+(``wandb=false`` to skip). The device, the checkpoint's path and the dtype, then task names
+and a hub task's dataset, are checked before the checkpoint is read and the harness imported.
 """
 
 from __future__ import annotations
@@ -55,16 +55,17 @@ class EvaluateConfig:
 def main(argv: list[str]) -> int | None:
     cfg = parse(EvaluateConfig, argv)
     from lmlab.infer import harness
+    from lmlab.infer.pretrained import check_source, load
 
     names = harness.parse_tasks(cfg.tasks)
     if cfg.out:
         harness.read_record(Path(cfg.out))  # nothing there, or an eval record: else refused
+    check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
     harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
-    from lmlab.infer.checkpoint import run_dir_of
-    from lmlab.infer.evaluate import LmlabLM
-    from lmlab.infer.pretrained import load
-
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
+    from lmlab.infer.checkpoint import run_dir_of
+    from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
+
     path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
     harness.check_record(path, str(pre.path), pre.global_step)  # before any task runs
     lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)

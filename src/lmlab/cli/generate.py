@@ -5,9 +5,12 @@ r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans
     python src/generate.py ckpt=<bert run>/checkpoints/last.ckpt text="import <mask>"
     python src/generate.py ckpt=<t5 run>/checkpoints/last.ckpt text="def <extra_id_0>(self):"
 
-``task`` follows the checkpoint's family (generate, fill_mask, infill). Generation streams to
-the terminal and uses a KV cache (``cache=false`` recomputes the context at every token);
-``temperature=0`` is greedy. ``device=cuda dtype=bf16`` for a GPU.
+``task`` follows the checkpoint's family (generate, fill_mask, infill); ``prompt=`` and
+``text=`` name the same input, for every task. Generation streams to the terminal and uses a
+KV cache (``cache=false`` recomputes the context at every token); ``temperature=0`` is greedy.
+A GPT's prompt starts with the BOS its documents started with in training, where its tokenizer
+has one (a Llama's ``<s>``, as ``tok(prompt)`` in transformers). ``device=cuda dtype=bf16``
+for a GPU.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from omegaconf import MISSING
 
 from lmlab.cli.args import parse
 from lmlab.config import Family
-from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
 
 
@@ -28,7 +30,7 @@ from lmlab.errors import ConfigError
 class GenerateConfig:
     ckpt: str = MISSING
     task: str | None = None  # generate | fill_mask | infill; default: by the model's family
-    prompt: str = ""  # generate's prompt
+    prompt: str = ""  # generate's prompt (text= works too)
     text: str | None = None  # fill_mask / infill input (prompt= works too)
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0: greedy
@@ -45,6 +47,11 @@ class GenerateConfig:
         """Every value is checked here, before the checkpoint is read."""
         if self.task is not None and self.task not in TASKS.values():
             raise ConfigError(f"task={self.task!r}: allowed {', '.join(TASKS.values())}")
+        if self.text is not None and self.prompt and self.text != self.prompt:
+            raise ConfigError(
+                f"prompt={self.prompt!r} and text={self.text!r}: two inputs; give one (both "
+                "name the model's input, for every task)"
+            )
         if self.num_samples < 1 or self.max_new_tokens < 1:
             raise ConfigError(
                 f"num_samples={self.num_samples}, max_new_tokens={self.max_new_tokens}: both "
@@ -68,6 +75,7 @@ def main(argv: list[str]) -> int | None:
     cfg = parse(GenerateConfig, argv)
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from lmlab.infer.fill import fill_mask, infill
@@ -90,26 +98,25 @@ def main(argv: list[str]) -> int | None:
             table.add_column("token")
             table.add_column("probability", justify="right")
             for c in candidates:
-                table.add_row(repr(c.token), f"{c.probability:.3f}")
+                table.add_row(escape(repr(c.token)), f"{c.probability:.3f}")
             console.print(table)
-        console.print(f"[bold]filled:[/bold] {filled}")
+        # the model's text as it is: brackets are code, not rich markup; lines unwrapped
+        console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
     if task == "infill":
         spans, filled = infill(
             pre, text, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.cache
         )
         for sentinel, span in spans.items():
-            console.print(f"{sentinel} -> {span!r}")
-        console.print(f"[bold]filled:[/bold] {filled}")
+            console.print(escape(f"{sentinel} -> {span!r}"), soft_wrap=True)
+        console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
-    tok = pre.tokenizer
-    start = "bos" if pre.specials.bos else "eos"  # what an empty prompt starts from
-    ids = encode(tok, cfg.prompt) or [pre.specials.id(tok, start, "an empty prompt")]
+    tok, ids = pre.tokenizer, pre.prompt_ids(text)
     for n in range(cfg.num_samples):
         if cfg.num_samples > 1:
             console.rule(f"sample {n + 1} of {cfg.num_samples}")
         stream = Stream(tok, ids)
-        sys.stdout.write(cfg.prompt)
+        sys.stdout.write(text)
         generate(
             pre.model,
             torch.tensor([ids], device=pre.device),

@@ -4,8 +4,11 @@ and a PNG grid of its attention weights (one heat map per layer and head) over a
     python src/probe.py ckpt=<run dir>/checkpoints/last.ckpt text="def add(a, b): return a + b"
 
 Writes ``out`` (default: ``attention.png`` in the checkpoint's run directory, or beside a
-checkpoint outside one; any image format matplotlib writes, by its suffix). For T5 the
-maps are the encoder's; for BERT the text is framed by [CLS] .. [SEP] as in training.
+checkpoint outside one; any image format matplotlib writes, by its suffix). An existing file
+there is replaced only when probe drew it (a PNG, PDF, SVG or PostScript plot whose metadata
+names probe): any other file is refused before the checkpoint is read. For T5 the maps are the
+encoder's; for BERT the text is framed by [CLS] .. [SEP] as in training. A text longer than
+the model's context is cut to its first tokens, with a warning (BERT's [SEP] stays).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from lmlab.errors import ConfigError
 class ProbeConfig:
     ckpt: str = MISSING
     text: str = "def add(a, b):\n    return a + b\n"
-    out: str | None = None  # the PNG; default <run dir>/attention.png
+    out: str | None = None  # the image; default <run dir>/attention.png
     device: str = "cpu"
     dtype: str = "fp32"
     tokenizer: str | None = None
@@ -46,8 +49,8 @@ def main(argv: list[str]) -> int | None:
     from lmlab.model import flops_per_token, param_breakdown
     from lmlab.model.params import param_rows
 
-    if cfg.out:
-        check_image_out(Path(cfg.out))
+    out = Path(cfg.out) if cfg.out else run_dir_of(Path(cfg.ckpt)) / "attention.png"
+    check_image_out(out)  # the default too: a file there that probe did not draw stays
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     model, console = pre.model, Console(highlight=False)
     kinds = ["embeddings", "attention", "feed_forward", "norms", "head"]
@@ -70,7 +73,6 @@ def main(argv: list[str]) -> int | None:
         f"token at context {seq_len}: {fpt:,.0f} (forward: a third of that)"
     )
     ids = probe_ids(model, pre.tokenizer, cfg.text)
-    out = Path(cfg.out) if cfg.out else run_dir_of(pre.path) / "attention.png"
     plot_attention(
         attention_maps(model, ids),
         token_labels(pre.tokenizer, ids),
@@ -81,13 +83,21 @@ def main(argv: list[str]) -> int | None:
 
 
 def check_image_out(out: Path) -> None:
-    """``out`` is an image file matplotlib writes (by its suffix), in a folder."""
+    """``out`` is an image file matplotlib writes (by its suffix), in a folder, and new or a
+    plot probe drew (which it redraws): nothing else is overwritten."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    check_file_out(out, new=False)  # a plot it redraws may be replaced
+    from lmlab.infer.probe import drawn_by_probe
+
+    check_file_out(out, new=False)
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix.lstrip(".").lower() not in formats:
         raise ConfigError(
             f"out={out}: {out.suffix or 'no suffix'} is not an image format; allowed: "
             + ", ".join(f".{f}" for f in sorted(formats))
+        )
+    if (out.exists() or out.is_symlink()) and not drawn_by_probe(out):
+        raise ConfigError(
+            f"out={out} exists and is not a plot probe drew: choose a new file with out= "
+            "(nothing is overwritten)"
         )

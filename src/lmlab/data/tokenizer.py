@@ -94,6 +94,17 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
 
+def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
+    """A decoder's input for the prompt ``text``, framed as ``pack`` frames a document: the
+    tokenizer's BOS first where it has one (Llama's ``<s>``, as its ``tok(text)``); an empty
+    prompt without BOS is the EOS a document follows."""
+    specials = Specials.of(tok)
+    ids = encode(tok, text)
+    if specials.bos:
+        return [specials.id(tok, "bos", "a document's start"), *ids]
+    return ids or [specials.id(tok, "eos", "an empty prompt")]
+
+
 def check_bpe_size(vocab_size: int) -> None:
     """A byte-level BPE holds every byte and lmlab's special tokens (checked before the
     corpus is read too)."""

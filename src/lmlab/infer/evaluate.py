@@ -13,6 +13,12 @@ encoder-decoder, as the harness does for seq2seq models: the context (with EOS) 
 encoder and the decoder, started from T5's start token, scores or writes the continuation.
 BERT is refused: an encoder with a masked-LM head gives no probability of a continuation.
 
+A GPT whose training started every document with BOS (a tokenizer that has one, as Llama's)
+reads every context after BOS, as the harness's ``HFLM`` with ``add_bos_token`` does: the
+continuation's tokens and what they are scored on are the same, only conditioned as in
+training. An empty context, and the first window of a rolling text, is conditioned on BOS,
+else on EOS (what a document follows in training).
+
 Requests are batched with right padding, which is exact for a causal decoder: no position
 attends to the padding after it (batched and unbatched scores agree; tested). Generation uses
 the KV cache and ``decode_loop``'s forced tokens, so prompts of different lengths share a
@@ -84,14 +90,22 @@ class LmlabLM(TemplateLM):
         specials = pretrained.specials
         self.eos = specials.eos
         self.eos_id = specials.id(self.tok, "eos", "evaluation")
+        self.bos_id = pretrained.bos_id  # None: no BOS (lmlab's and GPT-2's tokenizers, T5)
         self.pad_id = specials.id(self.tok, "pad", "evaluation") if specials.pad else self.eos_id
 
     # ---------------------------------------------------------------- what TemplateLM needs
 
     @property
     def eot_token_id(self) -> int:
-        """EOS separates the documents in training, so it also stands before an empty context."""
+        """EOS ends the documents in training, and generation."""
         return self.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """What an empty context, and a rolling text's first window, is conditioned on: BOS
+        where training starts documents with it (``HFLM``'s rule), else EOS, which the
+        document before ends with."""
+        return self.eos_id if self.bos_id is None else self.bos_id
 
     @property
     def device(self) -> torch.device:
@@ -104,7 +118,13 @@ class LmlabLM(TemplateLM):
     def tok_encode(
         self, string: str, add_special_tokens: bool | None = None, **_: Any
     ) -> list[int]:
-        return encode(self.tok, string)
+        """``string``'s ids after the model's BOS, if it has one (``HFLM`` with
+        ``add_bos_token``; a string that starts with BOS gets no second one);
+        ``add_special_tokens=False`` (the harness's continuations) leaves BOS out."""
+        ids = encode(self.tok, string)
+        if self.bos_id is None or add_special_tokens is False or ids[:1] == [self.bos_id]:
+            return ids
+        return [self.bos_id, *ids]
 
     def tok_decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -181,12 +201,14 @@ class LmlabLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
         """Each text scored whole: the harness's disjoint windows of ``max_length`` tokens, the
-        first conditioned on EOS, every token predicted once; the windows' sum per text."""
+        first conditioned on ``prefix_token_id`` (BOS or EOS), every token of the text
+        predicted once (BOS is the condition, not a token to predict); the windows' sum per
+        text."""
         windows: list[TokenRequest] = []
         owners: list[int] = []
         for i, (text,) in enumerate(req.args for req in requests):
             pairs = lm_utils.get_rolling_token_windows(
-                token_list=self.tok_encode(text),
+                token_list=self.tok_encode(text, add_special_tokens=False),
                 prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length,
                 context_len=1,
@@ -232,7 +254,7 @@ class LmlabLM(TemplateLM):
         if self.backend == "causal":
             # room for the new tokens; a longer context keeps its end (the harness's rule)
             keep = max(1, self.max_length - max_new)
-            prompts = [self.tok_encode(c)[-keep:] or [self.eos_id] for c in contexts]
+            prompts = [self.tok_encode(c)[-keep:] or [self.prefix_token_id] for c in contexts]
             starts = [len(p) for p in prompts]
             common = min(starts)
             ragged = max(starts) > common  # the rest of the longer prompts is forced

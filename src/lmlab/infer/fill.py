@@ -30,9 +30,13 @@ class Candidate:
     probability: float
 
 
+def _unspaced(text: str, marker: str) -> str:
+    """``text`` without the one space before each ``marker`` (the prediction brings it)."""
+    return re.sub(r" ?(" + re.escape(marker) + ")", r"\1", text)
+
+
 def _encode(pre: Pretrained, text: str, marker: str) -> list[int]:
-    text = re.sub(r" ?(" + re.escape(marker) + ")", r"\1", text)
-    return encode(pre.tokenizer, text)
+    return encode(pre.tokenizer, _unspaced(text, marker))
 
 
 @torch.no_grad()
@@ -100,7 +104,8 @@ def infill(
     if not SENTINEL_RE.search(text):
         raise ConfigError(f"text={text!r} has no sentinel <extra_id_0> (or <mask>) to fill")
     eos_id = specials.id(tok, "eos", "infilling")
-    ids = [*_encode(pre, text, "<extra_id_"), eos_id]
+    text = _unspaced(text, "<extra_id_")  # the spans fill this text: each brings its space
+    ids = [*encode(tok, text), eos_id]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(
             f"text is {len(ids)} tokens, above the model's max_seq_len={pre.cfg.max_seq_len}"

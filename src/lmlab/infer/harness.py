@@ -240,9 +240,19 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+# The settings of an evaluation that a task's numbers depend on; each task's entry in a record
+# holds those it was run with (a record merges runs of other settings).
+RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size")
+
+
 def eval_record(results: dict[str, Any], checkpoint: str, step: int | None) -> dict[str, Any]:
     """What ``<run dir>/eval/step<N>.json`` holds for one evaluation: the flat metrics and,
-    per task, the harness's results, item count, version, shots and metric directions."""
+    per task, the harness's results, item count, version, shots, metric directions and the
+    settings it ran with (``lm_eval``: the harness's version, ``RUN_SETTINGS``)."""
+    config = results.get("config", {})
+    from lm_eval import __version__ as lm_eval_version
+
+    settings = {"version": lm_eval_version, **{k: config.get(k) for k in RUN_SETTINGS}}
     tasks = {}
     for task, metrics in results.get("results", {}).items():
         tasks[task] = {
@@ -251,19 +261,13 @@ def eval_record(results: dict[str, Any], checkpoint: str, step: int | None) -> d
             "version": results.get("versions", {}).get(task),
             "n_shot": results.get("n-shot", {}).get(task),
             "higher_is_better": results.get("higher_is_better", {}).get(task),
+            "lm_eval": dict(settings),
         }
-    config = results.get("config", {})
-    from lm_eval import __version__ as lm_eval_version
-
     return {
         "checkpoint": checkpoint,
         "global_step": step,
         "metrics": flat_metrics(results),
         "tasks": tasks,
-        "lm_eval": {
-            "version": lm_eval_version,
-            **{k: config.get(k) for k in ("limit", "bootstrap_iters", "batch_size")},
-        },
     }
 
 
@@ -331,16 +335,28 @@ def check_record(
     return old
 
 
+def merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` over ``old`` (the same weights): a task in ``new`` replaces its old entry and
+    all its old metrics, every other task of ``old`` stays whole. Each task keeps the
+    settings it ran with; a record written before tasks held their own (one top-level
+    ``lm_eval`` block) gives its settings to its tasks."""
+    shared = old.get("lm_eval")
+    tasks = {
+        name: entry if "lm_eval" in entry or shared is None else {**entry, "lm_eval": shared}
+        for name, entry in old.get("tasks", {}).items()
+        if name not in new["tasks"]
+    }
+    replaced = tuple(f"eval/{name}/" for name in new["tasks"])
+    metrics = {k: v for k, v in old.get("metrics", {}).items() if not k.startswith(replaced)}
+    return {**new, "metrics": {**metrics, **new["metrics"]}, "tasks": {**tasks, **new["tasks"]}}
+
+
 def write_record(path: Path, record: dict[str, Any]) -> Path:
-    """Write (or merge into: tasks evaluated earlier for the same weights stay) ``path``,
-    atomically; ``check_record`` refuses what may not be merged."""
+    """Write (or merge into, ``merge_records``: tasks evaluated earlier for the same weights
+    stay) ``path``, atomically; ``check_record`` refuses what may not be merged."""
     old = check_record(path, record["checkpoint"], record["global_step"])
     if old is not None:
-        record = {
-            **record,
-            "metrics": {**old.get("metrics", {}), **record["metrics"]},
-            "tasks": {**old.get("tasks", {}), **record["tasks"]},
-        }
+        record = merge_records(old, record)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")

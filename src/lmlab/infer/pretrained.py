@@ -19,10 +19,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.config import Family, ModelConfig
-from lmlab.data.tokenizer import Specials
+from lmlab.data.tokenizer import Specials, prompt_ids
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
-from lmlab.model import build_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_forward_module.")
@@ -47,6 +46,22 @@ class Pretrained:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def bos_id(self) -> int | None:
+        """The token training starts every document of a GPT with (``pack``: the tokenizer's
+        BOS, such as Llama's ``<s>``); None without one (lmlab's and GPT-2's tokenizers: a
+        document follows the EOS of the one before) and for BERT and T5, which frame their
+        inputs themselves."""
+        if self.family != Family.gpt or not self.specials.bos:
+            return None
+        return self.specials.id(self.tokenizer, "bos", "a document's start")
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A GPT's input for the prompt ``text``, framed as training frames a document: BOS
+        first where there is one (as a Llama tokenizer's ``tok(text)``), then the text's
+        tokens; an empty prompt without BOS is the EOS a document follows."""
+        return prompt_ids(self.tokenizer, text)
 
 
 def model_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -77,6 +92,10 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+
+
 def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
     """``tokenizer=``: a ``tokenizers`` JSON file whose ids fit the model's vocabulary."""
     if not path.is_file():
@@ -85,7 +104,7 @@ def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for any file it cannot parse
         raise ConfigError(
-            f"tokenizer={path}: not a tokenizers JSON file ({str(err).splitlines()[0][:120]})"
+            f"tokenizer={path}: not a tokenizers JSON file ({_first_line(err)})"
         ) from None
     if tok.get_vocab_size() > vocab_size:
         raise ConfigError(
@@ -93,6 +112,50 @@ def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
             f"vocabulary of {vocab_size}: it is another model's tokenizer"
         )
     return tok
+
+
+def stored_tokenizer(value: object, where: str) -> Tokenizer:
+    """The tokenizer a checkpoint carries (its JSON string); ``where`` names the checkpoint."""
+    try:
+        return Tokenizer.from_str(value)  # type: ignore[arg-type]
+    except Exception as err:  # a bare Exception (or TypeError) for anything it cannot parse
+        raise ConfigError(
+            f"{where}: its tokenizer is unreadable ({_first_line(err)}): the file is damaged; "
+            "tokenizer=<a tokenizer.json> uses the weights with another"
+        ) from None
+
+
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``state`` holds exactly ``model``'s weights, each of its shape; else one line naming
+    what differs (``load_state_dict``'s own error is a paragraph per key)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    reshaped = [
+        f"{k} {tuple(v.shape)} where the model has {want[k]}"
+        for k, v in state.items()
+        if k in want and tuple(v.shape) != want[k]
+    ]
+    problems = [
+        f"{what} {', '.join(keys[:3])}{f' ... ({len(keys)} in all)' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped))
+        if keys
+    ]
+    if problems:
+        raise ConfigError(
+            f"{where}: its weights do not fit its model_config ({'; '.join(problems)}): the "
+            "file is damaged or its model_config was edited"
+        )
+
+
+def check_source(path: Path, device: str, dtype: str, key: str = "ckpt") -> None:
+    """What ``load`` checks before reading: a usable device, a checkpoint file or sharded
+    folder at ``path``, a known dtype (cheap: commands check it before slow imports)."""
+    check_device(device)
+    if not (path.is_file() or is_sharded(path)):
+        raise ConfigError(f"{key}={path}: no such checkpoint file or sharded checkpoint folder")
+    if dtype not in DTYPES and dtype != "auto":
+        raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}, auto")
 
 
 def load(
@@ -105,12 +168,8 @@ def load(
     """The model of checkpoint ``path`` in eval mode on ``device`` in ``dtype`` (fp32, bf16,
     fp16, or auto: as stored), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``).
     ``key``: the argument that named ``path``, for the messages."""
-    check_device(device)
     path = Path(path)
-    if not (path.is_file() or is_sharded(path)):
-        raise ConfigError(f"{key}={path}: no such checkpoint file or sharded checkpoint folder")
-    if dtype not in DTYPES and dtype != "auto":
-        raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}, auto")
+    check_source(path, device, dtype, key)
     ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"{key}={path}: not an lmlab checkpoint (no model_config/state_dict)")
@@ -133,15 +192,18 @@ def load(
     if tokenizer is not None:
         tok = read_tokenizer(Path(tokenizer), cfg.vocab_size)
     elif "tokenizer" in ckpt:
-        tok = Tokenizer.from_str(ckpt["tokenizer"])
+        tok = stored_tokenizer(ckpt["tokenizer"], f"{key}={path}")
     else:
         raise ConfigError(
             f"{key}={path} holds no tokenizer (saved by an older lmlab, or converted from a "
             "folder without one): pass tokenizer=<a tokenizer.json, such as the run's data "
             "cache's>"
         )
+    from lmlab.model import build_model  # 2 s of imports (torch._dynamo): after the checks
+
     model = build_model(cfg)
     state = model_state(ckpt["state_dict"])
+    check_weights(model, state, f"{key}={path}")
     model.load_state_dict(state)
     stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model.to(device=device, dtype=stored if dtype == "auto" else DTYPES[dtype]).eval()

@@ -8,6 +8,7 @@ them during training is ``lmlab.train.callbacks.AttentionMaps``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,14 @@ from torch import nn
 from lmlab.config import Family
 from lmlab.data.tokenizer import Specials, encode
 from lmlab.model.attention import Attention
+
+log = logging.getLogger(__name__)
+
+# Written into every plot ``plot_attention`` saves (its Creator), so ``lmlab probe`` can tell a
+# plot it may redraw from someone's file it must not replace. The formats whose metadata holds
+# it as plain bytes; a file of another format is never replaced.
+CREATOR = "lmlab probe: attention maps"
+MARKED_FORMATS = ("eps", "pdf", "png", "ps", "svg")
 
 
 @contextlib.contextmanager
@@ -39,13 +48,37 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, Attention]]:
 
 
 def probe_ids(model: nn.Module, tokenizer: Tokenizer, text: str) -> list[int]:
-    """The ids the model sees for ``text``: BERT's input is framed by [CLS] .. [SEP]."""
+    """The ids the model sees for ``text``: BERT's input is framed by [CLS] .. [SEP]. A text
+    longer than the model's context keeps its first tokens (inside BERT's frame), with a
+    warning."""
     ids = encode(tokenizer, text)
+    frame: tuple[list[int], list[int]] = ([], [])
     if model.cfg.family == Family.bert:
         specials = Specials.of(tokenizer)
         cls_id, sep_id = (specials.id(tokenizer, r, "BERT's input") for r in ("cls", "sep"))
-        ids = [cls_id, *ids, sep_id]
-    return ids[: model.cfg.max_seq_len]
+        frame = ([cls_id], [sep_id])
+    room = model.cfg.max_seq_len - len(frame[0]) - len(frame[1])
+    if len(ids) > room:
+        log.warning(
+            "the text has %d tokens, more than the %d the model's context of %d holds%s: only "
+            "its first %d are drawn",
+            len(ids),
+            room,
+            model.cfg.max_seq_len,
+            " with [CLS] and [SEP]" if frame[0] else "",
+            room,
+        )
+    return [*frame[0], *ids[:room], *frame[1]]
+
+
+def drawn_by_probe(path: Path) -> bool:
+    """Whether the file at ``path`` is a plot ``plot_attention`` saved (its ``CREATOR``)."""
+    if path.suffix.lstrip(".").lower() not in MARKED_FORMATS:
+        return False
+    try:
+        return CREATOR.encode() in path.read_bytes()
+    except OSError:  # unreadable: not known to be a plot, so not replaced
+        return False
 
 
 @torch.no_grad()
@@ -101,7 +134,8 @@ def plot_attention(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    marked = path.suffix.lstrip(".").lower() in MARKED_FORMATS
+    fig.savefig(path, dpi=100, metadata={"Creator": CREATOR} if marked else None)
     plt.close(fig)
     return path
 

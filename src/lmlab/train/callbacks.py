@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lmlab.config import Compile, Family, Positional, TaskKind
 from lmlab.data.collators import decoder_tokens
-from lmlab.data.tokenizer import encode
+from lmlab.data.tokenizer import prompt_ids
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import generate
 from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
@@ -264,7 +264,7 @@ class Sample(L.Callback):
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tok = trainer.datamodule.tokenizer
-        ids = torch.tensor([encode(tok, self.prompt)], device=pl_module.device)
+        ids = torch.tensor([prompt_ids(tok, self.prompt)], device=pl_module.device)
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         model = pl_module.model
         was_training = model.training
