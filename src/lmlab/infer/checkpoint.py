@@ -74,7 +74,7 @@ def newest_checkpoint(paths: list[Path]) -> Path:
     over with a warning; weights-only files (``consolidate``'s) are not training checkpoints.
     None intact: ``ConfigError``."""
     newest: tuple[tuple[int, bool], Path] | None = None
-    unreadable = []
+    unreadable, weights_only = [], []
     for path in paths:
         try:
             ckpt = read_checkpoint(path)
@@ -83,14 +83,16 @@ def newest_checkpoint(paths: list[Path]) -> Path:
             unreadable.append(path.name)
             continue
         if "state_dict" in ckpt and "optimizer_states" not in ckpt and not is_sharded(path):
+            weights_only.append(path.name)
             continue
         key = (int(ckpt.get("global_step", -1)), path.name == "last.ckpt")
         if newest is None or key > newest[0]:
             newest = (key, path)
     if newest is None:
+        found = [f"unreadable: {', '.join(unreadable)}"] if unreadable else []
+        found += [f"weights only: {', '.join(weights_only)}"] if weights_only else []
         raise ConfigError(
-            f"no intact checkpoint to resume in {paths[0].parent} (unreadable: "
-            f"{', '.join(unreadable) or 'none'}; the others hold weights only)"
+            f"no intact checkpoint to resume in {paths[0].parent} ({'; '.join(found)})"
         )
     return newest[1]
 
