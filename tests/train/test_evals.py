@@ -102,3 +102,36 @@ def test_evals_run_every_n_steps_at_the_last_and_again_at_a_resumed_step() -> No
     resumed.on_train_batch_end(trainer, None, None, None, 0)
     assert ran == [200]
     assert not EvalTasks(tasks=[], every_n_steps=1).due(trainer)  # no tasks: never
+
+
+def test_a_rank_the_harness_gives_no_results_logs_no_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under FSDP every rank evaluates the sharded weights, and lm-eval returns the results on
+    rank 0 only: another rank has nothing to log, which is no failure of the evals."""
+    import contextlib
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from lmlab.infer import evaluate, harness
+    from lmlab.train.callbacks import EvalTasks
+
+    monkeypatch.setattr(evaluate, "LmlabLM", lambda pre, batch_size: None)
+    monkeypatch.setattr(harness, "run_tasks", lambda *args: None)  # lm-eval on rank 1
+    trainer = SimpleNamespace(
+        global_step=2,
+        max_steps=4,
+        is_global_zero=False,
+        loggers=[],
+        default_root_dir=".",
+        datamodule=SimpleNamespace(tokenizer=None),
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
+    )
+    module = SimpleNamespace(model=torch.nn.Linear(1, 1), model_cfg=None, _device_mesh="fsdp")
+    callback = EvalTasks(tasks=["stdlib_nextline"], every_n_steps=2)
+    with caplog.at_level(logging.WARNING):
+        callback.evaluate(trainer, module)
+    assert callback.metrics == {} and callback.last_step == 2
+    assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.messages

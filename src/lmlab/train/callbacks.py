@@ -360,7 +360,7 @@ class EvalTasks(L.Callback):
             for lg in trainer.loggers:  # loggers write on rank 0 only
                 lg.log_metrics(metrics, step=trainer.global_step)
             self.metrics = metrics
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and metrics:
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
                 log.info("evals at step %d: %s", trainer.global_step, shown)
 
@@ -385,4 +385,5 @@ class EvalTasks(L.Callback):
                 results = harness.run_tasks(lm, self.tasks, self.limit, None, self.bootstrap_iters)
         finally:
             model.train(was_training)
-        return harness.flat_metrics(results)
+        # lm-eval returns its results on rank 0 only (every rank evaluates sharded weights)
+        return harness.flat_metrics(results) if results is not None else {}
