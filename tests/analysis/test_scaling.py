@@ -347,3 +347,30 @@ def test_one_tokens_per_param_ratio_cannot_identify_approach3() -> None:
     two = chinchilla_runs(noise=0.002, budgets=BUDGETS[:2], sizes=5)  # two budgets suffice
     columns = ([r[k] for r in two] for k in ("params", "tokens", "val_loss"))
     assert fit_parametric(*columns)["alpha"] > 0
+
+
+def test_runs_of_another_objective_or_tokenizer_are_not_fitted_together(tmp_path: Path) -> None:
+    """A BERT's masked-token loss, or a loss over another tokenizer's tokens, is another
+    quantity: one law across them means nothing, so the fit is refused, naming what differs.
+    Runs without a config (results.json alone) are taken as they are."""
+    import yaml
+
+    from lmlab.analysis.scaling_fit import ScalingError
+
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    scan_runs(root)  # no configs: fitted
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    for i, job in enumerate(jobs):
+        family = "bert" if i == 0 else "gpt"
+        config = {"model": {"family": family}, "data": {"vocab_size": 4096}}
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ScalingError, match=r"differ in model.family: bert \(1\), gpt \(14\)"):
+        scan_runs(root)
+    config["model"]["family"] = "gpt"
+    (jobs[0] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert len(scan_runs(root)[0]) == len(jobs)
+    config["data"]["vocab_size"] = 8192
+    (jobs[1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ScalingError, match=r"differ in data.vocab_size: 4096 \(14\), 8192 \(1\)"):
+        scan_runs(root)

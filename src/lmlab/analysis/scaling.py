@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.analysis.runs import RunDirError, load_runs
+from lmlab.analysis.ranking import OBJECTIVE_KEYS, TOKENIZER_KEYS
+from lmlab.analysis.runs import Run, RunDirError, load_runs
 from lmlab.analysis.scaling_fit import (
     N_KEYS,
     ScalingError,
@@ -81,7 +82,7 @@ def scan_runs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, st
         found = load_runs(path)
     except RunDirError as exc:
         raise ScalingError(str(exc)) from None
-    runs, skipped = [], []
+    runs, skipped, used = [], [], []
     for job in found:
         file = job.dir / "results.json"
         run, reason = _parse_run(file, job.results)
@@ -89,7 +90,31 @@ def scan_runs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, st
             skipped.append({"file": str(file), "reason": str(reason)})
         else:
             runs.append(run)
+            used.append(job)
+    check_one_loss(used, path)
     return runs, skipped
+
+
+def check_one_loss(jobs: list[Run], path: str | Path) -> None:
+    """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``) or
+    tokenizer measure another quantity, and a law fitted across them means nothing. Runs
+    without a config (results.json alone) are taken as they are."""
+    keys = [*OBJECTIVE_KEYS, *((key, None) for key in TOKENIZER_KEYS)]
+    known = [job for job in jobs if job.config]
+    differ = []
+    for key, default in keys:
+        values = {str(job.flat_config.get(key, default)) for job in known}
+        if len(values) > 1:
+            counts = {
+                v: sum(str(j.flat_config.get(key, default)) == v for j in known) for v in values
+            }
+            differ.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
+    if differ:
+        raise ScalingError(
+            f"the runs under {path} differ in {'; '.join(differ)}: their losses measure "
+            "different things, and one law cannot be fitted across them; fit the runs of one "
+            "objective and tokenizer (move the others out)"
+        )
 
 
 # --------------------------------------------------------------------------- analysis
