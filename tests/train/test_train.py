@@ -317,3 +317,26 @@ def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
     assert "model.d_model=256 (from model=gpt_mini) but the checkpoint has 128" in err, err
     assert "model.vocab_size" not in err and "model.cache_dir" not in err
     assert "Only model.dropout, model.activation_checkpointing" in err, err
+
+
+def test_the_w_and_b_id_record_is_checked_and_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``wandb_id`` is what reopens the run's W&B run on a resume: an id W&B would refuse
+    is named before any work; a lost file is recovered from results.json (a new id would
+    split the run's history in two); a new run gets one, written whole."""
+    from lmlab.train.loggers import recorded_wandb_id, wandb_run_id
+
+    assert recorded_wandb_id(tmp_path) is None
+    new = wandb_run_id(tmp_path)
+    assert (tmp_path / "wandb_id").read_text() == new and recorded_wandb_id(tmp_path) == new
+    for bad in ("not a valid/id with spaces!\n", "", "  \n"):
+        (tmp_path / "wandb_id").write_text(bad)
+        with pytest.raises(ConfigError, match=r"wandb_id holds .*, not a W&B run id"):
+            recorded_wandb_id(tmp_path)
+    (tmp_path / "wandb_id").unlink()
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "wandb_id": "ab12"}))
+    with caplog.at_level("WARNING"):
+        assert wandb_run_id(tmp_path) == "ab12"
+    assert (tmp_path / "wandb_id").read_text() == "ab12"
+    assert any("was missing" in m for m in caplog.messages), caplog.messages

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import netrc
 import os
@@ -22,6 +23,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten
+from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +123,48 @@ def in_wandb_sweep() -> bool:
     return bool(os.environ.get("WANDB_SWEEP_ID"))
 
 
+# What W&B takes as a run id (it refuses ``:;,#?/'`` and an empty one).
+WANDB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def recorded_wandb_id(out_dir: Path) -> str | None:
+    """The W&B id the run directory records: ``wandb_id``, or where that file was lost,
+    ``results.json``'s ``wandb_id`` (the same run: a new id would split its history); None
+    for a new run. A record W&B would refuse is a ConfigError, before any work."""
+    path = out_dir / "wandb_id"
+    if path.exists():
+        run_id = path.read_text(errors="replace").strip()
+        if not WANDB_ID.fullmatch(run_id):
+            raise ConfigError(
+                f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, _ . -): "
+                "restore it (results.json's wandb_id is the run's), or delete it to start "
+                "another W&B run"
+            )
+        return run_id
+    try:
+        earlier = json.loads((out_dir / "results.json").read_text()).get("wandb_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(earlier, str) and WANDB_ID.fullmatch(earlier):
+        log.warning("%s was missing: the run's W&B id %s from results.json", path, earlier)
+        return earlier
+    return None
+
+
 def wandb_run_id(out_dir: Path) -> str:
     """The run directory's W&B id, created once and kept in ``wandb_id``: a resumed run
     reopens the same W&B run, so the dashboard shows one continuous curve. Under a W&B sweep
     agent it is the agent's (``WANDB_RUN_ID``), the id W&B gives the run."""
     path = out_dir / "wandb_id"
-    if not path.exists():
+    run_id = recorded_wandb_id(out_dir)
+    if run_id is None:
         agent = os.environ.get("WANDB_RUN_ID") if in_wandb_sweep() else None
-        path.write_text(agent or secrets.token_hex(4))  # short, lowercase alphanumeric
-    return path.read_text().strip()
+        run_id = agent or secrets.token_hex(4)  # short, lowercase alphanumeric
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written id
+        tmp.write_text(run_id)
+        tmp.replace(path)
+    return run_id
 
 
 def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[str, Any]:
