@@ -201,3 +201,16 @@ def test_an_optuna_sweep_whose_range_reaches_a_refused_value_starts_no_trial(
         "not divisible by model.n_heads=3 (or set model.d_head, the dimension of each head)",
     ]
     assert not sweep.exists()
+
+
+def test_an_optuna_search_goes_on_past_a_trial_with_no_value(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial that gives no loss (a dry run's plan, a failed job) is a failed trial to
+    Optuna, and the search goes on: a NaN was told as a failed trial's value, which optuna
+    refuses, and the search ended at its first trial with a traceback."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+sweeps=lr", "+debug=smoke", "dry_run=true", "hydra.sweeper.n_trials=2"]
+    assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") in (0, None)
+    assert sorted(p.parent.name for p in sweep.glob("*/plan.json")) == ["0", "1"]
+    assert "Traceback" not in "".join(capsys.readouterr())

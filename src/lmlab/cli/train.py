@@ -68,6 +68,8 @@ class Launch:
     # such as submitit calls hydra_main in its own process)
     user_full_error: str | None = None  # HYDRA_FULL_ERROR as the user set it
     task_started: bool = False  # Hydra reached hydra_main: its own errors are behind us
+    jobs: int = 0  # jobs this call ran, and how many of them were dry runs (no loss)
+    dry_runs: int = 0
 
 
 LAUNCH = Launch()
@@ -265,7 +267,7 @@ def take_fresh_sweep_dir(config: DictConfig, default: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float | None:
     LAUNCH.task_started = True
     if not LAUNCH.forced:
         return run(cfg)
@@ -274,7 +276,9 @@ def hydra_main(cfg: DictConfig) -> float:
         return run(cfg)
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | None:
+    LAUNCH.jobs += 1
+    LAUNCH.dry_runs += bool(cfg.get("dry_run"))
     if not in_multirun():
         try:  # before torch and Lightning load; train() checks again
             resolve_configs(cfg)
@@ -294,9 +298,11 @@ def run(cfg: DictConfig) -> float:
         sys.exit(130)  # Ctrl-C: results.json says interrupted, the log how to resume
     except Exception as err:
         if in_multirun():
-            # One failed job must not sink the sweep: results.json already says "failed".
+            # One failed job must not sink the sweep: results.json already says "failed". No
+            # value: Optuna records the trial as failed and searches on (a NaN it would tell
+            # as a failed trial's value, which optuna refuses, ending the search)
             logging.getLogger("lmlab").error("job failed: %s: %s", type(err).__name__, err)
-            return float("nan")
+            return None
         if isinstance(err, ConfigError):
             fail(err)
         if isinstance(err, NonFiniteError):  # the guard's stop, already in results.json
@@ -337,17 +343,31 @@ def unwritable(err: OSError) -> ConfigError:
     )
 
 
+def no_trial_completed(err: BaseException) -> bool:
+    """Optuna's sweeper asking for the best trial of a search none of whose trials gave a
+    value (each failed, or was a dry run)."""
+    return isinstance(err, ValueError) and "No trials are completed yet" in str(err)
+
+
 def main(argv: list[str]) -> int:
     """Hydra reads the command line itself: ``argv`` becomes ``sys.argv[1:]``. With
     HYDRA_FULL_ERROR=1 Hydra raises its errors instead of printing them, so it is set while
     Hydra runs and its errors become one line here (unless the user set it: a traceback)."""
     sys.argv = [sys.argv[0], *argv]
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
-    LAUNCH.task_started = False
+    LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs = False, 0, 0
     try:
         with environ(FULL_ERROR, "1"):
             hydra_main()
     except Exception as err:
+        if no_trial_completed(err) and LAUNCH.user_full_error != "1":
+            if LAUNCH.dry_runs == LAUNCH.jobs:  # planned every trial, as asked
+                logging.getLogger("lmlab").info("dry run: %d trials planned", LAUNCH.jobs)
+                return 0
+            fail(
+                RuntimeError("no trial of the search completed: each one's results.json says why"),
+                1,
+            )
         if LAUNCH.task_started or LAUNCH.user_full_error == "1":
             raise
         fail(hydra_error(err, argv))
