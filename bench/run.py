@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and not args.quick:
         args.out = ROOT / "BENCHMARKS.md"
     out_file = args.out.resolve() if args.out is not None else None
+    if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
+        print(f"error: --out {args.out}: a file in an existing folder", file=sys.stderr)
+        return 2  # before any case runs: its numbers would have nowhere to go
+    for flag, value in (("--repeats", args.repeats), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            print(f"error: {flag} {value}: allowed an int >= 1", file=sys.stderr)
+            return 2
     profile = args.profile.resolve() if args.profile else None  # before the chdir below
     os.chdir(ROOT)  # the configs' relative paths (the Shakespeare text) start here
     if args.threads:

@@ -136,6 +136,23 @@ def test_a_partial_run_replaces_only_its_own_sections() -> None:
     assert after.index("## Training") < after.index("## Data")
 
 
+def test_bad_arguments_are_refused_before_any_case_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An --out that cannot be written would lose every case's numbers at the end."""
+    from bench.run import main
+
+    for argv, message in [
+        (["--out", str(tmp_path / "missing" / "x.md")], "--out "),
+        (["--out", str(tmp_path)], "--out "),
+        (["--repeats", "0"], "--repeats 0: allowed an int >= 1"),
+        (["--threads", "0"], "--threads 0: allowed an int >= 1"),
+    ]:
+        assert main(["--quick", "--only", "startup", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_case_selection() -> None:
     default = select(None)
     assert "shakespeare" not in default and "overhead" in default and "data" in default

@@ -156,6 +156,10 @@ def test_more_gpus_than_the_machine_has_are_refused(monkeypatch: pytest.MonkeyPa
             "+callbacks.sample.top_p=0.9",
             "callbacks.sample: Sample.__init__() got an unexpected keyword argument 'top_p'",
         ),
+        (
+            "callbacks.checkpoint.save_top_k=abc",
+            "callbacks.checkpoint: save_top_k='abc': allowed an int >= 1 (the newest k), 0 or -1",
+        ),
     ],
 )
 def test_a_callbacks_bad_value_is_refused_before_any_data(
@@ -170,7 +174,7 @@ def test_a_callbacks_bad_value_is_refused_before_any_data(
     with pytest.raises(ConfigError) as refused:
         train(cfg)
     # Python 3.13 appends a suggestion to a TypeError ("... 'top_p'. Did you mean 'top_k'?")
-    assert str(refused.value).removesuffix(". Did you mean 'top_k'?") == message
+    assert str(refused.value).removesuffix(". Did you mean 'top_k'?").startswith(message)
     assert [p.name for p in tmp_path.rglob("*.json")] == ["results.json"]  # no plan, no data
 
 

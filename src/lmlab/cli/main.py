@@ -21,7 +21,8 @@ COMMANDS = {
     "generate": "sample text (GPT), fill masks (BERT) or spans (T5) from a checkpoint",
     "probe": "parameter table, FLOPs per token and attention maps of a checkpoint",
     "consolidate": "turn a sharded (FSDP) checkpoint folder into one file",
-    "convert": "Hugging Face models in (from_hf=) and out (to_hf=): GPT-2, Llama, BERT, T5",
+    "convert": "Hugging Face models in (from_hf=) and out (to_hf=): GPT-2, Llama, Mistral, "
+    "Mixtral, BERT, T5",
     "evaluate": "score a GPT or T5 checkpoint on lm-evaluation-harness tasks (offline ones ship)",
 }
 

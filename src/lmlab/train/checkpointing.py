@@ -79,7 +79,10 @@ class Checkpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """``save_top_k`` keeps the newest k step checkpoints (Lightning keeps k only of a
         monitored value, and refuses k > 1 without one: here the value is the step)."""
-        if kwargs.get("monitor") is None and (kwargs.get("save_top_k") or 1) > 1:
+        k = kwargs.get("save_top_k", 1)
+        if isinstance(k, bool) or not isinstance(k, int) or k < -1:
+            raise ValueError(f"save_top_k={k!r}: allowed an int >= 1 (the newest k), 0 or -1 (all)")
+        if kwargs.get("monitor") is None and k > 1:
             kwargs |= {"monitor": "step", "mode": "max"}
         super().__init__(*args, **kwargs)
 
