@@ -3,6 +3,7 @@ in its order, and one bad job refuses the sweep with nothing written."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -214,3 +215,17 @@ def test_an_optuna_search_goes_on_past_a_trial_with_no_value(
     assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") in (0, None)
     assert sorted(p.parent.name for p in sweep.glob("*/plan.json")) == ["0", "1"]
     assert "Traceback" not in "".join(capsys.readouterr())
+
+
+def test_a_sweep_whose_every_job_failed_exits_1(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One failed job does not sink a sweep, but a sweep of failures is no success: exit 1,
+    one line, each job's results.json saying why."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+debug=smoke", "logger=none", "model.vocab_size=300,301"]
+    assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") == 1
+    assert "error: all 2 jobs failed: each one's results.json says why" in capsys.readouterr().err
+    for job in ("0", "1"):
+        record = json.loads((sweep / job / "results.json").read_text())
+        assert record["status"] == "failed" and "below the tokenizer's" in record["error"]

@@ -68,8 +68,9 @@ class Launch:
     # such as submitit calls hydra_main in its own process)
     user_full_error: str | None = None  # HYDRA_FULL_ERROR as the user set it
     task_started: bool = False  # Hydra reached hydra_main: its own errors are behind us
-    jobs: int = 0  # jobs this call ran, and how many of them were dry runs (no loss)
+    jobs: int = 0  # jobs this call ran, how many were dry runs (no loss), how many failed
     dry_runs: int = 0
+    failed: int = 0
 
 
 LAUNCH = Launch()
@@ -302,6 +303,7 @@ def run(cfg: DictConfig) -> float | None:
             # value: Optuna records the trial as failed and searches on (a NaN it would tell
             # as a failed trial's value, which optuna refuses, ending the search)
             logging.getLogger("lmlab").error("job failed: %s: %s", type(err).__name__, err)
+            LAUNCH.failed += 1
             return None
         if isinstance(err, ConfigError):
             fail(err)
@@ -355,10 +357,14 @@ def main(argv: list[str]) -> int:
     Hydra runs and its errors become one line here (unless the user set it: a traceback)."""
     sys.argv = [sys.argv[0], *argv]
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
-    LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs = False, 0, 0
+    LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs, LAUNCH.failed = False, 0, 0, 0
     try:
         with environ(FULL_ERROR, "1"):
             hydra_main()
+        if LAUNCH.jobs > 1 and LAUNCH.failed == LAUNCH.jobs:  # a sweep here, every job failed
+            fail(
+                RuntimeError(f"all {LAUNCH.jobs} jobs failed: each one's results.json says why"), 1
+            )
     except Exception as err:
         if no_trial_completed(err) and LAUNCH.user_full_error != "1":
             if LAUNCH.dry_runs == LAUNCH.jobs:  # planned every trial, as asked
