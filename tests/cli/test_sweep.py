@@ -118,6 +118,13 @@ def test_a_sweep_with_bad_jobs_is_refused_before_any_job_starts(
     err = capsys.readouterr().err.splitlines()
     assert err[1].startswith("  #1 model=gpt_huge: no such config; allowed: bert_base, ")
     assert not sweep.exists()
+    # a value of a type no check expected (Hydra only warns of its callback's errors)
+    argv = ["-m", "+debug=smoke", "trainer.accumulate_grad_batches=abc,1", argv[-1]]
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: 1 of the sweep's 2 jobs would be refused"), err
+    assert err[1].startswith("  #0 trainer.accumulate_grad_batches=abc"), err
+    assert not sweep.exists()
 
 
 def test_a_cluster_sweep_is_checked_here_without_this_machines_gpu(

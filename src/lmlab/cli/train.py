@@ -208,6 +208,8 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                 why = str(err)
             except (HydraException, OmegaConfBaseException) as err:  # it does not compose
                 why = str(hydra_error(err, overrides))
+            except (ValueError, TypeError) as err:  # a value of a type no check expected
+                why = f"{type(err).__name__}: {err}"  # (Hydra would only warn, and launch)
             else:
                 continue
             named = " ".join(o for o in overrides if o.partition("=")[0] in keys)
