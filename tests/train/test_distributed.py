@@ -243,3 +243,34 @@ def test_resume_auto_takes_the_newest_checkpoint_or_starts_fresh(
     cfg.resume = "maybe"
     with pytest.raises(ConfigError, match="resume='maybe': allowed true, false, auto"):
         resume_checkpoint(cfg, tmp_path)
+
+
+@pytest.mark.e2e
+def test_fsdp_resume_passes_over_a_checkpoint_missing_a_shard(
+    sweep: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """QA's case: rank 1's shard of the newest checkpoint deleted. That folder was chosen
+    (only its meta.pt was read) and both ranks failed loading it; now it is passed over for
+    step 3, which resumes into the uninterrupted run's losses. Resuming the FSDP run with
+    trainer=ddp is one line before the data is prepared, not an IsADirectoryError after."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(sweep / "1", run_dir, symlinks=True)  # last.ckpt stays a link
+    ckpts = run_dir / "checkpoints"
+    (ckpts / "step000006.ckpt" / "__1_0.distcp").unlink()
+    resume = [*COMMON, *TWO_CPUS, "data.batch_size=4", "resume=true", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *resume, "trainer=ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert proc.stderr.startswith(f"error: checkpoint {ckpts / 'step000003.ckpt'} is sharded")
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "cache").exists()
+    launch(cache_dir, *resume, "trainer=fsdp")
+    r, uninterrupted = results(run_dir), results(sweep / "1")
+    assert r["resumed_from"] == str(ckpts / "step000003.ckpt") and r["global_step"] == STEPS
+    assert r["val_loss"] == uninterrupted["val_loss"]
+    assert (
+        "step000006.ckpt is unreadable (shard __1_0.distcp is missing"
+        in (run_dir / "train.log").read_text()
+    )

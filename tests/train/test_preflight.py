@@ -4,6 +4,8 @@ before the first starts), with and without the machine's own checks."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +115,156 @@ def test_what_the_tokenizer_must_hold_is_checked_before_the_corpus_is_read(
             check_run(cfg)
     assert list(tmp_path.iterdir()) == []
     check_run(compose_train(["+debug=smoke", "model=t5_tiny"], tmp_path / "run", tmp_path))
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16", "64-true", "transformer-engine"])
+def test_a_precision_fsdp_refuses_is_refused_before_any_data(precision: str, tmp_path) -> None:
+    """Lightning's ModelParallelStrategy (trainer=fsdp) takes 4 precisions; it refused another
+    only once the data was prepared, through a traceback per rank. DDP takes them all."""
+    fsdp = ["+debug=smoke", "trainer=fsdp", "trainer.accelerator=cpu"]
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train(
+            [*fsdp, f"trainer.precision={precision}", *dry], tmp_path / "r", tmp_path
+        )
+        with pytest.raises(ConfigError, match=r"^trainer.precision=.* FSDPStrategy \(trainer=fsd"):
+            check_run(cfg, machine=False)
+    cfg = compose_train([*fsdp, "trainer.precision=16-mixed"], tmp_path / "r", tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        check_run(cfg, machine=False)
+    assert "allowed 32-true, bf16-mixed, bf16-true, 16-true, or auto" in str(refused.value)
+    for ok in (
+        ["trainer=fsdp", "trainer.precision=bf16-mixed"],
+        ["trainer=ddp", f"trainer.precision={precision}"],
+    ):
+        check_run(compose_train(["+debug=smoke", "trainer.accelerator=cpu", *ok]), machine=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_precisions_refused_with_fsdp_are_the_ones_lightning_refuses() -> None:
+    """MODEL_PARALLEL_PRECISIONS is stated in lmlab (Lightning keeps its list inside a method):
+    for every precision, the check refuses exactly when Lightning's Trainer would."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from lmlab.train.distributed import FSDPStrategy
+    from lmlab.train.plan import check_strategy_precision, trainer_precisions
+
+    trainer_cfg = OmegaConf.create(
+        {"strategy": {"_target_": "lmlab.train.distributed.FSDPStrategy"}}
+    )
+    for precision in trainer_precisions()[1:]:  # auto is lmlab's, resolved before the Trainer
+        try:
+            L.Trainer(strategy=FSDPStrategy(), accelerator="cpu", devices=1, precision=precision)
+            lightning_refuses = False
+        except ValueError as err:
+            lightning_refuses = "does not support" in str(err)
+        try:
+            check_strategy_precision(trainer_cfg, precision)
+            lmlab_refuses = False
+        except ConfigError:
+            lmlab_refuses = True
+        assert lmlab_refuses == lightning_refuses, precision
+
+
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, int], None]:
+    """This process as one of ``n`` that torchrun (``WORLD_SIZE``) or srun (``SLURM_NTASKS``)
+    started, on a machine without a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def launch(variable: str, n: int) -> None:
+        monkeypatch.setenv(variable, str(n))
+        if variable == "WORLD_SIZE":
+            monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+        else:
+            monkeypatch.setenv("SLURM_JOB_NAME", "lmlab")
+
+    return launch
+
+
+@pytest.mark.parametrize("variable", ["WORLD_SIZE", "SLURM_NTASKS"])
+def test_a_launch_of_another_process_count_is_refused_before_any_data(
+    variable: str, launched: Callable[[str, int], None], tmp_path
+) -> None:
+    """trainer.devices x trainer.num_nodes is the number of processes a launcher started:
+    Lightning refused another count only once the data was prepared, a traceback per rank.
+    ``auto`` on a CPU is 1 process, as Lightning counts it; a dry run plans for any launch."""
+    launched(variable, 2)
+    run = ["+debug=smoke", "trainer=fsdp", "trainer.accelerator=cpu"]
+    refusals = {
+        "trainer.devices=4": r"^trainer.devices=4 x trainer.num_nodes=1 is 4 process\(es\), but",
+        "trainer.devices=auto": r"^trainer.devices=auto \(1 on this node\) x trainer.num_nodes=1",
+    }
+    for override, message in refusals.items():
+        cfg = compose_train([*run, override], tmp_path / "run", tmp_path)
+        with pytest.raises(ConfigError, match=message) as refused:
+            check_run(cfg)
+        assert f"the launcher started 2 ({variable}=2)" in str(refused.value)
+        check_run(compose_train([*run, override, "dry_run=true"], tmp_path / "run", tmp_path))
+        check_run(cfg, machine=False)  # a sweep's jobs, checked where it is started
+    check_run(compose_train([*run, "trainer.devices=2"], tmp_path / "run", tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_processes_lightning_starts_itself_are_not_a_launch(
+    launched: Callable[[str, int], None], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Lightning's own DDP children carry a WORLD_SIZE it derived from this config (no
+    TORCHELASTIC_RUN_ID), and an interactive SLURM shell's SLURM_NTASKS is not srun's: as in
+    Lightning, neither is compared with trainer.devices."""
+    cfg = compose_train(
+        ["+debug=smoke", "trainer=ddp", "trainer.devices=4"], tmp_path / "r", tmp_path
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_run(cfg)
+    launched("SLURM_NTASKS", 2)
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")
+    check_run(cfg)
+
+
+def test_a_torchrun_rank_with_another_process_count_exits_with_one_line(
+    tmp_path: Path,
+    run_command,
+    launched: Callable[[str, int], None],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """What each of torchrun's ranks prints: one line, exit code 2, before any data."""
+    launched("WORLD_SIZE", 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    run = ["+debug=smoke", "trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu"]
+    here = [f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    assert run_command("train", *run, *here) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: trainer.devices=4 x trainer.num_nodes=1 is 4 process(es)"), err
+    assert err.count("\n") == 1 and not (tmp_path / "cache").exists()
+
+
+def test_num_nodes_below_1_is_named_in_a_dry_run_too(tmp_path) -> None:
+    """A dry run leaves out the launcher check, not the value check: it said 'tokens per
+    step=0 must be >= 1' for trainer.num_nodes=0."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train(["+debug=smoke", "trainer.num_nodes=0", *dry], tmp_path / "r", tmp_path)
+        with pytest.raises(ConfigError, match=r"^trainer.num_nodes=0 must be >= 1"):
+            check_run(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp"])
+def test_a_sharded_ckpt_path_with_a_strategy_that_cannot_load_it_is_refused(
+    trainer: str, tmp_path: Path
+) -> None:
+    """``ckpt_path=<sharded folder>`` with trainer=cpu or ddp crashed after the data was
+    prepared (IsADirectoryError); trainer=fsdp on any device count loads it."""
+    folder = tmp_path / "step000004.ckpt"
+    folder.mkdir()
+    torch.save({"global_step": 4}, folder / "meta.pt")  # what makes it a sharded folder
+    run = ["+debug=smoke", f"ckpt_path={folder}", "trainer.accelerator=cpu"]
+    cfg = compose_train([*run, f"trainer={trainer}"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=rf"^checkpoint {folder} is sharded .* trainer=fsdp"):
+        check_run(cfg, machine=False)
+    for fsdp in (["trainer.devices=1"], ["trainer.devices=2"]):
+        check_run(compose_train([*run, "trainer=fsdp", *fsdp], tmp_path / "run", tmp_path))

@@ -57,7 +57,9 @@ def is_number(value: Any) -> bool:
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:
     """The Trainer's values that Lightning would divide by, or take without complaint and
-    train wrongly with (a negative clipping threshold flips every gradient's sign)."""
+    train wrongly with (a negative clipping threshold flips every gradient's sign). Checked
+    for a dry run too, which plans with them."""
+    check_num_nodes(trainer)
     for name in ("log_every_n_steps", "val_check_interval"):
         value = trainer.get(name, 1)
         if value is None or (is_number(value) and isinstance(value, int) and value >= 1):
@@ -96,12 +98,20 @@ LAUNCHER_VARIABLES = (
 )
 
 
-def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> None:
-    """More than one node needs a launcher: without one, Lightning starts this node's
-    processes and waits for the others forever."""
+def check_num_nodes(trainer: Mapping[str, Any]) -> int:
+    """``trainer.num_nodes``, an int >= 1 (the global batch is multiplied by it)."""
     nodes = trainer.get("num_nodes", 1)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise ConfigError(f"trainer.num_nodes={nodes} must be >= 1")
+    return nodes
+
+
+def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> None:
+    """More than one node needs a launcher: without one, Lightning starts this node's
+    processes and waits for the others forever. (That a launcher started as many processes
+    as ``trainer.devices x trainer.num_nodes`` is checked once torch can count this node's
+    GPUs: ``lmlab.train.plan.check_world_size``.)"""
+    nodes = check_num_nodes(trainer)
     if nodes > 1 and not any(name in environ for name in LAUNCHER_VARIABLES):
         raise ConfigError(
             f"trainer.num_nodes={nodes} needs a launcher that starts every node's processes: "

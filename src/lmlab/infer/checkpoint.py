@@ -8,6 +8,7 @@ Kept apart from ``lmlab.train.checkpointing`` (the Lightning callbacks): ``lmlab
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,21 +46,74 @@ def readable(path: Path) -> Iterator[None]:
         yield
     except ConfigError:
         raise
-    except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except reader_errors() as err:
+        reason = (str(first_failure(err)).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(
             f"checkpoint {path} is unreadable (truncated, corrupt or not a checkpoint): "
             f"{reason.split('. ')[0]}"
         ) from err
 
 
+def reader_errors() -> tuple[type[BaseException], ...]:
+    """What a checkpoint reader raises: an ``Exception``, or torch.distributed.checkpoint's
+    ``CheckpointException`` for a sharded folder, which derives from ``BaseException`` (caught
+    by name: a Ctrl-C is never turned into 'unreadable'). That module is looked up, not
+    imported (seconds): only code that imported it raises its exception."""
+    api = sys.modules.get("torch.distributed.checkpoint.api")
+    return (Exception,) if api is None else (Exception, api.CheckpointException)
+
+
+def first_failure(err: BaseException) -> BaseException:
+    """A ``CheckpointException``'s first rank's error (its own text is a rank list and whole
+    tracebacks); any other error as it is."""
+    failures = getattr(err, "failures", None)
+    return next(iter(failures.values()))[0] if isinstance(failures, dict) and failures else err
+
+
+def check_shards(path: Path) -> None:
+    """A sharded folder is whole, checked without reading a tensor: its ``.metadata`` (the
+    index torch.distributed.checkpoint writes) can be read, and every shard file it points
+    into is there and at least as long as the furthest byte it places there. A deleted or
+    truncated shard (a copy cut short, a full disk) is a ``ConfigError``, as a truncated file
+    is; bytes changed inside a shard are not detected."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(path).read_metadata().storage_data
+    except reader_errors() as err:
+        reason = (str(first_failure(err)).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"checkpoint {path} is unreadable (its .metadata, the index of the shards, cannot "
+            f"be read: {reason})"
+        ) from err
+    if not isinstance(storage, dict) or not storage:
+        raise ConfigError(f"checkpoint {path} is unreadable (its .metadata lists no shards)")
+    ends: dict[str, int] = {}  # shard file -> the end of the last item placed in it
+    for item in storage.values():
+        ends[item.relative_path] = max(ends.get(item.relative_path, 0), item.offset + item.length)
+    for name, end in sorted(ends.items()):
+        shard = path / name
+        if not shard.is_file():
+            raise ConfigError(
+                f"checkpoint {path} is unreadable (shard {name} is missing: a rank's part of "
+                "the weights and optimizer state)"
+            )
+        if (size := shard.stat().st_size) < end:
+            raise ConfigError(
+                f"checkpoint {path} is unreadable (shard {name} is truncated: {size:,} bytes, "
+                f"its .metadata places data up to byte {end:,})"
+            )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint file memory-mapped, or a sharded checkpoint's metadata (no weights). A
     truncated or corrupt one raises ``ConfigError`` (the reader checks the file's structure,
-    not every byte of its tensors)."""
+    not every byte of its tensors); so does a sharded folder with a shard missing or cut
+    short (``check_shards``)."""
     path = Path(path)
     with readable(path):
         if is_sharded(path):
+            check_shards(path)
             return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
         if path.is_dir():
             raise ConfigError(
@@ -70,8 +124,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def newest_checkpoint(paths: list[Path]) -> Path:
     """The intact training checkpoint among ``paths`` with the highest step (``last.ckpt`` on
-    a tie), to resume from. One that cannot be read (truncated, a dangling link) is passed
-    over with a warning; weights-only files (``consolidate``'s) are not training checkpoints.
+    a tie), to resume from. One that cannot be read (truncated, a dangling link, a sharded
+    folder with a shard missing or truncated) is passed over with a warning; weights-only
+    files (``consolidate``'s) are not training checkpoints.
     None intact: ``ConfigError``."""
     newest: tuple[tuple[int, bool], Path] | None = None
     unreadable, weights_only = [], []

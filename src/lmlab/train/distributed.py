@@ -5,6 +5,8 @@ is ``lmlab.train.batch``).
   with gloo) with the whole world as the data-parallel (sharding) dimension, and sharded
   checkpoints written atomically: into a temporary folder, renamed into place once every rank
   has written its shard.
+- ``check_strategy_loads``: a sharded checkpoint is resumed by a strategy that reads one (a
+  refusal before the data is prepared, not an ``IsADirectoryError`` after).
 - ``job_command`` and ``JobScope`` make Hydra multiruns work with DDP/FSDP (a long-standing
   breakage of Lightning + Hydra): Lightning starts the other ranks by re-running the command
   line, which in a multirun is the whole sweep. The children instead get this job's own
@@ -14,16 +16,20 @@ is ``lmlab.train.batch``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
+
+from lmlab.errors import ConfigError
+from lmlab.infer.checkpoint import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,47 @@ class FSDPStrategy(ModelParallelStrategy):
             elif os.path.lexists(old):
                 old.unlink()
         self.barrier("lmlab_ckpt_renamed")
+
+
+def strategy_class(trainer_cfg: Mapping[str, Any]) -> type[Strategy] | None:
+    """The Lightning strategy ``trainer.strategy`` names: a ``_target_`` node's class
+    (``trainer=ddp``, ``trainer=fsdp``) or a name in Lightning's registry (``ddp``); None for
+    ``auto`` (unset: one device, or DDP) and for what Lightning cannot find, which its Trainer
+    refuses itself."""
+    strategy = trainer_cfg.get("strategy") or "auto"
+    if isinstance(strategy, str):
+        return StrategyRegistry[strategy]["strategy"] if strategy in StrategyRegistry else None
+    module, _, name = str(strategy.get("_target_", "")).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, Strategy) else None
+
+
+def reads_sharded(trainer_cfg: Mapping[str, Any]) -> bool:
+    """Whether the run's strategy loads a sharded checkpoint folder: Lightning's
+    ModelParallelStrategy and lmlab's FSDPStrategy built on it (any device count: the
+    shards are resharded on load)."""
+    found = strategy_class(trainer_cfg)
+    return found is not None and issubclass(found, ModelParallelStrategy)
+
+
+def check_strategy_loads(trainer_cfg: Mapping[str, Any], ckpt: Path | None) -> Path | None:
+    """``ckpt``, the checkpoint a run continues, when its strategy can load it; a sharded
+    folder (``trainer=fsdp``'s) with another strategy is refused before the data is prepared
+    (Lightning would read the folder as a file: ``IsADirectoryError``)."""
+    if ckpt is None or not is_sharded(ckpt) or reads_sharded(trainer_cfg):
+        return ckpt
+    found = strategy_class(trainer_cfg)
+    name = found.__name__ if found is not None else trainer_cfg.get("strategy") or "auto"
+    raise ConfigError(
+        f"checkpoint {ckpt} is sharded (a folder of per-rank shards, as trainer=fsdp writes) "
+        f"and this run's strategy ({name}) cannot load it: continue it with trainer=fsdp (any "
+        f"device count), or start a new run in another directory from its weights with "
+        f"init_from={ckpt} (a fresh optimizer and schedule), or write them into one file with "
+        f"`lmlab consolidate ckpt={ckpt}`"
+    )
 
 
 def job_command(local_rank: int) -> tuple[Sequence[str], str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -33,7 +34,7 @@ from lmlab.config import (
 )
 from lmlab.errors import ConfigError
 from lmlab.model import build_task_model, param_breakdown
-from lmlab.train.batch import GlobalBatch, resolve_global_batch
+from lmlab.train.batch import GlobalBatch, device_count, resolve_global_batch, world_size
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 
 PLAN_FILE = "plan.json"
@@ -112,6 +113,7 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     precision = str(trainer_cfg.get("precision", "32-true"))
     if precision not in (allowed := trainer_precisions()):
         raise ConfigError(f"trainer.precision={precision}: allowed {', '.join(allowed)}")
+    check_strategy_precision(trainer_cfg, precision)
     accelerator = trainer_cfg.get("accelerator", "auto")
     names = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
     if isinstance(accelerator, str) and accelerator not in names:
@@ -134,6 +136,31 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.devices={devices} with trainer.accelerator=cpu: allowed an int >= 1 "
             "(that many processes) or auto (one)"
+        )
+
+
+# What Lightning's ModelParallelStrategy (trainer=fsdp) trains with: the list is local to its
+# AcceleratorConnector._validate_precision_choice (Lightning 2.6), not exposed, so it is
+# stated here; the Trainer raises for any other once the data is prepared.
+MODEL_PARALLEL_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
+
+
+def check_strategy_precision(trainer_cfg: DictConfig, precision: str) -> None:
+    """A precision the configured strategy refuses (``trainer=fsdp`` with ``16-mixed``) is
+    refused here, in one line; lmlab's ``auto`` resolves to one every strategy takes."""
+    from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION as ALIASES
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lmlab.train.distributed import strategy_class
+
+    strategy = strategy_class(trainer_cfg)
+    if precision == "auto" or strategy is None or not issubclass(strategy, ModelParallelStrategy):
+        return
+    if ALIASES.get(precision, precision) not in MODEL_PARALLEL_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision} is not one {strategy.__name__} (trainer=fsdp) "
+            f"trains with: allowed {', '.join(MODEL_PARALLEL_PRECISIONS)}, or auto (bf16-mixed "
+            "on a GPU with bf16, 32-true otherwise)"
         )
 
 
@@ -162,6 +189,44 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
             f"trainer.devices={devices} but torch sees {count} CUDA GPU(s) here; "
             f"use trainer.devices={count} or fewer, or auto (every GPU)"
         )
+
+
+def launched_processes(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """How many processes a launcher started, as Lightning reads it, and the variable that
+    says so: SLURM's ``SLURM_NTASKS`` under srun (Lightning looks for SLURM first; a job named
+    bash or interactive is not srun's), else torchrun's ``WORLD_SIZE`` (with its
+    ``TORCHELASTIC_RUN_ID``). None where Lightning starts the processes itself: the
+    ``WORLD_SIZE`` it gives its own children comes from this same config."""
+    if "SLURM_NTASKS" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        variable = "SLURM_NTASKS"
+    elif "TORCHELASTIC_RUN_ID" in environ and "WORLD_SIZE" in environ:
+        variable = "WORLD_SIZE"
+    else:
+        return None
+    value = environ[variable].strip()
+    return (variable, int(value)) if value.isdigit() else None
+
+
+def check_world_size(trainer_cfg: DictConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Under a launcher, ``trainer.devices x trainer.num_nodes`` is the number of processes it
+    started: Lightning refuses any other once the data is prepared (one traceback per rank).
+    ``devices`` auto or -1 counts as Lightning counts it on this node (every GPU torch sees, 1
+    on a CPU: ``lmlab.train.batch.device_count``), so torchrun's two CPU processes with
+    ``trainer.devices=auto`` are refused too, as Lightning would refuse them."""
+    launched = launched_processes(environ)
+    planned = world_size(trainer_cfg)
+    if launched is None or launched[1] == planned:
+        return
+    variable, world = launched
+    devices = trainer_cfg.get("devices", "auto")
+    counted = device_count(devices, trainer_cfg.accelerator)
+    here = "" if str(devices).isdigit() else f" ({counted} on this node)"
+    raise ConfigError(
+        f"trainer.devices={devices}{here} x trainer.num_nodes={trainer_cfg.num_nodes} is "
+        f"{planned} process(es), but the launcher started {world} ({variable}={world}): set "
+        "trainer.devices to the processes per node (torchrun --nproc-per-node, SLURM "
+        "--ntasks-per-node) and trainer.num_nodes to the nodes"
+    )
 
 
 def resolve_precision(trainer_cfg: DictConfig) -> str:

@@ -11,6 +11,7 @@ to other machines is checked on the one it is started from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 from hydra.errors import InstantiationException
@@ -37,6 +38,7 @@ from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import check_steps_asked
+from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
 from lmlab.train.memory import check_state_fits
@@ -45,6 +47,7 @@ from lmlab.train.plan import (
     check_accelerator,
     check_attention_kernel,
     check_trainer_choices,
+    check_world_size,
     make_plan,
 )
 
@@ -95,6 +98,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         if model_cfg.family == Family.t5 and data_cfg.tokenizer != TokenizerKind.checkpoint:
             SpanCorruptionCollator.check_spans(seq_len, N_SENTINELS)  # lmlab's tokenizers' count
     check_trainer_choices(cfg.trainer)
+    if cfg.get("ckpt_path"):  # resume=true's checkpoint: checked once chosen (resume_checkpoint)
+        check_strategy_loads(cfg.trainer, Path(cfg.ckpt_path))
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_evals(cfg, model_cfg)
     if machine:
@@ -103,6 +108,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     callbacks = build_callbacks(cfg)  # their bad values are refused here
     if here:
         check_accelerator(cfg.trainer)
+        check_world_size(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
 
 
