@@ -605,3 +605,157 @@ def test_launcher_ranks_without_a_chosen_run_dir_are_refused(
         err.rstrip().endswith("give them one with hydra.run.dir=<folder>") and err.count("\n") == 1
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_extension_keeps_the_completed_runs_record(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completed run extended (a larger trainer.max_steps) that then fails or stops records
+    that, and keeps what it found under ``previous``: the completed run's metrics and sample
+    are not lost. A damaged ``wandb_id`` is refused before any work, the directory as it was."""
+    from lmlab.train import run as run_module
+
+    train(compose_train(SMOKE, tmp_path, cache_dir))
+    whole = results(tmp_path)
+
+    def broken(*args, **kwargs) -> None:
+        raise RuntimeError("a failure once training started")
+
+    monkeypatch.setattr(run_module, "build_trainer", broken)
+    longer = [*SMOKE, "trainer.max_steps=6", "resume=true"]
+    with pytest.raises(RuntimeError, match="once training started"):
+        train(compose_train(longer, tmp_path, cache_dir))
+    failed = results(tmp_path)
+    assert failed["status"] == "failed" and "once training started" in failed["error"]
+    assert failed["previous"] == whole
+    with pytest.raises(RuntimeError):  # failing again keeps the last record with results
+        train(compose_train(longer, tmp_path, cache_dir))
+    assert results(tmp_path)["previous"] == whole
+
+    monkeypatch.undo()
+    (tmp_path / "wandb_id").write_text("not a valid/id!")
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match=r"wandb_id holds 'not a valid/id!', not a W&B run id"):
+        train(compose_train([*longer, "logger=wandb"], tmp_path, cache_dir))
+    assert changed(before, snapshot(tmp_path)) == []
+
+
+def write_sharded(path: Path, step: int) -> Path:
+    """A sharded checkpoint laid out as trainer=fsdp writes one (``.distcp`` shards, their
+    index ``.metadata``, ``meta.pt``), written by torch.distributed.checkpoint in this one
+    process, no process group: a tiny GPT's weights over two shard files."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from lmlab.config import ModelConfig, model_config_dict
+    from lmlab.model import build_model
+
+    model_cfg = ModelConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=2)
+    state = {f"model.{k}": v for k, v in build_model(model_cfg).state_dict().items()}
+    with warnings.catch_warnings():  # "assuming ... a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        writer = dcp.FileSystemWriter(path, thread_count=2)
+        dcp.save({"state_dict": state}, storage_writer=writer, no_dist=True)
+    meta = {"global_step": step, "model_config": model_config_dict(model_cfg)}
+    torch.save(meta, path / "meta.pt")
+    return path
+
+
+def corrupt(path: Path) -> None:
+    """Overwrite the first 64 bytes of the file at ``path``, its length kept."""
+    with open(path, "r+b") as f:
+        f.write(b"\0" * 64)
+
+
+# What a copy cut short, a full disk or a lost node leaves of a sharded folder; the shard is
+# __0_1.distcp, the second of write_sharded's two.
+DAMAGE = {
+    "shard deleted": lambda d: (d / "__0_1.distcp").unlink(),
+    "shard truncated": lambda d: truncate(d / "__0_1.distcp"),
+    "shard one byte short": lambda d: os.truncate(
+        d / "__0_1.distcp", d.joinpath("__0_1.distcp").stat().st_size - 1
+    ),
+    ".metadata deleted": lambda d: (d / ".metadata").unlink(),
+    ".metadata truncated": lambda d: truncate(d / ".metadata"),
+}
+
+
+def sharded_run(run_dir: Path, cfg) -> Path:
+    """``run_dir`` as an FSDP run leaves it: its config, and sharded checkpoints at steps 2 and
+    4 with ``last.ckpt`` linking to step 4."""
+    from omegaconf import OmegaConf
+
+    from lmlab.train.run import RUN_CONFIG, run_identity
+
+    ckpts = run_dir / "checkpoints"
+    ckpts.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(run_identity(cfg)), run_dir / RUN_CONFIG)
+    for step in (2, 4):
+        write_sharded(ckpts / f"step00000{step}.ckpt", step)
+    (ckpts / "last.ckpt").symlink_to("step000004.ckpt")
+    return ckpts
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_resume_passes_over_a_sharded_checkpoint_with_a_missing_or_cut_piece(
+    damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only ``meta.pt`` of a sharded folder was read: one with a shard deleted was chosen and
+    every rank failed loading it. Now its ``.metadata`` and shard sizes are checked, and it is
+    passed over with a warning for the newest intact one, as a truncated file is."""
+    fsdp = ["+debug=smoke", "trainer=fsdp", "trainer.accelerator=cpu", "resume=true"]
+    cfg = compose_train(fsdp, tmp_path, tmp_path / "cache")
+    ckpts = sharded_run(tmp_path, cfg)
+    assert resume_checkpoint(cfg, tmp_path) == ckpts / "last.ckpt"
+    DAMAGE[damage](ckpts / "step000004.ckpt")
+    with caplog.at_level(logging.WARNING):
+        assert resume_checkpoint(cfg, tmp_path) == ckpts / "step000002.ckpt"
+    warned = [m for m in caplog.messages if "step000004.ckpt is unreadable" in m]
+    assert warned and "passed over" in warned[0], caplog.messages
+    DAMAGE[damage](ckpts / "step000002.ckpt")
+    with pytest.raises(ConfigError, match=r"no intact checkpoint .* \(unreadable: last.ckpt, st"):
+        resume_checkpoint(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("damage", [*sorted(DAMAGE), "shard corrupt"])
+def test_a_damaged_sharded_folder_is_named_in_one_line_by_every_tool(
+    damage: str, tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """consolidate and generate printed torch's tracebacks (CheckpointException, which is no
+    Exception; AssertionError; PytorchStreamReader); a shard's bytes changed in place, its
+    length kept, is found only by reading it, and is named all the same."""
+    folder = write_sharded(tmp_path / "step000004.ckpt", 4)
+    (DAMAGE.get(damage) or (lambda d: corrupt(d / "__0_1.distcp")))(folder)
+    for tool in ("consolidate", "generate"):
+        capsys.readouterr()
+        assert run_command(tool, f"ckpt={folder}") == 2, tool
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: checkpoint {folder} is unreadable ("), err
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step000004.ckpt"]  # nothing written
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp"])
+def test_resuming_a_sharded_run_with_a_trainer_that_cannot_load_it_is_refused(
+    trainer: str, tmp_path: Path
+) -> None:
+    """trainer=cpu or ddp on an FSDP run's folders crashed after the data was prepared with
+    IsADirectoryError on last.ckpt; now one line, before the data is prepared, says how to go
+    on. trainer=fsdp resumes on any device count."""
+    run = ["+debug=smoke", "logger=none", "resume=true", "trainer.accelerator=cpu"]
+    cfg = compose_train([*run, f"trainer={trainer}"], tmp_path / "run", tmp_path / "cache")
+    sharded_run(tmp_path / "run", cfg)
+    before = snapshot(tmp_path)
+    message = r"is sharded .* continue it with trainer=fsdp .* init_from=.*lmlab consolidate"
+    with pytest.raises(ConfigError, match=message):
+        resume_checkpoint(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert changed(before, snapshot(tmp_path)) == []  # no data prepared, nothing written
+    for devices in (1, 2):
+        fsdp = [*run, "trainer=fsdp", f"trainer.devices={devices}"]
+        fsdp_cfg = compose_train(fsdp, tmp_path / "run", tmp_path / "cache")
+        assert (
+            resume_checkpoint(fsdp_cfg, tmp_path / "run") == tmp_path / "run/checkpoints/last.ckpt"
+        )

@@ -37,12 +37,19 @@ from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
-from lmlab.train.distributed import JobScope, install_job_command
+from lmlab.train.distributed import JobScope, check_strategy_loads, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table, planning_model_config
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record
-from lmlab.train.loggers import build_loggers, log_param_table, redact, run_name, wandb_run_id
+from lmlab.train.loggers import (
+    build_loggers,
+    log_param_table,
+    recorded_wandb_id,
+    redact,
+    run_name,
+    wandb_run_id,
+)
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
     PLAN_FILE,
@@ -139,7 +146,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             )
         check_same_run(cfg, out_dir, "the checkpoints were trained with")
         read_plan(out_dir)  # an unreadable plan.json: refused before the data is prepared
-        return newest_checkpoint(found)
+        return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
     if found:
         raise ConfigError(
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
@@ -189,14 +196,30 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
         )
 
 
-def finished_run(out_dir: Path) -> dict[str, Any] | None:
-    """``results.json`` of a run that completed in ``out_dir``, else None."""
-    path = out_dir / "results.json"
+def read_results(out_dir: Path) -> dict[str, Any] | None:
+    """``results.json`` of the run in ``out_dir``; None when there is none, or unreadable."""
     try:
-        results = json.loads(path.read_text())
+        results = json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    return results if isinstance(results, dict) and results.get("status") == "completed" else None
+    return results if isinstance(results, dict) else None
+
+
+def kept_record(results: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a process that stops or fails keeps, under ``previous``, of the record it found:
+    the last one with results (a completed run's metrics, a stop's step), so extending a
+    completed run and failing loses none of them."""
+    if results is None:
+        return None
+    if results.get("status") in ("failed", "running"):
+        return results.get("previous")
+    return {k: v for k, v in results.items() if k != "previous"}
+
+
+def finished_run(out_dir: Path) -> dict[str, Any] | None:
+    """``results.json`` of a run that completed in ``out_dir``, else None."""
+    results = read_results(out_dir)
+    return results if results is not None and results.get("status") == "completed" else None
 
 
 def already_done(
@@ -284,7 +307,7 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
     write_json(out_dir / "results.json", redact(results))
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float | None:
     """Train one run; write ``results.json`` (completed, failed, preempted or interrupted);
     return the final validation loss. ``cfg`` is read, never written: what the run derives
     from it is the frozen plan (``lmlab.train.plan``), saved as ``plan.json``. A directory
@@ -295,6 +318,7 @@ def train(cfg: DictConfig) -> float:
     out_dir = Path(cfg.paths.output_dir)
     run = RunDir(out_dir)  # a live run there: refused before anything is written
     results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
+    earlier = kept_record(read_results(out_dir))  # what a stop of this process must not lose
     install_job_command()
     scope = JobScope()
     try:
@@ -303,6 +327,8 @@ def train(cfg: DictConfig) -> float:
         model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
         if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
+        if "wandb" in (cfg.get("logger") or {}):
+            recorded_wandb_id(out_dir)  # a damaged record: named before any work
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(
             cfg,
@@ -320,6 +346,8 @@ def train(cfg: DictConfig) -> float:
         )
     except BaseException as err:
         results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
+        if earlier is not None:
+            results["previous"] = earlier  # a completed run extended, then stopped
         if run.may_record:
             write_results(out_dir, results)
         status = results["status"]
@@ -371,7 +399,7 @@ def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, A
 
 def dry_run(
     cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, run: RunDir
-) -> float:
+) -> float | None:
     """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing.
     Into a directory that holds an earlier run, nothing is written."""
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
@@ -383,7 +411,7 @@ def dry_run(
         log.info("plan.json not written: %s holds an earlier run, left as it was", run.path)
     else:
         log.info("plan: %s", write_json(run.path / PLAN_FILE, plan))
-    return float("nan")
+    return None  # no loss: a search (Optuna) records the trial as failed, not as a value
 
 
 SUMMARY_KEYS = (
