@@ -268,3 +268,30 @@ def test_a_sharded_ckpt_path_with_a_strategy_that_cannot_load_it_is_refused(
         check_run(cfg, machine=False)
     for fsdp in (["trainer.devices=1"], ["trainer.devices=2"]):
         check_run(compose_train([*run, "trainer=fsdp", *fsdp], tmp_path / "run", tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.foo=1", "trainer.foo=1: unknown key (lightning.pytorch.Trainer does not ta"),
+        ("+optim.foo=1", "optim.foo=1: unknown key (torch.optim.AdamW does not take it); all"),
+        ("+scheduler.foo=1", "scheduler.foo=1: unknown key (lmlab.train.schedule.warmup_cosi"),
+    ],
+)
+def test_a_key_its_target_does_not_take_is_refused_before_any_data(
+    override: str, message: str, tmp_path
+) -> None:
+    """Added with ``+``, a key no argument reads failed only once the Trainer or optimizer
+    was built, after the data was prepared, through a traceback."""
+    cfg = compose_train(["+debug=smoke", override, "dry_run=true"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+
+
+def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(tmp_path) -> None:
+    """A sweep's jobs are checked before the first starts: a missing ``data.path`` is one of
+    them; a dry run plans for another machine, where the path may be."""
+    missing = ["data=text", f"data.path={tmp_path / 'missing.txt'}", "+debug=smoke"]
+    with pytest.raises(ConfigError, match=r"data.path='.*missing.txt' does not exist"):
+        check_run(compose_train(missing, tmp_path / "run", tmp_path))
+    check_run(compose_train([*missing, "dry_run=true"], tmp_path / "run", tmp_path))

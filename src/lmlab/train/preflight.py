@@ -10,12 +10,13 @@ to other machines is checked on the one it is started from.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig
 
 from lmlab.config import (
@@ -23,6 +24,7 @@ from lmlab.config import (
     DataConfig,
     Family,
     ModelConfig,
+    Source,
     TaskConfig,
     TaskKind,
     TokenizerKind,
@@ -33,6 +35,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
+from lmlab.data.sources import text_files
 from lmlab.data.tokenizer import N_SENTINELS, check_bpe_size
 from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
@@ -78,12 +81,37 @@ def check_stride(stride: int | None, family: Family, seq_len: int) -> None:
         )
 
 
+def check_target_keys(node: DictConfig, where: str) -> None:
+    """The keys of a ``_target_`` node are arguments its target takes: a key added with
+    ``+`` (``+trainer.foo=1``, ``+optim.foo=1``) failed only when the object was built, after
+    the data was prepared, through a traceback."""
+    try:
+        target = get_method(node._target_)
+        params = inspect.signature(target).parameters
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return  # the target itself is named when it is built
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [key for key in node if not str(key).startswith("_") and key not in params]
+    if unknown:
+        key = unknown[0]
+        allowed = ", ".join(name for name in params if name != "self")
+        raise ConfigError(
+            f"{where}.{key}={node[key]}: unknown key ({node._target_} does not take it); "
+            f"allowed: {allowed}"
+        )
+
+
 def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     """Every check of ``cfg`` that needs no data, model or run directory, in the order a run
     meets them; the first failure is a ConfigError. A dry run (``dry_run=true``) plans for any
     machine, so the machine's own checks are left out of it."""
     here = machine and not cfg.get("dry_run")
     model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
+    for group in ("trainer", "optim", "scheduler"):
+        check_target_keys(cfg[group], group)
+    for name, node in (cfg.get("logger") or {}).items():
+        check_target_keys(node, f"logger.{name}")
     asked = asked_fields(command_line_overrides(), "trainer").get("max_steps")
     check_steps_asked(BudgetKind(cfg.budget.kind), cfg.trainer.max_steps, asked)
     task_cfg = resolve_task(cfg, model_cfg)
@@ -108,6 +136,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     callbacks = build_callbacks(cfg)  # their bad values are refused here
     if here:
         check_accelerator(cfg.trainer)
+        if data_cfg.source == Source.text and task_cfg.kind == TaskKind.lm:
+            text_files(data_cfg)  # a missing path or empty folder: a sweep's job is refused too
         check_world_size(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
 
