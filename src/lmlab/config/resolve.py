@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from lmlab.config.data import DataConfig
 from lmlab.config.knobs import Family
@@ -125,32 +125,12 @@ def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.env
         )
 
 
-def top_level_keys() -> set[str]:
-    """What ``conf/train.yaml`` composes at the top: its groups and its own keys."""
-    from lmlab.config import CONF_DIR  # defined once this module is imported
-
-    train = OmegaConf.load(CONF_DIR / "train.yaml")
-    groups = {next(iter(entry)) for entry in train.defaults if isinstance(entry, Mapping)}
-    return (groups | set(train)) - {"defaults", "hydra"}
-
-
-def check_top_level(cfg: Mapping[str, Any]) -> None:
-    """A key added at the top (``+foo=bar``) that no group or field reads would be ignored:
-    refused like an unknown key inside a group."""
-    known = top_level_keys()
-    unknown = [key for key in cfg if key not in known]
-    if unknown:
-        key = unknown[0]
-        raise ConfigError(f"{key}={cfg[key]}: unknown key; allowed: {', '.join(sorted(known))}")
-
-
 def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig, DataConfig, int]:
     """Validate the structured configs (``__post_init__`` checks) and the other groups'
     values before any work starts: ``lmlab train`` calls this before torch and Lightning are
     imported, so bad input is reported before the slow imports (start-up times:
     BENCHMARKS.md). ``machine=False``: not whether this machine can launch the run (a sweep
     that a cluster launcher sends elsewhere)."""
-    check_top_level(cfg)
     model_cfg = to_schema(ModelConfig, cfg.model, "model.")
     data_cfg = to_schema(DataConfig, cfg.data, "data.")
     to_schema(BudgetConfig, cfg.budget, "budget.")
