@@ -33,18 +33,6 @@ class CausalLMCollator:
         pass
 
     @classmethod
-    def check_spans(cls, seq_len: int, n_sentinels: int) -> None:
-        """Each noise span of a row takes a sentinel of its own: a row with more spans than
-        the tokenizer has sentinels cannot be corrupted (arithmetic only: checked before the
-        data is prepared too)."""
-        n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)[1]
-        if n_spans > n_sentinels:
-            raise ConfigError(
-                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
-                f"tokenizer's {n_sentinels} sentinels: use a shorter sequence"
-            )
-
-    @classmethod
     def row_len(cls, seq_len: int) -> int:
         return seq_len + 1
 
@@ -79,18 +67,6 @@ class MLMCollator:
         self.is_special = torch.zeros(vocab, dtype=torch.bool)
         self.is_special[specials.all_ids(tokenizer)] = True
         self.regular_ids = (~self.is_special).nonzero().squeeze(1)
-
-    @classmethod
-    def check_spans(cls, seq_len: int, n_sentinels: int) -> None:
-        """Each noise span of a row takes a sentinel of its own: a row with more spans than
-        the tokenizer has sentinels cannot be corrupted (arithmetic only: checked before the
-        data is prepared too)."""
-        n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)[1]
-        if n_spans > n_sentinels:
-            raise ConfigError(
-                f"data.seq_len={seq_len} makes {n_spans} noise spans per row, more than the "
-                f"tokenizer's {n_sentinels} sentinels: use a shorter sequence"
-            )
 
     @classmethod
     def row_len(cls, seq_len: int) -> int:
