@@ -295,3 +295,110 @@ def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(tmp_path) 
     with pytest.raises(ConfigError, match=r"data.path='.*missing.txt' does not exist"):
         check_run(compose_train(missing, tmp_path / "run", tmp_path))
     check_run(compose_train([*missing, "dry_run=true"], tmp_path / "run", tmp_path))
+
+
+def unused_cases() -> list[tuple[dict, set[str]]]:
+    """Configs and the fields each switches off (the complement of what it reads)."""
+    moe = {f"moe.{name}" for name in ("top_k", "aux_loss_coef", "z_loss_coef")}
+    moe |= {"moe.capacity_factor", "moe.every_n_layers"}
+    rope = {"rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor"}
+    rope |= {"rope_high_freq_factor", "rope_original_max_seq_len"}
+    relative = {"relative_buckets", "relative_max_distance"}
+    return [
+        ({"positional": "alibi"}, rope | relative | moe | {"ffn_multiple_of"}),
+        (
+            {"positional": "rope"},
+            rope - {"rope_theta", "rope_scaling"} | relative | moe | {"ffn_multiple_of"},
+        ),
+        (
+            {"positional": "rope", "rope_scaling": "linear", "activation": "swiglu"},
+            {"rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_seq_len"}
+            | relative
+            | moe,
+        ),
+        (
+            {"positional": "relative", "family": "t5", "init": "t5", "activation": "swiglu"},
+            rope | moe | {"init_std"},
+        ),
+        (
+            {"d_ff": 96, "activation": "swiglu", "moe": {"num_experts": 4}},
+            rope | relative | {"ffn_multiple_of"},
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("fields", "unused"), unused_cases())
+def test_a_field_another_switches_off_changes_nothing_it_builds(fields: dict, unused) -> None:
+    """``unused_fields`` lists the fields another field switches off, and each of them truly
+    changes nothing: a model built with one of them changed has the same weights and the same
+    output (the MoE loss weights and capacity, which act in training only, are listed only
+    where there is no router at all)."""
+    from omegaconf import OmegaConf
+
+    from lmlab.config import ModelConfig
+    from lmlab.model import build_model
+
+    small = {"d_model": 32, "n_heads": 2, "n_layers": 2, "max_seq_len": 16, "vocab_size": 64}
+    base = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), small, fields))
+    assert set(base.unused_fields()) == unused
+    changed = {  # a valid value that differs from the default, for every field listed
+        "rope_theta": 500.0,
+        "rope_scaling": "none",  # the only value allowed without RoPE
+        "rope_factor": 2.0,
+        "rope_low_freq_factor": 2.0,
+        "rope_high_freq_factor": 3.0,
+        "rope_original_max_seq_len": 8,
+        "relative_buckets": 8,
+        "relative_max_distance": 12,
+        "ffn_multiple_of": 7,
+        "init_std": 0.5,
+        "moe.top_k": 1,
+        "moe.aux_loss_coef": 0.5,
+        "moe.z_loss_coef": 0.5,
+        "moe.capacity_factor": 1.0,
+        "moe.every_n_layers": 2,
+    }
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def built(cfg: ModelConfig) -> tuple[dict, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            out = model(ids, ids) if cfg.family.value == "t5" else model(ids)
+        logits = out if isinstance(out, torch.Tensor) else out[0]
+        return model.state_dict(), logits
+
+    weights, logits = built(base)
+    for path in unused:
+        tree = OmegaConf.structured(base)
+        OmegaConf.update(tree, path, changed[path])
+        other = OmegaConf.to_object(tree)
+        other_weights, other_logits = built(other)
+        assert other_weights.keys() == weights.keys(), path
+        for key, value in weights.items():
+            assert torch.equal(other_weights[key], value), (path, key)
+        assert torch.equal(other_logits, logits), path
+
+
+def test_a_switched_off_field_asked_for_is_named_once(tmp_path, caplog) -> None:
+    """A field the command asks for (an override, or an ``+experiment`` file) that another
+    field switches off is named in a warning, with where it came from; a preset's fields
+    are not (a preset sets every field), and a run without such a field warns nothing."""
+    from lmlab.train.preflight import warn_unused
+
+    def warnings(overrides: list[str]) -> list[str]:
+        cfg = compose_train(["+debug=smoke", *overrides, "dry_run=true"], tmp_path, tmp_path)
+        return warn_unused(check_run(cfg).model_cfg)
+
+    assert warnings(["model.positional=alibi", "model.rope_theta=500000"]) == [
+        "model.rope_theta=500000.0 has no effect under model.positional=alibi: this run "
+        "trains as it would without it"
+    ]
+    named = warnings(["+experiment=t5", "model.positional=rope", "model.moe.top_k=1"])
+    assert [w.split(" has ")[0] for w in named] == [
+        "model.moe.top_k=1",
+        "model.relative_buckets=32 (from +experiment=t5)",
+        "model.relative_max_distance=128 (from +experiment=t5)",
+    ]
+    assert warnings(["model=gpt_8x7b", "model.positional=alibi"]) == []  # the preset's rope_theta
+    assert warnings(["model.positional=rope", "model.rope_theta=500000"]) == []

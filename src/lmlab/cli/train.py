@@ -40,7 +40,7 @@ from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.main import fail
 from lmlab.cli.sweep import job_config, runs_here, search_corners, sweep_jobs, swept_keys
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 from lmlab.train.rundir import (
     chose_dir,
     earlier_sweep_runs,
@@ -327,7 +327,7 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         if group and options:
             return ConfigError(f"{group}={name}: no such config; allowed: {', '.join(options)}")
     if isinstance(err, OverrideParseException):
-        return ConfigError(f"{err.override}: {str(err).splitlines()[0]}")
+        return ConfigError(f"{err.override}: {first_line(err)}")
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         key = cause.full_key

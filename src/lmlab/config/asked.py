@@ -27,18 +27,37 @@ def command_line_overrides() -> list[str]:
 def asked_fields(overrides: list[str], group: str, preset: Iterable[str] = ()) -> dict[str, str]:
     """{field of ``group``: the override that asked for it}. ``preset``: the fields a preset
     of the group (``group=name``) asks for (all of a model's; none of a trainer's, whose
-    values are defaults)."""
+    values are defaults). A nested field counts as its top field (``moe`` for ``moe.top_k``)."""
     asked: dict[str, str] = {}
-    for override in overrides:  # a field named on the command line: that override
+    for path, override in asked_paths(overrides, group).items():
+        asked.setdefault(path.split(".")[0], override)
+    for override in overrides:  # a preset: the fields no override or file asked for
+        if override.lstrip("+~").partition("=")[0] == group:
+            asked.update({name: override for name in preset if name not in asked})
+    return asked
+
+
+def asked_paths(overrides: list[str], group: str) -> dict[str, str]:
+    """{dotted field of ``group`` (``moe.top_k``): the override that asked for it}: a field
+    named on the command line, else the first ``+experiment``/``+debug``/``+sweeps`` file that
+    sets it. Presets are left out."""
+    asked: dict[str, str] = {}
+    for override in overrides:
         key = override.lstrip("+~").partition("=")[0]
         if key.startswith(f"{group}."):
-            asked.setdefault(key.removeprefix(f"{group}.").split(".")[0], override)
-    for override in overrides:  # else the first preset or file that sets it
+            asked.setdefault(key.removeprefix(f"{group}."), override)
+    for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key == group:
-            asked.update({name: override for name in preset if name not in asked})
-        elif key in DELTA_GROUPS:
+        if key in DELTA_GROUPS:
             path = CONF_DIR / key / f"{value}.yaml"
             block = OmegaConf.load(path).get(group) if path.is_file() else None
-            asked.update({name: override for name in block or {} if name not in asked})
+            for name in leaves(OmegaConf.to_container(block) if block is not None else None):
+                asked.setdefault(name, override)
     return asked
+
+
+def leaves(node: object, prefix: str = "") -> list[str]:
+    """The dotted paths of a plain config block's values (a dict's, recursively)."""
+    if not isinstance(node, dict):
+        return [prefix.rstrip(".")] if prefix else []
+    return [path for key, value in node.items() for path in leaves(value, f"{prefix}{key}.")]

@@ -281,6 +281,43 @@ class ModelConfig:
                 f"{self.relative_buckets}, relative_max_distance={self.relative_max_distance}"
             )
 
+    def unused_fields(self) -> dict[str, str]:
+        """{field: the setting it has no effect under}: the fields another field switches off
+        (``rope_theta`` without RoPE, ``moe.top_k`` with no experts). Their values are kept
+        and compared as any field's; ``lmlab.train.preflight.warn_unused`` names those a
+        command asked for."""
+        unused: dict[str, str] = {}
+
+        def off(names: tuple[str, ...], because: str) -> None:
+            unused.update({name: because for name in names if name not in unused})
+
+        rope = ("rope_theta", "rope_scaling")
+        scaled = ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")
+        llama3 = ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_seq_len")
+        if self.positional != Positional.rope:
+            off(rope + scaled + llama3, f"model.positional={self.positional.value}")
+        elif self.rope_scaling == RopeScaling.none:
+            off(scaled + llama3, "model.rope_scaling=none")
+        elif self.rope_scaling == RopeScaling.linear:
+            off(llama3, "model.rope_scaling=linear")
+        if self.positional != Positional.relative:
+            off(
+                ("relative_buckets", "relative_max_distance"),
+                f"model.positional={self.positional.value}",
+            )
+        if self.d_ff is not None:
+            off(("ffn_multiple_of",), f"model.d_ff={self.d_ff}")
+        elif self.activation not in GATED:
+            off(("ffn_multiple_of",), f"model.activation={self.activation.value}")
+        if self.init == Init.t5:
+            off(("init_std",), "model.init=t5")
+        if not self.moe.num_experts:
+            moe = [
+                f"moe.{f.name}" for f in dataclasses.fields(MoEConfig) if f.name != "num_experts"
+            ]
+            off(tuple(moe), "model.moe.num_experts=0")
+        return unused
+
     @property
     def head_dim(self) -> int:
         return self.d_head or self.d_model // self.n_heads

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ def to_schema(schema: type[T], values: Mapping[str, Any], prefix: str = "") -> T
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
         if not key:
-            raise ConfigError(f"{prefix.rstrip('.')}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"{prefix.rstrip('.')}: {first_line(err)}") from None
         value = OmegaConf.select(OmegaConf.create(values), key)
         raise omegaconf_error(err, f"{prefix}{key}={value}") from None
 
@@ -36,7 +36,7 @@ def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
     parent = getattr(err, "parent_node", None)
     if isinstance(err, ConfigKeyError | ConfigAttributeError) and OmegaConf.is_dict(parent):
         return ConfigError(f"{where}: unknown key; allowed: {', '.join(map(str, parent))}")
-    return ConfigError(f"{where}: {str(err).splitlines()[0]}")
+    return ConfigError(f"{where}: {first_line(err)}")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -34,7 +34,7 @@ from lmlab.config import (
 from lmlab.data.collators import ClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import cached_tokenizer, tokenizer_dir
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 
 CORPORA = Path(__file__).resolve().parent / "corpora"
 
@@ -48,10 +48,6 @@ COLUMNS = {
 class Split(NamedTuple):
     examples: datasets.Dataset
     origin: str  # where it was read, for error messages: "task.train=x.jsonl"
-
-
-def first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def read_file(origin: str, path: str | Path, cache_dir: Path) -> Split:

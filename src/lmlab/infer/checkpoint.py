@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def readable(path: Path) -> Iterator[None]:
     except ConfigError:
         raise
     except reader_errors() as err:
-        reason = (str(first_failure(err)).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(first_failure(err))
         raise ConfigError(
             f"checkpoint {path} is unreadable (truncated, corrupt or not a checkpoint): "
             f"{reason.split('. ')[0]}"
@@ -81,7 +81,7 @@ def check_shards(path: Path) -> None:
     try:
         storage = FileSystemReader(path).read_metadata().storage_data
     except reader_errors() as err:
-        reason = (str(first_failure(err)).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(first_failure(err))
         raise ConfigError(
             f"checkpoint {path} is unreadable (its .metadata, the index of the shards, cannot "
             f"be read: {reason})"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from lmlab.config import Family
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -132,7 +132,7 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
                 raise ConfigError(
                     f"{where}: task {name!r} needs its dataset from the Hugging Face hub; "
                     f"{state}it could not be loaded ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0] if str(err) else ''}); the shipped tasks run "
+                    f"{first_line(err)}); the shipped tasks run "
                     f"offline: {', '.join(sorted(shipped))}"
                 ) from None
     return True

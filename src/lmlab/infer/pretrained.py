@@ -20,7 +20,7 @@ from torch import nn
 
 from lmlab.config import Family, ModelConfig
 from lmlab.data.tokenizer import Specials, prompt_ids
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,10 +92,6 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-
-
 def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
     """``tokenizer=``: a ``tokenizers`` JSON file whose ids fit the model's vocabulary."""
     if not path.is_file():
@@ -104,7 +100,7 @@ def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for any file it cannot parse
         raise ConfigError(
-            f"tokenizer={path}: not a tokenizers JSON file ({_first_line(err)})"
+            f"tokenizer={path}: not a tokenizers JSON file ({first_line(err, 120)})"
         ) from None
     if tok.get_vocab_size() > vocab_size:
         raise ConfigError(
@@ -120,7 +116,7 @@ def stored_tokenizer(value: object, where: str) -> Tokenizer:
         return Tokenizer.from_str(value)  # type: ignore[arg-type]
     except Exception as err:  # a bare Exception (or TypeError) for anything it cannot parse
         raise ConfigError(
-            f"{where}: its tokenizer is unreadable ({_first_line(err)}): the file is damaged; "
+            f"{where}: its tokenizer is unreadable ({first_line(err, 120)}): the file is damaged; "
             "tokenizer=<a tokenizer.json> uses the weights with another"
         ) from None
 
@@ -187,7 +183,7 @@ def load(
     except OmegaConfBaseException as err:  # a field this lmlab lacks, or a bad value
         raise ConfigError(
             f"{key}={path}: its model_config does not fit this lmlab's ModelConfig ("
-            f"{str(err).splitlines()[0]}): saved by another lmlab version?"
+            f"{first_line(err)}): saved by another lmlab version?"
         ) from None
     if tokenizer is not None:
         tok = read_tokenizer(Path(tokenizer), cfg.vocab_size)

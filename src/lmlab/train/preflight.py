@@ -11,13 +11,14 @@ to other machines is checked on the one it is started from.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import (
     BudgetKind,
@@ -33,7 +34,7 @@ from lmlab.config import (
     resolve_task,
     sequence_length,
 )
-from lmlab.config.asked import asked_fields, command_line_overrides
+from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.sources import text_files
 from lmlab.data.tokenizer import N_SENTINELS, check_bpe_size
@@ -53,6 +54,8 @@ from lmlab.train.plan import (
     check_world_size,
     make_plan,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,28 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
             text_files(data_cfg)  # a missing path or empty folder: a sweep's job is refused too
         check_world_size(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
+
+
+def warn_unused(model_cfg: ModelConfig) -> list[str]:
+    """A warning for each model field the command asked for (an override, or an
+    ``+experiment``/``+debug``/``+sweeps`` file) that another field switches off:
+    ``model.rope_theta=5e5`` under ``model.positional=alibi`` trains what the default would,
+    and a sweep over it repeats one run. Not refused: a sweep over the switch
+    (``model.positional=rope,alibi model.rope_theta=5e5``) means it for some of its jobs.
+    Presets are left out (a preset sets every field). Returns the warnings."""
+    unused = model_cfg.unused_fields()
+    warnings = []
+    for path, override in asked_paths(command_line_overrides(), "model").items():
+        if path in unused:
+            value = OmegaConf.select(OmegaConf.structured(model_cfg), path)
+            origin = "" if override.lstrip("+~").startswith("model.") else f" (from {override})"
+            warnings.append(
+                f"model.{path}={value}{origin} has no effect under {unused[path]}: this run "
+                "trains as it would without it"
+            )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
 
 
 def check_job(cfg: DictConfig, machine: bool = True) -> RunPlan:

@@ -59,7 +59,7 @@ from lmlab.train.plan import (
     read_plan,
     write_json,
 )
-from lmlab.train.preflight import check_run
+from lmlab.train.preflight import check_run, warn_unused
 from lmlab.train.rundir import RUN_FILES, RunDir, holds_run, launch_rank_is_zero
 from lmlab.train.task import LMTask, optimizer_from
 
@@ -323,6 +323,7 @@ def train(cfg: DictConfig) -> float | None:
     scope = JobScope()
     try:
         checked = check_run(cfg)  # bad input: refused before any work
+        warn_unused(checked.model_cfg)
         log.info(checked.batch.describe())
         model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
         if cfg.get("dry_run"):  # plans a GPU run on any machine

@@ -24,7 +24,7 @@ import torch
 from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
 from lmlab.config.outpath import check_file_out, check_folder_out
 from lmlab.data.tokenizer import Specials
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 from lmlab.infer.harness import hub_reachable, offline_hub
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
@@ -155,10 +155,6 @@ def listed(keys: list[str], n: int = 4) -> str:
     return f"{', '.join(keys[:n])}{' ...' if len(keys) > n else ''}"
 
 
-def first_line(err: Exception) -> str:
-    return (str(err) or type(err).__name__).splitlines()[0][:200]
-
-
 def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
     """The transformers model of ``source``, or a ConfigError where it would not be the saved
     model: weights that do not read, a weight the class needs and the folder lacks
@@ -171,7 +167,7 @@ def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
             source, dtype="auto", output_loading_info=True, ignore_mismatched_sizes=True
         )
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
-        raise ConfigError(f"from_hf={source}: weights unreadable: {first_line(err)}") from None
+        raise ConfigError(f"from_hf={source}: weights unreadable: {first_line(err, 200)}") from None
     saved = (config.architectures or ["its class"])[0]
     missing = sorted(info.get("missing_keys") or ())
     if missing:
@@ -216,7 +212,7 @@ def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
             return None, "has no tokenizer files"
         raise ConfigError(
             f"from_hf={source}: its tokenizer ({', '.join(files) or 'tokenizer files'}) does "
-            f"not load: {first_line(err)}; repair or remove it (without one, generation needs "
+            f"not load: {first_line(err, 200)}; repair or remove it (without one, generation needs "
             "tokenizer=<tokenizer.json>)"
         ) from None
     backend = getattr(tok, "backend_tokenizer", None)
