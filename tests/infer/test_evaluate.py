@@ -442,7 +442,8 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     tok, tmp_path: Path, run_command, capsys, wandb_records
 ) -> None:
     """``lmlab evaluate`` on a checkpoint in ``<run>/checkpoints/``: the table, then
-    ``<run>/eval/step<N>.json`` and the metrics in the run's (offline) W&B run, at step N."""
+    ``<run>/eval/step<N>.json`` and the metrics in the run's (offline) W&B run, at N - 1 on
+    its ``trainer/global_step`` axis, where training logged the rows of the same weights."""
     pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
     ckpt = tmp_path / "checkpoints" / "step000007.ckpt"
     ckpt.parent.mkdir()
@@ -463,4 +464,4 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     assert (run["run_id"], run["project"]) == ("abcd1234", "agentproj")  # the run's own
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     (logged,) = [h for h in history if "eval/stdlib_nextline/acc" in h]
-    assert float(json.loads(str(logged["trainer/global_step"]))) == 7
+    assert float(json.loads(str(logged["trainer/global_step"]))) == 6

@@ -17,23 +17,64 @@ from lmlab.train.run import train
 ACC = "eval/stdlib_nextline/acc"
 
 
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def steps(run_dir: Path, metric: str) -> list[int]:
+    return [int(r["step"]) for r in rows(run_dir) if r.get(metric)]
+
+
+def number(value: object) -> float:
+    return float(json.loads(value) if isinstance(value, str) else value)  # W&B: JSON text too
+
+
 def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wandb_records) -> None:
+    """Evals after steps 2 and 4 (every 2 steps; the last is 4) are logged where the
+    validation of the same weights is, on Lightning's axis: the rows of the weights after N
+    steps carry N - 1, in metrics.csv and on W&B's ``trainer/global_step``, which never goes
+    back."""
     overrides = ["+debug=smoke", "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
     overrides += ["eval.every_n_steps=2", "eval.limit=3"]
     train(compose_train(overrides, tmp_path, cache_dir))
-    with open(tmp_path / "csv" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get(ACC)]
-    assert [int(r["step"]) for r in rows] == [2, 4]  # every 2 steps; the last step is 4
-    assert all(r["eval/stdlib_cloze/perplexity"] for r in rows)
+    evals = [r for r in rows(tmp_path) if r.get(ACC)]
+    assert [int(r["step"]) for r in evals] == steps(tmp_path, "val/loss") == [1, 3]
+    assert all(r["eval/stdlib_cloze/perplexity"] for r in evals)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "completed"
-    assert results[ACC] == pytest.approx(float(rows[-1][ACC]))
+    assert results["status"] == "completed" and results["global_step"] == 4
+    assert results[ACC] == pytest.approx(float(evals[-1][ACC]))
     assert f"{ACC}_stderr" in results and "eval/stdlib_cloze/acc" in results
     history = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
-    logged = [h for h in history if ACC in h]
-    assert len(logged) == 2
-    value = logged[-1][ACC]  # W&B's record holds the value or its JSON text
-    assert float(json.loads(value) if isinstance(value, str) else value) == results[ACC]
+    axis = [number(h["trainer/global_step"]) for h in history if "trainer/global_step" in h]
+    assert axis == sorted(axis), axis
+    on_axis = {
+        name: [number(h["trainer/global_step"]) for h in history if name in h]
+        for name in (ACC, "val/loss")
+    }
+    assert on_axis[ACC] == on_axis["val/loss"] == [1, 3]
+    last = [h for h in history if ACC in h][-1]
+    assert number(last[ACC]) == results[ACC]
+
+
+def test_a_run_stopped_where_evals_were_due_resumes_with_each_eval_once(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Stopped in the validation after step 4, whose evals were logged (at 3, with that
+    validation) before the checkpoint was saved: the resumed run evaluates step 4 again and
+    metrics.csv holds each eval once, beside its validation. A completed run resumed again
+    (its final validation and evals redone) likewise."""
+    from test_rundir import stop_at_4_and_resume
+
+    run = ["+debug=smoke", "logger=csv", "trainer.max_steps=6", "eval.tasks=[stdlib_nextline]"]
+    run += ["eval.every_n_steps=2", "eval.limit=3"]
+    stop_at_4_and_resume(run, tmp_path, cache_dir)
+    assert steps(tmp_path, ACC) == steps(tmp_path, "val/loss") == [1, 3, 5]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"status": "running"}))  # as a kill after the last checkpoint
+    train(compose_train([*run, "resume=auto"], tmp_path, cache_dir))
+    assert json.loads(results.read_text())["resumed_from"]
+    assert steps(tmp_path, ACC) == steps(tmp_path, "val/loss") == [1, 3, 5]
 
 
 @pytest.mark.parametrize(

@@ -84,18 +84,19 @@ def main(argv: list[str]) -> int | None:
 
 def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> str | None:
     """Log ``metrics`` into the W&B run of ``run_dir`` (its ``wandb_id``, in the project and
-    entity where it was created: its ``wandb_project``, else its ``.hydra/config.yaml``), at
-    the checkpoint's step on the ``trainer/global_step`` axis Lightning's logger uses, and into
-    its summary. Offline unless credentials exist, as in training; an offline run is uploaded
-    with ``wandb sync <run dir>/wandb/offline-run-*``. Returns the run id, or None when the
-    run directory has no W&B run."""
+    entity where it was created: its ``wandb_project``, else its ``.hydra/config.yaml``), on
+    the ``trainer/global_step`` axis Lightning's logger uses, where training logged the
+    validation and evals of the checkpoint's weights (``log_step``: N - 1 for the checkpoint
+    of step N), and into its summary. Offline unless credentials exist, as in training; an
+    offline run is uploaded with ``wandb sync <run dir>/wandb/offline-run-*``. Returns the
+    run id, or None when the run directory has no W&B run."""
     id_file = run_dir / "wandb_id"
     if not id_file.is_file():
         return None
     import wandb
     import yaml
 
-    from lmlab.train.loggers import wandb_offline, wandb_place
+    from lmlab.train.loggers import log_step, wandb_offline, wandb_place
 
     config: dict[str, Any] = {}
     if (run_dir / ".hydra" / "config.yaml").is_file():
@@ -111,7 +112,7 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     )
     run.define_metric("trainer/global_step")
     run.define_metric("eval/*", step_metric="trainer/global_step")
-    run.log({**metrics, "trainer/global_step": step or 0})
+    run.log({**metrics, "trainer/global_step": log_step(step) if step else 0})
     run.summary.update(metrics)
     run.finish()
     return run.id

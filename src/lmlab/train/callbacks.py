@@ -25,6 +25,7 @@ from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_l
 from lmlab.model import flops_per_token
 from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.hardware import peak_flops
+from lmlab.train.loggers import log_step
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,9 @@ class AttentionMaps(L.Callback):
 class EvalTasks(L.Callback):
     """Runs lm-eval ``tasks`` on the model being trained, every ``every_n_steps`` steps and at
     the last step, through ``lmlab evaluate``'s model class (``lmlab.infer.evaluate``), and
-    logs ``eval/<task>/<metric>`` to every logger at that step; the last values go into
-    results.json. Rank 0 runs them (every rank when the weights are sharded); the model is
+    logs ``eval/<task>/<metric>`` to every logger at the step the validation of the same
+    weights carries (``log_step``: N - 1 for the weights after N steps); the last values go
+    into results.json. Rank 0 runs them (every rank when the weights are sharded); the model is
     put back in training mode and the random state is left as it was. A failure is logged
     and the run goes on. The task names were checked before training started."""
 
@@ -338,8 +340,9 @@ class EvalTasks(L.Callback):
         return bool(self.tasks) and step > 0 and step != self.last_step and (last or every)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A resumed run continues from a step whose rows metrics.csv dropped (it keeps the
-        # steps before the checkpoint's): evaluating the same weights again restores them.
+        # A resumed run evaluates its checkpoint's weights again where evals were due:
+        # metrics.csv dropped their rows (a kill can come after the checkpoint and before the
+        # CSV writer wrote them), and a run with no step left to train reports them.
         if self.due(trainer):
             self.evaluate(trainer, pl_module)
 
@@ -358,7 +361,7 @@ class EvalTasks(L.Callback):
         with optional(f"the evals at step {trainer.global_step}"), eager():
             metrics = self.run(trainer, pl_module)
             for lg in trainer.loggers:  # loggers write on rank 0 only
-                lg.log_metrics(metrics, step=trainer.global_step)
+                lg.log_metrics(metrics, step=log_step(trainer.global_step))
             self.metrics = metrics
             if trainer.is_global_zero and metrics:
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}

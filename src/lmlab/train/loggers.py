@@ -206,21 +206,41 @@ def write_rows(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) ->
     tmp.replace(path)
 
 
+def log_step(global_step: int) -> int:
+    """Where the weights after ``global_step`` optimizer steps are on Lightning's logging axis
+    (``metrics.csv``'s ``step``, W&B's ``trainer/global_step``). Lightning logs a batch's
+    metrics, and the validation that follows it, with the number of batches that stepped
+    before that batch (it counts the batch once the batch is over): step N's train row and
+    the validation of its weights carry N - 1, and evals of those weights go there too.
+    Worked out here, not read from Lightning's (private) counter: at the start of a run
+    resumed from a checkpoint saved at a stop, which Lightning saves after counting the
+    batch, the counter reads N where the stopped run logged those weights at N - 1."""
+    return global_step - 1
+
+
+def holds_evals(row: dict[str, str]) -> bool:
+    """Whether a ``metrics.csv`` row holds evals (``eval/<task>/<metric>``)."""
+    return any(key.startswith("eval/") and value for key, value in row.items())
+
+
 class HistoryWriter(ExperimentWriter):
     """Lightning's CSV writer deletes ``metrics.csv`` when it starts. This one keeps the rows
     of the steps before ``resume_step`` (the step a resumed run continues from) and drops the
-    rest, which the resumed run logs again: one history, no step twice. ``revalidates``: the
-    resumed run validates its checkpoint's step again (it has no step left to train), so that
-    step's validation rows go too. A fresh run (``resume_step=0``) starts an empty file."""
+    rest, which the resumed run logs again: one history, no step twice. The rows of the
+    checkpoint's own weights carry the step before (``log_step``): of those, its evals go,
+    which the resumed run repeats where they were due (``EvalTasks``), and with
+    ``revalidates`` (no step left to train: the resumed run validates them again) its
+    validation too. A fresh run (``resume_step=0``) starts an empty file."""
 
     def __init__(self, log_dir: str, resume_step: int = 0, revalidates: bool = False) -> None:
         self.resume_step, self.revalidates = resume_step, revalidates
         super().__init__(log_dir)
 
     def keeps(self, row: dict[str, str]) -> bool:
-        # a step's rows carry step - 1 (Lightning counts the steps done before it)
         step = int(row["step"])
-        if self.revalidates and step == self.resume_step - 1 and row.get("val/loss"):
+        if step == log_step(self.resume_step) and (
+            holds_evals(row) or (self.revalidates and row.get("val/loss"))
+        ):
             return False
         return step < self.resume_step
 
