@@ -31,18 +31,18 @@ def number(value: object) -> float:
 
 
 def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wandb_records) -> None:
-    """Evals after steps 2 and 4 (every 2 steps; the last is 4) are logged where the
+    """Evals after steps 2, 4 and 5 (every 2 steps, and the last) are logged where the
     validation of the same weights is, on Lightning's axis: the rows of the weights after N
     steps carry N - 1, in metrics.csv and on W&B's ``trainer/global_step``, which never goes
-    back."""
+    back. The last step is no validation step: the validation after training is there too."""
     overrides = ["+debug=smoke", "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
-    overrides += ["eval.every_n_steps=2", "eval.limit=3"]
+    overrides += ["eval.every_n_steps=2", "eval.limit=3", "trainer.max_steps=5"]
     train(compose_train(overrides, tmp_path, cache_dir))
     evals = [r for r in rows(tmp_path) if r.get(ACC)]
-    assert [int(r["step"]) for r in evals] == steps(tmp_path, "val/loss") == [1, 3]
+    assert [int(r["step"]) for r in evals] == steps(tmp_path, "val/loss") == [1, 3, 4]
     assert all(r["eval/stdlib_cloze/perplexity"] for r in evals)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "completed" and results["global_step"] == 4
+    assert results["status"] == "completed" and results["global_step"] == 5
     assert results[ACC] == pytest.approx(float(evals[-1][ACC]))
     assert f"{ACC}_stderr" in results and "eval/stdlib_cloze/acc" in results
     history = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
@@ -52,7 +52,7 @@ def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wand
         name: [number(h["trainer/global_step"]) for h in history if name in h]
         for name in (ACC, "val/loss")
     }
-    assert on_axis[ACC] == on_axis["val/loss"] == [1, 3]
+    assert on_axis[ACC] == on_axis["val/loss"] == [1, 3, 4]
     last = [h for h in history if ACC in h][-1]
     assert number(last[ACC]) == results[ACC]
 

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from lmlab.train.init_from import InitFrom, load_weights, model_record
 from lmlab.train.loggers import (
     build_loggers,
     log_param_table,
+    log_step,
     recorded_wandb_id,
     redact,
     run_name,
@@ -454,6 +457,22 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     return instantiate(cfg.trainer, _convert_="all", **kwargs)
 
 
+@contextmanager
+def logged_at(trainer: L.Trainer, step: int) -> Iterator[None]:
+    """A validation after ``fit`` logs its metrics at ``step``: Lightning would log them at
+    its count of batches that stepped, which by then includes the last batch (N, not the
+    N - 1 where the validation during training, and the evals, put the weights after N
+    steps), and which a run resumed from its final checkpoint restores as N - 1. The count
+    is Lightning's own (private) attribute, put back afterwards."""
+    loop = trainer.fit_loop.epoch_loop
+    counted = loop._batches_that_stepped
+    loop._batches_that_stepped = step
+    try:
+        yield
+    finally:
+        loop._batches_that_stepped = counted
+
+
 def final_val_limit(final: int | float | None, during: int | float) -> int | float | None:
     """The ``limit_val_batches`` of the validation after the last step, when it differs from
     the one during training (``final_val_batches``); None: the same rows. Compared by type
@@ -570,7 +589,8 @@ def _fit(
         trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
     task.finishing = finishing  # its evals and sample run around this last validation
     if rescore is not None or task.last_val_step != trainer.global_step:
-        trainer.validate(task, datamodule=dm, verbose=False)  # it drops the train/* metrics
+        with logged_at(trainer, log_step(trainer.global_step)):
+            trainer.validate(task, datamodule=dm, verbose=False)  # it drops train/* metrics
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     if "train/loss" not in metrics and task.logged_loss is not None:  # nothing trained here
         metrics["train/loss"] = float(task.logged_loss[1])
