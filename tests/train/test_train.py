@@ -85,7 +85,8 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
 ) -> None:
     """``self.log`` costs ~0.3 ms a call: the train/* values are logged on the steps Lightning
     writes (every log_every_n_steps) and at the last step, whose loss results.json reports
-    (also when a final ``trainer.validate``, which drops train metrics, follows the fit)."""
+    (also when a final ``trainer.validate``, which drops train metrics, follows the fit), and
+    metrics.csv holds those steps' rows: the last one's too, which Lightning leaves out."""
     from lmlab.train.task import LMTask
 
     logged, losses = [], []
@@ -106,6 +107,11 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
     for name in ("train/loss", "train/lr", "train/grad_norm"):
         assert train_steps[name] == [2, 5, 6], name  # steps 3 and 6 (1-based), and the last
     assert len(losses) == 7 and r["train_loss"] == pytest.approx(losses[-1])
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train/loss")]
+    assert [int(row["step"]) for row in rows] == [2, 5, 6]
+    assert float(rows[-1]["train/loss"]) == pytest.approx(losses[-1], rel=1e-6)
+    assert all(row["train/lr"] and row["train/grad_norm"] for row in rows)
 
 
 def test_fast_dev_run(tmp_path: Path, cache_dir: Path) -> None:

@@ -283,6 +283,17 @@ class LMTask(L.LightningModule):
         last = trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps
         return trainer._logger_connector.should_update_logs or last
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The last step's ``train/*`` values are written though it is no logging step:
+        Lightning writes a step's logged values only every ``log_every_n_steps`` steps (a run
+        of 3 steps at 10 wrote none). Its own write, after this hook, is left out then."""
+        trainer = self.trainer
+        connector = trainer._logger_connector
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        stepped = not trainer.fit_loop._should_accumulate()
+        if last and stepped and trainer.log_every_n_steps and not connector.should_update_logs:
+            connector.log_metrics(connector.metrics["log"])
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits_BTV = self.loss(batch)
         n_targets = (batch["labels"] != IGNORE).sum()
