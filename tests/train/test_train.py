@@ -346,3 +346,35 @@ def test_the_w_and_b_id_record_is_checked_and_recovered(
         assert wandb_run_id(tmp_path) == "ab12"
     assert (tmp_path / "wandb_id").read_text() == "ab12"
     assert any("was missing" in m for m in caplog.messages), caplog.messages
+
+
+def test_init_from_keeps_the_checkpoints_moe_training_weights_unless_asked(tmp_path) -> None:
+    """The MoE fields that only weigh or limit routing in training (the router losses'
+    weights, the capacity) carry no weights: ``init_from`` takes the checkpoint's, or the
+    value the command asks for (a converted Mixtral fine-tuned without a z-loss). The
+    routing's architecture (experts, top-k) stays the checkpoint's: asking for another
+    names that field alone."""
+    from lmlab.config import ModelConfig, MoEConfig, model_config_dict
+    from lmlab.train.preflight import check_run
+
+    moe = MoEConfig(num_experts=4, aux_loss_coef=0.03, z_loss_coef=0.002, capacity_factor=1.5)
+    ckpt = tmp_path / "moe.ckpt"
+    saved = model_config_dict(ModelConfig(vocab_size=300, moe=moe))
+    torch.save({"model_config": saved, "state_dict": {}, "tokenizer": "{}"}, ckpt)
+    init = ["+debug=smoke", f"init_from={ckpt}", "data.tokenizer=checkpoint", "dry_run=true"]
+
+    def routing(*overrides: str) -> MoEConfig:
+        cfg = compose_train([*init, *overrides], tmp_path / "run", tmp_path)
+        return check_run(cfg).init.model_cfg.moe
+
+    assert routing() == moe
+    assert routing("model.moe.z_loss_coef=0", "model.moe.capacity_factor=null") == MoEConfig(
+        num_experts=4, aux_loss_coef=0.03, z_loss_coef=0.0, capacity_factor=None
+    )
+    with pytest.raises(ConfigError) as err:
+        routing("model.moe.top_k=1", "model.moe.aux_loss_coef=0.5")
+    assert str(err.value).startswith(
+        f"init_from={ckpt} takes the architecture from the checkpoint: model.moe.top_k=1 (from "
+        "model.moe.top_k=1) but the checkpoint has 2. Only model.dropout"
+    ), err.value
+    assert "num_experts" not in str(err.value)

@@ -28,18 +28,24 @@ from lmlab.config import (
     RUNTIME_FIELDS,
     DataConfig,
     ModelConfig,
+    MoEConfig,
     TaskKind,
     TokenizerKind,
     model_config_dict,
     to_schema,
 )
-from lmlab.config.asked import asked_fields, command_line_overrides
+from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
 from lmlab.infer.pretrained import model_state
 
 # Model fields a run may set differently from the checkpoint it starts from: none has weights.
+# The run's own value (its config's) is taken.
 FREE_FIELDS = ("dropout", *RUNTIME_FIELDS)
+# The MoE fields that weigh or limit routing in training only (no weights): the checkpoint's
+# value, unless the command asks for another (fine-tuning a converted Mixtral without the
+# z-loss it never had: ``model.moe.z_loss_coef=0``).
+FREE_MOE_FIELDS = ("aux_loss_coef", "z_loss_coef", "capacity_factor")
 # Per task, the model keys (prefixes) that start fresh: left out of the checkpoint, initialised
 # in the model. A classifier's head replaces whatever head the checkpoint had.
 FRESH_PREFIXES: dict[TaskKind, tuple[str, ...]] = {
@@ -58,6 +64,14 @@ STARTS_FROM: dict[TaskKind, tuple[TaskKind, ...]] = {
 
 # A model preset (``model=gpt_small``) asks for every field of the architecture.
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+MOE_ARCHITECTURE = tuple(
+    f.name for f in dataclasses.fields(MoEConfig) if f.name not in FREE_MOE_FIELDS
+)
+# The fields init_from takes from the checkpoint, dotted: the architecture.
+ARCHITECTURE = frozenset(
+    [n for n in MODEL_FIELDS if n not in FREE_FIELDS and n != "moe"]
+    + [f"moe.{n}" for n in MOE_ARCHITECTURE]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,26 +115,52 @@ def resolve_init_from(
             f"from {' or '.join(k.value for k in STARTS_FROM[task])} checkpoints only"
         )
     saved = to_schema(ModelConfig, ckpt["model_config"], "model.")
+    overrides = command_line_overrides()
+    moe_asked = [p.removeprefix("moe.") for p in asked_paths(overrides, "model")]
+    moe = {n: getattr(composed.moe, n) for n in FREE_MOE_FIELDS if n in moe_asked}
     free = {name: getattr(composed, name) for name in FREE_FIELDS if hasattr(composed, name)}
-    model_cfg = dataclasses.replace(saved, **free)
+    model_cfg = dataclasses.replace(saved, **free, moe=dataclasses.replace(saved.moe, **moe))
     differs = {  # a field left null (the vocabulary, d_ff) is derived: it asks for nothing
         name: where
-        for name, where in asked_fields(command_line_overrides(), "model", MODEL_FIELDS).items()
-        if name not in FREE_FIELDS
-        and getattr(composed, name, None) is not None
-        and getattr(composed, name, None) != getattr(saved, name, None)
+        for name, where in asked_architecture(overrides).items()
+        if (value := field_value(composed, name)) is not None and value != field_value(saved, name)
     }
     if differs:
         shown = "; ".join(
-            f"model.{name}={_shown(getattr(composed, name))} (from {where}) but the checkpoint "
-            f"has {_shown(getattr(saved, name))}"
+            f"model.{name}={_shown(field_value(composed, name))} (from {where}) but the "
+            f"checkpoint has {_shown(field_value(saved, name))}"
             for name, where in sorted(differs.items())
         )
+        free_names = [f for f in FREE_FIELDS if hasattr(saved, f)]
+        free_names += [f"moe.{f}" for f in FREE_MOE_FIELDS]
         raise ConfigError(
             f"init_from={path} takes the architecture from the checkpoint: {shown}. Only "
-            f"{', '.join('model.' + f for f in FREE_FIELDS if hasattr(saved, f))} may be set"
+            f"{', '.join('model.' + f for f in free_names)} may be set"
         )
     return InitFrom(path, model_cfg, ckpt["tokenizer"])
+
+
+def asked_architecture(overrides: list[str]) -> dict[str, str]:
+    """{model field, dotted (``moe.num_experts``): the override that asked for it}, free
+    fields left out: a preset asks for every field (and ``moe`` as a whole: its architecture
+    fields, ``MOE_ARCHITECTURE``), an override or ``+experiment`` file for what it names."""
+    whole = [f"moe.{n}" for n in MOE_ARCHITECTURE]  # what asking for ``moe`` itself asks for
+    asked: dict[str, str] = {}
+    for path, where in asked_paths(overrides, "model").items():  # model.moe={...} too
+        asked.update({p: where for p in (whole if path == "moe" else [path]) if p not in asked})
+    named = asked_fields(overrides, "model")  # by an override or a file, not a preset
+    for name, where in asked_fields(overrides, "model", MODEL_FIELDS).items():
+        if name not in named:  # a preset's
+            asked.update({path: where for path in (whole if name == "moe" else [name])})
+    return {name: where for name, where in asked.items() if name in ARCHITECTURE}
+
+
+def field_value(cfg: ModelConfig, path: str) -> Any:
+    """The value of a dotted model field (``moe.top_k``)."""
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 def _shown(value: Any) -> Any:
