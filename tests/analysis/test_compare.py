@@ -348,6 +348,7 @@ def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path
         "val bpb",
         "params",
         "tokens",
+        "flops",
         "tok/s",
         "wall s",
         "status",
@@ -432,7 +433,7 @@ def test_higher_is_better_reverses_order(multirun: Path) -> None:
 def test_main_higher_is_better_prints_reversed_table(
     multirun: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COLUMNS", "270")  # the failed row's error on one line
     assert compare_main([str(multirun), "--metric", "tokens_per_second", "--higher-is-better"]) == 0
     out = capsys.readouterr().out
     assert [c[:4] for c in table_cells(out)] == [
@@ -506,7 +507,7 @@ def test_main_errors_exit_2_without_traceback(
 def test_main_all_failed_prints_failures_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COLUMNS", "270")  # the failed row's error on one line
     jobs = [("pre", "gelu", 1, None, None), ("post", "gelu", 1, None, None)]
     assert compare_main([str(make_multirun(tmp_path, jobs))]) == 1
     captured = capsys.readouterr()
@@ -580,7 +581,7 @@ def test_eval_metrics_rank_a_sweep_higher_first_with_seed_mean_and_std(
         for step, value in ((100, 0.99), (200, acc)):
             record = {"global_step": step, "metrics": {EVAL_ACC: value}}
             (multirun / job / "eval" / f"step{step:06d}.json").write_text(json.dumps(record))
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COLUMNS", "270")  # the failed row's error on one line
     assert compare_main([str(multirun), "--metric", EVAL_ACC]) == 0
     out = capsys.readouterr().out
     assert f"{EVAL_ACC} (higher is better)" in out
@@ -647,3 +648,147 @@ def test_losses_of_different_objectives_are_listed_unranked(
     (root / "1" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (first, *_) = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
     assert first.startswith("no winner: the runs differ in task.kind: classify, lm"), first
+
+
+# --------------------------------------------------------------------------- equal compute
+
+# gpt_tiny under +sweeps=moe (budget=flops, budget.params=active, 2048 tokens a step):
+# (num_experts, top_k, params, active_params), from the runs' results.json
+MOE_SWEEP = [
+    (0, 2, 1_901_696, 1_901_696),
+    (8, 2, 3_675_264, 1_905_792),
+    (8, 2, 6_034_560, 2_495_616),
+]
+TOKENS_PER_STEP = 2048
+
+
+def moe_multirun(
+    root: Path,
+    flops: float = 1.2e11,
+    params: str = "active",
+    steps_trained: dict[int, int] | None = None,
+    sweep: list[tuple[int, int, int, int]] = MOE_SWEEP,
+) -> Path:
+    """One run per row of ``sweep`` under ``budget=flops budget.flops=<flops>``, each trained
+    for the whole steps its budget asks (``steps_trained``: job -> fewer steps)."""
+    for i, (experts, top_k, total, active) in enumerate(sweep):
+        n = active if params == "active" else total
+        target = flops / (6.0 * n)
+        steps = math.ceil(target / TOKENS_PER_STEP)
+        tokens = (steps_trained or {}).get(i, steps) * TOKENS_PER_STEP
+        budget = {
+            "kind": "flops",
+            "tokens": steps * TOKENS_PER_STEP,
+            "steps": steps,
+            "flops": 6.0 * n * steps * TOKENS_PER_STEP,
+            "tokens_per_step": TOKENS_PER_STEP,
+            "target_tokens": target,
+            "nominal_flops": flops,
+            "params": params,
+            "n_params": n,
+        }
+        results = results_for(3.0 + i / 10, 1000.0, 1, f"moe-{i}") | {
+            "params": total,
+            "active_params": active,
+            "tokens": tokens,
+            "flops": 6.0 * n * tokens,
+            "budget_flops": flops,
+            "budget": budget,
+        }
+        overrides = [f"model.moe.num_experts={experts}", f"model.moe.d_ff={i}"]
+        moe = {"num_experts": experts, "top_k": top_k, "every_n_layers": 1}
+        config = {"model": {"moe": moe}, "budget": {"kind": "flops", "params": params}}
+        write_job(root / str(i), overrides, config, results, None)
+    return root
+
+
+def test_a_dense_vs_moe_table_shows_active_params_and_the_compute_trained(
+    tmp_path: Path, multirun: Path
+) -> None:
+    """A MoE's total parameters are 2-3x the dense model's while a token runs through the
+    same number: the table and compare.json show the active count beside the total, and
+    the FLOPs and tokens each run trained. A dense sweep gets no active column (it would
+    repeat params), but its flops."""
+    root = moe_multirun(tmp_path / "moe")
+    runs = load_runs(root)
+    rows = ranking.aggregate(runs, "val_loss", knobs=mrun.varying_knobs(runs))
+    table = cmp.render_table(rows, mrun.varying_knobs(runs), "val_loss")
+    headers = [c.header for c in table.columns]
+    assert headers[headers.index("params") :] == ["params", "active", "tokens", "flops"] + [
+        "tok/s",
+        "wall s",
+        "status",
+    ]
+    sizes = ("params", "active", "tokens", "flops")
+    cells = {c[2]: [c[headers.index(h)] for h in sizes] for c in table_cells(render(table))}
+    assert cells == {  # by d_ff: dense, 8 half-width experts top-2, Mixtral's shape
+        "0": ["1.9M", "1.9M", "12.3k", "140B"],
+        "1": ["3.68M", "1.91M", "12.3k", "141B"],
+        "2": ["6.03M", "2.5M", "8.19k", "123B"],
+    }
+    cmp.compare(root, out=tmp_path / "out")
+    last = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"][-1]["metrics"]
+    assert (last["params"]["mean"], last["active_params"]["mean"]) == (6_034_560, 2_495_616)
+    assert (last["tokens"]["mean"], last["flops"]["mean"]) == (8192, 6.0 * 2_495_616 * 8192)
+    dense = load_runs(multirun)
+    dense_rows = ranking.aggregate(dense, "val_loss")
+    headers = [c.header for c in cmp.render_table(dense_rows, [], "val_loss").columns]
+    assert "active" not in headers and "flops" in headers
+
+
+def test_runs_of_one_flop_budget_that_trained_unequal_flops_get_a_warning(tmp_path: Path) -> None:
+    """budget=flops promises each run C; whole steps add less than one step (C / steps) to it.
+    At C = 1.2e11 a step is 19-26% of C (6 to 4 steps a run): the dense run trained 1.402e11,
+    the half-width MoE 1.405e11, Mixtral's shape 1.227e11, 14.9% of C apart, and the summary
+    says so and why. At 1000x the budget (thousands of steps) they are within 1% of C: no
+    warning."""
+
+    def warnings(root: Path) -> list[str]:
+        lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+        return [line for line in lines if "compute" in line]
+
+    (line,) = warnings(moe_multirun(tmp_path / "small"))
+    assert line.startswith(
+        "warning: unequal compute: budget=flops promised 3 runs C = 1.2e11 FLOPs each, but they "
+        "trained 1.227e11 (num_experts=8, d_ff=2) to 1.405e11 (num_experts=8, d_ff=1), 14.9% of C "
+        "apart; steps are whole global batches and one step is up to 25.6% of C here"
+    ), line
+    assert "budget.flops" in line and "100+ steps" in line
+    assert warnings(moe_multirun(tmp_path / "large", flops=1.2e14)) == []
+    # a run that stopped after 1957 of its 3914 steps trained half of C: not rounding
+    (line,) = warnings(moe_multirun(tmp_path / "short", flops=1.2e14, steps_trained={2: 1957}))
+    assert "more than whole steps explain" in line and "d_ff=2 trained 50.0% of C" in line
+
+
+def test_moe_flops_that_count_every_expert_are_noted(tmp_path: Path) -> None:
+    """Under budget.params=total a MoE's flops are 6 x all its parameters x tokens, more than
+    a token runs through: the summary says so, naming the runs."""
+    lines = ranking.summarize(
+        ranking.aggregate(load_runs(moe_multirun(tmp_path / "t", 1.2e14, "total")), "val_loss"),
+        "val_loss",
+    )
+    (note,) = [line for line in lines if "every expert" in line]
+    assert note.startswith("note: the flops of 2 Mixture-of-Experts run(s) count every expert")
+    assert note.endswith("(num_experts=8, d_ff=1; num_experts=8, d_ff=2)")
+
+
+def test_chinchilla_budgets_promise_equal_compute_only_at_equal_n(tmp_path: Path) -> None:
+    """budget=chinchilla trains 20 N tokens, so C = 120 N^2: runs of different N were never
+    promised one C (no warning), runs of one N were (a warning when a larger global batch
+    rounds one of them up by more than 1% of C)."""
+    from lmlab.analysis.compute import compute_notes, promised_flops
+    from lmlab.analysis.runs import Run
+
+    def run(n: int, per_step: int) -> Run:
+        target = 20.0 * n
+        tokens = math.ceil(target / per_step) * per_step
+        budget = {"kind": "chinchilla", "tokens_per_step": per_step, "target_tokens": target}
+        results = {"status": "completed", "flops": 6.0 * n * tokens, "tokens": tokens}
+        return Run(tmp_path, results | {"budget": budget, "params": n, "active_params": n})
+
+    small, large = run(100_000, 2048), run(200_000, 2048)
+    assert promised_flops(small) == ("chinchilla", pytest.approx(1.2e12))
+    assert compute_notes([("small", small), ("large", large)]) == []
+    (line,) = compute_notes([("small", small), ("big batch", run(100_000, 65536))])
+    assert line.startswith("warning: unequal compute: budget=chinchilla promised 2 runs C = 1.2e12")
+    assert "budget.tokens_per_param" in line

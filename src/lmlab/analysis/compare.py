@@ -20,14 +20,15 @@ from rich.table import Table
 from rich.text import Text
 
 from lmlab.analysis.compare_plot import plot
+from lmlab.analysis.compute import is_moe
 from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_knobs
 from lmlab.analysis.multirun import higher_is_better as default_direction
 from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
 from lmlab.analysis.runs import load_runs
 
 # Extra columns left out first when the terminal is narrow.
-DROP_ORDER = ("wall_seconds", "tokens", "params", "val_bits_per_byte", "val_perplexity")
-DROP_ORDER += ("tokens_per_second", "val_loss")
+DROP_ORDER = ("wall_seconds", "tokens", "flops", "params", "active_params", "val_bits_per_byte")
+DROP_ORDER += ("val_perplexity", "tokens_per_second", "val_loss")
 
 # --------------------------------------------------------------------------- table
 
@@ -67,7 +68,7 @@ def _fit_extras(
     rows: Sequence[Row], knobs: Sequence[str], metric: str, titles: list[str], width: int | None
 ) -> list[str]:
     """The extra columns that fit in ``width`` (the status column may wrap down to 24)."""
-    extras = [k for k in EXTRA_COLUMNS if k != metric]
+    extras = extra_columns(rows, metric)
     while width is not None:
         cells = [_cells(row, knobs, metric, extras) for row in rows]
         all_titles = [*titles, *(EXTRA_COLUMNS[k] for k in extras), "status"]
@@ -78,6 +79,13 @@ def _fit_extras(
             break
         extras.remove(droppable[0])
     return extras
+
+
+def extra_columns(rows: Sequence[Row], metric: str) -> list[str]:
+    """The EXTRA_COLUMNS beside ``metric``: active parameters only where some run's differ from
+    its total (a Mixture of Experts), since for a dense model they repeat ``params``."""
+    moe = any(is_moe(run.results) for row in rows for run in row.runs)
+    return [k for k in EXTRA_COLUMNS if k != metric and (moe or k != "active_params")]
 
 
 def _cells(row: Row, knobs: Sequence[str], metric: str, extras: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmlab.analysis.compute import compute_notes
 from lmlab.analysis.multirun import (
     MISSING,
     CompareError,
@@ -28,14 +29,17 @@ EXTRA_COLUMNS: dict[str, str] = {
     "val_perplexity": "val ppl",
     "val_bits_per_byte": "val bpb",
     "params": "params",
+    "active_params": "active",  # shown only where a run's differ from params (a MoE)
     "tokens": "tokens",
+    "flops": "flops",  # 6 N D trained, N as budget.params counts
     "tokens_per_second": "tok/s",
     "wall_seconds": "wall s",
 }
 # Shown with k/M/B suffixes.
-HUMAN_KEYS = frozenset({"params", "non_embedding_params", "tokens", "flops", "tokens_per_second"})
+SIZE_KEYS = frozenset({"params", "active_params", "non_embedding_params", "tokens", "flops"})
+HUMAN_KEYS = SIZE_KEYS | {"tokens_per_second"}
 # Fixed by the config, not by the seed: no std shown.
-NO_STD_KEYS = frozenset({"params", "non_embedding_params", "tokens", "flops"})
+NO_STD_KEYS = SIZE_KEYS
 ERROR_WIDTH = 60
 STDERR = "_stderr"  # lm-eval's standard error of a metric, logged as eval/<task>/<metric>_stderr
 
@@ -244,6 +248,7 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
                 "run are not seed replicates, so each seed counts once"
             )
     lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
+    lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
     return lines
 
 
