@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmlab.analysis.scaling import analyze, scan_runs
+from lmlab.analysis.scaling import analyze, check_n_key, scan_runs
 from lmlab.analysis.scaling_fit import (
     ScalingError,
     fit_isoflop,
@@ -277,6 +277,9 @@ def test_cli_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 0
     saved = json.loads((tmp_path / "out" / "scaling.json").read_text())
     assert saved["target"]["flops"] == 1e21 and saved["n_key"] == "non_embedding_params"
+    assert any(
+        n.startswith("N = non_embedding_params, but the runs' flops") for n in saved["notes"]
+    )
     assert saved["runs"] == {"found": 20, "used": 20, "skipped": 0, "skipped_runs": []}
     assert set(saved["approach3"]) >= {"E", "A", "B", "alpha", "beta", "huber_loss"}
     png = (tmp_path / "out" / "scaling.png").read_bytes()
@@ -374,3 +377,74 @@ def test_runs_of_another_objective_or_tokenizer_are_not_fitted_together(tmp_path
     (jobs[1] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ScalingError, match=r"differ in data.vocab_size: 4096 \(14\), 8192 \(1\)"):
         scan_runs(root)
+
+
+def moe_runs(budget_params: str, record: bool = True) -> list[dict[str, Any]]:
+    """The isoFLOP grid as Mixtures of Experts holding 4x their active parameters in total,
+    made with ``budget.params`` (``record=False``: a results.json without the budget's record,
+    as runs from before the field, and no config)."""
+    runs = []
+    for run in chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5):
+        n = run["params"]  # the N of flops = 6 N D
+        active, total = (n, 4 * n) if budget_params == "active" else (n // 4, n)
+        budget = {"kind": "flops", "params": budget_params} if record else {"kind": "flops"}
+        runs.append(run | {"params": total, "active_params": active, "budget": budget})
+    return runs
+
+
+def test_n_must_be_the_n_of_a_mixture_of_experts_flops(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's flops are 6 N D with N as its budget.params counts; fitted with the other
+    count, D_opt = C / (6 N) is not its tokens: refused, in one line naming budget.params and
+    the --n-key to pass. Recorded or inferred from flops = 6 N D (older runs). A dense run's
+    two counts are one number, so its budget.params does not matter."""
+    active = write_runs(tmp_path / "active", moe_runs("active"))
+    with pytest.raises(ScalingError, match="budget.params=active .* pass --n-key active_params$"):
+        analyze(active, n_key="params")
+    total = write_runs(tmp_path / "total", moe_runs("total"))
+    assert run_command("scaling", total) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --n-key active_params is not the N of the runs' flops: 15 Mixture-of-Experts "
+        "runs trained with budget.params=total (C = 6 N D with N = params), so D_opt = C / (6 N) "
+        "would not be their tokens; pass --n-key params\n"
+    )
+    assert not (total / "scaling.json").exists()
+    older = write_runs(tmp_path / "older", moe_runs("total", record=False))
+    with pytest.raises(ScalingError, match="budget.params=total .* pass --n-key params$"):
+        analyze(older)
+    result = analyze(total, n_key="params")
+    dense = fit_isoflop(chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5), "params")
+    got, expected = ([p["N_opt"] for p in fit["budgets"]] for fit in (result["approach2"], dense))
+    assert got == pytest.approx(expected, rel=1e-9)  # the same points: the same optima
+    both = write_runs(tmp_path / "both", moe_runs("total")[:8] + moe_runs("active")[8:])
+    with pytest.raises(ScalingError, match=r"differ in budget.params: active \(7\), total \(8\)"):
+        analyze(both, n_key="params")
+    dense = [r | {"budget": {"kind": "flops", "params": "total"}} for r in chinchilla_runs(0.0)]
+    assert check_n_key(dense, "active_params") == []  # active_params is absent: all of them
+
+
+def test_dense_and_moe_runs_are_not_fitted_into_one_law(tmp_path: Path) -> None:
+    """Chinchilla's law is fitted to dense models, and a Mixture of Experts' loss depends on
+    its expert count too (Clark et al. 2022): runs of different feed-forwards are refused
+    together, named with their counts, unless --mixed-experts asks for one law (a note)."""
+    import yaml
+
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3])  # 21 runs, the first 6 MoE:
+    runs[:6] = [r | {"active_params": r["params"], "params": 4 * r["params"]} for r in runs[:6]]
+    root = write_runs(tmp_path / "runs", runs)
+    with pytest.raises(ScalingError, match=r"feed-forward: MoE \(6\), dense \(15\);.*experts"):
+        analyze(root)
+    for job in root.rglob("results.json"):
+        experts = {"num_experts": 8 if int(job.parent.name) < 6 else 0, "top_k": 2}
+        (job.parent / ".hydra").mkdir()
+        config = {"model": {"moe": experts | {"every_n_layers": 1}}}
+        (job.parent / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    message = r"8 experts top-2 \(6\), dense \(15\); .* --mixed-experts to fit them as one$"
+    with pytest.raises(ScalingError, match=message):
+        analyze(root)
+    assert scaling_main([str(root), "--mixed-experts"]) == 0
+    saved = json.loads((root / "scaling.json").read_text())
+    assert saved["feed_forward"] == {"8 experts top-2": 6, "dense": 15}
+    assert saved["notes"][0].startswith("6 of the 21 runs are Mixtures of Experts")

@@ -7,18 +7,24 @@ Hoffmann et al. 2022 (:mod:`lmlab.analysis.scaling_fit`), and writes ``scaling.j
 Each job of the multirun directory holds a ``results.json`` with ``status``, ``params``,
 ``non_embedding_params``, ``tokens``, ``flops`` (6 N D), ``val_loss`` and optionally
 ``budget_flops`` (the nominal isoFLOP budget the sweep assigned the run to).
+
+One law is fitted to runs of one loss (:func:`check_one_loss`) and one feed-forward, dense or
+one shape of Mixture of Experts (:func:`check_one_feed_forward`), with the N their flops
+count (:func:`check_n_key`); anything else is refused in one line saying what differs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
 from lmlab.analysis.ranking import OBJECTIVE_KEYS, TOKENIZER_KEYS
 from lmlab.analysis.runs import Run, RunDirError, load_runs
 from lmlab.analysis.scaling_fit import (
@@ -89,6 +95,8 @@ def scan_runs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, st
         if run is None:
             skipped.append({"file": str(file), "reason": str(reason)})
         else:
+            run["budget_params"] = budget_params(job)  # the N of its flops: active or total
+            run["feed_forward"] = feed_forward(job)  # dense, or its experts
             runs.append(run)
             used.append(job)
     check_one_loss(used, path)
@@ -115,6 +123,61 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> None:
             "different things, and one law cannot be fitted across them; fit the runs of one "
             "objective and tokenizer (move the others out)"
         )
+
+
+def check_n_key(runs: list[dict[str, Any]], n_key: str) -> list[str]:
+    """The fit's N must be the N of the runs' C = 6 N D (``budget.params``), or D_opt = C / (6
+    N_opt) is not the tokens the runs trained and the allocation is not theirs: refused for a
+    Mixture of Experts, whose active and total counts differ (a dense model's are one number).
+    ``non_embedding_params`` is never that N (Kaplan et al. 2020's convention): a note."""
+    if n_key == "non_embedding_params":
+        return [
+            "N = non_embedding_params, but the runs' flops count the embeddings too (6 N D, N "
+            "as budget.params), so D_opt = C / (6 N_opt) is not the tokens they trained"
+        ]
+    moe = [run for run in runs if is_moe(run)]
+    counts = Counter(run["budget_params"] for run in moe if run["budget_params"] is not None)
+    if all(PARAM_KEYS[kind] == n_key for kind in counts):
+        return []
+    listing = ", ".join(f"{kind} ({n})" for kind, n in sorted(counts.items()))
+    if len(counts) > 1:
+        raise ScalingError(
+            f"the {len(moe)} Mixture-of-Experts runs differ in budget.params: {listing}, so their "
+            "flops (6 N D) count different N and no --n-key is the N of all of them; fit the "
+            "runs of one budget.params (move the others out)"
+        )
+    (kind,) = counts
+    raise ScalingError(
+        f"--n-key {n_key} is not the N of the runs' flops: {len(moe)} Mixture-of-Experts runs "
+        f"trained with budget.params={kind} (C = 6 N D with N = {PARAM_KEYS[kind]}), so D_opt = "
+        f"C / (6 N) would not be their tokens; pass --n-key {PARAM_KEYS[kind]}"
+    )
+
+
+def check_one_feed_forward(
+    runs: list[dict[str, Any]], path: str | Path, mixed: bool = False
+) -> list[str]:
+    """One law is of one architecture: Chinchilla's L(N, D) is fitted to dense models, and a
+    Mixture of Experts' loss also depends on its expert count (Clark et al. 2022, "Unified
+    Scaling Laws for Routed Language Models", arXiv:2202.01169, fit L(N, E)), so dense runs
+    and MoE runs of other expert counts are refused together unless ``mixed`` (a note then)."""
+    counts = Counter(run["feed_forward"] for run in runs)
+    if len(counts) < 2:
+        return []
+    listing = ", ".join(f"{kind} ({n})" for kind, n in sorted(counts.items()))
+    if not mixed:
+        raise ScalingError(
+            f"the runs under {path} differ in their feed-forward: {listing}; a law in N and D "
+            "holds for one architecture (Chinchilla's are dense; a Mixture of Experts' loss "
+            "depends on its expert count too, Clark et al. 2022), so fit each one's runs "
+            "separately (move the others out), or pass --mixed-experts to fit them as one"
+        )
+    moe = sum(n for kind, n in counts.items() if kind != "dense")
+    return [
+        f"{moe} of the {len(runs)} runs are Mixtures of Experts ({listing}), fitted into one "
+        "law with the others (--mixed-experts): its constants average over architectures "
+        "whose laws differ (Clark et al. 2022)"
+    ]
 
 
 # --------------------------------------------------------------------------- analysis
@@ -160,17 +223,21 @@ def analyze(
     target_flops: float | None = None,
     out: str | Path | None = None,
     n_key: str = "active_params",
+    mixed_experts: bool = False,
 ) -> dict[str, Any]:
     """Fit Approaches 2 and 3 of Hoffmann et al. 2022 (Approach 3 as in Besiroglu et al. 2024)
     to the completed runs under ``path``; write ``scaling.json`` and ``scaling.png`` to ``out``
     (default ``path``) and return the same dict. ``target_flops`` defaults to 10x the largest
     budget. One approach may be skipped (the reason is recorded); raises ScalingError if both
-    are impossible."""
+    are impossible, if ``n_key`` is not the N of a Mixture of Experts' flops
+    (:func:`check_n_key`), or if the runs mix feed-forwards and not ``mixed_experts``
+    (:func:`check_one_feed_forward`)."""
     if n_key not in N_KEYS:
         raise ScalingError(f"n_key must be one of {N_KEYS}, got {n_key!r}")
     if target_flops is not None and not 0 < target_flops < math.inf:
         raise ScalingError(f"target_flops must be a positive finite number, got {target_flops}")
     runs, skipped = scan_runs(path)
+    warnings = check_one_feed_forward(runs, path, mixed_experts) + check_n_key(runs, n_key)
     iso, iso_reason = _attempt(fit_isoflop, runs, n_key)
     par, par_reason = _attempt(_fit_parametric_runs, runs, n_key)
     if iso is None and par is None:
@@ -189,10 +256,11 @@ def analyze(
         "multirun_dir": str(path),
         "n_key": n_key,
         "runs": _run_counts(runs, skipped),
+        "feed_forward": dict(Counter(run["feed_forward"] for run in runs)),
         "approach2": dict(iso, status="ok") if iso is not None else skip2,
         "approach3": par_out or {"status": "skipped", "reason": par_reason},
         "target": target,
-        "notes": _notes(profiles, par),
+        "notes": warnings + _notes(profiles, par),
         "outputs": {"json": str(out_dir / "scaling.json"), "png": str(out_dir / "scaling.png")},
     }
     plot_scaling(out_dir / "scaling.png", profiles, iso, par_out, target)

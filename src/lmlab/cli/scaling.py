@@ -3,6 +3,7 @@ multirun directory (Hoffmann et al. 2022, Approaches 2 and 3; Besiroglu et al. 2
 scaling.json and scaling.png, prints a summary.
 
     python src/scaling.py MULTIRUN_DIR [--target-flops 1e21] [--out DIR] [--n-key active_params]
+        [--mixed-experts]
 """
 
 from __future__ import annotations
@@ -51,7 +52,14 @@ def build_parser() -> ArgumentParser:
         choices=N_KEYS,
         default="active_params",
         help="results.json field used as N (default: the active parameters, the N of 6·N·D in "
-        "flops; all parameters for a dense model; params for runs with budget.params=total)",
+        "flops; all parameters for a dense model; params for runs with budget.params=total: "
+        "a Mixture of Experts' runs are refused unless it is their budget.params' N)",
+    )
+    parser.add_argument(
+        "--mixed-experts",
+        action="store_true",
+        help="fit dense runs and Mixture-of-Experts runs (or MoE runs of different expert "
+        "counts) into one law; refused by default, as a law in N and D holds for one of them",
     )
     return parser
 
@@ -146,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is not None:
         check_folder_out(args.out, "--out")  # before the fit: a file there is refused
-    result = analyze(args.multirun_dir, args.target_flops, args.out, n_key=args.n_key)
+    result = analyze(
+        args.multirun_dir,
+        args.target_flops,
+        args.out,
+        n_key=args.n_key,
+        mixed_experts=args.mixed_experts,
+    )
     print_summary(Console(), result)
     return 0
