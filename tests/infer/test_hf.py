@@ -61,6 +61,27 @@ def llama(**kw) -> torch.nn.Module:
     return transformers.LlamaForCausalLM(config)
 
 
+def mixtral(**kw) -> torch.nn.Module:
+    """A tiny random ``MixtralForCausalLM``: 2 layers, 4 experts (top-2), GQA."""
+    config = transformers.MixtralConfig(
+        **{
+            "hidden_size": 32,
+            "intermediate_size": 48,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": V,
+            "max_position_embeddings": 64,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "initializer_range": 0.1,
+            **NO_SPECIAL_IDS,
+            **kw,
+        }
+    )
+    return transformers.MixtralForCausalLM(config)
+
+
 CASES = {
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(
@@ -754,21 +775,7 @@ def test_mixtral_converts_both_ways_with_transformers_logits(tmp_path: Path) -> 
     """MixtralForCausalLM (4 experts, top-2, GQA) in, equal logits and greedy tokens; and an
     ``+experiment=mixtral`` model out and back bit-exact."""
     torch.manual_seed(0)
-    hf_model = transformers.MixtralForCausalLM(
-        transformers.MixtralConfig(
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=V,
-            max_position_embeddings=64,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            initializer_range=0.1,
-            **NO_SPECIAL_IDS,
-        )
-    ).eval()
+    hf_model = mixtral().eval()
     hf_model.save_pretrained(tmp_path / "hf")
     hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(tmp_path / "hf")
     pre = load(from_hf(str(tmp_path / "hf"), tmp_path / "m.ckpt"))
@@ -796,3 +803,37 @@ def test_mixtral_converts_both_ways_with_transformers_logits(tmp_path: Path) -> 
     )
     with pytest.raises(ConfigError, match=r"model\.moe\.every_n_layers=2"):
         choose_architecture(dense)
+
+
+def test_mixtral_training_loss_keeps_its_weights_both_ways(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transformers' load-balancing loss counts each token's k choices against the tokens
+    (k when balanced), lmlab's against the assignments (1), and Mixtral has no router z-loss:
+    a converted Mixtral's training objective is transformers' training loss, and its
+    coefficient goes back unchanged. One layer: over several, transformers pools the layers'
+    counts and probabilities before the product, lmlab averages the layers' losses. Out, a
+    z-loss (training only) is named as left out."""
+    from lmlab.train.task import LMTask
+
+    torch.manual_seed(0)
+    hf_model = mixtral(num_hidden_layers=1, num_experts_per_tok=3, router_aux_loss_coef=0.02)
+    hf_model.save_pretrained(tmp_path / "hf")
+    hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(tmp_path / "hf")
+    ids = inputs("llama")["input_ids"]
+    expected = hf_model.eval()(ids, labels=ids, output_router_logits=True).loss
+    ckpt = from_hf(str(tmp_path / "hf"), tmp_path / "m.ckpt")
+    pre = load(ckpt)
+    task = LMTask(pre.cfg, None, None).eval()
+    task.model.load_state_dict(pre.model.state_dict())
+    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)  # HF shifts inside
+    with torch.no_grad():
+        total, (lm, aux, z) = task.objective({"input_ids": ids, "labels": labels})
+    assert aux > 1.05  # unbalanced, so the coefficient shows
+    assert (total - expected).abs() <= 1e-5
+    out = json.loads((to_hf(ckpt, tmp_path / "out") / "config.json").read_text())
+    assert out["router_aux_loss_coef"] == pytest.approx(0.02, rel=1e-12)
+    cfg = dataclasses.replace(pre.cfg, moe=dataclasses.replace(pre.cfg.moe, z_loss_coef=1e-3))
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.convert"):
+        to_hf(lmlab_checkpoint(tmp_path / "z.ckpt", cfg, pre.model), tmp_path / "z")
+    assert "model.moe.z_loss_coef=0.001" in caplog.text

@@ -41,7 +41,9 @@ class MoEConfig:
     through the output."""
     aux_loss_coef: float = 0.01
     """Weight of the load-balancing loss E * sum_i f_i P_i (Switch eq. 4; 1.0 when balanced),
-    averaged over MoE layers and added to the LM loss. Switch's 1e-2."""
+    averaged over MoE layers and added to the LM loss. Switch's 1e-2. transformers' Mixtral
+    loss counts f against tokens, not assignments (k times this): its ``router_aux_loss_coef``
+    is this / top_k for the same weight, as the conversion writes it."""
     z_loss_coef: float = 0.001
     """Weight of the router z-loss mean(logsumexp(logits)^2), which keeps router logits small
     (ST-MoE, Zoph et al. 2022, eq. 5, their 1e-3)."""

@@ -279,6 +279,14 @@ def to_hf(
     pre = load(path, dtype=dtype, tokenizer=tokenizer, key="to_hf")
     cfg = pre.cfg
     arch = choose_architecture(cfg)
+    left_out = arch.left_out(cfg)
+    if left_out:
+        log.warning(
+            "to_hf: %s has no field for %s: not written (training settings: the weights give "
+            "lmlab's outputs exactly; training in transformers goes without them)",
+            arch.hf_class,
+            "; ".join(left_out),
+        )
     transformers = _transformers()
     hf_class = getattr(transformers, arch.hf_class)
     tok, specials = pre.tokenizer, pre.specials

@@ -122,14 +122,20 @@ def heads_default(cfg: ModelConfig) -> tuple[Any, ...]:
     return (None, cfg.n_heads)
 
 
-def check(cfg: ModelConfig, requirements: list[Requirement], hf_class: str) -> None:
-    """Every knob value the class cannot express, in one ConfigError."""
-    problems = []
+def unmet(cfg: ModelConfig, requirements: list[Requirement]) -> list[tuple[str, str, str]]:
+    """("model.<knob>=<value>", the values allowed, why) of each requirement ``cfg`` misses."""
+    out = []
     for name, allowed_of, why in requirements:
         value, allowed = functools.reduce(getattr, name.split("."), cfg), allowed_of(cfg)
         if value not in allowed:
             shown = ", ".join(str(getattr(a, "value", a)) for a in allowed)
-            problems.append(f"model.{name}={getattr(value, 'value', value)} (needs {shown}: {why})")
+            out.append((f"model.{name}={getattr(value, 'value', value)}", shown, why))
+    return out
+
+
+def check(cfg: ModelConfig, requirements: list[Requirement], hf_class: str) -> None:
+    """Every knob value the class cannot express, in one ConfigError."""
+    problems = [f"{knob} (needs {shown}: {why})" for knob, shown, why in unmet(cfg, requirements)]
     if problems:
         raise ConfigError(f"{hf_class} cannot express " + "; ".join(problems))
 
@@ -158,6 +164,10 @@ class Architecture:
     # own task (BERT's pooler and next-sentence head, in pre-training checkpoints): dropped.
     # Any other weight the class leaves out (another task's head) is refused.
     droppable: tuple[str, ...] = ()
+    # Knob values the class has no field for that change only how the model trains (Mixtral's
+    # router z-loss): to_hf writes the weights, which compute the same, and names each one
+    # it leaves out rather than refusing.
+    training_only: list[Requirement] = field(default_factory=list)
 
     def check(self, cfg: ModelConfig) -> None:
         if cfg.moe.num_experts and self.model_type != "mixtral":
@@ -166,6 +176,10 @@ class Architecture:
                 "(a Mixture of Experts converts as MixtralForCausalLM: +experiment=mixtral)"
             )
         check(cfg, self.requirements, self.hf_class)
+
+    def left_out(self, cfg: ModelConfig) -> list[str]:
+        """The training settings of ``cfg`` the class has no field for, each with why."""
+        return [f"{knob} ({why})" for knob, _, why in unmet(cfg, self.training_only)]
 
 
 def query_scale(cfg: ModelConfig) -> float:

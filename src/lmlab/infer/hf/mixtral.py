@@ -3,7 +3,17 @@ feed-forward in every block, each token routed to ``top_k`` SwiGLU experts by a 
 the router's logits renormalised over the chosen ones (Jiang et al. 2024). lmlab's
 ``+experiment=mixtral`` recipe. transformers 5 stores each layer's experts stacked:
 ``gate_up_proj`` (E, 2 d_ff, d) is lmlab's ``w_gate`` and ``w_in`` side by side,
-``down_proj`` (E, d, d_ff) its ``w_out``."""
+``down_proj`` (E, d, d_ff) its ``w_out``.
+
+The load-balancing loss is the same E * sum_i f_i P_i (Switch) on both sides, but
+transformers' ``load_balancing_loss_func`` takes f_i as the fraction of the tokens that chose
+expert i (each token counted k times: k when balanced), lmlab's as the fraction of the N * k
+assignments (1 when balanced): on one layer transformers' loss is k times lmlab's. So
+``router_aux_loss_coef`` c is ``model.moe.aux_loss_coef`` k * c, which gives the balancing
+loss the same weight (over several layers transformers pools their counts and probabilities
+before the product, lmlab averages the layers' losses: the same at balance). Mixtral has no
+router z-loss: ``model.moe.z_loss_coef`` comes in as 0 and goes out as nothing (to_hf names
+it: a training setting, the weights compute the same)."""
 
 from __future__ import annotations
 
@@ -25,10 +35,12 @@ def config_from_hf(hf: Any, tied: bool) -> dict[str, Any]:
     if getattr(hf, "router_jitter_noise", 0.0):
         raise ConfigError(f"router_jitter_noise={hf.router_jitter_noise}: lmlab has no jitter")
     fields = llama.config_from_hf(hf, tied)
+    k = hf.num_experts_per_tok
     fields["moe"] = {
         "num_experts": hf.num_local_experts,
-        "top_k": hf.num_experts_per_tok,
-        "aux_loss_coef": hf.router_aux_loss_coef,
+        "top_k": k,
+        "aux_loss_coef": hf.router_aux_loss_coef * k,  # its loss is k times lmlab's
+        "z_loss_coef": 0.0,  # Mixtral trains without a router z-loss
     }
     return fields
 
@@ -39,7 +51,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     return out | dict(
         num_local_experts=cfg.moe.num_experts,
         num_experts_per_tok=cfg.moe.top_k,
-        router_aux_loss_coef=cfg.moe.aux_loss_coef,
+        router_aux_loss_coef=cfg.moe.aux_loss_coef / cfg.moe.top_k,  # its loss is k times ours
         sliding_window=cfg.attention_window,
     )
 
@@ -75,5 +87,6 @@ MIXTRAL = Architecture(
         ("moe.capacity_factor", same(None), "Mixtral routes dropless"),
         ("moe.top_k", lambda c: tuple(range(2, c.moe.num_experts + 1)), "Mixtral renormalises"),
     ],
+    training_only=[("moe.z_loss_coef", same(0.0), "Mixtral has no router z-loss")],
     selects=lambda cfg: cfg.positional == Positional.rope and cfg.moe.num_experts > 0,
 )
