@@ -837,3 +837,41 @@ def test_mixtral_training_loss_keeps_its_weights_both_ways(
     with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.convert"):
         to_hf(lmlab_checkpoint(tmp_path / "z.ckpt", cfg, pre.model), tmp_path / "z")
     assert "model.moe.z_loss_coef=0.001" in caplog.text
+
+
+def test_mixtral_with_a_capacity_factor_goes_out_with_its_eval_logits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A capacity factor drops assignments in training only; evaluation and generation are
+    dropless, as Mixtral is: the model goes out (the setting named as not written) and
+    transformers gives lmlab's eval logits."""
+    moe = {"num_experts": 4, "top_k": 2, "capacity_factor": 0.5, "z_loss_coef": 0.0}
+    cfg = to_schema(
+        ModelConfig,
+        dict(
+            d_model=32,
+            n_layers=1,
+            n_heads=4,
+            n_kv_heads=2,
+            max_seq_len=32,
+            vocab_size=V,
+            positional="rope",
+            norm="rmsnorm",
+            activation="swiglu",
+            bias=False,
+            moe=moe,
+        ),
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ids = inputs("llama")["input_ids"]
+    with torch.no_grad():
+        dropped = model.train()(ids)
+        expected = model.eval()(ids)
+    assert (dropped - expected).abs().max() > 1e-3  # the factor drops, in training
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.convert"):
+        folder = to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg, model), tmp_path / "hf")
+    assert "model.moe.capacity_factor=0.5" in caplog.text
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert (hf_model(ids).logits - expected).abs().max() <= 1e-5

@@ -165,8 +165,8 @@ class Architecture:
     # Any other weight the class leaves out (another task's head) is refused.
     droppable: tuple[str, ...] = ()
     # Knob values the class has no field for that change only how the model trains (Mixtral's
-    # router z-loss): to_hf writes the weights, which compute the same, and names each one
-    # it leaves out rather than refusing.
+    # router z-loss and capacity factor): to_hf writes the weights, which compute the same,
+    # and names each one it leaves out rather than refusing.
     training_only: list[Requirement] = field(default_factory=list)
 
     def check(self, cfg: ModelConfig) -> None:

@@ -12,8 +12,10 @@ assignments (1 when balanced): on one layer transformers' loss is k times lmlab'
 ``router_aux_loss_coef`` c is ``model.moe.aux_loss_coef`` k * c, which gives the balancing
 loss the same weight (over several layers transformers pools their counts and probabilities
 before the product, lmlab averages the layers' losses: the same at balance). Mixtral has no
-router z-loss: ``model.moe.z_loss_coef`` comes in as 0 and goes out as nothing (to_hf names
-it: a training setting, the weights compute the same)."""
+router z-loss: ``model.moe.z_loss_coef`` comes in as 0 and goes out as nothing. Nor has it a
+capacity factor, but ``model.moe.capacity_factor`` drops assignments in training only (lmlab's
+evaluation and generation are dropless): a model with either goes out, and to_hf names them as
+not written (training settings; the weights compute the same)."""
 
 from __future__ import annotations
 
@@ -84,9 +86,12 @@ MIXTRAL = Architecture(
         ("activation", same(Activation.swiglu), "Mixtral's experts are SwiGLU"),
         ("bias", same(False), "Mixtral has no biases"),
         ("moe.every_n_layers", same(1), "Mixtral has experts in every block"),
-        ("moe.capacity_factor", same(None), "Mixtral routes dropless"),
         ("moe.top_k", lambda c: tuple(range(2, c.moe.num_experts + 1)), "Mixtral renormalises"),
     ],
-    training_only=[("moe.z_loss_coef", same(0.0), "Mixtral has no router z-loss")],
+    # lmlab drops over capacity in training only: its evaluation and generation are dropless
+    training_only=[
+        ("moe.z_loss_coef", same(0.0), "Mixtral has no router z-loss"),
+        ("moe.capacity_factor", same(None), "Mixtral trains dropless"),
+    ],
     selects=lambda cfg: cfg.positional == Positional.rope and cfg.moe.num_experts > 0,
 )
