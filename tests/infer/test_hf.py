@@ -875,3 +875,54 @@ def test_mixtral_with_a_capacity_factor_goes_out_with_its_eval_logits(
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
         assert (hf_model(ids).logits - expected).abs().max() <= 1e-5
+
+
+def saved_layout(folder: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """{key: (shape, dtype)} of every tensor in the folder's safetensors files."""
+    from safetensors.torch import load_file
+
+    tensors = {k: v for p in folder.glob("*.safetensors") for k, v in load_file(p).items()}
+    return {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
+
+
+def test_mixtral_goes_out_in_the_layout_save_pretrained_writes(tmp_path: Path) -> None:
+    """transformers 5 fuses Mixtral's experts in memory (``mlp.experts.gate_up_proj``) but
+    save_pretrained writes them one by one (``block_sparse_moe.experts.<e>.w1|w2|w3``), the
+    layout of published checkpoints, transformers 4 and vLLM: to_hf writes save_pretrained's
+    keys, shapes and dtypes for the same config, with lmlab's logits; from_hf reads both."""
+    cfg = to_schema(
+        ModelConfig,
+        dict(
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            max_seq_len=32,
+            vocab_size=V,
+            positional="rope",
+            norm="rmsnorm",
+            activation="swiglu",
+            bias=False,
+            tie_embeddings=False,
+            moe={"num_experts": 4, "top_k": 2, "z_loss_coef": 0.0},
+        ),
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    out = to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg, model), tmp_path / "out")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    transformers.MixtralForCausalLM(hf_model.config).save_pretrained(tmp_path / "ref")
+    layout = saved_layout(out)
+    assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in layout
+    assert layout == saved_layout(tmp_path / "ref")
+    ids = inputs("llama")["input_ids"]
+    with torch.no_grad():
+        assert (hf_model(ids).logits - model(ids)).abs().max() <= 1e-5
+    # the fused layout, as transformers 5 holds it in memory, comes in too
+    from safetensors.torch import save_file
+
+    fused = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
+    save_file(fused, out / "model.safetensors")
+    assert "model.layers.1.mlp.experts.gate_up_proj" in saved_layout(out)
+    back = load(from_hf(str(out), tmp_path / "back.ckpt")).model.state_dict()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())

@@ -305,7 +305,8 @@ def to_hf(
         **arch.config_to_hf(cfg), architectures=[arch.hf_class], dtype=weights_dtype, **extra
     )
     state = pre.model.state_dict()
-    hf_state = state_to_hf(state, arch.rules(cfg)) | arch.fill_to_hf(cfg, state["embed.weight"])
+    hf_state = state_to_hf(state, arch.rules_to_save(cfg))
+    hf_state |= arch.fill_to_hf(cfg, state["embed.weight"])
     from huggingface_hub import save_torch_state_dict
 
     out.parent.mkdir(parents=True, exist_ok=True)

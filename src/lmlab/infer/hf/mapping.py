@@ -28,7 +28,9 @@ from lmlab.errors import ConfigError
 class Rule:
     """cat(lmlab tensors, dim) == scale * T(cat(hf tensors, dim)), T a transpose when
     ``transpose``. ``hf_sizes`` splits the Hugging Face side when it has several tensors.
-    ``dim`` is 0 (output rows) but for stacked experts, whose rows are dimension 1."""
+    ``dim`` is 0 (output rows) but for stacked experts, whose rows are dimension 1. With
+    ``stacked`` the Hugging Face tensors are stacked on a new first dimension, not
+    concatenated: one per expert, as save_pretrained writes Mixtral's."""
 
     lmlab: tuple[str, ...]
     hf: tuple[str, ...]
@@ -36,6 +38,7 @@ class Rule:
     scale: float = 1.0
     hf_sizes: tuple[int, ...] | None = None
     dim: int = 0
+    stacked: bool = False
 
 
 def rule(
@@ -45,9 +48,10 @@ def rule(
     scale: float = 1.0,
     hf_sizes: tuple[int, ...] | None = None,
     dim: int = 0,
+    stacked: bool = False,
 ) -> Rule:
     as_tuple = lambda k: (k,) if isinstance(k, str) else tuple(k)
-    return Rule(as_tuple(lmlab), as_tuple(hf), transpose, scale, hf_sizes, dim)
+    return Rule(as_tuple(lmlab), as_tuple(hf), transpose, scale, hf_sizes, dim, stacked)
 
 
 def linear(lmlab: str, hf: str, bias: bool, **kw: Any) -> list[Rule]:
@@ -85,7 +89,9 @@ def to_lmlab(
         missing = [k for k in r.hf if k not in hf_state]
         if missing:
             raise ConfigError(f"the Hugging Face weights lack {', '.join(missing)}")
-        full = _oriented(torch.cat([hf_state[k] for k in r.hf], r.dim), r.transpose)
+        tensors = [hf_state[k] for k in r.hf]
+        full = torch.stack(tensors) if r.stacked else torch.cat(tensors, r.dim)
+        full = _oriented(full, r.transpose)
         if r.scale != 1.0:
             full = full * r.scale
         sizes = [shapes[k][r.dim] for k in r.lmlab]
@@ -103,7 +109,10 @@ def to_hf(lmlab_state: Mapping[str, torch.Tensor], rules: list[Rule]) -> dict[st
         if r.scale != 1.0:
             full = full / r.scale
         full = _oriented(full, r.transpose)
-        parts = full.split(list(r.hf_sizes), r.dim) if r.hf_sizes else [full]
+        if r.stacked:
+            parts = full.unbind(0)
+        else:
+            parts = full.split(list(r.hf_sizes), r.dim) if r.hf_sizes else [full]
         for key, part in zip(r.hf, parts, strict=True):
             out[key] = part.clone().contiguous()
     return out
@@ -154,7 +163,10 @@ class Architecture:
     # (HF config, whether the loaded model's head is its input embedding) -> ModelConfig fields
     config_from_hf: Callable[[Any, bool], dict[str, Any]]
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]  # ModelConfig -> HF config fields
-    rules: Callable[[ModelConfig], list[Rule]]
+    rules: Callable[[ModelConfig], list[Rule]]  # the transformers model's state dict
+    # The layout save_pretrained writes, where it is not the state dict's (transformers 5
+    # fuses Mixtral's experts in memory and writes them one by one): to_hf writes it.
+    saved_rules: Callable[[ModelConfig], list[Rule]] | None = None
     requirements: list[Requirement] = field(default_factory=list)
     # Hugging Face tensors with no lmlab counterpart that keep the function (BERT's segment
     # table for a model without segments): (config, a tensor of the right dtype) -> tensors
@@ -176,6 +188,10 @@ class Architecture:
                 "(a Mixture of Experts converts as MixtralForCausalLM: +experiment=mixtral)"
             )
         check(cfg, self.requirements, self.hf_class)
+
+    def rules_to_save(self, cfg: ModelConfig) -> list[Rule]:
+        """The rules of the layout save_pretrained writes."""
+        return (self.saved_rules or self.rules)(cfg)
 
     def left_out(self, cfg: ModelConfig) -> list[str]:
         """The training settings of ``cfg`` the class has no field for, each with why."""

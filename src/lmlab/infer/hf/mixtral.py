@@ -1,9 +1,13 @@
 """Mixtral (``MixtralForCausalLM``): Llama's blocks with a sparse Mixture-of-Experts
 feed-forward in every block, each token routed to ``top_k`` SwiGLU experts by a softmax over
 the router's logits renormalised over the chosen ones (Jiang et al. 2024). lmlab's
-``+experiment=mixtral`` recipe. transformers 5 stores each layer's experts stacked:
-``gate_up_proj`` (E, 2 d_ff, d) is lmlab's ``w_gate`` and ``w_in`` side by side,
-``down_proj`` (E, d, d_ff) its ``w_out``.
+``+experiment=mixtral`` recipe. transformers 5 holds each layer's experts stacked in memory:
+``mlp.experts.gate_up_proj`` (E, 2 d_ff, d) is lmlab's ``w_gate`` and ``w_in`` side by side,
+``down_proj`` (E, d, d_ff) its ``w_out``. Its save_pretrained writes them one by one, as
+published checkpoints, transformers 4 and vLLM have them, and so does to_hf:
+``block_sparse_moe.experts.<e>.w1`` (d_ff, d) is expert e's ``w_gate``, ``w3`` its ``w_in``,
+``w2`` (d, d_ff) its ``w_out``, and ``block_sparse_moe.gate`` the router. from_hf reads
+either (transformers loads both into its stacked layout).
 
 The load-balancing loss is the same E * sum_i f_i P_i (Switch) on both sides, but
 transformers' ``load_balancing_loss_func`` takes f_i as the fraction of the tokens that chose
@@ -59,6 +63,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:
+    """transformers 5's state dict: each layer's experts stacked, gate and up fused."""
     out = [r for r in llama.rules(cfg) if ".ffn." not in r.lmlab[0]]
     for i in range(cfg.n_layers):
         b, h = f"blocks.{i}.ffn", f"model.layers.{i}.mlp"
@@ -74,6 +79,22 @@ def rules(cfg: ModelConfig) -> list[Rule]:
     return out
 
 
+# lmlab's stacked expert weight -> the name of each expert's matrix in the saved layout
+SAVED_EXPERTS = {"w_gate": "w1", "w_in": "w3", "w_out": "w2"}
+
+
+def saved_rules(cfg: ModelConfig) -> list[Rule]:
+    """What save_pretrained writes: each expert's matrices apart, under ``block_sparse_moe``."""
+    out = [r for r in llama.rules(cfg) if ".ffn." not in r.lmlab[0]]
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}.ffn", f"model.layers.{i}.block_sparse_moe"
+        out.append(rule(f"{b}.router.weight", f"{h}.gate.weight"))
+        for ours, theirs in SAVED_EXPERTS.items():
+            each = [f"{h}.experts.{e}.{theirs}.weight" for e in range(cfg.moe.num_experts)]
+            out.append(rule(f"{b}.experts.{ours}.weight", each, stacked=True))
+    return out
+
+
 MIXTRAL = Architecture(
     hf_class="MixtralForCausalLM",
     model_type="mixtral",
@@ -81,6 +102,7 @@ MIXTRAL = Architecture(
     config_from_hf=config_from_hf,
     config_to_hf=config_to_hf,
     rules=rules,
+    saved_rules=saved_rules,
     requirements=[
         *llama.REQUIREMENTS,
         ("activation", same(Activation.swiglu), "Mixtral's experts are SwiGLU"),
