@@ -759,3 +759,24 @@ def test_resuming_a_sharded_run_with_a_trainer_that_cannot_load_it_is_refused(
         assert (
             resume_checkpoint(fsdp_cfg, tmp_path / "run") == tmp_path / "run/checkpoints/last.ckpt"
         )
+
+
+def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A completed run resumed with a larger ``trainer.max_steps`` trains every step after
+    the checkpoint at the new schedule's rate: the restored optimizer held the old schedule's
+    (decayed to its floor at its last step), and the first step after the checkpoint ran
+    at it."""
+    from lmlab.train.schedule import warmup_cosine_factor
+
+    run = [*SMOKE, "trainer.max_steps=4", "trainer.log_every_n_steps=1", "logger=csv"]
+    train(compose_train(run, tmp_path, cache_dir))
+    train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
+    lr = {int(r["step"]): float(r["train/lr"]) for r in rows(tmp_path) if r.get("train/lr")}
+    cfg = compose_train(run, tmp_path / "x", cache_dir)
+    base, warmup, floor = cfg.optim.lr, cfg.scheduler.warmup_steps, cfg.scheduler.min_lr_ratio
+    new = {s: base * warmup_cosine_factor(s, warmup, 8, floor) for s in range(4, 8)}
+    assert sorted(lr) == list(range(8))
+    for step in range(4, 8):  # the logged rate, the one the step ran with
+        assert lr[step] == pytest.approx(new[step], rel=1e-6), (step, lr, new)

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torchmetrics
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from lmlab.config import (
     PRETRAINING,
@@ -180,6 +181,25 @@ class LMTask(L.LightningModule):
         self.cross_entropy = state.get("cross_entropy")
         if state.get("train_loss") is not None:
             self.logged_loss = (checkpoint["global_step"], state["train_loss"])
+
+    def on_train_start(self) -> None:
+        """A resumed run's learning rate is its schedule's at the checkpoint's step. The
+        optimizer's restored state holds the rate the checkpoint's run set, which differs
+        when ``trainer.max_steps`` has changed since (a completed run extended): without this
+        the first step after the checkpoint ran at the old schedule's rate."""
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            if not isinstance(schedule, LambdaLR):
+                continue
+            step = schedule.last_epoch
+            factors = [fn(step) for fn in schedule.lr_lambdas]
+            lrs = [base * f for base, f in zip(schedule.base_lrs, factors, strict=True)]
+            for group, lr in zip(schedule.optimizer.param_groups, lrs, strict=True):
+                if isinstance(group["lr"], torch.Tensor):  # as LRScheduler.step sets it
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+            schedule._last_lr = lrs  # what get_last_lr() returns (train/lr)
 
     def configure_model(self) -> None:
         """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
