@@ -189,6 +189,7 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     out = "".join(capsys.readouterr())
     assert f"{status} at step 2" in out and "resume=true" in out, out
     assert "Traceback" not in out
+    assert ("Received SIGTERM" in out) == (signum == signal.SIGTERM), out  # Ctrl-C says Ctrl-C
     r = results(tmp_path)
     assert r["status"] == status and r["global_step"] == 2
     assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == 2

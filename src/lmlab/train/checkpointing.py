@@ -165,6 +165,10 @@ class Checkpoint(ModelCheckpoint):
         return self.last_model_path or self.best_model_path
 
 
+# The logger of Lightning's SIGTERM handler.
+SIGNAL_CONNECTOR = "lightning.pytorch.trainer.connectors.signal_connector"
+
+
 class Preemption(L.Callback):
     """On SIGTERM (or SIGUSR1 when SLURM auto-requeue is off) Lightning stops after the current
     step with ``SIGTERMException``; this saves ``last.ckpt`` there, so nothing is lost.
@@ -200,7 +204,22 @@ class Preemption(L.Callback):
         self.interrupted = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
         log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
-        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop at the step boundary
+        self._stop(signal.getsignal(signal.SIGTERM))
+
+    def _stop(self, handler: Any) -> None:
+        """Ask for Lightning's stop at the step boundary: its SIGTERM ``handler`` called (or
+        the signal sent when there is none), quietly after a Ctrl-C: its "Received SIGTERM:
+        15" would name a signal the user did not send."""
+        if not callable(handler):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        notifier = logging.getLogger(SIGNAL_CONNECTOR)
+        disabled = notifier.disabled
+        notifier.disabled = disabled or self.interrupted
+        try:
+            handler(signal.SIGTERM, None)
+        finally:
+            notifier.disabled = disabled
 
     def _restore_sigint(self) -> None:
         if self._sigint:
@@ -228,10 +247,7 @@ class Preemption(L.Callback):
         self._stop_held = False
         if trainer.state.fn == TrainerFn.FITTING:
             self._save_at_validation_end(trainer)
-        if callable(lightning_handler):  # Lightning stops at the end of this step
-            lightning_handler(signal.SIGTERM, None)
-        else:
-            os.kill(os.getpid(), signal.SIGTERM)
+        self._stop(lightning_handler)  # Lightning stops at the end of this step
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
