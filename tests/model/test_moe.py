@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lmlab.config import GATED, Activation, Family, ModelConfig, MoEConfig, Norm
+from lmlab.config import GATED, IGNORE, Activation, Family, ModelConfig, MoEConfig, Norm
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.model.layers import Block
 from lmlab.model.moe import ExpertLinear, MoEFeedForward, moe_layers
@@ -181,6 +181,117 @@ def test_capacity_drops_overflow_which_passes_through_the_residual() -> None:
     assert torch.equal(out[0, 4:], x_BTD[0, 4:])
     torch.testing.assert_close(out[0, :4] - x_BTD[0, :4], routed[0, :4], rtol=0, atol=FP64_ATOL)
     assert block.ffn.dropped.item() == 0.5 and block.ffn.load_E.tolist() == [1.0, 0.0]
+
+
+STATS = ("aux_loss", "z_loss", "load_E", "dropped")
+
+
+def right_padded(x_ND: torch.Tensor, lengths: list[int], T: int) -> tuple[torch.Tensor, ...]:
+    """The tokens ``x`` as rows of ``lengths`` padded to T, as the collators pad, and the
+    (B, T) mask of real tokens. The pads are vectors 3x larger than the tokens, so their
+    routing is nothing like the real tokens': counting one moves every statistic."""
+    real_BT = torch.arange(T) < torch.tensor(lengths)[:, None]
+    x_BTD = 3 * torch.randn(len(lengths), T, x_ND.shape[-1], dtype=x_ND.dtype)
+    x_BTD[real_BT] = x_ND
+    return x_BTD, real_BT
+
+
+def assert_same_stats(ffn: MoEFeedForward, expected: dict[str, torch.Tensor]) -> None:
+    """The router losses (float64 sums in another order: FP64_ATOL) and the load and fraction
+    dropped (ratios of the same whole numbers: exact)."""
+    for name in ("aux_loss", "z_loss"):
+        torch.testing.assert_close(getattr(ffn, name), expected[name], rtol=0, atol=FP64_ATOL)
+    assert torch.equal(ffn.load_E, expected["load_E"]), (ffn.load_E, expected["load_E"])
+    assert ffn.dropped.item() == expected["dropped"].item()
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 2.0])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_a_padded_batch_routes_as_its_real_tokens_alone(
+    top_k: int, capacity_factor: float | None
+) -> None:
+    """Rows of 8, 5 and 2 tokens padded to 8 (9 pads of 24), with their mask: the router
+    losses, load and fraction dropped equal those of the 15 real tokens as one unpadded row,
+    and so do the real tokens' outputs (capacity 2 keeps every assignment of either batch).
+    The outputs at real positions are bit for bit those computed without the mask."""
+    ffn = moe_ffn(config(top_k=top_k, capacity_factor=capacity_factor))
+    torch.manual_seed(1)
+    x_ND = torch.randn(15, D, dtype=torch.float64)
+    x_BTD, real_BT = right_padded(x_ND, [8, 5, 2], 8)
+    with torch.no_grad():
+        alone_ND = ffn(x_ND[None])[0]
+        alone = {name: getattr(ffn, name) for name in STATS}
+        unmasked_BTD = ffn(x_BTD)
+        assert abs(ffn.aux_loss - alone["aux_loss"]) > 1e-3  # what the pads did
+        y_BTD = ffn(x_BTD, real_BT)
+    assert_same_stats(ffn, alone)
+    torch.testing.assert_close(y_BTD[real_BT], alone_ND, rtol=0, atol=FP64_ATOL)
+    if capacity_factor is None:  # dropless: each token's output is its own
+        assert torch.equal(y_BTD[real_BT], unmasked_BTD[real_BT])
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_padding_takes_no_capacity_slot(top_k: int) -> None:
+    """Every token's first choice is expert 0 of 2, and C = 4 slots per expert for 8
+    positions: row 0 holds 1 real token and 3 pads, row 1 3 real tokens and a pad. Taken in
+    token order, row 0's pads filled expert 0's slots (and, for k = 2, expert 1's) and row
+    1's real tokens were dropped; with the mask the 4 real tokens take the 4 slots: none is
+    dropped, each gets its dropless output, and the pads are dropped (output 0)."""
+    capacity_factor = 1.0 / top_k  # C = ceil(capacity_factor * 8 * k / 2) = 4
+    ffn = moe_ffn(config(num_experts=2, top_k=top_k, capacity_factor=capacity_factor))
+    collapse(ffn, 3.0)
+    x_BTD = torch.rand(2, 4, D, dtype=torch.float64) + 0.5  # positive: expert 0 first
+    real_BT = torch.tensor([[True, False, False, False], [True, True, True, False]])
+    with torch.no_grad():
+        dropless_BTD = ffn.eval()(x_BTD)
+        y_BTD = ffn.train()(x_BTD, real_BT)
+    assert ffn.dropped.item() == 0
+    torch.testing.assert_close(y_BTD[real_BT], dropless_BTD[real_BT], rtol=0, atol=FP64_ATOL)
+    assert torch.equal(y_BTD[~real_BT], torch.zeros_like(y_BTD[~real_BT]))
+    assert ffn.load_E.tolist() == ([1.0, 0.0] if top_k == 1 else [0.5, 0.5])
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_each_stack_routes_its_real_tokens(family: Family) -> None:
+    """What every MoE layer is handed as its real tokens, and that its statistics are those
+    of these tokens alone: BERT's and T5's encoder, the attention mask (not BERT's MLM
+    labels, which skip real tokens); T5's decoder, each row's positions up to its last label
+    (after it, the collators' padding; before it, an ignored label is a real token whose
+    keys later positions read); GPT, whose rows are packed, none."""
+    model = build_model(dataclasses.replace(config(), family=family)).double().eval()
+    torch.manual_seed(0)
+    ids = torch.randint(0, V, (2, 10))
+    attention_mask = torch.arange(10) < torch.tensor([10, 6])[:, None]
+    mlm_labels = ids.masked_fill(torch.arange(10) % 3 > 0, IGNORE)
+    labels = torch.randint(0, V, (2, 7))
+    labels[0, 2] = labels[1, 4:] = IGNORE
+    decoder_real = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    batches = {
+        Family.gpt: {"input_ids": ids, "labels": ids},
+        Family.bert: {"input_ids": ids, "attention_mask": attention_mask, "labels": mlm_labels},
+        Family.t5: {
+            "input_ids": ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": torch.randint(0, V, (2, 7)),
+            "labels": labels,
+        },
+    }
+    expected = {Family.gpt: None, Family.bert: attention_mask, Family.t5: attention_mask}
+    handed = {}
+    for name, ffn in moe_layers(model).items():
+        ffn.register_forward_pre_hook(lambda ffn, args, name=name: handed.__setitem__(name, args))
+    with torch.no_grad():
+        model(**batches[family])
+        for name, ffn in moe_layers(model).items():
+            recorded = {stat: getattr(ffn, stat) for stat in STATS}
+            x_BTD, *mask = handed[name]
+            real_BT = decoder_real if name.startswith("decoder") else expected[family]
+            if real_BT is None:
+                assert mask in ([], [None]), name
+                continue
+            assert torch.equal(mask[0], real_BT), name
+            ffn(x_BTD[real_BT][None])
+            assert_same_stats(ffn, recorded)
 
 
 @pytest.mark.parametrize("top_k", [1, 2])

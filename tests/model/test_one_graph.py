@@ -33,6 +33,10 @@ CASES = {
     "gpt-sinusoidal-dropout": (Family.gpt, dict(positional=Positional.sinusoidal, dropout=0.1)),
     "gpt-nope": (Family.gpt, dict(positional=Positional.none)),
     "gpt-moe-capacity": (Family.gpt, dict(moe=MoEConfig(num_experts=4, capacity_factor=1.25))),
+    # padded: the MoE layers count real tokens only (the encoders' attention mask, the decoder's
+    # positions up to its last label)
+    "bert-moe-capacity": (Family.bert, dict(moe=MoEConfig(num_experts=4, capacity_factor=1.25))),
+    "t5-moe-capacity": (Family.t5, dict(moe=MoEConfig(num_experts=4, capacity_factor=1.25))),
     "bert": (Family.bert, {}),
     "bert-relative": (Family.bert, dict(positional=Positional.relative)),
     "t5": (Family.t5, {}),

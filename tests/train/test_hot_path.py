@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch._dynamo.utils import counters
 
-from lmlab.config import Activation, Compile, ModelConfig, MoEConfig, compile_mode
+from lmlab.config import IGNORE, Activation, Compile, Family, ModelConfig, MoEConfig, compile_mode
 from lmlab.data.datamodule import loader_settings
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
@@ -92,14 +92,20 @@ def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
     assert {s: dict(counter.per_step[s]) for s in quiet} == {s: {} for s in quiet}
 
 
+@pytest.mark.parametrize("family", [Family.gpt, Family.t5])
 @pytest.mark.parametrize("capacity_factor", [None, 1.25])
 def test_the_moe_objective_reads_nothing_on_the_host(
-    monkeypatch: pytest.MonkeyPatch, host_reads: list[str], capacity_factor: float | None
+    monkeypatch: pytest.MonkeyPatch,
+    host_reads: list[str],
+    capacity_factor: float | None,
+    family: Family,
 ) -> None:
     """What a Mixture of Experts adds to every step (routing, dispatch in float32, the router
     losses joining the LM loss, the recorded load) reads no tensor on the host: the loads are
-    read on logging steps only (``LMTask.log_expert_load``)."""
+    read on logging steps only (``LMTask.log_expert_load``). T5's batch is padded, as
+    fine-tuning's are: its MoE layers count real tokens only, on the device too."""
     model_cfg = ModelConfig(
+        family=family,
         d_model=32,
         n_layers=2,
         n_heads=4,
@@ -110,6 +116,14 @@ def test_the_moe_objective_reads_nothing_on_the_host(
     task = LMTask(model_cfg, adamw(), functools.partial(torch.optim.lr_scheduler.LambdaLR))
     ids = torch.randint(0, 64, (2, 17))
     batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+    if family == Family.t5:  # rows of 16 and 11 tokens, targets of 6 and 4
+        targets = torch.randint(0, 64, (2, 6))
+        batch = {
+            "input_ids": ids[:, :-1],
+            "attention_mask": torch.arange(16) < torch.tensor([16, 11])[:, None],
+            "decoder_input_ids": targets,
+            "labels": targets.masked_fill(torch.arange(6) >= torch.tensor([6, 4])[:, None], IGNORE),
+        }
     host_reads.clear()  # from here on
     loss, parts = task.objective(batch)
     loss.backward()

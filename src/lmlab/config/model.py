@@ -51,7 +51,7 @@ class MoEConfig:
     """null: dropless, every token reaches its k experts. A number c: in training each expert
     takes at most ceil(c * tokens * k / E) of a batch's assignments, first choices first
     (GShard's priority); the rest are dropped and pass through the residual unchanged.
-    Evaluation and generation stay dropless."""
+    Padding takes no slot. Evaluation and generation stay dropless."""
     every_n_layers: int = 1
     """Block i gets the MoE feed-forward when i % every_n_layers == 0, the others stay dense
     (1: every block; 2: every other block, as in GShard and Switch; Megatron's

@@ -1,6 +1,7 @@
 """The attention context of one forward: causality, sliding window, key padding and the
-positional scheme's bias, plus the scheme's rotation. Built once per forward and shared by every
-layer, in one of two forms:
+positional scheme's bias, plus the scheme's rotation and which queries are real tokens (for
+the Mixture-of-Experts feed-forward). Built once per forward and shared by every layer, in one
+of two forms:
 
 - ``AttnContext``: one SDPA call. With no bias, window or padding the mask is left out and
   ``is_causal`` lets SDPA pick its fastest (flash) kernel. Otherwise everything is merged into
@@ -44,11 +45,15 @@ FLEX_ON: dict[AttentionKernel, Callable[[torch.device], bool]] = {
 
 @dataclass
 class AttnContext:
-    """What every layer's attention needs for one forward: computed once, shared."""
+    """What every layer's attention (and a MoE feed-forward, ``real``) needs for one forward:
+    computed once, shared."""
 
     mask: torch.Tensor | None = None  # bool (True = attend) or additive float, (B|1, H|1, T, S)
     is_causal: bool = False
     rotate: Rotate = field(default=no_rotation)
+    # (B, T) bool, True = the query is a real token, False = padding; None: no padding. For
+    # the blocks' Mixture-of-Experts feed-forward (router statistics over real tokens only)
+    real: torch.Tensor | None = None
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, gqa: bool
@@ -122,6 +127,7 @@ def dense_context(
     allowed: Allowed | None,
     batch: int,
     rotate: Rotate,
+    real: torch.Tensor | None = None,
 ) -> AttnContext:
     """The SDPA mask: ``allowed`` and the scheme's bias evaluated on (B|1, H|1, T, S) grids."""
     device = q_pos.device
@@ -133,7 +139,7 @@ def dense_context(
     if positional.has_bias:
         bias = positional.score_bias(h, q, k)  # (1, H, T, S)
         mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-    return AttnContext(mask, False, rotate)
+    return AttnContext(mask, False, rotate, real)
 
 
 def block_mask_of(
@@ -168,6 +174,7 @@ def flex_context(
     as_dense: Callable[[], AttnContext],
     device: torch.device,
     shared: tuple[bool, int | None] | None = None,
+    real: torch.Tensor | None = None,
 ) -> FlexContext:
     """The same attention as ``dense_context`` for FlexAttention, positions being indices.
     ``shared``: (causal, window) when ``allowed`` is nothing else, so its block mask is the
@@ -179,7 +186,7 @@ def flex_context(
         block_mask = block_mask_of(allowed, batch, q_len, k_len, device)
     if positional.has_bias:
         score_mod = lambda score, b, h, q, kv: score + positional.score_bias(h, q, kv)  # noqa: E731
-    return FlexContext(None, False, rotate, block_mask, score_mod, as_dense)
+    return FlexContext(None, False, rotate, real, block_mask, score_mod, as_dense)
 
 
 def build_context(
@@ -192,19 +199,23 @@ def build_context(
     key_padding_mask: torch.Tensor | None = None,
     new_k_pos: torch.Tensor | None = None,
     kernel: AttentionKernel = AttentionKernel.sdpa,
+    real: torch.Tensor | None = None,
 ) -> AttnContext:
     """Merge causality, window, padding (B, S; True = real token) and positional bias.
     ``new_k_pos``: the positions of the keys this forward projects, when they are fewer than
     ``k_pos`` (a KV cache holds the rest, rotated already); RoPE rotates those only, and the
     context is SDPA's. Otherwise positions are 0..T-1 and 0..S-1, and ``kernel`` decides
-    (``FLEX_ON``) whether attention that needs a mask or a bias runs FlexAttention."""
+    (``FLEX_ON``) whether attention that needs a mask or a bias runs FlexAttention. ``real``
+    (B, T) marks the queries that are real tokens (``AttnContext.real``)."""
     rotate = positional.rotation(q_pos, k_pos if new_k_pos is None else new_k_pos)
     plain = window is None and not positional.has_bias and key_padding_mask is None
     if plain and (not causal or q_pos.shape[0] == k_pos.shape[0]):
-        return AttnContext(None, causal, rotate)
+        return AttnContext(None, causal, rotate, real)
     allowed = allowed_fn(causal, window, key_padding_mask)
     batch = 1 if key_padding_mask is None else key_padding_mask.shape[0]
-    as_dense = functools.partial(dense_context, positional, q_pos, k_pos, allowed, batch, rotate)
+    as_dense = functools.partial(
+        dense_context, positional, q_pos, k_pos, allowed, batch, rotate, real
+    )
     if new_k_pos is not None or not FLEX_ON[kernel](q_pos.device):
         return as_dense()
     flex_batch = None if key_padding_mask is None else batch  # None: the same for every row
@@ -219,6 +230,7 @@ def build_context(
         as_dense,
         q_pos.device,
         shared,
+        real,
     )
 
 
@@ -229,7 +241,8 @@ def encoder_context(
     key_padding_mask: torch.Tensor | None,
     kernel: AttentionKernel = AttentionKernel.sdpa,
 ) -> AttnContext:
-    """Self-attention of an encoder (BERT, T5's encoder): bidirectional, over ``pos_T``."""
+    """Self-attention of an encoder (BERT, T5's encoder): bidirectional, over ``pos_T``. Its
+    queries are its keys: the padding mask marks the real tokens (``AttnContext.real``)."""
     return build_context(
         positional,
         pos_T,
@@ -238,4 +251,5 @@ def encoder_context(
         window=window,
         key_padding_mask=key_padding_mask,
         kernel=kernel,
+        real=None if key_padding_mask is None else key_padding_mask.bool(),
     )

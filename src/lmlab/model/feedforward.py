@@ -1,4 +1,8 @@
-"""Position-wise feed-forward: a plain MLP or a gated one (GLU variants, Shazeer 2020)."""
+"""Position-wise feed-forward: a plain MLP or a gated one (GLU variants, Shazeer 2020).
+
+Each takes the (B, T) mask of real tokens a block hands every feed-forward and ignores it:
+position-wise, a pad changes no other position's output, and no loss reads a pad's. (The
+Mixture-of-Experts one, ``lmlab.model.moe``, routes a batch as a whole and does read it.)"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ class MLP(nn.Module):
         self.w_out = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, real_BT: torch.Tensor | None = None) -> torch.Tensor:
         return self.w_out(self.act(self.w_in(x_BTD)))
 
 
@@ -39,7 +43,7 @@ class GatedMLP(nn.Module):
         self.w_out = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, real_BT: torch.Tensor | None = None) -> torch.Tensor:
         return self.w_out(self.act(self.w_gate(x_BTD)) * self.w_in(x_BTD))
 
 

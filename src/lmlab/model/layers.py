@@ -24,7 +24,8 @@ def make_block_feedforward(cfg: ModelConfig, layer: int) -> nn.Module:
 
 class Block(nn.Module):
     """x <- residual(x, attn); x <- residual(x, ffn), where residual is the norm placement.
-    ``layer`` (its index in the stack) decides whether its ffn is a Mixture of Experts."""
+    ``layer`` (its index in the stack) decides whether its ffn is a Mixture of Experts; the
+    ffn gets the context's mask of real tokens (``AttnContext.real``), which only a MoE reads."""
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -39,7 +40,7 @@ class Block(nn.Module):
         self, x_BTD: torch.Tensor, ctx: AttnContext, kv: LayerCache | None = None
     ) -> torch.Tensor:
         x_BTD = self.attn_res(x_BTD, lambda h: self.drop(self.attn(h, ctx, cache=kv)))
-        return self.ffn_res(x_BTD, lambda h: self.drop(self.ffn(h)))
+        return self.ffn_res(x_BTD, lambda h: self.drop(self.ffn(h, ctx.real)))
 
 
 class DecoderBlock(Block):
@@ -62,7 +63,7 @@ class DecoderBlock(Block):
     ) -> torch.Tensor:
         x_BSD = self.attn_res(x_BSD, lambda h: self.drop(self.attn(h, ctx, cache=kv)))
         x_BSD = self.cross_res(x_BSD, lambda h: self.drop(self.cross(h, cross_ctx, memory_BTD)))
-        return self.ffn_res(x_BSD, lambda h: self.drop(self.ffn(h)))
+        return self.ffn_res(x_BSD, lambda h: self.drop(self.ffn(h, ctx.real)))
 
 
 def gpt2_std(module: nn.Module, cfg: ModelConfig, tied: bool) -> float:

@@ -16,7 +16,10 @@ expert gets a fixed buffer of C rows (GShard, Lepikhin et al. 2020): static shap
 
 Each forward records its router losses and load on the module (``aux_loss``, ``z_loss``,
 ``load_E``, ``dropped``); ``lmlab.train.task.LMTask`` adds the losses to its one loss and logs
-the load on logging steps.
+the load on logging steps. Where a batch is padded, the forward takes its (B, T) mask of real
+tokens (``AttnContext.real``): the losses and load are over real tokens only, and pads take no
+capacity slot. Padding's own outputs are computed (dropless) or dropped (capacity): no loss
+reads them.
 """
 
 from __future__ import annotations
@@ -154,25 +157,34 @@ EXPERTS: dict[Activation, Callable[[ModelConfig], nn.Module]] = {
 }
 
 
-def load_balancing_loss(probs_NE: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+def real_mean(x_N: torch.Tensor, real_N: torch.Tensor | None) -> torch.Tensor:
+    """The mean over tokens (dim 0) of ``x``: over the real ones where ``real_N`` (N,) bool
+    marks them (0 where there are none), over all of them where it is None."""
+    if real_N is None:
+        return x_N.mean(0)
+    w_N = real_N.to(x_N.dtype).view(-1, *(1,) * (x_N.dim() - 1))
+    return (x_N * w_N).sum(0) / w_N.sum().clamp(min=1)
+
+
+def load_balancing_loss(f_E: torch.Tensor, P_E: torch.Tensor) -> torch.Tensor:
     """E * sum_i f_i * P_i (Switch, Fedus et al. 2021, eq. 4): f_i the fraction of the
     assignments routed to expert i (no gradient), P_i the mean router probability of expert
-    i. f is over all N * k assignments, so a balanced router gives 1 for every k (HF's
-    Mixtral loss is k times this); a router that sends everything to one expert, E."""
-    E = probs_NE.shape[-1]
-    f_E = counts_E.to(probs_NE.dtype) / counts_E.sum()
-    return E * (f_E * probs_NE.mean(0)).sum()
+    i, both over the same tokens. f is over all their N * k assignments, so a balanced router
+    gives 1 for every k (HF's Mixtral loss is k times this); a router that sends everything
+    to one expert, E."""
+    return f_E.shape[-1] * (f_E * P_E).sum()
 
 
-def router_z_loss(logits_NE: torch.Tensor) -> torch.Tensor:
+def router_z_loss(logits_NE: torch.Tensor, real_N: torch.Tensor | None = None) -> torch.Tensor:
     """mean over tokens of logsumexp(logits)^2 (ST-MoE, Zoph et al. 2022, eq. 5): penalises
     large router logits, whose softmax round-off destabilises training."""
-    return logits_NE.logsumexp(-1).square().mean()
+    return real_mean(logits_NE.logsumexp(-1).square(), real_N)
 
 
 class MoEFeedForward(nn.Module):
     """The MoE feed-forward of one block: ``router`` (a bias-free linear to E logits) and
-    ``experts`` (E FFNs of the model's activation, stacked). Forward: (B, T, D) -> (B, T, D)."""
+    ``experts`` (E FFNs of the model's activation, stacked). Forward: (B, T, D) -> (B, T, D),
+    with the (B, T) bool mask of real tokens where the batch is padded (None: all are)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -185,8 +197,9 @@ class MoEFeedForward(nn.Module):
         self.aux_loss = self.z_loss = self.dropped = torch.zeros(())
         self.load_E = torch.zeros(moe.num_experts)
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, real_BT: torch.Tensor | None = None) -> torch.Tensor:
         x_ND = x_BTD.flatten(0, 1)
+        real_N = None if real_BT is None else real_BT.flatten()
         logits_NE = self.router(x_ND)
         logits_NE = logits_NE.to(torch.promote_types(logits_NE.dtype, torch.float32))
         probs_NE = logits_NE.softmax(-1)
@@ -194,11 +207,11 @@ class MoEFeedForward(nn.Module):
         if self.top_k > 1:  # Mixtral: softmax over the chosen logits = renormalised probs
             gate_NK = gate_NK / gate_NK.sum(-1, keepdim=True)
         if self.capacity_factor is not None and self.training:
-            y_NKD, kept_NK = self.dispatch_capacity(x_ND, expert_NK)
+            y_NKD, kept_NK = self.dispatch_capacity(x_ND, expert_NK, real_N)
         else:
             y_NKD, kept_NK = self.dispatch_dropless(x_ND, expert_NK), None
         y_ND = (gate_NK.unsqueeze(-1) * y_NKD).sum(1).to(x_BTD.dtype)
-        self.record(logits_NE, probs_NE, expert_NK, kept_NK)
+        self.record(logits_NE, probs_NE, expert_NK, kept_NK, real_N)
         return y_ND.view_as(x_BTD)
 
     def dispatch_dropless(self, x_ND: torch.Tensor, expert_NK: torch.Tensor) -> torch.Tensor:
@@ -216,18 +229,23 @@ class MoEFeedForward(nn.Module):
         return y_MD.view(N, K, -1)
 
     def dispatch_capacity(
-        self, x_ND: torch.Tensor, expert_NK: torch.Tensor
+        self, x_ND: torch.Tensor, expert_NK: torch.Tensor, real_N: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """At most C = ceil(capacity_factor * N * k / E) assignments per expert, taken in
         order of choice then token (all first choices before any second one, GShard's
-        priority); the rest are dropped (output 0). Returns (N, k, D) outputs and kept (N, k)."""
+        priority); the rest are dropped (output 0). Padding (``real_N`` False) queues for no
+        slot and is dropped; C stays that of all N tokens (a static shape). Returns (N, k, D)
+        outputs and kept (N, k)."""
         N, K = expert_NK.shape
         E, D = self.num_experts, x_ND.shape[-1]
         C = math.ceil(self.capacity_factor * N * K / E)
         expert_M = expert_NK.T.flatten()  # token n's j-th choice at j * N + n
         onehot_ME = F.one_hot(expert_M, E)
+        real_M = None if real_N is None else real_N.repeat(K)
+        if real_M is not None:  # a pad's row of zeros: it takes no place in any queue
+            onehot_ME = onehot_ME * real_M.unsqueeze(-1)
         rank_M = ((onehot_ME.cumsum(0) - 1) * onehot_ME).sum(-1)  # place in its expert's queue
-        kept_M = rank_M < C
+        kept_M = rank_M < C if real_M is None else (rank_M < C) & real_M
         slot_M = expert_M * C + rank_M.clamp(max=C - 1)  # a dropped one adds 0 to a full slot
         x_MD = x_ND.repeat(K, 1) * kept_M.unsqueeze(-1)
         x_ECD = x_ND.new_zeros(E * C, D).index_add(0, slot_M, x_MD).view(E, C, D)
@@ -240,17 +258,25 @@ class MoEFeedForward(nn.Module):
         probs_NE: torch.Tensor,
         expert_NK: torch.Tensor,
         kept_NK: torch.Tensor | None,
+        real_N: torch.Tensor | None = None,
     ) -> None:
-        """Router losses (with their graph) and load (detached) of this forward, for LMTask."""
-        expert_M = expert_NK.flatten()
-        counts_E = torch.zeros_like(probs_NE[0]).scatter_add_(
-            0, expert_M, torch.ones_like(expert_M, dtype=probs_NE.dtype)
-        )
-        self.aux_loss = load_balancing_loss(probs_NE, counts_E)
-        self.z_loss = router_z_loss(logits_NE)
-        self.load_E = (counts_E / expert_M.numel()).detach()
+        """Router losses (with their graph) and load (detached) of this forward, for LMTask:
+        over the real tokens' assignments where ``real_N`` marks them, else over all."""
+        expert_M = expert_NK.flatten()  # token n's j-th choice at n * k + j
+        if real_N is None:
+            weight_M = torch.ones_like(expert_M, dtype=probs_NE.dtype)
+            assignments = expert_M.numel()
+        else:  # a pad's assignments count nowhere
+            weight_M = real_N.to(probs_NE.dtype).unsqueeze(-1).expand_as(expert_NK).flatten()
+            assignments = weight_M.sum().clamp(min=1)
+        counts_E = torch.zeros_like(probs_NE[0]).scatter_add_(0, expert_M, weight_M)
+        f_E = counts_E / assignments
+        self.aux_loss = load_balancing_loss(f_E, real_mean(probs_NE, real_N))
+        self.z_loss = router_z_loss(logits_NE, real_N)
+        self.load_E = f_E.detach()
         # new_zeros fills on the device: a tensor from a Python float would be a host copy
-        self.dropped = probs_NE.new_zeros(()) if kept_NK is None else 1 - kept_NK.float().mean()
+        dropless = kept_NK is None
+        self.dropped = probs_NE.new_zeros(()) if dropless else 1 - kept_NK.sum() / assignments
 
     @property
     def expert_params(self) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.config import ModelConfig
+from lmlab.config import IGNORE, ModelConfig
 from lmlab.model.context import build_context, encoder_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
@@ -28,6 +28,14 @@ from lmlab.model.positional import PositionalScheme, make_positional
 
 # Cross-attention compares decoder with encoder positions: no rotation and no bias applies.
 NO_POSITIONS = PositionalScheme()
+
+
+def scored_prefix(labels_BS: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: the decoder positions up to each row's last label (``labels != IGNORE``).
+    The causal decoder's later positions reach no scored output: they are the padding that
+    the collators add behind the targets (``AttnContext.real``; T5 has no decoder attention
+    mask, causality alone keeps real positions from attending to them)."""
+    return (labels_BS != IGNORE).flip(1).cummax(1).values.flip(1)
 
 
 class T5(nn.Module):
@@ -91,13 +99,21 @@ class T5(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The decoder stack over an encoded input; with a ``cache`` (of the decoder's
-        self-attention) the ids continue the cached ones, for step-by-step generation."""
+        self-attention) the ids continue the cached ones, for step-by-step generation. With
+        ``labels``, the positions after each row's last label are its padding
+        (``scored_prefix``)."""
         S, window = decoder_input_ids.shape[1], self.cfg.attention_window
         pos_T = torch.arange(memory_BTD.shape[1], device=memory_BTD.device)
         if cache is None:
             pos_S = torch.arange(S, device=memory_BTD.device)
             ctx = build_context(
-                self.dec_positional, pos_S, pos_S, causal=True, window=window, kernel=self.kernel
+                self.dec_positional,
+                pos_S,
+                pos_S,
+                causal=True,
+                window=window,
+                kernel=self.kernel,
+                real=None if labels is None else scored_prefix(labels),
             )
         else:
             pos_S, ctx = cache.context(self.dec_positional, S, window)
