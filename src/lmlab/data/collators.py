@@ -148,7 +148,8 @@ class SpanCorruptionCollator:
     """T5's span corruption: noise density 0.15, mean span length 3. Rows are as long as makes
     the encoder input exactly ``seq_len`` (HF's ``compute_input_and_target_lengths``); targets
     are ``n_noise + n_spans + 1`` tokens. ``decoder_input_ids`` are the targets shifted right
-    behind the pad id (T5's decoder start token); padding is masked in attention and loss."""
+    behind the pad id (T5's decoder start token); padding is masked in the loss, and in
+    attention where an input is shorter than ``seq_len`` (none is: no mask is sent then)."""
 
     density, mean_span = 0.15, 3.0
 
@@ -215,12 +216,17 @@ class SpanCorruptionCollator:
         targets = torch.from_numpy(targets_BS)
         real_BS = torch.arange(self.target_len) < torch.from_numpy(target_lens)[:, None]
         start_B1 = torch.full((B, 1), self.pad)
-        return {
+        batch = {
             "input_ids": torch.from_numpy(inputs_BT),
-            "attention_mask": torch.arange(self.input_len) < torch.from_numpy(input_lens)[:, None],
             "decoder_input_ids": torch.cat((start_B1, targets[:, :-1]), dim=1),
             "labels": targets.masked_fill(~real_BS, IGNORE),
         }
+        # row_len makes every corrupted input exactly seq_len long (checked for every seq_len
+        # up to 3000): a mask of all True would only cost attention its mask-free kernels
+        if (input_lens < self.input_len).any():
+            real_BT = torch.arange(self.input_len) < torch.from_numpy(input_lens)[:, None]
+            batch["attention_mask"] = real_BT
+        return batch
 
 
 COLLATORS: dict[Family, type] = {

@@ -97,14 +97,11 @@ def choose_method(
 
 
 def _t5_inputs(ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Encoder ids plus decoder ids as long as span corruption's targets for this length, and
-    the padding mask its collator always passes (so attention runs as in training)."""
+    """Encoder ids plus decoder ids as long as span corruption's targets for this length; no
+    padding mask, as its collator sends none (its inputs fill the row), so attention runs as
+    in training."""
     decoder_len = SpanCorruptionCollator.decoder_len(ids_BT.shape[1])
-    return {
-        "input_ids": ids_BT,
-        "attention_mask": torch.ones_like(ids_BT, dtype=torch.bool),
-        "decoder_input_ids": ids_BT[:, :decoder_len],
-    }
+    return {"input_ids": ids_BT, "decoder_input_ids": ids_BT[:, :decoder_len]}
 
 
 # A random batch's model inputs per family, as its collator shapes them (labels aside).
