@@ -722,9 +722,9 @@ def test_a_dense_vs_moe_table_shows_active_params_and_the_compute_trained(
     sizes = ("params", "active", "tokens", "flops")
     cells = {c[2]: [c[headers.index(h)] for h in sizes] for c in table_cells(render(table))}
     assert cells == {  # by d_ff: dense, 8 half-width experts top-2, Mixtral's shape
-        "0": ["1.9M", "1.9M", "12.3k", "140B"],
-        "1": ["3.68M", "1.91M", "12.3k", "141B"],
-        "2": ["6.03M", "2.5M", "8.19k", "123B"],
+        "0": ["1.9M", "1.9M", "12.3k", "1.4e11"],
+        "1": ["3.68M", "1.91M", "12.3k", "1.41e11"],
+        "2": ["6.03M", "2.5M", "8.19k", "1.23e11"],
     }
     cmp.compare(root, out=tmp_path / "out")
     last = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"][-1]["metrics"]

@@ -401,4 +401,7 @@ def test_a_switched_off_field_asked_for_is_named_once(tmp_path, caplog) -> None:
         "model.relative_max_distance=128 (from +experiment=t5)",
     ]
     assert warnings(["model=gpt_8x7b", "model.positional=alibi"]) == []  # the preset's rope_theta
+    assert [w.split(" has ")[0] for w in warnings(["model.moe={top_k:1}"])] == [
+        "model.moe.top_k=1"
+    ]  # a dict names its fields
     assert warnings(["model.positional=rope", "model.rope_theta=500000"]) == []

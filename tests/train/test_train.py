@@ -371,6 +371,9 @@ def test_init_from_keeps_the_checkpoints_moe_training_weights_unless_asked(tmp_p
     assert routing("model.moe.z_loss_coef=0", "model.moe.capacity_factor=null") == MoEConfig(
         num_experts=4, aux_loss_coef=0.03, z_loss_coef=0.0, capacity_factor=None
     )
+    assert routing("model.moe={z_loss_coef:0,capacity_factor:null}") == MoEConfig(
+        num_experts=4, aux_loss_coef=0.03, z_loss_coef=0.0, capacity_factor=None
+    )  # the same asked as a dict: its fields, not every MoE field
     with pytest.raises(ConfigError) as err:
         routing("model.moe.top_k=1", "model.moe.aux_loss_coef=0.5")
     assert str(err.value).startswith(

@@ -300,13 +300,15 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
 
 
 def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
-    """A number for the table: k/M/B for sizes and throughput, else 4 decimals below 10 and 2
-    above; ``like`` formats a std with the decimals of its mean."""
+    """A number for the table: k/M/B for sizes and throughput, FLOPs as 1.40e11, else 4
+    decimals below 10 and 2 above; ``like`` formats a std with the decimals of its mean."""
     if value is None:
         return MISSING
     if not math.isfinite(value):
         return str(value)
     ref = abs(value if like is None else like)
+    if key == "flops":  # 1.40e11, not 140B (which reads as bytes)
+        return f"{value:.3g}".replace("e+", "e")
     if key in HUMAN_KEYS or ref >= 1e4:
         return _human(value)
     return f"{value:.4f}" if ref < 10 else f"{value:.2f}"

@@ -7,6 +7,7 @@ architecture asked for that is not its checkpoint's; a budget other than ``steps
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -32,7 +33,8 @@ def asked_fields(overrides: list[str], group: str, preset: Iterable[str] = ()) -
     for path, override in asked_paths(overrides, group).items():
         asked.setdefault(path.split(".")[0], override)
     for override in overrides:  # a preset: the fields no override or file asked for
-        if override.lstrip("+~").partition("=")[0] == group:
+        key, value = parsed(override)
+        if key == group and not isinstance(value, dict):  # model={...} names its fields
             asked.update({name: override for name in preset if name not in asked})
     return asked
 
@@ -40,12 +42,17 @@ def asked_fields(overrides: list[str], group: str, preset: Iterable[str] = ()) -
 def asked_paths(overrides: list[str], group: str) -> dict[str, str]:
     """{dotted field of ``group`` (``moe.top_k``): the override that asked for it}: a field
     named on the command line, else the first ``+experiment``/``+debug``/``+sweeps`` file that
-    sets it. Presets are left out."""
+    sets it. A dict value names its own fields (``model.moe={top_k:1}``: ``moe.top_k``;
+    ``model={moe:{num_experts:0}}``, as ``+sweeps=moe``'s jobs get: ``moe.num_experts``).
+    Presets are left out."""
     asked: dict[str, str] = {}
     for override in overrides:
-        key = override.lstrip("+~").partition("=")[0]
-        if key.startswith(f"{group}."):
-            asked.setdefault(key.removeprefix(f"{group}."), override)
+        key, value = parsed(override)
+        if key == group or key.startswith(f"{group}."):
+            path = key.removeprefix(group).removeprefix(".")
+            named = leaves(value, f"{path}." if path else "") if isinstance(value, dict) else []
+            for name in named or ([path] if path else []):
+                asked.setdefault(name, override)
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key in DELTA_GROUPS:
@@ -54,6 +61,19 @@ def asked_paths(overrides: list[str], group: str) -> dict[str, str]:
             for name in leaves(OmegaConf.to_container(block) if block is not None else None):
                 asked.setdefault(name, override)
     return asked
+
+
+def parsed(override: str) -> tuple[str, Any]:
+    """An override's key and value as Hydra reads them (``{a:1}`` a dict); the text split at
+    the first ``=`` where Hydra cannot parse it (Hydra names that error itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed_override = OverridesParser.create().parse_override(override)
+        return parsed_override.key_or_group, parsed_override.value()
+    except Exception:  # noqa: BLE001 - any parse failure: Hydra has refused it already
+        key, _, value = override.lstrip("+~").partition("=")
+        return key, value
 
 
 def leaves(node: object, prefix: str = "") -> list[str]:

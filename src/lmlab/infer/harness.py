@@ -131,8 +131,8 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
                 state = "the hub is unreachable (offline) and " if offline else ""
                 raise ConfigError(
                     f"{where}: task {name!r} needs its dataset from the Hugging Face hub; "
-                    f"{state}it could not be loaded ({type(err).__name__}: "
-                    f"{first_line(err)}); the shipped tasks run "
+                    f"{state}it could not be loaded ({type(err).__name__}"
+                    f"{': ' + first_line(err) if str(err).strip() else ''}); the shipped tasks run "
                     f"offline: {', '.join(sorted(shipped))}"
                 ) from None
     return True
