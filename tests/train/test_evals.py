@@ -176,3 +176,17 @@ def test_a_rank_the_harness_gives_no_results_logs_no_failure(
         callback.evaluate(trainer, module)
     assert callback.metrics == {} and callback.last_step == 2
     assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.messages
+
+
+def test_a_run_extended_past_its_end_keeps_its_last_steps_evals(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A completed run of 5 steps evaluated its last step; extended to 7, step 5 is no longer
+    due (not a multiple of 2, not the last), so the resumed run does not evaluate it again
+    and metrics.csv keeps its row: evals at 2, 4, 5, 6 and 7 (rows 1, 3, 4, 5, 6)."""
+    run = ["+debug=smoke", "logger=csv", "eval.tasks=[stdlib_nextline]", "eval.every_n_steps=2"]
+    run += ["eval.limit=3", "callbacks.sample=null"]
+    train(compose_train([*run, "trainer.max_steps=5"], tmp_path, cache_dir))
+    assert steps(tmp_path, ACC) == [1, 3, 4]
+    train(compose_train([*run, "trainer.max_steps=7", "resume=true"], tmp_path, cache_dir))
+    assert steps(tmp_path, ACC) == [1, 3, 4, 5, 6]

@@ -335,9 +335,14 @@ class EvalTasks(L.Callback):
 
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
-        last = trainer.max_steps > 0 and step >= trainer.max_steps
+        return step != self.last_step and self.due_at(step, trainer.max_steps)
+
+    def due_at(self, step: int, max_steps: int) -> bool:
+        """Whether the weights after ``step`` of ``max_steps`` are evaluated: every
+        ``every_n_steps`` steps and at the last."""
+        last = max_steps > 0 and step >= max_steps
         every = self.every_n_steps > 0 and step % self.every_n_steps == 0
-        return bool(self.tasks) and step > 0 and step != self.last_step and (last or every)
+        return bool(self.tasks) and step > 0 and (last or every)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A resumed run evaluates its checkpoint's weights again where evals were due:

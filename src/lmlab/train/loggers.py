@@ -227,19 +227,28 @@ class HistoryWriter(ExperimentWriter):
     """Lightning's CSV writer deletes ``metrics.csv`` when it starts. This one keeps the rows
     of the steps before ``resume_step`` (the step a resumed run continues from) and drops the
     rest, which the resumed run logs again: one history, no step twice. The rows of the
-    checkpoint's own weights carry the step before (``log_step``): of those, its evals go,
-    which the resumed run repeats where they were due (``EvalTasks``), and with
-    ``revalidates`` (no step left to train: the resumed run validates them again) its
-    validation too. A fresh run (``resume_step=0``) starts an empty file."""
+    checkpoint's own weights carry the step before (``log_step``): of those, with
+    ``reevaluates`` (evals are due at that step: the resumed run runs them again,
+    ``EvalTasks``) its evals go, and with ``revalidates`` (no step left to train: the resumed
+    run validates them again) its validation too. A run extended past its end, where the old
+    last step is no longer due, keeps that step's evals. A fresh run (``resume_step=0``)
+    starts an empty file."""
 
-    def __init__(self, log_dir: str, resume_step: int = 0, revalidates: bool = False) -> None:
+    def __init__(
+        self,
+        log_dir: str,
+        resume_step: int = 0,
+        revalidates: bool = False,
+        reevaluates: bool = True,
+    ) -> None:
         self.resume_step, self.revalidates = resume_step, revalidates
+        self.reevaluates = reevaluates
         super().__init__(log_dir)
 
     def keeps(self, row: dict[str, str]) -> bool:
         step = int(row["step"])
         if step == log_step(self.resume_step) and (
-            holds_evals(row) or (self.revalidates and row.get("val/loss"))
+            (self.reevaluates and holds_evals(row)) or (self.revalidates and row.get("val/loss"))
         ):
             return False
         return step < self.resume_step
@@ -267,29 +276,41 @@ class HistoryWriter(ExperimentWriter):
 class CSVLogger(pl_loggers.CSVLogger):
     """Lightning's ``CSVLogger`` writing through ``HistoryWriter``: a resumed run appends to
     the run directory's ``csv/metrics.csv``. ``resume_step`` is the resumed checkpoint's step
-    (``build_loggers`` sets it)."""
+    (``build_loggers`` sets it, and what the resumed run does again at that step)."""
 
     def __init__(
-        self, *args: Any, resume_step: int = 0, revalidates: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        resume_step: int = 0,
+        revalidates: bool = False,
+        reevaluates: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.resume_step, self.revalidates = resume_step, revalidates
+        self.reevaluates = reevaluates
 
     @property
     @rank_zero_experiment
     def experiment(self) -> HistoryWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = HistoryWriter(self.log_dir, self.resume_step, self.revalidates)
+            self._experiment = HistoryWriter(
+                self.log_dir, self.resume_step, self.revalidates, self.reevaluates
+            )
         return self._experiment
 
 
 def build_loggers(
-    cfg: DictConfig, out_dir: Path, resume_step: int = 0, revalidates: bool = False
+    cfg: DictConfig,
+    out_dir: Path,
+    resume_step: int = 0,
+    revalidates: bool = False,
+    reevaluates: bool = True,
 ) -> list[Logger]:
     """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys. A run
-    resumed from step ``resume_step`` continues the CSV history from there (``revalidates``:
-    ``HistoryWriter``)."""
+    resumed from step ``resume_step`` continues the CSV history from there (``revalidates``,
+    ``reevaluates``: ``HistoryWriter``)."""
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
@@ -314,7 +335,14 @@ def build_loggers(
                 )
             )
         elif issubclass(get_class(lcfg._target_), CSVLogger):
-            loggers.append(instantiate(lcfg, resume_step=resume_step, revalidates=revalidates))
+            loggers.append(
+                instantiate(
+                    lcfg,
+                    resume_step=resume_step,
+                    revalidates=revalidates,
+                    reevaluates=reevaluates,
+                )
+            )
         else:
             loggers.append(instantiate(lcfg))
     flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)))

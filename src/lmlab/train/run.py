@@ -545,8 +545,14 @@ def _fit(
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
         write_json(out_dir / PLAN_FILE, plan.as_dict() | (model_record(init) if init else {}))
+    resume_step = ckpt["global_step"] if ckpt else 0
+    evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
     loggers = build_loggers(
-        cfg, out_dir, resume_step=ckpt["global_step"] if ckpt else 0, revalidates=finishing
+        cfg,
+        out_dir,
+        resume_step=resume_step,
+        revalidates=finishing,
+        reevaluates=evals is not None and evals.due_at(resume_step, plan.steps),
     )
     trainer = build_trainer(
         cfg, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
@@ -596,7 +602,6 @@ def _fit(
         metrics["train/loss"] = float(task.logged_loss[1])
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
-    evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
     tokens = trainer.global_step * plan.batch.tokens
     results.update(
         status="completed",
