@@ -71,13 +71,20 @@ def test_char_tokenizer_round_trips_and_maps_unseen_chars_to_unk() -> None:
 
 def test_a_prompt_starts_as_a_packed_document_does() -> None:
     """Generation and the end-of-run sample read a prompt as ``pack`` wrote a document's
-    start: after BOS where the tokenizer has one (a converted Llama's), else as the text;
-    an empty prompt without BOS is the EOS a document follows."""
+    start: after BOS where the tokenizer adds one (a converted Llama's), else as the text;
+    an empty prompt without BOS is the EOS a document follows. A tokenizer that has ``<s>``
+    but does not put it before a text (its ``tok(text)`` starts without) has no BOS."""
+    from tokenizers import processors
+
     tok = train_char([TEXT])
     assert prompt_ids(tok, "def") == encode(tok, "def")
     assert prompt_ids(tok, "") == [tok.token_to_id(EOS)]
     tok.add_special_tokens(["<s>"])
     bos = tok.token_to_id("<s>")
+    assert prompt_ids(tok, "def") == encode(tok, "def")  # <s> is there, not added
+    assert pack(["def"], tok, row_len=2)[0]["input_ids"][0] == encode(tok, "def")[:2]
+    template = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tok.post_processor = template
     assert prompt_ids(tok, "def") == [bos, *encode(tok, "def")]
     assert prompt_ids(tok, "") == [bos]
     packed = pack(["def"], tok, row_len=2)[0]["input_ids"][0]

@@ -21,7 +21,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lmlab.config import Family, ModelConfig, Positional, model_config_dict
 from lmlab.data.collators import IGNORE
-from lmlab.data.tokenizer import EOS, PAD, train_bpe
+from lmlab.data.tokenizer import EOS, PAD, encode, train_bpe
 from lmlab.errors import ConfigError
 from lmlab.infer import harness
 from lmlab.infer.evaluate import LmlabLM
@@ -57,9 +57,16 @@ def tok():
 
 @pytest.fixture(scope="module")
 def bos_tok():
-    """The same BPE with Llama's ``<s>``: training starts every document with it."""
+    """The same BPE with Llama's ``<s>``, put before every text as Llama's tokenizer does:
+    training starts every document with it."""
+    from tokenizers import processors
+
     with_bos = train_bpe(SNIPPETS, 400)
     with_bos.add_special_tokens(["<s>"])
+    bos = with_bos.token_to_id("<s>")
+    with_bos.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
     return with_bos
 
 
@@ -85,7 +92,7 @@ def hand_loglikelihood(pre: Pretrained, context: str, continuation: str) -> tupl
     tokens (context and continuation split as the harness splits them); a GPT reads the
     context after BOS, where training started documents with one (an empty context: BOS,
     else EOS)."""
-    enc = lambda s: pre.tokenizer.encode(s).ids  # noqa: E731
+    enc = lambda s: encode(pre.tokenizer, s)  # noqa: E731
     spaces = len(context) - len(context.rstrip())  # the harness moves them to the continuation
     context, continuation = (
         context[: len(context) - spaces],
@@ -158,7 +165,7 @@ def test_rolling_loglikelihood_equals_the_training_loss(tok, bos_tok, bos: bool)
     task.eval()
     lm, start = LmlabLM(pre), (bos_of(pre) or [tok.token_to_id(EOS)])[0]
     for text in ("def f(x):\n    return x * 2\n", SNIPPETS[1]):
-        ids = tok.encode(text).ids
+        ids = encode(tok, text)
         windows = list(get_rolling_token_windows(ids, start, pre.cfg.max_seq_len, context_len=1))
         total = 0.0
         for ctx, cont in map(make_disjoint_window, windows):
@@ -185,7 +192,7 @@ def test_rolling_windows_predict_every_token_of_the_text_once(
     monkeypatch.setattr(lm, "_loglikelihood_tokens", lambda r: windows.extend(r) or score(r))
     text = SNIPPETS[1]
     lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
-    assert [t for _, _, cont in windows for t in cont] == pre.tokenizer.encode(text).ids
+    assert [t for _, _, cont in windows for t in cont] == encode(pre.tokenizer, text)
     assert windows[0][1] == (bos_of(pre) or [pre.tokenizer.token_to_id(EOS)])
     assert len(windows) > 1 and all(len(c + t) <= 65 for _, c, t in windows)  # 64 + 1 each
 
@@ -196,7 +203,7 @@ def test_generate_until_continues_the_context_after_bos(bos_tok) -> None:
     pre = tiny(bos_tok)
     kwargs = {"max_gen_toks": 10, "until": ["\n\n"]}
     (got,) = LmlabLM(pre).generate_until(requests("generate_until", [(CONTEXTS[0], kwargs)]))
-    ids = bos_of(pre) + bos_tok.encode(CONTEXTS[0]).ids
+    ids = bos_of(pre) + encode(bos_tok, CONTEXTS[0])
     out = generate(pre.model, torch.tensor([ids]), 10, temperature=0)[0, len(ids) :]
     want = bos_tok.decode(out.tolist(), skip_special_tokens=False)
     assert got == want.split(EOS)[0].split("\n\n")[0] and got

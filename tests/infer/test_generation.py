@@ -438,11 +438,17 @@ CODE = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nmemo = 
 
 
 def char_tokenizer(bos: bool) -> Tokenizer:
-    """lmlab's character tokenizer of ``CODE``; with ``bos``, also Llama's ``<s>`` (a
-    special token: ``Specials`` finds it, and packing starts every document with it)."""
+    """lmlab's character tokenizer of ``CODE``; with ``bos``, also Llama's ``<s>``, put
+    before every text as Llama's tokenizer does (``Specials`` finds it, and packing starts
+    every document with it)."""
+    from tokenizers import processors
+
     tok = train_char([CODE])
     if bos:
         tok.add_special_tokens(["<s>"])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
     return tok
 
 

@@ -69,6 +69,8 @@ class Specials:
         }
         numbered = sorted((int(m.group(1)), t) for t in added if (m := SENTINEL_RE.fullmatch(t)))
         sentinels = tuple(t for i, (k, t) in enumerate(numbered) if k == i)  # 0, 1, 2, ... only
+        if roles["bos"] and not starts_with(tok, roles["bos"]):
+            roles["bos"] = None  # it has <s> but does not add it: its tok(text) starts without
         return cls(**roles, sentinels=sentinels)
 
     def id(self, tok: Tokenizer, role: str, use: str) -> int:
@@ -88,6 +90,13 @@ class Specials:
         return [i for n in names if (i := tok.token_to_id(n)) is not None]
 
 
+def starts_with(tok: Tokenizer, name: str) -> bool:
+    """Whether ``tok``'s post-processor puts the token ``name`` before a text, as a Llama
+    tokenizer puts ``<s>`` (transformers' ``tok(text)``, with ``add_bos_token``)."""
+    ids = tok.encode("a").ids
+    return bool(ids) and ids[0] == tok.token_to_id(name)
+
+
 def encode(tok: Tokenizer, text: str) -> list[int]:
     """``text``'s ids without the specials a tokenizer's post-processor adds (a converted BERT
     tokenizer's [CLS] .. [SEP], Llama's <s>, T5's </s>): lmlab frames its inputs itself."""
@@ -96,7 +105,7 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
 
 def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
     """A decoder's input for the prompt ``text``, framed as ``pack`` frames a document: the
-    tokenizer's BOS first where it has one (Llama's ``<s>``, as its ``tok(text)``); an empty
+    tokenizer's BOS first where it adds one (Llama's ``<s>``, as its ``tok(text)``); an empty
     prompt without BOS is the EOS a document follows."""
     specials = Specials.of(tok)
     ids = encode(tok, text)
