@@ -74,11 +74,17 @@ def check_steps_asked(kind: BudgetKind, max_steps: int, asked: str | None) -> No
     """``trainer.max_steps`` is read by ``budget=steps`` only: asked for under another budget
     (``asked``: the override, ``+debug=smoke`` among them), it would be ignored."""
     if asked and kind != BudgetKind.steps:
-        where = "" if asked.lstrip("+~").startswith("trainer.") else f" (from {asked})"
+        typed = asked.lstrip("+~").startswith("trainer.")
+        where = "" if typed else f" (from {asked})"
+        fix = (
+            "drop trainer.max_steps, or use budget=steps"
+            if typed
+            else f"leave out {asked} (it sets the steps) and make the budget small for a "
+            "short run, or use budget=steps"
+        )
         raise ConfigError(
             f"trainer.max_steps={max_steps}{where} is read by budget=steps only: "
-            f"budget={kind.value} sets the steps from its tokens (dry_run=true shows them); "
-            "drop trainer.max_steps, or use budget=steps"
+            f"budget={kind.value} sets the steps from its tokens (dry_run=true shows them); {fix}"
         )
 
 
