@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -380,3 +382,20 @@ def test_resume_checks_what_the_data_is_not_where_it_is_cached(
     (tmp_path / "run_config.yaml").unlink()
     with pytest.raises(ConfigError, match=r"its run_config.yaml .* is missing"):
         train(compose_train([*short, "trainer.max_steps=4", "resume=true"], tmp_path, moved))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_checkpoint_gets_the_mode_a_plain_write_would(tmp_path: Path, umask: int) -> None:
+    """The temporary file a checkpoint is written through is private (0o600); the checkpoint
+    takes the mode ``open`` gives a new file under the process's umask, so a group that shares
+    a run directory can read it (0o644 under umask 022), and a private umask keeps it 0o600."""
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "step000001.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, path)
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -36,8 +36,24 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 
+def new_file_mode() -> int:
+    """The mode ``open`` gives a new file, 0o666 less the umask (``mkstemp``'s is 0o600: a
+    checkpoint only its owner could read, on a cluster whose group shares runs). The umask
+    is read from /proc where Linux has it (``os.umask`` sets it too, for every thread)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        umask = int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write-to-temp, fsync, rename; load with ``weights_only=True``."""
+    """Write-to-temp, fsync, rename; load with ``weights_only=True``. The file gets the mode
+    a plain write would (``new_file_mode``)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -47,6 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), new_file_mode())
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
