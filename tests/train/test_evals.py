@@ -3,11 +3,11 @@ logged as ``eval/<task>/<metric>`` to CSV and W&B at their steps, kept in result
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
+from test_rundir import rows, steps, stop_at_4_and_resume
 
 from lmlab.config import resolve_configs
 from lmlab.errors import ConfigError
@@ -15,15 +15,6 @@ from lmlab.train.compose import compose_train
 from lmlab.train.run import train
 
 ACC = "eval/stdlib_nextline/acc"
-
-
-def rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def steps(run_dir: Path, metric: str) -> list[int]:
-    return [int(r["step"]) for r in rows(run_dir) if r.get(metric)]
 
 
 def number(value: object) -> float:
@@ -64,7 +55,6 @@ def test_a_run_stopped_where_evals_were_due_resumes_with_each_eval_once(
     validation) before the checkpoint was saved: the resumed run evaluates step 4 again and
     metrics.csv holds each eval once, beside its validation. A completed run resumed again
     (its final validation and evals redone) likewise."""
-    from test_rundir import stop_at_4_and_resume
 
     run = ["+debug=smoke", "logger=csv", "trainer.max_steps=6", "eval.tasks=[stdlib_nextline]"]
     run += ["eval.every_n_steps=2", "eval.limit=3"]

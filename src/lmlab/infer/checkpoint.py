@@ -39,9 +39,10 @@ def is_sharded(path: str | Path) -> bool:
 
 
 @contextmanager
-def readable(path: Path) -> Iterator[None]:
+def readable(path: Path, what: str = "truncated, corrupt or not a checkpoint") -> Iterator[None]:
     """Reading checkpoint ``path``: any failure becomes a ``ConfigError`` that names the file
-    and what is wrong (one line, exit code 2 in every tool), not a traceback from the reader."""
+    and what is wrong (``what``, then the reader's reason: one line, exit code 2 in every
+    tool), not a traceback from the reader."""
     try:
         yield
     except ConfigError:
@@ -49,8 +50,7 @@ def readable(path: Path) -> Iterator[None]:
     except reader_errors() as err:
         reason = first_line(first_failure(err))
         raise ConfigError(
-            f"checkpoint {path} is unreadable (truncated, corrupt or not a checkpoint): "
-            f"{reason.split('. ')[0]}"
+            f"checkpoint {path} is unreadable ({what}): {reason.split('. ')[0]}"
         ) from err
 
 
@@ -78,14 +78,8 @@ def check_shards(path: Path) -> None:
     is; bytes changed inside a shard are not detected."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    try:
+    with readable(path, "its .metadata, the index of the shards, cannot be read"):
         storage = FileSystemReader(path).read_metadata().storage_data
-    except reader_errors() as err:
-        reason = first_line(first_failure(err))
-        raise ConfigError(
-            f"checkpoint {path} is unreadable (its .metadata, the index of the shards, cannot "
-            f"be read: {reason})"
-        ) from err
     if not isinstance(storage, dict) or not storage:
         raise ConfigError(f"checkpoint {path} is unreadable (its .metadata lists no shards)")
     ends: dict[str, int] = {}  # shard file -> the end of the last item placed in it
