@@ -839,29 +839,22 @@ def test_mixtral_training_loss_keeps_its_weights_both_ways(
     assert "model.moe.z_loss_coef=0.001" in caplog.text
 
 
+def tiny_mixtral(n_layers: int, capacity_factor: float | None = None, **knobs) -> ModelConfig:
+    """An lmlab model Mixtral can express: RMSNorm, RoPE, SwiGLU experts (4, top-2), GQA, no
+    biases, no z-loss (Mixtral has none)."""
+    moe = {"num_experts": 4, "top_k": 2, "capacity_factor": capacity_factor, "z_loss_coef": 0.0}
+    base = dict(d_model=32, n_heads=4, n_kv_heads=2, max_seq_len=32, vocab_size=V, bias=False)
+    mixtral = dict(positional="rope", norm="rmsnorm", activation="swiglu", moe=moe)
+    return to_schema(ModelConfig, {**base, **mixtral, "n_layers": n_layers, **knobs})
+
+
 def test_mixtral_with_a_capacity_factor_goes_out_with_its_eval_logits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A capacity factor drops assignments in training only; evaluation and generation are
     dropless, as Mixtral is: the model goes out (the setting named as not written) and
     transformers gives lmlab's eval logits."""
-    moe = {"num_experts": 4, "top_k": 2, "capacity_factor": 0.5, "z_loss_coef": 0.0}
-    cfg = to_schema(
-        ModelConfig,
-        dict(
-            d_model=32,
-            n_layers=1,
-            n_heads=4,
-            n_kv_heads=2,
-            max_seq_len=32,
-            vocab_size=V,
-            positional="rope",
-            norm="rmsnorm",
-            activation="swiglu",
-            bias=False,
-            moe=moe,
-        ),
-    )
+    cfg = tiny_mixtral(n_layers=1, capacity_factor=0.5)
     torch.manual_seed(0)
     model = build_model(cfg)
     ids = inputs("llama")["input_ids"]
@@ -890,23 +883,7 @@ def test_mixtral_goes_out_in_the_layout_save_pretrained_writes(tmp_path: Path) -
     save_pretrained writes them one by one (``block_sparse_moe.experts.<e>.w1|w2|w3``), the
     layout of published checkpoints, transformers 4 and vLLM: to_hf writes save_pretrained's
     keys, shapes and dtypes for the same config, with lmlab's logits; from_hf reads both."""
-    cfg = to_schema(
-        ModelConfig,
-        dict(
-            d_model=32,
-            n_layers=2,
-            n_heads=4,
-            n_kv_heads=2,
-            max_seq_len=32,
-            vocab_size=V,
-            positional="rope",
-            norm="rmsnorm",
-            activation="swiglu",
-            bias=False,
-            tie_embeddings=False,
-            moe={"num_experts": 4, "top_k": 2, "z_loss_coef": 0.0},
-        ),
-    )
+    cfg = tiny_mixtral(n_layers=2, tie_embeddings=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     out = to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg, model), tmp_path / "out")
