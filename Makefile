@@ -36,8 +36,8 @@ train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, C
 # tests/conftest.py gives each worker its share of the CPUs' threads
 XDIST := -n logical --maxprocesses=4 --dist loadfile
 
-# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the eleven tests
-# marked e2e, which train in real child processes (DDP/FSDP ranks, kill -9 and signals from
+# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the twelve tests
+# marked e2e, which run real child processes (DDP/FSDP ranks, kill -9 and signals from
 # outside, W&B's agent): a quarter of the suite's CPU time. `make test-all` runs them too:
 # before changing checkpoints, resume, signals, run directories or the distributed paths.
 test: $(STAMP)  ## the test suite without the e2e tests (CI)

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from lmlab.analysis.compare import compare
 from lmlab.config import CONF_DIR, register_configs
 from lmlab.train.loggers import build_loggers
+from smoke import SMOKE
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -54,7 +55,7 @@ def test_multirun_with_a_failed_job_logs_and_compares(
     sweep_dir = tmp_path / "sweep"
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     monkeypatch.chdir(tmp_path)
-    argv = ["-m", "+debug=smoke", "logger=wandb", "model.vocab_size=4096,300,8192"]
+    argv = ["-m", *SMOKE, "logger=wandb", "model.vocab_size=4096,300,8192"]
     assert run_command("train", *argv, f"hydra.sweep.dir={sweep_dir}") == 0
     status = {
         int(d.name): json.loads((d / "results.json").read_text())

@@ -13,6 +13,7 @@ import pytest
 
 from lmlab.cli.main import COMMANDS
 from lmlab.config import CONF_DIR
+from smoke import SMOKE
 
 LMLAB = Path(sys.executable).parent / "lmlab"  # installed by `make install` (pip install -e .)
 SRC = CONF_DIR.parent / "src"
@@ -204,19 +205,20 @@ def test_key_value_commands_answer_help(name: str, run_command, capsys) -> None:
         assert "  ckpt            required" in keys and "  prompt          ''" in out
 
 
-def test_a_run_the_guard_stops_says_why_on_one_line(tmp_path: Path) -> None:
+def test_a_run_the_guard_stops_says_why_on_one_line(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
     """Weights of standard deviation 1e9 overflow at step 0: the guard's message, exit 1,
-    no traceback; results.json says failed."""
-    out = run(
-        LMLAB, "train", "+debug=smoke", "model.init_std=1e9", "logger=none",
-        f"hydra.run.dir={tmp_path}", cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 1, out.stderr
-    assert out.stderr.endswith(
+    no traceback; results.json says failed. (In this process: the console script's exit
+    path is the one the tests above run.)"""
+    argv = [*SMOKE, "model.init_std=1e9", "logger=none", f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(
         "error: non-finite loss or gradient norm at step 0 (guard.mode=stop, 0 updates "
         "skipped); last good checkpoint: none saved yet\n"
-    )
-    assert "Traceback" not in out.stderr
+    ), err
+    assert "Traceback" not in err
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
 
 

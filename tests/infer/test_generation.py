@@ -28,6 +28,7 @@ from lmlab.model.kv_cache import KVCache
 from lmlab.model.params import param_rows
 from lmlab.train.compose import compose_train
 from lmlab.train.run import train
+from smoke import SMOKE
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -291,7 +292,7 @@ def smoke_ckpts(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> di
     out = {}
     for family, extra in (("gpt", ["callbacks=attention_maps", "logger=wandb"]), ("t5", [])):
         run_dir = tmp_path_factory.mktemp(family)
-        overrides = ["+debug=smoke", f"model={family}_tiny", "logger=none", *extra]
+        overrides = [*SMOKE, f"model={family}_tiny", "logger=none", *extra]
         train(compose_train(overrides, run_dir, cache_dir))
         out[family] = run_dir / "checkpoints" / "last.ckpt"
     return out

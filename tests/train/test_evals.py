@@ -13,6 +13,7 @@ from lmlab.config import resolve_configs
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.run import train
+from smoke import SMOKE
 
 ACC = "eval/stdlib_nextline/acc"
 
@@ -26,7 +27,7 @@ def test_evals_reach_csv_wandb_and_results(tmp_path: Path, cache_dir: Path, wand
     validation of the same weights is, on Lightning's axis: the rows of the weights after N
     steps carry N - 1, in metrics.csv and on W&B's ``trainer/global_step``, which never goes
     back. The last step is no validation step: the validation after training is there too."""
-    overrides = ["+debug=smoke", "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
+    overrides = [*SMOKE, "logger=wandb", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
     overrides += ["eval.every_n_steps=2", "eval.limit=3", "trainer.max_steps=5"]
     train(compose_train(overrides, tmp_path, cache_dir))
     evals = [r for r in rows(tmp_path) if r.get(ACC)]
@@ -56,7 +57,7 @@ def test_a_run_stopped_where_evals_were_due_resumes_with_each_eval_once(
     metrics.csv holds each eval once, beside its validation. A completed run resumed again
     (its final validation and evals redone) likewise."""
 
-    run = ["+debug=smoke", "logger=csv", "trainer.max_steps=6", "eval.tasks=[stdlib_nextline]"]
+    run = [*SMOKE, "logger=csv", "trainer.max_steps=6", "eval.tasks=[stdlib_nextline]"]
     run += ["eval.every_n_steps=2", "eval.limit=3"]
     stop_at_4_and_resume(run, tmp_path, cache_dir)
     assert steps(tmp_path, ACC) == steps(tmp_path, "val/loss") == [1, 3, 5]
@@ -97,7 +98,7 @@ def test_tasks_are_checked_before_training_starts(
 
     monkeypatch.setattr(harness, "task_manager", lambda hub: ShippedOnly())
     with pytest.raises(ConfigError, match=message):
-        train(compose_train(["+debug=smoke", *overrides], tmp_path, tmp_path / "cache"))
+        train(compose_train([*SMOKE, *overrides], tmp_path, tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()  # refused before any data was prepared
 
 
@@ -174,7 +175,7 @@ def test_a_run_extended_past_its_end_keeps_its_last_steps_evals(
     """A completed run of 5 steps evaluated its last step; extended to 7, step 5 is no longer
     due (not a multiple of 2, not the last), so the resumed run does not evaluate it again
     and metrics.csv keeps its row: evals at 2, 4, 5, 6 and 7 (rows 1, 3, 4, 5, 6)."""
-    run = ["+debug=smoke", "logger=csv", "eval.tasks=[stdlib_nextline]", "eval.every_n_steps=2"]
+    run = [*SMOKE, "logger=csv", "eval.tasks=[stdlib_nextline]", "eval.every_n_steps=2"]
     run += ["eval.limit=3", "callbacks.sample=null"]
     train(compose_train([*run, "trainer.max_steps=5"], tmp_path, cache_dir))
     assert steps(tmp_path, ACC) == [1, 3, 4]

@@ -25,6 +25,7 @@ from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
 from lmlab.train.run import train
 from lmlab.train.task import LMTask, build_optimizer, decay_groups, optimizer_from
+from smoke import SMOKE
 
 # Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
 HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
@@ -72,7 +73,7 @@ def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
 ) -> None:
     cfg = compose_train(
         [
-            "+debug=smoke",
+            *SMOKE,
             "trainer.max_steps=12",
             "trainer.log_every_n_steps=5",
             "trainer.val_check_interval=100",
@@ -141,7 +142,7 @@ def test_the_guard_reads_late_but_never_saves_a_non_finite_checkpoint(
     which is refused; the run stops naming step 13, and the newest checkpoint is finite."""
     cfg = compose_train(
         [
-            "+debug=smoke",
+            *SMOKE,
             "trainer.max_steps=30",
             "trainer.log_every_n_steps=10",
             "trainer.val_check_interval=100",
@@ -315,7 +316,7 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
         out = tmp_path / mode
         cfg = compose_train(
             [
-                "+debug=smoke",
+                *SMOKE,
                 "trainer.max_steps=3",
                 "trainer.limit_val_batches=0",
                 "callbacks.sample=null",
@@ -354,7 +355,7 @@ def test_each_run_of_a_multirun_compiles_afresh(
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     for width in (64, 96):
         overrides = [
-            "+debug=smoke",
+            *SMOKE,
             "trainer.max_steps=2",
             "trainer.limit_val_batches=0",
             "callbacks.sample=null",
@@ -402,7 +403,7 @@ def test_a_failing_extra_never_fails_the_run(
         raise RuntimeError("Expected query, key, and value to have the same dtype")
 
     monkeypatch.setattr("lmlab.train.callbacks.generate", broken)
-    cfg = compose_train(["+debug=smoke", "logger=csv"], tmp_path, cache_dir)
+    cfg = compose_train([*SMOKE, "logger=csv"], tmp_path, cache_dir)
     train(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "completed" and results["sample"] is None

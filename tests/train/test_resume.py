@@ -22,6 +22,7 @@ from lmlab.errors import ConfigError
 from lmlab.train.checkpointing import AtomicCheckpointIO
 from lmlab.train.compose import compose_train
 from lmlab.train.run import train
+from smoke import SHORT_ROWS, SMOKE
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -186,7 +187,7 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     kill -9: the e2e tests above."""
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=2"]
-    argv = ["+debug=smoke", "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
+    argv = [*SMOKE, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *argv, *hook, f"+callbacks.stop.signum={int(signum)}") == code
     out = "".join(capsys.readouterr())
     assert f"{status} at step 2" in out and "resume=true" in out, out
@@ -223,6 +224,7 @@ def test_a_second_run_into_a_live_directory_is_refused(
     assert "resume=true" not in (tmp_path / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.e2e
 def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path: Path) -> None:
     """A writer killed mid-save (a 400 MB checkpoint) never leaves a torn file behind."""
     path = tmp_path / "last.ckpt"
@@ -246,7 +248,8 @@ def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path: Path) ->
 
 def test_nan_stops_the_run_naming_step_and_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     cfg = compose_train(
-        [*RUN, "+callbacks.nan._target_=test_resume.InjectNaN", "+callbacks.nan.step=13"],
+        [*RUN, SHORT_ROWS, "+callbacks.nan._target_=test_resume.InjectNaN"]
+        + ["+callbacks.nan.step=13"],
         tmp_path,
         cache_dir,
     )
@@ -264,6 +267,7 @@ def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: 
     cfg = compose_train(
         [
             *RUN,
+            SHORT_ROWS,
             "trainer.max_steps=16",
             "guard.mode=skip",
             "+callbacks.nan._target_=test_resume.InjectNaN",
@@ -293,7 +297,7 @@ def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: 
 def test_resume_input_errors(
     tmp_path: Path, cache_dir: Path, first: list | None, second: list, message: str
 ) -> None:
-    short = ["+debug=smoke", "trainer.max_steps=2", "logger=none"]
+    short = [*SMOKE, "trainer.max_steps=2", "logger=none"]
     if first is not None:
         train(compose_train([*short, *first], tmp_path, cache_dir))
     with pytest.raises(ConfigError, match=message):
@@ -301,7 +305,7 @@ def test_resume_input_errors(
 
 
 def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path, cache_dir: Path) -> None:
-    short = ["+debug=smoke", "trainer.max_steps=2", "logger=none"]
+    short = [*SMOKE, "trainer.max_steps=2", "logger=none"]
     train(compose_train(short, tmp_path / "a", cache_dir))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(
@@ -351,7 +355,7 @@ def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir:
     ]
     corpus.write_text("\n".join(" ".join(words[i % 12 :] + words[: i % 12]) for i in range(400)))
     run = [
-        "+debug=smoke",
+        *SMOKE,
         "trainer.max_steps=2",
         "logger=none",
         "data=text",
@@ -373,7 +377,7 @@ def test_resume_checks_what_the_data_is_not_where_it_is_cached(
     """``data.cache_dir`` (LMLAB_CACHE moved) is where the prepared data is kept, not what it
     is: the resume goes on. Without ``run_config.yaml`` nothing can be checked: refused,
     saying so."""
-    short = ["+debug=smoke", "trainer.max_steps=2", "logger=none"]
+    short = [*SMOKE, "trainer.max_steps=2", "logger=none"]
     train(compose_train(short, tmp_path, cache_dir))
     moved = tmp_path.parent / f"{tmp_path.name}-new-cache"  # prepared again, identically
     longer = [*short, "trainer.max_steps=3", "resume=true"]

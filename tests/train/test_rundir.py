@@ -19,11 +19,12 @@ import torch
 import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+import smoke
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.run import resume_checkpoint, train
 
-SMOKE = ["+debug=smoke", "logger=csv"]  # 4 steps, a checkpoint every 2, validation every 2
+SMOKE = [*smoke.SMOKE, "logger=csv"]  # 4 steps, a checkpoint every 2, validation every 2
 
 
 def snapshot(run_dir: Path) -> dict[str, object]:
@@ -67,7 +68,8 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
     ``plan.json`` and the checkpoints exactly as the completed run left them. A completed
     run resumed (by hand, or by a resumed sweep's ``resume=auto``) trains nothing and is left
     as it was too; without its checkpoints, the directory still holds the run."""
-    here = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    plain = ["+debug=smoke", "logger=csv"]  # data.seq_len unset: named below as the same run
+    here = [*plain, f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *here) == 0
     before = snapshot(tmp_path)
     assert {"results.json", ".hydra/config.yaml", "train.log", "plan.json"} <= set(before)
@@ -114,7 +116,7 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
             (copy / name).write_text(text)
         damaged = snapshot(copy)
         output()
-        assert run_command("train", *SMOKE, f"hydra.run.dir={copy}", "resume=true", *extra) == 2
+        assert run_command("train", *plain, f"hydra.run.dir={copy}", "resume=true", *extra) == 2
         assert re.search(message, out := output()) and "Traceback" not in out, out
         assert changed(damaged, snapshot(copy)) == [], name
     assert "global_batch_size=4, this run 8" in out, out
@@ -319,7 +321,7 @@ def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
 ) -> None:
     """ModelCheckpoint does not recognise its files in a copied directory: it wrote
     ``last-v1.ckpt`` and left ``last.ckpt`` behind, so the next resume went back in time."""
-    run = ["+debug=smoke", "logger=none", "callbacks.sample=null"]
+    run = [*smoke.SMOKE, "logger=none", "callbacks.sample=null"]
     train(compose_train([*run, "trainer.max_steps=6"], tmp_path / "a", cache_dir))
     copy = tmp_path / "b"
     shutil.copytree(tmp_path / "a", copy)  # links become files, as cp -L or a sync makes them
@@ -336,7 +338,7 @@ def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
 def test_checkpoints_hold_one_copy_per_step_and_every_tool_follows_last(
     tmp_path: Path, cache_dir: Path, run_command
 ) -> None:
-    train(compose_train(["+debug=smoke", "logger=none"], tmp_path, cache_dir))
+    train(compose_train([*smoke.SMOKE, "logger=none"], tmp_path, cache_dir))
     ckpts = tmp_path / "checkpoints"
     last = ckpts / "last.ckpt"
     entries = list(ckpts.iterdir())
@@ -365,14 +367,14 @@ def test_last_ckpt_never_points_at_a_removed_checkpoint(
 
     monkeypatch.setattr(Checkpoint, "_remove_checkpoint", spy)
     steps = ["checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=1"]  # not smoke's 0
-    train(compose_train(["+debug=smoke", "logger=none", *steps], tmp_path, cache_dir))
+    train(compose_train([*smoke.SMOKE, "logger=none", *steps], tmp_path, cache_dir))
     assert removed == [("step000002.ckpt", "step000004.ckpt")]
 
 
 def test_save_top_k_keeps_the_newest_k_step_checkpoints(tmp_path: Path, cache_dir: Path) -> None:
     """``save_top_k=3`` keeps the three newest steps (Lightning refuses k > 1 unless a value
     is monitored: the step is), and a resumed run goes on keeping them."""
-    run = ["+debug=smoke", "logger=none", "checkpoint.every_n_steps=2"]
+    run = [*smoke.SMOKE, "logger=none", "checkpoint.every_n_steps=2"]
     run += ["callbacks.checkpoint.save_top_k=3", "trainer.max_steps=8"]
     train(compose_train(run, tmp_path, cache_dir))
     ckpts = tmp_path / "checkpoints"
@@ -403,7 +405,7 @@ def truncate(path: Path) -> None:
 def test_a_corrupt_checkpoint_is_named_by_every_tool(
     tmp_path: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
-    train(compose_train(["+debug=smoke", "logger=none"], tmp_path / "run", cache_dir))
+    train(compose_train([*smoke.SMOKE, "logger=none"], tmp_path / "run", cache_dir))
     bad = tmp_path / "bad.ckpt"
     shutil.copy(tmp_path / "run" / "checkpoints" / "last.ckpt", bad)
     truncate(bad)
@@ -418,7 +420,7 @@ def test_a_corrupt_checkpoint_is_named_by_every_tool(
         assert err.startswith(f"error: checkpoint {path}") and "unreadable" in err, err
         assert len(err.strip().splitlines()) == 1, err
     with pytest.raises(ConfigError, match=rf"checkpoint {bad} is unreadable"):
-        train(compose_train(["+debug=smoke", f"ckpt_path={bad}"], tmp_path / "new", cache_dir))
+        train(compose_train([*smoke.SMOKE, f"ckpt_path={bad}"], tmp_path / "new", cache_dir))
 
 
 def test_resume_continues_from_the_newest_intact_checkpoint(
@@ -427,7 +429,7 @@ def test_resume_continues_from_the_newest_intact_checkpoint(
     """A truncated ``last.ckpt`` (a real file here, as a preempted save or a copy makes it) is
     passed over with a warning for the intact step checkpoint beside it; files left by a save
     that was killed (``.<name>.<random>.tmp``) are removed when the next run starts."""
-    run = ["+debug=smoke", "logger=none", "callbacks.checkpoint.save_top_k=-1"]
+    run = [*smoke.SMOKE, "logger=none", "callbacks.checkpoint.save_top_k=-1"]
     train(compose_train(run, tmp_path, cache_dir))
     ckpts = tmp_path / "checkpoints"
     truncate(ckpts / "last.ckpt")
@@ -704,7 +706,7 @@ def test_resume_passes_over_a_sharded_checkpoint_with_a_missing_or_cut_piece(
     """Only ``meta.pt`` of a sharded folder was read: one with a shard deleted was chosen and
     every rank failed loading it. Now its ``.metadata`` and shard sizes are checked, and it is
     passed over with a warning for the newest intact one, as a truncated file is."""
-    fsdp = ["+debug=smoke", "trainer=fsdp", "trainer.accelerator=cpu", "resume=true"]
+    fsdp = [*smoke.SMOKE, "trainer=fsdp", "trainer.accelerator=cpu", "resume=true"]
     cfg = compose_train(fsdp, tmp_path, tmp_path / "cache")
     ckpts = sharded_run(tmp_path, cfg)
     assert resume_checkpoint(cfg, tmp_path) == ckpts / "last.ckpt"
@@ -743,7 +745,7 @@ def test_resuming_a_sharded_run_with_a_trainer_that_cannot_load_it_is_refused(
     """trainer=cpu or ddp on an FSDP run's folders crashed after the data was prepared with
     IsADirectoryError on last.ckpt; now one line, before the data is prepared, says how to go
     on. trainer=fsdp resumes on any device count."""
-    run = ["+debug=smoke", "logger=none", "resume=true", "trainer.accelerator=cpu"]
+    run = [*smoke.SMOKE, "logger=none", "resume=true", "trainer.accelerator=cpu"]
     cfg = compose_train([*run, f"trainer={trainer}"], tmp_path / "run", tmp_path / "cache")
     sharded_run(tmp_path / "run", cfg)
     before = snapshot(tmp_path)

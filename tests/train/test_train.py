@@ -19,6 +19,7 @@ from lmlab.model import build_model
 from lmlab.model.loss import CHUNKED_AVAILABLE
 from lmlab.train.compose import compose_train
 from lmlab.train.run import final_val_limit, train
+from smoke import SMOKE
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -49,7 +50,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def run(tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
-    cfg = compose_train(["+debug=smoke", *overrides], tmp_path, cache_dir)
+    cfg = compose_train([*SMOKE, *overrides], tmp_path, cache_dir)
     composed = OmegaConf.to_yaml(cfg)
     train(cfg)
     assert OmegaConf.to_yaml(cfg) == composed  # train() reads the config, never writes it
@@ -61,7 +62,7 @@ def test_smoke_run_writes_results_checkpoint_and_metrics(tmp_path: Path, cache_d
     assert r["status"] == "completed"
     assert all(r[k] is not None for k in REQUIRED), {k: r.get(k) for k in REQUIRED}
     assert r["global_step"] == 4
-    assert r["tokens"] == 4 * 4 * 256  # steps x batch x sequence length
+    assert r["tokens"] == 4 * 4 * 64  # steps x batch x sequence length
     assert r["flops"] == 6 * r["params"] * r["tokens"]
     assert math.isclose(r["val_perplexity"], math.exp(r["val_loss"]), rel_tol=1e-3)
     assert r["val_bits_per_byte"] < r["val_loss"] / math.log(2)  # > 1 byte per BPE token
@@ -125,6 +126,7 @@ def test_every_experiment_trains(tmp_path: Path, cache_dir: Path, experiment: st
         tmp_path,
         cache_dir,
         f"+experiment={experiment}",
+        *(["data.seq_len=128"] if experiment == "sliding_window" else []),  # its 64 binds
         "trainer.max_steps=2",
         "logger=none",
         "callbacks.sample.max_new_tokens=2",
@@ -184,6 +186,7 @@ def test_validation_loss_falls_and_the_last_scores_final_val_batches(
         "trainer.max_steps=30",
         "trainer.val_check_interval=10",
         "data.batch_size=8",
+        "data.seq_len=256",
         "optim.lr=3e-3",
         "scheduler.warmup_steps=3",
         "logger=csv",
@@ -211,7 +214,9 @@ def test_wandb_offline_run_records_config_and_metrics(
     run(tmp_path, cache_dir, "logger=wandb")
     records = wandb_records(tmp_path)
     run_rec = next(r["run"] for r in records if r["type"] == "run")
-    assert run_rec["project"] == "lmlab" and run_rec["display_name"] == "+debug=smoke,logger=wandb"
+    assert run_rec["project"] == "lmlab" and run_rec["display_name"] == ",".join(
+        [*SMOKE, "logger=wandb"]
+    )
     config = {
         k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
     }
@@ -312,7 +317,7 @@ def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
     """``model=gpt_tiny`` with a gpt_tiny checkpoint asks for its architecture: the preset's
     null fields (the vocabulary, d_ff) are derived, not a conflict. Another preset is refused,
     naming the model fields a run may still set."""
-    smoke = ["+debug=smoke", "logger=none", "callbacks.sample=null"]
+    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]
     first = tmp_path / "first"
     assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
     init = [*smoke, f"init_from={first / 'checkpoints' / 'last.ckpt'}", "data.tokenizer=checkpoint"]
