@@ -305,7 +305,7 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     """compile=model: embeddings, blocks, head and cross-entropy as one graph. Its losses
-    are the eager ones: each is a mean over 1,024 tokens of a log-softmax over 4,096 logits,
+    are the eager ones: each is a mean over 256 tokens of a log-softmax over 4,096 logits,
     where a fused fp32 graph sums in another order (about 1e-6 relative), and three AdamW
     steps of lr <= 1e-3 keep that well below 1e-4; a graph that computed something else (no
     ignore mask, a shifted label) would be off by more than 1e-2."""

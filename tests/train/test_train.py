@@ -107,12 +107,15 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
     train_steps = {name: sorted({s for n, s in logged if n == name}) for name, _ in logged}
     for name in ("train/loss", "train/lr", "train/grad_norm"):
         assert train_steps[name] == [2, 5, 6], name  # steps 3 and 6 (1-based), and the last
+    for name in ("perf/tokens_per_second", "perf/mfu"):  # after the update: 1-based
+        assert train_steps[name] == [3, 6, 7], name
     assert len(losses) == 7 and r["train_loss"] == pytest.approx(losses[-1])
     with open(tmp_path / "csv" / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("train/loss")]
     assert [int(row["step"]) for row in rows] == [2, 5, 6]
     assert float(rows[-1]["train/loss"]) == pytest.approx(losses[-1], rel=1e-6)
     assert all(row["train/lr"] and row["train/grad_norm"] for row in rows)
+    assert all(row["perf/tokens_per_second"] and row["perf/mfu"] for row in rows)
 
 
 def test_fast_dev_run(tmp_path: Path, cache_dir: Path) -> None:

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 class Throughput(L.Callback):
     """Tokens/s and MFU over the time spent in training batches (validation excluded). The
     first ``skip`` batches of each process (allocation, compilation) are left out. Logs every
-    ``log_every_n_steps``; on CUDA it synchronises only then. Checkpoints keep the totals, so
-    a resumed run's figures cover every process that trained it."""
+    ``log_every_n_steps`` and at the last step; on CUDA it synchronises only then. Checkpoints
+    keep the totals, so a resumed run's figures cover every process that trained it."""
 
     def __init__(self, skip: int = 2, cache_dir: str = "~/.cache/lmlab") -> None:
         self.skip, self.cache_dir = skip, cache_dir
@@ -62,14 +62,16 @@ class Throughput(L.Callback):
         if self.batches <= self.skip:
             return
         n_tokens = batch["input_ids"].numel() * trainer.world_size
-        if pl_module.device.type == "cuda" and trainer.global_step % trainer.log_every_n_steps == 0:
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        logs = last or trainer.global_step % trainer.log_every_n_steps == 0
+        if pl_module.device.type == "cuda" and logs:
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.t0
         self.tokens += n_tokens
         self.seconds += dt
         self.window_tokens += n_tokens
         self.window_seconds += dt
-        if trainer.global_step % trainer.log_every_n_steps == 0 and self.window_seconds > 0:
+        if logs and self.window_seconds > 0:  # the last step's row: LMTask writes it
             tps = self.window_tokens / self.window_seconds
             pl_module.log("perf/tokens_per_second", tps)
             if self.peak:
