@@ -38,8 +38,8 @@ XDIST := -n logical --maxprocesses=4 --dist loadfile
 
 # `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the twelve tests
 # marked e2e, which run real child processes (DDP/FSDP ranks, kill -9 and signals from
-# outside, W&B's agent): a quarter of the suite's CPU time. `make test-all` runs them too:
-# before changing checkpoints, resume, signals, run directories or the distributed paths.
+# outside, W&B's agent) and would take it past those 10 minutes. `make test-all` runs them
+# too: before changing checkpoints, resume, signals, run directories or distributed paths.
 test: $(STAMP)  ## the test suite without the e2e tests (CI)
 	$(PY) -m pytest tests -m "not e2e" $(XDIST)
 
