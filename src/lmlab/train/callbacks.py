@@ -25,7 +25,7 @@ from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_l
 from lmlab.model import flops_per_token
 from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.hardware import peak_flops
-from lmlab.train.loggers import log_step
+from lmlab.train.loggers import ends_run, log_step
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class Throughput(L.Callback):
         if self.batches <= self.skip:
             return
         n_tokens = batch["input_ids"].numel() * trainer.world_size
-        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        logs = last or trainer.global_step % trainer.log_every_n_steps == 0
+        logs = ends_run(trainer, trainer.global_step)
+        logs = logs or trainer.global_step % trainer.log_every_n_steps == 0
         if pl_module.device.type == "cuda" and logs:
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.t0

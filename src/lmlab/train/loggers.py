@@ -218,6 +218,12 @@ def log_step(global_step: int) -> int:
     return global_step - 1
 
 
+def ends_run(trainer: Any, steps_taken: int) -> bool:
+    """Whether ``steps_taken`` optimizer steps complete the run's ``trainer.max_steps`` (none
+    do in a run bounded by epochs): the last step is logged though it is no logging step."""
+    return trainer.max_steps > 0 and steps_taken >= trainer.max_steps
+
+
 def holds_evals(row: dict[str, str]) -> bool:
     """Whether a ``metrics.csv`` row holds evals (``eval/<task>/<metric>``)."""
     return any(key.startswith("eval/") and value for key, value in row.items())

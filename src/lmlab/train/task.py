@@ -25,6 +25,7 @@ from lmlab.errors import ConfigError
 from lmlab.model import build_task_model
 from lmlab.model.loss import IGNORE, logits_loss
 from lmlab.model.moe import moe_layers
+from lmlab.train.loggers import ends_run
 from lmlab.train.metrics import METRICS
 from lmlab.train.parallel import layout
 
@@ -300,8 +301,9 @@ class LMTask(L.LightningModule):
         logs the last step too (results.json's ``train_loss``). ``self.log`` on the other steps
         would cost time for nothing (BENCHMARKS.md, case ``profile``)."""
         trainer = self.trainer
-        last = trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps
-        return trainer._logger_connector.should_update_logs or last
+        return trainer._logger_connector.should_update_logs or ends_run(
+            trainer, trainer.global_step + 1
+        )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """The last step's ``train/*`` values are written though it is no logging step:
@@ -309,9 +311,13 @@ class LMTask(L.LightningModule):
         of 3 steps at 10 wrote none). Its own write, after this hook, is left out then."""
         trainer = self.trainer
         connector = trainer._logger_connector
-        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         stepped = not trainer.fit_loop._should_accumulate()
-        if last and stepped and trainer.log_every_n_steps and not connector.should_update_logs:
+        if (
+            ends_run(trainer, trainer.global_step)
+            and stepped
+            and trainer.log_every_n_steps
+            and not connector.should_update_logs
+        ):
             connector.log_metrics(connector.metrics["log"])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
