@@ -62,8 +62,8 @@ class Throughput(L.Callback):
         if self.batches <= self.skip:
             return
         n_tokens = batch["input_ids"].numel() * trainer.world_size
-        logs = ends_run(trainer, trainer.global_step)
-        logs = logs or trainer.global_step % trainer.log_every_n_steps == 0
+        step = trainer.global_step
+        logs = ends_run(step, trainer.max_steps) or step % trainer.log_every_n_steps == 0
         if pl_module.device.type == "cuda" and logs:
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.t0
@@ -342,9 +342,8 @@ class EvalTasks(L.Callback):
     def due_at(self, step: int, max_steps: int) -> bool:
         """Whether the weights after ``step`` of ``max_steps`` are evaluated: every
         ``every_n_steps`` steps and at the last."""
-        last = max_steps > 0 and step >= max_steps
         every = self.every_n_steps > 0 and step % self.every_n_steps == 0
-        return bool(self.tasks) and step > 0 and (last or every)
+        return bool(self.tasks) and step > 0 and (ends_run(step, max_steps) or every)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A resumed run evaluates its checkpoint's weights again where evals were due:

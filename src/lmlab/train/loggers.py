@@ -218,10 +218,11 @@ def log_step(global_step: int) -> int:
     return global_step - 1
 
 
-def ends_run(trainer: Any, steps_taken: int) -> bool:
-    """Whether ``steps_taken`` optimizer steps complete the run's ``trainer.max_steps`` (none
-    do in a run bounded by epochs): the last step is logged though it is no logging step."""
-    return trainer.max_steps > 0 and steps_taken >= trainer.max_steps
+def ends_run(steps_taken: int, max_steps: int) -> bool:
+    """Whether ``steps_taken`` optimizer steps complete a run of ``max_steps`` (``trainer.
+    max_steps``; none do in a run bounded by epochs, -1): its last step is logged and
+    evaluated though it is no logging or eval step."""
+    return max_steps > 0 and steps_taken >= max_steps
 
 
 def holds_evals(row: dict[str, str]) -> bool:

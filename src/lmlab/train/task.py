@@ -302,7 +302,7 @@ class LMTask(L.LightningModule):
         would cost time for nothing (BENCHMARKS.md, case ``profile``)."""
         trainer = self.trainer
         return trainer._logger_connector.should_update_logs or ends_run(
-            trainer, trainer.global_step + 1
+            trainer.global_step + 1, trainer.max_steps
         )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -313,7 +313,7 @@ class LMTask(L.LightningModule):
         connector = trainer._logger_connector
         stepped = not trainer.fit_loop._should_accumulate()
         if (
-            ends_run(trainer, trainer.global_step)
+            ends_run(trainer.global_step, trainer.max_steps)
             and stepped
             and trainer.log_every_n_steps
             and not connector.should_update_logs
