@@ -362,12 +362,27 @@ def test_generate_bad_input_is_named(
         generate_main(args)
 
 
-def test_cli_error_is_one_line_and_exit_code_2() -> None:
-    res = cli("probe.py", "ckpt=/nonexistent.ckpt")
+@pytest.mark.parametrize("name", ["probe", "generate"])
+def test_cli_error_is_one_line_and_exit_code_2_before_the_model_code_loads(name: str) -> None:
+    """A missing checkpoint is named before the model code is imported (torch._dynamo,
+    seconds of a command's start-up)."""
+    code = (
+        "import atexit, sys; from lmlab.cli.main import command; "
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith("
+        "('torch._dynamo', 'lmlab.model'))))); "
+        f"command({name!r}, ['ckpt=/nonexistent.ckpt'])"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     assert res.returncode == 2
     assert res.stderr == (
         "error: ckpt=/nonexistent.ckpt: no such checkpoint file or sharded checkpoint folder\n"
     )
+    assert res.stdout == "[]\n"
 
 
 def test_checkpoint_loads_with_wrapper_prefixes_stripped(

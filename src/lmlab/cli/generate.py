@@ -73,6 +73,10 @@ TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
 
 def main(argv: list[str]) -> int | None:
     cfg = parse(GenerateConfig, argv)
+    from lmlab.infer.pretrained import load
+
+    # the checkpoint's checks first: the model code's imports (torch._dynamo) take seconds
+    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     import torch
     from rich.console import Console
     from rich.markup import escape
@@ -80,9 +84,7 @@ def main(argv: list[str]) -> int | None:
 
     from lmlab.infer.fill import fill_mask, infill
     from lmlab.infer.generation import generate
-    from lmlab.infer.pretrained import load
 
-    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     task = cfg.task or TASKS[pre.family]
     if TASKS[pre.family] != task:
         raise ConfigError(

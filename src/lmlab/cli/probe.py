@@ -39,19 +39,21 @@ class ProbeConfig:
 
 def main(argv: list[str]) -> int | None:
     cfg = parse(ProbeConfig, argv)
+    from lmlab.infer.checkpoint import run_dir_of
+    from lmlab.infer.pretrained import load
+
+    out = Path(cfg.out) if cfg.out else run_dir_of(Path(cfg.ckpt)) / "attention.png"
+    check_image_out(out)  # the default too: a file there that probe did not draw stays
+    # the checkpoint's checks first: the model code's imports (torch._dynamo) take seconds
+    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     from rich.console import Console
     from rich.table import Table
 
     from lmlab.data.collators import decoder_tokens
-    from lmlab.infer.checkpoint import run_dir_of
-    from lmlab.infer.pretrained import load
     from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
     from lmlab.model import flops_per_token, param_breakdown
     from lmlab.model.params import param_rows
 
-    out = Path(cfg.out) if cfg.out else run_dir_of(Path(cfg.ckpt)) / "attention.png"
-    check_image_out(out)  # the default too: a file there that probe did not draw stays
-    pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     model, console = pre.model, Console(highlight=False)
     kinds = ["embeddings", "attention", "feed_forward", "norms", "head"]
     table = Table(title=f"parameters of {pre.path}")
@@ -87,8 +89,6 @@ def check_image_out(out: Path) -> None:
     plot probe drew (which it redraws): nothing else is overwritten."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    from lmlab.infer.probe import drawn_by_probe
-
     check_file_out(out, new=False)
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix.lstrip(".").lower() not in formats:
@@ -96,7 +96,11 @@ def check_image_out(out: Path) -> None:
             f"out={out}: {out.suffix or 'no suffix'} is not an image format; allowed: "
             + ", ".join(f".{f}" for f in sorted(formats))
         )
-    if (out.exists() or out.is_symlink()) and not drawn_by_probe(out):
+    if not (out.exists() or out.is_symlink()):
+        return
+    from lmlab.infer.probe import drawn_by_probe  # imports the model code: only when needed
+
+    if not drawn_by_probe(out):
         raise ConfigError(
             f"out={out} exists and is not a plot probe drew: choose a new file with out= "
             "(nothing is overwritten)"
