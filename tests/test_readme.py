@@ -2,7 +2,8 @@
 of its bash blocks (continuations joined, comments dropped) passes the checks a run makes
 before any work, every job of a sweep included. Lines that need a file the README's reader
 brings (a checkpoint, a text file, a JSONL set) or the hub, or that show a placeholder, are
-left out."""
+left out. A bare ``-m +sweeps=NAME`` is every job of that sweep file, which
+tests/test_sweeps.py checks for every file: here it is only matched to its file."""
 
 from __future__ import annotations
 
@@ -30,11 +31,18 @@ def readme_commands() -> list[str]:
     return list(dict.fromkeys(checkable))  # each once
 
 
-COMMANDS = readme_commands()
+BARE_SWEEP = re.compile(r"-m \+sweeps=(\w+)")
+COMMANDS = [c for c in readme_commands() if not BARE_SWEEP.fullmatch(c)]
+BARE_SWEEPS = [m[1] for c in readme_commands() if (m := BARE_SWEEP.fullmatch(c))]
 
 
 def test_the_readme_has_training_commands_to_check() -> None:
-    assert len(COMMANDS) >= 20 and "-m +sweeps=moe" in COMMANDS
+    assert len(COMMANDS) >= 15 and len(BARE_SWEEPS) >= 5 and "moe" in BARE_SWEEPS
+
+
+def test_every_bare_sweep_the_readme_shows_is_one_test_sweeps_checks() -> None:
+    sweeps = {p.stem for p in (CONF_DIR.parent / "sweeps").glob("*.yaml")}
+    assert set(BARE_SWEEPS) <= sweeps, set(BARE_SWEEPS) - sweeps
 
 
 @pytest.mark.parametrize("command", COMMANDS)
