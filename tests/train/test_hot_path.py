@@ -300,15 +300,23 @@ def test_fp16_stops_once_the_loss_scale_collapses(tmp_path: Path) -> None:
     assert all(torch.equal(p, w) for p, w in zip(task.parameters(), weights, strict=True))
 
 
+@pytest.mark.parametrize(
+    "backend",
+    # Inductor's C++ build of the step, 30 s more with a cold cache (as CI's always is), in
+    # its compile worker processes: with the e2e tests, `make test-all`
+    ["aot_eager", pytest.param("inductor", marks=pytest.mark.e2e)],
+)
 @torch._dynamo.config.patch(error_on_recompile=True)  # one graph for the 3 steps
 def test_compile_model_trains_the_eager_loss_with_clean_keys(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
-    """compile=model: embeddings, blocks, head and cross-entropy as one graph. Its losses
-    are the eager ones: each is a mean over 256 tokens of a log-softmax over 4,096 logits,
-    where a fused fp32 graph sums in another order (about 1e-6 relative), and three AdamW
-    steps of lr <= 1e-3 keep that well below 1e-4; a graph that computed something else (no
-    ignore mask, a shifted label) would be off by more than 1e-2."""
+    """compile=model: embeddings, blocks, head and cross-entropy as one graph, forward and
+    backward (AOTAutograd's joint graph; then Inductor's kernels, or aten's ops one by one).
+    Its losses are the eager ones: each is a mean over 256 tokens of a log-softmax over 4,096
+    logits, where a fused fp32 graph sums in another order (about 1e-6 relative), and three
+    AdamW steps of lr <= 1e-3 keep that well below 1e-4; a graph that computed something else
+    (no ignore mask, a shifted label) would be off by more than 1e-2."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
     losses = {}
     torch._dynamo.reset()  # what earlier tests in this process compiled would recompile
     counters.clear()
