@@ -7,7 +7,18 @@ import gc
 import sys
 import types
 
+import pytest
+
 from lmlab.cli.heap import before_exit, long_lived
+
+
+@pytest.fixture(autouse=True)
+def session_heap_frozen_again():
+    """These tests unfreeze the heap; the session's is frozen again after each
+    (``pytest_collection_finish``)."""
+    yield
+    gc.collect()
+    gc.freeze()
 
 
 def test_what_an_import_creates_is_frozen_and_the_collector_restored() -> None:
