@@ -94,19 +94,16 @@ def test_the_presets_of_a_family_differ_in_sizes_only() -> None:
     """What lets PAIRS check a size-free experiment on each family's smallest preset only."""
     sizes = {"defaults", "d_model", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"}
 
-    def knobs(preset: str) -> dict:
-        fields = yaml.safe_load((CONF_DIR / "model" / f"{preset}.yaml").read_text())
-        return {k: v for k, v in fields.items() if k not in sizes}
+    def fields(group: str, name: str) -> dict:
+        return yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text())
 
+    presets = {preset: fields("model", preset) for preset in PRESETS}
+    knobs = {p: {k: v for k, v in f.items() if k not in sizes} for p, f in presets.items()}
     for preset in set(PRESETS) - EDGE_PRESETS:
-        smallest = preset.split("_")[0] + "_tiny"
-        assert knobs(preset) == knobs(smallest), preset
-    experiment = CONF_DIR / "experiment"
-    window = yaml.safe_load((experiment / "sliding_window.yaml").read_text())["model"]
-    assert yaml.safe_load((experiment / "mqa.yaml").read_text())["model"] == {"n_kv_heads": 1}
-    for preset in PRESETS:
-        context = yaml.safe_load((CONF_DIR / "model" / f"{preset}.yaml").read_text())
-        assert window["attention_window"] <= context["max_seq_len"], preset
+        assert knobs[preset] == knobs[preset.split("_")[0] + "_tiny"], preset
+    assert fields("experiment", "mqa")["model"] == {"n_kv_heads": 1}
+    window = fields("experiment", "sliding_window")["model"]["attention_window"]
+    assert all(window <= f["max_seq_len"] for f in presets.values())
 
 
 @pytest.mark.parametrize(("preset", "experiment"), PAIRS)

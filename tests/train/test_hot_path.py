@@ -300,6 +300,11 @@ def test_fp16_stops_once_the_loss_scale_collapses(tmp_path: Path) -> None:
     assert all(torch.equal(p, w) for p, w in zip(task.parameters(), weights, strict=True))
 
 
+def compile_with(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """lmlab's ``torch.compile`` calls use ``backend`` (Inductor, lmlab's, by default)."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+
+
 @pytest.mark.parametrize(
     "backend",
     # Inductor's C++ build of the step, 30 s more with a cold cache (as CI's always is), in
@@ -316,7 +321,7 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
     logits, where a fused fp32 graph sums in another order (about 1e-6 relative), and three
     AdamW steps of lr <= 1e-3 keep that well below 1e-4; a graph that computed something else
     (no ignore mask, a shifted label) would be off by more than 1e-2."""
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    compile_with(monkeypatch, backend)
     losses = {}
     torch._dynamo.reset()  # what earlier tests in this process compiled would recompile
     counters.clear()
@@ -360,7 +365,7 @@ def test_each_run_of_a_multirun_compiles_afresh(
     limit of 8 recompiles, later jobs of a sweep would have run eagerly without a word).
     Recompiling is dynamo's decision, whatever the backend: the graphs run eagerly here,
     sparing two Inductor builds (a minute of CPU; the test above runs Inductor's)."""
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    compile_with(monkeypatch, "eager")
     for width in (64, 96):
         overrides = [
             *SMOKE,
