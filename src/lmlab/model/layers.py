@@ -96,7 +96,11 @@ INITS = {Init.gpt2: gpt2_std, Init.t5: t5_std}
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     """Weights N(0, std) with the std ``model.init`` gives each module, zero biases. Stacked
-    expert weights are initialised as the linear layers they stack."""
+    expert weights are initialised as the linear layers they stack. A model built on the meta
+    device (shapes only: plans, conversions) has no values to draw, and is left as built: there
+    the draws cost more than the build (torch's meta kernels for ``normal_`` run in Python)."""
+    if next(model.parameters()).is_meta:
+        return
     std_of = INITS[cfg.init]
     # the token embedding, which is also the head with tie_embeddings (BERT ties it after)
     token = getattr(model, "embed", None) if cfg.tie_embeddings else None
