@@ -40,6 +40,7 @@ import torch
 from bench.gpu_cases import GPU_CASES, STEPS, WARMUP
 from bench.harness import BENCH_OVERRIDES, ROOT, compose, run_lmlab
 from bench.plain_loop import plain_fit
+from bench.profiling import PROFILE_STEPS
 from bench.report import CaseResult, Stat
 from bench.stack_profile import ORDER, TRAINER, profile_run, py_spy
 from lmlab.config import resolve_configs
@@ -67,6 +68,11 @@ class Settings:
 
     def steps(self, full: int) -> int:
         return 4 if self.quick else full
+
+    def profile_steps(self) -> int:
+        """Steps per ``--profile`` table: quick mode's tables only show that profiling works
+        (a profiled step of the quick GPT cost about 0.7 s on the 2-core CPU)."""
+        return 2 if self.quick else PROFILE_STEPS
 
     def shrink(self) -> list[str]:
         """Quick mode's overrides: a small batch, so that even bf16 on a CPU without native

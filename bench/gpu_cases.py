@@ -20,7 +20,6 @@ import torch
 
 from bench.harness import BENCH_OVERRIDES, compose, run_lmlab
 from bench.nanogpt_loop import tokens_per_second as plain_tokens_per_second
-from bench.profiling import PROFILE_STEPS
 from bench.report import CaseResult, Stat
 from lmlab.config import AttentionKernel, ModelConfig, Positional, resolve_configs
 from lmlab.data.collators import decoder_tokens
@@ -48,7 +47,7 @@ def shapes(s, preset: str, batch: int, seq: int) -> list[str]:
 def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tuple[float, dict]:
     """tokens/s of one lmlab run over its steady steps (mean start-to-start time: the
     logging steps' syncs keep the host within 10 steps of the GPU), and its results.json.
-    ``profile`` (with ``--profile DIR``): then ``PROFILE_STEPS`` more steps under the
+    ``profile`` (with ``--profile DIR``): then ``s.profile_steps()`` more steps under the
     profiler, their table in ``DIR/<name>.txt``; the timed steps are the same."""
     gpu = device().type == "cuda"
     trainer = ["trainer=gpu"] if gpu else ["trainer.precision=32-true"]
@@ -58,13 +57,15 @@ def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tupl
         trainer.append("compile=model")
     steps = 6 if s.quick else STEPS
     table = s.profile / f"{name}.txt" if profile and s.profile else None
-    total = steps + (PROFILE_STEPS if table else 0)
+    total = steps + (s.profile_steps() if table else 0)
     out = s.work / name
     cfg = compose([*overrides, *trainer, *BENCH_OVERRIDES, f"trainer.max_steps={total}"], out)
     # Every run compiles LMTask.objective afresh: in one process, the same code compiled for
     # another model counts as a recompile, and past dynamo's limit (8) runs go eager unsaid.
     torch._dynamo.reset()
-    log, results = run_lmlab(cfg, profile=table, profile_start=steps)
+    log, results = run_lmlab(
+        cfg, profile=table, profile_start=steps, profile_steps=s.profile_steps()
+    )
     warm = 2 if s.quick else WARMUP
     starts = log.starts[:steps]  # the profiled steps, if any, come after
     elapsed = starts[-1] - starts[warm]
@@ -121,6 +122,7 @@ def versus_plain(preset: str) -> callable:
                             profile=s.profile / f"{preset}-plain.txt"
                             if s.profile and i == 0
                             else None,
+                            profile_steps=s.profile_steps(),
                         )
                     )
         ratio = [a / b for a, b in zip(lm, plain, strict=True)]

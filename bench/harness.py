@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
+from bench.profiling import PROFILE_STEPS
 from lmlab.data.collators import decoder_tokens
 from lmlab.model import flops_per_token
 from lmlab.train.compose import CONF
@@ -107,10 +108,12 @@ def run_lmlab(
     log_file: Path | None = None,
     profile: Path | None = None,
     profile_start: int = 0,
+    profile_steps: int = PROFILE_STEPS,
 ) -> tuple[StepLog, dict[str, Any]]:
     """``lmlab.train.run.train(cfg)`` with ``StepTimes`` added; returns its log and results.json.
     The run's console output (parameter table, progress bar) goes to ``log_file``. ``profile``:
-    also write a torch.profiler table of the steps from ``profile_start`` on to that file."""
+    also write a torch.profiler table of ``profile_steps`` steps from ``profile_start`` on to
+    that file."""
     from lmlab.train.run import train
 
     out_dir = Path(cfg.paths.output_dir)
@@ -125,6 +128,7 @@ def run_lmlab(
                 "_target_": "bench.profiling.ProfileSteps",
                 "path": str(profile),
                 "start": profile_start,
+                "steps": profile_steps,
             }
     with _redirected(log_file or out_dir / "console.log"):
         train(cfg)

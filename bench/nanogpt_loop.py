@@ -68,9 +68,10 @@ def tokens_per_second(
     device: torch.device,
     compile: bool = True,
     profile: Path | None = None,
+    profile_steps: int = PROFILE_STEPS,
 ) -> float:
     """Tokens/s over ``steps`` timed steps after ``warmup`` (synchronised before and after).
-    ``profile``: then a torch.profiler table of ``PROFILE_STEPS`` more steps, to that file."""
+    ``profile``: then a torch.profiler table of ``profile_steps`` more steps, to that file."""
     torch.manual_seed(1337)
     model = NanoGPT(n_layer, n_head, d, vocab, seq).to(device)
     cuda = device.type == "cuda"
@@ -100,7 +101,7 @@ def tokens_per_second(
     sync()
     seconds = time.perf_counter() - t0
     if profile is not None:
-        with profiled(profile, PROFILE_STEPS):
-            for _ in range(PROFILE_STEPS):
+        with profiled(profile, profile_steps):
+            for _ in range(profile_steps):
                 step()
     return steps * batch * seq / seconds
