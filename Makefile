@@ -14,24 +14,17 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # pip finds torch's wheel (TORCH_SPEC, where pip is configured to look: here the local CPU
-# build) and installs uv; uv installs that wheel and the rest, downloading in parallel. Where
-# uv cannot install (no uv wheel for the platform, an index only pip is configured for), pip
-# does. Then every module but the packages' own test suites, which nothing imports, is
-# byte-compiled on every core: 15,976 of 19,374 files, 50 s on 2 cores, where uv's
-# --compile-bytecode of all of them took 62 s.
-# Compiling at install is needed where PYTHONDONTWRITEBYTECODE is set (here): nothing would
-# write the .pyc files later, and each process would compile its imports again. A file that
-# does not compile (torch ships one in Python 3.12 syntax) is left to fail if imported, as uv
-# leaves it. Whole install on the 2-core machine: README.
+# build) and installs uv; uv installs that wheel and the rest, downloading in parallel and
+# byte-compiling on every core. Where uv cannot install (no uv wheel for the platform, an
+# index only pip is configured for), pip does. Whole install on the 2-core machine: README.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	-$(PY) -m pip install --quiet uv
 	rm -rf $(VENV)/torch-wheel
 	$(PY) -m pip download --quiet --no-deps -d $(VENV)/torch-wheel "$(TORCH_SPEC)"
-	$(PY) -m uv pip install --quiet --python $(PY) $(VENV)/torch-wheel/*.whl -e ".[dev]" \
+	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode $(VENV)/torch-wheel/*.whl -e ".[dev]" \
 	  || $(PY) -m pip install --quiet $(VENV)/torch-wheel/*.whl -e ".[dev]"
 	rm -rf $(VENV)/torch-wheel
-	$(PY) -m compileall -q -j 0 -x '/tests/' $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
@@ -48,10 +41,7 @@ XDIST := -n logical --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 # marked e2e, which run real child processes (DDP/FSDP ranks, kill -9 and signals from
 # outside, W&B's agent, Inductor's compile workers) and would take it past those 10 minutes. `make test-all` runs them
 # too: before changing checkpoints, resume, signals, run directories or distributed paths.
-# lmlab's own modules are byte-compiled first (0.3 s; up-to-date files are skipped): the
-# suite's processes that run lmlab commands each import them.
 test: $(STAMP)  ## the test suite without the e2e tests (CI)
-	$(PY) -m compileall -q src > /dev/null
 	$(PY) -m pytest tests -m "not e2e" $(XDIST)
 
 test-all: $(STAMP)  ## the whole suite, the e2e tests (kill -9, signals, DDP/FSDP ranks) too
