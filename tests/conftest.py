@@ -68,7 +68,9 @@ LONGEST_FIRST = [
 
 
 def longest_first(item: pytest.Item) -> int:
-    path = item.path.relative_to(Path(__file__).parent).as_posix()
+    """The item's file's place in LONGEST_FIRST; the other files (outside tests/ too) after."""
+    tests = Path(__file__).parent
+    path = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
     return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
 

@@ -99,7 +99,7 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     expert weights are initialised as the linear layers they stack. A model built on the meta
     device (shapes only: plans, conversions) has no values to draw, and is left as built: there
     the draws cost more than the build (torch's meta kernels for ``normal_`` run in Python)."""
-    if next(model.parameters()).is_meta:
+    if any(p.is_meta for p in model.parameters()):
         return
     std_of = INITS[cfg.init]
     # the token embedding, which is also the head with tie_embeddings (BERT ties it after)
