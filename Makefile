@@ -37,10 +37,11 @@ train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, C
 # worker its share of the CPUs' threads
 XDIST := -n logical --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
-# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the thirteen tests
+# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the fourteen tests
 # marked e2e, which run real child processes (DDP/FSDP ranks, kill -9 and signals from
-# outside, W&B's agent, Inductor's compile workers) and would take it past those 10 minutes. `make test-all` runs them
-# too: before changing checkpoints, resume, signals, run directories or distributed paths.
+# outside, W&B's agent, Inductor's compile workers) or make bench-gpu's cases on the CPU, and
+# would take it past those 10 minutes. `make test-all` runs them too: before changing
+# checkpoints, resume, signals, run directories, distributed paths or the benchmarks.
 test: $(STAMP)  ## the test suite without the e2e tests (CI)
 	$(PY) -m pytest tests -m "not e2e" $(XDIST)
 

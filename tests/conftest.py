@@ -44,10 +44,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-# The files that take longest, longest first (seconds of test time on the 2-core machine,
-# 2026-12-02): `make test` runs them first (`--no-loadscope-reorder`: xdist hands out files in
-# this order), and the small ones last, so that both workers finish at about the same time.
-# Out of date, the order only balances the workers less well.
+# The files that take longest in `make test`, longest first (seconds of test time on the 2-core
+# machine, 2026-12-02): `make test` runs them first (`--no-loadscope-reorder`: xdist hands out
+# files in this order), and the small ones last, so that both workers finish at about the same
+# time. Out of date, the order only balances the workers less well.
 LONGEST_FIRST = [
     "train/test_rundir.py",  # 130
     "infer/test_generation.py",  # 93
@@ -55,7 +55,6 @@ LONGEST_FIRST = [
     "train/test_train.py",  # 73
     "model/test_one_graph.py",  # 51
     "test_sweeps.py",  # 45
-    "test_bench.py",  # 38
     "train/test_preflight.py",  # 37
     "cli/test_sweep.py",  # 36
     "train/test_resume.py",  # 31

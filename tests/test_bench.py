@@ -201,6 +201,7 @@ def test_profile_sorts_each_sample_into_one_part_of_the_step() -> None:
     }
 
 
+@pytest.mark.e2e  # 16-22 s of make bench-gpu's own health, not lmlab's: `make test-all`
 def test_gpu_cases_run_in_quick_mode_on_any_device(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
