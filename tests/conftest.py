@@ -66,11 +66,12 @@ LONGEST_FIRST = [
 ]
 
 
+RANK = {Path(__file__).parent / name: i for i, name in enumerate(LONGEST_FIRST)}
+
+
 def longest_first(item: pytest.Item) -> int:
     """The item's file's place in LONGEST_FIRST; the other files (outside tests/ too) after."""
-    tests = Path(__file__).parent
-    path = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
-    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    return RANK.get(item.path, len(RANK))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
