@@ -493,12 +493,95 @@ def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
     assert "resume=auto" in overrides and "model.activation=relu" in overrides
 
 
+def hold_lock(path: Path, pid: str) -> int:
+    """Hold ``path``'s lock as another live process would (its pid written): a second open
+    file description of this process conflicts with it, as another process's would."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{pid}\n".encode())
+    return fd
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_sweep_into_a_live_sweeps_folder_is_refused_before_it_writes(
+    resume: bool, tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """Another process's sweep is live in the folder (its lock held): a second sweep there is
+    refused before any check or write, the folder byte for byte as it was. It used to go on:
+    with ``resume=auto`` its checks passed against the live runs, Hydra rewrote
+    ``multirun.yaml`` and each job met the live one's at its run lock."""
+    from lmlab.train.rundir import SWEEP_LOCK_FILE
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "results.json").write_text('{"status": "running"}')  # a live job's
+    (sweep / "multirun.yaml").write_text("live: true\n")
+    held = hold_lock(sweep / SWEEP_LOCK_FILE, "4242")
+    before = snapshot(sweep)
+    argv = ["-m", *SMOKE, f"hydra.sweep.dir={sweep}", *(["resume=auto"] if resume else [])]
+    try:
+        assert run_command("train", *argv) == 2
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert (
+        f"error: hydra.sweep.dir={sweep} is in use by a live sweep (pid 4242): wait for it to "
+        "end (then resume=auto continues its runs), or choose another directory"
+    ) in err, err
+    assert "earlier sweep" not in err  # refused for the live sweep first
+    assert changed(before, snapshot(sweep)) == []
+
+
+@pytest.mark.parametrize("chosen", [True, False])
+def test_a_sweep_holds_its_folders_lock_until_it_ends(
+    chosen: bool,
+    tmp_path: Path,
+    run_command,
+    monkeypatch: pytest.MonkeyPatch,
+    cache_dir: Path,
+) -> None:
+    """Every job of a sweep runs with its folder locked, a chosen folder or the default
+    ``multirun/<date>/<time>``; the lock is released, its file removed, when the sweep ends."""
+    import fcntl
+
+    import lmlab.train.run
+    from lmlab.train.rundir import SWEEP_LOCK_FILE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    seen: list[tuple[str, bool]] = []
+
+    def probe(cfg) -> float:  # a job: is its sweep folder locked by a live process?
+        from hydra.core.hydra_config import HydraConfig
+
+        lock = Path(HydraConfig.get().sweep.dir).absolute() / SWEEP_LOCK_FILE
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            seen.append((lock.read_text().strip(), True))
+        else:
+            seen.append(("", False))
+        finally:
+            os.close(fd)
+        return 1.0
+
+    monkeypatch.setattr(lmlab.train.run, "train", probe)
+    where = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if chosen else []
+    assert run_command("train", "-m", *SMOKE, "model.activation=relu,gelu", *where) == 0
+    assert seen == [(str(os.getpid()), True)] * 2
+    assert not list(tmp_path.rglob(SWEEP_LOCK_FILE))
+
+
 def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None:
     """The default directory is named by the second a run starts: a live run's (another open
     lock) or an earlier run's is passed over for ``<dir>_2``, ``_3``, ..., and left as it was."""
     import fcntl
 
-    from lmlab.train.rundir import LOCK_FILE, fresh_run_dir, unlock_run_dir
+    from lmlab.train.rundir import LOCK_FILE, fresh_run_dir, lock_run_dir, unlock_run_dir
 
     base = tmp_path / "12-00-00"
     assert fresh_run_dir(base) == base  # free: itself
@@ -510,6 +593,8 @@ def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None
     before = snapshot(tmp_path / "12-00-00_2")
     try:
         assert fresh_run_dir(base) == tmp_path / "12-00-00_3"
+        with pytest.raises(ConfigError, match=rf"^hydra.run.dir={base} is in use by a live run "):
+            lock_run_dir(base)  # a chosen directory: refused
     finally:
         os.close(held)
     assert changed(before, snapshot(tmp_path / "12-00-00_2")) == []

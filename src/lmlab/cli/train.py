@@ -53,6 +53,8 @@ from lmlab.train.rundir import (
     launch_rank_is_zero,
     launched_processes,
     lock_run_dir,
+    lock_sweep_dir,
+    unlock_sweep_dirs,
 )
 
 register_configs()
@@ -104,12 +106,16 @@ class RunDirCallback(Callback):
     refused in ``on_multirun_start``, before Hydra writes anything, unless ``resume``
     continues the earlier runs: then the earlier ``multirun.yaml`` is kept as
     ``multirun.<n>.yaml``, each job's ``.hydra/`` is held until that job's checks pass
-    (``on_job_start``), and each job is guarded again in ``train()``."""
+    (``on_job_start``), and each job is guarded again in ``train()``. A multirun into the
+    folder of a sweep still live in another process is refused first, resumed or not: the
+    sweep holds its folder's lock until ``on_multirun_end``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
         chosen = chose_dir(config, "hydra.sweep.dir")
+        if chosen and sweep_dir.is_dir():
+            guard_sweep_dir(sweep_dir)  # a live sweep writes there: refused before all else
         runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
@@ -123,10 +129,14 @@ class RunDirCallback(Callback):
             sys.exit(2)
         check_sweep(config, resumed)
         if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
-            take_fresh_sweep_dir(config, sweep_dir)
+            sweep_dir = take_fresh_sweep_dir(config, sweep_dir)
+        guard_sweep_dir(sweep_dir)  # held until the sweep ends (a new folder: created here)
         if resumed:
             hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
             keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unlock_sweep_dirs()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         job_started(config)  # a resumed sweep's job: see on_multirun_start
@@ -256,17 +266,34 @@ def take_fresh_run_dir(config: DictConfig, default: Path) -> Path:
     return run_dir
 
 
-def take_fresh_sweep_dir(config: DictConfig, default: Path) -> None:
+def guard_sweep_dir(sweep_dir: Path) -> None:
+    """Take the sweep folder's lock for this multirun (on the launcher's rank 0: torchrun
+    starts every rank with the sweep's command), or exit: a live sweep holds it. An exit, not
+    an exception, which Hydra would turn into a warning and go on."""
+    if not launch_rank_is_zero():
+        return
+    try:
+        lock_sweep_dir(sweep_dir)
+    except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
+        print(
+            f"error: {err if isinstance(err, ConfigError) else unwritable(err)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def take_fresh_sweep_dir(config: DictConfig, default: Path) -> Path:
     """The sweep's default folder, or the fresh one taken where it exists, for the sweeper
     (``hydra.sweep.dir``) and for each job, which Hydra's launcher composes again from the
     command line's Hydra overrides."""
     sweep_dir = fresh_sweep_dir(default)
     if sweep_dir == default:
-        return
+        return sweep_dir
     print(f"{default} is taken (a sweep started in the same second); this sweep is in {sweep_dir}")
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.sweep.dir = str(sweep_dir)
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={sweep_dir}")
+    return sweep_dir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -381,6 +408,7 @@ def main(argv: list[str]) -> int:
         fail(hydra_error(err, argv))
     finally:
         LAUNCH.forced = False
+        unlock_sweep_dirs()  # a sweep refused or failed before Hydra's on_multirun_end
     return 0
 
 

@@ -5,6 +5,9 @@ training.
 - ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, held for the
   run's lifetime. A second run into a live directory is refused (``ConfigError``). The
   kernel drops the lock when its process dies, so a ``kill -9`` leaves no live lock behind.
+  ``lock_sweep_dir``: the same for a multirun's folder (``<sweep dir>/.lmlab-sweep.lock``),
+  held by the process that launched the sweep: a second sweep into a live one's folder,
+  resumed or not, is refused before it writes anything.
   ``fresh_run_dir`` / ``fresh_sweep_dir``: where the user did not choose the folder
   (``chose_dir``), a run or sweep whose default one is taken, by another started in the same
   second, takes ``<dir>_2`` (``_3``, ...) instead of being refused or sharing it.
@@ -47,6 +50,8 @@ from lmlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lmlab.lock"
+SWEEP_LOCK_FILE = ".lmlab-sweep.lock"  # in a sweep folder, held by the process that launched it
+LOCK_FILES = (LOCK_FILE, SWEEP_LOCK_FILE)
 # What a run writes: their presence means the directory holds an earlier run.
 RUN_FILES = ("results.json", "plan.json", "run_config.yaml", "checkpoints")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
@@ -66,17 +71,27 @@ def launched_processes() -> int:
     return int(count) if count.isdigit() else 1
 
 
-_LOCKS: dict[Path, int] = {}  # run directory -> the file descriptor holding its lock
+_LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
 
 
-def lock_run_dir(run_dir: Path) -> None:
-    """Take ``run_dir``'s lock for this process (again: nothing happens), or refuse: another
-    live process holds it."""
-    run_dir = run_dir.absolute()
-    if run_dir in _LOCKS:
+# What each lock guards: the key that names its folder, whose process holds it, the advice.
+_GUARDS = {
+    LOCK_FILE: ("hydra.run.dir", "run", "wait for it to end"),
+    SWEEP_LOCK_FILE: (
+        "hydra.sweep.dir",
+        "sweep",
+        "wait for it to end (then resume=auto continues its runs)",
+    ),
+}
+
+
+def _take_lock(folder: Path, name: str) -> None:
+    """Hold the ``flock`` on ``folder/name`` for this process (held already: nothing happens),
+    or refuse (``ConfigError``): another live process holds it, named by the pid it wrote."""
+    path = folder.absolute() / name
+    if path in _LOCKS:
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -84,9 +99,10 @@ def lock_run_dir(run_dir: Path) -> None:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            key, kind, advice = _GUARDS[name]
             raise ConfigError(
-                f"hydra.run.dir={run_dir} is in use by a live run (pid {holder}): wait for it "
-                "to end, or choose another directory"
+                f"{key}={path.parent} is in use by a live {kind} (pid {holder}): {advice}, or "
+                "choose another directory"
             ) from None
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -94,12 +110,41 @@ def lock_run_dir(run_dir: Path) -> None:
             current = False
         if current:
             break
-        os.close(fd)  # the run that held it removed the file meanwhile: lock the new one
+        os.close(fd)  # the process that held it removed the file meanwhile: lock the new one
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     if not _LOCKS:
         atexit.register(unlock_all)
-    _LOCKS[run_dir] = fd
+    _LOCKS[path] = fd
+
+
+def _release(path: Path) -> None:
+    """Remove the lock file ``path`` and release it (a no-op if this process holds none)."""
+    fd = _LOCKS.pop(path, None)
+    if fd is not None:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take ``run_dir``'s lock for this process (again: nothing happens), or refuse: another
+    live process holds it."""
+    _take_lock(run_dir, LOCK_FILE)
+
+
+def lock_sweep_dir(sweep_dir: Path) -> None:
+    """Take the sweep folder's lock (``SWEEP_LOCK_FILE``) for this multirun, held until it
+    ends, or refuse: a live sweep launched from another process writes into that folder. A
+    second sweep into it, resumed or not, would rewrite its ``multirun.yaml`` and meet its
+    jobs one at a time at their run locks. Apart from the run lock, so that a job whose folder
+    is the sweep folder itself (``hydra.sweep.subdir=.``) keeps both."""
+    _take_lock(sweep_dir, SWEEP_LOCK_FILE)
+
+
+def unlock_sweep_dirs() -> None:
+    """Release the sweep locks this process holds (its multirun ended, or was refused)."""
+    for path in [p for p in _LOCKS if p.name == SWEEP_LOCK_FILE]:
+        _release(path)
 
 
 def numbered(path: Path) -> Iterator[Path]:
@@ -121,7 +166,7 @@ def fresh_run_dir(run_dir: Path) -> Path:
             lock_run_dir(candidate)
         except ConfigError:  # a live run's
             continue
-        if not any(p.name != LOCK_FILE for p in candidate.iterdir()):
+        if not any(p.name not in LOCK_FILES for p in candidate.iterdir()):
             return candidate
         unlock_run_dir(candidate)  # an earlier run's
     raise AssertionError("unreachable")
@@ -151,16 +196,13 @@ def chose_dir(config: DictConfig, key: str) -> bool:
 
 
 def unlock_run_dir(run_dir: Path) -> None:
-    """Remove the lock file and release the lock (a no-op if this process holds none)."""
-    fd = _LOCKS.pop(run_dir.absolute(), None)
-    if fd is not None:
-        (run_dir.absolute() / LOCK_FILE).unlink(missing_ok=True)
-        os.close(fd)
+    """Remove the run's lock file and release it (a no-op if this process holds none)."""
+    _release(run_dir.absolute() / LOCK_FILE)
 
 
 def unlock_all() -> None:
-    for run_dir in list(_LOCKS):
-        unlock_run_dir(run_dir)
+    for path in list(_LOCKS):
+        _release(path)
 
 
 class HeldFileHandler(logging.FileHandler):
@@ -264,7 +306,7 @@ def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
     ``.hydra/`` files and its job log's file handlers hold their records, until
     ``RunDir.open``."""
     global _HELD
-    if not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+    if not any(p.name not in LOCK_FILES for p in run_dir.iterdir()):
         return
     swapped = {}
     with read_write(config.hydra), open_dict(config.hydra):
