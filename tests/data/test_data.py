@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -152,7 +154,17 @@ def test_packed_cache_is_reused_and_rebuilt_on_change(tmp_path: Path) -> None:
     assert prepare(cfg, row_len=17) == first
     assert prepare(cfg, row_len=33) != first  # row length is part of the key
     corpus.write_text(TEXT + "more text\n")
-    assert prepare(cfg, row_len=17) != first  # a changed corpus rebuilds
+    second = prepare(cfg, row_len=17)
+    assert second != first  # a changed corpus rebuilds
+    # rewritten with its size and both times kept (touch -r): rebuilt too, not stale rows
+    kept = corpus.stat()
+    corpus.write_text(TEXT.replace("Point", "Spot!") + "more text\n")
+    os.utime(corpus, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    while corpus.stat().st_ctime_ns == kept.st_ctime_ns:  # a filesystem of coarse times
+        time.sleep(0.01)
+        os.utime(corpus, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # sets the change time
+    assert corpus.stat().st_size == kept.st_size and corpus.stat().st_mtime_ns == kept.st_mtime_ns
+    assert prepare(cfg, row_len=17) not in (first, second)
 
 
 def test_a_cache_this_datasets_cannot_read_is_built_again(

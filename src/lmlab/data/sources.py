@@ -1,5 +1,5 @@
 """Corpus sources: each yields (name, text) documents in a deterministic order, plus a cheap
-fingerprint (names, sizes, times) so a changed corpus rebuilds the cache."""
+fingerprint (names, sizes, inodes, times) so a changed corpus rebuilds the cache."""
 
 from __future__ import annotations
 
@@ -138,11 +138,16 @@ def load_documents(cfg: DataConfig) -> Documents:
 
 
 def fingerprint(cfg: DataConfig) -> str:
-    """Identifies the corpus without reading it: file names, sizes and modification times."""
+    """Identifies the corpus without reading it, as git's index does: each file's name, size,
+    inode, and its modification and change times. The change time (``st_ctime``) moves with
+    every write and no tool can set it back, so a file rewritten with its size and
+    modification time kept (``touch -r``, ``rsync -a`` of another version) is a change too."""
     if cfg.source == Source.hf:
         ident: object = [cfg.name, cfg.subset, cfg.split, cfg.text_column]
     else:
-        files = corpus_files(cfg)[0]
-        ident = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        ident = []
+        for path in corpus_files(cfg)[0]:
+            st = path.stat()
+            ident.append((str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
     blob = json.dumps([cfg.source.value, cfg.max_bytes, ident], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
