@@ -370,6 +370,27 @@ def test_summary_winner_gap_and_noise(multirun: Path) -> None:
     assert lines[3] == "1 of 6 runs failed (bottom of the table)"
 
 
+def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
+    """A run preempted or interrupted (a checkpoint to resume from) is unranked like a failed
+    one, but named by its status, and the summary says how to finish it: it was shown as
+    FAILED and counted among the failures."""
+    job = next(p for p in sorted(multirun.iterdir()) if p.is_dir() and load_runs(p)[0].failed)
+    record = json.loads((job / "results.json").read_text())
+    record |= {"status": "preempted", "error": "stopped by SIGTERM/SIGUSR1 after saving x"}
+    (job / "results.json").write_text(json.dumps(record))
+    runs = load_runs(multirun)
+    rows = ranking.aggregate(runs, "val_loss", knobs=mrun.varying_knobs(runs))
+    cells = table_cells(render(cmp.render_table(rows, mrun.varying_knobs(runs), "val_loss")))
+    assert cells[-1][:4] == ["-", "post", "gelu", "PREEMPTED"]
+    assert cells[-1][-1] == "PREEMPTED: stopped by SIGTERM/SIGUSR1 after saving x"
+    lines = ranking.summarize(rows, "val_loss")
+    assert not any("runs failed" in line for line in lines), lines
+    assert (
+        "1 of 6 runs stopped before their end, preempted or interrupted (bottom of the table): "
+        "resume=true (resume=auto for a sweep) finishes them"
+    ) in lines
+
+
 def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: Path) -> None:
     """Seeds score the same 300 items: a lead of 0.0065 over a seed std of 0.0025 would be
     'likely real' by the seeds alone, but each accuracy has a standard error of 0.026 over its
@@ -484,12 +505,20 @@ def write(path: Path) -> Path:
     return path
 
 
+def started(path: Path) -> Path:
+    """A live sweep's folder: its first job started, no results.json yet."""
+    (path / "0" / ".hydra").mkdir(parents=True)
+    (path / "0" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "argv_tail", "message"),
     [
         (lambda p: p / "missing", [], "error: multirun directory does not exist"),
         (lambda p: write(p / "results.json"), [], "error: {} is a file: give a multirun dir"),
         (lambda p: p, [], "error: no results.json under"),
+        (started, [], "error: no run under {} has written its results.json yet (1 started: "),
         (make_multirun, ["--metric", "val_los"], "error: unknown metric 'val_los'; available:"),
     ],
 )

@@ -55,7 +55,8 @@ class Stat:
 
 @dataclass
 class Row:
-    """One variant (a group of runs differing only in seed), or one failed run."""
+    """One variant (a group of runs differing only in seed), or one failed run (failed, or
+    stopped before its end: ``Run.stopped``)."""
 
     label: str
     knobs: dict[str, str]
@@ -238,8 +239,15 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
             f"gap {fmt(gap, metric)}{rel}, {'higher' if higher_is_better else 'lower'} is better"
         )
         lines.append(noise_verdict(best, second, metric))
-    if failed:
-        lines.append(f"{len(failed)} of {sum(r.n for r in rows)} runs failed (bottom of the table)")
+    stopped = [r for r in failed if r.runs[0].stopped]
+    total = sum(r.n for r in rows)
+    if len(failed) > len(stopped):
+        lines.append(f"{len(failed) - len(stopped)} of {total} runs failed (bottom of the table)")
+    if stopped:
+        lines.append(
+            f"{len(stopped)} of {total} runs stopped before their end, preempted or interrupted "
+            "(bottom of the table): resume=true (resume=auto for a sweep) finishes them"
+        )
     for row in rows:
         if row.copies:
             lines.append(

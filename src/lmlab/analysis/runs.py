@@ -25,6 +25,8 @@ import yaml
 from lmlab.config import flatten
 from lmlab.errors import ConfigError
 
+# results.json statuses of a run stopped by a signal, with a checkpoint to resume from.
+STOPPED = ("preempted", "interrupted")
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
 _NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -52,6 +54,12 @@ class Run:
     def failed(self) -> bool:
         """True unless results.json says ``status: completed``."""
         return self.results.get("status") != "completed"
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped before its end by a signal (``preempted``, ``interrupted``), with a
+        checkpoint to resume from: not finished, but not failed either."""
+        return self.results.get("status") in STOPPED
 
     @property
     def error(self) -> str | None:
@@ -86,9 +94,15 @@ def load_runs(path: str | Path) -> list[Run]:
     if not root.is_dir():
         raise RunDirError(f"multirun directory does not exist: {root}")
     job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
+    started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    if not job_dirs and started:  # a sweep whose first job still runs, say
+        raise RunDirError(
+            f"no run under {root} has written its results.json yet ({len(started)} started: "
+            "still running, or killed before training began)"
+        )
     if not job_dirs:
         raise RunDirError(f"no results.json under {root}: not a multirun directory?")
-    orphans = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")} - job_dirs
+    orphans = started - job_dirs
     runs = [_load_run(d, has_results=True) for d in job_dirs]
     runs += [_load_run(d, has_results=False) for d in orphans]
     return sorted(runs, key=lambda run: _path_key(run.dir.relative_to(root)))
