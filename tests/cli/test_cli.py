@@ -125,7 +125,24 @@ def test_unwritable_run_dir_is_one_line_and_exit_2(
     assert run_command("train", f"hydra.run.dir={tmp_path / 'file' / 'run'}") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert f"{tmp_path / 'file' / 'run'}" in err and "Not a directory" in err
+    assert f"{tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not a folder" in err
+
+
+def test_a_sweep_whose_job_folder_is_a_file_is_refused_before_any_job_trains(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Job 1's folder is a file: Hydra's launcher raised FileExistsError with a traceback
+    after job 0 had trained. Now the sweep's checks name the job and nothing runs."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "1").write_text("x\n")
+    argv = ("-m", "+debug=smoke", "model.activation=relu,gelu", f"hydra.sweep.dir={sweep}")
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 of the sweep's 2 jobs would be refused"), err
+    assert f"#1 model.activation=gelu: its folder {sweep / '1'} cannot be created: " in err
+    assert f"{sweep / '1'} is a file, not a folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in sweep.iterdir()) == ["1"]
 
 
 def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_before_hydra_writes(

@@ -228,11 +228,14 @@ def test_a_sweep_whose_every_job_failed_exits_1(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One failed job does not sink a sweep, but a sweep of failures is no success: exit 1,
-    one line, each job's results.json saying why."""
+    one line, each job's results.json saying why. A sweep of one job too (it exited 0)."""
     sweep = tmp_path / "sweep"
     argv = ["-m", "+debug=smoke", "logger=none", "model.vocab_size=300,301"]
     assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") == 1
-    assert "error: all 2 jobs failed: each one's results.json says why" in capsys.readouterr().err
+    assert "error: all 2 jobs failed: the errors are logged above" in capsys.readouterr().err
     for job in ("0", "1"):
         record = json.loads((sweep / job / "results.json").read_text())
         assert record["status"] == "failed" and "below the tokenizer's" in record["error"]
+    argv[-1] = "model.vocab_size=302"
+    assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'one'}") == 1
+    assert "error: the sweep's only job failed: the errors" in capsys.readouterr().err

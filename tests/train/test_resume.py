@@ -190,7 +190,9 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     argv = [*SMOKE, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *argv, *hook, f"+callbacks.stop.signum={int(signum)}") == code
     out = "".join(capsys.readouterr())
-    assert f"{status} at step 2" in out and "resume=true" in out, out
+    assert f"{status} at step 2" in out, out
+    hint = f"resume with: python src/train.py <same overrides> resume=true hydra.run.dir={tmp_path}"
+    assert hint in out, out
     assert "Traceback" not in out
     assert ("Received SIGTERM" in out) == (signum == signal.SIGTERM), out  # Ctrl-C says Ctrl-C
     r = results(tmp_path)

@@ -535,6 +535,70 @@ def test_a_sweep_into_a_live_sweeps_folder_is_refused_before_it_writes(
     assert changed(before, snapshot(sweep)) == []
 
 
+def test_runs_and_sweeps_never_write_into_a_live_one_of_the_other_kind(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
+) -> None:
+    """A sweep job whose folder a live run is starting in (``.hydra/`` and ``train.log``
+    only, so far) is refused and writes nothing there: Hydra's launcher rewrote that
+    ``.hydra/`` as a multirun's and appended the job's error to the run's log, and the sweep
+    exited 0. A run into a live sweep's folder, and a sweep into a live run's directory, are
+    refused with the holder's pid (the run trained beside the sweep's jobs, and compare
+    ranked it)."""
+    from lmlab.train.rundir import LOCK_FILE, SWEEP_LOCK_FILE
+
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "hydra.yaml").write_text("mode: RUN\n")
+    (sweep / "0" / "train.log").write_text("the live run's first line\n")
+    held = hold_lock(sweep / "0" / LOCK_FILE, "4242")
+    before = snapshot(sweep / "0")
+    try:
+        assert run_command("train", "-m", *SMOKE, f"hydra.sweep.dir={sweep}") == 1
+    finally:
+        os.close(held)
+    out = "".join(capsys.readouterr())  # the job's error is logged (stdout), the exit's: stderr
+    assert f"hydra.run.dir={sweep / '0'} is in use by a live run (pid 4242)" in out, out
+    assert "error: the sweep's only job failed" in out
+    assert changed(before, snapshot(sweep / "0")) == []
+
+    for kind, command, lock in [
+        ("sweep", ["train", *SMOKE, f"hydra.run.dir={tmp_path / 'a'}"], SWEEP_LOCK_FILE),
+        ("run", ["train", "-m", *SMOKE, f"hydra.sweep.dir={tmp_path / 'a'}"], LOCK_FILE),
+    ]:
+        held = hold_lock(tmp_path / "a" / lock, "4343")
+        before = snapshot(tmp_path / "a")
+        try:
+            assert run_command(*command) == 2
+        finally:
+            os.close(held)
+        key = command[-1].partition("=")[0]
+        message = f"error: {key}={tmp_path / 'a'} is in use by a live {kind} (pid 4343): wait"
+        assert message in capsys.readouterr().err
+        assert changed(before, snapshot(tmp_path / "a")) == []
+
+
+def test_a_stopped_sweep_names_the_command_that_continues_it(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
+) -> None:
+    """A stop (SIGTERM here) ends the whole sweep, so its job names the sweep's resume, not
+    the job's own (``resume=true hydra.run.dir=<sweep>/0``, which left the later jobs
+    unrun); that command continues the stopped job and runs the next."""
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=2"]
+    argv = ["-m", *SMOKE, "callbacks.sample=null", "model.activation=relu,gelu"]
+    assert run_command("train", *argv, *hook, f"hydra.sweep.dir={sweep}") == 143
+    out = "".join(capsys.readouterr())
+    assert (
+        "preempted: resume with: python src/train.py -m <same overrides> resume=auto "
+        f"hydra.sweep.dir={sweep}"
+    ) in out, out
+    assert not (sweep / "1").exists()
+    assert run_command("train", *argv, "resume=auto", f"hydra.sweep.dir={sweep}") == 0
+    assert [results(sweep / job)["status"] for job in "01"] == ["completed"] * 2
+
+
 @pytest.mark.parametrize("chosen", [True, False])
 def test_a_sweep_holds_its_folders_lock_until_it_ends(
     chosen: bool,

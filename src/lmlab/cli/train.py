@@ -42,12 +42,14 @@ from lmlab.cli.sweep import job_config, runs_here, search_corners, sweep_jobs, s
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.errors import ConfigError, first_line
 from lmlab.train.rundir import (
+    LOCK_FILES,
     chose_dir,
     earlier_sweep_runs,
     fresh_run_dir,
     fresh_sweep_dir,
     hold_hydra_writes,
     hold_sweep_hydra_writes,
+    in_the_way,
     job_started,
     keep_multirun_yaml,
     launch_rank_is_zero,
@@ -105,17 +107,19 @@ class RunDirCallback(Callback):
     earlier sweep's runs, or whose jobs do not all pass their checks (``check_sweep``), is
     refused in ``on_multirun_start``, before Hydra writes anything, unless ``resume``
     continues the earlier runs: then the earlier ``multirun.yaml`` is kept as
-    ``multirun.<n>.yaml``, each job's ``.hydra/`` is held until that job's checks pass
-    (``on_job_start``), and each job is guarded again in ``train()``. A multirun into the
-    folder of a sweep still live in another process is refused first, resumed or not: the
-    sweep holds its folder's lock until ``on_multirun_end``."""
+    ``multirun.<n>.yaml``. In a folder that exists, each job's ``.hydra/`` is held until that
+    job's checks pass (``on_job_start``; never into a live run's directory), and each job is
+    guarded again in ``train()``. A multirun into the folder of a sweep or run still live in
+    another process is refused first, resumed or not: the sweep holds its folder's lock
+    until ``on_multirun_end``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
         chosen = chose_dir(config, "hydra.sweep.dir")
-        if chosen and sweep_dir.is_dir():
-            guard_sweep_dir(sweep_dir)  # a live sweep writes there: refused before all else
+        existing = chosen and sweep_dir.is_dir()
+        if existing:
+            guard_sweep_dir(sweep_dir)  # a live sweep or run writes there: refused first
         runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
@@ -131,8 +135,10 @@ class RunDirCallback(Callback):
         if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
             sweep_dir = take_fresh_sweep_dir(config, sweep_dir)
         guard_sweep_dir(sweep_dir)  # held until the sweep ends (a new folder: created here)
+        if existing and any(p.name not in LOCK_FILES for p in sweep_dir.iterdir()):
+            # the same sweep continued job by job, or a job's folder that a live run takes
+            hold_sweep_hydra_writes(config)
         if resumed:
-            hold_sweep_hydra_writes(config)  # the same sweep, continued job by job
             keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -192,7 +198,8 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
         jobs = search_corners(config)
     if not jobs:
         return  # another sweeper: each job is checked as it starts
-    what, noun = ("search space's", "corners") if corners else ("sweep's", "jobs")
+    what, noun = ("search space's", "corner") if corners else ("sweep's", "job")
+    noun += "s" if len(jobs) != 1 else ""
     with long_lived():
         from lmlab.train.preflight import check_job
         from lmlab.train.run import check_continues
@@ -205,6 +212,11 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
             try:
                 job = job_config(config, overrides, num)
                 HydraConfig.instance().set_config(job)  # ${hydra:...} of this job
+                out_dir = Path(job.hydra.runtime.output_dir)
+                if (blocker := in_the_way(out_dir)) is not None:  # Hydra's mkdir would raise
+                    raise ConfigError(  # after the jobs before this one trained
+                        f"its folder {out_dir} cannot be created: {blocker} is a file, not a folder"
+                    )
                 plan = check_job(job, machine)
                 if resumed and not corners:
                     check_continues(job, plan, Path(job.hydra.runtime.output_dir))
@@ -368,9 +380,11 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
 
 def unwritable(err: OSError) -> ConfigError:
     """The run directory could not be created or written."""
+    blocker = in_the_way(Path(err.filename)) if err.filename else None
+    why = f"{blocker} is a file, not a folder" if blocker is not None else err.strerror
     return ConfigError(
-        f"cannot write {err.filename}: {err.strerror} (hydra.run.dir, or hydra.sweep.dir "
-        "with -m, must be a directory this user can create and write)"
+        f"cannot write {err.filename}: {why} (hydra.run.dir, or hydra.sweep.dir with -m, must "
+        "be a directory this user can create and write)"
     )
 
 
@@ -390,10 +404,9 @@ def main(argv: list[str]) -> int:
     try:
         with environ(FULL_ERROR, "1"):
             hydra_main()
-        if LAUNCH.jobs > 1 and LAUNCH.failed == LAUNCH.jobs:  # a sweep here, every job failed
-            fail(
-                RuntimeError(f"all {LAUNCH.jobs} jobs failed: each one's results.json says why"), 1
-            )
+        if LAUNCH.failed and LAUNCH.failed == LAUNCH.jobs:  # a sweep here, every job failed
+            which = f"all {LAUNCH.jobs} jobs" if LAUNCH.jobs > 1 else "the sweep's only job"
+            fail(RuntimeError(f"{which} failed: the errors are logged above"), 1)
     except Exception as err:
         if no_trial_completed(err) and LAUNCH.user_full_error != "1":
             if LAUNCH.dry_runs == LAUNCH.jobs:  # planned every trial, as asked

@@ -14,6 +14,8 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -356,12 +358,7 @@ def train(cfg: DictConfig) -> float | None:
             write_results(out_dir, results)
         status = results["status"]
         if status != "failed" and checkpoints_in(out_dir):
-            log.warning(
-                "%s: resume with: python src/train.py <same overrides> resume=true "
-                "hydra.run.dir=%s",
-                status,
-                out_dir,
-            )
+            log.warning("%s: resume with: %s", status, resume_command(out_dir))
         if status == "interrupted" and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
         raise
@@ -369,6 +366,15 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
+
+
+def resume_command(out_dir: Path) -> str:
+    """How to continue a run that stopped: in a sweep, the sweep (a stop ends it: this job
+    continues and the jobs after it run), else the run."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
+        return f"python src/train.py -m <same overrides> resume=auto hydra.sweep.dir={sweep_dir}"
+    return f"python src/train.py <same overrides> resume=true hydra.run.dir={out_dir}"
 
 
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}

@@ -15,10 +15,11 @@ training.
   the task function runs. ``lmlab.cli.train.RunDirCallback`` (``hydra.callbacks``) calls this
   from ``on_run_start``, before any of that, for a directory that is not empty: Hydra then
   saves nothing, and the log's records wait in memory (``HeldFileHandler``).
-- ``hold_sweep_hydra_writes`` / ``job_started``: the same for the jobs of a resumed sweep
-  (``resume=auto`` into a folder holding runs), whose ``.hydra/`` Hydra's launcher would
-  rewrite before each job's checks: a job that another grid's config is refused for keeps
-  what described it.
+- ``hold_sweep_hydra_writes`` / ``job_started``: the same for the jobs of a sweep into a
+  folder that exists (``resume=auto`` into a folder holding runs, or one where a live run
+  starts in a job's folder), whose ``.hydra/`` Hydra's launcher would rewrite before each
+  job's checks: a job that another grid's config is refused for keeps what described it,
+  and a live run's directory gets nothing.
 - ``RunDir``: ``train()``'s handle. ``open()`` marks the start of training: the held
   ``.hydra/`` files are written and the log flushed, files left by a killed checkpoint save
   are removed. A run that fails before ``open()`` in a directory holding an earlier run
@@ -85,6 +86,36 @@ _GUARDS = {
 }
 
 
+def _in_use(path: Path, fd: int, key: str | None = None) -> ConfigError:
+    """The refusal for the lock file ``path`` that another live process holds (``fd`` open on
+    it: the pid it wrote), named by ``key`` (default: the key of the lock's own folder)."""
+    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    own_key, kind, advice = _GUARDS[path.name]
+    return ConfigError(
+        f"{key or own_key}={path.parent} is in use by a live {kind} (pid {holder}): {advice}, "
+        "or choose another directory"
+    )
+
+
+def refuse_if_live(folder: Path, name: str, key: str) -> None:
+    """Refuse (``ConfigError``, naming ``key``) where another live process holds the lock
+    ``folder/name``; take nothing. A run into a live sweep's folder, and a sweep into a live
+    run's, are refused so."""
+    path = folder.absolute() / name
+    if path in _LOCKS:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no such lock (or no such folder): nothing live there
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(path, fd, key) from None
+    finally:
+        os.close(fd)
+
+
 def _take_lock(folder: Path, name: str) -> None:
     """Hold the ``flock`` on ``folder/name`` for this process (held already: nothing happens),
     or refuse (``ConfigError``): another live process holds it, named by the pid it wrote."""
@@ -97,13 +128,9 @@ def _take_lock(folder: Path, name: str) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            err = _in_use(path, fd)
             os.close(fd)
-            key, kind, advice = _GUARDS[name]
-            raise ConfigError(
-                f"{key}={path.parent} is in use by a live {kind} (pid {holder}): {advice}, or "
-                "choose another directory"
-            ) from None
+            raise err from None
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -128,7 +155,8 @@ def _release(path: Path) -> None:
 
 def lock_run_dir(run_dir: Path) -> None:
     """Take ``run_dir``'s lock for this process (again: nothing happens), or refuse: another
-    live process holds it."""
+    live process holds it, or the folder is a live sweep's."""
+    refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
     _take_lock(run_dir, LOCK_FILE)
 
 
@@ -137,7 +165,9 @@ def lock_sweep_dir(sweep_dir: Path) -> None:
     ends, or refuse: a live sweep launched from another process writes into that folder. A
     second sweep into it, resumed or not, would rewrite its ``multirun.yaml`` and meet its
     jobs one at a time at their run locks. Apart from the run lock, so that a job whose folder
-    is the sweep folder itself (``hydra.sweep.subdir=.``) keeps both."""
+    is the sweep folder itself (``hydra.sweep.subdir=.``) keeps both. A live run's directory
+    is refused too."""
+    refuse_if_live(sweep_dir, LOCK_FILE, "hydra.sweep.dir")
     _take_lock(sweep_dir, SWEEP_LOCK_FILE)
 
 
@@ -145,6 +175,15 @@ def unlock_sweep_dirs() -> None:
     """Release the sweep locks this process holds (its multirun ended, or was refused)."""
     for path in [p for p in _LOCKS if p.name == SWEEP_LOCK_FILE]:
         _release(path)
+
+
+def in_the_way(folder: Path) -> Path | None:
+    """The file that keeps ``folder`` from being created (``folder`` itself, or the nearest
+    existing parent, where it is not a folder), or None."""
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 def numbered(path: Path) -> Iterator[Path]:
@@ -321,9 +360,10 @@ def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
 
 
 def hold_sweep_hydra_writes(config: DictConfig) -> None:
-    """A resumed sweep into a folder that holds runs (``on_multirun_start``): every job
-    composes without ``.hydra/`` (the launcher composes each job from
-    ``hydra.overrides.hydra``) and carries where it would have gone, for ``job_started``."""
+    """A sweep into a folder that holds anything (``on_multirun_start``): a resumed sweep's
+    runs, or a live run starting in a job's folder. Every job composes without ``.hydra/``
+    (the launcher composes each job from ``hydra.overrides.hydra``) and carries where it
+    would have gone, for ``job_started``."""
     subdir = config.hydra.output_subdir
     if subdir is None:
         return
@@ -336,7 +376,9 @@ def hold_sweep_hydra_writes(config: DictConfig) -> None:
 def job_started(config: DictConfig) -> None:
     """A job of a sweep that ``hold_sweep_hydra_writes`` holds (``on_job_start``, once Hydra
     has set up the job): its ``.hydra/`` is written now into a folder that holds no run, and
-    by ``RunDir.open`` into one that does, once this job's checks passed and it trains."""
+    by ``RunDir.open`` into one that does, once this job's checks passed and it trains; into
+    a live run's directory, never (``train()`` refuses the job there, and its log lines stay
+    held)."""
     global _HELD
     subdir = os.environ.get(HELD_SUBDIR)
     if subdir is None or not launch_rank_is_zero():
@@ -346,6 +388,10 @@ def job_started(config: DictConfig) -> None:
     held_logs = [name for name, h in handlers.items() if h.get("class") == HELD_HANDLER]
     files = dict.fromkeys(held_logs, "logging.FileHandler")
     _HELD = _Held(run_dir, subdir, files)
+    try:
+        refuse_if_live(run_dir, LOCK_FILE, "hydra.run.dir")
+    except ConfigError:
+        return  # a live run's directory: nothing is written there; train() refuses the job
     if not holds_run(run_dir):
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
