@@ -154,8 +154,10 @@ def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_before_hydra_writes(
     (sweep / "0").mkdir(parents=True)
     (sweep / "0" / "results.json").write_text('{"status": "completed"}')
     (sweep / "multirun.yaml").write_text("the earlier sweep\n")
+    modified = sweep.stat().st_mtime_ns
     argv = ("-m", "+debug=smoke", "model.activation=relu,gelu", f"hydra.sweep.dir={sweep}")
     assert run_command("train", *argv) == 2
+    assert sweep.stat().st_mtime_ns == modified  # no lock file came and went
     err = capsys.readouterr().err
     assert err.startswith(f"error: hydra.sweep.dir={sweep} already holds the runs of an ")
     assert "sweep (0): choose another directory" in err and err.count("\n") == 1, err

@@ -56,6 +56,7 @@ from lmlab.train.rundir import (
     launched_processes,
     lock_run_dir,
     lock_sweep_dir,
+    refuse_live_sweep_dir,
     unlock_sweep_dirs,
 )
 
@@ -119,7 +120,7 @@ class RunDirCallback(Callback):
         chosen = chose_dir(config, "hydra.sweep.dir")
         existing = chosen and sweep_dir.is_dir()
         if existing:
-            guard_sweep_dir(sweep_dir)  # a live sweep or run writes there: refused first
+            guard_sweep_dir(sweep_dir, take=False)  # a live sweep or run's: refused first
         runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
@@ -278,14 +279,18 @@ def take_fresh_run_dir(config: DictConfig, default: Path) -> Path:
     return run_dir
 
 
-def guard_sweep_dir(sweep_dir: Path) -> None:
+def guard_sweep_dir(sweep_dir: Path, take: bool = True) -> None:
     """Take the sweep folder's lock for this multirun (on the launcher's rank 0: torchrun
-    starts every rank with the sweep's command), or exit: a live sweep holds it. An exit, not
-    an exception, which Hydra would turn into a warning and go on."""
+    starts every rank with the sweep's command), or exit: a live sweep or run holds it. An
+    exit, not an exception, which Hydra would turn into a warning and go on. ``take=False``:
+    only the refusal, before the checks (a refused sweep leaves no lock file's trace)."""
     if not launch_rank_is_zero():
         return
     try:
-        lock_sweep_dir(sweep_dir)
+        if take:
+            lock_sweep_dir(sweep_dir)
+        else:
+            refuse_live_sweep_dir(sweep_dir)
     except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
         print(
             f"error: {err if isinstance(err, ConfigError) else unwritable(err)}",

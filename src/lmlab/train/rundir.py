@@ -171,6 +171,13 @@ def lock_sweep_dir(sweep_dir: Path) -> None:
     _take_lock(sweep_dir, SWEEP_LOCK_FILE)
 
 
+def refuse_live_sweep_dir(sweep_dir: Path) -> None:
+    """``lock_sweep_dir``'s refusals without taking the lock (nor writing its file): checks
+    that may still refuse the sweep leave the folder as it was, its times included."""
+    for name in (LOCK_FILE, SWEEP_LOCK_FILE):
+        refuse_if_live(sweep_dir, name, "hydra.sweep.dir")
+
+
 def unlock_sweep_dirs() -> None:
     """Release the sweep locks this process holds (its multirun ended, or was refused)."""
     for path in [p for p in _LOCKS if p.name == SWEEP_LOCK_FILE]:
