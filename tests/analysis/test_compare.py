@@ -533,6 +533,38 @@ def test_main_errors_exit_2_without_traceback(
     assert not (tmp_path / "compare.png").exists()
 
 
+def test_compare_replaces_only_its_own_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command
+) -> None:
+    """A user's own compare.json or compare.png in the output folder is refused before the
+    table, byte for byte as it was (both were overwritten). compare's own outputs, marked
+    PNGs and the unmarked ones earlier versions wrote beside their compare.json, are
+    replaced on the next run."""
+    multirun = make_multirun(tmp_path / "multirun")
+    assert run_command("compare", multirun) == 0  # writes both
+    png = (multirun / "compare.png").read_bytes()
+    assert b"lmlab compare" in png
+    assert run_command("compare", multirun) == 0  # its own: replaced
+    (multirun / "compare.png").write_bytes(png.replace(b"lmlab compare", b"lmlab-compare"))
+    assert run_command("compare", multirun) == 0  # unmarked, beside compare's own JSON
+    capsys.readouterr()
+    for name, mine in [("compare.json", b'{"mine": 1}\n'), ("compare.png", b"notes\n")]:
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        (out / name).write_bytes(mine)
+        assert run_command("compare", multirun, "--out", out) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(
+            f"error: {out / name} exists and is not compare's own output: choose another "
+            "folder with --out (nothing is overwritten)"
+        ), captured.err
+        assert "winner" not in captured.out  # refused before the table
+        assert sorted(p.name for p in out.iterdir()) == [name]
+        assert (out / name).read_bytes() == mine
+    assert run_command("compare", multirun, "--out", multirun / "compare.json") == 2
+    assert "is a file: give a folder" in capsys.readouterr().err
+
+
 def test_main_all_failed_prints_failures_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

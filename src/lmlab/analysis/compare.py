@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lmlab.analysis.compare_plot import plot
+from lmlab.analysis.compare_plot import CREATOR, plot
 from lmlab.analysis.compute import is_moe
 from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_knobs
 from lmlab.analysis.multirun import higher_is_better as default_direction
@@ -27,6 +27,8 @@ from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summ
 from lmlab.analysis.runs import load_runs
 
 # Extra columns left out first when the terminal is narrow.
+# compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
+JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
 DROP_ORDER = ("wall_seconds", "tokens", "flops", "params", "active_params", "val_bits_per_byte")
 DROP_ORDER += ("val_perplexity", "tokens_per_second", "val_loss")
 
@@ -122,6 +124,38 @@ def _row_style(row: Row) -> str:
 # --------------------------------------------------------------------------- output
 
 
+def written_by_compare(path: Path) -> bool:
+    """Whether ``path`` is a file ``compare`` wrote: ``compare.json`` by its keys,
+    ``compare.png`` by the ``CREATOR`` it carries (or, as earlier versions wrote it unmarked,
+    by the ``compare.json`` written beside it)."""
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            return isinstance(data, dict) and data.keys() >= JSON_KEYS
+        return CREATOR.encode() in path.read_bytes() or written_by_compare(
+            path.with_name("compare.json")
+        )
+    except (OSError, ValueError):  # unreadable or no JSON: not known to be compare's
+        return False
+
+
+def check_outputs(out_dir: Path) -> None:
+    """Refuse (``CompareError``) before any work where writing ``compare.png`` and
+    ``compare.json`` into ``out_dir`` would replace a file that compare did not write (or
+    ``out_dir`` is a file): a user's own files are never overwritten."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompareError(f"--out {out_dir} is a file: give a folder (nothing is overwritten)")
+    for name in ("compare.json", "compare.png"):
+        target = out_dir / name
+        if (target.exists() or target.is_symlink()) and not (
+            target.is_file() and written_by_compare(target)
+        ):
+            raise CompareError(
+                f"{target} exists and is not compare's own output: choose another folder with "
+                "--out (nothing is overwritten)"
+            )
+
+
 def to_json(
     rows: Sequence[Row],
     knobs: Sequence[str],
@@ -180,6 +214,8 @@ def compare(
         higher_is_better = default_direction(metric)
     root = Path(path)
     runs = load_runs(root)
+    out_dir = Path(out) if out is not None else root
+    check_outputs(out_dir)
     knobs = varying_knobs(runs)
     rows = aggregate(runs, metric, higher_is_better=higher_is_better, knobs=knobs)
     if console is not None:
@@ -189,7 +225,6 @@ def compare(
         console.print(table)
         for line in summarize(rows, metric, higher_is_better):
             console.print(Text(line, style="bold green" if line.startswith("winner") else ""))
-    out_dir = Path(out) if out is not None else root
     data = to_json(rows, knobs, metric, higher_is_better=higher_is_better, root=root)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ import numpy as np
 from lmlab.analysis.multirun import Run, curve_column
 from lmlab.analysis.ranking import Row, fmt_stat, truncate
 
+CREATOR = "lmlab compare"  # compare.png's mark: a file without it is not replaced
+
 
 def plot(
     rows: Sequence[Row], path: str | Path, metric: str, *, higher_is_better: bool = False
@@ -33,7 +35,7 @@ def plot(
     caption = _caption(rows)
     if caption:
         fig.supxlabel(caption, fontsize=8, color="dimgrey")
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Creator": CREATOR})  # what compare may replace later
     return path
 
 
