@@ -344,7 +344,8 @@ def test_evaluate_checks_its_inputs_before_importing_the_harness(tmp_path: Path)
     assert res.returncode == 0, res.stderr
     errors, harness_imported = json.loads(res.stdout.splitlines()[-1])
     assert errors == [
-        f"ckpt={tmp_path / 'missing.ckpt'}: no such checkpoint file or sharded checkpoint folder",
+        f"ckpt={tmp_path / 'missing.ckpt'}: no such file or folder (allowed: a checkpoint "
+        "file or a sharded checkpoint folder)",
         "dtype='int8': allowed fp32, bf16, fp16, auto",
     ]
     assert harness_imported is False

@@ -344,7 +344,9 @@ def test_t5_infill_cli_fills_every_sentinel(smoke_ckpts: dict[str, Path]) -> Non
     ("args", "message"),
     [
         (["prompt=x"], "ckpt is required: add ckpt=<value>"),
-        (["ckpt=/nonexistent.ckpt"], "ckpt=/nonexistent.ckpt: no such checkpoint file"),
+        (["ckpt=/nonexistent.ckpt"], "ckpt=/nonexistent.ckpt: no such file or folder"),
+        (["ckpt=RUN"], "ckpt=RUN is a run directory: give one of its checkpoints, e.g. ckpt=RUN/"),
+        (["ckpt=RUN/csv"], "ckpt=RUN/csv is a folder but no sharded checkpoint (no meta.pt"),
         (["ckpt=GPT", "tmperature=0"], "unknown key 'tmperature'; allowed: cache, ckpt"),
         (["ckpt=GPT", "prompt"], "argument 'prompt' is not key=value"),
         (["ckpt=GPT", "max_new_tokens=many"], "max_new_tokens=many: Value 'many' of type 'str'"),
@@ -357,7 +359,9 @@ def test_t5_infill_cli_fills_every_sentinel(smoke_ckpts: dict[str, Path]) -> Non
 def test_generate_bad_input_is_named(
     smoke_ckpts: dict[str, Path], args: list[str], message: str
 ) -> None:
-    args = [a.replace("GPT", str(smoke_ckpts["gpt"])) for a in args]
+    run_dir = str(smoke_ckpts["gpt"].parent.parent)
+    args = [a.replace("GPT", str(smoke_ckpts["gpt"])).replace("RUN", run_dir) for a in args]
+    message = message.replace("RUN", run_dir)
     with pytest.raises(ConfigError, match=re.escape(message)):
         generate_main(args)
 
@@ -380,7 +384,8 @@ def test_cli_error_is_one_line_and_exit_code_2_before_the_model_code_loads(name:
     )
     assert res.returncode == 2
     assert res.stderr == (
-        "error: ckpt=/nonexistent.ckpt: no such checkpoint file or sharded checkpoint folder\n"
+        "error: ckpt=/nonexistent.ckpt: no such file or folder (allowed: a checkpoint file or "
+        "a sharded checkpoint folder)\n"
     )
     assert res.stdout == "[]\n"
 

@@ -38,6 +38,27 @@ def is_sharded(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file()
 
 
+def no_checkpoint(key: str, path: Path) -> ConfigError:
+    """The refusal for ``key=path`` where ``path`` is neither a checkpoint file nor a sharded
+    checkpoint folder: missing, a run directory (its checkpoints are named), or another."""
+    if not (path.exists() or path.is_symlink()):
+        return ConfigError(
+            f"{key}={path}: no such file or folder (allowed: a checkpoint file or a sharded "
+            "checkpoint folder)"
+        )
+    if (path / "checkpoints").is_dir():
+        return ConfigError(
+            f"{key}={path} is a run directory: give one of its checkpoints, e.g. "
+            f"{key}={path / 'checkpoints' / 'last.ckpt'}"
+        )
+    if path.is_dir():
+        return ConfigError(
+            f"{key}={path} is a folder but no sharded checkpoint (no {SHARDED_META} inside): "
+            "give a checkpoint file or a sharded checkpoint folder"
+        )
+    return ConfigError(f"{key}={path}: not a checkpoint file (a dangling link or a device?)")
+
+
 @contextmanager
 def readable(path: Path, what: str = "truncated, corrupt or not a checkpoint") -> Iterator[None]:
     """Reading checkpoint ``path``: any failure becomes a ``ConfigError`` that names the file

@@ -21,7 +21,7 @@ from torch import nn
 from lmlab.config import Family, ModelConfig
 from lmlab.data.tokenizer import Specials, prompt_ids
 from lmlab.errors import ConfigError, first_line
-from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
+from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_forward_module.")
@@ -149,7 +149,7 @@ def check_source(path: Path, device: str, dtype: str, key: str = "ckpt") -> None
     folder at ``path``, a known dtype (cheap: commands check it before slow imports)."""
     check_device(device)
     if not (path.is_file() or is_sharded(path)):
-        raise ConfigError(f"{key}={path}: no such checkpoint file or sharded checkpoint folder")
+        raise no_checkpoint(key, path)
     if dtype not in DTYPES and dtype != "auto":
         raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}, auto")
 

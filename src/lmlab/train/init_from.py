@@ -36,7 +36,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.errors import ConfigError
-from lmlab.infer.checkpoint import consolidate, is_sharded, read_checkpoint
+from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
 from lmlab.infer.pretrained import model_state
 
 # Model fields a run may set differently from the checkpoint it starts from: none has weights.
@@ -94,7 +94,7 @@ def resolve_init_from(
         return None
     path = Path(path)
     if not (path.is_file() or is_sharded(path)):
-        raise ConfigError(f"init_from={path}: no such checkpoint file or sharded checkpoint folder")
+        raise no_checkpoint("init_from", path)
     ckpt = read_checkpoint(path)
     if "model_config" not in ckpt or "state_dict" not in ckpt and not is_sharded(path):
         raise ConfigError(f"init_from={path}: not an lmlab checkpoint (no model_config/weights)")
