@@ -165,6 +165,19 @@ def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_before_hydra_writes(
     assert (sweep / "multirun.yaml").read_text() == "the earlier sweep\n"
 
 
+def test_a_value_hydra_reads_only_quoted_is_named_with_the_quoting(
+    run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``data.path=~/corpus`` (the shell leaves the ``~`` alone there) met Hydra's lexer and
+    printed its exception's name; the line now shows the quoting that works."""
+    assert run_command("train", "data=text", "data.path=~/corpus") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: data.path=~/corpus: Hydra cannot read this value unquoted; quote it for Hydra "
+        "inside the shell's quotes: \"data.path='~/corpus'\"\n"
+    )
+
+
 def test_compose_error_from_the_script_and_with_full_error(tmp_path: Path) -> None:
     """The script exits 2 with one line; HYDRA_FULL_ERROR=1 gives Hydra's traceback."""
     out = run(sys.executable, SRC / "train.py", "model=gpt_huge", cwd=tmp_path)

@@ -103,6 +103,8 @@ def test_vocab_too_small_for_bytes_and_special_tokens() -> None:
     [
         (lambda d: d / "missing.txt", r"data.path='.*missing.txt' does not exist"),
         (lambda d: (d / "empty").mkdir() or d / "empty", r"is an empty folder"),
+        (lambda d: write(d / "h" / ".git" / "x", b"x").parent.parent, r"holds no text files: hid"),
+        (lambda d: os.mkfifo(d / "fifo") or d / "fifo", r"is neither a file nor a folder \(a pi"),
         (lambda d: write(d / "e.txt", b""), r"holds no text: empty corpus"),
         (
             lambda d: write(d / "b.bin", b"\xff\xfe\x00abc"),
@@ -114,6 +116,15 @@ def test_bad_data_paths_get_clear_errors(tmp_path: Path, setup, message: str) ->
     path = setup(tmp_path)
     with pytest.raises(ConfigError, match=message):
         prepare(text_cfg(path, tmp_path), row_len=9)
+
+
+def test_a_byte_order_mark_is_not_read_as_text(tmp_path: Path) -> None:
+    """A UTF-8 file an editor saved with a byte-order mark: the mark is not a character of
+    the corpus (it became a token), in the file's first line only."""
+    corpus = write(tmp_path / "bom.txt", "\ufeffdef f():\n    return '\ufeff'\n".encode())
+    assert load_documents(text_cfg(corpus, tmp_path)) == [
+        ("bom.txt", "def f():\n    return '\ufeff'\n")
+    ]
 
 
 def test_a_folder_of_text_leaves_out_hidden_folders_and_byte_code(tmp_path: Path) -> None:

@@ -371,6 +371,13 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         if group and options:
             return ConfigError(f"{group}={name}: no such config; allowed: {', '.join(options)}")
     if isinstance(err, OverrideParseException):
+        key, _, value = str(err.override).partition("=")
+        if "LexerNoViableAltException" in str(err) and "'" not in value:
+            # a character Hydra's grammar takes no unquoted value with (~ for a home folder)
+            return ConfigError(
+                f"{err.override}: Hydra cannot read this value unquoted; quote it for Hydra "
+                f"inside the shell's quotes: \"{key}='{value}'\""
+            )
         return ConfigError(f"{err.override}: {first_line(err)}")
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):

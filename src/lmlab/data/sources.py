@@ -49,9 +49,19 @@ def text_files(cfg: DataConfig) -> list[Path]:
         raise ConfigError(f"data.path={cfg.path!r} does not exist (allowed: a text file or folder)")
     if path.is_file():
         return [path]
+    if not path.is_dir():
+        raise ConfigError(
+            f"data.path={cfg.path!r} is neither a file nor a folder (a pipe or a device?); "
+            "allowed: a text file or folder"
+        )
     files = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path)))
-    if not files:
+    if not files and not any(path.iterdir()):
         raise ConfigError(f"data.path={cfg.path!r} is an empty folder: no text files in it")
+    if not files:
+        raise ConfigError(
+            f"data.path={cfg.path!r} holds no text files: hidden files and folders, "
+            "__pycache__ and links to nothing are left out"
+        )
     return files
 
 
@@ -80,7 +90,8 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
     for path in files:
         raw = path.read_bytes()
         try:
-            docs.append((path.relative_to(root).as_posix(), raw.decode("utf-8")))
+            # utf-8-sig: a byte-order mark that an editor put first is no text to learn
+            docs.append((path.relative_to(root).as_posix(), raw.decode("utf-8-sig")))
         except UnicodeDecodeError as err:
             raise ConfigError(
                 f"data.path: {str(path)!r} is not UTF-8 text (invalid byte at offset {err.start});"
