@@ -26,9 +26,9 @@ from lmlab.analysis.multirun import higher_is_better as default_direction
 from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
 from lmlab.analysis.runs import load_runs
 
-# Extra columns left out first when the terminal is narrow.
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
 JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
+# Extra columns left out first when the terminal is narrow.
 DROP_ORDER = ("wall_seconds", "tokens", "flops", "params", "active_params", "val_bits_per_byte")
 DROP_ORDER += ("val_perplexity", "tokens_per_second", "val_loss")
 

@@ -220,7 +220,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                     )
                 plan = check_job(job, machine)
                 if resumed and not corners:
-                    check_continues(job, plan, Path(job.hydra.runtime.output_dir))
+                    check_continues(job, plan, out_dir)
                 budget = plan.budget
                 steps, tokens, flops = (
                     steps + budget.steps,
