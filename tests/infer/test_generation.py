@@ -344,6 +344,7 @@ def test_t5_infill_cli_fills_every_sentinel(smoke_ckpts: dict[str, Path]) -> Non
     ("args", "message"),
     [
         (["prompt=x"], "ckpt is required: add ckpt=<value>"),
+        (["ckpt="], "ckpt is empty: give ckpt=<value>"),
         (["ckpt=/nonexistent.ckpt"], "ckpt=/nonexistent.ckpt: no such file or folder"),
         (["ckpt=RUN"], "ckpt=RUN is a run directory: give one of its checkpoints, e.g. ckpt=RUN/"),
         (["ckpt=RUN/csv"], "ckpt=RUN/csv is a folder but no sharded checkpoint (no meta.pt"),

@@ -91,4 +91,6 @@ def parse(schema: type[T], argv: list[str]) -> T:
     for key in required:
         if key not in given:
             raise ConfigError(f"{key} is required: add {key}=<value>")
+        if not given[key]:  # ckpt= (an unset shell variable): a path of '.' further on
+            raise ConfigError(f"{key} is empty: give {key}=<value>")
     return to_schema(schema, given)
