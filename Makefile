@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install train test test-all test-fast test-gpu lint format bench bench-gpu gpu-wheels clean
+.PHONY: help install lock train test test-all test-fast test-gpu lint format bench bench-gpu gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,17 +17,37 @@ help:  ## list the targets
 # build) and installs uv; uv installs that wheel and the rest, downloading in parallel and
 # byte-compiling on every core. Where uv cannot install (no uv wheel for the platform, an
 # index only pip is configured for), pip does. Whole install on the 2-core machine: README.
-$(STAMP): pyproject.toml
+#
+# LOCK (constraints.txt) holds every other package at the version the suite passed with, so a
+# fresh install today and next month get the same stack; `make install LOCK=` installs the
+# newest versions pyproject.toml allows instead, and `make lock` re-resolves the file.
+LOCK ?= constraints.txt
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	-$(PY) -m pip install --quiet uv
 	rm -rf $(VENV)/torch-wheel
 	$(PY) -m pip download --quiet --no-deps -d $(VENV)/torch-wheel "$(TORCH_SPEC)"
-	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode $(VENV)/torch-wheel/*.whl -e ".[dev]" \
-	  || $(PY) -m pip install --quiet $(VENV)/torch-wheel/*.whl -e ".[dev]"
+	$(PY) -m uv pip install --quiet --python $(PY) --compile-bytecode $(VENV)/torch-wheel/*.whl -e ".[dev]" $(if $(LOCK),-c $(LOCK)) \
+	  || $(PY) -m pip install --quiet $(VENV)/torch-wheel/*.whl -e ".[dev]" $(if $(LOCK),-c $(LOCK))
 	rm -rf $(VENV)/torch-wheel
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
+
+# The newest versions pyproject.toml allows, for every Python from 3.10 on and every platform
+# (markers where they differ), with torch at TORCH_SPEC's version. torch and the CUDA packages
+# it pulls in (triton, nvidia-*, cuda-*) are left out: TORCH_SPEC chooses the build. Run the
+# whole suite (`make test-all`) on the new file before committing it.
+LOCK_DROP := ^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==
+lock:  ## re-resolve constraints.txt to the newest versions pyproject.toml allows
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m uv --version > /dev/null 2>&1 || $(PY) -m pip install --quiet uv
+	printf '%s\n' "$(TORCH_SPEC)" > $(VENV)/lock-torch.txt
+	$(PY) -m uv pip compile --quiet pyproject.toml --extra dev --extra cluster --universal \
+	  --python-version 3.10 --no-annotate --no-header --override $(VENV)/lock-torch.txt -o $(VENV)/lock.txt
+	{ printf '%s\n' "# Written by \`make lock\` ($(TORCH_SPEC)); \`make install\` installs with it (-c)." \
+	  "# Every Python from 3.10 on; torch and its CUDA packages are TORCH_SPEC's."; \
+	  grep -Ev '$(LOCK_DROP)' $(VENV)/lock.txt; } > constraints.txt
 
 train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, CPU); ARGS=overrides
 	$(PY) src/train.py $(ARGS)
