@@ -578,6 +578,52 @@ def test_runs_and_sweeps_never_write_into_a_live_one_of_the_other_kind(
         assert changed(before, snapshot(tmp_path / "a")) == []
 
 
+def finished_run(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text('{"status": "completed"}')
+    (folder / "plan.json").write_text("{}")
+    return folder
+
+
+def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """A single run into a finished sweep's folder (Hydra's ``multirun.yaml``, or a W&B
+    agent's job folders alone) is refused: it trained beside the jobs and compare ranked it
+    among them. So is a sweep into a finished run's directory, whose jobs went inside the
+    run. Each folder is left byte for byte as it was."""
+    sweep = tmp_path / "sweep"
+    finished_run(sweep / "0")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    agent = tmp_path / "agent"
+    finished_run(agent / "abc123")
+    run = finished_run(tmp_path / "run")
+    for folder, command, message in [
+        (
+            sweep,
+            ["train", *SMOKE],
+            f"hydra.run.dir={sweep} is a sweep's folder (multirun.yaml "
+            "and the runs in 0): compare would rank a run here among the sweep's jobs",
+        ),
+        (
+            agent,
+            ["train", *SMOKE, "resume=auto"],
+            f"hydra.run.dir={agent} is a sweep's folder (the runs in abc123)",
+        ),
+        (
+            run,
+            ["train", "-m", *SMOKE, "resume=auto"],
+            f"hydra.sweep.dir={run} holds a single "
+            "run (results.json, plan.json): the sweep's jobs would be nested in it",
+        ),
+    ]:
+        key = "hydra.sweep.dir" if "-m" in command else "hydra.run.dir"
+        before = snapshot(folder)
+        assert run_command(*command, f"{key}={folder}") == 2
+        assert f"error: {message}" in capsys.readouterr().err
+        assert changed(before, snapshot(folder)) == []
+
+
 def test_a_stopped_sweep_names_the_command_that_continues_it(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
 ) -> None:

@@ -54,9 +54,12 @@ from lmlab.train.rundir import (
     keep_multirun_yaml,
     launch_rank_is_zero,
     launched_processes,
+    listed,
     lock_run_dir,
     lock_sweep_dir,
     refuse_live_sweep_dir,
+    refuse_run_in_sweep_dir,
+    refuse_sweep_in_run_dir,
     unlock_sweep_dirs,
 )
 
@@ -124,10 +127,9 @@ class RunDirCallback(Callback):
         runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
-            shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
             print(
                 f"error: hydra.sweep.dir={sweep_dir} already holds the runs of an earlier "
-                f"sweep ({shown}): choose another directory (the default is a new one), or "
+                f"sweep ({listed(runs)}): choose another directory (the default is a new one), or "
                 "add resume=auto to continue them",
                 file=sys.stderr,
             )
@@ -167,6 +169,7 @@ class RunDirCallback(Callback):
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()
         try:
             if chose_dir(config, "hydra.run.dir"):
+                refuse_run_in_sweep_dir(run_dir)
                 lock_run_dir(run_dir)
             else:  # outputs/<date>/<time>: taken by a run started in the same second?
                 run_dir = take_fresh_run_dir(config, run_dir)
@@ -291,6 +294,7 @@ def guard_sweep_dir(sweep_dir: Path, take: bool = True) -> None:
             lock_sweep_dir(sweep_dir)
         else:
             refuse_live_sweep_dir(sweep_dir)
+            refuse_sweep_in_run_dir(sweep_dir)
     except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
         print(
             f"error: {err if isinstance(err, ConfigError) else unwritable(err)}",

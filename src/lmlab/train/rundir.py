@@ -178,6 +178,39 @@ def refuse_live_sweep_dir(sweep_dir: Path) -> None:
         refuse_if_live(sweep_dir, name, "hydra.sweep.dir")
 
 
+def refuse_run_in_sweep_dir(run_dir: Path) -> None:
+    """A single run's chosen directory that is a sweep's folder and holds no run of its own:
+    ``compare`` ranks every run in a sweep's folder, so the run would count among the sweep's
+    jobs. A live sweep's is refused as in use. (A run there already, from before this check:
+    ``lmlab.train.run``'s checks resume it or refuse.)"""
+    refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
+    if not run_dir.is_dir() or holds_run(run_dir):
+        return
+    marks = ["multirun.yaml"] if (run_dir / "multirun.yaml").is_file() else []
+    jobs = earlier_sweep_runs(run_dir)  # a W&B agent's sweep folder has these alone
+    if jobs:
+        marks.append(f"the runs in {listed(jobs)}")
+    if marks:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir} is a sweep's folder ({' and '.join(marks)}): compare "
+            "would rank a run here among the sweep's jobs; choose another directory (a sweep "
+            "takes more jobs with -m <overrides> resume=auto hydra.sweep.dir=<its folder>)"
+        )
+
+
+def refuse_sweep_in_run_dir(sweep_dir: Path) -> None:
+    """A sweep's chosen folder that holds a single run (and no ``multirun.yaml``: a sweep whose
+    jobs ran in its own folder, ``hydra.sweep.subdir=.``, is a sweep's): the jobs would be
+    nested in the run, and ``compare`` would rank the run among them."""
+    if holds_run(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
+        written = ", ".join(n for n in RUN_FILES if (sweep_dir / n).exists())
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} holds a single run ({written}): the sweep's jobs "
+            "would be nested in it and compare would rank that run among them; choose "
+            "another directory"
+        )
+
+
 def unlock_sweep_dirs() -> None:
     """Release the sweep locks this process holds (its multirun ended, or was refused)."""
     for path in [p for p in _LOCKS if p.name == SWEEP_LOCK_FILE]:
@@ -320,6 +353,12 @@ def holds_run(path: Path) -> bool:
             status = None
         return status != "failed"
     return bool(present)
+
+
+def listed(names: list[str], most: int = 5) -> str:
+    """``a, b, c``: the first ``most`` names, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def earlier_sweep_runs(sweep_dir: Path) -> list[str]:
