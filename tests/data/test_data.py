@@ -127,6 +127,17 @@ def test_a_byte_order_mark_is_not_read_as_text(tmp_path: Path) -> None:
     ]
 
 
+def test_windows_line_ends_read_as_the_same_text(tmp_path: Path) -> None:
+    """A corpus saved with CRLF (Windows, Project Gutenberg) or a lone CR reads as its copy with
+    LF, as Python's text mode reads it: the CRs were tokens, and bytes that deflated its bits
+    per byte."""
+    unix = "def f():\n    return 1\n\nx = f()\n"
+    write(tmp_path / "crlf" / "a.py", unix.replace("\n", "\r\n").encode())
+    write(tmp_path / "cr" / "a.py", unix.replace("\n", "\r").encode())
+    for folder in ("crlf", "cr"):
+        assert load_documents(text_cfg(tmp_path / folder, tmp_path)) == [("a.py", unix)]
+
+
 def test_a_folder_of_text_leaves_out_hidden_folders_and_byte_code(tmp_path: Path) -> None:
     """A project checkout as ``data.path``: its ``.git`` (binary index and objects), hidden
     folders and ``__pycache__`` are not read (they are not UTF-8 text)."""

@@ -83,6 +83,18 @@ def corpus_files(cfg: DataConfig) -> tuple[list[Path], Path]:
     return text_files(cfg), text_root(cfg)
 
 
+def universal_newlines(text: str) -> str:
+    """``\\r\\n`` and a lone ``\\r`` as ``\\n``, as Python's text mode and ``datasets``' text
+    loader read files: a corpus saved with Windows line ends (Project Gutenberg's books are)
+    is the same text, the same tokens and the same bits per byte as its copy with Unix ones."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# How files become text (``_read_files``), in the data cache's key: rows built by an earlier
+# reading (before universal newlines, a CR was kept as text) are not reused.
+READING = "utf-8-sig, universal newlines"
+
+
 def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documents:
     """Documents named by their path relative to ``root``, so the train/val split (a hash of
     the name) is the same on every machine."""
@@ -91,12 +103,13 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
         raw = path.read_bytes()
         try:
             # utf-8-sig: a byte-order mark that an editor put first is no text to learn
-            docs.append((path.relative_to(root).as_posix(), raw.decode("utf-8-sig")))
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as err:
             raise ConfigError(
                 f"data.path: {str(path)!r} is not UTF-8 text (invalid byte at offset {err.start});"
                 " allowed: UTF-8 text files"
             ) from None
+        docs.append((path.relative_to(root).as_posix(), universal_newlines(text)))
         total += len(raw)
         if max_bytes is not None and total >= max_bytes:
             break
@@ -160,5 +173,6 @@ def fingerprint(cfg: DataConfig) -> str:
         for path in corpus_files(cfg)[0]:
             st = path.stat()
             ident.append((str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+        ident.append(READING)
     blob = json.dumps([cfg.source.value, cfg.max_bytes, ident], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
