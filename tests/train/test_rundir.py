@@ -686,6 +686,29 @@ def test_a_sweep_holds_its_folders_lock_until_it_ends(
     assert not list(tmp_path.rglob(SWEEP_LOCK_FILE))
 
 
+def test_a_probe_of_the_lock_is_waited_out_not_taken_for_a_live_run(tmp_path: Path) -> None:
+    """Another command's probe (``refuse_if_live``: a shared lock for an instant) that a run
+    meets as it takes its lock: the run waits it out. A lock held longer is a live one's."""
+    import fcntl
+    import threading
+
+    from lmlab.train.rundir import LOCK_FILE, PROBE_WAIT_S, lock_run_dir, unlock_run_dir
+
+    probe = os.open(tmp_path / LOCK_FILE, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(PROBE_WAIT_S / 5, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+    lock_run_dir(tmp_path)  # it used to be refused: "in use by a live run (pid unknown)"
+    unlock_run_dir(tmp_path)
+    os.close(probe)
+    held = os.open(tmp_path / LOCK_FILE, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held past the wait: a live holder's
+    try:
+        with pytest.raises(ConfigError, match=r"is in use by a live run"):
+            lock_run_dir(tmp_path)
+    finally:
+        os.close(held)
+
+
 def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None:
     """The default directory is named by the second a run starts: a live run's (another open
     lock) or an earlier run's is passed over for ``<dir>_2``, ``_3``, ..., and left as it was."""

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,24 @@ def refuse_if_live(folder: Path, name: str, key: str) -> None:
         os.close(fd)
 
 
+PROBE_WAIT_S = 0.05  # how long a probe (refuse_if_live) could hold a lock it takes, at most
+
+
+def _flock_exclusive(fd: int) -> bool:
+    """The exclusive ``flock`` on ``fd``, or False where a live holder keeps it. Another
+    command's ``refuse_if_live`` holds a shared lock for an instant (microseconds): one that
+    the lock meets is waited out rather than taken for a live run's."""
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+
 def _take_lock(folder: Path, name: str) -> None:
     """Hold the ``flock`` on ``folder/name`` for this process (held already: nothing happens),
     or refuse (``ConfigError``): another live process holds it, named by the pid it wrote."""
@@ -125,9 +144,7 @@ def _take_lock(folder: Path, name: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock_exclusive(fd):
             err = _in_use(path, fd)
             os.close(fd)
             raise err from None
