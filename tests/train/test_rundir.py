@@ -686,25 +686,30 @@ def test_a_sweep_holds_its_folders_lock_until_it_ends(
     assert not list(tmp_path.rglob(SWEEP_LOCK_FILE))
 
 
-def test_a_probe_of_the_lock_is_waited_out_not_taken_for_a_live_run(tmp_path: Path) -> None:
+def test_a_probe_of_the_lock_is_waited_out_not_taken_for_a_live_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another command's probe (``refuse_if_live``: a shared lock for an instant) that a run
-    meets as it takes its lock: the run waits it out. A lock held longer is a live one's."""
+    meets as it takes its lock: the run waits it out. A lock held past the wait is a live
+    one's. (The wait is set long, then to nothing, so that no timing decides the test.)"""
     import fcntl
     import threading
 
-    from lmlab.train.rundir import LOCK_FILE, PROBE_WAIT_S, lock_run_dir, unlock_run_dir
+    import lmlab.train.rundir as rundir
 
-    probe = os.open(tmp_path / LOCK_FILE, os.O_RDONLY | os.O_CREAT)
+    probe = os.open(tmp_path / rundir.LOCK_FILE, os.O_RDONLY | os.O_CREAT)
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    threading.Timer(PROBE_WAIT_S / 5, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
-    lock_run_dir(tmp_path)  # it used to be refused: "in use by a live run (pid unknown)"
-    unlock_run_dir(tmp_path)
+    threading.Timer(0.01, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+    monkeypatch.setattr(rundir, "PROBE_WAIT_S", 60.0)
+    rundir.lock_run_dir(tmp_path)  # it used to be refused: "in use by a live run (pid unknown)"
+    rundir.unlock_run_dir(tmp_path)
     os.close(probe)
-    held = os.open(tmp_path / LOCK_FILE, os.O_RDONLY | os.O_CREAT)
-    fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held past the wait: a live holder's
+    held = os.open(tmp_path / rundir.LOCK_FILE, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)  # never released: a live holder's
+    monkeypatch.setattr(rundir, "PROBE_WAIT_S", 0.0)
     try:
         with pytest.raises(ConfigError, match=r"is in use by a live run"):
-            lock_run_dir(tmp_path)
+            rundir.lock_run_dir(tmp_path)
     finally:
         os.close(held)
 
