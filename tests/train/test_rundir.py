@@ -624,6 +624,49 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
         assert changed(before, snapshot(folder)) == []
 
 
+@pytest.mark.parametrize(
+    ("jobs", "subdir", "named"),
+    [
+        (["a/0", "a/1"], "hydra.sweep.subdir=a/${hydra.job.num}", "a/0, a/1"),
+        (["."], "hydra.sweep.subdir=.", "."),
+        (["0"], "hydra.sweep.dir={tmp}/missing/../sweep", "0"),
+    ],
+    ids=["nested", "itself", "dotdot"],
+)
+def test_an_earlier_sweeps_runs_are_found_wherever_its_jobs_sat(
+    jobs: list[str], subdir: str, named: str, tmp_path: Path, run_command, capsys
+) -> None:
+    """A sweep into a finished sweep's folder is refused before anything is written, whether
+    its jobs sat a level down (``a/${hydra.job.num}``: reading that override raised in the
+    sweep's start, so none of its checks ran, and each job failed alone after Hydra rewrote
+    ``multirun.yaml``), in the folder itself (``.``), or behind a ``..`` through a folder
+    that does not exist (it looked new, and the dry run rewrote the jobs' ``.hydra/``)."""
+    sweep = tmp_path / "sweep"
+    for job in jobs:
+        (sweep / job).mkdir(parents=True, exist_ok=True)
+        (sweep / job / "results.json").write_text('{"status": "completed"}')
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    before = snapshot(sweep)
+    where = subdir.format(tmp=tmp_path) if "{tmp}" in subdir else subdir
+    argv = ["-m", *SMOKE, "model.activation=relu,gelu", "dry_run=true", where]
+    if "sweep.dir" not in where:
+        argv.append(f"hydra.sweep.dir={sweep}")
+    assert run_command("train", *argv) == 2
+    assert (
+        f"error: hydra.sweep.dir={sweep} already holds the runs of an earlier sweep ({named}): "
+    ) in capsys.readouterr().err
+    assert changed(before, snapshot(sweep)) == []
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_run_directory_named_through_dotdot_is_its_own(tmp_path: Path, run_command) -> None:
+    """``hydra.run.dir=<x>/../run``: the run took its lock under that spelling and looked for
+    it again under Hydra's (``..`` resolved), and refused itself as a live run (its own pid)."""
+    argv = [*SMOKE, "dry_run=true", f"hydra.run.dir={tmp_path}/missing/../run"]
+    assert run_command("train", *argv) == 0
+    assert (tmp_path / "run").is_dir() and not (tmp_path / "missing").exists()
+
+
 def test_a_stopped_sweep_names_the_command_that_continues_it(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
 ) -> None:

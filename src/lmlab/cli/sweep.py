@@ -23,6 +23,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmlab.config.asked import as_typed
+
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # an integer range with at most this many values is checked at every value, not its two ends
@@ -43,7 +45,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
     arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments += list(config.hydra.overrides.task)
+    arguments += as_typed(config.hydra.overrides.task)
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     return [
         job
@@ -65,7 +67,7 @@ def search_corners(config: DictConfig) -> list[list[str]] | None:
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments += list(config.hydra.overrides.task)
+    arguments += as_typed(config.hydra.overrides.task)
     try:
         space, fixed = create_params_from_overrides(arguments)
     except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong

@@ -43,6 +43,7 @@ from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_co
 from lmlab.errors import ConfigError, first_line
 from lmlab.train.rundir import (
     LOCK_FILES,
+    absolute,
     chose_dir,
     earlier_sweep_runs,
     fresh_run_dir,
@@ -119,7 +120,8 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
-        sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
+        sweep_dir = absolute(OmegaConf.select(config, "hydra.sweep.dir"))
+        named_through_dotdot(config, "sweep", sweep_dir)
         chosen = chose_dir(config, "hydra.sweep.dir")
         existing = chosen and sweep_dir.is_dir()
         if existing:
@@ -166,9 +168,10 @@ class RunDirCallback(Callback):
         if not launch_rank_is_zero():
             return  # a DDP/FSDP rank of a run that rank 0 guards
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
-        run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()
+        run_dir = absolute(OmegaConf.select(config, "hydra.run.dir"))
         try:
             if chose_dir(config, "hydra.run.dir"):
+                named_through_dotdot(config, "run", run_dir)
                 refuse_run_in_sweep_dir(run_dir)
                 lock_run_dir(run_dir)
             else:  # outputs/<date>/<time>: taken by a run started in the same second?
@@ -277,8 +280,7 @@ def take_fresh_run_dir(config: DictConfig, default: Path) -> Path:
     run_dir = fresh_run_dir(default)
     if run_dir != default:
         print(f"{default} is taken (a run started in the same second); this run is in {run_dir}")
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.run.dir = str(run_dir)
+        name_dir(config, "run", run_dir)
     return run_dir
 
 
@@ -311,10 +313,25 @@ def take_fresh_sweep_dir(config: DictConfig, default: Path) -> Path:
     if sweep_dir == default:
         return sweep_dir
     print(f"{default} is taken (a sweep started in the same second); this sweep is in {sweep_dir}")
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.sweep.dir = str(sweep_dir)
-        config.hydra.overrides.hydra.append(f"hydra.sweep.dir={sweep_dir}")
+    name_dir(config, "sweep", sweep_dir)
     return sweep_dir
+
+
+def name_dir(config: DictConfig, kind: str, folder: Path) -> None:
+    """``hydra.<kind>.dir`` (``kind``: run or sweep) set to ``folder``, where Hydra's
+    ``run_job`` or launcher then writes; a sweep's jobs, which the launcher composes again
+    from the command line's Hydra overrides, get it as one more of those."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra[kind].dir = str(folder)
+        if kind == "sweep":
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
+
+
+def named_through_dotdot(config: DictConfig, kind: str, folder: Path) -> None:
+    """A folder typed with ``..`` (``runs/x/../y``) is named as Hydra and the locks resolve it
+    (``runs/y``), so that Hydra does not create ``runs/x`` on the way there."""
+    if ".." in Path(str(OmegaConf.select(config, f"hydra.{kind}.dir"))).parts:
+        name_dir(config, kind, folder)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -18,11 +18,19 @@ from lmlab.config import CONF_DIR
 DELTA_GROUPS = ("experiment", "debug", "sweeps")
 
 
+def as_typed(overrides: Any) -> list[str]:
+    """A Hydra overrides list (``hydra.overrides.task`` or ``.hydra``) as it was typed. Read
+    item by item, the list would resolve an interpolation inside an override against the
+    config: ``hydra.sweep.subdir=a/${hydra.job.num}`` fails where no job is set yet, and
+    ``model.d_ff=${model.d_model}`` becomes the value it had."""
+    return list(OmegaConf.to_container(overrides, resolve=False)) if overrides else []
+
+
 def command_line_overrides() -> list[str]:
     """The overrides typed for this run (``model.dropout=0.1``, ``+experiment=llama``)."""
     if not HydraConfig.initialized():
         return []
-    return list(HydraConfig.get().overrides.task)
+    return as_typed(HydraConfig.get().overrides.task)
 
 
 def asked_fields(overrides: list[str], group: str, preset: Iterable[str] = ()) -> dict[str, str]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
 
+from lmlab.config.asked import as_typed
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import is_sharded
 
@@ -125,7 +126,7 @@ def job_command(local_rank: int) -> tuple[Sequence[str], str]:
     from hydra.utils import get_original_cwd
 
     hydra_cfg = HydraConfig.get()
-    command = [*train_command(), *hydra_cfg.overrides.task]
+    command = [*train_command(), *as_typed(hydra_cfg.overrides.task)]
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         f"hydra.job.name=rank{local_rank}",

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten
+from lmlab.config.asked import as_typed
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def swept_keys() -> set[str]:
     multirun_yaml = _multirun_dir() / "multirun.yaml"
     if multirun_yaml.exists():
         task = OmegaConf.load(multirun_yaml).hydra.overrides.task
-        keys |= {o.split("=", 1)[0] for o in task if "," in o.split("=", 1)[-1]}
+        keys |= {o.split("=", 1)[0] for o in as_typed(task) if "," in o.split("=", 1)[-1]}
     return {k.lstrip("+~") for k in keys}
 
 
@@ -73,7 +74,9 @@ def run_name(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         varying = swept_keys()
-        parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in varying]
+        parts = [
+            o for o in as_typed(hc.overrides.task) if o.split("=", 1)[0].lstrip("+~") in varying
+        ]
         return ",".join(parts) or f"job{hc.job.num}"
     return hc.job.override_dirname or "default"
 

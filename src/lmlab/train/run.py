@@ -65,7 +65,7 @@ from lmlab.train.plan import (
     write_json,
 )
 from lmlab.train.preflight import check_run, warn_unused
-from lmlab.train.rundir import RUN_FILES, RunDir, holds_run, launch_rank_is_zero
+from lmlab.train.rundir import RUN_FILES, RunDir, absolute, holds_run, launch_rank_is_zero
 from lmlab.train.task import LMTask, optimizer_from
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ def resume_command(out_dir: Path) -> str:
     """How to continue a run that stopped: in a sweep, the sweep (a stop ends it: this job
     continues and the jobs after it run), else the run."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
+        sweep_dir = absolute(HydraConfig.get().sweep.dir)
         return f"python src/train.py -m <same overrides> resume=auto hydra.sweep.dir={sweep_dir}"
     return f"python src/train.py <same overrides> resume=true hydra.run.dir={out_dir}"
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmlab.config.asked import as_typed
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ LOCK_FILES = (LOCK_FILE, SWEEP_LOCK_FILE)
 RUN_FILES = ("results.json", "plan.json", "run_config.yaml", "checkpoints")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """``path`` as Hydra names a run's or sweep's folder (``os.path.abspath``): ``..`` taken
+    by name, so ``runs/x/../y`` is ``runs/y`` whether or not ``runs/x`` exists. Every lock and
+    check keys folders so, as the process's own lock is found again under any spelling."""
+    return Path(os.path.abspath(path))
 
 
 def launch_rank_is_zero() -> bool:
@@ -102,7 +110,7 @@ def refuse_if_live(folder: Path, name: str, key: str) -> None:
     """Refuse (``ConfigError``, naming ``key``) where another live process holds the lock
     ``folder/name``; take nothing. A run into a live sweep's folder, and a sweep into a live
     run's, are refused so."""
-    path = folder.absolute() / name
+    path = absolute(folder) / name
     if path in _LOCKS:
         return
     try:
@@ -138,7 +146,7 @@ def _flock_exclusive(fd: int) -> bool:
 def _take_lock(folder: Path, name: str) -> None:
     """Hold the ``flock`` on ``folder/name`` for this process (held already: nothing happens),
     or refuse (``ConfigError``): another live process holds it, named by the pid it wrote."""
-    path = folder.absolute() / name
+    path = absolute(folder) / name
     if path in _LOCKS:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +212,7 @@ def refuse_run_in_sweep_dir(run_dir: Path) -> None:
     if not run_dir.is_dir() or holds_run(run_dir):
         return
     marks = ["multirun.yaml"] if (run_dir / "multirun.yaml").is_file() else []
-    jobs = earlier_sweep_runs(run_dir)  # a W&B agent's sweep folder has these alone
+    jobs = earlier_sweep_runs(run_dir, depth=1)  # a W&B agent's sweep folder has these alone
     if jobs:
         marks.append(f"the runs in {listed(jobs)}")
     if marks:
@@ -237,7 +245,7 @@ def unlock_sweep_dirs() -> None:
 def in_the_way(folder: Path) -> Path | None:
     """The file that keeps ``folder`` from being created (``folder`` itself, or the nearest
     existing parent, where it is not a folder), or None."""
-    for path in (folder.absolute(), *folder.absolute().parents):
+    for path in (absolute(folder), *absolute(folder).parents):
         if path.exists():
             return None if path.is_dir() else path
     return None
@@ -287,13 +295,13 @@ def chose_dir(config: DictConfig, key: str) -> bool:
     (``"hydra.sweep.dir"``) folder: on the command line, or by resuming. Otherwise it is the
     default, named by the second the command started (``outputs/<date>/<time>``, a sweep
     file's ``multirun/<name>/<date>/<time>``)."""
-    given = [o.lstrip("+~").partition("=")[0] for o in config.hydra.overrides.hydra]
+    given = [o.lstrip("+~").partition("=")[0] for o in as_typed(config.hydra.overrides.hydra)]
     return key in given or config.get("resume") not in (False, None)
 
 
 def unlock_run_dir(run_dir: Path) -> None:
     """Remove the run's lock file and release it (a no-op if this process holds none)."""
-    _release(run_dir.absolute() / LOCK_FILE)
+    _release(absolute(run_dir) / LOCK_FILE)
 
 
 def unlock_all() -> None:
@@ -378,13 +386,30 @@ def listed(names: list[str], most: int = 5) -> str:
     return ", ".join(names[:most]) + more
 
 
-def earlier_sweep_runs(sweep_dir: Path) -> list[str]:
-    """The job folders directly under ``sweep_dir`` that hold a run (``RUN_FILES``), by name.
-    Hydra's launcher writes ``multirun.yaml`` there, and each job's ``.hydra/``, before any
-    job's checks run: a new sweep into such a folder would overwrite what describes them."""
-    if not sweep_dir.is_dir():
-        return []
-    return sorted(job.name for job in sweep_dir.iterdir() if job.is_dir() and holds_run(job))
+SWEEP_DEPTH = 3  # how deep a sweep's jobs may sit: hydra.sweep.subdir=a/${hydra.job.num} is 2
+
+
+def earlier_sweep_runs(sweep_dir: Path, depth: int = SWEEP_DEPTH) -> list[str]:
+    """The folders at or under ``sweep_dir``, ``depth`` levels down at most, that hold a run
+    (``RUN_FILES``), by their paths relative to it: ``0``, ``a/0`` (a nested
+    ``hydra.sweep.subdir``), ``.`` (jobs that ran in the sweep folder itself,
+    ``hydra.sweep.subdir=.``). A run's folder and hidden folders are not searched further.
+    Hydra's launcher writes ``multirun.yaml`` in the sweep folder, and each job's ``.hydra/``,
+    before any job's checks run: a new sweep into such a folder would overwrite what
+    describes them."""
+    found: list[str] = []
+
+    def search(folder: Path, level: int) -> None:
+        if holds_run(folder):
+            found.append(folder.relative_to(sweep_dir).as_posix())
+        elif level < depth:
+            for child in folder.iterdir():
+                if child.is_dir() and not child.name.startswith("."):
+                    search(child, level + 1)
+
+    if sweep_dir.is_dir():
+        search(sweep_dir, 0)
+    return sorted(found)
 
 
 def keep_multirun_yaml(sweep_dir: Path) -> Path | None:
@@ -419,7 +444,7 @@ def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
             if handler.get("class") == "logging.FileHandler":
                 swapped[name] = handler["class"]
                 handler["class"] = HELD_HANDLER
-    _HELD = _Held(run_dir.absolute(), subdir, swapped)
+    _HELD = _Held(absolute(run_dir), subdir, swapped)
 
 
 def hold_sweep_hydra_writes(config: DictConfig) -> None:
@@ -446,7 +471,7 @@ def job_started(config: DictConfig) -> None:
     subdir = os.environ.get(HELD_SUBDIR)
     if subdir is None or not launch_rank_is_zero():
         return
-    run_dir = Path(config.hydra.runtime.output_dir).absolute()
+    run_dir = absolute(config.hydra.runtime.output_dir)
     handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
     held_logs = [name for name, h in handlers.items() if h.get("class") == HELD_HANDLER]
     files = dict.fromkeys(held_logs, "logging.FileHandler")
@@ -475,7 +500,7 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
     directory (a refused run's, earlier in this process) is dropped."""
     global _HELD
     held, _HELD = _HELD, None
-    if held is None or held.run_dir != run_dir.absolute():
+    if held is None or held.run_dir != absolute(run_dir):
         return
     if held.output_subdir is not None:
         hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
@@ -486,7 +511,7 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
             # as configured: without what held a resumed sweep's writes
             added = sweep_hold_overrides(held.output_subdir, list(held.handler_classes))
             overrides = hydra_cfg.hydra.overrides.hydra
-            hydra_cfg.hydra.overrides.hydra = [o for o in overrides if o not in added]
+            hydra_cfg.hydra.overrides.hydra = [o for o in as_typed(overrides) if o not in added]
             hydra_cfg.hydra.job.env_set.pop(HELD_SUBDIR, None)
         out = held.run_dir / held.output_subdir
         out.mkdir(parents=True, exist_ok=True)
@@ -520,7 +545,7 @@ class RunDir:
         self.guard = launch_rank_is_zero()
         if self.guard:
             lock_run_dir(path)
-        held = _HELD is not None and _HELD.run_dir == path.absolute()
+        held = _HELD is not None and _HELD.run_dir == absolute(path)
         self.earlier = held or holds_run(path)
         self.opened = False
 
