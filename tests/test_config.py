@@ -278,3 +278,15 @@ def test_many_nodes_need_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
     with pytest.raises(ConfigError, match="trainer.num_nodes=0 must be >= 1"):
         resolve_configs(compose_train(["trainer.num_nodes=0"]))
+
+
+def test_a_choice_prints_as_its_value() -> None:
+    """``hydra.sweep.subdir=${model.activation}`` named the folders ``Activation.relu``: Python
+    3.11 prints a str Enum by its class. Every config choice prints as its value."""
+    from lmlab.config.knobs import Activation, Choice
+
+    cfg = compose_train(["model.activation=swiglu"])
+    named = OmegaConf.create({"m": OmegaConf.to_object(cfg.model), "dir": "runs/${m.activation}"})
+    assert named.dir == "runs/swiglu"
+    assert f"{Activation.relu}|{Activation.gelu:>5}" == "relu| gelu"
+    assert all(str(c) == c.value for kind in Choice.__subclasses__() for c in kind)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
+from lmlab.config.knobs import Choice
 from lmlab.errors import ConfigError
 
 
-class Source(str, Enum):
+class Source(Choice):
     stdlib = "stdlib"  # the Python standard library's own .py sources (no download)
     text = "text"  # a local UTF-8 file or a folder of them
     shakespeare = "shakespeare"  # Tiny Shakespeare (1.1 MB, public domain), shipped with lmlab
     hf = "hf"  # a Hugging Face `datasets` name (online users)
 
 
-class TokenizerKind(str, Enum):
+class TokenizerKind(Choice):
     bpe = "bpe"  # byte-level BPE trained on the training split
     char = "char"  # one token per character seen in the training split
     checkpoint = "checkpoint"  # the tokenizer of the init_from checkpoint (a converted model's)

@@ -5,24 +5,36 @@ from __future__ import annotations
 from enum import Enum
 
 
-class Family(str, Enum):
+class Choice(str, Enum):
+    """A config field's allowed values: compares equal to its value (``"relu"``) and prints
+    as it (Python 3.11 prints a mixed-in str Enum as ``Activation.relu``), so an
+    interpolation such as ``hydra.sweep.subdir=${model.activation}`` names a folder ``relu``."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Family(Choice):
     gpt = "gpt"  # decoder-only, next-token prediction (Radford et al. 2019)
     bert = "bert"  # encoder-only, masked LM (Devlin et al. 2019)
     t5 = "t5"  # encoder-decoder, span corruption (Raffel et al. 2020)
 
 
-class NormPlacement(str, Enum):
+class NormPlacement(Choice):
     pre = "pre"  # x + f(norm(x))            (GPT-2, Llama)
     post = "post"  # norm(x + f(x))          (Vaswani et al. 2017, BERT)
     sandwich = "sandwich"  # x + norm(f(norm(x)))  (CogView, Ding et al. 2021)
 
 
-class Norm(str, Enum):
+class Norm(Choice):
     layernorm = "layernorm"
     rmsnorm = "rmsnorm"  # Zhang & Sennrich 2019
 
 
-class Activation(str, Enum):
+class Activation(Choice):
     relu = "relu"
     gelu = "gelu"  # tanh approximation (GPT-2; Hugging Face's gelu_new / gelu_pytorch_tanh)
     gelu_exact = "gelu_exact"  # x * Phi(x), the erf form (Hendrycks & Gimpel 2016; HF BERT's gelu)
@@ -30,7 +42,7 @@ class Activation(str, Enum):
     geglu = "geglu"  # Shazeer 2020, gated with GELU
 
 
-class AttentionKernel(str, Enum):
+class AttentionKernel(Choice):
     """The kernel of attention that needs a mask or a bias (ALiBi, T5's buckets, a window,
     padding). Plain causal or full attention always takes SDPA with no mask (flash on GPU)."""
 
@@ -44,7 +56,7 @@ class AttentionKernel(str, Enum):
 IGNORE = -100
 
 
-class CrossEntropy(str, Enum):
+class CrossEntropy(Choice):
     """How training computes the loss of an output layer (vocabulary or labels): both forms
     give the same loss and gradients, within the precision's rounding."""
 
@@ -53,7 +65,7 @@ class CrossEntropy(str, Enum):
     chunked = "chunked"  # torch's linear_cross_entropy: logits a chunk of rows at a time
 
 
-class RopeScaling(str, Enum):
+class RopeScaling(Choice):
     """How RoPE's frequencies are stretched for contexts beyond the pre-training length."""
 
     none = "none"
@@ -61,12 +73,12 @@ class RopeScaling(str, Enum):
     llama3 = "llama3"  # Llama 3.1's: low frequencies / factor, high ones kept, smooth between
 
 
-class Init(str, Enum):
+class Init(Choice):
     gpt2 = "gpt2"  # N(0, init_std), residual projections / sqrt(2 n_layers) (Radford et al. 2019)
     t5 = "t5"  # Mesh TensorFlow's: linear layers N(0, 1/fan_in), embeddings N(0, 1) (Raffel 2020)
 
 
-class Positional(str, Enum):
+class Positional(Choice):
     learned = "learned"  # absolute, trained table (GPT-2, BERT)
     sinusoidal = "sinusoidal"  # absolute, fixed (Vaswani et al. 2017)
     rope = "rope"  # rotary (Su et al. 2021)

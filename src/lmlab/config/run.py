@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from lmlab.config.knobs import Choice
 from lmlab.errors import ConfigError
 
 
-class BudgetKind(str, Enum):
+class BudgetKind(Choice):
     steps = "steps"  # trainer.max_steps as given
     chinchilla = "chinchilla"  # D = tokens_per_param * N (Hoffmann et al. 2022)
     flops = "flops"  # D = C / (6 N)
     tokens = "tokens"  # D given
 
 
-class ParamCount(str, Enum):
+class ParamCount(Choice):
     active = "active"  # parameters one token runs through (a MoE counts top_k of its experts)
     total = "total"  # every parameter (a MoE counts all its experts)
 
@@ -72,7 +72,7 @@ class BudgetConfig:
                 )
 
 
-class Compile(str, Enum):
+class Compile(Choice):
     none = "none"  # eager
     blocks = "blocks"  # each transformer block, in place (true means this too)
     model = "model"  # the whole training loss: embeddings, blocks, head, cross-entropy
@@ -91,7 +91,7 @@ def compile_mode(value: object) -> Compile:
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
-class GuardMode(str, Enum):
+class GuardMode(Choice):
     stop = "stop"  # end the run, naming the step and the last good checkpoint
     skip = "skip"  # drop the update, at most guard.max_skips times in a run
     off = "off"  # no check

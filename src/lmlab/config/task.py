@@ -4,21 +4,20 @@ examples are read (TaskSpec)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from lmlab.config.data import Source
-from lmlab.config.knobs import Family
+from lmlab.config.knobs import Choice, Family
 from lmlab.config.model import ModelConfig
 from lmlab.config.run import BudgetKind
 from lmlab.config.schema import to_schema
 from lmlab.errors import ConfigError
 
 
-class TaskKind(str, Enum):
+class TaskKind(Choice):
     lm = "lm"  # pre-training: the family's own objective on the corpus of data=
     classify = "classify"  # text -> label: BERT with a classification head on [CLS]
     seq2seq = "seq2seq"  # input text -> target text: T5, teacher-forced
@@ -28,7 +27,7 @@ class TaskKind(str, Enum):
 TASK_FAMILIES = {TaskKind.classify: Family.bert, TaskKind.seq2seq: Family.t5}
 
 
-class TaskSource(str, Enum):
+class TaskSource(Choice):
     shipped = "shipped"  # an example set shipped with lmlab, named by task.name (no download)
     files = "files"  # task.train (and task.val): local JSONL or CSV files
     hf = "hf"  # task.name (and task.subset): a Hugging Face `datasets` name (online users)

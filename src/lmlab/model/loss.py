@@ -21,13 +21,13 @@ model's ``forward`` and FSDP has gathered its weights.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import IGNORE, CrossEntropy, ModelConfig
+from lmlab.config.knobs import Choice
 from lmlab.errors import ConfigError
 
 # torch 2.13 and later; older torch has no chunked form and ``auto`` takes the full one
@@ -39,7 +39,7 @@ AUTO_MIN_RATIO = 8
 CPU_CHUNK_ROWS = 1024
 
 
-class Chunking(str, Enum):
+class Chunking(Choice):
     """Where an output layer takes the chunked form (resolved once, from the config)."""
 
     never = "never"
