@@ -489,6 +489,9 @@ def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
     assert not [o for o in hydra_yaml["overrides"]["hydra"] if any(a in o for a in added)]
     assert hydra_yaml["job_logging"]["handlers"]["file"]["class"] == "logging.FileHandler"
     assert HELD_SUBDIR not in hydra_yaml["job"]["env_set"]
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]  # the sweep's too
+    assert not [o for o in record["overrides"]["hydra"] if any(a in o for a in added)]
+    assert record["output_subdir"] == ".hydra" and HELD_SUBDIR not in record["job"]["env_set"]
     overrides = yaml.safe_load((sweep / "0" / ".hydra" / "overrides.yaml").read_text())
     assert "resume=auto" in overrides and "model.activation=relu" in overrides
 

@@ -476,6 +476,7 @@ def job_started(config: DictConfig) -> None:
     held_logs = [name for name, h in handlers.items() if h.get("class") == HELD_HANDLER]
     files = dict.fromkeys(held_logs, "logging.FileHandler")
     _HELD = _Held(run_dir, subdir, files)
+    tidy_multirun_yaml(absolute(config.hydra.sweep.dir), _HELD)
     try:
         refuse_if_live(run_dir, LOCK_FILE, "hydra.run.dir")
     except ConfigError:
@@ -493,6 +494,36 @@ def _save_yaml(data: object, path: Path) -> None:
     tmp.replace(path)
 
 
+def as_configured(config: DictConfig, held: _Held) -> None:
+    """``config``'s Hydra node (a job's, or the sweep's ``multirun.yaml``) as the user
+    configured it: without what held a sweep's writes (``hold_sweep_hydra_writes``)."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.output_subdir = held.output_subdir
+        for name, cls in held.handler_classes.items():
+            config.hydra.job_logging.handlers[name]["class"] = cls
+        added = sweep_hold_overrides(str(held.output_subdir), list(held.handler_classes))
+        overrides = config.hydra.overrides.hydra
+        config.hydra.overrides.hydra = [o for o in as_typed(overrides) if o not in added]
+        config.hydra.job.env_set.pop(HELD_SUBDIR, None)
+
+
+def tidy_multirun_yaml(sweep_dir: Path, held: _Held) -> None:
+    """The sweep's ``multirun.yaml``, which Hydra's launcher wrote with the overrides that
+    hold the jobs' writes in its ``hydra.overrides.hydra`` (the config it holds was composed
+    before them), rewritten without them: as the user typed the sweep. Once, by its first
+    job."""
+    record = sweep_dir / "multirun.yaml"
+    try:
+        saved = OmegaConf.load(record)
+        overrides = as_typed(saved.hydra.overrides.hydra)
+    except (OSError, ValueError, AttributeError):
+        return
+    added = sweep_hold_overrides(str(held.output_subdir), list(held.handler_classes))
+    if any(o in added for o in overrides):
+        saved.hydra.overrides.hydra = [o for o in overrides if o not in added]
+        _save_yaml(saved, record)
+
+
 def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
     """What Hydra would have written at the start of the run in ``run_dir``:
     ``.hydra/config.yaml``, ``hydra.yaml`` (as configured, not as held) and
@@ -504,15 +535,7 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
         return
     if held.output_subdir is not None:
         hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
-        with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
-            hydra_cfg.hydra.output_subdir = held.output_subdir
-            for name, cls in held.handler_classes.items():
-                hydra_cfg.hydra.job_logging.handlers[name]["class"] = cls
-            # as configured: without what held a resumed sweep's writes
-            added = sweep_hold_overrides(held.output_subdir, list(held.handler_classes))
-            overrides = hydra_cfg.hydra.overrides.hydra
-            hydra_cfg.hydra.overrides.hydra = [o for o in as_typed(overrides) if o not in added]
-            hydra_cfg.hydra.job.env_set.pop(HELD_SUBDIR, None)
+        as_configured(hydra_cfg, held)
         out = held.run_dir / held.output_subdir
         out.mkdir(parents=True, exist_ok=True)
         _save_yaml(task_cfg, out / "config.yaml")
