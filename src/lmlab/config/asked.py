@@ -23,7 +23,11 @@ def as_typed(overrides: Any) -> list[str]:
     item by item, the list would resolve an interpolation inside an override against the
     config: ``hydra.sweep.subdir=a/${hydra.job.num}`` fails where no job is set yet, and
     ``model.d_ff=${model.d_model}`` becomes the value it had."""
-    return list(OmegaConf.to_container(overrides, resolve=False)) if overrides else []
+    if not overrides:
+        return []
+    if isinstance(overrides, list | tuple):  # read already
+        return list(overrides)
+    return list(OmegaConf.to_container(overrides, resolve=False))
 
 
 def command_line_overrides() -> list[str]:

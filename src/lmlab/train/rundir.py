@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -501,10 +502,14 @@ def as_configured(config: DictConfig, held: _Held) -> None:
         config.hydra.output_subdir = held.output_subdir
         for name, cls in held.handler_classes.items():
             config.hydra.job_logging.handlers[name]["class"] = cls
-        added = sweep_hold_overrides(str(held.output_subdir), list(held.handler_classes))
-        overrides = config.hydra.overrides.hydra
-        config.hydra.overrides.hydra = [o for o in as_typed(overrides) if o not in added]
+        config.hydra.overrides.hydra = without_held(config.hydra.overrides.hydra, held)
         config.hydra.job.env_set.pop(HELD_SUBDIR, None)
+
+
+def without_held(overrides: Any, held: _Held) -> list[str]:
+    """Hydra overrides (as typed) without those that held a sweep's writes."""
+    added = sweep_hold_overrides(str(held.output_subdir), list(held.handler_classes))
+    return [o for o in as_typed(overrides) if o not in added]
 
 
 def tidy_multirun_yaml(sweep_dir: Path, held: _Held) -> None:
@@ -518,9 +523,9 @@ def tidy_multirun_yaml(sweep_dir: Path, held: _Held) -> None:
         overrides = as_typed(saved.hydra.overrides.hydra)
     except (OSError, ValueError, AttributeError):
         return
-    added = sweep_hold_overrides(str(held.output_subdir), list(held.handler_classes))
-    if any(o in added for o in overrides):
-        saved.hydra.overrides.hydra = [o for o in overrides if o not in added]
+    typed = without_held(saved.hydra.overrides.hydra, held)
+    if typed != overrides:
+        saved.hydra.overrides.hydra = typed
         _save_yaml(saved, record)
 
 
