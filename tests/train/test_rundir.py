@@ -646,8 +646,7 @@ def test_an_earlier_sweeps_runs_are_found_wherever_its_jobs_sat(
     that does not exist (it looked new, and the dry run rewrote the jobs' ``.hydra/``)."""
     sweep = tmp_path / "sweep"
     for job in jobs:
-        (sweep / job).mkdir(parents=True, exist_ok=True)
-        (sweep / job / "results.json").write_text('{"status": "completed"}')
+        finished_run(sweep / job)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     before = snapshot(sweep)
     where = subdir.format(tmp=tmp_path) if "{tmp}" in subdir else subdir
