@@ -292,7 +292,7 @@ def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: 
             r"cannot resume .*another config; differing fields: "
             r"model.norm: 'layernorm' \(saved\) vs 'rmsnorm' \(now\)",
         ),
-        ([], [], r"already holds checkpoints of an earlier run: add resume=true"),
+        ([], [], r"already holds checkpoints of an earlier run: continue it with .* resume=true "),
         (None, ["resume=true"], r"resume=true but .*last.ckpt does not exist"),
     ],
 )

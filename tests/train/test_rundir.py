@@ -133,6 +133,21 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
     assert run_command("train", *here, "resume=auto", "trainer.max_steps=6") == 2
     assert "no checkpoint to continue to 6" in (out := output()), out
     assert changed(before, snapshot(tmp_path)) == []
+    assert "resume=auto starts it again" not in out  # completed: nothing to start again
+
+    # killed before its first checkpoint (results.json still says running): both refusals
+    # name resume=auto, which starts it again
+    record = results(tmp_path) | {"status": "running"}
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    before = snapshot(tmp_path)
+    for extra in ([], ["resume=true"]):
+        assert run_command("train", *here, *extra) == 2
+        assert "stopped before its first checkpoint: resume=auto starts it again from step 0" in (
+            out := output()
+        ), out
+        assert changed(before, snapshot(tmp_path)) == [], extra
+    assert run_command("train", *here, "resume=auto") == 0
+    assert results(tmp_path)["status"] == "completed"
 
 
 def test_a_refused_first_command_leaves_the_directory_to_the_corrected_one(
@@ -659,6 +674,23 @@ def test_an_earlier_sweeps_runs_are_found_wherever_its_jobs_sat(
     ) in capsys.readouterr().err
     assert changed(before, snapshot(sweep)) == []
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_sweep_job_meeting_an_earlier_run_is_told_the_sweeps_resume(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """A job that meets an earlier run's checkpoints (deeper than the sweep's start looks)
+    names the sweep's ``resume=auto``: the job's own ``resume=true`` would not be a sweep."""
+    sweep = tmp_path / "sweep"
+    earlier = finished_run(sweep / "a/b/c/0")
+    (earlier / "checkpoints").mkdir()
+    (earlier / "checkpoints" / "last.ckpt").write_bytes(b"")
+    argv = ["-m", *SMOKE, "hydra.sweep.subdir=a/b/c/${hydra.job.num}", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *argv) != 0
+    assert (
+        f"already holds checkpoints of an earlier run: continue it with python src/train.py -m "
+        f"<same overrides> resume=auto hydra.sweep.dir={sweep}, or choose another directory"
+    ) in "".join(capsys.readouterr())
 
 
 def test_a_run_directory_named_through_dotdot_is_its_own(tmp_path: Path, run_command) -> None:

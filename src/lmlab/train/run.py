@@ -145,17 +145,23 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
         resume = bool(found)
     if resume:
         if not found:
+            restart = (
+                "; the run there stopped before its first checkpoint: resume=auto starts it "
+                "again from step 0 with the same config"
+                if holds_run(out_dir) and not finished_run(out_dir)
+                else ""
+            )
             raise ConfigError(
                 f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
-                f"(nothing to resume in hydra.run.dir={out_dir})"
+                f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
             )
         check_same_run(cfg, out_dir, "the checkpoints were trained with")
         read_plan(out_dir)  # an unreadable plan.json: refused before the data is prepared
         return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
     if found:
         raise ConfigError(
-            f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: "
-            "add resume=true to continue it, or choose another directory"
+            f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: continue "
+            f"it with {resume_command(out_dir)}, or choose another directory"
         )
     if cfg.get("resume") == "auto":
         # no checkpoint: an earlier attempt of this config (killed before its first save,
@@ -165,9 +171,15 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             check_same_run(cfg, out_dir, "the run there was started with")
     elif holds_run(out_dir) and launch_rank_is_zero():  # other ranks start once it wrote
         written = ", ".join(n for n in RUN_FILES if (out_dir / n).exists())
+        restart = (
+            ""
+            if finished_run(out_dir)
+            else "; it stopped before its first checkpoint: resume=auto starts it again from "
+            "step 0 with the same config"
+        )
         raise ConfigError(
             f"hydra.run.dir={out_dir} already holds an earlier run ({written}; no checkpoint "
-            "to resume): choose another directory, or move that run away first"
+            f"to resume){restart}: choose another directory, or move that run away first"
         )
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
