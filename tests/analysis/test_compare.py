@@ -201,7 +201,74 @@ def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
     runs = load_runs(tmp_path / "sweep")
     assert len(runs) == 4
     assert [r.dir.name for r in runs][-1] == "7"
-    assert runs[-1].failed and "no results.json" in runs[-1].error
+    assert runs[-1].failed and runs[-1].state == "killed"
+    assert runs[-1].error == (
+        "no results.json, and no live process holds its lock: resume=auto continues it"
+    )
+
+
+def hold_lock(path: Path, pid: str) -> int:
+    """Hold the lock file ``path`` as a live run or sweep would (its pid written): a second
+    open file description of this process conflicts with it, as another process's would."""
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{pid}\n".encode())
+    return fd
+
+
+def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
+    """A job that has not ended (results.json ``running``, or none yet) is RUNNING while a
+    live process holds its lock or its sweep's, and KILLED when none does (a ``kill -9``:
+    the lock file stays, unheld). Both were shown alike, as FAILED."""
+    import os
+
+    from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
+
+    failed = next(p for p in sorted(multirun.iterdir()) if p.is_dir() and load_runs(p)[0].failed)
+    running = {"status": "running", "error": None}
+    (failed / "results.json").write_text(json.dumps(running))
+    (failed / LOCK_FILE).write_text("4242\n")  # left by a kill -9: nobody holds it
+    for job in ("6", "7"):  # no results.json yet
+        (multirun / job / ".hydra").mkdir(parents=True)
+        (multirun / job / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"model.activation=relu{job}"])
+        )
+    held = [hold_lock(multirun / "6" / LOCK_FILE, "4343")]
+    try:
+        runs = load_runs(multirun)
+        assert [(r.dir.name, r.state) for r in runs if r.failed] == [
+            (failed.name, "killed"),
+            ("6", "running"),
+            ("7", "killed"),
+        ]
+        assert runs[-2].error == "pid 4343 holds its lock"
+        held.append(hold_lock(multirun / SWEEP_LOCK_FILE, "4444"))  # the sweep is live
+        runs = load_runs(multirun)
+        assert [(r.dir.name, r.state) for r in runs if r.failed] == [
+            (failed.name, "killed"),  # its own lock unheld: the sweep went on past it
+            ("6", "running"),
+            ("7", "running"),
+        ]
+        assert runs[-1].error == "pid 4444 holds its lock"
+        knobs = mrun.varying_knobs(runs)
+        rows = ranking.aggregate(runs, "val_loss", knobs=knobs)
+        cells = table_cells(render(cmp.render_table(rows, knobs, "val_loss")))
+        assert [c[-1].split(":")[0] for c in cells[-3:]] == ["KILLED", "RUNNING", "RUNNING"]
+        lines = ranking.summarize(rows, "val_loss")
+        assert "2 of 8 runs still running (bottom of the table): compare again when they end" in (
+            lines
+        )
+        assert (
+            "1 of 8 runs killed before their end, no live process holds their lock (bottom of "
+            "the table): resume=auto continues them"
+        ) in lines
+        assert not any("runs failed" in line for line in lines), lines
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def test_varying_knobs_exact(multirun: Path) -> None:
@@ -518,7 +585,12 @@ def started(path: Path) -> Path:
         (lambda p: p / "missing", [], "error: multirun directory does not exist"),
         (lambda p: write(p / "results.json"), [], "error: {} is a file: give a multirun dir"),
         (lambda p: p, [], "error: no results.json under"),
-        (started, [], "error: no run under {} has written its results.json yet (1 started: "),
+        (
+            started,
+            [],
+            "error: no run under {} has written its results.json yet (1 started, none still "
+            "running: killed before they ended; resume=auto continues them)",
+        ),
         (make_multirun, ["--metric", "val_los"], "error: unknown metric 'val_los'; available:"),
     ],
 )

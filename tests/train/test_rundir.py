@@ -531,7 +531,7 @@ def test_a_sweep_into_a_live_sweeps_folder_is_refused_before_it_writes(
     refused before any check or write, the folder byte for byte as it was. It used to go on:
     with ``resume=auto`` its checks passed against the live runs, Hydra rewrote
     ``multirun.yaml`` and each job met the live one's at its run lock."""
-    from lmlab.train.rundir import SWEEP_LOCK_FILE
+    from lmlab.config.locks import SWEEP_LOCK_FILE
 
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
@@ -562,7 +562,7 @@ def test_runs_and_sweeps_never_write_into_a_live_one_of_the_other_kind(
     exited 0. A run into a live sweep's folder, and a sweep into a live run's directory, are
     refused with the holder's pid (the run trained beside the sweep's jobs, and compare
     ranked it)."""
-    from lmlab.train.rundir import LOCK_FILE, SWEEP_LOCK_FILE
+    from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
 
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     sweep = tmp_path / "sweep"
@@ -734,7 +734,7 @@ def test_a_sweep_holds_its_folders_lock_until_it_ends(
     import fcntl
 
     import lmlab.train.run
-    from lmlab.train.rundir import SWEEP_LOCK_FILE
+    from lmlab.config.locks import SWEEP_LOCK_FILE
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
@@ -796,7 +796,8 @@ def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None
     lock) or an earlier run's is passed over for ``<dir>_2``, ``_3``, ..., and left as it was."""
     import fcntl
 
-    from lmlab.train.rundir import LOCK_FILE, fresh_run_dir, lock_run_dir, unlock_run_dir
+    from lmlab.config.locks import LOCK_FILE
+    from lmlab.train.rundir import fresh_run_dir, lock_run_dir, unlock_run_dir
 
     base = tmp_path / "12-00-00"
     assert fresh_run_dir(base) == base  # free: itself

@@ -93,7 +93,7 @@ def extra_columns(rows: Sequence[Row], metric: str) -> list[str]:
 def _cells(row: Row, knobs: Sequence[str], metric: str, extras: list[str]) -> list[str]:
     knob_cells = [row.knobs[k] for k in knobs] if knobs else [row.label]
     if row.status == "failed":
-        main = row.runs[0].results["status"].upper() if row.runs[0].stopped else "FAILED"
+        main = row.runs[0].state.upper()  # FAILED, or RUNNING, KILLED, PREEMPTED, ...
         status = f"{main}: {truncate(row.error or '')}"
     else:
         main = fmt_stat(row.stats[metric], metric)

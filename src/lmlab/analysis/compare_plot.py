@@ -65,7 +65,9 @@ def _plot_curves(ax: Any, rows: Sequence[Row], metric: str, colors: list[Any]) -
             continue
         steps, mean, std = curve
         failed = row.status == "failed"
-        note = " (FAILED)" if failed else (f" (n={row.n})" if row.n > 1 else "")
+        note = f" (n={row.n})" if row.n > 1 else ""
+        if failed:
+            note = f" ({row.runs[0].state.upper()})"
         ax.plot(
             steps, mean, color=color, ls="--" if failed else "-", lw=1.6, label=row.label + note
         )
@@ -135,7 +137,7 @@ def _plot_bars(
     for i, row in enumerate(rows):
         if row.rank is None:
             ax.barh(i, right - left, left=left, color="whitesmoke", hatch="//", edgecolor="grey")
-            word = "FAILED" if row.status == "failed" else f"no {metric}"
+            word = row.runs[0].state.upper() if row.status == "failed" else f"no {metric}"
             x = left + 0.02 * (right - left)
             ax.text(x, i, word, va="center", fontsize=9, color="dimgrey", weight="bold")
     ax.set_yticks(range(len(rows)), [textwrap.fill(r.label, 38) for r in rows], fontsize=8)
@@ -163,7 +165,10 @@ def _bar_limits(values: list[tuple[float | None, float | None]]) -> tuple[float,
 
 def _caption(rows: Sequence[Row], limit: int = 5) -> str:
     failed = [r for r in rows if r.status == "failed"]
-    lines = [f"FAILED {r.label}: {truncate(r.error or '', 90)}" for r in failed[:limit]]
+    lines = [
+        f"{r.runs[0].state.upper()} {r.label}: {truncate(r.error or '', 90)}"
+        for r in failed[:limit]
+    ]
     if len(failed) > limit:
-        lines.append(f"... and {len(failed) - limit} more failed runs")
+        lines.append(f"... and {len(failed) - limit} more runs that did not complete")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ summary lines."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from lmlab.analysis.multirun import (
     variant_label,
     varying_knobs,
 )
+from lmlab.analysis.runs import KILLED, RUNNING, STOPPED
 
 # Columns shown next to the chosen metric (results.json keys), with their table titles.
 EXTRA_COLUMNS: dict[str, str] = {
@@ -55,8 +57,8 @@ class Stat:
 
 @dataclass
 class Row:
-    """One variant (a group of runs differing only in seed), or one failed run (failed, or
-    stopped before its end: ``Run.stopped``)."""
+    """One variant (a group of runs differing only in seed), or one run that did not complete
+    (failed, or not finished: ``Run.state``)."""
 
     label: str
     knobs: dict[str, str]
@@ -239,15 +241,24 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
             f"gap {fmt(gap, metric)}{rel}, {'higher' if higher_is_better else 'lower'} is better"
         )
         lines.append(noise_verdict(best, second, metric))
-    stopped = [r for r in failed if r.runs[0].stopped]
     total = sum(r.n for r in rows)
-    if len(failed) > len(stopped):
-        lines.append(f"{len(failed) - len(stopped)} of {total} runs failed (bottom of the table)")
-    if stopped:
-        lines.append(
-            f"{len(stopped)} of {total} runs stopped before their end, preempted or interrupted "
-            "(bottom of the table): resume=true (resume=auto for a sweep) finishes them"
-        )
+    states = Counter(STOPPED[0] if r.runs[0].stopped else r.runs[0].state for r in failed)
+    for state, what in [
+        ("failed", "failed (bottom of the table)"),
+        (
+            STOPPED[0],
+            "stopped before their end, preempted or interrupted (bottom of the table): "
+            "resume=true (resume=auto for a sweep) finishes them",
+        ),
+        (RUNNING, "still running (bottom of the table): compare again when they end"),
+        (
+            KILLED,
+            "killed before their end, no live process holds their lock (bottom of the table): "
+            "resume=auto continues them",
+        ),
+    ]:
+        if states[state]:
+            lines.append(f"{states[state]} of {total} runs {what}")
     for row in rows:
         if row.copies:
             lines.append(

@@ -4,9 +4,11 @@ analysis tool (compare, scaling).
 A job directory is found by its ``results.json`` (at any depth under the given directory) and
 holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch, precision),
 ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``csv/metrics.csv`` and, once ``lmlab
-evaluate`` has scored a checkpoint, ``eval/step<N>.json``. A killed job (``.hydra/`` without
-results.json) is a failed run. A run started with ``init_from`` trained the checkpoint's
-model, not the one its config composed: plan.json's ``model`` replaces the config's.
+evaluate`` has scored a checkpoint, ``eval/step<N>.json``. A job that has not ended
+(``.hydra/`` without results.json, or results.json still ``running``) is ``running`` where a
+live process holds its lock or its sweep's, else ``killed``. A run started with
+``init_from`` trained the checkpoint's model, not the one its config composed: plan.json's
+``model`` replaces the config's.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from typing import Any
 import yaml
 
 from lmlab.config import flatten
+from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
 from lmlab.errors import ConfigError
 
 # results.json statuses of a run stopped by a signal, with a checkpoint to resume from.
 STOPPED = ("preempted", "interrupted")
+# statuses of a job that has not ended: a live process holds its lock, or none does.
+RUNNING, KILLED = "running", "killed"
+UNFINISHED = (*STOPPED, RUNNING, KILLED)
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
 _NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -62,6 +68,13 @@ class Run:
         return self.results.get("status") in STOPPED
 
     @property
+    def state(self) -> str:
+        """``completed``, ``failed``, or the status of a run that has not finished
+        (``UNFINISHED``: stopped by a signal, still running, or killed)."""
+        status = self.results.get("status")
+        return status if status in ("completed", *UNFINISHED) else "failed"
+
+    @property
     def error(self) -> str | None:
         """The error message of a failed run (or a stand-in naming its status)."""
         if not self.failed:
@@ -86,7 +99,8 @@ class Run:
 def load_runs(path: str | Path) -> list[Run]:
     """Load every job under a multirun directory, ordered by job directory (0, 1, ..., 10).
 
-    Job directories with ``.hydra/`` but without results.json (killed jobs) become failed runs.
+    Job directories with ``.hydra/`` but without results.json are runs too: ``running`` or
+    ``killed`` (``Run.state``), as is a results.json that still says ``running``.
     """
     root = Path(path)
     if root.exists() and not root.is_dir():
@@ -96,27 +110,59 @@ def load_runs(path: str | Path) -> list[Run]:
     job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
     started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     if not job_dirs and started:  # a sweep whose first job still runs, say
+        holders = sorted({h for d in started if (h := _live_holder(d, root)) is not None})
         raise RunDirError(
-            f"no run under {root} has written its results.json yet ({len(started)} started: "
-            "still running, or killed before training began)"
+            f"no run under {root} has written its results.json yet ({len(started)} started, "
+            + (
+                f"still running (pid {', '.join(holders)}): compare again when they end)"
+                if holders
+                else "none still running: killed before they ended; resume=auto continues them)"
+            )
         )
     if not job_dirs:
         raise RunDirError(f"no results.json under {root}: not a multirun directory?")
     orphans = started - job_dirs
-    runs = [_load_run(d, has_results=True) for d in job_dirs]
-    runs += [_load_run(d, has_results=False) for d in orphans]
+    runs = [_load_run(d, root, has_results=True) for d in job_dirs]
+    runs += [_load_run(d, root, has_results=False) for d in orphans]
     return sorted(runs, key=lambda run: _path_key(run.dir.relative_to(root)))
+
+
+def _live_holder(job_dir: Path, root: Path) -> str | None:
+    """The pid of a live process holding the job's run lock, else None; a job without a lock
+    file (not yet taken, or released as it ended) asks the lock of a sweep folder it sits in
+    (up to ``root``: a sweep's job as it starts). A lock file that nobody holds is a killed
+    job's, whether or not its sweep goes on (a launcher running jobs in other processes)."""
+    if (job_dir / LOCK_FILE).exists():
+        return live_holder(job_dir / LOCK_FILE)
+    holder, folder = None, job_dir
+    while holder is None and folder != root and root in folder.parents:
+        folder = folder.parent
+        holder = live_holder(folder / SWEEP_LOCK_FILE)
+    return holder
+
+
+def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The results of a job that has not ended (none, or ``running``) with the status it has
+    now: ``running`` where a live process holds its lock or its sweep's, else ``killed``."""
+    holder = _live_holder(job_dir, root)
+    if holder is not None:
+        return {**results, "status": RUNNING, "error": f"pid {holder} holds its lock"}
+    unwritten = "" if results else "no results.json, and "
+    return {
+        **results,
+        "status": KILLED,
+        "error": f"{unwritten}no live process holds its lock: resume=auto continues it",
+    }
 
 
 def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
 
 
-def _load_run(job_dir: Path, has_results: bool) -> Run:
-    if has_results:
-        results = _read_results(job_dir / "results.json")
-    else:
-        results = {"status": "failed", "error": "no results.json (job killed or still running?)"}
+def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
+    results = _read_results(job_dir / "results.json") if has_results else {}
+    if not has_results or results.get("status") == RUNNING:
+        results = _unfinished(job_dir, root, results)
     overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = _read_yaml(job_dir / ".hydra" / "config.yaml")
     plan = _read_json(job_dir / "plan.json")

@@ -40,9 +40,9 @@ from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.main import fail
 from lmlab.cli.sweep import job_config, runs_here, search_corners, sweep_jobs, swept_keys
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
+from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError, first_line
 from lmlab.train.rundir import (
-    LOCK_FILES,
     absolute,
     chose_dir,
     earlier_sweep_runs,

@@ -49,13 +49,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.config.asked import as_typed
+from lmlab.config.locks import LOCK_FILE, LOCK_FILES, SWEEP_LOCK_FILE, live_holder, pid_in
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lmlab.lock"
-SWEEP_LOCK_FILE = ".lmlab-sweep.lock"  # in a sweep folder, held by the process that launched it
-LOCK_FILES = (LOCK_FILE, SWEEP_LOCK_FILE)
 # What a run writes: their presence means the directory holds an earlier run.
 RUN_FILES = ("results.json", "plan.json", "run_config.yaml", "checkpoints")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
@@ -96,10 +94,9 @@ _GUARDS = {
 }
 
 
-def _in_use(path: Path, fd: int, key: str | None = None) -> ConfigError:
-    """The refusal for the lock file ``path`` that another live process holds (``fd`` open on
-    it: the pid it wrote), named by ``key`` (default: the key of the lock's own folder)."""
-    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+def _in_use(path: Path, holder: str, key: str | None = None) -> ConfigError:
+    """The refusal for the lock file ``path`` that another live process holds (``holder``:
+    the pid it wrote), named by ``key`` (default: the key of the lock's own folder)."""
     own_key, kind, advice = _GUARDS[path.name]
     return ConfigError(
         f"{key or own_key}={path.parent} is in use by a live {kind} (pid {holder}): {advice}, "
@@ -114,16 +111,9 @@ def refuse_if_live(folder: Path, name: str, key: str) -> None:
     path = absolute(folder) / name
     if path in _LOCKS:
         return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no such lock (or no such folder): nothing live there
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _in_use(path, fd, key) from None
-    finally:
-        os.close(fd)
+    holder = live_holder(path)
+    if holder is not None:
+        raise _in_use(path, holder, key)
 
 
 PROBE_WAIT_S = 0.05  # how long a probe (refuse_if_live) could hold a lock it takes, at most
@@ -154,7 +144,7 @@ def _take_lock(folder: Path, name: str) -> None:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _flock_exclusive(fd):
-            err = _in_use(path, fd)
+            err = _in_use(path, pid_in(fd))
             os.close(fd)
             raise err from None
         try:
