@@ -23,6 +23,7 @@ from lmlab.analysis import ranking
 from lmlab.analysis.runs import load_runs
 from lmlab.cli.compare import main as compare_main
 from lmlab.config import CONF_DIR
+from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
 
 CSV_COLUMNS = [
     "epoch",
@@ -195,16 +196,20 @@ def test_load_runs_reads_every_file(multirun: Path) -> None:
 def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
     make_multirun(tmp_path / "sweep" / "a", JOBS[:2])
     make_multirun(tmp_path / "sweep" / "b", JOBS[3:4])
-    killed = tmp_path / "sweep" / "b" / "7" / ".hydra"
-    killed.mkdir(parents=True)
-    (killed / "overrides.yaml").write_text(yaml.safe_dump(["model.activation=geglu"]))
+    for job in ("7", "8"):
+        (tmp_path / "sweep" / "b" / job / ".hydra").mkdir(parents=True)
+        (tmp_path / "sweep" / "b" / job / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"model.activation=geglu{job}"])
+        )
+    (tmp_path / "sweep" / "b" / "7" / LOCK_FILE).write_text("4242\n")  # a kill -9 left it
     runs = load_runs(tmp_path / "sweep")
-    assert len(runs) == 4
-    assert [r.dir.name for r in runs][-1] == "7"
-    assert runs[-1].failed and runs[-1].state == "killed"
-    assert runs[-1].error == (
+    assert len(runs) == 5
+    assert [(r.dir.name, r.state) for r in runs][-2:] == [("7", "killed"), ("8", "failed")]
+    assert runs[-2].error == (
         "no results.json, and no live process holds its lock: resume=auto continues it"
     )
+    # no lock file either: refused before it took one (a config error), not killed
+    assert runs[-1].error.startswith("no results.json: refused before training")
 
 
 def hold_lock(path: Path, pid: str) -> int:
@@ -225,8 +230,6 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
     the lock file stays, unheld). Both were shown alike, as FAILED."""
     import os
 
-    from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
-
     failed = next(p for p in sorted(multirun.iterdir()) if p.is_dir() and load_runs(p)[0].failed)
     running = {"status": "running", "error": None}
     (failed / "results.json").write_text(json.dumps(running))
@@ -236,6 +239,7 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
         (multirun / job / ".hydra" / "overrides.yaml").write_text(
             yaml.safe_dump([f"model.activation=relu{job}"])
         )
+    (multirun / "7" / LOCK_FILE).write_text("4242\n")
     held = [hold_lock(multirun / "6" / LOCK_FILE, "4343")]
     try:
         runs = load_runs(multirun)
@@ -245,6 +249,7 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
             ("7", "killed"),
         ]
         assert runs[-2].error == "pid 4343 holds its lock"
+        (multirun / "7" / LOCK_FILE).unlink()  # not taken yet: the sweep's lock tells
         held.append(hold_lock(multirun / SWEEP_LOCK_FILE, "4444"))  # the sweep is live
         runs = load_runs(multirun)
         assert [(r.dir.name, r.state) for r in runs if r.failed] == [
@@ -269,6 +274,26 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_a_job_that_ends_while_its_folder_is_read_is_not_killed(
+    multirun: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last job writes results.json and lets go of its lock between compare's listing of
+    the folders and its probe of the lock: it is read as it ended, not shown KILLED."""
+    import lmlab.analysis.runs as runs_module
+
+    job = multirun / "6"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.activation=relu"]))
+    record = json.loads((multirun / "0" / "results.json").read_text())
+
+    def ends_meanwhile(lock: Path) -> None:
+        (job / "results.json").write_text(json.dumps(record))  # then the lock is released
+        return None
+
+    monkeypatch.setattr(runs_module, "live_holder", ends_meanwhile)
+    assert load_runs(multirun)[-1].results == record
 
 
 def test_varying_knobs_exact(multirun: Path) -> None:
@@ -579,6 +604,15 @@ def started(path: Path) -> Path:
     return path
 
 
+def killed(path: Path) -> Path:
+    """A sweep's folder after a ``kill -9``: its second job left its lock file, unheld."""
+    started(path)
+    (path / "1" / ".hydra").mkdir(parents=True)
+    (path / "1" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (path / "1" / LOCK_FILE).write_text("4242\n")
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "argv_tail", "message"),
     [
@@ -588,8 +622,14 @@ def started(path: Path) -> Path:
         (
             started,
             [],
-            "error: no run under {} has written its results.json yet (1 started, none still "
-            "running: killed before they ended; resume=auto continues them)",
+            "error: no run under {} has written its results.json yet (1 started: 1 refused "
+            "before training: train.log or the command says why)",
+        ),
+        (
+            killed,
+            [],
+            "error: no run under {} has written its results.json yet (2 started: 1 killed "
+            "before they ended: resume=auto continues them; 1 refused before training",
         ),
         (make_multirun, ["--metric", "val_los"], "error: unknown metric 'val_los'; available:"),
     ],

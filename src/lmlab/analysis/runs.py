@@ -110,14 +110,11 @@ def load_runs(path: str | Path) -> list[Run]:
     job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
     started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     if not job_dirs and started:  # a sweep whose first job still runs, say
-        holders = sorted({h for d in started if (h := _live_holder(d, root)) is not None})
+        states = [_unfinished(d, root, {}) for d in sorted(started)]
         raise RunDirError(
-            f"no run under {root} has written its results.json yet ({len(started)} started, "
-            + (
-                f"still running (pid {', '.join(holders)}): compare again when they end)"
-                if holders
-                else "none still running: killed before they ended; resume=auto continues them)"
-            )
+            f"no run under {root} has written its results.json yet ({len(started)} started: "
+            + "; ".join(_tally(states))
+            + ")"
         )
     if not job_dirs:
         raise RunDirError(f"no results.json under {root}: not a multirun directory?")
@@ -143,16 +140,51 @@ def _live_holder(job_dir: Path, root: Path) -> str | None:
 
 def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str, Any]:
     """The results of a job that has not ended (none, or ``running``) with the status it has
-    now: ``running`` where a live process holds its lock or its sweep's, else ``killed``."""
+    now: ``running`` where a live process holds its lock or its sweep's; ``killed`` where it
+    trained (results.json says ``running``) or left its lock file behind (a ``kill -9``);
+    else ``failed``: refused before it took its lock, with nothing written but ``.hydra/``."""
     holder = _live_holder(job_dir, root)
     if holder is not None:
         return {**results, "status": RUNNING, "error": f"pid {holder} holds its lock"}
-    unwritten = "" if results else "no results.json, and "
-    return {
-        **results,
-        "status": KILLED,
-        "error": f"{unwritten}no live process holds its lock: resume=auto continues it",
-    }
+    # nothing live: a results.json written since the folders were listed is the job's own
+    # (a run writes it before it lets go of its lock)
+    if (job_dir / "results.json").is_file():
+        current = _read_results(job_dir / "results.json")
+        if current.get("status") != RUNNING:
+            return current
+    if results or (job_dir / LOCK_FILE).exists():
+        unwritten = "" if results else "no results.json, and "
+        return {
+            **results,
+            "status": KILLED,
+            "error": f"{unwritten}no live process holds its lock: resume=auto continues it",
+        }
+    return {"status": "failed", "error": NEVER_TRAINED}
+
+
+NEVER_TRAINED = (
+    "no results.json: refused before training (train.log or its command's output says why)"
+)
+
+
+def _tally(states: list[dict[str, Any]]) -> list[str]:
+    """What the jobs without a results.json are, one clause per kind."""
+    holders = [s["error"].split()[1] for s in states if s.get("status") == RUNNING]
+    killed = sum(s.get("status") == KILLED for s in states)
+    refused = sum(s.get("error") == NEVER_TRAINED for s in states)
+    clauses = []
+    if holders:
+        clauses.append(
+            f"{len(holders)} still running (pid {', '.join(sorted(set(holders)))}): compare "
+            "again when they end"
+        )
+    if killed:
+        clauses.append(f"{killed} killed before they ended: resume=auto continues them")
+    if refused:
+        clauses.append(f"{refused} refused before training: train.log or the command says why")
+    if len(states) > len(holders) + killed + refused:  # ended since they were listed
+        clauses.append("the others ended meanwhile: compare again")
+    return clauses
 
 
 def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
