@@ -685,8 +685,51 @@ def test_main_all_failed_prints_failures_and_exits_1(
     assert compare_main([str(make_multirun(tmp_path, jobs))]) == 1
     captured = capsys.readouterr()
     assert captured.out.count("FAILED: RuntimeError: CUDA out of memory") == 2
-    assert "error: all 2 runs failed" in captured.err
+    assert captured.err.startswith(
+        f"error: no completed run under {tmp_path} (2 failed: RuntimeError: CUDA out of memory"
+    )
+    assert captured.err.count("\n") == 1
     assert (tmp_path / "compare.png").is_file()
+
+
+def test_no_completed_run_says_so_not_unknown_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command
+) -> None:
+    """A folder where no run completed (a run refused at its start, results.json without
+    metrics) lists its runs as a partly failed sweep's are listed, and says in one line that
+    none completed and why, exit 1: it said "unknown metric 'val_loss'; available:
+    wall_seconds". Runs that ended in several ways are counted by kind."""
+    error = "ConfigError: budget=steps needs trainer.max_steps >= 1, got 0"
+    results = {"status": "failed", "run_name": "steps0", "seed": 1337, "error": error}
+    write_job(tmp_path / "steps0", [], {}, results | {"wall_seconds": 0.2}, None)
+    assert run_command("compare", tmp_path) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"error: no completed run under {tmp_path} (1 failed: {error})\n"
+    assert "FAILED: ConfigError: budget=steps" in captured.out
+    killed(tmp_path / "sweep")  # its job 0 refused before training, job 1 killed
+    assert run_command("compare", tmp_path) == 1
+    assert capsys.readouterr().err == (
+        f"error: no completed run under {tmp_path} (2 failed, 1 killed: the table above says why)\n"
+    )
+
+
+def test_list_valued_knobs_and_errors_with_brackets_show_in_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text from the runs is shown as it is: Rich read ``[a,b]`` as markup and showed a blank
+    cell for a list-valued knob, and dropped an error's ``[rank0]:``; ``:x:`` is no emoji."""
+    monkeypatch.setenv("COLUMNS", "270")
+    root = tmp_path / "multirun"
+    for i, tasks in enumerate(["[a,b]", "[c]"]):
+        overrides = [f"eval.tasks={tasks}", "seed=1"]
+        write_job(root / str(i), overrides, {}, results_for(3.0 + i, 10.0, 1, str(i)), None)
+    error = "[rank0]: RuntimeError: [bold]x[/bold] :x:"
+    failed = results_for(None, None, 1, "2") | {"error": error}
+    write_job(root / "2", ["eval.tasks=[d]", "seed=1"], {}, failed, None)
+    assert compare_main([str(root)]) == 0
+    cells = table_cells(capsys.readouterr().out)
+    assert [c[1] for c in cells] == ["[a,b]", "[c]", "[d]"]
+    assert cells[-1][-1] == f"FAILED: {error}"
 
 
 def test_cli_script_runs_from_any_directory(multirun: Path, tmp_path: Path) -> None:
@@ -766,6 +809,62 @@ def test_eval_metrics_rank_a_sweep_higher_first_with_seed_mean_and_std(
     ]
     assert compare_main([str(multirun), "--metric", EVAL_ACC, "--no-higher-is-better"]) == 0
     assert table_cells(capsys.readouterr().out)[0][1:3] == ["pre", "swiglu"]
+
+
+def write_eval_record(job: Path, name: str, value: float) -> None:
+    """``lmlab evaluate``'s record, ``eval/step<N>.json`` (or a file of another name)."""
+    (job / "eval").mkdir(exist_ok=True)
+    step = int(name[4:]) if name[4:].isdigit() else None
+    record = {"global_step": step, "metrics": {EVAL_ACC: value, f"{EVAL_ACC}_stderr": 0.01}}
+    (job / "eval" / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_the_newest_evaluate_record_is_found_by_its_step_number(tmp_path: Path) -> None:
+    """Of ``eval/step<N>.json`` the largest N counts, compared as numbers: step 1000000 is
+    newer than step 999999 (sorted as text it was older). Other names are not records."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1])
+    for name, value in [
+        ("step999999", 0.1),
+        ("step1000000", 0.9),
+        ("step_best", 0.5),
+        ("stepfinal", 0.6),
+    ]:
+        write_eval_record(root / "0", name, value)
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, EVAL_ACC) == 0.9
+    assert run.eval_step == 1_000_000
+
+
+def test_an_evaluate_record_of_the_final_weights_beats_the_evals_during_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """results.json holds the evals during training of its last step (``global_step``);
+    ``lmlab evaluate``'s ``eval/step<N>.json`` of the same weights or newer ones wins (it was
+    ignored whenever results.json had the metric), of older weights it does not. The
+    metric's ``_stderr`` comes from the same evaluation."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1])
+    job = root / "0"
+    results = json.loads((job / "results.json").read_text())
+    in_training = {EVAL_ACC: 0.40, f"{EVAL_ACC}_stderr": 0.05}
+    (job / "results.json").write_text(json.dumps(results | in_training))
+    assert results["global_step"] == MAX_STEPS
+    write_eval_record(job, f"step{MAX_STEPS // 2:06d}", 0.90)  # an earlier checkpoint
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, EVAL_ACC) == 0.40
+    assert mrun.run_value(run, f"{EVAL_ACC}_stderr") == 0.05
+    write_eval_record(job, f"step{MAX_STEPS:06d}", 0.60)  # the final checkpoint, after training
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, EVAL_ACC) == 0.60
+    assert mrun.run_value(run, f"{EVAL_ACC}_stderr") == 0.01
+    assert compare_main([str(root), "--metric", EVAL_ACC]) == 0
+    assert f"({EVAL_ACC} = 0.6000)" in capsys.readouterr().out
+    write_eval_record(job, f"step{2 * MAX_STEPS:06d}", 0.70)  # trained on since, say
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, EVAL_ACC) == 0.70
+    del results["global_step"]  # a results.json without its step: the record, run after it
+    (job / "results.json").write_text(json.dumps(results | in_training))
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, EVAL_ACC) == 0.70
 
 
 def test_copies_of_a_run_are_not_seed_replicates(tmp_path: Path) -> None:

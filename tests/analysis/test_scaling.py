@@ -448,3 +448,46 @@ def test_dense_and_moe_runs_are_not_fitted_into_one_law(tmp_path: Path) -> None:
     saved = json.loads((root / "scaling.json").read_text())
     assert saved["feed_forward"] == {"8 experts top-2": 6, "dense": 15}
     assert saved["notes"][0].startswith("6 of the 21 runs are Mixtures of Experts")
+
+
+def test_scaling_replaces_only_its_own_outputs(
+    tmp_path: Path,
+    run_command,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user's own scaling.json or scaling.png in the output folder (the multirun folder,
+    or --out's) is refused before any fit, in one line, exit 2, and kept byte for byte (both
+    were overwritten). scaling's own outputs, marked PNGs and the unmarked ones earlier
+    versions wrote beside their scaling.json, are replaced on the next run: compare's rule."""
+    root = write_runs(tmp_path / "multirun", chinchilla_runs(0.002, budgets=BUDGETS[:3], sizes=5))
+    assert run_command("scaling", root) == 0  # writes both
+    png = (root / "scaling.png").read_bytes()
+    assert b"lmlab scaling" in png
+    assert run_command("scaling", root) == 0  # its own: replaced
+    (root / "scaling.png").write_bytes(png.replace(b"lmlab scaling", b"lmlab-scaling"))
+    assert run_command("scaling", root) == 0  # unmarked, beside scaling's own JSON
+    assert b"lmlab scaling" in (root / "scaling.png").read_bytes()
+    capsys.readouterr()
+
+    def no_fit(*args: Any) -> None:
+        raise AssertionError("fitted before the outputs were checked")
+
+    monkeypatch.setattr("lmlab.analysis.scaling.fit_isoflop", no_fit)
+    monkeypatch.setattr("lmlab.analysis.scaling.fit_parametric", no_fit)
+    for name, mine in [("scaling.json", b'{"my": "notes"}\n'), ("scaling.png", b"notes\n")]:
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        (out / name).write_bytes(mine)
+        assert run_command("scaling", root, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {out / name} exists and is not scaling's own output: choose another "
+            "folder with --out (nothing is overwritten)\n"
+        )
+        assert sorted(p.name for p in out.iterdir()) == [name]
+        assert (out / name).read_bytes() == mine
+    (root / "scaling.json").write_bytes(b'{"my": "notes"}\n')  # in the multirun folder itself
+    assert run_command("scaling", root) == 2
+    assert "scaling.json exists and is not scaling's own output" in capsys.readouterr().err
+    assert (root / "scaling.json").read_bytes() == b'{"my": "notes"}\n'

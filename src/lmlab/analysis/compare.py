@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -23,11 +25,13 @@ from lmlab.analysis.compare_plot import CREATOR, plot
 from lmlab.analysis.compute import is_moe
 from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_knobs
 from lmlab.analysis.multirun import higher_is_better as default_direction
+from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
 from lmlab.analysis.runs import load_runs
 
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
 JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
+OUTPUTS = Outputs("compare", JSON_KEYS, CREATOR)
 # Extra columns left out first when the terminal is narrow.
 DROP_ORDER = ("wall_seconds", "tokens", "flops", "params", "active_params", "val_bits_per_byte")
 DROP_ORDER += ("val_perplexity", "tokens_per_second", "val_loss")
@@ -53,16 +57,19 @@ def render_table(
     cells = [_cells(row, knobs, metric, extras) for row in rows]
     runs = sum(r.n for r in rows)
     direction = "higher" if higher_is_better else "lower"
-    table = Table(title=f"{metric} ({direction} is better): {runs} runs, {len(rows)} rows")
+    # Rich reads a str as markup: "[a,b]" (a list-valued knob) would show as nothing. Names
+    # (the metric, knob names) are escaped; cells (labels, knob values, errors) are Text,
+    # which also keeps an error's ":x:" from becoming an emoji.
+    table = Table(title=escape(f"{metric} ({direction} is better): {runs} runs, {len(rows)} rows"))
     for i, title in enumerate([*titles, *(EXTRA_COLUMNS[k] for k in extras)]):
         left = 0 < i < len(titles) - 2
         min_width = max([len(title), *(len(c[i]) for c in cells)])
         table.add_column(
-            title, justify="left" if left else "right", no_wrap=True, min_width=min_width
+            escape(title), justify="left" if left else "right", no_wrap=True, min_width=min_width
         )
     table.add_column("status", overflow="fold", min_width=6)
     for row, row_cells in zip(rows, cells, strict=True):
-        table.add_row(*row_cells, style=_row_style(row))
+        table.add_row(*map(Text, row_cells), style=_row_style(row))
     return table
 
 
@@ -124,36 +131,16 @@ def _row_style(row: Row) -> str:
 # --------------------------------------------------------------------------- output
 
 
-def written_by_compare(path: Path) -> bool:
-    """Whether ``path`` is a file ``compare`` wrote: ``compare.json`` by its keys,
-    ``compare.png`` by the ``CREATOR`` it carries (or, as earlier versions wrote it unmarked,
-    by the ``compare.json`` written beside it)."""
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            return isinstance(data, dict) and data.keys() >= JSON_KEYS
-        return CREATOR.encode() in path.read_bytes() or written_by_compare(
-            path.with_name("compare.json")
-        )
-    except (OSError, ValueError):  # unreadable or no JSON: not known to be compare's
-        return False
-
-
-def check_outputs(out_dir: Path) -> None:
-    """Refuse (``CompareError``) before any work where writing ``compare.png`` and
-    ``compare.json`` into ``out_dir`` would replace a file that compare did not write (or
-    ``out_dir`` is a file): a user's own files are never overwritten."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CompareError(f"--out {out_dir} is a file: give a folder (nothing is overwritten)")
-    for name in ("compare.json", "compare.png"):
-        target = out_dir / name
-        if (target.exists() or target.is_symlink()) and not (
-            target.is_file() and written_by_compare(target)
-        ):
-            raise CompareError(
-                f"{target} exists and is not compare's own output: choose another folder with "
-                "--out (nothing is overwritten)"
-            )
+def none_completed(rows: Sequence[Row], root: Path) -> str | None:
+    """One line for a multirun where no run completed (nothing to rank): how many runs ended
+    in which state and, where they share it, their error; None when some run completed."""
+    if not rows or any(row.status != "failed" for row in rows):
+        return None
+    states = Counter(row.runs[0].state for row in rows)
+    errors = {truncate(row.error or "", 200) for row in rows}
+    why = errors.pop() if len(errors) == 1 else "the table above says why"
+    tally = ", ".join(f"{n} {state}" for state, n in states.items())
+    return f"no completed run under {root} ({tally}: {why})"
 
 
 def to_json(
@@ -215,7 +202,7 @@ def compare(
     root = Path(path)
     runs = load_runs(root)
     out_dir = Path(out) if out is not None else root
-    check_outputs(out_dir)
+    OUTPUTS.check(out_dir, CompareError)  # a user's compare.json or .png: refused, kept
     knobs = varying_knobs(runs)
     rows = aggregate(runs, metric, higher_is_better=higher_is_better, knobs=knobs)
     if console is not None:

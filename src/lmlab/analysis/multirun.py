@@ -168,18 +168,35 @@ def curve_column(metric: str, columns: Iterable[str]) -> str | None:
 def run_value(run: Run, metric: str) -> float | None:
     """results.json value of ``metric``, else (completed runs only: a failed run's partial curve
     is not a final value) ``lmlab evaluate``'s value, else the last value of its metrics.csv
-    column."""
+    column. An eval metric in both results.json and ``lmlab evaluate``'s record is the
+    evaluation of the newer weights, and of the same weights ``lmlab evaluate``'s
+    (:func:`evaluated_last`)."""
+    if metric in run.evals and evaluated_last(run):
+        return run.evals[metric]
     value = run.results.get(metric)
     if _is_number(value):
         return float(value)
     if run.failed:
         return None
-    if metric in run.evals:  # lmlab evaluate of a checkpoint, after training
+    if metric in run.evals:  # lmlab evaluate of an earlier checkpoint, and nothing newer
         return run.evals[metric]
     column = curve_column(metric, run.curve)
     if column and run.curve[column]:
         return run.curve[column][-1][1]
     return None
+
+
+def evaluated_last(run: Run) -> bool:
+    """Whether the run's ``lmlab evaluate`` record (``eval/step<N>.json``) scored weights at
+    least as new as its evals during training, which results.json holds for its last step
+    (``global_step``): a completed run evaluated at that step or later. Of the same step the
+    record wins: the user ran it after training, usually on more items."""
+    trained = run.results.get("global_step")
+    return (
+        not run.failed
+        and run.eval_step is not None
+        and (not _is_number(trained) or run.eval_step >= trained)
+    )
 
 
 def _is_number(value: Any) -> bool:

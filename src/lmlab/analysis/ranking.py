@@ -105,7 +105,8 @@ def aggregate(
     first), then completed rows without a value, then one row per failed run."""
     if not runs:
         raise CompareError("no runs to compare")
-    check_metric(runs, metric)
+    if not all(run.failed for run in runs):  # runs that did not complete left no metrics
+        check_metric(runs, metric)
     knobs = list(varying_knobs(runs) if knobs is None else knobs)
     # an eval metric's standard error over its items, where the runs logged it (noise_verdict)
     keys = list(dict.fromkeys([metric, f"{metric}{STDERR}", *EXTRA_COLUMNS]))

@@ -36,6 +36,7 @@ UNFINISHED = (*STOPPED, RUNNING, KILLED)
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
 _NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_EVAL_RECORD_RE = re.compile(r"step(\d+)")  # eval/step<N>.json, N the weights' step
 
 
 class RunDirError(ConfigError):
@@ -53,6 +54,8 @@ class Run:
     curve: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     evals: dict[str, float] = field(default_factory=dict)
     """``eval/<task>/<metric>`` from ``lmlab evaluate`` of the run's newest evaluated step."""
+    eval_step: int | None = None
+    """The step of the weights ``evals`` scored (its ``eval/step<N>.json``); None without."""
     choices: dict[str, str] = field(default_factory=dict)
     """The option of each config group it ran with (``model: gpt_tiny``), overridden or not."""
 
@@ -200,13 +203,15 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
     plan = _read_json(job_dir / "plan.json")
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
+    eval_step, evals = _read_evals(job_dir)
     return Run(
         dir=job_dir,
         results=results,
         overrides=_parse_overrides(overrides if isinstance(overrides, list) else []),
         config=config if isinstance(config, dict) else {},
         curve=_read_curve(job_dir),
-        evals=_read_evals(job_dir),
+        evals=evals,
+        eval_step=eval_step,
         choices=_read_choices(job_dir / ".hydra" / "hydra.yaml"),
     )
 
@@ -224,16 +229,22 @@ def _read_choices(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in choices.items() if v is not None and "/" not in str(k)}
 
 
-def _read_evals(job_dir: Path) -> dict[str, float]:
-    """The metrics of ``eval/step<N>.json`` with the largest N (``lmlab evaluate`` of the
-    final checkpoint, usually); unreadable files are skipped."""
-    for path in sorted(job_dir.glob("eval/step*.json"), key=lambda p: p.stem, reverse=True):
+def _read_evals(job_dir: Path) -> tuple[int | None, dict[str, float]]:
+    """N and the metrics of the ``eval/step<N>.json`` with the largest N as a number (step
+    1000000 after step 999999; ``lmlab evaluate`` of the final checkpoint, usually); other
+    names and unreadable files are skipped. ``(None, {})`` without one."""
+    records = []
+    for path in job_dir.glob("eval/step*.json"):
+        match = _EVAL_RECORD_RE.fullmatch(path.stem)
+        if match:
+            records.append((int(match[1]), path))
+    for step, path in sorted(records, reverse=True):
         try:
             metrics = json.loads(path.read_text()).get("metrics", {})
         except (OSError, ValueError, AttributeError):
             continue
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-    return {}
+        return step, {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    return None, {}
 
 
 def _read_results(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
+from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.ranking import OBJECTIVE_KEYS, TOKENIZER_KEYS
 from lmlab.analysis.runs import Run, RunDirError, load_runs
 from lmlab.analysis.scaling_fit import (
@@ -38,9 +39,15 @@ from lmlab.analysis.scaling_fit import (
     parametric_summary,
     target_allocation,
 )
-from lmlab.analysis.scaling_plot import plot_scaling
+from lmlab.analysis.scaling_plot import CREATOR, plot_scaling
 
 REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
+# scaling.json's top-level keys (``analyze``; ``feed_forward`` came later): a file holding
+# them all is scaling's own.
+JSON_KEYS = frozenset(
+    {"multirun_dir", "n_key", "runs", "approach2", "approach3", "target", "notes", "outputs"}
+)
+OUTPUTS = Outputs("scaling", JSON_KEYS, CREATOR)
 
 # --------------------------------------------------------------------------- loading runs
 
@@ -237,6 +244,8 @@ def analyze(
     if target_flops is not None and not 0 < target_flops < math.inf:
         raise ScalingError(f"target_flops must be a positive finite number, got {target_flops}")
     runs, skipped = scan_runs(path)
+    out_dir = Path(out) if out is not None else Path(path)
+    OUTPUTS.check(out_dir, ScalingError)  # before the fits: a user's scaling.json is kept
     warnings = check_one_feed_forward(runs, path, mixed_experts) + check_n_key(runs, n_key)
     iso, iso_reason = _attempt(fit_isoflop, runs, n_key)
     par, par_reason = _attempt(_fit_parametric_runs, runs, n_key)
@@ -249,7 +258,6 @@ def analyze(
     par_out = parametric_summary(par, n_key) if par is not None else None
     flops = 10.0 * max(p["flops"] for p in profiles) if target_flops is None else target_flops
     target = target_allocation(float(flops), iso, par_out)
-    out_dir = Path(out) if out is not None else Path(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     skip2 = {"status": "skipped", "reason": iso_reason, "budgets": profiles}
     result: dict[str, Any] = {

@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 
 from lmlab.analysis.scaling_fit import budget_label, optimal_allocation, predict_loss
 
+CREATOR = "lmlab scaling"  # scaling.png's mark: a file without it is not replaced
+
 
 def _plot_optima(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any] | None) -> None:
     """The per-budget optima of both approaches, each connected into a frontier."""
@@ -135,5 +137,5 @@ def plot_scaling(
     _plot_frontier(right, profiles, iso, par, target)
     fig.suptitle(_plot_title(iso, par), fontsize=11)
     fig.tight_layout()
-    fig.savefig(file, dpi=110)
+    fig.savefig(file, dpi=110, metadata={"Creator": CREATOR})  # what scaling may replace
     return Path(file)

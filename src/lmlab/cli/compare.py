@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
-from lmlab.analysis.compare import compare
+from lmlab.analysis.compare import compare, none_completed
 from lmlab.cli.args import ArgumentParser
 
 
@@ -40,7 +41,8 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """0 on success, 1 when all runs failed; bad input raises ``CompareError`` (exit 2)."""
+    """0 on success, 1 when no run completed (the table lists them; one line says how many
+    failed and why); bad input raises ``CompareError`` (exit 2)."""
     args = build_parser().parse_args(argv)
     console, errors = Console(), Console(stderr=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         higher_is_better=args.higher_is_better,
         console=console,
     )
-    if rows and all(row.status == "failed" for row in rows):
-        errors.print(f"error: all {len(rows)} runs failed", markup=False, highlight=False)
+    nothing = none_completed(rows, Path(args.multirun_dir))
+    if nothing is not None:  # the table lists them, as it lists a sweep's failed runs
+        errors.print(f"error: {nothing}", markup=False, highlight=False, soft_wrap=True)
         return 1
     return 0
