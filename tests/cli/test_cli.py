@@ -237,6 +237,16 @@ def test_key_value_commands_answer_help(name: str, run_command, capsys) -> None:
         assert "  ckpt            required" in keys and "  prompt          ''" in out
 
 
+@pytest.mark.parametrize("name", ["generate", "probe", "evaluate"])
+def test_help_lists_every_dtype_the_checkpoint_tools_take(name: str, run_command, capsys) -> None:
+    """``dtype=auto`` (the weights as stored) is taken by every checkpoint tool: its help
+    says so beside the others."""
+    assert run_command(name, "--help") == 0
+    keys = capsys.readouterr().out.partition("keys (default; null is None):\n")[2]
+    (line,) = [k for k in keys.splitlines() if k.split()[0] == "dtype"]
+    assert line.split(maxsplit=2)[2].startswith("fp32 | bf16 | fp16 | auto"), line
+
+
 def test_a_run_the_guard_stops_says_why_on_one_line(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -261,6 +262,22 @@ def test_evals_leave_the_global_random_state_alone(tok) -> None:
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == want
 
 
+def test_an_evaluation_runs_no_git(tok, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval records the git commit of the working directory, which is not the model's, and
+    outside a repository git printed 'fatal: not a git repository' on every evaluation."""
+    import subprocess
+
+    real = subprocess.check_output
+
+    def no_git(args, *rest, **kw):
+        assert args[0] != "git", args
+        return real(args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess, "check_output", no_git)
+    lm = LmlabLM(tiny(tok, dtype=torch.float32, max_seq_len=256))
+    assert harness.run_tasks(lm, ["stdlib_nextline"], limit=2).get("git_hash") is None
+
+
 def test_random_weights_score_at_chance_on_the_multiple_choice_task(tok) -> None:
     """Four choices drawn alike: a model that knows nothing gets 25%, within the sampling
     error of 300 items. The bound is two of the standard errors the harness reports (a 95%
@@ -473,3 +490,84 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     (logged,) = [h for h in history if "eval/stdlib_nextline/acc" in h]
     assert float(json.loads(str(logged["trainer/global_step"]))) == 6
+
+
+def save_checkpoint(pre: Pretrained, path: Path, step: int) -> Path:
+    """``pre`` as a checkpoint of training step ``step``, in the keys training saves."""
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = model_config_dict(pre.cfg)
+    torch.save(
+        {"state_dict": state, "model_config": config, "tokenizer": pre.tokenizer.to_str()}
+        | {"global_step": step},
+        path,
+    )
+    return path
+
+
+def test_a_record_never_mixes_two_models_saved_at_one_path(
+    tok, tmp_path: Path, run_command, capsys
+) -> None:
+    """One path, one step, two models (a GPT evaluated, then a T5 copied over its file): the
+    second evaluation is refused before any task runs, saying why, and the record is kept;
+    the GPT's weights in another file (a copy, evaluated in bf16) add their task to it."""
+    ckpt = tmp_path / "loose" / "model.ckpt"
+    ckpt.parent.mkdir()
+    save_checkpoint(tiny(tok, dtype=torch.float32, max_seq_len=256), ckpt, 7)
+    args = ["limit=2", "bootstrap_iters=0", "wandb=false"]
+    assert run_command("evaluate", f"ckpt={ckpt}", "tasks=stdlib_nextline", *args) == 0
+    record_path = tmp_path / "loose" / "eval" / "model.json"
+    first = record_path.read_bytes()
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(ckpt.read_bytes())
+    save_checkpoint(tiny(tok, "t5", dtype=torch.float32, max_seq_len=256), ckpt, 7)
+    capsys.readouterr()
+    assert run_command("evaluate", f"ckpt={ckpt}", "tasks=stdlib_cloze", *args) == 2
+    err = capsys.readouterr().err
+    assert f"out={record_path} holds the eval of another checkpoint ({ckpt}, step 7;" in err
+    assert "weights, model config or tokenizer differ" in err and err.count("\n") == 1, err
+    assert record_path.read_bytes() == first
+    out = f"out={record_path}"
+    assert (
+        run_command("evaluate", f"ckpt={copy}", "tasks=stdlib_cloze", out, "dtype=bf16", *args) == 0
+    )
+    record = json.loads(record_path.read_text())
+    assert set(record["tasks"]) == {"stdlib_nextline", "stdlib_cloze"}
+    assert record["model_digest"] == json.loads(first)["model_digest"]
+
+
+def test_a_record_without_a_digest_is_refused_for_a_checkpoint_written_after_it(
+    tmp_path: Path,
+) -> None:
+    """A record written before records held ``model_digest``: the same file (and step) adds
+    its tasks while the file is as old as the record; a file written after the record (one
+    copied over it) holds weights the record never saw, and is refused."""
+    ckpt, path = tmp_path / "model.ckpt", tmp_path / "eval" / "model.json"
+    ckpt.write_bytes(b"weights")
+    old = harness.eval_record(harness_results(20, {"a": {"acc": 0.5}}), str(ckpt), 7)
+    old.pop("model_digest", None)
+    path.parent.mkdir()
+    new = harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), str(ckpt), 7)
+    new["model_digest"] = "d1"
+    t = 1_700_000_000 * 10**9
+    for ckpt_ns, record_ns in ((t, t + 10**9), (t + 10**9, t)):
+        path.write_text(json.dumps(old))
+        os.utime(ckpt, ns=(ckpt_ns, ckpt_ns))
+        os.utime(path, ns=(record_ns, record_ns))
+        if ckpt_ns <= record_ns:
+            harness.write_record(path, new)
+            merged = json.loads(path.read_text())
+            assert set(merged["tasks"]) == {"a", "b"} and merged["model_digest"] == "d1"
+        else:
+            with pytest.raises(ConfigError, match=f"{ckpt} was written after that record"):
+                harness.write_record(path, new)
+            assert json.loads(path.read_text()) == old
+
+
+def test_eval_record_holds_the_batch_size_and_dtype_it_ran_with(tok) -> None:
+    """Each task's settings name the batch size and dtype the model ran with (the harness
+    records its own ``batch_size`` argument, None for a model passed built)."""
+    lm = LmlabLM(tiny(tok, dtype=torch.bfloat16, max_seq_len=256), batch_size=3)
+    results = harness.run_tasks(lm, ["stdlib_nextline"], limit=2, bootstrap_iters=0)
+    record = harness.eval_record(results, "tiny.ckpt", 0)
+    settings = record["tasks"]["stdlib_nextline"]["lm_eval"]
+    assert (settings["batch_size"], settings["dtype"]) == (3, "bf16")

@@ -685,3 +685,116 @@ def test_probe_redraws_its_own_plot_and_refuses_any_other_file(
         for _ in range(2):  # new, then redrawn
             assert run_command("probe", f"ckpt={ckpt}", f"out={out}", "text=def f") == 0
             assert drawn_by_probe(out), suffix
+
+
+def test_a_tokenizer_that_cannot_be_the_models_is_refused_before_any_work(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tokenizer=`` of fewer tokens than the one the checkpoint was trained with (its ids
+    fit the embedding, so nothing failed: other ids, wrong numbers) is refused by generate,
+    probe and evaluate in one line naming both sizes, before any output; the checkpoint's own
+    tokenizer as a file is taken. Where the checkpoint carries no tokenizer, only one larger
+    than the embedding can be ruled out."""
+    ckpt, tok = char_ckpt(tmp_path / "m.ckpt")
+    small = tmp_path / "small.json"
+    train_char(["def"]).save(str(small))
+    sizes = (Tokenizer.from_file(str(small)).get_vocab_size(), tok.get_vocab_size())
+    assert sizes[0] < sizes[1]
+    message = (
+        f"tokenizer={small} has {sizes[0]} tokens, the model was trained with a tokenizer "
+        f"of {sizes[1]}"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(ckpt, tokenizer=str(small))
+    out = tmp_path / "out"
+    commands = {
+        "generate": ["prompt=def", "max_new_tokens=2"],
+        "probe": [f"out={out}.png"],
+        "evaluate": ["tasks=stdlib_nextline", "limit=2", f"out={out}.json", "wandb=false"],
+    }
+    for name, args in commands.items():
+        assert run_command(name, f"ckpt={ckpt}", f"tokenizer={small}", *args) == 2, name
+        printed, err = capsys.readouterr()
+        assert printed == "" and err.startswith(f"error: {message}"), err
+        assert err.count("\n") == 1, err
+    assert not list(tmp_path.glob("out*"))
+    own = tmp_path / "own.json"
+    tok.save(str(own))
+    assert load(ckpt, tokenizer=str(own)).tokenizer.get_vocab_size() == sizes[1]
+    bare = torch.load(ckpt, weights_only=True)
+    bare.pop("tokenizer")
+    torch.save(bare, tmp_path / "bare.ckpt")
+    assert load(tmp_path / "bare.ckpt", tokenizer=str(small)).tokenizer.get_vocab_size() == sizes[0]
+
+
+def test_t5_infill_draws_num_samples_fills(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``num_samples=3`` fills the text three times, one draw after another from the seeded
+    generator, as GPT's samples are (it printed one fill)."""
+    ckpt, _ = char_ckpt(tmp_path / "t5.ckpt", family="t5")
+    args = [f"ckpt={ckpt}", "text=def <extra_id_0>(self):", "max_new_tokens=6", "temperature=1"]
+    generate_main([*args, "num_samples=3", "seed=1"])
+    three = capsys.readouterr().out
+    assert three.count("filled: ") == 3 and "sample 3 of 3" in three
+    pre = load(ckpt)
+    gen = torch.Generator().manual_seed(1)
+    fills = [infill(pre, "def <extra_id_0>(self):", 6, 1.0, None, None, gen)[1] for _ in range(3)]
+    assert re.findall(r"^filled: (.*)$", three, re.MULTILINE) == fills
+
+
+def test_fill_mask_refuses_the_sampling_options_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BERT's fill_mask ranks candidates in one forward pass: an option given for sampling
+    is refused, naming it, its value and what fill_mask takes; the defaults (options not
+    given) and ``top_k`` are not."""
+    ckpt, _ = char_ckpt(tmp_path / "bert.ckpt", family="bert")
+    base = [f"ckpt={ckpt}", "text=def <mask>"]
+    given = {
+        "max_new_tokens": "5",
+        "temperature": "0.5",
+        "top_p": "0.9",
+        "seed": "3",
+        "num_samples": "2",
+        "cache": "false",
+    }
+    for key, value in given.items():
+        with pytest.raises(ConfigError, match=rf"^{key}={value}: fill_mask .* top_k= only"):
+            generate_main([*base, f"{key}={value}"])
+    with pytest.raises(ConfigError, match=r"^temperature=0.5, seed=3: fill_mask"):
+        generate_main([*base, "temperature=0.5", "seed=3"])
+    generate_main(base)
+    generate_main([*base, "top_k=2"])
+    assert capsys.readouterr().out.count("filled:") == 2
+
+
+def test_probe_refuses_pgf_without_latex_before_reading_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_command, capsys
+) -> None:
+    """matplotlib writes ``.pgf`` by running LaTeX (xelatex): without it on the PATH, one
+    line saying so, exit 2, before any work (it was a traceback after the parameter table)."""
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no LaTeX here
+    assert run_command("probe", f"ckpt={ckpt}", f"out={tmp_path / 'q.pgf'}") == 2
+    printed, err = capsys.readouterr()
+    assert printed == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "xelatex is not on the PATH" in err, err
+    assert not (tmp_path / "q.pgf").exists()
+
+
+def test_probe_says_why_it_keeps_its_own_earlier_unmarked_output(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """A ``.jpg`` (or .tif, .raw, ...) probe drew carries no mark, so it is not replaced;
+    the refusal says that, not that probe did not draw it."""
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")
+    out = tmp_path / "maps.jpg"
+    assert run_command("probe", f"ckpt={ckpt}", f"out={out}", "text=def f") == 0
+    drawn = out.read_bytes()
+    capsys.readouterr()
+    assert run_command("probe", f"ckpt={ckpt}", f"out={out}", "text=def f") == 2
+    err = capsys.readouterr().err
+    assert "is not a plot probe drew" not in err and err.count("\n") == 1, err
+    assert "probe replaces only the plots it marked as its own, in .eps, .pdf, .png" in err
+    assert out.read_bytes() == drawn

@@ -34,7 +34,7 @@ class EvaluateConfig:
     max_gen_toks: int = 256  # generate_until's default length, when a task sets none
     bootstrap_iters: int = 1000  # resamples for the standard errors that need them
     device: str = "cpu"
-    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
     out: str | None = None  # default: <run dir>/eval/step<N>.json
     wandb: bool = True  # log to the checkpoint's W&B run, when its run directory has one
@@ -67,13 +67,13 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
 
     path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
-    harness.check_record(path, str(pre.path), pre.global_step)  # before any task runs
+    harness.check_record(path, str(pre.path), pre.global_step, digest=pre.digest)  # before tasks
     lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)
     results = harness.run_tasks(
         lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
     )
     print(harness.table(results))
-    record = harness.eval_record(results, str(pre.path), pre.global_step)
+    record = harness.eval_record(results, str(pre.path), pre.global_step, pre.digest)
     print(f"results: {harness.write_record(path, record)}")
     if cfg.wandb:
         run_dir = run_dir_of(pre.path)

@@ -8,6 +8,8 @@ r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans
 ``task`` follows the checkpoint's family (generate, fill_mask, infill); ``prompt=`` and
 ``text=`` name the same input, for every task. Generation streams to the terminal and uses a
 KV cache (``cache=false`` recomputes the context at every token); ``temperature=0`` is greedy.
+Infilling samples as generation does (``num_samples`` fills, one after another); fill_mask
+takes ``top_k`` only (the candidates per mask): a sampling option given to it is refused.
 A GPT's prompt starts with the BOS its documents started with in training, where its tokenizer
 has one (a Llama's ``<s>``, as ``tok(prompt)`` in transformers). ``device=cuda dtype=bf16``
 for a GPU.
@@ -40,7 +42,7 @@ class GenerateConfig:
     num_samples: int = 1
     cache: bool = True
     device: str = "cpu"
-    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
 
     def __post_init__(self) -> None:
@@ -69,6 +71,21 @@ class GenerateConfig:
 
 
 TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
+# The options fill_mask has no use for: it ranks each mask's candidates in one forward pass.
+NOT_FOR_FILL_MASK = ("max_new_tokens", "temperature", "top_p", "seed", "num_samples", "cache")
+
+
+def check_options(task: str, given: dict[str, str]) -> None:
+    """An option the user gave (``given``: key -> value, as on the command line) that ``task``
+    would ignore is refused, naming it, its value and what the task takes; defaults never
+    are."""
+    unused = [k for k in NOT_FOR_FILL_MASK if k in given] if task == "fill_mask" else []
+    if unused:
+        values = ", ".join(f"{k}={given[k]}" for k in unused)
+        raise ConfigError(
+            f"{values}: fill_mask (a bert checkpoint) ranks each mask's candidates in one "
+            "forward pass, with no sampling; it takes text= (or prompt=) and top_k= only"
+        )
 
 
 def main(argv: list[str]) -> int | None:
@@ -90,6 +107,7 @@ def main(argv: list[str]) -> int | None:
         raise ConfigError(
             f"task={task} needs a {_family_of(task)} checkpoint; {cfg.ckpt} is {pre.family.value}"
         )
+    check_options(task, dict(arg.split("=", 1) for arg in argv))  # parse checked key=value
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
     text = cfg.text if cfg.text is not None else cfg.prompt
@@ -106,12 +124,15 @@ def main(argv: list[str]) -> int | None:
         console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
     if task == "infill":
-        spans, filled = infill(
-            pre, text, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.cache
-        )
-        for sentinel, span in spans.items():
-            console.print(escape(f"{sentinel} -> {span!r}"), soft_wrap=True)
-        console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
+        for n in range(cfg.num_samples):  # one generator: each fill draws after the last
+            if cfg.num_samples > 1:
+                console.rule(f"sample {n + 1} of {cfg.num_samples}")
+            spans, filled = infill(
+                pre, text, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.cache
+            )
+            for sentinel, span in spans.items():
+                console.print(escape(f"{sentinel} -> {span!r}"), soft_wrap=True)
+            console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
     tok, ids = pre.tokenizer, pre.prompt_ids(text)
     for n in range(cfg.num_samples):

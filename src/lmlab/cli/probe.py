@@ -4,15 +4,17 @@ and a PNG grid of its attention weights (one heat map per layer and head) over a
     python src/probe.py ckpt=<run dir>/checkpoints/last.ckpt text="def add(a, b): return a + b"
 
 Writes ``out`` (default: ``attention.png`` in the checkpoint's run directory, or beside a
-checkpoint outside one; any image format matplotlib writes, by its suffix). An existing file
-there is replaced only when probe drew it (a PNG, PDF, SVG or PostScript plot whose metadata
-names probe): any other file is refused before the checkpoint is read. For T5 the maps are the
+checkpoint outside one; any image format matplotlib writes, by its suffix; ``.pgf`` needs
+LaTeX, ``xelatex``, on the PATH). An existing file there is replaced only when probe drew it (a
+PNG, PDF, SVG or PostScript plot whose metadata names probe): any other file, an earlier
+``.jpg`` of probe's too, is refused before the checkpoint is read. For T5 the maps are the
 encoder's; for BERT the text is framed by [CLS] .. [SEP] as in training. A text longer than
 the model's context is cut to its first tokens, with a warning (BERT's [SEP] stays).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +31,8 @@ class ProbeConfig:
     text: str = "def add(a, b):\n    return a + b\n"
     out: str | None = None  # the image; default <run dir>/attention.png
     device: str = "cpu"
-    dtype: str = "fp32"
-    tokenizer: str | None = None
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
+    tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
 
     def __post_init__(self) -> None:
         if not self.text:
@@ -96,10 +98,26 @@ def check_image_out(out: Path) -> None:
             f"out={out}: {out.suffix or 'no suffix'} is not an image format; allowed: "
             + ", ".join(f".{f}" for f in sorted(formats))
         )
+    if out.suffix.lower() == ".pgf":  # matplotlib runs LaTeX to measure the labels
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise ConfigError(
+                f"out={out}: matplotlib writes .pgf with LaTeX, and {tex} is not on the PATH: "
+                "install it, or choose another format (.pdf and .svg are vector graphics too)"
+            )
     if not (out.exists() or out.is_symlink()):
         return
-    from lmlab.infer.probe import drawn_by_probe  # imports the model code: only when needed
+    from lmlab.infer.probe import MARKED_FORMATS, drawn_by_probe  # imports the model code
 
+    if out.suffix.lstrip(".").lower() not in MARKED_FORMATS:
+        raise ConfigError(
+            f"out={out} exists, and probe replaces only the plots it marked as its own, in "
+            f"{', '.join(f'.{f}' for f in MARKED_FORMATS)} (their metadata names probe; a "
+            f"{out.suffix} file holds no mark): choose a new file with out= (nothing is "
+            "overwritten)"
+        )
     if not drawn_by_probe(out):
         raise ConfigError(
             f"out={out} exists and is not a plot probe drew: choose a new file with out= "

@@ -51,7 +51,7 @@ from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import decode_loop
 from lmlab.infer.harness import check_family
-from lmlab.infer.pretrained import Pretrained, load
+from lmlab.infer.pretrained import DTYPES, Pretrained, load
 
 # family -> how the harness treats it (its ``backend``); BERT has none
 BACKENDS = {Family.gpt: "causal", Family.t5: "seq2seq"}
@@ -130,11 +130,15 @@ class LmlabLM(TemplateLM):
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
     def get_model_info(self) -> dict[str, Any]:
-        """What lm-eval records in ``results["config"]``."""
+        """What lm-eval records in ``results["config"]`` (``dtype``: lmlab's name of the
+        weights' dtype, as ``dtype=`` takes it, for the eval record)."""
+        dtype = next(self.model.parameters()).dtype
+        names = {v: k for k, v in DTYPES.items()}
         return {
             "model_family": Family(self.pre.family).value,
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "model_dtype": str(next(self.model.parameters()).dtype),
+            "model_dtype": str(dtype),
+            "dtype": names.get(dtype, str(dtype).removeprefix("torch.")),
             "checkpoint": str(self.pre.path),
             "global_step": self.pre.global_step,
         }

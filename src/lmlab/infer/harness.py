@@ -210,10 +210,13 @@ def run_tasks(
 
     hub = any(n not in shipped_tasks() for n in names)
     # simple_evaluate also describes the machine (pip, GPUs, OS: 1.5 s on the 2-core CPU, more
-    # under load) for a report lmlab does not write: skipped, at every in-training eval too
+    # under load) for a report lmlab does not write: skipped, at every in-training eval too;
+    # so is the git commit of the working directory (not the model's: outside a repository,
+    # git printed "fatal: not a git repository" on every evaluation)
     no_env_info = mock.patch.object(lm_eval.evaluator, "add_env_info", lambda results: None)
+    no_git = mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None)
     offline = offline_hub(hub and not hub_reachable())
-    with offline, quiet_harness(progress), kept_random_state(), no_env_info:
+    with offline, quiet_harness(progress), kept_random_state(), no_env_info, no_git:
         return simple_evaluate(
             model=lm,
             tasks=list(names),
@@ -221,6 +224,7 @@ def run_tasks(
             limit=limit,
             num_fewshot=num_fewshot,
             bootstrap_iters=bootstrap_iters,
+            batch_size=getattr(lm, "batch_size", None),  # recorded only: lm is built
             log_samples=False,
         )
 
@@ -241,14 +245,18 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 # The settings of an evaluation that a task's numbers depend on; each task's entry in a record
-# holds those it was run with (a record merges runs of other settings).
-RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size")
+# holds those it was run with (a record merges runs of other settings). ``run_tasks`` passes
+# the model's batch size to the harness, and ``LmlabLM.get_model_info`` its dtype.
+RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size", "dtype")
 
 
-def eval_record(results: dict[str, Any], checkpoint: str, step: int | None) -> dict[str, Any]:
-    """What ``<run dir>/eval/step<N>.json`` holds for one evaluation: the flat metrics and,
-    per task, the harness's results, item count, version, shots, metric directions and the
-    settings it ran with (``lm_eval``: the harness's version, ``RUN_SETTINGS``)."""
+def eval_record(
+    results: dict[str, Any], checkpoint: str, step: int | None, digest: str | None = None
+) -> dict[str, Any]:
+    """What ``<run dir>/eval/step<N>.json`` holds for one evaluation: the checkpoint, its step
+    and ``model_digest`` (what ``check_record`` compares), the flat metrics and, per task, the
+    harness's results, item count, version, shots, metric directions and the settings it ran
+    with (``lm_eval``: the harness's version, ``RUN_SETTINGS``)."""
     config = results.get("config", {})
     from lm_eval import __version__ as lm_eval_version
 
@@ -266,6 +274,7 @@ def eval_record(results: dict[str, Any], checkpoint: str, step: int | None) -> d
     return {
         "checkpoint": checkpoint,
         "global_step": step,
+        "model_digest": digest,
         "metrics": flat_metrics(results),
         "tasks": tasks,
     }
@@ -307,9 +316,10 @@ def read_record(path: Path, key: str = "out") -> dict[str, Any] | None:
 
 
 def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool:
-    """Whether checkpoints ``a`` and ``b`` hold the same weights: one step, and one file
-    (``last.ckpt`` is a link) or one run's ``checkpoints/`` folder. (``last.ckpt`` moves on
-    as its run trains: the same file at another step holds other weights.)"""
+    """Whether checkpoints ``a`` and ``b`` are taken to hold the same weights by their paths
+    (a record without ``model_digest``): one step, and one file (``last.ckpt`` is a link) or
+    one run's ``checkpoints/`` folder. (``last.ckpt`` moves on as its run trains: the same
+    file at another step holds other weights.)"""
     if step_a != step_b:
         return False
     pa, pb = Path(a).absolute(), Path(b).absolute()
@@ -317,20 +327,51 @@ def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool
     return one_run or pa.resolve() == pb.resolve()
 
 
+def modified_ns(checkpoint: Path) -> int | None:
+    """When checkpoint ``checkpoint`` (a file, or a sharded folder: its newest file) was last
+    written; None where it is not there."""
+    try:
+        if checkpoint.is_dir():
+            return max((p.stat().st_mtime_ns for p in checkpoint.iterdir()), default=None)
+        return checkpoint.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def other_weights(
+    old: dict[str, Any], path: Path, checkpoint: str, step: int | None, digest: str | None
+) -> str | None:
+    """Why record ``old`` (at ``path``) is not of the weights of ``checkpoint`` (at ``step``,
+    its ``model_digest`` ``digest``), or None where it is. Both digests known: they decide.
+    A record written before records held one: the paths (``same_weights``), and a checkpoint
+    written after the record holds weights the record never saw (a file copied over)."""
+    if old["global_step"] != step:
+        return f"this checkpoint is of step {step}"
+    if old.get("model_digest") and digest:
+        if old["model_digest"] != digest:
+            return "this checkpoint's weights, model config or tokenizer differ"
+        return None
+    if not same_weights(old["checkpoint"], checkpoint, old["global_step"], step):
+        return f"{checkpoint} is another file, and not of its run"
+    written = modified_ns(Path(checkpoint))
+    if written is not None and path.exists() and written > path.stat().st_mtime_ns:
+        return f"{checkpoint} was written after that record"
+    return None
+
+
 def check_record(
-    path: Path, checkpoint: str, step: int | None, key: str = "out"
+    path: Path, checkpoint: str, step: int | None, key: str = "out", digest: str | None = None
 ) -> dict[str, Any] | None:
     """``path`` is free (None), or holds this checkpoint's record (returned: the new tasks
-    merge into it). The record of other weights is refused before any task runs, so no
-    record ever mixes two."""
+    merge into it). The record of other weights (``other_weights``) is refused before any
+    task runs, so no record ever mixes two."""
     old = read_record(path, key)
-    if old is not None and not same_weights(
-        old["checkpoint"], checkpoint, old["global_step"], step
-    ):
+    why = None if old is None else other_weights(old, path, checkpoint, step, digest)
+    if why:
         raise ConfigError(
             f"{key}={path} holds the eval of another checkpoint ({old['checkpoint']}, step "
-            f"{old['global_step']}): choose another out= (records of two checkpoints are "
-            "never mixed)"
+            f"{old['global_step']}; {why}): choose another out= or move that record away "
+            "(records of two checkpoints are never mixed)"
         )
     return old
 
@@ -348,13 +389,17 @@ def merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     }
     replaced = tuple(f"eval/{name}/" for name in new["tasks"])
     metrics = {k: v for k, v in old.get("metrics", {}).items() if not k.startswith(replaced)}
-    return {**new, "metrics": {**metrics, **new["metrics"]}, "tasks": {**tasks, **new["tasks"]}}
+    digest = new.get("model_digest") or old.get("model_digest")
+    merged = {**new, "model_digest": digest, "metrics": {**metrics, **new["metrics"]}}
+    return {**merged, "tasks": {**tasks, **new["tasks"]}}
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
     """Write (or merge into, ``merge_records``: tasks evaluated earlier for the same weights
     stay) ``path``, atomically; ``check_record`` refuses what may not be merged."""
-    old = check_record(path, record["checkpoint"], record["global_step"])
+    old = check_record(
+        path, record["checkpoint"], record["global_step"], digest=record.get("model_digest")
+    )
     if old is not None:
         record = merge_records(old, record)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ folder is consolidated in memory; ``src/consolidate.py`` writes it as one file.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tokenizers import Tokenizer
 from torch import nn
 
-from lmlab.config import Family, ModelConfig
+from lmlab.config import RUNTIME_FIELDS, Family, ModelConfig, model_config_dict
 from lmlab.data.tokenizer import Specials, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
@@ -34,6 +36,7 @@ class Pretrained:
     cfg: ModelConfig
     path: Path
     global_step: int | None = None  # the training step the checkpoint was saved at
+    digest: str | None = None  # ``model_digest`` of the checkpoint (None: a model in memory)
 
     @property
     def family(self) -> Family:
@@ -92,8 +95,8 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
-    """``tokenizer=``: a ``tokenizers`` JSON file whose ids fit the model's vocabulary."""
+def read_tokenizer(path: Path, vocab_size: int, trained: int | None = None) -> Tokenizer:
+    """``tokenizer=``: a ``tokenizers`` JSON file that can be the model's (``check_vocab``)."""
     if not path.is_file():
         raise ConfigError(f"tokenizer={path}: no such file (a tokenizer.json)")
     try:
@@ -102,12 +105,61 @@ def read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
         raise ConfigError(
             f"tokenizer={path}: not a tokenizers JSON file ({first_line(err, 120)})"
         ) from None
-    if tok.get_vocab_size() > vocab_size:
-        raise ConfigError(
-            f"tokenizer={path} has {tok.get_vocab_size()} tokens, more than the model's "
-            f"vocabulary of {vocab_size}: it is another model's tokenizer"
-        )
+    check_vocab(tok, vocab_size, trained, f"tokenizer={path}")
     return tok
+
+
+def check_vocab(tok: Tokenizer, vocab_size: int, trained: int | None, where: str) -> None:
+    """``tok`` can be the model's: no more tokens than its embedding has rows (an id past
+    them is an IndexError, or another model's token) and, where the checkpoint carries the
+    tokenizer it was trained with (``trained``: its size), exactly as many. The rows may
+    outnumber the tokens (``model.vocab_size`` set above the tokenizer's, a converted T5's
+    32128 rows for 32100 tokens), so fewer tokens than rows alone proves nothing; a smaller
+    tokenizer than the trained one would read text as other ids (wrong numbers, silently)."""
+    size = tok.get_vocab_size()
+    if size > vocab_size:
+        raise ConfigError(
+            f"{where} has {size} tokens, more than the model's vocabulary of {vocab_size}: it "
+            "is another model's tokenizer"
+        )
+    if trained is not None and size != trained:
+        raise ConfigError(
+            f"{where} has {size} tokens, the model was trained with a tokenizer of {trained} "
+            "(the one its checkpoint carries): it is another model's tokenizer; leave "
+            "tokenizer= out to use the checkpoint's"
+        )
+
+
+# Values of each weight tensor (from its start and from its end) that ``model_digest`` reads
+DIGEST_VALUES = 1024
+
+
+def model_digest(cfg: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer) -> str:
+    """An identity of what a checkpoint gives, cheap at any size: its model config (less the
+    fields that change how, not what, it computes), its tokenizer, and per weight tensor the
+    name, shape, dtype and first and last ``DIGEST_VALUES`` values as stored (a few pages of a
+    memory-mapped file). Two trainings, or one run at two steps, differ in every trained
+    tensor; two files of the same weights (a copy, ``last.ckpt`` and its step's file, a
+    sharded folder and its consolidated file) share one digest."""
+    config = {k: v for k, v in model_config_dict(cfg).items() if k not in RUNTIME_FIELDS}
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(tok.to_str().encode())
+    for name in sorted(state):
+        values = state[name].detach().reshape(-1)  # a view of a contiguous (stored) tensor
+        h.update(f"{name} {tuple(state[name].shape)} {values.dtype}".encode())
+        for part in (values[:DIGEST_VALUES], values[-DIGEST_VALUES:]):
+            h.update(part.cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def trained_vocab(ckpt: dict) -> int | None:
+    """The size of the tokenizer a checkpoint carries (the one it was trained with); None
+    where it carries none, or one that does not parse (``tokenizer=`` stands in for it)."""
+    try:
+        return Tokenizer.from_str(ckpt["tokenizer"]).get_vocab_size()
+    except Exception:  # missing (KeyError), or anything tokenizers cannot parse
+        return None
 
 
 def stored_tokenizer(value: object, where: str) -> Tokenizer:
@@ -186,7 +238,7 @@ def load(
             f"{first_line(err)}): saved by another lmlab version?"
         ) from None
     if tokenizer is not None:
-        tok = read_tokenizer(Path(tokenizer), cfg.vocab_size)
+        tok = read_tokenizer(Path(tokenizer), cfg.vocab_size, trained_vocab(ckpt))
     elif "tokenizer" in ckpt:
         tok = stored_tokenizer(ckpt["tokenizer"], f"{key}={path}")
     else:
@@ -201,6 +253,7 @@ def load(
     state = model_state(ckpt["state_dict"])
     check_weights(model, state, f"{key}={path}")
     model.load_state_dict(state)
-    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-    model.to(device=device, dtype=stored if dtype == "auto" else DTYPES[dtype]).eval()
-    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"))
+    as_stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    model.to(device=device, dtype=as_stored if dtype == "auto" else DTYPES[dtype]).eval()
+    digest = model_digest(cfg, state, tok)
+    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest)
