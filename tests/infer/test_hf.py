@@ -13,10 +13,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -139,6 +141,7 @@ CASES = {
             pad_token_id=PAD,
         )
     ),
+    "bert_untied": lambda: untied_bert(),
     "t5": lambda: transformers.T5ForConditionalGeneration(
         transformers.T5Config(
             d_model=32,
@@ -173,6 +176,18 @@ CASES = {
 }
 
 
+def untied_bert() -> torch.nn.Module:
+    """A BERT whose head is its own (as RoBERTa-style conversions and fine-tunes save it): the
+    decoder's bias, which the forward adds, differs from ``cls.predictions.bias``, unused."""
+    config = CASES["bert"]().config
+    config.tie_word_embeddings = False
+    model = transformers.BertForMaskedLM(config)
+    with torch.no_grad():
+        model.cls.predictions.decoder.bias.normal_(0.0, 1.0)
+        model.cls.predictions.bias.normal_(5.0, 1.0)
+    return model
+
+
 def hf_folder(name: str, root: Path) -> tuple[Path, torch.nn.Module]:
     """A tiny random model of ``name`` with lmlab's char tokenizer, as save_pretrained writes."""
     torch.manual_seed(0)
@@ -203,7 +218,7 @@ def inputs(name: str) -> dict[str, torch.Tensor]:
     and segments, T5 decoder inputs."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(110, V, (2, 12), generator=g)
-    if name == "bert":
+    if name.startswith("bert"):
         mask = torch.ones_like(ids)
         mask[1, 8:] = 0
         segments = torch.zeros_like(ids)
@@ -298,6 +313,7 @@ def test_greedy_generation_with_the_kv_cache_gives_transformers_tokens(
         ),
         (dict(family="bert", norm_placement="post", activation="gelu_exact"), "BertForMaskedLM"),
         (dict(family="bert", norm_placement="post", type_vocab_size=2), "BertForMaskedLM"),
+        (dict(family="bert", norm_placement="post", tie_embeddings=False), "BertForMaskedLM"),
         (
             # 2 heads of 16: the query scale sqrt(16) = 4 is exact both ways
             dict(
@@ -380,7 +396,12 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
 @pytest.mark.parametrize(
     ("knobs", "named"),
     [
-        ({"positional": Positional.alibi}, "model.positional=alibi"),
+        (
+            {"positional": Positional.alibi},
+            "model.positional=alibi (family=gpt) has no transformers class: GPT2LMHeadModel "
+            "takes model.positional=learned; LlamaForCausalLM takes model.positional=rope, no "
+            "attention window, dense",
+        ),
         ({"norm_placement": NormPlacement.post}, "model.norm_placement=post"),
         ({"norm_placement": NormPlacement.sandwich, "norm": "rmsnorm"}, "model.norm=rmsnorm"),
         ({"positional": Positional.rope, "activation": Activation.gelu}, "model.activation=gelu"),
@@ -390,7 +411,7 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
 )
 def test_to_hf_refuses_what_transformers_cannot_express(knobs: dict, named: str) -> None:
     cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V, **knobs))
-    with pytest.raises(ConfigError, match=named.replace("=", "=").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(named)):
         choose_architecture(cfg)
 
 
@@ -636,6 +657,27 @@ def test_to_hf_refuses_a_link_as_out_before_any_work(tmp_path: Path, run_command
     cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
     assert to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg), empty) == empty
     assert (empty / "config.json").is_file()
+
+
+def test_to_hf_keeps_the_tokenizer_a_checkpoint_carries(tmp_path: Path) -> None:
+    """``tokenizer=`` is for a checkpoint that carries none: another tokenizer of the same
+    size (it passes the size check) would ship beside the weights, and every id would mean
+    another token. Refused before anything is written; the carried one itself is accepted."""
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    ckpt = lmlab_checkpoint(tmp_path / "m.ckpt", cfg)
+    spec = json.loads(TOKENIZER.to_str())  # the same tokens, the plain ones at other ids
+    plain = {t: i for t, i in spec["model"]["vocab"].items() if i >= len(spec["added_tokens"])}
+    ids = sorted(plain.values())
+    spec["model"]["vocab"].update(zip(plain, reversed(ids), strict=True))
+    (tmp_path / "other.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"carries its own tokenizer, the one it was trained"):
+        to_hf(ckpt, tmp_path / "hf", tokenizer=str(tmp_path / "other.json"))
+    assert not (tmp_path / "hf").exists()
+    TOKENIZER.save(str(tmp_path / "same.json"))
+    to_hf(ckpt, tmp_path / "hf", tokenizer=str(tmp_path / "same.json"))
+    assert Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).get_vocab() == (
+        TOKENIZER.get_vocab()
+    )
 
 
 # --- a trained checkpoint out to transformers, back, and into training -------------------

@@ -83,9 +83,20 @@ def rules(cfg: ModelConfig) -> list[Rule]:
         out += linear(f"{b}.ffn_res.norm", f"{h}.output.LayerNorm", bias=True)
     out += linear("head.dense", "cls.predictions.transform.dense", bias=True)
     out += linear("head.norm", "cls.predictions.transform.LayerNorm", bias=True)
-    out.append(rule("head.out.bias", "cls.predictions.bias"))
-    if not cfg.tie_embeddings:
+    if cfg.tie_embeddings:
+        out.append(rule("head.out.bias", "cls.predictions.bias"))
+    else:  # the decoder's own bias is the one transformers' forward adds when untied
         out.append(rule("head.out.weight", "cls.predictions.decoder.weight"))
+        out.append(rule("head.out.bias", "cls.predictions.decoder.bias"))
+    return out
+
+
+def saved_rules(cfg: ModelConfig) -> list[Rule]:
+    """save_pretrained's layout: an untied head's bias also as ``cls.predictions.bias``, the
+    parameter the tied layout shares with the decoder (its forward adds the decoder's)."""
+    out = rules(cfg)
+    if not cfg.tie_embeddings:
+        out.append(rule("head.out.bias", "cls.predictions.bias"))
     return out
 
 
@@ -103,6 +114,7 @@ BERT = Architecture(
     config_from_hf=config_from_hf,
     config_to_hf=config_to_hf,
     rules=rules,
+    saved_rules=saved_rules,
     fill_to_hf=fill_to_hf,
     droppable=("bert.pooler.", "cls.seq_relationship."),
     requirements=[

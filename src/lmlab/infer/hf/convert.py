@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
 from lmlab.config.outpath import check_file_out, check_folder_out
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError, first_line
+from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.infer.harness import hub_reachable, offline_hub
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
@@ -129,7 +131,8 @@ def _from_hf(source: str) -> dict[str, Any]:
     state = state_to_lmlab(hf_state, rules, shapes)
     for alias, name in tied_aliases(skeleton).items():
         state[alias] = state[name]
-    used = {k for r in rules for k in r.hf} | set(
+    saved = arch.rules_to_save(cfg)  # what to_hf writes is known too (BERT's unused bias)
+    used = {k for r in [*rules, *saved] for k in r.hf} | set(
         getattr(hf_model, "_tied_weights_keys", None) or {}
     )
     unused = sorted(set(hf_state) - used)
@@ -251,13 +254,29 @@ def choose_architecture(cfg: ModelConfig) -> Architecture:
     candidates = architectures_of(cfg.family)
     chosen = [a for a in candidates if a.selects(cfg)]
     if not chosen:
-        options = "; ".join(f"{a.hf_class} has {a.model_type} positions" for a in candidates)
+        options = "; ".join(f"{a.hf_class} takes {a.selected_by}" for a in candidates)
         raise ConfigError(
             f"model.positional={cfg.positional.value} (family={cfg.family.value}) has no "
             f"transformers class: {options}"
         )
     chosen[0].check(cfg)
     return chosen[0]
+
+
+def check_no_carried_tokenizer(path: str | Path, tokenizer: Path) -> None:
+    """``tokenizer=`` is for a checkpoint that carries none: the one it carries is the one it
+    was trained with, and another would ship in the folder beside the weights. Refused unless
+    it is that tokenizer; a checkpoint that does not read is left to ``load`` to name."""
+    try:
+        carried = read_checkpoint(path).get("tokenizer")
+        given = Tokenizer.from_file(str(tokenizer)).to_str() if tokenizer.is_file() else None
+    except Exception:  # unreadable either way: load names it, in its own words
+        return
+    if carried is not None and given is not None and given != carried:
+        raise ConfigError(
+            f"tokenizer={tokenizer}: to_hf={path} carries its own tokenizer, the one it was "
+            "trained with; tokenizer= is for checkpoints that carry none (leave it out)"
+        )
 
 
 def stored_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -276,6 +295,8 @@ def to_hf(
             "folder it points to"
         )
     out = check_folder_out(out, empty=True)
+    if tokenizer is not None:
+        check_no_carried_tokenizer(path, Path(tokenizer))
     pre = load(path, dtype=dtype, tokenizer=tokenizer, key="to_hf")
     cfg = pre.cfg
     arch = choose_architecture(cfg)

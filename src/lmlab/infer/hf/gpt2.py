@@ -111,4 +111,5 @@ GPT2 = Architecture(
         ("attention_window", same(None), "GPT-2 attends to the whole context"),
     ],
     selects=lambda cfg: cfg.positional == Positional.learned,
+    selected_by="model.positional=learned",
 )

@@ -179,6 +179,7 @@ LLAMA = Architecture(
         and cfg.attention_window is None
         and not cfg.moe.num_experts
     ),
+    selected_by="model.positional=rope, no attention window, dense",
 )
 
 MISTRAL = Architecture(
@@ -194,4 +195,5 @@ MISTRAL = Architecture(
         and cfg.attention_window is not None
         and not cfg.moe.num_experts
     ),
+    selected_by="model.positional=rope with model.attention_window, dense",
 )

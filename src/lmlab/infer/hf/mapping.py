@@ -172,6 +172,7 @@ class Architecture:
     # table for a model without segments): (config, a tensor of the right dtype) -> tensors
     fill_to_hf: Callable[[ModelConfig, torch.Tensor], dict[str, torch.Tensor]] = no_fill
     selects: Callable[[ModelConfig], bool] = lambda cfg: True  # the class for this config?
+    selected_by: str = ""  # what ``selects`` asks for, in knobs: "model.positional=learned"
     # Prefixes of Hugging Face weights a folder may hold that the class leaves out for its
     # own task (BERT's pooler and next-sentence head, in pre-training checkpoints): dropped.
     # Any other weight the class leaves out (another task's head) is refused.

@@ -116,4 +116,5 @@ MIXTRAL = Architecture(
         ("moe.capacity_factor", same(None), "Mixtral trains dropless"),
     ],
     selects=lambda cfg: cfg.positional == Positional.rope and cfg.moe.num_experts > 0,
+    selected_by="model.positional=rope with model.moe.num_experts > 0",
 )
