@@ -989,7 +989,8 @@ def sharded_run(run_dir: Path, cfg) -> Path:
     4 with ``last.ckpt`` linking to step 4."""
     from omegaconf import OmegaConf
 
-    from lmlab.train.run import RUN_CONFIG, run_identity
+    from lmlab.train.run import run_identity
+    from lmlab.train.rundir import RUN_CONFIG
 
     ckpts = run_dir / "checkpoints"
     ckpts.mkdir(parents=True)

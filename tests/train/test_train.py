@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -333,6 +334,32 @@ def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
     assert "model.d_model=256 (from model=gpt_mini) but the checkpoint has 128" in err, err
     assert "model.vocab_size" not in err and "model.cache_dir" not in err
     assert "Only model.dropout, model.activation_checkpointing" in err, err
+
+
+def test_an_init_from_run_resumes_after_its_source_is_gone(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """The run's own checkpoint holds the architecture and tokenizer it took from
+    ``init_from``: a resume needs the source file no longer (it was refused for good, with
+    no way to name the run's checkpoint instead). ``ckpt_path`` with ``init_from`` is
+    refused: one continues a run, the other starts one."""
+    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]
+    first = tmp_path / "first"
+    assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
+    source = tmp_path / "source.ckpt"
+    shutil.copy(first / "checkpoints" / "last.ckpt", source)
+    run_dir = tmp_path / "run"
+    init = [*smoke, f"init_from={source}", "data.tokenizer=checkpoint", f"hydra.run.dir={run_dir}"]
+    assert run_command("train", *init, "trainer.max_steps=2") == 0
+    source.unlink()
+    capsys.readouterr()
+    assert run_command("train", *init, "trainer.max_steps=2") == 2  # a new run needs it
+    assert f"init_from={source}: no such file" in capsys.readouterr().err
+    assert run_command("train", *init, "trainer.max_steps=4", "resume=true") == 0
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 4
+    assert run_command("train", *init, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}") == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 def test_the_w_and_b_id_record_is_checked_and_recovered(

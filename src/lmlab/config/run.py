@@ -221,6 +221,13 @@ class RunConfig:
         check_val_batches("final_val_batches", self.final_val_batches)
         if self.resume not in (True, False, "auto", None):
             raise ConfigError(f"resume={self.resume}: allowed true, false, auto")
+        if self.ckpt_path and self.init_from:
+            raise ConfigError(
+                f"init_from={self.init_from} and ckpt_path={self.ckpt_path} exclude each other: "
+                "init_from starts a new run from a checkpoint's weights (a fresh optimizer and "
+                "schedule), ckpt_path continues a run's checkpoint (its optimizer, schedule and "
+                "step); give one"
+            )
         if self.ckpt_path and not Path(self.ckpt_path).exists():
             raise ConfigError(
                 f"ckpt_path={self.ckpt_path}: no such file or sharded checkpoint folder"

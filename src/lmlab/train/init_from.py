@@ -18,10 +18,12 @@ Every other key must load, with its shape, as for pre-training.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lmlab.config import (
@@ -36,8 +38,17 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.errors import ConfigError
-from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
+from lmlab.infer.checkpoint import (
+    consolidate,
+    is_sharded,
+    newest_checkpoint,
+    no_checkpoint,
+    read_checkpoint,
+)
 from lmlab.infer.pretrained import model_state
+from lmlab.train.rundir import RUN_CONFIG, checkpoints_in
+
+log = logging.getLogger(__name__)
 
 # Model fields a run may set differently from the checkpoint it starts from: none has weights.
 # The run's own value (its config's) is taken.
@@ -93,9 +104,10 @@ def resolve_init_from(
     if not path:
         return None
     path = Path(path)
-    if not (path.is_file() or is_sharded(path)):
+    source = path if path.is_file() or is_sharded(path) else resumed_from(cfg, path)
+    if source is None:
         raise no_checkpoint("init_from", path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(source)
     if "model_config" not in ckpt or "state_dict" not in ckpt and not is_sharded(path):
         raise ConfigError(f"init_from={path}: not an lmlab checkpoint (no model_config/weights)")
     if data_cfg.tokenizer != TokenizerKind.checkpoint:
@@ -138,6 +150,25 @@ def resolve_init_from(
             f"{', '.join('model.' + f for f in free_names)} may be set"
         )
     return InitFrom(path, model_cfg, ckpt["tokenizer"])
+
+
+def resumed_from(cfg: DictConfig, path: Path) -> Path | None:
+    """Where ``init_from``'s file is gone but this command resumes (``resume=true`` or
+    ``auto``) the run that started from it: the run's newest checkpoint, which holds the same
+    architecture and tokenizer (and the weights the resume restores). Else None."""
+    out_dir = Path(cfg.paths.output_dir)
+    found = checkpoints_in(out_dir)
+    if cfg.get("resume") not in (True, "auto") or not found:
+        return None
+    try:
+        started = OmegaConf.load(out_dir / RUN_CONFIG).get("init_from")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return None  # no record of the run's start: resume_checkpoint names the damage
+    if started is None or Path(started) != path:
+        return None
+    newest = newest_checkpoint(found)
+    log.info("init_from=%s is gone: its architecture and tokenizer are %s's", path, newest)
+    return newest
 
 
 def asked_architecture(overrides: list[str]) -> dict[str, str]:

@@ -65,7 +65,15 @@ from lmlab.train.plan import (
     write_json,
 )
 from lmlab.train.preflight import check_run, warn_unused
-from lmlab.train.rundir import RUN_FILES, RunDir, absolute, holds_run, launch_rank_is_zero
+from lmlab.train.rundir import (
+    RUN_CONFIG,
+    RUN_FILES,
+    RunDir,
+    absolute,
+    checkpoints_in,
+    holds_run,
+    launch_rank_is_zero,
+)
 from lmlab.train.task import LMTask, optimizer_from
 
 log = logging.getLogger(__name__)
@@ -88,7 +96,6 @@ def route_lightning_logs() -> None:
         handler.addFilter(_DropTips())
 
 
-RUN_CONFIG = "run_config.yaml"
 # What a resumed run must share with the run it continues.
 RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
 
@@ -285,15 +292,6 @@ def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
         "gives now (the corpus, data.tokenizer or data.vocab_size changed since): resume with "
         "the data it was trained on, or start a new run in another directory"
     )
-
-
-def checkpoints_in(out_dir: Path) -> list[Path]:
-    """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
-    links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
-    time-limit signal before requeueing."""
-    ckpt_dir = out_dir / "checkpoints"
-    found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def check_checkpoint_model(

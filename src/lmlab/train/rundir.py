@@ -55,7 +55,8 @@ from lmlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # What a run writes: their presence means the directory holds an earlier run.
-RUN_FILES = ("results.json", "plan.json", "run_config.yaml", "checkpoints")
+RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.run)
+RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
@@ -369,6 +370,15 @@ def holds_run(path: Path) -> bool:
             status = None
         return status != "failed"
     return bool(present)
+
+
+def checkpoints_in(out_dir: Path) -> list[Path]:
+    """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
+    links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
+    time-limit signal before requeueing."""
+    ckpt_dir = out_dir / "checkpoints"
+    found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def listed(names: list[str], most: int = 5) -> str:
