@@ -457,6 +457,10 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ConfigError, match="no such local folder.*huggingface-cli download"):
         from_hf("openai-community/gpt2", tmp_path / "x.ckpt")
     assert seen == [True] and before == huggingface_hub.constants.HF_HUB_OFFLINE
+    for folder in ("./nosuch", str(tmp_path / "nosuch"), "~/nosuch", "a/b/c"):  # never hub names
+        with pytest.raises(ConfigError, match=f"from_hf={re.escape(folder)}: no such folder$"):
+            from_hf(folder, tmp_path / "x.ckpt")
+    assert seen == [True]  # refused before transformers looked anywhere
     with pytest.raises(ConfigError, match="without config.json"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")
     # a base model (no language-model head) or another task's head: its head would be random

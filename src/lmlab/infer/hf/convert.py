@@ -68,6 +68,8 @@ def hf_config(source: str) -> Any:
     local = Path(source)
     if local.exists() and not (local / "config.json").is_file():
         raise ConfigError(f"from_hf={source}: a local path without config.json")
+    if not local.exists() and looks_local(source):  # ./x, /x, ~/x, a/b/c: never a hub name
+        raise ConfigError(f"from_hf={source}: no such folder")
     try:
         return transformers.AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -235,6 +237,12 @@ def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
             f"allowed: ids below {vocab_size}"
         )
     return tok, ""
+
+
+def looks_local(source: str) -> bool:
+    """Whether ``source`` can only be a path: a hub name is ``owner/name`` or ``name``, and
+    never starts with ``.``, ``/`` or ``~``, nor has more than one ``/``."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1
 
 
 def check_specials(tokenizer: Any) -> None:
