@@ -543,12 +543,34 @@ def test_higher_is_better_reverses_order(multirun: Path) -> None:
     assert higher[-1].status == "failed"
 
 
+@pytest.mark.parametrize(
+    ("metric", "higher"),
+    [
+        ("val_loss", False),
+        ("val_bits_per_byte", False),
+        ("wall_seconds", False),
+        ("eval/stdlib_perplexity/bits_per_byte", False),
+        ("eval/stdlib_nextline/acc", True),
+        ("tokens_per_second", True),  # the slowest variant was the winner
+        ("mfu", True),
+        ("val_acc", True),  # a classifier's: the worst one was the winner
+        ("val_f1", True),
+        ("val_exact_match", True),
+        ("val/accuracy", True),
+    ],
+)
+def test_each_metric_ranks_in_its_own_direction_by_default(metric: str, higher: bool) -> None:
+    assert mrun.higher_is_better(metric) is higher
+
+
 def test_main_higher_is_better_prints_reversed_table(
     multirun: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "270")  # the failed row's error on one line
+    assert compare_main([str(multirun), "--metric", "tokens_per_second"]) == 0  # its default
     assert compare_main([str(multirun), "--metric", "tokens_per_second", "--higher-is-better"]) == 0
-    out = capsys.readouterr().out
+    first, out = capsys.readouterr().out.split("wrote ", 1)
+    assert table_cells(first) == table_cells(out)
     assert [c[:4] for c in table_cells(out)] == [
         ["1", "post", "relu", "3k"],
         ["2", "pre", "gelu", "2k ± 100"],

@@ -135,11 +135,22 @@ HIGHER_EVAL_METRICS = frozenset(
 )
 
 
+# results.json keys and metrics.csv columns where more is better: throughput, and the
+# fine-tuning tasks' validation metrics (``train.finetune.TASK_RESULTS``)
+HIGHER_RUN_METRICS = frozenset(
+    {"tokens_per_second", "mfu", "val_acc", "val_f1", "val_accuracy", "val_exact_match"}
+    | {"val/acc", "val/f1", "val/accuracy", "val/exact_match"}
+)
+
+
 def higher_is_better(metric: str) -> bool:
     """The default direction of ``metric``: higher for the accuracy-like eval metrics
-    (``eval/<task>/acc``), lower for everything else (losses, perplexities)."""
+    (``eval/<task>/acc``), a fine-tuned task's accuracies and F1, and throughput (tokens per
+    second, MFU); lower for everything else (losses, perplexities, bits per byte, time)."""
     parts = metric.split("/")
-    return len(parts) == 3 and parts[0] == "eval" and parts[2] in HIGHER_EVAL_METRICS
+    if len(parts) == 3 and parts[0] == "eval":
+        return parts[2] in HIGHER_EVAL_METRICS
+    return metric in HIGHER_RUN_METRICS
 
 
 def check_metric(runs: Sequence[Run], metric: str) -> None:
