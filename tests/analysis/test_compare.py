@@ -715,7 +715,7 @@ def test_main_all_failed_prints_failures_and_exits_1(
 
 
 def test_no_completed_run_says_so_not_unknown_metric(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command, monkeypatch
 ) -> None:
     """A folder where no run completed (a run refused at its start, results.json without
     metrics) lists its runs as a partly failed sweep's are listed, and says in one line that
@@ -724,6 +724,7 @@ def test_no_completed_run_says_so_not_unknown_metric(
     error = "ConfigError: budget=steps needs trainer.max_steps >= 1, got 0"
     results = {"status": "failed", "run_name": "steps0", "seed": 1337, "error": error}
     write_job(tmp_path / "steps0", [], {}, results | {"wall_seconds": 0.2}, None)
+    monkeypatch.setenv("COLUMNS", "270")  # the error on one line, however long the path
     assert run_command("compare", tmp_path) == 1
     captured = capsys.readouterr()
     assert captured.err == f"error: no completed run under {tmp_path} (1 failed: {error})\n"
