@@ -277,10 +277,13 @@ def check_no_carried_tokenizer(path: str | Path, tokenizer: Path) -> None:
     it is that tokenizer; a checkpoint that does not read is left to ``load`` to name."""
     try:
         carried = read_checkpoint(path).get("tokenizer")
-        given = Tokenizer.from_file(str(tokenizer)).to_str() if tokenizer.is_file() else None
+        if carried is None or not tokenizer.is_file():
+            return
+        # both written by this tokenizers version: one that wrote the checkpoint's may differ
+        same = Tokenizer.from_file(str(tokenizer)).to_str() == Tokenizer.from_str(carried).to_str()
     except Exception:  # unreadable either way: load names it, in its own words
         return
-    if carried is not None and given is not None and given != carried:
+    if not same:
         raise ConfigError(
             f"tokenizer={tokenizer}: to_hf={path} carries its own tokenizer, the one it was "
             "trained with; tokenizer= is for checkpoints that carry none (leave it out)"
