@@ -276,6 +276,27 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
             os.close(fd)
 
 
+def test_a_sweep_with_no_results_yet_names_its_live_jobs_pid(tmp_path: Path) -> None:
+    import os
+
+    from lmlab.analysis.runs import RunDirError
+
+    killed(tmp_path / "sweep")  # job 0 refused before training, job 1 killed
+    (tmp_path / "sweep" / "2" / ".hydra").mkdir(parents=True)
+    (tmp_path / "sweep" / "2" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    fd = hold_lock(tmp_path / "sweep" / "2" / LOCK_FILE, "4343")
+    try:
+        with pytest.raises(RunDirError) as err:
+            load_runs(tmp_path / "sweep")
+    finally:
+        os.close(fd)
+    assert str(err.value).endswith(
+        "(3 started: 1 still running (pid 4343): compare again when they end; 1 killed before "
+        "they ended: resume=auto continues them; 1 refused before training: train.log or the "
+        "command says why)"
+    )
+
+
 def test_a_job_that_ends_while_its_folder_is_read_is_not_killed(
     multirun: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

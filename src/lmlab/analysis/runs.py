@@ -148,7 +148,8 @@ def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str,
     else ``failed``: refused before it took its lock, with nothing written but ``.hydra/``."""
     holder = _live_holder(job_dir, root)
     if holder is not None:
-        return {**results, "status": RUNNING, "error": f"pid {holder} holds its lock"}
+        error = f"pid {holder} holds its lock"
+        return {**results, "status": RUNNING, "error": error, "holder": holder}
     # nothing live: a results.json written since the folders were listed is the job's own
     # (a run writes it before it lets go of its lock)
     if (job_dir / "results.json").is_file():
@@ -172,7 +173,7 @@ NEVER_TRAINED = (
 
 def _tally(states: list[dict[str, Any]]) -> list[str]:
     """What the jobs without a results.json are, one clause per kind."""
-    holders = [s["error"].split()[1] for s in states if s.get("status") == RUNNING]
+    holders = [s["holder"] for s in states if s.get("status") == RUNNING]
     killed = sum(s.get("status") == KILLED for s in states)
     refused = sum(s.get("error") == NEVER_TRAINED for s in states)
     clauses = []
