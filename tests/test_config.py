@@ -237,6 +237,22 @@ def test_bad_values_are_refused_before_any_work(override: str, message: str) -> 
         resolve_configs(cfg)
 
 
+def test_a_recipe_that_does_not_fit_the_composed_model_under_init_from_says_why() -> None:
+    """``init_from=bert.ckpt +experiment=bert`` without ``model=bert_*``: the composed model
+    (the default gpt_tiny with BERT's segment embeddings) is checked before the checkpoint's
+    replaces it, so the refusal names init_from and the way out, not only the GPT field."""
+    cfg = compose_train(["+experiment=bert", "init_from=bert.ckpt", "data.tokenizer=checkpoint"])
+    with pytest.raises(ConfigError) as err:
+        resolve_configs(cfg)
+    message = str(err.value)
+    assert message.startswith("model.type_vocab_size=2 (segment embeddings, +experiment=bert)")
+    assert "init_from=bert.ckpt takes the architecture from the checkpoint" in message
+    assert "model.family=gpt" in message and "drop the +experiment" in message
+    with pytest.raises(ConfigError) as plain:  # without init_from: the field's own message
+        resolve_configs(compose_train(["+experiment=bert"]))
+    assert "init_from" not in str(plain.value)
+
+
 def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
     for ok in (
         ["trainer.gradient_clip_val=null", "trainer.limit_val_batches=0"],

@@ -618,6 +618,19 @@ def test_from_hf_refuses_weights_that_are_not_the_model_in_one_line(
         f"error: from_hf={folder}: config.json does not match the weights: "
         "transformer.wpe.weight is [64, 32] in the weights, [32, 32] by config.json\n"
     )
+    layers = json.loads(original[1])["n_layer"]  # the weights' layers, 0 .. layers - 1
+    for n_layer, first, side in (
+        (layers - 1, layers - 1, "in the weights only"),
+        (layers + 1, layers, "missing"),
+    ):
+        config.write_text(json.dumps({**json.loads(original[1]), "n_layer": n_layer}))
+        err = refusal()
+        assert err.startswith(
+            f"error: from_hf={folder}: config.json says {n_layer} layer{'s' * (n_layer != 1)}, "
+            f"the weights hold {layers} (transformer.h.{first}."
+        ), err
+        assert err.endswith(f" {side}); allowed: the config.json saved with these weights\n")
+    config.write_text(original[1])
     # GPT-2's head is its embedding: a sequence classifier lacks nothing GPT2LMHeadModel needs
     torch.manual_seed(0)
     classifier = transformers.GPT2ForSequenceClassification(CASES["gpt2"]().config)

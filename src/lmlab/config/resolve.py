@@ -131,7 +131,7 @@ def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig,
     imported, so bad input is reported before the slow imports (start-up times:
     BENCHMARKS.md). ``machine=False``: not whether this machine can launch the run (a sweep
     that a cluster launcher sends elsewhere)."""
-    model_cfg = to_schema(ModelConfig, cfg.model, "model.")
+    model_cfg = composed_model(cfg)
     data_cfg = to_schema(DataConfig, cfg.data, "data.")
     to_schema(BudgetConfig, cfg.budget, "budget.")
     run_cfg = to_schema(RunConfig, {f.name: cfg.get(f.name) for f in dataclasses.fields(RunConfig)})
@@ -141,6 +141,25 @@ def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig,
     if machine and not run_cfg.dry_run:  # a dry run plans for many nodes, launches nothing
         check_launch(cfg.trainer)
     return model_cfg, data_cfg, sequence_length(model_cfg, data_cfg)
+
+
+def composed_model(cfg: DictConfig) -> ModelConfig:
+    """``cfg.model`` as a checked ModelConfig. Under ``init_from`` the checkpoint's
+    architecture replaces it later (``lmlab.train.init_from``), but the composed model is
+    checked first: a refusal then says why a model the user did not ask for (the default
+    preset's family) is checked at all."""
+    try:
+        return to_schema(ModelConfig, cfg.model, "model.")
+    except ConfigError as err:
+        if not cfg.get("init_from"):
+            raise
+        raise ConfigError(
+            f"{err}. init_from={cfg.init_from} takes the architecture from the checkpoint, "
+            f"but the composed model (model.family={cfg.model.get('family')}, from the model= "
+            "preset or the default's) is checked first: drop the +experiment or model.<field> "
+            "override that does not fit it (the checkpoint brings its architecture), or name "
+            "the checkpoint's own preset (model=<family>_<size>)"
+        ) from None
 
 
 # The shortest sequence each family's objective can fill: BERT frames a row as [CLS] row [SEP];

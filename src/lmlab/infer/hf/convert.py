@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -160,6 +161,34 @@ def listed(keys: list[str], n: int = 4) -> str:
     return f"{', '.join(keys[:n])}{' ...' if len(keys) > n else ''}"
 
 
+# The first number in a weight's name is its layer (block) index in every family:
+# ``model.layers.3.``, ``transformer.h.3.``, ``bert.encoder.layer.3.``, ``encoder.block.3.``.
+LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def layer_of(key: str) -> int | None:
+    found = LAYER_INDEX.search(key)
+    return int(found.group(1)) if found else None
+
+
+def beyond_layers(source: str, keys: list[str], held: list[str], in_weights: bool) -> None:
+    """A ConfigError where ``keys`` (the weights only the folder has, ``in_weights``, or only
+    config.json's model has) are whole layers past the last layer of ``held`` (the keys both
+    have): config.json's layer count is not the weights'."""
+    layers = [layer_of(k) for k in keys]
+    both = [i for i in map(layer_of, held) if i is not None]
+    if not keys or not both or any(i is None or i <= max(both) for i in layers):
+        return
+    more, fewer = max(i for i in layers if i is not None) + 1, max(both) + 1
+    weights, config = (more, fewer) if in_weights else (fewer, more)
+    raise ConfigError(
+        f"from_hf={source}: config.json says {config} layer{'s' * (config != 1)}, the "
+        f"weights hold {weights} "
+        f"({listed(keys)} {'in the weights only' if in_weights else 'missing'}); allowed: the "
+        "config.json saved with these weights"
+    )
+
+
 def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
     """The transformers model of ``source``, or a ConfigError where it would not be the saved
     model: weights that do not read, a weight the class needs and the folder lacks
@@ -175,6 +204,8 @@ def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
         raise ConfigError(f"from_hf={source}: weights unreadable: {first_line(err, 200)}") from None
     saved = (config.architectures or ["its class"])[0]
     missing = sorted(info.get("missing_keys") or ())
+    loaded = [k for k in hf_model.state_dict() if k not in set(missing)]
+    beyond_layers(source, missing, loaded, in_weights=False)
     if missing:
         raise ConfigError(
             f"from_hf={source}: {saved} lacks weights {arch.hf_class} needs: {listed(missing)} "
@@ -184,6 +215,7 @@ def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
     dropped = sorted(
         k for k in info.get("unexpected_keys") or () if not k.startswith(arch.droppable)
     )
+    beyond_layers(source, dropped, loaded, in_weights=True)
     if dropped:
         raise ConfigError(
             f"from_hf={source}: {saved} has weights {arch.hf_class} leaves out: "
