@@ -231,7 +231,7 @@ def test_resume_auto_takes_the_newest_checkpoint_or_starts_fresh(
 ) -> None:
     from omegaconf import OmegaConf
 
-    from lmlab.train.run import resume_checkpoint, run_identity
+    from lmlab.train.resume import resume_checkpoint, run_identity
     from lmlab.train.rundir import RUN_CONFIG
 
     cfg = compose_train(["+debug=smoke", "resume=auto"], tmp_path, cache_dir)

@@ -326,7 +326,7 @@ def test_a_checkpoint_saved_before_a_model_field_existed_still_matches() -> None
     """A saved model config without a field added since (the MoE block, RoPE scaling) had
     that field's default; a value other than the default is a real difference."""
     from lmlab.config import ModelConfig, model_config_dict
-    from lmlab.train.run import check_checkpoint_model
+    from lmlab.train.resume import check_checkpoint_model
 
     saved = model_config_dict(ModelConfig(vocab_size=50))
     for field in ("rope_scaling", "rope_factor", "rope_original_max_seq_len", "moe"):

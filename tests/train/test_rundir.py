@@ -22,7 +22,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import smoke
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
-from lmlab.train.run import resume_checkpoint, train
+from lmlab.train.resume import resume_checkpoint
+from lmlab.train.run import train
 
 SMOKE = [*smoke.SMOKE, "logger=csv"]  # 4 steps, a checkpoint every 2, validation every 2
 
@@ -989,7 +990,7 @@ def sharded_run(run_dir: Path, cfg) -> Path:
     4 with ``last.ckpt`` linking to step 4."""
     from omegaconf import OmegaConf
 
-    from lmlab.train.run import run_identity
+    from lmlab.train.resume import run_identity
     from lmlab.train.rundir import RUN_CONFIG
 
     ckpts = run_dir / "checkpoints"

@@ -194,7 +194,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     """Every job of a sweep passes the checks a run makes before any work
     (``lmlab.train.preflight.check_job``), or the sweep exits here, before Hydra writes
     anything, naming each refused job and why. ``resumed``: a sweep continued in its folder;
-    each job passes its run directory's checks too (``lmlab.train.run.check_continues``), so
+    each job passes its run directory's checks too (``lmlab.train.resume.check_continues``), so
     a job whose config changed is refused before its neighbours train. Jobs a cluster
     launcher sends elsewhere are checked without this machine's GPU and memory
     (``lmlab.cli.sweep.runs_here``). An Optuna sweep: the corners of its search space
@@ -209,7 +209,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     noun += "s" if len(jobs) != 1 else ""
     with long_lived():
         from lmlab.train.preflight import check_job
-        from lmlab.train.run import check_continues
+        from lmlab.train.resume import check_continues
     started = time.perf_counter()
     keys, machine = swept_keys(jobs), runs_here(config)
     refused: dict[str, list[str]] = {}

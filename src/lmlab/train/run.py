@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -13,9 +12,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -25,23 +21,19 @@ from rich.table import Table
 
 from lmlab.config import (
     PRETRAINING,
-    RUNTIME_FIELDS,
     Compile,
     DataConfig,
     ModelConfig,
     TaskConfig,
     TaskKind,
-    TaskSpec,
     compile_mode,
-    flatten,
-    model_config_dict,
 )
 from lmlab.errors import ConfigError
-from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
+from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpointing import Preemption
-from lmlab.train.distributed import JobScope, check_strategy_loads, install_job_command
+from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table, planning_model_config
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
@@ -58,21 +50,27 @@ from lmlab.train.loggers import (
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
     PLAN_FILE,
-    RunPlan,
     check_resumable,
     make_plan,
     read_plan,
     write_json,
 )
 from lmlab.train.preflight import check_run, warn_unused
+from lmlab.train.resume import (
+    already_done,
+    check_checkpoint_model,
+    check_same_tokenizer,
+    finished_run,
+    kept_record,
+    read_results,
+    resume_checkpoint,
+    resume_command,
+    run_identity,
+)
 from lmlab.train.rundir import (
     RUN_CONFIG,
-    RUN_FILES,
     RunDir,
-    absolute,
     checkpoints_in,
-    holds_run,
-    launch_rank_is_zero,
 )
 from lmlab.train.task import LMTask, optimizer_from
 
@@ -94,218 +92,6 @@ def route_lightning_logs() -> None:
         lightning_log.propagate = True
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropTips())
-
-
-# What a resumed run must share with the run it continues.
-RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
-
-
-# A saved config without a field (one added since it was saved: the MoE block, RoPE scaling)
-# had its default, which keeps what older models computed.
-ADDED_MODEL_FIELDS = flatten(model_config_dict(ModelConfig()), "model")
-
-
-# A null that stands for another field's value: set to that value, it is the same run.
-NULL_MEANS = {"data.seq_len": "model.max_seq_len", "data.val_batch_size": "data.batch_size"}
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS aside."""
-    flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
-    if any(k.startswith("model.") for k in flat_a):
-        flat_a = {**ADDED_MODEL_FIELDS, **flat_a}
-    for flat in (flat_a, flat_b):
-        for key, source in NULL_MEANS.items():
-            if key in flat and flat[key] is None:
-                flat[key] = flat.get(source)
-    for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
-        flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
-    return [
-        f"{k}: {flat_a.get(k)!r} (saved) vs {flat_b.get(k)!r} (now)"
-        for k in sorted(set(flat_a) | set(flat_b))
-        if flat_a.get(k) != flat_b.get(k)
-    ]
-
-
-def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (saved as ``run_config.yaml``):
-    the ``task`` too when it fine-tunes (a pre-training run's identity stays as it was)."""
-    fine_tuning = TaskKind(cfg.get("task", {}).get("kind", TaskKind.lm)) != TaskKind.lm
-    keys = (*RESUME_KEYS, "task") if fine_tuning else RESUME_KEYS
-    return {
-        k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
-        if OmegaConf.is_config(cfg[k])
-        else cfg[k]
-        for k in keys
-    }
-
-
-def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """The checkpoint to continue from (``ckpt_path=`` or ``resume=true``), after checking the
-    run directory: a resumed run must have the same model, data, optimizer and schedule, and a
-    fresh run must not overwrite another run's checkpoints. Reads, never writes."""
-    resume = cfg.get("resume")
-    if resume not in (True, False, "auto", None):
-        raise ConfigError(f"resume={resume!r}: allowed true, false, auto")
-    found = checkpoints_in(out_dir)
-    if resume == "auto":  # a requeued SLURM job: continue if there is anything to continue
-        resume = bool(found)
-    if resume:
-        if not found:
-            restart = (
-                "; the run there stopped before its first checkpoint: resume=auto starts it "
-                "again from step 0 with the same config"
-                if holds_run(out_dir) and not finished_run(out_dir)
-                else ""
-            )
-            raise ConfigError(
-                f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
-                f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
-            )
-        check_same_run(cfg, out_dir, "the checkpoints were trained with")
-        read_plan(out_dir)  # an unreadable plan.json: refused before the data is prepared
-        return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
-    if found:
-        raise ConfigError(
-            f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: continue "
-            f"it with {resume_command(out_dir)}, or choose another directory"
-        )
-    if cfg.get("resume") == "auto":
-        # no checkpoint: an earlier attempt of this config (killed before its first save,
-        # or completed without one) starts again or stays as it is; another config's run
-        # is not overwritten. Without a run_config.yaml the earlier one never trained.
-        if (out_dir / RUN_CONFIG).exists():
-            check_same_run(cfg, out_dir, "the run there was started with")
-    elif holds_run(out_dir) and launch_rank_is_zero():  # other ranks start once it wrote
-        written = ", ".join(n for n in RUN_FILES if (out_dir / n).exists())
-        restart = (
-            ""
-            if finished_run(out_dir)
-            else "; it stopped before its first checkpoint: resume=auto starts it again from "
-            "step 0 with the same config"
-        )
-        raise ConfigError(
-            f"hydra.run.dir={out_dir} already holds an earlier run ({written}; no checkpoint "
-            f"to resume){restart}: choose another directory, or move that run away first"
-        )
-    return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-
-
-def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
-    """The run in ``out_dir`` has the model, data, optimizer and schedule of ``cfg``: its
-    ``run_config.yaml`` (``what``: whose config that is) names no other value."""
-    saved_path = out_dir / RUN_CONFIG
-    if not saved_path.is_file():
-        raise ConfigError(
-            f"cannot resume {out_dir}: its {RUN_CONFIG} (the model, data, optimizer and "
-            f"schedule {what}) is missing, so this config cannot be checked against it: "
-            "restore it from a copy of the run, or start a new run in another directory "
-            "(from the weights: init_from=<checkpoint>)"
-        )
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        saved = f"{type(err).__name__}: {err}".splitlines()[0]
-    if not isinstance(saved, dict):
-        raise ConfigError(
-            f"cannot resume {out_dir}: its {RUN_CONFIG} cannot be read as a config "
-            f"({saved if isinstance(saved, str) else type(saved).__name__}): restore it from a "
-            "copy of the run, or start a new run in another directory"
-        )
-    diffs = _differences(saved, run_identity(cfg))
-    if diffs:
-        raise ConfigError(
-            f"cannot resume {out_dir}: it holds another config; differing "
-            f"fields: {'; '.join(diffs[:8])}"
-        )
-
-
-def read_results(out_dir: Path) -> dict[str, Any] | None:
-    """``results.json`` of the run in ``out_dir``; None when there is none, or unreadable."""
-    try:
-        results = json.loads((out_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) else None
-
-
-def kept_record(results: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a process that stops or fails keeps, under ``previous``, of the record it found:
-    the last one with results (a completed run's metrics, a stop's step), so extending a
-    completed run and failing loses none of them."""
-    if results is None:
-        return None
-    if results.get("status") in ("failed", "running"):
-        return results.get("previous")
-    return {k: v for k, v in results.items() if k != "previous"}
-
-
-def finished_run(out_dir: Path) -> dict[str, Any] | None:
-    """``results.json`` of a run that completed in ``out_dir``, else None."""
-    results = read_results(out_dir)
-    return results if results is not None and results.get("status") == "completed" else None
-
-
-def already_done(
-    out_dir: Path, plan: RunPlan, ckpt: dict | None, ckpt_path: Path | None
-) -> dict[str, Any] | None:
-    """A resumed run (``resume=true`` or ``auto``) whose planned steps are all trained: the
-    completed run's results, which it leaves as they are; None when there is training left.
-    A checkpoint past the plan's last step (``trainer.max_steps`` lowered), or a completed
-    run with no checkpoint and more steps planned, is refused: neither can be continued."""
-    step = ckpt["global_step"] if ckpt is not None else None
-    if step is not None and step > plan.steps:
-        raise ConfigError(
-            f"cannot resume {out_dir}: {ckpt_path} is at step {step}, past this run's "
-            f"{plan.steps} planned steps (trainer.max_steps or the budget was lowered): keep "
-            f"them at {step} or more"
-        )
-    finished = finished_run(out_dir)
-    if finished is None:
-        return None
-    if step is None and finished.get("global_step") != plan.steps:
-        raise ConfigError(
-            f"cannot resume {out_dir}: the run completed {finished.get('global_step')} steps "
-            f"and has no checkpoint to continue to {plan.steps}; choose another directory"
-        )
-    if step in (None, plan.steps) and finished.get("global_step") == plan.steps:
-        return finished
-    return None
-
-
-def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
-    """What a resumed run checks of the run it continues in ``out_dir`` (``resume_checkpoint``:
-    its checkpoint and config; ``check_resumable``: its plan's task, global batch and
-    sequence length), for a resumed sweep's job before any job of the sweep starts."""
-    resume_checkpoint(cfg, out_dir)
-    check_resumable(read_plan(out_dir), plan, out_dir)
-
-
-def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
-    """The data's tokenizer now is the checkpoint's: a changed corpus trains another one,
-    whose ids would not mean what the weights learnt."""
-    saved = ckpt.get("tokenizer")
-    if saved is None or tokenizer is None or json.loads(saved) == json.loads(tokenizer.to_str()):
-        return
-    raise ConfigError(
-        f"checkpoint {path} was trained with another tokenizer than the one this run's data "
-        "gives now (the corpus, data.tokenizer or data.vocab_size changed since): resume with "
-        "the data it was trained on, or start a new run in another directory"
-    )
-
-
-def check_checkpoint_model(
-    ckpt: dict, path: Path, model_cfg: ModelConfig, task: TaskSpec = PRETRAINING
-) -> None:
-    """A checkpoint from another architecture, knob setting or task (another head, other
-    labels) is refused, naming the fields."""
-    diffs = _differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model")
-    diffs += _differences(ckpt.get("task", PRETRAINING.record()), task.record(), "task")
-    if diffs:
-        raise ConfigError(
-            f"checkpoint {path} was trained with another model; differing fields: "
-            + "; ".join(diffs)
-        )
 
 
 def param_table(counts: dict[str, int]) -> Table:
@@ -376,15 +162,6 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
-
-
-def resume_command(out_dir: Path) -> str:
-    """How to continue a run that stopped: in a sweep, the sweep (a stop ends it: this job
-    continues and the jobs after it run), else the run."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep_dir = absolute(HydraConfig.get().sweep.dir)
-        return f"python src/train.py -m <same overrides> resume=auto hydra.sweep.dir={sweep_dir}"
-    return f"python src/train.py <same overrides> resume=true hydra.run.dir={out_dir}"
 
 
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}

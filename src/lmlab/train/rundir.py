@@ -55,7 +55,7 @@ from lmlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # What a run writes: their presence means the directory holds an earlier run.
-RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.run)
+RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
 RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
@@ -199,7 +199,7 @@ def refuse_run_in_sweep_dir(run_dir: Path) -> None:
     """A single run's chosen directory that is a sweep's folder and holds no run of its own:
     ``compare`` ranks every run in a sweep's folder, so the run would count among the sweep's
     jobs. A live sweep's is refused as in use. (A run there already, from before this check:
-    ``lmlab.train.run``'s checks resume it or refuse.)"""
+    ``lmlab.train.resume``'s checks resume it or refuse.)"""
     refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
     if not run_dir.is_dir() or holds_run(run_dir):
         return
