@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -96,9 +97,29 @@ def test_tokens_budget_rounds_up_to_whole_steps() -> None:
     assert (b.steps, b.tokens) == (245, 245 * TPS)  # 1e6 / 4096 = 244.1
 
 
-def test_a_tiny_budget_still_trains_one_step() -> None:
-    b = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=1), N, TPS, max_steps=1)
-    assert (b.steps, b.tokens) == (1, TPS)
+def test_a_budget_below_one_step_or_past_a_64_bit_count_is_refused() -> None:
+    """One step would overshoot a budget smaller than the global batch many times over (a
+    1e6-FLOP budget trained 2e9 FLOPs, unsaid); a budget past 2**63 tokens would overflow
+    the sampler's row count once training started. Exactly one step's worth trains one step."""
+    one_step = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=TPS), N, TPS, 1)
+    assert (one_step.steps, one_step.tokens) == (1, TPS)
+    for cfg, named in (
+        (BudgetConfig(kind=BudgetKind.tokens, tokens=1), "budget.tokens=1 asks for 1 tokens"),
+        (BudgetConfig(kind=BudgetKind.tokens, tokens=TPS - 1), f"asks for {TPS - 1:,} tokens"),
+        (BudgetConfig(kind=BudgetKind.flops, flops=1e6), "budget.flops=1e+06 asks for 0.1667"),
+        (BudgetConfig(kind=BudgetKind.chinchilla, tokens_per_param=1e-6), "budget=chinchilla"),
+    ):
+        with pytest.raises(ConfigError, match=rf"{re.escape(named)}.* less than one step's "):
+            resolve_budget(cfg, N, TPS, max_steps=1)
+    for cfg, named in (
+        (BudgetConfig(kind=BudgetKind.tokens, tokens=1e30), "budget.tokens=1e+30"),
+        (BudgetConfig(kind=BudgetKind.flops, flops=1e40), "budget.flops=1e+40"),
+        (BudgetConfig(), "trainer.max_steps=10000000000000000000"),
+    ):
+        with pytest.raises(
+            ConfigError, match=rf"{re.escape(named)} asks for .* past the 9.22e\+18"
+        ):
+            resolve_budget(cfg, N, TPS, max_steps=10**19)
 
 
 @pytest.mark.parametrize(

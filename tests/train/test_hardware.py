@@ -68,6 +68,28 @@ def test_cpu_peak_is_the_best_rate_seen_and_covers_the_runs_own_shapes(
     assert timed == [None, head, head, head]
 
 
+def test_a_cache_that_cannot_be_written_still_gives_the_peak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only (shared) cache: the run takes its own figure and says why it is not kept;
+    a cache whose peak this run does not raise is not written at all."""
+    rates = iter([75.0, 60.0, 90.0])
+    monkeypatch.setattr(hw, "measure_cpu_matmul_flops", lambda *a, **k: next(rates))
+    assert hw.cpu_peak_flops("fp32", tmp_path) == 75.0
+    kept = (tmp_path / "peak_flops.json").read_bytes()
+    writes: list[Path] = []
+
+    def read_only(path: Path, data: object) -> Path:
+        writes.append(path)
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(hw, "write_json", read_only)
+    assert hw.cpu_peak_flops("fp32", tmp_path, [(8, 8, 8)]) == 75.0 and writes == []  # 60
+    assert hw.cpu_peak_flops("fp32", tmp_path, [(8, 8, 8)]) == 90.0 and len(writes) == 1
+    assert "peak FLOP/s not kept in" in caplog.text and "Read-only file system" in caplog.text
+    assert (tmp_path / "peak_flops.json").read_bytes() == kept
+
+
 @pytest.mark.parametrize("damage", [b'{"cpu|2|fp32|lin', b"[1, 2]", b'{"k": "fast"}', b"\xff\x00"])
 def test_a_damaged_peak_cache_is_measured_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: bytes

@@ -154,14 +154,19 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
 def test_a_refused_first_command_leaves_the_directory_to_the_corrected_one(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
-    """A command refused in a new directory records its failure there; nothing trained, so
-    the corrected command runs in it (and a directory with a trained run is still refused)."""
+    """A command refused in a new directory records its failure there, and a dry run its
+    plan; nothing trained, so the corrected command runs in it (and a directory with a trained
+    run is still refused)."""
     here = [*SMOKE, f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *here, "trainer.max_steps=-1") == 2
     assert results(tmp_path)["status"] == "failed"
     assert "max_steps" in results(tmp_path)["error"]
-    assert run_command("train", *here) == 0
+    for steps in (8, 6):  # a dry run's plan.json is no run either: the next dry run rewrites it
+        assert run_command("train", *here, f"trainer.max_steps={steps}", "dry_run=true") == 0
+        assert json.loads((tmp_path / "plan.json").read_text())["steps"] == steps
+    assert run_command("train", *here) == 0  # and a run replaces it
     assert results(tmp_path)["status"] == "completed"
+    assert "dry_run" not in json.loads((tmp_path / "plan.json").read_text())
     capsys.readouterr()
     assert run_command("train", *here, "model.activation=relu") == 2
     assert "already holds checkpoints" in "".join(capsys.readouterr())
@@ -226,7 +231,8 @@ def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache
     """Stopped mid-validation, Lightning saves a checkpoint whose resume runs a partial
     validation and logs every later step one step off. The stop waits for the validation's
     end instead: the resumed history is the uninterrupted one, row for row. Step 4 is a
-    periodic checkpoint's step too, saved once at that point: ``last.ckpt`` links to it."""
+    periodic checkpoint's step too, saved once at that point: ``last.ckpt`` links to it. The
+    stop's record keeps the tokens and FLOPs its checkpoint trained, beside the budget."""
     run = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
     run += ["checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=1"]
     train(compose_train(run, tmp_path / "whole", cache_dir))
@@ -238,6 +244,11 @@ def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step000004.ckpt"]
     assert os.readlink(ckpts / "last.ckpt") == "step000004.ckpt"
     assert results(stopped)["error"].endswith("after saving " + str(ckpts / "last.ckpt"))
+    # what the stop's checkpoint trained, beside the budget: 4 of the whole run's 6 steps
+    stop, whole = results(stopped), results(tmp_path / "whole")
+    assert stop["global_step"] == 4 and stop["tokens"] == whole["tokens"] * 4 // 6
+    assert stop["flops"] == 6.0 * whole["budget"]["n_params"] * stop["tokens"]
+    assert all(stop[k] == whole[k] for k in ("budget", "batch", "params", "active_params"))
     train(compose_train([*run, "resume=true"], stopped, cache_dir))
     history = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(stopped)]
     assert history == [

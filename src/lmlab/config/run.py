@@ -60,11 +60,11 @@ class BudgetConfig:
         for name in ("flops", "tokens"):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:
-                raise ConfigError(f"budget.{name}={value:g} must be a positive number")
+                raise ConfigError(f"budget.{name}={value:g} must be a positive, finite number")
             needed = kind.value == name
             if needed and value is None:
-                unit = "FLOPs" if name == "flops" else "tokens"
-                raise ConfigError(f"budget={name} needs budget.{name}=<{unit}>, e.g. 1e15")
+                unit, example = ("FLOPs", "1e15") if name == "flops" else ("tokens", "2e9")
+                raise ConfigError(f"budget={name} needs budget.{name}=<{unit}>, e.g. {example}")
             if not needed and value is not None:
                 raise ConfigError(
                     f"budget.{name}={value:g} is set but budget.kind={kind.value} ignores it "

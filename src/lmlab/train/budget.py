@@ -15,10 +15,12 @@ N is the parameter count ``budget.params`` names: ``active`` (default; what one 
 through, so 6 N D is the compute of a Mixture of Experts too) or ``total`` (every expert). A
 dense model's two counts are equal. ``results.json``'s ``flops`` uses the same N.
 
-Rounding: steps = ceil(D / tokens_per_step), at least 1. The budget then reports what is
-actually trained, tokens = steps x tokens_per_step and flops = 6 N tokens, which exceed the
-requested D by less than one global batch. ``nominal_flops`` keeps the requested C of a
-``flops`` budget, so the runs of an isoFLOP sweep group by the C they were given.
+Rounding: steps = ceil(D / tokens_per_step). The budget then reports what is actually
+trained, tokens = steps x tokens_per_step and flops = 6 N tokens, which exceed the requested D
+by less than one global batch. A D below one global batch is refused (one step would overshoot
+it many times over), as is one past a 64-bit count of tokens. ``nominal_flops`` keeps the
+requested C of a ``flops`` budget, so the runs of an isoFLOP sweep group by the C they were
+given.
 
 No torch import: a config is validated (and a budget resolved) before anything heavy loads.
 """
@@ -35,6 +37,21 @@ from lmlab.errors import ConfigError
 # D / tokens_per_step is rounded to this many decimals before ceil, so float noise in
 # C / (6 N) (e.g. 300.0000000001 steps) does not add a whole step.
 _STEP_DECIMALS = 6
+
+
+# The most tokens a run may train: the data sampler counts rows (and results.json tokens) in a
+# signed 64-bit integer.
+MAX_TOKENS = 2**63 - 1
+
+
+def asked(cfg: BudgetConfig, max_steps: int) -> str:
+    """The setting that gave the budget's D, as the user typed it."""
+    kind = BudgetKind(cfg.kind)
+    if kind == BudgetKind.steps:
+        return f"trainer.max_steps={max_steps}"
+    if kind == BudgetKind.chinchilla:
+        return f"budget=chinchilla (budget.tokens_per_param={cfg.tokens_per_param:g} x N)"
+    return f"budget.{kind.value}={getattr(cfg, kind.value):g}"
 
 
 @dataclass(frozen=True)
@@ -98,16 +115,28 @@ def resolve_budget(
 ) -> Budget:
     """Steps, tokens and FLOPs of a run of an N-parameter model (N: ``budget_params``) with a
     global batch of ``tokens_per_step`` tokens. ``max_steps`` (``trainer.max_steps``) is read by
-    ``budget=steps`` only. steps = max(1, ceil(D / tokens_per_step)); tokens and flops are those
-    of the whole steps actually trained."""
+    ``budget=steps`` only. steps = ceil(D / tokens_per_step), at least one whole step of D;
+    tokens and flops are those of the whole steps actually trained."""
     if n_params < 1:
         raise ConfigError(f"a budget needs the parameter count N >= 1, got {n_params}")
     if tokens_per_step < 1:
         raise ConfigError(f"tokens per step={tokens_per_step} must be >= 1")
     d_target = target_tokens(cfg, n_params, tokens_per_step, max_steps)
-    steps = max(1, math.ceil(round(d_target / tokens_per_step, _STEP_DECIMALS)))
-    tokens = steps * tokens_per_step
     kind = BudgetKind(cfg.kind)
+    steps = math.ceil(round(d_target / tokens_per_step, _STEP_DECIMALS))
+    if steps < 1 or d_target < tokens_per_step * (1 - 10**-_STEP_DECIMALS):
+        raise ConfigError(
+            f"{asked(cfg, max_steps)} asks for {d_target:,.4g} tokens (N={n_params:,}), less "
+            f"than one step's {tokens_per_step:,} (the global batch): training one step would "
+            "overshoot it; raise the budget, or lower the global batch (data.batch_size, "
+            "data.seq_len, trainer.accumulate_grad_batches)"
+        )
+    tokens = steps * tokens_per_step
+    if tokens > MAX_TOKENS:
+        raise ConfigError(
+            f"{asked(cfg, max_steps)} asks for {d_target:,.4g} tokens, past the {MAX_TOKENS:.3g} "
+            "a run can count (a 64-bit integer of rows and tokens): lower it"
+        )
     return Budget(
         kind=kind,
         tokens=tokens,

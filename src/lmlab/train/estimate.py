@@ -168,7 +168,7 @@ def format_duration(seconds: float | None) -> str:
         return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
     if seconds < 365 * 86400:
         return f"{seconds / 86400:.1f} days"
-    return f"{seconds / (365 * 86400):.1f} years"
+    return f"{seconds / (365 * 86400):.3g} years"
 
 
 def _throughput(
@@ -277,7 +277,7 @@ def plan_table(plan: dict[str, Any]) -> Table:
         "budget": f"{budget['kind']}, N = {budget['params']} params ({budget['n_params']:,})",
         "tokens per step": f"{plan['tokens_per_step']:,}",
         "steps": f"{plan['steps']:,}",
-        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / budget['n_params']:.1f} per param)",
+        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / budget['n_params']:,.3g} per param)",
         "FLOPs (6ND)": f"{plan['flops']:.3g}",
         "FLOPs per token": f"{plan['flops_per_token']:.3g}",
         f"tokens/s ({speed['method']})": _maybe(

@@ -4,6 +4,7 @@ CPUs), and the fp32 matmul precision on CUDA."""
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Iterable
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 
 from lmlab.train.plan import write_json
+
+log = logging.getLogger(__name__)
 
 # Lightning's peak table (lightning.fabric.utilities.throughput.get_available_flops) serves
 # most GPUs. Its H200 rows hold the sparse figures under names the driver does not report
@@ -73,9 +76,13 @@ def cpu_peak_flops(
     cache = read_peak_cache(path)
     measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
     measured += [measure_cpu_matmul_flops(dtype, seconds=0.05, shape=s) for s in shapes]
-    cache[key] = max([cache.get(key, 0.0), *measured])
-    write_json(path, cache)  # runs on one machine share it: never half-written
-    return cache[key]
+    best = max([cache.get(key, 0.0), *measured])
+    if best > cache.get(key, 0.0):
+        try:
+            write_json(path, {**cache, key: best})  # runs share it: never half-written
+        except OSError as err:  # a read-only or shared cache: this run's figure stands
+            log.warning("peak FLOP/s not kept in %s (%s): measured again next run", path, err)
+    return best
 
 
 def read_peak_cache(path: Path) -> dict[str, float]:

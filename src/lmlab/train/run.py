@@ -67,11 +67,7 @@ from lmlab.train.resume import (
     resume_command,
     run_identity,
 )
-from lmlab.train.rundir import (
-    RUN_CONFIG,
-    RunDir,
-    checkpoints_in,
-)
+from lmlab.train.rundir import RUN_CONFIG, RunDir, checkpoints_in, holds_run
 from lmlab.train.task import LMTask, optimizer_from
 
 log = logging.getLogger(__name__)
@@ -148,6 +144,8 @@ def train(cfg: DictConfig) -> float | None:
         )
     except BaseException as err:
         results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
+        if "global_step" in results and "batch" in results:  # a stop's saved checkpoint
+            results.update(trained(results, results["global_step"]))
         if earlier is not None:
             results["previous"] = earlier  # a completed run extended, then stopped
         if run.may_record:
@@ -162,6 +160,17 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb()
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
+
+
+def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
+    """``tokens`` and ``flops`` (6 N D, N as ``budget.params`` says: active by default) of
+    ``step`` steps of the run whose global batch and budget ``results`` holds."""
+    tokens = step * results["batch"]["global_batch_tokens"]
+    return {
+        "tokens": tokens,
+        "flops": 6.0 * results["budget"]["n_params"] * tokens,
+        "global_step": step,
+    }
 
 
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
@@ -197,17 +206,19 @@ def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, A
 def dry_run(
     cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, run: RunDir
 ) -> float | None:
-    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json, train nothing.
-    Into a directory that holds an earlier run, nothing is written."""
+    """Print the plan (parameters, budget, FLOPs, wall time), write plan.json (marked
+    ``dry_run``: a directory holding only that holds no run), train nothing. Into a directory
+    that holds an earlier run, nothing is written."""
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
     planned = planning_model_config(model_cfg, data_cfg)
     run_plan = make_plan(cfg, planned, data_cfg, seq_len)
     plan["memory"] = memory_needs(run_plan, planned, cfg.trainer, cfg.optim).as_dict()
     Console().print(plan_table(plan))
-    if run.earlier:
+    if holds_run(run.path):
         log.info("plan.json not written: %s holds an earlier run, left as it was", run.path)
-    else:
-        log.info("plan: %s", write_json(run.path / PLAN_FILE, plan))
+    else:  # Hydra's .hydra/ and log too, held back where an earlier command left its records
+        run.open(cfg)
+        log.info("plan: %s", write_json(run.path / PLAN_FILE, {"dry_run": True, **plan}))
     return None  # no loss: a search (Optuna) records the trial as failed, not as a value
 
 
@@ -378,6 +389,14 @@ def _fit(
             log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
             log.info("initialised fresh: %s", ", ".join(fresh) or "none")
     counts = param_breakdown(task.model)
+    # what a stop's record keeps beside its step (stopped_record), and a completed run's too
+    results.update(
+        params=counts["total"],
+        active_params=counts["active"],
+        batch=plan.batch.as_dict(),
+        budget=plan.budget.as_dict(),
+        budget_flops=plan.budget.nominal_flops,
+    )
     if trainer.is_global_zero:
         Console().print(param_table(counts))
         log_param_table(loggers, counts)
@@ -395,7 +414,6 @@ def _fit(
         metrics["train/loss"] = float(task.logged_loss[1])
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
-    tokens = trainer.global_step * plan.batch.tokens
     results.update(
         status="completed",
         val_loss=metrics.get("val/loss"),
@@ -404,14 +422,10 @@ def _fit(
         val_perplexity=metrics.get("val/perplexity"),
         val_bits_per_byte=metrics.get("val/bits_per_byte"),
         train_loss=metrics.get("train/loss"),
-        params=counts["total"],
-        active_params=counts["active"],
         params_per_rank=task.params_per_rank,
         non_embedding_params=counts["non_embedding"],
         param_breakdown=counts,
-        tokens=tokens,
-        flops=6.0 * plan.budget.n_params * tokens,  # N as budget.params says (active default)
-        global_step=trainer.global_step,
+        **trained(results, trainer.global_step),
         tokens_per_second=throughput.tokens_per_second if throughput else None,
         mfu=throughput.mfu if throughput else None,
         sdpa_kernels=task.sdpa_kernels,
@@ -423,9 +437,6 @@ def _fit(
         sample=sample.text if sample else None,
         wandb_id=wandb_run_id(out_dir) if "wandb" in (cfg.get("logger") or {}) else None,
         resumed_from=str(ckpt_path) if ckpt_path else None,
-        batch=plan.batch.as_dict(),
-        budget=plan.budget.as_dict(),
-        budget_flops=plan.budget.nominal_flops,
     )
     results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
     if spec.kind != TaskKind.lm:

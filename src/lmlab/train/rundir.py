@@ -358,18 +358,25 @@ def sweep_hold_overrides(subdir: str, handler_names: list[str]) -> list[str]:
 
 
 def holds_run(path: Path) -> bool:
-    """Whether ``path`` holds what a run writes (``RUN_FILES``). A ``results.json`` alone that
-    says ``failed`` is a start refused or failed before training (the plan and config are
-    written when training starts): nothing trained there, and the corrected command may use
-    the directory."""
-    present = [name for name in RUN_FILES if (path / name).exists()]
-    if present == ["results.json"]:
-        try:
-            status = json.loads((path / "results.json").read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = None
-        return status != "failed"
+    """Whether ``path`` holds what a run writes (``RUN_FILES``). Two records, alone or
+    together, are not a run, and the next command may use the directory: a ``results.json``
+    that says ``failed`` (a start refused or failed before training: the plan and config are
+    written when training starts), and a dry run's ``plan.json`` (``dry_run: true``), which a
+    new dry run rewrites and a run replaces."""
+    present = {name for name in RUN_FILES if (path / name).exists()}
+    if "results.json" in present and _field(path / "results.json", "status") == "failed":
+        present.discard("results.json")  # with a plan and a config, that of a run that trained
+    if "plan.json" in present and _field(path / "plan.json", "dry_run") is True:
+        present.discard("plan.json")
     return bool(present)
+
+
+def _field(path: Path, key: str) -> Any:
+    """``key`` of the JSON object in ``path``; None where it cannot be read."""
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def checkpoints_in(out_dir: Path) -> list[Path]:
