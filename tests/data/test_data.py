@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from lmlab.config import DataConfig, Family, Source, TokenizerKind
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import pack, prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
-from lmlab.data.sources import load_documents, stdlib_files
+from lmlab.data.sources import fingerprint, load_documents, stdlib_files
 from lmlab.data.tokenizer import (
     EOS,
     MASK,
@@ -55,6 +57,20 @@ def test_tiny_shakespeare_ships_with_the_repository() -> None:
     (doc,) = load_documents(DataConfig(source=Source.shakespeare))
     assert doc[0] == "tinyshakespeare.txt" and len(doc[1]) == 1_115_394
     assert doc[1].startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+
+
+def test_a_bpe_that_runs_out_of_merges_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A corpus too small for ``data.vocab_size``: the tokenizer stops short, and a sweep over
+    the size would train one tokenizer many times, so the run says so."""
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.tokenizer"):
+        small = train_bpe(["ab ab ba"], vocab_size=2000)
+        varied = " ".join(f"n{i * 7919 % 10007}" for i in range(3000))  # merges to spare
+        assert train_bpe([varied], vocab_size=400).get_vocab_size() == 400
+    assert small.get_vocab_size() < 2000
+    assert caplog.messages == [
+        f"BPE stopped at {small.get_vocab_size()} of data.vocab_size=2000 tokens: the corpus has "
+        "no more merges to learn, so a larger data.vocab_size trains the same tokenizer"
+    ]
 
 
 def test_bpe_round_trips_any_text_and_carries_special_tokens() -> None:
@@ -151,6 +167,42 @@ def test_a_folder_of_text_leaves_out_hidden_folders_and_byte_code(tmp_path: Path
     assert sorted(name for name, _ in docs) == ["README.md", "src/a.py"]
 
 
+def test_max_bytes_cuts_the_document_that_crosses_it(tmp_path: Path) -> None:
+    """``data.max_bytes`` (``+debug=smoke``'s 1 MB slice) is at most that many bytes: the
+    document that crosses it is cut at its last line end under the limit, or, without one, at
+    the limit, moved back to a character's start, and is the last. A 5 MB single file was
+    read whole. Documents that end under the limit are kept whole, as before."""
+    lines = "".join(f"line {i:04d}\n" for i in range(500)).encode()  # 10 bytes a line
+    one = write(tmp_path / "one" / "big.txt", lines)
+    assert load_documents(text_cfg(one, tmp_path, max_bytes=1234)) == [
+        ("big.txt", lines[:1230].decode())
+    ]
+    no_newline = write(tmp_path / "wide" / "w.txt", "é".encode() * 1000)  # 2 bytes a char
+    assert load_documents(text_cfg(no_newline, tmp_path, max_bytes=999)) == [("w.txt", "é" * 499)]
+    folder = tmp_path / "many"
+    write(folder / "a.txt", lines[:600])
+    write(folder / "b.txt", lines[:2000])
+    write(folder / "c.txt", lines[:50])
+    cut = load_documents(text_cfg(folder, tmp_path, max_bytes=1000))
+    assert cut == [("a.txt", lines[:600].decode()), ("b.txt", lines[:400].decode())]
+    write(folder / "b.txt", lines[:400])  # ends at the limit: whole, and c.txt is not read
+    assert load_documents(text_cfg(folder, tmp_path, max_bytes=1000)) == cut
+    one_more = load_documents(text_cfg(folder, tmp_path, max_bytes=1001))
+    assert one_more == [*cut, ("c.txt", "l")]  # 1 byte left and no line end in it: 1 byte
+    prints = {fingerprint(text_cfg(one, tmp_path, max_bytes=m)) for m in (1000, 2000, None)}
+    assert len(prints) == 3  # each slice is its own cache entry
+
+
+def test_max_bytes_cuts_a_hub_document_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    text = "".join(f"row {i:05d}\n" for i in range(500))  # 10 bytes a line
+    hub = datasets.Dataset.from_dict({"text": [text, "never read\n"]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kw: hub)
+    cfg = DataConfig(source=Source.hf, name="someone/corpus", max_bytes=1234)
+    assert load_documents(cfg) == [("someone/corpus:0", text[:1230])]
+
+
 def test_a_refused_corpus_leaves_no_half_built_rows_in_the_cache(tmp_path: Path) -> None:
     corpus = write(tmp_path / "tiny.txt", b"x = 1\n" * 40)
     cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char)
@@ -236,6 +288,184 @@ def test_discarding_a_cache_entry_twice_is_harmless(tmp_path: Path) -> None:
     discard(entry)
     discard(entry)
     assert list(tmp_path.iterdir()) == []
+
+
+def char_module(corpus: Path, cache: Path, seq_len: int = 16) -> LMDataModule:
+    cfg = DataConfig(
+        source=Source.text, path=str(corpus), cache_dir=str(cache), tokenizer=TokenizerKind.char
+    )
+    return LMDataModule(cfg, Family.gpt, seq_len=seq_len, seed=0)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_moved_or_copied_cache_is_used_where_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each entry holds its own tokenizer: after ``mv cacheA cacheB`` (or a copy, the first
+    one removed) the rows are read from the new place as they are, not rebuilt. Entries
+    named their tokenizer by an absolute path, which then failed with a traceback."""
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    first = char_module(corpus, tmp_path / "a")
+    first.setup()
+    (tmp_path / "a").rename(tmp_path / "b")
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    shutil.rmtree(tmp_path / "b")
+    moved = char_module(corpus, tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        moved.setup()
+    assert warnings_of(caplog) == [] and moved.blocks_dir.name == first.blocks_dir.name
+    assert torch.equal(moved.train_rows.rows, first.train_rows.rows)
+    assert moved.tokenizer.to_str() == first.tokenizer.to_str()
+
+
+def test_an_entry_written_before_it_held_its_tokenizer_reads_the_one_beside_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries written by earlier lmlab name the cache's ``tok-*`` entry by an absolute path.
+    In a moved cache that folder is found by its name; gone too, the rows are built again,
+    with a warning, not a traceback."""
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    first = char_module(corpus, tmp_path / "a")
+    first.setup()
+    entry = first.blocks_dir
+    meta = json.loads((entry / "meta.json").read_text())
+    (tok_dir,) = (tmp_path / "a").glob("tok-*")
+    meta["tokenizer"] = str(tok_dir / "tokenizer.json")  # as earlier lmlab wrote it
+    (entry / "meta.json").write_text(json.dumps(meta))
+    (entry / "tokenizer.json").unlink(missing_ok=True)  # earlier lmlab wrote none
+    (tmp_path / "a").rename(tmp_path / "b")
+    with caplog.at_level(logging.WARNING):
+        moved = char_module(corpus, tmp_path / "b")
+        moved.setup()
+        assert warnings_of(caplog) == []
+        assert not (tmp_path / "b" / entry.name / "tokenizer.json").exists()  # not rebuilt
+        assert torch.equal(moved.train_rows.rows, first.train_rows.rows)
+        shutil.rmtree(tmp_path / "b" / tok_dir.name)
+        rebuilt = char_module(corpus, tmp_path / "b")
+        rebuilt.setup()
+    (warned,) = warnings_of(caplog)
+    assert warned.startswith(f"the packed rows cached in {tmp_path / 'b' / entry.name} cannot")
+    assert warned.endswith(": building them again from the corpus")
+    assert torch.equal(rebuilt.train_rows.rows, first.train_rows.rows)
+    assert (tmp_path / "b" / entry.name / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("damaged", "why"),
+    [
+        ("meta.json", "meta.json is damaged or gone (JSONDecodeError: "),
+        ("tokenizer.json", "tokenizer.json cannot be read (Exception: "),
+    ],
+)
+def test_a_damaged_entry_is_built_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damaged: str, why: str
+) -> None:
+    """A ``meta.json`` or ``tokenizer.json`` cut short (a full disk, a killed copy) was a
+    traceback on every run; it is now what unreadable rows are: a warning naming the entry,
+    which is discarded and built again, the same rows."""
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    first = char_module(corpus, tmp_path / "c")
+    first.setup()
+    (first.blocks_dir / damaged).write_text("{garbage")
+    again = char_module(corpus, tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        again.setup()
+    (warned,) = warnings_of(caplog)
+    assert warned.startswith(f"the packed rows cached in {first.blocks_dir} cannot be used: ")
+    assert why in warned and warned.endswith(": building them again from the corpus")
+    assert torch.equal(again.train_rows.rows, first.train_rows.rows)
+    json.loads((again.blocks_dir / damaged).read_text())  # whole again
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_damaged_tokenizer_entry_is_trained_again_under_other_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``tok-*/tokenizer.json`` cut short was a traceback for every row length not yet
+    packed. It is trained again with a warning; rows packed before keep their own copy of
+    it, so a run reading them (here: a later one) is not broken by the discard."""
+    from tokenizers import Tokenizer
+
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    first = char_module(corpus, tmp_path / "c")
+    first.setup()
+    (tok_dir,) = (tmp_path / "c").glob("tok-*")
+    tok_file = tok_dir / "tokenizer.json"
+    tok_file.write_text(tok_file.read_text()[:100])
+    longer = char_module(corpus, tmp_path / "c", seq_len=32)
+    with caplog.at_level(logging.WARNING):
+        longer.setup()
+        later = char_module(corpus, tmp_path / "c")
+        later.setup()
+    (warned,) = warnings_of(caplog)
+    assert warned.startswith(f"the tokenizer cached in {tok_file} cannot be read (")
+    assert warned.endswith(": building it again")
+    assert Tokenizer.from_file(str(tok_file)).to_str() == longer.tokenizer.to_str()
+    assert longer.tokenizer.to_str() == first.tokenizer.to_str()
+    assert torch.equal(later.train_rows.rows, first.train_rows.rows)
+
+
+def test_a_cache_dir_that_is_a_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was a FileExistsError traceback once the model was built."""
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    a_file = write(tmp_path / "cache", b"not a folder")
+    message = f"data.cache_dir='{a_file}' is not a writable folder (a file, not a folder); allowed"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        char_module(corpus, a_file).setup()
+    monkeypatch.setenv("LMLAB_CACHE", str(a_file))  # as conf/train.yaml resolves it
+    with pytest.raises(ConfigError, match=re.escape(f"'{a_file}' (from LMLAB_CACHE) is not a")):
+        char_module(corpus, a_file).setup()
+    beneath = f"data.cache_dir='{a_file / 'sub'}' is not a writable folder (Not a directory)"
+    with pytest.raises(ConfigError, match=re.escape(beneath)):
+        char_module(corpus, a_file / "sub").setup()
+
+
+def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Writes under ``folder`` fail as on a read-only file system (a chmod does not stop
+    root): making a folder and renaming one, the writes the cache makes outside its
+    temporary folders."""
+
+    def refused(real):
+        def call(path, *args, **kw):
+            if Path(path).is_relative_to(folder):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kw)
+
+        return call
+
+    for name in ("mkdir", "replace", "rename"):
+        monkeypatch.setattr(os, name, refused(getattr(os, name)))
+
+
+def test_a_read_only_cache_serves_its_rows_and_refuses_to_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shared, read-only cache that holds the rows is read as it is; one that lacks them
+    (another row length here) or holds them damaged is refused as one line naming the
+    setting, before the corpus is read (was: ``OSError: [Errno 30]`` traceback)."""
+    import lmlab.data.packing
+
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    cache = tmp_path / "c"
+    first = char_module(corpus, cache)
+    first.setup()
+    read_only(monkeypatch, cache)
+    served = char_module(corpus, cache)
+    served.setup()
+    assert torch.equal(served.train_rows.rows, first.train_rows.rows)
+    monkeypatch.setattr(lmlab.data.packing, "load_documents", None)  # not called
+    message = f"data.cache_dir='{cache}' is not a writable folder (Read-only file system); "
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        char_module(corpus, cache, seq_len=32).setup()
+    (first.blocks_dir / "meta.json").write_text("{garbage")
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match=re.escape(message)):
+        char_module(corpus, cache).setup()
+    assert len(warnings_of(caplog)) == 1  # which entry is damaged, then why it stays so
 
 
 def test_datamodule_batches_are_shifted_next_token_pairs(tmp_path: Path) -> None:

@@ -44,8 +44,9 @@ class DataConfig:
     ``val_batch_size`` (null: ``batch_size``) with ``trainer.limit_val_batches`` fixes the
     validation rows: set it when comparing runs whose micro-batches differ.
 
-    ``max_bytes`` keeps only the first documents up to that many bytes (deterministic order),
-    which ``+debug=smoke`` uses for a fast slice. ``val_fraction`` of the documents (by a
+    ``max_bytes`` keeps only the first documents up to that many bytes (deterministic order;
+    the one that crosses it is cut at its last line end under the limit), which
+    ``+debug=smoke`` uses for a fast slice. ``val_fraction`` of the documents (by a
     stable hash of their name) or, for fewer than 20 documents, the tail of each document is
     held out for validation, as nanoGPT does.
 

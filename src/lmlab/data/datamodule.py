@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -11,12 +10,11 @@ import datasets
 import lightning as L
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import DataConfig, Family
 from lmlab.data.collators import COLLATORS
-from lmlab.data.packing import discard, prepare
+from lmlab.data.packing import UnusableEntry, discard, prepare, read_entry, writing
 from lmlab.data.sampler import ResumableSampler
 from lmlab.errors import ConfigError
 
@@ -50,21 +48,16 @@ class Rows(Dataset):
         return self.stream[starts[:, None] + self.offsets]
 
 
-class UnreadableRows(Exception):
-    """Cached rows the installed ``datasets`` cannot read, with why and who wrote them."""
-
-
-def _load_rows(path: Path) -> torch.Tensor:
+def _load_rows(path: Path, writer: str | None) -> torch.Tensor:
     """The packed rows as one (n_rows, row_len) int32 tensor, read from the Arrow column in
     one piece (converting row by row through ``datasets``' numpy format is far slower). Rows
     that this ``datasets`` cannot read (ones written by another version can fail deep inside
-    ``datasets.features``) raise UnreadableRows, naming the version that wrote them."""
+    ``datasets.features``) raise UnusableEntry, naming the version that wrote them
+    (``writer``, from the entry's record)."""
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as err:
-        meta = path.parent / "meta.json"
-        writer = json.loads(meta.read_text()).get("datasets") if meta.exists() else None
-        raise UnreadableRows(
+        raise UnusableEntry(
             f"the packed rows cached in {path} cannot be read by datasets "
             f"{datasets.__version__} ({type(err).__name__}: {err}); they were written by "
             f"datasets {writer or '(version not recorded)'}"
@@ -125,14 +118,15 @@ class LMDataModule(L.LightningDataModule):
             return
         try:
             train, val = self._load()
-        except UnreadableRows as err:  # a cache, rebuilt from the corpus
+        except UnusableEntry as err:  # a cache, rebuilt from the corpus
             log.warning("%s: building them again from the corpus", err)
-            discard(self.blocks_dir)
+            with writing(self.cfg):  # a read-only cache is refused, naming data.cache_dir
+                discard(self.blocks_dir)
             self.blocks_dir = None
             self.prepare_data()
             try:
                 train, val = self._load()
-            except UnreadableRows as again:
+            except UnusableEntry as again:
                 raise ConfigError(f"{again}, just after writing them") from again
         self.train_rows, self.val_rows = Rows(train, self.cfg.stride), Rows(val)
         self.collate = COLLATORS[self.family](
@@ -141,9 +135,10 @@ class LMDataModule(L.LightningDataModule):
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached rows of both splits, and the tokenizer and counts beside them."""
-        self.meta = json.loads((self.blocks_dir / "meta.json").read_text())
-        self.tokenizer = Tokenizer.from_file(self.meta["tokenizer"])
-        return _load_rows(self.blocks_dir / "train"), _load_rows(self.blocks_dir / "val")
+        self.meta, self.tokenizer = read_entry(self.blocks_dir)
+        writer = self.meta.get("datasets")
+        train, val = (_load_rows(self.blocks_dir / split, writer) for split in ("train", "val"))
+        return train, val
 
     @property
     def vocab_size(self) -> int:

@@ -2,14 +2,18 @@
 
 Cache layout under ``data.cache_dir``: ``tok-<key>/tokenizer.json`` (keyed by corpus, split,
 tokenizer settings and the special-token list) and ``blocks-<key>/{train,val}``
-(``datasets.save_to_disk``, keyed also by the row length) with ``meta.json``. Each entry is
-built in a temporary folder and renamed into place, so an interrupted build or two processes
-building at once never leave a broken cache. Rows that the installed ``datasets`` cannot
-read (another version wrote them) are discarded and built again (``discard``).
+(``datasets.save_to_disk``, keyed also by the row length) with ``meta.json`` and a copy of
+the tokenizer, so that an entry is whole in itself: the cache can be moved or copied, and
+``tok-*`` is read only to build rows. Each entry is built in a temporary folder and renamed
+into place, so an interrupted build or two processes building at once never leave a broken
+cache. An entry that cannot be used (a damaged ``meta.json`` or ``tokenizer.json``, rows that
+another ``datasets`` wrote) is discarded with a warning and built again (``discard``). A
+cache folder lmlab cannot write is refused (``writing``) unless it holds the rows already.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +21,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -31,6 +36,12 @@ from lmlab.errors import ConfigError
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 MIN_DOCS_FOR_DOC_SPLIT = 20
+TOKENIZER = "tokenizer.json"
+
+
+class UnusableEntry(Exception):
+    """A cache entry that cannot be used (damaged, gone, or rows another ``datasets`` wrote),
+    with why: it is discarded and built again."""
 
 
 def held_out(docs: Documents, val_fraction: float) -> set[int]:
@@ -68,6 +79,38 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([CACHE_VERSION, *parts], sort_keys=True).encode()).hexdigest()[
         :16
     ]
+
+
+@contextlib.contextmanager
+def writing(cfg: DataConfig) -> Iterator[None]:
+    """Writes to the cache folder (making it, a temporary folder in it, a discard): one that
+    fails (a file of that name, a read-only file system, another user's folder) is refused
+    as one line naming ``data.cache_dir``, and ``LMLAB_CACHE`` where its value is the
+    environment's (``conf/train.yaml`` reads it), not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        cache = Path(cfg.cache_dir).expanduser()
+        why = "a file, not a folder" if cache.exists() and not cache.is_dir() else err.strerror
+        origin = " (from LMLAB_CACHE)" if os.environ.get("LMLAB_CACHE") == cfg.cache_dir else ""
+        raise ConfigError(
+            f"data.cache_dir={cfg.cache_dir!r}{origin} is not a writable folder ({why}); "
+            "allowed: a folder lmlab can create and write in, or one that holds this data already"
+        ) from None
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """The cache folder, made if it is missing."""
+    cache = Path(cfg.cache_dir).expanduser()
+    with writing(cfg):
+        cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+def new_entry(cfg: DataConfig, cache: Path) -> Path:
+    """A temporary folder in the cache to build an entry in (``_publish`` puts it in place)."""
+    with writing(cfg):
+        return Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -114,27 +157,71 @@ def tokenizer_dir(cache: Path, corpus: list, cfg: DataConfig, tokenizer: str | N
     return cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
 
 
+def read_tokenizer(path: Path) -> Tokenizer:
+    """A cached tokenizer file; UnusableEntry if it is not there or does not parse (a write
+    cut short, a disk error)."""
+    try:
+        return Tokenizer.from_str(path.read_text())
+    except Exception as err:  # tokenizers raises a bare Exception for a broken file
+        raise UnusableEntry(
+            f"the tokenizer cached in {path} cannot be read ({type(err).__name__}: {err})"
+        ) from err
+
+
 def cached_tokenizer(
     tok_dir: Path, cfg: DataConfig, train_texts: list[str], tokenizer: str | None
 ) -> Tokenizer:
-    """The tokenizer in ``tok_dir``, first trained on ``train_texts`` (or taken from the given
-    JSON) and published there if it is not yet."""
-    if not (tok_dir / "tokenizer.json").exists():
-        if tokenizer is not None:
-            tok = Tokenizer.from_str(tokenizer)
-        else:
-            log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
-            tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
-        tmp = Path(tempfile.mkdtemp(dir=tok_dir.parent, prefix=".tmp-"))
-        tok.save(str(tmp / "tokenizer.json"))
-        _publish(tmp, tok_dir)
-    return Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    """The tokenizer in ``tok_dir``; first trained on ``train_texts`` (or taken from the given
+    JSON) and published there if it is not there yet or cannot be read (then with a warning,
+    discarded first). Another run's copy of it lives in its rows' entry, so discarding the
+    entry breaks no run."""
+    try:
+        return read_tokenizer(tok_dir / TOKENIZER)
+    except UnusableEntry as err:
+        if tok_dir.exists():
+            log.warning("%s: building it again", err)
+            with writing(cfg):
+                discard(tok_dir)
+    if tokenizer is not None:
+        tok = Tokenizer.from_str(tokenizer)
+    else:
+        log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
+        tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
+    tmp = new_entry(cfg, tok_dir.parent)
+    tok.save(str(tmp / TOKENIZER))
+    tok = read_tokenizer(tmp / TOKENIZER)  # as a later run reads it
+    _publish(tmp, tok_dir)
+    return tok
+
+
+def read_entry(blocks_dir: Path) -> tuple[dict, Tokenizer]:
+    """The record (``meta.json``) and the tokenizer of a rows entry; UnusableEntry, naming the
+    entry, if either is damaged or gone. The tokenizer is the entry's own copy; an entry
+    written before it had one names the cache's ``tok-*`` entry by an absolute path, read
+    from this cache's folder of that name (the cache may have moved)."""
+    where = f"the packed rows cached in {blocks_dir}"
+    try:
+        meta = json.loads((blocks_dir / "meta.json").read_text())
+        recorded = Path(meta["tokenizer"])
+        if not meta["val"]["bytes"] / meta["val"]["tokens"] > 0:  # the data module's bytes/token
+            raise ValueError(f"val counts {meta['val']}")
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as err:
+        raise UnusableEntry(
+            f"{where} cannot be used: meta.json is damaged or gone ({type(err).__name__}: {err})"
+        ) from err
+    if recorded.is_absolute():
+        recorded = blocks_dir.parent / recorded.parent.name / recorded.name
+    try:
+        return meta, read_tokenizer(blocks_dir / recorded)
+    except UnusableEntry as err:
+        raise UnusableEntry(f"{where} cannot be used: {err}") from err
 
 
 def discard(entry: Path) -> None:
-    """Remove a cache entry that cannot be used (rows another ``datasets`` wrote): renamed
-    aside first, so that a process that finds it gone builds it again, and that of two
-    processes discarding it at once one does and the other finds nothing to do."""
+    """Remove a cache entry that cannot be used (``UnusableEntry``): renamed aside first, so
+    that a process that finds it gone builds it again, that of two processes discarding it at
+    once one does and the other finds nothing to do, and that a process reading its files
+    now keeps the ones it opened."""
     aside = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
     try:
         os.replace(entry, aside)
@@ -147,22 +234,22 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir.
     ``tokenizer`` (a tokenizer's JSON) is the one ``data.tokenizer=checkpoint`` uses."""
     datasets.disable_progress_bars()
-    cache = Path(cfg.cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = cache_root(cfg)
     tok_dir = tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction], cfg, tokenizer)
     blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
     if (blocks_dir / "meta.json").exists():
-        return blocks_dir
-    docs = load_documents(cfg)
-    train_texts, val_texts = split_documents(docs, cfg.val_fraction)
-    tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        return blocks_dir  # read only: a read-only cache that holds the rows serves them
+    tmp = new_entry(cfg, cache)  # a cache that cannot be written is refused before any work
     meta = {
-        "tokenizer": str(tok_dir / "tokenizer.json"),
+        "tokenizer": TOKENIZER,  # the entry's own copy, named relative to the entry
         "row_len": row_len,
         "datasets": datasets.__version__,  # named if another version cannot read the rows
     }
     try:
+        docs = load_documents(cfg)
+        train_texts, val_texts = split_documents(docs, cfg.val_fraction)
+        tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
+        tok.save(str(tmp / TOKENIZER))
         for split, texts in (("train", train_texts), ("val", val_texts)):
             ds, n_tokens, n_bytes = pack(texts, tok, row_len)
             if len(ds) == 0:

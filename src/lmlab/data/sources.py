@@ -93,25 +93,47 @@ def universal_newlines(text: str) -> str:
 # How files become text (``_read_files``), in the data cache's key: rows built by an earlier
 # reading (before universal newlines, a CR was kept as text) are not reused.
 READING = "utf-8-sig, universal newlines"
+# How ``data.max_bytes`` slices a corpus (``cut``), in the key of a slice: a slice read before
+# the document crossing the limit was cut (it was kept whole) is not reused.
+SLICING = "the document crossing max_bytes cut at its last line end"
+
+
+def cut(raw: bytes, limit: int) -> bytes:
+    """The part of a document that fits in the ``limit`` bytes left under ``data.max_bytes``:
+    all of it if it fits; else up to its last newline in those bytes, or, with none there, up
+    to the limit, moved back to the start of a UTF-8 character it would split."""
+    if len(raw) <= limit:
+        return raw
+    end = raw.rfind(b"\n", 0, limit) + 1
+    if end == 0:
+        end = limit
+        while end > 0 and raw[end] & 0xC0 == 0x80:  # a continuation byte: inside a character
+            end -= 1
+    return raw[:end]
 
 
 def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documents:
     """Documents named by their path relative to ``root``, so the train/val split (a hash of
-    the name) is the same on every machine."""
+    the name) is the same on every machine. With ``max_bytes``, the documents up to that many
+    bytes: the one that crosses it is ``cut`` and is the last (a single 5 MB file gives its
+    first lines up to ``max_bytes``), and no more of a file is read than is kept."""
     docs, total = [], 0
     for path in files:
-        raw = path.read_bytes()
+        left = None if max_bytes is None else max_bytes - total
+        with path.open("rb") as f:
+            raw = f.read() if left is None else f.read(left + 1)  # one byte more: does it fit?
+        kept = raw if left is None else cut(raw, left)
         try:
             # utf-8-sig: a byte-order mark that an editor put first is no text to learn
-            text = raw.decode("utf-8-sig")
+            text = kept.decode("utf-8-sig")
         except UnicodeDecodeError as err:
             raise ConfigError(
                 f"data.path: {str(path)!r} is not UTF-8 text (invalid byte at offset {err.start});"
                 " allowed: UTF-8 text files"
             ) from None
         docs.append((path.relative_to(root).as_posix(), universal_newlines(text)))
-        total += len(raw)
-        if max_bytes is not None and total >= max_bytes:
+        total += len(kept)
+        if max_bytes is not None and (total >= max_bytes or len(kept) < len(raw)):
             break
     return docs
 
@@ -133,9 +155,11 @@ def _hf_documents(cfg: DataConfig) -> Documents:
         )
     docs, total = [], 0
     for i, text in enumerate(ds[cfg.text_column]):
-        docs.append((f"{cfg.name}:{i}", text))
-        total += len(text.encode())
-        if cfg.max_bytes is not None and total >= cfg.max_bytes:
+        raw = text.encode()
+        kept = raw if cfg.max_bytes is None else cut(raw, cfg.max_bytes - total)
+        docs.append((f"{cfg.name}:{i}", kept.decode()))
+        total += len(kept)
+        if cfg.max_bytes is not None and (total >= cfg.max_bytes or len(kept) < len(raw)):
             break
     return docs
 
@@ -174,5 +198,6 @@ def fingerprint(cfg: DataConfig) -> str:
             st = path.stat()
             ident.append((str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
         ident.append(READING)
-    blob = json.dumps([cfg.source.value, cfg.max_bytes, ident], sort_keys=True)
+    limit = None if cfg.max_bytes is None else [cfg.max_bytes, SLICING]
+    blob = json.dumps([cfg.source.value, limit, ident], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

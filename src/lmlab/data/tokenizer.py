@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -10,6 +11,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from lmlab.config import TokenizerKind
 from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -139,6 +142,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
+    if tok.get_vocab_size() < vocab_size:  # a sweep over data.vocab_size would repeat a run
+        log.warning(
+            "BPE stopped at %d of data.vocab_size=%d tokens: the corpus has no more merges to "
+            "learn, so a larger data.vocab_size trains the same tokenizer",
+            tok.get_vocab_size(),
+            vocab_size,
+        )
     return tok
 
 
