@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import re
 import signal
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from test_resume import logged_steps, saved_step, wait_for
@@ -20,12 +22,24 @@ from lmlab.config import (
     ModelConfig,
     TaskConfig,
     TaskKind,
+    TaskSource,
     TaskSpec,
     model_config_dict,
     resolve_configs,
 )
 from lmlab.data.collators import IGNORE, ClassifyCollator, Seq2SeqCollator
-from lmlab.data.finetune import COLLATORS, COLUMNS, CORPORA, label_ids, label_names, read_file
+from lmlab.data.finetune import (
+    COLLATORS,
+    COLUMNS,
+    CORPORA,
+    Split,
+    columns,
+    label_ids,
+    label_names,
+    load_splits,
+    read_file,
+    report_cut,
+)
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq
@@ -151,6 +165,11 @@ def test_labels_get_ids_deterministically() -> None:
         ("header.csv", "text,label\n", "a header row and no examples"),
         ("broken.jsonl", '{"text": "a", "label": 0}\n{"text": "b", \n', "line 2 is not JSON"),
         ("list.jsonl", '{"text": "a", "label": 0}\n["b", 1]\n', "line 2 is not a JSON object"),
+        (
+            "ragged.csv",
+            "text,label\na,x\nb,y,z\n",
+            "Error tokenizing data. C error: Expected 2 fields in line 3, saw 3",
+        ),
     ],
 )
 def test_a_file_of_examples_datasets_cannot_read_is_named_with_what_is_wrong(
@@ -165,6 +184,34 @@ def test_a_file_of_examples_datasets_cannot_read_is_named_with_what_is_wrong(
         ConfigError, match=re.escape(f"task.train={path} could not be read as {kind}: {why}")
     ):
         read_file(f"task.train={path}", path, tmp_path / "cache")
+
+
+def test_examples_that_would_train_silently_wrong_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file of another shape is named by its columns (not "too few to split"); an empty
+    seq2seq target, which the model would learn to match for free, is refused; examples the
+    collator will cut are counted in a warning."""
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"data": [{"text": "a b", "label": "x"}] * 50}))
+    task = TaskConfig(kind=TaskKind.classify, source=TaskSource.files, train=str(nested))
+    with pytest.raises(ConfigError, match=r"task.text_column='text' is not a column of .* data\)"):
+        load_splits(task, tmp_path / "cache")
+    (tmp_path / "x.jsonl").write_text('{"input": "a", "target": "b"}\n')
+    seq2seq = TaskConfig(
+        kind=TaskKind.seq2seq, source=TaskSource.files, train=str(tmp_path / "x.jsonl")
+    )
+    pairs = datasets.Dataset.from_dict({"input": ["a b", "c d", "e"], "target": ["a", " ", "e"]})
+    with pytest.raises(ConfigError, match=r"'target': row 1 of x.jsonl is empty; allowed: a "):
+        columns(seq2seq, Split(pairs, "x.jsonl"))
+    rows = [([1] * 6, [2] * 2), ([1] * 7, [2] * 2), ([1] * 5, [2] * 4), ([1] * 9, [2] * 9)]
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.finetune"):
+        assert report_cut(rows, (6, 3), "task.train=x.jsonl") == 3
+        assert report_cut([(r[0][:6], 0) for r in rows], (6, None), "task.val=v") == 0
+    assert caplog.messages == [
+        "3 of 4 examples of task.train=x.jsonl are cut: 2 inputs past 6 tokens (data.seq_len), "
+        "2 targets past 3 (task.max_target_len)"
+    ]
 
 
 def test_a_text_column_taken_for_the_labels_gives_a_short_error() -> None:

@@ -269,9 +269,11 @@ class ClassifyCollator:
         self.sep_id = specials.id(tokenizer, "sep", use)
         self.pad_id = specials.id(tokenizer, "pad", use)
         self.seq_len = seq_len
+        # the most ids of an example kept: (input ids, target ids; None: a label)
+        self.room: tuple[int, int | None] = (seq_len - 2, None)
 
     def __call__(self, examples: list[tuple[list[int], int]]) -> Batch:
-        rows = [[self.cls_id, *ids[: self.seq_len - 2], self.sep_id] for ids, _ in examples]
+        rows = [[self.cls_id, *ids[: self.room[0]], self.sep_id] for ids, _ in examples]
         input_ids, real_BT = pad_rows(rows, self.pad_id)
         labels_B1 = torch.tensor([[label] for _, label in examples])
         return {"input_ids": input_ids, "attention_mask": real_BT, "labels": labels_B1}
@@ -287,9 +289,10 @@ class Seq2SeqCollator:
         self.eos = specials.id(tokenizer, "eos", use)
         self.pad = specials.id(tokenizer, "pad", use)
         self.seq_len, self.max_target_len = seq_len, max_target_len
+        self.room: tuple[int, int | None] = (seq_len - 1, max_target_len - 1)  # EOS each
 
     def __call__(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
-        inputs = [[*ids[: self.seq_len - 1], self.eos] for ids, _ in examples]
+        inputs = [[*ids[: self.room[0]], self.eos] for ids, _ in examples]
         targets = [[*ids[: self.max_target_len - 1], self.eos] for _, ids in examples]
         input_ids, real_BT = pad_rows(inputs, self.pad)
         targets_BS, real_BS = pad_rows(targets, self.pad)

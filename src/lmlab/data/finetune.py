@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +36,8 @@ from lmlab.data.collators import ClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import cached_tokenizer, tokenizer_dir
 from lmlab.errors import ConfigError, first_line
+
+log = logging.getLogger(__name__)
 
 CORPORA = Path(__file__).resolve().parent / "corpora"
 
@@ -59,7 +62,10 @@ def read_file(origin: str, path: str | Path, cache_dir: Path) -> Split:
             kind, data_files=str(path), split="train", cache_dir=str(cache_dir)
         )
     except Exception as err:  # datasets raises many types for a malformed file
-        why = what_is_wrong(path, kind) or first_line(err)
+        cause = err  # datasets wraps the parser's own words ("Expected 2 fields in line 5")
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        why = what_is_wrong(path, kind) or first_line(cause)
         raise ConfigError(f"{origin} could not be read as {kind}: {why}") from None
     return Split(ds, origin)
 
@@ -130,9 +136,9 @@ def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
     train, val = SOURCES[task.source](task, cache_dir)
     if val is not None:
         return train, val
+    columns(task, train)  # checked before the shuffle: its row numbers are the source's
     if len(train.examples) < 2:
         raise ConfigError(f"{train.origin} holds {len(train.examples)} examples: too few to split")
-    columns(task, train)  # checked before the shuffle: its row numbers are the source's
     parts = train.examples.train_test_split(test_size=task.val_fraction, seed=0)
     held_out = f"{train.origin} (task.val_fraction={task.val_fraction} held out)"
     return Split(parts["train"], train.origin), Split(parts["test"], held_out)
@@ -160,6 +166,13 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
             raise ConfigError(
                 f"task.{field_name}={getattr(task, field_name)!r}: row {bad} of {split.origin} "
                 f"holds {values[i][bad]!r}, not a text"
+            )
+    if task.kind == TaskKind.seq2seq:  # an empty target: nothing to learn, a free exact match
+        empty = next((r for r, t in enumerate(values[1]) if not t.strip()), None)
+        if empty is not None:
+            raise ConfigError(
+                f"task.target_column={task.target_column!r}: row {empty} of {split.origin} is "
+                "empty; allowed: a target text to predict (leave the example out)"
             )
     if task.kind == TaskKind.classify and None in values[1]:
         raise ConfigError(
@@ -263,6 +276,8 @@ class FinetuneDataModule(LMDataModule):
         self.train_rows = self.tokenized(x_train, y_train)
         self.val_rows = self.tokenized(x_val, y_val)
         self.collate = COLLATORS[task.kind](self.tokenizer, self.seq_len, task)
+        for rows, split in ((self.train_rows, train), (self.val_rows, val)):
+            report_cut(rows, self.collate.room, split.origin)
         self.spec = TaskSpec(
             task.kind, labels, len(self.train_rows), len(self.val_rows), task.decode_rows
         )
@@ -281,6 +296,21 @@ class FinetuneDataModule(LMDataModule):
     def val_bytes_per_token(self) -> None:
         """Bits per byte is a language-model measure: none here."""
         return None
+
+
+def report_cut(rows: list[tuple[list[int], Any]], room: tuple[int, int | None], origin: str) -> int:
+    """A warning counting the examples of ``origin`` the collator will cut: inputs past
+    ``room[0]`` ids (``data.seq_len``), targets past ``room[1]`` (``task.max_target_len``).
+    Returns the count."""
+    inputs = sum(len(x) > room[0] for x, _ in rows)
+    targets = 0 if room[1] is None else sum(len(y) > room[1] for _, y in rows)
+    cut = sum(len(x) > room[0] or (room[1] is not None and len(y) > room[1]) for x, y in rows)
+    if cut:
+        parts = [f"{inputs} inputs past {room[0]} tokens (data.seq_len)"]
+        if room[1] is not None:
+            parts.append(f"{targets} targets past {room[1]} (task.max_target_len)")
+        log.warning("%d of %d examples of %s are cut: %s", cut, len(rows), origin, ", ".join(parts))
+    return cut
 
 
 # How each task's examples are batched.
