@@ -339,7 +339,8 @@ def test_a_checkpoint_saved_before_a_model_field_existed_still_matches() -> None
 
 def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     """A changed corpus trains another tokenizer of the same size: the ids would no longer
-    mean what the checkpoint's weights learnt, so the resume is refused, not trained."""
+    mean what the checkpoint's weights learnt, so the resume is refused, not trained. One
+    that trains the same tokenizer is refused too: the data position would mean other rows."""
     corpus = tmp_path / "corpus.txt"
     words = [
         "one",
@@ -370,6 +371,18 @@ def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir:
     with pytest.raises(ConfigError, match=r"trained with another tokenizer than the one"):
         train(
             compose_train([*run, "trainer.max_steps=4", "resume=true"], tmp_path / "run", cache_dir)
+        )
+    # a char tokenizer of the same letters is the same tokenizer: the corpus's own counts,
+    # which plan.json keeps, tell the change (a relative data.path read from another folder)
+    chars = [*run, "data.tokenizer=char"]
+    train(compose_train(chars, tmp_path / "char", cache_dir))
+    text = corpus.read_text()
+    corpus.write_text(text + "\n" + text.splitlines()[5])  # one more line, the same letters
+    with pytest.raises(ConfigError, match=r"its corpus changed since it started: plan.json "):
+        train(
+            compose_train(
+                [*chars, "trainer.max_steps=4", "resume=true"], tmp_path / "char", cache_dir
+            )
         )
 
 

@@ -49,6 +49,9 @@ class RunPlan:
     params: int  # total parameters
     active_params: int  # what one token runs through (a MoE: top_k of its experts)
     task: TaskSpec = PRETRAINING  # fine-tuning: its kind, labels and example counts
+    # pre-training: the prepared corpus's rows, tokens and bytes per split ("train", "val"),
+    # which a resume must find again (None: not read, as in a dry run or a sweep's checks)
+    corpus: dict[str, Any] | None = None
 
     @property
     def steps(self) -> int:
@@ -82,6 +85,8 @@ class RunPlan:
             "train_samples": self.train_samples,
             "budget": self.budget.as_dict(),
         }
+        if self.corpus is not None:
+            plan["corpus"] = self.corpus
         if self.task.kind != TaskKind.lm:  # a pre-training plan stays as it was
             plan["task"] = self.task.record() | {
                 "train_examples": self.task.train_examples,
@@ -265,9 +270,11 @@ def make_plan(
     data_cfg: DataConfig,
     seq_len: int,
     task: TaskSpec = PRETRAINING,
+    corpus: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """The plan of the run ``cfg`` describes; ``model_cfg`` has its final ``vocab_size``, and
-    ``task`` its labels (fine-tuning: the examples are read)."""
+    """The plan of the run ``cfg`` describes; ``model_cfg`` has its final ``vocab_size``,
+    ``task`` its labels (fine-tuning: the examples are read), ``corpus`` the prepared
+    corpus's counts (``RunPlan.corpus``)."""
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)
     counts = param_breakdown(meta_model(model_cfg, task))
     budget_cfg: BudgetConfig = OmegaConf.to_object(cfg.budget)
@@ -275,7 +282,14 @@ def make_plan(
     budget = resolve_budget(budget_cfg, n, batch.tokens, int(cfg.trainer.max_steps))
     precision = resolve_precision(cfg.trainer)
     return RunPlan(
-        batch, precision, budget, model_cfg.vocab_size, counts["total"], counts["active"], task
+        batch,
+        precision,
+        budget,
+        model_cfg.vocab_size,
+        counts["total"],
+        counts["active"],
+        task,
+        corpus,
     )
 
 
@@ -309,6 +323,12 @@ def read_plan(out_dir: Path) -> dict[str, Any] | None:
     return plan
 
 
+def corpus_size(corpus: dict[str, Any]) -> str:
+    """``1,234 training tokens from 5,678 bytes`` of a plan's ``corpus``."""
+    train = corpus.get("train") or {}
+    return f"{train.get('tokens', 0):,} training tokens from {train.get('bytes', 0):,} bytes"
+
+
 def check_resumable(
     saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN_FILE
 ) -> None:
@@ -323,6 +343,14 @@ def check_resumable(
         raise ConfigError(
             f"cannot resume {out_dir}: its plan.json has task {was_task}, this run {now_task} "
             "(other examples or labels: the data position would point elsewhere)"
+        )
+    was_corpus, now_corpus = saved.get("corpus"), plan.corpus
+    if was_corpus is not None and now_corpus is not None and was_corpus != now_corpus:
+        raise ConfigError(
+            f"cannot resume {out_dir}: its corpus changed since it started: {source} has "
+            f"{corpus_size(was_corpus)}, this run's data {corpus_size(now_corpus)} (the data "
+            "position would point at other rows): resume with the data it was trained on "
+            "(a relative data.path is read from the working directory), or start a new run"
         )
     was, now = saved["batch"], plan.batch.as_dict()
     for key in ("global_batch_size", "seq_len"):

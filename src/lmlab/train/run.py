@@ -320,7 +320,9 @@ def _fit(
     if ckpt is not None:
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
         check_same_tokenizer(ckpt, ckpt_path, getattr(dm, "tokenizer", None))
-    plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec)
+    meta = getattr(dm, "meta", None)  # a pre-training corpus's counts, per split
+    corpus = {split: meta[split] for split in ("train", "val")} if meta else None
+    plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec, corpus)
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
         saved_batch = (ckpt.get("run_state") or {}).get("batch") if ckpt else None
