@@ -114,6 +114,19 @@ def test_vocab_too_small_for_bytes_and_special_tokens() -> None:
         train_bpe([TEXT], vocab_size=100)
 
 
+def test_a_corpus_folder_follows_links_to_folders_once_each(tmp_path: Path) -> None:
+    """A corpus assembled from links: a link to a folder is read like the folder (it was left
+    out, unsaid), and a link back up the tree is no loop."""
+    write(tmp_path / "more" / "b.txt", b"bee\n")
+    corpus = tmp_path / "corpus"
+    write(corpus / "a.txt", b"ay\n")
+    (corpus / "more").symlink_to(tmp_path / "more")
+    (corpus / "more_again").symlink_to(tmp_path / "more")  # the same folder by another name
+    (corpus / "up").symlink_to(corpus)
+    docs = load_documents(text_cfg(corpus, tmp_path))
+    assert sorted(docs) == [("a.txt", "ay\n"), ("more/b.txt", "bee\n")]
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -125,6 +138,11 @@ def test_vocab_too_small_for_bytes_and_special_tokens() -> None:
         (
             lambda d: write(d / "b.bin", b"\xff\xfe\x00abc"),
             r"'.*b.bin' is not UTF-8 text \(invalid byte at offset 0\)",
+        ),
+        (  # every file that is not text, named at once: four, then a count
+            lambda d: [write(d / "c" / f"{n}.png", b"a\xff") for n in "uvwxyz"][0].parent,
+            r"6 files are not UTF-8 text: '.*u.png' \(offset 1\), .*, '.*x.png' \(offset 1\) "
+            r"and 2 more; allowed: UTF-8 text files$",
         ),
     ],
 )

@@ -43,6 +43,22 @@ def skipped(relative: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
 
 
+def walk(root: Path) -> list[Path]:
+    """Every entry under ``root``, following links to folders (a corpus assembled from links),
+    each real folder once, so that a link back up the tree is no loop."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()  # a folder linked twice is read under its first name, on every machine
+        found += [Path(folder) / name for name in names]
+    return found
+
+
 def text_files(cfg: DataConfig) -> list[Path]:
     path = Path(cfg.path).expanduser()
     if not path.exists():
@@ -54,7 +70,7 @@ def text_files(cfg: DataConfig) -> list[Path]:
             f"data.path={cfg.path!r} is neither a file nor a folder (a pipe or a device?); "
             "allowed: a text file or folder"
         )
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not skipped(p.relative_to(path)))
+    files = sorted(p for p in walk(path) if p.is_file() and not skipped(p.relative_to(path)))
     if not files and not any(path.iterdir()):
         raise ConfigError(f"data.path={cfg.path!r} is an empty folder: no text files in it")
     if not files:
@@ -112,12 +128,25 @@ def cut(raw: bytes, limit: int) -> bytes:
     return raw[:end]
 
 
+def not_text(binary: list[tuple[str, int]]) -> ConfigError:
+    """The files of a corpus that are not UTF-8 text, (path, offset of the first bad byte)
+    each: all named at once (four, then a count), not one per try."""
+    if len(binary) == 1:
+        path, offset = binary[0]
+        named = f"{path!r} is not UTF-8 text (invalid byte at offset {offset})"
+    else:
+        shown = ", ".join(f"{path!r} (offset {offset})" for path, offset in binary[:4])
+        more = f" and {len(binary) - 4} more" if len(binary) > 4 else ""
+        named = f"{len(binary)} files are not UTF-8 text: {shown}{more}"
+    return ConfigError(f"data.path: {named}; allowed: UTF-8 text files")
+
+
 def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documents:
     """Documents named by their path relative to ``root``, so the train/val split (a hash of
     the name) is the same on every machine. With ``max_bytes``, the documents up to that many
     bytes: the one that crosses it is ``cut`` and is the last (a single 5 MB file gives its
     first lines up to ``max_bytes``), and no more of a file is read than is kept."""
-    docs, total = [], 0
+    docs, total, binary = [], 0, []
     for path in files:
         left = None if max_bytes is None else max_bytes - total
         with path.open("rb") as f:
@@ -126,15 +155,15 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
         try:
             # utf-8-sig: a byte-order mark that an editor put first is no text to learn
             text = kept.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise ConfigError(
-                f"data.path: {str(path)!r} is not UTF-8 text (invalid byte at offset {err.start});"
-                " allowed: UTF-8 text files"
-            ) from None
+        except UnicodeDecodeError as err:  # every such file is named at once, not one a try
+            binary.append((str(path), err.start))
+            continue
         docs.append((path.relative_to(root).as_posix(), universal_newlines(text)))
         total += len(kept)
         if max_bytes is not None and (total >= max_bytes or len(kept) < len(raw)):
             break
+    if binary:
+        raise not_text(binary)
     return docs
 
 
