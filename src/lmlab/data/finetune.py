@@ -302,13 +302,13 @@ def report_cut(rows: list[tuple[list[int], Any]], room: tuple[int, int | None], 
     """A warning counting the examples of ``origin`` the collator will cut: inputs past
     ``room[0]`` ids (``data.seq_len``), targets past ``room[1]`` (``task.max_target_len``).
     Returns the count."""
-    inputs = sum(len(x) > room[0] for x, _ in rows)
-    targets = 0 if room[1] is None else sum(len(y) > room[1] for _, y in rows)
-    cut = sum(len(x) > room[0] or (room[1] is not None and len(y) > room[1]) for x, y in rows)
+    inputs = [len(x) > room[0] for x, _ in rows]
+    targets = [room[1] is not None and len(y) > room[1] for _, y in rows]
+    cut = sum(map(any, zip(inputs, targets, strict=True)))
     if cut:
-        parts = [f"{inputs} inputs past {room[0]} tokens (data.seq_len)"]
+        parts = [f"{sum(inputs)} inputs past {room[0]} tokens (data.seq_len)"]
         if room[1] is not None:
-            parts.append(f"{targets} targets past {room[1]} (task.max_target_len)")
+            parts.append(f"{sum(targets)} targets past {room[1]} (task.max_target_len)")
         log.warning("%d of %d examples of %s are cut: %s", cut, len(rows), origin, ", ".join(parts))
     return cut
 

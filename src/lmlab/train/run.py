@@ -391,7 +391,7 @@ def _fit(
             log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
             log.info("initialised fresh: %s", ", ".join(fresh) or "none")
     counts = param_breakdown(task.model)
-    # what a stop's record keeps beside its step (stopped_record), and a completed run's too
+    # what a stop's record keeps beside its step (``trained``), and a completed run's too
     results.update(
         params=counts["total"],
         active_params=counts["active"],
