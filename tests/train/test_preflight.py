@@ -391,7 +391,8 @@ def test_a_switched_off_field_asked_for_is_named_once(tmp_path, caplog) -> None:
 
     def warnings(overrides: list[str]) -> list[str]:
         cfg = compose_train(["+debug=smoke", *overrides, "dry_run=true"], tmp_path, tmp_path)
-        return warn_unused(check_run(cfg).model_cfg)
+        checked = check_run(cfg)
+        return warn_unused(checked.model_cfg, checked.data_cfg)
 
     assert warnings(["model.positional=alibi", "model.rope_theta=500000"]) == [
         "model.rope_theta=500000.0 has no effect under model.positional=alibi: this run "
@@ -408,3 +409,8 @@ def test_a_switched_off_field_asked_for_is_named_once(tmp_path, caplog) -> None:
         "model.moe.top_k=1"
     ]  # a dict names its fields
     assert warnings(["model.positional=rope", "model.rope_theta=500000"]) == []
+    assert warnings(["data.tokenizer=char", "data.vocab_size=50000"]) == [  # a data field too
+        "data.vocab_size=50000 has no effect under data.tokenizer=char: this run trains as it "
+        "would without it"
+    ]
+    assert warnings(["data.vocab_size=2000"]) == []  # a BPE's size

@@ -75,6 +75,13 @@ class DataConfig:
     cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
     num_workers: int | None = None  # null: 0 on a CPU, up to 4 per process on a GPU
 
+    def unused_fields(self) -> dict[str, str]:
+        """{field: the setting it has no effect under} (``ModelConfig.unused_fields``'s
+        counterpart): ``vocab_size`` sizes a trained BPE only."""
+        if self.tokenizer != TokenizerKind.bpe:
+            return {"vocab_size": f"data.tokenizer={self.tokenizer.value}"}
+        return {}
+
     def __post_init__(self) -> None:
         for name, (sources, default) in SOURCE_FIELDS.items():
             value = getattr(self, name)

@@ -145,23 +145,26 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
 
 
-def warn_unused(model_cfg: ModelConfig) -> list[str]:
-    """A warning for each model field the command asked for (an override, or an
+def warn_unused(model_cfg: ModelConfig, data_cfg: DataConfig | None = None) -> list[str]:
+    """A warning for each model or data field the command asked for (an override, or an
     ``+experiment``/``+debug``/``+sweeps`` file) that another field switches off:
-    ``model.rope_theta=5e5`` under ``model.positional=alibi`` trains what the default would,
-    and a sweep over it repeats one run. Not refused: a sweep over the switch
-    (``model.positional=rope,alibi model.rope_theta=5e5``) means it for some of its jobs.
-    Presets are left out (a preset sets every field). Returns the warnings."""
-    unused = model_cfg.unused_fields()
+    ``model.rope_theta=5e5`` under ``model.positional=alibi`` (or ``data.vocab_size`` under
+    ``data.tokenizer=char``) trains what the default would, and a sweep over it repeats one
+    run. Not refused: a sweep over the switch (``model.positional=rope,alibi
+    model.rope_theta=5e5``) means it for some of its jobs. Presets are left out (a preset sets
+    every field). Returns the warnings."""
     warnings = []
-    for path, override in asked_paths(command_line_overrides(), "model").items():
-        if path in unused:
-            value = OmegaConf.select(OmegaConf.structured(model_cfg), path)
-            origin = "" if override.lstrip("+~").startswith("model.") else f" (from {override})"
-            warnings.append(
-                f"model.{path}={value}{origin} has no effect under {unused[path]}: this run "
-                "trains as it would without it"
-            )
+    for group, cfg in (("model", model_cfg), ("data", data_cfg)):
+        unused = cfg.unused_fields() if cfg is not None else {}
+        for path, override in asked_paths(command_line_overrides(), group).items():
+            if path in unused:
+                value = OmegaConf.select(OmegaConf.structured(cfg), path)
+                typed = override.lstrip("+~").startswith(f"{group}.")
+                origin = "" if typed else f" (from {override})"
+                warnings.append(
+                    f"{group}.{path}={value}{origin} has no effect under {unused[path]}: this "
+                    "run trains as it would without it"
+                )
     for warning in warnings:
         log.warning(warning)
     return warnings
