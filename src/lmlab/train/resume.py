@@ -35,6 +35,7 @@ from lmlab.train.rundir import (
     checkpoints_in,
     holds_run,
     launch_rank_is_zero,
+    read_record,
 )
 
 # What a resumed run must share with the run it continues.
@@ -163,11 +164,7 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
 
 def read_results(out_dir: Path) -> dict[str, Any] | None:
     """``results.json`` of the run in ``out_dir``; None when there is none, or unreadable."""
-    try:
-        results = json.loads((out_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) else None
+    return read_record(out_dir / "results.json") or None
 
 
 def kept_record(results: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -364,19 +364,21 @@ def holds_run(path: Path) -> bool:
     written when training starts), and a dry run's ``plan.json`` (``dry_run: true``), which a
     new dry run rewrites and a run replaces."""
     present = {name for name in RUN_FILES if (path / name).exists()}
-    if "results.json" in present and _field(path / "results.json", "status") == "failed":
+    if "results.json" in present and read_record(path / "results.json").get("status") == "failed":
         present.discard("results.json")  # with a plan and a config, that of a run that trained
-    if "plan.json" in present and _field(path / "plan.json", "dry_run") is True:
+    if "plan.json" in present and read_record(path / "plan.json").get("dry_run") is True:
         present.discard("plan.json")
     return bool(present)
 
 
-def _field(path: Path, key: str) -> Any:
-    """``key`` of the JSON object in ``path``; None where it cannot be read."""
+def read_record(path: Path) -> dict[str, Any]:
+    """The JSON object a run wrote in ``path`` (``results.json``, ``plan.json``); empty where
+    there is none or it cannot be read as one."""
     try:
-        return json.loads(path.read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def checkpoints_in(out_dir: Path) -> list[Path]:
