@@ -60,6 +60,30 @@ def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> No
     )
 
 
+def test_max_steps_under_a_budget_is_refused_before_torch_loads(tmp_path: Path) -> None:
+    """A refusal the composed config shows is given before the heavy imports (torch,
+    Lightning: seconds), as the model's are: ``-X importtime`` lists every module loaded."""
+    out = run(
+        sys.executable,
+        "-X",
+        "importtime",
+        SRC / "train.py",
+        "budget=chinchilla",
+        "trainer.max_steps=5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    said = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert said == [
+        "error: trainer.max_steps=5 is read by budget=steps only: budget=chinchilla sets the "
+        "steps from its tokens (dry_run=true shows them); drop trainer.max_steps, or use "
+        "budget=steps"
+    ]
+    loaded = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines()}
+    assert "omegaconf" in loaded and not loaded & {"torch", "lightning"}
+
+
 def test_the_scripts_are_not_importable_modules(tmp_path: Path) -> None:
     """The install maps the lmlab package alone: a bare ``import compare`` is not lmlab's."""
     code = "import importlib.util as u; print([u.find_spec(m) for m in ('compare', 'train')])"

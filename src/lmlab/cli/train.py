@@ -42,6 +42,7 @@ from lmlab.cli.sweep import job_config, runs_here, search_corners, sweep_jobs, s
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError, first_line
+from lmlab.train.budget import check_max_steps
 from lmlab.train.rundir import (
     absolute,
     chose_dir,
@@ -350,6 +351,7 @@ def run(cfg: DictConfig) -> float | None:
     if not in_multirun():
         try:  # before torch and Lightning load; train() checks again
             resolve_configs(cfg)
+            check_max_steps(cfg)
         except ConfigError as err:
             fail(err)
     from lightning.pytorch.utilities.exceptions import SIGTERMException

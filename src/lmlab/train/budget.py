@@ -31,7 +31,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from omegaconf import DictConfig
+
 from lmlab.config import BudgetConfig, BudgetKind, ParamCount
+from lmlab.config.asked import asked_fields, command_line_overrides
 from lmlab.errors import ConfigError
 
 # D / tokens_per_step is rounded to this many decimals before ceil, so float noise in
@@ -103,6 +106,13 @@ def check_steps_asked(kind: BudgetKind, max_steps: int, asked: str | None) -> No
             f"trainer.max_steps={max_steps}{where} is read by budget=steps only: "
             f"budget={kind.value} sets the steps from its tokens (dry_run=true shows them); {fix}"
         )
+
+
+def check_max_steps(cfg: DictConfig) -> None:
+    """``check_steps_asked`` for a composed run config and the command line that asked for
+    it; cheap (no torch): the command line runs it before the heavy imports."""
+    asked = asked_fields(command_line_overrides(), "trainer").get("max_steps")
+    check_steps_asked(BudgetKind(cfg.budget.kind), cfg.trainer.max_steps, asked)
 
 
 def budget_params(cfg: BudgetConfig, counts: dict[str, int]) -> int:

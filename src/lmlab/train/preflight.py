@@ -21,7 +21,6 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import (
-    BudgetKind,
     DataConfig,
     Family,
     ModelConfig,
@@ -34,14 +33,14 @@ from lmlab.config import (
     resolve_task,
     sequence_length,
 )
-from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
+from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.sources import text_files
 from lmlab.data.tokenizer import N_SENTINELS, check_bpe_size
 from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
-from lmlab.train.budget import check_steps_asked
+from lmlab.train.budget import check_max_steps
 from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
@@ -115,8 +114,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_target_keys(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
         check_target_keys(node, f"logger.{name}")
-    asked = asked_fields(command_line_overrides(), "trainer").get("max_steps")
-    check_steps_asked(BudgetKind(cfg.budget.kind), cfg.trainer.max_steps, asked)
+    check_max_steps(cfg)
     task_cfg = resolve_task(cfg, model_cfg)
     init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)
     if init is not None:  # the checkpoint's architecture
