@@ -87,6 +87,29 @@ def test_char_tokenizer_round_trips_and_maps_unseen_chars_to_unk() -> None:
     assert tok.encode("Z").ids == [tok.token_to_id("<unk>")]
 
 
+def test_packing_counts_the_text_a_tokenizer_has_no_token_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A character vocabulary reads a character it never saw as ``<unk>``: ``pack`` records
+    how often and for what, a data module built on those rows warns, and byte-level BPE,
+    which has a token for every byte, records none."""
+    tok = train_char(["abc "])
+    rows, n_tokens, _, unknown = pack(["abcé 日", "éé"], tok, row_len=2)
+    assert n_tokens == 10  # 6 + 2 characters and each document's EOS
+    assert unknown == {"tokens": 4, "kinds": 2, "pieces": {"é": 3, "日": 1}}
+    assert pack(["abcé 日"], train_bpe([TEXT], 400), row_len=2)[3]["tokens"] == 0
+    corpus = write(tmp_path / "a.txt", (TEXT[:3000] + "é" * 40).encode())  # é in val only
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, val_fraction=0.1)
+    caplog.clear()  # BPE's own warning: it ran out of merges
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.tokenizer"):
+        LMDataModule(cfg, Family.gpt, 8, 0).setup()
+    assert len(caplog.messages) == 1 and re.fullmatch(
+        r"40 of the \d+ tokens of the val split of data.source=text \([\d.]+%\) are the "
+        r"tokenizer's unknown token, standing for text it has no token for \('é' x\d+\).*",
+        caplog.messages[0],
+    )
+
+
 def test_a_prompt_starts_as_a_packed_document_does() -> None:
     """Generation and the end-of-run sample read a prompt as ``pack`` wrote a document's
     start: after BOS where the tokenizer adds one (a converted Llama's), else as the text;

@@ -19,11 +19,14 @@ from test_resume import logged_steps, saved_step, wait_for
 
 from lmlab.config import (
     SHIPPED_TASKS,
+    DataConfig,
+    Family,
     ModelConfig,
     TaskConfig,
     TaskKind,
     TaskSource,
     TaskSpec,
+    TokenizerKind,
     model_config_dict,
     resolve_configs,
 )
@@ -32,6 +35,7 @@ from lmlab.data.finetune import (
     COLLATORS,
     COLUMNS,
     CORPORA,
+    FinetuneDataModule,
     Split,
     columns,
     label_ids,
@@ -147,7 +151,7 @@ def test_labels_get_ids_deterministically() -> None:
     assert label_names([0, 1], 4, "x") == ("0", "1", "2", "3")
     assert label_names(["pos", "neg", "pos"], None, "x") == ("neg", "pos")
     assert label_ids(["pos", "neg"], ("neg", "pos"), "x") == [1, 0]
-    with pytest.raises(ConfigError, match=r"row 1 of val.csv has label 'meh', unknown to the"):
+    with pytest.raises(ConfigError, match=r"example 2 of val.csv has label 'meh', unknown to the"):
         label_ids(["pos", "meh"], ("neg", "pos"), "val.csv")
     with pytest.raises(ConfigError, match=r"task.num_labels=3, but x has 2 labels: neg, pos"):
         label_names(["pos", "neg"], 3, "x")
@@ -202,7 +206,7 @@ def test_examples_that_would_train_silently_wrong_are_named(
         kind=TaskKind.seq2seq, source=TaskSource.files, train=str(tmp_path / "x.jsonl")
     )
     pairs = datasets.Dataset.from_dict({"input": ["a b", "c d", "e"], "target": ["a", " ", "e"]})
-    with pytest.raises(ConfigError, match=r"'target': row 1 of x.jsonl is empty; allowed: a "):
+    with pytest.raises(ConfigError, match=r"'target': example 2 of x.jsonl is empty; allowed: a "):
         columns(seq2seq, Split(pairs, "x.jsonl"))
     rows = [([1] * 6, [2] * 2), ([1] * 7, [2] * 2), ([1] * 5, [2] * 4), ([1] * 9, [2] * 9)]
     with caplog.at_level(logging.WARNING, logger="lmlab.data.finetune"):
@@ -400,15 +404,21 @@ def test_bad_examples_are_one_line_errors_naming_the_field(
         train(compose_train([*run, "task.label_column=class"], tmp_path / "a", cache_dir))
     odd = synthetic(tmp_path / "odd.jsonl", 20, 2, "jsonl")
     odd.write_text(odd.read_text().replace('"red"', '"purple"'))
-    with pytest.raises(ConfigError, match=r"row \d+ of task.val=.*odd.jsonl has label 'purple'"):
+    with pytest.raises(
+        ConfigError, match=r"example \d+ of task.val=.*odd.jsonl has label 'purple'"
+    ):
         train(compose_train([*run, f"task.val={odd}"], tmp_path / "b", cache_dir))
-    # without task.val the examples are shuffled into two splits; a bad row is still named by
-    # its row in the file
+    # without task.val the examples are shuffled into two splits; a bad example is still named
+    # by its place in the file, counted from 1 as its lines are
     no_val = [o for o in run if not o.startswith(("task.train=", "task.val="))]
     rows = [json.loads(line) for line in odd.read_text().splitlines()]
     for row, change, message in [
-        (14, lambda r: r.pop("label"), r"task.label_column='label': row 14 of .* has no label"),
-        (17, lambda r: r.update(text=None), r"task.text_column='text': row 17 of .* holds None"),
+        (14, lambda r: r.pop("label"), r"task.label_column='label': example 15 of .* has no label"),
+        (
+            17,
+            lambda r: r.update(text=None),
+            r"task.text_column='text': example 18 of .* holds None",
+        ),
     ]:
         bad = [dict(r) for r in rows]
         change(bad[row])
@@ -439,6 +449,43 @@ def test_classify_fine_tunes_a_bert_checkpoint(
         if not key.startswith("head."):
             torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)
     assert tuned["head.out.weight"].shape == (3, 32) and "head.pooler.weight" in tuned
+
+
+def test_text_a_checkpoint_tokenizer_cannot_read_is_counted_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A character checkpoint fine-tuned on text with characters it never saw reads each as
+    its unknown token: the warning counts them, per split, and names the most common."""
+    train_file = tmp_path / "train.jsonl"
+    rows = [{"text": "abcé", "label": "x"}, {"text": "défi", "label": "y"}] * 5
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    val_file = tmp_path / "val.jsonl"
+    val_file.write_text(json.dumps({"text": "abc", "label": "x"}) + "\n")
+    task = TaskConfig(
+        kind=TaskKind.classify, source=TaskSource.files, train=str(train_file), val=str(val_file)
+    )
+    data = DataConfig(tokenizer=TokenizerKind.checkpoint, cache_dir=str(tmp_path / "cache"))
+    dm = FinetuneDataModule(data, task, Family.bert, 16, 0, train_char(["abcdef"]).to_str())
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.tokenizer"):
+        dm.setup()
+    assert caplog.messages == [
+        f"15 of the 40 tokens of task.train={train_file} (37.50%) are the tokenizer's unknown "
+        "token, standing for text it has no token for ('é' x10, 'i' x5): the model reads all "
+        "of it as one token. A byte-level BPE tokenizer (data.tokenizer=bpe) has a token for "
+        "every input"
+    ]
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_for_fine_tuning(
+    tmp_path: Path, examples: tuple[Path, Path]
+) -> None:
+    """Was a FileExistsError traceback, once the model was built (pre-training's is named)."""
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a folder")
+    task = TaskConfig(kind=TaskKind.classify, source=TaskSource.files, train=str(examples[0]))
+    dm = FinetuneDataModule(DataConfig(cache_dir=str(a_file)), task, Family.bert, 16, 0)
+    with pytest.raises(ConfigError, match=re.escape(f"data.cache_dir='{a_file}' is not a writ")):
+        dm.setup()
 
 
 def test_a_hub_dataset_offline_is_a_one_line_error(

@@ -16,6 +16,7 @@ from lmlab.config import DataConfig, Family
 from lmlab.data.collators import COLLATORS
 from lmlab.data.packing import UnusableEntry, discard, prepare, read_entry, writing
 from lmlab.data.sampler import ResumableSampler
+from lmlab.data.tokenizer import warn_unknown
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ class LMDataModule(L.LightningDataModule):
                 train, val = self._load()
             except UnusableEntry as again:
                 raise ConfigError(f"{again}, just after writing them") from again
+        for split, record in self.meta.get("unknown", {}).items():  # entries before it: none
+            where = f"the {split} split of data.source={self.cfg.source.value}"
+            warn_unknown(record, self.meta[split]["tokens"], where)
         self.train_rows, self.val_rows = Rows(train, self.cfg.stride), Rows(val)
         self.collate = COLLATORS[self.family](
             tokenizer=self.tokenizer, seed=self.seed, seq_len=self.seq_len

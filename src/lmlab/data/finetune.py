@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +35,8 @@ from lmlab.config import (
 )
 from lmlab.data.collators import ClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
-from lmlab.data.packing import cached_tokenizer, tokenizer_dir
+from lmlab.data.packing import cache_root, cached_tokenizer, tokenizer_dir
+from lmlab.data.tokenizer import unknown_pieces, unknown_record, warn_unknown
 from lmlab.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -164,19 +166,19 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
         bad = next((r for r, t in enumerate(values[i]) if not isinstance(t, str)), None)
         if bad is not None:
             raise ConfigError(
-                f"task.{field_name}={getattr(task, field_name)!r}: row {bad} of {split.origin} "
-                f"holds {values[i][bad]!r}, not a text"
+                f"task.{field_name}={getattr(task, field_name)!r}: {example(bad)} of "
+                f"{split.origin} holds {values[i][bad]!r}, not a text"
             )
     if task.kind == TaskKind.seq2seq:  # an empty target: nothing to learn, a free exact match
         empty = next((r for r, t in enumerate(values[1]) if not t.strip()), None)
         if empty is not None:
             raise ConfigError(
-                f"task.target_column={task.target_column!r}: row {empty} of {split.origin} is "
+                f"task.target_column={task.target_column!r}: {example(empty)} of {split.origin} is "
                 "empty; allowed: a target text to predict (leave the example out)"
             )
     if task.kind == TaskKind.classify and None in values[1]:
         raise ConfigError(
-            f"task.label_column={task.label_column!r}: row {values[1].index(None)} of "
+            f"task.label_column={task.label_column!r}: {example(values[1].index(None))} of "
             f"{split.origin} has no label"
         )
     return values[0], values[1]
@@ -217,10 +219,16 @@ def label_ids(labels: list[Any], names: tuple[str, ...], origin: str) -> list[in
         if value is None or str(value) not in index:
             shown = ", ".join(clip(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
             raise ConfigError(
-                f"task.label_column: row {row} of {origin} has label {clip(repr(value))}, unknown "
-                f"to the training split (its {len(names)} labels: {shown})"
+                f"task.label_column: {example(row)} of {origin} has label {clip(repr(value))}, "
+                f"unknown to the training split (its {len(names)} labels: {shown})"
             )
     return [index[str(v)] for v in labels]
+
+
+def example(row: int) -> str:
+    """A 0-based row as errors name it: counted from 1, as a JSON Lines file's lines are (a
+    CSV's header line is not an example)."""
+    return f"example {row + 1}"
 
 
 def clip(text: str, width: int = 40) -> str:
@@ -258,8 +266,7 @@ class FinetuneDataModule(LMDataModule):
         if hasattr(self, "train_rows"):
             return
         task = self.task_cfg
-        cache = Path(self.cfg.cache_dir).expanduser()
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = cache_root(self.cfg)  # a file or unwritable folder: named, not a traceback
         train, val = load_splits(task, cache / "datasets")
         (x_train, y_train), (x_val, y_val) = columns(task, train), columns(task, val)
         labels: tuple[str, ...] = ()
@@ -273,8 +280,8 @@ class FinetuneDataModule(LMDataModule):
             cache, ["finetune", texts_key(texts)], self.cfg, self.given_tokenizer
         )
         self.tokenizer = cached_tokenizer(tok_dir, self.cfg, texts, self.given_tokenizer)
-        self.train_rows = self.tokenized(x_train, y_train)
-        self.val_rows = self.tokenized(x_val, y_val)
+        self.train_rows = self.tokenized(x_train, y_train, train.origin)
+        self.val_rows = self.tokenized(x_val, y_val, val.origin)
         self.collate = COLLATORS[task.kind](self.tokenizer, self.seq_len, task)
         for rows, split in ((self.train_rows, train), (self.val_rows, val)):
             report_cut(rows, self.collate.room, split.origin)
@@ -282,15 +289,24 @@ class FinetuneDataModule(LMDataModule):
             task.kind, labels, len(self.train_rows), len(self.val_rows), task.decode_rows
         )
 
-    def tokenized(self, x: list[str], y: list[Any]) -> list[tuple[list[int], Any]]:
+    def tokenized(self, x: list[str], y: list[Any], origin: str) -> list[tuple[list[int], Any]]:
         """(input ids, target) per example: the target's ids for a text, else the label id.
-        A plain list is the dataset: the DataLoader hands the collator lists of these."""
+        A plain list is the dataset: the DataLoader hands the collator lists of these. Text
+        the tokenizer has no token for is counted in a warning (``warn_unknown``)."""
+        found: Counter = Counter()
+        n_tokens = 0
 
         def ids(texts: list[str]) -> list[list[int]]:
-            return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+            nonlocal n_tokens
+            encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+            found.update(unknown_pieces(self.tokenizer, texts, encoded))
+            n_tokens += sum(len(e.ids) for e in encoded)
+            return [e.ids for e in encoded]
 
         targets = ids(y) if y and isinstance(y[0], str) else y
-        return list(zip(ids(x), targets, strict=True))
+        rows = list(zip(ids(x), targets, strict=True))
+        warn_unknown(unknown_record(found), n_tokens, origin)
+        return rows
 
     @property
     def val_bytes_per_token(self) -> None:

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,13 @@ from tokenizers import Tokenizer
 
 from lmlab.config import DataConfig, TokenizerKind
 from lmlab.data.sources import Documents, fingerprint, load_documents
-from lmlab.data.tokenizer import SPECIAL_TOKENS, Specials, train_tokenizer
+from lmlab.data.tokenizer import (
+    SPECIAL_TOKENS,
+    Specials,
+    train_tokenizer,
+    unknown_pieces,
+    unknown_record,
+)
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -120,11 +127,12 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Dataset, int, int]:
+def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Dataset, int, int, dict]:
     """Tokenise (batched ``map``), end every document with EOS (and start it with BOS when the
     tokenizer has one, as Llama's does), concatenate, and cut rows of ``row_len`` tokens (the
-    tail of each 1000-document batch is dropped). Returns the rows, the token count and the
-    UTF-8 byte count (for bits per byte)."""
+    tail of each 1000-document batch is dropped). Returns the rows, the token count, the
+    UTF-8 byte count (for bits per byte) and what the unknown token stood for
+    (``unknown_record``)."""
     specials = Specials.of(tok)
     eos = [specials.id(tok, "eos", "packing documents")]
     bos = [specials.id(tok, "bos", "")] if specials.bos else []
@@ -132,7 +140,11 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     def tokenize(batch: dict) -> dict:
         encoded = tok.encode_batch(batch["text"], add_special_tokens=False)
         ids = [bos + e.ids + eos for e in encoded]
-        return {"ids": ids, "n_bytes": [len(t.encode()) for t in batch["text"]]}
+        unknown = [
+            list(unknown_pieces(tok, [t], [e]).elements())
+            for t, e in zip(batch["text"], encoded, strict=True)
+        ]
+        return {"ids": ids, "n_bytes": [len(t.encode()) for t in batch["text"]], "unknown": unknown}
 
     def chunk(batch: dict) -> dict:
         flat = np.fromiter((i for ids in batch["ids"] for i in ids), dtype=np.int32)
@@ -142,8 +154,9 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     ds = datasets.Dataset.from_dict({"text": texts})
     ds = ds.map(tokenize, batched=True, remove_columns=["text"])
     n_tokens, n_bytes = sum(len(x) for x in ds["ids"]), sum(ds["n_bytes"])
-    ds = ds.map(chunk, batched=True, batch_size=1000, remove_columns=["ids", "n_bytes"])
-    return ds, n_tokens, n_bytes
+    unknown = unknown_record(Counter(p for pieces in ds["unknown"] for p in pieces))
+    ds = ds.map(chunk, batched=True, batch_size=1000, remove_columns=["ids", "n_bytes", "unknown"])
+    return ds, n_tokens, n_bytes, unknown
 
 
 def tokenizer_dir(cache: Path, corpus: list, cfg: DataConfig, tokenizer: str | None) -> Path:
@@ -251,7 +264,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
         tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
         tok.save(str(tmp / TOKENIZER))
         for split, texts in (("train", train_texts), ("val", val_texts)):
-            ds, n_tokens, n_bytes = pack(texts, tok, row_len)
+            ds, n_tokens, n_bytes, unknown = pack(texts, tok, row_len)
             if len(ds) == 0:
                 raise ConfigError(
                     f"the {split} split of data source {cfg.source.value} has {n_tokens} "
@@ -261,6 +274,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
                 )
             ds.save_to_disk(str(tmp / split))
             meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}
+            meta.setdefault("unknown", {})[split] = unknown  # apart: the plan records meta[split]
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     except BaseException:  # refused or stopped: no half-built rows left in the cache
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Encoding, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmlab.config import TokenizerKind
 from lmlab.errors import ConfigError
@@ -167,3 +168,51 @@ def train_tokenizer(texts: list[str], kind: TokenizerKind, vocab_size: int) -> T
     if kind == TokenizerKind.char:
         return train_char(texts)
     return train_bpe(texts, vocab_size)
+
+
+# How many of the pieces the unknown token stood for a warning shows.
+UNKNOWN_SHOWN = 8
+
+
+def unknown_pieces(tok: Tokenizer, texts: Sequence[str], encoded: Sequence[Encoding]) -> Counter:
+    """The text ``tok`` read as its unknown token (``<unk>``, ``[UNK]``) in ``texts``, each
+    piece counted: characters a character vocabulary never saw, words a WordPiece vocabulary
+    cannot spell. Empty for byte-level BPE, which has a token for every input."""
+    name = Specials.of(tok).unk
+    unk = tok.token_to_id(name) if name else None
+    found: Counter = Counter()
+    if unk is None:
+        return found
+    for text, enc in zip(texts, encoded, strict=True):
+        if unk in enc.ids:
+            found.update(
+                text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets, strict=True) if i == unk
+            )
+    return found
+
+
+def unknown_record(found: Counter) -> dict:
+    """``unknown_pieces`` as a JSON record: how many tokens, how many distinct pieces, and
+    the ``UNKNOWN_SHOWN`` most common pieces with their counts."""
+    pieces = dict(found.most_common(UNKNOWN_SHOWN))
+    return {"tokens": sum(found.values()), "kinds": len(found), "pieces": pieces}
+
+
+def warn_unknown(record: dict, n_tokens: int, where: str) -> None:
+    """A warning when the unknown token stands for some of ``where``'s text (``record``:
+    ``unknown_record``): the model reads all of it as one token and cannot learn, or tell
+    apart, what it stood for."""
+    if not record.get("tokens"):
+        return
+    shown = ", ".join(f"{p!r} x{c}" for p, c in record["pieces"].items())
+    log.warning(
+        "%d of the %d tokens of %s (%.2f%%) are the tokenizer's unknown token, standing for "
+        "text it has no token for (%s%s): the model reads all of it as one token. A byte-level "
+        "BPE tokenizer (data.tokenizer=bpe) has a token for every input",
+        record["tokens"],
+        n_tokens,
+        where,
+        100 * record["tokens"] / max(n_tokens, 1),
+        shown,
+        ", ..." if record["kinds"] > len(record["pieces"]) else "",
+    )
