@@ -98,6 +98,8 @@ def test_packing_counts_the_text_a_tokenizer_has_no_token_for(
     assert n_tokens == 10  # 6 + 2 characters and each document's EOS
     assert unknown == {"tokens": 4, "kinds": 2, "pieces": {"é": 3, "日": 1}}
     assert pack(["abcé 日"], train_bpe([TEXT], 400), row_len=2)[3]["tokens"] == 0
+    # the first batch of 1000 documents has none: the later one's are counted all the same
+    assert pack(["abc"] * 1000 + ["é"], tok, row_len=2)[3]["pieces"] == {"é": 1}
     corpus = write(tmp_path / "a.txt", (TEXT[:3000] + "é" * 40).encode())  # é in val only
     cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, val_fraction=0.1)
     caplog.clear()  # BPE's own warning: it ran out of merges

@@ -299,7 +299,7 @@ class FinetuneDataModule(LMDataModule):
         def ids(texts: list[str]) -> list[list[int]]:
             nonlocal n_tokens
             encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-            found.update(unknown_pieces(self.tokenizer, texts, encoded))
+            found.update(p for ps in unknown_pieces(self.tokenizer, texts, encoded) for p in ps)
             n_tokens += sum(len(e.ids) for e in encoded)
             return [e.ids for e in encoded]
 

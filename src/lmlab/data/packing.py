@@ -140,10 +140,7 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     def tokenize(batch: dict) -> dict:
         encoded = tok.encode_batch(batch["text"], add_special_tokens=False)
         ids = [bos + e.ids + eos for e in encoded]
-        unknown = [
-            list(unknown_pieces(tok, [t], [e]).elements())
-            for t, e in zip(batch["text"], encoded, strict=True)
-        ]
+        unknown = unknown_pieces(tok, batch["text"], encoded)
         return {"ids": ids, "n_bytes": [len(t.encode()) for t in batch["text"]], "unknown": unknown}
 
     def chunk(batch: dict) -> dict:
@@ -152,7 +149,14 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
         return {"input_ids": flat[: n * row_len].reshape(n, row_len)}
 
     ds = datasets.Dataset.from_dict({"text": texts})
-    ds = ds.map(tokenize, batched=True, remove_columns=["text"])
+    tokenized = datasets.Features(  # given: a batch without unknown pieces has no type for them
+        {
+            "ids": datasets.List(datasets.Value("int64")),
+            "n_bytes": datasets.Value("int64"),
+            "unknown": datasets.List(datasets.Value("string")),
+        }
+    )
+    ds = ds.map(tokenize, batched=True, remove_columns=["text"], features=tokenized)
     n_tokens, n_bytes = sum(len(x) for x in ds["ids"]), sum(ds["n_bytes"])
     unknown = unknown_record(Counter(p for pieces in ds["unknown"] for p in pieces))
     ds = ds.map(chunk, batched=True, batch_size=1000, remove_columns=["ids", "n_bytes", "unknown"])

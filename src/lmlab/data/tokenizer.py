@@ -174,21 +174,20 @@ def train_tokenizer(texts: list[str], kind: TokenizerKind, vocab_size: int) -> T
 UNKNOWN_SHOWN = 8
 
 
-def unknown_pieces(tok: Tokenizer, texts: Sequence[str], encoded: Sequence[Encoding]) -> Counter:
-    """The text ``tok`` read as its unknown token (``<unk>``, ``[UNK]``) in ``texts``, each
-    piece counted: characters a character vocabulary never saw, words a WordPiece vocabulary
-    cannot spell. Empty for byte-level BPE, which has a token for every input."""
+def unknown_pieces(
+    tok: Tokenizer, texts: Sequence[str], encoded: Sequence[Encoding]
+) -> list[list[str]]:
+    """Per text, the pieces of it ``tok`` read as its unknown token (``<unk>``, ``[UNK]``):
+    characters a character vocabulary never saw, words a WordPiece vocabulary cannot spell.
+    None for byte-level BPE, which has a token for every input."""
     name = Specials.of(tok).unk
     unk = tok.token_to_id(name) if name else None
-    found: Counter = Counter()
-    if unk is None:
-        return found
-    for text, enc in zip(texts, encoded, strict=True):
-        if unk in enc.ids:
-            found.update(
-                text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets, strict=True) if i == unk
-            )
-    return found
+    return [
+        [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets, strict=True) if i == unk]
+        if unk is not None and unk in enc.ids
+        else []
+        for text, enc in zip(texts, encoded, strict=True)
+    ]
 
 
 def unknown_record(found: Counter) -> dict:
