@@ -147,6 +147,21 @@ def test_attention_maps_of_a_flex_model_are_sdpas() -> None:
         torch.testing.assert_close(maps[1][name], weights, rtol=0, atol=FP64_ATOL)
 
 
+def test_recorded_attention_of_padded_rows_under_a_window_is_sdpas() -> None:
+    """A padded query under a window has every key masked: the recorded weights are zeros
+    there, as SDPA's, not a NaN the next layer spreads to the real tokens (a QA finding)."""
+    sdpa, _ = pair(Family.bert, attention_window=4)
+    batch = inputs(Family.bert)
+    with torch.no_grad():
+        plain = sdpa(**batch)
+        with record_attention(sdpa) as layers:
+            recorded = sdpa(**batch)
+            weights = layers["blocks.0"].weights
+    assert weights[2, :, 12:].abs().max() == 0  # row 2 has 7 real tokens: 12.. see none
+    real = batch["attention_mask"]
+    torch.testing.assert_close(recorded[real], plain[real], rtol=0, atol=FP64_ATOL)
+
+
 @pytest.mark.parametrize("positional", [Positional.alibi, Positional.relative])
 def test_cached_generation_of_a_flex_model_equals_its_full_forward(
     positional: Positional,

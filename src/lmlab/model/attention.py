@@ -37,7 +37,11 @@ def attention_weights(q_BHTd: torch.Tensor, k_BHSd: torch.Tensor, ctx: AttnConte
     elif ctx.mask is not None:
         scores = scores + ctx.mask
     wide = torch.promote_types(scores.dtype, torch.float32)  # bf16/fp16 softmax in fp32
-    return scores.to(wide).softmax(-1).to(q_BHTd.dtype)
+    weights = scores.to(wide).softmax(-1)
+    # a query every key is masked from (a padded one under a window) attends to nothing, as
+    # in SDPA: zeros, not the NaN a softmax of -inf gives, which the next layer would spread
+    weights = weights.masked_fill(scores.isneginf().all(-1, keepdim=True), 0.0)
+    return weights.to(q_BHTd.dtype)
 
 
 class Attention(nn.Module):
