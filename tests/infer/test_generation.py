@@ -4,6 +4,7 @@ maps and the per-layer parameter table, through the library and the two command 
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import re
 import subprocess
@@ -608,9 +609,12 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(
     assert not (tmp_path / "attention.png").exists()
 
 
-def test_infill_fills_the_text_the_model_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_infill_fills_the_text_the_model_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """The one space before a sentinel is dropped from the input (the span brings its own):
-    the spans fill that text, with no doubled space."""
+    the spans fill that text, with no doubled space. A sentinel the model wrote no span for
+    is left empty with a warning showing what it wrote (it was dropped unsaid)."""
     tok = char_tokenizer(bos=False)
     model = tiny("t5", vocab_size=tok.get_vocab_size()).float()
     pre = Pretrained(model, tok, model.cfg, Path("t5.ckpt"))
@@ -619,7 +623,14 @@ def test_infill_fills_the_text_the_model_read(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(fill, "decode_loop", lambda *_, **__: torch.tensor([[start, *target]]))
     spans, filled = infill(pre, "def <extra_id_0>(self): <mask>")
     assert spans == {"<extra_id_0>": " fib", "<extra_id_1>": " n"}
-    assert filled == "def fib(self): n"
+    assert filled == "def fib(self): n" and not caplog.messages
+    target = encode(tok, "<extra_id_0> fib fib") + [tok.token_to_id(EOS)]
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.fill"):
+        assert infill(pre, "def <extra_id_0>(self): <mask>")[1] == "def fib fib(self):"
+    assert caplog.messages == [
+        "the model wrote no span for <extra_id_1> (left empty in the filled text); its output: "
+        "'<extra_id_0> fib fib'"
+    ]
 
 
 def test_infill_command_prints_spans_and_filled_text_as_they_are(

@@ -10,6 +10,7 @@ sentinel ``<extra_id_k>``.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from lmlab.data.tokenizer import SENTINEL_RE, encode
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import decode_loop
 from lmlab.infer.pretrained import Pretrained
+
+log = logging.getLogger(__name__)
 
 MASK_MARKERS = ("<mask>", "[MASK]")
 
@@ -127,6 +130,14 @@ def infill(
     )
     target = tok.decode(out_1S[0, 1:].tolist(), skip_special_tokens=False)
     spans = parse_spans(target, specials.eos)
+    unfilled = [m.group(0) for m in SENTINEL_RE.finditer(text) if m.group(0) not in spans]
+    if unfilled:  # left empty in the filled text: say so, with what the model wrote instead
+        written = target.split(specials.eos)[0] if specials.eos else target
+        log.warning(
+            "the model wrote no span for %s (left empty in the filled text); its output: %r",
+            ", ".join(unfilled),
+            written if len(written) <= 200 else written[:197] + "...",
+        )
     filled = SENTINEL_RE.sub(lambda m: spans.get(m.group(0), ""), text)
     return spans, filled
 
