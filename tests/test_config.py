@@ -146,6 +146,18 @@ def test_unknown_knob_value_fails_at_compose_time(override: str) -> None:
         compose_train([override])
 
 
+def test_a_model_config_built_in_python_takes_choices_as_their_values() -> None:
+    """``ModelConfig(norm="rmsnorm")`` as Hydra's ``model.norm=rmsnorm``: the text becomes
+    the choice (refusals name ``.value``: they were AttributeErrors), an unknown one is
+    refused naming the allowed values (``batchnorm`` was accepted, a KeyError at build)."""
+    cfg = ModelConfig(vocab_size=50, positional="rope", rope_scaling="linear", norm="rmsnorm")
+    assert cfg.rope_scaling == "linear" and cfg.norm is Norm.rmsnorm
+    with pytest.raises(ConfigError, match=r"^model.positional=none cannot work with model.fam"):
+        ModelConfig(vocab_size=50, family="bert", positional="none")
+    with pytest.raises(ConfigError, match=r"^model.norm='batchnorm' is not one of its values; "):
+        ModelConfig(vocab_size=50, norm="batchnorm")
+
+
 def test_typo_in_model_key_fails_at_compose_time() -> None:
     with pytest.raises(ConfigCompositionException, match="d_modle"):
         compose_train(["model.d_modle=64"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -176,6 +178,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.moe, Mapping):  # plain types, as a checkpoint's model_config holds
             self.moe = MoEConfig(**self.moe)
+        for name, kind in choice_fields().items():  # ModelConfig(norm="rmsnorm") from Python
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                allowed = ", ".join(c.value for c in kind)
+                try:
+                    setattr(self, name, kind(value))
+                except ValueError:
+                    raise ConfigError(
+                        f"model.{name}={value!r} is not one of its values; allowed: {allowed}"
+                    ) from None
         self.validate()
 
     def validate(self) -> None:
@@ -348,6 +360,17 @@ class ModelConfig:
             m = self.ffn_multiple_of
             return m * math.ceil(2 * 4 * self.d_model / 3 / m)
         return 4 * self.d_model
+
+
+@functools.cache
+def choice_fields() -> dict[str, type[Enum]]:
+    """ModelConfig's fields that take one of a Choice's values, with that Choice."""
+    hints = typing.get_type_hints(ModelConfig)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(ModelConfig)
+        if isinstance(hints[f.name], type) and issubclass(hints[f.name], Enum)
+    }
 
 
 def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
