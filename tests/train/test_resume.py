@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -335,6 +336,20 @@ def test_a_checkpoint_saved_before_a_model_field_existed_still_matches() -> None
     with pytest.raises(ConfigError, match=r"model.rope_factor: 8.0 \(saved\) vs 4.0 \(now\)"):
         now = ModelConfig(vocab_size=50, rope_factor=4.0)
         check_checkpoint_model({"model_config": saved}, Path("old.ckpt"), now)
+
+
+def test_a_weights_only_checkpoint_is_refused_as_one_to_continue(tmp_path: Path) -> None:
+    """``ckpt_path=`` a ``consolidate`` output was Lightning's KeyError traceback ("contains
+    only the model"): named, with init_from, which starts from its weights."""
+    from lmlab.config import ModelConfig, model_config_dict
+    from lmlab.train.resume import check_checkpoint_model
+
+    cfg = ModelConfig(vocab_size=50)
+    weights = {"state_dict": {}, "model_config": model_config_dict(cfg)}
+    path = tmp_path / "step4-consolidated.ckpt"
+    with pytest.raises(ConfigError, match=re.escape(f"{path} holds weights only (as `lmlab con")):
+        check_checkpoint_model(weights, path, cfg)
+    check_checkpoint_model(weights | {"optimizer_states": []}, path, cfg)
 
 
 def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir: Path) -> None:

@@ -114,7 +114,8 @@ def check_strategy_loads(trainer_cfg: Mapping[str, Any], ckpt: Path | None) -> P
         f"and this run's strategy ({name}) cannot load it: continue it with trainer=fsdp (any "
         f"device count), or start a new run in another directory from its weights with "
         f"init_from={ckpt} (a fresh optimizer and schedule), or write them into one file with "
-        f"`lmlab consolidate ckpt={ckpt}`"
+        f"`lmlab consolidate ckpt={ckpt}` (weights only: for generate, evaluate, convert and "
+        "init_from, not to continue a run)"
     )
 
 
