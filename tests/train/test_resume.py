@@ -352,6 +352,34 @@ def test_a_weights_only_checkpoint_is_refused_as_one_to_continue(tmp_path: Path)
     check_checkpoint_model(weights | {"optimizer_states": []}, path, cfg)
 
 
+def test_a_resume_at_another_accumulation_trains_the_steps_it_would_have(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The same global batch on other devices is another gradient accumulation: resumed at a
+    step saved with 1, a run with 2 trains the uninterrupted run's steps on its batches (it
+    closed its first step after one micro-batch; with fewer micro-batches a step, the epoch
+    ended early and batches were replayed: ``rebatch_progress``)."""
+    run = [*SMOKE, "data.global_batch_size=8", "trainer.max_steps=6", "logger=csv"]
+    run += ["checkpoint.every_n_steps=3", "callbacks.checkpoint.save_top_k=-1"]
+    run += ["trainer.val_check_interval=100"]
+    train(compose_train([*run, "data.batch_size=8"], tmp_path / "a", cache_dir))
+    ckpt = tmp_path / "a" / "checkpoints" / "step000003.ckpt"
+    resumed = [*run, "data.batch_size=4", f"ckpt_path={ckpt}"]
+    train(compose_train(resumed, tmp_path / "b", cache_dir))
+
+    def losses(run_dir: Path) -> dict[int, float]:
+        with open(run_dir / "csv" / "metrics.csv") as f:
+            return {
+                int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]
+            }
+
+    whole, after = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(after) == [3, 4, 5]
+    # fp32 losses near 8 from the same rows, summed in two halves: a few ulps (1e-6) apart
+    for step, loss in after.items():
+        assert loss == pytest.approx(whole[step], rel=1e-5), step
+
+
 def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     """A changed corpus trains another tokenizer of the same size: the ids would no longer
     mean what the checkpoint's weights learnt, so the resume is refused, not trained. One

@@ -260,3 +260,24 @@ def resume_command(out_dir: Path) -> str:
         sweep_dir = absolute(HydraConfig.get().sweep.dir)
         return f"python src/train.py -m <same overrides> resume=auto hydra.sweep.dir={sweep_dir}"
     return f"python src/train.py <same overrides> resume=true hydra.run.dir={out_dir}"
+
+
+def rebatch_progress(checkpoint: dict, accumulation: int) -> None:
+    """A checkpoint's training-loop counters in this run's micro-batches. Lightning counts the
+    micro-batches a rank has run (``epoch_loop.batch_progress``) and ends the epoch, or closes
+    an optimizer step, by that count; a checkpoint of ``k`` steps at gradient accumulation
+    ``a`` holds k x a. Resumed at another accumulation (another device count at the same
+    global batch) the count must be k x this run's: left as saved, a run resumed on more
+    devices ended its epoch early and replayed batches, and one on fewer closed its first
+    step after one micro-batch. Every counter moves by the same amount, so how Lightning
+    reads their differences (a save at a batch's end) is kept. In place."""
+    batch = (checkpoint.get("run_state") or {}).get("batch") or {}
+    saved = batch.get("accumulation")
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not saved or saved == accumulation or not progress:
+        return
+    step = int(checkpoint["global_step"])
+    shift = step * accumulation - progress["total"]["processed"]
+    for counts in (progress["total"], progress["current"]):
+        for name in ("ready", "started", "processed", "completed"):
+            counts[name] += shift
