@@ -179,7 +179,7 @@ def unknown_pieces(
 ) -> list[list[str]]:
     """Per text, the pieces of it ``tok`` read as its unknown token (``<unk>``, ``[UNK]``):
     characters a character vocabulary never saw, words a WordPiece vocabulary cannot spell.
-    None for byte-level BPE, which has a token for every input."""
+    Empty lists for byte-level BPE, which has a token for every input."""
     name = Specials.of(tok).unk
     unk = tok.token_to_id(name) if name else None
     return [

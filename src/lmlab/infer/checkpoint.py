@@ -137,6 +137,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
+def holds_weights_only(ckpt: dict, path: Path) -> bool:
+    """Whether a read checkpoint file holds weights without the optimizer state and step a
+    run continues from (``consolidate``'s, a converted model's)."""
+    return "state_dict" in ckpt and "optimizer_states" not in ckpt and not is_sharded(path)
+
+
 def newest_checkpoint(paths: list[Path]) -> Path:
     """The intact training checkpoint among ``paths`` with the highest step (``last.ckpt`` on
     a tie), to resume from. One that cannot be read (truncated, a dangling link, a sharded
@@ -152,7 +158,7 @@ def newest_checkpoint(paths: list[Path]) -> Path:
             log.warning("%s; passed over for the newest intact checkpoint", err)
             unreadable.append(path.name)
             continue
-        if "state_dict" in ckpt and "optimizer_states" not in ckpt and not is_sharded(path):
+        if holds_weights_only(ckpt, path):
             weights_only.append(path.name)
             continue
         key = (int(ckpt.get("global_step", -1)), path.name == "last.ckpt")

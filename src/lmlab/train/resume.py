@@ -25,7 +25,7 @@ from lmlab.config import (
     model_config_dict,
 )
 from lmlab.errors import ConfigError
-from lmlab.infer.checkpoint import is_sharded, newest_checkpoint
+from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint
 from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.rundir import (
@@ -238,7 +238,7 @@ def check_checkpoint_model(
     """A checkpoint from another architecture, knob setting or task (another head, other
     labels) is refused, naming the fields; a weights-only file (``consolidate``'s) too: it
     has no optimizer state or step to continue from."""
-    if "state_dict" in ckpt and "optimizer_states" not in ckpt and not is_sharded(path):
+    if holds_weights_only(ckpt, path):
         raise ConfigError(
             f"checkpoint {path} holds weights only (as `lmlab consolidate` writes them: no "
             f"optimizer state or step), so a run cannot continue from it: start a new run in "
