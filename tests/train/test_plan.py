@@ -160,6 +160,11 @@ def test_more_gpus_than_the_machine_has_are_refused(monkeypatch: pytest.MonkeyPa
             "callbacks.checkpoint.save_top_k=abc",
             "callbacks.checkpoint: save_top_k='abc': allowed an int >= 1 (the newest k), 0 or -1",
         ),
+        (
+            "+callbacks.mine._target_=mymodule.MyCallback",
+            "callbacks.mine._target_='mymodule.MyCallback' cannot be imported "
+            "(ModuleNotFoundError: No module named 'mymodule')",
+        ),
     ],
 )
 def test_a_callbacks_bad_value_is_refused_before_any_data(

@@ -195,7 +195,8 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """``cfg.callbacks``' entries (``callbacks.<name>=null`` turns one off). A value a
     callback refuses (its ConfigError) or cannot take (a TypeError or ValueError: a key it
-    does not have, a wrong type) is one ConfigError, not Hydra's wrapping of it."""
+    does not have, a wrong type), and a ``_target_`` that does not import, are one
+    ConfigError, not Hydra's wrapping of it."""
     callbacks = []
     for name, entry in (cfg.get("callbacks") or {}).items():
         if entry is None:
@@ -208,5 +209,12 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
                 raise cause from None
             if isinstance(cause, TypeError | ValueError):
                 raise ConfigError(f"callbacks.{name}: {cause}") from err
+            if isinstance(cause, ImportError):  # Hydra's, naming the module it could not load
+                origin = cause.__cause__ or cause
+                raise ConfigError(
+                    f"callbacks.{name}._target_={entry.get('_target_')!r} cannot be imported "
+                    f"({type(origin).__name__}: {str(origin).strip()}): a class's dotted path "
+                    "on the Python path, or callbacks." + name + "=null"
+                ) from err
             raise
     return callbacks
