@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,74 @@ def test_sharded_checkpoint_consolidates_into_a_single_process_model(
             torch.testing.assert_close(value, reference[key], rtol=0, atol=STEPS * 1e-3, msg=key)
     with pytest.raises(ConfigError, match="not a sharded checkpoint folder"):
         consolidate_main([f"ckpt={out}"])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("hook", "signum", "status", "code", "step"),
+    [
+        (["+callbacks.stop.rank=0", "+callbacks.stop.step=3"], signal.SIGTERM, "preempted", 143, 3),
+        (
+            ["+callbacks.stop.rank=1", "+callbacks.stop.batch=3"],
+            signal.SIGINT,
+            "interrupted",
+            130,
+            5,
+        ),
+    ],
+    ids=["sigterm-rank0-in-validation", "ctrl-c-rank1-in-training"],
+)
+def test_a_signal_to_one_rank_stops_every_rank_at_one_step(
+    sweep: Path,
+    tmp_path: Path,
+    cache_dir: Path,
+    hook: list[str],
+    signum: int,
+    status: str,
+    code: int,
+    step: int,
+) -> None:
+    """A signal that reaches one rank of a DDP run (the launcher's process during step 3's
+    validation; rank 1 alone after step 4) stops both at one step boundary: the validation's
+    end, or the step after the one the signal came in. Lightning's handler ran a broadcast
+    inside the signal handler and hung the run until killed. The stop's record is rank 0's
+    (status by the signal, whichever rank had it); the resume matches the uninterrupted DDP
+    job of the sweep."""
+    run = [*COMMON, "trainer=ddp", *TWO_CPUS, "data.batch_size=4", f"hydra.run.dir={tmp_path}"]
+    here = Path(__file__).parent
+    env = {
+        **os.environ,
+        "LMLAB_CACHE": str(cache_dir),
+        "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]),
+    }
+    stop = [
+        "+callbacks.stop._target_=test_rundir.SignalAt",
+        *hook,
+        f"+callbacks.stop.signum={signum}",
+    ]
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *run, *stop]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out = proc.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks too
+        pytest.fail(f"the stopped run hung:\n{proc.communicate()[0][-3000:]}")
+    assert proc.returncode == code, out[-3000:]
+    r = results(tmp_path)
+    assert r["status"] == status and r["global_step"] == step, r
+    assert "resume with" in out and "resume with" not in (tmp_path / "rank1.log").read_text()
+    launch(cache_dir, *run, "resume=true")
+    again, uninterrupted = results(tmp_path), results(sweep / "0")
+    assert again["status"] == "completed" and again["global_step"] == STEPS
+    assert again["val_loss"] == uninterrupted["val_loss"]
+    assert again["train_loss"] == uninterrupted["train_loss"]
 
 
 @pytest.mark.parametrize("family", [Family.gpt, Family.t5])

@@ -206,15 +206,30 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
 
 class SignalAt(L.Callback):
     """Test hook: ``signum`` (SIGTERM by default) to this process once, between two batches of
-    the validation that follows step ``step``."""
+    the validation that follows step ``step``, or with ``batch=N`` after training batch N
+    instead (counted from 0, micro-batches each); on every rank, or on rank ``rank`` only."""
 
-    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
-        self.step, self.signum = step, signum
+    def __init__(
+        self,
+        step: int = -1,
+        signum: int = signal.SIGTERM,
+        rank: int | None = None,
+        batch: int = -1,
+    ) -> None:
+        self.step, self.signum, self.rank, self.batch = step, signum, rank, batch
+
+    def _signal(self, trainer: L.Trainer) -> None:
+        if self.rank is None or self.rank == trainer.global_rank:
+            self.step = self.batch = -1
+            os.kill(os.getpid(), self.signum)
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
-            self.step = -1
-            os.kill(os.getpid(), self.signum)
+            self._signal(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.total.completed == self.batch:
+            self._signal(trainer)
 
 
 def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None:
@@ -254,6 +269,19 @@ def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache
     assert history == [
         (r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path / "whole")
     ]
+
+
+def test_a_stop_between_micro_batches_waits_for_the_step(tmp_path: Path, cache_dir: Path) -> None:
+    """SIGTERM after the first of a step's two micro-batches: the run stops once that step's
+    update is made (a checkpoint there holds no half-accumulated step), at step 3 not 2."""
+    run = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
+    run += ["trainer.val_check_interval=12"]  # the final validation only: 6 steps of 2 batches
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.batch=4"]
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*run, *hook], tmp_path, cache_dir))
+    r = results(tmp_path)
+    assert r["status"] == "preempted" and r["global_step"] == 3, r
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def untimed(run_dir: Path) -> list[tuple[tuple[str, str], ...]]:

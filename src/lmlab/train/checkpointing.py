@@ -1,4 +1,5 @@
-"""Checkpoints that survive crashes: atomic writes, safe loads, preemption, RNG state.
+"""Checkpoints that survive crashes: atomic writes, safe loads, RNG state (a stop on a signal:
+``lmlab.train.preemption``).
 
 - ``AtomicCheckpointIO`` writes to a temporary file in the same folder, fsyncs it and renames
   it into place, so a kill during a save leaves the previous checkpoint intact; it loads with
@@ -7,9 +8,6 @@
   (the checkpoint holds it), also saves when training ends between two periodic saves, and
   keeps ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
   atomically: one copy on disk, never absent.
-- ``Preemption`` turns SIGTERM (and SIGUSR1 outside SLURM's auto-requeue, which Lightning
-  handles itself) and Ctrl-C (SIGINT) into a checkpoint at the next step boundary and a
-  clean stop.
 - ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout and the
   masking collators draw from them), so a resumed run continues the same random stream.
 """
@@ -20,9 +18,7 @@ import logging
 import os
 import random
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +26,6 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -180,124 +174,6 @@ class Checkpoint(ModelCheckpoint):
         if self._last_global_step_saved != trainer.global_step:  # save_top_k=0, no last
             return None
         return self.last_model_path or self.best_model_path
-
-
-# The logger of Lightning's SIGTERM handler.
-SIGNAL_CONNECTOR = "lightning.pytorch.trainer.connectors.signal_connector"
-
-
-class Preemption(L.Callback):
-    """On SIGTERM (or SIGUSR1 when SLURM auto-requeue is off) Lightning stops after the current
-    step with ``SIGTERMException``; this saves ``last.ckpt`` there, so nothing is lost.
-
-    Ctrl-C (SIGINT) takes the same path: a KeyboardInterrupt in the middle of a step would
-    leave no consistent state to save, so the first Ctrl-C asks for that stop, and
-    ``interrupted`` tells ``train()`` to record ``status: interrupted``. A second Ctrl-C stops
-    at once (Lightning's KeyboardInterrupt handling), keeping the checkpoints already saved.
-
-    A stop takes effect at the end of a validation, never between two of its batches:
-    Lightning's resume from a checkpoint saved mid-validation runs a partial validation and
-    logs every later step one step off (Lightning issue #19549). The checkpoint of a stop at a
-    validation step is saved at the validation's end, the point Lightning's resume expects
-    (validation done, not run again; the step not yet counted)."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-        self.saved: Path | None = None
-        self.saved_step = -1
-        self.interrupted = False
-        self._sigint: list[Any] = []  # the SIGINT handler to restore after fit, once installed
-        self._sigterm: list[Any] = []  # Lightning's SIGTERM handler while validation holds it
-        self._stop_held = False
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            # Not taken by Lightning's SLURM requeue handler: treat it like SIGTERM.
-            signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-        if threading.current_thread() is threading.main_thread():  # where signals arrive
-            self._sigint = [signal.signal(signal.SIGINT, self._on_sigint)]
-
-    def _on_sigint(self, *_: Any) -> None:
-        self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
-        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
-        self._stop(signal.getsignal(signal.SIGTERM))
-
-    def _stop(self, handler: Any) -> None:
-        """Ask for Lightning's stop at the step boundary: its SIGTERM ``handler`` called (or
-        the signal sent when there is none), quietly after a Ctrl-C: its "Received SIGTERM:
-        15" would name a signal the user did not send."""
-        if not callable(handler):
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        notifier = logging.getLogger(SIGNAL_CONNECTOR)
-        disabled = notifier.disabled
-        notifier.disabled = disabled or self.interrupted
-        try:
-            handler(signal.SIGTERM, None)
-        finally:
-            notifier.disabled = disabled
-
-    def _restore_sigint(self) -> None:
-        if self._sigint:
-            signal.signal(signal.SIGINT, self._sigint.pop() or signal.default_int_handler)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Hold SIGTERM until the validation ends, and hide a stop already asked for from
-        Lightning's validation loop (its flag has no public setter)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._stop_held = trainer._signal_connector.received_sigterm
-        trainer._signal_connector.received_sigterm = False
-        self._sigterm = [signal.signal(signal.SIGTERM, self._hold_sigterm)]
-
-    def _hold_sigterm(self, *_: Any) -> None:
-        self._stop_held = True
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._sigterm:
-            return
-        lightning_handler = self._sigterm.pop()
-        signal.signal(signal.SIGTERM, lightning_handler)
-        if not self._stop_held:
-            return
-        self._stop_held = False
-        if trainer.state.fn == TrainerFn.FITTING:
-            self._save_at_validation_end(trainer)
-        self._stop(lightning_handler)  # Lightning stops at the end of this step
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self._restore_sigint()
-        if isinstance(exception, KeyboardInterrupt):
-            self.interrupted = True
-        if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
-            self._save(trainer)
-
-    def _save_at_validation_end(self, trainer: L.Trainer) -> None:
-        """A periodic save waiting for this validation (``Checkpoint.waits_for_validation``)
-        is made now, once: ``last.ckpt`` links to it. Otherwise ``last.ckpt`` is written."""
-        for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, Checkpoint) and callback.pending_step == trainer.global_step:
-                saved = callback.save_now(trainer)
-                if saved:
-                    self._saved(trainer, Path(saved))
-                    return
-        self._save(trainer)
-
-    def _save(self, trainer: L.Trainer) -> None:
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        self._saved(trainer, path)
-
-    def _saved(self, trainer: L.Trainer, path: Path) -> None:
-        self.saved, self.saved_step = path, trainer.global_step
-        what = "interrupted" if self.interrupted else "preempted"
-        log.warning("%s at step %d: saved %s", what, trainer.global_step, path)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_sigint()
 
 
 class RNGState(L.Callback):

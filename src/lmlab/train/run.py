@@ -32,7 +32,6 @@ from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
-from lmlab.train.checkpointing import Preemption
 from lmlab.train.distributed import JobScope, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table, planning_model_config
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
@@ -55,6 +54,7 @@ from lmlab.train.plan import (
     read_plan,
     write_json,
 )
+from lmlab.train.preemption import Preemption
 from lmlab.train.preflight import check_run, warn_unused
 from lmlab.train.resume import (
     already_done,
@@ -148,10 +148,11 @@ def train(cfg: DictConfig) -> float | None:
             results.update(trained(results, results["global_step"]))
         if earlier is not None:
             results["previous"] = earlier  # a completed run extended, then stopped
-        if run.may_record:
-            write_results(out_dir, results)
         status = results["status"]
-        if status != "failed" and checkpoints_in(out_dir):
+        # A stop is every rank's, recorded by rank 0; a failure may be one rank's alone.
+        if run.may_record and (run.guard or status == "failed"):
+            write_results(out_dir, results)
+        if status != "failed" and run.guard and checkpoints_in(out_dir):
             log.warning("%s: resume with: %s", status, resume_command(out_dir))
         if status == "interrupted" and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it

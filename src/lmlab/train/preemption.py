@@ -1,0 +1,171 @@
+"""A clean stop on SIGTERM, SIGUSR1 (outside SLURM's auto-requeue) and Ctrl-C: a checkpoint at
+the next step boundary, the same step on every rank.
+
+Lightning's own SIGTERM handler runs a ``broadcast`` inside the signal handler, at whatever
+point the signal interrupts each rank, and forwards the signal to its child ranks. A rank that
+is inside another collective then (the gradient all-reduce, a checkpoint's barrier) waits for
+a peer that waits for it: a 2-process run stopped during its validation hung until killed.
+Here a signal handler only notes the request. The ranks agree on it at fixed points that every
+rank reaches in the same order, with one all-reduce (on a CPU ``gloo`` group, so a GPU run
+adds no host-device synchronisation): after each optimizer step, and at the end of each
+validation. The agreed stop then goes through Lightning's ``received_sigterm``, which ends the
+step on every rank at the same place, and its ``SIGTERMException``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lmlab.train.checkpointing import Checkpoint
+
+log = logging.getLogger(__name__)
+
+# What a rank asks for, ordered: the all-reduce takes the largest (a Ctrl-C anywhere wins).
+NOTHING, PREEMPT, INTERRUPT = 0, 1, 2
+
+
+class Preemption(L.Callback):
+    """On SIGTERM (or SIGUSR1 when SLURM auto-requeue is off) the run stops after the current
+    optimizer step with ``SIGTERMException``, saving ``last.ckpt`` there, so nothing is lost.
+
+    Ctrl-C (SIGINT) takes the same path: a KeyboardInterrupt in the middle of a step would
+    leave no consistent state to save, so the first Ctrl-C asks for that stop, and
+    ``interrupted`` tells ``train()`` to record ``status: interrupted``. A second Ctrl-C stops
+    at once (Lightning's KeyboardInterrupt handling), keeping the checkpoints already saved.
+
+    A stop takes effect at the end of a validation, never between two of its batches:
+    Lightning's resume from a checkpoint saved mid-validation runs a partial validation and
+    logs every later step one step off (Lightning issue #19549). The checkpoint of a stop at a
+    validation step is saved at the validation's end, the point Lightning's resume expects
+    (validation done, not run again; the step not yet counted).
+
+    In a run of many processes a signal that reaches one rank (the launcher's process, a
+    cluster's kill of one task) stops every rank at the same step (module docstring)."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+        self.saved_step = -1
+        self.interrupted = False
+        self._asked = NOTHING  # what this rank's signal handlers noted, not yet agreed
+        self._held = False  # an agreed stop hidden from the validation that follows its step
+        self._stepped = -1  # the optimizer step of the last agreement after a step
+        self._group: Any = None  # the CPU group the ranks agree on (None: the default one)
+        self._sigint: list[Any] = []  # the SIGINT handler to restore after fit, once installed
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._group = agreement_group(trainer)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals arrive in the main thread only
+        # Lightning registers its SIGTERM handlers after this hook (and puts the earlier ones
+        # back at its teardown): this one in place of its notifier, which broadcasts.
+        trainer._signal_connector._sigterm_notifier_fn = self._on_sigterm
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            # Not taken by Lightning's SLURM requeue handler: treat it like SIGTERM.
+            signal.signal(signal.SIGUSR1, self._on_sigterm)
+        self._sigint = [signal.signal(signal.SIGINT, self._on_sigint)]
+
+    def _on_sigterm(self, signum: int, _: Any) -> None:
+        log.info("Received %s: stopping after this step", signal.Signals(signum).name)
+        self._asked = max(self._asked, PREEMPT)
+
+    def _on_sigint(self, *_: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
+        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
+        self._asked = INTERRUPT
+
+    def _agree(self, trainer: L.Trainer) -> int:
+        """What every rank asked for, the largest: the same answer on every rank."""
+        asked = self._asked
+        if self._group is not None or trainer.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([asked], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+            asked = int(flag.item())  # a CPU tensor: no device synchronisation
+        if asked:
+            self._asked = asked
+            self.interrupted = asked == INTERRUPT
+        return asked
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """After each optimizer step (not between the micro-batches of one), every rank."""
+        if trainer.global_step == self._stepped:
+            return
+        self._stepped = trainer.global_step
+        if self._agree(trainer):
+            # Lightning ends this step on every rank (after its validation, if one follows)
+            trainer._signal_connector.received_sigterm = True
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Hide a stop agreed after this step from Lightning's validation loop, which would
+        stop between two batches (the flag has no public setter): it takes effect at the
+        validation's end."""
+        self._held = trainer._signal_connector.received_sigterm
+        trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        held, self._held = self._held, False
+        if not (self._agree(trainer) or held):
+            return
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._save_at_validation_end(trainer)
+        trainer._signal_connector.received_sigterm = True  # Lightning stops after this step
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_sigint()
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+        if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
+            self._save(trainer)
+
+    def _save_at_validation_end(self, trainer: L.Trainer) -> None:
+        """A periodic save waiting for this validation (``Checkpoint.waits_for_validation``)
+        is made now, once: ``last.ckpt`` links to it. Otherwise ``last.ckpt`` is written."""
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, Checkpoint) and callback.pending_step == trainer.global_step:
+                saved = callback.save_now(trainer)
+                if saved:
+                    self._saved(trainer, Path(saved))
+                    return
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self._saved(trainer, path)
+
+    def _saved(self, trainer: L.Trainer, path: Path) -> None:
+        self.saved, self.saved_step = path, trainer.global_step
+        if trainer.is_global_zero:
+            what = "interrupted" if self.interrupted else "preempted"
+            log.warning("%s at step %d: saved %s", what, trainer.global_step, path)
+
+    def _restore_sigint(self) -> None:
+        if self._sigint:
+            signal.signal(signal.SIGINT, self._sigint.pop() or signal.default_int_handler)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
+
+def agreement_group(trainer: L.Trainer) -> Any:
+    """A ``gloo`` group of every rank, for the stop's all-reduce on a CPU tensor; None in a
+    single process or where the default group is gloo already (made by every rank at once)."""
+    import torch.distributed as dist
+
+    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return None
+    if dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
