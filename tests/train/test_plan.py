@@ -84,7 +84,7 @@ def test_resume_checks_the_data_position_not_the_length() -> None:
         check_resumable(saved, plan(4), Path("run"))
     with pytest.raises(ConfigError, match="seq_len=64, this run 32"):
         check_resumable(saved, plan(8, seq_len=32), Path("run"))
-    assert plan(8).start_sample(3) == 24 and plan(8).trainer_args()["max_steps"] == 10
+    assert plan(8).start_sample(3) == 24 and plan(8).trainer_args({})["max_steps"] == 10
 
 
 def test_flex_attention_is_refused_before_training_off_cuda(tmp_path: Path) -> None:

@@ -119,6 +119,24 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
     assert all(row["perf/tokens_per_second"] and row["perf/mfu"] for row in rows)
 
 
+@pytest.mark.parametrize("global_batch", [4, 12])
+def test_validations_and_logs_are_counted_in_steps_whatever_the_accumulation(
+    tmp_path: Path, cache_dir: Path, global_batch: int
+) -> None:
+    """``trainer.val_check_interval`` and ``log_every_n_steps`` count optimizer steps, so a
+    run validates and logs at the same steps with 1 or 3 micro-batches a step (or with more
+    devices). Lightning counts validation intervals in micro-batches: at accumulation 3,
+    val_check_interval=2 validated every 2 micro-batches, some in the middle of a step's
+    accumulation (rows at steps 0, 1, 1, 2, 3, 3, ...)."""
+    overrides = [f"data.global_batch_size={global_batch}", "trainer.max_steps=6"]
+    overrides += ["trainer.val_check_interval=2", "trainer.log_every_n_steps=3"]
+    r = run(tmp_path, cache_dir, *overrides)
+    assert r["batch"]["accumulation"] == global_batch // 4
+    rows = read_csv(tmp_path / "csv" / "metrics.csv")
+    assert [int(x["step"]) for x in rows if x.get("val/loss")] == [1, 3, 5]
+    assert [int(x["step"]) for x in rows if x.get("train/loss")] == [2, 5]
+
+
 def test_fast_dev_run(tmp_path: Path, cache_dir: Path) -> None:
     r = run(tmp_path, cache_dir, "+trainer.fast_dev_run=true")
     assert r["status"] == "completed" and r["global_step"] == 1

@@ -66,13 +66,20 @@ class RunPlan:
         """The data position after ``global_step`` optimizer steps: one integer."""
         return global_step * self.batch.rows
 
-    def trainer_args(self) -> dict[str, Any]:
-        """What the Trainer takes from the plan instead of from ``cfg.trainer``."""
-        return {
+    def trainer_args(self, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """What the Trainer takes from the plan instead of from ``cfg.trainer``; with
+        ``val_check_interval`` in micro-batches. lmlab counts it in optimizer steps, as
+        ``log_every_n_steps`` is counted; Lightning counts micro-batches, so its validations
+        moved with the accumulation, and with it the device count (null: once, at the end)."""
+        args: dict[str, Any] = {
             "max_steps": self.steps,
             "accumulate_grad_batches": self.batch.accumulation,
             "precision": self.precision,
         }
+        every = trainer_cfg.get("val_check_interval")
+        if every is not None:
+            args["val_check_interval"] = every * self.batch.accumulation
+        return args
 
     def as_dict(self) -> dict[str, Any]:
         plan = {

@@ -362,7 +362,7 @@ def _fit(
         reevaluates=evals is not None and evals.due_at(resume_step, plan.steps),
     )
     trainer = build_trainer(
-        cfg, callbacks=callbacks, logger=loggers or False, **plan.trainer_args()
+        cfg, callbacks=callbacks, logger=loggers or False, **plan.trainer_args(cfg.trainer)
     )
     scope.trainer = trainer
     set_matmul_precision(cfg.matmul_precision, trainer.strategy.root_device)
