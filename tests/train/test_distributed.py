@@ -28,9 +28,11 @@ from lmlab.errors import ConfigError
 from lmlab.infer.pretrained import load
 from lmlab.model import build_model
 from lmlab.train.compose import compose_train
+from lmlab.train.distributed import keyed_by_name
 from lmlab.train.parallel import layout
 from lmlab.train.plan import resolve_precision
 from lmlab.train.run import train
+from lmlab.train.task import decay_groups
 
 REPO = CONF_DIR.parent  # the repository root
 
@@ -244,6 +246,42 @@ def test_a_signal_to_one_rank_stops_every_rank_at_one_step(
     assert again["status"] == "completed" and again["global_step"] == STEPS
     assert again["val_loss"] == uninterrupted["val_loss"]
     assert again["train_loss"] == uninterrupted["train_loss"]
+
+
+@pytest.mark.e2e
+def test_a_single_process_checkpoint_continues_sharded(
+    single: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """A run of one process (or DDP), continued with trainer=fsdp from its step-3 file: the
+    same steps 4-6 as the run itself. Lightning keyed the file's Adam moments by the module's
+    parameter order, not the optimizer's: a size-mismatch traceback."""
+    step3 = single / "checkpoints" / "step000003.ckpt"
+    run = [*COMMON, "trainer=fsdp", *TWO_CPUS, "data.batch_size=4", f"ckpt_path={step3}"]
+    launch(cache_dir, *run, f"hydra.run.dir={tmp_path}")
+    r, uninterrupted = results(tmp_path), results(single)
+    assert r["resumed_from"] == str(step3) and r["global_step"] == STEPS
+    assert r["val_loss"] == pytest.approx(uninterrupted["val_loss"], rel=REL)
+    assert r["train_loss"] == pytest.approx(uninterrupted["train_loss"], rel=REL)
+
+
+def test_optimizer_states_are_named_in_the_optimizers_order() -> None:
+    """lmlab's AdamW has two groups (weight decay on matrices, none on norms and biases), so
+    its parameter numbers do not follow the module's order: each name gets its own moments."""
+    model = build_model(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2))
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.1))
+    model(torch.randint(0, 64, (2, 8)))[0].float().sum().backward()
+    optimizer.step()
+    named = keyed_by_name(optimizer.state_dict(), optimizer, model)
+    params = dict(model.named_parameters())
+    assert sorted(named["state"]) == sorted(params)
+    for name, state in named["state"].items():
+        assert torch.equal(state["exp_avg"], optimizer.state[params[name]]["exp_avg"]), name
+    assert [len(g["params"]) for g in named["param_groups"]] == [
+        len(g["params"]) for g in optimizer.param_groups
+    ]
+    other = torch.optim.AdamW(model.parameters())  # one group: refused, named
+    with pytest.raises(ConfigError, match="other parameter groups than this run's"):
+        keyed_by_name(optimizer.state_dict(), other, model)
 
 
 @pytest.mark.parametrize("family", [Family.gpt, Family.t5])

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
 
 from lmlab.config.asked import as_typed
@@ -51,6 +52,31 @@ class FSDPStrategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        """A sharded folder as Lightning loads it; a single file (a run of one process or of
+        DDP, continued sharded) with its optimizer states keyed by parameter name in the
+        optimizer's own order. Lightning names them in the module's order, which lmlab's two
+        weight-decay groups do not follow: each Adam moment went to another parameter, a
+        size-mismatch traceback (or, between two tensors of one shape, a wrong resume)."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if path.is_dir():
+            return super().load_checkpoint(path, weights_only=weights_only)
+        from lightning.fabric.strategies.model_parallel import _load_raw_module_state
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        strict = self.lightning_module.strict_loading
+        safe = True if weights_only is None else weights_only
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=safe)
+        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        options = StateDictOptions(broadcast_from_rank0=True, full_state_dict=True, strict=strict)
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
+            named = keyed_by_name(state, optimizer, self.model)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=named, options=options)
+        return checkpoint
+
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
@@ -75,6 +101,31 @@ class FSDPStrategy(ModelParallelStrategy):
             elif os.path.lexists(old):
                 old.unlink()
         self.barrier("lmlab_ckpt_renamed")
+
+
+def keyed_by_name(state: dict[str, Any], optimizer: Any, model: Any) -> dict[str, Any]:
+    """A saved optimizer state (torch's: parameters numbered in the order of its groups) keyed
+    by ``model``'s parameter names instead: the saved groups' numbers, in order, are
+    ``optimizer``'s parameters, group by group."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    numbers = [i for group in state["param_groups"] for i in group["params"]]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if [len(g["params"]) for g in state["param_groups"]] != [
+        len(g["params"]) for g in optimizer.param_groups
+    ]:
+        raise ConfigError(
+            "the checkpoint's optimizer has other parameter groups than this run's "
+            f"({[len(g['params']) for g in state['param_groups']]} parameters per group, "
+            f"this run {[len(g['params']) for g in optimizer.param_groups]})"
+        )
+    name = {i: names[id(p)] for i, p in zip(numbers, params, strict=True)}
+    return {
+        "state": {name[i]: value for i, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [name[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
 
 
 def strategy_class(trainer_cfg: Mapping[str, Any]) -> type[Strategy] | None:
