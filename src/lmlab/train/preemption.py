@@ -96,6 +96,9 @@ class Preemption(L.Callback):
             self.interrupted = asked == INTERRUPT
         return asked
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stepped = trainer.global_step  # a resumed run: its first step is still to come
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """After each optimizer step (not between the micro-batches of one), every rank."""
         if trainer.global_step == self._stepped:
