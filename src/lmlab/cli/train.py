@@ -85,6 +85,22 @@ class Launch:
 
 LAUNCH = Launch()
 
+# Optuna's sweeper logs a trial that returned no value as a failed experiment, with an error
+# line each: a dry run's trials return none by design (``dry_run`` plans, it has no loss).
+OPTUNA_LOGGER = "hydra_plugins.hydra_optuna_sweeper._impl"
+
+
+class DryRunTrials(logging.Filter):
+    """Drops the sweeper's "Failed experiment ... Got 'None'" lines while every job of this
+    call was a dry run: ``main`` says "dry run: N trials planned" instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        planned = LAUNCH.jobs > 0 and LAUNCH.dry_runs == LAUNCH.jobs
+        return not (planned and "Got 'None'" in record.getMessage())
+
+
+DRY_RUN_TRIALS = DryRunTrials()
+
 
 @contextmanager
 def environ(name: str, value: str | None) -> Iterator[None]:
@@ -436,6 +452,7 @@ def main(argv: list[str]) -> int:
     sys.argv = [sys.argv[0], *argv]
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
     LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs, LAUNCH.failed = False, 0, 0, 0
+    logging.getLogger(OPTUNA_LOGGER).addFilter(DRY_RUN_TRIALS)
     try:
         with environ(FULL_ERROR, "1"):
             hydra_main()
@@ -456,6 +473,7 @@ def main(argv: list[str]) -> int:
         fail(hydra_error(err, argv))
     finally:
         LAUNCH.forced = False
+        logging.getLogger(OPTUNA_LOGGER).removeFilter(DRY_RUN_TRIALS)
         unlock_sweep_dirs()  # a sweep refused or failed before Hydra's on_multirun_end
     return 0
 
