@@ -20,7 +20,7 @@ from rich.console import Console
 from lmlab.analysis import compare as cmp
 from lmlab.analysis import multirun as mrun
 from lmlab.analysis import ranking
-from lmlab.analysis.runs import load_runs
+from lmlab.analysis.runs import dry_runs, load_runs
 from lmlab.cli.compare import main as compare_main
 from lmlab.config import CONF_DIR
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
@@ -365,6 +365,54 @@ def test_a_group_left_at_its_default_shows_the_preset_it_ran_with(tmp_path: Path
     assert not {"wandb_id", "resumed_from"} & set(mrun.available_metrics(runs))
 
 
+def resumed_sweep(root: Path, swept_in_overrides: bool) -> Path:
+    """``-m model.activation=gelu,relu seed=1,2`` stopped in its second job, then resumed with
+    ``resume=auto``: job 0 had completed and was left as it was; the resume rewrote the
+    ``.hydra/`` of the jobs it trained (``resume=auto`` in their overrides and config). With
+    ``swept_in_overrides=False`` the grid is in config.yaml only (the fallback)."""
+    jobs = [("gelu", 1, 3.10, False), ("relu", 1, 3.00, True)]
+    jobs += [("gelu", 2, 3.12, True), ("relu", 2, 3.02, True)]
+    for i, (act, seed, final, resumed) in enumerate(jobs):
+        grid = [f"model.activation={act}", f"seed={seed}"] if swept_in_overrides else []
+        overrides = ["+debug=smoke", *grid, *(["resume=auto"] if resumed else [])]
+        config = {
+            "model": {"activation": act, "d_model": 64},
+            "seed": seed,
+            "resume": "auto" if resumed else False,
+            "dry_run": False,
+            "ckpt_path": None,
+        }
+        results = results_for(final, 1000.0, seed, f"job{i}")
+        write_job(root / str(i), overrides, config, results, (final, 1000.0))
+    return root
+
+
+@pytest.mark.parametrize("swept_in_overrides", [True, False])
+def test_a_resumed_sweep_groups_its_seeds_resume_is_no_knob(
+    tmp_path: Path, swept_in_overrides: bool
+) -> None:
+    """A resumed job's overrides hold ``resume=auto``: compare made it a knob, split the seeds of
+    each activation into ``resume=false`` and ``resume=auto`` rows and named a winner from one
+    seed. Run-control settings are never knobs, in the overrides or in config.yaml."""
+    runs = load_runs(resumed_sweep(tmp_path, swept_in_overrides))
+    assert mrun.varying_knobs(runs) == ["model.activation"]
+    rows = ranking.aggregate(runs, "val_loss")
+    assert [(r.label, r.n, [run.seed for run in r.runs]) for r in rows] == [
+        ("activation=relu", 2, [1, 2]),
+        ("activation=gelu", 2, [1, 2]),
+    ]
+    winner = "winner: activation=relu (val_loss = 3.0100 ± 0.0141)"  # both seeds, not one
+    assert ranking.summarize(rows, "val_loss")[0] == winner
+
+
+def test_run_control_settings_are_not_knobs() -> None:
+    control = ["resume", "ckpt_path", "dry_run", "+logger", "logger.wandb.project"]
+    control += ["paths.output_dir", "hydra.sweep.dir", "hydra/launcher"]
+    assert all(mrun.is_run_control(key) for key in control)
+    knobs = ["model.activation", "optim.lr", "compile", "init_from", "experiment", "data.path"]
+    assert not any(mrun.is_run_control(key) for key in knobs)
+
+
 def test_short_names_strip_common_prefix_but_stay_unique() -> None:
     names = mrun.short_names(["model.norm_placement", "model.dropout", "data.dropout"])
     assert names == {
@@ -656,10 +704,28 @@ def killed(path: Path) -> Path:
     return path
 
 
+def planned(path: Path, jobs: int = 2) -> Path:
+    """A ``dry_run=true`` sweep's folder: each job's ``.hydra/`` and its plan, nothing trained."""
+    for i in range(jobs):
+        job = path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        overrides = ["+debug=smoke", f"seed={i + 1}", "dry_run=true"]
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"dry_run": True}))
+        (job / "plan.json").write_text(json.dumps({"dry_run": True, "params": 1_234_567}))
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "argv_tail", "message"),
     [
         (lambda p: p / "missing", [], "error: multirun directory does not exist"),
+        (
+            planned,
+            [],
+            "error: no run under {}: its 2 job folder(s) are dry runs (dry_run=true "
+            "writes the plan and trains nothing); train without dry_run=true\n",
+        ),
         (lambda p: write(p / "results.json"), [], "error: {} is a file: give a multirun dir"),
         (lambda p: p, [], "error: no results.json under"),
         (
@@ -686,6 +752,28 @@ def test_main_errors_exit_2_without_traceback(
     assert captured.err.startswith(message.format(path))
     assert "Traceback" not in captured.err + captured.out
     assert not (tmp_path / "compare.png").exists()
+
+
+def test_dry_runs_are_left_out_not_counted_as_refused_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command, monkeypatch
+) -> None:
+    """A dry run's folder (``.hydra/`` and its plan) holds no run: compare listed each as a
+    ``FAILED: no results.json: refused before training`` row, and ``dry_run`` as a knob. They
+    are left out, and named in one line. A run started in one since (its lock file left by a
+    kill) is a run again."""
+    monkeypatch.setenv("COLUMNS", "250")
+    make_multirun(tmp_path / "sweep", JOBS[:4])
+    planned(tmp_path / "plans")
+    assert run_command("compare", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and "refused" not in out and "failed" not in out
+    assert "left out 2 dry run(s) (plans/0, plans/1): dry_run=true writes the plan" in out
+    data = json.loads((tmp_path / "compare.json").read_text())
+    assert data["knobs"] == ["model.norm_placement", "model.activation"]
+    assert sum(row["n"] for row in data["rows"]) == 4
+    assert [p.name for p in dry_runs(tmp_path)] == ["0", "1"]
+    (tmp_path / "plans" / "1" / LOCK_FILE).write_text("4242\n")  # a run began there, killed
+    assert [run.state for run in load_runs(tmp_path) if "plans" in run.dir.parts] == ["killed"]
 
 
 def test_compare_replaces_only_its_own_outputs(

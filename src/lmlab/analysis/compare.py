@@ -27,7 +27,7 @@ from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_
 from lmlab.analysis.multirun import higher_is_better as default_direction
 from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
-from lmlab.analysis.runs import load_runs
+from lmlab.analysis.runs import dry_runs, load_runs
 
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
 JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
@@ -212,6 +212,15 @@ def compare(
         console.print(table)
         for line in summarize(rows, metric, higher_is_better):
             console.print(Text(line, style="bold green" if line.startswith("winner") else ""))
+        planned = [str(d.relative_to(root)) for d in dry_runs(root)]
+        if planned:
+            console.print(
+                Text(
+                    f"left out {len(planned)} dry run(s) ({truncate(', '.join(planned))}): "
+                    "dry_run=true writes the plan and trains nothing",
+                    style="dim",
+                )
+            )
     data = to_json(rows, knobs, metric, higher_is_better=higher_is_better, root=root)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

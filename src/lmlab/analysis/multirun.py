@@ -2,7 +2,9 @@
 are read by :mod:`lmlab.analysis.runs`).
 
 The knobs are the overrides whose values differ between jobs, falling back to differing
-``config.yaml`` keys.
+``config.yaml`` keys. Run-control settings (``RUN_CONTROL``: resuming, where a run writes,
+which loggers it has) never are: they change neither the model nor its training, and a
+resumed sweep's jobs differ in them (a resumed job's overrides hold ``resume=auto``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ _EXCLUDED_TOKENS = frozenset(
     | {"timestamp", "date", "datetime", "now"}
 )
 _EXCLUDED_GROUPS = frozenset({"hydra", "wandb", "logger", "logging", "paths"})
+# Top-level keys that say how a run is driven, not what it trains: continuing a run
+# (``resume``, ``ckpt_path``) or only planning it (``dry_run``). With the groups above, never
+# knobs, in the overrides or config.yaml (``conf/train.yaml`` leaves most out of a run's name).
+RUN_CONTROL = frozenset({"resume", "ckpt_path", "dry_run"})
 _EXCLUDED_LEAVES = frozenset({"run_name", "run_id", "experiment_name"})
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 MISSING = "-"
@@ -35,18 +41,29 @@ class CompareError(RunDirError):
 
 
 def varying_knobs(runs: Sequence[Run]) -> list[str]:
-    """The override keys whose values differ between runs, in command-line order; ``seed`` and
-    constant overrides excluded. Falls back to differing config.yaml keys (no paths, dirs,
-    seeds, run names, timestamps) when no override varies."""
+    """The override keys whose values differ between runs, in command-line order; ``seed``,
+    run-control settings (:func:`is_run_control`) and constant overrides excluded. Falls back
+    to differing config.yaml keys (no paths, dirs, seeds, run names, timestamps, run control)
+    when no override varies."""
     keys: dict[str, None] = {}
     for run in runs:
-        keys.update(dict.fromkeys(k for k in run.overrides if not _is_seed_key(k)))
+        keys.update(
+            dict.fromkeys(k for k in run.overrides if not (_is_seed_key(k) or is_run_control(k)))
+        )
     knobs = [k for k in keys if len({knob_value(r, k) for r in runs}) > 1]
     return knobs or _config_knobs(runs)
 
 
 def _is_seed_key(key: str) -> bool:
     return re.split(r"[./]", key)[-1] == "seed"
+
+
+def is_run_control(key: str) -> bool:
+    """Whether a config key drives the run rather than sets what it trains: ``resume``,
+    ``ckpt_path``, ``dry_run`` and the ``hydra``, ``logger``, ``paths`` groups (``RUN_CONTROL``,
+    ``_EXCLUDED_GROUPS``)."""
+    key = key.lstrip("+~")
+    return key in RUN_CONTROL or re.split(r"[./]", key)[0] in _EXCLUDED_GROUPS
 
 
 def knob_value(run: Run, key: str) -> str:
@@ -79,7 +96,7 @@ def _excluded_config_key(key: str) -> bool:
     tokens = {t for part in parts for t in part.lower().split("_")}
     return (
         bool(tokens & _EXCLUDED_TOKENS)
-        or parts[0] in _EXCLUDED_GROUPS
+        or is_run_control(key)
         or parts[-1] in _EXCLUDED_LEAVES
         or key == "name"
     )

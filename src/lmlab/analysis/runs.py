@@ -6,8 +6,10 @@ holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch,
 ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``csv/metrics.csv`` and, once ``lmlab
 evaluate`` has scored a checkpoint, ``eval/step<N>.json``. A job that has not ended
 (``.hydra/`` without results.json, or results.json still ``running``) is ``running`` where a
-live process holds its lock or its sweep's, else ``killed``. A run started with
-``init_from`` trained the checkpoint's model, not the one its config composed: plan.json's
+live process holds its lock or its sweep's, else ``killed``. A dry run's folder
+(``dry_run=true``: ``.hydra/`` and a ``plan.json`` marked ``dry_run``) holds no run: it is
+left out (:func:`dry_runs` lists them), not counted as a job that was refused. A run started
+with ``init_from`` trained the checkpoint's model, not the one its config composed: plan.json's
 ``model`` replaces the config's.
 """
 
@@ -103,15 +105,20 @@ def load_runs(path: str | Path) -> list[Run]:
     """Load every job under a multirun directory, ordered by job directory (0, 1, ..., 10).
 
     Job directories with ``.hydra/`` but without results.json are runs too: ``running`` or
-    ``killed`` (``Run.state``), as is a results.json that still says ``running``.
+    ``killed`` (``Run.state``), as is a results.json that still says ``running``. A dry run's
+    are not (:func:`dry_runs`).
     """
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise RunDirError(f"{root} is a file: give a multirun directory or a run directory")
     if not root.is_dir():
         raise RunDirError(f"multirun directory does not exist: {root}")
-    job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
-    started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    job_dirs, started, planned = _job_folders(root)
+    if not job_dirs and not started and planned:
+        raise RunDirError(
+            f"no run under {root}: its {len(planned)} job folder(s) are dry runs "
+            "(dry_run=true writes the plan and trains nothing); train without dry_run=true"
+        )
     if not job_dirs and started:  # a sweep whose first job still runs, say
         states = [_unfinished(d, root, {}) for d in sorted(started)]
         raise RunDirError(
@@ -121,10 +128,40 @@ def load_runs(path: str | Path) -> list[Run]:
         )
     if not job_dirs:
         raise RunDirError(f"no results.json under {root}: not a multirun directory?")
-    orphans = started - job_dirs
     runs = [_load_run(d, root, has_results=True) for d in job_dirs]
-    runs += [_load_run(d, root, has_results=False) for d in orphans]
+    runs += [_load_run(d, root, has_results=False) for d in started]
     return sorted(runs, key=lambda run: _path_key(run.dir.relative_to(root)))
+
+
+def _job_folders(root: Path) -> tuple[set[Path], set[Path], set[Path]]:
+    """The job folders under ``root``: those with a results.json, those started without one
+    (``.hydra/``), and the dry runs' (:func:`_planned`), which are neither."""
+    job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
+    started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")} - job_dirs
+    planned = {d for d in started if _planned(d, root)}
+    return job_dirs, started - planned, planned
+
+
+def dry_runs(path: str | Path) -> list[Path]:
+    """The dry runs' folders under ``path`` (``dry_run=true``: a plan, nothing trained), which
+    :func:`load_runs` leaves out, ordered as the runs are."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(_job_folders(root)[2], key=lambda d: _path_key(d.relative_to(root)))
+
+
+def _planned(job_dir: Path, root: Path) -> bool:
+    """Whether a folder without results.json is a dry run's: its plan.json is marked
+    ``dry_run`` (a run that trains replaces it as it starts) and no run has started there
+    since (no lock file, held or left by a kill, and no live sweep holding one above it)."""
+    plan = _read_json(job_dir / "plan.json")
+    return (
+        isinstance(plan, dict)
+        and plan.get("dry_run") is True
+        and not (job_dir / LOCK_FILE).exists()
+        and _live_holder(job_dir, root) is None
+    )
 
 
 def _live_holder(job_dir: Path, root: Path) -> str | None:
