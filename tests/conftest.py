@@ -223,18 +223,30 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
+def read_wandb_log(log_file: Path) -> list[dict]:
+    """The records of one offline W&B log (``run-<id>.wandb``), read with W&B's own ``wandb
+    leet inspect``."""
+    out = subprocess.run(
+        [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="session")
+def wandb_log() -> Callable[[Path], list[dict]]:
+    """``read_wandb_log``: the records of one offline W&B log file."""
+    return read_wandb_log
+
+
 @pytest.fixture(scope="session")
 def wandb_records() -> Callable[[Path], list[dict]]:
-    """The records of a run's offline W&B log, read with W&B's own ``wandb leet inspect``."""
+    """The records of a run's one offline W&B log (a run directory holding exactly one)."""
 
     def read(run_dir: Path) -> list[dict]:
         (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-        out = subprocess.run(
-            [Path(sys.executable).parent / "wandb", "leet", "inspect", "--json", str(log_file)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return read_wandb_log(log_file)
 
     return read

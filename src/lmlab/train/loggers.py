@@ -10,6 +10,7 @@ import netrc
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -363,10 +364,35 @@ def build_loggers(
     return loggers
 
 
-def log_param_table(loggers: list[Logger], counts: dict[str, int]) -> None:
+def log_param_table(loggers: list[Logger], counts: dict[str, int], step: int = 0) -> None:
     """The parameter table (embeddings, attention, feed-forward, norms, head, total,
-    non-embedding) as a W&B table named ``parameters``."""
+    non-embedding) as a W&B table named ``parameters``, at ``trainer/global_step`` ``step``:
+    a run resumed from step N logs it at N, where its history goes on (left to W&B, an offline
+    resume would put it back at 0, the last step a new process knows)."""
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             rows = [[kind, n] for kind, n in counts.items()]
-            lg.log_table(key="parameters", columns=["kind", "count"], data=rows)
+            lg.log_table(key="parameters", columns=["kind", "count"], data=rows, step=step)
+
+
+# The W&B exit code of a run by its results.json status: a stop exits as the process does
+# (``lmlab.cli.train``: 143 preempted, 130 Ctrl-C); any other end than ``completed`` is 1.
+# W&B marks a run that exits non-zero as failed.
+WANDB_EXIT_CODES = {"completed": 0, "preempted": 143, "interrupted": 130}
+
+
+def finish_wandb(results: dict[str, Any]) -> None:
+    """Close this process's W&B run, if one is open (each job of a sweep is its own run, and
+    offline files are flushed), the way the run ended: the summary's ``status`` is
+    results.json's (completed, failed, preempted, interrupted) and ``error`` the first line of
+    its error (null once completed: a resumed run's earlier failure is over), and the exit
+    code is 0 for a completed run only (``WANDB_EXIT_CODES``)."""
+    wandb = sys.modules.get("wandb")  # never imported here for a run that logs no W&B
+    run = getattr(wandb, "run", None)
+    if run is None:
+        return
+    status = results.get("status")
+    error = results.get("error")
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    run.summary.update(redact({"status": status, "error": lines[0] if lines else None}))
+    run.finish(exit_code=WANDB_EXIT_CODES.get(str(status), 1))

@@ -39,6 +39,7 @@ from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record
 from lmlab.train.loggers import (
     build_loggers,
+    finish_wandb,
     log_param_table,
     log_step,
     recorded_wandb_id,
@@ -158,7 +159,7 @@ def train(cfg: DictConfig) -> float | None:
             raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
         raise
     finally:
-        finish_wandb()
+        finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
 
@@ -245,14 +246,6 @@ def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.summary.update({k: results.get(k) for k in keys})
-
-
-def finish_wandb() -> None:
-    """Close the W&B run, so each job of a sweep is its own run and offline files are flushed."""
-    import sys
-
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish()
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
@@ -402,7 +395,7 @@ def _fit(
     )
     if trainer.is_global_zero:
         Console().print(param_table(counts))
-        log_param_table(loggers, counts)
+        log_param_table(loggers, counts, step=resume_step)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rescore = final_val_limit(cfg.get("final_val_batches"), trainer.limit_val_batches)
