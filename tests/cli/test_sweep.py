@@ -17,7 +17,14 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from lmlab.cli.sweep import MAX_CORNERS, job_config, runs_here, search_corners, sweep_jobs
+from lmlab.cli.sweep import (
+    MAX_CORNERS,
+    job_config,
+    runs_here,
+    search_corners,
+    shared_folder,
+    sweep_jobs,
+)
 
 
 class Recorder(Launcher):
@@ -242,3 +249,118 @@ def test_a_sweep_whose_every_job_failed_exits_1(
     argv[-1] = "model.vocab_size=302"
     assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'one'}") == 1
     assert "error: the sweep's only job failed: the errors" in capsys.readouterr().err
+
+
+def job_folders(config, jobs: list[list[str]]) -> dict[Path, list[int]]:
+    """Each job's folder as ``check_sweep`` records it, by job number."""
+    folders: dict[Path, list[int]] = {}
+    for num, overrides in enumerate(jobs):
+        folder = Path(job_config(config, overrides, num).hydra.runtime.output_dir)
+        folders.setdefault(folder, []).append(num)
+    return folders
+
+
+@pytest.mark.parametrize(
+    ("argv", "shared"),
+    [
+        (["model.activation=relu,gelu", "hydra.sweep.subdir=."], "jobs #0, #1 the same folder {}"),
+        (
+            ["model.activation=relu,gelu", "hydra.sweep.subdir=a"],
+            "jobs #0, #1 the same folder {}/a",
+        ),
+        (
+            ["model.activation=relu,gelu,relu", "hydra.sweep.subdir=${model.activation}"],
+            "jobs #0, #2 the same folder {}/relu",
+        ),
+        (["model.activation=relu", "hydra.sweep.subdir=."], None),  # one job: the folder's own
+        (["model.activation=relu,gelu", "hydra.sweep.subdir=${model.activation}"], None),
+        (["model.activation=relu,gelu", "hydra.sweep.subdir=a/${hydra.job.num}"], None),
+        (["model.activation=relu,gelu", "hydra.sweep.subdir=${hydra.job.override_dirname}"], None),
+        (["+sweeps=lr", "hydra.sweep.subdir=."], "trials #0 and #1 the same folder {}"),
+        # a trial may draw a value again
+        (["+sweeps=lr", "hydra.sweep.subdir=${optim.lr}"], "trials #0 and #1 the same folder {}/"),
+        (["+sweeps=lr", "hydra.sweeper.n_trials=1", "hydra.sweep.subdir=."], None),
+        (["+sweeps=lr"], None),
+    ],
+)
+def test_jobs_that_would_share_a_folder_are_found_from_the_config(
+    argv: list[str], shared: str | None, multirun_config, tmp_path: Path
+) -> None:
+    """A grid's jobs share a folder where their subdirs compose to one; an Optuna search's
+    trials where the subdir does not change with the trial number (a trial may draw a value
+    again); one job alone may run in the sweep's folder itself."""
+    config = multirun_config(*argv, f"hydra.sweep.dir={tmp_path}")
+    jobs = sweep_jobs(config)
+    corners = jobs is None
+    jobs = search_corners(config) if corners else jobs
+    why = shared_folder(config, jobs, job_folders(config, jobs), corners)
+    if shared is None:
+        assert why is None, why
+    else:
+        subdir = next(a for a in argv if a.startswith("hydra.sweep.subdir="))
+        assert why.startswith(f"{subdir} gives {shared.format(tmp_path)}"), why
+        assert "${hydra.job.num}" in why and "\n" not in why
+
+
+def test_a_sweep_whose_jobs_would_share_a_folder_is_refused_before_any_job_starts(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hydra.sweep.subdir=.`` with two jobs: the second job was refused at the first's
+    checkpoints, after Hydra's launcher had rewritten the first's ``.hydra/`` with its own
+    overrides, and the sweep exited 0. Now one line, and nothing is written."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+debug=smoke", "model.activation=relu,gelu", "hydra.sweep.subdir=."]
+    assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: hydra.sweep.subdir=. gives jobs #0, #1 the same folder {sweep}: a sweep needs "
+        "a folder per job; allowed: a subdir with ${hydra.job.num} in it (the default), or with "
+        "values that differ between all the jobs\n"
+    )
+    assert not sweep.exists()
+
+
+def test_a_sweep_over_the_sweeps_group_is_refused_in_one_line(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``+sweeps=a,b``: Hydra reads the sweeper's grid once, from the config composed without
+    the swept sweep files, so each job ran a default run (identical jobs, and compare named a
+    winner among them). Refused before anything is written; one sweep file stays a sweep."""
+    sweep = tmp_path / "sweep"
+    for swept in ["+sweeps=norm_x_activation,seeds", "+sweeps=lr,seeds", "+sweeps=glob(*)"]:
+        argv = ["-m", "+debug=smoke", swept, "dry_run=true", f"hydra.sweep.dir={sweep}"]
+        assert run_command("train", *argv) == 2, swept
+        assert capsys.readouterr().err == (
+            f"error: {swept}: the sweeps group takes one value (each job would be a default run: "
+            "a sweep file's grid applies to the whole multirun, not inside a job); run each "
+            "sweep on its own: -m +sweeps=<name>\n"
+        )
+        assert not sweep.exists()
+
+
+def test_a_sweep_ends_with_how_many_jobs_completed_and_which_failed(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """A partly failed sweep ended on its last job's lines: no word of how many completed, nor
+    of which failed. Its last line says both (a warning: the exit status stays 0, as one failed
+    job does not sink a sweep); a sweep whose jobs all completed, or planned, says so."""
+    import lmlab.train.run
+
+    def job(cfg) -> float:  # job 1 fails as a job does after its checks passed
+        if cfg.model.activation == "gelu":
+            raise RuntimeError("the data ran out")
+        return 1.0
+
+    monkeypatch.setattr(lmlab.train.run, "train", job)
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+debug=smoke", "model.activation=relu,gelu,swiglu"]
+    assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].endswith(
+        f"sweep: 2 of 3 jobs completed, 1 failed ({sweep / '1'}): each failed job's "
+        "results.json says why"
+    ), out[-1]
+    argv[-1] = "model.activation=relu,swiglu"
+    assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'done'}") == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith(f"sweep: 2 of 2 jobs completed in {tmp_path / 'done'}"), last

@@ -551,6 +551,34 @@ def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
     assert "resume=auto" in overrides and "model.activation=relu" in overrides
 
 
+def test_a_resumed_sweep_whose_steps_were_reordered_is_refused_before_any_job_trains(
+    tmp_path: Path,
+    cache_dir: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``trainer.max_steps=2,4`` resumed as ``4,2``: the sweep's checks passed (each job's
+    config is the run's), job 0 was extended to 4 steps, then job 1 was refused for its
+    checkpoint at step 4. Now the job whose checkpoint is past its planned steps is named
+    with its folder before any job trains, and the folder is left as it was."""
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    sweep = tmp_path / "sweep"
+    common = ["-m", *SMOKE, "callbacks.sample=null", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *common, "trainer.max_steps=2,4") == 0
+    before = snapshot(sweep)
+    assert run_command("train", *common, "trainer.max_steps=4,2", "resume=auto") == 2
+    err = capsys.readouterr().err
+    assert "error: 1 of the sweep's 2 jobs would be refused, so none was started" in err, err
+    assert (
+        f"#1 trainer.max_steps=2: cannot resume {sweep / '1'}: "
+        f"{sweep / '1' / 'checkpoints' / 'last.ckpt'} is at step 4, past this run's 2 planned "
+        "steps (trainer.max_steps or the budget was lowered): keep them at 4 or more"
+    ) in err, err
+    assert changed(before, snapshot(sweep)) == []
+    assert [results(sweep / job)["global_step"] for job in "01"] == [2, 4]
+
+
 def hold_lock(path: Path, pid: str) -> int:
     """Hold ``path``'s lock as another live process would (its pid written): a second open
     file description of this process conflicts with it, as another process's would."""
@@ -641,6 +669,38 @@ def finished_run(folder: Path) -> Path:
     (folder / "results.json").write_text('{"status": "completed"}')
     (folder / "plan.json").write_text("{}")
     return folder
+
+
+def test_a_run_or_sweep_inside_a_live_sweeps_folder_is_refused(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """A live sweep's folder, its jobs' folders not all there yet: a single run into one of
+    them (or deeper) was accepted; the sweep's job then failed at the run's lock, and the
+    sweep's ``resume=auto`` later took the run for the job. Refused now, with the sweep's
+    folder and pid, as is a sweep into a folder under it; nothing is written."""
+    from lmlab.config.locks import SWEEP_LOCK_FILE
+
+    sweep = tmp_path / "sweep"
+    finished_run(sweep / "0")
+    (sweep / "multirun.yaml").write_text("live: true\n")
+    held = hold_lock(sweep / SWEEP_LOCK_FILE, "4242")
+    before = snapshot(sweep)
+    try:
+        for command, folder in [
+            (["train", *SMOKE], sweep / "1"),  # the job the live sweep starts next
+            (["train", *SMOKE, "resume=auto"], sweep / "a" / "b" / "1"),
+            (["train", "-m", *SMOKE], sweep / "more"),
+        ]:
+            key = "hydra.sweep.dir" if "-m" in command else "hydra.run.dir"
+            assert run_command(*command, f"{key}={folder}") == 2, folder
+            assert capsys.readouterr().err == (
+                f"error: {key}={folder} is inside {sweep}, the folder of a live sweep (pid "
+                "4242), whose jobs write there: wait for it to end, or choose a directory "
+                "outside it\n"
+            )
+            assert changed(before, snapshot(sweep)) == [], folder
+    finally:
+        os.close(held)
 
 
 def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(

@@ -2,7 +2,8 @@
 launches (the product of the swept values, job ``#i`` in Hydra's order) and each job's config
 as its launcher composes it. ``RunDirCallback.on_multirun_start`` checks them all
 (``lmlab.train.preflight.check_job``), so a bad value in a sweep's last job is refused before
-the first job trains, not hours later.
+the first job trains, not hours later. Jobs that would share a folder (``shared_folder``) and
+a sweep over the sweep files themselves (``swept_sweep_files``) are refused there too.
 
 Optuna's sweeper draws its trials as it goes, so its jobs are not known in advance. What is
 known is its search space: ``search_corners`` gives the jobs at its corners (every choice, both
@@ -17,6 +18,7 @@ import itertools
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
@@ -24,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.config.asked import as_typed
+from lmlab.train.rundir import listed
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -34,6 +37,8 @@ ALL_INT_VALUES = 8
 MAX_CORNERS = 32
 # the launcher that runs each job in this process, on this machine
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# the config group of the sweep files (``+sweeps=<name>``)
+SWEEPS_GROUP = "sweeps"
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
@@ -52,6 +57,24 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
         for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
         for job in batch
     ]
+
+
+def swept_sweep_files(config: DictConfig) -> str | None:
+    """The command line's override that sweeps the ``sweeps`` group (``+sweeps=a,b``), or
+    None. A sweep file sets the sweeper's grid (``hydra.sweeper.params``), which Hydra reads
+    once, from the config composed without the swept values: each job would compose one
+    sweep file and run it as a default run, its grid unread."""
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    for override in parser.parse_overrides(as_typed(config.hydra.overrides.task)):
+        if override.key_or_group == SWEEPS_GROUP and override.is_sweep_override():
+            return override.input_line
+    return None
+
+
+def subdir_as_typed(config: DictConfig) -> str:
+    """``hydra.sweep.subdir`` as configured (``${hydra.job.num}``, not resolved: the job
+    number is set only per job)."""
+    return str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
 
 
 def search_corners(config: DictConfig) -> list[list[str]] | None:
@@ -123,3 +146,37 @@ def swept_keys(jobs: Sequence[Sequence[str]]) -> set[str]:
             key, _, value = override.partition("=")
             values.setdefault(key, set()).add(value)
     return {key for key, seen in values.items() if len(seen) > 1}
+
+
+def shared_folder(
+    config: DictConfig, jobs: list[list[str]], folders: dict[Path, list[int]], corners: bool
+) -> str | None:
+    """Why jobs of the sweep would share a folder (one line), or None: each job of a sweep
+    needs its own. ``hydra.sweep.subdir=.`` (or any subdir the job number is not in) gave
+    every job the sweep's folder: the second job was refused at the first's checkpoints, but
+    only after Hydra's launcher had rewritten the first's ``.hydra/``, and the sweep exited 0.
+    A grid's jobs (``folders``, by job number) are distinct points, compared as they are; an
+    Optuna search's trials may draw the same values, so their folder must change with the
+    trial number (corner 0 composed as trial 0 and as trial 1). One job alone may use ``.``."""
+    subdir = f"hydra.sweep.subdir={subdir_as_typed(config)}"
+    if not corners:
+        for folder, nums in folders.items():
+            if len(nums) > 1:
+                named = listed([f"#{n}" for n in nums], most=3)
+                return (
+                    f"{subdir} gives jobs {named} the same folder {folder}: a sweep needs a "
+                    f"folder per job; allowed: a subdir with ${{hydra.job.num}} in it (the "
+                    "default), or with values that differ between all the jobs"
+                )
+        return None
+    trials = config.hydra.sweeper.get("n_trials") or 0
+    first = next((folder for folder, nums in folders.items() if 0 in nums), None)
+    if trials < 2 or first is None:  # corner 0 did not compose: refused for that
+        return None
+    if Path(job_config(config, jobs[0], 1).hydra.runtime.output_dir) != first:
+        return None
+    return (
+        f"{subdir} gives trials #0 and #1 the same folder {first}: a search of {trials} trials "
+        "needs a folder per trial, and trials may draw the same values; allowed: a subdir with "
+        "${hydra.job.num} in it (the default)"
+    )

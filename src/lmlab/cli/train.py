@@ -7,8 +7,10 @@ outside an enum, override syntax, a run directory that cannot be created), which
 would print over several lines with exit code 1. A preempted run (SIGTERM/SIGUSR1) exits
 with 143 after saving its checkpoint. A multirun checks every job's config before the first
 one starts (``check_sweep``): one bad job refuses the sweep, naming each bad job, before
-anything is written. A job that fails later is logged and the sweep goes on (its
-results.json says ``failed``; Optuna sees NaN, a failed trial). An interrupted
+anything is written; so do jobs that would share a folder, and a sweep over the ``sweeps``
+group (``+sweeps=a,b``). A job that fails later is logged and the sweep goes on (its
+results.json says ``failed``; Optuna sees no value, a failed trial); the sweep's last line
+says how many jobs completed and which failed (``log_sweep_summary``). An interrupted
 run (Ctrl-C) exits with 130. A run the non-finite guard stops says why on one line and exits
 with 1 (results.json says ``failed``).
 
@@ -24,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.main import fail
-from lmlab.cli.sweep import job_config, runs_here, search_corners, sweep_jobs, swept_keys
+from lmlab.cli.sweep import (
+    job_config,
+    runs_here,
+    search_corners,
+    shared_folder,
+    sweep_jobs,
+    swept_keys,
+    swept_sweep_files,
+)
 from lmlab.config import CONF_DIR, omegaconf_error, register_configs, resolve_configs
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError, first_line
@@ -81,6 +91,8 @@ class Launch:
     jobs: int = 0  # jobs this call ran, how many were dry runs (no loss), how many failed
     dry_runs: int = 0
     failed: int = 0
+    failed_dirs: list[str] = field(default_factory=list)  # the failed jobs' folders
+    sweep_dir: str | None = None  # a multirun's folder, once a job of it ran here
 
 
 LAUNCH = Launch()
@@ -137,12 +149,20 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        if (swept := swept_sweep_files(config)) is not None:
+            print(
+                f"error: {swept}: the sweeps group takes one value (each job would be a default "
+                "run: a sweep file's grid applies to the whole multirun, not inside a job); "
+                "run each sweep on its own: -m +sweeps=<name>",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         sweep_dir = absolute(OmegaConf.select(config, "hydra.sweep.dir"))
         named_through_dotdot(config, "sweep", sweep_dir)
         chosen = chose_dir(config, "hydra.sweep.dir")
         existing = chosen and sweep_dir.is_dir()
-        if existing:
-            guard_sweep_dir(sweep_dir, take=False)  # a live sweep or run's: refused first
+        if chosen:  # a live sweep or run's folder, or one inside a live sweep's: refused first
+            guard_sweep_dir(sweep_dir, take=False)
         runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
@@ -210,10 +230,11 @@ MAX_REASONS = 10  # a refused sweep's lines, one reason each
 def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     """Every job of a sweep passes the checks a run makes before any work
     (``lmlab.train.preflight.check_job``), or the sweep exits here, before Hydra writes
-    anything, naming each refused job and why. ``resumed``: a sweep continued in its folder;
-    each job passes its run directory's checks too (``lmlab.train.resume.check_continues``), so
-    a job whose config changed is refused before its neighbours train. Jobs a cluster
-    launcher sends elsewhere are checked without this machine's GPU and memory
+    anything, naming each refused job and why. Jobs that would share a folder refuse the sweep
+    first (``shared_folder``). ``resumed``: a sweep continued in its folder; each job passes
+    its run directory's checks too (``lmlab.train.resume.check_continues``), so a job whose
+    config changed, or whose checkpoint is past its steps, is refused before its neighbours
+    train. Jobs a cluster launcher sends elsewhere are checked without this machine's GPU and memory
     (``lmlab.cli.sweep.runs_here``). An Optuna sweep: the corners of its search space
     (``lmlab.cli.sweep.search_corners``)."""
     jobs = sweep_jobs(config)
@@ -230,6 +251,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     started = time.perf_counter()
     keys, machine = swept_keys(jobs), runs_here(config)
     refused: dict[str, list[str]] = {}
+    folders: dict[Path, list[int]] = {}  # each job's, by its number
     steps = tokens = flops = 0
     try:
         for num, overrides in enumerate(jobs):
@@ -237,6 +259,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                 job = job_config(config, overrides, num)
                 HydraConfig.instance().set_config(job)  # ${hydra:...} of this job
                 out_dir = Path(job.hydra.runtime.output_dir)
+                folders.setdefault(out_dir, []).append(num)
                 if (blocker := in_the_way(out_dir)) is not None:  # Hydra's mkdir would raise
                     raise ConfigError(  # after the jobs before this one trained
                         f"its folder {out_dir} cannot be created: {blocker} is a file, not a folder"
@@ -263,8 +286,12 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                 why = why.removeprefix(f"{named}: ")
             name = named if corners else f"#{num} {named}".strip()  # a corner is no job
             refused.setdefault(why, []).append(name)
+        shared = shared_folder(config, jobs, folders, corners)
     finally:
         HydraConfig.instance().set_config(config)
+    if shared is not None:
+        print(f"error: {shared}", file=sys.stderr)
+        sys.exit(2)
     checked = f"checked the {what} {len(jobs)} {noun} in {time.perf_counter() - started:.1f} s"
     if not refused and not corners:
         checked += f"; they train {steps:,} steps, {tokens:,} tokens, {flops:.3g} FLOPs (6ND)"
@@ -364,7 +391,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def run(cfg: DictConfig) -> float | None:
     LAUNCH.jobs += 1
     LAUNCH.dry_runs += bool(cfg.get("dry_run"))
-    if not in_multirun():
+    if in_multirun():
+        LAUNCH.sweep_dir = str(absolute(HydraConfig.get().sweep.dir))
+    else:
         try:  # before torch and Lightning load; train() checks again
             resolve_configs(cfg)
             check_max_steps(cfg)
@@ -389,6 +418,7 @@ def run(cfg: DictConfig) -> float | None:
             # as a failed trial's value, which optuna refuses, ending the search)
             logging.getLogger("lmlab").error("job failed: %s: %s", type(err).__name__, err)
             LAUNCH.failed += 1
+            LAUNCH.failed_dirs.append(str(absolute(HydraConfig.get().runtime.output_dir)))
             return None
         if isinstance(err, ConfigError):
             fail(err)
@@ -445,6 +475,28 @@ def no_trial_completed(err: BaseException) -> bool:
     return isinstance(err, ValueError) and "No trials are completed yet" in str(err)
 
 
+def log_sweep_summary() -> None:
+    """The last line of a sweep whose jobs ran here (not every one failed): how many
+    completed, and the folders of those that failed (each one's ``results.json`` says why),
+    as a warning. A dry run's jobs are planned, not completed. The exit status stays 0: one
+    failed job does not sink a sweep (``compare`` ranks it last); a sweep whose every job
+    failed exits 1 (``main``)."""
+    log = logging.getLogger("lmlab")
+    if LAUNCH.dry_runs == LAUNCH.jobs:
+        log.info("dry run: %d jobs planned in %s", LAUNCH.jobs, LAUNCH.sweep_dir)
+        return
+    completed = f"sweep: {LAUNCH.jobs - LAUNCH.failed} of {LAUNCH.jobs} jobs completed"
+    if not LAUNCH.failed:
+        log.info("%s in %s", completed, LAUNCH.sweep_dir)
+        return
+    log.warning(
+        "%s, %d failed (%s): each failed job's results.json says why",
+        completed,
+        LAUNCH.failed,
+        listed(LAUNCH.failed_dirs),
+    )
+
+
 def main(argv: list[str]) -> int:
     """Hydra reads the command line itself: ``argv`` becomes ``sys.argv[1:]``. With
     HYDRA_FULL_ERROR=1 Hydra raises its errors instead of printing them, so it is set while
@@ -452,6 +504,7 @@ def main(argv: list[str]) -> int:
     sys.argv = [sys.argv[0], *argv]
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
     LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs, LAUNCH.failed = False, 0, 0, 0
+    LAUNCH.failed_dirs, LAUNCH.sweep_dir = [], None
     logging.getLogger(OPTUNA_LOGGER).addFilter(DRY_RUN_TRIALS)
     try:
         with environ(FULL_ERROR, "1"):
@@ -459,6 +512,8 @@ def main(argv: list[str]) -> int:
         if LAUNCH.failed and LAUNCH.failed == LAUNCH.jobs:  # a sweep here, every job failed
             which = f"all {LAUNCH.jobs} jobs" if LAUNCH.jobs > 1 else "the sweep's only job"
             fail(RuntimeError(f"{which} failed: the errors are logged above"), 1)
+        if LAUNCH.sweep_dir is not None:
+            log_sweep_summary()
     except Exception as err:
         if no_trial_completed(err) and LAUNCH.user_full_error != "1":
             if LAUNCH.dry_runs == LAUNCH.jobs:  # planned every trial, as asked

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.config import (
     PRETRAINING,
     RUNTIME_FIELDS,
+    BudgetKind,
     ModelConfig,
     TaskKind,
     TaskSpec,
@@ -25,7 +26,7 @@ from lmlab.config import (
     model_config_dict,
 )
 from lmlab.errors import ConfigError
-from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint
+from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
 from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.rundir import (
@@ -214,9 +215,18 @@ def already_done(
 def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
     """What a resumed run checks of the run it continues in ``out_dir`` (``resume_checkpoint``:
     its checkpoint and config; ``check_resumable``: its plan's task, global batch and
-    sequence length), for a resumed sweep's job before any job of the sweep starts."""
-    resume_checkpoint(cfg, out_dir)
+    sequence length; ``already_done``: its checkpoint is not past the planned steps), for a
+    resumed sweep's job before any job of the sweep starts: a grid reordered
+    (``trainer.max_steps=2,4`` resumed as ``4,2``) extended job 0 before job 1 was refused.
+    Steps that a ``flops`` or ``chinchilla`` budget sets rest on the parameter count, which a
+    sweep's checks take at the tokenizer's target vocabulary: those are left to ``train()``."""
+    ckpt_path = resume_checkpoint(cfg, out_dir)
     check_resumable(read_plan(out_dir), plan, out_dir)
+    if ckpt_path is not None and BudgetKind(plan.budget.kind) in (
+        BudgetKind.steps,
+        BudgetKind.tokens,
+    ):
+        already_done(out_dir, plan, read_checkpoint(ckpt_path), ckpt_path)
 
 
 def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:

@@ -190,17 +190,38 @@ def lock_sweep_dir(sweep_dir: Path) -> None:
 
 def refuse_live_sweep_dir(sweep_dir: Path) -> None:
     """``lock_sweep_dir``'s refusals without taking the lock (nor writing its file): checks
-    that may still refuse the sweep leave the folder as it was, its times included."""
+    that may still refuse the sweep leave the folder as it was, its times included. A folder
+    inside a live sweep's is refused too (``refuse_inside_live_sweep``)."""
     for name in (LOCK_FILE, SWEEP_LOCK_FILE):
         refuse_if_live(sweep_dir, name, "hydra.sweep.dir")
+    refuse_inside_live_sweep(sweep_dir, "hydra.sweep.dir")
+
+
+def refuse_inside_live_sweep(folder: Path, key: str) -> None:
+    """Refuse (``ConfigError``, naming ``key``) a folder at any depth inside the folder of a
+    sweep that another live process runs (its lock held): the sweep's jobs go to folders
+    there that do not exist yet. A run in a job's folder made the job fail at its run lock,
+    and the sweep's ``resume=auto`` then took the run for the job; a sweep there nested its
+    jobs among the live one's, which ``compare`` ranks with them."""
+    for parent in absolute(folder).parents:
+        lock = parent / SWEEP_LOCK_FILE
+        holder = None if lock in _LOCKS else live_holder(lock)
+        if holder is not None:
+            raise ConfigError(
+                f"{key}={absolute(folder)} is inside {parent}, the folder of a live sweep (pid "
+                f"{holder}), whose jobs write there: wait for it to end, or choose a directory "
+                "outside it"
+            )
 
 
 def refuse_run_in_sweep_dir(run_dir: Path) -> None:
     """A single run's chosen directory that is a sweep's folder and holds no run of its own:
     ``compare`` ranks every run in a sweep's folder, so the run would count among the sweep's
-    jobs. A live sweep's is refused as in use. (A run there already, from before this check:
+    jobs. A live sweep's is refused as in use, and so is any folder inside it
+    (``refuse_inside_live_sweep``). (A run there already, from before this check:
     ``lmlab.train.resume``'s checks resume it or refuse.)"""
     refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
+    refuse_inside_live_sweep(run_dir, "hydra.run.dir")
     if not run_dir.is_dir() or holds_run(run_dir):
         return
     marks = ["multirun.yaml"] if (run_dir / "multirun.yaml").is_file() else []
