@@ -3,7 +3,11 @@ launches (the product of the swept values, job ``#i`` in Hydra's order) and each
 as its launcher composes it. ``RunDirCallback.on_multirun_start`` checks them all
 (``lmlab.train.preflight.check_job``), so a bad value in a sweep's last job is refused before
 the first job trains, not hours later. Jobs that would share a folder (``shared_folder``) and
-a sweep over the sweep files themselves (``swept_sweep_files``) are refused there too.
+a sweep over the sweep files themselves (``swept_sweep_files``) are refused there too, and
+so are a sweep with no job (``sweep_without_values``: ``range(2,2)``) and a sweeper setting
+that launches nothing (``sweeper_setting``: ``hydra.sweeper.n_trials=0``). A command-line
+value that replaces a sweep file's grid for its key is said in one line
+(``replaced_by_command_line``): Hydra lets it win, which narrows the sweep.
 
 Optuna's sweeper draws its trials as it goes, so its jobs are not known in advance. What is
 known is its search space: ``search_corners`` gives the jobs at its corners (every choice, both
@@ -26,6 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.config.asked import as_typed
+from lmlab.errors import first_line
 from lmlab.train.rundir import listed
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -57,6 +62,144 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
         for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
         for job in batch
     ]
+
+
+def sweeper_setting(config: DictConfig) -> str | None:
+    """Why a sweeper setting would launch nothing, or stop on an assertion of the sweeper's
+    (one line naming the field, its value and what is allowed), or None. Optuna's
+    ``n_trials=0`` ran no trial and exited 0 ("dry run: 0 trials planned" without a dry run),
+    its ``n_jobs=0`` launched 0 jobs and ended on "division by zero", the basic sweeper's
+    ``max_batch_size=0`` and Optuna's ``max_failure_rate=2`` on a bare AssertionError."""
+    sweeper = config.hydra.sweeper
+    target = sweeper.get("_target_")
+    if target == OPTUNA_SWEEPER:
+        trials, jobs = sweeper.get("n_trials"), sweeper.get("n_jobs")
+        rate = sweeper.get("max_failure_rate")
+        if trials is not None and trials < 1:
+            return f"hydra.sweeper.n_trials={trials}: a search needs at least 1 trial"
+        if jobs is not None and jobs < 1:
+            return (
+                f"hydra.sweeper.n_jobs={jobs}: the sweeper launches its trials n_jobs at a "
+                "time, so it needs at least 1 (1: one trial after another)"
+            )
+        if rate is not None and not 0 <= rate <= 1:
+            return (
+                f"hydra.sweeper.max_failure_rate={rate}: the share of failed trials that stops "
+                "the search; allowed: 0 to 1"
+            )
+    if target == BASIC_SWEEPER:
+        batch = sweeper.get("max_batch_size")
+        if batch is not None and batch < 1:
+            return (
+                f"hydra.sweeper.max_batch_size={batch}: the sweeper launches its jobs in "
+                "batches of this size, so it needs at least 1 (or null: all in one batch)"
+            )
+    return None
+
+
+def sweep_without_values(config: DictConfig) -> str | None:
+    """The override (the sweep file's ``hydra.sweeper.params`` or the command line's, the last
+    of each key as the sweeper takes it) that sweeps no value, and what is allowed, or None.
+    The basic sweeper launched the product of the swept values, none when one is empty
+    (``range(2,2)``, a ``glob`` that matches no option): "Launching 0 jobs", exit 0, and a
+    ``multirun.yaml`` left behind. Optuna's sweeper ended on the distribution's own error
+    (``range(5,2)``: "The `low` value must be smaller than ... (low=5, high=2)", no key) or
+    a bare AssertionError (a ``glob``, which its parser cannot expand)."""
+    target = config.hydra.sweeper.get("_target_")
+    if target not in (BASIC_SWEEPER, OPTUNA_SWEEPER):
+        return None
+    loader = GlobalHydra.instance().config_loader()
+    arguments = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments += as_typed(config.hydra.overrides.task)
+    try:
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
+        return None
+    if target == OPTUNA_SWEEPER:  # it makes a distribution of each, replaced or not
+        return next((why for o in parsed if (why := optuna_refuses(o)) is not None), None)
+    last = {o.get_key_element(): o for o in parsed}  # a later value of a key wins
+    for override in last.values():
+        if override.is_sweep_override() and not list(override.sweep_string_iterator()):
+            why = empty_because(override.value(), override.key_or_group)
+            return f"{override.input_line} sweeps no value: {why}"
+    return None
+
+
+def empty_because(value: Any, key: str) -> str:
+    """What is allowed instead of a basic sweeper's empty ``value`` (of override ``key``)."""
+    from hydra.core.override_parser.types import Glob, RangeSweep
+
+    if isinstance(value, RangeSweep):
+        start, step = value.start, value.step
+        one = f"range({start},{start + step}{f',{step}' if step != 1 else ''})"
+        return (
+            "range(start, stop, step) leaves out stop, as Python's range does; allowed: a stop "
+            f"past the start in the step's direction ({one} sweeps {start})"
+        )
+    if isinstance(value, Glob):
+        options = GlobalHydra.instance().config_loader().get_group_options(key)
+        options = [o for o in options if not o.startswith("base_")]  # schemas, not presets
+        return f"the glob matches none of {key}'s options ({', '.join(options)})"
+    return "a sweep needs at least one value"
+
+
+def optuna_refuses(override: Any) -> str | None:
+    """Why the Optuna sweeper cannot make a distribution of ``override`` (one line naming
+    it), or None."""
+    from hydra.core.override_parser.types import Glob, RangeSweep
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    if not override.is_sweep_override():
+        return None
+    value, line = override.value(), override.input_line
+    if isinstance(value, Glob):
+        return (
+            f"{line}: Optuna's sweeper cannot expand a glob (its parser reads no config group); "
+            f"allowed: the options listed, {override.key_or_group}=choice(a,b)"
+        )
+    try:
+        create_optuna_distribution_from_override(override)
+    except Exception as err:  # noqa: BLE001 - optuna's own check, said with the key
+        if isinstance(value, RangeSweep):
+            return (
+                f"{line} sweeps no value: Optuna's range(low, high) includes both ends; allowed: "
+                f"high >= low (range({value.start},{value.start}) is {value.start} alone)"
+            )
+        return f"{line}: {first_line(err)}"
+    return None
+
+
+def replaced_by_command_line(config: DictConfig) -> list[str]:
+    """One line for each command-line override whose key the sweep file's grid
+    (``hydra.sweeper.params``) sweeps too. Hydra's sweepers let the command line win, which
+    narrows a sweep (``+sweeps=norm_x_activation model.activation=gelu`` runs gelu alone), but
+    said nothing: the sweep ran 2 of the file's 6 jobs without a word. Keys compare without
+    ``+``/``++``, as the composed jobs do."""
+    params = config.hydra.sweeper.get("params") or {}
+    if not params:
+        return []
+    parser = OverridesParser.create()
+    typed = OmegaConf.to_container(params, resolve=False)  # the grid as the file has it
+    try:
+        task = parser.parse_overrides(as_typed(config.hydra.overrides.task))
+        grid = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
+        return []
+    swept = {_target(o): value for o, value in zip(grid, typed.values(), strict=True)}
+    source = next(
+        (f"{o.input_line}'s" for o in task if o.key_or_group == SWEEPS_GROUP),
+        "hydra.sweeper.params'",
+    )
+    return [
+        f"{o.input_line} on the command line replaces {source} grid for it ({swept[_target(o)]})"
+        for o in task
+        if not o.is_delete() and _target(o) in swept
+    ]
+
+
+def _target(override: Any) -> str:
+    """What ``override`` sets: its key or group, with its package (``model@a``)."""
+    return override.key_or_group + (f"@{override.package}" if override.package else "")
 
 
 def swept_sweep_files(config: DictConfig) -> str | None:

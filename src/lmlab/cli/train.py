@@ -10,9 +10,13 @@ one starts (``check_sweep``): one bad job refuses the sweep, naming each bad job
 anything is written; so do jobs that would share a folder, and a sweep over the ``sweeps``
 group (``+sweeps=a,b``). A job that fails later is logged and the sweep goes on (its
 results.json says ``failed``; Optuna sees no value, a failed trial); the sweep's last line
-says how many jobs completed and which failed (``log_sweep_summary``). An interrupted
-run (Ctrl-C) exits with 130. A run the non-finite guard stops says why on one line and exits
-with 1 (results.json says ``failed``).
+says how many jobs completed and which failed (``log_sweep_summary``). A sweeper setting
+that launches nothing, or a swept value list that is empty, refuses the sweep the same way; a
+command-line value that replaces a sweep file's grid is said once (``on_multirun_start``). An
+interrupted run (Ctrl-C) exits with 130; interrupted before it trained (its checks, its data),
+it says so on one line and leaves nothing that the next command would take for a run
+(``interrupted_before_training``). A run the non-finite guard stops says why on one line and
+exits with 1 (results.json says ``failed``).
 
 ``RunDirCallback`` (``hydra.callbacks`` in ``conf/train.yaml``) guards the run directory of a
 single run before Hydra writes into it: see ``lmlab.train.rundir``.
@@ -39,13 +43,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.heap import before_exit, long_lived
+from lmlab.cli.interrupt import JobFolder, clear
 from lmlab.cli.main import fail
 from lmlab.cli.sweep import (
     job_config,
+    replaced_by_command_line,
     runs_here,
     search_corners,
     shared_folder,
     sweep_jobs,
+    sweep_without_values,
+    sweeper_setting,
     swept_keys,
     swept_sweep_files,
 )
@@ -61,6 +69,7 @@ from lmlab.train.rundir import (
     fresh_sweep_dir,
     hold_hydra_writes,
     hold_sweep_hydra_writes,
+    holds_run,
     in_the_way,
     job_started,
     keep_multirun_yaml,
@@ -93,6 +102,12 @@ class Launch:
     failed: int = 0
     failed_dirs: list[str] = field(default_factory=list)  # the failed jobs' folders
     sweep_dir: str | None = None  # a multirun's folder, once a job of it ran here
+    # the folder this call writes into (a run's, or a sweep's), once Hydra chose it; made:
+    # None while nothing is written there, True where it held nothing before (this call's
+    # alone: removed again if Ctrl-C comes before training), False where it held something
+    folder: Path | None = None
+    made: bool | None = None
+    existed: bool = False  # made, in a folder that existed (emptied again, not removed)
 
 
 LAUNCH = Launch()
@@ -157,8 +172,12 @@ class RunDirCallback(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        log = logging.getLogger("lmlab")
+        for replaced in replaced_by_command_line(config):  # Hydra's way: it narrows a sweep
+            log.warning(replaced)
         sweep_dir = absolute(OmegaConf.select(config, "hydra.sweep.dir"))
         named_through_dotdot(config, "sweep", sweep_dir)
+        LAUNCH.folder = sweep_dir  # Ctrl-C in the checks: nothing is written yet
         chosen = chose_dir(config, "hydra.sweep.dir")
         existing = chosen and sweep_dir.is_dir()
         if chosen:  # a live sweep or run's folder, or one inside a live sweep's: refused first
@@ -174,8 +193,10 @@ class RunDirCallback(Callback):
             )
             sys.exit(2)
         check_sweep(config, resumed)
+        existed = chosen and sweep_dir.exists()
         if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
             sweep_dir = take_fresh_sweep_dir(config, sweep_dir)
+        note_folder(sweep_dir, existed)
         guard_sweep_dir(sweep_dir)  # held until the sweep ends (a new folder: created here)
         if existing and any(p.name not in LOCK_FILES for p in sweep_dir.iterdir()):
             # the same sweep continued job by job, or a job's folder that a live run takes
@@ -206,10 +227,12 @@ class RunDirCallback(Callback):
             return  # a DDP/FSDP rank of a run that rank 0 guards
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
         run_dir = absolute(OmegaConf.select(config, "hydra.run.dir"))
+        existed = False
         try:
             if chose_dir(config, "hydra.run.dir"):
                 named_through_dotdot(config, "run", run_dir)
                 refuse_run_in_sweep_dir(run_dir)
+                existed = run_dir.exists()
                 lock_run_dir(run_dir)
             else:  # outputs/<date>/<time>: taken by a run started in the same second?
                 run_dir = take_fresh_run_dir(config, run_dir)
@@ -221,7 +244,16 @@ class RunDirCallback(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        note_folder(run_dir, existed)
         hold_hydra_writes(config, run_dir)
+
+
+def note_folder(folder: Path, existed: bool) -> None:
+    """``folder`` is where this call writes, from now on (``LAUNCH``): whether it held
+    anything but lock files decides, as it does for Hydra's writes (held where it did), what
+    an interrupt before training removes again."""
+    empty = not folder.is_dir() or all(p.name in LOCK_FILES for p in folder.iterdir())
+    LAUNCH.folder, LAUNCH.made, LAUNCH.existed = folder, empty, existed and empty
 
 
 MAX_REASONS = 10  # a refused sweep's lines, one reason each
@@ -236,7 +268,12 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     config changed, or whose checkpoint is past its steps, is refused before its neighbours
     train. Jobs a cluster launcher sends elsewhere are checked without this machine's GPU and memory
     (``lmlab.cli.sweep.runs_here``). An Optuna sweep: the corners of its search space
-    (``lmlab.cli.sweep.search_corners``)."""
+    (``lmlab.cli.sweep.search_corners``). Before any of it, a sweeper setting that would launch
+    nothing (``n_trials=0``) and a swept value list that is empty (``range(2,2)``), in one
+    line (``lmlab.cli.sweep.sweeper_setting``, ``sweep_without_values``)."""
+    if (why := sweeper_setting(config) or sweep_without_values(config)) is not None:
+        print(f"error: {why}", file=sys.stderr)
+        sys.exit(2)
     jobs = sweep_jobs(config)
     corners = jobs is None
     if corners:
@@ -389,8 +426,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig) -> float | None:
+    """One job: ``run_job``, and Ctrl-C's exit (130) with, before training, what it left."""
     LAUNCH.jobs += 1
     LAUNCH.dry_runs += bool(cfg.get("dry_run"))
+    job = JobFolder.of(absolute(cfg.paths.output_dir))
+    try:
+        return run_job(cfg)
+    except KeyboardInterrupt:
+        if launch_rank_is_zero() and not job.started():
+            print(interrupted_before_training(job), file=sys.stderr)
+        sys.exit(130)  # Ctrl-C: results.json says interrupted, the log how to resume
+
+
+def run_job(cfg: DictConfig) -> float | None:
     if in_multirun():
         LAUNCH.sweep_dir = str(absolute(HydraConfig.get().sweep.dir))
     else:
@@ -409,8 +457,6 @@ def run(cfg: DictConfig) -> float | None:
         return train(cfg)
     except SIGTERMException:
         sys.exit(143)  # preempted: checkpoint saved, results.json says so
-    except KeyboardInterrupt:
-        sys.exit(130)  # Ctrl-C: results.json says interrupted, the log how to resume
     except Exception as err:
         if in_multirun():
             # One failed job must not sink the sweep: results.json already says "failed". No
@@ -429,6 +475,27 @@ def run(cfg: DictConfig) -> float | None:
 
 def in_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def interrupted_before_training(job: JobFolder) -> str:
+    """Ctrl-C before ``job`` trained: its ``results.json`` put back as it was, and the folder
+    this call made (a run's, or a sweep's whose first job this is; a later job's own folder)
+    removed again; one line saying so. A folder that held something kept it: Hydra's writes
+    were held there (a sweep's job folder that held no run has Hydra's ``.hydra/``)."""
+    job.restore_record()
+    num = HydraConfig.get().job.num if in_multirun() else 0
+    first = f"interrupted before job #{num} trained" if num else "interrupted before training"
+    folder = LAUNCH.folder
+    if LAUNCH.made and folder is not None and (folder == job.path or folder in job.path.parents):
+        if LAUNCH.jobs == 1:  # nothing else of this call's is there
+            clear(folder, LAUNCH.existed)
+            return f"{first}: nothing was written to {folder}"
+        clear(job.path, existed=False)
+        before = "the job before it is" if num == 1 else f"the {num} jobs before it are"
+        return f"{first}: nothing was written to {job.path}; {before} in {folder}"
+    if not in_multirun() or holds_run(job.path):
+        return f"{first}: nothing was written to {job.path}"
+    return f"{first}: nothing was trained in {job.path}, which holds no run"
 
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
@@ -505,6 +572,7 @@ def main(argv: list[str]) -> int:
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
     LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs, LAUNCH.failed = False, 0, 0, 0
     LAUNCH.failed_dirs, LAUNCH.sweep_dir = [], None
+    LAUNCH.folder, LAUNCH.made, LAUNCH.existed = None, None, False
     logging.getLogger(OPTUNA_LOGGER).addFilter(DRY_RUN_TRIALS)
     try:
         with environ(FULL_ERROR, "1"):
@@ -526,6 +594,17 @@ def main(argv: list[str]) -> int:
         if LAUNCH.task_started or LAUNCH.user_full_error == "1":
             raise
         fail(hydra_error(err, argv))
+    except KeyboardInterrupt:
+        # before a job started (a sweep's checks, Hydra's launcher): after one, ``run`` said
+        # what it left; before Hydra chose a folder, or into one that held something,
+        # ``command`` says "interrupted (Ctrl-C)"
+        folder = LAUNCH.folder
+        if LAUNCH.jobs or folder is None or LAUNCH.made is False:
+            raise
+        if LAUNCH.made:
+            clear(folder, LAUNCH.existed)
+        print(f"interrupted before training: nothing was written to {folder}", file=sys.stderr)
+        sys.exit(130)
     finally:
         LAUNCH.forced = False
         logging.getLogger(OPTUNA_LOGGER).removeFilter(DRY_RUN_TRIALS)

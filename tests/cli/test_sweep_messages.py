@@ -1,0 +1,191 @@
+"""What a sweep says before its first job: a sweeper setting or a swept value list that would
+launch nothing is refused in one line, a command-line value that replaces a sweep file's grid
+is named, and Ctrl-C before training ends on one line (exit 130), leaving nothing that the
+next command would take for a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmlab.errors import ConfigError
+
+RANGE = (
+    "range(start, stop, step) leaves out stop, as Python's range does; allowed: a stop past the "
+    "start in the step's direction"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["+sweeps=lr", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: a search needs "),
+        (["+sweeps=lr", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0: the sweeper launches "),
+        (
+            ["+sweeps=lr", "hydra.sweeper.max_failure_rate=2"],
+            "hydra.sweeper.max_failure_rate=2.0: the share of failed trials that stops the "
+            "search; allowed: 0 to 1",
+        ),
+        (
+            ["model.activation=relu,gelu", "hydra.sweeper.max_batch_size=0"],
+            "hydra.sweeper.max_batch_size=0: the sweeper launches its jobs in batches ",
+        ),
+        (["model.n_layers=range(2,2)"], f"model.n_layers=range(2,2) sweeps no value: {RANGE} "),
+        (["model.n_layers=range(4,2,-1)"], None),  # 4, 3: a sweep
+        (
+            ["model.n_layers=range(2,4,-1)"],
+            f"model.n_layers=range(2,4,-1) sweeps no value: {RANGE} (range(2,1,-1) sweeps 2)",
+        ),
+        (
+            ["model=glob(zzz*)"],
+            "model=glob(zzz*) sweeps no value: the glob matches none of model's options "
+            "(bert_base, ",
+        ),
+        (
+            ["+sweeps=lr", "model.n_layers=range(5,2)"],  # Optuna's range includes its end
+            "model.n_layers=range(5,2) sweeps no value: Optuna's range(low, high) includes both "
+            "ends; allowed: high >= low",
+        ),
+        (
+            ["+sweeps=lr", "optim.lr=interval(1e-2,1e-4)"],  # a grid file's key, replaced
+            "optim.lr=interval(1e-2,1e-4): The `low` value must be smaller than or equal to the "
+            "`high` value (low=0.01, high=0.0001).",
+        ),
+    ],
+)
+def test_a_sweep_that_would_launch_nothing_is_refused_in_one_line(
+    argv: list[str], why: str | None, tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """Optuna's n_trials=0 ran nothing and exited 0 ("dry run: 0 trials planned" where no dry
+    run was asked), its n_jobs=0 ended on "error: division by zero", an empty grid launched 0
+    jobs and exited 0: now each is refused before any job, naming the field and its value."""
+    import lmlab.train.preflight
+
+    def checked(*args) -> None:  # the jobs' checks come next: a sweep that gets there stops
+        raise ConfigError("the jobs' checks")
+
+    monkeypatch.setattr(lmlab.train.preflight, "check_job", checked)
+    sweep = tmp_path / "sweep"
+    code = run_command("train", "-m", "+debug=smoke", *argv, f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err
+    assert code == 2 and not sweep.exists()
+    if why is None:
+        assert "the jobs' checks" in err, err
+    else:
+        assert err.startswith(f"error: {why}") and err.count("\n") == 1, err
+
+
+REPLACED = (
+    "model.activation=gelu on the command line replaces +sweeps=norm_x_activation's grid for it "
+    "(relu,gelu,swiglu)"
+)
+
+
+def test_a_command_line_value_that_replaces_a_sweep_files_grid_is_named(multirun_config) -> None:
+    """Hydra lets the command line win over a sweep file's ``hydra.sweeper.params`` (a way to
+    narrow a sweep), and so does lmlab: each such value is named with the grid it replaces."""
+    from lmlab.cli.sweep import replaced_by_command_line  # here: the other tests run without it
+
+    sweep = "+sweeps=norm_x_activation"
+    assert replaced_by_command_line(multirun_config(sweep, "model.activation=gelu")) == [REPLACED]
+    assert replaced_by_command_line(multirun_config(sweep, "++model.activation=relu,gelu")) == [
+        REPLACED.replace("model.activation=gelu", "++model.activation=relu,gelu")
+    ]
+    assert replaced_by_command_line(multirun_config(sweep, "model.n_heads=2,4")) == []
+    assert replaced_by_command_line(multirun_config("+sweeps=lr", "optim.lr=0.001")) == [
+        "optim.lr=0.001 on the command line replaces +sweeps=lr's grid for it "
+        "(tag(log, interval(1e-4, 1e-2)))"
+    ]
+
+
+def test_a_sweep_narrowed_on_the_command_line_says_so_before_its_jobs(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """``+sweeps=norm_x_activation model.activation=gelu`` ran 2 of the file's 6 jobs without
+    a word. It still runs those 2, and says why once, before the jobs are checked (here the
+    checks refuse them, so that no job trains)."""
+    argv = ["-m", "+debug=smoke", "+sweeps=norm_x_activation", "model.activation=gelu"]
+    code = run_command("train", *argv, "trainer.max_steps=0", f"hydra.sweep.dir={tmp_path}/s")
+    out = "".join(capsys.readouterr())
+    assert code == 2 and "error: 2 of the sweep's 2 jobs would be refused" in out, out
+    assert out.count(REPLACED) == 1 and out.index(REPLACED) < out.index("would be refused"), out
+
+
+def nothing_written(folder: Path) -> str:
+    return f"interrupted before training: nothing was written to {folder}\n"
+
+
+def interrupt(*args, **kwargs) -> None:
+    """Ctrl-C at this point, as Python's SIGINT handler raises it."""
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_sweeps_checks_says_nothing_was_written(
+    tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """While the sweep's jobs are checked (before Hydra writes anything): one line, exit 130;
+    it said "interrupted (Ctrl-C)", which did not say whether anything was left."""
+    import lmlab.train.preflight
+
+    monkeypatch.setattr(lmlab.train.preflight, "check_job", interrupt)
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+debug=smoke", "model.activation=relu,gelu", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *argv) == 130
+    assert capsys.readouterr().err == nothing_written(sweep)
+    assert not sweep.exists()
+
+
+def test_ctrl_c_before_a_job_trains_leaves_nothing_the_next_command_trips_on(
+    tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """In a job's own checks (as while its data is prepared): it exited 130 without a word,
+    and its results.json ("interrupted", nothing trained) made the folder an earlier run's,
+    so the same command was refused there. Now one line; a folder this command made is gone,
+    one that held something is as it was, and the same command runs there again."""
+    import lmlab.train.run
+
+    monkeypatch.setattr(lmlab.train.run, "check_run", interrupt)
+    sweep, run_dir, held = tmp_path / "sweep", tmp_path / "run", tmp_path / "held"
+    argv = ["+debug=smoke", "dry_run=true"]
+    for _ in range(2):  # the second time into the same folders: not refused for the first
+        assert run_command("train", "-m", *argv, "seed=1,2", f"hydra.sweep.dir={sweep}") == 130
+        assert capsys.readouterr().err.endswith(nothing_written(sweep))
+        assert not sweep.exists()
+    assert run_command("train", *argv, f"hydra.run.dir={run_dir}") == 130
+    assert capsys.readouterr().err == nothing_written(run_dir)
+    assert not run_dir.exists()
+    held.mkdir()
+    (held / "notes.txt").write_text("mine")
+    assert run_command("train", *argv, f"hydra.run.dir={held}") == 130
+    assert capsys.readouterr().err == nothing_written(held)
+    assert [p.name for p in held.iterdir()] == ["notes.txt"]
+
+
+def test_ctrl_c_before_a_later_job_trains_keeps_the_jobs_before_it(
+    tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """Job #1 interrupted before it trained: its folder goes, job #0's stays, and the line
+    says where; before any job (in Hydra's launcher), the sweep's new folder goes."""
+    import lmlab.cli.train
+    import lmlab.train.run
+
+    def job(cfg) -> float:
+        if cfg.seed == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    monkeypatch.setattr(lmlab.train.run, "train", job)
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+debug=smoke", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    assert run_command("train", *argv) == 130
+    assert capsys.readouterr().err == (
+        f"interrupted before job #1 trained: nothing was written to {sweep / '1'}; the job "
+        f"before it is in {sweep}\n"
+    )
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]
+    monkeypatch.setattr(lmlab.cli.train, "run", interrupt)  # Hydra wrote job #0's .hydra/
+    argv[-1] = f"hydra.sweep.dir={tmp_path / 'other'}"
+    assert run_command("train", *argv) == 130
+    assert capsys.readouterr().err == nothing_written(tmp_path / "other")
+    assert not (tmp_path / "other").exists()
