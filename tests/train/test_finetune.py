@@ -10,6 +10,7 @@ import logging
 import random
 import re
 import signal
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -30,7 +31,14 @@ from lmlab.config import (
     model_config_dict,
     resolve_configs,
 )
-from lmlab.data.collators import IGNORE, ClassifyCollator, Seq2SeqCollator
+from lmlab.config.task import SHIPPED_PAIRS
+from lmlab.data.collators import (
+    IGNORE,
+    ClassifyCollator,
+    PairClassifyCollator,
+    Seq2SeqCollator,
+    longest_first,
+)
 from lmlab.data.finetune import (
     COLLATORS,
     COLUMNS,
@@ -53,7 +61,9 @@ from lmlab.train.compose import compose_train
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS
 from lmlab.train.init_from import FRESH_PREFIXES, STARTS_FROM, InitFrom, load_weights
 from lmlab.train.metrics import METRICS
+from lmlab.train.resume import check_checkpoint_model
 from lmlab.train.run import train
+from lmlab.train.task import LMTask
 
 FINE_TUNING = [k for k in TaskKind if k != TaskKind.lm]
 TINY_BERT = dict(family="bert", d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
@@ -74,10 +84,17 @@ def test_every_fine_tuning_task_has_its_entry(registry: dict) -> None:
 
 @pytest.mark.parametrize(("name", "kind"), SHIPPED_TASKS.items())
 def test_shipped_sets_hold_the_task_columns(name: str, kind: TaskKind) -> None:
+    """Each shipped set holds its task's columns (a pair set its pair column too), and the
+    task=classify ones are balanced over both splits together."""
+    labels: list = []
     for split, size in (("train", 2048), ("val", 256)):
         rows = [json.loads(line) for line in (CORPORA / f"{name}.{split}.jsonl").open()]
         columns = [getattr(TaskConfig(), field) for field in COLUMNS[kind]]
+        columns += [SHIPPED_PAIRS[name]] if name in SHIPPED_PAIRS else []
         assert len(rows) == size and all(sorted(r) == sorted(columns) for r in rows)
+        labels += [r.get(TaskConfig().label_column) for r in rows]
+    if kind == TaskKind.classify:
+        assert sorted(Counter(labels).values()) == [1152, 1152]
 
 
 # --------------------------------------------------------------------------- model and init_from
@@ -243,6 +260,96 @@ def test_collators_frame_pad_and_mask() -> None:
     assert batch["decoder_input_ids"].tolist() == [[pad, 8, 9], [pad, 9, eos]]
 
 
+def test_pair_collator_frames_two_segments_and_cuts_the_longer_text_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """[CLS] a [SEP] b [SEP]: segment 0 over [CLS] a [SEP] and the padding, 1 over b [SEP]; a
+    pair past seq_len - 3 ids loses them one at a time from the longer text. The cut warning
+    counts a pair by both texts."""
+    tok = train_char(["abc"])
+    cls_, sep, pad = (tok.token_to_id(t) for t in ("<cls>", "<sep>", "<pad>"))
+    examples = [
+        (([7, 8], [9]), 1),  # 3 ids of the 7 (seq_len 10 - 3): kept whole
+        (([7, 8, 9, 10, 11], [12, 13, 14, 15]), 0),  # 9: a to 4 (as long as b), then b to 3
+        (([7], [8, 9, 10, 11, 12, 13, 14, 15]), 1),  # 9: b to 6
+        (([7, 8, 9, 10], [11, 12, 13, 14]), 0),  # 8, as long from the start: a to 3
+    ]
+    batch = PairClassifyCollator(tok, seq_len=10)(examples)
+    assert batch["input_ids"].tolist() == [
+        [cls_, 7, 8, sep, 9, sep, pad, pad, pad, pad],
+        [cls_, 7, 8, 9, 10, sep, 12, 13, 14, sep],
+        [cls_, 7, sep, 8, 9, 10, 11, 12, 13, sep],
+        [cls_, 7, 8, 9, sep, 11, 12, 13, 14, sep],
+    ]
+    assert batch["token_type_ids"].tolist() == [
+        [0, 0, 0, 0, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+    ]
+    assert batch["attention_mask"].sum(1).tolist() == [6, 10, 10, 10]
+    assert batch["labels"].tolist() == [[1], [0], [1], [0]]
+    assert "token_type_ids" not in ClassifyCollator(tok, seq_len=9)([([7], 0)])  # as before
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.finetune"):
+        assert report_cut(examples, (7, None), "v", PairClassifyCollator.input_len) == 3
+    assert caplog.messages == [
+        "3 of 4 examples of v are cut: 3 inputs past 7 tokens (data.seq_len)"
+    ]
+
+
+def test_longest_first_cuts_a_pair_as_hugging_face_tokenizers_does() -> None:
+    """Every pair of lengths up to 12 and room up to 25, against ``tokenizers``' own
+    ``longest_first`` truncation (what ``tokenizer(a, b, truncation=True)`` runs)."""
+    tok = train_char(["ab"])
+    for room in range(1, 26):
+        tok.enable_truncation(max_length=room, strategy="longest_first")
+        for n_a in range(13):
+            for n_b in range(13):
+                a, b = longest_first(list(range(n_a)), list(range(n_b)), room)
+                types = tok.encode("a" * n_a, "b" * n_b, add_special_tokens=False).type_ids
+                assert (len(a), len(b)) == (types.count(0), types.count(1)), (n_a, n_b, room)
+                assert a == list(range(len(a))) and b == list(range(len(b)))  # ends cut
+
+
+def test_both_texts_of_a_pair_are_read_tokenized_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tokenizer trained on the training texts has the second texts' characters too, and
+    the cut warning counts a pair by both texts; with a checkpoint's tokenizer, characters it
+    lacks in either text are counted in the unknown-token warning."""
+    rows = [{"text": "abc", "text_pair": "xyz", "label": "x"}] * 5
+    rows += [{"text": "cba", "text_pair": "zyé", "label": "y"}] * 5
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = TaskConfig(
+        kind=TaskKind.classify,
+        source=TaskSource.files,
+        train=str(train_file),
+        val=str(train_file),
+        text_pair_column="text_pair",
+    )
+    char = DataConfig(tokenizer=TokenizerKind.char, cache_dir=str(tmp_path / "cache"))
+    dm = FinetuneDataModule(char, task, Family.bert, 8, 0)  # room for 5 of a pair's 6 ids
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.finetune"):
+        dm.setup()
+    assert caplog.messages[0] == (
+        f"10 of 10 examples of task.train={train_file} are cut: 10 inputs past 5 tokens "
+        "(data.seq_len)"
+    )
+    caplog.clear()
+    assert all(dm.tokenizer.token_to_id(c) is not None for c in "xyzé")
+    x, z = dm.tokenizer.token_to_id("x"), dm.tokenizer.token_to_id("z")
+    assert dm.train_rows[0][0][1][0] == x and dm.train_rows[9][0][1][0] == z
+    data = DataConfig(tokenizer=TokenizerKind.checkpoint, cache_dir=str(tmp_path / "cache"))
+    dm = FinetuneDataModule(data, task, Family.bert, 16, 0, train_char(["abcxyz"]).to_str())
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.tokenizer"):
+        dm.setup()
+    assert caplog.messages[0].startswith(
+        f"5 of the 60 tokens of task.train={train_file} (8.33%) are the tokenizer's unknown "
+        "token, standing for text it has no token for ('é' x5)"
+    )
+
+
 def test_greedy_seq2seq_takes_the_argmax_of_each_step() -> None:
     """The cached greedy decode equals decoding by hand: the argmax of a full forward."""
     torch.manual_seed(0)
@@ -394,6 +501,142 @@ def test_classify_resumes_exactly_after_kill_9(
     for key in ("train_loss", "val_loss", "val_acc", "val_f1"):
         assert resumed[key] == reference[key], key
     assert logged_steps(tmp_path, "val/acc") == [24, 49, 74, 99]
+
+
+PAIRS = ["task=classify", "task.name=next_line", "task.text_pair_column=text_pair"]
+TINY_BERT_RUN = ["model=bert_tiny", "model.d_model=32", "model.n_layers=1", "model.n_heads=2"]
+TINY_BERT_RUN += ["model.max_seq_len=64", "data.tokenizer=char"]
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A few steps on the shipped pair set (next_line), offline."""
+    run_dir = tmp_path_factory.mktemp("pairs")
+    overrides = [*PAIRS, *TINY_BERT_RUN, "trainer.max_steps=4", "logger=none"]
+    train(compose_train(overrides, run_dir, cache_dir))
+    return run_dir
+
+
+def test_a_pair_run_records_its_pair_column(paired: Path) -> None:
+    """results.json, plan.json and the checkpoint name the pair column, so a resume with
+    another (or none) is refused as another task."""
+    r = results(paired)
+    assert r["status"] == "completed" and r["global_step"] == 4 and r["val_acc"] is not None
+    assert r["task"] == {
+        "kind": "classify",
+        "labels": ["next", "random"],
+        "text_pair_column": "text_pair",
+        "train_examples": 2048,
+        "val_examples": 256,
+    }
+    assert json.loads((paired / "plan.json").read_text())["task"] == r["task"]
+    path = paired / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["task"] == {
+        "kind": "classify",
+        "labels": ["next", "random"],
+        "text_pair_column": "text_pair",
+    }
+    cfg = ModelConfig(**ckpt["model_config"])
+    for column in (None, "text"):
+        now = TaskSpec(TaskKind.classify, ("next", "random"), text_pair_column=column)
+        with pytest.raises(
+            ConfigError, match=rf"task.text_pair_column: 'text_pair' \(saved\) vs {column!r} \(now"
+        ):
+            check_checkpoint_model(ckpt, path, cfg, now)
+
+
+@pytest.mark.parametrize("pair", [True, False])
+def test_the_model_sees_the_second_segment_in_training_and_validation(
+    cache_dir: Path, pair: bool
+) -> None:
+    """A pair batch's token_type_ids reach the model through the LightningModule's training
+    loss (segment 1's embedding gets a gradient) and its validation forward (the logits
+    depend on them); a single-text batch leaves segment 1 untouched (its gradient is 0)."""
+    task = TaskConfig(
+        kind=TaskKind.classify,
+        name="next_line" if pair else "code_or_play",
+        text_pair_column="text_pair" if pair else None,
+    )
+    data = DataConfig(tokenizer=TokenizerKind.char, cache_dir=str(cache_dir))
+    dm = FinetuneDataModule(data, task, Family.bert, 32, 0)
+    dm.setup()
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY_BERT | {"vocab_size": dm.vocab_size})
+    module = LMTask(cfg, None, None, task=dm.spec)  # optimizer and schedule: unused here
+    batch = dm.collate(dm.train_rows[:8])
+    assert ("token_type_ids" in batch) == pair
+    module.objective(batch)[0].backward()
+    segment_grad = module.model.segment.weight.grad
+    assert segment_grad[0].abs().sum() > 0
+    assert (segment_grad[1].abs().sum() > 0) == pair
+    module.eval()
+    with torch.no_grad():
+        logits = module.loss(batch)[1]
+        unsegmented = module.loss({k: v for k, v in batch.items() if k != "token_type_ids"})[1]
+    assert torch.equal(logits, unsegmented) != pair
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["task=seq2seq", "model=t5_tiny", "task.text_pair_column=text_pair"],
+            r"task.text_pair_column=text_pair is set but task=seq2seq ignores it \(allowed with "
+            r"task=classify only",
+        ),
+        (["task.text_pair_column=text_pair"], r"is set but task=lm ignores it"),
+        (
+            [*PAIRS, "model=bert_tiny", "model.type_vocab_size=1"],
+            r"task.text_pair_column=text_pair gives the second text segment 1, but the model "
+            r"has model.type_vocab_size=1: no segment 1 \(allowed: 2 or more; set "
+            r"model.type_vocab_size=2",
+        ),
+        (
+            [*PAIRS, "init_from={segmentless}", "data.tokenizer=checkpoint"],
+            r"gives the second text segment 1, but init_from=.*segmentless.ckpt holds "
+            r"model.type_vocab_size=0",
+        ),
+        (
+            ["task=classify", "model=bert_tiny", "task.name=next_line"],
+            r"task.name=next_line is a set of text pairs: add task.text_pair_column=text_pair",
+        ),
+        (
+            ["task=classify", "model=bert_tiny", "task.text_pair_column=text_pair"],
+            r"task.text_pair_column=text_pair: the shipped set task.name=code_or_play has no "
+            r"such column \(it holds single texts, not pairs\); shipped pairs: "
+            r"task.name=next_line task.text_pair_column=text_pair",
+        ),
+        (
+            ["task=classify", "model=bert_tiny", "task.source=files", "task.train={pairs}"]
+            + ["task.text_pair_column=sentence2"],
+            r"task.text_pair_column='sentence2' is not a column of task.train=.*pairs.jsonl "
+            r"\(its columns: text, text_pair, label\)",
+        ),
+        (
+            ["task=classify", "model=bert_tiny", "task.source=files", "task.train={pairs}"]
+            + ["task.text_pair_column=text_pair"],
+            r"task.text_pair_column='text_pair': example 3 of task.train=.*pairs.jsonl holds 7, "
+            r"not a text",
+        ),
+    ],
+)
+def test_bad_pair_settings_are_one_line_errors(
+    tmp_path: Path, cache_dir: Path, overrides: list[str], message: str
+) -> None:
+    """The pair column with another task, on a model without segment 1 (its own or
+    init_from's), missing from the shipped pair set's run or from the data, and a second
+    text that is not a text (named by its line, though the split is shuffled)."""
+    rows = [{"text": "abc", "text_pair": "cab", "label": i % 2} for i in range(10)]
+    rows[2]["text_pair"] = 7
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = ModelConfig(**TINY_BERT | {"type_vocab_size": 0})
+    segmentless = save_checkpoint(tmp_path / "segmentless.ckpt", build_model(cfg), cfg)
+    overrides = [o.format(pairs=pairs, segmentless=segmentless) for o in overrides]
+    with pytest.raises(ConfigError, match=message) as info:
+        train(compose_train([*overrides, "logger=none"], tmp_path / "run", cache_dir))
+    assert "\n" not in str(info.value)
 
 
 def test_bad_examples_are_one_line_errors_naming_the_field(

@@ -35,7 +35,13 @@ class TaskSource(Choice):
 
 # The example sets shipped in src/lmlab/data/corpora/<name>.{train,val}.jsonl (written by
 # scripts/make_finetune_data.py), with the task each is for.
-SHIPPED_TASKS = {"code_or_play": TaskKind.classify, "def_name": TaskKind.seq2seq}
+SHIPPED_TASKS = {
+    "code_or_play": TaskKind.classify,
+    "def_name": TaskKind.seq2seq,
+    "next_line": TaskKind.classify,
+}
+# The shipped sets of text pairs, with their second text's column (task.text_pair_column).
+SHIPPED_PAIRS = {"next_line": "text_pair"}
 # File suffix -> the `datasets` loader that reads it.
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
 # What each example source needs, and the fields it would ignore (set: refused).
@@ -61,7 +67,8 @@ class TaskConfig:
     source: TaskSource = TaskSource.shipped
     """Where the examples come from: shipped, files or hf."""
     name: str | None = None
-    """source=shipped: code_or_play (classify) or def_name (seq2seq), null: the task's one;
+    """source=shipped: code_or_play or next_line (classify; next_line is pairs: with
+    ``task.text_pair_column=text_pair``) or def_name (seq2seq), null: the task's first;
     source=hf: a hub name."""
     subset: str | None = None
     """source=hf: the dataset's configuration (``task.name=glue task.subset=sst2``)."""
@@ -79,6 +86,12 @@ class TaskConfig:
     text_column: str = "text"
     label_column: str = "label"
     """classify: the columns of the text and of its label."""
+    text_pair_column: str | None = None
+    """classify: the column of a second text (null: none). Each example is then a pair, as
+    in GLUE's MRPC or MNLI, framed ``[CLS] a [SEP] b [SEP]`` with segment (token type) 0 over
+    ``[CLS] a [SEP]`` and 1 over ``b [SEP]``; a pair longer than ``data.seq_len`` loses tokens
+    one at a time from the longer text (Hugging Face's ``longest_first``). Needs a model with
+    two segments (``model.type_vocab_size=2``, as the bert presets have)."""
     input_column: str = "input"
     target_column: str = "target"
     """seq2seq: the columns of the input text and of the target text."""
@@ -91,6 +104,12 @@ class TaskConfig:
     """seq2seq: validation rows decoded greedily for ``val/exact_match`` (0: none)."""
 
     def __post_init__(self) -> None:
+        if self.text_pair_column is not None and self.kind != TaskKind.classify:
+            raise ConfigError(
+                f"task.text_pair_column={self.text_pair_column} is set but task="
+                f"{self.kind.value} ignores it (allowed with task=classify only: sentence "
+                "pairs for BERT's two segments)"
+            )
         if self.kind == TaskKind.lm:
             given = [f for f in ("name", "train", "val") if getattr(self, f) is not None]
             if given:
@@ -133,6 +152,26 @@ class TaskConfig:
                 f"task.name={self.name}: no shipped set for task={self.kind.value} by that name; "
                 f"allowed: {', '.join(ours)} (other examples: task.source=files or hf)"
             )
+        pair = SHIPPED_PAIRS.get(self.name)
+        if pair is not None and self.text_pair_column is None:
+            raise ConfigError(
+                f"task.name={self.name} is a set of text pairs: add "
+                f"task.text_pair_column={pair} (task.text_pair_column=null reads the first "
+                "texts alone, and the label depends on both)"
+            )
+        if self.text_pair_column is not None and self.text_pair_column != pair:
+            where = (
+                f"its second texts are in column {pair}"
+                if pair
+                else "it holds single texts, not pairs"
+            )
+            pairs = ", ".join(
+                f"task.name={n} task.text_pair_column={c}" for n, c in SHIPPED_PAIRS.items()
+            )
+            raise ConfigError(
+                f"task.text_pair_column={self.text_pair_column}: the shipped set "
+                f"task.name={self.name} has no such column ({where}); shipped pairs: {pairs}"
+            )
 
 
 def check_example_file(field_name: str, path: str | None) -> None:
@@ -160,6 +199,8 @@ class TaskSpec:
     val_examples: int = 0
     decode_rows: int = 0
     """seq2seq: validation rows decoded greedily for exact match."""
+    text_pair_column: str | None = None
+    """classify: the column of each example's second text (null: single texts)."""
 
     @property
     def num_labels(self) -> int:
@@ -170,6 +211,8 @@ class TaskSpec:
         out: dict[str, Any] = {"kind": self.kind.value}
         if self.labels:
             out["labels"] = list(self.labels)
+        if self.text_pair_column is not None:  # a single-text run's record stays as it was
+            out["text_pair_column"] = self.text_pair_column
         return out
 
 
@@ -185,6 +228,13 @@ def check_task_model(task: TaskConfig, model_cfg: ModelConfig, where: str) -> No
             f"task={task.kind.value} fine-tunes a {family.value} model; {where} "
             f"model.family={model_cfg.family.value} (allowed: model={family.value}_tiny or "
             f"another {family.value} preset, or init_from=<a {family.value} checkpoint>)"
+        )
+    if task.text_pair_column is not None and model_cfg.type_vocab_size < 2:
+        raise ConfigError(
+            f"task.text_pair_column={task.text_pair_column} gives the second text segment 1, "
+            f"but {where} model.type_vocab_size={model_cfg.type_vocab_size}: no segment 1 "
+            "(allowed: 2 or more; set model.type_vocab_size=2, as the bert presets have, or "
+            "init_from a model with two segments)"
         )
     if (task.max_target_len or 0) > model_cfg.max_seq_len:
         raise ConfigError(

@@ -272,11 +272,67 @@ class ClassifyCollator:
         # the most ids of an example kept: (input ids, target ids; None: a label)
         self.room: tuple[int, int | None] = (seq_len - 2, None)
 
+    @staticmethod
+    def input_len(ids: list[int]) -> int:
+        """An example's input ids, counted against ``room[0]``."""
+        return len(ids)
+
     def __call__(self, examples: list[tuple[list[int], int]]) -> Batch:
         rows = [[self.cls_id, *ids[: self.room[0]], self.sep_id] for ids, _ in examples]
         input_ids, real_BT = pad_rows(rows, self.pad_id)
         labels_B1 = torch.tensor([[label] for _, label in examples])
         return {"input_ids": input_ids, "attention_mask": real_BT, "labels": labels_B1}
+
+
+def longest_first(a: list[int], b: list[int], room: int) -> tuple[list[int], list[int]]:
+    """``a`` and ``b`` cut to ``room`` ids together, one id at a time from the end of the
+    longer, as Hugging Face tokenizers' default ``truncation="longest_first"`` cuts a pair. Once
+    they are as long, the one that was shorter (``a`` if neither) loses the next id: an odd
+    ``room`` leaves the extra id to the text that was longer, as ``tokenizers`` does."""
+    n_a, n_b = len(a), len(b)
+    a_first = n_a <= n_b
+    while n_a + n_b > room:
+        if n_a > n_b or (n_a == n_b and a_first):
+            n_a -= 1
+        else:
+            n_b -= 1
+    return a[:n_a], b[:n_b]
+
+
+class PairClassifyCollator(ClassifyCollator):
+    """Text-pair classification (``task.text_pair_column``), framed as BERT's next-sentence
+    pre-training and Hugging Face's ``tokenizer(a, b)``: [CLS] a [SEP] b [SEP], cut to
+    ``seq_len`` by ``longest_first``; ``token_type_ids`` are 0 over [CLS] a [SEP] (and the
+    padding), 1 over b [SEP]: the model's segment embeddings tell the two texts apart."""
+
+    def __init__(self, tokenizer: Tokenizer, seq_len: int) -> None:
+        super().__init__(tokenizer, seq_len)
+        if seq_len < 5:
+            raise ConfigError(
+                f"data.seq_len={seq_len} leaves no token for one text of a pair ([CLS] a [SEP] "
+                "b [SEP]): at least 5"
+            )
+        self.room = (seq_len - 3, None)
+
+    @staticmethod
+    def input_len(ids: tuple[list[int], list[int]]) -> int:
+        return len(ids[0]) + len(ids[1])
+
+    def __call__(self, examples: list[tuple[tuple[list[int], list[int]], int]]) -> Batch:
+        rows, types = [], []
+        for (a, b), _ in examples:
+            a, b = longest_first(a, b, self.room[0])
+            rows.append([self.cls_id, *a, self.sep_id, *b, self.sep_id])
+            types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
+        input_ids, real_BT = pad_rows(rows, self.pad_id)
+        token_type_ids, _ = pad_rows(types, 0)
+        labels_B1 = torch.tensor([[label] for _, label in examples])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": real_BT,
+            "token_type_ids": token_type_ids,
+            "labels": labels_B1,
+        }
 
 
 class Seq2SeqCollator:
@@ -290,6 +346,11 @@ class Seq2SeqCollator:
         self.pad = specials.id(tokenizer, "pad", use)
         self.seq_len, self.max_target_len = seq_len, max_target_len
         self.room: tuple[int, int | None] = (seq_len - 1, max_target_len - 1)  # EOS each
+
+    @staticmethod
+    def input_len(ids: list[int]) -> int:
+        """An example's input ids, counted against ``room[0]``."""
+        return len(ids)
 
     def __call__(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
         inputs = [[*ids[: self.room[0]], self.eos] for ids, _ in examples]

@@ -33,7 +33,7 @@ from lmlab.config import (
     TaskSource,
     TaskSpec,
 )
-from lmlab.data.collators import ClassifyCollator, Seq2SeqCollator
+from lmlab.data.collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import cache_root, cached_tokenizer, tokenizer_dir
 from lmlab.data.tokenizer import unknown_pieces, unknown_record, warn_unknown
@@ -147,41 +147,51 @@ def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
 
 
 def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
-    """The task's two columns of ``split``: a missing column, an empty split, a text that is
+    """The task's two columns of ``split``, inputs and targets; with ``task.text_pair_column``
+    each input is a pair of texts (a, b). A missing column, an empty split, a text that is
     not a string or a missing label is a ConfigError naming the field and the row."""
-    values = []
-    for field_name in COLUMNS[task.kind]:
+    pair = ("text_pair_column",) if task.text_pair_column is not None else ()
+    fields = (*COLUMNS[task.kind], *pair)
+    values = {}
+    for field_name in fields:
         column = getattr(task, field_name)
         if column not in split.examples.column_names:
             raise ConfigError(
                 f"task.{field_name}={column!r} is not a column of {split.origin} (its columns: "
                 f"{', '.join(split.examples.column_names)})"
             )
-        values.append(list(split.examples[column]))
-    if not values[0]:
+        values[field_name] = list(split.examples[column])
+    inputs, targets = (values[f] for f in COLUMNS[task.kind])
+    if not inputs:
         raise ConfigError(f"{split.origin} holds no examples")
-    texts_at = [0] if task.kind == TaskKind.classify else [0, 1]
-    for i in texts_at:
-        field_name = COLUMNS[task.kind][i]
-        bad = next((r for r, t in enumerate(values[i]) if not isinstance(t, str)), None)
+    texts = fields if task.kind == TaskKind.seq2seq else (COLUMNS[task.kind][0], *pair)
+    for field_name in texts:
+        bad = next((r for r, t in enumerate(values[field_name]) if not isinstance(t, str)), None)
         if bad is not None:
             raise ConfigError(
                 f"task.{field_name}={getattr(task, field_name)!r}: {example(bad)} of "
-                f"{split.origin} holds {values[i][bad]!r}, not a text"
+                f"{split.origin} holds {values[field_name][bad]!r}, not a text"
             )
     if task.kind == TaskKind.seq2seq:  # an empty target: nothing to learn, a free exact match
-        empty = next((r for r, t in enumerate(values[1]) if not t.strip()), None)
+        empty = next((r for r, t in enumerate(targets) if not t.strip()), None)
         if empty is not None:
             raise ConfigError(
                 f"task.target_column={task.target_column!r}: {example(empty)} of {split.origin} is "
                 "empty; allowed: a target text to predict (leave the example out)"
             )
-    if task.kind == TaskKind.classify and None in values[1]:
+    if task.kind == TaskKind.classify and None in targets:
         raise ConfigError(
-            f"task.label_column={task.label_column!r}: {example(values[1].index(None))} of "
+            f"task.label_column={task.label_column!r}: {example(targets.index(None))} of "
             f"{split.origin} has no label"
         )
-    return values[0], values[1]
+    if pair:
+        inputs = list(zip(inputs, values["text_pair_column"], strict=True))
+    return inputs, targets
+
+
+def input_texts(inputs: list[Any]) -> list[str]:
+    """The texts of ``columns``' inputs: each text, or both texts of each pair."""
+    return [t for x in inputs for t in x] if inputs and isinstance(inputs[0], tuple) else inputs
 
 
 def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple[str, ...]:
@@ -274,8 +284,9 @@ class FinetuneDataModule(LMDataModule):
             labels = label_names(y_train, task.num_labels, train.origin)
             y_train = label_ids(y_train, labels, train.origin)
             y_val = label_ids(y_val, labels, val.origin)
-        # a trained tokenizer learns what it will read: the inputs, and seq2seq's targets
-        texts = x_train + (y_train if task.kind == TaskKind.seq2seq else [])
+        # a trained tokenizer learns what it will read: the inputs (both texts of a pair), and
+        # seq2seq's targets
+        texts = input_texts(x_train) + (y_train if task.kind == TaskKind.seq2seq else [])
         tok_dir = tokenizer_dir(
             cache, ["finetune", texts_key(texts)], self.cfg, self.given_tokenizer
         )
@@ -284,15 +295,21 @@ class FinetuneDataModule(LMDataModule):
         self.val_rows = self.tokenized(x_val, y_val, val.origin)
         self.collate = COLLATORS[task.kind](self.tokenizer, self.seq_len, task)
         for rows, split in ((self.train_rows, train), (self.val_rows, val)):
-            report_cut(rows, self.collate.room, split.origin)
+            report_cut(rows, self.collate.room, split.origin, self.collate.input_len)
         self.spec = TaskSpec(
-            task.kind, labels, len(self.train_rows), len(self.val_rows), task.decode_rows
+            task.kind,
+            labels,
+            len(self.train_rows),
+            len(self.val_rows),
+            task.decode_rows,
+            task.text_pair_column,
         )
 
-    def tokenized(self, x: list[str], y: list[Any], origin: str) -> list[tuple[list[int], Any]]:
-        """(input ids, target) per example: the target's ids for a text, else the label id.
-        A plain list is the dataset: the DataLoader hands the collator lists of these. Text
-        the tokenizer has no token for is counted in a warning (``warn_unknown``)."""
+    def tokenized(self, x: list[Any], y: list[Any], origin: str) -> list[tuple[Any, Any]]:
+        """(input ids, target) per example: the target's ids for a text, else the label id;
+        a pair of texts gives a pair of id lists. A plain list is the dataset: the DataLoader
+        hands the collator lists of these. Text the tokenizer has no token for (in either
+        text of a pair) is counted in a warning (``warn_unknown``)."""
         found: Counter = Counter()
         n_tokens = 0
 
@@ -304,7 +321,12 @@ class FinetuneDataModule(LMDataModule):
             return [e.ids for e in encoded]
 
         targets = ids(y) if y and isinstance(y[0], str) else y
-        rows = list(zip(ids(x), targets, strict=True))
+        if x and isinstance(x[0], tuple):  # pairs: each text of the pair on its own
+            firsts, seconds = (list(texts) for texts in zip(*x, strict=True))
+            inputs = list(zip(ids(firsts), ids(seconds), strict=True))
+        else:
+            inputs = ids(x)
+        rows = list(zip(inputs, targets, strict=True))
         warn_unknown(unknown_record(found), n_tokens, origin)
         return rows
 
@@ -314,11 +336,16 @@ class FinetuneDataModule(LMDataModule):
         return None
 
 
-def report_cut(rows: list[tuple[list[int], Any]], room: tuple[int, int | None], origin: str) -> int:
+def report_cut(
+    rows: list[tuple[Any, Any]],
+    room: tuple[int, int | None],
+    origin: str,
+    input_len: Callable[[Any], int] = len,
+) -> int:
     """A warning counting the examples of ``origin`` the collator will cut: inputs past
-    ``room[0]`` ids (``data.seq_len``), targets past ``room[1]`` (``task.max_target_len``).
-    Returns the count."""
-    inputs = [len(x) > room[0] for x, _ in rows]
+    ``room[0]`` ids (``data.seq_len``; a pair's two texts together, ``input_len``), targets
+    past ``room[1]`` (``task.max_target_len``). Returns the count."""
+    inputs = [input_len(x) > room[0] for x, _ in rows]
     targets = [room[1] is not None and len(y) > room[1] for _, y in rows]
     cut = sum(map(any, zip(inputs, targets, strict=True)))
     if cut:
@@ -331,7 +358,9 @@ def report_cut(rows: list[tuple[list[int], Any]], room: tuple[int, int | None], 
 
 # How each task's examples are batched.
 COLLATORS: dict[TaskKind, Callable[[Tokenizer, int, TaskConfig], Callable]] = {
-    TaskKind.classify: lambda tok, seq_len, task: ClassifyCollator(tok, seq_len),
+    TaskKind.classify: lambda tok, seq_len, task: (
+        ClassifyCollator if task.text_pair_column is None else PairClassifyCollator
+    )(tok, seq_len),
     TaskKind.seq2seq: lambda tok, seq_len, task: Seq2SeqCollator(
         tok, seq_len, task.max_target_len or seq_len
     ),
