@@ -112,6 +112,24 @@ def test_packing_counts_the_text_a_tokenizer_has_no_token_for(
     )
 
 
+def test_a_tokenizer_without_eos_separates_documents_with_sep() -> None:
+    """BERT's WordPiece has no EOS: packing refused it ("packing documents needs a eos token"),
+    so a converted BERT could not continue masked-LM pre-training. Its documents now end with
+    [SEP], as BERT's pre-training segments do; one with neither token is still refused."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "paris", "is", "big"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(words[:5])
+    rows = pack(["paris is big", "paris"], tok, row_len=6)[0]
+    assert rows["input_ids"][0] == [5, 6, 7, 3, 5, 3]
+    bare = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    bare.add_special_tokens(["[UNK]"])
+    with pytest.raises(ConfigError, match="packing documents needs a eos token"):
+        pack(["a"], bare, row_len=2)
+
+
 def test_a_prompt_starts_as_a_packed_document_does() -> None:
     """Generation and the end-of-run sample read a prompt as ``pack`` wrote a document's
     start: after BOS where the tokenizer adds one (a converted Llama's), else as the text;

@@ -130,11 +130,13 @@ def _publish(tmp: Path, final: Path) -> None:
 def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Dataset, int, int, dict]:
     """Tokenise (batched ``map``), end every document with EOS (and start it with BOS when the
     tokenizer has one, as Llama's does), concatenate, and cut rows of ``row_len`` tokens (the
-    tail of each 1000-document batch is dropped). Returns the rows, the token count, the
-    UTF-8 byte count (for bits per byte) and what the unknown token stood for
-    (``unknown_record``)."""
+    tail of each 1000-document batch is dropped). A tokenizer without EOS, as BERT's WordPiece
+    is, ends each document with [SEP] instead, which separates BERT's pre-training segments.
+    Returns the rows, the token count, the UTF-8 byte count (for bits per byte) and what the
+    unknown token stood for (``unknown_record``)."""
     specials = Specials.of(tok)
-    eos = [specials.id(tok, "eos", "packing documents")]
+    end = "sep" if specials.eos is None and specials.sep is not None else "eos"
+    eos = [specials.id(tok, end, "packing documents")]
     bos = [specials.id(tok, "bos", "")] if specials.bos else []
 
     def tokenize(batch: dict) -> dict:
