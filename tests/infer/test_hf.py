@@ -962,3 +962,23 @@ def test_mixtral_goes_out_in_the_layout_save_pretrained_writes(tmp_path: Path) -
     assert "model.layers.1.mlp.experts.gate_up_proj" in saved_layout(out)
     back = load(from_hf(str(out), tmp_path / "back.ckpt")).model.state_dict()
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_from_hf_interrupted_while_saving_leaves_no_partial_file(
+    error: type[BaseException], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C or a full disk halfway through writing the checkpoint: the exception goes on,
+    and neither the hidden temporary file nor ``out`` is left behind."""
+    import lmlab.infer.hf.convert as convert
+
+    monkeypatch.setattr(convert, "_from_hf", lambda source: {"state_dict": {}})
+
+    def half_save(obj: object, path: Path) -> None:
+        Path(path).write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # a partial archive
+        raise error("interrupted")
+
+    monkeypatch.setattr(convert.torch, "save", half_save)
+    with pytest.raises(error):
+        from_hf(str(tmp_path), tmp_path / "out" / "x.ckpt")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -7,6 +7,9 @@ file belongs) is one line naming the key, not a traceback after minutes of work.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 from lmlab.errors import ConfigError
@@ -23,23 +26,63 @@ def check_parent(out: Path, key: str = "out") -> None:
             return
 
 
+def check_writable(out: Path, key: str = "out", folder: bool = False) -> None:
+    """``out`` can be written, tried before any work: the folders missing above it (and
+    ``out`` itself, for a ``folder``) are made and a temporary file named as the atomic
+    writers name theirs (``.<name>.<random>.tmp``) is created beside it, then all of it is
+    removed again. A read-only place, a name too long, a full disk: one line naming the key
+    and the system's reason."""
+    target = out.absolute()
+    where = target if folder else target.parent
+    made: list[Path] = []  # folders this check made, removed again (deepest first)
+    try:
+        for above in [*reversed(where.parents), where]:
+            if not above.exists():
+                above.mkdir()
+                made.append(above)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise cannot_write(out, key, err) from None
+    finally:
+        for above in reversed(made):
+            with contextlib.suppress(OSError):
+                above.rmdir()
+
+
+def cannot_write(out: Path, key: str, err: OSError) -> ConfigError:
+    """The one line for ``out`` the system refuses: the key, the path, the system's reason."""
+    return ConfigError(f"{key}={out}: cannot write there ({err.strerror or err})")
+
+
 def check_file_out(out: Path, key: str = "out", new: bool = True) -> Path:
-    """``out`` is a file this command may write: under folders, not a folder itself, and,
-    with ``new``, not there yet (nothing is overwritten)."""
-    check_parent(out, key)
-    if out.is_dir():
-        raise ConfigError(f"{key}={out} is a folder: name the file to write")
-    if new and (out.exists() or out.is_symlink()):
-        raise ConfigError(f"{key}={out} exists: choose a new file (nothing is overwritten)")
+    """``out`` is a file this command may write: under folders, not a folder itself, with
+    ``new`` not there yet (nothing is overwritten), and writable there (``check_writable``)."""
+    try:  # a name too long fails even a look (ENAMETOOLONG)
+        check_parent(out, key)
+        if out.is_dir():
+            raise ConfigError(f"{key}={out} is a folder: name the file to write")
+        if new and (out.exists() or out.is_symlink()):
+            raise ConfigError(f"{key}={out} exists: choose a new file (nothing is overwritten)")
+    except OSError as err:
+        raise cannot_write(out, key, err) from None
+    check_writable(out, key)
     return out
 
 
 def check_folder_out(out: Path, key: str = "out", empty: bool = False) -> Path:
-    """``out`` is a folder this command may write into: not a file, and, with ``empty``, a
-    new or empty folder."""
-    check_parent(out, key)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{key}={out} is a file: name a folder")
-    if empty and out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"{key}={out} exists and is not an empty folder (nothing is overwritten)")
+    """``out`` is a folder this command may write into: not a file, with ``empty`` a new or
+    empty folder, and writable (``check_writable``)."""
+    try:  # a name too long fails even a look (ENAMETOOLONG)
+        check_parent(out, key)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{key}={out} is a file: name a folder")
+        if empty and out.is_dir() and any(out.iterdir()):
+            raise ConfigError(
+                f"{key}={out} exists and is not an empty folder (nothing is overwritten)"
+            )
+    except OSError as err:
+        raise cannot_write(out, key, err) from None
+    check_writable(out, key, folder=True)
     return out

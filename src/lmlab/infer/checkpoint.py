@@ -134,7 +134,26 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ConfigError(
                 f"checkpoint {path} is a folder but not a sharded checkpoint (no {SHARDED_META})"
             )
+        check_torch_file(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a zip archive
+PICKLE_MAGIC = b"\x80"  # torch.save's legacy format (torch's own error names its fix)
+
+
+def check_torch_file(path: Path) -> None:
+    """``path`` starts as a file ``torch.save`` wrote, else a ``ConfigError`` saying what it
+    is (empty, JSON text, another file): not the reader's advice to re-save it."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        return
+    if not head:
+        raise ConfigError(f"checkpoint {path} is empty (0 bytes)")
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise ConfigError(f"checkpoint {path} is not a torch checkpoint (it starts like JSON text)")
+    raise ConfigError(f"checkpoint {path} is not a torch checkpoint (a zip archive is expected)")
 
 
 def holds_weights_only(ckpt: dict, path: Path) -> bool:

@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
-from lmlab.config.outpath import check_file_out, check_folder_out
+from lmlab.config.outpath import cannot_write, check_file_out, check_folder_out
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import read_checkpoint
@@ -113,8 +113,12 @@ def from_hf(source: str, out: str | Path) -> Path:
         ckpt = _from_hf(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, out)
+    except BaseException:  # a Ctrl-C or a full disk: no partial file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -332,7 +336,11 @@ def to_hf(
     """Write checkpoint ``path`` as a Hugging Face model folder ``out`` (config.json,
     model.safetensors or shards, the tokenizer: the checkpoint's, or ``tokenizer``)."""
     out = Path(out)
-    if out.is_symlink():  # the folder is renamed into place, which a link does not take
+    try:
+        link = out.is_symlink()
+    except OSError as err:  # a name too long
+        raise cannot_write(out, "out", err) from None
+    if link:  # the folder is renamed into place, which a link does not take
         raise ConfigError(
             f"out={out} is a symbolic link (to {os.readlink(out)}): name a new folder, or the "
             "folder it points to"

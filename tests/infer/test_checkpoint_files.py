@@ -1,0 +1,51 @@
+"""A file given as a checkpoint that no ``torch.save`` wrote (empty, JSON, other) is named for
+what it is, not met with the reader's advice to save it again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.errors import ConfigError
+from lmlab.infer.checkpoint import read_checkpoint
+
+JSON = "is not a torch checkpoint (it starts like JSON text)"
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (
+            b'\n  {"global_step": 3, "metrics": {}}\n',
+            JSON,
+        ),
+        (b"[1, 2]", JSON),
+        (b"step,loss\n1,2.5\n", "is not a torch checkpoint (a zip archive is expected)"),
+    ],
+)
+def test_a_file_torch_did_not_write_is_named_for_what_it_is(
+    content: bytes, what: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        read_checkpoint(path)
+    assert str(refused.value) == f"checkpoint {path} {what}"
+
+
+def test_a_torch_checkpoint_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "x.ckpt"
+    torch.save({"global_step": 3, "w": torch.ones(2)}, path)
+    assert read_checkpoint(path)["global_step"] == 3
+
+
+def test_the_generate_command_says_the_checkpoint_is_empty(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    path = tmp_path / "empty.ckpt"
+    path.touch()
+    assert run_command("generate", f"ckpt={path}", "prompt=x") == 2
+    assert capsys.readouterr().err == f"error: checkpoint {path} is empty (0 bytes)\n"
