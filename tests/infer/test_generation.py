@@ -809,3 +809,90 @@ def test_probe_says_why_it_keeps_its_own_earlier_unmarked_output(
     assert "is not a plot probe drew" not in err and err.count("\n") == 1, err
     assert "probe replaces only the plots it marked as its own, in .eps, .pdf, .png" in err
     assert out.read_bytes() == drawn
+
+
+def test_non_finite_logits_are_one_line_greedy_or_sampled(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """A model whose logits hold nan (a diverged run, an overflowing dtype) is refused at the
+    first token, naming the checkpoint: sampling raised multinomial's RuntimeError with a
+    traceback, and greedy decoding printed garbage."""
+    from lmlab.infer.generation import NonFiniteLogits
+
+    ckpt, tok = char_ckpt(tmp_path / "nan.ckpt")
+    model = load(ckpt).model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    ids = torch.tensor([encode(tok, "def fib(")])
+    for temperature in (0.0, 0.8):
+        with pytest.raises(NonFiniteLogits, match="not finite at generated token 1$"):
+            generate(model, ids, 4, temperature, generator=torch.Generator().manual_seed(0))
+    save_ckpt(model, tok, ckpt)
+    capsys.readouterr()
+    assert run_command("generate", f"ckpt={ckpt}", "prompt=def fib(", "dtype=bf16") == 2
+    out, err = capsys.readouterr()
+    assert out == "def fib(\n" and err == (
+        "error: the model's logits are not finite at generated token 1 (checkpoint "
+        f"{ckpt} holds non-finite weights or dtype=bf16 overflows; try dtype=fp32)\n"
+    )
+
+
+def test_infill_lists_only_the_sentinels_of_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans the model wrote for sentinels not in the text are ignored (the command printed
+    ``<extra_id_3> -> ...`` for a text with only <extra_id_0>); the text's come in its order."""
+    tok = char_tokenizer(bos=False)
+    model = tiny("t5", vocab_size=tok.get_vocab_size()).float()
+    pre = Pretrained(model, tok, model.cfg, Path("t5.ckpt"))
+    start, eos = tok.token_to_id("<pad>"), tok.token_to_id(EOS)
+    for written, spans, filled in [
+        ("<extra_id_3> fib", {}, "def(self): return"),
+        ("<extra_id_2> n<extra_id_1> x<extra_id_0> fib", {"<extra_id_0>": " fib"}, None),
+    ]:
+        target = torch.tensor([[start, *encode(tok, written), eos]])
+        monkeypatch.setattr(fill, "decode_loop", lambda *_, target=target, **__: target)
+        got = infill(pre, "def <extra_id_0>(self): return")
+        assert got[0] == spans
+        assert got[1] == (filled or "def fib(self): return")
+
+
+@pytest.mark.parametrize(
+    ("text", "numbered"),
+    [
+        ("a [MASK] b <mask>", "a <extra_id_0> b <extra_id_1>"),  # in the text's order
+        ("<extra_id_0> a <mask> b [MASK]", "<extra_id_0> a <extra_id_1> b <extra_id_2>"),
+        ("a <mask> b <extra_id_0> c", None),  # <mask> became <extra_id_1>, before <extra_id_0>
+        ("<extra_id_1> a [MASK] b <extra_id_0>", None),
+    ],
+)
+def test_masks_take_sentinels_in_the_texts_order_or_are_refused(text: str, numbered) -> None:
+    sentinels = tuple(f"<extra_id_{k}>" for k in range(4))
+    if numbered is not None:
+        assert fill._sentinels(text, sentinels) == numbered
+    else:
+        with pytest.raises(ConfigError, match=r"^text: mixes .* and <extra_id_N>, with a mask"):
+            fill._sentinels(text, sentinels)
+
+
+def test_interrupted_sample_ends_its_line_before_the_message(
+    tmp_path: Path, run_command, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a streamed sample: the partial line is ended, so ``interrupted (Ctrl-C)``
+    is not glued to the sample's last word."""
+    from lmlab.cli.generate import Stream
+
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")
+    streamed = Stream.__call__
+
+    def interrupted_once_written(self, next_B1) -> None:
+        streamed(self, next_B1)
+        if self.written:  # some of the sample is out
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Stream, "__call__", interrupted_once_written)
+    capsys.readouterr()
+    assert run_command("generate", f"ckpt={ckpt}", "prompt=def fib(", "temperature=0") == 130
+    out, err = capsys.readouterr()
+    assert out.startswith("def fib(") and len(out.rstrip("\n")) > len("def fib("), out
+    assert out.endswith("\n") and not out.endswith("\n\n"), repr(out)
+    assert err == "interrupted (Ctrl-C)\n"

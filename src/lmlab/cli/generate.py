@@ -99,8 +99,8 @@ def main(argv: list[str]) -> int | None:
     from rich.markup import escape
     from rich.table import Table
 
-    from lmlab.infer.fill import fill_mask, infill
-    from lmlab.infer.generation import generate
+    from lmlab.infer.fill import fill_mask
+    from lmlab.infer.generation import NonFiniteLogits
 
     task = cfg.task or TASKS[pre.family]
     if TASKS[pre.family] != task:
@@ -123,6 +123,25 @@ def main(argv: list[str]) -> int | None:
         # the model's text as it is: brackets are code, not rich markup; lines unwrapped
         console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
+    try:
+        sample(cfg, pre, task, text, gen, console)
+    except NonFiniteLogits as err:  # one line naming the checkpoint, not multinomial's traceback
+        why = (
+            f"non-finite weights or dtype={cfg.dtype} overflows; try dtype=fp32"
+            if cfg.dtype != "fp32"
+            else "non-finite weights, or it overflows even in fp32"
+        )
+        raise ConfigError(f"{err} (checkpoint {cfg.ckpt} holds {why})") from None
+
+
+def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None:
+    """generate's or infill's ``num_samples`` samples, one after another from ``gen``."""
+    import torch
+    from rich.markup import escape
+
+    from lmlab.infer.fill import infill
+    from lmlab.infer.generation import generate
+
     if task == "infill":
         for n in range(cfg.num_samples):  # one generator: each fill draws after the last
             if cfg.num_samples > 1:
@@ -139,18 +158,22 @@ def main(argv: list[str]) -> int | None:
         if cfg.num_samples > 1:
             console.rule(f"sample {n + 1} of {cfg.num_samples}")
         stream = Stream(tok, ids)
-        sys.stdout.write(text)
-        generate(
-            pre.model,
-            torch.tensor([ids], device=pre.device),
-            cfg.max_new_tokens,
-            cfg.temperature,
-            cfg.top_k if cfg.top_k is not None else 50,
-            cfg.top_p,
-            gen,
-            use_cache=cfg.cache,
-            on_token=stream,
-        )
+        try:
+            stream.write(text)
+            generate(
+                pre.model,
+                torch.tensor([ids], device=pre.device),
+                cfg.max_new_tokens,
+                cfg.temperature,
+                cfg.top_k if cfg.top_k is not None else 50,
+                cfg.top_p,
+                gen,
+                use_cache=cfg.cache,
+                on_token=stream,
+            )
+        except BaseException:  # Ctrl-C or an error: its message starts on a line of its own
+            stream.end_line()
+            raise
         sys.stdout.write("\n")
 
 
@@ -160,18 +183,29 @@ def _family_of(task: str) -> str:
 
 class Stream:
     """Writes each new token's text as it comes. Decodes the whole continuation and writes
-    what is new, holding back an incomplete UTF-8 character (byte-level BPE can split one)."""
+    what is new, holding back an incomplete UTF-8 character (byte-level BPE can split one).
+    ``line_open``: stdout's last line is unfinished (``end_line`` finishes it)."""
 
     def __init__(self, tokenizer, prompt_ids: list[int]) -> None:
         self.tok, self.prompt_ids = tokenizer, prompt_ids
         self.new_ids: list[int] = []
         self.written = 0
+        self.line_open = False
 
     def __call__(self, next_B1) -> None:
         self.new_ids.append(int(next_B1[0, 0]))
         text = self.tok.decode(self.new_ids)
         if text.endswith("\ufffd"):
             return
-        sys.stdout.write(text[self.written :])
-        sys.stdout.flush()
+        self.write(text[self.written :])
         self.written = len(text)
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if text:
+            self.line_open = not text.endswith("\n")
+
+    def end_line(self) -> None:
+        if self.line_open:
+            self.write("\n")

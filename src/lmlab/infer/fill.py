@@ -5,7 +5,8 @@ Byte-level BPE folds a word's leading space into the word's token, so the one sp
 ``<mask>`` or a sentinel is dropped from the input and the prediction brings its own (RoBERTa's
 mask token strips left whitespace the same way). ``<mask>`` and ``[MASK]`` both stand for the
 tokenizer's mask token (a converted BERT's is ``[MASK]``); in ``infill`` each becomes the next
-sentinel ``<extra_id_k>``.
+sentinel ``<extra_id_k>`` in the text's order (after any explicit one, which must all come
+before the first mask).
 """
 
 from __future__ import annotations
@@ -72,21 +73,33 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
 
 
 def _sentinels(text: str, sentinels: tuple[str, ...]) -> str:
-    """``<mask>``/``[MASK]`` to successive sentinels after the highest one already there."""
-    used = [int(k) for k in SENTINEL_RE.findall(text)]
+    """``<mask>``/``[MASK]``, in the order they come, to successive sentinels after the highest
+    one already there. A mask before an explicit ``<extra_id_N>`` is refused: numbered after
+    it, the spans would not be in the text's order; numbered by position, the explicit ones
+    would change meaning."""
+    explicit = list(SENTINEL_RE.finditer(text))
+    used = [int(m.group(1)) for m in explicit]
     if used and max(used) >= len(sentinels):
         raise ConfigError(
             f"text has <extra_id_{max(used)}>, but the tokenizer's sentinels are <extra_id_0> "
             f"to <extra_id_{len(sentinels) - 1}>"
         )
+    masks = re.compile("|".join(map(re.escape, MASK_MARKERS)))
+    first_mask = masks.search(text)
+    if first_mask and explicit and first_mask.start() < explicit[-1].start():
+        raise ConfigError(
+            f"text: mixes {first_mask.group(0)} and <extra_id_N>, with a mask before "
+            f"{explicit[-1].group(0)}, so its number is ambiguous; use one form"
+        )
     k = max(used, default=-1) + 1
-    for marker in MASK_MARKERS:
-        while marker in text:
-            if k >= len(sentinels):
-                raise ConfigError(f"text has more masks than the tokenizer's {k} sentinels")
-            text = text.replace(marker, sentinels[k], 1)
-            k += 1
-    return text
+    n_masks = len(masks.findall(text))
+    if k + n_masks > len(sentinels):
+        raise ConfigError(
+            f"text has {n_masks} masks, numbered from <extra_id_{k}>: past the tokenizer's "
+            f"last sentinel <extra_id_{len(sentinels) - 1}>"
+        )
+    numbers = iter(range(k, k + n_masks))
+    return masks.sub(lambda _: sentinels[next(numbers)], text)
 
 
 @torch.no_grad()
@@ -101,7 +114,9 @@ def infill(
     use_cache: bool = True,
 ) -> tuple[dict[str, str], str]:
     """Generate the span of every sentinel in ``text`` (T5's target: ``<extra_id_0> span0
-    <extra_id_1> span1 ... </s>``); returns {sentinel: span} and the filled text."""
+    <extra_id_1> span1 ... </s>``); returns {sentinel: span} for the text's sentinels the
+    model wrote a span for, in the text's order (spans for other sentinels are ignored), and
+    the filled text."""
     tok, model, specials = pre.tokenizer, pre.model, pre.specials
     text = _sentinels(text, specials.sentinels)
     if not SENTINEL_RE.search(text):
@@ -129,8 +144,13 @@ def infill(
         eos_id=eos_id,
     )
     target = tok.decode(out_1S[0, 1:].tolist(), skip_special_tokens=False)
-    spans = parse_spans(target, specials.eos)
-    unfilled = [m.group(0) for m in SENTINEL_RE.finditer(text) if m.group(0) not in spans]
+    written_spans = parse_spans(target, specials.eos)
+    inputs = list(dict.fromkeys(m.group(0) for m in SENTINEL_RE.finditer(text)))
+    # only the text's sentinels, in its order: T5 often goes on past the last one
+    spans = {s: written_spans[s] for s in inputs if s in written_spans}
+    if extra := [s for s in written_spans if s not in spans]:
+        log.debug("ignored the model's spans for %s (not in the text)", ", ".join(extra))
+    unfilled = [s for s in inputs if s not in spans]
     if unfilled:  # left empty in the filled text: say so, with what the model wrote instead
         written = target.split(specials.eos)[0] if specials.eos else target
         log.warning(

@@ -15,12 +15,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lmlab.errors import ConfigError
 from lmlab.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
 
 # (ids (B, T), cache or None) -> logits (B, T, V)
 Forward = Callable[[torch.Tensor, KVCache | None], torch.Tensor]
+
+
+class NonFiniteLogits(ConfigError):
+    """A step's next-token logits hold inf or nan: sampling would fail (``torch.multinomial``
+    refuses them) and the argmax would be garbage. Callers that know the checkpoint and the
+    dtype add them to the message."""
+
+    def __init__(self, token: int) -> None:
+        super().__init__(f"the model's logits are not finite at generated token {token}")
+        self.token = token
 
 
 def filter_logits(
@@ -72,6 +83,7 @@ def decode_loop(
     on_token: Callable[[torch.Tensor], None] | None = None,
     forced_BF: torch.Tensor | None = None,
     stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to ``ids_BT``; ``new_cache=None`` recomputes the
     context every step. A sequence that produced ``eos_id`` is continued with ``eos_id``; the
@@ -81,12 +93,17 @@ def decode_loop(
     every prompt has (their first T tokens) and ``forced_BF`` the rest of each, right-padded
     with -1. At step s a row takes ``forced_BF[:, s]`` where it is >= 0 instead of the picked
     token, so every row sees exactly its own prompt at the positions an unbatched run gives
-    it. ``stop(ids_BT)`` -> (B,) bool marks rows finished (a stop sequence), as EOS does."""
+    it. ``stop(ids_BT)`` -> (B,) bool marks rows finished (a stop sequence), as EOS does.
+    Non-finite logits at a step raise ``NonFiniteLogits`` (a diverged model, an overflowing
+    dtype), greedy or sampled, unless ``check_finite=False``."""
     cache = new_cache(ids_BT.shape[0]) if new_cache else None
     logits_BV = forward(ids_BT[:, -max_len:], cache)[:, -1]
     done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
     n_forced = 0 if forced_BF is None else forced_BF.shape[1]
     for step in range(max_new_tokens):
+        # one host sync per token, as the `done_B.all()` check below (and on_token) make anyway
+        if check_finite and not bool(torch.isfinite(logits_BV).all()):
+            raise NonFiniteLogits(step + 1)
         next_B1 = pick(logits_BV, temperature, top_k, top_p, generator)
         generated_B = torch.ones_like(done_B)
         if step < n_forced:
@@ -160,7 +177,9 @@ def greedy_seq2seq(
 ) -> torch.Tensor:
     """Greedy targets of an encoder-decoder (T5) for a batch of inputs, with the decoder's KV
     cache: (B, max_new_tokens) tokens after the decoder start tokens ``start_B1``. A row that
-    produced ``eos_id`` continues with ``eos_id``; a batch that ends early is padded so."""
+    produced ``eos_id`` continues with ``eos_id``; a batch that ends early is padded so.
+    Non-finite logits are not checked: this scores validation's exact match, and what a
+    non-finite model does to the run is the non-finite guard's decision (its ``mode``)."""
     memory_BTD = model.encode(input_ids, attention_mask)
     out_BS = decode_loop(
         lambda dec_ids, cache: model.decode(dec_ids, memory_BTD, attention_mask, cache=cache),
@@ -170,6 +189,7 @@ def greedy_seq2seq(
         max_new_tokens,
         temperature=0.0,
         eos_id=eos_id,
+        check_finite=False,
     )[:, 1:]
     short = max_new_tokens - out_BS.shape[1]
     return torch.nn.functional.pad(out_BS, (0, short), value=eos_id if eos_id is not None else 0)
