@@ -274,6 +274,13 @@ def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> No
     res = cli("generate.py", f"ckpt={bert_ckpt}", "text=six <mask> eight")
     assert res.returncode == 0, res.stderr
     assert "' seven'" in res.stdout and "filled:" in res.stdout
+    with torch.no_grad():  # a diverged BERT: nan probabilities were ranked and printed
+        for p in pre.model.parameters():
+            p.fill_(float("nan"))
+    from lmlab.infer.generation import NonFiniteLogits
+
+    with pytest.raises(NonFiniteLogits, match="not finite at a <mask>$"):
+        fill_mask(pre, "three four [MASK] six", top_k=3)
 
 
 def test_probe_writes_the_attention_image_and_the_parameter_table(

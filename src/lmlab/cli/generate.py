@@ -111,20 +111,11 @@ def main(argv: list[str]) -> int | None:
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
     text = cfg.text if cfg.text is not None else cfg.prompt
-    if task == "fill_mask":
-        per_mask, filled = fill_mask(pre, text, cfg.top_k or 5)
-        for i, candidates in enumerate(per_mask):
-            table = Table(title=f"<mask> {i + 1} of {len(per_mask)}")
-            table.add_column("token")
-            table.add_column("probability", justify="right")
-            for c in candidates:
-                table.add_row(escape(repr(c.token)), f"{c.probability:.3f}")
-            console.print(table)
-        # the model's text as it is: brackets are code, not rich markup; lines unwrapped
-        console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
-        return
     try:
-        sample(cfg, pre, task, text, gen, console)
+        if task != "fill_mask":
+            sample(cfg, pre, task, text, gen, console)
+            return
+        per_mask, filled = fill_mask(pre, text, cfg.top_k or 5)
     except NonFiniteLogits as err:  # one line naming the checkpoint, not multinomial's traceback
         why = (
             f"non-finite weights or dtype={cfg.dtype} overflows; try dtype=fp32"
@@ -132,6 +123,15 @@ def main(argv: list[str]) -> int | None:
             else "non-finite weights, or it overflows even in fp32"
         )
         raise ConfigError(f"{err} (checkpoint {cfg.ckpt} holds {why})") from None
+    for i, candidates in enumerate(per_mask):
+        table = Table(title=f"<mask> {i + 1} of {len(per_mask)}")
+        table.add_column("token")
+        table.add_column("probability", justify="right")
+        for c in candidates:
+            table.add_row(escape(repr(c.token)), f"{c.probability:.3f}")
+        console.print(table)
+    # the model's text as it is: brackets are code, not rich markup; lines unwrapped
+    console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
 
 
 def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from lmlab.data.tokenizer import SENTINEL_RE, encode
 from lmlab.errors import ConfigError
-from lmlab.infer.generation import decode_loop
+from lmlab.infer.generation import NonFiniteLogits, decode_loop
 from lmlab.infer.pretrained import Pretrained
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,13 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
             f"max_seq_len={pre.cfg.max_seq_len}"
         )
     ids_1T = torch.tensor([ids], device=pre.device)
-    probs_TV = pre.model(ids_1T)[0].float().softmax(-1)
+    logits_TV = pre.model(ids_1T)[0].float()
+    masked_T = ids_1T[0] == mask_id
+    if not bool(torch.isfinite(logits_TV[masked_T]).all()):  # else nan probabilities, ranked
+        raise NonFiniteLogits("a <mask>")
+    probs_TV = logits_TV.softmax(-1)
     filled, results = list(ids), []
-    for t in (ids_1T[0] == mask_id).nonzero()[:, 0].tolist():
+    for t in masked_T.nonzero()[:, 0].tolist():
         p, idx = probs_TV[t].topk(min(top_k, probs_TV.shape[-1]))  # at most every token
         pairs = zip(p.tolist(), idx.tolist(), strict=True)
         results.append([Candidate(tok.decode([i]), i, q) for q, i in pairs])

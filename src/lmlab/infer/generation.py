@@ -29,9 +29,8 @@ class NonFiniteLogits(ConfigError):
     refuses them) and the argmax would be garbage. Callers that know the checkpoint and the
     dtype add them to the message."""
 
-    def __init__(self, token: int) -> None:
-        super().__init__(f"the model's logits are not finite at generated token {token}")
-        self.token = token
+    def __init__(self, where: str) -> None:
+        super().__init__(f"the model's logits are not finite at {where}")
 
 
 def filter_logits(
@@ -103,7 +102,7 @@ def decode_loop(
     for step in range(max_new_tokens):
         # one host sync per token, as the `done_B.all()` check below (and on_token) make anyway
         if check_finite and not bool(torch.isfinite(logits_BV).all()):
-            raise NonFiniteLogits(step + 1)
+            raise NonFiniteLogits(f"generated token {step + 1}")
         next_B1 = pick(logits_BV, temperature, top_k, top_p, generator)
         generated_B = torch.ones_like(done_B)
         if step < n_forced:
