@@ -438,8 +438,9 @@ def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> Non
 def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
     tok, tmp_path: Path, run_command, capsys
 ) -> None:
-    """``out=`` that is not an eval record (the checkpoint itself, results.json), a folder, or
-    a path under a file: one line, exit 2, before the checkpoint is read; the file is kept."""
+    """``out=`` that is not an eval record (the checkpoint itself, results.json), a folder, a
+    path under a file, or a link to nothing: one line, exit 2, before the checkpoint is read;
+    the file (the link) is kept."""
     pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
     ckpt = tmp_path / "model.ckpt"
     state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
@@ -448,7 +449,10 @@ def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
     results = tmp_path / "results.json"
     results.write_text('{"status": "completed", "val_loss": 2.5}')
     kept = {p: p.read_bytes() for p in (ckpt, results)}
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "gone.json")
     cases = [
+        (dangling, "is a symbolic link to"),  # it was replaced by a file
         (ckpt, "exists and is not an lmlab eval record"),
         (results, "exists and is not an lmlab eval record"),
         (tmp_path, "is a folder: name the file to write"),
@@ -461,6 +465,7 @@ def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert {p: p.read_bytes() for p in kept} == kept
+    assert dangling.is_symlink() and not (tmp_path / "gone.json").exists()
 
 
 def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(

@@ -301,6 +301,11 @@ def read_record(path: Path, key: str = "out") -> dict[str, Any] | None:
     from lmlab.config.outpath import check_file_out
 
     check_file_out(path, key, new=False)
+    if path.is_symlink() and not path.exists():  # written, it would replace the link
+        raise ConfigError(
+            f"{key}={path} is a symbolic link to {os.readlink(path)}, which does not exist: "
+            "name a new file, or the file it points to (nothing is overwritten)"
+        )
     if not path.exists():
         return None
     try:
