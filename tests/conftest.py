@@ -122,7 +122,7 @@ def run_command(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
     exit's full collection (``before_exit``) would take about half a second, and a freeze
     of a command's imports (``long_lived``) would keep this test's garbage alive then."""
     monkeypatch.setattr("lmlab.cli.main.before_exit", lambda: None)
-    for module in ("main", "train"):
+    for module in ("main", "train", "sweep_check"):
         monkeypatch.setattr(f"lmlab.cli.{module}.long_lived", contextlib.nullcontext)
 
     def run(name: str, *argv: str) -> int:

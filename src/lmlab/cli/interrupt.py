@@ -2,7 +2,10 @@
 ``results.json``, so a run interrupted in its checks or while its data was prepared left a
 record that said ``interrupted`` with nothing trained, and the next command into the folder
 was refused for it. ``JobFolder`` notes a job's folder as the job found it, to put its record
-back; ``clear`` removes a folder that holds only what this command wrote."""
+back; ``clear`` removes a folder that holds only what this command wrote. ``note_folder``
+records where this call writes (``lmlab.cli.launch.LAUNCH``), and
+``interrupted_before_training`` puts back and removes what a job interrupted before it
+trained left, in one line."""
 
 from __future__ import annotations
 
@@ -10,7 +13,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.train.rundir import RUN_CONFIG
+from hydra.core.hydra_config import HydraConfig
+
+from lmlab.cli.launch import LAUNCH, in_multirun
+from lmlab.config.locks import LOCK_FILES
+from lmlab.train.rundir import RUN_CONFIG, holds_run
 
 RESULTS = "results.json"
 
@@ -63,3 +70,32 @@ def clear(folder: Path, existed: bool) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     if existed:
         folder.mkdir(exist_ok=True)
+
+
+def note_folder(folder: Path, existed: bool) -> None:
+    """``folder`` is where this call writes, from now on (``LAUNCH``): whether it held
+    anything but lock files decides, as it does for Hydra's writes (held where it did), what
+    an interrupt before training removes again."""
+    empty = not folder.is_dir() or all(p.name in LOCK_FILES for p in folder.iterdir())
+    LAUNCH.folder, LAUNCH.made, LAUNCH.existed = folder, empty, existed and empty
+
+
+def interrupted_before_training(job: JobFolder) -> str:
+    """Ctrl-C before ``job`` trained: its ``results.json`` put back as it was, and the folder
+    this call made (a run's, or a sweep's whose first job this is; a later job's own folder)
+    removed again; one line saying so. A folder that held something kept it: Hydra's writes
+    were held there (a sweep's job folder that held no run has Hydra's ``.hydra/``)."""
+    job.restore_record()
+    num = HydraConfig.get().job.num if in_multirun() else 0
+    first = f"interrupted before job #{num} trained" if num else "interrupted before training"
+    folder = LAUNCH.folder
+    if LAUNCH.made and folder is not None and (folder == job.path or folder in job.path.parents):
+        if LAUNCH.jobs == 1:  # nothing else of this call's is there
+            clear(folder, LAUNCH.existed)
+            return f"{first}: nothing was written to {folder}"
+        clear(job.path, existed=False)
+        before = "the job before it is" if num == 1 else f"the {num} jobs before it are"
+        return f"{first}: nothing was written to {job.path}; {before} in {folder}"
+    if not in_multirun() or holds_run(job.path):
+        return f"{first}: nothing was written to {job.path}"
+    return f"{first}: nothing was trained in {job.path}, which holds no run"

@@ -1,7 +1,7 @@
 """The checks a run passes before it reads data, builds a model or writes into its directory:
 ``check_run`` for the run itself (``lmlab.train.run.train``), ``check_job`` for each job of a
-sweep before the first one starts (``lmlab.cli.train.check_sweep``), so that a sweep whose
-sixth job has a bad value is refused at once, not after five jobs have trained.
+sweep before the first one starts (``lmlab.cli.sweep_check.check_sweep``), so that a sweep
+whose sixth job has a bad value is refused at once, not after five jobs have trained.
 
 ``machine=False`` leaves out what depends on the machine the run will train on (a GPU there,
 its free memory, a multi-node launcher's variables): a sweep that a cluster launcher sends

@@ -12,9 +12,9 @@ training.
   (``chose_dir``), a run or sweep whose default one is taken, by another started in the same
   second, takes ``<dir>_2`` (``_3``, ...) instead of being refused or sharing it.
 - ``hold_hydra_writes``: Hydra saves ``.hydra/`` and opens the job log (``train.log``) before
-  the task function runs. ``lmlab.cli.train.RunDirCallback`` (``hydra.callbacks``) calls this
-  from ``on_run_start``, before any of that, for a directory that is not empty: Hydra then
-  saves nothing, and the log's records wait in memory (``HeldFileHandler``).
+  the task function runs. ``lmlab.cli.rundir_callback.RunDirCallback`` (``hydra.callbacks``)
+  calls this from ``on_run_start``, before any of that, for a directory that is not empty:
+  Hydra then saves nothing, and the log's records wait in memory (``HeldFileHandler``).
 - ``hold_sweep_hydra_writes`` / ``job_started``: the same for the jobs of a sweep into a
   folder that exists (``resume=auto`` into a folder holding runs, or one where a live run
   starts in a job's folder), whose ``.hydra/`` Hydra's launcher would rewrite before each
