@@ -281,6 +281,24 @@ def test_split_is_deterministic_and_disjoint() -> None:
     assert [len(t) for t in split_documents(one_book, 0.1)[1]] == [100]
 
 
+def test_cache_entries_follow_the_umask_and_an_empty_cache_dir_is_refused(tmp_path: Path) -> None:
+    """Entries were built in mkdtemp's 0700 folders, so a cache shared by a group failed for
+    its other users with a PermissionError traceback; they follow the umask now. An empty
+    ``data.cache_dir`` (``LMLAB_CACHE=``) put the cache into the working directory."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    old = os.umask(0o022)
+    try:
+        prepare(text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char), row_len=17)
+    finally:
+        os.umask(old)
+    entries = [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
+    assert entries and all(p.stat().st_mode & 0o777 == 0o755 for p in entries), entries
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="data.cache_dir is empty"):
+            DataConfig(cache_dir=empty)
+
+
 def test_packed_cache_is_reused_and_rebuilt_on_change(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)

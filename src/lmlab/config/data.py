@@ -83,6 +83,12 @@ class DataConfig:
         return {}
 
     def __post_init__(self) -> None:
+        if not str(self.cache_dir).strip():  # Path("") is the working directory
+            raise ConfigError(
+                "data.cache_dir is empty (an empty LMLAB_CACHE gives it): the cache would go "
+                "into the working directory; allowed: a folder (unset LMLAB_CACHE for "
+                "~/.cache/lmlab)"
+            )
         for name, (sources, default) in SOURCE_FIELDS.items():
             value = getattr(self, name)
             if value != default and self.source not in sources:

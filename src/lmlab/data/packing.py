@@ -117,7 +117,11 @@ def cache_root(cfg: DataConfig) -> Path:
 def new_entry(cfg: DataConfig, cache: Path) -> Path:
     """A temporary folder in the cache to build an entry in (``_publish`` puts it in place)."""
     with writing(cfg):
-        return Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 kept a shared cache from its other users
+    return tmp
 
 
 def _publish(tmp: Path, final: Path) -> None:
