@@ -291,13 +291,20 @@ def test_a_key_its_target_does_not_take_is_refused_before_any_data(
         check_run(cfg)
 
 
-def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(tmp_path) -> None:
+def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A sweep's jobs are checked before the first starts: a missing ``data.path`` is one of
-    them; a dry run plans for another machine, where the path may be."""
+    them; a dry run plans for another machine, where the path may be, and says it is not
+    here."""
     missing = ["data=text", f"data.path={tmp_path / 'missing.txt'}", "+debug=smoke"]
     with pytest.raises(ConfigError, match=r"data.path='.*missing.txt' does not exist"):
         check_run(compose_train(missing, tmp_path / "run", tmp_path))
     check_run(compose_train([*missing, "dry_run=true"], tmp_path / "run", tmp_path))
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "missing.txt' does not exist" in m and "a run here would be refused" in m for m in said
+    )
 
 
 def unused_cases() -> list[tuple[dict, set[str]]]:

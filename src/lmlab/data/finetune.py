@@ -36,7 +36,7 @@ from lmlab.config import (
 from lmlab.data.collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import cache_root, cached_tokenizer, tokenizer_dir
-from lmlab.data.tokenizer import unknown_pieces, unknown_record, warn_unknown
+from lmlab.data.tokenizer import encode_ordinary, unknown_pieces, unknown_record, warn_unknown
 from lmlab.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -308,14 +308,16 @@ class FinetuneDataModule(LMDataModule):
     def tokenized(self, x: list[Any], y: list[Any], origin: str) -> list[tuple[Any, Any]]:
         """(input ids, target) per example: the target's ids for a text, else the label id;
         a pair of texts gives a pair of id lists. A plain list is the dataset: the DataLoader
-        hands the collator lists of these. Text the tokenizer has no token for (in either
-        text of a pair) is counted in a warning (``warn_unknown``)."""
+        hands the collator lists of these. The texts are read as ordinary text
+        (``encode_ordinary``): a "<mask>" or "[SEP]" in an example is its characters, and the
+        collator's framing ids are its only control tokens. Text the tokenizer has no token
+        for (in either text of a pair) is counted in a warning (``warn_unknown``)."""
         found: Counter = Counter()
         n_tokens = 0
 
         def ids(texts: list[str]) -> list[list[int]]:
             nonlocal n_tokens
-            encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+            encoded = encode_ordinary(self.tokenizer, texts)  # a "[SEP]" in the text is text
             found.update(p for ps in unknown_pieces(self.tokenizer, texts, encoded) for p in ps)
             n_tokens += sum(len(e.ids) for e in encoded)
             return [e.ids for e in encoded]

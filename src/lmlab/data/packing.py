@@ -34,6 +34,7 @@ from lmlab.data.sources import Documents, fingerprint, load_documents
 from lmlab.data.tokenizer import (
     SPECIAL_TOKENS,
     Specials,
+    encode_ordinary,
     train_tokenizer,
     unknown_pieces,
     unknown_record,
@@ -41,7 +42,10 @@ from lmlab.data.tokenizer import (
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+# In every entry's key. 2: ``pack`` reads a corpus as ordinary text (``encode_ordinary``):
+# rows of version 1 held a control token where the text spelled one (the standard library's
+# "<sep>"), so they are not reused; a tokenizer entry is keyed too, and trained again once.
+CACHE_VERSION = 2
 MIN_DOCS_FOR_DOC_SPLIT = 20
 TOKENIZER = "tokenizer.json"
 
@@ -80,6 +84,19 @@ def split_documents(docs: Documents, val_fraction: float) -> tuple[list[str], li
     cuts = [int(len(t) * (1 - val_fraction)) for _, t in docs]
     pairs = list(zip(docs, cuts, strict=True))
     return [t[:c] for (_, t), c in pairs], [t[c:] for (_, t), c in pairs]
+
+
+def text_digest(docs: Documents) -> str:
+    """A digest of the documents' names and text, recorded with the rows (``meta.json``) and
+    in a run's plan: a resume checks it, so that a corpus edited to the same size (a word
+    changed, the same characters) is not taken for the one the run trained on. The cache key
+    (``fingerprint``) reads no text; this is computed once per build, as the text is read."""
+    digest = hashlib.sha256()
+    for name, text in docs:
+        for part in (name, text):
+            encoded = part.encode()
+            digest.update(len(encoded).to_bytes(8, "little") + encoded)
+    return digest.hexdigest()[:16]
 
 
 def _key(*parts: object) -> str:
@@ -136,15 +153,17 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     tokenizer has one, as Llama's does), concatenate, and cut rows of ``row_len`` tokens (the
     tail of each 1000-document batch is dropped). A tokenizer without EOS, as BERT's WordPiece
     is, ends each document with [SEP] instead, which separates BERT's pre-training segments.
-    Returns the rows, the token count, the UTF-8 byte count (for bits per byte) and what the
-    unknown token stood for (``unknown_record``)."""
+    The documents are read as ordinary text (``encode_ordinary``): a special token's string in
+    one is its characters, so EOS (or [SEP]) and BOS are the rows' only control tokens. Returns
+    the rows, the token count, the UTF-8 byte count (for bits per byte) and what the unknown
+    token stood for (``unknown_record``)."""
     specials = Specials.of(tok)
     end = "sep" if specials.eos is None and specials.sep is not None else "eos"
     eos = [specials.id(tok, end, "packing documents")]
     bos = [specials.id(tok, "bos", "")] if specials.bos else []
 
     def tokenize(batch: dict) -> dict:
-        encoded = tok.encode_batch(batch["text"], add_special_tokens=False)
+        encoded = encode_ordinary(tok, batch["text"])  # a "<sep>" in the text is text
         ids = [bos + e.ids + eos for e in encoded]
         unknown = unknown_pieces(tok, batch["text"], encoded)
         return {"ids": ids, "n_bytes": [len(t.encode()) for t in batch["text"]], "unknown": unknown}
@@ -178,6 +197,25 @@ def tokenizer_dir(cache: Path, corpus: list, cfg: DataConfig, tokenizer: str | N
             raise ConfigError("data.tokenizer=checkpoint needs init_from=<checkpoint>")
         return cache / f"tok-{_key(corpus, cfg.tokenizer.value, tokenizer)}"
     return cache / f"tok-{_key(corpus, cfg.tokenizer.value, cfg.vocab_size, SPECIAL_TOKENS)}"
+
+
+def tokenizer_entry(cfg: DataConfig, cache: Path, tokenizer: str | None) -> Path:
+    """Where the tokenizer of this data is cached: ``tokenizer_dir`` of the corpus's
+    ``fingerprint`` and its split."""
+    return tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction], cfg, tokenizer)
+
+
+def prepared_vocab_size(cfg: DataConfig) -> int | None:
+    """The size of the tokenizer this data trains where an earlier run of it left that in the
+    cache, else None (and for ``data.tokenizer=checkpoint``, whose tokenizer is the
+    checkpoint's). Reads no corpus and writes nothing: a dry run plans with it."""
+    if cfg.tokenizer == TokenizerKind.checkpoint:
+        return None
+    entry = tokenizer_entry(cfg, Path(cfg.cache_dir).expanduser(), None)
+    try:
+        return read_tokenizer(entry / TOKENIZER).get_vocab_size()
+    except UnusableEntry:  # not prepared yet (or damaged: the run builds it again)
+        return None
 
 
 def read_tokenizer(path: Path) -> Tokenizer:
@@ -258,7 +296,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     ``tokenizer`` (a tokenizer's JSON) is the one ``data.tokenizer=checkpoint`` uses."""
     datasets.disable_progress_bars()
     cache = cache_root(cfg)
-    tok_dir = tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction], cfg, tokenizer)
+    tok_dir = tokenizer_entry(cfg, cache, tokenizer)
     blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
     if (blocks_dir / "meta.json").exists():
         return blocks_dir  # read only: a read-only cache that holds the rows serves them
@@ -270,6 +308,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     }
     try:
         docs = load_documents(cfg)
+        meta["text_sha256"] = text_digest(docs)
         train_texts, val_texts = split_documents(docs, cfg.val_fraction)
         tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
         tok.save(str(tmp / TOKENIZER))
@@ -280,7 +319,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
                     f"the {split} split of data source {cfg.source.value} has {n_tokens} "
                     f"tokens, fewer than one row of {row_len}: use a larger corpus (data."
                     f"max_bytes={cfg.max_bytes}, data.val_fraction={cfg.val_fraction}) or a "
-                    "shorter sequence"
+                    f"shorter data.seq_len (now {cfg.seq_len or 'null: model.max_seq_len'})"
                 )
             ds.save_to_disk(str(tmp / split))
             meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}

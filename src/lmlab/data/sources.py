@@ -3,6 +3,7 @@ fingerprint (names, sizes, inodes, times) so a changed corpus rebuilds the cache
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import json
@@ -10,9 +11,13 @@ import os
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmlab.config import DataConfig, Source
 from lmlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    import datasets
 
 Documents = list[tuple[str, str]]
 
@@ -43,10 +48,11 @@ def skipped(relative: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
 
 
-def walk(root: Path) -> list[Path]:
+def walk(root: Path, left_out: frozenset[str] = frozenset()) -> list[Path]:
     """Every entry under ``root``, following links to folders (a corpus assembled from links),
-    each real folder once, so that a link back up the tree is no loop."""
-    seen: set[str] = set()
+    each real folder once, so that a link back up the tree is no loop. ``left_out``: real
+    paths of folders not to enter, whatever name leads to them."""
+    seen = set(left_out)
     found: list[Path] = []
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -57,6 +63,17 @@ def walk(root: Path) -> list[Path]:
         dirs.sort()  # a folder linked twice is read under its first name, on every machine
         found += [Path(folder) / name for name in names]
     return found
+
+
+def folder_files(folder: Path, cfg: DataConfig) -> list[Path]:
+    """The files of a corpus folder, in a deterministic order. Left out: what ``skipped``
+    leaves out, and the data cache where ``data.cache_dir`` lies inside the folder (its rows
+    and tokenizers are no corpus: a second run read the first one's as documents), found by
+    its real path, so that a link to it is left out too."""
+    cache = os.path.realpath(Path(cfg.cache_dir).expanduser())
+    inside = frozenset({cache} - {os.path.realpath(folder)})  # not the corpus folder itself
+    walked = walk(folder, inside)
+    return sorted(p for p in walked if p.is_file() and not skipped(p.relative_to(folder)))
 
 
 def text_files(cfg: DataConfig) -> list[Path]:
@@ -70,13 +87,13 @@ def text_files(cfg: DataConfig) -> list[Path]:
             f"data.path={cfg.path!r} is neither a file nor a folder (a pipe or a device?); "
             "allowed: a text file or folder"
         )
-    files = sorted(p for p in walk(path) if p.is_file() and not skipped(p.relative_to(path)))
+    files = folder_files(path, cfg)
     if not files and not any(path.iterdir()):
         raise ConfigError(f"data.path={cfg.path!r} is an empty folder: no text files in it")
     if not files:
         raise ConfigError(
             f"data.path={cfg.path!r} holds no text files: hidden files and folders, "
-            "__pycache__ and links to nothing are left out"
+            "__pycache__, the data cache (data.cache_dir) and links to nothing are left out"
         )
     return files
 
@@ -128,14 +145,41 @@ def cut(raw: bytes, limit: int) -> bytes:
     return raw[:end]
 
 
-def not_text(binary: list[tuple[str, int]]) -> ConfigError:
-    """The files of a corpus that are not UTF-8 text, (path, offset of the first bad byte)
-    each: all named at once (four, then a count), not one per try."""
+# What a file that is not UTF-8 is, told by its first bytes, and what makes it text. UTF-32
+# before UTF-16: its little-endian mark begins with UTF-16's. UTF-16 without a mark is not told.
+MAGIC: dict[bytes, str] = {
+    codecs.BOM_UTF32_LE: "UTF-32 text: convert it to UTF-8, e.g. iconv -f UTF-32 -t UTF-8",
+    codecs.BOM_UTF32_BE: "UTF-32 text: convert it to UTF-8, e.g. iconv -f UTF-32 -t UTF-8",
+    codecs.BOM_UTF16_LE: "UTF-16 text: convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8",
+    codecs.BOM_UTF16_BE: "UTF-16 text: convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8",
+    b"\x1f\x8b": "gzip-compressed: decompress it first, e.g. gunzip",
+    b"\xfd7zXZ\x00": "xz-compressed: decompress it first, e.g. unxz",
+    b"BZh": "bzip2-compressed: decompress it first, e.g. bunzip2",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first, e.g. unzstd",
+    b"PK\x03\x04": "a zip archive: unpack it first, e.g. unzip",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it first, e.g. 7z x",
+    b"%PDF-": "a PDF: extract its text first, e.g. pdftotext",
+}
+
+
+def what_it_is(head: bytes) -> str | None:
+    """What ``MAGIC`` says a file that begins with ``head`` is, or None."""
+    return next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
+
+
+def not_text(binary: list[tuple[str, int, str | None]]) -> ConfigError:
+    """The files of a corpus that are not UTF-8 text, (path, offset of the first bad byte,
+    what its first bytes say it is) each: all named at once (four, then a count), not one per
+    try."""
     if len(binary) == 1:
-        path, offset = binary[0]
-        named = f"{path!r} is not UTF-8 text (invalid byte at offset {offset})"
+        path, offset, what = binary[0]
+        told = f": {what}" if what else ""
+        named = f"{path!r} is not UTF-8 text (invalid byte at offset {offset}){told}"
     else:
-        shown = ", ".join(f"{path!r} (offset {offset})" for path, offset in binary[:4])
+        shown = ", ".join(
+            f"{path!r} (offset {offset}{f': {what}' if what else ''})"
+            for path, offset, what in binary[:4]
+        )
         more = f" and {len(binary) - 4} more" if len(binary) > 4 else ""
         named = f"{len(binary)} files are not UTF-8 text: {shown}{more}"
     return ConfigError(f"data.path: {named}; allowed: UTF-8 text files")
@@ -156,7 +200,7 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
             # utf-8-sig: a byte-order mark that an editor put first is no text to learn
             text = kept.decode("utf-8-sig")
         except UnicodeDecodeError as err:  # every such file is named at once, not one a try
-            binary.append((str(path), err.start))
+            binary.append((str(path), err.start, what_it_is(raw)))
             continue
         docs.append((path.relative_to(root).as_posix(), universal_newlines(text)))
         total += len(kept)
@@ -167,16 +211,66 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
     return docs
 
 
-def _hf_documents(cfg: DataConfig) -> Documents:
+def local_dataset(cfg: DataConfig) -> Path | None:
+    """``data.name`` as a local path (``~`` expanded) where one exists, else None (a hub
+    name): ``datasets.load_dataset`` reads a local path before it asks the hub."""
+    path = Path(cfg.name).expanduser()
+    return path if path.exists() else None
+
+
+# The files ``save_to_disk`` writes beside its shards (a DatasetDict's, a Dataset's): a folder
+# holding one is read with ``load_from_disk``, as ``load_dataset`` refuses a saved Dataset.
+SAVED = ("dataset_dict.json", "state.json")
+
+
+def saved_split(ds: datasets.Dataset | datasets.DatasetDict, cfg: DataConfig) -> datasets.Dataset:
+    """The split ``data.split`` of what ``load_from_disk`` read: a DatasetDict's split of
+    that name; a Dataset, which is one split, whole (with ``data.split`` left at its default,
+    so that no split asked for is ignored)."""
     import datasets
 
+    if not isinstance(ds, datasets.DatasetDict):
+        if cfg.split != "train":
+            raise ConfigError(
+                f"data.split={cfg.split!r}: {cfg.name!r} is one Dataset save_to_disk wrote, "
+                "with no splits (it is read whole); leave data.split out, or save a DatasetDict"
+            )
+        return ds
+    if cfg.split not in ds:
+        raise ConfigError(
+            f"data.split={cfg.split!r} is not a split of {cfg.name!r} (splits: {', '.join(ds)})"
+        )
+    return ds[cfg.split]
+
+
+def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
+    """``data.name``'s dataset: a folder ``save_to_disk`` wrote through ``load_from_disk``
+    (``load_dataset`` refuses a saved Dataset), any other name through ``load_dataset``."""
+    import datasets
+
+    local = local_dataset(cfg)
+    saved = local is not None and any((local / name).is_file() for name in SAVED)
+    if saved and cfg.subset is not None:
+        raise ConfigError(
+            f"data.subset={cfg.subset!r}: {cfg.name!r} is a folder save_to_disk wrote, which "
+            "has no subsets (a hub dataset's configurations); leave data.subset out"
+        )
+    loader = "load_from_disk" if saved else "load_dataset"
     try:
-        ds = datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split)
+        if saved:
+            ds = datasets.load_from_disk(str(local))
+        else:
+            ds = datasets.load_dataset(str(local or cfg.name), cfg.subset, split=cfg.split)
     except Exception as err:  # the hub raises many types: missing name, no network, bad split
         raise ConfigError(
             f"data.name={cfg.name!r} (subset={cfg.subset!r}, split={cfg.split!r}) could not be "
-            f"loaded with datasets.load_dataset: {type(err).__name__}: {err}"
+            f"loaded with datasets.{loader}: {type(err).__name__}: {err}"
         ) from None
+    return saved_split(ds, cfg) if saved else ds
+
+
+def _hf_documents(cfg: DataConfig) -> Documents:
+    ds = _hf_dataset(cfg)
     if cfg.text_column not in ds.column_names:
         raise ConfigError(
             f"data.text_column={cfg.text_column!r} is not a column of {cfg.name!r} "
@@ -214,18 +308,28 @@ def load_documents(cfg: DataConfig) -> Documents:
     return docs
 
 
+def stat_identity(path: Path) -> tuple:
+    """A file as git's index knows it, without reading it (``fingerprint``)."""
+    st = path.stat()
+    return (str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def fingerprint(cfg: DataConfig) -> str:
     """Identifies the corpus without reading it, as git's index does: each file's name, size,
     inode, and its modification and change times. The change time (``st_ctime``) moves with
     every write and no tool can set it back, so a file rewritten with its size and
-    modification time kept (``touch -r``, ``rsync -a`` of another version) is a change too."""
+    modification time kept (``touch -r``, ``rsync -a`` of another version) is a change too.
+    A Hugging Face dataset is its name, subset, split and column; one that is a local path
+    (a ``save_to_disk`` folder, a folder of data files) adds its files' identities, which
+    ``datasets`` reads as ``folder_files`` lists them (hidden files and folders left out)."""
     if cfg.source == Source.hf:
-        ident: object = [cfg.name, cfg.subset, cfg.split, cfg.text_column]
+        ident: list = [cfg.name, cfg.subset, cfg.split, cfg.text_column]
+        local = local_dataset(cfg)
+        if local is not None:
+            files = [local] if local.is_file() else folder_files(local, cfg)
+            ident.append([stat_identity(path) for path in files])
     else:
-        ident = []
-        for path in corpus_files(cfg)[0]:
-            st = path.stat()
-            ident.append((str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+        ident = [stat_identity(path) for path in corpus_files(cfg)[0]]
         ident.append(READING)
     limit = None if cfg.max_bytes is None else [cfg.max_bytes, SLICING]
     blob = json.dumps([cfg.source.value, limit, ident], sort_keys=True)

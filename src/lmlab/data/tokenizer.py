@@ -103,8 +103,28 @@ def starts_with(tok: Tokenizer, name: str) -> bool:
 
 def encode(tok: Tokenizer, text: str) -> list[int]:
     """``text``'s ids without the specials a tokenizer's post-processor adds (a converted BERT
-    tokenizer's [CLS] .. [SEP], Llama's <s>, T5's </s>): lmlab frames its inputs itself."""
+    tokenizer's [CLS] .. [SEP], Llama's <s>, T5's </s>): lmlab frames its inputs itself. For a
+    user's prompt: a ``<mask>`` or ``<extra_id_0>`` typed in it is the control token. A
+    corpus's or a data set's text is read with ``encode_ordinary``."""
     return tok.encode(text, add_special_tokens=False).ids
+
+
+def encode_ordinary(tok: Tokenizer, texts: list[str]) -> list[Encoding]:
+    """``texts`` (a corpus's documents, a task's examples) as ordinary text, as tiktoken's
+    ``encode_ordinary`` reads a corpus: a special token's string in them (the ``<sep>`` in the
+    standard library's email/feedparser.py, a ``[MASK]`` or ``<extra_id_0>`` in a data set) is
+    its characters, never the control token, so the only control tokens in the model's input
+    are the ones lmlab puts there by id (EOS between documents, [CLS] .. [SEP], masks, T5's
+    sentinels). Without the post-processor's specials, as ``encode``. ``tokenizers`` matches
+    special tokens in the text before it splits it, unless ``encode_special_tokens`` is set:
+    it is set for this call only (it is not saved in the tokenizer's JSON either), so ``tok``
+    reads a prompt afterwards as before."""
+    before = tok.encode_special_tokens
+    tok.encode_special_tokens = True
+    try:
+        return tok.encode_batch(texts, add_special_tokens=False)
+    finally:
+        tok.encode_special_tokens = before
 
 
 def prompt_ids(tok: Tokenizer, text: str) -> list[int]:

@@ -107,7 +107,8 @@ def check_target_keys(node: DictConfig, where: str) -> None:
 def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     """Every check of ``cfg`` that needs no data, model or run directory, in the order a run
     meets them; the first failure is a ConfigError. A dry run (``dry_run=true``) plans for any
-    machine, so the machine's own checks are left out of it."""
+    machine, so the machine's own checks are left out of it, and a ``data.path`` that is not
+    there (it may be on the machine planned for) is a warning in it, not a refusal."""
     here = machine and not cfg.get("dry_run")
     model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
     for group in ("trainer", "optim", "scheduler"):
@@ -135,12 +136,24 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_attention_kernel(cfg.trainer, model_cfg)
     check_cross_entropy(model_cfg)
     callbacks = build_callbacks(cfg)  # their bad values are refused here
+    if machine and data_cfg.source == Source.text and task_cfg.kind == TaskKind.lm:
+        check_corpus_listed(data_cfg, dry_run=bool(cfg.get("dry_run")))
     if here:
         check_accelerator(cfg.trainer)
-        if data_cfg.source == Source.text and task_cfg.kind == TaskKind.lm:
-            text_files(data_cfg)  # a missing path or empty folder: a sweep's job is refused too
         check_world_size(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
+
+
+def check_corpus_listed(data_cfg: DataConfig, dry_run: bool) -> None:
+    """A ``data.path`` that is missing or holds no text files (listed, not read): refused,
+    so that a sweep's job is refused before the first starts. A dry run plans for any
+    machine, where the path may be: there it is said, and the plan is made."""
+    try:
+        text_files(data_cfg)
+    except ConfigError as err:
+        if not dry_run:
+            raise
+        log.warning("%s: a run here would be refused; this dry run reads no data", err)
 
 
 def warn_unused(model_cfg: ModelConfig, data_cfg: DataConfig | None = None) -> list[str]:

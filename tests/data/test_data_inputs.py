@@ -1,0 +1,207 @@
+"""What a corpus is read from: a local folder named as a Hugging Face dataset, a cache folder
+inside the corpus, files that are not UTF-8 text, and a missing corpus in a dry run."""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import gzip
+import io
+import lzma
+import re
+import zipfile
+from pathlib import Path
+
+import datasets
+import pytest
+from test_data import write
+
+from lmlab.config import DataConfig, Source, TokenizerKind
+from lmlab.data.packing import prepare
+from lmlab.data.sources import fingerprint, load_documents
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+from lmlab.train.preflight import check_run
+
+TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 20
+
+
+def hf_cfg(name: str, tmp_path: Path, **kw) -> DataConfig:
+    return DataConfig(source=Source.hf, name=name, cache_dir=str(tmp_path / "c"), **kw)
+
+
+def save(folder: Path, texts: list[str]) -> None:
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(folder))
+
+
+def test_a_folder_save_to_disk_wrote_is_read_and_keyed_by_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
+) -> None:
+    """``data=hf data.name=<a save_to_disk folder>``: ``datasets.load_dataset`` refuses such a
+    folder (it asks for ``load_from_disk``), and the cache was keyed by the name only, so rows
+    of the folder's old contents were reused after it changed."""
+    datasets.disable_progress_bars()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved = tmp_path / "saved"
+    save(saved, ["first old\n" * 20, "second old\n" * 20])
+    cfg = hf_cfg("~/saved", tmp_path, tokenizer=TokenizerKind.char)
+    assert load_documents(cfg) == [
+        ("~/saved:0", "first old\n" * 20),
+        ("~/saved:1", "second old\n" * 20),
+    ]
+    old_print, old_rows = fingerprint(cfg), prepare(cfg, row_len=9)
+    save(saved, ["first new\n" * 20, "second new\n" * 20])
+    assert fingerprint(cfg) != old_print
+    new_rows = prepare(cfg, row_len=9)
+    assert new_rows != old_rows
+    assert load_documents(cfg)[0] == ("~/saved:0", "first new\n" * 20)
+
+
+def test_a_saved_dataset_dict_gives_the_split_asked_for(tmp_path: Path, hf_offline: None) -> None:
+    datasets.disable_progress_bars()
+    splits = {"train": ["to train on\n"], "validation": ["to validate on\n"]}
+    folder = tmp_path / "dict"
+    datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict({"text": texts}) for split, texts in splits.items()}
+    ).save_to_disk(str(folder))
+    validation = load_documents(hf_cfg(str(folder), tmp_path, split="validation"))
+    assert validation == [(f"{folder}:0", "to validate on\n")]
+    message = rf"^data.split='test' is not a split of '{folder}' \(splits: train, validation\)"
+    with pytest.raises(ConfigError, match=message):
+        load_documents(hf_cfg(str(folder), tmp_path, split="test"))
+    with pytest.raises(ConfigError, match=r"^data.subset='en': '.*' is a folder save_to_disk"):
+        load_documents(hf_cfg(str(folder), tmp_path, subset="en"))
+    save(tmp_path / "one", ["a single Dataset\n"])
+    with pytest.raises(ConfigError, match=r"^data.split='validation': '.*one' is one Dataset"):
+        load_documents(hf_cfg(str(tmp_path / "one"), tmp_path, split="validation"))
+
+
+def test_a_local_folder_of_data_files_is_keyed_by_its_files(tmp_path: Path) -> None:
+    """Any local folder ``datasets.load_dataset`` reads (JSON lines here): its files' identity
+    is in the key, as a text corpus's is; hidden files are left out, as ``datasets`` does."""
+    folder = tmp_path / "jsonl"
+    rows = write(folder / "train.jsonl", b'{"text": "one"}\n')
+    cfg = hf_cfg(str(folder), tmp_path)
+    before = fingerprint(cfg)
+    write(folder / ".hidden", b"not data")
+    assert fingerprint(cfg) == before
+    rows.write_bytes(b'{"text": "two"}\n')
+    assert fingerprint(cfg) != before
+
+
+def test_a_hub_name_keeps_its_key() -> None:
+    """A name that is no local path is keyed by name, subset, split and column, as before:
+    rows cached by an earlier lmlab are used."""
+    plain = DataConfig(source=Source.hf, name="roneneldan/TinyStories")
+    assert fingerprint(plain) == "8fddfe48c063a67f"
+    asked = DataConfig(
+        source=Source.hf,
+        name="roneneldan/TinyStories",
+        subset="a",
+        split="validation",
+        text_column="story",
+        max_bytes=1000,
+    )
+    assert fingerprint(asked) == "794df52e38f97136"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["inside", "linked_in", "through_a_link"],
+)
+def test_a_cache_folder_inside_the_corpus_is_not_read_as_corpus(tmp_path: Path, where: str) -> None:
+    """``data.cache_dir=/corpus/cache``: the second run read the first one's rows (Arrow files,
+    a tokenizer's JSON) as documents. The cache is found by its real path: a link in the corpus
+    to it, or a cache named through a link to the corpus, is left out too."""
+    corpus = tmp_path / "corpus"
+    write(corpus / "a.py", TEXT.encode())
+    cache = {
+        "inside": corpus / "cache",
+        "linked_in": tmp_path / "elsewhere",
+        "through_a_link": tmp_path / "alias" / "cache",
+    }[where]
+    (tmp_path / "elsewhere").mkdir()
+    (corpus / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "alias").symlink_to(corpus)
+    cfg = DataConfig(
+        source=Source.text, path=str(corpus), cache_dir=str(cache), tokenizer=TokenizerKind.char
+    )
+    key = fingerprint(cfg)
+    rows = prepare(cfg, row_len=9)
+    assert any(cache.iterdir())
+    assert fingerprint(cfg) == key
+    assert prepare(cfg, row_len=9) == rows
+    assert load_documents(cfg) == [("a.py", TEXT)]
+
+
+def zipped(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(zipfile.ZipInfo("a.txt", date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+LINES = "for a in range(10):\n    print(a)\n" * 4
+# a file that is not UTF-8, and what the refusal says it is (and how to make it text)
+NOT_UTF8 = {
+    "utf16": (LINES.encode("utf-16"), "UTF-16 text: convert it to UTF-8, e.g. iconv -f UTF-16 "),
+    "utf16be": (codecs.BOM_UTF16_BE + LINES.encode("utf-16-be"), "UTF-16 text: convert"),
+    "utf32": (LINES.encode("utf-32"), "UTF-32 text: convert it to UTF-8, e.g. iconv -f UTF-32 "),
+    "utf32be": (codecs.BOM_UTF32_BE + LINES.encode("utf-32-be"), "UTF-32 text: convert"),
+    "gzip": (gzip.compress(LINES.encode()), "gzip-compressed: decompress it first"),
+    "zip": (zipped(LINES.encode()), "a zip archive: unpack it first"),
+    "xz": (lzma.compress(LINES.encode()), "xz-compressed: decompress it first"),
+    "bz2": (bz2.compress(LINES.encode()), "bzip2-compressed: decompress it first"),
+    "zstd": (b"\x28\xb5\x2f\xfd\x04\x58\xff\x00", "zstd-compressed: decompress it first"),
+    "pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "a PDF: extract its text first"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_UTF8)
+def test_a_file_that_is_not_utf8_is_told_by_its_first_bytes(tmp_path: Path, kind: str) -> None:
+    """Each was named only with "invalid byte at offset N": a UTF-16 export or a gzipped
+    corpus is common, and its first bytes say what it is."""
+    data, what = NOT_UTF8[kind]
+    path = write(tmp_path / "corpus" / f"data.{kind}", data)
+    cfg = DataConfig(source=Source.text, path=str(path), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError) as refused:
+        load_documents(cfg)
+    message = str(refused.value)
+    assert message.startswith(f"data.path: {str(path)!r} is not UTF-8 text (invalid byte at ")
+    assert what in message and message.endswith("; allowed: UTF-8 text files")
+
+
+def test_files_that_are_not_utf8_are_still_named_in_one_refusal(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    write(corpus / "a.txt.gz", gzip.compress(b"one\n"))
+    write(corpus / "b.bin", b"a\xff")
+    write(corpus / "c.txt", LINES.encode("utf-16"))
+    write(corpus / "d.txt", b"text\n")
+    with pytest.raises(ConfigError) as refused:
+        load_documents(DataConfig(source=Source.text, path=str(corpus)))
+    assert str(refused.value) == (
+        f"data.path: 3 files are not UTF-8 text: {str(corpus / 'a.txt.gz')!r} (offset 1: "
+        f"gzip-compressed: decompress it first, e.g. gunzip), {str(corpus / 'b.bin')!r} "
+        f"(offset 1), {str(corpus / 'c.txt')!r} (offset 0: UTF-16 text: convert it to UTF-8, "
+        "e.g. iconv -f UTF-16 -t UTF-8); allowed: UTF-8 text files"
+    )
+
+
+@pytest.mark.parametrize("path", ["missing.txt", "empty"])
+def test_a_dry_run_says_a_corpus_is_not_there(
+    tmp_path: Path, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dry run plans for any machine and reads no corpus, so a ``data.path`` that is not
+    here (or an empty folder) may be on the machine planned for: the plan is made, with a
+    warning that a run here would be refused. A sweep checked for other machines
+    (``machine=False``) leaves it to them, unsaid."""
+    (tmp_path / "empty").mkdir()
+    overrides = ["data=text", f"data.path={tmp_path / path}", "+debug=smoke", "dry_run=true"]
+    cfg = compose_train(overrides, tmp_path / "run", tmp_path / "cache")
+    check_run(cfg)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    pattern = r"^data.path='.*' (does not exist|is an empty folder).*: a run here would be refused"
+    assert [m for m in said if re.search(pattern, m)], said
+    caplog.clear()
+    check_run(cfg, machine=False)
+    assert not [r for r in caplog.records if "a run here would be refused" in r.getMessage()]
