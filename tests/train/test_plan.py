@@ -199,3 +199,57 @@ def test_the_trainer_gets_plain_lists_and_dicts(tmp_path: Path, trainer: str) ->
     assert not [k for k, v in kwargs.items() if isinstance(v, Container)]
     assert type(kwargs["plugins"]) is list
     assert type(kwargs["plugins"][0]).__name__ == "AtomicCheckpointIO"
+
+
+def test_a_dry_run_sizes_the_model_at_the_tokenizer_a_run_prepared(tmp_path: Path) -> None:
+    """A byte-level BPE stops below ``data.vocab_size`` on a small corpus. A dry run prepares
+    no data, so before any run it plans at the target and says so; once a run has cached this
+    data's tokenizer, a dry run plans at its true size: the run's parameters (and with them
+    the steps a compute budget gives)."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+    from smoke import SMOKE
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i} of a small corpus" for i in range(400)))
+    cache = tmp_path / "cache"
+    run = [*SMOKE, "logger=none", "data=text", f"data.path={corpus}", "data.vocab_size=4096"]
+    run += ["data.seq_len=32"]
+
+    def dry(name: str) -> dict:
+        train(compose_train([*run, "dry_run=true"], tmp_path / name, cache))
+        return json.loads((tmp_path / name / "plan.json").read_text())
+
+    before = dry("before")
+    assert before["vocab_size"] == 4096 and before["vocab_from"].startswith("data.vocab_size")
+    train(compose_train(run, tmp_path / "run", cache))
+    ran = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert ran["vocab_size"] < 4096  # the premise: BPE stopped lower
+    after = dry("after")
+    assert after["vocab_from"] == "this data's tokenizer, cached"
+    for key in ("vocab_size", "params", "active_params"):
+        assert after[key] == ran[key], key
+
+
+def test_a_batch_larger_than_the_training_split_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each step's rows beyond the training split's come from the next epoch's order: the
+    run trains, and says that its batches repeat rows."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+    from smoke import SMOKE
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i} of a small corpus" for i in range(40)))
+    run = [*SMOKE, "logger=none", "data=text", f"data.path={corpus}", "data.tokenizer=char"]
+    run += ["data.seq_len=32", "trainer.max_steps=2", "callbacks.sample=null"]
+    train(compose_train([*run, "data.batch_size=64"], tmp_path / "run", tmp_path / "cache"))
+    train_rows = json.loads((tmp_path / "run" / "plan.json").read_text())["corpus"]["train"]
+    assert train_rows["rows"] < 64  # the premise
+    said = [r.getMessage() for r in caplog.records if "every step repeats rows" in r.getMessage()]
+    assert said and said[0].startswith("each step's 64 rows (data.global_batch_size"), said
+    assert f"the training split's {train_rows['rows']}: every step" in said[0]
+    caplog.clear()
+    train(compose_train([*run, "data.batch_size=4"], tmp_path / "small", tmp_path / "cache"))
+    assert not [r for r in caplog.records if "every step repeats rows" in r.getMessage()]

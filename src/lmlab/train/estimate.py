@@ -35,6 +35,7 @@ from rich.table import Table
 
 from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
 from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
+from lmlab.data.packing import prepared_vocab_size
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 from lmlab.train.hardware import peak_flops, precision_dtype
@@ -46,10 +47,26 @@ MEASURE_MEMORY_FRACTION = 0.5  # and the training state fits in this share of fr
 WARMUP_STEPS, TIMED_STEPS = 1, 3
 
 
+def planning_vocab(model_cfg: ModelConfig, data_cfg: DataConfig) -> tuple[int, str]:
+    """The vocabulary a plan sizes the model at, and where it comes from: ``model.vocab_size``
+    if set; else the size of this data's tokenizer where an earlier run cached it (BPE stops
+    below ``data.vocab_size`` on a small corpus, and a char tokenizer's size is its corpus's
+    characters); else the target ``data.vocab_size``, said to be one: a plan prepares no data."""
+    if model_cfg.vocab_size:
+        return model_cfg.vocab_size, "model.vocab_size"
+    prepared = prepared_vocab_size(data_cfg)
+    if prepared is not None:
+        return prepared, "this data's tokenizer, cached"
+    return data_cfg.vocab_size, (
+        f"data.vocab_size, the target: the data is not prepared yet, and its "
+        f"{data_cfg.tokenizer.value} tokenizer may have fewer; after any run of this data, a "
+        "dry run reads the true size"
+    )
+
+
 def planning_model_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> ModelConfig:
-    """``model.vocab_size`` if set, else the tokenizer's target ``data.vocab_size``: a plan
-    needs no data preparation (a char tokenizer's true size is known only after it)."""
-    return dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size or data_cfg.vocab_size)
+    """``model_cfg`` at the vocabulary a plan sizes it at (``planning_vocab``)."""
+    return dataclasses.replace(model_cfg, vocab_size=planning_vocab(model_cfg, data_cfg)[0])
 
 
 def training_bytes(model_cfg: ModelConfig, n_params: int, micro_batch: int, seq_len: int) -> int:
@@ -289,6 +306,8 @@ def plan_table(plan: dict[str, Any]) -> Table:
         ),
         "estimated wall time": plan["wall_time"],
     }
+    if "vocab_from" in plan:  # a dry run's: where its vocabulary size comes from
+        rows = {"vocabulary": f"{plan['vocab_size']:,} ({plan['vocab_from']})", **rows}
     memory = plan.get("memory")
     if memory:  # lmlab.train.memory: per node's CPU, or per GPU
         rows["memory: weights, grads, optimizer"] = f"{_size(memory['state'])} (at least)"
@@ -314,7 +333,8 @@ def plan_from_cfg(
 ) -> dict[str, Any]:
     """The dry run: ``plan_run`` for the run ``cfg`` describes, without preparing any data (the
     vocabulary is ``planning_model_config``'s), with the run plan's batch and precision."""
-    model_cfg = planning_model_config(model_cfg, data_cfg)
+    vocab_size, vocab_from = planning_vocab(model_cfg, data_cfg)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab_size)
     run_plan = make_plan(cfg, model_cfg, data_cfg, seq_len)
     use_cuda = on_cuda(cfg.trainer)
     estimate = plan_run(
@@ -329,4 +349,4 @@ def plan_from_cfg(
         cfg.paths.cache_dir,
         n_devices=run_plan.batch.devices,
     )
-    return run_plan.as_dict() | estimate
+    return run_plan.as_dict() | estimate | {"vocab_from": vocab_from}

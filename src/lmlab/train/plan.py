@@ -38,6 +38,10 @@ from lmlab.train.batch import GlobalBatch, device_count, resolve_global_batch, w
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 
 PLAN_FILE = "plan.json"
+# What a plan records of a prepared corpus (the rows entry's meta.json): rows, tokens and bytes
+# per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
+# before it have none, and are compared by their counts alone).
+CORPUS_RECORD = ("train", "val", "text_sha256")
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,9 @@ class RunPlan:
     params: int  # total parameters
     active_params: int  # what one token runs through (a MoE: top_k of its experts)
     task: TaskSpec = PRETRAINING  # fine-tuning: its kind, labels and example counts
-    # pre-training: the prepared corpus's rows, tokens and bytes per split ("train", "val"),
-    # which a resume must find again (None: not read, as in a dry run or a sweep's checks)
+    # pre-training: the prepared corpus's rows, tokens and bytes per split ("train", "val")
+    # and its text's digest (CORPUS_RECORD), which a resume must find again (None: not read,
+    # as in a dry run or a sweep's checks)
     corpus: dict[str, Any] | None = None
 
     @property
@@ -336,6 +341,24 @@ def corpus_size(corpus: dict[str, Any]) -> str:
     return f"{train.get('tokens', 0):,} training tokens from {train.get('bytes', 0):,} bytes"
 
 
+def corpus_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+    """How the corpus a run trained on (``was``, its plan's record) differs from this run's
+    (``now``), said for the message; None when it is the same, or when either was not read.
+    Each record is compared on the keys both hold: a plan written before the text digest was
+    recorded is checked by its counts."""
+    if was is None or now is None:
+        return None
+    shared = [key for key in CORPUS_RECORD if key in was and key in now]
+    if all(was[key] == now[key] for key in shared):
+        return None
+    if any(was.get(split) != now.get(split) for split in ("train", "val")):
+        return f"{PLAN_FILE} has {corpus_size(was)}, this run's data {corpus_size(now)}"
+    return (
+        f"the same size ({corpus_size(now)}) but other text (its digest "
+        f"{was.get('text_sha256')}, now {now.get('text_sha256')})"
+    )
+
+
 def check_resumable(
     saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN_FILE
 ) -> None:
@@ -351,13 +374,12 @@ def check_resumable(
             f"cannot resume {out_dir}: its plan.json has task {was_task}, this run {now_task} "
             "(other examples or labels: the data position would point elsewhere)"
         )
-    was_corpus, now_corpus = saved.get("corpus"), plan.corpus
-    if was_corpus is not None and now_corpus is not None and was_corpus != now_corpus:
+    changed = corpus_change(saved.get("corpus"), plan.corpus)
+    if changed:
         raise ConfigError(
-            f"cannot resume {out_dir}: its corpus changed since it started: {source} has "
-            f"{corpus_size(was_corpus)}, this run's data {corpus_size(now_corpus)} (the data "
-            "position would point at other rows): resume with the data it was trained on "
-            "(a relative data.path is read from the working directory), or start a new run"
+            f"cannot resume {out_dir}: its corpus changed since it started: {changed} (the "
+            "data position would point at other rows): resume with the data it was trained "
+            "on (a relative data.path is read from the working directory), or start a new run"
         )
     was, now = saved["batch"], plan.batch.as_dict()
     for key in ("global_batch_size", "seq_len"):

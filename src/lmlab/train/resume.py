@@ -14,6 +14,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
 
 from lmlab.config import (
     PRETRAINING,
@@ -235,10 +236,12 @@ def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
     saved = ckpt.get("tokenizer")
     if saved is None or tokenizer is None or json.loads(saved) == json.loads(tokenizer.to_str()):
         return
+    was, now = Tokenizer.from_str(saved).get_vocab_size(), tokenizer.get_vocab_size()
+    sizes = f"{was:,} tokens then, {now:,} now" if was != now else f"{now:,} tokens each"
     raise ConfigError(
         f"checkpoint {path} was trained with another tokenizer than the one this run's data "
-        "gives now (the corpus, data.tokenizer or data.vocab_size changed since): resume with "
-        "the data it was trained on, or start a new run in another directory"
+        f"gives now ({sizes}; the corpus, data.tokenizer or data.vocab_size changed since): "
+        "resume with the data it was trained on, or start a new run in another directory"
     )
 
 

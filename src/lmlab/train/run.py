@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,7 @@ from lmlab.train.loggers import (
 )
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
+    CORPUS_RECORD,
     PLAN_FILE,
     check_resumable,
     make_plan,
@@ -79,9 +81,17 @@ class _DropTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
+# Lightning warns on every resume mid-epoch that a dataloader without ``state_dict`` cannot
+# resume. lmlab's can: ``ResumableSampler`` starts at the checkpoint's step x global batch,
+# the rows the run would have drawn (tests/train/test_resume.py compares their losses).
+NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
 def route_lightning_logs() -> None:
     """Lightning's messages go through Hydra's handlers (console and train.log) once, not
-    twice, and without its product tips."""
+    twice, and without its product tips or its warning that a resume mid-epoch is inexact
+    (``NOT_RESUMABLE``)."""
+    warnings.filterwarnings("ignore", message=NOT_RESUMABLE)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         lightning_log = logging.getLogger(name)
         for handler in list(lightning_log.handlers):
@@ -162,6 +172,22 @@ def train(cfg: DictConfig) -> float | None:
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
+
+
+def warn_repeated_rows(global_batch: int, train_rows: int) -> bool:
+    """A warning when one step's global batch holds more rows than the training split: the
+    sampler goes on into the next epoch's order, so every step repeats rows (a tiny corpus,
+    or a large batch): legal, and said. Returns whether it warned."""
+    if global_batch <= train_rows:
+        return False
+    log.warning(
+        "each step's %d rows (data.global_batch_size, or data.batch_size x devices x "
+        "accumulation) are more than the training split's %d: every step repeats rows, a "
+        "batch holds some twice or more (a larger corpus, or a smaller batch, avoids it)",
+        global_batch,
+        train_rows,
+    )
+    return True
 
 
 def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
@@ -312,11 +338,14 @@ def _fit(
     spec = getattr(dm, "spec", PRETRAINING)  # fine-tuning: its labels, once the data is read
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
+        # the tokenizer first: a corpus that trains another one (a char vocabulary with a
+        # character more) also changes the model's vocab_size, which is not what to fix
         check_same_tokenizer(ckpt, ckpt_path, getattr(dm, "tokenizer", None))
+        check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
     meta = getattr(dm, "meta", None)  # a pre-training corpus's counts, per split
-    corpus = {split: meta[split] for split in ("train", "val")} if meta else None
+    corpus = {key: meta[key] for key in CORPUS_RECORD if key in meta} if meta else None
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec, corpus)
+    warn_repeated_rows(plan.batch.rows, len(dm.train_rows))
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
         saved_batch = (ckpt.get("run_state") or {}).get("batch") if ckpt else None
