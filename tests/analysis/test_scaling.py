@@ -258,6 +258,12 @@ def test_failed_runs_skipped_and_approach2_skipped(tmp_path: Path) -> None:
     assert saved["approach2"]["status"] == "skipped"
     assert (tmp_path / "out" / "scaling.png").stat().st_size > 10_000
     assert len(scan_runs(tmp_path / "multirun")[1]) == 3
+    # a results.json that does not parse is said to be that, not a failed run
+    broken = tmp_path / "multirun" / "sweep_0" / "0" / "results.json"
+    broken.write_text("{")
+    skipped = scan_runs(tmp_path / "multirun")[1]
+    why = [s["reason"] for s in skipped if s["file"] == str(broken)]
+    assert why and why[0].startswith("unreadable results.json: "), why
 
 
 def test_cli_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -286,12 +286,18 @@ def _read_evals(job_dir: Path) -> tuple[int | None, dict[str, float]]:
 
 
 def _read_results(path: Path) -> dict[str, Any]:
+    """``results.json``; one that cannot be read ranks as a failed run (``compare``), marked
+    ``unreadable`` so that a tool can say it was the file, not the run, that failed."""
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        return {"status": "failed", "error": f"unreadable results.json: {exc}"}
+        return {"status": "failed", "unreadable": True, "error": f"unreadable results.json: {exc}"}
     if not isinstance(results, dict):
-        return {"status": "failed", "error": "results.json is not a JSON object"}
+        return {
+            "status": "failed",
+            "unreadable": True,
+            "error": "results.json is not a JSON object",
+        }
     return results
 
 

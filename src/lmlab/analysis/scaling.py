@@ -61,6 +61,8 @@ def _number(data: dict[str, Any], field: str, file: Path) -> float:
 
 def _parse_run(file: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """The run as a dict (fields made float, ``results_file`` added) or the reason to skip it."""
+    if data.get("unreadable"):  # the file, not the run: no status to speak of
+        return None, data["error"]
     if "status" not in data:
         raise ScalingError(f"{file}: missing required field 'status'")
     if data["status"] != "completed":
