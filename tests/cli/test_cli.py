@@ -60,7 +60,25 @@ def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> No
     )
 
 
-def test_max_steps_under_a_budget_is_refused_before_torch_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["budget=chinchilla", "trainer.max_steps=5"],
+            "trainer.max_steps=5 is read by budget=steps only: budget=chinchilla sets the "
+            "steps from its tokens (dry_run=true shows them); drop trainer.max_steps, or use "
+            "budget=steps",
+        ),
+        (
+            ["data.vocab_size=300"],
+            "data.vocab_size=300 is too small: byte-level BPE needs at least 362 (256 bytes + "
+            "106 special tokens, 100 of them T5's sentinels)",
+        ),
+    ],
+)
+def test_a_refusal_the_config_shows_comes_before_torch_loads(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
     """A refusal the composed config shows is given before the heavy imports (torch,
     Lightning: seconds), as the model's are: ``-X importtime`` lists every module loaded."""
     out = run(
@@ -68,18 +86,13 @@ def test_max_steps_under_a_budget_is_refused_before_torch_loads(tmp_path: Path) 
         "-X",
         "importtime",
         SRC / "train.py",
-        "budget=chinchilla",
-        "trainer.max_steps=5",
+        *overrides,
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
     assert out.returncode == 2
     said = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
-    assert said == [
-        "error: trainer.max_steps=5 is read by budget=steps only: budget=chinchilla sets the "
-        "steps from its tokens (dry_run=true shows them); drop trainer.max_steps, or use "
-        "budget=steps"
-    ]
+    assert said == [f"error: {message}"]
     loaded = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines()}
     assert "omegaconf" in loaded and not loaded & {"torch", "lightning"}
 
