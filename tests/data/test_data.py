@@ -183,7 +183,7 @@ def test_a_corpus_folder_follows_links_to_folders_once_each(tmp_path: Path) -> N
             r"'.*b.bin' is not UTF-8 text \(invalid byte at offset 0\)",
         ),
         (  # every file that is not text, named at once: four, then a count
-            lambda d: [write(d / "c" / f"{n}.png", b"a\xff") for n in "uvwxyz"][0].parent,
+            lambda d: [write(d / "pngs" / f"{n}.png", b"a\xff") for n in "uvwxyz"][0].parent,
             r"6 files are not UTF-8 text: '.*u.png' \(offset 1\), .*, '.*x.png' \(offset 1\) "
             r"and 2 more; allowed: UTF-8 text files$",
         ),
@@ -193,6 +193,16 @@ def test_bad_data_paths_get_clear_errors(tmp_path: Path, setup, message: str) ->
     path = setup(tmp_path)
     with pytest.raises(ConfigError, match=message):
         prepare(text_cfg(path, tmp_path), row_len=9)
+
+
+def test_a_cache_that_is_the_corpus_folder_is_refused(tmp_path: Path) -> None:
+    """The cache's entries (tokenizers, rows) in the corpus folder itself would be read as
+    corpus by the next run: refused before anything is written (one inside it is left out:
+    tests/data/test_data_inputs.py)."""
+    write(tmp_path / "c" / "a.txt", TEXT.encode())
+    with pytest.raises(ConfigError, match=r"data.cache_dir='.*/c' is the corpus folder data.pa"):
+        prepare(text_cfg(tmp_path / "c", tmp_path), row_len=9)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["a.txt"]
 
 
 def test_a_byte_order_mark_is_not_read_as_text(tmp_path: Path) -> None:

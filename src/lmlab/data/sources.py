@@ -87,6 +87,12 @@ def text_files(cfg: DataConfig) -> list[Path]:
             f"data.path={cfg.path!r} is neither a file nor a folder (a pipe or a device?); "
             "allowed: a text file or folder"
         )
+    if os.path.realpath(Path(cfg.cache_dir).expanduser()) == os.path.realpath(path):
+        raise ConfigError(
+            f"data.cache_dir={cfg.cache_dir!r} is the corpus folder data.path={cfg.path!r}: "
+            "the cache's entries would be read as corpus by the next run; allowed: a cache "
+            "folder outside data.path, or one inside it (left out of the corpus)"
+        )
     files = folder_files(path, cfg)
     if not files and not any(path.iterdir()):
         raise ConfigError(f"data.path={cfg.path!r} is an empty folder: no text files in it")
