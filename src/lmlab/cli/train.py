@@ -43,6 +43,7 @@ from lmlab.cli.interrupt import JobFolder, clear, interrupted_before_training
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, register_configs, resolve_configs
+from lmlab.data.tokenizer import check_vocab
 from lmlab.errors import ConfigError
 from lmlab.train.budget import check_max_steps
 from lmlab.train.rundir import absolute, launch_rank_is_zero, listed, unlock_sweep_dirs
@@ -114,7 +115,7 @@ def run_job(cfg: DictConfig) -> float | None:
         LAUNCH.sweep_dir = str(absolute(HydraConfig.get().sweep.dir))
     else:
         try:  # before torch and Lightning load; train() checks again
-            resolve_configs(cfg)
+            check_vocab(resolve_configs(cfg)[1])
             check_max_steps(cfg)
         except ConfigError as err:
             fail(err)

@@ -108,10 +108,6 @@ class DataConfig:
             raise ConfigError(f"data.batch_size={self.batch_size} must be >= 1")
         if self.vocab_size < 2:
             raise ConfigError(f"data.vocab_size={self.vocab_size} must be >= 2")
-        if self.tokenizer == TokenizerKind.bpe:  # its bytes and specials: before torch loads
-            from lmlab.data.tokenizer import check_bpe_size
-
-            check_bpe_size(self.vocab_size)
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0 (or null: auto)")
         for name in (

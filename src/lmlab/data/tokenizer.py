@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from tokenizers import Encoding, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lmlab.config import TokenizerKind
+from lmlab.config import DataConfig, TokenizerKind
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,14 @@ def check_bpe_size(vocab_size: int) -> None:
             f"({N_BYTES} bytes + {len(SPECIAL_TOKENS)} special tokens, {N_SENTINELS} of them T5's "
             "sentinels)"
         )
+
+
+def check_vocab(data_cfg: DataConfig) -> None:
+    """``data.vocab_size`` against the tokenizer it sizes (a byte-level BPE's bytes and
+    specials; a char vocabulary is the corpus's): from the composed config, before torch
+    loads, and again in a run's and a sweep's checks."""
+    if data_cfg.tokenizer == TokenizerKind.bpe:
+        check_bpe_size(data_cfg.vocab_size)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

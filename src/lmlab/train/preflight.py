@@ -36,7 +36,7 @@ from lmlab.config import (
 from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.sources import text_files
-from lmlab.data.tokenizer import N_SENTINELS
+from lmlab.data.tokenizer import N_SENTINELS, check_vocab
 from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
@@ -121,6 +121,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if init is not None:  # the checkpoint's architecture
         model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
         check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
+    check_vocab(data_cfg)  # before the corpus is read
     if task_cfg.kind == TaskKind.lm:
         check_stride(data_cfg.stride, model_cfg.family, seq_len)
         if model_cfg.family == Family.t5 and data_cfg.tokenizer != TokenizerKind.checkpoint:
