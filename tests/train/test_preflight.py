@@ -421,3 +421,35 @@ def test_a_switched_off_field_asked_for_is_named_once(tmp_path, caplog) -> None:
         "would without it"
     ]
     assert warnings(["data.vocab_size=2000"]) == []  # a BPE's size
+
+
+def test_a_task_field_the_task_or_source_ignores_is_named(tmp_path) -> None:
+    """Fine-tuning's fields with a default (null ones are refused) that the task or the
+    example source switches off: another task's columns, the hub's splits, the held-out
+    fraction beside a validation file; each named once, as a model or data field is."""
+    from lmlab.train.preflight import warn_unused
+
+    def warnings(overrides: list[str]) -> list[str]:
+        cfg = compose_train(["+debug=smoke", *overrides], tmp_path, tmp_path)
+        checked = check_run(cfg)
+        return [
+            w.split(" has no effect under ")[0] + " | " + w.split(" has no effect under ")[1]
+            for w in warn_unused(checked.model_cfg, checked.data_cfg, checked.task_cfg)
+        ]
+
+    classify = ["task=classify", "model=bert_tiny"]
+    assert warnings([*classify, "task.train_split=foo", "task.max_target_len=8"]) == [
+        "task.train_split=foo | task.source=shipped: this run trains as it would without it",
+        "task.max_target_len=8 | task=classify: this run trains as it would without it",
+    ]
+    assert warnings([*classify, "task.val_fraction=0.3"]) == [
+        "task.val_fraction=0.3 | task.source=shipped (its sets have their own validation "
+        "file): this run trains as it would without it"
+    ]
+    assert warnings(["task=seq2seq", "model=t5_tiny", "task.num_labels=5"]) == [
+        "task.num_labels=5 | task=seq2seq: this run trains as it would without it"
+    ]
+    assert warnings(["task.decode_rows=3"]) == [
+        "task.decode_rows=3 | task=lm: this run trains as it would without it"
+    ]
+    assert warnings([*classify, "task.text_column=text"]) == []  # read by classify

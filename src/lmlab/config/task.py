@@ -3,7 +3,7 @@ examples are read (TaskSpec)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,33 @@ class TaskConfig:
     """seq2seq: target tokens kept per example, EOS included (null: the sequence length)."""
     decode_rows: int = 128
     """seq2seq: validation rows decoded greedily for ``val/exact_match`` (0: none)."""
+
+    def unused_fields(self) -> dict[str, str]:
+        """{field: the setting it has no effect under} (``ModelConfig.unused_fields``'s
+        counterpart; fields whose default is null are refused instead, in ``__post_init__``):
+        another task's columns and settings, the hub's splits outside task.source=hf, and
+        ``val_fraction`` where a validation file or split is given."""
+        unused: dict[str, str] = {}
+        kind = f"task={self.kind.value}"
+        others = {
+            TaskKind.lm: [f.name for f in fields(self) if f.name != "kind"],
+            TaskKind.classify: ["input_column", "target_column", "max_target_len", "decode_rows"],
+            TaskKind.seq2seq: ["text_column", "label_column", "num_labels"],
+        }
+        unused.update(dict.fromkeys(others[self.kind], kind))
+        if self.kind == TaskKind.lm:
+            return unused
+        if self.source != TaskSource.hf:
+            splits = ("train_split", "val_split")
+            unused.update(dict.fromkeys(splits, f"task.source={self.source.value}"))
+        held_out = {
+            TaskSource.shipped: "task.source=shipped (its sets have their own validation file)",
+            TaskSource.files: f"task.val={self.val}" if self.val is not None else None,
+            TaskSource.hf: f"task.val_split={self.val_split}" if self.val_split else None,
+        }[self.source]
+        if held_out is not None:
+            unused["val_fraction"] = held_out
+        return unused
 
     def __post_init__(self) -> None:
         if self.text_pair_column is not None and self.kind != TaskKind.classify:

@@ -155,8 +155,10 @@ def check_corpus_listed(data_cfg: DataConfig, dry_run: bool) -> None:
         log.warning("%s: a run here would be refused; this dry run reads no data", err)
 
 
-def warn_unused(model_cfg: ModelConfig, data_cfg: DataConfig | None = None) -> list[str]:
-    """A warning for each model or data field the command asked for (an override, or an
+def warn_unused(
+    model_cfg: ModelConfig, data_cfg: DataConfig | None = None, task_cfg: TaskConfig | None = None
+) -> list[str]:
+    """A warning for each model, data or task field the command asked for (an override, or an
     ``+experiment``/``+debug``/``+sweeps`` file) that another field switches off:
     ``model.rope_theta=5e5`` under ``model.positional=alibi`` (or ``data.vocab_size`` under
     ``data.tokenizer=char``) trains what the default would, and a sweep over it repeats one
@@ -164,7 +166,7 @@ def warn_unused(model_cfg: ModelConfig, data_cfg: DataConfig | None = None) -> l
     model.rope_theta=5e5``) means it for some of its jobs. Presets are left out (a preset sets
     every field). Returns the warnings."""
     warnings = []
-    for group, cfg in (("model", model_cfg), ("data", data_cfg)):
+    for group, cfg in (("model", model_cfg), ("data", data_cfg), ("task", task_cfg)):
         unused = cfg.unused_fields() if cfg is not None else {}
         for path, override in asked_paths(command_line_overrides(), group).items():
             if path in unused:

@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> float | None:
     scope = JobScope()
     try:
         checked = check_run(cfg)  # bad input: refused before any work
-        warn_unused(checked.model_cfg, checked.data_cfg)
+        warn_unused(checked.model_cfg, checked.data_cfg, checked.task_cfg)
         log.info(checked.batch.describe())
         model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
         if cfg.get("dry_run"):  # plans a GPU run on any machine
