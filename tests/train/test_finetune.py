@@ -479,6 +479,8 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
     assert ckpt["task"] == {"kind": "classify", "labels": ["blue", "green", "red"]}
     with pytest.raises(ConfigError, match=r"is a task=classify model .* not a language model"):
         load(classified / "checkpoints" / "last.ckpt")  # generate, probe, convert
+    with pytest.raises(ConfigError, match=r"^to_hf=.* is a task=classify model"):
+        load(classified / "checkpoints" / "last.ckpt", key="to_hf")  # named as convert's
 
 
 @pytest.mark.e2e

@@ -224,9 +224,10 @@ def load(
     task = ckpt.get("task", {})
     if task.get("kind") == "classify":  # seq2seq fine-tunes T5 as it is: it infills as before
         raise ConfigError(
-            f"ckpt={path} is a task=classify model (a classification head over the labels "
+            f"{key}={path} is a task=classify model (a classification head over the labels "
             f"{', '.join(task.get('labels', [])[:10])}), not a language model: generation, "
-            "probes and conversion read language models; fine-tune it on with init_from"
+            "evaluation, probes and conversion read language models; fine-tune it on with "
+            "init_from"
         )
     try:
         cfg: ModelConfig = OmegaConf.to_object(
