@@ -463,9 +463,12 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
     r = results(classified)
     assert r["status"] == "completed" and r["global_step"] == 100
     assert r["val_acc"] >= 0.9 and r["val_f1"] >= 0.9, r
+    digest = r["task"]["examples_sha256"]  # what a resume checks the examples by
+    assert len(digest) == 16 and int(digest, 16) >= 0
     assert r["task"] == {
         "kind": "classify",
         "labels": ["blue", "green", "red"],
+        "examples_sha256": digest,
         "train_examples": 480,
         "val_examples": 96,
     }
@@ -476,7 +479,11 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
     plan = json.loads((classified / "plan.json").read_text())
     assert plan["task"] == r["task"] and plan["params"] == r["params"]
     ckpt = torch.load(classified / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["task"] == {"kind": "classify", "labels": ["blue", "green", "red"]}
+    assert ckpt["task"] == {
+        "kind": "classify",
+        "labels": ["blue", "green", "red"],
+        "examples_sha256": digest,
+    }
     with pytest.raises(ConfigError, match=r"is a task=classify model .* not a language model"):
         load(classified / "checkpoints" / "last.ckpt")  # generate, probe, convert
     with pytest.raises(ConfigError, match=r"^to_hf=.* is a task=classify model"):
@@ -524,10 +531,12 @@ def test_a_pair_run_records_its_pair_column(paired: Path) -> None:
     another (or none) is refused as another task."""
     r = results(paired)
     assert r["status"] == "completed" and r["global_step"] == 4 and r["val_acc"] is not None
+    digest = r["task"]["examples_sha256"]
     assert r["task"] == {
         "kind": "classify",
         "labels": ["next", "random"],
         "text_pair_column": "text_pair",
+        "examples_sha256": digest,
         "train_examples": 2048,
         "val_examples": 256,
     }
@@ -538,6 +547,7 @@ def test_a_pair_run_records_its_pair_column(paired: Path) -> None:
         "kind": "classify",
         "labels": ["next", "random"],
         "text_pair_column": "text_pair",
+        "examples_sha256": digest,
     }
     cfg = ModelConfig(**ckpt["model_config"])
     for column in (None, "text"):
@@ -795,5 +805,11 @@ def test_seq2seq_learns_and_reports_exact_match(tmp_path: Path, cache_dir: Path)
     ]
     train(compose_train(overrides, tmp_path / "run", cache_dir))
     r = results(tmp_path / "run")
-    assert r["task"] == {"kind": "seq2seq", "train_examples": 360, "val_examples": 40}
+    digest = r["task"]["examples_sha256"]
+    assert r["task"] == {
+        "kind": "seq2seq",
+        "examples_sha256": digest,
+        "train_examples": 360,
+        "val_examples": 40,
+    }
     assert r["val_exact_match"] >= 0.3 and r["val_accuracy"] > 0.5

@@ -3,7 +3,7 @@ examples are read (TaskSpec)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,11 @@ def check_example_file(field_name: str, path: str | None) -> None:
         raise ConfigError(f"{field_name}={path}: no such file")
 
 
+# The key of a task record (``TaskSpec.record``) that holds the examples' digest: records
+# written before it have none.
+EXAMPLES_DIGEST = "examples_sha256"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A run's task once its examples are read: what the model's head, the validation
@@ -228,6 +233,13 @@ class TaskSpec:
     """seq2seq: validation rows decoded greedily for exact match."""
     text_pair_column: str | None = None
     """classify: the column of each example's second text (null: single texts)."""
+    examples_sha256: str | None = None
+    """A digest of the examples trained and validated on, in order (``packing.text_digest``
+    of each split's inputs, second texts, and targets or label ids): a resume refuses other
+    examples of the same counts and labels (``plan.task_change``). None: not read (a sweep's
+    checks, pre-training)."""
+    origin: str = field(default="", compare=False)
+    """Where the examples were read, for messages: ``task.train=a.jsonl and task.val=b.csv``."""
 
     @property
     def num_labels(self) -> int:
@@ -240,6 +252,8 @@ class TaskSpec:
             out["labels"] = list(self.labels)
         if self.text_pair_column is not None:  # a single-text run's record stays as it was
             out["text_pair_column"] = self.text_pair_column
+        if self.examples_sha256 is not None:
+            out[EXAMPLES_DIGEST] = self.examples_sha256
         return out
 
 

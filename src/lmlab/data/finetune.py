@@ -13,15 +13,18 @@ each batch is padded to its longest row (``lmlab.data.collators``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
+from pandas._libs.parsers import STR_NA_VALUES  # pandas' missing-value strings ("NA", "null")
 from tokenizers import Tokenizer
 
 from lmlab.config import (
@@ -35,7 +38,8 @@ from lmlab.config import (
 )
 from lmlab.data.collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
-from lmlab.data.packing import cache_root, cached_tokenizer, tokenizer_dir
+from lmlab.data.packing import cache_root, cached_tokenizer, text_digest, tokenizer_dir
+from lmlab.data.sources import stat_identity
 from lmlab.data.tokenizer import encode_ordinary, unknown_pieces, unknown_record, warn_unknown
 from lmlab.errors import ConfigError, first_line
 
@@ -53,23 +57,109 @@ COLUMNS = {
 class Split(NamedTuple):
     examples: datasets.Dataset
     origin: str  # where it was read, for error messages: "task.train=x.jsonl"
+    rows: Sequence[int] | None = None  # each example's row in its source (0-based), where a
+    # shuffle moved it (the held-out split); None: its row here
+    lines: Sequence[int] | None = None  # each source row's line in its file; None: a hub split
 
 
-def read_file(origin: str, path: str | Path, cache_dir: Path) -> Split:
-    """One JSONL or CSV file as a ``datasets.Dataset``; ``origin`` names it in errors."""
+def read_file(origin: str, path: str | Path, cache_dir: Path, texts: Sequence[str] = ()) -> Split:
+    """One JSONL or CSV file as a ``datasets.Dataset``; ``origin`` names it in errors, and each
+    example's line in the file comes with it. The columns ``texts`` of a CSV are its text as
+    written (``csv_texts``). Read again whenever the file changed (``file_version``)."""
     kind = FILE_FORMATS[Path(path).suffix.lower()]
     path = Path(path).expanduser()
+    header, lines = csv_lines(origin, path) if kind == "csv" else ([], json_lines(path))
     try:
-        ds = datasets.load_dataset(
-            kind, data_files=str(path), split="train", cache_dir=str(cache_dir)
-        )
+        with quiet_datasets():
+            ds = datasets.load_dataset(
+                kind,
+                data_files=str(path),
+                split="train",
+                cache_dir=str(cache_dir / file_version(path)),
+                **csv_texts(header, texts),
+            )
     except Exception as err:  # datasets raises many types for a malformed file
         cause = err  # datasets wraps the parser's own words ("Expected 2 fields in line 5")
         while cause.__cause__ is not None:
             cause = cause.__cause__
         why = what_is_wrong(path, kind) or first_line(cause)
         raise ConfigError(f"{origin} could not be read as {kind}: {why}") from None
-    return Split(ds, origin)
+    return Split(ds, origin, None, lines if lines is not None and len(lines) == len(ds) else None)
+
+
+def file_version(path: Path) -> str:
+    """The folder of ``datasets``' cache for this version of the file. ``datasets`` knows a
+    local file by its path and modification time only, so a file rewritten with its time kept
+    (``cp -p``, ``rsync -a``, an archive unpacked) gave the old rows; here it is known as the
+    corpus's files are (``stat_identity``: size, inode, modification and change times)."""
+    identity = json.dumps(stat_identity(path))
+    return "file-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """``datasets``' log and progress bars off while it reads a file, as they were after: a
+    file it cannot read is lmlab's one line (``datasets``' ERROR line counts rows otherwise)."""
+    level = datasets.utils.logging.get_verbosity()
+    bars_off = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def json_lines(path: Path) -> list[int] | None:
+    """Each example's line in a JSON Lines file: its lines that are not blank (``datasets``
+    skips those). None where it cannot be read (``datasets`` then says why)."""
+    try:
+        with path.open("rb") as f:
+            return [n for n, line in enumerate(f, start=1) if line.strip()]
+    except OSError:
+        return None
+
+
+def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
+    """A CSV's header and each example's first line (the header is line 1; a quoted field
+    can span lines; blank lines are skipped, as pandas skips them). A line that repeats the
+    header, as two files joined with ``cat`` do, is refused: it would be an example whose
+    label is the column's name. ([], None) where the ``csv`` module cannot read the file
+    (``datasets`` then says why)."""
+    header: list[str] = []
+    lines: list[int] = []
+    start = 1
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for record in reader:
+                if header and record == header:
+                    raise ConfigError(
+                        f"{origin} could not be read as csv: line {start} repeats the header "
+                        "row: two CSV files joined? (keep the first file's header only)"
+                    )
+                if record and not header:
+                    header = record
+                elif record:
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error):  # a field over the csv module's 128 KiB too
+        return [], None
+    return header, lines
+
+
+def csv_texts(header: list[str], texts: Sequence[str]) -> dict[str, Any]:
+    """``datasets``' CSV options that read the ``texts`` columns as written: pandas guesses
+    each column's type, so a column of numbers was integers ("not a text"), "007" the number 7
+    and "NA" or "null" a missing text. In a text column only an empty field is missing; the
+    other columns keep pandas' guesses (integer labels are class ids)."""
+    texts = [c for c in texts if c in header]
+    if not texts:
+        return {}
+    missing = {c: [""] if c in texts else sorted(STR_NA_VALUES) for c in header}
+    return {"converters": dict.fromkeys(texts, str), "keep_default_na": False, "na_values": missing}
 
 
 def what_is_wrong(path: Path, kind: str) -> str | None:
@@ -105,8 +195,11 @@ def shipped_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | No
 
 
 def file_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
-    train = read_file(f"task.train={task.train}", task.train, cache_dir)
-    return train, read_file(f"task.val={task.val}", task.val, cache_dir) if task.val else None
+    texts = [getattr(task, field_name) for field_name in text_fields(task)]
+    train = read_file(f"task.train={task.train}", task.train, cache_dir, texts)
+    if task.val is None:
+        return train, None
+    return train, read_file(f"task.val={task.val}", task.val, cache_dir, texts)
 
 
 def hub_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
@@ -136,20 +229,48 @@ def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
     """The training and validation examples; without validation ones, ``task.val_fraction``
     of the training examples, held out by a fixed shuffle (the same for every run seed)."""
     train, val = SOURCES[task.source](task, cache_dir)
-    if val is not None:
-        return train, val
-    columns(task, train)  # checked before the shuffle: its row numbers are the source's
-    if len(train.examples) < 2:
-        raise ConfigError(f"{train.origin} holds {len(train.examples)} examples: too few to split")
-    parts = train.examples.train_test_split(test_size=task.val_fraction, seed=0)
-    held_out = f"{train.origin} (task.val_fraction={task.val_fraction} held out)"
-    return Split(parts["train"], train.origin), Split(parts["test"], held_out)
+    if val is None:
+        train, val = held_out(task, train)
+    if task.kind == TaskKind.classify:  # here, where a label's line is known (label_ids)
+        names = label_names(columns(task, train)[1], task.num_labels, train.origin)
+        label_ids(columns(task, val)[1], names, val)
+    return train, val
+
+
+def held_out(task: TaskConfig, train: Split) -> tuple[Split, Split]:
+    """``task.val_fraction`` of ``train``'s examples, and the others; each keeps its row in
+    the source (``Split.rows``), so that errors name its place in the file, not the shuffle's.
+    The rows are those ``train.examples.train_test_split`` holds out, with the same seed."""
+    columns(task, train)  # a file of another shape is named by its columns, not "too few"
+    n = len(train.examples)
+    if n < 2:
+        raise ConfigError(f"{train.origin} holds {n} examples: too few to split")
+    parts = datasets.Dataset.from_dict({"row": range(n)}).train_test_split(
+        test_size=task.val_fraction, seed=0
+    )
+
+    def part(name: str, origin: str) -> Split:
+        rows = parts[name]["row"]
+        return Split(train.examples.select(rows), origin, rows, train.lines)
+
+    held = f"{train.origin} (task.val_fraction={task.val_fraction} held out)"
+    return part("train", train.origin), part("test", held)
+
+
+def text_fields(task: TaskConfig) -> tuple[str, ...]:
+    """The fields of ``task`` that name text columns: its input (and the pair's second text),
+    and seq2seq's target."""
+    pair = ("text_pair_column",) if task.text_pair_column is not None else ()
+    if task.kind == TaskKind.seq2seq:
+        return (*COLUMNS[task.kind], *pair)
+    return (COLUMNS[task.kind][0], *pair)
 
 
 def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
     """The task's two columns of ``split``, inputs and targets; with ``task.text_pair_column``
     each input is a pair of texts (a, b). A missing column, an empty split, a text that is
-    not a string or a missing label is a ConfigError naming the field and the row."""
+    not a string, a missing label or one that is no class (``no_class``) is a ConfigError
+    naming the field and the example (``example``)."""
     pair = ("text_pair_column",) if task.text_pair_column is not None else ()
     fields = (*COLUMNS[task.kind], *pair)
     values = {}
@@ -164,29 +285,48 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
     inputs, targets = (values[f] for f in COLUMNS[task.kind])
     if not inputs:
         raise ConfigError(f"{split.origin} holds no examples")
-    texts = fields if task.kind == TaskKind.seq2seq else (COLUMNS[task.kind][0], *pair)
-    for field_name in texts:
+    for field_name in text_fields(task):
         bad = next((r for r, t in enumerate(values[field_name]) if not isinstance(t, str)), None)
         if bad is not None:
+            value = values[field_name][bad]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
             raise ConfigError(
-                f"task.{field_name}={getattr(task, field_name)!r}: {example(bad)} of "
-                f"{split.origin} holds {values[field_name][bad]!r}, not a text"
+                f"task.{field_name}={getattr(task, field_name)!r}: {example(bad, split)} of "
+                f"{split.origin} holds {value!r}, not a text"
+                + (f': a number (a JSON text is quoted: "{value}")' if number else "")
             )
     if task.kind == TaskKind.seq2seq:  # an empty target: nothing to learn, a free exact match
         empty = next((r for r, t in enumerate(targets) if not t.strip()), None)
         if empty is not None:
             raise ConfigError(
-                f"task.target_column={task.target_column!r}: {example(empty)} of {split.origin} is "
-                "empty; allowed: a target text to predict (leave the example out)"
+                f"task.target_column={task.target_column!r}: {example(empty, split)} of "
+                f"{split.origin} is empty; allowed: a target text to predict (leave the "
+                "example out)"
             )
     if task.kind == TaskKind.classify and None in targets:
         raise ConfigError(
-            f"task.label_column={task.label_column!r}: {example(targets.index(None))} of "
-            f"{split.origin} has no label"
+            f"task.label_column={task.label_column!r}: {example(targets.index(None), split)} "
+            f"of {split.origin} has no label"
+        )
+    odd = no_class(targets) if task.kind == TaskKind.classify else None
+    if odd is not None:
+        raise ConfigError(
+            f"task.label_column={task.label_column!r}: {example(odd, split)} of {split.origin} "
+            f"holds the label {clip(repr(targets[odd]))}; allowed: strings or integers (class "
+            "names or ids; lmlab has no regression task)"
         )
     if pair:
         inputs = list(zip(inputs, values["text_pair_column"], strict=True))
     return inputs, targets
+
+
+def no_class(labels: list[Any]) -> int | None:
+    """The row of the first label that is no class name or id: a float (1.0 too), a list or a
+    dict; one with a fraction first, since with integers one 1.0 makes every label a float.
+    Booleans are class names, False and True."""
+    odd = [r for r, v in enumerate(labels) if isinstance(v, float | list | dict)]
+    fractions = [r for r in odd if isinstance(labels[r], float) and not labels[r].is_integer()]
+    return next(iter(fractions + odd), None)
 
 
 def input_texts(inputs: list[Any]) -> list[str]:
@@ -222,23 +362,31 @@ def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple
     return names
 
 
-def label_ids(labels: list[Any], names: tuple[str, ...], origin: str) -> list[int]:
-    """Each label's id; a label the training split does not have is a ConfigError."""
+def label_ids(labels: list[Any], names: tuple[str, ...], origin: str | Split) -> list[int]:
+    """Each label's id; a label the training split does not have is a ConfigError, naming
+    its example in the file where ``origin`` is the split (``example``)."""
+    split = origin if isinstance(origin, Split) else None
     index = {name: i for i, name in enumerate(names)}
     for row, value in enumerate(labels):
         if value is None or str(value) not in index:
             shown = ", ".join(clip(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
             raise ConfigError(
-                f"task.label_column: {example(row)} of {origin} has label {clip(repr(value))}, "
-                f"unknown to the training split (its {len(names)} labels: {shown})"
+                f"task.label_column: {example(row, split)} of {split.origin if split else origin} "
+                f"has label {clip(repr(value))}, unknown to the training split (its "
+                f"{len(names)} labels: {shown})"
             )
     return [index[str(v)] for v in labels]
 
 
-def example(row: int) -> str:
-    """A 0-based row as errors name it: counted from 1, as a JSON Lines file's lines are (a
-    CSV's header line is not an example)."""
-    return f"example {row + 1}"
+def example(row: int, split: Split | None = None) -> str:
+    """A 0-based row of ``split`` as errors name it: the example's place in its file or hub
+    split (in the held-out split too, whose rows are shuffled), counted from 1 as a JSON Lines
+    file's lines are, and its line in the file where that is another number (a CSV's header
+    is line 1; blank lines are no examples)."""
+    if split is not None and split.rows is not None:
+        row = split.rows[row]
+    line = None if split is None or split.lines is None else split.lines[row]
+    return f"example {row + 1}" + (f" (line {line})" if line not in (None, row + 1) else "")
 
 
 def clip(text: str, width: int = 40) -> str:
@@ -296,6 +444,13 @@ class FinetuneDataModule(LMDataModule):
         self.collate = COLLATORS[task.kind](self.tokenizer, self.seq_len, task)
         for rows, split in ((self.train_rows, train), (self.val_rows, val)):
             report_cut(rows, self.collate.room, split.origin, self.collate.input_len)
+        # each example one JSON text, in order: its input (a pair's two texts), its target or
+        # label id
+        examples = [("train", x_train, y_train), ("val", x_val, y_val)]
+        digest = text_digest(
+            [(name, json.dumps(row)) for name, x, y in examples for row in zip(x, y, strict=True)]
+        )
+        held_out = val.origin.startswith(train.origin)  # val_fraction of the training examples
         self.spec = TaskSpec(
             task.kind,
             labels,
@@ -303,6 +458,8 @@ class FinetuneDataModule(LMDataModule):
             len(self.val_rows),
             task.decode_rows,
             task.text_pair_column,
+            examples_sha256=digest,
+            origin=train.origin if held_out else f"{train.origin} and {val.origin}",
         )
 
     def tokenized(self, x: list[Any], y: list[Any], origin: str) -> list[tuple[Any, Any]]:

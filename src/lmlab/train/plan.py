@@ -32,6 +32,7 @@ from lmlab.config import (
     TaskKind,
     TaskSpec,
 )
+from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.model import build_task_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, device_count, resolve_global_batch, world_size
@@ -359,20 +360,52 @@ def corpus_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str
     )
 
 
+def task_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+    """How the examples a fine-tuning run trained on (``was``, its plan's task record) differ
+    from this run's (``now``), said for the message; None when they are the same, or when
+    this run's plan holds no task: one made before the examples are read (a sweep's checks,
+    which read no corpus either; the job checks again once it has read them), or a
+    pre-training run's, which its config has told apart already (``check_same_run``). The
+    examples' digest is compared where both records hold one: a plan written before it was
+    recorded is checked by its counts and labels."""
+    if now is None:
+        return None
+    digests = [(record or {}).get(EXAMPLES_DIGEST) for record in (was, now)]
+    was, now = (
+        None if record is None else {k: v for k, v in record.items() if k != EXAMPLES_DIGEST}
+        for record in (was, now)
+    )
+    if was != now:
+        return f"its {PLAN_FILE} has task {was}, this run {now}"
+    if None in digests or digests[0] == digests[1]:
+        return None
+    return (
+        f"the same {now['train_examples']:,} training and {now['val_examples']:,} validation "
+        f"examples and labels, other contents (their digest {digests[0]}, now {digests[1]})"
+    )
+
+
 def check_resumable(
     saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN_FILE
 ) -> None:
     """A resumed run continues the data position ``step x global batch rows`` of the run it
-    continues, so its global batch and sequence length must be the same; its steps (a longer
-    run), precision and device count may differ. ``saved``: the run directory's plan, or
-    (``source``: a checkpoint) the batch its checkpoint records."""
+    continues, so its data (the corpus, or a fine-tuning run's examples), global batch and
+    sequence length must be the same; its steps (a longer run), precision and device count
+    may differ. ``saved``: the run directory's plan, or (``source``: a checkpoint) the batch
+    its checkpoint records. What ``plan`` has not read (a sweep's checks: no corpus, no
+    examples) is left to the run, which checks again once it has read them."""
     if saved is None:
         return
-    was_task, now_task = saved.get("task"), plan.as_dict().get("task")
-    if source == PLAN_FILE and was_task != now_task:  # a checkpoint's task: checked with it
+    # a checkpoint's task: checked with it (resume.check_checkpoint_model)
+    if source == PLAN_FILE and (
+        changed := task_change(saved.get("task"), plan.as_dict().get("task"))
+    ):
+        origin = plan.task.origin or f"task={plan.task.kind.value}"
         raise ConfigError(
-            f"cannot resume {out_dir}: its plan.json has task {was_task}, this run {now_task} "
-            "(other examples or labels: the data position would point elsewhere)"
+            f"cannot resume {out_dir}: the examples of {origin} changed since it "
+            f"started: {changed} (the data position would point at other examples): resume "
+            "with the examples it was trained on (a relative task.train or task.val is read "
+            "from the working directory), or start a new run"
         )
     changed = corpus_change(saved.get("corpus"), plan.corpus)
     if changed:

@@ -26,6 +26,7 @@ from lmlab.config import (
     flatten,
     model_config_dict,
 )
+from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
 from lmlab.train.distributed import check_strategy_loads
@@ -52,9 +53,14 @@ ADDED_MODEL_FIELDS = flatten(model_config_dict(ModelConfig()), "model")
 # A null that stands for another field's value: set to that value, it is the same run.
 NULL_MEANS = {"data.seq_len": "model.max_seq_len", "data.val_batch_size": "data.batch_size"}
 
+# Fields of run_identity that set what validation measures, not what is trained: a resume may
+# change them, as it may trainer.val_check_interval (which run_identity does not hold).
+VALIDATION_FIELDS = ("task.decode_rows",)
+
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS aside."""
+    """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS and
+    VALIDATION_FIELDS aside."""
     flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
     if any(k.startswith("model.") for k in flat_a):
         flat_a = {**ADDED_MODEL_FIELDS, **flat_a}
@@ -64,6 +70,8 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
                 flat[key] = flat.get(source)
     for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
         flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
+    for key in VALIDATION_FIELDS:  # what validation measures, not what is trained
+        flat_a.pop(key, None), flat_b.pop(key, None)
     return [
         f"{k}: {flat_a.get(k)!r} (saved) vs {flat_b.get(k)!r} (now)"
         for k in sorted(set(flat_a) | set(flat_b))
@@ -231,16 +239,22 @@ def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
 
 
 def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
-    """The data's tokenizer now is the checkpoint's: a changed corpus trains another one,
-    whose ids would not mean what the weights learnt."""
+    """The data's tokenizer now is the checkpoint's: a changed corpus (or a fine-tuning run's
+    changed examples) trains another one, whose ids would not mean what the weights learnt."""
     saved = ckpt.get("tokenizer")
     if saved is None or tokenizer is None or json.loads(saved) == json.loads(tokenizer.to_str()):
         return
     was, now = Tokenizer.from_str(saved).get_vocab_size(), tokenizer.get_vocab_size()
     sizes = f"{was:,} tokens then, {now:,} now" if was != now else f"{now:,} tokens each"
+    fine_tuning = TaskKind(ckpt.get("task", {}).get("kind", TaskKind.lm)) != TaskKind.lm
+    data = (
+        "the examples of task.train or task.val (or of task.source's task.name)"
+        if fine_tuning
+        else "the corpus"
+    )
     raise ConfigError(
         f"checkpoint {path} was trained with another tokenizer than the one this run's data "
-        f"gives now ({sizes}; the corpus, data.tokenizer or data.vocab_size changed since): "
+        f"gives now ({sizes}; {data}, data.tokenizer or data.vocab_size changed since): "
         "resume with the data it was trained on, or start a new run in another directory"
     )
 
@@ -258,7 +272,13 @@ def check_checkpoint_model(
             f"another directory from its weights with init_from={path}"
         )
     diffs = _differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model")
-    diffs += _differences(ckpt.get("task", PRETRAINING.record()), task.record(), "task")
+    # the examples' digest is the data's, not the model's: plan.json's is compared with this
+    # run's (plan.check_resumable), and checkpoints written before it have none
+    saved, now = (
+        {k: v for k, v in record.items() if k != EXAMPLES_DIGEST}
+        for record in (ckpt.get("task", PRETRAINING.record()), task.record())
+    )
+    diffs += _differences(saved, now, "task")
     if diffs:
         raise ConfigError(
             f"checkpoint {path} was trained with another model; differing fields: "

@@ -1,0 +1,194 @@
+"""Fine-tuning examples read from files (``lmlab.data.finetune``): never stale, text read as
+the file's text, refusals that name the file and the line, and ``datasets``' own output kept
+from the user. The functions are called directly on small files: no training."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import datasets
+import pytest
+
+from lmlab.config import TaskConfig, TaskKind, TaskSource
+from lmlab.data.finetune import SOURCES, Split, columns, label_names, load_splits, read_file
+from lmlab.errors import ConfigError
+
+
+def jsonl(path: Path, rows: list[dict], blank_lines: int = 0) -> Path:
+    path.write_text("\n" * blank_lines + "".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def classify(train: Path, val: Path | None = None) -> TaskConfig:
+    return TaskConfig(
+        kind=TaskKind.classify,
+        source=TaskSource.files,
+        train=str(train),
+        val=None if val is None else str(val),
+    )
+
+
+def test_a_file_rewritten_with_its_size_and_modification_time_kept_is_read_again(
+    tmp_path: Path,
+) -> None:
+    """``datasets`` keys a local file by its path and modification time: a file copied with
+    ``cp -p`` or ``rsync -a``, or unpacked from an archive, kept its old rows. Rewritten with
+    the same size and its times set back, it is read again; read unchanged, it is not."""
+    path = tmp_path / "f.jsonl"
+    cache = tmp_path / "cache"
+    jsonl(path, [{"text": f"a {i:02d}", "label": "ab"[i % 2]} for i in range(40)])
+    first = path.stat()
+    assert read_file("f", path, cache).examples["text"][0] == "a 00"
+    assert read_file("f", path, cache).examples["text"][0] == "a 00"
+    entries = sorted(cache.iterdir())
+    jsonl(path, [{"text": f"b {i:02d}", "label": "xy"[i % 2]} for i in range(40)])
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (first.st_size, first.st_mtime_ns)
+    again = read_file("f", path, cache).examples
+    assert again["text"][0] == "b 00" and set(again["label"]) == {"x", "y"}
+    assert len(entries) == 1 and len(list(cache.iterdir())) == 2  # one entry a version
+
+
+def test_text_columns_of_a_csv_are_the_strings_in_the_file(tmp_path: Path) -> None:
+    """A CSV's types are guessed: a column of numbers was read as integers and refused as
+    "not a text", "007" lost its zeros and "NA" became a missing value. Text columns are
+    read as written; a label column keeps its integers (class ids)."""
+    path = tmp_path / "num.csv"
+    path.write_text("input,target\nthree four,34\nzero zero seven,007\nnot available,NA\n")
+    task = TaskConfig(kind=TaskKind.seq2seq, source=TaskSource.files, train=str(path))
+    task.val = str(path)
+    train, _ = load_splits(task, tmp_path / "cache")
+    assert columns(task, train) == (
+        ["three four", "zero zero seven", "not available"],
+        ["34", "007", "NA"],
+    )
+    digits = tmp_path / "digits.csv"
+    digits.write_text("text,label\n123,0\n0456,1\n7.50,1\n")
+    train, _ = load_splits(classify(digits, digits), tmp_path / "cache")
+    assert columns(classify(digits, digits), train) == (["123", "0456", "7.50"], [0, 1, 1])
+
+
+def test_a_number_in_a_jsonl_text_field_is_named_a_number(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "n.jsonl", [{"input": "a b", "target": t} for t in ("ab", 34)])
+    task = TaskConfig(kind=TaskKind.seq2seq, source=TaskSource.files, train=str(path))
+    task.val = str(path)
+    with pytest.raises(ConfigError, match=r"example 2 of task.train=.*n.jsonl holds 34, not a te"):
+        columns(task, load_splits(task, tmp_path / "cache")[0])
+    with pytest.raises(
+        ConfigError, match=r"holds 34, not a text: a number \(a JSON text is quoted"
+    ):
+        columns(task, load_splits(task, tmp_path / "cache")[0])
+
+
+def test_two_csv_files_joined_are_refused_at_the_repeated_header(tmp_path: Path) -> None:
+    """``cat a.csv b.csv`` repeats the header as an example, which became a class named
+    "label" (and turned integer labels into strings)."""
+    part = "text,label\n" + "".join(f'"line, {i}",{i % 2}\n' for i in range(3))
+    path = tmp_path / "joined.csv"
+    path.write_text(part + "\n" + part)
+    with pytest.raises(ConfigError) as info:
+        read_file(f"task.train={path}", path, tmp_path / "cache")
+    assert str(info.value) == (
+        f"task.train={path} could not be read as csv: line 6 repeats the header row: two CSV "
+        "files joined? (keep the first file's header only)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "shown"),
+    [
+        ("f.jsonl", '{"text": "c", "label": 0.5}', "0.5"),
+        ("s.jsonl", '{"text": "c", "label": 1.0}', "1.0"),
+        ("f.jsonl", '{"text": "c", "label": [0, 1]}', "[0, 1]"),
+        ("f.jsonl", '{"text": "c", "label": {"a": 1}}', "{'a': 1}"),
+        ("f.csv", "c,0.07", "0.07"),
+    ],
+)
+def test_a_label_that_is_no_class_name_is_refused(
+    tmp_path: Path, name: str, text: str, shown: str
+) -> None:
+    """Floats, lists and dicts became class names ("0.5", "[0, 1]"); a column of measurements
+    (a regression) gave "label 0.07 unknown to the training split" at the first held-out
+    one. Booleans are class names, False and True."""
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_text("text,label\na,0\nb,1\n" + text + "\n")
+        line = "example 3 (line 4)"
+    else:
+        first = ["x", "y"] if name == "s.jsonl" else [0, 1]  # with 0 and 1, 1.0 makes 0.0 and 1.0
+        rows = [json.dumps({"text": t, "label": y}) for t, y in zip("ab", first, strict=True)] + [
+            text
+        ]
+        path.write_text("\n".join(rows) + "\n")
+        line = "example 3"
+    task = classify(path, path)
+    with pytest.raises(ConfigError) as info:
+        columns(task, load_splits(task, tmp_path / "cache")[0])
+    assert re.fullmatch(
+        rf"task.label_column='label': {re.escape(line)} of task.train=.*{re.escape(name)} holds "
+        rf"the label {re.escape(shown)}; allowed: strings or integers \(class names or ids; "
+        r"lmlab has no regression task\)",
+        str(info.value),
+    ), str(info.value)
+    assert label_names([True, False, True], None, "x") == ("False", "True")
+
+
+def held_out_error(task: TaskConfig, cache: Path) -> str:
+    with pytest.raises(ConfigError, match="unknown to the training split") as info:
+        load_splits(task, cache)
+    return str(info.value)
+
+
+def test_an_unknown_held_out_label_is_named_by_its_place_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held-out split is shuffled: its row number was no place in the file. The error
+    names the example in the file's order and its line (a CSV's header is line 1; blank
+    lines are skipped), or a hub split's example in the split's order."""
+    labels = ["ab"[i % 2] if i % 3 else f"only{i}" for i in range(60)]
+    rows = [{"text": f"t {i}", "label": label} for i, label in enumerate(labels)]
+    path = jsonl(tmp_path / "blank.jsonl", rows, blank_lines=2)
+    message = held_out_error(classify(path), tmp_path / "cache")
+    found = re.search(r"example (\d+) \(line (\d+)\) of .* has label '(only\d+)'", message)
+    assert found, message
+    n, line, label = int(found[1]), int(found[2]), found[3]
+    assert (line, labels[n - 1]) == (n + 2, label)
+    assert json.loads(path.read_text().splitlines()[line - 1])["label"] == label
+
+    path = tmp_path / "f.csv"
+    path.write_text("text,label\n" + "".join(f"t {i},{label}\n" for i, label in enumerate(labels)))
+    message = held_out_error(classify(path), tmp_path / "cache")
+    found = re.search(r"example (\d+) \(line (\d+)\) of .* has label '(only\d+)'", message)
+    assert found, message
+    assert path.read_text().splitlines()[int(found[2]) - 1].endswith(f",{found[3]}")
+
+    hub = datasets.Dataset.from_list(rows)
+    monkeypatch.setitem(SOURCES, TaskSource.hf, lambda task, cache: (Split(hub, "hub"), None))
+    task = TaskConfig(kind=TaskKind.classify, source=TaskSource.hf, name="x", val_split=None)
+    message = held_out_error(task, tmp_path / "cache")
+    found = re.search(
+        r"example (\d+) of hub \(task.val_fraction=0.1 held out\) has label '(.*)'", message
+    )
+    assert found and labels[int(found[1]) - 1] == found[2], message
+
+
+def test_a_file_datasets_cannot_read_shows_lmlab_s_line_only(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """``datasets`` logged its own ERROR line, with another row number, and drew progress
+    bars before the one-line refusal; its settings are as they were afterwards."""
+    datasets.enable_progress_bars()
+    datasets.utils.logging.set_verbosity(logging.WARNING)
+    path = tmp_path / "ragged.csv"
+    path.write_text("text,label\na,x\nb,y,z\n")
+    with pytest.raises(ConfigError, match="Expected 2 fields in line 3, saw 3"):
+        read_file(f"task.train={path}", path, tmp_path / "cache")
+    read_file("good", jsonl(tmp_path / "good.jsonl", [{"text": "a", "label": 0}]), tmp_path / "c")
+    out, err = capfd.readouterr()
+    assert out == err == ""
+    assert not datasets.utils.are_progress_bars_disabled()
+    assert datasets.utils.logging.get_verbosity() == logging.WARNING
