@@ -27,7 +27,7 @@ import re
 import sys
 from collections.abc import Iterable
 
-from lmlab.data.finetune import CORPORA
+from lmlab.data.examples import CORPORA
 from lmlab.data.sources import SHAKESPEARE, stdlib_files
 
 TRAIN, VAL = 2048, 256  # examples per split

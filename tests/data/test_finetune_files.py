@@ -1,4 +1,4 @@
-"""Fine-tuning examples read from files (``lmlab.data.finetune``): never stale, text read as
+"""Fine-tuning examples read from files (``lmlab.data.examples``): never stale, text read as
 the file's text, refusals that name the file and the line, and ``datasets``' own output kept
 from the user. The functions are called directly on small files: no training."""
 
@@ -14,7 +14,7 @@ import datasets
 import pytest
 
 from lmlab.config import TaskConfig, TaskKind, TaskSource
-from lmlab.data.finetune import SOURCES, Split, columns, label_names, load_splits, read_file
+from lmlab.data.examples import SOURCES, Split, columns, label_names, load_splits, read_file
 from lmlab.errors import ConfigError
 
 

@@ -39,19 +39,17 @@ from lmlab.data.collators import (
     Seq2SeqCollator,
     longest_first,
 )
-from lmlab.data.finetune import (
-    COLLATORS,
+from lmlab.data.examples import (
     COLUMNS,
     CORPORA,
-    FinetuneDataModule,
     Split,
     columns,
     label_ids,
     label_names,
     load_splits,
     read_file,
-    report_cut,
 )
+from lmlab.data.finetune import COLLATORS, FinetuneDataModule, report_cut
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq

@@ -58,9 +58,9 @@ class TaskConfig:
     """What a run trains for (``task=lm|classify|seq2seq``, fields ``task.<field>=...``).
 
     ``lm`` (the default) pre-trains on ``data=``. ``classify`` and ``seq2seq`` fine-tune on
-    examples (``lmlab.data.finetune``): ``data.*`` then sets only the tokenizer and the
-    batches (``data.tokenizer``, ``data.vocab_size``, ``data.seq_len``, ``data.batch_size``);
-    the corpus fields are ``task=lm``'s.
+    examples (``lmlab.data.examples``, ``lmlab.data.finetune``): ``data.*`` then sets only
+    the tokenizer and the batches (``data.tokenizer``, ``data.vocab_size``, ``data.seq_len``,
+    ``data.batch_size``); the corpus fields are ``task=lm``'s.
     """
 
     kind: TaskKind = TaskKind.lm

@@ -1,0 +1,375 @@
+"""Fine-tuning examples (``task=classify``, ``task=seq2seq``) as they are read: from a set
+shipped with lmlab (``corpora/<name>.{train,val}.jsonl``), local JSONL or CSV files, or a
+``datasets`` hub name (``datasets.load_dataset`` reads all three), split, checked and
+labelled. Without a validation file or split, a fixed fraction of the training examples is
+held out (``task.val_fraction``, seed 0). Class labels get ids once, from the training split
+(``label_names``). Every refusal names the field, the file and the example's place in it.
+``lmlab.data.finetune`` tokenises them into the data module.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import datasets
+from pandas._libs.parsers import STR_NA_VALUES  # pandas' missing-value strings ("NA", "null")
+
+from lmlab.config import TaskConfig, TaskKind, TaskSource
+from lmlab.config.task import FILE_FORMATS
+from lmlab.data.sources import stat_identity
+from lmlab.errors import ConfigError, first_line
+
+CORPORA = Path(__file__).resolve().parent / "corpora"
+
+# The two columns each task reads (fields of TaskConfig): the model's input, what it predicts.
+COLUMNS = {
+    TaskKind.classify: ("text_column", "label_column"),
+    TaskKind.seq2seq: ("input_column", "target_column"),
+}
+
+
+class Split(NamedTuple):
+    examples: datasets.Dataset
+    origin: str  # where it was read, for error messages: "task.train=x.jsonl"
+    rows: Sequence[int] | None = None  # each example's row in its source (0-based), where a
+    # shuffle moved it (the held-out split); None: its row here
+    lines: Sequence[int] | None = None  # each source row's line in its file; None: a hub split
+
+
+def read_file(origin: str, path: str | Path, cache_dir: Path, texts: Sequence[str] = ()) -> Split:
+    """One JSONL or CSV file as a ``datasets.Dataset``; ``origin`` names it in errors, and each
+    example's line in the file comes with it. The columns ``texts`` of a CSV are its text as
+    written (``csv_texts``). Read again whenever the file changed (``file_version``)."""
+    kind = FILE_FORMATS[Path(path).suffix.lower()]
+    path = Path(path).expanduser()
+    header, lines = csv_lines(origin, path) if kind == "csv" else ([], json_lines(path))
+    try:
+        with quiet_datasets():
+            ds = datasets.load_dataset(
+                kind,
+                data_files=str(path),
+                split="train",
+                cache_dir=str(cache_dir / file_version(path)),
+                **csv_texts(header, texts),
+            )
+    except Exception as err:  # datasets raises many types for a malformed file
+        cause = err  # datasets wraps the parser's own words ("Expected 2 fields in line 5")
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        why = what_is_wrong(path, kind) or first_line(cause)
+        raise ConfigError(f"{origin} could not be read as {kind}: {why}") from None
+    return Split(ds, origin, None, lines if lines is not None and len(lines) == len(ds) else None)
+
+
+def file_version(path: Path) -> str:
+    """The folder of ``datasets``' cache for this version of the file. ``datasets`` knows a
+    local file by its path and modification time only, so a file rewritten with its time kept
+    (``cp -p``, ``rsync -a``, an archive unpacked) gave the old rows; here it is known as the
+    corpus's files are (``stat_identity``: size, inode, modification and change times)."""
+    identity = json.dumps(stat_identity(path))
+    return "file-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """``datasets``' log and progress bars off while it reads a file, as they were after: a
+    file it cannot read is lmlab's one line (``datasets``' ERROR line counts rows otherwise)."""
+    level = datasets.utils.logging.get_verbosity()
+    bars_off = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def json_lines(path: Path) -> list[int] | None:
+    """Each example's line in a JSON Lines file: its lines that are not blank (``datasets``
+    skips those). None where it cannot be read (``datasets`` then says why)."""
+    try:
+        with path.open("rb") as f:
+            return [n for n, line in enumerate(f, start=1) if line.strip()]
+    except OSError:
+        return None
+
+
+def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
+    """A CSV's header and each example's first line (the header is line 1; a quoted field
+    can span lines; blank lines are skipped, as pandas skips them). A line that repeats the
+    header, as two files joined with ``cat`` do, is refused: it would be an example whose
+    label is the column's name. ([], None) where the ``csv`` module cannot read the file
+    (``datasets`` then says why)."""
+    header: list[str] = []
+    lines: list[int] = []
+    start = 1
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for record in reader:
+                if header and record == header:
+                    raise ConfigError(
+                        f"{origin} could not be read as csv: line {start} repeats the header "
+                        "row: two CSV files joined? (keep the first file's header only)"
+                    )
+                if record and not header:
+                    header = record
+                elif record:
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error):  # a field over the csv module's 128 KiB too
+        return [], None
+    return header, lines
+
+
+def csv_texts(header: list[str], texts: Sequence[str]) -> dict[str, Any]:
+    """``datasets``' CSV options that read the ``texts`` columns as written: pandas guesses
+    each column's type, so a column of numbers was integers ("not a text"), "007" the number 7
+    and "NA" or "null" a missing text. In a text column only an empty field is missing; the
+    other columns keep pandas' guesses (integer labels are class ids)."""
+    texts = [c for c in texts if c in header]
+    if not texts:
+        return {}
+    missing = {c: [""] if c in texts else sorted(STR_NA_VALUES) for c in header}
+    return {"converters": dict.fromkeys(texts, str), "keep_default_na": False, "na_values": missing}
+
+
+def what_is_wrong(path: Path, kind: str) -> str | None:
+    """Why ``datasets`` could not read a file, in the file's terms (its own errors name its
+    internals: ``StopIteration``, "corresponds to no data"); None if not found here."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        return first_line(err)
+    filled = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not filled:
+        return "the file is empty: no examples"
+    if kind == "csv":
+        return "a header row and no examples" if len(filled) == 1 else None
+    for n, line in filled:
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            return f"line {n} is not JSON ({err})"
+        if not isinstance(row, dict):
+            return f'line {n} is not a JSON object (one example per line: {{"text": ...}})'
+    return None
+
+
+def shipped_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
+    train, val = (
+        read_file(
+            f"task.name={task.name} ({split})", CORPORA / f"{task.name}.{split}.jsonl", cache_dir
+        )
+        for split in ("train", "val")
+    )
+    return train, val
+
+
+def file_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
+    texts = [getattr(task, field_name) for field_name in text_fields(task)]
+    train = read_file(f"task.train={task.train}", task.train, cache_dir, texts)
+    if task.val is None:
+        return train, None
+    return train, read_file(f"task.val={task.val}", task.val, cache_dir, texts)
+
+
+def hub_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
+    def load(split: str) -> Split:
+        try:
+            ds = datasets.load_dataset(
+                task.name, task.subset, split=split, cache_dir=str(cache_dir)
+            )
+        except Exception as err:  # the hub raises many types: missing name, no network, bad split
+            raise ConfigError(
+                f"task.name={task.name!r} (subset={task.subset!r}, split={split!r}) could not be "
+                f"loaded with datasets.load_dataset: {type(err).__name__}: {first_line(err)}"
+            ) from None
+        return Split(ds, f"task.name={task.name} split={split}")
+
+    return load(task.train_split), load(task.val_split) if task.val_split else None
+
+
+SOURCES: dict[TaskSource, Callable[[TaskConfig, Path], tuple[Split, Split | None]]] = {
+    TaskSource.shipped: shipped_splits,
+    TaskSource.files: file_splits,
+    TaskSource.hf: hub_splits,
+}
+
+
+def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
+    """The training and validation examples; without validation ones, ``task.val_fraction``
+    of the training examples, held out by a fixed shuffle (the same for every run seed)."""
+    train, val = SOURCES[task.source](task, cache_dir)
+    if val is None:
+        train, val = held_out(task, train)
+    if task.kind == TaskKind.classify:  # here, where a label's line is known (label_ids)
+        names = label_names(columns(task, train)[1], task.num_labels, train.origin)
+        label_ids(columns(task, val)[1], names, val)
+    return train, val
+
+
+def held_out(task: TaskConfig, train: Split) -> tuple[Split, Split]:
+    """``task.val_fraction`` of ``train``'s examples, and the others; each keeps its row in
+    the source (``Split.rows``), so that errors name its place in the file, not the shuffle's.
+    The rows are those ``train.examples.train_test_split`` holds out, with the same seed."""
+    columns(task, train)  # a file of another shape is named by its columns, not "too few"
+    n = len(train.examples)
+    if n < 2:
+        raise ConfigError(f"{train.origin} holds {n} examples: too few to split")
+    parts = datasets.Dataset.from_dict({"row": range(n)}).train_test_split(
+        test_size=task.val_fraction, seed=0
+    )
+
+    def part(name: str, origin: str) -> Split:
+        rows = parts[name]["row"]
+        return Split(train.examples.select(rows), origin, rows, train.lines)
+
+    held = f"{train.origin} (task.val_fraction={task.val_fraction} held out)"
+    return part("train", train.origin), part("test", held)
+
+
+def text_fields(task: TaskConfig) -> tuple[str, ...]:
+    """The fields of ``task`` that name text columns: its input (and the pair's second text),
+    and seq2seq's target."""
+    pair = ("text_pair_column",) if task.text_pair_column is not None else ()
+    if task.kind == TaskKind.seq2seq:
+        return (*COLUMNS[task.kind], *pair)
+    return (COLUMNS[task.kind][0], *pair)
+
+
+def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
+    """The task's two columns of ``split``, inputs and targets; with ``task.text_pair_column``
+    each input is a pair of texts (a, b). A missing column, an empty split, a text that is
+    not a string, a missing label or one that is no class (``no_class``) is a ConfigError
+    naming the field and the example (``example``)."""
+    pair = ("text_pair_column",) if task.text_pair_column is not None else ()
+    fields = (*COLUMNS[task.kind], *pair)
+    values = {}
+    for field_name in fields:
+        column = getattr(task, field_name)
+        if column not in split.examples.column_names:
+            raise ConfigError(
+                f"task.{field_name}={column!r} is not a column of {split.origin} (its columns: "
+                f"{', '.join(split.examples.column_names)})"
+            )
+        values[field_name] = list(split.examples[column])
+    inputs, targets = (values[f] for f in COLUMNS[task.kind])
+    if not inputs:
+        raise ConfigError(f"{split.origin} holds no examples")
+    for field_name in text_fields(task):
+        bad = next((r for r, t in enumerate(values[field_name]) if not isinstance(t, str)), None)
+        if bad is not None:
+            value = values[field_name][bad]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            raise ConfigError(
+                f"task.{field_name}={getattr(task, field_name)!r}: {example(bad, split)} of "
+                f"{split.origin} holds {value!r}, not a text"
+                + (f': a number (a JSON text is quoted: "{value}")' if number else "")
+            )
+    if task.kind == TaskKind.seq2seq:  # an empty target: nothing to learn, a free exact match
+        empty = next((r for r, t in enumerate(targets) if not t.strip()), None)
+        if empty is not None:
+            raise ConfigError(
+                f"task.target_column={task.target_column!r}: {example(empty, split)} of "
+                f"{split.origin} is empty; allowed: a target text to predict (leave the "
+                "example out)"
+            )
+    if task.kind == TaskKind.classify and None in targets:
+        raise ConfigError(
+            f"task.label_column={task.label_column!r}: {example(targets.index(None), split)} "
+            f"of {split.origin} has no label"
+        )
+    odd = no_class(targets) if task.kind == TaskKind.classify else None
+    if odd is not None:
+        raise ConfigError(
+            f"task.label_column={task.label_column!r}: {example(odd, split)} of {split.origin} "
+            f"holds the label {clip(repr(targets[odd]))}; allowed: strings or integers (class "
+            "names or ids; lmlab has no regression task)"
+        )
+    if pair:
+        inputs = list(zip(inputs, values["text_pair_column"], strict=True))
+    return inputs, targets
+
+
+def no_class(labels: list[Any]) -> int | None:
+    """The row of the first label that is no class name or id: a float (1.0 too), a list or a
+    dict; one with a fraction first, since with integers one 1.0 makes every label a float.
+    Booleans are class names, False and True."""
+    odd = [r for r, v in enumerate(labels) if isinstance(v, float | list | dict)]
+    fractions = [r for r in odd if isinstance(labels[r], float) and not labels[r].is_integer()]
+    return next(iter(fractions + odd), None)
+
+
+def input_texts(inputs: list[Any]) -> list[str]:
+    """The texts of ``columns``' inputs: each text, or both texts of each pair."""
+    return [t for x in inputs for t in x] if inputs and isinstance(inputs[0], tuple) else inputs
+
+
+def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple[str, ...]:
+    """The class names in id order, from the training labels. Integer labels are their own
+    ids, 0 .. num_labels - 1 (null: the largest + 1); any other labels (strings) take ids in
+    the sorted order of their text. Deterministic: the same data gives the same ids."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+        n = num_labels or max(labels) + 1
+        bad = next((v for v in labels if not 0 <= v < n), None)
+        if bad is not None:
+            raise ConfigError(
+                f"task.label_column: label {bad} of {origin} is not a class id in 0 .. {n - 1} "
+                "(integer labels are class ids; task.num_labels sets how many)"
+            )
+        names = tuple(str(i) for i in range(n))
+    else:
+        names = tuple(sorted({str(v) for v in labels}))
+        if num_labels is not None and num_labels != len(names):
+            raise ConfigError(
+                f"task.num_labels={num_labels}, but {origin} has {len(names)} labels: "
+                f"{', '.join(names[:20])}"
+            )
+    if len(names) < 2:
+        raise ConfigError(
+            f"task.label_column: {origin} has one label only ({names[0]}): a classifier needs "
+            "two or more"
+        )
+    return names
+
+
+def label_ids(labels: list[Any], names: tuple[str, ...], origin: str | Split) -> list[int]:
+    """Each label's id; a label the training split does not have is a ConfigError, naming
+    its example in the file where ``origin`` is the split (``example``)."""
+    split = origin if isinstance(origin, Split) else None
+    index = {name: i for i, name in enumerate(names)}
+    for row, value in enumerate(labels):
+        if value is None or str(value) not in index:
+            shown = ", ".join(clip(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+            raise ConfigError(
+                f"task.label_column: {example(row, split)} of {split.origin if split else origin} "
+                f"has label {clip(repr(value))}, unknown to the training split (its "
+                f"{len(names)} labels: {shown})"
+            )
+    return [index[str(v)] for v in labels]
+
+
+def example(row: int, split: Split | None = None) -> str:
+    """A 0-based row of ``split`` as errors name it: the example's place in its file or hub
+    split (in the held-out split too, whose rows are shuffled), counted from 1 as a JSON Lines
+    file's lines are, and its line in the file where that is another number (a CSV's header
+    is line 1; blank lines are no examples)."""
+    if split is not None and split.rows is not None:
+        row = split.rows[row]
+    line = None if split is None or split.lines is None else split.lines[row]
+    return f"example {row + 1}" + (f" (line {line})" if line not in (None, row + 1) else "")
+
+
+def clip(text: str, width: int = 40) -> str:
+    """A label as an error shows it: a text column taken for the labels has long ones."""
+    return text if len(text) <= width else text[: width - 3] + "..."
