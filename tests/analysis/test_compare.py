@@ -1024,6 +1024,26 @@ def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) 
     assert not [line for line in ranking.summarize(bpb, "val_bits_per_byte") if "warning" in line]
 
 
+def test_fine_tuning_runs_on_different_examples_get_a_warning(tmp_path: Path) -> None:
+    """Two fine-tuning runs on other files: their accuracy (or loss) measures other data;
+    the summary says so, for any metric. Pre-training runs never get it."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    for job, train_file in (("0", "a.jsonl"), ("1", "b.jsonl")):
+        config = yaml.safe_load((root / job / ".hydra" / "config.yaml").read_text())
+        config["task"] = {"kind": "classify", "source": "files", "train": train_file}
+        (root / job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    for metric in ("val_loss", "tokens_per_second"):
+        lines = ranking.summarize(ranking.aggregate(load_runs(root), metric), metric)
+        warned = [line for line in lines if "different examples" in line]
+        assert warned == [
+            "warning: the runs differ in task.train, so they were trained and validated on "
+            f"different examples and {metric} compares the data sets as much as the variants"
+        ], lines
+    plain = make_multirun(tmp_path / "pretraining", JOBS[:1] + JOBS[3:4])
+    lines = ranking.summarize(ranking.aggregate(load_runs(plain), "val_loss"), "val_loss")
+    assert not [line for line in lines if "different examples" in line]
+
+
 def test_losses_of_different_objectives_are_listed_unranked(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

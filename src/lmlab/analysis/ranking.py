@@ -268,6 +268,7 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
                 "run are not seed replicates, so each seed counts once"
             )
     lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
+    lines += example_notes([run for row in rows for run in row.runs], metric)
     lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
     return lines
 
@@ -313,6 +314,45 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
         f"warning: the runs differ in {', '.join(differ)}, so their tokens differ and {metric} "
         "(per token) does not compare them; rank by val_bits_per_byte (--metric "
         "val_bits_per_byte) instead"
+    ]
+
+
+# What fixes a fine-tuning run's examples: where they come from and which columns are read.
+EXAMPLE_KEYS = tuple(
+    f"task.{name}"
+    for name in (
+        "source",
+        "name",
+        "subset",
+        "train",
+        "val",
+        "train_split",
+        "val_split",
+        "val_fraction",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "input_column",
+        "target_column",
+    )
+)
+
+
+def example_notes(runs: Sequence[Run], metric: str) -> list[str]:
+    """A warning when fine-tuning runs were validated on different examples (another file,
+    hub set or column): any metric of theirs, a loss or an accuracy, measures another data
+    set, so its ranking says which data is easier, not which variant is better."""
+    done = [run for run in runs if not run.failed]
+    if all(run.flat_config.get("task.kind", "lm") == "lm" for run in done):
+        return []
+    differ = [
+        key for key in EXAMPLE_KEYS if len({repr(run.flat_config.get(key)) for run in done}) > 1
+    ]
+    if not differ:
+        return []
+    return [
+        f"warning: the runs differ in {', '.join(differ)}, so they were trained and validated "
+        f"on different examples and {metric} compares the data sets as much as the variants"
     ]
 
 
