@@ -32,7 +32,9 @@ def test_report_names_the_kernel_every_attention_runs(
     inputs = SAMPLE_INPUTS[family](torch.zeros(1, 32, dtype=torch.long))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without")
-        kernels = attention_kernels(profiled_ops(build_model(cfg), inputs))
+        # FlexAttention has no backward on a CPU (a run refuses it there): no gradients
+        grad = kernel != AttentionKernel.flex
+        kernels = attention_kernels(profiled_ops(build_model(cfg), inputs, grad=grad))
     if kernel == AttentionKernel.flex:
         plain = [k for k in kernels if k != "flex_attention"]
         assert "flex_attention" in kernels and bool(plain) == (family == Family.t5), kernels
@@ -62,3 +64,38 @@ def test_report_names_the_cross_entropy_form(
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         ops = profiled_ops(model, {"input_ids": ids, "labels": ids})
     assert cross_entropy_form(ops, compiled) == expected
+
+
+@pytest.mark.parametrize(
+    ("family", "fields"),
+    [
+        (Family.gpt, {"dropout": 0.1}),  # dropout in training: SDPA's math kernel on CPU
+        (Family.gpt, {"positional": Positional.relative}),  # a trainable bias: math too
+        (Family.t5, {}),  # T5's relative bias in self-attention, plain cross-attention
+        (Family.gpt, {"positional": Positional.alibi}),  # a fixed bias: flash on CPU
+        (Family.bert, {"dropout": 0.1}),
+    ],
+)
+def test_report_names_the_kernels_of_a_training_step(family: Family, fields: dict) -> None:
+    """The kernels the probe names are those a training step (forward and backward, in train
+    mode) runs, read from the profiler: an eval-mode probe without gradients named the flash
+    kernel where dropout or a trainable bias takes the math one. The probe draws nothing
+    from the random stream and leaves the model as it was (its mode, no gradients)."""
+    from torch.profiler import profile
+
+    model = build_model(ModelConfig(family=family, vocab_size=50, **fields))
+    inputs = SAMPLE_INPUTS[family](torch.zeros(1, 32, dtype=torch.long))
+    inputs["labels"] = inputs.get("decoder_input_ids", inputs["input_ids"])
+    model.eval()
+    torch.manual_seed(0)
+    reported = attention_kernels(profiled_ops(model, inputs))
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))  # the probe drew nothing
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    model.train()
+    with profile() as prof:
+        model(**inputs).backward()
+    forward = {e.key.removeprefix("aten::") for e in prof.key_averages()}
+    ran = sorted(k for k in forward if "scaled_dot_product" in k and "backward" not in k)
+    assert reported == ran

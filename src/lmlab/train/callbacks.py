@@ -122,20 +122,33 @@ def largest_linears(model: torch.nn.Module, rows: int, n: int = 2) -> list[tuple
     return sorted(shapes, key=lambda s: s[1] * s[2], reverse=True)[:n]
 
 
-def profiled_ops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> set[str]:
-    """Names of the ops one forward of ``inputs`` (with ``labels``: the loss) runs, read from
-    the profiler."""
+def profiled_ops(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], grad: bool = True
+) -> set[str]:
+    """Names of the ops one training-mode forward of ``inputs`` (with ``labels``: the loss)
+    runs, read from the profiler. As the training step runs it: in train mode, where dropout
+    takes SDPA's math kernel, and with gradients on, where a trainable bias (T5's relative
+    positions) does too; an eval-mode probe under ``no_grad`` named the flash kernel for both.
+    The RNG is forked, so the probe draws nothing from the training stream (a resumed run
+    continues it exactly); the graph is dropped unused, and no gradient is written.
+    ``grad=False``: without gradients (FlexAttention on a CPU, which has no backward there)."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # silence the profiler's start/stop lines
     from torch.profiler import profile
 
-    # eval mode and a forked RNG: the probe must not draw from the training random stream
-    # (a resumed run continues it exactly)
     was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), profile() as prof:
-        model(**inputs)
-    model.train(was_training)
+    model.train()
+    rng = torch.random.fork_rng(devices=probe_devices(inputs))
+    try:
+        with rng, torch.set_grad_enabled(grad), profile() as prof:
+            model(**inputs)
+    finally:
+        model.train(was_training)
     return {e.key for e in prof.key_averages()}
+
+
+def probe_devices(inputs: dict[str, torch.Tensor]) -> list[int]:
+    """The CUDA devices whose RNG a probe on ``inputs`` draws from (dropout on the GPU)."""
+    return sorted({t.device.index or 0 for t in inputs.values() if t.device.type == "cuda"})
 
 
 def attention_kernels(ops: set[str]) -> list[str]:
