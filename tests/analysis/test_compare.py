@@ -521,6 +521,13 @@ def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path
     assert [c[:4] for c in table_cells(text)][1] == ["2", "pre", "gelu", "3.1200 ± 0.0200"]
 
 
+def test_a_small_gap_keeps_two_significant_digits(tmp_path: Path) -> None:
+    """A gap of 0.043% was printed as "(0.0%)"."""
+    jobs = [("pre", "gelu", 1, 3.0013, 2000.0), ("pre", "swiglu", 1, 3.0, 2000.0)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "multirun", jobs)), "val_loss")
+    assert "gap 0.0013 (0.043%)" in ranking.summarize(rows, "val_loss")[1]
+
+
 def test_summary_winner_gap_and_noise(multirun: Path) -> None:
     rows = ranking.aggregate(load_runs(multirun), "val_loss")
     lines = ranking.summarize(rows, "val_loss")

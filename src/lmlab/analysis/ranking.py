@@ -236,7 +236,9 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
     elif len(ranked) > 1:
         best, second = ranked[0], ranked[1]
         gap = abs((best.value(metric) or 0.0) - (second.value(metric) or 0.0))
-        rel = f" ({gap / abs(best.value(metric) or 1.0):.1%})" if best.value(metric) else ""
+        # two significant digits: a gap of 0.044% is not "0.0%"
+        share = 100 * gap / abs(best.value(metric) or 1.0)
+        rel = f" ({share:.2g}%)" if best.value(metric) else ""
         lines.append(
             f"runner-up: {second.label} ({metric} = {fmt_stat(second.stats[metric], metric)}); "
             f"gap {fmt(gap, metric)}{rel}, {'higher' if higher_is_better else 'lower'} is better"
