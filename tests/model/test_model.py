@@ -338,7 +338,8 @@ def test_rope_scalings_stretch_the_low_frequencies_only_as_llama3_says() -> None
     ("knobs", "message"),
     [
         ({"positional": Positional.alibi}, "model.rope_scaling=llama3 scales RoPE: it needs"),
-        ({"rope_factor": 0.0}, "model.rope_factor=0.0 must be > 0"),
+        ({"rope_factor": 0.0}, "model.rope_factor=0.0: allowed 1 or more, finite"),
+        ({"rope_factor": 0.5}, "model.rope_factor=0.5: allowed 1 or more, finite"),
         ({"rope_low_freq_factor": 4.0}, "needs 0 < model.rope_low_freq_factor < model.rope_high"),
         ({"rope_original_max_seq_len": 0}, "model.rope_original_max_seq_len=0 must be >= 1"),
     ],

@@ -248,8 +248,11 @@ class ModelConfig:
                 f"{scaling} scales RoPE: it needs model.positional=rope, not "
                 f"{self.positional.value} (or model.rope_scaling=none)"
             )
-        if not 0 < self.rope_factor < math.inf:
-            raise ConfigError(f"model.rope_factor={self.rope_factor} must be > 0 and finite")
+        if not 1 <= self.rope_factor < math.inf:  # below 1 squeezes positions (HF warns too)
+            raise ConfigError(
+                f"model.rope_factor={self.rope_factor}: allowed 1 or more, finite (how many "
+                "times longer a context RoPE stretches to; 1 leaves it as trained)"
+            )
         if self.rope_scaling != RopeScaling.llama3:
             return
         low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
