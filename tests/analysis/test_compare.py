@@ -521,6 +521,14 @@ def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path
     assert [c[:4] for c in table_cells(text)][1] == ["2", "pre", "gelu", "3.1200 ± 0.0200"]
 
 
+def test_wall_time_is_shown_to_a_tenth_of_a_second() -> None:
+    assert (ranking.fmt(2.9951, "wall_seconds"), ranking.fmt(125.04, "wall_seconds")) == (
+        "3.0",
+        "125.0",
+    )
+    assert ranking.fmt(2.9951, "val_loss") == "2.9951"
+
+
 def test_a_small_gap_keeps_two_significant_digits(tmp_path: Path) -> None:
     """A gap of 0.043% was printed as "(0.0%)"."""
     jobs = [("pre", "gelu", 1, 3.0013, 2000.0), ("pre", "swiglu", 1, 3.0, 2000.0)]

@@ -362,8 +362,9 @@ def example_notes(runs: Sequence[Run], metric: str) -> list[str]:
 
 
 def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
-    """A number for the table: k/M/B for sizes and throughput, FLOPs as 1.40e11, else 4
-    decimals below 10 and 2 above; ``like`` formats a std with the decimals of its mean."""
+    """A number for the table: k/M/B for sizes and throughput, FLOPs as 1.40e11, wall time
+    to a tenth of a second, else 4 decimals below 10 and 2 above; ``like`` formats a std
+    with the decimals of its mean."""
     if value is None:
         return MISSING
     if not math.isfinite(value):
@@ -373,6 +374,8 @@ def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
         return f"{value:.3g}".replace("e+", "e")
     if key in HUMAN_KEYS or ref >= 1e4:
         return _human(value)
+    if key == "wall_seconds":  # seconds to a tenth: 3.0, not 2.9951
+        return f"{value:.1f}"
     return f"{value:.4f}" if ref < 10 else f"{value:.2f}"
 
 
