@@ -192,3 +192,20 @@ def test_a_file_datasets_cannot_read_shows_lmlab_s_line_only(
     assert out == err == ""
     assert not datasets.utils.are_progress_bars_disabled()
     assert datasets.utils.logging.get_verbosity() == logging.WARNING
+
+
+def test_the_missing_value_strings_stand_where_pandas_moves_its_private_list() -> None:
+    """``STR_NA_VALUES`` is a private name of pandas: where a pandas lacks it, the list its
+    documentation gives stands in, and it is the same list."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, types, datasets; "  # pandas loaded first: it reads the name itself
+        "sys.modules['pandas._libs.parsers'] = types.ModuleType('without_the_name'); "
+        "import lmlab.data.examples as e; print(sorted(e.STR_NA_VALUES))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    assert out.stdout.strip() == str(sorted(STR_NA_VALUES))

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
-from pandas._libs.parsers import STR_NA_VALUES  # pandas' missing-value strings ("NA", "null")
+
+try:  # pandas' missing-value strings ("NA", "null"), as read_csv's default na_values
+    from pandas._libs.parsers import STR_NA_VALUES
+except ImportError:  # a private name: its documented list where a pandas moves it
+    STR_NA_VALUES = {
+        *("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"),
+        *("1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"),
+    }
 
 from lmlab.config import TaskConfig, TaskKind, TaskSource
 from lmlab.config.task import FILE_FORMATS
