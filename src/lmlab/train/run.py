@@ -34,7 +34,7 @@ from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.distributed import JobScope, install_job_command
-from lmlab.train.estimate import plan_from_cfg, plan_table, planning_model_config
+from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record
@@ -238,7 +238,7 @@ def dry_run(
     ``dry_run``: a directory holding only that holds no run), train nothing. Into a directory
     that holds an earlier run, nothing is written."""
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
-    planned = planning_model_config(model_cfg, data_cfg)
+    planned = dataclasses.replace(model_cfg, vocab_size=plan["vocab_size"])  # as it planned
     run_plan = make_plan(cfg, planned, data_cfg, seq_len)
     plan["memory"] = memory_needs(run_plan, planned, cfg.trainer, cfg.optim).as_dict()
     Console().print(plan_table(plan))
