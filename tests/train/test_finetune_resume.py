@@ -81,7 +81,8 @@ def test_a_fine_tuning_sweep_resumes_and_extends_with_resume_auto(
 def test_a_resume_on_changed_examples_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     """Examples of the same counts and labels (every label swapped, every text reversed: the
     same characters, so the same char tokenizer; the validation file's labels swapped) are
-    other examples: plan.json's digest of them refuses the resume, naming the files. A
+    other examples: plan.json's digest of them refuses the resume, naming the files, and
+    without plan.json the checkpoint's copy of it. A
     character more trains another tokenizer, which the refusal says the examples changed.
     The examples it trained on resume, also from a plan and checkpoint written before the
     digest (none in them)."""
@@ -99,18 +100,23 @@ def test_a_resume_on_changed_examples_is_refused(tmp_path: Path, cache_dir: Path
         ],
         val_file: [[r | {"label": swap[r["label"]]} for r in rows(8, 24)]],
     }
+    plan, kept = run_dir / "plan.json", tmp_path / "plan.json"
     for path, variants in changes.items():
         for examples in variants:
             write(path, examples)
-            with pytest.raises(ConfigError) as refused:
-                train(compose_train(resume, run_dir, cache_dir))
-            message = str(refused.value)
-            assert message.startswith(
-                f"cannot resume {run_dir}: the examples of task.train={train_file} and "
-                f"task.val={val_file} changed since it started: the same 24 training and 8 "
-                "validation examples and labels, other contents (their digest "
-            ), message
-            assert "resume with the examples it was trained on" in message, message
+            for plan_deleted in (False, True):  # then the checkpoint's record of the examples
+                if plan_deleted:
+                    plan.rename(kept)
+                with pytest.raises(ConfigError) as refused:
+                    train(compose_train(resume, run_dir, cache_dir))
+                message = str(refused.value)
+                assert message.startswith(
+                    f"cannot resume {run_dir}: the examples of task.train={train_file} and "
+                    f"task.val={val_file} changed since it started: the same 24 training and "
+                    "8 validation examples and labels, other contents (their digest "
+                ), message
+                assert "resume with the examples it was trained on" in message, message
+            kept.rename(plan)
             write(path, [json.loads(line) for line in original[path].splitlines()])
     more = rows(24, 0)
     more[3]["text"] += " ~"  # a character the char tokenizer did not have

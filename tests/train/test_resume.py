@@ -435,9 +435,10 @@ def test_a_resume_after_a_same_size_edit_of_the_corpus_is_refused(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     """An edit that keeps the corpus's size and characters (``sed -i s/fox/xof/``) trains the
-    same char tokenizer into rows of the same counts: the text's digest in plan.json tells
-    it. A character the corpus did not have changes the tokenizer, and the refusal says so,
-    not that ``model.vocab_size`` differs (it follows the tokenizer)."""
+    same char tokenizer into rows of the same counts: the text's digest in plan.json tells it,
+    and without plan.json the checkpoint's copy of it. A character the corpus did not have
+    changes the tokenizer, and the refusal says so, not that ``model.vocab_size`` differs (it
+    follows the tokenizer)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
         "\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(300))
@@ -457,6 +458,11 @@ def test_a_resume_after_a_same_size_edit_of_the_corpus_is_refused(
     corpus.write_text(original.replace("fox", "xof", 1))
     with pytest.raises(ConfigError, match=r"its corpus changed since it started: the same size"):
         train(compose_train(resume, tmp_path / "run", cache_dir))
+    plan = tmp_path / "run" / "plan.json"
+    kept = plan.rename(tmp_path / "plan.json")  # deleted: the checkpoint's record tells it
+    with pytest.raises(ConfigError, match=r"its corpus changed since it started: the same size"):
+        train(compose_train(resume, tmp_path / "run", cache_dir))
+    kept.rename(plan)
     corpus.write_text(original.replace("fox", "fo~", 1))  # ~: a character more
     with pytest.raises(ConfigError, match=r"another tokenizer .* \(144 tokens then, 145 now;"):
         train(compose_train(resume, tmp_path / "run", cache_dir))

@@ -43,6 +43,8 @@ PLAN_FILE = "plan.json"
 # per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
 # before it have none, and are compared by their counts alone).
 CORPUS_RECORD = ("train", "val", "text_sha256")
+# what of the plan a checkpoint keeps (``run_state``), for a resume whose plan.json was lost
+RESUME_RECORD = ("batch", "corpus", "task")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,11 @@ class RunPlan:
                 "val_examples": self.task.val_examples,
             }
         return plan
+
+    def resume_record(self) -> dict[str, Any]:
+        """What a resume checks (``check_resumable``): the global batch, the corpus's record
+        and a fine-tuning run's examples, for checkpoints to keep."""
+        return {key: v for key, v in self.as_dict().items() if key in RESUME_RECORD}
 
 
 def on_cuda(trainer_cfg: DictConfig) -> bool:
@@ -360,7 +367,9 @@ def corpus_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str
     )
 
 
-def task_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+def task_change(
+    was: dict[str, Any] | None, now: dict[str, Any] | None, source: str = PLAN_FILE
+) -> str | None:
     """How the examples a fine-tuning run trained on (``was``, its plan's task record) differ
     from this run's (``now``), said for the message; None when they are the same, or when
     this run's plan holds no task: one made before the examples are read (a sweep's checks,
@@ -376,7 +385,7 @@ def task_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str |
         for record in (was, now)
     )
     if was != now:
-        return f"its {PLAN_FILE} has task {was}, this run {now}"
+        return f"its {source} has task {was}, this run {now}"
     if None in digests or digests[0] == digests[1]:
         return None
     return (
@@ -390,15 +399,17 @@ def check_resumable(
 ) -> None:
     """A resumed run continues the data position ``step x global batch rows`` of the run it
     continues, so its data (the corpus, or a fine-tuning run's examples), global batch and
-    sequence length must be the same; its steps (a longer run), precision and device count
-    may differ. ``saved``: the run directory's plan, or (``source``: a checkpoint) the batch
-    its checkpoint records. What ``plan`` has not read (a sweep's checks: no corpus, no
-    examples) is left to the run, which checks again once it has read them."""
+    sequence length must be the same; its steps (a longer run), precision and device count may
+    differ. ``saved``: the run directory's plan, or (``source``: a checkpoint) the part of it
+    its checkpoint records (``RESUME_RECORD``; older checkpoints: the batch only). What ``plan``
+    has not read (a sweep's checks: no corpus, no examples) is left to the run, which checks
+    again once it has read them."""
     if saved is None:
         return
-    # a checkpoint's task: checked with it (resume.check_checkpoint_model)
-    if source == PLAN_FILE and (
-        changed := task_change(saved.get("task"), plan.as_dict().get("task"))
+    # a checkpoint written before it kept its task record has none to compare (its task's
+    # fields are checked with its model: resume.check_checkpoint_model)
+    if (source == PLAN_FILE or "task" in saved) and (
+        changed := task_change(saved.get("task"), plan.as_dict().get("task"), source)
     ):
         origin = plan.task.origin or f"task={plan.task.kind.value}"
         raise ConfigError(

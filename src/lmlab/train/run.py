@@ -52,6 +52,7 @@ from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.plan import (
     CORPUS_RECORD,
     PLAN_FILE,
+    RESUME_RECORD,
     check_resumable,
     make_plan,
     read_plan,
@@ -348,11 +349,12 @@ def _fit(
     warn_repeated_rows(plan.batch.rows, len(dm.train_rows))
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
-        saved_batch = (ckpt.get("run_state") or {}).get("batch") if ckpt else None
-        if (out_dir / PLAN_FILE).exists() or not saved_batch:
+        saved = (ckpt.get("run_state") or {}) if ckpt else {}
+        if (out_dir / PLAN_FILE).exists() or not saved.get("batch"):
             check_resumable(read_plan(out_dir), plan, out_dir)
-        else:  # plan.json deleted: the checkpoint's record of the global batch
-            check_resumable({"batch": saved_batch}, plan, out_dir, f"checkpoint {ckpt_path}")
+        else:  # plan.json deleted: the checkpoint's record of the global batch and data
+            record = {key: saved[key] for key in RESUME_RECORD if key in saved}
+            check_resumable(record, plan, out_dir, f"checkpoint {ckpt_path}")
         done = already_done(out_dir, plan, ckpt, ckpt_path)
         if done is not None:
             log.info(
@@ -404,7 +406,7 @@ def _fit(
         bytes_per_token=dm.val_bytes_per_token,
         task=spec,
     )
-    task.plan_batch = plan.batch.as_dict()  # its checkpoints keep the global batch
+    task.plan_record = plan.resume_record()  # its checkpoints keep the global batch and data
     if extended is not None:
         task.best_val_loss = extended.get("best_val_loss")  # with the checkpoint's, the lower
     if init is not None and ckpt_path is None:  # resuming restores its own weights

@@ -136,9 +136,10 @@ class LMTask(L.LightningModule):
         self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])
         self.step_loads: list[torch.Tensor] = []
         self.logging_now = True  # whether this step's train/* values reach a logger
-        # the run plan's global batch (set by lmlab.train.run), kept in checkpoints: a resume
-        # whose plan.json was lost still checks its data position against it
-        self.plan_batch: dict[str, Any] | None = None
+        # the run plan's global batch and data (its corpus's counts and digest, a fine-tuning
+        # run's examples: ``RunPlan.resume_record``, set by lmlab.train.run), kept in
+        # checkpoints: a resume whose plan.json was lost still checks its data against them
+        self.plan_record: dict[str, Any] = {"batch": None}
         # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
         # covers only the corrupted tokens, so it is not logged for BERT and T5.
         self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None
@@ -168,7 +169,7 @@ class LMTask(L.LightningModule):
             "train_loss": float(logged[1]) if logged and logged[0] == step else None,
             "sdpa_kernels": self.sdpa_kernels,
             "cross_entropy": self.cross_entropy,
-            "batch": self.plan_batch,
+            **self.plan_record,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
