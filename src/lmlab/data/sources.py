@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmlab.config import DataConfig, Source
+from lmlab.data.hub import OFFLINE_HINT, hub_or_cache
 from lmlab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -262,15 +263,18 @@ def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
             "has no subsets (a hub dataset's configurations); leave data.subset out"
         )
     loader = "load_from_disk" if saved else "load_dataset"
+    offline = False
     try:
         if saved:
             ds = datasets.load_from_disk(str(local))
         else:
-            ds = datasets.load_dataset(str(local or cfg.name), cfg.subset, split=cfg.split)
+            with hub_or_cache(cfg.name) as offline:
+                ds = datasets.load_dataset(str(local or cfg.name), cfg.subset, split=cfg.split)
     except Exception as err:  # the hub raises many types: missing name, no network, bad split
         raise ConfigError(
             f"data.name={cfg.name!r} (subset={cfg.subset!r}, split={cfg.split!r}) could not be "
             f"loaded with datasets.{loader}: {type(err).__name__}: {err}"
+            + (OFFLINE_HINT if offline else "")
         ) from None
     return saved_split(ds, cfg) if saved else ds
 

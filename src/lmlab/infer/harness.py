@@ -20,17 +20,16 @@ import json
 import logging
 import os
 import random
-import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from lmlab.config import Family
+from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.errors import ConfigError, first_line
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -58,40 +57,6 @@ def task_manager(hub: bool) -> Any:
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=hub)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers (HF_ENDPOINT, default huggingface.co); False when
-    HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set."""
-    if any(
-        os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    ):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def offline_hub(offline: bool) -> Iterator[None]:
-    """With ``offline``, ``datasets`` and ``huggingface_hub`` use their caches only: a hub
-    dataset cached earlier still loads, any other fails at once instead of after minutes of
-    retries."""
-    if not offline:
-        yield
-        return
-    import datasets
-    import huggingface_hub.constants as hub_constants
-
-    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
 def parse_tasks(value: str | Sequence[str] | None) -> list[str]:

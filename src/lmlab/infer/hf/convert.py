@@ -25,10 +25,10 @@ from tokenizers import Tokenizer
 
 from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
 from lmlab.config.outpath import cannot_write, check_file_out, check_folder_out
+from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import read_checkpoint
-from lmlab.infer.harness import hub_reachable, offline_hub
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
