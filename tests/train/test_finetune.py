@@ -185,6 +185,12 @@ def test_labels_get_ids_deterministically() -> None:
         ("broken.jsonl", '{"text": "a", "label": 0}\n{"text": "b", \n', "line 2 is not JSON"),
         ("list.jsonl", '{"text": "a", "label": 0}\n["b", 1]\n', "line 2 is not a JSON object"),
         (
+            "mixed.jsonl",  # a blank line and labels of two kinds: datasets' "Expected object"
+            '{"text": "a", "label": "pos"}\n\n{"text": "b", "label": null}\n'
+            '{"text": "c", "label": 1.5}\n{"text": "d", "label": "neg"}\n',
+            "line 4's 'label' is a number (1.5), line 1's a string ('pos'): a field holds one",
+        ),
+        (
             "ragged.csv",
             "text,label\na,x\nb,y,z\n",
             "Error tokenizing data. C error: Expected 2 fields in line 3, saw 3",

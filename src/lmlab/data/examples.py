@@ -163,6 +163,7 @@ def what_is_wrong(path: Path, kind: str) -> str | None:
         return "the file is empty: no examples"
     if kind == "csv":
         return "a header row and no examples" if len(filled) == 1 else None
+    first: dict[str, tuple[int, str, Any]] = {}  # each field's first line, kind and value
     for n, line in filled:
         try:
             row = json.loads(line)
@@ -170,7 +171,27 @@ def what_is_wrong(path: Path, kind: str) -> str | None:
             return f"line {n} is not JSON ({err})"
         if not isinstance(row, dict):
             return f'line {n} is not a JSON object (one example per line: {{"text": ...}})'
+        for key, value in row.items():
+            if value is None:
+                continue
+            seen = first.setdefault(key, (n, json_kind(value), value))
+            if seen[1] != json_kind(value):
+                return (
+                    f"line {n}'s {key!r} is {json_kind(value)} ({value!r}), line {seen[0]}'s "
+                    f"{seen[1]} ({seen[2]!r}): a field holds one kind of value on every line "
+                    '(a label written "1.5" where the others are text)'
+                )
     return None
+
+
+def json_kind(value: Any) -> str:
+    """What kind of JSON value ``value`` is, as ``datasets`` needs one per column (an integer
+    and a float are both numbers: a column of both is read as floats)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}[type(value)]
 
 
 def shipped_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
