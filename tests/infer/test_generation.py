@@ -4,6 +4,7 @@ maps and the per-layer parameter table, through the library and the two command 
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import re
@@ -708,11 +709,11 @@ def test_probe_redraws_its_own_plot_and_refuses_any_other_file(
 def test_a_tokenizer_that_cannot_be_the_models_is_refused_before_any_work(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``tokenizer=`` of fewer tokens than the one the checkpoint was trained with (its ids
-    fit the embedding, so nothing failed: other ids, wrong numbers) is refused by generate,
-    probe and evaluate in one line naming both sizes, before any output; the checkpoint's own
-    tokenizer as a file is taken. Where the checkpoint carries no tokenizer, only one larger
-    than the embedding can be ruled out."""
+    """``tokenizer=`` of fewer tokens than the one the checkpoint was trained with (its ids fit
+    the embedding, so nothing failed: other ids, wrong numbers) is refused by generate, probe
+    and evaluate in one line naming both sizes, before any output, and so is one of the same
+    size that is not the checkpoint's; the checkpoint's own tokenizer as a file is taken. Where
+    the checkpoint carries no tokenizer, only one larger than the embedding can be ruled out."""
     ckpt, tok = char_ckpt(tmp_path / "m.ckpt")
     small = tmp_path / "small.json"
     train_char(["def"]).save(str(small))
@@ -735,6 +736,19 @@ def test_a_tokenizer_that_cannot_be_the_models_is_refused_before_any_work(
         printed, err = capsys.readouterr()
         assert printed == "" and err.startswith(f"error: {message}"), err
         assert err.count("\n") == 1, err
+    assert not list(tmp_path.glob("out*"))
+    # the same size (which the size check passes), its plain tokens at other ids: every text
+    # would read as other ids, silently (tokenizer= is for checkpoints that carry none)
+    spec = json.loads(tok.to_str())
+    plain = {t: i for t, i in spec["model"]["vocab"].items() if i >= len(spec["added_tokens"])}
+    spec["model"]["vocab"].update(zip(plain, reversed(sorted(plain.values())), strict=True))
+    permuted = tmp_path / "permuted.json"
+    permuted.write_text(json.dumps(spec))
+    message = f"tokenizer={permuted}: ckpt={ckpt} carries its own tokenizer, the one it was"
+    for name, args in commands.items():
+        assert run_command(name, f"ckpt={ckpt}", f"tokenizer={permuted}", *args) == 2, name
+        printed, err = capsys.readouterr()
+        assert printed == "" and err.startswith(f"error: {message}"), err
     assert not list(tmp_path.glob("out*"))
     own = tmp_path / "own.json"
     tok.save(str(own))

@@ -109,6 +109,19 @@ def read_tokenizer(path: Path, vocab_size: int, trained: int | None = None) -> T
     return tok
 
 
+def check_not_replaced(tok: Tokenizer, carried: Tokenizer | None, path: Path, where: str) -> None:
+    """``tokenizer=`` is for a checkpoint that carries none: the one it carries is the one it
+    was trained with, and another of the same size (which ``check_vocab`` passes) would read
+    every text as other ids, scoring and generating silently wrong. Refused unless it is that
+    tokenizer (both written out by this ``tokenizers`` version, which may spell a file another
+    wrote differently)."""
+    if carried is not None and tok.to_str() != carried.to_str():
+        raise ConfigError(
+            f"tokenizer={path}: {where} carries its own tokenizer, the one it was trained "
+            "with; tokenizer= is for checkpoints that carry none (leave it out)"
+        )
+
+
 def check_vocab(tok: Tokenizer, vocab_size: int, trained: int | None, where: str) -> None:
     """``tok`` can be the model's: no more tokens than its embedding has rows (an id past
     them is an IndexError, or another model's token) and, where the checkpoint carries the
@@ -153,13 +166,19 @@ def model_digest(cfg: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenize
     return h.hexdigest()
 
 
-def trained_vocab(ckpt: dict) -> int | None:
-    """The size of the tokenizer a checkpoint carries (the one it was trained with); None
-    where it carries none, or one that does not parse (``tokenizer=`` stands in for it)."""
+def carried_tokenizer(ckpt: dict) -> Tokenizer | None:
+    """The tokenizer a checkpoint carries (the one it was trained with); None where it
+    carries none, or one that does not parse (``tokenizer=`` stands in for it)."""
     try:
-        return Tokenizer.from_str(ckpt["tokenizer"]).get_vocab_size()
+        return Tokenizer.from_str(ckpt["tokenizer"])
     except Exception:  # missing (KeyError), or anything tokenizers cannot parse
         return None
+
+
+def trained_vocab(ckpt: dict) -> int | None:
+    """The size of the tokenizer a checkpoint carries; None as ``carried_tokenizer``."""
+    carried = carried_tokenizer(ckpt)
+    return None if carried is None else carried.get_vocab_size()
 
 
 def stored_tokenizer(value: object, where: str) -> Tokenizer:
@@ -240,6 +259,7 @@ def load(
         ) from None
     if tokenizer is not None:
         tok = read_tokenizer(Path(tokenizer), cfg.vocab_size, trained_vocab(ckpt))
+        check_not_replaced(tok, carried_tokenizer(ckpt), Path(tokenizer), f"{key}={path}")
     elif "tokenizer" in ckpt:
         tok = stored_tokenizer(ckpt["tokenizer"], f"{key}={path}")
     else:

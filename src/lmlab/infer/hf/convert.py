@@ -28,7 +28,6 @@ from lmlab.config.outpath import cannot_write, check_file_out, check_folder_out
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError, first_line
-from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
@@ -307,25 +306,6 @@ def choose_architecture(cfg: ModelConfig) -> Architecture:
     return chosen[0]
 
 
-def check_no_carried_tokenizer(path: str | Path, tokenizer: Path) -> None:
-    """``tokenizer=`` is for a checkpoint that carries none: the one it carries is the one it
-    was trained with, and another would ship in the folder beside the weights. Refused unless
-    it is that tokenizer; a checkpoint that does not read is left to ``load`` to name."""
-    try:
-        carried = read_checkpoint(path).get("tokenizer")
-        if carried is None or not tokenizer.is_file():
-            return
-        # both written by this tokenizers version: one that wrote the checkpoint's may differ
-        same = Tokenizer.from_file(str(tokenizer)).to_str() == Tokenizer.from_str(carried).to_str()
-    except Exception:  # unreadable either way: load names it, in its own words
-        return
-    if not same:
-        raise ConfigError(
-            f"tokenizer={tokenizer}: to_hf={path} carries its own tokenizer, the one it was "
-            "trained with; tokenizer= is for checkpoints that carry none (leave it out)"
-        )
-
-
 def stored_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
@@ -346,8 +326,6 @@ def to_hf(
             "folder it points to"
         )
     out = check_folder_out(out, empty=True)
-    if tokenizer is not None:
-        check_no_carried_tokenizer(path, Path(tokenizer))
     pre = load(path, dtype=dtype, tokenizer=tokenizer, key="to_hf")
     cfg = pre.cfg
     arch = choose_architecture(cfg)
@@ -412,7 +390,7 @@ def framed(tok: Any, specials: Specials, family: Family | None, segments: bool =
     encoder ``a </s>``. transformers' tokenizer then gives the model's inputs from
     ``tok(text)``, as the Hugging Face BERT and T5 tokenizers do; lmlab itself encodes
     without it. Idempotent: a template ``tok`` has already is replaced, not framed again."""
-    from tokenizers import Tokenizer, processors
+    from tokenizers import processors
 
     if family == Family.bert and specials.cls and specials.sep:
         c, s = specials.cls, specials.sep
