@@ -209,7 +209,12 @@ BAD_VALUES = [
     ("optim.lr=0", "optim.lr=0 must be a positive number"),
     ("optim.lr=-1", "optim.lr=-1 must be a positive number"),
     ("optim.lr=abc", "optim.lr=abc must be a positive number"),
-    ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer; allo"),
+    ("seed=abc", "to Integer; allowed: an integer"),  # what the field takes, from its type
+    ("eval.limit=0.5", "eval.limit=0.5: Value '0.5' of type 'float' could not be converted to "),
+    ("eval.limit=0.5", "converted to Integer; allowed: an integer or null"),
+    ("eval.tasks=stdlib_nextline", "; allowed: a list, as eval.tasks=[stdlib_nextline]"),
+    ("eval.tasks=null", "eval.tasks=None: field 'eval.tasks' is not Optional; allowed: a list, "),
     ("guard.mode=foo", "guard.mode=foo: Invalid value 'foo', expected one of [stop, skip, off]"),
     ("guard.max_skips=-1", "guard.max_skips=-1 must be >= 0"),
     ("guard.min_loss_scale=-1", "guard.min_loss_scale=-1.0 must be >= 0 and finite"),

@@ -85,7 +85,7 @@ def test_bad_eval_values_are_refused_before_any_work(override: str, message: str
     "overrides,message",
     [
         (["eval.tasks=[stdlib_nextline,no_such_task]"], "eval.tasks: unknown task 'no_such"),
-        (["model=bert_tiny", "eval.tasks=[stdlib_nextline]"], "bert model is an encoder"),
+        (["model=bert_tiny", "eval.tasks=[stdlib_nextline]"], "model.family=bert: a bert model is"),
     ],
 )
 def test_tasks_are_checked_before_training_starts(

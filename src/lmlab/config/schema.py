@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -32,11 +34,41 @@ def to_schema(schema: type[T], values: Mapping[str, Any], prefix: str = "") -> T
 
 def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
     """OmegaConf's error at ``where`` (``key=value``) as one line; an unknown key lists the
-    keys its node has."""
+    keys its node has, a value of the wrong type what the field takes."""
     parent = getattr(err, "parent_node", None)
     if isinstance(err, ConfigKeyError | ConfigAttributeError) and OmegaConf.is_dict(parent):
         return ConfigError(f"{where}: unknown key; allowed: {', '.join(map(str, parent))}")
-    return ConfigError(f"{where}: {first_line(err)}")
+    kind = field_kind(err, where)
+    return ConfigError(f"{where}: {first_line(err)}" + (f"; allowed: {kind}" if kind else ""))
+
+
+KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def field_kind(err: OmegaConfBaseException, where: str) -> str | None:
+    """What the dataclass field an error is about takes, in words (``an integer or null``),
+    read from its type; None for an enum (OmegaConf's message lists its values), a field it
+    cannot tell, or another error than a value's."""
+    schema, key = getattr(err, "object_type", None), getattr(err, "key", None)
+    if not dataclasses.is_dataclass(schema) or not isinstance(key, str):
+        return None
+    try:
+        hint = typing.get_type_hints(schema).get(key)
+    except Exception:  # a type it cannot resolve: OmegaConf's words alone
+        return None
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next((a for a in args if a is not type(None)), hint)
+    if typing.get_origin(hint) in (list, tuple):
+        value = where.partition("=")[2]
+        shown = "[a,b]" if value in ("", "None", "null") or value.startswith("[") else f"[{value}]"
+        kind = f"a list, as {where.partition('=')[0]}={shown}"
+    elif hint in KINDS:
+        kind = KINDS[hint]
+    else:
+        return None
+    return f"{kind} or null" if optional else kind
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

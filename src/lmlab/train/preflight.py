@@ -202,7 +202,9 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
         return
     from lmlab.infer import harness  # lm-eval itself is imported only for a hub task
 
-    harness.check_family(model_cfg.family, f"eval.tasks={tasks} with model.family")
+    harness.check_family(
+        model_cfg.family, f"eval.tasks={tasks} with model.family={model_cfg.family.value}"
+    )
     harness.check_tasks(tasks, where="eval.tasks")
 
 
