@@ -200,14 +200,16 @@ def test_rolling_windows_predict_every_token_of_the_text_once(
 
 def test_generate_until_continues_the_context_after_bos(bos_tok) -> None:
     """With a BOS tokenizer, the greedy text is the model's greedy continuation of
-    [BOS] + the context's tokens (float64: the same function by two paths)."""
+    [BOS] + the context's tokens up to EOS, its special tokens left out as HFLM leaves them
+    (float64: the same function by two paths)."""
     pre = tiny(bos_tok)
     kwargs = {"max_gen_toks": 10, "until": ["\n\n"]}
     (got,) = LmlabLM(pre).generate_until(requests("generate_until", [(CONTEXTS[0], kwargs)]))
     ids = bos_of(pre) + encode(bos_tok, CONTEXTS[0])
     out = generate(pre.model, torch.tensor([ids]), 10, temperature=0)[0, len(ids) :]
-    want = bos_tok.decode(out.tolist(), skip_special_tokens=False)
-    assert got == want.split(EOS)[0].split("\n\n")[0] and got
+    out, eos = out.tolist(), bos_tok.token_to_id(EOS)
+    want = bos_tok.decode(out[: out.index(eos)] if eos in out else out, skip_special_tokens=True)
+    assert got == want.split("\n\n")[0] and got
 
 
 @pytest.mark.parametrize("family", ["gpt", "t5"])
@@ -223,6 +225,24 @@ def test_generate_until_stops_at_the_stop_sequence(tok, family: str) -> None:
     (cut,) = lm.generate_until(requests("generate_until", [(CONTEXTS[0], kwargs)]))
     assert cut == free[:first] and len(cut) < len(free)
     assert len(forwards) < 30  # the loop ended at the stop sequence, not after 30 tokens
+
+
+def test_generated_text_leaves_out_special_tokens_as_the_harness_does(
+    tok, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A T5 trained on span corruption answers ``<extra_id_0> text <extra_id_1>``: the text
+    is what follows, without the sentinels (HFLM decodes with ``skip_special_tokens``), and
+    ends at EOS whatever the loop wrote after it."""
+    from lmlab.infer import evaluate
+
+    ids = lambda s: encode(tok, s)  # noqa: E731
+    sentinel = [tok.token_to_id(f"<extra_id_{i}>") for i in range(2)]
+    row = [tok.token_to_id(PAD), sentinel[0], *ids(" return a"), sentinel[1], *ids(" + b")]
+    row += [tok.token_to_id(EOS), *ids(" after")]
+    monkeypatch.setattr(evaluate, "decode_loop", lambda *a, **kw: torch.tensor([row]))
+    lm = LmlabLM(tiny(tok, "t5"))
+    (got,) = lm.generate_until(requests("generate_until", [(CONTEXTS[0], {"max_gen_toks": 30})]))
+    assert got == " return a + b"
 
 
 def test_batched_generation_equals_one_prompt_at_a_time(tok) -> None:

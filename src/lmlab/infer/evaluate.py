@@ -291,9 +291,17 @@ class LmlabLM(TemplateLM):
             )
         rows = out_BT.tolist()
         return [
-            postprocess_generated_text(self.tok_decode(row[s : s + max_new]), until, None)
-            for row, s in zip(rows, starts, strict=True)
+            self._text(row[s : s + max_new], until) for row, s in zip(rows, starts, strict=True)
         ]
+
+    def _text(self, ids: list[int], until: list[str]) -> str:
+        """A continuation's text as the harness's HFLM returns it: up to EOS, without special
+        tokens (T5's sentinels: a span-corruption model starts its answer with
+        ``<extra_id_0>``, which would fail every exact match), cut before a stop sequence."""
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        text = self.tok.decode(ids, skip_special_tokens=True)
+        return postprocess_generated_text(text, until, None)
 
 
 # Values per float64 log-softmax (128 MiB): the rows of a batch are scored together, since a
