@@ -352,6 +352,27 @@ def test_a_weights_only_checkpoint_is_refused_as_one_to_continue(tmp_path: Path)
     check_checkpoint_model(weights | {"optimizer_states": []}, path, cfg)
 
 
+def test_a_resume_on_another_device_count_may_name_the_global_batch_its_own_way(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A run that left the global batch to micro-batch x devices x accumulation (4 x 1 x 2)
+    resumes where that product is named or split otherwise (``data.global_batch_size=8``,
+    ``data.batch_size=8``): plan.json's global batch decides, not the config's fields. The
+    error's own advice (``data.global_batch_size``) was refused as a config difference, so
+    a run could not move to another device count. Another global batch is still refused."""
+    run = [*SMOKE, "trainer.accumulate_grad_batches=2", "trainer.max_steps=2", "logger=none"]
+    train(compose_train(run, tmp_path, cache_dir))
+    resumed = [*SMOKE, "trainer.max_steps=3", "logger=none", "resume=true"]
+    with pytest.raises(ConfigError, match=r"its plan.json has global_batch_size=8, this run 4"):
+        train(compose_train(resumed, tmp_path, cache_dir))
+    train(compose_train([*resumed, "data.global_batch_size=8"], tmp_path, cache_dir))
+    resumed = [*resumed, "trainer.max_steps=4", "data.batch_size=8", "data.val_batch_size=2"]
+    train(compose_train(resumed, tmp_path, cache_dir))
+    assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 4
+    with pytest.raises(ConfigError, match=r"its plan.json has global_batch_size=8, this run 2"):
+        train(compose_train([*resumed, "data.batch_size=2"], tmp_path, cache_dir))
+
+
 def test_a_resume_at_another_accumulation_trains_the_steps_it_would_have(
     tmp_path: Path, cache_dir: Path, recwarn: pytest.WarningsRecorder
 ) -> None:

@@ -30,7 +30,7 @@ from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
 from lmlab.train.distributed import check_strategy_loads
-from lmlab.train.plan import RunPlan, check_resumable, read_plan
+from lmlab.train.plan import PLAN_FILE, RunPlan, check_resumable, read_plan
 from lmlab.train.rundir import (
     RUN_CONFIG,
     RUN_FILES,
@@ -53,14 +53,25 @@ ADDED_MODEL_FIELDS = flatten(model_config_dict(ModelConfig()), "model")
 # A null that stands for another field's value: set to that value, it is the same run.
 NULL_MEANS = {"data.seq_len": "model.max_seq_len", "data.val_batch_size": "data.batch_size"}
 
+# How the global batch is split (micro-batch x devices x accumulation) or named (sequences,
+# tokens, or null: micro-batch x devices): a run resumed on another device count names it its
+# own way. plan.json holds the global batch itself, which ``check_resumable`` compares, so
+# with it these fields are left to that check (without it, compared as they were saved).
+BATCH_FIELDS = (
+    "data.batch_size",
+    "data.val_batch_size",
+    "data.global_batch_size",
+    "data.global_batch_tokens",
+)
+
 # Fields of run_identity that set what validation measures, not what is trained: a resume may
 # change them, as it may trainer.val_check_interval (which run_identity does not hold).
 VALIDATION_FIELDS = ("task.decode_rows",)
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS and
-    VALIDATION_FIELDS aside."""
+def _differences(a: dict, b: dict, prefix: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+    """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS,
+    VALIDATION_FIELDS and ``ignore`` aside."""
     flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
     if any(k.startswith("model.") for k in flat_a):
         flat_a = {**ADDED_MODEL_FIELDS, **flat_a}
@@ -70,7 +81,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
                 flat[key] = flat.get(source)
     for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
         flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
-    for key in VALIDATION_FIELDS:  # what validation measures, not what is trained
+    for key in (*VALIDATION_FIELDS, *ignore):  # what validation measures; checked elsewhere
         flat_a.pop(key, None), flat_b.pop(key, None)
     return [
         f"{k}: {flat_a.get(k)!r} (saved) vs {flat_b.get(k)!r} (now)"
@@ -164,7 +175,8 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
             f"({saved if isinstance(saved, str) else type(saved).__name__}): restore it from a "
             "copy of the run, or start a new run in another directory"
         )
-    diffs = _differences(saved, run_identity(cfg))
+    planned = (out_dir / PLAN_FILE).is_file()  # its global batch: checked against it instead
+    diffs = _differences(saved, run_identity(cfg), ignore=BATCH_FIELDS if planned else ())
     if diffs:
         raise ConfigError(
             f"cannot resume {out_dir}: it holds another config; differing "
