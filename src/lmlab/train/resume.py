@@ -125,7 +125,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
                 f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
             )
-        check_same_run(cfg, out_dir, "the checkpoints were trained with")
+        check_same_run(cfg, out_dir, "the checkpoints were trained with", continues=True)
         read_plan(out_dir)  # an unreadable plan.json: refused before the data is prepared
         return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
     if found:
@@ -154,9 +154,11 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
 
-def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
+def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = False) -> None:
     """The run in ``out_dir`` has the model, data, optimizer and schedule of ``cfg``: its
-    ``run_config.yaml`` (``what``: whose config that is) names no other value."""
+    ``run_config.yaml`` (``what``: whose config that is) names no other value. ``continues``:
+    from a checkpoint, whose global batch plan.json holds (``BATCH_FIELDS``); a run started
+    again from step 0 in its place has the config's own fields compared."""
     saved_path = out_dir / RUN_CONFIG
     if not saved_path.is_file():
         raise ConfigError(
@@ -175,7 +177,7 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str) -> None:
             f"({saved if isinstance(saved, str) else type(saved).__name__}): restore it from a "
             "copy of the run, or start a new run in another directory"
         )
-    planned = (out_dir / PLAN_FILE).is_file()  # its global batch: checked against it instead
+    planned = continues and (out_dir / PLAN_FILE).is_file()  # checked against its batch
     diffs = _differences(saved, run_identity(cfg), ignore=BATCH_FIELDS if planned else ())
     if diffs:
         raise ConfigError(
