@@ -868,11 +868,11 @@ def test_list_valued_knobs_and_errors_with_brackets_show_in_the_table(
     monkeypatch.setenv("COLUMNS", "270")
     root = tmp_path / "multirun"
     for i, tasks in enumerate(["[a,b]", "[c]"]):
-        overrides = [f"eval.tasks={tasks}", "seed=1"]
+        overrides = [f"+data.sources={tasks}", "seed=1"]
         write_job(root / str(i), overrides, {}, results_for(3.0 + i, 10.0, 1, str(i)), None)
     error = "[rank0]: RuntimeError: [bold]x[/bold] :x:"
     failed = results_for(None, None, 1, "2") | {"error": error}
-    write_job(root / "2", ["eval.tasks=[d]", "seed=1"], {}, failed, None)
+    write_job(root / "2", ["+data.sources=[d]", "seed=1"], {}, failed, None)
     assert compare_main([str(root)]) == 0
     cells = table_cells(capsys.readouterr().out)
     assert [c[1] for c in cells] == ["[a,b]", "[c]", "[d]"]

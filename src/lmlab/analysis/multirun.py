@@ -3,8 +3,10 @@ are read by :mod:`lmlab.analysis.runs`).
 
 The knobs are the overrides whose values differ between jobs, falling back to differing
 ``config.yaml`` keys. Run-control settings (``RUN_CONTROL``: resuming, where a run writes,
-which loggers it has) never are: they change neither the model nor its training, and a
-resumed sweep's jobs differ in them (a resumed job's overrides hold ``resume=auto``).
+which loggers it has, which downstream evals it runs) never are: they change neither the
+model nor its training, and a resumed sweep's jobs differ in them (a resumed job's overrides
+hold ``resume=auto``). Runs ranked by an eval scored on different item counts get a warning
+instead (``ranking.item_notes``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lmlab.analysis.runs import Run, RunDirError, canonical
+from lmlab.analysis.runs import Run, RunDirError, canonical, item_count
 
 # results.json keys that are not metrics.
 NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed", "wandb_id", "resumed_from"})
@@ -22,7 +24,12 @@ _EXCLUDED_TOKENS = frozenset(
     {"path", "paths", "dir", "dirs", "root", "file", "files", "cwd", "seed"}
     | {"timestamp", "date", "datetime", "now"}
 )
-_EXCLUDED_GROUPS = frozenset({"hydra", "wandb", "logger", "logging", "paths"})
+# ``eval``: the downstream evals during training (tasks, limit, every_n_steps, batch_size),
+# which leave the training as it was (the random state is put back) and measure it.
+_EXCLUDED_GROUPS = frozenset({"hydra", "wandb", "logger", "logging", "paths", "eval"})
+# Config keys under another group that are run-control settings too: the eval callback's
+# arguments (``conf/callbacks/default.yaml``, resolved from ``eval.*``).
+_EXCLUDED_PREFIXES = ("callbacks.eval.",)
 # Top-level keys that say how a run is driven, not what it trains: continuing a run
 # (``resume``, ``ckpt_path``) or only planning it (``dry_run``). With the groups above, never
 # knobs, in the overrides or config.yaml (``conf/train.yaml`` leaves most out of a run's name).
@@ -60,10 +67,14 @@ def _is_seed_key(key: str) -> bool:
 
 def is_run_control(key: str) -> bool:
     """Whether a config key drives the run rather than sets what it trains: ``resume``,
-    ``ckpt_path``, ``dry_run`` and the ``hydra``, ``logger``, ``paths`` groups (``RUN_CONTROL``,
-    ``_EXCLUDED_GROUPS``)."""
+    ``ckpt_path``, ``dry_run`` and the ``hydra``, ``logger``, ``paths`` and ``eval`` groups
+    (``RUN_CONTROL``, ``_EXCLUDED_GROUPS``, ``_EXCLUDED_PREFIXES``)."""
     key = key.lstrip("+~")
-    return key in RUN_CONTROL or re.split(r"[./]", key)[0] in _EXCLUDED_GROUPS
+    return (
+        key in RUN_CONTROL
+        or re.split(r"[./]", key)[0] in _EXCLUDED_GROUPS
+        or key.startswith(_EXCLUDED_PREFIXES)
+    )
 
 
 def knob_value(run: Run, key: str) -> str:
@@ -171,13 +182,58 @@ def higher_is_better(metric: str) -> bool:
 
 
 def check_metric(runs: Sequence[Run], metric: str) -> None:
-    """Raise CompareError naming the available metrics when ``metric`` is unknown."""
+    """Raise CompareError naming the available metrics when ``metric`` is unknown, and for an
+    eval metric the runs whose evals during training failed (results.json's
+    ``eval_failures``), which is why they have none."""
     if metric in available_metrics(runs):
         return
     if any(curve_column(metric, run.curve) for run in runs):
         return
     available = ", ".join(available_metrics(runs)) or "none"
-    raise CompareError(f"unknown metric {metric!r}; available: {available}")
+    failed = eval_failures(runs) if eval_task(metric) else ""
+    raise CompareError(f"unknown metric {metric!r}{failed}; available: {available}")
+
+
+def eval_failures(runs: Sequence[Run]) -> str:
+    """``; the evals failed in <run dirs> (results.json eval_failures, step N: <error>)`` for
+    the runs whose evals during training failed; empty where none did."""
+    failed = [run for run in runs if _failures(run)]
+    if not failed:
+        return ""
+    first = _failures(failed[0])[-1]
+    names = [run.dir.name for run in failed]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return (
+        f"; the evals during training failed in {', '.join(names[:5])}{more} (results.json "
+        f"eval_failures; {names[0]}, step {first.get('step')}: {first.get('error')})"
+    )
+
+
+def _failures(run: Run) -> list[dict[str, Any]]:
+    """results.json's ``eval_failures`` of ``run`` (each ``{"step", "error"}``)."""
+    failures = run.results.get("eval_failures")
+    return [f for f in failures if isinstance(f, dict)] if isinstance(failures, list) else []
+
+
+def eval_task(metric: str) -> str | None:
+    """The task of an eval metric (``eval/<task>/<metric>``); None for any other metric."""
+    parts = metric.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "eval" else None
+
+
+def eval_items(run: Run, metric: str) -> int | None:
+    """How many items of its task the run's value of the eval metric ``metric`` scored, from
+    where :func:`run_value` takes the value: ``lmlab evaluate``'s record, or results.json's
+    ``eval_n_samples`` (the evals during training; metrics.csv's eval columns are theirs
+    too), else their ``eval.limit``; None where unknown or not an eval metric."""
+    task = eval_task(metric)
+    if task is None:
+        return None
+    if metric in run.evals and (evaluated_last(run) or not _is_number(run.results.get(metric))):
+        return run.eval_items.get(task)
+    n_samples = run.results.get("eval_n_samples")
+    entry = n_samples.get(task) if isinstance(n_samples, dict) else None
+    return item_count(entry, run.flat_config.get("eval.limit"))
 
 
 def curve_column(metric: str, columns: Iterable[str]) -> str | None:

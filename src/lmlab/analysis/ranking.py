@@ -18,6 +18,9 @@ from lmlab.analysis.multirun import (
     CompareError,
     Run,
     check_metric,
+    eval_failures,
+    eval_items,
+    eval_task,
     knob_value,
     run_value,
     variant_label,
@@ -271,6 +274,8 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
             )
     lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
     lines += example_notes([run for row in rows for run in row.runs], metric)
+    lines += item_notes([(row.label, run) for row in rows for run in row.runs], metric)
+    lines += eval_notes([run for row in rows for run in row.runs], metric)
     lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
     return lines
 
@@ -356,6 +361,45 @@ def example_notes(runs: Sequence[Run], metric: str) -> list[str]:
         f"warning: the runs differ in {', '.join(differ)}, so they were trained and validated "
         f"on different examples and {metric} compares the data sets as much as the variants"
     ]
+
+
+def item_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
+    """A warning when ``metric`` is an eval's (``eval/<task>/...``) and the completed runs
+    with a value scored different numbers of the task's items (``eval.limit``, ``lmlab
+    evaluate limit=``): each count is another sample of the task, with its own noise (and
+    its first items may be easier), so the ranking compares samples as much as variants.
+    ``runs``: (row label, run)."""
+    task = eval_task(metric)
+    if task is None:
+        return []
+    counts: dict[int, list[str]] = {}
+    for label, run in runs:
+        count = eval_items(run, metric)
+        if not run.failed and count is not None and run_value(run, metric) is not None:
+            labels = counts.setdefault(count, [])
+            if label not in labels:
+                labels.append(label)
+    if len(counts) < 2:
+        return []
+    which = "; ".join(f"{n} items: {', '.join(labels)}" for n, labels in sorted(counts.items()))
+    return [
+        f"warning: the runs scored {task} on different numbers of items ({which}), so {metric} "
+        "compares samples of the task as much as the variants; evaluate every run on the same "
+        "items (the same eval.limit, or lmlab evaluate limit=)"
+    ]
+
+
+def eval_notes(runs: Sequence[Run], metric: str) -> list[str]:
+    """For an eval metric: each ``eval/step<N>.json`` skipped as another model's (its
+    ``model_digest`` is not the run's final checkpoint's), and the runs whose evals during
+    training failed (results.json's ``eval_failures``)."""
+    if eval_task(metric) is None:
+        return []
+    lines = [f"warning: {why}" for run in runs for why in run.skipped_evals]
+    failed = eval_failures([run for run in runs if run_value(run, metric) is None])
+    if failed:
+        lines.append(f"note: no {metric} for some runs{failed}")
+    return lines
 
 
 # --------------------------------------------------------------------------- table

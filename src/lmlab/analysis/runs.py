@@ -4,7 +4,9 @@ analysis tool (compare, scaling).
 A job directory is found by its ``results.json`` (at any depth under the given directory) and
 holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch, precision),
 ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``csv/metrics.csv`` and, once ``lmlab
-evaluate`` has scored a checkpoint, ``eval/step<N>.json``. A job that has not ended
+evaluate`` has scored a checkpoint, ``eval/step<N>.json`` (a record of the final step whose
+``model_digest`` is not the one results.json holds is another model's, and skipped). A job
+that has not ended
 (``.hydra/`` without results.json, or results.json still ``running``) is ``running`` where a
 live process holds its lock or its sweep's, else ``killed``. A dry run's folder
 (``dry_run=true``: ``.hydra/`` and a ``plan.json`` marked ``dry_run``) holds no run: it is
@@ -58,6 +60,11 @@ class Run:
     """``eval/<task>/<metric>`` from ``lmlab evaluate`` of the run's newest evaluated step."""
     eval_step: int | None = None
     """The step of the weights ``evals`` scored (its ``eval/step<N>.json``); None without."""
+    eval_items: dict[str, int] = field(default_factory=dict)
+    """Per task of ``evals``, the items it scored (the record's ``n_samples``, else its
+    ``limit``)."""
+    skipped_evals: list[str] = field(default_factory=list)
+    """Why each ``eval/step<N>.json`` that is not this run's was skipped (one line each)."""
     choices: dict[str, str] = field(default_factory=dict)
     """The option of each config group it ran with (``model: gpt_tiny``), overridden or not."""
 
@@ -241,15 +248,17 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
     plan = _read_json(job_dir / "plan.json")
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
-    eval_step, evals = _read_evals(job_dir)
+    record = _read_evals(job_dir, results)
     return Run(
         dir=job_dir,
         results=results,
         overrides=_parse_overrides(overrides if isinstance(overrides, list) else []),
         config=config if isinstance(config, dict) else {},
         curve=_read_curve(job_dir),
-        evals=evals,
-        eval_step=eval_step,
+        evals=record.metrics,
+        eval_step=record.step,
+        eval_items=record.items,
+        skipped_evals=record.skipped,
         choices=_read_choices(job_dir / ".hydra" / "hydra.yaml"),
     )
 
@@ -267,22 +276,78 @@ def _read_choices(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in choices.items() if v is not None and "/" not in str(k)}
 
 
-def _read_evals(job_dir: Path) -> tuple[int | None, dict[str, float]]:
-    """N and the metrics of the ``eval/step<N>.json`` with the largest N as a number (step
-    1000000 after step 999999; ``lmlab evaluate`` of the final checkpoint, usually); other
-    names and unreadable files are skipped. ``(None, {})`` without one."""
+@dataclass
+class _EvalRecord:
+    """What :func:`_read_evals` found: the record used (its step, metrics and per-task item
+    counts) and why any newer one was skipped."""
+
+    step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _read_evals(job_dir: Path, results: dict[str, Any]) -> _EvalRecord:
+    """The ``eval/step<N>.json`` with the largest N as a number (step 1000000 after step
+    999999; ``lmlab evaluate`` of the final checkpoint, usually); other names and unreadable
+    files are skipped. So is the record of the run's final step (results.json's
+    ``global_step``) whose ``model_digest`` is not results.json's, the digest of that
+    checkpoint: another model's evaluation, left in the folder or copied there (named in
+    ``skipped``); the next record, or results.json's own eval metrics, count instead. A record
+    of another step cannot be checked so (results.json knows the final weights only) and
+    counts as before, as does any record where either side has no digest (older runs).
+    Empty without one."""
     records = []
     for path in job_dir.glob("eval/step*.json"):
         match = _EVAL_RECORD_RE.fullmatch(path.stem)
         if match:
             records.append((int(match[1]), path))
+    final, digest = results.get("global_step"), results.get("model_digest")
+    skipped = []
     for step, path in sorted(records, reverse=True):
         try:
-            metrics = json.loads(path.read_text()).get("metrics", {})
+            record = json.loads(path.read_text())
+            metrics = record.get("metrics", {})
         except (OSError, ValueError, AttributeError):
             continue
-        return step, {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-    return None, {}
+        theirs = record.get("model_digest")
+        known = isinstance(theirs, str) and isinstance(digest, str)
+        if step == final and known and theirs != digest:
+            skipped.append(
+                f"{path}: its model_digest {theirs} is not that of the run's final checkpoint "
+                f"({digest}, results.json): the evaluation of another model, skipped"
+            )
+            continue
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        return _EvalRecord(step, values, _record_items(record), skipped)
+    return _EvalRecord(skipped=skipped)
+
+
+def _record_items(record: dict[str, Any]) -> dict[str, int]:
+    """Per task of an eval record, the items it scored: the harness's ``n_samples``
+    (``effective``), else the ``limit`` it ran with; tasks with neither are left out."""
+    tasks = record.get("tasks")
+    out = {}
+    for task, entry in (tasks if isinstance(tasks, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
+        settings = entry.get("lm_eval")
+        limit = settings.get("limit") if isinstance(settings, dict) else None
+        count = item_count(entry.get("n_samples"), limit)
+        if count is not None:
+            out[str(task)] = count
+    return out
+
+
+def item_count(n_samples: Any, limit: Any = None) -> int | None:
+    """The items a task was scored on: lm-eval's ``n-samples`` entry (``{"original": 300,
+    "effective": 20}``, or a bare count), else ``limit`` (at most that many); None unknown."""
+    if isinstance(n_samples, dict):
+        n_samples = n_samples.get("effective", n_samples.get("original"))
+    for value in (n_samples, limit):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def _read_results(path: Path) -> dict[str, Any]:

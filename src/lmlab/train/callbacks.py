@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lmlab.config import Compile, Family, Positional, TaskKind
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.tokenizer import prompt_ids
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 from lmlab.infer.generation import generate
 from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
 from lmlab.model import flops_per_token
@@ -330,9 +330,13 @@ class EvalTasks(L.Callback):
     the last step, through ``lmlab evaluate``'s model class (``lmlab.infer.evaluate``), and
     logs ``eval/<task>/<metric>`` to every logger at the step the validation of the same
     weights carries (``log_step``: N - 1 for the weights after N steps); the last values go
-    into results.json. Rank 0 runs them (every rank when the weights are sharded); the model is
-    put back in training mode and the random state is left as it was. A failure is logged
-    and the run goes on. The task names were checked before training started."""
+    into results.json, with each task's item count (``n_samples``: ``compare`` warns where
+    runs ranked by a task scored different counts). Rank 0 runs them (every rank when the
+    weights are sharded); the model is put back in training mode and the random state is left
+    as it was. A failure is logged and the run goes on; ``failures`` keeps its step and error
+    for results.json (``eval_failures``), which otherwise would not say why its eval metrics
+    are missing or older than its last step. The task names were checked before training
+    started."""
 
     def __init__(
         self,
@@ -346,6 +350,8 @@ class EvalTasks(L.Callback):
         self.every_n_steps, self.limit = every_n_steps, limit
         self.batch_size, self.bootstrap_iters = batch_size, bootstrap_iters
         self.metrics: dict[str, float] = {}
+        self.n_samples: dict[str, Any] = {}  # task -> the harness's item counts for metrics
+        self.failures: list[dict[str, Any]] = []  # {"step", "error"} of each failed eval
         self.last_step = -1
 
     def due(self, trainer: L.Trainer) -> bool:
@@ -377,16 +383,29 @@ class EvalTasks(L.Callback):
         self.last_step = trainer.global_step
         if not forward_here(trainer, pl_module):
             return
+        from lmlab.infer import harness
+
         with optional(f"the evals at step {trainer.global_step}"), eager():
-            metrics = self.run(trainer, pl_module)
-            for lg in trainer.loggers:  # loggers write on rank 0 only
-                lg.log_metrics(metrics, step=log_step(trainer.global_step))
+            try:
+                results = self.run(trainer, pl_module)
+                # lm-eval returns its results on rank 0 only (every rank evaluates sharded
+                # weights)
+                metrics = harness.flat_metrics(results) if results is not None else {}
+                for lg in trainer.loggers:  # loggers write on rank 0 only
+                    lg.log_metrics(metrics, step=log_step(trainer.global_step))
+            except Exception as err:
+                error = f"{type(err).__name__}: {first_line(err, 300)}"
+                self.failures.append({"step": trainer.global_step, "error": error})
+                raise  # logged by optional(); the run goes on
             self.metrics = metrics
+            self.n_samples = dict((results or {}).get("n-samples", {}))
             if trainer.is_global_zero and metrics:
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
                 log.info("evals at step %d: %s", trainer.global_step, shown)
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
+        """The harness's results for the model as it is now; None on a rank that lm-eval
+        gives none."""
         from lmlab.infer import harness
         from lmlab.infer.evaluate import LmlabLM
         from lmlab.infer.pretrained import Pretrained
@@ -407,5 +426,4 @@ class EvalTasks(L.Callback):
                 results = harness.run_tasks(lm, self.tasks, self.limit, None, self.bootstrap_iters)
         finally:
             model.train(was_training)
-        # lm-eval returns its results on rank 0 only (every rank evaluates sharded weights)
-        return harness.flat_metrics(results) if results is not None else {}
+        return results

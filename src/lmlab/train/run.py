@@ -116,6 +116,43 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
     write_json(out_dir / "results.json", redact(results))
 
 
+def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
+    """What results.json keeps of the evals during training beside their metrics: each task's
+    item count (``eval_n_samples``, the harness's ``original`` and ``effective``: ``compare``
+    warns where runs ranked by a task scored different counts) and every eval that failed
+    (``eval_failures``: step and one-line error; the run went on without its metrics)."""
+    if evals is None:
+        return {}
+    out: dict[str, Any] = {}
+    if evals.metrics and evals.n_samples:
+        out["eval_n_samples"] = evals.n_samples
+    if evals.failures:
+        out["eval_failures"] = list(evals.failures)
+    return out
+
+
+def final_digest(trainer: L.Trainer, out_dir: Path) -> dict[str, str]:
+    """``model_digest`` of the run's final checkpoint (its step's file, or ``last.ckpt``), as
+    ``lmlab evaluate`` records it in ``eval/step<N>.json``: ``compare`` then takes a record of
+    that step only where the digests match (another model's record left in the folder is
+    skipped). Of the weights, not the path: a copy of the folder matches too. Left out where
+    it cannot be had cheaply (a sharded checkpoint, no checkpoint of the last step) or fails:
+    a finished run never fails over it."""
+    from lmlab.infer.harness import checkpoint_digest
+
+    callback = trainer.checkpoint_callback
+    saved = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
+    for path in [*(Path(p) for p in saved if p), out_dir / "checkpoints" / "last.ckpt"]:
+        try:
+            digest = checkpoint_digest(path, trainer.global_step)
+        except Exception as err:  # noqa: BLE001 (an extra: the run has completed)
+            log.warning("results.json gets no model_digest (%s: %s)", type(err).__name__, err)
+            return {}
+        if digest is not None:
+            return {"model_digest": digest}
+    return {}
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train one run; write ``results.json`` (completed, failed, preempted or interrupted);
     return the final validation loss. ``cfg`` is read, never written: what the run derives
@@ -466,9 +503,11 @@ def _fit(
         resumed_from=str(ckpt_path) if ckpt_path else None,
     )
     results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
+    results.update(eval_results(evals))
     if spec.kind != TaskKind.lm:
         results.update(fine_tuning_results(spec, metrics, trainer.global_step * plan.batch.rows))
     if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
+        results.update(final_digest(trainer, out_dir))
         summarize_wandb(loggers, results)
         write_results(out_dir, results)
         log.info("results: %s", out_dir / "results.json")

@@ -54,9 +54,12 @@ from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# What a run writes: their presence means the directory holds an earlier run.
+# What a run writes: their presence means the directory holds an earlier run. ``eval/``:
+# ``lmlab evaluate``'s records of its checkpoints, which ``compare`` reads as the run's (a new
+# run there would be ranked by another model's evaluation); an empty folder is none.
 RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
-RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints")
+EVAL_RECORDS = "eval/"
+RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints", EVAL_RECORDS)
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
@@ -383,13 +386,24 @@ def holds_run(path: Path) -> bool:
     together, are not a run, and the next command may use the directory: a ``results.json``
     that says ``failed`` (a start refused or failed before training: the plan and config are
     written when training starts), and a dry run's ``plan.json`` (``dry_run: true``), which a
-    new dry run rewrites and a run replaces."""
+    new dry run rewrites and a run replaces. An empty ``eval/`` is nothing either."""
     present = {name for name in RUN_FILES if (path / name).exists()}
+    if EVAL_RECORDS in present and not _holds_anything(path / EVAL_RECORDS):
+        present.discard(EVAL_RECORDS)
     if "results.json" in present and read_record(path / "results.json").get("status") == "failed":
         present.discard("results.json")  # with a plan and a config, that of a run that trained
     if "plan.json" in present and read_record(path / "plan.json").get("dry_run") is True:
         present.discard("plan.json")
     return bool(present)
+
+
+def _holds_anything(folder: Path) -> bool:
+    """Whether ``folder`` is a file, or a folder that is not empty (unreadable: taken as
+    holding something)."""
+    try:
+        return not folder.is_dir() or any(folder.iterdir())
+    except OSError:
+        return True
 
 
 def read_record(path: Path) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""Which evaluation ``compare`` ranks a run by: ``eval/step<N>.json`` of the run's own final
+weights only (``model_digest``, which results.json records), with a warning where runs scored
+a task on different item counts, eval settings never as knobs, and evals that failed during
+training said, not an unexplained ``unknown metric``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from test_compare import JOBS, MAX_STEPS, make_multirun, results_for, write_job
+
+import smoke
+from lmlab.analysis import multirun as mrun
+from lmlab.analysis import ranking
+from lmlab.analysis.compare import compare
+from lmlab.analysis.multirun import CompareError
+from lmlab.analysis.runs import load_runs
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+from lmlab.train.run import train
+from lmlab.train.rundir import holds_run
+
+TASK = "stdlib_nextline"
+ACC = f"eval/{TASK}/acc_mutual_info"
+
+
+def write_record(
+    job: Path, step: int, value: float, digest: str | None, items: int | None = None
+) -> Path:
+    """``lmlab evaluate``'s ``eval/step<N>.json`` (``items``: its task's ``n_samples``)."""
+    (job / "eval").mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": "x.ckpt", "global_step": step, "model_digest": digest}
+    record |= {"metrics": {ACC: value}, "tasks": {}}
+    if items is not None:
+        settings = {"limit": items, "batch_size": 16}
+        n_samples = {"original": 300, "effective": items}
+        record["tasks"] = {TASK: {"n_samples": n_samples, "lm_eval": settings}}
+    path = job / "eval" / f"step{step:06d}.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def update_results(job: Path, **fields: object) -> None:
+    results = json.loads((job / "results.json").read_text())
+    (job / "results.json").write_text(json.dumps(results | fields))
+
+
+# --------------------------------------------------------------------------- model_digest
+
+
+def test_a_record_of_the_final_step_with_another_digest_is_skipped_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """results.json's ``model_digest`` is that of the final weights: a record of that step
+    with another digest (another model's, left in the folder or copied there) is skipped,
+    named in a warning, and the run's own evals count (results.json's, else an earlier
+    step's record, which no digest can check). A record of the final step with the same
+    digest counts; without a digest on either side, as before."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1])
+    job = root / "0"
+    update_results(job, model_digest="a" * 32, **{ACC: 0.40})
+    foreign = write_record(job, MAX_STEPS, 0.90, digest="b" * 32)
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, ACC) == 0.40
+    assert run.eval_step is None and str(foreign) in run.skipped_evals[0]
+    rows = ranking.aggregate([run], ACC, higher_is_better=True)
+    (warning,) = [line for line in ranking.summarize(rows, ACC, True) if str(foreign) in line]
+    assert warning.startswith("warning: ") and "model_digest" in warning
+    assert (
+        not [  # ranked by another metric, the warning is left out
+            line
+            for line in ranking.summarize(ranking.aggregate([run], "val_loss"), "val_loss")
+            if "model_digest" in line
+        ]
+    )
+
+    write_record(job, MAX_STEPS // 2, 0.70, digest="c" * 32)  # an earlier step: unchecked
+    update_results(job, **{ACC: None})  # no evals during training: that record counts
+    (run,) = load_runs(root)
+    assert (run.eval_step, mrun.run_value(run, ACC)) == (MAX_STEPS // 2, 0.70)
+
+    write_record(job, MAX_STEPS, 0.60, digest="a" * 32)  # the run's own final weights
+    (run,) = load_runs(root)
+    assert (run.eval_step, mrun.run_value(run, ACC), run.skipped_evals) == (MAX_STEPS, 0.60, [])
+
+    write_record(job, MAX_STEPS, 0.55, digest=None)  # a record without a digest: as before
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, ACC) == 0.55
+    write_record(job, MAX_STEPS, 0.50, digest="b" * 32)
+    update_results(job, model_digest=None)  # an older run's results.json: as before
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, ACC) == 0.50
+
+
+# --------------------------------------------------------------------------- item counts
+
+
+def two_runs(tmp_path: Path) -> Path:
+    """Two variants (pre/gelu, post/relu) of one seed."""
+    return make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+
+
+def item_warnings(root: Path) -> list[str]:
+    rows = ranking.aggregate(load_runs(root), ACC, higher_is_better=True)
+    return [line for line in ranking.summarize(rows, ACC, True) if "numbers of items" in line]
+
+
+def test_eval_metrics_of_different_item_counts_get_a_warning(tmp_path: Path) -> None:
+    """One run's evals during training scored 20 items (``eval_n_samples``), the other's
+    ``lmlab evaluate`` record 300: ranked by that task's metric, the summary says so, naming
+    the counts and variants. The same counts, or another metric: no warning. An older
+    results.json without item counts: its ``eval.limit``."""
+    root = two_runs(tmp_path)
+    n_samples = {TASK: {"original": 300, "effective": 20}}
+    update_results(root / "0", eval_n_samples=n_samples, **{ACC: 0.40})
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=300)
+    (warning,) = item_warnings(root)
+    assert warning == (
+        f"warning: the runs scored {TASK} on different numbers of items (20 items: "
+        "norm_placement=pre, activation=gelu; 300 items: norm_placement=post, "
+        f"activation=relu), so {ACC} compares samples of the task as much as the variants; "
+        "evaluate every run on the same items (the same eval.limit, or lmlab evaluate limit=)"
+    )
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    assert not [line for line in ranking.summarize(rows, "val_loss") if "items" in line]
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20)
+    assert item_warnings(root) == []
+    update_results(root / "0", eval_n_samples=None)
+    config = yaml.safe_load((root / "0" / ".hydra" / "config.yaml").read_text())
+    config["eval"] = {"tasks": [TASK], "limit": 50}
+    (root / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "50 items: norm_placement=pre" in item_warnings(root)[0]
+
+
+def test_eval_settings_are_not_knobs(tmp_path: Path) -> None:
+    """``eval.tasks``, ``eval.limit``, ``eval.every_n_steps`` (and the eval callback's copy
+    of them) say what measured a run, not what it trained: never knob columns nor in the
+    winner's label, from the overrides or from config.yaml."""
+    root = tmp_path / "multirun"
+    for i, (model, evals) in enumerate(
+        [("gpt_tiny", ["eval.tasks=[stdlib_nextline]", "eval.limit=20"]), ("t5_tiny", [])]
+    ):
+        overrides = [f"model={model}", *evals, f"eval.every_n_steps={2 * i}", "seed=1"]
+        config = {
+            "model": {"name": model},
+            "eval": {"tasks": [TASK] if evals else [], "limit": 20 if evals else None},
+            "callbacks": {"eval": {"limit": 20 if evals else None}},
+        }
+        write_job(root / str(i), overrides, config, results_for(3.0 + i, 10.0, 1, str(i)), None)
+    runs = load_runs(root)
+    assert mrun.varying_knobs(runs) == ["model"]
+    rows = ranking.aggregate(runs, "val_loss")
+    assert ranking.summarize(rows, "val_loss")[0].startswith("winner: model=gpt_tiny (")
+    for job in ("0", "1"):  # the config alone
+        (root / job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=1"]))
+    assert mrun.varying_knobs(load_runs(root)) == ["model.name"]
+
+
+# --------------------------------------------------------------------------- the run's end
+
+
+def test_a_run_records_its_final_digest_and_failed_evals(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose evals fail (the harness raises, as it did out of memory) completes and
+    says so in results.json (``eval_failures``: step and error, one line); ``compare``
+    ranked by that eval names them. results.json holds its final checkpoint's
+    ``model_digest``, the one ``lmlab evaluate`` records for that file, and for a copy of
+    the folder: another model's record of that step put into the copy is skipped."""
+    from lmlab.infer import harness
+    from lmlab.infer.pretrained import load
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: not enough\nx")
+
+    monkeypatch.setattr(harness, "run_tasks", out_of_memory)
+    run_dir = tmp_path / "runs" / "a"
+    overrides = [*smoke.SMOKE, "logger=csv", f"eval.tasks=[{TASK}]", "eval.limit=3"]
+    train(compose_train([*overrides, "callbacks.sample=null"], run_dir, cache_dir))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    error = "RuntimeError: [enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: not enough"
+    assert results["eval_failures"] == [{"step": 4, "error": error}]
+    assert not [key for key in results if key.startswith("eval/")]
+    with pytest.raises(CompareError) as refused:
+        compare(tmp_path / "runs", ACC, out=tmp_path / "out")
+    assert "; the evals during training failed in a (results.json eval_failures; a, step 4: " in (
+        str(refused.value)
+    )
+
+    digest = results["model_digest"]
+    assert load(run_dir / "checkpoints" / "last.ckpt").digest == digest
+    copy = tmp_path / "copies" / "b"
+    shutil.copytree(run_dir, copy)
+    assert load(copy / "checkpoints" / "last.ckpt").digest == digest
+    write_record(copy, 4, 0.31, digest=digest)  # the run's own evaluation, in the copy
+    (run,) = load_runs(tmp_path / "copies")
+    assert mrun.run_value(run, ACC) == 0.31
+    write_record(copy, 4, 0.99, digest="f" * 32)  # another model's, copied over it
+    (run,) = load_runs(tmp_path / "copies")
+    assert mrun.run_value(run, ACC) is None and run.skipped_evals
+
+
+def test_a_run_records_the_item_counts_of_its_evals(tmp_path: Path, cache_dir: Path) -> None:
+    """The evals during training keep each task's item count in results.json, which compare
+    reads to warn of runs scored on different counts."""
+    overrides = [*smoke.SMOKE, "logger=csv", f"eval.tasks=[{TASK}]", "eval.limit=3"]
+    train(compose_train([*overrides, "callbacks.sample=null"], tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["eval_n_samples"] == {TASK: {"original": 300, "effective": 3}}
+    assert "eval_failures" not in results and results[f"eval/{TASK}/acc"] is not None
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def test_a_folder_holding_eval_records_holds_an_earlier_run(tmp_path: Path) -> None:
+    """``lmlab evaluate``'s records are a run's: a folder holding them holds a run (an empty
+    ``eval/`` does not)."""
+    (tmp_path / "eval").mkdir()
+    assert not holds_run(tmp_path)
+    write_record(tmp_path, 4, 0.3, digest="a" * 32)
+    assert holds_run(tmp_path)
+
+
+def test_a_new_run_into_a_folder_of_eval_records_is_refused_a_resume_is_not(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A new run into a folder that holds only another run's ``eval/`` records is refused
+    before it writes anything (compare would rank it by that other model's evaluation); an
+    evaluated run extended with ``resume=true`` goes on (its ``eval/`` is its own)."""
+    run = [*smoke.SMOKE, "logger=csv", "callbacks.sample=null"]
+    stale = tmp_path / "stale"
+    write_record(stale, 4, 0.3, digest="a" * 32)
+    before = sorted(p.relative_to(stale) for p in stale.rglob("*"))
+    with pytest.raises(ConfigError, match=r"already holds an earlier run \(eval/"):
+        train(compose_train(run, stale, cache_dir))
+    assert sorted(p.relative_to(stale) for p in stale.rglob("*")) == before
+
+    evaluated = tmp_path / "evaluated"
+    train(compose_train(run, evaluated, cache_dir))
+    write_record(evaluated, 4, 0.3, digest="a" * 32)
+    train(compose_train([*run, "trainer.max_steps=6", "resume=true"], evaluated, cache_dir))
+    results = json.loads((evaluated / "results.json").read_text())
+    assert (results["status"], results["global_step"]) == ("completed", 6)
