@@ -231,15 +231,18 @@ def test_a_new_run_into_a_folder_of_eval_records_is_refused_a_resume_is_not(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     """A new run into a folder that holds only another run's ``eval/`` records is refused
-    before it writes anything (compare would rank it by that other model's evaluation); an
+    before it writes anything (compare would rank it by that other model's evaluation), with
+    resume=auto too, and without the hint that resume=auto starts it again; an
     evaluated run extended with ``resume=true`` goes on (its ``eval/`` is its own)."""
     run = [*smoke.SMOKE, "logger=csv", "callbacks.sample=null"]
     stale = tmp_path / "stale"
     write_record(stale, 4, 0.3, digest="a" * 32)
     before = sorted(p.relative_to(stale) for p in stale.rglob("*"))
-    with pytest.raises(ConfigError, match=r"already holds an earlier run \(eval/"):
-        train(compose_train(run, stale, cache_dir))
-    assert sorted(p.relative_to(stale) for p in stale.rglob("*")) == before
+    for extra in ([], ["resume=auto"]):  # auto: nothing of a run to start again either
+        with pytest.raises(ConfigError, match=r"already holds an earlier run \(eval/") as e:
+            train(compose_train([*run, *extra], stale, cache_dir))
+        assert "resume=auto starts it again" not in str(e.value)
+        assert sorted(p.relative_to(stale) for p in stale.rglob("*")) == before
 
     evaluated = tmp_path / "evaluated"
     train(compose_train(run, evaluated, cache_dir))

@@ -133,17 +133,19 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             f"hydra.run.dir={out_dir} already holds checkpoints of an earlier run: continue "
             f"it with {resume_command(out_dir)}, or choose another directory"
         )
-    if cfg.get("resume") == "auto":
+    started = (out_dir / RUN_CONFIG).exists()  # written when training starts
+    if cfg.get("resume") == "auto" and started:
         # no checkpoint: an earlier attempt of this config (killed before its first save,
         # or completed without one) starts again or stays as it is; another config's run
-        # is not overwritten. Without a run_config.yaml the earlier one never trained.
-        if (out_dir / RUN_CONFIG).exists():
-            check_same_run(cfg, out_dir, "the run there was started with")
+        # is not overwritten
+        check_same_run(cfg, out_dir, "the run there was started with")
     elif holds_run(out_dir) and launch_rank_is_zero():  # other ranks start once it wrote
+        # without run_config.yaml nothing of it trained here (another run's eval/ records
+        # alone): resume=auto has nothing of it to start again either
         written = ", ".join(n for n in RUN_FILES if (out_dir / n).exists())
         restart = (
             ""
-            if finished_run(out_dir)
+            if finished_run(out_dir) or not started
             else "; it stopped before its first checkpoint: resume=auto starts it again from "
             "step 0 with the same config"
         )
