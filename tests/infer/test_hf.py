@@ -326,6 +326,19 @@ def test_greedy_generation_with_the_kv_cache_gives_transformers_tokens(
             ),
             "T5ForConditionalGeneration",
         ),
+        (
+            # T5 v1.1's shape: gated GELU, an untied head, not rescaled
+            dict(
+                family="t5",
+                positional="relative",
+                norm="rmsnorm",
+                bias=False,
+                n_heads=2,
+                activation="geglu",
+                tie_embeddings=False,
+            ),
+            "T5ForConditionalGeneration",
+        ),
     ],
 )
 def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
@@ -340,6 +353,10 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     folder = to_hf(lmlab_checkpoint(tmp_path / "lmlab.ckpt", cfg, model), tmp_path / "hf")
+    # the flag other readers (transformers 4, vLLM) tie the head by; transformers 5 writes
+    # true for every T5
+    written = json.loads((folder / "config.json").read_text())
+    assert written["tie_word_embeddings"] == cfg.tie_embeddings
     auto = {
         Family.gpt: "AutoModelForCausalLM",
         Family.bert: "AutoModelForMaskedLM",

@@ -363,6 +363,7 @@ def to_hf(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         config.save_pretrained(tmp)
+        say_tied(tmp / "config.json", cfg.tie_embeddings)
         save_torch_state_dict(hf_state, tmp)
         hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1).save_pretrained(tmp)
         as_umask_allows(tmp)
@@ -372,6 +373,18 @@ def to_hf(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def say_tied(path: Path, tied: bool) -> None:
+    """config.json's ``tie_word_embeddings`` as the head is: transformers 5 writes ``true``
+    for every T5 (it ties or not by whether the saved weights differ, and warns "update the
+    config with tie_word_embeddings=False" where they do), while transformers 4 and other
+    readers (vLLM) tie the head by the flag: an untied T5 (v1.1's shape) would lose its head
+    there. In place."""
+    config = json.loads(path.read_text())
+    if config.get("tie_word_embeddings") != tied:
+        config["tie_word_embeddings"] = tied
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def as_umask_allows(folder: Path) -> None:
