@@ -309,7 +309,7 @@ def test_many_nodes_need_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
         resolve_configs(cfg)
         monkeypatch.delenv(name)
-    with pytest.raises(ConfigError, match="trainer.num_nodes=0 must be >= 1"):
+    with pytest.raises(ConfigError, match="trainer.num_nodes=0: must be an integer >= 1"):
         resolve_configs(compose_train(["trainer.num_nodes=0"]))
 
 

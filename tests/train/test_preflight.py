@@ -250,9 +250,11 @@ def test_num_nodes_below_1_is_named_in_a_dry_run_too(tmp_path) -> None:
     """A dry run leaves out the launcher check, not the value check: it said 'tokens per
     step=0 must be >= 1' for trainer.num_nodes=0."""
     for dry in ([], ["dry_run=true"]):
-        cfg = compose_train(["+debug=smoke", "trainer.num_nodes=0", *dry], tmp_path / "r", tmp_path)
-        with pytest.raises(ConfigError, match=r"^trainer.num_nodes=0 must be >= 1"):
-            check_run(cfg)
+        for nodes in ("0", "x", "true"):  # "x must be >= 1" did not say it is no number
+            overrides = ["+debug=smoke", f"trainer.num_nodes={nodes}", *dry]
+            cfg = compose_train(overrides, tmp_path / "r", tmp_path)
+            with pytest.raises(ConfigError, match=rf"^trainer.num_nodes={nodes}: must be an int"):
+                check_run(cfg)
     assert list(tmp_path.iterdir()) == []
 
 

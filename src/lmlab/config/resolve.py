@@ -106,7 +106,11 @@ def check_num_nodes(trainer: Mapping[str, Any]) -> int:
     """``trainer.num_nodes``, an int >= 1 (the global batch is multiplied by it)."""
     nodes = trainer.get("num_nodes", 1)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        raise ConfigError(f"trainer.num_nodes={nodes} must be >= 1")
+        shown = str(nodes).lower() if isinstance(nodes, bool) else nodes  # as typed
+        raise ConfigError(
+            f"trainer.num_nodes={shown}: must be an integer >= 1; allowed: 1 (this machine) "
+            "or the number of nodes a launcher (torchrun, SLURM) starts"
+        )
     return nodes
 
 

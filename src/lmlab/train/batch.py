@@ -92,10 +92,18 @@ def resolve_global_batch(
         return GlobalBatch(micro, world, given, seq_len)
     per_pass = micro * world
     if by_rows < 1 or by_rows % per_pass:
+        given, multiple = (
+            (f"data.global_batch_size={by_rows}", f"{per_pass}")
+            if by_tokens is None
+            else (
+                f"data.global_batch_tokens={by_tokens} (of {seq_len}-token sequences)",
+                f"{per_pass * seq_len} tokens",
+            )
+        )
         raise ConfigError(
-            f"global batch of {by_rows} sequences is not a multiple of data.batch_size="
-            f"{micro} x {world} device(s) (trainer.devices x trainer.num_nodes) = {per_pass}: "
-            "change data.batch_size or the global batch"
+            f"{given}: {by_rows} sequences is not a multiple of data.batch_size={micro} x "
+            f"{world} device(s) (trainer.devices x trainer.num_nodes) = {per_pass}; allowed: "
+            f"a multiple of {multiple}, or another data.batch_size"
         )
     derived = by_rows // per_pass
     if given not in (1, derived):

@@ -12,8 +12,10 @@ only it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,9 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     prepared (through a traceback)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
+    from lmlab.train.distributed import check_strategy
+
+    check_strategy(trainer_cfg)
     precision = str(trainer_cfg.get("precision", "32-true"))
     if precision not in (allowed := trainer_precisions()):
         raise ConfigError(f"trainer.precision={precision}: allowed {', '.join(allowed)}")
@@ -153,14 +158,32 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     else:
         valid = text == "auto" or text == "-1" or (text.isdigit() and int(text) >= 1)
     if not valid:
+        shown = str(devices).lower() if isinstance(devices, bool) else devices  # as typed
         raise ConfigError(
-            f"trainer.devices={devices}: allowed an int >= 1 (that many devices), -1 or auto "
+            f"trainer.devices={shown}: allowed an int >= 1 (that many devices), -1 or auto "
             "(every one), or a list of device ids ([0, 1] or '0,1')"
         )
     if accelerator == "cpu" and not (text == "auto" or text.isdigit()):  # Lightning's rule
         raise ConfigError(
             f"trainer.devices={devices} with trainer.accelerator=cpu: allowed an int >= 1 "
             "(that many processes) or auto (one)"
+        )
+    check_one_process(trainer_cfg)
+
+
+def check_one_process(trainer_cfg: DictConfig) -> None:
+    """``trainer=cpu`` is one process: with ``trainer.devices`` above 1 and no strategy,
+    Lightning quietly ran its own DDP instead, with its defaults, not ``trainer=ddp``'s."""
+    devices = str(trainer_cfg.get("devices", "auto"))
+    strategy = trainer_cfg.get("strategy") or "auto"
+    if trainer_cfg.get("accelerator") != "cpu" or strategy != "auto" or not devices.isdigit():
+        return
+    if int(devices) > 1:
+        raise ConfigError(
+            f"trainer.devices={devices}: trainer=cpu (trainer.accelerator=cpu, no "
+            f"trainer.strategy) trains in one process; for {devices} CPU processes use "
+            f"trainer=ddp trainer.devices={devices} trainer.accelerator=cpu (or trainer=fsdp); "
+            "allowed: 1 or auto"
         )
 
 
@@ -195,6 +218,7 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
     read (Lightning would raise once the Trainer is built, through a traceback)."""
     accelerator = str(trainer_cfg.accelerator)
     if accelerator not in ("gpu", "cuda"):
+        check_available(accelerator)
         return
     mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu
     if not torch.cuda.is_available() and not mps:
@@ -214,6 +238,37 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
             f"trainer.devices={devices} but torch sees {count} CUDA GPU(s) here; "
             f"use trainer.devices={count} or fewer, or auto (every GPU)"
         )
+
+
+def check_available(accelerator: str) -> None:
+    """An accelerator Lightning knows but this machine lacks (``tpu`` without torch_xla,
+    ``mps`` off a Mac): refused in one line, as the Trainer would refuse it through a
+    traceback. ``gpu`` and ``cuda`` are ``check_accelerator``'s."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if accelerator == "auto" or accelerator not in AcceleratorRegistry:
+        return  # auto takes what there is; an unknown name is check_trainer_choices'
+    found = AcceleratorRegistry[accelerator]["accelerator"]
+    if accelerator_available(found):
+        return
+    here = ["auto"] + [
+        name
+        for name in sorted(AcceleratorRegistry.available_accelerators())
+        if accelerator_available(AcceleratorRegistry[name]["accelerator"])
+    ]
+    here += ["gpu"] if "cuda" in here or "mps" in here else []
+    raise ConfigError(
+        f"trainer.accelerator={accelerator}: not available on this machine (Lightning's "
+        f"{found.__name__} finds none here); allowed here: {', '.join(here)}"
+    )
+
+
+def accelerator_available(accelerator: type) -> bool:
+    """Lightning's ``is_available()`` of an accelerator class; False where asking fails."""
+    try:
+        return bool(accelerator.is_available())
+    except Exception:  # noqa: BLE001 (a backend that cannot even be asked is not here)
+        return False
 
 
 def launched_processes(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
@@ -252,6 +307,54 @@ def check_world_size(trainer_cfg: DictConfig, environ: Mapping[str, str] = os.en
         "trainer.devices to the processes per node (torchrun --nproc-per-node, SLURM "
         "--ntasks-per-node) and trainer.num_nodes to the nodes"
     )
+
+
+def check_master_port(trainer_cfg: DictConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """A ``MASTER_PORT`` another program listens on, in the process that starts the ranks of
+    a single-node run itself (no torchrun, SLURM or other launcher in the environment, no
+    ``LOCAL_RANK``: not one of the ranks it started): rank 0 failed to bind it (recorded only
+    in results.json) and the other ranks waited for it forever, saying nothing. A
+    ``MASTER_ADDR`` that is not this machine's (a store elsewhere) is left alone."""
+    from lmlab.config.resolve import LAUNCHER_VARIABLES
+
+    port = environ.get("MASTER_PORT")
+    if port is None or any(name in environ for name in (*LAUNCHER_VARIABLES, "LOCAL_RANK", "RANK")):
+        return
+    if int(trainer_cfg.get("num_nodes") or 1) != 1 or world_size(trainer_cfg) < 2:
+        return
+    if not port.strip().isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"MASTER_PORT={port}: not a port number; allowed: 1 to 65535, or unset it (a free "
+            "port is chosen)"
+        )
+    if port_in_use(environ.get("MASTER_ADDR") or "127.0.0.1", int(port)):
+        raise ConfigError(
+            f"MASTER_PORT={port} is in use on this machine (another run, or another program): "
+            "unset it (a free port is chosen) or pick another"
+        )
+
+
+def port_in_use(address: str, port: int) -> bool:
+    """Whether ``port`` is taken on this machine, ``address`` being one of its addresses:
+    bound as torch's TCPStore binds it (every interface, SO_REUSEADDR, so a port a finished
+    run left in TIME_WAIT is free). False for an address of another machine, or one that does
+    not resolve (Lightning says so itself)."""
+    try:
+        family, kind, _, _, sockaddr = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False
+    with socket.socket(family, kind) as probe:
+        try:
+            probe.bind((sockaddr[0], 0))
+        except OSError:
+            return False  # not this machine's address: the store is elsewhere
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
 
 
 def resolve_precision(trainer_cfg: DictConfig) -> str:

@@ -145,7 +145,8 @@ class Preemption(L.Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        # the whole training state, said so: left unset, Lightning logs that it defaults to it
+        trainer.save_checkpoint(path, weights_only=False)
         self._saved(trainer, path)
 
     def _saved(self, trainer: L.Trainer, path: Path) -> None:

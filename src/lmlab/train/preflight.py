@@ -49,6 +49,7 @@ from lmlab.train.plan import (
     RunPlan,
     check_accelerator,
     check_attention_kernel,
+    check_master_port,
     check_trainer_choices,
     check_world_size,
     make_plan,
@@ -140,6 +141,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if here:
         check_accelerator(cfg.trainer)
         check_world_size(cfg.trainer)
+        check_master_port(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
 
 

@@ -1,0 +1,285 @@
+"""Bad multi-process inputs refused in one line before any data or rank: a MASTER_PORT another
+program holds, a strategy Lightning cannot build, an accelerator this machine lacks, a global
+batch that does not divide (naming the field given), ``trainer=cpu`` asked for many
+processes, and the stop's save that said nothing it needed to."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lmlab.config import DataConfig
+from lmlab.config.resolve import LAUNCHER_VARIABLES
+from lmlab.errors import ConfigError
+from lmlab.train.batch import resolve_global_batch
+from lmlab.train.compose import compose_train
+from lmlab.train.plan import check_accelerator, check_master_port
+from lmlab.train.preflight import check_run
+
+TWO_CPUS = ["+debug=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture
+def plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No launcher, no rank, no port: a command typed in a shell."""
+    for name in (*LAUNCHER_VARIABLES, "LOCAL_RANK", "RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port another program listens on, on the loopback address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+def test_a_master_port_in_use_is_refused_by_the_process_that_starts_the_ranks(
+    listening: int, plain_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Rank 0 failed to bind it (said only in results.json) and rank 1 waited forever."""
+    cfg = compose_train(TWO_CPUS, tmp_path / "run", tmp_path)
+    monkeypatch.setenv("MASTER_PORT", str(listening))
+    message = rf"^MASTER_PORT={listening} is in use on this machine \(another run, or another"
+    with pytest.raises(ConfigError, match=message) as refused:
+        check_run(cfg)
+    assert "unset it (a free port is chosen) or pick another" in str(refused.value)
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    with pytest.raises(ConfigError, match=message):
+        check_master_port(cfg.trainer)
+    assert list(tmp_path.iterdir()) == []
+    check_run(cfg, machine=False)  # a sweep's jobs, checked where it is started
+    check_run(compose_train([*TWO_CPUS, "dry_run=true"], tmp_path / "run", tmp_path))
+    check_run(compose_train(["+debug=smoke"], tmp_path / "run", tmp_path))  # one process
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOCAL_RANK": "1"},  # a rank Lightning started: the store is rank 0's
+        {"MASTER_ADDR": "192.0.2.1"},  # another machine's store (TEST-NET-1)
+        {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x", "RANK": "0", "LOCAL_RANK": "0"},
+        {"SLURM_NTASKS": "2"},
+    ],
+)
+def test_a_master_port_is_left_alone_where_this_process_does_not_bind_it(
+    env: dict[str, str], listening: int, plain_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MASTER_PORT", str(listening))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    trainer = OmegaConf.create({"accelerator": "cpu", "devices": 2, "num_nodes": 1})
+    check_master_port(trainer)
+
+
+def test_a_free_or_unset_master_port_passes(
+    plain_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = OmegaConf.create({"accelerator": "cpu", "devices": 2, "num_nodes": 1})
+    check_master_port(trainer)  # unset: Lightning chooses a free one
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    monkeypatch.setenv("MASTER_PORT", str(free))
+    check_master_port(trainer)
+    monkeypatch.setenv("MASTER_PORT", "http")
+    with pytest.raises(ConfigError, match=r"^MASTER_PORT=http: not a port number; allowed: 1 "):
+        check_master_port(trainer)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.strategy=foo", "trainer.strategy=foo: not a strategy Lightning knows; allowed: "),
+        (
+            "trainer.strategy._target_=foo.Bar",
+            "trainer.strategy._target_=foo.Bar: cannot be imported (ModuleNotFoundError: No modu",
+        ),
+        (
+            "trainer.strategy._target_=torch.nn.Linear",
+            "trainer.strategy._target_=torch.nn.Linear: not a Lightning Strategy class",
+        ),
+        (
+            "trainer.strategy.find_unused_parameters=maybe",
+            "trainer.strategy.find_unused_parameters='maybe': not a value DDPStrategy takes for "
+            "find_unused_parameters; allowed: true, false",
+        ),
+        (
+            "+trainer.strategy.start_method=thread",
+            "trainer.strategy.start_method='thread': not a value DDPStrategy takes for start_meth"
+            "od; allowed: popen, spawn, fork, forkserver",
+        ),
+        (
+            "+trainer.strategy.find_unused=true",
+            "trainer.strategy.find_unused=True: unknown key (lightning.pytorch.strategies.DDPStr",
+        ),
+    ],
+)
+def test_a_strategy_lightning_cannot_build_is_refused_before_any_data(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    """A bad name or _target_ was a traceback when the Trainer was built; a bad field of
+    DDP's started both ranks and failed 18 s later with a TypeError."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train([*TWO_CPUS, override, *dry], tmp_path / "run", tmp_path)
+        with pytest.raises(ConfigError, match=r"^" + re.escape(message)) as refused:
+            check_run(cfg, machine=False)
+    if override == "trainer.strategy=foo":  # Lightning's names, listed
+        assert "ddp, ddp_spawn" in str(refused.value) and "fsdp" in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer=ddp", "trainer.strategy.find_unused_parameters=true", "trainer.devices=2"],
+        ["trainer=ddp", "+trainer.strategy.bucket_cap_mb=25", "trainer.devices=2"],
+        ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2"],
+        ["trainer=fsdp", "trainer.strategy.save_distributed_checkpoint=false", "trainer.devices=2"],
+        ["trainer=cpu"],
+    ],
+)
+def test_strategies_lightning_builds_pass(overrides: list[str], tmp_path: Path) -> None:
+    cfg = compose_train(["+debug=smoke", "trainer.accelerator=cpu", *overrides], tmp_path, tmp_path)
+    check_run(cfg, machine=False)
+
+
+@pytest.mark.parametrize("accelerator", ["tpu", "mps"])
+def test_an_accelerator_this_machine_lacks_is_refused_in_one_line(
+    accelerator: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """They were listed as allowed, then crashed in the Trainer (torch_xla not met, "MPSAccel
+    erator can not run on your system"); a dry run and a sweep's checks plan for any machine."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    found = AcceleratorRegistry[accelerator]["accelerator"]
+    monkeypatch.setattr(found, "is_available", staticmethod(lambda: False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train(
+        ["+debug=smoke", f"trainer.accelerator={accelerator}"], tmp_path / "run", tmp_path
+    )
+    message = (
+        rf"^trainer.accelerator={accelerator}: not available on this machine \(Lightning's "
+        rf"{found.__name__} finds none here\); allowed here: auto, cpu$"
+    )
+    with pytest.raises(ConfigError, match=message):
+        check_run(cfg)
+    check_run(cfg, machine=False)
+    check_run(compose_train(["+debug=smoke", f"trainer.accelerator={accelerator}", "dry_run=true"]))
+    monkeypatch.setattr(found, "is_available", staticmethod(lambda: True))
+    check_accelerator(cfg.trainer)  # where it is there, it is taken
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"global_batch_size": 7},
+            "data.global_batch_size=7: 7 sequences is not a multiple of data.batch_size=4 x 2 "
+            "device(s) (trainer.devices x trainer.num_nodes) = 8; allowed: a multiple of 8, or",
+        ),
+        (
+            {"global_batch_tokens": 7 * 256},
+            "data.global_batch_tokens=1792 (of 256-token sequences): 7 sequences is not a "
+            "multiple of data.batch_size=4 x 2 device(s) (trainer.devices x trainer.num_nodes) "
+            "= 8; allowed: a multiple of 2048 tokens, or",
+        ),
+    ],
+)
+def test_a_global_batch_that_does_not_divide_names_the_field_given(
+    given: dict[str, int], message: str
+) -> None:
+    trainer = OmegaConf.create(
+        {"devices": 2, "accelerator": "cpu", "num_nodes": 1, "accumulate_grad_batches": 1}
+    )
+    data = DataConfig(batch_size=4, **given)
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        resolve_global_batch(trainer, data, seq_len=256)
+
+
+@pytest.mark.parametrize("devices", ["2", "4"])
+def test_trainer_cpu_asked_for_many_processes_points_to_trainer_ddp(
+    devices: str, tmp_path: Path
+) -> None:
+    """Lightning ran its own DDP, quietly, where the README says trainer=cpu is one process."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train(
+            ["+debug=smoke", f"trainer.devices={devices}", *dry], tmp_path / "run", tmp_path
+        )
+        with pytest.raises(ConfigError, match=rf"^trainer.devices={devices}: trainer=cpu") as no:
+            check_run(cfg, machine=False)
+    hint = f"trainer=ddp trainer.devices={devices} trainer.accelerator=cpu"
+    assert hint in str(no.value) and str(no.value).endswith("allowed: 1 or auto")
+    for fine in (
+        ["trainer.devices=1"],
+        ["trainer.devices=auto"],
+        ["trainer.devices=2", "+trainer.strategy=ddp"],
+    ):
+        check_run(compose_train(["+debug=smoke", *fine]), machine=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sharded_checkpoint_refusal_names_the_trainer_preset(tmp_path: Path) -> None:
+    """It said "this run's strategy (auto)" for trainer=cpu, a word the user never typed."""
+    folder = tmp_path / "step000004.ckpt"
+    folder.mkdir()
+    torch.save({"global_step": 4}, folder / "meta.pt")
+    cfg = compose_train(["+debug=smoke", f"ckpt_path={folder}"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"this run's trainer=cpu \(strategy auto\) cannot lo"):
+        check_run(cfg, machine=False)
+
+
+def test_a_stop_signal_save_says_nothing_about_weights_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every stop's save logged Lightning's "`weights_only` was not set, defaulting to
+    `False`": the stop saves the whole training state, and says so."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lmlab.train.preemption import Preemption
+
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(BoringModel())
+    stop = Preemption(str(tmp_path / "checkpoints"))
+    source = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    source.addHandler(caplog.handler)  # Lightning's loggers may not propagate to the root
+    try:
+        with caplog.at_level(logging.INFO):
+            stop._save(trainer)
+    finally:
+        source.removeHandler(caplog.handler)
+    assert stop.saved == tmp_path / "checkpoints" / "last.ckpt" and stop.saved.is_file()
+    assert "optimizer_states" in torch.load(stop.saved, weights_only=False)  # a full state
+    assert not [r for r in caplog.records if "weights_only" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [("trainer.devices=x", "x"), ("trainer.devices=1.5", "1.5"), ("trainer.devices=true", "true")],
+)
+def test_a_device_count_that_is_not_one_is_named_as_typed(
+    override: str, shown: str, tmp_path: Path
+) -> None:
+    """``trainer.devices=true`` was named ``True``, a value nobody typed."""
+    cfg = compose_train(["+debug=smoke", "trainer=ddp", override], tmp_path / "run", tmp_path)
+    message = f"trainer.devices={shown}: allowed an int >= 1 (that many devices), -1 or auto"
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg, machine=False)
