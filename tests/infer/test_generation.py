@@ -658,21 +658,31 @@ def test_infill_command_prints_spans_and_filled_text_as_they_are(
     )
 
 
-@pytest.mark.parametrize("family", ["gpt", "bert"])
-def test_probe_keeps_the_first_tokens_of_a_long_text_with_a_warning(
-    family: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("family", "bos"), [("gpt", False), ("gpt", True), ("bert", False), ("t5", False)]
+)
+def test_probe_frames_the_text_as_training_does_and_keeps_its_first_tokens(
+    family: str, bos: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A text past the context is cut to the tokens that fit, with a warning, inside BERT's
-    [CLS] .. [SEP] frame (its [SEP] was cut off); a text that fits is whole, silently."""
-    tok = char_tokenizer(bos=False)
+    """The probe draws the ids the model reads in training and generation: BERT's [CLS] ..
+    [SEP], a decoder's BOS where the tokenizer adds one (Llama's <s>: it left it out), T5's
+    encoder input ending with EOS (left out too). A text past the context is cut to the tokens
+    that fit inside that frame, with a warning; a text that fits is whole, silently."""
+    tok = char_tokenizer(bos=bos)
     model = tiny(family, vocab_size=tok.get_vocab_size())  # max_seq_len=24 < len(CODE)
-    cls, sep = tok.token_to_id("<cls>"), tok.token_to_id("<sep>")
-    frame = (lambda ids: [cls, *ids, sep]) if family == "bert" else (lambda ids: ids)
-    room = 24 - 2 * (family == "bert")
+    before, after = {
+        "bert": (["<cls>"], ["<sep>"]),
+        "t5": ([], [EOS]),
+        "gpt": (["<s>"] if bos else [], []),
+    }[family]
+    ids_of = lambda names: [tok.token_to_id(n) for n in names]  # noqa: E731
+    frame = lambda ids: [*ids_of(before), *ids, *ids_of(after)]  # noqa: E731
+    room = 24 - len(before) - len(after)
     assert probe_ids(model, tok, "def f") == frame(encode(tok, "def f")) and not caplog.text
     ids = probe_ids(model, tok, CODE)
     assert ids == frame(encode(tok, CODE)[:room]) and len(ids) == 24
-    assert f"the text has {len(CODE)} tokens, more than the {room}" in caplog.text
+    assert f"the text has {len(CODE)} tokens, more than the model's context of 24" in caplog.text
+    assert f"only its first {room} are drawn" in caplog.text
 
 
 def test_probe_redraws_its_own_plot_and_refuses_any_other_file(

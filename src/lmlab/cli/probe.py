@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int | None:
         out,
         f"{pre.family.value} attention: {pre.path.name}",
     )
-    console.print(f"attention maps ({len(ids)} tokens): {out}")
+    console.print(f"attention maps ({len(ids)} token{'s' * (len(ids) != 1)}): {out}")
 
 
 def check_image_out(out: Path) -> None:

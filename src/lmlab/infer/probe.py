@@ -48,24 +48,30 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, Attention]]:
 
 
 def probe_ids(model: nn.Module, tokenizer: Tokenizer, text: str) -> list[int]:
-    """The ids the model sees for ``text``: BERT's input is framed by [CLS] .. [SEP]. A text
-    longer than the model's context keeps its first tokens (inside BERT's frame), with a
+    """The ids the model sees for ``text``, framed as in training and generation: BERT's
+    input by [CLS] .. [SEP], a decoder's after the tokenizer's BOS where it adds one (Llama's
+    ``<s>``, which often draws much of the attention), T5's encoder input ending with EOS. A
+    text longer than the model's context keeps its first tokens (inside the frame), with a
     warning."""
     ids = encode(tokenizer, text)
-    frame: tuple[list[int], list[int]] = ([], [])
+    specials = Specials.of(tokenizer)
+    roles: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     if model.cfg.family == Family.bert:
-        specials = Specials.of(tokenizer)
-        cls_id, sep_id = (specials.id(tokenizer, r, "BERT's input") for r in ("cls", "sep"))
-        frame = ([cls_id], [sep_id])
+        roles = (("cls",), ("sep",))
+    elif model.cfg.family == Family.t5:
+        roles = ((), ("eos",))
+    elif specials.bos:
+        roles = (("bos",), ())
+    frame = tuple([specials.id(tokenizer, r, "the probe's input") for r in side] for side in roles)
     room = model.cfg.max_seq_len - len(frame[0]) - len(frame[1])
     if len(ids) > room:
+        names = [getattr(specials, r) for side in roles for r in side]
         log.warning(
-            "the text has %d tokens, more than the %d the model's context of %d holds%s: only "
-            "its first %d are drawn",
+            "the text has %d tokens, more than the model's context of %d holds%s: only its "
+            "first %d are drawn",
             len(ids),
-            room,
             model.cfg.max_seq_len,
-            " with [CLS] and [SEP]" if frame[0] else "",
+            f" with {' and '.join(names)}" if names else "",
             room,
         )
     return [*frame[0], *ids[:room], *frame[1]]
