@@ -449,7 +449,9 @@ def test_scaled_rope_converts_and_what_has_no_knob_is_refused(tmp_path: Path) ->
     yarn = dict(hf_model.config.rope_parameters, rope_type="yarn")
     hf_model.config.rope_parameters = yarn
     hf_model.save_pretrained(tmp_path / "yarn")
-    with pytest.raises(ConfigError, match=r"rope_type='yarn' has no lmlab knob; allowed: default"):
+    with pytest.raises(
+        ConfigError, match=rf"^from_hf={tmp_path / 'yarn'}: rope_type='yarn' has no lmlab knob;"
+    ):
         from_hf(str(tmp_path / "yarn"), tmp_path / "yarn.ckpt")
     hf_model.config.rope_parameters = {"rope_type": "default", "rope_theta": 1e4}
     hf_model.config.rope_parameters["partial_rotary_factor"] = 0.5

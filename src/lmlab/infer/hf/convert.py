@@ -128,7 +128,11 @@ def _from_hf(source: str) -> dict[str, Any]:
     tokenizer, none_because = hf_tokenizer(source, config.vocab_size)  # before the weights
     hf_model = hf_weights(source, config, arch)
     tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
-    cfg = to_schema(ModelConfig, arch.config_from_hf(hf_model.config, tied), "model.")
+    try:  # a setting lmlab has no knob for (YaRN, a relative-position BERT), named with it
+        fields = arch.config_from_hf(hf_model.config, tied)
+    except ConfigError as err:
+        raise ConfigError(f"from_hf={source}: {err}") from None
+    cfg = to_schema(ModelConfig, fields, "model.")
     hf_state = hf_model.state_dict()
     with torch.device("meta"):
         skeleton = build_model(cfg)
