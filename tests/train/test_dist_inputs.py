@@ -283,3 +283,45 @@ def test_a_device_count_that_is_not_one_is_named_as_typed(
     message = f"trainer.devices={shown}: allowed an int >= 1 (that many devices), -1 or auto"
     with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
         check_run(cfg, machine=False)
+
+
+GLOO_PEER_GONE = (
+    "[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:41234: "
+    "Connection reset by peer\nException raised from ... (most recent call first):\nframe #0"
+)
+
+
+def test_a_rank_whose_peer_died_stops_in_one_line_with_the_resume_command(
+    tmp_path: Path,
+    cache_dir: Path,
+    run_command,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another rank killed (``kill -9``, out of memory) fails this rank's next collective: a
+    gloo traceback of about 190 lines, and results.json held gloo's words. Now: one line that
+    says another rank stopped, with the resume command where a checkpoint was saved, exit 1,
+    and results.json says the same."""
+    import json
+
+    from lmlab.train.task import LMTask
+
+    real = LMTask.training_step
+
+    def step(self, batch, batch_idx):  # the all-reduce after step 2 finds its peer gone
+        if self.trainer.global_step == 2:
+            raise RuntimeError(GLOO_PEER_GONE)
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(LMTask, "training_step", step)
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    run = ["+debug=smoke", "logger=csv", "callbacks.sample=null", "trainer.max_steps=4"]
+    run += ["checkpoint.every_n_steps=1", f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *run) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: another rank of this run stopped (its process was killed"), err
+    assert "Connection reset by peer" in err and "Traceback" not in err, err
+    assert re.search(r"; resume with: python src/train.py .* resume=true", err), err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert results["error"].startswith("another rank of this run stopped"), results["error"]

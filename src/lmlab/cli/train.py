@@ -122,6 +122,7 @@ def run_job(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     with long_lived():  # heavy imports only once the config composed
+        from lmlab.train.distributed import RankLostError
         from lmlab.train.guard import NonFiniteError
         from lmlab.train.run import train
 
@@ -140,7 +141,7 @@ def run_job(cfg: DictConfig) -> float | None:
             return None
         if isinstance(err, ConfigError):
             fail(err)
-        if isinstance(err, NonFiniteError):  # the guard's stop, already in results.json
+        if isinstance(err, NonFiniteError | RankLostError):  # already in results.json
             fail(err, code=1)
         raise
 

@@ -294,6 +294,28 @@ def describe_kinds(allowed: tuple[set[type], list[Any]]) -> str:
     return ", ".join(said + (["null"] if type(None) in kinds else []))
 
 
+# What a collective says when another rank's process is gone (killed, out of memory): gloo's
+# and NCCL's words, and torch's store's.
+RANK_GONE = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "remote process exited",
+    "NCCL communicator was aborted",
+)
+
+
+class RankLostError(RuntimeError):
+    """This rank could not go on because another rank of the run stopped (its process killed
+    or out of memory): said in one line, with the resume command where there is a
+    checkpoint, instead of a collective's traceback."""
+
+
+def lost_rank(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank's process is gone."""
+    return isinstance(err, RuntimeError) and any(words in str(err) for words in RANK_GONE)
+
+
 def reads_sharded(trainer_cfg: Mapping[str, Any]) -> bool:
     """Whether the run's strategy loads a sharded checkpoint folder: Lightning's
     ModelParallelStrategy and lmlab's FSDPStrategy built on it (any device count: the

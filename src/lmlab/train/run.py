@@ -29,11 +29,11 @@ from lmlab.config import (
     TaskKind,
     compile_mode,
 )
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
-from lmlab.train.distributed import JobScope, install_job_command
+from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
@@ -205,6 +205,9 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("%s: resume with: %s", status, resume_command(out_dir))
         if status == "interrupted" and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
+        if lost_rank(err):
+            resume = f"; resume with: {resume_command(out_dir)}" if checkpoints_in(out_dir) else ""
+            raise RankLostError(results["error"] + resume) from err
         raise
     finally:
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
@@ -254,6 +257,12 @@ def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, A
         status = "interrupted"
     elif isinstance(err, SIGTERMException):
         status = "preempted"
+    elif lost_rank(err):  # the collective's traceback says which socket, not why
+        return {
+            "status": "failed",
+            "error": "another rank of this run stopped (its process was killed, or ran out of "
+            f"memory: its rank<N>.log says), so this one could not go on ({first_line(err)})",
+        }
     else:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     saved = preemption.saved if preemption else None
