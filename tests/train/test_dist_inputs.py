@@ -325,3 +325,51 @@ def test_a_rank_whose_peer_died_stops_in_one_line_with_the_resume_command(
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "failed"
     assert results["error"].startswith("another rank of this run stopped"), results["error"]
+
+
+class FakeChild:
+    """A child rank's ``Popen`` as the observer reads it: its exit code, None while alive."""
+
+    def __init__(self, code: int | None) -> None:
+        self.returncode, self.pid, self.signals = code, 4242, []
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+@pytest.mark.parametrize(
+    ("codes", "killed"),
+    [
+        ([143], False),  # preempted after its save: rank 0 ends the run itself, with 143
+        ([130], False),  # interrupted (Ctrl-C) likewise
+        ([0], False),
+        ([None], False),  # still running
+        ([1], True),  # crashed: every process ended, as Lightning ends them
+        ([-9], True),  # killed by a signal
+        ([143, 1], True),
+    ],
+)
+def test_a_child_rank_that_stopped_as_agreed_does_not_get_rank_0_killed(
+    codes: list[int | None], killed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's observer SIGKILLed rank 0 (and every rank) once a child exited with any
+    code but 0: a child that stopped as the run agreed (143 after a SIGTERM save) often exits
+    before rank 0 has written results.json, and the run ended 137, not 143. A crash still ends
+    them all, and so does a stop that rank 0 does not end within ``STOP_GRACE_S``."""
+    import os
+
+    from lmlab.train import distributed
+
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    children = [FakeChild(code) for code in codes]
+    observer = distributed.StopAwareObserver(main_pid=1234, child_processes=children)
+    finished = observer._run()
+    assert bool(sent) is killed, (codes, sent)
+    assert finished is (killed or codes == [0])  # a stop: watched until rank 0 has ended
+    if codes == [143]:  # rank 0 never ends: after the grace period, ended as Lightning would
+        monkeypatch.setattr(distributed, "STOP_GRACE_S", 0.0)
+        assert observer._run() is True and sent == [(1234, 9)]

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
 
 from lmlab.config.asked import as_typed
@@ -383,10 +385,47 @@ def train_command() -> list[str]:
 
 
 def install_job_command() -> None:
-    """Point Lightning's launcher at ``job_command`` (tested by the DDP multirun test)."""
+    """Point Lightning's launcher at ``job_command`` (tested by the DDP multirun test) and at
+    ``StopAwareObserver``."""
     from lightning.pytorch.strategies.launchers import subprocess_script
 
     subprocess_script._hydra_subprocess_cmd = job_command
+    subprocess_script._launch_process_observer = launch_observer
+
+
+# The exit codes of a rank that stopped as lmlab stops a run: preempted (SIGTERM, SIGUSR1)
+# after its checkpoint, interrupted (Ctrl-C). Every rank agreed on the stop.
+STOP_CODES = (143, 130)
+# How long rank 0 may take to end after a child stopped so (its save, results.json), before
+# every process is ended as Lightning ends them after a crash (one stuck would hang the job).
+STOP_GRACE_S = 300.0
+
+
+class StopAwareObserver(_ChildProcessObserver):
+    """Lightning's watcher of the child ranks, which SIGKILLs the main process (rank 0) and
+    every rank once a child exits with a code that is not 0: a child that stopped as the run
+    agreed (``STOP_CODES``: its checkpoint saved, results.json written by rank 0) often exited
+    first, and rank 0, still writing, was killed (exit 137, not the 143 of a SIGTERM stop that
+    SLURM and wrapper scripts read). Such an exit is left to rank 0, which stops on its own;
+    any other (a crash, a signal) still ends every process."""
+
+    def _run(self) -> bool:
+        for proc in self._child_processes:
+            proc.poll()
+        codes = [proc.returncode for proc in self._child_processes]
+        if all(code == 0 for code in codes):
+            return True  # every child is done: the run ended
+        failed = [code for code in codes if code not in (None, 0, *STOP_CODES)]
+        if not failed and any(code in STOP_CODES for code in codes):
+            self.stopping_since = getattr(self, "stopping_since", None) or time.monotonic()
+            if time.monotonic() - self.stopping_since < STOP_GRACE_S:
+                return False  # a stop under way: the other ranks stop on their own
+        return super()._run()  # a crash, or a stop rank 0 did not end in time: all ended
+
+
+def launch_observer(child_processes: list[subprocess.Popen]) -> None:
+    """Lightning's ``_launch_process_observer``, with ``StopAwareObserver``."""
+    StopAwareObserver(main_pid=os.getpid(), child_processes=child_processes).start()
 
 
 # Set by Lightning's launcher in the main process for its children; left in place they make
