@@ -30,7 +30,7 @@ except ImportError:  # a private name: its documented list where a pandas moves 
 
 from lmlab.config import TaskConfig, TaskKind, TaskSource
 from lmlab.config.task import FILE_FORMATS
-from lmlab.data.hub import OFFLINE_HINT, hub_or_cache
+from lmlab.data.hub import load_dataset
 from lmlab.data.sources import stat_identity
 from lmlab.errors import ConfigError, first_line
 
@@ -214,18 +214,7 @@ def file_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]
 
 def hub_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split | None]:
     def load(split: str) -> Split:
-        offline = False
-        try:
-            with hub_or_cache(task.name) as offline:
-                ds = datasets.load_dataset(
-                    task.name, task.subset, split=split, cache_dir=str(cache_dir)
-                )
-        except Exception as err:  # the hub raises many types: missing name, no network, bad split
-            raise ConfigError(
-                f"task.name={task.name!r} (subset={task.subset!r}, split={split!r}) could not be "
-                f"loaded with datasets.load_dataset: {type(err).__name__}: {first_line(err)}"
-                + (OFFLINE_HINT if offline else "")
-            ) from None
+        ds = load_dataset("task.name", task.name, task.subset, split, cache_dir=str(cache_dir))
         return Split(ds, f"task.name={task.name} split={split}")
 
     return load(task.train_split), load(task.val_split) if task.val_split else None

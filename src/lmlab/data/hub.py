@@ -11,7 +11,10 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
+
+from lmlab.errors import ConfigError, first_line
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -63,3 +66,23 @@ OFFLINE_HINT = (
     " (the Hugging Face hub cannot be reached from here, so only a dataset cached earlier "
     "loads: download it where you are online, or pass a local copy)"
 )
+
+
+def load_dataset(
+    field: str, name: str, subset: str | None, split: str, path: str | None = None, **kwargs: Any
+) -> Any:
+    """``datasets.load_dataset`` of a hub name (``path``: the local folder it names, where it
+    is one), from the caches only where the hub cannot be reached (``hub_or_cache``); one line
+    naming ``field`` (``data.name``, ``task.name``) where it fails."""
+    import datasets
+
+    offline = False
+    try:
+        with hub_or_cache(name) as offline:
+            return datasets.load_dataset(path or name, subset, split=split, **kwargs)
+    except Exception as err:  # the hub raises many types: missing name, no network, bad split
+        raise ConfigError(
+            f"{field}={name!r} (subset={subset!r}, split={split!r}) could not be loaded with "
+            f"datasets.load_dataset: {type(err).__name__}: {first_line(err)}"
+            + (OFFLINE_HINT if offline else "")
+        ) from None

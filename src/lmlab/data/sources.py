@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmlab.config import DataConfig, Source
-from lmlab.data.hub import OFFLINE_HINT, hub_or_cache
-from lmlab.errors import ConfigError
+from lmlab.data.hub import load_dataset
+from lmlab.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import datasets
@@ -262,21 +262,17 @@ def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
             f"data.subset={cfg.subset!r}: {cfg.name!r} is a folder save_to_disk wrote, which "
             "has no subsets (a hub dataset's configurations); leave data.subset out"
         )
-    loader = "load_from_disk" if saved else "load_dataset"
-    offline = False
+    if not saved:
+        path = str(local) if local else None
+        return load_dataset("data.name", cfg.name, cfg.subset, cfg.split, path)
     try:
-        if saved:
-            ds = datasets.load_from_disk(str(local))
-        else:
-            with hub_or_cache(cfg.name) as offline:
-                ds = datasets.load_dataset(str(local or cfg.name), cfg.subset, split=cfg.split)
-    except Exception as err:  # the hub raises many types: missing name, no network, bad split
+        ds = datasets.load_from_disk(str(local))
+    except Exception as err:  # a folder datasets cannot read as what it saved
         raise ConfigError(
             f"data.name={cfg.name!r} (subset={cfg.subset!r}, split={cfg.split!r}) could not be "
-            f"loaded with datasets.{loader}: {type(err).__name__}: {err}"
-            + (OFFLINE_HINT if offline else "")
+            f"loaded with datasets.load_from_disk: {type(err).__name__}: {first_line(err)}"
         ) from None
-    return saved_split(ds, cfg) if saved else ds
+    return saved_split(ds, cfg)
 
 
 def _hf_documents(cfg: DataConfig) -> Documents:
