@@ -869,6 +869,35 @@ def test_non_finite_logits_are_one_line_greedy_or_sampled(
     )
 
 
+def test_infill_cut_by_max_new_tokens_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spans cut by ``max_new_tokens`` before the model's EOS were filled in silently (a cut
+    span, later ones empty with only their own warning): the cut is said, with the way out;
+    spans that end with EOS within the limit say nothing."""
+    tok = char_tokenizer(bos=False)
+    model = tiny("t5", vocab_size=tok.get_vocab_size()).float()
+    pre = Pretrained(model, tok, model.cfg, Path("t5.ckpt"))
+    start, eos = tok.token_to_id("<pad>"), tok.token_to_id(EOS)
+    written = encode(tok, "<extra_id_0> fib")
+    for row, cut in (([*written, eos], False), (written, True)):
+        monkeypatch.setattr(
+            fill, "decode_loop", lambda *_, r=row, **__: torch.tensor([[start, *r]])
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lmlab.infer.fill"):
+            infill(pre, "def <extra_id_0>(self): return", max_new_tokens=len(row))
+        said = [m for m in caplog.messages if "stopped at max_new_tokens" in m]
+        assert said == (
+            [
+                f"infilling stopped at max_new_tokens={len(row)} before the model ended its "
+                "spans (EOS): the last span may be cut, later ones missing; raise max_new_tokens"
+            ]
+            if cut
+            else []
+        )
+
+
 def test_infill_lists_only_the_sentinels_of_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spans the model wrote for sentinels not in the text are ignored (the command printed
     ``<extra_id_3> -> ...`` for a text with only <extra_id_0>); the text's come in its order."""

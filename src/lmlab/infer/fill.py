@@ -147,7 +147,14 @@ def infill(
         generator,
         eos_id=eos_id,
     )
-    target = tok.decode(out_1S[0, 1:].tolist(), skip_special_tokens=False)
+    written_ids = out_1S[0, 1:].tolist()
+    if eos_id not in written_ids and len(written_ids) >= max_new_tokens:
+        log.warning(
+            "infilling stopped at max_new_tokens=%d before the model ended its spans (EOS): "
+            "the last span may be cut, later ones missing; raise max_new_tokens",
+            max_new_tokens,
+        )
+    target = tok.decode(written_ids, skip_special_tokens=False)
     written_spans = parse_spans(target, specials.eos)
     inputs = list(dict.fromkeys(m.group(0) for m in SENTINEL_RE.finditer(text)))
     # only the text's sentinels, in its order: T5 often goes on past the last one
