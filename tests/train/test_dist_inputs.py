@@ -20,7 +20,7 @@ from lmlab.config.resolve import LAUNCHER_VARIABLES
 from lmlab.errors import ConfigError
 from lmlab.train.batch import resolve_global_batch
 from lmlab.train.compose import compose_train
-from lmlab.train.plan import check_accelerator, check_master_port
+from lmlab.train.machine import check_accelerator, check_master_port
 from lmlab.train.preflight import check_run
 
 TWO_CPUS = ["+debug=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]

@@ -29,8 +29,8 @@ from lmlab.infer.pretrained import load
 from lmlab.model import build_model
 from lmlab.train.compose import compose_train
 from lmlab.train.distributed import keyed_by_name
+from lmlab.train.machine import resolve_precision
 from lmlab.train.parallel import layout
-from lmlab.train.plan import resolve_precision
 from lmlab.train.run import train
 from lmlab.train.task import decay_groups
 

@@ -15,7 +15,8 @@ from lmlab.config import BudgetKind, ParamCount
 from lmlab.errors import ConfigError
 from lmlab.train.batch import GlobalBatch
 from lmlab.train.budget import Budget
-from lmlab.train.plan import RunPlan, check_accelerator, check_resumable
+from lmlab.train.machine import check_accelerator
+from lmlab.train.plan import RunPlan, check_resumable
 
 # a token budget (not trainer.max_steps), accumulation 2, precision auto; +debug=smoke's
 # settings but its trainer.max_steps, which a token budget refuses

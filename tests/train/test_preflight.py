@@ -85,7 +85,7 @@ def test_trainer_values_lightning_refuses_are_refused_before_any_data(
 def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
     from lightning.fabric.connector import _convert_precision_to_unified_args
 
-    from lmlab.train.plan import trainer_precisions
+    from lmlab.train.machine import trainer_precisions
 
     allowed = trainer_precisions()
     assert {"auto", "32-true", "bf16-mixed", "16-mixed", "64-true"} <= set(allowed)
@@ -150,7 +150,7 @@ def test_the_precisions_refused_with_fsdp_are_the_ones_lightning_refuses() -> No
     from omegaconf import OmegaConf
 
     from lmlab.train.distributed import FSDPStrategy
-    from lmlab.train.plan import check_strategy_precision, trainer_precisions
+    from lmlab.train.machine import check_strategy_precision, trainer_precisions
 
     trainer_cfg = OmegaConf.create(
         {"strategy": {"_target_": "lmlab.train.distributed.FSDPStrategy"}}

@@ -39,7 +39,8 @@ from lmlab.data.packing import prepared_vocab_size
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 from lmlab.train.hardware import peak_flops, precision_dtype
-from lmlab.train.plan import make_plan, meta_model, on_cuda
+from lmlab.train.machine import on_cuda
+from lmlab.train.plan import make_plan, meta_model
 
 ASSUMED_MFU = 0.4  # typical of well-run dense training (measured figures: BENCHMARKS.md)
 MEASURE_MAX_STEP_SECONDS = 5.0  # measure only when one step should take less than this

@@ -44,16 +44,15 @@ from lmlab.train.budget import check_max_steps
 from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
-from lmlab.train.memory import check_state_fits
-from lmlab.train.plan import (
-    RunPlan,
+from lmlab.train.machine import (
     check_accelerator,
     check_attention_kernel,
     check_master_port,
     check_trainer_choices,
     check_world_size,
-    make_plan,
 )
+from lmlab.train.memory import check_state_fits
+from lmlab.train.plan import RunPlan, make_plan
 
 log = logging.getLogger(__name__)
 

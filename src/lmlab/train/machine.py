@@ -1,0 +1,282 @@
+"""What of the trainer's settings this machine can run, checked before any data is prepared
+or any rank starts (each a one-line ConfigError naming the field, the value and what is
+allowed): precision, accelerator and its availability, devices, the strategy's precision, a
+launcher's world size, a free ``MASTER_PORT``, the attention kernel; and ``trainer.precision=
+auto`` resolved for this machine. The run plan (``lmlab.train.plan``) takes its precision from
+here."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Mapping
+from typing import get_args
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.config import AttentionKernel, ModelConfig
+from lmlab.errors import ConfigError
+from lmlab.train.batch import device_count, world_size
+
+
+def on_cuda(trainer_cfg: DictConfig) -> bool:
+    """Whether the run's accelerator is a CUDA GPU (``auto`` takes one when there is one)."""
+    accelerator = str(trainer_cfg.accelerator)
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def trainer_precisions() -> list[str]:
+    """What ``trainer.precision`` may be: lmlab's ``auto`` and Lightning's own values."""
+    from lightning.fabric.connector import _PRECISION_INPUT  # Lightning's list of them
+
+    values = (str(v) for kind in get_args(_PRECISION_INPUT) for v in get_args(kind))
+    return list(dict.fromkeys(["auto", *values]))
+
+
+def check_trainer_choices(trainer_cfg: DictConfig) -> None:
+    """``trainer.precision``, ``accelerator`` and ``devices`` are values Lightning takes, on
+    any machine: refused here, in one line, rather than by the Trainer once the data is
+    prepared (through a traceback)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    from lmlab.train.distributed import check_strategy
+
+    check_strategy(trainer_cfg)
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if precision not in (allowed := trainer_precisions()):
+        raise ConfigError(f"trainer.precision={precision}: allowed {', '.join(allowed)}")
+    check_strategy_precision(trainer_cfg, precision)
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    names = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+    if isinstance(accelerator, str) and accelerator not in names:
+        raise ConfigError(f"trainer.accelerator={accelerator}: allowed {', '.join(names)}")
+    devices = trainer_cfg.get("devices", "auto")
+    ids = list(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else None
+    text = str(devices).strip()
+    if ids is not None:
+        valid = bool(ids) and all(isinstance(i, int) and i >= 0 for i in ids)
+    elif "," in text:  # "0,1": those device ids
+        valid = all(part.strip().isdigit() for part in text.split(",") if part.strip())
+    else:
+        valid = text == "auto" or text == "-1" or (text.isdigit() and int(text) >= 1)
+    if not valid:
+        shown = str(devices).lower() if isinstance(devices, bool) else devices  # as typed
+        raise ConfigError(
+            f"trainer.devices={shown}: allowed an int >= 1 (that many devices), -1 or auto "
+            "(every one), or a list of device ids ([0, 1] or '0,1')"
+        )
+    if accelerator == "cpu" and not (text == "auto" or text.isdigit()):  # Lightning's rule
+        raise ConfigError(
+            f"trainer.devices={devices} with trainer.accelerator=cpu: allowed an int >= 1 "
+            "(that many processes) or auto (one)"
+        )
+    check_one_process(trainer_cfg)
+
+
+def check_one_process(trainer_cfg: DictConfig) -> None:
+    """``trainer=cpu`` is one process: with ``trainer.devices`` above 1 and no strategy,
+    Lightning quietly ran its own DDP instead, with its defaults, not ``trainer=ddp``'s."""
+    devices = str(trainer_cfg.get("devices", "auto"))
+    strategy = trainer_cfg.get("strategy") or "auto"
+    if trainer_cfg.get("accelerator") != "cpu" or strategy != "auto" or not devices.isdigit():
+        return
+    if int(devices) > 1:
+        raise ConfigError(
+            f"trainer.devices={devices}: trainer=cpu (trainer.accelerator=cpu, no "
+            f"trainer.strategy) trains in one process; for {devices} CPU processes use "
+            f"trainer=ddp trainer.devices={devices} trainer.accelerator=cpu (or trainer=fsdp); "
+            "allowed: 1 or auto"
+        )
+
+
+# What Lightning's ModelParallelStrategy (trainer=fsdp) trains with: the list is local to its
+# AcceleratorConnector._validate_precision_choice (Lightning 2.6), not exposed, so it is
+# stated here; the Trainer raises for any other once the data is prepared.
+MODEL_PARALLEL_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
+
+
+def check_strategy_precision(trainer_cfg: DictConfig, precision: str) -> None:
+    """A precision the configured strategy refuses (``trainer=fsdp`` with ``16-mixed``) is
+    refused here, in one line; lmlab's ``auto`` resolves to one every strategy takes."""
+    from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION as ALIASES
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lmlab.train.distributed import strategy_class
+
+    strategy = strategy_class(trainer_cfg)
+    if precision == "auto" or strategy is None or not issubclass(strategy, ModelParallelStrategy):
+        return
+    if ALIASES.get(precision, precision) not in MODEL_PARALLEL_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision} is not one {strategy.__name__} (trainer=fsdp) "
+            f"trains with: allowed {', '.join(MODEL_PARALLEL_PRECISIONS)}, or auto (bf16-mixed "
+            "on a GPU with bf16, 32-true otherwise)"
+        )
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """A run that asks for a GPU runs on one: ``trainer.accelerator`` gpu or cuda where torch
+    sees none, or ``trainer.devices`` above the GPUs it sees, is refused before any data is
+    read (Lightning would raise once the Trainer is built, through a traceback)."""
+    accelerator = str(trainer_cfg.accelerator)
+    if accelerator not in ("gpu", "cuda"):
+        check_available(accelerator)
+        return
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu
+    if not torch.cuda.is_available() and not mps:
+        build = (
+            f"torch {torch.__version__} is a CPU build"
+            if torch.version.cuda is None
+            else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no device: "
+            "check the driver and CUDA_VISIBLE_DEVICES"
+        )
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch sees none ({build}); "
+            "use trainer=cpu, or trainer.accelerator=auto to take a GPU where there is one"
+        )
+    devices, count = str(trainer_cfg.get("devices", 1)), torch.cuda.device_count()
+    if not mps and devices.isdigit() and int(devices) > count:
+        raise ConfigError(
+            f"trainer.devices={devices} but torch sees {count} CUDA GPU(s) here; "
+            f"use trainer.devices={count} or fewer, or auto (every GPU)"
+        )
+
+
+def check_available(accelerator: str) -> None:
+    """An accelerator Lightning knows but this machine lacks (``tpu`` without torch_xla,
+    ``mps`` off a Mac): refused in one line, as the Trainer would refuse it through a
+    traceback. ``gpu`` and ``cuda`` are ``check_accelerator``'s."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if accelerator == "auto" or accelerator not in AcceleratorRegistry:
+        return  # auto takes what there is; an unknown name is check_trainer_choices'
+    found = AcceleratorRegistry[accelerator]["accelerator"]
+    if accelerator_available(found):
+        return
+    here = ["auto"] + [
+        name
+        for name in sorted(AcceleratorRegistry.available_accelerators())
+        if accelerator_available(AcceleratorRegistry[name]["accelerator"])
+    ]
+    here += ["gpu"] if "cuda" in here or "mps" in here else []
+    raise ConfigError(
+        f"trainer.accelerator={accelerator}: not available on this machine (Lightning's "
+        f"{found.__name__} finds none here); allowed here: {', '.join(here)}"
+    )
+
+
+def accelerator_available(accelerator: type) -> bool:
+    """Lightning's ``is_available()`` of an accelerator class; False where asking fails."""
+    try:
+        return bool(accelerator.is_available())
+    except Exception:  # noqa: BLE001 (a backend that cannot even be asked is not here)
+        return False
+
+
+def launched_processes(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """How many processes a launcher started, as Lightning reads it, and the variable that
+    says so: SLURM's ``SLURM_NTASKS`` under srun (Lightning looks for SLURM first; a job named
+    bash or interactive is not srun's), else torchrun's ``WORLD_SIZE`` (with its
+    ``TORCHELASTIC_RUN_ID``). None where Lightning starts the processes itself: the
+    ``WORLD_SIZE`` it gives its own children comes from this same config."""
+    if "SLURM_NTASKS" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        variable = "SLURM_NTASKS"
+    elif "TORCHELASTIC_RUN_ID" in environ and "WORLD_SIZE" in environ:
+        variable = "WORLD_SIZE"
+    else:
+        return None
+    value = environ[variable].strip()
+    return (variable, int(value)) if value.isdigit() else None
+
+
+def check_world_size(trainer_cfg: DictConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Under a launcher, ``trainer.devices x trainer.num_nodes`` is the number of processes it
+    started: Lightning refuses any other once the data is prepared (one traceback per rank).
+    ``devices`` auto or -1 counts as Lightning counts it on this node (every GPU torch sees, 1
+    on a CPU: ``lmlab.train.batch.device_count``), so torchrun's two CPU processes with
+    ``trainer.devices=auto`` are refused too, as Lightning would refuse them."""
+    launched = launched_processes(environ)
+    planned = world_size(trainer_cfg)
+    if launched is None or launched[1] == planned:
+        return
+    variable, world = launched
+    devices = trainer_cfg.get("devices", "auto")
+    counted = device_count(devices, trainer_cfg.accelerator)
+    here = "" if str(devices).isdigit() else f" ({counted} on this node)"
+    raise ConfigError(
+        f"trainer.devices={devices}{here} x trainer.num_nodes={trainer_cfg.num_nodes} is "
+        f"{planned} process(es), but the launcher started {world} ({variable}={world}): set "
+        "trainer.devices to the processes per node (torchrun --nproc-per-node, SLURM "
+        "--ntasks-per-node) and trainer.num_nodes to the nodes"
+    )
+
+
+def check_master_port(trainer_cfg: DictConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """A ``MASTER_PORT`` another program listens on, in the process that starts the ranks of
+    a single-node run itself (no torchrun, SLURM or other launcher in the environment, no
+    ``LOCAL_RANK``: not one of the ranks it started): rank 0 failed to bind it (recorded only
+    in results.json) and the other ranks waited for it forever, saying nothing. A
+    ``MASTER_ADDR`` that is not this machine's (a store elsewhere) is left alone."""
+    from lmlab.config.resolve import LAUNCHER_VARIABLES
+
+    port = environ.get("MASTER_PORT")
+    if port is None or any(name in environ for name in (*LAUNCHER_VARIABLES, "LOCAL_RANK", "RANK")):
+        return
+    if int(trainer_cfg.get("num_nodes") or 1) != 1 or world_size(trainer_cfg) < 2:
+        return
+    if not port.strip().isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"MASTER_PORT={port}: not a port number; allowed: 1 to 65535, or unset it (a free "
+            "port is chosen)"
+        )
+    if port_in_use(environ.get("MASTER_ADDR") or "127.0.0.1", int(port)):
+        raise ConfigError(
+            f"MASTER_PORT={port} is in use on this machine (another run, or another program): "
+            "unset it (a free port is chosen) or pick another"
+        )
+
+
+def port_in_use(address: str, port: int) -> bool:
+    """Whether ``port`` is taken on this machine, ``address`` being one of its addresses:
+    bound as torch's TCPStore binds it (every interface, SO_REUSEADDR, so a port a finished
+    run left in TIME_WAIT is free). False for an address of another machine, or one that does
+    not resolve (Lightning says so itself)."""
+    try:
+        family, kind, _, _, sockaddr = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False
+    with socket.socket(family, kind) as probe:
+        try:
+            probe.bind((sockaddr[0], 0))
+        except OSError:
+            return False  # not this machine's address: the store is elsewhere
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    """``trainer.precision=auto``: bf16-mixed where the run's accelerator is a GPU with bf16,
+    32-true otherwise (CPUs without native bf16 run bf16 many times slower)."""
+    precision = str(trainer_cfg.precision)
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if on_cuda(trainer_cfg) and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def check_attention_kernel(trainer_cfg: DictConfig, model_cfg: ModelConfig) -> None:
+    """``model.attention_kernel=flex`` trains on CUDA only: torch's FlexAttention has no
+    backward pass on other devices (it raises at the first step)."""
+    if model_cfg.attention_kernel == AttentionKernel.flex and not on_cuda(trainer_cfg):
+        raise ConfigError(
+            f"model.attention_kernel=flex cannot train with trainer.accelerator="
+            f"{trainer_cfg.accelerator} (CUDA available: {torch.cuda.is_available()}): "
+            "FlexAttention has no backward pass off CUDA; use model.attention_kernel=auto "
+            "(FlexAttention on CUDA, SDPA elsewhere) or sdpa"
+        )
