@@ -245,34 +245,6 @@ def eval_record(
     }
 
 
-def checkpoint_digest(path: Path, step: int | None = None) -> str | None:
-    """``model_digest`` of the checkpoint file ``path`` as ``lmlab evaluate`` computes it
-    (``pretrained.load`` with the tokenizer it carries), without building the model: the file
-    is memory-mapped and a few pages of each tensor read. None for a sharded folder
-    (consolidating it reads every shard), a checkpoint that carries no model config or
-    tokenizer, or one not saved at ``step`` (where given). Training records it in
-    results.json, so that ``compare`` can tell this run's ``eval/step<N>.json`` from another
-    model's."""
-    from omegaconf import OmegaConf
-
-    from lmlab.config import ModelConfig
-    from lmlab.infer.checkpoint import is_sharded, read_checkpoint
-    from lmlab.infer.pretrained import model_digest, model_state, stored_tokenizer
-
-    if is_sharded(path) or not path.is_file():
-        return None
-    ckpt = read_checkpoint(path)
-    if not {"model_config", "state_dict", "tokenizer"} <= set(ckpt):
-        return None
-    if step is not None and ckpt.get("global_step") != step:
-        return None
-    cfg = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(ModelConfig), ckpt["model_config"])
-    )
-    tok = stored_tokenizer(ckpt["tokenizer"], f"ckpt={path}")
-    return model_digest(cfg, model_state(ckpt["state_dict"]), tok)
-
-
 def eval_path(ckpt: Path, step: int | None) -> Path:
     """``<run dir>/eval/step<N>.json`` (N: the checkpoint's training step) for a checkpoint in
     ``<run dir>/checkpoints/``, whose checkpoints of one step hold the same weights

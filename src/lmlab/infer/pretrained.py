@@ -147,6 +147,40 @@ def check_vocab(tok: Tokenizer, vocab_size: int, trained: int | None, where: str
 DIGEST_VALUES = 1024
 
 
+def saved_config(ckpt: dict, where: str) -> ModelConfig:
+    """A checkpoint's ``model_config`` as this lmlab's ModelConfig; ``where`` names the
+    checkpoint in the one line that says it does not fit."""
+    try:
+        return OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(ModelConfig), ckpt["model_config"])
+        )
+    except OmegaConfBaseException as err:  # a field this lmlab lacks, or a bad value
+        raise ConfigError(
+            f"{where}: its model_config does not fit this lmlab's ModelConfig ("
+            f"{first_line(err)}): saved by another lmlab version?"
+        ) from None
+
+
+def checkpoint_digest(path: Path, step: int | None = None) -> str | None:
+    """``model_digest`` of the checkpoint file ``path`` as ``load`` computes it with the
+    tokenizer it carries (what ``lmlab evaluate`` records), without building the model: the
+    file is memory-mapped and a few pages of each tensor read. None for a sharded folder
+    (consolidating it reads every shard), a checkpoint that carries no model config or
+    tokenizer, or one not saved at ``step`` (where given). Training records it in
+    results.json, so that ``compare`` can tell this run's ``eval/step<N>.json`` from another
+    model's."""
+    if is_sharded(path) or not path.is_file():
+        return None
+    ckpt = read_checkpoint(path)
+    if not {"model_config", "state_dict", "tokenizer"} <= set(ckpt):
+        return None
+    if step is not None and ckpt.get("global_step") != step:
+        return None
+    where = f"ckpt={path}"
+    tok = stored_tokenizer(ckpt["tokenizer"], where)
+    return model_digest(saved_config(ckpt, where), model_state(ckpt["state_dict"]), tok)
+
+
 def model_digest(cfg: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer) -> str:
     """An identity of what a checkpoint gives, cheap at any size: its model config (less the
     fields that change how, not what, it computes), its tokenizer, and per weight tensor the
@@ -248,15 +282,7 @@ def load(
             "evaluation, probes and conversion read language models; fine-tune it on with "
             "init_from"
         )
-    try:
-        cfg: ModelConfig = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(ModelConfig), ckpt["model_config"])
-        )
-    except OmegaConfBaseException as err:  # a field this lmlab lacks, or a bad value
-        raise ConfigError(
-            f"{key}={path}: its model_config does not fit this lmlab's ModelConfig ("
-            f"{first_line(err)}): saved by another lmlab version?"
-        ) from None
+    cfg = saved_config(ckpt, f"{key}={path}")
     if tokenizer is not None:
         tok = read_tokenizer(Path(tokenizer), cfg.vocab_size, trained_vocab(ckpt))
         check_not_replaced(tok, carried_tokenizer(ckpt), Path(tokenizer), f"{key}={path}")

@@ -138,7 +138,7 @@ def final_digest(trainer: L.Trainer, out_dir: Path) -> dict[str, str]:
     skipped). Of the weights, not the path: a copy of the folder matches too. Left out where
     it cannot be had cheaply (a sharded checkpoint, no checkpoint of the last step) or fails:
     a finished run never fails over it."""
-    from lmlab.infer.harness import checkpoint_digest
+    from lmlab.infer.pretrained import checkpoint_digest
 
     callback = trainer.checkpoint_callback
     saved = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
