@@ -31,8 +31,9 @@ from lmlab.config import (  # noqa: E402
     model_config_dict,
     to_schema,
 )
-from lmlab.data.tokenizer import Specials, train_char  # noqa: E402
+from lmlab.data.tokenizer import Specials, encode, train_bpe, train_char  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
+from lmlab.infer import fill  # noqa: E402
 from lmlab.infer.generation import decode_loop, generate  # noqa: E402
 from lmlab.infer.hf.convert import choose_architecture, from_hf, hf_tokenizer_of, to_hf  # noqa: E402
 from lmlab.infer.pretrained import load  # noqa: E402
@@ -714,6 +715,26 @@ def test_to_hf_keeps_the_tokenizer_a_checkpoint_carries(tmp_path: Path) -> None:
     assert Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).get_vocab() == (
         TOKENIZER.get_vocab()
     )
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_the_exported_tokenizer_reads_masks_and_sentinels_as_fill_does(
+    kind: str, tmp_path: Path
+) -> None:
+    """A masked token or a T5 span brought its own space (byte-level BPE's ``Ġfox``):
+    ``lmlab.infer.fill`` drops the space before a ``<mask>`` or a sentinel, and the exported
+    tokenizer's do too (``lstrip``, as RoBERTa's ``<mask>``), so a fill-mask pipeline reads
+    ``the quick <mask> fox`` as lmlab does, not with a lone space token before the mask."""
+    text = "the quick brown fox jumps over the lazy dog\n" * 20
+    tok = train_bpe([text], 400) if kind == "bpe" else train_char([text])
+    hf_tokenizer_of(tok, Specials.of(tok), Family.t5).save_pretrained(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for prompt, marker, read in [
+        ("the quick <mask> fox", "<mask>", "the quick<mask> fox"),
+        ("the <extra_id_0> fox <extra_id_1>", "<extra_id_", "the<extra_id_0> fox<extra_id_1>"),
+    ]:
+        assert fill._unspaced(prompt, marker) == read
+        assert hf(prompt, add_special_tokens=False)["input_ids"] == encode(tok, read), prompt
 
 
 # --- a trained checkpoint out to transformers, back, and into training -------------------

@@ -431,6 +431,17 @@ def framed(tok: Any, specials: Specials, family: Family | None, segments: bool =
     return copy
 
 
+def stripping_left(tok: Any, names: set[str]) -> Any:
+    """A copy of ``tok`` whose special tokens ``names`` take the whitespace to their left
+    (``lstrip``), as RoBERTa's ``<mask>``: a masked token or a T5 span brings its own space
+    (byte-level BPE's ``Ġfox``), as ``lmlab.infer.fill`` reads a prompt."""
+    spec = json.loads(tok.to_str())
+    for added in spec["added_tokens"]:
+        if added["content"] in names:
+            added["lstrip"] = True
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def steps(processor: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The post-processors (as JSON) that ``processor`` applies, in order."""
     if processor is None:
@@ -448,6 +459,8 @@ def hf_tokenizer_of(
     ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read."""
     transformers = _transformers()
     tok = framed(tok, specials, family, segments)
+    # `the <mask>` reads as lmlab's fill and infill read it, as RoBERTa's <mask> does
+    tok = stripping_left(tok, {specials.mask, *specials.sentinels} - {None})
     inputs = ["input_ids", *(["token_type_ids"] if segments else []), "attention_mask"]
     roles = {
         f"{role}_token": getattr(specials, role)
