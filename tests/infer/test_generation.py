@@ -859,14 +859,65 @@ def test_non_finite_logits_are_one_line_greedy_or_sampled(
     for temperature in (0.0, 0.8):
         with pytest.raises(NonFiniteLogits, match="not finite at generated token 1$"):
             generate(model, ids, 4, temperature, generator=torch.Generator().manual_seed(0))
+    # finite weights whose activations overflow fp16 (|w| = 6e4 < 65504): said at the first
+    # token, naming the dtype
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(6e4)
     save_ckpt(model, tok, ckpt)
     capsys.readouterr()
-    assert run_command("generate", f"ckpt={ckpt}", "prompt=def fib(", "dtype=bf16") == 2
+    assert run_command("generate", f"ckpt={ckpt}", "prompt=def fib(", "dtype=fp16") == 2
     out, err = capsys.readouterr()
     assert out == "def fib(\n" and err == (
         "error: the model's logits are not finite at generated token 1 (checkpoint "
-        f"{ckpt} holds non-finite weights or dtype=bf16 overflows; try dtype=fp32)\n"
+        f"{ckpt} overflows dtype=fp16; try dtype=fp32)\n"
     )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e6])
+def test_weights_that_are_not_finite_are_refused_by_every_reader(
+    value: float, tmp_path: Path, run_command, capsys
+) -> None:
+    """A checkpoint holding nan or inf (a diverged model another tool saved: lmlab's guard
+    saves none) gave nan scores, a nan attention picture and a nan Hugging Face folder
+    silently: generate, probe, evaluate, to_hf and init_from refuse it in one line naming the
+    tensors, before any work. 1e6 is finite in fp32 and bf16 but past fp16's 65504: refused
+    in dtype=fp16, naming it."""
+    ckpt, tok = char_ckpt(tmp_path / "bad.ckpt")
+    model = load(ckpt).model
+    with torch.no_grad():
+        model.blocks[0].attn_res.norm.weight[3] = value
+    save_ckpt(model, tok, ckpt)
+    named = "blocks.0.attn_res.norm.weight (1 of 32)"
+    if value == 1e6:
+        assert load(ckpt).model is not None
+        with pytest.raises(ConfigError) as err:
+            load(ckpt, dtype="fp16")
+        assert str(err.value) == (
+            f"ckpt={ckpt} in dtype=fp16: weights that are not finite (nan or inf): {named}; "
+            "they overflow fp16's range; load them in fp32 or bf16"
+        )
+        return
+    message = (
+        f"weights that are not finite (nan or inf): {named}; a diverged model: lmlab's "
+        "non-finite guard saves none, so another tool wrote or edited it"
+    )
+    for command, args in [
+        ("generate", ["prompt=def fib("]),
+        ("probe", ["text=def fib(", f"out={tmp_path / 'a.png'}"]),
+        ("convert", ["to_hf=" + str(ckpt), f"out={tmp_path / 'hf'}"]),
+        ("evaluate", ["tasks=stdlib_nextline", "limit=2", f"out={tmp_path / 'eval'}"]),
+    ]:
+        key = "to_hf" if command == "convert" else "ckpt"
+        ckpt_arg = [] if command == "convert" else [f"ckpt={ckpt}"]
+        capsys.readouterr()
+        assert run_command(command, *ckpt_arg, *args) == 2, command
+        assert capsys.readouterr().err == f"error: {key}={ckpt}: {message}\n", command
+    assert not any((tmp_path / name).exists() for name in ("a.png", "hf", "eval"))
+    from lmlab.train.init_from import InitFrom, load_weights
+
+    with pytest.raises(ConfigError, match=rf"^init_from={re.escape(str(ckpt))}: weights that"):
+        load_weights(model, InitFrom(ckpt, model.cfg, tok.to_str()))
 
 
 def test_infill_cut_by_max_new_tokens_says_so(

@@ -496,6 +496,15 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
         with pytest.raises(ConfigError, match=rf"{cls} lacks weights .*(lm_head|cls\.pred)"):
             from_hf(str(tmp_path / cls), tmp_path / f"{cls}.ckpt")
         assert not (tmp_path / f"{cls}.ckpt").exists()
+    # published weights holding nan: refused, nothing written (every use would fail on them)
+    diverged = CASES["llama"]()
+    with torch.no_grad():
+        diverged.model.norm.weight[0] = float("nan")
+    diverged.save_pretrained(tmp_path / "nan")
+    named = r"not finite \(nan or inf\): model\.norm\.weight \(1 of 32\); they are so in"
+    with pytest.raises(ConfigError, match=named):
+        from_hf(str(tmp_path / "nan"), tmp_path / "nan.ckpt")
+    assert not (tmp_path / "nan.ckpt").exists()
     (tmp_path / "x.ckpt").write_text("mine")
     with pytest.raises(ConfigError, match="exists"):
         from_hf(str(tmp_path), tmp_path / "x.ckpt")

@@ -117,12 +117,12 @@ def main(argv: list[str]) -> int | None:
             return
         per_mask, filled = fill_mask(pre, text, cfg.top_k or 5)
     except NonFiniteLogits as err:  # one line naming the checkpoint, not multinomial's traceback
-        why = (
-            f"non-finite weights or dtype={cfg.dtype} overflows; try dtype=fp32"
+        why = (  # its weights are finite: load checked them
+            f"overflows dtype={cfg.dtype}; try dtype=fp32"
             if cfg.dtype != "fp32"
-            else "non-finite weights, or it overflows even in fp32"
+            else "overflows even in fp32: finite weights, activations past fp32's range"
         )
-        raise ConfigError(f"{err} (checkpoint {cfg.ckpt} holds {why})") from None
+        raise ConfigError(f"{err} (checkpoint {cfg.ckpt} {why})") from None
     for i, candidates in enumerate(per_mask):
         table = Table(title=f"<mask> {i + 1} of {len(per_mask)}")
         table.add_column("token")

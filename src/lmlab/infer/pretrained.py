@@ -249,6 +249,27 @@ def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) 
         )
 
 
+def check_finite(state: dict[str, torch.Tensor], where: str, why: str | None = None) -> None:
+    """Every weight of ``state`` finite; else one line naming the tensors that are not. A
+    diverged model's nan/inf gives nan scores, pictures and files silently; lmlab's
+    non-finite guard saves none, so by default such a file came from elsewhere (``why``
+    says otherwise, as a dtype's overflow)."""
+    bad = {
+        k: int((~torch.isfinite(v)).sum())
+        for k, v in state.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    }
+    if bad:
+        named = ", ".join(f"{k} ({n} of {state[k].numel()})" for k, n in list(bad.items())[:3])
+        more = f" ... ({len(bad)} tensors in all)" if len(bad) > 3 else ""
+        why = why or (
+            "a diverged model: lmlab's non-finite guard saves none, so another tool wrote or "
+            "edited it"
+        )
+        listed = f"{named}{more}"
+        raise ConfigError(f"{where}: weights that are not finite (nan or inf): {listed}; {why}")
+
+
 def check_source(path: Path, device: str, dtype: str, key: str = "ckpt") -> None:
     """What ``load`` checks before reading: a usable device, a checkpoint file or sharded
     folder at ``path``, a known dtype (cheap: commands check it before slow imports)."""
@@ -299,8 +320,15 @@ def load(
     model = build_model(cfg)
     state = model_state(ckpt["state_dict"])
     check_weights(model, state, f"{key}={path}")
+    check_finite(state, f"{key}={path}")
     model.load_state_dict(state)
     as_stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model.to(device=device, dtype=as_stored if dtype == "auto" else DTYPES[dtype]).eval()
+    if dtype != "auto" and DTYPES[dtype] != as_stored:
+        check_finite(
+            model.state_dict(),
+            f"{key}={path} in dtype={dtype}",
+            f"they overflow {dtype}'s range; load them in fp32 or bf16",
+        )
     digest = model_digest(cfg, state, tok)
     return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest)

@@ -45,7 +45,7 @@ from lmlab.infer.checkpoint import (
     no_checkpoint,
     read_checkpoint,
 )
-from lmlab.infer.pretrained import model_state
+from lmlab.infer.pretrained import check_finite, model_state
 from lmlab.train.rundir import RUN_CONFIG, checkpoints_in
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ def load_weights(
     model keys left at their initialisation)."""
     ckpt = consolidate(init.path) if is_sharded(init.path) else read_checkpoint(init.path)
     state, fresh = model_state(ckpt["state_dict"]), FRESH_PREFIXES[task]
+    check_finite(state, f"init_from={init.path}")
     dropped = sorted(k for k in state if k.startswith(fresh))
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in state.items() if not k.startswith(fresh)}, strict=False

@@ -31,7 +31,7 @@ from lmlab.errors import ConfigError, first_line
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
-from lmlab.infer.pretrained import load
+from lmlab.infer.pretrained import check_finite, load
 from lmlab.model import build_model
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def _from_hf(source: str) -> dict[str, Any]:
         skeleton = build_model(cfg)
     shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
     rules = arch.rules(cfg)
+    check_finite(hf_state, f"from_hf={source}", "they are so in its files; nothing was written")
     state = state_to_lmlab(hf_state, rules, shapes)
     for alias, name in tied_aliases(skeleton).items():
         state[alias] = state[name]
