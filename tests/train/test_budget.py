@@ -16,6 +16,7 @@ from lmlab.train.budget import (
     BudgetConfig,
     BudgetKind,
     budget_params,
+    overshoot,
     resolve_budget,
 )
 from lmlab.train.compose import compose_train
@@ -95,6 +96,19 @@ def test_float_noise_does_not_add_a_step() -> None:
 def test_tokens_budget_rounds_up_to_whole_steps() -> None:
     b = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=1e6), N, TPS, max_steps=1)
     assert (b.steps, b.tokens) == (245, 245 * TPS)  # 1e6 / 4096 = 244.1
+
+
+def test_whole_steps_far_past_the_budget_are_said() -> None:
+    """D just above one global batch trains two: twice what was asked, said (a run's warning,
+    a dry run's plan); the usual rounding (under 10% here: 245 steps for 244.1) is not."""
+    just_over = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=4097), N, TPS, 1)
+    assert overshoot(just_over.as_dict()) == (
+        "+100% past the 4,097 tokens asked (2 whole steps of 4,096)"
+    )
+    usual = resolve_budget(BudgetConfig(kind=BudgetKind.tokens, tokens=1e6), N, TPS, 1)
+    assert overshoot(usual.as_dict()) is None
+    exact = resolve_budget(BudgetConfig(kind=BudgetKind.steps), N, TPS, max_steps=3)
+    assert overshoot(exact.as_dict()) is None
 
 
 def test_a_budget_below_one_step_or_past_a_64_bit_count_is_refused() -> None:

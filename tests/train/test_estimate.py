@@ -189,7 +189,10 @@ def test_processes_on_one_cpu_share_its_cores(
 def test_method_follows_the_documented_threshold(
     step_flops: float, peak: float | None, needed: int, free: int, method: str
 ) -> None:
-    assert choose_method(step_flops, peak, needed, free)[0] == method
+    chosen, why = choose_method(step_flops, peak, needed, free)
+    assert chosen == method
+    # the plan's caption: why the step was timed or not, not a prediction beside the rate
+    assert why.startswith("timed" if method == "measured" else "not timed"), why
 
 
 def test_plan_json_and_table(builds: list, tmp_path: Path) -> None:

@@ -42,6 +42,10 @@ from lmlab.errors import ConfigError
 _STEP_DECIMALS = 6
 
 
+# Whole steps that train more than this share past the D asked for are said (a run's warning,
+# a dry run's plan): below one global batch of D is refused, and just above it overshoots.
+OVERSHOOT_SAID = 0.10
+
 # The most tokens a run may train: the data sampler counts rows (and results.json tokens) in a
 # signed 64-bit integer.
 MAX_TOKENS = 2**63 - 1
@@ -74,6 +78,19 @@ class Budget:
     def as_dict(self) -> dict[str, Any]:
         """Plain types, for ``plan.json``, ``results.json`` and loggers."""
         return {**asdict(self), "kind": self.kind.value, "params": self.params.value}
+
+
+def overshoot(budget: dict[str, Any]) -> str | None:
+    """``"+100% past the 4,097 tokens asked (2 whole steps of 4,096)"`` where whole steps
+    train more than ``OVERSHOOT_SAID`` past the budget's D (a ``Budget.as_dict``); else None.
+    An isoFLOP run then sits that far above the C it was given."""
+    over = budget["tokens"] / budget["target_tokens"] - 1
+    if over <= OVERSHOOT_SAID:
+        return None
+    return (
+        f"{over:+.0%} past the {budget['target_tokens']:,.0f} tokens asked "
+        f"({budget['steps']:,} whole steps of {budget['tokens_per_step']:,})"
+    )
 
 
 def target_tokens(cfg: BudgetConfig, n_params: int, tokens_per_step: int, max_steps: int) -> float:

@@ -37,7 +37,7 @@ from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
 from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.data.packing import prepared_vocab_size
 from lmlab.model import build_model, flops_per_token, param_breakdown
-from lmlab.train.budget import Budget, budget_params, resolve_budget
+from lmlab.train.budget import Budget, budget_params, overshoot, resolve_budget
 from lmlab.train.hardware import peak_flops, precision_dtype
 from lmlab.train.machine import on_cuda
 from lmlab.train.plan import make_plan, meta_model
@@ -103,14 +103,20 @@ def choose_method(
 ) -> tuple[str, str]:
     """``("measured" | "estimated" | "unavailable", why)`` as in the module docstring."""
     if free_bytes is not None and needed_bytes > MEASURE_MEMORY_FRACTION * free_bytes:
-        why = f"a training step needs ~{needed_bytes / 2**30:.1f} GiB, too much to measure"
+        why = f"not timed: a training step needs ~{needed_bytes / 2**30:.1f} GiB, too much"
         return ("estimated" if peak else "unavailable"), why
     if peak is None:
-        return "measured", "unknown device peak; the step fits in memory"
+        return "measured", "timed: unknown device peak, and the step fits in memory"
     step_seconds = step_flops / (peak * ASSUMED_MFU)
     if step_seconds < MEASURE_MAX_STEP_SECONDS:
-        return "measured", f"one step should take ~{step_seconds:.2g} s"
-    why = f"one step would take ~{step_seconds:.3g} s (> {MEASURE_MAX_STEP_SECONDS:g} s)"
+        return "measured", (  # why it was timed, not a prediction: the table has the rate
+            f"timed, as a step at the assumed {ASSUMED_MFU:.0%} MFU was expected to take "
+            f"~{step_seconds:.2g} s (under {MEASURE_MAX_STEP_SECONDS:g} s)"
+        )
+    why = (
+        f"not timed: a step at the assumed {ASSUMED_MFU:.0%} MFU would take "
+        f"~{step_seconds:.3g} s (> {MEASURE_MAX_STEP_SECONDS:g} s)"
+    )
     return "estimated", why
 
 
@@ -295,7 +301,8 @@ def plan_table(plan: dict[str, Any]) -> Table:
         "budget": f"{budget['kind']}, N = {budget['params']} params ({budget['n_params']:,})",
         "tokens per step": f"{plan['tokens_per_step']:,}",
         "steps": f"{plan['steps']:,}",
-        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / budget['n_params']:,.3g} per param)",
+        "tokens": f"{plan['tokens']:,} ({plan['tokens'] / budget['n_params']:,.3g} per param)"
+        + (f"; {over}" if (over := overshoot(budget)) else ""),
         "FLOPs (6ND)": f"{plan['flops']:.3g}",
         "FLOPs per token": f"{plan['flops_per_token']:.3g}",
         f"tokens/s ({speed['method']})": _maybe(

@@ -32,6 +32,7 @@ from lmlab.config import (
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
+from lmlab.train.budget import overshoot
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
 from lmlab.train.estimate import plan_from_cfg, plan_table
@@ -393,6 +394,13 @@ def _fit(
     corpus = {key: meta[key] for key in CORPUS_RECORD if key in meta} if meta else None
     plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec, corpus)
     warn_repeated_rows(plan.batch.rows, len(dm.train_rows))
+    if over := overshoot(plan.budget.as_dict()):
+        log.warning(
+            "the budget trains %s tokens, %s: a smaller global batch (data.batch_size, "
+            "trainer.accumulate_grad_batches) fits it closer",
+            f"{plan.budget.tokens:,}",
+            over,
+        )
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
         saved = (ckpt.get("run_state") or {}) if ckpt else {}
