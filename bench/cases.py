@@ -130,7 +130,10 @@ def train_case(model: str, precision: str, steps: int) -> CaseFn:
             Stat("step", "ms/step", step_ms),
             Stat("Throughput callback", "tok/s", callback_tps),
         ]
-        note = f"{s.steps(steps)} steps x {log.tokens_per_step:,} tokens per run"
+        # the row's own peak: a run of some train cases keeps the other rows, measured against
+        # another run's peak
+        note = f"{s.steps(steps)} steps x {log.tokens_per_step:,} tokens per run; MFU against "
+        note += f"the {label} matmul peak measured in the same run, {peak / 1e9:,.1f} GFLOP/s"
         return [CaseResult("train", f"{model} {label}", stats, note)]
 
     return run
@@ -665,9 +668,9 @@ INTROS = {
         "(everything a step costs: data, forward, backward, clipping, AdamW, hooks, logging, "
         "progress bar), the first 2 steps left out. MFU = tokens/s x FLOPs per token "
         "(`lmlab.model.flops_per_token`) / the matmul peak that "
-        "`lmlab.train.hardware.measure_cpu_matmul_flops` measured in this run "
-        "(n = 1024, `x @ w.T`, "
-        "the layout `F.linear` uses): {fp32} fp32, {bf16} bf16. 'Throughput callback' is "
+        "`lmlab.train.hardware.measure_cpu_matmul_flops` measured in the same benchmark run "
+        "(n = 1024, `x @ w.T`, the layout `F.linear` uses, fp32 or bf16 as the row), which "
+        "each row's note gives. 'Throughput callback' is "
         "results.json's `tokens_per_second` (mean time inside the batch hooks only)."
     ),
     "overhead": (

@@ -10,7 +10,15 @@
 
 Each case runs ``--repeats`` times and reports the median with min and max. BENCHMARKS.md has
 one section per group; a run replaces the sections of the groups it measured and keeps the
-others, so ``--only`` updates part of the file.
+others, so ``--only`` updates part of the file. A run of only some of a group's cases (``--only
+train_gpt_tiny_fp32``, or cases ``--budget`` left out) rewrites that group's rows of the cases
+it measured and keeps the others, the note of each kept row saying which earlier run measured
+it; a group none of whose cases ran keeps its section as it was, and a run that measured
+nothing leaves the file alone. Lines of a section that the report does not write
+(hand-written notes) are kept. The header describes the latest run and names the sections it
+measured; each section's 'Measured' line says when, where and at which commit. The GPU cases
+(``--only gpu``: ``make bench-gpu``) are refused without CUDA unless ``--quick``, which runs
+them shrunk on the CPU to check that they work.
 """
 
 from __future__ import annotations
@@ -36,13 +44,21 @@ import torch  # noqa: E402
 
 from bench.cases import CASES, INTROS, Settings  # noqa: E402
 from bench.report import (  # noqa: E402
+    NOT_RUN,
     CaseResult,
     git_commit,
     machine_lines,
+    machine_summary,
+    parse_section,
     render,
     render_section,
+    sections_of,
     summary_line,
 )
+
+
+class Refused(ValueError):
+    """An argument that cannot work, said in one line before any case runs (exit 2)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,30 +93,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def select(only: str | None) -> list[str]:
     """Case names in run order: the default set, or the named cases and groups."""
-    if not only:
+    if only is None:
         return [name for name, case in CASES.items() if case.default]
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    unknown = [w for w in wanted if w not in CASES and w not in {c.group for c in CASES.values()}]
+    groups = list(dict.fromkeys(c.group for c in CASES.values()))
+    choices = f"choose from the groups {', '.join(groups)} or the cases {', '.join(CASES)}"
+    if not wanted:
+        raise Refused(f"--only {only!r}: names no case or group; {choices}")
+    unknown = [w for w in wanted if w not in CASES and w not in groups]
     if unknown:
-        choices = ", ".join(CASES)
-        raise SystemExit(f"error: unknown case {', '.join(unknown)}; choose from {choices}")
+        raise Refused(f"--only {only}: unknown case or group {', '.join(unknown)}; {choices}")
     # a group selects its default cases, or all of them when none is in the default set (gpu)
     default_groups = {c.group for c in CASES.values() if c.default}
     in_group = lambda c: c.group in wanted and (c.default or c.group not in default_groups)  # noqa: E731
     return [n for n, c in CASES.items() if n in wanted or in_group(c)]
 
 
-def gflops(flops: float) -> str:
-    return f"{flops / 1e9:,.1f} GFLOP/s"
-
-
-def intro(group: str, s: Settings) -> str:
-    if group != "train":
-        return INTROS.get(group, "")
-    return INTROS["train"].format(
-        fp32=gflops(s.peak("32-true")),
-        bf16=gflops(s.peak("bf16-mixed")),
-    )
+def checked(args: argparse.Namespace, out_file: Path | None) -> list[str]:
+    """The cases to run, once every argument is known to work: a case's numbers must not be
+    lost at the end, nor a GPU case's full shapes run on a CPU and reported as a GPU's."""
+    if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
+        raise Refused(f"--out {args.out}: a file in an existing folder")
+    for flag, value in (("--repeats", args.repeats), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise Refused(f"{flag} {value}: allowed an int >= 1")
+    if args.budget is not None and not args.budget > 0:  # 0 is a budget spent, not no budget
+        raise Refused(f"--budget {args.budget:g}: allowed a number of seconds > 0")
+    names = select(args.only)
+    gpu = [n for n in names if CASES[n].group == "gpu"]
+    if gpu and not args.quick and not torch.cuda.is_available():
+        raise Refused(
+            f"--only {args.only}: the gpu cases need CUDA, which this machine lacks "
+            "(torch.cuda.is_available() is False); allowed without it: --quick (the cases "
+            "shrunk to a smoke check) or the other groups"
+        )
+    return names
 
 
 def run_cases(names: list[str], s: Settings) -> list[CaseResult]:
@@ -109,7 +136,7 @@ def run_cases(names: list[str], s: Settings) -> list[CaseResult]:
     for name in names:
         case, t0, load = CASES[name], time.time(), os.getloadavg()[0]
         if not s.time_left():
-            results.append(CaseResult(case.group, name, skipped="not run: --budget spent"))
+            results.append(CaseResult(case.group, name, skipped=NOT_RUN, case=name))
             print(summary_line(results[-1]), flush=True)
             continue
         try:
@@ -118,6 +145,7 @@ def run_cases(names: list[str], s: Settings) -> list[CaseResult]:
             traceback.print_exc()
             out = [CaseResult(case.group, name, skipped=f"failed: {type(err).__name__}: {err}")]
         for r in out:
+            r.case = name
             r.note = "; ".join(x for x in (r.note, f"load average {load:.1f} at the start") if x)
             print(summary_line(r), flush=True)
         print(f"  ({name}: {time.time() - t0:.0f} s)", flush=True)
@@ -134,47 +162,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and not args.quick:
         args.out = ROOT / "BENCHMARKS.md"
     out_file = args.out.resolve() if args.out is not None else None
-    if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
-        print(f"error: --out {args.out}: a file in an existing folder", file=sys.stderr)
-        return 2  # before any case runs: its numbers would have nowhere to go
-    for flag, value in (("--repeats", args.repeats), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            print(f"error: {flag} {value}: allowed an int >= 1", file=sys.stderr)
-            return 2
+    try:
+        names = checked(args, out_file)
+    except Refused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     profile = args.profile.resolve() if args.profile else None  # before the chdir below
     os.chdir(ROOT)  # the configs' relative paths (the Shakespeare text) start here
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = select(args.only)
     repeats = args.repeats or (1 if args.quick else 3)
     work = Path(tempfile.mkdtemp(prefix="lmlab-bench-"))
     started = time.time()
-    deadline = started + args.budget if args.budget else math.inf
+    deadline = started + args.budget if args.budget is not None else math.inf
     s = Settings(work=work, repeats=repeats, quick=args.quick, profile=profile, deadline=deadline)
     header = machine_lines(ROOT)
+    measured = (
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} at commit {git_commit(ROOT)} on "
+        f"{machine_summary()} with {torch.get_num_threads()} torch thread(s)"
+        + (" (`--quick`: smoke numbers, not benchmarks)." if args.quick else ".")
+    )
     try:
         results = run_cases(names, s)
-        measured = (
-            f"Measured {time.strftime('%Y-%m-%d %H:%M')} at commit {git_commit(ROOT)} with "
-            f"{torch.get_num_threads()} torch thread(s)"
-            + (" (`--quick`: smoke numbers, not benchmarks)." if args.quick else ".")
-        )
-        groups = list(dict.fromkeys(r.group for r in results))
-        sections = {
-            g: render_section(g, [r for r in results if r.group == g], measured, intro(g, s))
-            for g in groups
-        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if out_file is None:
         print("--quick: no report written (--out FILE writes one)")
-        return _exit_code(results)
+    elif all(r.skipped == NOT_RUN for r in results):
+        print(f"no case was measured (--budget): {out_file} left as it was")
+    else:
+        header.append(
+            f"- this run: `python bench/run.py {' '.join(argv or sys.argv[1:])}`".rstrip()
+        )
+        header.append(f"- wall time of this run: {time.time() - started:,.0f} s")
+        write_report(out_file, results, measured, header)
+    return _exit_code(results)
+
+
+def write_report(
+    out_file: Path, results: list[CaseResult], measured: str, header: list[str]
+) -> None:
+    """Rewrite ``out_file``: the sections of the groups this run measured (whole, or the rows
+    of the cases it measured beside the others' earlier rows), the other sections as they were."""
     previous = out_file.read_text() if out_file.exists() else ""
-    header.append(f"- this run: `python bench/run.py {' '.join(argv or sys.argv[1:])}`".rstrip())
-    header.append(f"- wall time of this run: {time.time() - started:,.0f} s")
+    old = sections_of(previous)
+    done = {r.case for r in results if r.skipped != NOT_RUN}
+    sections, labels = {}, []
+    for group in dict.fromkeys(r.group for r in results):
+        ours = [r for r in results if r.group == group]
+        whole = set(select(group)) <= done
+        sections[group] = render_section(
+            group, ours, measured, INTROS.get(group, ""), old.get(group, ""), whole
+        )
+        if sections[group] == old.get(group):
+            continue  # none of its cases ran: the section stays as it was
+        fresh = ", ".join(dict.fromkeys(r.name for r in ours if r.skipped != NOT_RUN))
+        labels.append(group if whole else f"{group} ({fresh} only)")
+        if group in old and (kept := parse_section(old[group]).handwritten):
+            print(f"kept {len(kept)} hand-written line(s) in section {group}: do they still hold?")
+    header.append(f"- sections this run measured: {'; '.join(labels)}")
     out_file.write_text(render(header, sections, previous))
     print(f"wrote {out_file}")
-    return _exit_code(results)
 
 
 def _exit_code(results: list[CaseResult]) -> int:

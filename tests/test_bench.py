@@ -3,10 +3,12 @@ report. Behaviour only: speed itself is measured by ``make bench``, never assert
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lmlab.config import CONF_DIR
@@ -17,11 +19,13 @@ sys.path.insert(0, str(CONF_DIR.parent))  # the repository root: bench/ is not i
 from bench.harness import BENCH_OVERRIDES, StepLog, run_lmlab  # noqa: E402
 from bench.plain_loop import plain_fit  # noqa: E402
 from bench.report import (  # noqa: E402
+    NOT_RUN,
     CaseResult,
     Stat,
     markdown_table,
     render,
     render_section,
+    sections_of,
     summary_line,
 )
 from bench.run import select  # noqa: E402
@@ -136,6 +140,163 @@ def test_a_partial_run_replaces_only_its_own_sections() -> None:
     assert after.index("## Training") < after.index("## Data")
 
 
+# fake cases: key -> (group, row name, wall time)
+SUITE = {"a": ("train", "alpha", 1.0), "b": ("train", "beta", 2.0), "c": ("data", "gamma", 3.0)}
+TENFOLD = {key: (group, name, 10 * value) for key, (group, name, value) in SUITE.items()}
+
+
+def fake_cases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, values: dict) -> list[str]:
+    """bench.run's CASES replaced by ``values``' cases (group, row name, wall time), each of
+    which returns its one row at once; the list returned records the cases run, in order."""
+    import bench.run as bench_run
+    from bench.cases import Case
+
+    ran: list[str] = []
+
+    def case(key: str, group: str, name: str, value: float) -> Case:
+        def run(s) -> list[CaseResult]:
+            ran.append(key)
+            return [CaseResult(group, name, [Stat("wall", "s", [value])])]
+
+        return Case(run, group, default=group != "gpu")
+
+    cases = {key: case(key, *spec) for key, spec in values.items()}
+    monkeypatch.setattr(bench_run, "CASES", cases)
+    monkeypatch.setattr(bench_run, "ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # main() moves to ROOT; the test's directory comes back
+    return ran
+
+
+def test_a_run_of_some_of_a_groups_cases_keeps_its_other_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``--only <case>`` rewrites that case's rows, not its group's: the others stay, each
+    saying which run measured it, and so does a hand-written note; other groups are as they were."""
+    from bench.run import main
+
+    out = tmp_path / "B.md"
+    fake_cases(monkeypatch, tmp_path, SUITE)
+    assert main(["--out", str(out)]) == 0
+    by_hand = "- by hand: beta ran on a quiet machine"
+    out.write_text(out.read_text().replace("\n<!-- cases:", f"\n{by_hand}\n<!-- cases:", 1))
+    ran = fake_cases(monkeypatch, tmp_path, TENFOLD)
+    assert main(["--only", "a", "--out", str(out)]) == 0 and ran == ["a"]
+    text = out.read_text()
+    train = sections_of(text)["train"]
+    assert "| alpha | wall (s) | 10.00 |" in train and "| alpha | wall (s) | 1.00 |" not in train
+    assert "| beta | wall (s) | 2.00 |" in train  # kept, in its place
+    assert train.index("| alpha |") < train.index("| beta |")
+    assert re.search(
+        r"\n- beta: .*; from an earlier run: measured \d{4}-\d\d-\d\d .* at commit ", train
+    )
+    assert "\nRows from this run: alpha; " in train and by_hand in train
+    assert "| gamma | wall (s) | 3.00 |" in text  # data: not measured, kept
+    assert "- sections this run measured: train (alpha only)" in text
+    assert "kept 1 hand-written line(s) in section train" in capsys.readouterr().out
+    # the whole group again: every row is this run's, the hand-written note still kept
+    assert main(["--only", "train", "--out", str(out)]) == 0
+    train = sections_of(out.read_text())["train"]
+    assert "| beta | wall (s) | 20.00 |" in train and "earlier run" not in train
+    assert "Rows from this run" not in train and by_hand in train
+
+
+def test_a_cases_earlier_rows_are_replaced_by_it_under_another_name() -> None:
+    """Rows are named by what a case measured (its shapes, which --quick shrinks): the section
+    records which case wrote which rows, so a later run of that case leaves none of them."""
+
+    def row(name: str, case: str) -> CaseResult:
+        return CaseResult("gpu", name, [Stat("wall", "s", [1.0])], case=case)
+
+    full = [row("gpt_small 12x1024", "gpu_a"), row("fsdp", "gpu_b")]
+    before = render_section("gpu", full, "Measured 2026-12-01 at commit abc.", "")
+    after = render_section(
+        "gpu", [row("gpt_tiny 2x64", "gpu_a")], "Measured now.", "", before, False
+    )
+    assert "| gpt_tiny 2x64 |" in after and "gpt_small" not in after
+    assert (
+        "| fsdp |" in after
+        and "- fsdp: from an earlier run: measured 2026-12-01 at commit abc" in after
+    )
+
+
+def test_cases_that_budget_left_out_keep_their_earlier_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``--budget``: a case not run measured nothing, so its rows stay as an earlier run left
+    them; a group none of whose cases ran keeps its section, and a run of none the file."""
+    from bench.cases import Settings
+    from bench.run import main
+
+    out = tmp_path / "B.md"
+    fake_cases(monkeypatch, tmp_path, SUITE)
+    assert main(["--out", str(out)]) == 0
+    before = out.read_text()
+    monkeypatch.setattr(Settings, "time_left", lambda self: False)
+    assert main(["--budget", "60", "--out", str(out)]) == 0
+    assert out.read_text() == before and "left as it was" in capsys.readouterr().out
+    starts = iter([True])  # time for the first case only
+    monkeypatch.setattr(Settings, "time_left", lambda self: next(starts, False))
+    ran = fake_cases(monkeypatch, tmp_path, TENFOLD)
+    assert main(["--budget", "60", "--out", str(out)]) == 0 and ran == ["a"]
+    text = out.read_text()
+    assert sections_of(text)["data"] == sections_of(before)["data"]
+    train = sections_of(text)["train"]
+    assert "| alpha | wall (s) | 10.00 |" in train and "| beta | wall (s) | 2.00 |" in train
+    assert "not run" not in train  # beta's earlier numbers stand for it
+    # a case left out that has no earlier rows says so
+    section = render_section(
+        "gpu", [CaseResult("gpu", "gpu_x", skipped=NOT_RUN, case="gpu_x")], "m", ""
+    )
+    assert "| gpu_x | skipped: not run: --budget spent |" in section
+    assert (
+        render_section("gpu", [CaseResult("gpu", "gpu_x", skipped=NOT_RUN)], "m", "", section)
+        == section
+    )
+
+
+def test_gpu_cases_are_refused_without_cuda_unless_quick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Without CUDA the GPU cases would run their full shapes on the CPU and report a CPU's
+    numbers as the GPU's; ``--quick`` (a smoke check of their code) still runs them."""
+    from bench.run import main
+
+    ran = fake_cases(monkeypatch, tmp_path, {"gpu_x": ("gpu", "x", 1.0), **SUITE})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "B.md"
+    for only in ("gpu", "gpu_x", "c,gpu_x"):
+        assert main(["--only", only, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --only {only}: the gpu cases need CUDA" in err and "--quick" in err
+    assert ran == [] and not out.exists()
+    assert main(["--quick", "--only", "gpu", "--out", str(out)]) == 0 and ran == ["gpu_x"]
+
+
+def test_empty_or_unknown_selections_and_budgets_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Exit 2 and one line naming the option, its value and what is allowed, like --repeats 0:
+    an empty --only is no selection (not the default set), --budget 0 is not 'no budget'."""
+    from bench.run import main
+
+    ran = fake_cases(monkeypatch, tmp_path, {"a": SUITE["a"]})
+    for argv, message in [
+        (["--only", ""], "error: --only '': names no case or group; choose from the groups train"),
+        (["--only", ","], "error: --only ',': names no case or group"),
+        (
+            ["--only", "nosuch"],
+            "error: --only nosuch: unknown case or group nosuch; choose from "
+            "the groups train or the cases a",
+        ),
+        (["--budget", "0"], "error: --budget 0: allowed a number of seconds > 0"),
+        (["--budget", "-5"], "error: --budget -5: allowed a number of seconds > 0"),
+    ]:
+        assert main(["--quick", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    assert ran == []
+
+
 def test_bad_arguments_are_refused_before_any_case_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -159,8 +320,11 @@ def test_case_selection() -> None:
     assert select("shakespeare") == ["shakespeare"]
     assert select("overhead") == ["overhead", "overhead_small"]  # a group name
     assert all(n.startswith("train_") for n in select("train"))
-    with pytest.raises(SystemExit, match="unknown case nope"):
+    with pytest.raises(ValueError, match="unknown case or group nope; choose from the groups "):
         select("nope")
+    for empty in ("", ",", " , "):  # an empty selection is refused, not the default set
+        with pytest.raises(ValueError, match="names no case or group"):
+            select(empty)
 
 
 def test_profile_sorts_each_sample_into_one_part_of_the_step() -> None:
