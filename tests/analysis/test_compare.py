@@ -20,7 +20,7 @@ from rich.console import Console
 from lmlab.analysis import compare as cmp
 from lmlab.analysis import multirun as mrun
 from lmlab.analysis import ranking
-from lmlab.analysis.runs import dry_runs, load_runs
+from lmlab.analysis.runs import dry_runs, load_runs, not_runs
 from lmlab.cli.compare import main as compare_main
 from lmlab.config import CONF_DIR
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
@@ -261,7 +261,7 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
         knobs = mrun.varying_knobs(runs)
         rows = ranking.aggregate(runs, "val_loss", knobs=knobs)
         cells = table_cells(render(cmp.render_table(rows, knobs, "val_loss")))
-        assert [c[-1].split(":")[0] for c in cells[-3:]] == ["KILLED", "RUNNING", "RUNNING"]
+        assert [c[-1].split(" (")[0] for c in cells[-3:]] == ["KILLED", "RUNNING", "RUNNING"]
         lines = ranking.summarize(rows, "val_loss")
         assert "2 of 8 runs still running (bottom of the table): compare again when they end" in (
             lines
@@ -493,8 +493,9 @@ def test_rendered_table_order_follows_losses(multirun: Path) -> None:
         ["-", "post", "gelu"],
     ]
     assert cells[1][3] == "3.1200 ± 0.0200" and cells[1][4] == "3"
-    assert cells[-1][3] == "FAILED" and cells[-1][-1].startswith("FAILED: RuntimeError: CUDA")
-    assert len(cells[-1][-1]) <= len("FAILED: ") + ranking.ERROR_WIDTH
+    # the failed seed's folder: the knobs name the variant only
+    assert cells[-1][3] == "FAILED" and cells[-1][-1].startswith("FAILED (5): RuntimeError: CUDA")
+    assert len(cells[-1][-1]) <= len("FAILED (5): ") + ranking.ERROR_WIDTH
     assert table.rows[0].style == "bold green"
 
 
@@ -558,7 +559,7 @@ def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
     rows = ranking.aggregate(runs, "val_loss", knobs=mrun.varying_knobs(runs))
     cells = table_cells(render(cmp.render_table(rows, mrun.varying_knobs(runs), "val_loss")))
     assert cells[-1][:4] == ["-", "post", "gelu", "PREEMPTED"]
-    assert cells[-1][-1] == "PREEMPTED: stopped by SIGTERM/SIGUSR1 after saving x"
+    assert cells[-1][-1] == "PREEMPTED (5): stopped by SIGTERM/SIGUSR1 after saving x"
     lines = ranking.summarize(rows, "val_loss")
     assert not any("runs failed" in line for line in lines), lines
     assert (
@@ -795,17 +796,20 @@ def test_compare_replaces_only_its_own_outputs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command
 ) -> None:
     """A user's own compare.json or compare.png in the output folder is refused before the
-    table, byte for byte as it was (both were overwritten). compare's own outputs, marked
-    PNGs and the unmarked ones earlier versions wrote beside their compare.json, are
-    replaced on the next run."""
+    table, byte for byte as it was (both were overwritten). compare's own outputs (the PNG
+    known by its mark) are replaced on the next run; a PNG without the mark is the user's,
+    even beside compare's own compare.json (it was overwritten)."""
     multirun = make_multirun(tmp_path / "multirun")
     assert run_command("compare", multirun) == 0  # writes both
     png = (multirun / "compare.png").read_bytes()
     assert b"lmlab compare" in png
     assert run_command("compare", multirun) == 0  # its own: replaced
-    (multirun / "compare.png").write_bytes(png.replace(b"lmlab compare", b"lmlab-compare"))
-    assert run_command("compare", multirun) == 0  # unmarked, beside compare's own JSON
+    mine = png.replace(b"lmlab compare", b"lmlab-compare")  # a PNG compare did not mark
+    (multirun / "compare.png").write_bytes(mine)
     capsys.readouterr()
+    assert run_command("compare", multirun) == 2  # beside compare's own JSON, still the user's
+    assert "compare.png exists and is not compare's own output" in capsys.readouterr().err
+    assert (multirun / "compare.png").read_bytes() == mine
     for name, mine in [("compare.json", b'{"mine": 1}\n'), ("compare.png", b"notes\n")]:
         out = tmp_path / f"out-{name}"
         out.mkdir()
@@ -830,7 +834,8 @@ def test_main_all_failed_prints_failures_and_exits_1(
     jobs = [("pre", "gelu", 1, None, None), ("post", "gelu", 1, None, None)]
     assert compare_main([str(make_multirun(tmp_path, jobs))]) == 1
     captured = capsys.readouterr()
-    assert captured.out.count("FAILED: RuntimeError: CUDA out of memory") == 2
+    assert captured.out.count("): RuntimeError: CUDA out of memory") == 2
+    assert "FAILED (0): " in captured.out and "FAILED (1): " in captured.out
     assert captured.err.startswith(
         f"error: no completed run under {tmp_path} (2 failed: RuntimeError: CUDA out of memory"
     )
@@ -852,7 +857,7 @@ def test_no_completed_run_says_so_not_unknown_metric(
     assert run_command("compare", tmp_path) == 1
     captured = capsys.readouterr()
     assert captured.err == f"error: no completed run under {tmp_path} (1 failed: {error})\n"
-    assert "FAILED: ConfigError: budget=steps" in captured.out
+    assert "FAILED (steps0): ConfigError: budget=steps" in captured.out
     killed(tmp_path / "sweep")  # its job 0 refused before training, job 1 killed
     assert run_command("compare", tmp_path) == 1
     assert capsys.readouterr().err == (
@@ -876,7 +881,7 @@ def test_list_valued_knobs_and_errors_with_brackets_show_in_the_table(
     assert compare_main([str(root)]) == 0
     cells = table_cells(capsys.readouterr().out)
     assert [c[1] for c in cells] == ["[a,b]", "[c]", "[d]"]
-    assert cells[-1][-1] == f"FAILED: {error}"
+    assert cells[-1][-1] == f"FAILED (2): {error}"
 
 
 def test_cli_script_runs_from_any_directory(multirun: Path, tmp_path: Path) -> None:
@@ -1231,3 +1236,270 @@ def test_chinchilla_budgets_promise_equal_compute_only_at_equal_n(tmp_path: Path
     (line,) = compute_notes([("small", small), ("big batch", run(100_000, 65536))])
     assert line.startswith("warning: unequal compute: budget=chinchilla promised 2 runs C = 1.2e12")
     assert "budget.tokens_per_param" in line
+
+
+# --------------------------------------------------------------------------- QA: names, folders
+
+
+def set_config(job: Path, **sections: dict) -> None:
+    """Merge ``sections`` (``data={"tokenizer": "bpe"}``) into a job's .hydra/config.yaml."""
+    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def set_results(job: Path, **values: object) -> None:
+    results = json.loads((job / "results.json").read_text())
+    (job / "results.json").write_text(json.dumps(results | values))
+
+
+@pytest.mark.parametrize(
+    "metric", ["val/loss", "val/perplexity", "train/loss", "val/bits_per_byte"]
+)
+def test_a_loss_by_its_metrics_csv_name_is_checked_for_its_objective(
+    tmp_path: Path, metric: str
+) -> None:
+    """``--metric val/loss`` named a GPT the winner over a BERT, which ``val_loss`` refuses
+    to rank: a loss by its metrics.csv name is the same loss."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    set_config(root / "0", model={"family": "gpt"})
+    set_config(root / "1", model={"family": "bert"})
+    rows = ranking.aggregate(load_runs(root), metric)
+    assert [r.rank for r in rows] == [None, None]
+    assert all(r.value(metric) is not None for r in rows)
+    (first, *_) = ranking.summarize(rows, metric)
+    assert first.startswith(
+        f"no winner: the runs differ in model.family: bert, gpt, so their {metric}"
+    )
+
+
+@pytest.mark.parametrize("metric", ["val/loss", "train/loss", "val/perplexity"])
+def test_a_per_token_loss_by_its_metrics_csv_name_warns_of_other_tokenizers(
+    tmp_path: Path, metric: str
+) -> None:
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    set_config(root / "0", data={"tokenizer": "char"})
+    set_config(root / "1", data={"tokenizer": "bpe"})
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), metric), metric)
+    warned = [line for line in lines if line.startswith("warning: the runs differ in")]
+    assert len(warned) == 1 and "data.tokenizer" in warned[0], lines
+    assert f"their tokens differ and {metric} (per token)" in warned[0]
+
+
+def test_throughput_by_its_metrics_csv_name_ranks_and_prints_as_its_results_json_name(
+    multirun: Path,
+) -> None:
+    """perf/tokens_per_second ranked the slowest variant first and printed 1089.00 where
+    tokens_per_second prints 1.09k; perf/mfu ranked lower first too."""
+    for metric in ("perf/tokens_per_second", "perf/mfu"):
+        assert mrun.higher_is_better(metric) is mrun.higher_is_better(metric[5:]) is True
+    rows = cmp.compare(multirun, metric="perf/tokens_per_second")
+    assert rows[0].label == "norm_placement=post, activation=relu"  # 3000 tokens/s
+    assert ranking.fmt(1089.0, "perf/tokens_per_second") == "1.09k"
+    assert ranking.fmt_stat(ranking.Stat(2000.0, 100.0, 3), "perf/tokens_per_second") == "2k ± 100"
+
+
+def test_the_higher_is_better_help_names_every_metric_ranked_higher_first() -> None:
+    """The help said "higher for eval accuracies, lower for everything else" while
+    throughput and a fine-tuned task's accuracies rank higher first too."""
+    from lmlab.cli.compare import build_parser
+
+    (action,) = [a for a in build_parser()._actions if "--higher-is-better" in a.option_strings]
+    for metric in sorted(mrun.HIGHER_RUN_METRICS):
+        assert metric in action.help, metric
+    assert "lower for everything else" not in action.help or "throughput" in action.help
+
+
+def test_runs_validated_on_different_rows_get_a_warning(tmp_path: Path) -> None:
+    """data.batch_size=2,4 validates limit_val_batches x micro-batch rows: val_tokens 1024 and
+    2048, and compare named a winner without a word."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    set_results(root / "0", val_tokens=1024)
+    set_results(root / "1", val_tokens=2048)
+    for metric in ("val_loss", "val/loss", "val_bits_per_byte"):
+        lines = ranking.summarize(ranking.aggregate(load_runs(root), metric), metric)
+        warned = [line for line in lines if "val_tokens" in line]
+        assert warned == [
+            "warning: the runs were validated on different numbers of target tokens (val_tokens "
+            "1024: norm_placement=pre, activation=gelu; 2048: norm_placement=post, "
+            f"activation=relu), so {metric} compares different validation rows as much as the "
+            "variants; validate every run on the same rows (the same data.batch_size x "
+            "trainer.limit_val_batches, or final_val_batches=1.0 for the whole held-out split)"
+        ], lines
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "mfu"), "mfu")
+    assert not [line for line in lines if "val_tokens" in line]
+    set_results(root / "1", val_tokens=1024)
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    assert not [line for line in lines if "val_tokens" in line]
+
+
+def test_masked_token_runs_of_other_seeds_are_not_warned_of_their_val_tokens(
+    tmp_path: Path,
+) -> None:
+    """BERT draws its validation masks with the run's seed: seeds of one variant score other
+    counts of tokens on the same rows. Runs of one seed are compared."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:2] + JOBS[3:4])  # seeds 1, 2 and 1
+    for job, tokens in (("0", 150), ("1", 160), ("2", 150)):
+        set_config(root / job, model={"family": "bert"})
+        set_results(root / job, val_tokens=tokens)
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    assert not [line for line in lines if "val_tokens" in line], lines
+    set_results(root / "2", val_tokens=300)  # seed 1 of the other variant: other rows
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    assert [line for line in lines if "val_tokens 150: " in line and "300: " in line], lines
+
+
+def test_the_plot_says_why_a_row_with_a_value_is_unranked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compare.png labelled rows of different objectives "no val_loss" beside a table that
+    shows their val_loss."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text as MplText
+
+    from lmlab.analysis import compare_plot
+
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
+    set_config(root / "0", model={"family": "gpt"})
+    set_config(root / "1", model={"family": "bert"})
+    drawn: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    compare_plot.plot(rows, tmp_path / "compare.png", "val_loss")
+    texts = [t.get_text() for t in drawn[0].findobj(MplText)]
+    assert texts.count("unranked: objectives differ") == 2, texts
+    assert "no val_loss" not in texts
+    cells = table_cells(render(cmp.render_table(rows, ["model.activation"], "val_loss")))
+    assert [c[-1] for c in cells] == ["unranked: objectives differ"] * 2
+
+
+def test_a_stray_results_json_is_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command, monkeypatch
+) -> None:
+    """``mkdir misc; echo '{"a":1}' > misc/results.json`` in a sweep's folder counted as a
+    FAILED run ("1 of 5 runs failed") and added knob columns; it is left out with a warning.
+    A results.json with a status is a run's even alone (docs/isoflop, lmlab scaling's input)."""
+    monkeypatch.setenv("COLUMNS", "250")
+    root = make_multirun(tmp_path / "sweep", JOBS[:5])
+    (root / "misc").mkdir()
+    (root / "misc" / "results.json").write_text('{"a": 1}\n')
+    assert [p.name for p in not_runs(root)] == ["misc"]
+    runs = load_runs(root)
+    assert [r.dir.name for r in runs] == ["0", "1", "2", "3", "4"]
+    assert mrun.varying_knobs(runs) == ["model.norm_placement", "model.activation"]
+    assert run_command("compare", root) == 0
+    out = capsys.readouterr().out
+    assert "failed" not in out and "FAILED" not in out
+    assert (
+        "warning: left out 1 folder(s) whose results.json no run wrote (misc): no .hydra/ or "
+        "plan.json beside it, and no status in it"
+    ) in out
+    assert json.loads((root / "compare.json").read_text())["summary"][-1].startswith(
+        "warning: left out 1 folder(s)"
+    )
+    alone = tmp_path / "alone" / "C2e12_N1"  # results.json alone, as docs/isoflop ships it
+    alone.mkdir(parents=True)
+    (alone / "results.json").write_text(json.dumps(results_for(3.1, 2000.0, 1, "alone")))
+    assert [r.dir.name for r in load_runs(tmp_path / "alone")] == ["C2e12_N1"]
+    assert run_command("compare", root / "misc") == 2
+    assert "not written by a run" in capsys.readouterr().err
+
+
+def test_n_counts_the_values_and_a_dropped_value_is_said(
+    multirun: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """One seed's val_loss nan: the row showed n 3 over a mean ± std of 2 values, and
+    nothing said a value was left out."""
+    monkeypatch.setenv("COLUMNS", "250")
+    (multirun / "1" / "results.json").write_text(
+        (multirun / "1" / "results.json").read_text().replace('"val_loss": 3.12', '"val_loss": NaN')
+    )
+    assert compare_main([str(multirun)]) == 0
+    out = capsys.readouterr().out
+    (cells,) = [c for c in table_cells(out) if c[1:3] == ["pre", "gelu"]]
+    assert cells[3:5] == ["3.1200 ± 0.0283", "2"]  # the mean of 3.10 and 3.14: 2 values
+    assert (
+        "note: norm_placement=pre, activation=gelu: val_loss of 1 of its 3 runs is missing or "
+        "not finite (1: nan), left out of its mean ± std and n, which are over the other 2"
+    ) in out
+    (row,) = [
+        r
+        for r in json.loads((multirun / "compare.json").read_text())["rows"]
+        if r["label"] == "norm_placement=pre, activation=gelu"
+    ]
+    assert row["n"] == row["metrics"]["val_loss"]["n"] == 2 and len(row["runs"]) == 3
+    gelu = row_by(ranking.aggregate(load_runs(multirun), "val_loss"), "pre", "gelu")
+    assert (gelu.n, gelu.count("val_loss"), gelu.stats["val_loss"].n) == (3, 2, 2)
+
+
+def write_multirun_yaml(root: Path, task: list[str], sweeper: str = "basic") -> None:
+    targets = {
+        "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+        "optuna": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    }
+    hydra = {
+        "sweep": {"dir": str(root), "subdir": "${hydra.job.num}"},
+        "sweeper": {"_target_": targets[sweeper], "params": None},
+        "overrides": {"hydra": [f"hydra.sweep.dir={root}"], "task": task},
+    }
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra, "seed": 1}))
+
+
+def test_the_jobs_a_stopped_sweep_never_started_are_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command, monkeypatch
+) -> None:
+    """A 2 x 2 sweep stopped during its job 1: compare said nothing of jobs 2 and 3, which
+    its multirun.yaml's grid holds. An Optuna sweep's trials are not known: nothing said."""
+    root = make_multirun(tmp_path / "sweep", JOBS[:1] + JOBS[3:4])
+    set_results(root / "1", status="preempted", error="stopped by SIGTERM")
+    grid = ["model.norm_placement=pre,post", "model.activation=gelu,relu", "+debug=smoke"]
+    write_multirun_yaml(root, grid)
+    monkeypatch.setenv("COLUMNS", "400")  # the note on one line
+    assert run_command("compare", root) == 0
+    out = capsys.readouterr().out
+    line = (
+        "note: 2 of the 4 jobs of the sweep (its multirun.yaml's grid) have no folder "
+        "(job 2, 3): never started: the sweep stopped before them; python src/train.py -m "
+        f"<same overrides> resume=auto hydra.sweep.dir={root} runs them"
+    )
+    assert line in out.splitlines()
+    assert line in json.loads((root / "compare.json").read_text())["summary"]
+    fd = hold_lock(root / SWEEP_LOCK_FILE, "4545")  # the sweep goes on: they are to come
+    try:
+        (note,) = cmp.folder_notes(root)
+        assert note.endswith("(job 2, 3): not started yet: the sweep still runs (pid 4545)")
+    finally:
+        import os
+
+        os.close(fd)
+    write_multirun_yaml(root, ["model.activation=gelu,relu"])  # 2 jobs, 2 folders
+    assert cmp.folder_notes(root) == []
+    write_multirun_yaml(root, grid, sweeper="optuna")
+    assert cmp.folder_notes(root) == []
+    write_multirun_yaml(root, grid)
+    parent = tmp_path / "sweeps"  # a parent of the sweep: its folder named
+    shutil.move(root, parent / "a")
+    (note,) = cmp.folder_notes(parent)
+    assert note.startswith("note: 2 of the 4 jobs of the sweep in a (its multirun.yaml's grid)")
+
+
+def test_knob_floats_read_as_typed_and_copies_are_named_from_the_compared_folder(
+    tmp_path: Path,
+) -> None:
+    """optim.lr=1e5 showed as 100000.0; copies in two sweeps of one parent were named by
+    their own folders' names, (0, 1) for b/0 and b/1."""
+    jobs = [("pre", "gelu", 1, 3.1, 2000.0), ("pre", "relu", 1, 3.2, 2000.0)]
+    for sweep in ("a", "b"):
+        make_multirun(tmp_path / sweep, jobs)
+    for job, lr in (("a/0", "1e5"), ("a/1", "3e-4"), ("b/0", "100000.0"), ("b/1", "3e-4")):
+        overrides = yaml.safe_load((tmp_path / job / ".hydra" / "overrides.yaml").read_text())
+        overrides.append(f"optim.lr={lr}")
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    runs = load_runs(tmp_path)
+    assert [mrun.knob_value(run, "optim.lr") for run in runs] == ["1e5", "0.0003"] * 2
+    rows = ranking.aggregate(runs, "val_loss")
+    assert [r.label for r in rows] == ["activation=gelu, lr=1e5", "activation=relu, lr=0.0003"]
+    lines = ranking.summarize(rows, "val_loss", root=tmp_path)
+    notes = [line for line in lines if "copies or repeats" in line]
+    assert [n.split("counted (")[1].split(")")[0] for n in notes] == ["b/0", "b/1"], notes

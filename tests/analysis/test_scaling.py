@@ -24,9 +24,11 @@ from lmlab.analysis.scaling_fit import (
     fit_isoflop,
     fit_parametric,
     group_by_budget,
+    isoflop_profiles,
     n_of,
     optimal_allocation,
     predict_loss,
+    target_allocation,
 )
 from lmlab.cli.scaling import main as scaling_main
 from lmlab.config import CONF_DIR
@@ -191,6 +193,214 @@ def test_concave_profile_reports_no_minimum() -> None:
     assert iso["budgets"][0]["status"].startswith("no minimum")
     assert "N_opt" not in iso["budgets"][0]
     assert all("N_opt" in p for p in iso["budgets"][1:])
+
+
+@pytest.mark.parametrize("loss", [6.3, 4.2, 3.0])
+def test_flat_profiles_have_no_minimum(loss: float, tmp_path: Path) -> None:
+    """Every run at one loss: the parabola's quadratic coefficient is float noise (~1e-16), whose
+    sign decided between "ok" with an absurd vertex and "no minimum". Its rise across the
+    sampled N is far within the losses' precision (1e-6 x the loss): flat, no minimum, for
+    every budget, so approach 2 is skipped. Approach 3 fits the constant with arbitrary A, B,
+    alpha, beta: a note says the losses do not spread."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5)
+    for run in runs:
+        run["val_loss"] = loss
+    profiles = isoflop_profiles(runs)
+    assert [p["status"].split(" (")[0] for p in profiles] == ["flat, no minimum"] * 3
+    assert not any("N_opt" in p for p in profiles)
+    with pytest.raises(ScalingError, match=r"found 0 of 3 budgets .*\(flat, no minimum: C=1e18"):
+        fit_isoflop(runs)
+    result = analyze(write_runs(tmp_path, runs))
+    assert result["approach2"]["status"] == "skipped"
+    spread = f"approach 3: the 15 losses span {loss:g} to {loss:g} (log max/min 0 < the Huber"
+    assert [n for n in result["notes"] if n.startswith(spread)], result["notes"]
+
+
+def test_curvature_within_the_scatter_is_flat() -> None:
+    """Five sizes at log10 N = 6 + (-2, -1, 0, 1, 2), loss 3 + 0.01 x^2 + s (1, -4, 6, -4, 1):
+    the pattern s is orthogonal to 1, x and x^2 over these points, so least squares returns the
+    quadratic coefficient 0.01 exactly and leaves s as the residual: variance 70 s^2 / (5 - 3),
+    standard error of the coefficient sqrt(35 s^2 / 14) = 1.58 s (sum of (x^2 - 2)^2 is 14).
+    s = 0.01: 0.63 standard errors, within the scatter: flat. s = 0.001: 6.3, a minimum at
+    N = 1e6 (inside the sampled range)."""
+    x = np.arange(-2, 3)
+    pattern = np.array([1, -4, 6, -4, 1])
+    for scatter, status in ((0.01, "flat, no minimum"), (0.001, "ok")):
+        runs = [
+            {"params": 10.0 ** (6 + xi), "flops": 1e18, "val_loss": 3 + 0.01 * xi**2 + scatter * e}
+            for xi, e in zip(x, pattern, strict=True)
+        ]
+        (profile,) = isoflop_profiles(runs)
+        assert profile["coeffs"][0] == pytest.approx(0.01, rel=1e-9)
+        assert profile["status"].split(" (")[0] == status, profile["status"]
+    assert profile["N_opt"] == pytest.approx(1e6, rel=1e-6) and not profile["extrapolated"]
+
+
+def test_good_fits_have_no_warnings(noisy_result: dict[str, Any]) -> None:
+    """The Chinchilla data: exponents in (0, 1), E well above 0, losses that spread."""
+    assert noisy_result["approach2"]["warnings"] == []
+    assert noisy_result["approach3"]["warnings"] == []
+    assert not [n for n in noisy_result["notes"] if n.startswith(("approach", "target"))]
+
+
+DOCS = CONF_DIR.parent / "docs"
+
+
+def test_shipped_sweep_fits_are_flagged_and_the_figure_is_reproduced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_command
+) -> None:
+    """docs/isoflop, with the README's redraw command (--target-flops 1e15): approach 2's
+    b < 0 (D_opt shrinking with compute) and approach 3's E at its bound 0 are notes, as is
+    that its 20 runs have no config to check their loss by; docs/scaling.json is what the
+    command writes now. Small D/N print to significant figures (0.0564, not 0.1). Its
+    N_opt ~ C^1.43 overflows a float past C = 10^224: a target there is an error, exit 2,
+    nothing written (it was an OverflowError)."""
+    assert (
+        scaling_main([str(DOCS / "isoflop"), "--out", str(tmp_path), "--target-flops", "1e15"]) == 0
+    )
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "scaling.json").read_text())
+    notes = saved["notes"]
+    assert notes[0].startswith("the 20 runs have no .hydra/config.yaml")
+    assert any(
+        n.startswith("approach 2: a=1.43, b=-0.431: an exponent outside (0, 1)") for n in notes
+    )
+    assert any(n.startswith("approach 3: E=") and "sits at its bound 0" in n for n in notes)
+    assert saved["approach3"]["status"] == "ok"  # fitted; the notes say what to make of it
+    assert "(ok, see notes)" in out and "note: approach 3: E=" in out
+    assert "0.0564" in out  # approach 2's D/N at 1e15
+    shipped = json.loads((DOCS / "scaling.json").read_text())
+    assert (shipped["n_key"], shipped["target"]["flops"]) == (saved["n_key"], 1e15)
+    assert shipped["notes"] == notes
+    for approach, key in [("approach2", "a"), ("approach3", "alpha"), ("approach3", "beta")]:
+        assert shipped[approach][key] == pytest.approx(saved[approach][key], rel=1e-4), key
+    far = tmp_path / "far"
+    assert run_command("scaling", DOCS / "isoflop", "--out", far, "--target-flops", "1e300") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: target_flops=1e+300 is beyond approach 2's power laws")
+    assert err.endswith("<= C <= 10^224.4\n") and err.count("\n") == 1
+    assert not (far / "scaling.json").exists()
+
+
+def test_runs_without_a_config_are_noted(tmp_path: Path) -> None:
+    """A results.json does not name the run's family, task or tokenizer: runs without a
+    .hydra/config.yaml are fitted (docs/isoflop's are such), with a note counting them, so a
+    BERT run among config-less GPT runs is no longer fitted silently."""
+    import yaml
+
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    assert scan_runs(root)[2] == [
+        "the 15 runs have no .hydra/config.yaml (results.json alone, which does not name them), "
+        "so their objective (model.family, task.kind), corpus and tokenizer could not be "
+        "checked against each other's: make sure they measure one loss"
+    ]
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    (jobs[0] / ".hydra").mkdir()
+    (jobs[0] / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"family": "bert"}}))
+    (note,) = scan_runs(root)[2]
+    assert note.startswith("14 of the 15 runs have no .hydra/config.yaml")
+    assert "checked against the others'" in note
+    assert note in analyze(root)["notes"]
+    for job in jobs[1:]:
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"family": "bert"}}))
+    assert scan_runs(root)[2] == []
+    # a results.json no run wrote (no status, nothing of lmlab's beside it) is left out, said
+    (root / "misc").mkdir()
+    (root / "misc" / "results.json").write_text('{"a": 1}')
+    runs, _, notes = scan_runs(root)
+    assert len(runs) == 15 and notes == [
+        "left out 1 folder(s) whose results.json no run wrote (misc): no .hydra/ or plan.json "
+        "beside it, and no status in it"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "default"),
+    [("max_bytes", 1_000_000, None), ("val_fraction", 0.1, 0.05), ("split", "test", "train")],
+)
+def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_together(
+    tmp_path: Path, key: str, value: Any, default: Any
+) -> None:
+    """data.max_bytes trains another tokenizer on another slice, data.val_fraction holds out
+    other documents: other tokens, another validation set, another loss. Refused by scaling,
+    warned of by compare (for bits per byte too: the text differs, not only its tokens). A
+    config without the key ran at its default and compares equal to one that names it."""
+    import yaml
+
+    from lmlab.analysis.ranking import tokenizer_notes
+    from lmlab.analysis.runs import load_runs
+
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    for i, job in enumerate(jobs):
+        data = {"vocab_size": 4096} | ({key: default} if i % 2 else {})  # the default, or absent
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    assert scan_runs(root)[2] == []
+    assert tokenizer_notes(load_runs(root), "val_loss") == []
+    (jobs[0] / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {key: value}}))
+    with pytest.raises(ScalingError, match=rf"differ in data\.{key}: ") as info:
+        scan_runs(root)
+    assert f"{value} (1)" in str(info.value) and f"{default} (14)" in str(info.value)
+    for metric in ("val_loss", "val_bits_per_byte"):
+        (warning,) = tokenizer_notes(load_runs(root), metric)
+        assert warning.startswith(f"warning: the runs differ in data.{key}, so they were validated")
+
+
+def test_unlabelled_runs_join_a_labelled_budget_within_tolerance() -> None:
+    """A run without budget_flops (budget=tokens, or a results.json from before the field)
+    whose flops lie within 10% of a sweep's labelled budget is on that isoFLOP profile; it used
+    to form a profile of its own ("too few sizes (1 < 3)"), and a sweep with budget_flops
+    missing from half its runs split each budget in two."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5)
+    extra = dict(runs[2], flops=runs[2]["budget_flops"] * 1.065)
+    del extra["budget_flops"]
+    groups = group_by_budget([*runs, extra])
+    assert [(budget, len(group)) for budget, group in groups] == [
+        (BUDGETS[0], 6),
+        (BUDGETS[1], 5),
+        (BUDGETS[2], 5),
+    ]
+    half = [
+        r if i % 2 else {k: v for k, v in r.items() if k != "budget_flops"}
+        for i, r in enumerate(runs)
+    ]
+    assert [(b, len(g)) for b, g in group_by_budget(half)] == [(b, 5) for b in BUDGETS[:3]]
+    far = dict(extra, flops=runs[2]["budget_flops"] * 1.2)  # beyond 10%: a budget of its own
+    assert len(group_by_budget([*runs, far])) == 4
+
+
+def test_a_target_beyond_the_laws_reach_is_refused_in_one_line() -> None:
+    """N_opt = 1e-14 C^1.5 stays below float64's 1.8e308 (less a factor 10 of margin:
+    10^307.25) up to C = 10^((307.25 + 14) / 1.5) = 10^214.2; a target beyond is a one-line
+    error naming the value and the budgets allowed, not an OverflowError."""
+    iso = {
+        "a": 1.5,
+        "b": -0.5,
+        "N_opt_law": {"k": 1e-14, "exponent": 1.5},
+        "D_opt_law": {"k": 1e14 / 6, "exponent": -0.5},
+        "loss_law": None,
+    }
+    assert target_allocation(1e200, iso, None)["approach2"]["N_opt"] == pytest.approx(1e286)
+    with pytest.raises(ScalingError) as info:
+        target_allocation(1e300, iso, None)
+    message = str(info.value)
+    assert message.startswith("target_flops=1e+300 is beyond approach 2's power laws")
+    assert message.endswith("<= C <= 10^214.2") and "\n" not in message
+
+
+def test_a_far_target_is_a_note_and_the_figure_is_drawn(tmp_path: Path) -> None:
+    """C = 1e200 from budgets up to 1e21: its allocation is finite, but 1e179 times the data;
+    a note says so, and the figure is drawn with the frontier panel on the data's budgets (the
+    axes stretched to 1e200 overflowed matplotlib's tick locator)."""
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.002, budgets=BUDGETS[:3], sizes=5))
+    for target, far in ((1e200, ["3.16e+180 times above"]), (1e22, [])):  # 316x: near enough
+        result = analyze(root, target_flops=target, out=tmp_path / str(target))
+        notes = [n for n in result["notes"] if n.startswith("target C=")]
+        assert [n.split(" is ")[1][:21] for n in notes] == far
+        assert (tmp_path / str(target) / "scaling.png").stat().st_size > 10_000
+        assert result["target"]["approach2"]["N_opt"] < math.inf
 
 
 def test_missing_dir_and_empty_dir(tmp_path: Path) -> None:
@@ -464,17 +674,21 @@ def test_scaling_replaces_only_its_own_outputs(
 ) -> None:
     """A user's own scaling.json or scaling.png in the output folder (the multirun folder,
     or --out's) is refused before any fit, in one line, exit 2, and kept byte for byte (both
-    were overwritten). scaling's own outputs, marked PNGs and the unmarked ones earlier
-    versions wrote beside their scaling.json, are replaced on the next run: compare's rule."""
+    were overwritten). scaling's own outputs are replaced on the next run; a PNG is its own
+    by its mark alone, so an unmarked one beside scaling's own JSON (a user's figure put in
+    its place) is refused and kept too: compare's rule."""
     root = write_runs(tmp_path / "multirun", chinchilla_runs(0.002, budgets=BUDGETS[:3], sizes=5))
     assert run_command("scaling", root) == 0  # writes both
     png = (root / "scaling.png").read_bytes()
     assert b"lmlab scaling" in png
     assert run_command("scaling", root) == 0  # its own: replaced
-    (root / "scaling.png").write_bytes(png.replace(b"lmlab scaling", b"lmlab-scaling"))
-    assert run_command("scaling", root) == 0  # unmarked, beside scaling's own JSON
-    assert b"lmlab scaling" in (root / "scaling.png").read_bytes()
+    unmarked = png.replace(b"lmlab scaling", b"lmlab-scaling")
+    (root / "scaling.png").write_bytes(unmarked)
     capsys.readouterr()
+    assert run_command("scaling", root) == 2  # unmarked, beside scaling's own JSON: kept
+    assert "scaling.png exists and is not scaling's own output" in capsys.readouterr().err
+    assert (root / "scaling.png").read_bytes() == unmarked
+    (root / "scaling.png").unlink()
 
     def no_fit(*args: Any) -> None:
         raise AssertionError("fitted before the outputs were checked")

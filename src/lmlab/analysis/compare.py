@@ -26,11 +26,21 @@ from lmlab.analysis.compute import is_moe
 from lmlab.analysis.multirun import MISSING, CompareError, short_names, varying_knobs
 from lmlab.analysis.multirun import higher_is_better as default_direction
 from lmlab.analysis.outputs import Outputs
-from lmlab.analysis.ranking import EXTRA_COLUMNS, Row, aggregate, fmt_stat, summarize, truncate
-from lmlab.analysis.runs import dry_runs, load_runs
+from lmlab.analysis.ranking import (
+    EXTRA_COLUMNS,
+    Row,
+    aggregate,
+    fmt_stat,
+    run_folder,
+    summarize,
+    truncate,
+    unranked_reason,
+)
+from lmlab.analysis.runs import dry_runs, load_runs, not_runs_note, unlaunched_jobs
 
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
 JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
+# a compare.png without compare's mark is a user's, even beside compare's own compare.json
 OUTPUTS = Outputs("compare", JSON_KEYS, CREATOR)
 # Extra columns left out first when the terminal is narrow.
 DROP_ORDER = ("wall_seconds", "tokens", "flops", "params", "active_params", "val_bits_per_byte")
@@ -46,15 +56,18 @@ def render_table(
     *,
     higher_is_better: bool = False,
     width: int | None = None,
+    root: Path | None = None,
 ) -> Table:
-    """The comparison as a Rich table, rows in the given order, the winner in bold green.
+    """The comparison as a Rich table, rows in the given order, the winner in bold green; a
+    row that did not complete names its run's folder, relative to ``root`` (the compared
+    folder).
 
     Given the console ``width``, the least important extra columns (wall s, tokens, ...) are
     left out until the table fits; rank, knobs, metric and n are always shown unwrapped."""
     names = short_names(knobs)
     titles = ["#", *(names.get(k, k) for k in knobs or ["variant"]), metric, "n"]
-    extras = _fit_extras(rows, knobs, metric, titles, width)
-    cells = [_cells(row, knobs, metric, extras) for row in rows]
+    extras = _fit_extras(rows, knobs, metric, titles, width, root)
+    cells = [_cells(row, knobs, metric, extras, root) for row in rows]
     runs = sum(r.n for r in rows)
     direction = "higher" if higher_is_better else "lower"
     # Rich reads a str as markup: "[a,b]" (a list-valued knob) would show as nothing. Names
@@ -74,12 +87,17 @@ def render_table(
 
 
 def _fit_extras(
-    rows: Sequence[Row], knobs: Sequence[str], metric: str, titles: list[str], width: int | None
+    rows: Sequence[Row],
+    knobs: Sequence[str],
+    metric: str,
+    titles: list[str],
+    width: int | None,
+    root: Path | None = None,
 ) -> list[str]:
     """The extra columns that fit in ``width`` (the status column may wrap down to 24)."""
     extras = extra_columns(rows, metric)
     while width is not None:
-        cells = [_cells(row, knobs, metric, extras) for row in rows]
+        cells = [_cells(row, knobs, metric, extras, root) for row in rows]
         all_titles = [*titles, *(EXTRA_COLUMNS[k] for k in extras), "status"]
         widths = [max([len(t), *(len(c[i]) for c in cells)]) for i, t in enumerate(all_titles)]
         widths[-1] = min(widths[-1], 24)
@@ -97,21 +115,22 @@ def extra_columns(rows: Sequence[Row], metric: str) -> list[str]:
     return [k for k in EXTRA_COLUMNS if k != metric and (moe or k != "active_params")]
 
 
-def _cells(row: Row, knobs: Sequence[str], metric: str, extras: list[str]) -> list[str]:
+def _cells(
+    row: Row, knobs: Sequence[str], metric: str, extras: list[str], root: Path | None = None
+) -> list[str]:
     knob_cells = [row.knobs[k] for k in knobs] if knobs else [row.label]
     if row.status == "failed":
         main = row.runs[0].state.upper()  # FAILED, or RUNNING, KILLED, PREEMPTED, ...
-        status = f"{main}: {truncate(row.error or '')}"
+        # which seed's folder: the knobs name the variant only
+        status = f"{main} ({run_folder(row.runs[0], root)}): {truncate(row.error or '')}"
     else:
         main = fmt_stat(row.stats[metric], metric)
-        status = "ok" if row.rank is not None else f"no {metric}"
-        if row.rank is None and row.value(metric) is not None:
-            status = "unranked"  # another objective than the other rows' (summarize)
+        status = "ok" if row.rank is not None else unranked_reason(row, metric)
     return [
         str(row.rank) if row.rank is not None else MISSING,
         *knob_cells,
         main,
-        str(row.n),
+        str(row.count(metric)),  # the values the mean ± std is over (dropped_notes)
         *(fmt_stat(row.stats[key], key) for key in extras),
         status,
     ]
@@ -143,6 +162,30 @@ def none_completed(rows: Sequence[Row], root: Path) -> str | None:
     return f"no completed run under {root} ({tally}: {why})"
 
 
+def folder_notes(root: Path) -> list[str]:
+    """Lines about the compared folder rather than its runs: the folders left out because no
+    run wrote their results.json (``runs.not_runs``), and the jobs of a sweep's grid that have
+    no folder (``runs.unlaunched_jobs``: a sweep stopped before it launched them)."""
+    note = not_runs_note(root)
+    lines = [f"warning: {note}"] if note else []
+    for sweep in unlaunched_jobs(root):
+        where = "" if sweep.sweep == root else f" in {sweep.sweep.relative_to(root)}"
+        known = [m for m in sweep.missing if m != "?"]
+        which = f" (job {', '.join(known)})" if known else ""
+        if sweep.holder is not None:
+            why = f"not started yet: the sweep still runs (pid {sweep.holder})"
+        else:
+            why = (
+                "never started: the sweep stopped before them; python src/train.py -m <same "
+                f"overrides> resume=auto hydra.sweep.dir={sweep.sweep} runs them"
+            )
+        lines.append(
+            f"note: {len(sweep.missing)} of the {sweep.jobs} jobs of the sweep{where} (its "
+            f"multirun.yaml's grid) have no folder{which}: {why}"
+        )
+    return lines
+
+
 def to_json(
     rows: Sequence[Row],
     knobs: Sequence[str],
@@ -150,27 +193,29 @@ def to_json(
     *,
     higher_is_better: bool = False,
     root: Path | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The comparison as JSON-ready data (NaN/inf become null)."""
+    """The comparison as JSON-ready data (NaN/inf become null); ``notes``: the lines about
+    the folder itself (:func:`folder_notes`), after the summary's."""
     winner = next((r.label for r in rows if r.rank == 1), None)
     return {
         "metric": metric,
         "higher_is_better": higher_is_better,
         "knobs": list(knobs),
         "winner": winner,
-        "summary": summarize(rows, metric, higher_is_better),
-        "rows": [_row_json(row, root) for row in rows],
+        "summary": [*summarize(rows, metric, higher_is_better, root), *notes],
+        "rows": [_row_json(row, metric, root) for row in rows],
     }
 
 
-def _row_json(row: Row, root: Path | None) -> dict[str, Any]:
+def _row_json(row: Row, metric: str, root: Path | None) -> dict[str, Any]:
     return {
         "rank": row.rank,
         "label": row.label,
         "knobs": row.knobs,
         "status": row.status,
         "error": row.error,
-        "n": row.n,
+        "n": row.count(metric),  # as the table's n: the values of the metric, not the runs
         "seeds": [run.seed for run in row.runs],
         "runs": [str(run.dir.relative_to(root) if root else run.dir) for run in row.runs],
         "metrics": {
@@ -196,7 +241,7 @@ def compare(
     ``compare.json`` into ``out`` (default: the multirun dir) and, given a Console, print the
     table and the winner summary. Returns the rows, best first, failed runs last.
     ``higher_is_better=None`` takes the metric's default direction (higher for eval
-    accuracies, lower otherwise: ``multirun.higher_is_better``)."""
+    accuracies and throughput, lower otherwise: ``multirun.higher_is_better``)."""
     if higher_is_better is None:
         higher_is_better = default_direction(metric)
     root = Path(path)
@@ -205,13 +250,16 @@ def compare(
     OUTPUTS.check(out_dir, CompareError)  # a user's compare.json or .png: refused, kept
     knobs = varying_knobs(runs)
     rows = aggregate(runs, metric, higher_is_better=higher_is_better, knobs=knobs)
+    notes = folder_notes(root)
     if console is not None:
         table = render_table(
-            rows, knobs, metric, higher_is_better=higher_is_better, width=console.width
+            rows, knobs, metric, higher_is_better=higher_is_better, width=console.width, root=root
         )
         console.print(table)
-        for line in summarize(rows, metric, higher_is_better):
+        for line in summarize(rows, metric, higher_is_better, root):
             console.print(Text(line, style="bold green" if line.startswith("winner") else ""))
+        for line in notes:
+            console.print(Text(line))
         planned = [str(d.relative_to(root)) for d in dry_runs(root)]
         if planned:
             console.print(
@@ -221,7 +269,7 @@ def compare(
                     style="dim",
                 )
             )
-    data = to_json(rows, knobs, metric, higher_is_better=higher_is_better, root=root)
+    data = to_json(rows, knobs, metric, higher_is_better=higher_is_better, root=root, notes=notes)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot(rows, out_dir / "compare.png", metric, higher_is_better=higher_is_better)

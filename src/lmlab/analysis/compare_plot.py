@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from lmlab.analysis.multirun import Run, curve_column
-from lmlab.analysis.ranking import Row, fmt_stat, truncate
+from lmlab.analysis.ranking import Row, fmt_stat, truncate, unranked_reason
 
 CREATOR = "lmlab compare"  # compare.png's mark: a file without it is not replaced
 
@@ -132,12 +132,14 @@ def _plot_bars(
     for i, row in ranked:
         value, std = row.value(metric) or 0.0, row.stats[metric].std
         ax.barh(i, value - left, left=left, xerr=std, color=colors[i], capsize=4)
-        text = fmt_stat(row.stats[metric], metric) + (f" (n={row.n})" if row.n > 1 else "")
+        n = row.count(metric)  # the values the mean ± std is over, as the table's n
+        text = fmt_stat(row.stats[metric], metric) + (f" (n={n})" if n > 1 else "")
         ax.text(value + (std or 0.0) + 0.01 * (right - left), i, text, va="center", fontsize=8)
     for i, row in enumerate(rows):
         if row.rank is None:
             ax.barh(i, right - left, left=left, color="whitesmoke", hatch="//", edgecolor="grey")
-            word = row.runs[0].state.upper() if row.status == "failed" else f"no {metric}"
+            failed = row.status == "failed"
+            word = row.runs[0].state.upper() if failed else unranked_reason(row, metric)
             x = left + 0.02 * (right - left)
             ax.text(x, i, word, va="center", fontsize=9, color="dimgrey", weight="bold")
     ax.set_yticks(range(len(rows)), [textwrap.fill(r.label, 38) for r in rows], fontsize=8)

@@ -163,22 +163,35 @@ HIGHER_EVAL_METRICS = frozenset(
 )
 
 
-# results.json keys and metrics.csv columns where more is better: throughput, and the
-# fine-tuning tasks' validation metrics (``train.finetune.TASK_RESULTS``)
+# results.json keys where more is better: throughput, and the fine-tuning tasks' validation
+# metrics (``train.finetune.TASK_RESULTS``); their metrics.csv columns too (``result_key``)
 HIGHER_RUN_METRICS = frozenset(
     {"tokens_per_second", "mfu", "val_acc", "val_f1", "val_accuracy", "val_exact_match"}
-    | {"val/acc", "val/f1", "val/accuracy", "val/exact_match"}
 )
+# metrics.csv's group of the throughput columns, whose results.json keys have no prefix
+PERF_GROUP = "perf"
+
+
+def result_key(metric: str) -> str:
+    """The results.json name of a metric given by its metrics.csv column (``val/loss`` ->
+    ``val_loss``, ``train/loss`` -> ``train_loss``, ``perf/tokens_per_second`` ->
+    ``tokens_per_second``), so that either name gets the same direction, format and checks;
+    an eval metric (``eval/<task>/<metric>``) and any other name stay as they are."""
+    if eval_task(metric) is not None or metric.count("/") != 1:
+        return metric
+    group, name = metric.split("/")
+    return name if group == PERF_GROUP else f"{group}_{name}"
 
 
 def higher_is_better(metric: str) -> bool:
     """The default direction of ``metric``: higher for the accuracy-like eval metrics
     (``eval/<task>/acc``), a fine-tuned task's accuracies and F1, and throughput (tokens per
-    second, MFU); lower for everything else (losses, perplexities, bits per byte, time)."""
+    second, MFU), by their results.json or metrics.csv names; lower for everything else
+    (losses, perplexities, bits per byte, time)."""
     parts = metric.split("/")
     if len(parts) == 3 and parts[0] == "eval":
         return parts[2] in HIGHER_EVAL_METRICS
-    return metric in HIGHER_RUN_METRICS
+    return result_key(metric) in HIGHER_RUN_METRICS
 
 
 def check_metric(runs: Sequence[Run], metric: str) -> None:

@@ -35,15 +35,13 @@ class Outputs:
 
     def owns(self, path: Path) -> bool:
         """Whether ``path`` is a file the command wrote: the JSON by its keys, the PNG by its
-        ``Creator`` (or, as earlier versions wrote it unmarked, by the command's JSON beside
-        it)."""
+        ``Creator`` alone: a user's PNG put beside the command's own JSON is kept, and so is
+        one a version before the mark wrote (refused like a user's: remove it to redraw)."""
         try:
             if path.suffix == ".json":
                 data = json.loads(path.read_text())
                 return isinstance(data, dict) and data.keys() >= self.json_keys
-            return self.creator.encode() in path.read_bytes() or self.owns(
-                path.with_name(self.json_name)
-            )
+            return self.creator.encode() in path.read_bytes()
         except (OSError, ValueError):  # unreadable or no JSON: not known to be its own
             return False
 

@@ -5,10 +5,12 @@ summary lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -22,11 +24,13 @@ from lmlab.analysis.multirun import (
     eval_items,
     eval_task,
     knob_value,
+    result_key,
     run_value,
     variant_label,
     varying_knobs,
 )
 from lmlab.analysis.runs import KILLED, RUNNING, STOPPED
+from lmlab.config.data import DataConfig
 
 # Columns shown next to the chosen metric (results.json keys), with their table titles.
 EXTRA_COLUMNS: dict[str, str] = {
@@ -78,6 +82,14 @@ class Row:
     def n(self) -> int:
         """Number of runs (seeds) in this row."""
         return len(self.runs)
+
+    def count(self, metric: str) -> int:
+        """The number of values ``metric``'s mean ± std is over: the row's runs with a finite
+        value (:func:`dropped_notes` names the others); a failed row's one run."""
+        if self.status == "failed":
+            return self.n
+        stat = self.stats.get(metric)
+        return 0 if stat is None else stat.n
 
     def value(self, metric: str) -> float | None:
         """The mean of ``metric`` over the row's runs, None when unknown."""
@@ -216,8 +228,11 @@ def noise_verdict(best: Row, second: Row, metric: str) -> str:
     return text
 
 
-def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) -> list[str]:
-    """Winner, runner-up with the gap, and the noise verdict, as lines of text."""
+def summarize(
+    rows: Sequence[Row], metric: str, higher_is_better: bool = False, root: Path | None = None
+) -> list[str]:
+    """Winner, runner-up with the gap, and the noise verdict, as lines of text; run folders
+    named relative to ``root`` (the compared folder), else by their own names."""
     ranked = [r for r in rows if r.rank is not None]
     failed = [r for r in rows if r.status == "failed"]
     lines: list[str] = []
@@ -269,15 +284,105 @@ def summarize(rows: Sequence[Row], metric: str, higher_is_better: bool = False) 
         if row.copies:
             lines.append(
                 f"note: {row.label}: {len(row.copies)} more run(s) with a seed already counted "
-                f"({', '.join(str(r.dir.name) for r in row.copies)}): copies or repeats of one "
+                f"({', '.join(run_folder(r, root) for r in row.copies)}): copies or repeats of one "
                 "run are not seed replicates, so each seed counts once"
             )
     lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
     lines += example_notes([run for row in rows for run in row.runs], metric)
     lines += item_notes([(row.label, run) for row in rows for run in row.runs], metric)
+    lines += validation_notes([(row.label, run) for row in rows for run in row.runs], metric)
+    lines += dropped_notes(rows, metric, root)
     lines += eval_notes([run for row in rows for run in row.runs], metric)
     lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
     return lines
+
+
+def run_folder(run: Run, root: Path | None = None) -> str:
+    """A run's folder as the user names it: relative to the compared folder ``root`` (``a/0``
+    when a parent of several sweeps is compared), else its own name."""
+    if root is not None and root in run.dir.parents:
+        return str(run.dir.relative_to(root))
+    return run.dir.name
+
+
+def unranked_reason(row: Row, metric: str) -> str:
+    """Why a completed row has no rank: it has no value of ``metric``, or its runs' objective
+    is not the other rows' (a loss of another objective: :func:`objective_differences`)."""
+    if row.value(metric) is None:
+        return f"no {metric}"
+    return "unranked: objectives differ"
+
+
+def dropped_notes(rows: Sequence[Row], metric: str, root: Path | None = None) -> list[str]:
+    """A note for each completed row where some run's ``metric`` is missing or not finite (a
+    diverged run's nan, say), naming the runs: the row's mean ± std and n are over the others,
+    or the row has no value. A row where every run lacks the metric (another objective's, or
+    an eval its runs did not run) gets none: the table says ``no <metric>``."""
+    lines = []
+    for row in rows:
+        if row.status != "completed":
+            continue
+        values = [(run, run_value(run, metric)) for run in row.runs]
+        dropped = [(run, v) for run, v in values if v is None or not math.isfinite(v)]
+        kept = len(values) - len(dropped)
+        if not dropped or (not kept and all(v is None for _, v in dropped)):
+            continue
+        which = ", ".join(
+            f"{run_folder(run, root)}: {'missing' if v is None else v}" for run, v in dropped
+        )
+        over = f"over the other {kept}" if kept else f"none: the row has no {metric}"
+        lines.append(
+            f"note: {row.label}: {metric} of {len(dropped)} of its {len(values)} runs is missing "
+            f"or not finite ({which}), left out of its mean ± std and n, which are {over}"
+        )
+    return lines
+
+
+# Validation metrics (results.json names): each averages over the validation rows the run
+# scored, whose target tokens results.json's ``val_tokens`` counts.
+VALIDATION_METRICS = frozenset({"val_loss", "best_val_loss", "val_perplexity", "val_bits_per_byte"})
+# Families whose validation targets are drawn with the run's seed (masked tokens, spans):
+# their val_tokens differ between seeds on the same rows.
+SEEDED_TARGETS = frozenset({"bert", "t5"})
+
+
+def validation_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
+    """A warning when ``metric`` is a validation loss and the completed runs with a value were
+    validated on different numbers of target tokens (``val_tokens``: another micro-batch times
+    ``trainer.limit_val_batches`` scores other rows): the ranking then compares validation sets
+    as much as variants. Runs of another tokenizer or corpus are not compared so (their
+    tokens differ anyway: :func:`tokenizer_notes` warns), nor masked-token runs of another
+    seed. ``runs``: (row label, run)."""
+    if result_key(metric) not in VALIDATION_METRICS:
+        return []
+    done = [(label, run) for label, run in runs if not run.failed]
+    if tokenizer_notes([run for _, run in done], "val_loss"):
+        return []
+    groups: dict[tuple[str, ...], dict[int, list[str]]] = {}
+    for label, run in done:
+        tokens = run.results.get("val_tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            continue
+        if run_value(run, metric) is None:
+            continue
+        family = str(run.flat_config.get("model.family"))
+        seed = repr(run.seed) if family in SEEDED_TARGETS else ""
+        kind = str(run.flat_config.get("task.kind", "lm"))
+        labels = groups.setdefault((family, kind, seed), {}).setdefault(tokens, [])
+        if label not in labels:
+            labels.append(label)
+    differ = [counts for counts in groups.values() if len(counts) > 1]
+    if not differ:
+        return []
+    which = "; ".join(
+        f"{n}: {', '.join(labels)}" for counts in differ for n, labels in sorted(counts.items())
+    )
+    return [
+        f"warning: the runs were validated on different numbers of target tokens (val_tokens "
+        f"{which}), so {metric} compares different validation rows as much as the variants; "
+        "validate every run on the same rows (the same data.batch_size x "
+        "trainer.limit_val_batches, or final_val_batches=1.0 for the whole held-out split)"
+    ]
 
 
 # What a loss is the loss of: the family's objective (next-token, masked-token, span
@@ -287,8 +392,9 @@ OBJECTIVE_KEYS = (("model.family", None), ("task.kind", "lm"))
 
 def objective_differences(runs: Sequence[Run], metric: str) -> list[str]:
     """``key: values`` for each objective key the completed runs differ in, when ``metric``
-    is a loss (their values then measure different things); else none."""
-    if metric not in PER_TOKEN | {"val_bits_per_byte"}:
+    is a loss, by its results.json or metrics.csv name (their values then measure different
+    things); else none."""
+    if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:
         return []
     done = [run for run in runs if not run.failed]
     differ = []
@@ -299,23 +405,55 @@ def objective_differences(runs: Sequence[Run], metric: str) -> list[str]:
     return differ
 
 
-# What fixes the tokens a per-token loss is averaged over.
-TOKENIZER_KEYS = ("data.source", "data.path", "data.name", "data.tokenizer", "data.vocab_size")
+# What fixes the text a validation loss is measured on: the corpus, the slice of it kept
+# (``max_bytes``) and the documents held out for validation (``val_fraction``); the tokenizer
+# is trained on the rest of that text, so these change the tokens too.
+TEXT_KEYS = tuple(
+    f"data.{name}"
+    for name in (
+        "source",
+        "path",
+        "name",
+        "subset",
+        "split",
+        "text_column",
+        "max_bytes",
+        "val_fraction",
+    )
+)
+# What fixes the tokens a per-token loss is averaged over: that text and how it is split.
+# Each key with DataConfig's default, which a run whose config lacks the key (an older run)
+# trained with, so the two compare equal.
+_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+TOKENIZER_KEYS: tuple[tuple[str, object], ...] = tuple(
+    (key, _DATA_DEFAULTS[key.removeprefix("data.")])
+    for key in (*TEXT_KEYS, "data.tokenizer", "data.vocab_size")
+)
 PER_TOKEN = frozenset({"val_loss", "best_val_loss", "val_perplexity", "train_loss"})
 
 
 def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     """A warning when ``metric`` is per token and the runs split text into tokens
     differently: another tokenizer changes the loss per token without changing the model's
-    quality, so bits per byte is the comparable measure."""
-    if metric not in PER_TOKEN:
+    quality, so bits per byte is the comparable measure. Runs validated on other text
+    (``TEXT_KEYS``) are warned of for bits per byte too: no loss compares them."""
+    if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:  # val/loss: val_loss
         return []
+    done = [run for run in runs if not run.failed]
     differ = [
         key
-        for key in TOKENIZER_KEYS
-        if len({repr(run.flat_config.get(key)) for run in runs if not run.failed}) > 1
+        for key, default in TOKENIZER_KEYS
+        if len({str(run.flat_config.get(key, default)) for run in done}) > 1
     ]
-    if not differ:
+    text = [key for key in differ if key in TEXT_KEYS]
+    if text:
+        return [
+            f"warning: the runs differ in {', '.join(differ)}, so they were validated on "
+            f"different text and {metric} does not compare them, per token or per byte; "
+            "compare runs of one corpus, slice (data.max_bytes) and validation split "
+            "(data.val_fraction)"
+        ]
+    if not differ or result_key(metric) not in PER_TOKEN:
         return []
     return [
         f"warning: the runs differ in {', '.join(differ)}, so their tokens differ and {metric} "
@@ -413,6 +551,7 @@ def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
         return MISSING
     if not math.isfinite(value):
         return str(value)
+    key = result_key(key)  # perf/tokens_per_second as tokens_per_second
     ref = abs(value if like is None else like)
     if key == "flops":  # 1.40e11, not 140B (which reads as bytes)
         return f"{value:.3g}".replace("e+", "e")
@@ -436,7 +575,7 @@ def fmt_stat(s: Stat, key: str = "") -> str:
     """``mean ± std`` (just the mean when n < 2 or for sizes); ``-`` when unknown."""
     if s.mean is None:
         return MISSING
-    if s.std is None or key in NO_STD_KEYS:
+    if s.std is None or result_key(key) in NO_STD_KEYS:
         return fmt(s.mean, key)
     return f"{fmt(s.mean, key)} ± {fmt(s.std, key, like=s.mean)}"
 

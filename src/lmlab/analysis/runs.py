@@ -10,15 +10,21 @@ that has not ended
 (``.hydra/`` without results.json, or results.json still ``running``) is ``running`` where a
 live process holds its lock or its sweep's, else ``killed``. A dry run's folder
 (``dry_run=true``: ``.hydra/`` and a ``plan.json`` marked ``dry_run``) holds no run: it is
-left out (:func:`dry_runs` lists them), not counted as a job that was refused. A run started
-with ``init_from`` trained the checkpoint's model, not the one its config composed: plan.json's
-``model`` replaces the config's.
+left out (:func:`dry_runs` lists them), not counted as a job that was refused. Nor is a
+folder whose results.json no run wrote (a JSON object without ``status``, and no ``.hydra/``
+or ``plan.json`` beside it: notes left in a sweep's folder; :func:`not_runs` lists them); a
+results.json with a ``status`` is a run's even alone, as in the folders of results.json files that
+``lmlab scaling`` is given (``docs/isoflop``). A run started with ``init_from`` trained the
+checkpoint's model, not the one its config composed: plan.json's ``model`` replaces the
+config's. A basic sweeper's ``multirun.yaml`` holds its grid, so the jobs of it that have no
+folder (a sweep stopped before them) are known too (:func:`unlaunched_jobs`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -120,7 +126,13 @@ def load_runs(path: str | Path) -> list[Run]:
         raise RunDirError(f"{root} is a file: give a multirun directory or a run directory")
     if not root.is_dir():
         raise RunDirError(f"multirun directory does not exist: {root}")
-    job_dirs, started, planned = _job_folders(root)
+    job_dirs, started, planned, strays = _job_folders(root)
+    if not job_dirs and not started and strays:
+        names = truncate_names([str(d.relative_to(root)) for d in sorted(strays)])
+        raise RunDirError(
+            f"no run under {root}: its results.json in {names} was not written by a run (no "
+            ".hydra/ or plan.json beside it, and no status in it)"
+        )
     if not job_dirs and not started and planned:
         raise RunDirError(
             f"no run under {root}: its {len(planned)} job folder(s) are dry runs "
@@ -140,13 +152,54 @@ def load_runs(path: str | Path) -> list[Run]:
     return sorted(runs, key=lambda run: _path_key(run.dir.relative_to(root)))
 
 
-def _job_folders(root: Path) -> tuple[set[Path], set[Path], set[Path]]:
+def _job_folders(root: Path) -> tuple[set[Path], set[Path], set[Path], set[Path]]:
     """The job folders under ``root``: those with a results.json, those started without one
-    (``.hydra/``), and the dry runs' (:func:`_planned`), which are neither."""
-    job_dirs = {p.parent for p in root.rglob("results.json") if p.is_file()}
-    started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")} - job_dirs
+    (``.hydra/``), the dry runs' (:func:`_planned`), which are neither, and the folders whose
+    results.json no run wrote (:func:`_is_run`), which are no job's."""
+    found = {p.parent for p in root.rglob("results.json") if p.is_file()}
+    strays = {d for d in found if not _is_run(d)}
+    job_dirs = found - strays
+    started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")} - found
     planned = {d for d in started if _planned(d, root)}
-    return job_dirs, started - planned, planned
+    return job_dirs, started - planned, planned, strays
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether the results.json in ``folder`` is a run's: lmlab's files beside it
+    (``.hydra/``, ``plan.json``), or a ``status`` in it, which every run writes (a folder
+    holding a run's results.json alone, as ``lmlab scaling`` is given them). One that does
+    not parse is a run's too, whose file broke: ranked as failed, ``unreadable``."""
+    if (folder / ".hydra").is_dir() or (folder / "plan.json").is_file():
+        return True
+    results = _read_json(folder / "results.json")
+    return not isinstance(results, dict) or "status" in results
+
+
+def not_runs(path: str | Path) -> list[Path]:
+    """The folders under ``path`` whose results.json no run wrote (a user's notes in a sweep's
+    folder), which :func:`load_runs` leaves out, ordered as the runs are."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(_job_folders(root)[3], key=lambda d: _path_key(d.relative_to(root)))
+
+
+def not_runs_note(path: str | Path) -> str | None:
+    """What ``compare`` and ``scaling`` say of the folders :func:`not_runs` finds, or None."""
+    root = Path(path)
+    strays = [str(d.relative_to(root)) for d in not_runs(root)]
+    if not strays:
+        return None
+    return (
+        f"left out {len(strays)} folder(s) whose results.json no run wrote "
+        f"({truncate_names(strays)}): no .hydra/ or plan.json beside it, and no status in it"
+    )
+
+
+def truncate_names(names: list[str], limit: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` names of a list."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def dry_runs(path: str | Path) -> list[Path]:
@@ -156,6 +209,75 @@ def dry_runs(path: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(_job_folders(root)[2], key=lambda d: _path_key(d.relative_to(root)))
+
+
+@dataclass
+class Unlaunched:
+    """The jobs of a basic sweeper's grid (its ``multirun.yaml``) that have no folder."""
+
+    sweep: Path
+    """The sweep's folder (``hydra.sweep.dir``, where its multirun.yaml is)."""
+    jobs: int
+    """The jobs of its grid: the product of the swept values."""
+    missing: list[str]
+    """Job numbers without a folder where the folders are named by it (Hydra's default
+    ``hydra.sweep.subdir``), else ``?`` for each job more than there are folders."""
+    holder: str | None
+    """The pid of the sweep's live process (its jobs still to come), None when it ended."""
+
+
+def unlaunched_jobs(path: str | Path) -> list[Unlaunched]:
+    """For each ``multirun.yaml`` under ``path`` whose sweeper is Hydra's basic one, the jobs
+    of its grid that have no folder: a sweep stopped (a signal, a crash of the sweep itself)
+    before it launched them. Optuna's trials are drawn as it goes, so its multirun.yaml holds
+    no grid: such sweeps, and those whose grid cannot be read, are left out."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    job_dirs, started, planned, _ = _job_folders(root)
+    folders = job_dirs | started | planned
+    out = []
+    for file in sorted(root.rglob("multirun.yaml")):
+        sweep = file.parent
+        config = _read_yaml(file)
+        hydra = config.get("hydra") if isinstance(config, dict) else None
+        jobs = _grid_size(hydra) if isinstance(hydra, dict) else None
+        if jobs is None:
+            continue
+        if hydra.get("sweep", {}).get("subdir") == "${hydra.job.num}":
+            missing = [str(i) for i in range(jobs) if not (sweep / str(i)).is_dir()]
+        else:
+            mine = sum(sweep in folder.parents for folder in folders)
+            missing = ["?"] * max(jobs - mine, 0)
+        if missing:
+            out.append(Unlaunched(sweep, jobs, missing, live_holder(sweep / SWEEP_LOCK_FILE)))
+    return out
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _grid_size(hydra: dict[str, Any]) -> int | None:
+    """How many jobs Hydra's basic sweeper launches for a multirun.yaml's ``hydra`` section:
+    its ``sweeper.params`` and the command line's overrides, split as the sweeper splits
+    them; None under another sweeper or where they cannot be read here (a ``glob``, which
+    needs the config's groups)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper, overrides = hydra.get("sweeper"), hydra.get("overrides")
+    if not isinstance(sweeper, dict) or sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = sweeper.get("params") or {}
+    task = overrides.get("task") if isinstance(overrides, dict) else None
+    if not isinstance(params, dict) or not isinstance(task, list | None):
+        return None
+    arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in task or []]
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # noqa: BLE001 - hydra's own errors, unknown here: no grid known
+        return None
 
 
 def _planned(job_dir: Path, root: Path) -> bool:
@@ -411,8 +533,21 @@ def canonical(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, float):
-        return repr(value)
+        return _compact(value)
     return str(value)
+
+
+def _compact(value: float) -> str:
+    """A float as short as it reads: ``1e5``, not ``100000.0``, for a whole number of five
+    digits or more (a learning rate typed as 1e5); else its ``repr``. Both round-trip, so two
+    values read alike only where they are equal."""
+    text = repr(value)
+    if math.isfinite(value) and value == int(value) and abs(value) >= 1e4:
+        mantissa, _, exponent = f"{value:e}".partition("e")
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        if float(short) == value and len(short) < len(text):
+            return short
+    return text
 
 
 def _read_curve(job_dir: Path) -> dict[str, list[tuple[float, float]]]:

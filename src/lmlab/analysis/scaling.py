@@ -10,7 +10,8 @@ Each job of the multirun directory holds a ``results.json`` with ``status``, ``p
 
 One law is fitted to runs of one loss (:func:`check_one_loss`) and one feed-forward, dense or
 one shape of Mixture of Experts (:func:`check_one_feed_forward`), with the N their flops
-count (:func:`check_n_key`); anything else is refused in one line saying what differs.
+count (:func:`check_n_key`); anything else is refused in one line saying what differs. Runs
+without a config (``results.json`` alone) cannot be checked for their loss: a note counts them.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import numpy as np
 from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
 from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.ranking import OBJECTIVE_KEYS, TOKENIZER_KEYS
-from lmlab.analysis.runs import Run, RunDirError, load_runs
+from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_fit import (
+    FAR_TARGET,
     N_KEYS,
     ScalingError,
     budget_summary,
@@ -38,6 +40,7 @@ from lmlab.analysis.scaling_fit import (
     n_of,
     parametric_summary,
     target_allocation,
+    target_reach,
 )
 from lmlab.analysis.scaling_plot import CREATOR, plot_scaling
 
@@ -86,10 +89,12 @@ def _parse_run(file: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None,
     return run, None
 
 
-def scan_runs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """All runs under ``path`` (:func:`lmlab.analysis.runs.load_runs`): the usable runs and, for
-    the others, ``{"file", "reason"}`` (not completed, unreadable, or a non-finite/non-positive
-    value such as a NaN loss).
+def scan_runs(
+    path: str | Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
+    """All runs under ``path`` (:func:`lmlab.analysis.runs.load_runs`): the usable runs, for
+    the others ``{"file", "reason"}`` (not completed, unreadable, or a non-finite/non-positive
+    value such as a NaN loss), and the notes of :func:`check_one_loss`.
 
     Raises ScalingError if the directory does not exist, holds no results.json, or a completed
     run lacks one of REQUIRED_FIELDS (the message names the file and the field)."""
@@ -108,15 +113,18 @@ def scan_runs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, st
             run["feed_forward"] = feed_forward(job)  # dense, or its experts
             runs.append(run)
             used.append(job)
-    check_one_loss(used, path)
-    return runs, skipped
+    notes = check_one_loss(used, path)
+    stray = not_runs_note(path)
+    return runs, skipped, [stray, *notes] if stray else notes
 
 
-def check_one_loss(jobs: list[Run], path: str | Path) -> None:
-    """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``) or
-    tokenizer measure another quantity, and a law fitted across them means nothing. Runs
-    without a config (results.json alone) are taken as they are."""
-    keys = [*OBJECTIVE_KEYS, *((key, None) for key in TOKENIZER_KEYS)]
+def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
+    """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``),
+    corpus, validation split or tokenizer (``TOKENIZER_KEYS``; a key a config lacks is at its
+    default) measure another quantity, and a law fitted across them means nothing: refused.
+    Runs without a config (results.json alone, which names none of these) are taken as they
+    are, with a note counting them."""
+    keys = [*OBJECTIVE_KEYS, *TOKENIZER_KEYS]
     known = [job for job in jobs if job.config]
     differ = []
     for key, default in keys:
@@ -130,8 +138,18 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> None:
         raise ScalingError(
             f"the runs under {path} differ in {'; '.join(differ)}: their losses measure "
             "different things, and one law cannot be fitted across them; fit the runs of one "
-            "objective and tokenizer (move the others out)"
+            "objective, corpus and tokenizer (move the others out)"
         )
+    unchecked = len(jobs) - len(known)
+    if not unchecked:
+        return []
+    which = f"{unchecked} of the {len(jobs)} runs have" if known else f"the {unchecked} runs have"
+    return [
+        f"{which} no .hydra/config.yaml (results.json alone, which does not name them), so "
+        "their objective (model.family, task.kind), corpus and tokenizer could not be checked "
+        "against " + ("the others'" if known else "each other's") + ": make sure they measure "
+        "one loss"
+    ]
 
 
 def check_n_key(runs: list[dict[str, Any]], n_key: str) -> list[str]:
@@ -207,10 +225,32 @@ def _fit_parametric_runs(runs: list[dict[str, Any]], n_key: str) -> dict[str, An
     )
 
 
-def _notes(profiles: list[dict[str, Any]], par: dict[str, Any] | None) -> list[str]:
+def _notes(
+    profiles: list[dict[str, Any]],
+    iso: dict[str, Any] | None,
+    par: dict[str, Any] | None,
+    target: dict[str, Any],
+) -> list[str]:
+    """What the fits' numbers do not say: unusable or extrapolated profiles, approach 2's
+    exponents, approach 3's undetermined constants, a target far beyond the data."""
     notes = [f"approach 2, {line}" for line in budget_summary(profiles)]
+    notes += [f"approach 2: {line}" for line in (iso or {}).get("warnings", [])]
+    notes += [f"approach 3: {line}" for line in (par or {}).get("warnings", [])]
     if par is not None and not (par["alpha"] > 0 and par["beta"] > 0):
         notes.append("approach 3: alpha or beta <= 0, no compute-optimal allocation")
+    budgets = [p["flops"] for p in profiles]
+    reach = target_reach(target["flops"], budgets)
+    if reach > FAR_TARGET:
+        side, edge = (
+            ("above the largest", max(budgets))
+            if target["flops"] > max(budgets)
+            else ("below the smallest", min(budgets))
+        )
+        notes.append(
+            f"target C={target['flops']:.3g} is {reach:.3g} times {side} fitted budget "
+            f"({edge:.3g}), beyond the {FAR_TARGET:g}x the fits may be extrapolated: its "
+            "allocation is a guess, and the figure's frontier panel is drawn without it"
+        )
     return notes
 
 
@@ -245,10 +285,11 @@ def analyze(
         raise ScalingError(f"n_key must be one of {N_KEYS}, got {n_key!r}")
     if target_flops is not None and not 0 < target_flops < math.inf:
         raise ScalingError(f"target_flops must be a positive finite number, got {target_flops}")
-    runs, skipped = scan_runs(path)
+    runs, skipped, unchecked = scan_runs(path)
     out_dir = Path(out) if out is not None else Path(path)
     OUTPUTS.check(out_dir, ScalingError)  # before the fits: a user's scaling.json is kept
-    warnings = check_one_feed_forward(runs, path, mixed_experts) + check_n_key(runs, n_key)
+    warnings = unchecked + check_one_feed_forward(runs, path, mixed_experts)
+    warnings += check_n_key(runs, n_key)
     iso, iso_reason = _attempt(fit_isoflop, runs, n_key)
     par, par_reason = _attempt(_fit_parametric_runs, runs, n_key)
     if iso is None and par is None:
@@ -257,7 +298,8 @@ def analyze(
             f"{iso_reason}; {par_reason}"
         )
     profiles = iso["budgets"] if iso is not None else isoflop_profiles(runs, n_key)
-    par_out = parametric_summary(par, n_key) if par is not None else None
+    losses = [r["val_loss"] for r in runs]
+    par_out = parametric_summary(par, n_key, losses) if par is not None else None
     flops = 10.0 * max(p["flops"] for p in profiles) if target_flops is None else target_flops
     target = target_allocation(float(flops), iso, par_out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,9 +312,10 @@ def analyze(
         "approach2": dict(iso, status="ok") if iso is not None else skip2,
         "approach3": par_out or {"status": "skipped", "reason": par_reason},
         "target": target,
-        "notes": warnings + _notes(profiles, par),
+        "notes": warnings + _notes(profiles, iso, par_out, target),
         "outputs": {"json": str(out_dir / "scaling.json"), "png": str(out_dir / "scaling.png")},
     }
-    plot_scaling(out_dir / "scaling.png", profiles, iso, par_out, target)
+    far = target_reach(target["flops"], [p["flops"] for p in profiles]) > FAR_TARGET
+    plot_scaling(out_dir / "scaling.png", profiles, iso, par_out, target, draw_target=not far)
     (out_dir / "scaling.json").write_text(json.dumps(result, indent=2, default=_json_default))
     return result

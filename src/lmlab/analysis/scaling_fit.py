@@ -34,8 +34,23 @@ N_KEYS = ("active_params", "params", "non_embedding_params")
 HUBER_DELTA = 1e-3
 BUDGET_TOLERANCE = 0.10  # runs whose flops differ by less than 10% share an isoFLOP budget
 MIN_SIZES_PER_BUDGET = 3
+# An isoFLOP parabola is flat (no minimum to read) unless its curvature is told apart from
+# zero twice over. (1) By the losses' precision: results.json's val_loss is a float32 metric
+# (relative resolution 1.2e-7), so a rise of the parabola above its chord across the sampled
+# log10 N below LOSS_PRECISION (8 float32 steps, room for the rounding of several points)
+# times the largest loss is rounding. (2) By the losses' scatter, where a profile has more
+# runs than the parabola's 3 coefficients: the quadratic coefficient must lie at least
+# MIN_CURVATURE_SE of its standard errors (least squares, residual variance on n - 3 degrees
+# of freedom) above zero, the usual two-sigma rule.
+LOSS_PRECISION = 1e-6
+MIN_CURVATURE_SE = 2.0
 MIN_BUDGETS = 2
 MIN_PARAMETRIC_RUNS = 5
+# A target budget more than this many times beyond the fitted ones (above the largest or
+# below the smallest) is a note: the allocation there extrapolates the fits that far (Hoffmann
+# et al. 2022 went ~200x, from their 3e21 isoFLOPs to Gopher's 5.76e23), and the figure's
+# frontier panel keeps to the data rather than stretching its axes to it.
+FAR_TARGET = 1e3
 # Approach 3 separates A / N^alpha from B / D^beta only if the runs' (log N, log D) points do
 # not lie on one line: one compute budget (log N + log D = log(C/6)) or one tokens-per-
 # parameter ratio (log D = log N + const). It needs >= MIN_BUDGETS budgets, and a spread
@@ -72,14 +87,23 @@ def n_of(run: dict[str, Any], n_key: str) -> float:
 def group_by_budget(
     runs: Sequence[dict[str, Any]], tolerance: float = BUDGET_TOLERANCE
 ) -> list[tuple[float, list[dict[str, Any]]]]:
-    """Runs grouped into isoFLOP budgets, ascending: by ``budget_flops`` where a run has it,
-    otherwise by clustering ``flops`` (a run joins the current cluster if its flops are within
+    """Runs grouped into isoFLOP budgets, ascending: by ``budget_flops`` where a run has it; a
+    run without it joins the nearest of those budgets its ``flops`` lie within ``tolerance``
+    of (a ``budget=tokens`` or ``steps`` run beside a sweep's ``budget=flops`` runs); the rest
+    are clustered by ``flops`` (a run joins the current cluster if its flops are within
     ``tolerance`` of the cluster's smallest; the budget is the geometric mean)."""
     groups: dict[float, list[dict[str, Any]]] = {}
-    loose = sorted((r for r in runs if r.get("budget_flops") is None), key=lambda r: r["flops"])
     for run in runs:
         if run.get("budget_flops") is not None:
             groups.setdefault(float(run["budget_flops"]), []).append(run)
+    labelled = sorted(groups)
+    loose = []
+    for run in sorted((r for r in runs if r.get("budget_flops") is None), key=lambda r: r["flops"]):
+        near = [c for c in labelled if abs(run["flops"] - c) <= tolerance * c]
+        if near:
+            groups[min(near, key=lambda c: abs(math.log(run["flops"] / c)))].append(run)
+        else:
+            loose.append(run)
     clusters: list[list[dict[str, Any]]] = []
     for run in loose:
         if clusters and run["flops"] <= clusters[-1][0]["flops"] * (1.0 + tolerance):
@@ -112,7 +136,11 @@ def _fit_profile(budget: float, runs: list[dict[str, Any]], n_key: str) -> dict[
         return profile
     coeffs = np.polyfit(x, y, 2)
     profile["coeffs"] = [float(c) for c in coeffs]
-    if coeffs[0] <= 0:
+    flat = _flatness(x, y, coeffs)
+    if flat is not None:
+        profile["status"] = f"flat, no minimum ({flat})"
+        return profile
+    if coeffs[0] < 0:
         profile["status"] = "no minimum (parabola not convex)"
         return profile
     vertex = -coeffs[1] / (2.0 * coeffs[0])
@@ -121,6 +149,28 @@ def _fit_profile(budget: float, runs: list[dict[str, Any]], n_key: str) -> dict[
     profile["loss_min"] = float(np.polyval(coeffs, vertex))
     profile["extrapolated"] = bool(vertex < x.min() or vertex > x.max())
     return profile
+
+
+def _flatness(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> str | None:
+    """Why the parabola ``coeffs`` through (x, y) has no curvature to read, or None: its rise
+    above its chord across the sampled x (c2 (x_max - x_min)^2 / 4) within LOSS_PRECISION of
+    the losses, or, with more points than coefficients, c2 within MIN_CURVATURE_SE standard
+    errors of zero."""
+    rise = abs(coeffs[0]) * (x.max() - x.min()) ** 2 / 4.0
+    precision = LOSS_PRECISION * float(np.abs(y).max())
+    if rise <= precision:
+        return f"rise {rise:.2g} across the sampled N, within the losses' precision {precision:.2g}"
+    dof = len(x) - 3
+    if dof < 1:
+        return None
+    design = np.vander(x, 3)
+    residual = y - design @ coeffs
+    variance = float(residual @ residual) / dof
+    se = math.sqrt(variance * np.linalg.inv(design.T @ design)[0, 0])
+    if abs(coeffs[0]) < MIN_CURVATURE_SE * se:
+        t = abs(coeffs[0]) / se
+        return f"curvature {t:.2g} standard errors from 0, < {MIN_CURVATURE_SE:g}: the scatter's"
+    return None
 
 
 def isoflop_profiles(
@@ -176,7 +226,21 @@ def fit_isoflop(runs: Sequence[dict[str, Any]], n_key: str = "active_params") ->
         "D_opt_law": d_law,
         "loss_law": _loss_law(budgets, [p["loss_min"] for p in good]),
         "n_key": n_key,
+        "warnings": isoflop_warnings(n_law["exponent"], d_law["exponent"]),
     }
+
+
+def isoflop_warnings(a: float, b: float) -> list[str]:
+    """Why Approach 2's power laws describe no compute-optimal frontier, if they do not: with
+    D_opt = C / (6 N_opt), a + b = 1, and both N_opt and D_opt grow with C only for a and b in
+    (0, 1); outside it one of them shrinks as compute grows."""
+    if 0 < a < 1 and 0 < b < 1:
+        return []
+    shrinks = "D_opt" if b <= 0 else "N_opt"
+    return [
+        f"a={a:.3g}, b={b:.3g}: an exponent outside (0, 1), so {shrinks} shrinks as compute "
+        "grows, which no compute-optimal frontier does; these power laws do not transfer"
+    ]
 
 
 # --------------------------------------------------------------------------- approach 3
@@ -363,33 +427,103 @@ def _allocation_summary(n_opt: float, d_opt: float, loss: float | None) -> dict[
     }
 
 
+def _law_reach(law: dict[str, float]) -> tuple[float, float]:
+    """The range of log10 C over which k C^exponent is a positive finite float (a margin of a
+    factor 10 inside the float64 range)."""
+    lo, hi = math.log10(np.finfo(float).tiny) + 1, math.log10(np.finfo(float).max) - 1
+    if law["exponent"] == 0:
+        return -math.inf, math.inf
+    bounds = sorted((edge - math.log10(law["k"])) / law["exponent"] for edge in (lo, hi))
+    return bounds[0], bounds[1]
+
+
+def _power(law: dict[str, float], flops: float) -> float:
+    return float(10 ** (math.log10(law["k"]) + law["exponent"] * math.log10(flops)))
+
+
 def target_allocation(
     flops: float, iso: dict[str, Any] | None, par: dict[str, Any] | None
 ) -> dict[str, Any]:
     """N_opt, D_opt, D/N and predicted loss at ``flops`` from each available approach: Approach 2
     extrapolates its power laws (loss: the pure power law through the per-budget minima),
-    Approach 3 uses the closed form of Hoffmann et al. 2022 (eq. 4) and L(N_opt, D_opt)."""
+    Approach 3 uses the closed form of Hoffmann et al. 2022 (eq. 4) and L(N_opt, D_opt).
+
+    Raises ScalingError where an approach's allocation is not a positive finite number there
+    (a power law overflowing, or underflowing to 0), naming the budgets it allows."""
     out: dict[str, Any] = {"flops": flops, "approach2": None, "approach3": None}
     if iso is not None:
-        n_law, d_law, l_law = iso["N_opt_law"], iso["D_opt_law"], iso["loss_law"]
+        laws = [iso["N_opt_law"], iso["D_opt_law"]] + [iso["loss_law"]] * bool(iso["loss_law"])
+        lo = max(_law_reach(law)[0] for law in laws)
+        hi = min(_law_reach(law)[1] for law in laws)
+        if not lo <= math.log10(flops) <= hi:
+            raise ScalingError(
+                f"target_flops={flops:.3g} is beyond approach 2's power laws (N_opt = "
+                f"{iso['N_opt_law']['k']:.3g} C^{iso['a']:.3g}, D_opt = "
+                f"{iso['D_opt_law']['k']:.3g} C^{iso['b']:.3g}): there N_opt, D_opt or L_min is "
+                f"not a finite positive number; allowed: 10^{lo:.4g} <= C <= 10^{hi:.4g}"
+            )
+        l_law = iso["loss_law"]
         out["approach2"] = _allocation_summary(
-            n_law["k"] * flops ** n_law["exponent"],
-            d_law["k"] * flops ** d_law["exponent"],
-            l_law["k"] * flops ** l_law["exponent"] if l_law is not None else None,
+            _power(iso["N_opt_law"], flops),
+            _power(iso["D_opt_law"], flops),
+            _power(l_law, flops) if l_law is not None else None,
         )
     if par is not None and par["alpha"] > 0 and par["beta"] > 0:
-        n_opt, d_opt = optimal_allocation(par, flops)
-        out["approach3"] = _allocation_summary(n_opt, d_opt, float(predict_loss(par, n_opt, d_opt)))
+        try:
+            n_opt, d_opt = optimal_allocation(par, flops)
+            loss = float(predict_loss(par, n_opt, d_opt))
+        except OverflowError:
+            n_opt = d_opt = loss = math.inf
+        if not all(0 < v < math.inf for v in (n_opt, d_opt, loss)):
+            raise ScalingError(
+                f"target_flops={flops:.3g}: approach 3's allocation there is not finite "
+                f"(N_opt={n_opt:.3g}, D_opt={d_opt:.3g}, loss={loss:.3g}); allowed: a budget "
+                "at which N_opt, D_opt and the loss are finite positive numbers"
+            )
+        out["approach3"] = _allocation_summary(n_opt, d_opt, loss)
     return out
 
 
-def parametric_summary(par: dict[str, Any], n_key: str) -> dict[str, Any]:
-    """The fitted constants plus the implied exponents N_opt ~ C^a, D_opt ~ C^b."""
-    summary = dict(par, n_key=n_key, status="ok")
+def target_reach(flops: float, budgets: Sequence[float]) -> float:
+    """How many times beyond the fitted budgets ``flops`` lies: target / largest above them,
+    smallest / target below them, 1 within."""
+    return max(flops / max(budgets), min(budgets) / flops, 1.0)
+
+
+def parametric_summary(
+    par: dict[str, Any], n_key: str, losses: Sequence[float] | np.ndarray
+) -> dict[str, Any]:
+    """The fitted constants plus the implied exponents N_opt ~ C^a, D_opt ~ C^b and the
+    ``warnings`` of :func:`parametric_warnings` for the ``losses`` fitted."""
+    summary = dict(par, n_key=n_key, status="ok", warnings=parametric_warnings(par, losses))
     s = par["alpha"] + par["beta"]
     if par["alpha"] > 0 and par["beta"] > 0:
         summary["a"], summary["b"] = par["beta"] / s, par["alpha"] / s
     return summary
+
+
+def parametric_warnings(par: dict[str, Any], losses: Sequence[float] | np.ndarray) -> list[str]:
+    """Why Approach 3's constants do not transfer, if they do not. The fit measures losses in
+    log L to the Huber delta (HUBER_DELTA): losses spanning less than that (log max/min) are
+    fitted by the constant E alone, leaving A, B, alpha, beta undetermined; an E below delta
+    times the smallest loss changes no fitted log L by delta, so E sits at its bound 0,
+    undetermined, and A, alpha trade off against it."""
+    loss = np.asarray(losses, dtype=float)
+    warnings = []
+    spread = float(np.log(loss.max() / loss.min()))
+    if spread < HUBER_DELTA:
+        warnings.append(
+            f"the {len(loss)} losses span {loss.min():.6g} to {loss.max():.6g} (log max/min "
+            f"{spread:.2g} < the Huber delta {HUBER_DELTA:g}): a constant fits them, so A, B, "
+            "alpha and beta are not determined by the data"
+        )
+    if par["E"] < HUBER_DELTA * loss.min():
+        warnings.append(
+            f"E={par['E']:.3g} sits at its bound 0 (below the Huber delta {HUBER_DELTA:g} times "
+            f"the smallest loss {loss.min():.4g}): the data do not determine the irreducible "
+            "loss, and A and alpha, which trade off against it, do not transfer"
+        )
+    return warnings
 
 
 # --------------------------------------------------------------------------- labels

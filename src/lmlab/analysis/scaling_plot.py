@@ -82,9 +82,12 @@ def _plot_frontier(
     iso: dict[str, Any] | None,
     par: dict[str, Any] | None,
     target: dict[str, Any],
+    draw_target: bool = True,
 ) -> None:
-    """Right panel: N_opt vs C (log-log) with both approaches' power laws and the target."""
-    flops = [p["flops"] for p in profiles] + [target["flops"]]
+    """Right panel: N_opt vs C (log-log) with both approaches' power laws and the target; a
+    target too far from the data (``draw_target`` False) is named in the legend only, the
+    axes spanning the fitted budgets."""
+    flops = [p["flops"] for p in profiles] + [target["flops"]] * draw_target
     cs = np.logspace(np.log10(min(flops)) - 0.2, np.log10(max(flops)) + 0.2, 100)
     optima = [p for p in profiles if "N_opt" in p]
     if optima:
@@ -98,7 +101,10 @@ def _plot_frontier(
     if par is not None and target["approach3"] is not None:
         n3 = [optimal_allocation(par, c)[0] for c in cs]
         ax.plot(cs, n3, "r--", label=f"approach 3: $N_{{opt}} \\propto C^{{{par['a']:.3f}}}$")
-    _mark_target(ax, target)
+    if draw_target:
+        _mark_target(ax, target)
+    else:
+        ax.plot([], [], " ", label=f"target {budget_label(target['flops'])}: off the axes")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set(
@@ -128,13 +134,15 @@ def plot_scaling(
     iso: dict[str, Any] | None,
     par: dict[str, Any] | None,
     target: dict[str, Any],
+    draw_target: bool = True,
 ) -> Path:
-    """Write the two-panel figure (isoFLOP profiles; N_opt vs C) with the Agg backend."""
+    """Write the two-panel figure (isoFLOP profiles; N_opt vs C) with the Agg backend; the
+    target is marked on the frontier panel if ``draw_target``, else only named there."""
     fig = Figure(figsize=(15, 6.2))
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     _plot_profiles(left, profiles, par)
-    _plot_frontier(right, profiles, iso, par, target)
+    _plot_frontier(right, profiles, iso, par, target, draw_target)
     fig.suptitle(_plot_title(iso, par), fontsize=11)
     fig.tight_layout()
     fig.savefig(file, dpi=110, metadata={"Creator": CREATOR})  # what scaling may replace

@@ -34,8 +34,11 @@ def build_parser() -> ArgumentParser:
         "--higher-is-better",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="rank descending (e.g. tokens_per_second, mfu); default: higher for eval "
-        "accuracies (eval/<task>/acc), lower for everything else",
+        help="rank descending (--no-higher-is-better: ascending); default: higher for "
+        "throughput (tokens_per_second, mfu), a fine-tuned task's val_acc, val_f1, "
+        "val_accuracy, val_exact_match and the accuracy-like evals (eval/<task>/acc, "
+        "acc_norm, exact_match, f1, ...), by their results.json or metrics.csv names; lower "
+        "for everything else (losses, perplexity, bits per byte, time)",
     )
     return parser
 

@@ -65,11 +65,17 @@ def build_parser() -> ArgumentParser:
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
+    """``value`` to significant figures (a D/N of 0.024 is not 0.0, nor 1e24 25 digits)."""
     return "-" if value is None else format(value, spec)
 
 
+def _status(fit: dict[str, Any]) -> str:
+    """An approach's status, and that notes qualify it (``ok, see notes``)."""
+    return fit["status"] + (", see notes" if fit.get("warnings") else "")
+
+
 def _budget_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Approach 2: isoFLOP profiles ({result['approach2']['status']})")
+    table = Table(title=f"Approach 2: isoFLOP profiles ({_status(result['approach2'])})")
     for column in ("budget C", "runs", "N_opt", "D_opt", "D/N", "min loss", "status"):
         table.add_column(column, justify="left" if column == "status" else "right")
     for p in result["approach2"]["budgets"]:
@@ -81,7 +87,7 @@ def _budget_table(result: dict[str, Any]) -> Table:
             str(p["n_runs"]),
             _fmt(n_opt, ".3g"),
             _fmt(d_opt, ".3g"),
-            _fmt(ratio, ".1f"),
+            _fmt(ratio, ".3g"),
             _fmt(p.get("loss_min")),
             status,
         )
@@ -95,15 +101,15 @@ def _constants_table(result: dict[str, Any]) -> Table:
     a2, a3 = result["approach2"], result["approach3"]
     if a3["status"] == "ok":
         table.add_row(
-            "3: L = E + A/N^alpha + B/D^beta",
-            f"E={a3['E']:.4f}  A={a3['A']:.4g}  B={a3['B']:.4g}  alpha={a3['alpha']:.4f}  "
+            f"3: L = E + A/N^alpha + B/D^beta ({_status(a3)})",
+            f"E={a3['E']:.4g}  A={a3['A']:.4g}  B={a3['B']:.4g}  alpha={a3['alpha']:.4f}  "
             f"beta={a3['beta']:.4f}  (Huber {a3['huber_loss']:.3g})",
         )
     else:
         table.add_row("3 (skipped)", a3["reason"])
     if a2["status"] == "ok":
         table.add_row(
-            "2: N_opt = k_N C^a, D_opt = k_D C^b",
+            f"2: N_opt = k_N C^a, D_opt = k_D C^b ({_status(a2)})",
             f"a={a2['a']:.4f}  b={a2['b']:.4f}  k_N={a2['N_opt_law']['k']:.4g}  "
             f"k_D={a2['D_opt_law']['k']:.4g}",
         )
@@ -124,7 +130,7 @@ def _target_table(result: dict[str, Any]) -> Table:
                 key[-1],
                 _fmt(row["N_opt"], ".3g"),
                 _fmt(row["D_opt"], ".3g"),
-                _fmt(row["tokens_per_param"], ".1f"),
+                _fmt(row["tokens_per_param"], ".3g"),
                 _fmt(row["predicted_loss"]),
             )
     return table
