@@ -22,14 +22,12 @@ from lmlab.analysis.scaling import analyze, check_n_key, scan_runs
 from lmlab.analysis.scaling_fit import (
     ScalingError,
     fit_isoflop,
-    fit_parametric,
     group_by_budget,
     isoflop_profiles,
     n_of,
-    optimal_allocation,
-    predict_loss,
-    target_allocation,
 )
+from lmlab.analysis.scaling_parametric import fit_parametric, optimal_allocation, predict_loss
+from lmlab.analysis.scaling_target import target_allocation
 from lmlab.cli.scaling import main as scaling_main
 from lmlab.config import CONF_DIR
 
@@ -328,7 +326,7 @@ def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_togethe
     config without the key ran at its default and compares equal to one that names it."""
     import yaml
 
-    from lmlab.analysis.ranking import tokenizer_notes
+    from lmlab.analysis.comparable import tokenizer_notes
     from lmlab.analysis.runs import load_runs
 
     root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))

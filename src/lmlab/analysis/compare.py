@@ -36,7 +36,8 @@ from lmlab.analysis.ranking import (
     truncate,
     unranked_reason,
 )
-from lmlab.analysis.runs import dry_runs, load_runs, not_runs_note, unlaunched_jobs
+from lmlab.analysis.runs import dry_runs, load_runs, not_runs_note
+from lmlab.analysis.sweep_grid import unlaunched_jobs
 
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
 JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
@@ -165,7 +166,7 @@ def none_completed(rows: Sequence[Row], root: Path) -> str | None:
 def folder_notes(root: Path) -> list[str]:
     """Lines about the compared folder rather than its runs: the folders left out because no
     run wrote their results.json (``runs.not_runs``), and the jobs of a sweep's grid that have
-    no folder (``runs.unlaunched_jobs``: a sweep stopped before it launched them)."""
+    no folder (``sweep_grid.unlaunched_jobs``: a sweep stopped before it launched them)."""
     note = not_runs_note(root)
     lines = [f"warning: {note}"] if note else []
     for sweep in unlaunched_jobs(root):

@@ -6,7 +6,7 @@ The knobs are the overrides whose values differ between jobs, falling back to di
 which loggers it has, which downstream evals it runs) never are: they change neither the
 model nor its training, and a resumed sweep's jobs differ in them (a resumed job's overrides
 hold ``resume=auto``). Runs ranked by an eval scored on different item counts get a warning
-instead (``ranking.item_notes``).
+instead (``comparable.item_notes``).
 """
 
 from __future__ import annotations

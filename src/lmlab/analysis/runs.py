@@ -17,7 +17,7 @@ results.json with a ``status`` is a run's even alone, as in the folders of resul
 ``lmlab scaling`` is given (``docs/isoflop``). A run started with ``init_from`` trained the
 checkpoint's model, not the one its config composed: plan.json's ``model`` replaces the
 config's. A basic sweeper's ``multirun.yaml`` holds its grid, so the jobs of it that have no
-folder (a sweep stopped before them) are known too (:func:`unlaunched_jobs`).
+folder (a sweep stopped before them) are known too (:mod:`lmlab.analysis.sweep_grid`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def load_runs(path: str | Path) -> list[Run]:
         raise RunDirError(f"{root} is a file: give a multirun directory or a run directory")
     if not root.is_dir():
         raise RunDirError(f"multirun directory does not exist: {root}")
-    job_dirs, started, planned, strays = _job_folders(root)
+    job_dirs, started, planned, strays = job_folders(root)
     if not job_dirs and not started and strays:
         names = truncate_names([str(d.relative_to(root)) for d in sorted(strays)])
         raise RunDirError(
@@ -152,7 +152,7 @@ def load_runs(path: str | Path) -> list[Run]:
     return sorted(runs, key=lambda run: _path_key(run.dir.relative_to(root)))
 
 
-def _job_folders(root: Path) -> tuple[set[Path], set[Path], set[Path], set[Path]]:
+def job_folders(root: Path) -> tuple[set[Path], set[Path], set[Path], set[Path]]:
     """The job folders under ``root``: those with a results.json, those started without one
     (``.hydra/``), the dry runs' (:func:`_planned`), which are neither, and the folders whose
     results.json no run wrote (:func:`_is_run`), which are no job's."""
@@ -181,7 +181,7 @@ def not_runs(path: str | Path) -> list[Path]:
     root = Path(path)
     if not root.is_dir():
         return []
-    return sorted(_job_folders(root)[3], key=lambda d: _path_key(d.relative_to(root)))
+    return sorted(job_folders(root)[3], key=lambda d: _path_key(d.relative_to(root)))
 
 
 def not_runs_note(path: str | Path) -> str | None:
@@ -208,76 +208,7 @@ def dry_runs(path: str | Path) -> list[Path]:
     root = Path(path)
     if not root.is_dir():
         return []
-    return sorted(_job_folders(root)[2], key=lambda d: _path_key(d.relative_to(root)))
-
-
-@dataclass
-class Unlaunched:
-    """The jobs of a basic sweeper's grid (its ``multirun.yaml``) that have no folder."""
-
-    sweep: Path
-    """The sweep's folder (``hydra.sweep.dir``, where its multirun.yaml is)."""
-    jobs: int
-    """The jobs of its grid: the product of the swept values."""
-    missing: list[str]
-    """Job numbers without a folder where the folders are named by it (Hydra's default
-    ``hydra.sweep.subdir``), else ``?`` for each job more than there are folders."""
-    holder: str | None
-    """The pid of the sweep's live process (its jobs still to come), None when it ended."""
-
-
-def unlaunched_jobs(path: str | Path) -> list[Unlaunched]:
-    """For each ``multirun.yaml`` under ``path`` whose sweeper is Hydra's basic one, the jobs
-    of its grid that have no folder: a sweep stopped (a signal, a crash of the sweep itself)
-    before it launched them. Optuna's trials are drawn as it goes, so its multirun.yaml holds
-    no grid: such sweeps, and those whose grid cannot be read, are left out."""
-    root = Path(path)
-    if not root.is_dir():
-        return []
-    job_dirs, started, planned, _ = _job_folders(root)
-    folders = job_dirs | started | planned
-    out = []
-    for file in sorted(root.rglob("multirun.yaml")):
-        sweep = file.parent
-        config = _read_yaml(file)
-        hydra = config.get("hydra") if isinstance(config, dict) else None
-        jobs = _grid_size(hydra) if isinstance(hydra, dict) else None
-        if jobs is None:
-            continue
-        if hydra.get("sweep", {}).get("subdir") == "${hydra.job.num}":
-            missing = [str(i) for i in range(jobs) if not (sweep / str(i)).is_dir()]
-        else:
-            mine = sum(sweep in folder.parents for folder in folders)
-            missing = ["?"] * max(jobs - mine, 0)
-        if missing:
-            out.append(Unlaunched(sweep, jobs, missing, live_holder(sweep / SWEEP_LOCK_FILE)))
-    return out
-
-
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
-def _grid_size(hydra: dict[str, Any]) -> int | None:
-    """How many jobs Hydra's basic sweeper launches for a multirun.yaml's ``hydra`` section:
-    its ``sweeper.params`` and the command line's overrides, split as the sweeper splits
-    them; None under another sweeper or where they cannot be read here (a ``glob``, which
-    needs the config's groups)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    sweeper, overrides = hydra.get("sweeper"), hydra.get("overrides")
-    if not isinstance(sweeper, dict) or sweeper.get("_target_") != BASIC_SWEEPER:
-        return None
-    params = sweeper.get("params") or {}
-    task = overrides.get("task") if isinstance(overrides, dict) else None
-    if not isinstance(params, dict) or not isinstance(task, list | None):
-        return None
-    arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in task or []]
-    try:
-        parsed = OverridesParser.create().parse_overrides(arguments)
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
-    except Exception:  # noqa: BLE001 - hydra's own errors, unknown here: no grid known
-        return None
+    return sorted(job_folders(root)[2], key=lambda d: _path_key(d.relative_to(root)))
 
 
 def _planned(job_dir: Path, root: Path) -> bool:
@@ -365,8 +296,8 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
     results = _read_results(job_dir / "results.json") if has_results else {}
     if not has_results or results.get("status") == RUNNING:
         results = _unfinished(job_dir, root, results)
-    overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
-    config = _read_yaml(job_dir / ".hydra" / "config.yaml")
+    overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
+    config = read_yaml(job_dir / ".hydra" / "config.yaml")
     plan = _read_json(job_dir / "plan.json")
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
@@ -387,7 +318,7 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
 
 def _read_choices(path: Path) -> dict[str, str]:
     """Hydra's ``runtime.choices`` (each group's option; none when unreadable)."""
-    hydra = _read_yaml(path)
+    hydra = read_yaml(path)
     choices = (
         hydra.get("hydra", {}).get("runtime", {}).get("choices")
         if isinstance(hydra, dict)
@@ -496,7 +427,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):

@@ -25,24 +25,21 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.analysis.comparable import OBJECTIVE_KEYS, TOKENIZER_KEYS
 from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
 from lmlab.analysis.outputs import Outputs
-from lmlab.analysis.ranking import OBJECTIVE_KEYS, TOKENIZER_KEYS
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_fit import (
-    FAR_TARGET,
     N_KEYS,
     ScalingError,
     budget_summary,
     fit_isoflop,
-    fit_parametric,
     isoflop_profiles,
     n_of,
-    parametric_summary,
-    target_allocation,
-    target_reach,
 )
+from lmlab.analysis.scaling_parametric import fit_parametric, parametric_summary
 from lmlab.analysis.scaling_plot import CREATOR, plot_scaling
+from lmlab.analysis.scaling_target import FAR_TARGET, target_allocation, target_reach
 
 REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
 # scaling.json's top-level keys (``analyze``; ``feed_forward`` came later): a file holding

@@ -12,7 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lmlab.analysis.scaling_fit import budget_label, optimal_allocation, predict_loss
+from lmlab.analysis.scaling_fit import budget_label
+from lmlab.analysis.scaling_parametric import optimal_allocation, predict_loss
 
 CREATOR = "lmlab scaling"  # scaling.png's mark: a file without it is not replaced
 

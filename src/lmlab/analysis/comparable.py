@@ -1,0 +1,222 @@
+"""Whether the runs a comparison ranks measured one thing: the same objective (a loss of
+another family or task is not comparable), the same text and tokenizer (a per-token loss of
+another tokenizer, or any loss of another corpus slice or validation split, is not), the
+same validation rows, the same fine-tuning examples and eval items. Each check is a note or
+warning line for compare's summary (``ranking.summarize``); scaling refuses what
+``OBJECTIVE_KEYS`` and ``TOKENIZER_KEYS`` tell apart."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from lmlab.analysis.multirun import (
+    Run,
+    eval_failures,
+    eval_items,
+    eval_task,
+    result_key,
+    run_value,
+)
+from lmlab.config.data import DataConfig
+
+# Validation metrics (results.json names): each averages over the validation rows the run
+# scored, whose target tokens results.json's ``val_tokens`` counts.
+VALIDATION_METRICS = frozenset({"val_loss", "best_val_loss", "val_perplexity", "val_bits_per_byte"})
+# Families whose validation targets are drawn with the run's seed (masked tokens, spans):
+# their val_tokens differ between seeds on the same rows.
+SEEDED_TARGETS = frozenset({"bert", "t5"})
+
+
+def validation_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
+    """A warning when ``metric`` is a validation loss and the completed runs with a value were
+    validated on different numbers of target tokens (``val_tokens``: another micro-batch times
+    ``trainer.limit_val_batches`` scores other rows): the ranking then compares validation sets
+    as much as variants. Runs of another tokenizer or corpus are not compared so (their
+    tokens differ anyway: :func:`tokenizer_notes` warns), nor masked-token runs of another
+    seed. ``runs``: (row label, run)."""
+    if result_key(metric) not in VALIDATION_METRICS:
+        return []
+    done = [(label, run) for label, run in runs if not run.failed]
+    if tokenizer_notes([run for _, run in done], "val_loss"):
+        return []
+    groups: dict[tuple[str, ...], dict[int, list[str]]] = {}
+    for label, run in done:
+        tokens = run.results.get("val_tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            continue
+        if run_value(run, metric) is None:
+            continue
+        family = str(run.flat_config.get("model.family"))
+        seed = repr(run.seed) if family in SEEDED_TARGETS else ""
+        kind = str(run.flat_config.get("task.kind", "lm"))
+        labels = groups.setdefault((family, kind, seed), {}).setdefault(tokens, [])
+        if label not in labels:
+            labels.append(label)
+    differ = [counts for counts in groups.values() if len(counts) > 1]
+    if not differ:
+        return []
+    which = "; ".join(
+        f"{n}: {', '.join(labels)}" for counts in differ for n, labels in sorted(counts.items())
+    )
+    return [
+        f"warning: the runs were validated on different numbers of target tokens (val_tokens "
+        f"{which}), so {metric} compares different validation rows as much as the variants; "
+        "validate every run on the same rows (the same data.batch_size x "
+        "trainer.limit_val_batches, or final_val_batches=1.0 for the whole held-out split)"
+    ]
+
+
+# What a loss is the loss of: the family's objective (next-token, masked-token, span
+# corruption) and the task (pre-training, or a fine-tuning task's own loss).
+OBJECTIVE_KEYS = (("model.family", None), ("task.kind", "lm"))
+
+
+def objective_differences(runs: Sequence[Run], metric: str) -> list[str]:
+    """``key: values`` for each objective key the completed runs differ in, when ``metric``
+    is a loss, by its results.json or metrics.csv name (their values then measure different
+    things); else none."""
+    if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:
+        return []
+    done = [run for run in runs if not run.failed]
+    differ = []
+    for key, default in OBJECTIVE_KEYS:
+        values = sorted({str(run.flat_config.get(key, default)) for run in done})
+        if len(values) > 1:
+            differ.append(f"{key}: {', '.join(values)}")
+    return differ
+
+
+# What fixes the text a validation loss is measured on: the corpus, the slice of it kept
+# (``max_bytes``) and the documents held out for validation (``val_fraction``); the tokenizer
+# is trained on the rest of that text, so these change the tokens too.
+TEXT_KEYS = tuple(
+    f"data.{name}"
+    for name in (
+        "source",
+        "path",
+        "name",
+        "subset",
+        "split",
+        "text_column",
+        "max_bytes",
+        "val_fraction",
+    )
+)
+# What fixes the tokens a per-token loss is averaged over: that text and how it is split.
+# Each key with DataConfig's default, which a run whose config lacks the key (an older run)
+# trained with, so the two compare equal.
+_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+TOKENIZER_KEYS: tuple[tuple[str, object], ...] = tuple(
+    (key, _DATA_DEFAULTS[key.removeprefix("data.")])
+    for key in (*TEXT_KEYS, "data.tokenizer", "data.vocab_size")
+)
+PER_TOKEN = frozenset({"val_loss", "best_val_loss", "val_perplexity", "train_loss"})
+
+
+def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
+    """A warning when ``metric`` is per token and the runs split text into tokens
+    differently: another tokenizer changes the loss per token without changing the model's
+    quality, so bits per byte is the comparable measure. Runs validated on other text
+    (``TEXT_KEYS``) are warned of for bits per byte too: no loss compares them."""
+    if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:  # val/loss: val_loss
+        return []
+    done = [run for run in runs if not run.failed]
+    differ = [
+        key
+        for key, default in TOKENIZER_KEYS
+        if len({str(run.flat_config.get(key, default)) for run in done}) > 1
+    ]
+    text = [key for key in differ if key in TEXT_KEYS]
+    if text:
+        return [
+            f"warning: the runs differ in {', '.join(differ)}, so they were validated on "
+            f"different text and {metric} does not compare them, per token or per byte; "
+            "compare runs of one corpus, slice (data.max_bytes) and validation split "
+            "(data.val_fraction)"
+        ]
+    if not differ or result_key(metric) not in PER_TOKEN:
+        return []
+    return [
+        f"warning: the runs differ in {', '.join(differ)}, so their tokens differ and {metric} "
+        "(per token) does not compare them; rank by val_bits_per_byte (--metric "
+        "val_bits_per_byte) instead"
+    ]
+
+
+# What fixes a fine-tuning run's examples: where they come from and which columns are read.
+EXAMPLE_KEYS = tuple(
+    f"task.{name}"
+    for name in (
+        "source",
+        "name",
+        "subset",
+        "train",
+        "val",
+        "train_split",
+        "val_split",
+        "val_fraction",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "input_column",
+        "target_column",
+    )
+)
+
+
+def example_notes(runs: Sequence[Run], metric: str) -> list[str]:
+    """A warning when fine-tuning runs were validated on different examples (another file,
+    hub set or column): any metric of theirs, a loss or an accuracy, measures another data
+    set, so its ranking says which data is easier, not which variant is better."""
+    done = [run for run in runs if not run.failed]
+    if all(run.flat_config.get("task.kind", "lm") == "lm" for run in done):
+        return []
+    differ = [
+        key for key in EXAMPLE_KEYS if len({repr(run.flat_config.get(key)) for run in done}) > 1
+    ]
+    if not differ:
+        return []
+    return [
+        f"warning: the runs differ in {', '.join(differ)}, so they were trained and validated "
+        f"on different examples and {metric} compares the data sets as much as the variants"
+    ]
+
+
+def item_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
+    """A warning when ``metric`` is an eval's (``eval/<task>/...``) and the completed runs
+    with a value scored different numbers of the task's items (``eval.limit``, ``lmlab
+    evaluate limit=``): each count is another sample of the task, with its own noise (and
+    its first items may be easier), so the ranking compares samples as much as variants.
+    ``runs``: (row label, run)."""
+    task = eval_task(metric)
+    if task is None:
+        return []
+    counts: dict[int, list[str]] = {}
+    for label, run in runs:
+        count = eval_items(run, metric)
+        if not run.failed and count is not None and run_value(run, metric) is not None:
+            labels = counts.setdefault(count, [])
+            if label not in labels:
+                labels.append(label)
+    if len(counts) < 2:
+        return []
+    which = "; ".join(f"{n} items: {', '.join(labels)}" for n, labels in sorted(counts.items()))
+    return [
+        f"warning: the runs scored {task} on different numbers of items ({which}), so {metric} "
+        "compares samples of the task as much as the variants; evaluate every run on the same "
+        "items (the same eval.limit, or lmlab evaluate limit=)"
+    ]
+
+
+def eval_notes(runs: Sequence[Run], metric: str) -> list[str]:
+    """For an eval metric: each ``eval/step<N>.json`` skipped as another model's (its
+    ``model_digest`` is not the run's final checkpoint's), and the runs whose evals during
+    training failed (results.json's ``eval_failures``)."""
+    if eval_task(metric) is None:
+        return []
+    lines = [f"warning: {why}" for run in runs for why in run.skipped_evals]
+    failed = eval_failures([run for run in runs if run_value(run, metric) is None])
+    if failed:
+        lines.append(f"note: no {metric} for some runs{failed}")
+    return lines
