@@ -1404,6 +1404,14 @@ def test_a_stray_results_json_is_no_run(
     assert [r.dir.name for r in load_runs(tmp_path / "alone")] == ["C2e12_N1"]
     assert run_command("compare", root / "misc") == 2
     assert "not written by a run" in capsys.readouterr().err
+    # a results.json that does not parse, alone in its folder, is a run whose file broke
+    # (failed, unreadable); with no config it names no knob, so the others' overrides do not
+    # all become knob columns
+    (root / "broken").mkdir()
+    (root / "broken" / "results.json").write_text("not json")
+    runs = load_runs(root)
+    assert [r.dir.name for r in runs if r.failed] == ["broken"]
+    assert mrun.varying_knobs(runs) == ["model.norm_placement", "model.activation"]
 
 
 def test_n_counts_the_values_and_a_dropped_value_is_said(

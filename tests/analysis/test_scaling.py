@@ -343,7 +343,11 @@ def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_togethe
     assert f"{value} (1)" in str(info.value) and f"{default} (14)" in str(info.value)
     for metric in ("val_loss", "val_bits_per_byte"):
         (warning,) = tokenizer_notes(load_runs(root), metric)
-        assert warning.startswith(f"warning: the runs differ in data.{key}, so they were validated")
+        # which runs hold which value: the key is in no column of compare's table
+        (a, b) = sorted([f"{value}: {jobs[0].name}", f"{default}: 14 runs"])  # values sorted
+        assert warning.startswith(
+            f"warning: the runs differ in data.{key} ({a}; {b}), so they were validated"
+        ), warning
 
 
 def test_unlabelled_runs_join_a_labelled_budget_within_tolerance() -> None:

@@ -122,15 +122,18 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:  # val/loss: val_loss
         return []
     done = [run for run in runs if not run.failed]
-    differ = [
-        key
+    values = {
+        key: {str(run.flat_config.get(key, default)) for run in done}
         for key, default in TOKENIZER_KEYS
-        if len({str(run.flat_config.get(key, default)) for run in done}) > 1
-    ]
+    }
+    differ = [key for key, seen in values.items() if len(seen) > 1]
     text = [key for key in differ if key in TEXT_KEYS]
-    if text:
+    if text:  # which runs: a key no override set is in no column of the table
+        shown = ", ".join(
+            f"{key} ({_which(done, key, dict(TOKENIZER_KEYS)[key])})" for key in differ
+        )
         return [
-            f"warning: the runs differ in {', '.join(differ)}, so they were validated on "
+            f"warning: the runs differ in {shown}, so they were validated on "
             f"different text and {metric} does not compare them, per token or per byte; "
             "compare runs of one corpus, slice (data.max_bytes) and validation split "
             "(data.val_fraction)"
@@ -142,6 +145,18 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
         "(per token) does not compare them; rank by val_bits_per_byte (--metric "
         "val_bits_per_byte) instead"
     ]
+
+
+def _which(runs: Sequence[Run], key: str, default: object) -> str:
+    """``0.05: 5 runs; 0.2: 3``: each value of ``key`` with its runs' folders, or their
+    count where more than three share it."""
+    by_value: dict[str, list[str]] = {}
+    for run in runs:
+        by_value.setdefault(str(run.flat_config.get(key, default)), []).append(run.dir.name)
+    return "; ".join(
+        f"{value}: {', '.join(names) if len(names) <= 3 else f'{len(names)} runs'}"
+        for value, names in sorted(by_value.items())
+    )
 
 
 # What fixes a fine-tuning run's examples: where they come from and which columns are read.

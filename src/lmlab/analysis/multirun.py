@@ -51,7 +51,10 @@ def varying_knobs(runs: Sequence[Run]) -> list[str]:
     """The override keys whose values differ between runs, in command-line order; ``seed``,
     run-control settings (:func:`is_run_control`) and constant overrides excluded. Falls back
     to differing config.yaml keys (no paths, dirs, seeds, run names, timestamps, run control)
-    when no override varies."""
+    when no override varies. A run without a config (a results.json alone) names no knob and
+    is left out of the choice, when some run has one: its blanks would make every override
+    vary."""
+    runs = [run for run in runs if run.config or run.overrides] or list(runs)
     keys: dict[str, None] = {}
     for run in runs:
         keys.update(
