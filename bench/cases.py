@@ -432,7 +432,8 @@ def startup_case(s: Settings) -> list[CaseResult]:
             Stat("exit, from the last statement", "s", t["exit"]),
             Stat("whole process", "s", t["whole"]),
         ]
-        results.append(CaseResult("startup", mode, stats, f"{s.repeats} processes"))
+        processes = f"{s.repeats} process" + ("es" if s.repeats != 1 else "")
+        results.append(CaseResult("startup", mode, stats, processes))
     return results
 
 
