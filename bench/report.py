@@ -307,20 +307,41 @@ def sections_of(text: str) -> dict[str, str]:
     return {m.group(1): m.group(0) for m in SECTION.finditer(text)}
 
 
+TITLE = "# Benchmarks"
+PREAMBLE = (
+    "Written by `make bench` (`python bench/run.py`). Each number is the median of the "
+    "runs, with min and max; compare before and after a change on the same machine. The "
+    "lines below describe the latest run; each section's 'Measured' line says when, where "
+    "and at which commit its numbers were taken."
+)
+
+
+def handwritten_outside(previous: str) -> list[str]:
+    """The lines of ``previous`` that no run wrote and no section holds: a note typed between
+    the header and the sections, or after them. The report's own are the title, its
+    'Written by' paragraph and the header's list of ``- `` lines right after it."""
+    kept: list[str] = []
+    state = "top"  # top -> header (its list) -> notes (everything else)
+    for line in SECTION.sub("", previous).splitlines():
+        if state != "notes" and (line == TITLE or line.startswith("Written by `make bench`")):
+            continue
+        if state != "notes" and (line.startswith("- ") or not line.strip()):
+            state = "header" if line.startswith("- ") else state
+            continue
+        state = "notes"
+        if line.strip() or (kept and kept[-1].strip()):  # one blank line between paragraphs
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
+
+
 def render(header: list[str], sections: dict[str, str], previous: str = "") -> str:
-    """BENCHMARKS.md: the header (the latest run), then every group's section; groups not
+    """BENCHMARKS.md: the header (the latest run), the hand-written lines ``previous`` held
+    outside its sections (``handwritten_outside``), then every group's section; groups not
     measured in this run keep their section from ``previous`` (each says when it was measured)."""
     merged = {**sections_of(previous), **sections}
     order = [g for g in GROUP_ORDER if g in merged] + [g for g in merged if g not in GROUP_ORDER]
-    out = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`python bench/run.py`). Each number is the median of the "
-        "runs, with min and max; compare before and after a change on the same machine. The "
-        "lines below describe the latest run; each section's 'Measured' line says when, where "
-        "and at which commit its numbers were taken.",
-        "",
-        *header,
-        "",
-    ]
+    notes = handwritten_outside(previous)
+    out = [TITLE, "", PREAMBLE, "", *header, "", *([*notes, ""] if notes else [])]
     return "\n".join(out) + "\n" + "\n".join(merged[g] for g in order)

@@ -14,8 +14,8 @@ others, so ``--only`` updates part of the file. A run of only some of a group's 
 train_gpt_tiny_fp32``, or cases ``--budget`` left out) rewrites that group's rows of the cases
 it measured and keeps the others, the note of each kept row saying which earlier run measured
 it; a group none of whose cases ran keeps its section as it was, and a run that measured
-nothing leaves the file alone. Lines of a section that the report does not write
-(hand-written notes) are kept. The header describes the latest run and names the sections it
+nothing leaves the file alone. Lines that the report does not write (hand-written notes) are
+kept: in a section, at its end; outside the sections, after the header. The header describes the latest run and names the sections it
 measured; each section's 'Measured' line says when, where and at which commit. The GPU cases
 (``--only gpu``: ``make bench-gpu``) are refused without CUDA unless ``--quick``, which runs
 them shrunk on the CPU to check that they work.
@@ -47,6 +47,7 @@ from bench.report import (  # noqa: E402
     NOT_RUN,
     CaseResult,
     git_commit,
+    handwritten_outside,
     machine_lines,
     machine_summary,
     parse_section,
@@ -221,6 +222,8 @@ def write_report(
         if group in old and (kept := parse_section(old[group]).handwritten):
             print(f"kept {len(kept)} hand-written line(s) in section {group}: do they still hold?")
     header.append(f"- sections this run measured: {'; '.join(labels)}")
+    if notes := handwritten_outside(previous):
+        print(f"kept {len(notes)} hand-written line(s) outside the sections, after the header")
     out_file.write_text(render(header, sections, previous))
     print(f"wrote {out_file}")
 

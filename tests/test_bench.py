@@ -140,6 +140,24 @@ def test_a_partial_run_replaces_only_its_own_sections() -> None:
     assert after.index("## Training") < after.index("## Data")
 
 
+def test_hand_written_lines_outside_the_sections_are_kept() -> None:
+    """A note typed between the header and the sections (or after them) was deleted by the
+    next run, which rewrites the header: it is kept, after the new header, run after run;
+    the old header's own lines are not."""
+    stats = [Stat("wall", "s", [1.0])]
+    data = render_section("data", [CaseResult("data", "x", stats)], "measured", "")
+    before = render(["- old header", "- date: then"], {"data": data})
+    i = before.index("<!-- section:data")
+    typed = before[:i] + "My note: the old box.\n- a bullet of mine\n\n" + before[i:] + "\nEnd.\n"
+    after = render(["- new header"], {"data": data}, previous=typed)
+    assert "- old header" not in after and "- date: then" not in after
+    assert after.index("- new header") < after.index("My note: the old box.\n- a bullet of mine")
+    assert after.index("End.") < after.index("<!-- section:data")
+    again = render(["- newer header"], {}, previous=after)
+    assert again.count("My note: the old box.") == 1 and again.count("End.") == 1
+    assert again.replace("- newer header", "- new header") == after
+
+
 # fake cases: key -> (group, row name, wall time)
 SUITE = {"a": ("train", "alpha", 1.0), "b": ("train", "beta", 2.0), "c": ("data", "gamma", 3.0)}
 TENFOLD = {key: (group, name, 10 * value) for key, (group, name, value) in SUITE.items()}
