@@ -15,10 +15,11 @@ train_gpt_tiny_fp32``, or cases ``--budget`` left out) rewrites that group's row
 it measured and keeps the others, the note of each kept row saying which earlier run measured
 it; a group none of whose cases ran keeps its section as it was, and a run that measured
 nothing leaves the file alone. Lines that the report does not write (hand-written notes) are
-kept: in a section, at its end; outside the sections, after the header. The header describes the latest run and names the sections it
-measured; each section's 'Measured' line says when, where and at which commit. The GPU cases
-(``--only gpu``: ``make bench-gpu``) are refused without CUDA unless ``--quick``, which runs
-them shrunk on the CPU to check that they work.
+kept: in a section, at its end; outside the sections, after the header. The header describes
+the latest run and names the sections it measured; each section's 'Measured' line says
+when, where and at which commit. The GPU cases (``--only gpu``: ``make bench-gpu``) are
+refused without CUDA unless ``--quick``, which runs them shrunk on the CPU to check that
+they work.
 """
 
 from __future__ import annotations
