@@ -122,16 +122,11 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:  # val/loss: val_loss
         return []
     done = [run for run in runs if not run.failed]
-    values = {
-        key: {str(run.flat_config.get(key, default)) for run in done}
-        for key, default in TOKENIZER_KEYS
-    }
-    differ = [key for key, seen in values.items() if len(seen) > 1]
+    groups = {key: _by_value(done, key, default) for key, default in TOKENIZER_KEYS}
+    differ = [key for key, by_value in groups.items() if len(by_value) > 1]
     text = [key for key in differ if key in TEXT_KEYS]
     if text:  # which runs: a key no override set is in no column of the table
-        shown = ", ".join(
-            f"{key} ({_which(done, key, dict(TOKENIZER_KEYS)[key])})" for key in differ
-        )
+        shown = ", ".join(f"{key} ({_which(groups[key])})" for key in differ)
         return [
             f"warning: the runs differ in {shown}, so they were validated on "
             f"different text and {metric} does not compare them, per token or per byte; "
@@ -147,12 +142,17 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     ]
 
 
-def _which(runs: Sequence[Run], key: str, default: object) -> str:
-    """``0.05: 5 runs; 0.2: 3``: each value of ``key`` with its runs' folders, or their
-    count where more than three share it."""
+def _by_value(runs: Sequence[Run], key: str, default: object) -> dict[str, list[str]]:
+    """The runs' folder names by their value of ``key`` (``default`` where a config lacks it)."""
     by_value: dict[str, list[str]] = {}
     for run in runs:
         by_value.setdefault(str(run.flat_config.get(key, default)), []).append(run.dir.name)
+    return by_value
+
+
+def _which(by_value: dict[str, list[str]]) -> str:
+    """``0.05: 5 runs; 0.2: 3``: each value with its runs' folders, or their count where more
+    than three share it."""
     return "; ".join(
         f"{value}: {', '.join(names) if len(names) <= 3 else f'{len(names)} runs'}"
         for value, names in sorted(by_value.items())
