@@ -22,7 +22,7 @@ from lmlab.analysis.runs import load_runs
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.run import train
-from lmlab.train.rundir import holds_run
+from lmlab.train.runfiles import holds_run
 
 TASK = "stdlib_nextline"
 ACC = f"eval/{TASK}/acc_mutual_info"

@@ -342,7 +342,7 @@ def test_resume_auto_takes_the_newest_checkpoint_or_starts_fresh(
     from omegaconf import OmegaConf
 
     from lmlab.train.resume import resume_checkpoint, run_identity
-    from lmlab.train.rundir import RUN_CONFIG
+    from lmlab.train.runfiles import RUN_CONFIG
 
     cfg = compose_train(["+debug=smoke", "resume=auto"], tmp_path, cache_dir)
     assert resume_checkpoint(cfg, tmp_path) is None  # nothing yet: a fresh run

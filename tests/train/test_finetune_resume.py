@@ -19,7 +19,7 @@ from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.resume import check_same_run, run_identity
 from lmlab.train.run import train
-from lmlab.train.rundir import RUN_CONFIG
+from lmlab.train.runfiles import RUN_CONFIG
 
 # a one-layer 32-wide BERT on char tokens, a few steps of 4 examples
 TINY = ["task=classify", "task.source=files", "model=bert_tiny", "model.d_model=32"]

@@ -11,8 +11,8 @@ import torch
 from lmlab.config import AttentionKernel, Family, ModelConfig, Positional
 from lmlab.model import build_model
 from lmlab.model.loss import CHUNKED_AVAILABLE
-from lmlab.train.callbacks import attention_kernels, cross_entropy_form, profiled_ops
 from lmlab.train.estimate import SAMPLE_INPUTS
+from lmlab.train.kernel_probe import attention_kernels, cross_entropy_form, profiled_ops
 
 
 @pytest.mark.parametrize("family", list(Family))

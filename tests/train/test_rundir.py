@@ -517,7 +517,7 @@ def test_a_resumed_sweep_is_checked_against_its_runs_before_any_job_trains(
     job 1's ``.hydra/``). Resumed with its own grid, each job continues and gets ``.hydra/``
     as configured, with nothing of how it was held; the first invocation's
     ``multirun.yaml`` is kept as ``multirun.1.yaml``."""
-    from lmlab.train.rundir import HELD_SUBDIR
+    from lmlab.train.held import HELD_SUBDIR
 
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     sweep = tmp_path / "sweep"
@@ -872,21 +872,22 @@ def test_a_probe_of_the_lock_is_waited_out_not_taken_for_a_live_run(
     import fcntl
     import threading
 
-    import lmlab.train.rundir as rundir
+    import lmlab.train.dirlock as dirlock
+    from lmlab.config.locks import LOCK_FILE
 
-    probe = os.open(tmp_path / rundir.LOCK_FILE, os.O_RDONLY | os.O_CREAT)
+    probe = os.open(tmp_path / LOCK_FILE, os.O_RDONLY | os.O_CREAT)
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
     threading.Timer(0.01, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
-    monkeypatch.setattr(rundir, "PROBE_WAIT_S", 60.0)
-    rundir.lock_run_dir(tmp_path)  # it used to be refused: "in use by a live run (pid unknown)"
-    rundir.unlock_run_dir(tmp_path)
+    monkeypatch.setattr(dirlock, "PROBE_WAIT_S", 60.0)
+    dirlock.lock_run_dir(tmp_path)  # it used to be refused: "in use by a live run (pid unknown)"
+    dirlock.unlock_run_dir(tmp_path)
     os.close(probe)
-    held = os.open(tmp_path / rundir.LOCK_FILE, os.O_RDONLY | os.O_CREAT)
+    held = os.open(tmp_path / LOCK_FILE, os.O_RDONLY | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)  # never released: a live holder's
-    monkeypatch.setattr(rundir, "PROBE_WAIT_S", 0.0)
+    monkeypatch.setattr(dirlock, "PROBE_WAIT_S", 0.0)
     try:
         with pytest.raises(ConfigError, match=r"is in use by a live run"):
-            rundir.lock_run_dir(tmp_path)
+            dirlock.lock_run_dir(tmp_path)
     finally:
         os.close(held)
 
@@ -897,7 +898,7 @@ def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None
     import fcntl
 
     from lmlab.config.locks import LOCK_FILE
-    from lmlab.train.rundir import fresh_run_dir, lock_run_dir, unlock_run_dir
+    from lmlab.train.dirlock import fresh_run_dir, lock_run_dir, unlock_run_dir
 
     base = tmp_path / "12-00-00"
     assert fresh_run_dir(base) == base  # free: itself
@@ -1090,7 +1091,7 @@ def sharded_run(run_dir: Path, cfg) -> Path:
     from omegaconf import OmegaConf
 
     from lmlab.train.resume import run_identity
-    from lmlab.train.rundir import RUN_CONFIG
+    from lmlab.train.runfiles import RUN_CONFIG
 
     ckpts = run_dir / "checkpoints"
     ckpts.mkdir(parents=True)

@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lmlab.analysis.runs import Run, RunDirError, canonical, item_count
+from lmlab.analysis.run_files import canonical, item_count
+from lmlab.analysis.runs import Run, RunDirError
 
 # results.json keys that are not metrics.
 NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed", "wandb_id", "resumed_from"})

@@ -22,18 +22,20 @@ folder (a sweep stopped before them) are known too (:mod:`lmlab.analysis.sweep_g
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lmlab.analysis.run_files import (
+    parse_overrides,
+    read_choices,
+    read_curve,
+    read_evals,
+    read_json,
+    read_results,
+    read_yaml,
+)
 from lmlab.config import flatten
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
 from lmlab.errors import ConfigError
@@ -43,10 +45,6 @@ STOPPED = ("preempted", "interrupted")
 # statuses of a job that has not ended: a live process holds its lock, or none does.
 RUNNING, KILLED = "running", "killed"
 UNFINISHED = (*STOPPED, RUNNING, KILLED)
-# metrics.csv columns that are the x axis, not metrics.
-CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
-_NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_EVAL_RECORD_RE = re.compile(r"step(\d+)")  # eval/step<N>.json, N the weights' step
 
 
 class RunDirError(ConfigError):
@@ -171,7 +169,7 @@ def _is_run(folder: Path) -> bool:
     not parse is a run's too, whose file broke: ranked as failed, ``unreadable``."""
     if (folder / ".hydra").is_dir() or (folder / "plan.json").is_file():
         return True
-    results = _read_json(folder / "results.json")
+    results = read_json(folder / "results.json")
     return not isinstance(results, dict) or "status" in results
 
 
@@ -215,7 +213,7 @@ def _planned(job_dir: Path, root: Path) -> bool:
     """Whether a folder without results.json is a dry run's: its plan.json is marked
     ``dry_run`` (a run that trains replaces it as it starts) and no run has started there
     since (no lock file, held or left by a kill, and no live sweep holding one above it)."""
-    plan = _read_json(job_dir / "plan.json")
+    plan = read_json(job_dir / "plan.json")
     return (
         isinstance(plan, dict)
         and plan.get("dry_run") is True
@@ -250,7 +248,7 @@ def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str,
     # nothing live: a results.json written since the folders were listed is the job's own
     # (a run writes it before it lets go of its lock)
     if (job_dir / "results.json").is_file():
-        current = _read_results(job_dir / "results.json")
+        current = read_results(job_dir / "results.json")
         if current.get("status") != RUNNING:
             return current
     if results or (job_dir / LOCK_FILE).exists():
@@ -293,220 +291,24 @@ def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
 
 
 def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
-    results = _read_results(job_dir / "results.json") if has_results else {}
+    results = read_results(job_dir / "results.json") if has_results else {}
     if not has_results or results.get("status") == RUNNING:
         results = _unfinished(job_dir, root, results)
     overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = read_yaml(job_dir / ".hydra" / "config.yaml")
-    plan = _read_json(job_dir / "plan.json")
+    plan = read_json(job_dir / "plan.json")
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
-    record = _read_evals(job_dir, results)
+    record = read_evals(job_dir, results)
     return Run(
         dir=job_dir,
         results=results,
-        overrides=_parse_overrides(overrides if isinstance(overrides, list) else []),
+        overrides=parse_overrides(overrides if isinstance(overrides, list) else []),
         config=config if isinstance(config, dict) else {},
-        curve=_read_curve(job_dir),
+        curve=read_curve(job_dir),
         evals=record.metrics,
         eval_step=record.step,
         eval_items=record.items,
         skipped_evals=record.skipped,
-        choices=_read_choices(job_dir / ".hydra" / "hydra.yaml"),
+        choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
     )
-
-
-def _read_choices(path: Path) -> dict[str, str]:
-    """Hydra's ``runtime.choices`` (each group's option; none when unreadable)."""
-    hydra = read_yaml(path)
-    choices = (
-        hydra.get("hydra", {}).get("runtime", {}).get("choices")
-        if isinstance(hydra, dict)
-        else None
-    )
-    if not isinstance(choices, dict):
-        return {}
-    return {str(k): str(v) for k, v in choices.items() if v is not None and "/" not in str(k)}
-
-
-@dataclass
-class _EvalRecord:
-    """What :func:`_read_evals` found: the record used (its step, metrics and per-task item
-    counts) and why any newer one was skipped."""
-
-    step: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    items: dict[str, int] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-
-
-def _read_evals(job_dir: Path, results: dict[str, Any]) -> _EvalRecord:
-    """The ``eval/step<N>.json`` with the largest N as a number (step 1000000 after step
-    999999; ``lmlab evaluate`` of the final checkpoint, usually); other names and unreadable
-    files are skipped. So is the record of the run's final step (results.json's
-    ``global_step``) whose ``model_digest`` is not results.json's, the digest of that
-    checkpoint: another model's evaluation, left in the folder or copied there (named in
-    ``skipped``); the next record, or results.json's own eval metrics, count instead. A record
-    of another step cannot be checked so (results.json knows the final weights only) and
-    counts as before, as does any record where either side has no digest (older runs).
-    Empty without one."""
-    records = []
-    for path in job_dir.glob("eval/step*.json"):
-        match = _EVAL_RECORD_RE.fullmatch(path.stem)
-        if match:
-            records.append((int(match[1]), path))
-    final, digest = results.get("global_step"), results.get("model_digest")
-    skipped = []
-    for step, path in sorted(records, reverse=True):
-        try:
-            record = json.loads(path.read_text())
-            metrics = record.get("metrics", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        theirs = record.get("model_digest")
-        known = isinstance(theirs, str) and isinstance(digest, str)
-        if step == final and known and theirs != digest:
-            skipped.append(
-                f"{path}: its model_digest {theirs} is not that of the run's final checkpoint "
-                f"({digest}, results.json): the evaluation of another model, skipped"
-            )
-            continue
-        values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        return _EvalRecord(step, values, _record_items(record), skipped)
-    return _EvalRecord(skipped=skipped)
-
-
-def _record_items(record: dict[str, Any]) -> dict[str, int]:
-    """Per task of an eval record, the items it scored: the harness's ``n_samples``
-    (``effective``), else the ``limit`` it ran with; tasks with neither are left out."""
-    tasks = record.get("tasks")
-    out = {}
-    for task, entry in (tasks if isinstance(tasks, dict) else {}).items():
-        if not isinstance(entry, dict):
-            continue
-        settings = entry.get("lm_eval")
-        limit = settings.get("limit") if isinstance(settings, dict) else None
-        count = item_count(entry.get("n_samples"), limit)
-        if count is not None:
-            out[str(task)] = count
-    return out
-
-
-def item_count(n_samples: Any, limit: Any = None) -> int | None:
-    """The items a task was scored on: lm-eval's ``n-samples`` entry (``{"original": 300,
-    "effective": 20}``, or a bare count), else ``limit`` (at most that many); None unknown."""
-    if isinstance(n_samples, dict):
-        n_samples = n_samples.get("effective", n_samples.get("original"))
-    for value in (n_samples, limit):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _read_results(path: Path) -> dict[str, Any]:
-    """``results.json``; one that cannot be read ranks as a failed run (``compare``), marked
-    ``unreadable`` so that a tool can say it was the file, not the run, that failed."""
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {"status": "failed", "unreadable": True, "error": f"unreadable results.json: {exc}"}
-    if not isinstance(results, dict):
-        return {
-            "status": "failed",
-            "unreadable": True,
-            "error": "results.json is not a JSON object",
-        }
-    return results
-
-
-def _read_json(path: Path) -> Any:
-    """The file's JSON, None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _parse_overrides(items: Iterable[Any]) -> dict[str, str]:
-    """``["+model.act=gelu", "~x"]`` -> ``{"model.act": "gelu", "x": "<deleted>"}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        key = key.lstrip("+~")
-        if re.split(r"[./]", key)[0] == "hydra":
-            continue
-        out[key] = canonical(value) if sep else "<deleted>"
-    return out
-
-
-def canonical(value: Any) -> str:
-    """A value as a comparable string: override text and config values of the same value match
-    (``"true"`` and ``True``, ``"0.10"`` and ``0.1``)."""
-    if isinstance(value, str):
-        text = value
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            return text
-        if isinstance(value, dict | list):
-            return text
-        if isinstance(value, str) and _NUMBER_RE.fullmatch(value):
-            value = float(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return _compact(value)
-    return str(value)
-
-
-def _compact(value: float) -> str:
-    """A float as short as it reads: ``1e5``, not ``100000.0``, for a whole number of five
-    digits or more (a learning rate typed as 1e5); else its ``repr``. Both round-trip, so two
-    values read alike only where they are equal."""
-    text = repr(value)
-    if math.isfinite(value) and value == int(value) and abs(value) >= 1e4:
-        mantissa, _, exponent = f"{value:e}".partition("e")
-        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-        if float(short) == value and len(short) < len(text):
-            return short
-    return text
-
-
-def _read_curve(job_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """metrics.csv as ``{column: [(step, value), ...]}`` in file order, empty cells skipped."""
-    path = job_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        found = sorted(job_dir.glob("csv/**/metrics.csv"))
-        if not found:
-            return {}
-        path = found[-1]
-    curve: dict[str, list[tuple[float, float]]] = {}
-    try:
-        with path.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                step = _to_float(row.get("step"))
-                if step is None:
-                    continue
-                for column, raw in row.items():
-                    value = _to_float(raw)
-                    if column and column not in CURVE_AXIS_COLUMNS and value is not None:
-                        curve.setdefault(column, []).append((step, value))
-    except (OSError, csv.Error):
-        return curve
-    return curve
-
-
-def _to_float(raw: Any) -> float | None:
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        return None

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.analysis.runs import job_folders, read_yaml
+from lmlab.analysis.run_files import read_yaml
+from lmlab.analysis.runs import job_folders
 from lmlab.config.locks import SWEEP_LOCK_FILE, live_holder
 
 

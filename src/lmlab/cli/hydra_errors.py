@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config import omegaconf_error
 from lmlab.errors import ConfigError, first_line
-from lmlab.train.rundir import in_the_way
+from lmlab.train.runfiles import in_the_way
 
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
-from lmlab.train.rundir import RUN_CONFIG, holds_run
+from lmlab.train.runfiles import RUN_CONFIG, holds_run
 
 RESULTS = "results.json"
 

@@ -21,25 +21,24 @@ from lmlab.cli.sweep import replaced_by_command_line, swept_sweep_files
 from lmlab.cli.sweep_check import check_sweep
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError
-from lmlab.train.rundir import (
-    absolute,
-    chose_dir,
-    earlier_sweep_runs,
+from lmlab.train.dirlock import (
     fresh_run_dir,
     fresh_sweep_dir,
-    hold_hydra_writes,
-    hold_sweep_hydra_writes,
-    job_started,
-    keep_multirun_yaml,
-    launch_rank_is_zero,
-    launched_processes,
-    listed,
     lock_run_dir,
     lock_sweep_dir,
     refuse_live_sweep_dir,
     refuse_run_in_sweep_dir,
     refuse_sweep_in_run_dir,
     unlock_sweep_dirs,
+)
+from lmlab.train.held import hold_hydra_writes, hold_sweep_hydra_writes, job_started
+from lmlab.train.rundir import chose_dir, keep_multirun_yaml
+from lmlab.train.runfiles import (
+    absolute,
+    earlier_sweep_runs,
+    launch_rank_is_zero,
+    launched_processes,
+    listed,
 )
 
 

@@ -28,7 +28,7 @@ from lmlab.cli.sweep import (
     swept_keys,
 )
 from lmlab.errors import ConfigError
-from lmlab.train.rundir import in_the_way
+from lmlab.train.runfiles import in_the_way
 
 MAX_REASONS = 10  # a refused sweep's lines, one reason each
 

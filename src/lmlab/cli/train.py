@@ -46,7 +46,8 @@ from lmlab.config import CONF_DIR, register_configs, resolve_configs
 from lmlab.data.tokenizer import check_vocab
 from lmlab.errors import ConfigError
 from lmlab.train.budget import check_max_steps
-from lmlab.train.rundir import absolute, launch_rank_is_zero, listed, unlock_sweep_dirs
+from lmlab.train.dirlock import unlock_sweep_dirs
+from lmlab.train.runfiles import absolute, launch_rank_is_zero, listed
 
 register_configs()
 

@@ -2,7 +2,7 @@
 
 A run holds an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock`` for its lifetime, and
 the process that launched a sweep one on ``<sweep dir>/.lmlab-sweep.lock``
-(``lmlab.train.rundir`` takes and releases them). The kernel drops a lock when its process
+(``lmlab.train.dirlock`` takes and releases them). The kernel drops a lock when its process
 dies, so a lock file that no process holds is what a ``kill -9`` left behind. Every command
 that reads run folders asks here (``live_holder``): training, to refuse a live folder, and
 the analysis tools, to tell a job that still runs from one that was killed.
@@ -27,7 +27,7 @@ def pid_in(fd: int) -> str:
 def live_holder(lock: Path) -> str | None:
     """The pid written in the lock file ``lock`` where a live process holds it, else None (no
     such file, or nobody holds it). Takes nothing: the probe's shared lock lasts an instant,
-    which a run taking the lock meanwhile waits out (``rundir.PROBE_WAIT_S``)."""
+    which a run taking the lock meanwhile waits out (``dirlock.PROBE_WAIT_S``)."""
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:  # no such lock (or no such folder): nothing live there

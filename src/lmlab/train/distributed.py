@@ -1,12 +1,11 @@
 """Many processes through Lightning: the FSDP2 strategy and Hydra multiruns (the global batch
-is ``lmlab.train.batch``).
+is ``lmlab.train.batch``; ``trainer.strategy`` is checked in ``lmlab.train.strategy_check``).
 
 - ``FSDPStrategy`` is Lightning's ``ModelParallelStrategy`` (FSDP2, which also runs on CPU
   with gloo) with the whole world as the data-parallel (sharding) dimension, and sharded
   checkpoints written atomically: into a temporary folder, renamed into place once every rank
   has written its shard.
-- ``check_strategy_loads``: a sharded checkpoint is resumed by a strategy that reads one (a
-  refusal before the data is prepared, not an ``IsADirectoryError`` after).
+- ``RankLostError``: a rank whose peer's process is gone stops in one line.
 - ``job_command`` and ``JobScope`` make Hydra multiruns work with DDP/FSDP (a long-standing
   breakage of Lightning + Hydra): Lightning starts the other ranks by re-running the command
   line, which in a multirun is the whole sweep. The children instead get this job's own
@@ -16,27 +15,22 @@ is ``lmlab.train.batch``).
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
-from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lmlab.config.asked import as_typed
-from lmlab.errors import ConfigError, first_line
-from lmlab.infer.checkpoint import is_sharded
+from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -133,169 +127,6 @@ def keyed_by_name(state: dict[str, Any], optimizer: Any, model: Any) -> dict[str
     }
 
 
-def strategy_class(trainer_cfg: Mapping[str, Any]) -> type[Strategy] | None:
-    """The Lightning strategy ``trainer.strategy`` names: a ``_target_`` node's class
-    (``trainer=ddp``, ``trainer=fsdp``) or a name in Lightning's registry (``ddp``); None for
-    ``auto`` (unset: one device, or DDP) and for what Lightning cannot find, which its Trainer
-    refuses itself."""
-    strategy = trainer_cfg.get("strategy") or "auto"
-    if isinstance(strategy, str):
-        return StrategyRegistry[strategy]["strategy"] if strategy in StrategyRegistry else None
-    module, _, name = str(strategy.get("_target_", "")).rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return found if isinstance(found, type) and issubclass(found, Strategy) else None
-
-
-# What a node's value may be, by the parameter's annotation: the basic types a config holds.
-BASIC_TYPES = (bool, int, float, str, type(None))
-
-
-def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
-    """``trainer.strategy`` is one Lightning builds: a name in its ``StrategyRegistry``, or a
-    node whose ``_target_`` imports as a Strategy and whose keys are arguments it takes, of
-    a basic type it takes (a bool field given ``maybe``). Lightning refused a bad name when
-    the Trainer was built, through a traceback, and a bad field once every rank had
-    started."""
-    strategy = trainer_cfg.get("strategy")
-    if strategy is None or isinstance(strategy, str):
-        names = ["auto", *StrategyRegistry.available_strategies()]
-        if strategy is None or strategy in names:
-            return
-        raise ConfigError(
-            f"trainer.strategy={strategy}: not a strategy Lightning knows; allowed: "
-            f"{', '.join(names)}, or a node with a _target_ (trainer=ddp, trainer=fsdp)"
-        )
-    if not isinstance(strategy, Mapping) or "_target_" not in strategy:
-        raise ConfigError(
-            f"trainer.strategy={strategy}: neither a strategy's name nor a node with a "
-            "_target_; allowed: a name (auto, ddp, ...) or a node (trainer=ddp, trainer=fsdp)"
-        )
-    target = str(strategy["_target_"])
-    module, _, name = target.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(
-            f"trainer.strategy._target_={target}: cannot be imported ({type(err).__name__}: "
-            f"{first_line(err)}); allowed: a Strategy class's dotted path, such as "
-            "lightning.pytorch.strategies.DDPStrategy (trainer=ddp) or "
-            "lmlab.train.distributed.FSDPStrategy (trainer=fsdp)"
-        ) from None
-    if not (isinstance(found, type) and issubclass(found, Strategy)):
-        raise ConfigError(
-            f"trainer.strategy._target_={target}: not a Lightning Strategy class; allowed: "
-            "a subclass of lightning.pytorch.strategies.Strategy, such as DDPStrategy"
-        )
-    params, closed = strategy_parameters(found)
-    for key, value in strategy.items():
-        if str(key).startswith("_"):
-            continue
-        if key not in params:
-            if closed:
-                raise ConfigError(
-                    f"trainer.strategy.{key}={value}: unknown key ({target} does not take "
-                    f"it); allowed: {', '.join(params)}"
-                )
-            continue
-        allowed = value_kinds(*params[key])
-        if allowed is not None and not takes(allowed, value):
-            shown = f"'{value}'" if isinstance(value, str) else value
-            raise ConfigError(
-                f"trainer.strategy.{key}={shown}: not a value {found.__name__} takes for "
-                f"{key}; allowed: {describe_kinds(allowed)}"
-            )
-
-
-def strategy_parameters(cls: type) -> tuple[dict[str, tuple[Any, Any]], bool]:
-    """The arguments a strategy node may set, each with its annotation and default, and
-    whether they are all it takes. A ``**kwargs`` of lmlab's own class goes to its parent
-    (``FSDPStrategy``: Lightning's ModelParallelStrategy), DDPStrategy's to torch's
-    DistributedDataParallel; any other's is open (Lightning's FSDPStrategy passes it to
-    torch's FSDP)."""
-    from lightning.pytorch.strategies import DDPStrategy
-    from torch.nn.parallel import DistributedDataParallel
-
-    params: dict[str, tuple[Any, Any]] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        more = annotated_parameters(init)
-        params |= {k: v for k, v in more.items() if k not in params}
-        if "**" not in more:
-            break
-        del params["**"]
-        if klass is DDPStrategy:
-            ddp = annotated_parameters(DistributedDataParallel.__init__)
-            params |= {k: v for k, v in ddp.items() if k not in params and k != "module"}
-            break
-        if not klass.__module__.startswith("lmlab."):
-            return params, False
-    return params, True
-
-
-def annotated_parameters(init: Any) -> dict[str, tuple[Any, Any]]:
-    """``init``'s keyword parameters: name -> (annotation, default), the annotations
-    resolved where they can be; a ``**kwargs`` is the key ``**``."""
-    try:
-        hints = typing.get_type_hints(init)
-    except Exception:  # noqa: BLE001 (an annotation that does not resolve: left unchecked)
-        hints = {}
-    out: dict[str, tuple[Any, Any]] = {}
-    for name, p in inspect.signature(init).parameters.items():
-        if p.kind == inspect.Parameter.VAR_KEYWORD:
-            out["**"] = (None, None)
-        elif name != "self" and p.kind != inspect.Parameter.VAR_POSITIONAL:
-            out[name] = (hints.get(name, p.annotation), p.default)
-    return out
-
-
-def value_kinds(annotation: Any, default: Any) -> tuple[set[type], list[Any]] | None:
-    """The basic types and literal values a parameter takes, by its annotation (an
-    unannotated one by a bool default: torch's DDP flags); None where that is not cheap to
-    tell (a class, a callable, a timedelta)."""
-    if annotation in (inspect.Parameter.empty, typing.Any, None):
-        return ({bool}, []) if isinstance(default, bool) else None
-    options = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        else (annotation,)
-    )
-    kinds: set[type] = set()
-    literals: list[Any] = []
-    for option in options:
-        if typing.get_origin(option) is typing.Literal:
-            literals += typing.get_args(option)
-        elif option in BASIC_TYPES:
-            kinds.add(option)
-        else:
-            return None
-    return kinds, literals
-
-
-def takes(allowed: tuple[set[type], list[Any]], value: Any) -> bool:
-    """Whether ``value`` is of the basic types or among the literals ``allowed`` holds (an
-    int for a float; a bool is not an int here)."""
-    kinds, literals = allowed
-    if any(value == v and type(value) is type(v) for v in literals):
-        return True
-    if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, int):
-        return bool(kinds & {int, float})
-    return type(value) in kinds
-
-
-def describe_kinds(allowed: tuple[set[type], list[Any]]) -> str:
-    kinds, literals = allowed
-    words = {bool: "true, false", int: "an integer", float: "a number", str: "a string"}
-    said = [str(v) for v in literals] + [words[k] for k in BASIC_TYPES if k in words and k in kinds]
-    return ", ".join(said + (["null"] if type(None) in kinds else []))
-
-
 # What a collective says when another rank's process is gone (killed, out of memory): gloo's
 # and NCCL's words, and torch's store's.
 RANK_GONE = (
@@ -316,45 +147,6 @@ class RankLostError(RuntimeError):
 def lost_rank(err: BaseException) -> bool:
     """Whether ``err`` is a collective failing because another rank's process is gone."""
     return isinstance(err, RuntimeError) and any(words in str(err) for words in RANK_GONE)
-
-
-def reads_sharded(trainer_cfg: Mapping[str, Any]) -> bool:
-    """Whether the run's strategy loads a sharded checkpoint folder: Lightning's
-    ModelParallelStrategy and lmlab's FSDPStrategy built on it (any device count: the
-    shards are resharded on load)."""
-    found = strategy_class(trainer_cfg)
-    return found is not None and issubclass(found, ModelParallelStrategy)
-
-
-def check_strategy_loads(trainer_cfg: Mapping[str, Any], ckpt: Path | None) -> Path | None:
-    """``ckpt``, the checkpoint a run continues, when its strategy can load it; a sharded
-    folder (``trainer=fsdp``'s) with another strategy is refused before the data is prepared
-    (Lightning would read the folder as a file: ``IsADirectoryError``)."""
-    if ckpt is None or not is_sharded(ckpt) or reads_sharded(trainer_cfg):
-        return ckpt
-    found = strategy_class(trainer_cfg)
-    name = found.__name__ if found is not None else trainer_cfg.get("strategy") or "auto"
-    preset = trainer_preset()
-    this = f"trainer={preset} (strategy {name})" if preset else f"strategy ({name})"
-    raise ConfigError(
-        f"checkpoint {ckpt} is sharded (a folder of per-rank shards, as trainer=fsdp writes) "
-        f"and this run's {this} cannot load it: continue it with trainer=fsdp (any "
-        f"device count), or start a new run in another directory from its weights with "
-        f"init_from={ckpt} (a fresh optimizer and schedule), or write them into one file with "
-        f"`lmlab consolidate ckpt={ckpt}` (weights only: for generate, evaluate, convert and "
-        "init_from, not to continue a run)"
-    )
-
-
-def trainer_preset() -> str | None:
-    """The ``trainer`` preset the run composed (``cpu``, ``ddp``, ...), as Hydra chose it;
-    None outside a Hydra run."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    choice = HydraConfig.get().runtime.choices.get("trainer")
-    return str(choice) if choice else None
 
 
 def job_command(local_rank: int) -> tuple[Sequence[str], str]:

@@ -46,7 +46,7 @@ from lmlab.infer.checkpoint import (
     read_checkpoint,
 )
 from lmlab.infer.pretrained import check_finite, model_state
-from lmlab.train.rundir import RUN_CONFIG, checkpoints_in
+from lmlab.train.runfiles import RUN_CONFIG, checkpoints_in
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     prepared (through a traceback)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    from lmlab.train.distributed import check_strategy
+    from lmlab.train.strategy_check import check_strategy
 
     check_strategy(trainer_cfg)
     precision = str(trainer_cfg.get("precision", "32-true"))
@@ -103,7 +103,7 @@ def check_strategy_precision(trainer_cfg: DictConfig, precision: str) -> None:
     from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION as ALIASES
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from lmlab.train.distributed import strategy_class
+    from lmlab.train.strategy_check import strategy_class
 
     strategy = strategy_class(trainer_cfg)
     if precision == "auto" or strategy is None or not issubclass(strategy, ModelParallelStrategy):

@@ -41,7 +41,6 @@ from lmlab.errors import ConfigError
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import check_max_steps
-from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.estimate import planning_model_config
 from lmlab.train.init_from import InitFrom, resolve_init_from
 from lmlab.train.machine import (
@@ -53,6 +52,7 @@ from lmlab.train.machine import (
 )
 from lmlab.train.memory import check_state_fits
 from lmlab.train.plan import RunPlan, make_plan
+from lmlab.train.strategy_check import check_strategy_loads
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,8 @@ from lmlab.config import (
 from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
-from lmlab.train.distributed import check_strategy_loads
 from lmlab.train.plan import PLAN_FILE, RunPlan, check_resumable, read_plan
-from lmlab.train.rundir import (
+from lmlab.train.runfiles import (
     RUN_CONFIG,
     RUN_FILES,
     absolute,
@@ -40,6 +39,7 @@ from lmlab.train.rundir import (
     launch_rank_is_zero,
     read_record,
 )
+from lmlab.train.strategy_check import check_strategy_loads
 
 # What a resumed run must share with the run it continues.
 RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")

@@ -14,7 +14,6 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -29,14 +28,14 @@ from lmlab.config import (
     TaskKind,
     compile_mode,
 )
-from lmlab.errors import ConfigError, first_line
+from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.budget import overshoot
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
 from lmlab.train.estimate import plan_from_cfg, plan_table
-from lmlab.train.finetune import DATAMODULES, TASK_RESULTS, fine_tuning_results
+from lmlab.train.finetune import DATAMODULES, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record
 from lmlab.train.loggers import (
@@ -45,11 +44,18 @@ from lmlab.train.loggers import (
     log_param_table,
     log_step,
     recorded_wandb_id,
-    redact,
     run_name,
     wandb_run_id,
 )
 from lmlab.train.memory import check_state_fits, memory_needs
+from lmlab.train.outcome import (
+    eval_results,
+    final_digest,
+    how_it_stopped,
+    summarize_wandb,
+    trained,
+    write_results,
+)
 from lmlab.train.plan import (
     CORPUS_RECORD,
     PLAN_FILE,
@@ -59,7 +65,6 @@ from lmlab.train.plan import (
     read_plan,
     write_json,
 )
-from lmlab.train.preemption import Preemption
 from lmlab.train.preflight import check_run, warn_unused
 from lmlab.train.resume import (
     already_done,
@@ -72,7 +77,8 @@ from lmlab.train.resume import (
     resume_command,
     run_identity,
 )
-from lmlab.train.rundir import RUN_CONFIG, RunDir, checkpoints_in, holds_run
+from lmlab.train.rundir import RunDir
+from lmlab.train.runfiles import RUN_CONFIG, checkpoints_in, holds_run
 from lmlab.train.task import LMTask, optimizer_from
 
 log = logging.getLogger(__name__)
@@ -111,47 +117,6 @@ def param_table(counts: dict[str, int]) -> Table:
         if n or kind in ("total", "non_embedding"):
             table.add_row(kind, f"{n:,}")
     return table
-
-
-def write_results(out_dir: Path, results: dict[str, Any]) -> None:
-    write_json(out_dir / "results.json", redact(results))
-
-
-def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
-    """What results.json keeps of the evals during training beside their metrics: each task's
-    item count (``eval_n_samples``, the harness's ``original`` and ``effective``: ``compare``
-    warns where runs ranked by a task scored different counts) and every eval that failed
-    (``eval_failures``: step and one-line error; the run went on without its metrics)."""
-    if evals is None:
-        return {}
-    out: dict[str, Any] = {}
-    if evals.metrics and evals.n_samples:
-        out["eval_n_samples"] = evals.n_samples
-    if evals.failures:
-        out["eval_failures"] = list(evals.failures)
-    return out
-
-
-def final_digest(trainer: L.Trainer, out_dir: Path) -> dict[str, str]:
-    """``model_digest`` of the run's final checkpoint (its step's file, or ``last.ckpt``), as
-    ``lmlab evaluate`` records it in ``eval/step<N>.json``: ``compare`` then takes a record of
-    that step only where the digests match (another model's record left in the folder is
-    skipped). Of the weights, not the path: a copy of the folder matches too. Left out where
-    it cannot be had cheaply (a sharded checkpoint, no checkpoint of the last step) or fails:
-    a finished run never fails over it."""
-    from lmlab.infer.pretrained import checkpoint_digest
-
-    callback = trainer.checkpoint_callback
-    saved = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
-    for path in [*(Path(p) for p in saved if p), out_dir / "checkpoints" / "last.ckpt"]:
-        try:
-            digest = checkpoint_digest(path, trainer.global_step)
-        except Exception as err:  # noqa: BLE001 (an extra: the run has completed)
-            log.warning("results.json gets no model_digest (%s: %s)", type(err).__name__, err)
-            return {}
-        if digest is not None:
-            return {"model_digest": digest}
-    return {}
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -232,53 +197,6 @@ def warn_repeated_rows(global_batch: int, train_rows: int) -> bool:
     return True
 
 
-def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
-    """``tokens`` and ``flops`` (6 N D, N as ``budget.params`` says: active by default) of
-    ``step`` steps of the run whose global batch and budget ``results`` holds."""
-    tokens = step * results["batch"]["global_batch_tokens"]
-    return {
-        "tokens": tokens,
-        "flops": 6.0 * results["budget"]["n_params"] * tokens,
-        "global_step": step,
-    }
-
-
-STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
-
-
-def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, Any]:
-    """results.json's ``status`` and ``error`` for a run that did not complete: ``preempted``
-    (SIGTERM, SIGUSR1), ``interrupted`` (Ctrl-C, also when a second one made Lightning call
-    ``sys.exit(1)``) or ``failed``; with the step of the checkpoint saved at a stop."""
-    preemption = next(
-        (c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)), None
-    )
-    ctrl_c = isinstance(err, KeyboardInterrupt) or bool(preemption and preemption.interrupted)
-    if ctrl_c and isinstance(err, KeyboardInterrupt | SystemExit | SIGTERMException):
-        status = "interrupted"
-    elif isinstance(err, SIGTERMException):
-        status = "preempted"
-    elif lost_rank(err):  # the collective's traceback says which socket, not why
-        return {
-            "status": "failed",
-            "error": "another rank of this run stopped (its process was killed, or ran out of "
-            f"memory: its rank<N>.log says), so this one could not go on ({first_line(err)})",
-        }
-    else:
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    saved = preemption.saved if preemption else None
-    if saved is None:
-        return {
-            "status": status,
-            "error": f"stopped by {STOP_SIGNALS[status]}; earlier checkpoints are kept",
-        }
-    return {
-        "status": status,
-        "error": f"stopped by {STOP_SIGNALS[status]} after saving {saved}",
-        "global_step": trainer.global_step,
-    }
-
-
 def dry_run(
     cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, run: RunDir
 ) -> float | None:
@@ -296,30 +214,6 @@ def dry_run(
         run.open(cfg)
         log.info("plan: %s", write_json(run.path / PLAN_FILE, {"dry_run": True, **plan}))
     return None  # no loss: a search (Optuna) records the trial as failed, not as a value
-
-
-SUMMARY_KEYS = (
-    "best_val_loss",
-    "val_loss",
-    "val_bits_per_byte",
-    "tokens_per_second",
-    "mfu",
-    "params",
-    "active_params",
-    "non_embedding_params",
-    "tokens",
-    "flops",
-    "status",
-)
-
-
-def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
-    """The run's headline numbers in the W&B summary, for the dashboard's tables and plots."""
-    kind = TaskKind(results.get("task", {}).get("kind", TaskKind.lm))
-    keys = (*SUMMARY_KEYS, *TASK_RESULTS[kind])
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update({k: results.get(k) for k in keys})
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:

@@ -1,0 +1,249 @@
+"""One live run per directory, one live sweep per folder: ``fcntl.flock`` locks held for a
+run's or sweep's lifetime, and the refusals of a folder another live process uses.
+
+- ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, held for the
+  run's lifetime. A second run into a live directory is refused (``ConfigError``). The
+  kernel drops the lock when its process dies, so a ``kill -9`` leaves no live lock behind.
+  ``lock_sweep_dir``: the same for a multirun's folder (``<sweep dir>/.lmlab-sweep.lock``),
+  held by the process that launched the sweep: a second sweep into a live one's folder,
+  resumed or not, is refused before it writes anything.
+- ``fresh_run_dir`` / ``fresh_sweep_dir``: where the user did not choose the folder
+  (``lmlab.train.rundir.chose_dir``), a run or sweep whose default one is taken, by another
+  started in the same second, takes ``<dir>_2`` (``_3``, ...) instead of being refused or
+  sharing it."""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmlab.config.locks import LOCK_FILE, LOCK_FILES, SWEEP_LOCK_FILE, live_holder, pid_in
+from lmlab.errors import ConfigError
+from lmlab.train.runfiles import RUN_FILES, absolute, earlier_sweep_runs, holds_run, listed
+
+_LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
+
+
+# What each lock guards: the key that names its folder, whose process holds it, the advice.
+_GUARDS = {
+    LOCK_FILE: ("hydra.run.dir", "run", "wait for it to end"),
+    SWEEP_LOCK_FILE: (
+        "hydra.sweep.dir",
+        "sweep",
+        "wait for it to end (then resume=auto continues its runs)",
+    ),
+}
+
+
+def _in_use(path: Path, holder: str, key: str | None = None) -> ConfigError:
+    """The refusal for the lock file ``path`` that another live process holds (``holder``:
+    the pid it wrote), named by ``key`` (default: the key of the lock's own folder)."""
+    own_key, kind, advice = _GUARDS[path.name]
+    return ConfigError(
+        f"{key or own_key}={path.parent} is in use by a live {kind} (pid {holder}): {advice}, "
+        "or choose another directory"
+    )
+
+
+def refuse_if_live(folder: Path, name: str, key: str) -> None:
+    """Refuse (``ConfigError``, naming ``key``) where another live process holds the lock
+    ``folder/name``; take nothing. A run into a live sweep's folder, and a sweep into a live
+    run's, are refused so."""
+    path = absolute(folder) / name
+    if path in _LOCKS:
+        return
+    holder = live_holder(path)
+    if holder is not None:
+        raise _in_use(path, holder, key)
+
+
+PROBE_WAIT_S = 0.05  # how long a probe (refuse_if_live) could hold a lock it takes, at most
+
+
+def _flock_exclusive(fd: int) -> bool:
+    """The exclusive ``flock`` on ``fd``, or False where a live holder keeps it. Another
+    command's ``refuse_if_live`` holds a shared lock for an instant (microseconds): one that
+    the lock meets is waited out rather than taken for a live run's."""
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+
+def _take_lock(folder: Path, name: str) -> None:
+    """Hold the ``flock`` on ``folder/name`` for this process (held already: nothing happens),
+    or refuse (``ConfigError``): another live process holds it, named by the pid it wrote."""
+    path = absolute(folder) / name
+    if path in _LOCKS:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _flock_exclusive(fd):
+            err = _in_use(path, pid_in(fd))
+            os.close(fd)
+            raise err from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the process that held it removed the file meanwhile: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    if not _LOCKS:
+        atexit.register(unlock_all)
+    _LOCKS[path] = fd
+
+
+def _release(path: Path) -> None:
+    """Remove the lock file ``path`` and release it (a no-op if this process holds none)."""
+    fd = _LOCKS.pop(path, None)
+    if fd is not None:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take ``run_dir``'s lock for this process (again: nothing happens), or refuse: another
+    live process holds it, or the folder is a live sweep's."""
+    refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
+    _take_lock(run_dir, LOCK_FILE)
+
+
+def lock_sweep_dir(sweep_dir: Path) -> None:
+    """Take the sweep folder's lock (``SWEEP_LOCK_FILE``) for this multirun, held until it
+    ends, or refuse: a live sweep launched from another process writes into that folder. A
+    second sweep into it, resumed or not, would rewrite its ``multirun.yaml`` and meet its
+    jobs one at a time at their run locks. Apart from the run lock, so that a job whose folder
+    is the sweep folder itself (``hydra.sweep.subdir=.``) keeps both. A live run's directory
+    is refused too."""
+    refuse_if_live(sweep_dir, LOCK_FILE, "hydra.sweep.dir")
+    _take_lock(sweep_dir, SWEEP_LOCK_FILE)
+
+
+def refuse_live_sweep_dir(sweep_dir: Path) -> None:
+    """``lock_sweep_dir``'s refusals without taking the lock (nor writing its file): checks
+    that may still refuse the sweep leave the folder as it was, its times included. A folder
+    inside a live sweep's is refused too (``refuse_inside_live_sweep``)."""
+    for name in (LOCK_FILE, SWEEP_LOCK_FILE):
+        refuse_if_live(sweep_dir, name, "hydra.sweep.dir")
+    refuse_inside_live_sweep(sweep_dir, "hydra.sweep.dir")
+
+
+def refuse_inside_live_sweep(folder: Path, key: str) -> None:
+    """Refuse (``ConfigError``, naming ``key``) a folder at any depth inside the folder of a
+    sweep that another live process runs (its lock held): the sweep's jobs go to folders
+    there that do not exist yet. A run in a job's folder made the job fail at its run lock,
+    and the sweep's ``resume=auto`` then took the run for the job; a sweep there nested its
+    jobs among the live one's, which ``compare`` ranks with them."""
+    for parent in absolute(folder).parents:
+        lock = parent / SWEEP_LOCK_FILE
+        holder = None if lock in _LOCKS else live_holder(lock)
+        if holder is not None:
+            raise ConfigError(
+                f"{key}={absolute(folder)} is inside {parent}, the folder of a live sweep (pid "
+                f"{holder}), whose jobs write there: wait for it to end, or choose a directory "
+                "outside it"
+            )
+
+
+def refuse_run_in_sweep_dir(run_dir: Path) -> None:
+    """A single run's chosen directory that is a sweep's folder and holds no run of its own:
+    ``compare`` ranks every run in a sweep's folder, so the run would count among the sweep's
+    jobs. A live sweep's is refused as in use, and so is any folder inside it
+    (``refuse_inside_live_sweep``). (A run there already, from before this check:
+    ``lmlab.train.resume``'s checks resume it or refuse.)"""
+    refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
+    refuse_inside_live_sweep(run_dir, "hydra.run.dir")
+    if not run_dir.is_dir() or holds_run(run_dir):
+        return
+    marks = ["multirun.yaml"] if (run_dir / "multirun.yaml").is_file() else []
+    jobs = earlier_sweep_runs(run_dir, depth=1)  # a W&B agent's sweep folder has these alone
+    if jobs:
+        marks.append(f"the runs in {listed(jobs)}")
+    if marks:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir} is a sweep's folder ({' and '.join(marks)}): compare "
+            "would rank a run here among the sweep's jobs; choose another directory (a sweep "
+            "takes more jobs with -m <overrides> resume=auto hydra.sweep.dir=<its folder>)"
+        )
+
+
+def refuse_sweep_in_run_dir(sweep_dir: Path) -> None:
+    """A sweep's chosen folder that holds a single run (and no ``multirun.yaml``: a sweep whose
+    jobs ran in its own folder, ``hydra.sweep.subdir=.``, is a sweep's): the jobs would be
+    nested in the run, and ``compare`` would rank the run among them."""
+    if holds_run(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
+        written = ", ".join(n for n in RUN_FILES if (sweep_dir / n).exists())
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} holds a single run ({written}): the sweep's jobs "
+            "would be nested in it and compare would rank that run among them; choose "
+            "another directory"
+        )
+
+
+def unlock_sweep_dirs() -> None:
+    """Release the sweep locks this process holds (its multirun ended, or was refused)."""
+    for path in [p for p in _LOCKS if p.name == SWEEP_LOCK_FILE]:
+        _release(path)
+
+
+def numbered(path: Path) -> Iterator[Path]:
+    """``path``, then ``<path>_2``, ``<path>_3``, ...: the names a default folder that is
+    taken falls back to."""
+    yield path
+    for n in itertools.count(2):
+        yield path.with_name(f"{path.name}_{n}")
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, or where it is taken (a live run holds it, or it holds anything but a
+    lock), the first free one of ``<run_dir>_2``, ``<run_dir>_3``, ...; locked for this run.
+    For the default directory, named by the second the run started
+    (``outputs/<date>/<time>``): runs started in the same second (one per GPU, from a loop)
+    get one each, and an earlier run's directory is left as it was."""
+    for candidate in numbered(run_dir):
+        try:
+            lock_run_dir(candidate)
+        except ConfigError:  # a live run's
+            continue
+        if not any(p.name not in LOCK_FILES for p in candidate.iterdir()):
+            return candidate
+        unlock_run_dir(candidate)  # an earlier run's
+    raise AssertionError("unreachable")
+
+
+def fresh_sweep_dir(sweep_dir: Path) -> Path:
+    """``sweep_dir``, or where it exists already, the first of ``<sweep_dir>_2``, ``_3``, ...
+    that does not; created here (``mkdir`` creates a folder for one process only): sweeps
+    started in the same second get one folder each."""
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    for candidate in numbered(sweep_dir):
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    """Remove the run's lock file and release it (a no-op if this process holds none)."""
+    _release(absolute(run_dir) / LOCK_FILE)
+
+
+def unlock_all() -> None:
+    for path in list(_LOCKS):
+        _release(path)

@@ -1,0 +1,139 @@
+"""What ``results.json`` records of how a run ended: the status and error of a run that did
+not complete (``preempted``, ``interrupted``, ``failed``), the tokens and FLOPs of the steps
+it trained, the evals during training, the final checkpoint's ``model_digest``; and the
+headline numbers in the W&B summary."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lmlab.config import TaskKind
+from lmlab.errors import first_line
+from lmlab.train.distributed import lost_rank
+from lmlab.train.finetune import TASK_RESULTS
+from lmlab.train.loggers import redact
+from lmlab.train.plan import write_json
+from lmlab.train.preemption import Preemption
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from lmlab.train.callbacks import EvalTasks
+
+log = logging.getLogger(__name__)
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> None:
+    write_json(out_dir / "results.json", redact(results))
+
+
+def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
+    """What results.json keeps of the evals during training beside their metrics: each task's
+    item count (``eval_n_samples``, the harness's ``original`` and ``effective``: ``compare``
+    warns where runs ranked by a task scored different counts) and every eval that failed
+    (``eval_failures``: step and one-line error; the run went on without its metrics)."""
+    if evals is None:
+        return {}
+    out: dict[str, Any] = {}
+    if evals.metrics and evals.n_samples:
+        out["eval_n_samples"] = evals.n_samples
+    if evals.failures:
+        out["eval_failures"] = list(evals.failures)
+    return out
+
+
+def final_digest(trainer: L.Trainer, out_dir: Path) -> dict[str, str]:
+    """``model_digest`` of the run's final checkpoint (its step's file, or ``last.ckpt``), as
+    ``lmlab evaluate`` records it in ``eval/step<N>.json``: ``compare`` then takes a record of
+    that step only where the digests match (another model's record left in the folder is
+    skipped). Of the weights, not the path: a copy of the folder matches too. Left out where
+    it cannot be had cheaply (a sharded checkpoint, no checkpoint of the last step) or fails:
+    a finished run never fails over it."""
+    from lmlab.infer.pretrained import checkpoint_digest
+
+    callback = trainer.checkpoint_callback
+    saved = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
+    for path in [*(Path(p) for p in saved if p), out_dir / "checkpoints" / "last.ckpt"]:
+        try:
+            digest = checkpoint_digest(path, trainer.global_step)
+        except Exception as err:  # noqa: BLE001 (an extra: the run has completed)
+            log.warning("results.json gets no model_digest (%s: %s)", type(err).__name__, err)
+            return {}
+        if digest is not None:
+            return {"model_digest": digest}
+    return {}
+
+
+def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
+    """``tokens`` and ``flops`` (6 N D, N as ``budget.params`` says: active by default) of
+    ``step`` steps of the run whose global batch and budget ``results`` holds."""
+    tokens = step * results["batch"]["global_batch_tokens"]
+    return {
+        "tokens": tokens,
+        "flops": 6.0 * results["budget"]["n_params"] * tokens,
+        "global_step": step,
+    }
+
+
+STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
+
+
+def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, Any]:
+    """results.json's ``status`` and ``error`` for a run that did not complete: ``preempted``
+    (SIGTERM, SIGUSR1), ``interrupted`` (Ctrl-C, also when a second one made Lightning call
+    ``sys.exit(1)``) or ``failed``; with the step of the checkpoint saved at a stop."""
+    preemption = next(
+        (c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)), None
+    )
+    ctrl_c = isinstance(err, KeyboardInterrupt) or bool(preemption and preemption.interrupted)
+    if ctrl_c and isinstance(err, KeyboardInterrupt | SystemExit | SIGTERMException):
+        status = "interrupted"
+    elif isinstance(err, SIGTERMException):
+        status = "preempted"
+    elif lost_rank(err):  # the collective's traceback says which socket, not why
+        return {
+            "status": "failed",
+            "error": "another rank of this run stopped (its process was killed, or ran out of "
+            f"memory: its rank<N>.log says), so this one could not go on ({first_line(err)})",
+        }
+    else:
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    saved = preemption.saved if preemption else None
+    if saved is None:
+        return {
+            "status": status,
+            "error": f"stopped by {STOP_SIGNALS[status]}; earlier checkpoints are kept",
+        }
+    return {
+        "status": status,
+        "error": f"stopped by {STOP_SIGNALS[status]} after saving {saved}",
+        "global_step": trainer.global_step,
+    }
+
+
+SUMMARY_KEYS = (
+    "best_val_loss",
+    "val_loss",
+    "val_bits_per_byte",
+    "tokens_per_second",
+    "mfu",
+    "params",
+    "active_params",
+    "non_embedding_params",
+    "tokens",
+    "flops",
+    "status",
+)
+
+
+def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
+    """The run's headline numbers in the W&B summary, for the dashboard's tables and plots."""
+    kind = TaskKind(results.get("task", {}).get("kind", TaskKind.lm))
+    keys = (*SUMMARY_KEYS, *TASK_RESULTS[kind])
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update({k: results.get(k) for k in keys})

@@ -1,0 +1,126 @@
+"""What a run directory holds, and who may guard it: the files whose presence means a run
+was there (``RUN_FILES``, ``holds_run``), its checkpoints, the JSON records it wrote, the runs
+a sweep's folder holds; whether this process is global rank 0 (only rank 0 guards a run
+directory; the other ranks of a DDP/FSDP job run in the same one). Folders are named as
+Hydra names them (``absolute``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# What a run writes: their presence means the directory holds an earlier run. ``eval/``:
+# ``lmlab evaluate``'s records of its checkpoints, which ``compare`` reads as the run's (a new
+# run there would be ranked by another model's evaluation); an empty folder is none.
+RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
+EVAL_RECORDS = "eval/"
+RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints", EVAL_RECORDS)
+# Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """``path`` as Hydra names a run's or sweep's folder (``os.path.abspath``): ``..`` taken
+    by name, so ``runs/x/../y`` is ``runs/y`` whether or not ``runs/x`` exists. Every lock and
+    check keys folders so, as the process's own lock is found again under any spelling."""
+    return Path(os.path.abspath(path))
+
+
+def launch_rank_is_zero() -> bool:
+    """True unless a launcher started this process as another rank than global 0."""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+
+
+def launched_processes() -> int:
+    """How many processes a launcher that sets ``WORLD_SIZE`` (torchrun; Lightning for its
+    DDP children) started for this run: 1 without one. (srun's tasks are left out: a batch
+    script's own process sees the allocation's task count too.)"""
+    count = os.environ.get("WORLD_SIZE", "1")
+    return int(count) if count.isdigit() else 1
+
+
+def in_the_way(folder: Path) -> Path | None:
+    """The file that keeps ``folder`` from being created (``folder`` itself, or the nearest
+    existing parent, where it is not a folder), or None."""
+    for path in (absolute(folder), *absolute(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` holds what a run writes (``RUN_FILES``). Two records, alone or
+    together, are not a run, and the next command may use the directory: a ``results.json``
+    that says ``failed`` (a start refused or failed before training: the plan and config are
+    written when training starts), and a dry run's ``plan.json`` (``dry_run: true``), which a
+    new dry run rewrites and a run replaces. An empty ``eval/`` is nothing either."""
+    present = {name for name in RUN_FILES if (path / name).exists()}
+    if EVAL_RECORDS in present and not _holds_anything(path / EVAL_RECORDS):
+        present.discard(EVAL_RECORDS)
+    if "results.json" in present and read_record(path / "results.json").get("status") == "failed":
+        present.discard("results.json")  # with a plan and a config, that of a run that trained
+    if "plan.json" in present and read_record(path / "plan.json").get("dry_run") is True:
+        present.discard("plan.json")
+    return bool(present)
+
+
+def _holds_anything(folder: Path) -> bool:
+    """Whether ``folder`` is a file, or a folder that is not empty (unreadable: taken as
+    holding something)."""
+    try:
+        return not folder.is_dir() or any(folder.iterdir())
+    except OSError:
+        return True
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The JSON object a run wrote in ``path`` (``results.json``, ``plan.json``); empty where
+    there is none or it cannot be read as one."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def checkpoints_in(out_dir: Path) -> list[Path]:
+    """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
+    links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
+    time-limit signal before requeueing."""
+    ckpt_dir = out_dir / "checkpoints"
+    found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
+
+
+def listed(names: list[str], most: int = 5) -> str:
+    """``a, b, c``: the first ``most`` names, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+SWEEP_DEPTH = 3  # how deep a sweep's jobs may sit: hydra.sweep.subdir=a/${hydra.job.num} is 2
+
+
+def earlier_sweep_runs(sweep_dir: Path, depth: int = SWEEP_DEPTH) -> list[str]:
+    """The folders at or under ``sweep_dir``, ``depth`` levels down at most, that hold a run
+    (``RUN_FILES``), by their paths relative to it: ``0``, ``a/0`` (a nested
+    ``hydra.sweep.subdir``), ``.`` (jobs that ran in the sweep folder itself,
+    ``hydra.sweep.subdir=.``). A run's folder and hidden folders are not searched further.
+    Hydra's launcher writes ``multirun.yaml`` in the sweep folder, and each job's ``.hydra/``,
+    before any job's checks run: a new sweep into such a folder would overwrite what
+    describes them."""
+    found: list[str] = []
+
+    def search(folder: Path, level: int) -> None:
+        if holds_run(folder):
+            found.append(folder.relative_to(sweep_dir).as_posix())
+        elif level < depth:
+            for child in folder.iterdir():
+                if child.is_dir() and not child.name.startswith("."):
+                    search(child, level + 1)
+
+    if sweep_dir.is_dir():
+        search(sweep_dir, 0)
+    return sorted(found)
