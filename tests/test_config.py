@@ -242,6 +242,8 @@ BAD_VALUES = [
     ("model.moe.every_n_layers=0", "model.moe.every_n_layers=0 must be >= 1"),
     ("model.moe.z_loss_coef=-1", "model.moe.z_loss_coef=-1.0 must be >= 0"),
     ("+model.moe.topk=2", "model.moe.topk=2: unknown key; allowed: num_experts, top_k"),
+    ("model.moe.top_k=-5", "model.moe.top_k=-5 must be >= 1"),  # dense too: never a top-k
+    ("model.moe.top_k=0", "model.moe.top_k=0 must be >= 1"),
     ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an int"),
     ("trainer.accumulate_grad_batches=1.5", "trainer.accumulate_grad_batches=1.5 must be an int"),
 ]
@@ -252,6 +254,59 @@ def test_bad_values_are_refused_before_any_work(override: str, message: str) -> 
     cfg = compose_train([override])
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_configs(cfg)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.bias=0",
+        "model.tie_embeddings=7",
+        "model.bias=yes",
+        "dry_run=1",
+        "model.tie_embeddings=off",
+        "model.bias=true,0",  # a sweep's choice
+        "model.moe={num_experts:8,top_k:1,capacity_factor:null,every_n_layers:1}",  # no bool
+    ],
+)
+def test_a_true_false_field_given_another_value_on_the_command_line_is_refused(
+    override: str,
+) -> None:
+    """OmegaConf reads any integer as a bool (7 is true) and yes/off as words for one, where
+    the error for ``maybe`` says "allowed: true or false": the command line is held to it."""
+    from lmlab.config.resolve import check_bool_overrides
+
+    if "moe=" in override:  # a block without a true/false field passes
+        check_bool_overrides([override])
+        return
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=\S+: allowed: true or false$"):
+        check_bool_overrides([override])
+
+
+def test_true_false_and_what_is_not_a_field_pass_the_bool_check() -> None:
+    from lmlab.config.resolve import check_bool_overrides
+
+    check_bool_overrides(
+        ["model.bias=true", "model.bias=false,true", "dry_run=false", "~model.bias", "seed=0"]
+        + ["trainer.enable_progress_bar=1", "+experiment=llama", "model.d_ff=${model.d_model}"]
+    )
+
+
+def test_a_block_given_a_value_says_what_it_takes() -> None:
+    """``model.moe=8``: OmegaConf's "not a subclass of MoEConfig", then the block's fields."""
+    from omegaconf import OmegaConf
+
+    from lmlab.config import omegaconf_error
+
+    try:
+        OmegaConf.structured(ModelConfig).moe = 8
+    except Exception as err:  # noqa: BLE001 - OmegaConf's ValidationError
+        message = str(omegaconf_error(err, "model.moe=8"))
+    assert message.startswith("model.moe=8: ")
+    assert message.endswith(
+        "allowed: its fields (num_experts, top_k, aux_loss_coef, z_loss_coef, capacity_factor, "
+        "every_n_layers), as model.moe.num_experts=<value>"
+    )
 
 
 def test_a_recipe_that_does_not_fit_the_composed_model_under_init_from_says_why() -> None:

@@ -74,6 +74,7 @@ def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> No
             "data.vocab_size=300 is too small: byte-level BPE needs at least 362 (256 bytes + "
             "106 special tokens, 100 of them T5's sentinels)",
         ),
+        (["model.tie_embeddings=7"], "model.tie_embeddings=7: allowed: true or false"),
     ],
 )
 def test_a_refusal_the_config_shows_comes_before_torch_loads(
@@ -112,6 +113,8 @@ BAD_TOOL_INPUT = [
     ("generate", "top_p=0", "top_p=0.0 must be in (0, 1]"),
     ("generate", "top_k=0", "top_k=0 must be >= 1"),
     ("generate", "top_k=-3", "top_k=-3 must be >= 1"),
+    ("generate", "cache=1", "cache=1: allowed: true or false"),  # OmegaConf reads 1 as true
+    ("evaluate", "wandb=yes", "wandb=yes: allowed: true or false"),
     ("generate", "max_new_tokens=0", "max_new_tokens=0: both must be >= 1"),
     ("generate", "device=cuda:99", "device=cuda:99: "),
     ("generate", "device=gpu0", "device=gpu0: "),

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import typing
 from typing import NoReturn, TypeVar
 
 from omegaconf import MISSING
@@ -88,6 +89,11 @@ def parse(schema: type[T], argv: list[str]) -> T:
         if key not in fields:
             raise ConfigError(f"unknown key {key!r}; allowed: {', '.join(sorted(fields))}")
         given[key] = None if value == "null" else value
+    hints = typing.get_type_hints(schema)
+    for key, value in given.items():  # OmegaConf reads yes/on/1 as true: held to its words
+        is_bool = bool in (hints[key], *typing.get_args(hints[key]))
+        if is_bool and value not in (None, "true", "false"):
+            raise ConfigError(f"{key}={value}: allowed: true or false")
     for key in required:
         if key not in given:
             raise ConfigError(f"{key} is required: add {key}=<value>")

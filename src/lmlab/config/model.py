@@ -64,10 +64,15 @@ class MoEConfig:
             raise ConfigError(
                 f"model.moe.num_experts={self.num_experts} must be >= 0 (0: dense feed-forward)"
             )
-        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
+        if self.top_k < 1 or (self.num_experts and self.top_k > self.num_experts):
+            allowed = (
+                f"between 1 and model.moe.num_experts={self.num_experts}"
+                if self.num_experts
+                else ">= 1"
+            )
             raise ConfigError(
-                f"model.moe.top_k={self.top_k} must be between 1 and "
-                f"model.moe.num_experts={self.num_experts}"
+                f"model.moe.top_k={self.top_k} must be {allowed} (the experts each token is "
+                "sent to)"
             )
         for name in ("aux_loss_coef", "z_loss_coef"):
             if not 0 <= getattr(self, name) < math.inf:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,12 +130,69 @@ def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.env
         )
 
 
+# The groups whose fields a schema types (the top-level keys: RunConfig's).
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "budget": BudgetConfig,
+    "task": TaskConfig,
+}
+
+
+def field_hint(key: str) -> Any:
+    """The type a schema gives the dotted ``key`` (``model.moe.top_k``: int), Optional
+    unwrapped; None for a key no schema types (``trainer.*``, an unknown one)."""
+    group, _, rest = key.partition(".")
+    schema, path = (GROUP_SCHEMAS.get(group), rest.split(".")) if rest else (None, [])
+    if schema is None:
+        schema, path = RunConfig, key.split(".")
+    hint: Any = schema
+    for name in path:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = typing.get_type_hints(hint).get(name)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if type(None) in typing.get_args(hint) and len(args) == 1:
+            hint = args[0]
+    return hint
+
+
+def check_bool_overrides(overrides: Sequence[str]) -> None:
+    """A true/false field given anything else on the command line is refused: OmegaConf
+    reads any integer as a bool (``model.tie_embeddings=7`` is true) and ``yes``/``off`` as
+    words for one, where the error for ``maybe`` says "allowed: true or false". A sweep's
+    choices (``model.bias=true,0``) and a block's fields (``model.moe={...}``) are checked
+    the same way."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    from lmlab.config.asked import parsed  # it imports the package: not at its import
+
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                check(f"{key}.{name}", item)
+        elif field_hint(key) is bool and not isinstance(value, bool | None):
+            if isinstance(value, str) and (value.startswith("${") or value in ("true", "false")):
+                return  # an interpolation, or a quoted word: what OmegaConf reads as asked
+            raise ConfigError(f"{key}={value}: allowed: true or false")
+
+    for override in overrides:
+        if override.startswith("~"):
+            continue
+        key, value = parsed(override)
+        for one in value.list if isinstance(value, ChoiceSweep) else [value]:
+            check(key.lstrip("+"), one)
+
+
 def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig, DataConfig, int]:
     """Validate the structured configs (``__post_init__`` checks) and the other groups'
     values before any work starts: ``lmlab train`` calls this before torch and Lightning are
     imported, so bad input is reported before the slow imports (start-up times:
     BENCHMARKS.md). ``machine=False``: not whether this machine can launch the run (a sweep
     that a cluster launcher sends elsewhere)."""
+    from lmlab.config.asked import command_line_overrides
+
+    check_bool_overrides(command_line_overrides())
     model_cfg = composed_model(cfg)
     data_cfg = to_schema(DataConfig, cfg.data, "data.")
     to_schema(BudgetConfig, cfg.budget, "budget.")

@@ -66,6 +66,10 @@ def field_kind(err: OmegaConfBaseException, where: str) -> str | None:
         kind = f"a list, as {where.partition('=')[0]}={shown}"
     elif hint in KINDS:
         kind = KINDS[hint]
+    elif dataclasses.is_dataclass(hint):  # a block (model.moe): its fields, one at a time
+        names = [f.name for f in dataclasses.fields(hint)]
+        field = where.partition("=")[0]
+        kind = f"its fields ({', '.join(names)}), as {field}.{names[0]}=<value>"
     else:
         return None
     return f"{kind} or null" if optional else kind
