@@ -1,5 +1,8 @@
 """The one error type for bad user input: caught by ``src/train.py`` and shown without traceback,
-and ``first_line``, which puts a library's error into such a message."""
+and ``first_line``, which puts a library's error into such a message; a full disk, found in
+an error's chain (``disk_full``) and said in one line (``DiskFullError``)."""
+
+import errno
 
 
 class ConfigError(ValueError):
@@ -12,3 +15,29 @@ def first_line(err: BaseException, limit: int | None = None) -> str:
     to ``limit`` characters: a library's error inside a one-line ConfigError."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return (lines[0] if lines else type(err).__name__)[:limit]
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException | None) -> OSError | None:
+    """The "no space left on device" (or quota) ``OSError`` in ``err``'s chain: ``torch.save``
+    on a full disk raises its own ``RuntimeError`` ("unexpected pos ...") while handling it."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_words(full: OSError) -> str:
+    """``no space left on device writing <file>`` (or ``disk quota exceeded``)."""
+    what = "disk quota exceeded" if full.errno == errno.EDQUOT else "no space left on device"
+    return f"{what} writing {full.filename}" if full.filename else what
+
+
+class DiskFullError(RuntimeError):
+    """A run that stopped because its disk is full: one line, with what to do, instead of the
+    save's traceback (the checkpoints written before are whole: saves are atomic)."""

@@ -207,7 +207,8 @@ def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
 class SignalAt(L.Callback):
     """Test hook: ``signum`` (SIGTERM by default) to this process once, between two batches of
     the validation that follows step ``step``, or with ``batch=N`` after training batch N
-    instead (counted from 0, micro-batches each); on every rank, or on rank ``rank`` only."""
+    instead (counted from 0, micro-batches each), or with ``start=true`` as ``fit`` sets up;
+    on every rank, or on rank ``rank`` only."""
 
     def __init__(
         self,
@@ -215,8 +216,14 @@ class SignalAt(L.Callback):
         signum: int = signal.SIGTERM,
         rank: int | None = None,
         batch: int = -1,
+        start: bool = False,
     ) -> None:
         self.step, self.signum, self.rank, self.batch = step, signum, rank, batch
+        self.start = start  # as fit sets up, before a stop is caught at a step's end
+
+    def setup(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+        if self.start:
+            self._signal(trainer)
 
     def _signal(self, trainer: L.Trainer) -> None:
         if self.rank is None or self.rank == trainer.global_rank:
@@ -230,6 +237,62 @@ class SignalAt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.total.completed == self.batch:
             self._signal(trainer)
+
+
+def test_ctrl_c_before_the_first_step_says_there_is_nothing_to_resume(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
+) -> None:
+    """Ctrl-C once training started, before any checkpoint: results.json said "earlier
+    checkpoints are kept" and the log nothing; now both say there is none, and how to start
+    again (a plain rerun into the folder is refused: it holds the run's plan)."""
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.start=true"]
+    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv, *hook, f"+callbacks.stop.signum={int(signal.SIGINT)}") == 130
+    out = "".join(capsys.readouterr())
+    assert "interrupted before the first checkpoint: resume=auto starts it again" in out, out
+    r = results(tmp_path)
+    assert r["status"] == "interrupted"
+    assert r["error"] == "stopped by Ctrl-C (SIGINT); no checkpoint to resume from"
+    assert run_command("train", *argv, "resume=auto") == 0
+    assert results(tmp_path)["status"] == "completed"
+
+
+def test_a_full_disk_is_said_in_one_line_with_the_resume(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
+) -> None:
+    """``torch.save`` on a full disk raises its own RuntimeError ("unexpected pos") while
+    handling ENOSPC: the run printed both tracebacks and results.json named the second. Now
+    one line names the disk, exit 1, and results.json says the same."""
+    import errno
+
+    import torch
+
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    save = torch.save
+
+    def full_at_step_4(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if isinstance(obj, dict) and obj.get("global_step") == 4:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", "step000004.ckpt")
+            except OSError:  # torch raises its own error so: the OSError is its context
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
+        save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_step_4)
+    argv = [
+        *SMOKE,
+        "trainer.max_steps=6",
+        "checkpoint.every_n_steps=2",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    assert run_command("train", *argv) == 1
+    err = capsys.readouterr().err
+    said = "no space left on device writing step000004.ckpt; the checkpoints written before"
+    assert "Traceback" not in err and f"error: {said}" in err, err
+    assert "free space; resume with: python src/train.py" in err, err
+    r = results(tmp_path)
+    assert r["status"] == "failed" and r["error"].startswith(said), r["error"]
 
 
 def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None:

@@ -44,7 +44,7 @@ from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, register_configs, resolve_configs
 from lmlab.data.tokenizer import check_vocab
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, DiskFullError
 from lmlab.train.budget import check_max_steps
 from lmlab.train.dirlock import unlock_sweep_dirs
 from lmlab.train.runfiles import absolute, launch_rank_is_zero, listed
@@ -142,7 +142,7 @@ def run_job(cfg: DictConfig) -> float | None:
             return None
         if isinstance(err, ConfigError):
             fail(err)
-        if isinstance(err, NonFiniteError | RankLostError):  # already in results.json
+        if isinstance(err, NonFiniteError | RankLostError | DiskFullError):  # in results.json
             fail(err, code=1)
         raise
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.config import TaskKind
-from lmlab.errors import first_line
+from lmlab.errors import disk_full, disk_full_words, first_line
 from lmlab.train.distributed import lost_rank
 from lmlab.train.finetune import TASK_RESULTS
 from lmlab.train.loggers import redact
@@ -82,10 +82,14 @@ def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
 
 
-def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, Any]:
+def how_it_stopped(
+    err: BaseException, trainer: L.Trainer | None, checkpointed: bool = True
+) -> dict[str, Any]:
     """results.json's ``status`` and ``error`` for a run that did not complete: ``preempted``
     (SIGTERM, SIGUSR1), ``interrupted`` (Ctrl-C, also when a second one made Lightning call
-    ``sys.exit(1)``) or ``failed``; with the step of the checkpoint saved at a stop."""
+    ``sys.exit(1)``) or ``failed``; with the step of the checkpoint saved at a stop.
+    ``checkpointed``: whether the run directory holds a checkpoint (a stop before the first
+    has nothing to resume, and says so)."""
     preemption = next(
         (c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)), None
     )
@@ -100,14 +104,15 @@ def how_it_stopped(err: BaseException, trainer: L.Trainer | None) -> dict[str, A
             "error": "another rank of this run stopped (its process was killed, or ran out of "
             f"memory: its rank<N>.log says), so this one could not go on ({first_line(err)})",
         }
+    elif (full := disk_full(err)) is not None:  # the save's own error does not say why
+        kept = "; the checkpoints written before are whole" if checkpointed else ""
+        return {"status": "failed", "error": f"{disk_full_words(full)}{kept}"}
     else:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     saved = preemption.saved if preemption else None
     if saved is None:
-        return {
-            "status": status,
-            "error": f"stopped by {STOP_SIGNALS[status]}; earlier checkpoints are kept",
-        }
+        kept = "earlier checkpoints are kept" if checkpointed else "no checkpoint to resume from"
+        return {"status": status, "error": f"stopped by {STOP_SIGNALS[status]}; {kept}"}
     return {
         "status": status,
         "error": f"stopped by {STOP_SIGNALS[status]} after saving {saved}",

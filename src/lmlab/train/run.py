@@ -28,7 +28,7 @@ from lmlab.config import (
     TaskKind,
     compile_mode,
 )
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, DiskFullError, disk_full, first_line
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.budget import overshoot
@@ -158,7 +158,9 @@ def train(cfg: DictConfig) -> float | None:
             checked.task_cfg,
         )
     except BaseException as err:
-        results.update(how_it_stopped(err, scope.trainer), wall_seconds=time.time() - start)
+        checkpointed = bool(checkpoints_in(out_dir))
+        stopped = how_it_stopped(err, scope.trainer, checkpointed)
+        results.update(stopped, wall_seconds=time.time() - start)
         if "global_step" in results and "batch" in results:  # a stop's saved checkpoint
             results.update(trained(results, results["global_step"]))
         if earlier is not None:
@@ -166,19 +168,32 @@ def train(cfg: DictConfig) -> float | None:
         status = results["status"]
         # A stop is every rank's, recorded by rank 0; a failure may be one rank's alone.
         if run.may_record and (run.guard or status == "failed"):
-            write_results(out_dir, results)
-        if status != "failed" and run.guard and checkpoints_in(out_dir):
+            record_failure(out_dir, results)
+        resume = f"; resume with: {resume_command(out_dir)}" if checkpoints_in(out_dir) else ""
+        if status != "failed" and run.guard and resume:
             log.warning("%s: resume with: %s", status, resume_command(out_dir))
+        elif status != "failed" and run.guard and run.opened:  # no checkpoint: say so
+            log.warning("%s before the first checkpoint: resume=auto starts it again", status)
         if status == "interrupted" and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
         if lost_rank(err):
-            resume = f"; resume with: {resume_command(out_dir)}" if checkpoints_in(out_dir) else ""
             raise RankLostError(results["error"] + resume) from err
+        if disk_full(err) is not None:
+            raise DiskFullError(f"{results['error']}: free space{resume}") from err
         raise
     finally:
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
+
+
+def record_failure(out_dir: Path, results: dict[str, Any]) -> None:
+    """results.json of a run that did not complete; where it cannot be written (the disk is
+    full, as it may be when the run failed), said in the log instead of hiding the error."""
+    try:
+        write_results(out_dir, results)
+    except OSError as err:
+        log.error("results.json not written (%s): %s", first_line(err), results.get("error"))
 
 
 def warn_repeated_rows(global_batch: int, train_rows: int) -> bool:
