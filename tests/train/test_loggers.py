@@ -1,21 +1,149 @@
-"""The W&B run's end and its history across a resume, read from W&B's offline records with
-its own ``wandb leet inspect`` (the ``wandb_log`` fixture; no server is reachable here)."""
+"""The W&B run's end, its name and history across a resume, read from W&B's offline records
+with its own ``wandb leet inspect`` (the ``wandb_log`` fixture; no server is reachable here),
+and a run with an API key whose server does not answer or refuses it: offline, at once."""
 
 from __future__ import annotations
 
+import http.server
 import json
-from collections.abc import Callable
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
-from lmlab.train.loggers import finish_wandb
 from lmlab.train.run import train
+from lmlab.train.wandb_run import finish_wandb, recorded_wandb_name, wandb_offline
 from smoke import SMOKE
 
 WANDB = [*SMOKE, "logger=wandb"]
+KEY = "0123456789abcdef0123456789abcdef01234567"  # the form of a W&B API key, no account's
+PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a connection to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """A W&B server that answers, and refuses the key: 401 to every request."""
+
+    def do_POST(self) -> None:
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"errors": [{"message": "user is not logged in"}]}')
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def with_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """An API key in the environment and no ``WANDB_MODE`` (the tests' ``offline`` removed):
+    what a user who ran ``wandb login`` has. W&B's init would wait 10 s (``WANDB_INIT_TIMEOUT``,
+    90 by default) before it failed. W&B reads its variables once a process: its session is
+    torn down before and after, so it reads these."""
+    import wandb
+
+    wandb.teardown()
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "10")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    yield monkeypatch
+    wandb.teardown()
+
+
+def test_a_key_whose_server_cannot_be_reached_means_offline_at_once(
+    with_key: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a key, the W&B server is tried for a few seconds before online is chosen: one that
+    cannot be reached means offline, said in one warning with the ``wandb sync`` that uploads
+    the run later. ``WANDB_MODE`` set by the user is followed, without the check; no key:
+    offline, without a warning."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    with_key.setenv("WANDB_BASE_URL", url)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="lmlab.train.wandb_run"):
+        assert wandb_offline(None, tmp_path) is True
+    assert time.monotonic() - start < 5
+    (record,) = caplog.records
+    assert f"W&B: {url} cannot be reached" in record.getMessage()
+    assert f"logging offline; upload later with: wandb sync {tmp_path}/wandb/offline-run-*" in (
+        record.getMessage()
+    )
+    caplog.clear()
+    with_key.setenv("WANDB_MODE", "online")  # the user's choice
+    assert wandb_offline(None, tmp_path) is False
+    with_key.setenv("WANDB_MODE", "offline")
+    assert wandb_offline(None, tmp_path) is True
+    with_key.delenv("WANDB_MODE")
+    assert wandb_offline(True, tmp_path) is True and wandb_offline(False, tmp_path) is False
+    with_key.delenv("WANDB_API_KEY")
+    with_key.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert wandb_offline(None, tmp_path) is True
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("server", ["closed", "refusing"])
+def test_a_run_with_a_key_whose_wandb_does_not_start_online_trains_offline(
+    server: str,
+    with_key: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cache_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    wandb_records,
+) -> None:
+    """QA's run: a key, no server (it waited 1 min 47 s for W&B, then ended in W&B's
+    ``CommError`` traceback, results.json ``failed``): it trains offline, with one warning.
+    A server that answers passes the check and W&B's init then fails (here it refuses the
+    key): the run goes on offline under its id, with one warning naming W&B's error. Both
+    name the ``wandb sync`` that uploads the run."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1] if server == "refusing" else closed_port()
+    try:
+        with_key.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        with caplog.at_level(logging.WARNING, logger="lmlab.train.wandb_run"):
+            train(compose_train(WANDB, tmp_path, cache_dir))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
+    (warning,) = [r.getMessage() for r in caplog.records if "W&B" in r.getMessage()]
+    if server == "closed":
+        assert "cannot be reached" in warning
+    else:
+        assert warning.startswith("W&B: the online run did not start (CommError: ")
+        assert "401" in warning
+    assert f"wandb sync {tmp_path}/wandb/offline-run-*" in warning
+    recs = wandb_records(tmp_path)
+    (run,) = [r["run"] for r in recs if r["type"] == "run"]
+    assert run["run_id"] == (tmp_path / "wandb_id").read_text()
+    assert any(r["type"] == "history" for r in recs)
+
+
+def test_a_run_directory_before_wandb_name_keeps_its_results_name(tmp_path: Path) -> None:
+    """A run directory from before ``wandb_name`` was written: its W&B run (``wandb_id``) is
+    named as results.json says; a directory without a W&B run has no name to keep."""
+    (tmp_path / "results.json").write_text(json.dumps({"run_name": "model=gpt_small"}))
+    assert recorded_wandb_name(tmp_path) is None
+    (tmp_path / "wandb_id").write_text("ab12")
+    assert recorded_wandb_name(tmp_path) == "model=gpt_small"
+    (tmp_path / "wandb_name").write_text("+debug=smoke,logger=wandb\n")
+    assert recorded_wandb_name(tmp_path) == "+debug=smoke,logger=wandb"
 
 
 def offline_runs(run_dir: Path, read: Callable[[Path], list[dict]]) -> list[list[dict]]:
@@ -87,17 +215,21 @@ def test_a_failed_run_marks_its_wandb_run_failed(
 def test_a_resumed_run_continues_its_wandb_run_from_the_checkpoints_step(
     tmp_path: Path, cache_dir: Path, wandb_log
 ) -> None:
-    """Offline, each start writes its own folder under the run's one W&B id, with the intent to
-    resume recorded for ``wandb sync``. W&B's own ``_step`` starts at 0 in each (only the server
-    knows the run's last one); the x axis, ``trainer/global_step``, goes on from the
-    checkpoint's step in every row of the resumed run, its parameter table's too (it was 0)."""
+    """Offline, each start writes its own folder under the run's one W&B id and name (the
+    first start's overrides: an extension's new ``trainer.max_steps`` renamed it), with the
+    intent to resume recorded for ``wandb sync``. W&B's own ``_step`` starts at 0 in each
+    (only the server knows the run's last one); the x axis, ``trainer/global_step``, goes on
+    from the checkpoint's step in every row of the resumed run, its parameter table's too (it
+    was 0)."""
     train(compose_train([*WANDB, "trainer.max_steps=2"], tmp_path, cache_dir))
     train(compose_train([*WANDB, "trainer.max_steps=3", "resume=true"], tmp_path, cache_dir))
     first, resumed = offline_runs(tmp_path, wandb_log)
     run_id = (tmp_path / "wandb_id").read_text()
+    name = "+debug=smoke,data.seq_len=64,logger=wandb,trainer.max_steps=2"
     for recs in (first, resumed):
         (run,) = [r["run"] for r in recs if r["type"] == "run"]
         assert run["run_id"] == run_id and run["resume"] is True
+        assert run["display_name"] == name
     steps = [row["trainer/global_step"] for row in history(resumed)]
     assert steps and min(steps) == 2, steps  # resumed from the step-2 checkpoint
     assert steps == sorted(steps)

@@ -412,7 +412,7 @@ def test_the_w_and_b_id_record_is_checked_and_recovered(
     """``wandb_id`` is what reopens the run's W&B run on a resume: an id W&B would refuse
     is named before any work; a lost file is recovered from results.json (a new id would
     split the run's history in two); a new run gets one, written whole."""
-    from lmlab.train.loggers import recorded_wandb_id, wandb_run_id
+    from lmlab.train.wandb_run import recorded_wandb_id, wandb_run_id
 
     assert recorded_wandb_id(tmp_path) is None
     new = wandb_run_id(tmp_path)

@@ -96,7 +96,8 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     import wandb
     import yaml
 
-    from lmlab.train.loggers import log_step, wandb_offline, wandb_place
+    from lmlab.train.loggers import log_step
+    from lmlab.train.wandb_run import wandb_offline, wandb_place
 
     config: dict[str, Any] = {}
     if (run_dir / ".hydra" / "config.yaml").is_file():

@@ -49,7 +49,7 @@ from lmlab.config.run import (
     RunConfig,
     compile_mode,
 )
-from lmlab.config.schema import flatten, omegaconf_error, to_schema
+from lmlab.config.schema import flatten, omegaconf_error, redact, to_schema
 from lmlab.config.task import (
     FILE_FORMATS,
     PRETRAINING,
@@ -89,6 +89,7 @@ __all__ = [
     "Family",
     "FILE_FORMATS",
     "flatten",
+    "redact",
     "GATED",
     "GuardConfig",
     "GuardMode",

@@ -1,8 +1,11 @@
-"""Config nodes as typed, checked dataclasses, with one-line errors; dotted flattening."""
+"""Config nodes as typed, checked dataclasses, with one-line errors; dotted flattening; secret
+values redacted."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -85,3 +88,21 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
+
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """Replace the value of any secret-looking environment variable (``WANDB_API_KEY``,
+    ``HF_TOKEN``, ...) inside ``value`` by ``<redacted:NAME>``: a config interpolating
+    ``${oc.env:...}`` must not leak it into W&B, CSV hparams or results.json."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        for name, secret in os.environ.items():
+            if len(secret) >= 8 and SECRET_NAME.search(name) and secret in value:
+                value = value.replace(secret, f"<redacted:{name}>")
+    return value

@@ -1,16 +1,10 @@
-"""Experiment loggers from ``conf/logger``: W&B (offline unless a key is configured) and CSV
-(``CSVLogger``: one history per run directory, across resumes)."""
+"""Experiment loggers from ``conf/logger``: W&B (offline unless a key is configured and its
+server answers) and CSV (``CSVLogger``: one history per run directory, across resumes)."""
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import netrc
-import os
-import re
-import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +17,20 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import flatten
+from lmlab.config import flatten, redact
 from lmlab.config.asked import as_typed
-from lmlab.errors import ConfigError
+from lmlab.train.wandb_run import (
+    in_wandb_sweep,
+    record_wandb_name,
+    record_wandb_place,
+    recorded_wandb_name,
+    start_wandb,
+    wandb_offline,
+    wandb_place,
+    wandb_run_id,
+)
 
 log = logging.getLogger(__name__)
-
-WANDB_HOST = "api.wandb.ai"
-
-
-def wandb_has_credentials() -> bool:
-    """True when an API key is in the environment or in ~/.netrc (what ``wandb login`` writes)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(WANDB_HOST) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_offline(requested: bool | None) -> bool:
-    """``logger.wandb.offline=null`` (default): offline unless credentials exist, so a run
-    never blocks on a login prompt. ``WANDB_MODE=offline`` always wins."""
-    if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
-        return True
-    return (not wandb_has_credentials()) if requested is None else requested
 
 
 def _multirun_dir() -> Path | None:
@@ -101,102 +84,6 @@ def run_tags(cfg: DictConfig) -> list[str]:
         tags.append(f"size:{preset.split('_', 1)[-1]}")
         tags += [f"{g}:{choices[g]}" for g in ("experiment", "sweeps") if choices.get(g)]
     return tags
-
-
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-
-
-def redact(value: Any) -> Any:
-    """Replace the value of any secret-looking environment variable (``WANDB_API_KEY``,
-    ``HF_TOKEN``, ...) inside ``value`` by ``<redacted:NAME>``: a config interpolating
-    ``${oc.env:...}`` must not leak it into W&B, CSV hparams or results.json."""
-    if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        for name, secret in os.environ.items():
-            if len(secret) >= 8 and SECRET_NAME.search(name) and secret in value:
-                value = value.replace(secret, f"<redacted:{name}>")
-    return value
-
-
-def in_wandb_sweep() -> bool:
-    """Whether a W&B sweep agent (``wandb agent``) started this run: W&B then takes the run's
-    id and project from the agent, whatever ``wandb.init`` is given."""
-    return bool(os.environ.get("WANDB_SWEEP_ID"))
-
-
-# What W&B takes as a run id (it refuses ``:;,#?/'`` and an empty one).
-WANDB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-
-
-def recorded_wandb_id(out_dir: Path) -> str | None:
-    """The W&B id the run directory records: ``wandb_id``, or where that file was lost,
-    ``results.json``'s ``wandb_id`` (the same run: a new id would split its history); None
-    for a new run. A record W&B would refuse is a ConfigError, before any work."""
-    path = out_dir / "wandb_id"
-    if path.exists():
-        run_id = path.read_text(errors="replace").strip()
-        if not WANDB_ID.fullmatch(run_id):
-            raise ConfigError(
-                f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, _ . -): "
-                "restore it (results.json's wandb_id is the run's), or delete it to start "
-                "another W&B run"
-            )
-        return run_id
-    try:
-        earlier = json.loads((out_dir / "results.json").read_text()).get("wandb_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(earlier, str) and WANDB_ID.fullmatch(earlier):
-        log.warning("%s was missing: the run's W&B id %s from results.json", path, earlier)
-        return earlier
-    return None
-
-
-def wandb_run_id(out_dir: Path) -> str:
-    """The run directory's W&B id, created once and kept in ``wandb_id``: a resumed run
-    reopens the same W&B run, so the dashboard shows one continuous curve. Under a W&B sweep
-    agent it is the agent's (``WANDB_RUN_ID``), the id W&B gives the run."""
-    path = out_dir / "wandb_id"
-    run_id = recorded_wandb_id(out_dir)
-    if run_id is None:
-        agent = os.environ.get("WANDB_RUN_ID") if in_wandb_sweep() else None
-        run_id = agent or secrets.token_hex(4)  # short, lowercase alphanumeric
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written id
-        tmp.write_text(run_id)
-        tmp.replace(path)
-    return run_id
-
-
-def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[str, Any]:
-    """The ``project`` and ``entity`` that reopen the run directory's W&B run: where it was
-    created (``wandb_project``, written at its first start), whatever the config says now, so a
-    resume or a later ``lmlab evaluate --wandb`` continues that run rather than starting one of
-    the same id elsewhere. A W&B sweep agent's run lives in the agent's project, which the run's
-    config does not name. Without a record: the config's; a record without an entity (an
-    offline run's) keeps the config's entity."""
-    path = out_dir / "wandb_project"
-    if path.is_file():
-        recorded = path.read_text().strip()
-        if recorded:
-            entity_, _, project_ = recorded.rpartition("/")
-            # offline, W&B knew no entity: the config's (None: the account's default)
-            return {"project": project_, "entity": entity_ or entity}
-    return {"project": project, "entity": entity}
-
-
-def record_wandb_place(out_dir: Path, experiment: Any) -> None:
-    """Write where a live W&B run is (``entity/project``, or the project alone offline, where
-    W&B knows no entity) into the run directory's ``wandb_project``, once."""
-    path = out_dir / "wandb_project"
-    project = getattr(experiment, "project", None)
-    if path.exists() or not isinstance(project, str) or not project:
-        return  # recorded already, or a stand-in experiment (a rank other than 0)
-    entity = getattr(experiment, "entity", None)
-    path.write_text(f"{entity}/{project}" if isinstance(entity, str) and entity else project)
 
 
 def write_rows(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
@@ -325,7 +212,9 @@ def build_loggers(
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
+            wandb_name = lcfg.get("name") or recorded_wandb_name(out_dir) or run_name(cfg)
             run_id = wandb_run_id(out_dir)
+            record_wandb_name(out_dir, wandb_name)
             # a sweep agent gives the run its id, project and entity (W&B ignores an id
             # passed, with a warning); otherwise the id, and where the run was created
             where: dict[str, Any] = {}
@@ -334,17 +223,15 @@ def build_loggers(
                 if (where["project"], where["entity"]) != (lcfg.project, lcfg.entity):
                     path = "/".join(v for v in (where["entity"], where["project"]) if v)
                     log.info("W&B: run %s continues in %s, where it was created", run_id, path)
-            loggers.append(
-                instantiate(
-                    lcfg,
-                    name=lcfg.get("name") or run_name(cfg),
-                    offline=wandb_offline(lcfg.get("offline")),
-                    resume="allow",
-                    group=lcfg.get("group") or run_group(),
-                    tags=list(lcfg.get("tags") or []) + run_tags(cfg),
-                    **where,
-                )
+            args = dict(
+                name=wandb_name,
+                offline=wandb_offline(lcfg.get("offline"), lcfg.get("save_dir")),
+                resume="allow",
+                group=lcfg.get("group") or run_group(),
+                tags=list(lcfg.get("tags") or []) + run_tags(cfg),
+                **where,
             )
+            loggers.append(start_wandb(lcfg, args))
         elif issubclass(get_class(lcfg._target_), CSVLogger):
             loggers.append(
                 instantiate(
@@ -373,26 +260,3 @@ def log_param_table(loggers: list[Logger], counts: dict[str, int], step: int = 0
         if type(lg).__name__ == "WandbLogger":
             rows = [[kind, n] for kind, n in counts.items()]
             lg.log_table(key="parameters", columns=["kind", "count"], data=rows, step=step)
-
-
-# The W&B exit code of a run by its results.json status: a stop exits as the process does
-# (``lmlab.cli.train``: 143 preempted, 130 Ctrl-C); any other end than ``completed`` is 1.
-# W&B marks a run that exits non-zero as failed.
-WANDB_EXIT_CODES = {"completed": 0, "preempted": 143, "interrupted": 130}
-
-
-def finish_wandb(results: dict[str, Any]) -> None:
-    """Close this process's W&B run, if one is open (each job of a sweep is its own run, and
-    offline files are flushed), the way the run ended: the summary's ``status`` is
-    results.json's (completed, failed, preempted, interrupted) and ``error`` the first line of
-    its error (null once completed: a resumed run's earlier failure is over), and the exit
-    code is 0 for a completed run only (``WANDB_EXIT_CODES``)."""
-    wandb = sys.modules.get("wandb")  # never imported here for a run that logs no W&B
-    run = getattr(wandb, "run", None)
-    if run is None:
-        return
-    status = results.get("status")
-    error = results.get("error")
-    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    run.summary.update(redact({"status": status, "error": lines[0] if lines else None}))
-    run.finish(exit_code=WANDB_EXIT_CODES.get(str(status), 1))

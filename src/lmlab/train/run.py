@@ -38,15 +38,7 @@ from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import DATAMODULES, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import InitFrom, load_weights, model_record
-from lmlab.train.loggers import (
-    build_loggers,
-    finish_wandb,
-    log_param_table,
-    log_step,
-    recorded_wandb_id,
-    run_name,
-    wandb_run_id,
-)
+from lmlab.train.loggers import build_loggers, log_param_table, log_step, run_name
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.outcome import (
     eval_results,
@@ -80,6 +72,7 @@ from lmlab.train.resume import (
 from lmlab.train.rundir import RunDir
 from lmlab.train.runfiles import RUN_CONFIG, checkpoints_in, holds_run
 from lmlab.train.task import LMTask, optimizer_from
+from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
 log = logging.getLogger(__name__)
 

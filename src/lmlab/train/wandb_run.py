@@ -1,0 +1,290 @@
+"""The W&B run of a run directory: online or offline (offline without a key, or when the
+server does not answer, never a prompt or a minutes-long wait), its id, name and project
+recorded in the run directory so a resume continues the same W&B run, started with an
+offline fallback, and finished with the run's status and exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import re
+import secrets
+import socket
+import sys
+import threading
+import urllib.request
+from configparser import ConfigParser
+from configparser import Error as ConfigParserError
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from lmlab.config import redact
+from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+WANDB_HOST = "api.wandb.ai"
+
+# How long a run with a key waits for a TCP connection to its W&B server before it logs
+# offline: W&B's own init gives up only after its init_timeout (90 s) and retries.
+WANDB_REACH_SECONDS = 3.0
+
+SYNC_HINT = "wandb sync {}/wandb/offline-run-*"
+
+
+def wandb_base_url() -> str:
+    """The W&B server a run talks to, found where W&B finds it: ``WANDB_BASE_URL``, else
+    ``base_url`` in W&B's settings files (the workspace's ``wandb/settings`` over the global
+    one, ``~/.config/wandb/settings`` or under ``WANDB_CONFIG_DIR``), else W&B's default."""
+    if url := os.environ.get("WANDB_BASE_URL"):
+        return url
+    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
+    root = Path(os.environ.get("WANDB_DIR") or ".")
+    workspace = root / (".wandb" if (root / ".wandb").exists() else "wandb")
+    found = None
+    for path in (config_dir / "settings", workspace / "settings"):  # the later one wins
+        parser = ConfigParser()
+        try:
+            parser.read(path)
+            found = parser.get("default", "base_url", fallback=None) or found
+        except (OSError, ConfigParserError):
+            continue
+    if found:
+        return found
+    import wandb
+
+    return wandb.Settings().base_url
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is in the environment or in the netrc file (what ``wandb login``
+    writes: ``NETRC`` or ``~/.netrc``), for the W&B server's host or W&B's cloud."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    hosts = {WANDB_HOST, urlsplit(wandb_base_url()).netloc}
+    try:
+        found = netrc.netrc(os.environ.get("NETRC") or None)
+        return any(found.authenticators(host) is not None for host in hosts if host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_unreachable(url: str, timeout: float = WANDB_REACH_SECONDS) -> str | None:
+    """Why the W&B server at ``url`` cannot be reached, or None when a TCP connection to it
+    (through the proxy the environment names for it, as W&B goes) opens within ``timeout``
+    seconds, name lookup included."""
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if host and proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname, proxy_parts.port or 80
+    if not host:
+        return f"{url!r} names no host"
+    port = port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{host}:{port}: {err.strerror or err}")
+
+    # a thread: a name lookup takes no timeout, and may hang far longer than the connection
+    probe = threading.Thread(target=connect, name="wandb-reachable", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"{host}:{port}: no answer within {timeout:g} s"
+
+
+def wandb_offline(requested: bool | None, save_dir: str | Path | None = None) -> bool:
+    """``logger.wandb.offline=null`` (default): offline unless credentials exist, so a run
+    never blocks on a login prompt, and offline too when the W&B server does not answer
+    within ``WANDB_REACH_SECONDS`` (one warning, with the ``wandb sync`` that uploads the run
+    later from ``save_dir``), so a run never waits minutes for W&B's own timeout and fails.
+    ``WANDB_MODE=offline`` always wins; ``WANDB_MODE=online`` (or ``offline=false``) asks for
+    online without the check (``start_wandb`` still goes offline if W&B cannot start)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ("offline", "dryrun"):
+        return True
+    if requested is not None:
+        return requested
+    if not wandb_has_credentials():
+        return True
+    if mode:  # set by the user: W&B's to follow
+        return False
+    url = wandb_base_url()
+    why = wandb_unreachable(url)
+    if why is None:
+        return False
+    log.warning(
+        "W&B: %s cannot be reached (%s): logging offline; upload later with: %s",
+        url,
+        why,
+        SYNC_HINT.format(save_dir or "<run dir>"),
+    )
+    return True
+
+
+def in_wandb_sweep() -> bool:
+    """Whether a W&B sweep agent (``wandb agent``) started this run: W&B then takes the run's
+    id and project from the agent, whatever ``wandb.init`` is given."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+# What W&B takes as a run id (it refuses ``:;,#?/'`` and an empty one).
+WANDB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def recorded_wandb_id(out_dir: Path) -> str | None:
+    """The W&B id the run directory records: ``wandb_id``, or where that file was lost,
+    ``results.json``'s ``wandb_id`` (the same run: a new id would split its history); None
+    for a new run. A record W&B would refuse is a ConfigError, before any work."""
+    path = out_dir / "wandb_id"
+    if path.exists():
+        run_id = path.read_text(errors="replace").strip()
+        if not WANDB_ID.fullmatch(run_id):
+            raise ConfigError(
+                f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, _ . -): "
+                "restore it (results.json's wandb_id is the run's), or delete it to start "
+                "another W&B run"
+            )
+        return run_id
+    try:
+        earlier = json.loads((out_dir / "results.json").read_text()).get("wandb_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(earlier, str) and WANDB_ID.fullmatch(earlier):
+        log.warning("%s was missing: the run's W&B id %s from results.json", path, earlier)
+        return earlier
+    return None
+
+
+def wandb_run_id(out_dir: Path) -> str:
+    """The run directory's W&B id, created once and kept in ``wandb_id``: a resumed run
+    reopens the same W&B run, so the dashboard shows one continuous curve. Under a W&B sweep
+    agent it is the agent's (``WANDB_RUN_ID``), the id W&B gives the run."""
+    path = out_dir / "wandb_id"
+    run_id = recorded_wandb_id(out_dir)
+    if run_id is None:
+        agent = os.environ.get("WANDB_RUN_ID") if in_wandb_sweep() else None
+        run_id = agent or secrets.token_hex(4)  # short, lowercase alphanumeric
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written id
+        tmp.write_text(run_id)
+        tmp.replace(path)
+    return run_id
+
+
+def recorded_wandb_name(out_dir: Path) -> str | None:
+    """The name the run directory's W&B run was given (``wandb_name``, written at its
+    start), or where a run recorded a W&B id before names were recorded, results.json's
+    ``run_name``; None for a new W&B run. A resume keeps it: the overrides name a run, and
+    an extension's new ``trainer.max_steps`` would rename it."""
+    path = out_dir / "wandb_name"
+    if path.is_file() and (name := path.read_text(errors="replace").strip()):
+        return name
+    if not (out_dir / "wandb_id").is_file():
+        return None
+    try:
+        earlier = json.loads((out_dir / "results.json").read_text()).get("run_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return earlier if isinstance(earlier, str) and earlier else None
+
+
+def record_wandb_name(out_dir: Path, name: str) -> None:
+    """Keep ``name`` as the run directory's W&B run name (``wandb_name``), written whole."""
+    path = out_dir / "wandb_name"
+    if path.is_file() and path.read_text(errors="replace").strip() == name:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(name)
+    tmp.replace(path)
+
+
+def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[str, Any]:
+    """The ``project`` and ``entity`` that reopen the run directory's W&B run: where it was
+    created (``wandb_project``, written at its first start), whatever the config says now, so a
+    resume or a later ``lmlab evaluate --wandb`` continues that run rather than starting one of
+    the same id elsewhere. A W&B sweep agent's run lives in the agent's project, which the run's
+    config does not name. Without a record: the config's; a record without an entity (an
+    offline run's) keeps the config's entity."""
+    path = out_dir / "wandb_project"
+    if path.is_file():
+        recorded = path.read_text().strip()
+        if recorded:
+            entity_, _, project_ = recorded.rpartition("/")
+            # offline, W&B knew no entity: the config's (None: the account's default)
+            return {"project": project_, "entity": entity_ or entity}
+    return {"project": project, "entity": entity}
+
+
+def record_wandb_place(out_dir: Path, experiment: Any) -> None:
+    """Write where a live W&B run is (``entity/project``, or the project alone offline, where
+    W&B knows no entity) into the run directory's ``wandb_project``, once."""
+    path = out_dir / "wandb_project"
+    project = getattr(experiment, "project", None)
+    if path.exists() or not isinstance(project, str) or not project:
+        return  # recorded already, or a stand-in experiment (a rank other than 0)
+    entity = getattr(experiment, "entity", None)
+    path.write_text(f"{entity}/{project}" if isinstance(entity, str) and entity else project)
+
+
+def start_wandb(lcfg: DictConfig, args: dict[str, Any]) -> Logger:
+    """``lcfg``'s ``WandbLogger`` with ``args``, its W&B run started (rank 0). Offline, W&B is
+    told so in ``wandb.init`` (``mode``: Lightning says it in ``WANDB_MODE``, which W&B reads
+    only once a process). An online run that W&B fails to start (a server that does not
+    answer in time, refuses the key, ...) goes on offline, with one warning and the ``wandb
+    sync`` that uploads it later, rather than ending the run in a traceback."""
+    if args["offline"]:
+        return instantiate(lcfg, **args, mode="offline")
+    logger = instantiate(lcfg, **args)
+    try:
+        logger.experiment  # noqa: B018 (wandb.init, on rank 0)
+        return logger
+    except Exception as err:  # W&B's CommError, AuthenticationError, UsageError, ...
+        import wandb
+
+        wandb.teardown()  # W&B's service holds the failed run's id: a fresh one
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        log.warning(
+            "W&B: the online run did not start (%s%s): logging offline; upload later with: %s",
+            type(err).__name__,
+            f": {lines[0]}" if lines else "",
+            SYNC_HINT.format(lcfg.get("save_dir") or "<run dir>"),
+        )
+    logger = instantiate(lcfg, **(args | {"offline": True}), mode="offline")
+    logger.experiment  # noqa: B018 (offline: raises only as a run without a key would)
+    return logger
+
+
+# The W&B exit code of a run by its results.json status: a stop exits as the process does
+# (``lmlab.cli.train``: 143 preempted, 130 Ctrl-C); any other end than ``completed`` is 1.
+# W&B marks a run that exits non-zero as failed.
+WANDB_EXIT_CODES = {"completed": 0, "preempted": 143, "interrupted": 130}
+
+
+def finish_wandb(results: dict[str, Any]) -> None:
+    """Close this process's W&B run, if one is open (each job of a sweep is its own run, and
+    offline files are flushed), the way the run ended: the summary's ``status`` is
+    results.json's (completed, failed, preempted, interrupted) and ``error`` the first line of
+    its error (null once completed: a resumed run's earlier failure is over), and the exit
+    code is 0 for a completed run only (``WANDB_EXIT_CODES``)."""
+    wandb = sys.modules.get("wandb")  # never imported here for a run that logs no W&B
+    run = getattr(wandb, "run", None)
+    if run is None:
+        return
+    status = results.get("status")
+    error = results.get("error")
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    run.summary.update(redact({"status": status, "error": lines[0] if lines else None}))
+    run.finish(exit_code=WANDB_EXIT_CODES.get(str(status), 1))
