@@ -22,6 +22,7 @@ from lmlab.config import CONF_DIR
 from lmlab.errors import ConfigError
 from lmlab.train.checkpointing import AtomicCheckpointIO
 from lmlab.train.compose import compose_train
+from lmlab.train.resume import resume_checkpoint
 from lmlab.train.run import train
 from smoke import SHORT_ROWS, SMOKE
 
@@ -305,6 +306,41 @@ def test_resume_input_errors(
         train(compose_train([*short, *first], tmp_path, cache_dir))
     with pytest.raises(ConfigError, match=message):
         train(compose_train([*short, *second], tmp_path, cache_dir))
+
+
+NO_CHECKPOINT = "holds no checkpoint, whether they were removed or it stopped before its first"
+
+
+@pytest.mark.parametrize(
+    ("left", "record", "says"),
+    [
+        ([], None, NO_CHECKPOINT),  # killed before its first save, or checkpoints/ removed
+        (["checkpoints/"], None, "saved checkpoints into checkpoints/, since removed"),
+        (["checkpoints/.step000002.ckpt.k2j4x9.tmp"], None, NO_CHECKPOINT),  # 1st save killed
+        (["checkpoints/"], {"status": "preempted", "global_step": 13}, "at step 13, since removed"),
+    ],
+)
+def test_a_run_without_checkpoints_is_told_why(
+    tmp_path: Path, left: list[str], record: dict | None, says: str
+) -> None:
+    """A run that did not complete and holds no checkpoint: stopped before its first one, or
+    they were removed (``rm checkpoints/*``: the folder is left; a stop's record names the
+    step it saved). ``resume=true`` and a plain rerun both say which, as far as the directory
+    tells, and name ``resume=auto``."""
+    (tmp_path / "run_config.yaml").write_text("{}\n")  # what a run that trained writes
+    (tmp_path / "plan.json").write_text("{}")
+    for name in left:
+        (tmp_path / "checkpoints").mkdir(exist_ok=True)
+        if not name.endswith("/"):
+            (tmp_path / name).write_bytes(b"half a checkpoint")
+    if record is not None:
+        (tmp_path / "results.json").write_text(json.dumps(record))
+    for extra in (["resume=true"], []):
+        with pytest.raises(ConfigError) as refused:
+            resume_checkpoint(compose_train([*SMOKE, *extra], tmp_path), tmp_path)
+        message = str(refused.value)
+        assert says in message and "resume=auto starts it again from step 0" in message
+        assert ("stopped before" in message) == (says == NO_CHECKPOINT), message
 
 
 def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path, cache_dir: Path) -> None:

@@ -7,7 +7,8 @@
 - ``Checkpoint`` saves a periodic step whose validation follows at that validation's end
   (the checkpoint holds it), also saves when training ends between two periodic saves, and
   keeps ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
-  atomically: one copy on disk, never absent.
+  atomically: one copy on disk, never absent. ``save_top_k`` keeps the newest k step
+  checkpoints of the folder, whichever process saved them (``Checkpoint.prune``).
 - ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout and the
   masking collators draw from them), so a resumed run continues the same random stream.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -77,6 +79,49 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+MARK = "\0"  # no file name holds it
+
+
+class MarkedFields(dict):
+    """Metrics for Lightning's ``format_checkpoint_name`` that format every field of the name
+    as its own name between two ``MARK``s, whatever its format spec (``{step:06d}``): the
+    name with its fields marked, by Lightning's own rules (``auto_insert_metric_name``, the
+    extension)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True  # Lightning sets a missing field to 0 otherwise
+
+    def __missing__(self, key: str) -> MarkedField:
+        return MarkedField(key)
+
+
+class MarkedField:
+    """One field of a checkpoint name, marked (``MarkedFields``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __format__(self, spec: str) -> str:
+        return f"{MARK}{self.name}{MARK}"
+
+
+def step_name_pattern(marked: str) -> re.Pattern[str] | None:
+    """What matches the names that ``marked`` (a name formatted from ``MarkedFields``) stands
+    for: its first ``step`` field in group ``step``, its other fields anything. None where
+    the name holds no step."""
+    pattern, named = "", False
+    pieces = os.path.basename(marked).split(MARK)  # text, field, text, ..., field, text
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            pattern += re.escape(piece)
+        elif piece == "step":
+            pattern += r"\d+" if named else r"(?P<step>\d+)"
+            named = True
+        else:
+            pattern += ".*?"
+    return re.compile(pattern) if named else None
+
+
 class Checkpoint(ModelCheckpoint):
     """ModelCheckpoint that also saves when training ends between two ``every_n_train_steps``
     saves, so the final weights are always on disk and ``last.ckpt`` points at them.
@@ -96,6 +141,47 @@ class Checkpoint(ModelCheckpoint):
         if kwargs.get("monitor") is None and k > 1:
             kwargs |= {"monitor": "step", "mode": "max"}
         super().__init__(*args, **kwargs)
+        self._step_name = step_name_pattern(self.format_checkpoint_name(MarkedFields()))
+
+    def step_of(self, path: str | Path) -> int | None:
+        """The step in ``path``'s name where ``filename`` names it a step checkpoint (its
+        folder aside); None for another name (``last.ckpt``, a save's temporary file), or
+        where ``filename`` holds no ``{step}``."""
+        match = self._step_name.fullmatch(Path(path).name) if self._step_name else None
+        return int(match["step"]) if match else None
+
+    def _in_dirpath(self, path: str | Path) -> bool:
+        """Whether ``path`` lies in ``dirpath`` itself (links resolved)."""
+        folder = os.path.realpath(os.path.dirname(path))
+        return bool(self.dirpath) and folder == os.path.realpath(self.dirpath or "")
+
+    def prune(self, trainer: L.Trainer, saved: str) -> None:
+        """Keep the newest ``save_top_k`` step checkpoints of ``dirpath`` up to ``saved`` (the
+        one just written), removing the older ones: read from the folder, not from the
+        callback's state, which lists only what its own process saved or the checkpoint it
+        resumed from held (a resume that passed over an unreadable ``last.ckpt`` for an older
+        step knew nothing of the steps in between; a copied directory's state names the
+        original's files). Lightning never removes the file a run resumed from: that one
+        then stayed for good beside k newer ones. Here it goes once k newer are on disk.
+        Steps past ``saved`` (left by an earlier process, passed over as unreadable) are
+        kept: the save of that step replaces them."""
+        step = self.step_of(saved)
+        if step is None or self.save_top_k < 1 or not trainer.is_global_zero:
+            return
+        found = sorted(
+            (s, path)
+            for path in Path(self.dirpath or "").iterdir()
+            if (s := self.step_of(path)) is not None and s <= step
+        )
+        for _, path in found[: -self.save_top_k]:
+            self._remove_checkpoint(trainer, str(path))
+
+    def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        """Lightning's removal of the step checkpoints of ``dirpath`` is left to ``prune``;
+        any other file (one named without ``{step}``) goes Lightning's way."""
+        if self._in_dirpath(previous) and self.step_of(previous) is not None:
+            return False
+        return super()._should_remove_checkpoint(trainer, previous, current)
 
     @staticmethod
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
@@ -119,6 +205,7 @@ class Checkpoint(ModelCheckpoint):
         last = os.path.join(self.dirpath or "", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         if self.save_last == "link" and os.path.abspath(filepath) != os.path.abspath(last):
             self._link_checkpoint(trainer, filepath, last)
+        self.prune(trainer, filepath)  # once the new one is written and linked
 
     pending_step: int | None = None  # a periodic save waiting for its step's validation
 

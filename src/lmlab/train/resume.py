@@ -64,6 +64,9 @@ BATCH_FIELDS = (
     "data.global_batch_tokens",
 )
 
+# The statuses of a stop, whose results.json names the step of the checkpoint it saved.
+STOPS = ("preempted", "interrupted")
+
 # Fields of run_identity that set what validation measures, not what is trained: a resume may
 # change them, as it may trainer.val_check_interval (which run_identity does not hold).
 VALIDATION_FIELDS = ("task.decode_rows",)
@@ -116,8 +119,8 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     if resume:
         if not found:
             restart = (
-                "; the run there stopped before its first checkpoint: resume=auto starts it "
-                "again from step 0 with the same config"
+                f"; the run there {no_checkpoint_left(out_dir)}: resume=auto starts it again "
+                "from step 0 with the same config"
                 if holds_run(out_dir) and not finished_run(out_dir)
                 else ""
             )
@@ -146,14 +149,32 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
         restart = (
             ""
             if finished_run(out_dir) or not started
-            else "; it stopped before its first checkpoint: resume=auto starts it again from "
-            "step 0 with the same config"
+            else f"; it {no_checkpoint_left(out_dir)}: resume=auto starts it again from step 0 "
+            "with the same config"
         )
         raise ConfigError(
             f"hydra.run.dir={out_dir} already holds an earlier run ({written}; no checkpoint "
             f"to resume){restart}: choose another directory, or move that run away first"
         )
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def no_checkpoint_left(out_dir: Path) -> str:
+    """Why the run in ``out_dir``, which did not complete, has no checkpoint, as far as the
+    directory tells: a stop's record names the step it saved; ``checkpoints/`` is made by the
+    first save, and a save that was killed leaves its temporary file there (``.*.tmp``,
+    ``.*.old``). Neither: it stopped before its first checkpoint, or the folder was removed
+    with them."""
+    record = kept_record(read_results(out_dir)) or {}
+    step = record.get("global_step") if record.get("status") in STOPS else None
+    ckpt_dir = out_dir / "checkpoints"
+    if step is not None:
+        return f"saved checkpoints, the last at step {step}, since removed"
+    if ckpt_dir.is_dir() and not [*ckpt_dir.glob(".*.tmp"), *ckpt_dir.glob(".*.old")]:
+        return "saved checkpoints into checkpoints/, since removed"
+    return (
+        "holds no checkpoint, whether they were removed or it stopped before its first checkpoint"
+    )
 
 
 def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = False) -> None:
