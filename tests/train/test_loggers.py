@@ -235,3 +235,27 @@ def test_a_resumed_run_continues_its_wandb_run_from_the_checkpoints_step(
     assert steps == sorted(steps)
     assert any("parameters._type" in row for row in history(resumed))
     assert max(row["trainer/global_step"] for row in history(first)) <= min(steps)
+
+
+def test_evaluate_s_wandb_start_goes_offline_where_w_and_b_refuses_it(
+    with_key: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``lmlab evaluate`` logs into a run's W&B run after its record is written: an online
+    start W&B refuses (a server that answers 401) goes on offline with one warning, as a
+    training run's does, instead of a traceback after the record."""
+    from lmlab.train.wandb_run import init_wandb
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with_key.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+        with caplog.at_level(logging.WARNING, logger="lmlab.train.wandb_run"):
+            run = init_wandb(False, tmp_path, project="p", id="abcd1234", dir=str(tmp_path))
+        run.finish()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert run.id == "abcd1234" and run.settings.mode == "offline"
+    (warning,) = [r.getMessage() for r in caplog.records if "W&B" in r.getMessage()]
+    assert warning.startswith("W&B: the online run did not start (")
+    assert f"wandb sync {tmp_path}/wandb/offline-run-*" in warning

@@ -97,18 +97,19 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     import yaml
 
     from lmlab.train.loggers import log_step
-    from lmlab.train.wandb_run import wandb_offline, wandb_place
+    from lmlab.train.wandb_run import init_wandb, wandb_offline, wandb_place
 
     config: dict[str, Any] = {}
     if (run_dir / ".hydra" / "config.yaml").is_file():
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
     wb = (config.get("logger") or {}).get("wandb") or {}
-    run = wandb.init(
+    run = init_wandb(
+        wandb_offline(wb.get("offline"), run_dir),
+        run_dir,
         **wandb_place(run_dir, wb.get("project") or "lmlab", wb.get("entity")),
         id=id_file.read_text().strip(),
         resume="allow",
         dir=str(run_dir),
-        mode="offline" if wandb_offline(wb.get("offline")) else "online",
         settings=wandb.Settings(silent=True),
     )
     run.define_metric("trainer/global_step")

@@ -252,19 +252,39 @@ def start_wandb(lcfg: DictConfig, args: dict[str, Any]) -> Logger:
         logger.experiment  # noqa: B018 (wandb.init, on rank 0)
         return logger
     except Exception as err:  # W&B's CommError, AuthenticationError, UsageError, ...
-        import wandb
-
-        wandb.teardown()  # W&B's service holds the failed run's id: a fresh one
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        log.warning(
-            "W&B: the online run did not start (%s%s): logging offline; upload later with: %s",
-            type(err).__name__,
-            f": {lines[0]}" if lines else "",
-            SYNC_HINT.format(lcfg.get("save_dir") or "<run dir>"),
-        )
+        going_offline(err, lcfg.get("save_dir"))
     logger = instantiate(lcfg, **(args | {"offline": True}), mode="offline")
     logger.experiment  # noqa: B018 (offline: raises only as a run without a key would)
     return logger
+
+
+def going_offline(err: Exception, save_dir: str | Path | None) -> None:
+    """An online start W&B refused (``err``): its service reset, since it holds the failed
+    run's id, and one warning, with the ``wandb sync`` that uploads the offline run later."""
+    import wandb
+
+    wandb.teardown()
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    log.warning(
+        "W&B: the online run did not start (%s%s): logging offline; upload later with: %s",
+        type(err).__name__,
+        f": {lines[0]}" if lines else "",
+        SYNC_HINT.format(save_dir or "<run dir>"),
+    )
+
+
+def init_wandb(offline: bool, save_dir: str | Path, **kwargs: Any) -> Any:
+    """``wandb.init(**kwargs)`` online or offline, for a command that logs into a run's W&B
+    run outside training (``lmlab evaluate``): an online start W&B refuses goes on offline,
+    as a training run's does (``start_wandb``)."""
+    import wandb
+
+    if not offline:
+        try:
+            return wandb.init(**kwargs, mode="online")
+        except Exception as err:  # noqa: BLE001 (W&B's CommError, AuthenticationError, ...)
+            going_offline(err, save_dir)
+    return wandb.init(**kwargs, mode="offline")
 
 
 # The W&B exit code of a run by its results.json status: a stop exits as the process does
