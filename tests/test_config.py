@@ -220,6 +220,8 @@ BAD_VALUES = [
     ("guard.min_loss_scale=-1", "guard.min_loss_scale=-1.0 must be >= 0 and finite"),
     ("checkpoint.every_n_steps=-5", "checkpoint.every_n_steps=-5 must be >= 0"),
     ("resume=maybe", "resume=maybe: allowed true, false, auto"),
+    ("resume=1", "resume=1: allowed true, false, auto"),  # 1 == True in Python: not here
+    ("optim.fused=0", "optim.fused=0: allowed auto, true, false"),
     ("final_val_batches=0", "final_val_batches=0: allowed null, a number of batches (an int"),
     ("final_val_batches=1.5", "final_val_batches=1.5: allowed null, a number of batches"),
     ("final_val_batches=all", "final_val_batches='all': allowed null, a number of batches"),

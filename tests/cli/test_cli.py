@@ -114,6 +114,7 @@ BAD_TOOL_INPUT = [
     ("generate", "top_k=0", "top_k=0 must be >= 1"),
     ("generate", "top_k=-3", "top_k=-3 must be >= 1"),
     ("generate", "cache=1", "cache=1: allowed: true or false"),  # OmegaConf reads 1 as true
+    ("generate", "cache=yes", "cache=yes: allowed: true or false"),
     ("evaluate", "wandb=yes", "wandb=yes: allowed: true or false"),
     ("generate", "max_new_tokens=0", "max_new_tokens=0: both must be >= 1"),
     ("generate", "device=cuda:99", "device=cuda:99: "),

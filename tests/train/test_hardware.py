@@ -90,7 +90,11 @@ def test_a_cache_that_cannot_be_written_still_gives_the_peak(
     assert (tmp_path / "peak_flops.json").read_bytes() == kept
 
 
-@pytest.mark.parametrize("damage", [b'{"cpu|2|fp32|lin', b"[1, 2]", b'{"k": "fast"}', b"\xff\x00"])
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"cpu|2|fp32|lin', b"[1, 2]", b'{"k": "fast"}', b"\xff\x00"]
+    + [b'{"k": NaN}', b'{"k": Infinity}', b'{"k": 0}'],  # MFU was nan, 0.0, a division by 0
+)
 def test_a_damaged_peak_cache_is_measured_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: bytes
 ) -> None:

@@ -82,6 +82,33 @@ def test_trainer_values_lightning_refuses_are_refused_before_any_data(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.use_distributed_sampler=yes"], "trainer.use_distributed_sampler=yes: allo"),
+        (["trainer.enable_model_summary=7"], "trainer.enable_model_summary=7: allowed: true, "),
+        (
+            ["callbacks.checkpoint.enable_version_counter=yes"],
+            "callbacks.checkpoint.enable_version_counter=yes: allowed: true, false",
+        ),
+        (["logger=wandb", "logger.wandb.offline=off"], "logger.wandb.offline=off: allowed: true"),
+        (["logger=wandb", "logger.wandb.offline=0"], "logger.wandb.offline=0: allowed: true, "),
+    ],
+)
+def test_a_true_false_field_of_a_target_given_another_value_is_refused(
+    overrides: list[str], message: str, tmp_path
+) -> None:
+    """A field its target (Lightning's Trainer, ModelCheckpoint) annotates as true/false was
+    passed on as given: ``yes`` and ``7`` read as true. ``logger.wandb.offline`` is lmlab's
+    (null: offline unless a key and a server): ``off`` was offline, ``0`` online, silently."""
+    cfg = compose_train(["+debug=smoke", *overrides], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+    good = {"yes": "true", "7": "null", "off": "true", "0": "false"}
+    fine = [k + "=" + good.get(v, v) for k, _, v in (o.partition("=") for o in overrides)]
+    check_run(compose_train(["+debug=smoke", *fine], tmp_path / "run", tmp_path))
+
+
 def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
     from lightning.fabric.connector import _convert_precision_to_unified_args
 

@@ -222,7 +222,8 @@ class SignalAt(L.Callback):
         self.start = start  # as fit sets up, before a stop is caught at a step's end
 
     def setup(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
-        if self.start:
+        if self.start:  # Python's own Ctrl-C handler, as in a terminal (a job started in the
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # background ignores it)
             self._signal(trainer)
 
     def _signal(self, trainer: L.Trainer) -> None:
@@ -274,7 +275,7 @@ def test_a_full_disk_is_said_in_one_line_with_the_resume(
     def full_at_step_4(obj: object, f: object, *args: object, **kwargs: object) -> None:
         if isinstance(obj, dict) and obj.get("global_step") == 4:
             try:
-                raise OSError(errno.ENOSPC, "No space left on device", "step000004.ckpt")
+                raise OSError(errno.ENOSPC, "No space left on device")  # torch's: no file
             except OSError:  # torch raises its own error so: the OSError is its context
                 raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
         save(obj, f, *args, **kwargs)
@@ -288,11 +289,14 @@ def test_a_full_disk_is_said_in_one_line_with_the_resume(
     ]
     assert run_command("train", *argv) == 1
     err = capsys.readouterr().err
-    said = "no space left on device writing step000004.ckpt; the checkpoints written before"
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"  # smoke's save_top_k=0: the file itself
+    said = f"no space left on device writing {ckpt}; the checkpoints written before"
     assert "Traceback" not in err and f"error: {said}" in err, err
     assert "free space; resume with: python src/train.py" in err, err
     r = results(tmp_path)
     assert r["status"] == "failed" and r["error"].startswith(said), r["error"]
+    assert said in (tmp_path / "train.log").read_text()  # the log keeps it too
+    assert not list(ckpt.parent.glob(".*.tmp"))
 
 
 def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None:

@@ -92,7 +92,7 @@ def parse(schema: type[T], argv: list[str]) -> T:
     hints = typing.get_type_hints(schema)
     for key, value in given.items():  # OmegaConf reads yes/on/1 as true: held to its words
         is_bool = bool in (hints[key], *typing.get_args(hints[key]))
-        if is_bool and value not in (None, "true", "false"):
+        if is_bool and value is not None and value.lower() not in ("true", "false"):
             raise ConfigError(f"{key}={value}: allowed: true or false")
     for key in required:
         if key not in given:

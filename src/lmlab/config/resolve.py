@@ -25,6 +25,9 @@ from lmlab.errors import ConfigError
 def check_optimizer(optim: Mapping[str, Any], scheduler: Mapping[str, Any]) -> None:
     """The values the optimizer and schedule groups (``_target_`` nodes, no schema: any
     torch optimizer fits) must have whatever the target."""
+    fused = optim.get("fused", "auto")
+    if not (isinstance(fused, bool) or fused == "auto"):  # 0 and 1 are not true and false
+        raise ConfigError(f"optim.fused={fused}: allowed auto, true, false")
     lr = optim.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
         raise ConfigError(f"optim.lr={lr} must be a positive number (default 1e-3)")

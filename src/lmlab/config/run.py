@@ -219,7 +219,7 @@ class RunConfig:
             allowed = ", ".join(MATMUL_PRECISIONS)
             raise ConfigError(f"matmul_precision={self.matmul_precision!r}: allowed {allowed}")
         check_val_batches("final_val_batches", self.final_val_batches)
-        if self.resume not in (True, False, "auto", None):
+        if not (self.resume is None or isinstance(self.resume, bool) or self.resume == "auto"):
             raise ConfigError(f"resume={self.resume}: allowed true, false, auto")
         if self.ckpt_path and self.init_from:
             raise ConfigError(

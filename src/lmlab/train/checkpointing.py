@@ -29,6 +29,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lmlab.errors import disk_full
+
 log = logging.getLogger(__name__)
 
 
@@ -64,8 +66,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            full = disk_full(err)
+            if full is not None and not full.filename:  # torch's write names no file
+                raise OSError(full.errno, full.strerror, str(path)) from err
             raise
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

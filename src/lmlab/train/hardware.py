@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Iterable
@@ -94,7 +95,9 @@ def read_peak_cache(path: Path) -> dict[str, float]:
         return {}
     if not isinstance(cache, dict):
         return {}
-    return {k: v for k, v in cache.items() if isinstance(v, int | float)}
+    # a peak that is no positive finite number (NaN, Infinity, 0) is measured again
+    good = {k: v for k, v in cache.items() if isinstance(v, int | float) and 0 < v < math.inf}
+    return good
 
 
 def gpu_peak_flops(device: torch.device, precision: str) -> float | None:

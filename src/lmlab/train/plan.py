@@ -159,8 +159,12 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     ``path``. A reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(path)
+    except BaseException:  # a full disk: no half-written temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

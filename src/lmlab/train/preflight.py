@@ -52,7 +52,14 @@ from lmlab.train.machine import (
 )
 from lmlab.train.memory import check_state_fits
 from lmlab.train.plan import RunPlan, make_plan
-from lmlab.train.strategy_check import check_strategy_loads
+from lmlab.train.strategy_check import (
+    annotated_parameters,
+    check_strategy_loads,
+    describe_kinds,
+    takes,
+    target_parameters,
+    value_kinds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,44 @@ def check_target_keys(node: DictConfig, where: str) -> None:
         )
 
 
+# Fields whose value lmlab reads before the target does, with words of its own: null is auto.
+LMLAB_READS = {"logger.wandb": ("offline",), "optim": ("fused",)}
+
+
+def check_bool_fields(node: DictConfig, where: str) -> None:
+    """A ``_target_`` node's field that its target annotates as true/false (Lightning's
+    ``Trainer(use_distributed_sampler=...)``, ``ModelCheckpoint(enable_version_counter=...)``)
+    given anything else is refused: ``yes`` or ``7`` were passed on, and read as true."""
+    try:
+        target = get_method(node._target_)
+        params = (
+            target_parameters(target)[0]
+            if isinstance(target, type)
+            else annotated_parameters(target)
+        )
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return
+    for key, value in node.items():
+        if str(key).startswith("_") or key in LMLAB_READS.get(where, ()) or key not in params:
+            continue
+        allowed = value_kinds(*params[key])
+        true_false = allowed and bool in allowed[0] and allowed[0] <= {bool, type(None)}
+        if true_false and not allowed[1] and not takes(allowed, value):
+            raise ConfigError(f"{where}.{key}={value}: allowed: {describe_kinds(allowed)}")
+
+
+def check_wandb_offline(cfg: DictConfig) -> None:
+    """``logger.wandb.offline``: null (offline unless a key is configured and its server
+    answers), true or false; ``off`` or ``0`` were read as true and false."""
+    node = (cfg.get("logger") or {}).get("wandb")
+    offline = node.get("offline") if node is not None else None
+    if offline is not None and not isinstance(offline, bool):
+        raise ConfigError(
+            f"logger.wandb.offline={offline}: allowed: true, false, null (offline unless an "
+            "API key is configured and its server answers)"
+        )
+
+
 def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     """Every check of ``cfg`` that needs no data, model or run directory, in the order a run
     meets them; the first failure is a ConfigError. A dry run (``dry_run=true``) plans for any
@@ -113,8 +158,14 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
     for group in ("trainer", "optim", "scheduler"):
         check_target_keys(cfg[group], group)
+        check_bool_fields(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
         check_target_keys(node, f"logger.{name}")
+        check_bool_fields(node, f"logger.{name}")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" in node:
+            check_bool_fields(node, f"callbacks.{name}")
+    check_wandb_offline(cfg)
     check_max_steps(cfg)
     task_cfg = resolve_task(cfg, model_cfg)
     init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)

@@ -172,7 +172,9 @@ def train(cfg: DictConfig) -> float | None:
         if lost_rank(err):
             raise RankLostError(results["error"] + resume) from err
         if disk_full(err) is not None:
-            raise DiskFullError(f"{results['error']}: free space{resume}") from err
+            again = resume or "; then resume=auto starts the run again"
+            log.error("%s: free space%s", results["error"], again)  # train.log keeps it too
+            raise DiskFullError(f"{results['error']}: free space{again}") from err
         raise
     finally:
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero

@@ -76,7 +76,7 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
             f"trainer.strategy._target_={target}: not a Lightning Strategy class; allowed: "
             "a subclass of lightning.pytorch.strategies.Strategy, such as DDPStrategy"
         )
-    params, closed = strategy_parameters(found)
+    params, closed = target_parameters(found)
     for key, value in strategy.items():
         if str(key).startswith("_"):
             continue
@@ -96,9 +96,10 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
             )
 
 
-def strategy_parameters(cls: type) -> tuple[dict[str, tuple[Any, Any]], bool]:
-    """The arguments a strategy node may set, each with its annotation and default, and
-    whether they are all it takes. A ``**kwargs`` of lmlab's own class goes to its parent
+def target_parameters(cls: type) -> tuple[dict[str, tuple[Any, Any]], bool]:
+    """The arguments a strategy (or another target class) node may set, each with its
+    annotation and default, and whether they are all it takes. A ``**kwargs`` of lmlab's own
+    class goes to its parent
     (``FSDPStrategy``: Lightning's ModelParallelStrategy), DDPStrategy's to torch's
     DistributedDataParallel; any other's is open (Lightning's FSDPStrategy passes it to
     torch's FSDP)."""

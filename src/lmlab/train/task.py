@@ -78,7 +78,7 @@ def build_optimizer(
     if "fused" not in kwargs:  # an optimizer without the setting: as configured
         return optimizer(groups)
     fused = kwargs.pop("fused")
-    if fused not in ("auto", True, False):
+    if not (isinstance(fused, bool) or fused == "auto"):  # 0 and 1 are not true and false
         raise ConfigError(f"optim.fused={fused!r}: allowed auto, true, false")
     if fused == "auto":
         fused = device.type in FUSED_DEVICES
