@@ -162,7 +162,7 @@ def train(cfg: DictConfig) -> float | None:
         # A stop is every rank's, recorded by rank 0; a failure may be one rank's alone.
         if run.may_record and (run.guard or status == "failed"):
             record_failure(out_dir, results)
-        resume = f"; resume with: {resume_command(out_dir)}" if checkpoints_in(out_dir) else ""
+        resume = f"; resume with: {resume_command(out_dir)}" if checkpointed else ""
         if status != "failed" and run.guard and resume:
             log.warning("%s: resume with: %s", status, resume_command(out_dir))
         elif status != "failed" and run.guard and run.opened:  # no checkpoint: say so
