@@ -30,6 +30,7 @@ from lmlab.config.model import ModelConfig, MoEConfig, model_config_dict
 from lmlab.config.resolve import (
     LAUNCHER_VARIABLES,
     MIN_SEQ_LEN,
+    check_fused,
     check_launch,
     check_optimizer,
     register_configs,
@@ -78,6 +79,7 @@ __all__ = [
     "BudgetKind",
     "check_example_file",
     "check_launch",
+    "check_fused",
     "check_optimizer",
     "check_task_model",
     "CheckpointConfig",

@@ -17,17 +17,21 @@ from lmlab.config.data import DataConfig
 from lmlab.config.knobs import Family
 from lmlab.config.model import ModelConfig
 from lmlab.config.run import BudgetConfig, RunConfig
-from lmlab.config.schema import to_schema
+from lmlab.config.schema import to_schema, without_none
 from lmlab.config.task import TaskConfig, resolve_task
 from lmlab.errors import ConfigError
+
+
+def check_fused(fused: Any) -> None:
+    """``optim.fused``: auto, true or false (0 and 1 are not true and false here)."""
+    if not (isinstance(fused, bool) or fused == "auto"):
+        raise ConfigError(f"optim.fused={fused!r}: allowed auto, true, false")
 
 
 def check_optimizer(optim: Mapping[str, Any], scheduler: Mapping[str, Any]) -> None:
     """The values the optimizer and schedule groups (``_target_`` nodes, no schema: any
     torch optimizer fits) must have whatever the target."""
-    fused = optim.get("fused", "auto")
-    if not (isinstance(fused, bool) or fused == "auto"):  # 0 and 1 are not true and false
-        raise ConfigError(f"optim.fused={fused}: allowed auto, true, false")
+    check_fused(optim.get("fused", "auto"))
     lr = optim.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
         raise ConfigError(f"optim.lr={lr} must be a positive number (default 1e-3)")
@@ -153,10 +157,7 @@ def field_hint(key: str) -> Any:
     for name in path:
         if not dataclasses.is_dataclass(hint):
             return None
-        hint = typing.get_type_hints(hint).get(name)
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if type(None) in typing.get_args(hint) and len(args) == 1:
-            hint = args[0]
+        hint = without_none(typing.get_type_hints(hint).get(name))[0]
     return hint
 
 

@@ -48,6 +48,15 @@ def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
 KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+def without_none(hint: Any) -> tuple[Any, bool]:
+    """``hint`` with its ``None`` option taken out (``int | None``: int), and whether it had
+    one."""
+    args = typing.get_args(hint)
+    if type(None) not in args:
+        return hint, False
+    return next((a for a in args if a is not type(None)), hint), True
+
+
 def field_kind(err: OmegaConfBaseException, where: str) -> str | None:
     """What the dataclass field an error is about takes, in words (``an integer or null``),
     read from its type; None for an enum (OmegaConf's message lists its values), a field it
@@ -59,10 +68,7 @@ def field_kind(err: OmegaConfBaseException, where: str) -> str | None:
         hint = typing.get_type_hints(schema).get(key)
     except Exception:  # a type it cannot resolve: OmegaConf's words alone
         return None
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional:
-        hint = next((a for a in args if a is not type(None)), hint)
+    hint, optional = without_none(hint)
     if typing.get_origin(hint) in (list, tuple):
         value = where.partition("=")[2]
         shown = "[a,b]" if value in ("", "None", "null") or value.startswith("[") else f"[{value}]"

@@ -90,35 +90,17 @@ def check_stride(stride: int | None, family: Family, seq_len: int) -> None:
         )
 
 
-def check_target_keys(node: DictConfig, where: str) -> None:
-    """The keys of a ``_target_`` node are arguments its target takes: a key added with
-    ``+`` (``+trainer.foo=1``, ``+optim.foo=1``) failed only when the object was built, after
-    the data was prepared, through a traceback."""
-    try:
-        target = get_method(node._target_)
-        params = inspect.signature(target).parameters
-    except (ImportError, ValueError, TypeError, AttributeError):
-        return  # the target itself is named when it is built
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = [key for key in node if not str(key).startswith("_") and key not in params]
-    if unknown:
-        key = unknown[0]
-        allowed = ", ".join(name for name in params if name != "self")
-        raise ConfigError(
-            f"{where}.{key}={node[key]}: unknown key ({node._target_} does not take it); "
-            f"allowed: {allowed}"
-        )
-
-
 # Fields whose value lmlab reads before the target does, with words of its own: null is auto.
 LMLAB_READS = {"logger.wandb": ("offline",), "optim": ("fused",)}
 
 
-def check_bool_fields(node: DictConfig, where: str) -> None:
-    """A ``_target_`` node's field that its target annotates as true/false (Lightning's
-    ``Trainer(use_distributed_sampler=...)``, ``ModelCheckpoint(enable_version_counter=...)``)
-    given anything else is refused: ``yes`` or ``7`` were passed on, and read as true."""
+def check_target_node(node: DictConfig, where: str, keys: bool = True) -> None:
+    """A ``_target_`` node's keys are arguments its target takes (``keys``): a key added with
+    ``+`` (``+trainer.foo=1``, ``+optim.foo=1``) failed only when the object was built, after
+    the data was prepared, through a traceback. And a field the target annotates as
+    true/false (Lightning's ``Trainer(use_distributed_sampler=...)``,
+    ``ModelCheckpoint(enable_version_counter=...)``) given anything else is refused: ``yes``
+    or ``7`` were passed on, and read as true."""
     try:
         target = get_method(node._target_)
         params = (
@@ -126,15 +108,28 @@ def check_bool_fields(node: DictConfig, where: str) -> None:
             if isinstance(target, type)
             else annotated_parameters(target)
         )
+        takes_any = any(
+            p.kind == inspect.Parameter.VAR_KEYWORD
+            for p in inspect.signature(target).parameters.values()
+        )
     except (ImportError, ValueError, TypeError, AttributeError):
-        return
-    for key, value in node.items():
-        if str(key).startswith("_") or key in LMLAB_READS.get(where, ()) or key not in params:
+        return  # the target itself is named when it is built
+    named = [key for key in node if not str(key).startswith("_")]
+    unknown = [key for key in named if key not in params]
+    if keys and unknown and not takes_any:
+        key = unknown[0]
+        allowed = ", ".join(name for name in params if name not in ("self", "**"))
+        raise ConfigError(
+            f"{where}.{key}={node[key]}: unknown key ({node._target_} does not take it); "
+            f"allowed: {allowed}"
+        )
+    for key in named:
+        if key in unknown or key in LMLAB_READS.get(where, ()):
             continue
-        allowed = value_kinds(*params[key])
-        true_false = allowed and bool in allowed[0] and allowed[0] <= {bool, type(None)}
-        if true_false and not allowed[1] and not takes(allowed, value):
-            raise ConfigError(f"{where}.{key}={value}: allowed: {describe_kinds(allowed)}")
+        kinds = value_kinds(*params[key])
+        true_false = kinds and bool in kinds[0] and kinds[0] <= {bool, type(None)} and not kinds[1]
+        if true_false and not takes(kinds, node[key]):
+            raise ConfigError(f"{where}.{key}={node[key]}: allowed: {describe_kinds(kinds)}")
 
 
 def check_wandb_offline(cfg: DictConfig) -> None:
@@ -157,14 +152,12 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     here = machine and not cfg.get("dry_run")
     model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
     for group in ("trainer", "optim", "scheduler"):
-        check_target_keys(cfg[group], group)
-        check_bool_fields(cfg[group], group)
+        check_target_node(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
-        check_target_keys(node, f"logger.{name}")
-        check_bool_fields(node, f"logger.{name}")
+        check_target_node(node, f"logger.{name}")
     for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and "_target_" in node:
-            check_bool_fields(node, f"callbacks.{name}")
+        if node is not None and "_target_" in node:  # keys: a callback's own, not checked
+            check_target_node(node, f"callbacks.{name}", keys=False)
     check_wandb_offline(cfg)
     check_max_steps(cfg)
     task_cfg = resolve_task(cfg, model_cfg)

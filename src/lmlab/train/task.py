@@ -18,10 +18,10 @@ from lmlab.config import (
     ModelConfig,
     TaskKind,
     TaskSpec,
+    check_fused,
     compile_mode,
     model_config_dict,
 )
-from lmlab.errors import ConfigError
 from lmlab.model import build_task_model
 from lmlab.model.loss import IGNORE, logits_loss
 from lmlab.model.moe import moe_layers
@@ -78,8 +78,7 @@ def build_optimizer(
     if "fused" not in kwargs:  # an optimizer without the setting: as configured
         return optimizer(groups)
     fused = kwargs.pop("fused")
-    if not (isinstance(fused, bool) or fused == "auto"):  # 0 and 1 are not true and false
-        raise ConfigError(f"optim.fused={fused!r}: allowed auto, true, false")
+    check_fused(fused)
     if fused == "auto":
         fused = device.type in FUSED_DEVICES
     impl = {"fused": True} if fused else {"foreach": True}
