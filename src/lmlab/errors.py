@@ -38,6 +38,12 @@ def disk_full_words(full: OSError) -> str:
     return f"{what} writing {full.filename}" if full.filename else what
 
 
+def naming(err: OSError, path: object) -> OSError:
+    """``err``, or where it names no file (a write that found the disk full when its data
+    were flushed), the same error naming ``path``, the file being written."""
+    return err if err.filename else OSError(err.errno, err.strerror, str(path))
+
+
 class DiskFullError(RuntimeError):
     """A run that stopped because its disk is full: one line, with what to do, instead of the
     save's traceback (the checkpoints written before are whole: saves are atomic)."""

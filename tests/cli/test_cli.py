@@ -116,6 +116,10 @@ BAD_TOOL_INPUT = [
     ("generate", "cache=1", "cache=1: allowed: true or false"),  # OmegaConf reads 1 as true
     ("generate", "cache=yes", "cache=yes: allowed: true or false"),
     ("evaluate", "wandb=yes", "wandb=yes: allowed: true or false"),
+    ("generate", "cache=null", "cache=null: allowed: true or false; null is not"),
+    ("evaluate", "batch_size=null", "batch_size=null: allowed: an integer; null is not"),
+    ("generate", "temperature=null", "temperature=null: allowed: a number; null is not"),
+    ("probe", "device=null", "device=null: allowed: a string; null is not"),
     ("generate", "max_new_tokens=0", "max_new_tokens=0: both must be >= 1"),
     ("generate", "device=cuda:99", "device=cuda:99: "),
     ("generate", "device=gpu0", "device=gpu0: "),

@@ -28,6 +28,8 @@ T = TypeVar("T")
 HELP = ("-h", "--help")
 # a schema's field line: ``name: type = default  # what it is``
 FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$")
+# what a key of each type takes, for the error of a key that cannot be null
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -99,4 +101,7 @@ def parse(schema: type[T], argv: list[str]) -> T:
             raise ConfigError(f"{key} is required: add {key}=<value>")
         if not given[key]:  # ckpt= (an unset shell variable): a path of '.' further on
             raise ConfigError(f"{key} is empty: give {key}=<value>")
+    for key, value in given.items():  # OmegaConf's words would print None and the type
+        if value is None and type(None) not in typing.get_args(hints[key]):
+            raise ConfigError(f"{key}=null: allowed: {KINDS[hints[key]]}; null is not")
     return to_schema(schema, given)

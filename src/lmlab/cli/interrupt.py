@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
+from lmlab.errors import disk_full_words
 from lmlab.train.runfiles import RUN_CONFIG, holds_run
 
 RESULTS = "results.json"
@@ -99,3 +100,16 @@ def interrupted_before_training(job: JobFolder) -> str:
     if not in_multirun() or holds_run(job.path):
         return f"{first}: nothing was written to {job.path}"
     return f"{first}: nothing was trained in {job.path}, which holds no run"
+
+
+def disk_full_before_training(full: OSError) -> str:
+    """A full disk while Hydra wrote a run's folder, before any job started (its config files,
+    its log): the folder this call made removed again, Hydra's half-written files with it,
+    in one line. After a sweep's first job nothing is removed."""
+    words = disk_full_words(full)
+    folder = LAUNCH.folder
+    if not LAUNCH.made or folder is None or LAUNCH.jobs:
+        return f"{words}: free space, then run the command again"
+    clear(folder, LAUNCH.existed)
+    where = "" if full.filename else f" in {folder}"
+    return f"{words}{where}: nothing was kept there; free space, then run the command again"

@@ -39,12 +39,17 @@ from omegaconf import DictConfig
 
 from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.hydra_errors import hydra_error
-from lmlab.cli.interrupt import JobFolder, clear, interrupted_before_training
+from lmlab.cli.interrupt import (
+    JobFolder,
+    clear,
+    disk_full_before_training,
+    interrupted_before_training,
+)
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, register_configs, resolve_configs
 from lmlab.data.tokenizer import check_vocab
-from lmlab.errors import ConfigError, DiskFullError
+from lmlab.errors import ConfigError, DiskFullError, disk_full
 from lmlab.train.budget import check_max_steps
 from lmlab.train.dirlock import unlock_sweep_dirs
 from lmlab.train.runfiles import absolute, launch_rank_is_zero, listed
@@ -202,6 +207,8 @@ def main(argv: list[str]) -> int:
                 RuntimeError("no trial of the search completed: each one's results.json says why"),
                 1,
             )
+        if (full := disk_full(err)) is not None and LAUNCH.user_full_error != "1":
+            fail(DiskFullError(disk_full_before_training(full)), 1)  # train() records its own
         if LAUNCH.task_started or LAUNCH.user_full_error == "1":
             raise
         fail(hydra_error(err, argv))

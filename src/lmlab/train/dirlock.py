@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES, SWEEP_LOCK_FILE, live_holder, pid_in
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, naming
 from lmlab.train.runfiles import RUN_FILES, absolute, earlier_sweep_runs, holds_run, listed
 
 _LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
@@ -100,8 +100,13 @@ def _take_lock(folder: Path, name: str) -> None:
         if current:
             break
         os.close(fd)  # the process that held it removed the file meanwhile: lock the new one
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as err:  # a full disk: os.write's error names no file
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise naming(err, path) from err
     if not _LOCKS:
         atexit.register(unlock_all)
     _LOCKS[path] = fd

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, naming
 from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
 
@@ -149,8 +149,12 @@ def job_started(config: DictConfig) -> None:
 
 def _save_yaml(data: object, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    OmegaConf.save(data, tmp)
-    tmp.replace(path)
+    try:
+        OmegaConf.save(data, tmp)
+        tmp.replace(path)
+    except OSError as err:  # a full disk: no half-written temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise naming(err, path) from err
 
 
 def as_configured(config: DictConfig, held: _Held) -> None:

@@ -32,7 +32,7 @@ from lmlab.config import (
     TaskSpec,
 )
 from lmlab.config.task import EXAMPLES_DIGEST
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, naming
 from lmlab.model import build_task_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import Budget, budget_params, resolve_budget
@@ -162,8 +162,10 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     try:
         tmp.write_text(json.dumps(data, indent=2, default=str))
         tmp.replace(path)
-    except BaseException:  # a full disk: no half-written temporary file left behind
+    except BaseException as err:  # a full disk: no half-written temporary file left behind
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise naming(err, path) from err
         raise
     return path
 
