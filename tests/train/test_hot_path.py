@@ -40,25 +40,40 @@ def on_host_side(stack: traceback.StackSummary) -> bool:
 
 
 class CountHostReads(L.Callback):
-    """Counts host reads per optimizer step, from one step's start to the next one's."""
+    """Counts host reads per optimizer step, from one step's start to the next one's, and per
+    micro-batch (counted from 0 over the run) with the values logged there."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.per_step: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.per_batch: dict[int, collections.Counter] = collections.defaultdict(
+            collections.Counter
+        )
         self.step: int | None = None
+        self.batch = -1
         for name in HOST_READS:
             original = getattr(torch.Tensor, name)
             monkeypatch.setattr(torch.Tensor, name, self.counting(name, original))
+        log = LMTask.log
+
+        def logging(task: LMTask, name: str, *args, **kwargs) -> None:
+            if self.step is not None:
+                self.per_batch[self.batch][f"log {name}"] += 1
+            log(task, name, *args, **kwargs)
+
+        monkeypatch.setattr(LMTask, "log", logging)
 
     def counting(self, name: str, original):
         def read(tensor: torch.Tensor, *args, **kwargs):
             if self.step is not None and not on_host_side(traceback.extract_stack(limit=12)):
                 self.per_step[self.step][name] += 1
+                self.per_batch[self.batch][name] += 1
             return original(tensor, *args, **kwargs)
 
         return read
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.step = trainer.global_step
+        self.batch += 1
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.step = None
@@ -91,6 +106,39 @@ def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
     quiet = [s for s in range(2, 11) if (s + 1) % 5]  # not a logging step, nor the first two
     assert quiet, "no quiet steps to check"
     assert {s: dict(counter.per_step[s]) for s in quiet} == {s: {} for s in quiet}
+
+
+def test_accumulated_micro_batches_read_and_log_only_where_a_logging_step_ends(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 2 micro-batches a step, the guard and the progress bar read the device on both
+    micro-batches of a logging step, and the throughput callback logged (and synchronised
+    CUDA) on the first micro-batch after one too, its window cut there: every micro-batch but
+    the one that makes a logging step's update reads nothing and logs nothing."""
+    cfg = compose_train(
+        [
+            *SMOKE,
+            "trainer.max_steps=8",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.log_every_n_steps=3",
+            "trainer.val_check_interval=100",
+            "checkpoint.every_n_steps=100",
+            "callbacks.sample=null",
+            "logger=csv",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    counter = CountHostReads(monkeypatch)
+    monkeypatch.setattr(LMTask, "configure_callbacks", lambda self: [counter])
+    train(cfg)
+    assert counter.batch == 15  # 8 steps of 2 micro-batches
+    ends = {2 * step - 1 for step in (3, 6, 8)}  # the last micro-batch of steps 3, 6 and 8
+    quiet = [b for b in range(4, 16) if b not in ends]  # after Throughput's first two batches
+    assert {b: dict(counter.per_batch[b]) for b in quiet} == {b: {} for b in quiet}
+    for b in ends:
+        assert counter.per_batch[b]["log perf/tokens_per_second"] == 1, b
+        assert counter.per_batch[b]["log train/loss"] == 1, b
 
 
 @pytest.mark.parametrize("family", [Family.gpt, Family.t5])

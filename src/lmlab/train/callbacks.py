@@ -63,8 +63,7 @@ class Throughput(L.Callback):
         if self.batches <= self.skip:
             return
         n_tokens = batch["input_ids"].numel() * trainer.world_size
-        step = trainer.global_step
-        logs = ends_run(step, trainer.max_steps) or step % trainer.log_every_n_steps == 0
+        logs = pl_module.reads_now  # a logging step's last micro-batch: its update is made
         if pl_module.device.type == "cuda" and logs:
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.t0
@@ -204,7 +203,7 @@ class ProgressBar(TQDMProgressBar):
         self.shown.update({k: round(float(metrics[k]), 3) for k in self.SHOWN if k in metrics})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if getattr(pl_module, "logging_now", True):
+        if getattr(pl_module, "reads_now", True):
             self.read(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 

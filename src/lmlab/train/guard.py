@@ -115,7 +115,7 @@ class NonFiniteGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
-        if pl_module.logging_now:  # a logging step reads device values anyway
+        if pl_module.reads_now:  # a logging step's update: it reads device values anyway
             self.raise_if_bad()
             self.raise_if_scale_collapsed(trainer)
 

@@ -135,6 +135,7 @@ class LMTask(L.LightningModule):
         self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])
         self.step_loads: list[torch.Tensor] = []
         self.logging_now = True  # whether this step's train/* values reach a logger
+        self.reads_now = True  # ... and this micro-batch makes its update (the last one)
         # the run plan's global batch and data (its corpus's counts and digest, a fine-tuning
         # run's examples: ``RunPlan.resume_record``, set by lmlab.train.run), kept in
         # checkpoints: a resume whose plan.json was lost still checks its data against them
@@ -253,10 +254,13 @@ class LMTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.train_loss(batch)
-        # callbacks read device values (guard flag, progress bar) on logging steps only
         self.logging_now = self.metrics_due()
+        # callbacks read device values (guard flag, progress bar, throughput) once a logging
+        # step's update is made: on its last micro-batch, not on each it accumulates
+        self.reads_now = self.logging_now and not self.trainer.fit_loop._should_accumulate()
         if self.logging_now:
             self.log_step_loss(parts)
+        if self.reads_now:
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
