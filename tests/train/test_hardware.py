@@ -35,16 +35,43 @@ def test_tf32_is_set_for_cuda_runs_only(restore_matmul_precision) -> None:
 @pytest.mark.parametrize(
     ("name", "precision", "peak"),
     [
-        ("NVIDIA H200", "bf16-mixed", 989e12),  # Lightning's H200 rows: sparse, other names
+        ("NVIDIA H200", "bf16-mixed", 989.4e12),  # Lightning's H200 rows: sparse, other names
         ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4e12),  # Lightning's table
         ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
+        # fp16 was taken against the fp32 (or TF32) peak: MFU 2x to 15x too high
+        ("NVIDIA H200", "16-mixed", 989.4e12),
+        ("NVIDIA H100 80GB HBM3", "16-true", 989.4e12),
+        ("Tesla V100-SXM2-16GB", "16-mixed", 125e12),
+        ("NVIDIA H200", "32-true", 66.9e12),  # matmul_precision=highest here
     ],
 )
 def test_gpu_peaks_are_dense_data_sheet_figures(
     monkeypatch: pytest.MonkeyPatch, name: str, precision: str, peak: float
 ) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
     assert hw.peak_flops(torch.device("cuda"), precision, "unused") == pytest.approx(peak)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"),
+    [("16-mixed", torch.float16), ("bf16-true", torch.bfloat16), ("32-true", torch.float32)],
+)
+def test_the_cpu_peak_is_measured_in_the_runs_compute_dtype(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, dtype: torch.dtype
+) -> None:
+    measured: list[torch.dtype] = []
+
+    def fake(dtype, n=1024, seconds=1.0, shape=None):
+        measured.append(dtype)
+        return 75.0
+
+    monkeypatch.setattr(hw, "measure_cpu_matmul_flops", fake)
+    assert hw.peak_flops(torch.device("cpu"), precision, tmp_path) == 75.0
+    assert measured == [dtype]
+    assert [k.split("|")[2] for k in json.loads((tmp_path / "peak_flops.json").read_text())] == [
+        hw.DTYPE_NAMES[dtype]
+    ]
 
 
 def test_cpu_peak_is_the_best_rate_seen_and_covers_the_runs_own_shapes(
@@ -61,10 +88,10 @@ def test_cpu_peak_is_the_best_rate_seen_and_covers_the_runs_own_shapes(
 
     monkeypatch.setattr(hw, "measure_cpu_matmul_flops", fake)
     head = (4096, 128, 4096)
-    assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 50.0  # square 50, head 40
+    assert hw.cpu_peak_flops(torch.float32, tmp_path, [head]) == 50.0  # square 50, head 40
     assert timed == [None, head]
-    assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 200.0  # cached: the head alone
-    assert hw.cpu_peak_flops("fp32", tmp_path, [head]) == 200.0  # 120 does not lower it
+    assert hw.cpu_peak_flops(torch.float32, tmp_path, [head]) == 200.0  # cached: the head alone
+    assert hw.cpu_peak_flops(torch.float32, tmp_path, [head]) == 200.0  # 120 does not lower it
     assert timed == [None, head, head, head]
 
 
@@ -75,7 +102,7 @@ def test_a_cache_that_cannot_be_written_still_gives_the_peak(
     a cache whose peak this run does not raise is not written at all."""
     rates = iter([75.0, 60.0, 90.0])
     monkeypatch.setattr(hw, "measure_cpu_matmul_flops", lambda *a, **k: next(rates))
-    assert hw.cpu_peak_flops("fp32", tmp_path) == 75.0
+    assert hw.cpu_peak_flops(torch.float32, tmp_path) == 75.0
     kept = (tmp_path / "peak_flops.json").read_bytes()
     writes: list[Path] = []
 
@@ -84,8 +111,8 @@ def test_a_cache_that_cannot_be_written_still_gives_the_peak(
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(hw, "write_json", read_only)
-    assert hw.cpu_peak_flops("fp32", tmp_path, [(8, 8, 8)]) == 75.0 and writes == []  # 60
-    assert hw.cpu_peak_flops("fp32", tmp_path, [(8, 8, 8)]) == 90.0 and len(writes) == 1
+    assert hw.cpu_peak_flops(torch.float32, tmp_path, [(8, 8, 8)]) == 75.0 and writes == []  # 60
+    assert hw.cpu_peak_flops(torch.float32, tmp_path, [(8, 8, 8)]) == 90.0 and len(writes) == 1
     assert "peak FLOP/s not kept in" in caplog.text and "Read-only file system" in caplog.text
     assert (tmp_path / "peak_flops.json").read_bytes() == kept
 
@@ -102,6 +129,6 @@ def test_a_damaged_peak_cache_is_measured_again(
     whole, never a failed run."""
     monkeypatch.setattr(hw, "measure_cpu_matmul_flops", lambda *a, **k: 75.0)
     (tmp_path / "peak_flops.json").write_bytes(damage)
-    assert hw.cpu_peak_flops("fp32", tmp_path) == 75.0
+    assert hw.cpu_peak_flops(torch.float32, tmp_path) == 75.0
     assert list(json.loads((tmp_path / "peak_flops.json").read_text()).values()) == [75.0]
     assert [p.name for p in tmp_path.iterdir()] == ["peak_flops.json"]  # no temporary left

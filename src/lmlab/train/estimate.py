@@ -38,7 +38,7 @@ from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.data.packing import prepared_vocab_size
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.train.budget import Budget, budget_params, overshoot, resolve_budget
-from lmlab.train.hardware import peak_flops, precision_dtype
+from lmlab.train.hardware import compute_dtype, peak_flops
 from lmlab.train.machine import on_cuda
 from lmlab.train.plan import make_plan, meta_model
 
@@ -137,8 +137,11 @@ SAMPLE_INPUTS: dict[Family, Callable[[torch.Tensor], dict[str, torch.Tensor]]] =
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
-    if precision_dtype(precision) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The measured steps' matmuls in the run's compute dtype (a true 16-bit precision's
+    weights are fp32 here: autocast gives its matmuls' dtype)."""
+    dtype = compute_dtype(precision)
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device.type, dtype=dtype)
     return nullcontext()
 
 

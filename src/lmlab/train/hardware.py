@@ -21,7 +21,29 @@ log = logging.getLogger(__name__)
 # most GPUs. Its H200 rows hold the sparse figures under names the driver does not report
 # ("NVIDIA H200" matches neither "sxm1" nor "nvl1"): lmlab uses the dense data-sheet figures
 # there, as Lightning does for the H100 (989 TFLOP/s bf16).
-DENSE_OVERRIDES = {"H200": {torch.bfloat16: 989e12, "tfloat32": 494.7e12, torch.float32: 66.9e12}}
+DENSE_OVERRIDES = {
+    "H200": {
+        torch.bfloat16: 989.4e12,
+        torch.float16: 989.4e12,
+        "tfloat32": 494.7e12,
+        torch.float32: 66.9e12,
+        torch.float64: 33.5e12,
+    }
+}
+# Lightning's ``trainer.precision`` -> the dtype its matmuls run in (autocast's under a mixed
+# precision, the weights' own under a true one): the peak MFU is taken against. Others: fp32.
+COMPUTE_DTYPES = {
+    **dict.fromkeys(("bf16-mixed", "bf16-true", "bf16"), torch.bfloat16),
+    **dict.fromkeys(("16-mixed", "16-true", "16"), torch.float16),
+    **dict.fromkeys(("64-true", "64"), torch.float64),
+}
+# the CPU peak cache's key for each (fp32 and bf16 as before there were others)
+DTYPE_NAMES = {
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+}
 
 
 def set_matmul_precision(value: str, device: torch.device) -> None:
@@ -31,8 +53,9 @@ def set_matmul_precision(value: str, device: torch.device) -> None:
         torch.set_float32_matmul_precision(value)
 
 
-def precision_dtype(precision: str) -> str:
-    return "bf16" if "bf16" in str(precision) else "fp32"
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the matmuls of a run at ``precision`` run in (``COMPUTE_DTYPES``)."""
+    return COMPUTE_DTYPES.get(str(precision), torch.float32)
 
 
 def measure_cpu_matmul_flops(
@@ -61,7 +84,7 @@ def measure_cpu_matmul_flops(
 
 
 def cpu_peak_flops(
-    dtype_name: str, cache_dir: str | Path, shapes: Iterable[tuple[int, int, int]] = ()
+    dtype: torch.dtype, cache_dir: str | Path, shapes: Iterable[tuple[int, int, int]] = ()
 ) -> float:
     """The best matmul FLOP/s this CPU has shown at this thread count and dtype, kept as the
     maximum over runs in ``cache_dir/peak_flops.json``: the square n = 1024 matmul (measured
@@ -72,8 +95,7 @@ def cpu_peak_flops(
     is taken against."""
     path = Path(cache_dir).expanduser() / "peak_flops.json"
     cpu = platform.processor() or platform.machine()
-    key = f"{cpu}|{torch.get_num_threads()}|{dtype_name}|linear"
-    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    key = f"{cpu}|{torch.get_num_threads()}|{DTYPE_NAMES[dtype]}|linear"
     cache = read_peak_cache(path)
     measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
     measured += [measure_cpu_matmul_flops(dtype, seconds=0.05, shape=s) for s in shapes]
@@ -101,17 +123,17 @@ def read_peak_cache(path: Path) -> dict[str, float]:
 
 
 def gpu_peak_flops(device: torch.device, precision: str) -> float | None:
-    """The data sheet's dense peak at the training precision (bf16, or fp32 / TF32 as
-    ``matmul_precision`` allows); None for a GPU neither table knows."""
+    """The data sheet's dense peak at the training precision's compute dtype (bf16, fp16, or
+    fp32 / TF32 as ``matmul_precision`` allows); None for a GPU neither table knows."""
     from lightning.fabric.utilities.throughput import get_available_flops
 
     name = torch.cuda.get_device_name(device)
-    dtype = torch.bfloat16 if precision_dtype(precision) == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     for fragment, peaks in DENSE_OVERRIDES.items():
         if fragment in name:
             tf32 = dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest"
             return peaks["tfloat32" if tf32 else dtype]
-    return get_available_flops(device, dtype)
+    return get_available_flops(device, dtype)  # TF32 where the GPU has it and it is allowed
 
 
 def peak_flops(
@@ -124,5 +146,5 @@ def peak_flops(
     if device.type == "cuda":
         return gpu_peak_flops(device, precision)
     if device.type == "cpu":
-        return cpu_peak_flops(precision_dtype(precision), cache_dir, shapes)
+        return cpu_peak_flops(compute_dtype(precision), cache_dir, shapes)
     return None
