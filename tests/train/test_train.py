@@ -429,6 +429,30 @@ def test_the_w_and_b_id_record_is_checked_and_recovered(
     assert any("was missing" in m for m in caplog.messages), caplog.messages
 
 
+def test_only_global_rank_0_records_the_w_and_b_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranks that torchrun or srun start together each made an id and wrote it: the file kept
+    the last rank's, not the id of rank 0's W&B run, so results.json and a resume named a W&B
+    run that does not exist. Another rank reads the record and writes none."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from lmlab.train.wandb_run import record_wandb_name, wandb_run_id
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    wandb_run_id(tmp_path)
+    record_wandb_name(tmp_path, "rank 1's name")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    kept = wandb_run_id(tmp_path)
+    record_wandb_name(tmp_path, "the run")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert wandb_run_id(tmp_path) == kept  # rank 0's, read from its record
+    record_wandb_name(tmp_path, "rank 1's name")
+    assert (tmp_path / "wandb_id").read_text() == kept
+    assert (tmp_path / "wandb_name").read_text() == "the run"
+
+
 def test_init_from_keeps_the_checkpoints_moe_training_weights_unless_asked(tmp_path) -> None:
     """The MoE fields that only weigh or limit routing in training (the router losses'
     weights, the capacity) carry no weights: ``init_from`` takes the checkpoint's, or the

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from lmlab.config import redact
@@ -171,13 +172,16 @@ def recorded_wandb_id(out_dir: Path) -> str | None:
 def wandb_run_id(out_dir: Path) -> str:
     """The run directory's W&B id, created once and kept in ``wandb_id``: a resumed run
     reopens the same W&B run, so the dashboard shows one continuous curve. Under a W&B sweep
-    agent it is the agent's (``WANDB_RUN_ID``), the id W&B gives the run."""
+    agent it is the agent's (``WANDB_RUN_ID``), the id W&B gives the run. Global rank 0
+    keeps it: the W&B run is rank 0's (the other ranks' loggers are stand-ins), and ranks a
+    launcher starts together (torchrun, srun) would each write an id of their own, the last
+    one kept."""
     path = out_dir / "wandb_id"
     run_id = recorded_wandb_id(out_dir)
     if run_id is None:
         agent = os.environ.get("WANDB_RUN_ID") if in_wandb_sweep() else None
         run_id = agent or secrets.token_hex(4)  # short, lowercase alphanumeric
-    if not path.exists():
+    if not path.exists() and rank_zero_only.rank == 0:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written id
         tmp.write_text(run_id)
         tmp.replace(path)
@@ -202,8 +206,11 @@ def recorded_wandb_name(out_dir: Path) -> str | None:
 
 
 def record_wandb_name(out_dir: Path, name: str) -> None:
-    """Keep ``name`` as the run directory's W&B run name (``wandb_name``), written whole."""
+    """Keep ``name`` as the run directory's W&B run name (``wandb_name``), written whole, by
+    global rank 0 (as ``wandb_run_id``)."""
     path = out_dir / "wandb_name"
+    if rank_zero_only.rank != 0:
+        return
     if path.is_file() and path.read_text(errors="replace").strip() == name:
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
