@@ -65,7 +65,8 @@ def test_smoke_run_writes_results_checkpoint_and_metrics(tmp_path: Path, cache_d
     assert r["global_step"] == 4
     assert r["tokens"] == 4 * 4 * 64  # steps x batch x sequence length
     assert r["flops"] == 6 * r["params"] * r["tokens"]
-    assert math.isclose(r["val_perplexity"], math.exp(r["val_loss"]), rel_tol=1e-3)
+    # exp of the loss itself: fp32's exp is within an ulp or two (1e-7 each)
+    assert math.isclose(r["val_perplexity"], math.exp(r["val_loss"]), rel_tol=1e-6)
     assert r["val_bits_per_byte"] < r["val_loss"] / math.log(2)  # > 1 byte per BPE token
     # gpt_tiny's 4096-token vocabulary over d_model 128, fp32: auto's chunked loss
     assert r["cross_entropy"] == ("chunked" if CHUNKED_AVAILABLE else "full")

@@ -1,6 +1,7 @@
 """Validation metrics per task, all torchmetrics (summed across ranks by torchmetrics itself).
 Each set is a module with ``update(batch, logits, model)``, ``compute() -> {name: value}``
-(logged as ``val/<name>``) and ``reset()``; the loss (``val/loss``) is the task's own."""
+(logged as ``val/<name>``), ``of_loss(loss)`` (what follows from the validation loss alone)
+and ``reset()``; the loss (``val/loss``) is the task's own."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from torchmetrics.classification import (
     MulticlassExactMatch,
     MulticlassF1Score,
 )
-from torchmetrics.text import Perplexity
 
 from lmlab.config import ModelConfig, TaskKind, TaskSpec
 from lmlab.data.collators import IGNORE
@@ -36,6 +36,11 @@ class ValMetrics(nn.Module):
     def compute(self) -> dict[str, torch.Tensor]:
         return {name: metric.compute() for name, metric in self.metrics.items()}
 
+    def of_loss(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metrics that the validation loss (the mean over every scored position)
+        determines: none here."""
+        return {}
+
     def reset(self) -> None:
         for metric in self.metrics.values():
             metric.reset()
@@ -43,11 +48,12 @@ class ValMetrics(nn.Module):
 
 class TokenMetrics(ValMetrics):
     """Language-model metrics over the positions with labels: every token for GPT, the masked
-    tokens for BERT (masked-token accuracy and perplexity), the target tokens for T5."""
+    tokens for BERT (masked-token accuracy and perplexity), the target tokens for T5. The
+    perplexity is exp of the validation loss, the mean cross-entropy over those positions
+    (torchmetrics' Perplexity computed the same from a second float32 copy of the logits)."""
 
     def __init__(self, model_cfg: ModelConfig, task: TaskSpec, **extra: Metric) -> None:
         super().__init__(
-            perplexity=Perplexity(ignore_index=IGNORE),
             accuracy=MulticlassAccuracy(
                 model_cfg.vocab_size, average="micro", ignore_index=IGNORE, validate_args=False
             ),
@@ -55,8 +61,10 @@ class TokenMetrics(ValMetrics):
         )
 
     def update(self, batch: Batch, logits_BTV: torch.Tensor, model: nn.Module) -> None:
-        self.metrics["perplexity"].update(logits_BTV.float(), batch["labels"])
         self.metrics["accuracy"].update(logits_BTV.argmax(-1).flatten(), batch["labels"].flatten())
+
+    def of_loss(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"perplexity": loss.exp()}
 
 
 class Seq2SeqMetrics(TokenMetrics):

@@ -338,7 +338,8 @@ class LMTask(L.LightningModule):
         # identical values, and tells Lightning so
         loss = self.val_loss.compute()
         self.log("val/loss", loss, sync_dist=True)
-        for name, value in self.val_metrics.compute().items():
+        metrics = {**self.val_metrics.of_loss(loss), **self.val_metrics.compute()}
+        for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=True)
         if self.bytes_per_token:
             # nats per token -> bits per byte: comparable across tokenizers and objectives
