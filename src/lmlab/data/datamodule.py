@@ -186,6 +186,6 @@ class LMDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=pin,
             # its own generator: creating an iterator then draws no seed from the global RNG,
-            # which dropout and masking use (exact resume, validation in between or not)
+            # which dropout uses (exact resume, validation in between or not)
             generator=torch.Generator().manual_seed(self.seed),
         )

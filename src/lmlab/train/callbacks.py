@@ -1,5 +1,6 @@
-"""Callbacks: throughput and MFU, the SDPA kernel report, a text sample, attention maps
-(checkpoint callbacks live in ``checkpointing.py``)."""
+"""Callbacks: throughput and MFU, the SDPA kernel report, the progress bar, a text sample,
+attention maps, evals during training (checkpoint callbacks live in ``checkpointing.py``, the
+non-finite guard in ``guard.py``)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from lmlab.config import Compile, Family, Positional, TaskKind
+from lmlab.config import Compile, Family, TaskKind
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.tokenizer import prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.generation import generate
 from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
 from lmlab.model import flops_per_token
+from lmlab.model.positional import PositionalScheme
 from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.hardware import peak_flops
 from lmlab.train.kernel_probe import attention_kernels, cross_entropy_form, profiled_ops
@@ -178,8 +180,9 @@ class SDPAKernelReport(L.Callback):
         kernels = attention_kernels(ops)
         loss_form = cross_entropy_form(ops, pl_module.compile == Compile.model)
         note = ""
-        masked = pl_module.model_cfg.positional in (Positional.alibi, Positional.relative)
-        if "flex_attention" not in kernels and (masked or pl_module.model_cfg.attention_window):
+        schemes = [m for m in pl_module.model.modules() if isinstance(m, PositionalScheme)]
+        biased = any(scheme.has_bias for scheme in schemes)
+        if "flex_attention" not in kernels and (biased or pl_module.model_cfg.attention_window):
             note = " (an additive bias or window mask rules out the flash kernel on GPU)"
         if trainer.is_global_zero:
             log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)

@@ -9,8 +9,9 @@
   keeps ``last.ckpt`` a link to the newest step checkpoint (``save_last: link``), replaced
   atomically: one copy on disk, never absent. ``save_top_k`` keeps the newest k step
   checkpoints of the folder, whichever process saved them (``Checkpoint.prune``).
-- ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout and the
-  masking collators draw from them), so a resumed run continues the same random stream.
+- ``RNGState`` carries the torch and Python RNG states in the checkpoint (dropout draws from
+  them; the masking collators seed their own from the batch), so a resumed run continues the
+  same random stream.
 """
 
 from __future__ import annotations
@@ -273,8 +274,9 @@ class RNGState(L.Callback):
     right before the first training batch of the resumed run. A fresh run is seeded there
     from ``seed``. Whatever runs between seeding and that batch (a peak-FLOP/s measurement
     that only a cold cache runs, probes, DataLoader iterators) then cannot shift the random
-    stream that dropout and masking draw from: the stream depends on the seed and the step
-    only, so an interrupted and resumed run matches an uninterrupted one bit for bit."""
+    stream that dropout draws from (masking draws from a generator seeded by the batch's own
+    tokens, ``batch_seed``): the stream depends on the seed and the step only, so an
+    interrupted and resumed run matches an uninterrupted one bit for bit."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -282,7 +284,7 @@ class RNGState(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's states (rank 0 writes the checkpoint, so they are gathered to it):
-        each rank draws its own dropout and masking stream."""
+        each rank draws its own dropout stream."""
         state = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -308,7 +310,7 @@ class RNGState(L.Callback):
             else:  # another world size: the data order is the same, the dropout stream is not
                 log.warning(
                     "checkpoint has the RNG states of %d ranks, this run has %d: reseeding "
-                    "dropout and masking from seed + rank + step",
+                    "dropout from seed + rank + step",
                     len(ranks),
                     trainer.world_size,
                 )

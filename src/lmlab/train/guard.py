@@ -45,7 +45,7 @@ class NonFiniteGuard(L.Callback):
         dirpath: str = "",
         min_loss_scale: float = 1.0,
     ) -> None:
-        self.mode = GuardMode(mode).value  # checked with the config: stop, skip, off
+        self.mode = GuardMode(mode)  # checked with the config: stop, skip, off
         self.max_skips, self.dirpath = max_skips, Path(dirpath)
         self.min_loss_scale = min_loss_scale
         self.skipped = 0
@@ -54,23 +54,25 @@ class NonFiniteGuard(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "nonfinite_guard"):
             raise TypeError(f"NonFiniteGuard needs an LMTask, got {type(pl_module).__name__}")
-        pl_module.nonfinite_guard = None if self.mode == "off" else self.check
+        checks = {GuardMode.stop: self.flag, GuardMode.skip: self.skip, GuardMode.off: None}
+        pl_module.nonfinite_guard = checks[self.mode]  # called with every step's gradient norm
 
-    def check(
+    def flag(
         self, trainer: L.Trainer, optimizer: torch.optim.Optimizer, norm: torch.Tensor
     ) -> None:
-        """Called with every step's gradient norm, before the optimizer step."""
-        if self.mode == "skip":
-            if not bool(torch.isfinite(norm)):  # reads the device: skip must decide now
-                self.skip_or_stop(trainer, optimizer)
-            return
+        """``stop``: the first non-finite step noted on the device, read later."""
         if self.first_bad is None:
             self.first_bad = torch.full((), -1, dtype=torch.long, device=norm.device)
         bad = ~torch.isfinite(norm) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, trainer.global_step, self.first_bad)
 
-    def skip_or_stop(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
-        """``skip``: drop this update (``optimizer.zero_grad``) while skips remain."""
+    def skip(
+        self, trainer: L.Trainer, optimizer: torch.optim.Optimizer, norm: torch.Tensor
+    ) -> None:
+        """``skip``: a non-finite step's update dropped (``optimizer.zero_grad``) while skips
+        remain. It reads the device every step: skip must decide before the update."""
+        if bool(torch.isfinite(norm)):
+            return
         if self.skipped < self.max_skips:
             self.skipped += 1
             log.warning(
@@ -92,7 +94,7 @@ class NonFiniteGuard(L.Callback):
         """fp16: stop once the GradScaler's loss scale is below ``min_loss_scale`` (a read
         of the device, as ``raise_if_bad``)."""
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if self.mode == "off" or scaler is None or not scaler.is_enabled():
+        if self.mode == GuardMode.off or scaler is None or not scaler.is_enabled():
             return
         if (scale := scaler.get_scale()) < self.min_loss_scale:
             raise NonFiniteError(
@@ -108,7 +110,7 @@ class NonFiniteGuard(L.Callback):
 
     def stop(self, step: int) -> None:
         raise NonFiniteError(
-            f"non-finite loss or gradient norm at step {step} (guard.mode={self.mode}, "
+            f"non-finite loss or gradient norm at step {step} (guard.mode={self.mode.value}, "
             f"{self.skipped} updates skipped); {self.last_checkpoint()}"
         )
 

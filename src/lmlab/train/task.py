@@ -277,7 +277,7 @@ class LMTask(L.LightningModule):
         if self.moe_layers:
             loads = [torch.cat([m.load_E, m.dropped[None]]) for m in self.moe_layers.values()]
             self.step_loads.append(torch.stack(loads))
-        if len(self.step_losses[1]) == self.trainer.accumulate_grad_batches:
+        if self.reads_now:  # the step's last micro-batch (an epoch's last step may be short)
             mean = torch.stack(self.step_losses[1]).mean(0)
             mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # over the ranks
             self.logged_loss = (step + 1, mean[0])  # the step's count once its update is made
@@ -349,8 +349,11 @@ class LMTask(L.LightningModule):
         self.val_tokens = int(self.val_loss.weight)  # once per validation, as the loss below
         self.val_loss.reset()
         self.val_metrics.reset()
+        if self.trainer.sanity_checking:  # trainer.num_sanity_val_steps: no validation of a step
+            return
         value = float(loss)  # once per validation, not per step
-        self.best_val_loss = min(value, self.best_val_loss or float("inf"))
+        best = self.best_val_loss
+        self.best_val_loss = value if best is None else min(value, best)
         self.last_val_step = self.trainer.global_step
 
     def configure_gradient_clipping(
