@@ -20,6 +20,7 @@ from rich.console import Console
 import lmlab.train.estimate as estimate_mod
 import lmlab.train.plan as plan_mod
 from lmlab.config import CONF_DIR, PRETRAINING, Family, ModelConfig, TaskSpec
+from lmlab.files import write_json
 from lmlab.model import param_breakdown
 from lmlab.train.budget import BudgetConfig, BudgetKind, resolve_budget
 from lmlab.train.compose import compose_train
@@ -32,7 +33,7 @@ from lmlab.train.estimate import (
     plan_run,
     plan_table,
 )
-from lmlab.train.plan import PLAN_FILE, meta_model, write_json
+from lmlab.train.plan import PLAN_FILE, meta_model
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 LLAMA_7B = 6_738_415_616

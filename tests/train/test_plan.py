@@ -254,22 +254,3 @@ def test_a_batch_larger_than_the_training_split_is_said(
     caplog.clear()
     train(compose_train([*run, "data.batch_size=4"], tmp_path / "small", tmp_path / "cache"))
     assert not [r for r in caplog.records if "every step repeats rows" in r.getMessage()]
-
-
-def test_a_json_record_that_cannot_be_written_leaves_no_temporary_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk while results.json was written left a 0-byte ``.results.json.<pid>.tmp``
-    behind, there after the resume too."""
-    import errno
-
-    from lmlab.train.plan import write_json
-
-    def full(self: Path, text: str) -> None:
-        self.touch()  # the file is made, its data do not fit
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(OSError, match="No space left"):
-        write_json(tmp_path / "results.json", {"status": "failed"})
-    assert list(tmp_path.iterdir()) == []

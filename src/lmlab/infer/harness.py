@@ -31,6 +31,7 @@ import torch
 from lmlab.config import Family
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.errors import ConfigError, first_line
+from lmlab.files import write_text
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -372,11 +373,7 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
     )
     if old is not None:
         record = merge_records(old, record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def table(results: dict[str, Any]) -> str:

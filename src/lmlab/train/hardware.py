@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.train.plan import write_json
+from lmlab.files import write_json
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES
-from lmlab.errors import ConfigError, naming
+from lmlab.errors import ConfigError
+from lmlab.files import write_text
 from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
 
@@ -147,14 +148,8 @@ def job_started(config: DictConfig) -> None:
         write_held(task_cfg, run_dir)
 
 
-def _save_yaml(data: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        OmegaConf.save(data, tmp)
-        tmp.replace(path)
-    except OSError as err:  # a full disk: no half-written temporary file left behind
-        tmp.unlink(missing_ok=True)
-        raise naming(err, path) from err
+def _save_yaml(data: Any, path: Path) -> None:
+    write_text(path, OmegaConf.to_yaml(data))  # as OmegaConf.save, written whole
 
 
 def as_configured(config: DictConfig, held: _Held) -> None:

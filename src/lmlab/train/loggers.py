@@ -4,6 +4,7 @@ server answers) and CSV (``CSVLogger``: one history per run directory, across re
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten, redact
 from lmlab.config.asked import as_typed
+from lmlab.files import write_text
 from lmlab.train.wandb_run import (
     in_wandb_sweep,
     record_wandb_name,
@@ -89,12 +91,11 @@ def run_tags(cfg: DictConfig) -> list[str]:
 def write_rows(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
     """Write a CSV file atomically (a temporary file renamed over ``path``): a kill while the
     history is rewritten leaves the old history, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def log_step(global_step: int) -> int:

@@ -13,9 +13,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.config import TaskKind, redact
 from lmlab.errors import disk_full, disk_full_words, first_line
+from lmlab.files import write_json
 from lmlab.train.distributed import lost_rank
 from lmlab.train.finetune import TASK_RESULTS
-from lmlab.train.plan import write_json
 from lmlab.train.preemption import Preemption
 
 if TYPE_CHECKING:

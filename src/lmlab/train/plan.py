@@ -13,7 +13,6 @@ only it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from lmlab.config import (
     TaskSpec,
 )
 from lmlab.config.task import EXAMPLES_DIGEST
-from lmlab.errors import ConfigError, naming
+from lmlab.errors import ConfigError
 from lmlab.model import build_task_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import Budget, budget_params, resolve_budget
@@ -151,23 +150,6 @@ def make_plan(
         task,
         corpus,
     )
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON atomically: a temporary file, named for this process so that
-    processes writing the same file (the CPU peak cache) do not share it, renamed over
-    ``path``. A reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        tmp.replace(path)
-    except BaseException as err:  # a full disk: no half-written temporary file left behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise naming(err, path) from err
-        raise
-    return path
 
 
 def read_plan(out_dir: Path) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from lmlab.config import (
     compile_mode,
 )
 from lmlab.errors import ConfigError, DiskFullError, disk_full, first_line
+from lmlab.files import write_json
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.budget import overshoot
@@ -55,7 +56,6 @@ from lmlab.train.plan import (
     check_resumable,
     make_plan,
     read_plan,
-    write_json,
 )
 from lmlab.train.preflight import check_run, warn_unused
 from lmlab.train.resume import (

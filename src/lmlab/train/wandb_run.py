@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from lmlab.config import redact
 from lmlab.errors import ConfigError
+from lmlab.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,7 @@ def wandb_run_id(out_dir: Path) -> str:
         agent = os.environ.get("WANDB_RUN_ID") if in_wandb_sweep() else None
         run_id = agent or secrets.token_hex(4)  # short, lowercase alphanumeric
     if not path.exists() and rank_zero_only.rank == 0:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written id
-        tmp.write_text(run_id)
-        tmp.replace(path)
+        write_text(path, run_id)  # never a half-written id
     return run_id
 
 
@@ -213,9 +212,7 @@ def record_wandb_name(out_dir: Path, name: str) -> None:
         return
     if path.is_file() and path.read_text(errors="replace").strip() == name:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(name)
-    tmp.replace(path)
+    write_text(path, name)
 
 
 def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[str, Any]:
