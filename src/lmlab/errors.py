@@ -3,6 +3,7 @@ and ``first_line``, which puts a library's error into such a message; a full dis
 an error's chain (``disk_full``) and said in one line (``DiskFullError``)."""
 
 import errno
+from collections.abc import Iterator
 
 
 class ConfigError(ValueError):
@@ -20,16 +21,20 @@ def first_line(err: BaseException, limit: int | None = None) -> str:
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def disk_full(err: BaseException | None) -> OSError | None:
-    """The "no space left on device" (or quota) ``OSError`` in ``err``'s chain: ``torch.save``
-    on a full disk raises its own ``RuntimeError`` ("unexpected pos ...") while handling it."""
+def chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and the errors it was raised from or while handling, newest first."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in DISK_FULL:
-            return err
+        yield err
         err = err.__cause__ or err.__context__
-    return None
+
+
+def disk_full(err: BaseException | None) -> OSError | None:
+    """The "no space left on device" (or quota) ``OSError`` in ``err``'s chain: ``torch.save``
+    on a full disk raises its own ``RuntimeError`` ("unexpected pos ...") while handling it."""
+    full = (e for e in chain(err) if isinstance(e, OSError) and e.errno in DISK_FULL)
+    return next(full, None)
 
 
 def disk_full_words(full: OSError) -> str:

@@ -259,3 +259,17 @@ def test_evaluate_s_wandb_start_goes_offline_where_w_and_b_refuses_it(
     (warning,) = [r.getMessage() for r in caplog.records if "W&B" in r.getMessage()]
     assert warning.startswith("W&B: the online run did not start (")
     assert f"wandb sync {tmp_path}/wandb/offline-run-*" in warning
+
+
+def test_a_history_row_cut_short_is_dropped_on_resume(tmp_path: Path) -> None:
+    """A full disk (or a kill) while Lightning appended a row left ``\\r\\n0,0`` at the end of
+    metrics.csv: every resume then failed in ``int(None)``, a TypeError naming no file."""
+    from lmlab.train.loggers import HistoryWriter
+
+    rows = "epoch,step,train/loss,val/loss\r\n0,0,9.1,\r\n0,1,8.5,\r\n0,1,,8.7\r\n0,2,8.0,\r\n"
+    (tmp_path / "metrics.csv").write_text(rows + "0,0")
+    HistoryWriter(str(tmp_path), resume_step=3)
+    assert (tmp_path / "metrics.csv").read_bytes() == rows.encode()
+    (tmp_path / "metrics.csv").write_text(rows + "0,x,7.9,\r\n0,3,7.5,,extra\r\n")
+    HistoryWriter(str(tmp_path), resume_step=3)
+    assert (tmp_path / "metrics.csv").read_bytes() == rows.encode()

@@ -1111,6 +1111,45 @@ def test_a_failed_extension_keeps_the_completed_runs_record(
     assert changed(before, snapshot(tmp_path)) == []
 
 
+def test_a_second_ctrl_c_that_stops_a_checkpoint_save_is_an_interrupt() -> None:
+    """A second Ctrl-C while the stop's checkpoint was written: torch.save raised its own
+    RuntimeError while handling the KeyboardInterrupt, and the run was recorded ``failed``
+    with torch's words ("unexpected pos"), exit code 1 and a traceback."""
+    from lmlab.train.outcome import how_it_stopped
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos"
+            ) from None
+    except RuntimeError as err:
+        assert err.__context__ is not None  # from None hides it in the traceback only
+        stopped = how_it_stopped(err, trainer=None, checkpointed=True)
+    assert stopped == {
+        "status": "interrupted",
+        "error": "stopped by Ctrl-C (SIGINT); earlier checkpoints are kept",
+    }
+    assert how_it_stopped(RuntimeError("boom"), trainer=None)["status"] == "failed"
+
+
+def test_a_completed_record_outlives_any_number_of_stops() -> None:
+    """An extension of a completed run preempted twice (a requeued job) kept the first stop's
+    record alone: the completed run's metrics, sample and digest were gone."""
+    from lmlab.train.resume import kept_record
+
+    completed = {"status": "completed", "global_step": 8, "val_loss": 7.9}
+    first = {"status": "preempted", "global_step": 105, "previous": kept_record(completed)}
+    second = {"status": "interrupted", "global_step": 196, "previous": kept_record(first)}
+    assert second["previous"] == {"status": "preempted", "global_step": 105, "previous": completed}
+    third = {"status": "preempted", "global_step": 250, "previous": kept_record(second)}
+    assert third["previous"] == {"status": "interrupted", "global_step": 196, "previous": completed}
+    failed = {"status": "failed", "error": "x", "previous": kept_record(third)}
+    assert kept_record(failed) == kept_record(third)  # a failure keeps what it kept
+    assert kept_record(completed | {"previous": first}) == completed  # the newest results
+
+
 def write_sharded(path: Path, step: int) -> Path:
     """A sharded checkpoint laid out as trainer=fsdp writes one (``.distcp`` shards, their
     index ``.metadata``, ``meta.pt``), written by torch.distributed.checkpoint in this one

@@ -405,6 +405,13 @@ def test_an_init_from_run_resumes_after_its_source_is_gone(
     assert record["status"] == "completed" and record["global_step"] == 4
     assert run_command("train", *init, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}") == 2
     assert "exclude each other" in capsys.readouterr().err
+    # resume=true took the directory's newest checkpoint and ignored ckpt_path, saying nothing
+    older = run_dir / "checkpoints" / "step000002.ckpt"
+    again = [*smoke, f"hydra.run.dir={run_dir}", "trainer.max_steps=6", "resume=true"]
+    assert run_command("train", *again, f"ckpt_path={older}") == 2
+    err = capsys.readouterr().err
+    assert f"error: resume=true and ckpt_path={older} exclude each other" in err, err
+    assert json.loads((run_dir / "results.json").read_text()) == record
 
 
 def test_the_w_and_b_id_record_is_checked_and_recovered(

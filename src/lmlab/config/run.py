@@ -228,6 +228,13 @@ class RunConfig:
                 "schedule), ckpt_path continues a run's checkpoint (its optimizer, schedule and "
                 "step); give one"
             )
+        if self.ckpt_path and self.resume is True:  # the newest checkpoint was taken, silently
+            raise ConfigError(
+                f"resume=true and ckpt_path={self.ckpt_path} exclude each other: resume=true "
+                "continues the newest checkpoint in hydra.run.dir, ckpt_path starts from another "
+                "one in a directory without checkpoints (with resume=auto, a requeued job then "
+                "continues its own); give one"
+            )
         if self.ckpt_path and not Path(self.ckpt_path).exists():
             raise ConfigError(
                 f"ckpt_path={self.ckpt_path}: no such file or sharded checkpoint folder"

@@ -131,7 +131,7 @@ class HistoryWriter(ExperimentWriter):
     ``EvalTasks``) its evals go, and with ``revalidates`` (no step left to train: the resumed
     run validates them again) its validation too. A run extended past its end, where the old
     last step is no longer due, keeps that step's evals. A fresh run (``resume_step=0``)
-    starts an empty file."""
+    starts an empty file. A row cut short by a full disk or a kill is dropped."""
 
     def __init__(
         self,
@@ -145,6 +145,8 @@ class HistoryWriter(ExperimentWriter):
         super().__init__(log_dir)
 
     def keeps(self, row: dict[str, str]) -> bool:
+        if None in row or None in row.values() or not (row.get("step") or "").isdigit():
+            return False  # a row cut short (a full disk, a kill mid-write): not a step's
         step = int(row["step"])
         if step == log_step(self.resume_step) and (
             (self.reevaluates and holds_evals(row)) or (self.revalidates and row.get("val/loss"))

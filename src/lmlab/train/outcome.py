@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.config import TaskKind, redact
-from lmlab.errors import disk_full, disk_full_words, first_line
+from lmlab.errors import chain, disk_full, disk_full_words, first_line
 from lmlab.files import write_json
 from lmlab.train.distributed import lost_rank
 from lmlab.train.finetune import TASK_RESULTS
@@ -92,8 +92,10 @@ def how_it_stopped(
     preemption = next(
         (c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)), None
     )
-    ctrl_c = isinstance(err, KeyboardInterrupt) or bool(preemption and preemption.interrupted)
-    if ctrl_c and isinstance(err, KeyboardInterrupt | SystemExit | SIGTERMException):
+    # a Ctrl-C, also one that stopped a checkpoint save: torch.save raises its own error then
+    ctrl_c = any(isinstance(e, KeyboardInterrupt) for e in chain(err))
+    asked = bool(preemption and preemption.interrupted)
+    if ctrl_c or (asked and isinstance(err, SystemExit | SIGTERMException)):
         status = "interrupted"
     elif isinstance(err, SIGTERMException):
         status = "preempted"

@@ -216,13 +216,22 @@ def read_results(out_dir: Path) -> dict[str, Any] | None:
 
 def kept_record(results: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a process that stops or fails keeps, under ``previous``, of the record it found:
-    the last one with results (a completed run's metrics, a stop's step), so extending a
-    completed run and failing loses none of them."""
+    the last one with results (a completed run's metrics, a stop's step), and under a stop's
+    record the completed run's it kept, so extending a completed run and stopping or failing
+    any number of times loses none of them (a second preemption of an extension lost them)."""
     if results is None:
         return None
     if results.get("status") in ("failed", "running"):
         return results.get("previous")
-    return {k: v for k, v in results.items() if k != "previous"}
+    kept = {k: v for k, v in results.items() if k != "previous"}
+    if results.get("status") == "completed":
+        return kept
+    before = results.get("previous")  # a stop's: the completed record, or a stop's keeping it
+    while isinstance(before, dict) and before.get("status") != "completed":
+        before = before.get("previous")
+    if isinstance(before, dict):
+        kept["previous"] = before
+    return kept
 
 
 def finished_run(out_dir: Path) -> dict[str, Any] | None:
