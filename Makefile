@@ -57,7 +57,7 @@ train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, C
 # worker its share of the CPUs' threads
 XDIST := -n logical --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
-# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the fourteen tests
+# `make test` (CI's: 10 minutes on 2 cores, the install included) leaves out the tests
 # marked e2e, which run real child processes (DDP/FSDP ranks, kill -9 and signals from
 # outside, W&B's agent, Inductor's compile workers) or make bench-gpu's cases on the CPU, and
 # would take it past those 10 minutes. `make test-all` runs them too: before changing

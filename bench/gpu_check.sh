@@ -12,6 +12,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-tests}
+case "$what" in
+tests | bench | all) ;;
+*)
+    echo "usage: bench/gpu_check.sh tests|bench|all" >&2
+    exit 2
+    ;;
+esac
 out=${OUT:-gpu-check}
 mkdir -p "$out"
 site=""
@@ -55,9 +62,5 @@ all)
     bench=$?
     echo "bench: exit $bench; ${SECONDS} s in all" | tee -a "$out/gpu.txt"
     exit $((tests || bench))
-    ;;
-*)
-    echo "usage: bench/gpu_check.sh tests|bench|all" >&2
-    exit 2
     ;;
 esac

@@ -36,6 +36,20 @@ def test_lmlab_help_lists_every_command() -> None:
     assert run(LMLAB).returncode == 2  # no command: the usage, and exit 2
 
 
+@pytest.mark.parametrize("name", ["train", "generate"])
+def test_help_read_by_a_reader_that_stops_early_ends_quietly(name: str) -> None:
+    """``lmlab generate --help | head -2`` printed a BrokenPipeError traceback, and ``lmlab
+    train --help | head`` said ``error: [Errno 32] Broken pipe``: the reader closed the pipe
+    (here before the command started to write). Exit 141, as a process SIGPIPE ended."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen(
+        [str(LMLAB), name, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
 def test_unknown_command_is_one_line_and_exit_2() -> None:
     out = run(LMLAB, "trian")
     assert out.returncode == 2

@@ -474,7 +474,7 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
         return real(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
-    with pytest.raises(ConfigError, match="no such local folder.*huggingface-cli download"):
+    with pytest.raises(ConfigError, match="no such local folder.*hf download"):
         from_hf("openai-community/gpt2", tmp_path / "x.ckpt")
     assert seen == [True] and before == huggingface_hub.constants.HF_HUB_OFFLINE
     for folder in ("./nosuch", str(tmp_path / "nosuch"), "~/nosuch", "a/b/c"):  # never hub names

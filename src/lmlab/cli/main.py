@@ -48,6 +48,9 @@ def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:  # Ctrl-C: what was written stays; no traceback
         print("interrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `lmlab generate --help | head`: the reader had what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+        sys.exit(141)  # as a process that SIGPIPE ended (128 + 13)
     before_exit()  # the interpreter's shutdown need not scan the heap: about 1.4 s sooner
     sys.exit(code or 0)
 

@@ -199,6 +199,8 @@ def main(argv: list[str]) -> int:
         if LAUNCH.sweep_dir is not None:
             log_sweep_summary()
     except Exception as err:
+        if isinstance(err, BrokenPipeError):  # `lmlab train --help | head`: ``command``'s
+            raise
         if no_trial_completed(err) and LAUNCH.user_full_error != "1":
             if LAUNCH.dry_runs == LAUNCH.jobs:  # planned every trial, as asked
                 logging.getLogger("lmlab").info("dry run: %d trials planned", LAUNCH.jobs)

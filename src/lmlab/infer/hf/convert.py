@@ -78,7 +78,7 @@ def hf_config(source: str) -> Any:
         raise ConfigError(
             f"from_hf={source}: no such local folder, and the Hugging Face hub has no such model "
             "or cannot be reached (offline?): download it where you are online "
-            f"(`huggingface-cli download {source} --local-dir DIR`) and pass from_hf=DIR"
+            f"(`hf download {source} --local-dir DIR`) and pass from_hf=DIR"
         ) from None
 
 
