@@ -77,3 +77,24 @@ def test_pruning_never_removes_a_step_newer_than_the_one_saved(tmp_path: Path, k
     assert sorted(Path(p).name for p in trainer.removed) == [
         f"step{s:06d}.ckpt" for s in (2, 4) if s not in kept_older
     ]
+
+
+def test_removing_more_than_the_one_a_save_replaces_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resume with a smaller ``save_top_k`` removed every older kept checkpoint in silence."""
+    named = {"filename": "step{step:06d}", "auto_insert_metric_name": False}
+    for s in (2, 4, 6, 8):
+        (tmp_path / f"step{s:06d}.ckpt").touch()
+    with caplog.at_level("WARNING"):
+        Checkpoint(dirpath=tmp_path, save_top_k=3, **named).prune(
+            Removals(), str(tmp_path / "step000008.ckpt")
+        )
+        assert caplog.messages == []  # the one a save replaces: said by nobody
+        Checkpoint(dirpath=tmp_path, save_top_k=1, **named).prune(
+            Removals(), str(tmp_path / "step000008.ckpt")
+        )
+    assert caplog.messages == [
+        f"save_top_k=1: removing 3 older step checkpoints of {tmp_path} "
+        "(step000002.ckpt, step000004.ckpt, step000006.ckpt)"
+    ]

@@ -1134,6 +1134,24 @@ def test_a_second_ctrl_c_that_stops_a_checkpoint_save_is_an_interrupt() -> None:
     assert how_it_stopped(RuntimeError("boom"), trainer=None)["status"] == "failed"
 
 
+def test_an_empty_checkpoints_link_made_before_the_first_run_is_no_earlier_run(
+    tmp_path: Path, run_command
+) -> None:
+    """``checkpoints`` linked to a larger disk before the first run: the run was refused
+    ("already holds an earlier run (checkpoints; no checkpoint to resume)"), and so was
+    resume=auto. It trains there now, and resumes from what it saved there."""
+    disk = tmp_path / "larger-disk"
+    disk.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").symlink_to(disk)
+    argv = [*SMOKE, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"]
+    assert run_command("train", *argv) == 0
+    assert step_of(disk / "last.ckpt") == 2 and (run_dir / "checkpoints").is_symlink()
+    assert run_command("train", *argv[:-2], "trainer.max_steps=4", argv[-1], "resume=true") == 0
+    assert results(run_dir)["global_step"] == 4 and step_of(disk / "last.ckpt") == 4
+
+
 def test_a_completed_record_outlives_any_number_of_stops() -> None:
     """An extension of a completed run preempted twice (a requeued job) kept the first stop's
     record alone: the completed run's metrics, sample and digest were gone."""

@@ -170,7 +170,8 @@ class Checkpoint(ModelCheckpoint):
         original's files). Lightning never removes the file a run resumed from: that one
         then stayed for good beside k newer ones. Here it goes once k newer are on disk.
         Steps past ``saved`` (left by an earlier process, passed over as unreadable) are
-        kept: the save of that step replaces them."""
+        kept: the save of that step replaces them. Removing more than one at once (a resume
+        with a smaller ``save_top_k``) is said, naming them."""
         step = self.step_of(saved)
         if step is None or self.save_top_k < 1 or not trainer.is_global_zero:
             return
@@ -179,7 +180,16 @@ class Checkpoint(ModelCheckpoint):
             for path in Path(self.dirpath or "").iterdir()
             if (s := self.step_of(path)) is not None and s <= step
         )
-        for _, path in found[: -self.save_top_k]:
+        older = [path for _, path in found[: -self.save_top_k]]
+        if len(older) > 1:  # more than the one a save replaces: a resume with a smaller k
+            log.warning(
+                "save_top_k=%d: removing %d older step checkpoints of %s (%s)",
+                self.save_top_k,
+                len(older),
+                self.dirpath,
+                ", ".join(path.name for path in older),
+            )
+        for path in older:
             self._remove_checkpoint(trainer, str(path))
 
     def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:

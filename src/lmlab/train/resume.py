@@ -164,12 +164,16 @@ def no_checkpoint_left(out_dir: Path) -> str:
     directory tells: a stop's record names the step it saved; ``checkpoints/`` is made by the
     first save, and a save that was killed leaves its temporary file there (``.*.tmp``,
     ``.*.old``). Neither: it stopped before its first checkpoint, or the folder was removed
-    with them."""
+    with them. A stop that saved none says so in its record (a second Ctrl-C stopped the
+    first save, whose temporary file went, and the folder stayed)."""
     record = kept_record(read_results(out_dir)) or {}
-    step = record.get("global_step") if record.get("status") in STOPS else None
+    stopped = record.get("status") in STOPS
+    step = record.get("global_step") if stopped else None
     ckpt_dir = out_dir / "checkpoints"
     if step is not None:
         return f"saved checkpoints, the last at step {step}, since removed"
+    if stopped:  # a stop that saved none: its record says "no checkpoint to resume from"
+        return "stopped before its first checkpoint"
     if ckpt_dir.is_dir() and not [*ckpt_dir.glob(".*.tmp"), *ckpt_dir.glob(".*.old")]:
         return "saved checkpoints into checkpoints/, since removed"
     return (

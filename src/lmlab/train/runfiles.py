@@ -55,10 +55,12 @@ def holds_run(path: Path) -> bool:
     together, are not a run, and the next command may use the directory: a ``results.json``
     that says ``failed`` (a start refused or failed before training: the plan and config are
     written when training starts), and a dry run's ``plan.json`` (``dry_run: true``), which a
-    new dry run rewrites and a run replaces. An empty ``eval/`` is nothing either."""
+    new dry run rewrites and a run replaces. An empty ``eval/`` or ``checkpoints/`` is
+    nothing either (a ``checkpoints`` link to a larger disk, made before the first run)."""
     present = {name for name in RUN_FILES if (path / name).exists()}
-    if EVAL_RECORDS in present and not _holds_anything(path / EVAL_RECORDS):
-        present.discard(EVAL_RECORDS)
+    for folder in (EVAL_RECORDS, "checkpoints"):
+        if folder in present and not _holds_anything(path / folder):
+            present.discard(folder)
     if "results.json" in present and read_record(path / "results.json").get("status") == "failed":
         present.discard("results.json")  # with a plan and a config, that of a run that trained
     if "plan.json" in present and read_record(path / "plan.json").get("dry_run") is True:
