@@ -52,3 +52,8 @@ def naming(err: OSError, path: object) -> OSError:
 class DiskFullError(RuntimeError):
     """A run that stopped because its disk is full: one line, with what to do, instead of the
     save's traceback (the checkpoints written before are whole: saves are atomic)."""
+
+
+class UnwritableRecordError(RuntimeError):
+    """A run that trained to its end whose ``results.json`` could not be written (a read-only
+    or immutable file): one line saying what to do, instead of a traceback."""

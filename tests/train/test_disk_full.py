@@ -97,3 +97,36 @@ def test_a_full_disk_extending_a_run_names_the_file_and_keeps_the_checkpoints(
         p.name for p in kept if p.parent.name == ".hydra"
     )
     assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 0
+
+
+def test_a_results_json_that_cannot_be_written_at_the_end_is_one_line(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that trained to its end whose results.json is read-only (an immutable file):
+    it ended in a traceback, the old record left saying ``completed`` at an earlier step.
+    Now one line says what to do, exit code 1, and the resume it names writes the record."""
+    import json
+
+    from lmlab.train import run as run_module
+
+    write = run_module.write_results
+
+    def read_only(out_dir: Path, results: dict) -> None:
+        if results["status"] == "completed":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(out_dir))
+        write(out_dir, results)
+
+    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "write_results", read_only)
+        assert run_command("train", *argv) == 1
+    err = capsys.readouterr().err
+    said = f"error: the run trained to step 4 and saved its checkpoints, but {tmp_path}"
+    assert err.splitlines()[-1].startswith(said), err  # the one line, after any warning
+    assert "could not be written (Operation not permitted): make it" in err, err
+    assert "make it writable, then python src/train.py <same overrides> resume=true" in err
+    assert "Traceback" not in err and said[7:] in (tmp_path / "train.log").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    assert run_command("train", *argv, "resume=true") == 0
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 4

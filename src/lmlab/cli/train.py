@@ -49,7 +49,7 @@ from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, register_configs, resolve_configs
 from lmlab.data.tokenizer import check_vocab
-from lmlab.errors import ConfigError, DiskFullError, disk_full
+from lmlab.errors import ConfigError, DiskFullError, UnwritableRecordError, disk_full
 from lmlab.train.budget import check_max_steps
 from lmlab.train.dirlock import unlock_sweep_dirs
 from lmlab.train.runfiles import absolute, launch_rank_is_zero, listed
@@ -147,8 +147,8 @@ def run_job(cfg: DictConfig) -> float | None:
             return None
         if isinstance(err, ConfigError):
             fail(err)
-        if isinstance(err, NonFiniteError | RankLostError | DiskFullError):  # in results.json
-            fail(err, code=1)
+        if isinstance(err, NonFiniteError | RankLostError | DiskFullError | UnwritableRecordError):
+            fail(err, code=1)  # said in results.json, or in train.log where that is unwritable
         raise
 
 

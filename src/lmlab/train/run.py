@@ -28,7 +28,7 @@ from lmlab.config import (
     TaskKind,
     compile_mode,
 )
-from lmlab.errors import ConfigError, DiskFullError, disk_full, first_line
+from lmlab.errors import ConfigError, DiskFullError, UnwritableRecordError, disk_full, first_line
 from lmlab.files import write_json
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
@@ -175,6 +175,8 @@ def train(cfg: DictConfig) -> float | None:
             again = resume or "; then resume=auto starts the run again"
             log.error("%s: free space%s", results["error"], again)  # train.log keeps it too
             raise DiskFullError(f"{results['error']}: free space{again}") from err
+        if isinstance(err, UnwritableRecordError):
+            log.error("%s", err)  # train.log keeps it too
         raise
     finally:
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
@@ -430,6 +432,15 @@ def _fit(
     if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
         results.update(final_digest(trainer, out_dir))
         summarize_wandb(loggers, results)
-        write_results(out_dir, results)
+        try:
+            write_results(out_dir, results)
+        except OSError as err:
+            if disk_full(err) is not None:
+                raise  # said with the other full-disk stops
+            raise UnwritableRecordError(
+                f"the run trained to step {trainer.global_step} and saved its checkpoints, but "
+                f"{out_dir / 'results.json'} could not be written ({err.strerror or err}): make it "
+                f"writable, then {resume_command(out_dir)} writes it, training nothing again"
+            ) from err
         log.info("results: %s", out_dir / "results.json")
     return results["val_loss"]
