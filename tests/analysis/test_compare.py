@@ -1511,3 +1511,30 @@ def test_knob_floats_read_as_typed_and_copies_are_named_from_the_compared_folder
     lines = ranking.summarize(rows, "val_loss", root=tmp_path)
     notes = [line for line in lines if "copies or repeats" in line]
     assert [n.split("counted (")[1].split(")")[0] for n in notes] == ["b/0", "b/1"], notes
+
+
+def test_a_run_without_its_hydra_config_is_read_from_run_config_yaml(tmp_path: Path) -> None:
+    """Seeds of one config, one copied without ``.hydra/config.yaml`` (``cp -r run/*`` skips
+    it): its config was empty, so every key of the others counted as a knob (about a hundred
+    columns) and compare said the runs trained different objectives (model.family None, gpt).
+    Its ``run_config.yaml`` holds what it trained; the keys it lacks are unknown, not knobs."""
+    config = {
+        "model": {"family": "gpt", "d_model": 64, "activation": "gelu"},
+        "data": {"max_bytes": 1000000},
+        "trainer": {"max_steps": MAX_STEPS, "precision": "32-true"},
+        "seed": 1,
+    }
+    for seed in (1, 2, 3):
+        results = results_for(3.1 + seed / 100, 2000.0, seed, f"gpt-s{seed}")
+        job_config = {**config, "seed": seed}
+        write_job(tmp_path / str(seed), [f"seed={seed}"], job_config, results, None)
+    copied = tmp_path / "2"
+    (copied / ".hydra" / "config.yaml").unlink()
+    partial = {k: config[k] for k in ("model", "data")} | {"seed": 2}
+    (copied / "run_config.yaml").write_text(yaml.safe_dump(partial))
+    runs = load_runs(tmp_path)
+    assert [r.partial_config for r in runs] == [False, True, False]
+    assert runs[1].flat_config["model.family"] == "gpt"
+    assert mrun.varying_knobs(runs) == []  # seeds of one config
+    variant = [*ranking.aggregate(runs, "val_loss")]
+    assert len(variant) == 1 and variant[0].n == 3

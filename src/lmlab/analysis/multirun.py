@@ -101,7 +101,9 @@ def _config_knobs(runs: Sequence[Run]) -> list[str]:
         values = [run.flat_config.get(key) for run in runs]
         if _excluded_config_key(key) or any(_looks_like_path(v) for v in values):
             continue
-        if len({knob_value(r, key) for r in runs}) > 1:
+        # a run read from run_config.yaml alone does not know the keys it lacks
+        known = [r for r in runs if not (r.partial_config and key not in r.flat_config)]
+        if len({knob_value(r, key) for r in known}) > 1:
             knobs.append(key)
     return knobs
 

@@ -71,6 +71,10 @@ class Run:
     """Why each ``eval/step<N>.json`` that is not this run's was skipped (one line each)."""
     choices: dict[str, str] = field(default_factory=dict)
     """The option of each config group it ran with (``model: gpt_tiny``), overridden or not."""
+    partial_config: bool = False
+    """``config`` is ``run_config.yaml``'s (model, data, optimizer, schedule, seed): the run's
+    ``.hydra/config.yaml`` is missing or unreadable (a copy made with ``cp -r run/*``). The
+    keys it lacks are unknown, not different."""
 
     @property
     def failed(self) -> bool:
@@ -296,6 +300,10 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         results = _unfinished(job_dir, root, results)
     overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = read_yaml(job_dir / ".hydra" / "config.yaml")
+    partial = not isinstance(config, dict)
+    if partial:  # what the run wrote when training started holds what it trains
+        config = read_yaml(job_dir / "run_config.yaml")
+        partial = isinstance(config, dict)
     plan = read_json(job_dir / "plan.json")
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
@@ -311,4 +319,5 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         eval_items=record.items,
         skipped_evals=record.skipped,
         choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
+        partial_config=partial,
     )
