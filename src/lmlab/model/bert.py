@@ -20,7 +20,7 @@ from lmlab.model.context import encoder_context
 from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.loss import output, resolve_chunking
-from lmlab.model.norms import PLACEMENTS, make_norm
+from lmlab.model.norms import PLACEMENTS, final_norm, make_norm
 from lmlab.model.positional import make_positional
 
 
@@ -94,7 +94,7 @@ class BERT(nn.Module):
         self.emb_norm = nn.Identity() if needs_final_norm else make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
+        self.norm_f = final_norm(cfg)
         self.head = head if head is not None else MLMHead(cfg)
         init_weights(self, cfg)
         if cfg.tie_embeddings:

@@ -10,7 +10,7 @@ from lmlab.model.context import build_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.loss import output, resolve_chunking
-from lmlab.model.norms import PLACEMENTS, make_norm
+from lmlab.model.norms import final_norm
 from lmlab.model.positional import make_positional
 
 
@@ -27,8 +27,7 @@ class GPT(nn.Module):
         self.positional = make_positional(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        needs_final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
-        self.norm_f = make_norm(cfg) if needs_final_norm else nn.Identity()
+        self.norm_f = final_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.loss_chunking = resolve_chunking(cfg, cfg.vocab_size, cfg.d_model)
         init_weights(self, cfg)

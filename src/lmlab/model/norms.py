@@ -68,3 +68,10 @@ PLACEMENTS: dict[NormPlacement, type[nn.Module]] = {
     NormPlacement.post: PostNorm,
     NormPlacement.sandwich: SandwichNorm,
 }
+
+
+def final_norm(cfg: ModelConfig) -> nn.Module:
+    """The norm after a stack's last block where the placement needs one (pre-LN, sandwich:
+    the residual stream is not normalised), else ``nn.Identity`` (post-LN's blocks end
+    normalised)."""
+    return make_norm(cfg) if PLACEMENTS[cfg.norm_placement].needs_final_norm else nn.Identity()

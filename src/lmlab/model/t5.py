@@ -23,7 +23,7 @@ from lmlab.model.context import build_context, encoder_context
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
 from lmlab.model.loss import output, resolve_chunking
-from lmlab.model.norms import PLACEMENTS, make_norm
+from lmlab.model.norms import final_norm
 from lmlab.model.positional import PositionalScheme, make_positional
 
 # Cross-attention compares decoder with encoder positions: no rotation and no bias applies.
@@ -48,15 +48,14 @@ class T5(nn.Module):
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
         self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
-        final_norm = PLACEMENTS[cfg.norm_placement].needs_final_norm
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.enc_positional = make_positional(cfg, bidirectional=True)
         self.encoder = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.enc_norm = make_norm(cfg) if final_norm else nn.Identity()
+        self.enc_norm = final_norm(cfg)
         self.dec_positional = make_positional(cfg, bidirectional=False)
         self.decoder = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.decoder_layers))
-        self.dec_norm = make_norm(cfg) if final_norm else nn.Identity()
+        self.dec_norm = final_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.loss_chunking = resolve_chunking(cfg, cfg.vocab_size, cfg.d_model)
         init_weights(self, cfg)
