@@ -17,14 +17,13 @@ for a GPU.
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
 from omegaconf import MISSING
 
 from lmlab.cli.args import parse
-from lmlab.config import Family
+from lmlab.config import Family, check_sampling
 from lmlab.errors import ConfigError
 
 
@@ -59,15 +58,8 @@ class GenerateConfig:
                 f"num_samples={self.num_samples}, max_new_tokens={self.max_new_tokens}: both "
                 "must be >= 1"
             )
-        if not 0 <= self.temperature < math.inf:
-            raise ConfigError(f"temperature={self.temperature} must be >= 0 (0: greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(
-                f"top_k={self.top_k} must be >= 1 (or null: 50 for generate, 5 candidates for "
-                "fill_mask)"
-            )
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (or null: no nucleus)")
+        no_top_k = "50 for generate, 5 candidates for fill_mask"
+        check_sampling("", self.temperature, self.top_k, self.top_p, no_top_k)
 
 
 TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}

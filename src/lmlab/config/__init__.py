@@ -48,6 +48,7 @@ from lmlab.config.run import (
     GuardMode,
     ParamCount,
     RunConfig,
+    check_sampling,
     compile_mode,
 )
 from lmlab.config.schema import flatten, omegaconf_error, redact, to_schema
@@ -81,6 +82,7 @@ __all__ = [
     "check_launch",
     "check_fused",
     "check_optimizer",
+    "check_sampling",
     "check_task_model",
     "CheckpointConfig",
     "Compile",

@@ -239,3 +239,21 @@ class RunConfig:
             raise ConfigError(
                 f"ckpt_path={self.ckpt_path}: no such file or sharded checkpoint folder"
             )
+
+
+def check_sampling(
+    key: str,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None = None,
+    no_top_k: str = "every token",
+) -> None:
+    """The sampling settings of a generation, each refused in one line naming ``key`` (the
+    prefix of its field: ``callbacks.sample.`` or none) and what is allowed; ``no_top_k``:
+    what ``top_k=null`` means there."""
+    if not 0 <= temperature < math.inf:
+        raise ConfigError(f"{key}temperature={temperature} must be >= 0 (0: greedy)")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"{key}top_k={top_k} must be >= 1 (or null: {no_top_k})")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"{key}top_p={top_p} must be in (0, 1] (or null: no nucleus)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from lmlab.config import Compile, Family, TaskKind
+from lmlab.config import Compile, Family, TaskKind, check_sampling
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.tokenizer import prompt_ids
 from lmlab.errors import ConfigError, first_line
@@ -234,12 +233,7 @@ class Sample(L.Callback):
                 f"callbacks.sample.max_new_tokens={max_new_tokens} must be >= 1 "
                 "(callbacks.sample=null: no sample)"
             )
-        if not 0 <= temperature < math.inf:
-            raise ConfigError(
-                f"callbacks.sample.temperature={temperature} must be >= 0 (0: greedy)"
-            )
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"callbacks.sample.top_k={top_k} must be >= 1 (or null: every token)")
+        check_sampling("callbacks.sample.", temperature, top_k)
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.text: str | None = None
