@@ -1152,6 +1152,30 @@ def test_an_empty_checkpoints_link_made_before_the_first_run_is_no_earlier_run(
     assert results(run_dir)["global_step"] == 4 and step_of(disk / "last.ckpt") == 4
 
 
+@pytest.mark.parametrize("ended", [True, False])
+def test_ctrl_c_after_training_ended_says_the_end_of_run_work_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ended: bool
+) -> None:
+    """A Ctrl-C during the end-of-run sample said "stopping after this step with a
+    checkpoint", and the sample went on for minutes: there was no step left to stop after."""
+    from types import SimpleNamespace
+
+    from lmlab.train.preemption import NOTHING, Preemption
+
+    stop = Preemption(str(tmp_path))
+    stop._fit_loop = SimpleNamespace(done=ended)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with caplog.at_level("WARNING"):
+            stop._on_sigint()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if ended:
+        assert stop._asked == NOTHING and "training has ended" in caplog.text
+    else:
+        assert stop._asked != NOTHING and "stopping after this step" in caplog.text
+
+
 def test_a_completed_record_outlives_any_number_of_stops() -> None:
     """An extension of a completed run preempted twice (a requeued job) kept the first stop's
     record alone: the completed run's metrics, sample and digest were gone."""

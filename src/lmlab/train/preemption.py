@@ -60,9 +60,11 @@ class Preemption(L.Callback):
         self._stepped = -1  # the optimizer step of the last agreement after a step
         self._group: Any = None  # the CPU group the ranks agree on (None: the default one)
         self._sigint: list[Any] = []  # the SIGINT handler to restore after fit, once installed
+        self._fit_loop: Any = None  # the trainer's: whether training has ended (``done``)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._group = agreement_group(trainer)
+        self._fit_loop = trainer.fit_loop
         if threading.current_thread() is not threading.main_thread():
             return  # signals arrive in the main thread only
         # Lightning registers its SIGTERM handlers after this hook (and puts the earlier ones
@@ -79,6 +81,12 @@ class Preemption(L.Callback):
 
     def _on_sigint(self, *_: Any) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
+        if self._fit_loop is not None and self._fit_loop.done:  # the end-of-run work is on
+            log.warning(
+                "Ctrl-C: training has ended; the final checkpoint, the sample and results.json "
+                "are written first (Ctrl-C again: stop at once, recorded interrupted)"
+            )
+            return
         log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
         self._asked = INTERRUPT
 
