@@ -1176,6 +1176,21 @@ def test_ctrl_c_after_training_ended_says_the_end_of_run_work_goes_on(
         assert stop._asked != NOTHING and "stopping after this step" in caplog.text
 
 
+@pytest.mark.parametrize("name", [".hydra", "csv", "checkpoints"])
+def test_a_file_where_the_run_makes_a_folder_is_refused_before_anything_is_written(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, name: str
+) -> None:
+    """A file of the user's named ``csv`` or ``.hydra`` in the run directory: the run failed
+    midway with a FileExistsError traceback, after writing results.json and the plan, and
+    the next command took the folder for an earlier run's."""
+    (tmp_path / name).write_text("user data\n")
+    assert run_command("train", *SMOKE, f"hydra.run.dir={tmp_path}") == 2
+    said = f"error: hydra.run.dir={tmp_path}: {tmp_path / name} is a file where the run makes"
+    assert capsys.readouterr().err.startswith(said)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_text() == "user data\n"
+
+
 def test_a_completed_record_outlives_any_number_of_stops() -> None:
     """An extension of a completed run preempted twice (a requeued job) kept the first stop's
     record alone: the completed run's metrics, sample and digest were gone."""

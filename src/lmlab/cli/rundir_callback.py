@@ -39,6 +39,7 @@ from lmlab.train.runfiles import (
     launch_rank_is_zero,
     launched_processes,
     listed,
+    refuse_files_in_the_way,
 )
 
 
@@ -127,6 +128,7 @@ class RunDirCallback(Callback):
             if chose_dir(config, "hydra.run.dir"):
                 named_through_dotdot(config, "run", run_dir)
                 refuse_run_in_sweep_dir(run_dir)
+                refuse_files_in_the_way(run_dir, config.get("logger") or {})
                 existed = run_dir.exists()
                 lock_run_dir(run_dir)
             else:  # outputs/<date>/<time>: taken by a run started in the same second?

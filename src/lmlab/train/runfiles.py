@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from lmlab.errors import ConfigError
 
 # What a run writes: their presence means the directory holds an earlier run. ``eval/``:
 # ``lmlab evaluate``'s records of its checkpoints, which ``compare`` reads as the run's (a new
@@ -17,6 +20,11 @@ from typing import Any
 RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
 EVAL_RECORDS = "eval/"
 RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints", EVAL_RECORDS)
+# The folders every run makes in its directory (Hydra's, the checkpoints), and the one of each
+# logger it has (``logger.csv``: csv/, ``logger.wandb``: wandb/): a file of the user's in one's
+# place stopped the run midway.
+RUN_FOLDERS = (".hydra", "checkpoints")
+LOGGER_FOLDERS = ("csv", "wandb")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
@@ -66,6 +74,20 @@ def holds_run(path: Path) -> bool:
     if "plan.json" in present and read_record(path / "plan.json").get("dry_run") is True:
         present.discard("plan.json")
     return bool(present)
+
+
+def refuse_files_in_the_way(run_dir: Path, loggers: Iterable[str]) -> None:
+    """Refuse (``ConfigError``) a run directory where a file stands in the place of a folder
+    the run makes (``RUN_FOLDERS``, and ``loggers``' own): the run failed midway in a
+    traceback (FileExistsError, after Hydra's files and the plan were written) and the next
+    command took it for an earlier run."""
+    for name in [*RUN_FOLDERS, *(n for n in LOGGER_FOLDERS if n in loggers)]:
+        path = run_dir / name
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"hydra.run.dir={run_dir}: {path} is a file where the run makes its {name}/ "
+                "folder: move it away, or choose another directory"
+            )
 
 
 def _holds_anything(folder: Path) -> bool:
