@@ -1163,7 +1163,12 @@ def test_ctrl_c_after_training_ended_says_the_end_of_run_work_goes_on(
     from lmlab.train.preemption import NOTHING, Preemption
 
     stop = Preemption(str(tmp_path))
-    stop._fit_loop = SimpleNamespace(done=ended)
+    stop._fit_loop = SimpleNamespace(
+        max_steps=4,
+        max_epochs=-1,
+        epoch_loop=SimpleNamespace(global_step=4 if ended else 3),
+        epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)),
+    )
     before = signal.getsignal(signal.SIGINT)
     try:
         with caplog.at_level("WARNING"):

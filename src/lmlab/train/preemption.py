@@ -60,7 +60,7 @@ class Preemption(L.Callback):
         self._stepped = -1  # the optimizer step of the last agreement after a step
         self._group: Any = None  # the CPU group the ranks agree on (None: the default one)
         self._sigint: list[Any] = []  # the SIGINT handler to restore after fit, once installed
-        self._fit_loop: Any = None  # the trainer's: whether training has ended (``done``)
+        self._fit_loop: Any = None  # the trainer's: whether training has ended
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._group = agreement_group(trainer)
@@ -81,7 +81,7 @@ class Preemption(L.Callback):
 
     def _on_sigint(self, *_: Any) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
-        if self._fit_loop is not None and self._fit_loop.done:  # the end-of-run work is on
+        if self._fit_loop is not None and trained_to_the_end(self._fit_loop):  # its extras run
             log.warning(
                 "Ctrl-C: training has ended; the final checkpoint, the sample and results.json "
                 "are written first (Ctrl-C again: stop at once, recorded interrupted)"
@@ -169,6 +169,17 @@ class Preemption(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_sigint()
+
+
+def trained_to_the_end(fit_loop: Any) -> bool:
+    """Whether Lightning's fit loop has taken its last step (``max_steps``) or epoch
+    (``max_epochs``): read without its ``done``, which logs and updates the loop's progress,
+    as a signal handler must not."""
+    steps, epochs = fit_loop.max_steps, fit_loop.max_epochs
+    if steps is not None and steps >= 0 and fit_loop.epoch_loop.global_step >= steps:
+        return True
+    processed = fit_loop.epoch_progress.current.processed
+    return epochs is not None and epochs >= 0 and processed >= epochs
 
 
 def agreement_group(trainer: L.Trainer) -> Any:
