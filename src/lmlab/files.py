@@ -1,5 +1,6 @@
-"""A run's text records written whole (``results.json``, ``plan.json``, ``.hydra/*.yaml``, the
-CSV history, the W&B id, eval records): a temporary file beside the target, named for this
+"""Text records written whole (a run's ``results.json``, ``plan.json``, ``.hydra/*.yaml``, CSV
+history, W&B id, name and project, eval records; compare's and scaling's ``.json``): a
+temporary file beside the target, named for this
 process, renamed over it. A reader sees the old file or the new one, never half of one; a
 write that fails (a full disk, a Ctrl-C) leaves no temporary file, and its error names the
 file (a flush that found the disk full names none of its own). Checkpoints are written the

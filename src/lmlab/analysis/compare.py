@@ -38,6 +38,7 @@ from lmlab.analysis.ranking import (
 )
 from lmlab.analysis.runs import dry_runs, load_runs, not_runs_note
 from lmlab.analysis.sweep_grid import unlaunched_jobs
+from lmlab.files import write_text
 
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
 JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary", "rows"})
@@ -274,7 +275,7 @@ def compare(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot(rows, out_dir / "compare.png", metric, higher_is_better=higher_is_better)
-        (out_dir / "compare.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        write_text(out_dir / "compare.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
     except OSError as exc:
         raise CompareError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
     if console is not None:

@@ -40,6 +40,7 @@ from lmlab.analysis.scaling_fit import (
 from lmlab.analysis.scaling_parametric import fit_parametric, parametric_summary
 from lmlab.analysis.scaling_plot import CREATOR, plot_scaling
 from lmlab.analysis.scaling_target import FAR_TARGET, target_allocation, target_reach
+from lmlab.files import write_text
 
 REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
 # scaling.json's top-level keys (``analyze``; ``feed_forward`` came later): a file holding
@@ -314,5 +315,5 @@ def analyze(
     }
     far = target_reach(target["flops"], [p["flops"] for p in profiles]) > FAR_TARGET
     plot_scaling(out_dir / "scaling.png", profiles, iso, par_out, target, draw_target=not far)
-    (out_dir / "scaling.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    write_text(out_dir / "scaling.json", json.dumps(result, indent=2, default=_json_default))
     return result

@@ -240,7 +240,7 @@ def record_wandb_place(out_dir: Path, experiment: Any) -> None:
     if path.exists() or not isinstance(project, str) or not project:
         return  # recorded already, or a stand-in experiment (a rank other than 0)
     entity = getattr(experiment, "entity", None)
-    path.write_text(f"{entity}/{project}" if isinstance(entity, str) and entity else project)
+    write_text(path, f"{entity}/{project}" if isinstance(entity, str) and entity else project)
 
 
 def start_wandb(lcfg: DictConfig, args: dict[str, Any]) -> Logger:
