@@ -51,11 +51,13 @@ COMMON = [
 TWO_CPUS = ["trainer.devices=2", "trainer.accelerator=cpu"]
 
 
-def launch(cache_dir: Path, *overrides: str, timeout: float = 300) -> None:
+def launch(cache_dir: Path, *overrides: str, timeout: float = 300) -> str:
+    """Run ``lmlab train`` with ``overrides`` to a successful end; its console output."""
     env = {**os.environ, "LMLAB_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
     cmd = [sys.executable, str(REPO / "src" / "train.py"), *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
 
 
 def results(run_dir: Path) -> dict:
@@ -76,7 +78,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     trainer=fsdp, both micro-batch 4 on each of 2 ranks: the global batch of 8 that the
     single-process reference makes with micro-batch 4 x accumulation 2."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    launch(
+    console = launch(
         cache_dir,
         "-m",
         *COMMON,
@@ -86,6 +88,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
         "logger=wandb",
         f"hydra.sweep.dir={sweep_dir}",
     )
+    # the run's lines are rank 0's: the global batch once per job, not once per rank
+    assert console.count("global batch 8 sequences") == 2, console[-3000:]
     return sweep_dir
 
 

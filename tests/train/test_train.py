@@ -58,8 +58,14 @@ def run(tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
     return json.loads((tmp_path / "results.json").read_text())
 
 
-def test_smoke_run_writes_results_checkpoint_and_metrics(tmp_path: Path, cache_dir: Path) -> None:
-    r = run(tmp_path, cache_dir)
+def test_smoke_run_writes_results_checkpoint_and_metrics(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture, recwarn
+) -> None:
+    with caplog.at_level("INFO", logger="lmlab"):
+        r = run(tmp_path, cache_dir)
+    assert sum(m.startswith("global batch 4 sequences") for m in caplog.messages) == 1
+    # Lightning's deprecation of its own that every run met: not the user's to act on
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
     assert r["status"] == "completed"
     assert all(r[k] is not None for k in REQUIRED), {k: r.get(k) for k in REQUIRED}
     assert r["global_step"] == 4

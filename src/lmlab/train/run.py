@@ -86,13 +86,17 @@ class _DropTips(logging.Filter):
 # resume. lmlab's can: ``ResumableSampler`` starts at the checkpoint's step x global batch,
 # the rows the run would have drawn (tests/train/test_resume.py compares their losses).
 NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
+# Lightning's own pytree code (2.6.6) meets a deprecation of torch (2.13) on every run, once per
+# rank (Lightning's issue 21326): nothing a user can act on.
+LEAF_SPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 def route_lightning_logs() -> None:
     """Lightning's messages go through Hydra's handlers (console and train.log) once, not
     twice, and without its product tips or its warning that a resume mid-epoch is inexact
-    (``NOT_RESUMABLE``)."""
+    (``NOT_RESUMABLE``), nor the deprecation its own code meets in torch (``LEAF_SPEC``)."""
     warnings.filterwarnings("ignore", message=NOT_RESUMABLE)
+    warnings.filterwarnings("ignore", message=LEAF_SPEC, category=FutureWarning)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         lightning_log = logging.getLogger(name)
         for handler in list(lightning_log.handlers):
@@ -129,7 +133,8 @@ def train(cfg: DictConfig) -> float | None:
     try:
         checked = check_run(cfg)  # bad input: refused before any work
         warn_unused(checked.model_cfg, checked.data_cfg, checked.task_cfg)
-        log.info(checked.batch.describe())
+        if rank_zero_only.rank == 0:  # every DDP/FSDP rank runs this
+            log.info(checked.batch.describe())
         model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
         if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
