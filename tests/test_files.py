@@ -1,5 +1,6 @@
 """A run's text records written whole: the old file or the new one, never half of one, and a
-failed write leaves no temporary file and names the file it was writing."""
+failed write leaves no temporary file and names the file it was writing. Read back, a record
+that is missing or damaged is nothing, never an error."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.files import write_json, write_text
+from lmlab.files import read_json, read_record, write_json, write_text
 
 
 def test_a_record_is_replaced_whole(tmp_path: Path) -> None:
@@ -44,3 +45,25 @@ def test_a_record_that_cannot_be_written_leaves_the_old_one_and_no_temporary_fil
         assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     assert path.read_text() == "the old record"
+
+
+@pytest.mark.parametrize(
+    ("content", "json_value", "record"),
+    [
+        (None, None, {}),  # missing
+        (b'{"status": "completed"}', {"status": "completed"}, {"status": "completed"}),
+        (b'{"status": "comp', None, {}),  # cut short by a kill
+        (b"[1, 2]", [1, 2], {}),  # JSON, not an object
+        (b'{"name": "\xff"}', None, {}),  # not UTF-8
+        (b"", None, {}),
+    ],
+)
+def test_a_missing_or_damaged_record_reads_as_nothing(
+    tmp_path: Path, content: bytes | None, json_value: object, record: dict
+) -> None:
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert read_json(path) == json_value
+    assert read_record(path) == record
+    assert read_record(tmp_path) == {}  # a folder where the file goes

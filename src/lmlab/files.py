@@ -1,10 +1,18 @@
-"""Text records written whole (a run's ``results.json``, ``plan.json``, ``.hydra/*.yaml``, CSV
-history, W&B id, name and project, eval records; compare's and scaling's ``.json``): a
-temporary file beside the target, named for this
-process, renamed over it. A reader sees the old file or the new one, never half of one; a
-write that fails (a full disk, a Ctrl-C) leaves no temporary file, and its error names the
-file (a flush that found the disk full names none of its own). Checkpoints are written the
-same way by ``lmlab.train.checkpointing.AtomicCheckpointIO``."""
+"""A run's records on disk: the names a run directory gives them, and text records written
+whole and read back.
+
+- Names (``RESULTS``, ``PLAN``, ``RUN_CONFIG``, ``CHECKPOINTS``, ``EVAL_RECORDS``): ``lmlab
+  train`` writes them; resume, ``compare``, ``scaling``, ``evaluate`` and the Ctrl-C handler
+  read them, by these names alone.
+- ``write_text``/``write_json`` (a run's ``results.json``, ``plan.json``, ``.hydra/*.yaml``, CSV
+  history, W&B id, name and project, eval records; compare's and scaling's ``.json``): a
+  temporary file beside the target, named for this process, renamed over it. A reader sees
+  the old file or the new one, never half of one; a write that fails (a full disk, a Ctrl-C)
+  leaves no temporary file, and its error names the file (a flush that found the disk full
+  names none of its own). Checkpoints are written the same way by
+  ``lmlab.train.checkpointing.AtomicCheckpointIO``.
+- ``read_json``/``read_record``: a record read as nothing where it is missing or unreadable
+  (the command that needs it says what it lacks)."""
 
 from __future__ import annotations
 
@@ -14,6 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import naming
+
+# A run directory's records.
+RESULTS = "results.json"  # the run's outcome: status, losses, tokens, W&B id (train.outcome)
+PLAN = "plan.json"  # the frozen run plan: batch, steps, data (train.plan)
+RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
+CHECKPOINTS = "checkpoints"  # *.ckpt: files, links or sharded folders
+EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -34,3 +49,18 @@ def write_text(path: Path, text: str) -> Path:
 def write_json(path: Path, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` whole (``write_text``)."""
     return write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (``results.json``, ``plan.json``); empty where there is
+    none or the file cannot be read as one."""
+    record = read_json(path)
+    return record if isinstance(record, dict) else {}

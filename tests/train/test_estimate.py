@@ -20,7 +20,7 @@ from rich.console import Console
 import lmlab.train.estimate as estimate_mod
 import lmlab.train.plan as plan_mod
 from lmlab.config import CONF_DIR, PRETRAINING, Family, ModelConfig, TaskSpec
-from lmlab.files import write_json
+from lmlab.files import PLAN, write_json
 from lmlab.model import param_breakdown
 from lmlab.train.budget import BudgetConfig, BudgetKind, resolve_budget
 from lmlab.train.compose import compose_train
@@ -33,7 +33,7 @@ from lmlab.train.estimate import (
     plan_run,
     plan_table,
 )
-from lmlab.train.plan import PLAN_FILE, meta_model
+from lmlab.train.plan import meta_model
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 LLAMA_7B = 6_738_415_616
@@ -198,7 +198,7 @@ def test_method_follows_the_documented_threshold(
 
 def test_plan_json_and_table(builds: list, tmp_path: Path) -> None:
     p = plan(model_cfg("gpt_7b", "llama", vocab=32000))
-    path = write_json(tmp_path / "run" / PLAN_FILE, p)
+    path = write_json(tmp_path / "run" / PLAN, p)
     assert path == tmp_path / "run" / "plan.json"
     assert json.loads(path.read_text()) == json.loads(json.dumps(p))
     console = Console(record=True, width=120)

@@ -1138,7 +1138,7 @@ def test_an_empty_checkpoints_link_made_before_the_first_run_is_no_earlier_run(
     tmp_path: Path, run_command
 ) -> None:
     """``checkpoints`` linked to a larger disk before the first run: the run was refused
-    ("already holds an earlier run (checkpoints; no checkpoint to resume)"), and so was
+    ("already holds an earlier run (checkpoints/; no checkpoint to resume)"), and so was
     resume=auto. It trains there now, and resumes from what it saved there."""
     disk = tmp_path / "larger-disk"
     disk.mkdir()

@@ -109,7 +109,7 @@ def item_count(n_samples: Any, limit: Any = None) -> int | None:
     return None
 
 
-def read_results(path: Path) -> dict[str, Any]:
+def results_or_failed(path: Path) -> dict[str, Any]:
     """``results.json``; one that cannot be read ranks as a failed run (``compare``), marked
     ``unreadable`` so that a tool can say it was the file, not the run, that failed."""
     try:
@@ -123,14 +123,6 @@ def read_results(path: Path) -> dict[str, Any]:
             "error": "results.json is not a JSON object",
         }
     return results
-
-
-def read_json(path: Path) -> Any:
-    """The file's JSON, None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_yaml(path: Path) -> Any:

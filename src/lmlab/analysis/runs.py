@@ -32,13 +32,13 @@ from lmlab.analysis.run_files import (
     read_choices,
     read_curve,
     read_evals,
-    read_json,
-    read_results,
     read_yaml,
+    results_or_failed,
 )
 from lmlab.config import flatten
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
 from lmlab.errors import ConfigError
+from lmlab.files import PLAN, RESULTS, RUN_CONFIG, read_json
 
 # results.json statuses of a run stopped by a signal, with a checkpoint to resume from.
 STOPPED = ("preempted", "interrupted")
@@ -158,7 +158,7 @@ def job_folders(root: Path) -> tuple[set[Path], set[Path], set[Path], set[Path]]
     """The job folders under ``root``: those with a results.json, those started without one
     (``.hydra/``), the dry runs' (:func:`_planned`), which are neither, and the folders whose
     results.json no run wrote (:func:`_is_run`), which are no job's."""
-    found = {p.parent for p in root.rglob("results.json") if p.is_file()}
+    found = {p.parent for p in root.rglob(RESULTS) if p.is_file()}
     strays = {d for d in found if not _is_run(d)}
     job_dirs = found - strays
     started = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")} - found
@@ -171,9 +171,9 @@ def _is_run(folder: Path) -> bool:
     (``.hydra/``, ``plan.json``), or a ``status`` in it, which every run writes (a folder
     holding a run's results.json alone, as ``lmlab scaling`` is given them). One that does
     not parse is a run's too, whose file broke: ranked as failed, ``unreadable``."""
-    if (folder / ".hydra").is_dir() or (folder / "plan.json").is_file():
+    if (folder / ".hydra").is_dir() or (folder / PLAN).is_file():
         return True
-    results = read_json(folder / "results.json")
+    results = read_json(folder / RESULTS)
     return not isinstance(results, dict) or "status" in results
 
 
@@ -217,7 +217,7 @@ def _planned(job_dir: Path, root: Path) -> bool:
     """Whether a folder without results.json is a dry run's: its plan.json is marked
     ``dry_run`` (a run that trains replaces it as it starts) and no run has started there
     since (no lock file, held or left by a kill, and no live sweep holding one above it)."""
-    plan = read_json(job_dir / "plan.json")
+    plan = read_json(job_dir / PLAN)
     return (
         isinstance(plan, dict)
         and plan.get("dry_run") is True
@@ -251,8 +251,8 @@ def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str,
         return {**results, "status": RUNNING, "error": error, "holder": holder}
     # nothing live: a results.json written since the folders were listed is the job's own
     # (a run writes it before it lets go of its lock)
-    if (job_dir / "results.json").is_file():
-        current = read_results(job_dir / "results.json")
+    if (job_dir / RESULTS).is_file():
+        current = results_or_failed(job_dir / RESULTS)
         if current.get("status") != RUNNING:
             return current
     if results or (job_dir / LOCK_FILE).exists():
@@ -295,16 +295,16 @@ def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
 
 
 def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
-    results = read_results(job_dir / "results.json") if has_results else {}
+    results = results_or_failed(job_dir / RESULTS) if has_results else {}
     if not has_results or results.get("status") == RUNNING:
         results = _unfinished(job_dir, root, results)
     overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = read_yaml(job_dir / ".hydra" / "config.yaml")
     partial = not isinstance(config, dict)
     if partial:  # what the run wrote when training started holds what it trains
-        config = read_yaml(job_dir / "run_config.yaml")
+        config = read_yaml(job_dir / RUN_CONFIG)
         partial = isinstance(config, dict)
-    plan = read_json(job_dir / "plan.json")
+    plan = read_json(job_dir / PLAN)
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}
     record = read_evals(job_dir, results)

@@ -40,7 +40,7 @@ from lmlab.analysis.scaling_fit import (
 from lmlab.analysis.scaling_parametric import fit_parametric, parametric_summary
 from lmlab.analysis.scaling_plot import CREATOR, plot_scaling
 from lmlab.analysis.scaling_target import FAR_TARGET, target_allocation, target_reach
-from lmlab.files import write_text
+from lmlab.files import RESULTS, write_text
 
 REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
 # scaling.json's top-level keys (``analyze``; ``feed_forward`` came later): a file holding
@@ -102,7 +102,7 @@ def scan_runs(
         raise ScalingError(str(exc)) from None
     runs, skipped, used = [], [], []
     for job in found:
-        file = job.dir / "results.json"
+        file = job.dir / RESULTS
         run, reason = _parse_run(file, job.results)
         if run is None:
             skipped.append({"file": str(file), "reason": str(reason)})

@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int | None:
 
     names = harness.parse_tasks(cfg.tasks)
     if cfg.out:
-        harness.read_record(Path(cfg.out))  # nothing there, or an eval record: else refused
+        harness.read_eval_record(Path(cfg.out))  # nothing there, or an eval record: else refused
     check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
     harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)

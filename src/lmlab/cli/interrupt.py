@@ -18,9 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import disk_full_words
-from lmlab.train.runfiles import RUN_CONFIG, holds_run
-
-RESULTS = "results.json"
+from lmlab.files import RESULTS, RUN_CONFIG
+from lmlab.train.runfiles import holds_run
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lmlab.errors import ConfigError, first_line
+from lmlab.files import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def run_dir_of(ckpt: Path) -> Path:
     """The run directory of a checkpoint in ``<run dir>/checkpoints/``; for a checkpoint
     elsewhere, the folder that holds it. (``lmlab evaluate`` and ``probe`` write there.)"""
     folder = ckpt.absolute().parent
-    return folder.parent if folder.name == "checkpoints" else folder
+    return folder.parent if folder.name == CHECKPOINTS else folder
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -46,10 +47,10 @@ def no_checkpoint(key: str, path: Path) -> ConfigError:
             f"{key}={path}: no such file or folder (allowed: a checkpoint file or a sharded "
             "checkpoint folder)"
         )
-    if (path / "checkpoints").is_dir():
+    if (path / CHECKPOINTS).is_dir():
         return ConfigError(
             f"{key}={path} is a run directory: give one of its checkpoints, e.g. "
-            f"{key}={path / 'checkpoints' / 'last.ckpt'}"
+            f"{key}={path / CHECKPOINTS / 'last.ckpt'}"
         )
     if path.is_dir():
         return ConfigError(

@@ -31,7 +31,7 @@ import torch
 from lmlab.config import Family
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import write_text
+from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -253,15 +253,15 @@ def eval_path(ckpt: Path, step: int | None) -> Path:
     beside it, named by its file: a folder of loose checkpoints may hold several of one step."""
     from lmlab.infer.checkpoint import run_dir_of
 
-    in_run = ckpt.absolute().parent.name == "checkpoints"
+    in_run = ckpt.absolute().parent.name == CHECKPOINTS
     name = f"step{step:06d}" if in_run and step is not None else ckpt.absolute().stem
-    return run_dir_of(ckpt) / "eval" / f"{name}.json"
+    return run_dir_of(ckpt) / EVAL_RECORDS / f"{name}.json"
 
 
 RECORD_KEYS = ("checkpoint", "global_step", "metrics", "tasks")
 
 
-def read_record(path: Path, key: str = "out") -> dict[str, Any] | None:
+def read_eval_record(path: Path, key: str = "out") -> dict[str, Any] | None:
     """The eval record at ``path`` (None: there is none yet); anything else there is refused,
     never overwritten."""
     from lmlab.config.outpath import check_file_out
@@ -294,7 +294,7 @@ def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool
     if step_a != step_b:
         return False
     pa, pb = Path(a).absolute(), Path(b).absolute()
-    one_run = pa.parent == pb.parent and pa.parent.name == "checkpoints" and step_a is not None
+    one_run = pa.parent == pb.parent and pa.parent.name == CHECKPOINTS and step_a is not None
     return one_run or pa.resolve() == pb.resolve()
 
 
@@ -336,7 +336,7 @@ def check_record(
     """``path`` is free (None), or holds this checkpoint's record (returned: the new tasks
     merge into it). The record of other weights (``other_weights``) is refused before any
     task runs, so no record ever mixes two."""
-    old = read_record(path, key)
+    old = read_eval_record(path, key)
     why = None if old is None else other_weights(old, path, checkpoint, step, digest)
     if why:
         raise ConfigError(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES, SWEEP_LOCK_FILE, live_holder, pid_in
 from lmlab.errors import ConfigError, naming
-from lmlab.train.runfiles import RUN_FILES, absolute, earlier_sweep_runs, holds_run, listed
+from lmlab.train.runfiles import absolute, earlier_sweep_runs, holds_run, listed, run_files_in
 
 _LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
 
@@ -191,7 +191,7 @@ def refuse_sweep_in_run_dir(sweep_dir: Path) -> None:
     jobs ran in its own folder, ``hydra.sweep.subdir=.``, is a sweep's): the jobs would be
     nested in the run, and ``compare`` would rank the run among them."""
     if holds_run(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
-        written = ", ".join(n for n in RUN_FILES if (sweep_dir / n).exists())
+        written = run_files_in(sweep_dir)
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} holds a single run ({written}): the sweep's jobs "
             "would be nested in it and compare would rank that run among them; choose "

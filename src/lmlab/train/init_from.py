@@ -38,6 +38,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.errors import ConfigError
+from lmlab.files import RUN_CONFIG
 from lmlab.infer.checkpoint import (
     consolidate,
     is_sharded,
@@ -46,7 +47,7 @@ from lmlab.infer.checkpoint import (
     read_checkpoint,
 )
 from lmlab.infer.pretrained import check_finite, model_state
-from lmlab.train.runfiles import RUN_CONFIG, checkpoints_in
+from lmlab.train.runfiles import checkpoints_in
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.config import TaskKind, redact
 from lmlab.errors import chain, disk_full, disk_full_words, first_line
-from lmlab.files import write_json
+from lmlab.files import CHECKPOINTS, RESULTS, write_json
 from lmlab.train.distributed import lost_rank
 from lmlab.train.finetune import TASK_RESULTS
 from lmlab.train.preemption import Preemption
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> None:
-    write_json(out_dir / "results.json", redact(results))
+    write_json(out_dir / RESULTS, redact(results))
 
 
 def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def final_digest(trainer: L.Trainer, out_dir: Path) -> dict[str, str]:
 
     callback = trainer.checkpoint_callback
     saved = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
-    for path in [*(Path(p) for p in saved if p), out_dir / "checkpoints" / "last.ckpt"]:
+    for path in [*(Path(p) for p in saved if p), out_dir / CHECKPOINTS / "last.ckpt"]:
         try:
             digest = checkpoint_digest(path, trainer.global_step)
         except Exception as err:  # noqa: BLE001 (an extra: the run has completed)

@@ -32,12 +32,12 @@ from lmlab.config import (
 )
 from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
+from lmlab.files import PLAN
 from lmlab.model import build_task_model, param_breakdown
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import Budget, budget_params, resolve_budget
 from lmlab.train.machine import resolve_precision
 
-PLAN_FILE = "plan.json"
 # What a plan records of a prepared corpus (the rows entry's meta.json): rows, tokens and bytes
 # per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
 # before it have none, and are compared by their counts alone).
@@ -155,7 +155,7 @@ def make_plan(
 def read_plan(out_dir: Path) -> dict[str, Any] | None:
     """The plan saved in a run directory, or None (a run from before plans were saved, or
     one whose ``plan.json`` was deleted: its checkpoints keep the global batch too)."""
-    path = out_dir / PLAN_FILE
+    path = out_dir / PLAN
     if not path.exists():
         return None
     try:
@@ -164,7 +164,7 @@ def read_plan(out_dir: Path) -> dict[str, Any] | None:
         plan = f"{type(err).__name__}: {err}"
     if not isinstance(plan, dict) or not isinstance(plan.get("batch"), dict):
         raise ConfigError(
-            f"cannot resume {out_dir}: its {PLAN_FILE} cannot be read as a run plan "
+            f"cannot resume {out_dir}: its {PLAN} cannot be read as a run plan "
             f"({plan if isinstance(plan, str) else 'no batch in it'}): restore it from a copy "
             "of the run, or delete it (the checkpoint's global batch is checked instead)"
         )
@@ -188,7 +188,7 @@ def corpus_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str
     if all(was[key] == now[key] for key in shared):
         return None
     if any(was.get(split) != now.get(split) for split in ("train", "val")):
-        return f"{PLAN_FILE} has {corpus_size(was)}, this run's data {corpus_size(now)}"
+        return f"{PLAN} has {corpus_size(was)}, this run's data {corpus_size(now)}"
     return (
         f"the same size ({corpus_size(now)}) but other text (its digest "
         f"{was.get('text_sha256')}, now {now.get('text_sha256')})"
@@ -196,7 +196,7 @@ def corpus_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str
 
 
 def task_change(
-    was: dict[str, Any] | None, now: dict[str, Any] | None, source: str = PLAN_FILE
+    was: dict[str, Any] | None, now: dict[str, Any] | None, source: str = PLAN
 ) -> str | None:
     """How the examples a fine-tuning run trained on (``was``, its plan's task record) differ
     from this run's (``now``), said for the message; None when they are the same, or when
@@ -223,7 +223,7 @@ def task_change(
 
 
 def check_resumable(
-    saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN_FILE
+    saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN
 ) -> None:
     """A resumed run continues the data position ``step x global batch rows`` of the run it
     continues, so its data (the corpus, or a fine-tuning run's examples), global batch and
@@ -236,7 +236,7 @@ def check_resumable(
         return
     # a checkpoint written before it kept its task record has none to compare (its task's
     # fields are checked with its model: resume.check_checkpoint_model)
-    if (source == PLAN_FILE or "task" in saved) and (
+    if (source == PLAN or "task" in saved) and (
         changed := task_change(saved.get("task"), plan.as_dict().get("task"), source)
     ):
         origin = plan.task.origin or f"task={plan.task.kind.value}"

@@ -28,16 +28,15 @@ from lmlab.config import (
 )
 from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
+from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, read_record
 from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
-from lmlab.train.plan import PLAN_FILE, RunPlan, check_resumable, read_plan
+from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.runfiles import (
-    RUN_CONFIG,
-    RUN_FILES,
     absolute,
     checkpoints_in,
     holds_run,
     launch_rank_is_zero,
-    read_record,
+    run_files_in,
 )
 from lmlab.train.strategy_check import check_strategy_loads
 
@@ -145,7 +144,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     elif holds_run(out_dir) and launch_rank_is_zero():  # other ranks start once it wrote
         # without run_config.yaml nothing of it trained here (another run's eval/ records
         # alone): resume=auto has nothing of it to start again either
-        written = ", ".join(n for n in RUN_FILES if (out_dir / n).exists())
+        written = run_files_in(out_dir)
         restart = (
             ""
             if finished_run(out_dir) or not started
@@ -169,7 +168,7 @@ def no_checkpoint_left(out_dir: Path) -> str:
     record = kept_record(read_results(out_dir)) or {}
     stopped = record.get("status") in STOPS
     step = record.get("global_step") if stopped else None
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = out_dir / CHECKPOINTS
     if step is not None:
         return f"saved checkpoints, the last at step {step}, since removed"
     if stopped:  # a stop that saved none: its record says "no checkpoint to resume from"
@@ -204,7 +203,7 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
             f"({saved if isinstance(saved, str) else type(saved).__name__}): restore it from a "
             "copy of the run, or start a new run in another directory"
         )
-    planned = continues and (out_dir / PLAN_FILE).is_file()  # checked against its batch
+    planned = continues and (out_dir / PLAN).is_file()  # checked against its batch
     diffs = _differences(saved, run_identity(cfg), ignore=BATCH_FIELDS if planned else ())
     if diffs:
         raise ConfigError(
@@ -215,7 +214,7 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
 
 def read_results(out_dir: Path) -> dict[str, Any] | None:
     """``results.json`` of the run in ``out_dir``; None when there is none, or unreadable."""
-    return read_record(out_dir / "results.json") or None
+    return read_record(out_dir / RESULTS) or None
 
 
 def kept_record(results: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from lmlab.config import (
     compile_mode,
 )
 from lmlab.errors import ConfigError, DiskFullError, UnwritableRecordError, disk_full, first_line
-from lmlab.files import write_json
+from lmlab.files import PLAN, RESULTS, RUN_CONFIG, write_json
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.budget import overshoot
@@ -51,7 +51,6 @@ from lmlab.train.outcome import (
 )
 from lmlab.train.plan import (
     CORPUS_RECORD,
-    PLAN_FILE,
     RESUME_RECORD,
     check_resumable,
     make_plan,
@@ -70,7 +69,7 @@ from lmlab.train.resume import (
     run_identity,
 )
 from lmlab.train.rundir import RunDir
-from lmlab.train.runfiles import RUN_CONFIG, checkpoints_in, holds_run
+from lmlab.train.runfiles import checkpoints_in, holds_run
 from lmlab.train.task import LMTask, optimizer_from
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
@@ -229,7 +228,7 @@ def dry_run(
         log.info("plan.json not written: %s holds an earlier run, left as it was", run.path)
     else:  # Hydra's .hydra/ and log too, held back where an earlier command left its records
         run.open(cfg)
-        log.info("plan: %s", write_json(run.path / PLAN_FILE, {"dry_run": True, **plan}))
+        log.info("plan: %s", write_json(run.path / PLAN, {"dry_run": True, **plan}))
     return None  # no loss: a search (Optuna) records the trial as failed, not as a value
 
 
@@ -315,7 +314,7 @@ def _fit(
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
     if cfg.get("resume"):
         saved = (ckpt.get("run_state") or {}) if ckpt else {}
-        if (out_dir / PLAN_FILE).exists() or not saved.get("batch"):
+        if (out_dir / PLAN).exists() or not saved.get("batch"):
             check_resumable(read_plan(out_dir), plan, out_dir)
         else:  # plan.json deleted: the checkpoint's record of the global batch and data
             record = {key: saved[key] for key in RESUME_RECORD if key in saved}
@@ -340,7 +339,7 @@ def _fit(
     run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
-        write_json(out_dir / PLAN_FILE, plan.as_dict() | (model_record(init) if init else {}))
+        write_json(out_dir / PLAN, plan.as_dict() | (model_record(init) if init else {}))
     resume_step = ckpt["global_step"] if ckpt else 0
     evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
     loggers = build_loggers(
@@ -447,5 +446,5 @@ def _fit(
                 f"{out_dir / 'results.json'} could not be written ({err.strerror or err}): make it "
                 f"writable, then {resume_command(out_dir)} writes it, training nothing again"
             ) from err
-        log.info("results: %s", out_dir / "results.json")
+        log.info("results: %s", out_dir / RESULTS)
     return results["val_loss"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lmlab.config.asked import as_typed
+from lmlab.files import CHECKPOINTS
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 from lmlab.train.held import held_for, write_held
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
@@ -86,7 +87,7 @@ class RunDir:
         self.opened = True
         if self.guard:
             write_held(task_cfg, self.path)
-            remove_orphans(self.path / "checkpoints")
+            remove_orphans(self.path / CHECKPOINTS)
 
     @property
     def may_record(self) -> bool:

@@ -1,29 +1,26 @@
 """What a run directory holds, and who may guard it: the files whose presence means a run
-was there (``RUN_FILES``, ``holds_run``), its checkpoints, the JSON records it wrote, the runs
+was there (``RUN_FILES``, named in ``lmlab.files``; ``holds_run``), its checkpoints, the runs
 a sweep's folder holds; whether this process is global rank 0 (only rank 0 guards a run
 directory; the other ranks of a DDP/FSDP job run in the same one). Folders are named as
 Hydra names them (``absolute``)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from lmlab.errors import ConfigError
+from lmlab.files import CHECKPOINTS, EVAL_RECORDS, PLAN, RESULTS, RUN_CONFIG, read_record
 
 # What a run writes: their presence means the directory holds an earlier run. ``eval/``:
 # ``lmlab evaluate``'s records of its checkpoints, which ``compare`` reads as the run's (a new
 # run there would be ranked by another model's evaluation); an empty folder is none.
-RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
-EVAL_RECORDS = "eval/"
-RUN_FILES = ("results.json", "plan.json", RUN_CONFIG, "checkpoints", EVAL_RECORDS)
+RUN_FILES = (RESULTS, PLAN, RUN_CONFIG, CHECKPOINTS, EVAL_RECORDS)
 # The folders every run makes in its directory (Hydra's, the checkpoints), and the one of each
 # logger it has (``logger.csv``: csv/, ``logger.wandb``: wandb/): a file of the user's in one's
 # place stopped the run midway.
-RUN_FOLDERS = (".hydra", "checkpoints")
+RUN_FOLDERS = (".hydra", CHECKPOINTS)
 LOGGER_FOLDERS = ("csv", "wandb")
 # Launchers' rank variables: Lightning's DDP children, torchrun, other nodes, srun tasks.
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
@@ -66,13 +63,13 @@ def holds_run(path: Path) -> bool:
     new dry run rewrites and a run replaces. An empty ``eval/`` or ``checkpoints/`` is
     nothing either (a ``checkpoints`` link to a larger disk, made before the first run)."""
     present = {name for name in RUN_FILES if (path / name).exists()}
-    for folder in (EVAL_RECORDS, "checkpoints"):
+    for folder in (EVAL_RECORDS, CHECKPOINTS):
         if folder in present and not _holds_anything(path / folder):
             present.discard(folder)
-    if "results.json" in present and read_record(path / "results.json").get("status") == "failed":
-        present.discard("results.json")  # with a plan and a config, that of a run that trained
-    if "plan.json" in present and read_record(path / "plan.json").get("dry_run") is True:
-        present.discard("plan.json")
+    if RESULTS in present and read_record(path / RESULTS).get("status") == "failed":
+        present.discard(RESULTS)  # with a plan and a config, that of a run that trained
+    if PLAN in present and read_record(path / PLAN).get("dry_run") is True:
+        present.discard(PLAN)
     return bool(present)
 
 
@@ -99,21 +96,19 @@ def _holds_anything(folder: Path) -> bool:
         return True
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """The JSON object a run wrote in ``path`` (``results.json``, ``plan.json``); empty where
-    there is none or it cannot be read as one."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+def run_files_in(path: Path) -> str:
+    """The run files ``path`` holds (``RUN_FILES``), as a message lists them, a folder with
+    its slash: ``results.json, plan.json, checkpoints/``."""
+    folders = (CHECKPOINTS, EVAL_RECORDS)
+    present = [n for n in RUN_FILES if (path / n).exists()]
+    return ", ".join(f"{n}/" if n in folders else n for n in present)
 
 
 def checkpoints_in(out_dir: Path) -> list[Path]:
     """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
     links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
     time-limit signal before requeueing."""
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = out_dir / CHECKPOINTS
     found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 

@@ -5,7 +5,6 @@ offline fallback, and finished with the run's status and exit code."""
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
@@ -28,7 +27,7 @@ from omegaconf import DictConfig
 
 from lmlab.config import redact
 from lmlab.errors import ConfigError
-from lmlab.files import write_text
+from lmlab.files import RESULTS, read_record, write_text
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +159,7 @@ def recorded_wandb_id(out_dir: Path) -> str | None:
                 "another W&B run"
             )
         return run_id
-    try:
-        earlier = json.loads((out_dir / "results.json").read_text()).get("wandb_id")
-    except (OSError, ValueError, AttributeError):
-        return None
+    earlier = read_record(out_dir / RESULTS).get("wandb_id")
     if isinstance(earlier, str) and WANDB_ID.fullmatch(earlier):
         log.warning("%s was missing: the run's W&B id %s from results.json", path, earlier)
         return earlier
@@ -197,10 +193,7 @@ def recorded_wandb_name(out_dir: Path) -> str | None:
         return name
     if not (out_dir / "wandb_id").is_file():
         return None
-    try:
-        earlier = json.loads((out_dir / "results.json").read_text()).get("run_name")
-    except (OSError, ValueError, AttributeError):
-        return None
+    earlier = read_record(out_dir / RESULTS).get("run_name")
     return earlier if isinstance(earlier, str) and earlier else None
 
 
