@@ -24,8 +24,8 @@ from lmlab.config import (
     Compile,
     DataConfig,
     ModelConfig,
-    TaskConfig,
     TaskKind,
+    TaskSpec,
     compile_mode,
 )
 from lmlab.errors import ConfigError, DiskFullError, UnwritableRecordError, disk_full, first_line
@@ -38,7 +38,7 @@ from lmlab.train.distributed import JobScope, RankLostError, install_job_command
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import DATAMODULES, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
-from lmlab.train.init_from import InitFrom, load_weights, model_record
+from lmlab.train.init_from import load_weights, model_record
 from lmlab.train.loggers import build_loggers, log_param_table, log_step, run_name
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.outcome import (
@@ -52,11 +52,12 @@ from lmlab.train.outcome import (
 from lmlab.train.plan import (
     CORPUS_RECORD,
     RESUME_RECORD,
+    RunPlan,
     check_resumable,
     make_plan,
     read_plan,
 )
-from lmlab.train.preflight import check_run, warn_unused
+from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
     already_done,
     check_checkpoint_model,
@@ -134,26 +135,12 @@ def train(cfg: DictConfig) -> float | None:
         warn_unused(checked.model_cfg, checked.data_cfg, checked.task_cfg)
         if rank_zero_only.rank == 0:  # every DDP/FSDP rank runs this
             log.info(checked.batch.describe())
-        model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
         if cfg.get("dry_run"):  # plans a GPU run on any machine
-            return dry_run(cfg, model_cfg, data_cfg, seq_len, run)
+            return dry_run(cfg, checked.model_cfg, checked.data_cfg, checked.seq_len, run)
         if "wandb" in (cfg.get("logger") or {}):
             recorded_wandb_id(out_dir)  # a damaged record: named before any work
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(
-            cfg,
-            model_cfg,
-            data_cfg,
-            seq_len,
-            run,
-            results,
-            start,
-            ckpt_path,
-            scope,
-            checked.callbacks,
-            checked.init,
-            checked.task_cfg,
-        )
+        return _fit(cfg, checked, run, results, start, ckpt_path, scope)
     except BaseException as err:
         checkpointed = bool(checkpoints_in(out_dir))
         stopped = how_it_stopped(err, scope.trainer, checkpointed)
@@ -266,67 +253,28 @@ def final_val_limit(final: int | float | None, during: int | float) -> int | flo
 
 def _fit(
     cfg: DictConfig,
-    model_cfg: ModelConfig,
-    data_cfg: DataConfig,
-    seq_len: int,
+    checked: CheckedRun,
     run: RunDir,
     results: dict[str, Any],
     start: float,
     ckpt_path: Path | None,
     scope: JobScope,
-    callbacks: list[L.Callback],
-    init: InitFrom | None = None,
-    task_cfg: TaskConfig | None = None,
-) -> float:
+) -> float | None:
+    """Prepare the data, plan, check a resume against the plan, then (every check passed)
+    open the run directory, train, validate at the end and write ``results.json``."""
     out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task_cfg = task_cfg or TaskConfig()  # task=lm
-    dm = DATAMODULES[task_cfg.kind](
-        data_cfg, task_cfg, model_cfg.family, seq_len, cfg.seed, init.tokenizer if init else None
-    )
-    dm.prepare_data()
-    dm.setup()
-    if model_cfg.vocab_size is None:
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=dm.vocab_size)
-    elif model_cfg.vocab_size < dm.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
-            "tokens (leave it null to follow the tokenizer)"
-        )
-    spec = getattr(dm, "spec", PRETRAINING)  # fine-tuning: its labels, once the data is read
+    dm, model_cfg, spec = prepared_data(cfg, checked)
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         # the tokenizer first: a corpus that trains another one (a char vocabulary with a
         # character more) also changes the model's vocab_size, which is not what to fix
         check_same_tokenizer(ckpt, ckpt_path, getattr(dm, "tokenizer", None))
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
-    meta = getattr(dm, "meta", None)  # a pre-training corpus's counts, per split
-    corpus = {key: meta[key] for key in CORPUS_RECORD if key in meta} if meta else None
-    plan = make_plan(cfg, model_cfg, data_cfg, seq_len, spec, corpus)
-    warn_repeated_rows(plan.batch.rows, len(dm.train_rows))
-    if over := overshoot(plan.budget.as_dict()):
-        log.warning(
-            "the budget trains %s tokens, %s: a smaller global batch (data.batch_size, "
-            "trainer.accumulate_grad_batches) fits it closer",
-            f"{plan.budget.tokens:,}",
-            over,
-        )
-    check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)  # before the model is built
+    plan = checked_plan(cfg, checked, model_cfg, dm, spec)
     if cfg.get("resume"):
-        saved = (ckpt.get("run_state") or {}) if ckpt else {}
-        if (out_dir / PLAN).exists() or not saved.get("batch"):
-            check_resumable(read_plan(out_dir), plan, out_dir)
-        else:  # plan.json deleted: the checkpoint's record of the global batch and data
-            record = {key: saved[key] for key in RESUME_RECORD if key in saved}
-            check_resumable(record, plan, out_dir, f"checkpoint {ckpt_path}")
-        done = already_done(out_dir, plan, ckpt, ckpt_path)
+        done = checked_resume(out_dir, plan, ckpt, ckpt_path)
         if done is not None:
-            log.info(
-                "%s completed its %d planned steps: nothing to train, its files are left as "
-                "they were (raise trainer.max_steps to train further)",
-                out_dir,
-                plan.steps,
-            )
             return done.get("val_loss")
     # a completed run extended (a larger trainer.max_steps) resumes from its last step's
     # checkpoint, written before its final validation: results.json holds that one
@@ -339,8 +287,10 @@ def _fit(
     run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
         OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
+        init = checked.init
         write_json(out_dir / PLAN, plan.as_dict() | (model_record(init) if init else {}))
     resume_step = ckpt["global_step"] if ckpt else 0
+    callbacks = checked.callbacks
     evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
     loggers = build_loggers(
         cfg,
@@ -356,29 +306,10 @@ def _fit(
     set_matmul_precision(cfg.matmul_precision, trainer.strategy.root_device)
     dm.num_train_samples = plan.train_samples
     # The data position is one integer: the resumed run draws exactly the rows that follow.
-    dm.start_sample = plan.start_sample(ckpt["global_step"]) if ckpt else 0
-    if compile_mode(cfg.compile) != Compile.none:
-        # This run compiles afresh. A multirun's jobs share one process: compiling the same
-        # code (LMTask.objective, Block.forward) for another job's model counts as a
-        # recompile, and past dynamo's limit (8) the later jobs would run eagerly, unsaid.
-        torch._dynamo.reset()
-    task = LMTask(
-        model_cfg,
-        optimizer_from(cfg.optim),
-        instantiate(cfg.scheduler),
-        compile=cfg.compile,
-        bytes_per_token=dm.val_bytes_per_token,
-        task=spec,
-    )
-    task.plan_record = plan.resume_record()  # its checkpoints keep the global batch and data
+    dm.start_sample = plan.start_sample(resume_step)  # 0 for a new run
+    task = build_task(cfg, checked, model_cfg, dm, spec, plan, from_weights=ckpt_path is None)
     if extended is not None:
         task.best_val_loss = extended.get("best_val_loss")  # with the checkpoint's, the lower
-    if init is not None and ckpt_path is None:  # resuming restores its own weights
-        dropped, fresh = load_weights(task.model, init, spec.kind)
-        log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)
-        if dropped or fresh:
-            log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
-            log.info("initialised fresh: %s", ", ".join(fresh) or "none")
     counts = param_breakdown(task.model)
     # what a stop's record keeps beside its step (``trained``), and a completed run's too
     results.update(
@@ -392,17 +323,7 @@ def _fit(
         Console().print(param_table(counts))
         log_param_table(loggers, counts, step=resume_step)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    rescore = final_val_limit(cfg.get("final_val_batches"), trainer.limit_val_batches)
-    if rescore is not None:
-        trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
-    task.finishing = finishing  # its evals and sample run around this last validation
-    if rescore is not None or task.last_val_step != trainer.global_step:
-        with logged_at(trainer, log_step(trainer.global_step)):
-            trainer.validate(task, datamodule=dm, verbose=False)  # it drops train/* metrics
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if "train/loss" not in metrics and task.logged_loss is not None:  # nothing trained here
-        metrics["train/loss"] = float(task.logged_loss[1])
+    metrics = final_metrics(cfg, trainer, task, dm, finishing)
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     sample = next((c for c in callbacks if isinstance(c, Sample)), None)
     results.update(
@@ -436,15 +357,145 @@ def _fit(
     if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
         results.update(final_digest(trainer, out_dir))
         summarize_wandb(loggers, results)
-        try:
-            write_results(out_dir, results)
-        except OSError as err:
-            if disk_full(err) is not None:
-                raise  # said with the other full-disk stops
-            raise UnwritableRecordError(
-                f"the run trained to step {trainer.global_step} and saved its checkpoints, but "
-                f"{out_dir / 'results.json'} could not be written ({err.strerror or err}): make it "
-                f"writable, then {resume_command(out_dir)} writes it, training nothing again"
-            ) from err
-        log.info("results: %s", out_dir / RESULTS)
+        write_completed(out_dir, results, trainer.global_step)
     return results["val_loss"]
+
+
+def prepared_data(cfg: DictConfig, checked: CheckedRun) -> tuple[Any, ModelConfig, TaskSpec]:
+    """The task's datamodule, its data prepared and split; the model config with the
+    tokenizer's vocabulary where it leaves ``vocab_size`` to it; the task's spec (fine-tuning:
+    its labels, once the data is read)."""
+    task_cfg, model_cfg, init = checked.task_cfg, checked.model_cfg, checked.init
+    dm = DATAMODULES[task_cfg.kind](
+        checked.data_cfg,
+        task_cfg,
+        model_cfg.family,
+        checked.seq_len,
+        cfg.seed,
+        init.tokenizer if init else None,
+    )
+    dm.prepare_data()
+    dm.setup()
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=dm.vocab_size)
+    elif model_cfg.vocab_size < dm.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
+            "tokens (leave it null to follow the tokenizer)"
+        )
+    return dm, model_cfg, getattr(dm, "spec", PRETRAINING)
+
+
+def checked_plan(
+    cfg: DictConfig, checked: CheckedRun, model_cfg: ModelConfig, dm: Any, spec: TaskSpec
+) -> RunPlan:
+    """The frozen run plan, with the prepared corpus's counts; said where its rows repeat
+    or its budget is overshot; refused where the training state cannot fit (before the model
+    is built)."""
+    meta = getattr(dm, "meta", None)  # a pre-training corpus's counts, per split
+    corpus = {key: meta[key] for key in CORPUS_RECORD if key in meta} if meta else None
+    plan = make_plan(cfg, model_cfg, checked.data_cfg, checked.seq_len, spec, corpus)
+    warn_repeated_rows(plan.batch.rows, len(dm.train_rows))
+    if over := overshoot(plan.budget.as_dict()):
+        log.warning(
+            "the budget trains %s tokens, %s: a smaller global batch (data.batch_size, "
+            "trainer.accumulate_grad_batches) fits it closer",
+            f"{plan.budget.tokens:,}",
+            over,
+        )
+    check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)
+    return plan
+
+
+def checked_resume(
+    out_dir: Path, plan: RunPlan, ckpt: dict[str, Any] | None, ckpt_path: Path | None
+) -> dict[str, Any] | None:
+    """A resume checked against the run's plan (refused where it would read other rows);
+    the run's record where it completed every planned step already (nothing to train, said),
+    else None."""
+    saved = (ckpt.get("run_state") or {}) if ckpt else {}
+    if (out_dir / PLAN).exists() or not saved.get("batch"):
+        check_resumable(read_plan(out_dir), plan, out_dir)
+    else:  # plan.json deleted: the checkpoint's record of the global batch and data
+        record = {key: saved[key] for key in RESUME_RECORD if key in saved}
+        check_resumable(record, plan, out_dir, f"checkpoint {ckpt_path}")
+    done = already_done(out_dir, plan, ckpt, ckpt_path)
+    if done is not None:
+        log.info(
+            "%s completed its %d planned steps: nothing to train, its files are left as "
+            "they were (raise trainer.max_steps to train further)",
+            out_dir,
+            plan.steps,
+        )
+    return done
+
+
+def build_task(
+    cfg: DictConfig,
+    checked: CheckedRun,
+    model_cfg: ModelConfig,
+    dm: Any,
+    spec: TaskSpec,
+    plan: RunPlan,
+    from_weights: bool,
+) -> LMTask:
+    """The LightningModule; under ``init_from``, with the checkpoint's weights where
+    ``from_weights`` (a resume restores its own)."""
+    if compile_mode(cfg.compile) != Compile.none:
+        # This run compiles afresh. A multirun's jobs share one process: compiling the same
+        # code (LMTask.objective, Block.forward) for another job's model counts as a
+        # recompile, and past dynamo's limit (8) the later jobs would run eagerly, unsaid.
+        torch._dynamo.reset()
+    task = LMTask(
+        model_cfg,
+        optimizer_from(cfg.optim),
+        instantiate(cfg.scheduler),
+        compile=cfg.compile,
+        bytes_per_token=dm.val_bytes_per_token,
+        task=spec,
+    )
+    task.plan_record = plan.resume_record()  # its checkpoints keep the global batch and data
+    init = checked.init
+    if init is not None and from_weights:
+        dropped, fresh = load_weights(task.model, init, spec.kind)
+        log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)
+        if dropped or fresh:
+            log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
+            log.info("initialised fresh: %s", ", ".join(fresh) or "none")
+    return task
+
+
+def final_metrics(
+    cfg: DictConfig, trainer: L.Trainer, task: LMTask, dm: Any, finishing: bool
+) -> dict[str, float]:
+    """The metrics after the last step: the fit's, and a validation of the final weights
+    where the fit ended without one or ``final_val_batches`` scores other rows."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    rescore = final_val_limit(cfg.get("final_val_batches"), trainer.limit_val_batches)
+    if rescore is not None:
+        trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
+    task.finishing = finishing  # its evals and sample run around this last validation
+    if rescore is not None or task.last_val_step != trainer.global_step:
+        with logged_at(trainer, log_step(trainer.global_step)):
+            trainer.validate(task, datamodule=dm, verbose=False)  # it drops train/* metrics
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if "train/loss" not in metrics and task.logged_loss is not None:  # nothing trained here
+        metrics["train/loss"] = float(task.logged_loss[1])
+    return metrics
+
+
+def write_completed(out_dir: Path, results: dict[str, Any], step: int) -> None:
+    """``results.json`` of the completed run; where it cannot be written (other than a
+    full disk, said with the other full-disk stops), one line naming the resume that
+    writes it without training again."""
+    try:
+        write_results(out_dir, results)
+    except OSError as err:
+        if disk_full(err) is not None:
+            raise
+        raise UnwritableRecordError(
+            f"the run trained to step {step} and saved its checkpoints, but "
+            f"{out_dir / RESULTS} could not be written ({err.strerror or err}): make it "
+            f"writable, then {resume_command(out_dir)} writes it, training nothing again"
+        ) from err
+    log.info("results: %s", out_dir / RESULTS)
