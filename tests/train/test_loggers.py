@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
+from lmlab.train.loggers import kept_run_name, run_name
 from lmlab.train.run import train
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_name, wandb_offline
 from smoke import SMOKE
@@ -144,6 +146,26 @@ def test_a_run_directory_before_wandb_name_keeps_its_results_name(tmp_path: Path
     assert recorded_wandb_name(tmp_path) == "model=gpt_small"
     (tmp_path / "wandb_name").write_text("+debug=smoke,logger=wandb\n")
     assert recorded_wandb_name(tmp_path) == "+debug=smoke,logger=wandb"
+
+
+@pytest.mark.parametrize(
+    ("resume", "earlier", "name"),
+    [
+        # extended with trainer.max_steps=8: its overrides would rename it
+        (True, {"status": "completed", "run_name": "model=gpt_small"}, "model=gpt_small"),
+        ("auto", {"status": "preempted", "run_name": "model=gpt_small"}, "model=gpt_small"),
+        (False, {"status": "completed", "run_name": "model=gpt_small"}, "own"),
+        (True, None, "own"),  # nothing to continue: its own overrides
+        (True, {"status": "completed"}, "own"),
+    ],
+)
+def test_a_resume_keeps_the_name_of_the_run_it_continues(
+    resume: bool | str, earlier: dict | None, name: str
+) -> None:
+    """results.json's ``run_name`` is the overrides' (``run_name``; "own" below); a resume
+    keeps its run's, as its W&B run keeps its own."""
+    cfg = OmegaConf.create({"resume": resume})
+    assert kept_run_name(cfg, earlier) == (run_name(cfg) if name == "own" else name)
 
 
 def offline_runs(run_dir: Path, read: Callable[[Path], list[dict]]) -> list[list[dict]]:

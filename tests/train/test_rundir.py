@@ -299,14 +299,16 @@ def test_a_full_disk_is_said_in_one_line_with_the_resume(
     assert not list(ckpt.parent.glob(".*.tmp"))
 
 
-def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> None:
+def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> dict:
     """``run`` into ``run_dir``, stopped by SIGTERM in the validation after step 4, then
-    resumed."""
+    resumed; the stop's record."""
     hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
     with pytest.raises(SIGTERMException):
         train(compose_train([*run, *hook], run_dir, cache_dir))
-    assert results(run_dir)["status"] == "preempted" and results(run_dir)["global_step"] == 4
+    stop = results(run_dir)
+    assert stop["status"] == "preempted" and stop["global_step"] == 4
     train(compose_train([*run, "resume=true"], run_dir, cache_dir))
+    return stop
 
 
 def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache_dir: Path) -> None:
@@ -359,7 +361,7 @@ def untimed(run_dir: Path) -> list[tuple[tuple[str, str], ...]]:
     )
 
 
-# what a resume changes in results.json (its name, W&B's too, stays the run's: no resume=true)
+# what a resume changes in results.json (its name, W&B's too, stays the run's)
 RESUME_FIELDS = {"resumed_from", "wall_seconds"}
 
 
@@ -379,18 +381,18 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
     assert whole["train_loss"] and whole["tokens_per_second"] and whole["sample"]
     assert "eval/stdlib_nextline/acc" in whole and rows(tmp_path / "whole")[-1]["val/loss"]
 
-    def same_end(run_dir: Path, timed: set[str]) -> None:
+    def same_end(run_dir: Path, timed: set[str], name: str) -> None:
         again = results(run_dir)
         assert again["status"] == "completed" and again["resumed_from"]
-        assert {k for k in whole.keys() | again.keys() if whole.get(k) != again.get(k)} <= (
-            RESUME_FIELDS | timed
-        ), again
+        assert again["run_name"] == name  # the name of the run it continues
+        differ = {k for k in whole.keys() | again.keys() if whole.get(k) != again.get(k)}
+        assert differ - {"run_name"} <= RESUME_FIELDS | timed, again
         assert all(again[k] for k in timed)
         assert untimed(run_dir) == history
 
     stopped = tmp_path / "stopped"
-    stop_at_4_and_resume(run, stopped, cache_dir)
-    same_end(stopped, {"tokens_per_second", "mfu"})  # timed in the stopped process
+    stop = stop_at_4_and_resume(run, stopped, cache_dir)  # named with its stop hook
+    same_end(stopped, {"tokens_per_second", "mfu"}, stop["run_name"])  # timed in that process
 
     killed = tmp_path / "killed"
     shutil.copytree(tmp_path / "whole", killed, symlinks=True)
@@ -399,7 +401,7 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
         lines = f.readlines()
     (killed / "csv" / "metrics.csv").write_text("".join(lines[:-1]))  # no final validation
     train(compose_train([*run, "resume=auto"], killed, cache_dir))
-    same_end(killed, set())  # the whole run's checkpoint: its throughput too
+    same_end(killed, set(), whole["run_name"])  # the whole run's checkpoint: its throughput
 
 
 def test_a_resumed_run_reports_the_best_validation_loss_of_every_process(

@@ -67,6 +67,14 @@ def run_name(cfg: DictConfig) -> str:
     return hc.job.override_dirname or "default"
 
 
+def kept_run_name(cfg: DictConfig, earlier: dict[str, Any] | None) -> str:
+    """results.json's ``run_name``: ``run_name(cfg)``, or on a resume the name of the run it
+    continues (``earlier``: its record), as its W&B run keeps its own
+    (``recorded_wandb_name``): an extension's new ``trainer.max_steps`` would rename it."""
+    name = (earlier or {}).get("run_name") if cfg.get("resume") else None
+    return name if isinstance(name, str) and name else run_name(cfg)
+
+
 def run_group() -> str | None:
     """One W&B group per multirun: the sweep's name (``+sweeps=NAME``) and its timestamp."""
     if not HydraConfig.initialized() or _multirun_dir() is None:

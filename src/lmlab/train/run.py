@@ -39,7 +39,7 @@ from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import DATAMODULES, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import load_weights, model_record
-from lmlab.train.loggers import build_loggers, log_param_table, log_step, run_name
+from lmlab.train.loggers import build_loggers, kept_run_name, log_param_table, log_step
 from lmlab.train.memory import check_state_fits, memory_needs
 from lmlab.train.outcome import (
     eval_results,
@@ -126,8 +126,9 @@ def train(cfg: DictConfig) -> float | None:
     route_lightning_logs()
     out_dir = Path(cfg.paths.output_dir)
     run = RunDir(out_dir)  # a live run there: refused before anything is written
-    results: dict[str, Any] = {"status": "running", "run_name": run_name(cfg), "seed": cfg.seed}
     earlier = kept_record(read_results(out_dir))  # what a stop of this process must not lose
+    name = kept_run_name(cfg, earlier)
+    results: dict[str, Any] = {"status": "running", "run_name": name, "seed": cfg.seed}
     install_job_command()
     scope = JobScope()
     try:
