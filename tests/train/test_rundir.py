@@ -961,6 +961,54 @@ def test_a_probe_of_the_lock_is_waited_out_not_taken_for_a_live_run(
         os.close(held)
 
 
+def test_a_deleted_lock_file_lets_no_second_run_into_a_live_runs_folder(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """A live run's ``.lmlab.lock`` deleted by hand (taken for a stale one): a second run
+    there used to take a new lock file and start, and its clean-up of temporary files broke
+    the first run's checkpoint save. The run holds its folder too: the second is refused,
+    the folder as it was, and the probe ``compare`` asks (``live_holder``) still tells the
+    run is live. Once the first
+    process is gone, the folder is free."""
+    import subprocess
+    import sys
+
+    from lmlab.config.locks import LOCK_FILE, live_holder
+    from lmlab.train import dirlock
+
+    run_dir = tmp_path / "run"
+    live = subprocess.Popen(  # a live run's locks, taken as a run takes them
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from lmlab.train.dirlock import "
+            "lock_run_dir; lock_run_dir(Path(sys.argv[1])); print('held', flush=True); "
+            "time.sleep(120)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout.readline().strip() == "held"
+        assert live_holder(run_dir / LOCK_FILE) == str(live.pid)
+        (run_dir / LOCK_FILE).unlink()
+        assert live_holder(run_dir / LOCK_FILE) == "unknown"  # live, its pid unknown
+        with pytest.raises(ConfigError, match=rf"{LOCK_FILE} was deleted"):
+            dirlock.lock_run_dir(run_dir)
+        capsys.readouterr()
+        assert run_command("train", *smoke.SMOKE, f"hydra.run.dir={run_dir}") == 2
+        said = capsys.readouterr().err
+        assert f"hydra.run.dir={run_dir} is in use by a live run (pid unknown: its" in said
+        assert list(run_dir.iterdir()) == []  # nothing written, no lock file taken
+    finally:
+        live.kill()
+        live.wait()
+    assert live_holder(run_dir / LOCK_FILE) is None
+    dirlock.lock_run_dir(run_dir)  # the kernel dropped the dead process's locks
+    dirlock.unlock_run_dir(run_dir)
+
+
 def test_a_taken_default_run_dir_gives_the_next_free_one(tmp_path: Path) -> None:
     """The default directory is named by the second a run starts: a live run's (another open
     lock) or an earlier run's is passed over for ``<dir>_2``, ``_3``, ..., and left as it was."""

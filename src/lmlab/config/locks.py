@@ -3,9 +3,11 @@
 A run holds an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock`` for its lifetime, and
 the process that launched a sweep one on ``<sweep dir>/.lmlab-sweep.lock``
 (``lmlab.train.dirlock`` takes and releases them). The kernel drops a lock when its process
-dies, so a lock file that no process holds is what a ``kill -9`` left behind. Every command
-that reads run folders asks here (``live_holder``): training, to refuse a live folder, and
-the analysis tools, to tell a job that still runs from one that was killed.
+dies, so a lock file that no process holds is what a ``kill -9`` left behind. A run holds
+its folder itself too (``flock`` on the folder, where the file system has it): a lock file
+deleted by hand, taken for a stale one, lets no second run into a live run's folder. Every
+command that reads run folders asks here (``live_holder``): training, to refuse a live
+folder, and the analysis tools, to tell a job that still runs from one that was killed.
 """
 
 from __future__ import annotations
@@ -26,17 +28,43 @@ def pid_in(fd: int) -> str:
 
 def live_holder(lock: Path) -> str | None:
     """The pid written in the lock file ``lock`` where a live process holds it, else None (no
-    such file, or nobody holds it). Takes nothing: the probe's shared lock lasts an instant,
-    which a run taking the lock meanwhile waits out (``dirlock.PROBE_WAIT_S``)."""
+    such file, or nobody holds it). A run's lock file deleted by hand: ``unknown`` while the
+    run holds its folder (``held_folder``). Takes nothing: the probe's shared lock lasts an
+    instant, which a run taking the lock meanwhile waits out (``dirlock.PROBE_WAIT_S``)."""
     try:
         fd = os.open(lock, os.O_RDONLY)
-    except OSError:  # no such lock (or no such folder): nothing live there
+    except OSError:  # no such lock (or no such folder)
+        fd = None
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid_in(fd)
+        finally:
+            os.close(fd)  # releases the shared lock too
+    return "unknown" if lock.name == LOCK_FILE and held_folder(lock.parent) else None
+
+
+def open_folder(folder: Path) -> int | None:
+    """``folder`` open for a ``flock`` of the folder itself; None where it cannot be."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
         return None
+
+
+def held_folder(folder: Path) -> bool:
+    """Whether a live run holds ``folder`` itself (the ``flock`` beside its lock file's)."""
+    fd = open_folder(folder)
+    if fd is None:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return pid_in(fd)
+        return True
+    except OSError:  # no flock on folders here (NFS emulates it for files open to write)
+        return False
     else:
-        return None
+        return False
     finally:
-        os.close(fd)  # releases the shared lock too
+        os.close(fd)

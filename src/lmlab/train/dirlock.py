@@ -1,9 +1,11 @@
 """One live run per directory, one live sweep per folder: ``fcntl.flock`` locks held for a
 run's or sweep's lifetime, and the refusals of a folder another live process uses.
 
-- ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, held for the
-  run's lifetime. A second run into a live directory is refused (``ConfigError``). The
-  kernel drops the lock when its process dies, so a ``kill -9`` leaves no live lock behind.
+- ``lock_run_dir``: an exclusive ``fcntl.flock`` on ``<run dir>/.lmlab.lock``, and one on the
+  run directory itself (``_hold_folder``), held for the run's lifetime. A second run into a
+  live directory is refused (``ConfigError``), also where its lock file was deleted by hand.
+  The kernel drops the locks when their process dies, so a ``kill -9`` leaves no live lock
+  behind.
   ``lock_sweep_dir``: the same for a multirun's folder (``<sweep dir>/.lmlab-sweep.lock``),
   held by the process that launched the sweep: a second sweep into a live one's folder,
   resumed or not, is refused before it writes anything.
@@ -22,11 +24,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmlab.config.locks import LOCK_FILE, LOCK_FILES, SWEEP_LOCK_FILE, live_holder, pid_in
+from lmlab.config.locks import (
+    LOCK_FILE,
+    LOCK_FILES,
+    SWEEP_LOCK_FILE,
+    live_holder,
+    open_folder,
+    pid_in,
+)
 from lmlab.errors import ConfigError, naming
 from lmlab.train.runfiles import absolute, earlier_sweep_runs, holds_run, listed, run_files_in
 
 _LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
+_FOLDERS: dict[Path, int] = {}  # a run's lock file -> the descriptor holding its folder
 
 
 # What each lock guards: the key that names its folder, whose process holds it, the advice.
@@ -80,13 +90,54 @@ def _flock_exclusive(fd: int) -> bool:
             time.sleep(0.005)
 
 
+def _hold_folder(lock: Path) -> int | None:
+    """Hold the ``flock`` on a run's folder itself (the lock file ``lock``'s): a lock file
+    that was deleted by hand while its run lived, taken for a stale one, let a second run in,
+    whose clean-up of temporary files broke the first one's checkpoint save. Refused
+    (``ConfigError``) where a live run holds it; None where the file system has no ``flock``
+    on folders (NFS emulates it for files open to write): the lock file alone guards there."""
+    fd = open_folder(lock.parent)
+    if fd is None:
+        return None
+    try:
+        if _flock_exclusive(fd):
+            return fd
+    except OSError:
+        os.close(fd)
+        return None
+    os.close(fd)
+    try:
+        holder = lock.read_text().strip() or "unknown"
+    except OSError:
+        holder = f"unknown: its {lock.name} was deleted"
+    raise _in_use(lock, holder) from None
+
+
 def _take_lock(folder: Path, name: str) -> None:
     """Hold the ``flock`` on ``folder/name`` for this process (held already: nothing happens),
-    or refuse (``ConfigError``): another live process holds it, named by the pid it wrote."""
+    and for a run's lock, on the folder itself; or refuse (``ConfigError``): another live
+    process holds it, named by the pid it wrote."""
     path = absolute(folder) / name
     if path in _LOCKS:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    held = _hold_folder(path) if name == LOCK_FILE else None
+    try:
+        fd = _lock_file(path)
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
+    if not _LOCKS:
+        atexit.register(unlock_all)
+    _LOCKS[path] = fd
+    if held is not None:
+        _FOLDERS[path] = held
+
+
+def _lock_file(path: Path) -> int:
+    """The descriptor holding the ``flock`` on the lock file ``path``, the pid written; or
+    refuse (``ConfigError``): another live process holds it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _flock_exclusive(fd):
@@ -107,9 +158,7 @@ def _take_lock(folder: Path, name: str) -> None:
         os.close(fd)
         path.unlink(missing_ok=True)
         raise naming(err, path) from err
-    if not _LOCKS:
-        atexit.register(unlock_all)
-    _LOCKS[path] = fd
+    return fd
 
 
 def _release(path: Path) -> None:
@@ -118,6 +167,9 @@ def _release(path: Path) -> None:
     if fd is not None:
         path.unlink(missing_ok=True)
         os.close(fd)
+    held = _FOLDERS.pop(path, None)
+    if held is not None:
+        os.close(held)
 
 
 def lock_run_dir(run_dir: Path) -> None:
