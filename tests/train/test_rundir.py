@@ -1001,6 +1001,10 @@ def test_a_deleted_lock_file_lets_no_second_run_into_a_live_runs_folder(
         said = capsys.readouterr().err
         assert f"hydra.run.dir={run_dir} is in use by a live run (pid unknown: its" in said
         assert list(run_dir.iterdir()) == []  # nothing written, no lock file taken
+        (run_dir / ".hydra").mkdir()  # as the live run's Hydra wrote it
+        (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+        assert run_command("compare", tmp_path) != 0  # nothing to compare yet, and why
+        assert "1 still running (pid unknown)" in capsys.readouterr().err
     finally:
         live.kill()
         live.wait()

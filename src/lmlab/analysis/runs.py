@@ -230,10 +230,12 @@ def _live_holder(job_dir: Path, root: Path) -> str | None:
     """The pid of a live process holding the job's run lock, else None; a job without a lock
     file (not yet taken, or released as it ended) asks the lock of a sweep folder it sits in
     (up to ``root``: a sweep's job as it starts). A lock file that nobody holds is a killed
-    job's, whether or not its sweep goes on (a launcher running jobs in other processes)."""
-    if (job_dir / LOCK_FILE).exists():
-        return live_holder(job_dir / LOCK_FILE)
-    holder, folder = None, job_dir
+    job's, whether or not its sweep goes on (a launcher running jobs in other processes). A
+    live run whose lock file was deleted by hand still holds its folder: pid ``unknown``."""
+    holder = live_holder(job_dir / LOCK_FILE)
+    if holder is not None or (job_dir / LOCK_FILE).exists():
+        return holder
+    folder = job_dir
     while holder is None and folder != root and root in folder.parents:
         folder = folder.parent
         holder = live_holder(folder / SWEEP_LOCK_FILE)
