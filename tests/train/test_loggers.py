@@ -149,23 +149,32 @@ def test_a_run_directory_before_wandb_name_keeps_its_results_name(tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("resume", "earlier", "name"),
+    ("resume", "found", "checkpointed", "name"),
     [
         # extended with trainer.max_steps=8: its overrides would rename it
-        (True, {"status": "completed", "run_name": "model=gpt_small"}, "model=gpt_small"),
-        ("auto", {"status": "preempted", "run_name": "model=gpt_small"}, "model=gpt_small"),
-        (False, {"status": "completed", "run_name": "model=gpt_small"}, "own"),
-        (True, None, "own"),  # nothing to continue: its own overrides
-        (True, {"status": "completed"}, "own"),
+        (True, {"status": "completed", "run_name": "model=gpt_small"}, True, "model=gpt_small"),
+        ("auto", {"status": "preempted", "run_name": "model=gpt_small"}, True, "model=gpt_small"),
+        # out of memory after a checkpoint, resumed with a smaller batch
+        (True, {"status": "failed", "run_name": "model=gpt_small"}, True, "model=gpt_small"),
+        ("auto", {"status": "running", "run_name": "model=gpt_small"}, True, "model=gpt_small"),
+        # refused before its first checkpoint: resume=auto starts a run of its own
+        ("auto", {"status": "failed", "run_name": "model.n_layer=-1"}, False, "own"),
+        (False, {"status": "completed", "run_name": "model=gpt_small"}, True, "own"),
+        (True, None, True, "own"),  # nothing to continue: its own overrides
+        (True, {"status": "completed"}, True, "own"),
+        (True, {"status": "failed", "previous": "x"}, True, "own"),  # damaged by hand
+        (True, ["not", "a", "record"], True, "own"),
     ],
 )
 def test_a_resume_keeps_the_name_of_the_run_it_continues(
-    resume: bool | str, earlier: dict | None, name: str
+    resume: bool | str, found: object, checkpointed: bool, name: str
 ) -> None:
     """results.json's ``run_name`` is the overrides' (``run_name``; "own" below); a resume
-    keeps its run's, as its W&B run keeps its own."""
+    of the run whose checkpoints the folder holds keeps its run's, as its W&B run keeps its
+    own, whatever that run's status."""
     cfg = OmegaConf.create({"resume": resume})
-    assert kept_run_name(cfg, earlier) == (run_name(cfg) if name == "own" else name)
+    kept = kept_run_name(cfg, found, checkpointed)
+    assert kept == (run_name(cfg) if name == "own" else name)
 
 
 def offline_runs(run_dir: Path, read: Callable[[Path], list[dict]]) -> list[list[dict]]:

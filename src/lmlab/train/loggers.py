@@ -67,11 +67,15 @@ def run_name(cfg: DictConfig) -> str:
     return hc.job.override_dirname or "default"
 
 
-def kept_run_name(cfg: DictConfig, earlier: dict[str, Any] | None) -> str:
-    """results.json's ``run_name``: ``run_name(cfg)``, or on a resume the name of the run it
-    continues (``earlier``: its record), as its W&B run keeps its own
-    (``recorded_wandb_name``): an extension's new ``trainer.max_steps`` would rename it."""
-    name = (earlier or {}).get("run_name") if cfg.get("resume") else None
+def kept_run_name(cfg: DictConfig, found: Any, checkpointed: bool) -> str:
+    """results.json's ``run_name``: ``run_name(cfg)``, or on a resume of the run whose
+    checkpoints the folder holds (``checkpointed``) the name in its record (``found``, as
+    read: completed, stopped, or failed or killed after a checkpoint), as its W&B run keeps
+    its own (``recorded_wandb_name``): an extension's new ``trainer.max_steps``, or a smaller
+    batch after an out-of-memory failure, would rename it. A record from a run refused before
+    its first checkpoint names no run that continues."""
+    resumes = cfg.get("resume") and checkpointed and isinstance(found, dict)
+    name = found.get("run_name") if resumes else None
     return name if isinstance(name, str) and name else run_name(cfg)
 
 

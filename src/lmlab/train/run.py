@@ -70,7 +70,7 @@ from lmlab.train.resume import (
     run_identity,
 )
 from lmlab.train.rundir import RunDir
-from lmlab.train.runfiles import checkpoints_in, holds_run
+from lmlab.train.runfiles import checkpoints_in, holds_run, launch_rank_is_zero
 from lmlab.train.task import LMTask, optimizer_from
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
@@ -126,15 +126,16 @@ def train(cfg: DictConfig) -> float | None:
     route_lightning_logs()
     out_dir = Path(cfg.paths.output_dir)
     run = RunDir(out_dir)  # a live run there: refused before anything is written
-    earlier = kept_record(read_results(out_dir))  # what a stop of this process must not lose
-    name = kept_run_name(cfg, earlier)
+    found = read_results(out_dir)
+    earlier = kept_record(found)  # what a stop of this process must not lose
+    name = kept_run_name(cfg, found, bool(checkpoints_in(out_dir)))
     results: dict[str, Any] = {"status": "running", "run_name": name, "seed": cfg.seed}
     install_job_command()
     scope = JobScope()
     try:
         checked = check_run(cfg)  # bad input: refused before any work
         warn_unused(checked.model_cfg, checked.data_cfg, checked.task_cfg)
-        if rank_zero_only.rank == 0:  # every DDP/FSDP rank runs this
+        if launch_rank_is_zero():  # every DDP/FSDP rank runs this, on every node
             log.info(checked.batch.describe())
         if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, checked.model_cfg, checked.data_cfg, checked.seq_len, run)
