@@ -994,17 +994,22 @@ def test_a_deleted_lock_file_lets_no_second_run_into_a_live_runs_folder(
         assert live_holder(run_dir / LOCK_FILE) == str(live.pid)
         (run_dir / LOCK_FILE).unlink()
         assert live_holder(run_dir / LOCK_FILE) == "unknown"  # live, its pid unknown
-        with pytest.raises(ConfigError, match=rf"{LOCK_FILE} was deleted"):
+        holds = rf"pid unknown: a process holds the folder itself, and no live {LOCK_FILE}"
+        with pytest.raises(ConfigError, match=holds):
             dirlock.lock_run_dir(run_dir)
         capsys.readouterr()
         assert run_command("train", *smoke.SMOKE, f"hydra.run.dir={run_dir}") == 2
         said = capsys.readouterr().err
-        assert f"hydra.run.dir={run_dir} is in use by a live run (pid unknown: its" in said
+        assert f"hydra.run.dir={run_dir} is in use by a live run (pid unknown: a" in said
         assert list(run_dir.iterdir()) == []  # nothing written, no lock file taken
         (run_dir / ".hydra").mkdir()  # as the live run's Hydra wrote it
         (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
         assert run_command("compare", tmp_path) != 0  # nothing to compare yet, and why
         assert "1 still running (pid unknown)" in capsys.readouterr().err
+        (run_dir / LOCK_FILE).write_text("999999\n")  # a stale pid, held by no process
+        with pytest.raises(ConfigError, match=holds) as refused:
+            dirlock.lock_run_dir(run_dir)
+        assert "999999" not in str(refused.value)  # not named as the folder's holder
     finally:
         live.kill()
         live.wait()

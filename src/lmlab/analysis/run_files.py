@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from lmlab.files import EVAL_RECORDS
+
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
 _NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -57,7 +59,7 @@ def read_evals(job_dir: Path, results: dict[str, Any]) -> EvalRecord:
     counts as before, as does any record where either side has no digest (older runs).
     Empty without one."""
     records = []
-    for path in job_dir.glob("eval/step*.json"):
+    for path in (job_dir / EVAL_RECORDS).glob("step*.json"):
         match = _EVAL_RECORD_RE.fullmatch(path.stem)
         if match:
             records.append((int(match[1]), path))

@@ -62,7 +62,7 @@ def held_folder(folder: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # no flock on folders here (NFS emulates it for files open to write)
+    except OSError:  # this file system refuses to lock a folder
         return False
     else:
         return False

@@ -94,8 +94,9 @@ def _hold_folder(lock: Path) -> int | None:
     """Hold the ``flock`` on a run's folder itself (the lock file ``lock``'s): a lock file
     that was deleted by hand while its run lived, taken for a stale one, let a second run in,
     whose clean-up of temporary files broke the first one's checkpoint save. Refused
-    (``ConfigError``) where a live run holds it; None where the file system has no ``flock``
-    on folders (NFS emulates it for files open to write): the lock file alone guards there."""
+    (``ConfigError``) where another process holds it, named by the pid of a live lock file
+    there; None where the file system refuses to lock a folder: the lock file alone guards
+    there. (Linux's NFS client locks a folder on its own machine only.)"""
     fd = open_folder(lock.parent)
     if fd is None:
         return None
@@ -106,10 +107,12 @@ def _hold_folder(lock: Path) -> int | None:
         os.close(fd)
         return None
     os.close(fd)
-    try:
-        holder = lock.read_text().strip() or "unknown"
-    except OSError:
-        holder = f"unknown: its {lock.name} was deleted"
+    holder = live_holder(lock)
+    if holder is None or holder == "unknown":  # no live lock file names the folder's holder
+        holder = (
+            f"unknown: a process holds the folder itself, and no live {lock.name} names it: "
+            "deleted by hand, or a run there is starting"
+        )
     raise _in_use(lock, holder) from None
 
 

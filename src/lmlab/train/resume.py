@@ -124,7 +124,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 else ""
             )
             raise ConfigError(
-                f"resume=true but {out_dir / 'checkpoints' / 'last.ckpt'} does not exist "
+                f"resume=true but {out_dir / CHECKPOINTS / 'last.ckpt'} does not exist "
                 f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
             )
         check_same_run(cfg, out_dir, "the checkpoints were trained with", continues=True)
