@@ -60,8 +60,7 @@ class MLMCollator:
     ) -> None:
         self.seed, self.select, self.mask, self.random = seed, select, mask, random
         specials = Specials.of(tokenizer)
-        self.cls_id = specials.id(tokenizer, "cls", "BERT's masked LM")
-        self.sep_id = specials.id(tokenizer, "sep", "BERT's masked LM")
+        [self.cls_id], [self.sep_id] = specials.frame(tokenizer, Family.bert, "BERT's masked LM")
         self.mask_id = specials.id(tokenizer, "mask", "BERT's masked LM")
         vocab = tokenizer.get_vocab_size()
         self.is_special = torch.zeros(vocab, dtype=torch.bool)
@@ -265,8 +264,7 @@ class ClassifyCollator:
 
     def __init__(self, tokenizer: Tokenizer, seq_len: int) -> None:
         specials, use = Specials.of(tokenizer), "task=classify"
-        self.cls_id = specials.id(tokenizer, "cls", use)
-        self.sep_id = specials.id(tokenizer, "sep", use)
+        [self.cls_id], [self.sep_id] = specials.frame(tokenizer, Family.bert, use)
         self.pad_id = specials.id(tokenizer, "pad", use)
         self.seq_len = seq_len
         # the most ids of an example kept: (input ids, target ids; None: a label)
@@ -342,7 +340,7 @@ class Seq2SeqCollator:
 
     def __init__(self, tokenizer: Tokenizer, seq_len: int, max_target_len: int) -> None:
         specials, use = Specials.of(tokenizer), "task=seq2seq"
-        self.eos = specials.id(tokenizer, "eos", use)
+        _, [self.eos] = specials.frame(tokenizer, Family.t5, use)  # the input's; targets' too
         self.pad = specials.id(tokenizer, "pad", use)
         self.seq_len, self.max_target_len = seq_len, max_target_len
         self.room: tuple[int, int | None] = (seq_len - 1, max_target_len - 1)  # EOS each

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from tokenizers import Encoding, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lmlab.config import DataConfig, TokenizerKind
+from lmlab.config import DataConfig, Family, TokenizerKind
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,25 @@ class Specials:
             )
         return token_id
 
+    def frame_roles(self, family: Family) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The roles of the tokens around one text as ``family`` reads it, before and after:
+        BERT's ``[CLS] text [SEP]`` (pre-training, fine-tuning, fill-mask), T5's encoder
+        input ``text EOS`` (fine-tuning), a decoder's text after the tokenizer's BOS where it
+        adds one (Llama's ``<s>``: training's documents, prompts). The one place that says
+        it: the collators, ``fill_mask``, the probe and the tokenizer ``to_hf`` saves
+        (``lmlab.infer.hf.convert.framed``) frame by it."""
+        if family == Family.bert:
+            return ("cls",), ("sep",)
+        if family == Family.t5:
+            return (), ("eos",)
+        return (("bos",) if self.bos else ()), ()
+
+    def frame(self, tok: Tokenizer, family: Family, use: str) -> tuple[list[int], list[int]]:
+        """The ids before and after one text as ``family`` reads it (``frame_roles``); a
+        ConfigError naming ``use`` where the tokenizer lacks one of them."""
+        before, after = self.frame_roles(family)
+        return [self.id(tok, r, use) for r in before], [self.id(tok, r, use) for r in after]
+
     def all_ids(self, tok: Tokenizer) -> list[int]:
         """Every special token's id (roles and sentinels), to keep out of masking."""
         names = [n for n in asdict(self).values() if isinstance(n, str)] + list(self.sentinels)
@@ -133,8 +152,9 @@ def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
     prompt without BOS is the EOS a document follows."""
     specials = Specials.of(tok)
     ids = encode(tok, text)
-    if specials.bos:
-        return [specials.id(tok, "bos", "a document's start"), *ids]
+    before, _ = specials.frame(tok, Family.gpt, "a document's start")
+    if before:
+        return [*before, *ids]
     return ids or [specials.id(tok, "eos", "an empty prompt")]
 
 

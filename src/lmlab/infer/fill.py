@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmlab.config import Family
 from lmlab.data.tokenizer import SENTINEL_RE, encode
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import NonFiniteLogits, decode_loop
@@ -54,8 +55,8 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
     if mask not in text:
         raise ConfigError(f"text={text!r} has no <mask> (or [MASK]) to fill")
     mask_id = specials.id(tok, "mask", "fill-mask")
-    cls_id, sep_id = specials.id(tok, "cls", "fill-mask"), specials.id(tok, "sep", "fill-mask")
-    ids = [cls_id, *_encode(pre, text, mask), sep_id]
+    before, after = specials.frame(tok, Family.bert, "fill-mask")
+    ids = [*before, *_encode(pre, text, mask), *after]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(
             f"text is {len(ids)} tokens with [CLS] and [SEP], above the model's "

@@ -56,9 +56,10 @@ class Pretrained:
         BOS, such as Llama's ``<s>``); None without one (lmlab's and GPT-2's tokenizers: a
         document follows the EOS of the one before) and for BERT and T5, which frame their
         inputs themselves."""
-        if self.family != Family.gpt or not self.specials.bos:
+        if self.family != Family.gpt:
             return None
-        return self.specials.id(self.tokenizer, "bos", "a document's start")
+        before, _ = self.specials.frame(self.tokenizer, Family.gpt, "a document's start")
+        return before[0] if before else None
 
     def prompt_ids(self, text: str) -> list[int]:
         """A GPT's input for the prompt ``text``, framed as training frames a document: BOS

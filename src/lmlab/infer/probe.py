@@ -16,7 +16,6 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from lmlab.config import Family
 from lmlab.data.tokenizer import Specials, encode
 from lmlab.model.attention import Attention
 
@@ -55,17 +54,11 @@ def probe_ids(model: nn.Module, tokenizer: Tokenizer, text: str) -> list[int]:
     warning."""
     ids = encode(tokenizer, text)
     specials = Specials.of(tokenizer)
-    roles: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    if model.cfg.family == Family.bert:
-        roles = (("cls",), ("sep",))
-    elif model.cfg.family == Family.t5:
-        roles = ((), ("eos",))
-    elif specials.bos:
-        roles = (("bos",), ())
-    frame = tuple([specials.id(tokenizer, r, "the probe's input") for r in side] for side in roles)
-    room = model.cfg.max_seq_len - len(frame[0]) - len(frame[1])
+    family = model.cfg.family
+    before, after = specials.frame(tokenizer, family, "the probe's input")
+    room = model.cfg.max_seq_len - len(before) - len(after)
     if len(ids) > room:
-        names = [getattr(specials, r) for side in roles for r in side]
+        names = [getattr(specials, r) for side in specials.frame_roles(family) for r in side]
         log.warning(
             "the text has %d tokens, more than the model's context of %d holds%s: only its "
             "first %d are drawn",
@@ -74,7 +67,7 @@ def probe_ids(model: nn.Module, tokenizer: Tokenizer, text: str) -> list[int]:
             f" with {' and '.join(names)}" if names else "",
             room,
         )
-    return [*frame[0], *ids[:room], *frame[1]]
+    return [*before, *ids[:room], *after]
 
 
 def drawn_by_probe(path: Path) -> bool:

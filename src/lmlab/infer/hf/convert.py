@@ -410,17 +410,18 @@ def framed(tok: Any, specials: Specials, family: Family | None, segments: bool =
     without it. Idempotent: a template ``tok`` has already is replaced, not framed again."""
     from tokenizers import processors
 
-    if family == Family.bert and specials.cls and specials.sep:
-        c, s = specials.cls, specials.sep
-        b = int(segments)  # without segments, Hugging Face's BERT has the one, 0
-        single, pair, used = f"{c} $A {s}", f"{c} $A {s} $B:{b} {s}:{b}", (c, s)
-    elif family == Family.t5 and specials.eos:
-        e = specials.eos
-        single, pair, used = f"$A {e}", f"$A {e} $B {e}", (e,)
-    else:
+    if family not in (Family.bert, Family.t5):  # a decoder's tokenizer adds its own BOS
         return tok
+    before, after = ([getattr(specials, r) for r in side] for side in specials.frame_roles(family))
+    if None in before + after:
+        return tok
+    b = int(segments)  # without segments, Hugging Face's BERT has the one, 0
+    single = " ".join([*before, "$A", *after])  # BERT: [CLS] $A [SEP]; T5: $A </s>
+    pair = " ".join([*before, "$A", *after, f"$B:{b}", *(f"{t}:{b}" for t in after)])
     template = processors.TemplateProcessing(
-        single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t in used]
+        single=single,
+        pair=pair,
+        special_tokens=[(t, tok.token_to_id(t)) for t in dict.fromkeys(before + after)],
     )
     spec = json.loads(tok.to_str())
     # a tokenizer from Hugging Face, or from an earlier to_hf, already frames: its template
