@@ -1,9 +1,9 @@
 """A run's records on disk: the names a run directory gives them, and text records written
 whole and read back.
 
-- Names (``RESULTS``, ``PLAN``, ``RUN_CONFIG``, ``CHECKPOINTS``, ``EVAL_RECORDS``): ``lmlab
-  train`` writes them; resume, ``compare``, ``scaling``, ``evaluate`` and the Ctrl-C handler
-  read them, by these names alone.
+- Names (``RESULTS``, ``PLAN``, ``RUN_CONFIG``, ``CHECKPOINTS``, ``EVAL_RECORDS``, and a
+  sweep folder's ``SWEEP_RECORD``): ``lmlab train`` writes them; resume, ``compare``,
+  ``scaling``, ``evaluate`` and the Ctrl-C handler read them, by these names alone.
 - ``write_text``/``write_json`` (a run's ``results.json``, ``plan.json``, ``.hydra/*.yaml``, CSV
   history, W&B id, name and project, eval records; compare's and scaling's ``.json``): a
   temporary file beside the target, named for this process, renamed over it. A reader sees
@@ -29,6 +29,8 @@ PLAN = "plan.json"  # the frozen run plan: batch, steps, data (train.plan)
 RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
 CHECKPOINTS = "checkpoints"  # *.ckpt: files, links or sharded folders
 EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
+# Hydra's record of a sweep's invocation, in the sweep's folder: what marks a sweep's folder.
+SWEEP_RECORD = "multirun.yaml"
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -778,7 +778,9 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
     """A single run into a finished sweep's folder (Hydra's ``multirun.yaml``, or a W&B
     agent's job folders alone) is refused: it trained beside the jobs and compare ranked it
     among them. So is a sweep into a finished run's directory, whose jobs went inside the
-    run. Each folder is left byte for byte as it was."""
+    run, and a new run or sweep at any depth inside a finished sweep's or run's folder (one
+    there was ranked with the sweep's jobs, or with the run). Each folder is left byte for
+    byte as it was; a job's own folder is still continued (``resume``'s checks)."""
     sweep = tmp_path / "sweep"
     finished_run(sweep / "0")
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
@@ -803,12 +805,42 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
             f"hydra.sweep.dir={run} holds a single "
             "run (results.json, plan.json): the sweep's jobs would be nested in it",
         ),
+        (
+            sweep,
+            ["train", *SMOKE, f"hydra.run.dir={sweep / '7'}"],
+            f"hydra.run.dir={sweep / '7'} is inside {sweep}, a sweep's folder (multirun.yaml): "
+            "compare and scaling would rank what runs here among the sweep's jobs; choose a "
+            "directory outside it (a sweep takes more jobs with -m <overrides> resume=auto "
+            "hydra.sweep.dir=<its folder>)",
+        ),
+        (
+            sweep,
+            ["train", "-m", *SMOKE, f"hydra.sweep.dir={sweep / 'more'}"],
+            f"hydra.sweep.dir={sweep / 'more'} is inside {sweep}, a sweep's folder",
+        ),
+        (
+            run,
+            ["train", *SMOKE, "resume=auto", f"hydra.run.dir={run / 'a' / 'b'}"],
+            f"hydra.run.dir={run / 'a' / 'b'} is inside {run}, a run's folder (results.json, "
+            "plan.json): compare and scaling would rank what runs here with that run; choose "
+            "a directory outside it\n",
+        ),
+        (
+            sweep,
+            ["train", "-m", *SMOKE, f"hydra.sweep.dir={sweep / '0' / 'more'}"],
+            f"hydra.sweep.dir={sweep / '0' / 'more'} is inside {sweep / '0'}, a run's folder",
+        ),
     ]:
         key = "hydra.sweep.dir" if "-m" in command else "hydra.run.dir"
+        if not any(arg.startswith(f"{key}=") for arg in command):
+            command = [*command, f"{key}={folder}"]
         before = snapshot(folder)
-        assert run_command(*command, f"{key}={folder}") == 2
+        assert run_command(*command) == 2
         assert f"error: {message}" in capsys.readouterr().err
         assert changed(before, snapshot(folder)) == []
+    from lmlab.train.dirlock import refuse_run_in_sweep_dir
+
+    refuse_run_in_sweep_dir(sweep / "0")  # a job's own folder: resume continues it
 
 
 @pytest.mark.parametrize(

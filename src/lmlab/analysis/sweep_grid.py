@@ -11,6 +11,7 @@ from typing import Any
 from lmlab.analysis.run_files import read_yaml
 from lmlab.analysis.runs import job_folders
 from lmlab.config.locks import SWEEP_LOCK_FILE, live_holder
+from lmlab.files import SWEEP_RECORD
 
 
 @dataclass
@@ -39,7 +40,7 @@ def unlaunched_jobs(path: str | Path) -> list[Unlaunched]:
     job_dirs, started, planned, _ = job_folders(root)
     folders = job_dirs | started | planned
     out = []
-    for file in sorted(root.rglob("multirun.yaml")):
+    for file in sorted(root.rglob(SWEEP_RECORD)):
         sweep = file.parent
         config = read_yaml(file)
         hydra = config.get("hydra") if isinstance(config, dict) else None

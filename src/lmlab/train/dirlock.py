@@ -33,6 +33,7 @@ from lmlab.config.locks import (
     pid_in,
 )
 from lmlab.errors import ConfigError, naming
+from lmlab.files import SWEEP_RECORD
 from lmlab.train.runfiles import absolute, earlier_sweep_runs, holds_run, listed, run_files_in
 
 _LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
@@ -219,17 +220,58 @@ def refuse_inside_live_sweep(folder: Path, key: str) -> None:
             )
 
 
+def enclosing_run_or_sweep(folder: Path) -> tuple[Path, str] | None:
+    """The folder of a run or a sweep that ``folder`` lies inside, at any depth, with what it
+    holds (``multirun.yaml``, or its run files), or None. ``compare`` and ``scaling`` rank
+    every run under the folder they are given, so a run there counts among the sweep's jobs,
+    or beside the run it was put in."""
+    for parent in absolute(folder).parents:
+        try:
+            if (parent / SWEEP_RECORD).is_file():
+                return parent, SWEEP_RECORD
+            if holds_run(parent):
+                return parent, run_files_in(parent)
+        except OSError:  # a folder above that this user cannot read: none of ours
+            continue
+    return None
+
+
+def _refuse_inside(folder: Path, key: str) -> None:
+    """Refuse (``ConfigError``) a new run or sweep at ``folder`` (``key``) inside a finished
+    run's or sweep's folder (``enclosing_run_or_sweep``; a live one's is refused as in use)."""
+    enclosing = enclosing_run_or_sweep(folder)
+    if enclosing is None:
+        return
+    parent, holds = enclosing
+    sweep = holds == SWEEP_RECORD
+    where = f"a sweep's folder ({holds})" if sweep else f"a run's folder ({holds})"
+    ranked = "among the sweep's jobs" if sweep else "with that run"
+    more = (
+        " (a sweep takes more jobs with -m <overrides> resume=auto hydra.sweep.dir=<its folder>)"
+        if sweep
+        else ""
+    )
+    raise ConfigError(
+        f"{key}={folder} is inside {parent}, {where}: compare and scaling would rank what runs "
+        f"here {ranked}; choose a directory outside it{more}"
+    )
+
+
 def refuse_run_in_sweep_dir(run_dir: Path) -> None:
     """A single run's chosen directory that is a sweep's folder and holds no run of its own:
     ``compare`` ranks every run in a sweep's folder, so the run would count among the sweep's
     jobs. A live sweep's is refused as in use, and so is any folder inside it
-    (``refuse_inside_live_sweep``). (A run there already, from before this check:
-    ``lmlab.train.resume``'s checks resume it or refuse.)"""
+    (``refuse_inside_live_sweep``); a new run's folder inside a finished sweep's or run's, at
+    any depth, too (``enclosing_run_or_sweep``). (A run there already, from before this
+    check: ``lmlab.train.resume``'s checks resume it or refuse.)"""
     refuse_if_live(run_dir, SWEEP_LOCK_FILE, "hydra.run.dir")
     refuse_inside_live_sweep(run_dir, "hydra.run.dir")
-    if not run_dir.is_dir() or holds_run(run_dir):
+    if run_dir.is_dir() and holds_run(run_dir):
         return
-    marks = ["multirun.yaml"] if (run_dir / "multirun.yaml").is_file() else []
+    _refuse_inside(run_dir, "hydra.run.dir")
+    if not run_dir.is_dir():
+        return
+    marks = [SWEEP_RECORD] if (run_dir / SWEEP_RECORD).is_file() else []
     jobs = earlier_sweep_runs(run_dir, depth=1)  # a W&B agent's sweep folder has these alone
     if jobs:
         marks.append(f"the runs in {listed(jobs)}")
@@ -244,14 +286,18 @@ def refuse_run_in_sweep_dir(run_dir: Path) -> None:
 def refuse_sweep_in_run_dir(sweep_dir: Path) -> None:
     """A sweep's chosen folder that holds a single run (and no ``multirun.yaml``: a sweep whose
     jobs ran in its own folder, ``hydra.sweep.subdir=.``, is a sweep's): the jobs would be
-    nested in the run, and ``compare`` would rank the run among them."""
-    if holds_run(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
+    nested in the run, and ``compare`` would rank the run among them. A new sweep's folder
+    inside a finished sweep's or run's is refused too (``enclosing_run_or_sweep``)."""
+    if (sweep_dir / SWEEP_RECORD).is_file():
+        return  # a sweep's own folder: continued (resume), or refused for its earlier runs
+    if holds_run(sweep_dir):
         written = run_files_in(sweep_dir)
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} holds a single run ({written}): the sweep's jobs "
             "would be nested in it and compare would rank that run among them; choose "
             "another directory"
         )
+    _refuse_inside(sweep_dir, "hydra.sweep.dir")
 
 
 def unlock_sweep_dirs() -> None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES
 from lmlab.errors import ConfigError
-from lmlab.files import write_text
+from lmlab.files import SWEEP_RECORD, write_text
 from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
 
@@ -174,7 +174,7 @@ def tidy_multirun_yaml(sweep_dir: Path, held: _Held) -> None:
     hold the jobs' writes in its ``hydra.overrides.hydra`` (the config it holds was composed
     before them), rewritten without them: as the user typed the sweep. Once, by its first
     job."""
-    record = sweep_dir / "multirun.yaml"
+    record = sweep_dir / SWEEP_RECORD
     try:
         saved = OmegaConf.load(record)
         overrides = as_typed(saved.hydra.overrides.hydra)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten, redact
 from lmlab.config.asked import as_typed
-from lmlab.files import write_text
+from lmlab.files import SWEEP_RECORD, write_text
 from lmlab.train.wandb_run import (
     in_wandb_sweep,
     record_wandb_name,
@@ -45,7 +45,7 @@ def swept_keys() -> set[str]:
     comma list (read from the sweep's ``multirun.yaml``, which Hydra writes before any job)."""
     hc = HydraConfig.get()
     keys = set((hc.sweeper.get("params") or {}).keys())
-    multirun_yaml = _multirun_dir() / "multirun.yaml"
+    multirun_yaml = _multirun_dir() / SWEEP_RECORD
     if multirun_yaml.exists():
         task = OmegaConf.load(multirun_yaml).hydra.overrides.task
         keys |= {o.split("=", 1)[0] for o in as_typed(task) if "," in o.split("=", 1)[-1]}

@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lmlab.config.asked import as_typed
-from lmlab.files import CHECKPOINTS
+from lmlab.files import CHECKPOINTS, SWEEP_RECORD
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 from lmlab.train.held import held_for, write_held
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
@@ -46,7 +46,7 @@ def keep_multirun_yaml(sweep_dir: Path) -> Path | None:
     folder's ``multirun.yaml`` with this invocation. The one there is copied first to
     ``multirun.<n>.yaml`` (1 for the first invocation, then 2, ...), so every invocation that
     wrote into the folder stays described. Returns the copy, or None if there was none."""
-    current = sweep_dir / "multirun.yaml"
+    current = sweep_dir / SWEEP_RECORD
     if not current.is_file():
         return None
     n = 1
