@@ -1,9 +1,13 @@
 """The one error type for bad user input: caught by ``src/train.py`` and shown without traceback,
-and ``first_line``, which puts a library's error into such a message; a full disk, found in
-an error's chain (``disk_full``) and said in one line (``DiskFullError``)."""
+and ``first_line``, which puts a library's error into such a message; a write the storage
+refused, a full disk (``disk_full``) or a checkpoints folder that cannot be written
+(``unwritable_checkpoint``), found in an error's chain and said in one line
+(``StorageError``)."""
 
 import errno
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -37,10 +41,43 @@ def disk_full(err: BaseException | None) -> OSError | None:
     return next(full, None)
 
 
-def disk_full_words(full: OSError) -> str:
-    """``no space left on device writing <file>`` (or ``disk quota exceeded``)."""
-    what = "disk quota exceeded" if full.errno == errno.EDQUOT else "no space left on device"
-    return f"{what} writing {full.filename}" if full.filename else what
+def write_error_words(err: OSError) -> str:
+    """``no space left on device writing <file>`` (``disk quota exceeded``, ``permission
+    denied``, ``operation not permitted``, ``read-only file system``)."""
+    if err.errno in DISK_FULL:
+        what = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on device"
+    else:
+        what = (err.strerror or os.strerror(err.errno or 0)).lower()
+    return f"{what} writing {err.filename}" if err.filename else what
+
+
+# What a file system answers a write into a folder this process may not change: its mode, an
+# immutable folder (chattr +i), a read-only mount.
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint save the file system refused (``NOT_WRITABLE``), naming the checkpoint
+    rather than its temporary file (``lmlab.train.checkpointing.AtomicCheckpointIO``)."""
+
+
+def unwritable_checkpoint(err: BaseException | None) -> OSError | None:
+    """The ``CheckpointWriteError`` in ``err``'s chain, if any."""
+    return next((e for e in chain(err) if isinstance(e, CheckpointWriteError)), None)
+
+
+def storage_refusal(err: BaseException | None) -> OSError | None:
+    """A full disk (``disk_full``) or a checkpoint that could not be written
+    (``unwritable_checkpoint``) in ``err``'s chain: a stop said in one line."""
+    return disk_full(err) or unwritable_checkpoint(err)
+
+
+def storage_fix(err: OSError) -> str:
+    """What the user does about ``storage_refusal``'s error: free space, or make the folder
+    writable."""
+    if err.errno in DISK_FULL or not err.filename:
+        return "free space"
+    return f"make {Path(err.filename).parent} writable"
 
 
 def naming(err: OSError, path: object) -> OSError:
@@ -49,9 +86,10 @@ def naming(err: OSError, path: object) -> OSError:
     return err if err.filename else OSError(err.errno, err.strerror, str(path))
 
 
-class DiskFullError(RuntimeError):
-    """A run that stopped because its disk is full: one line, with what to do, instead of the
-    save's traceback (the checkpoints written before are whole: saves are atomic)."""
+class StorageError(RuntimeError):
+    """A run that stopped because its storage refused a write (a full disk, a checkpoints
+    folder that cannot be written): one line, with what to do, instead of the save's
+    traceback (the checkpoints written before are whole: saves are atomic)."""
 
 
 class UnwritableRecordError(RuntimeError):

@@ -1,6 +1,7 @@
 """A full disk at each write a run makes before it trains: one line naming the file (a write
 whose data did not fit reports no file of its own), exit code 1, no half-written file left,
-and what the folder held kept as it was."""
+and what the folder held kept as it was; a checkpoints folder that cannot be written, the
+same."""
 
 from __future__ import annotations
 
@@ -130,3 +131,49 @@ def test_a_results_json_that_cannot_be_written_at_the_end_is_one_line(
     assert run_command("train", *argv, "resume=true") == 0
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["status"] == "completed" and record["global_step"] == 4
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES, errno.EROFS])
+def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(
+    code: int,
+    tmp_path: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A completed run extended into a checkpoints folder made immutable (``chattr +i``),
+    read-only or on a read-only mount: the save's traceback named its temporary file. Now one
+    line names the checkpoint and the folder to make writable, exit code 1, results.json says
+    the same, the earlier checkpoints are as they were, and the resume it names works once
+    the folder is writable."""
+    import json
+    import tempfile
+
+    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv) == 0
+    ckpts = tmp_path / "checkpoints"
+    kept = {p: p.read_bytes() for p in ckpts.iterdir()}
+    mkstemp = tempfile.mkstemp
+
+    def refused(*args: object, dir: str | None = None, prefix: str = "", **kwargs: object):
+        if Path(dir or ".") == ckpts:
+            raise OSError(code, os.strerror(code), str(ckpts / f"{prefix}x1y2.tmp"))
+        return mkstemp(*args, dir=dir, prefix=prefix, **kwargs)
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", refused)
+        assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 1
+    err = capsys.readouterr().err
+    words = os.strerror(code).lower()
+    said = f"{words} writing {ckpts / 'last.ckpt'}; the checkpoints written before are whole"
+    assert err.splitlines()[-1] == (
+        f"error: {said}: make {ckpts} writable; resume with: python src/train.py <same "
+        f"overrides> resume=true hydra.run.dir={tmp_path}"
+    ), err
+    assert "Traceback" not in err and ".tmp" not in err, err
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["status"] == "failed" and record["error"] == said
+    assert {p: p.read_bytes() for p in ckpts.iterdir()} == kept
+    assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 0
+    assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 6

@@ -11,7 +11,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config import omegaconf_error
-from lmlab.errors import ConfigError, disk_full, disk_full_words, first_line
+from lmlab.errors import ConfigError, disk_full, first_line, write_error_words
 from lmlab.train.runfiles import in_the_way
 
 
@@ -46,7 +46,7 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
 def unwritable(err: OSError) -> ConfigError:
     """The run directory could not be created or written."""
     if (full := disk_full(err)) is not None:
-        return ConfigError(f"{disk_full_words(full)}: free space, then run the command again")
+        return ConfigError(f"{write_error_words(full)}: free space, then run the command again")
     blocker = in_the_way(Path(err.filename)) if err.filename else None
     why = f"{blocker} is a file, not a folder" if blocker is not None else err.strerror
     return ConfigError(

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
-from lmlab.errors import disk_full_words
+from lmlab.errors import write_error_words
 from lmlab.files import RESULTS, RUN_CONFIG
 from lmlab.train.runfiles import holds_run
 
@@ -105,7 +105,7 @@ def disk_full_before_training(full: OSError) -> str:
     """A full disk while Hydra wrote a run's folder, before any job started (its config files,
     its log): the folder this call made removed again, Hydra's half-written files with it,
     in one line. After a sweep's first job nothing is removed."""
-    words = disk_full_words(full)
+    words = write_error_words(full)
     folder = LAUNCH.folder
     if not LAUNCH.made or folder is None or LAUNCH.jobs:
         return f"{words}: free space, then run the command again"

@@ -49,7 +49,7 @@ from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.cli.main import fail
 from lmlab.config import CONF_DIR, register_configs, resolve_configs
 from lmlab.data.tokenizer import check_vocab
-from lmlab.errors import ConfigError, DiskFullError, UnwritableRecordError, disk_full
+from lmlab.errors import ConfigError, StorageError, UnwritableRecordError, disk_full
 from lmlab.train.budget import check_max_steps
 from lmlab.train.dirlock import unlock_sweep_dirs
 from lmlab.train.runfiles import absolute, launch_rank_is_zero, listed
@@ -147,7 +147,7 @@ def run_job(cfg: DictConfig) -> float | None:
             return None
         if isinstance(err, ConfigError):
             fail(err)
-        if isinstance(err, NonFiniteError | RankLostError | DiskFullError | UnwritableRecordError):
+        if isinstance(err, NonFiniteError | RankLostError | StorageError | UnwritableRecordError):
             fail(err, code=1)  # said in results.json, or in train.log where that is unwritable
         raise
 
@@ -210,7 +210,7 @@ def main(argv: list[str]) -> int:
                 1,
             )
         if (full := disk_full(err)) is not None and LAUNCH.user_full_error != "1":
-            fail(DiskFullError(disk_full_before_training(full)), 1)  # train() records its own
+            fail(StorageError(disk_full_before_training(full)), 1)  # train() records its own
         if LAUNCH.task_started or LAUNCH.user_full_error == "1":
             raise
         fail(hydra_error(err, argv))

@@ -30,7 +30,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lmlab.errors import disk_full
+from lmlab.errors import NOT_WRITABLE, CheckpointWriteError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp: str | None = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), new_file_mode())
                 torch.save(checkpoint, f)
@@ -68,10 +69,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException as err:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             full = disk_full(err)
             if full is not None and not full.filename:  # torch's write names no file
                 raise OSError(full.errno, full.strerror, str(path)) from err
+            if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # not the temp file's
+                raise CheckpointWriteError(err.errno, err.strerror, str(path)) from err
             raise
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

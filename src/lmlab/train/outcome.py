@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lmlab.config import TaskKind, redact
-from lmlab.errors import chain, disk_full, disk_full_words, first_line
+from lmlab.errors import chain, first_line, storage_refusal, write_error_words
 from lmlab.files import CHECKPOINTS, RESULTS, write_json
 from lmlab.train.distributed import lost_rank
 from lmlab.train.finetune import TASK_RESULTS
@@ -105,9 +105,9 @@ def how_it_stopped(
             "error": "another rank of this run stopped (its process was killed, or ran out of "
             f"memory: its rank<N>.log says), so this one could not go on ({first_line(err)})",
         }
-    elif (full := disk_full(err)) is not None:  # the save's own error does not say why
+    elif (refused := storage_refusal(err)) is not None:  # the save's own error says no why
         kept = "; the checkpoints written before are whole" if checkpointed else ""
-        return {"status": "failed", "error": f"{disk_full_words(full)}{kept}"}
+        return {"status": "failed", "error": f"{write_error_words(refused)}{kept}"}
     else:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     saved = preemption.saved if preemption else None

@@ -28,7 +28,15 @@ from lmlab.config import (
     TaskSpec,
     compile_mode,
 )
-from lmlab.errors import ConfigError, DiskFullError, UnwritableRecordError, disk_full, first_line
+from lmlab.errors import (
+    ConfigError,
+    StorageError,
+    UnwritableRecordError,
+    disk_full,
+    first_line,
+    storage_fix,
+    storage_refusal,
+)
 from lmlab.files import PLAN, RESULTS, RUN_CONFIG, write_json
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
@@ -164,10 +172,11 @@ def train(cfg: DictConfig) -> float | None:
             raise KeyboardInterrupt from err  # Ctrl-C, whichever way Lightning reported it
         if lost_rank(err):
             raise RankLostError(results["error"] + resume) from err
-        if disk_full(err) is not None:
+        if (refused := storage_refusal(err)) is not None:
             again = resume or "; then resume=auto starts the run again"
-            log.error("%s: free space%s", results["error"], again)  # train.log keeps it too
-            raise DiskFullError(f"{results['error']}: free space{again}") from err
+            words = f"{results['error']}: {storage_fix(refused)}{again}"
+            log.error("%s", words)  # train.log keeps it too
+            raise StorageError(words) from err
         if isinstance(err, UnwritableRecordError):
             log.error("%s", err)  # train.log keeps it too
         raise
