@@ -92,69 +92,28 @@ class MoEConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture of one model. Every field is a plain override (``model.norm=rmsnorm``).
-
-    ``d_ff=None`` derives the feed-forward width: 4 * d_model for ReLU/GELU, and for the gated
-    SwiGLU/GeGLU (three matrices instead of two) 2/3 of that rounded up to ``ffn_multiple_of``,
-    as Llama does, so the parameter count stays comparable.
-    ``n_kv_heads=None`` means n_heads (multi-head); 1 is MQA, anything between is GQA.
-    ``d_head=None`` gives each head d_model / n_heads dimensions; set it when n_heads x d_head
-    differs from d_model (T5 v1.1 small: 6 heads of 64 in a 512 model; Gemma, Qwen3).
-    ``vocab_size=None`` takes the tokenizer's size at training time.
-    ``attention_window=None`` is full attention; an int W lets each query see its W most recent
-    keys (itself included), as in Mistral's sliding window; in an encoder, the keys within W-1
-    positions either side. Cross-attention is never windowed.
-    ``attention_kernel`` (sdpa, auto, flex): how attention that needs a mask or a bias runs
-    (ALiBi, T5's relative bias, a window, padding). ``sdpa`` (the default) merges them into one
-    dense mask, which rules out SDPA's flash kernels; ``flex`` runs FlexAttention (block-sparse
-    masks, the bias computed inside the kernel); ``auto`` takes FlexAttention on CUDA and SDPA
-    elsewhere. ``sdpa`` stays the default until FlexAttention's path has been measured on a
-    GPU (``make test-gpu``, ``make bench-gpu``). FlexAttention has no attention dropout, so
-    ``auto`` with ``dropout`` > 0 takes SDPA.
-    Generation with a KV cache always runs SDPA. It changes how attention runs, not what it
-    computes (equal within the precision's rounding).
-    ``cross_entropy`` (auto, full, chunked): how training computes the output layer's loss.
-    ``full`` projects every position to the whole vocabulary, then takes the cross-entropy in
-    fp32: under bf16 that is an fp32 copy of the (tokens, vocab) logits, plus its gradient.
-    ``chunked`` is torch's ``linear_cross_entropy`` (torch 2.13 and later): projection, loss
-    and both gradients for a chunk of rows at a time, so the whole logits never exist.
-    ``auto`` (the default) is chunked when the output is at least 8 times as wide as its
-    input (a vocabulary head: gpt_tiny's 4096 over 128) and torch has it, full otherwise
-    (Tiny Shakespeare's 171 characters, a classifier). Under ``compile=model`` Inductor fuses
-    the loss of the full form into the compiled graph, whatever this is set to. Validation
-    and generation need the logits, so they always take the full form.
-    ``n_decoder_layers=None`` gives T5's decoder as many layers as its encoder (``n_layers``).
-    ``type_vocab_size`` > 0 adds BERT's segment (token-type) embeddings (2 in BERT).
-    ``relative_buckets`` / ``relative_max_distance``: T5's relative position bias (32 / 128).
-    ``rope_scaling`` (none, linear, llama3) stretches RoPE's frequencies for contexts longer
-    than pre-training saw: ``linear`` divides every frequency by ``rope_factor`` (position
-    interpolation); ``llama3`` (Llama 3.1 to 3.3) divides those whose wavelength exceeds
-    ``rope_original_max_seq_len / rope_low_freq_factor`` by ``rope_factor``, keeps those
-    shorter than ``rope_original_max_seq_len / rope_high_freq_factor`` and interpolates in
-    between. The defaults are Llama 3.1's (8, 1, 4, 8192).
-    ``activation_checkpointing`` recomputes each block's activations in the backward pass
-    instead of keeping them (less memory, about a third more compute); it changes how the model
-    runs, not what it computes, so it may differ between a checkpoint and the run resuming it.
-    ``moe``: the Mixture-of-Experts feed-forward (``model.moe.num_experts=8``), see ``MoEConfig``.
-    ``init``: how the weights start. ``gpt2`` (the default): N(0, ``init_std``) for matrices
-    and embeddings, the residual output projections divided by sqrt(2 n_layers). ``t5``: Mesh
-    TensorFlow's, as transformers initialises T5: every linear layer N(0, 1/fan_in), the token,
-    position and segment embeddings N(0, 1), T5's relative bias table N(0, 1/d_model)
-    (the t5_* presets). T5's tied head rescales by d_model**-0.5; GPT's
-    and BERT's do not, so there an embedding that is also the head is N(0, 1/d_model).
-    """
+    """Architecture of one model. Every field is a plain override (``model.norm=rmsnorm``);
+    each is described below it."""
 
     family: Family = Family.gpt
     d_model: int = 128
     n_layers: int = 4
     n_decoder_layers: int | None = None
+    """T5's decoder layers; None: as many as its encoder (``n_layers``)."""
     n_heads: int = 4
     n_kv_heads: int | None = None
+    """None: ``n_heads`` (multi-head attention); 1 is MQA, anything between is GQA."""
     d_head: int | None = None
+    """None: each head has d_model / n_heads dimensions. Set it when n_heads x d_head differs
+    from d_model (T5 v1.1 small: 6 heads of 64 in a 512 model; Gemma, Qwen3)."""
     d_ff: int | None = None
+    """None derives the feed-forward width: 4 * d_model for ReLU/GELU, and for the gated
+    SwiGLU/GeGLU (three matrices instead of two) 2/3 of that rounded up to ``ffn_multiple_of``,
+    as Llama does, so the parameter count stays comparable."""
     ffn_multiple_of: int = 64
     max_seq_len: int = 256
     vocab_size: int | None = None
+    """None: the tokenizer's size at training time."""
     norm_placement: NormPlacement = NormPlacement.pre
     norm: Norm = Norm.layernorm
     norm_eps: float = 1e-5
@@ -162,23 +121,62 @@ class ModelConfig:
     positional: Positional = Positional.learned
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling = RopeScaling.none
+    """Stretches RoPE's frequencies for contexts longer than pre-training saw. ``linear``
+    divides every frequency by ``rope_factor`` (position interpolation); ``llama3`` (Llama 3.1
+    to 3.3) divides those whose wavelength exceeds ``rope_original_max_seq_len /
+    rope_low_freq_factor`` by ``rope_factor``, keeps those shorter than
+    ``rope_original_max_seq_len / rope_high_freq_factor`` and interpolates in between. The
+    defaults of the four are Llama 3.1's (8, 1, 4, 8192)."""
     rope_factor: float = 8.0
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_seq_len: int = 8192
     relative_buckets: int = 32
+    """T5's relative position bias: its buckets (32) and ``relative_max_distance`` (128)."""
     relative_max_distance: int = 128
     type_vocab_size: int = 0
+    """> 0 adds BERT's segment (token-type) embeddings (2 in BERT)."""
     attention_window: int | None = None
+    """None is full attention; an int W lets each query see its W most recent keys (itself
+    included), as in Mistral's sliding window; in an encoder, the keys within W-1 positions
+    either side. Cross-attention is never windowed."""
     attention_kernel: AttentionKernel = AttentionKernel.sdpa
+    """How attention that needs a mask or a bias runs (ALiBi, T5's relative bias, a window,
+    padding). ``sdpa`` (the default) merges them into one dense mask, which rules out SDPA's
+    flash kernels; ``flex`` runs FlexAttention (block-sparse masks, the bias computed inside
+    the kernel); ``auto`` takes FlexAttention on CUDA and SDPA elsewhere. ``sdpa`` stays the
+    default until FlexAttention's path has been measured on a GPU (``make test-gpu``, ``make
+    bench-gpu``). FlexAttention has no attention dropout, so ``auto`` with ``dropout`` > 0
+    takes SDPA. Generation with a KV cache always runs SDPA. It changes how attention runs,
+    not what it computes (equal within the precision's rounding)."""
     cross_entropy: CrossEntropy = CrossEntropy.auto
+    """How training computes the output layer's loss. ``full`` projects every position to the
+    whole vocabulary, then takes the cross-entropy in fp32: under bf16 that is an fp32 copy of
+    the (tokens, vocab) logits, plus its gradient. ``chunked`` is torch's
+    ``linear_cross_entropy`` (torch 2.13 and later): projection, loss and both gradients for a
+    chunk of rows at a time, so the whole logits never exist. ``auto`` (the default) is
+    chunked when the output is at least 8 times as wide as its input (a vocabulary head:
+    gpt_tiny's 4096 over 128) and torch has it, full otherwise (Tiny Shakespeare's 171
+    characters, a classifier). Under ``compile=model`` Inductor fuses the loss of the full
+    form into the compiled graph, whatever this is set to. Validation and generation need the
+    logits, so they always take the full form."""
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
     init: Init = Init.gpt2
+    """How the weights start. ``gpt2`` (the default): N(0, ``init_std``) for matrices and
+    embeddings, the residual output projections divided by sqrt(2 n_layers). ``t5``: Mesh
+    TensorFlow's, as transformers initialises T5: every linear layer N(0, 1/fan_in), the
+    token, position and segment embeddings N(0, 1), T5's relative bias table N(0, 1/d_model)
+    (the t5_* presets). T5's tied head rescales by d_model**-0.5; GPT's and BERT's do not, so
+    there an embedding that is also the head is N(0, 1/d_model)."""
     init_std: float = 0.02
     activation_checkpointing: bool = False
+    """Recomputes each block's activations in the backward pass instead of keeping them (less
+    memory, about a third more compute); it changes how the model runs, not what it computes,
+    so it may differ between a checkpoint and the run resuming it."""
     moe: MoEConfig = field(default_factory=MoEConfig)
+    """The Mixture-of-Experts feed-forward (``model.moe.num_experts=8``), see ``MoEConfig``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.moe, Mapping):  # plain types, as a checkpoint's model_config holds
