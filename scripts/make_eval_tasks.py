@@ -1,12 +1,15 @@
 """Write the data of lmlab's shipped offline eval tasks (``src/lmlab/infer/tasks/*.jsonl``).
 
-    python scripts/make_eval_tasks.py          # rewrites the three .jsonl files
+    python scripts/make_eval_tasks.py          # rewrites the .jsonl files
 
-Every item comes from the documents that the default corpus (``data=stdlib``, the Python
-standard library's own sources) holds out for validation, chosen by a stable hash of their
-names (``lmlab.data.packing.held_out``): a model trained with ``data=stdlib`` has never seen
-them in training. Draws are seeded, so the output is the same on every run of this script
-with the same Python (the files in the repository were made with Python 3.11).
+Every scored item comes from the documents that the default corpus (``data=stdlib``, the
+Python standard library's own sources) holds out for validation, chosen by a stable hash of
+their names (``lmlab.data.packing.held_out``): a model trained with ``data=stdlib`` has never
+seen them in training. The few-shot examples of the two tasks that take them
+(``<task>.fewshot.jsonl``, the task's ``fewshot_split``) are drawn the same way from the
+other documents, the training ones, so no example is ever an item scored, nor from the files
+scored. Draws are seeded, so the output is the same on every run of this script with the
+same Python (the files in the repository were made with Python 3.11).
 
 - ``stdlib_nextline`` (multiple choice): the preceding lines of a source file, and four
   candidate next lines: the true one and three drawn from the same pool of lines that answers
@@ -39,6 +42,7 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "lmlab" / "infer" / "tasks"
 SEED = 21
 CONTEXT_CHARS = 320  # at most this much preceding code (whole lines): ~100 BPE tokens
 N_NEXTLINE, N_CLOZE, N_SNIPPETS = 300, 200, 30
+N_FEWSHOT = 50  # examples in each few-shot pool
 SNIPPET_CHARS = 1000
 IDENTIFIER_END = re.compile(r"(?<!\w)([A-Za-z_]\w{3,})$")  # a name of 4+ characters ends the line
 TRIVIAL = {"self", "None", "True", "False", "pass"}
@@ -85,14 +89,14 @@ def code_positions(docs: list[tuple[str, str]]) -> list[tuple[int, int]]:
     return found
 
 
-def nextline_items(docs: list[tuple[str, str]], rng: random.Random) -> list[dict]:
+def nextline_items(docs: list[tuple[str, str]], rng: random.Random, n: int) -> list[dict]:
     """Four lines drawn independently from the same pool, the first being the answer, kept
     only when all four differ: the draws stay exchangeable (redrawing a repeated distractor
     alone would make the answer likelier to be a common line than the distractors are)."""
     positions = code_positions(docs)
     text = {pos: docs[pos[0]][1].split("\n")[pos[1]] for pos in positions}
     items: list[dict] = []
-    while len(items) < N_NEXTLINE:
+    while len(items) < n:
         drawn = [rng.choice(positions) for _ in range(4)]
         choices = [text[pos] for pos in drawn]
         if len(set(choices)) < 4 or any(it["source"] == _source(docs, drawn[0]) for it in items):
@@ -117,7 +121,7 @@ def _source(docs: list[tuple[str, str]], pos: tuple[int, int]) -> str:
     return f"{docs[pos[0]][0]}:{pos[1] + 1}"
 
 
-def cloze_items(docs: list[tuple[str, str]], rng: random.Random) -> list[dict]:
+def cloze_items(docs: list[tuple[str, str]], rng: random.Random, n: int) -> list[dict]:
     candidates = []
     for d, (_, text) in enumerate(docs):
         lines, prose = text.split("\n"), prose_lines(text)
@@ -133,7 +137,7 @@ def cloze_items(docs: list[tuple[str, str]], rng: random.Random) -> list[dict]:
             if re.search(rf"\b{re.escape(word)}\b", context):  # inferable from the context
                 candidates.append((d, i, context, word))
     items = []
-    for d, i, context, word in rng.sample(candidates, N_CLOZE):
+    for d, i, context, word in rng.sample(candidates, n):
         items.append({"source": f"{docs[d][0]}:{i + 1}", "context": context, "target": word})
     return items
 
@@ -165,10 +169,21 @@ def main() -> None:
     docs = load_documents(cfg)
     ids = held_out(docs, cfg.val_fraction)
     val_docs = sorted(docs[i] for i in ids)
+    train_docs = sorted(doc for i, doc in enumerate(docs) if i not in ids)
     print(f"{len(val_docs)} held-out documents of {len(docs)} (Python {sys.version.split()[0]})")
-    write_jsonl(OUT / "stdlib_nextline.jsonl", nextline_items(val_docs, random.Random(SEED)))
-    write_jsonl(OUT / "stdlib_cloze.jsonl", cloze_items(val_docs, random.Random(SEED + 1)))
+    nextline = nextline_items(val_docs, random.Random(SEED), N_NEXTLINE)
+    write_jsonl(OUT / "stdlib_nextline.jsonl", nextline)
+    cloze = cloze_items(val_docs, random.Random(SEED + 1), N_CLOZE)
+    write_jsonl(OUT / "stdlib_cloze.jsonl", cloze)
     write_jsonl(OUT / "stdlib_perplexity.jsonl", snippet_items(val_docs, random.Random(SEED + 2)))
+    write_jsonl(
+        OUT / "stdlib_nextline.fewshot.jsonl",
+        nextline_items(train_docs, random.Random(SEED + 3), N_FEWSHOT),
+    )
+    write_jsonl(
+        OUT / "stdlib_cloze.fewshot.jsonl",
+        cloze_items(train_docs, random.Random(SEED + 4), N_FEWSHOT),
+    )
 
 
 if __name__ == "__main__":

@@ -272,6 +272,40 @@ def test_shipped_tasks_run_offline_and_twice_the_same(tok) -> None:
     assert all(math.isfinite(v) for v in first.values())
 
 
+def test_few_shot_examples_come_from_the_training_files_never_from_the_items_scored(
+    tok,
+) -> None:
+    """The shipped tasks' few-shot examples are drawn from their ``fewshot`` split, made from
+    the documents the default corpus trains on. With a test split alone, lm-eval drew them
+    from the other items being scored."""
+
+    def read(file: str) -> list[dict]:
+        return [json.loads(line) for line in (harness.TASKS_DIR / file).open()]
+
+    pools = {n: read(f"{n}.fewshot.jsonl") for n in ("stdlib_nextline", "stdlib_cloze")}
+    items = {n: read(f"{n}.jsonl") for n in pools}
+    for name in pools:  # not one file scored lends an example
+        assert not {i["source"].split(":")[0] for i in items[name]} & {
+            i["source"].split(":")[0] for i in pools[name]
+        }
+    contexts: list[str] = []
+
+    class Recording(LmlabLM):
+        def loglikelihood(self, reqs, disable_tqdm: bool = False):
+            contexts.extend(r.args[0] for r in reqs if r.args[0])
+            return super().loglikelihood(reqs, disable_tqdm)
+
+    lm = Recording(tiny(tok, dtype=torch.float32, max_seq_len=64), batch_size=32)
+    results = harness.run_tasks(lm, list(pools), limit=3, num_fewshot=2, bootstrap_iters=0)
+    assert results["n-shot"] == {name: 2 for name in pools}
+    assert contexts
+    for context in contexts:
+        (name,) = [n for n in pools if any(context.endswith(i["context"]) for i in items[n])]
+        examples = [i for i in pools[name] if i["context"] in context]
+        scored = [i for i in items[name] if i["context"] in context]
+        assert len(examples) == 2 and len(scored) == 1, context[:200]
+
+
 def test_evals_leave_the_global_random_state_alone(tok) -> None:
     """The harness seeds the global generators; a training run must draw on as before."""
     lm = LmlabLM(tiny(tok, dtype=torch.float32, max_seq_len=256))
