@@ -5,6 +5,7 @@ training said, not an unexplained ``unknown metric``."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -203,6 +204,39 @@ def test_a_run_records_its_final_digest_and_failed_evals(
     write_record(copy, 4, 0.99, digest="f" * 32)  # another model's, copied over it
     (run,) = load_runs(tmp_path / "copies")
     assert mrun.run_value(run, ACC) is None and run.skipped_evals
+
+
+def test_a_resumed_runs_results_keep_the_earlier_processes_eval_failures(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evals at steps 2 and 4 failed, and the run completed; extended to 6 steps with
+    evals that work, its results.json listed no failure (each process counted its own), and
+    did not say why step 2 has no eval metrics. The failures are kept in the checkpoint; one
+    of a step evaluated again is replaced by that step's outcome (the resumed run evaluates
+    step 4's weights again: evals were due there)."""
+    from lmlab.infer import harness
+
+    run_tasks = harness.run_tasks
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory")
+
+    overrides = [*smoke.SMOKE, "logger=csv", f"eval.tasks=[{TASK}]", "eval.limit=3"]
+    overrides += ["eval.every_n_steps=2", "callbacks.sample=null"]
+    with monkeypatch.context() as patch:
+        patch.setattr(harness, "run_tasks", fails)
+        train(compose_train(overrides, tmp_path, cache_dir))
+    failed = [{"step": s, "error": "RuntimeError: out of memory"} for s in (2, 4)]
+    assert json.loads((tmp_path / "results.json").read_text())["eval_failures"] == failed
+    extended = [*overrides, "trainer.max_steps=6", "resume=true"]
+    train(compose_train(extended, tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and results["global_step"] == 6
+    assert results["eval_failures"] == failed[:1] and results[f"eval/{TASK}/acc"] is not None
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get(f"eval/{TASK}/acc")]
+    assert logged == [3, 5]  # steps 4 and 6, logged at N - 1
+    assert harness.run_tasks is run_tasks
 
 
 def test_a_run_records_the_item_counts_of_its_evals(tmp_path: Path, cache_dir: Path) -> None:

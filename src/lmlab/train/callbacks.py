@@ -305,8 +305,9 @@ class EvalTasks(L.Callback):
     weights are sharded); the model is put back in training mode and the random state is left
     as it was. A failure is logged and the run goes on; ``failures`` keeps its step and error
     for results.json (``eval_failures``), which otherwise would not say why its eval metrics
-    are missing or older than its last step. The task names were checked before training
-    started."""
+    are missing or older than its last step; they are kept in the checkpoints, so a resumed
+    run's results.json lists the earlier processes' too (an eval of a step run again replaces
+    the failures from that step on). The task names were checked before training started."""
 
     def __init__(
         self,
@@ -323,6 +324,12 @@ class EvalTasks(L.Callback):
         self.n_samples: dict[str, Any] = {}  # task -> the harness's item counts for metrics
         self.failures: list[dict[str, Any]] = []  # {"step", "error"} of each failed eval
         self.last_step = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"failures": [dict(f) for f in self.failures]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.failures = [dict(f) for f in state_dict.get("failures", [])]
 
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
@@ -351,6 +358,8 @@ class EvalTasks(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.last_step = trainer.global_step
+        # a resumed run evaluates these steps' weights again: their earlier outcome is past
+        self.failures = [f for f in self.failures if f["step"] < trainer.global_step]
         if not forward_here(trainer, pl_module):
             return
         from lmlab.infer import harness
