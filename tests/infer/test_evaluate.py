@@ -481,6 +481,9 @@ def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> Non
     merged = json.loads(path.read_text())
     assert merged["metrics"] == {"eval/a/acc": 0.5, "eval/b/acc": 0.7}
     assert set(merged["tasks"]) == {"a", "b"}
+    # each task names the file it scored (a record before that: the record's checkpoint)
+    assert merged["checkpoint"] == last
+    assert {t: e["checkpoint"] for t, e in merged["tasks"].items()} == {"a": str(ckpt), "b": last}
     before = path.read_bytes()
     other = {**second, "checkpoint": str(tmp_path / "other" / "checkpoints" / "x.ckpt")}
     for record in ({**other, "global_step": 300}, {**second, "global_step": 200}):

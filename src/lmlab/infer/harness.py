@@ -221,8 +221,9 @@ def eval_record(
 ) -> dict[str, Any]:
     """What ``<run dir>/eval/step<N>.json`` holds for one evaluation: the checkpoint, its step
     and ``model_digest`` (what ``check_record`` compares), the flat metrics and, per task, the
-    harness's results, item count, version, shots, metric directions and the settings it ran
-    with (``lm_eval``: the harness's version, ``RUN_SETTINGS``)."""
+    checkpoint file it scored, the harness's results, item count, version, shots, metric
+    directions and the settings it ran with (``lm_eval``: the harness's version,
+    ``RUN_SETTINGS``)."""
     config = results.get("config", {})
     from lm_eval import __version__ as lm_eval_version
 
@@ -230,6 +231,7 @@ def eval_record(
     tasks = {}
     for task, metrics in results.get("results", {}).items():
         tasks[task] = {
+            "checkpoint": checkpoint,
             "results": metrics,
             "n_samples": results.get("n-samples", {}).get(task),
             "version": results.get("versions", {}).get(task),
@@ -350,11 +352,15 @@ def check_record(
 def merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` over ``old`` (the same weights): a task in ``new`` replaces its old entry and
     all its old metrics, every other task of ``old`` stays whole. Each task keeps the
-    settings it ran with; a record written before tasks held their own (one top-level
-    ``lm_eval`` block) gives its settings to its tasks."""
-    shared = old.get("lm_eval")
+    checkpoint file it scored (the top-level ``checkpoint`` is the newest evaluation's: the
+    same weights, maybe another file) and the settings it ran with; a record written before
+    tasks held their own (the top-level ``checkpoint``, one top-level ``lm_eval`` block) gives
+    them to its tasks."""
+    inherited = {"checkpoint": old["checkpoint"]}
+    if old.get("lm_eval") is not None:
+        inherited["lm_eval"] = old["lm_eval"]
     tasks = {
-        name: entry if "lm_eval" in entry or shared is None else {**entry, "lm_eval": shared}
+        name: {**inherited, **entry}
         for name, entry in old.get("tasks", {}).items()
         if name not in new["tasks"]
     }
@@ -362,7 +368,8 @@ def merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     metrics = {k: v for k, v in old.get("metrics", {}).items() if not k.startswith(replaced)}
     digest = new.get("model_digest") or old.get("model_digest")
     merged = {**new, "model_digest": digest, "metrics": {**metrics, **new["metrics"]}}
-    return {**merged, "tasks": {**tasks, **new["tasks"]}}
+    now = {name: {"checkpoint": new["checkpoint"], **e} for name, e in new["tasks"].items()}
+    return {**merged, "tasks": {**tasks, **now}}
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
