@@ -841,6 +841,10 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
     from lmlab.train.dirlock import refuse_run_in_sweep_dir
 
     refuse_run_in_sweep_dir(sweep / "0")  # a job's own folder: resume continues it
+    loose = tmp_path / "models"  # loose checkpoints, one evaluated: eval/ beside them
+    (loose / "eval").mkdir(parents=True)
+    (loose / "eval" / "gpt2.json").write_text("{}")
+    refuse_run_in_sweep_dir(loose / "gpt2-finetuned")
 
 
 @pytest.mark.parametrize(

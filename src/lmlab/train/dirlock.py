@@ -229,7 +229,7 @@ def enclosing_run_or_sweep(folder: Path) -> tuple[Path, str] | None:
         try:
             if (parent / SWEEP_RECORD).is_file():
                 return parent, SWEEP_RECORD
-            if holds_run(parent):
+            if holds_run(parent, evals=False):  # loose checkpoints' eval/ make no run
                 return parent, run_files_in(parent)
         except OSError:  # a folder above that this user cannot read: none of ours
             continue

@@ -55,14 +55,18 @@ def in_the_way(folder: Path) -> Path | None:
     return None
 
 
-def holds_run(path: Path) -> bool:
+def holds_run(path: Path, evals: bool = True) -> bool:
     """Whether ``path`` holds what a run writes (``RUN_FILES``). Two records, alone or
     together, are not a run, and the next command may use the directory: a ``results.json``
     that says ``failed`` (a start refused or failed before training: the plan and config are
     written when training starts), and a dry run's ``plan.json`` (``dry_run: true``), which a
     new dry run rewrites and a run replaces. An empty ``eval/`` or ``checkpoints/`` is
-    nothing either (a ``checkpoints`` link to a larger disk, made before the first run)."""
+    nothing either (a ``checkpoints`` link to a larger disk, made before the first run).
+    ``evals=False``: ``eval/`` alone is no run (``lmlab evaluate`` writes one beside loose
+    checkpoints too)."""
     present = {name for name in RUN_FILES if (path / name).exists()}
+    if not evals:
+        present.discard(EVAL_RECORDS)
     for folder in (EVAL_RECORDS, CHECKPOINTS):
         if folder in present and not _holds_anything(path / folder):
             present.discard(folder)
