@@ -126,6 +126,9 @@ def test_evals_run_every_n_steps_at_the_last_and_again_at_a_resumed_step() -> No
     for step in (1, 99, 100, 100, 101, 200, 250, 300):
         trainer.global_step = step
         fresh.on_train_batch_end(trainer, None, None, None, 0)
+    assert ran == [100, 200]  # the last step's: after its checkpoint, at the end of training
+    fresh.on_train_end(trainer, None)
+    fresh.on_train_end(trainer, None)
     assert ran == [100, 200, 300]
     ran.clear()
     resumed = fake(EvalTasks(tasks=["stdlib_nextline"], every_n_steps=100))
@@ -150,7 +153,7 @@ def test_a_rank_the_harness_gives_no_results_logs_no_failure(
     from lmlab.infer import evaluate, harness
     from lmlab.train.callbacks import EvalTasks
 
-    monkeypatch.setattr(evaluate, "LmlabLM", lambda pre, batch_size: None)
+    monkeypatch.setattr(evaluate, "LmlabLM", lambda pre, batch_size, should_stop: None)
     monkeypatch.setattr(harness, "run_tasks", lambda *args: None)  # lm-eval on rank 1
     trainer = SimpleNamespace(
         global_step=2,
@@ -181,3 +184,97 @@ def test_a_run_extended_past_its_end_keeps_its_last_steps_evals(
     assert steps(tmp_path, ACC) == [1, 3, 4]
     train(compose_train([*run, "trainer.max_steps=7", "resume=true"], tmp_path, cache_dir))
     assert steps(tmp_path, ACC) == [1, 3, 4, 5, 6]
+
+
+def test_the_last_steps_evals_run_after_its_checkpoint_is_saved(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: the last step's evals ran before its checkpoint (60 s of them on the shipped
+    tasks), so a second Ctrl-C or a kill there left "interrupted before the first
+    checkpoint" after every step had trained. The checkpoint of the last step is on disk
+    when its evals start; a periodic eval is not held back (no checkpoint at step 2 here)."""
+    import torch
+
+    from lmlab.infer import harness
+
+    run_tasks = harness.run_tasks
+    seen: list[tuple[int | None, int | None]] = []
+
+    def looking(lm, *args: object, **kwargs: object) -> dict:
+        last = tmp_path / "checkpoints" / "last.ckpt"
+        saved = torch.load(last, weights_only=True)["global_step"] if last.exists() else None
+        seen.append((lm.pre.global_step, saved))
+        return run_tasks(lm, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "run_tasks", looking)
+    run = [*SMOKE, "logger=csv", "eval.tasks=[stdlib_nextline]", "eval.every_n_steps=2"]
+    train(compose_train([*run, "eval.limit=2", "callbacks.sample=null"], tmp_path, cache_dir))
+    assert seen == [(2, None), (4, 4)]
+    assert steps(tmp_path, ACC) == [1, 3]
+
+
+def test_a_stop_asked_during_the_evals_ends_them_between_two_batches(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Ctrl-C or a cluster's SIGTERM during the evals waited for all of them (60 s on the
+    shipped tasks in QA; a hub task's take far longer, past a SLURM grace period). The
+    evals ask between two batches: a stop ends them, recorded as cut short (a resume
+    evaluates that step again), and the run goes on to its stop. A Ctrl-C once training has
+    ended cuts them too."""
+    import contextlib
+    import logging
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+
+    from lmlab.config import ModelConfig
+    from lmlab.data.tokenizer import train_bpe
+    from lmlab.infer.harness import TASKS_DIR
+    from lmlab.model import build_model
+    from lmlab.train.callbacks import EvalTasks
+    from lmlab.train.preemption import PREEMPT, Preemption
+
+    snippets = [json.loads(line)["text"] for line in (TASKS_DIR / "stdlib_perplexity.jsonl").open()]
+    tok = train_bpe(snippets, 400)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=1, n_heads=2)
+    model = build_model(cfg)
+    stop = Preemption(".")
+    forwards = []
+
+    def forward(module: torch.nn.Module, args: tuple) -> None:
+        forwards.append(len(args[0]))
+        stop._asked = PREEMPT  # a SIGTERM arrives during the first batch
+
+    model.register_forward_pre_hook(forward)
+    trainer = SimpleNamespace(
+        global_step=2,
+        max_steps=4,
+        is_global_zero=True,
+        loggers=[],
+        callbacks=[stop],
+        default_root_dir=".",
+        datamodule=SimpleNamespace(tokenizer=tok),
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
+    )
+    module = SimpleNamespace(model=model, model_cfg=cfg)
+    callback = EvalTasks(tasks=["stdlib_nextline"], limit=8, batch_size=2)
+    with caplog.at_level(logging.WARNING):
+        callback.evaluate(trainer, module)
+    assert forwards == [2]  # of 8 items' 32 + 32 requests, two at a time
+    assert callback.failures == [{"step": 2, "error": "cut short: the run was stopping"}]
+    assert callback.metrics == {}
+    assert caplog.messages == [
+        "the evals at step 2 were cut short: the run is stopping (a resume evaluates them again)"
+    ]
+
+    ended = Preemption(".")  # training has ended: Ctrl-C lets the checkpoint and record finish
+    loop = SimpleNamespace(max_steps=4, max_epochs=-1, epoch_loop=SimpleNamespace(global_step=4))
+    ended._fit_loop = loop
+    assert not ended.stop_asked()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        ended._on_sigint()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert ended.stop_asked() and ended._asked == 0  # no stop of training: it has ended

@@ -29,7 +29,7 @@ generation arguments are the harness's own (``TemplateLM``, ``Collator``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,10 @@ BACKENDS = {Family.gpt: "causal", Family.t5: "seq2seq"}
 TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
 
 
+class EvalStopped(Exception):
+    """An evaluation ended between two batches because ``LmlabLM.should_stop`` said so."""
+
+
 @register_model("lmlab")
 class LmlabLM(TemplateLM):
     """An lmlab GPT or T5 model (a checkpoint path or a loaded ``Pretrained``) for lm-eval."""
@@ -72,6 +76,7 @@ class LmlabLM(TemplateLM):
         max_gen_toks: int = 256,
         seed: int = 1234,
         progress: bool = False,
+        should_stop: Callable[[], bool] | None = None,
         **_harness_args: Any,  # max_batch_size and others the harness passes to every model
     ) -> None:
         super().__init__()
@@ -86,6 +91,8 @@ class LmlabLM(TemplateLM):
         self.batch_size = int(size)
         self.max_length = pretrained.cfg.max_seq_len
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
+        # asked before each batch (a training run's stop): EvalStopped ends the evaluation
+        self.should_stop = should_stop or (lambda: False)
         # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD])
         specials = pretrained.specials
         self.eos = specials.eos
@@ -156,6 +163,7 @@ class LmlabLM(TemplateLM):
         results = []
         bar = tqdm(total=len(requests), desc="scoring", disable=disable_tqdm or not self.progress)
         for chunk in collator.get_batched(n=self.batch_size):
+            self._check_stop()
             bar.update(len(chunk))
             scored = self._score([r for r in chunk if r[2]])[::-1]
             for key, _, cont in chunk:
@@ -165,6 +173,10 @@ class LmlabLM(TemplateLM):
                     self.cache_hook.add_partial("loglikelihood", key, answer)
         bar.close()
         return collator.get_original(results)
+
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise EvalStopped("the run was asked to stop")
 
     @torch.no_grad()
     def _score(self, chunk: Sequence[TokenRequest]) -> list[tuple[float, bool]]:
@@ -240,6 +252,7 @@ class LmlabLM(TemplateLM):
         )
         out = []
         for chunk in collator.get_batched(n=self.batch_size):
+            self._check_stop()
             contexts, all_kwargs = zip(*chunk, strict=True)
             kwargs = normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=self.eos)

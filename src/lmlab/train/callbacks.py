@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from lmlab.config import Compile, Family, TaskKind, check_sampling
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.tokenizer import prompt_ids
 from lmlab.errors import ConfigError, first_line
+from lmlab.files import CHECKPOINTS
 from lmlab.infer.generation import generate
 from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_labels
 from lmlab.model import flops_per_token
@@ -27,6 +28,7 @@ from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.hardware import peak_flops
 from lmlab.train.kernel_probe import attention_kernels, cross_entropy_form, profiled_ops
 from lmlab.train.loggers import ends_run, log_step
+from lmlab.train.preemption import Preemption
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,17 @@ def largest_linears(model: torch.nn.Module, rows: int, n: int = 2) -> list[tuple
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     shapes = {(rows, m.in_features, m.out_features) for m in linears}
     return sorted(shapes, key=lambda s: s[1] * s[2], reverse=True)[:n]
+
+
+def stop_check(trainer: L.Trainer, pl_module: L.LightningModule) -> Callable[[], bool]:
+    """What extra forwards ask between two batches: whether the run was asked to stop
+    (``Preemption.stop_asked``), so that a Ctrl-C or a cluster's SIGTERM does not wait for
+    minutes of evals. Never where every rank runs them (sharded weights): a rank that ended
+    its forwards early would leave the others waiting in theirs."""
+    stops = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, Preemption)]
+    if not stops or getattr(pl_module, "_device_mesh", None) is not None:
+        return lambda: False
+    return stops[0].stop_asked
 
 
 def finishing(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -303,7 +316,11 @@ class EvalTasks(L.Callback):
     into results.json, with each task's item count (``n_samples``: ``compare`` warns where
     runs ranked by a task scored different counts). Rank 0 runs them (every rank when the
     weights are sharded); the model is put back in training mode and the random state is left
-    as it was. A failure is logged and the run goes on; ``failures`` keeps its step and error
+    as it was. The last step's evals run after its checkpoint is saved (``on_train_end``), so
+    a kill or a second Ctrl-C during them loses no training. A stop asked while evals run (a
+    Ctrl-C, a cluster's SIGTERM, ``stop_check``) ends them between two batches instead of
+    minutes later; the cut is recorded like a failure, with how to run them again (``redo``).
+    A failure is logged and the run goes on; ``failures`` keeps its step and error
     for results.json (``eval_failures``), which otherwise would not say why its eval metrics
     are missing or older than its last step; they are kept in the checkpoints, so a resumed
     run's results.json lists the earlier processes' too (an eval of a step run again replaces
@@ -349,6 +366,12 @@ class EvalTasks(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # the last step's evals wait for on_train_end, after the step's checkpoint is saved
+        # (``Checkpoint.on_train_batch_end``, which Lightning calls after this callback's)
+        if self.due(trainer) and not ends_run(trainer.global_step, trainer.max_steps):
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.due(trainer):
             self.evaluate(trainer, pl_module)
 
@@ -363,15 +386,24 @@ class EvalTasks(L.Callback):
         if not forward_here(trainer, pl_module):
             return
         from lmlab.infer import harness
+        from lmlab.infer.evaluate import EvalStopped
 
+        stop = stop_check(trainer, pl_module)
         with optional(f"the evals at step {trainer.global_step}"), eager():
             try:
-                results = self.run(trainer, pl_module)
+                if stop():
+                    raise EvalStopped("the run was asked to stop")
+                results = self.run(trainer, pl_module, stop)
                 # lm-eval returns its results on rank 0 only (every rank evaluates sharded
                 # weights)
                 metrics = harness.flat_metrics(results) if results is not None else {}
                 for lg in trainer.loggers:  # loggers write on rank 0 only
                     lg.log_metrics(metrics, step=log_step(trainer.global_step))
+            except EvalStopped:
+                step = trainer.global_step
+                self.failures.append({"step": step, "error": "cut short: the run was stopping"})
+                log.warning("the evals at step %d were cut short: %s", step, self.redo(trainer))
+                return
             except Exception as err:
                 error = f"{type(err).__name__}: {first_line(err, 300)}"
                 self.failures.append({"step": trainer.global_step, "error": error})
@@ -382,9 +414,26 @@ class EvalTasks(L.Callback):
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
                 log.info("evals at step %d: %s", trainer.global_step, shown)
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
+    def redo(self, trainer: L.Trainer) -> str:
+        """How the evals a stop cut short are run again: a resume does, where training goes on;
+        the last step's, ``lmlab evaluate`` on its checkpoint."""
+        if not ends_run(trainer.global_step, trainer.max_steps):
+            return "the run is stopping (a resume evaluates them again)"
+        saved = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
+        ckpt = saved or Path(trainer.default_root_dir) / CHECKPOINTS / "last.ckpt"
+        return (
+            f"training has ended; python src/evaluate.py ckpt={ckpt} "
+            f"tasks={','.join(self.tasks)} scores its last checkpoint"
+        )
+
+    def run(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any] | None:
         """The harness's results for the model as it is now; None on a rank that lm-eval
-        gives none."""
+        gives none. ``stop`` is asked between two batches (``EvalStopped``)."""
         from lmlab.infer import harness
         from lmlab.infer.evaluate import LmlabLM
         from lmlab.infer.pretrained import Pretrained
@@ -401,7 +450,7 @@ class EvalTasks(L.Callback):
         model.eval()
         try:
             with trainer.precision_plugin.forward_context():
-                lm = LmlabLM(pre, self.batch_size)
+                lm = LmlabLM(pre, self.batch_size, should_stop=stop)
                 results = harness.run_tasks(lm, self.tasks, self.limit, None, self.bootstrap_iters)
         finally:
             model.train(was_training)

@@ -61,6 +61,7 @@ class Preemption(L.Callback):
         self._group: Any = None  # the CPU group the ranks agree on (None: the default one)
         self._sigint: list[Any] = []  # the SIGINT handler to restore after fit, once installed
         self._fit_loop: Any = None  # the trainer's: whether training has ended
+        self._cut = False  # a Ctrl-C once training ended: the evals end early
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._group = agreement_group(trainer)
@@ -82,13 +83,21 @@ class Preemption(L.Callback):
     def _on_sigint(self, *_: Any) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one: stop now
         if self._fit_loop is not None and trained_to_the_end(self._fit_loop):  # its extras run
+            self._cut = True
             log.warning(
                 "Ctrl-C: training has ended; the final checkpoint, the sample and results.json "
-                "are written first (Ctrl-C again: stop at once, recorded interrupted)"
+                "are written first, evals during training are cut short (Ctrl-C again: stop at "
+                "once, recorded interrupted)"
             )
             return
         log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
         self._asked = INTERRUPT
+
+    def stop_asked(self) -> bool:
+        """Whether this process was asked to stop (a signal, not yet agreed with the other
+        ranks), or Ctrl-C came once training had ended: what the evals during training ask
+        between two batches, to end early (``EvalTasks``)."""
+        return self._asked != NOTHING or self._cut
 
     def _agree(self, trainer: L.Trainer) -> int:
         """What every rank asked for, the largest: the same answer on every rank."""
