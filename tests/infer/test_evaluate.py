@@ -433,15 +433,25 @@ def harness_results(limit: int, tasks: dict[str, dict[str, float]]) -> dict:
     }
 
 
-def test_eval_record_keeps_the_settings_each_task_ran_with(tmp_path: Path) -> None:
+def test_eval_record_keeps_the_settings_each_task_ran_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Every task, then one again with fewer items: the other tasks keep their results and
     their own ``limit``; the task run again has the new run's results and settings, none of
-    its older metrics; nothing states one setting for all."""
+    its older metrics; nothing states one setting for all. The replaced result is said (a
+    quick ``limit=`` run had replaced a full one in silence)."""
+    import logging
+
     ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
     everything = {"a": {"acc": 0.5, "acc_norm": 0.4}, "b": {"acc": 0.25, "acc_norm": 0.3}}
     harness.write_record(path, harness.eval_record(harness_results(20, everything), ckpt, None))
     again = harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
-    harness.write_record(path, again)
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.harness"):
+        harness.write_record(path, again)
+        harness.write_record(path, again)  # the same settings again: nothing to say
+    assert caplog.messages == [
+        "b: replaces its earlier result (20 items) with this one (5 items; limit=5 (was 20))"
+    ]
     record = json.loads(path.read_text())
     assert "lm_eval" not in record  # a record-wide block would misstate a task's settings
     tasks = record["tasks"]
@@ -449,6 +459,73 @@ def test_eval_record_keeps_the_settings_each_task_ran_with(tmp_path: Path) -> No
     assert tasks["b"]["n_samples"]["effective"] == 5 and tasks["b"]["results"] == {"acc,none": 0.6}
     assert tasks["a"]["lm_eval"]["version"] and tasks["a"]["lm_eval"]["bootstrap_iters"] == 1000
     assert record["metrics"] == {"eval/a/acc": 0.5, "eval/a/acc_norm": 0.4, "eval/b/acc": 0.6}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"metrics": []},
+        {"tasks": {"stdlib_cloze": 5}},
+        {"tasks": []},
+        {"checkpoint": 3},
+        {"global_step": "4"},
+        {"lm_eval": "x"},
+    ],
+    ids=["metrics", "task", "tasks", "checkpoint", "step", "lm_eval"],
+)
+def test_a_damaged_record_is_refused_before_any_task(tmp_path: Path, damage: dict) -> None:
+    """QA: a record edited by hand into the wrong shape passed the check, then the merge
+    failed in a TypeError once every task had run, writing nothing."""
+    ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
+    harness.write_record(path, harness.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
+    with pytest.raises(ConfigError, match="exists and is not an lmlab eval record"):
+        harness.check_record(path, ckpt, 4)
+
+
+def test_two_evaluations_ending_together_both_keep_their_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: two processes writing one record at the same moment, with different tasks: 16 of
+    40 kept one task. The read, merge and write hold a lock on the record's folder (threads
+    here: a ``flock`` of two open files excludes within a process too)."""
+    import threading
+    import time
+
+    ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
+    merge = harness.merge_records
+
+    def slow(old: dict, new: dict) -> dict:
+        time.sleep(0.2)  # between the read and the write
+        return merge(old, new)
+
+    monkeypatch.setattr(harness, "merge_records", slow)
+    harness.write_record(path, harness.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4))
+    writers = [
+        threading.Thread(
+            target=harness.write_record,
+            args=(path, harness.eval_record(harness_results(5, {t: {"acc": 1}}), ckpt, 4)),
+        )
+        for t in ("b", "c")
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert set(json.loads(path.read_text())["tasks"]) == {"a", "b", "c"}
+
+
+def test_num_fewshot_beyond_a_tasks_pool_is_refused_before_the_model(tmp_path: Path) -> None:
+    """QA: ``num_fewshot=100000`` failed in the harness's sampler after the checkpoint was
+    read, with a traceback."""
+    harness.check_fewshot(["stdlib_nextline", "stdlib_cloze"], 50)
+    for name, pool in [("stdlib_cloze", 50), ("stdlib_perplexity", 29)]:
+        with pytest.raises(ConfigError) as refused:
+            harness.check_fewshot([name], pool + 1)
+        assert str(refused.value) == (
+            f"num_fewshot={pool + 1}: task {name!r} has {pool} few-shot examples; allowed: 0 "
+            f"to {pool}"
+        )
 
 
 def test_an_older_record_gives_its_settings_to_its_tasks_when_merged(tmp_path: Path) -> None:

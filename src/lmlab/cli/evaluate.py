@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.pretrained import check_source, load
 
     names = harness.parse_tasks(cfg.tasks)
+    harness.check_fewshot(names, cfg.num_fewshot)
     if cfg.out:
         harness.read_eval_record(Path(cfg.out))  # nothing there, or an eval record: else refused
     check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
@@ -67,7 +68,15 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
 
     path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
-    harness.check_record(path, str(pre.path), pre.global_step, digest=pre.digest)  # before tasks
+    try:  # before any task runs
+        harness.check_record(path, str(pre.path), pre.global_step, digest=pre.digest)
+    except ConfigError as err:
+        if cfg.out:
+            raise
+        raise ConfigError(
+            f"{err} (no out= was given: this is its default, the checkpoint's record; out=<a "
+            "new file> writes elsewhere)"
+        ) from None
     lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)
     results = harness.run_tasks(
         lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True

@@ -146,6 +146,7 @@ class LmlabLM(TemplateLM):
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_dtype": str(dtype),
             "dtype": names.get(dtype, str(dtype).removeprefix("torch.")),
+            "max_gen_toks": self.max_gen_toks,
             "checkpoint": str(self.pre.path),
             "global_step": self.pre.global_step,
         }

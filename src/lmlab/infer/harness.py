@@ -14,6 +14,7 @@ training command line starts as fast without evals as before.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import io
 import json
@@ -34,6 +35,7 @@ from lmlab.errors import ConfigError, first_line
 from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+log = logging.getLogger(__name__)
 
 
 def check_family(family: Family, what: str) -> None:
@@ -102,6 +104,30 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
                     f"offline: {', '.join(sorted(shipped))}"
                 ) from None
     return True
+
+
+def fewshot_pool(name: str) -> int:
+    """How many few-shot examples shipped task ``name`` can draw: its ``fewshot`` split, or
+    where it has none (lm-eval then draws from the items scored, leaving out the one scored)
+    its items but one."""
+    pool = TASKS_DIR / f"{name}.fewshot.jsonl"
+    lines = (pool if pool.exists() else TASKS_DIR / f"{name}.jsonl").read_text().splitlines()
+    return sum(1 for line in lines if line.strip()) - (0 if pool.exists() else 1)
+
+
+def check_fewshot(names: Sequence[str], num_fewshot: int | None) -> None:
+    """``num_fewshot`` within each shipped task's pool (``fewshot_pool``), before a model is
+    loaded: the harness's own refusal came after, as a traceback. A hub task's pool is known
+    once its data are loaded (``run_tasks`` says it in the same words)."""
+    if not num_fewshot:
+        return
+    shipped = set(shipped_tasks())
+    for name in names:
+        if name in shipped and num_fewshot > (pool := fewshot_pool(name)):
+            raise ConfigError(
+                f"num_fewshot={num_fewshot}: task {name!r} has {pool} few-shot examples; "
+                f"allowed: 0 to {pool}"
+            )
 
 
 NOTICE_LOGGERS = ("lm_eval", "lm_eval.api.task", "lm_eval.evaluator", "lm_eval.api.model")
@@ -183,16 +209,24 @@ def run_tasks(
     no_git = mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None)
     offline = offline_hub(hub and not hub_reachable())
     with offline, quiet_harness(progress), kept_random_state(), no_env_info, no_git:
-        return simple_evaluate(
-            model=lm,
-            tasks=list(names),
-            task_manager=task_manager(hub),
-            limit=limit,
-            num_fewshot=num_fewshot,
-            bootstrap_iters=bootstrap_iters,
-            batch_size=getattr(lm, "batch_size", None),  # recorded only: lm is built
-            log_samples=False,
-        )
+        try:
+            return simple_evaluate(
+                model=lm,
+                tasks=list(names),
+                task_manager=task_manager(hub),
+                limit=limit,
+                num_fewshot=num_fewshot,
+                bootstrap_iters=bootstrap_iters,
+                batch_size=getattr(lm, "batch_size", None),  # recorded only: lm is built
+                log_samples=False,
+            )
+        except ValueError as err:  # the few-shot sampler's, for a pool smaller than asked
+            if num_fewshot and "Sample larger than population" in str(err):
+                raise ConfigError(
+                    f"num_fewshot={num_fewshot}: a task of {', '.join(names)} has fewer "
+                    "few-shot examples than that"
+                ) from None
+            raise
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -212,8 +246,9 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 # The settings of an evaluation that a task's numbers depend on; each task's entry in a record
 # holds those it was run with (a record merges runs of other settings). ``run_tasks`` passes
-# the model's batch size to the harness, and ``LmlabLM.get_model_info`` its dtype.
-RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size", "dtype")
+# the model's batch size to the harness, and ``LmlabLM.get_model_info`` its dtype and
+# ``max_gen_toks`` (a generating task's answers end there where the task sets no length).
+RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size", "dtype", "max_gen_toks")
 
 
 def eval_record(
@@ -280,12 +315,28 @@ def read_eval_record(path: Path, key: str = "out") -> dict[str, Any] | None:
         old = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         old = None
-    if not isinstance(old, dict) or not set(RECORD_KEYS) <= set(old):
+    if not well_formed(old):
         raise ConfigError(
             f"{key}={path} exists and is not an lmlab eval record: choose a new file (nothing "
             "is overwritten)"
         )
     return old
+
+
+def well_formed(record: Any) -> bool:
+    """Whether ``record`` has an eval record's shape (``eval_record``'s), so that a merge can
+    read it: a record damaged by hand was found only after every task had run."""
+    if not isinstance(record, dict) or not set(RECORD_KEYS) <= set(record):
+        return False
+    step = record["global_step"]
+    return (
+        isinstance(record["checkpoint"], str)
+        and (step is None or (isinstance(step, int) and not isinstance(step, bool)))
+        and isinstance(record["metrics"], dict)
+        and isinstance(record["tasks"], dict)
+        and all(isinstance(entry, dict) for entry in record["tasks"].values())
+        and isinstance(record.get("lm_eval", {}), dict)
+    )
 
 
 def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool:
@@ -374,13 +425,55 @@ def merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
     """Write (or merge into, ``merge_records``: tasks evaluated earlier for the same weights
-    stay) ``path``, atomically; ``check_record`` refuses what may not be merged."""
-    old = check_record(
-        path, record["checkpoint"], record["global_step"], digest=record.get("model_digest")
-    )
-    if old is not None:
-        record = merge_records(old, record)
-    return write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    stay) ``path``, atomically; ``check_record`` refuses what may not be merged. The read,
+    merge and write hold a lock on the record's folder: two evaluations of one checkpoint
+    that end together each keep their tasks (one of them was lost). A task evaluated again
+    is said in the log with what it replaces."""
+    from lmlab.config.locks import open_folder
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_folder(path.parent)
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: as before
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
+        old = check_record(
+            path, record["checkpoint"], record["global_step"], digest=record.get("model_digest")
+        )
+        if old is not None:
+            for line in replaced_results(old, record):
+                log.warning("%s", line)
+            record = merge_records(old, record)
+        return write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def replaced_results(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """A line for each task of ``new`` that replaces a result of ``old`` scored on other
+    items or settings (a quick ``limit=20`` over the full 300): its item count and settings
+    before and now."""
+
+    def described(entry: dict[str, Any], fallback: Any) -> tuple[Any, dict[str, Any]]:
+        items = (entry.get("n_samples") or {}).get("effective")
+        settings = entry.get("lm_eval") or fallback or {}
+        return items, {k: settings.get(k) for k in RUN_SETTINGS if k != "batch_size"}
+
+    lines = []
+    for name, entry in new["tasks"].items():
+        if name not in old["tasks"]:
+            continue
+        was, now = described(old["tasks"][name], old.get("lm_eval")), described(entry, None)
+        if was != now:
+            changed = ", ".join(
+                f"{k}={now[1][k]} (was {was[1][k]})" for k in now[1] if now[1][k] != was[1][k]
+            )
+            lines.append(
+                f"{name}: replaces its earlier result ({was[0]} items) with this one "
+                f"({now[0]} items{'; ' + changed if changed else ''})"
+            )
+    return lines
 
 
 def table(results: dict[str, Any]) -> str:
