@@ -710,3 +710,45 @@ def test_eval_record_holds_the_batch_size_and_dtype_it_ran_with(tok) -> None:
     record = harness.eval_record(results, "tiny.ckpt", 0)
     settings = record["tasks"]["stdlib_nextline"]["lm_eval"]
     assert (settings["batch_size"], settings["dtype"]) == (3, "bf16")
+
+
+def test_a_corpus_setting_that_trains_on_the_shipped_tasks_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: at ``data.val_fraction=0.02`` 203 of ``stdlib_nextline``'s 300 items were in the
+    training text, and nothing said so. Held out at the default settings (the smoke slice
+    too); at another split, each shipped task says how many of its files the run trains on,
+    in training's checks and in ``lmlab evaluate`` of that run's checkpoint."""
+    import logging
+
+    from lmlab.cli.evaluate import trained_data
+    from lmlab.config import DataConfig, Source
+
+    names = harness.shipped_tasks()
+    assert harness.trained_items(names, DataConfig()) == []
+    assert harness.trained_items(names, DataConfig(max_bytes=1_000_000)) == []
+    assert harness.trained_items(names, DataConfig(source=Source.shakespeare)) == []
+    lines = harness.trained_items(names, DataConfig(val_fraction=0.02))
+    assert [line.split(":")[0] for line in lines] == names
+    assert all("files its items come from are in this run's training split" in x for x in lines)
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "data: {source: stdlib, val_fraction: 0.02, max_bytes: null}\ntask: {kind: lm}\n"
+    )
+    assert trained_data(run / "checkpoints" / "last.ckpt") == DataConfig(val_fraction=0.02)
+    assert trained_data(tmp_path / "loose.ckpt") is None
+    (run / ".hydra" / "config.yaml").write_text("task: {kind: classify}\n")  # a fine-tune
+    assert trained_data(run / "checkpoints" / "last.ckpt") is None
+
+    from omegaconf import OmegaConf
+
+    from lmlab.train.preflight import check_evals
+
+    cfg = OmegaConf.create({"eval": {"tasks": ["stdlib_cloze"]}})
+    with caplog.at_level(logging.WARNING, logger="lmlab.train.preflight"):
+        for _ in range(2):  # a sweep's job is checked twice: said once
+            check_evals(cfg, ModelConfig(), DataConfig(val_fraction=0.02))
+    (said,) = caplog.messages
+    assert said.startswith("eval.tasks: stdlib_cloze: ")

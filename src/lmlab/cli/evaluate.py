@@ -14,13 +14,16 @@ and a hub task's dataset, are checked before the checkpoint is read and the harn
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING
 
 from lmlab.cli.args import parse
+from lmlab.config import DataConfig, Source
 from lmlab.errors import ConfigError
 
 
@@ -63,6 +66,9 @@ def main(argv: list[str]) -> int | None:
         harness.read_eval_record(Path(cfg.out))  # nothing there, or an eval record: else refused
     check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
     harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
+    trained_on = trained_data(Path(cfg.ckpt))
+    for line in harness.trained_items(names, trained_on) if trained_on else ():
+        logging.getLogger(__name__).warning("%s", line)
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
@@ -91,6 +97,27 @@ def main(argv: list[str]) -> int | None:
             print(f"logged to W&B run {wandb_run}")
 
 
+def trained_data(ckpt: Path) -> DataConfig | None:
+    """The corpus a language model in a run's ``checkpoints/`` trained on, from the run's
+    ``.hydra/config.yaml`` (source, ``val_fraction``, ``max_bytes``: what decides the files
+    held out); None where it cannot be told (a loose or converted checkpoint, a fine-tune)."""
+    from lmlab.infer.checkpoint import run_dir_of
+
+    config = run_dir_of(ckpt) / ".hydra" / "config.yaml"
+    try:
+        saved = yaml.safe_load(config.read_text()) if config.is_file() else None
+        if not isinstance(saved, dict) or (saved.get("task") or {}).get("kind", "lm") != "lm":
+            return None
+        data = saved.get("data") or {}
+        return DataConfig(
+            source=Source(data.get("source", "stdlib")),
+            val_fraction=float(data.get("val_fraction", 0.05)),
+            max_bytes=data.get("max_bytes"),
+        )
+    except (OSError, ValueError, TypeError, yaml.YAMLError, ConfigError):
+        return None
+
+
 def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> str | None:
     """Log ``metrics`` into the W&B run of ``run_dir`` (its ``wandb_id``, in the project and
     entity where it was created: its ``wandb_project``, else its ``.hydra/config.yaml``), on
@@ -103,7 +130,6 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     if not id_file.is_file():
         return None
     import wandb
-    import yaml
 
     from lmlab.train.loggers import log_step
     from lmlab.train.wandb_run import init_wandb, wandb_offline, wandb_place

@@ -29,8 +29,10 @@ from unittest import mock
 import numpy as np
 import torch
 
-from lmlab.config import Family
+from lmlab.config import DataConfig, Family, Source
 from lmlab.data.hub import hub_reachable, offline_hub
+from lmlab.data.packing import held_out
+from lmlab.data.sources import load_documents
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
 
@@ -104,6 +106,44 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
                     f"offline: {', '.join(sorted(shipped))}"
                 ) from None
     return True
+
+
+def trained_items(names: Sequence[str], data_cfg: DataConfig) -> list[str]:
+    """For each shipped task of ``names`` whose items come from files that a run on
+    ``data_cfg`` trains on, a line saying so. The tasks are drawn from the files the default
+    corpus holds out at its default settings (``scripts/make_eval_tasks.py``); the files held
+    out fill a share of the bytes in the order of a hash of their names, so another
+    ``data.val_fraction`` or ``data.max_bytes`` holds out others, and the model then trains
+    on the text it is scored on (QA: 203 of ``stdlib_nextline``'s 300 items at
+    ``val_fraction=0.02``). Other corpora are not read for this."""
+    shipped = [n for n in names if n in set(shipped_tasks())]
+    if data_cfg.source != Source.stdlib or not shipped:
+        return []
+    trained = _stdlib_trained_files(data_cfg.val_fraction, data_cfg.max_bytes)
+    lines = []
+    for task in shipped:
+        items = (TASKS_DIR / f"{task}.jsonl").read_text().splitlines()
+        files = {json.loads(line)["source"].rsplit(":", 1)[0] for line in items if line.strip()}
+        if seen := files & trained:
+            lines.append(
+                f"{task}: {len(seen)} of the {len(files)} files its items come from are in this "
+                f"run's training split (data.val_fraction={data_cfg.val_fraction}, "
+                f"data.max_bytes={data_cfg.max_bytes}), so its scores count text the model "
+                "trained on; the shipped tasks are held out at data.val_fraction=0.05 of the "
+                "whole corpus (data.max_bytes=null)"
+            )
+    return lines
+
+
+@functools.cache
+def _stdlib_trained_files(val_fraction: float, max_bytes: int | None) -> frozenset[str]:
+    """The names of the standard library's files a run on it trains on (its training split;
+    where it has too few files to hold whole ones out, every file)."""
+    docs = load_documents(
+        DataConfig(source=Source.stdlib, val_fraction=val_fraction, max_bytes=max_bytes)
+    )
+    held = held_out(docs, val_fraction)
+    return frozenset(name for i, (name, _) in enumerate(docs) if i not in held)
 
 
 def fewshot_pool(name: str) -> int:

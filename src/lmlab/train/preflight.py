@@ -174,7 +174,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if cfg.get("ckpt_path"):  # resume=true's checkpoint: checked once chosen (resume_checkpoint)
         check_strategy_loads(cfg.trainer, Path(cfg.ckpt_path))
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
-    check_evals(cfg, model_cfg)
+    check_evals(cfg, model_cfg, data_cfg if task_cfg.kind == TaskKind.lm else None)
     if machine:
         check_attention_kernel(cfg.trainer, model_cfg)
     check_cross_entropy(model_cfg)
@@ -239,9 +239,11 @@ def check_job(cfg: DictConfig, machine: bool = True) -> RunPlan:
     return plan
 
 
-def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
+def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | None) -> None:
     """``eval.tasks`` name tasks whose data can be read now (a hub task's dataset is fetched
-    here), for a model that can be scored: before data, plan or model are built."""
+    here), for a model that can be scored: before data, plan or model are built. A shipped
+    task whose items the corpus ``data_cfg`` (a language model's) trains on is warned of,
+    once per process (``harness.trained_items``)."""
     tasks = list((cfg.get("eval") or {}).get("tasks") or [])
     if not tasks:
         return
@@ -251,6 +253,13 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig) -> None:
         model_cfg.family, f"eval.tasks={tasks} with model.family={model_cfg.family.value}"
     )
     harness.check_tasks(tasks, where="eval.tasks")
+    for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
+        if line not in _WARNED:
+            _WARNED.add(line)
+            log.warning("eval.tasks: %s", line)
+
+
+_WARNED: set[str] = set()  # check_evals' warnings given (a sweep's jobs are checked twice)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
