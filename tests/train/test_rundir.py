@@ -379,7 +379,8 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
     train(compose_train(run, tmp_path / "whole", cache_dir))
     whole, history = results(tmp_path / "whole"), untimed(tmp_path / "whole")
     assert whole["train_loss"] and whole["tokens_per_second"] and whole["sample"]
-    assert "eval/stdlib_nextline/acc" in whole and rows(tmp_path / "whole")[-1]["val/loss"]
+    assert "eval/stdlib_nextline/acc" in whole and rows(tmp_path / "whole")[-2]["val/loss"]
+    assert rows(tmp_path / "whole")[-1]["eval/stdlib_nextline/acc"]  # after the checkpoint
 
     def same_end(run_dir: Path, timed: set[str], name: str) -> None:
         again = results(run_dir)
@@ -399,7 +400,8 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
     (killed / "results.json").write_text(json.dumps({"status": "running"}))
     with open(killed / "csv" / "metrics.csv") as f:
         lines = f.readlines()
-    (killed / "csv" / "metrics.csv").write_text("".join(lines[:-1]))  # no final validation
+    del lines[-2]  # no final validation's row (the last step's evals follow it)
+    (killed / "csv" / "metrics.csv").write_text("".join(lines))
     train(compose_train([*run, "resume=auto"], killed, cache_dir))
     same_end(killed, set(), whole["run_name"])  # the whole run's checkpoint: its throughput
 
