@@ -239,6 +239,29 @@ def test_a_resumed_runs_results_keep_the_earlier_processes_eval_failures(
     assert harness.run_tasks is run_tasks
 
 
+def test_an_extension_keeps_the_failure_of_its_last_steps_evals(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last step's evals run after its checkpoint is saved, so the checkpoint does not
+    hold their failure: an extension past a step that is not evaluated again takes it from
+    the record (it dropped it)."""
+    from lmlab.infer import harness
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory")
+
+    overrides = [*smoke.SMOKE, "logger=csv", f"eval.tasks=[{TASK}]", "eval.limit=3"]
+    overrides += ["callbacks.sample=null"]
+    with monkeypatch.context() as patch:
+        patch.setattr(harness, "run_tasks", fails)
+        train(compose_train(overrides, tmp_path, cache_dir))
+    failed = [{"step": 4, "error": "RuntimeError: out of memory"}]
+    assert json.loads((tmp_path / "results.json").read_text())["eval_failures"] == failed
+    train(compose_train([*overrides, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["eval_failures"] == failed and results[f"eval/{TASK}/acc"] is not None
+
+
 def test_a_run_records_the_item_counts_of_its_evals(tmp_path: Path, cache_dir: Path) -> None:
     """The evals during training keep each task's item count in results.json, which compare
     reads to warn of runs scored on different counts."""

@@ -449,9 +449,15 @@ def test_eval_record_keeps_the_settings_each_task_ran_with(
     with caplog.at_level(logging.WARNING, logger="lmlab.infer.harness"):
         harness.write_record(path, again)
         harness.write_record(path, again)  # the same settings again: nothing to say
+    shots = harness_results(5, {"b": {"acc": 0.6}})
+    shots["n-shot"] = {"b": 2}
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.harness"):
+        harness.write_record(path, harness.eval_record(shots, ckpt, None))
     assert caplog.messages == [
-        "b: replaces its earlier result (20 items) with this one (5 items; limit=5 (was 20))"
+        "b: replaces its earlier result (20 items) with this one (5 items; limit=5 (was 20))",
+        "b: replaces its earlier result (5 items) with this one (5 items; n_shot=2 (was 0))",
     ]
+    harness.write_record(path, again)  # put back: the rest of the test reads it
     record = json.loads(path.read_text())
     assert "lm_eval" not in record  # a record-wide block would misstate a task's settings
     tasks = record["tasks"]
@@ -470,8 +476,11 @@ def test_eval_record_keeps_the_settings_each_task_ran_with(
         {"checkpoint": 3},
         {"global_step": "4"},
         {"lm_eval": "x"},
+        {"tasks": {"a": {"n_samples": "lots"}}},
+        {"tasks": {"a": {"lm_eval": [1]}}},
+        {"tasks": {"a": {"results": 0.5}}},
     ],
-    ids=["metrics", "task", "tasks", "checkpoint", "step", "lm_eval"],
+    ids=["metrics", "task", "tasks", "checkpoint", "step", "lm_eval", "items", "settings", "res"],
 )
 def test_a_damaged_record_is_refused_before_any_task(tmp_path: Path, damage: dict) -> None:
     """QA: a record edited by hand into the wrong shape passed the check, then the merge
@@ -487,8 +496,9 @@ def test_two_evaluations_ending_together_both_keep_their_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """QA: two processes writing one record at the same moment, with different tasks: 16 of
-    40 kept one task. The read, merge and write hold a lock on the record's folder (threads
-    here: a ``flock`` of two open files excludes within a process too)."""
+    40 kept one task. The read, merge and write hold the record's lock (threads here: a
+    ``flock`` of two open files excludes within a process too). The lock is not the
+    record's folder, which a live run holds when the record is put there."""
     import threading
     import time
 
@@ -513,13 +523,27 @@ def test_two_evaluations_ending_together_both_keep_their_tasks(
     for w in writers:
         w.join()
     assert set(json.loads(path.read_text())["tasks"]) == {"a", "b", "c"}
+    from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
+
+    lock_run_dir(tmp_path)  # a live run's folder, and a record put straight into it
+    try:
+        record = harness.eval_record(harness_results(5, {"d": {"acc": 1}}), ckpt, 4)
+        writer = threading.Thread(
+            target=harness.write_record, args=(tmp_path / "mine.json", record), daemon=True
+        )
+        writer.start()
+        writer.join(60)  # it waited for the run's end, hours; a deadlock, not a speed bound
+        assert not writer.is_alive() and (tmp_path / "mine.json").exists()
+    finally:
+        unlock_run_dir(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"eval", "mine.json"}  # no lock file
 
 
 def test_num_fewshot_beyond_a_tasks_pool_is_refused_before_the_model(tmp_path: Path) -> None:
     """QA: ``num_fewshot=100000`` failed in the harness's sampler after the checkpoint was
     read, with a traceback."""
-    harness.check_fewshot(["stdlib_nextline", "stdlib_cloze"], 50)
-    for name, pool in [("stdlib_cloze", 50), ("stdlib_perplexity", 29)]:
+    harness.check_fewshot(harness.shipped_tasks(), 50)  # stdlib_perplexity takes none
+    for name, pool in [("stdlib_cloze", 50), ("stdlib_nextline", 50)]:
         with pytest.raises(ConfigError) as refused:
             harness.check_fewshot([name], pool + 1)
         assert str(refused.value) == (
@@ -713,7 +737,7 @@ def test_eval_record_holds_the_batch_size_and_dtype_it_ran_with(tok) -> None:
 
 
 def test_a_corpus_setting_that_trains_on_the_shipped_tasks_is_said(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """QA: at ``data.val_fraction=0.02`` 203 of ``stdlib_nextline``'s 300 items were in the
     training text, and nothing said so. Held out at the default settings (the smoke slice
@@ -745,8 +769,10 @@ def test_a_corpus_setting_that_trains_on_the_shipped_tasks_is_said(
 
     from omegaconf import OmegaConf
 
+    from lmlab.train import preflight
     from lmlab.train.preflight import check_evals
 
+    monkeypatch.setattr(preflight, "_WARNED", set())  # said once per process: this test's
     cfg = OmegaConf.create({"eval": {"tasks": ["stdlib_cloze"]}})
     with caplog.at_level(logging.WARNING, logger="lmlab.train.preflight"):
         for _ in range(2):  # a sweep's job is checked twice: said once

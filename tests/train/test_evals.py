@@ -278,3 +278,42 @@ def test_a_stop_asked_during_the_evals_ends_them_between_two_batches(
     finally:
         signal.signal(signal.SIGINT, handler)
     assert ended.stop_asked() and ended._asked == 0  # no stop of training: it has ended
+
+
+def test_a_stop_during_a_steps_evals_stops_at_that_step_and_its_resume_evaluates_it(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during the evals of step 3, a step with no validation: the evals end at once
+    and the run stops at step 3, its record saying so (the stop used to be agreed a step
+    later, in a record without the cut evals, and no resume evaluated step 3 again). The
+    resume evaluates step 3, then the last step: each once, and no failure left."""
+    import os
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lmlab.infer import harness
+
+    run_tasks = harness.run_tasks
+    signalled: list[int] = []
+
+    def signal_once(lm, *args: object, **kwargs: object) -> dict:
+        if not signalled:
+            signalled.append(lm.pre.global_step)
+            os.kill(os.getpid(), signal.SIGTERM)  # noted by the run's handler
+        return run_tasks(lm, *args, **kwargs)
+
+    run = [*SMOKE, "logger=csv", "eval.tasks=[stdlib_nextline]", "eval.every_n_steps=3"]
+    run += ["eval.limit=4", "eval.batch_size=2", "callbacks.sample=null"]
+    with monkeypatch.context() as patch:
+        patch.setattr(harness, "run_tasks", signal_once)
+        with pytest.raises(SIGTERMException):
+            train(compose_train(run, tmp_path, cache_dir))
+    assert signalled == [3]
+    stop = json.loads((tmp_path / "results.json").read_text())
+    assert stop["status"] == "preempted" and stop["global_step"] == 3
+    assert stop["eval_failures"] == [{"step": 3, "error": "cut short: the run was stopping"}]
+    train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and "eval_failures" not in results
+    assert steps(tmp_path, ACC) == [2, 3]  # steps 3 and 4, logged at N - 1

@@ -789,6 +789,9 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
     agent = tmp_path / "agent"
     finished_run(agent / "abc123")
     run = finished_run(tmp_path / "run")
+    for folder in (run, sweep / "0"):  # lmlab's runs: Hydra's config beside the run files
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
     for folder, command, message in [
         (
             sweep,
@@ -847,6 +850,15 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
     (loose / "eval").mkdir(parents=True)
     (loose / "eval" / "gpt2.json").write_text("{}")
     refuse_run_in_sweep_dir(loose / "gpt2-finetuned")
+    project = tmp_path / "project"  # a project's own checkpoints/ and another tool's record
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "checkpoints" / "gpt2.ckpt").write_bytes(b"x")
+    (project / "results.json").write_text('{"accuracy": 0.9}')
+    refuse_run_in_sweep_dir(project / "runs" / "a")
+    empty = tmp_path / "empty"  # a sweep's multirun.yaml and no job yet
+    empty.mkdir()
+    (empty / "multirun.yaml").write_text("hydra: {}\n")
+    refuse_run_in_sweep_dir(empty / "x" / "y")
 
 
 @pytest.mark.parametrize(

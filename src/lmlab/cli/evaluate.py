@@ -108,11 +108,11 @@ def trained_data(ckpt: Path) -> DataConfig | None:
         saved = yaml.safe_load(config.read_text()) if config.is_file() else None
         if not isinstance(saved, dict) or (saved.get("task") or {}).get("kind", "lm") != "lm":
             return None
-        data = saved.get("data") or {}
+        data, default = saved.get("data") or {}, DataConfig()
         return DataConfig(
-            source=Source(data.get("source", "stdlib")),
-            val_fraction=float(data.get("val_fraction", 0.05)),
-            max_bytes=data.get("max_bytes"),
+            source=Source(data.get("source", default.source)),
+            val_fraction=float(data.get("val_fraction", default.val_fraction)),
+            max_bytes=data.get("max_bytes", default.max_bytes),
         )
     except (OSError, ValueError, TypeError, yaml.YAMLError, ConfigError):
         return None

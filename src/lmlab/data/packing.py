@@ -73,14 +73,23 @@ def held_out(docs: Documents, val_fraction: float) -> set[int]:
     return val_ids
 
 
+def trained_documents(docs: Documents, val_fraction: float) -> set[int]:
+    """Indices of the documents the training split reads (``split_documents``): those not
+    held out whole, or every one where none is (each is cut)."""
+    val_ids = held_out(docs, val_fraction)
+    if val_ids and len(val_ids) < len(docs):
+        return set(range(len(docs))) - val_ids
+    return set(range(len(docs)))
+
+
 def split_documents(docs: Documents, val_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic split. Many documents: whole documents, taken in the order of a stable
     hash of their names until they hold ``val_fraction`` of the bytes (``held_out``). Few
     documents (a single book): the last ``val_fraction`` of each, as nanoGPT does."""
-    val_ids = held_out(docs, val_fraction)
-    if val_ids and len(val_ids) < len(docs):
-        train = [t for i, (_, t) in enumerate(docs) if i not in val_ids]
-        return train, [t for i, (_, t) in enumerate(docs) if i in val_ids]
+    trained = trained_documents(docs, val_fraction)
+    if len(trained) < len(docs):
+        train = [t for i, (_, t) in enumerate(docs) if i in trained]
+        return train, [t for i, (_, t) in enumerate(docs) if i not in trained]
     cuts = [int(len(t) * (1 - val_fraction)) for _, t in docs]
     pairs = list(zip(docs, cuts, strict=True))
     return [t[:c] for (_, t), c in pairs], [t[c:] for (_, t), c in pairs]

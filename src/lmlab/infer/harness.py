@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import io
 import json
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,13 @@ import torch
 
 from lmlab.config import DataConfig, Family, Source
 from lmlab.data.hub import hub_reachable, offline_hub
-from lmlab.data.packing import held_out
+from lmlab.data.packing import trained_documents
 from lmlab.data.sources import load_documents
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DEFAULT_DATA = DataConfig()  # the corpus settings the shipped tasks are held out of
 log = logging.getLogger(__name__)
 
 
@@ -129,8 +132,9 @@ def trained_items(names: Sequence[str], data_cfg: DataConfig) -> list[str]:
                 f"{task}: {len(seen)} of the {len(files)} files its items come from are in this "
                 f"run's training split (data.val_fraction={data_cfg.val_fraction}, "
                 f"data.max_bytes={data_cfg.max_bytes}), so its scores count text the model "
-                "trained on; the shipped tasks are held out at data.val_fraction=0.05 of the "
-                "whole corpus (data.max_bytes=null)"
+                "trained on; the shipped tasks are held out of Python 3.11's standard library "
+                f"at data.val_fraction={DEFAULT_DATA.val_fraction} of the whole corpus "
+                f"(data.max_bytes={DEFAULT_DATA.max_bytes})"
             )
     return lines
 
@@ -142,8 +146,12 @@ def _stdlib_trained_files(val_fraction: float, max_bytes: int | None) -> frozens
     docs = load_documents(
         DataConfig(source=Source.stdlib, val_fraction=val_fraction, max_bytes=max_bytes)
     )
-    held = held_out(docs, val_fraction)
-    return frozenset(name for i, (name, _) in enumerate(docs) if i not in held)
+    return frozenset(docs[i][0] for i in trained_documents(docs, val_fraction))
+
+
+# Shipped tasks that take no shots: their YAML sets num_fewshot: 0, which lm-eval keeps
+# whatever num_fewshot asks (a rolling perplexity scores whole texts).
+NO_SHOTS = ("stdlib_perplexity",)
 
 
 def fewshot_pool(name: str) -> int:
@@ -161,7 +169,7 @@ def check_fewshot(names: Sequence[str], num_fewshot: int | None) -> None:
     once its data are loaded (``run_tasks`` says it in the same words)."""
     if not num_fewshot:
         return
-    shipped = set(shipped_tasks())
+    shipped = set(shipped_tasks()) - set(NO_SHOTS)
     for name in names:
         if name in shipped and num_fewshot > (pool := fewshot_pool(name)):
             raise ConfigError(
@@ -374,9 +382,17 @@ def well_formed(record: Any) -> bool:
         and (step is None or (isinstance(step, int) and not isinstance(step, bool)))
         and isinstance(record["metrics"], dict)
         and isinstance(record["tasks"], dict)
-        and all(isinstance(entry, dict) for entry in record["tasks"].values())
+        and all(_well_formed_task(entry) for entry in record["tasks"].values())
         and isinstance(record.get("lm_eval", {}), dict)
     )
+
+
+def _well_formed_task(entry: Any) -> bool:
+    """A task's entry as ``eval_record`` writes it, in the parts a merge reads."""
+    if not isinstance(entry, dict):
+        return False
+    parts = (entry.get("results", {}), entry.get("n_samples") or {}, entry.get("lm_eval", {}))
+    return all(isinstance(part, dict) for part in parts)
 
 
 def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool:
@@ -466,17 +482,15 @@ def merge_records(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def write_record(path: Path, record: dict[str, Any]) -> Path:
     """Write (or merge into, ``merge_records``: tasks evaluated earlier for the same weights
     stay) ``path``, atomically; ``check_record`` refuses what may not be merged. The read,
-    merge and write hold a lock on the record's folder: two evaluations of one checkpoint
-    that end together each keep their tasks (one of them was lost). A task evaluated again
-    is said in the log with what it replaces."""
-    from lmlab.config.locks import open_folder
-
+    merge and write hold the record's lock (``record_lock``): two evaluations of one
+    checkpoint that end together each keep their tasks (one of them was lost). A task
+    evaluated again is said in the log with what it replaces."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_folder(path.parent)
+    fd = None
+    with contextlib.suppress(OSError):  # no lock to be had (a read-only /tmp): as before
+        fd = os.open(record_lock(path), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
     try:
-        with contextlib.suppress(OSError):  # a file system without locks: as before
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
         old = check_record(
             path, record["checkpoint"], record["global_step"], digest=record.get("model_digest")
         )
@@ -490,6 +504,17 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
             os.close(fd)
 
 
+def record_lock(path: Path) -> Path:
+    """The lock file of eval record ``path``: in this user's folder of the machine's
+    temporary one, named for the record's path, so that nothing is written beside the
+    record. (A lock of the record's folder waited, after every task had run, for the live
+    run whose folder it was: a run holds a ``flock`` on its folder.)"""
+    key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"lmlab-{os.getuid()}-eval-locks"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{key}.lock"
+
+
 def replaced_results(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """A line for each task of ``new`` that replaces a result of ``old`` scored on other
     items or settings (a quick ``limit=20`` over the full 300): its item count and settings
@@ -497,18 +522,19 @@ def replaced_results(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     def described(entry: dict[str, Any], fallback: Any) -> tuple[Any, dict[str, Any]]:
         items = (entry.get("n_samples") or {}).get("effective")
-        settings = entry.get("lm_eval") or fallback or {}
-        return items, {k: settings.get(k) for k in RUN_SETTINGS if k != "batch_size"}
+        settings = {**(entry.get("lm_eval") or fallback or {}), "n_shot": entry.get("n_shot")}
+        # the batch size changes a score at rounding only (batched equals unbatched)
+        return items, {k: settings.get(k) for k in (*RUN_SETTINGS, "n_shot") if k != "batch_size"}
 
     lines = []
     for name, entry in new["tasks"].items():
         if name not in old["tasks"]:
             continue
         was, now = described(old["tasks"][name], old.get("lm_eval")), described(entry, None)
-        if was != now:
-            changed = ", ".join(
-                f"{k}={now[1][k]} (was {was[1][k]})" for k in now[1] if now[1][k] != was[1][k]
-            )
+        # a setting an older record does not hold is not a change
+        differ = [k for k in now[1] if was[1][k] is not None and now[1][k] != was[1][k]]
+        if was[0] != now[0] or differ:
+            changed = ", ".join(f"{k}={now[1][k]} (was {was[1][k]})" for k in differ)
             lines.append(
                 f"{name}: replaces its earlier result ({was[0]} items) with this one "
                 f"({now[0]} items{'; ' + changed if changed else ''})"

@@ -346,7 +346,19 @@ class EvalTasks(L.Callback):
         return {"failures": [dict(f) for f in self.failures]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.failures = [dict(f) for f in state_dict.get("failures", [])]
+        self._keep([dict(f) for f in state_dict.get("failures", [])])
+
+    def carry(self, failures: Any, step: int) -> None:
+        """The failures of step ``step`` from an earlier process's record (``results.json``'s
+        ``eval_failures``): the evals of a checkpoint's step run after it is saved, so the
+        checkpoint does not hold theirs."""
+        if isinstance(failures, list):
+            self._keep([dict(f) for f in failures if isinstance(f, dict) and f.get("step") == step])
+
+    def _keep(self, failures: list[dict[str, Any]]) -> None:
+        """``failures`` with those kept already, each (step, error) once, by step."""
+        both = {(f.get("step"), str(f.get("error"))): f for f in [*self.failures, *failures]}
+        self.failures = sorted(both.values(), key=lambda f: f.get("step") or 0)
 
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
@@ -421,9 +433,10 @@ class EvalTasks(L.Callback):
             return "the run is stopping (a resume evaluates them again)"
         saved = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
         ckpt = saved or Path(trainer.default_root_dir) / CHECKPOINTS / "last.ckpt"
+        limit = f" limit={self.limit}" if self.limit else ""
         return (
             f"training has ended; python src/evaluate.py ckpt={ckpt} "
-            f"tasks={','.join(self.tasks)} scores its last checkpoint"
+            f"tasks={','.join(self.tasks)}{limit} scores its last checkpoint"
         )
 
     def run(

@@ -220,16 +220,22 @@ def refuse_inside_live_sweep(folder: Path, key: str) -> None:
             )
 
 
+MORE_JOBS = "a sweep takes more jobs with -m <overrides> resume=auto hydra.sweep.dir=<its folder>"
+
+
 def enclosing_run_or_sweep(folder: Path) -> tuple[Path, str] | None:
-    """The folder of a run or a sweep that ``folder`` lies inside, at any depth, with what it
-    holds (``multirun.yaml``, or its run files), or None. ``compare`` and ``scaling`` rank
-    every run under the folder they are given, so a run there counts among the sweep's jobs,
-    or beside the run it was put in."""
+    """The folder of an lmlab run or sweep that ``folder`` lies inside, at any depth, with
+    what it holds (``multirun.yaml``, or its run files), or None. ``compare`` and ``scaling``
+    rank every run under the folder they are given, so a run there counts among the sweep's
+    jobs, or beside the run it was put in. Only lmlab's own marks count: a sweep's
+    ``multirun.yaml`` with its jobs' runs, a run's Hydra config beside its run files; a
+    project folder with a ``checkpoints/`` or another tool's ``results.json`` is neither."""
     for parent in absolute(folder).parents:
         try:
-            if (parent / SWEEP_RECORD).is_file():
+            if (parent / SWEEP_RECORD).is_file() and earlier_sweep_runs(parent):
                 return parent, SWEEP_RECORD
-            if holds_run(parent, evals=False):  # loose checkpoints' eval/ make no run
+            hydra = (parent / ".hydra" / "config.yaml").is_file()
+            if hydra and holds_run(parent, evals=False):  # loose checkpoints' eval/: no run
                 return parent, run_files_in(parent)
         except OSError:  # a folder above that this user cannot read: none of ours
             continue
@@ -246,11 +252,7 @@ def _refuse_inside(folder: Path, key: str) -> None:
     sweep = holds == SWEEP_RECORD
     where = f"a sweep's folder ({holds})" if sweep else f"a run's folder ({holds})"
     ranked = "among the sweep's jobs" if sweep else "with that run"
-    more = (
-        " (a sweep takes more jobs with -m <overrides> resume=auto hydra.sweep.dir=<its folder>)"
-        if sweep
-        else ""
-    )
+    more = f" ({MORE_JOBS})" if sweep else ""
     raise ConfigError(
         f"{key}={folder} is inside {parent}, {where}: compare and scaling would rank what runs "
         f"here {ranked}; choose a directory outside it{more}"
@@ -278,8 +280,7 @@ def refuse_run_in_sweep_dir(run_dir: Path) -> None:
     if marks:
         raise ConfigError(
             f"hydra.run.dir={run_dir} is a sweep's folder ({' and '.join(marks)}): compare "
-            "would rank a run here among the sweep's jobs; choose another directory (a sweep "
-            "takes more jobs with -m <overrides> resume=auto hydra.sweep.dir=<its folder>)"
+            f"would rank a run here among the sweep's jobs; choose another directory ({MORE_JOBS})"
         )
 
 

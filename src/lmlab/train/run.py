@@ -155,6 +155,9 @@ def train(cfg: DictConfig) -> float | None:
         checkpointed = bool(checkpoints_in(out_dir))
         stopped = how_it_stopped(err, scope.trainer, checkpointed)
         results.update(stopped, wall_seconds=time.time() - start)
+        trainer_callbacks = getattr(scope.trainer, "callbacks", None) or []
+        evals = next((c for c in trainer_callbacks if isinstance(c, EvalTasks)), None)
+        results.update(eval_results(evals))  # a stop's cut or failed evals: said, redone
         if "global_step" in results and "batch" in results:  # a stop's saved checkpoint
             results.update(trained(results, results["global_step"]))
         if earlier is not None:
@@ -303,6 +306,10 @@ def _fit(
     resume_step = ckpt["global_step"] if ckpt else 0
     callbacks = checked.callbacks
     evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
+    if evals is not None and ckpt is not None:
+        # the evals of the checkpoint's step ran after it was saved: their failures are in
+        # the record only (earlier steps' are in the checkpoint, later steps train again)
+        evals.carry((read_results(out_dir) or {}).get("eval_failures"), resume_step)
     loggers = build_loggers(
         cfg,
         out_dir,
