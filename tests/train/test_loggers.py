@@ -112,6 +112,7 @@ def test_a_server_that_never_answers_is_given_up_after_the_timeout(
 
     def hangs(*args: object, **kwargs: object) -> None:
         released.wait()  # until the test ends: the probe thread is a daemon
+        raise OSError("released")  # as a connection that gave up: the probe thread ends
 
     monkeypatch.setattr(socket, "create_connection", hangs)
     try:
