@@ -89,6 +89,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data cache of every test that names none (``LMLAB_CACHE``, which the default
+    ``paths.cache_dir`` reads): one for the test session, shared by its xdist workers. Tests
+    wrote tokenizers, packed rows and the peak-FLOP/s measurement into the user's
+    ``~/.cache/lmlab``, and read what was there from before."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache = root / "lmlab-session-cache"
+    cache.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMLAB_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lmlab-cache")
