@@ -103,19 +103,28 @@ def trained_data(ckpt: Path) -> DataConfig | None:
     held out); None where it cannot be told (a loose or converted checkpoint, a fine-tune)."""
     from lmlab.infer.checkpoint import run_dir_of
 
-    config = run_dir_of(ckpt) / ".hydra" / "config.yaml"
+    saved = saved_config(run_dir_of(ckpt))
+    if not saved or (saved.get("task") or {}).get("kind", "lm") != "lm":
+        return None
     try:
-        saved = yaml.safe_load(config.read_text()) if config.is_file() else None
-        if not isinstance(saved, dict) or (saved.get("task") or {}).get("kind", "lm") != "lm":
-            return None
         data, default = saved.get("data") or {}, DataConfig()
         return DataConfig(
             source=Source(data.get("source", default.source)),
             val_fraction=float(data.get("val_fraction", default.val_fraction)),
             max_bytes=data.get("max_bytes", default.max_bytes),
         )
-    except (OSError, ValueError, TypeError, yaml.YAMLError, ConfigError):
+    except (ValueError, TypeError, AttributeError, ConfigError):
         return None
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run saved (``<run dir>/.hydra/config.yaml``) as plain data; empty where
+    there is none or it cannot be read."""
+    try:
+        saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> str | None:
@@ -134,10 +143,7 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     from lmlab.train.loggers import log_step
     from lmlab.train.wandb_run import init_wandb, wandb_offline, wandb_place
 
-    config: dict[str, Any] = {}
-    if (run_dir / ".hydra" / "config.yaml").is_file():
-        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
-    wb = (config.get("logger") or {}).get("wandb") or {}
+    wb = (saved_config(run_dir).get("logger") or {}).get("wandb") or {}
     run = init_wandb(
         wandb_offline(wb.get("offline"), run_dir),
         run_dir,

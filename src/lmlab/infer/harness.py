@@ -119,14 +119,14 @@ def trained_items(names: Sequence[str], data_cfg: DataConfig) -> list[str]:
     ``data.val_fraction`` or ``data.max_bytes`` holds out others, and the model then trains
     on the text it is scored on (QA: 203 of ``stdlib_nextline``'s 300 items at
     ``val_fraction=0.02``). Other corpora are not read for this."""
-    shipped = [n for n in names if n in set(shipped_tasks())]
+    shipped = set(shipped_tasks())
+    shipped = [n for n in names if n in shipped]
     if data_cfg.source != Source.stdlib or not shipped:
         return []
     trained = _stdlib_trained_files(data_cfg.val_fraction, data_cfg.max_bytes)
     lines = []
     for task in shipped:
-        items = (TASKS_DIR / f"{task}.jsonl").read_text().splitlines()
-        files = {json.loads(line)["source"].rsplit(":", 1)[0] for line in items if line.strip()}
+        files = {item["source"].rsplit(":", 1)[0] for item in task_items(f"{task}.jsonl")}
         if seen := files & trained:
             lines.append(
                 f"{task}: {len(seen)} of the {len(files)} files its items come from are in this "
@@ -158,9 +158,16 @@ def fewshot_pool(name: str) -> int:
     """How many few-shot examples shipped task ``name`` can draw: its ``fewshot`` split, or
     where it has none (lm-eval then draws from the items scored, leaving out the one scored)
     its items but one."""
-    pool = TASKS_DIR / f"{name}.fewshot.jsonl"
-    lines = (pool if pool.exists() else TASKS_DIR / f"{name}.jsonl").read_text().splitlines()
-    return sum(1 for line in lines if line.strip()) - (0 if pool.exists() else 1)
+    if (TASKS_DIR / f"{name}.fewshot.jsonl").exists():
+        return len(task_items(f"{name}.fewshot.jsonl"))
+    return len(task_items(f"{name}.jsonl")) - 1
+
+
+@functools.cache
+def task_items(file: str) -> tuple[dict[str, Any], ...]:
+    """The items of a shipped task's JSONL file (``TASKS_DIR``), read once."""
+    lines = (TASKS_DIR / file).read_text().splitlines()
+    return tuple(json.loads(line) for line in lines if line.strip())
 
 
 def check_fewshot(names: Sequence[str], num_fewshot: int | None) -> None:
