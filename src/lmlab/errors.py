@@ -66,6 +66,23 @@ def unwritable_checkpoint(err: BaseException | None) -> OSError | None:
     return next((e for e in chain(err) if isinstance(e, CheckpointWriteError)), None)
 
 
+def refused_save(err: BaseException, path: Path) -> OSError | None:
+    """The error a save of the checkpoint ``path`` raises instead of ``err`` where the storage
+    refused it, naming the checkpoint rather than its temporary file or one rank's shard: a
+    full disk (``OSError``) or a folder that cannot be written (``CheckpointWriteError``);
+    None where ``err`` is another error. Looks into the ranks' errors of a sharded save
+    (torch.distributed.checkpoint's ``CheckpointException.failures``)."""
+    for found in chain(err):
+        failures = getattr(found, "failures", None)
+        ranks = failures.values() if isinstance(failures, dict) else []
+        inner = [r[0] if isinstance(r, tuple) else r for r in ranks]
+        for e in [found, *(c for r in inner if isinstance(r, BaseException) for c in chain(r))]:
+            if isinstance(e, OSError) and e.errno in (*DISK_FULL, *NOT_WRITABLE):
+                kind = OSError if e.errno in DISK_FULL else CheckpointWriteError
+                return kind(e.errno, e.strerror, str(path))
+    return None
+
+
 def storage_refusal(err: BaseException | None) -> OSError | None:
     """A full disk (``disk_full``) or a checkpoint that could not be written
     (``unwritable_checkpoint``) in ``err``'s chain: a stop said in one line."""

@@ -177,3 +177,35 @@ def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(
     assert {p: p.read_bytes() for p in ckpts.iterdir()} == kept
     assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 0
     assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EPERM, errno.EROFS])
+def test_a_sharded_save_refused_by_the_storage_names_the_checkpoint(code: int) -> None:
+    """A sharded (FSDP) save that the storage refused failed in a traceback naming the save's
+    temporary folder, or one rank's shard inside torch.distributed.checkpoint's
+    ``CheckpointException`` (which chains nothing: it holds each rank's error). Seen here with
+    ``chattr +i`` on a 2-rank FSDP run's checkpoints folder. ``refused_save`` finds the error
+    there and names the checkpoint, as a single-file save does, so the run stops in one line
+    (``storage_refusal``); any other error is left as it was."""
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    from lmlab.errors import CheckpointWriteError, refused_save, storage_refusal
+
+    ckpt = Path("/runs/a/checkpoints/last.ckpt")
+    try:
+        raise OSError(code, os.strerror(code), f"{ckpt.parent}/.last.ckpt.tmp/__1_0.distcp")
+    except OSError as shard_error:
+        failures = {1: _wrap_exception(shard_error)}
+    for raised in [
+        CheckpointException("save failed", failures),  # a rank's write of its shard
+        OSError(code, os.strerror(code), f"{ckpt.parent}/.last.ckpt.tmp"),  # the folder
+    ]:
+        said = refused_save(raised, ckpt)
+        assert said is not None and said.errno == code and said.filename == str(ckpt)
+        assert isinstance(said, CheckpointWriteError) == (code != errno.ENOSPC)
+        try:
+            raise said from raised
+        except OSError as err:
+            assert storage_refusal(err) is said
+    assert refused_save(CheckpointException("x", {0: _wrap_exception(ValueError())}), ckpt) is None
+    assert refused_save(RuntimeError("unexpected pos"), ckpt) is None

@@ -30,7 +30,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lmlab.errors import NOT_WRITABLE, CheckpointWriteError, disk_full
+from lmlab.errors import refused_save
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException as err:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-            full = disk_full(err)
-            if full is not None and not full.filename:  # torch's write names no file
-                raise OSError(full.errno, full.strerror, str(path)) from err
-            if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # not the temp file's
-                raise CheckpointWriteError(err.errno, err.strerror, str(path)) from err
+            refused = refused_save(err, path)  # not the temporary file's name
+            if refused is not None:
+                raise refused from err
             raise
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -30,7 +30,7 @@ from lightning.fabric.strategies.launchers.subprocess_script import _ChildProces
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lmlab.config.asked import as_typed
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, refused_save
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ class FSDPStrategy(ModelParallelStrategy):
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
         """Every rank writes its shard into ``.<name>.tmp``; after all have, rank 0 renames it
-        over ``<name>``: a kill during a save leaves the previous checkpoint whole."""
+        over ``<name>``: a kill during a save leaves the previous checkpoint whole. A save the
+        storage refused (a full disk, a folder that cannot be written) names the checkpoint
+        (``refused_save``), and its partial shards are removed."""
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
@@ -88,7 +90,15 @@ class FSDPStrategy(ModelParallelStrategy):
         if self.is_global_zero and tmp.exists():
             shutil.rmtree(tmp)  # left by a save that was killed
         self.barrier("lmlab_ckpt_clean")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except BaseException as err:
+            refused = refused_save(err, path)
+            if refused is None:
+                raise
+            if self.is_global_zero:  # every rank's writes have ended: the save is collective
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise refused from err
         self.barrier("lmlab_ckpt_written")
         if self.is_global_zero:
             old = path.with_name(f".{path.name}.old")
