@@ -185,7 +185,7 @@ def test_a_run_records_its_final_digest_and_failed_evals(
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     error = "RuntimeError: [enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: not enough"
-    assert results["eval_failures"] == [{"step": 4, "error": error}]
+    assert results["eval_failures"] == [{"step": 4, "tasks": [TASK], "error": error}]
     assert not [key for key in results if key.startswith("eval/")]
     with pytest.raises(CompareError) as refused:
         compare(tmp_path / "runs", ACC, out=tmp_path / "out")
@@ -204,6 +204,22 @@ def test_a_run_records_its_final_digest_and_failed_evals(
     write_record(copy, 4, 0.99, digest="f" * 32)  # another model's, copied over it
     (run,) = load_runs(tmp_path / "copies")
     assert mrun.run_value(run, ACC) is None and run.skipped_evals
+
+
+def test_a_failure_is_named_for_the_tasks_it_was_scoring(tmp_path: Path) -> None:
+    """An ``eval_failures`` entry names the tasks its evals were scoring: compare ranked by
+    another task's metric does not blame it; ranked by its task's, it names it. An entry of
+    an older record, without tasks, counts for every task."""
+    root = two_runs(tmp_path)
+    update_results(root / "1", **{ACC: 0.5})
+    failed = {"step": 2, "tasks": ["other_task"], "error": "RuntimeError: out of memory"}
+    update_results(root / "0", eval_failures=[failed])
+    assert mrun.eval_failures(load_runs(root), TASK) == ""
+    update_results(root / "0", eval_failures=[failed | {"tasks": ["other_task", TASK]}])
+    said = "; the evals during training failed in 0 (results.json eval_failures; 0, step 2: "
+    assert mrun.eval_failures(load_runs(root), TASK).startswith(said)
+    update_results(root / "0", eval_failures=[{"step": 2, "error": "RuntimeError: x"}])
+    assert mrun.eval_failures(load_runs(root), TASK).startswith(said)
 
 
 def test_a_resumed_runs_results_keep_the_earlier_processes_eval_failures(
@@ -226,7 +242,7 @@ def test_a_resumed_runs_results_keep_the_earlier_processes_eval_failures(
     with monkeypatch.context() as patch:
         patch.setattr(harness, "run_tasks", fails)
         train(compose_train(overrides, tmp_path, cache_dir))
-    failed = [{"step": s, "error": "RuntimeError: out of memory"} for s in (2, 4)]
+    failed = [{"step": s, "tasks": [TASK], "error": "RuntimeError: out of memory"} for s in (2, 4)]
     assert json.loads((tmp_path / "results.json").read_text())["eval_failures"] == failed
     extended = [*overrides, "trainer.max_steps=6", "resume=true"]
     train(compose_train(extended, tmp_path, cache_dir))
@@ -255,7 +271,7 @@ def test_an_extension_keeps_the_failure_of_its_last_steps_evals(
     with monkeypatch.context() as patch:
         patch.setattr(harness, "run_tasks", fails)
         train(compose_train(overrides, tmp_path, cache_dir))
-    failed = [{"step": 4, "error": "RuntimeError: out of memory"}]
+    failed = [{"step": 4, "tasks": [TASK], "error": "RuntimeError: out of memory"}]
     assert json.loads((tmp_path / "results.json").read_text())["eval_failures"] == failed
     train(compose_train([*overrides, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
     results = json.loads((tmp_path / "results.json").read_text())

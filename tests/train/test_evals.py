@@ -262,7 +262,8 @@ def test_a_stop_asked_during_the_evals_ends_them_between_two_batches(
     with caplog.at_level(logging.WARNING):
         callback.evaluate(trainer, module)
     assert forwards == [2]  # of 8 items' 32 + 32 requests, two at a time
-    assert callback.failures == [{"step": 2, "error": "cut short: the run was stopping"}]
+    cut = "cut short: the run was stopping"
+    assert callback.failures == [{"step": 2, "tasks": ["stdlib_nextline"], "error": cut}]
     assert callback.metrics == {}
     assert caplog.messages == [
         "the evals at step 2 were cut short: the run is stopping (a resume evaluates them again)"
@@ -312,7 +313,8 @@ def test_a_stop_during_a_steps_evals_stops_at_that_step_and_its_resume_evaluates
     assert signalled == [3]
     stop = json.loads((tmp_path / "results.json").read_text())
     assert stop["status"] == "preempted" and stop["global_step"] == 3
-    assert stop["eval_failures"] == [{"step": 3, "error": "cut short: the run was stopping"}]
+    cut = {"step": 3, "tasks": ["stdlib_nextline"], "error": "cut short: the run was stopping"}
+    assert stop["eval_failures"] == [cut]
     train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "completed" and "eval_failures" not in results

@@ -228,10 +228,11 @@ def eval_notes(runs: Sequence[Run], metric: str) -> list[str]:
     """For an eval metric: each ``eval/step<N>.json`` skipped as another model's (its
     ``model_digest`` is not the run's final checkpoint's), and the runs whose evals during
     training failed (results.json's ``eval_failures``)."""
-    if eval_task(metric) is None:
+    task = eval_task(metric)
+    if task is None:
         return []
     lines = [f"warning: {why}" for run in runs for why in run.skipped_evals]
-    failed = eval_failures([run for run in runs if run_value(run, metric) is None])
+    failed = eval_failures([run for run in runs if run_value(run, metric) is None], task)
     if failed:
         lines.append(f"note: no {metric} for some runs{failed}")
     return lines

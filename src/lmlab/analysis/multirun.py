@@ -209,17 +209,18 @@ def check_metric(runs: Sequence[Run], metric: str) -> None:
     if any(curve_column(metric, run.curve) for run in runs):
         return
     available = ", ".join(available_metrics(runs)) or "none"
-    failed = eval_failures(runs) if eval_task(metric) else ""
+    task = eval_task(metric)
+    failed = eval_failures(runs, task) if task else ""
     raise CompareError(f"unknown metric {metric!r}{failed}; available: {available}")
 
 
-def eval_failures(runs: Sequence[Run]) -> str:
+def eval_failures(runs: Sequence[Run], task: str) -> str:
     """``; the evals failed in <run dirs> (results.json eval_failures, step N: <error>)`` for
-    the runs whose evals during training failed; empty where none did."""
-    failed = [run for run in runs if _failures(run)]
+    the runs whose evals of ``task`` during training failed; empty where none did."""
+    failed = [run for run in runs if _failures(run, task)]
     if not failed:
         return ""
-    first = _failures(failed[0])[-1]
+    first = _failures(failed[0], task)[-1]
     names = [run.dir.name for run in failed]
     more = f" and {len(names) - 5} more" if len(names) > 5 else ""
     return (
@@ -228,10 +229,12 @@ def eval_failures(runs: Sequence[Run]) -> str:
     )
 
 
-def _failures(run: Run) -> list[dict[str, Any]]:
-    """results.json's ``eval_failures`` of ``run`` (each ``{"step", "error"}``)."""
+def _failures(run: Run, task: str) -> list[dict[str, Any]]:
+    """results.json's ``eval_failures`` of ``run`` (each ``{"step", "tasks", "error"}``) that
+    scored ``task``; a record from before the tasks were named counts for every task."""
     failures = run.results.get("eval_failures")
-    return [f for f in failures if isinstance(f, dict)] if isinstance(failures, list) else []
+    found = [f for f in failures if isinstance(f, dict)] if isinstance(failures, list) else []
+    return [f for f in found if not isinstance(f.get("tasks"), list) or task in f["tasks"]]
 
 
 def eval_task(metric: str) -> str | None:

@@ -339,7 +339,7 @@ class EvalTasks(L.Callback):
         self.batch_size, self.bootstrap_iters = batch_size, bootstrap_iters
         self.metrics: dict[str, float] = {}
         self.n_samples: dict[str, Any] = {}  # task -> the harness's item counts for metrics
-        self.failures: list[dict[str, Any]] = []  # {"step", "error"} of each failed eval
+        self.failures: list[dict[str, Any]] = []  # {"step", "tasks", "error"} (``failure``)
         self.last_step = -1
 
     def state_dict(self) -> dict[str, Any]:
@@ -413,18 +413,24 @@ class EvalTasks(L.Callback):
                     lg.log_metrics(metrics, step=log_step(trainer.global_step))
             except EvalStopped:
                 step = trainer.global_step
-                self.failures.append({"step": step, "error": "cut short: the run was stopping"})
+                self.failures.append(self.failure(step, "cut short: the run was stopping"))
                 log.warning("the evals at step %d were cut short: %s", step, self.redo(trainer))
                 return
             except Exception as err:
                 error = f"{type(err).__name__}: {first_line(err, 300)}"
-                self.failures.append({"step": trainer.global_step, "error": error})
+                self.failures.append(self.failure(trainer.global_step, error))
                 raise  # logged by optional(); the run goes on
             self.metrics = metrics
             self.n_samples = dict((results or {}).get("n-samples", {}))
             if trainer.is_global_zero and metrics:
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
                 log.info("evals at step %d: %s", trainer.global_step, shown)
+
+    def failure(self, step: int, error: str) -> dict[str, Any]:
+        """results.json's ``eval_failures`` entry of the evals at ``step``: the tasks they were
+        scoring (one harness call scores them all, so an error is every task's) and the
+        error."""
+        return {"step": step, "tasks": list(self.tasks), "error": error}
 
     def redo(self, trainer: L.Trainer) -> str:
         """How the evals a stop cut short are run again: a resume does, where training goes on;

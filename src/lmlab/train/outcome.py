@@ -34,7 +34,8 @@ def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
     """What results.json keeps of the evals during training beside their metrics: each task's
     item count (``eval_n_samples``, the harness's ``original`` and ``effective``: ``compare``
     warns where runs ranked by a task scored different counts) and every eval that failed
-    (``eval_failures``: step and one-line error; the run went on without its metrics)."""
+    (``eval_failures``: step, tasks and one-line error; the run went on without its
+    metrics)."""
     if evals is None:
         return {}
     out: dict[str, Any] = {}
