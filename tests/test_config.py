@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -292,6 +293,33 @@ def test_true_false_and_what_is_not_a_field_pass_the_bool_check() -> None:
         ["model.bias=true", "model.bias=false,true", "dry_run=false", "~model.bias", "seed=0"]
         + ["trainer.enable_progress_bar=1", "+experiment=llama", "model.d_ff=${model.d_model}"]
     )
+
+
+@pytest.mark.parametrize("value", ["0", "1", "'yes'", "'maybe'"])
+def test_a_true_false_field_in_an_experiment_file_is_held_to_it_too(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bias: 0`` in an ``+experiment`` file trained without biases in silence (OmegaConf
+    reads an integer, or the string ``'yes'``, as a bool); refused now, naming the file and
+    the override, also where the file is one of a list. A YAML bool (``yes`` unquoted is one
+    in YAML 1.1, as OmegaConf loads it) passes. Every shipped delta file passes."""
+    from lmlab.config import asked
+    from lmlab.config.resolve import check_bool_overrides
+
+    for group in asked.DELTA_GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            check_bool_overrides([f"+{group}={path.stem}"])
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(
+        f"# @package _global_\nmodel:\n  n_layers: 2\n  bias: {value}\nhydra:\n  job: {{}}\n"
+    )
+    (tmp_path / "experiment" / "fine.yaml").write_text("# @package _global_\ndry_run: true\n")
+    monkeypatch.setattr(asked, "CONF_DIR", tmp_path)
+    check_bool_overrides(["+experiment=fine"])
+    for override in ["+experiment=mine", "+experiment=[fine,mine]"]:
+        said = f"model.bias={value.strip(chr(39))} in experiment/mine.yaml ({override}): "
+        with pytest.raises(ConfigError, match=f"^{re.escape(said)}allowed: true or false$"):
+            check_bool_overrides([override])
 
 
 def test_a_block_given_a_value_says_what_it_takes() -> None:

@@ -7,6 +7,7 @@ architecture asked for that is not its checkpoint's; a budget other than ``steps
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -65,14 +66,29 @@ def asked_paths(overrides: list[str], group: str) -> dict[str, str]:
             named = leaves(value, f"{path}." if path else "") if isinstance(value, dict) else []
             for name in named or ([path] if path else []):
                 asked.setdefault(name, override)
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in DELTA_GROUPS:
-            path = CONF_DIR / key / f"{value}.yaml"
-            block = OmegaConf.load(path).get(group) if path.is_file() else None
-            for name in leaves(OmegaConf.to_container(block) if block is not None else None):
-                asked.setdefault(name, override)
+    for override, path in delta_files(overrides):
+        block = OmegaConf.load(path).get(group)
+        for name in leaves(OmegaConf.to_container(block) if block is not None else None):
+            asked.setdefault(name, override)
     return asked
+
+
+def delta_files(overrides: list[str]) -> list[tuple[str, Path]]:
+    """The ``+experiment``/``+debug``/``+sweeps`` files that ``overrides`` add, in order, each
+    with its override (``+experiment=[a,b]`` adds two); a name with no file is left to
+    Hydra, which refuses it."""
+    found: list[tuple[str, Path]] = []
+    for override in overrides:
+        if override.startswith("~"):
+            continue
+        key, value = parsed(override)
+        if key.lstrip("+") in DELTA_GROUPS:
+            names = getattr(value, "list", value)  # a sweep's choices: each
+            for name in names if isinstance(names, list) else [names]:
+                path = CONF_DIR / key.lstrip("+") / f"{name}.yaml"
+                if path.is_file():
+                    found.append((override, path))
+    return found
 
 
 def parsed(override: str) -> tuple[str, Any]:

@@ -165,20 +165,22 @@ def check_bool_overrides(overrides: Sequence[str]) -> None:
     """A true/false field given anything else on the command line is refused: OmegaConf
     reads any integer as a bool (``model.tie_embeddings=7`` is true) and ``yes``/``off`` as
     words for one, where the error for ``maybe`` says "allowed: true or false". A sweep's
-    choices (``model.bias=true,0``) and a block's fields (``model.moe={...}``) are checked
-    the same way."""
+    choices (``model.bias=true,0``), a block's fields (``model.moe={...}``) and the fields an
+    ``+experiment``/``+debug``/``+sweeps`` file sets (``bias: 0``) are checked the same
+    way."""
     from hydra.core.override_parser.types import ChoiceSweep
+    from omegaconf import OmegaConf
 
-    from lmlab.config.asked import parsed  # it imports the package: not at its import
+    from lmlab.config.asked import delta_files, parsed  # it imports the package: not here
 
-    def check(key: str, value: Any) -> None:
+    def check(key: str, value: Any, where: str = "") -> None:
         if isinstance(value, dict):
             for name, item in value.items():
-                check(f"{key}.{name}", item)
+                check(f"{key}.{name}" if key else str(name), item, where)
         elif field_hint(key) is bool and not isinstance(value, bool | None):
             if isinstance(value, str) and (value.startswith("${") or value in ("true", "false")):
                 return  # an interpolation, or a quoted word: what OmegaConf reads as asked
-            raise ConfigError(f"{key}={value}: allowed: true or false")
+            raise ConfigError(f"{key}={value}{where}: allowed: true or false")
 
     for override in overrides:
         if override.startswith("~"):
@@ -186,6 +188,10 @@ def check_bool_overrides(overrides: Sequence[str]) -> None:
         key, value = parsed(override)
         for one in value.list if isinstance(value, ChoiceSweep) else [value]:
             check(key.lstrip("+"), one)
+    for override, path in delta_files(list(overrides)):
+        fields = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        fields = {k: v for k, v in fields.items() if k not in ("defaults", "hydra")}
+        check("", fields, f" in {path.relative_to(path.parents[1])} ({override})")
 
 
 def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig, DataConfig, int]:
