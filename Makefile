@@ -71,8 +71,11 @@ test-all: $(STAMP)  ## the whole suite, the e2e tests (kill -9, signals, DDP/FSD
 test-fast: $(STAMP)  ## the tests that prepare no data and train nothing (pytest -m "not slow")
 	$(PY) -m pytest tests -m "not slow" $(XDIST)
 
-test-gpu: $(STAMP)  ## the tests marked gpu, on one CUDA GPU (skipped without one)
-	$(PY) -m pytest tests -m gpu -v
+# The GPU targets take lmlab's venv where there is one, else the machine's python3 (a GPU
+# image with its own torch): they install nothing.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+test-gpu:  ## the tests marked gpu, on one CUDA GPU (skipped without one)
+	$(GPU_PY) -m pytest tests/train/test_gpu.py -m gpu -o addopts= -v -rfEs
 
 lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check src tests bench
@@ -85,15 +88,22 @@ format: $(STAMP)  ## ruff fix and format
 bench: $(STAMP)  ## run the benchmark suite and rewrite BENCHMARKS.md; ARGS=--quick|--only ...
 	$(PY) bench/run.py $(ARGS)
 
-bench-gpu: $(STAMP)  ## the GPU comparison on one CUDA GPU (BENCHMARKS.md's GPU section)
-	$(PY) bench/run.py --only gpu $(ARGS)
+bench-gpu:  ## the GPU comparison on one CUDA GPU (BENCHMARKS.md's GPU section)
+	$(GPU_PY) bench/run.py --only gpu $(ARGS)
 
 # What a GPU image with torch, lightning and transformers but no package registry lacks, as
-# pure-Python wheels for bench/gpu_check.sh (antlr4's runtime exists as a source archive only).
-GPU_PYTHON ?= 3.12
-GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+# pure-Python wheels for bench/gpu_check.sh (antlr4's runtime exists as a source archive only):
+# multiprocess for every Python it may have, and datasets 5.0.0 beside 5.2.0 for an image
+# whose pyarrow (below 24) is too old for 5.2.0. The script installs them by name.
+GPU_PYTHONS := 3.10 3.11 3.12 3.13 3.14
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 datasets==5.2.0 datasets==5.0.0 dill==0.4.1
 gpu-wheels: $(STAMP)  ## wheels for bench/gpu_check.sh on a GPU machine without a registry, into .whl/
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) -d .whl $(GPU_WHEELS)
+	rm -rf .whl
+	for v in $(GPU_WHEELS); do \
+	  $(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl $$v || exit 1; done
+	for py in $(GPU_PYTHONS); do \
+	  $(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $$py \
+	    -d .whl multiprocess==0.70.19 || exit 1; done
 	$(PY) -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 clean:  ## remove outputs (not .venv, not the data cache)

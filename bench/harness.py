@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, open_dict
 
 from bench.profiling import PROFILE_STEPS
@@ -65,10 +66,13 @@ class StepLog:
 class StepTimes(L.Callback):
     """Timestamps each training batch's start and keeps each step's loss; writes a
     ``StepLog`` to ``path`` when training ends. Its own cost is one ``perf_counter`` and one
-    list append per hook."""
+    list append per hook. ``sync_at``: the steps whose start waits for the GPU first (a timing
+    window's two ends, so that it counts the GPU's work of its steps exactly, as the plain
+    loop's does, however far ahead of the GPU the host ran)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sync_at: list[int] | None = None) -> None:
         self.path = Path(path)
+        self.sync_at = set(sync_at or [])
         self.starts: list[float] = []
         self.cpu_starts: list[float] = []
         self.losses: list[Any] = []
@@ -82,6 +86,8 @@ class StepTimes(L.Callback):
         )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if len(self.starts) in self.sync_at and torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.starts.append(time.perf_counter())
         self.cpu_starts.append(time.process_time())
         self.tokens_per_step = batch["input_ids"].numel()
@@ -109,11 +115,12 @@ def run_lmlab(
     profile: Path | None = None,
     profile_start: int = 0,
     profile_steps: int = PROFILE_STEPS,
+    sync_at: list[int] | None = None,
 ) -> tuple[StepLog, dict[str, Any]]:
-    """``lmlab.train.run.train(cfg)`` with ``StepTimes`` added; returns its log and results.json.
-    The run's console output (parameter table, progress bar) goes to ``log_file``. ``profile``:
-    also write a torch.profiler table of ``profile_steps`` steps from ``profile_start`` on to
-    that file."""
+    """``lmlab.train.run.train(cfg)`` with ``StepTimes`` added (``sync_at``: the steps whose
+    start waits for the GPU); returns its log and results.json. The run's console output
+    (parameter table, progress bar) goes to ``log_file``. ``profile``: also write a
+    torch.profiler table of ``profile_steps`` steps from ``profile_start`` on to that file."""
     from lmlab.train.run import train
 
     out_dir = Path(cfg.paths.output_dir)
@@ -122,6 +129,7 @@ def run_lmlab(
         cfg.callbacks.step_times = {
             "_target_": f"{__name__}.StepTimes",
             "path": str(out_dir / "step_times.json"),
+            "sync_at": list(sync_at or []),
         }
         if profile is not None:
             cfg.callbacks.profile_steps = {

@@ -81,6 +81,10 @@ class CaseResult:
 
 # A case --budget left out: it measured nothing, so its earlier rows stay in BENCHMARKS.md.
 NOT_RUN = "not run: --budget spent"
+# A case still to run when the report was written after an earlier one (``run_cases``): what a
+# run killed there (a time limit) leaves in the file; like NOT_RUN, it keeps earlier rows.
+PENDING = "not run: the run was stopped before it (its report is written after each case)"
+NOT_MEASURED = (NOT_RUN, PENDING)
 
 
 def summary_line(result: CaseResult) -> str:
@@ -272,11 +276,11 @@ def render_section(
     each note saying which run measured it. A group none of whose cases ran (``--budget``)
     keeps ``previous`` as it was."""
     old = parse_section(previous) if previous else Section()
-    done = [r for r in results if r.skipped != NOT_RUN]
+    done = [r for r in results if r.skipped not in NOT_MEASURED]
     if previous and not done:
         return previous
     # a case left out with no earlier rows says so in a row of its own
-    new = [r for r in results if r.skipped != NOT_RUN or r.case not in old.cases]
+    new = [r for r in results if r.skipped not in NOT_MEASURED or r.case not in old.cases]
     rows, notes = [], []
     for fresh, key in (order := table_order(old, done, new, keep=bool(previous) and not whole)):
         ours = [r for r in new if r.case == key] if fresh else []

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,9 @@ import torch  # noqa: E402
 
 from bench.cases import CASES, INTROS, Settings  # noqa: E402
 from bench.report import (  # noqa: E402
+    NOT_MEASURED,
     NOT_RUN,
+    PENDING,
     CaseResult,
     git_commit,
     handwritten_outside,
@@ -132,26 +135,46 @@ def checked(args: argparse.Namespace, out_file: Path | None) -> list[str]:
     return names
 
 
-def run_cases(names: list[str], s: Settings) -> list[CaseResult]:
-    """Every case in turn; a case that fails is reported as such and the suite goes on."""
-    results = []
-    for name in names:
+def not_run(name: str, why: str = NOT_RUN) -> CaseResult:
+    return CaseResult(CASES[name].group, name, skipped=why, case=name)
+
+
+def run_cases(
+    names: list[str],
+    s: Settings,
+    done: Callable[[list[CaseResult], str], None] = lambda results, name: None,
+) -> list[CaseResult]:
+    """Every case in turn; a case that fails is reported as such and the suite goes on.
+    ``done`` is given the results so far, the cases still to run as not run, and the name of
+    the case that ended, after each case:
+    a report written there keeps every case measured when the process is killed (a time
+    limit). A SIGTERM (``timeout``'s) stops the case that ran, and the suite."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    results: list[CaseResult] = []
+    for i, name in enumerate(names):
         case, t0, load = CASES[name], time.time(), os.getloadavg()[0]
         if not s.time_left():
-            results.append(CaseResult(case.group, name, skipped=NOT_RUN, case=name))
+            results.append(not_run(name))
             print(summary_line(results[-1]), flush=True)
             continue
+        stopped = False
         try:
             out = case.fn(s)
-        except Exception as err:  # one broken case must not lose the others' numbers
+        except (Exception, SIGTERMException) as err:  # one broken case must not lose the others'
             traceback.print_exc()
-            out = [CaseResult(case.group, name, skipped=f"failed: {type(err).__name__}: {err}")]
+            stopped = isinstance(err, SIGTERMException)
+            why = "stopped by SIGTERM (a time limit)" if stopped else f"{type(err).__name__}: {err}"
+            out = [CaseResult(case.group, name, skipped=f"failed: {why}")]
         for r in out:
             r.case = name
             r.note = "; ".join(x for x in (r.note, f"load average {load:.1f} at the start") if x)
             print(summary_line(r), flush=True)
         print(f"  ({name}: {time.time() - t0:.0f} s)", flush=True)
         results += out
+        if stopped:
+            return results + [not_run(n, PENDING) for n in names[i + 1 :]]
+        done(results + [not_run(n, PENDING) for n in names[i + 1 :]], name)
     return results
 
 
@@ -184,31 +207,46 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine_summary()} with {torch.get_num_threads()} torch thread(s)"
         + (" (`--quick`: smoke numbers, not benchmarks)." if args.quick else ".")
     )
+    header.append(f"- this run: `python bench/run.py {' '.join(argv or sys.argv[1:])}`".rstrip())
+    previous = out_file.read_text() if out_file is not None and out_file.exists() else ""
+
+    def report(results: list[CaseResult], last: str = "") -> None:
+        """The report of ``results``; ``last``: the case after which it is written while
+        the run goes on."""
+        if out_file is None or all(r.skipped in NOT_MEASURED for r in results):
+            return
+        wall = f"- wall time of this run: {time.time() - started:,.0f} s"
+        if last:
+            wall += f", written after case {last} while the run went on"
+        write_report(out_file, results, measured, [*header, wall], previous, final=not last)
+
     try:
-        results = run_cases(names, s)
+        results = run_cases(names, s, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if out_file is None:
         print("--quick: no report written (--out FILE writes one)")
-    elif all(r.skipped == NOT_RUN for r in results):
+    elif all(r.skipped in NOT_MEASURED for r in results):
         print(f"no case was measured (--budget): {out_file} left as it was")
     else:
-        header.append(
-            f"- this run: `python bench/run.py {' '.join(argv or sys.argv[1:])}`".rstrip()
-        )
-        header.append(f"- wall time of this run: {time.time() - started:,.0f} s")
-        write_report(out_file, results, measured, header)
+        report(results)
     return _exit_code(results)
 
 
 def write_report(
-    out_file: Path, results: list[CaseResult], measured: str, header: list[str]
+    out_file: Path,
+    results: list[CaseResult],
+    measured: str,
+    header: list[str],
+    previous: str,
+    final: bool = True,
 ) -> None:
-    """Rewrite ``out_file``: the sections of the groups this run measured (whole, or the rows
-    of the cases it measured beside the others' earlier rows), the other sections as they were."""
-    previous = out_file.read_text() if out_file.exists() else ""
+    """Rewrite ``out_file`` from ``previous``, its text before this run: the sections of the
+    groups this run measured (whole, or the rows of the cases it measured beside the others'
+    earlier rows), the other sections as they were. ``final``: the run's last write, which
+    says what it kept."""
     old = sections_of(previous)
-    done = {r.case for r in results if r.skipped != NOT_RUN}
+    done = {r.case for r in results if r.skipped not in NOT_MEASURED}
     sections, labels = {}, []
     for group in dict.fromkeys(r.group for r in results):
         ours = [r for r in results if r.group == group]
@@ -218,15 +256,17 @@ def write_report(
         )
         if sections[group] == old.get(group):
             continue  # none of its cases ran: the section stays as it was
-        fresh = ", ".join(dict.fromkeys(r.name for r in ours if r.skipped != NOT_RUN))
+        fresh = ", ".join(dict.fromkeys(r.name for r in ours if r.skipped not in NOT_MEASURED))
         labels.append(group if whole else f"{group} ({fresh} only)")
-        if group in old and (kept := parse_section(old[group]).handwritten):
+        if final and group in old and (kept := parse_section(old[group]).handwritten):
             print(f"kept {len(kept)} hand-written line(s) in section {group}: do they still hold?")
-    header.append(f"- sections this run measured: {'; '.join(labels)}")
-    if notes := handwritten_outside(previous):
+    header = [*header, f"- sections this run measured: {'; '.join(labels)}"]
+    if final and (notes := handwritten_outside(previous)):
         print(f"kept {len(notes)} hand-written line(s) outside the sections, after the header")
-    out_file.write_text(render(header, sections, previous))
-    print(f"wrote {out_file}")
+    tmp = out_file.with_name(f".{out_file.name}.tmp")  # a kill mid-write leaves the last whole
+    tmp.write_text(render(header, sections, previous))
+    os.replace(tmp, out_file)
+    print(f"wrote {out_file}", flush=True)
 
 
 def _exit_code(results: list[CaseResult]) -> int:

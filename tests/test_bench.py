@@ -3,6 +3,7 @@ report. Behaviour only: speed itself is measured by ``make bench``, never assert
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -270,6 +271,46 @@ def test_cases_that_budget_left_out_keep_their_earlier_numbers(
         render_section("gpu", [CaseResult("gpu", "gpu_x", skipped=NOT_RUN)], "m", "", section)
         == section
     )
+
+
+def test_the_report_is_written_after_each_case_so_a_kill_keeps_what_was_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device call's time limit kills the bench: the report was written only after the
+    last case, so every number measured before was lost. It is now written (atomically)
+    after each case, the cases still to run said as not yet run, keeping their earlier rows.
+    A SIGTERM (``timeout``'s, which Lightning turns into ``SIGTERMException``) ends the case
+    that ran as failed and the run, with its report written."""
+    import bench.run as bench_run
+    from bench.run import main
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    out = tmp_path / "B.md"
+    fake_cases(monkeypatch, tmp_path, SUITE)
+    assert main(["--out", str(out)]) == 0
+    ran = fake_cases(monkeypatch, tmp_path, TENFOLD)
+    beta = bench_run.CASES["b"]
+
+    def killed(s) -> list[CaseResult]:
+        raise KeyboardInterrupt  # as a kill: nothing after this line of the process runs
+
+    monkeypatch.setitem(bench_run.CASES, "b", dataclasses.replace(beta, fn=killed))
+    with pytest.raises(KeyboardInterrupt):
+        main(["--out", str(out)])
+    assert ran == ["a"] and not list(tmp_path.glob(".B.md.tmp"))
+    train = sections_of(out.read_text())["train"]
+    assert "| alpha | wall (s) | 10.00 |" in train and "| beta | wall (s) | 2.00 |" in train
+    assert "written after case a while the run went on" in out.read_text()
+
+    def terminated(s) -> list[CaseResult]:
+        raise SIGTERMException
+
+    ran.clear()
+    monkeypatch.setitem(bench_run.CASES, "b", dataclasses.replace(beta, fn=terminated))
+    assert main(["--out", str(out)]) == 1 and ran == ["a"]  # c was not started
+    text = out.read_text()
+    assert "| b | skipped: failed: stopped by SIGTERM (a time limit) |" in text
+    assert "| gamma | wall (s) | 3.00 |" in text and "while the run went on" not in text
 
 
 def test_gpu_cases_are_refused_without_cuda_unless_quick(
