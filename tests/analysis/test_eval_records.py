@@ -17,6 +17,7 @@ from test_compare import JOBS, MAX_STEPS, make_multirun, results_for, write_job
 import smoke
 from lmlab.analysis import multirun as mrun
 from lmlab.analysis import ranking
+from lmlab.analysis.comparable import eval_notes
 from lmlab.analysis.compare import compare
 from lmlab.analysis.multirun import CompareError
 from lmlab.analysis.runs import load_runs
@@ -276,6 +277,44 @@ def test_an_extension_keeps_the_failure_of_its_last_steps_evals(
     train(compose_train([*overrides, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["eval_failures"] == failed and results[f"eval/{TASK}/acc"] is not None
+
+
+def test_a_failed_last_eval_leaves_no_earlier_steps_metrics_in_the_record(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evals at step 2 scored and those of the last step failed (or were cut by a
+    Ctrl-C): results.json held step 2's metrics as the final model's, with nothing saying so,
+    and compare ranked the run by them (or by step 2's row of metrics.csv). Now it holds none,
+    ``eval_failures`` says why, and compare names the run; metrics.csv keeps step 2's row."""
+    from lmlab.infer import harness
+
+    run_tasks = harness.run_tasks
+    calls: list[int] = []
+
+    def fails_second(*args: object, **kwargs: object) -> dict:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return run_tasks(*args, **kwargs)
+
+    overrides = [*smoke.SMOKE, "logger=csv", f"eval.tasks=[{TASK}]", "eval.limit=3"]
+    overrides += ["eval.every_n_steps=2", "callbacks.sample=null"]
+    run_dir = tmp_path / "runs" / "a"
+    monkeypatch.setattr(harness, "run_tasks", fails_second)
+    train(compose_train(overrides, run_dir, cache_dir))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and len(calls) == 2
+    assert [f["step"] for f in results["eval_failures"]] == [4]
+    assert not [key for key in results if key.startswith("eval/")]
+    assert "eval_n_samples" not in results
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get(f"eval/{TASK}/acc")]
+    assert logged == [1]  # step 2's, logged at N - 1
+    (run,) = load_runs(tmp_path / "runs")
+    assert mrun.run_value(run, f"eval/{TASK}/acc") is None  # not step 2's row of metrics.csv
+    (note,) = eval_notes([run], f"eval/{TASK}/acc")
+    assert note.startswith(f"note: no eval/{TASK}/acc for some runs; the evals during training ")
+    assert "a, step 4: RuntimeError: out of memory" in note
 
 
 def test_a_run_records_the_item_counts_of_its_evals(tmp_path: Path, cache_dir: Path) -> None:

@@ -274,9 +274,11 @@ def curve_column(metric: str, columns: Iterable[str]) -> str | None:
 def run_value(run: Run, metric: str) -> float | None:
     """results.json value of ``metric``, else (completed runs only: a failed run's partial curve
     is not a final value) ``lmlab evaluate``'s value, else the last value of its metrics.csv
-    column. An eval metric in both results.json and ``lmlab evaluate``'s record is the
-    evaluation of the newer weights, and of the same weights ``lmlab evaluate``'s
-    (:func:`evaluated_last`)."""
+    column, except for an eval metric: results.json holds the last step's evals, and where
+    they failed, an earlier step's row would read as the final model's (``eval_failures``
+    says why there is none). An eval metric in both results.json and ``lmlab evaluate``'s
+    record is the evaluation of the newer weights, and of the same weights ``lmlab
+    evaluate``'s (:func:`evaluated_last`)."""
     if metric in run.evals and evaluated_last(run):
         return run.evals[metric]
     value = run.results.get(metric)
@@ -286,6 +288,8 @@ def run_value(run: Run, metric: str) -> float | None:
         return None
     if metric in run.evals:  # lmlab evaluate of an earlier checkpoint, and nothing newer
         return run.evals[metric]
+    if eval_task(metric) is not None:
+        return None
     column = curve_column(metric, run.curve)
     if column and run.curve[column]:
         return run.curve[column][-1][1]

@@ -320,11 +320,12 @@ class EvalTasks(L.Callback):
     a kill or a second Ctrl-C during them loses no training. A stop asked while evals run (a
     Ctrl-C, a cluster's SIGTERM, ``stop_check``) ends them between two batches instead of
     minutes later; the cut is recorded like a failure, with how to run them again (``redo``).
-    A failure is logged and the run goes on; ``failures`` keeps its step and error
-    for results.json (``eval_failures``), which otherwise would not say why its eval metrics
-    are missing or older than its last step; they are kept in the checkpoints, so a resumed
-    run's results.json lists the earlier processes' too (an eval of a step run again replaces
-    the failures from that step on). The task names were checked before training started."""
+    A failure is logged and the run goes on; ``failures`` keeps its step and error for
+    results.json (``eval_failures``), which otherwise would not say why its eval metrics are
+    missing (``metrics`` are the last evals' or none, never an earlier step's); they are kept
+    in the checkpoints, so a resumed run's results.json lists the earlier processes' too (an
+    eval of a step run again replaces the failures from that step on). The task names were
+    checked before training started."""
 
     def __init__(
         self,
@@ -395,6 +396,9 @@ class EvalTasks(L.Callback):
         self.last_step = trainer.global_step
         # a resumed run evaluates these steps' weights again: their earlier outcome is past
         self.failures = [f for f in self.failures if f["step"] < trainer.global_step]
+        # results.json's eval metrics are these weights' or none: an earlier step's, kept
+        # where these evals fail or are cut, would read as the final model's
+        self.metrics, self.n_samples = {}, {}
         if not forward_here(trainer, pl_module):
             return
         from lmlab.infer import harness
