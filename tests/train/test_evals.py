@@ -281,6 +281,44 @@ def test_a_stop_asked_during_the_evals_ends_them_between_two_batches(
     assert ended.stop_asked() and ended._asked == 0  # no stop of training: it has ended
 
 
+def test_a_sigterm_after_the_last_steps_checkpoint_keeps_one_copy_of_it(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during the final validation, which runs after the last step's checkpoint: the
+    stop saved ``last.ckpt`` again, a second full copy of ``step000004.ckpt`` beside it (tens
+    of GB at 7B). The step's checkpoint is now the stop's: ``last.ckpt`` stays its link, the
+    record names it, and the resume finishes the run, evals included."""
+    import os
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lmlab.train.task import LMTask
+
+    def signal_at_the_end(self) -> None:
+        if self.trainer.global_step == 4 and self.trainer.state.fn == "fit":
+            os.kill(os.getpid(), signal.SIGTERM)  # noted by the run's handler
+
+    run = [*SMOKE, "logger=csv", "eval.tasks=[stdlib_nextline]", "eval.limit=4"]
+    run += ["eval.batch_size=2", "callbacks.sample=null", "checkpoint.every_n_steps=2"]
+    run += ["callbacks.checkpoint.save_top_k=-1"]
+    with monkeypatch.context() as patch:
+        patch.setattr(LMTask, "on_validation_epoch_start", signal_at_the_end, raising=False)
+        with pytest.raises(SIGTERMException):
+            train(compose_train(run, tmp_path, cache_dir))
+    stop = json.loads((tmp_path / "results.json").read_text())
+    ckpts = tmp_path / "checkpoints"
+    last, step = ckpts / "last.ckpt", ckpts / "step000004.ckpt"
+    assert stop["status"] == "preempted" and stop["global_step"] == 4, stop
+    assert stop["error"] == f"stopped by SIGTERM/SIGUSR1 after saving {last}", stop["error"]
+    assert last.is_symlink() and last.resolve() == step.resolve()
+    train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and "eval_failures" not in results
+    assert results["eval/stdlib_nextline/acc"] is not None
+    assert last.is_symlink() and last.resolve() == step.resolve()
+
+
 def test_a_stop_during_a_steps_evals_stops_at_that_step_and_its_resume_evaluates_it(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -267,6 +267,14 @@ class Checkpoint(ModelCheckpoint):
         self.save_now(trainer)  # training ended another way (max_epochs, a stop)
         super().on_train_end(trainer, pl_module)
 
+    def saved_at(self, step: int) -> str | None:
+        """The checkpoint this callback saved of ``step`` (``last.ckpt`` where it is kept),
+        if its newest save is of that step; else None."""
+        if step != self._last_global_step_saved:
+            return None
+        path = self.last_model_path or self.best_model_path
+        return path if path and os.path.lexists(path) else None
+
     def save_now(self, trainer: L.Trainer) -> str | None:
         """Save this step (top-k and ``last.ckpt``) unless it is saved already; the path
         saved (``last.ckpt`` where it is kept), None if nothing was."""

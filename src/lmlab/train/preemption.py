@@ -161,6 +161,14 @@ class Preemption(L.Callback):
         self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` of this step, unless a checkpoint of it is saved already (a stop in
+        the validation or the evals after the step's save): that one is the stop's, not a
+        second full copy of it."""
+        ours = [c for c in trainer.checkpoint_callbacks if isinstance(c, Checkpoint)]
+        saved = next((p for c in ours if (p := c.saved_at(trainer.global_step))), None)
+        if saved:
+            self._saved(trainer, Path(saved))
+            return
         path = self.dirpath / "last.ckpt"
         # the whole training state, said so: left unset, Lightning logs that it defaults to it
         trainer.save_checkpoint(path, weights_only=False)
