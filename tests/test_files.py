@@ -33,11 +33,11 @@ def test_a_record_that_cannot_be_written_leaves_the_old_one_and_no_temporary_fil
     path = tmp_path / "results.json"
     write_text(path, "the old record")
 
-    def fails(self: Path, text: str, *args: object, **kwargs: object) -> int:
+    def fails(self: Path, data: bytes, *args: object, **kwargs: object) -> int:
         self.touch()  # the file is made, its data do not fit
         raise error
 
-    monkeypatch.setattr(Path, "write_text", fails)
+    monkeypatch.setattr(Path, "write_bytes", fails)
     with pytest.raises(type(error)) as raised:
         write_json(path, {"status": "failed"})
     monkeypatch.undo()
@@ -67,3 +67,36 @@ def test_a_missing_or_damaged_record_reads_as_nothing(
     assert read_json(path) == json_value
     assert read_record(path) == record
     assert read_record(tmp_path) == {}  # a folder where the file goes
+
+
+def test_a_figure_is_replaced_whole_and_a_kill_while_it_is_written_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compare.png, scaling.png and probe's plot were saved in place: a kill while one was
+    written left it truncated (0 bytes for about 0.1 s), and the next compare refused the
+    folder, taking that file for the user's. Now the old figure stays whole until the new one
+    replaces it, and is still compare's own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lmlab.analysis.compare import OUTPUTS
+    from lmlab.files import save_figure
+
+    fig = Figure(figsize=(2, 2))
+    FigureCanvasAgg(fig)
+    fig.subplots().plot([0, 1], [1, 0])
+    path = tmp_path / "compare.png"
+    save_figure(fig, path, metadata={"Creator": OUTPUTS.creator})
+    old = path.read_bytes()
+    assert old.startswith(b"\x89PNG") and OUTPUTS.owns(path)
+
+    def killed(self: Path, data: bytes) -> int:
+        self.write_text("half")  # as far as the write got
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, path, metadata={"Creator": OUTPUTS.creator})
+    monkeypatch.undo()
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]
+    OUTPUTS.check(tmp_path)  # the next compare may replace it

@@ -4,8 +4,9 @@ whole and read back.
 - Names (``RESULTS``, ``PLAN``, ``RUN_CONFIG``, ``CHECKPOINTS``, ``EVAL_RECORDS``, and a
   sweep folder's ``SWEEP_RECORD``): ``lmlab train`` writes them; resume, ``compare``,
   ``scaling``, ``evaluate`` and the Ctrl-C handler read them, by these names alone.
-- ``write_text``/``write_json`` (a run's ``results.json``, ``plan.json``, ``.hydra/*.yaml``, CSV
-  history, W&B id, name and project, eval records; compare's and scaling's ``.json``): a
+- ``write_text``/``write_json``/``save_figure`` (a run's ``results.json``, ``plan.json``,
+  ``.hydra/*.yaml``, CSV history, W&B id, name and project, eval records; compare's and
+  scaling's ``.json`` and ``.png``, probe's plot): a
   temporary file beside the target, named for this process, renamed over it. A reader sees
   the old file or the new one, never half of one; a write that fails (a full disk, a Ctrl-C)
   leaves no temporary file, and its error names the file (a flush that found the disk full
@@ -16,6 +17,7 @@ whole and read back.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -35,10 +37,25 @@ SWEEP_RECORD = "multirun.yaml"
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` whole (its folder made where missing)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def save_figure(fig: Any, path: Path, **savefig: Any) -> Path:
+    """A matplotlib figure written to ``path`` whole, in the format its suffix names: rendered
+    in memory, then ``write_bytes``. Saved in place, a kill while it was written left a
+    truncated file that the next ``compare``/``scaling``/``probe`` took for the user's and
+    refused to replace."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or None, **savefig)
+    return write_bytes(path, buffer.getvalue())
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole (its folder made where missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes sharing a file
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from lmlab.analysis.multirun import Run, curve_column
 from lmlab.analysis.ranking import Row, fmt_stat, truncate, unranked_reason
+from lmlab.files import save_figure
 
 CREATOR = "lmlab compare"  # compare.png's mark: a file without it is not replaced
 
@@ -35,8 +36,7 @@ def plot(
     caption = _caption(rows)
     if caption:
         fig.supxlabel(caption, fontsize=8, color="dimgrey")
-    fig.savefig(path, metadata={"Creator": CREATOR})  # what compare may replace later
-    return path
+    return save_figure(fig, path, metadata={"Creator": CREATOR})  # what compare may replace
 
 
 def _colors(rows: Sequence[Row]) -> list[Any]:

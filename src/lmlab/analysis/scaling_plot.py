@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from lmlab.analysis.scaling_fit import budget_label
 from lmlab.analysis.scaling_parametric import optimal_allocation, predict_loss
+from lmlab.files import save_figure
 
 CREATOR = "lmlab scaling"  # scaling.png's mark: a file without it is not replaced
 
@@ -146,5 +147,4 @@ def plot_scaling(
     _plot_frontier(right, profiles, iso, par, target, draw_target)
     fig.suptitle(_plot_title(iso, par), fontsize=11)
     fig.tight_layout()
-    fig.savefig(file, dpi=110, metadata={"Creator": CREATOR})  # what scaling may replace
-    return Path(file)
+    return save_figure(fig, Path(file), dpi=110, metadata={"Creator": CREATOR})  # scaling's own

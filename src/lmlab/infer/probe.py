@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.data.tokenizer import Specials, encode
+from lmlab.files import save_figure
 from lmlab.model.attention import Attention
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def plot_attention(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     marked = path.suffix.lstrip(".").lower() in MARKED_FORMATS
-    fig.savefig(path, dpi=100, metadata={"Creator": CREATOR} if marked else None)
+    save_figure(fig, path, dpi=100, metadata={"Creator": CREATOR} if marked else None)
     plt.close(fig)
     return path
 
