@@ -371,3 +371,25 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(
     monkeypatch.setattr(lmlab.cli.generate, "main", interrupted)
     assert run_command("generate", "ckpt=x") == 130
     assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+
+
+def test_ctrl_c_once_a_command_has_done_its_work_changes_nothing(
+    run_command, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C after the command's work, in the garbage collection before exit, gave a
+    traceback (``gc.collect() KeyboardInterrupt``) and exit code 1 after a successful
+    ``convert``. It has nothing left to stop there: the command exits with its own code."""
+    import os
+    import signal
+
+    import lmlab.cli.generate
+    import lmlab.cli.main
+
+    def collected() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # as the user's Ctrl-C, while the heap is scanned
+
+    monkeypatch.setattr(lmlab.cli.generate, "main", lambda argv: 0)
+    monkeypatch.setattr(lmlab.cli.main, "before_exit", collected)
+    handler = signal.getsignal(signal.SIGINT)
+    assert run_command("generate", "ckpt=x") == 0
+    assert capsys.readouterr().err == "" and signal.getsignal(signal.SIGINT) is handler

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -51,7 +52,13 @@ def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:
     except BrokenPipeError:  # `lmlab generate --help | head`: the reader had what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
         sys.exit(141)  # as a process that SIGPIPE ended (128 + 13)
-    before_exit()  # the interpreter's shutdown need not scan the heap: about 1.4 s sooner
+    # The work is done: a Ctrl-C now has nothing to stop, and raised inside the garbage
+    # collection it gave a traceback and exit code 1 after a successful command.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        before_exit()  # the interpreter's shutdown need not scan the heap: about 1.4 s sooner
+    finally:
+        signal.signal(signal.SIGINT, previous)
     sys.exit(code or 0)
 
 
