@@ -1031,3 +1031,52 @@ def test_from_hf_interrupted_while_saving_leaves_no_partial_file(
     with pytest.raises(error):
         from_hf(str(tmp_path), tmp_path / "out" / "x.ckpt")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_two_conversions_into_one_out_keep_the_first_and_refuse_the_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``convert`` run twice at once into one ``out``: both passed the check before their
+    work, then ``from_hf``'s second rename replaced the first's checkpoint in silence (both
+    said they wrote it; they also shared one temporary name), and ``to_hf``'s second ended in
+    a traceback (``out.rmdir()``: directory not empty). Now the second is refused in one
+    line at the end, the first's output is whole, and no temporary file is left."""
+    import lmlab.infer.hf.convert as convert
+
+    out = tmp_path / "x.ckpt"
+    first = {"state_dict": {"w": torch.ones(2)}, "converted_from": "first"}
+
+    def meanwhile(source: str) -> dict:
+        torch.save(first, out)  # the other conversion finished while this one worked
+        return {"state_dict": {"w": torch.zeros(2)}, "converted_from": "second"}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "_from_hf", meanwhile)
+        with pytest.raises(ConfigError) as refused:
+            from_hf(str(tmp_path), out)
+    assert str(refused.value) == (
+        f"out={out} is now a file: another command wrote it while this one ran (nothing is "
+        "overwritten; this one's output is not kept)"
+    )
+    assert torch.load(out)["converted_from"] == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.ckpt"]
+
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    ckpt = lmlab_checkpoint(tmp_path / "m.ckpt", cfg)
+    folder, kept = tmp_path / "hf", tmp_path / "hf" / "theirs.txt"
+    save = convert.say_tied
+
+    def written_meanwhile(path: Path, tied: bool) -> None:
+        folder.mkdir(exist_ok=True)
+        kept.write_text("the other conversion's")
+        save(path, tied)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "say_tied", written_meanwhile)
+        with pytest.raises(ConfigError, match=r"^out=\S+/hf is now a folder that is not empty: "):
+            to_hf(ckpt, folder)
+    assert [p.name for p in folder.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.ckpt", "x.ckpt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is still taken, whole
+    assert to_hf(ckpt, empty) == empty and (empty / "config.json").is_file()

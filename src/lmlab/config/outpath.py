@@ -8,6 +8,7 @@ file belongs) is one line naming the key, not a traceback after minutes of work.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -86,3 +87,33 @@ def check_folder_out(out: Path, key: str = "out", empty: bool = False) -> Path:
         raise cannot_write(out, key, err) from None
     check_writable(out, key, folder=True)
     return out
+
+
+def publish(tmp: Path, out: Path, key: str = "out") -> None:
+    """Give the finished ``tmp`` (a file or folder written beside ``out``) the name ``out``,
+    unless something took that name while the command worked (the same command run twice at
+    once): the check before the work holds only for its moment. A file is linked to the name
+    and its temporary name removed, which fails where the name exists; a folder is renamed,
+    which replaces only an empty folder. The caller removes ``tmp`` where this raises."""
+    try:
+        if tmp.is_dir():
+            os.replace(tmp, out)
+            return
+        try:
+            os.link(tmp, out)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            if out.exists() or out.is_symlink():  # no hard links here: checked, then renamed
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(out)) from err
+            os.replace(tmp, out)
+            return
+        tmp.unlink()
+    except OSError as err:
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise
+        what = "a folder that is not empty" if out.is_dir() else "a file"
+        raise ConfigError(
+            f"{key}={out} is now {what}: another command wrote it while this one ran "
+            "(nothing is overwritten; this one's output is not kept)"
+        ) from None

@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
-from lmlab.config.outpath import cannot_write, check_file_out, check_folder_out
+from lmlab.config.outpath import cannot_write, check_file_out, check_folder_out, publish
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError, first_line
@@ -111,11 +111,11 @@ def from_hf(source: str, out: str | Path) -> Path:
     with offline_hub(not Path(source).exists() and not hub_reachable()):
         ckpt = _from_hf(source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # two conversions into one out
     try:
         torch.save(ckpt, tmp)
-        os.replace(tmp, out)
-    except BaseException:  # a Ctrl-C or a full disk: no partial file is left behind
+        publish(tmp, out)
+    except BaseException:  # a Ctrl-C, a full disk, out taken meanwhile: no partial file left
         tmp.unlink(missing_ok=True)
         raise
     return out
@@ -372,9 +372,7 @@ def to_hf(
         save_torch_state_dict(hf_state, tmp)
         hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1).save_pretrained(tmp)
         as_umask_allows(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        publish(tmp, out)  # over an empty folder, not over another conversion's
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
