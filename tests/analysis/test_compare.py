@@ -276,6 +276,42 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
             os.close(fd)
 
 
+def test_a_finished_run_that_a_resume_is_continuing_is_not_ranked_by_its_old_record(
+    multirun: Path,
+) -> None:
+    """A completed run extended (``trainer.max_steps`` raised, ``resume=true``): the resume
+    writes results.json only at its end, so compare ranked the run by its old record while
+    the resume trained, and again after a ``kill -9`` of it (checkpoints past the record's
+    step). RUNNING while the resume holds the run's lock, KILLED once its lock file, newer
+    than the record, is held by nobody. A lock file older than the record (the run that wrote
+    it killed just after) leaves the record as it is."""
+    import os
+
+    job = next(p for p in sorted(multirun.iterdir()) if p.is_dir() and not load_runs(p)[0].failed)
+    assert load_runs(job)[0].results["status"] == "completed"
+    fd = hold_lock(job / LOCK_FILE, "4545")
+    try:
+        (run,) = load_runs(job)
+        assert (run.state, run.error) == (
+            "running",
+            "pid 4545 holds its lock: a process continues the run (its results.json is of "
+            "the run before)",
+        )
+    finally:
+        os.close(fd)
+    (run,) = load_runs(job)  # the resume was killed: its lock file is left, unheld
+    assert (run.state, run.error) == (
+        "killed",
+        "a process that continued the run was killed (its results.json is of the run before): "
+        "resume=auto continues it",
+    )
+    record = (job / "results.json").stat().st_mtime_ns
+    os.utime(job / LOCK_FILE, ns=(record - 10**9, record - 10**9))  # taken before the record
+    assert load_runs(job)[0].state == "completed"
+    (job / LOCK_FILE).unlink()
+    assert load_runs(job)[0].state == "completed"
+
+
 def test_a_sweep_with_no_results_yet_names_its_live_jobs_pid(tmp_path: Path) -> None:
     import os
 

@@ -296,10 +296,34 @@ def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
 
 
+def _continued(job_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """A run whose results.json says how it ended that a later process took up (a resume
+    extending or finishing it), which writes its record only at its own end: ``running``
+    while that process holds the run's lock; ``killed`` where its lock file, newer than
+    results.json, is held by nobody (a kill before it wrote a record). Else the record as it
+    is: no lock file, or one older than the record (its own run, killed once it was written)."""
+    lock = job_dir / LOCK_FILE
+    holder = live_holder(lock)
+    before = "its results.json is of the run before"
+    if holder is not None:
+        error = f"pid {holder} holds its lock: a process continues the run ({before})"
+        return {**results, "status": RUNNING, "error": error, "holder": holder}
+    try:
+        later = lock.stat().st_mtime_ns > (job_dir / RESULTS).stat().st_mtime_ns
+    except OSError:  # no lock file
+        return results
+    if not later:
+        return results
+    error = f"a process that continued the run was killed ({before}): resume=auto continues it"
+    return {**results, "status": KILLED, "error": error}
+
+
 def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
     results = results_or_failed(job_dir / RESULTS) if has_results else {}
     if not has_results or results.get("status") == RUNNING:
         results = _unfinished(job_dir, root, results)
+    else:
+        results = _continued(job_dir, results)
     overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config = read_yaml(job_dir / ".hydra" / "config.yaml")
     partial = not isinstance(config, dict)
