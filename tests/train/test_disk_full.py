@@ -77,17 +77,17 @@ def test_a_full_disk_extending_a_run_names_the_file_and_keeps_the_checkpoints(
     kept = {
         p: p.read_bytes() for p in [*tmp_path.glob("checkpoints/*"), *tmp_path.glob(".hydra/*")]
     }
-    write = Path.write_text
+    write = Path.write_bytes
 
-    def full_in_the_run(self: Path, text: str, *args: object, **kwargs: object) -> int:
+    def full_in_the_run(self: Path, data: bytes) -> int:
         if self.parent == tmp_path / ".hydra":
             self.touch()  # made; its data do not fit
             full()
-        return write(self, text, *args, **kwargs)
+        return write(self, data)
 
     capsys.readouterr()
     with monkeypatch.context() as patch:
-        patch.setattr(Path, "write_text", full_in_the_run)
+        patch.setattr(Path, "write_bytes", full_in_the_run)
         assert run_command("train", *argv, "trainer.max_steps=6", "resume=auto") == 1
     err = capsys.readouterr().err
     file = tmp_path / ".hydra" / "config.yaml"
