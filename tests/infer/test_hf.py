@@ -1080,3 +1080,44 @@ def test_two_conversions_into_one_out_keep_the_first_and_refuse_the_second(
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty folder is still taken, whole
     assert to_hf(ckpt, empty) == empty and (empty / "config.json").is_file()
+
+
+def test_what_a_killed_conversion_left_beside_out_is_removed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``kill -9`` while ``to_hf`` wrote left a hidden, model-sized ``.hf.tmp-XXXX`` folder
+    (``from_hf``: ``.x.ckpt.tmp``) that nothing removed. The temporary names now hold this
+    machine's name and the pid: the next conversion into that ``out`` removes those whose
+    process is gone, and keeps a live process's and another machine's."""
+    import socket
+    import subprocess
+    import sys
+
+    import lmlab.infer.hf.convert as convert
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead, live, host = int(gone.stdout), os.getppid(), socket.gethostname()
+    left = {
+        tmp_path / f".x.ckpt.{host}.{dead}.tmp": False,
+        tmp_path / f".x.ckpt.{host}.{live}.tmp": True,
+        tmp_path / f".x.ckpt.other-host.{dead}.tmp": True,
+        tmp_path / f".hf.{host}.{dead}.tmp": False,
+        tmp_path / f".hf.other-host.{dead}.tmp": True,
+    }
+    for path in left:
+        if path.name.startswith(".hf."):
+            path.mkdir()
+            (path / "model.safetensors").write_bytes(b"\0" * 64)
+        else:
+            path.write_bytes(b"\0" * 64)
+    monkeypatch.setattr(convert, "_from_hf", lambda source: {"state_dict": {}})
+    from_hf(str(tmp_path), tmp_path / "x.ckpt")
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg), tmp_path / "hf")
+    assert {path: path.exists() for path in left} == left
+    assert (tmp_path / "x.ckpt").is_file() and (tmp_path / "hf" / "config.json").is_file()

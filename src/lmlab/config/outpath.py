@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def check_parent(out: Path, key: str = "out") -> None:
@@ -87,6 +93,45 @@ def check_folder_out(out: Path, key: str = "out", empty: bool = False) -> Path:
         raise cannot_write(out, key, err) from None
     check_writable(out, key, folder=True)
     return out
+
+
+def beside(out: Path) -> Path:
+    """Where a command writes ``out`` before ``publish`` names it: a hidden name beside it of
+    this machine's and this process's (``.<name>.<host>.<pid>.tmp``). Those that killed
+    commands of this machine left are removed first (``remove_left``)."""
+    remove_left(out)
+    return out.with_name(f".{out.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def remove_left(out: Path) -> None:
+    """Remove the temporary files and folders beside ``out`` (``beside``) whose process is
+    gone: a conversion killed while it wrote (a model-sized hidden folder, which nothing
+    removed). Only this machine's: a process of another machine sharing the folder may still
+    be writing its own."""
+    host = socket.gethostname()
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(host)}\.(\d+)\.tmp")
+    try:
+        found = [(p, int(m[1])) for p in out.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    except OSError:  # no folder yet
+        return
+    for path, pid in found:
+        if pid == os.getpid() or _alive(pid):
+            continue
+        log.info("removing %s, left by a command killed while it wrote %s", path, out)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 def publish(tmp: Path, out: Path, key: str = "out") -> None:

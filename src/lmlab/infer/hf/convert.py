@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,13 @@ import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
-from lmlab.config.outpath import cannot_write, check_file_out, check_folder_out, publish
+from lmlab.config.outpath import (
+    beside,
+    cannot_write,
+    check_file_out,
+    check_folder_out,
+    publish,
+)
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.tokenizer import Specials
 from lmlab.errors import ConfigError, first_line
@@ -111,7 +116,7 @@ def from_hf(source: str, out: str | Path) -> Path:
     with offline_hub(not Path(source).exists() and not hub_reachable()):
         ckpt = _from_hf(source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # two conversions into one out
+    tmp = beside(out)  # two conversions into one out: a name each
     try:
         torch.save(ckpt, tmp)
         publish(tmp, out)
@@ -365,7 +370,8 @@ def to_hf(
     from huggingface_hub import save_torch_state_dict
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = beside(out)
+    tmp.mkdir()
     try:
         config.save_pretrained(tmp)
         say_tied(tmp / "config.json", cfg.tie_embeddings)
