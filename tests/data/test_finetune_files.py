@@ -183,9 +183,9 @@ def test_a_file_datasets_cannot_read_shows_lmlab_s_line_only(
     bars before the one-line refusal; its settings are as they were afterwards."""
     datasets.enable_progress_bars()
     datasets.utils.logging.set_verbosity(logging.WARNING)
-    path = tmp_path / "ragged.csv"
-    path.write_text("text,label\na,x\nb,y,z\n")
-    with pytest.raises(ConfigError, match="Expected 2 fields in line 3, saw 3"):
+    path = tmp_path / "broken.jsonl"  # datasets reads it, and fails
+    path.write_text('{"text": "a", "label": 0}\n{"text": "b", \n')
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
         read_file(f"task.train={path}", path, tmp_path / "cache")
     read_file("good", jsonl(tmp_path / "good.jsonl", [{"text": "a", "label": 0}]), tmp_path / "c")
     out, err = capfd.readouterr()

@@ -1121,3 +1121,39 @@ def test_what_a_killed_conversion_left_beside_out_is_removed_by_the_next(
     to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg), tmp_path / "hf")
     assert {path: path.exists() for path in left} == left
     assert (tmp_path / "x.ckpt").is_file() and (tmp_path / "hf" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("preset", "recipe", "cls"),
+    [("bert_tiny", "bert", "BertForMaskedLM"), ("t5_tiny", "t5", "T5ForConditionalGeneration")],
+)
+def test_an_moe_bert_or_t5_is_refused_without_pointing_at_mixtral(
+    preset: str, recipe: str, cls: str
+) -> None:
+    """The refusal named +experiment=mixtral, a decoder's recipe that cannot help a BERT or
+    T5: transformers has no class for their Mixture of Experts."""
+    from lmlab.config import resolve_configs
+    from lmlab.train.compose import compose_train
+
+    overrides = [f"model={preset}", f"+experiment={recipe}", "model.moe.num_experts=4"]
+    cfg = resolve_configs(compose_train(overrides), machine=False)[0]
+    with pytest.raises(ConfigError) as refused:
+        choose_architecture(cfg)
+    family = recipe.upper()
+    assert str(refused.value) == (
+        f"{cls} cannot express model.moe.num_experts=4 (transformers has no class of a "
+        f"{family} Mixture of Experts; it stays an lmlab checkpoint)"
+    )
+
+
+def test_an_out_that_ends_with_a_slash_is_not_written_as_a_file(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """``out=newdir/`` names a folder, but ``Path`` drops the slash: ``from_hf`` wrote a file
+    named ``newdir``. Refused before any work, as an existing folder is."""
+    out = f"{tmp_path / 'newdir'}/"
+    assert run_command("convert", f"from_hf={tmp_path / 'none'}", f"out={out}") == 2
+    assert capsys.readouterr().err == (
+        f"error: out={out} names a folder (it ends with /): name the file to write\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -193,17 +193,33 @@ def test_labels_get_ids_deterministically() -> None:
         (
             "ragged.csv",
             "text,label\na,x\nb,y,z\n",
-            "Error tokenizing data. C error: Expected 2 fields in line 3, saw 3",
+            "line 3 has 3 fields, the header 2 (text, label): quote a field that holds a comma",
+        ),
+        (  # one extra field on every line: pandas took the texts for the index, in silence
+            "commas.csv",
+            "sentence,label\n" + "".join(f"red green {i},a,web\n" for i in range(6)),
+            "line 2 has 3 fields, the header 2 (sentence, label): quote a field",
+        ),
+        (  # a trailing comma on every line: "example 1 (line 2) has no label"
+            "trailing.csv",
+            "sentence,label\n" + "".join(f"five one {i},c,\n" for i in range(6)),
+            "line 2 has 3 fields, the header 2 (sentence, label): quote a field that holds a "
+            'comma ("red, green"), and end no line with one',
+        ),
+        (  # read by datasets; its first use failed in a traceback
+            "latin1.jsonl",
+            b'{"sentence": "caf\xe9", "label": "a"}\n{"sentence": "x", "label": "b"}\n',
+            "line 1 is not UTF-8 (invalid continuation byte at byte 17 of the line): save",
         ),
     ],
 )
 def test_a_file_of_examples_datasets_cannot_read_is_named_with_what_is_wrong(
-    tmp_path: Path, name: str, text: str, why: str
+    tmp_path: Path, name: str, text: str | bytes, why: str
 ) -> None:
     """``datasets``' own errors name its internals (``StopIteration``, "corresponds to no
     data"): the error says what is wrong with the file, and where."""
     path = tmp_path / name
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     kind = "json" if name.endswith(".jsonl") else "csv"
     with pytest.raises(
         ConfigError, match=re.escape(f"task.train={path} could not be read as {kind}: {why}")

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int | None:
     out = Path(cfg.out) if cfg.out else src.with_name(f"{src.stem}-consolidated.ckpt")
     if out.resolve() == src.resolve():
         raise ConfigError(f"out={out} is the sharded checkpoint itself: choose another file")
-    check_file_out(out)  # a new file: nothing is overwritten
+    check_file_out(cfg.out or out)  # a new file: nothing is overwritten
     ckpt = consolidate(src)
     AtomicCheckpointIO().save_checkpoint(ckpt, out)
     print(f"{out}: {len(ckpt['state_dict'])} tensors, step {ckpt['global_step']}")

@@ -63,9 +63,13 @@ def cannot_write(out: Path, key: str, err: OSError) -> ConfigError:
     return ConfigError(f"{key}={out}: cannot write there ({err.strerror or err})")
 
 
-def check_file_out(out: Path, key: str = "out", new: bool = True) -> Path:
-    """``out`` is a file this command may write: under folders, not a folder itself, with
-    ``new`` not there yet (nothing is overwritten), and writable there (``check_writable``)."""
+def check_file_out(out: str | Path, key: str = "out", new: bool = True) -> Path:
+    """``out`` is a file this command may write: under folders, not a folder itself (nor a
+    name that ends with a slash, as a new folder's does), with ``new`` not there yet
+    (nothing is overwritten), and writable there (``check_writable``)."""
+    if str(out).endswith(("/", os.sep)):  # Path() drops the slash: a file of that name
+        raise ConfigError(f"{key}={out} names a folder (it ends with /): name the file to write")
+    out = Path(out)
     try:  # a name too long fails even a look (ENAMETOOLONG)
         check_parent(out, key)
         if out.is_dir():

@@ -57,7 +57,7 @@ def read_file(origin: str, path: str | Path, cache_dir: Path, texts: Sequence[st
     written (``csv_texts``). Read again whenever the file changed (``file_version``)."""
     kind = FILE_FORMATS[Path(path).suffix.lower()]
     path = Path(path).expanduser()
-    header, lines = csv_lines(origin, path) if kind == "csv" else ([], json_lines(path))
+    header, lines = csv_lines(origin, path) if kind == "csv" else ([], json_lines(origin, path))
     try:
         with quiet_datasets():
             ds = datasets.load_dataset(
@@ -101,22 +101,36 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def json_lines(path: Path) -> list[int] | None:
+def json_lines(origin: str, path: Path) -> list[int] | None:
     """Each example's line in a JSON Lines file: its lines that are not blank (``datasets``
-    skips those). None where it cannot be read (``datasets`` then says why)."""
+    skips those). None where it cannot be read (``datasets`` then says why). A line that is
+    not UTF-8 is refused, naming it: ``datasets`` reads it, and the first use of its text
+    failed in a traceback."""
+    lines = []
     try:
         with path.open("rb") as f:
-            return [n for n, line in enumerate(f, start=1) if line.strip()]
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    line.decode("utf-8")
+                    lines.append(n)
     except OSError:
         return None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{origin} could not be read as json: line {n} is not UTF-8 ({err.reason} at byte "
+            f"{err.start} of the line): save the file as UTF-8"
+        ) from None
+    return lines
 
 
 def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
     """A CSV's header and each example's first line (the header is line 1; a quoted field
     can span lines; blank lines are skipped, as pandas skips them). A line that repeats the
     header, as two files joined with ``cat`` do, is refused: it would be an example whose
-    label is the column's name. ([], None) where the ``csv`` module cannot read the file
-    (``datasets`` then says why)."""
+    label is the column's name, and so is a line with more fields than the header names:
+    pandas then takes the first column for the rows' index, every column one to the left of
+    its name (an unquoted comma in every text, a trailing comma on every line). ([], None)
+    where the ``csv`` module cannot read the file (``datasets`` then says why)."""
     header: list[str] = []
     lines: list[int] = []
     start = 1
@@ -132,6 +146,13 @@ def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
                 if record and not header:
                     header = record
                 elif record:
+                    if len(record) > len(header):
+                        raise ConfigError(
+                            f"{origin} could not be read as csv: line {start} has "
+                            f"{len(record)} fields, the header {len(header)} "
+                            f"({', '.join(header)}): quote a field that holds a comma "
+                            '("red, green"), and end no line with one'
+                        )
                     lines.append(start)
                 start = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error):  # a field over the csv module's 128 KiB too

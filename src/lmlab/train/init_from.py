@@ -119,7 +119,9 @@ def resolve_init_from(
         )
     if "tokenizer" not in ckpt:
         raise ConfigError(
-            f"init_from={path} holds no tokenizer, so data.tokenizer=checkpoint has none"
+            f"init_from={path} holds no tokenizer, so data.tokenizer=checkpoint has none: "
+            "converted from a Hugging Face folder without tokenizer files? Put the model's "
+            "(tokenizer.json, tokenizer_config.json) in that folder and run from_hf again"
         )
     saved_task = TaskKind(ckpt.get("task", {}).get("kind", TaskKind.lm))
     if saved_task not in STARTS_FROM[task]:

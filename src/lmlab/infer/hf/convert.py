@@ -111,7 +111,7 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
 
 def from_hf(source: str, out: str | Path) -> Path:
     """Convert ``source`` (folder or hub name) into the lmlab checkpoint ``out``."""
-    out = check_file_out(Path(out))
+    out = check_file_out(out)
     # a hub name while the hub is unreachable: the cache only, at once (not 30 s of retries)
     with offline_hub(not Path(source).exists() and not hub_reachable()):
         ckpt = _from_hf(source)
@@ -165,7 +165,10 @@ def _from_hf(source: str) -> dict[str, Any]:
         check_specials(tokenizer)
     else:
         log.warning(
-            "from_hf=%s %s: generation will need tokenizer=<tokenizer.json>", source, none_because
+            "from_hf=%s %s: generation will need tokenizer=<tokenizer.json>, and init_from a "
+            "tokenizer (put the model's tokenizer files in the folder and convert it again)",
+            source,
+            none_because,
         )
     return ckpt
 

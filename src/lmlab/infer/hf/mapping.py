@@ -184,9 +184,16 @@ class Architecture:
 
     def check(self, cfg: ModelConfig) -> None:
         if cfg.moe.num_experts and self.model_type != "mixtral":
+            decoder = cfg.family.value == "gpt"  # Mixtral's class is a decoder's alone
+            how = (
+                "a GPT Mixture of Experts converts as MixtralForCausalLM: +experiment=mixtral"
+                if decoder
+                else f"transformers has no class of a {cfg.family.value.upper()} Mixture of "
+                "Experts; it stays an lmlab checkpoint"
+            )
             raise ConfigError(
                 f"{self.hf_class} cannot express model.moe.num_experts={cfg.moe.num_experts} "
-                "(a Mixture of Experts converts as MixtralForCausalLM: +experiment=mixtral)"
+                f"({how})"
             )
         check(cfg, self.requirements, self.hf_class)
 
