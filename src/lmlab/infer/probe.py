@@ -132,8 +132,7 @@ def plot_attention(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)  # its folder made by save_figure
     marked = path.suffix.lstrip(".").lower() in MARKED_FORMATS
     save_figure(fig, path, dpi=100, metadata={"Creator": CREATOR} if marked else None)
     plt.close(fig)
