@@ -87,6 +87,13 @@ PENDING = "not run: the run was stopped before it (its report is written after e
 NOT_MEASURED = (NOT_RUN, PENDING)
 
 
+def one_line(err: BaseException) -> str:
+    """An error as one table cell: its type and first line (Inductor's run to ten, with blank
+    lines that would end the table), without the ``|`` that would split the cell."""
+    first = next((line for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first}".replace("|", "/")
+
+
 def summary_line(result: CaseResult) -> str:
     """``train gpt_tiny fp32: 6,745 tok/s (min 6,600 max 6,800) MFU 43.1%``: the headline
     metric with its spread, then the medians of the others."""

@@ -54,6 +54,7 @@ from bench.report import (  # noqa: E402
     handwritten_outside,
     machine_lines,
     machine_summary,
+    one_line,
     parse_section,
     render,
     render_section,
@@ -164,7 +165,7 @@ def run_cases(
         except (Exception, SIGTERMException) as err:  # one broken case must not lose the others'
             traceback.print_exc()
             stopped = isinstance(err, SIGTERMException)
-            why = "stopped by SIGTERM (a time limit)" if stopped else f"{type(err).__name__}: {err}"
+            why = "stopped by SIGTERM (a time limit)" if stopped else one_line(err)
             out = [CaseResult(case.group, name, skipped=f"failed: {why}")]
         for r in out:
             r.case = name

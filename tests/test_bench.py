@@ -313,6 +313,30 @@ def test_the_report_is_written_after_each_case_so_a_kill_keeps_what_was_measured
     assert "| gamma | wall (s) | 3.00 |" in text and "while the run went on" not in text
 
 
+def test_a_case_failing_with_a_long_message_keeps_the_table_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the H200 FlexAttention's compile failed with Inductor's ten-line message, blank
+    lines and a ``|`` in it: the row ran over lines and ended the table, so the cases after it
+    were no longer rows. The row now holds the error's type and first line, without ``|``."""
+    import bench.run as bench_run
+    from bench.run import main
+
+    out = tmp_path / "B.md"
+    fake_cases(monkeypatch, tmp_path, SUITE)
+    alpha = bench_run.CASES["a"]
+
+    def fails(s) -> list[CaseResult]:
+        raise RuntimeError("No valid triton configs. a | b\n\nSet TORCHDYNAMO_VERBOSE=1\n")
+
+    monkeypatch.setitem(bench_run.CASES, "a", dataclasses.replace(alpha, fn=fails))
+    assert main(["--out", str(out)]) == 1
+    rows = [line for line in sections_of(out.read_text())["train"].splitlines() if "|" in line]
+    assert "| a | skipped: failed: RuntimeError: No valid triton configs. a / b | | | | |" in rows
+    assert "| beta | wall (s) | 2.00 | 2.00 | 2.00 | 1 |" in rows  # the table went on after it
+    assert "TORCHDYNAMO" not in out.read_text()
+
+
 def test_gpu_cases_are_refused_without_cuda_unless_quick(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
