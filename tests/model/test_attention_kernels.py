@@ -260,3 +260,52 @@ def test_an_additive_mask_takes_the_queries_dtype(monkeypatch: pytest.MonkeyPatc
     q, k, v = (torch.randn(1, 4, 8, 32, dtype=torch.bfloat16) for _ in range(3))
     assert ctx.attend(q, k, v, 0.0, False).dtype == torch.bfloat16
     assert seen == [torch.bfloat16]
+
+
+def test_flex_takes_small_tiles_for_16_bit_heads_of_64_on_hopper_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On an H200 (torch 2.11) FlexAttention with ALiBi at head_dim 64 in bf16 failed to
+    compile: Inductor's default tiles for Hopper needed 240 KiB of shared memory, over the
+    227 KiB there. lmlab passes smaller tiles there (``SMALL_TILES``), and only there: other
+    GPUs, fp32 and smaller heads keep torch's choice. The choice is a constant to dynamo, so
+    the compiled model traces it without a graph break."""
+    from types import SimpleNamespace
+
+    from lmlab.model import context
+
+    capability = {"now": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability["now"])
+
+    def query(dtype: torch.dtype = torch.bfloat16, head_dim: int = 64, cuda: bool = True):
+        device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        return SimpleNamespace(is_cuda=cuda, dtype=dtype, shape=(2, 4, 8, head_dim), device=device)
+
+    assert context.flex_kernel_options(query()) == context.SMALL_TILES
+    assert context.flex_kernel_options(query(torch.float16, 128)) == context.SMALL_TILES
+    assert context.flex_kernel_options(query(torch.float32)) is None
+    assert context.flex_kernel_options(query(head_dim=32)) is None
+    assert context.flex_kernel_options(query(cuda=False)) is None
+    assert context.flex_kernel_options(torch.zeros(1, 1, 4, 64, dtype=torch.bfloat16)) is None
+    capability["now"] = (8, 0)
+    assert context.flex_kernel_options(query()) is None
+    capability["now"] = (9, 0)
+    traced = torch.compile(lambda x: x + 1 if context._hopper(0) else x - 1, fullgraph=True)
+    assert traced(torch.zeros(2)).tolist() == [1.0, 1.0]
+
+
+def test_flex_attention_is_given_the_kernel_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``flex_kernel_options`` chose reaches the kernel call."""
+    from lmlab.model import context
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["kernel_options"])
+        return args[0]
+
+    monkeypatch.setattr(context, "flex_attention", spy)
+    monkeypatch.setattr(context, "flex_kernel_options", lambda q: {"fwd_BLOCK_M": 16})
+    q = torch.zeros(1, 2, 4, 8)
+    FlexContext().attend(q, q, q, 0.0, False)
+    assert seen == [{"fwd_BLOCK_M": 16}]

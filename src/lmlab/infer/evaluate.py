@@ -52,6 +52,7 @@ from lmlab.errors import ConfigError
 from lmlab.infer.generation import decode_loop
 from lmlab.infer.harness import check_family
 from lmlab.infer.pretrained import DTYPES, Pretrained, load
+from lmlab.model.context import varying_shapes
 
 # family -> how the harness treats it (its ``backend``); BERT has none
 BACKENDS = {Family.gpt: "causal", Family.t5: "seq2seq"}
@@ -180,6 +181,7 @@ class LmlabLM(TemplateLM):
             raise EvalStopped("the run was asked to stop")
 
     @torch.no_grad()
+    @varying_shapes()  # each batch its own width
     def _score(self, chunk: Sequence[TokenRequest]) -> list[tuple[float, bool]]:
         """One forward for a batch; each row's continuation logits, scored in float64."""
         if not chunk:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import ConfigError
+from lmlab.model.context import varying_shapes
 from lmlab.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def pick(
 
 
 @torch.no_grad()
+@varying_shapes()  # one key more every token
 def decode_loop(
     forward: Forward,
     new_cache: Callable[[int], KVCache] | None,

@@ -19,12 +19,14 @@ FlexAttention, so they cannot disagree about what is masked or how much is added
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from lmlab.config import AttentionKernel
@@ -41,6 +43,27 @@ FLEX_ON: dict[AttentionKernel, Callable[[torch.device], bool]] = {
     AttentionKernel.sdpa: lambda device: False,
     AttentionKernel.flex: lambda device: True,
 }
+
+
+# SDPA's kernels where shapes change from one call to the next: every one but cuDNN's.
+VARYING_SHAPE_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+@contextlib.contextmanager
+def varying_shapes() -> Iterator[None]:
+    """SDPA without its cuDNN kernel, for inference whose shapes change call by call: a KV
+    cache's decoding (one key longer each token) and evaluation's batches of new widths.
+    cuDNN, which PyTorch prefers on Hopper GPUs, builds an execution plan for each new shape
+    (tens to hundreds of milliseconds; PyTorch keeps them for shapes seen before, which
+    training's fixed shape reuses every step), so decoding built one per token: gpt_small
+    generated 15 tokens/s on an H200 (BENCHMARKS.md). Flash, memory-efficient and math
+    kernels need no plan. Process-wide flags, restored on exit."""
+    with sdpa_kernel(VARYING_SHAPE_BACKENDS):
+        yield
 
 
 @dataclass
@@ -91,10 +114,50 @@ class FlexContext(AttnContext):
         # needs its own compile (eager runs the unfused reference, as it does on CPU).
         eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
         kernel = compiled_flex_attention() if eager_cuda else flex_attention
-        return kernel(q, k, v, score_mod=self.score_mod, block_mask=self.block_mask, enable_gqa=gqa)
+        return kernel(
+            q,
+            k,
+            v,
+            score_mod=self.score_mod,
+            block_mask=self.block_mask,
+            enable_gqa=gqa,
+            kernel_options=flex_kernel_options(q),
+        )
 
     def dense(self) -> AttnContext:
         return self.as_dense()
+
+
+# FlexAttention's tiles where Inductor's default for the GPU does not fit its shared memory.
+# On an H200 (torch 2.11), ALiBi at head_dim 64 in bf16 failed to compile ("out of resource:
+# triton_tem_fused_flex_attention_4 Required: 245760 Hardware limit: 232448"): torch's Hopper
+# default there is 128 x 128 tiles in 3 stages. These are the tiles its A100 defaults use,
+# made for 164 KiB of shared memory, well inside Hopper's 227 KiB.
+SMALL_TILES = {
+    "fwd_BLOCK_M": 64,
+    "fwd_BLOCK_N": 64,
+    "fwd_num_stages": 3,
+    "fwd_num_warps": 4,
+    "bwd_BLOCK_M1": 64,
+    "bwd_BLOCK_N1": 64,
+    "bwd_BLOCK_M2": 64,
+    "bwd_BLOCK_N2": 64,
+    "bwd_num_stages": 2,
+    "bwd_num_warps": 4,
+}
+
+
+@torch.compiler.assume_constant_result
+def _hopper(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) == (9, 0)
+
+
+def flex_kernel_options(q: torch.Tensor) -> dict[str, int] | None:
+    """``SMALL_TILES`` for 16-bit queries of head_dim 64 or more on a Hopper GPU (H100,
+    H200), where torch's default tiles are largest; None elsewhere: torch's own choice."""
+    if not q.is_cuda or q.dtype == torch.float32 or q.shape[-1] < 64:
+        return None
+    return dict(SMALL_TILES) if _hopper(q.device.index or 0) else None
 
 
 @functools.cache
