@@ -1,9 +1,12 @@
 """``bench/run.py --profile DIR``: torch.profiler key-averages tables of steady training steps,
 one text file per run, for lmlab (``ProfileSteps``, a callback) and for the plain loop
 (``profiled``). The steps are profiled after the timed ones, so the profiler's own cost never
-enters a reported speed. On a GPU the table is sorted by self CUDA time: which kernels the
-step spends the GPU on (matmuls, attention, optimizer, copies) and how long the host waits
-(``cudaStreamSynchronize``), the format of the first H200 measurements."""
+enters a reported speed. On a GPU a first table is sorted by self CUDA time: which kernels
+the step spends the GPU on (matmuls, attention, optimizer, copies) and how long the host
+waits (``cudaStreamSynchronize``), the format of the first H200 measurements. A second,
+sorted by self CPU time, shows what the host spends a step on: the first H200 run found lmlab
+host-bound at gpt_small (the GPU's time per step equal to the plain loop's, its wall time
+longer), and its one table could not say where the host's time went."""
 
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ def profiled(path: Path, steps: int) -> Iterator[None]:
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     with profile(activities=activities) as prof:
         yield
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=ROWS)
+    averages = prof.key_averages()
+    text = ""
+    for sort in ["self_cuda_time_total"] * cuda + ["self_cpu_time_total"]:
+        table = averages.table(sort_by=sort, row_limit=ROWS)
+        text += f"{path.stem}: {steps} training steps, sorted by {sort}\n{table}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{path.stem}: {steps} training steps, sorted by {sort}\n{table}\n")
+    path.write_text(text)
 
 
 class ProfileSteps(L.Callback):
