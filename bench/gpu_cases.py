@@ -1,6 +1,8 @@
 """``make bench-gpu``: lmlab on one GPU against a plain loop written like nanoGPT's
 (``bench/nanogpt_loop.py``), at nanoGPT's ``bench.py`` shapes (12 x 1024 tokens, vocab 50304,
-no biases, dropout 0, bf16, whole-model compile), run interleaved; then every family's MFU,
+no biases, dropout 0, bf16, whole-model compile), run interleaved (then the plain loop once
+around lmlab's own model: how much of a gap is the model's graph, how much the training
+loop); then every family's MFU,
 a Mixture of Experts (Mixtral's recipe on gpt_medium: MFU from the active parameters),
 FSDP on one GPU and KV-cache generation. Nothing is installed or downloaded: the data is the
 embedded corpus, the weights random.
@@ -92,6 +94,13 @@ def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tupl
     return log.tokens_per_step * (len(starts) - 1 - warm) / elapsed, results
 
 
+def lmlab_model(overrides: list[str], s) -> torch.nn.Module:
+    """lmlab's model for ``overrides`` (vocab 50304, as the plain loop's), random weights."""
+    model_cfg = resolve_configs(compose(overrides, s.work / "model"))[0]
+    torch.manual_seed(1337)
+    return build_model(dataclasses.replace(model_cfg, vocab_size=50304))
+
+
 def mfu(tokens_per_s: float, overrides: list[str], s) -> float:
     """MFU of ``tokens_per_s`` for the model ``overrides`` describe, against the device's
     dense peak (bf16 on a GPU)."""
@@ -117,6 +126,21 @@ def versus_plain(preset: str) -> callable:
         if s.quick:
             n_layer, n_head, d = 4, 4, 128
         batch, seq = (2, 64) if s.quick else (12, 1024)
+        steps, warm = (6, 2) if s.quick else (STEPS, WARMUP)
+
+        def plain_run(i: int | None, model: torch.nn.Module | None = None) -> float:
+            """The plain loop (run ``i`` of the pairs; its first profiled), or once around
+            ``model``."""
+            table = s.profile / f"{preset}-plain.txt" if s.profile and i == 0 else None
+            shape = (n_layer, n_head, d, 50304, batch, seq, steps, warm, device())
+            return plain_tokens_per_second(
+                *shape,
+                compile=not s.quick,
+                profile=table,
+                profile_steps=s.profile_steps(),
+                model=model,
+            )
+
         lm, plain = [], []
         for i in range(s.repeats):
             if i and not s.time_left():  # --budget: the pairs measured so far
@@ -126,24 +150,7 @@ def versus_plain(preset: str) -> callable:
                 if which == "lmlab":
                     lm.append(lmlab_run(s, f"{preset}-{i}", overrides, profile=i == 0)[0])
                 else:
-                    plain.append(
-                        plain_tokens_per_second(
-                            n_layer,
-                            n_head,
-                            d,
-                            50304,
-                            batch,
-                            seq,
-                            6 if s.quick else STEPS,
-                            2 if s.quick else WARMUP,
-                            device(),
-                            compile=not s.quick,
-                            profile=s.profile / f"{preset}-plain.txt"
-                            if s.profile and i == 0
-                            else None,
-                            profile_steps=s.profile_steps(),
-                        )
-                    )
+                    plain.append(plain_run(i))
         ratio = [a / b for a, b in zip(lm, plain, strict=True)]
         stats = [
             Stat("lmlab / plain", "x", ratio),
@@ -152,6 +159,9 @@ def versus_plain(preset: str) -> callable:
             Stat("lmlab MFU", "%", [mfu(t, overrides, s) for t in lm]),
             Stat("plain MFU", "%", [mfu(t, overrides, s) for t in plain]),
         ]
+        if s.time_left():  # once: the plain loop around lmlab's model (the gap's split)
+            split = plain_run(None, lmlab_model(overrides, s))
+            stats.append(Stat("plain loop, lmlab's model", "tok/s", [split]))
         note = f"{batch} x {seq} tokens per step, {device()}; target 1.05x"
         return [CaseResult("gpu", f"{preset} vs plain", stats, note)]
 

@@ -56,6 +56,17 @@ class NanoGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+class _LabelsCall(nn.Module):
+    """A model taking ``(input_ids, labels=)`` called as ``NanoGPT`` is: ``(idx, targets)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model(idx, labels=targets)
+
+
 def tokens_per_second(
     n_layer: int,
     n_head: int,
@@ -69,11 +80,16 @@ def tokens_per_second(
     compile: bool = True,
     profile: Path | None = None,
     profile_steps: int = PROFILE_STEPS,
+    model: nn.Module | None = None,
 ) -> float:
     """Tokens/s over ``steps`` timed steps after ``warmup`` (synchronised before and after).
-    ``profile``: then a torch.profiler table of ``profile_steps`` more steps, to that file."""
+    ``profile``: then a torch.profiler table of ``profile_steps`` more steps, to that file.
+    ``model``: this loop around another GPT that takes ``(input_ids, labels=)`` and returns
+    its loss (lmlab's, built for the same shapes): which part of a gap between lmlab and this
+    loop is the model's graph, and which the training loop around it."""
     torch.manual_seed(1337)
-    model = NanoGPT(n_layer, n_head, d, vocab, seq).to(device)
+    model = NanoGPT(n_layer, n_head, d, vocab, seq) if model is None else _LabelsCall(model)
+    model = model.to(device)
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=cuda, foreach=not cuda)
     torch._dynamo.reset()  # a fresh compile, not a recompile of the previous run's model
