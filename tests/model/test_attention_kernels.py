@@ -268,8 +268,9 @@ def test_flex_takes_small_tiles_for_16_bit_heads_of_64_on_hopper_only(
     """On an H200 (torch 2.11) FlexAttention with ALiBi at head_dim 64 in bf16 failed to
     compile: Inductor's default tiles for Hopper needed 240 KiB of shared memory, over the
     227 KiB there. lmlab passes smaller tiles there (``SMALL_TILES``), and only there: other
-    GPUs, fp32 and smaller heads keep torch's choice. The choice is a constant to dynamo, so
-    the compiled model traces it without a graph break."""
+    GPUs, fp32, smaller heads and fewer than 128 queries (torch's decoding kernel) keep
+    torch's choice. The choice is a constant to dynamo, so the compiled model traces it
+    without a graph break."""
     from types import SimpleNamespace
 
     from lmlab.model import context
@@ -277,14 +278,19 @@ def test_flex_takes_small_tiles_for_16_bit_heads_of_64_on_hopper_only(
     capability = {"now": (9, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability["now"])
 
-    def query(dtype: torch.dtype = torch.bfloat16, head_dim: int = 64, cuda: bool = True):
+    def query(
+        dtype: torch.dtype = torch.bfloat16, head_dim: int = 64, cuda: bool = True, n: int = 1024
+    ):
         device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        return SimpleNamespace(is_cuda=cuda, dtype=dtype, shape=(2, 4, 8, head_dim), device=device)
+        return SimpleNamespace(is_cuda=cuda, dtype=dtype, shape=(2, 4, n, head_dim), device=device)
 
     assert context.flex_kernel_options(query()) == context.SMALL_TILES
     assert context.flex_kernel_options(query(torch.float16, 128)) == context.SMALL_TILES
     assert context.flex_kernel_options(query(torch.float32)) is None
     assert context.flex_kernel_options(query(head_dim=32)) is None
+    # under 128 queries torch's decoding kernel sizes its own query tile: left to it
+    assert context.flex_kernel_options(query(n=127)) is None
+    assert context.flex_kernel_options(query(n=128)) == context.SMALL_TILES
     assert context.flex_kernel_options(query(cuda=False)) is None
     assert context.flex_kernel_options(torch.zeros(1, 1, 4, 64, dtype=torch.bfloat16)) is None
     capability["now"] = (8, 0)

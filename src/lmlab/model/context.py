@@ -154,8 +154,10 @@ def _hopper(index: int) -> bool:
 
 def flex_kernel_options(q: torch.Tensor) -> dict[str, int] | None:
     """``SMALL_TILES`` for 16-bit queries of head_dim 64 or more on a Hopper GPU (H100,
-    H200), where torch's default tiles are largest; None elsewhere: torch's own choice."""
-    if not q.is_cuda or q.dtype == torch.float32 or q.shape[-1] < 64:
+    H200), where torch's default tiles are largest; None elsewhere: torch's own choice.
+    Fewer than 128 queries run torch's decoding kernel instead (torch 2.11 and 2.13), whose
+    query tile follows the query count: ``fwd_BLOCK_M`` would override it, so they get None."""
+    if not q.is_cuda or q.dtype == torch.float32 or q.shape[-1] < 64 or q.shape[-2] < 128:
         return None
     return dict(SMALL_TILES) if _hopper(q.device.index or 0) else None
 
