@@ -262,13 +262,13 @@ def test_an_additive_mask_takes_the_queries_dtype(monkeypatch: pytest.MonkeyPatc
     assert seen == [torch.bfloat16]
 
 
-def test_flex_takes_small_tiles_for_16_bit_heads_of_64_on_hopper_only(
+def test_flex_takes_small_tiles_for_16_bit_heads_of_64_to_128_on_hopper_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On an H200 (torch 2.11) FlexAttention with ALiBi at head_dim 64 in bf16 failed to
     compile: Inductor's default tiles for Hopper needed 240 KiB of shared memory, over the
     227 KiB there. lmlab passes smaller tiles there (``SMALL_TILES``), and only there: other
-    GPUs, fp32, smaller heads and fewer than 128 queries (torch's decoding kernel) keep
+    GPUs, fp32, other head sizes and fewer than 128 queries (torch's decoding kernel) keep
     torch's choice. The choice is a constant to dynamo, so the compiled model traces it
     without a graph break."""
     from types import SimpleNamespace
@@ -288,6 +288,7 @@ def test_flex_takes_small_tiles_for_16_bit_heads_of_64_on_hopper_only(
     assert context.flex_kernel_options(query(torch.float16, 128)) == context.SMALL_TILES
     assert context.flex_kernel_options(query(torch.float32)) is None
     assert context.flex_kernel_options(query(head_dim=32)) is None
+    assert context.flex_kernel_options(query(head_dim=256)) is None  # torch's tiles are small
     # under 128 queries torch's decoding kernel sizes its own query tile: left to it
     assert context.flex_kernel_options(query(n=127)) is None
     assert context.flex_kernel_options(query(n=128)) == context.SMALL_TILES

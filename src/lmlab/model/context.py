@@ -131,8 +131,9 @@ class FlexContext(AttnContext):
 # FlexAttention's tiles where Inductor's default for the GPU does not fit its shared memory.
 # On an H200 (torch 2.11), ALiBi at head_dim 64 in bf16 failed to compile ("out of resource:
 # triton_tem_fused_flex_attention_4 Required: 245760 Hardware limit: 232448"): torch's Hopper
-# default there is 128 x 128 tiles in 3 stages. These are the tiles its A100 defaults use,
-# made for 164 KiB of shared memory, well inside Hopper's 227 KiB.
+# default there is 128 x 128 tiles in 3 stages (backward 64/128/128/64, 3 stages, 8 warps).
+# These are smaller than torch 2.11's A100 tiles at head_dim 64 and 128 (forward 128 x 64 in
+# 3 stages; backward these), which fit an A100's 164 KiB, well inside Hopper's 227 KiB.
 SMALL_TILES = {
     "fwd_BLOCK_M": 64,
     "fwd_BLOCK_N": 64,
@@ -153,11 +154,14 @@ def _hopper(index: int) -> bool:
 
 
 def flex_kernel_options(q: torch.Tensor) -> dict[str, int] | None:
-    """``SMALL_TILES`` for 16-bit queries of head_dim 64 or more on a Hopper GPU (H100,
-    H200), where torch's default tiles are largest; None elsewhere: torch's own choice.
-    Fewer than 128 queries run torch's decoding kernel instead (torch 2.11 and 2.13), whose
-    query tile follows the query count: ``fwd_BLOCK_M`` would override it, so they get None."""
-    if not q.is_cuda or q.dtype == torch.float32 or q.shape[-1] < 64 or q.shape[-2] < 128:
+    """``SMALL_TILES`` for 16-bit queries of head_dim 64 to 128 on a Hopper GPU (H100, H200),
+    where torch's default tiles are largest; None elsewhere: torch's own choice (at 256 its
+    Hopper tiles are already smaller). Fewer than 128 queries run torch's decoding kernel
+    instead (torch 2.11 and 2.13), whose query tile follows the query count: ``fwd_BLOCK_M``
+    would override it, so they get None."""
+    if not q.is_cuda or q.dtype == torch.float32 or not 64 <= q.shape[-1] <= 128:
+        return None
+    if q.shape[-2] < 128:
         return None
     return dict(SMALL_TILES) if _hopper(q.device.index or 0) else None
 
