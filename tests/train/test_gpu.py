@@ -217,18 +217,20 @@ def test_cached_generation_in_bf16_follows_the_full_forward(positional: Position
     assert relative_error(torch.cat(steps, dim=1), full) < 0.05
 
 
-FLEX_CASES = [
-    (Family.gpt, Positional.alibi, None),
-    (Family.gpt, Positional.relative, 48),
-    (Family.gpt, Positional.rope, 48),
-    (Family.bert, Positional.learned, None),  # padding only
-    (Family.t5, Positional.relative, None),
+FLEX_CASES = [  # heads of 32 (d_model 128), and of 64 (256): GPT-2's, where Hopper takes
+    # lmlab's SMALL_TILES (torch 2.11's own tiles for it did not compile on the H200)
+    (Family.gpt, Positional.alibi, None, 128),
+    (Family.gpt, Positional.alibi, None, 256),
+    (Family.gpt, Positional.relative, 48, 128),
+    (Family.gpt, Positional.rope, 48, 128),
+    (Family.bert, Positional.learned, None, 128),  # padding only
+    (Family.t5, Positional.relative, None, 128),
 ]
 
 
-@pytest.mark.parametrize(("family", "positional", "window"), FLEX_CASES)
+@pytest.mark.parametrize(("family", "positional", "window", "d_model"), FLEX_CASES)
 def test_flex_attention_forward_and_gradients_equal_sdpa_on_cuda(
-    family: Family, positional: Positional, window: int | None
+    family: Family, positional: Positional, window: int | None, d_model: int
 ) -> None:
     """The fused FlexAttention kernel (compiled, as ``attention_kernel=auto`` runs it on CUDA)
     against SDPA's dense mask, in bf16 autocast: outputs and every gradient, T5's relative
@@ -236,6 +238,7 @@ def test_flex_attention_forward_and_gradients_equal_sdpa_on_cuda(
     the kernels round the probabilities and sums at different points; a masked key let
     through, or a bias on the wrong head, is off by the values' own size."""
     base = dict(family=family, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256)
+    base["d_model"] = d_model
     cfg = dict(base, vocab_size=97, positional=positional, attention_window=window)
     torch.manual_seed(0)
     models = {}
