@@ -211,6 +211,37 @@ def data_case(s: Settings) -> list[CaseResult]:
     return [CaseResult("data", "stdlib corpus", stats, note)]
 
 
+# The GPU benchmark's shapes per family (bench/gpu_cases.py): batch x sequence length.
+COLLATE_SHAPES = {"gpt": (12, 1024), "bert": (32, 512), "t5": (32, 512)}
+
+
+def collate_case(s: Settings) -> list[CaseResult]:
+    """Each family's collator (next token; BERT's masking; T5's span corruption) on one batch
+    of the GPU benchmark's shape, in this process, as one DataLoader worker runs it: whether
+    ``data.num_workers`` (up to 4 a process on a GPU) keeps ahead of a GPU's step."""
+    from lmlab.data.collators import COLLATORS
+    from lmlab.data.tokenizer import train_bpe
+
+    corpus = ROOT / "src" / "lmlab" / "data" / "corpora" / "tinyshakespeare.txt"
+    tokenizer = train_bpe([corpus.read_text()[: 100_000 if s.quick else None]], 4096)
+    results = []
+    for family, (batch, seq_len) in COLLATE_SHAPES.items():
+        if s.quick:
+            batch, seq_len = 2, 64
+        collate = COLLATORS[family](tokenizer=tokenizer, seed=0, seq_len=seq_len)
+        rows = torch.randint(10, tokenizer.get_vocab_size(), (batch, collate.row_len(seq_len)))
+        collate(rows)  # first call: imports, caches
+        times = []
+        for _ in range(3 if s.quick else 50):
+            t0 = time.perf_counter()
+            collate(rows)
+            times.append(time.perf_counter() - t0)
+        stat = Stat("one batch", "ms", [1e3 * statistics.median(times)])
+        note = f"{batch} x {seq_len} tokens, median of {len(times)} batches, one process"
+        results.append(CaseResult("data", f"collate {family}", [stat], note))
+    return results
+
+
 # --- generation ----------------------------------------------------------------------------
 
 
@@ -635,6 +666,7 @@ CASES: dict[str, Case] = {
     "overhead": Case(overhead_case([], "gpt_tiny 16x256", 20), "overhead"),
     "overhead_small": Case(overhead_case(SMALL_STEP, "gpt_tiny 12x64", 60), "overhead"),
     "data": Case(data_case, "data"),
+    "collate": Case(collate_case, "data"),
     "generate": Case(generate_case, "generate"),
     "memory": Case(memory_case, "memory"),
     "moe": Case(moe_case, "moe"),
@@ -689,7 +721,9 @@ INTROS = {
     "data": (
         "cold prepare = `lmlab.data.packing.prepare` into an empty cache folder: read the "
         "files, split, train the byte-level BPE, tokenise, pack and save the rows. tokenise = "
-        "`Tokenizer.encode_batch` of the trained BPE over the whole corpus (all threads)."
+        "`Tokenizer.encode_batch` of the trained BPE over the whole corpus (all threads). "
+        "collate = each family's collator on one batch of the GPU benchmark's shape, in one "
+        "process as one DataLoader worker runs it (a GPU run has up to 4 workers a process)."
     ),
     "generate": (
         "`lmlab.infer.generation.generate(model, prompt, n, temperature=0, use_cache=...)`: "
