@@ -220,10 +220,10 @@ def collate_case(s: Settings) -> list[CaseResult]:
     of the GPU benchmark's shape, in this process, as one DataLoader worker runs it: whether
     ``data.num_workers`` (up to 4 a process on a GPU) keeps ahead of a GPU's step."""
     from lmlab.data.collators import COLLATORS
+    from lmlab.data.sources import SHAKESPEARE
     from lmlab.data.tokenizer import train_bpe
 
-    corpus = ROOT / "src" / "lmlab" / "data" / "corpora" / "tinyshakespeare.txt"
-    tokenizer = train_bpe([corpus.read_text()[: 100_000 if s.quick else None]], 4096)
+    tokenizer = train_bpe([SHAKESPEARE.read_text()[: 100_000 if s.quick else None]], 4096)
     results = []
     for family, (batch, seq_len) in COLLATE_SHAPES.items():
         if s.quick:

@@ -94,18 +94,23 @@ def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tupl
     return log.tokens_per_step * (len(starts) - 1 - warm) / elapsed, results
 
 
+def model_config(overrides: list[str], s) -> tuple[ModelConfig, int]:
+    """The model config ``overrides`` describe (a vocabulary left to the tokenizer: the
+    embedded corpus's 4096) and the sequence length."""
+    model_cfg, _, seq_len = resolve_configs(compose(overrides, s.work / "model"))
+    return dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size or 4096), seq_len
+
+
 def lmlab_model(overrides: list[str], s) -> torch.nn.Module:
-    """lmlab's model for ``overrides`` (vocab 50304, as the plain loop's), random weights."""
-    model_cfg = resolve_configs(compose(overrides, s.work / "model"))[0]
+    """lmlab's model for ``overrides``, random weights (the plain loop's seed)."""
     torch.manual_seed(1337)
-    return build_model(dataclasses.replace(model_cfg, vocab_size=50304))
+    return build_model(model_config(overrides, s)[0])
 
 
 def mfu(tokens_per_s: float, overrides: list[str], s) -> float:
     """MFU of ``tokens_per_s`` for the model ``overrides`` describe, against the device's
     dense peak (bf16 on a GPU)."""
-    model_cfg, _, seq_len = resolve_configs(compose(overrides, s.work / "mfu"))
-    model_cfg = dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size or 4096)
+    model_cfg, seq_len = model_config(overrides, s)
     with torch.device("meta"):
         model = build_model(model_cfg)
     fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
