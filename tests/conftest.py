@@ -202,17 +202,20 @@ def refused_jobs(tmp_path: Path, multirun_config) -> Callable[..., list[str]]:
     return refused
 
 
-# Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
-HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
-
-
 @pytest.fixture
-def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The name of every host read (``HOST_READS``) of any tensor from now on, until
-    ``monkeypatch.undo()`` or the test's end."""
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The name of every host read (``syncs.HOST_READS``) of any tensor, and of every aten op
+    that would wait for a GPU (``syncs.SyncingOps``), from now on until ``monkeypatch.undo()``
+    or the test's end."""
+    import types
+
     import torch  # not at the top: the thread settings above must come first
 
+    from syncs import HOST_READS, SyncingOps
+
     reads: list[str] = []
+    recording = types.SimpleNamespace(on=False)
+    monkeypatch.setattr(recording, "on", True)  # undone with the Tensor methods below
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
 
@@ -221,7 +224,8 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             return original(tensor, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, read)
-    return reads
+    with SyncingOps(lambda op: recording.on and reads.append(op)):
+        yield reads
 
 
 @pytest.fixture

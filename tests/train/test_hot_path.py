@@ -26,9 +26,8 @@ from lmlab.train.guard import NonFiniteError
 from lmlab.train.run import train
 from lmlab.train.task import LMTask, build_optimizer, decay_groups, optimizer_from
 from smoke import SMOKE
+from syncs import HOST_READS, SyncingOps
 
-# Tensor methods that copy a value to the host: on a GPU each waits for all queued work.
-HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
 # Code whose tensors live on the host on every device, so its reads wait for nothing: the data
 # loader and lmlab's sampler (CPU index tensors), and torch.optim's step counters (kept on the
 # CPU unless capturable; the fused CUDA AdamW reads none).
@@ -41,7 +40,9 @@ def on_host_side(stack: traceback.StackSummary) -> bool:
 
 class CountHostReads(L.Callback):
     """Counts host reads per optimizer step, from one step's start to the next one's, and per
-    micro-batch (counted from 0 over the run) with the values logged there."""
+    micro-batch (counted from 0 over the run) with the values logged there: the Tensor
+    methods of ``HOST_READS`` and, from the first step to validation or the end, the aten ops
+    that would wait for a GPU (``SyncingOps``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.per_step: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -61,12 +62,17 @@ class CountHostReads(L.Callback):
             log(task, name, *args, **kwargs)
 
         monkeypatch.setattr(LMTask, "log", logging)
+        self.ops: SyncingOps | None = None
+
+    def count(self, name: str) -> None:
+        # the innermost frames: the whole stack of a step runs inside torch.optim (the closure)
+        if self.step is not None and not on_host_side(traceback.extract_stack(limit=13)):
+            self.per_step[self.step][name] += 1
+            self.per_batch[self.batch][name] += 1
 
     def counting(self, name: str, original):
         def read(tensor: torch.Tensor, *args, **kwargs):
-            if self.step is not None and not on_host_side(traceback.extract_stack(limit=12)):
-                self.per_step[self.step][name] += 1
-                self.per_batch[self.batch][name] += 1
+            self.count(name)
             return original(tensor, *args, **kwargs)
 
         return read
@@ -74,21 +80,67 @@ class CountHostReads(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.step = trainer.global_step
         self.batch += 1
+        if self.ops is None:
+            self.ops = SyncingOps(self.count)
+            self.ops.__enter__()
+
+    def stop(self) -> None:
+        self.step = None
+        if self.ops is not None:
+            self.ops.__exit__(None, None, None)
+            self.ops = None
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.step = None
+        self.stop()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self.step = None  # validation reads its results: not a training step
+        self.stop()  # validation reads its results: not a training step
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.stop()
 
 
-@pytest.mark.parametrize("guard", ["stop", "off"])
+def test_the_syncing_op_counter_sees_what_a_cuda_device_waits_for() -> None:
+    """Boolean indexing (read and write), ``nonzero``, a read of a value, ``repeat_interleave``
+    without ``output_size``, ``unique`` and ``equal``; not integer indexing, ``where``, a
+    reduction, a sort or ``repeat_interleave`` given its size."""
+    seen: list[str] = []
+    x = torch.arange(6.0)
+    with SyncingOps(seen.append):
+        x[x > 2]
+        x.nonzero()
+        x[torch.tensor([0, 1])]
+        x[torch.tensor([0, 1])] = 1.0
+        x[x > 4] = 0.0
+        bool(x[0] > 1)
+        torch.repeat_interleave(torch.tensor([1, 2]))
+        torch.repeat_interleave(x, torch.ones(6, dtype=torch.long), output_size=6)
+        x.unique()
+        torch.equal(x, x)
+        torch.where(x > 1, 3, x), x.max(), x.sort(), x.topk(2)
+    assert seen == [
+        "aten.index",
+        "aten.nonzero",
+        "aten.index_put_",
+        "aten._local_scalar_dense",
+        "aten.repeat_interleave",
+        "aten._unique2",
+        "aten.equal",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("family", "guard"), [("gpt", "stop"), ("gpt", "off"), ("bert", "stop"), ("t5", "stop")]
+)
 def test_a_step_that_logs_nothing_reads_nothing_on_the_host(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, guard: str
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, family: str, guard: str
 ) -> None:
+    """Every family: BERT's and T5's steps differ from GPT's in their collators (host side),
+    attention masks and T5's relative bias."""
     cfg = compose_train(
         [
             *SMOKE,
+            f"model={family}_tiny",
             "trainer.max_steps=12",
             "trainer.log_every_n_steps=5",
             "trainer.val_check_interval=100",

@@ -240,7 +240,9 @@ class MoEFeedForward(nn.Module):
         E, D = self.num_experts, x_ND.shape[-1]
         C = math.ceil(self.capacity_factor * N * K / E)
         expert_M = expert_NK.T.flatten()  # token n's j-th choice at j * N + n
-        onehot_ME = F.one_hot(expert_M, E)
+        # not F.one_hot: on a CPU it reads the indices' min and max to check them (a host
+        # read each layer; on CUDA it checks on the device)
+        onehot_ME = (expert_M.unsqueeze(-1) == torch.arange(E, device=expert_M.device)).long()
         real_M = None if real_N is None else real_N.repeat(K)
         if real_M is not None:  # a pad's row of zeros: it takes no place in any queue
             onehot_ME = onehot_ME * real_M.unsqueeze(-1)
