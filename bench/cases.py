@@ -695,8 +695,13 @@ INTROS = {
         "GPT-2 small's shape (forward and backward, bf16, compiled): SDPA with lmlab's dense "
         "mask against FlexAttention (`model.attention_kernel=sdpa|flex`), per scheme that needs "
         "a mask or a bias, with plain causal SDPA as the bound. `--profile DIR` writes a "
-        "torch.profiler table of each case's first run there; `--budget` reports the cases it "
-        "left out as not run."
+        "torch.profiler table of each case's first run there, and 'GPU busy' is that run's "
+        "kernel time per step (the profiled steps) over its step time (the timed ones). "
+        "'syncs per quiet step': the synchronising CUDA calls of each lmlab run's steps that "
+        "log nothing, 5 steps after the timed ones under "
+        "`torch.cuda.set_sync_debug_mode(\"warn\")` (`bench.profiling.SyncAudit`), the "
+        "sites in the note; a GPU waits idle for the host after each. `--budget` reports the "
+        "cases it left out as not run."
     ),
     "train": (
         "`lmlab.train.run.train` on the composed config with `logger=none`, no validation and no "

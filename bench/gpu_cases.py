@@ -25,6 +25,7 @@ import torch
 
 from bench.harness import BENCH_OVERRIDES, compose, run_lmlab
 from bench.nanogpt_loop import tokens_per_second as plain_tokens_per_second
+from bench.profiling import AUDIT_STEPS, device_ms_per_step, quiet_syncs
 from bench.report import CaseResult, Stat, one_line
 from lmlab.config import AttentionKernel, ModelConfig, Positional, resolve_configs
 from lmlab.data.collators import decoder_tokens
@@ -55,11 +56,21 @@ def shapes(s, preset: str, batch: int, seq: int) -> list[str]:
 GPU_OVERRIDES = [*BENCH_OVERRIDES, "~callbacks.checkpoint"]
 
 
-def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tuple[float, dict]:
+@dataclasses.dataclass
+class Run:
+    """One lmlab run of a GPU case."""
+
+    tokens_per_s: float
+    busy: float | None  # the GPU's kernel time over the step time (profiled runs)
+    syncs: tuple[float, list[str]] | None  # per quiet step, and where (``quiet_syncs``)
+
+
+def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> Run:
     """tokens/s of one lmlab run over its steady steps (mean start-to-start time, the two
-    ends of the window after a wait for the GPU, as the plain loop times its steps), and its
-    results.json. ``profile`` (with ``--profile DIR``): then ``s.profile_steps()`` more steps
-    under the profiler, their table in ``DIR/<name>.txt``; the timed steps are the same."""
+    ends of the window after a wait for the GPU, as the plain loop times its steps). Then, the
+    timed steps unchanged: with ``profile`` (and ``--profile DIR``) ``s.profile_steps()``
+    steps under the profiler, their table in ``DIR/<name>.txt`` and the share of the timed
+    steps the GPU was busy; and ``AUDIT_STEPS`` steps under ``SyncAudit``."""
     gpu = device().type == "cuda"
     trainer = ["trainer=gpu"] if gpu else ["trainer.precision=32-true"]
     if any(o.startswith("trainer=") for o in overrides):  # FSDP: its own trainer, block compile
@@ -68,7 +79,8 @@ def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tupl
         trainer.append("compile=model")
     steps = 6 if s.quick else STEPS
     table = s.profile / f"{name}.txt" if profile and s.profile else None
-    total = steps + (s.profile_steps() if table else 0)
+    audit_start = steps + (s.profile_steps() if table else 0)
+    total = audit_start + (2 if s.quick else AUDIT_STEPS)
     out = s.work / name
     cfg = compose([*overrides, *trainer, *GPU_OVERRIDES, f"trainer.max_steps={total}"], out)
     # Every run compiles LMTask.objective afresh: in one process, the same code compiled for
@@ -76,22 +88,44 @@ def lmlab_run(s, name: str, overrides: list[str], profile: bool = False) -> tupl
     torch._dynamo.reset()
     warm = 2 if s.quick else WARMUP
     try:
-        log, results = run_lmlab(
+        log, _ = run_lmlab(
             cfg,
             profile=table,
             profile_start=steps,
             profile_steps=s.profile_steps(),
             sync_at=[warm, steps - 1],
+            audit_start=audit_start,
         )
     except BaseException:  # the run's own lines say why; its folder is removed with the rest
         console = out / "console.log"
         lines = console.read_text(errors="replace").splitlines() if console.exists() else []
         print(f"{name}: the end of its console output", *lines[-40:], sep="\n", file=sys.stderr)
         raise
-    starts = log.starts[:steps]  # the profiled steps, if any, come after
-    elapsed = starts[-1] - starts[warm]
+    starts = log.starts[:steps]  # the profiled and audited steps come after
+    step_s = (starts[-1] - starts[warm]) / (len(starts) - 1 - warm)
+    syncs = quiet_syncs(out / "sync_audit.json") if gpu else None  # a CPU never waits
     shutil.rmtree(out, ignore_errors=True)
-    return log.tokens_per_step * (len(starts) - 1 - warm) / elapsed, results
+    kernels_ms = device_ms_per_step(table)
+    busy = kernels_ms / (1e3 * step_s) if kernels_ms else None
+    return Run(log.tokens_per_step / step_s, busy, syncs)
+
+
+def run_stats(runs: list[Run], who: str = "") -> list[Stat]:
+    """The GPU's busy share (profiled runs) and the synchronising calls per quiet step of
+    ``runs``, where measured."""
+    prefix = f"{who} " if who else ""
+    stats = []
+    if busy := [r.busy for r in runs if r.busy is not None]:
+        stats.append(Stat(f"{prefix}GPU busy", "%", busy))
+    if syncs := [r.syncs[0] for r in runs if r.syncs is not None]:
+        stats.append(Stat(f"{prefix}syncs per quiet step", "calls", syncs))
+    return stats
+
+
+def sync_note(runs: list[Run]) -> str:
+    """Where the first run that synchronised in a quiet step did (its 3 most frequent sites)."""
+    sites = next((r.syncs[1] for r in runs if r.syncs is not None and r.syncs[1]), [])
+    return f"; quiet-step syncs at {'; '.join(sites[:3])}" if sites else ""
 
 
 def model_config(overrides: list[str], s) -> tuple[ModelConfig, int]:
@@ -146,16 +180,17 @@ def versus_plain(preset: str) -> callable:
                 model=model,
             )
 
-        lm, plain = [], []
+        runs, plain = [], []
         for i in range(s.repeats):
             if i and not s.time_left():  # --budget: the pairs measured so far
                 break
             order = ("plain", "lmlab") if i % 2 == 0 else ("lmlab", "plain")
             for which in order:
                 if which == "lmlab":
-                    lm.append(lmlab_run(s, f"{preset}-{i}", overrides, profile=i == 0)[0])
+                    runs.append(lmlab_run(s, f"{preset}-{i}", overrides, profile=i == 0))
                 else:
                     plain.append(plain_run(i))
+        lm = [r.tokens_per_s for r in runs]
         ratio = [a / b for a, b in zip(lm, plain, strict=True)]
         stats = [
             Stat("lmlab / plain", "x", ratio),
@@ -163,11 +198,16 @@ def versus_plain(preset: str) -> callable:
             Stat("plain loop", "tok/s", plain),
             Stat("lmlab MFU", "%", [mfu(t, overrides, s) for t in lm]),
             Stat("plain MFU", "%", [mfu(t, overrides, s) for t in plain]),
+            *run_stats(runs, "lmlab"),
         ]
+        plain_kernels = device_ms_per_step(s.profile / f"{preset}-plain.txt" if s.profile else None)
+        if plain_kernels:  # the first pair's plain run was profiled
+            plain_step_ms = 1e3 * batch * seq / plain[0]
+            stats.append(Stat("plain GPU busy", "%", [plain_kernels / plain_step_ms]))
         if s.time_left():  # once: the plain loop around lmlab's model (the gap's split)
             split = plain_run(None, lmlab_model(overrides, s))
             stats.append(Stat("plain loop, lmlab's model", "tok/s", [split]))
-        note = f"{batch} x {seq} tokens per step, {device()}; target 1.05x"
+        note = f"{batch} x {seq} tokens per step, {device()}; target 1.05x{sync_note(runs)}"
         return [CaseResult("gpu", f"{preset} vs plain", stats, note)]
 
     return run
@@ -179,16 +219,19 @@ def family_case(preset: str, extra: list[str], batch: int, seq: int, label: str)
     def run(s) -> list[CaseResult]:
         overrides = [*shapes(s, preset, batch, seq), *extra]
         name = label.replace(" ", "_")
-        tps = [
-            lmlab_run(s, f"{name}-{i}", overrides, i == 0)[0]
+        runs = [
+            lmlab_run(s, f"{name}-{i}", overrides, i == 0)
             for i in range(s.repeats)
             if i == 0 or s.time_left()  # --budget: the runs measured so far
         ]
+        tps = [r.tokens_per_s for r in runs]
         stats = [
             Stat("tokens/s", "tok/s", tps),
             Stat("MFU", "%", [mfu(t, overrides, s) for t in tps]),
+            *run_stats(runs),
         ]
-        return [CaseResult("gpu", label, stats, f"{batch} x {seq} tokens per step")]
+        note = f"{batch} x {seq} tokens per step{sync_note(runs)}"
+        return [CaseResult("gpu", label, stats, note)]
 
     return run
 

@@ -116,11 +116,14 @@ def run_lmlab(
     profile_start: int = 0,
     profile_steps: int = PROFILE_STEPS,
     sync_at: list[int] | None = None,
+    audit_start: int | None = None,
 ) -> tuple[StepLog, dict[str, Any]]:
     """``lmlab.train.run.train(cfg)`` with ``StepTimes`` added (``sync_at``: the steps whose
     start waits for the GPU); returns its log and results.json. The run's console output
     (parameter table, progress bar) goes to ``log_file``. ``profile``: also write a
-    torch.profiler table of ``profile_steps`` steps from ``profile_start`` on to that file."""
+    torch.profiler table of ``profile_steps`` steps from ``profile_start`` on to that file.
+    ``audit_start``: ``SyncAudit`` from that step on, to ``sync_audit.json`` in the run's
+    folder."""
     from lmlab.train.run import train
 
     out_dir = Path(cfg.paths.output_dir)
@@ -131,6 +134,12 @@ def run_lmlab(
             "path": str(out_dir / "step_times.json"),
             "sync_at": list(sync_at or []),
         }
+        if audit_start is not None:
+            cfg.callbacks.sync_audit = {
+                "_target_": "bench.profiling.SyncAudit",
+                "path": str(out_dir / "sync_audit.json"),
+                "start": audit_start,
+            }
         if profile is not None:
             cfg.callbacks.profile_steps = {
                 "_target_": "bench.profiling.ProfileSteps",

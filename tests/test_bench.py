@@ -465,7 +465,8 @@ def test_gpu_cases_run_in_quick_mode_on_any_device(
             assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
     # --profile: a table of each first run, lmlab's and the plain loop's
     tables = sorted(p.name for p in (tmp_path / "profiles").iterdir())
-    assert tables == ["gpt_small-0.txt", "gpt_small-plain.txt", "gpt_small_fsdp-0.txt"]
+    runs = ["gpt_small-0", "gpt_small-plain", "gpt_small_fsdp-0"]
+    assert tables == sorted(f"{run}.{ext}" for run in runs for ext in ("json", "txt"))
     table = (tmp_path / "profiles" / "gpt_small-0.txt").read_text()
     assert "2 training steps" in table and "aten::mm" in table  # quick: 2 profiled steps
 
@@ -535,3 +536,54 @@ def test_startup_case_times_both_collector_settings(tmp_path: Path) -> None:
     for result in results:
         assert len(result.stats) == 3
         assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
+
+
+def synchronising(step: int) -> None:
+    """What ``torch.cuda.set_sync_debug_mode("warn")`` makes a synchronising call say."""
+    import warnings
+
+    warnings.warn(f"called a synchronizing CUDA operation (step {step})", stacklevel=1)
+
+
+LINE = synchronising.__code__.co_firstlineno + 4  # its warnings.warn line
+
+
+def test_the_sync_audit_records_where_each_step_synchronised(tmp_path: Path) -> None:
+    """``SyncAudit`` (``make bench-gpu``'s record of a GPU run's synchronising calls): the
+    calls of each audited step with their sites, apart by whether the step logged; other
+    warnings still shown; nothing recorded before the window or after it."""
+    import warnings
+    from types import SimpleNamespace
+
+    from bench.profiling import SyncAudit, quiet_syncs
+
+    audit = SyncAudit(str(tmp_path / "audit.json"), start=2, steps=3)
+    trainer, task = SimpleNamespace(global_step=0), SimpleNamespace(reads_now=False)
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        for step in range(6):
+            trainer.global_step, task.reads_now = step, step == 3  # step 3 logs
+            audit.on_train_batch_start(trainer, task, None, step)
+            synchronising(step)
+            if step in (2, 3):
+                synchronising(step)
+                warnings.warn("something else", stacklevel=1)
+            audit.on_train_batch_end(trainer, task, None, None, step)
+        audit.on_train_end(trainer, task)
+    assert shown == [  # outside the window, and what is not a synchronisation
+        "called a synchronizing CUDA operation (step 0)",
+        "called a synchronizing CUDA operation (step 1)",
+        "something else",
+        "something else",
+        "called a synchronizing CUDA operation (step 5)",
+    ]
+    per_step, sites = quiet_syncs(tmp_path / "audit.json")
+    assert per_step == 3 / 2  # steps 2 and 4: two calls, then one; step 3 logged
+    # two sites, the most frequent first: each names the call, innermost first, then its caller
+    assert [site.split(" <")[0] for site in sites] == [
+        f"{n}x test_bench.py:{LINE} synchronising" for n in (2, 1)
+    ]
+    assert all(" < test_bench.py:" in site for site in sites)
+    assert sites[0] != sites[1]  # the two calls in the test, on lines of their own
