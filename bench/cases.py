@@ -699,7 +699,7 @@ INTROS = {
         "kernel time per step (the profiled steps) over its step time (the timed ones). "
         "'syncs per quiet step': the synchronising CUDA calls of each lmlab run's steps that "
         "log nothing, 5 steps after the timed ones under "
-        "`torch.cuda.set_sync_debug_mode(\"warn\")` (`bench.profiling.SyncAudit`), the "
+        '`torch.cuda.set_sync_debug_mode("warn")` (`bench.profiling.SyncAudit`), the '
         "sites in the note; a GPU waits idle for the host after each. `--budget` reports the "
         "cases it left out as not run."
     ),
