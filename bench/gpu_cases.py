@@ -236,6 +236,17 @@ def family_case(preset: str, extra: list[str], batch: int, seq: int, label: str)
     return run
 
 
+def cuda_graphs_case(s) -> list[CaseResult]:
+    """The race's lmlab run at GPT-2 small (its shapes, no dropout) with ``cuda_graphs=true``:
+    the step's kernels launched as CUDA graphs, against the host-bound gap the first H200 run
+    found. CUDA only: the option is refused elsewhere."""
+    label = "gpt_small cuda graphs"
+    if device().type != "cuda":
+        return [CaseResult("gpu", label, skipped="needs a CUDA GPU (cuda_graphs=true)")]
+    extra = [*GPT2_SHAPES, "model.dropout=0.0", "cuda_graphs=true"]
+    return family_case("gpt_small", extra, 12, 1024, label)(s)
+
+
 def generate_case(s) -> list[CaseResult]:
     """KV-cache greedy generation with gpt_small in bf16 (random weights), batch 1. Then 64
     tokens with cuDNN's attention kernel allowed, as it was before ``varying_shapes``: the
@@ -400,12 +411,14 @@ def cross_entropy_case(s) -> list[CaseResult]:
 
 
 # In the order they run: the cheap cases first, then the races against the plain loop (the
-# issue's targets), attention's kernels, the other families, FSDP and the Mixture of Experts.
+# issue's targets; at GPT-2 small also lmlab with CUDA graphs), attention's kernels, the other
+# families, FSDP and the Mixture of Experts.
 # A device call has a time limit: the cases it leaves out are named and can run in another.
 GPU_CASES = {
     "gpu_cross_entropy": cross_entropy_case,
     "gpu_generate": generate_case,
     "gpu_gpt_small": versus_plain("gpt_small"),
+    "gpu_gpt_small_graphs": cuda_graphs_case,
     "gpu_attention": attention_case,
     "gpu_gpt_medium": versus_plain("gpt_medium"),
     "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),

@@ -1,8 +1,8 @@
 """The GPU paths (#17), marked ``gpu``: skipped where CUDA is not available (CI, CPUs), run by
 ``make test-gpu`` on a GPU. Each one checks on CUDA what a CPU test checks as far as a CPU can:
+no synchronisation in a quiet step (``torch.cuda.set_sync_debug_mode``), ``cuda_graphs=true``,
 bf16 steps and the kernel they run, ``compile=model`` (with FlexAttention inside the graph),
-FSDP on one GPU, no synchronisation in a quiet step (``torch.cuda.set_sync_debug_mode``),
-cached generation in bf16, and FlexAttention's gradients against SDPA's."""
+FSDP on one GPU, cached generation in bf16, and FlexAttention's gradients against SDPA's."""
 
 from __future__ import annotations
 
@@ -42,6 +42,116 @@ def losses(out: Path) -> list[float]:
     rows = (out / "csv" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("train/loss")
     return [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+
+
+# The quiet-step and CUDA graph checks first: a device call's time limit cut the quiet steps
+# in the first H200 run (tests run in file order).
+
+
+class SyncDebug(L.Callback):
+    """``torch.cuda.set_sync_debug_mode("error")`` from the start of each ``quiet`` step to
+    the start of the next step: any synchronisation in between raises."""
+
+    def __init__(self, quiet: list[int]) -> None:
+        self.quiet, self.checked = quiet, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        quiet = trainer.global_step in self.quiet
+        torch.cuda.set_sync_debug_mode("error" if quiet else "default")
+        if quiet:
+            self.checked.append(trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "compile"),
+    [
+        pytest.param([], "false", id="flash-eager"),
+        pytest.param([], "model", id="flash-model"),
+        pytest.param([*MASKED, "model.attention_kernel=auto"], "model", id="flex-model"),
+        pytest.param(["model=bert_tiny"], "model", id="bert-model"),
+        pytest.param(["model=t5_tiny"], "model", id="t5-model"),
+        pytest.param(
+            ["model.cross_entropy=chunked"],
+            "model",
+            id="chunked-loss-model",
+            marks=pytest.mark.skipif(
+                not CHUNKED_AVAILABLE, reason=f"torch {torch.__version__}: no chunked form"
+            ),
+        ),
+    ],
+)
+def test_a_quiet_step_never_synchronises(
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compile: str,
+    knobs: list[str],
+) -> None:
+    """With plain causal attention (flash) in eager mode and compiled, with FlexAttention,
+    whose block mask every forward builds anew, with the chunked cross-entropy (torch 2.13
+    and later), and BERT and T5 (their masks, T5's relative bias), each compiled as the
+    benchmark runs them (``compile=model``): the first H200 run found BERT's and T5's GPU
+    idle for 40% of a step."""
+    cfg = compose_train(
+        [
+            *GPU,
+            *knobs,
+            "trainer.max_steps=12",
+            "trainer.log_every_n_steps=5",
+            "trainer.val_check_interval=100",
+            "checkpoint.every_n_steps=100",
+            "callbacks.sample=null",
+            f"compile={compile}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    # neither the first two (allocation, compilation) nor a logging step nor the last
+    quiet = [s for s in range(2, 11) if (s + 1) % 5]
+    sync_debug = SyncDebug(quiet)
+    monkeypatch.setattr(LMTask, "configure_callbacks", lambda self: [sync_debug])
+    try:
+        train(cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert sync_debug.checked == quiet
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
+
+
+def test_cuda_graphs_train_as_the_compiled_step_does(tmp_path: Path, cache_dir: Path) -> None:
+    """``cuda_graphs=true`` replays the compiled step's own kernels: in fp32 with TF32 off its
+    6 losses are those of ``compile=model`` without graphs (the bound of the compile test
+    above), Inductor skipped no graph (it counts each reason it runs one without CUDA
+    graphs), and graphs were recorded."""
+    from torch._inductor.cudagraph_trees import get_manager
+
+    found = {}
+    for graphs in ("false", "true"):
+        counters.clear()
+        out = tmp_path / graphs
+        overrides = [
+            *GPU,
+            "trainer.precision=32-true",
+            "matmul_precision=highest",
+            "trainer.max_steps=6",
+            "trainer.limit_val_batches=0",
+            "callbacks.sample=null",
+            "compile=model",
+            f"cuda_graphs={graphs}",
+        ]
+        train(compose_train(overrides, out, cache_dir))
+        found[graphs] = losses(out)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    manager = get_manager(torch.cuda.current_device(), create_if_none_exists=False)
+    assert manager is not None and any(manager.roots.values())
+    assert len(found["true"]) == 6
+    assert found["true"] == pytest.approx(found["false"], rel=1e-4)
 
 
 def test_a_bf16_step_trains_and_reports_a_fused_attention_kernel(
@@ -120,82 +230,6 @@ def test_fsdp_on_one_gpu_samples_and_keeps_its_final_checkpoint(
     assert (tmp_path / "checkpoints" / "last.ckpt" / "meta.pt").exists()
     assert "failed, the run goes on" not in output
     assert "recompile_limit" not in output  # the sample decodes without recompiling
-
-
-class SyncDebug(L.Callback):
-    """``torch.cuda.set_sync_debug_mode("error")`` from the start of each ``quiet`` step to
-    the start of the next step: any synchronisation in between raises."""
-
-    def __init__(self, quiet: list[int]) -> None:
-        self.quiet, self.checked = quiet, []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        quiet = trainer.global_step in self.quiet
-        torch.cuda.set_sync_debug_mode("error" if quiet else "default")
-        if quiet:
-            self.checked.append(trainer.global_step)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        torch.cuda.set_sync_debug_mode("default")
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-@pytest.mark.parametrize(
-    ("knobs", "compile"),
-    [
-        pytest.param([], "false", id="flash-eager"),
-        pytest.param([], "model", id="flash-model"),
-        pytest.param([*MASKED, "model.attention_kernel=auto"], "model", id="flex-model"),
-        pytest.param(["model=bert_tiny"], "model", id="bert-model"),
-        pytest.param(["model=t5_tiny"], "model", id="t5-model"),
-        pytest.param(
-            ["model.cross_entropy=chunked"],
-            "model",
-            id="chunked-loss-model",
-            marks=pytest.mark.skipif(
-                not CHUNKED_AVAILABLE, reason=f"torch {torch.__version__}: no chunked form"
-            ),
-        ),
-    ],
-)
-def test_a_quiet_step_never_synchronises(
-    tmp_path: Path,
-    cache_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    compile: str,
-    knobs: list[str],
-) -> None:
-    """With plain causal attention (flash) in eager mode and compiled, with FlexAttention,
-    whose block mask every forward builds anew, with the chunked cross-entropy (torch 2.13
-    and later), and BERT and T5 (their masks, T5's relative bias), each compiled as the
-    benchmark runs them (``compile=model``): the first H200 run found BERT's and T5's GPU
-    idle for 40% of a step."""
-    cfg = compose_train(
-        [
-            *GPU,
-            *knobs,
-            "trainer.max_steps=12",
-            "trainer.log_every_n_steps=5",
-            "trainer.val_check_interval=100",
-            "checkpoint.every_n_steps=100",
-            "callbacks.sample=null",
-            f"compile={compile}",
-        ],
-        tmp_path,
-        cache_dir,
-    )
-    # neither the first two (allocation, compilation) nor a logging step nor the last
-    quiet = [s for s in range(2, 11) if (s + 1) % 5]
-    sync_debug = SyncDebug(quiet)
-    monkeypatch.setattr(LMTask, "configure_callbacks", lambda self: [sync_debug])
-    try:
-        train(cfg)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert sync_debug.checked == quiet
-    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

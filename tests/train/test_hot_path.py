@@ -456,6 +456,33 @@ def test_compile_model_trains_the_eager_loss_with_clean_keys(
     assert compile_mode(True) == Compile.blocks and compile_mode(False) == Compile.none
 
 
+def test_cuda_graphs_compile_the_step_for_replay_and_start_each_step_anew(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cuda_graphs=true``: the step compiled with ``mode="reduce-overhead"`` and each
+    training step a new generation of graph outputs (``cudagraph_mark_step_begin``), so a
+    step never reads what the previous one's replay wrote. Here on a CPU, where Inductor runs
+    the compiled step without graphs (the machine check is told it has a GPU);
+    ``tests/train/test_gpu.py`` checks the graphs themselves."""
+    import lmlab.train.machine
+
+    modes, marks = [], []
+    compile_fn, mark = torch.compile, torch.compiler.cudagraph_mark_step_begin
+
+    def compiling(fn, *args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        return compile_fn(fn, *args, **kwargs)
+
+    monkeypatch.setattr(lmlab.train.machine, "on_cuda", lambda trainer_cfg: True)
+    monkeypatch.setattr(torch, "compile", compiling)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(mark()))
+    overrides = ["compile=model", "cuda_graphs=true", "trainer.precision=32-true"]
+    train(compose_train([*SMOKE, *overrides, "logger=csv"], tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and results["global_step"] == 4
+    assert modes == ["reduce-overhead"] and len(marks) == 4  # one per training step
+
+
 @torch._dynamo.config.patch(error_on_recompile=True)
 def test_each_run_of_a_multirun_compiles_afresh(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -29,6 +29,7 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         (["trainer=gpu"], r"^trainer.accelerator=gpu needs a CUDA GPU"),
         (["trainer.num_nodes=2"], r"^trainer.num_nodes=2 needs a launcher"),
         (["model.attention_kernel=flex"], r"^model.attention_kernel=flex cannot train with"),
+        (["compile=model", "cuda_graphs=true"], r"^cuda_graphs=true needs a CUDA GPU"),
     ],
 )
 def test_what_depends_on_the_machine_is_left_to_the_machine_that_trains(
@@ -482,3 +483,37 @@ def test_a_task_field_the_task_or_source_ignores_is_named(tmp_path) -> None:
         "task.decode_rows=3 | task=lm: this run trains as it would without it"
     ]
     assert warnings([*classify, "task.text_column=text"]) == []  # read by classify
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["compile=blocks"], r"^cuda_graphs=true needs compile=model \(got compile=blocks\)"),
+        (["compile=model", "trainer.accumulate_grad_batches=2"], r"accumulates 2 \(trainer"),
+        (
+            ["compile=model", "data.global_batch_size=8", "data.batch_size=4"],
+            r"^cuda_graphs=true needs one micro-batch a step; this run accumulates 2",
+        ),
+        (
+            ["compile=model", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"],
+            r"^cuda_graphs=true runs on one device .*; this run has 2 device",
+        ),
+        (
+            ["compile=model", "trainer=fsdp", "trainer.devices=1"],
+            r"trainer.strategy=lmlab.train.distributed.FSDPStrategy: use trainer.devices=1",
+        ),
+    ],
+)
+def test_cuda_graphs_are_refused_where_they_cannot_hold_the_step(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    """Wherever the run is, a dry run too: another compile mode, gradient accumulation
+    (torch's graph trees overwrite the first micro-batch's gradients), several devices or a
+    distributed strategy."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train(
+            ["+debug=smoke", "cuda_graphs=true", *overrides, *dry], tmp_path / "run", tmp_path
+        )
+        with pytest.raises(ConfigError, match=message):
+            check_run(cfg, machine=False)
+    assert list(tmp_path.iterdir()) == []

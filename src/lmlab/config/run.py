@@ -194,6 +194,11 @@ class RunConfig:
     dry_run: bool = False
     compile: Any = False
     """false, blocks (or true) or model: see ``Compile``."""
+    cuda_graphs: bool = False
+    """true: ``compile=model``'s training step replayed as CUDA graphs (torch.compile's
+    ``mode="reduce-overhead"``): the host launches each step's kernels in one call instead of
+    one by one. A CUDA GPU, one device and one micro-batch a step only
+    (``lmlab.train.machine.check_cuda_graphs``)."""
     matmul_precision: str = "high"
     """fp32 matmuls on CUDA: high (TF32), highest (full fp32) or medium."""
     resume: Any = False
@@ -214,7 +219,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        compile_mode(self.compile)
+        if compile_mode(self.compile) != Compile.model and self.cuda_graphs:
+            raise ConfigError(
+                f"cuda_graphs=true needs compile=model (got compile={self.compile}): the "
+                "graphs are recorded from the whole step's compiled graph"
+            )
         if self.matmul_precision not in MATMUL_PRECISIONS:
             allowed = ", ".join(MATMUL_PRECISIONS)
             raise ConfigError(f"matmul_precision={self.matmul_precision!r}: allowed {allowed}")

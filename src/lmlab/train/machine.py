@@ -2,8 +2,8 @@
 or any rank starts (each a one-line ConfigError naming the field, the value and what is
 allowed): precision, accelerator and its availability, devices, the strategy's precision, a
 launcher's world size, a free ``MASTER_PORT``, the attention kernel; and ``trainer.precision=
-auto`` resolved for this machine. The run plan (``lmlab.train.plan``) takes its precision from
-here."""
+auto`` resolved for this machine, and what ``cuda_graphs=true`` needs. The run plan
+(``lmlab.train.plan``) takes its precision from here."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import AttentionKernel, ModelConfig
 from lmlab.errors import ConfigError
-from lmlab.train.batch import device_count, world_size
+from lmlab.train.batch import GlobalBatch, device_count, world_size
 
 
 def on_cuda(trainer_cfg: DictConfig) -> bool:
@@ -279,4 +279,45 @@ def check_attention_kernel(trainer_cfg: DictConfig, model_cfg: ModelConfig) -> N
             f"{trainer_cfg.accelerator} (CUDA available: {torch.cuda.is_available()}): "
             "FlexAttention has no backward pass off CUDA; use model.attention_kernel=auto "
             "(FlexAttention on CUDA, SDPA elsewhere) or sdpa"
+        )
+
+
+def check_cuda_graphs(cfg: DictConfig, batch: GlobalBatch, machine: bool = True) -> None:
+    """``cuda_graphs=true`` (``compile=model`` is checked with the field) needs one process
+    on one device under Lightning's single-device strategy, one micro-batch a step, and, on
+    this machine, a CUDA GPU. Accumulation: torch's CUDA graph trees hand the first
+    micro-batch's gradients out of the graphs' own memory, which the next micro-batch's
+    replay overwrites (pytorch/pytorch#169545: wrong gradients, or an error). Several
+    devices: DDP's and FSDP's hooks run inside the backward, which one graph cannot hold."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from lmlab.train.strategy_check import strategy_class
+
+    if not cfg.get("cuda_graphs"):
+        return
+    trainer = cfg.trainer
+    strategy = strategy_class(trainer)
+    if batch.devices != 1 or (
+        strategy is not None and not issubclass(strategy, SingleDeviceStrategy)
+    ):
+        name = trainer.get("strategy") or "auto"
+        name = name if isinstance(name, str) else name.get("_target_")
+        raise ConfigError(
+            f"cuda_graphs=true runs on one device with no distributed strategy; this run has "
+            f"{batch.devices} device(s) (trainer.devices x trainer.num_nodes) and "
+            f"trainer.strategy={name}: use trainer.devices=1 without trainer=ddp or fsdp, or "
+            "cuda_graphs=false"
+        )
+    if batch.accumulation != 1:
+        raise ConfigError(
+            f"cuda_graphs=true needs one micro-batch a step; this run accumulates "
+            f"{batch.accumulation} (trainer.accumulate_grad_batches, or data.global_batch_size "
+            f"over data.batch_size={batch.micro_batch}): CUDA graph trees overwrite the first "
+            "micro-batch's gradients. Raise data.batch_size to the whole batch, or set "
+            "cuda_graphs=false"
+        )
+    if machine and not on_cuda(trainer):
+        raise ConfigError(
+            f"cuda_graphs=true needs a CUDA GPU: trainer.accelerator={trainer.accelerator} "
+            f"(CUDA available: {torch.cuda.is_available()})"
         )

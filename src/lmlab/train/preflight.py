@@ -46,6 +46,7 @@ from lmlab.train.init_from import InitFrom, resolve_init_from
 from lmlab.train.machine import (
     check_accelerator,
     check_attention_kernel,
+    check_cuda_graphs,
     check_master_port,
     check_trainer_choices,
     check_world_size,
@@ -174,6 +175,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if cfg.get("ckpt_path"):  # resume=true's checkpoint: checked once chosen (resume_checkpoint)
         check_strategy_loads(cfg.trainer, Path(cfg.ckpt_path))
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
+    check_cuda_graphs(cfg, batch, machine=here)  # a dry run may plan for a GPU elsewhere
     check_evals(cfg, model_cfg, data_cfg if task_cfg.kind == TaskKind.lm else None)
     if machine:
         check_attention_kernel(cfg.trainer, model_cfg)

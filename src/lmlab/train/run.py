@@ -471,6 +471,7 @@ def build_task(
         compile=cfg.compile,
         bytes_per_token=dm.val_bytes_per_token,
         task=spec,
+        cuda_graphs=bool(cfg.get("cuda_graphs", False)),
     )
     task.plan_record = plan.resume_record()  # its checkpoints keep the global batch and data
     init = checked.init

@@ -105,6 +105,7 @@ class LMTask(L.LightningModule):
         compile: bool | str = False,
         bytes_per_token: float | None = None,
         task: TaskSpec = PRETRAINING,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         self.model_cfg, self.task = model_cfg, task
@@ -113,6 +114,7 @@ class LMTask(L.LightningModule):
         # the optimizer partial's weight_decay applies to the decayed group only
         self.weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
         self.compile = compile_mode(compile)
+        self.cuda_graphs = cuda_graphs  # compile=model's step as CUDA graphs (checked before)
         self.moe_layers = moe_layers(self.model)  # {block name: MoE feed-forward}
         self.train_loss = self.objective  # compile=model replaces it by its compiled graph
         self.laid_out = False
@@ -221,7 +223,8 @@ class LMTask(L.LightningModule):
             precision=str(self.trainer.precision) if self._trainer else "32-true",
         )
         if self.compile == Compile.model:
-            self.train_loss = torch.compile(self.objective)
+            mode = "reduce-overhead" if self.cuda_graphs else None  # None: torch's default
+            self.train_loss = torch.compile(self.objective, mode=mode)
         # counted now: after a forward FSDP2 may leave the root and last block gathered
         self.params_per_rank = sum(
             (p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.parameters()
@@ -253,6 +256,8 @@ class LMTask(L.LightningModule):
         return total, torch.stack([lm, aux, z]).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.cuda_graphs:  # a new step: the graphs' outputs of the last one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         loss, parts = self.train_loss(batch)
         self.logging_now = self.metrics_due()
         # callbacks read device values (guard flag, progress bar, throughput) once a logging
