@@ -215,11 +215,34 @@ def data_case(s: Settings) -> list[CaseResult]:
 COLLATE_SHAPES = {"gpt": (12, 1024), "bert": (32, 512), "t5": (32, 512)}
 
 
+def main_process_ms(loader: torch.utils.data.DataLoader, batches: int) -> float:
+    """The main thread's median time to get a batch from ``loader`` (``next``), with 2 ms of
+    sleep between batches standing in for the step, so that workers can keep ahead; after 10
+    batches of warm-up. Wall time, not CPU time: torch's idle OpenMP threads spin after each
+    parallel op, CPU time that delays nothing."""
+    batches_of = iter(loader)
+    for _ in range(10):
+        next(batches_of)
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        next(batches_of)
+        times.append(time.perf_counter() - t0)
+        time.sleep(0.002)
+    return 1e3 * statistics.median(times)
+
+
 def collate_case(s: Settings) -> list[CaseResult]:
     """Each family's collator (next token; BERT's masking; T5's span corruption) on one batch
     of the GPU benchmark's shape, in this process, as one DataLoader worker runs it: whether
-    ``data.num_workers`` (up to 4 a process on a GPU) keeps ahead of a GPU's step."""
+    ``data.num_workers`` (up to 4 a process on a GPU) keeps ahead of a GPU's step. Then what a
+    batch costs the main process through a DataLoader (``Rows``, a random order): collated
+    there, or taken from 2 workers through shared memory (the choice ``in_workers`` of each
+    collator makes on a GPU)."""
+    from torch.utils.data import DataLoader, RandomSampler
+
     from lmlab.data.collators import COLLATORS
+    from lmlab.data.datamodule import Rows
     from lmlab.data.sources import SHAKESPEARE
     from lmlab.data.tokenizer import train_bpe
 
@@ -236,9 +259,22 @@ def collate_case(s: Settings) -> list[CaseResult]:
             t0 = time.perf_counter()
             collate(rows)
             times.append(time.perf_counter() - t0)
-        stat = Stat("one batch", "ms", [1e3 * statistics.median(times)])
-        note = f"{batch} x {seq_len} tokens, median of {len(times)} batches, one process"
-        results.append(CaseResult("data", f"collate {family}", [stat], note))
+        stats = [Stat("one batch", "ms", [1e3 * statistics.median(times)])]
+        table = torch.randint(10, 4096, (3000, collate.row_len(seq_len)), dtype=torch.int32)
+        order = RandomSampler(table, replacement=True, num_samples=10**6)
+        batches = 5 if s.quick else 200
+        for workers in (0, 2):
+            loader = DataLoader(
+                Rows(table), batch_size=batch, sampler=order, collate_fn=collate,
+                num_workers=workers, persistent_workers=workers > 0,
+            )  # fmt: skip
+            label = f"main process, {workers} workers" if workers else "main process, collating"
+            stats.append(Stat(label, "ms", [main_process_ms(loader, batches)]))
+        note = (
+            f"{batch} x {seq_len} tokens; one batch: median of {len(times)}, one process; main "
+            f"process: median time to get a batch, of {batches}, 2 ms of sleep between"
+        )
+        results.append(CaseResult("data", f"collate {family}", stats, note))
     return results
 
 
@@ -728,7 +764,13 @@ INTROS = {
         "files, split, train the byte-level BPE, tokenise, pack and save the rows. tokenise = "
         "`Tokenizer.encode_batch` of the trained BPE over the whole corpus (all threads). "
         "collate = each family's collator on one batch of the GPU benchmark's shape, in one "
-        "process as one DataLoader worker runs it (a GPU run has up to 4 workers a process)."
+        "process as one DataLoader worker runs it (a GPU run has up to 4 workers a process). "
+        "main process = the main thread's median time to get such a batch from a DataLoader "
+        "over `Rows` in a random order, with 2 ms of sleep between batches for the step: "
+        "collated there, or handed over by 2 workers through shared memory. "
+        "`data.num_workers=null` on a GPU takes workers where they cost the main process "
+        "less (`in_workers` of each collator: BERT's masking and T5's span corruption, not "
+        "GPT's slice of the rows)."
     ),
     "generate": (
         "`lmlab.infer.generation.generate(model, prompt, n, temperature=0, use_cache=...)`: "

@@ -689,3 +689,26 @@ def test_a_field_the_source_would_ignore_is_refused(
 
     with pytest.raises(ConfigError, match=message):
         check_run(compose_train(["+debug=smoke", *overrides], tmp_path, tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(("family", "workers"), [(Family.gpt, 0), (Family.bert, 1)])
+def test_a_gpu_run_collates_in_workers_where_collation_is_worth_one(
+    tmp_path: Path, family: Family, workers: int
+) -> None:
+    """``data.num_workers=null`` on a GPU (a one-core share here): BERT's masking in a worker,
+    GPT's slice of the rows in the main process; both into pinned memory."""
+    from types import SimpleNamespace
+
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    cfg = DataConfig(
+        source=Source.text, path=str(corpus), cache_dir=str(tmp_path / "cache"), batch_size=2
+    )
+    dm = LMDataModule(cfg, family, seq_len=16, seed=0)
+    dm.setup()
+    gpu = SimpleNamespace(root_device=torch.device("cuda"))
+    dm.trainer = SimpleNamespace(
+        strategy=gpu, num_devices=os.cpu_count(), global_rank=0, world_size=1
+    )
+    dm.num_train_samples = 4
+    loader = dm.train_dataloader()
+    assert (loader.num_workers, loader.pin_memory) == (workers, True)

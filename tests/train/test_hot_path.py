@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from torch._dynamo.utils import counters
 
 from lmlab.config import IGNORE, Activation, Compile, Family, ModelConfig, MoEConfig, compile_mode
+from lmlab.data.collators import COLLATORS
 from lmlab.data.datamodule import loader_settings
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
@@ -551,16 +552,28 @@ def test_a_failing_extra_never_fails_the_run(
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "processes", "expected"),
+    ("setting", "device", "processes", "family", "expected"),
     [
-        (None, "cpu", 1, (0, False)),  # the main process collates: workers would take its cores
-        (None, "cuda", 1, (min(4, len(os.sched_getaffinity(0))), True)),
-        (None, "cuda", 64, (1, True)),  # at least one worker per process
-        (2, "cpu", 1, (2, False)),
-        (0, "cuda", 1, (0, True)),
+        (
+            None,
+            "cpu",
+            1,
+            "bert",
+            (0, False),
+        ),  # the main process collates: workers would take its cores
+        (None, "cuda", 1, "bert", (min(4, len(os.sched_getaffinity(0))), True)),
+        (None, "cuda", 1, "t5", (min(4, len(os.sched_getaffinity(0))), True)),
+        (None, "cuda", 64, "t5", (1, True)),  # at least one worker per process
+        (None, "cuda", 1, "gpt", (0, True)),  # a slice: cheaper here than a worker's hand-over
+        (2, "cpu", 1, "gpt", (2, False)),
+        (2, "cuda", 1, "gpt", (2, True)),  # as asked
+        (0, "cuda", 1, "t5", (0, True)),
     ],
 )
 def test_gpu_runs_collate_in_workers_into_pinned_memory(
-    setting: int | None, device: str, processes: int, expected: tuple[int, bool]
+    setting: int | None, device: str, processes: int, family: str, expected: tuple[int, bool]
 ) -> None:
-    assert loader_settings(setting, torch.device(device), processes) == expected
+    """Workers for the collators whose work is worth one (``in_workers``): BERT's masking and
+    T5's span corruption, not GPT's slice of the rows."""
+    in_workers = COLLATORS[Family(family)].in_workers
+    assert loader_settings(setting, torch.device(device), processes, in_workers) == expected

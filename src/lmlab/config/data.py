@@ -73,7 +73,7 @@ class DataConfig:
     val_fraction: float = 0.05
     max_bytes: int | None = None
     cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
-    num_workers: int | None = None  # null: 0 on a CPU, up to 4 per process on a GPU
+    num_workers: int | None = None  # null: 0 on a CPU; on a GPU up to 4 per process (0 for GPT)
 
     def unused_fields(self) -> dict[str, str]:
         """{field: the setting it has no effect under} (``ModelConfig.unused_fields``'s

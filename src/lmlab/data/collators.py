@@ -29,6 +29,11 @@ def batch_seed(seed: int, rows: torch.Tensor) -> int:
 class CausalLMCollator:
     """Next-token prediction: inputs are rows[:, :-1], labels rows[:, 1:]."""
 
+    # Whether a GPU run collates in DataLoader workers (``data.num_workers=null``): a slice
+    # costs the main process less than taking a batch from a worker through shared memory
+    # (BENCHMARKS.md, "collate": 0.23 against 0.8 ms a batch of 12 x 1024 on the 2-core CPU).
+    in_workers = False
+
     def __init__(self, tokenizer: Tokenizer | None = None, seed: int = 0, seq_len: int = 0) -> None:
         pass
 
@@ -48,6 +53,8 @@ class MLMCollator:
     by [MASK] (80%), by a random non-special token (10%) or kept (10%). Labels are the original
     tokens at selected positions, -100 elsewhere. Packed rows hold no padding (documents are
     joined by EOS, which, like every special token, is never selected)."""
+
+    in_workers = True  # the masking runs beside the step (``CausalLMCollator.in_workers``)
 
     def __init__(
         self,
@@ -151,6 +158,7 @@ class SpanCorruptionCollator:
     attention where an input is shorter than ``seq_len`` (none is: no mask is sent then)."""
 
     density, mean_span = 0.15, 3.0
+    in_workers = True  # the corruption runs beside the step (``CausalLMCollator.in_workers``)
 
     def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
         self.seed, self.input_len = seed, seq_len

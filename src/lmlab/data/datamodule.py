@@ -72,17 +72,23 @@ MAX_GPU_WORKERS = 4
 
 
 def loader_settings(
-    num_workers: int | None, device: torch.device, local_processes: int = 1
+    num_workers: int | None,
+    device: torch.device,
+    local_processes: int = 1,
+    in_workers: bool = True,
 ) -> tuple[int, bool]:
     """(workers, pin_memory) for ``data.num_workers`` (null: chosen here) on ``device``. On a GPU
-    each process gets up to 4 workers, so collation (BERT's masking, T5's span corruption) runs
-    beside the step instead of before it, and pinned host memory, so Lightning's copy to the
-    device (``non_blocking=True``) does not wait. On a CPU the main process collates: workers
-    would take the cores the step runs on."""
+    each process gets up to 4 workers for a collator ``in_workers`` (BERT's masking, T5's span
+    corruption, fine-tuning's padding), so collation runs beside the step instead of before
+    it, and pinned host memory, so Lightning's copy to the device (``non_blocking=True``) does
+    not wait. Next-token rows are a slice, which the main process makes in less time than it
+    takes to receive a batch from a worker (``CausalLMCollator.in_workers``). On a CPU the
+    main process collates: workers would take the cores the step runs on."""
     gpu = device.type == "cuda"
     if num_workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        num_workers = min(MAX_GPU_WORKERS, max(1, (cores or 1) // local_processes)) if gpu else 0
+        num_workers = min(MAX_GPU_WORKERS, max(1, (cores or 1) // local_processes))
+        num_workers = num_workers if gpu and in_workers else 0
     return num_workers, gpu
 
 
@@ -175,7 +181,8 @@ class LMDataModule(L.LightningDataModule):
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         local_processes = trainer.num_devices if trainer else 1
-        workers, pin = loader_settings(self.cfg.num_workers, device, local_processes)
+        in_workers = getattr(self.collate, "in_workers", True)
+        workers, pin = loader_settings(self.cfg.num_workers, device, local_processes, in_workers)
         return DataLoader(
             rows,
             batch_size=batch_size or self.cfg.batch_size,
