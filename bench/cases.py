@@ -263,13 +263,16 @@ def collate_case(s: Settings) -> list[CaseResult]:
         table = torch.randint(10, 4096, (3000, collate.row_len(seq_len)), dtype=torch.int32)
         order = RandomSampler(table, replacement=True, num_samples=10**6)
         batches = 5 if s.quick else 200
-        for workers in (0, 2):
-            loader = DataLoader(
-                Rows(table), batch_size=batch, sampler=order, collate_fn=collate,
-                num_workers=workers, persistent_workers=workers > 0,
-            )  # fmt: skip
-            label = f"main process, {workers} workers" if workers else "main process, collating"
-            stats.append(Stat(label, "ms", [main_process_ms(loader, batches)]))
+        main: dict[int, list[float]] = {0: [], 2: []}
+        for _ in range(s.repeats):  # the two alternating, run by run
+            for workers, times_ms in main.items():
+                loader = DataLoader(
+                    Rows(table), batch_size=batch, sampler=order, collate_fn=collate,
+                    num_workers=workers, persistent_workers=workers > 0,
+                )  # fmt: skip
+                times_ms.append(main_process_ms(loader, batches))
+        stats.append(Stat("main process, collating", "ms", main[0]))
+        stats.append(Stat("main process, 2 workers", "ms", main[2]))
         note = (
             f"{batch} x {seq_len} tokens; one batch: median of {len(times)}, one process; main "
             f"process: median time to get a batch, of {batches}, 2 ms of sleep between"
