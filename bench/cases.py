@@ -739,7 +739,8 @@ INTROS = {
         "'syncs per quiet step': the synchronising CUDA calls of each lmlab run's steps that "
         "log nothing, 5 steps after the timed ones under "
         '`torch.cuda.set_sync_debug_mode("warn")` (`bench.profiling.SyncAudit`), the '
-        "sites in the note; a GPU waits idle for the host after each. `--budget` reports the "
+        "sites in the note; a GPU waits idle for the host after each. 'plain syncs per step': "
+        "the same audit of the plain loop's steps, the control. `--budget` reports the "
         "cases it left out as not run."
     ),
     "train": (

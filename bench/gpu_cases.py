@@ -166,6 +166,7 @@ def versus_plain(preset: str) -> callable:
             n_layer, n_head, d = 4, 4, 128
         batch, seq = (2, 64) if s.quick else (12, 1024)
         steps, warm = (6, 2) if s.quick else (STEPS, WARMUP)
+        plain_audit = s.work / f"{preset}-plain-syncs.json"  # the first plain run's
 
         def plain_run(i: int | None, model: torch.nn.Module | None = None) -> float:
             """The plain loop (run ``i`` of the pairs; its first profiled), or once around
@@ -178,6 +179,7 @@ def versus_plain(preset: str) -> callable:
                 profile=table,
                 profile_steps=s.profile_steps(),
                 model=model,
+                audit=plain_audit if i == 0 else None,
             )
 
         runs, plain = [], []
@@ -204,6 +206,8 @@ def versus_plain(preset: str) -> callable:
         if plain_kernels:  # the first pair's plain run was profiled
             plain_step_ms = 1e3 * batch * seq / plain[0]
             stats.append(Stat("plain GPU busy", "%", [plain_kernels / plain_step_ms]))
+        if device().type == "cuda" and (syncs := quiet_syncs(plain_audit)):  # the control
+            stats.append(Stat("plain syncs per step", "calls", [syncs[0]]))
         if s.time_left():  # once: the plain loop around lmlab's model (the gap's split)
             split = plain_run(None, lmlab_model(overrides, s))
             stats.append(Stat("plain loop, lmlab's model", "tok/s", [split]))

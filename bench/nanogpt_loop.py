@@ -8,6 +8,7 @@ tokens, and nothing else: no data loader, no logging, no callbacks.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.profiling import PROFILE_STEPS, profiled
+from bench.profiling import AUDIT_STEPS, PROFILE_STEPS, profiled, recorded_syncs
 
 
 class Block(nn.Module):
@@ -81,12 +82,15 @@ def tokens_per_second(
     profile: Path | None = None,
     profile_steps: int = PROFILE_STEPS,
     model: nn.Module | None = None,
+    audit: Path | None = None,
 ) -> float:
     """Tokens/s over ``steps`` timed steps after ``warmup`` (synchronised before and after).
     ``profile``: then a torch.profiler table of ``profile_steps`` more steps, to that file.
     ``model``: this loop around another GPT that takes ``(input_ids, labels=)`` and returns
     its loss (lmlab's, built for the same shapes): which part of a gap between lmlab and this
-    loop is the model's graph, and which the training loop around it."""
+    loop is the model's graph, and which the training loop around it. ``audit``: then
+    ``AUDIT_STEPS`` steps under ``recorded_syncs``, written there as ``SyncAudit`` writes
+    lmlab's: the control for lmlab's count (what torch itself synchronises)."""
     torch.manual_seed(1337)
     model = NanoGPT(n_layer, n_head, d, vocab, seq) if model is None else _LabelsCall(model)
     model = model.to(device)
@@ -120,4 +124,12 @@ def tokens_per_second(
         with profiled(profile, profile_steps):
             for _ in range(profile_steps):
                 step()
+    if audit is not None:
+        audited = []
+        with recorded_syncs() as sites:
+            for i in range(AUDIT_STEPS):
+                step()
+                audited.append({"step": i, "logging": False, "sites": sites[:]})
+                sites.clear()
+        audit.write_text(json.dumps({"steps": audited}))
     return steps * batch * seq / seconds

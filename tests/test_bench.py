@@ -587,3 +587,19 @@ def test_the_sync_audit_records_where_each_step_synchronised(tmp_path: Path) -> 
     ]
     assert all(" < test_bench.py:" in site for site in sites)
     assert sites[0] != sites[1]  # the two calls in the test, on lines of their own
+
+
+def test_the_plain_loop_audits_its_steps_as_lmlabs_are_audited(tmp_path: Path) -> None:
+    """The plain loop's audit (the control for lmlab's sync count) is in ``SyncAudit``'s
+    format: ``AUDIT_STEPS`` steps, none logging; on a CPU nothing synchronises."""
+    import json
+
+    from bench.nanogpt_loop import tokens_per_second
+    from bench.profiling import AUDIT_STEPS, quiet_syncs
+
+    audit = tmp_path / "plain-syncs.json"
+    shape = (1, 2, 16, 64, 2, 8, 2, 1, torch.device("cpu"))
+    assert tokens_per_second(*shape, compile=False, audit=audit) > 0
+    steps = json.loads(audit.read_text())["steps"]
+    assert [s["step"] for s in steps] == list(range(AUDIT_STEPS))
+    assert quiet_syncs(audit) == (0.0, [])
