@@ -8,7 +8,6 @@ tokens, and nothing else: no data loader, no logging, no callbacks.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.profiling import AUDIT_STEPS, PROFILE_STEPS, profiled, recorded_syncs
+from bench.profiling import AUDIT_STEPS, PROFILE_STEPS, profiled, recorded_syncs, save_audit
 
 
 class Block(nn.Module):
@@ -89,8 +88,8 @@ def tokens_per_second(
     ``model``: this loop around another GPT that takes ``(input_ids, labels=)`` and returns
     its loss (lmlab's, built for the same shapes): which part of a gap between lmlab and this
     loop is the model's graph, and which the training loop around it. ``audit``: then
-    ``AUDIT_STEPS`` steps under ``recorded_syncs``, written there as ``SyncAudit`` writes
-    lmlab's: the control for lmlab's count (what torch itself synchronises)."""
+    ``AUDIT_STEPS`` steps under ``recorded_syncs``, saved there (``save_audit``) as lmlab's
+    are: the control for lmlab's count (what torch itself synchronises)."""
     torch.manual_seed(1337)
     model = NanoGPT(n_layer, n_head, d, vocab, seq) if model is None else _LabelsCall(model)
     model = model.to(device)
@@ -131,5 +130,5 @@ def tokens_per_second(
                 step()
                 audited.append({"step": i, "logging": False, "sites": sites[:]})
                 sites.clear()
-        audit.write_text(json.dumps({"steps": audited}))
+        save_audit(audit, audited)
     return steps * batch * seq / seconds

@@ -137,8 +137,8 @@ def recorded_syncs() -> Iterator[list[str]]:
 
 class SyncAudit(L.Callback):
     """The synchronising CUDA calls of training steps ``start`` to ``start + steps - 1``
-    (``recorded_syncs``), per step with whether it logged, written to ``path`` as JSON:
-    ``{"steps": [{"step": s, "logging": bool, "sites": [...]}, ...]}``."""
+    (``recorded_syncs``), per step with whether it logged, written to ``path``
+    (``save_audit``)."""
 
     def __init__(self, path: str, start: int, steps: int = AUDIT_STEPS) -> None:
         self.path, self.start, self.steps = Path(path), start, steps
@@ -182,7 +182,13 @@ class SyncAudit(L.Callback):
         if self.window is not None:
             window, self.window = self.window, None
             window.close()
-            self.path.write_text(json.dumps({"steps": self.audited}))
+            save_audit(self.path, self.audited)
+
+
+def save_audit(path: Path, steps: list[dict]) -> None:
+    """An audit's file, ``quiet_syncs``' input: ``{"steps": [{"step": s, "logging": bool,
+    "sites": [...]}, ...]}`` (``SyncAudit``'s of lmlab's steps, the plain loop's of its own)."""
+    path.write_text(json.dumps({"steps": steps}))
 
 
 def quiet_syncs(path: Path) -> tuple[float, list[str]] | None:

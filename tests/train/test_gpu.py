@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from finished import finished_fsdp_run
 from lmlab.config import AttentionKernel, Family, ModelConfig, Positional
 from lmlab.model import build_model
 from lmlab.model.loss import CHUNKED_AVAILABLE
@@ -222,13 +223,7 @@ def test_fsdp_on_one_gpu_samples_and_keeps_its_final_checkpoint(
         "callbacks.sample.max_new_tokens=8",
         f"hydra.run.dir={tmp_path}",
     )
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "completed" and results["precision"] == "bf16-mixed"
-    assert results["sample"]
-    assert (tmp_path / "checkpoints" / "last.ckpt" / "meta.pt").exists()
-    assert "failed, the run goes on" not in output
+    _, output = finished_fsdp_run(proc, tmp_path)
     assert "recompile_limit" not in output  # the sample decodes without recompiling
 
 

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from torch._dynamo.utils import counters
 
+from finished import finished_fsdp_run
 from lmlab.config import IGNORE, Activation, Compile, Family, ModelConfig, MoEConfig, compile_mode
 from lmlab.data.collators import COLLATORS
 from lmlab.data.datamodule import loader_settings
@@ -528,13 +529,8 @@ def test_fsdp_in_bf16_samples_and_keeps_its_final_checkpoint(
         "trainer.limit_val_batches=1",
         f"hydra.run.dir={tmp_path}",
     )
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "completed" and results["precision"] == "bf16-mixed"
-    assert results["sample"] and results["sample"].startswith("def ")
-    assert (tmp_path / "checkpoints" / "last.ckpt" / "meta.pt").exists()  # sharded, final
-    assert "failed, the run goes on" not in output
+    results, _ = finished_fsdp_run(proc, tmp_path)
+    assert results["sample"].startswith("def ")
 
 
 def test_a_failing_extra_never_fails_the_run(
