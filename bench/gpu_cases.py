@@ -27,7 +27,7 @@ from bench.harness import BENCH_OVERRIDES, compose, run_lmlab
 from bench.nanogpt_loop import tokens_per_second as plain_tokens_per_second
 from bench.profiling import AUDIT_STEPS, device_ms_per_step, quiet_syncs
 from bench.report import CaseResult, Stat, one_line
-from lmlab.config import AttentionKernel, ModelConfig, Positional, resolve_configs
+from lmlab.config import AttentionKernel, Family, ModelConfig, Positional, resolve_configs
 from lmlab.data.collators import decoder_tokens
 from lmlab.model import build_model, flops_per_token
 from lmlab.model.context import build_context
@@ -217,8 +217,29 @@ def versus_plain(preset: str) -> callable:
     return run
 
 
-def family_case(preset: str, extra: list[str], batch: int, seq: int, label: str) -> callable:
-    """One lmlab configuration's tokens/s and MFU (``repeats`` runs)."""
+def gpt_at_size(overrides: list[str], s) -> list[str]:
+    """GPT with the size and the knobs of the model ``overrides`` describe (width, heads,
+    feed-forward, norm and its placement, activation, positions, bias, vocabulary), its
+    encoder's and decoder's layers as one stack, at the same tokens per step: #17's yardstick
+    for every family ("MFU within 10 points of GPT's at a similar size"), which tells what the
+    family's own structure costs (bidirectional attention, the MLM head, an encoder-decoder's
+    two stacks and cross-attention) apart from its size and recipe."""
+    model_cfg, _ = model_config(overrides, s)
+    layers = model_cfg.n_layers + (model_cfg.decoder_layers if model_cfg.family == Family.t5 else 0)
+    return [
+        *overrides,
+        "model.family=gpt",
+        f"model.n_layers={layers}",
+        "model.n_decoder_layers=null",
+        "model.type_vocab_size=0",
+    ]
+
+
+def family_case(
+    preset: str, extra: list[str], batch: int, seq: int, label: str, against_gpt: bool = False
+) -> callable:
+    """One lmlab configuration's tokens/s and MFU (``repeats`` runs). ``against_gpt``: then
+    GPT at its size (``gpt_at_size``) once, and the points of MFU between the two."""
 
     def run(s) -> list[CaseResult]:
         overrides = [*shapes(s, preset, batch, seq), *extra]
@@ -229,13 +250,21 @@ def family_case(preset: str, extra: list[str], batch: int, seq: int, label: str)
             if i == 0 or s.time_left()  # --budget: the runs measured so far
         ]
         tps = [r.tokens_per_s for r in runs]
-        stats = [
-            Stat("tokens/s", "tok/s", tps),
-            Stat("MFU", "%", [mfu(t, overrides, s) for t in tps]),
-            *run_stats(runs),
-        ]
-        note = f"{batch} x {seq} tokens per step{sync_note(runs)}"
-        return [CaseResult("gpu", label, stats, note)]
+        mfus = [mfu(t, overrides, s) for t in tps]
+        stats = [Stat("tokens/s", "tok/s", tps), Stat("MFU", "%", mfus), *run_stats(runs)]
+        note = f"{batch} x {seq} tokens per step"
+        if against_gpt and s.time_left():
+            gpt_overrides = gpt_at_size(overrides, s)
+            gpt = lmlab_run(s, f"{name}-gpt", gpt_overrides, profile=True)
+            gpt_mfu = mfu(gpt.tokens_per_s, gpt_overrides, s)
+            stats += [
+                Stat("GPT at its size, MFU", "%", [gpt_mfu]),
+                Stat("GPT's MFU over this", "points", [gpt_mfu - m for m in mfus]),
+                *run_stats([gpt], "GPT at its size"),
+            ]
+            note += "; GPT at its size: the same knobs and tokens, its layers in one stack"
+            note += ", target within 10 points"
+        return [CaseResult("gpu", label, stats, note + sync_note(runs))]
 
     return run
 
@@ -425,8 +454,8 @@ GPU_CASES = {
     "gpu_gpt_small_graphs": cuda_graphs_case,
     "gpu_attention": attention_case,
     "gpu_gpt_medium": versus_plain("gpt_medium"),
-    "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base"),
-    "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small"),
+    "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base", against_gpt=True),
+    "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small", against_gpt=True),
     "gpu_gpt_medium_llama": family_case(
         "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
     ),

@@ -35,6 +35,7 @@ FORMATS: dict[str, Callable[[float], str]] = {
     "MB/s": lambda v: f"{v:,.2f}",
     "nats": lambda v: f"{v:.3f}",
     "x": lambda v: f"{v:.2f}x",
+    "points": lambda v: f"{100 * v:.1f}",  # a difference of two shares (MFU): percentage points
 }
 
 

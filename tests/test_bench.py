@@ -463,12 +463,44 @@ def test_gpu_cases_run_in_quick_mode_on_any_device(
         for result in CASES[name].fn(s):
             assert result.group == "gpu" and not result.skipped
             assert all(v > 0 for stat in result.stats for v in stat.values), summary_line(result)
+    # a family against GPT at its size: both MFUs, and the points between them
+    (t5,) = CASES["gpu_t5_small"].fn(s)
+    stats = {stat.name: stat.values for stat in t5.stats}
+    (gpt_mfu,) = stats["GPT at its size, MFU"]
+    assert stats["GPT's MFU over this"] == [gpt_mfu - m for m in stats["MFU"]]
+    assert "GPT at its size" in t5.note and "its layers in one stack" in t5.note
     # --profile: a table of each first run, lmlab's and the plain loop's
     tables = sorted(p.name for p in (tmp_path / "profiles").iterdir())
-    runs = ["gpt_small-0", "gpt_small-plain", "gpt_small_fsdp-0"]
+    runs = ["gpt_small-0", "gpt_small-plain", "gpt_small_fsdp-0", "t5_small-0", "t5_small-gpt"]
     assert tables == sorted(f"{run}.{ext}" for run in runs for ext in ("json", "txt"))
     table = (tmp_path / "profiles" / "gpt_small-0.txt").read_text()
     assert "2 training steps" in table and "aten::mm" in table  # quick: 2 profiled steps
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers", "knobs"),
+    [
+        ("t5_small", 12, {"norm": "rmsnorm", "activation": "relu", "positional": "relative"}),
+        ("bert_base", 12, {"norm_placement": "post", "positional": "learned", "bias": True}),
+    ],
+)
+def test_gpt_at_a_familys_size_keeps_its_knobs_and_stacks_its_layers(
+    tmp_path: Path, preset: str, layers: int, knobs: dict
+) -> None:
+    """#17's yardstick for BERT and T5 (``bench.gpu_cases.gpt_at_size``): GPT with the family's
+    width, heads, feed-forward and knobs, its encoder's and decoder's layers in one stack, at
+    the same tokens per step; nothing of the family (segments, a decoder) left over."""
+    from bench.cases import Settings
+    from bench.gpu_cases import gpt_at_size, model_config
+
+    s = Settings(work=tmp_path)
+    family_overrides = [f"model={preset}", "data.batch_size=32", "data.seq_len=512"]
+    family, seq = model_config(family_overrides, s)
+    gpt, gpt_seq = model_config(gpt_at_size(family_overrides, s), s)
+    assert (gpt.family, gpt.n_layers, gpt.type_vocab_size, gpt_seq) == ("gpt", layers, 0, seq)
+    same = ("d_model", "n_heads", "head_dim", "ffn_dim", "vocab_size", "tie_embeddings", "init")
+    assert all(getattr(gpt, f) == getattr(family, f) for f in same)
+    assert all(getattr(gpt, f) == getattr(family, f) == v for f, v in knobs.items())
 
 
 def test_budget_starts_no_case_once_spent(tmp_path: Path) -> None:
