@@ -463,17 +463,20 @@ def test_cuda_graphs_compile_the_step_for_replay_and_start_each_step_anew(
 ) -> None:
     """``cuda_graphs=true``: the step compiled with ``mode="reduce-overhead"`` and each
     training step a new generation of graph outputs (``cudagraph_mark_step_begin``), so a
-    step never reads what the previous one's replay wrote. Here on a CPU, where Inductor runs
-    the compiled step without graphs (the machine check is told it has a GPU);
-    ``tests/train/test_gpu.py`` checks the graphs themselves."""
+    step never reads what the previous one's replay wrote. Here on a CPU (the machine check is
+    told it has a GPU), the step traced by dynamo and AOTAutograd as Inductor would take it
+    and run without Inductor: the mode is Inductor's, and on a CPU it builds no graph, only
+    the C++ step the other tests build (with ``ATEN_CPU_CAPABILITY=default`` torch 2.13 could
+    not compile that build under this mode: its precompiled header lacked the vector types
+    its kernels used). ``tests/train/test_gpu.py`` checks the graphs themselves."""
     import lmlab.train.machine
 
     modes, marks = [], []
     compile_fn, mark = torch.compile, torch.compiler.cudagraph_mark_step_begin
 
-    def compiling(fn, *args, **kwargs):
-        modes.append(kwargs.get("mode"))
-        return compile_fn(fn, *args, **kwargs)
+    def compiling(fn, *args, mode=None, **kwargs):
+        modes.append(mode)
+        return compile_fn(fn, *args, backend="aot_eager", **kwargs)
 
     monkeypatch.setattr(lmlab.train.machine, "on_cuda", lambda trainer_cfg: True)
     monkeypatch.setattr(torch, "compile", compiling)
