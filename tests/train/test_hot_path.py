@@ -466,9 +466,9 @@ def test_cuda_graphs_compile_the_step_for_replay_and_start_each_step_anew(
     step never reads what the previous one's replay wrote. Here on a CPU (the machine check is
     told it has a GPU), the step traced by dynamo and AOTAutograd as Inductor would take it
     and run without Inductor: the mode is Inductor's, and on a CPU it builds no graph, only
-    the C++ step the other tests build (with ``ATEN_CPU_CAPABILITY=default`` torch 2.13 could
-    not compile that build under this mode: its precompiled header lacked the vector types
-    its kernels used). ``tests/train/test_gpu.py`` checks the graphs themselves."""
+    the C++ step that ``test_compile_model_trains_the_eager_loss_with_clean_keys[inductor]``
+    builds (30 s more with a cold cache, as CI's is: an e2e test).
+    ``tests/train/test_gpu.py`` checks the graphs themselves."""
     import lmlab.train.machine
 
     modes, marks = [], []
