@@ -259,7 +259,7 @@ def family_case(
             gpt_mfu = mfu(gpt.tokens_per_s, gpt_overrides, s)
             stats += [
                 Stat("GPT at its size, MFU", "%", [gpt_mfu]),
-                Stat("GPT's MFU over this", "points", [gpt_mfu - m for m in mfus]),
+                Stat("MFU below GPT at its size", "points", [gpt_mfu - m for m in mfus]),
                 *run_stats([gpt], "GPT at its size"),
             ]
             note += "; GPT at its size: the same knobs and tokens, its layers in one stack"
