@@ -10,6 +10,7 @@ import logging
 import random
 import re
 import signal
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -278,6 +279,133 @@ def test_collators_frame_pad_and_mask() -> None:
     assert batch["input_ids"].tolist() == [[7, eos, pad], [7, 8, eos]]
     assert batch["labels"].tolist() == [[8, 9, eos], [9, eos, IGNORE]]  # target cut to 3
     assert batch["decoder_input_ids"].tolist() == [[pad, 8, 9], [pad, 9, eos]]
+
+
+def test_collators_round_each_batch_width_up_to_a_multiple() -> None:
+    """``data.pad_to_multiple_of`` (the collator's ``multiple``): a batch's width is its longest
+    row rounded up, never past the longest row the collator makes (``data.seq_len``: the
+    model's positions end there; ``task.max_target_len`` for targets); the positions added
+    are padding, masked in attention and left out of the loss as any other."""
+    tok = train_char(["abc"])
+    cls_, sep, pad, eos = (tok.token_to_id(t) for t in ("<cls>", "<sep>", "<pad>", "<|endoftext|>"))
+    classify = ClassifyCollator(tok, seq_len=12)
+    examples = [([7, 8, 9], 1), ([7], 0)]  # 5 and 3 ids framed
+    widths = {}
+    for multiple in (1, 4, 5, 64):
+        classify.multiple = multiple
+        batch = classify(examples)
+        widths[multiple] = batch["input_ids"].shape[1]
+        assert batch["input_ids"][0, :5].tolist() == [cls_, 7, 8, 9, sep]
+        assert (batch["input_ids"][:, 5:] == pad).all()
+        assert batch["attention_mask"].sum(1).tolist() == [5, 3]
+        assert batch["labels"].tolist() == [[1], [0]]
+    assert widths == {1: 5, 4: 8, 5: 5, 64: 12}  # 64: no wider than data.seq_len
+    pairs = PairClassifyCollator(tok, seq_len=16)
+    pairs.multiple = 8
+    batch = pairs([(([7, 8], [9]), 1)])  # [CLS] a a [SEP] b [SEP]: 6 ids
+    assert batch["input_ids"].shape == batch["token_type_ids"].shape == (1, 8)
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 0, 0]]  # padding: segment 0
+    seq2seq = Seq2SeqCollator(tok, seq_len=8, max_target_len=6)
+    seq2seq.multiple = 4
+    batch = seq2seq([([7], [8, 9, 7]), ([7, 8], [9])])
+    assert batch["input_ids"].tolist() == [[7, eos, pad, pad], [7, 8, eos, pad]]
+    assert batch["labels"].tolist() == [[8, 9, 7, eos], [9, eos, IGNORE, IGNORE]]
+    assert batch["decoder_input_ids"].tolist() == [[pad, 8, 9, 7], [pad, 9, eos, pad]]
+    seq2seq.multiple = 64  # targets no wider than task.max_target_len, inputs than seq_len
+    batch = seq2seq([([7], [8, 9, 7])])
+    assert batch["input_ids"].shape == (1, 8) and batch["labels"].shape == (1, 6)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "multiple"),
+    [(None, "cpu", 1), (None, "cuda", 64), (8, "cpu", 8), (8, "cuda", 8)],
+)
+def test_fine_tuning_loaders_round_widths_as_the_device_wants(
+    cache_dir: Path, setting: int | None, device: str, multiple: int
+) -> None:
+    """``data.pad_to_multiple_of=null``: 64 on a GPU (``GPU_PAD_MULTIPLE``), where each new
+    shape costs once, and no rounding on a CPU, where padding costs compute; a number as
+    asked. The loaders' collator takes it (a worker, a copy of it)."""
+    from types import SimpleNamespace
+
+    task = TaskConfig(kind=TaskKind.classify, name="code_or_play")
+    data = DataConfig(
+        tokenizer=TokenizerKind.char,
+        cache_dir=str(cache_dir),
+        batch_size=4,
+        num_workers=0,
+        pad_to_multiple_of=setting,
+    )
+    dm = FinetuneDataModule(data, task, Family.bert, 256, 0)
+    dm.setup()
+    gpu = SimpleNamespace(root_device=torch.device(device))
+    dm.trainer = SimpleNamespace(strategy=gpu, num_devices=1, global_rank=0, world_size=1)
+    dm.num_train_samples = 4
+    with warnings.catch_warnings():  # pinned memory asked, and no CUDA here to pin it
+        warnings.simplefilter("ignore")
+        batch = next(iter(dm.train_dataloader()))
+    assert dm.collate.multiple == multiple and batch["input_ids"].shape[1] % multiple == 0
+    with pytest.raises(ConfigError, match=r"data.pad_to_multiple_of=0 must be >= 1 \(or null\)"):
+        DataConfig(pad_to_multiple_of=0)
+
+
+@pytest.mark.parametrize("kind", FINE_TUNING)
+def test_a_batch_rounded_to_a_multiple_has_the_loss_of_its_longest_width(
+    cache_dir: Path, kind: TaskKind
+) -> None:
+    """The positions ``data.pad_to_multiple_of`` adds change a batch's shape, not its loss: they
+    are keys no query attends to (an exact 0 in each softmax) and targets the loss skips. In
+    float64 the two widths' losses agree to rounding (the softmax sums a longer row of keys,
+    in another order: about 1e-16 relative), far inside 1e-9."""
+    task = TaskConfig(kind=kind, name="code_or_play" if kind == TaskKind.classify else "def_name")
+    data = DataConfig(tokenizer=TokenizerKind.char, cache_dir=str(cache_dir))
+    family = Family.bert if kind == TaskKind.classify else Family.t5
+    dm = FinetuneDataModule(data, task, family, 256, 0)
+    dm.setup()
+    torch.manual_seed(0)
+    tiny = TINY_BERT if kind == TaskKind.classify else dict(TINY_BERT, family="t5")
+    tiny = {k: v for k, v in tiny.items() if family == Family.bert or k != "type_vocab_size"}
+    cfg = ModelConfig(**tiny | {"vocab_size": dm.vocab_size, "max_seq_len": 256})
+    module = LMTask(cfg, None, None, task=dm.spec).double().eval()
+    rows = dm.train_rows[:8]
+    losses, widths = [], []
+    for multiple in (1, 64):
+        dm.collate.multiple = multiple
+        batch = dm.collate(rows)
+        widths.append(batch["input_ids"].shape[1])
+        with torch.no_grad():
+            losses.append(module.loss(batch)[0].item())
+    assert widths[1] % 64 == 0 and widths[1] > widths[0], widths  # wider, the same loss
+    assert losses[1] == pytest.approx(losses[0], rel=1e-9)
+
+
+def test_exact_match_decodes_the_longest_target_however_wide_the_batch(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seq2seq's ``exact_match`` decodes as many steps as the decoded rows' longest target: a
+    batch rounded up (``data.pad_to_multiple_of``) decodes no step more, and scores alike."""
+    import lmlab.train.metrics as metrics
+
+    task = TaskConfig(kind=TaskKind.seq2seq, name="def_name", decode_rows=8)
+    data = DataConfig(tokenizer=TokenizerKind.char, cache_dir=str(cache_dir))
+    dm = FinetuneDataModule(data, task, Family.t5, 128, 0)
+    dm.setup()
+    torch.manual_seed(0)
+    tiny = {k: v for k, v in TINY_BERT.items() if k != "type_vocab_size"}
+    cfg = ModelConfig(**tiny | {"family": "t5", "vocab_size": dm.vocab_size, "max_seq_len": 128})
+    module = LMTask(cfg, None, None, task=dm.spec).eval()
+    steps, greedy = [], metrics.greedy_seq2seq
+    monkeypatch.setattr(metrics, "greedy_seq2seq", lambda *a: steps.append(a[-1]) or greedy(*a))
+    scores, longest = [], []
+    for multiple in (1, 64):
+        dm.collate.multiple = multiple
+        batch = dm.collate(dm.val_rows[:12])  # 8 of them decoded
+        longest.append(int((batch["labels"][:8] != IGNORE).sum(1).max()))
+        scored = METRICS[TaskKind.seq2seq](cfg, dm.spec)
+        with torch.no_grad():
+            scored.update(batch, module.loss(batch)[1], module.model)
+        scores.append(scored.compute()["exact_match"])
+    assert steps == longest and longest[0] == longest[1] and scores[0] == scores[1]
 
 
 def test_pair_collator_frames_two_segments_and_cuts_the_longer_text_first(

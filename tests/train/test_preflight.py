@@ -483,6 +483,11 @@ def test_a_task_field_the_task_or_source_ignores_is_named(tmp_path) -> None:
         "task.decode_rows=3 | task=lm: this run trains as it would without it"
     ]
     assert warnings([*classify, "task.text_column=text"]) == []  # read by classify
+    assert warnings(["data.pad_to_multiple_of=8"]) == [  # pre-training pads nothing
+        "data.pad_to_multiple_of=8 | task=lm (packed rows, never padded): this run trains as it "
+        "would without it"
+    ]
+    assert warnings([*classify, "data.pad_to_multiple_of=8"]) == []  # its batches are padded
 
 
 @pytest.mark.parametrize(

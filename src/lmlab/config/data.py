@@ -74,6 +74,9 @@ class DataConfig:
     max_bytes: int | None = None
     cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
     num_workers: int | None = None  # null: 0 on a CPU; on a GPU up to 4 per process (0 for GPT)
+    # fine-tuning: each batch padded to its longest example, rounded up to a multiple of this
+    # (never past the longest a row can be); null: 64 on a GPU, 1 (no rounding) on a CPU
+    pad_to_multiple_of: int | None = None
 
     def unused_fields(self) -> dict[str, str]:
         """{field: the setting it has no effect under} (``ModelConfig.unused_fields``'s
@@ -117,6 +120,7 @@ class DataConfig:
             "val_batch_size",
             "stride",
             "max_bytes",
+            "pad_to_multiple_of",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

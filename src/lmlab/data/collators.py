@@ -252,17 +252,26 @@ def decoder_tokens(family: Family, seq_len: int) -> int | None:
 
 # --------------------------------------------------------------------------- fine-tuning
 # Fine-tuning examples are token-id lists of any length (``lmlab.data.finetune``), padded per
-# batch to its longest row: every row's padding is masked in attention and left out of the loss.
+# batch to its longest row, rounded up to a multiple of ``multiple`` (``data.pad_to_multiple_of``,
+# set by the datamodule for the device): every row's padding is masked in attention and left
+# out of the loss, so the rounding changes the shapes a step sees, not what it computes.
 
 
-def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, longest) ids, ``pad_id`` after each row's end, and the (B, longest) mask of real
-    tokens."""
+def pad_rows(
+    rows: list[list[int]], pad_id: int, multiple: int = 1, widest: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W) ids, ``pad_id`` after each row's end, and the (B, W) mask of real tokens. W is
+    the longest row rounded up to a multiple of ``multiple``, but never past ``widest`` (the
+    longest row the collator makes: the model's positions end there) nor short of the
+    longest row."""
     lengths = torch.tensor([len(row) for row in rows])
-    ids_BT = torch.full((len(rows), int(lengths.max())), pad_id)
+    longest = int(lengths.max())
+    width = -(-longest // multiple) * multiple
+    width = max(longest, min(width, widest if widest is not None else width))
+    ids_BT = torch.full((len(rows), width), pad_id)
     for b, row in enumerate(rows):
         ids_BT[b, : len(row)] = torch.tensor(row)
-    return ids_BT, torch.arange(ids_BT.shape[1]) < lengths[:, None]
+    return ids_BT, torch.arange(width) < lengths[:, None]
 
 
 class ClassifyCollator:
@@ -277,6 +286,7 @@ class ClassifyCollator:
         self.seq_len = seq_len
         # the most ids of an example kept: (input ids, target ids; None: a label)
         self.room: tuple[int, int | None] = (seq_len - 2, None)
+        self.multiple = 1  # widths rounded up to a multiple of it (``pad_rows``)
 
     @staticmethod
     def input_len(ids: list[int]) -> int:
@@ -285,7 +295,7 @@ class ClassifyCollator:
 
     def __call__(self, examples: list[tuple[list[int], int]]) -> Batch:
         rows = [[self.cls_id, *ids[: self.room[0]], self.sep_id] for ids, _ in examples]
-        input_ids, real_BT = pad_rows(rows, self.pad_id)
+        input_ids, real_BT = pad_rows(rows, self.pad_id, self.multiple, self.seq_len)
         labels_B1 = torch.tensor([[label] for _, label in examples])
         return {"input_ids": input_ids, "attention_mask": real_BT, "labels": labels_B1}
 
@@ -330,8 +340,8 @@ class PairClassifyCollator(ClassifyCollator):
             a, b = longest_first(a, b, self.room[0])
             rows.append([self.cls_id, *a, self.sep_id, *b, self.sep_id])
             types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
-        input_ids, real_BT = pad_rows(rows, self.pad_id)
-        token_type_ids, _ = pad_rows(types, 0)
+        input_ids, real_BT = pad_rows(rows, self.pad_id, self.multiple, self.seq_len)
+        token_type_ids, _ = pad_rows(types, 0, self.multiple, self.seq_len)
         labels_B1 = torch.tensor([[label] for _, label in examples])
         return {
             "input_ids": input_ids,
@@ -352,6 +362,7 @@ class Seq2SeqCollator:
         self.pad = specials.id(tokenizer, "pad", use)
         self.seq_len, self.max_target_len = seq_len, max_target_len
         self.room: tuple[int, int | None] = (seq_len - 1, max_target_len - 1)  # EOS each
+        self.multiple = 1  # widths rounded up to a multiple of it (``pad_rows``)
 
     @staticmethod
     def input_len(ids: list[int]) -> int:
@@ -361,8 +372,8 @@ class Seq2SeqCollator:
     def __call__(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
         inputs = [[*ids[: self.room[0]], self.eos] for ids, _ in examples]
         targets = [[*ids[: self.max_target_len - 1], self.eos] for _, ids in examples]
-        input_ids, real_BT = pad_rows(inputs, self.pad)
-        targets_BS, real_BS = pad_rows(targets, self.pad)
+        input_ids, real_BT = pad_rows(inputs, self.pad, self.multiple, self.seq_len)
+        targets_BS, real_BS = pad_rows(targets, self.pad, self.multiple, self.max_target_len)
         start_B1 = torch.full((len(examples), 1), self.pad)
         return {
             "input_ids": input_ids,

@@ -92,6 +92,23 @@ def loader_settings(
     return num_workers, gpu
 
 
+# Fine-tuning widths on a GPU (``data.pad_to_multiple_of=null``): a batch padded to its longest
+# example rounded up to a multiple of 64 leaves at most seq_len / 64 shapes (8 at 512).
+GPU_PAD_MULTIPLE = 64
+
+
+def pad_multiple(setting: int | None, device: torch.device) -> int:
+    """What a fine-tuning batch's width is rounded up to (``data.pad_to_multiple_of``; null:
+    chosen here). On a GPU, 64: there each new shape costs once (cuDNN's attention, which
+    PyTorch prefers on Hopper, builds an execution plan per shape; ``cuda_graphs`` records a
+    graph per width) and tensor cores take widths in multiples of 8, so a handful of widths
+    serve a whole run, for at most 63 padded positions a row. On a CPU, 1: the longest
+    example's width, since padding costs compute there and a new shape nothing."""
+    if setting is not None:
+        return setting
+    return GPU_PAD_MULTIPLE if device.type == "cuda" else 1
+
+
 class LMDataModule(L.LightningDataModule):
     """``setup`` loads cached rows; ``train_dataloader`` draws ``num_train_samples`` rows in a
     seeded order starting at ``start_sample`` (set on resume)."""
@@ -183,6 +200,8 @@ class LMDataModule(L.LightningDataModule):
         local_processes = trainer.num_devices if trainer else 1
         in_workers = getattr(self.collate, "in_workers", True)
         workers, pin = loader_settings(self.cfg.num_workers, device, local_processes, in_workers)
+        if hasattr(self.collate, "multiple"):  # fine-tuning's padded batches
+            self.collate.multiple = pad_multiple(self.cfg.pad_to_multiple_of, device)
         return DataLoader(
             rows,
             batch_size=batch_size or self.cfg.batch_size,

@@ -70,7 +70,7 @@ class TokenMetrics(ValMetrics):
 class Seq2SeqMetrics(TokenMetrics):
     """The target tokens' perplexity and (teacher-forced) accuracy, and ``exact_match``: the
     share of the first ``task.decode_rows`` validation rows whose greedy decode (KV cache,
-    as many steps as the batch's longest target) equals the whole target, EOS included."""
+    as many steps as their longest target) equals the whole target, EOS included."""
 
     def __init__(self, model_cfg: ModelConfig, task: TaskSpec) -> None:
         super().__init__(
@@ -89,6 +89,9 @@ class Seq2SeqMetrics(TokenMetrics):
             return
         self.decoded += rows
         labels_BS = batch["labels"][:rows]
+        # as many steps as these rows' longest target (targets end in padding): the batch may
+        # be wider (its other rows, data.pad_to_multiple_of), and steps past it decode padding
+        labels_BS = labels_BS[:, : int((labels_BS != IGNORE).sum(1).max())]
         start_B1 = batch["decoder_input_ids"][:rows, :1]
         mask = batch.get("attention_mask")
         predicted_BS = greedy_seq2seq(
