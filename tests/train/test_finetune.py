@@ -383,7 +383,8 @@ def test_exact_match_decodes_the_longest_target_however_wide_the_batch(
     cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Seq2seq's ``exact_match`` decodes as many steps as the decoded rows' longest target: a
-    batch rounded up (``data.pad_to_multiple_of``) decodes no step more, and scores alike."""
+    batch rounded up (``data.pad_to_multiple_of``) decodes no step more, and a decode that
+    gives each row its target scores 1 at either width."""
     import lmlab.train.metrics as metrics
 
     task = TaskConfig(kind=TaskKind.seq2seq, name="def_name", decode_rows=8)
@@ -394,18 +395,24 @@ def test_exact_match_decodes_the_longest_target_however_wide_the_batch(
     tiny = {k: v for k, v in TINY_BERT.items() if k != "type_vocab_size"}
     cfg = ModelConfig(**tiny | {"family": "t5", "vocab_size": dm.vocab_size, "max_seq_len": 128})
     module = LMTask(cfg, None, None, task=dm.spec).eval()
-    steps, greedy = [], metrics.greedy_seq2seq
-    monkeypatch.setattr(metrics, "greedy_seq2seq", lambda *a: steps.append(a[-1]) or greedy(*a))
+    steps, targets = [], {}
+
+    def decode(model, input_ids, mask, start, n_steps):  # each row's target, then padding
+        steps.append(n_steps)
+        return targets["rows"][:, :n_steps].clamp(min=0)
+
+    monkeypatch.setattr(metrics, "greedy_seq2seq", decode)
     scores, longest = [], []
     for multiple in (1, 64):
         dm.collate.multiple = multiple
         batch = dm.collate(dm.val_rows[:12])  # 8 of them decoded
+        targets["rows"] = batch["labels"][:8]
         longest.append(int((batch["labels"][:8] != IGNORE).sum(1).max()))
         scored = METRICS[TaskKind.seq2seq](cfg, dm.spec)
         with torch.no_grad():
             scored.update(batch, module.loss(batch)[1], module.model)
-        scores.append(scored.compute()["exact_match"])
-    assert steps == longest and longest[0] == longest[1] and scores[0] == scores[1]
+        scores.append(float(scored.compute()["exact_match"]))
+    assert steps == longest and longest[0] == longest[1] and scores == [1.0, 1.0]
 
 
 def test_pair_collator_frames_two_segments_and_cuts_the_longer_text_first(

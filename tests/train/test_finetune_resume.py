@@ -191,12 +191,14 @@ def test_the_examples_digest_covers_inputs_pair_texts_targets_and_order(
 def test_task_decode_rows_may_change_on_resume(tmp_path: Path) -> None:
     """``task.decode_rows`` sets how many validation rows are decoded for exact match: what
     validation measures, not what is trained, so a resume may change it (as it may
-    ``trainer.val_check_interval``); another task field still refuses it."""
+    ``trainer.val_check_interval``), and ``data.pad_to_multiple_of`` the shapes of the same
+    batches; another task field still refuses it."""
     seq2seq = ["task=seq2seq", "model=t5_tiny", "task.decode_rows=16"]
     cfg = compose_train(seq2seq, tmp_path)
     OmegaConf.save(OmegaConf.create(run_identity(cfg)), tmp_path / RUN_CONFIG)
     with open_dict(cfg):
         cfg.task.decode_rows = 32
+        cfg.data.pad_to_multiple_of = 8  # batch widths (null: as the device wants): free too
     check_same_run(cfg, tmp_path, "the run was started with")
     with open_dict(cfg):
         cfg.task.max_target_len = 8

@@ -97,4 +97,8 @@ RUNTIME_FIELDS = (
     "cross_entropy",
     "fused",
     "num_workers",
+    # the widths fine-tuning's batches are padded to: null is 64 on a GPU and none on a CPU,
+    # so a run resumed on another device changes it anyway (its loss is the same, save a
+    # Mixture of Experts with a capacity factor: README, "Fine-tuning")
+    "pad_to_multiple_of",
 )

@@ -93,7 +93,8 @@ def loader_settings(
 
 
 # Fine-tuning widths on a GPU (``data.pad_to_multiple_of=null``): a batch padded to its longest
-# example rounded up to a multiple of 64 leaves at most seq_len / 64 shapes (8 at 512).
+# example rounded up to a multiple of 64 has one of ceil(seq_len / 64) widths (8 at 512; a
+# seq2seq batch's targets, one of ceil(task.max_target_len / 64) more).
 GPU_PAD_MULTIPLE = 64
 
 
