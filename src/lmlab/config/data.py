@@ -78,12 +78,16 @@ class DataConfig:
     # (never past the longest a row can be); null: 64 on a GPU, 1 (no rounding) on a CPU
     pad_to_multiple_of: int | None = None
 
-    def unused_fields(self) -> dict[str, str]:
+    def unused_fields(self, padded: bool = False) -> dict[str, str]:
         """{field: the setting it has no effect under} (``ModelConfig.unused_fields``'s
-        counterpart): ``vocab_size`` sizes a trained BPE only."""
+        counterpart): ``vocab_size`` sizes a trained BPE only; ``pad_to_multiple_of`` rounds
+        padded batches only (``padded``: fine-tuning's), and pre-training packs its rows."""
+        unused = {}
         if self.tokenizer != TokenizerKind.bpe:
-            return {"vocab_size": f"data.tokenizer={self.tokenizer.value}"}
-        return {}
+            unused["vocab_size"] = f"data.tokenizer={self.tokenizer.value}"
+        if not padded:
+            unused["pad_to_multiple_of"] = "task=lm (packed rows, never padded)"
+        return unused
 
     def __post_init__(self) -> None:
         if not str(self.cache_dir).strip():  # Path("") is the working directory

@@ -266,8 +266,9 @@ def pad_rows(
     longest row."""
     lengths = torch.tensor([len(row) for row in rows])
     longest = int(lengths.max())
-    width = -(-longest // multiple) * multiple
-    width = max(longest, min(width, widest if widest is not None else width))
+    width = -(-longest // multiple) * multiple  # rounded up
+    if widest is not None:
+        width = min(width, max(widest, longest))
     ids_BT = torch.full((len(rows), width), pad_id)
     for b, row in enumerate(rows):
         ids_BT[b, : len(row)] = torch.tensor(row)

@@ -213,11 +213,14 @@ def warn_unused(
     model.rope_theta=5e5``) means it for some of its jobs. Presets are left out (a preset sets
     every field). Returns the warnings."""
     warnings = []
-    pre_training = task_cfg is None or task_cfg.kind == TaskKind.lm
+    padded = task_cfg is not None and task_cfg.kind != TaskKind.lm  # fine-tuning's batches
+    unused_of = {
+        "model": model_cfg.unused_fields(),
+        "data": data_cfg.unused_fields(padded) if data_cfg is not None else {},
+        "task": task_cfg.unused_fields() if task_cfg is not None else {},
+    }
     for group, cfg in (("model", model_cfg), ("data", data_cfg), ("task", task_cfg)):
-        unused = cfg.unused_fields() if cfg is not None else {}
-        if group == "data" and pre_training:  # packed rows of seq_len: no batch is padded
-            unused = {**unused, "pad_to_multiple_of": "task=lm (packed rows, never padded)"}
+        unused = unused_of[group]
         for path, override in asked_paths(command_line_overrides(), group).items():
             if path in unused:
                 value = OmegaConf.select(OmegaConf.structured(cfg), path)
