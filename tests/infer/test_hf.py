@@ -411,6 +411,30 @@ def test_to_hf_loads_in_transformers_with_lmlab_logits_and_round_trips(
         assert dict(again(*text)) == dict(tok(*text))
 
 
+def test_a_float64_checkpoint_loads_and_goes_out_as_stored(tmp_path: Path) -> None:
+    """``dtype=auto`` keeps the weights as stored: float64 ones (what ``from_hf`` writes from a
+    float64 folder) were copied into fp32 parameters first, off by up to 6e-8."""
+    from safetensors.torch import load_file
+
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    torch.manual_seed(0)
+    model = build_model(cfg).double()
+    with torch.no_grad():  # values fp32 cannot hold
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = lmlab_checkpoint(tmp_path / "f64.ckpt", cfg, model)
+    stored = model.state_dict()
+    loaded = load(path, dtype="auto").model.state_dict()
+    assert all(
+        loaded[k].dtype == torch.float64 and torch.equal(loaded[k], v) for k, v in stored.items()
+    )
+    exported = load_file(to_hf(path, tmp_path / "hf") / "model.safetensors")
+    assert torch.equal(exported["transformer.wte.weight"], stored["embed.weight"])
+    # asked for fp32, they are rounded once, as the cast rounds them
+    as_fp32 = load(path, dtype="fp32").model.state_dict()
+    assert all(torch.equal(as_fp32[k], v.float()) for k, v in stored.items())
+
+
 @pytest.mark.parametrize(
     ("knobs", "named"),
     [

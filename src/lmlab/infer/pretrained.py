@@ -322,8 +322,10 @@ def load(
     state = model_state(ckpt["state_dict"])
     check_weights(model, state, f"{key}={path}")
     check_finite(state, f"{key}={path}")
-    model.load_state_dict(state)
     as_stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    if as_stored == torch.float64:  # copied into fp32 parameters, they would be rounded
+        model.double()
+    model.load_state_dict(state)
     model.to(device=device, dtype=as_stored if dtype == "auto" else DTYPES[dtype]).eval()
     if dtype != "auto" and DTYPES[dtype] != as_stored:
         check_finite(
