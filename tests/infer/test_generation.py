@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from lmlab.cli.generate import main as generate_main
 from lmlab.config import CONF_DIR, ModelConfig, MoEConfig, Positional, model_config_dict
-from lmlab.data.tokenizer import EOS, encode, train_char
+from lmlab.data.tokenizer import EOS, encode, train_bpe, train_char
 from lmlab.errors import ConfigError
 from lmlab.infer import fill
 from lmlab.infer.fill import fill_mask, infill, parse_spans
@@ -282,6 +282,36 @@ def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> No
 
     with pytest.raises(NonFiniteLogits, match="not finite at a <mask>$"):
         fill_mask(pre, "three four [MASK] six", top_k=3)
+
+
+def test_fill_mask_keeps_the_space_a_character_vocabulary_has_as_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A character BERT's masked-LM training masks one character in place, the space before it
+    a token of its own: fill-mask reads ``the <mask>at`` so and fills ``the cat``, not
+    ``thecat`` (the space dropped, as it is for byte-level BPE, whose token brings its own)."""
+    tok = train_char(["the cat sat on the mat."])
+    cfg = ModelConfig(
+        family="bert", d_model=32, n_layers=1, n_heads=2, vocab_size=len(tok.get_vocab())
+    )
+    model = build_model(cfg)
+    with torch.no_grad():  # the model's top choice everywhere: "c"
+        model.head.out.bias[tok.token_to_id("c")] += 100.0
+    path = tmp_path / "char_bert.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(
+        {"state_dict": state, "model_config": model_config_dict(cfg), "tokenizer": tok.to_str()},
+        path,
+    )
+    pre = load(path)
+    read = []
+    forward = pre.model.forward
+    monkeypatch.setattr(pre.model, "forward", lambda ids, **kw: read.append(ids) or forward(ids))
+    (candidates,), filled = fill_mask(pre, "the <mask>at sat", top_k=1)
+    assert (
+        tok.decode(read[0][0].tolist(), skip_special_tokens=False) == "<cls>the <mask>at sat<sep>"
+    )
+    assert candidates[0].token == "c" and filled == "the cat sat"
 
 
 def test_probe_writes_the_attention_image_and_the_parameter_table(
@@ -617,27 +647,40 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(
     assert not (tmp_path / "attention.png").exists()
 
 
+@pytest.mark.parametrize("kind", ["bpe", "char"])
 def test_infill_fills_the_text_the_model_read(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    kind: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The one space before a sentinel is dropped from the input (the span brings its own):
-    the spans fill that text, with no doubled space. A sentinel the model wrote no span for
-    is left empty with a warning showing what it wrote (it was dropped unsaid)."""
-    tok = char_tokenizer(bos=False)
+    """Byte-level BPE: the one space before a sentinel is dropped from the input (the span
+    brings its own, `` fib``), and the spans fill that text with no doubled space. A character
+    vocabulary keeps it (a token of its own: the span is ``fib``). A sentinel the model wrote
+    no span for is left empty with a warning showing what it wrote (it was dropped unsaid)."""
+    tok = train_bpe([CODE * 4], 380) if kind == "bpe" else char_tokenizer(bos=False)
     model = tiny("t5", vocab_size=tok.get_vocab_size()).float()
     pre = Pretrained(model, tok, model.cfg, Path("t5.ckpt"))
-    target = encode(tok, "<extra_id_0> fib<extra_id_1> n") + [tok.token_to_id(EOS)]
+    read = []
+    encode_ = model.encode
+    monkeypatch.setattr(model, "encode", lambda ids, *a: read.append(ids) or encode_(ids, *a))
+    space = " " if kind == "bpe" else ""
+    written = f"<extra_id_0>{space}fib<extra_id_1>{space}n"
+    target = encode(tok, written) + [tok.token_to_id(EOS)]
     start = tok.token_to_id("<pad>")
     monkeypatch.setattr(fill, "decode_loop", lambda *_, **__: torch.tensor([[start, *target]]))
     spans, filled = infill(pre, "def <extra_id_0>(self): <mask>")
-    assert spans == {"<extra_id_0>": " fib", "<extra_id_1>": " n"}
+    typed = "def <extra_id_0>(self): <extra_id_1>"
+    assert read[0][0].tolist()[:-1] == encode(
+        tok, typed if kind == "char" else typed.replace(" <", "<")
+    )
+    assert spans == {"<extra_id_0>": f"{space}fib", "<extra_id_1>": f"{space}n"}
     assert filled == "def fib(self): n" and not caplog.messages
-    target = encode(tok, "<extra_id_0> fib fib") + [tok.token_to_id(EOS)]
+    if kind == "bpe":
+        return
+    target = encode(tok, "<extra_id_0>fib fib") + [tok.token_to_id(EOS)]
     with caplog.at_level(logging.WARNING, logger="lmlab.infer.fill"):
-        assert infill(pre, "def <extra_id_0>(self): <mask>")[1] == "def fib fib(self):"
+        assert infill(pre, "def <extra_id_0>(self): <mask>")[1] == "def fib fib(self): "
     assert caplog.messages == [
         "the model wrote no span for <extra_id_1> (left empty in the filled text); its output: "
-        "'<extra_id_0> fib fib'"
+        "'<extra_id_0>fib fib'"
     ]
 
 
@@ -652,9 +695,9 @@ def test_infill_command_prints_spans_and_filled_text_as_they_are(
     start = tok.token_to_id("<pad>")
     monkeypatch.setattr(fill, "decode_loop", lambda *_, **__: torch.tensor([[start, *target]]))
     generate_main([f"ckpt={ckpt}", "text=def <extra_id_0>(self): <mask>"])
-    assert capsys.readouterr().out == (
+    assert capsys.readouterr().out == (  # a character vocabulary keeps the typed spaces
         f"<extra_id_0> -> {spans[0]!r}\n<extra_id_1> -> {spans[1]!r}\n"
-        f"filled: def{spans[0]}(self):{spans[1]}\n"
+        f"filled: def {spans[0]}(self): {spans[1]}\n"
     )
 
 
@@ -957,8 +1000,8 @@ def test_infill_lists_only_the_sentinels_of_the_text(monkeypatch: pytest.MonkeyP
     pre = Pretrained(model, tok, model.cfg, Path("t5.ckpt"))
     start, eos = tok.token_to_id("<pad>"), tok.token_to_id(EOS)
     for written, spans, filled in [
-        ("<extra_id_3> fib", {}, "def(self): return"),
-        ("<extra_id_2> n<extra_id_1> x<extra_id_0> fib", {"<extra_id_0>": " fib"}, None),
+        ("<extra_id_3>fib", {}, "def (self): return"),  # characters: the typed space stays
+        ("<extra_id_2>n<extra_id_1>x<extra_id_0>fib", {"<extra_id_0>": "fib"}, None),
     ]:
         target = torch.tensor([[start, *encode(tok, written), eos]])
         monkeypatch.setattr(fill, "decode_loop", lambda *_, target=target, **__: target)

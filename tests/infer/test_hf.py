@@ -754,19 +754,22 @@ def test_to_hf_keeps_the_tokenizer_a_checkpoint_carries(tmp_path: Path) -> None:
 def test_the_exported_tokenizer_reads_masks_and_sentinels_as_fill_does(
     kind: str, tmp_path: Path
 ) -> None:
-    """A masked token or a T5 span brought its own space (byte-level BPE's ``Ġfox``):
+    """A masked token or a T5 span brings its own space under byte-level BPE (``Ġfox``):
     ``lmlab.infer.fill`` drops the space before a ``<mask>`` or a sentinel, and the exported
     tokenizer's do too (``lstrip``, as RoBERTa's ``<mask>``), so a fill-mask pipeline reads
-    ``the quick <mask> fox`` as lmlab does, not with a lone space token before the mask."""
+    ``the quick <mask> fox`` as lmlab does, not with a lone space token before the mask. In a
+    character vocabulary the space is a token of its own, which masked-LM training masks or
+    leaves in place: both keep it."""
     text = "the quick brown fox jumps over the lazy dog\n" * 20
     tok = train_bpe([text], 400) if kind == "bpe" else train_char([text])
     hf_tokenizer_of(tok, Specials.of(tok), Family.t5).save_pretrained(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
-    for prompt, marker, read in [
+    for prompt, marker, unspaced in [
         ("the quick <mask> fox", "<mask>", "the quick<mask> fox"),
         ("the <extra_id_0> fox <extra_id_1>", "<extra_id_", "the<extra_id_0> fox<extra_id_1>"),
     ]:
-        assert fill._unspaced(prompt, marker) == read
+        read = unspaced if kind == "bpe" else prompt
+        assert fill._unspaced(tok, prompt, marker) == read
         assert hf(prompt, add_special_tokens=False)["input_ids"] == encode(tok, read), prompt
 
 

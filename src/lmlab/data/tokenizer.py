@@ -120,6 +120,14 @@ def starts_with(tok: Tokenizer, name: str) -> bool:
     return bool(ids) and ids[0] == tok.token_to_id(name)
 
 
+def spaces_are_tokens(tok: Tokenizer) -> bool:
+    """Whether a space between words is a token of its own (a character vocabulary), not part
+    of the next word's token (byte-level BPE's ``Ġ``, SentencePiece's ``▁``) or dropped
+    (WordPiece)."""
+    space = tok.token_to_id(" ")
+    return space is not None and space in encode(tok, "a b")
+
+
 def encode(tok: Tokenizer, text: str) -> list[int]:
     """``text``'s ids without the specials a tokenizer's post-processor adds (a converted BERT
     tokenizer's [CLS] .. [SEP], Llama's <s>, T5's </s>): lmlab frames its inputs itself. For a

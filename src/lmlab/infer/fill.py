@@ -3,7 +3,8 @@
 
 Byte-level BPE folds a word's leading space into the word's token, so the one space before a
 ``<mask>`` or a sentinel is dropped from the input and the prediction brings its own (RoBERTa's
-mask token strips left whitespace the same way). ``<mask>`` and ``[MASK]`` both stand for the
+mask token strips left whitespace the same way); a character vocabulary keeps it, a token of its
+own there. ``<mask>`` and ``[MASK]`` both stand for the
 tokenizer's mask token (a converted BERT's is ``[MASK]``); in ``infill`` each becomes the next
 sentinel ``<extra_id_k>`` in the text's order (after any explicit one, which must all come
 before the first mask).
@@ -16,9 +17,10 @@ import re
 from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer
 
 from lmlab.config import Family
-from lmlab.data.tokenizer import SENTINEL_RE, encode
+from lmlab.data.tokenizer import SENTINEL_RE, encode, spaces_are_tokens
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import NonFiniteLogits, decode_loop
 from lmlab.infer.pretrained import Pretrained
@@ -35,13 +37,13 @@ class Candidate:
     probability: float
 
 
-def _unspaced(text: str, marker: str) -> str:
-    """``text`` without the one space before each ``marker`` (the prediction brings it)."""
+def _unspaced(tok: Tokenizer, text: str, marker: str) -> str:
+    """``text`` without the one space before each ``marker`` where a token brings its own
+    space (byte-level BPE's ``Ġfox``: the prediction brings it). A character vocabulary keeps
+    it: there a space is a token of its own, which training masks or leaves as it is."""
+    if spaces_are_tokens(tok):
+        return text
     return re.sub(r" ?(" + re.escape(marker) + ")", r"\1", text)
-
-
-def _encode(pre: Pretrained, text: str, marker: str) -> list[int]:
-    return encode(pre.tokenizer, _unspaced(text, marker))
 
 
 @torch.no_grad()
@@ -56,7 +58,7 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
         raise ConfigError(f"text={text!r} has no <mask> (or [MASK]) to fill")
     mask_id = specials.id(tok, "mask", "fill-mask")
     before, after = specials.frame(tok, Family.bert, "fill-mask")
-    ids = [*before, *_encode(pre, text, mask), *after]
+    ids = [*before, *encode(tok, _unspaced(tok, text, mask)), *after]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(
             f"text is {len(ids)} tokens with [CLS] and [SEP], above the model's "
@@ -127,7 +129,7 @@ def infill(
     if not SENTINEL_RE.search(text):
         raise ConfigError(f"text={text!r} has no sentinel <extra_id_0> (or <mask>) to fill")
     eos_id = specials.id(tok, "eos", "infilling")
-    text = _unspaced(text, "<extra_id_")  # the spans fill this text: each brings its space
+    text = _unspaced(tok, text, "<extra_id_")  # the spans fill this text: each brings its space
     ids = [*encode(tok, text), eos_id]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(

@@ -31,7 +31,7 @@ from lmlab.config.outpath import (
     publish,
 )
 from lmlab.data.hub import hub_reachable, offline_hub
-from lmlab.data.tokenizer import Specials
+from lmlab.data.tokenizer import Specials, spaces_are_tokens
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
@@ -467,9 +467,12 @@ def hf_tokenizer_of(
     (given the ``family``) the framing its model's inputs have (``framed``); with
     ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read."""
     transformers = _transformers()
+    # `the <mask>` reads as lmlab's fill and infill read it: as RoBERTa's <mask> does, unless
+    # a space is a token of its own (a character vocabulary)
+    strips = not spaces_are_tokens(tok)
     tok = framed(tok, specials, family, segments)
-    # `the <mask>` reads as lmlab's fill and infill read it, as RoBERTa's <mask> does
-    tok = stripping_left(tok, {specials.mask, *specials.sentinels} - {None})
+    if strips:
+        tok = stripping_left(tok, {specials.mask, *specials.sentinels} - {None})
     inputs = ["input_ids", *(["token_type_ids"] if segments else []), "attention_mask"]
     roles = {
         f"{role}_token": getattr(specials, role)
