@@ -608,6 +608,49 @@ def test_generate_takes_text_as_a_gpt_prompt(
         generate_main([*args, "prompt=def", "text=fib"])
 
 
+def test_a_sample_ends_at_the_models_eos_unless_asked_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EOS ends training's documents, so a sample ends where the model writes it (as
+    transformers' ``generate`` stops at ``eos_token_id``); it went on into another document.
+    ``stop_at_eos=false`` writes to ``max_new_tokens``; infill and fill_mask refuse it."""
+    from lmlab.cli import generate as command
+
+    tok = char_tokenizer(bos=False)
+    model = tiny("gpt", vocab_size=tok.get_vocab_size(), tie_embeddings=False, bias=True)
+    with torch.no_grad():  # every position's output is the final norm's bias: EOS's row
+        model.norm_f.weight.zero_()
+        model.head.weight.zero_()
+        model.head.weight[tok.token_to_id(EOS)] = model.norm_f.bias.fill_(1.0)
+    ckpt = save_ckpt(model.float(), tok, tmp_path / "m.ckpt")
+    written = []
+    stream = command.Stream.__call__
+    monkeypatch.setattr(command.Stream, "__call__", lambda s, t: written.append(t) or stream(s, t))
+    args = [f"ckpt={ckpt}", "prompt=def", "temperature=0", "max_new_tokens=6"]
+    generate_main(args)
+    assert len(written) == 1 and capsys.readouterr().out == "def\n"
+    generate_main([*args, "stop_at_eos=false"])
+    assert len(written) == 7
+    # the end-of-run sample too
+    from types import SimpleNamespace
+
+    from lmlab.train import callbacks
+
+    outs = []
+    sample = callbacks.generate
+    monkeypatch.setattr(
+        callbacks, "generate", lambda *a, **k: outs.append(sample(*a, **k)) or outs[-1]
+    )
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=tok), is_global_zero=True)
+    module = SimpleNamespace(model=model, device=torch.device("cpu"))
+    callbacks.Sample("def", max_new_tokens=6, temperature=0.0).sample(trainer, module)
+    assert outs[0][0].tolist() == [*encode(tok, "def"), tok.token_to_id(EOS)]
+    for family, named in (("t5", "infill"), ("bert", "fill_mask")):
+        other, _ = char_ckpt(tmp_path / f"{family}.ckpt", family=family)
+        with pytest.raises(ConfigError, match=rf"^stop_at_eos=false: {named} "):
+            generate_main([f"ckpt={other}", "text=def <mask>", "stop_at_eos=false"])
+
+
 def test_a_damaged_checkpoint_is_one_line_naming_it(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,9 @@ r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans
 ``task`` follows the checkpoint's family (generate, fill_mask, infill); ``prompt=`` and
 ``text=`` name the same input, for every task. Generation streams to the terminal and uses a
 KV cache (``cache=false`` recomputes the context at every token); ``temperature=0`` is greedy.
+A sample ends where the model writes the token its training documents ended with (EOS), as
+transformers' ``generate`` stops at ``eos_token_id``; ``stop_at_eos=false`` writes on past it
+(into what the model takes for the next document), to ``max_new_tokens``.
 Infilling samples as generation does (``num_samples`` fills, one after another); fill_mask
 takes ``top_k`` only (the candidates per mask): a sampling option given to it is refused.
 A GPT's prompt starts with the BOS its documents started with in training, where its tokenizer
@@ -40,6 +43,7 @@ class GenerateConfig:
     seed: int = 0
     num_samples: int = 1
     cache: bool = True
+    stop_at_eos: bool = True  # generate: end a sample at the model's EOS
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
@@ -64,13 +68,20 @@ class GenerateConfig:
 
 TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
 # The options fill_mask has no use for: it ranks each mask's candidates in one forward pass.
-NOT_FOR_FILL_MASK = ("max_new_tokens", "temperature", "top_p", "seed", "num_samples", "cache")
+NOT_FOR_FILL_MASK = (
+    "max_new_tokens", "temperature", "top_p", "seed", "num_samples", "cache", "stop_at_eos"
+)  # fmt: skip
 
 
 def check_options(task: str, given: dict[str, str]) -> None:
     """An option the user gave (``given``: key -> value, as on the command line) that ``task``
     would ignore is refused, naming it, its value and what the task takes; defaults never
     are."""
+    if task == "infill" and "stop_at_eos" in given:
+        raise ConfigError(
+            f"stop_at_eos={given['stop_at_eos']}: infill (a t5 checkpoint) always ends at the "
+            "model's EOS, which ends its spans; the option is generate's (a gpt checkpoint)"
+        )
     unused = [k for k in NOT_FOR_FILL_MASK if k in given] if task == "fill_mask" else []
     if unused:
         values = ", ".join(f"{k}={given[k]}" for k in unused)
@@ -161,6 +172,7 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
                 cfg.top_p,
                 gen,
                 use_cache=cfg.cache,
+                eos_id=pre.end_id if cfg.stop_at_eos else None,
                 on_token=stream,
             )
         except BaseException:  # Ctrl-C or an error: its message starts on a line of its own

@@ -167,8 +167,7 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     the rows, the token count, the UTF-8 byte count (for bits per byte) and what the unknown
     token stood for (``unknown_record``)."""
     specials = Specials.of(tok)
-    end = "sep" if specials.eos is None and specials.sep is not None else "eos"
-    eos = [specials.id(tok, end, "packing documents")]
+    eos = [specials.id(tok, specials.document_end, "packing documents")]
     bos = [specials.id(tok, "bos", "")] if specials.bos else []
 
     def tokenize(batch: dict) -> dict:

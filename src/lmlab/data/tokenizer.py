@@ -88,6 +88,12 @@ class Specials:
             )
         return token_id
 
+    @property
+    def document_end(self) -> str:
+        """The role of the token that ends a training document, and so generation: EOS; [SEP]
+        for a tokenizer without EOS (BERT's WordPiece), as its pre-training segments end."""
+        return "sep" if self.eos is None and self.sep is not None else "eos"
+
     def frame_roles(self, family: Family) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The roles of the tokens around one text as ``family`` reads it, before and after:
         BERT's ``[CLS] text [SEP]`` (pre-training, fine-tuning, fill-mask), T5's encoder
@@ -111,6 +117,14 @@ class Specials:
         """Every special token's id (roles and sentinels), to keep out of masking."""
         names = [n for n in asdict(self).values() if isinstance(n, str)] + list(self.sentinels)
         return [i for n in names if (i := tok.token_to_id(n)) is not None]
+
+
+def document_end_id(tok: Tokenizer) -> int | None:
+    """The id of the token that ends a training document (``Specials.document_end``), where
+    generation stops; None when ``tok`` has none."""
+    specials = Specials.of(tok)
+    name = getattr(specials, specials.document_end)
+    return tok.token_to_id(name) if name is not None else None
 
 
 def starts_with(tok: Tokenizer, name: str) -> bool:

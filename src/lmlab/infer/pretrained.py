@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.config import RUNTIME_FIELDS, Family, ModelConfig, model_config_dict
-from lmlab.data.tokenizer import Specials, prompt_ids
+from lmlab.data.tokenizer import Specials, document_end_id, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
 
@@ -60,6 +60,12 @@ class Pretrained:
             return None
         before, _ = self.specials.frame(self.tokenizer, Family.gpt, "a document's start")
         return before[0] if before else None
+
+    @property
+    def end_id(self) -> int | None:
+        """The token training ended every document with (``Specials.document_end``), where
+        generation stops; None when the tokenizer has none."""
+        return document_end_id(self.tokenizer)
 
     def prompt_ids(self, text: str) -> list[int]:
         """A GPT's input for the prompt ``text``, framed as training frames a document: BOS

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lmlab.config import Compile, Family, TaskKind, check_sampling
 from lmlab.data.collators import decoder_tokens
-from lmlab.data.tokenizer import prompt_ids
+from lmlab.data.tokenizer import document_end_id, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import CHECKPOINTS
 from lmlab.infer.generation import generate
@@ -231,7 +231,8 @@ class ProgressBar(TQDMProgressBar):
 
 
 class Sample(L.Callback):
-    """Generates a short text from ``prompt`` when training ends and logs it."""
+    """Generates a short text from ``prompt`` when training ends and logs it; it ends at the
+    model's EOS, as `generate.py`'s samples do."""
 
     def __init__(
         self,
@@ -268,7 +269,15 @@ class Sample(L.Callback):
         model = pl_module.model
         was_training = model.training
         model.eval()
-        out = generate(model, ids, self.max_new_tokens, self.temperature, self.top_k, generator=gen)
+        out = generate(
+            model,
+            ids,
+            self.max_new_tokens,
+            self.temperature,
+            self.top_k,
+            generator=gen,
+            eos_id=document_end_id(tok),  # a sample ends with its document, as generate.py's
+        )
         model.train(was_training)
         self.text = tok.decode(out[0].tolist())
         if trainer.is_global_zero:
