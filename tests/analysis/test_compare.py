@@ -24,6 +24,7 @@ from lmlab.analysis.runs import dry_runs, load_runs, not_runs
 from lmlab.cli.compare import main as compare_main
 from lmlab.config import CONF_DIR
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE
+from lmlab.files import PLAN
 
 CSV_COLUMNS = [
     "epoch",
@@ -210,6 +211,10 @@ def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
     )
     # no lock file either: refused before it took one (a config error), not killed
     assert runs[-1].error.startswith("no results.json: refused before training")
+    # killed after its checks, the lock file it left removed by a later command in the folder
+    # (one refused there too, which writes nothing): its plan.json says it started
+    (tmp_path / "sweep" / "b" / "8" / PLAN).write_text(json.dumps({"steps": 5}))
+    assert load_runs(tmp_path / "sweep")[-1].state == "killed"
 
 
 def hold_lock(path: Path, pid: str) -> int:

@@ -226,6 +226,13 @@ def _planned(job_dir: Path, root: Path) -> bool:
     )
 
 
+def _started(job_dir: Path) -> bool:
+    """Whether a run passed its checks in ``job_dir``: it writes plan.json then (a dry run's
+    is marked ``dry_run``), before it trains."""
+    plan = read_json(job_dir / PLAN)
+    return isinstance(plan, dict) and plan.get("dry_run") is not True
+
+
 def _live_holder(job_dir: Path, root: Path) -> str | None:
     """The pid of a live process holding the job's run lock, else None; a job without a lock
     file (not yet taken, or released as it ended) asks the lock of a sweep folder it sits in
@@ -245,8 +252,10 @@ def _live_holder(job_dir: Path, root: Path) -> str | None:
 def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str, Any]:
     """The results of a job that has not ended (none, or ``running``) with the status it has
     now: ``running`` where a live process holds its lock or its sweep's; ``killed`` where it
-    trained (results.json says ``running``) or left its lock file behind (a ``kill -9``);
-    else ``failed``: refused before it took its lock, with nothing written but ``.hydra/``."""
+    trained (results.json says ``running``), left its lock file behind (a ``kill -9``) or
+    wrote the plan.json of a run that passed its checks (the lock file a kill left is removed
+    by the next command in the folder, refused or not); else ``failed``: refused before it
+    took its lock, with nothing written but ``.hydra/``."""
     holder = _live_holder(job_dir, root)
     if holder is not None:
         error = f"pid {holder} holds its lock"
@@ -257,7 +266,7 @@ def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str,
         current = results_or_failed(job_dir / RESULTS)
         if current.get("status") != RUNNING:
             return current
-    if results or (job_dir / LOCK_FILE).exists():
+    if results or (job_dir / LOCK_FILE).exists() or _started(job_dir):
         unwritten = "" if results else "no results.json, and "
         return {
             **results,
