@@ -522,3 +522,27 @@ def test_cuda_graphs_are_refused_where_they_cannot_hold_the_step(
         with pytest.raises(ConfigError, match=message):
             check_run(cfg, machine=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", ["checkpoint", "preemption", "guard"])
+def test_checkpoints_written_outside_the_run_directory_are_refused(
+    writer: str, tmp_path: Path
+) -> None:
+    """Two runs given one ``callbacks.checkpoint.dirpath`` both completed, the second
+    overwriting the first's ``last.ckpt``, and resume looked in the run's own folder: a folder
+    other than ``<run>/checkpoints`` is refused, before any work, for every writer."""
+    shared = tmp_path / "shared"
+    cfg = compose_train(
+        ["+debug=smoke", f"callbacks.{writer}.dirpath={shared}"], tmp_path / "run", tmp_path
+    )
+    expected = f"callbacks.{writer}.dirpath={shared}: a run's checkpoints go in its directory "
+    with pytest.raises(
+        ConfigError, match=re.escape(expected + f"({tmp_path / 'run'}/checkpoints)")
+    ):
+        check_run(cfg)
+    same = tmp_path / "run" / "x" / ".." / "checkpoints"  # the same folder, spelled otherwise
+    check_run(
+        compose_train(
+            ["+debug=smoke", f"callbacks.{writer}.dirpath={same}"], tmp_path / "run", tmp_path
+        )
+    )

@@ -53,6 +53,7 @@ from lmlab.train.machine import (
 )
 from lmlab.train.memory import check_state_fits
 from lmlab.train.plan import RunPlan, make_plan
+from lmlab.train.runfiles import check_checkpoint_folder
 from lmlab.train.strategy_check import (
     annotated_parameters,
     check_strategy_loads,
@@ -160,6 +161,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         if node is not None and "_target_" in node:  # keys: a callback's own, not checked
             check_target_node(node, f"callbacks.{name}", keys=False)
     check_wandb_offline(cfg)
+    check_checkpoint_folder(cfg.get("callbacks") or {}, cfg.paths.output_dir)
     check_max_steps(cfg)
     task_cfg = resolve_task(cfg, model_cfg)
     init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)

@@ -117,6 +117,29 @@ def checkpoints_in(out_dir: Path) -> list[Path]:
     return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 
 
+# The callbacks that write checkpoints, each told the folder (conf/callbacks/default.yaml).
+CHECKPOINT_WRITERS = ("checkpoint", "preemption", "guard")
+
+
+def check_checkpoint_folder(callbacks: dict, out_dir: str | Path | None) -> None:
+    """A checkpoint writer's ``dirpath`` other than the run directory's ``checkpoints/`` is
+    refused: resume, ``compare`` and the fresh-run check find a run's checkpoints there only,
+    and two runs given one folder overwrote each other's ``last.ckpt``, both completing. A
+    config composed without a run directory (a sweep's check of its jobs' values) has none."""
+    if out_dir is None:
+        return
+    expected = absolute(Path(out_dir) / CHECKPOINTS)
+    for name in CHECKPOINT_WRITERS:
+        node = callbacks.get(name)
+        folder = node.get("dirpath") if node is not None else None
+        if folder is not None and absolute(folder) != expected:
+            raise ConfigError(
+                f"callbacks.{name}.dirpath={folder}: a run's checkpoints go in its directory "
+                f"({expected}), where resume and compare find them and no other run writes; "
+                "for checkpoints on another disk, put the run there (hydra.run.dir=...)"
+            )
+
+
 def listed(names: list[str], most: int = 5) -> str:
     """``a, b, c``: the first ``most`` names, then how many more."""
     more = f" and {len(names) - most} more" if len(names) > most else ""
