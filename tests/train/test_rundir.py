@@ -1462,3 +1462,36 @@ def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
     assert sorted(lr) == list(range(8))
     for step in range(4, 8):  # the logged rate, the one the step ran with
         assert lr[step] == pytest.approx(new[step], rel=1e-6), (step, lr, new)
+
+
+def test_a_resume_keeps_the_gradient_clipping_and_says_a_new_precision(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resume with another ``trainer.gradient_clip_val`` trained on silently, and plan.json
+    then held the new value as if every step had: refused now, as another learning rate is.
+    Another precision (a resume on another GPU, or a CPU) computes the same function rounded
+    otherwise: allowed, with a warning naming both. A run_config.yaml saved before it held the
+    trainer's fields is not compared on them."""
+    from omegaconf import OmegaConf
+
+    from lmlab.train.resume import check_same_run, run_identity
+    from lmlab.train.runfiles import RUN_CONFIG
+
+    def config(*extra: str):
+        return compose_train([*smoke.SMOKE, *extra], tmp_path, tmp_path / "cache")
+
+    OmegaConf.save(OmegaConf.create(run_identity(config())), tmp_path / RUN_CONFIG)
+    clipped = config("trainer.gradient_clip_val=0.01")
+    with pytest.raises(
+        ConfigError, match=re.escape("trainer.gradient_clip_val: 1.0 (saved) vs 0.01 (now)")
+    ):
+        check_same_run(clipped, tmp_path, "the checkpoints were trained with", continues=True)
+    with caplog.at_level(logging.WARNING, logger="lmlab.train.resume"):
+        check_same_run(config("trainer.precision=bf16-mixed"), tmp_path, "", continues=True)
+    assert caplog.messages == [
+        "trainer.precision: '32-true' (saved) vs 'bf16-mixed' (now): the steps from the "
+        "checkpoint on train in the new one; run_config.yaml and plan.json will hold it"
+    ]
+    older = {k: v for k, v in run_identity(config()).items() if k != "trainer"}
+    OmegaConf.save(OmegaConf.create(older), tmp_path / RUN_CONFIG)
+    check_same_run(clipped, tmp_path, "the checkpoints were trained with", continues=True)

@@ -7,6 +7,7 @@ checkpoint, and steps left to train. Reads run directories, never writes them
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,16 @@ from lmlab.train.runfiles import (
 )
 from lmlab.train.strategy_check import check_strategy_loads
 
+log = logging.getLogger(__name__)
+
 # What a resumed run must share with the run it continues.
 RESUME_KEYS = ("model", "data", "optim", "scheduler", "seed", "init_from")
+# ... and of the trainer: how the gradients are clipped (the update's arithmetic). Its
+# precision is recorded too, but a resume may change it (another GPU, or a CPU: the same
+# function, rounded otherwise), with a warning. A run_config.yaml saved before these were
+# held in it has no ``trainer`` and is not compared on them.
+TRAINER_IDENTITY = ("gradient_clip_val", "gradient_clip_algorithm", "precision")
+CHANGEABLE = ("trainer.precision",)
 
 
 # A saved config without a field (one added since it was saved: the MoE block, RoPE scaling)
@@ -97,12 +106,15 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     the ``task`` too when it fine-tunes (a pre-training run's identity stays as it was)."""
     fine_tuning = TaskKind(cfg.get("task", {}).get("kind", TaskKind.lm)) != TaskKind.lm
     keys = (*RESUME_KEYS, "task") if fine_tuning else RESUME_KEYS
-    return {
+    identity = {
         k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
         if OmegaConf.is_config(cfg[k])
         else cfg[k]
         for k in keys
     }
+    trainer = cfg.get("trainer") or {}
+    identity["trainer"] = {k: trainer.get(k) for k in TRAINER_IDENTITY if k in trainer}
+    return identity
 
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
@@ -204,7 +216,18 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
             "copy of the run, or start a new run in another directory"
         )
     planned = continues and (out_dir / PLAN).is_file()  # checked against its batch
-    diffs = _differences(saved, run_identity(cfg), ignore=BATCH_FIELDS if planned else ())
+    now = run_identity(cfg)
+    if "trainer" not in saved:  # saved before it held the trainer's fields
+        now.pop("trainer")
+    ignore = (*CHANGEABLE, *(BATCH_FIELDS if planned else ()))
+    diffs = _differences(saved, now, ignore=ignore)
+    changed = [d for d in _differences(saved, now) if d.startswith(CHANGEABLE)]
+    if continues and changed and not diffs:
+        log.warning(
+            "%s: the steps from the checkpoint on train in the new one; run_config.yaml and "
+            "plan.json will hold it",
+            "; ".join(changed),
+        )
     if diffs:
         raise ConfigError(
             f"cannot resume {out_dir}: it holds another config; differing "
