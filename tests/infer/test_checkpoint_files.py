@@ -49,3 +49,18 @@ def test_the_generate_command_says_the_checkpoint_is_empty(
     path.touch()
     assert run_command("generate", f"ckpt={path}", "prompt=x") == 2
     assert capsys.readouterr().err == f"error: checkpoint {path} is empty (0 bytes)\n"
+
+
+def test_consolidate_says_a_truncated_file_is_unreadable(tmp_path: Path) -> None:
+    """``consolidate`` told a truncated single file that it needed no consolidation, as it
+    tells a whole one: it is read first, and named unreadable as the other tools name it."""
+    from lmlab.cli.consolidate import main as consolidate_main
+
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"global_step": 3, "w": torch.ones(4096)}, whole)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=rf"^checkpoint {cut} is unreadable \(truncated"):
+        consolidate_main([f"ckpt={cut}"])
+    with pytest.raises(ConfigError, match="not a sharded checkpoint folder .* needs no consol"):
+        consolidate_main([f"ckpt={whole}"])

@@ -29,13 +29,14 @@ class ConsolidateConfig:
 
 def main(argv: list[str]) -> int | None:
     cfg = parse(ConsolidateConfig, argv)
-    from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint
+    from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
     from lmlab.train.checkpointing import AtomicCheckpointIO
 
     src = Path(cfg.ckpt)
     if not (src.is_file() or is_sharded(src)):
         raise no_checkpoint("ckpt", src)
     if not is_sharded(src):
+        read_checkpoint(src)  # a truncated or damaged file is said to be (memory-mapped)
         raise ConfigError(
             f"ckpt={src}: not a sharded checkpoint folder (expected a folder with meta.pt, as "
             "trainer=fsdp writes; a single-file checkpoint needs no consolidation)"
