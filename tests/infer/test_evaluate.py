@@ -510,6 +510,17 @@ def test_a_damaged_record_is_refused_before_any_task(tmp_path: Path, damage: dic
         harness.check_record(path, ckpt, 4)
 
 
+def test_a_record_of_another_step_names_a_checkpoint_without_one_so(tmp_path: Path) -> None:
+    """A converted checkpoint holds no step: the refusal said ``this checkpoint is of step
+    None``."""
+    ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
+    harness.write_record(path, harness.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4))
+    with pytest.raises(
+        ConfigError, match=r"\(.*model.ckpt, step 4; this checkpoint is of no step\)"
+    ):
+        harness.check_record(path, ckpt, None)
+
+
 def test_two_evaluations_ending_together_both_keep_their_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -425,6 +425,11 @@ def modified_ns(checkpoint: Path) -> int | None:
         return None
 
 
+def step_of(step: int | None) -> str:
+    """``step 64``, or ``no step`` for a checkpoint that holds none (``from_hf``'s)."""
+    return "no step" if step is None else f"step {step}"
+
+
 def other_weights(
     old: dict[str, Any], path: Path, checkpoint: str, step: int | None, digest: str | None
 ) -> str | None:
@@ -433,7 +438,7 @@ def other_weights(
     A record written before records held one: the paths (``same_weights``), and a checkpoint
     written after the record holds weights the record never saw (a file copied over)."""
     if old["global_step"] != step:
-        return f"this checkpoint is of step {step}"
+        return f"this checkpoint is of {step_of(step)}"
     if old.get("model_digest") and digest:
         if old["model_digest"] != digest:
             return "this checkpoint's weights, model config or tokenizer differ"
@@ -456,8 +461,8 @@ def check_record(
     why = None if old is None else other_weights(old, path, checkpoint, step, digest)
     if why:
         raise ConfigError(
-            f"{key}={path} holds the eval of another checkpoint ({old['checkpoint']}, step "
-            f"{old['global_step']}; {why}): choose another out= or move that record away "
+            f"{key}={path} holds the eval of another checkpoint ({old['checkpoint']}, "
+            f"{step_of(old['global_step'])}; {why}): choose another out= or move that record away "
             "(records of two checkpoints are never mixed)"
         )
     return old
