@@ -1243,6 +1243,26 @@ def test_a_second_ctrl_c_that_stops_a_checkpoint_save_is_an_interrupt() -> None:
     assert how_it_stopped(RuntimeError("boom"), trainer=None)["status"] == "failed"
 
 
+def test_a_closed_output_is_named_in_the_record() -> None:
+    """``lmlab train ... | head -1``: rich's console meets the closed pipe and exits with
+    ``SystemExit(1)`` while handling the ``BrokenPipeError``; results.json said only
+    ``SystemExit: 1``."""
+    from lmlab.train.outcome import how_it_stopped
+
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            raise SystemExit(1) from None  # rich's Console.on_broken_pipe
+    except SystemExit as err:
+        stopped = how_it_stopped(err, trainer=None, checkpointed=False)
+    assert stopped == {
+        "status": "failed",
+        "error": "the command's output was closed (BrokenPipeError: what read it, such as "
+        "`| head`, exited), so the run stopped; no checkpoint to resume from",
+    }
+
+
 def test_an_empty_checkpoints_link_made_before_the_first_run_is_no_earlier_run(
     tmp_path: Path, run_command
 ) -> None:

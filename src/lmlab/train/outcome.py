@@ -109,6 +109,13 @@ def how_it_stopped(
     elif (refused := storage_refusal(err)) is not None:  # the save's own error says no why
         kept = "; the checkpoints written before are whole" if checkpointed else ""
         return {"status": "failed", "error": f"{write_error_words(refused)}{kept}"}
+    elif any(isinstance(e, BrokenPipeError) for e in chain(err)):  # rich exits with 1 on it
+        kept = "earlier checkpoints are kept" if checkpointed else "no checkpoint to resume from"
+        return {
+            "status": "failed",
+            "error": "the command's output was closed (BrokenPipeError: what read it, such as "
+            f"`| head`, exited), so the run stopped; {kept}",
+        }
     else:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     saved = preemption.saved if preemption else None
