@@ -175,6 +175,27 @@ def test_labels_get_ids_deterministically() -> None:
         label_names([0, 5], 3, "x")
     with pytest.raises(ConfigError, match=r"has one label only \(pos\)"):
         label_names(["pos", "pos"], None, "x")
+    # integer labels all 1: classes 0 and 1, with examples of one (it trained, val_acc 1.0)
+    for num_labels in (None, 2):
+        with pytest.raises(ConfigError, match=r"x has one label only \(1\)"):
+            label_names([1, 1, 1], num_labels, "x")
+
+
+def test_a_training_part_with_one_label_says_the_rest_was_held_out(tmp_path: Path) -> None:
+    """A file with two labels whose held-out part took the only example of one: the error
+    said the file had one label only."""
+    from lmlab.data.examples import load_splits
+
+    path = tmp_path / "two.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n')
+    task = TaskConfig(
+        kind=TaskKind.classify, source=TaskSource.files, train=str(path), val_fraction=0.4
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"task.train={path} \(less the task.val_fraction=0.4 held out\) has one label only",
+    ):
+        load_splits(task, tmp_path / "cache")
 
 
 @pytest.mark.parametrize(

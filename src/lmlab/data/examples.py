@@ -252,10 +252,12 @@ def load_splits(task: TaskConfig, cache_dir: Path) -> tuple[Split, Split]:
     """The training and validation examples; without validation ones, ``task.val_fraction``
     of the training examples, held out by a fixed shuffle (the same for every run seed)."""
     train, val = SOURCES[task.source](task, cache_dir)
+    origin = train.origin
     if val is None:
         train, val = held_out(task, train)
+        origin = f"{origin} (less the task.val_fraction={task.val_fraction} held out)"
     if task.kind == TaskKind.classify:  # here, where a label's line is known (label_ids)
-        names = label_names(columns(task, train)[1], task.num_labels, train.origin)
+        names = label_names(columns(task, train)[1], task.num_labels, origin)
         label_ids(columns(task, val)[1], names, val)
     return train, val
 
@@ -377,10 +379,11 @@ def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple
                 f"task.num_labels={num_labels}, but {origin} has {len(names)} labels: "
                 f"{', '.join(names[:20])}"
             )
-    if len(names) < 2:
+    present = sorted({str(v) for v in labels})  # integer ids 0 .. n - 1 may be missing
+    if len(present) < 2:
         raise ConfigError(
-            f"task.label_column: {origin} has one label only ({names[0]}): a classifier needs "
-            "two or more"
+            f"task.label_column: {origin} has one label only ({present[0]}): a classifier "
+            "needs examples of two or more"
         )
     return names
 
