@@ -240,6 +240,46 @@ class SignalAt(L.Callback):
             self._signal(trainer)
 
 
+class RemoveRunDir(L.Callback):
+    """Test hook: removes the run directory after training step ``step``, as ``rm -rf`` from
+    another shell would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            shutil.rmtree(trainer.default_root_dir)
+
+
+@pytest.mark.parametrize("logger", ["csv", "none"])
+def test_a_run_directory_removed_while_it_trains_stops_the_run_in_one_line(
+    logger: str,
+    tmp_path: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    cache_dir: Path,
+    monkeypatch,
+) -> None:
+    """``rm -rf`` of the run directory mid-run: with the CSV logger two tracebacks ending in
+    its ``FileNotFoundError`` and a new folder holding a lone results.json; without a logger
+    the run went on saving checkpoints into a folder made anew, without its config, plan or
+    record, and said it completed. Now it stops at the next write (a log row, a checkpoint)
+    with one line, and writes nothing more."""
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    run_dir = tmp_path / "run"
+    hook = ["+callbacks.rm._target_=test_rundir.RemoveRunDir", "+callbacks.rm.step=2"]
+    every = ["trainer.max_steps=6", "checkpoint.every_n_steps=3", "trainer.log_every_n_steps=1"]
+    argv = [*SMOKE, f"logger={logger}", *every, f"hydra.run.dir={run_dir}", *hook]
+    assert run_command("train", *argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: the run directory {run_dir} was removed while the run trained, with its "
+        "checkpoints and record: the run stopped ("
+    ), err
+    assert err.count("\n") == 1 and not run_dir.exists()
+
+
 def test_ctrl_c_before_the_first_step_says_there_is_nothing_to_resume(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
 ) -> None:

@@ -30,6 +30,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lmlab.config.locks import LOCK_FILE
 from lmlab.errors import refused_save
 
 log = logging.getLogger(__name__)
@@ -215,10 +216,26 @@ class Checkpoint(ModelCheckpoint):
             os.replace(tmp, link)
         trainer.strategy.barrier()
 
+    run_lock: Path | None = None  # the run directory's lock file, where train() took one
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        lock = Path(self.dirpath or "").parent / LOCK_FILE
+        self.run_lock = lock if lock.is_file() else None
+
+    def check_run_dir(self, trainer: L.Trainer) -> None:
+        """Before a save: a run directory removed while the run trained (its lock file gone)
+        stops the run, on every rank, rather than saving into a folder made anew without its
+        config, plan and record."""
+        removed = self.run_lock is not None and not self.run_lock.is_file()
+        if trainer.strategy.broadcast(removed, src=0):
+            raise FileNotFoundError(f"{self.run_lock} is gone: the run directory was removed")
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         """Link ``last.ckpt`` to a step checkpoint as soon as it is written: Lightning links it
         only after ``save_top_k`` has removed the previous step checkpoint, the one
         ``last.ckpt`` pointed to, so a kill in between left a dangling link."""
+        self.check_run_dir(trainer)
         super()._save_checkpoint(trainer, filepath)
         last = os.path.join(self.dirpath or "", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         if self.save_last == "link" and os.path.abspath(filepath) != os.path.abspath(last):

@@ -152,6 +152,13 @@ def train(cfg: DictConfig) -> float | None:
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(cfg, checked, run, results, start, ckpt_path, scope)
     except BaseException as err:
+        if run.removed():  # a record written now would be a lone results.json in a new folder
+            words = (
+                f"the run directory {out_dir} was removed while the run trained, with its "
+                f"checkpoints and record: the run stopped ({first_line(err)})"
+            )
+            log.error("%s", words)
+            raise StorageError(words) from err
         checkpointed = bool(checkpoints_in(out_dir))
         stopped = how_it_stopped(err, scope.trainer, checkpointed)
         results.update(stopped, wall_seconds=time.time() - start)

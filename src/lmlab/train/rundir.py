@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lmlab.config.asked import as_typed
+from lmlab.config.locks import LOCK_FILE
 from lmlab.files import CHECKPOINTS, SWEEP_RECORD
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 from lmlab.train.held import held_for, write_held
@@ -94,6 +95,11 @@ class RunDir:
         """Whether a failure may be written to ``results.json``: not into an earlier run's
         directory before this run started training."""
         return self.opened or not self.earlier
+
+    def removed(self) -> bool:
+        """Whether the directory was removed (or replaced) while this run trained in it: the
+        lock file ``train()`` took there is gone."""
+        return self.guard and self.opened and not (self.path / LOCK_FILE).is_file()
 
     def close(self) -> None:
         if self.guard:
