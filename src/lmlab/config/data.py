@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lmlab.config.knobs import Choice
 from lmlab.errors import ConfigError
@@ -77,6 +77,11 @@ class DataConfig:
     # fine-tuning: each batch padded to its longest example, rounded up to a multiple of this
     # (never past the longest a row can be); null: 64 on a GPU, 1 (no rounding) on a CPU
     pad_to_multiple_of: int | None = None
+    # Not a key of the config (no override sets it, no .hydra/ file holds it): the folders this
+    # run writes in, its own and its sweep's, filled in from the run's paths by
+    # ``lmlab.train.preflight.check_run``. A data=text folder that holds one leaves it out of
+    # the corpus before anything is written there, and one that is data.path is refused.
+    run_folders: tuple[str, ...] = field(default=(), metadata={"omegaconf_ignore": True})
 
     def unused_fields(self, padded: bool = False) -> dict[str, str]:
         """{field: the setting it has no effect under} (``ModelConfig.unused_fields``'s

@@ -10,13 +10,17 @@ to other machines is checked on the one it is started from.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -153,6 +157,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     there (it may be on the machine planned for) is a warning in it, not a refusal."""
     here = machine and not cfg.get("dry_run")
     model_cfg, data_cfg, seq_len = resolve_configs(cfg, machine=machine)
+    data_cfg = dataclasses.replace(data_cfg, run_folders=run_folders(cfg))
     for group in ("trainer", "optim", "scheduler"):
         check_target_node(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
@@ -190,6 +195,16 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_world_size(cfg.trainer)
         check_master_port(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
+
+
+def run_folders(cfg: DictConfig) -> tuple[str, ...]:
+    """The folders this run writes in: its output directory and, for a multirun's job, the
+    sweep's folder (absolute). A corpus folder that holds them leaves them out
+    (``DataConfig.run_folders``), also before the run or the sweep wrote anything there."""
+    folders = [OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        folders.append(HydraConfig.get().sweep.dir)
+    return tuple(os.path.abspath(os.path.expanduser(str(f))) for f in folders if f)
 
 
 def check_corpus_listed(data_cfg: DataConfig, dry_run: bool) -> None:
