@@ -226,7 +226,9 @@ BAD_VALUES = [
     ("final_val_batches=0", "final_val_batches=0: allowed null, a number of batches (an int"),
     ("final_val_batches=1.5", "final_val_batches=1.5: allowed null, a number of batches"),
     ("final_val_batches=all", "final_val_batches='all': allowed null, a number of batches"),
-    ("final_val_batches=true", "final_val_batches=True: allowed null, a number of batches"),
+    ("final_val_batches=true", "final_val_batches=true: allowed null, a number of batches"),
+    ("cuda_graphs=true", "cuda_graphs=true needs compile=model (got compile=false)"),  # as typed
+    ("compile=maybe", "compile='maybe': allowed false, blocks, model"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such file"),
     ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be >= 0"),
     ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio=1.5 must be in [0, 1]"),

@@ -15,6 +15,17 @@ class ConfigError(ValueError):
     the value and what is allowed."""
 
 
+def spelled(value: object, quote: bool = False) -> str:
+    """``value`` as a config spells it: ``true``/``false``/``null``, not Python's
+    ``True``/``False``/``None``; a string in quotes where ``quote`` (a word that is not one of
+    the allowed ones), anything else as ``str`` gives it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    return repr(value) if quote and isinstance(value, str) else str(value)
+
+
 def first_line(err: BaseException, limit: int | None = None) -> str:
     """The first non-blank line of ``err``'s message (its type's name where it has none), cut
     to ``limit`` characters: a library's error inside a one-line ConfigError."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config.knobs import Choice
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, spelled
 
 
 class BudgetKind(Choice):
@@ -82,7 +82,9 @@ def compile_mode(value: object) -> Compile:
     """``compile=``: false, true (= blocks), blocks or model."""
     text = {"false": "none", "true": "blocks"}.get(str(value).lower(), str(value).lower())
     if text not in Compile.__members__:
-        raise ConfigError(f"compile={value!r}: allowed false, blocks, model (true = blocks)")
+        raise ConfigError(
+            f"compile={spelled(value, quote=True)}: allowed false, blocks, model (true = blocks)"
+        )
     return Compile(text)
 
 
@@ -181,8 +183,8 @@ def check_val_batches(name: str, value: object) -> None:
     )
     if not ok:
         raise ConfigError(
-            f"{name}={value!r}: allowed null, a number of batches (an int >= 1) or a fraction "
-            "of the validation split (a float in (0, 1], 1.0 = all of it)"
+            f"{name}={spelled(value, quote=True)}: allowed null, a number of batches (an int >= "
+            "1) or a fraction of the validation split (a float in (0, 1], 1.0 = all of it)"
         )
 
 
@@ -221,15 +223,17 @@ class RunConfig:
     def __post_init__(self) -> None:
         if compile_mode(self.compile) != Compile.model and self.cuda_graphs:
             raise ConfigError(
-                f"cuda_graphs=true needs compile=model (got compile={self.compile}): the "
+                f"cuda_graphs=true needs compile=model (got compile={spelled(self.compile)}): the "
                 "graphs are recorded from the whole step's compiled graph"
             )
         if self.matmul_precision not in MATMUL_PRECISIONS:
             allowed = ", ".join(MATMUL_PRECISIONS)
-            raise ConfigError(f"matmul_precision={self.matmul_precision!r}: allowed {allowed}")
+            raise ConfigError(
+                f"matmul_precision={spelled(self.matmul_precision, quote=True)}: allowed {allowed}"
+            )
         check_val_batches("final_val_batches", self.final_val_batches)
         if not (self.resume is None or isinstance(self.resume, bool) or self.resume == "auto"):
-            raise ConfigError(f"resume={self.resume}: allowed true, false, auto")
+            raise ConfigError(f"resume={spelled(self.resume)}: allowed true, false, auto")
         if self.ckpt_path and self.init_from:
             raise ConfigError(
                 f"init_from={self.init_from} and ckpt_path={self.ckpt_path} exclude each other: "
