@@ -212,6 +212,8 @@ BAD_VALUES = [
     ("optim.lr=abc", "optim.lr=abc must be a positive number"),
     ("seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer; allo"),
     ("seed=abc", "to Integer; allowed: an integer"),  # what the field takes, from its type
+    ("seed=-1", "seed=-1: allowed an integer from 0 to 4294967295 (2**32-1"),  # numpy's range
+    ("seed=5000000000", "seed=5000000000: allowed an integer from 0 to 4294967295"),
     ("eval.limit=0.5", "eval.limit=0.5: Value '0.5' of type 'float' could not be converted to "),
     ("eval.limit=0.5", "converted to Integer; allowed: an integer or null"),
     ("eval.tasks=stdlib_nextline", "; allowed: a list, as eval.tasks=[stdlib_nextline]"),
@@ -364,6 +366,12 @@ def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
         ["trainer.val_check_interval=null", "optim.weight_decay=0"],
     ):
         resolve_configs(compose_train(ok))
+
+
+def test_the_ends_of_the_seed_range_pass() -> None:
+    """0 and 2**32-1 are seeds numpy takes (Lightning's seed_everything seeds it)."""
+    for seed in (0, 2**32 - 1):
+        resolve_configs(compose_train([f"seed={seed}"]))
 
 
 def test_zero_seq_len_is_not_taken_for_unset() -> None:

@@ -188,11 +188,16 @@ def check_val_batches(name: str, value: object) -> None:
         )
 
 
+# The largest seed: Lightning's seed_everything seeds numpy too, whose seeds are 32-bit unsigned.
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class RunConfig:
     """The top-level keys of ``conf/train.yaml`` that are not a group of their own."""
 
     seed: int = 1337
+    """Seeds Python, numpy and torch (and the data's shuffle): 0 to 2**32-1."""
     dry_run: bool = False
     compile: Any = False
     """false, blocks (or true) or model: see ``Compile``."""
@@ -221,6 +226,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"seed={self.seed}: allowed an integer from 0 to {MAX_SEED} (2**32-1, the "
+                "range numpy's random state takes)"
+            )
         if compile_mode(self.compile) != Compile.model and self.cuda_graphs:
             raise ConfigError(
                 f"cuda_graphs=true needs compile=model (got compile={spelled(self.compile)}): the "
