@@ -112,6 +112,28 @@ def test_a_refusal_the_config_shows_comes_before_torch_loads(
     assert "omegaconf" in loaded and not loaded & {"torch", "lightning"}
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "callbacks.checkpoint.every_n_train_steps=-1",
+            "callbacks.checkpoint.every_n_train_steps=-1: Invalid value for "
+            "every_n_train_steps=-1. Must be >= 0",
+        ),
+        ("callbacks.guard.mode=bogus", "callbacks.guard.mode=bogus: allowed: stop, skip, off"),
+    ],
+)
+def test_a_callbacks_bad_value_is_one_line_before_the_run_starts(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    """A callback's class imports Lightning, so its fields are checked once that is loaded,
+    before the run starts: one line, exit 2, and no results.json (a run that failed) in the
+    run directory."""
+    out = run(LMLAB, "train", *SMOKE, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert (out.returncode, out.stderr.splitlines()[-1:]) == (2, [f"error: {message}"])
+    assert not list(tmp_path.rglob("results.json"))
+
+
 def test_the_scripts_are_not_importable_modules(tmp_path: Path) -> None:
     """The install maps the lmlab package alone: a bare ``import compare`` is not lmlab's."""
     code = "import importlib.util as u; print([u.find_spec(m) for m in ('compare', 'train')])"

@@ -158,9 +158,25 @@ def test_more_gpus_than_the_machine_has_are_refused(monkeypatch: pytest.MonkeyPa
             "callbacks.sample: Sample.__init__() got an unexpected keyword argument 'top_p'",
         ),
         (
-            "callbacks.checkpoint.save_top_k=abc",
-            "callbacks.checkpoint: save_top_k='abc': allowed an int >= 1 (the newest k), 0 or -1",
+            "callbacks.checkpoint.save_top_k=abc",  # its annotation's type: int
+            "callbacks.checkpoint.save_top_k=abc: allowed: an integer",
         ),
+        (  # the constructor's own refusal, naming the field
+            "callbacks.checkpoint.save_top_k=-3",
+            "callbacks.checkpoint.save_top_k=-3: allowed an int >= 1 (the newest k), 0 or -1",
+        ),
+        (  # Lightning's MisconfigurationException: was a chained traceback
+            "callbacks.checkpoint.every_n_train_steps=-1",
+            "callbacks.checkpoint.every_n_train_steps=-1: Invalid value for "
+            "every_n_train_steps=-1. Must be >= 0",
+        ),
+        (
+            "callbacks.checkpoint.every_n_train_steps=abc",
+            "callbacks.checkpoint.every_n_train_steps=abc: allowed: an integer, null",
+        ),
+        ("callbacks.sample.temperature=hot", "callbacks.sample.temperature=hot: allowed: a number"),
+        ("callbacks.guard.mode=bogus", "callbacks.guard.mode=bogus: allowed: stop, skip, off"),
+        ("callbacks.progress_bar.refresh_rate=1.5", "callbacks.progress_bar.refresh_rate=1.5: all"),
         (
             "+callbacks.mine._target_=mymodule.MyCallback",
             "callbacks.mine._target_='mymodule.MyCallback' cannot be imported "

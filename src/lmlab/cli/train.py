@@ -130,8 +130,14 @@ def run_job(cfg: DictConfig) -> float | None:
     with long_lived():  # heavy imports only once the config composed
         from lmlab.train.distributed import RankLostError
         from lmlab.train.guard import NonFiniteError
+        from lmlab.train.preflight import check_callbacks
         from lmlab.train.run import train
 
+    if not in_multirun():  # the callbacks' classes import Lightning: checked once it is loaded,
+        try:  # before train() opens the run directory (a sweep's were checked before its start)
+            check_callbacks(cfg)
+        except ConfigError as err:
+            fail(err)
     try:
         return train(cfg)
     except SIGTERMException:

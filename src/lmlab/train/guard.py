@@ -40,7 +40,7 @@ class NonFiniteError(RuntimeError):
 class NonFiniteGuard(L.Callback):
     def __init__(
         self,
-        mode: str = "stop",
+        mode: GuardMode = GuardMode.stop,  # a config gives its value: "skip"
         max_skips: int = 10,
         dirpath: str = "",
         min_loss_scale: float = 1.0,

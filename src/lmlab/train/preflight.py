@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.sources import text_files
 from lmlab.data.tokenizer import N_SENTINELS, check_vocab
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line, spelled
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import check_max_steps
@@ -100,13 +101,15 @@ def check_stride(stride: int | None, family: Family, seq_len: int) -> None:
 LMLAB_READS = {"logger.wandb": ("offline",), "optim": ("fused",)}
 
 
-def check_target_node(node: DictConfig, where: str, keys: bool = True) -> None:
+def check_target_node(node: DictConfig, where: str, keys: bool = True, types: bool = False) -> None:
     """A ``_target_`` node's keys are arguments its target takes (``keys``): a key added with
     ``+`` (``+trainer.foo=1``, ``+optim.foo=1``) failed only when the object was built, after
     the data was prepared, through a traceback. And a field the target annotates as
     true/false (Lightning's ``Trainer(use_distributed_sampler=...)``,
     ``ModelCheckpoint(enable_version_counter=...)``) given anything else is refused: ``yes``
-    or ``7`` were passed on, and read as true."""
+    or ``7`` were passed on, and read as true. ``types``: every field the target annotates
+    with basic types (int, float, str, bool, Optional, a Literal or an Enum) is held to them
+    (a callback's: ``callbacks.sample.temperature=hot`` failed in its comparison with 0)."""
     try:
         target = get_method(node._target_)
         params = (
@@ -134,8 +137,9 @@ def check_target_node(node: DictConfig, where: str, keys: bool = True) -> None:
             continue
         kinds = value_kinds(*params[key])
         true_false = kinds and bool in kinds[0] and kinds[0] <= {bool, type(None)} and not kinds[1]
-        if true_false and not takes(kinds, node[key]):
-            raise ConfigError(f"{where}.{key}={node[key]}: allowed: {describe_kinds(kinds)}")
+        if (true_false or (types and kinds)) and not takes(kinds, node[key]):
+            shown = spelled(node[key])
+            raise ConfigError(f"{where}.{key}={shown}: allowed: {describe_kinds(kinds)}")
 
 
 def check_wandb_offline(cfg: DictConfig) -> None:
@@ -162,9 +166,6 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_target_node(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
         check_target_node(node, f"logger.{name}")
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and "_target_" in node:  # keys: a callback's own, not checked
-            check_target_node(node, f"callbacks.{name}", keys=False)
     check_wandb_offline(cfg)
     check_checkpoint_folder(cfg.get("callbacks") or {}, cfg.paths.output_dir)
     check_max_steps(cfg)
@@ -187,7 +188,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if machine:
         check_attention_kernel(cfg.trainer, model_cfg)
     check_cross_entropy(model_cfg)
-    callbacks = build_callbacks(cfg)  # their bad values are refused here
+    callbacks = check_callbacks(cfg)  # their bad values are refused here
     if machine and data_cfg.source == Source.text and task_cfg.kind == TaskKind.lm:
         check_corpus_listed(data_cfg, dry_run=bool(cfg.get("dry_run")))
     if here:
@@ -287,11 +288,39 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | 
 _WARNED: set[str] = set()  # check_evals' warnings given (a sweep's jobs are checked twice)
 
 
+def check_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks, each field held to the type its target annotates
+    (``check_target_node``), then built (``build_callbacks``): the run's, and ``lmlab
+    train``'s check before it starts the run (nothing written to its directory yet)."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" in node:  # keys: a callback's own, not checked
+            check_target_node(node, f"callbacks.{name}", keys=False, types=True)
+    return build_callbacks(cfg)
+
+
+def callback_error(name: str, entry: DictConfig, cause: BaseException) -> ConfigError:
+    """A callback constructor's refusal (a ValueError, Lightning's
+    MisconfigurationException) as one line that names the fields its message names:
+    ``callbacks.checkpoint.every_n_train_steps=-1: Invalid value for ... Must be >= 0``."""
+    text = first_line(cause)
+    keys = [
+        str(key)
+        for key in entry
+        if not str(key).startswith("_") and re.search(rf"\b{re.escape(str(key))}\b", text)
+    ]
+    for key in keys:  # a message that starts with the field itself: said once
+        text = re.sub(rf"^{re.escape(key)}=[^:]*: ", "", text)
+    named = " ".join(f"callbacks.{name}.{key}={spelled(entry[key])}" for key in keys)
+    return ConfigError(f"{named or f'callbacks.{name}'}: {text}")
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """``cfg.callbacks``' entries (``callbacks.<name>=null`` turns one off). A value a
-    callback refuses (its ConfigError) or cannot take (a TypeError or ValueError: a key it
-    does not have, a wrong type), and a ``_target_`` that does not import, are one
-    ConfigError, not Hydra's wrapping of it."""
+    callback refuses (its ConfigError, a ValueError or Lightning's MisconfigurationException:
+    ``callback_error``) or cannot take (a TypeError: a key it does not have), and a
+    ``_target_`` that does not import, are one ConfigError, not Hydra's wrapping of it."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     callbacks = []
     for name, entry in (cfg.get("callbacks") or {}).items():
         if entry is None:
@@ -302,7 +331,9 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
             cause = err.__cause__
             if isinstance(cause, ConfigError):
                 raise cause from None
-            if isinstance(cause, TypeError | ValueError):
+            if isinstance(cause, ValueError | MisconfigurationException):
+                raise callback_error(name, entry, cause) from err
+            if isinstance(cause, TypeError):
                 raise ConfigError(f"callbacks.{name}: {cause}") from err
             if isinstance(cause, ImportError):  # Hydra's, naming the module it could not load
                 origin = cause.__cause__ or cause

@@ -6,6 +6,7 @@ reads one (``check_strategy_loads``: a refusal before the data is prepared, not 
 
 from __future__ import annotations
 
+import enum
 import importlib
 import inspect
 import types
@@ -143,8 +144,8 @@ def annotated_parameters(init: Any) -> dict[str, tuple[Any, Any]]:
 
 def value_kinds(annotation: Any, default: Any) -> tuple[set[type], list[Any]] | None:
     """The basic types and literal values a parameter takes, by its annotation (an
-    unannotated one by a bool default: torch's DDP flags); None where that is not cheap to
-    tell (a class, a callable, a timedelta)."""
+    unannotated one by a bool default: torch's DDP flags; an Enum by its members' values);
+    None where that is not cheap to tell (a class, a callable, a timedelta)."""
     if annotation in (inspect.Parameter.empty, typing.Any, None):
         return ({bool}, []) if isinstance(default, bool) else None
     options = (
@@ -157,6 +158,8 @@ def value_kinds(annotation: Any, default: Any) -> tuple[set[type], list[Any]] | 
     for option in options:
         if typing.get_origin(option) is typing.Literal:
             literals += typing.get_args(option)
+        elif isinstance(option, type) and issubclass(option, enum.Enum):
+            literals += [member.value for member in option]  # as a config gives one: its value
         elif option in BASIC_TYPES:
             kinds.add(option)
         else:
