@@ -546,3 +546,18 @@ def test_checkpoints_written_outside_the_run_directory_are_refused(
             ["+debug=smoke", f"callbacks.{writer}.dirpath={same}"], tmp_path / "run", tmp_path
         )
     )
+
+
+def test_the_throughput_skip_the_readme_documents_is_a_shipped_field(tmp_path: Path) -> None:
+    """``callbacks.throughput.skip=N`` (README, results.json's tokens_per_second) is typed
+    without ``+``: the shipped config holds it, at the class's own default."""
+    import inspect
+
+    from lmlab.train.callbacks import Throughput
+    from lmlab.train.preflight import build_callbacks
+
+    cfg = compose_train(["+debug=smoke", "callbacks.throughput.skip=5"], tmp_path, tmp_path)
+    (throughput,) = [c for c in build_callbacks(cfg) if isinstance(c, Throughput)]
+    assert throughput.skip == 5
+    shipped = compose_train(["+debug=smoke"], tmp_path, tmp_path).callbacks.throughput.skip
+    assert shipped == inspect.signature(Throughput).parameters["skip"].default
