@@ -252,6 +252,14 @@ BAD_VALUES = [
     ("model.moe.top_k=-5", "model.moe.top_k=-5 must be >= 1"),  # dense too: never a top-k
     ("model.moe.top_k=0", "model.moe.top_k=0 must be >= 1"),
     ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an int"),
+    # options that end Lightning's epochs: the run is a plan of steps over lmlab's sampler
+    ("trainer.max_epochs=1", "trainer.max_epochs=1: the run trains its planned steps whatever"),
+    ("+trainer.limit_train_batches=1", "trainer.limit_train_batches=1: each Lightning epoch"),
+    ("+trainer.limit_train_batches=0.5", "; allowed: null or 1.0 (every batch); a shorter run"),
+    ("+trainer.fast_dev_run=true", "trainer.fast_dev_run=true: it ends after its batches while"),
+    ("+trainer.fast_dev_run=3", "quick check: +debug=smoke (trainer.max_steps=1 for one step)"),
+    ("+trainer.max_time=00:00:01:00", "trainer.max_time=00:00:01:00: a run stopped by the clo"),
+    ("+trainer.overfit_batches=2", "trainer.overfit_batches=2: each Lightning epoch restarts"),
     ("trainer.accumulate_grad_batches=1.5", "trainer.accumulate_grad_batches=1.5 must be an int"),
 ]
 
@@ -366,6 +374,14 @@ def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
         ["trainer.val_check_interval=null", "optim.weight_decay=0"],
     ):
         resolve_configs(compose_train(ok))
+
+
+def test_the_trainer_options_that_change_nothing_pass() -> None:
+    """The shipped ``max_epochs: -1``, and each option at the value that leaves the run's
+    steps as planned (``limit_train_batches=1`` is one batch, 1.0 all of them)."""
+    resolve_configs(compose_train(["trainer.max_epochs=null", "+trainer.max_time=null"]))
+    resolve_configs(compose_train(["+trainer.limit_train_batches=1.0"]))
+    resolve_configs(compose_train(["+trainer.fast_dev_run=false", "+trainer.overfit_batches=0"]))
 
 
 def test_the_ends_of_the_seed_range_pass() -> None:

@@ -89,6 +89,17 @@ def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> No
             "106 special tokens, 100 of them T5's sentinels)",
         ),
         (["model.tie_embeddings=7"], "model.tie_embeddings=7: allowed: true or false"),
+        (
+            ["seed=-1"],
+            "seed=-1: allowed an integer from 0 to 4294967295 (2**32-1, the range "
+            "numpy's random state takes)",
+        ),
+        (
+            ["+trainer.fast_dev_run=true"],
+            "trainer.fast_dev_run=true: it ends after its batches "
+            "while results.json says completed; allowed: false; a quick check: +debug=smoke "
+            "(trainer.max_steps=1 for one step), or dry_run=true for the plan",
+        ),
     ],
 )
 def test_a_refusal_the_config_shows_comes_before_torch_loads(

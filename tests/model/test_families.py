@@ -381,9 +381,10 @@ def test_every_experiment_takes_a_training_step(tokenizer, preset: str, experime
 
 
 @pytest.mark.parametrize(("preset", "experiment"), [r for r in RUNS if r[1] in RECIPES])
-def test_fast_dev_run(tmp_path: Path, cache_dir: Path, preset: str, experiment: str | None) -> None:
+def test_one_step(tmp_path: Path, cache_dir: Path, preset: str, experiment: str | None) -> None:
     """One training and one validation batch of ``train(cfg)`` (64-token sequences)."""
-    overrides = [f"model={preset}", "+debug=smoke", "+trainer.fast_dev_run=true", "logger=none"]
+    overrides = [f"model={preset}", "+debug=smoke", "logger=none"]
+    overrides += ["trainer.max_steps=1", "trainer.limit_val_batches=1"]
     overrides += [f"+experiment={experiment}"] if experiment else []
     overrides += ["data.seq_len=64"]
     train(compose_train(overrides, tmp_path, cache_dir))

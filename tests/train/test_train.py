@@ -170,11 +170,6 @@ def test_validations_and_logs_are_counted_in_steps_whatever_the_accumulation(
     assert [int(x["step"]) for x in rows if x.get("train/loss")] == [2, 5]
 
 
-def test_fast_dev_run(tmp_path: Path, cache_dir: Path) -> None:
-    r = run(tmp_path, cache_dir, "+trainer.fast_dev_run=true")
-    assert r["status"] == "completed" and r["global_step"] == 1
-
-
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_trains(tmp_path: Path, cache_dir: Path, experiment: str) -> None:
     r = run(

@@ -19,7 +19,7 @@ from lmlab.config.model import ModelConfig
 from lmlab.config.run import BudgetConfig, RunConfig
 from lmlab.config.schema import to_schema, without_none
 from lmlab.config.task import TaskConfig, resolve_task
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, spelled
 
 
 def check_fused(fused: Any) -> None:
@@ -63,11 +63,60 @@ def is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
 
 
+# Trainer options that end or cut Lightning's epochs: lmlab's run is a plan of optimizer steps
+# (trainer.max_steps, or the budget's) over its own resumable sampler, one Lightning epoch
+# long. {option: (the values that change nothing, why not and what to use instead)}
+NOT_STEP_PLANS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "max_epochs": (
+        (-1, None),
+        "the run trains its planned steps whatever the epochs (trainer.max_steps, or the "
+        "budget's); allowed: -1 or null; a shorter run: trainer.max_steps, or budget=tokens "
+        "(dry_run=true shows the steps)",
+    ),
+    "max_time": (
+        (None,),
+        "a run stopped by the clock says completed after fewer steps than planned, its "
+        "schedule unfinished; allowed: null; a shorter run: trainer.max_steps or a budget "
+        "(dry_run=true shows the wall time it plans); a cluster's time limit: its SIGTERM "
+        "saves a checkpoint that resume=auto continues",
+    ),
+    "limit_train_batches": (
+        (None, 1.0),
+        "each Lightning epoch restarts lmlab's resumable sampler, so every epoch trains the "
+        "same first batches; allowed: null or 1.0 (every batch); a shorter run: "
+        "trainer.max_steps or +debug=smoke; less text: data.max_bytes",
+    ),
+    "overfit_batches": (
+        (0, 0.0, None),
+        "each Lightning epoch restarts lmlab's resumable sampler, so the batches it keeps are "
+        "not the ones asked for; allowed: 0; a tiny corpus: data.max_bytes",
+    ),
+    "fast_dev_run": (
+        (False, 0, None),
+        "it ends after its batches while results.json says completed; allowed: false; a "
+        "quick check: +debug=smoke (trainer.max_steps=1 for one step), or dry_run=true for "
+        "the plan",
+    ),
+}
+
+
+def check_step_plan(trainer: Mapping[str, Any]) -> None:
+    """``NOT_STEP_PLANS``: an option set to anything but a value that changes nothing is
+    refused (``max_epochs: -1`` ships in ``conf/trainer/cpu.yaml``): it was taken without a
+    word and broke the run's plan of steps."""
+    for name, (inert, why) in NOT_STEP_PLANS.items():
+        value = trainer.get(name)
+        if not any(value == v and type(value) is type(v) for v in inert):
+            raise ConfigError(f"trainer.{name}={spelled(value)}: {why}")
+
+
 def check_trainer(trainer: Mapping[str, Any]) -> None:
     """The Trainer's values that Lightning would divide by, or take without complaint and
-    train wrongly with (a negative clipping threshold flips every gradient's sign). Checked
-    for a dry run too, which plans with them."""
+    train wrongly with (a negative clipping threshold flips every gradient's sign; an option
+    that ends its epochs, ``check_step_plan``). Checked for a dry run too, which plans with
+    them."""
     check_num_nodes(trainer)
+    check_step_plan(trainer)
     for name in ("max_steps", "accumulate_grad_batches", "max_epochs"):
         value = trainer.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
