@@ -270,3 +270,40 @@ def test_a_batch_larger_than_the_training_split_is_said(
     caplog.clear()
     train(compose_train([*run, "data.batch_size=4"], tmp_path / "small", tmp_path / "cache"))
     assert not [r for r in caplog.records if "every step repeats rows" in r.getMessage()]
+
+
+def test_a_warmup_longer_than_the_run_is_said_as_it_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``scheduler.warmup_steps`` at or past the run's steps is cut to one step short of them
+    (``warmup_used``): said with the numbers, in a dry run's plan too, and only then. The
+    schedule built does what the warning says: the peak comes at the last step."""
+    from lmlab.train.compose import compose_train
+    from lmlab.train.run import train
+    from lmlab.train.schedule import warmup_cosine, warmup_cut
+
+    def warnings(*overrides: str) -> list[str]:
+        caplog.clear()
+        cfg = compose_train(["+debug=smoke", "dry_run=true", *overrides], tmp_path, tmp_path)
+        with caplog.at_level("WARNING", logger="lmlab"):
+            train(cfg)
+        return [m for m in caplog.messages if "warmup" in m]
+
+    assert warnings("scheduler.warmup_steps=100") == [
+        "scheduler.warmup_steps=100 is cut to 3 steps of this run's 4: the learning rate "
+        "reaches its peak at the last step and never decays; lower scheduler.warmup_steps (or "
+        "train more steps) for the schedule asked for"
+    ]
+    assert warnings("scheduler.warmup_steps=4") != []  # 4 of 4: cut to 3 too
+    assert warnings("scheduler.warmup_steps=3") == []  # fits: the peak at the last step
+    assert warnings() == []  # +debug=smoke's 1
+    other = {"_target_": "mymodule.schedule", "warmup_steps": 100}
+    assert warmup_cut(other, 4) is None  # another schedule's warmup is its own
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = warmup_cosine(optimizer, total_steps=4, warmup_steps=100, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0])

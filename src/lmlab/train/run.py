@@ -79,6 +79,7 @@ from lmlab.train.resume import (
 )
 from lmlab.train.rundir import RunDir
 from lmlab.train.runfiles import checkpoints_in, holds_run, launch_rank_is_zero
+from lmlab.train.schedule import warmup_cut
 from lmlab.train.task import LMTask, optimizer_from
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
@@ -230,6 +231,8 @@ def dry_run(
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
     planned = dataclasses.replace(model_cfg, vocab_size=plan["vocab_size"])  # as it planned
     run_plan = make_plan(cfg, planned, data_cfg, seq_len)
+    if cut := warmup_cut(cfg.scheduler, run_plan.steps):
+        log.warning(cut)
     plan["memory"] = memory_needs(run_plan, planned, cfg.trainer, cfg.optim).as_dict()
     Console().print(plan_table(plan))
     if holds_run(run.path):
@@ -428,6 +431,8 @@ def checked_plan(
             f"{plan.budget.tokens:,}",
             over,
         )
+    if cut := warmup_cut(cfg.scheduler, plan.steps):
+        log.warning(cut)
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)
     return plan
 
