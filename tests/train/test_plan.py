@@ -155,7 +155,8 @@ def test_more_gpus_than_the_machine_has_are_refused(monkeypatch: pytest.MonkeyPa
         ),
         (
             "+callbacks.sample.top_p=0.9",
-            "callbacks.sample: Sample.__init__() got an unexpected keyword argument 'top_p'",
+            "callbacks.sample.top_p=0.9: unknown key (lmlab.train.callbacks.Sample does not "
+            "take it); allowed: prompt, max_new_tokens, temperature, top_k, seed",
         ),
         (
             "callbacks.checkpoint.save_top_k=abc",  # its annotation's type: int

@@ -293,8 +293,8 @@ def check_callbacks(cfg: DictConfig) -> list[L.Callback]:
     (``check_target_node``), then built (``build_callbacks``): the run's, and ``lmlab
     train``'s check before it starts the run (nothing written to its directory yet)."""
     for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and "_target_" in node:  # keys: a callback's own, not checked
-            check_target_node(node, f"callbacks.{name}", keys=False, types=True)
+        if node is not None and "_target_" in node:  # its keys and the types of their values
+            check_target_node(node, f"callbacks.{name}", types=True)
     return build_callbacks(cfg)
 
 
