@@ -588,6 +588,29 @@ def test_summary_winner_gap_and_noise(multirun: Path) -> None:
     assert lines[3] == "1 of 6 runs failed (bottom of the table)"
 
 
+def test_an_exact_tie_shares_its_rank_and_names_no_winner(tmp_path: Path) -> None:
+    """Variants with equal values were ranked 1, 2, ... by their labels' alphabetical order,
+    and the first named the winner with a gap of 0: they share a rank, and a tie at the top
+    is said as one."""
+    jobs = [
+        ("pre", "gelu", 1, 3.10, 1.0),
+        ("post", "relu", 1, 3.10, 1.0),
+        ("pre", "swiglu", 1, 3.2, 1.0),
+    ]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "tie", jobs)), "val_loss")
+    assert [(r.label, r.rank) for r in rows] == [
+        ("norm_placement=post, activation=relu", 1),
+        ("norm_placement=pre, activation=gelu", 1),
+        ("norm_placement=pre, activation=swiglu", 3),
+    ]
+    lines = ranking.summarize(rows, "val_loss")
+    assert lines[0] == (
+        "no winner: 2 variants tie at val_loss = 3.1000: norm_placement=post, activation=relu, "
+        "norm_placement=pre, activation=gelu"
+    )
+    assert not any(line.startswith(("winner", "runner-up", "difference")) for line in lines)
+
+
 def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
     """A run preempted or interrupted (a checkpoint to resume from) is unranked like a failed
     one, but named by its status, and the summary says how to finish it: it was shown as

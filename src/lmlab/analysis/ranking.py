@@ -174,8 +174,9 @@ def _rank(rows: list[Row], metric: str, higher_is_better: bool, rank: bool = Tru
     ranked = [r for r in rows if r.status == "completed" and r.value(metric) is not None]
     sign = -1.0 if higher_is_better else 1.0
     ranked.sort(key=lambda r: (sign * (r.value(metric) or 0.0), r.label))
-    for i, row in enumerate(ranked if rank else [], start=1):
-        row.rank = i
+    for i, row in enumerate(ranked if rank else [], start=1):  # a tie shares its rank: 1, 1, 3
+        tied = i > 1 and ranked[i - 2].value(metric) == row.value(metric)
+        row.rank = ranked[i - 2].rank if tied else i
     unranked = [r for r in rows if r.status == "completed" and r.value(metric) is None]
     return ranked + unranked + [r for r in rows if r.status == "failed"]
 
@@ -249,12 +250,17 @@ def summarize(
         )
     elif not ranked:
         lines.append(f"no winner: no completed run has a value for {metric}")
+    elif len(top := [r for r in ranked if r.rank == 1]) > 1:
+        lines.append(
+            f"no winner: {len(top)} variants tie at {metric} = "
+            f"{fmt_stat(top[0].stats[metric], metric)}: {', '.join(r.label for r in top)}"
+        )
     else:
         best = ranked[0]
         lines.append(f"winner: {best.label} ({metric} = {fmt_stat(best.stats[metric], metric)})")
     if len(ranked) == 1:
         lines.append("no runner-up: only one variant has a value")
-    elif len(ranked) > 1:
+    elif len(ranked) > 1 and ranked[1].rank != 1:
         best, second = ranked[0], ranked[1]
         gap = abs((best.value(metric) or 0.0) - (second.value(metric) or 0.0))
         # two significant digits: a gap of 0.044% is not "0.0%"
