@@ -611,6 +611,16 @@ def test_an_exact_tie_shares_its_rank_and_names_no_winner(tmp_path: Path) -> Non
     assert not any(line.startswith(("winner", "runner-up", "difference")) for line in lines)
 
 
+def test_a_value_edited_into_text_is_named_not_replaced_by_the_curve(multirun: Path) -> None:
+    """A results.json whose val_loss was edited into a string was ranked by its metrics.csv's
+    last value, without a word (``scaling`` refused the same edit)."""
+    job = next(p for p in sorted(multirun.iterdir()) if p.is_dir() and not load_runs(p)[0].failed)
+    record = json.loads((job / "results.json").read_text())
+    (job / "results.json").write_text(json.dumps(record | {"val_loss": "7.5"}))
+    with pytest.raises(mrun.CompareError, match=rf"^{job}/results.json: field 'val_loss' must be"):
+        ranking.aggregate(load_runs(multirun), "val_loss")
+
+
 def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
     """A run preempted or interrupted (a checkpoint to resume from) is unranked like a failed
     one, but named by its status, and the summary says how to finish it: it was shown as

@@ -17,6 +17,7 @@ from typing import Any
 
 from lmlab.analysis.run_files import canonical, item_count
 from lmlab.analysis.runs import Run, RunDirError
+from lmlab.files import RESULTS
 
 # results.json keys that are not metrics.
 NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed", "wandb_id", "resumed_from"})
@@ -284,6 +285,8 @@ def run_value(run: Run, metric: str) -> float | None:
     value = run.results.get(metric)
     if _is_number(value):
         return float(value)
+    if value is not None:  # edited by hand: its metrics.csv would stand in for it unsaid
+        raise CompareError(f"{run.dir / RESULTS}: field {metric!r} must be a number, got {value!r}")
     if run.failed:
         return None
     if metric in run.evals:  # lmlab evaluate of an earlier checkpoint, and nothing newer
