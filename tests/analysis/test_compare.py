@@ -461,6 +461,9 @@ def test_short_names_strip_common_prefix_but_stay_unique() -> None:
         "model.dropout": "model.dropout",
         "data.dropout": "data.dropout",
     }
+    # a sweep over budget.flops: its column beside the FLOPs trained was headed "flops" twice
+    table = cmp.render_table([], ["budget.flops", "model.d_model"], "val_loss")
+    assert [c.header for c in table.columns][:3] == ["#", "budget.flops", "d_model"]
 
 
 def test_curve_column_maps_result_names_to_csv_columns() -> None:

@@ -66,7 +66,7 @@ def render_table(
 
     Given the console ``width``, the least important extra columns (wall s, tokens, ...) are
     left out until the table fits; rank, knobs, metric and n are always shown unwrapped."""
-    names = short_names(knobs)
+    names = short_names(knobs, taken={"#", metric, "n", "status", *EXTRA_COLUMNS.values()})
     titles = ["#", *(names.get(k, k) for k in knobs or ["variant"]), metric, "n"]
     extras = _fit_extras(rows, knobs, metric, titles, width, root)
     cells = [_cells(row, knobs, metric, extras, root) for row in rows]

@@ -126,15 +126,19 @@ def _looks_like_path(value: Any) -> bool:
     )
 
 
-def short_names(knobs: Sequence[str]) -> dict[str, str]:
-    """The shortest dotted suffix that still tells each knob apart (``model.act`` -> ``act``)."""
+def short_names(knobs: Sequence[str], taken: Iterable[str] = ()) -> dict[str, str]:
+    """The shortest dotted suffix that still tells each knob apart (``model.act`` -> ``act``)
+    and is none of the ``taken`` names (a table's other columns: ``budget.flops`` beside the
+    FLOPs column)."""
+    taken = set(taken)
     out: dict[str, str] = {}
     for knob in knobs:
         parts = knob.split(".")
         out[knob] = knob
         for k in range(1, len(parts) + 1):
             suffix = ".".join(parts[-k:])
-            if sum(o == suffix or o.endswith("." + suffix) for o in knobs) == 1:
+            unique = sum(o == suffix or o.endswith("." + suffix) for o in knobs) == 1
+            if unique and suffix not in taken:
                 out[knob] = suffix
                 break
     return out
