@@ -264,6 +264,8 @@ def test_a_failed_run_marks_its_wandb_run_failed(
     assert summary(recs)["status"] == "failed"
     assert summary(recs)["error"] == results["error"].splitlines()[0]
     assert summary(recs)["error"].startswith("NonFiniteError: non-finite loss")
+    # its size, as a completed run's summary has it (a W&B table filtered by size lost it)
+    assert summary(recs)["params"] == results["params"] > 0
 
 
 def test_a_resumed_run_continues_its_wandb_run_from_the_checkpoints_step(

@@ -290,12 +290,19 @@ def init_wandb(offline: bool, save_dir: str | Path, **kwargs: Any) -> Any:
 WANDB_EXIT_CODES = {"completed": 0, "preempted": 143, "interrupted": 130}
 
 
+# What results.json knows of a run that did not complete too: its size, set before it trained,
+# and (a stop with a checkpoint) what it trained; the summary holds them as a completed run's
+# does, so a W&B table filtered or grouped by size keeps the run.
+KNOWN_AT_ANY_END = ("params", "active_params", "non_embedding_params", "tokens", "flops")
+
+
 def finish_wandb(results: dict[str, Any]) -> None:
     """Close this process's W&B run, if one is open (each job of a sweep is its own run, and
     offline files are flushed), the way the run ended: the summary's ``status`` is
     results.json's (completed, failed, preempted, interrupted) and ``error`` the first line of
     its error (null once completed: a resumed run's earlier failure is over), and the exit
-    code is 0 for a completed run only (``WANDB_EXIT_CODES``)."""
+    code is 0 for a completed run only (``WANDB_EXIT_CODES``). A run that did not complete
+    also gets the sizes results.json holds (``KNOWN_AT_ANY_END``)."""
     wandb = sys.modules.get("wandb")  # never imported here for a run that logs no W&B
     run = getattr(wandb, "run", None)
     if run is None:
@@ -303,5 +310,6 @@ def finish_wandb(results: dict[str, Any]) -> None:
     status = results.get("status")
     error = results.get("error")
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    run.summary.update(redact({"status": status, "error": lines[0] if lines else None}))
+    known = {k: results[k] for k in KNOWN_AT_ANY_END if results.get(k) is not None}
+    run.summary.update(redact({**known, "status": status, "error": lines[0] if lines else None}))
     run.finish(exit_code=WANDB_EXIT_CODES.get(str(status), 1))
