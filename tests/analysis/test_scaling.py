@@ -558,6 +558,12 @@ def test_one_compute_budget_cannot_identify_approach3(
     err = capsys.readouterr().err
     assert err.startswith("error: no fit possible from 7 completed runs") and err.count("\n") == 1
     assert not (tmp_path / "scaling.json").exists()
+    # the skipped runs are named with why, as a fit that succeeds lists them (a count only)
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    (nan / "results.json").write_text(json.dumps({**runs[0], "val_loss": float("nan")}))
+    with pytest.raises(ScalingError, match=rf"\(1 skipped: {nan}/results.json: .*val_loss"):
+        analyze(tmp_path)
 
 
 def test_one_tokens_per_param_ratio_cannot_identify_approach3() -> None:

@@ -291,9 +291,11 @@ def analyze(
     iso, iso_reason = _attempt(fit_isoflop, runs, n_key)
     par, par_reason = _attempt(_fit_parametric_runs, runs, n_key)
     if iso is None and par is None:
+        why = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         raise ScalingError(
-            f"no fit possible from {len(runs)} completed runs ({len(skipped)} skipped): "
-            f"{iso_reason}; {par_reason}"
+            f"no fit possible from {len(runs)} completed runs ({len(skipped)} skipped"
+            f"{f': {why}{more}' if skipped else ''}): {iso_reason}; {par_reason}"
         )
     profiles = iso["budgets"] if iso is not None else isoflop_profiles(runs, n_key)
     losses = [r["val_loss"] for r in runs]
