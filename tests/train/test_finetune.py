@@ -5,6 +5,7 @@ accuracy, metrics in every output, exact resume after kill -9."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import random
@@ -434,6 +435,11 @@ def test_exact_match_decodes_the_longest_target_however_wide_the_batch(
             scored.update(batch, module.loss(batch)[1], module.model)
         scores.append(float(scored.compute()["exact_match"]))
     assert steps == longest and longest[0] == longest[1] and scores == [1.0, 1.0]
+    # task.decode_rows=0 decodes none: no exact match (it was 0.0, over no rows, and ranked)
+    none = METRICS[TaskKind.seq2seq](cfg, dataclasses.replace(dm.spec, decode_rows=0))
+    with torch.no_grad():
+        none.update(batch, module.loss(batch)[1], module.model)
+    assert "exact_match" not in none.compute() and steps == longest
 
 
 def test_pair_collator_frames_two_segments_and_cuts_the_longer_text_first(

@@ -73,13 +73,9 @@ class Seq2SeqMetrics(TokenMetrics):
     as many steps as their longest target) equals the whole target, EOS included."""
 
     def __init__(self, model_cfg: ModelConfig, task: TaskSpec) -> None:
-        super().__init__(
-            model_cfg,
-            task,
-            exact_match=MulticlassExactMatch(
-                model_cfg.vocab_size, ignore_index=IGNORE, validate_args=False
-            ),
-        )
+        exact = MulticlassExactMatch(model_cfg.vocab_size, ignore_index=IGNORE, validate_args=False)
+        # task.decode_rows=0 decodes none: no exact match (it was 0.0, measured over no rows)
+        super().__init__(model_cfg, task, **({"exact_match": exact} if task.decode_rows else {}))
         self.decode_rows, self.decoded = task.decode_rows, 0
 
     def update(self, batch: Batch, logits_BTV: torch.Tensor, model: nn.Module) -> None:
