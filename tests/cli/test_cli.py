@@ -167,6 +167,10 @@ BAD_TOOL_INPUT = [
     ("evaluate", "batch_size=null", "batch_size=null: allowed: an integer; null is not"),
     ("generate", "temperature=null", "temperature=null: allowed: a number; null is not"),
     ("probe", "device=null", "device=null: allowed: a string; null is not"),
+    # OmegaConf's words were "Value '0.5' of type 'str' could not be converted to Integer"
+    ("evaluate", "limit=0.5", "limit=0.5: allowed: an integer or null"),
+    ("generate", "max_new_tokens=abc", "max_new_tokens=abc: allowed: an integer"),
+    ("generate", "temperature=hot", "temperature=hot: allowed: a number"),
     ("generate", "max_new_tokens=0", "max_new_tokens=0: both must be >= 1"),
     ("generate", "device=cuda:99", "device=cuda:99: "),
     ("generate", "device=gpu0", "device=gpu0: "),

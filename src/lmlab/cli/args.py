@@ -104,4 +104,20 @@ def parse(schema: type[T], argv: list[str]) -> T:
     for key, value in given.items():  # OmegaConf's words would print None and the type
         if value is None and type(None) not in typing.get_args(hints[key]):
             raise ConfigError(f"{key}=null: allowed: {KINDS[hints[key]]}; null is not")
+        number = next(
+            (t for t in (int, float) if t in (hints[key], *typing.get_args(hints[key]))), None
+        )
+        if number is not None and value is not None and not _reads_as(number, value):
+            nullable = " or null" if type(None) in typing.get_args(hints[key]) else ""
+            raise ConfigError(f"{key}={value}: allowed: {KINDS[number]}{nullable}")
     return to_schema(schema, given)
+
+
+def _reads_as(kind: type, value: str) -> bool:
+    """Whether ``value`` is an int (``kind=int``) or a number (``float``) as typed: OmegaConf
+    said "Value '0.5' of type 'str' could not be converted to Integer"."""
+    try:
+        kind(value)
+    except ValueError:
+        return False
+    return True
