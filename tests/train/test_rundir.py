@@ -1522,6 +1522,9 @@ def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
     assert sorted(lr) == list(range(8))
     for step in range(4, 8):  # the logged rate, the one the step ran with
         assert lr[step] == pytest.approx(new[step], rel=1e-6), (step, lr, new)
+    # the run's one Lightning epoch goes on: the extension's rows said epoch 1 (the old plan's
+    # last batch, marked in its checkpoint, ended the epoch for Lightning)
+    assert {r["epoch"] for r in rows(tmp_path)} == {"0"}
 
 
 def test_a_resume_keeps_the_gradient_clipping_and_says_a_new_precision(

@@ -367,6 +367,17 @@ def resume_command(out_dir: Path) -> str:
     return f"python src/train.py <same overrides> resume=true hydra.run.dir={out_dir}"
 
 
+def extend_epoch(checkpoint: dict, max_steps: int) -> None:
+    """A completed run extended (``trainer.max_steps`` raised): its last checkpoint marks
+    the last batch of the run's one Lightning epoch, whose sampler held the old plan's
+    samples, and Lightning took the epoch as ended: the extension logged epoch 1 where an
+    uninterrupted run logs 0 (its data and losses were the same). With steps left to train,
+    the epoch goes on. In place."""
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if progress and progress.get("is_last_batch") and checkpoint["global_step"] < max_steps:
+        progress["is_last_batch"] = False
+
+
 def rebatch_progress(checkpoint: dict, accumulation: int) -> None:
     """A checkpoint's training-loop counters in this run's micro-batches. Lightning counts the
     micro-batches a rank has run (``epoch_loop.batch_progress``) and ends the epoch, or closes

@@ -28,7 +28,7 @@ from lmlab.model.moe import moe_layers
 from lmlab.train.loggers import ends_run
 from lmlab.train.metrics import METRICS
 from lmlab.train.parallel import layout
-from lmlab.train.resume import rebatch_progress
+from lmlab.train.resume import extend_epoch, rebatch_progress
 
 NO_DECAY_TYPES = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
 Guard = Callable[[L.Trainer, torch.optim.Optimizer, torch.Tensor], None]
@@ -188,6 +188,7 @@ class LMTask(L.LightningModule):
             self.logged_loss = (checkpoint["global_step"], state["train_loss"])
         if self._trainer is not None:  # the loops restore from this dict after this hook
             rebatch_progress(checkpoint, self._trainer.accumulate_grad_batches)
+            extend_epoch(checkpoint, self._trainer.max_steps)
 
     def on_train_start(self) -> None:
         """A resumed run's learning rate is its schedule's at the checkpoint's step. The
