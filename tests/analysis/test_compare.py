@@ -624,6 +624,18 @@ def test_a_value_edited_into_text_is_named_not_replaced_by_the_curve(multirun: P
         ranking.aggregate(load_runs(multirun), "val_loss")
 
 
+def test_the_max_steps_of_a_run_whose_budget_set_its_steps_is_no_value(multirun: Path) -> None:
+    """A ``budget=flops`` run compared beside ``budget=steps`` runs showed the config's unused
+    ``trainer.max_steps`` (300) as its knob value, though its budget set how many it trained."""
+    job = next(p for p in sorted(multirun.iterdir()) if p.is_dir())
+    record = json.loads((job / "results.json").read_text())
+    budget = {**record.get("budget", {}), "kind": "flops"}
+    (job / "results.json").write_text(json.dumps(record | {"budget": budget}))
+    values = {r.dir.name: mrun.knob_value(r, "trainer.max_steps") for r in load_runs(multirun)}
+    assert values[job.name] == "-"
+    assert {v for k, v in values.items() if k != job.name} == {str(MAX_STEPS)}
+
+
 def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
     """A run preempted or interrupted (a checkpoint to resume from) is unranked like a failed
     one, but named by its status, and the summary says how to finish it: it was shown as

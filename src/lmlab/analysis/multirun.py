@@ -84,13 +84,23 @@ def is_run_control(key: str) -> bool:
 
 def knob_value(run: Run, key: str) -> str:
     """The run's value for a knob: its override, else its config value (a group's option:
-    the default preset it ran with), else ``-``."""
+    the default preset it ran with), else ``-``. ``trainer.max_steps`` of a run whose budget
+    set its steps (tokens, FLOPs, Chinchilla) is ``-``: the config's value was not used."""
+    if key.lstrip("+~") == "trainer.max_steps" and _budget_kind(run) not in (None, "steps"):
+        return MISSING
     if key in run.overrides:
         return run.overrides[key]
     if key.lstrip("+~") in run.choices:
         return run.choices[key.lstrip("+~")]
     value = run.flat_config.get(key, _ABSENT)
     return MISSING if value is _ABSENT or isinstance(value, dict) else canonical(value)
+
+
+def _budget_kind(run: Run) -> str | None:
+    """What set the run's steps (``budget.kind``: steps, tokens, flops, chinchilla)."""
+    budget = run.results.get("budget")
+    kind = budget.get("kind") if isinstance(budget, dict) else None
+    return kind if kind is not None else run.flat_config.get("budget.kind")
 
 
 def _config_knobs(runs: Sequence[Run]) -> list[str]:
