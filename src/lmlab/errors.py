@@ -5,6 +5,7 @@ refused, a full disk (``disk_full``) or a checkpoints folder that cannot be writ
 (``StorageError``)."""
 
 import errno
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,17 @@ from pathlib import Path
 class ConfigError(ValueError):
     """A config value, path or file the user gave is not usable; the message names the field,
     the value and what is allowed."""
+
+
+_SAID: set[str] = set()  # say_once's lines given (every job of a sweep is checked twice)
+
+
+def say_once(log: logging.Logger, level: int, line: str) -> None:
+    """``line`` to ``log`` at ``level`` the first time this process says it; a repeat (the
+    same check of each of a sweep's jobs, before and as it runs) is left out."""
+    if line not in _SAID:
+        _SAID.add(line)
+        log.log(level, line)
 
 
 def spelled(value: object, quote: bool = False) -> str:

@@ -101,7 +101,7 @@ def test_the_folders_this_run_writes_in_are_left_out_before_it_writes(tmp_path: 
         fill_run(corpus / "outputs" / old)
     with pytest.MonkeyPatch.context() as patch:
         said: list[str] = []
-        patch.setattr("lmlab.data.sources.log.info", lambda line: said.append(line))
+        patch.setattr("lmlab.data.sources.log.log", lambda level, line: said.append(line))
         assert text_files(cfg) == [corpus / name for name in names]
     assert said[0].endswith(
         "are no text to train on: multirun/s (this run writes there), outputs/now (this run "

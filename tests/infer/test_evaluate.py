@@ -798,10 +798,10 @@ def test_a_corpus_setting_that_trains_on_the_shipped_tasks_is_said(
 
     from omegaconf import OmegaConf
 
-    from lmlab.train import preflight
+    from lmlab import errors
     from lmlab.train.preflight import check_evals
 
-    monkeypatch.setattr(preflight, "_WARNED", set())  # said once per process: this test's
+    monkeypatch.setattr(errors, "_SAID", set())  # said once per process: this test's
     cfg = OmegaConf.create({"eval": {"tasks": ["stdlib_cloze"]}})
     with caplog.at_level(logging.WARNING, logger="lmlab.train.preflight"):
         for _ in range(2):  # a sweep's job is checked twice: said once

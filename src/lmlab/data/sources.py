@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lmlab.config import DataConfig, Source
 from lmlab.config.locks import LOCK_FILES
 from lmlab.data.hub import load_dataset
-from lmlab.errors import ConfigError, first_line
+from lmlab.errors import ConfigError, first_line, say_once
 from lmlab.files import SWEEP_RECORD
 
 if TYPE_CHECKING:
@@ -123,9 +123,6 @@ def folder_files(folder: Path, cfg: DataConfig, runs: bool = False) -> list[Path
     return sorted(p for p in walked if p.is_file() and not skipped(p.relative_to(folder)))
 
 
-_SAID: set[str] = set()  # said_left_out's lines given (every job of a sweep is checked twice)
-
-
 def said_left_out(cfg: DataConfig, folder: Path, left: dict[Path, str]) -> None:
     """One line, once per process, naming the run and sweep folders ``folder_files`` left out
     of the corpus ``folder`` (four, then a count) and what marked each."""
@@ -143,9 +140,7 @@ def said_left_out(cfg: DataConfig, folder: Path, left: dict[Path, str]) -> None:
         f"{'s' if len(runs) > 1 else ''} of lmlab runs and sweeps, whose logs, records and "
         f"checkpoints are no text to train on: {shown}{more}"
     )
-    if line not in _SAID:
-        _SAID.add(line)
-        log.info(line)
+    say_once(log, logging.INFO, line)
 
 
 def text_files(cfg: DataConfig) -> list[Path]:

@@ -82,6 +82,11 @@ def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
 
 
+def left_to_resume(checkpointed: bool) -> str:
+    """What a stop without a checkpoint of its own leaves to resume from."""
+    return "earlier checkpoints are kept" if checkpointed else "no checkpoint to resume from"
+
+
 def how_it_stopped(
     err: BaseException, trainer: L.Trainer | None, checkpointed: bool = True
 ) -> dict[str, Any]:
@@ -110,17 +115,16 @@ def how_it_stopped(
         kept = "; the checkpoints written before are whole" if checkpointed else ""
         return {"status": "failed", "error": f"{write_error_words(refused)}{kept}"}
     elif any(isinstance(e, BrokenPipeError) for e in chain(err)):  # rich exits with 1 on it
-        kept = "earlier checkpoints are kept" if checkpointed else "no checkpoint to resume from"
         return {
             "status": "failed",
             "error": "the command's output was closed (BrokenPipeError: what read it, such as "
-            f"`| head`, exited), so the run stopped; {kept}",
+            f"`| head`, exited), so the run stopped; {left_to_resume(checkpointed)}",
         }
     else:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     saved = preemption.saved if preemption else None
     if saved is None:
-        kept = "earlier checkpoints are kept" if checkpointed else "no checkpoint to resume from"
+        kept = left_to_resume(checkpointed)
         return {"status": status, "error": f"stopped by {STOP_SIGNALS[status]}; {kept}"}
     return {
         "status": status,

@@ -42,7 +42,7 @@ from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.sources import text_files
 from lmlab.data.tokenizer import N_SENTINELS, check_vocab
-from lmlab.errors import ConfigError, first_line, spelled
+from lmlab.errors import ConfigError, first_line, say_once, spelled
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import check_max_steps
@@ -280,12 +280,7 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | 
     )
     harness.check_tasks(tasks, where="eval.tasks")
     for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
-        if line not in _WARNED:
-            _WARNED.add(line)
-            log.warning("eval.tasks: %s", line)
-
-
-_WARNED: set[str] = set()  # check_evals' warnings given (a sweep's jobs are checked twice)
+        say_once(log, logging.WARNING, f"eval.tasks: {line}")
 
 
 def check_callbacks(cfg: DictConfig) -> list[L.Callback]:

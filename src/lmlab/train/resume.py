@@ -219,9 +219,9 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
     now = run_identity(cfg)
     if "trainer" not in saved:  # saved before it held the trainer's fields
         now.pop("trainer")
-    ignore = (*CHANGEABLE, *(BATCH_FIELDS if planned else ()))
-    diffs = _differences(saved, now, ignore=ignore)
-    changed = [d for d in _differences(saved, now) if d.startswith(CHANGEABLE)]
+    found = _differences(saved, now, ignore=BATCH_FIELDS if planned else ())
+    changed = [d for d in found if d.startswith(CHANGEABLE)]
+    diffs = [d for d in found if d not in changed]
     if continues and changed and not diffs:
         log.warning(
             "%s: the steps from the checkpoint on train in the new one; run_config.yaml and "
