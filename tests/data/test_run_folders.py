@@ -12,8 +12,9 @@ import pytest
 from test_data import write
 
 from lmlab.config import DataConfig, Source, TokenizerKind
+from lmlab.data.folders import text_files
 from lmlab.data.packing import prepare, text_digest
-from lmlab.data.sources import fingerprint, load_documents, text_files
+from lmlab.data.sources import fingerprint, load_documents
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.preflight import check_run
@@ -66,7 +67,7 @@ def test_a_run_or_sweep_folder_in_the_corpus_is_left_out(
     fill_run(run)
     if where == "linked_in":
         (corpus / "outputs").symlink_to(run.parent)
-    caplog.set_level(logging.INFO, logger="lmlab.data.sources")
+    caplog.set_level(logging.INFO, logger="lmlab.data.folders")
     assert load_documents(cfg) == docs == [("a.py", TEXT), ("b/c.py", TEXT.upper())]
     assert fingerprint(cfg) == key and prepare(cfg, row_len=9) == rows
     said = [r.getMessage() for r in caplog.records if "left out of the corpus" in r.getMessage()]
@@ -101,7 +102,7 @@ def test_the_folders_this_run_writes_in_are_left_out_before_it_writes(tmp_path: 
         fill_run(corpus / "outputs" / old)
     with pytest.MonkeyPatch.context() as patch:
         said: list[str] = []
-        patch.setattr("lmlab.data.sources.log.log", lambda level, line: said.append(line))
+        patch.setattr("lmlab.data.folders.log.log", lambda level, line: said.append(line))
         assert text_files(cfg) == [corpus / name for name in names]
     assert said[0].endswith(
         "are no text to train on: multirun/s (this run writes there), outputs/now (this run "

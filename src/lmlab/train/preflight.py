@@ -40,7 +40,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
-from lmlab.data.sources import text_files
+from lmlab.data.folders import text_files
 from lmlab.data.tokenizer import N_SENTINELS, check_vocab
 from lmlab.errors import ConfigError, first_line, say_once, spelled
 from lmlab.model.loss import check_cross_entropy
