@@ -45,6 +45,11 @@ MARKS = {
     ".lmlab.lock": lambda run: write(run / ".lmlab.lock", b"123\n"),
     ".lmlab-sweep.lock": lambda run: write(run / ".lmlab-sweep.lock", b"123\n"),
     "multirun.yaml": lambda run: write(run / "multirun.yaml", b"hydra: {}\n"),
+    # a finished run made with hydra.output_subdir=null: no .hydra/, and its lock is gone
+    "plan.json and run_config.yaml": lambda run: [
+        write(run / "plan.json", b'{"batch_size": 2}\n'),
+        write(run / "run_config.yaml", b"seed: 1\n"),
+    ],
 }
 
 

@@ -899,6 +899,12 @@ def test_a_run_and_a_sweep_never_nest_in_a_finished_one_of_the_other_kind(
     empty.mkdir()
     (empty / "multirun.yaml").write_text("hydra: {}\n")
     refuse_run_in_sweep_dir(empty / "x" / "y")
+    bare = tmp_path / "bare"  # a finished run made with hydra.output_subdir=null: no .hydra/
+    for name, text in [("plan.json", "{}"), ("run_config.yaml", "seed: 1\n")]:
+        (bare / name).parent.mkdir(exist_ok=True)
+        (bare / name).write_text(text)
+    with pytest.raises(ConfigError, match=f"is inside {bare}, a run's folder .plan.json, run_"):
+        refuse_run_in_sweep_dir(bare / "a")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 from lmlab.config import DataConfig
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError, say_once
-from lmlab.files import SWEEP_RECORD
+from lmlab.files import PLAN, RUN_CONFIG, SWEEP_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,25 @@ def walk(
 
 # What lmlab and Hydra write into a run's or a sweep's folder, any of which marks one: Hydra's
 # saved config, a run's or a sweep's lock (held while it runs, left by a kill), and a sweep's
-# record. A finished run whose lock is gone still has its ``.hydra/`` (unless
-# ``hydra.output_subdir=null``); ``results.json`` or ``checkpoints/`` alone mark none, as
-# another tool's may be a corpus's.
+# record. A finished run whose lock is gone still has its ``.hydra/``, or, with
+# ``hydra.output_subdir=null``, lmlab's own records of a run that trained (``RUN_RECORDS``,
+# both); ``results.json`` or ``checkpoints/`` alone mark none, as another tool's may be a
+# corpus's.
 RUN_MARKS = (".hydra", *LOCK_FILES, SWEEP_RECORD)
 
 
+RUN_RECORDS = (PLAN, RUN_CONFIG)
+
+
 def run_mark(folder: Path) -> str | None:
-    """The first of ``RUN_MARKS`` that ``folder`` holds (``.hydra/``: a folder), or None."""
+    """The first of ``RUN_MARKS`` that ``folder`` holds (``.hydra/``: a folder), else both
+    ``RUN_RECORDS``, or None."""
     if (folder / ".hydra").is_dir():
         return ".hydra/"
-    return next((name for name in RUN_MARKS[1:] if os.path.lexists(folder / name)), None)
+    mark = next((name for name in RUN_MARKS[1:] if os.path.lexists(folder / name)), None)
+    if mark is None and all((folder / name).is_file() for name in RUN_RECORDS):
+        return " and ".join(RUN_RECORDS)
+    return mark
 
 
 CACHE = "the data cache (data.cache_dir)"

@@ -33,7 +33,7 @@ from lmlab.config.locks import (
     pid_in,
 )
 from lmlab.errors import ConfigError, naming
-from lmlab.files import SWEEP_RECORD
+from lmlab.files import RUN_CONFIG, SWEEP_RECORD
 from lmlab.train.runfiles import absolute, earlier_sweep_runs, holds_run, listed, run_files_in
 
 _LOCKS: dict[Path, int] = {}  # lock file -> the file descriptor holding it
@@ -228,14 +228,16 @@ def enclosing_run_or_sweep(folder: Path) -> tuple[Path, str] | None:
     what it holds (``multirun.yaml``, or its run files), or None. ``compare`` and ``scaling``
     rank every run under the folder they are given, so a run there counts among the sweep's
     jobs, or beside the run it was put in. Only lmlab's own marks count: a sweep's
-    ``multirun.yaml`` with its jobs' runs, a run's Hydra config beside its run files; a
-    project folder with a ``checkpoints/`` or another tool's ``results.json`` is neither."""
+    ``multirun.yaml`` with its jobs' runs, a run's Hydra config (or, without ``.hydra/``, its
+    ``run_config.yaml``) beside its run files; a project folder with a ``checkpoints/`` or
+    another tool's ``results.json`` is neither."""
     for parent in absolute(folder).parents:
         try:
             if (parent / SWEEP_RECORD).is_file() and earlier_sweep_runs(parent):
                 return parent, SWEEP_RECORD
-            hydra = (parent / ".hydra" / "config.yaml").is_file()
-            if hydra and holds_run(parent, evals=False):  # loose checkpoints' eval/: no run
+            config = (parent / ".hydra" / "config.yaml").is_file()
+            config = config or (parent / RUN_CONFIG).is_file()  # hydra.output_subdir=null
+            if config and holds_run(parent, evals=False):  # loose checkpoints' eval/: no run
                 return parent, run_files_in(parent)
         except OSError:  # a folder above that this user cannot read: none of ours
             continue
