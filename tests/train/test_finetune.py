@@ -61,6 +61,8 @@ from lmlab.train.compose import compose_train
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS
 from lmlab.train.init_from import FRESH_PREFIXES, STARTS_FROM, InitFrom, load_weights
 from lmlab.train.metrics import METRICS
+from lmlab.train.outcome import trained
+from lmlab.train.plan import PACKED_TOKEN_FIELDS
 from lmlab.train.resume import check_checkpoint_model
 from lmlab.train.run import train
 from lmlab.train.task import LMTask
@@ -654,12 +656,17 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
         "train_examples": 480,
         "val_examples": 96,
     }
-    assert r["examples"] == 100 * 16 and r["tokens"] is None
+    assert r["examples"] == 100 * 16 and r["tokens"] is None and r["flops"] is None
     with (classified / "csv" / "metrics.csv").open() as f:
         accuracy = [float(row["val/acc"]) for row in csv.DictReader(f) if row["val/acc"]]
     assert len(accuracy) == 4 and accuracy[-1] == pytest.approx(r["val_acc"])
     plan = json.loads((classified / "plan.json").read_text())
     assert plan["task"] == r["task"] and plan["params"] == r["params"]
+    # the budget counts steps only: the padded batches' tokens are not 100 x 16 x seq_len
+    assert plan["budget"] == r["budget"] and plan["budget"]["steps"] == 100
+    assert {k: plan["budget"][k] for k in PACKED_TOKEN_FIELDS} == dict.fromkeys(PACKED_TOKEN_FIELDS)
+    # a stop's record (preempted, interrupted, failed) counts none either
+    assert trained(r, 40) == {"tokens": None, "flops": None, "global_step": 40}
     ckpt = torch.load(classified / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["task"] == {
         "kind": "classify",

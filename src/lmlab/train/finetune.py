@@ -29,15 +29,12 @@ TASK_RESULTS: dict[TaskKind, dict[str, str]] = {
 
 def fine_tuning_results(spec: TaskSpec, metrics: dict[str, float], examples: int) -> dict[str, Any]:
     """What results.json says of a fine-tuning run besides the loss: its task (kind, labels,
-    example counts), its own metrics, and the examples trained on. Tokens and FLOPs are left
-    empty: batches are padded to their longest example, so steps x rows x seq_len would
-    overstate them."""
+    example counts), its own metrics, and the examples trained on. (Its tokens and FLOPs are
+    left empty, as its budget leaves them: ``plan.PACKED_TOKEN_FIELDS``.)"""
     return {
         "task": spec.record()
         | {"train_examples": spec.train_examples, "val_examples": spec.val_examples},
         **{key: metrics.get(name) for key, name in TASK_RESULTS[spec.kind].items()},
         "examples": examples,
         "epochs": examples / spec.train_examples,
-        "tokens": None,
-        "flops": None,
     }

@@ -70,11 +70,14 @@ def final_digest(trainer: L.Trainer, out_dir: Path) -> dict[str, str]:
 
 def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
     """``tokens`` and ``flops`` (6 N D, N as ``budget.params`` says: active by default) of
-    ``step`` steps of the run whose global batch and budget ``results`` holds."""
-    tokens = step * results["batch"]["global_batch_tokens"]
+    ``step`` steps of the run whose budget ``results`` holds: none for a fine-tuning run, whose
+    padded batches' tokens its budget does not count (``plan.PACKED_TOKEN_FIELDS``)."""
+    budget = results["budget"]
+    per_step = budget["tokens_per_step"]
+    tokens = None if per_step is None else step * per_step
     return {
         "tokens": tokens,
-        "flops": 6.0 * results["budget"]["n_params"] * tokens,
+        "flops": None if tokens is None else 6.0 * budget["n_params"] * tokens,
         "global_step": step,
     }
 

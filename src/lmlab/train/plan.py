@@ -44,6 +44,10 @@ from lmlab.train.machine import resolve_precision
 CORPUS_RECORD = ("train", "val", "text_sha256")
 # what of the plan a checkpoint keeps (``run_state``), for a resume whose plan.json was lost
 RESUME_RECORD = ("batch", "corpus", "task")
+# What a budget counts in tokens of packed rows: a fine-tuning run's batches are padded to
+# their longest example, so steps x rows x seq_len would overstate what it trains; its plan
+# gives none of them (its budget is steps: ``config.task.resolve_task`` refuses the others).
+PACKED_TOKEN_FIELDS = ("tokens", "flops", "tokens_per_step", "target_tokens")
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class RunPlan:
             "params": self.params,
             "active_params": self.active_params,
             "train_samples": self.train_samples,
-            "budget": self.budget.as_dict(),
+            "budget": self.budget_record(),
         }
         if self.corpus is not None:
             plan["corpus"] = self.corpus
@@ -107,6 +111,14 @@ class RunPlan:
                 "val_examples": self.task.val_examples,
             }
         return plan
+
+    def budget_record(self) -> dict[str, Any]:
+        """The budget as plan.json and results.json record it: a fine-tuning run's without
+        the tokens and FLOPs of packed rows (``PACKED_TOKEN_FIELDS``)."""
+        record = self.budget.as_dict()
+        if self.task.kind != TaskKind.lm:
+            record.update(dict.fromkeys(PACKED_TOKEN_FIELDS))
+        return record
 
     def resume_record(self) -> dict[str, Any]:
         """What a resume checks (``check_resumable``): the global batch, the corpus's record

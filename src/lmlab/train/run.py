@@ -344,7 +344,7 @@ def _fit(
         params=counts["total"],
         active_params=counts["active"],
         batch=plan.batch.as_dict(),
-        budget=plan.budget.as_dict(),
+        budget=plan.budget_record(),
         budget_flops=plan.budget.nominal_flops,
     )
     if trainer.is_global_zero:
