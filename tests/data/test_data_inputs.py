@@ -8,7 +8,9 @@ import codecs
 import gzip
 import io
 import lzma
+import os
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -87,6 +89,27 @@ def test_a_local_folder_of_data_files_is_keyed_by_its_files(tmp_path: Path) -> N
     assert fingerprint(cfg) == before
     rows.write_bytes(b'{"text": "two"}\n')
     assert fingerprint(cfg) != before
+
+
+def test_a_local_data_file_rewritten_with_its_times_kept_is_read_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``datasets`` caches its Arrow copy of a local data file by the file's path and
+    modification time: rewritten with its size and times kept (``touch -r``, ``cp -p`` of
+    another version), lmlab's key changed and the rows were built again, from the old text."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    rows = write(tmp_path / "jsonl" / "train.jsonl", b'{"text": "the old text"}\n')
+    cfg = hf_cfg(str(tmp_path / "jsonl"), tmp_path)
+    assert [text for _, text in load_documents(cfg)] == ["the old text"]
+    kept = rows.stat()
+    rows.write_bytes(b'{"text": "the new text"}\n')
+    os.utime(rows, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    while rows.stat().st_ctime_ns == kept.st_ctime_ns:  # a filesystem of coarse times
+        time.sleep(0.01)
+        os.utime(rows, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # sets the change time
+    assert rows.stat().st_size == kept.st_size and rows.stat().st_mtime_ns == kept.st_mtime_ns
+    assert [text for _, text in load_documents(cfg)] == ["the new text"]
 
 
 def test_a_hub_name_keeps_its_key() -> None:

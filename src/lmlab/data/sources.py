@@ -184,6 +184,15 @@ def saved_split(ds: datasets.Dataset | datasets.DatasetDict, cfg: DataConfig) ->
     return ds[cfg.split]
 
 
+def files_cache(cfg: DataConfig) -> str:
+    """Where ``datasets`` keeps its Arrow copy of a local dataset's data files: a folder of
+    the data cache named by their identities (``fingerprint``). In ``datasets``' own cache a
+    local file is known by its path and modification time only, so a file rewritten with
+    both kept (``touch -r``, ``cp -p`` or ``rsync -a`` of another version) gave its old rows,
+    while lmlab's key said that it changed and the rows were built again."""
+    return str(Path(cfg.cache_dir).expanduser() / f"files-{fingerprint(cfg)}")
+
+
 def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
     """``data.name``'s dataset: a folder ``save_to_disk`` wrote through ``load_from_disk``
     (``load_dataset`` refuses a saved Dataset), any other name through ``load_dataset``."""
@@ -197,8 +206,11 @@ def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
             "has no subsets (a hub dataset's configurations); leave data.subset out"
         )
     if not saved:
-        path = str(local) if local else None
-        return load_dataset("data.name", cfg.name, cfg.subset, cfg.split, path)
+        if local is None:
+            return load_dataset("data.name", cfg.name, cfg.subset, cfg.split)
+        return load_dataset(
+            "data.name", cfg.name, cfg.subset, cfg.split, str(local), cache_dir=files_cache(cfg)
+        )
     try:
         ds = datasets.load_from_disk(str(local))
     except Exception as err:  # a folder datasets cannot read as what it saved
