@@ -112,6 +112,39 @@ def test_a_local_data_file_rewritten_with_its_times_kept_is_read_anew(
     assert [text for _, text in load_documents(cfg)] == ["the new text"]
 
 
+@pytest.mark.parametrize("name", ["c.jsonl", "c.csv", "c.tsv", "c.parquet", "c.jsonl.gz"])
+def test_a_single_local_data_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None, name: str
+) -> None:
+    """``data=hf data.name=<one .jsonl/.csv/.parquet file>``: ``load_dataset`` given the file
+    as its name found "no data file"; it is read by the builder its suffix names."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    texts = ["first text", "second, with a comma"]
+    examples = datasets.Dataset.from_dict({"text": texts, "n": [1, 2]})
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        examples.to_parquet(str(path))
+    elif name.endswith(".gz"):
+        examples.to_json(str(path), compression="gzip")
+    elif name.endswith(".jsonl"):
+        examples.to_json(str(path))
+    else:
+        examples.to_csv(str(path), index=False, sep="\t" if name.endswith(".tsv") else ",")
+    cfg = hf_cfg(str(path), tmp_path)
+    assert load_documents(cfg) == [(f"{path}:0", texts[0]), (f"{path}:1", texts[1])]
+    with pytest.raises(ConfigError, match=r"^data.subset='en': '.*' is one data file"):
+        load_documents(hf_cfg(str(path), tmp_path, subset="en"))
+
+
+def test_a_local_file_of_another_kind_is_refused_naming_the_kinds(tmp_path: Path) -> None:
+    path = write(tmp_path / "notes.md", b"# a text file\n")
+    with pytest.raises(
+        ConfigError, match=r"^data.name='.*notes.md' is a file .*\.jsonl, .*data=text"
+    ):
+        load_documents(hf_cfg(str(path), tmp_path))
+
+
 def test_a_hub_name_keeps_its_key() -> None:
     """A name that is no local path is keyed by name, subset, split and column, as before:
     rows cached by an earlier lmlab are used."""

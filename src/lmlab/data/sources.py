@@ -184,6 +184,45 @@ def saved_split(ds: datasets.Dataset | datasets.DatasetDict, cfg: DataConfig) ->
     return ds[cfg.split]
 
 
+# The ``datasets`` builder (and its options) that reads one local data file, by its suffix:
+# ``load_dataset`` finds a folder's files by itself, but takes a single file only as the
+# ``data_files`` of a builder named for it (given the file as its name it finds "no data file").
+DATA_FILES: dict[str, tuple[str, dict[str, str]]] = {
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".ndjson": ("json", {}),
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t"}),
+    ".parquet": ("parquet", {}),
+    ".arrow": ("arrow", {}),
+    ".txt": ("text", {}),
+}
+# Compressions ``datasets`` reads a data file through (``train.jsonl.gz``).
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def data_file_builder(cfg: DataConfig, path: Path) -> tuple[str, dict[str, str]]:
+    """``DATA_FILES``' builder for the data file ``path`` (``data.name``); a ConfigError for a
+    file of another kind, or with ``data.subset`` (a hub dataset's configuration)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes.pop()
+    kind = suffixes[-1] if suffixes else ""
+    if kind not in DATA_FILES:
+        raise ConfigError(
+            f"data.name={cfg.name!r} is a file datasets does not read as data by its name; "
+            f"allowed: a data file ({', '.join(DATA_FILES)}, also compressed: "
+            f"{', '.join(COMPRESSED)}), a folder of them or one save_to_disk wrote (a text "
+            "file of another name: data=text data.path=...)"
+        )
+    if cfg.subset is not None:
+        raise ConfigError(
+            f"data.subset={cfg.subset!r}: {cfg.name!r} is one data file, which has no subsets "
+            "(a hub dataset's configurations); leave data.subset out"
+        )
+    return DATA_FILES[kind]
+
+
 def files_cache(cfg: DataConfig) -> str:
     """Where ``datasets`` keeps its Arrow copy of a local dataset's data files: a folder of
     the data cache named by their identities (``fingerprint``). In ``datasets``' own cache a
@@ -205,6 +244,12 @@ def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
             f"data.subset={cfg.subset!r}: {cfg.name!r} is a folder save_to_disk wrote, which "
             "has no subsets (a hub dataset's configurations); leave data.subset out"
         )
+    if local is not None and local.is_file():
+        builder, options = data_file_builder(cfg, local)
+        return load_dataset(
+            "data.name", cfg.name, None, cfg.split, builder, **options, data_files=str(local),
+            cache_dir=files_cache(cfg),
+        )  # fmt: skip
     if not saved:
         if local is None:
             return load_dataset("data.name", cfg.name, cfg.subset, cfg.split)
