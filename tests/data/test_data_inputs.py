@@ -145,6 +145,27 @@ def test_a_local_file_of_another_kind_is_refused_naming_the_kinds(tmp_path: Path
         load_documents(hf_cfg(str(path), tmp_path))
 
 
+def test_a_text_column_of_nulls_numbers_or_lists(
+    tmp_path: Path, hf_offline: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A null text (a JSON null, an empty CSV field) is a row without a document, said in a
+    warning; a column of numbers or lists is refused naming its type and the text columns.
+    Each was an AttributeError traceback (``None.encode``)."""
+    datasets.disable_progress_bars()
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict(
+        {"text": ["one", None, "three"], "n": [1, 2, 3], "tags": [["a"], ["b"], []]}
+    ).save_to_disk(str(folder))
+    with caplog.at_level("WARNING", logger="lmlab.data.sources"):
+        docs = load_documents(hf_cfg(str(folder), tmp_path))
+    assert docs == [(f"{folder}:0", "one"), (f"{folder}:2", "three")]
+    assert "1 of the rows of" in caplog.text and "hold no text (null): left out" in caplog.text
+    for column, kind in (("n", "int64"), ("tags", "List")):
+        message = rf"^data.text_column='{column}' of '.*' holds .*{kind}.*, not text; .* \(text\)$"
+        with pytest.raises(ConfigError, match=message):
+            load_documents(hf_cfg(str(folder), tmp_path, text_column=column))
+
+
 def test_a_hub_name_keeps_its_key() -> None:
     """A name that is no local path is keyed by name, subset, split and column, as before:
     rows cached by an earlier lmlab are used."""

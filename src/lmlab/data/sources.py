@@ -7,6 +7,7 @@ import codecs
 import functools
 import hashlib
 import json
+import logging
 import os
 import sysconfig
 from collections.abc import Callable
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import datasets
 
 Documents = list[tuple[str, str]]
+log = logging.getLogger(__name__)
 
 
 def stdlib_root() -> Path:
@@ -273,15 +275,49 @@ def _hf_documents(cfg: DataConfig) -> Documents:
             f"data.text_column={cfg.text_column!r} is not a column of {cfg.name!r} "
             f"(columns: {ds.column_names})"
         )
-    docs, total = [], 0
+    check_text_column(ds, cfg)
+    docs, total, missing = [], 0, 0
     for i, text in enumerate(ds[cfg.text_column]):
+        if text is None:  # a row without text (JSON null, an empty CSV field): no document
+            missing += 1
+            continue
         raw = text.encode()
         kept = raw if cfg.max_bytes is None else cut(raw, cfg.max_bytes - total)
         docs.append((f"{cfg.name}:{i}", kept.decode()))
         total += len(kept)
         if cfg.max_bytes is not None and (total >= cfg.max_bytes or len(kept) < len(raw)):
             break
+    if missing:
+        log.warning(
+            "data.text_column=%r: %d of the rows of %r read hold no text (null): left out",
+            cfg.text_column,
+            missing,
+            cfg.name,
+        )
     return docs
+
+
+# The ``datasets`` types of a column of text.
+TEXT_TYPES = ("string", "large_string", "null")
+
+
+def check_text_column(ds: datasets.Dataset, cfg: DataConfig) -> None:
+    """``data.text_column`` holds text (nulls allowed): a column of numbers, lists or records
+    is refused naming its type and the columns that are text, before any row is read (each
+    value was a traceback at its first use as text)."""
+    import datasets
+
+    def is_text(feature: object) -> bool:
+        return isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES
+
+    feature = ds.features[cfg.text_column]
+    if is_text(feature):
+        return
+    texts = [name for name, f in ds.features.items() if is_text(f)]
+    raise ConfigError(
+        f"data.text_column={cfg.text_column!r} of {cfg.name!r} holds {feature}, not text; "
+        f"allowed: a column of strings ({', '.join(texts) or 'none here'})"
+    )
 
 
 def _file_documents(cfg: DataConfig) -> Documents:
