@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,25 @@ def test_split_is_deterministic_and_disjoint() -> None:
     assert 5 < len(val) < 40 and len(train) + len(val) == 200
     one_book = [("book", "x" * 1000)]
     assert [len(t) for t in split_documents(one_book, 0.1)[1]] == [100]
+
+
+def test_a_document_larger_than_the_validation_share_is_not_held_out_whole() -> None:
+    """One large book among small files, first in the order of the names' hash: it was held
+    out whole, 81% of the text for validation at val_fraction=0.05. Validation holds the
+    fraction asked for and less than twice it; where only documents larger than the share
+    could give it, each document is split inside instead."""
+    names = sorted((f"f{i:02d}.txt" for i in range(25)), key=lambda n: zlib.crc32(n.encode()))
+    docs = [
+        (name, ("y" if i == 0 else "x") * (30000 if i == 0 else 300))
+        for i, name in enumerate(names)
+    ]
+    train, val = split_documents(docs, 0.05)
+    share = sum(map(len, val)) / sum(len(t) for _, t in docs)
+    assert 0.05 <= share < 0.1 and "y" * 30000 in train
+    assert sum(map(len, train)) + sum(map(len, val)) == sum(len(t) for _, t in docs)
+    equal = [(name, "z" * 100) for name in names[:20]]  # each 5% of the text: over 4%
+    train, val = split_documents(equal, 0.04)
+    assert [len(t) for t in val] == [4] * 20 and [len(t) for t in train] == [96] * 20
 
 
 def test_cache_entries_follow_the_umask_and_an_empty_cache_dir_is_refused(tmp_path: Path) -> None:

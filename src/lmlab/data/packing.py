@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 # "<sep>"), so they are not reused; a tokenizer entry is keyed too, and trained again once.
 CACHE_VERSION = 2
 MIN_DOCS_FOR_DOC_SPLIT = 20
+# How ``held_out`` splits, in the key of a tokenizer and so of its rows: rows split before a
+# document holding more than val_fraction of the text was passed over are not reused.
+SPLITTING = "a document over val_fraction of the text is not held out whole"
 TOKENIZER = "tokenizer.json"
 
 
@@ -57,9 +60,13 @@ class UnusableEntry(Exception):
 
 def held_out(docs: Documents, val_fraction: float) -> set[int]:
     """Indices of the documents validation holds out whole: taken in the order of a stable
-    hash of their names until they hold ``val_fraction`` of the bytes. Empty for fewer than
-    ``MIN_DOCS_FOR_DOC_SPLIT`` documents (those are split inside each document instead).
-    ``scripts/make_eval_tasks.py`` draws the shipped eval tasks from these documents."""
+    hash of their names until they hold ``val_fraction`` of the text, passing over any that
+    alone holds more (one large book among small files, first in that order, was held out
+    whole: 81% of the text for validation at ``val_fraction=0.05``), so that validation holds
+    ``val_fraction`` of the text and less than twice that. Empty, so that each document is
+    split inside instead, for fewer than ``MIN_DOCS_FOR_DOC_SPLIT`` documents, or where the
+    smaller ones do not hold ``val_fraction``. ``scripts/make_eval_tasks.py`` draws the
+    shipped eval tasks from these documents."""
     if len(docs) < MIN_DOCS_FOR_DOC_SPLIT:
         return set()
     target = val_fraction * sum(len(t) for _, t in docs)
@@ -67,10 +74,11 @@ def held_out(docs: Documents, val_fraction: float) -> set[int]:
     held = 0
     for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(docs[i][0].encode())):
         if held >= target:
-            break
-        val_ids.add(i)
-        held += len(docs[i][1])
-    return val_ids
+            return val_ids
+        if len(docs[i][1]) <= target:
+            val_ids.add(i)
+            held += len(docs[i][1])
+    return val_ids if held >= target else set()
 
 
 def trained_documents(docs: Documents, val_fraction: float) -> set[int]:
@@ -210,7 +218,7 @@ def tokenizer_dir(cache: Path, corpus: list, cfg: DataConfig, tokenizer: str | N
 def tokenizer_entry(cfg: DataConfig, cache: Path, tokenizer: str | None) -> Path:
     """Where the tokenizer of this data is cached: ``tokenizer_dir`` of the corpus's
     ``fingerprint`` and its split."""
-    return tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction], cfg, tokenizer)
+    return tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction, SPLITTING], cfg, tokenizer)
 
 
 def prepared_vocab_size(cfg: DataConfig) -> int | None:
