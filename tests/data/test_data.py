@@ -311,6 +311,24 @@ def test_a_document_larger_than_the_validation_share_is_not_held_out_whole() -> 
     assert [len(t) for t in val] == [4] * 20 and [len(t) for t in train] == [96] * 20
 
 
+def test_file_names_that_are_not_utf8_are_read(tmp_path: Path) -> None:
+    """A corpus folder unpacked from an old archive holds ``café.txt`` named in Latin-1:
+    Python holds the name's byte 0xE9 as a lone surrogate, and encoding the name for the
+    split's hash and the text's digest was a UnicodeEncodeError traceback."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(25):  # 20 or more: split by the names' hash
+        name = os.path.join(os.fsencode(folder), f"caf{i:02d}\xe9.txt".encode("latin-1"))
+        with open(name, "wb") as f:
+            f.write(f"text of file {i}\n".encode() * 20)
+    cfg = text_cfg(folder, tmp_path, tokenizer=TokenizerKind.char)
+    docs = load_documents(cfg)
+    assert len(docs) == 25 and os.fsencode(docs[0][0]) == b"caf00\xe9.txt"
+    train, val = split_documents(docs, 0.1)
+    assert 0 < len(val) < 25 and len(train) + len(val) == 25
+    assert (prepare(cfg, row_len=9) / "meta.json").is_file()
+
+
 def test_cache_entries_follow_the_umask_and_an_empty_cache_dir_is_refused(tmp_path: Path) -> None:
     """Entries were built in mkdtemp's 0700 folders, so a cache shared by a group failed for
     its other users with a PermissionError traceback; they follow the umask now. An empty

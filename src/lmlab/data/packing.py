@@ -58,6 +58,14 @@ class UnusableEntry(Exception):
     with why: it is discarded and built again."""
 
 
+def name_bytes(name: str) -> bytes:
+    """A document's name (or text) as UTF-8, and a file name that is not UTF-8 (``café.txt``
+    in Latin-1, from an old archive; Python holds its bytes as lone surrogates) as its bytes
+    on disk: ``str.encode`` refused it in a traceback. Every other string gives the bytes it
+    gave before, so no split or digest changes."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def held_out(docs: Documents, val_fraction: float) -> set[int]:
     """Indices of the documents validation holds out whole: taken in the order of a stable
     hash of their names until they hold ``val_fraction`` of the text, passing over any that
@@ -72,7 +80,7 @@ def held_out(docs: Documents, val_fraction: float) -> set[int]:
     target = val_fraction * sum(len(t) for _, t in docs)
     val_ids: set[int] = set()
     held = 0
-    for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(docs[i][0].encode())):
+    for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(name_bytes(docs[i][0]))):
         if held >= target:
             return val_ids
         if len(docs[i][1]) <= target:
@@ -111,7 +119,7 @@ def text_digest(docs: Documents) -> str:
     digest = hashlib.sha256()
     for name, text in docs:
         for part in (name, text):
-            encoded = part.encode()
+            encoded = name_bytes(part)
             digest.update(len(encoded).to_bytes(8, "little") + encoded)
     return digest.hexdigest()[:16]
 
