@@ -166,6 +166,19 @@ def test_a_text_column_of_nulls_numbers_or_lists(
             load_documents(hf_cfg(str(folder), tmp_path, text_column=column))
 
 
+def test_a_data_file_datasets_cannot_parse_is_named_with_the_parsers_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
+) -> None:
+    """``datasets`` wraps a parse error in "An error occurred while generating the dataset":
+    the one line said only that; it names the parser's error and row now."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    write(tmp_path / "jsonl" / "train.jsonl", b'{"text": "fine"}\n{"text": "cut \\ud83d"}\n')
+    message = r"^data.name=.* generating the dataset \(ArrowInvalid: JSON parse error: .*\)$"
+    with pytest.raises(ConfigError, match=message):
+        load_documents(hf_cfg(str(tmp_path / "jsonl"), tmp_path))
+
+
 def test_a_hub_name_keeps_its_key() -> None:
     """A name that is no local path is keyed by name, subset, split and column, as before:
     rows cached by an earlier lmlab are used."""

@@ -83,6 +83,21 @@ def load_dataset(
     except Exception as err:  # the hub raises many types: missing name, no network, bad split
         raise ConfigError(
             f"{field}={name!r} (subset={subset!r}, split={split!r}) could not be loaded with "
-            f"datasets.load_dataset: {type(err).__name__}: {first_line(err)}"
+            f"datasets.load_dataset: {type(err).__name__}: {first_line(err)}{why(err)}"
             + (OFFLINE_HINT if offline else "")
         ) from None
+
+
+def why(err: Exception) -> str:
+    """The parser's own words where ``datasets`` wraps them in a generic error (a data file
+    it cannot read: "An error occurred while generating the dataset", the JSON or CSV
+    error and its row only in the chain): `` (ArrowInvalid: JSON parse error: ... in row
+    0)``; else nothing."""
+    import datasets
+
+    if not isinstance(err, datasets.exceptions.DatasetGenerationError):
+        return ""
+    cause: BaseException = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return "" if cause is err else f" ({type(cause).__name__}: {first_line(cause)})"
