@@ -176,6 +176,23 @@ def test_an_unknown_held_out_label_is_named_by_its_place_in_the_file(
     assert found and labels[int(found[1]) - 1] == found[2], message
 
 
+def test_a_label_the_hold_out_took_whole_says_what_to_do(tmp_path: Path) -> None:
+    """A rare label (one example) that the shuffle holding out task.val_fraction drew: the
+    refusal said "unknown to the training split", of a split the user never wrote; it says
+    that the hold-out drew it and what to do. A validation file's unknown label does not."""
+    rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(40)]
+    rows[4]["label"] = "rare"  # row 4 is held out by the fixed shuffle (seed 0)
+    message = held_out_error(classify(jsonl(tmp_path / "t.jsonl", rows)), tmp_path / "cache")
+    assert "label 'rare', unknown to the training split" in message
+    assert message.endswith(
+        "drew every example of that label; give more examples of it, "
+        "leave it out, or give validation examples (task.val, task.val_split)"
+    )
+    val = jsonl(tmp_path / "v.jsonl", [{"text": "v", "label": "unseen"}])
+    message = held_out_error(classify(tmp_path / "t.jsonl", val), tmp_path / "cache")
+    assert "unknown to the training split" in message and "drew" not in message
+
+
 def test_a_file_datasets_cannot_read_shows_lmlab_s_line_only(
     tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:

@@ -396,12 +396,21 @@ def label_ids(labels: list[Any], names: tuple[str, ...], origin: str | Split) ->
     for row, value in enumerate(labels):
         if value is None or str(value) not in index:
             shown = ", ".join(clip(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+            held = split is not None and split.rows is not None  # lmlab's hold-out drew it
             raise ConfigError(
                 f"task.label_column: {example(row, split)} of {split.origin if split else origin} "
                 f"has label {clip(repr(value))}, unknown to the training split (its "
-                f"{len(names)} labels: {shown})"
+                f"{len(names)} labels: {shown})" + (HELD_ALONE if held else "")
             )
     return [index[str(v)] for v in labels]
+
+
+# Said where the example of a label the training split lacks is one lmlab held out: the user
+# wrote no validation split to mend.
+HELD_ALONE = (
+    ": the shuffle that holds out task.val_fraction drew every example of that label; give "
+    "more examples of it, leave it out, or give validation examples (task.val, task.val_split)"
+)
 
 
 def example(row: int, split: Split | None = None) -> str:
