@@ -19,7 +19,7 @@ import pytest
 from test_data import write
 
 from lmlab.config import DataConfig, Source, TokenizerKind
-from lmlab.data.packing import prepare
+from lmlab.data.packing import prepare, prepared_vocab_size
 from lmlab.data.sources import fingerprint, load_documents
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
@@ -295,3 +295,12 @@ def test_a_dry_run_says_a_corpus_is_not_there(
     caplog.clear()
     check_run(cfg, machine=False)
     assert not [r for r in caplog.records if "a run here would be refused" in r.getMessage()]
+
+
+def test_a_dry_run_of_a_corpus_not_here_plans_with_the_target_vocabulary(tmp_path: Path) -> None:
+    """The dry run warned "a run here would be refused; this dry run reads no data", and
+    then was refused: looking for a cached tokenizer keyed the missing corpus."""
+    missing = DataConfig(
+        source=Source.text, path=str(tmp_path / "gone.txt"), cache_dir=str(tmp_path)
+    )
+    assert prepared_vocab_size(missing) is None

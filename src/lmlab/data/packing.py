@@ -235,10 +235,12 @@ def prepared_vocab_size(cfg: DataConfig) -> int | None:
     checkpoint's). Reads no corpus and writes nothing: a dry run plans with it."""
     if cfg.tokenizer == TokenizerKind.checkpoint:
         return None
-    entry = tokenizer_entry(cfg, Path(cfg.cache_dir).expanduser(), None)
     try:
+        entry = tokenizer_entry(cfg, Path(cfg.cache_dir).expanduser(), None)
         return read_tokenizer(entry / TOKENIZER).get_vocab_size()
     except UnusableEntry:  # not prepared yet (or damaged: the run builds it again)
+        return None
+    except ConfigError:  # a corpus not here (a dry run plans for another machine): not prepared
         return None
 
 
