@@ -304,3 +304,22 @@ def test_a_dry_run_of_a_corpus_not_here_plans_with_the_target_vocabulary(tmp_pat
         source=Source.text, path=str(tmp_path / "gone.txt"), cache_dir=str(tmp_path)
     )
     assert prepared_vocab_size(missing) is None
+
+
+def test_a_local_dataset_path_that_does_not_exist_is_refused_as_a_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``data=hf data.name=/data/train.jsonl`` with no such file was asked of the hub, and
+    refused after the corpus step began, with the hint that the hub cannot be reached; a
+    dry run made no mention of it. No hub name begins as a path does."""
+    missing = str(tmp_path / "train.jsonl")
+    with pytest.raises(ConfigError, match=r"^data.name='.*train.jsonl' does not exist \(a local"):
+        load_documents(hf_cfg(missing, tmp_path))
+    overrides = ["data=hf", f"data.name={missing}", "+debug=smoke"]
+    with pytest.raises(ConfigError, match=r"^data.name='.*' does not exist"):
+        check_run(compose_train(overrides, tmp_path / "run", tmp_path / "cache"))
+    check_run(compose_train([*overrides, "dry_run=true"], tmp_path / "run", tmp_path / "cache"))
+    assert (
+        "does not exist (a local path" in caplog.text
+        and "a run here would be refused" in caplog.text
+    )

@@ -154,11 +154,25 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
     return docs
 
 
+# How a path begins, and a hub name ("name", "owner/name") never does.
+PATH_STARTS = ("/", "~", "./", "../")
+
+
 def local_dataset(cfg: DataConfig) -> Path | None:
     """``data.name`` as a local path (``~`` expanded) where one exists, else None (a hub
-    name): ``datasets.load_dataset`` reads a local path before it asks the hub."""
+    name): ``datasets.load_dataset`` reads a local path before it asks the hub. A name that
+    only a path can be (``PATH_STARTS``) and that does not exist is refused: it was asked of
+    the hub, and refused after the corpus step began with the hub's offline hint."""
     path = Path(cfg.name).expanduser()
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    if cfg.name.startswith(PATH_STARTS):
+        raise ConfigError(
+            f"data.name={cfg.name!r} does not exist (a local path: no hub name begins with "
+            f"{', '.join(PATH_STARTS)}); allowed: a data file, a folder of them or one "
+            "save_to_disk wrote, or a hub name (name or owner/name)"
+        )
+    return None
 
 
 # The files ``save_to_disk`` writes beside its shards (a DatasetDict's, a Dataset's): a folder

@@ -41,6 +41,7 @@ from lmlab.config import (
 from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.folders import text_files
+from lmlab.data.sources import local_dataset
 from lmlab.data.tokenizer import N_SENTINELS, check_vocab
 from lmlab.errors import ConfigError, first_line, say_once, spelled
 from lmlab.model.loss import check_cross_entropy
@@ -189,7 +190,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_attention_kernel(cfg.trainer, model_cfg)
     check_cross_entropy(model_cfg)
     callbacks = check_callbacks(cfg)  # their bad values are refused here
-    if machine and data_cfg.source == Source.text and task_cfg.kind == TaskKind.lm:
+    if machine and data_cfg.source in LISTED and task_cfg.kind == TaskKind.lm:
         check_corpus_listed(data_cfg, dry_run=bool(cfg.get("dry_run")))
     if here:
         check_accelerator(cfg.trainer)
@@ -208,12 +209,17 @@ def run_folders(cfg: DictConfig) -> tuple[str, ...]:
     return tuple(os.path.abspath(os.path.expanduser(str(f))) for f in folders if f)
 
 
+# The sources whose files are listed before a run: a text corpus's, a local dataset's path.
+LISTED = {Source.text: text_files, Source.hf: local_dataset}
+
+
 def check_corpus_listed(data_cfg: DataConfig, dry_run: bool) -> None:
-    """A ``data.path`` that is missing or holds no text files (listed, not read): refused,
-    so that a sweep's job is refused before the first starts. A dry run plans for any
-    machine, where the path may be: there it is said, and the plan is made."""
+    """A ``data.path`` that is missing or holds no text files (listed, not read), or a
+    ``data.name`` path that is missing: refused, so that a sweep's job is refused before the
+    first starts. A dry run plans for any machine, where the path may be: there it is said,
+    and the plan is made."""
     try:
-        text_files(data_cfg)
+        LISTED[data_cfg.source](data_cfg)
     except ConfigError as err:
         if not dry_run:
             raise
