@@ -112,6 +112,32 @@ def test_a_sweep_narrowed_on_the_command_line_says_so_before_its_jobs(
     assert out.count(REPLACED) == 1 and out.index(REPLACED) < out.index("would be refused"), out
 
 
+@pytest.mark.parametrize(
+    ("sweep", "grid"),
+    [
+        ("positional", "model.positional: learned,sinusoidal,rope,alibi,none"),
+        ("lr", "optim.lr: tag(log, interval(1e-4, 1e-2))"),  # Optuna's search space
+    ],
+)
+def test_a_sweep_file_without_multirun_is_refused_before_anything_is_written(
+    sweep: str, grid: str, tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """``+sweeps=positional`` without ``-m`` trained one default run (learned positions, 300
+    steps) and exited 0: the file's grid is read by a sweeper only. Hydra refuses an ad-hoc
+    grid without ``-m``; a sweep file is refused the same way, naming its grid."""
+    import lmlab.train.run
+
+    monkeypatch.setattr(lmlab.train.run, "train", interrupt)  # reaching training fails the test
+    run_dir = tmp_path / "run"
+    code = run_command("train", f"+sweeps={sweep}", "+debug=smoke", f"hydra.run.dir={run_dir}")
+    err = capsys.readouterr().err
+    assert code == 2 and not run_dir.exists()
+    assert err == (
+        f"error: +sweeps={sweep} is a sweep ({grid}): add -m (--multirun) to run its jobs; "
+        "without it this would train one run with none of those values\n"
+    )
+
+
 def nothing_written(folder: Path) -> str:
     return f"interrupted before training: nothing was written to {folder}\n"
 

@@ -17,7 +17,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from lmlab.cli.hydra_errors import unwritable
 from lmlab.cli.interrupt import note_folder
 from lmlab.cli.launch import LAUNCH
-from lmlab.cli.sweep import replaced_by_command_line, swept_sweep_files
+from lmlab.cli.sweep import (
+    replaced_by_command_line,
+    sweep_file_without_multirun,
+    swept_sweep_files,
+)
 from lmlab.cli.sweep_check import check_sweep
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError
@@ -120,7 +124,10 @@ class RunDirCallback(Callback):
             )
             sys.exit(2)
         if not launch_rank_is_zero():
-            return  # a DDP/FSDP rank of a run that rank 0 guards
+            return  # a DDP/FSDP rank of a run that rank 0 guards (a sweep job's ranks too)
+        if (why := sweep_file_without_multirun(config)) is not None:
+            print(f"error: {why}", file=sys.stderr)
+            sys.exit(2)
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
         run_dir = absolute(OmegaConf.select(config, "hydra.run.dir"))
         existed = False

@@ -214,6 +214,22 @@ def swept_sweep_files(config: DictConfig) -> str | None:
     return None
 
 
+def sweep_file_without_multirun(config: DictConfig) -> str | None:
+    """Why a single run (no ``-m``) that composed a sweep file (``+sweeps=<name>``) is refused,
+    or None. The file's grid (``hydra.sweeper.params``) is read by a sweeper only, so without
+    ``-m`` Hydra would train one run at the defaults, none of the grid's values, in silence (as
+    Hydra refuses ``model.activation=relu,gelu`` without ``-m``)."""
+    name = OmegaConf.select(config, f"hydra.runtime.choices.{SWEEPS_GROUP}")
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    if name is None or not params:
+        return None
+    grid = "; ".join(f"{key}: {value}" for key, value in params.items())
+    return (
+        f"+{SWEEPS_GROUP}={name} is a sweep ({grid}): add -m (--multirun) to run its jobs; "
+        "without it this would train one run with none of those values"
+    )
+
+
 def subdir_as_typed(config: DictConfig) -> str:
     """``hydra.sweep.subdir`` as configured (``${hydra.job.num}``, not resolved: the job
     number is set only per job)."""
