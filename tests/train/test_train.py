@@ -293,9 +293,19 @@ def test_compiled_blocks_keep_clean_checkpoint_keys() -> None:
 
 
 def test_vocab_smaller_than_tokenizer_is_refused(tmp_path: Path, cache_dir: Path) -> None:
-    with pytest.raises(ConfigError, match=r"model.vocab_size=300 is below the tokenizer's 4096"):
+    below = r"model.vocab_size=300 is below the tokenizer's 4096"
+    with pytest.raises(ConfigError, match=below):
         run(tmp_path, cache_dir, "model.vocab_size=300")
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    # the run cached its tokenizer: a dry run, which planned a 300-token model that the run
+    # refuses, refuses it too, and plans a vocabulary above the tokenizer's as asked
+    with pytest.raises(ConfigError, match=below):
+        run(tmp_path / "dry", cache_dir, "model.vocab_size=300", "dry_run=true")
+    cfg = compose_train(
+        [*SMOKE, "model.vocab_size=5000", "dry_run=true"], tmp_path / "up", cache_dir
+    )
+    train(cfg)
+    assert json.loads((tmp_path / "up" / "plan.json").read_text())["vocab_size"] == 5000
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:

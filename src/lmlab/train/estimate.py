@@ -36,6 +36,7 @@ from rich.table import Table
 from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
 from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.data.packing import prepared_vocab_size
+from lmlab.errors import ConfigError
 from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.train.budget import Budget, budget_params, overshoot, resolve_budget
 from lmlab.train.hardware import compute_dtype, peak_flops
@@ -53,9 +54,11 @@ def planning_vocab(model_cfg: ModelConfig, data_cfg: DataConfig) -> tuple[int, s
     if set; else the size of this data's tokenizer where an earlier run cached it (BPE stops
     below ``data.vocab_size`` on a small corpus, and a char tokenizer's size is its corpus's
     characters); else the target ``data.vocab_size``, said to be one: a plan prepares no data."""
-    if model_cfg.vocab_size:
-        return model_cfg.vocab_size, "model.vocab_size"
     prepared = prepared_vocab_size(data_cfg)
+    if model_cfg.vocab_size:
+        if prepared is not None:  # the tokenizer a run would train with: the run's own check
+            check_model_vocab(model_cfg.vocab_size, prepared)
+        return model_cfg.vocab_size, "model.vocab_size"
     if prepared is not None:
         return prepared, "this data's tokenizer, cached"
     return data_cfg.vocab_size, (
@@ -63,6 +66,16 @@ def planning_vocab(model_cfg: ModelConfig, data_cfg: DataConfig) -> tuple[int, s
         f"{data_cfg.tokenizer.value} tokenizer may have fewer; after any run of this data, a "
         "dry run reads the true size"
     )
+
+
+def check_model_vocab(model_vocab: int, tokenizer_vocab: int) -> None:
+    """``model.vocab_size`` below the tokenizer's size leaves token ids past the embedding:
+    refused, by a run once its data is prepared and by a plan where the tokenizer is cached."""
+    if model_vocab < tokenizer_vocab:
+        raise ConfigError(
+            f"model.vocab_size={model_vocab} is below the tokenizer's {tokenizer_vocab} "
+            "tokens (leave it null to follow the tokenizer)"
+        )
 
 
 def planning_model_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> ModelConfig:

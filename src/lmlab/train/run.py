@@ -29,7 +29,6 @@ from lmlab.config import (
     compile_mode,
 )
 from lmlab.errors import (
-    ConfigError,
     StorageError,
     UnwritableRecordError,
     disk_full,
@@ -43,7 +42,7 @@ from lmlab.model import param_breakdown
 from lmlab.train.budget import overshoot
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
-from lmlab.train.estimate import plan_from_cfg, plan_table
+from lmlab.train.estimate import check_model_vocab, plan_from_cfg, plan_table
 from lmlab.train.finetune import DATAMODULES, fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import load_weights, model_record
@@ -406,11 +405,7 @@ def prepared_data(cfg: DictConfig, checked: CheckedRun) -> tuple[Any, ModelConfi
     dm.setup()
     if model_cfg.vocab_size is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=dm.vocab_size)
-    elif model_cfg.vocab_size < dm.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={model_cfg.vocab_size} is below the tokenizer's {dm.vocab_size} "
-            "tokens (leave it null to follow the tokenizer)"
-        )
+    check_model_vocab(model_cfg.vocab_size, dm.vocab_size)
     return dm, model_cfg, getattr(dm, "spec", PRETRAINING)
 
 
