@@ -13,6 +13,7 @@ import pytest
 
 from lmlab.cli.main import COMMANDS
 from lmlab.config import CONF_DIR
+from lmlab.train.compose import compose_train
 from smoke import SMOKE
 
 LMLAB = Path(sys.executable).parent / "lmlab"  # installed by `make install` (pip install -e .)
@@ -212,6 +213,24 @@ def test_compose_errors_are_one_line_and_exit_2(
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert "base_model" not in err  # the schema is not a preset
     assert not (tmp_path / "run").exists()
+
+
+def test_an_experiment_given_twice_names_the_list_that_applies_both(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``+experiment=sandwich +experiment=rmsnorm`` got Hydra's "To override a value use
+    'override experiment: rmsnorm'", a defaults-list line no command line takes. The list it
+    names now is what applies both, in order."""
+    argv = ("+experiment=sandwich", "+experiment=rmsnorm", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: +experiment=sandwich +experiment=rmsnorm: experiment takes one value on the "
+        "command line; apply several, in order, as one list: '+experiment=[sandwich,rmsnorm]'\n"
+    )
+    assert not (tmp_path / "run").exists()
+    model = compose_train(["+experiment=[sandwich,rmsnorm]"]).model
+    assert (model.norm_placement, model.norm) == ("sandwich", "rmsnorm")
 
 
 def test_unwritable_run_dir_is_one_line_and_exit_2(

@@ -4,15 +4,19 @@ a value outside an enum, override syntax, a run directory that cannot be created
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config import omegaconf_error
 from lmlab.errors import ConfigError, disk_full, first_line, write_error_words
 from lmlab.train.runfiles import in_the_way
+
+# Hydra's words for a config group given twice on the command line (`+experiment=a +experiment=b`)
+REPEATED_GROUP = re.compile(r"Multiple values for ([\w/.@-]+)\. To override a value use")
 
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
@@ -23,6 +27,15 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         options = [o for o in err.options or () if not o.startswith("base_")]  # not schemas
         if group and options:
             return ConfigError(f"{group}={name}: no such config; allowed: {', '.join(options)}")
+    if isinstance(err, ConfigCompositionException) and (repeated := REPEATED_GROUP.match(str(err))):
+        # `+experiment=a +experiment=b`: Hydra says to write `override experiment: b`, a
+        # defaults-list line; on the command line a list applies both, in order
+        group = repeated.group(1)
+        given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{group}=")]
+        return ConfigError(
+            f"{' '.join(f'+{group}={v}' for v in given)}: {group} takes one value on the command "
+            f"line; apply several, in order, as one list: '+{group}=[{','.join(given)}]'"
+        )
     if isinstance(err, OverrideParseException):
         key, _, value = str(err.override).partition("=")
         if "LexerNoViableAltException" in str(err) and "'" not in value:
