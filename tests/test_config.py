@@ -131,6 +131,14 @@ def test_experiment_applies_its_delta() -> None:
         Positional.rope,
         False,
     )
+    assert not m.embed_scale
+    v = OmegaConf.to_object(compose_train(["+experiment=vaswani2017"]).model)  # its 3.4 too
+    assert (v.norm_placement, v.activation, v.positional, v.embed_scale) == (
+        NormPlacement.post,
+        Activation.relu,
+        Positional.sinusoidal,
+        True,
+    )
 
 
 @pytest.mark.parametrize(

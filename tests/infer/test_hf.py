@@ -448,7 +448,16 @@ def test_a_float64_checkpoint_loads_and_goes_out_as_stored(tmp_path: Path) -> No
         ({"norm_placement": NormPlacement.sandwich, "norm": "rmsnorm"}, "model.norm=rmsnorm"),
         ({"positional": Positional.rope, "activation": Activation.gelu}, "model.activation=gelu"),
         ({"family": Family.bert}, "model.norm_placement=pre"),
-        ({"family": Family.t5, "positional": Positional.relative}, "model.bias=True"),
+        ({"family": Family.t5, "positional": Positional.relative}, "model.bias=true"),
+        (
+            {"embed_scale": True},
+            "GPT2LMHeadModel cannot express model.embed_scale=true (needs false: its token "
+            "embeddings enter unscaled)",
+        ),
+        (
+            {"family": Family.t5, "positional": Positional.relative, "embed_scale": True},
+            "T5ForConditionalGeneration cannot express model.embed_scale=true",
+        ),
     ],
 )
 def test_to_hf_refuses_what_transformers_cannot_express(knobs: dict, named: str) -> None:

@@ -147,6 +147,33 @@ def test_tied_embeddings_share_storage_and_untied_do_not() -> None:
     assert n == V * 32
 
 
+@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("tied", [True, False])
+def test_embed_scale_multiplies_the_entering_embeddings_by_sqrt_d_model(
+    family: Family, tied: bool
+) -> None:
+    """Vaswani et al. 2017, 3.4 (``+experiment=vaswani2017``): the token embeddings times
+    sqrt(d_model) where they enter, in every family and both of T5's stacks, and nowhere else:
+    a tied head uses the weights unscaled. The model equals the unscaled one with the scale
+    put on its embedding's output (the same multiplication, so bit for bit), and its weights
+    and checkpoint keys are the unscaled one's."""
+    torch.manual_seed(0)
+    plain = build_model(tiny(family=family, tie_embeddings=tied)).double()
+    torch.manual_seed(0)
+    scaled = build_model(tiny(family=family, tie_embeddings=tied, embed_scale=True)).double()
+    weights, scaled_weights = plain.state_dict(), scaled.state_dict()
+    assert weights.keys() == scaled_weights.keys()
+    assert all(torch.equal(weights[k], scaled_weights[k]) for k in weights)
+    ids = torch.randint(5, V, (2, 12))
+    inputs = {"input_ids": ids}
+    if family == Family.t5:
+        inputs["decoder_input_ids"] = ids[:, :7]
+    unscaled = plain(**inputs)
+    plain.embed.register_forward_hook(lambda module, args, out: out * math.sqrt(32))
+    assert torch.equal(scaled(**inputs), plain(**inputs))
+    assert not torch.allclose(scaled(**inputs), unscaled)
+
+
 def test_rope_scores_depend_only_on_relative_offset() -> None:
     rope = RotaryPositional(tiny(positional=Positional.rope, max_seq_len=64))
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)

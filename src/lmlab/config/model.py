@@ -163,6 +163,13 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    embed_scale: bool = False
+    """Multiplies the token embeddings by sqrt(d_model) where they enter the model, as the
+    original Transformer does (Vaswani et al. 2017, 3.4; ``+experiment=vaswani2017``), so that
+    they are not small beside a fixed sinusoidal table: with ``init_std=0.02`` at d_model 512,
+    an embedding's entries are 0.02 against the table's 0.7 (root mean square). A tied head
+    uses the weights unscaled. No transformers class lmlab converts to scales them
+    (``to_hf`` refuses it)."""
     init: Init = Init.gpt2
     """How the weights start. ``gpt2`` (the default): N(0, ``init_std``) for matrices and
     embeddings, the residual output projections divided by sqrt(2 n_layers). ``t5``: Mesh

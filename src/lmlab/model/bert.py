@@ -17,6 +17,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.model.context import encoder_context
+from lmlab.model.embedding import TokenEmbedding
 from lmlab.model.feedforward import ACTIVATIONS
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.loss import output, resolve_chunking
@@ -83,7 +84,7 @@ class BERT(nn.Module):
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
         self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = TokenEmbedding(cfg)
         self.segment = (
             nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else NoSegments()
         )

@@ -7,6 +7,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.model.context import build_context
+from lmlab.model.embedding import TokenEmbedding
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, init_weights
 from lmlab.model.loss import output, resolve_chunking
@@ -23,7 +24,7 @@ class GPT(nn.Module):
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
         self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = TokenEmbedding(cfg)
         self.positional = make_positional(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))

@@ -20,6 +20,7 @@ from torch import nn
 
 from lmlab.config import IGNORE, ModelConfig
 from lmlab.model.context import build_context, encoder_context
+from lmlab.model.embedding import TokenEmbedding
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.layers import Block, DecoderBlock, init_weights
 from lmlab.model.loss import output, resolve_chunking
@@ -48,7 +49,7 @@ class T5(nn.Module):
         assert cfg.vocab_size is not None, "set model.vocab_size (train() takes the tokenizer's)"
         self.cfg = cfg
         self.kernel = cfg.masked_attention  # SDPA or FlexAttention where a mask is needed
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = TokenEmbedding(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.enc_positional = make_positional(cfg, bidirectional=True)
         self.encoder = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lmlab.config import Family, ModelConfig
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, spelled
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ def unmet(cfg: ModelConfig, requirements: list[Requirement]) -> list[tuple[str, 
     for name, allowed_of, why in requirements:
         value, allowed = functools.reduce(getattr, name.split("."), cfg), allowed_of(cfg)
         if value not in allowed:
-            shown = ", ".join(str(getattr(a, "value", a)) for a in allowed)
-            out.append((f"model.{name}={getattr(value, 'value', value)}", shown, why))
+            shown = ", ".join(spelled(getattr(a, "value", a)) for a in allowed)
+            out.append((f"model.{name}={spelled(getattr(value, 'value', value))}", shown, why))
     return out
 
 
@@ -147,6 +147,12 @@ def check(cfg: ModelConfig, requirements: list[Requirement], hf_class: str) -> N
     problems = [f"{knob} (needs {shown}: {why})" for knob, shown, why in unmet(cfg, requirements)]
     if problems:
         raise ConfigError(f"{hf_class} cannot express " + "; ".join(problems))
+
+
+# What no transformers class lmlab converts to can express, whichever it is.
+EVERY_CLASS: list[Requirement] = [
+    ("embed_scale", same(False), "its token embeddings enter unscaled"),
+]
 
 
 def no_fill(cfg: ModelConfig, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -195,7 +201,7 @@ class Architecture:
                 f"{self.hf_class} cannot express model.moe.num_experts={cfg.moe.num_experts} "
                 f"({how})"
             )
-        check(cfg, self.requirements, self.hf_class)
+        check(cfg, [*EVERY_CLASS, *self.requirements], self.hf_class)
 
     def rules_to_save(self, cfg: ModelConfig) -> list[Rule]:
         """The rules of the layout save_pretrained writes."""
