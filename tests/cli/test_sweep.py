@@ -235,10 +235,13 @@ def test_an_optuna_search_goes_on_past_a_trial_with_no_value(
 
 
 def test_a_sweep_whose_every_job_failed_exits_1(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     """One failed job does not sink a sweep, but a sweep of failures is no success: exit 1,
-    one line, each job's results.json saying why. A sweep of one job too (it exited 0)."""
+    one line, each job's results.json saying why. A sweep of one job too (it exited 0). The
+    jobs fail once their data is read (a vocabulary below the tokenizer's): a cache of this
+    test's own, as the sweep's checks refuse them where the tokenizer is cached already."""
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
     sweep = tmp_path / "sweep"
     argv = ["-m", "+debug=smoke", "logger=none", "model.vocab_size=300,301"]
     assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") == 1
@@ -246,7 +249,14 @@ def test_a_sweep_whose_every_job_failed_exits_1(
     for job in ("0", "1"):
         record = json.loads((sweep / job / "results.json").read_text())
         assert record["status"] == "failed" and "below the tokenizer's" in record["error"]
+    # with the tokenizer cached now, the sweep's checks refuse such a job before any starts
     argv[-1] = "model.vocab_size=302"
+    assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'refused'}") == 2
+    err = capsys.readouterr().err
+    assert "1 of the sweep's 1 job would be refused" in err and "below the tokenizer's" in err
+    assert not (tmp_path / "refused").exists()
+    # with another cache, the job finds it once its data is read, and fails
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "another"))
     assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'one'}") == 1
     assert "error: the sweep's only job failed: the errors" in capsys.readouterr().err
 
