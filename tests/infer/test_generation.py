@@ -138,6 +138,28 @@ def test_top_k_and_top_p_never_sample_outside_the_allowed_set() -> None:
     assert filter_logits(logits[:1], top_p=0.01).isfinite().sum() == 1  # the top token stays
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_ids_past_the_tokenizer_are_never_picked(cache: bool) -> None:
+    """A model with more rows than its tokenizer has tokens (``model.vocab_size=50304`` for
+    GPT-2's 50257) wrote ids that decode to nothing, in silence. Here the last rows (the
+    padding) are made the likeliest: without ``n_vocab`` greedy decoding picks them, with it
+    neither greedy decoding nor sampling ever does."""
+    model = tiny(tie_embeddings=False)
+    n_tokens = VOCAB - 5
+    with torch.no_grad():  # the final norm's output is (1, 0, ..., 0) at every position
+        model.norm_f.weight[:], model.norm_f.bias[:] = 0.0, 0.0
+        model.norm_f.bias[0] = 1.0
+        model.head.weight[:] = 0.0
+        model.head.weight[n_tokens:, 0] = 1.0  # the padding rows' logits 1, the tokens' 0
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    assert (generate(model, prompt, 6, 0.0, use_cache=cache)[:, 3:] >= n_tokens).all()
+    greedy = generate(model, prompt, 6, 0.0, use_cache=cache, n_vocab=n_tokens)
+    gen = torch.Generator().manual_seed(0)
+    sampled = generate(model, prompt, 20, 1.0, generator=gen, use_cache=cache, n_vocab=n_tokens)
+    assert (greedy[:, 3:] < n_tokens).all() and (sampled[:, 3:] < n_tokens).all()
+    assert len(sampled[:, 3:].unique()) > 10  # sampled among the tokens (all equally likely)
+
+
 def test_fixed_seed_reproduces_samples_and_another_seed_does_not() -> None:
     model = tiny(init_std=0.02)  # flat logits: samples differ between seeds
     prompt = torch.zeros(1, 1, dtype=torch.long)

@@ -174,6 +174,7 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
                 use_cache=cfg.cache,
                 eos_id=pre.end_id if cfg.stop_at_eos else None,
                 on_token=stream,
+                n_vocab=tok.get_vocab_size(),
             )
         except BaseException:  # Ctrl-C or an error: its message starts on a line of its own
             stream.end_line()

@@ -289,6 +289,7 @@ class LmlabLM(TemplateLM):
                 eos_id=self.eos_id,
                 forced_BF=forced_BF,
                 stop=StopAt(self.tok_decode, starts, until),
+                n_vocab=self.tok.get_vocab_size(),
             )
         else:
             enc = [self.tok_encode(c)[-(self.max_length - 1) :] + [self.eos_id] for c in contexts]
@@ -304,6 +305,7 @@ class LmlabLM(TemplateLM):
                 *sampling,
                 eos_id=self.eos_id,
                 stop=StopAt(self.tok_decode, starts, until),
+                n_vocab=self.tok.get_vocab_size(),
             )
         rows = out_BT.tolist()
         return [

@@ -65,7 +65,7 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
             f"max_seq_len={pre.cfg.max_seq_len}"
         )
     ids_1T = torch.tensor([ids], device=pre.device)
-    logits_TV = pre.model(ids_1T)[0].float()
+    logits_TV = pre.model(ids_1T)[0, :, : tok.get_vocab_size()].float()  # no padding rows
     masked_T = ids_1T[0] == mask_id
     if not bool(torch.isfinite(logits_TV[masked_T]).all()):  # else nan probabilities, ranked
         raise NonFiniteLogits("a <mask>")
@@ -149,6 +149,7 @@ def infill(
         top_p,
         generator,
         eos_id=eos_id,
+        n_vocab=tok.get_vocab_size(),
     )
     written_ids = out_1S[0, 1:].tolist()
     if eos_id not in written_ids and len(written_ids) >= max_new_tokens:

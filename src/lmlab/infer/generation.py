@@ -85,9 +85,13 @@ def decode_loop(
     forced_BF: torch.Tensor | None = None,
     stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_finite: bool = True,
+    n_vocab: int | None = None,
 ) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to ``ids_BT``; ``new_cache=None`` recomputes the
-    context every step. A sequence that produced ``eos_id`` is continued with ``eos_id``; the
+    context every step. ``n_vocab`` (the tokenizer's size): only ids below it are picked, where
+    the model has more rows than the tokenizer has tokens (``model.vocab_size=50304`` for
+    GPT-2's 50257, a converted T5's 32128 for 32100): an id past the tokenizer decodes to
+    nothing, silently. A sequence that produced ``eos_id`` is continued with ``eos_id``; the
     loop stops early when all have. ``on_token`` receives each step's tokens (B, 1).
 
     Prompts of different lengths share one batch without padding: ``ids_BT`` holds the part
@@ -98,7 +102,7 @@ def decode_loop(
     Non-finite logits at a step raise ``NonFiniteLogits`` (a diverged model, an overflowing
     dtype), greedy or sampled, unless ``check_finite=False``."""
     cache = new_cache(ids_BT.shape[0]) if new_cache else None
-    logits_BV = forward(ids_BT[:, -max_len:], cache)[:, -1]
+    logits_BV = forward(ids_BT[:, -max_len:], cache)[:, -1, :n_vocab]
     done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
     n_forced = 0 if forced_BF is None else forced_BF.shape[1]
     for step in range(max_new_tokens):
@@ -122,10 +126,10 @@ def decode_loop(
         if step == max_new_tokens - 1 or bool(done_B.all()):
             break
         if cache is not None and cache.room(1):
-            logits_BV = forward(next_B1, cache)[:, -1]
+            logits_BV = forward(next_B1, cache)[:, -1, :n_vocab]
         else:  # the context is full: crop and recompute, as without a cache
             cache = None
-            logits_BV = forward(ids_BT[:, -max_len:], None)[:, -1]
+            logits_BV = forward(ids_BT[:, -max_len:], None)[:, -1, :n_vocab]
     return ids_BT
 
 
@@ -140,9 +144,11 @@ def generate(
     use_cache: bool = True,
     eos_id: int | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    n_vocab: int | None = None,
 ) -> torch.Tensor:
     """Continue ``ids_BT`` (B, T) with a GPT model; returns (B, T + new). A prompt longer than
-    ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning)."""
+    ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning). ``n_vocab``: the
+    tokenizer's size, past which no id is picked (``decode_loop``)."""
     max_len = model.cfg.max_seq_len
     if ids_BT.shape[1] > max_len:
         log.warning(
@@ -164,6 +170,7 @@ def generate(
         generator,
         eos_id,
         on_token,
+        n_vocab=n_vocab,
     )
 
 

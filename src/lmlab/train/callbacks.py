@@ -277,6 +277,7 @@ class Sample(L.Callback):
             self.top_k,
             generator=gen,
             eos_id=document_end_id(tok),  # a sample ends with its document, as generate.py's
+            n_vocab=tok.get_vocab_size(),  # model.vocab_size may pad past the tokenizer
         )
         model.train(was_training)
         self.text = tok.decode(out[0].tolist())
