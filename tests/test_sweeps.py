@@ -45,15 +45,18 @@ def test_every_job_of_every_sweep_passes_the_checks_before_work(sweep: str, refu
     assert refused_jobs("-m", f"+sweeps={sweep}") == []
 
 
+@pytest.mark.slow  # trains a tokenizer and two runs
 def test_multirun_with_a_failed_job_logs_and_compares(
-    tmp_path: Path, cache_dir: Path, wandb_records, run_command, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, wandb_records, run_command, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """3 jobs; job 1's 300 output rows are fewer than the tokenizer's 4,096 tokens, found once
     its data is read (a value refused from the config alone refuses the whole sweep before
     it starts: tests/cli/test_sweep.py), so job 1 fails and the others complete. In this
-    process, as ``lmlab train -m`` runs it (one Lightning import less than a child process)."""
+    process, as ``lmlab train -m`` runs it (one Lightning import less than a child process).
+    A cache of its own: where the tokenizer is cached already, the sweep's checks refuse
+    job 1 before any job starts."""
     sweep_dir = tmp_path / "sweep"
-    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     argv = ["-m", *SMOKE, "logger=wandb", "model.vocab_size=4096,300,8192"]
     assert run_command("train", *argv, f"hydra.sweep.dir={sweep_dir}") == 0
