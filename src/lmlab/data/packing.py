@@ -100,8 +100,9 @@ def trained_documents(docs: Documents, val_fraction: float) -> set[int]:
 
 def split_documents(docs: Documents, val_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic split. Many documents: whole documents, taken in the order of a stable
-    hash of their names until they hold ``val_fraction`` of the bytes (``held_out``). Few
-    documents (a single book): the last ``val_fraction`` of each, as nanoGPT does."""
+    hash of their names until they hold ``val_fraction`` of the text, in characters
+    (``held_out``). Few documents (a single book): the last ``val_fraction`` of each, as
+    nanoGPT does."""
     trained = trained_documents(docs, val_fraction)
     if len(trained) < len(docs):
         train = [t for i, (_, t) in enumerate(docs) if i in trained]
