@@ -231,6 +231,13 @@ def test_an_experiment_given_twice_names_the_list_that_applies_both(
     assert not (tmp_path / "run").exists()
     model = compose_train(["+experiment=[sandwich,rmsnorm]"]).model
     assert (model.norm_placement, model.norm) == ("sandwich", "rmsnorm")
+    # one recipe twice: Hydra's "experiment appears more than once in the final defaults list"
+    argv = ("+experiment=rope", "+experiment=rope", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run_command("train", *argv) == 2
+    assert capsys.readouterr().err == (
+        "error: +experiment=rope +experiment=rope: the same experiment twice; once applies it\n"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_unwritable_run_dir_is_one_line_and_exit_2(

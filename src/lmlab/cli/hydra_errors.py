@@ -15,8 +15,12 @@ from lmlab.config import omegaconf_error
 from lmlab.errors import ConfigError, disk_full, first_line, write_error_words
 from lmlab.train.runfiles import in_the_way
 
-# Hydra's words for a config group given twice on the command line (`+experiment=a +experiment=b`)
-REPEATED_GROUP = re.compile(r"Multiple values for ([\w/.@-]+)\. To override a value use")
+# Hydra's words for a config group given twice on the command line (`+experiment=a
+# +experiment=b`; with one value twice, the second)
+REPEATED_GROUP = re.compile(
+    r"Multiple values for ([\w/.@-]+)\. To override a value use"
+    r"|([\w/.@-]+) appears more than once in the final defaults list"
+)
 
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
@@ -30,11 +34,14 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
     if isinstance(err, ConfigCompositionException) and (repeated := REPEATED_GROUP.match(str(err))):
         # `+experiment=a +experiment=b`: Hydra says to write `override experiment: b`, a
         # defaults-list line; on the command line a list applies both, in order
-        group = repeated.group(1)
+        group = repeated.group(1) or repeated.group(2)
         given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{group}=")]
+        typed = " ".join(f"+{group}={v}" for v in given)
+        if len(set(given)) == 1:
+            return ConfigError(f"{typed}: the same {group} twice; once applies it")
         return ConfigError(
-            f"{' '.join(f'+{group}={v}' for v in given)}: {group} takes one value on the command "
-            f"line; apply several, in order, as one list: '+{group}=[{','.join(given)}]'"
+            f"{typed}: {group} takes one value on the command line; apply several, in order, "
+            f"as one list: '+{group}=[{','.join(given)}]'"
         )
     if isinstance(err, OverrideParseException):
         key, _, value = str(err.override).partition("=")
