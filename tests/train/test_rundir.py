@@ -280,6 +280,31 @@ def test_a_run_directory_removed_while_it_trains_stops_the_run_in_one_line(
     assert err.count("\n") == 1 and not run_dir.exists()
 
 
+def test_every_rank_tells_a_run_directory_removed_while_it_trains(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A DDP rank other than 0 asked whether the run directory was removed by its own lock,
+    which it never takes, and so wrote a failed results.json into a folder made anew while
+    rank 0 wrote none (``rm -rf`` of a 2-rank run between two checkpoints). Every rank now
+    asks rank 0's lock file, as the checkpoint callback does before a save."""
+    from lmlab.config.locks import LOCK_FILE
+    from lmlab.train.rundir import RunDir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK_FILE).write_text("4242\n")  # rank 0's, taken before it started rank 1
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    run = RunDir(run_dir)
+    assert not run.guard and not run.removed()
+    run.open(compose_train([f"hydra.run.dir={run_dir}"]))
+    assert not run.removed()
+    shutil.rmtree(run_dir)
+    assert run.removed()
+    run_dir.mkdir()  # made anew, as a write of results.json would
+    assert run.removed()
+
+
 def test_ctrl_c_before_the_first_step_says_there_is_nothing_to_resume(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
 ) -> None:

@@ -12,7 +12,8 @@ training. Four modules, one concern each:
   leaves it exactly as it was (``may_record`` is False: no ``results.json`` either).
 
 Only global rank 0 guards (``launch_rank_is_zero``): the other ranks of a DDP/FSDP job run in
-the same directory, started by Lightning or torchrun.
+the same directory, started by Lightning or torchrun. Every rank tells a directory removed
+while the run trained by rank 0's lock file, so none writes a record into a folder made anew.
 """
 
 from __future__ import annotations
@@ -82,10 +83,16 @@ class RunDir:
             lock_run_dir(path)
         self.earlier = held_for(path) or holds_run(path)
         self.opened = False
+        self.locked = False  # whether rank 0's lock file was there when this rank opened
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
 
     def open(self, task_cfg: DictConfig) -> None:
         """Training starts: write what was held, clean up after killed saves."""
         self.opened = True
+        self.locked = self.lock_file.is_file()  # the other ranks start under rank 0's lock
         if self.guard:
             write_held(task_cfg, self.path)
             remove_orphans(self.path / CHECKPOINTS)
@@ -98,8 +105,10 @@ class RunDir:
 
     def removed(self) -> bool:
         """Whether the directory was removed (or replaced) while this run trained in it: the
-        lock file ``train()`` took there is gone."""
-        return self.guard and self.opened and not (self.path / LOCK_FILE).is_file()
+        lock file rank 0's ``train()`` took there, there when this rank opened it, is gone.
+        Every rank asks, as the checkpoint callback does before a save: rank 0 keeps its lock
+        until the other ranks it started have exited."""
+        return self.opened and self.locked and not self.lock_file.is_file()
 
     def close(self) -> None:
         if self.guard:
