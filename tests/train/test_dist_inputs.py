@@ -327,6 +327,43 @@ def test_a_rank_whose_peer_died_stops_in_one_line_with_the_resume_command(
     assert results["error"].startswith("another rank of this run stopped"), results["error"]
 
 
+def test_a_rank_that_failed_alone_keeps_its_error_in_the_record(
+    tmp_path: Path,
+    cache_dir: Path,
+    run_command,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rank that fails alone (its own error: a non-finite norm, an exception in its data)
+    records it in results.json and exits; rank 0's next collective then finds it gone, and
+    wrote "another rank of this run stopped (its process was killed, or ran out of memory"
+    over that record, so the error was nowhere but on the console (rank1.log does not hold
+    it). Rank 0 now keeps the record and names the other rank's error."""
+    import json
+
+    from lmlab.files import write_json
+    from lmlab.train.task import LMTask
+
+    real = LMTask.training_step
+    told = "NonFiniteError: non-finite loss or gradient norm at step 2 (guard.mode=stop, ...)"
+
+    def step(self, batch, batch_idx):  # rank 1 recorded its failure and exited
+        if self.trainer.global_step == 2:
+            write_json(tmp_path / "results.json", {"status": "failed", "error": told})
+            raise RuntimeError(GLOO_PEER_GONE)
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(LMTask, "training_step", step)
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    run = ["+debug=smoke", "logger=csv", "callbacks.sample=null", "trainer.max_steps=4"]
+    run += ["checkpoint.every_n_steps=1", f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *run) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: another rank of this run failed: {told}; resume with: "), err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results == {"status": "failed", "error": told}
+
+
 class FakeChild:
     """A child rank's ``Popen`` as the observer reads it: its exit code, None while alive."""
 

@@ -161,6 +161,9 @@ def train(cfg: DictConfig) -> float | None:
             raise StorageError(words) from err
         checkpointed = bool(checkpoints_in(out_dir))
         stopped = how_it_stopped(err, scope.trainer, checkpointed)
+        told = run.told_since() if lost_rank(err) else None  # the rank that stopped said why
+        if told is not None:
+            stopped["error"] = f"another rank of this run failed: {told['error']}"
         results.update(stopped, wall_seconds=time.time() - start)
         trainer_callbacks = getattr(scope.trainer, "callbacks", None) or []
         evals = next((c for c in trainer_callbacks if isinstance(c, EvalTasks)), None)
@@ -171,7 +174,7 @@ def train(cfg: DictConfig) -> float | None:
             results["previous"] = earlier  # a completed run extended, then stopped
         status = results["status"]
         # A stop is every rank's, recorded by rank 0; a failure may be one rank's alone.
-        if run.may_record and (run.guard or status == "failed"):
+        if run.may_record and (run.guard or status == "failed") and told is None:
             record_failure(out_dir, results)
         resume = f"; resume with: {resume_command(out_dir)}" if checkpointed else ""
         if status != "failed" and run.guard and resume:

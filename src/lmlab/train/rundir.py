@@ -19,14 +19,16 @@ while the run trained by rank 0's lock file, so none writes a record into a fold
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE
-from lmlab.files import CHECKPOINTS, SWEEP_RECORD
+from lmlab.files import CHECKPOINTS, RESULTS, SWEEP_RECORD, read_record
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 from lmlab.train.held import held_for, write_held
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
@@ -84,6 +86,7 @@ class RunDir:
         self.earlier = held_for(path) or holds_run(path)
         self.opened = False
         self.locked = False  # whether rank 0's lock file was there when this rank opened
+        self.record: tuple[int, int] | None = None  # results.json as this rank opened the run
 
     @property
     def lock_file(self) -> Path:
@@ -93,6 +96,7 @@ class RunDir:
         """Training starts: write what was held, clean up after killed saves."""
         self.opened = True
         self.locked = self.lock_file.is_file()  # the other ranks start under rank 0's lock
+        self.record = stamp(self.path / RESULTS)
         if self.guard:
             write_held(task_cfg, self.path)
             remove_orphans(self.path / CHECKPOINTS)
@@ -110,6 +114,27 @@ class RunDir:
         until the other ranks it started have exited."""
         return self.opened and self.locked and not self.lock_file.is_file()
 
+    def told_since(self) -> dict[str, Any] | None:
+        """The failure another rank of this run recorded in ``results.json`` since this rank
+        opened it, or None. A rank that fails alone records its error, then exits; the other
+        ranks' next collective finds it gone, which says only that a peer stopped: they keep
+        its record rather than write that guess over it."""
+        path = self.path / RESULTS
+        if not self.opened or stamp(path) in (None, self.record):
+            return None
+        told = read_record(path)
+        return told if told.get("status") == "failed" and told.get("error") else None
+
     def close(self) -> None:
         if self.guard:
             unlock_run_dir(self.path)
+
+
+def stamp(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` is now (inode, modification time), None where there is none: a
+    record is written whole to a new file renamed into place, so each write changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
