@@ -410,3 +410,38 @@ def test_a_child_rank_that_stopped_as_agreed_does_not_get_rank_0_killed(
     if codes == [143]:  # rank 0 never ends: after the grace period, ended as Lightning would
         monkeypatch.setattr(distributed, "STOP_GRACE_S", 0.0)
         assert observer._run() is True and sent == [(1234, 9)]
+
+
+def test_rank_0_failed_alone_ends_its_waiting_children_without_being_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rank 0 failing alone (its CSV log's folder removed mid-run) left the other rank in its
+    next collective, and the run ended only when ``JobScope.close`` had waited 300 s for it.
+    Now the children are given ``FAILED_GRACE_S``, then ended; Lightning's watcher, which
+    SIGKILLs rank 0 once a child exits that way, stands down first."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from lmlab.train import distributed
+
+    monkeypatch.setattr(distributed, "FAILED_GRACE_S", 0.5, raising=False)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    monkeypatch.setattr(distributed, "OBSERVERS", [], raising=False)
+    observer = distributed.StopAwareObserver(main_pid=1234, child_processes=[child])
+    sent = []
+    observer._terminate_all = lambda: sent.append("SIGKILL to rank 0 and every child")
+    distributed.OBSERVERS.append(observer)
+    scope = distributed.JobScope()
+    scope.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(launcher=SimpleNamespace(procs=[child]))
+    )
+    scope.failed = True
+    start = time.monotonic()
+    try:
+        scope.close(timeout=30.0)
+    finally:
+        child.kill()
+    assert time.monotonic() - start < 10 and child.returncode == -9
+    assert observer._run() is True and not sent  # the child's end kills no rank 0

@@ -211,7 +211,11 @@ class StopAwareObserver(_ChildProcessObserver):
     SLURM and wrapper scripts read). Such an exit is left to rank 0, which stops on its own;
     any other (a crash, a signal) still ends every process."""
 
+    standing_down = False  # rank 0 failed and ends its children itself (JobScope.close)
+
     def _run(self) -> bool:
+        if self.standing_down:
+            return True
         for proc in self._child_processes:
             proc.poll()
         codes = [proc.returncode for proc in self._child_processes]
@@ -227,8 +231,17 @@ class StopAwareObserver(_ChildProcessObserver):
 
 def launch_observer(child_processes: list[subprocess.Popen]) -> None:
     """Lightning's ``_launch_process_observer``, with ``StopAwareObserver``."""
-    StopAwareObserver(main_pid=os.getpid(), child_processes=child_processes).start()
+    observer = StopAwareObserver(main_pid=os.getpid(), child_processes=child_processes)
+    OBSERVERS.append(observer)
+    observer.start()
 
+
+OBSERVERS: list[StopAwareObserver] = []  # this process's, one per job that started ranks
+
+
+# How long rank 0, failed alone, waits for its children before it ends them: a failure every
+# rank met (the non-finite guard's) ends them within seconds.
+FAILED_GRACE_S = 30.0
 
 # Set by Lightning's launcher in the main process for its children; left in place they make
 # the next job of a multirun believe it is a child (LOCAL_RANK) and wait for a world forever.
@@ -242,19 +255,36 @@ class JobScope:
     def __init__(self) -> None:
         self.env = {k: os.environ.get(k) for k in LAUNCH_ENV}
         self.trainer: Any | None = None  # set once built
+        self.failed = False  # this process failed: its ranks may wait for it in a collective
 
     def close(self, timeout: float = 300.0) -> None:
+        """Wait for the child ranks (at most ``timeout`` in all), then end the process group.
+        Where this process (rank 0) failed alone (its CSV log unwritable, its run directory
+        removed), the children wait for it in their next collective, which fails only once
+        this process has exited: they are waited for ``FAILED_GRACE_S`` (a failure every rank
+        met ends them sooner), then ended, where they waited out ``timeout`` and were killed
+        then. Its record is written already. Lightning's watcher of the children stands down
+        first: their end is this job's, not a crash to SIGKILL this process for."""
         launcher = getattr(getattr(self.trainer, "strategy", None), "launcher", None)
-        for proc in getattr(launcher, "procs", []) or []:
+        procs = getattr(launcher, "procs", []) or []
+        if self.failed:
+            for observer in OBSERVERS:
+                observer.standing_down = True
+        limit = min(timeout, FAILED_GRACE_S) if self.failed else timeout
+        deadline = time.monotonic() + limit
+        for proc in procs:
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("rank process %d still running after %.0f s: kill", proc.pid, timeout)
+                waited = "waiting for this failed rank" if self.failed else "still running"
+                log.warning("rank process %d %s after %.0f s: kill", proc.pid, waited, limit)
                 proc.kill()
+                proc.wait()
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        OBSERVERS.clear()
         for key, value in self.env.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -158,6 +158,7 @@ def train(cfg: DictConfig) -> float | None:
                 f"checkpoints and record: the run stopped ({first_line(err)})"
             )
             log.error("%s", words)
+            scope.failed = True
             raise StorageError(words) from err
         checkpointed = bool(checkpoints_in(out_dir))
         stopped = how_it_stopped(err, scope.trainer, checkpointed)
@@ -173,6 +174,7 @@ def train(cfg: DictConfig) -> float | None:
         if earlier is not None:
             results["previous"] = earlier  # a completed run extended, then stopped
         status = results["status"]
+        scope.failed = status == "failed"  # a stop is every rank's: they stop on their own
         # A stop is every rank's, recorded by rank 0; a failure may be one rank's alone.
         if run.may_record and (run.guard or status == "failed") and told is None:
             record_failure(out_dir, results)
