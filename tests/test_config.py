@@ -268,6 +268,9 @@ BAD_VALUES = [
     ("+trainer.fast_dev_run=3", "quick check: +debug=smoke (trainer.max_steps=1 for one step)"),
     ("+trainer.max_time=00:00:01:00", "trainer.max_time=00:00:01:00: a run stopped by the clo"),
     ("+trainer.overfit_batches=2", "trainer.overfit_batches=2: each Lightning epoch restarts"),
+    # minimums Lightning holds an early stop to: the run trains its planned steps, no more
+    ("+trainer.min_steps=8", "trainer.min_steps=8: the run trains exactly its planned steps"),
+    ("+trainer.min_epochs=3", "trainer.min_epochs=3: the run is one Lightning epoch of its"),
     ("trainer.accumulate_grad_batches=1.5", "trainer.accumulate_grad_batches=1.5 must be an int"),
 ]
 
@@ -390,6 +393,7 @@ def test_the_trainer_options_that_change_nothing_pass() -> None:
     resolve_configs(compose_train(["trainer.max_epochs=null", "+trainer.max_time=null"]))
     resolve_configs(compose_train(["+trainer.limit_train_batches=1.0"]))
     resolve_configs(compose_train(["+trainer.fast_dev_run=false", "+trainer.overfit_batches=0"]))
+    resolve_configs(compose_train(["+trainer.min_steps=null", "+trainer.min_epochs=0"]))
 
 
 def test_the_ends_of_the_seed_range_pass() -> None:

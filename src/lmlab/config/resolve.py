@@ -91,6 +91,19 @@ NOT_STEP_PLANS: dict[str, tuple[tuple[Any, ...], str]] = {
         "each Lightning epoch restarts lmlab's resumable sampler, so the batches it keeps are "
         "not the ones asked for; allowed: 0; a tiny corpus: data.max_bytes",
     ),
+    "min_steps": (
+        (None, 0),
+        "the run trains exactly its planned steps (trainer.max_steps, or the budget's): a "
+        "minimum above them was ignored, the run said completed after fewer; allowed: null "
+        "or 0; a longer run: trainer.max_steps or a budget (dry_run=true shows the steps)",
+    ),
+    "min_epochs": (
+        (None, 0),
+        "the run is one Lightning epoch of its planned steps (trainer.max_steps, or the "
+        "budget's), which it ends whatever the minimum (the run said completed after one); "
+        "allowed: null or 0; a longer run: trainer.max_steps or a budget (dry_run=true shows "
+        "the steps)",
+    ),
     "fast_dev_run": (
         (False, 0, None),
         "it ends after its batches while results.json says completed; allowed: false; a "
