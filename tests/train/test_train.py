@@ -58,6 +58,29 @@ def run(tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
     return json.loads((tmp_path / "results.json").read_text())
 
 
+def test_a_run_a_callback_stopped_early_says_so(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lightning's EarlyStopping ended a 12-step run at its second validation (step 4: the
+    first sets the best) and results.json said completed, as for 12 steps, its schedule
+    unfinished in silence. It
+    stays completed (the run did what it was configured to), with where, by what and why."""
+    stop = "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping"
+    knobs = ["+callbacks.es.monitor=val/loss", "+callbacks.es.patience=0"]
+    knobs.append("+callbacks.es.min_delta=100")  # no validation improves by 100 nats
+    with caplog.at_level("WARNING", logger="lmlab"):
+        r = run(tmp_path, cache_dir, "trainer.max_steps=12", stop, *knobs)
+    assert r["status"] == "completed" and r["global_step"] == 4
+    early = r["stopped_early"]
+    assert (early["step"], early["planned_steps"], early["by"]) == (4, 12, "EarlyStopping")
+    assert "val/loss" in early["why"]
+    assert any(
+        m.startswith("stopped early at step 4 of 12 planned, by EarlyStopping (")
+        for m in caplog.messages
+    )
+    assert "stopped_early" not in run(tmp_path / "full", cache_dir)  # a run of its steps
+
+
 def test_smoke_run_writes_results_checkpoint_and_metrics(
     tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture, recwarn
 ) -> None:

@@ -82,6 +82,32 @@ def trained(results: dict[str, Any], step: int) -> dict[str, Any]:
     }
 
 
+def stopped_early(trainer: L.Trainer, planned: int) -> dict[str, Any]:
+    """results.json's ``stopped_early`` for a run that a callback ended before its planned
+    steps (Lightning's ``EarlyStopping``, a user's callback setting ``trainer.should_stop``):
+    the run completed as configured, but trained fewer steps and did not finish its learning
+    rate schedule, which a run compared with others must say. The step, the planned steps,
+    the callback that asked (one with ``stopping_reason_message``, EarlyStopping's) and its
+    words; said in a warning too. Empty for a run that trained its steps."""
+    step = trainer.global_step
+    if step >= planned:
+        return {}
+    asked = next(
+        (c for c in trainer.callbacks if getattr(c, "stopping_reason_message", None)), None
+    )
+    why = None if asked is None else asked.stopping_reason_message
+    by = "a callback" if asked is None else type(asked).__name__
+    log.warning(
+        "stopped early at step %d of %d planned, by %s%s: the learning rate schedule did not "
+        "finish (results.json: stopped_early)",
+        step,
+        planned,
+        by,
+        f" ({why})" if why else "",
+    )
+    return {"stopped_early": {"step": step, "planned_steps": planned, "by": by, "why": why}}
+
+
 STOP_SIGNALS = {"preempted": "SIGTERM/SIGUSR1", "interrupted": "Ctrl-C (SIGINT)"}
 
 

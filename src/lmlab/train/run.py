@@ -52,6 +52,7 @@ from lmlab.train.outcome import (
     eval_results,
     final_digest,
     how_it_stopped,
+    stopped_early,
     summarize_wandb,
     trained,
     write_results,
@@ -384,6 +385,7 @@ def _fit(
     )
     results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
     results.update(eval_results(evals))
+    results.update(stopped_early(trainer, plan.steps) if trainer.is_global_zero else {})
     if spec.kind != TaskKind.lm:
         results.update(fine_tuning_results(spec, metrics, trainer.global_step * plan.batch.rows))
     if trainer.is_global_zero:  # the other ranks' W&B experiment is a stand-in
