@@ -80,13 +80,13 @@ def test_a_step_that_probably_does_not_fit_starts_with_a_warning(
 def test_a_run_too_large_for_the_machine_is_refused_before_its_model_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lmlab.train import run
+    from lmlab.train import build
     from lmlab.train.compose import compose_train
     from lmlab.train.run import train
 
     monkeypatch.setattr(memory, "available_bytes", lambda trainer: (2**20, "this machine has"))
     built: list[int] = []
-    monkeypatch.setattr(run, "LMTask", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(build, "LMTask", lambda *a, **k: built.append(1))
     cfg = compose_train(["+debug=smoke"], tmp_path / "run", tmp_path)
     with pytest.raises(ConfigError, match=r"parameters need at least 0\.\d GiB .* 0.0 GiB free"):
         train(cfg)

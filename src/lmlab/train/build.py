@@ -1,0 +1,156 @@
+"""What a run builds before it trains (``lmlab.train.run.train``): its data prepared and
+split, the model config at the tokenizer's vocabulary, the frozen plan checked (repeated
+rows, an overshot budget, a cut warm-up, a training state that cannot fit), a resume checked
+against it, and the LightningModule, with ``init_from``'s weights where it starts from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmlab.config import PRETRAINING, Compile, ModelConfig, TaskSpec, compile_mode
+from lmlab.files import PLAN
+from lmlab.train.budget import overshoot
+from lmlab.train.estimate import check_model_vocab
+from lmlab.train.finetune import DATAMODULES
+from lmlab.train.init_from import load_weights
+from lmlab.train.memory import check_state_fits
+from lmlab.train.plan import (
+    CORPUS_RECORD,
+    RESUME_RECORD,
+    RunPlan,
+    check_resumable,
+    make_plan,
+    read_plan,
+)
+from lmlab.train.preflight import CheckedRun
+from lmlab.train.resume import already_done
+from lmlab.train.schedule import warmup_cut
+from lmlab.train.task import LMTask, optimizer_from
+
+log = logging.getLogger(__name__)
+
+
+def warn_repeated_rows(global_batch: int, train_rows: int) -> bool:
+    """A warning when one step's global batch holds more rows than the training split: the
+    sampler goes on into the next epoch's order, so every step repeats rows (a tiny corpus,
+    or a large batch): legal, and said. Returns whether it warned."""
+    if global_batch <= train_rows:
+        return False
+    log.warning(
+        "each step's %d rows (data.global_batch_size, or data.batch_size x devices x "
+        "accumulation) are more than the training split's %d: every step repeats rows, a "
+        "batch holds some twice or more (a larger corpus, or a smaller batch, avoids it)",
+        global_batch,
+        train_rows,
+    )
+    return True
+
+
+def prepared_data(cfg: DictConfig, checked: CheckedRun) -> tuple[Any, ModelConfig, TaskSpec]:
+    """The task's datamodule, its data prepared and split; the model config with the
+    tokenizer's vocabulary where it leaves ``vocab_size`` to it; the task's spec (fine-tuning:
+    its labels, once the data is read)."""
+    task_cfg, model_cfg, init = checked.task_cfg, checked.model_cfg, checked.init
+    dm = DATAMODULES[task_cfg.kind](
+        checked.data_cfg,
+        task_cfg,
+        model_cfg.family,
+        checked.seq_len,
+        cfg.seed,
+        init.tokenizer if init else None,
+    )
+    dm.prepare_data()
+    dm.setup()
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=dm.vocab_size)
+    check_model_vocab(model_cfg.vocab_size, dm.vocab_size)
+    return dm, model_cfg, getattr(dm, "spec", PRETRAINING)
+
+
+def checked_plan(
+    cfg: DictConfig, checked: CheckedRun, model_cfg: ModelConfig, dm: Any, spec: TaskSpec
+) -> RunPlan:
+    """The frozen run plan, with the prepared corpus's counts; said where its rows repeat
+    or its budget is overshot; refused where the training state cannot fit (before the model
+    is built)."""
+    meta = getattr(dm, "meta", None)  # a pre-training corpus's counts, per split
+    corpus = {key: meta[key] for key in CORPUS_RECORD if key in meta} if meta else None
+    plan = make_plan(cfg, model_cfg, checked.data_cfg, checked.seq_len, spec, corpus)
+    warn_repeated_rows(plan.batch.rows, len(dm.train_rows))
+    if over := overshoot(plan.budget.as_dict()):
+        log.warning(
+            "the budget trains %s tokens, %s: a smaller global batch (data.batch_size, "
+            "trainer.accumulate_grad_batches) fits it closer",
+            f"{plan.budget.tokens:,}",
+            over,
+        )
+    if cut := warmup_cut(cfg.scheduler, plan.steps):
+        log.warning(cut)
+    check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)
+    return plan
+
+
+def checked_resume(
+    out_dir: Path, plan: RunPlan, ckpt: dict[str, Any] | None, ckpt_path: Path | None
+) -> dict[str, Any] | None:
+    """A resume checked against the run's plan (refused where it would read other rows);
+    the run's record where it completed every planned step already (nothing to train, said),
+    else None."""
+    saved = (ckpt.get("run_state") or {}) if ckpt else {}
+    if (out_dir / PLAN).exists() or not saved.get("batch"):
+        check_resumable(read_plan(out_dir), plan, out_dir)
+    else:  # plan.json deleted: the checkpoint's record of the global batch and data
+        record = {key: saved[key] for key in RESUME_RECORD if key in saved}
+        check_resumable(record, plan, out_dir, f"checkpoint {ckpt_path}")
+    done = already_done(out_dir, plan, ckpt, ckpt_path)
+    if done is not None:
+        log.info(
+            "%s completed its %d planned steps: nothing to train, its files are left as "
+            "they were (raise trainer.max_steps to train further)",
+            out_dir,
+            plan.steps,
+        )
+    return done
+
+
+def build_task(
+    cfg: DictConfig,
+    checked: CheckedRun,
+    model_cfg: ModelConfig,
+    dm: Any,
+    spec: TaskSpec,
+    plan: RunPlan,
+    from_weights: bool,
+) -> LMTask:
+    """The LightningModule; under ``init_from``, with the checkpoint's weights where
+    ``from_weights`` (a resume restores its own)."""
+    if compile_mode(cfg.compile) != Compile.none:
+        # This run compiles afresh. A multirun's jobs share one process: compiling the same
+        # code (LMTask.objective, Block.forward) for another job's model counts as a
+        # recompile, and past dynamo's limit (8) the later jobs would run eagerly, unsaid.
+        torch._dynamo.reset()
+    task = LMTask(
+        model_cfg,
+        optimizer_from(cfg.optim),
+        instantiate(cfg.scheduler),
+        compile=cfg.compile,
+        bytes_per_token=dm.val_bytes_per_token,
+        task=spec,
+        cuda_graphs=bool(cfg.get("cuda_graphs", False)),
+    )
+    task.plan_record = plan.resume_record()  # its checkpoints keep the global batch and data
+    init = checked.init
+    if init is not None and from_weights:
+        dropped, fresh = load_weights(task.model, init, spec.kind)
+        log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)
+        if dropped or fresh:
+            log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
+            log.info("initialised fresh: %s", ", ".join(fresh) or "none")
+    return task
