@@ -58,6 +58,20 @@ def run(tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
     return json.loads((tmp_path / "results.json").read_text())
 
 
+def test_the_validation_after_the_last_step_logs_the_training_rows_epoch(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A run of 5 steps validating every 2 validates its final weights after ``fit``. Its
+    metrics.csv row said epoch 1 beside the training rows' 0: ``fit`` had counted the run's
+    one epoch as ended. It logs the last step's epoch, and its step, as the others."""
+    run(tmp_path, cache_dir, "trainer.max_steps=5")
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    validations = [r for r in rows if r["val/loss"]]
+    assert [r["step"] for r in validations] == ["1", "3", "4"]  # after steps 2, 4 and 5
+    assert {r["epoch"] for r in rows} == {"0"}
+
+
 def test_a_run_a_callback_stopped_early_says_so(
     tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

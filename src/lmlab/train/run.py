@@ -234,15 +234,21 @@ def logged_at(trainer: L.Trainer, step: int) -> Iterator[None]:
     """A validation after ``fit`` logs its metrics at ``step``: Lightning would log them at
     its count of batches that stepped, which by then includes the last batch (N, not the
     N - 1 where the validation during training, and the evals, put the weights after N
-    steps), and which a run resumed from its final checkpoint restores as N - 1. The count
-    is Lightning's own (private) attribute, put back afterwards."""
+    steps), and which a run resumed from its final checkpoint restores as N - 1. Its epoch is
+    the last step's: ``fit`` counted the epoch it ended as done, so Lightning logged the
+    validation in the next one (epoch 1 after the training rows' 0). The counts are
+    Lightning's own (private) attributes, put back afterwards."""
     loop = trainer.fit_loop.epoch_loop
     counted = loop._batches_that_stepped
+    epochs = trainer.fit_loop.epoch_progress.current
+    ended = epochs.completed
     loop._batches_that_stepped = step
+    epochs.completed = max(0, ended - 1) if ended == epochs.processed else ended
     try:
         yield
     finally:
         loop._batches_that_stepped = counted
+        epochs.completed = ended
 
 
 def final_val_limit(final: int | float | None, during: int | float) -> int | float | None:
