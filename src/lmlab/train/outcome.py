@@ -138,7 +138,8 @@ def how_it_stopped(
         return {
             "status": "failed",
             "error": "another rank of this run stopped (its process was killed, or ran out of "
-            f"memory: its rank<N>.log says), so this one could not go on ({first_line(err)})",
+            "memory: the system log, dmesg, or the job scheduler says which; an error of its "
+            f"own it would have recorded), so this one could not go on ({first_line(err)})",
         }
     elif (refused := storage_refusal(err)) is not None:  # the save's own error says no why
         kept = "; the checkpoints written before are whole" if checkpointed else ""
