@@ -189,6 +189,35 @@ def test_no_mfu_is_above_1_when_the_cached_peak_was_measured_under_load(
     assert min(cached.values()) > 1e3  # measured matmuls, not the low figure
 
 
+def test_a_resumed_runs_mfu_divides_by_each_process_device_seconds(monkeypatch) -> None:
+    """A run trained 10 s on 2 devices, then resumed on 1 for 10 s more: its MFU is every
+    FLOP over the device-seconds of both (20 + 10), where it divided the whole run's tokens
+    per second by the last process's device count (as if one device had done it all)."""
+    from types import SimpleNamespace
+
+    from lmlab.train import callbacks
+    from lmlab.train.callbacks import Throughput
+
+    first = Throughput(skip=0)
+    first.tokens, first.seconds, first.device_seconds = 4000.0, 10.0, 20.0
+    first.flops_per_token, first.peak, first.world_size = 6.0, 100.0, 2
+    resumed = Throughput(skip=0)
+    resumed.load_state_dict(first.state_dict())
+    resumed.world_size, resumed.t0 = 1, 0.0  # what on_train_start sets on one device
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: 10.0)  # a 10 s batch
+    trainer = SimpleNamespace(world_size=1)
+    module = SimpleNamespace(reads_now=False, device=torch.device("cpu"))
+    batch = {"input_ids": torch.zeros(2, 50, dtype=torch.long)}  # 100 tokens
+    resumed.on_train_batch_end(trainer, module, None, batch, 0)
+    assert (resumed.tokens, resumed.seconds, resumed.device_seconds) == (4100.0, 20.0, 30.0)
+    assert resumed.mfu == pytest.approx(4100 * 6 / 30 / 100, rel=1e-12)
+    assert first.mfu == pytest.approx(4000 * 6 / 20 / 100, rel=1e-12)  # one process: as before
+    older = {k: v for k, v in first.state_dict().items() if k != "device_seconds"}
+    restored = Throughput()
+    restored.load_state_dict(older)  # a checkpoint from before device_seconds was kept
+    assert restored.device_seconds == 20.0 and restored.mfu == first.mfu
+
+
 @pytest.mark.parametrize("global_batch", [4, 12])
 def test_validations_and_logs_are_counted_in_steps_whatever_the_accumulation(
     tmp_path: Path, cache_dir: Path, global_batch: int

@@ -37,11 +37,13 @@ class Throughput(L.Callback):
     """Tokens/s and MFU over the time spent in training batches (validation excluded). The
     first ``skip`` batches of each process (allocation, compilation) are left out. Logs every
     ``log_every_n_steps`` and at the last step; on CUDA it synchronises only then. Checkpoints
-    keep the totals, so a resumed run's figures cover every process that trained it."""
+    keep the totals, so a resumed run's figures cover every process that trained it: its MFU
+    divides by the device-seconds of each (a run resumed on another device count too)."""
 
     def __init__(self, skip: int = 2, cache_dir: str = "~/.cache/lmlab") -> None:
         self.skip, self.cache_dir = skip, cache_dir
         self.tokens = self.seconds = 0.0
+        self.device_seconds = 0.0  # seconds x devices: what MFU divides by (per device)
         self.window_tokens = self.window_seconds = 0.0
         self.batches = 0
         self.flops_per_token = self.peak = None
@@ -72,6 +74,7 @@ class Throughput(L.Callback):
         dt = time.perf_counter() - self.t0
         self.tokens += n_tokens
         self.seconds += dt
+        self.device_seconds += dt * trainer.world_size
         self.window_tokens += n_tokens
         self.window_seconds += dt
         if logs and self.window_seconds > 0:  # the last step's row: LMTask writes it
@@ -103,11 +106,13 @@ class Throughput(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # the peak and FLOPs per token too: a resume with no step left to train measures none
-        keep = ("tokens", "seconds", "flops_per_token", "peak", "world_size")
+        keep = ("tokens", "seconds", "device_seconds", "flops_per_token", "peak", "world_size")
         return {name: getattr(self, name) for name in keep}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)  # a training start measures the peak afresh
+        if "device_seconds" not in state_dict:  # a checkpoint from before it was kept
+            self.device_seconds = self.seconds * self.world_size
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -115,10 +120,9 @@ class Throughput(L.Callback):
 
     @property
     def mfu(self) -> float | None:
-        tps = self.tokens_per_second
-        if not (tps and self.peak):
+        if not (self.tokens and self.device_seconds and self.peak):
             return None
-        return tps * self.flops_per_token / self.world_size / self.peak
+        return self.tokens * self.flops_per_token / self.device_seconds / self.peak
 
 
 @contextlib.contextmanager
