@@ -291,6 +291,29 @@ GLOO_PEER_GONE = (
 )
 
 
+def peer_gone_at_step_2(
+    tmp_path: Path, cache_dir: Path, run_command, monkeypatch, before=lambda: None
+) -> int:
+    """A smoke run (a checkpoint every step) whose collective after step 2 finds its peer
+    gone, as gloo says it; ``before()`` runs first (what the other rank did before it
+    exited). The command's exit code."""
+    from lmlab.train.task import LMTask
+
+    real = LMTask.training_step
+
+    def step(self, batch, batch_idx):
+        if self.trainer.global_step == 2:
+            before()
+            raise RuntimeError(GLOO_PEER_GONE)
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(LMTask, "training_step", step)
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    run = ["+debug=smoke", "logger=csv", "callbacks.sample=null", "trainer.max_steps=4"]
+    run += ["checkpoint.every_n_steps=1", f"hydra.run.dir={tmp_path}"]
+    return run_command("train", *run)
+
+
 def test_a_rank_whose_peer_died_stops_in_one_line_with_the_resume_command(
     tmp_path: Path,
     cache_dir: Path,
@@ -304,20 +327,7 @@ def test_a_rank_whose_peer_died_stops_in_one_line_with_the_resume_command(
     and results.json says the same."""
     import json
 
-    from lmlab.train.task import LMTask
-
-    real = LMTask.training_step
-
-    def step(self, batch, batch_idx):  # the all-reduce after step 2 finds its peer gone
-        if self.trainer.global_step == 2:
-            raise RuntimeError(GLOO_PEER_GONE)
-        return real(self, batch, batch_idx)
-
-    monkeypatch.setattr(LMTask, "training_step", step)
-    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
-    run = ["+debug=smoke", "logger=csv", "callbacks.sample=null", "trainer.max_steps=4"]
-    run += ["checkpoint.every_n_steps=1", f"hydra.run.dir={tmp_path}"]
-    assert run_command("train", *run) == 1
+    assert peer_gone_at_step_2(tmp_path, cache_dir, run_command, monkeypatch) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: another rank of this run stopped (its process was killed"), err
     assert "Connection reset by peer" in err and "Traceback" not in err, err
@@ -342,22 +352,10 @@ def test_a_rank_that_failed_alone_keeps_its_error_in_the_record(
     import json
 
     from lmlab.files import write_json
-    from lmlab.train.task import LMTask
 
-    real = LMTask.training_step
     told = "NonFiniteError: non-finite loss or gradient norm at step 2 (guard.mode=stop, ...)"
-
-    def step(self, batch, batch_idx):  # rank 1 recorded its failure and exited
-        if self.trainer.global_step == 2:
-            write_json(tmp_path / "results.json", {"status": "failed", "error": told})
-            raise RuntimeError(GLOO_PEER_GONE)
-        return real(self, batch, batch_idx)
-
-    monkeypatch.setattr(LMTask, "training_step", step)
-    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
-    run = ["+debug=smoke", "logger=csv", "callbacks.sample=null", "trainer.max_steps=4"]
-    run += ["checkpoint.every_n_steps=1", f"hydra.run.dir={tmp_path}"]
-    assert run_command("train", *run) == 1
+    record = lambda: write_json(tmp_path / "results.json", {"status": "failed", "error": told})  # noqa: E731
+    assert peer_gone_at_step_2(tmp_path, cache_dir, run_command, monkeypatch, record) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: another rank of this run failed: {told}; resume with: "), err
     results = json.loads((tmp_path / "results.json").read_text())
