@@ -18,17 +18,30 @@ from lmlab.files import write_json
 log = logging.getLogger(__name__)
 
 # Lightning's peak table (lightning.fabric.utilities.throughput.get_available_flops) serves
-# most GPUs. Its H200 rows hold the sparse figures under names the driver does not report
-# ("NVIDIA H200" matches neither "sxm1" nor "nvl1"): lmlab uses the dense data-sheet figures
-# there, as Lightning does for the H100 (989 TFLOP/s bf16).
+# most GPUs. Its Hopper NVL and H200 rows hold the data sheets' sparse figures (its "h100 nvl"
+# row: a pair of cards' sparse figures, 2x one card's dense), and its H200 rows sit under names
+# the driver does not report ("NVIDIA H200" matches neither "sxm1" nor "nvl1"): lmlab uses the
+# dense per-GPU data-sheet figures there, as Lightning does for the H100 SXM (989 TFLOP/s
+# bf16). The first fragment found in the device's name wins, so the NVL cards (H100 NVL and
+# H200 NVL: 835.5 TFLOP/s bf16 dense, the data sheets' 1,671 with sparsity halved) come
+# before "H200".
+NVL_DENSE = {
+    torch.bfloat16: 835.5e12,
+    torch.float16: 835.5e12,
+    "tfloat32": 417.5e12,
+    torch.float32: 60e12,
+    torch.float64: 30e12,
+}
 DENSE_OVERRIDES = {
+    "H100 NVL": NVL_DENSE,
+    "H200 NVL": NVL_DENSE,
     "H200": {
         torch.bfloat16: 989.4e12,
         torch.float16: 989.4e12,
         "tfloat32": 494.7e12,
         torch.float32: 66.9e12,
         torch.float64: 33.5e12,
-    }
+    },
 }
 # Lightning's ``trainer.precision`` -> the dtype its matmuls run in (autocast's under a mixed
 # precision, the weights' own under a true one): the peak MFU is taken against. Others: fp32.
