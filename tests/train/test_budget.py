@@ -144,6 +144,9 @@ def test_a_budget_below_one_step_or_past_a_64_bit_count_is_refused() -> None:
         ({"kind": "flops", "flops": -1e15}, r"budget.flops=-1e\+15 must be a positive"),
         ({"kind": "tokens", "tokens": 0.0}, r"budget.tokens=0 must be a positive"),
         ({"kind": "chinchilla", "tokens_per_param": 0}, r"budget.tokens_per_param=0 must be"),
+        # NaN and inf passed and crashed the run with a traceback when it sized D
+        ({"kind": "chinchilla", "tokens_per_param": math.nan}, r"=nan must be > 0 and finite"),
+        ({"kind": "chinchilla", "tokens_per_param": math.inf}, r"=inf must be > 0 and finite"),
         ({"flops": 1e15}, r"budget.flops=1e\+15 is set but budget.kind=steps ignores it"),
         ({"kind": "chinchilla", "tokens": 5.0}, r"budget.tokens=5 is set but budget.kind=chi"),
         ({"tokens_per_param": 40}, r"budget.tokens_per_param=40 is set but budget.kind=steps "),

@@ -50,8 +50,10 @@ class BudgetConfig:
     def validate(self) -> None:
         """Each kind has the value it needs, and every value is positive."""
         kind = BudgetKind(self.kind)
-        if self.tokens_per_param <= 0:
-            raise ConfigError(f"budget.tokens_per_param={self.tokens_per_param} must be > 0")
+        if not 0 < self.tokens_per_param < math.inf:  # NaN too: D = NaN x N has no steps
+            raise ConfigError(
+                f"budget.tokens_per_param={self.tokens_per_param} must be > 0 and finite"
+            )
         if kind != BudgetKind.chinchilla and self.tokens_per_param != TOKENS_PER_PARAM:
             raise ConfigError(
                 f"budget.tokens_per_param={self.tokens_per_param:g} is set but budget.kind="
