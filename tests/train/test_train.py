@@ -201,6 +201,7 @@ def test_a_resumed_runs_mfu_divides_by_each_process_device_seconds(monkeypatch) 
     first = Throughput(skip=0)
     first.tokens, first.seconds, first.device_seconds = 4000.0, 10.0, 20.0
     first.flops_per_token, first.peak, first.world_size = 6.0, 100.0, 2
+    first.flops = 4000 * 6.0
     resumed = Throughput(skip=0)
     resumed.load_state_dict(first.state_dict())
     resumed.world_size, resumed.t0 = 1, 0.0  # what on_train_start sets on one device
@@ -212,10 +213,52 @@ def test_a_resumed_runs_mfu_divides_by_each_process_device_seconds(monkeypatch) 
     assert (resumed.tokens, resumed.seconds, resumed.device_seconds) == (4100.0, 20.0, 30.0)
     assert resumed.mfu == pytest.approx(4100 * 6 / 30 / 100, rel=1e-12)
     assert first.mfu == pytest.approx(4000 * 6 / 20 / 100, rel=1e-12)  # one process: as before
-    older = {k: v for k, v in first.state_dict().items() if k != "device_seconds"}
+    older = {k: v for k, v in first.state_dict().items() if k not in ("device_seconds", "flops")}
     restored = Throughput()
-    restored.load_state_dict(older)  # a checkpoint from before device_seconds was kept
+    restored.load_state_dict(older)  # a checkpoint from before device_seconds and flops were kept
     assert restored.device_seconds == 20.0 and restored.mfu == first.mfu
+
+
+def test_mfu_counts_each_batch_at_its_own_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fine-tuning pads each batch to its longest example (T5's targets to theirs), not to
+    data.seq_len: MFU took every batch's FLOPs per token at data.seq_len and span corruption's
+    target length (14 targets for 64 inputs), so a T5 seq2seq run whose targets are as long as
+    its inputs was credited with about 1.46x too few FLOPs here (and one with short targets
+    and wide inputs with too many). Each batch's FLOPs are now ``flops_per_token`` at its own
+    input and target widths (that count equals torch's FlopCounterMode at any shape:
+    tests/model/test_model.py)."""
+    from types import SimpleNamespace
+
+    from lmlab.config import Family, ModelConfig
+    from lmlab.data.collators import decoder_tokens
+    from lmlab.model import build_model, flops_per_token
+    from lmlab.train import callbacks
+    from lmlab.train.callbacks import Throughput
+
+    cfg = ModelConfig(family=Family.t5, d_model=32, n_layers=2, n_heads=4, vocab_size=97)
+    model = build_model(cfg)
+    monkeypatch.setattr(callbacks, "peak_flops", lambda *args: 1e9)
+    data = SimpleNamespace(seq_len=64, cfg=SimpleNamespace(batch_size=2))
+    trainer = SimpleNamespace(datamodule=data, world_size=1, precision="32-true")
+    module = SimpleNamespace(model=model, model_cfg=cfg, device=torch.device("cpu"))
+    throughput = Throughput(skip=0)
+    throughput.on_train_start(trainer, module)
+    assert throughput.flops_per_token == flops_per_token(model, 64, decoder_tokens("t5", 64))
+    module.reads_now = False
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: 1.0)  # each batch takes 1 s
+    shapes = [(20, 20), (16, 16)]  # (input, target) widths of two padded batches
+    for width, target in shapes:
+        throughput.t0 = 0.0
+        batch = {
+            "input_ids": torch.zeros(2, width, dtype=torch.long),
+            "decoder_input_ids": torch.zeros(2, target, dtype=torch.long),
+        }
+        throughput.on_train_batch_end(trainer, module, None, batch, 0)
+    flops = sum(2 * w * flops_per_token(model, w, s) for w, s in shapes)
+    assert throughput.mfu == pytest.approx(flops / 2.0 / 1e9, rel=1e-12)  # 2 s at 1 GFLOP/s
+    assert throughput.flops == pytest.approx(flops, rel=1e-12)
+    at_seq_len = throughput.tokens * throughput.flops_per_token  # what MFU counted before
+    assert flops > 1.4 * at_seq_len
 
 
 @pytest.mark.parametrize("global_batch", [4, 12])

@@ -5,6 +5,7 @@ non-finite guard in ``guard.py``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,10 @@ class Throughput(L.Callback):
     first ``skip`` batches of each process (allocation, compilation) are left out. Logs every
     ``log_every_n_steps`` and at the last step; on CUDA it synchronises only then. Checkpoints
     keep the totals, so a resumed run's figures cover every process that trained it: its MFU
-    divides by the device-seconds of each (a run resumed on another device count too)."""
+    divides by the device-seconds of each (a run resumed on another device count too).
+    FLOPs are counted at each batch's own shape: a fine-tuning batch is padded to its longest
+    example (and T5's targets to theirs), not to ``data.seq_len`` and span corruption's
+    target length, which pre-training batches have (``flops_per_token`` is theirs)."""
 
     def __init__(self, skip: int = 2, cache_dir: str = "~/.cache/lmlab") -> None:
         self.skip, self.cache_dir = skip, cache_dir
@@ -47,13 +51,17 @@ class Throughput(L.Callback):
         self.window_tokens = self.window_seconds = 0.0
         self.batches = 0
         self.flops_per_token = self.peak = None
+        self.flops = self.window_flops = 0.0
+        self.shape_flops: Callable[[int, int | None], float] | None = None
         self.shapes: list[tuple[int, int, int]] = []
         self.world_size = 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seq_len = trainer.datamodule.seq_len
-        self.flops_per_token = flops_per_token(
-            pl_module.model, seq_len, decoder_tokens(pl_module.model_cfg.family, seq_len)
+        # FLOPs per input token at (input length, decoder length), once per shape
+        self.shape_flops = functools.cache(functools.partial(flops_per_token, pl_module.model))
+        self.flops_per_token = self.shape_flops(
+            seq_len, decoder_tokens(pl_module.model_cfg.family, seq_len)
         )
         rows = trainer.datamodule.cfg.batch_size * seq_len
         self.shapes = largest_linears(pl_module.model, rows)
@@ -72,7 +80,10 @@ class Throughput(L.Callback):
         if pl_module.device.type == "cuda" and logs:
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.t0
+        flops = n_tokens * self.batch_flops_per_token(batch)
         self.tokens += n_tokens
+        self.flops += flops
+        self.window_flops += flops
         self.seconds += dt
         self.device_seconds += dt * trainer.world_size
         self.window_tokens += n_tokens
@@ -80,11 +91,22 @@ class Throughput(L.Callback):
         if logs and self.window_seconds > 0:  # the last step's row: LMTask writes it
             tps = self.window_tokens / self.window_seconds
             pl_module.log("perf/tokens_per_second", tps)
+            achieved = self.window_flops / self.window_seconds / self.world_size  # per device
             if self.peak and pl_module.device.type == "cpu":
-                self.raise_peak(tps * self.flops_per_token / self.world_size, trainer.precision)
+                self.raise_peak(achieved, trainer.precision)
             if self.peak:
-                pl_module.log("perf/mfu", tps * self.flops_per_token / self.world_size / self.peak)
-            self.window_tokens = self.window_seconds = 0.0
+                pl_module.log("perf/mfu", achieved / self.peak)
+            self.window_tokens = self.window_seconds = self.window_flops = 0.0
+
+    def batch_flops_per_token(self, batch: dict[str, torch.Tensor]) -> float:
+        """Training FLOPs per input token at this batch's shape; ``flops_per_token`` where the
+        training start has not run (a state restored alone)."""
+        if self.shape_flops is None:
+            return self.flops_per_token
+        decoder = batch.get("decoder_input_ids")
+        return self.shape_flops(
+            batch["input_ids"].shape[1], None if decoder is None else decoder.shape[1]
+        )
 
     def raise_peak(self, achieved: float, precision: str) -> None:
         """A CPU peak below what the run achieves (FLOP/s per device) was measured while other
@@ -106,13 +128,18 @@ class Throughput(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # the peak and FLOPs per token too: a resume with no step left to train measures none
-        keep = ("tokens", "seconds", "device_seconds", "flops_per_token", "peak", "world_size")
+        keep = (
+            *("tokens", "seconds", "device_seconds", "flops", "flops_per_token", "peak"),
+            "world_size",
+        )
         return {name: getattr(self, name) for name in keep}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)  # a training start measures the peak afresh
         if "device_seconds" not in state_dict:  # a checkpoint from before it was kept
             self.device_seconds = self.seconds * self.world_size
+        if "flops" not in state_dict:  # before it was kept: every batch at the run's shape
+            self.flops = self.tokens * (self.flops_per_token or 0.0)
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -122,7 +149,7 @@ class Throughput(L.Callback):
     def mfu(self) -> float | None:
         if not (self.tokens and self.device_seconds and self.peak):
             return None
-        return self.tokens * self.flops_per_token / self.device_seconds / self.peak
+        return self.flops / self.device_seconds / self.peak
 
 
 @contextlib.contextmanager
