@@ -176,7 +176,9 @@ class ModelConfig:
     TensorFlow's, as transformers initialises T5: every linear layer N(0, 1/fan_in), the
     token, position and segment embeddings N(0, 1), T5's relative bias table N(0, 1/d_model)
     (the t5_* presets). T5's tied head rescales by d_model**-0.5; GPT's and BERT's do not, so
-    there an embedding that is also the head is N(0, 1/d_model)."""
+    there an embedding that is also the head is N(0, 1/d_model). One difference from
+    transformers: an untied head (T5 v1.1) is a linear layer here, N(0, 1/d_model), where
+    transformers draws it N(0, 1)."""
     init_std: float = 0.02
     activation_checkpointing: bool = False
     """Recomputes each block's activations in the backward pass instead of keeping them (less
