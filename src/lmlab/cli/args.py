@@ -3,7 +3,9 @@
 Values are taken verbatim (``prompt=def fib(`` and ``text=[MASK] is`` need no quoting beyond
 the shell's), then typed and checked against a dataclass by OmegaConf: an unknown key or a
 value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
-Hydra's override grammar would reject those prompts (brackets and parentheses are syntax).
+Hydra's override grammar would reject those prompts (brackets and parentheses are syntax), and
+OmegaConf's interpolation would read ``${...}`` in them (a shell script's or a JavaScript
+template's ``${name}``), so it is escaped.
 The commands with flags (compare, scaling) use ``ArgumentParser``, whose errors take the same
 one-line path. ``-h`` or ``--help`` prints the command's usage (its module's docstring) and
 every key with its default and the comment beside it in the schema."""
@@ -110,7 +112,19 @@ def parse(schema: type[T], argv: list[str]) -> T:
         if number is not None and value is not None and not _reads_as(number, value):
             nullable = " or null" if type(None) in typing.get_args(hints[key]) else ""
             raise ConfigError(f"{key}={value}: allowed: {KINDS[number]}{nullable}")
-    return to_schema(schema, given)
+    return to_schema(schema, {k: v if v is None else verbatim(v) for k, v in given.items()})
+
+
+# ``${`` and the backslashes right before it: OmegaConf reads ``\${`` as a literal ``${`` and
+# each ``\\`` before it as one backslash
+INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def verbatim(value: str) -> str:
+    """``value`` escaped for OmegaConf, which would otherwise resolve an interpolation in it:
+    ``prompt=${oc.env:HOME}`` sampled from the home folder's path, and ``text=x = "${name}"``
+    ended in a traceback."""
+    return INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
 
 
 def _reads_as(kind: type, value: str) -> bool:
