@@ -64,3 +64,33 @@ def test_consolidate_says_a_truncated_file_is_unreadable(tmp_path: Path) -> None
         consolidate_main([f"ckpt={cut}"])
     with pytest.raises(ConfigError, match="not a sharded checkpoint folder .* needs no consol"):
         consolidate_main([f"ckpt={whole}"])
+
+
+def test_two_consolidations_into_one_out_keep_the_first_and_refuse_the_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``consolidate`` run twice at once into one ``out`` (two steps' folders, one name): both
+    passed the check before their work, then the second's rename replaced the first's file in
+    silence and both said they wrote it. Now the second is refused in one line, as ``convert``
+    refuses it, the first's file is whole, and no temporary file is left."""
+    import lmlab.infer.checkpoint as checkpoint
+    from lmlab.cli.consolidate import main as consolidate_main
+
+    sharded = tmp_path / "step000200.ckpt"
+    sharded.mkdir()
+    (sharded / checkpoint.SHARDED_META).touch()
+    out = tmp_path / "final.ckpt"
+
+    def meanwhile(path: Path) -> dict:
+        torch.save({"global_step": 100}, out)  # the other consolidation finished meanwhile
+        return {"global_step": 200, "state_dict": {"w": torch.ones(2)}}
+
+    monkeypatch.setattr(checkpoint, "consolidate", meanwhile)
+    with pytest.raises(ConfigError) as refused:
+        consolidate_main([f"ckpt={sharded}", f"out={out}"])
+    assert str(refused.value) == (
+        f"out={out} is now a file: another command wrote it while this one ran (nothing is "
+        "overwritten; this one's output is not kept)"
+    )
+    assert torch.load(out)["global_step"] == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.ckpt", "step000200.ckpt"]

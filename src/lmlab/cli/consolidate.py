@@ -29,8 +29,13 @@ class ConsolidateConfig:
 
 def main(argv: list[str]) -> int | None:
     cfg = parse(ConsolidateConfig, argv)
-    from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
-    from lmlab.train.checkpointing import AtomicCheckpointIO
+    from lmlab.infer.checkpoint import (
+        consolidate,
+        is_sharded,
+        no_checkpoint,
+        read_checkpoint,
+        save_new,
+    )
 
     src = Path(cfg.ckpt)
     if not (src.is_file() or is_sharded(src)):
@@ -46,5 +51,5 @@ def main(argv: list[str]) -> int | None:
         raise ConfigError(f"out={out} is the sharded checkpoint itself: choose another file")
     check_file_out(cfg.out or out)  # a new file: nothing is overwritten
     ckpt = consolidate(src)
-    AtomicCheckpointIO().save_checkpoint(ckpt, out)
+    save_new(ckpt, out)  # two consolidations into one out: the second is refused
     print(f"{out}: {len(ckpt['state_dict'])} tensors, step {ckpt['global_step']}")

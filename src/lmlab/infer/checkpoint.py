@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lmlab.config.outpath import beside, publish
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import CHECKPOINTS
 
@@ -32,6 +33,23 @@ def run_dir_of(ckpt: Path) -> Path:
     elsewhere, the folder that holds it. (``lmlab evaluate`` and ``probe`` write there.)"""
     folder = ckpt.absolute().parent
     return folder.parent if folder.name == CHECKPOINTS else folder
+
+
+def save_new(ckpt: dict[str, Any], out: Path) -> Path:
+    """Write ``ckpt`` to the new file ``out``, whole: under a temporary name of this process's
+    (``beside``), then given the name only where nothing took it meanwhile (``publish``): of
+    two commands writing one ``out`` at once, the second is refused and the first's file kept.
+    A Ctrl-C or a full disk leaves no partial file; a ``kill -9``'s is removed by the next
+    command writing that ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = beside(out)
+    try:
+        torch.save(ckpt, tmp)
+        publish(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
 
 
 def is_sharded(path: str | Path) -> bool:

@@ -33,6 +33,7 @@ from lmlab.config.outpath import (
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.tokenizer import Specials, spaces_are_tokens
 from lmlab.errors import ConfigError, first_line
+from lmlab.infer.checkpoint import save_new
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
@@ -115,15 +116,7 @@ def from_hf(source: str, out: str | Path) -> Path:
     # a hub name while the hub is unreachable: the cache only, at once (not 30 s of retries)
     with offline_hub(not Path(source).exists() and not hub_reachable()):
         ckpt = _from_hf(source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = beside(out)  # two conversions into one out: a name each
-    try:
-        torch.save(ckpt, tmp)
-        publish(tmp, out)
-    except BaseException:  # a Ctrl-C, a full disk, out taken meanwhile: no partial file left
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return save_new(ckpt, out)  # two conversions into one out: the second is refused
 
 
 def _from_hf(source: str) -> dict[str, Any]:
