@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import platform
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,30 +19,46 @@ from lmlab.files import write_json
 log = logging.getLogger(__name__)
 
 # Lightning's peak table (lightning.fabric.utilities.throughput.get_available_flops) serves
-# most GPUs. Its Hopper NVL and H200 rows hold the data sheets' sparse figures (its "h100 nvl"
-# row: a pair of cards' sparse figures, 2x one card's dense), and its H200 rows sit under names
-# the driver does not report ("NVIDIA H200" matches neither "sxm1" nor "nvl1"): lmlab uses the
-# dense per-GPU data-sheet figures there, as Lightning does for the H100 SXM (989 TFLOP/s
-# bf16). The first fragment found in the device's name wins, so the NVL cards (H100 NVL and
-# H200 NVL: 835.5 TFLOP/s bf16 dense, the data sheets' 1,671 with sparsity halved) come
-# before "H200".
-NVL_DENSE = {
-    torch.bfloat16: 835.5e12,
-    torch.float16: 835.5e12,
-    "tfloat32": 417.5e12,
-    torch.float32: 60e12,
-    torch.float64: 30e12,
-}
+# most GPUs. lmlab takes the dense per-GPU data-sheet figures (NVIDIA's data sheets and its
+# Ampere GA102 and Ada whitepapers) where that table's are not (found by name fragment, whole
+# words, the first that matches: longer names first):
+# - Hopper NVL and H200: Lightning's H200 rows hold sparse figures under names the driver does
+#   not report ("NVIDIA H200" matches neither "sxm1" nor "nvl1"), its "h100 nvl" row a pair of
+#   cards' sparse figures (2x one card's dense). Lightning's H100 SXM row is dense (989 TFLOP/s
+#   bf16), as these are.
+# - RTX A4000, A4500, A5000, A6000, A40 and GeForce RTX 30 and 40: Lightning gives bf16 and
+#   fp16 the shaders' fp32 rate, not the tensor cores' (a quarter of an A6000's 154.8 TFLOP/s,
+#   half of an RTX 4090's 165.2), so MFU read 2x to 4x too high, above 100% for a fast run.
+#   The tensor-core figures here accumulate in fp32, as torch's bf16 and fp16 matmuls do
+#   (GeForce cards run fp16 accumulation at twice that, which torch does not use).
+
+
+def _dense(half: float, tf32: float, fp32: float, fp64: float | None = None) -> dict:
+    """Peaks per compute dtype: bf16 and fp16 (``half``), TF32 and fp32 in TFLOP/s."""
+    peaks = {torch.bfloat16: half, torch.float16: half, "tfloat32": tf32, torch.float32: fp32}
+    if fp64 is not None:
+        peaks[torch.float64] = fp64
+    return {k: v * 1e12 for k, v in peaks.items()}
+
+
+NVL_DENSE = _dense(835.5, 417.5, 60.0, 30.0)
 DENSE_OVERRIDES = {
     "H100 NVL": NVL_DENSE,
     "H200 NVL": NVL_DENSE,
-    "H200": {
-        torch.bfloat16: 989.4e12,
-        torch.float16: 989.4e12,
-        "tfloat32": 494.7e12,
-        torch.float32: 66.9e12,
-        torch.float64: 33.5e12,
-    },
+    "H200": _dense(989.4, 494.7, 66.9, 33.5),
+    "RTX A6000": _dense(154.8, 77.4, 38.7),
+    "RTX A5000": _dense(111.1, 55.6, 27.8),
+    "RTX A4500": _dense(94.6, 47.3, 23.7),
+    "RTX A4000": _dense(76.7, 38.4, 19.2),  # Lightning reads its name as the A40's
+    "A40": _dense(149.7, 74.8, 37.4),
+    "RTX 4090": _dense(165.2, 82.6, 82.6),
+    "RTX 4080 SUPER": _dense(104.4, 52.2, 52.2),
+    "RTX 4080": _dense(97.5, 48.7, 48.7),
+    "RTX 3090 Ti": _dense(80.0, 40.0, 40.0),
+    "RTX 3090": _dense(71.0, 35.6, 35.6),
+    "RTX 3080 Ti": _dense(68.2, 34.1, 34.1),
+    "RTX 3080": _dense(59.5, 29.8, 29.8),
+    "RTX 3070": _dense(40.6, 20.3, 20.3),
 }
 # Lightning's ``trainer.precision`` -> the dtype its matmuls run in (autocast's under a mixed
 # precision, the weights' own under a true one): the peak MFU is taken against. Others: fp32.
@@ -143,9 +160,9 @@ def gpu_peak_flops(device: torch.device, precision: str) -> float | None:
     name = torch.cuda.get_device_name(device)
     dtype = compute_dtype(precision)
     for fragment, peaks in DENSE_OVERRIDES.items():
-        if fragment in name:
+        if re.search(rf"\b{re.escape(fragment)}\b", name, flags=re.IGNORECASE):
             tf32 = dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest"
-            return peaks["tfloat32" if tf32 else dtype]
+            return peaks.get("tfloat32" if tf32 else dtype)
     return get_available_flops(device, dtype)  # TF32 where the GPU has it and it is allowed
 
 
