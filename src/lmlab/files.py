@@ -30,6 +30,10 @@ RESULTS = "results.json"  # the run's outcome: status, losses, tokens, W&B id (t
 PLAN = "plan.json"  # the frozen run plan: batch, steps, data (train.plan)
 RUN_CONFIG = "run_config.yaml"  # what a resumed run must share with the run (train.resume)
 CHECKPOINTS = "checkpoints"  # *.ckpt: files, links or sharded folders
+# What Lightning's ModelParallelStrategy writes next to the shards of a sharded checkpoint
+# (a folder): everything but the weights and optimizer states (step, loops, callbacks,
+# model_config, tokenizer).
+SHARDED_META = "meta.pt"
 EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
 # Hydra's record of a sweep's invocation, in the sweep's folder: what marks a sweep's folder.
 SWEEP_RECORD = "multirun.yaml"

@@ -390,7 +390,7 @@ def test_a_run_the_guard_stops_says_why_on_one_line(
     ("name", "args", "message"),
     [
         ("consolidate", ["ckpt=SHARDED", "out=KEEP"], "exists: choose a new file"),
-        ("consolidate", ["ckpt=SHARDED", "out=SHARDED/meta.pt"], "exists: choose a new file"),
+        ("consolidate", ["ckpt=SHARDED", "out=SHARDED/meta.pt"], "inside the sharded checkpoint"),
         ("consolidate", ["ckpt=SHARDED", "out=DIR"], "is a folder: name the file to write"),
         ("consolidate", ["ckpt=SHARDED", "out=KEEP/x.ckpt"], "is a file, not a folder"),
         ("convert", ["from_hf=DIR", "out=KEEP"], "exists: choose a new file"),

@@ -68,3 +68,27 @@ def test_the_writability_check_leaves_nothing_behind(
     assert run_command(*args) != 0
     capsys.readouterr()
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_an_out_inside_a_sharded_checkpoint_is_refused(
+    tool: str, tmp_path: Path, run_command, capsys
+) -> None:
+    """A file written inside a run's sharded ``last.ckpt`` folder was lost at the run's next
+    save, which replaces that folder whole: such an ``out`` is refused, one line, before any
+    work (a folder of that name without the shards' ``meta.pt`` is no checkpoint)."""
+    key = "--out" if tool == "scaling" else "out"
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.mkdir(parents=True)
+    for out in (last / f"x{SUFFIX.get(tool, '')}", last / "new" / f"x{SUFFIX.get(tool, '')}"):
+        (last / "meta.pt").write_bytes(b"")
+        assert run_command(*argv(tool, tmp_path, out)) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {key}={out} is inside the sharded checkpoint {last}, which its next save "
+            "replaces whole: choose a path outside it\n"
+        )
+        assert sorted(p.name for p in last.iterdir()) == ["meta.pt"]
+        (last / "meta.pt").unlink()  # a folder named .ckpt, no checkpoint: not refused so
+        assert run_command(*argv(tool, tmp_path, out)) != 0
+        assert "is inside the sharded checkpoint" not in capsys.readouterr().err

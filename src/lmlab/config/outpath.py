@@ -18,19 +18,26 @@ import tempfile
 from pathlib import Path
 
 from lmlab.errors import ConfigError
+from lmlab.files import SHARDED_META
 
 log = logging.getLogger(__name__)
 
 
 def check_parent(out: Path, key: str = "out") -> None:
-    """Every existing folder above ``out`` is a folder: ``out=notes.txt/x`` is refused."""
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"{key}={out}: {parent} is a file, not a folder (choose a path in a folder)"
-                )
-            return
+    """Every existing folder above ``out`` is a folder (``out=notes.txt/x`` is refused), and
+    none is a sharded checkpoint: the next save of that checkpoint (a run's ``last.ckpt``)
+    replaces its folder whole, and what ``out`` wrote there with it."""
+    existing = [parent for parent in out.absolute().parents if parent.exists()]
+    if existing and not existing[0].is_dir():
+        raise ConfigError(
+            f"{key}={out}: {existing[0]} is a file, not a folder (choose a path in a folder)"
+        )
+    for folder in existing:
+        if folder.suffix == ".ckpt" and (folder / SHARDED_META).is_file():
+            raise ConfigError(
+                f"{key}={out} is inside the sharded checkpoint {folder}, which its next save "
+                "replaces whole: choose a path outside it"
+            )
 
 
 def check_writable(out: Path, key: str = "out", folder: bool = False) -> None:

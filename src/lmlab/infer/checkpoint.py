@@ -19,13 +19,9 @@ import torch
 
 from lmlab.config.outpath import beside, publish
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import CHECKPOINTS
+from lmlab.files import CHECKPOINTS, SHARDED_META
 
 log = logging.getLogger(__name__)
-
-# What Lightning's ModelParallelStrategy writes next to the shards: everything but the weights
-# and optimizer states (step, loops, callbacks, model_config, tokenizer).
-SHARDED_META = "meta.pt"
 
 
 def run_dir_of(ckpt: Path) -> Path:
