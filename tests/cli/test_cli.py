@@ -51,6 +51,15 @@ def test_help_read_by_a_reader_that_stops_early_ends_quietly(name: str) -> None:
     assert proc.wait(timeout=120) == 141 and err == "", err
 
 
+def test_lmlab_help_command_is_that_commands_help() -> None:
+    """``lmlab help generate`` printed lmlab's list of commands, not generate's arguments."""
+    out = run(LMLAB, "help", "generate")
+    assert out.returncode == 0 and out.stdout == run(LMLAB, "generate", "--help").stdout
+    assert "prompt" in out.stdout
+    out = run(LMLAB, "help", "trian")
+    assert out.returncode == 2 and out.stderr.startswith("error: unknown command 'trian'")
+
+
 def test_unknown_command_is_one_line_and_exit_2() -> None:
     out = run(LMLAB, "trian")
     assert out.returncode == 2

@@ -67,13 +67,15 @@ def usage() -> str:
     lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
     return (
         "usage: lmlab <command> [arguments]\n\ncommands:\n" + "\n".join(lines) + "\n\n"
-        "`lmlab <command> --help` (train: `lmlab train --help`, Hydra's) for its arguments; "
+        "`lmlab <command> --help` or `lmlab help <command>` (train: Hydra's) for its arguments; "
         "`python src/<command>.py` takes the same."
     )
 
 
 def main() -> NoReturn:
     """The ``lmlab`` console script."""
+    if sys.argv[1:2] == ["help"] and len(sys.argv) > 2:  # `lmlab help generate`, as git's
+        sys.argv[1:] = [sys.argv[2], "--help"]
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0 if len(sys.argv) >= 2 else 2)
