@@ -94,3 +94,30 @@ def test_two_consolidations_into_one_out_keep_the_first_and_refuse_the_second(
     )
     assert torch.load(out)["global_step"] == 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final.ckpt", "step000200.ckpt"]
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_for_what_it_holds(tmp_path: Path) -> None:
+    """A run directory's refusal suggested ``checkpoints/last.ckpt`` where the run had saved
+    none, or only step checkpoints; a sweep's folder was "a folder but no sharded checkpoint".
+    Each now says what is there."""
+    from lmlab.infer.checkpoint import no_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert (
+        str(no_checkpoint("ckpt", run)) == f"ckpt={run} is a run directory that saved no checkpoint"
+    )
+    (run / "checkpoints" / "step=4.ckpt").write_bytes(b"")
+    assert str(no_checkpoint("ckpt", run)).endswith(f"e.g. ckpt={run}/checkpoints/step=4.ckpt")
+    for name in ("step=8.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    assert str(no_checkpoint("ckpt", run)).endswith(
+        f"e.g. ckpt={run}/checkpoints/last.ckpt (3 there: last.ckpt, step=4.ckpt, step=8.ckpt)"
+    )
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    assert str(no_checkpoint("ckpt", sweep)).startswith(
+        f"ckpt={sweep} is a sweep's folder: give a checkpoint of one of its jobs, e.g. "
+        f"ckpt={sweep}/<job>/checkpoints/last.ckpt"
+    )

@@ -19,7 +19,7 @@ import torch
 
 from lmlab.config.outpath import beside, publish
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import CHECKPOINTS, SHARDED_META
+from lmlab.files import CHECKPOINTS, SHARDED_META, SWEEP_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,21 @@ def no_checkpoint(key: str, path: Path) -> ConfigError:
             "checkpoint folder)"
         )
     if (path / CHECKPOINTS).is_dir():
+        saved = sorted(p.name for p in (path / CHECKPOINTS).glob("*.ckpt"))
+        if not saved:
+            return ConfigError(f"{key}={path} is a run directory that saved no checkpoint")
+        pick = "last.ckpt" if "last.ckpt" in saved else saved[-1]
+        more = f" ({len(saved)} there: {', '.join(saved[:4])}{', ...' * (len(saved) > 4)})"
+        more = more if len(saved) > 1 else ""
         return ConfigError(
             f"{key}={path} is a run directory: give one of its checkpoints, e.g. "
-            f"{key}={path / CHECKPOINTS / 'last.ckpt'}"
+            f"{key}={path / CHECKPOINTS / pick}{more}"
+        )
+    if (path / SWEEP_RECORD).is_file():
+        return ConfigError(
+            f"{key}={path} is a sweep's folder: give a checkpoint of one of its jobs, e.g. "
+            f"{key}={path / '<job>' / CHECKPOINTS / 'last.ckpt'} (`lmlab compare {path}` "
+            "ranks them)"
         )
     if path.is_dir():
         return ConfigError(
