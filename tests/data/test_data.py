@@ -609,6 +609,28 @@ def test_datamodule_batches_are_shifted_next_token_pairs(tmp_path: Path) -> None
     assert dm.val_bytes_per_token == pytest.approx(n_bytes / (n_bytes + 1))
 
 
+@pytest.mark.parametrize("family", [Family.bert, Family.t5])
+def test_validation_scores_the_same_targets_at_any_val_batch_size(
+    tmp_path: Path, family: Family
+) -> None:
+    """BERT's masks and T5's spans over the validation rows do not depend on
+    ``data.val_batch_size``, as GPT's validation tokens do not: seeded by each batch, another
+    batch size validated other masks, and so gave another loss."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    batches = []
+    for val_batch_size in (2, 5):
+        cfg = text_cfg(
+            corpus, tmp_path, tokenizer=TokenizerKind.char, val_batch_size=val_batch_size
+        )
+        dm = LMDataModule(cfg, family, seq_len=32, seed=1)
+        dm.setup()
+        batches.append([*dm.val_dataloader()])
+    assert len(batches[0]) > len(batches[1]) > 1
+    for key in batches[0][0]:
+        assert torch.equal(*(torch.cat([b[key] for b in split]) for split in batches)), key
+
+
 def test_stride_windows_start_at_every_stride_token_of_the_stream(tmp_path: Path) -> None:
     """``data.stride=1`` (nanoGPT's crops at every offset): window i is tokens i .. i + row_len
     of the rows laid end to end; the default stride is the rows themselves; validation keeps

@@ -30,10 +30,10 @@ from lmlab.data.collators import (
     IGNORE,
     MLMCollator,
     SpanCorruptionCollator,
-    batch_seed,
     corrupt_spans,
     noise_counts,
     random_spans_noise_mask,
+    row_seeds,
 )
 from lmlab.data.tokenizer import SENTINELS, SPECIAL_TOKENS, train_bpe
 from lmlab.errors import ConfigError
@@ -170,6 +170,29 @@ def test_mlm_rates(tokenizer) -> None:
     )
 
 
+@pytest.mark.parametrize("family", [Family.bert, Family.t5])
+def test_validation_corrupts_a_row_alike_in_any_batch(tokenizer, family: Family) -> None:
+    """Validation's collator (``per_row``) gives each row the same inputs and labels whichever
+    batch holds it: 8 rows as one batch, as batches of 3 and 5 (another data.val_batch_size)
+    and in reverse order. Seeded by the whole batch, each batch size scored other masks.
+    Training's corrupts a row anew among other rows (a row's next epoch: dynamic masking)."""
+    seq_len = 64
+    make = {
+        Family.bert: lambda per_row: MLMCollator(tokenizer, seed=0, per_row=per_row),
+        Family.t5: lambda per_row: SpanCorruptionCollator(tokenizer, 0, seq_len, per_row),
+    }[family]
+    validate, train = make(True), make(False)
+    n_vocab = tokenizer.get_vocab_size()
+    rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (8, validate.row_len(seq_len)))
+    rows = rows.to(torch.int32)
+    whole, backwards = validate(rows), validate(rows.flip(0))
+    split = [validate(rows[:3]), validate(rows[3:])]
+    for key, value in whole.items():
+        assert torch.equal(torch.cat([part[key] for part in split]), value), key
+        assert torch.equal(backwards[key].flip(0), value), key
+    assert not torch.equal(train(rows[:1])["labels"][0], train(rows[:3])["labels"][0])
+
+
 def reconstruct(inputs: list[int], targets: list[int], sentinel_ids: list[int]) -> list[int]:
     """Replace sentinel k in the inputs by the tokens after sentinel k in the targets."""
     spans: dict[int, list[int]] = {}
@@ -237,7 +260,10 @@ def test_the_shortest_sequences_fill_bert_and_t5s_objectives(tokenizer) -> None:
         assert ((collate(rows.to(torch.int32))["labels"] != IGNORE).sum(1) >= 1).all()
     # rows that select tokens on their own keep the draws they had: one rand per position
     rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (16, 254), dtype=torch.int32)
-    draws = torch.rand((16, 256), generator=torch.Generator().manual_seed(batch_seed(0, rows)))
+    seeds = row_seeds(0, rows, per_row=False)
+    draws = torch.stack(
+        [torch.rand(256, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
     regular = torch.ones(16, 256, dtype=torch.bool)
     regular[:, [0, -1]] = False  # [CLS], [SEP]
     assert torch.equal(collate(rows)["labels"] != IGNORE, (draws < 0.15) & regular)

@@ -3,7 +3,9 @@
 
 Each collator says how long a packed row it needs for a model sequence of ``seq_len``
 (``row_len``), and is deterministic given its seed and the batch's contents: the random draws
-are seeded by both, so a resumed run and every validation pass see the same corruption.
+are seeded by both, so a resumed run and every validation pass see the same corruption. A
+validation collator (``per_row``) seeds each row by its own tokens alone, so the batch size
+does not change what validation scores (``row_seeds``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from lmlab.errors import ConfigError
 Batch = dict[str, torch.Tensor]
 
 
-def batch_seed(seed: int, rows: torch.Tensor) -> int:
-    """A seed from the run's seed and the batch's tokens (CRC32 of the int32 rows)."""
-    return seed * 1_000_003 + zlib.crc32(rows.to(torch.int32).contiguous().numpy().tobytes())
+def row_seeds(seed: int, rows_BR: torch.Tensor, per_row: bool) -> list[int]:
+    """A seed for each row's draws, from the run's seed and tokens (CRC32 of the int32 ids).
+    ``per_row``: of the row alone, so a row is corrupted alike in any batch (validation: it
+    scored other masks at another ``data.val_batch_size``). Otherwise of the whole batch and
+    the row's place in it (training): a row drawn again in a later epoch, among other rows, is
+    corrupted anew, as RoBERTa's dynamic masking does."""
+    rows = rows_BR.to(torch.int32).contiguous().numpy()
+    if per_row:
+        return [seed * 1_000_003 + zlib.crc32(row.tobytes()) for row in rows]
+    batch = zlib.crc32(rows.tobytes())
+    return [seed * 1_000_003 + zlib.crc32(b.to_bytes(4, "little"), batch) for b in range(len(rows))]
 
 
 class CausalLMCollator:
@@ -34,7 +44,13 @@ class CausalLMCollator:
     # (BENCHMARKS.md, "collate": 0.23 against 0.8 ms a batch of 12 x 1024 on the 2-core CPU).
     in_workers = False
 
-    def __init__(self, tokenizer: Tokenizer | None = None, seed: int = 0, seq_len: int = 0) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer | None = None,
+        seed: int = 0,
+        seq_len: int = 0,
+        per_row: bool = False,
+    ) -> None:
         pass
 
     @classmethod
@@ -64,8 +80,10 @@ class MLMCollator:
         select: float = 0.15,
         mask: float = 0.8,
         random: float = 0.1,
+        per_row: bool = False,
     ) -> None:
         self.seed, self.select, self.mask, self.random = seed, select, mask, random
+        self.per_row = per_row  # seeds (``row_seeds``): each row's own (validation), or the batch's
         specials = Specials.of(tokenizer)
         [self.cls_id], [self.sep_id] = specials.frame(tokenizer, Family.bert, "BERT's masked LM")
         self.mask_id = specials.id(tokenizer, "mask", "BERT's masked LM")
@@ -78,8 +96,14 @@ class MLMCollator:
     def row_len(cls, seq_len: int) -> int:
         return seq_len - 2  # room for [CLS] and [SEP]
 
+    def draws(self, seed: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row's draws: (3, length) uniforms (selection, the fallback's scores, the
+        80 / 10 / 10 split) and (length,) random tokens' indices into ``regular_ids``."""
+        gen = torch.Generator().manual_seed(seed)
+        uniform_3T = torch.rand((3, length), generator=gen)
+        return uniform_3T, torch.randint(len(self.regular_ids), (length,), generator=gen)
+
     def __call__(self, rows_BR: torch.Tensor) -> Batch:
-        gen = torch.Generator().manual_seed(batch_seed(self.seed, rows_BR))
         B = rows_BR.shape[0]
         ids_BT = torch.cat(
             (
@@ -89,20 +113,22 @@ class MLMCollator:
             ),
             dim=1,
         )
+        seeds = row_seeds(self.seed, rows_BR, self.per_row)
+        rows = [self.draws(seed, ids_BT.shape[1]) for seed in seeds]
+        uniform_3BT = torch.stack([uniform_3T for uniform_3T, _ in rows], 1)
+        index_BT = torch.stack([index_T for _, index_T in rows])
         regular_BT = ~self.is_special[ids_BT]
-        selected_BT = (torch.rand(ids_BT.shape, generator=gen) < self.select) & regular_BT
+        selected_BT = (uniform_3BT[0] < self.select) & regular_BT
         # as in BERT's own data (max(1, round(0.15 n)) per row), a row selects one token at
         # least, so no batch is a mean over no labels (likely only for rows of a few tokens)
         none_B = ~selected_BT.any(1) & regular_BT.any(1)
         if none_B.any():
-            score_BT = torch.rand(ids_BT.shape, generator=gen).masked_fill(~regular_BT, -1.0)
+            score_BT = uniform_3BT[1].masked_fill(~regular_BT, -1.0)
             selected_BT[none_B, score_BT[none_B].argmax(1)] = True
-        u_BT = torch.rand(ids_BT.shape, generator=gen)  # one draw splits 80 / 10 / 10
+        u_BT = uniform_3BT[2]  # one draw splits 80 / 10 / 10
         to_mask = selected_BT & (u_BT < self.mask)
         to_random = selected_BT & (u_BT >= self.mask) & (u_BT < self.mask + self.random)
-        random_BT = self.regular_ids[
-            torch.randint(len(self.regular_ids), ids_BT.shape, generator=gen)
-        ]
+        random_BT = self.regular_ids[index_BT]
         inputs_BT = torch.where(to_mask, self.mask_id, torch.where(to_random, random_BT, ids_BT))
         labels_BT = torch.where(selected_BT, ids_BT, IGNORE)
         return {"input_ids": inputs_BT, "labels": labels_BT}
@@ -160,8 +186,10 @@ class SpanCorruptionCollator:
     density, mean_span = 0.15, 3.0
     in_workers = True  # the corruption runs beside the step (``CausalLMCollator.in_workers``)
 
-    def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
-        self.seed, self.input_len = seed, seq_len
+    def __init__(
+        self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256, per_row: bool = False
+    ) -> None:
+        self.seed, self.input_len, self.per_row = seed, seq_len, per_row  # as MLMCollator's
         specials = Specials.of(tokenizer)
         self.check_spans(seq_len, len(specials.sentinels))
         self.target_len = self.decoder_len(seq_len)
@@ -210,12 +238,13 @@ class SpanCorruptionCollator:
         return n_noise + n_spans + 1
 
     def __call__(self, rows_BR: torch.Tensor) -> Batch:
-        rng = np.random.default_rng(batch_seed(self.seed, rows_BR))
         B, R = rows_BR.shape
         inputs_BT = np.full((B, self.input_len), self.pad)
         targets_BS = np.full((B, self.target_len), self.pad)
         input_lens, target_lens = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+        seeds = row_seeds(self.seed, rows_BR, self.per_row)
         for b, ids in enumerate(rows_BR.numpy().astype(np.int64)):
+            rng = np.random.default_rng(seeds[b])
             noise = random_spans_noise_mask(R, self.density, self.mean_span, rng)
             inputs, targets = corrupt_spans(ids, noise, self.sentinels, self.eos)
             inputs_BT[b, : len(inputs)], input_lens[b] = inputs, len(inputs)

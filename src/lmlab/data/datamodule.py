@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
 import lightning as L
@@ -157,8 +159,12 @@ class LMDataModule(L.LightningDataModule):
             where = f"the {split} split of data.source={self.cfg.source.value}"
             warn_unknown(record, self.meta[split]["tokens"], where)
         self.train_rows, self.val_rows = Rows(train, self.cfg.stride), Rows(val)
-        self.collate = COLLATORS[self.family](
-            tokenizer=self.tokenizer, seed=self.seed, seq_len=self.seq_len
+        # training draws its corruption per batch, validation per row (``row_seeds``)
+        self.collate, self.val_collate = (
+            COLLATORS[self.family](
+                tokenizer=self.tokenizer, seed=self.seed, seq_len=self.seq_len, per_row=per_row
+            )
+            for per_row in (False, True)
         )
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,24 +197,31 @@ class LMDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         # every rank evaluates the same rows (torchmetrics syncs the sums): the validation set
         # does not depend on the device count
-        return self._loader(self.val_rows, None, self.cfg.val_batch_size or self.cfg.batch_size)
+        batch_size = self.cfg.val_batch_size or self.cfg.batch_size
+        return self._loader(self.val_rows, None, batch_size, self.val_collate)
 
     def _loader(
-        self, rows: Rows, sampler: ResumableSampler | None, batch_size: int | None = None
+        self,
+        rows: Rows,
+        sampler: ResumableSampler | None,
+        batch_size: int | None = None,
+        collate: Callable[..., Any] | None = None,
     ) -> DataLoader:
+        """A loader of ``rows`` through ``collate`` (None: the training collator)."""
+        collate = self.collate if collate is None else collate
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         local_processes = trainer.num_devices if trainer else 1
-        in_workers = getattr(self.collate, "in_workers", True)
+        in_workers = getattr(collate, "in_workers", True)
         workers, pin = loader_settings(self.cfg.num_workers, device, local_processes, in_workers)
-        if hasattr(self.collate, "multiple"):  # fine-tuning's padded batches
-            self.collate.multiple = pad_multiple(self.cfg.pad_to_multiple_of, device)
+        if hasattr(collate, "multiple"):  # fine-tuning's padded batches
+            collate.multiple = pad_multiple(self.cfg.pad_to_multiple_of, device)
         return DataLoader(
             rows,
             batch_size=batch_size or self.cfg.batch_size,
             sampler=sampler,
             shuffle=False,
-            collate_fn=self.collate,
+            collate_fn=collate,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=pin,

@@ -82,6 +82,7 @@ class FinetuneDataModule(LMDataModule):
         self.train_rows = self.tokenized(x_train, y_train, train.origin)
         self.val_rows = self.tokenized(x_val, y_val, val.origin)
         self.collate = COLLATORS[task.kind](self.tokenizer, self.seq_len, task)
+        self.val_collate = self.collate  # fine-tuning's collators draw nothing
         for rows, split in ((self.train_rows, train), (self.val_rows, val)):
             report_cut(rows, self.collate.room, split.origin, self.collate.input_len)
         # each example one JSON text, in order: its input (a pair's two texts), its target or

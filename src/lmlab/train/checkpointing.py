@@ -311,8 +311,8 @@ class RNGState(L.Callback):
     right before the first training batch of the resumed run. A fresh run is seeded there
     from ``seed``. Whatever runs between seeding and that batch (a peak-FLOP/s measurement
     that only a cold cache runs, probes, DataLoader iterators) then cannot shift the random
-    stream that dropout draws from (masking draws from a generator seeded by the batch's own
-    tokens, ``batch_seed``): the stream depends on the seed and the step only, so an
+    stream that dropout draws from (masking draws from generators seeded by the batch's own
+    tokens, ``row_seeds``): the stream depends on the seed and the step only, so an
     interrupted and resumed run matches an uninterrupted one bit for bit."""
 
     def __init__(self, seed: int = 0) -> None:
