@@ -309,16 +309,25 @@ def test_a_sharded_ckpt_path_with_a_strategy_that_cannot_load_it_is_refused(
         ("+trainer.foo=1", "trainer.foo=1: unknown key (lightning.pytorch.Trainer does not ta"),
         ("+optim.foo=1", "optim.foo=1: unknown key (torch.optim.AdamW does not take it); all"),
         ("+scheduler.foo=1", "scheduler.foo=1: unknown key (lmlab.train.schedule.warmup_cosi"),
+        ("+scheduler.total_steps=100", "scheduler.total_steps=100: not a setting: lmlab passes "),
+        ("+scheduler.optimizer=3", "scheduler.optimizer=3: not a setting: lmlab passes the run"),
+        ("+optim.params=3", "optim.params=3: not a setting: lmlab passes the model's parameter"),
+        ("+trainer.logger=false", "trainer.logger=false: not a setting: lmlab passes the logg"),
+        ("+trainer.callbacks=[]", "trainer.callbacks=[]: not a setting: lmlab passes the call"),
     ],
 )
 def test_a_key_its_target_does_not_take_is_refused_before_any_data(
     override: str, message: str, tmp_path
 ) -> None:
     """Added with ``+``, a key no argument reads failed only once the Trainer or optimizer
-    was built, after the data was prepared, through a traceback."""
+    was built, after the data was prepared, through a traceback. So did an argument lmlab
+    passes itself (the optimizer's parameters, the schedule's optimizer), or it was
+    overridden without a word: +scheduler.total_steps=100 still decayed over the run's own
+    steps. The arguments an unknown key's message allows leave those out."""
     cfg = compose_train(["+debug=smoke", override, "dry_run=true"], tmp_path / "run", tmp_path)
-    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)) as refused:
         check_run(cfg)
+    assert not re.search(r"allowed: .*\b(params|optimizer|total_steps)\b", str(refused.value))
 
 
 def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(

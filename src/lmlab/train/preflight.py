@@ -101,6 +101,22 @@ def check_stride(stride: int | None, family: Family, seq_len: int) -> None:
 # Fields whose value lmlab reads before the target does, with words of its own: null is auto.
 LMLAB_READS = {"logger.wandb": ("offline",), "optim": ("fused",)}
 
+# Arguments lmlab passes a target itself, {group: {argument: what it passes}}: a key for one
+# (+scheduler.total_steps=100) was overridden without a word (the schedule still ended with
+# the run), or failed as a second value once the data was prepared (+optim.params=...).
+LMLAB_PASSES = {
+    "optim": {"params": "the model's parameter groups (weight decay on matmul weights only)"},
+    "scheduler": {
+        "optimizer": "the run's optimizer",
+        "total_steps": "the run's planned steps (trainer.max_steps, or the budget's): the "
+        "schedule ends with the run",
+    },
+    "trainer": {
+        "callbacks": "the callbacks group's (callbacks.<name>=...)",
+        "logger": "the logger group's (logger=csv, wandb or none)",
+    },
+}
+
 
 def check_target_node(node: DictConfig, where: str, keys: bool = True, types: bool = False) -> None:
     """A ``_target_`` node's keys are arguments its target takes (``keys``): a key added with
@@ -125,10 +141,15 @@ def check_target_node(node: DictConfig, where: str, keys: bool = True, types: bo
     except (ImportError, ValueError, TypeError, AttributeError):
         return  # the target itself is named when it is built
     named = [key for key in node if not str(key).startswith("_")]
+    passed = LMLAB_PASSES.get(where, {})
+    if keys and (key := next((k for k in named if k in passed), None)) is not None:
+        raise ConfigError(
+            f"{where}.{key}={spelled(node[key])}: not a setting: lmlab passes {passed[key]}"
+        )
     unknown = [key for key in named if key not in params]
     if keys and unknown and not takes_any:
         key = unknown[0]
-        allowed = ", ".join(name for name in params if name not in ("self", "**"))
+        allowed = ", ".join(name for name in params if name not in ("self", "**", *passed))
         raise ConfigError(
             f"{where}.{key}={node[key]}: unknown key ({node._target_} does not take it); "
             f"allowed: {allowed}"
