@@ -631,6 +631,27 @@ def test_validation_scores_the_same_targets_at_any_val_batch_size(
         assert torch.equal(*(torch.cat([b[key] for b in split]) for split in batches)), key
 
 
+@pytest.mark.parametrize("family", [Family.bert, Family.t5])
+def test_validation_corrupts_alike_at_every_seed(tmp_path: Path, family: Family) -> None:
+    """BERT's masks and T5's spans over the validation rows do not depend on the run's seed,
+    as GPT's validation tokens do not: runs of other seeds score one validation set. Training
+    draws with the run's seed."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char, batch_size=3)
+    modules = [LMDataModule(cfg, family, seq_len=32, seed=seed) for seed in (1, 2)]
+    for dm in modules:
+        dm.setup()
+    first, second = ([*dm.val_dataloader()] for dm in modules)
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second, strict=True):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    rows = torch.stack([modules[0].train_rows[i] for i in range(8)])
+    trained = [dm.collate(rows)["labels"] for dm in modules]
+    assert not torch.equal(*trained)
+
+
 def test_stride_windows_start_at_every_stride_token_of_the_stream(tmp_path: Path) -> None:
     """``data.stride=1`` (nanoGPT's crops at every offset): window i is tokens i .. i + row_len
     of the rows laid end to end; the default stride is the rows themselves; validation keeps
