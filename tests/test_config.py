@@ -240,7 +240,8 @@ BAD_VALUES = [
     ("cuda_graphs=true", "cuda_graphs=true needs compile=model (got compile=false)"),  # as typed
     ("compile=maybe", "compile='maybe': allowed false, blocks, model"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such file"),
-    ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be >= 0"),
+    ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be an int >= 0 (steps)"),
+    ("scheduler.warmup_steps=2.5", "scheduler.warmup_steps=2.5 must be an int >= 0 (steps)"),
     ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio=1.5 must be in [0, 1]"),
     ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 must be >= 0 (0: no decay)"),
     ("optim.betas=[0.9,1.5]", "optim.betas=[0.9, 1.5] must be two numbers in [0, 1)"),

@@ -37,7 +37,7 @@ def check_optimizer(optim: Mapping[str, Any], scheduler: Mapping[str, Any]) -> N
         raise ConfigError(f"optim.lr={lr} must be a positive number (default 1e-3)")
     warmup = scheduler.get("warmup_steps", 0)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"scheduler.warmup_steps={warmup} must be >= 0")
+        raise ConfigError(f"scheduler.warmup_steps={warmup} must be an int >= 0 (steps)")
     ratio = scheduler.get("min_lr_ratio", 0.0)
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
         raise ConfigError(f"scheduler.min_lr_ratio={ratio} must be in [0, 1]")
