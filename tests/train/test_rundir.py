@@ -1589,3 +1589,20 @@ def test_a_resume_keeps_the_gradient_clipping_and_says_a_new_precision(
     older = {k: v for k, v in run_identity(config()).items() if k != "trainer"}
     OmegaConf.save(OmegaConf.create(older), tmp_path / RUN_CONFIG)
     check_same_run(clipped, tmp_path, "the checkpoints were trained with", continues=True)
+
+
+def test_best_val_loss_is_over_the_rows_training_validates_on(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """``final_val_batches`` scores other rows after the last step (here the whole split
+    against training's one batch): ``val_loss`` is that score, and ``best_val_loss`` is the
+    best of training's validations, one set of rows; it took the minimum of both, so a run
+    could report a best drawn from another sample than every validation it ran."""
+    run = [*SMOKE, "trainer.limit_val_batches=1", "final_val_batches=1.0"]
+    train(compose_train(run, tmp_path, cache_dir))
+    val = [float(r["val/loss"]) for r in rows(tmp_path) if r["val/loss"]]
+    assert len(val) == 3  # steps 2 and 4 on one batch, then the whole split
+    done = results(tmp_path)
+    assert done["val_loss"] == pytest.approx(val[2], rel=1e-6)
+    assert done["best_val_loss"] == pytest.approx(min(val[:2]), rel=1e-6)
+    assert val[2] < min(val[:2])  # the whole split's score was the lowest: it was taken

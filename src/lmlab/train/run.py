@@ -386,8 +386,12 @@ def final_metrics(
         trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
     task.finishing = finishing  # its evals and sample run around this last validation
     if rescore is not None or task.last_val_step != trainer.global_step:
-        with logged_at(trainer, log_step(trainer.global_step)):
-            trainer.validate(task, datamodule=dm, verbose=False)  # it drops train/* metrics
+        task.rescoring = rescore is not None
+        try:
+            with logged_at(trainer, log_step(trainer.global_step)):
+                trainer.validate(task, datamodule=dm, verbose=False)  # it drops train/* metrics
+        finally:
+            task.rescoring = False
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     if "train/loss" not in metrics and task.logged_loss is not None:  # nothing trained here
         metrics["train/loss"] = float(task.logged_loss[1])

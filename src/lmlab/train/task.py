@@ -129,6 +129,9 @@ class LMTask(L.LightningModule):
         # True for the validation that ends a resumed run with no step left to train
         # (``lmlab.train.run``): the extras of a run's end run around it
         self.finishing = False
+        # the final validation scores other rows than training's (``final_val_batches``): its
+        # loss is no candidate for ``best_val_loss``, a minimum over one set of rows
+        self.rescoring = False
         self.val_tokens: int | None = None  # target tokens the last validation scored
         # called with (trainer, optimizer, gradient norm) every step, before the optimizer
         # step (set by lmlab.train.guard.NonFiniteGuard); None: no check
@@ -355,7 +358,7 @@ class LMTask(L.LightningModule):
         self.val_tokens = int(self.val_loss.weight)  # once per validation, as the loss below
         self.val_loss.reset()
         self.val_metrics.reset()
-        if self.trainer.sanity_checking:  # trainer.num_sanity_val_steps: no validation of a step
+        if self.trainer.sanity_checking or self.rescoring:  # no validation of training's rows
             return
         value = float(loss)  # once per validation, not per step
         best = self.best_val_loss
