@@ -576,3 +576,21 @@ def test_gpu_runs_collate_in_workers_into_pinned_memory(
     T5's span corruption, not GPT's slice of the rows."""
     in_workers = COLLATORS[Family(family)].in_workers
     assert loader_settings(setting, torch.device(device), processes, in_workers) == expected
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("64-true", torch.float64), ("32-true", torch.float32)]
+)
+def test_a_float64_run_sums_its_validation_loss_in_float64(
+    precision: str, dtype: torch.dtype
+) -> None:
+    """torchmetrics keeps its states' dtype through ``.double()``: a ``64-true`` run summed
+    ``val/loss`` in float32 (about 1e-7 relative), its training loss in float64."""
+    from types import SimpleNamespace
+
+    model_cfg = ModelConfig(family=Family.gpt, d_model=16, n_layers=1, n_heads=2, vocab_size=32)
+    task = LMTask(model_cfg, adamw(), functools.partial(torch.optim.lr_scheduler.LambdaLR))
+    task._trainer = SimpleNamespace(precision=precision)
+    task.setup("fit")
+    task.val_loss.update(torch.tensor(1.0, dtype=torch.float64) / 3, weight=torch.tensor(7))
+    assert task.val_loss.compute().dtype == dtype

@@ -25,6 +25,7 @@ from lmlab.config import (
 from lmlab.model import build_task_model
 from lmlab.model.loss import IGNORE, logits_loss
 from lmlab.model.moe import moe_layers
+from lmlab.train.hardware import compute_dtype
 from lmlab.train.loggers import ends_run
 from lmlab.train.metrics import METRICS
 from lmlab.train.parallel import layout
@@ -211,6 +212,13 @@ class LMTask(L.LightningModule):
                 else:
                     group["lr"] = lr
             schedule._last_lr = lrs  # what get_last_lr() returns (train/lr)
+
+    def setup(self, stage: str) -> None:
+        """A float64 run (``trainer.precision=64-true``) sums its validation loss in float64
+        too: torchmetrics keeps a metric's state dtype through the module's ``.double()``, so
+        it was summed in float32."""
+        if compute_dtype(str(self.trainer.precision)) is torch.float64:
+            self.val_loss.set_dtype(torch.float64)
 
     def configure_model(self) -> None:
         """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
