@@ -1606,3 +1606,21 @@ def test_best_val_loss_is_over_the_rows_training_validates_on(
     assert done["val_loss"] == pytest.approx(val[2], rel=1e-6)
     assert done["best_val_loss"] == pytest.approx(min(val[:2]), rel=1e-6)
     assert val[2] < min(val[:2])  # the whole split's score was the lowest: it was taken
+
+
+def test_a_run_without_validation_says_so(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``trainer.limit_val_batches=0`` completed with ``val_loss`` null and no word: a sweep's
+    ranking then had nothing to rank it by. It is said at the start, with the way to score the
+    final weights all the same."""
+    with caplog.at_level(logging.WARNING):
+        train(compose_train([*SMOKE, "trainer.limit_val_batches=0"], tmp_path, cache_dir))
+    assert results(tmp_path)["val_loss"] is None
+    assert any("validation is off" in m for m in caplog.messages), caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run = [*SMOKE, "trainer.limit_val_batches=0", "final_val_batches=1.0"]
+        train(compose_train(run, tmp_path / "final", cache_dir))
+    assert results(tmp_path / "final")["val_loss"] is not None
+    assert not any("validation is off" in m for m in caplog.messages), caplog.messages

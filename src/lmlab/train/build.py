@@ -93,6 +93,12 @@ def checked_plan(
         )
     if cut := warmup_cut(cfg.scheduler, plan.steps):
         log.warning(cut)
+    if cfg.trainer.get("limit_val_batches") == 0 and not cfg.get("final_val_batches"):
+        log.warning(
+            "validation is off (trainer.limit_val_batches=0): results.json's val_loss is null, "
+            "so compare and a sweeper have no validation loss for this run; "
+            "final_val_batches=1.0 scores the final weights once"
+        )
     check_state_fits(plan, model_cfg, cfg.trainer, cfg.optim)
     return plan
 
