@@ -139,6 +139,17 @@ class LMTask(L.LightningModule):
         self.nonfinite_guard: Guard | None = None
         # this step's micro-batches: (lm, aux, z) losses and each MoE layer's load
         self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])
+        # BERT's masked LM and seq2seq fine-tuning: micro-batches hold unequal numbers of
+        # target tokens, so each counts by its targets, not as one mean (``token_weighted``);
+        # elsewhere every micro-batch holds as many (GPT, T5's span corruption, one label a
+        # row) and the mean of means is already the step's. A MoE keeps the mean of means:
+        # its router losses are means of each micro-batch.
+        self.weighted = not self.moe_layers and (
+            task.kind == TaskKind.seq2seq
+            or (task.kind == TaskKind.lm and model_cfg.family == Family.bert)
+        )
+        self.step_targets: tuple[int, torch.Tensor | None] = (-1, None)  # this rank's, on device
+        self.target_scale = 1.0  # R of ``token_weighted``: set when training starts
         self.step_loads: list[torch.Tensor] = []
         self.logging_now = True  # whether this step's train/* values reach a logger
         self.reads_now = True  # ... and this micro-batch makes its update (the last one)
@@ -195,6 +206,13 @@ class LMTask(L.LightningModule):
             extend_epoch(checkpoint, self._trainer.max_steps)
 
     def on_train_start(self) -> None:
+        if self.weighted:  # a constant of the run: rows x positions of every micro-batch
+            trainer, data = self.trainer, self.trainer.datamodule
+            rows = trainer.accumulate_grad_batches * trainer.world_size * data.cfg.batch_size
+            self.target_scale = float(rows * data.seq_len)
+        self.restore_lr()
+
+    def restore_lr(self) -> None:
         """A resumed run's learning rate is its schedule's at the checkpoint's step. The
         optimizer's restored state holds the rate the checkpoint's run set, which differs
         when ``trainer.max_steps`` has changed since (a completed run extended): without this
@@ -271,6 +289,8 @@ class LMTask(L.LightningModule):
         if self.cuda_graphs:  # a new step: the graphs' outputs of the last one may be reused
             torch.compiler.cudagraph_mark_step_begin()
         loss, parts = self.train_loss(batch)
+        if self.weighted:
+            loss, parts = self.token_weighted(batch, loss)
         self.logging_now = self.metrics_due()
         # callbacks read device values (guard flag, progress bar, throughput) once a logging
         # step's update is made: on its last micro-batch, not on each it accumulates
@@ -281,12 +301,51 @@ class LMTask(L.LightningModule):
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
+    def token_weighted(
+        self, batch: dict[str, torch.Tensor], mean: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss this micro-batch returns where micro-batches hold unequal numbers of
+        targets, and its parts (the loss summed over its n targets, and n). Lightning divides
+        the returned loss by the accumulation A and DDP (or FSDP) averages the W ranks'
+        gradients, so returning sum x A x W / R, for the run's constant R, leaves the
+        gradients of every target's loss over R; ``configure_gradient_clipping`` then scales
+        them by R / N, N the step's targets on every rank (summed on the device: no host
+        read). Each target token then weighs alike, however the global batch is split into
+        micro-batches and ranks (tested), as one large batch weighs them."""
+        n_targets = (batch["labels"] != IGNORE).sum()
+        step, counted = self.step_targets
+        if step != self.trainer.global_step or counted is None:
+            counted = torch.zeros_like(n_targets)
+        self.step_targets = (self.trainer.global_step, counted + n_targets)
+        total = mean * n_targets
+        ranks = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        parts = torch.stack([total.detach(), n_targets.to(total.dtype)])
+        return total * (ranks / self.target_scale), parts
+
+    def rescale_to_targets(self, grads: list[torch.Tensor]) -> None:
+        """``token_weighted``'s gradients, over R until here, made over the step's N targets
+        (all ranks'): one all-reduce and one multiply on the device."""
+        step, counted = self.step_targets
+        if counted is None or step != self.trainer.global_step:
+            return
+        wide = torch.float64 if grads and grads[0].dtype == torch.float64 else torch.float32
+        targets = self.trainer.strategy.reduce(counted.to(wide), reduce_op="sum")
+        scale = self.target_scale / targets.clamp(min=1.0)
+        if grads and hasattr(grads[0], "to_local"):  # FSDP2's DTensor gradients
+            from torch.distributed.tensor.experimental import implicit_replication
+
+            with implicit_replication():
+                torch._foreach_mul_(grads, scale)
+        else:
+            torch._foreach_mul_(grads, scale)
+
     def log_step_loss(self, parts: torch.Tensor) -> None:
         """``train/loss`` = the LM loss of this optimizer step: the mean over its accumulated
-        micro-batches and over the ranks (one all-reduce, on logging steps only). The same
-        global batch therefore logs the same loss on 1 or N devices. A MoE logs its router
-        losses beside it, ``train/aux_loss`` and ``train/z_loss`` (unweighted), and each MoE
-        layer's load (``log_expert_load``)."""
+        micro-batches and over the ranks (one all-reduce, on logging steps only), or, where
+        they hold unequal numbers of targets (``token_weighted``), the mean over all of the
+        step's targets. The same global batch therefore logs the same loss on 1 or N devices.
+        A MoE logs its router losses beside it, ``train/aux_loss`` and ``train/z_loss``
+        (unweighted), and each MoE layer's load (``log_expert_load``)."""
         step = self.trainer.global_step
         if self.step_losses[0] != step:
             self.step_losses, self.step_loads = (step, []), []
@@ -295,8 +354,13 @@ class LMTask(L.LightningModule):
             loads = [torch.cat([m.load_E, m.dropped[None]]) for m in self.moe_layers.values()]
             self.step_loads.append(torch.stack(loads))
         if self.reads_now:  # the step's last micro-batch (an epoch's last step may be short)
-            mean = torch.stack(self.step_losses[1]).mean(0)
-            mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # over the ranks
+            if self.weighted:  # (summed loss, targets): the step's mean over its targets
+                sums = torch.stack(self.step_losses[1]).sum(0)
+                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # over the ranks
+                mean = (sums[0] / sums[1].clamp(min=1.0))[None]
+            else:
+                mean = torch.stack(self.step_losses[1]).mean(0)
+                mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # over the ranks
             self.logged_loss = (step + 1, mean[0])  # the step's count once its update is made
             # not prog_bar: Lightning converts progress-bar values to floats after every batch,
             # a host-device sync per step; lmlab's ProgressBar shows it on logging steps
@@ -394,6 +458,8 @@ class LMTask(L.LightningModule):
         # the optimizer's own list: walking the module tree (``self.parameters()``) took
         # 0.2 ms of host time a step at gpt_small's 172 tensors, this 2 us (2-core CPU)
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.weighted:
+            self.rescale_to_targets([p.grad for p in params if p.grad is not None])
         norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if self.metrics_due():
             self.log("train/grad_norm", norm)
