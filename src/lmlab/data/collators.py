@@ -43,6 +43,11 @@ class CausalLMCollator:
     # costs the main process less than taking a batch from a worker through shared memory
     # (BENCHMARKS.md, "collate": 0.23 against 0.8 ms a batch of 12 x 1024 on the 2-core CPU).
     in_workers = False
+    # Whether every batch of a size holds as many target tokens (every next token here; the
+    # same width of spans' targets, one label a row). Where not (BERT's drawn masks, seq2seq's
+    # targets of their own lengths), training weighs each target alike over the micro-batches
+    # of a step (``LMTask.token_weighted``) rather than averaging their means.
+    equal_targets = True
 
     def __init__(
         self,
@@ -71,6 +76,7 @@ class MLMCollator:
     joined by EOS, which, like every special token, is never selected)."""
 
     in_workers = True  # the masking runs beside the step (``CausalLMCollator.in_workers``)
+    equal_targets = False  # 15% of each row, drawn (``CausalLMCollator.equal_targets``)
 
     def __init__(
         self,
@@ -385,6 +391,8 @@ class Seq2SeqCollator:
     """Input -> target text: the input ends with EOS (cut to ``seq_len``), the target too (cut
     to ``max_target_len``); ``decoder_input_ids`` are the targets shifted right behind PAD,
     T5's decoder start token, as in span corruption."""
+
+    equal_targets = False  # targets of their own lengths (``CausalLMCollator.equal_targets``)
 
     def __init__(self, tokenizer: Tokenizer, seq_len: int, max_target_len: int) -> None:
         specials, use = Specials.of(tokenizer), "task=seq2seq"

@@ -139,15 +139,9 @@ class LMTask(L.LightningModule):
         self.nonfinite_guard: Guard | None = None
         # this step's micro-batches: (lm, aux, z) losses and each MoE layer's load
         self.step_losses: tuple[int, list[torch.Tensor]] = (-1, [])
-        # BERT's masked LM and seq2seq fine-tuning: micro-batches hold unequal numbers of
-        # target tokens, so each counts by its targets, not as one mean (``token_weighted``);
-        # elsewhere every micro-batch holds as many (GPT, T5's span corruption, one label a
-        # row) and the mean of means is already the step's. A MoE keeps the mean of means:
-        # its router losses are means of each micro-batch.
-        self.weighted = not self.moe_layers and (
-            task.kind == TaskKind.seq2seq
-            or (task.kind == TaskKind.lm and model_cfg.family == Family.bert)
-        )
+        # whether micro-batches count by their targets (``token_weighted``): set when training
+        # starts, from the collator (``equal_targets``)
+        self.weighted = False
         self.step_targets: tuple[int, torch.Tensor | None] = (-1, None)  # this rank's, on device
         self.target_scale = 1.0  # R of ``token_weighted``: set when training starts
         self.step_loads: list[torch.Tensor] = []
@@ -206,8 +200,13 @@ class LMTask(L.LightningModule):
             extend_epoch(checkpoint, self._trainer.max_steps)
 
     def on_train_start(self) -> None:
-        if self.weighted:  # a constant of the run: rows x positions of every micro-batch
-            trainer, data = self.trainer, self.trainer.datamodule
+        # Micro-batches of unequal target counts (BERT's masked LM, seq2seq fine-tuning) count
+        # by their targets, not as one mean each; elsewhere the mean of means is the step's. A
+        # MoE keeps the mean of means: its router losses are means of each micro-batch.
+        trainer, data = self.trainer, self.trainer.datamodule
+        collate = getattr(data, "collate", None)
+        self.weighted = not self.moe_layers and not getattr(collate, "equal_targets", True)
+        if self.weighted:  # R, a constant of the run: rows x positions of every micro-batch
             rows = trainer.accumulate_grad_batches * trainer.world_size * data.cfg.batch_size
             self.target_scale = float(rows * data.seq_len)
         self.restore_lr()
