@@ -615,6 +615,41 @@ def test_converted_llama_generates_transformers_greedy_tokens_after_its_bos(
     assert capsys.readouterr().out == "def fib(" + tok.decode(new) + "\n"
 
 
+def sentencepiece_tokenizer() -> Tokenizer:
+    """A tokenizer as Llama 2's and Mistral's ``tokenizer.json`` spell SentencePiece: words
+    carry their leading space as ``▁``, ``<s>`` starts every text, and the decoder strips the
+    one space a text's first token then starts with."""
+    from tokenizers import decoders, models, normalizers, processors
+
+    words = ["▁the", "▁meaning", "▁of", "▁life", "▁is"]
+    pieces = ["<unk>", "<s>", "</s>", *words, "▁", *sorted(set("".join(words)) - {"▁"})]
+    tok = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=0))
+    tok.add_special_tokens(pieces[:3])
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    spaces = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence([*spaces, decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def test_streamed_sample_is_the_decoded_text_with_a_sentencepiece_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The streamed text is the prompt and continuation decoded together (what the end-of-run
+    sample prints): the first word written keeps its space (``▁is`` alone decodes to ``is``,
+    so the stream printed ``the meaning of lifeis is is``)."""
+    tok = sentencepiece_tokenizer()
+    model = tiny("gpt", vocab_size=tok.get_vocab_size(), tie_embeddings=False, bias=True)
+    with torch.no_grad():  # every position's output is the final norm's bias: ``▁is``'s row
+        model.norm_f.weight.zero_()
+        model.head.weight.zero_()
+        model.head.weight[tok.token_to_id("▁is")] = model.norm_f.bias.fill_(1.0)
+    ckpt = save_ckpt(model.float(), tok, tmp_path / "m.ckpt")
+    prompt = "the meaning of life"
+    generate_main([f"ckpt={ckpt}", f"prompt={prompt}", "temperature=0", "max_new_tokens=3"])
+    assert capsys.readouterr().out == "the meaning of life is is is\n"
+
+
 def test_generate_takes_text_as_a_gpt_prompt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

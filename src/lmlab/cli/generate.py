@@ -187,19 +187,22 @@ def _family_of(task: str) -> str:
 
 
 class Stream:
-    """Writes each new token's text as it comes. Decodes the whole continuation and writes
-    what is new, holding back an incomplete UTF-8 character (byte-level BPE can split one).
-    ``line_open``: stdout's last line is unfinished (``end_line`` finishes it)."""
+    """Writes each new token's text as it comes. Decodes the prompt with the continuation and
+    writes what is new past the prompt's text, holding back an incomplete UTF-8 character
+    (byte-level BPE can split one). The continuation is not decoded alone: a SentencePiece
+    decoder (Llama 2's, Mistral's) drops the leading space of a text's first token, which would
+    glue the first word to the prompt. ``line_open``: stdout's last line is unfinished
+    (``end_line`` finishes it); ``written``: characters of the continuation written."""
 
     def __init__(self, tokenizer, prompt_ids: list[int]) -> None:
-        self.tok, self.prompt_ids = tokenizer, prompt_ids
-        self.new_ids: list[int] = []
+        self.tok, self.ids = tokenizer, list(prompt_ids)
+        self.prompt_chars = len(tokenizer.decode(self.ids))
         self.written = 0
         self.line_open = False
 
     def __call__(self, next_B1) -> None:
-        self.new_ids.append(int(next_B1[0, 0]))
-        text = self.tok.decode(self.new_ids)
+        self.ids.append(int(next_B1[0, 0]))
+        text = self.tok.decode(self.ids)[self.prompt_chars :]
         if text.endswith("\ufffd"):
             return
         self.write(text[self.written :])
