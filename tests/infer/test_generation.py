@@ -650,6 +650,28 @@ def test_streamed_sample_is_the_decoded_text_with_a_sentencepiece_tokenizer(
     assert capsys.readouterr().out == "the meaning of life is is is\n"
 
 
+def test_a_cut_prompt_is_said_once_before_the_prompt_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The warning that a prompt longer than the context keeps its last tokens comes once,
+    before the streamed prompt: it came after it, glued to the prompt's last line and
+    splitting it from the continuation, once per sample."""
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")  # max_seq_len=48, fewer than CODE's characters
+    handler = logging.StreamHandler(sys.stdout)  # a terminal's one stream: the order shows
+    logger = logging.getLogger("lmlab.infer.generation")
+    logger.addHandler(handler)
+    try:
+        generate_main(
+            [f"ckpt={ckpt}", f"prompt={CODE}", "max_new_tokens=2", "num_samples=2"],
+        )
+    finally:
+        logger.removeHandler(handler)
+    out = capsys.readouterr().out
+    warning = f"the prompt has {len(CODE)} tokens, more than the model's context of 48"
+    assert out.startswith(warning) and out.count(warning) == 1, out
+    assert out.count(CODE) == 2
+
+
 def test_generate_takes_text_as_a_gpt_prompt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -143,7 +143,7 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
     from rich.markup import escape
 
     from lmlab.infer.fill import infill
-    from lmlab.infer.generation import generate
+    from lmlab.infer.generation import generate, warn_if_cut
 
     if task == "infill":
         for n in range(cfg.num_samples):  # one generator: each fill draws after the last
@@ -156,7 +156,9 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
                 console.print(escape(f"{sentinel} -> {span!r}"), soft_wrap=True)
             console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
-    tok, ids = pre.tokenizer, pre.prompt_ids(text)
+    tok, ids, max_len = pre.tokenizer, pre.prompt_ids(text), pre.cfg.max_seq_len
+    warn_if_cut(len(ids), max_len)  # once, and before the prompt is written: not glued to it
+    ids = ids[-max_len:]
     for n in range(cfg.num_samples):
         if cfg.num_samples > 1:
             console.rule(f"sample {n + 1} of {cfg.num_samples}")

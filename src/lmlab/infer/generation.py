@@ -133,6 +133,19 @@ def decode_loop(
     return ids_BT
 
 
+def warn_if_cut(n_tokens: int, max_len: int) -> None:
+    """Warn where a prompt of ``n_tokens`` is longer than the model's context of ``max_len``:
+    ``decode_loop`` reads only its last ``max_len`` tokens."""
+    if n_tokens > max_len:
+        log.warning(
+            "the prompt has %d tokens, more than the model's context of %d: only its last %d "
+            "are used",
+            n_tokens,
+            max_len,
+            max_len,
+        )
+
+
 def generate(
     model: nn.Module,
     ids_BT: torch.Tensor,
@@ -150,14 +163,7 @@ def generate(
     ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning). ``n_vocab``: the
     tokenizer's size, past which no id is picked (``decode_loop``)."""
     max_len = model.cfg.max_seq_len
-    if ids_BT.shape[1] > max_len:
-        log.warning(
-            "the prompt has %d tokens, more than the model's context of %d: only its last %d "
-            "are used",
-            ids_BT.shape[1],
-            max_len,
-            max_len,
-        )
+    warn_if_cut(ids_BT.shape[1], max_len)
     return decode_loop(
         lambda ids, cache: model(ids, cache=cache),
         model.new_cache if use_cache else None,
