@@ -306,6 +306,22 @@ def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> No
         fill_mask(pre, "three four [MASK] six", top_k=3)
 
 
+def char_bert(path: Path, tok: Tokenizer, favourite: str) -> Path:
+    """A random BERT over ``tok`` whose top choice everywhere is the token ``favourite``."""
+    cfg = ModelConfig(
+        family="bert", d_model=32, n_layers=1, n_heads=2, vocab_size=len(tok.get_vocab())
+    )
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.head.out.bias[tok.token_to_id(favourite)] += 100.0
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(
+        {"state_dict": state, "model_config": model_config_dict(cfg), "tokenizer": tok.to_str()},
+        path,
+    )
+    return path
+
+
 def test_fill_mask_keeps_the_space_a_character_vocabulary_has_as_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,19 +329,7 @@ def test_fill_mask_keeps_the_space_a_character_vocabulary_has_as_a_token(
     a token of its own: fill-mask reads ``the <mask>at`` so and fills ``the cat``, not
     ``thecat`` (the space dropped, as it is for byte-level BPE, whose token brings its own)."""
     tok = train_char(["the cat sat on the mat."])
-    cfg = ModelConfig(
-        family="bert", d_model=32, n_layers=1, n_heads=2, vocab_size=len(tok.get_vocab())
-    )
-    model = build_model(cfg)
-    with torch.no_grad():  # the model's top choice everywhere: "c"
-        model.head.out.bias[tok.token_to_id("c")] += 100.0
-    path = tmp_path / "char_bert.ckpt"
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save(
-        {"state_dict": state, "model_config": model_config_dict(cfg), "tokenizer": tok.to_str()},
-        path,
-    )
-    pre = load(path)
+    pre = load(char_bert(tmp_path / "char_bert.ckpt", tok, favourite="c"))
     read = []
     forward = pre.model.forward
     monkeypatch.setattr(pre.model, "forward", lambda ids, **kw: read.append(ids) or forward(ids))
@@ -334,6 +338,15 @@ def test_fill_mask_keeps_the_space_a_character_vocabulary_has_as_a_token(
         tok.decode(read[0][0].tolist(), skip_special_tokens=False) == "<cls>the <mask>at sat<sep>"
     )
     assert candidates[0].token == "c" and filled == "the cat sat"
+
+
+def test_fill_mask_names_a_special_token_candidate(tmp_path: Path) -> None:
+    """A special token among a mask's candidates is shown by its name, as transformers'
+    fill-mask shows ``[PAD]``: it read '' (decoding skipped it), which names no token."""
+    tok = train_char(["the cat sat on the mat."])
+    pre = load(char_bert(tmp_path / "char_bert.ckpt", tok, favourite=EOS))
+    (candidates,), _ = fill_mask(pre, "the <mask>at", top_k=2)
+    assert candidates[0].token == EOS and candidates[0].token_id == tok.token_to_id(EOS)
 
 
 def test_probe_writes_the_attention_image_and_the_parameter_table(

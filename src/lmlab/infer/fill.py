@@ -32,7 +32,7 @@ MASK_MARKERS = ("<mask>", "[MASK]")
 
 @dataclass
 class Candidate:
-    token: str  # decoded, with its leading space
+    token: str  # decoded, with its leading space; a special token by its name ("<pad>")
     token_id: int
     probability: float
 
@@ -74,7 +74,10 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
     for t in masked_T.nonzero()[:, 0].tolist():
         p, idx = probs_TV[t].topk(min(top_k, probs_TV.shape[-1]))  # at most every token
         pairs = zip(p.tolist(), idx.tolist(), strict=True)
-        results.append([Candidate(tok.decode([i]), i, q) for q, i in pairs])
+        # a special token by its name, as transformers' fill-mask shows it (skipped, it read '')
+        results.append(
+            [Candidate(tok.decode([i], skip_special_tokens=False), i, q) for q, i in pairs]
+        )
         filled[t] = results[-1][0].token_id
     return results, tok.decode(filled[1:-1])
 
