@@ -138,6 +138,28 @@ def test_top_k_and_top_p_never_sample_outside_the_allowed_set() -> None:
     assert filter_logits(logits[:1], top_p=0.01).isfinite().sum() == 1  # the top token stays
 
 
+@pytest.mark.parametrize(
+    ("top_k", "top_p"), [(3, None), (None, 0.8), (4, 0.7), (0, None), (None, 0.0), (99, 1.0)]
+)
+def test_filtered_distribution_is_transformers(top_k: int | None, top_p: float | None) -> None:
+    """After ``filter_logits`` the tokens left and their renormalised probabilities are those
+    of transformers' top-k and top-p warpers, built as ``generate`` builds them (top-k where
+    ``top_k`` is neither None nor 0, top-p where ``top_p < 1``), edge values too: ``top_k=0``
+    (a harness task may pass it) failed on a tensor shape, and ``top_p=0`` left no token.
+    Both sides softmax the same float32 logits of size < 10 and differ at most by a few eps32
+    (1.2e-7) of probabilities <= 1: 1e-6 holds them, while a token kept or dropped wrongly
+    moves a probability by > 1e-2."""
+    processors = pytest.importorskip("transformers.generation.logits_process")
+    logits = torch.tensor([[1.5, 4.0, -0.5, 3.0, 2.0, 0.5, -1.0, 1.0]])
+    warpers = [processors.TopKLogitsWarper(top_k)] if top_k else []
+    if top_p is not None and top_p < 1.0:
+        warpers.append(processors.TopPLogitsWarper(top_p))
+    expected = processors.LogitsProcessorList(warpers)(None, logits.clone()).softmax(-1)
+    got = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(-1)
+    assert torch.equal(got > 0, expected > 0)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("cache", [True, False])
 def test_ids_past_the_tokenizer_are_never_picked(cache: bool) -> None:
     """A model with more rows than its tokenizer has tokens (``model.vocab_size=50304`` for

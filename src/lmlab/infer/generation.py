@@ -38,14 +38,17 @@ def filter_logits(
     logits_BV: torch.Tensor, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
     """Set to -inf every logit outside the top k and outside the smallest set whose
-    probability reaches top_p (Holtzman et al. 2020); the most likely token always stays."""
-    if top_k is not None and top_k < logits_BV.shape[-1]:
+    probability reaches top_p (Holtzman et al. 2020); the most likely token always stays.
+    As transformers reads them (a harness task's ``gen_kwargs`` may hold them): ``top_k=0``
+    filters nothing, ``top_p=0`` keeps the most likely token alone."""
+    if top_k and top_k < logits_BV.shape[-1]:
         kth = torch.topk(logits_BV, top_k, dim=-1).values[..., -1:]
         logits_BV = logits_BV.masked_fill(logits_BV < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits_BV, descending=True, dim=-1)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token
+        drop_sorted[..., 0] = False  # the most likely token, whatever top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits_BV = logits_BV.masked_fill(drop, float("-inf"))
     return logits_BV
