@@ -227,6 +227,35 @@ def test_generate_until_stops_at_the_stop_sequence(tok, family: str) -> None:
     assert len(forwards) < 30  # the loop ended at the stop sequence, not after 30 tokens
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "refused"),
+    [
+        ({"do_sample": True, "temperature": -1.0}, r"temperature=-1.0 must be >= 0"),
+        ({"top_k": -2}, r"top_k=-2 must be an int >= 0"),
+        ({"top_p": 1.5}, r"top_p=1.5 must be in \[0, 1\]"),
+        ({"num_beams": 4}, r"num_beams=4 is not something lmlab's decoder does"),
+        ({"repetition_penalty": 1.3}, r"repetition_penalty=1.3 is not something"),
+        ({"typical_p": 0.9}, r"typical_p=0.9 is not something"),
+    ],
+)
+def test_generation_arguments_lmlab_cannot_honour_are_refused(
+    tok, kwargs: dict, refused: str
+) -> None:
+    """A task's generation argument that lmlab's decoder would ignore or misread (a negative
+    temperature sampled the least likely tokens; beams and penalties were dropped) is refused
+    in one line naming it, as transformers refuses what it cannot use; at their neutral
+    values (lm-eval's own tasks set ``num_beams: 1``) they are accepted."""
+    lm = LmlabLM(tiny(tok))
+    with pytest.raises(ConfigError, match=rf"^the task's generation_kwargs: {refused}"):
+        lm.generate_until(requests("generate_until", [(CONTEXTS[0], kwargs)]))
+    neutral = {"num_beams": 1, "repetition_penalty": 1.0, "top_k": 0, "max_gen_toks": 3}
+    (text,) = lm.generate_until(requests("generate_until", [(CONTEXTS[0], neutral)]))
+    assert (
+        text
+        == lm.generate_until(requests("generate_until", [(CONTEXTS[0], {"max_gen_toks": 3})]))[0]
+    )
+
+
 def test_decoding_and_scoring_leave_cudnn_attention_out(tok) -> None:
     """On an H200, gpt_small generated 15 tokens/s: cuDNN's SDPA kernel, which PyTorch prefers
     on Hopper, builds an execution plan for each new shape, and a KV cache's every token is

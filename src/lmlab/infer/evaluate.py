@@ -257,7 +257,7 @@ class LmlabLM(TemplateLM):
         for chunk in collator.get_batched(n=self.batch_size):
             self._check_stop()
             contexts, all_kwargs = zip(*chunk, strict=True)
-            kwargs = normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks)
+            kwargs = check_gen_kwargs(normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks))
             until = handle_stop_sequences(kwargs.pop("until", None), eos=self.eos)
             texts = self._generate(list(contexts), until, kwargs)
             for context, gen_kwargs, text in zip(contexts, all_kwargs, texts, strict=True):
@@ -320,6 +320,51 @@ class LmlabLM(TemplateLM):
             ids = ids[: ids.index(self.eos_id)]
         text = self.tok.decode(ids, skip_special_tokens=True)
         return postprocess_generated_text(text, until, None)
+
+
+# Generation arguments a task may set that change nothing at these values (lm-eval's own tasks
+# set ``num_beams: 1``); any other value asks for a decoding lmlab does not do.
+NEUTRAL_GEN_KWARGS: dict[str, object] = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+}
+# read by ``generate_until`` (``do_sample``: ``normalize_gen_kwargs`` has made it agree with
+# the temperature) or only meaningful with beams (ignored as transformers ignores them there)
+READ_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
+BEAM_ONLY_GEN_KWARGS = {"length_penalty", "early_stopping", "use_cache"}
+
+
+def check_gen_kwargs(kwargs: dict) -> dict:
+    """A task's generation arguments, refused in one line where lmlab's decoder (greedy, or
+    sampling with temperature, top-k and top-p) would not do what they ask: a negative
+    temperature (which would sample the least likely tokens), a negative top_k, a top_p
+    outside [0, 1], and any other argument at a value that changes decoding (beams, a
+    repetition penalty, ...), which HFLM would hand to transformers and lmlab would ignore.
+    ``top_k=0`` and ``top_p=0`` read as transformers reads them (``filter_logits``)."""
+    where = "the task's generation_kwargs"
+    temperature = float(kwargs.get("temperature") or 0.0)
+    if not 0 <= temperature < float("inf"):
+        raise ConfigError(f"{where}: temperature={temperature} must be >= 0 (0: greedy)")
+    top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ConfigError(f"{where}: top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")
+    if top_p is not None and not 0 <= float(top_p) <= 1:
+        raise ConfigError(f"{where}: top_p={top_p} must be in [0, 1] (null: no nucleus)")
+    for key, value in kwargs.items():
+        if key in READ_GEN_KWARGS or key in BEAM_ONLY_GEN_KWARGS:
+            continue
+        if key in NEUTRAL_GEN_KWARGS and value == NEUTRAL_GEN_KWARGS[key]:
+            continue
+        neutral = ", ".join(f"{k}={v}" for k, v in NEUTRAL_GEN_KWARGS.items())
+        raise ConfigError(
+            f"{where}: {key}={value!r} is not something lmlab's decoder does (it decodes "
+            f"greedily or samples with temperature, top_k and top_p; allowed at their "
+            f"neutral values: {neutral})"
+        )
+    return kwargs
 
 
 # Values per float64 log-softmax (128 MiB): the rows of a batch are scored together, since a
