@@ -605,6 +605,24 @@ def test_generate_prompt_starts_as_training_started_documents(
     assert capsys.readouterr().out == "def fib(" + tok.decode(ids[-n:]) + "\n"
 
 
+def test_generate_warns_of_prompt_text_the_vocabulary_has_no_token_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A character model reads characters its training text never had as ``<unk>``: the
+    command says so once, naming them, as training warns of its data's; a prompt it can
+    spell draws no warning."""
+    ckpt, _ = char_ckpt(tmp_path / "m.ckpt")
+    args = [f"ckpt={ckpt}", "temperature=0", "max_new_tokens=2"]
+    with caplog.at_level(logging.WARNING):
+        generate_main([*args, "prompt=def fib(n):"])
+        assert "unknown token" not in caplog.text
+        generate_main([*args, "prompt=déf fïb(n):"])
+    (line,) = [r.getMessage() for r in caplog.records if "unknown token" in r.getMessage()]
+    assert line.startswith("2 of the 11 tokens of the prompt (18.18%)")
+    assert "'é' x1, 'ï' x1" in line and "never saw that text in training" in line
+    capsys.readouterr()
+
+
 def test_converted_llama_generates_transformers_greedy_tokens_after_its_bos(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -102,6 +102,7 @@ def main(argv: list[str]) -> int | None:
     from rich.markup import escape
     from rich.table import Table
 
+    from lmlab.data.tokenizer import warn_unknown_text
     from lmlab.infer.fill import fill_mask
     from lmlab.infer.generation import NonFiniteLogits
 
@@ -114,6 +115,7 @@ def main(argv: list[str]) -> int | None:
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
     text = cfg.text if cfg.text is not None else cfg.prompt
+    warn_unknown_text(pre.tokenizer, text, "the prompt" if cfg.text is None else "the text")
     try:
         if task != "fill_mask":
             sample(cfg, pre, task, text, gen, console)

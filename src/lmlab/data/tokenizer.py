@@ -267,7 +267,11 @@ def unknown_record(found: Counter) -> dict:
     return {"tokens": sum(found.values()), "kinds": len(found), "pieces": pieces}
 
 
-def warn_unknown(record: dict, n_tokens: int, where: str) -> None:
+# What a training run's warning of unknown tokens advises.
+BPE_ADVICE = "A byte-level BPE tokenizer (data.tokenizer=bpe) has a token for every input"
+
+
+def warn_unknown(record: dict, n_tokens: int, where: str, advice: str = BPE_ADVICE) -> None:
     """A warning when the unknown token stands for some of ``where``'s text (``record``:
     ``unknown_record``): the model reads all of it as one token and cannot learn, or tell
     apart, what it stood for."""
@@ -276,12 +280,20 @@ def warn_unknown(record: dict, n_tokens: int, where: str) -> None:
     shown = ", ".join(f"{p!r} x{c}" for p, c in record["pieces"].items())
     log.warning(
         "%d of the %d tokens of %s (%.2f%%) are the tokenizer's unknown token, standing for "
-        "text it has no token for (%s%s): the model reads all of it as one token. A byte-level "
-        "BPE tokenizer (data.tokenizer=bpe) has a token for every input",
+        "text it has no token for (%s%s): the model reads all of it as one token. %s",
         record["tokens"],
         n_tokens,
         where,
         100 * record["tokens"] / max(n_tokens, 1),
         shown,
         ", ..." if record["kinds"] > len(record["pieces"]) else "",
+        advice,
     )
+
+
+def warn_unknown_text(tok: Tokenizer, text: str, where: str) -> None:
+    """``warn_unknown`` for one text given to a trained model (a prompt): what its tokenizer
+    has no token for, the model never saw in training either."""
+    enc = tok.encode(text)
+    record = unknown_record(Counter(unknown_pieces(tok, [text], [enc])[0]))
+    warn_unknown(record, len(enc.ids), where, "The model never saw that text in training")
