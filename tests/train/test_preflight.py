@@ -123,6 +123,26 @@ def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
         check_run(compose_train(["+debug=smoke", *ok]), machine=False)
 
 
+@pytest.mark.parametrize("precision", ["transformer-engine", "transformer-engine-float16"])
+def test_a_transformer_engine_precision_without_the_package_is_refused_before_any_data(
+    precision: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Lightning accepts the name but builds its precision only with NVIDIA's package: without
+    it the run prepared its data, then failed through a traceback from the Trainer. A dry run
+    plans for another machine, which may have the package."""
+    from lmlab.train import machine
+
+    monkeypatch.setattr(machine, "transformer_engine_missing", lambda: "not installed")
+    cfg = compose_train(["+debug=smoke", f"trainer.precision={precision}"], tmp_path / "run")
+    message = f"trainer.precision={precision} needs NVIDIA's transformer_engine package, which "
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message) + r".*not installed"):
+        check_run(cfg)
+    check_run(compose_train(["+debug=smoke", f"trainer.precision={precision}", "dry_run=true"]))
+    monkeypatch.setattr(machine, "transformer_engine_missing", lambda: None)
+    check_run(cfg)  # where it is installed, Lightning builds it
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -144,6 +144,33 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
         )
 
 
+# Lightning's precisions that need NVIDIA's Transformer Engine package installed
+TRANSFORMER_ENGINE_PRECISIONS = ("transformer-engine", "transformer-engine-float16")
+
+
+def transformer_engine_missing() -> str | None:
+    """Why Lightning cannot build its Transformer Engine precision here (its own requirement
+    check's words), or None where it can."""
+    from lightning.fabric.plugins.precision.transformer_engine import (
+        _TRANSFORMER_ENGINE_AVAILABLE as AVAILABLE,
+    )
+
+    return None if AVAILABLE else str(AVAILABLE)
+
+
+def check_precision_installed(trainer_cfg: DictConfig) -> None:
+    """``trainer.precision=transformer-engine`` (or ``-float16``) where the package is not
+    installed: refused in one line, rather than by the Trainer once the data is prepared,
+    through a traceback. A dry run plans for another machine, which may have it."""
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if precision in TRANSFORMER_ENGINE_PRECISIONS and (why := transformer_engine_missing()):
+        raise ConfigError(
+            f"trainer.precision={precision} needs NVIDIA's transformer_engine package, which "
+            f"this machine lacks ({why}); use bf16-mixed, or auto (bf16-mixed on a GPU with "
+            "bf16, 32-true otherwise)"
+        )
+
+
 def check_available(accelerator: str) -> None:
     """An accelerator Lightning knows but this machine lacks (``tpu`` without torch_xla,
     ``mps`` off a Mac): refused in one line, as the Trainer would refuse it through a

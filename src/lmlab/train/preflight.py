@@ -54,6 +54,7 @@ from lmlab.train.machine import (
     check_attention_kernel,
     check_cuda_graphs,
     check_master_port,
+    check_precision_installed,
     check_trainer_choices,
     check_world_size,
 )
@@ -215,6 +216,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_corpus_listed(data_cfg, dry_run=bool(cfg.get("dry_run")))
     if here:
         check_accelerator(cfg.trainer)
+        check_precision_installed(cfg.trainer)
         check_world_size(cfg.trainer)
         check_master_port(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
