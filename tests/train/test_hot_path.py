@@ -579,18 +579,41 @@ def test_gpu_runs_collate_in_workers_into_pinned_memory(
 
 
 @pytest.mark.parametrize(
-    ("precision", "dtype"), [("64-true", torch.float64), ("32-true", torch.float32)]
+    ("precision", "dtype"),
+    [
+        ("64-true", torch.float64),
+        ("32-true", torch.float32),
+        ("bf16-mixed", torch.float32),
+        ("bf16-true", torch.float32),
+        ("16-true", torch.float32),
+    ],
 )
-def test_a_float64_run_sums_its_validation_loss_in_float64(
+def test_the_validation_loss_is_summed_in_float32_or_wider_at_every_precision(
     precision: str, dtype: torch.dtype
 ) -> None:
-    """torchmetrics keeps its states' dtype through ``.double()``: a ``64-true`` run summed
-    ``val/loss`` in float32 (about 1e-7 relative), its training loss in float64."""
-    from types import SimpleNamespace
-
+    """``val/loss`` is the target-weighted mean of each batch's loss (fp32, or fp64 in a
+    float64 run), summed in float32 or wider whatever the weights' dtype. torchmetrics keeps
+    its state's dtype through ``.double()`` (a ``64-true`` run summed in float32), and
+    Lightning's ``.to(dtype)`` of a ``bf16-true`` or ``16-true`` module took it along: the
+    sum was rounded to bf16 (this validation logged 3.453125 where the batches' mean is
+    3.4644) or float16 (3.4668). Six batches of 64 targets: the sum rounds 12 times at the
+    state's 2^-24 (float32), under 1e-6 of the mean; bf16's 2^-9 rounds the mean itself."""
     model_cfg = ModelConfig(family=Family.gpt, d_model=16, n_layers=1, n_heads=2, vocab_size=32)
+    torch.manual_seed(0)
     task = LMTask(model_cfg, adamw(), functools.partial(torch.optim.lr_scheduler.LambdaLR))
-    task._trainer = SimpleNamespace(precision=precision)
-    task.setup("fit")
-    task.val_loss.update(torch.tensor(1.0, dtype=torch.float64) / 3, weight=torch.tensor(7))
-    assert task.val_loss.compute().dtype == dtype
+    ids = torch.randint(0, 32, (24, 17))
+    rows = [{"input_ids": r[:-1], "labels": r[1:]} for r in ids]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (logged,) = trainer.validate(task, loader, verbose=False)
+    assert task.val_loss.mean_value.dtype == dtype
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        batches = [(task.loss(b)[0].double(), (b["labels"] != IGNORE).sum()) for b in loader]
+    mean = sum(loss * n for loss, n in batches) / sum(n for _, n in batches)
+    assert logged["val/loss"] == pytest.approx(mean.item(), rel=1e-6)

@@ -230,12 +230,17 @@ class LMTask(L.LightningModule):
                     group["lr"] = lr
             schedule._last_lr = lrs  # what get_last_lr() returns (train/lr)
 
-    def setup(self, stage: str) -> None:
-        """A float64 run (``trainer.precision=64-true``) sums its validation loss in float64
-        too: torchmetrics keeps a metric's state dtype through the module's ``.double()``, so
-        it was summed in float32."""
-        if compute_dtype(str(self.trainer.precision)) is torch.float64:
-            self.val_loss.set_dtype(torch.float64)
+    def on_validation_start(self) -> None:
+        """The validation loss is summed in float32, or float64 in a float64 run
+        (``trainer.precision=64-true``), whatever the weights' dtype. torchmetrics keeps a
+        metric's state through the module's ``.double()`` (a float64 run summed in float32),
+        but Lightning's ``bf16-true`` and ``16-true`` convert the module with ``.to(dtype)``,
+        which takes the state along: the weighted sum of a validation (loss x targets, about
+        8 x 1,020 a batch at gpt_tiny) was rounded to bf16's 8 bits, or overflowed float16's
+        65,504 after 8 batches. Here, after every conversion (``trainer.validate`` converts
+        again), before the first batch."""
+        wide = torch.promote_types(compute_dtype(str(self.trainer.precision)), torch.float32)
+        self.val_loss.set_dtype(wide)
 
     def configure_model(self) -> None:
         """Activation checkpointing, compilation and (under ``FSDPStrategy``) FSDP2 sharding,
