@@ -77,6 +77,32 @@ def plan(rows: int, seq_len: int = 64, steps: int = 10) -> RunPlan:
     return RunPlan(batch, "32-true", budget, vocab_size=64, params=1000, active_params=1000)
 
 
+def test_the_plan_names_the_precision_lightning_runs_on_a_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """plan.json, the dry run's timing and the Trainer take the plan's precision: Lightning's
+    full name for a short spelling, and the bf16-mixed it runs on a CPU for 16-mixed (it has
+    no fp16 autocast there). plan.json said ``16-mixed`` and the dry run timed fp16 steps,
+    many times slower here than the bf16 the run took. A GPU run keeps 16-mixed."""
+    import lightning as L
+
+    from lmlab.train.machine import resolve_precision, trainer_precisions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr("lmlab.errors._SAID", set())  # said in this test, whatever ran before
+    for accelerator in ("cpu", "auto"):
+        for asked in trainer_precisions():
+            if asked == "auto" or asked.startswith("transformer-engine"):
+                continue  # auto: lmlab's; Transformer Engine: not installed here
+            cfg = OmegaConf.create({"precision": asked, "accelerator": accelerator})
+            built = L.Trainer(accelerator="cpu", precision=asked, logger=False).precision
+            assert resolve_precision(cfg) == built, (accelerator, asked)
+    assert "trainer.precision=16 runs as bf16-mixed on a CPU" in caplog.text
+    gpu = OmegaConf.create({"precision": "16", "accelerator": "gpu"})
+    assert resolve_precision(gpu) == "16-mixed"
+
+
 def test_resume_checks_the_data_position_not_the_length() -> None:
     saved = plan(8).as_dict()
     check_resumable(saved, plan(8, steps=50), Path("run"))  # a longer run continues
