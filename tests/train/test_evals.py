@@ -160,6 +160,7 @@ def test_a_rank_the_harness_gives_no_results_logs_no_failure(
         max_steps=4,
         is_global_zero=False,
         loggers=[],
+        callbacks=[],
         default_root_dir=".",
         datamodule=SimpleNamespace(tokenizer=None),
         precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),

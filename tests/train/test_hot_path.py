@@ -265,6 +265,43 @@ def test_the_guard_reads_late_but_never_saves_a_non_finite_checkpoint(
     assert not (tmp_path / "checkpoints" / "step000015.ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "due",
+    [
+        ["trainer.val_check_interval=2"],
+        ["trainer.val_check_interval=null", "eval.tasks=[stdlib_nextline]", "eval.every_n_steps=2"],
+    ],
+    ids=["validation", "evals"],
+)
+def test_the_guard_reads_before_a_validation_or_evals_score_non_finite_weights(
+    tmp_path: Path, cache_dir: Path, due: list[str]
+) -> None:
+    """NaN at step 0 with logs every 10 steps: the validation (or the evals) due after step 2
+    read the device anyway, so the guard reads its flag first and the run stops there, naming
+    step 0. They scored the NaN weights instead (``val/loss`` NaN, ``eval/*/acc`` 0.0 in the
+    logs, as if a model had been measured) and the run stopped only at its last step."""
+    cfg = compose_train(
+        [
+            *SMOKE,
+            *due,
+            "trainer.max_steps=6",
+            "trainer.log_every_n_steps=10",
+            "eval.limit=4",
+            "callbacks.sample=null",
+            "logger=csv",
+            "+callbacks.nan._target_=test_resume.InjectNaN",
+            "+callbacks.nan.step=0",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    with pytest.raises(NonFiniteError, match=r"at step 0 "):
+        train(cfg)
+    metrics = tmp_path / "csv" / "metrics.csv"
+    logged = metrics.read_text().splitlines()[0].split(",") if metrics.exists() else []
+    assert not any(k.startswith(("val/", "eval/")) for k in logged), logged
+
+
 def adamw(**setting: object) -> functools.partial:
     return functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.1, **setting)
 

@@ -26,6 +26,7 @@ from lmlab.infer.probe import attention_maps, plot_attention, probe_ids, token_l
 from lmlab.model import flops_per_token
 from lmlab.model.positional import PositionalScheme
 from lmlab.train.estimate import SAMPLE_INPUTS
+from lmlab.train.guard import stop_if_nonfinite
 from lmlab.train.hardware import peak_flops
 from lmlab.train.kernel_probe import attention_kernels, cross_entropy_form, profiled_ops
 from lmlab.train.loggers import ends_run, log_step
@@ -440,6 +441,7 @@ class EvalTasks(L.Callback):
         # results.json's eval metrics are these weights' or none: an earlier step's, kept
         # where these evals fail or are cut, would read as the final model's
         self.metrics, self.n_samples = {}, {}
+        stop_if_nonfinite(trainer)  # not inside ``optional``: a non-finite update ends the run
         if not forward_here(trainer, pl_module):
             return
         from lmlab.infer import harness

@@ -14,7 +14,9 @@ takes the same decision.
 ``stop`` decides on the device: each step folds "is the norm finite?" into a device tensor
 holding the first bad step, and the host reads it only on logging steps, before every
 checkpoint is written (``on_save_checkpoint``, so no checkpoint ever holds the weights of a
-non-finite update) and when training ends. A step that logs nothing therefore waits for no
+non-finite update), before every validation and every step's evals (``stop_if_nonfinite``:
+they read the device anyway, and scored non-finite weights as if they were a model) and
+when training ends. A step that logs nothing therefore waits for no
 device result. ``skip`` must decide before the optimizer step, so it reads the norm every
 step: on a GPU that is one host-device synchronisation per step.
 """
@@ -126,6 +128,17 @@ class NonFiniteGuard(L.Callback):
     ) -> None:
         self.raise_if_bad()  # before the file is written: never save non-finite weights
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.raise_if_bad()  # before its loss of non-finite weights is logged as a model's
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.raise_if_bad()
         self.raise_if_scale_collapsed(trainer)
+
+
+def stop_if_nonfinite(trainer: L.Trainer) -> None:
+    """Read the run's guard flag now (where the host reads the device anyway: the evals
+    during training) and stop if an update was non-finite."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, NonFiniteGuard):
+            callback.raise_if_bad()
