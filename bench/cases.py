@@ -752,7 +752,8 @@ INTROS = {
         "`lmlab.train.hardware.measure_cpu_matmul_flops` measured in the same benchmark run "
         "(n = 1024, `x @ w.T`, the layout `F.linear` uses, fp32 or bf16 as the row), which "
         "each row's note gives. 'Throughput callback' is "
-        "results.json's `tokens_per_second` (mean time inside the batch hooks only)."
+        "results.json's `tokens_per_second` (the batches timed end to end, each from the "
+        "last one's end, validations and checkpoint saves left out)."
     ),
     "overhead": (
         "Both loops train the same config from the same seed: `build_model`, AdamW over "

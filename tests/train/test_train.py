@@ -189,6 +189,48 @@ def test_no_mfu_is_above_1_when_the_cached_peak_was_measured_under_load(
     assert min(cached.values()) > 1e3  # measured matmuls, not the low figure
 
 
+def test_throughput_times_each_batch_from_the_last_ones_end_but_not_across_other_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's time runs from the end of the batch before (the next batch's loading and the
+    loop's hooks are a step's cost; on a GPU, which goes on working between a quiet step's
+    hooks, timing each batch from its own start overstated tokens/s), except across a
+    validation, a checkpoint's save or evals, which are no training step's time."""
+    from types import SimpleNamespace
+
+    from lmlab.train import callbacks
+    from lmlab.train.callbacks import Throughput, untimed
+
+    clock = iter([0.0, 1.0, 4.0, 10.0, 11.0, 20.0, 21.5, 30.0, 32.0, 33.0])  # each read
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    throughput = Throughput(skip=0)
+    throughput.flops_per_token = 6.0
+    trainer = SimpleNamespace(world_size=1, callbacks=[throughput])
+    module = SimpleNamespace(reads_now=False, device=torch.device("cpu"))
+    batch = {"input_ids": torch.zeros(1, 10, dtype=torch.long)}
+    between = [
+        lambda: None,  # nothing: the 2 s before the next batch's end count from 1
+        lambda: throughput.on_validation_start(trainer, module),
+        lambda: throughput.on_save_checkpoint(trainer, module, {}),
+        lambda: untimed(trainer),  # the evals
+        lambda: None,
+    ]
+    seconds = []
+    for work in between:
+        throughput.on_train_batch_start(trainer, module, batch, 0)
+        before = throughput.seconds
+        throughput.on_train_batch_end(trainer, module, None, batch, 0)
+        seconds.append(throughput.seconds - before)
+        work()
+    # batches [0, 1], [1, 4] (the time between them included), [10, 11], [20, 21.5] and
+    # [30, 32] (each started afresh after the other work), then [32, 33]
+    throughput.on_train_batch_start(trainer, module, batch, 0)
+    throughput.on_train_batch_end(trainer, module, None, batch, 0)
+    assert seconds == [1.0, 3.0, 1.0, 1.5, 2.0]
+    assert throughput.seconds == 1.0 + 3.0 + 1.0 + 1.5 + 2.0 + 1.0
+    assert throughput.tokens_per_second == 60 / throughput.seconds
+
+
 def test_a_resumed_runs_mfu_divides_by_each_process_device_seconds(monkeypatch) -> None:
     """A run trained 10 s on 2 devices, then resumed on 1 for 10 s more: its MFU is every
     FLOP over the device-seconds of both (20 + 10), where it divided the whole run's tokens

@@ -36,9 +36,14 @@ log = logging.getLogger(__name__)
 
 
 class Throughput(L.Callback):
-    """Tokens/s and MFU over the time spent in training batches (validation excluded). The
-    first ``skip`` batches of each process (allocation, compilation) are left out. Logs every
-    ``log_every_n_steps`` and at the last step; on CUDA it synchronises only then. Checkpoints
+    """Tokens/s and MFU over the time training batches take, each from the end of the one
+    before (the next batch's loading and the loop's own hooks are a step's cost too), where
+    no validation, checkpoint save or evals came between (those are left out: ``untimed``).
+    The first ``skip`` batches of each process (allocation, compilation) are left out. Logs
+    every ``log_every_n_steps`` and at the last step; on CUDA it synchronises only then, so
+    a quiet step's time is the host's and the logging step's takes what the device had left:
+    timing each batch from its own start left the time between batches out, during which a
+    GPU goes on working, and overstated tokens/s by that gap over the step time. Checkpoints
     keep the totals, so a resumed run's figures cover every process that trained it: its MFU
     divides by the device-seconds of each (a run resumed on another device count too).
     FLOPs are counted at each batch's own shape: a fine-tuning batch is padded to its longest
@@ -56,6 +61,7 @@ class Throughput(L.Callback):
         self.shape_flops: Callable[[int, int | None], float] | None = None
         self.shapes: list[tuple[int, int, int]] = []
         self.world_size = 1
+        self.t_end: float | None = None  # the last timed batch's end, if nothing ran since
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seq_len = trainer.datamodule.seq_len
@@ -70,17 +76,29 @@ class Throughput(L.Callback):
         self.world_size = trainer.world_size  # tokens are counted over all ranks, MFU per device
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() if self.t_end is None else self.t_end
+
+    def untimed(self) -> None:
+        """What runs from here to the next batch (validation, a checkpoint's save, evals) is
+        no training step's time."""
+        self.t_end = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.untimed()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.untimed()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batches += 1
-        if self.batches <= self.skip:
-            return
-        n_tokens = batch["input_ids"].numel() * trainer.world_size
         logs = pl_module.reads_now  # a logging step's last micro-batch: its update is made
         if pl_module.device.type == "cuda" and logs:
             torch.cuda.synchronize()
-        dt = time.perf_counter() - self.t0
+        self.t_end = t1 = time.perf_counter()
+        if self.batches <= self.skip:
+            return
+        n_tokens = batch["input_ids"].numel() * trainer.world_size
+        dt = t1 - self.t0
         flops = n_tokens * self.batch_flops_per_token(batch)
         self.tokens += n_tokens
         self.flops += flops
@@ -151,6 +169,13 @@ class Throughput(L.Callback):
         if not (self.tokens and self.device_seconds and self.peak):
             return None
         return self.flops / self.device_seconds / self.peak
+
+
+def untimed(trainer: L.Trainer) -> None:
+    """The run's ``Throughput`` leaves what runs from here to the next batch out."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, Throughput):
+            callback.untimed()
 
 
 @contextlib.contextmanager
@@ -436,6 +461,7 @@ class EvalTasks(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.last_step = trainer.global_step
+        untimed(trainer)  # no training step's time, however it ends
         # a resumed run evaluates these steps' weights again: their earlier outcome is past
         self.failures = [f for f in self.failures if f["step"] < trainer.global_step]
         # results.json's eval metrics are these weights' or none: an earlier step's, kept
