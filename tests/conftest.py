@@ -31,6 +31,39 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: a worker per logic
         os.environ.setdefault(name, str(share))
 
 
+# The caches that Hugging Face and W&B keep under the user's home (or where HF_HOME,
+# HF_HUB_CACHE, WANDB_CACHE_DIR... point): a model in the user's hub cache
+# (openai-community/gpt2) was converted where a test expects the offline refusal, and every
+# session left W&B's debug logs and artifact staging folders in ~/.cache/wandb and
+# ~/.local/share/wandb. Each process of the session (each xdist worker, and the processes its
+# tests start) gets its own, in its pytest temporary folder.
+OWN_CACHES = {
+    "HF_HOME": "huggingface",
+    "WANDB_CACHE_DIR": "wandb-cache",
+    "WANDB_DATA_DIR": "wandb-data",
+    "WANDB_CONFIG_DIR": "wandb-config",
+}
+# set by a user, these would take precedence over HF_HOME
+FOLLOW_HF_HOME = (
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+    "HF_DATASETS_CACHE",
+    "HF_ASSETS_CACHE",
+    "HF_XET_CACHE",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own, which makes its temporary-folder factory
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the test modules are collected: huggingface_hub reads HF_HOME at import."""
+    home = config._tmp_path_factory.getbasetemp() / "home"
+    for name in FOLLOW_HF_HOME:
+        os.environ.pop(name, None)
+    for name, folder in OWN_CACHES.items():
+        os.environ[name] = str(home / folder)
+
+
 # Fixtures that prepare data or train: a test using one is marked slow (`-m "not slow"`).
 SLOW_FIXTURES = {"cache_dir", "sweep", "single", "smoke_ckpts", "counting"}
 
