@@ -77,7 +77,7 @@ def write_json(path: Path, data: Any) -> Path:
 def read_json(path: Path) -> Any:
     """The file's JSON, None when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -39,7 +39,7 @@ class Outputs:
         one a version before the mark wrote (refused like a user's: remove it to redraw)."""
         try:
             if path.suffix == ".json":
-                data = json.loads(path.read_text())
+                data = json.loads(path.read_text(encoding="utf-8"))
                 return isinstance(data, dict) and data.keys() >= self.json_keys
             return self.creator.encode() in path.read_bytes()
         except (OSError, ValueError):  # unreadable or no JSON: not known to be its own

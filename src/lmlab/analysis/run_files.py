@@ -67,7 +67,7 @@ def read_evals(job_dir: Path, results: dict[str, Any]) -> EvalRecord:
     skipped = []
     for step, path in sorted(records, reverse=True):
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
             metrics = record.get("metrics", {})
         except (OSError, ValueError, AttributeError):
             continue
@@ -115,7 +115,7 @@ def results_or_failed(path: Path) -> dict[str, Any]:
     """``results.json``; one that cannot be read ranks as a failed run (``compare``), marked
     ``unreadable`` so that a tool can say it was the file, not the run, that failed."""
     try:
-        results = json.loads(path.read_text())
+        results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return {"status": "failed", "unreadable": True, "error": f"unreadable results.json: {exc}"}
     if not isinstance(results, dict):
@@ -129,7 +129,7 @@ def results_or_failed(path: Path) -> dict[str, Any]:
 
 def read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
 

@@ -121,7 +121,7 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     """The config a run saved (``<run dir>/.hydra/config.yaml``) as plain data; empty where
     there is none or it cannot be read."""
     try:
-        saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     return saved if isinstance(saved, dict) else {}
@@ -148,7 +148,7 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
         wandb_offline(wb.get("offline"), run_dir),
         run_dir,
         **wandb_place(run_dir, wb.get("project") or "lmlab", wb.get("entity")),
-        id=id_file.read_text().strip(),
+        id=id_file.read_text(encoding="utf-8").strip(),
         resume="allow",
         dir=str(run_dir),
         settings=wandb.Settings(silent=True),

@@ -249,7 +249,7 @@ def read_tokenizer(path: Path) -> Tokenizer:
     """A cached tokenizer file; UnusableEntry if it is not there or does not parse (a write
     cut short, a disk error)."""
     try:
-        return Tokenizer.from_str(path.read_text())
+        return Tokenizer.from_str(path.read_text(encoding="utf-8"))
     except Exception as err:  # tokenizers raises a bare Exception for a broken file
         raise UnusableEntry(
             f"the tokenizer cached in {path} cannot be read ({type(err).__name__}: {err})"
@@ -289,7 +289,7 @@ def read_entry(blocks_dir: Path) -> tuple[dict, Tokenizer]:
     from this cache's folder of that name (the cache may have moved)."""
     where = f"the packed rows cached in {blocks_dir}"
     try:
-        meta = json.loads((blocks_dir / "meta.json").read_text())
+        meta = json.loads((blocks_dir / "meta.json").read_text(encoding="utf-8"))
         recorded = Path(meta["tokenizer"])
         if not meta["val"]["bytes"] / meta["val"]["tokens"] > 0:  # the data module's bytes/token
             raise ValueError(f"val counts {meta['val']}")

@@ -166,7 +166,7 @@ def fewshot_pool(name: str) -> int:
 @functools.cache
 def task_items(file: str) -> tuple[dict[str, Any], ...]:
     """The items of a shipped task's JSONL file (``TASKS_DIR``), read once."""
-    lines = (TASKS_DIR / file).read_text().splitlines()
+    lines = (TASKS_DIR / file).read_text(encoding="utf-8").splitlines()
     return tuple(json.loads(line) for line in lines if line.strip())
 
 
@@ -367,7 +367,7 @@ def read_eval_record(path: Path, key: str = "out") -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         old = None
     if not well_formed(old):

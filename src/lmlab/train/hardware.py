@@ -142,7 +142,7 @@ def read_peak_cache(path: Path) -> dict[str, float]:
     """The cached peaks; empty when there is no file or it cannot be read as one (a damaged
     cache is measured again, not a failed run)."""
     try:
-        cache = json.loads(path.read_text())
+        cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(cache, dict):

@@ -171,7 +171,7 @@ def read_plan(out_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        plan = json.loads(path.read_text())
+        plan = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         plan = f"{type(err).__name__}: {err}"
     if not isinstance(plan, dict) or not isinstance(plan.get("batch"), dict):

@@ -217,7 +217,7 @@ def wandb_place(out_dir: Path, project: str | None, entity: str | None) -> dict[
     offline run's) keeps the config's entity."""
     path = out_dir / "wandb_project"
     if path.is_file():
-        recorded = path.read_text().strip()
+        recorded = path.read_text(encoding="utf-8").strip()
         if recorded:
             entity_, _, project_ = recorded.rpartition("/")
             # offline, W&B knew no entity: the config's (None: the account's default)

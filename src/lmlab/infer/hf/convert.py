@@ -386,7 +386,7 @@ def say_tied(path: Path, tied: bool) -> None:
     config with tie_word_embeddings=False" where they do), while transformers 4 and other
     readers (vLLM) tie the head by the flag: an untied T5 (v1.1's shape) would lose its head
     there. In place."""
-    config = json.loads(path.read_text())
+    config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("tie_word_embeddings") != tied:
         config["tie_word_embeddings"] = tied
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

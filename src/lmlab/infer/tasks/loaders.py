@@ -24,5 +24,5 @@ def jsonl(name: str, **_metadata: object) -> datasets.DatasetDict:
 
 
 def _rows(path: Path) -> datasets.Dataset:
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     return datasets.Dataset.from_list([json.loads(line) for line in lines if line.strip()])
