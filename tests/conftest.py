@@ -16,19 +16,25 @@ from typing import Any
 
 import pytest
 
+from cores import usable_cores
 from lmlab.cli.main import command
 from lmlab.config import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: a worker per logical CPU
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: a worker per usable core
     # Each worker, and the processes its tests start, gets its share of the cores: with
     # torch's default of a thread per core each, the workers' threads contend (measured on 2
     # cores: the suite took longer with 2 workers than with one). Read by torch at import.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    share = max(1, (cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    share = max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, str(share))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n logical`` (``make test``): a worker per core this process may use, its cgroup's
+    quota included (pytest-xdist counts the host's cores)."""
+    return usable_cores()
 
 
 # The caches that Hugging Face and W&B keep under the user's home (or where HF_HOME,

@@ -35,3 +35,29 @@ def test_the_hugging_face_and_wandb_caches_are_the_sessions_own(
         wandb.env.get_data_dir(),
     ):
         assert Path(folder).is_relative_to(base), folder
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_the_workers_are_sized_by_the_cgroups_cpu_quota(
+    tmp_path: Path, files: dict[str, str], cores: int | None
+) -> None:
+    """A container's CPU quota bounds the cores the suite counts (its affinity shows every
+    core of the host), in cgroup v2's and v1's files."""
+    from cores import quota_cores, usable_cores
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert quota_cores(tmp_path) == cores
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == min(affinity, cores or affinity)
