@@ -4,8 +4,10 @@ the optimizer's implementation by device, TF32 on CUDA, and the guard deciding o
 from __future__ import annotations
 
 import collections
+import csv
 import functools
 import json
+import math
 import os
 import subprocess
 import traceback
@@ -300,6 +302,33 @@ def test_the_guard_reads_before_a_validation_or_evals_score_non_finite_weights(
     metrics = tmp_path / "csv" / "metrics.csv"
     logged = metrics.read_text().splitlines()[0].split(",") if metrics.exists() else []
     assert not any(k.startswith(("val/", "eval/")) for k in logged), logged
+
+
+def test_with_the_guard_off_a_nan_validation_is_no_best(tmp_path: Path, cache_dir: Path) -> None:
+    """``guard.mode=off`` trains on through a non-finite update: the validations after it
+    score NaN, and ``best_val_loss`` stays the best finite one (``min`` with a NaN first gave
+    the NaN)."""
+    cfg = compose_train(
+        [
+            *SMOKE,
+            "guard.mode=off",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=2",
+            "callbacks.sample=null",
+            "logger=csv",
+            "+callbacks.nan._target_=test_resume.InjectNaN",
+            "+callbacks.nan.step=2",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    train(cfg)
+    record = json.loads((tmp_path / "results.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    val = {int(r["step"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    # after steps 2, 4 and 6 (the CSV's rows count from 0); the NaN came in step 3's update
+    assert math.isfinite(val[1]) and math.isnan(val[3]) and math.isnan(val[5])
+    assert record["best_val_loss"] == pytest.approx(val[1], rel=1e-6)
 
 
 def adamw(**setting: object) -> functools.partial:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -189,8 +190,7 @@ class LMTask(L.LightningModule):
         left to train reports the checkpoint's train loss and kernels (checkpoints from
         before ``run_state`` restore nothing)."""
         state = checkpoint.get("run_state") or {}
-        known = [v for v in (self.best_val_loss, state.get("best_val_loss")) if v is not None]
-        self.best_val_loss = min(known, default=None)
+        self.best_val_loss = lowest(self.best_val_loss, state.get("best_val_loss"))
         self.sdpa_kernels = state.get("sdpa_kernels")
         self.cross_entropy = state.get("cross_entropy")
         if state.get("train_loss") is not None:
@@ -437,8 +437,7 @@ class LMTask(L.LightningModule):
         if self.trainer.sanity_checking or self.rescoring:  # no validation of training's rows
             return
         value = float(loss)  # once per validation, not per step
-        best = self.best_val_loss
-        self.best_val_loss = value if best is None else min(value, best)
+        self.best_val_loss = lowest(self.best_val_loss, value)
         self.last_val_step = self.trainer.global_step
 
     def configure_gradient_clipping(
@@ -478,3 +477,11 @@ class LMTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def lowest(*losses: float | None) -> float | None:
+    """The lowest finite loss of ``losses``, or None: a NaN validation (``guard.mode=off``
+    trains on through a non-finite update) is no best. ``min`` with a NaN returned the NaN or
+    the other value by their order."""
+    finite = [v for v in losses if v is not None and math.isfinite(v)]
+    return min(finite, default=None)
