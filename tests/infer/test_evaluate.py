@@ -554,7 +554,8 @@ def test_two_evaluations_ending_together_both_keep_their_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """QA: two processes writing one record at the same moment, with different tasks: 16 of
-    40 kept one task. The read, merge and write hold the record's lock (threads here: a
+    40 kept one task (four writers here, each waiting on a lock file the one before it
+    removes). The read, merge and write hold the record's lock (threads here: a
     ``flock`` of two open files excludes within a process too). The lock is not the
     record's folder, which a live run holds when the record is put there."""
     import threading
@@ -574,13 +575,16 @@ def test_two_evaluations_ending_together_both_keep_their_tasks(
             target=harness.write_record,
             args=(path, harness.eval_record(harness_results(5, {t: {"acc": 1}}), ckpt, 4)),
         )
-        for t in ("b", "c")
+        for t in ("b", "c", "d", "e")
     ]
     for w in writers:
         w.start()
     for w in writers:
         w.join()
-    assert set(json.loads(path.read_text())["tasks"]) == {"a", "b", "c"}
+    assert set(json.loads(path.read_text())["tasks"]) == {"a", "b", "c", "d", "e"}
+    # the lock's file goes with its last holder: none is left per record (the test suite
+    # left one in the temporary folder for every record it wrote)
+    assert not harness.record_lock(path).exists()
     from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 
     lock_run_dir(tmp_path)  # a live run's folder, and a record put straight into it

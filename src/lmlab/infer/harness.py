@@ -498,11 +498,7 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
     checkpoint that end together each keep their tasks (one of them was lost). A task
     evaluated again is said in the log with what it replaces."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = None
-    with contextlib.suppress(OSError):  # no lock to be had (a read-only /tmp): as before
-        fd = os.open(record_lock(path), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
-    try:
+    with record_locked(path):
         old = check_record(
             path, record["checkpoint"], record["global_step"], digest=record.get("model_digest")
         )
@@ -511,9 +507,6 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
                 log.warning("%s", line)
             record = merge_records(old, record)
         return write_text(path, json.dumps(record, indent=2, default=str) + "\n")
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def record_lock(path: Path) -> Path:
@@ -525,6 +518,39 @@ def record_lock(path: Path) -> Path:
     folder = Path(tempfile.gettempdir()) / f"lmlab-{os.getuid()}-eval-locks"
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder / f"{key}.lock"
+
+
+@contextlib.contextmanager
+def record_locked(path: Path) -> Iterator[None]:
+    """Hold eval record ``path``'s lock (``record_lock``), and remove its file on release, so
+    that no lock file is left per record evaluated. A waiter that wakes on a file removed
+    meanwhile (its holder unlinks before it closes) locks the path's new file instead, so
+    two holders never hold different files of one path. No lock to be had (a read-only
+    temporary folder): the record is written without one."""
+    fd = None
+    with contextlib.suppress(OSError):
+        lock = record_lock(path)
+        while fd is None:
+            opened = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(opened, fcntl.LOCK_EX)
+                held = os.fstat(opened).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:  # removed by the holder this one waited for
+                held = False
+            except OSError:
+                os.close(opened)
+                raise
+            if held:
+                fd = opened
+            else:
+                os.close(opened)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # while held: a waiter on it will find it gone and retry
+            os.close(fd)
 
 
 def replaced_results(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
