@@ -1121,6 +1121,25 @@ def test_copies_of_a_run_are_not_seed_replicates(tmp_path: Path) -> None:
     assert any(line.startswith("note: ") and "(2): copies or repeats" in line for line in lines)
 
 
+def test_runs_of_a_results_json_alone_are_not_taken_for_copies(tmp_path: Path) -> None:
+    """``lmlab compare docs/isoflop``: 20 runs of 7 sizes, each a results.json alone (no
+    config names what it trained) and one seed, were one variant, "all runs", its value one
+    arbitrary run's loss and the other 19 noted as "copies or repeats of one run". A run whose
+    variant is unknown is a row of its own, named by its folder."""
+    root = tmp_path / "isoflop"
+    for name, loss, params in [("C1_N1", 3.3, 1000), ("C1_N2", 3.1, 2000), ("C1_N3", 3.2, 3000)]:
+        (root / name).mkdir(parents=True)
+        results = results_for(loss, 2000.0, 1, name) | {"params": params}
+        (root / name / "results.json").write_text(json.dumps(results))
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    assert [(r.label, r.value("val_loss"), r.copies) for r in rows] == [
+        ("C1_N2", 3.1, []),
+        ("C1_N3", 3.2, []),
+        ("C1_N1", 3.3, []),
+    ]
+    assert not any("copies or repeats" in line for line in ranking.summarize(rows, "val_loss"))
+
+
 def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) -> None:
     root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
     config = yaml.safe_load((root / "1" / ".hydra" / "config.yaml").read_text())

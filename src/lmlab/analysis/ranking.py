@@ -133,7 +133,10 @@ def aggregate(
     copies: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         if not run.failed:
-            variant = tuple(knob_value(run, k) for k in knobs)
+            # a run without a config (a results.json alone, as docs/isoflop ships them) names
+            # no knob: its variant is unknown, so it is a row of its own, never another's copy
+            unknown = (str(run.dir),) if unknown_variant(run) else ()
+            variant = tuple(knob_value(run, k) for k in knobs) + unknown
             first = groups.setdefault(variant, {}).setdefault(repr(run.seed), run)
             if first is not run:
                 copies.setdefault(variant, []).append(run)
@@ -156,7 +159,7 @@ def _row(
 ) -> Row:
     values = {k: knob_value(runs[0], k) for k in knobs}
     failed = runs[0].failed
-    label = variant_label(values)
+    label = run_folder(runs[0]) if unknown_variant(runs[0]) else variant_label(values)
     if failed and seeds_vary:
         label += f" (seed={runs[0].seed})"
     return Row(
@@ -304,6 +307,11 @@ def summarize(
     lines += eval_notes([run for row in rows for run in row.runs], metric)
     lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
     return lines
+
+
+def unknown_variant(run: Run) -> bool:
+    """Whether nothing names what the run trained: no config, no overrides."""
+    return not (run.config or run.overrides)
 
 
 def run_folder(run: Run, root: Path | None = None) -> str:
