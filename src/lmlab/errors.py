@@ -45,7 +45,16 @@ def first_line(err: BaseException, limit: int | None = None) -> str:
     return (lines[0] if lines else type(err).__name__)[:limit]
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A write the storage has no room for: a full disk, a quota, or a file past the largest one
+# this process may write (``ulimit -f``: Python ignores the SIGXFSZ that would end it, so the
+# write fails with EFBIG; or the file system's own limit, FAT32's 4 GiB). torch.save hides
+# each behind the same "unexpected pos" (``disk_full``).
+NO_ROOM = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (past ulimit -f or the file system's largest file)",
+}
+DISK_FULL = tuple(NO_ROOM)
 
 
 def chain(err: BaseException | None) -> Iterator[BaseException]:
@@ -65,10 +74,10 @@ def disk_full(err: BaseException | None) -> OSError | None:
 
 
 def write_error_words(err: OSError) -> str:
-    """``no space left on device writing <file>`` (``disk quota exceeded``, ``permission
-    denied``, ``operation not permitted``, ``read-only file system``)."""
-    if err.errno in DISK_FULL:
-        what = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on device"
+    """``no space left on device writing <file>`` (``disk quota exceeded``, ``file too large
+    ...``, ``permission denied``, ``operation not permitted``, ``read-only file system``)."""
+    if err.errno in NO_ROOM:
+        what = NO_ROOM[err.errno]
     else:
         what = (err.strerror or os.strerror(err.errno or 0)).lower()
     return f"{what} writing {err.filename}" if err.filename else what
@@ -113,8 +122,10 @@ def storage_refusal(err: BaseException | None) -> OSError | None:
 
 
 def storage_fix(err: OSError) -> str:
-    """What the user does about ``storage_refusal``'s error: free space, or make the folder
-    writable."""
+    """What the user does about ``storage_refusal``'s error: free space, raise the file-size
+    limit, or make the folder writable."""
+    if err.errno == errno.EFBIG:
+        return "raise ulimit -f or use a file system that holds larger files"
     if err.errno in DISK_FULL or not err.filename:
         return "free space"
     return f"make {Path(err.filename).parent} writable"

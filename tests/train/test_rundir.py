@@ -324,12 +324,33 @@ def test_ctrl_c_before_the_first_step_says_there_is_nothing_to_resume(
     assert results(tmp_path)["status"] == "completed"
 
 
+@pytest.mark.parametrize(
+    ("code", "words", "fix"),
+    [
+        ("ENOSPC", "no space left on device", "free space"),
+        # a file past `ulimit -f` (Python ignores SIGXFSZ) or the file system's largest file:
+        # seen with `ulimit -f 10000` and gpt_tiny's 16 MB checkpoint, the same traceback
+        (
+            "EFBIG",
+            "file too large (past ulimit -f or the file system's largest file)",
+            "raise ulimit -f or use a file system that holds larger files",
+        ),
+    ],
+)
 def test_a_full_disk_is_said_in_one_line_with_the_resume(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, cache_dir: Path, monkeypatch
+    tmp_path: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    cache_dir: Path,
+    monkeypatch,
+    code: str,
+    words: str,
+    fix: str,
 ) -> None:
     """``torch.save`` on a full disk raises its own RuntimeError ("unexpected pos") while
     handling ENOSPC: the run printed both tracebacks and results.json named the second. Now
-    one line names the disk, exit 1, and results.json says the same."""
+    one line names the disk, exit 1, and results.json says the same. A file over the size
+    limit (EFBIG) was that traceback still: it stops the same way, saying what to raise."""
     import errno
 
     import torch
@@ -340,7 +361,8 @@ def test_a_full_disk_is_said_in_one_line_with_the_resume(
     def full_at_step_4(obj: object, f: object, *args: object, **kwargs: object) -> None:
         if isinstance(obj, dict) and obj.get("global_step") == 4:
             try:
-                raise OSError(errno.ENOSPC, "No space left on device")  # torch's: no file
+                number = getattr(errno, code)
+                raise OSError(number, os.strerror(number))  # torch's: no file
             except OSError:  # torch raises its own error so: the OSError is its context
                 raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
         save(obj, f, *args, **kwargs)
@@ -355,9 +377,9 @@ def test_a_full_disk_is_said_in_one_line_with_the_resume(
     assert run_command("train", *argv) == 1
     err = capsys.readouterr().err
     ckpt = tmp_path / "checkpoints" / "last.ckpt"  # smoke's save_top_k=0: the file itself
-    said = f"no space left on device writing {ckpt}; the checkpoints written before"
+    said = f"{words} writing {ckpt}; the checkpoints written before"
     assert "Traceback" not in err and f"error: {said}" in err, err
-    assert "free space; resume with: python src/train.py" in err, err
+    assert f"{fix}; resume with: python src/train.py" in err, err
     r = results(tmp_path)
     assert r["status"] == "failed" and r["error"].startswith(said), r["error"]
     assert said in (tmp_path / "train.log").read_text()  # the log keeps it too

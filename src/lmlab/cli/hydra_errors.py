@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config import omegaconf_error
-from lmlab.errors import ConfigError, disk_full, first_line, write_error_words
+from lmlab.errors import ConfigError, disk_full, first_line, storage_fix, write_error_words
 from lmlab.train.runfiles import in_the_way
 
 # Hydra's words for a config group given twice on the command line (`+experiment=a
@@ -66,7 +66,9 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
 def unwritable(err: OSError) -> ConfigError:
     """The run directory could not be created or written."""
     if (full := disk_full(err)) is not None:
-        return ConfigError(f"{write_error_words(full)}: free space, then run the command again")
+        return ConfigError(
+            f"{write_error_words(full)}: {storage_fix(full)}, then run the command again"
+        )
     blocker = in_the_way(Path(err.filename)) if err.filename else None
     why = f"{blocker} is a file, not a folder" if blocker is not None else err.strerror
     return ConfigError(

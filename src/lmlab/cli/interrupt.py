@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
-from lmlab.errors import write_error_words
+from lmlab.errors import storage_fix, write_error_words
 from lmlab.files import RESULTS, RUN_CONFIG
 from lmlab.train.runfiles import holds_run
 
@@ -105,10 +105,10 @@ def disk_full_before_training(full: OSError) -> str:
     """A full disk while Hydra wrote a run's folder, before any job started (its config files,
     its log): the folder this call made removed again, Hydra's half-written files with it,
     in one line. After a sweep's first job nothing is removed."""
-    words = write_error_words(full)
+    words, fix = write_error_words(full), storage_fix(full)
     folder = LAUNCH.folder
     if not LAUNCH.made or folder is None or LAUNCH.jobs:
-        return f"{words}: free space, then run the command again"
+        return f"{words}: {fix}, then run the command again"
     clear(folder, LAUNCH.existed)
     where = "" if full.filename else f" in {folder}"
-    return f"{words}{where}: nothing was kept there; free space, then run the command again"
+    return f"{words}{where}: nothing was kept there; {fix}, then run the command again"
