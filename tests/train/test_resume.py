@@ -205,6 +205,49 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     assert r["status"] == "completed" and r["global_step"] == 6
 
 
+# a child process whose packing of the rows meets a stop signal, as a scheduler's would
+STOPPED_WHILE_PACKING = """
+import os, signal, sys
+import lmlab.data.packing as packing
+signum, argv, pack = signal.Signals[sys.argv[1]], sys.argv[2:], packing.pack
+def stopped(*args, **kwargs):
+    os.kill(os.getpid(), signum)
+    return pack(*args, **kwargs)
+packing.pack = stopped
+from lmlab.cli.main import command
+command("train", argv)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_while_the_data_is_prepared_leaves_no_partial_cache_entry(
+    tmp_path: Path, name: str
+) -> None:
+    """SIGTERM (a scheduler's) or SIGUSR1 (SLURM's warning) before training, here while the
+    rows are packed into an empty cache: the process died of the signal, said nothing, left
+    its run folder, and the cache kept the half-built entry (``.tmp-*``, as large as the rows
+    tokenized so far) for good. It now stops as Ctrl-C does there: one line, exit code 143,
+    the folder it made and the partial entry removed."""
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    env = {**os.environ, "LMLAB_CACHE": str(cache), "WANDB_MODE": "offline"}
+    argv = [*SMOKE, "logger=csv", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_PACKING, name, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    said = f"preempted ({name}) before training: nothing was written to {run_dir}"
+    assert proc.stderr.splitlines()[-1] == said, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not run_dir.exists()
+    assert not [p.name for p in cache.iterdir() if p.name.startswith((".tmp-", "blocks-"))]
+
+
 @pytest.mark.e2e
 def test_a_second_run_into_a_live_directory_is_refused(
     tmp_path: Path, start_train, run_command, capsys: pytest.CaptureFixture

@@ -10,6 +10,7 @@ trained left, in one line."""
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +81,24 @@ def note_folder(folder: Path, existed: bool) -> None:
     LAUNCH.folder, LAUNCH.made, LAUNCH.existed = folder, empty, existed and empty
 
 
-def interrupted_before_training(job: JobFolder) -> str:
-    """Ctrl-C before ``job`` trained: its ``results.json`` put back as it was, and the folder
-    this call made (a run's, or a sweep's whose first job this is; a later job's own folder)
-    removed again; one line saying so. A folder that held something kept it: Hydra's writes
-    were held there (a sweep's job folder that held no run has Hydra's ``.hydra/``)."""
+def stop_signal(err: BaseException) -> bool:
+    """Whether ``err`` is Lightning's ``SIGTERMException``: a stop signal, during training
+    (``lmlab.train.preemption.Preemption``) or before it (``StopBeforeFit``). Looked up only
+    where Lightning is loaded, as raising it needs, so a refusal before that import stays
+    quick."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
+def interrupted_before_training(job: JobFolder, said: str = "interrupted") -> str:
+    """Ctrl-C before ``job`` trained (or a stop signal: ``said``, "preempted (SIGTERM ...)"):
+    its ``results.json`` put back as it was, and the folder this call made (a run's, or a
+    sweep's whose first job this is; a later job's own folder) removed again; one line saying
+    so. A folder that held something kept it: Hydra's writes were held there (a sweep's job
+    folder that held no run has Hydra's ``.hydra/``)."""
     job.restore_record()
     num = HydraConfig.get().job.num if in_multirun() else 0
-    first = f"interrupted before job #{num} trained" if num else "interrupted before training"
+    first = f"{said} before job #{num} trained" if num else f"{said} before training"
     folder = LAUNCH.folder
     if LAUNCH.made and folder is not None and (folder == job.path or folder in job.path.parents):
         if LAUNCH.jobs == 1:  # nothing else of this call's is there

@@ -16,8 +16,9 @@ command-line value that replaces a sweep file's grid is said once
 (``RunDirCallback.on_multirun_start``). An interrupted run (Ctrl-C) exits with 130;
 interrupted before it trained (its checks, its data), it says so on one line and leaves
 nothing that the next command would take for a run
-(``lmlab.cli.interrupt.interrupted_before_training``). A run the non-finite guard stops says
-why on one line and exits with 1 (results.json says ``failed``).
+(``lmlab.cli.interrupt.interrupted_before_training``); so does a run preempted before it
+trained (SIGTERM/SIGUSR1 while its data was prepared), with exit code 143. A run the
+non-finite guard stops says why on one line and exits with 1 (results.json says ``failed``).
 
 ``RunDirCallback`` (``hydra.callbacks`` in ``conf/train.yaml``) guards the run directory of a
 single run before Hydra writes into it: see ``lmlab.cli.rundir_callback``. The state of the
@@ -44,6 +45,7 @@ from lmlab.cli.interrupt import (
     clear,
     disk_full_before_training,
     interrupted_before_training,
+    stop_signal,
 )
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.cli.main import fail
@@ -104,16 +106,23 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """One job: ``run_job``, and Ctrl-C's exit (130) with, before training, what it left."""
+    """One job: ``run_job``, and Ctrl-C's exit (130) or a stop signal's (143) with, before
+    training, what it left."""
     LAUNCH.jobs += 1
     LAUNCH.dry_runs += bool(cfg.get("dry_run"))
     job = JobFolder.of(absolute(cfg.paths.output_dir))
     try:
         return run_job(cfg)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:
+        ctrl_c = isinstance(stop, KeyboardInterrupt)
+        if not (ctrl_c or stop_signal(stop)):
+            raise  # an exit of its own (a refusal's code 2)
         if launch_rank_is_zero() and not job.started():
-            print(interrupted_before_training(job), file=sys.stderr)
-        sys.exit(130)  # Ctrl-C: results.json says interrupted, the log how to resume
+            said = "interrupted" if ctrl_c else f"preempted ({stop})"
+            print(interrupted_before_training(job, said), file=sys.stderr)
+        # Ctrl-C: results.json says interrupted; SIGTERM/SIGUSR1: preempted, checkpoint saved;
+        # the log says how to resume
+        sys.exit(130 if ctrl_c else 143)
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -125,8 +134,6 @@ def run_job(cfg: DictConfig) -> float | None:
             check_max_steps(cfg)
         except ConfigError as err:
             fail(err)
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     with long_lived():  # heavy imports only once the config composed
         from lmlab.train.distributed import RankLostError
         from lmlab.train.guard import NonFiniteError
@@ -140,8 +147,6 @@ def run_job(cfg: DictConfig) -> float | None:
             fail(err)
     try:
         return train(cfg)
-    except SIGTERMException:
-        sys.exit(143)  # preempted: checkpoint saved, results.json says so
     except Exception as err:
         if in_multirun():
             # One failed job must not sink the sweep: results.json already says "failed". No

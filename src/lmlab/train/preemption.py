@@ -188,6 +188,38 @@ class Preemption(L.Callback):
         self._restore_sigint()
 
 
+class StopBeforeFit:
+    """SIGTERM or SIGUSR1 before ``fit`` (the run's checks, the data's preparation, the
+    model's build) raises ``SIGTERMException`` where it arrives, as Ctrl-C raises
+    KeyboardInterrupt there: the half-built data cache entry is removed and the command says
+    what it left, exit code 143. Left to the signal, the process died at once, silent, and
+    the cache kept the partial entry (``.tmp-*``, the size of the rows tokenized so far) for
+    good. ``release`` puts the handlers back before ``fit``: Lightning keeps a SIGTERM handler
+    it finds (it would raise mid-step), and ``Preemption`` takes SIGUSR1 only where none is
+    set. Installed only where the signal has its default action (not SLURM's requeue)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals arrive in the main thread only
+        for signum in self.SIGNALS:
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                self._previous[signum] = signal.signal(signum, self._stop)
+
+    def _stop(self, signum: int, _: Any) -> None:
+        self.release()  # a second signal meets its default action
+        raise SIGTERMException(signal.Signals(signum).name)
+
+    def release(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
 def trained_to_the_end(fit_loop: Any) -> bool:
     """Whether Lightning's fit loop has taken its last step (``max_steps``) or epoch
     (``max_epochs``): read without its ``done``, which logs and updates the loop's progress,

@@ -56,6 +56,7 @@ from lmlab.train.outcome import (
 from lmlab.train.plan import (
     make_plan,
 )
+from lmlab.train.preemption import StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
     check_checkpoint_model,
@@ -131,7 +132,9 @@ def train(cfg: DictConfig) -> float | None:
     results: dict[str, Any] = {"status": "running", "run_name": name, "seed": cfg.seed}
     install_job_command()
     scope = JobScope()
+    early = StopBeforeFit()  # a scheduler's stop before fit: no partial cache entry, said
     try:
+        early.install()
         checked = check_run(cfg)  # bad input: refused before any work
         warn_unused(checked.model_cfg, checked.data_cfg, checked.task_cfg)
         if launch_rank_is_zero():  # every DDP/FSDP rank runs this, on every node
@@ -141,7 +144,7 @@ def train(cfg: DictConfig) -> float | None:
         if "wandb" in (cfg.get("logger") or {}):
             recorded_wandb_id(out_dir)  # a damaged record: named before any work
         ckpt_path = resume_checkpoint(cfg, out_dir)
-        return _fit(cfg, checked, run, results, start, ckpt_path, scope)
+        return _fit(cfg, checked, run, results, start, ckpt_path, scope, early)
     except BaseException as err:
         if run.removed():  # a record written now would be a lone results.json in a new folder
             words = (
@@ -187,6 +190,7 @@ def train(cfg: DictConfig) -> float | None:
             log.error("%s", err)  # train.log keeps it too
         raise
     finally:
+        early.release()
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
@@ -268,9 +272,11 @@ def _fit(
     start: float,
     ckpt_path: Path | None,
     scope: JobScope,
+    early: StopBeforeFit,
 ) -> float | None:
     """Prepare the data, plan, check a resume against the plan, then (every check passed)
-    open the run directory, train, validate at the end and write ``results.json``."""
+    open the run directory, train, validate at the end and write ``results.json``. A stop
+    signal before ``fit`` is ``early``'s, during it ``Preemption``'s."""
     out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, model_cfg, spec = prepared_data(cfg, checked)
@@ -335,6 +341,7 @@ def _fit(
     if trainer.is_global_zero:
         Console().print(param_table(counts))
         log_param_table(loggers, counts, step=resume_step)
+    early.release()  # Lightning's and Preemption's handlers from here
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     metrics = final_metrics(cfg, trainer, task, dm, finishing)
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
