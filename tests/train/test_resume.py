@@ -50,6 +50,18 @@ class InjectNaN(L.Callback):
             next(pl_module.parameters()).grad.fill_(float("nan"))
 
 
+REMOVED_BUT_MAPPED: list[str] = []
+
+
+class RemovedButMapped(L.Callback):
+    """Test hook: the checkpoint files this process still maps once training ends that were
+    removed since (their disk space is not freed while mapped), into ``REMOVED_BUT_MAPPED``."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        REMOVED_BUT_MAPPED[:] = [m for m in maps if ".ckpt" in m and m.endswith("(deleted)")]
+
+
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while not path.exists():
@@ -571,6 +583,25 @@ def test_a_resume_after_a_same_size_edit_of_the_corpus_is_refused(
     corpus.write_text(original)  # the text it trained on: the resume goes on
     train(compose_train(resume, tmp_path / "run", cache_dir))
     assert results(tmp_path / "run")["global_step"] == 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_a_resumed_run_lets_go_of_the_checkpoint_it_resumed_from(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The resume's checks read the checkpoint memory-mapped, and the run kept that map to
+    its end: the file it resumed from, removed by the next save's pruning (save_top_k=1),
+    kept its disk space until the process exited. On a 40 MB tmpfs that held two of
+    gpt_tiny's 16 MB checkpoints, the resumed run failed "no space left on device" with one
+    checkpoint on the disk and 25 MB free."""
+    run = [*SMOKE, "checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=1"]
+    run += ["logger=none", "trainer.val_check_interval=100"]
+    train(compose_train([*run, "trainer.max_steps=2"], tmp_path, cache_dir))
+    hook = "+callbacks.mapped._target_=test_resume.RemovedButMapped"
+    resumed = [*run, "trainer.max_steps=4", "resume=true", hook]
+    train(compose_train(resumed, tmp_path, cache_dir))
+    assert not (tmp_path / "checkpoints" / "step000002.ckpt").exists()  # pruned by step 4's
+    assert REMOVED_BUT_MAPPED == []
 
 
 def test_resume_checks_what_the_data_is_not_where_it_is_cached(

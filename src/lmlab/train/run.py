@@ -305,9 +305,13 @@ def _fit(
         init = checked.init
         write_json(out_dir / PLAN, plan.as_dict() | (model_record(init) if init else {}))
     resume_step = ckpt["global_step"] if ckpt else 0
+    # the checkpoint's memory map let go: a resumed run held the file it resumed from, whose
+    # disk space a later save's pruning (save_top_k) or last.ckpt's re-link then did not free
+    # until the run ended, one checkpoint more on the disk (Lightning reads it again to restore)
+    del ckpt
     callbacks = checked.callbacks
     evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
-    if evals is not None and ckpt is not None:
+    if evals is not None and ckpt_path is not None:
         # the evals of the checkpoint's step ran after it was saved: their failures are in
         # the record only (earlier steps' are in the checkpoint, later steps train again)
         evals.carry((read_results(out_dir) or {}).get("eval_failures"), resume_step)
