@@ -783,6 +783,41 @@ def test_a_sample_ends_at_the_models_eos_unless_asked_to_go_on(
             generate_main([f"ckpt={other}", "text=def <mask>", "stop_at_eos=false"])
 
 
+def test_the_end_of_run_sample_ends_where_the_run_is_asked_to_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop signal or Ctrl-C once training has ended: the end-of-run sample ended only at
+    its max_new_tokens (minutes at thousands of tokens, past a scheduler's grace period). It
+    now ends at the next token, said in its log line, and is left out when the stop came
+    before it started."""
+    from types import SimpleNamespace
+
+    from lmlab.train import callbacks
+    from lmlab.train.preemption import Preemption
+
+    tok = char_tokenizer(bos=False)
+    model = tiny("gpt", vocab_size=tok.get_vocab_size(), max_seq_len=48).float().eval()
+    stop = Preemption(str(tmp_path))
+    asks = []
+    stop.stop_asked = lambda: asks.append(1) or len(asks) > 3  # asked after the 3rd token
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(tokenizer=tok), is_global_zero=True, callbacks=[stop]
+    )
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), model_cfg=model.cfg)
+    sample = callbacks.Sample("def", max_new_tokens=40, temperature=1.0, top_k=None)
+    with caplog.at_level(logging.INFO):
+        sample.sample(trainer, module)
+    prompt = len(encode(tok, "def"))
+    assert len(tok.encode(sample.text).ids) <= prompt + 4  # at most one token past the ask
+    assert "(cut short: the run was asked to stop)" in caplog.text
+    caplog.clear()
+    sample.text = None
+    trainer.callbacks[0].stop_asked = lambda: True  # asked before the sample began
+    with caplog.at_level(logging.INFO):
+        sample.on_train_end(trainer, module)
+    assert sample.text is None and "end-of-run sample is left out" in caplog.text
+
+
 def test_a_damaged_checkpoint_is_one_line_naming_it(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:

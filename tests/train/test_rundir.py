@@ -1375,14 +1375,16 @@ def test_an_empty_checkpoints_link_made_before_the_first_run_is_no_earlier_run(
 
 
 @pytest.mark.parametrize("ended", [True, False])
-def test_ctrl_c_after_training_ended_says_the_end_of_run_work_goes_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, ended: bool
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
+def test_a_stop_after_training_ended_says_the_end_of_run_work_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ended: bool, sent: str
 ) -> None:
-    """A Ctrl-C during the end-of-run sample said "stopping after this step with a
-    checkpoint", and the sample went on for minutes: there was no step left to stop after."""
+    """A Ctrl-C or a SIGTERM during the end-of-run sample said "stopping after this step",
+    and the sample went on for minutes: there was no step left to stop after. Now it says
+    the run ends with its checkpoint and record, the sample cut short (``Sample``)."""
     from types import SimpleNamespace
 
-    from lmlab.train.preemption import NOTHING, Preemption
+    from lmlab.train.preemption import NOTHING, PREEMPT, Preemption
 
     stop = Preemption(str(tmp_path))
     stop._fit_loop = SimpleNamespace(
@@ -1393,14 +1395,21 @@ def test_ctrl_c_after_training_ended_says_the_end_of_run_work_goes_on(
     )
     before = signal.getsignal(signal.SIGINT)
     try:
-        with caplog.at_level("WARNING"):
-            stop._on_sigint()
+        with caplog.at_level("INFO"):
+            if sent == "SIGINT":
+                stop._on_sigint()
+            else:
+                stop._on_sigterm(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGINT, before)
-    if ended:
-        assert stop._asked == NOTHING and "training has ended" in caplog.text
-    else:
-        assert stop._asked != NOTHING and "stopping after this step" in caplog.text
+    said = " ".join(caplog.messages)
+    assert ("training has ended" in said) == ended
+    assert ("stopping after this step" in said) == (not ended)
+    assert stop.stop_asked()  # the evals and the sample end early
+    if sent == "SIGINT":
+        assert (stop._asked == NOTHING) == ended  # no training step is left to stop after
+    else:  # preempted: a stop in the last step's validation saves and resumes its evals
+        assert stop._asked == PREEMPT
 
 
 @pytest.mark.parametrize("name", [".hydra", "csv", "checkpoints"])

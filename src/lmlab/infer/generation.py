@@ -161,10 +161,12 @@ def generate(
     eos_id: int | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
     n_vocab: int | None = None,
+    stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Continue ``ids_BT`` (B, T) with a GPT model; returns (B, T + new). A prompt longer than
     ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning). ``n_vocab``: the
-    tokenizer's size, past which no id is picked (``decode_loop``)."""
+    tokenizer's size, past which no id is picked; ``stop``: the rows that are finished
+    (``decode_loop``)."""
     max_len = model.cfg.max_seq_len
     warn_if_cut(ids_BT.shape[1], max_len)
     return decode_loop(
@@ -179,6 +181,7 @@ def generate(
         generator,
         eos_id,
         on_token,
+        stop=stop,
         n_vocab=n_vocab,
     )
 

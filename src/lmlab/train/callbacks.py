@@ -312,6 +312,9 @@ class Sample(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.model_cfg.family != Family.gpt or not forward_here(trainer, pl_module):
             return  # left-to-right sampling needs a decoder
+        if stop_check(trainer, pl_module)():
+            log.warning("the end-of-run sample is left out: the run was asked to stop")
+            return
         with optional("the end-of-run sample"), eager():
             self.sample(trainer, pl_module)
 
@@ -326,6 +329,7 @@ class Sample(L.Callback):
         model = pl_module.model
         was_training = model.training
         model.eval()
+        asked = stop_check(trainer, pl_module)  # a stop signal ends the sample where it is
         out = generate(
             model,
             ids,
@@ -335,11 +339,13 @@ class Sample(L.Callback):
             generator=gen,
             eos_id=document_end_id(tok),  # a sample ends with its document, as generate.py's
             n_vocab=tok.get_vocab_size(),  # model.vocab_size may pad past the tokenizer
+            stop=lambda ids_BT: torch.full_like(ids_BT[:, 0], asked(), dtype=torch.bool),
         )
         model.train(was_training)
         self.text = tok.decode(out[0].tolist())
         if trainer.is_global_zero:
-            log.info("sample (prompt %r):\n%s", self.prompt, self.text)
+            cut = " (cut short: the run was asked to stop)" if asked() else ""
+            log.info("sample (prompt %r)%s:\n%s", self.prompt, cut, self.text)
 
 
 class AttentionMaps(L.Callback):

@@ -77,7 +77,16 @@ class Preemption(L.Callback):
         self._sigint = [signal.signal(signal.SIGINT, self._on_sigint)]
 
     def _on_sigterm(self, signum: int, _: Any) -> None:
-        log.info("Received %s: stopping after this step", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self._fit_loop is not None and trained_to_the_end(self._fit_loop):
+            # no step is left to stop after (it said so, and the sample went on for minutes)
+            log.warning(
+                "Received %s: training has ended; the run ends with its final checkpoint and "
+                "results.json, the end-of-run sample and evals cut short",
+                name,
+            )
+        else:
+            log.info("Received %s: stopping after this step", name)
         self._asked = max(self._asked, PREEMPT)
 
     def _on_sigint(self, *_: Any) -> None:
@@ -85,9 +94,9 @@ class Preemption(L.Callback):
         if self._fit_loop is not None and trained_to_the_end(self._fit_loop):  # its extras run
             self._cut = True
             log.warning(
-                "Ctrl-C: training has ended; the final checkpoint, the sample and results.json "
-                "are written first, evals during training are cut short (Ctrl-C again: stop at "
-                "once, recorded interrupted)"
+                "Ctrl-C: training has ended; the final checkpoint and results.json are written "
+                "first, the end-of-run sample and evals during training cut short (Ctrl-C "
+                "again: stop at once, recorded interrupted)"
             )
             return
         log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)")
@@ -96,7 +105,8 @@ class Preemption(L.Callback):
     def stop_asked(self) -> bool:
         """Whether this process was asked to stop (a signal, not yet agreed with the other
         ranks), or Ctrl-C came once training had ended: what the evals during training ask
-        between two batches, to end early (``EvalTasks``)."""
+        between two batches, and the end-of-run sample between two tokens, to end early
+        (``EvalTasks``, ``Sample``)."""
         return self._asked != NOTHING or self._cut
 
     def _agree(self, trainer: L.Trainer) -> int:
