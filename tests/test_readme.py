@@ -48,3 +48,29 @@ def test_every_bare_sweep_the_readme_shows_is_one_test_sweeps_checks() -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_readme_training_command_passes_the_checks(command: str, refused_jobs) -> None:
     assert refused_jobs(*shlex.split(command)) == []
+
+
+# a section whose heading is a sweep's command, and its text up to the next heading
+SWEEP_SECTION = re.compile(
+    r"^#+ [^\n]*`python src/train.py -m \+sweeps=(\w+)`\n(.*?)(?=^#)", flags=re.M | re.S
+)
+PRESET_ADVICE = re.compile(r"`(model=\w+)")
+
+
+def test_a_preset_the_readme_gives_a_sweep_keeps_its_grid(multirun_config) -> None:
+    """A ``model=`` preset that a sweep's section suggests (``run it with model=gpt_small``)
+    must run that sweep's grid: where the sweep file varies ``model`` itself (moe), the
+    command-line preset replaces the grid, and the sweep runs one job of the four."""
+    from lmlab.cli.sweep import replaced_by_command_line
+
+    advised = [
+        (sweep, preset)
+        for sweep, body in SWEEP_SECTION.findall(README.read_text())
+        for preset in PRESET_ADVICE.findall(body)
+    ]
+    replaced = [
+        line
+        for sweep, preset in advised
+        for line in replaced_by_command_line(multirun_config(f"+sweeps={sweep}", preset))
+    ]
+    assert replaced == []
