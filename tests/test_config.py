@@ -461,3 +461,14 @@ def test_a_choice_prints_as_its_value() -> None:
     assert named.dir == "runs/swiglu"
     assert f"{Activation.relu}|{Activation.gelu:>5}" == "relu| gelu"
     assert all(str(c) == c.value for kind in Choice.__subclasses__() for c in kind)
+
+
+def test_smoke_validates_two_batches_after_a_recipe_that_scores_the_whole_split() -> None:
+    """+debug=smoke last (as the README says) after +experiment=shakespeare_char_cpu, whose
+    final_val_batches=1.0 scores the whole held-out split after the last step: smoke's
+    final validation is its two batches, not the whole split (98,432 tokens)."""
+    from lmlab.train.run import final_val_limit
+
+    cfg = compose_train(["+experiment=shakespeare_char_cpu", "+debug=smoke"])
+    assert cfg.trainer.limit_val_batches == 2
+    assert final_val_limit(cfg.final_val_batches, cfg.trainer.limit_val_batches) is None
