@@ -1374,6 +1374,22 @@ def test_an_empty_checkpoints_link_made_before_the_first_run_is_no_earlier_run(
     assert results(run_dir)["global_step"] == 4 and step_of(disk / "last.ckpt") == 4
 
 
+def test_a_resume_does_not_warn_that_its_own_checkpoints_are_there(
+    tmp_path: Path, run_command, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Every resume warned "Checkpoint directory ... exists and is not empty" (Lightning's
+    ModelCheckpoint): the run's own checkpoints, which it resumes from; a new run into a
+    folder that holds a run's is refused before."""
+    keep = ["callbacks.checkpoint.save_top_k=-1", "checkpoint.every_n_steps=1"]  # step files
+    argv = [*SMOKE, *keep, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv) == 0
+    assert run_command("train", *argv[:-2], "trainer.max_steps=4", argv[-1], "resume=true") == 0
+    assert results(tmp_path)["global_step"] == 4
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 4
+    said = [str(w.message) for w in recwarn]
+    assert not [m for m in said if "exists and is not empty" in m], said
+
+
 @pytest.mark.parametrize("ended", [True, False])
 @pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
 def test_a_stop_after_training_ended_says_the_end_of_run_work_goes_on(

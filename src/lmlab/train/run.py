@@ -89,13 +89,18 @@ NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch e
 # Lightning's own pytree code (2.6.6) meets a deprecation of torch (2.13) on every run, once per
 # rank (Lightning's issue 21326): nothing a user can act on.
 LEAF_SPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# ModelCheckpoint's warning on every resume: the folder holds the run's own checkpoints, and a
+# new run into a folder that holds a run's is refused before (``resume_checkpoint``).
+CKPT_DIR_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
 
 
 def route_lightning_logs() -> None:
     """Lightning's messages go through Hydra's handlers (console and train.log) once, not
     twice, and without its product tips or its warning that a resume mid-epoch is inexact
-    (``NOT_RESUMABLE``), nor the deprecation its own code meets in torch (``LEAF_SPEC``)."""
+    (``NOT_RESUMABLE``), nor the deprecation its own code meets in torch (``LEAF_SPEC``), nor
+    that a resumed run's checkpoints folder holds checkpoints (``CKPT_DIR_NOT_EMPTY``)."""
     warnings.filterwarnings("ignore", message=NOT_RESUMABLE)
+    warnings.filterwarnings("ignore", message=CKPT_DIR_NOT_EMPTY)
     warnings.filterwarnings("ignore", message=LEAF_SPEC, category=FutureWarning)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         lightning_log = logging.getLogger(name)
