@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 LOCK_FILE = ".lmlab.lock"
@@ -67,4 +68,25 @@ def held_folder(folder: Path) -> bool:
     else:
         return False
     finally:
+        os.close(fd)
+
+
+def lock_current(path: Path, take: Callable[[int], None], mode: int = 0o644) -> int:
+    """The descriptor of the lock file ``path``, opened (made where missing) and locked by
+    ``take(fd)``, which flocks it or raises (the descriptor is then closed). Its holders
+    remove the file before they release it, so a process that waited on a file since
+    removed locks the path's new file instead: two holders never hold different files of one
+    path."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+        try:
+            take(fd)
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # removed by the holder this one waited for
+            current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            return fd
         os.close(fd)

@@ -46,7 +46,7 @@ from lm_eval.models.utils import (
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from lmlab.config import Family
+from lmlab.config import Family, check_sampling
 from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import decode_loop
@@ -345,9 +345,7 @@ def check_gen_kwargs(kwargs: dict) -> dict:
     repetition penalty, ...), which HFLM would hand to transformers and lmlab would ignore.
     ``top_k=0`` and ``top_p=0`` read as transformers reads them (``filter_logits``)."""
     where = "the task's generation_kwargs"
-    temperature = float(kwargs.get("temperature") or 0.0)
-    if not 0 <= temperature < float("inf"):
-        raise ConfigError(f"{where}: temperature={temperature} must be >= 0 (0: greedy)")
+    check_sampling(f"{where}: ", float(kwargs.get("temperature") or 0.0), None)
     top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ConfigError(f"{where}: top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from lmlab.config import DataConfig, Family, Source
+from lmlab.config.locks import lock_current
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.packing import trained_documents
 from lmlab.data.sources import load_documents
@@ -522,28 +523,14 @@ def record_lock(path: Path) -> Path:
 
 @contextlib.contextmanager
 def record_locked(path: Path) -> Iterator[None]:
-    """Hold eval record ``path``'s lock (``record_lock``), and remove its file on release, so
-    that no lock file is left per record evaluated. A waiter that wakes on a file removed
-    meanwhile (its holder unlinks before it closes) locks the path's new file instead, so
-    two holders never hold different files of one path. No lock to be had (a read-only
-    temporary folder): the record is written without one."""
+    """Hold eval record ``path``'s lock (``record_lock``), and remove its file on release
+    (``lock_current`` makes that safe for a waiter), so that no lock file is left per record
+    evaluated. No lock to be had (a read-only temporary folder): the record is written
+    without one."""
     fd = None
     with contextlib.suppress(OSError):
         lock = record_lock(path)
-        while fd is None:
-            opened = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(opened, fcntl.LOCK_EX)
-                held = os.fstat(opened).st_ino == os.stat(lock).st_ino
-            except FileNotFoundError:  # removed by the holder this one waited for
-                held = False
-            except OSError:
-                os.close(opened)
-                raise
-            if held:
-                fd = opened
-            else:
-                os.close(opened)
+        fd = lock_current(lock, lambda opened: fcntl.flock(opened, fcntl.LOCK_EX), 0o600)
     try:
         yield
     finally:

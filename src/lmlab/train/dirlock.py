@@ -29,6 +29,7 @@ from lmlab.config.locks import (
     LOCK_FILES,
     SWEEP_LOCK_FILE,
     live_holder,
+    lock_current,
     open_folder,
     pid_in,
 )
@@ -142,19 +143,12 @@ def _take_lock(folder: Path, name: str) -> None:
 def _lock_file(path: Path) -> int:
     """The descriptor holding the ``flock`` on the lock file ``path``, the pid written; or
     refuse (``ConfigError``): another live process holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def take(fd: int) -> None:
         if not _flock_exclusive(fd):
-            err = _in_use(path, pid_in(fd))
-            os.close(fd)
-            raise err from None
-        try:
-            current = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            break
-        os.close(fd)  # the process that held it removed the file meanwhile: lock the new one
+            raise _in_use(path, pid_in(fd)) from None
+
+    fd = lock_current(path, take)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
