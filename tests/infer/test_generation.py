@@ -22,7 +22,7 @@ from lmlab.data.tokenizer import EOS, encode, train_bpe, train_char
 from lmlab.errors import ConfigError
 from lmlab.infer import fill
 from lmlab.infer.fill import fill_mask, infill, parse_spans
-from lmlab.infer.generation import filter_logits, generate
+from lmlab.infer.generation import decode_loop, filter_logits, generate
 from lmlab.infer.pretrained import Pretrained, load
 from lmlab.infer.probe import CREATOR, attention_maps, drawn_by_probe, probe_ids
 from lmlab.model import build_model, param_breakdown
@@ -92,6 +92,33 @@ def test_t5_decoder_cache_equals_full_decoder(positional: Positional) -> None:
     steps = [model.decode(dec[:, :3], memory, cache=cache)]
     steps += [model.decode(dec[:, t : t + 1], memory, cache=cache) for t in range(3, 6)]
     torch.testing.assert_close(torch.cat(steps, 1), model(src, dec), atol=FP64_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_t5_decoding_past_the_context_keeps_the_start_token(use_cache: bool) -> None:
+    """30 target tokens past max_seq_len=24: every cropped decoder input still begins with the
+    start token T5 was trained to read first, followed by the latest tokens; the cached and
+    the recomputing paths give the same targets."""
+    model = tiny("t5")
+    src = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    memory = model.encode(src)
+    start = torch.full((2, 1), 3)
+    seen: list[torch.Tensor] = []
+
+    def decode(ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        seen.append(ids)
+        return model.decode(ids, memory, cache=cache)
+
+    new_cache = model.new_cache if use_cache else None
+    out = decode_loop(decode, new_cache, start, 24, 30, temperature=0.0, keep_start=1)
+    assert out.shape == (2, 31)
+    full = [ids for ids in seen if ids.shape[1] == 24]
+    assert len(full) >= 6 and all(torch.equal(ids[:, 0], start[:, 0]) for ids in full)
+    # the last step read the context of 30 tokens: the start token and the last 23
+    assert torch.equal(seen[-1], torch.cat((start, out[:, 7:30]), dim=1))
+    other_cache = None if use_cache else model.new_cache
+    other = decode_loop(decode, other_cache, start, 24, 30, temperature=0.0, keep_start=1)
+    assert torch.equal(out, other)
 
 
 def test_cache_takes_the_dtype_attention_computes_in() -> None:

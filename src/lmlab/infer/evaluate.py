@@ -306,6 +306,7 @@ class LmlabLM(TemplateLM):
                 eos_id=self.eos_id,
                 stop=StopAt(self.tok_decode, starts, until),
                 n_vocab=self.tok.get_vocab_size(),
+                keep_start=1,
             )
         rows = out_BT.tolist()
         return [

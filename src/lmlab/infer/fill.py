@@ -153,6 +153,7 @@ def infill(
         generator,
         eos_id=eos_id,
         n_vocab=tok.get_vocab_size(),
+        keep_start=1,
     )
     written_ids = out_1S[0, 1:].tolist()
     if eos_id not in written_ids and len(written_ids) >= max_new_tokens:

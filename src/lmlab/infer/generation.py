@@ -4,7 +4,9 @@ With the cache, the prompt is run once (prefill) and every later step feeds one 
 attends to the cached keys and values; without it, every step recomputes the whole context.
 Both give the same logits (greedy decoding gives the same tokens; the test checks it). Past
 ``max_seq_len`` tokens there are no positions left, so both crop the context to its last
-``max_seq_len`` tokens and recompute it every step (nanoGPT's behaviour), cache or not.
+``max_seq_len`` tokens and recompute it every step (nanoGPT's behaviour), cache or not. An
+encoder-decoder's decoder keeps its start token in front of what it crops to: T5 was trained
+with every target starting from it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def decode_loop(
     stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_finite: bool = True,
     n_vocab: int | None = None,
+    keep_start: int = 0,
 ) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to ``ids_BT``; ``new_cache=None`` recomputes the
     context every step. ``n_vocab`` (the tokenizer's size): only ids below it are picked, where
@@ -103,9 +106,10 @@ def decode_loop(
     token, so every row sees exactly its own prompt at the positions an unbatched run gives
     it. ``stop(ids_BT)`` -> (B,) bool marks rows finished (a stop sequence), as EOS does.
     Non-finite logits at a step raise ``NonFiniteLogits`` (a diverged model, an overflowing
-    dtype), greedy or sampled, unless ``check_finite=False``."""
+    dtype), greedy or sampled, unless ``check_finite=False``. Past ``max_len`` the context is
+    cropped to its last tokens behind its first ``keep_start`` (``cropped``)."""
     cache = new_cache(ids_BT.shape[0]) if new_cache else None
-    logits_BV = forward(ids_BT[:, -max_len:], cache)[:, -1, :n_vocab]
+    logits_BV = forward(cropped(ids_BT, max_len, keep_start), cache)[:, -1, :n_vocab]
     done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
     n_forced = 0 if forced_BF is None else forced_BF.shape[1]
     for step in range(max_new_tokens):
@@ -132,8 +136,17 @@ def decode_loop(
             logits_BV = forward(next_B1, cache)[:, -1, :n_vocab]
         else:  # the context is full: crop and recompute, as without a cache
             cache = None
-            logits_BV = forward(ids_BT[:, -max_len:], None)[:, -1, :n_vocab]
+            logits_BV = forward(cropped(ids_BT, max_len, keep_start), None)[:, -1, :n_vocab]
     return ids_BT
+
+
+def cropped(ids_BT: torch.Tensor, max_len: int, keep_start: int = 0) -> torch.Tensor:
+    """The context a model of ``max_len`` positions reads from ``ids_BT``: all of it where it
+    fits, else its first ``keep_start`` tokens (a decoder's start token) and its last
+    ``max_len - keep_start``."""
+    if ids_BT.shape[1] <= max_len:
+        return ids_BT
+    return torch.cat((ids_BT[:, :keep_start], ids_BT[:, keep_start - max_len :]), dim=1)
 
 
 def warn_if_cut(n_tokens: int, max_len: int) -> None:
@@ -210,6 +223,7 @@ def greedy_seq2seq(
         temperature=0.0,
         eos_id=eos_id,
         check_finite=False,
+        keep_start=1,
     )[:, 1:]
     short = max_new_tokens - out_BS.shape[1]
     return torch.nn.functional.pad(out_BS, (0, short), value=eos_id if eos_id is not None else 0)
