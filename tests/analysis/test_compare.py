@@ -1140,6 +1140,19 @@ def test_runs_of_a_results_json_alone_are_not_taken_for_copies(tmp_path: Path) -
     assert not any("copies or repeats" in line for line in ranking.summarize(rows, "val_loss"))
 
 
+def test_runs_of_a_results_json_alone_in_same_named_folders_get_distinct_labels(
+    tmp_path: Path,
+) -> None:
+    """Two folders of such runs compared together (``a/0`` and ``b/0``): each row is named by
+    its folder below what the runs share, so the two rows do not read as one name twice."""
+    for sweep, loss in [("a", 3.1), ("b", 3.2)]:
+        (tmp_path / sweep / "0").mkdir(parents=True)
+        results = results_for(loss, 2000.0, 1, "0") | {"params": 1000}
+        (tmp_path / sweep / "0" / "results.json").write_text(json.dumps(results))
+    rows = ranking.aggregate(load_runs(tmp_path), "val_loss")
+    assert [r.label for r in rows] == ["a/0", "b/0"]
+
+
 def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) -> None:
     root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:4])
     config = yaml.safe_load((root / "1" / ".hydra" / "config.yaml").read_text())

@@ -6,6 +6,7 @@ summary lines."""
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -140,12 +141,15 @@ def aggregate(
             first = groups.setdefault(variant, {}).setdefault(repr(run.seed), run)
             if first is not run:
                 copies.setdefault(variant, []).append(run)
+    # a run of unknown variant is named by its folder below what every run shares (``a/0``
+    # and ``b/0`` where two sweeps' folders are compared), not by its own name alone
+    root = Path(os.path.commonpath([run.dir for run in runs])) if len(runs) > 1 else None
     rows = [
-        _row(list(group.values()), knobs, keys, copies=copies.get(variant, []))
+        _row(list(group.values()), knobs, keys, copies=copies.get(variant, []), root=root)
         for variant, group in groups.items()
     ]
     seeds_vary = len({repr(run.seed) for run in runs}) > 1
-    rows += [_row([run], knobs, keys, seeds_vary) for run in runs if run.failed]
+    rows += [_row([run], knobs, keys, seeds_vary, root=root) for run in runs if run.failed]
     # losses of different objectives are listed in order, unranked (summarize says why)
     return _rank(rows, metric, higher_is_better, rank=not objective_differences(runs, metric))
 
@@ -156,10 +160,11 @@ def _row(
     keys: list[str],
     seeds_vary: bool = False,
     copies: list[Run] | None = None,
+    root: Path | None = None,
 ) -> Row:
     values = {k: knob_value(runs[0], k) for k in knobs}
     failed = runs[0].failed
-    label = run_folder(runs[0]) if unknown_variant(runs[0]) else variant_label(values)
+    label = run_folder(runs[0], root) if unknown_variant(runs[0]) else variant_label(values)
     if failed and seeds_vary:
         label += f" (seed={runs[0].seed})"
     return Row(
