@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lmlab.config import DataConfig, Family, Source, TokenizerKind
+from lmlab.data import packing
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import pack, prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
@@ -281,6 +282,27 @@ def test_a_refused_corpus_leaves_no_half_built_rows_in_the_cache(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"the val split .* row of 64: .* data.seq_len \(now "):
         prepare(cfg, row_len=64)  # the train split is packed and saved first
     assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_a_stop_while_the_tokenizer_is_cached_leaves_no_half_built_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, which raises there) after the tokenizer's entry was made and before
+    it was published left an empty ``.tmp-*`` folder in the cache for good."""
+    corpus = write(tmp_path / "tiny.txt", b"x = 1\n" * 400)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char)
+
+    read = packing.read_tokenizer
+
+    def stopped(path: Path):  # the new entry's copy is read before it is published
+        if path.parent.name.startswith(".tmp-"):
+            raise KeyboardInterrupt
+        return read(path)
+
+    monkeypatch.setattr(packing, "read_tokenizer", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, row_len=9)
+    assert list((tmp_path / "c").iterdir()) == []
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

@@ -157,14 +157,22 @@ def cache_root(cfg: DataConfig) -> Path:
     return cache
 
 
-def new_entry(cfg: DataConfig, cache: Path) -> Path:
-    """A temporary folder in the cache to build an entry in (``_publish`` puts it in place)."""
+@contextlib.contextmanager
+def new_entry(cfg: DataConfig, cache: Path) -> Iterator[Path]:
+    """A temporary folder in the cache to build an entry in (``_publish`` then puts it in
+    place), removed where the build is refused or stopped (an error, Ctrl-C, SIGTERM): no
+    half-built entry stays in the cache."""
     with writing(cfg):
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+    try:
         umask = os.umask(0)
         os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 kept a shared cache from its other users
-    return tmp
+        with writing(cfg):
+            tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 kept a shared cache from its other users
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -275,9 +283,9 @@ def cached_tokenizer(
     else:
         log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
         tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
-    tmp = new_entry(cfg, tok_dir.parent)
-    tok.save(str(tmp / TOKENIZER))
-    tok = read_tokenizer(tmp / TOKENIZER)  # as a later run reads it
+    with new_entry(cfg, tok_dir.parent) as tmp:
+        tok.save(str(tmp / TOKENIZER))
+        tok = read_tokenizer(tmp / TOKENIZER)  # as a later run reads it
     _publish(tmp, tok_dir)
     return tok
 
@@ -327,13 +335,14 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
     if (blocks_dir / "meta.json").exists():
         return blocks_dir  # read only: a read-only cache that holds the rows serves them
-    tmp = new_entry(cfg, cache)  # a cache that cannot be written is refused before any work
     meta = {
         "tokenizer": TOKENIZER,  # the entry's own copy, named relative to the entry
         "row_len": row_len,
         "datasets": datasets.__version__,  # named if another version cannot read the rows
     }
-    try:
+    # a cache that cannot be written is refused before any work; a refused or stopped build
+    # leaves no half-built rows in it
+    with new_entry(cfg, cache) as tmp:
         docs = load_documents(cfg)
         meta["text_sha256"] = text_digest(docs)
         train_texts, val_texts = split_documents(docs, cfg.val_fraction)
@@ -352,8 +361,5 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
             meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}
             meta.setdefault("unknown", {})[split] = unknown  # apart: the plan records meta[split]
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    except BaseException:  # refused or stopped: no half-built rows left in the cache
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _publish(tmp, blocks_dir)
     return blocks_dir
