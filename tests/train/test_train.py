@@ -414,16 +414,23 @@ def test_final_validation_rescores_only_when_its_rows_differ() -> None:
 def test_wandb_offline_run_records_config_and_metrics(
     tmp_path: Path, cache_dir: Path, wandb_records
 ) -> None:
-    run(tmp_path, cache_dir, "logger=wandb")
+    # 8 sequences a step of 4-row micro-batches: the plan accumulates 2, the config says 1
+    results = run(tmp_path, cache_dir, "logger=wandb", "data.global_batch_size=8")
     records = wandb_records(tmp_path)
     run_rec = next(r["run"] for r in records if r["type"] == "run")
     assert run_rec["project"] == "lmlab" and run_rec["display_name"] == ",".join(
-        [*SMOKE, "logger=wandb"]
+        sorted([*SMOKE, "logger=wandb", "data.global_batch_size=8"])
     )
     config = {
         k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
     }
     assert config["model.norm_placement"] == "pre" and config["data.source"] == "stdlib"
+    # what the run trained with, beside the config's fields it did not use
+    assert config["trainer.accumulate_grad_batches"] == 1
+    assert config["plan.batch.accumulation"] == results["batch"]["accumulation"] == 2
+    assert config["plan.steps"] == results["global_step"]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert config["plan.vocab_size"] == plan["vocab_size"]
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     assert any("train/loss" in h for h in history) and any("val/loss" in h for h in history)
     # the parameter table as a W&B table, with the same numbers as results.json

@@ -220,10 +220,14 @@ def build_loggers(
     resume_step: int = 0,
     revalidates: bool = False,
     reevaluates: bool = True,
+    plan: dict[str, Any] | None = None,
 ) -> list[Logger]:
-    """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys. A run
-    resumed from step ``resume_step`` continues the CSV history from there (``revalidates``,
-    ``reevaluates``: ``HistoryWriter``)."""
+    """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys, and
+    the run's frozen ``plan`` (``plan.json``) as ``plan.*``: the steps, accumulation, precision
+    and vocabulary the run trains with, where a budget, the global batch or the data derived
+    them and the config's own fields (``trainer.max_steps``, ``trainer.accumulate_grad_batches``)
+    were not used. A run resumed from step ``resume_step`` continues the CSV history from there
+    (``revalidates``, ``reevaluates``: ``HistoryWriter``)."""
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
@@ -258,7 +262,7 @@ def build_loggers(
             )
         else:
             loggers.append(instantiate(lcfg))
-    flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)) | flatten(plan or {}, "plan"))
     for lg in loggers:
         lg.log_hyperparams(flat)  # W&B's run starts here (rank 0)
         if type(lg).__name__ == "WandbLogger":

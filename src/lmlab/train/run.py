@@ -326,6 +326,7 @@ def _fit(
         resume_step=resume_step,
         revalidates=finishing,
         reevaluates=evals is not None and evals.due_at(resume_step, plan.steps),
+        plan=plan.as_dict(),
     )
     trainer = build_trainer(
         cfg, callbacks=callbacks, logger=loggers or False, **plan.trainer_args(cfg.trainer)
