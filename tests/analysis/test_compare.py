@@ -1421,6 +1421,20 @@ def test_throughput_by_its_metrics_csv_name_ranks_and_prints_as_its_results_json
     assert ranking.fmt_stat(ranking.Stat(2000.0, 100.0, 3), "perf/tokens_per_second") == "2k ± 100"
 
 
+def test_throughput_by_its_metrics_csv_name_is_the_runs_not_its_last_logging_window(
+    tmp_path: Path,
+) -> None:
+    """perf/tokens_per_second ranked by the last row of metrics.csv, the throughput of the last
+    logging window (one step, where the run ends just after a logging step), while the
+    table's tok/s and tokens_per_second gave the run's own: the two named opposite winners."""
+    root = make_multirun(tmp_path / "multirun", JOBS[3:5])  # post/relu 3000, swiglu 1000 tok/s
+    write_metrics_csv(root / "0" / "csv" / "metrics.csv", 3.30, 500.0)  # a slow last window
+    for metric in ("perf/tokens_per_second", "tokens_per_second"):
+        rows = cmp.compare(root, metric=metric)
+        assert rows[0].label == "norm_placement=post, activation=relu", metric
+        assert rows[0].value(metric) == 3000.0
+
+
 def test_the_higher_is_better_help_names_every_metric_ranked_higher_first() -> None:
     """The help said "higher for eval accuracies, lower for everything else" while
     throughput and a fine-tuned task's accuracies rank higher first too."""

@@ -219,7 +219,7 @@ def check_metric(runs: Sequence[Run], metric: str) -> None:
     """Raise CompareError naming the available metrics when ``metric`` is unknown, and for an
     eval metric the runs whose evals during training failed (results.json's
     ``eval_failures``), which is why they have none."""
-    if metric in available_metrics(runs):
+    if {metric, result_key(metric)} & set(available_metrics(runs)):
         return
     if any(curve_column(metric, run.curve) for run in runs):
         return
@@ -287,20 +287,23 @@ def curve_column(metric: str, columns: Iterable[str]) -> str | None:
 
 
 def run_value(run: Run, metric: str) -> float | None:
-    """results.json value of ``metric``, else (completed runs only: a failed run's partial curve
-    is not a final value) ``lmlab evaluate``'s value, else the last value of its metrics.csv
-    column, except for an eval metric: results.json holds the last step's evals, and where
-    they failed, an earlier step's row would read as the final model's (``eval_failures``
-    says why there is none). An eval metric in both results.json and ``lmlab evaluate``'s
-    record is the evaluation of the newer weights, and of the same weights ``lmlab
-    evaluate``'s (:func:`evaluated_last`)."""
+    """results.json value of ``metric`` (or of its results.json name, ``result_key``: the
+    run's ``tokens_per_second`` for ``perf/tokens_per_second``, not the last logging window's
+    in metrics.csv), else (completed runs only: a failed run's partial curve is not a final
+    value) ``lmlab evaluate``'s value, else the last value of its metrics.csv column, except
+    for an eval metric: results.json holds the last step's evals, and where they failed, an
+    earlier step's row would read as the final model's (``eval_failures`` says why there is
+    none). An eval metric in both results.json and ``lmlab evaluate``'s record is the
+    evaluation of the newer weights, and of the same weights ``lmlab evaluate``'s
+    (:func:`evaluated_last`)."""
     if metric in run.evals and evaluated_last(run):
         return run.evals[metric]
-    value = run.results.get(metric)
+    key = metric if metric in run.results else result_key(metric)
+    value = run.results.get(key)
     if _is_number(value):
         return float(value)
     if value is not None:  # edited by hand: its metrics.csv would stand in for it unsaid
-        raise CompareError(f"{run.dir / RESULTS}: field {metric!r} must be a number, got {value!r}")
+        raise CompareError(f"{run.dir / RESULTS}: field {key!r} must be a number, got {value!r}")
     if run.failed:
         return None
     if metric in run.evals:  # lmlab evaluate of an earlier checkpoint, and nothing newer
