@@ -166,7 +166,7 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         shown = f"'{value}'" if isinstance(value, str) else value
         once = " or null (once, after the last step)" if name == "val_check_interval" else ""
         raise ConfigError(
-            f"trainer.{name}={shown} must be an int >= 1 (batches){once}"
+            f"trainer.{name}={shown} must be an int >= 1 (optimizer steps){once}"
             + (why if isinstance(value, float) else "")
         )
     clip = trainer.get("gradient_clip_val")
