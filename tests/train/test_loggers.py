@@ -317,6 +317,45 @@ def test_evaluate_s_wandb_start_goes_offline_where_w_and_b_refuses_it(
     assert f"wandb sync {tmp_path}/wandb/offline-run-*" in warning
 
 
+@pytest.fixture
+def multirun_job(tmp_path: Path) -> Iterator[Callable[[list[str], list[str]], None]]:
+    """Set Hydra's config as a multirun's job sees it: the sweep's command line in its
+    folder's ``multirun.yaml``, and the job's own overrides; unset afterwards."""
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    def as_job(sweep: list[str], job: list[str]) -> None:
+        record = {"hydra": {"overrides": {"task": sweep}}}
+        (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml(record))
+        cfg = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+        cfg.hydra.mode, cfg.hydra.sweep.dir = RunMode.MULTIRUN, str(tmp_path)
+        cfg.hydra.sweeper, cfg.hydra.overrides.task, cfg.hydra.job.num = {"params": None}, job, 1
+        HydraConfig.instance().set_config(cfg)
+
+    yield as_job
+    HydraConfig.instance().cfg = None
+
+
+def test_a_multirun_job_is_named_by_every_key_its_sweep_varies(multirun_job) -> None:
+    """A sweep was a value with a comma, so the jobs of ``model.activation=relu,gelu
+    seed=range(2)`` (W&B's name, results.json's ``run_name``) were named
+    ``model.activation=relu`` alike, whatever their seed, and a list or dict value with
+    commas was named as swept. Hydra's parser says which overrides sweep."""
+    cfg = OmegaConf.create({})
+    constant = ["+debug=smoke", "eval.tasks=[stdlib_nextline,stdlib_cloze]"]
+    multirun_job(
+        [*constant, "model.activation=relu,gelu", "seed=range(2)"],
+        [*constant, "model.activation=relu", "seed=1"],
+    )
+    assert run_name(cfg) == "model.activation=relu,seed=1"
+    multirun_job(
+        ["+experiment=choice(llama,gpt2)", "model={d_model:32,n_layers:1}"],
+        ["+experiment=gpt2", "model={d_model:32,n_layers:1}"],
+    )
+    assert run_name(cfg) == "+experiment=gpt2"
+
+
 def test_a_history_row_cut_short_is_dropped_on_resume(tmp_path: Path) -> None:
     """A full disk (or a kill) while Lightning appended a row left ``\\r\\n0,0`` at the end of
     metrics.csv: every resume then failed in ``int(None)``, a TypeError naming no file."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch import loggers as pl_loggers
@@ -40,15 +41,23 @@ def _multirun_dir() -> Path | None:
     return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
 
+def sweeping(overrides: list[str]) -> set[str]:
+    """The keys (or groups) of the ``overrides`` that sweep, as Hydra's parser reads them: a
+    comma list, ``range(3)``, ``glob(gpt_*)``, ``choice(a,b)``, ``interval(0,1)``. A list
+    (``[a,b]``) or a dict (``{d_model:32,n_layers:1}``) is one value, its commas aside."""
+    parser = OverridesParser.create()
+    return {o.key_or_group for o in parser.parse_overrides(overrides) if o.is_sweep_override()}
+
+
 def swept_keys() -> set[str]:
-    """Keys a multirun varies: the sweeper's ``params`` and command-line overrides with a
-    comma list (read from the sweep's ``multirun.yaml``, which Hydra writes before any job)."""
+    """Keys a multirun varies: the sweeper's ``params`` and the command line's sweeps
+    (``sweeping``, read from the sweep's ``multirun.yaml``, which Hydra writes before any
+    job)."""
     hc = HydraConfig.get()
     keys = set((hc.sweeper.get("params") or {}).keys())
     multirun_yaml = _multirun_dir() / SWEEP_RECORD
     if multirun_yaml.exists():
-        task = OmegaConf.load(multirun_yaml).hydra.overrides.task
-        keys |= {o.split("=", 1)[0] for o in as_typed(task) if "," in o.split("=", 1)[-1]}
+        keys |= sweeping(as_typed(OmegaConf.load(multirun_yaml).hydra.overrides.task))
     return {k.lstrip("+~") for k in keys}
 
 
