@@ -110,6 +110,22 @@ def test_a_true_false_field_of_a_target_given_another_value_is_refused(
     check_run(compose_train(["+debug=smoke", *fine], tmp_path / "run", tmp_path))
 
 
+@pytest.mark.parametrize(("tags", "shown"), [("baseline", "baseline"), ("[v1,2]", "['v1', 2]")])
+def test_wandb_tags_other_than_a_list_of_strings_are_refused(
+    tags: str, shown: str, tmp_path
+) -> None:
+    """W&B took ``logger.wandb.tags=baseline`` for eight tags of a letter each, in silence, and
+    refused a number in the list (pydantic's traceback) only once the data was prepared."""
+    wandb = ["+debug=smoke", "logger=wandb"]
+    cfg = compose_train([*wandb, f"logger.wandb.tags={tags}"], tmp_path / "run", tmp_path)
+    message = f"logger.wandb.tags={shown}: allowed: a list of strings"
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+    check_run(
+        compose_train([*wandb, "logger.wandb.tags=[baseline,'2']"], tmp_path / "run", tmp_path)
+    )
+
+
 def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
     from lightning.fabric.connector import _convert_precision_to_unified_args
 

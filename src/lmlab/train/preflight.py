@@ -165,15 +165,28 @@ def check_target_node(node: DictConfig, where: str, keys: bool = True, types: bo
             raise ConfigError(f"{where}.{key}={shown}: allowed: {describe_kinds(kinds)}")
 
 
-def check_wandb_offline(cfg: DictConfig) -> None:
-    """``logger.wandb.offline``: null (offline unless a key is configured and its server
-    answers), true or false; ``off`` or ``0`` were read as true and false."""
+def check_wandb(cfg: DictConfig) -> None:
+    """What lmlab reads of ``logger.wandb`` itself. ``offline``: null (offline unless a key is
+    configured and its server answers), true or false; ``off`` or ``0`` were read as true and
+    false. ``tags``: a list of strings (or null); W&B took ``tags=baseline`` for the tags b,
+    a, s, e, l, i, n, e, and refused a number (``tags=[v1,2]``) once the data was prepared."""
     node = (cfg.get("logger") or {}).get("wandb")
-    offline = node.get("offline") if node is not None else None
+    if node is None:
+        return
+    offline = node.get("offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError(
             f"logger.wandb.offline={offline}: allowed: true, false, null (offline unless an "
             "API key is configured and its server answers)"
+        )
+    tags = node.get("tags")
+    if tags is not None and not (
+        OmegaConf.is_list(tags) and all(isinstance(tag, str) for tag in tags)
+    ):
+        shown = OmegaConf.to_container(tags) if OmegaConf.is_list(tags) else spelled(tags)
+        raise ConfigError(
+            f"logger.wandb.tags={shown}: allowed: a list of strings, such as "
+            "logger.wandb.tags=[baseline] (quote a number: '[v1,\"2\"]'), or null"
         )
 
 
@@ -189,7 +202,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_target_node(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
         check_target_node(node, f"logger.{name}")
-    check_wandb_offline(cfg)
+    check_wandb(cfg)
     check_checkpoint_folder(cfg.get("callbacks") or {}, cfg.paths.output_dir)
     check_max_steps(cfg)
     task_cfg = resolve_task(cfg, model_cfg)
