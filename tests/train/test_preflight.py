@@ -126,6 +126,20 @@ def test_wandb_tags_other_than_a_list_of_strings_are_refused(
     )
 
 
+@pytest.mark.parametrize(("key", "value"), [("name", "2024"), ("group", "7"), ("project", "1")])
+def test_a_wandb_name_that_hydra_reads_as_a_number_is_refused(
+    key: str, value: str, tmp_path
+) -> None:
+    """``logger.wandb.name=2024`` (Hydra reads an int) failed the run once its data was
+    prepared, with a traceback (``'int' object has no attribute 'encode'``)."""
+    wandb = ["+debug=smoke", "logger=wandb"]
+    cfg = compose_train([*wandb, f"logger.wandb.{key}={value}"], tmp_path / "run", tmp_path)
+    message = f"logger.wandb.{key}={value}: allowed: a string or null"
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+    check_run(compose_train([*wandb, f"logger.wandb.{key}='{value}'"], tmp_path / "run", tmp_path))
+
+
 def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
     from lightning.fabric.connector import _convert_precision_to_unified_args
 

@@ -169,7 +169,9 @@ def check_wandb(cfg: DictConfig) -> None:
     """What lmlab reads of ``logger.wandb`` itself. ``offline``: null (offline unless a key is
     configured and its server answers), true or false; ``off`` or ``0`` were read as true and
     false. ``tags``: a list of strings (or null); W&B took ``tags=baseline`` for the tags b,
-    a, s, e, l, i, n, e, and refused a number (``tags=[v1,2]``) once the data was prepared."""
+    a, s, e, l, i, n, e, and refused a number (``tags=[v1,2]``) once the data was prepared.
+    ``name``, ``group``, ``project``, ``entity``: a string (or null); a number as Hydra reads
+    ``name=2024`` failed the run after its data was prepared, through a traceback."""
     node = (cfg.get("logger") or {}).get("wandb")
     if node is None:
         return
@@ -179,6 +181,13 @@ def check_wandb(cfg: DictConfig) -> None:
             f"logger.wandb.offline={offline}: allowed: true, false, null (offline unless an "
             "API key is configured and its server answers)"
         )
+    for key in ("name", "group", "project", "entity"):
+        value = node.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"logger.wandb.{key}={spelled(value)}: allowed: a string or null (quote a "
+                f"number as text: 'logger.wandb.{key}=\"{spelled(value)}\"')"
+            )
     tags = node.get("tags")
     if tags is not None and not (
         OmegaConf.is_list(tags) and all(isinstance(tag, str) for tag in tags)
