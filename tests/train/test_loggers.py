@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
-from lmlab.train.loggers import kept_run_name, run_name
+from lmlab.train.loggers import kept_run_name, run_name, run_tags
 from lmlab.train.run import train
 from lmlab.train.wandb_run import (
     finish_wandb,
@@ -354,6 +354,33 @@ def test_a_multirun_job_is_named_by_every_key_its_sweep_varies(multirun_job) -> 
         ["+experiment=gpt2", "model={d_model:32,n_layers:1}"],
     )
     assert run_name(cfg) == "+experiment=gpt2"
+
+
+@pytest.mark.parametrize(
+    ("job", "size"),
+    [
+        (["model.activation=swiglu", "seed=1"], "size:tiny"),
+        (["model.d_model=64", "model.n_layers=2"], "size:custom"),
+        (["+model.moe.num_experts=4"], "size:custom"),
+        (["model={d_model:32,n_layers:1}", "budget.flops=2e12"], "size:custom"),
+        (["model=gpt_tiny", "model.norm=rmsnorm"], "size:tiny"),
+        (["data.vocab_size=512"], "size:tiny"),
+    ],
+)
+def test_the_size_tag_is_the_preset_s_only_where_its_shape_is_kept(
+    multirun_job, job: list[str], size: str
+) -> None:
+    """Every job of an isoflop sweep (152k to 3.5M parameters through ``model.d_model`` and
+    ``model.n_layers``) was tagged ``size:tiny`` after its preset, while the other tags say
+    what the run trained."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    cfg = compose_train(["model=gpt_tiny"])
+    multirun_job(job, job)
+    with read_write(HydraConfig.get()):
+        HydraConfig.get().runtime.choices["model"] = "gpt_tiny"
+    assert [t for t in run_tags(cfg) if t.startswith("size:")] == [size]
 
 
 def test_a_history_row_cut_short_is_dropped_on_resume(tmp_path: Path) -> None:

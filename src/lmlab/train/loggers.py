@@ -96,15 +96,41 @@ def run_group() -> str | None:
     return f"{sweep}-{'_'.join(_multirun_dir().parts[-2:])}"
 
 
+# ModelConfig's fields that set a model's shape, and so its size, beside the preset's
+SHAPE_FIELDS = {"d_model", "n_layers", "n_decoder_layers", "n_heads", "n_kv_heads", "d_head"}
+SHAPE_FIELDS |= {"d_ff", "ffn_multiple_of", "max_seq_len", "vocab_size", "moe"}
+
+
+def model_fields(overrides: list[str]) -> set[str]:
+    """The ``model`` fields that ``overrides`` set: ``model.d_model=64`` and a dict merged into
+    the model, ``model={d_model:32,n_layers:1}`` (as ``+sweeps=isoflop`` gives its sizes); not
+    a preset's choice, ``model=gpt_small``."""
+    fields = set()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group.lstrip("+~").split(".")
+        if key[0] != "model":
+            continue
+        if len(key) > 1:
+            fields.add(key[1])
+        elif isinstance(value := override.value(), dict):
+            fields |= set(value)
+    return fields
+
+
 def run_tags(cfg: DictConfig) -> list[str]:
-    """Tags from the config choices: family, size, the model knobs, experiment and sweep."""
+    """Tags from the config choices: family, size, the model knobs, experiment and sweep. The
+    size is the preset's (``size:tiny`` for ``model=gpt_tiny``), or ``size:custom`` where the
+    command line sets a field of the model's shape (``model.d_model=512``, an isoflop sweep's
+    sizes): the config's ``plan.params`` holds the count."""
     model = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
     knobs = ("family", "norm_placement", "norm", "activation", "positional")
     tags = [f"{k}:{model[k]}" for k in knobs]
     if HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
+        hc = HydraConfig.get()
+        choices = hc.runtime.choices
         preset = choices.get("model") or ""
-        tags.append(f"size:{preset.split('_', 1)[-1]}")
+        reshaped = bool(model_fields(list(hc.overrides.task)) & SHAPE_FIELDS)
+        tags.append(f"size:{'custom' if reshaped else preset.split('_', 1)[-1]}")
         tags += [f"{g}:{choices[g]}" for g in ("experiment", "sweeps") if choices.get(g)]
     return tags
 
