@@ -717,6 +717,20 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     assert float(json.loads(str(logged["trainer/global_step"]))) == 6
 
 
+def test_evaluate_logs_into_the_wandb_run_a_resume_would_reopen(
+    tmp_path: Path, wandb_records
+) -> None:
+    """A run directory whose ``wandb_id`` file was lost keeps its W&B run's id in
+    results.json, which a resume reopens (``recorded_wandb_id``); ``lmlab evaluate`` read
+    the file alone and logged nowhere, in silence."""
+    from lmlab.cli.evaluate import log_to_wandb
+
+    (tmp_path / "results.json").write_text(json.dumps({"wandb_id": "abcd1234"}))
+    assert log_to_wandb(tmp_path, {"eval/stdlib_nextline/acc": 0.5}, 7) == "abcd1234"
+    records = wandb_records(tmp_path)
+    assert next(r["run"] for r in records if r["type"] == "run")["run_id"] == "abcd1234"
+
+
 def save_checkpoint(pre: Pretrained, path: Path, step: int) -> Path:
     """``pre`` as a checkpoint of training step ``step``, in the keys training saves."""
     state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}

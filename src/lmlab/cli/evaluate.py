@@ -133,22 +133,28 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     the ``trainer/global_step`` axis Lightning's logger uses, where training logged the
     validation and evals of the checkpoint's weights (``log_step``: N - 1 for the checkpoint
     of step N), and into its summary. Offline unless credentials exist, as in training; an
-    offline run is uploaded with ``wandb sync <run dir>/wandb/offline-run-*``. Returns the
-    run id, or None when the run directory has no W&B run."""
-    id_file = run_dir / "wandb_id"
-    if not id_file.is_file():
+    offline run is uploaded with ``wandb sync <run dir>/wandb/offline-run-*``. The run's id is
+    the one a resume reopens (``recorded_wandb_id``: ``wandb_id``, else results.json's).
+    Returns the run id, or None when the run directory has no W&B run."""
+    from lmlab.files import RESULTS, read_record
+
+    if not (run_dir / "wandb_id").exists() and not read_record(run_dir / RESULTS).get("wandb_id"):
+        return None  # no W&B run: not worth Lightning's import (the W&B helpers'), ~4 s
+    from lmlab.train.wandb_run import init_wandb, recorded_wandb_id, wandb_offline, wandb_place
+
+    run_id = recorded_wandb_id(run_dir)
+    if run_id is None:
         return None
     import wandb
 
     from lmlab.train.loggers import log_step
-    from lmlab.train.wandb_run import init_wandb, wandb_offline, wandb_place
 
     wb = (saved_config(run_dir).get("logger") or {}).get("wandb") or {}
     run = init_wandb(
         wandb_offline(wb.get("offline"), run_dir),
         run_dir,
         **wandb_place(run_dir, wb.get("project") or "lmlab", wb.get("entity")),
-        id=id_file.read_text(encoding="utf-8").strip(),
+        id=run_id,
         resume="allow",
         dir=str(run_dir),
         settings=wandb.Settings(silent=True),
