@@ -1,12 +1,15 @@
 """Hydra's errors before a run starts as one line (``hydra_error``): an unknown preset or key,
 a value outside an enum, override syntax, a run directory that cannot be created
-(``unwritable``), which Hydra would print over several lines with exit code 1."""
+(``unwritable``), which Hydra would print over several lines with exit code 1; and the exit
+of a refusal from inside Hydra's run (``refuse``)."""
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
@@ -75,3 +78,14 @@ def unwritable(err: OSError) -> ConfigError:
         f"cannot write {err.filename}: {why} (hydra.run.dir, or hydra.sweep.dir with -m, must "
         "be a directory this user can create and write)"
     )
+
+
+def refuse(why: str | ConfigError | OSError) -> NoReturn:
+    """``error: <why>`` on stderr (an OSError: ``unwritable``'s words) and exit code 2, from
+    Hydra's callbacks and checks: an exception there (``lmlab.cli.main.fail`` raises under the
+    HYDRA_FULL_ERROR=1 that main() sets while Hydra runs) Hydra turns into a warning and goes
+    on, to write into the directory it should not."""
+    if isinstance(why, OSError):
+        why = unwritable(why)
+    print(f"error: {why}", file=sys.stderr)
+    sys.exit(2)

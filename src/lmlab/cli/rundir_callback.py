@@ -6,7 +6,6 @@ a single run, and a multirun's sweep folder, before Hydra writes into it: see
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lmlab.cli.hydra_errors import unwritable
+from lmlab.cli.hydra_errors import refuse
 from lmlab.cli.interrupt import note_folder
 from lmlab.cli.launch import LAUNCH
 from lmlab.cli.sweep import (
@@ -65,13 +64,11 @@ class RunDirCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         if (swept := swept_sweep_files(config)) is not None:
-            print(
-                f"error: {swept}: the sweeps group takes one value (each job would be a default "
+            refuse(
+                f"{swept}: the sweeps group takes one value (each job would be a default "
                 "run: a sweep file's grid applies to the whole multirun, not inside a job); "
-                "run each sweep on its own: -m +sweeps=<name>",
-                file=sys.stderr,
+                "run each sweep on its own: -m +sweeps=<name>"
             )
-            sys.exit(2)
         log = logging.getLogger("lmlab")
         for replaced in replaced_by_command_line(config):  # Hydra's way: it narrows a sweep
             log.warning(replaced)
@@ -85,13 +82,11 @@ class RunDirCallback(Callback):
         runs = earlier_sweep_runs(sweep_dir) if chosen else []  # a default one: a fresh folder
         resumed = bool(runs) and config.get("resume") in (True, "auto")
         if runs and not resumed:
-            print(
-                f"error: hydra.sweep.dir={sweep_dir} already holds the runs of an earlier "
+            refuse(
+                f"hydra.sweep.dir={sweep_dir} already holds the runs of an earlier "
                 f"sweep ({listed(runs)}): choose another directory (the default is a new one), or "
-                "add resume=auto to continue them",
-                file=sys.stderr,
+                "add resume=auto to continue them"
             )
-            sys.exit(2)
         check_sweep(config, resumed)
         existed = chosen and sweep_dir.exists()
         if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
@@ -115,19 +110,16 @@ class RunDirCallback(Callback):
         if processes > 1 and not chose_dir(config, "hydra.run.dir"):
             # every rank would name outputs/<date>/<time> by the second it started: ranks
             # that straddle a second would write (a sharded checkpoint too) into two folders
-            print(
-                f"error: this is one of {processes} processes that a launcher (torchrun) "
+            refuse(
+                f"this is one of {processes} processes that a launcher (torchrun) "
                 "started for one run, and each would name the default folder, "
                 "outputs/<date>/<time>, by the second it started: give them one with "
-                "hydra.run.dir=<folder>",
-                file=sys.stderr,
+                "hydra.run.dir=<folder>"
             )
-            sys.exit(2)
         if not launch_rank_is_zero():
             return  # a DDP/FSDP rank of a run that rank 0 guards (a sweep job's ranks too)
         if (why := sweep_file_without_multirun(config)) is not None:
-            print(f"error: {why}", file=sys.stderr)
-            sys.exit(2)
+            refuse(why)
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
         run_dir = absolute(OmegaConf.select(config, "hydra.run.dir"))
         existed = False
@@ -143,11 +135,7 @@ class RunDirCallback(Callback):
         except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
             # not fail(): while Hydra runs, main() sets HYDRA_FULL_ERROR=1 and fail() would
             # raise, which Hydra turns into a warning and goes on to write into the directory
-            print(
-                f"error: {err if isinstance(err, ConfigError) else unwritable(err)}",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+            refuse(err)
         note_folder(run_dir, existed)
         hold_hydra_writes(config, run_dir)
 
@@ -176,11 +164,7 @@ def guard_sweep_dir(sweep_dir: Path, take: bool = True) -> None:
             refuse_live_sweep_dir(sweep_dir)
             refuse_sweep_in_run_dir(sweep_dir)
     except (ConfigError, OSError) as err:  # live elsewhere, or not a writable directory
-        print(
-            f"error: {err if isinstance(err, ConfigError) else unwritable(err)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        refuse(err)
 
 
 def take_fresh_sweep_dir(config: DictConfig, default: Path) -> Path:

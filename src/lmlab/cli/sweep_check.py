@@ -6,7 +6,6 @@ empty. The jobs themselves are composed in ``lmlab.cli.sweep``."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.cli.heap import long_lived
-from lmlab.cli.hydra_errors import hydra_error
+from lmlab.cli.hydra_errors import hydra_error, refuse
 from lmlab.cli.sweep import (
     job_config,
     runs_here,
@@ -46,8 +45,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     nothing (``n_trials=0``) and a swept value list that is empty (``range(2,2)``), in one
     line (``lmlab.cli.sweep.sweeper_setting``, ``sweep_without_values``)."""
     if (why := sweeper_setting(config) or sweep_without_values(config)) is not None:
-        print(f"error: {why}", file=sys.stderr)
-        sys.exit(2)
+        refuse(why)
     jobs = sweep_jobs(config)
     corners = jobs is None
     if corners:
@@ -101,8 +99,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     finally:
         HydraConfig.instance().set_config(config)
     if shared is not None:
-        print(f"error: {shared}", file=sys.stderr)
-        sys.exit(2)
+        refuse(shared)
     checked = f"checked the {what} {len(jobs)} {noun} in {time.perf_counter() - started:.1f} s"
     if not refused and not corners:
         checked += f"; they train {steps:,} steps, {tokens:,} tokens, {flops:.3g} FLOPs (6ND)"
@@ -110,7 +107,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     if refused:
         count = sum(len(names) for names in refused.values())
         lines = [
-            f"error: {count} of the {what} {len(jobs)} {noun} would be refused, so "
+            f"{count} of the {what} {len(jobs)} {noun} would be refused, so "
             + (
                 "no trial was started (fix, narrow or leave out these values):"
                 if corners
@@ -125,5 +122,4 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
             lines.append(
                 f"  and {rest} more job(s), for {len(refused) - MAX_REASONS} other reasons"
             )
-        print("\n".join(lines), file=sys.stderr)
-        sys.exit(2)
+        refuse("\n".join(lines))
