@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import storage_fix, write_error_words
-from lmlab.files import RESULTS, RUN_CONFIG
+from lmlab.files import RESULTS, RUN_CONFIG, write_bytes
 from lmlab.train.runfiles import holds_run
 
 
@@ -43,12 +43,13 @@ class JobFolder:
         return _mtime(self.path / RUN_CONFIG) != self.identity
 
     def restore_record(self) -> None:
-        """``results.json`` as it was (none: none)."""
+        """``results.json`` as it was (none: none), written whole as every record is
+        (``lmlab.files.write_bytes``): a second Ctrl-C leaves the one or the other."""
         path = self.path / RESULTS
         if self.record is None:
             path.unlink(missing_ok=True)
         elif _read(path) != self.record:
-            path.write_bytes(self.record)
+            write_bytes(path, self.record)
 
 
 def _read(path: Path) -> bytes | None:
