@@ -812,6 +812,21 @@ def test_eval_record_holds_the_batch_size_and_dtype_it_ran_with(tok) -> None:
     assert (settings["batch_size"], settings["dtype"]) == (3, "bf16")
 
 
+def test_the_corpus_of_a_run_copied_without_its_hydra_folder_is_still_known(
+    tmp_path: Path,
+) -> None:
+    """``cp -r run/* copy/`` leaves ``.hydra/`` behind; ``compare`` reads such a copy's config
+    from the ``run_config.yaml`` training wrote, while ``lmlab evaluate`` read ``.hydra/``
+    alone and said nothing of a split that trains on the shipped tasks' files."""
+    from lmlab.cli.evaluate import trained_data
+    from lmlab.config import DataConfig
+
+    (tmp_path / "run_config.yaml").write_text(
+        "data: {source: stdlib, val_fraction: 0.02, max_bytes: null}\nseed: 0\n"
+    )
+    assert trained_data(tmp_path / "checkpoints" / "last.ckpt") == DataConfig(val_fraction=0.02)
+
+
 def test_a_corpus_setting_that_trains_on_the_shipped_tasks_is_said(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

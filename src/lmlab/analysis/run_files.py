@@ -1,7 +1,8 @@
 """The files of one run directory, each read on its own: ``results.json``, Hydra's
-``.hydra/`` records (overrides, choices), ``csv/metrics.csv``'s curves and the ``eval/``
-records of ``lmlab evaluate``. Unreadable files read as nothing; :mod:`lmlab.analysis.runs`
-puts them together into one :class:`~lmlab.analysis.runs.Run` per job."""
+``.hydra/`` records (overrides, choices), the config it ran with, ``csv/metrics.csv``'s
+curves and the ``eval/`` records of ``lmlab evaluate``. Unreadable files read as nothing;
+:mod:`lmlab.analysis.runs` puts them together into one :class:`~lmlab.analysis.runs.Run` per
+job (``lmlab evaluate`` reads the config of a checkpoint's run here too)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lmlab.files import EVAL_RECORDS
+from lmlab.files import EVAL_RECORDS, RUN_CONFIG
 
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
@@ -125,6 +126,18 @@ def results_or_failed(path: Path) -> dict[str, Any]:
             "error": "results.json is not a JSON object",
         }
     return results
+
+
+def read_run_config(job_dir: Path) -> tuple[dict[str, Any] | None, bool]:
+    """The config a run ran with, and whether it is partial: ``.hydra/config.yaml``, else
+    (missing or unreadable: a copy made with ``cp -r run/*``) the ``run_config.yaml`` training
+    wrote when it started (model, data, optimizer, schedule, seed; the task of a fine-tune);
+    None where neither reads."""
+    config = read_yaml(job_dir / ".hydra" / "config.yaml")
+    if isinstance(config, dict):
+        return config, False
+    config = read_yaml(job_dir / RUN_CONFIG)
+    return (config, True) if isinstance(config, dict) else (None, False)
 
 
 def read_yaml(path: Path) -> Any:

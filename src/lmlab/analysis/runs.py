@@ -32,13 +32,14 @@ from lmlab.analysis.run_files import (
     read_choices,
     read_curve,
     read_evals,
+    read_run_config,
     read_yaml,
     results_or_failed,
 )
 from lmlab.config import flatten
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
 from lmlab.errors import ConfigError
-from lmlab.files import PLAN, RESULTS, RUN_CONFIG, read_json
+from lmlab.files import PLAN, RESULTS, read_json
 
 # results.json statuses of a run stopped by a signal, with a checkpoint to resume from.
 STOPPED = ("preempted", "interrupted")
@@ -334,11 +335,7 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
     else:
         results = _continued(job_dir, results)
     overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
-    config = read_yaml(job_dir / ".hydra" / "config.yaml")
-    partial = not isinstance(config, dict)
-    if partial:  # what the run wrote when training started holds what it trains
-        config = read_yaml(job_dir / RUN_CONFIG)
-        partial = isinstance(config, dict)
+    config, partial = read_run_config(job_dir)
     plan = read_json(job_dir / PLAN)
     if isinstance(config, dict) and isinstance(plan, dict) and isinstance(plan.get("model"), dict):
         config = {**config, "model": plan["model"]}

@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
 from omegaconf import MISSING
 
+from lmlab.analysis.run_files import read_run_config
 from lmlab.cli.args import parse
 from lmlab.config import DataConfig, Source
 from lmlab.errors import ConfigError
@@ -98,12 +97,13 @@ def main(argv: list[str]) -> int | None:
 
 
 def trained_data(ckpt: Path) -> DataConfig | None:
-    """The corpus a language model in a run's ``checkpoints/`` trained on, from the run's
-    ``.hydra/config.yaml`` (source, ``val_fraction``, ``max_bytes``: what decides the files
-    held out); None where it cannot be told (a loose or converted checkpoint, a fine-tune)."""
+    """The corpus a language model in a run's ``checkpoints/`` trained on, from the config
+    the run saved (``read_run_config``: source, ``val_fraction``, ``max_bytes``: what decides
+    the files held out); None where it cannot be told (a loose or converted checkpoint, a
+    fine-tune)."""
     from lmlab.infer.checkpoint import run_dir_of
 
-    saved = saved_config(run_dir_of(ckpt))
+    saved, _ = read_run_config(run_dir_of(ckpt))
     if not saved or (saved.get("task") or {}).get("kind", "lm") != "lm":
         return None
     try:
@@ -115,16 +115,6 @@ def trained_data(ckpt: Path) -> DataConfig | None:
         )
     except (ValueError, TypeError, AttributeError, ConfigError):
         return None
-
-
-def saved_config(run_dir: Path) -> dict[str, Any]:
-    """The config a run saved (``<run dir>/.hydra/config.yaml``) as plain data; empty where
-    there is none or it cannot be read."""
-    try:
-        saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> str | None:
@@ -149,7 +139,7 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
 
     from lmlab.train.loggers import log_step
 
-    wb = (saved_config(run_dir).get("logger") or {}).get("wandb") or {}
+    wb = ((read_run_config(run_dir)[0] or {}).get("logger") or {}).get("wandb") or {}
     run = init_wandb(
         wandb_offline(wb.get("offline"), run_dir),
         run_dir,
