@@ -50,12 +50,10 @@ from lmlab.config import Family, check_sampling
 from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import decode_loop
-from lmlab.infer.harness import check_family
+from lmlab.infer.harness import BACKENDS, check_family
 from lmlab.infer.pretrained import DTYPES, Pretrained, load
 from lmlab.model.context import varying_shapes
 
-# family -> how the harness treats it (its ``backend``); BERT has none
-BACKENDS = {Family.gpt: "causal", Family.t5: "seq2seq"}
 # (request key or None, context tokens, continuation tokens): TemplateLM's request form
 TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
 

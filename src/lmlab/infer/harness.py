@@ -44,9 +44,14 @@ DEFAULT_DATA = DataConfig()  # the corpus settings the shipped tasks are held ou
 log = logging.getLogger(__name__)
 
 
+# family -> how the harness treats it (``LmlabLM.backend``): only decoders and encoder-decoders
+# give the probability of a continuation; BERT has none
+BACKENDS = {Family.gpt: "causal", Family.t5: "seq2seq"}
+
+
 def check_family(family: Family, what: str) -> None:
-    """Only decoders (GPT) and encoder-decoders (T5) give the probability of a continuation."""
-    if family == Family.bert:
+    """Only the families with a ``BACKENDS`` entry (GPT, T5) can be evaluated."""
+    if family not in BACKENDS:
         raise ConfigError(
             f"{what}: a bert model is an encoder with a masked-LM head and gives no probability "
             "of a continuation, which every lm-eval request needs; allowed: gpt (causal) or t5 "
