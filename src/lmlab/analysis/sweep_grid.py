@@ -4,6 +4,7 @@ known to lack them, and compare says so. Optuna draws its trials as it goes: no 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,24 @@ def unlaunched_jobs(path: str | Path) -> list[Unlaunched]:
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def _grid_size(hydra: dict[str, Any]) -> int | None:
-    """How many jobs Hydra's basic sweeper launches for a multirun.yaml's ``hydra`` section:
-    its ``sweeper.params`` and the command line's overrides, split as the sweeper splits
-    them; None under another sweeper or where they cannot be read here (a ``glob``, which
-    needs the config's groups)."""
+def grid_jobs(
+    params: Mapping[str, Any], task: Iterable[Any], config_loader: Any = None
+) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper builds them from its ``params`` and the
+    command line's overrides (``task``), in its order; a ``glob`` needs the ``config_loader``
+    (the config's groups). Hydra's errors are raised."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in task]
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _grid_size(hydra: dict[str, Any]) -> int | None:
+    """How many jobs Hydra's basic sweeper launches for a multirun.yaml's ``hydra`` section
+    (``grid_jobs``); None under another sweeper or where they cannot be read here (a
+    ``glob``, which needs the config's groups)."""
     sweeper, overrides = hydra.get("sweeper"), hydra.get("overrides")
     if not isinstance(sweeper, dict) or sweeper.get("_target_") != BASIC_SWEEPER:
         return None
@@ -75,9 +86,7 @@ def _grid_size(hydra: dict[str, Any]) -> int | None:
     task = overrides.get("task") if isinstance(overrides, dict) else None
     if not isinstance(params, dict) or not isinstance(task, list | None):
         return None
-    arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in task or []]
     try:
-        parsed = OverridesParser.create().parse_overrides(arguments)
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+        return len(grid_jobs(params, task or []))
     except Exception:  # noqa: BLE001 - hydra's own errors, unknown here: no grid known
         return None

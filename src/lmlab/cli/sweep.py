@@ -29,11 +29,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmlab.analysis.sweep_grid import BASIC_SWEEPER, grid_jobs
 from lmlab.config.asked import as_typed
 from lmlab.errors import first_line
 from lmlab.train.runfiles import listed
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # an integer range with at most this many values is checked at every value, not its two ends
 ALL_INT_VALUES = 8
@@ -48,20 +48,13 @@ SWEEPS_GROUP = "sweeps"
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     """Each job's overrides, as Hydra's basic sweeper builds them from ``hydra.sweeper.params``
-    and the command line; None under another sweeper."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
+    and the command line (``lmlab.analysis.sweep_grid.grid_jobs``); None under another
+    sweeper."""
     sweeper = config.hydra.sweeper
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
-    arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments += as_typed(config.hydra.overrides.task)
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    return [
-        job
-        for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
-        for job in batch
-    ]
+    loader = GlobalHydra.instance().config_loader()
+    return grid_jobs(sweeper.get("params") or {}, as_typed(config.hydra.overrides.task), loader)
 
 
 def sweeper_setting(config: DictConfig) -> str | None:
