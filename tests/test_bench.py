@@ -635,3 +635,42 @@ def test_the_plain_loop_audits_its_steps_as_lmlabs_are_audited(tmp_path: Path) -
     steps = json.loads(audit.read_text())["steps"]
     assert [s["step"] for s in steps] == list(range(AUDIT_STEPS))
     assert quiet_syncs(audit) == (0.0, [])
+
+
+@pytest.mark.parametrize(
+    ("checkpointing", "full_loss", "notes"),
+    [
+        (60.0, 150.0, ["40% less than storing activations", "50% more than the chunked"]),
+        (110.0, 90.0, ["10% more than storing activations", "10% less than the chunked"]),
+    ],
+    ids=["as-expected", "the-other-way"],
+)
+def test_the_memory_notes_say_which_way_each_mode_differs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    checkpointing: float,
+    full_loss: float,
+    notes: list[str],
+) -> None:
+    """Each mode's note compares its peak growth with the stored, chunked step's, in the
+    direction measured: a small step where recomputation costs more than it saves (the
+    quick run's) read '4% less than storing activations' for 4% more."""
+    import json
+    import subprocess
+    from types import SimpleNamespace
+
+    from bench.cases import CASES, Settings
+
+    growth = {"--activation-checkpointing": checkpointing, "--full-loss": full_loss}
+
+    def probe(cmd: list[str], **kwargs) -> SimpleNamespace:  # noqa: ANN003
+        mib = growth.get(cmd[-1], 100.0)  # the stored step: no flag
+        return SimpleNamespace(stdout=json.dumps({"peak_growth_mib": mib}) + "\n")
+
+    monkeypatch.setattr(subprocess, "run", probe)
+    stored, *others = CASES["memory"].fn(Settings(work=tmp_path, repeats=1, quick=True))
+    assert stored.note == ""
+    assert [r.note for r in others] == [
+        f"{notes[0]} (medians)",
+        f"{notes[1]} cross-entropy (medians)",
+    ]
