@@ -117,8 +117,12 @@ TABLE_HEAD = ["| case | metric | median | min | max | runs |", "|---|---|---:|--
 
 
 def table_rows(r: CaseResult) -> list[str]:
-    """A case's rows: one per metric with median, min, max and the number of runs."""
+    """A case's rows: one per metric with median, min, max and the number of runs; one saying
+    why where it has none (its note, if any, says more). A case needs a row for its note to be
+    read back as its own (``parse_section``) and replaced when it runs again."""
     rows = [f"| {r.name} | skipped: {r.skipped} | | | | |"] if r.skipped else []
+    if not r.skipped and not r.stats:
+        rows.append(f"| {r.name} | no measurements | | | | |")
     for s in r.stats:
         cells = [r.name, f"{s.name} ({s.unit})"]
         cells += [fmt(v, s.unit) for v in (s.median, s.min, s.max)] + [str(len(s.values))]

@@ -674,3 +674,19 @@ def test_the_memory_notes_say_which_way_each_mode_differs(
         f"{notes[0]} (medians)",
         f"{notes[1]} cross-entropy (medians)",
     ]
+
+
+def test_a_note_without_measurements_is_replaced_when_its_case_runs_again() -> None:
+    """A case that measures nothing and says why in its note (bench-gpu's cross-entropy on a
+    torch without ``linear_cross_entropy``) had no row, so the next run read its note back as
+    a hand-written line and kept it forever, beside the numbers that contradict it: it gets a
+    row, and its note is replaced like any case's."""
+    why = "not run: torch 2.11 has no linear_cross_entropy"
+    first = CaseResult("gpu", "cross-entropy", [], why, case="gpu_cross_entropy")
+    before = render_section("gpu", [first], "then", "")
+    assert f"- cross-entropy: {why}" in before
+    stats = [Stat("full", "ms", [2.0])]
+    again = CaseResult("gpu", "cross-entropy", stats, "fp32", case="gpu_cross_entropy")
+    after = render_section("gpu", [again], "now", "", previous=before)
+    assert "- cross-entropy: fp32" in after and why not in after
+    assert "| cross-entropy | full (ms) | 2 |" in after and "no measurements" not in after
