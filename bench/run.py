@@ -120,6 +120,9 @@ def checked(args: argparse.Namespace, out_file: Path | None) -> list[str]:
     lost at the end, nor a GPU case's full shapes run on a CPU and reported as a GPU's."""
     if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
         raise Refused(f"--out {args.out}: a file in an existing folder")
+    if args.profile is not None and args.profile.exists() and not args.profile.is_dir():
+        # else each GPU case fails at its first table, after its timed runs, losing them
+        raise Refused(f"--profile {args.profile}: a folder (made if missing), not a file")
     for flag, value in (("--repeats", args.repeats), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise Refused(f"{flag} {value}: allowed an int >= 1")

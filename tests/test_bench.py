@@ -383,18 +383,22 @@ def test_empty_or_unknown_selections_and_budgets_are_refused(
 def test_bad_arguments_are_refused_before_any_case_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """An --out that cannot be written would lose every case's numbers at the end."""
+    """An --out that cannot be written would lose every case's numbers at the end, and a
+    --profile that is a file each GPU case's after its timed runs."""
     from bench.run import main
 
+    table = tmp_path / "table.txt"
+    table.write_text("")
     for argv, message in [
         (["--out", str(tmp_path / "missing" / "x.md")], "--out "),
         (["--out", str(tmp_path)], "--out "),
         (["--repeats", "0"], "--repeats 0: allowed an int >= 1"),
         (["--threads", "0"], "--threads 0: allowed an int >= 1"),
+        (["--profile", str(table)], f"--profile {table}: a folder (made if missing), not a"),
     ]:
         assert main(["--quick", "--only", "startup", *argv]) == 2
         assert message in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    assert list(tmp_path.iterdir()) == [table]
 
 
 def test_case_selection() -> None:
