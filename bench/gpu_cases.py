@@ -14,6 +14,7 @@ without compilation: it checks that the cases run, and measures nothing.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import statistics
 import sys
@@ -143,13 +144,15 @@ def lmlab_model(overrides: list[str], s) -> torch.nn.Module:
 
 def mfu(tokens_per_s: float, overrides: list[str], s) -> float:
     """MFU of ``tokens_per_s`` for the model ``overrides`` describe, against the device's
-    dense peak (bf16 on a GPU)."""
+    dense peak (bf16 on a GPU); NaN on a GPU whose peak neither lmlab's table nor
+    Lightning's knows, whose case keeps its other figures."""
     model_cfg, seq_len = model_config(overrides, s)
     with torch.device("meta"):
         model = build_model(model_cfg)
     fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
     precision = "bf16-mixed" if device().type == "cuda" else "32-true"
-    return tokens_per_s * fpt / peak_flops(device(), precision, s.work)
+    peak = peak_flops(device(), precision, s.work)
+    return tokens_per_s * fpt / peak if peak else math.nan
 
 
 GPT2_SHAPES = ["+experiment=gpt2", "model.bias=false", "model.vocab_size=50304"]

@@ -694,3 +694,19 @@ def test_a_note_without_measurements_is_replaced_when_its_case_runs_again() -> N
     after = render_section("gpu", [again], "now", "", previous=before)
     assert "- cross-entropy: fp32" in after and why not in after
     assert "| cross-entropy | full (ms) | 2 |" in after and "no measurements" not in after
+
+
+def test_mfu_on_a_gpu_of_unknown_peak_is_nan_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``peak_flops`` is None for a GPU that neither lmlab's table nor Lightning's knows (a
+    B200, a GH200): bench-gpu's MFU rows then read NaN, where the division raised a
+    TypeError after the case's timed runs and lost its tokens/s with them."""
+    import math
+
+    import bench.gpu_cases as gpu_cases
+    from bench.cases import Settings
+
+    monkeypatch.setattr(gpu_cases, "peak_flops", lambda *args: None)
+    overrides = gpu_cases.shapes(Settings(work=tmp_path, quick=True), "gpt_small", 12, 1024)
+    assert math.isnan(gpu_cases.mfu(1000.0, overrides, Settings(work=tmp_path, quick=True)))
