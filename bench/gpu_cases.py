@@ -43,12 +43,20 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+QUICK_SHAPE = (2, 64)  # batch x sequence length of every --quick run
+
+
+def batch_shape(s, batch: int, seq: int) -> tuple[int, int]:
+    """The batch and sequence length a case runs at: its own, or quick's."""
+    return QUICK_SHAPE if s.quick else (batch, seq)
+
+
 def shapes(s, preset: str, batch: int, seq: int) -> list[str]:
     """nanoGPT's bench.py shapes on ``preset``; quick: a tiny model on the device there is."""
-    if s.quick:
-        tiny = preset.split("_")[0] + "_tiny"
-        return [f"model={tiny}", "data.batch_size=2", "data.seq_len=64", "data.max_bytes=1000000"]
-    return [f"model={preset}", f"data.batch_size={batch}", f"data.seq_len={seq}"]
+    batch, seq = batch_shape(s, batch, seq)
+    model = preset.split("_")[0] + "_tiny" if s.quick else preset
+    small = ["data.max_bytes=1000000"] if s.quick else []
+    return [f"model={model}", f"data.batch_size={batch}", f"data.seq_len={seq}", *small]
 
 
 # What a GPU bench run leaves out besides BENCH_OVERRIDES': the checkpoint, weights and AdamW
@@ -167,7 +175,7 @@ def versus_plain(preset: str) -> callable:
         n_layer, n_head, d = SIZES["gpt_small" if s.quick else preset]
         if s.quick:
             n_layer, n_head, d = 4, 4, 128
-        batch, seq = (2, 64) if s.quick else (12, 1024)
+        batch, seq = batch_shape(s, 12, 1024)
         steps, warm = (6, 2) if s.quick else (STEPS, WARMUP)
         plain_audit = s.work / f"{preset}-plain-syncs.json"  # the first plain run's
 
@@ -255,7 +263,7 @@ def family_case(
         tps = [r.tokens_per_s for r in runs]
         mfus = [mfu(t, overrides, s) for t in tps]
         stats = [Stat("tokens/s", "tok/s", tps), Stat("MFU", "%", mfus), *run_stats(runs)]
-        note = f"{batch} x {seq} tokens per step"
+        note = "{} x {} tokens per step".format(*batch_shape(s, batch, seq))
         if against_gpt and s.time_left():
             gpt_overrides = gpt_at_size(overrides, s)
             gpt = lmlab_run(s, f"{name}-gpt", gpt_overrides, profile=True)

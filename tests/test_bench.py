@@ -710,3 +710,27 @@ def test_mfu_on_a_gpu_of_unknown_peak_is_nan_not_a_crash(
     monkeypatch.setattr(gpu_cases, "peak_flops", lambda *args: None)
     overrides = gpu_cases.shapes(Settings(work=tmp_path, quick=True), "gpt_small", 12, 1024)
     assert math.isnan(gpu_cases.mfu(1000.0, overrides, Settings(work=tmp_path, quick=True)))
+
+
+def test_a_family_cases_note_gives_the_shape_it_ran_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--quick`` runs every GPU case at a small batch: a family case's note said the full
+    run's 32 x 512 tokens per step beside numbers taken at 2 x 64."""
+    import bench.gpu_cases as gpu_cases
+    from bench.cases import Settings
+
+    ran: list[list[str]] = []
+
+    def run(s, name: str, overrides: list[str], profile: bool = False) -> gpu_cases.Run:
+        ran.append(overrides)
+        return gpu_cases.Run(1.0, None, None)
+
+    monkeypatch.setattr(gpu_cases, "lmlab_run", run)
+    monkeypatch.setattr(gpu_cases, "mfu", lambda *args: 0.5)
+    case = gpu_cases.family_case("bert_base", [], 32, 512, "bert_base")
+    for quick, shape in [(True, (2, 64)), (False, (32, 512))]:
+        (result,) = case(Settings(work=tmp_path, repeats=1, quick=quick))
+        batch, seq = shape
+        assert result.note.startswith(f"{batch} x {seq} tokens per step")
+        assert {f"data.batch_size={batch}", f"data.seq_len={seq}"} <= set(ran[-1])
