@@ -96,9 +96,10 @@ def run_group() -> str | None:
     return f"{sweep}-{'_'.join(_multirun_dir().parts[-2:])}"
 
 
-# ModelConfig's fields that set a model's shape, and so its size, beside the preset's
-SHAPE_FIELDS = {"d_model", "n_layers", "n_decoder_layers", "n_heads", "n_kv_heads", "d_head"}
-SHAPE_FIELDS |= {"d_ff", "ffn_multiple_of", "max_seq_len", "vocab_size", "moe"}
+# ModelConfig's fields that set the size a preset names (its width, depth, feed-forward and
+# experts); the vocabulary (the tokenizer's), the context and the heads' layout leave it
+SHAPE_FIELDS = {"d_model", "n_layers", "n_decoder_layers", "d_head", "d_ff", "ffn_multiple_of"}
+SHAPE_FIELDS |= {"moe"}
 
 
 def model_fields(overrides: list[str]) -> set[str]:
