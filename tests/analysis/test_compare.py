@@ -587,7 +587,12 @@ def test_summary_winner_gap_and_noise(multirun: Path) -> None:
     assert lines[0] == "winner: norm_placement=pre, activation=swiglu (val_loss = 3.0500)"
     assert lines[1].startswith("runner-up: norm_placement=pre, activation=gelu")
     assert "gap 0.0700 (2.3%)" in lines[1]
-    assert lines[2].startswith("difference 0.0700 > 2 x pooled std 0.0200: likely real")
+    # one swiglu seed against three gelu seeds (std 0.02): t = 0.07 / 0.0231 = 3.0 on 2 df
+    assert lines[2] == (
+        "difference 0.0700 <= 4.3 x its standard error over seeds 0.0231 (Student's t, 2 df, "
+        "two-sided 5%; pooled std 0.0200, n=1 and 3): within noise (std from the variant with "
+        "seed replicates only)"
+    )
     assert lines[3] == "1 of 6 runs failed (bottom of the table)"
 
 
@@ -658,7 +663,7 @@ def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
 
 
 def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: Path) -> None:
-    """Seeds score the same 300 items: a lead of 0.0065 over a seed std of 0.0025 would be
+    """Seeds score the same 300 items: a lead of 0.007 over a seed std of 0.0007 would be
     'likely real' by the seeds alone, but each accuracy has a standard error of 0.026 over its
     items, so the verdict is 'within noise'; a lead of 0.25 clears both."""
     jobs = [("pre", "gelu", s, 3.0, 1.0) for s in (1, 2)]
@@ -672,9 +677,10 @@ def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: 
             path.write_text(json.dumps(json.loads(path.read_text()) | extra))
         return ranking.aggregate(load_runs(root), "eval/t/acc", higher_is_better=True)
 
-    verdict = ranking.summarize(score([0.277, 0.273, 0.270, 0.267]), "eval/t/acc", True)[2]
+    verdict = ranking.summarize(score([0.277, 0.276, 0.270, 0.269]), "eval/t/acc", True)[2]
     assert verdict == (
-        "difference 0.0065 > 2 x pooled std 0.0025, <= 2 x the items' standard error "
+        "difference 0.0070 > 4.3 x its standard error over seeds 0.0007 (Student's t, 2 df, "
+        "two-sided 5%; pooled std 0.0007, n=2 and 2), <= 2 x the items' standard error "
         "(eval/t/acc_stderr) 0.0368: within noise"
     )
     verdict = ranking.summarize(score([0.57, 0.51, 0.34, 0.26]), "eval/t/acc", True)[2]
@@ -697,14 +703,47 @@ def test_noise_within_and_unknown(tmp_path: Path) -> None:
     noisy = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.10), (2, 3.20), (3, 3.30)]]
     noisy += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35), (3, 3.45)]]
     rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "a", noisy)), "val_loss")
-    # 1 x pooled std < difference <= 2 x pooled std
+    # the difference is 1.8 standard errors (0.1 x sqrt(2/3)), inside t's 2.78 on 4 df
     assert ranking.summarize(rows, "val_loss")[2] == (
-        "difference 0.1500 <= 2 x pooled std 0.1000: within noise"
+        "difference 0.1500 <= 2.78 x its standard error over seeds 0.0816 (Student's t, 4 df, "
+        "two-sided 5%; pooled std 0.1000, n=3 and 3): within noise"
     )
     single = [("pre", "gelu", 1, 3.10, 1.0), ("post", "gelu", 1, 3.11, 1.0)]
     rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "b", single)), "val_loss")
     assert "no seed replicates" in ranking.summarize(rows, "val_loss")[2]
     assert "noise is unknown" in ranking.summarize(rows, "val_loss")[2]
+
+
+def test_the_noise_verdict_weighs_the_lead_by_the_standard_error_of_the_means(
+    tmp_path: Path,
+) -> None:
+    """The verdict compared the lead with 2 x the pooled std of one run, whatever the seeds:
+    with two seeds a variant (1 df each) it said 'likely real' for 18% of ties drawn from one
+    distribution (35% with seeds 1 and 2), and with ten seeds each it called a lead of 1.4
+    stds (3.2 standard errors of the difference) 'within noise', as it would at any number of
+    seeds. It is now Student's two-sample t at the two-sided 5% level: the lead over
+    t(0.975, n_a + n_b - 2) x pooled std x sqrt(1/n_a + 1/n_b)."""
+    # two seeds each, std 0.0707 both: a lead of 0.25 (2 x the std is 0.141) is t = 3.5 on
+    # 2 df, inside t(0.975, 2) = 4.303
+    two = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.00), (2, 3.10)]]
+    two += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35)]]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "two", two)), "val_loss")
+    verdict = ranking.summarize(rows, "val_loss")[2]
+    assert verdict == (
+        "difference 0.2500 <= 4.3 x its standard error over seeds 0.0707 (Student's t, 2 df, "
+        "two-sided 5%; pooled std 0.0707, n=2 and 2): within noise"
+    )
+    # ten seeds each, +-0.1 about their means (std 0.1054): a lead of 0.15 is 3.2 standard
+    # errors (0.1054 x sqrt(2/10) = 0.0471), beyond t(0.975, 18) = 2.101
+    spread = [0.1 * (-1) ** s for s in range(10)]
+    ten = [("pre", "gelu", s, 3.0 + e, 1.0) for s, e in enumerate(spread)]
+    ten += [("post", "gelu", s, 3.15 + e, 1.0) for s, e in enumerate(spread)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "ten", ten)), "val_loss")
+    verdict = ranking.summarize(rows, "val_loss")[2]
+    assert verdict == (
+        "difference 0.1500 > 2.1 x its standard error over seeds 0.0471 (Student's t, 18 df, "
+        "two-sided 5%; pooled std 0.1054, n=10 and 10): likely real"
+    )
 
 
 def test_higher_is_better_reverses_order(multirun: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import stdtrit
 
 from lmlab.analysis.comparable import (
     eval_notes,
@@ -54,6 +55,7 @@ HUMAN_KEYS = SIZE_KEYS | {"tokens_per_second"}
 # Fixed by the config, not by the seed: no std shown.
 NO_STD_KEYS = SIZE_KEYS
 ERROR_WIDTH = 60
+SIGNIFICANCE = 0.05  # two-sided level of the noise verdict's t test
 STDERR = "_stderr"  # lm-eval's standard error of a metric, logged as eval/<task>/<metric>_stderr
 
 
@@ -198,6 +200,16 @@ def pooled_std(a: Stat, b: Stat) -> float | None:
     return math.sqrt(ss / dof)
 
 
+def seed_stderr(a: Stat, b: Stat) -> tuple[float, int] | None:
+    """The standard error of the difference of two means over seeds, pooled std x
+    sqrt(1/n_a + 1/n_b), and its degrees of freedom n_a + n_b - 2 (Student's two-sample t);
+    None when neither group has seed replicates."""
+    pooled = pooled_std(a, b)
+    if pooled is None:
+        return None
+    return pooled * math.sqrt(1.0 / a.n + 1.0 / b.n), a.n + b.n - 2
+
+
 def items_stderr(best: Row, second: Row, metric: str) -> float | None:
     """The standard error of the two rows' difference in an eval metric from the sampling of
     the task's items: sqrt(se_a^2 + se_b^2), each the mean over the row's runs of
@@ -210,30 +222,38 @@ def items_stderr(best: Row, second: Row, metric: str) -> float | None:
 
 
 def noise_verdict(best: Row, second: Row, metric: str) -> str:
-    """Whether the winner's lead exceeds 2 x the pooled seed std and, for an eval metric,
-    2 x the standard error of the difference from the items' sampling (a heuristic, not a
-    test)."""
+    """Whether the winner's lead is real at the two-sided 5% level: beyond Student's t
+    critical value (n_a + n_b - 2 degrees of freedom) times the standard error of the
+    difference of the seed means (:func:`seed_stderr`) and, for an eval metric, beyond 2 x
+    the standard error of the difference from the items' sampling (:func:`items_stderr`).
+    The t test assumes the two variants share one seed std, which it pools."""
     a, b = best.stats[metric], second.stats[metric]
     diff = abs((a.mean or 0.0) - (b.mean or 0.0))
-    pooled = pooled_std(a, b)
+    seeds = seed_stderr(a, b)
     items = items_stderr(best, second, metric)
-    if pooled is None and items is None:
+    if seeds is None and items is None:
         return (
             "no seed replicates (n=1 for both), so the noise is unknown: "
             "rerun the top variants with more seeds"
         )
-    checks = []
-    if pooled is not None:
-        checks.append((pooled, "pooled std"))
+    checks = []  # (critical value, standard error, what it is, how it was found)
+    if seeds is not None:
+        se, dof = seeds
+        critical = float(stdtrit(dof, 1.0 - SIGNIFICANCE / 2))
+        how = (
+            f" (Student's t, {dof} df, two-sided {100 * SIGNIFICANCE:g}%; "
+            f"pooled std {fmt(pooled_std(a, b), metric)}, n={a.n} and {b.n})"
+        )
+        checks.append((critical, se, "its standard error over seeds", how))
     if items is not None:
-        checks.append((items, f"the items' standard error ({metric}{STDERR})"))
-    real = all(diff > 2 * noise for noise, _ in checks)
+        checks.append((2.0, items, f"the items' standard error ({metric}{STDERR})", ""))
+    real = all(diff > k * noise for k, noise, _, _ in checks)
     text = f"difference {fmt(diff, metric)} " + ", ".join(
-        f"{'>' if diff > 2 * noise else '<='} 2 x {name} {fmt(noise, metric)}"
-        for noise, name in checks
+        f"{'>' if diff > k * noise else '<='} {k:.3g} x {name} {fmt(noise, metric)}{how}"
+        for k, noise, name, how in checks
     )
     text += f": {'likely real' if real else 'within noise'}"
-    if pooled is None:
+    if seeds is None:
         text += " (no seed replicates: the seed noise is unknown)"
     elif min(a.n, b.n) < 2:
         text += " (std from the variant with seed replicates only)"
