@@ -237,6 +237,7 @@ def _notes(
     if par is not None and not (par["alpha"] > 0 and par["beta"] > 0):
         notes.append("approach 3: alpha or beta <= 0, no compute-optimal allocation")
     budgets = [p["flops"] for p in profiles]
+    notes += loss_law_notes(target, max(budgets), par)
     reach = target_reach(target["flops"], budgets)
     if reach > FAR_TARGET:
         side, edge = (
@@ -250,6 +251,24 @@ def _notes(
             "allocation is a guess, and the figure's frontier panel is drawn without it"
         )
     return notes
+
+
+def loss_law_notes(target: dict[str, Any], largest: float, par: dict[str, Any] | None) -> list[str]:
+    """A note where approach 2's predicted loss at the target extends its loss law beyond the
+    largest fitted budget: L_min = k C^c has no irreducible term (Kaplan et al. 2020's form),
+    so it falls toward 0 as C grows and reads low there, below approach 3's E in time."""
+    row = target["approach2"]
+    if row is None or row["predicted_loss"] is None or target["flops"] <= largest:
+        return []
+    loss = row["predicted_loss"]
+    below = f", here below approach 3's irreducible loss E={par['E']:.4g}" if par else ""
+    return [
+        f"approach 2's predicted loss at C={target['flops']:.3g} ({loss:.4g}) extends its "
+        f"L_min = k C^c through the parabola minima beyond the largest budget ({largest:.3g}): "
+        "a power law without an irreducible term falls toward 0 as C grows, so it reads low "
+        f"there{below if par and loss < par['E'] else ''}"
+        + ("; approach 3's prediction includes E" if par else "")
+    ]
 
 
 def _json_default(value: Any) -> Any:
