@@ -1615,6 +1615,36 @@ def test_n_counts_the_values_and_a_dropped_value_is_said(
     assert (gelu.n, gelu.count("val_loss"), gelu.stats["val_loss"].n) == (3, 2, 2)
 
 
+def test_the_verdict_says_it_left_out_a_diverged_seed_of_the_winner(tmp_path: Path) -> None:
+    """A variant whose third seed diverged (val_loss nan) won on its two others and the
+    verdict called its lead 'likely real' with nothing beside it: the note on the dropped
+    value came lines later, and no line said that the test is over the seeds that did not
+    diverge. The verdict now names what it left out, and so does one without replicates
+    left."""
+    jobs = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.00), (2, 3.02), (3, math.nan)]]
+    jobs += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.20), (2, 3.22), (3, 3.21)]]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "a", jobs)), "val_loss")
+    verdict = ranking.summarize(rows, "val_loss")[2]
+    assert verdict.endswith(
+        "n=2 and 3): likely real; left out for a missing or non-finite val_loss (a diverged "
+        "seed's nan, say): 1 of the 3 runs of norm_placement=pre: the verdict is over the other "
+        "runs and says nothing of how often a variant diverges"
+    )
+    jobs = [("pre", "gelu", 1, 3.0, 1.0), ("pre", "gelu", 2, math.inf, 1.0)]
+    jobs += [("post", "gelu", 1, 3.2, 1.0), ("post", "gelu", 2, math.nan, 1.0)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "b", jobs)), "val_loss")
+    verdict = ranking.summarize(rows, "val_loss")[2]
+    assert verdict.startswith("no seed replicates (n=1 for both)")
+    assert verdict.endswith(
+        ": 1 of the 2 runs of norm_placement=pre and 1 of the 2 runs of norm_placement=post: "
+        "the verdict is over the other runs and says nothing of how often a variant diverges"
+    )
+    clean = [("pre", "gelu", s, 3.0 + s / 100, 1.0) for s in (1, 2)]
+    clean += [("post", "gelu", s, 3.2 + s / 100, 1.0) for s in (1, 2)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "c", clean)), "val_loss")
+    assert "left out" not in ranking.summarize(rows, "val_loss")[2]
+
+
 def write_multirun_yaml(root: Path, task: list[str], sweeper: str = "basic") -> None:
     targets = {
         "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

@@ -234,7 +234,7 @@ def noise_verdict(best: Row, second: Row, metric: str) -> str:
     if seeds is None and items is None:
         return (
             "no seed replicates (n=1 for both), so the noise is unknown: "
-            "rerun the top variants with more seeds"
+            "rerun the top variants with more seeds" + left_out(best, second, metric)
         )
     checks = []  # (critical value, standard error, what it is, how it was found)
     if seeds is not None:
@@ -257,7 +257,25 @@ def noise_verdict(best: Row, second: Row, metric: str) -> str:
         text += " (no seed replicates: the seed noise is unknown)"
     elif min(a.n, b.n) < 2:
         text += " (std from the variant with seed replicates only)"
-    return text
+    return text + left_out(best, second, metric)
+
+
+def left_out(best: Row, second: Row, metric: str) -> str:
+    """What the verdict does not weigh: runs of the two rows whose ``metric`` is missing or
+    not finite (a diverged seed's nan), left out of their means, so a variant that diverges
+    on some seeds is judged by the seeds that did not; empty when there are none."""
+    lost = [
+        f"{row.n - row.count(metric)} of the {row.n} runs of {row.label}"
+        for row in (best, second)
+        if row.count(metric) < row.n
+    ]
+    if not lost:
+        return ""
+    return (
+        f"; left out for a missing or non-finite {metric} (a diverged seed's nan, say): "
+        f"{' and '.join(lost)}: the verdict is over the other runs and says nothing of how "
+        "often a variant diverges"
+    )
 
 
 def summarize(
