@@ -50,14 +50,19 @@ def true_loss(n: float, d: float) -> float:
 
 
 def chinchilla_runs(
-    noise: float, seed: int = 0, budgets: tuple[float, ...] = BUDGETS, sizes: int = 7
+    noise: float,
+    seed: int = 0,
+    budgets: tuple[float, ...] = BUDGETS,
+    sizes: int = 7,
+    centre: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """results.json payloads on an isoFLOP grid; loss times lognormal(0, noise)."""
+    """results.json payloads on an isoFLOP grid of factors of 2 about ``centre`` x the true
+    N_opt; loss times lognormal(0, noise)."""
     rng = np.random.default_rng(seed)
     runs = []
     for budget in budgets:
         for k in np.arange(sizes) - (sizes - 1) / 2:
-            n = int(round(true_n_opt(budget) * 2.0**k))
+            n = int(round(centre * true_n_opt(budget) * 2.0**k))
             d = int(round(budget / (6 * n)))
             runs.append(
                 {
@@ -528,6 +533,23 @@ def test_cli_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     out = capsys.readouterr().out
     assert "Approach 2" in out and "alpha=" in out and "N_opt" in out
+
+
+@pytest.mark.parametrize(("centre", "status"), [(1.0, "ok"), (8.0, "ok, see notes")])
+def test_approach2_on_extrapolated_vertices_reads_see_notes(
+    centre: float, status: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Size grids of 2 to 32 x the true N_opt put every parabola's vertex below the sampled
+    N: approach 2's N_opt and power laws then rest on extrapolated vertices, and a note said so,
+    but both tables' titles read a plain "(ok)". They now say "ok, see notes", as for approach
+    2's other notes; a grid centred on N_opt keeps "(ok)"."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5, centre=centre)
+    write_runs(tmp_path / "multirun", runs)
+    assert scaling_main([str(tmp_path / "multirun"), "--target-flops", "1e19"]) == 0
+    out = capsys.readouterr().out
+    assert f"Approach 2: isoFLOP profiles ({status})" in out
+    extrapolated = [n for n in out.splitlines() if "parabola vertex outside" in n]
+    assert len(extrapolated) == (status != "ok")
 
 
 def test_cli_bad_dir_exits_2(

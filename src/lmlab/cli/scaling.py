@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmlab.analysis.scaling import N_KEYS, analyze
+from lmlab.analysis.scaling_fit import budget_summary
 from lmlab.cli.args import ArgumentParser
 from lmlab.config.outpath import check_folder_out
 
@@ -70,8 +71,11 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 
 def _status(fit: dict[str, Any]) -> str:
-    """An approach's status, and that notes qualify it (``ok, see notes``)."""
-    return fit["status"] + (", see notes" if fit.get("warnings") else "")
+    """An approach's status, and that notes qualify it (``ok, see notes``): its warnings, or
+    for approach 2 a budget's profile with no minimum or with its vertex outside the sampled N
+    (the power laws then rest on an extrapolated N_opt or on fewer budgets)."""
+    qualified = fit.get("warnings") or budget_summary(fit.get("budgets", []))
+    return fit["status"] + (", see notes" if qualified else "")
 
 
 def _budget_table(result: dict[str, Any]) -> Table:
