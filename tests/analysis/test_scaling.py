@@ -434,6 +434,26 @@ def test_a_far_target_is_a_note_and_the_figure_is_drawn(tmp_path: Path) -> None:
         assert result["target"]["approach2"]["N_opt"] < math.inf
 
 
+def test_a_run_off_its_labelled_budget_is_named(tmp_path: Path) -> None:
+    """A run of budget_flops 1e20 that trained a third of it (stopped short, say) was fitted on
+    the 1e20 isoFLOP profile without a word, which it turned flat; a note now names it, with
+    its FLOPs and budget. Runs within the 10% that groups a budget (whole steps) get none."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5)
+    root = write_runs(tmp_path / "runs", runs)
+    assert not [n for n in analyze(root, out=tmp_path / "a")["notes"] if "budget_flops" in n]
+    short = runs[7] | {"tokens": runs[7]["tokens"] / 3, "flops": runs[7]["flops"] / 3}
+    nudged = runs[8] | {"flops": runs[8]["flops"] * 1.09}  # inside the 10%: whole steps
+    root = write_runs(tmp_path / "off", [*runs[:7], short, nudged, *runs[9:]])
+    notes = [n for n in analyze(root, out=tmp_path / "b")["notes"] if "budget_flops" in n]
+    c = runs[7]["budget_flops"]
+    assert notes == [
+        "1 of the 15 runs trained FLOPs more than 10% from the budget_flops their sweep gave "
+        f"them, yet approach 2 fits them on that budget's isoFLOP profile: sweep_1/7 "
+        f"({short['flops']:.3g} of C={c:.3g}); a run that stopped short or ran out of data is "
+        "on no isoFLOP curve: rerun it or move it out of the folder"
+    ]
+
+
 def test_missing_dir_and_empty_dir(tmp_path: Path) -> None:
     assert issubclass(ScalingError, ValueError)
     with pytest.raises(ScalingError, match="does not exist"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_m
 from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_fit import (
+    BUDGET_TOLERANCE,
     N_KEYS,
     ScalingError,
     budget_summary,
@@ -147,6 +149,31 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
         "their objective (model.family, task.kind), corpus and tokenizer could not be checked "
         "against " + ("the others'" if known else "each other's") + ": make sure they measure "
         "one loss"
+    ]
+
+
+def off_budget_notes(runs: list[dict[str, Any]], path: str | Path) -> list[str]:
+    """A note naming the runs whose ``flops`` lie more than BUDGET_TOLERANCE from the
+    ``budget_flops`` their sweep gave them: grouped by that label, each sits on an isoFLOP
+    profile it did not train (a run that stopped short or ran out of data)."""
+    off = [
+        r
+        for r in runs
+        if r.get("budget_flops") is not None
+        and abs(r["flops"] - r["budget_flops"]) > BUDGET_TOLERANCE * r["budget_flops"]
+    ]
+    if not off:
+        return []
+    listing = ", ".join(
+        f"{os.path.relpath(Path(r['results_file']).parent, path)} "
+        f"({r['flops']:.3g} of C={r['budget_flops']:.3g})"
+        for r in off[:5]
+    ) + (f", and {len(off) - 5} more" if len(off) > 5 else "")
+    return [
+        f"{len(off)} of the {len(runs)} runs trained FLOPs more than {BUDGET_TOLERANCE:.0%} "
+        f"from the budget_flops their sweep gave them, yet approach 2 fits them on that "
+        f"budget's isoFLOP profile: {listing}; a run that stopped short or ran out of data is "
+        "on no isoFLOP curve: rerun it or move it out of the folder"
     ]
 
 
@@ -307,6 +334,7 @@ def analyze(
     OUTPUTS.check(out_dir, ScalingError)  # before the fits: a user's scaling.json is kept
     warnings = unchecked + check_one_feed_forward(runs, path, mixed_experts)
     warnings += check_n_key(runs, n_key)
+    warnings += off_budget_notes(runs, path)
     iso, iso_reason = _attempt(fit_isoflop, runs, n_key)
     par, par_reason = _attempt(_fit_parametric_runs, runs, n_key)
     if iso is None and par is None:
