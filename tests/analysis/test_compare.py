@@ -1364,6 +1364,39 @@ def test_runs_of_one_flop_budget_that_trained_unequal_flops_get_a_warning(tmp_pa
     assert "more than whole steps explain" in line and "d_ff=2 trained 50.0% of C" in line
 
 
+def test_runs_that_trained_unequal_tokens_without_a_budget_get_a_warning(tmp_path: Path) -> None:
+    """A sweep over the sequence length at fixed steps (budget=steps) trains one variant twice
+    the tokens of the other, which may win by its data alone: the summary says so. Runs
+    within 1% of each other, or promised one C by budget=chinchilla at different N, do not."""
+    from lmlab.analysis.compute import compute_notes
+    from lmlab.analysis.runs import Run
+
+    def run(tokens: int, budget: dict | None = None, n: int = 1000) -> Run:
+        results = {"status": "completed", "tokens": tokens, "flops": 6.0 * n * tokens}
+        return Run(tmp_path, results | ({"budget": budget} if budget else {}))
+
+    steps = {"kind": "steps"}
+    (line,) = compute_notes(
+        [
+            ("seq_len=128", run(409_600, steps)),
+            ("seq_len=256", run(819_200, steps)),
+            ("seq_len=256", run(819_200, steps)),
+        ]
+    )
+    assert line == (
+        "warning: unequal data: the runs trained 409,600 (seq_len=128) to 819,200 tokens "
+        "(seq_len=256), 2.00x, and a variant may lead by its extra tokens alone; budget=tokens "
+        "(or budget=flops) trains each the same"
+    )
+    assert compute_notes([("a", run(819_200)), ("b", run(823_296))]) == []  # within 1%
+
+    def chinchilla(n: int) -> dict:  # 20 tokens a parameter
+        return {"kind": "chinchilla", "tokens_per_step": 2048, "target_tokens": 20.0 * n}
+
+    small, large = run(20_480, chinchilla(1000), 1000), run(40_960, chinchilla(2000), 2000)
+    assert compute_notes([("a", small), ("b", large)]) == []
+
+
 def test_moe_flops_that_count_every_expert_are_noted(tmp_path: Path) -> None:
     """Under budget.params=total a MoE's flops are 6 x all its parameters x tokens, more than
     a token runs through: the summary says so, naming the runs."""

@@ -6,7 +6,7 @@ Mixture of Experts; a dense model's two counts are equal). :func:`budget_params`
 a run's flops count, :func:`feed_forward` what kind of feed-forward it trained (the expert
 count is a variable of a MoE's scaling law, Clark et al. 2022), and :func:`compute_notes` warns
 when runs that ``budget=flops`` (or ``budget=chinchilla`` at one N) promised equal compute
-trained unequal FLOPs.
+trained unequal FLOPs, and when runs no budget promised one compute trained unequal tokens.
 
 Rounding (:mod:`lmlab.train.budget`): steps = ceil(D / tokens_per_step), so a run trains its
 promised C plus less than one global batch, 6 N x tokens_per_step = C / steps. Two runs of
@@ -111,8 +111,9 @@ def sci(value: float) -> str:
 def compute_notes(labelled: Sequence[tuple[str, Run]]) -> list[str]:
     """Lines about the compute of completed runs, each given with its row's label: a warning
     per group of runs promised one C (:func:`promised_flops`) whose trained flops differ by more
-    than :data:`FLOPS_TOLERANCE` of C, saying whether whole steps explain it; and a note when
-    the flops of Mixture-of-Experts runs count every expert (``budget.params=total``)."""
+    than :data:`FLOPS_TOLERANCE` of C, saying whether whole steps explain it; one when runs
+    that no budget promised one compute trained unequal tokens (:func:`_unequal_tokens`); and a
+    note when the flops of Mixture-of-Experts runs count every expert (``budget.params=total``)."""
     done = [(label, run) for label, run in labelled if not run.failed]
     groups: dict[tuple[str, str], list[tuple[str, Run, float]]] = {}
     for label, run in done:
@@ -121,6 +122,9 @@ def compute_notes(labelled: Sequence[tuple[str, Run]]) -> list[str]:
             kind, c = promise
             groups.setdefault((kind, f"{c:.6g}"), []).append((label, run, flops))
     lines = [_unequal(kind, float(c), group) for (kind, c), group in groups.items()]
+    lines.append(
+        _unequal_tokens([(label, run) for label, run in done if promised_flops(run) is None])
+    )
     total = [label for label, run in done if is_moe(run.results) and budget_params(run) == "total"]
     if total:
         lines.append(
@@ -129,6 +133,28 @@ def compute_notes(labelled: Sequence[tuple[str, Run]]) -> list[str]:
             f"compute is 6 x active_params x tokens ({'; '.join(dict.fromkeys(total))})"
         )
     return [line for line in lines if line]
+
+
+def _unequal_tokens(labelled: list[tuple[str, Run]]) -> str:
+    """A warning where runs that no budget promised one compute (``budget=steps`` or
+    ``tokens``, or none recorded) trained numbers of tokens more than
+    :data:`FLOPS_TOLERANCE` apart: a sweep over the batch or the sequence length at fixed
+    steps, where a variant may lead by its extra data alone."""
+    trained = [(label, t) for label, run in labelled if (t := number(run.results.get("tokens")))]
+    if len(trained) < 2:
+        return ""
+    low, high = min(t for _, t in trained), max(t for _, t in trained)
+    if (high - low) / high <= FLOPS_TOLERANCE:
+        return ""
+
+    def named(tokens: float) -> str:
+        return "; ".join(dict.fromkeys(label for label, t in trained if t == tokens))
+
+    return (
+        f"warning: unequal data: the runs trained {low:,.0f} ({named(low)}) to {high:,.0f} "
+        f"tokens ({named(high)}), {high / low:.2f}x, and a variant may lead by its extra tokens "
+        "alone; budget=tokens (or budget=flops) trains each the same"
+    )
 
 
 def _unequal(kind: str, c: float, group: list[tuple[str, Run, float]]) -> str:
