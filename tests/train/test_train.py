@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -663,6 +664,27 @@ def test_init_from_keeps_the_checkpoints_moe_training_weights_unless_asked(tmp_p
         "model.moe.top_k=1) but the checkpoint has 2. Only model.dropout"
     ), err.value
     assert "num_experts" not in str(err.value)
+
+
+def test_init_from_a_converted_t5_takes_its_recipe(tmp_path: Path) -> None:
+    """``from_hf`` cannot read lmlab's ``init`` from a transformers T5, so a converted T5
+    holds the default (gpt2); ``model=t5_tiny +experiment=t5``, the recipe the conversion
+    names, asks for ``init=t5`` and was refused over it. ``init`` and ``init_std`` start only
+    the weights a checkpoint lacks: the run's own are taken, the architecture stays the
+    checkpoint's."""
+    from lmlab.config import Init, model_config_dict, to_schema
+    from lmlab.train.preflight import check_run
+
+    recipe = ["model=t5_tiny", "+experiment=t5"]
+    composed = to_schema(ModelConfig, compose_train(recipe).model)
+    converted = dataclasses.replace(composed, vocab_size=300, d_ff=composed.ffn_dim, init=Init.gpt2)
+    ckpt = tmp_path / "t5.ckpt"
+    torch.save(
+        {"model_config": model_config_dict(converted), "state_dict": {}, "tokenizer": "{}"}, ckpt
+    )
+    init = ["+debug=smoke", f"init_from={ckpt}", "data.tokenizer=checkpoint", "dry_run=true"]
+    cfg = compose_train([*init, *recipe], tmp_path / "run", tmp_path)
+    assert check_run(cfg).init.model_cfg == dataclasses.replace(converted, init=Init.t5)
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])

@@ -52,8 +52,10 @@ from lmlab.train.runfiles import checkpoints_in
 log = logging.getLogger(__name__)
 
 # Model fields a run may set differently from the checkpoint it starts from: none has weights.
-# The run's own value (its config's) is taken.
-FREE_FIELDS = ("dropout", *RUNTIME_FIELDS)
+# The run's own value (its config's) is taken. ``init`` and ``init_std`` say only how weights
+# the checkpoint does not hold start (a classifier's fresh head); ``from_hf`` cannot read
+# them (a converted T5 has the default init, ``model=t5_* +experiment=t5`` asks for T5's).
+FREE_FIELDS = ("dropout", *RUNTIME_FIELDS, "init", "init_std")
 # The MoE fields that weigh or limit routing in training only (no weights): the checkpoint's
 # value, unless the command asks for another (fine-tuning a converted Mixtral without the
 # z-loss it never had: ``model.moe.z_loss_coef=0``).
