@@ -42,6 +42,37 @@ def test_a_torch_checkpoint_still_reads(tmp_path: Path) -> None:
     assert read_checkpoint(path)["global_step"] == 3
 
 
+@pytest.mark.parametrize("payload", [torch.ones(3), [1, 2]], ids=["Tensor", "list"])
+def test_a_torch_file_that_holds_no_dict_is_named_for_what_it_holds(
+    payload: object, tmp_path: Path
+) -> None:
+    path = tmp_path / "x.ckpt"
+    torch.save(payload, path)
+    with pytest.raises(ConfigError) as refused:
+        read_checkpoint(path)
+    assert str(refused.value) == (
+        f"checkpoint {path} is not an lmlab checkpoint: it holds a {type(payload).__name__}, "
+        "where a checkpoint is a dict (model_config, state_dict, ...)"
+    )
+
+
+@pytest.mark.parametrize("key", ["init_from", "ckpt_path"])
+def test_training_from_a_saved_tensor_is_one_line(
+    key: str, tmp_path: Path, run_command, capsys
+) -> None:
+    """``torch.save(tensor)`` named as ``init_from`` or ``ckpt_path`` ended in a traceback
+    (``Tensor.__contains__ only supports Tensor or scalar``, ``'Tensor' object has no
+    attribute 'get'``)."""
+    path = tmp_path / "tensor.ckpt"
+    torch.save(torch.ones(3), path)
+    argv = ["+debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"{key}={path}"]
+    argv += ["data.tokenizer=checkpoint"] if key == "init_from" else []
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {path} is not an lmlab checkpoint: it holds a Tensor" in err, err
+    assert "Traceback" not in err
+
+
 def test_the_generate_command_says_the_checkpoint_is_empty(
     tmp_path: Path, run_command, capsys
 ) -> None:

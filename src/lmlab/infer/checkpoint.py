@@ -151,7 +151,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint file memory-mapped, or a sharded checkpoint's metadata (no weights). A
     truncated or corrupt one raises ``ConfigError`` (the reader checks the file's structure,
     not every byte of its tensors); so does a sharded folder with a shard missing or cut
-    short (``check_shards``)."""
+    short (``check_shards``); so does a torch file that holds no dict (a tensor saved alone)."""
     path = Path(path)
     with readable(path):
         if is_sharded(path):
@@ -162,7 +162,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"checkpoint {path} is a folder but not a sharded checkpoint (no {SHARDED_META})"
             )
         check_torch_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(ckpt, dict):  # torch.save of a tensor or a list: no checkpoint's keys
+        raise ConfigError(
+            f"checkpoint {path} is not an lmlab checkpoint: it holds a "
+            f"{type(ckpt).__name__}, where a checkpoint is a dict (model_config, state_dict, ...)"
+        )
+    return ckpt
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a zip archive
