@@ -445,6 +445,23 @@ def test_a_weights_only_checkpoint_is_refused_as_one_to_continue(tmp_path: Path)
     check_checkpoint_model(weights | {"optimizer_states": []}, path, cfg)
 
 
+@pytest.mark.parametrize("optimizer", [False, True], ids=["weights", "with-optimizer"])
+def test_another_programs_lightning_checkpoint_is_refused_as_not_lmlabs(
+    tmp_path: Path, run_command, capsys, optimizer: bool
+) -> None:
+    """``ckpt_path=`` a Lightning checkpoint lmlab did not save (no ``model_config``) was
+    called weights only, ``lmlab consolidate``'s, and sent to ``init_from``, which refuses
+    it; with optimizer state, every model field was listed as differing from None."""
+    path = tmp_path / "other.ckpt"
+    ckpt = {"state_dict": {"layer.weight": torch.zeros(2, 2)}, "global_step": 3, "epoch": 0}
+    torch.save(ckpt | ({"optimizer_states": [{}]} if optimizer else {}), path)
+    run = ["+debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert run_command("train", *run, f"ckpt_path={path}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {path} is not an lmlab checkpoint (no model_c"), err
+    assert "consolidate" not in err and "model.d_model" not in err
+
+
 def test_a_resume_on_another_device_count_may_name_the_global_batch_its_own_way(
     tmp_path: Path, cache_dir: Path
 ) -> None:

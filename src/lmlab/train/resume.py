@@ -336,7 +336,13 @@ def check_checkpoint_model(
 ) -> None:
     """A checkpoint from another architecture, knob setting or task (another head, other
     labels) is refused, naming the fields; a weights-only file (``consolidate``'s) too: it
-    has no optimizer state or step to continue from."""
+    has no optimizer state or step to continue from; a checkpoint with no model config (another
+    program's Lightning checkpoint) is refused as not lmlab's."""
+    if "model_config" not in ckpt:
+        raise ConfigError(
+            f"checkpoint {path} is not an lmlab checkpoint (no model_config: another program's "
+            "Lightning checkpoint?): a run continues only from a checkpoint lmlab saved"
+        )
     if holds_weights_only(ckpt, path):
         raise ConfigError(
             f"checkpoint {path} holds weights only (as `lmlab consolidate` writes them: no "
