@@ -34,6 +34,8 @@ CHECKPOINTS = "checkpoints"  # *.ckpt: files, links or sharded folders
 # (a folder): everything but the weights and optimizer states (step, loops, callbacks,
 # model_config, tokenizer).
 SHARDED_META = "meta.pt"
+# What marks a Hugging Face model folder (save_pretrained's): ``lmlab convert from_hf`` reads it.
+HF_CONFIG = "config.json"
 EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
 # Hydra's record of a sweep's invocation, in the sweep's folder: what marks a sweep's folder.
 SWEEP_RECORD = "multirun.yaml"

@@ -152,3 +152,28 @@ def test_a_folder_given_as_a_checkpoint_is_named_for_what_it_holds(tmp_path: Pat
         f"ckpt={sweep} is a sweep's folder: give a checkpoint of one of its jobs, e.g. "
         f"ckpt={sweep}/<job>/checkpoints/last.ckpt"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "extra"),
+    [
+        ("generate", "ckpt", ["prompt=x"]),
+        ("train", "init_from", ["+debug=smoke", "logger=none", "data.tokenizer=checkpoint"]),
+    ],
+)
+def test_a_hugging_face_folder_given_as_a_checkpoint_names_from_hf(
+    command: str, key: str, extra: list[str], tmp_path: Path, run_command, capsys
+) -> None:
+    """A save_pretrained folder named where a checkpoint belongs was "a folder but no sharded
+    checkpoint (no meta.pt inside)": the conversion that makes it one is named instead."""
+    folder = tmp_path / "gpt2-hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    argv = [*extra, f"{key}={folder}"]
+    argv += [f"hydra.run.dir={tmp_path / 'run'}"] if command == "train" else []
+    assert run_command(command, *argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: {key}={folder} is a Hugging Face model folder, not an lmlab checkpoint: "
+        f"convert it with `lmlab convert from_hf={folder} out=<file>.ckpt`, then give "
+        f"{key}=<file>.ckpt\n"
+    )

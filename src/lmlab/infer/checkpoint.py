@@ -19,7 +19,7 @@ import torch
 
 from lmlab.config.outpath import beside, publish
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import CHECKPOINTS, SHARDED_META, SWEEP_RECORD
+from lmlab.files import CHECKPOINTS, HF_CONFIG, SHARDED_META, SWEEP_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def is_sharded(path: str | Path) -> bool:
 
 def no_checkpoint(key: str, path: Path) -> ConfigError:
     """The refusal for ``key=path`` where ``path`` is neither a checkpoint file nor a sharded
-    checkpoint folder: missing, a run directory (its checkpoints are named), or another."""
+    checkpoint folder: missing, a run directory (its checkpoints are named), a Hugging Face
+    model folder (``from_hf`` is named), or another."""
     if not (path.exists() or path.is_symlink()):
         return ConfigError(
             f"{key}={path}: no such file or folder (allowed: a checkpoint file or a sharded "
@@ -77,6 +78,11 @@ def no_checkpoint(key: str, path: Path) -> ConfigError:
             f"{key}={path} is a sweep's folder: give a checkpoint of one of its jobs, e.g. "
             f"{key}={path / '<job>' / CHECKPOINTS / 'last.ckpt'} (`lmlab compare {path}` "
             "ranks them)"
+        )
+    if (path / HF_CONFIG).is_file():
+        return ConfigError(
+            f"{key}={path} is a Hugging Face model folder, not an lmlab checkpoint: convert it "
+            f"with `lmlab convert from_hf={path} out=<file>.ckpt`, then give {key}=<file>.ckpt"
         )
     if path.is_dir():
         return ConfigError(

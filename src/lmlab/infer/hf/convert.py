@@ -33,6 +33,7 @@ from lmlab.config.outpath import (
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.tokenizer import Specials, spaces_are_tokens
 from lmlab.errors import ConfigError, first_line
+from lmlab.files import HF_CONFIG
 from lmlab.infer.checkpoint import save_new
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
@@ -72,7 +73,7 @@ def hf_config(source: str) -> Any:
     which it was and why it cannot be read."""
     transformers = _transformers()
     local = Path(source)
-    if local.exists() and not (local / "config.json").is_file():
+    if local.exists() and not (local / HF_CONFIG).is_file():
         raise ConfigError(f"from_hf={source}: a local path without config.json")
     if not local.exists() and looks_local(source):  # ./x, /x, ~/x, a/b/c: never a hub name
         raise ConfigError(f"from_hf={source}: no such folder")
