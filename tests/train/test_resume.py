@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lmlab.config import CONF_DIR
 from lmlab.errors import ConfigError
@@ -460,6 +461,35 @@ def test_another_programs_lightning_checkpoint_is_refused_as_not_lmlabs(
     err = capsys.readouterr().err
     assert err.startswith(f"error: checkpoint {path} is not an lmlab checkpoint (no model_c"), err
     assert "consolidate" not in err and "model.d_model" not in err
+
+
+@pytest.mark.slow
+def test_ckpt_path_with_other_optimizer_settings_is_refused(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """``ckpt_path=`` in a new directory restores the checkpoint's optimizer, whose
+    param_groups hold its learning rate, betas, eps and weight decay: ``optim.lr=0.01`` there
+    trained at the checkpoint's 0.001 while ``run_config.yaml`` said 0.01. Each other
+    setting is now named; the settings it was trained with pass."""
+    from lmlab.train.resume import check_checkpoint_optimizer
+
+    quiet = [*SMOKE, "logger=none", "callbacks.sample=null"]
+    train(compose_train([*quiet, "trainer.max_steps=2"], tmp_path / "first", cache_dir))
+    path = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    ckpt, optim = torch.load(path, weights_only=True), compose_train(quiet).optim
+    check_checkpoint_optimizer(ckpt, path, optim)
+    for field, value, shown in [
+        ("lr", 0.01, "0.001 (saved) vs 0.01"),
+        ("weight_decay", 0.0, "0.1 (saved) vs 0.0"),
+        ("betas", [0.9, 0.99], "(0.9, 0.95) (saved) vs [0.9, 0.99]"),
+        ("eps", 1e-6, "1e-08 (saved) vs 1e-06"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(f"optim.{field}: {shown} (now)")):
+            check_checkpoint_optimizer(ckpt, path, OmegaConf.merge(optim, {field: value}))
+    run_dir = tmp_path / "new"
+    with pytest.raises(ConfigError, match=r"continues its optimizer, .* optim.lr: 0.001 \(sa"):
+        train(compose_train([*quiet, f"ckpt_path={path}", "optim.lr=0.01"], run_dir, cache_dir))
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_a_resume_on_another_device_count_may_name_the_global_batch_its_own_way(

@@ -331,6 +331,45 @@ def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
     )
 
 
+# The optimizer settings a checkpoint's optimizer state restores (AdamW's param_groups): the
+# optim field and its key there. The learning rate is the schedule's base, ``initial_lr``.
+RESTORED_OPTIM = {
+    "lr": "initial_lr",
+    "betas": "betas",
+    "eps": "eps",
+    "weight_decay": "weight_decay",
+}
+
+
+def check_checkpoint_optimizer(ckpt: dict, path: Path, optim: DictConfig) -> None:
+    """A checkpoint's optimizer state brings its own learning rate, betas, eps and weight
+    decay: ``ckpt_path=`` in a new directory with other ``optim`` values trained with the
+    checkpoint's while ``run_config.yaml`` recorded the new ones. Refused, naming each field
+    (a resume's ``run_config.yaml`` check names them first). A sharded checkpoint keeps its
+    optimizer state in the shards: not checked."""
+    groups = [g for state in ckpt.get("optimizer_states", [])[:1] for g in state["param_groups"]]
+    now = OmegaConf.to_container(optim, resolve=True)
+    diffs = []
+    for field, key in RESTORED_OPTIM.items():
+        if not groups or field not in now or key not in groups[0]:
+            continue
+        # the groups differ in weight decay only: the decayed one's is the setting
+        saved = max(g[key] for g in groups) if field == "weight_decay" else groups[0][key]
+        if _as_floats(saved) != _as_floats(now[field]):
+            diffs.append(f"optim.{field}: {_as_floats(saved)} (saved) vs {now[field]} (now)")
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {path} continues its optimizer, which restores its own settings: "
+            f"{'; '.join(diffs)}; this run would train with the saved ones. Keep them, or start "
+            f"a fresh optimizer from its weights with init_from={path} data.tokenizer=checkpoint"
+        )
+
+
+def _as_floats(value: Any) -> Any:
+    """A number as a float, a list or tuple (AdamW's betas) as a tuple of floats."""
+    return tuple(map(float, value)) if isinstance(value, list | tuple) else float(value)
+
+
 def check_checkpoint_model(
     ckpt: dict, path: Path, model_cfg: ModelConfig, task: TaskSpec = PRETRAINING
 ) -> None:

@@ -60,6 +60,7 @@ from lmlab.train.preemption import StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
     check_checkpoint_model,
+    check_checkpoint_optimizer,
     check_same_tokenizer,
     finished_run,
     kept_record,
@@ -291,6 +292,7 @@ def _fit(
         # character more) also changes the model's vocab_size, which is not what to fix
         check_same_tokenizer(ckpt, ckpt_path, getattr(dm, "tokenizer", None))
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
+        check_checkpoint_optimizer(ckpt, ckpt_path, cfg.optim)
     plan = checked_plan(cfg, checked, model_cfg, dm, spec)
     if cfg.get("resume"):
         done = checked_resume(out_dir, plan, ckpt, ckpt_path)
