@@ -584,6 +584,32 @@ def test_an_init_from_run_resumes_after_its_source_is_gone(
     assert json.loads((run_dir / "results.json").read_text()) == record
 
 
+def test_an_init_from_run_resumes_after_its_source_was_replaced(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """The ``init_from`` file replaced by another model (a name reused for a newer
+    checkpoint): the resume read the file and refused the run's own checkpoint as "trained
+    with another model", naming fields the command had not changed. The run's checkpoint
+    holds the architecture and tokenizer it took, as when the file is gone."""
+    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]
+    first = tmp_path / "first"
+    assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
+    source, run_dir = tmp_path / "source.ckpt", tmp_path / "run"
+    shutil.copy(first / "checkpoints" / "last.ckpt", source)
+    init = [*smoke, f"init_from={source}", "data.tokenizer=checkpoint", f"hydra.run.dir={run_dir}"]
+    assert run_command("train", *init, "trainer.max_steps=2") == 0
+    other = torch.load(source, weights_only=True)
+    other["model_config"]["activation"] = "relu"  # another model now under that name
+    torch.save(other, source)
+    capsys.readouterr()
+    assert run_command("train", *init, "trainer.max_steps=4", "resume=true") == 0, (
+        capsys.readouterr()
+    )
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 4
+    assert json.loads((run_dir / "plan.json").read_text())["model"]["activation"] == "gelu"
+
+
 def test_the_w_and_b_id_record_is_checked_and_recovered(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

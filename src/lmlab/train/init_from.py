@@ -107,7 +107,8 @@ def resolve_init_from(
     if not path:
         return None
     path = Path(path)
-    source = path if path.is_file() or is_sharded(path) else resumed_from(cfg, path)
+    # a resume takes them from the run's own checkpoint, whatever the file now holds
+    source = resumed_from(cfg, path) or (path if path.is_file() or is_sharded(path) else None)
     if source is None:
         raise no_checkpoint("init_from", path)
     ckpt = read_checkpoint(source)
@@ -158,9 +159,11 @@ def resolve_init_from(
 
 
 def resumed_from(cfg: DictConfig, path: Path) -> Path | None:
-    """Where ``init_from``'s file is gone but this command resumes (``resume=true`` or
-    ``auto``) the run that started from it: the run's newest checkpoint, which holds the same
-    architecture and tokenizer (and the weights the resume restores). Else None."""
+    """Where this command resumes (``resume=true`` or ``auto``) the run that started from
+    ``init_from``: the run's newest checkpoint, which holds the architecture and tokenizer the
+    run took (and the weights the resume restores), whether that file is gone or now holds
+    another model (it was read, and the run's checkpoint refused as "another model"). Else
+    None."""
     out_dir = Path(cfg.paths.output_dir)
     found = checkpoints_in(out_dir)
     if cfg.get("resume") not in (True, "auto") or not found:
@@ -172,7 +175,7 @@ def resumed_from(cfg: DictConfig, path: Path) -> Path | None:
     if started is None or Path(started) != path:
         return None
     newest = newest_checkpoint(found)
-    log.info("init_from=%s is gone: its architecture and tokenizer are %s's", path, newest)
+    log.info("init_from=%s: the architecture and tokenizer the run took are %s's", path, newest)
     return newest
 
 
