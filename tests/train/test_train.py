@@ -610,6 +610,32 @@ def test_an_init_from_run_resumes_after_its_source_was_replaced(
     assert json.loads((run_dir / "plan.json").read_text())["model"]["activation"] == "gelu"
 
 
+def test_an_init_from_run_resumes_from_its_sharded_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An FSDP run started with ``init_from=<file>`` resumes from its own sharded checkpoint,
+    whose ``meta.pt`` holds the architecture and tokenizer but no weights (the shards do): the
+    file's sharding was asked for instead of that checkpoint's, and the resume refused as
+    "not an lmlab checkpoint (no model_config/weights)". The shards' index is not checked
+    here (``check_shards``): the folder holds ``meta.pt`` alone."""
+    from lmlab.config import DataConfig, model_config_dict, to_schema
+    from lmlab.train.init_from import resolve_init_from
+
+    monkeypatch.setattr("lmlab.infer.checkpoint.check_shards", lambda path: None)
+    run_dir, source = tmp_path / "run", tmp_path / "gone.ckpt"
+    sharded = run_dir / "checkpoints" / "step000002.ckpt"
+    sharded.mkdir(parents=True)
+    saved = ModelConfig(vocab_size=300)
+    meta = {"model_config": model_config_dict(saved), "tokenizer": "{}", "global_step": 2}
+    torch.save(meta, sharded / "meta.pt")
+    (run_dir / "run_config.yaml").write_text(f"init_from: {source}\n")
+    overrides = [*SMOKE, f"init_from={source}", "data.tokenizer=checkpoint", "resume=true"]
+    cfg = compose_train(overrides, run_dir, tmp_path)
+    composed = to_schema(ModelConfig, cfg.model)
+    init = resolve_init_from(cfg, composed, to_schema(DataConfig, cfg.data))
+    assert init is not None and init.model_cfg == saved
+
+
 def test_the_w_and_b_id_record_is_checked_and_recovered(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

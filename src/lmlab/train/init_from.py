@@ -112,7 +112,7 @@ def resolve_init_from(
     if source is None:
         raise no_checkpoint("init_from", path)
     ckpt = read_checkpoint(source)
-    if "model_config" not in ckpt or "state_dict" not in ckpt and not is_sharded(path):
+    if "model_config" not in ckpt or "state_dict" not in ckpt and not is_sharded(source):
         raise ConfigError(f"init_from={path}: not an lmlab checkpoint (no model_config/weights)")
     if data_cfg.tokenizer != TokenizerKind.checkpoint:
         raise ConfigError(
