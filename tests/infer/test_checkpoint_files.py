@@ -154,6 +154,24 @@ def test_a_folder_given_as_a_checkpoint_is_named_for_what_it_holds(tmp_path: Pat
     )
 
 
+def test_a_runs_checkpoints_folder_given_as_a_checkpoint_names_them(tmp_path: Path) -> None:
+    """``ckpt=<run>/checkpoints``, one level short of a checkpoint, was "a folder but no
+    sharded checkpoint": its checkpoints are named, as a run directory's are."""
+    from lmlab.infer.checkpoint import no_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    assert str(no_checkpoint("ckpt", folder)) == (
+        f"ckpt={folder} is a run's checkpoints folder that saved no checkpoint"
+    )
+    for name in ("step000002.ckpt", "last.ckpt"):
+        (folder / name).write_bytes(b"")
+    assert str(no_checkpoint("ckpt", folder)) == (
+        f"ckpt={folder} is a run's checkpoints folder: give one of its checkpoints, e.g. "
+        f"ckpt={folder}/last.ckpt (2 there: last.ckpt, step000002.ckpt)"
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "key", "extra"),
     [

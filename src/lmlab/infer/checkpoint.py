@@ -55,23 +55,25 @@ def is_sharded(path: str | Path) -> bool:
 
 def no_checkpoint(key: str, path: Path) -> ConfigError:
     """The refusal for ``key=path`` where ``path`` is neither a checkpoint file nor a sharded
-    checkpoint folder: missing, a run directory (its checkpoints are named), a Hugging Face
-    model folder (``from_hf`` is named), or another."""
+    checkpoint folder: missing, a run directory or its ``checkpoints/`` (its checkpoints are
+    named), a Hugging Face model folder (``from_hf`` is named), or another."""
     if not (path.exists() or path.is_symlink()):
         return ConfigError(
             f"{key}={path}: no such file or folder (allowed: a checkpoint file or a sharded "
             "checkpoint folder)"
         )
-    if (path / CHECKPOINTS).is_dir():
-        saved = sorted(p.name for p in (path / CHECKPOINTS).glob("*.ckpt"))
+    # a run directory, or its checkpoints folder (named by its own name)
+    folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    if folder.name == CHECKPOINTS and folder.is_dir():
+        what = "a run directory" if folder != path else "a run's checkpoints folder"
+        saved = sorted(p.name for p in folder.glob("*.ckpt"))
         if not saved:
-            return ConfigError(f"{key}={path} is a run directory that saved no checkpoint")
+            return ConfigError(f"{key}={path} is {what} that saved no checkpoint")
         pick = "last.ckpt" if "last.ckpt" in saved else saved[-1]
         more = f" ({len(saved)} there: {', '.join(saved[:4])}{', ...' * (len(saved) > 4)})"
         more = more if len(saved) > 1 else ""
         return ConfigError(
-            f"{key}={path} is a run directory: give one of its checkpoints, e.g. "
-            f"{key}={path / CHECKPOINTS / pick}{more}"
+            f"{key}={path} is {what}: give one of its checkpoints, e.g. {key}={folder / pick}{more}"
         )
     if (path / SWEEP_RECORD).is_file():
         return ConfigError(
