@@ -172,6 +172,20 @@ def test_a_runs_checkpoints_folder_given_as_a_checkpoint_names_them(tmp_path: Pa
     )
 
 
+def test_a_dangling_link_given_as_a_checkpoint_names_its_target(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """A run's ``last.ckpt`` whose step file was removed was "not a checkpoint file (a
+    dangling link or a device?)": the link and the missing target are named."""
+    link = tmp_path / "last.ckpt"
+    link.symlink_to("step000010.ckpt")
+    assert run_command("generate", f"ckpt={link}", "prompt=x") == 2
+    assert capsys.readouterr().err == (
+        f"error: ckpt={link} is a link to step000010.ckpt, which does not exist (removed or "
+        "moved): give a checkpoint that is there\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "key", "extra"),
     [

@@ -91,7 +91,12 @@ def no_checkpoint(key: str, path: Path) -> ConfigError:
             f"{key}={path} is a folder but no sharded checkpoint (no {SHARDED_META} inside): "
             "give a checkpoint file or a sharded checkpoint folder"
         )
-    return ConfigError(f"{key}={path}: not a checkpoint file (a dangling link or a device?)")
+    if path.is_symlink() and not path.exists():  # a run's last.ckpt after its target went
+        return ConfigError(
+            f"{key}={path} is a link to {path.readlink()}, which does not exist (removed or "
+            "moved): give a checkpoint that is there"
+        )
+    return ConfigError(f"{key}={path}: not a checkpoint file (a device or a pipe?)")
 
 
 @contextmanager
