@@ -307,8 +307,9 @@ def load(
         raise ConfigError(
             f"{key}={path} is a task=classify model (a classification head over the labels "
             f"{', '.join(task.get('labels', [])[:10])}), not a language model: generation, "
-            "evaluation, probes and conversion read language models; fine-tune it on with "
-            "init_from"
+            "evaluation, probes and conversion read language models; its validation is the "
+            "run's val/acc and val/f1 (init_from starts a new classifier from its encoder, "
+            "the head drawn afresh)"
         )
     cfg = saved_config(ckpt, f"{key}={path}")
     if tokenizer is not None:
