@@ -550,7 +550,10 @@ def test_checkpoint_and_tokenizer_inputs_are_named(
         str(big)
     )
     cases = [
-        (dict(path=tensor), "not an lmlab checkpoint (no model_config/state_dict)"),
+        (
+            dict(path=tensor),
+            "is not an lmlab checkpoint: it holds a Tensor, where a checkpoint is a dict",
+        ),
         (dict(path=newer), "its model_config does not fit this lmlab's ModelConfig"),
         (dict(path=gpt, tokenizer=tmp_path / "none.json"), "none.json: no such file"),
         (dict(path=gpt, tokenizer=notjson), "tok.json: not a tokenizers JSON file"),
