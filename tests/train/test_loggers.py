@@ -365,6 +365,8 @@ def test_a_multirun_job_is_named_by_every_key_its_sweep_varies(multirun_job) -> 
         (["model={d_model:32,n_layers:1}", "budget.flops=2e12"], "size:custom"),
         (["model=gpt_tiny", "model.norm=rmsnorm"], "size:tiny"),
         (["data.vocab_size=512", "model.vocab_size=600", "model.n_heads=2"], "size:tiny"),
+        (["+experiment=mixtral"], "size:custom"),  # its block sets the experts
+        (["+experiment=llama"], "size:tiny"),
     ],
 )
 def test_the_size_tag_is_the_preset_s_only_where_its_shape_is_kept(

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import flatten, redact
-from lmlab.config.asked import as_typed
+from lmlab.config.asked import as_typed, asked_fields
 from lmlab.files import SWEEP_RECORD, write_text
 from lmlab.train.wandb_run import (
     in_wandb_sweep,
@@ -102,27 +102,12 @@ SHAPE_FIELDS = {"d_model", "n_layers", "n_decoder_layers", "d_head", "d_ff", "ff
 SHAPE_FIELDS |= {"moe"}
 
 
-def model_fields(overrides: list[str]) -> set[str]:
-    """The ``model`` fields that ``overrides`` set: ``model.d_model=64`` and a dict merged into
-    the model, ``model={d_model:32,n_layers:1}`` (as ``+sweeps=isoflop`` gives its sizes); not
-    a preset's choice, ``model=gpt_small``."""
-    fields = set()
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group.lstrip("+~").split(".")
-        if key[0] != "model":
-            continue
-        if len(key) > 1:
-            fields.add(key[1])
-        elif isinstance(value := override.value(), dict):
-            fields |= set(value)
-    return fields
-
-
 def run_tags(cfg: DictConfig) -> list[str]:
     """Tags from the config choices: family, size, the model knobs, experiment and sweep. The
     size is the preset's (``size:tiny`` for ``model=gpt_tiny``), or ``size:custom`` where the
-    command line sets a field of the model's shape (``model.d_model=512``, an isoflop sweep's
-    sizes): the config's ``plan.params`` holds the count."""
+    command line or a delta file asks for a field of the model's shape (``model.d_model=512``,
+    an isoflop sweep's sizes, ``+experiment=mixtral``'s experts: ``asked_fields``): the
+    config's ``plan.params`` holds the count."""
     model = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
     knobs = ("family", "norm_placement", "norm", "activation", "positional")
     tags = [f"{k}:{model[k]}" for k in knobs]
@@ -130,7 +115,7 @@ def run_tags(cfg: DictConfig) -> list[str]:
         hc = HydraConfig.get()
         choices = hc.runtime.choices
         preset = choices.get("model") or ""
-        reshaped = bool(model_fields(list(hc.overrides.task)) & SHAPE_FIELDS)
+        reshaped = bool(set(asked_fields(as_typed(hc.overrides.task), "model")) & SHAPE_FIELDS)
         tags.append(f"size:{'custom' if reshaped else preset.split('_', 1)[-1]}")
         tags += [f"{g}:{choices[g]}" for g in ("experiment", "sweeps") if choices.get(g)]
     return tags
