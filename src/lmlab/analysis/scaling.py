@@ -288,13 +288,16 @@ def loss_law_notes(target: dict[str, Any], largest: float, par: dict[str, Any] |
     if row is None or row["predicted_loss"] is None or target["flops"] <= largest:
         return []
     loss = row["predicted_loss"]
-    below = f", here below approach 3's irreducible loss E={par['E']:.4g}" if par else ""
+    below = (
+        f", here below approach 3's irreducible loss E={par['E']:.4g}"
+        if par and loss < par["E"]
+        else ""
+    )
     return [
         f"approach 2's predicted loss at C={target['flops']:.3g} ({loss:.4g}) extends its "
         f"L_min = k C^c through the parabola minima beyond the largest budget ({largest:.3g}): "
         "a power law without an irreducible term falls toward 0 as C grows, so it reads low "
-        f"there{below if par and loss < par['E'] else ''}"
-        + ("; approach 3's prediction includes E" if par else "")
+        f"there{below}" + ("; approach 3's prediction includes E" if par else "")
     ]
 
 

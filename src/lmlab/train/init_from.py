@@ -164,9 +164,11 @@ def resumed_from(cfg: DictConfig, path: Path) -> Path | None:
     run took (and the weights the resume restores), whether that file is gone or now holds
     another model (it was read, and the run's checkpoint refused as "another model"). Else
     None."""
+    if cfg.get("resume") not in (True, "auto"):
+        return None  # a new run: its folder is not listed
     out_dir = Path(cfg.paths.output_dir)
     found = checkpoints_in(out_dir)
-    if cfg.get("resume") not in (True, "auto") or not found:
+    if not found:
         return None
     try:
         started = OmegaConf.load(out_dir / RUN_CONFIG).get("init_from")
