@@ -70,6 +70,47 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[name] = str(home / folder)
 
 
+# The repository itself: a test writes in its own temporary folders, never in the checkout. A
+# DataConfig built in Python keeps its cache_dir default as the literal "${oc.env:...}" text,
+# which a test once took for a folder and created in the working directory (the checkout). The
+# files of the checkout are listed before the tests and after; a file added or removed fails
+# the session, naming it. Left out: what tools write there themselves (caches, the venv).
+REPOSITORY = Path(__file__).resolve().parent.parent
+NOT_THE_CHECKOUTS = {".git", ".venv", ".whl", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def checkout_files() -> set[str]:
+    files = set()
+    for folder, subfolders, names in os.walk(REPOSITORY):
+        subfolders[:] = [
+            d for d in subfolders if d not in NOT_THE_CHECKOUTS and not d.endswith(".egg-info")
+        ]
+        files.update(str(Path(folder, n).relative_to(REPOSITORY)) for n in names)
+    return files
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or the only process)
+        session.config.stash[CHECKOUT] = checkout_files()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    before = session.config.stash.get(CHECKOUT, None)
+    if before is None:
+        return
+    after = checkout_files()
+    changed = [f"added {f}" for f in sorted(after - before)]
+    changed += [f"removed {f}" for f in sorted(before - after)]
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["the tests changed the checkout (a test must write in its tmp_path):", *changed]
+        reporter.write_line("\n".join(lines[:21]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+CHECKOUT = pytest.StashKey[set[str]]()
+
+
 # Fixtures that prepare data or train: a test using one is marked slow (`-m "not slow"`).
 SLOW_FIXTURES = {"cache_dir", "sweep", "single", "smoke_ckpts", "counting"}
 

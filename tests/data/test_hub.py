@@ -52,8 +52,10 @@ def fake_connect(port: int):
     return connect
 
 
-def hf_data(name: str) -> DataConfig:
-    return DataConfig(source=Source.hf, name=name)
+def hf_data(name: str, cache: Path) -> DataConfig:
+    """A DataConfig built in Python has no cache folder of its own: its default is the text
+    that Hydra resolves (``${oc.env:LMLAB_CACHE,...}``), a folder of that name here."""
+    return DataConfig(source=Source.hf, name=name, cache_dir=str(cache))
 
 
 def recording_load(seen: list[tuple[bool, bool]]):
@@ -77,8 +79,9 @@ def test_a_hub_dataset_loads_from_the_caches_only_when_the_hub_is_unreachable(
     monkeypatch.setattr(hub, "hub_reachable", lambda: reachable)
     monkeypatch.setattr(datasets, "load_dataset", recording_load(seen))
     task = TaskConfig(kind=TaskKind.classify, source=TaskSource.hf, name="no-such/set")
+    data = hf_data("no-such/set", tmp_path / "cache")
     loads = {
-        "data.name='no-such/set'": lambda: SOURCES[Source.hf](hf_data("no-such/set")),
+        "data.name='no-such/set'": lambda: SOURCES[Source.hf](data),
         "task.name='no-such/set'": lambda: hub_splits(task, tmp_path),
     }
     for field, load in loads.items():
@@ -98,6 +101,7 @@ def test_a_local_path_never_asks_the_hub(
         raise AssertionError("the hub was asked about a local path")
 
     monkeypatch.setattr(hub, "hub_reachable", asked)
-    (tmp_path / "rows.jsonl").write_text('{"text": "a local row"}\n')
-    docs = SOURCES[Source.hf](hf_data(str(tmp_path)))
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "rows.jsonl").write_text('{"text": "a local row"}\n')
+    docs = SOURCES[Source.hf](hf_data(str(tmp_path / "rows"), tmp_path / "cache"))
     assert [text for _, text in docs] == ["a local row"]
