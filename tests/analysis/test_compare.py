@@ -679,8 +679,8 @@ def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: 
 
     verdict = ranking.summarize(score([0.277, 0.276, 0.270, 0.269]), "eval/t/acc", True)[2]
     assert verdict == (
-        "difference 0.0070 > 4.3 x its standard error over seeds 0.0007 (Student's t, 2 df, "
-        "two-sided 5%; pooled std 0.0007, n=2 and 2), <= 2 x the items' standard error "
+        "difference 0.0070 > 4.3 x its standard error over seeds 0.0007 (Welch's t, 2 df, "
+        "two-sided 5%; std 0.0007 and 0.0007, n=2 and 2), <= 2 x the items' standard error "
         "(eval/t/acc_stderr) 0.0368: within noise"
     )
     verdict = ranking.summarize(score([0.57, 0.51, 0.34, 0.26]), "eval/t/acc", True)[2]
@@ -705,8 +705,8 @@ def test_noise_within_and_unknown(tmp_path: Path) -> None:
     rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "a", noisy)), "val_loss")
     # the difference is 1.8 standard errors (0.1 x sqrt(2/3)), inside t's 2.78 on 4 df
     assert ranking.summarize(rows, "val_loss")[2] == (
-        "difference 0.1500 <= 2.78 x its standard error over seeds 0.0816 (Student's t, 4 df, "
-        "two-sided 5%; pooled std 0.1000, n=3 and 3): within noise"
+        "difference 0.1500 <= 2.78 x its standard error over seeds 0.0816 (Welch's t, 4 df, "
+        "two-sided 5%; std 0.1000 and 0.1000, n=3 and 3): within noise"
     )
     single = [("pre", "gelu", 1, 3.10, 1.0), ("post", "gelu", 1, 3.11, 1.0)]
     rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "b", single)), "val_loss")
@@ -721,8 +721,8 @@ def test_the_noise_verdict_weighs_the_lead_by_the_standard_error_of_the_means(
     with two seeds a variant (1 df each) it said 'likely real' for 18% of ties drawn from one
     distribution (35% with seeds 1 and 2), and with ten seeds each it called a lead of 1.4
     stds (3.2 standard errors of the difference) 'within noise', as it would at any number of
-    seeds. It is now Student's two-sample t at the two-sided 5% level: the lead over
-    t(0.975, n_a + n_b - 2) x pooled std x sqrt(1/n_a + 1/n_b)."""
+    seeds. It is now a two-sample t test at the two-sided 5% level (Welch's: equal spreads and
+    seed counts give Student's n_a + n_b - 2 df and standard error)."""
     # two seeds each, std 0.0707 both: a lead of 0.25 (2 x the std is 0.141) is t = 3.5 on
     # 2 df, inside t(0.975, 2) = 4.303
     two = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.00), (2, 3.10)]]
@@ -730,8 +730,8 @@ def test_the_noise_verdict_weighs_the_lead_by_the_standard_error_of_the_means(
     rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "two", two)), "val_loss")
     verdict = ranking.summarize(rows, "val_loss")[2]
     assert verdict == (
-        "difference 0.2500 <= 4.3 x its standard error over seeds 0.0707 (Student's t, 2 df, "
-        "two-sided 5%; pooled std 0.0707, n=2 and 2): within noise"
+        "difference 0.2500 <= 4.3 x its standard error over seeds 0.0707 (Welch's t, 2 df, "
+        "two-sided 5%; std 0.0707 and 0.0707, n=2 and 2): within noise"
     )
     # ten seeds each, +-0.1 about their means (std 0.1054): a lead of 0.15 is 3.2 standard
     # errors (0.1054 x sqrt(2/10) = 0.0471), beyond t(0.975, 18) = 2.101
@@ -741,8 +741,25 @@ def test_the_noise_verdict_weighs_the_lead_by_the_standard_error_of_the_means(
     rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "ten", ten)), "val_loss")
     verdict = ranking.summarize(rows, "val_loss")[2]
     assert verdict == (
-        "difference 0.1500 > 2.1 x its standard error over seeds 0.0471 (Student's t, 18 df, "
-        "two-sided 5%; pooled std 0.1054, n=10 and 10): likely real"
+        "difference 0.1500 > 2.1 x its standard error over seeds 0.0471 (Welch's t, 18 df, "
+        "two-sided 5%; std 0.1054 and 0.1054, n=10 and 10): likely real"
+    )
+
+
+def test_the_noise_verdict_weighs_each_variants_own_seed_spread(tmp_path: Path) -> None:
+    """Student's pooled std let the steady variant's spread stand for the one that diverges
+    more across seeds: two seeds 0.2 apart against five within 0.01 of 3.30 made a lead of 0.2
+    3.8 standard errors (0.0532, from the pooled std 0.0636), beyond t(0.975, 5) = 2.57, 'likely
+    real', though the two-seed variant's own mean is uncertain by its std over sqrt(2), 0.1. Welch's
+    t weighs each variant's own std: sqrt(0.1414^2/2 + 0.0071^2/5) = 0.1000 on 1.002 df
+    (Welch-Satterthwaite), whose critical value 12.6 puts the lead within noise."""
+    jobs = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.00), (2, 3.20)]]
+    steady = [3.29, 3.30, 3.31, 3.30, 3.30]
+    jobs += [("post", "gelu", s, v, 1.0) for s, v in enumerate(steady, start=1)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path, jobs)), "val_loss")
+    assert ranking.summarize(rows, "val_loss")[2] == (
+        "difference 0.2000 <= 12.6 x its standard error over seeds 0.1000 (Welch's t, 1 df, "
+        "two-sided 5%; std 0.1414 and 0.0071, n=2 and 5): within noise"
     )
 
 
