@@ -194,6 +194,50 @@ def test_load_runs_reads_every_file(multirun: Path) -> None:
     assert runs[5].error.startswith("RuntimeError: CUDA out of memory")
 
 
+@pytest.mark.parametrize(
+    ("csv_logger", "written"),
+    [
+        ({"name": "mylogs", "version": ""}, "{job}/mylogs/metrics.csv"),
+        ({"name": "", "version": "v2"}, "{job}/v2/metrics.csv"),
+        ({"save_dir": "logs", "version": None}, "{cwd}/logs/csv/version_1/metrics.csv"),
+        ({"save_dir": "{cwd}/abs", "version": 3}, "{cwd}/abs/csv/version_3/metrics.csv"),
+    ],
+)
+def test_a_run_s_curves_are_read_where_its_csv_logger_wrote_them(
+    tmp_path: Path, csv_logger: dict, written: str
+) -> None:
+    """compare read csv/metrics.csv only: a run with ``logger.csv.name=mylogs`` (or another
+    save_dir or version) had no curves, its plot lines missing and a metrics.csv column
+    'missing'. The config's ``logger.csv`` says where Lightning wrote it (save_dir/name/
+    version, ``${paths.output_dir}`` the run's folder wherever it now is: the jobs' configs
+    name /tmp/multirun/<i>; a relative save_dir the command's working directory; a null
+    version the newest version_N of this run: in a save_dir that runs share, the one whose
+    hparams.yaml names the run's output folder)."""
+    root = make_multirun(tmp_path / "sweep", JOBS[:2])
+    cwd = tmp_path / "launched_here"
+    job = root / "1"
+    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    fields = {k: v.format(cwd=cwd) if isinstance(v, str) else v for k, v in csv_logger.items()}
+    config["logger"] = {"csv": {"save_dir": "${paths.output_dir}", "name": "csv", **fields}}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    hydra = {"hydra": {"runtime": {"cwd": str(cwd), "output_dir": "/tmp/multirun/1"}}}
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    target = Path(written.format(job=job, cwd=cwd))
+    target.parent.mkdir(parents=True)
+    (job / "csv" / "metrics.csv").rename(target)
+    (job / "csv").rmdir()
+    (target.parent / "hparams.yaml").write_text("paths.output_dir: /tmp/multirun/1\n")
+    if "version_1" in written:  # other runs' versions, older and newer, in the shared folder
+        for other in ("version_0", "version_2"):
+            write_metrics_csv(target.parent.parent / other / "metrics.csv", 9.0, 1.0)
+            (target.parent.parent / other / "hparams.yaml").write_text(
+                "paths.output_dir: /tmp/multirun/0\n"
+            )
+    runs = load_runs(root)
+    # the CSV holds each float's repr, so the values read back exactly
+    assert runs[1].curve["val/loss"] == [(s, loss_at(s, 3.12)) for s in (50, 100, 150, 200)]
+
+
 def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
     make_multirun(tmp_path / "sweep" / "a", JOBS[:2])
     make_multirun(tmp_path / "sweep" / "b", JOBS[3:4])

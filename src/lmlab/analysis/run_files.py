@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.files import EVAL_RECORDS, RUN_CONFIG
 
@@ -194,14 +196,77 @@ def _compact(value: float) -> str:
     return text
 
 
-def read_curve(job_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """metrics.csv as ``{column: [(step, value), ...]}`` in file order, empty cells skipped."""
-    path = job_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        found = sorted(job_dir.glob("csv/**/metrics.csv"))
-        if not found:
-            return {}
-        path = found[-1]
+def metrics_csv(job_dir: Path, config: dict[str, Any] | None) -> Path | None:
+    """The run's metrics.csv, where its config's ``logger.csv`` wrote it: Lightning's
+    ``save_dir/name/version`` (``csv/`` by default; ``logger.csv.name=mylogs`` puts it in
+    ``mylogs/``), ``version: null`` the newest ``version_N``. ``paths.output_dir`` (the
+    default ``save_dir``) is the run's folder where it is now, a copied one's own; a relative
+    ``save_dir`` is the training command's working directory's (``hydra.yaml``). A config
+    without ``logger.csv`` (``run_config.yaml``'s, or none) is looked for in ``csv/`` and its
+    ``version_N``. Outside the run's folder, a save_dir that other runs share, only a file
+    whose ``hparams.yaml`` names this run's output folder is the run's. None where there is
+    no file."""
+    runtime = _hydra_runtime(job_dir)
+    where = _csv_logger(job_dir, config, Path(runtime.get("cwd") or job_dir))
+    save_dir, name, version = where if where is not None else (job_dir, "csv", "")
+    root = save_dir / name if name else save_dir
+    found = [root / version] if isinstance(version, str) else []
+    if where is None or not isinstance(version, str):  # Lightning's version_N: the newest
+        versions = {int(d.name[8:]): d for d in root.glob("version_*") if d.name[8:].isdigit()}
+        found += [versions[v] for v in sorted(versions, reverse=True)]
+    ours = {str(job_dir), str(runtime.get("output_dir"))}
+    for folder in found:
+        if (folder / "metrics.csv").is_file() and _written_by(folder, job_dir, ours):
+            return folder / "metrics.csv"
+    return None
+
+
+def _written_by(folder: Path, job_dir: Path, ours: set[str]) -> bool:
+    """Whether the CSV log ``folder`` is the run's: inside its folder, or its ``hparams.yaml``
+    (the resolved config, dotted) names one of ``ours`` as ``paths.output_dir``."""
+    if job_dir.resolve() in folder.resolve().parents:
+        return True
+    hparams = read_yaml(folder / "hparams.yaml")
+    return isinstance(hparams, dict) and str(hparams.get("paths.output_dir")) in ours
+
+
+def _csv_logger(
+    job_dir: Path, config: dict[str, Any] | None, cwd: Path
+) -> tuple[Path, str, Any] | None:
+    """``logger.csv``'s save_dir (absolute: a relative one is the command's working directory
+    ``cwd``'s), name and version, resolved with ``paths.output_dir`` as ``job_dir``; None
+    without a readable ``logger.csv``."""
+    logger = (config or {}).get("logger")
+    if not isinstance(logger, dict) or not isinstance(logger.get("csv"), dict):
+        return None
+    try:
+        cfg = OmegaConf.create(config)
+        OmegaConf.update(cfg, "paths.output_dir", str(job_dir), force_add=True)
+        csv_cfg = OmegaConf.to_container(cfg.logger.csv, resolve=True)
+    except (OmegaConfBaseException, ValueError):  # a resolver only training has (hydra:)
+        return None
+    save_dir = cwd / str(csv_cfg.get("save_dir", job_dir))  # an absolute one stays as it is
+    name, version = csv_cfg.get("name", "lightning_logs"), csv_cfg.get("version")
+    version = f"version_{version}" if isinstance(version, int) else version
+    return save_dir, str(name or ""), version
+
+
+def _hydra_runtime(job_dir: Path) -> dict[str, Any]:
+    """Hydra's ``runtime`` record of the run (``cwd``: the training command's working
+    directory, which jobs do not leave; ``output_dir``: the run's folder when it ran)."""
+    hydra = read_yaml(job_dir / ".hydra" / "hydra.yaml")
+    runtime = hydra.get("hydra", {}).get("runtime") if isinstance(hydra, dict) else None
+    return runtime if isinstance(runtime, dict) else {}
+
+
+def read_curve(
+    job_dir: Path, config: dict[str, Any] | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """metrics.csv (:func:`metrics_csv`) as ``{column: [(step, value), ...]}`` in file order,
+    empty cells skipped."""
+    path = metrics_csv(job_dir, config)
+    if path is None:
+        return {}
     curve: dict[str, list[tuple[float, float]]] = {}
     try:
         with path.open(newline="") as fh:

@@ -345,7 +345,7 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         results=results,
         overrides=parse_overrides(overrides if isinstance(overrides, list) else []),
         config=config if isinstance(config, dict) else {},
-        curve=read_curve(job_dir),
+        curve=read_curve(job_dir, config if isinstance(config, dict) else None),
         evals=record.metrics,
         eval_step=record.step,
         eval_items=record.items,
