@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from lmlab.errors import ConfigError
 
@@ -32,11 +33,13 @@ MIN_SIZES_PER_BUDGET = 3
 # (relative resolution 1.2e-7), so a rise of the parabola above its chord across the sampled
 # log10 N below LOSS_PRECISION (8 float32 steps, room for the rounding of several points)
 # times the largest loss is rounding. (2) By the losses' scatter, where a profile has more
-# runs than the parabola's 3 coefficients: the quadratic coefficient must lie at least
-# MIN_CURVATURE_SE of its standard errors (least squares, residual variance on n - 3 degrees
-# of freedom) above zero, the usual two-sigma rule.
+# runs than the parabola's 3 coefficients: the quadratic coefficient over its standard error
+# (least squares, residual variance on n - 3 degrees of freedom) follows Student's t on n - 3
+# degrees of freedom where the true curvature is 0, so it must exceed that t's two-sided
+# CURVATURE_CONFIDENCE quantile (4.30 for 5 sizes, 2.78 for 7, 1.96 only as n grows without
+# bound): a fixed 2 would call 18% of flat 5-size profiles curved, 30% of 4-size ones.
 LOSS_PRECISION = 1e-6
-MIN_CURVATURE_SE = 2.0
+CURVATURE_CONFIDENCE = 0.95
 MIN_BUDGETS = 2
 
 
@@ -123,25 +126,50 @@ def _fit_profile(budget: float, runs: list[dict[str, Any]], n_key: str) -> dict[
     return profile
 
 
-def _flatness(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> str | None:
-    """Why the parabola ``coeffs`` through (x, y) has no curvature to read, or None: its rise
-    above its chord across the sampled x (c2 (x_max - x_min)^2 / 4) within LOSS_PRECISION of
-    the losses, or, with more points than coefficients, c2 within MIN_CURVATURE_SE standard
-    errors of zero."""
-    rise = abs(coeffs[0]) * (x.max() - x.min()) ** 2 / 4.0
-    precision = LOSS_PRECISION * float(np.abs(y).max())
-    if rise <= precision:
-        return f"rise {rise:.2g} across the sampled N, within the losses' precision {precision:.2g}"
+def curvature_quantile(dof: int) -> float:
+    """How many standard errors from 0 a parabola's quadratic coefficient must lie, fitted with
+    ``dof`` residual degrees of freedom: Student's t two-sided CURVATURE_CONFIDENCE quantile."""
+    return float(student_t.ppf(0.5 + CURVATURE_CONFIDENCE / 2.0, dof))
+
+
+def curvature_evidence(
+    x: np.ndarray, y_Bn: np.ndarray, c2_B: np.ndarray, residual_Bn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """For B parabolas fitted through the same sampled x (losses ``y_Bn``, quadratic
+    coefficients ``c2_B``, residuals ``residual_Bn``): the rise above the chord across the
+    sampled x (c2 (x_max - x_min)^2 / 4), the losses' precision (LOSS_PRECISION times the
+    largest), and |c2| in standard errors (None without residual degrees of freedom)."""
+    rise = np.abs(c2_B) * (x.max() - x.min()) ** 2 / 4.0
+    precision = LOSS_PRECISION * np.abs(y_Bn).max(axis=1)
     dof = len(x) - 3
     if dof < 1:
-        return None
+        return rise, precision, None
     design = np.vander(x, 3)
-    residual = y - design @ coeffs
-    variance = float(residual @ residual) / dof
-    se = math.sqrt(variance * np.linalg.inv(design.T @ design)[0, 0])
-    if abs(coeffs[0]) < MIN_CURVATURE_SE * se:
-        t = abs(coeffs[0]) / se
-        return f"curvature {t:.2g} standard errors from 0, < {MIN_CURVATURE_SE:g}: the scatter's"
+    variance = (residual_Bn**2).sum(axis=1) / dof
+    se = np.sqrt(variance * np.linalg.inv(design.T @ design)[0, 0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, np.abs(c2_B) / se, np.inf)
+    return rise, precision, t
+
+
+def _flatness(x: np.ndarray, y: np.ndarray, coeffs: np.ndarray) -> str | None:
+    """Why the parabola ``coeffs`` through (x, y) has no curvature to read, or None: its rise
+    above its chord within LOSS_PRECISION of the losses, or, with more points than
+    coefficients, c2 within :func:`curvature_quantile` standard errors of zero."""
+    residual = y - np.polyval(coeffs, x)
+    rise, precision, t = (
+        v if v is None else float(v[0])
+        for v in curvature_evidence(x, y[None], np.array([coeffs[0]]), residual[None])
+    )
+    if rise <= precision:
+        return f"rise {rise:.2g} across the sampled N, within the losses' precision {precision:.2g}"
+    needed = curvature_quantile(len(x) - 3) if t is not None else 0.0
+    if t is not None and t < needed:
+        return (
+            f"curvature {t:.2g} standard errors from 0, within the scatter: below {needed:.3g}, "
+            f"Student's t {CURVATURE_CONFIDENCE:.0%} two-sided quantile on {len(x) - 3} degrees "
+            "of freedom"
+        )
     return None
 
 
