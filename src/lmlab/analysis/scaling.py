@@ -30,6 +30,7 @@ from lmlab.analysis.comparable import OBJECTIVE_KEYS, TOKENIZER_KEYS
 from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
 from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
+from lmlab.analysis.scaling_bootstrap import bootstrap_isoflop
 from lmlab.analysis.scaling_fit import (
     BUDGET_TOLERANCE,
     N_KEYS,
@@ -257,9 +258,12 @@ def _notes(
     target: dict[str, Any],
 ) -> list[str]:
     """What the fits' numbers do not say: unusable or extrapolated profiles, approach 2's
-    exponents, approach 3's undetermined constants, a target far beyond the data."""
+    exponents and an interval it cannot give, approach 3's undetermined constants, a target
+    far beyond the data."""
     notes = [f"approach 2, {line}" for line in budget_summary(profiles)]
     notes += [f"approach 2: {line}" for line in (iso or {}).get("warnings", [])]
+    interval = (iso or {}).get("interval", {})
+    notes += [f"approach 2's interval: {line}" for line in interval.get("warnings", [])]
     notes += [f"approach 3: {line}" for line in (par or {}).get("warnings", [])]
     if par is not None and not (par["alpha"] > 0 and par["beta"] > 0):
         notes.append("approach 3: alpha or beta <= 0, no compute-optimal allocation")
@@ -324,10 +328,12 @@ def analyze(
     """Fit Approaches 2 and 3 of Hoffmann et al. 2022 (Approach 3 as in Besiroglu et al. 2024)
     to the completed runs under ``path``; write ``scaling.json`` and ``scaling.png`` to ``out``
     (default ``path``) and return the same dict. ``target_flops`` defaults to 10x the largest
-    budget. One approach may be skipped (the reason is recorded); raises ScalingError if both
-    are impossible, if ``n_key`` is not the N of a Mixture of Experts' flops
-    (:func:`check_n_key`), or if the runs mix feed-forwards and not ``mixed_experts``
-    (:func:`check_one_feed_forward`)."""
+    budget. Approach 2 carries a bootstrap ``interval`` of its exponents, and the target's
+    approach 2 row ``N_opt_interval`` and ``D_opt_interval``
+    (:func:`lmlab.analysis.scaling_bootstrap.bootstrap_isoflop`). One approach may be skipped
+    (the reason is recorded); raises ScalingError if both are impossible, if ``n_key`` is not
+    the N of a Mixture of Experts' flops (:func:`check_n_key`), or if the runs mix
+    feed-forwards and not ``mixed_experts`` (:func:`check_one_feed_forward`)."""
     if n_key not in N_KEYS:
         raise ScalingError(f"n_key must be one of {N_KEYS}, got {n_key!r}")
     if target_flops is not None and not 0 < target_flops < math.inf:
@@ -352,6 +358,10 @@ def analyze(
     par_out = parametric_summary(par, n_key, losses) if par is not None else None
     flops = 10.0 * max(p["flops"] for p in profiles) if target_flops is None else target_flops
     target = target_allocation(float(flops), iso, par_out)
+    if iso is not None:
+        iso["interval"] = bootstrap_isoflop(runs, n_key, target["flops"])
+        target["approach2"]["N_opt_interval"] = iso["interval"]["N_opt"]
+        target["approach2"]["D_opt_interval"] = iso["interval"]["D_opt"]
     out_dir.mkdir(parents=True, exist_ok=True)
     skip2 = {"status": "skipped", "reason": iso_reason, "budgets": profiles}
     result: dict[str, Any] = {

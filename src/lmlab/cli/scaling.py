@@ -9,6 +9,7 @@ scaling.json and scaling.png, prints a summary.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,21 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _range(interval: list[float] | None, spec: str = ".3g") -> str:
+    """A bootstrap interval as ``[low, high]``, ``-`` where there is none."""
+    return "-" if interval is None else f"[{interval[0]:{spec}}, {interval[1]:{spec}}]"
+
+
 def _status(fit: dict[str, Any]) -> str:
     """An approach's status, and that notes qualify it (``ok, see notes``): its warnings, or
-    for approach 2 a budget's profile with no minimum or with its vertex outside the sampled N
-    (the power laws then rest on an extrapolated N_opt or on fewer budgets)."""
-    qualified = fit.get("warnings") or budget_summary(fit.get("budgets", []))
+    for approach 2 a note on its interval, or a budget's profile with no minimum or with its
+    vertex outside the sampled N (the power laws then rest on an extrapolated N_opt or on fewer
+    budgets)."""
+    qualified = (
+        fit.get("warnings")
+        or fit.get("interval", {}).get("warnings")
+        or budget_summary(fit.get("budgets", []))
+    )
     return fit["status"] + (", see notes" if qualified else "")
 
 
@@ -112,10 +123,14 @@ def _constants_table(result: dict[str, Any]) -> Table:
     else:
         table.add_row("3 (skipped)", a3["reason"])
     if a2["status"] == "ok":
+        interval = a2["interval"]
         table.add_row(
             f"2: N_opt = k_N C^a, D_opt = k_D C^b ({_status(a2)})",
-            f"a={a2['a']:.4f}  b={a2['b']:.4f}  k_N={a2['N_opt_law']['k']:.4g}  "
-            f"k_D={a2['D_opt_law']['k']:.4g}",
+            f"a={a2['a']:.4f} {_range(interval['a'], '.3f')}  "
+            f"b={a2['b']:.4f} {_range(interval['b'], '.3f')}  "
+            f"k_N={a2['N_opt_law']['k']:.4g}  k_D={a2['D_opt_law']['k']:.4g}  "
+            f"({interval['confidence']:.0%} bootstrap intervals, {interval['resamples']} "
+            f"resamples of the {interval['method']})",
         )
     else:
         table.add_row("2 (skipped)", a2["reason"])
@@ -123,20 +138,29 @@ def _constants_table(result: dict[str, Any]) -> Table:
 
 
 def _target_table(result: dict[str, Any]) -> Table:
+    """N_opt, D_opt, D/N and the predicted loss of each approach at the target, with approach
+    2's bootstrap intervals where it was fitted (approach 3 has none: ``-``)."""
     target = result["target"]
     table = Table(title=f"Compute-optimal allocation at C = {target['flops']:.3g} FLOPs")
-    for column in ("approach", "N_opt", "D_opt", "D/N", "predicted loss"):
-        table.add_column(column, justify="right")
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("N_opt", lambda row: _fmt(row["N_opt"], ".3g")),
+        ("D_opt", lambda row: _fmt(row["D_opt"], ".3g")),
+    ]
+    if target["approach2"] is not None:
+        level = f"{result['approach2']['interval']['confidence']:.0%}"
+        columns.insert(1, (f"N_opt {level}", lambda row: _range(row.get("N_opt_interval"))))
+        columns.append((f"D_opt {level}", lambda row: _range(row.get("D_opt_interval"))))
+    columns += [
+        ("D/N", lambda row: _fmt(row["tokens_per_param"], ".3g")),
+        ("predicted loss", lambda row: _fmt(row["predicted_loss"])),
+    ]
+    table.add_column("approach", justify="right")
+    for name, _ in columns:
+        table.add_column(name, justify="right")
     for key in ("approach2", "approach3"):
         row = target[key]
         if row is not None:
-            table.add_row(
-                key[-1],
-                _fmt(row["N_opt"], ".3g"),
-                _fmt(row["D_opt"], ".3g"),
-                _fmt(row["tokens_per_param"], ".3g"),
-                _fmt(row["predicted_loss"]),
-            )
+            table.add_row(key[-1], *(cell(row) for _, cell in columns))
     return table
 
 
