@@ -66,6 +66,22 @@ def test_unknown_command_is_one_line_and_exit_2() -> None:
     assert out.stderr == "error: unknown command 'trian'; allowed: " + ", ".join(COMMANDS) + "\n"
 
 
+def test_a_python_without_lmlabs_packages_names_the_venv_in_one_line(tmp_path: Path) -> None:
+    """After ``make train`` the README's commands are ``python src/train.py ...``: typed into
+    a shell whose ``python`` is the system's, which lacks lmlab's packages, they gave a
+    ``ModuleNotFoundError: No module named 'hydra'`` traceback. Such a Python (here one where
+    hydra cannot be imported) gets one line naming the virtual environment to use, exit 2."""
+    script = SRC / "train.py"
+    code = (
+        "import runpy, sys; sys.modules['hydra'] = None; "  # import hydra: ModuleNotFoundError
+        f"sys.argv = [{str(script)!r}, '--help']; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    out = run(sys.executable, "-c", code, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"error: this Python ({sys.executable}) cannot import hydra")
+    assert f"source {CONF_DIR.parent / '.venv' / 'bin' / 'activate'}" in out.stderr
+
+
 def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> None:
     for cmd in ([LMLAB, "compare"], [sys.executable, SRC / "compare.py"]):
         out = run(*cmd, tmp_path / "nope", cwd=tmp_path)

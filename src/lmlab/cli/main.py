@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from lmlab.cli.heap import before_exit, long_lived
@@ -37,6 +38,19 @@ def fail(err: Exception, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def not_installed(module: str) -> str:
+    """Why a command cannot start: ``python src/train.py`` run by a Python that lmlab was not
+    installed into (the system's, where ``make install`` put lmlab in ``.venv``), which lacks
+    ``module``."""
+    venv = Path(__file__).resolve().parents[3] / ".venv" / "bin"
+    return (
+        f"this Python ({sys.executable}) cannot import {module}, which lmlab needs: "
+        f"`make install` installs lmlab and its packages in {venv.parent}; run `source "
+        f"{venv / 'activate'}` first, or {venv / 'python'} {sys.argv[0]} ... (or `pip install "
+        "-e .` into the Python you use)"
+    )
+
+
 def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:
     """Run ``lmlab.cli.<name>.main(argv)`` (default: ``sys.argv[1:]``) and exit with its code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -44,6 +58,10 @@ def command(name: str, argv: Sequence[str] | None = None) -> NoReturn:
         with long_lived():  # its imports
             module = importlib.import_module(f"lmlab.cli.{name}")
         code = module.main(args)
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] in ("", "lmlab"):
+            raise  # lmlab's own: a defect, with its traceback
+        fail(ConfigError(not_installed(err.name)))
     except ConfigError as err:
         fail(err)
     except KeyboardInterrupt:  # Ctrl-C: what was written stays; no traceback
