@@ -158,6 +158,19 @@ def test_a_refusal_the_config_shows_comes_before_torch_loads(
             "every_n_train_steps=-1. Must be >= 0",
         ),
         ("callbacks.guard.mode=bogus", "callbacks.guard.mode=bogus: allowed: stop, skip, off"),
+        # no _target_ (Lightning's traceback once the data was prepared), or not a Callback
+        (
+            "+callbacks.early.patience=3",
+            "callbacks.early={'patience': 3}: not a callback; allowed: a Lightning Callback "
+            "class, as callbacks.early._target_=<its dotted path>, or callbacks.early=null to "
+            "turn it off",
+        ),
+        (
+            "+callbacks.od._target_=collections.OrderedDict",
+            "callbacks.od={'_target_': 'collections.OrderedDict'}: not a callback; allowed: a "
+            "Lightning Callback class, as callbacks.od._target_=<its dotted path>, or "
+            "callbacks.od=null to turn it off",
+        ),
     ],
 )
 def test_a_callbacks_bad_value_is_one_line_before_the_run_starts(

@@ -339,9 +339,24 @@ def check_callbacks(cfg: DictConfig) -> list[L.Callback]:
     (``check_target_node``), then built (``build_callbacks``): the run's, and ``lmlab
     train``'s check before it starts the run (nothing written to its directory yet)."""
     for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and "_target_" in node:  # its keys and the types of their values
+        if node is not None and not (OmegaConf.is_dict(node) and "_target_" in node):
+            raise not_a_callback(name, node)
+        if node is not None:  # its keys and the types of their values
             check_target_node(node, f"callbacks.{name}", types=True)
     return build_callbacks(cfg)
+
+
+def not_a_callback(name: str, node: object) -> ConfigError:
+    """``callbacks.<name>`` that is no callback: an entry without ``_target_`` (a key added
+    with ``+callbacks.early.patience=3``, what ``~callbacks`` leaves of ``+debug=smoke``'s
+    settings) or a class that is not a Lightning Callback. Lightning failed on it after the
+    data was prepared, with a traceback."""
+    shown = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return ConfigError(
+        f"callbacks.{name}={spelled(shown)}: not a callback; allowed: a Lightning Callback "
+        f"class, as callbacks.{name}._target_=<its dotted path>, or callbacks.{name}=null to "
+        "turn it off"
+    )
 
 
 def callback_error(name: str, entry: DictConfig, cause: BaseException) -> ConfigError:
@@ -372,7 +387,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
         if entry is None:
             continue
         try:
-            callbacks.append(instantiate(entry))
+            callback = instantiate(entry)
         except InstantiationException as err:
             cause = err.__cause__
             if isinstance(cause, ConfigError):
@@ -389,4 +404,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
                     "on the Python path, or callbacks." + name + "=null"
                 ) from err
             raise
+        if not isinstance(callback, L.Callback):
+            raise not_a_callback(name, entry)
+        callbacks.append(callback)
     return callbacks
