@@ -283,6 +283,23 @@ def test_bad_values_are_refused_before_any_work(override: str, message: str) -> 
         resolve_configs(cfg)
 
 
+@pytest.mark.parametrize("group", ["model", "trainer", "optim", "scheduler", "budget", "callbacks"])
+def test_a_group_a_run_needs_cannot_be_removed(group: str) -> None:
+    """``~model`` (Hydra's removal of a default) was OmegaConf's traceback, "Key 'model' is not
+    in struct"; ``~callbacks`` trained without lmlab's checkpoints, guard and resume state.
+    Either is refused, naming the options the group has."""
+    options = ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+    message = f"~{group}: a run needs the {group} group, so it cannot be removed; choose an "
+    with pytest.raises(ConfigError, match=re.escape(message) + r".*allowed: " + re.escape(options)):
+        resolve_configs(compose_train([f"~{group}"]))
+
+
+def test_a_group_with_defaults_of_its_own_can_be_removed() -> None:
+    """``~data`` and ``~task`` leave their schemas' defaults, ``~logger`` no logger."""
+    model_cfg, data_cfg, _ = resolve_configs(compose_train(["~data", "~task", "~logger"]))
+    assert (data_cfg.source.value, model_cfg.family) == ("stdlib", "gpt")
+
+
 def test_an_eps_float16_cannot_hold_is_refused_for_float16_weights_and_state() -> None:
     """``16-true`` keeps Adam's moments in float16, which holds nothing below 2^-14 (6.1e-05)
     as a normal number: with the default eps 1e-8 fused AdamW divided by it in silence

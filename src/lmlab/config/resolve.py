@@ -289,6 +289,7 @@ def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig,
     from lmlab.config.asked import command_line_overrides
 
     check_bool_overrides(command_line_overrides())
+    check_groups(cfg)
     model_cfg = composed_model(cfg)
     data_cfg = to_schema(DataConfig, cfg.data, "data.")
     to_schema(BudgetConfig, cfg.budget, "budget.")
@@ -300,6 +301,25 @@ def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig,
     if machine and not run_cfg.dry_run:  # a dry run plans for many nodes, launches nothing
         check_launch(cfg.trainer)
     return model_cfg, data_cfg, sequence_length(model_cfg, data_cfg)
+
+
+# The config groups every run is built from. Hydra's ``~model`` removes a group from the
+# defaults list; the run then failed on the missing node with OmegaConf's traceback (``~data``
+# and ``~task`` fall back to their schemas' defaults, ``~logger`` is ``logger=none``).
+REQUIRED_GROUPS = ("model", "trainer", "optim", "scheduler", "budget", "callbacks")
+
+
+def check_groups(cfg: DictConfig) -> None:
+    """Each of ``REQUIRED_GROUPS`` is in the composed config."""
+    from lmlab.config import CONF_DIR  # the package imports this module
+
+    for group in REQUIRED_GROUPS:
+        if group not in cfg:
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            raise ConfigError(
+                f"~{group}: a run needs the {group} group, so it cannot be removed; choose "
+                f"an option with {group}=<name>; allowed: {', '.join(options)}"
+            )
 
 
 def composed_model(cfg: DictConfig) -> ModelConfig:
