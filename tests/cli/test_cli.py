@@ -241,6 +241,8 @@ def test_checkpoint_tools_refuse_bad_values_before_loading(
         ("model.norm=batchnorm", "model.norm=batchnorm: Invalid value 'batchnorm', expected one"),
         ("seed=[1,2", "seed=[1,2: no viable alternative at input '[1,2'"),
         ("trainer.max_stpes=3", "trainer.max_stpes=3: unknown key; allowed: _target_, accel"),
+        # a node below the unknown one: the override as typed, with its value (was model.moe.foo)
+        ("model.moe.foo.bar=1", "model.moe.foo.bar=1: unknown key; allowed: num_experts, top_k"),
     ],
 )
 def test_compose_errors_are_one_line_and_exit_2(
@@ -251,6 +253,17 @@ def test_compose_errors_are_one_line_and_exit_2(
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert "base_model" not in err  # the schema is not a preset
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_key_under_a_group_option_without_keys_says_so(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``logger=none logger.wandb.project=x`` said ``logger.wandb: unknown key; allowed: ``,
+    an empty list, without the value typed."""
+    argv = ("logger=none", "logger.wandb.project=x", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run_command("train", *argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: logger.wandb.project=x: unknown key; allowed: none, logger is empty\n"
 
 
 def test_an_experiment_given_twice_names_the_list_that_applies_both(

@@ -58,7 +58,8 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         key = cause.full_key
-        given = [a for a in argv if a.lstrip("+~").partition("=")[0] == key]
+        # the override as typed: `logger.wandb.project=x` where the node missing is logger.wandb
+        given = [a for a in argv if f"{a.lstrip('+~').partition('=')[0]}.".startswith(f"{key}.")]
         return omegaconf_error(cause, given[-1].lstrip("+~") if given else key)
     if isinstance(err, OSError) and err.filename:  # creating the run directory
         return unwritable(err)

@@ -40,6 +40,9 @@ def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
     keys its node has, a value of the wrong type what the field takes."""
     parent = getattr(err, "parent_node", None)
     if isinstance(err, ConfigKeyError | ConfigAttributeError) and OmegaConf.is_dict(parent):
+        if not parent:  # logger.wandb.project=x under logger=none
+            node = str(getattr(err, "full_key", "") or "").rpartition(".")[0] or "the config"
+            return ConfigError(f"{where}: unknown key; allowed: none, {node} is empty")
         return ConfigError(f"{where}: unknown key; allowed: {', '.join(map(str, parent))}")
     kind = field_kind(err, where)
     return ConfigError(f"{where}: {first_line(err)}" + (f"; allowed: {kind}" if kind else ""))
