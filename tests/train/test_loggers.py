@@ -268,6 +268,18 @@ def test_a_failed_run_marks_its_wandb_run_failed(
     assert summary(recs)["params"] == results["params"] > 0
 
 
+@pytest.mark.slow  # trains
+def test_a_logger_turned_off_with_null_is_left_out(tmp_path: Path, cache_dir: Path) -> None:
+    """``logger.wandb=null``, as ``callbacks.<name>=null`` turns a callback off, failed the run
+    once its data was prepared (``'NoneType' object has no attribute 'get'``): now the run
+    logs to CSV alone, and records no W&B run."""
+    train(compose_train([*WANDB, "logger.wandb=null"], tmp_path, cache_dir))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["status"], results["wandb_id"]) == ("completed", None)
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "wandb_id").exists()
+
+
 def test_a_resumed_run_continues_its_wandb_run_from_the_checkpoints_step(
     tmp_path: Path, cache_dir: Path, wandb_log
 ) -> None:

@@ -140,6 +140,18 @@ def test_a_wandb_name_that_hydra_reads_as_a_number_is_refused(
     check_run(compose_train([*wandb, f"logger.wandb.{key}='{value}'"], tmp_path / "run", tmp_path))
 
 
+def test_a_logger_entry_without_a_target_is_refused(tmp_path) -> None:
+    """``+logger.mine.project=x`` (no ``_target_``) failed the run once its data was prepared,
+    with OmegaConf's traceback ("Key '_target_' is not in struct")."""
+    cfg = compose_train(["+debug=smoke", "+logger.mine.project=x"], tmp_path / "run", tmp_path)
+    message = (
+        "logger.mine={'project': 'x'}: not a logger; allowed: a Lightning Logger class, as "
+        "logger.mine._target_=<its dotted path>, or logger.mine=null to turn it off"
+    )
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message) + "$"):
+        check_run(cfg)
+
+
 def test_every_precision_lmlab_allows_is_one_lightning_builds() -> None:
     from lightning.fabric.connector import _convert_precision_to_unified_args
 

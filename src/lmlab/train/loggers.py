@@ -235,6 +235,11 @@ class CSVLogger(pl_loggers.CSVLogger):
         return self._experiment
 
 
+def uses_wandb(cfg: DictConfig) -> bool:
+    """Whether the run logs to W&B: a ``logger.wandb`` entry that is not turned off (null)."""
+    return (cfg.get("logger") or {}).get("wandb") is not None
+
+
 def build_loggers(
     cfg: DictConfig,
     out_dir: Path,
@@ -243,7 +248,8 @@ def build_loggers(
     reevaluates: bool = True,
     plan: dict[str, Any] | None = None,
 ) -> list[Logger]:
-    """Instantiate ``cfg.logger``'s entries and log the resolved config with dotted keys, and
+    """Instantiate ``cfg.logger``'s entries (``logger.<name>=null`` turns one off) and log the
+    resolved config with dotted keys, and
     the run's frozen ``plan`` (``plan.json``) as ``plan.*``: the steps, accumulation, precision
     and vocabulary the run trains with, where a budget, the global batch or the data derived
     them and the config's own fields (``trainer.max_steps``, ``trainer.accumulate_grad_batches``)
@@ -251,6 +257,8 @@ def build_loggers(
     (``revalidates``, ``reevaluates``: ``HistoryWriter``)."""
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
+        if lcfg is None:  # logger.wandb=null: that one off, as a callback's null
+            continue
         if name == "wandb":
             wandb_name = lcfg.get("name") or recorded_wandb_name(out_dir) or run_name(cfg)
             run_id = wandb_run_id(out_dir)

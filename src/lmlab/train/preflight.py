@@ -210,6 +210,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     for group in ("trainer", "optim", "scheduler"):
         check_target_node(cfg[group], group)
     for name, node in (cfg.get("logger") or {}).items():
+        if node is not None and not has_target(node):  # logger.<name>=null turns one off
+            raise not_built("logger", name, node, "Logger")
         check_target_node(node, f"logger.{name}")
     check_wandb(cfg)
     check_checkpoint_folder(cfg.get("callbacks") or {}, cfg.paths.output_dir)
@@ -339,24 +341,30 @@ def check_callbacks(cfg: DictConfig) -> list[L.Callback]:
     (``check_target_node``), then built (``build_callbacks``): the run's, and ``lmlab
     train``'s check before it starts the run (nothing written to its directory yet)."""
     for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and not (OmegaConf.is_dict(node) and "_target_" in node):
-            raise not_a_callback(name, node)
+        if node is not None and not has_target(node):
+            raise not_built("callbacks", name, node)
         if node is not None:  # its keys and the types of their values
             check_target_node(node, f"callbacks.{name}", types=True)
     return build_callbacks(cfg)
 
 
-def not_a_callback(name: str, node: object) -> ConfigError:
-    """``callbacks.<name>`` that is no callback: an entry without ``_target_`` (a key added
-    with ``+callbacks.early.patience=3``, what ``~callbacks`` leaves of ``+debug=smoke``'s
-    settings) or a class that is not a Lightning Callback. Lightning failed on it after the
-    data was prepared, with a traceback."""
+def not_built(group: str, name: str, node: object, kind: str = "Callback") -> ConfigError:
+    """``<group>.<name>`` (``callbacks``, ``logger``) that builds no Lightning ``kind``: an
+    entry without ``_target_`` (a key added with ``+callbacks.early.patience=3`` or
+    ``+logger.mine.project=x``, what ``~callbacks`` leaves of ``+debug=smoke``'s settings) or
+    a class of another kind. Lightning or lmlab failed on it after the data was prepared, with
+    a traceback."""
     shown = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
     return ConfigError(
-        f"callbacks.{name}={spelled(shown)}: not a callback; allowed: a Lightning Callback "
-        f"class, as callbacks.{name}._target_=<its dotted path>, or callbacks.{name}=null to "
+        f"{group}.{name}={spelled(shown)}: not a {kind.lower()}; allowed: a Lightning {kind} "
+        f"class, as {group}.{name}._target_=<its dotted path>, or {group}.{name}=null to "
         "turn it off"
     )
+
+
+def has_target(node: object) -> bool:
+    """Whether a config entry is built from a ``_target_``."""
+    return OmegaConf.is_dict(node) and "_target_" in node
 
 
 def callback_error(name: str, entry: DictConfig, cause: BaseException) -> ConfigError:
@@ -405,6 +413,6 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
                 ) from err
             raise
         if not isinstance(callback, L.Callback):
-            raise not_a_callback(name, entry)
+            raise not_built("callbacks", name, entry)
         callbacks.append(callback)
     return callbacks

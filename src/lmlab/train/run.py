@@ -42,7 +42,13 @@ from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import model_record
-from lmlab.train.loggers import build_loggers, kept_run_name, log_param_table, log_step
+from lmlab.train.loggers import (
+    build_loggers,
+    kept_run_name,
+    log_param_table,
+    log_step,
+    uses_wandb,
+)
 from lmlab.train.memory import memory_needs
 from lmlab.train.outcome import (
     eval_results,
@@ -147,7 +153,7 @@ def train(cfg: DictConfig) -> float | None:
             log.info(checked.batch.describe())
         if cfg.get("dry_run"):  # plans a GPU run on any machine
             return dry_run(cfg, checked.model_cfg, checked.data_cfg, checked.seq_len, run)
-        if "wandb" in (cfg.get("logger") or {}):
+        if uses_wandb(cfg):
             recorded_wandb_id(out_dir)  # a damaged record: named before any work
         ckpt_path = resume_checkpoint(cfg, out_dir)
         return _fit(cfg, checked, run, results, start, ckpt_path, scope, early)
@@ -379,7 +385,7 @@ def _fit(
         precision=str(trainer.precision),
         torch_threads=torch.get_num_threads(),
         sample=sample.text if sample else None,
-        wandb_id=wandb_run_id(out_dir) if "wandb" in (cfg.get("logger") or {}) else None,
+        wandb_id=wandb_run_id(out_dir) if uses_wandb(cfg) else None,
         resumed_from=str(ckpt_path) if ckpt_path else None,
     )
     results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
