@@ -243,6 +243,12 @@ def test_checkpoint_tools_refuse_bad_values_before_loading(
         ("trainer.max_stpes=3", "trainer.max_stpes=3: unknown key; allowed: _target_, accel"),
         # a node below the unknown one: the override as typed, with its value (was model.moe.foo)
         ("model.moe.foo.bar=1", "model.moe.foo.bar=1: unknown key; allowed: num_experts, top_k"),
+        # Hydra's "Config group override must be a string or a list. Got NoneType"
+        (
+            "trainer=null",
+            "trainer=null: trainer takes the name of one of its options, not null; "
+            "allowed: cpu, ddp, fsdp, gpu",
+        ),
     ],
 )
 def test_compose_errors_are_one_line_and_exit_2(

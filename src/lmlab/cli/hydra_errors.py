@@ -14,7 +14,7 @@ from typing import NoReturn
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import omegaconf_error
+from lmlab.config import CONF_DIR, omegaconf_error
 from lmlab.errors import ConfigError, disk_full, first_line, storage_fix, write_error_words
 from lmlab.train.runfiles import in_the_way
 
@@ -24,6 +24,10 @@ REPEATED_GROUP = re.compile(
     r"Multiple values for ([\w/.@-]+)\. To override a value use"
     r"|([\w/.@-]+) appears more than once in the final defaults list"
 )
+
+
+# Hydra's words for a config group given null on the command line (`trainer=null`)
+NULL_GROUP = "Config group override must be a string or a list"
 
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
@@ -55,6 +59,16 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
                 f"inside the shell's quotes: \"{key}='{value}'\""
             )
         return ConfigError(f"{err.override}: {first_line(err)}")
+    if isinstance(err, ValueError) and str(err).startswith(NULL_GROUP):
+        # `trainer=null`: Hydra's words name neither the group nor what it takes
+        nulls = [a.lstrip("+") for a in argv if a.lstrip("+").endswith("=null")]
+        groups = [a.partition("=")[0] for a in nulls if (CONF_DIR / a.partition("=")[0]).is_dir()]
+        if groups:
+            options = sorted(p.stem for p in (CONF_DIR / groups[0]).glob("*.yaml"))
+            return ConfigError(
+                f"{groups[0]}=null: {groups[0]} takes the name of one of its options, not "
+                f"null; allowed: {', '.join(options)}"
+            )
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         key = cause.full_key
