@@ -155,7 +155,13 @@ def build_task(
     init = checked.init
     if init is not None and from_weights:
         dropped, fresh = load_weights(task.model, init, spec.kind)
-        log.info("weights from init_from=%s (fresh optimizer and schedule)", init.path)
+        step = init.record.get("init_source", {}).get("global_step")
+        log.info(
+            "weights from init_from=%s: %s%s (fresh optimizer and schedule)",
+            init.path,
+            init.file,
+            "" if step is None else f", step {step}",
+        )
         if dropped or fresh:
             log.info("left out of the checkpoint: %s", ", ".join(dropped) or "none")
             log.info("initialised fresh: %s", ", ".join(fresh) or "none")

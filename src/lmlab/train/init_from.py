@@ -9,6 +9,10 @@ runtime fields, such as ``model.activation_checkpointing``) come from the compos
 is refused, naming the field, before any data is prepared. The token ids only mean something
 with the checkpoint's own tokenizer, so ``data.tokenizer=checkpoint`` is required.
 
+plan.json records what was loaded (``init_source``: the path made absolute, the file a
+``last.ckpt`` link pointed at, and its step), which a resume keeps: the source run may have
+trained on since.
+
 Fine-tuning a classifier (``task=classify``) takes the checkpoint's encoder and leaves its head
 out: the keys under ``FRESH_PREFIXES`` (BERT's MLM head, or another classifier's head) are
 dropped from the checkpoint and the model's own keys there start from their initialisation.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.errors import ConfigError
-from lmlab.files import RUN_CONFIG
+from lmlab.files import PLAN, RUN_CONFIG, read_record
 from lmlab.infer.checkpoint import (
     consolidate,
     is_sharded,
@@ -90,9 +95,38 @@ ARCHITECTURE = frozenset(
 
 @dataclasses.dataclass(frozen=True)
 class InitFrom:
-    path: Path
+    path: Path  # as typed
     model_cfg: ModelConfig
     tokenizer: str  # the tokenizer's JSON
+    # plan.json's record of the source: ``init_from`` as typed when the run started and
+    # ``init_source`` (``loaded_source``); a resume's is the run's own record
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        """The file (or sharded folder) the weights are loaded from: the one whose metadata was
+        read, although a ``last.ckpt`` named may since point at a newer step."""
+        return Path(self.record.get("init_source", {}).get("file") or self.path)
+
+
+def source_name(path: str | os.PathLike) -> str:
+    """The checkpoint ``path`` names, one name for every spelling: absolute, its folders'
+    links followed, but not a link it ends in (a source run's ``last.ckpt`` moves on as that
+    run trains). ``runs/a/last.ckpt`` from the folder above, ``../a/last.ckpt`` from
+    ``runs/b`` and a linked folder's path to it are one name."""
+    named = Path(os.path.abspath(path))
+    return str(Path(os.path.realpath(named.parent)) / named.name)
+
+
+def loaded_source(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a run records of the checkpoint it starts from (plan.json's ``init_source``): its
+    ``source_name``, the ``file`` read (links followed: which step a ``last.ckpt`` was) and
+    that checkpoint's ``global_step`` (null for a converted Hugging Face model)."""
+    return {
+        "path": source_name(path),
+        "file": os.path.realpath(path),
+        "global_step": ckpt.get("global_step"),
+    }
 
 
 def resolve_init_from(
@@ -106,9 +140,10 @@ def resolve_init_from(
         raise ConfigError("data.tokenizer=checkpoint needs init_from=<checkpoint file or folder>")
     if not path:
         return None
-    path = Path(path)
     # a resume takes them from the run's own checkpoint, whatever the file now holds
-    source = resumed_from(cfg, path) or (path if path.is_file() or is_sharded(path) else None)
+    resumed = resumed_from(cfg, str(path))
+    path = Path(path)
+    source = resumed[0] if resumed else path if path.is_file() or is_sharded(path) else None
     if source is None:
         raise no_checkpoint("init_from", path)
     ckpt = read_checkpoint(source)
@@ -155,15 +190,17 @@ def resolve_init_from(
             f"init_from={path} takes the architecture from the checkpoint: {shown}. Only "
             f"{', '.join('model.' + f for f in free_names)} may be set"
         )
-    return InitFrom(path, model_cfg, ckpt["tokenizer"])
+    record = resumed[1] if resumed else {"init_source": loaded_source(path, ckpt)}
+    return InitFrom(path, model_cfg, ckpt["tokenizer"], {"init_from": str(path), **record})
 
 
-def resumed_from(cfg: DictConfig, path: Path) -> Path | None:
+def resumed_from(cfg: DictConfig, path: str) -> tuple[Path, dict[str, Any]] | None:
     """Where this command resumes (``resume=true`` or ``auto``) the run that started from
-    ``init_from``: the run's newest checkpoint, which holds the architecture and tokenizer the
-    run took (and the weights the resume restores), whether that file is gone or now holds
-    another model (it was read, and the run's checkpoint refused as "another model"). Else
-    None."""
+    ``init_from``: the run's newest checkpoint, which holds the architecture
+    and tokenizer the run took (and the weights the resume restores), whether that file is gone
+    or now holds another model (it was read, and the run's checkpoint refused as "another
+    model"); and the run's record of its source in plan.json (``init_from`` as typed then and
+    ``init_source``), which it keeps. Else None."""
     if cfg.get("resume") not in (True, "auto"):
         return None  # a new run: its folder is not listed
     out_dir = Path(cfg.paths.output_dir)
@@ -174,11 +211,13 @@ def resumed_from(cfg: DictConfig, path: Path) -> Path | None:
         started = OmegaConf.load(out_dir / RUN_CONFIG).get("init_from")
     except (OSError, ValueError, yaml.YAMLError, AttributeError):
         return None  # no record of the run's start: resume_checkpoint names the damage
-    if started is None or Path(started) != path:
+    if started is None or Path(started) != Path(path):
         return None
+    plan = read_record(out_dir / PLAN)
     newest = newest_checkpoint(found)
     log.info("init_from=%s: the architecture and tokenizer the run took are %s's", path, newest)
-    return newest
+    kept = {k: plan[k] for k in ("init_from", "init_source") if k in plan}
+    return newest, kept
 
 
 def asked_architecture(overrides: list[str]) -> dict[str, str]:
@@ -214,7 +253,7 @@ def load_weights(
     """The checkpoint's weights into ``model``: every key, every shape, but the keys
     ``task`` starts fresh (``FRESH_PREFIXES``). Returns (the checkpoint keys left out, the
     model keys left at their initialisation)."""
-    ckpt = consolidate(init.path) if is_sharded(init.path) else read_checkpoint(init.path)
+    ckpt = consolidate(init.file) if is_sharded(init.file) else read_checkpoint(init.file)
     state, fresh = model_state(ckpt["state_dict"]), FRESH_PREFIXES[task]
     check_finite(state, f"init_from={init.path}")
     dropped = sorted(k for k in state if k.startswith(fresh))
@@ -231,5 +270,6 @@ def load_weights(
 
 
 def model_record(init: InitFrom) -> dict[str, Any]:
-    """What plan.json records of the model a run took from its checkpoint."""
-    return {"init_from": str(init.path), "model": model_config_dict(init.model_cfg)}
+    """What plan.json records of the checkpoint a run started from (``init_from`` as typed,
+    ``init_source``: what was loaded) and of the model it took from it."""
+    return {**init.record, "model": model_config_dict(init.model_cfg)}
