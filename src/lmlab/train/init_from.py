@@ -11,7 +11,8 @@ with the checkpoint's own tokenizer, so ``data.tokenizer=checkpoint`` is require
 
 plan.json records what was loaded (``init_source``: the path made absolute, the file a
 ``last.ckpt`` link pointed at, and its step), which a resume keeps: the source run may have
-trained on since.
+trained on since. A resume names the same source however it is spelt (``same_source``): from
+another working folder, by its absolute path, through a linked folder, by the step file.
 
 Fine-tuning a classifier (``task=classify``) takes the checkpoint's encoder and leaves its head
 out: the keys under ``FRESH_PREFIXES`` (BERT's MLM head, or another classifier's head) are
@@ -112,8 +113,8 @@ class InitFrom:
 def source_name(path: str | os.PathLike) -> str:
     """The checkpoint ``path`` names, one name for every spelling: absolute, its folders'
     links followed, but not a link it ends in (a source run's ``last.ckpt`` moves on as that
-    run trains). ``runs/a/last.ckpt`` from the folder above, ``../a/last.ckpt`` from
-    ``runs/b`` and a linked folder's path to it are one name."""
+    run trains, and stays the same source). ``runs/a/last.ckpt`` from the folder above,
+    ``../a/last.ckpt`` from ``runs/b`` and a linked folder's path to it are one name."""
     named = Path(os.path.abspath(path))
     return str(Path(os.path.realpath(named.parent)) / named.name)
 
@@ -127,6 +128,21 @@ def loaded_source(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
         "file": os.path.realpath(path),
         "global_step": ckpt.get("global_step"),
     }
+
+
+def same_source(typed: str, saved: str | None, record: dict[str, Any]) -> bool:
+    """Whether ``init_from=typed`` names the source of the run whose ``run_config.yaml`` has
+    ``init_from: saved`` and whose plan.json holds ``record``: the words typed at the start
+    (``record["init_from"]``), the same ``source_name``, or a path to the very file loaded
+    (the step a ``last.ckpt`` pointed at, or a link to it). A resume reads its own checkpoint,
+    not this file, which may be gone or hold another model by now."""
+    source = record.get("init_source") or {}
+    names = {source_name(n) for n in (saved, source.get("path")) if n}
+    return (
+        typed == record.get("init_from")
+        or source_name(typed) in names
+        or os.path.realpath(typed) == source.get("file")
+    )
 
 
 def resolve_init_from(
@@ -196,7 +212,7 @@ def resolve_init_from(
 
 def resumed_from(cfg: DictConfig, path: str) -> tuple[Path, dict[str, Any]] | None:
     """Where this command resumes (``resume=true`` or ``auto``) the run that started from
-    ``init_from``: the run's newest checkpoint, which holds the architecture
+    ``init_from`` (``same_source``): the run's newest checkpoint, which holds the architecture
     and tokenizer the run took (and the weights the resume restores), whether that file is gone
     or now holds another model (it was read, and the run's checkpoint refused as "another
     model"); and the run's record of its source in plan.json (``init_from`` as typed then and
@@ -211,9 +227,9 @@ def resumed_from(cfg: DictConfig, path: str) -> tuple[Path, dict[str, Any]] | No
         started = OmegaConf.load(out_dir / RUN_CONFIG).get("init_from")
     except (OSError, ValueError, yaml.YAMLError, AttributeError):
         return None  # no record of the run's start: resume_checkpoint names the damage
-    if started is None or Path(started) != Path(path):
-        return None
     plan = read_record(out_dir / PLAN)
+    if started is None or not same_source(path, started, plan):
+        return None
     newest = newest_checkpoint(found)
     log.info("init_from=%s: the architecture and tokenizer the run took are %s's", path, newest)
     kept = {k: plan[k] for k in ("init_from", "init_source") if k in plan}

@@ -31,6 +31,7 @@ from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, read_record
 from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
+from lmlab.train.init_from import same_source
 from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.runfiles import (
     absolute,
@@ -219,6 +220,13 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
     now = run_identity(cfg)
     if "trainer" not in saved:  # saved before it held the trainer's fields
         now.pop("trainer")
+    typed, started = cfg.get("init_from"), saved.get("init_from")
+    if typed and started:  # the file it names, not the words (relative, through a link)
+        record = read_record(out_dir / PLAN)
+        if same_source(typed, started, record):
+            now["init_from"] = started
+        elif loaded := (record.get("init_source") or {}).get("file"):
+            saved["init_from"] = f"{started} ({loaded})"  # which file that was
     found = _differences(saved, now, ignore=BATCH_FIELDS if planned else ())
     changed = [d for d in found if d.startswith(CHANGEABLE)]
     diffs = [d for d in found if d not in changed]
