@@ -410,6 +410,33 @@ def test_a_recipe_that_does_not_fit_the_composed_model_under_init_from_says_why(
     assert "init_from" not in str(plain.value)
 
 
+# (overrides, group, field, the override whose value Hydra takes): a field set twice
+ASKED_TWICE = [
+    (["+debug=smoke", "+experiment=shakespeare_char_cpu"], "trainer", "max_steps", 1),
+    (["trainer.max_steps=5", "trainer.max_steps=7"], "trainer", "max_steps", 1),
+    (["trainer.max_steps=7", "+debug=smoke"], "trainer", "max_steps", 0),
+    (["model.d_model=64", "model.d_model=96"], "model", "d_model", 1),
+    (["model=gpt_tiny", "model=gpt_mini"], "model", "d_model", 1),
+]
+
+
+@pytest.mark.parametrize(("overrides", "group", "field", "taken"), ASKED_TWICE)
+def test_the_override_named_for_a_field_is_the_one_whose_value_hydra_takes(
+    overrides: list[str], group: str, field: str, taken: int
+) -> None:
+    """init_from's and the budget's refusals name the override that asked for a field beside
+    its composed value: the first of two was named with the second's value
+    (``model.d_model=96 (from model.d_model=64)``, ``trainer.max_steps=2000 (from
+    +debug=smoke)`` where ``+experiment=shakespeare_char_cpu`` after it set 2000)."""
+    from lmlab.config.asked import asked_fields
+
+    named = asked_fields(overrides, group, ["d_model"] if group == "model" else [])[field]
+    assert named == overrides[taken]
+    value = compose_train(overrides)[group][field]
+    alone = compose_train(["+debug=smoke", named] if named.startswith("model=") else [named])
+    assert alone[group][field] == value  # the one named gives the value the run has
+
+
 def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
     for ok in (
         ["trainer.gradient_clip_val=null", "trainer.limit_val_batches=0"],

@@ -41,36 +41,40 @@ def command_line_overrides() -> list[str]:
 def asked_fields(overrides: list[str], group: str, preset: Iterable[str] = ()) -> dict[str, str]:
     """{field of ``group``: the override that asked for it}. ``preset``: the fields a preset
     of the group (``group=name``) asks for (all of a model's; none of a trainer's, whose
-    values are defaults). A nested field counts as its top field (``moe`` for ``moe.top_k``)."""
+    values are defaults). A nested field counts as its top field (``moe`` for ``moe.top_k``).
+    Of two presets (``model=gpt_tiny model=gpt_mini``) the last is the one Hydra takes."""
     asked: dict[str, str] = {}
     for path, override in asked_paths(overrides, group).items():
-        asked.setdefault(path.split(".")[0], override)
+        asked[path.split(".")[0]] = override
+    named = set(asked)
     for override in overrides:  # a preset: the fields no override or file asked for
         key, value = parsed(override)
         if key == group and not isinstance(value, dict):  # model={...} names its fields
-            asked.update({name: override for name in preset if name not in asked})
+            asked.update({name: override for name in preset if name not in named})
     return asked
 
 
 def asked_paths(overrides: list[str], group: str) -> dict[str, str]:
-    """{dotted field of ``group`` (``moe.top_k``): the override that asked for it}: a field
-    named on the command line, else the first ``+experiment``/``+debug``/``+sweeps`` file that
-    sets it. A dict value names its own fields (``model.moe={top_k:1}``: ``moe.top_k``;
-    ``model={moe:{num_experts:0}}``, as ``+sweeps=moe``'s jobs get: ``moe.num_experts``).
-    Presets are left out."""
-    asked: dict[str, str] = {}
+    """{dotted field of ``group`` (``moe.top_k``): the override that asked for it}, the one
+    whose value Hydra takes: the last that names the field on the command line, else the last
+    ``+experiment``/``+debug``/``+sweeps`` file that sets it (Hydra applies them in the order
+    given, and the command line's values over them). A dict value names its own fields
+    (``model.moe={top_k:1}``: ``moe.top_k``; ``model={moe:{num_experts:0}}``, as
+    ``+sweeps=moe``'s jobs get: ``moe.num_experts``). Presets are left out."""
+    typed: dict[str, str] = {}
     for override in overrides:
         key, value = parsed(override)
         if key == group or key.startswith(f"{group}."):
             path = key.removeprefix(group).removeprefix(".")
             named = leaves(value, f"{path}." if path else "") if isinstance(value, dict) else []
             for name in named or ([path] if path else []):
-                asked.setdefault(name, override)
+                typed[name] = override
+    files: dict[str, str] = {}
     for override, path in delta_files(overrides):
         block = OmegaConf.load(path).get(group)
         for name in leaves(OmegaConf.to_container(block) if block is not None else None):
-            asked.setdefault(name, override)
-    return asked
+            files[name] = override
+    return typed | {name: file for name, file in files.items() if name not in typed}
 
 
 def delta_files(overrides: list[str]) -> list[tuple[str, Path]]:
