@@ -718,6 +718,28 @@ def test_init_from_keeps_the_checkpoints_moe_training_weights_unless_asked(tmp_p
     assert "num_experts" not in str(err.value)
 
 
+def test_a_sequence_longer_than_the_checkpoints_positions_names_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Under ``init_from`` the positions are the checkpoint's: the refusal named
+    ``model.max_seq_len``, which the command may not set (the architecture is the
+    checkpoint's), as if it came from the run's own preset."""
+    from lmlab.config import ModelConfig, model_config_dict
+    from lmlab.train.preflight import check_run
+
+    ckpt = tmp_path / "short.ckpt"
+    saved = model_config_dict(ModelConfig(vocab_size=300, max_seq_len=64))
+    torch.save({"model_config": saved, "state_dict": {}, "tokenizer": "{}"}, ckpt)
+    init = ["+debug=smoke", f"init_from={ckpt}", "data.tokenizer=checkpoint", "dry_run=true"]
+    cfg = compose_train([*init, "data.seq_len=128"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check_run(cfg)
+    assert str(err.value) == (
+        f"data.seq_len=128 is above the max_seq_len of init_from={ckpt}'s checkpoint, 64, the "
+        "positions the model has; allowed: 1 to 64"
+    )
+
+
 def test_init_from_a_converted_t5_takes_its_recipe(tmp_path: Path) -> None:
     """``from_hf`` cannot read lmlab's ``init`` from a transformers T5, so a converted T5
     holds the default (gpt2); ``model=t5_tiny +experiment=t5``, the recipe the conversion

@@ -347,9 +347,10 @@ def composed_model(cfg: DictConfig) -> ModelConfig:
 MIN_SEQ_LEN = {Family.gpt: 1, Family.bert: 3, Family.t5: 3}
 
 
-def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
+def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig, source: str = "") -> int:
     """``data.seq_len``, or the model's ``max_seq_len`` when null, checked against both and
-    against what the family's objective needs."""
+    against what the family's objective needs. ``source``: where the model's positions come
+    from when not from ``model.max_seq_len`` (``init_from=<file>``'s checkpoint)."""
     seq_len = model_cfg.max_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
     shortest = MIN_SEQ_LEN[Family(model_cfg.family)]
     if seq_len < shortest:
@@ -358,8 +359,11 @@ def sequence_length(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
             f"model: at least {shortest}"
         )
     if seq_len > model_cfg.max_seq_len:
+        most = model_cfg.max_seq_len
+        limit = f"the max_seq_len of {source}, {most}," if source else f"model.max_seq_len={most},"
         raise ConfigError(
-            f"data.seq_len={seq_len} is above model.max_seq_len={model_cfg.max_seq_len}"
+            f"data.seq_len={seq_len} is above {limit} the positions the model has; allowed: "
+            f"{shortest} to {most}"
         )
     return seq_len
 

@@ -219,7 +219,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     task_cfg = resolve_task(cfg, model_cfg)
     init = resolve_init_from(cfg, model_cfg, data_cfg, task_cfg.kind)
     if init is not None:  # the checkpoint's architecture
-        model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg)
+        source = f"init_from={init.path}'s checkpoint"
+        model_cfg, seq_len = init.model_cfg, sequence_length(init.model_cfg, data_cfg, source)
         check_task_model(task_cfg, model_cfg, f"init_from={init.path} holds")
     check_vocab(data_cfg)  # before the corpus is read
     if task_cfg.kind == TaskKind.lm:
