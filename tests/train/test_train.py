@@ -712,8 +712,8 @@ def test_init_from_keeps_the_checkpoints_moe_training_weights_unless_asked(tmp_p
     with pytest.raises(ConfigError) as err:
         routing("model.moe.top_k=1", "model.moe.aux_loss_coef=0.5")
     assert str(err.value).startswith(
-        f"init_from={ckpt} takes the architecture from the checkpoint: model.moe.top_k=1 (from "
-        "model.moe.top_k=1) but the checkpoint has 2. Only model.dropout"
+        f"init_from={ckpt} takes the architecture from the checkpoint: model.moe.top_k=1 but "
+        "the checkpoint has 2. Only model.dropout"
     ), err.value
     assert "num_experts" not in str(err.value)
 

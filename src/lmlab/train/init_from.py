@@ -195,9 +195,11 @@ def resolve_init_from(
         if (value := field_value(composed, name)) is not None and value != field_value(saved, name)
     }
     if differs:
-        shown = "; ".join(
-            f"model.{name}={_shown(field_value(composed, name))} (from {where}) but the "
-            f"checkpoint has {_shown(field_value(saved, name))}"
+        asked = {name: f"model.{name}={_shown(field_value(composed, name))}" for name in differs}
+        shown = "; ".join(  # where it came from, unless that is the field typed as shown
+            asked[name]
+            + ("" if where.lstrip("+") == asked[name] else f" (from {where})")
+            + f" but the checkpoint has {_shown(field_value(saved, name))}"
             for name, where in sorted(differs.items())
         )
         free_names = [f for f in FREE_FIELDS if hasattr(saved, f)]
