@@ -74,9 +74,11 @@ def pytest_configure(config: pytest.Config) -> None:
 # DataConfig built in Python keeps its cache_dir default as the literal "${oc.env:...}" text,
 # which a test once took for a folder and created in the working directory (the checkout). The
 # files of the checkout are listed before the tests and after; a file added or removed fails
-# the session, naming it. Left out: what tools write there themselves (caches, the venv).
+# the session, naming it. Left out: what tools write there themselves (caches, the venv, and
+# bench/gpu_check.sh's default output folder, where it writes the log while the tests run).
 REPOSITORY = Path(__file__).resolve().parent.parent
 NOT_THE_CHECKOUTS = {".git", ".venv", ".whl", "__pycache__", ".pytest_cache", ".ruff_cache"}
+NOT_THE_CHECKOUTS |= {"gpu-check"}
 
 
 def checkout_files() -> set[str]:
