@@ -182,6 +182,7 @@ def machine_lines(root: Path) -> list[str]:
 GROUP_TITLES = {
     "train": "Training throughput (steady state, warm-up steps excluded)",
     "overhead": "lmlab's Trainer against a plain PyTorch loop (interleaved runs)",
+    "host": "Host time per step: a compiled step with almost no arithmetic (CPU)",
     "profile": "Where a step's time goes inside lmlab's Trainer (py-spy)",
     "data": "Data preparation (embedded corpus, cold cache)",
     "generate": "Generation (greedy, batch 1)",

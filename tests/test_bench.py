@@ -734,3 +734,26 @@ def test_a_family_cases_note_gives_the_shape_it_ran_at(
         batch, seq = shape
         assert result.note.startswith(f"{batch} x {seq} tokens per step")
         assert {f"data.batch_size={batch}", f"data.seq_len={seq}"} <= set(ran[-1])
+
+
+@pytest.mark.slow
+def test_the_host_case_splits_lmlabs_extra_host_time_into_its_loop_and_its_model(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make bench --only host`` (quick: eager, a few steps): lmlab, the plain loop around
+    lmlab's model and around nanoGPT's each timed, and the two differences of each round."""
+    from bench.cases import CASES, Settings
+
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    (result,) = CASES["host"].fn(Settings(work=tmp_path, repeats=2, quick=True))
+    stats = {stat.name: stat.values for stat in result.stats}
+    lmlab, ours = stats["lmlab"], stats["plain loop, lmlab's model"]
+    nano = stats["plain loop, nanoGPT's model"]
+    assert all(v > 0 for v in [*lmlab, *ours, *nano]) and len(lmlab) == 2
+    assert stats["lmlab's training loop (lmlab - plain, lmlab's model)"] == [
+        a - b for a, b in zip(lmlab, ours, strict=True)
+    ]
+    assert stats["lmlab's model (plain loops: lmlab's - nanoGPT's)"] == [
+        a - b for a, b in zip(ours, nano, strict=True)
+    ]
+    assert "eager" in result.note and {p.name for p in tmp_path.iterdir()} <= {"model"}
