@@ -757,3 +757,31 @@ def test_the_host_case_splits_lmlabs_extra_host_time_into_its_loop_and_its_model
         a - b for a, b in zip(ours, nano, strict=True)
     ]
     assert "eager" in result.note and {p.name for p in tmp_path.iterdir()} <= {"model"}
+
+
+def test_with_one_pair_a_race_neither_side_always_runs_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gpu_check.sh all`` runs one pair a race: the plain loop ran first in both, so any
+    advantage of running first (a cooler GPU, warmer caches) went to it twice. gpt_small's pair
+    now starts with the plain loop, gpt_medium's with lmlab; more pairs alternate."""
+    from bench import gpu_cases
+    from bench.cases import Settings
+
+    ran: list[str] = []
+    run = gpu_cases.Run(1.0, None, None)
+    monkeypatch.setattr(gpu_cases, "lmlab_run", lambda *a, **k: ran.append("lmlab") or run)
+    monkeypatch.setattr(
+        gpu_cases, "plain_tokens_per_second", lambda *a, **k: ran.append("plain") or 1.0
+    )
+    monkeypatch.setattr(gpu_cases, "mfu", lambda *a, **k: 0.5)
+    s = Settings(work=tmp_path, repeats=1, quick=True, deadline=0.0)  # no extra plain run
+    orders = {}
+    for case in ("gpu_gpt_small", "gpu_gpt_medium"):
+        ran.clear()
+        gpu_cases.GPU_CASES[case](dataclasses.replace(s, repeats=1))
+        orders[case] = list(ran)
+    assert orders == {"gpu_gpt_small": ["plain", "lmlab"], "gpu_gpt_medium": ["lmlab", "plain"]}
+    ran.clear()
+    gpu_cases.GPU_CASES["gpu_gpt_medium"](dataclasses.replace(s, repeats=2, deadline=1e12))
+    assert ran[:4] == ["lmlab", "plain", "plain", "lmlab"]
