@@ -63,9 +63,10 @@ def _plot_curves(ax: Any, rows: Sequence[Row], metric: str, colors: list[Any]) -
         curve = _mean_curve(row.runs, column)
         if curve is None:
             continue
-        steps, mean, std = curve
+        steps, mean, std, n, left_out = curve
         failed = row.status == "failed"
-        note = f" (n={row.n})" if row.n > 1 else ""
+        note = f" (n={n}" + (f", {left_out} non-finite left out" if left_out else "") + ")"
+        note = note if n > 1 or left_out else ""
         if failed:
             note = f" ({row.runs[0].state.upper()})"
         ax.plot(
@@ -84,21 +85,29 @@ def _plot_curves(ax: Any, rows: Sequence[Row], metric: str, colors: list[Any]) -
 
 def _mean_curve(
     runs: Sequence[Run], column: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """One run's curve, or the mean and std over runs on their common step range."""
-    series = [_series(run.curve.get(column, [])) for run in runs]
-    series = [s for s in series if s[0].size]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int, int] | None:
+    """One run's curve, or the mean and std over runs on their common step range; with the
+    number of runs it is over and of those left out. A run whose curve turns non-finite (a
+    diverged seed's nan) is left out where another run's stays finite, as the bars and the
+    table leave its nan out: its finite part alone cut the mean's steps short at the
+    divergence and pulled the mean off the other runs'."""
+    points = [run.curve.get(column, []) for run in runs]
+    points = [p for p in points if p]
+    finite = [p for p in points if all(math.isfinite(v) for _, v in p)]
+    kept = finite or points  # every run diverged: the steps before it, shared
+    series = [s for s in (_series(p) for p in kept) if s[0].size]
     if not series:
         return None
+    left_out = len(points) - len(kept)
     if len(series) == 1:
-        return series[0][0], series[0][1], None
+        return series[0][0], series[0][1], None, 1, left_out
     lo, hi = max(s[0][0] for s in series), min(s[0][-1] for s in series)
     grid = np.unique(np.concatenate([s[0] for s in series]))
     grid = grid[(grid >= lo) & (grid <= hi)]
     if grid.size == 0:
-        return series[0][0], series[0][1], None
+        return series[0][0], series[0][1], None, 1, left_out
     stack = np.stack([np.interp(grid, x, y) for x, y in series])
-    return grid, stack.mean(axis=0), stack.std(axis=0, ddof=1)
+    return grid, stack.mean(axis=0), stack.std(axis=0, ddof=1), len(series), left_out
 
 
 def _series(points: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
