@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from test_compare import JOBS, make_multirun
 
 from lmlab.analysis import compare_plot, ranking
+from lmlab.analysis.run_files import optimizer_steps
 from lmlab.analysis.runs import load_runs
 
 
@@ -80,3 +81,25 @@ def test_a_variant_whose_seeds_all_diverged_keeps_the_steps_before_it(
     (line,) = [ln for ln in curves.get_lines() if "activation=gelu" in ln.get_label()]
     assert line.get_label().endswith("(n=3)")
     assert line.get_xdata()[-1] < 120
+
+
+def test_the_curves_x_axis_is_optimizer_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The curves were drawn at metrics.csv's ``step``, Lightning's logging step, one less than
+    the optimizer steps behind it (a 12-step run's last validation at 11), under an axis
+    labelled "step": they are drawn at the optimizer steps, and the axis says so."""
+    root = make_multirun(tmp_path / "sweep", JOBS[3:5])
+    curves, _ = drawn_axes(root, tmp_path, monkeypatch)
+    logged = [step for step, _ in load_runs(root)[0].curve["val/loss"]]
+    line = curves.get_lines()[0]
+    assert list(line.get_xdata()) == [log + 1 for log in logged]
+    assert curves.get_xlabel() == "optimizer steps"
+
+
+@pytest.mark.parametrize("steps", [1, 12, 300])
+def test_optimizer_steps_inverts_the_trainer_s_logging_step(steps: int) -> None:
+    """analysis does not import train: the two one-line conversions are held together here."""
+    from lmlab.train.loggers import log_step
+
+    assert optimizer_steps(log_step(steps)) == steps

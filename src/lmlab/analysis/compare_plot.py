@@ -13,6 +13,7 @@ import numpy as np
 
 from lmlab.analysis.multirun import Run, curve_column
 from lmlab.analysis.ranking import Row, fmt_stat, truncate, unranked_reason
+from lmlab.analysis.run_files import optimizer_steps
 from lmlab.files import save_figure
 
 CREATOR = "lmlab compare"  # compare.png's mark: a file without it is not replaced
@@ -77,7 +78,7 @@ def _plot_curves(ax: Any, rows: Sequence[Row], metric: str, colors: list[Any]) -
         shown.append((steps, mean, std))
     _focus_ylim(ax, shown)
     band = ", band = ±1 std over seeds" if any(s[2] is not None for s in shown) else ""
-    ax.set(xlabel="step", ylabel=column, title=f"{column} vs step{band}")
+    ax.set(xlabel="optimizer steps", ylabel=column, title=f"{column} vs step{band}")
     ax.grid(alpha=0.3)
     if shown:
         ax.legend(fontsize=8)
@@ -111,7 +112,9 @@ def _mean_curve(
 
 
 def _series(points: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    by_step = {step: value for step, value in points if math.isfinite(value)}
+    """A metrics.csv column's finite values by optimizer step (not Lightning's logging step,
+    one less), the last of a step's rows counting."""
+    by_step = {optimizer_steps(step): value for step, value in points if math.isfinite(value)}
     steps = np.array(sorted(by_step), dtype=float)
     return steps, np.array([by_step[s] for s in steps], dtype=float)
 

@@ -283,6 +283,15 @@ def read_curve(
     return curve
 
 
+def optimizer_steps(logged_step: float) -> float:
+    """The optimizer steps behind a ``metrics.csv`` row logged at ``logged_step``: Lightning
+    logs a batch's row, and the validation after it, at the number of steps before that batch,
+    so the weights after N steps are at N - 1 (the inverse of
+    :func:`lmlab.train.loggers.log_step`, which analysis does not import: a test holds the
+    two together). A run of ``trainer.max_steps=12`` ends at 12, as its ``global_step``."""
+    return logged_step + 1
+
+
 def _to_float(raw: Any) -> float | None:
     try:
         return float(raw)
