@@ -17,6 +17,10 @@ from lmlab.analysis.scaling_parametric import optimal_allocation, predict_loss
 from lmlab.files import save_figure
 
 CREATOR = "lmlab scaling"  # scaling.png's mark: a file without it is not replaced
+# a budget's parabola, solid where it has a minimum (an optimum of approach 2's law), dotted
+# and faint where the curvature gate found none (``fit_isoflop`` leaves the budget out)
+PARABOLA: dict[str, Any] = {"ls": "-", "lw": 1.2}
+NO_MINIMUM: dict[str, Any] = {"ls": ":", "lw": 1.0, "alpha": 0.6}
 
 
 def _plot_optima(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any] | None) -> None:
@@ -32,8 +36,9 @@ def _plot_optima(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any] |
 
 
 def _plot_profiles(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any] | None) -> None:
-    """Left panel: loss vs N per budget with the parabola fits (solid), the Approach-3 isoFLOP
-    curves (dashed), and the optima of both approaches connected into frontiers."""
+    """Left panel: loss vs N per budget with the parabola fits (solid; dotted where the
+    curvature gate found no minimum and approach 2 leaves the budget out), the Approach-3
+    isoFLOP curves (dashed), and the optima of both approaches connected into frontiers."""
     cmap = colormaps["viridis"]
     for i, prof in enumerate(profiles):
         color = cmap(0.9 * i / max(1, len(profiles) - 1))
@@ -42,12 +47,15 @@ def _plot_profiles(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any]
         ax.scatter(n, prof["loss"], color=color, s=18, zorder=3, label=label)
         xs = 10 ** np.linspace(np.log10(n.min()) - 0.15, np.log10(n.max()) + 0.15, 200)
         if "coeffs" in prof:
-            ax.plot(xs, np.polyval(prof["coeffs"], np.log10(xs)), color=color, lw=1.2)
+            style = PARABOLA if "N_opt" in prof else NO_MINIMUM
+            ax.plot(xs, np.polyval(prof["coeffs"], np.log10(xs)), color=color, **style)
         if par is not None:
             isoflop = predict_loss(par, xs, prof["flops"] / (6 * xs))
             ax.plot(xs, isoflop, color=color, ls="--", lw=1)
     _plot_optima(ax, profiles, par)
-    ax.plot([], [], color="gray", lw=1.2, label="parabola in log N (approach 2)")
+    ax.plot([], [], color="gray", **PARABOLA, label="parabola in log N (approach 2)")
+    if any("coeffs" in p and "N_opt" not in p for p in profiles):
+        ax.plot([], [], color="gray", **NO_MINIMUM, label="parabola, no minimum (not fitted)")
     if par is not None:
         ax.plot([], [], color="gray", ls="--", lw=1, label="L(N, C/6N) (approach 3)")
     losses = np.concatenate([p["loss"] for p in profiles])

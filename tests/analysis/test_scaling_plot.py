@@ -1,0 +1,65 @@
+"""Tests for lmlab.analysis.scaling_plot: what scaling.png draws, read from matplotlib's objects
+(lines, styles, labels), not from pixels, for the shipped sweep (docs/isoflop) and synthetic
+ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from lmlab.analysis.scaling import analyze
+from lmlab.config import CONF_DIR
+
+SHIPPED = CONF_DIR.parent / "docs" / "isoflop"
+
+
+def drawn(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+) -> tuple[dict[str, Any], Axes, Axes]:
+    """``analyze``'s result and scaling.png's two panels (profiles, frontier)."""
+    figures: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    result = analyze(root, out=tmp_path / "out", **kwargs)
+    profiles, frontier = figures[0].axes
+    return result, profiles, frontier
+
+
+def parabola_line(ax: Axes, coeffs: list[float]) -> Line2D:
+    """The line of ``ax`` that draws the parabola ``coeffs`` in log10 N (the same arithmetic
+    on the same points: equal to the last bit)."""
+    (line,) = [
+        ln
+        for ln in ax.get_lines()
+        if len(ln.get_xdata()) > 2
+        and np.array_equal(ln.get_ydata(), np.polyval(coeffs, np.log10(ln.get_xdata())))
+    ]
+    return line
+
+
+def test_a_parabola_without_a_minimum_is_not_drawn_as_a_fitted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the shipped sweep the curvature gate finds no minimum at 2e12 and 2e13, and approach 2
+    leaves them out, yet their parabolas were drawn solid like 6e12's, whose minimum it fits:
+    they are dotted, and the legend says what a dotted parabola is."""
+    result, profiles, _ = drawn(SHIPPED, tmp_path, monkeypatch, target_flops=1e15)
+    budgets = result["approach2"]["budgets"]
+    fitted = [parabola_line(profiles, b["coeffs"]) for b in budgets if "N_opt" in b]
+    flat = [parabola_line(profiles, b["coeffs"]) for b in budgets if "N_opt" not in b]
+    assert [b["status"].startswith("flat, no minimum") for b in budgets] == [True, False, True]
+    assert [ln.get_linestyle() for ln in fitted] == ["-"]
+    assert [ln.get_linestyle() for ln in flat] == [":", ":"]
+    legend = profiles.get_legend()
+    styles = {
+        text.get_text(): handle.get_linestyle()
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+        if isinstance(handle, Line2D)
+    }
+    assert styles["parabola, no minimum (not fitted)"] == ":"
+    assert styles["parabola in log N (approach 2)"] == "-"
