@@ -4,6 +4,7 @@ ones."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from test_scaling import write_runs
+from test_scaling_bootstrap import OFFSETS, TARGET, sweep, true_n_opt
 
 from lmlab.analysis.scaling import analyze
 from lmlab.config import CONF_DIR
@@ -63,3 +66,40 @@ def test_a_parabola_without_a_minimum_is_not_drawn_as_a_fitted_one(
     }
     assert styles["parabola, no minimum (not fitted)"] == ":"
     assert styles["parabola in log N (approach 2)"] == "-"
+
+
+def test_approach_2_s_bootstrap_intervals_are_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scaling.json held approach 2's 90% intervals (``approach2.interval``) but the figure
+    drew the law and the target's N_opt as if exact: the legend now gives a's interval, and
+    the target's N_opt has a bar from its interval's low to its high end, annotated."""
+    root = write_runs(tmp_path / "sweep", sweep(np.random.default_rng(3)))
+    result, _, frontier = drawn(root, tmp_path, monkeypatch, target_flops=TARGET)
+    interval = result["approach2"]["interval"]
+    low, high = result["target"]["approach2"]["N_opt_interval"]
+    assert interval["N_opt"] == [low, high] and low < high
+    (bar,) = [ln for ln in frontier.get_lines() if "bootstrap interval" in ln.get_label()]
+    assert bar.get_label() == "approach 2 at target: 90% bootstrap interval"
+    assert list(bar.get_xdata()) == [TARGET, TARGET]
+    assert list(bar.get_ydata()) == [low, high]
+    a_low, a_high = interval["a"]
+    (law,) = [ln for ln in frontier.get_lines() if ln.get_label().startswith("approach 2: ")]
+    assert law.get_label().endswith(f", a in [{a_low:.3f}, {a_high:.3f}] (90%)")
+    n_opt = result["target"]["approach2"]["N_opt"]
+    texts = [t.get_text() for t in frontier.texts]
+    assert f"{n_opt:.3g} [{low:.3g}, {high:.3g}]" in texts
+
+
+def test_no_interval_no_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the bootstrap gives no interval (every budget 3 sizes, one run each: nothing
+    measures the noise), the figure draws none and the law's label claims none."""
+    runs = sweep(np.random.default_rng(3))
+    three = {round(o, 6) for o in OFFSETS[2:5]}
+    runs = [r for r in runs if round(math.log10(r["params"] / true_n_opt(r["flops"])), 6) in three]
+    root = write_runs(tmp_path / "sweep", runs)
+    result, _, frontier = drawn(root, tmp_path, monkeypatch, target_flops=TARGET)
+    assert result["approach2"]["interval"]["N_opt"] is None
+    assert not [ln for ln in frontier.get_lines() if "interval" in ln.get_label()]
+    (law,) = [ln for ln in frontier.get_lines() if ln.get_label().startswith("approach 2: ")]
+    assert ", a in [" not in law.get_label()

@@ -67,8 +67,9 @@ def _plot_profiles(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any]
     ax.legend(fontsize=7, loc="upper right")
 
 
-def _mark_target(ax: Axes, target: dict[str, Any]) -> None:
-    """Vertical line at the target budget and each approach's N_opt there, annotated."""
+def _mark_target(ax: Axes, target: dict[str, Any], confidence: float | None) -> None:
+    """Vertical line at the target budget and each approach's N_opt there, annotated; approach
+    2's with its bootstrap interval (``N_opt_interval``) as a capped bar where it has one."""
     ax.axvline(
         target["flops"], color="gray", ls=":", label=f"target {budget_label(target['flops'])}"
     )
@@ -76,8 +77,21 @@ def _mark_target(ax: Axes, target: dict[str, Any]) -> None:
         if target[key] is not None:
             n_opt = target[key]["N_opt"]
             ax.plot([target["flops"]], [n_opt], style, ms=8, mfc="none", mew=2)
+            interval = target[key].get("N_opt_interval")
+            text = f"{n_opt:.3g}"
+            if interval is not None:
+                ax.plot(
+                    [target["flops"]] * 2,
+                    interval,
+                    "k-",
+                    marker="_",
+                    ms=12,
+                    lw=1.5,
+                    label=f"approach 2 at target: {confidence:.0%} bootstrap interval",
+                )
+                text += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
             ax.annotate(
-                f"{n_opt:.3g}",
+                text,
                 (target["flops"], n_opt),
                 textcoords="offset points",
                 xytext=(-8, dy),
@@ -94,9 +108,10 @@ def _plot_frontier(
     target: dict[str, Any],
     draw_target: bool = True,
 ) -> None:
-    """Right panel: N_opt vs C (log-log) with both approaches' power laws and the target; a
-    target too far from the data (``draw_target`` False) is named in the legend only, the
-    axes spanning the fitted budgets."""
+    """Right panel: N_opt vs C (log-log) with both approaches' power laws and the target, with
+    approach 2's bootstrap intervals (its exponent a in the legend, N_opt at the target as a
+    bar) where it has them; a target too far from the data (``draw_target`` False) is named
+    in the legend only, the axes spanning the fitted budgets."""
     flops = [p["flops"] for p in profiles] + [target["flops"]] * draw_target
     cs = np.logspace(np.log10(min(flops)) - 0.2, np.log10(max(flops)) + 0.2, 100)
     optima = [p for p in profiles if "N_opt" in p]
@@ -105,14 +120,19 @@ def _plot_frontier(
         ax.scatter(
             c_opt, n_opt, marker="*", s=90, color="k", zorder=3, label="approach 2 isoFLOP optima"
         )
+    interval = (iso or {}).get("interval") or {}
     if iso is not None:
         k, a = iso["N_opt_law"]["k"], iso["N_opt_law"]["exponent"]
-        ax.plot(cs, k * cs**a, "k-", label=f"approach 2: $N_{{opt}} = {k:.3g}\\,C^{{{a:.3f}}}$")
+        label = f"approach 2: $N_{{opt}} = {k:.3g}\\,C^{{{a:.3f}}}$"
+        if interval.get("a") is not None:
+            low, high = interval["a"]
+            label += f", a in [{low:.3f}, {high:.3f}] ({interval['confidence']:.0%})"
+        ax.plot(cs, k * cs**a, "k-", label=label)
     if par is not None and target["approach3"] is not None:
         n3 = [optimal_allocation(par, c)[0] for c in cs]
         ax.plot(cs, n3, "r--", label=f"approach 3: $N_{{opt}} \\propto C^{{{par['a']:.3f}}}$")
     if draw_target:
-        _mark_target(ax, target)
+        _mark_target(ax, target, interval.get("confidence"))
     else:
         ax.plot([], [], " ", label=f"target {budget_label(target['flops'])}: off the axes")
     ax.set_xscale("log")
