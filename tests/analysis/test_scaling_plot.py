@@ -28,7 +28,7 @@ def drawn(
     """``analyze``'s result and scaling.png's two panels (profiles, frontier)."""
     figures: list[Figure] = []
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
-    result = analyze(root, out=tmp_path / "out", **kwargs)
+    result = analyze(root, out=tmp_path / root.name, **kwargs)  # a folder per sweep drawn
     profiles, frontier = figures[0].axes
     return result, profiles, frontier
 
@@ -103,3 +103,30 @@ def test_no_interval_no_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert not [ln for ln in frontier.get_lines() if "interval" in ln.get_label()]
     (law,) = [ln for ln in frontier.get_lines() if ln.get_label().startswith("approach 2: ")]
     assert ", a in [" not in law.get_label()
+
+
+EXTRAPOLATED = "vertex outside the sampled N (extrapolated)"
+
+
+def test_an_optimum_outside_the_sampled_n_is_drawn_hollow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped sweep's only minimum, at 6e12, lies at N=9.3e4, below its smallest run
+    (1.5e5): the fit calls it extrapolated, and the figure drew it as a filled star like an
+    optimum among the runs. It is a hollow star in both panels, named in their legends; a
+    sweep whose vertices all lie among its runs draws none."""
+    result, profiles, frontier = drawn(SHIPPED, tmp_path, monkeypatch, target_flops=1e15)
+    (outside,) = [b for b in result["approach2"]["budgets"] if b.get("extrapolated")]
+    assert outside["N_opt"] < min(outside["N"])
+    for ax, xy in ((profiles, ("N_opt", "loss_min")), (frontier, ("flops", "N_opt"))):
+        (star,) = [ln for ln in ax.get_lines() if ln.get_label() == EXTRAPOLATED]
+        assert (star.get_marker(), star.get_markerfacecolor()) == ("*", "white")
+        assert (list(star.get_xdata()), list(star.get_ydata())) == (
+            [outside[xy[0]]],
+            [outside[xy[1]]],
+        )
+    root = write_runs(tmp_path / "sweep", sweep(np.random.default_rng(3)))
+    result, profiles, frontier = drawn(root, tmp_path, monkeypatch, target_flops=TARGET)
+    assert not any(b.get("extrapolated") for b in result["approach2"]["budgets"])
+    for ax in (profiles, frontier):
+        assert not [ln for ln in ax.get_lines() if ln.get_label() == EXTRAPOLATED]

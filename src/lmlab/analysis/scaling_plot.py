@@ -29,10 +29,30 @@ def _plot_optima(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any] |
     if optima:
         n_opt, loss_min = [p["N_opt"] for p in optima], [p["loss_min"] for p in optima]
         ax.plot(n_opt, loss_min, "k*-", ms=11, zorder=4, label="approach 2 optima (frontier)")
+        _mark_extrapolated(ax, optima, "loss_min", ms=11)
     if par is not None and par["alpha"] > 0 and par["beta"] > 0:
         alloc = [optimal_allocation(par, p["flops"]) for p in profiles]
         n_opt, loss_min = [n for n, _ in alloc], [predict_loss(par, n, d) for n, d in alloc]
         ax.plot(n_opt, loss_min, "rD:", ms=5, zorder=4, label="approach 3 optima")
+
+
+def _mark_extrapolated(
+    ax: Axes, optima: list[dict[str, Any]], y: str, ms: float, x: str = "N_opt"
+) -> None:
+    """Hollow stars over the optima whose parabola vertex lies outside the sampled N (the
+    fit's ``extrapolated``): read off a curve beyond its data, not found among the runs."""
+    outside = [p for p in optima if p.get("extrapolated")]
+    if outside:
+        ax.plot(
+            [p[x] for p in outside],
+            [p[y] for p in outside],
+            "*",
+            ms=ms,
+            mfc="white",
+            mec="k",
+            zorder=5,
+            label="vertex outside the sampled N (extrapolated)",
+        )
 
 
 def _plot_profiles(ax: Axes, profiles: list[dict[str, Any]], par: dict[str, Any] | None) -> None:
@@ -120,6 +140,7 @@ def _plot_frontier(
         ax.scatter(
             c_opt, n_opt, marker="*", s=90, color="k", zorder=3, label="approach 2 isoFLOP optima"
         )
+        _mark_extrapolated(ax, optima, "N_opt", ms=9.5, x="flops")
     interval = (iso or {}).get("interval") or {}
     if iso is not None:
         k, a = iso["N_opt_law"]["k"], iso["N_opt_law"]["exponent"]
