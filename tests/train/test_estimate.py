@@ -171,6 +171,30 @@ def test_small_step_is_measured_on_the_real_model(family: Family, builds: list) 
     )
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_timed_steps_recompute_checkpointed_blocks(
+    checkpointing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpointed model is timed as the run trains it: each block's forward runs again in
+    the backward pass, the extra compute the wall time must include (it timed the
+    uncheckpointed model)."""
+    from lmlab.model.layers import Block
+
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_seq_len=16, vocab_size=64)
+    cfg = dataclasses.replace(cfg, activation_checkpointing=checkpointing)
+    calls: list[int] = []
+    forward = Block.forward
+
+    def counted(self: Block, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Block, "forward", counted)
+    estimate_mod.measure_tokens_per_second(cfg, 2, 16, CPU, "32-true")
+    steps = estimate_mod.WARMUP_STEPS + estimate_mod.TIMED_STEPS
+    assert len(calls) == steps * cfg.n_layers * (2 if checkpointing else 1)
+
+
 def test_big_presets_take_the_estimate(builds: list) -> None:
     p = plan(model_cfg("gpt_7b", "llama", vocab=32000))
     assert p["throughput"]["method"] == "estimated" and all(is_meta(m) for m in builds)

@@ -7,8 +7,9 @@ plans on a CPU without allocating its weights. Throughput comes from one of two 
   (``flops_per_token`` x micro_batch x seq_len) at the device peak x ``ASSUMED_MFU`` take less
   than ``MEASURE_MAX_STEP_SECONDS``, and weights, gradients, AdamW state and activations fit
   in half the free memory, the real model is built on the device and 1 warm-up + 3 timed
-  forward+backward+AdamW steps on random tokens are run (eager, fp32 or bf16 autocast); the
-  median step gives tokens/s.
+  forward+backward+AdamW steps on random tokens are run (eager, fp32 or bf16 autocast, with
+  activation checkpointing where the model has it, so a checkpointed run's recomputation is
+  timed); the median step gives tokens/s.
 * ``estimated``: otherwise, tokens/s = peak FLOP/s x ``ASSUMED_MFU`` / ``flops_per_token``.
 
 The budget's FLOPs are 6 N D (Kaplan et al. 2020; Hoffmann et al. 2022), as in
@@ -41,6 +42,7 @@ from lmlab.model import build_model, flops_per_token, param_breakdown
 from lmlab.train.budget import Budget, budget_params, overshoot, resolve_budget
 from lmlab.train.hardware import compute_dtype, peak_flops
 from lmlab.train.machine import on_cuda
+from lmlab.train.parallel import layout
 from lmlab.train.plan import make_plan, meta_model
 
 ASSUMED_MFU = 0.4  # typical of well-run dense training (measured figures: BENCHMARKS.md)
@@ -173,6 +175,7 @@ def measure_tokens_per_second(
     them."""
     with torch.device(device):
         model = build_model(model_cfg)
+    layout(model, activation_checkpointing=model_cfg.activation_checkpointing)  # as the run's
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids_BT = torch.randint(0, model_cfg.vocab_size, (micro_batch, seq_len), device=device)
     inputs = SAMPLE_INPUTS[model_cfg.family](ids_BT)
