@@ -91,14 +91,35 @@ def training_bytes(model_cfg: ModelConfig, n_params: int, micro_batch: int, seq_
     return 16 * n_params + activation_bytes(model_cfg, micro_batch, seq_len)
 
 
-def activation_bytes(model_cfg: ModelConfig, micro_batch: int, seq_len: int) -> int:
-    """What an eager fp32 step keeps for its backward: about 16 d-wide fp32 tensors per
-    token and layer, and three vocabulary-wide ones (logits, softmax and its gradient). For
-    gpt_mini at 8 x 1024 that is 1,152 MiB; the measured growth of the step's peak memory,
-    gradients (22 MiB) included, was 1,279 MiB with the full cross-entropy and 953 MiB with
-    the chunked one (BENCHMARKS.md, memory case)."""
-    per_token = 16 * model_cfg.n_layers * model_cfg.d_model + 3 * model_cfg.vocab_size
-    return 4 * micro_batch * seq_len * per_token
+# d-wide fp32 tensors per token that one block's forward keeps for its backward
+BLOCK_ACTIVATIONS = 16
+
+
+def activation_bytes(
+    model_cfg: ModelConfig, micro_batch: int, seq_len: int, precision: str = "32-true"
+) -> int:
+    """What an eager step keeps for its backward: about ``BLOCK_ACTIVATIONS`` d-wide tensors
+    per token and layer, and three vocabulary-wide ones (logits, softmax and its gradient), in
+    the compute dtype of ``precision`` (fp32's 4 bytes, 2 under 16-bit compute). For
+    gpt_mini at 8 x 1024 in fp32 that is 1,152 MiB; the measured growth of the step's peak
+    memory, gradients (22 MiB) included, was 1,279 MiB with the full cross-entropy and 953 MiB
+    with the chunked one (BENCHMARKS.md, memory case). With activation checkpointing
+    (``model.activation_checkpointing``) a block keeps only its input (one d-wide tensor per
+    token) until the backward recomputes it, so the step holds every block's input, one
+    block's activations at a time, and the output layer's, which no block holds: gpt_mini at
+    16 x 256 then needs 280 MiB by this count (the vocabulary-wide 192 MiB of it the chunked
+    cross-entropy does not hold), where a real checkpointed step's tensors (torch's
+    ``MemTracker``) peaked at 108 MiB of activations and temporaries, and the process's
+    resident memory grew by 533 MiB in all (weights, gradients and AdamW state, 89 MiB,
+    included); counted as none, the step's estimate had been the state's 89 MiB."""
+    layers, d = model_cfg.n_layers, model_cfg.d_model
+    blocks = (
+        layers + BLOCK_ACTIVATIONS
+        if model_cfg.activation_checkpointing
+        else (BLOCK_ACTIVATIONS * layers)
+    )
+    per_token = blocks * d + 3 * model_cfg.vocab_size
+    return compute_dtype(precision).itemsize * micro_batch * seq_len * per_token
 
 
 def free_memory_bytes(device: torch.device) -> int | None:

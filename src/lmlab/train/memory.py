@@ -10,9 +10,10 @@ and AdamW. FSDP shards it over every process; DDP gives every process all of it.
 the processes of a node share its memory (``MemAvailable``); on a GPU each process has its
 own device's free memory. A dry run prints both figures (``memory_needs``).
 
-A whole step needs activations too: where the dry run's coarse estimate of them (fp32, halved
-under 16-bit compute, left out with activation checkpointing) takes the step past the free
-memory, the run starts with a warning that names the micro-batch and what needs less.
+A whole step needs activations too: where the dry run's coarse estimate of them (in the
+compute dtype; with activation checkpointing, every block's input and one block's
+activations) takes the step past the free memory, the run starts with a warning that names
+the micro-batch and what needs less.
 """
 
 from __future__ import annotations
@@ -49,13 +50,9 @@ def state_bytes_per_param(precision: str, optimizer_target: str) -> int:
 
 
 def step_activations(plan: RunPlan, model_cfg: ModelConfig) -> int:
-    """The dry run's coarse activation memory of one micro-batch (``activation_bytes``):
-    fp32, halved for 16-bit compute; none counted with activation checkpointing, which keeps
-    one block's."""
-    if model_cfg.activation_checkpointing:
-        return 0
-    fp32 = activation_bytes(model_cfg, plan.batch.micro_batch, plan.batch.seq_len)
-    return fp32 // 2 if "16" in plan.precision else fp32
+    """The dry run's coarse activation memory of one micro-batch (``activation_bytes``) at
+    the plan's compute precision, activation checkpointing's included."""
+    return activation_bytes(model_cfg, plan.batch.micro_batch, plan.batch.seq_len, plan.precision)
 
 
 def sharded(trainer_cfg: Mapping[str, Any]) -> bool:
@@ -129,17 +126,22 @@ def check_state_fits(
     gib = 2**30
     if needs.state <= needs.free:
         if warn and needs.step > needs.free:
+            less = (
+                ""
+                if model_cfg.activation_checkpointing
+                else (" or model.activation_checkpointing=true")
+            )
             log.warning(
                 "a training step needs about %.1f GiB by a coarse estimate (activations of "
                 "data.batch_size=%d x %d tokens included), and %s %.1f GiB free: it may run "
                 "out of memory; a smaller data.batch_size (with data.global_batch_size set, the "
-                "batch stays the same through accumulation) or model.activation_checkpointing="
-                "true needs less",
+                "batch stays the same through accumulation)%s needs less",
                 needs.step / gib,
                 plan.batch.micro_batch,
                 plan.batch.seq_len,
                 needs.where,
                 needs.free / gib,
+                less,
             )
         return
     optimizer = str(optim_cfg.get("_target_", "")).rpartition(".")[2] or "optimizer"
