@@ -15,6 +15,7 @@ from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.train import memory
 from lmlab.train.batch import GlobalBatch
+from lmlab.train.estimate import choose_method, training_bytes
 from lmlab.train.memory import check_state_fits, state_bytes_per_param
 from lmlab.train.plan import RunPlan
 
@@ -115,6 +116,37 @@ def test_a_checkpointed_steps_estimate_covers_what_a_real_step_holds() -> None:
         plan(param_breakdown(net)["total"]), cfg, CPU, ADAMW, (None, "this machine has")
     )
     assert needs.state < measured <= needs.step
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_the_timings_memory_is_the_steps_of_one_whole_model(
+    precision: str, checkpointing: bool
+) -> None:
+    """The dry run gave two figures for a training step: its table's, and its caption's for
+    the timed steps, which counted fp32 activations under bf16 and checkpointing's as if it
+    were off (gpt_small under trainer=gpu: 6.2 GiB against 11.1). In one process holding the
+    whole model they are one figure; the caption says it is the timing's."""
+    cfg = ModelConfig(**{**vars(MODEL), "activation_checkpointing": checkpointing})
+    needs = memory.memory_needs(plan(2**20, precision=precision), cfg, CPU, ADAMW, (GIB, ""))
+    assert training_bytes(cfg, 2**20, 8, 128, precision) == needs.step
+    method, why = choose_method(1.0, 1e12, needs.step, needs.step)
+    assert method == "estimated" and why == (
+        f"not timed: timing a step of the whole model in this process would take "
+        f"~{needs.step / GIB:.1f} GiB, over 50% of the {needs.step / GIB:.1f} GiB free"
+    )
+
+
+def test_the_memory_rows_say_what_they_count() -> None:
+    """Per GPU; or this machine's processes together, with the state's shards."""
+    from lmlab.train.estimate import memory_scope
+
+    gpu = memory.MemoryNeeds(16, 1, 1, GIB, 2 * GIB, 8 * GIB, "GPU 0 (H200) has")
+    assert memory_scope(gpu.as_dict()) == ", per GPU"
+    fsdp = memory.MemoryNeeds(16, 2, 2, GIB, 2 * GIB, 8 * GIB, "this machine has")
+    assert memory_scope(fsdp.as_dict()) == ", 2 processes, state sharded 2 ways"
+    one = memory.MemoryNeeds(16, 1, 1, GIB, 2 * GIB, 8 * GIB, "this machine has")
+    assert memory_scope(one.as_dict()) == ""
 
 
 def test_a_run_too_large_for_the_machine_is_refused_before_its_model_is_built(

@@ -85,10 +85,14 @@ def planning_model_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> Model
     return dataclasses.replace(model_cfg, vocab_size=planning_vocab(model_cfg, data_cfg)[0])
 
 
-def training_bytes(model_cfg: ModelConfig, n_params: int, micro_batch: int, seq_len: int) -> int:
-    """Coarse memory of one eager fp32 training step: weights, gradients and AdamW's two
-    moments (16 bytes per parameter) plus ``activation_bytes``."""
-    return 16 * n_params + activation_bytes(model_cfg, micro_batch, seq_len)
+def training_bytes(
+    model_cfg: ModelConfig, n_params: int, micro_batch: int, seq_len: int, precision: str
+) -> int:
+    """Coarse memory of the timed steps (``measure_tokens_per_second``): the whole model in one
+    process, its fp32 weights, gradients and AdamW's two moments (16 bytes per parameter),
+    plus ``activation_bytes`` at ``precision``, as the run's own step estimate counts them
+    (``lmlab.train.memory``)."""
+    return 16 * n_params + activation_bytes(model_cfg, micro_batch, seq_len, precision)
 
 
 # d-wide fp32 tensors per token that one block's forward keeps for its backward
@@ -139,7 +143,11 @@ def choose_method(
 ) -> tuple[str, str]:
     """``("measured" | "estimated" | "unavailable", why)`` as in the module docstring."""
     if free_bytes is not None and needed_bytes > MEASURE_MEMORY_FRACTION * free_bytes:
-        why = f"not timed: a training step needs ~{needed_bytes / 2**30:.1f} GiB, too much"
+        why = (  # not the run's step (sharded, or one per GPU): the timing's, here
+            f"not timed: timing a step of the whole model in this process would take "
+            f"~{needed_bytes / 2**30:.1f} GiB, over {MEASURE_MEMORY_FRACTION:.0%} of the "
+            f"{free_bytes / 2**30:.1f} GiB free"
+        )
         return ("estimated" if peak else "unavailable"), why
     if peak is None:
         return "measured", "timed: unknown device peak, and the step fits in memory"
@@ -247,7 +255,7 @@ def _throughput(
     """Tokens/s per device, measured or estimated, and how."""
     micro_batch, seq_len = shape
     peak = peak_flops(device, precision, cache_dir)
-    needed = training_bytes(model_cfg, counts["total"], micro_batch, seq_len)
+    needed = training_bytes(model_cfg, counts["total"], micro_batch, seq_len, precision)
     method, why = choose_method(
         fpt * micro_batch * seq_len, peak, needed, free_memory_bytes(device)
     )
@@ -358,14 +366,26 @@ def plan_table(plan: dict[str, Any]) -> Table:
         rows = {"vocabulary": f"{plan['vocab_size']:,} ({plan['vocab_from']})", **rows}
     memory = plan.get("memory")
     if memory:  # lmlab.train.memory: per node's CPU, or per GPU
-        rows["memory: weights, grads, optimizer"] = f"{_size(memory['state'])} (at least)"
-        rows["memory: a training step"] = f"~{_size(memory['step'])} (coarse)"
+        each = memory_scope(memory)
+        rows["memory: weights, grads, optimizer"] = f"{_size(memory['state'])} (at least{each})"
+        rows["memory: a training step"] = f"~{_size(memory['step'])} (coarse{each})"
         if memory["free"] is not None:
             rows[f"memory free ({memory['where'].removesuffix(' has')})"] = _size(memory["free"])
     for name, value in rows.items():
         table.add_row(name, value)
     table.caption = f"{speed['device']}, {speed['precision']}: {speed['reason']}"
     return table
+
+
+def memory_scope(memory: dict[str, Any]) -> str:
+    """What the memory rows count, where it is not one process's whole model: ``", per GPU"``,
+    or the processes of this machine's CPU and the state's shards."""
+    parts = ["per GPU"] if memory["where"].startswith("GPU") else []
+    if memory.get("processes", 1) > 1 and not parts:
+        parts.append(f"{memory['processes']} processes")
+    if memory["shards"] > 1:
+        parts.append(f"state sharded {memory['shards']} ways")
+    return "".join(f", {part}" for part in parts)
 
 
 def _size(n_bytes: int) -> str:

@@ -81,6 +81,7 @@ class MemoryNeeds:
 
     per_param: int  # bytes of weights, gradients and optimizer state per parameter
     shards: int  # processes the state is sharded over (FSDP), else 1
+    processes: int  # processes that share this memory: a node's on its CPU, 1 on a GPU
     state: int  # weights, gradients and optimizer state: the lower bound
     step: int  # the state plus the coarse activation estimate of one micro-batch
     free: int | None  # None: unknown
@@ -106,7 +107,7 @@ def memory_needs(
     # the processes of one node share the CPU's memory; a GPU is one process's
     sharing = 1 if on_cuda(trainer_cfg) else max(processes // nodes, 1)
     step = (per_process + step_activations(plan, model_cfg)) * sharing
-    return MemoryNeeds(per_param, shards, per_process * sharing, step, free, where)
+    return MemoryNeeds(per_param, shards, sharing, per_process * sharing, step, free, where)
 
 
 def check_state_fits(
