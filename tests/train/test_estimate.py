@@ -23,6 +23,7 @@ import lmlab.train.plan as plan_mod
 from lmlab.config import CONF_DIR, PRETRAINING, Family, ModelConfig, TaskSpec
 from lmlab.files import PLAN, write_json
 from lmlab.model import param_breakdown
+from lmlab.train import hardware
 from lmlab.train.budget import BudgetConfig, BudgetKind, resolve_budget
 from lmlab.train.compose import compose_train
 from lmlab.train.estimate import (
@@ -72,7 +73,8 @@ def one_thread() -> object:
 
 @pytest.fixture
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
-    """Every model the plan and the estimate build; a fixed CPU peak (1e11 FLOP/s, no measuring)."""
+    """Every model the plan and the estimate build; a fixed CPU peak (1e11 FLOP/s, no
+    measuring)."""
     built: list[torch.nn.Module] = []
     build_task_model = plan_mod.build_task_model
 
@@ -83,6 +85,8 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
     monkeypatch.setattr(plan_mod, "build_task_model", recording_build)
     monkeypatch.setattr(estimate_mod, "build_model", recording_build)
     monkeypatch.setattr(estimate_mod, "peak_flops", lambda device, precision, cache_dir: 1e11)
+    # and where timed steps beat it, the measuring again that raises it (``raised_peak``)
+    monkeypatch.setattr(hardware, "peak_flops", lambda device, precision, cache_dir, s: 1e11)
     return built
 
 
@@ -193,6 +197,29 @@ def test_the_timed_steps_recompute_checkpointed_blocks(
     estimate_mod.measure_tokens_per_second(cfg, 2, 16, CPU, "32-true")
     steps = estimate_mod.WARMUP_STEPS + estimate_mod.TIMED_STEPS
     assert len(calls) == steps * cfg.n_layers * (2 if checkpointing else 1)
+
+
+@pytest.mark.parametrize("remeasured", [10.0, 2000.0])  # x FLOPs per token, per second
+def test_timed_steps_faster_than_the_cpu_peak_raise_it(
+    remeasured: float, builds: list, fake_measure: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached CPU peak measured while other work ran is below what the timed steps achieve
+    (a dry run of gpt_tiny printed an MFU of 276%): the model's largest linear layers are
+    measured again, as a run's start does, and the peak is at least the achieved rate."""
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=16, vocab_size=64)
+    fpt = plan(cfg, micro_batch=2)["flops_per_token"]
+    # a peak at which the step would take 1 / 0.4 s: timed, at 1000 tokens/s (fake_measure)
+    monkeypatch.setattr(estimate_mod, "peak_flops", lambda *a: 2 * 16 * fpt)
+    shapes: list = []
+    monkeypatch.setattr(
+        hardware, "peak_flops", lambda d, p, c, s: shapes.append(list(s)) or remeasured * fpt
+    )
+    p = plan(cfg, micro_batch=2)
+    assert p["throughput"]["method"] == "measured" and p["tokens_per_second"] == 1000.0
+    # the micro-batch's 32 rows through the two largest layers, the feed-forward's
+    assert [set(s) for s in shapes] == [{(32, 32, 128), (32, 128, 32)}]
+    assert p["throughput"]["peak_flops"] == pytest.approx(max(remeasured, 1000.0) * fpt)
+    assert p["throughput"]["mfu"] == pytest.approx(1000.0 / max(remeasured, 1000.0))
 
 
 def test_big_presets_take_the_estimate(builds: list) -> None:

@@ -27,7 +27,7 @@ from lmlab.model import flops_per_token
 from lmlab.model.positional import PositionalScheme
 from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.guard import stop_if_nonfinite
-from lmlab.train.hardware import peak_flops
+from lmlab.train.hardware import largest_linears, peak_flops, raised_peak
 from lmlab.train.kernel_probe import attention_kernels, cross_entropy_form, profiled_ops
 from lmlab.train.loggers import ends_run, log_step
 from lmlab.train.preemption import Preemption
@@ -128,22 +128,10 @@ class Throughput(L.Callback):
         )
 
     def raise_peak(self, achieved: float, precision: str) -> None:
-        """A CPU peak below what the run achieves (FLOP/s per device) was measured while other
-        work ran (the cache's, or the start's probe): the run's own linear layers are measured
-        again, the cache raised, and the peak is at least the achieved rate, so no MFU logged
-        or recorded is above 1. The achieved rate is not cached: it is an estimate of the
-        model's FLOPs, not a measured matmul."""
-        if achieved <= self.peak:
-            return
-        measured = peak_flops(torch.device("cpu"), precision, self.cache_dir, self.shapes)
-        log.info(
-            "peak FLOP/s %.3g was below the %.3g this run achieves (measured while other work "
-            "ran): measured again, %.3g",
-            self.peak,
-            achieved,
-            measured,
-        )
-        self.peak = max(measured, achieved)
+        """A CPU peak below what the run achieves (FLOP/s per device) is raised
+        (``raised_peak``), so no MFU logged or recorded is above 1."""
+        if achieved > self.peak:
+            self.peak = raised_peak(self.peak, achieved, precision, self.cache_dir, self.shapes)
 
     def state_dict(self) -> dict[str, Any]:
         # the peak and FLOPs per token too: a resume with no step left to train measures none
@@ -192,14 +180,6 @@ def eager() -> contextlib.AbstractContextManager:
     """Extra forwards run the modules eagerly: compiled blocks would recompile for every new
     shape and KV-cache index (a generated sample), where eager costs nothing to start."""
     return torch.compiler.set_stance("force_eager")
-
-
-def largest_linears(model: torch.nn.Module, rows: int, n: int = 2) -> list[tuple[int, int, int]]:
-    """(rows, in, out) of the model's ``n`` largest distinct linear layers over ``rows``
-    tokens: the matmuls that bound how fast a step can run."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    shapes = {(rows, m.in_features, m.out_features) for m in linears}
-    return sorted(shapes, key=lambda s: s[1] * s[2], reverse=True)[:n]
 
 
 def stop_check(trainer: L.Trainer, pl_module: L.LightningModule) -> Callable[[], bool]:
