@@ -618,6 +618,17 @@ def test_wall_time_is_shown_to_a_tenth_of_a_second() -> None:
     assert ranking.fmt(2.9951, "val_loss") == "2.9951"
 
 
+def test_a_value_below_a_thousandth_keeps_three_significant_digits() -> None:
+    """A learning rate of 3e-05 (``--metric train/lr``) read 0.0000 in the table, the bars and
+    the winner's line; a std keeps its mean's format."""
+    assert ranking.fmt(3e-5, "train/lr") == "3e-05"
+    assert ranking.fmt(-1.234e-4, "x") == "-0.000123"
+    assert ranking.fmt(0.0034, "val_loss") == "0.0034"  # 4 decimals: two digits still
+    assert ranking.fmt(0.0, "val_loss") == "0.0000"
+    assert ranking.fmt_stat(ranking.Stat(3.1e-5, 2e-6, 2), "train/lr") == "3.1e-05 ± 2e-06"
+    assert ranking.fmt_stat(ranking.Stat(3.12, 1e-5, 2), "val_loss") == "3.1200 ± 0.0000"
+
+
 def test_a_small_gap_keeps_two_significant_digits(tmp_path: Path) -> None:
     """A gap of 0.043% was printed as "(0.0%)"."""
     jobs = [("pre", "gelu", 1, 3.0013, 2000.0), ("pre", "swiglu", 1, 3.0, 2000.0)]
@@ -723,8 +734,8 @@ def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: 
 
     verdict = ranking.summarize(score([0.277, 0.276, 0.270, 0.269]), "eval/t/acc", True)[2]
     assert verdict == (
-        "difference 0.0070 > 4.3 x its standard error over seeds 0.0007 (Welch's t, 2 df, "
-        "two-sided 5%; std 0.0007 and 0.0007, n=2 and 2), <= 2 x the items' standard error "
+        "difference 0.0070 > 4.3 x its standard error over seeds 0.000707 (Welch's t, 2 df, "
+        "two-sided 5%; std 0.000707 and 0.000707, n=2 and 2), <= 2 x the items' standard error "
         "(eval/t/acc_stderr) 0.0368: within noise"
     )
     verdict = ranking.summarize(score([0.57, 0.51, 0.34, 0.26]), "eval/t/acc", True)[2]

@@ -413,8 +413,9 @@ def dropped_notes(rows: Sequence[Row], metric: str, root: Path | None = None) ->
 
 def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
     """A number for the table: k/M/B for sizes and throughput, FLOPs as 1.40e11, wall time
-    to a tenth of a second, else 4 decimals below 10 and 2 above; ``like`` formats a std
-    with the decimals of its mean."""
+    to a tenth of a second, else 4 decimals below 10 and 2 above, and 3 significant digits
+    below 0.001 (a learning rate of 3e-05 read 0.0000); ``like`` formats a std with the
+    decimals of its mean."""
     if value is None:
         return MISSING
     if not math.isfinite(value):
@@ -427,6 +428,8 @@ def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
         return _human(value)
     if key == "wall_seconds":  # seconds to a tenth: 3.0, not 2.9951
         return f"{value:.1f}"
+    if 0 < ref < 1e-3:  # 4 decimals would leave one significant digit or none
+        return f"{value:.3g}"
     return f"{value:.4f}" if ref < 10 else f"{value:.2f}"
 
 
