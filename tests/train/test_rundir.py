@@ -440,6 +440,27 @@ def test_a_stop_between_micro_batches_waits_for_the_step(tmp_path: Path, cache_d
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+class BarAt(L.Callback):
+    """Test hook: the training progress bar's description, count and total before each
+    training batch, in ``seen``."""
+
+    seen: list[tuple[str, int, int | None]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        bar = trainer.progress_bar_callback.train_progress_bar
+        BarAt.seen.append((bar.desc, bar.n, bar.total))
+
+
+def test_the_progress_bar_counts_the_runs_micro_batches(tmp_path: Path, cache_dir: Path) -> None:
+    """The bar counts micro-batches (Lightning's ``batch_idx``): its total is the run's 6 steps
+    x 2 micro-batches. Lightning's took the optimizer steps left, and the bar ran past it:
+    ``6/6``, then ``7/?``."""
+    BarAt.seen.clear()
+    run = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
+    train(compose_train([*run, "+callbacks.bar._target_=test_rundir.BarAt"], tmp_path, cache_dir))
+    assert len(BarAt.seen) == 12 and {total for _, _, total in BarAt.seen} == {12}, BarAt.seen
+
+
 def untimed(run_dir: Path) -> list[tuple[tuple[str, str], ...]]:
     """``metrics.csv``'s rows, sorted, without the throughput columns, which each process
     times anew (a resume with no step to train logs the last step's evals after its row)."""

@@ -250,6 +250,13 @@ class ProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self.shown: dict[str, float] = {}
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """The micro-batches of the run's one epoch (the whole plan's, resumed too). Lightning's
+        bar takes the lesser of those and the optimizer steps left, which under gradient
+        accumulation ran out half-way (``6/6``, then ``7/?``)."""
+        return self.trainer.num_training_batches
+
     def read(self, trainer: L.Trainer) -> None:
         metrics = trainer.callback_metrics
         self.shown.update({k: round(float(metrics[k]), 3) for k in self.SHOWN if k in metrics})
