@@ -461,6 +461,25 @@ def test_the_progress_bar_counts_the_runs_micro_batches(tmp_path: Path, cache_di
     assert len(BarAt.seen) == 12 and {total for _, _, total in BarAt.seen} == {12}, BarAt.seen
 
 
+def test_a_resumed_runs_progress_bar_counts_to_the_runs_end(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Lightning sets the bar's total as an epoch starts, and a resumed run continues its one
+    epoch: its bar read ``Training: 70/?`` where the fresh run's read ``Epoch 0: 70/100``. It
+    reads as the fresh run's, from the micro-batches the stopped run trained (two a step)."""
+    run = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
+    run += ["+callbacks.bar._target_=test_rundir.BarAt"]
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.batch=3"]
+    BarAt.seen.clear()
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*run, *hook], tmp_path, cache_dir))
+    fresh, trained = BarAt.seen[0], len(BarAt.seen)
+    assert fresh[1:] == (0, 12) and trained == 2 * results(tmp_path)["global_step"], BarAt.seen
+    BarAt.seen.clear()
+    train(compose_train([*run, "resume=true"], tmp_path, cache_dir))
+    assert BarAt.seen[0] == (fresh[0], trained, 12), BarAt.seen[0]
+
+
 def untimed(run_dir: Path) -> list[tuple[tuple[str, str], ...]]:
     """``metrics.csv``'s rows, sorted, without the throughput columns, which each process
     times anew (a resume with no step to train logs the last step's evals after its row)."""

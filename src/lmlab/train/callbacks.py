@@ -257,6 +257,17 @@ class ProgressBar(TQDMProgressBar):
         accumulation ran out half-way (``6/6``, then ``7/?``)."""
         return self.trainer.num_training_batches
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A run resumed mid-epoch (every resume: the run is one Lightning epoch) gets no
+        ``on_train_epoch_start``, where Lightning's bar takes its total: it showed ``70/?``
+        under "Training" where a fresh run shows ``Epoch 0: 70/100``. Here it takes the total,
+        the epoch and the batches the checkpoint trained."""
+        super().on_train_start(trainer, pl_module)
+        if trainer.fit_loop.restarted_mid_epoch:
+            self.on_train_epoch_start(trainer, pl_module)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            self.train_progress_bar.initial = self.train_progress_bar.n = done
+
     def read(self, trainer: L.Trainer) -> None:
         metrics = trainer.callback_metrics
         self.shown.update({k: round(float(metrics[k]), 3) for k in self.SHOWN if k in metrics})
