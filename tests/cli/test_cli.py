@@ -3,6 +3,7 @@ commands with the same arguments, and bad input is one line with exit code 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from lmlab.cli.main import COMMANDS
-from lmlab.config import CONF_DIR
+from lmlab.config import CONF_DIR, ModelConfig
 from lmlab.train.compose import compose_train
 from smoke import SMOKE
 
 LMLAB = Path(sys.executable).parent / "lmlab"  # installed by `make install` (pip install -e .)
 SRC = CONF_DIR.parent / "src"
+MODEL_KEYS = ", ".join(f.name for f in dataclasses.fields(ModelConfig))
 
 
 def run(*cmd: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -115,6 +117,7 @@ def test_console_script_and_script_take_the_same_arguments(tmp_path: Path) -> No
             "106 special tokens, 100 of them T5's sentinels)",
         ),
         (["model.tie_embeddings=7"], "model.tie_embeddings=7: allowed: true or false"),
+        (["+model.nrom=rmsnorm"], f"model.nrom=rmsnorm: unknown key; allowed: {MODEL_KEYS}"),
         (
             ["seed=-1"],
             "seed=-1: allowed an integer from 0 to 4294967295 (2**32-1, the range "
@@ -132,7 +135,9 @@ def test_a_refusal_the_config_shows_comes_before_torch_loads(
     tmp_path: Path, overrides: list[str], message: str
 ) -> None:
     """A refusal the composed config shows is given before the heavy imports (torch,
-    Lightning: seconds), as the model's are: ``-X importtime`` lists every module loaded."""
+    Lightning: seconds), as the model's are: ``-X importtime`` lists every module loaded. It
+    leaves no folder, as a refusal while Hydra composes does (it left Hydra's ``.hydra/`` and
+    an empty ``train.log``)."""
     out = run(
         sys.executable,
         "-X",
@@ -147,6 +152,7 @@ def test_a_refusal_the_config_shows_comes_before_torch_loads(
     assert said == [f"error: {message}"]
     loaded = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines()}
     assert "omegaconf" in loaded and not loaded & {"torch", "lightning"}
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
@@ -177,11 +183,10 @@ def test_a_callbacks_bad_value_is_one_line_before_the_run_starts(
     tmp_path: Path, override: str, message: str
 ) -> None:
     """A callback's class imports Lightning, so its fields are checked once that is loaded,
-    before the run starts: one line, exit 2, and no results.json (a run that failed) in the
-    run directory."""
+    before the run starts: one line, exit 2, and no run directory (it held Hydra's files)."""
     out = run(LMLAB, "train", *SMOKE, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert (out.returncode, out.stderr.splitlines()[-1:]) == (2, [f"error: {message}"])
-    assert not list(tmp_path.rglob("results.json"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_scripts_are_not_importable_modules(tmp_path: Path) -> None:

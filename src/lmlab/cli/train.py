@@ -33,6 +33,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -133,7 +134,7 @@ def run_job(cfg: DictConfig) -> float | None:
             check_vocab(resolve_configs(cfg)[1])
             check_max_steps(cfg)
         except ConfigError as err:
-            fail(err)
+            refuse_before_training(err)
     with long_lived():  # heavy imports only once the config composed
         from lmlab.train.distributed import RankLostError
         from lmlab.train.guard import NonFiniteError
@@ -144,7 +145,7 @@ def run_job(cfg: DictConfig) -> float | None:
         try:  # before train() opens the run directory (a sweep's were checked before its start)
             check_callbacks(cfg)
         except ConfigError as err:
-            fail(err)
+            refuse_before_training(err)
     try:
         return train(cfg)
     except Exception as err:
@@ -161,6 +162,16 @@ def run_job(cfg: DictConfig) -> float | None:
         if isinstance(err, NonFiniteError | RankLostError | StorageError | UnwritableRecordError):
             fail(err, code=1)  # said in results.json, or in train.log where that is unwritable
         raise
+
+
+def refuse_before_training(err: ConfigError) -> NoReturn:
+    """A single run refused for the config's own values, before ``train()`` opens the run
+    directory: the folder this call made (Hydra's ``.hydra/`` and an empty ``train.log``)
+    removed again, as a refusal while Hydra composes leaves none; then the one line. A folder
+    that held something kept it: Hydra's writes were held there."""
+    if LAUNCH.made and LAUNCH.folder is not None:
+        clear(LAUNCH.folder, LAUNCH.existed)
+    fail(err)
 
 
 def no_trial_completed(err: BaseException) -> bool:
