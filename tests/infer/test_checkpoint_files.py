@@ -129,15 +129,22 @@ def test_two_consolidations_into_one_out_keep_the_first_and_refuse_the_second(
 
 def test_a_folder_given_as_a_checkpoint_is_named_for_what_it_holds(tmp_path: Path) -> None:
     """A run directory's refusal suggested ``checkpoints/last.ckpt`` where the run had saved
-    none, or only step checkpoints; a sweep's folder was "a folder but no sharded checkpoint".
-    Each now says what is there."""
+    none, or only step checkpoints; a sweep's folder was "a folder but no sharded checkpoint",
+    and so was a run killed before its first checkpoint (no ``checkpoints/`` yet). Each now
+    says what is there, and a run without a checkpoint how to get one."""
     from lmlab.infer.checkpoint import no_checkpoint
 
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    assert (
-        str(no_checkpoint("ckpt", run)) == f"ckpt={run} is a run directory that saved no checkpoint"
+    run.mkdir()
+    (run / "run_config.yaml").write_text("seed: 1\n")  # written as training starts
+    none_saved = (
+        f"ckpt={run} is a run directory that saved no checkpoint (its run stopped before the "
+        "first, or they were removed): train it (resume=auto in that directory starts it "
+        "again), or give another checkpoint"
     )
+    assert str(no_checkpoint("ckpt", run)) == none_saved
+    (run / "checkpoints").mkdir()
+    assert str(no_checkpoint("ckpt", run)) == none_saved
     (run / "checkpoints" / "step=4.ckpt").write_bytes(b"")
     assert str(no_checkpoint("ckpt", run)).endswith(f"e.g. ckpt={run}/checkpoints/step=4.ckpt")
     for name in ("step=8.ckpt", "last.ckpt"):
@@ -161,8 +168,8 @@ def test_a_runs_checkpoints_folder_given_as_a_checkpoint_names_them(tmp_path: Pa
 
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
-    assert str(no_checkpoint("ckpt", folder)) == (
-        f"ckpt={folder} is a run's checkpoints folder that saved no checkpoint"
+    assert str(no_checkpoint("ckpt", folder)).startswith(
+        f"ckpt={folder} is a run's checkpoints folder that saved no checkpoint (its run "
     )
     for name in ("step000002.ckpt", "last.ckpt"):
         (folder / name).write_bytes(b"")

@@ -19,7 +19,7 @@ import torch
 
 from lmlab.config.outpath import beside, publish
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import CHECKPOINTS, HF_CONFIG, SHARDED_META, SWEEP_RECORD
+from lmlab.files import CHECKPOINTS, HF_CONFIG, RUN_CONFIG, SHARDED_META, SWEEP_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,18 @@ def no_checkpoint(key: str, path: Path) -> ConfigError:
             f"{key}={path}: no such file or folder (allowed: a checkpoint file or a sharded "
             "checkpoint folder)"
         )
-    # a run directory, or its checkpoints folder (named by its own name)
-    folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    if folder.name == CHECKPOINTS and folder.is_dir():
+    # a run directory (one stopped before its first checkpoint has no checkpoints folder, but
+    # its run_config.yaml, written as training starts), or its checkpoints folder
+    folder = path / CHECKPOINTS if path.name != CHECKPOINTS else path
+    if folder.is_dir() or (path / RUN_CONFIG).is_file():
         what = "a run directory" if folder != path else "a run's checkpoints folder"
         saved = sorted(p.name for p in folder.glob("*.ckpt"))
         if not saved:
-            return ConfigError(f"{key}={path} is {what} that saved no checkpoint")
+            return ConfigError(
+                f"{key}={path} is {what} that saved no checkpoint (its run stopped before the "
+                "first, or they were removed): train it (resume=auto in that directory starts "
+                "it again), or give another checkpoint"
+            )
         pick = "last.ckpt" if "last.ckpt" in saved else saved[-1]
         more = f" ({len(saved)} there: {', '.join(saved[:4])}{', ...' * (len(saved) > 4)})"
         more = more if len(saved) > 1 else ""
