@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lmlab.config import DataConfig, Family, Source, TokenizerKind
-from lmlab.data import packing
+from lmlab.data import abandoned, packing
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import pack, prepare, split_documents
 from lmlab.data.sampler import ResumableSampler
@@ -303,6 +303,33 @@ def test_a_stop_while_the_tokenizer_is_cached_leaves_no_half_built_entry(
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, row_len=9)
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_a_build_a_kill_left_in_the_cache_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    """A ``kill -9`` (or the out-of-memory killer) while the rows were built left the build's
+    folder, as large as the rows tokenized so far, in the cache for good. The next build
+    removes it, and a discard cut short; it leaves a build still held, one made this minute
+    (its builder may not have locked it yet), and another machine's (a shared cache)."""
+    corpus = write(tmp_path / "tiny.txt", b"x = 1\n" * 400)
+    cfg = text_cfg(corpus, tmp_path, tokenizer=TokenizerKind.char)
+    cache = tmp_path / "c"
+    here = abandoned.building_prefix()
+    names = [f"{here}killed", f"{here}held", f"{here}young", ".tmp-elsewhere-killed"]
+    names.append(f"{abandoned.STALE}blocks-0-123")
+    for name in names:
+        write(cache / name / "train" / "data-00000-of-00001.arrow", b"rows" * 1000)
+    old = time.time() - abandoned.YOUNG_S - 1
+    for name in names:
+        if name != f"{here}young":
+            os.utime(cache / name, (old, old))
+    held = abandoned.hold(cache / f"{here}held")  # a live build's, in another process
+    assert held is not None
+    try:
+        prepare(cfg, row_len=9)
+    finally:
+        os.close(held)
+    left = sorted(p.name for p in cache.iterdir() if not p.name.startswith(("tok-", "blocks-")))
+    assert left == sorted([f"{here}held", f"{here}young", ".tmp-elsewhere-killed"])
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lmlab.config import DataConfig, TokenizerKind
+from lmlab.data.abandoned import STALE, building_prefix, hold, remove_abandoned
 from lmlab.data.sources import Documents, fingerprint, load_documents
 from lmlab.data.tokenizer import (
     SPECIAL_TOKENS,
@@ -158,12 +159,16 @@ def cache_root(cfg: DataConfig) -> Path:
 
 
 @contextlib.contextmanager
-def new_entry(cfg: DataConfig, cache: Path) -> Iterator[Path]:
-    """A temporary folder in the cache to build an entry in (``_publish`` then puts it in
-    place), removed where the build is refused or stopped (an error, Ctrl-C, SIGTERM): no
-    half-built entry stays in the cache."""
+def new_entry(cfg: DataConfig, final: Path) -> Iterator[Path]:
+    """A temporary folder in the cache to build the entry ``final`` in, put in place when the
+    block ends (``_publish``) and removed where the build is refused or stopped (an error,
+    Ctrl-C, SIGTERM): no half-built entry stays in the cache. The build holds its folder until
+    then, so that the next build removes one a ``kill -9`` left (``lmlab.data.abandoned``)."""
+    cache = final.parent
     with writing(cfg):
-        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        remove_abandoned(cache)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=building_prefix()))
+    held = hold(tmp)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -173,6 +178,11 @@ def new_entry(cfg: DataConfig, cache: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    else:
+        _publish(tmp, final)
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -283,10 +293,9 @@ def cached_tokenizer(
     else:
         log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
         tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
-    with new_entry(cfg, tok_dir.parent) as tmp:
+    with new_entry(cfg, tok_dir) as tmp:
         tok.save(str(tmp / TOKENIZER))
         tok = read_tokenizer(tmp / TOKENIZER)  # as a later run reads it
-    _publish(tmp, tok_dir)
     return tok
 
 
@@ -318,7 +327,7 @@ def discard(entry: Path) -> None:
     that a process that finds it gone builds it again, that of two processes discarding it at
     once one does and the other finds nothing to do, and that a process reading its files
     now keeps the ones it opened."""
-    aside = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
+    aside = entry.with_name(f"{STALE}{entry.name}-{os.getpid()}")
     try:
         os.replace(entry, aside)
     except FileNotFoundError:  # another process discarded it first
@@ -342,7 +351,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     }
     # a cache that cannot be written is refused before any work; a refused or stopped build
     # leaves no half-built rows in it
-    with new_entry(cfg, cache) as tmp:
+    with new_entry(cfg, blocks_dir) as tmp:
         docs = load_documents(cfg)
         meta["text_sha256"] = text_digest(docs)
         train_texts, val_texts = split_documents(docs, cfg.val_fraction)
@@ -361,5 +370,4 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
             meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}
             meta.setdefault("unknown", {})[split] = unknown  # apart: the plan records meta[split]
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    _publish(tmp, blocks_dir)
     return blocks_dir
