@@ -351,7 +351,13 @@ def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: 
             r"model.norm: 'layernorm' \(saved\) vs 'rmsnorm' \(now\)",
         ),
         ([], [], r"already holds checkpoints of an earlier run: continue it with .* resume=true "),
-        (None, ["resume=true"], r"resume=true but .*last.ckpt does not exist"),
+        # a new folder, or one a run was killed in before training: what to do instead
+        (
+            None,
+            ["resume=true"],
+            r"resume=true but .*last.ckpt does not exist \(nothing to resume in hydra.run.dir="
+            r".*\); no run trained there: start it without resume=true \(or resume=auto\)$",
+        ),
     ],
 )
 def test_resume_input_errors(

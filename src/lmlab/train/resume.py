@@ -136,6 +136,8 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 if holds_run(out_dir) and not finished_run(out_dir)
                 else ""
             )
+            if not holds_run(out_dir):  # a new folder, or one a run stopped before training
+                restart = "; no run trained there: start it without resume=true (or resume=auto)"
             raise ConfigError(
                 f"resume=true but {out_dir / CHECKPOINTS / 'last.ckpt'} does not exist "
                 f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
