@@ -130,3 +130,17 @@ def test_an_optimum_outside_the_sampled_n_is_drawn_hollow(
     assert not any(b.get("extrapolated") for b in result["approach2"]["budgets"])
     for ax in (profiles, frontier):
         assert not [ln for ln in ax.get_lines() if ln.get_label() == EXTRAPOLATED]
+
+
+def test_the_title_says_approach_2_was_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped sweep has one budget with a minimum, and approach 2 is skipped: the title
+    named approach 3's law alone, as if approach 2 had not been tried."""
+    figures: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    result = analyze(SHIPPED, out=tmp_path / "shipped", target_flops=1e15)
+    assert result["approach2"]["status"] == "skipped"
+    title = figures[0].get_suptitle()
+    assert title.startswith("Chinchilla scaling fits   approach 3: L = ")
+    assert title.endswith("|   approach 2: skipped, 1 of 3 budgets with a minimum (needs 2)")

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lmlab.analysis.scaling_fit import budget_label
+from lmlab.analysis.scaling_fit import MIN_BUDGETS, budget_label
 from lmlab.analysis.scaling_parametric import optimal_allocation, predict_loss
 from lmlab.files import save_figure
 
@@ -167,7 +167,11 @@ def _plot_frontier(
     ax.legend(fontsize=8, loc="upper left")
 
 
-def _plot_title(iso: dict[str, Any] | None, par: dict[str, Any] | None) -> str:
+def _plot_title(
+    iso: dict[str, Any] | None, par: dict[str, Any] | None, profiles: list[dict[str, Any]]
+) -> str:
+    """Each approach's law, or, for approach 2 fitted to fewer than ``MIN_BUDGETS`` budgets
+    with a minimum, that it was skipped and why (the figure still draws its profiles)."""
     parts = []
     if par is not None:
         parts.append(
@@ -176,6 +180,12 @@ def _plot_title(iso: dict[str, Any] | None, par: dict[str, Any] | None) -> str:
         )
     if iso is not None:
         parts.append(f"approach 2: N_opt ~ C^{iso['a']:.3f}, D_opt ~ C^{iso['b']:.3f}")
+    elif profiles:
+        minima = sum("N_opt" in p for p in profiles)
+        parts.append(
+            f"approach 2: skipped, {minima} of {len(profiles)} budgets with a minimum "
+            f"(needs {MIN_BUDGETS})"
+        )
     return "Chinchilla scaling fits   " + "   |   ".join(parts)
 
 
@@ -194,6 +204,6 @@ def plot_scaling(
     left, right = fig.subplots(1, 2)
     _plot_profiles(left, profiles, par)
     _plot_frontier(right, profiles, iso, par, target, draw_target)
-    fig.suptitle(_plot_title(iso, par), fontsize=11)
+    fig.suptitle(_plot_title(iso, par, profiles), fontsize=11)
     fig.tight_layout()
     return save_figure(fig, Path(file), dpi=110, metadata={"Creator": CREATOR})  # scaling's own
