@@ -14,7 +14,7 @@ from typing import NoReturn
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import CONF_DIR, omegaconf_error
+from lmlab.config import CONF_DIR, group_options, omegaconf_error
 from lmlab.errors import ConfigError, disk_full, first_line, storage_fix, write_error_words
 from lmlab.train.runfiles import in_the_way
 
@@ -64,10 +64,9 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         nulls = [a.lstrip("+") for a in argv if a.lstrip("+").endswith("=null")]
         groups = [a.partition("=")[0] for a in nulls if (CONF_DIR / a.partition("=")[0]).is_dir()]
         if groups:
-            options = sorted(p.stem for p in (CONF_DIR / groups[0]).glob("*.yaml"))
             return ConfigError(
                 f"{groups[0]}=null: {groups[0]} takes the name of one of its options, not "
-                f"null; allowed: {', '.join(options)}"
+                f"null; allowed: {', '.join(group_options(groups[0]))}"
             )
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):

@@ -71,6 +71,13 @@ from lmlab.config.task import (
 # The Hydra config tree that ``lmlab train`` composes (``conf/`` at the repository root).
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
+
+def group_options(group: str) -> list[str]:
+    """The options of the config group ``group`` (``conf/<group>/*.yaml``), sorted: what a
+    refusal of ``<group>=`` lists as allowed."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 __all__ = [
     "Activation",
     "AttentionKernel",
@@ -88,6 +95,7 @@ __all__ = [
     "Compile",
     "compile_mode",
     "CONF_DIR",
+    "group_options",
     "DataConfig",
     "EvalConfig",
     "Family",

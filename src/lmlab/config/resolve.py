@@ -311,14 +311,13 @@ REQUIRED_GROUPS = ("model", "trainer", "optim", "scheduler", "budget", "callback
 
 def check_groups(cfg: DictConfig) -> None:
     """Each of ``REQUIRED_GROUPS`` is in the composed config."""
-    from lmlab.config import CONF_DIR  # the package imports this module
+    from lmlab.config import group_options  # the package imports this module
 
     for group in REQUIRED_GROUPS:
         if group not in cfg:
-            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
             raise ConfigError(
                 f"~{group}: a run needs the {group} group, so it cannot be removed; choose "
-                f"an option with {group}=<name>; allowed: {', '.join(options)}"
+                f"an option with {group}=<name>; allowed: {', '.join(group_options(group))}"
             )
 
 
