@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lmlab.config import DataConfig, Family, Source, TokenizerKind
+from lmlab.config.locks import hold_folder
 from lmlab.data import abandoned, packing
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.packing import pack, prepare, split_documents
@@ -322,7 +323,7 @@ def test_a_build_a_kill_left_in_the_cache_is_removed_by_the_next_one(tmp_path: P
     for name in names:
         if name != f"{here}young":
             os.utime(cache / name, (old, old))
-    held = abandoned.hold(cache / f"{here}held")  # a live build's, in another process
+    held = hold_folder(cache / f"{here}held")  # a live build's, in another process
     assert held is not None
     try:
         prepare(cfg, row_len=9)

@@ -54,21 +54,33 @@ def open_folder(folder: Path) -> int | None:
         return None
 
 
-def held_folder(folder: Path) -> bool:
-    """Whether a live run holds ``folder`` itself (the ``flock`` beside its lock file's)."""
+def _flock_folder(folder: Path, mode: int) -> tuple[int | None, bool]:
+    """``folder`` open and ``flock``ed in ``mode`` without waiting: (its descriptor, or None,
+    and whether another process holds a lock that kept this one out). None and False where the
+    file system does not lock folders."""
     fd = open_folder(folder)
     if fd is None:
-        return False
+        return None, False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # this file system refuses to lock a folder
-        return False
-    else:
-        return False
-    finally:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as err:  # this file system refuses to lock a folder, or a holder lives
         os.close(fd)
+        return None, isinstance(err, BlockingIOError)
+    return fd, False
+
+
+def hold_folder(folder: Path) -> int | None:
+    """The descriptor of ``folder`` holding its exclusive ``flock`` (close it to let go); None
+    where another process holds it or the file system does not lock folders."""
+    return _flock_folder(folder, fcntl.LOCK_EX)[0]
+
+
+def held_folder(folder: Path) -> bool:
+    """Whether a live run holds ``folder`` itself (the ``flock`` beside its lock file's)."""
+    fd, held = _flock_folder(folder, fcntl.LOCK_SH)
+    if fd is not None:
+        os.close(fd)  # releases the probe's shared lock
+    return held
 
 
 def lock_current(path: Path, take: Callable[[int], None], mode: int = 0o644) -> int:

@@ -2,7 +2,8 @@
 gives the builder no moment to remove its temporary folder (``.tmp-*``, as large as the rows
 tokenized so far), and such folders stayed in the cache for good.
 
-A builder holds an exclusive ``flock`` on its folder while it builds (``hold``); the kernel
+A builder holds an exclusive ``flock`` on its folder while it builds
+(``lmlab.config.locks.hold_folder``); the kernel
 drops it when the process dies. Before each build, ``remove_abandoned`` removes the folders of
 this machine that no process holds, and what a ``discard`` killed midway left
 (``.stale-*``). A folder another machine builds in (a cache shared over NFS, whose locks are
@@ -11,7 +12,6 @@ builder takes the lock an instant after making it."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from lmlab.config.locks import open_folder
+from lmlab.config.locks import hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +32,12 @@ def building_prefix() -> str:
     return f".tmp-{socket.gethostname()}-"
 
 
-def hold(folder: Path) -> int | None:
-    """The descriptor holding ``folder``'s lock for this build (close it when the build is
-    published or removed); None where the file system does not lock folders."""
-    fd = open_folder(folder)
-    if fd is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def remove_abandoned(cache: Path) -> None:
     """Remove the build folders in ``cache`` whose builder died, and unfinished discards."""
     for entry in cache.glob(f"{STALE}*"):
         shutil.rmtree(entry, ignore_errors=True)
     for entry in cache.glob(f"{building_prefix()}*"):
-        fd = hold(entry)
+        fd = hold_folder(entry)
         if fd is None:  # its builder lives (or no locks here)
             continue
         try:

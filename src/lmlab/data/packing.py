@@ -30,7 +30,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lmlab.config import DataConfig, TokenizerKind
-from lmlab.data.abandoned import STALE, building_prefix, hold, remove_abandoned
+from lmlab.config.locks import hold_folder
+from lmlab.data.abandoned import STALE, building_prefix, remove_abandoned
 from lmlab.data.sources import Documents, fingerprint, load_documents
 from lmlab.data.tokenizer import (
     SPECIAL_TOKENS,
@@ -168,7 +169,7 @@ def new_entry(cfg: DataConfig, final: Path) -> Iterator[Path]:
     with writing(cfg):
         remove_abandoned(cache)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=building_prefix()))
-    held = hold(tmp)
+    held = hold_folder(tmp)  # until published or removed: a kill -9 lets it go
     try:
         umask = os.umask(0)
         os.umask(umask)
