@@ -551,7 +551,8 @@ def test_profile_case_tools_are_in_the_dev_extras() -> None:
 def test_adamw_case_times_both_implementations_over_the_same_parameters(tmp_path: Path) -> None:
     """``make bench --only adamw`` in quick mode: foreach and fused, one model at a time, each
     row a positive time (no speed is asserted: that is the benchmark's job)."""
-    from bench.cases import ADAMW_MODELS, CASES, Settings
+    from bench.cases import CASES, Settings
+    from bench.cases.ops import ADAMW_MODELS
 
     results = CASES["adamw"].fn(Settings(work=tmp_path, repeats=1, quick=True))
     assert [r.name for r in results] == [label for label, _, _ in ADAMW_MODELS]
@@ -565,7 +566,8 @@ def test_adamw_case_times_both_implementations_over_the_same_parameters(tmp_path
 def test_startup_case_times_both_collector_settings(tmp_path: Path) -> None:
     """``make bench --only startup`` in quick mode (a light import): both settings, each row a
     positive time (no speed is asserted)."""
-    from bench.cases import CASES, STARTUP_MODES, Settings
+    from bench.cases import CASES, Settings
+    from bench.cases.startup import STARTUP_MODES
 
     results = CASES["startup"].fn(Settings(work=tmp_path, repeats=1, quick=True))
     assert [r.name for r in results] == list(STARTUP_MODES)

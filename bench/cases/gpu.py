@@ -1,0 +1,41 @@
+"""``make bench-gpu``: the cases of ``bench/gpu_cases.py`` (not in the default set: they
+need a GPU, or ``--quick``), and what their numbers mean."""
+
+from __future__ import annotations
+
+from bench.cases.common import Case
+from bench.gpu_cases import GPU_CASES, STEPS, WARMUP
+
+CASES = {name: Case(fn, "gpu", default=False) for name, fn in GPU_CASES.items()}
+
+# What each group's numbers mean, above its table in BENCHMARKS.md.
+INTROS = {
+    "gpu": (
+        "`make bench-gpu` (`python bench/run.py --only gpu`) on one GPU. lmlab runs "
+        "`trainer=gpu compile=model` (bf16-mixed, the loss in the compiled graph, fused AdamW) "
+        "on the embedded corpus with `logger=none`, no validation and no sample; tokens/s over "
+        f"steps {WARMUP} to {STEPS - 1} (the mean start-to-start time of the "
+        f"{STEPS - 1 - WARMUP} steps between them), clipping the gradients at "
+        "`trainer.gradient_clip_val` (1.0) as every lmlab run does. The plain loop "
+        f"(`bench/nanogpt_loop.py`, the mean of {STEPS} steps after {WARMUP} warm-up steps) is "
+        "written like nanoGPT's `bench.py`: its own GPT-2, whole-model `torch.compile`, fused "
+        "AdamW, bf16 autocast, random tokens and no clipping, the baseline #17 set; the two "
+        "alternate run by run, gpt_small's first pair starting with the plain loop and "
+        "gpt_medium's with lmlab. 'plain loop, lmlab's model' is that loop once around lmlab's "
+        "own model (its loss from `labels`): near the plain loop's figure, a gap is lmlab's "
+        "training loop; near lmlab's, its model's graph. "
+        "MFU = tokens/s x `flops_per_token` / the dense bf16 peak "
+        "(`lmlab.train.hardware.gpu_peak_flops`). The attention rows time attention alone at "
+        "GPT-2 small's shape (forward and backward, bf16, compiled): SDPA with lmlab's dense "
+        "mask against FlexAttention (`model.attention_kernel=sdpa|flex`), per scheme that needs "
+        "a mask or a bias, with plain causal SDPA as the bound. `--profile DIR` writes a "
+        "torch.profiler table of each case's first run there, and 'GPU busy' is that run's "
+        "kernel time per step (the profiled steps) over its step time (the timed ones). "
+        "'syncs per quiet step': the synchronising CUDA calls of each lmlab run's steps that "
+        "log nothing, 5 steps after the timed ones under "
+        '`torch.cuda.set_sync_debug_mode("warn")` (`bench.profiling.SyncAudit`), the '
+        "sites in the note; a GPU waits idle for the host after each. 'plain syncs per step': "
+        "the same audit of the plain loop's steps, the control. `--budget` reports the "
+        "cases it left out as not run."
+    ),
+}
