@@ -8,7 +8,7 @@
 # `all` the tests get TESTS_LIMIT (default 280) of them: the training runs first, none started
 # in the last 90 s (pytest-timeout's --session-timeout, where the image has it), then the
 # quick unit tests; `timeout` ends what still runs. The benchmark runs its cheap cases
-# first (bench/gpu_cases.py), starts none in its last 60 s, and rewrites its report after
+# first (bench/cases/gpu.py), starts none in its last 60 s, and rewrites its report after
 # each case: a case cut at the limit loses only itself. BENCH_ONLY (default gpu) picks cases,
 # e.g. those a first call did not reach; REPEATS the runs per case (1 in `all`, else 2).
 # The packages such an image lacks travel as wheels in .whl/ (`make gpu-wheels` fetches them

@@ -769,6 +769,7 @@ def test_with_one_pair_a_race_neither_side_always_runs_first(
     now starts with the plain loop, gpt_medium's with lmlab; more pairs alternate."""
     from bench import gpu_cases
     from bench.cases import Settings
+    from bench.cases.gpu import GPU_CASES
 
     ran: list[str] = []
     run = gpu_cases.Run(1.0, None, None)
@@ -781,9 +782,9 @@ def test_with_one_pair_a_race_neither_side_always_runs_first(
     orders = {}
     for case in ("gpu_gpt_small", "gpu_gpt_medium"):
         ran.clear()
-        gpu_cases.GPU_CASES[case](dataclasses.replace(s, repeats=1))
+        GPU_CASES[case](dataclasses.replace(s, repeats=1))
         orders[case] = list(ran)
     assert orders == {"gpu_gpt_small": ["plain", "lmlab"], "gpu_gpt_medium": ["lmlab", "plain"]}
     ran.clear()
-    gpu_cases.GPU_CASES["gpu_gpt_medium"](dataclasses.replace(s, repeats=2, deadline=1e12))
+    GPU_CASES["gpu_gpt_medium"](dataclasses.replace(s, repeats=2, deadline=1e12))
     assert ran[:4] == ["lmlab", "plain", "plain", "lmlab"]

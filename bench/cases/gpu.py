@@ -1,10 +1,41 @@
-"""``make bench-gpu``: the cases of ``bench/gpu_cases.py`` (not in the default set: they
-need a GPU, or ``--quick``), and what their numbers mean."""
+"""``make bench-gpu``: the races, the families, FSDP and the Mixture of Experts
+(``bench/gpu_cases.py``) and the operations timed alone (``bench/gpu_ops.py``), in the order
+they run (not in the default set: they need a GPU, or ``--quick``), and what their numbers
+mean."""
 
 from __future__ import annotations
 
 from bench.cases.common import Case
-from bench.gpu_cases import GPU_CASES, STEPS, WARMUP
+from bench.gpu_cases import GPT2_SHAPES, STEPS, WARMUP, cuda_graphs_case, family_case, versus_plain
+from bench.gpu_ops import attention_case, cross_entropy_case, generate_case
+
+# In the order they run: the cheap cases first, then the races against the plain loop (the
+# issue's targets; at GPT-2 small also lmlab with CUDA graphs), attention's kernels, the other
+# families, FSDP and the Mixture of Experts.
+# A device call has a time limit: the cases it leaves out are named and can run in another.
+GPU_CASES = {
+    "gpu_cross_entropy": cross_entropy_case,
+    "gpu_generate": generate_case,
+    "gpu_gpt_small": versus_plain("gpt_small"),
+    "gpu_gpt_small_graphs": cuda_graphs_case,
+    "gpu_attention": attention_case,
+    "gpu_gpt_medium": versus_plain("gpt_medium", lmlab_first=True),
+    "gpu_bert_base": family_case("bert_base", [], 32, 512, "bert_base", against_gpt=True),
+    "gpu_t5_small": family_case("t5_small", [], 32, 512, "t5_small", against_gpt=True),
+    "gpu_gpt_medium_llama": family_case(
+        "gpt_medium", ["+experiment=llama", "model.vocab_size=50304"], 12, 1024, "gpt_medium llama"
+    ),
+    "gpu_fsdp": family_case(
+        "gpt_small", [*GPT2_SHAPES, "trainer=fsdp", "trainer.devices=1"], 12, 1024, "gpt_small fsdp"
+    ),
+    "gpu_moe": family_case(
+        "gpt_medium",
+        ["+experiment=mixtral", "model.vocab_size=50304"],
+        12,
+        1024,
+        "gpt_medium mixtral 8 experts top-2",
+    ),
+}
 
 CASES = {name: Case(fn, "gpu", default=False) for name, fn in GPU_CASES.items()}
 
