@@ -434,7 +434,7 @@ def test_profile_sorts_each_sample_into_one_part_of_the_step() -> None:
             f"{opt};_single_tensor_adamw (torch/optim/adamw.py:400) 8",
             f"{loop};__next__ (torch/utils/data/dataloader.py:700);collate (lmlab/data/c.py:9) 1",
             f"{loop};save_checkpoint (lightning/pytorch/trainer.py:1);save (torch/s.py:1) 3",
-            f"{loop};on_train_batch_end (lmlab/callbacks.py:49) 6",
+            f"{loop};on_train_batch_end (lmlab/train/callbacks/throughput.py:49) 6",
             f"{loop};run (lightning/pytorch/loops/evaluation_loop.py:1);{closure[len(loop) :]} 40",
             "main (src/train.py:40);prepare (lmlab/data/packing.py:90) 900",  # not in the loop
             "not a sample line",

@@ -796,7 +796,7 @@ def test_a_sample_ends_at_the_models_eos_unless_asked_to_go_on(
     # the end-of-run sample too
     from types import SimpleNamespace
 
-    from lmlab.train import callbacks
+    from lmlab.train.callbacks import sample as callbacks
 
     outs = []
     sample = callbacks.generate
@@ -822,7 +822,7 @@ def test_the_end_of_run_sample_ends_where_the_run_is_asked_to_stop(
     before it started."""
     from types import SimpleNamespace
 
-    from lmlab.train import callbacks
+    from lmlab.train.callbacks import sample as callbacks
     from lmlab.train.preemption import Preemption
 
     tok = char_tokenizer(bos=False)

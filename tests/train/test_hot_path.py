@@ -608,7 +608,7 @@ def test_a_failing_extra_never_fails_the_run(
     def broken(*args, **kwargs):
         raise RuntimeError("Expected query, key, and value to have the same dtype")
 
-    monkeypatch.setattr("lmlab.train.callbacks.generate", broken)
+    monkeypatch.setattr("lmlab.train.callbacks.sample.generate", broken)
     cfg = compose_train([*SMOKE, "logger=csv"], tmp_path, cache_dir)
     train(cfg)
     results = json.loads((tmp_path / "results.json").read_text())

@@ -199,8 +199,8 @@ def test_throughput_times_each_batch_from_the_last_ones_end_but_not_across_other
     validation, a checkpoint's save or evals, which are no training step's time."""
     from types import SimpleNamespace
 
-    from lmlab.train import callbacks
     from lmlab.train.callbacks import Throughput, untimed
+    from lmlab.train.callbacks import throughput as callbacks
 
     clock = iter([0.0, 1.0, 4.0, 10.0, 11.0, 20.0, 21.5, 30.0, 32.0, 33.0])  # each read
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
@@ -238,8 +238,8 @@ def test_a_resumed_runs_mfu_divides_by_each_process_device_seconds(monkeypatch) 
     per second by the last process's device count (as if one device had done it all)."""
     from types import SimpleNamespace
 
-    from lmlab.train import callbacks
     from lmlab.train.callbacks import Throughput
+    from lmlab.train.callbacks import throughput as callbacks
 
     first = Throughput(skip=0)
     first.tokens, first.seconds, first.device_seconds = 4000.0, 10.0, 20.0
@@ -275,8 +275,8 @@ def test_mfu_counts_each_batch_at_its_own_shape(monkeypatch: pytest.MonkeyPatch)
     from lmlab.config import Family, ModelConfig
     from lmlab.data.collators import decoder_tokens
     from lmlab.model import build_model, flops_per_token
-    from lmlab.train import callbacks
     from lmlab.train.callbacks import Throughput
+    from lmlab.train.callbacks import throughput as callbacks
 
     cfg = ModelConfig(family=Family.t5, d_model=32, n_layers=2, n_heads=4, vocab_size=97)
     model = build_model(cfg)
