@@ -544,6 +544,33 @@ def test_from_hf_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "x.ckpt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    ("name", "setting", "named"),
+    [
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+            "rope_type='yarn' has no lmlab knob",
+        ),
+        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+        ("bert", {"position_embedding_type": "relative_key"}, "'relative_key'"),
+    ],
+)
+def test_a_setting_lmlab_cannot_express_is_refused_before_the_weights_are_read(
+    name: str, setting: dict, named: str, tmp_path: Path
+) -> None:
+    """A published model's weights are gigabytes, downloaded first for a hub name: a setting
+    of config.json that lmlab has no knob for is refused from config.json alone. Here the
+    weights file does not read, so reading it first fails otherwise (it did)."""
+    folder, _ = hf_folder(name, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **setting}))
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ConfigError, match=rf"^from_hf={re.escape(str(folder))}: .*{named}"):
+        from_hf(str(folder), tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+
+
 # Tokenizers that frame their input themselves, as transformers builds them from a vocabulary
 # (no files, no hub): BERT's WordPiece ([CLS] a [SEP]) and T5's Unigram (a </s>)
 WORDS = ["paris", "is", "the", "capital", "of", "france"]

@@ -124,14 +124,13 @@ def _from_hf(source: str) -> dict[str, Any]:
     """The lmlab checkpoint (a dict) of ``source``."""
     config = hf_config(source)
     arch = architecture_of(config, source)
+    # what lmlab cannot express is refused from config.json, before the weights are read (or
+    # downloaded: a 7B model's 14 GB); whether the head is tied is known from the weights
+    lmlab_config(arch, config, source, tied=True)
     tokenizer, none_because = hf_tokenizer(source, config.vocab_size)  # before the weights
     hf_model = hf_weights(source, config, arch)
     tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
-    try:  # a setting lmlab has no knob for (YaRN, a relative-position BERT), named with it
-        fields = arch.config_from_hf(hf_model.config, tied)
-    except ConfigError as err:
-        raise ConfigError(f"from_hf={source}: {err}") from None
-    cfg = to_schema(ModelConfig, fields, "model.")
+    cfg = lmlab_config(arch, hf_model.config, source, tied)
     hf_state = hf_model.state_dict()
     with torch.device("meta"):
         skeleton = build_model(cfg)
@@ -165,6 +164,16 @@ def _from_hf(source: str) -> dict[str, Any]:
             none_because,
         )
     return ckpt
+
+
+def lmlab_config(arch: Architecture, hf: Any, source: str, tied: bool) -> ModelConfig:
+    """The ModelConfig of Hugging Face config ``hf`` (its head ``tied`` to the embedding), or
+    a ConfigError naming the setting lmlab has no knob for (YaRN, a relative-position BERT)."""
+    try:
+        fields = arch.config_from_hf(hf, tied)
+    except ConfigError as err:
+        raise ConfigError(f"from_hf={source}: {err}") from None
+    return to_schema(ModelConfig, fields, "model.")
 
 
 def listed(keys: list[str], n: int = 4) -> str:
