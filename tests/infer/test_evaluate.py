@@ -104,12 +104,21 @@ def hand_loglikelihood(pre: Pretrained, context: str, continuation: str) -> tupl
         whole, ctx = start + enc(context + continuation), start + enc(context)
         cont = whole[len(ctx) :]
         logits = pre.model(torch.tensor([whole[:-1]]))[0, len(ctx) - 1 :]
-    else:  # T5: the context and EOS to the encoder; the decoder starts from the pad token
-        eos, pad = pre.tokenizer.token_to_id(EOS), pre.tokenizer.token_to_id(PAD)
+    else:  # T5: the context and EOS (an empty one: EOS alone) to the encoder
         cont = enc(continuation)
-        logits = pre.model(torch.tensor([enc(context) + [eos]]), torch.tensor([[pad, *cont[:-1]]]))[
-            0
-        ]
+        return t5_loglikelihood(pre, enc(context) + [pre.tokenizer.token_to_id(EOS)], cont)
+    logp = logits.detach().log_softmax(-1)
+    target = torch.tensor(cont)
+    return float(logp[torch.arange(len(cont)), target].sum()), bool(
+        (logp.argmax(-1) == target).all()
+    )
+
+
+def t5_loglikelihood(pre: Pretrained, encoder: list[int], cont: list[int]) -> tuple[float, bool]:
+    """The T5 definition: ``encoder`` ids to the encoder, the decoder started from the pad
+    token and fed ``cont`` shifted, the log-softmax summed over ``cont``."""
+    pad = pre.tokenizer.token_to_id(PAD)
+    logits = pre.model(torch.tensor([encoder]), torch.tensor([[pad, *cont[:-1]]]))[0]
     logp = logits.detach().log_softmax(-1)
     target = torch.tensor(cont)
     return float(logp[torch.arange(len(cont)), target].sum()), bool(
@@ -125,8 +134,7 @@ def test_loglikelihood_is_the_summed_log_softmax_of_the_continuation(
 ) -> None:
     pre = tiny(bos_tok if bos else tok, family)
     pairs = list(zip(CONTEXTS, CONTINUATIONS, strict=True))
-    if family == "gpt":
-        pairs.append(("", "import sys"))  # an empty context: the harness's prefix token alone
+    pairs.append(("", "import sys"))  # an empty context: the harness's prefix token alone
     got = LmlabLM(pre).loglikelihood(requests("loglikelihood", pairs))
     for (logp, greedy), (ctx, cont) in zip(got, pairs, strict=True):
         want_logp, want_greedy = hand_loglikelihood(pre, ctx, cont)
@@ -178,6 +186,20 @@ def test_rolling_loglikelihood_equals_the_training_loss(tok, bos_tok, bos: bool)
         (rolled,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
         assert (len(windows) > 1) == (len(ids) > pre.cfg.max_seq_len)
         assert rolled == pytest.approx(total, rel=FP32_RTOL)
+
+
+def test_t5_rolling_windows_reach_the_encoder_as_the_harness_gives_them(tok) -> None:
+    """As lm-eval's HFLM scores a seq2seq model: each window's context (the first: EOS) alone
+    to the encoder, the decoder predicting the window; a second EOS after the context moved
+    perplexities off HFLM's (and an empty context's score, ``acc_mutual_info``'s)."""
+    pre = tiny(tok, "t5")
+    eos = pre.tokenizer.token_to_id(EOS)
+    text = SNIPPETS[1]
+    windows = get_rolling_token_windows(encode(tok, text), eos, pre.cfg.max_seq_len, context_len=1)
+    pairs = list(map(make_disjoint_window, windows))
+    total = sum(t5_loglikelihood(pre, ctx, cont)[0] for ctx, cont in pairs)
+    (rolled,) = LmlabLM(pre).loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
+    assert len(pairs) > 1 and rolled == pytest.approx(total, abs=FP64_ATOL)
 
 
 @pytest.mark.parametrize("bos", [False, True], ids=["eos", "bos"])

@@ -9,8 +9,9 @@ The harness asks three things of a model, as text in and numbers or text out:
 - ``generate_until(context, until)``: greedy (or sampled) text up to a stop sequence.
 
 GPT checkpoints are scored as causal LMs (context and continuation in one sequence); T5 as an
-encoder-decoder, as the harness does for seq2seq models: the context (with EOS) goes to the
-encoder and the decoder, started from T5's start token, scores or writes the continuation.
+encoder-decoder, as the harness does for seq2seq models: the context (a text with the EOS
+T5's tokenizer ends it with; an empty context, EOS alone) goes to the encoder and the
+decoder, started from T5's start token, scores or writes the continuation.
 BERT is refused: an encoder with a masked-LM head gives no probability of a continuation.
 
 A GPT whose training started every document with BOS (a tokenizer that has one, as Llama's)
@@ -125,10 +126,17 @@ class LmlabLM(TemplateLM):
         self, string: str, add_special_tokens: bool | None = None, **_: Any
     ) -> list[int]:
         """``string``'s ids after the model's BOS, if it has one (``HFLM`` with
-        ``add_bos_token``; a string that starts with BOS gets no second one);
-        ``add_special_tokens=False`` (the harness's continuations) leaves BOS out."""
+        ``add_bos_token``; a string that starts with BOS gets no second one); for T5, before
+        EOS, which T5's tokenizer ends a text with (``HFLM``'s seq2seq contexts). The
+        harness's contexts without text (an empty one: the prefix token; a rolling window's)
+        reach the encoder as they are, as in ``HFLM``. ``add_special_tokens=False`` (the
+        harness's continuations) leaves BOS and EOS out."""
         ids = encode(self.tok, string)
-        if self.bos_id is None or add_special_tokens is False or ids[:1] == [self.bos_id]:
+        if add_special_tokens is False:
+            return ids
+        if self.backend == "seq2seq":
+            return [*ids, self.eos_id]
+        if self.bos_id is None or ids[:1] == [self.bos_id]:
             return ids
         return [self.bos_id, *ids]
 
@@ -194,7 +202,7 @@ class LmlabLM(TemplateLM):
             ends = [len(r) - 1 for r in rows]  # each row's own length: its padding comes after
         else:
             targets = [cont[: self.max_length] for _, _, cont in chunk]
-            enc = [ctx[-(self.max_length - 1) :] + [self.eos_id] for _, ctx, _ in chunk]
+            enc = [ctx[-self.max_length :] for _, ctx, _ in chunk]  # a text's ends with EOS
             dec = [[self.pad_id, *t[:-1]] for t in targets]  # shifted behind the start token
             enc_BT, mask_BT = self._right_pad(enc, self.pad_id)
             dec_BS, _ = self._right_pad(dec, self.pad_id)
@@ -290,7 +298,7 @@ class LmlabLM(TemplateLM):
                 n_vocab=self.tok.get_vocab_size(),
             )
         else:
-            enc = [self.tok_encode(c)[-(self.max_length - 1) :] + [self.eos_id] for c in contexts]
+            enc = [self.tok_encode(c)[-self.max_length :] for c in contexts]  # ends with EOS
             enc_BT, mask_BT = self._right_pad(enc, self.pad_id)
             memory_BTD = self.model.encode(enc_BT, mask_BT)
             starts = [1] * len(contexts)  # after the decoder's start token
