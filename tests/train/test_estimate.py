@@ -22,7 +22,8 @@ import lmlab.train.estimate as estimate_mod
 import lmlab.train.plan as plan_mod
 from lmlab.config import CONF_DIR, PRETRAINING, Family, ModelConfig, TaskSpec
 from lmlab.files import PLAN, write_json
-from lmlab.model import param_breakdown
+from lmlab.model import build_model, param_breakdown, recompute_flops_per_token
+from lmlab.model.layers import Block
 from lmlab.train import hardware
 from lmlab.train.budget import BudgetConfig, BudgetKind, resolve_budget
 from lmlab.train.compose import compose_train
@@ -227,6 +228,74 @@ def test_big_presets_take_the_estimate(builds: list) -> None:
     assert p["throughput"]["method"] == "estimated" and all(is_meta(m) for m in builds)
     assert p["tokens_per_second"] == pytest.approx(1e11 * ASSUMED_MFU / p["flops_per_token"])
     assert p["throughput"]["mfu"] == ASSUMED_MFU
+
+
+def checkpointed_step_flops(cfg: ModelConfig, checkpointing: bool) -> float:
+    """FLOPs per input token of one float64 forward + backward as torch's FlopCounterMode
+    counts them (SDPA's math path, so the scores count too), blocks checkpointed or not."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lmlab.train.parallel import layout
+
+    model = build_model(cfg).double()  # float64: each MoE expert is one counted matmul
+    layout(model, activation_checkpointing=checkpointing)
+    ids_BT = torch.randint(0, cfg.vocab_size, (2, cfg.max_seq_len))
+    inputs = SAMPLE_INPUTS[cfg.family](ids_BT)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(**inputs).sum().backward()
+    return counter.get_total_flops() / ids_BT.numel()
+
+
+@pytest.mark.parametrize(
+    ("family", "experts"), [(family, 0) for family in Family] + [(Family.gpt, 4)]
+)
+def test_the_recompute_is_what_checkpointing_adds_to_a_step(family: Family, experts: int) -> None:
+    """``recompute_flops_per_token`` against torch's count of a checkpointed step less an
+    uncheckpointed one: every block's forward once more, the output layer's not (T5's on its
+    decoder tokens). Torch stops recomputing a block once its saved tensors are back, so a
+    pre-norm block's last matmul, the feed-forward's output projection (2 FLOPs per weight and
+    token), may not run again: the count lies between the two. Integer counts below 2**53,
+    so the bounds hold up to float64 rounding."""
+    from lmlab.config import MoEConfig
+    from lmlab.data.collators import decoder_tokens
+
+    cfg = ModelConfig(
+        family=family, d_model=32, n_layers=2, n_heads=2, max_seq_len=24, vocab_size=64,
+        bias=False, moe=MoEConfig(num_experts=experts),
+    )  # fmt: skip
+    added = checkpointed_step_flops(cfg, True) - checkpointed_step_flops(cfg, False)
+    model = meta_model(cfg)
+    S = decoder_tokens(family, 24) or 24
+    last = sum(
+        2 * module.ffn.w_out.weight.numel() * (S if name.startswith("decoder") else 24) / 24
+        for name, module in model.named_modules()
+        if isinstance(module, Block) and hasattr(module.ffn, "w_out")
+    )
+    recompute = recompute_flops_per_token(model, 24, decoder_tokens(family, 24))
+    assert 0 < added <= recompute * (1 + 1e-12)
+    assert recompute <= (added + last) * (1 + 1e-12)
+
+
+def test_an_untimed_checkpointed_plan_counts_the_recompute(builds: list) -> None:
+    """Not timed, a checkpointed model's tokens/s ran at the assumed 40% of the peak on the
+    model's FLOPs alone, as if no block ran twice: the recompute now runs at that rate too,
+    and the MFU (the model's FLOPs) is below 40% by as much."""
+    cfg = model_cfg("gpt_7b", "llama", vocab=32000)
+    plain = plan(cfg)
+    checkpointed = plan(dataclasses.replace(cfg, activation_checkpointing=True))
+    fpt, recompute = checkpointed["flops_per_token"], checkpointed["recompute_flops_per_token"]
+    assert plain["recompute_flops_per_token"] == 0 and fpt == plain["flops_per_token"]
+    assert checkpointed["throughput"]["method"] == "estimated"
+    assert checkpointed["tokens_per_second"] == pytest.approx(
+        1e11 * ASSUMED_MFU / (fpt + recompute)
+    )
+    mfu = ASSUMED_MFU * fpt / (fpt + recompute)
+    assert checkpointed["throughput"]["mfu"] == pytest.approx(mfu)
+    ratio = (fpt + recompute) / fpt
+    assert checkpointed["wall_seconds"] == pytest.approx(plain["wall_seconds"] * ratio)
+    assert 0 < recompute < fpt / 3  # the blocks' forward, not the output layer's
+    assert f"recompute adds {recompute / fpt:.0%}" in checkpointed["throughput"]["reason"]
 
 
 def test_gpt_7b_llama_has_llama2_7b_parameters(builds: list) -> None:

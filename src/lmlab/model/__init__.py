@@ -9,7 +9,7 @@ from torch import nn
 from lmlab.config import Family, ModelConfig, TaskKind, TaskSpec
 from lmlab.model.bert import BERT, ClassificationHead
 from lmlab.model.gpt import GPT
-from lmlab.model.params import flops_per_token, param_breakdown
+from lmlab.model.params import flops_per_token, param_breakdown, recompute_flops_per_token
 from lmlab.model.t5 import T5
 
 FAMILIES: dict[Family, Callable[[ModelConfig], nn.Module]] = {
@@ -51,4 +51,5 @@ __all__ = [
     "build_task_model",
     "flops_per_token",
     "param_breakdown",
+    "recompute_flops_per_token",
 ]

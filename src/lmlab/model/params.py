@@ -10,6 +10,7 @@ from torch import nn
 
 from lmlab.model.attention import Attention
 from lmlab.model.feedforward import MLP, GatedMLP
+from lmlab.model.layers import Block
 from lmlab.model.moe import MoEFeedForward
 from lmlab.model.positional import PositionalScheme
 
@@ -118,3 +119,22 @@ def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = No
         return (6.0 * (on_encoder * T + on_decoder * S) + 12.0 * d * scores) / T
     n_attention = sum(isinstance(m, Attention) for m in model.modules())
     return 6.0 * _matmul_weights(model) + 12.0 * n_attention * seq_len * cfg.n_heads * cfg.head_dim
+
+
+def recompute_flops_per_token(
+    model: nn.Module, seq_len: int, decoder_len: int | None = None
+) -> float:
+    """The FLOPs per input token that activation checkpointing adds to a training step: the
+    backward runs every block's forward again, a third of the blocks' share of
+    ``flops_per_token`` (2 of its 6 FLOPs per weight and token, 4 of the 12 per score). The
+    embeddings and the output layer, outside the blocks, are not recomputed; the output layer
+    runs on the decoder's tokens where there is a decoder. An upper bound by at most each
+    block's last matmul: torch's non-reentrant checkpoint stops recomputing once the tensors
+    the backward saved are back, so a pre-norm block's feed-forward output projection, whose
+    output only the residual add reads, is not run again (tested against torch's count of a
+    checkpointed step less an uncheckpointed one)."""
+    blocks = sum(_matmul_weights(m) for m in model.modules() if isinstance(m, Block))
+    outside = _matmul_weights(model) - blocks
+    outside_tokens = decoder_len if hasattr(model, "decoder") else seq_len
+    total = flops_per_token(model, seq_len, decoder_len)
+    return (total - 6.0 * outside * outside_tokens / seq_len) / 3

@@ -10,7 +10,10 @@ plans on a CPU without allocating its weights. Throughput comes from one of two 
   forward+backward+AdamW steps on random tokens are run (eager, fp32 or bf16 autocast, with
   activation checkpointing where the model has it, so a checkpointed run's recomputation is
   timed); the median step gives tokens/s.
-* ``estimated``: otherwise, tokens/s = peak FLOP/s x ``ASSUMED_MFU`` / ``flops_per_token``.
+* ``estimated``: otherwise, tokens/s = peak FLOP/s x ``ASSUMED_MFU`` / ``flops_per_token``;
+  with activation checkpointing the device also runs every block's forward again
+  (``recompute_flops_per_token``) at that rate, so tokens/s is lower and MFU, which counts the
+  model's FLOPs alone, below ``ASSUMED_MFU``.
 
 The budget's FLOPs are 6 N D (Kaplan et al. 2020; Hoffmann et al. 2022), as in
 ``results.json``; the wall time uses ``flops_per_token`` (matmuls incl. the output head, plus
@@ -38,7 +41,7 @@ from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
 from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
 from lmlab.data.packing import prepared_vocab_size
 from lmlab.errors import ConfigError
-from lmlab.model import build_model, flops_per_token, param_breakdown
+from lmlab.model import build_model, flops_per_token, param_breakdown, recompute_flops_per_token
 from lmlab.train.budget import Budget, budget_params, overshoot, resolve_budget
 from lmlab.train.hardware import compute_dtype, largest_linears, peak_flops, raised_peak
 from lmlab.train.machine import on_cuda
@@ -252,14 +255,16 @@ def _throughput(
     device: torch.device,
     precision: str,
     cache_dir: str | Path,
+    recompute: float = 0.0,
 ) -> dict[str, Any]:
     """Tokens/s per device, measured or estimated, and how; a CPU peak that the timed steps
-    beat is raised as a run raises it (``raised_peak``), so the MFU is at most 1."""
+    beat is raised as a run raises it (``raised_peak``), so the MFU is at most 1. ``recompute``
+    is the FLOPs per token that activation checkpointing adds: an estimate runs them too."""
     micro_batch, seq_len = shape
     peak = peak_flops(device, precision, cache_dir)
     needed = training_bytes(model_cfg, counts["total"], micro_batch, seq_len, precision)
     method, why = choose_method(
-        fpt * micro_batch * seq_len, peak, needed, free_memory_bytes(device)
+        (fpt + recompute) * micro_batch * seq_len, peak, needed, free_memory_bytes(device)
     )
     tps = mfu = None
     step_seconds: list[float] = []
@@ -271,8 +276,14 @@ def _throughput(
             shapes = largest_linears(model, micro_batch * seq_len)
             peak = raised_peak(peak, tps * fpt, precision, cache_dir, shapes)
         mfu = tps * fpt / peak if peak else None
-    elif method == "estimated":
-        tps, mfu = peak * ASSUMED_MFU / fpt, ASSUMED_MFU
+    elif method == "estimated":  # the recompute at the same rate; MFU counts the model's
+        tps = peak * ASSUMED_MFU / (fpt + recompute)
+        mfu = tps * fpt / peak
+        if recompute:
+            why += (
+                f"; activation checkpointing's recompute adds {recompute / fpt:.0%} to the "
+                f"model's FLOPs, at that rate (MFU {mfu:.0%})"
+            )
     return {
         "method": method,
         "reason": why,
@@ -304,11 +315,25 @@ def plan_run(
     device = torch.device(device)
     model = meta_model(model_cfg)
     counts = param_breakdown(model)
-    fpt = flops_per_token(model, seq_len, decoder_tokens(model_cfg.family, seq_len))
+    decoder_len = decoder_tokens(model_cfg.family, seq_len)
+    fpt = flops_per_token(model, seq_len, decoder_len)
+    recompute = (
+        recompute_flops_per_token(model, seq_len, decoder_len)
+        if model_cfg.activation_checkpointing
+        else 0.0
+    )
     n = budget_params(budget_cfg, counts)
     budget: Budget = resolve_budget(budget_cfg, n, tokens_per_step, max_steps)
     speed = _throughput(
-        model, model_cfg, counts, fpt, (micro_batch, seq_len), device, precision, cache_dir
+        model,
+        model_cfg,
+        counts,
+        fpt,
+        (micro_batch, seq_len),
+        device,
+        precision,
+        cache_dir,
+        recompute,
     )
     tps = speed["tokens_per_second"]
     parallel = 1 if device.type == "cpu" else n_devices
@@ -332,6 +357,7 @@ def plan_run(
         "flops": budget.flops,
         "tokens_per_step": budget.tokens_per_step,
         "flops_per_token": fpt,
+        "recompute_flops_per_token": recompute,
         "throughput": speed,
         "tokens_per_second": tps,
         "wall_seconds": wall,
