@@ -183,6 +183,26 @@ def test_capacity_drops_overflow_which_passes_through_the_residual() -> None:
     assert block.ffn.dropped.item() == 0.5 and block.ffn.load_E.tolist() == [1.0, 0.0]
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_a_factor_past_experts_over_k_keeps_every_token_in_n_slots(top_k: int) -> None:
+    """No expert gets more than the N tokens (a token's k choices are k different experts),
+    so C stops at N: a factor of E / k drops nothing and a larger one computes the same in
+    the same N-row buffers. C grew with the factor: at 100, 50 to 100 times the rows a
+    dropless step computes, all of them empty (minutes and gigabytes at gpt_tiny's batch)."""
+    E, N = 4, 12
+    ffn = moe_ffn(config(num_experts=E, top_k=top_k, capacity_factor=E / top_k))
+    x_BTD = torch.randn(2, N // 2, D, dtype=torch.float64)
+    with torch.no_grad():
+        dropless = ffn.eval()(x_BTD)
+        rows = []
+        ffn.experts.register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
+        for factor in (E / top_k, 100.0):
+            ffn.capacity_factor = factor
+            torch.testing.assert_close(ffn.train()(x_BTD), dropless, rtol=0, atol=FP64_ATOL)
+            assert ffn.dropped.item() == 0
+    assert rows == [(E, N, D)] * 2
+
+
 STATS = ("aux_loss", "z_loss", "load_E", "dropped")
 
 

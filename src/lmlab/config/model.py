@@ -52,8 +52,9 @@ class MoEConfig:
     capacity_factor: float | None = None
     """null: dropless, every token reaches its k experts. A number c: in training each expert
     takes at most ceil(c * tokens * k / E) of a batch's assignments, first choices first
-    (GShard's priority); the rest are dropped and pass through the residual unchanged.
-    Padding takes no slot. Evaluation and generation stay dropless."""
+    (GShard's priority); the rest are dropped and pass through the residual unchanged. An
+    expert holds no more slots than the batch's tokens, so c >= E / k drops nothing and a
+    larger c costs no more. Padding takes no slot. Evaluation and generation stay dropless."""
     every_n_layers: int = 1
     """Block i gets the MoE feed-forward when i % every_n_layers == 0, the others stay dense
     (1: every block; 2: every other block, as in GShard and Switch; Megatron's

@@ -231,14 +231,16 @@ class MoEFeedForward(nn.Module):
     def dispatch_capacity(
         self, x_ND: torch.Tensor, expert_NK: torch.Tensor, real_N: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """At most C = ceil(capacity_factor * N * k / E) assignments per expert, taken in
-        order of choice then token (all first choices before any second one, GShard's
-        priority); the rest are dropped (output 0). Padding (``real_N`` False) queues for no
-        slot and is dropped; C stays that of all N tokens (a static shape). Returns (N, k, D)
-        outputs and kept (N, k)."""
+        """At most C = min(ceil(capacity_factor * N * k / E), N) assignments per expert,
+        taken in order of choice then token (all first choices before any second one,
+        GShard's priority); the rest are dropped (output 0). No expert can get more than N (a
+        token's k choices are k different experts), so a factor of E / k or more drops nothing
+        and its buffer stays N rows an expert, not the factor's. Padding (``real_N`` False)
+        queues for no slot and is dropped; C stays that of all N tokens (a static shape).
+        Returns (N, k, D) outputs and kept (N, k)."""
         N, K = expert_NK.shape
         E, D = self.num_experts, x_ND.shape[-1]
-        C = math.ceil(self.capacity_factor * N * K / E)
+        C = min(math.ceil(self.capacity_factor * N * K / E), N)
         expert_M = expert_NK.T.flatten()  # token n's j-th choice at j * N + n
         # not F.one_hot: on a CPU it reads the indices' min and max to check them (a host
         # read each layer; on CUDA it checks on the device)

@@ -92,12 +92,12 @@ def flops_per_token(model: nn.Module, seq_len: int, decoder_len: int | None = No
     set) (Kaplan et al. 2020; PaLM appendix B). Matmul weights are every ``nn.Linear``'s, the
     output head's included even when tied to the embedding, and a MoE's ``top_k`` experts
     (active, not total: a capacity-limited training step computes ``capacity_factor`` times
-    that in its expert buffers, padding included); norms, biases and embedding lookups are left
-    out, as torch's FlopCounterMode leaves them out (tested equal to its count). Causal and
-    sliding-window attention count every one of the T x T scores, as PaLM's formula does and
-    as SDPA with a dense mask computes them; the flash kernels and FlexAttention's block mask
-    skip the masked blocks (about half under a causal mask, more under a short window), so
-    MFU there credits work that was not done.
+    that in its expert buffers, E / k times at most, padding included); norms, biases and
+    embedding lookups are left out, as torch's FlopCounterMode leaves them out (tested equal
+    to its count). Causal and sliding-window attention count every one of the T x T scores,
+    as PaLM's formula does and as SDPA with a dense mask computes them; the flash kernels and
+    FlexAttention's block mask skip the masked blocks (about half under a causal mask, more
+    under a short window), so MFU there credits work that was not done.
 
     An encoder-decoder counts each part on the tokens it runs on: the encoder and the
     cross-attention's key/value projections on the ``seq_len`` encoder tokens; the decoder's
