@@ -571,6 +571,20 @@ def test_a_setting_lmlab_cannot_express_is_refused_before_the_weights_are_read(
     assert not (tmp_path / "x.ckpt").exists()
 
 
+def test_a_config_json_value_lmlab_refuses_names_the_conversion(tmp_path: Path) -> None:
+    """A config.json value that fails lmlab's checks once converted (a Mixtral routing each
+    token to more experts than it has) is refused as the conversion's, from config.json
+    alone: the message starts with ``from_hf=<folder>`` (it named only ``model.moe.top_k``,
+    a field the user never set)."""
+    folder = tmp_path / "mixtral"
+    mixtral().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_experts_per_tok": 5}))
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ConfigError, match=rf"^from_hf={re.escape(str(folder))}: .*top_k=5"):
+        from_hf(str(folder), tmp_path / "x.ckpt")
+
+
 # Tokenizers that frame their input themselves, as transformers builds them from a vocabulary
 # (no files, no hub): BERT's WordPiece ([CLS] a [SEP]) and T5's Unigram (a </s>)
 WORDS = ["paris", "is", "the", "capital", "of", "france"]

@@ -168,12 +168,13 @@ def _from_hf(source: str) -> dict[str, Any]:
 
 def lmlab_config(arch: Architecture, hf: Any, source: str, tied: bool) -> ModelConfig:
     """The ModelConfig of Hugging Face config ``hf`` (its head ``tied`` to the embedding), or
-    a ConfigError naming the setting lmlab has no knob for (YaRN, a relative-position BERT)."""
+    a ConfigError naming the setting lmlab has no knob for (YaRN, a relative-position BERT)
+    or the lmlab field a config.json value fails (a Mixtral's ``num_experts_per_tok`` above
+    its ``num_local_experts``: ``model.moe.top_k``), after ``from_hf=<source>``."""
     try:
-        fields = arch.config_from_hf(hf, tied)
+        return to_schema(ModelConfig, arch.config_from_hf(hf, tied), "model.")
     except ConfigError as err:
         raise ConfigError(f"from_hf={source}: {err}") from None
-    return to_schema(ModelConfig, fields, "model.")
 
 
 def listed(keys: list[str], n: int = 4) -> str:
