@@ -410,6 +410,24 @@ def test_plan_from_composed_config(conf_dir: Path, builds: list, fake_measure: l
     assert (p["steps"], p["tokens"], p["model"]["vocab_size"]) == (977, 977 * 1024, 4096)
 
 
+def test_a_gpu_run_planned_without_a_gpu_says_the_plan_is_this_cpus(
+    conf_dir: Path, builds: list, fake_measure: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dry_run=true trainer=gpu`` on a machine without CUDA planned on the CPU (its memory,
+    its rate: 1.7 days for gpt_small) under a caption "cpu, bf16-mixed" and no word that the
+    GPU was not found; the caption (and plan.json's reason) now says so first. A CPU run's
+    caption does not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for trainer, said in (("gpu", True), ("cpu", False)):
+        cfg = compose_in(conf_dir, [f"trainer={trainer}", "budget=tokens", "budget.tokens=1e6"])
+        m, d = OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.data)
+        p = plan_from_cfg(cfg, m, d, m.max_seq_len)
+        caption = str(plan_table(p).caption)
+        assert p["throughput"]["device"] == "cpu"
+        assert caption.startswith("cpu, ")
+        assert ("no CUDA GPU visible here for trainer.accelerator=gpu" in caption) is said
+
+
 def test_isoflop_sweep_jobs_compose_and_hold_their_budget(conf_dir: Path) -> None:
     """Every size and every budget of the grid composes and validates (the jobs in the first
     row and column: the rest are their combinations). At each budget each size trains >= 40

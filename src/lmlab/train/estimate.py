@@ -472,4 +472,12 @@ def plan_from_cfg(
         cfg.paths.cache_dir,
         n_devices=run_plan.batch.devices,
     )
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator in ("gpu", "cuda") and not use_cuda:  # a GPU run planned where none is
+        speed = estimate["throughput"]
+        speed["reason"] = (
+            f"no CUDA GPU visible here for trainer.accelerator={accelerator}: planned on this "
+            "machine's CPU, its speed and memory, not a GPU's (a dry run where the GPU is "
+            f"plans for it); {speed['reason']}"
+        )
     return run_plan.as_dict() | estimate | {"vocab_from": vocab_from}
