@@ -184,6 +184,15 @@ def test_typo_in_model_key_fails_at_compose_time() -> None:
             {"moe": {"num_experts": 4, "top_k": 5}},
             "moe.top_k=5 must be between 1 and model.moe.num",
         ),
+        (  # each expert is d_ff / granularity wide
+            {"d_model": 32, "moe": {"num_experts": 4, "granularity": 3}},
+            r"model.moe.granularity=3 must divide the feed-forward width 128 \(derived from "
+            r"model.d_model=32 and model.activation=gelu\)",
+        ),
+        (
+            {"d_ff": 100, "moe": {"num_experts": 4, "granularity": 8}},
+            r"granularity=8 must divide the feed-forward width 100 \(model.d_ff=100\)",
+        ),
     ],
 )
 def test_cross_field_errors_name_fields_and_values(kwargs: dict, message: str) -> None:
@@ -256,6 +265,7 @@ BAD_VALUES = [
     ("model.moe.num_experts=-1", "model.moe.num_experts=-1 must be >= 0 (0: dense"),
     ("model.moe.capacity_factor=0", "model.moe.capacity_factor=0.0 must be > 0 (or null"),
     ("model.moe.every_n_layers=0", "model.moe.every_n_layers=0 must be >= 1"),
+    ("model.moe.granularity=0", "model.moe.granularity=0 must be >= 1 (1: experts as wide as"),
     ("model.moe.z_loss_coef=-1", "model.moe.z_loss_coef=-1.0 must be >= 0"),
     ("+model.moe.topk=2", "model.moe.topk=2: unknown key; allowed: num_experts, top_k"),
     ("model.moe.top_k=-5", "model.moe.top_k=-5 must be >= 1"),  # dense too: never a top-k
@@ -390,7 +400,7 @@ def test_a_block_given_a_value_says_what_it_takes() -> None:
     assert message.startswith("model.moe=8: ")
     assert message.endswith(
         "allowed: its fields (num_experts, top_k, aux_loss_coef, z_loss_coef, capacity_factor, "
-        "every_n_layers), as model.moe.num_experts=<value>"
+        "every_n_layers, granularity), as model.moe.num_experts=<value>"
     )
 
 

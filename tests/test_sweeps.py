@@ -180,3 +180,31 @@ def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
 
 def args_of(point: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in point.items()]
+
+
+@pytest.mark.parametrize("width", [[], ["model.d_model=256", "model.n_heads=4"]])
+def test_the_moe_sweeps_equal_active_rows_hold_at_any_width(width: list[str], multirun_config):
+    """``+sweeps=moe``'s rows 1 to 3 have the dense model's active parameters (the MoE rows a
+    router more), at gpt_tiny's width and at the wider model the sweep's comment suggests: its
+    top-2 row's experts are half the dense width (``model.moe.granularity=2``). Its row had
+    ``d_ff: 192``, half of gpt_tiny's 384 only: at d_model 256 that row held 4.34M active
+    parameters against the dense 5.31M."""
+    import dataclasses
+
+    import torch
+
+    from lmlab.cli.sweep import job_config, sweep_jobs
+    from lmlab.config.resolve import composed_model
+    from lmlab.model import build_model, param_breakdown
+
+    config = multirun_config("+sweeps=moe", *width)
+    active = []
+    for num, overrides in enumerate(sweep_jobs(config)):
+        cfg = composed_model(job_config(config, overrides, num))
+        cfg = dataclasses.replace(cfg, vocab_size=4096)  # the data's tokenizer's, in a run
+        with torch.device("meta"):
+            counts = param_breakdown(build_model(cfg))
+        routers = cfg.n_layers * cfg.d_model * cfg.moe.num_experts
+        active.append(counts["active"] - routers)
+    assert len(active) == 4
+    assert active[0] == active[1] == active[2] < active[3]

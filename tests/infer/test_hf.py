@@ -1055,6 +1055,29 @@ def test_mixtral_with_a_capacity_factor_goes_out_with_its_eval_logits(
         assert (hf_model(ids).logits - expected).abs().max() <= 1e-5
 
 
+def test_fine_grained_experts_go_out_at_their_own_width(tmp_path: Path) -> None:
+    """``model.moe.granularity=2`` experts are half the dense feed-forward's width; Mixtral's
+    ``intermediate_size`` is its experts' width, so it is written as the experts' (the dense
+    width would not load), and transformers gives lmlab's logits. Back through from_hf, the
+    same experts arrive at granularity 1 with that width as ``d_ff``."""
+    moe = {"num_experts": 4, "top_k": 2, "granularity": 2, "z_loss_coef": 0.0}
+    cfg = tiny_mixtral(n_layers=1, moe=moe)
+    assert (cfg.ffn_dim, cfg.expert_dim) == (128, 64)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    ids = inputs("llama")["input_ids"]
+    with torch.no_grad():
+        expected = model(ids)
+    folder = to_hf(lmlab_checkpoint(tmp_path / "m.ckpt", cfg, model), tmp_path / "hf")
+    assert json.loads((folder / "config.json").read_text())["intermediate_size"] == 64
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert (hf_model(ids).logits - expected).abs().max() <= 1e-5
+    back = torch.load(from_hf(str(folder), tmp_path / "back.ckpt"), weights_only=False)
+    assert back["model_config"]["d_ff"] == 64
+    assert back["model_config"]["moe"]["granularity"] == 1
+
+
 def saved_layout(folder: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """{key: (shape, dtype)} of every tensor in the folder's safetensors files."""
     from safetensors.torch import load_file

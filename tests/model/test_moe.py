@@ -434,3 +434,21 @@ def test_expert_registry_matches_the_activations() -> None:
     assert set(EXPERTS) == set(Activation)
     gated = {a for a in Activation if hasattr(EXPERTS[a](config(a)), "w_gate")}
     assert gated == GATED
+
+
+def test_fine_grained_experts_are_d_ff_over_granularity_wide() -> None:
+    """``model.moe.granularity=G``: each expert's hidden width is the dense ``d_ff`` / G, so
+    a MoE block is the one of ``d_ff`` / G at granularity 1 (its weights load there as they
+    are, and compute the same); the dense blocks beside MoE ones keep ``d_ff``."""
+    fine = dataclasses.replace(config(granularity=2, every_n_layers=2), d_ff=96)
+    narrow = dataclasses.replace(config(every_n_layers=2), d_ff=48)
+    assert fine.expert_dim == narrow.expert_dim == 48
+    torch.manual_seed(0)
+    models = [build_model(cfg).eval() for cfg in (fine, narrow)]
+    moe, dense = models[0].blocks[0].ffn, models[0].blocks[1].ffn
+    assert tuple(moe.experts.w_gate.weight.shape) == (4, 48, D)
+    assert tuple(dense.w_gate.weight.shape) == (96, D)  # a dense block: the whole d_ff
+    models[1].blocks[0].ffn.load_state_dict(moe.state_dict())  # strict: the same shapes
+    x = torch.randn(2, 12, D)
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x), models[1].blocks[0].ffn(x), rtol=0, atol=0)

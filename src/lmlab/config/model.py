@@ -32,7 +32,7 @@ class MoEConfig:
     the gate-weighted sum of ``top_k`` of ``num_experts`` expert FFNs, chosen by a learned
     router (Shazeer et al. 2017; Switch, Fedus et al. 2021; Mixtral, Jiang et al. 2024).
     Experts are FFNs of the model's own activation and ``d_ff`` (SwiGLU experts under
-    ``+experiment=mixtral``)."""
+    ``+experiment=mixtral``), or of ``d_ff / granularity`` (fine-grained experts)."""
 
     num_experts: int = 0
     """Experts per MoE layer; 0 is the dense feed-forward (the default), 1 routes every token
@@ -59,6 +59,12 @@ class MoEConfig:
     """Block i gets the MoE feed-forward when i % every_n_layers == 0, the others stay dense
     (1: every block; 2: every other block, as in GShard and Switch; Megatron's
     ``moe_layer_freq``). Counted per stack for T5's encoder and decoder."""
+    granularity: int = 1
+    """Fine-grained experts (DeepSeekMoE, Dai et al. 2024; Krajewski et al. 2024's G): each
+    expert's hidden width is the dense feed-forward's ``d_ff`` / granularity, which must
+    divide it. With top_k = granularity a token's experts hold the dense feed-forward's
+    parameters at any width (``+sweeps=moe``'s equal-active row: 8 experts, top-2,
+    granularity 2). 1: experts as wide as the dense feed-forward (Switch, Mixtral)."""
 
     def __post_init__(self) -> None:
         if self.num_experts < 0:
@@ -85,6 +91,11 @@ class MoEConfig:
             )
         if self.every_n_layers < 1:
             raise ConfigError(f"model.moe.every_n_layers={self.every_n_layers} must be >= 1")
+        if self.granularity < 1:
+            raise ConfigError(
+                f"model.moe.granularity={self.granularity} must be >= 1 (1: experts as wide as "
+                "the dense feed-forward)"
+            )
 
     def applies_to(self, layer: int) -> bool:
         """Whether block ``layer`` (0-based, within its stack) has the MoE feed-forward."""
@@ -212,6 +223,12 @@ class ModelConfig:
             raise ConfigError(
                 f"model.d_ff={self.d_ff} must be >= 1 (or null: derived from d_model and the "
                 "activation)"
+            )
+        if self.moe.num_experts and self.ffn_dim % self.moe.granularity:
+            raise ConfigError(
+                f"model.moe.granularity={self.moe.granularity} must divide the feed-forward "
+                f"width {self.ffn_dim} ({self.ffn_source()}): each expert is d_ff / granularity "
+                "wide"
             )
         for name in ("norm_eps", "rope_theta", "init_std"):
             if not 0 < getattr(self, name) < math.inf:
@@ -367,6 +384,18 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
+
+    def ffn_source(self) -> str:
+        """Where ``ffn_dim`` comes from, for messages."""
+        if self.d_ff is not None:
+            return f"model.d_ff={self.d_ff}"
+        act = self.activation.value
+        return f"derived from model.d_model={self.d_model} and model.activation={act}"
+
+    @property
+    def expert_dim(self) -> int:
+        """A Mixture of Experts' expert hidden width: ``ffn_dim`` / ``moe.granularity``."""
+        return self.ffn_dim // self.moe.granularity
 
     @property
     def ffn_dim(self) -> int:

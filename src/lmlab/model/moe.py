@@ -122,14 +122,15 @@ class ExpertLinear(nn.Module):
 
 
 class Experts(nn.Module):
-    """E copies of ``MLP``: w_out(act(w_in x)) on each expert's rows."""
+    """E copies of ``MLP`` (``d_ff`` / granularity wide): w_out(act(w_in x)) on each expert's
+    rows."""
 
     def __init__(self, cfg: ModelConfig, act: Callable[[], nn.Module]) -> None:
         super().__init__()
         E = cfg.moe.num_experts
-        self.w_in = ExpertLinear(E, cfg.d_model, cfg.ffn_dim, cfg.bias)
+        self.w_in = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.act = act()
-        self.w_out = ExpertLinear(E, cfg.ffn_dim, cfg.d_model, cfg.bias)
+        self.w_out = ExpertLinear(E, cfg.expert_dim, cfg.d_model, cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
     def forward(self, x: torch.Tensor, rows: Grouped | Slots) -> torch.Tensor:
@@ -137,15 +138,16 @@ class Experts(nn.Module):
 
 
 class GatedExperts(nn.Module):
-    """E copies of ``GatedMLP``: w_out(act(w_gate x) * w_in x), SwiGLU experts in Mixtral."""
+    """E copies of ``GatedMLP`` (``d_ff`` / granularity wide): w_out(act(w_gate x) * w_in x),
+    SwiGLU experts in Mixtral."""
 
     def __init__(self, cfg: ModelConfig, act: Callable[[], nn.Module]) -> None:
         super().__init__()
         E = cfg.moe.num_experts
-        self.w_gate = ExpertLinear(E, cfg.d_model, cfg.ffn_dim, cfg.bias)
-        self.w_in = ExpertLinear(E, cfg.d_model, cfg.ffn_dim, cfg.bias)
+        self.w_gate = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
+        self.w_in = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.act = act()
-        self.w_out = ExpertLinear(E, cfg.ffn_dim, cfg.d_model, cfg.bias)
+        self.w_out = ExpertLinear(E, cfg.expert_dim, cfg.d_model, cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
     def forward(self, x: torch.Tensor, rows: Grouped | Slots) -> torch.Tensor:

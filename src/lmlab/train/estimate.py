@@ -114,7 +114,8 @@ def moe_extra_activations(model_cfg: ModelConfig) -> tuple[int, int]:
     feed-forward's ``FFN_ACTIVATIONS``: each token passes through ``top_k`` experts, each
     holding a feed-forward's activations and backward temporaries (MemTracker, one layer at
     d 256: 35.6 d-wide at k = 2 and 70.2 at k = 4, against a dense SwiGLU's 17.5). Returns
-    (all MoE layers', one MoE layer's); (0, 0) for a dense model."""
+    (all MoE layers', one MoE layer's); (0, 0) for a dense model. Fine-grained experts
+    (``moe.granularity`` > 1) are counted at the dense width: an overestimate."""
     moe = model_cfg.moe
     if not moe.num_experts:
         return 0, 0

@@ -55,6 +55,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     out = llama.config_to_hf(cfg)
     out.pop("attention_bias", None), out.pop("mlp_bias", None)
     return out | dict(
+        intermediate_size=cfg.expert_dim,  # Mixtral's is its experts' (every block has them)
         num_local_experts=cfg.moe.num_experts,
         num_experts_per_tok=cfg.moe.top_k,
         router_aux_loss_coef=cfg.moe.aux_loss_coef / cfg.moe.top_k,  # its loss is k times ours
