@@ -24,7 +24,7 @@ from lmlab.config import Family, ModelConfig, Positional, model_config_dict
 from lmlab.data.collators import IGNORE
 from lmlab.data.tokenizer import EOS, PAD, encode, train_bpe
 from lmlab.errors import ConfigError
-from lmlab.infer import harness
+from lmlab.infer import eval_records, harness
 from lmlab.infer.evaluate import LmlabLM
 from lmlab.infer.generation import generate
 from lmlab.infer.pretrained import Pretrained
@@ -513,20 +513,22 @@ def test_eval_record_keeps_the_settings_each_task_ran_with(
 
     ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
     everything = {"a": {"acc": 0.5, "acc_norm": 0.4}, "b": {"acc": 0.25, "acc_norm": 0.3}}
-    harness.write_record(path, harness.eval_record(harness_results(20, everything), ckpt, None))
-    again = harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
-    with caplog.at_level(logging.WARNING, logger="lmlab.infer.harness"):
-        harness.write_record(path, again)
-        harness.write_record(path, again)  # the same settings again: nothing to say
+    eval_records.write_record(
+        path, eval_records.eval_record(harness_results(20, everything), ckpt, None)
+    )
+    again = eval_records.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.eval_records"):
+        eval_records.write_record(path, again)
+        eval_records.write_record(path, again)  # the same settings again: nothing to say
     shots = harness_results(5, {"b": {"acc": 0.6}})
     shots["n-shot"] = {"b": 2}
-    with caplog.at_level(logging.WARNING, logger="lmlab.infer.harness"):
-        harness.write_record(path, harness.eval_record(shots, ckpt, None))
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.eval_records"):
+        eval_records.write_record(path, eval_records.eval_record(shots, ckpt, None))
     assert caplog.messages == [
         "b: replaces its earlier result (20 items) with this one (5 items; limit=5 (was 20))",
         "b: replaces its earlier result (5 items) with this one (5 items; n_shot=2 (was 0))",
     ]
-    harness.write_record(path, again)  # put back: the rest of the test reads it
+    eval_records.write_record(path, again)  # put back: the rest of the test reads it
     record = json.loads(path.read_text())
     assert "lm_eval" not in record  # a record-wide block would misstate a task's settings
     tasks = record["tasks"]
@@ -555,21 +557,25 @@ def test_a_damaged_record_is_refused_before_any_task(tmp_path: Path, damage: dic
     """QA: a record edited by hand into the wrong shape passed the check, then the merge
     failed in a TypeError once every task had run, writing nothing."""
     ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
-    harness.write_record(path, harness.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4))
+    eval_records.write_record(
+        path, eval_records.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4)
+    )
     path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
     with pytest.raises(ConfigError, match="exists and is not an lmlab eval record"):
-        harness.check_record(path, ckpt, 4)
+        eval_records.check_record(path, ckpt, 4)
 
 
 def test_a_record_of_another_step_names_a_checkpoint_without_one_so(tmp_path: Path) -> None:
     """A converted checkpoint holds no step: the refusal said ``this checkpoint is of step
     None``."""
     ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
-    harness.write_record(path, harness.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4))
+    eval_records.write_record(
+        path, eval_records.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4)
+    )
     with pytest.raises(
         ConfigError, match=r"\(.*model.ckpt, step 4; this checkpoint is of no step\)"
     ):
-        harness.check_record(path, ckpt, None)
+        eval_records.check_record(path, ckpt, None)
 
 
 def test_two_evaluations_ending_together_both_keep_their_tasks(
@@ -584,18 +590,20 @@ def test_two_evaluations_ending_together_both_keep_their_tasks(
     import time
 
     ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
-    merge = harness.merge_records
+    merge = eval_records.merge_records
 
     def slow(old: dict, new: dict) -> dict:
         time.sleep(0.2)  # between the read and the write
         return merge(old, new)
 
-    monkeypatch.setattr(harness, "merge_records", slow)
-    harness.write_record(path, harness.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4))
+    monkeypatch.setattr(eval_records, "merge_records", slow)
+    eval_records.write_record(
+        path, eval_records.eval_record(harness_results(5, {"a": {"acc": 1}}), ckpt, 4)
+    )
     writers = [
         threading.Thread(
-            target=harness.write_record,
-            args=(path, harness.eval_record(harness_results(5, {t: {"acc": 1}}), ckpt, 4)),
+            target=eval_records.write_record,
+            args=(path, eval_records.eval_record(harness_results(5, {t: {"acc": 1}}), ckpt, 4)),
         )
         for t in ("b", "c", "d", "e")
     ]
@@ -606,14 +614,14 @@ def test_two_evaluations_ending_together_both_keep_their_tasks(
     assert set(json.loads(path.read_text())["tasks"]) == {"a", "b", "c", "d", "e"}
     # the lock's file goes with its last holder: none is left per record (the test suite
     # left one in the temporary folder for every record it wrote)
-    assert not harness.record_lock(path).exists()
+    assert not eval_records.record_lock(path).exists()
     from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 
     lock_run_dir(tmp_path)  # a live run's folder, and a record put straight into it
     try:
-        record = harness.eval_record(harness_results(5, {"d": {"acc": 1}}), ckpt, 4)
+        record = eval_records.eval_record(harness_results(5, {"d": {"acc": 1}}), ckpt, 4)
         writer = threading.Thread(
-            target=harness.write_record, args=(tmp_path / "mine.json", record), daemon=True
+            target=eval_records.write_record, args=(tmp_path / "mine.json", record), daemon=True
         )
         writer.start()
         writer.join(60)  # it waited for the run's end, hours; a deadlock, not a speed bound
@@ -640,12 +648,12 @@ def test_an_older_record_gives_its_settings_to_its_tasks_when_merged(tmp_path: P
     """A record written before tasks held their settings (one top-level ``lm_eval``): its
     tasks keep those settings when a new run of another task merges in."""
     ckpt, path = str(tmp_path / "model.ckpt"), tmp_path / "eval" / "model.json"
-    old = harness.eval_record(harness_results(20, {"a": {"acc": 0.5}}), ckpt, None)
+    old = eval_records.eval_record(harness_results(20, {"a": {"acc": 0.5}}), ckpt, None)
     settings = old["tasks"]["a"].pop("lm_eval")
     path.parent.mkdir()
     path.write_text(json.dumps({**old, "lm_eval": settings}))
-    harness.write_record(
-        path, harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
+    eval_records.write_record(
+        path, eval_records.eval_record(harness_results(5, {"b": {"acc": 0.6}}), ckpt, None)
     )
     tasks = json.loads(path.read_text())["tasks"]
     assert (tasks["a"]["lm_eval"]["limit"], tasks["b"]["lm_eval"]["limit"]) == (20, 5)
@@ -653,16 +661,16 @@ def test_an_older_record_gives_its_settings_to_its_tasks_when_merged(tmp_path: P
 
 def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> None:
     ckpt = tmp_path / "run" / "checkpoints" / "step000300.ckpt"
-    path = harness.eval_path(ckpt, 300)
+    path = eval_records.eval_path(ckpt, 300)
     assert path == tmp_path / "run" / "eval" / "step000300.json"
-    assert harness.eval_path(tmp_path / "model.ckpt", None) == tmp_path / "eval" / "model.json"
+    assert eval_records.eval_path(tmp_path / "model.ckpt", None) == tmp_path / "eval" / "model.json"
     # loose checkpoints (one folder may hold several of one step): named by their file
-    assert harness.eval_path(tmp_path / "v1.ckpt", 300) == tmp_path / "eval" / "v1.json"
+    assert eval_records.eval_path(tmp_path / "v1.ckpt", 300) == tmp_path / "eval" / "v1.json"
     first = {"checkpoint": str(ckpt), "metrics": {"eval/a/acc": 0.5}, "tasks": {"a": {}}}
-    harness.write_record(path, {**first, "global_step": 300})
+    eval_records.write_record(path, {**first, "global_step": 300})
     last = str(ckpt.with_name("last.ckpt"))  # the same run's checkpoint of the same step
     second = {"checkpoint": last, "metrics": {"eval/b/acc": 0.7}, "tasks": {"b": {}}}
-    harness.write_record(path, {**second, "global_step": 300})
+    eval_records.write_record(path, {**second, "global_step": 300})
     merged = json.loads(path.read_text())
     assert merged["metrics"] == {"eval/a/acc": 0.5, "eval/b/acc": 0.7}
     assert set(merged["tasks"]) == {"a", "b"}
@@ -673,7 +681,7 @@ def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> Non
     other = {**second, "checkpoint": str(tmp_path / "other" / "checkpoints" / "x.ckpt")}
     for record in ({**other, "global_step": 300}, {**second, "global_step": 200}):
         with pytest.raises(ConfigError, match=r"holds the eval of another checkpoint .*step 300"):
-            harness.write_record(path, record)
+            eval_records.write_record(path, record)
     assert path.read_bytes() == before  # never two checkpoints' metrics in one record
 
 
@@ -804,10 +812,10 @@ def test_a_record_without_a_digest_is_refused_for_a_checkpoint_written_after_it(
     copied over it) holds weights the record never saw, and is refused."""
     ckpt, path = tmp_path / "model.ckpt", tmp_path / "eval" / "model.json"
     ckpt.write_bytes(b"weights")
-    old = harness.eval_record(harness_results(20, {"a": {"acc": 0.5}}), str(ckpt), 7)
+    old = eval_records.eval_record(harness_results(20, {"a": {"acc": 0.5}}), str(ckpt), 7)
     old.pop("model_digest", None)
     path.parent.mkdir()
-    new = harness.eval_record(harness_results(5, {"b": {"acc": 0.6}}), str(ckpt), 7)
+    new = eval_records.eval_record(harness_results(5, {"b": {"acc": 0.6}}), str(ckpt), 7)
     new["model_digest"] = "d1"
     t = 1_700_000_000 * 10**9
     for ckpt_ns, record_ns in ((t, t + 10**9), (t + 10**9, t)):
@@ -815,12 +823,12 @@ def test_a_record_without_a_digest_is_refused_for_a_checkpoint_written_after_it(
         os.utime(ckpt, ns=(ckpt_ns, ckpt_ns))
         os.utime(path, ns=(record_ns, record_ns))
         if ckpt_ns <= record_ns:
-            harness.write_record(path, new)
+            eval_records.write_record(path, new)
             merged = json.loads(path.read_text())
             assert set(merged["tasks"]) == {"a", "b"} and merged["model_digest"] == "d1"
         else:
             with pytest.raises(ConfigError, match=f"{ckpt} was written after that record"):
-                harness.write_record(path, new)
+                eval_records.write_record(path, new)
             assert json.loads(path.read_text()) == old
 
 
@@ -829,7 +837,7 @@ def test_eval_record_holds_the_batch_size_and_dtype_it_ran_with(tok) -> None:
     records its own ``batch_size`` argument, None for a model passed built)."""
     lm = LmlabLM(tiny(tok, dtype=torch.bfloat16, max_seq_len=256), batch_size=3)
     results = harness.run_tasks(lm, ["stdlib_nextline"], limit=2, bootstrap_iters=0)
-    record = harness.eval_record(results, "tiny.ckpt", 0)
+    record = eval_records.eval_record(results, "tiny.ckpt", 0)
     settings = record["tasks"]["stdlib_nextline"]["lm_eval"]
     assert (settings["batch_size"], settings["dtype"]) == (3, "bf16")
 

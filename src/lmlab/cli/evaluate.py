@@ -56,13 +56,14 @@ class EvaluateConfig:
 
 def main(argv: list[str]) -> int | None:
     cfg = parse(EvaluateConfig, argv)
-    from lmlab.infer import harness
+    from lmlab.infer import eval_records, harness
     from lmlab.infer.pretrained import check_source, load
 
     names = harness.parse_tasks(cfg.tasks)
     harness.check_fewshot(names, cfg.num_fewshot)
     if cfg.out:
-        harness.read_eval_record(Path(cfg.out))  # nothing there, or an eval record: else refused
+        # nothing there, or an eval record: else refused
+        eval_records.read_eval_record(Path(cfg.out))
     check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
     harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
     trained_on = trained_data(Path(cfg.ckpt))
@@ -72,9 +73,9 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
 
-    path = Path(cfg.out) if cfg.out else harness.eval_path(pre.path, pre.global_step)
+    path = Path(cfg.out) if cfg.out else eval_records.eval_path(pre.path, pre.global_step)
     try:  # before any task runs
-        harness.check_record(path, str(pre.path), pre.global_step, digest=pre.digest)
+        eval_records.check_record(path, str(pre.path), pre.global_step, digest=pre.digest)
     except ConfigError as err:
         if cfg.out:
             raise
@@ -86,9 +87,9 @@ def main(argv: list[str]) -> int | None:
     results = harness.run_tasks(
         lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
     )
-    print(harness.table(results))
-    record = harness.eval_record(results, str(pre.path), pre.global_step, pre.digest)
-    print(f"results: {harness.write_record(path, record)}")
+    print(eval_records.table(results))
+    record = eval_records.eval_record(results, str(pre.path), pre.global_step, pre.digest)
+    print(f"results: {eval_records.write_record(path, record)}")
     if cfg.wandb:
         run_dir = run_dir_of(pre.path)
         wandb_run = log_to_wandb(run_dir, record["metrics"], pre.global_step)
