@@ -1198,6 +1198,48 @@ def test_a_deleted_lock_file_lets_no_second_run_into_a_live_runs_folder(
         live.wait()
     assert live_holder(run_dir / LOCK_FILE) is None
     dirlock.lock_run_dir(run_dir)  # the kernel dropped the dead process's locks
+
+
+def test_a_forked_child_that_outlives_its_killed_run_holds_none_of_its_locks(
+    tmp_path: Path,
+) -> None:
+    """A run's forked children (DataLoader workers, ``data.num_workers`` > 0) outlive a
+    ``kill -9`` of the run by up to 5 s, until they notice. A ``flock`` belongs to the open
+    file, which a fork shares: the workers kept the run's folder locked, and a ``resume=true``
+    right after the kill was refused as "in use by a live run", naming the dead run's pid. A
+    forked child now holds none of the locks: once the run is dead its folder is free."""
+    import subprocess
+    import sys
+
+    from lmlab.config.locks import LOCK_FILE, live_holder
+    from lmlab.train import dirlock
+
+    run_dir = tmp_path / "run"
+    live = subprocess.Popen(  # a run's locks, a forked child, then the run killed
+        [
+            sys.executable,
+            "-c",
+            "import multiprocessing as mp, os, sys, time; from pathlib import Path; "
+            "from lmlab.train.dirlock import lock_run_dir; lock_run_dir(Path(sys.argv[1])); "
+            "ready = lambda: (print(os.getpid(), flush=True), time.sleep(120)); "
+            "mp.get_context('fork').Process(target=ready).start(); time.sleep(120)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(live.stdout.readline())  # the child's own line: it runs
+    try:
+        assert live_holder(run_dir / LOCK_FILE) == str(live.pid)
+        live.kill()
+        live.wait()
+        os.kill(child, 0)  # the child lives on
+        assert live_holder(run_dir / LOCK_FILE) is None
+        dirlock.lock_run_dir(run_dir)  # was: in use by a live run (pid <the killed run's>)
+        dirlock.unlock_run_dir(run_dir)
+    finally:
+        live.kill()
+        os.kill(child, signal.SIGKILL)
     dirlock.unlock_run_dir(run_dir)
 
 

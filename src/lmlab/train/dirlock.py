@@ -5,7 +5,7 @@ run's or sweep's lifetime, and the refusals of a folder another live process use
   run directory itself (``_hold_folder``), held for the run's lifetime. A second run into a
   live directory is refused (``ConfigError``), also where its lock file was deleted by hand.
   The kernel drops the locks when their process dies, so a ``kill -9`` leaves no live lock
-  behind.
+  behind; a forked child (a DataLoader worker) holds none of them (``_forget_in_child``).
   ``lock_sweep_dir``: the same for a multirun's folder (``<sweep dir>/.lmlab-sweep.lock``),
   held by the process that launched the sweep: a second sweep into a live one's folder,
   resumed or not, is refused before it writes anything.
@@ -350,3 +350,18 @@ def unlock_run_dir(run_dir: Path) -> None:
 def unlock_all() -> None:
     for path in list(_LOCKS):
         _release(path)
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a DataLoader worker): close the locks' descriptors it inherited, so
+    that it holds none. A ``flock`` belongs to the open file, which a fork shares, so workers
+    that outlived a ``kill -9`` of their run (up to 5 s, until they notice) kept its folder
+    locked: a resume right then was refused, naming the dead run's pid. The parent's own
+    descriptors still hold the locks; the child neither releases nor removes them."""
+    for fd in (*_LOCKS.values(), *_FOLDERS.values()):
+        os.close(fd)
+    _LOCKS.clear()
+    _FOLDERS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
