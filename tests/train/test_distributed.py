@@ -389,3 +389,24 @@ def test_fsdp_resume_passes_over_a_checkpoint_missing_a_shard(
         "step000006.ckpt is unreadable (shard __1_0.distcp is missing"
         in (run_dir / "train.log").read_text()
     )
+
+
+def test_no_rank_of_one_seed_draws_the_dropout_stream_of_another_seed() -> None:
+    """Each rank seeds its dropout stream (``RNGState``) with ``dropout_seed``: rank 0 of a
+    fresh run with the run's seed itself (one process's stream is unchanged), every other
+    (rank, step) with a seed no run's ``seed`` can be (above 2**32 - 1). It was seed + rank,
+    so rank 1 of ``seed=1`` drew rank 0 of ``seed=2``'s stream, and a DDP seed sweep's runs
+    shared streams."""
+    from lmlab.config.run import MAX_SEED
+    from lmlab.train.checkpointing import dropout_seed
+
+    seeds = (0, 1, 2, 3, MAX_SEED)
+    streams = {
+        (s, r, step): dropout_seed(s, r, step) for s in seeds for r in range(4) for step in (0, 7)
+    }
+    assert all(dropout_seed(s, 0) == s for s in seeds)
+    assert len(set(streams.values())) == len(streams)  # every (seed, rank, step) its own
+    others = [v for (s, r, step), v in streams.items() if (r, step) != (0, 0)]
+    assert min(others) > MAX_SEED and max(others) < 2**64  # torch.manual_seed's range
+    torch.manual_seed(max(others))  # accepted
+    assert dropout_seed(5, 3, 2) == dropout_seed(5, 3, 2)  # the same every process

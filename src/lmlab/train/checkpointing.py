@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -306,14 +307,27 @@ class Checkpoint(ModelCheckpoint):
         return self.last_model_path or self.best_model_path
 
 
+def dropout_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The torch seed of ``rank``'s dropout stream in a run of ``seed`` (0 to 2**32-1),
+    from ``step`` on: ``seed`` itself on rank 0 from the start, so one process's stream is
+    its seed's; on the other ranks (or from a later step) a seed above 2**32, which no run's
+    ``seed`` is, so no rank of one run draws another run's stream (``seed + rank`` gave rank 1
+    of seed 1 the stream of rank 0 of seed 2). torch takes seeds up to 2**64-1."""
+    if rank == 0 and step == 0:
+        return seed
+    key = hashlib.sha256(f"lmlab dropout {seed} {rank} {step}".encode()).digest()
+    return 2**32 + int.from_bytes(key[:7], "big")  # 2**32 to 2**32 + 2**56 - 1
+
+
 class RNGState(L.Callback):
     """Saves the torch (CPU, CUDA) and Python RNG states with the checkpoint, and restores them
     right before the first training batch of the resumed run. A fresh run is seeded there
-    from ``seed``. Whatever runs between seeding and that batch (a peak-FLOP/s measurement
-    that only a cold cache runs, probes, DataLoader iterators) then cannot shift the random
-    stream that dropout draws from (masking draws from generators seeded by the batch's own
-    tokens, ``row_seeds``): the stream depends on the seed and the step only, so an
-    interrupted and resumed run matches an uninterrupted one bit for bit."""
+    from ``seed`` (each rank its own stream: ``dropout_seed``). Whatever runs between seeding
+    and that batch (a peak-FLOP/s measurement that only a cold cache runs, probes, DataLoader
+    iterators) then cannot shift the random stream that dropout draws from (masking draws
+    from generators seeded by the batch's own tokens, ``row_seeds``): the stream depends on
+    the seed and the step only, so an interrupted and resumed run matches an uninterrupted
+    one bit for bit."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -339,7 +353,7 @@ class RNGState(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rank = trainer.global_rank
         if self.pending is None:  # a fresh run (a resumed one has its saved states pending)
-            self.pending = {"seed": self.seed + rank}
+            self.pending = {"seed": dropout_seed(self.seed, rank)}
         elif "ranks" in self.pending:
             ranks = self.pending["ranks"]
             if len(ranks) == trainer.world_size:
@@ -347,11 +361,11 @@ class RNGState(L.Callback):
             else:  # another world size: the data order is the same, the dropout stream is not
                 log.warning(
                     "checkpoint has the RNG states of %d ranks, this run has %d: reseeding "
-                    "dropout from seed + rank + step",
+                    "dropout from seed, rank and step",
                     len(ranks),
                     trainer.world_size,
                 )
-                self.pending = {"seed": self.seed + rank + 1_000_003 * trainer.global_step}
+                self.pending = {"seed": dropout_seed(self.seed, rank, trainer.global_step)}
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
