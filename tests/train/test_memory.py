@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.train import memory
+from lmlab.train.activations import training_bytes
 from lmlab.train.batch import GlobalBatch
-from lmlab.train.estimate import choose_method, training_bytes
+from lmlab.train.estimate import choose_method
 from lmlab.train.memory import check_state_fits, state_bytes_per_param
 from lmlab.train.plan import RunPlan
 

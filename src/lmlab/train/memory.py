@@ -30,7 +30,7 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError
-from lmlab.train.estimate import activation_bytes, free_memory_bytes
+from lmlab.train.activations import activation_bytes, free_memory_bytes
 from lmlab.train.machine import on_cuda
 from lmlab.train.plan import RunPlan
 
