@@ -13,13 +13,18 @@ whole and read back.
   names none of its own). Checkpoints are written the same way by
   ``lmlab.train.checkpointing.AtomicCheckpointIO``.
 - ``read_json``/``read_record``: a record read as nothing where it is missing or unreadable
-  (the command that needs it says what it lacks)."""
+  (the command that needs it says what it lacks).
+- ``keep_numbered``: the records of an earlier launch (a run's ``.hydra/*.yaml``, a sweep's
+  ``multirun.yaml``) kept as ``<name>.<n>.yaml`` before a resume rewrites them, so every
+  launch stays described; readers read the unnumbered files, the newest launch's."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,9 @@ HF_CONFIG = "config.json"
 EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
 # Hydra's record of a sweep's invocation, in the sweep's folder: what marks a sweep's folder.
 SWEEP_RECORD = "multirun.yaml"
+# Hydra's record of a run's launch, in its ``.hydra/`` (``hydra.output_subdir``): the composed
+# config, Hydra's own (runtime, choices, overrides) and the overrides as typed.
+LAUNCH_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -89,3 +97,24 @@ def read_record(path: Path) -> dict[str, Any]:
     none or the file cannot be read as one."""
     record = read_json(path)
     return record if isinstance(record, dict) else {}
+
+
+def kept_as(path: Path, n: int) -> Path:
+    """``path`` as kept for launch ``n``: ``.hydra/config.yaml`` -> ``.hydra/config.1.yaml``."""
+    return path.with_name(f"{path.stem}.{n}{path.suffix}")
+
+
+def keep_numbered(paths: Sequence[Path]) -> int | None:
+    """Copies of those of ``paths`` that exist, each beside it as ``kept_as(path, n)`` with
+    the first ``n`` (1, 2, ...) that none of them has yet: one launch's records, kept under
+    one number before the next launch rewrites them. Copies keep the files' times (when that
+    launch wrote them). Returns ``n``, or None where none of ``paths`` exists."""
+    present = [path for path in paths if path.is_file()]
+    if not present:
+        return None
+    n = 1
+    while any(kept_as(path, n).exists() for path in paths):
+        n += 1
+    for path in present:
+        shutil.copy2(path, kept_as(path, n))
+    return n

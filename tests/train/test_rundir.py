@@ -1753,3 +1753,34 @@ def test_a_run_without_validation_says_so(
         train(compose_train(run, tmp_path / "final", cache_dir))
     assert results(tmp_path / "final")["val_loss"] is not None
     assert not any("validation is off" in m for m in caplog.messages), caplog.messages
+
+
+def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
+    tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, cache_dir: Path
+) -> None:
+    """A resume rewrote ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``: the
+    first launch's overrides as typed were lost. Each launch's are kept beside the newest
+    (``<name>.<n>.yaml``, 1 the first), the log names the fields a launch changed, and a
+    refused resume keeps nothing new."""
+    monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
+    run = [*SMOKE, "callbacks.sample=null", f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *run) == 0
+    hydra = tmp_path / ".hydra"
+    first = {p.name: p.read_bytes() for p in hydra.iterdir()}
+    assert sorted(first) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert run_command("train", *run, "trainer.max_steps=6", "resume=true") == 0
+    second = {p.name: p.read_bytes() for p in hydra.iterdir() if "." not in p.stem}
+    assert run_command("train", *run, "trainer.max_steps=4", "resume=true") == 2  # refused
+    assert run_command("train", *run, "trainer.max_steps=8", "resume=true") == 0
+    for name in first:
+        kept = f"{Path(name).stem}.{{}}.yaml"
+        assert (hydra / kept.format(1)).read_bytes() == first[name]
+        assert (hydra / kept.format(2)).read_bytes() == second[name]
+    assert len(list(hydra.iterdir())) == 9
+    typed = [yaml.safe_load((hydra / f"overrides{n}.yaml").read_text()) for n in ("", ".1")]
+    assert "trainer.max_steps=8" in typed[0] and "resume=true" in typed[0]
+    assert not any("max_steps" in o or "resume" in o for o in typed[1])
+    log = (tmp_path / "train.log").read_text()
+    assert "kept as config.1.yaml, hydra.1.yaml, overrides.1.yaml" in log
+    assert "this launch changes: resume: False -> True; trainer.max_steps: 4 -> 6" in log
+    assert "this launch changes: trainer.max_steps: 6 -> 8" in log

@@ -10,7 +10,11 @@ a directory holding an earlier run exactly as it was.
   starts in a job's folder), whose ``.hydra/`` Hydra's launcher would rewrite before each
   job's checks: a job that another grid's config is refused for keeps what described it,
   and a live run's directory gets nothing.
-- ``write_held``: what was held, written once training starts (``RunDir.open``)."""
+- ``write_held``: what was held, written once training starts (``RunDir.open``). The
+  ``.hydra/`` files of the launch before (a resume's, or a start refused for the machine) are
+  kept first as ``config.<n>.yaml``, ``hydra.<n>.yaml``, ``overrides.<n>.yaml`` (1 for the
+  first launch), as a resumed sweep keeps its ``multirun.yaml``: every launch stays described,
+  and ``train.log`` says which fields changed since the one before."""
 
 from __future__ import annotations
 
@@ -24,12 +28,15 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmlab.config import flatten
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES
 from lmlab.errors import ConfigError
-from lmlab.files import SWEEP_RECORD, write_text
+from lmlab.files import LAUNCH_RECORDS, SWEEP_RECORD, keep_numbered, kept_as, write_text
 from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
+
+log = logging.getLogger(__name__)
 
 
 class HeldFileHandler(logging.FileHandler):
@@ -189,8 +196,9 @@ def tidy_multirun_yaml(sweep_dir: Path, held: _Held) -> None:
 def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
     """What Hydra would have written at the start of the run in ``run_dir``:
     ``.hydra/config.yaml``, ``hydra.yaml`` (as configured, not as held) and
-    ``overrides.yaml``; then the job log's waiting records. What is held for another
-    directory (a refused run's, earlier in this process) is dropped."""
+    ``overrides.yaml``, the earlier launch's kept beside them (``keep_launch``); then the job
+    log's waiting records. What is held for another directory (a refused run's, earlier in
+    this process) is dropped."""
     global _HELD
     held, _HELD = _HELD, None
     if held is None or held.run_dir != absolute(run_dir):
@@ -200,12 +208,38 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
         as_configured(hydra_cfg, held)
         out = held.run_dir / held.output_subdir
         out.mkdir(parents=True, exist_ok=True)
+        keep_launch(out, task_cfg)
         _save_yaml(task_cfg, out / "config.yaml")
         _save_yaml(hydra_cfg, out / "hydra.yaml")
         _save_yaml(hydra_cfg.hydra.overrides.task, out / "overrides.yaml")
     for handler in logging.getLogger().handlers:
         if isinstance(handler, HeldFileHandler):
             handler.write_waiting()
+
+
+def keep_launch(out: Path, task_cfg: DictConfig) -> None:
+    """The ``.hydra/`` files in ``out`` of the launch before this one (a resume's), kept as
+    ``<name>.<n>.yaml``; logged with the config's fields that this launch changes."""
+    n = keep_numbered([out / name for name in LAUNCH_RECORDS])
+    if n is None:
+        return
+    try:
+        before = flatten(OmegaConf.to_container(OmegaConf.load(out / LAUNCH_RECORDS[0])))
+    except (OSError, ValueError, AttributeError):
+        before = {}
+    now = flatten(OmegaConf.to_container(task_cfg))
+    absent = "<absent>"
+    changes = [
+        f"{key}: {before.get(key, absent)!r} -> {now.get(key, absent)!r}"
+        for key in sorted(before.keys() | now.keys())
+        if before.get(key, absent) != now.get(key, absent)
+    ]
+    log.info(
+        "the earlier launch's %s kept as %s; this launch changes: %s",
+        ", ".join(LAUNCH_RECORDS),
+        ", ".join(kept_as(out / name, n).name for name in LAUNCH_RECORDS),
+        "; ".join(changes) or "nothing",
+    )
 
 
 def held_for(run_dir: Path) -> bool:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE
-from lmlab.files import CHECKPOINTS, RESULTS, SWEEP_RECORD, read_record
+from lmlab.files import CHECKPOINTS, RESULTS, SWEEP_RECORD, keep_numbered, kept_as, read_record
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 from lmlab.train.held import held_for, write_held
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
@@ -51,14 +51,8 @@ def keep_multirun_yaml(sweep_dir: Path) -> Path | None:
     ``multirun.<n>.yaml`` (1 for the first invocation, then 2, ...), so every invocation that
     wrote into the folder stays described. Returns the copy, or None if there was none."""
     current = sweep_dir / SWEEP_RECORD
-    if not current.is_file():
-        return None
-    n = 1
-    while (sweep_dir / f"multirun.{n}.yaml").exists():
-        n += 1
-    kept = sweep_dir / f"multirun.{n}.yaml"
-    shutil.copy2(current, kept)
-    return kept
+    n = keep_numbered([current])
+    return None if n is None else kept_as(current, n)
 
 
 def remove_orphans(ckpt_dir: Path) -> None:
