@@ -4,6 +4,8 @@ whole and read back.
 - Names (``RESULTS``, ``PLAN``, ``RUN_CONFIG``, ``CHECKPOINTS``, ``EVAL_RECORDS``, and a
   sweep folder's ``SWEEP_RECORD``): ``lmlab train`` writes them; resume, ``compare``,
   ``scaling``, ``evaluate`` and the Ctrl-C handler read them, by these names alone.
+  ``checkpoints_in``: a run directory's checkpoints, which a resume continues and by which
+  ``compare`` says whether ``resume=auto`` continues an unfinished run or starts it again.
 - ``write_text``/``write_json``/``save_figure`` (a run's ``results.json``, ``plan.json``,
   ``.hydra/*.yaml``, CSV history, W&B id, name and project, eval records; compare's and
   scaling's ``.json`` and ``.png``, probe's plot): a
@@ -47,6 +49,16 @@ SWEEP_RECORD = "multirun.yaml"
 # Hydra's record of a run's launch, in its ``.hydra/`` (``hydra.output_subdir``): the composed
 # config, Hydra's own (runtime, choices, overrides) and the overrides as typed.
 LAUNCH_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def checkpoints_in(out_dir: Path) -> list[Path]:
+    """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
+    links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
+    time-limit signal before requeueing. A resume continues the newest; without any,
+    ``resume=auto`` starts the run again."""
+    ckpt_dir = out_dir / CHECKPOINTS
+    found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -250,7 +250,13 @@ def test_load_runs_finds_nested_jobs_and_killed_jobs(tmp_path: Path) -> None:
     runs = load_runs(tmp_path / "sweep")
     assert len(runs) == 5
     assert [(r.dir.name, r.state) for r in runs][-2:] == [("7", "killed"), ("8", "failed")]
+    # killed before its first checkpoint: there is nothing to continue (it said "continues")
     assert runs[-2].error == (
+        "no results.json, and no live process holds its lock: no checkpoint yet, so "
+        "resume=auto starts it again"
+    )
+    checkpoint(tmp_path / "sweep" / "b" / "7")
+    assert load_runs(tmp_path / "sweep")[-2].error == (
         "no results.json, and no live process holds its lock: resume=auto continues it"
     )
     # no lock file either: refused before it took one (a config error), not killed
@@ -315,6 +321,14 @@ def test_a_live_job_is_running_and_a_dead_one_killed(multirun: Path) -> None:
         assert "2 of 8 runs still running (bottom of the table): compare again when they end" in (
             lines
         )
+        # killed before its first checkpoint: it was said to be continued
+        assert (
+            "1 of 8 runs stopped or killed before their first checkpoint (bottom of the table): "
+            "there is nothing to continue, resume=auto starts them again"
+        ) in lines
+        checkpoint(failed)
+        runs = load_runs(multirun)
+        lines = ranking.summarize(ranking.aggregate(runs, "val_loss", knobs=knobs), "val_loss")
         assert (
             "1 of 8 runs killed before their end, no live process holds their lock (bottom of "
             "the table): resume=auto continues them"
@@ -338,6 +352,7 @@ def test_a_finished_run_that_a_resume_is_continuing_is_not_ranked_by_its_old_rec
 
     job = next(p for p in sorted(multirun.iterdir()) if p.is_dir() and not load_runs(p)[0].failed)
     assert load_runs(job)[0].results["status"] == "completed"
+    checkpoint(job)  # its last step's, which the resume extends
     fd = hold_lock(job / LOCK_FILE, "4545")
     try:
         (run,) = load_runs(job)
@@ -704,6 +719,7 @@ def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
     record = json.loads((job / "results.json").read_text())
     record |= {"status": "preempted", "error": "stopped by SIGTERM/SIGUSR1 after saving x"}
     (job / "results.json").write_text(json.dumps(record))
+    checkpoint(job)
     runs = load_runs(multirun)
     rows = ranking.aggregate(runs, "val_loss", knobs=mrun.varying_knobs(runs))
     cells = table_cells(render(cmp.render_table(rows, mrun.varying_knobs(runs), "val_loss")))
@@ -715,6 +731,15 @@ def test_a_stopped_run_is_shown_as_stopped_not_failed(multirun: Path) -> None:
         "1 of 6 runs stopped before their end, preempted or interrupted (bottom of the table): "
         "resume=true (resume=auto for a sweep) finishes them"
     ) in lines
+    shutil.rmtree(job / "checkpoints")  # stopped before its first checkpoint (Ctrl-C in setup)
+    runs = load_runs(multirun)
+    rows = ranking.aggregate(runs, "val_loss", knobs=mrun.varying_knobs(runs))
+    lines = ranking.summarize(rows, "val_loss")
+    assert (
+        "1 of 6 runs stopped or killed before their first checkpoint (bottom of the table): "
+        "there is nothing to continue, resume=auto starts them again"
+    ) in lines
+    assert not any("finishes them" in line for line in lines), lines
 
 
 def test_an_eval_lead_inside_its_items_standard_error_is_within_noise(tmp_path: Path) -> None:
@@ -912,12 +937,20 @@ def started(path: Path) -> Path:
 
 
 def killed(path: Path) -> Path:
-    """A sweep's folder after a ``kill -9``: its second job left its lock file, unheld."""
+    """A sweep's folder after a ``kill -9``: its second job left its lock file, unheld, and
+    the checkpoint it saved before."""
     started(path)
     (path / "1" / ".hydra").mkdir(parents=True)
     (path / "1" / ".hydra" / "overrides.yaml").write_text("[]\n")
     (path / "1" / LOCK_FILE).write_text("4242\n")
+    checkpoint(path / "1")
     return path
+
+
+def checkpoint(job: Path) -> None:
+    """A checkpoint in the run folder ``job``, which a resume continues (its bytes unread)."""
+    (job / "checkpoints").mkdir(exist_ok=True)
+    (job / "checkpoints" / "step000002.ckpt").write_bytes(b"")
 
 
 def planned(path: Path, jobs: int = 2) -> Path:

@@ -328,7 +328,7 @@ def summarize(
         )
         lines.append(noise_verdict(best, second, metric))
     total = sum(r.n for r in rows)
-    states = Counter(STOPPED[0] if r.runs[0].stopped else r.runs[0].state for r in failed)
+    states = Counter(unfinished_state(r.runs[0]) for r in failed)
     for state, what in [
         ("failed", "failed (bottom of the table)"),
         (
@@ -341,6 +341,11 @@ def summarize(
             KILLED,
             "killed before their end, no live process holds their lock (bottom of the table): "
             "resume=auto continues them",
+        ),
+        (
+            AFRESH,
+            "stopped or killed before their first checkpoint (bottom of the table): there is "
+            "nothing to continue, resume=auto starts them again",
         ),
     ]:
         if states[state]:
@@ -360,6 +365,17 @@ def summarize(
     lines += eval_notes([run for row in rows for run in row.runs], metric)
     lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
     return lines
+
+
+# a run stopped or killed before its first checkpoint: a resume starts it again
+AFRESH = "afresh"
+
+
+def unfinished_state(run: Run) -> str:
+    """How ``summarize`` counts a run that did not complete: its state (a stop's as
+    ``preempted``), or ``AFRESH`` for one stopped or killed with no checkpoint to continue."""
+    state = STOPPED[0] if run.stopped else run.state
+    return AFRESH if state in (STOPPED[0], KILLED) and not run.checkpointed else state
 
 
 def unknown_variant(run: Run) -> bool:

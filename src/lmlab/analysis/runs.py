@@ -39,7 +39,7 @@ from lmlab.analysis.run_files import (
 from lmlab.config import flatten
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
 from lmlab.errors import ConfigError
-from lmlab.files import PLAN, RESULTS, read_json
+from lmlab.files import PLAN, RESULTS, checkpoints_in, read_json
 
 # results.json statuses of a run stopped by a signal, with a checkpoint to resume from.
 STOPPED = ("preempted", "interrupted")
@@ -76,6 +76,9 @@ class Run:
     """``config`` is ``run_config.yaml``'s (model, data, optimizer, schedule, seed): the run's
     ``.hydra/config.yaml`` is missing or unreadable (a copy made with ``cp -r run/*``). The
     keys it lacks are unknown, not different."""
+    checkpointed: bool = True
+    """Whether its folder holds a checkpoint (``lmlab.files.checkpoints_in``): a run that has
+    not finished is continued from it by a resume; one without is started again."""
 
     @property
     def failed(self) -> bool:
@@ -142,10 +145,11 @@ def load_runs(path: str | Path) -> list[Run]:
             "(dry_run=true writes the plan and trains nothing); train without dry_run=true"
         )
     if not job_dirs and started:  # a sweep whose first job still runs, say
-        states = [_unfinished(d, root, {}) for d in sorted(started)]
+        dirs = sorted(started)
+        states = [_unfinished(d, root, {}) for d in dirs]
         raise RunDirError(
             f"no run under {root} has written its results.json yet ({len(started)} started: "
-            + "; ".join(_tally(states))
+            + "; ".join(_tally(states, [bool(checkpoints_in(d)) for d in dirs]))
             + ")"
         )
     if not job_dirs:
@@ -250,6 +254,14 @@ def _live_holder(job_dir: Path, root: Path) -> str | None:
     return holder
 
 
+def resume_does(job_dir: Path) -> str:
+    """What ``resume=auto`` does with the unfinished run in ``job_dir``: continues it from its
+    newest checkpoint, or, with none (killed before its first), starts it again."""
+    if checkpoints_in(job_dir):
+        return "resume=auto continues it"
+    return "no checkpoint yet, so resume=auto starts it again"
+
+
 def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str, Any]:
     """The results of a job that has not ended (none, or ``running``) with the status it has
     now: ``running`` where a live process holds its lock or its sweep's; ``killed`` where it
@@ -272,7 +284,7 @@ def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str,
         return {
             **results,
             "status": KILLED,
-            "error": f"{unwritten}no live process holds its lock: resume=auto continues it",
+            "error": f"{unwritten}no live process holds its lock: {resume_does(job_dir)}",
         }
     return {"status": "failed", "error": NEVER_TRAINED}
 
@@ -282,10 +294,14 @@ NEVER_TRAINED = (
 )
 
 
-def _tally(states: list[dict[str, Any]]) -> list[str]:
-    """What the jobs without a results.json are, one clause per kind."""
+def _tally(states: list[dict[str, Any]], checkpointed: list[bool]) -> list[str]:
+    """What the jobs without a results.json are (``states``; whether each has a checkpoint),
+    one clause per kind."""
     holders = [s["holder"] for s in states if s.get("status") == RUNNING]
     killed = sum(s.get("status") == KILLED for s in states)
+    afresh = sum(
+        s.get("status") == KILLED and not c for s, c in zip(states, checkpointed, strict=True)
+    )
     refused = sum(s.get("error") == NEVER_TRAINED for s in states)
     clauses = []
     if holders:
@@ -293,8 +309,12 @@ def _tally(states: list[dict[str, Any]]) -> list[str]:
             f"{len(holders)} still running (pid {', '.join(sorted(set(holders)))}): compare "
             "again when they end"
         )
-    if killed:
-        clauses.append(f"{killed} killed before they ended: resume=auto continues them")
+    if killed > afresh:
+        clauses.append(f"{killed - afresh} killed before they ended: resume=auto continues them")
+    if afresh:
+        clauses.append(
+            f"{afresh} killed before their first checkpoint: resume=auto starts them again"
+        )
     if refused:
         clauses.append(f"{refused} refused before training: train.log or the command says why")
     if len(states) > len(holders) + killed + refused:  # ended since they were listed
@@ -324,7 +344,7 @@ def _continued(job_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
         return results
     if not later:
         return results
-    error = f"a process that continued the run was killed ({before}): resume=auto continues it"
+    error = f"a process that continued the run was killed ({before}): {resume_does(job_dir)}"
     return {**results, "status": KILLED, "error": error}
 
 
@@ -352,4 +372,5 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         skipped_evals=record.skipped,
         choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
         partial_config=partial,
+        checkpointed=bool(checkpoints_in(job_dir)),
     )

@@ -44,7 +44,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.errors import ConfigError
-from lmlab.files import PLAN, RUN_CONFIG, read_record
+from lmlab.files import PLAN, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import (
     consolidate,
     is_sharded,
@@ -53,7 +53,6 @@ from lmlab.infer.checkpoint import (
     read_checkpoint,
 )
 from lmlab.infer.pretrained import check_finite, model_state
-from lmlab.train.runfiles import checkpoints_in
 
 log = logging.getLogger(__name__)
 

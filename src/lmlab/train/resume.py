@@ -29,13 +29,12 @@ from lmlab.config import (
 )
 from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
-from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, read_record
+from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
 from lmlab.train.init_from import same_source
 from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.runfiles import (
     absolute,
-    checkpoints_in,
     holds_run,
     launch_rank_is_zero,
     run_files_in,

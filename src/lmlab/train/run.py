@@ -32,7 +32,7 @@ from lmlab.errors import (
     storage_fix,
     storage_refusal,
 )
-from lmlab.files import PLAN, RESULTS, RUN_CONFIG, write_json
+from lmlab.files import PLAN, RESULTS, RUN_CONFIG, checkpoints_in, write_json
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.build import build_task, checked_plan, checked_resume, prepared_data
@@ -76,7 +76,7 @@ from lmlab.train.resume import (
     run_identity,
 )
 from lmlab.train.rundir import RunDir
-from lmlab.train.runfiles import checkpoints_in, holds_run, launch_rank_is_zero
+from lmlab.train.runfiles import holds_run, launch_rank_is_zero
 from lmlab.train.schedule import warmup_cut
 from lmlab.train.task import LMTask
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id

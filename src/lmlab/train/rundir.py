@@ -2,7 +2,8 @@
 directory that holds an earlier run until the new run has passed every check and starts
 training. Four modules, one concern each:
 
-- ``lmlab.train.runfiles``: what a run directory holds (``holds_run``, ``checkpoints_in``).
+- ``lmlab.train.runfiles``: what a run directory holds (``holds_run``; its checkpoints:
+  ``lmlab.files.checkpoints_in``).
 - ``lmlab.train.dirlock``: the locks of run and sweep folders, and the refusals of a folder
   another live process uses; fresh default folders.
 - ``lmlab.train.held``: Hydra's ``.hydra/`` and job-log writes, held until training starts.

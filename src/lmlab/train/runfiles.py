@@ -108,15 +108,6 @@ def run_files_in(path: Path) -> str:
     return ", ".join(f"{n}/" if n in folders else n for n in present)
 
 
-def checkpoints_in(out_dir: Path) -> list[Path]:
-    """Every checkpoint of a run directory, readable or not: ``checkpoints/*.ckpt`` (files,
-    links, sharded folders) and the ``hpc_ckpt_<n>.ckpt`` Lightning saves on a SLURM
-    time-limit signal before requeueing."""
-    ckpt_dir = out_dir / CHECKPOINTS
-    found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    return found + sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
-
-
 # The callbacks that write checkpoints, each told the folder (conf/callbacks/default.yaml).
 CHECKPOINT_WRITERS = ("checkpoint", "preemption", "guard")
 
