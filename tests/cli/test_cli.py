@@ -137,22 +137,15 @@ def test_a_refusal_the_config_shows_comes_before_torch_loads(
     """A refusal the composed config shows is given before the heavy imports (torch,
     Lightning: seconds), as the model's are: ``-X importtime`` lists every module loaded. It
     leaves no folder, as a refusal while Hydra composes does (it left Hydra's ``.hydra/`` and
-    an empty ``train.log``)."""
-    out = run(
-        sys.executable,
-        "-X",
-        "importtime",
-        SRC / "train.py",
-        *overrides,
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
+    an empty ``train.log``, then, once those were removed, the default folder's
+    ``outputs/<date>/``)."""
+    out = run(sys.executable, "-X", "importtime", SRC / "train.py", *overrides, cwd=tmp_path)
     assert out.returncode == 2
     said = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
     assert said == [f"error: {message}"]
     loaded = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines()}
     assert "omegaconf" in loaded and not loaded & {"torch", "lightning"}
-    assert not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -183,10 +176,12 @@ def test_a_callbacks_bad_value_is_one_line_before_the_run_starts(
     tmp_path: Path, override: str, message: str
 ) -> None:
     """A callback's class imports Lightning, so its fields are checked once that is loaded,
-    before the run starts: one line, exit 2, and no run directory (it held Hydra's files)."""
-    out = run(LMLAB, "train", *SMOKE, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    before the run starts: one line, exit 2, and no run directory (it held Hydra's files), nor
+    the folders made on the way to it (they were left, empty)."""
+    run_dir = tmp_path / "runs" / "today" / "run"
+    out = run(LMLAB, "train", *SMOKE, override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert (out.returncode, out.stderr.splitlines()[-1:]) == (2, [f"error: {message}"])
-    assert not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_scripts_are_not_importable_modules(tmp_path: Path) -> None:
@@ -518,3 +513,29 @@ def test_ctrl_c_once_a_command_has_done_its_work_changes_nothing(
     handler = signal.getsignal(signal.SIGINT)
     assert run_command("generate", "ckpt=x") == 0
     assert capsys.readouterr().err == "" and signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_refused_run_removes_only_the_empty_folders_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parents a refused run made on the way to its folder (``outputs/<date>/``) go with
+    it, but not one where another run made its folder meanwhile (a run started the same day)."""
+    from lmlab.cli.interrupt import clear_launch, made_above, note_folder
+    from lmlab.cli.launch import LAUNCH
+
+    for noted in ("folder", "made", "existed", "above"):  # put back after the test
+        monkeypatch.setattr(LAUNCH, noted, getattr(LAUNCH, noted))
+    run_dir = tmp_path / "outputs" / "day" / "first"
+    above = made_above(run_dir)
+    assert above == tmp_path / "outputs"
+    run_dir.mkdir(parents=True)
+    note_folder(run_dir, existed=False, above=above)
+    (run_dir / "train.log").write_text("")
+    clear_launch()
+    assert list(tmp_path.iterdir()) == []
+
+    run_dir.mkdir(parents=True)
+    note_folder(run_dir, existed=False, above=above)
+    (tmp_path / "outputs" / "day" / "second").mkdir()  # another run's, made meanwhile
+    clear_launch()
+    assert [p.name for p in (tmp_path / "outputs" / "day").iterdir()] == ["second"]

@@ -2,8 +2,10 @@
 ``results.json``, so a run interrupted in its checks or while its data was prepared left a
 record that said ``interrupted`` with nothing trained, and the next command into the folder
 was refused for it. ``JobFolder`` notes a job's folder as the job found it, to put its record
-back; ``clear`` removes a folder that holds only what this command wrote. ``note_folder``
-records where this call writes (``lmlab.cli.launch.LAUNCH``), and
+back; ``clear`` removes a folder that holds only what this command wrote, and
+``clear_launch`` this call's folder with the parents it made on the way (``outputs/<date>/``)
+where nothing else is in them. ``made_above`` and ``note_folder`` record where this call
+writes (``lmlab.cli.launch.LAUNCH``), and
 ``interrupted_before_training`` puts back and removes what a job interrupted before it
 trained left, in one line."""
 
@@ -20,7 +22,7 @@ from lmlab.cli.launch import LAUNCH, in_multirun
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import storage_fix, write_error_words
 from lmlab.files import RESULTS, RUN_CONFIG, write_bytes
-from lmlab.train.runfiles import holds_run
+from lmlab.train.runfiles import absolute, holds_run
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,45 @@ def clear(folder: Path, existed: bool) -> None:
         folder.mkdir(exist_ok=True)
 
 
-def note_folder(folder: Path, existed: bool) -> None:
+def clear_launch() -> None:
+    """``clear`` this call's folder (``LAUNCH``), then the parents it made on the way to it,
+    innermost first, each where it is empty: another run's folder made there since (a run
+    started the same day) keeps its parent."""
+    folder = LAUNCH.folder
+    if folder is None:
+        return
+    clear(folder, LAUNCH.existed)
+    above = LAUNCH.above
+    if LAUNCH.existed or above is None:
+        return
+    for parent in folder.parents:
+        if parent != above and above not in parent.parents:
+            return
+        try:
+            parent.rmdir()
+        except OSError:  # not empty
+            return
+
+
+def made_above(folder: Path) -> Path | None:
+    """The outermost of ``folder``'s parents that does not exist yet, which making ``folder``
+    makes too (``outputs/`` or ``outputs/<date>/``), or None: called before it is made."""
+    missing = None
+    for parent in absolute(folder).parents:
+        if parent.exists():
+            break
+        missing = parent
+    return missing
+
+
+def note_folder(folder: Path, existed: bool, above: Path | None = None) -> None:
     """``folder`` is where this call writes, from now on (``LAUNCH``): whether it held
     anything but lock files decides, as it does for Hydra's writes (held where it did), what
-    an interrupt before training removes again."""
+    an interrupt before training removes again; ``above``: ``made_above`` as it was before
+    this call made the folder."""
     empty = not folder.is_dir() or all(p.name in LOCK_FILES for p in folder.iterdir())
     LAUNCH.folder, LAUNCH.made, LAUNCH.existed = folder, empty, existed and empty
+    LAUNCH.above = above if empty and not existed else None
 
 
 def stop_signal(err: BaseException) -> bool:
@@ -103,7 +138,7 @@ def interrupted_before_training(job: JobFolder, said: str = "interrupted") -> st
     folder = LAUNCH.folder
     if LAUNCH.made and folder is not None and (folder == job.path or folder in job.path.parents):
         if LAUNCH.jobs == 1:  # nothing else of this call's is there
-            clear(folder, LAUNCH.existed)
+            clear_launch()
             return f"{first}: nothing was written to {folder}"
         clear(job.path, existed=False)
         before = "the job before it is" if num == 1 else f"the {num} jobs before it are"
@@ -121,6 +156,6 @@ def disk_full_before_training(full: OSError) -> str:
     folder = LAUNCH.folder
     if not LAUNCH.made or folder is None or LAUNCH.jobs:
         return f"{words}: {fix}, then run the command again"
-    clear(folder, LAUNCH.existed)
+    clear_launch()
     where = "" if full.filename else f" in {folder}"
     return f"{words}{where}: nothing was kept there; {fix}, then run the command again"

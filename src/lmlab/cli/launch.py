@@ -30,6 +30,9 @@ class Launch:
     folder: Path | None = None
     made: bool | None = None
     existed: bool = False  # made, in a folder that existed (emptied again, not removed)
+    # the outermost of the folder's parents this call made on the way to it (the default
+    # outputs/<date>/<time> makes outputs/<date>/ for a day's first run): removed with it
+    above: Path | None = None
 
 
 LAUNCH = Launch()

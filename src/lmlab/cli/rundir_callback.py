@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.cli.hydra_errors import refuse
-from lmlab.cli.interrupt import note_folder
+from lmlab.cli.interrupt import made_above, note_folder
 from lmlab.cli.launch import LAUNCH
 from lmlab.cli.sweep import (
     replaced_by_command_line,
@@ -88,10 +88,10 @@ class RunDirCallback(Callback):
                 "add resume=auto to continue them"
             )
         check_sweep(config, resumed)
-        existed = chosen and sweep_dir.exists()
+        existed, above = chosen and sweep_dir.exists(), made_above(sweep_dir)
         if not chosen:  # multirun/<date>/<time>: taken by a sweep started in the same second?
             sweep_dir = take_fresh_sweep_dir(config, sweep_dir)
-        note_folder(sweep_dir, existed)
+        note_folder(sweep_dir, existed, above)
         guard_sweep_dir(sweep_dir)  # held until the sweep ends (a new folder: created here)
         if existing and any(p.name not in LOCK_FILES for p in sweep_dir.iterdir()):
             # the same sweep continued job by job, or a job's folder that a live run takes
@@ -122,7 +122,7 @@ class RunDirCallback(Callback):
             refuse(why)
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve
         run_dir = absolute(OmegaConf.select(config, "hydra.run.dir"))
-        existed = False
+        existed, above = False, made_above(run_dir)
         try:
             if chose_dir(config, "hydra.run.dir"):
                 named_through_dotdot(config, "run", run_dir)
@@ -136,7 +136,7 @@ class RunDirCallback(Callback):
             # not fail(): while Hydra runs, main() sets HYDRA_FULL_ERROR=1 and fail() would
             # raise, which Hydra turns into a warning and goes on to write into the directory
             refuse(err)
-        note_folder(run_dir, existed)
+        note_folder(run_dir, existed, above)
         hold_hydra_writes(config, run_dir)
 
 

@@ -43,7 +43,7 @@ from lmlab.cli.heap import before_exit, long_lived
 from lmlab.cli.hydra_errors import hydra_error
 from lmlab.cli.interrupt import (
     JobFolder,
-    clear,
+    clear_launch,
     disk_full_before_training,
     interrupted_before_training,
     stop_signal,
@@ -169,8 +169,8 @@ def refuse_before_training(err: ConfigError) -> NoReturn:
     directory: the folder this call made (Hydra's ``.hydra/`` and an empty ``train.log``)
     removed again, as a refusal while Hydra composes leaves none; then the one line. A folder
     that held something kept it: Hydra's writes were held there."""
-    if LAUNCH.made and LAUNCH.folder is not None:
-        clear(LAUNCH.folder, LAUNCH.existed)
+    if LAUNCH.made:
+        clear_launch()
     fail(err)
 
 
@@ -210,7 +210,7 @@ def main(argv: list[str]) -> int:
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
     LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs, LAUNCH.failed = False, 0, 0, 0
     LAUNCH.failed_dirs, LAUNCH.sweep_dir = [], None
-    LAUNCH.folder, LAUNCH.made, LAUNCH.existed = None, None, False
+    LAUNCH.folder, LAUNCH.made, LAUNCH.existed, LAUNCH.above = None, None, False, None
     logging.getLogger(OPTUNA_LOGGER).addFilter(DRY_RUN_TRIALS)
     try:
         with environ(FULL_ERROR, "1"):
@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
         if LAUNCH.jobs or folder is None or LAUNCH.made is False:
             raise
         if LAUNCH.made:
-            clear(folder, LAUNCH.existed)
+            clear_launch()
         print(f"interrupted before training: nothing was written to {folder}", file=sys.stderr)
         sys.exit(130)
     finally:
