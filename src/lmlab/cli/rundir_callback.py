@@ -35,7 +35,7 @@ from lmlab.train.dirlock import (
     unlock_sweep_dirs,
 )
 from lmlab.train.held import hold_hydra_writes, hold_sweep_hydra_writes, job_started
-from lmlab.train.rundir import chose_dir, keep_multirun_yaml
+from lmlab.train.rundir import chose_dir, keep_multirun_yaml, resume_into_a_new_folder
 from lmlab.train.runfiles import (
     absolute,
     earlier_sweep_runs,
@@ -63,6 +63,8 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        if (why := resume_into_a_new_folder(config, "sweep")) is not None:
+            refuse(why)
         if (swept := swept_sweep_files(config)) is not None:
             refuse(
                 f"{swept}: the sweeps group takes one value (each job would be a default "
@@ -106,6 +108,8 @@ class RunDirCallback(Callback):
         job_started(config)  # a resumed sweep's job: see on_multirun_start
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if (why := resume_into_a_new_folder(config, "run")) is not None:
+            refuse(why)
         processes = launched_processes()
         if processes > 1 and not chose_dir(config, "hydra.run.dir"):
             # every rank would name outputs/<date>/<time> by the second it started: ranks

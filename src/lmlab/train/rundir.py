@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE
@@ -44,6 +44,33 @@ def chose_dir(config: DictConfig, key: str) -> bool:
     file's ``multirun/<name>/<date>/<time>``)."""
     given = [o.lstrip("+~").partition("=")[0] for o in as_typed(config.hydra.overrides.hydra)]
     return key in given or config.get("resume") not in (False, None)
+
+
+def resume_into_a_new_folder(config: DictConfig, kind: str) -> str | None:
+    """Why ``resume=true``/``auto`` cannot find the run (``kind="run"``) or sweep
+    (``"sweep"``) it continues, or None: ``hydra.<kind>.dir`` is named by the time the
+    command started (``${now:...}``: the default ``outputs/<date>/<time>``), a new folder each
+    launch, so a resume there trained from step 0 (``auto``: a requeued SLURM job started its
+    run again, in another folder) or was refused once the data was prepared (``true``)."""
+    resume = config.get("resume")
+    if resume not in (True, "auto"):
+        return None
+    typed = OmegaConf.to_container(config.hydra[kind], resolve=False).get("dir")
+    if "${now:" not in str(typed):
+        return None
+    value = "true" if resume is True else resume
+    job = os.environ.get("SLURM_JOB_ID")
+    slurm = (
+        f" (under SLURM: hydra.{kind}.dir=outputs/slurm/${{SLURM_JOB_ID}}, {job} here, which "
+        "a requeued job names again, as scripts/slurm/train.sbatch does)"
+        if job
+        else ""
+    )
+    return (
+        f"resume={value} continues the {kind} in hydra.{kind}.dir, which is {typed}: named by "
+        f"the time this command started, a new folder that holds no {kind} to continue; name "
+        f"the {kind}'s folder: hydra.{kind}.dir=<its folder>{slurm}"
+    )
 
 
 def keep_multirun_yaml(sweep_dir: Path) -> Path | None:
