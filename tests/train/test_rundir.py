@@ -1340,22 +1340,40 @@ def test_two_runs_started_in_the_same_second_get_a_directory_each(
     assert "already holds checkpoints of an earlier run" in capsys.readouterr().err
 
 
+LAUNCHERS = {  # each rank's environment, {rank} its rank
+    "torchrun: WORLD_SIZE=2": {"WORLD_SIZE": "2", "RANK": "{rank}", "LOCAL_RANK": "{rank}"},
+    "srun: SLURM_NTASKS=2": {
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "{rank}",
+        "SLURM_LOCALID": "{rank}",
+        "SLURM_JOB_NAME": "lmlab",
+        "SLURM_JOB_ID": "4242",
+    },
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_launcher_ranks_without_a_chosen_run_dir_are_refused(
-    rank: str, tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, capsys
+    launcher: str,
+    rank: str,
+    tmp_path: Path,
+    run_command,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
-    """torchrun starts every rank with the same command: without ``hydra.run.dir`` each
-    names ``outputs/<date>/<time>`` by the second it started, and ranks that straddle a
+    """torchrun and srun start every rank with the same command: without ``hydra.run.dir``
+    each names ``outputs/<date>/<time>`` by the second it started, and ranks that straddle a
     second split the run (a sharded checkpoint too) over two folders. Every rank is refused
-    before anything is written. (Lightning's own DDP children get the folder: those tests
-    pass.)"""
+    before anything is written (srun's ranks each wrote their own folder: the check read
+    torchrun's ``WORLD_SIZE`` alone, where Lightning reads ``SLURM_NTASKS``). (Lightning's own
+    DDP children get the folder: those tests pass.)"""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", rank)
-    monkeypatch.setenv("LOCAL_RANK", rank)
+    for name, value in LAUNCHERS[launcher].items():
+        monkeypatch.setenv(name, value.format(rank=rank))
     assert run_command("train", "+debug=smoke") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: this is one of 2 processes that a launcher (torchrun) started")
+    assert err.startswith(f"error: this is one of 2 processes that a launcher ({launcher}) sta")
     assert (
         err.rstrip().endswith("give them one with hydra.run.dir=<folder>") and err.count("\n") == 1
     )

@@ -110,14 +110,15 @@ class RunDirCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if (why := resume_into_a_new_folder(config, "run")) is not None:
             refuse(why)
-        processes = launched_processes()
+        variable, processes = launched_processes()
         if processes > 1 and not chose_dir(config, "hydra.run.dir"):
             # every rank would name outputs/<date>/<time> by the second it started: ranks
             # that straddle a second would write (a sharded checkpoint too) into two folders
+            launcher = "srun" if variable == "SLURM_NTASKS" else "torchrun"
             refuse(
-                f"this is one of {processes} processes that a launcher (torchrun) "
-                "started for one run, and each would name the default folder, "
-                "outputs/<date>/<time>, by the second it started: give them one with "
+                f"this is one of {processes} processes that a launcher ({launcher}: "
+                f"{variable}={processes}) started for one run, and each would name the default "
+                "folder, outputs/<date>/<time>, by the second it started: give them one with "
                 "hydra.run.dir=<folder>"
             )
         if not launch_rank_is_zero():

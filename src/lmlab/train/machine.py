@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.config import AttentionKernel, ModelConfig
 from lmlab.errors import ConfigError, say_once
 from lmlab.train.batch import GlobalBatch, device_count, world_size
+from lmlab.train.runfiles import launcher_processes
 
 log = logging.getLogger(__name__)
 
@@ -205,29 +206,13 @@ def accelerator_available(accelerator: type) -> bool:
         return False
 
 
-def launched_processes(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
-    """How many processes a launcher started, as Lightning reads it, and the variable that
-    says so: SLURM's ``SLURM_NTASKS`` under srun (Lightning looks for SLURM first; a job named
-    bash or interactive is not srun's), else torchrun's ``WORLD_SIZE`` (with its
-    ``TORCHELASTIC_RUN_ID``). None where Lightning starts the processes itself: the
-    ``WORLD_SIZE`` it gives its own children comes from this same config."""
-    if "SLURM_NTASKS" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
-        variable = "SLURM_NTASKS"
-    elif "TORCHELASTIC_RUN_ID" in environ and "WORLD_SIZE" in environ:
-        variable = "WORLD_SIZE"
-    else:
-        return None
-    value = environ[variable].strip()
-    return (variable, int(value)) if value.isdigit() else None
-
-
 def check_world_size(trainer_cfg: DictConfig, environ: Mapping[str, str] = os.environ) -> None:
     """Under a launcher, ``trainer.devices x trainer.num_nodes`` is the number of processes it
     started: Lightning refuses any other once the data is prepared (one traceback per rank).
     ``devices`` auto or -1 counts as Lightning counts it on this node (every GPU torch sees, 1
     on a CPU: ``lmlab.train.batch.device_count``), so torchrun's two CPU processes with
     ``trainer.devices=auto`` are refused too, as Lightning would refuse them."""
-    launched = launched_processes(environ)
+    launched = launcher_processes(environ)
     planned = world_size(trainer_cfg)
     if launched is None or launched[1] == planned:
         return

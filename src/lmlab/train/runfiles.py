@@ -7,7 +7,7 @@ Hydra names them (``absolute``)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from lmlab.errors import ConfigError
@@ -38,12 +38,32 @@ def launch_rank_is_zero() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
-def launched_processes() -> int:
-    """How many processes a launcher that sets ``WORLD_SIZE`` (torchrun; Lightning for its
-    DDP children) started for this run: 1 without one. (srun's tasks are left out: a batch
-    script's own process sees the allocation's task count too.)"""
+def launcher_processes(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """How many processes a launcher started, as Lightning reads it, and the variable that
+    says so: SLURM's ``SLURM_NTASKS`` under srun (Lightning looks for SLURM first; a job named
+    bash or interactive is not srun's), else torchrun's ``WORLD_SIZE`` (with its
+    ``TORCHELASTIC_RUN_ID``). None where Lightning starts the processes itself: the
+    ``WORLD_SIZE`` it gives its own children comes from this same config."""
+    if "SLURM_NTASKS" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        variable = "SLURM_NTASKS"
+    elif "TORCHELASTIC_RUN_ID" in environ and "WORLD_SIZE" in environ:
+        variable = "WORLD_SIZE"
+    else:
+        return None
+    value = environ[variable].strip()
+    return (variable, int(value)) if value.isdigit() else None
+
+
+def launched_processes() -> tuple[str, int]:
+    """How many processes were started for this run, each with this command, and the variable
+    that says so: a launcher's (``launcher_processes``: srun's tasks, which Lightning reads as
+    the run's ranks, or torchrun's), else ``WORLD_SIZE`` (Lightning's DDP children); 1
+    without."""
+    launched = launcher_processes()
+    if launched is not None:
+        return launched
     count = os.environ.get("WORLD_SIZE", "1")
-    return int(count) if count.isdigit() else 1
+    return ("WORLD_SIZE", int(count) if count.isdigit() else 1)
 
 
 def in_the_way(folder: Path) -> Path | None:
