@@ -692,10 +692,12 @@ def test_classify_resumes_exactly_after_kill_9(
     wait_for(last, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert saved_step(last) < 100, "the kill came after training ended"
+    step = saved_step(last)
+    assert step < 100, "the kill came after training ended"
     train(compose_train([*classify_run(examples), "resume=true"], tmp_path, cache_dir))
     resumed, reference = results(tmp_path), results(classified)
-    assert resumed["resumed_from"].endswith("last.ckpt")
+    assert resumed["resumed_from"] == str(last.parent / f"step{step:06d}.ckpt")  # last.ckpt's
+    assert resumed["resumed_step"] == step
     for key in ("train_loss", "val_loss", "val_acc", "val_f1"):
         assert resumed[key] == reference[key], key
     assert logged_steps(tmp_path, "val/acc") == [24, 49, 74, 99]

@@ -489,7 +489,7 @@ def untimed(run_dir: Path) -> list[tuple[tuple[str, str], ...]]:
 
 
 # what a resume changes in results.json (its name, W&B's too, stays the run's)
-RESUME_FIELDS = {"resumed_from", "wall_seconds"}
+RESUME_FIELDS = {"resumed_from", "resumed_step", "wall_seconds"}
 
 
 def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
@@ -1802,3 +1802,20 @@ def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
     assert "kept as config.1.yaml, hydra.1.yaml, overrides.1.yaml" in log
     assert "this launch changes: resume: False -> True; trainer.max_steps: 4 -> 6" in log
     assert "this launch changes: trainer.max_steps: 6 -> 8" in log
+
+
+def test_a_resumed_runs_record_names_the_checkpoint_it_continued(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """results.json's ``resumed_from`` said ``checkpoints/last.ckpt``, a link that the resume's
+    own saves point at its last step: the record named the final checkpoint as the one it
+    started from. It names the file the link pointed to, and the step; so does the log."""
+    run = [*SMOKE, "logger=none", "callbacks.checkpoint.save_top_k=2"]
+    train(compose_train(run, tmp_path, cache_dir))
+    ckpts = tmp_path / "checkpoints"
+    with caplog.at_level(logging.INFO):
+        train(compose_train([*run, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
+    assert os.readlink(ckpts / "last.ckpt") == "step000006.ckpt"
+    r = results(tmp_path)
+    assert (r["resumed_from"], r["resumed_step"]) == (str(ckpts / "step000004.ckpt"), 4)
+    assert f"continuing from step 4: {ckpts / 'step000004.ckpt'}" in caplog.messages

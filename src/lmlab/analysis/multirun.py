@@ -20,7 +20,9 @@ from lmlab.analysis.runs import Run, RunDirError
 from lmlab.files import RESULTS
 
 # results.json keys that are not metrics.
-NON_METRIC_KEYS = frozenset({"status", "error", "run_name", "seed", "wandb_id", "resumed_from"})
+NON_METRIC_KEYS = frozenset(
+    {"status", "error", "run_name", "seed", "wandb_id", "resumed_from", "resumed_step"}
+)
 # Config keys that are bookkeeping, not knobs (fallback when overrides do not vary).
 _EXCLUDED_TOKENS = frozenset(
     {"path", "paths", "dir", "dirs", "root", "file", "files", "cwd", "seed"}

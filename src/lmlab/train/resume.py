@@ -172,6 +172,14 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
     return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
 
 
+def resumed_from(ckpt_path: Path) -> Path:
+    """The checkpoint a run continues, as its record names it: a link (``last.ckpt``) as the
+    file it points to now, before this run's first save points it at another step."""
+    if not ckpt_path.is_symlink():
+        return ckpt_path
+    return ckpt_path.parent / ckpt_path.readlink()  # a relative link; an absolute one as is
+
+
 def no_checkpoint_left(out_dir: Path) -> str:
     """Why the run in ``out_dir``, which did not complete, has no checkpoint, as far as the
     directory tells: a stop's record names the step it saved; ``checkpoints/`` is made by the

@@ -73,6 +73,7 @@ from lmlab.train.resume import (
     read_results,
     resume_checkpoint,
     resume_command,
+    resumed_from,
     run_identity,
 )
 from lmlab.train.rundir import RunDir
@@ -318,6 +319,10 @@ def _fit(
         init = checked.init
         write_json(out_dir / PLAN, plan.as_dict() | (model_record(init) if init else {}))
     resume_step = ckpt["global_step"] if ckpt else 0
+    source = {"resumed_from": None, "resumed_step": None}  # the checkpoint, before the fit
+    if ckpt_path is not None:
+        source = {"resumed_from": str(resumed_from(ckpt_path)), "resumed_step": resume_step}
+        log.info("continuing from step %d: %s", resume_step, source["resumed_from"])
     # the checkpoint's memory map let go: a resumed run held the file it resumed from, whose
     # disk space a later save's pruning (save_top_k) or last.ckpt's re-link then did not free
     # until the run ended, one checkpoint more on the disk (Lightning reads it again to restore)
@@ -386,7 +391,7 @@ def _fit(
         torch_threads=torch.get_num_threads(),
         sample=sample.text if sample else None,
         wandb_id=wandb_run_id(out_dir) if uses_wandb(cfg) else None,
-        resumed_from=str(ckpt_path) if ckpt_path else None,
+        **source,
     )
     results.update(evals.metrics if evals else {})  # eval/<task>/<metric> at the last step
     results.update(eval_results(evals))
