@@ -362,3 +362,25 @@ def test_a_new_run_into_a_folder_of_eval_records_is_refused_a_resume_is_not(
     train(compose_train([*run, "trainer.max_steps=6", "resume=true"], evaluated, cache_dir))
     results = json.loads((evaluated / "results.json").read_text())
     assert (results["status"], results["global_step"]) == ("completed", 6)
+
+
+def test_a_run_resumed_past_its_evaluation_is_ranked_by_it_with_a_note(tmp_path: Path) -> None:
+    """``lmlab evaluate`` of step 200, then the run resumed on to 400 (``trainer.max_steps``
+    raised) without evals during training: compare ranks it by the step-200 evaluation, the
+    only one there is, and now says so, naming the checkpoint to evaluate."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1])
+    job = root / "0"
+    write_record(job, MAX_STEPS, 0.40, digest=None)
+    (run,) = load_runs(root)
+    assert eval_notes([run], ACC) == []  # the final step's own evaluation
+    update_results(job, global_step=2 * MAX_STEPS)
+    (run,) = load_runs(root)
+    assert mrun.run_value(run, ACC) == 0.40
+    (note,) = eval_notes([run], ACC)
+    assert note == (
+        f"note: {job}: {ACC} is lmlab evaluate's of step {MAX_STEPS}, but the run trained on "
+        f"to step {2 * MAX_STEPS}; evaluate its last checkpoint for the final weights' "
+        f"(lmlab evaluate ckpt={job / 'checkpoints' / 'last.ckpt'})"
+    )
+    rows = ranking.aggregate([run], ACC, higher_is_better=True)
+    assert note in ranking.summarize(rows, ACC, True)

@@ -226,13 +226,34 @@ def item_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
 
 def eval_notes(runs: Sequence[Run], metric: str) -> list[str]:
     """For an eval metric: each ``eval/step<N>.json`` skipped as another model's (its
-    ``model_digest`` is not the run's final checkpoint's), and the runs whose evals during
+    ``model_digest`` is not the run's final checkpoint's), the runs ranked by an evaluation of
+    weights older than their last step (``stale_evals``), and the runs whose evals during
     training failed (results.json's ``eval_failures``)."""
     task = eval_task(metric)
     if task is None:
         return []
     lines = [f"warning: {why}" for run in runs for why in run.skipped_evals]
+    lines += stale_evals(runs, metric)
     failed = eval_failures([run for run in runs if run_value(run, metric) is None], task)
     if failed:
         lines.append(f"note: no {metric} for some runs{failed}")
+    return lines
+
+
+def stale_evals(runs: Sequence[Run], metric: str) -> list[str]:
+    """The runs whose ``metric`` is ``lmlab evaluate``'s record of a step before the last they
+    trained: a run resumed past its evaluation (``trainer.max_steps`` raised) was ranked by
+    its earlier weights, unsaid. One line each, naming the steps and the checkpoint to
+    evaluate."""
+    lines = []
+    for run in runs:
+        trained, step = run.results.get("global_step"), run.eval_step
+        if not isinstance(trained, int) or step is None or step >= trained:
+            continue
+        if metric in run.evals and run_value(run, metric) == run.evals[metric]:
+            lines.append(
+                f"note: {run.dir}: {metric} is lmlab evaluate's of step {step}, but the run "
+                f"trained on to step {trained}; evaluate its last checkpoint for the final "
+                f"weights' (lmlab evaluate ckpt={run.dir / 'checkpoints' / 'last.ckpt'})"
+            )
     return lines
