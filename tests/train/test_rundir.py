@@ -1776,10 +1776,10 @@ def test_a_run_without_validation_says_so(
 def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
     tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:
-    """A resume rewrote ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``: the
-    first launch's overrides as typed were lost. Each launch's are kept beside the newest
-    (``<name>.<n>.yaml``, 1 the first), the log names the fields a launch changed, and a
-    refused resume keeps nothing new."""
+    """A resume rewrote ``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml`` and
+    ``plan.json``: the first launch's overrides as typed and its planned steps were lost.
+    Each launch's are kept beside the newest (``<name>.<n>.<suffix>``, 1 the first), the log
+    names the fields a launch changed, and a refused resume keeps nothing new."""
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     run = [*SMOKE, "callbacks.sample=null", f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *run) == 0
@@ -1795,11 +1795,16 @@ def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
         assert (hydra / kept.format(1)).read_bytes() == first[name]
         assert (hydra / kept.format(2)).read_bytes() == second[name]
     assert len(list(hydra.iterdir())) == 9
+    plans = [json.loads((tmp_path / f"plan{n}.json").read_text()) for n in (".1", ".2", "")]
+    assert [plan["steps"] for plan in plans] == [4, 6, 8]
     typed = [yaml.safe_load((hydra / f"overrides{n}.yaml").read_text()) for n in ("", ".1")]
     assert "trainer.max_steps=8" in typed[0] and "resume=true" in typed[0]
     assert not any("max_steps" in o or "resume" in o for o in typed[1])
     log = (tmp_path / "train.log").read_text()
-    assert "kept as config.1.yaml, hydra.1.yaml, overrides.1.yaml" in log
+    assert (
+        "kept as .hydra/config.1.yaml, .hydra/hydra.1.yaml, .hydra/overrides.1.yaml, plan.1.json"
+        in log
+    )
     assert "this launch changes: resume: False -> True; trainer.max_steps: 4 -> 6" in log
     assert "this launch changes: trainer.max_steps: 6 -> 8" in log
 

@@ -32,7 +32,7 @@ from lmlab.config import flatten
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES
 from lmlab.errors import ConfigError
-from lmlab.files import LAUNCH_RECORDS, SWEEP_RECORD, keep_numbered, kept_as, write_text
+from lmlab.files import LAUNCH_RECORDS, PLAN, SWEEP_RECORD, keep_numbered, kept_as, write_text
 from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
 
@@ -203,12 +203,12 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
     held, _HELD = _HELD, None
     if held is None or held.run_dir != absolute(run_dir):
         return
-    if held.output_subdir is not None:
+    out = None if held.output_subdir is None else held.run_dir / held.output_subdir
+    keep_launch(held.run_dir, out, task_cfg)
+    if out is not None:
         hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
         as_configured(hydra_cfg, held)
-        out = held.run_dir / held.output_subdir
         out.mkdir(parents=True, exist_ok=True)
-        keep_launch(out, task_cfg)
         _save_yaml(task_cfg, out / "config.yaml")
         _save_yaml(hydra_cfg, out / "hydra.yaml")
         _save_yaml(hydra_cfg.hydra.overrides.task, out / "overrides.yaml")
@@ -217,15 +217,19 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
             handler.write_waiting()
 
 
-def keep_launch(out: Path, task_cfg: DictConfig) -> None:
-    """The ``.hydra/`` files in ``out`` of the launch before this one (a resume's), kept as
-    ``<name>.<n>.yaml``; logged with the config's fields that this launch changes."""
-    n = keep_numbered([out / name for name in LAUNCH_RECORDS])
+def keep_launch(run_dir: Path, out: Path | None, task_cfg: DictConfig) -> None:
+    """The records of the launch before this one (a resume's) that this launch rewrites, its
+    ``.hydra/`` files in ``out`` (None: ``hydra.output_subdir=null``) and its ``plan.json``
+    (the steps it planned), kept as ``<name>.<n>.<suffix>`` under one ``n``; logged with the
+    config's fields that this launch changes."""
+    records = [out / name for name in LAUNCH_RECORDS] if out is not None else []
+    records.append(run_dir / PLAN)
+    n = keep_numbered(records)
     if n is None:
         return
     try:
-        before = flatten(OmegaConf.to_container(OmegaConf.load(out / LAUNCH_RECORDS[0])))
-    except (OSError, ValueError, AttributeError):
+        before = flatten(OmegaConf.to_container(OmegaConf.load(records[0])))
+    except (OSError, ValueError, AttributeError):  # no .hydra/, or not a config
         before = {}
     now = flatten(OmegaConf.to_container(task_cfg))
     absent = "<absent>"
@@ -234,11 +238,12 @@ def keep_launch(out: Path, task_cfg: DictConfig) -> None:
         for key in sorted(before.keys() | now.keys())
         if before.get(key, absent) != now.get(key, absent)
     ]
+    kept = [path for path in records if kept_as(path, n).is_file()]
     log.info(
         "the earlier launch's %s kept as %s; this launch changes: %s",
-        ", ".join(LAUNCH_RECORDS),
-        ", ".join(kept_as(out / name, n).name for name in LAUNCH_RECORDS),
-        "; ".join(changes) or "nothing",
+        ", ".join(os.path.relpath(path, run_dir) for path in kept),
+        ", ".join(os.path.relpath(kept_as(path, n), run_dir) for path in kept),
+        ("; ".join(changes) or "nothing") if before else "(no earlier config to compare)",
     )
 
 
