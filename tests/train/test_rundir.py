@@ -1776,8 +1776,9 @@ def test_a_run_without_validation_says_so(
 def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
     tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:
-    """A resume rewrote ``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml`` and
-    ``plan.json``: the first launch's overrides as typed and its planned steps were lost.
+    """A resume rewrote ``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``,
+    ``plan.json`` and ``results.json``: the first launch's overrides as typed, its planned
+    steps and what it ended with were lost.
     Each launch's are kept beside the newest (``<name>.<n>.<suffix>``, 1 the first), the log
     names the fields a launch changed, and a refused resume keeps nothing new."""
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
@@ -1797,13 +1798,15 @@ def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
     assert len(list(hydra.iterdir())) == 9
     plans = [json.loads((tmp_path / f"plan{n}.json").read_text()) for n in (".1", ".2", "")]
     assert [plan["steps"] for plan in plans] == [4, 6, 8]
+    ended = [json.loads((tmp_path / f"results{n}.json").read_text()) for n in (".1", ".2", "")]
+    assert [(r["status"], r["global_step"]) for r in ended] == [("completed", s) for s in (4, 6, 8)]
     typed = [yaml.safe_load((hydra / f"overrides{n}.yaml").read_text()) for n in ("", ".1")]
     assert "trainer.max_steps=8" in typed[0] and "resume=true" in typed[0]
     assert not any("max_steps" in o or "resume" in o for o in typed[1])
     log = (tmp_path / "train.log").read_text()
     assert (
-        "kept as .hydra/config.1.yaml, .hydra/hydra.1.yaml, .hydra/overrides.1.yaml, plan.1.json"
-        in log
+        "kept as .hydra/config.1.yaml, .hydra/hydra.1.yaml, .hydra/overrides.1.yaml, "
+        "plan.1.json, results.1.json" in log
     )
     assert "this launch changes: resume: False -> True; trainer.max_steps: 4 -> 6" in log
     assert "this launch changes: trainer.max_steps: 6 -> 8" in log

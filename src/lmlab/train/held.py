@@ -32,7 +32,15 @@ from lmlab.config import flatten
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE, LOCK_FILES
 from lmlab.errors import ConfigError
-from lmlab.files import LAUNCH_RECORDS, PLAN, SWEEP_RECORD, keep_numbered, kept_as, write_text
+from lmlab.files import (
+    LAUNCH_RECORDS,
+    PLAN,
+    RESULTS,
+    SWEEP_RECORD,
+    keep_numbered,
+    kept_as,
+    write_text,
+)
 from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
 
@@ -219,11 +227,12 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
 
 def keep_launch(run_dir: Path, out: Path | None, task_cfg: DictConfig) -> None:
     """The records of the launch before this one (a resume's) that this launch rewrites, its
-    ``.hydra/`` files in ``out`` (None: ``hydra.output_subdir=null``) and its ``plan.json``
-    (the steps it planned), kept as ``<name>.<n>.<suffix>`` under one ``n``; logged with the
-    config's fields that this launch changes."""
+    ``.hydra/`` files in ``out`` (None: ``hydra.output_subdir=null``), its ``plan.json`` (the
+    steps it planned) and ``results.json`` (what it ended with), kept as
+    ``<name>.<n>.<suffix>`` under one ``n``; logged with the config's fields that this launch
+    changes."""
     records = [out / name for name in LAUNCH_RECORDS] if out is not None else []
-    records.append(run_dir / PLAN)
+    records += [run_dir / PLAN, run_dir / RESULTS]
     n = keep_numbered(records)
     if n is None:
         return
