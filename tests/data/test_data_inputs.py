@@ -244,6 +244,10 @@ NOT_UTF8 = {
     "bz2": (bz2.compress(LINES.encode()), "bzip2-compressed: decompress it first"),
     "zstd": (b"\x28\xb5\x2f\xfd\x04\x58\xff\x00", "zstd-compressed: decompress it first"),
     "pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "a PDF: extract its text first"),
+    # valid UTF-8, every one of them: each was trained on as text, NULs and all
+    "utf16le_unmarked": (LINES.encode("utf-16-le"), "UTF-16LE text without a byte-order mark?"),
+    "utf16be_unmarked": (LINES.encode("utf-16-be"), "e.g. iconv -f UTF-16BE -t UTF-8"),
+    "zeros": (bytes(4096), "a NUL byte, which no text holds: binary data"),
 }
 
 

@@ -67,8 +67,9 @@ def universal_newlines(text: str) -> str:
 
 
 # How files become text (``_read_files``), in the data cache's key: rows built by an earlier
-# reading (before universal newlines, a CR was kept as text) are not reused.
-READING = "utf-8-sig, universal newlines"
+# reading (before universal newlines, a CR was kept as text; before a NUL byte was refused, a
+# UTF-16 file without a byte-order mark was read as text) are not reused.
+READING = "utf-8-sig, universal newlines, a NUL byte refused"
 # How ``data.max_bytes`` slices a corpus (``cut``), in the key of a slice: a slice read before
 # the document crossing the limit was cut (it was kept whole) is not reused.
 SLICING = "the document crossing max_bytes cut at its last line end"
@@ -110,6 +111,26 @@ def what_it_is(head: bytes) -> str | None:
     return next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
 
 
+# How much of a file holding a NUL byte ``what_nul_is`` looks at.
+NUL_HEAD = 4096
+
+
+def what_nul_is(raw: bytes) -> str:
+    """What a file that holds a NUL byte is, where ``MAGIC`` does not tell. NUL is valid UTF-8,
+    but no text holds it: UTF-16 text without a byte-order mark (Latin text in it is every
+    other byte NUL: little-endian after each character, big-endian before), or binary data
+    (a database, an image of zeros) that happens to decode. Either was trained on as text."""
+    head = raw[:NUL_HEAD]
+    even, odd = head[0::2], head[1::2]
+    for name, nul, other in (("UTF-16LE", odd, even), ("UTF-16BE", even, odd)):
+        if nul.count(0) >= 0.9 * len(nul) and other.count(0) <= 0.1 * len(other):
+            return (
+                f"a NUL byte: {name} text without a byte-order mark? convert it to UTF-8, e.g. "
+                f"iconv -f {name} -t UTF-8"
+            )
+    return "a NUL byte, which no text holds: binary data, or UTF-16 or UTF-32 text without a mark"
+
+
 def not_text(binary: list[tuple[str, int, str | None]]) -> ConfigError:
     """The files of a corpus that are not UTF-8 text, (path, offset of the first bad byte,
     what its first bytes say it is) each: all named at once (four, then a count), not one per
@@ -144,6 +165,9 @@ def _read_files(files: list[Path], root: Path, max_bytes: int | None) -> Documen
             text = kept.decode("utf-8-sig")
         except UnicodeDecodeError as err:  # every such file is named at once, not one a try
             binary.append((str(path), err.start, what_it_is(raw)))
+            continue
+        if (nul := kept.find(b"\0")) >= 0:  # valid UTF-8, and yet no text
+            binary.append((str(path), nul, what_it_is(raw) or what_nul_is(raw)))
             continue
         docs.append((path.relative_to(root).as_posix(), universal_newlines(text)))
         total += len(kept)
