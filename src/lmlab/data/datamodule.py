@@ -34,9 +34,8 @@ class Rows(Dataset):
     """Windows of the packed token rows, held in memory as one int32 tensor. Window i starts
     at token ``i * stride`` of the rows laid end to end; ``stride`` = the row length (the
     default) gives the rows themselves. A window may join the end of one row to the start of
-    the next: rows are consecutive cuts of the token stream, except where ``pack`` dropped
-    the tail of a 1000-document batch. ``__getitems__`` gives the DataLoader a whole batch as
-    one indexing op instead of B small tensors."""
+    the next: rows are consecutive cuts of the token stream. ``__getitems__`` gives the
+    DataLoader a whole batch as one indexing op instead of B small tensors."""
 
     def __init__(self, rows: torch.Tensor, stride: int | None = None) -> None:
         self.rows, self.row_len = rows, rows.shape[1]

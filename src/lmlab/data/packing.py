@@ -52,6 +52,9 @@ MIN_DOCS_FOR_DOC_SPLIT = 20
 # How ``held_out`` splits, in the key of a tokenizer and so of its rows: rows split before a
 # document holding more than val_fraction of the text was passed over are not reused.
 SPLITTING = "a document over val_fraction of the text is not held out whole"
+# How ``pack`` cuts rows, in the key of rows: rows cut per 1000-document batch, each batch's
+# tail dropped (18% of the tokens of a file of short lines at a row of 1025), are not reused.
+PACKING = "one stream per split, only its last partial row dropped"
 TOKENIZER = "tokenizer.json"
 
 
@@ -195,8 +198,8 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Dataset, int, int, dict]:
     """Tokenise (batched ``map``), end every document with EOS (and start it with BOS when the
-    tokenizer has one, as Llama's does), concatenate, and cut rows of ``row_len`` tokens (the
-    tail of each 1000-document batch is dropped). A tokenizer without EOS, as BERT's WordPiece
+    tokenizer has one, as Llama's does), concatenate, and cut rows of ``row_len`` tokens (only
+    the last, partial row is dropped: ``PACKING``). A tokenizer without EOS, as BERT's WordPiece
     is, ends each document with [SEP] instead, which separates BERT's pre-training segments.
     The documents are read as ordinary text (``encode_ordinary``): a special token's string in
     one is its characters, so EOS (or [SEP]) and BOS are the rows' only control tokens. Returns
@@ -228,7 +231,10 @@ def pack(texts: list[str], tok: Tokenizer, row_len: int) -> tuple[datasets.Datas
     ds = ds.map(tokenize, batched=True, remove_columns=["text"], features=tokenized)
     n_tokens, n_bytes = sum(len(x) for x in ds["ids"]), sum(ds["n_bytes"])
     unknown = unknown_record(Counter(p for pieces in ds["unknown"] for p in pieces))
-    ds = ds.map(chunk, batched=True, batch_size=1000, remove_columns=["ids", "n_bytes", "unknown"])
+    # one batch: the whole split's stream. Cut per batch of documents, each batch's tail was
+    # dropped, up to row_len - 1 tokens a batch (a file of short lines, a document a line, lost
+    # 18% of its tokens at a row of 1025); ``ds["ids"]`` above holds the stream in memory anyway
+    ds = ds.map(chunk, batched=True, batch_size=None, remove_columns=["ids", "n_bytes", "unknown"])
     return ds, n_tokens, n_bytes, unknown
 
 
@@ -342,7 +348,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     datasets.disable_progress_bars()
     cache = cache_root(cfg)
     tok_dir = tokenizer_entry(cfg, cache, tokenizer)
-    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len)}"
+    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len, PACKING)}"
     if (blocks_dir / "meta.json").exists():
         return blocks_dir  # read only: a read-only cache that holds the rows serves them
     meta = {
