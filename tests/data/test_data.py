@@ -11,7 +11,9 @@ import shutil
 import time
 import zlib
 from pathlib import Path
+from unittest.mock import Mock
 
+import datasets
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ from lmlab.data.tokenizer import (
     train_bpe,
     train_char,
 )
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, disk_full, write_error_words
 from lmlab.train.compose import compose_train
 
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 50
@@ -660,6 +662,41 @@ def test_a_read_only_cache_serves_its_rows_and_refuses_to_build(
     with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match=re.escape(message)):
         char_module(corpus, cache).setup()
     assert len(warnings_of(caplog)) == 1  # which entry is damaged, then why it stays so
+
+
+class FullDiskTokenizer:
+    """A trained tokenizer whose save meets a full disk, as ``tokenizers`` reports one: a bare
+    Exception, not an OSError."""
+
+    def save(self, path: str) -> None:
+        raise Exception("No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("writing", ["tokenizer", "rows"])
+def test_a_full_cache_is_named_in_the_runs_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing: str
+) -> None:
+    """A data cache that filled up while an entry was built stopped the run with "no space
+    left on device: free space" (Arrow's write names no file), or, while the tokenizer was
+    saved, with ``tokenizers``' bare Exception as a traceback; the user could not tell the
+    data cache from the run folder (often on another disk). Either is now the OSError the
+    run's stop words, naming the entry in the cache, and leaves nothing half-built there."""
+    corpus = write(tmp_path / "corpus.txt", TEXT.encode())
+    cache = tmp_path / "c"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no file named, as Arrow's
+    if writing == "tokenizer":
+        monkeypatch.setattr(packing, "train_tokenizer", lambda *args: FullDiskTokenizer())
+    else:
+        monkeypatch.setattr(datasets.Dataset, "save_to_disk", Mock(side_effect=full))
+    with pytest.raises(OSError) as stopped:
+        prepare(text_cfg(corpus, tmp_path), row_len=9)
+    entry = Path(stopped.value.filename)
+    assert entry.parent == cache
+    assert entry.name.startswith({"tokenizer": "tok-", "rows": "blocks-"}[writing])
+    assert disk_full(stopped.value) is stopped.value
+    assert write_error_words(stopped.value) == f"no space left on device writing {entry}"
+    published = ["tok-"] if writing == "rows" else []  # the tokenizer, whole; no rows, no tmp
+    assert [p.name[:4] for p in cache.iterdir()] == published
 
 
 def test_datamodule_batches_are_shifted_next_token_pairs(tmp_path: Path) -> None:

@@ -37,11 +37,12 @@ from lmlab.data.tokenizer import (
     SPECIAL_TOKENS,
     Specials,
     encode_ordinary,
+    save_tokenizer,
     train_tokenizer,
     unknown_pieces,
     unknown_record,
 )
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, disk_full
 
 log = logging.getLogger(__name__)
 # In every entry's key. 2: ``pack`` reads a corpus as ordinary text (``encode_ordinary``):
@@ -166,7 +167,8 @@ def cache_root(cfg: DataConfig) -> Path:
 def new_entry(cfg: DataConfig, final: Path) -> Iterator[Path]:
     """A temporary folder in the cache to build the entry ``final`` in, put in place when the
     block ends (``_publish``) and removed where the build is refused or stopped (an error,
-    Ctrl-C, SIGTERM): no half-built entry stays in the cache. The build holds its folder until
+    Ctrl-C, SIGTERM): no half-built entry stays in the cache. A full disk (``disk_full``) is
+    raised naming ``final``. The build holds its folder until
     then, so that the next build removes one a ``kill -9`` left (``lmlab.data.abandoned``)."""
     cache = final.parent
     with writing(cfg):
@@ -179,8 +181,13 @@ def new_entry(cfg: DataConfig, final: Path) -> Iterator[Path]:
         with writing(cfg):
             tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 kept a shared cache from its other users
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full(err)
+        if full is not None and (not full.filename or str(full.filename).startswith(str(tmp))):
+            # the rows' writer (Arrow) names no file, and a temporary one is gone: the entry
+            # names the cache, where the run's stop says space must be freed
+            raise OSError(full.errno, full.strerror, str(final)) from err
         raise
     else:
         _publish(tmp, final)
@@ -301,7 +308,7 @@ def cached_tokenizer(
         log.info("training %s tokenizer on %d documents", cfg.tokenizer.value, len(train_texts))
         tok = train_tokenizer(train_texts, cfg.tokenizer, cfg.vocab_size)
     with new_entry(cfg, tok_dir) as tmp:
-        tok.save(str(tmp / TOKENIZER))
+        save_tokenizer(tok, tmp / TOKENIZER)
         tok = read_tokenizer(tmp / TOKENIZER)  # as a later run reads it
     return tok
 
@@ -363,7 +370,7 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
         meta["text_sha256"] = text_digest(docs)
         train_texts, val_texts = split_documents(docs, cfg.val_fraction)
         tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
-        tok.save(str(tmp / TOKENIZER))
+        save_tokenizer(tok, tmp / TOKENIZER)
         for split, texts in (("train", train_texts), ("val", val_texts)):
             ds, n_tokens, n_bytes, unknown = pack(texts, tok, row_len)
             if len(ds) == 0:

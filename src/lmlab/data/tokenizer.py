@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tokenizers import Encoding, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -178,6 +180,24 @@ def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
     if before:
         return [*before, *ids]
     return ids or [specials.id(tok, "eos", "an empty prompt")]
+
+
+# How ``tokenizers`` words the file system's refusal of a write, in the bare Exception it raises.
+OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    """``tok`` saved as the JSON file ``path``. A write the file system refuses is raised as
+    the OSError it is, naming ``path``: ``tokenizers`` raises a bare Exception ("No space left
+    on device (os error 28)"), which a full data cache showed as a traceback."""
+    try:
+        tok.save(str(path))
+    except Exception as err:
+        found = OS_ERROR.search(str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err
 
 
 def check_bpe_size(vocab_size: int) -> None:
