@@ -106,6 +106,7 @@ def test_two_csv_files_joined_are_refused_at_the_repeated_header(tmp_path: Path)
         ("f.jsonl", '{"text": "c", "label": [0, 1]}', "[0, 1]"),
         ("f.jsonl", '{"text": "c", "label": {"a": 1}}', "{'a': 1}"),
         ("f.csv", "c,0.07", "0.07"),
+        ("f.jsonl", '{"text": "c", "label": -1}', "-1"),
     ],
 )
 def test_a_label_that_is_no_class_name_is_refused(
@@ -130,11 +131,32 @@ def test_a_label_that_is_no_class_name_is_refused(
         columns(task, load_splits(task, tmp_path / "cache")[0])
     assert re.fullmatch(
         rf"task.label_column='label': {re.escape(line)} of task.train=.*{re.escape(name)} holds "
-        rf"the label {re.escape(shown)}; allowed: strings or integers \(class names or ids; "
+        rf"the label {re.escape(shown)}; allowed: strings or integers \(class names or ids from 0; "
         r"lmlab has no regression task\)",
         str(info.value),
     ), str(info.value)
     assert label_names([True, False, True], None, "x") == ("False", "True")
+
+
+def test_a_held_out_label_that_is_no_class_id_is_named_so(tmp_path: Path) -> None:
+    """A held-out -1 (GLUE's "no label") was "unknown to the training split: the shuffle
+    that holds out task.val_fraction drew every example of that label; give more examples of
+    it", of a label no example may have; so was one past task.num_labels. Each is named as no
+    class id, in the held-out split as in a validation file."""
+    rows = [{"text": f"t {i}", "label": i % 2} for i in range(40)]
+    for label, num_labels, ids in ((-1, None, "from 0"), (2, 2, "0 .. 1")):
+        rows[4]["label"] = label  # row 4 is held out by the fixed shuffle (seed 0)
+        path = jsonl(tmp_path / "t.jsonl", rows)
+        for task in (classify(path), classify(jsonl(tmp_path / "t2.jsonl", rows[:4]), path)):
+            task.num_labels = num_labels
+            with pytest.raises(ConfigError) as info:
+                load_splits(task, tmp_path / "cache")
+            assert re.fullmatch(
+                rf"task.label_column='label': example 5 of task.(train|val)={re.escape(str(path))}"
+                rf"( \(task.val_fraction=0.1 held out\))? holds the label {label}; allowed: "
+                rf"strings or integers \(class names or ids {ids}; lmlab has no regression task\)",
+                str(info.value),
+            ), str(info.value)
 
 
 def held_out_error(task: TaskConfig, cache: Path) -> str:

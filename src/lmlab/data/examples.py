@@ -333,23 +333,33 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
             f"task.label_column={task.label_column!r}: {example(targets.index(None), split)} "
             f"of {split.origin} has no label"
         )
-    odd = no_class(targets) if task.kind == TaskKind.classify else None
+    odd = no_class(targets, task.num_labels) if task.kind == TaskKind.classify else None
     if odd is not None:
+        ids = f"ids 0 .. {task.num_labels - 1}" if task.num_labels else "ids from 0"
         raise ConfigError(
             f"task.label_column={task.label_column!r}: {example(odd, split)} of {split.origin} "
             f"holds the label {clip(repr(targets[odd]))}; allowed: strings or integers (class "
-            "names or ids; lmlab has no regression task)"
+            f"names or {ids}; lmlab has no regression task)"
         )
     if pair:
         inputs = list(zip(inputs, values["text_pair_column"], strict=True))
     return inputs, targets
 
 
-def no_class(labels: list[Any]) -> int | None:
-    """The row of the first label that is no class name or id: a float (1.0 too), a list or a
-    dict; one with a fraction first, since with integers one 1.0 makes every label a float.
-    Booleans are class names, False and True."""
-    odd = [r for r, v in enumerate(labels) if isinstance(v, float | list | dict)]
+def no_class(labels: list[Any], num_labels: int | None = None) -> int | None:
+    """The row of the first label that is no class name or id: a float (1.0 too), a list, a
+    dict, or an integer below 0 or (with ``task.num_labels``) from ``num_labels`` on; one with a
+    fraction first, since with integers one 1.0 makes every label a float. Booleans are class
+    names, False and True. Checked in every split, so that a held-out or validation label
+    such as GLUE's -1 (no label) is named as no class id, not as one the training split
+    lacks (``label_ids``)."""
+
+    def odd_one(v: Any) -> bool:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v < 0 or (num_labels is not None and v >= num_labels)
+        return isinstance(v, float | list | dict)
+
+    odd = [r for r, v in enumerate(labels) if odd_one(v)]
     fractions = [r for r in odd if isinstance(labels[r], float) and not labels[r].is_integer()]
     return next(iter(fractions + odd), None)
 
@@ -364,13 +374,7 @@ def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple
     ids, 0 .. num_labels - 1 (null: the largest + 1); any other labels (strings) take ids in
     the sorted order of their text. Deterministic: the same data gives the same ids."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
-        n = num_labels or max(labels) + 1
-        bad = next((v for v in labels if not 0 <= v < n), None)
-        if bad is not None:
-            raise ConfigError(
-                f"task.label_column: label {bad} of {origin} is not a class id in 0 .. {n - 1} "
-                "(integer labels are class ids; task.num_labels sets how many)"
-            )
+        n = num_labels or max(labels) + 1  # each in 0 .. n - 1: ``columns`` (``no_class``)
         names = tuple(str(i) for i in range(n))
     else:
         names = tuple(sorted({str(v) for v in labels}))
