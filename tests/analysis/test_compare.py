@@ -779,6 +779,27 @@ def test_an_init_from_run_shows_the_model_it_trained(tmp_path: Path) -> None:
     assert second.flat_config["model.d_model"] == 64  # no plan.json model: the config's
 
 
+def test_an_init_from_run_without_model_is_not_listed_as_the_default_preset(
+    tmp_path: Path,
+) -> None:
+    """A fine-tuning run from a converted BERT (``init_from=``, no ``model=``) was listed
+    under model ``gpt_tiny``, the default preset it never trained; its model column is ``-``
+    (its fields are the checkpoint's), a run that named its preset keeps it."""
+    root = tmp_path / "m"
+    for i, override in enumerate(["model=bert_tiny", "init_from=a.ckpt"]):
+        config = {"model": {"d_model": 32}, "init_from": "a.ckpt" if i else None, "seed": 1}
+        write_job(
+            root / str(i), [override, "task=classify"], config, results_for(0.5, 1.0, 1, "r"), None
+        )
+        hydra = {
+            "hydra": {"runtime": {"choices": {"model": "bert_tiny" if i == 0 else "gpt_tiny"}}}
+        }
+        (root / str(i) / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    runs = load_runs(root)
+    assert "model" in mrun.varying_knobs(runs)
+    assert [mrun.knob_value(r, "model") for r in runs] == ["bert_tiny", "-"]
+
+
 def test_noise_within_and_unknown(tmp_path: Path) -> None:
     noisy = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.10), (2, 3.20), (3, 3.30)]]
     noisy += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.25), (2, 3.35), (3, 3.45)]]

@@ -87,11 +87,15 @@ def is_run_control(key: str) -> bool:
 def knob_value(run: Run, key: str) -> str:
     """The run's value for a knob: its override, else its config value (a group's option:
     the default preset it ran with), else ``-``. ``trainer.max_steps`` of a run whose budget
-    set its steps (tokens, FLOPs, Chinchilla) is ``-``: the config's value was not used."""
+    set its steps (tokens, FLOPs, Chinchilla) is ``-``: the config's value was not used; so
+    is the default ``model`` preset of an ``init_from`` run, which trained the checkpoint's
+    architecture (its fields are plan.json's: a converted BERT was listed as ``gpt_tiny``)."""
     if key.lstrip("+~") == "trainer.max_steps" and _budget_kind(run) not in (None, "steps"):
         return MISSING
     if key in run.overrides:
         return run.overrides[key]
+    if key.lstrip("+~") == "model" and run.flat_config.get("init_from"):
+        return MISSING
     if key.lstrip("+~") in run.choices:
         return run.choices[key.lstrip("+~")]
     value = run.flat_config.get(key, _ABSENT)
