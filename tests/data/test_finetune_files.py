@@ -138,6 +138,21 @@ def test_a_label_that_is_no_class_name_is_refused(
     assert label_names([True, False, True], None, "x") == ("False", "True")
 
 
+def test_a_csv_label_pandas_reads_as_missing_is_named_as_such(tmp_path: Path) -> None:
+    """A CSV class written ``None`` or ``NA`` (pandas' missing-value marks, which the label
+    column keeps: R writes a missing label ``NA``) was refused as "has no label", of a line
+    that shows one; the refusal says which fields read as missing."""
+    path = tmp_path / "f.csv"
+    path.write_text("text,label\na,positive\nb,None\nc,negative\n")
+    with pytest.raises(ConfigError) as info:
+        load_splits(classify(path, path), tmp_path / "cache")
+    assert str(info.value).startswith(
+        f"task.label_column='label': example 2 (line 3) of task.train={path} has no label (JSON "
+        "null or no such key; in a CSV an empty field or a missing-value mark pandas reads as "
+        "none: NA, N/A, None, null, nan, ...; a class of such a name: spell it otherwise)"
+    ), str(info.value)
+
+
 def test_a_held_out_label_that_is_no_class_id_is_named_so(tmp_path: Path) -> None:
     """A held-out -1 (GLUE's "no label") was "unknown to the training split: the shuffle
     that holds out task.val_fraction drew every example of that label; give more examples of

@@ -331,7 +331,9 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
     if task.kind == TaskKind.classify and None in targets:
         raise ConfigError(
             f"task.label_column={task.label_column!r}: {example(targets.index(None), split)} "
-            f"of {split.origin} has no label"
+            f"of {split.origin} has no label (JSON null or no such key; in a CSV an empty field "
+            "or a missing-value mark pandas reads as none: NA, N/A, None, null, nan, ...; a "
+            "class of such a name: spell it otherwise)"
         )
     odd = no_class(targets, task.num_labels) if task.kind == TaskKind.classify else None
     if odd is not None:
