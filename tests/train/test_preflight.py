@@ -411,7 +411,7 @@ def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(
 def unused_cases() -> list[tuple[dict, set[str]]]:
     """Configs and the fields each switches off (the complement of what it reads)."""
     moe = {f"moe.{name}" for name in ("top_k", "aux_loss_coef", "z_loss_coef")}
-    moe |= {"moe.capacity_factor", "moe.every_n_layers"}
+    moe |= {"moe.capacity_factor", "moe.every_n_layers", "moe.granularity"}
     rope = {"rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor"}
     rope |= {"rope_high_freq_factor", "rope_original_max_seq_len"}
     relative = {"relative_buckets", "relative_max_distance"}
@@ -468,6 +468,7 @@ def test_a_field_another_switches_off_changes_nothing_it_builds(fields: dict, un
         "moe.z_loss_coef": 0.5,
         "moe.capacity_factor": 1.0,
         "moe.every_n_layers": 2,
+        "moe.granularity": 2,
     }
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
 
