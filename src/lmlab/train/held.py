@@ -212,30 +212,35 @@ def write_held(task_cfg: DictConfig, run_dir: Path) -> None:
     if held is None or held.run_dir != absolute(run_dir):
         return
     out = None if held.output_subdir is None else held.run_dir / held.output_subdir
-    keep_launch(held.run_dir, out, task_cfg)
-    if out is not None:
-        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
-        as_configured(hydra_cfg, held)
-        out.mkdir(parents=True, exist_ok=True)
-        _save_yaml(task_cfg, out / "config.yaml")
-        _save_yaml(hydra_cfg, out / "hydra.yaml")
-        _save_yaml(hydra_cfg.hydra.overrides.task, out / "overrides.yaml")
+    kept = keep_launch(held.run_dir, out, task_cfg)
+    try:
+        if out is not None:
+            hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            as_configured(hydra_cfg, held)
+            out.mkdir(parents=True, exist_ok=True)
+            _save_yaml(task_cfg, out / "config.yaml")
+            _save_yaml(hydra_cfg, out / "hydra.yaml")
+            _save_yaml(hydra_cfg.hydra.overrides.task, out / "overrides.yaml")
+    except BaseException:  # a full disk: this launch never started, its copies go with it
+        for path in kept:
+            path.unlink(missing_ok=True)
+        raise
     for handler in logging.getLogger().handlers:
         if isinstance(handler, HeldFileHandler):
             handler.write_waiting()
 
 
-def keep_launch(run_dir: Path, out: Path | None, task_cfg: DictConfig) -> None:
+def keep_launch(run_dir: Path, out: Path | None, task_cfg: DictConfig) -> list[Path]:
     """The records of the launch before this one (a resume's) that this launch rewrites, its
     ``.hydra/`` files in ``out`` (None: ``hydra.output_subdir=null``), its ``plan.json`` (the
     steps it planned) and ``results.json`` (what it ended with), kept as
     ``<name>.<n>.<suffix>`` under one ``n``; logged with the config's fields that this launch
-    changes."""
+    changes. Returns the copies made."""
     records = [out / name for name in LAUNCH_RECORDS] if out is not None else []
     records += [run_dir / PLAN, run_dir / RESULTS]
     n = keep_numbered(records)
     if n is None:
-        return
+        return []
     try:
         before = flatten(OmegaConf.to_container(OmegaConf.load(records[0])))
     except (OSError, ValueError, AttributeError):  # no .hydra/, or not a config
@@ -254,6 +259,7 @@ def keep_launch(run_dir: Path, out: Path | None, task_cfg: DictConfig) -> None:
         ", ".join(os.path.relpath(kept_as(path, n), run_dir) for path in kept),
         ("; ".join(changes) or "nothing") if before else "(no earlier config to compare)",
     )
+    return [kept_as(path, n) for path in kept]
 
 
 def held_for(run_dir: Path) -> bool:
