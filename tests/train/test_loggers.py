@@ -409,3 +409,37 @@ def test_a_history_row_cut_short_is_dropped_on_resume(tmp_path: Path) -> None:
     (tmp_path / "metrics.csv").write_text(rows + "0,x,7.9,\r\n0,3,7.5,,extra\r\n")
     HistoryWriter(str(tmp_path), resume_step=3)
     assert (tmp_path / "metrics.csv").read_bytes() == rows.encode()
+
+
+@pytest.mark.slow  # trains twice
+def test_w_and_b_lost_once_the_run_trained_leaves_it_completed(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture, wandb_log
+) -> None:
+    """W&B's service process gone at the run's end (killed by hand: ``ConnectionResetError``
+    from the summary and ``run.finish``): the completed run ended in a traceback with exit
+    code 1 (or its summary, written before results.json, recorded it failed), and a sweep's
+    next job reused the broken W&B run and failed. Now two warnings; results.json says
+    completed; the next run starts a W&B run of its own and finishes it."""
+    from wandb.sdk.wandb_run import Run
+    from wandb.sdk.wandb_summary import SummaryDict
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise ConnectionResetError("Connection lost")  # W&B's words, its service gone
+
+    first, after = tmp_path / "first", tmp_path / "after"
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(SummaryDict, "update", lost)
+        patch.setattr(Run, "finish", lost)
+        train(compose_train(WANDB, first, cache_dir))
+    assert json.loads((first / "results.json").read_text())["status"] == "completed"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B:")]
+    assert said == [
+        f"W&B: {what} failed (ConnectionResetError: Connection lost); the run's record is "
+        "results.json"
+        for what in ("writing the summary", "finishing the run")
+    ]
+    train(compose_train(WANDB, after, cache_dir))
+    (recs,) = offline_runs(after, wandb_log)
+    (run,) = [r["run"] for r in recs if r["type"] == "run"]
+    assert run["run_id"] == (after / "wandb_id").read_text() != (first / "wandb_id").read_text()
+    assert summary(recs)["status"] == "completed" and exit_code(recs) == 0

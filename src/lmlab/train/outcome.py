@@ -17,6 +17,7 @@ from lmlab.files import CHECKPOINTS, RESULTS, write_json
 from lmlab.train.distributed import lost_rank
 from lmlab.train.finetune import TASK_RESULTS
 from lmlab.train.preemption import Preemption
+from lmlab.train.wandb_run import wandb_may_fail
 
 if TYPE_CHECKING:
     import lightning as L
@@ -184,4 +185,5 @@ def summarize_wandb(loggers: list, results: dict[str, Any]) -> None:
     keys = (*SUMMARY_KEYS, *TASK_RESULTS[kind])
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update({k: results.get(k) for k in keys})
+            with wandb_may_fail("writing the summary"):  # a warning: the run has completed
+                lg.experiment.summary.update({k: results.get(k) for k in keys})

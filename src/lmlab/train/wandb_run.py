@@ -5,6 +5,7 @@ offline fallback, and finished with the run's status and exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
@@ -14,6 +15,7 @@ import socket
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from configparser import ConfigParser
 from configparser import Error as ConfigParserError
 from pathlib import Path
@@ -26,7 +28,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from lmlab.config import redact
-from lmlab.errors import ConfigError
+from lmlab.errors import ConfigError, first_line
 from lmlab.files import RESULTS, read_record, write_text
 
 log = logging.getLogger(__name__)
@@ -296,13 +298,40 @@ WANDB_EXIT_CODES = {"completed": 0, "preempted": 143, "interrupted": 130}
 KNOWN_AT_ANY_END = ("params", "active_params", "non_embedding_params", "tokens", "flops")
 
 
+@contextlib.contextmanager
+def wandb_may_fail(what: str, teardown: bool = False) -> Iterator[None]:
+    """W&B's part once a run has ended (its summary, finishing its W&B run): a failure there
+    (W&B's service process gone: ``ConnectionResetError``) is one warning, never the run's.
+    It failed a completed run with a traceback and exit code 1, its results.json saying
+    completed; the run's record is results.json, and its history ``csv/metrics.csv``.
+    ``teardown``: W&B's broken service and run are dropped, so a sweep's next job starts its
+    own (Lightning's logger reused the run still in ``wandb.run``, and the job failed) and the
+    process exits without W&B's traceback."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 (whatever W&B raises)
+        log.warning(
+            "W&B: %s failed (%s: %s); the run's record is results.json",
+            what,
+            type(err).__name__,
+            first_line(err),
+        )
+        if teardown:
+            import wandb
+
+            with contextlib.suppress(Exception):
+                wandb.teardown()
+            wandb.run = None
+
+
 def finish_wandb(results: dict[str, Any]) -> None:
     """Close this process's W&B run, if one is open (each job of a sweep is its own run, and
     offline files are flushed), the way the run ended: the summary's ``status`` is
     results.json's (completed, failed, preempted, interrupted) and ``error`` the first line of
     its error (null once completed: a resumed run's earlier failure is over), and the exit
     code is 0 for a completed run only (``WANDB_EXIT_CODES``). A run that did not complete
-    also gets the sizes results.json holds (``KNOWN_AT_ANY_END``)."""
+    also gets the sizes results.json holds (``KNOWN_AT_ANY_END``). W&B failing here is a
+    warning (``wandb_may_fail``)."""
     wandb = sys.modules.get("wandb")  # never imported here for a run that logs no W&B
     run = getattr(wandb, "run", None)
     if run is None:
@@ -311,5 +340,7 @@ def finish_wandb(results: dict[str, Any]) -> None:
     error = results.get("error")
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
     known = {k: results[k] for k in KNOWN_AT_ANY_END if results.get(k) is not None}
-    run.summary.update(redact({**known, "status": status, "error": lines[0] if lines else None}))
-    run.finish(exit_code=WANDB_EXIT_CODES.get(str(status), 1))
+    with wandb_may_fail("finishing the run", teardown=True):
+        summary = {**known, "status": status, "error": lines[0] if lines else None}
+        run.summary.update(redact(summary))
+        run.finish(exit_code=WANDB_EXIT_CODES.get(str(status), 1))
