@@ -140,6 +140,30 @@ def test_a_wandb_name_that_hydra_reads_as_a_number_is_refused(
     check_run(compose_train([*wandb, f"logger.wandb.{key}='{value}'"], tmp_path / "run", tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("logger.wandb.project=team/lm", "logger.wandb.project=team/lm: it holds /; allowed: "),
+        ("logger.wandb.project='lm:v2'", "logger.wandb.project=lm:v2: it holds :; allowed: "),
+        (f"logger.wandb.project={'p' * 129}", f"logger.wandb.project={'p' * 129}: 129 char"),
+        ("logger.wandb.tags=[ok,'']", "logger.wandb.tags: '' has 0 characters; allowed: tags"),
+        (f"logger.wandb.tags=[{'t' * 65}]", f"logger.wandb.tags: '{'t' * 65}' has 65 characters"),
+    ],
+)
+def test_a_wandb_project_or_tag_that_w_and_b_refuses_is_refused_first(
+    override: str, message: str, tmp_path
+) -> None:
+    """A project holding ``/`` (``team/project``, the path W&B shows) or ``:``, or longer than
+    128 characters, and an empty tag or one over 64 characters: W&B refused them in
+    ``wandb.init``, once the data was prepared, with a traceback. The limits themselves pass."""
+    wandb = ["+debug=smoke", "logger=wandb"]
+    cfg = compose_train([*wandb, override], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+    at_limits = [f"logger.wandb.project={'p' * 128}", f"logger.wandb.tags=[t,{'t' * 64}]"]
+    check_run(compose_train([*wandb, *at_limits], tmp_path / "run", tmp_path))
+
+
 def test_a_logger_entry_without_a_target_is_refused(tmp_path) -> None:
     """``+logger.mine.project=x`` (no ``_target_``) failed the run once its data was prepared,
     with OmegaConf's traceback ("Key '_target_' is not in struct")."""

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,35 @@ def check_wandb(cfg: DictConfig) -> None:
             f"logger.wandb.tags={shown}: allowed: a list of strings, such as "
             "logger.wandb.tags=[baseline] (quote a number: '[v1,\"2\"]'), or null"
         )
+    check_wandb_words(node.get("project"), tags)
+
+
+# What W&B refuses in ``wandb.init`` (its settings' ``validate_project`` and
+# ``validate_run_tags``), once the run's data was prepared, through a traceback
+WANDB_PROJECT_CHARS = "/\\#?%:"
+WANDB_PROJECT_MAX = 128
+WANDB_TAG_MAX = 64
+
+
+def check_wandb_words(project: str | None, tags: Iterable[str] | None) -> None:
+    """``logger.wandb.project`` without any of ``/ \\ # ? % :``, at most 128 characters (a
+    ``team/project`` is ``entity=team project=project``), and each of ``logger.wandb.tags`` 1
+    to 64 characters: W&B refused them once the data was prepared, with a traceback."""
+    if project is not None:
+        found = [c for c in WANDB_PROJECT_CHARS if c in project]
+        if found or len(project) > WANDB_PROJECT_MAX:
+            why = f"it holds {' '.join(found)}" if found else f"{len(project)} characters"
+            raise ConfigError(
+                f"logger.wandb.project={project}: {why}; allowed: at most "
+                f"{WANDB_PROJECT_MAX} characters, none of {' '.join(WANDB_PROJECT_CHARS)} (a "
+                "team's project: logger.wandb.entity=<team> logger.wandb.project=<project>)"
+            )
+    for tag in tags or ():
+        if not 1 <= len(tag) <= WANDB_TAG_MAX:
+            raise ConfigError(
+                f"logger.wandb.tags: {tag!r} has {len(tag)} characters; allowed: tags of 1 to "
+                f"{WANDB_TAG_MAX} characters"
+            )
 
 
 def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
