@@ -416,6 +416,26 @@ def test_a_key_its_target_does_not_take_is_refused_before_any_data(
     assert not re.search(r"allowed: .*\b(params|optimizer|total_steps)\b", str(refused.value))
 
 
+@pytest.mark.parametrize(
+    ("override", "passed"),
+    [
+        ("+logger.wandb.id=myrun", "the run directory's W&B id"),
+        ("+logger.wandb.resume=never", "'allow'"),
+        ("+logger.wandb.mode=disabled", "offline or online as logger.wandb.offline says"),
+    ],
+)
+def test_a_wandb_argument_lmlab_passes_itself_is_refused(
+    override: str, passed: str, tmp_path
+) -> None:
+    """``+logger.wandb.id=myrun`` was overridden without a word by the run directory's id (so
+    were ``resume`` and, offline, ``mode``): the run logged under another id than asked."""
+    cfg = compose_train(["+debug=smoke", "logger=wandb", override], tmp_path / "run", tmp_path)
+    key = override.lstrip("+").partition("=")[0]
+    message = f"{key}={override.partition('=')[2]}: not a setting: lmlab passes {passed}"
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+
+
 def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(
     tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -113,6 +113,11 @@ LMLAB_PASSES = {
         "total_steps": "the run's planned steps (trainer.max_steps, or the budget's): the "
         "schedule ends with the run",
     },
+    "logger.wandb": {
+        "id": "the run directory's W&B id (its wandb_id file), which a resume reopens",
+        "resume": "'allow': a resumed run reopens its W&B run",
+        "mode": "offline or online as logger.wandb.offline says (W&B off: logger=csv)",
+    },
     "trainer": {
         "callbacks": "the callbacks group's (callbacks.<name>=...)",
         "logger": "the logger group's (logger=csv, wandb or none)",
