@@ -73,6 +73,14 @@ def disk_full(err: BaseException | None) -> OSError | None:
     return next(full, None)
 
 
+def written(err: OSError) -> str | None:
+    """The file ``err`` met writing: a copy's or a rename's destination (``filename2``;
+    ``shutil.copyfile`` on a full disk names its source first, as W&B's media copied from a
+    temporary folder into the run's ``wandb/`` showed: a file on a disk with room), else the
+    one file it names."""
+    return err.filename2 or err.filename
+
+
 def write_error_words(err: OSError) -> str:
     """``no space left on device writing <file>`` (``disk quota exceeded``, ``file too large
     ...``, ``permission denied``, ``operation not permitted``, ``read-only file system``)."""
@@ -80,7 +88,7 @@ def write_error_words(err: OSError) -> str:
         what = NO_ROOM[err.errno]
     else:
         what = (err.strerror or os.strerror(err.errno or 0)).lower()
-    return f"{what} writing {err.filename}" if err.filename else what
+    return f"{what} writing {written(err)}" if written(err) else what
 
 
 # What a file system answers a write into a folder this process may not change: its mode, an
@@ -126,9 +134,9 @@ def storage_fix(err: OSError) -> str:
     limit, or make the folder writable."""
     if err.errno == errno.EFBIG:
         return "raise ulimit -f or use a file system that holds larger files"
-    if err.errno in DISK_FULL or not err.filename:
+    if err.errno in DISK_FULL or not written(err):
         return "free space"
-    return f"make {Path(err.filename).parent} writable"
+    return f"make {Path(written(err)).parent} writable"
 
 
 def naming(err: OSError, path: object) -> OSError:

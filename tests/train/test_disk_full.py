@@ -209,3 +209,23 @@ def test_a_sharded_save_refused_by_the_storage_names_the_checkpoint(code: int) -
             assert storage_refusal(err) is said
     assert refused_save(CheckpointException("x", {0: _wrap_exception(ValueError())}), ckpt) is None
     assert refused_save(RuntimeError("unexpected pos"), ckpt) is None
+
+
+def test_a_full_disk_met_by_a_copy_names_the_file_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B copies a table it logs from a temporary folder into the run's ``wandb/``; on a full
+    ``wandb/`` the run stopped with ``no space left on device writing /tmp/tmp...wandb-media/
+    ....table.json``: ``shutil`` names the copy's source first, a file on a disk with room."""
+    import shutil
+
+    from lmlab.errors import write_error_words
+
+    source, copy = tmp_path / "media" / "parameters.table.json", tmp_path / "wandb" / "t.json"
+    source.parent.mkdir()
+    copy.parent.mkdir()
+    source.write_text("{}")
+    monkeypatch.setattr(os, "sendfile", full)
+    with pytest.raises(OSError) as raised:
+        shutil.copyfile(source, copy)
+    assert write_error_words(raised.value) == f"no space left on device writing {copy}"
