@@ -4,6 +4,7 @@ and a run with an API key whose server does not answer or refuses it: offline, a
 
 from __future__ import annotations
 
+import csv
 import http.server
 import json
 import logging
@@ -443,3 +444,35 @@ def test_w_and_b_lost_once_the_run_trained_leaves_it_completed(
     (run,) = [r["run"] for r in recs if r["type"] == "run"]
     assert run["run_id"] == (after / "wandb_id").read_text() != (first / "wandb_id").read_text()
     assert summary(recs)["status"] == "completed" and exit_code(recs) == 0
+
+
+@pytest.mark.slow  # trains
+def test_w_and_b_lost_mid_run_leaves_training_and_its_csv_history_going(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """W&B's service gone mid-run (``ConnectionResetError`` from each ``run.log`` once its
+    first metrics were logged) failed the run with a traceback mid-training. Now one warning:
+    W&B logs nothing more, and the run completes with every step in csv/metrics.csv."""
+    from wandb.sdk.wandb_run import Run
+
+    log_once = Run.log
+    calls: list[int] = []
+
+    def lost_after_one(self: Run, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            raise ConnectionResetError("Connection lost")  # W&B's words, its service gone
+        return log_once(self, *args, **kwargs)
+
+    steps = ["trainer.max_steps=6", "trainer.log_every_n_steps=1"]
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(Run, "log", lost_after_one)
+        train(compose_train([*WANDB, *steps], tmp_path, cache_dir))
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B:")]
+    assert len(said) == 1 and "failed (ConnectionResetError: Connection lost)" in said[0], said
+    assert "W&B logs nothing more in this run" in said[0]
+    assert len(calls) == 2  # nothing more was sent to the lost service
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    logged = {int(r["step"]) for r in rows if r.get("train/loss")}
+    assert logged == set(range(6)), logged

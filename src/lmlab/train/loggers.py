@@ -28,6 +28,7 @@ from lmlab.train.wandb_run import (
     record_wandb_place,
     recorded_wandb_name,
     start_wandb,
+    wandb_may_fail,
     wandb_offline,
     wandb_place,
     wandb_run_id,
@@ -295,7 +296,8 @@ def build_loggers(
     for lg in loggers:
         lg.log_hyperparams(flat)  # W&B's run starts here (rank 0)
         if type(lg).__name__ == "WandbLogger":
-            record_wandb_place(out_dir, lg.experiment)
+            with wandb_may_fail("recording where the W&B run is"):  # W&B lost: its warning
+                record_wandb_place(out_dir, lg.experiment)
     return loggers
 
 

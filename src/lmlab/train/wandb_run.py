@@ -6,6 +6,7 @@ offline fallback, and finished with the run's status and exit code."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import netrc
 import os
@@ -238,23 +239,68 @@ def record_wandb_place(out_dir: Path, experiment: Any) -> None:
     write_text(path, f"{entity}/{project}" if isinstance(entity, str) and entity else project)
 
 
+# The WandbLogger calls a training run makes through Lightning and lmlab (its hyperparameters,
+# each logging step's metrics, the parameter table, checkpoints with log_model, the end)
+GUARDED_CALLS = (
+    "log_hyperparams", "log_graph", "log_metrics", "log_table", "log_text", "log_image",
+    "after_save_checkpoint", "save", "finalize",
+)  # fmt: skip
+
+
+def guard_wandb(logger: Logger) -> Logger:
+    """``logger`` (a ``WandbLogger``) whose calls during training never fail the run: the
+    first that raises (W&B's service process gone mid-run: ``ConnectionResetError``; its
+    folder full) is one warning, and W&B logs nothing more in this run, whose history goes on
+    in ``csv/metrics.csv``; training and its checkpoints go on. It failed the run with a
+    traceback mid-training (a resume continued it, its W&B history cut there)."""
+    lost: list[BaseException] = []
+
+    def guarded(name: str) -> None:
+        method = getattr(logger, name)
+
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if lost:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 (whatever W&B raises)
+                lost.append(err)
+                log.warning(
+                    "W&B: %s failed (%s: %s); W&B logs nothing more in this run, whose "
+                    "history goes on in csv/metrics.csv",
+                    name,
+                    type(err).__name__,
+                    first_line(err),
+                )
+                return None
+
+        setattr(logger, name, call)
+
+    for name in GUARDED_CALLS:
+        if callable(getattr(logger, name, None)):
+            guarded(name)
+    return logger
+
+
 def start_wandb(lcfg: DictConfig, args: dict[str, Any]) -> Logger:
     """``lcfg``'s ``WandbLogger`` with ``args``, its W&B run started (rank 0). Offline, W&B is
     told so in ``wandb.init`` (``mode``: Lightning says it in ``WANDB_MODE``, which W&B reads
     only once a process). An online run that W&B fails to start (a server that does not
     answer in time, refuses the key, ...) goes on offline, with one warning and the ``wandb
-    sync`` that uploads it later, rather than ending the run in a traceback."""
+    sync`` that uploads it later, rather than ending the run in a traceback. W&B failing
+    later in training is one warning (``guard_wandb``)."""
     if args["offline"]:
-        return instantiate(lcfg, **args, mode="offline")
+        return guard_wandb(instantiate(lcfg, **args, mode="offline"))
     logger = instantiate(lcfg, **args)
     try:
         logger.experiment  # noqa: B018 (wandb.init, on rank 0)
-        return logger
+        return guard_wandb(logger)
     except Exception as err:  # W&B's CommError, AuthenticationError, UsageError, ...
         going_offline(err, lcfg.get("save_dir"))
     logger = instantiate(lcfg, **(args | {"offline": True}), mode="offline")
     logger.experiment  # noqa: B018 (offline: raises only as a run without a key would)
-    return logger
+    return guard_wandb(logger)
 
 
 def going_offline(err: Exception, save_dir: str | Path | None) -> None:
