@@ -35,7 +35,8 @@ from lmlab.data.tokenizer import Specials, encode, train_bpe, train_char  # noqa
 from lmlab.errors import ConfigError  # noqa: E402
 from lmlab.infer import fill  # noqa: E402
 from lmlab.infer.generation import decode_loop, generate  # noqa: E402
-from lmlab.infer.hf.convert import choose_architecture, from_hf, hf_tokenizer_of, to_hf  # noqa: E402
+from lmlab.infer.hf.convert import choose_architecture, from_hf, to_hf  # noqa: E402
+from lmlab.infer.hf.tokenizer_io import hf_tokenizer_of  # noqa: E402
 from lmlab.infer.pretrained import load  # noqa: E402
 from lmlab.model import build_model  # noqa: E402
 

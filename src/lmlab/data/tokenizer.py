@@ -102,7 +102,7 @@ class Specials:
         input ``text EOS`` (fine-tuning), a decoder's text after the tokenizer's BOS where it
         adds one (Llama's ``<s>``: training's documents, prompts). The one place that says
         it: the collators, ``fill_mask``, the probe and the tokenizer ``to_hf`` saves
-        (``lmlab.infer.hf.convert.framed``) frame by it."""
+        (``lmlab.infer.hf.tokenizer_io.framed``) frame by it."""
         if family == Family.bert:
             return ("cls",), ("sep",)
         if family == Family.t5:

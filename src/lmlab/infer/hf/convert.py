@@ -6,6 +6,7 @@ transformers reads and writes the Hugging Face side (configs, legacy key names, 
 shards, ``bin`` files, tokenizers); ``huggingface_hub.save_torch_state_dict`` writes the weights
 (sharded when large). What lmlab adds is the mapping (``lmlab.infer.hf.mapping``) and the
 refusals: a knob value a transformers class cannot express is named, never approximated.
+The tokenizer's side is ``lmlab.infer.hf.tokenizer_io``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
 
-from lmlab.config import Family, ModelConfig, model_config_dict, to_schema
+from lmlab.config import ModelConfig, model_config_dict, to_schema
 from lmlab.config.outpath import (
     beside,
     cannot_write,
@@ -31,47 +31,28 @@ from lmlab.config.outpath import (
     publish,
 )
 from lmlab.data.hub import hub_reachable, offline_hub
-from lmlab.data.tokenizer import Specials, spaces_are_tokens
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import HF_CONFIG
 from lmlab.infer.checkpoint import save_new
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
+from lmlab.infer.hf.tokenizer_io import (
+    check_specials,
+    hf_tokenizer,
+    hf_tokenizer_of,
+    transformers_quiet,
+)
 from lmlab.infer.pretrained import check_finite, load
 from lmlab.model import build_model
 
 log = logging.getLogger(__name__)
-# The files transformers builds a tokenizer from: a folder with none of them has no tokenizer
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "tokenizer.model",
-)
-# Post-processors that add special tokens: ``framed`` replaces them with its own template
-FRAMING = {"TemplateProcessing", "BertProcessing", "RobertaProcessing"}
-# Where ModelConfig's dropout is 0 and init_std is unused after conversion: these HF settings
-# are about training, and a converted model is set up for use (model.dropout to fine-tune).
-
-
-def _transformers() -> Any:
-    import transformers
-
-    transformers.logging.set_verbosity_error()  # its notes on unused keys are ours to report
-    transformers.logging.disable_progress_bar()  # a refusal is one line, not under a bar
-    return transformers
 
 
 def hf_config(source: str) -> Any:
     """The Hugging Face config of a local folder or a hub name, or a ConfigError that says
     which it was and why it cannot be read."""
-    transformers = _transformers()
+    transformers = transformers_quiet()
     local = Path(source)
     if local.exists() and not (local / HF_CONFIG).is_file():
         raise ConfigError(f"from_hf={source}: a local path without config.json")
@@ -217,7 +198,7 @@ def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
     from safetensors import SafetensorError
 
     try:
-        hf_model, info = getattr(_transformers(), arch.hf_class).from_pretrained(
+        hf_model, info = getattr(transformers_quiet(), arch.hf_class).from_pretrained(
             source, dtype="auto", output_loading_info=True, ignore_mismatched_sizes=True
         )
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
@@ -253,60 +234,10 @@ def hf_weights(source: str, config: Any, arch: Architecture) -> Any:
     return hf_model
 
 
-def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
-    """The model's fast tokenizer, or None and why ``source`` has none (a folder without
-    tokenizer files, for which transformers makes up a stand-in of special tokens only).
-    Tokenizer files that do not load, and ids past ``vocab_size``, are refused: the
-    checkpoint could not generate with them."""
-    local = Path(source)
-    files = [f for f in TOKENIZER_FILES if (local / f).is_file()]
-    if local.is_dir() and not files:
-        return None, "has no tokenizer files"
-    try:
-        tok = _transformers().AutoTokenizer.from_pretrained(source)
-    except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
-        if isinstance(err, OSError) and not local.exists():  # a hub name without them
-            return None, "has no tokenizer files"
-        raise ConfigError(
-            f"from_hf={source}: its tokenizer ({', '.join(files) or 'tokenizer files'}) does "
-            f"not load: {first_line(err, 200)}; repair or remove it (without one, generation needs "
-            "tokenizer=<tokenizer.json>)"
-        ) from None
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        return None, f"gives a {type(tok).__name__}, not a tokenizers one (tokenizer.json)"
-    added = {t.content for t in backend.get_added_tokens_decoder().values()}
-    if len(set(backend.get_vocab()) - added) < 2:  # < 2: T5's stand-in also has "▁"
-        return (
-            None,
-            f"has tokenizer files ({', '.join(files) or 'on the hub'}) without a vocabulary",
-        )
-    top = max(backend.get_vocab().values())
-    if top >= vocab_size:
-        raise ConfigError(
-            f"from_hf={source}: its tokenizer has ids up to {top}, past config.json's "
-            f"vocab_size={vocab_size} (no embedding for them: another model's tokenizer?); "
-            f"allowed: ids below {vocab_size}"
-        )
-    return tok, ""
-
-
 def looks_local(source: str) -> bool:
     """Whether ``source`` can only be a path: a hub name is ``owner/name`` or ``name``, and
     never starts with ``.``, ``/`` or ``~``, nor has more than one ``/``."""
     return source.startswith((".", "/", "~")) or source.count("/") > 1
-
-
-def check_specials(tokenizer: Any) -> None:
-    """lmlab finds each role by name among the special tokens (``Specials.of``); warn where that
-    differs from what the Hugging Face tokenizer declares."""
-    found = Specials.of(tokenizer.backend_tokenizer)
-    for role in ("eos", "pad", "mask", "cls", "sep", "bos"):
-        declared = getattr(tokenizer, f"{role}_token", None)
-        if declared and getattr(found, role) not in (declared, None):
-            log.warning(
-                "the tokenizer's %s is %r; lmlab uses %r", role, declared, getattr(found, role)
-            )
 
 
 def choose_architecture(cfg: ModelConfig) -> Architecture:
@@ -354,7 +285,7 @@ def to_hf(
             arch.hf_class,
             "; ".join(left_out),
         )
-    transformers = _transformers()
+    transformers = transformers_quiet()
     hf_class = getattr(transformers, arch.hf_class)
     tok, specials = pre.tokenizer, pre.specials
     ids = {
@@ -411,81 +342,3 @@ def as_umask_allows(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-def framed(tok: Any, specials: Specials, family: Family | None, segments: bool = False) -> Any:
-    """A copy of ``tok`` whose post-processor frames text as lmlab's ``family`` does: BERT
-    ``[CLS] a [SEP]`` (a pair: ``[CLS] a [SEP] b [SEP]``, with ``segments`` 0 and 1), T5's
-    encoder ``a </s>``. transformers' tokenizer then gives the model's inputs from
-    ``tok(text)``, as the Hugging Face BERT and T5 tokenizers do; lmlab itself encodes
-    without it. Idempotent: a template ``tok`` has already is replaced, not framed again."""
-    from tokenizers import processors
-
-    if family not in (Family.bert, Family.t5):  # a decoder's tokenizer adds its own BOS
-        return tok
-    before, after = ([getattr(specials, r) for r in side] for side in specials.frame_roles(family))
-    if None in before + after:
-        return tok
-    b = int(segments)  # without segments, Hugging Face's BERT has the one, 0
-    single = " ".join([*before, "$A", *after])  # BERT: [CLS] $A [SEP]; T5: $A </s>
-    pair = " ".join([*before, "$A", *after, f"$B:{b}", *(f"{t}:{b}" for t in after)])
-    template = processors.TemplateProcessing(
-        single=single,
-        pair=pair,
-        special_tokens=[(t, tok.token_to_id(t)) for t in dict.fromkeys(before + after)],
-    )
-    spec = json.loads(tok.to_str())
-    # a tokenizer from Hugging Face, or from an earlier to_hf, already frames: its template
-    # goes (framing twice gives [CLS] [CLS] ..), byte-level BPE's offsets trimming stays
-    kept = [p for p in steps(spec.get("post_processor")) if p["type"] not in FRAMING]
-    spec["post_processor"] = {"type": "Sequence", "processors": kept} if kept else None
-    copy = Tokenizer.from_str(json.dumps(spec))
-    copy.post_processor = processors.Sequence([copy.post_processor, template]) if kept else template
-    return copy
-
-
-def stripping_left(tok: Any, names: set[str]) -> Any:
-    """A copy of ``tok`` whose special tokens ``names`` take the whitespace to their left
-    (``lstrip``), as RoBERTa's ``<mask>``: a masked token or a T5 span brings its own space
-    (byte-level BPE's ``Ġfox``), as ``lmlab.infer.fill`` reads a prompt."""
-    spec = json.loads(tok.to_str())
-    for added in spec["added_tokens"]:
-        if added["content"] in names:
-            added["lstrip"] = True
-    return Tokenizer.from_str(json.dumps(spec))
-
-
-def steps(processor: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The post-processors (as JSON) that ``processor`` applies, in order."""
-    if processor is None:
-        return []
-    if processor["type"] == "Sequence":
-        return [step for p in processor["processors"] for step in steps(p)]
-    return [processor]
-
-
-def hf_tokenizer_of(
-    tok: Any, specials: Specials, family: Family | None = None, segments: bool = False
-) -> Any:
-    """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles and
-    (given the ``family``) the framing its model's inputs have (``framed``); with
-    ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read."""
-    transformers = _transformers()
-    # `the <mask>` reads as lmlab's fill and infill read it: as RoBERTa's <mask> does, unless
-    # a space is a token of its own (a character vocabulary)
-    strips = not spaces_are_tokens(tok)
-    tok = framed(tok, specials, family, segments)
-    if strips:
-        tok = stripping_left(tok, {specials.mask, *specials.sentinels} - {None})
-    inputs = ["input_ids", *(["token_type_ids"] if segments else []), "attention_mask"]
-    roles = {
-        f"{role}_token": getattr(specials, role)
-        for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
-        if getattr(specials, role)
-    }
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        additional_special_tokens=list(specials.sentinels),
-        model_input_names=inputs,
-        **roles,
-    )

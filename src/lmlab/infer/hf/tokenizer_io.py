@@ -1,0 +1,173 @@
+"""The tokenizer's side of a Hugging Face conversion: a model folder's tokenizer read for
+``from_hf`` (``hf_tokenizer``, refused where it does not load or names ids past the model's
+vocabulary), and lmlab's tokenizer written for ``to_hf`` as one ``AutoTokenizer`` loads and
+frames as the family's own (``hf_tokenizer_of``). ``transformers_quiet``: transformers,
+imported with its notes and progress bars off."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from lmlab.config import Family
+from lmlab.data.tokenizer import Specials, spaces_are_tokens
+from lmlab.errors import ConfigError, first_line
+
+log = logging.getLogger(__name__)
+
+# The files transformers builds a tokenizer from: a folder with none of them has no tokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer.model",
+)
+# Post-processors that add special tokens: ``framed`` replaces them with its own template
+FRAMING = {"TemplateProcessing", "BertProcessing", "RobertaProcessing"}
+
+
+def transformers_quiet() -> Any:
+    """transformers, imported when a conversion needs it, with its own notes and progress bars
+    off: a refusal is one line of lmlab's."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # its notes on unused keys are ours to report
+    transformers.logging.disable_progress_bar()  # a refusal is one line, not under a bar
+    return transformers
+
+
+def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
+    """The model's fast tokenizer, or None and why ``source`` has none (a folder without
+    tokenizer files, for which transformers makes up a stand-in of special tokens only).
+    Tokenizer files that do not load, and ids past ``vocab_size``, are refused: the
+    checkpoint could not generate with them."""
+    local = Path(source)
+    files = [f for f in TOKENIZER_FILES if (local / f).is_file()]
+    if local.is_dir() and not files:
+        return None, "has no tokenizer files"
+    try:
+        tok = transformers_quiet().AutoTokenizer.from_pretrained(source)
+    except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+        if isinstance(err, OSError) and not local.exists():  # a hub name without them
+            return None, "has no tokenizer files"
+        raise ConfigError(
+            f"from_hf={source}: its tokenizer ({', '.join(files) or 'tokenizer files'}) does "
+            f"not load: {first_line(err, 200)}; repair or remove it (without one, generation needs "
+            "tokenizer=<tokenizer.json>)"
+        ) from None
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None, f"gives a {type(tok).__name__}, not a tokenizers one (tokenizer.json)"
+    added = {t.content for t in backend.get_added_tokens_decoder().values()}
+    if len(set(backend.get_vocab()) - added) < 2:  # < 2: T5's stand-in also has "▁"
+        return (
+            None,
+            f"has tokenizer files ({', '.join(files) or 'on the hub'}) without a vocabulary",
+        )
+    top = max(backend.get_vocab().values())
+    if top >= vocab_size:
+        raise ConfigError(
+            f"from_hf={source}: its tokenizer has ids up to {top}, past config.json's "
+            f"vocab_size={vocab_size} (no embedding for them: another model's tokenizer?); "
+            f"allowed: ids below {vocab_size}"
+        )
+    return tok, ""
+
+
+def check_specials(tokenizer: Any) -> None:
+    """lmlab finds each role by name among the special tokens (``Specials.of``); warn where that
+    differs from what the Hugging Face tokenizer declares."""
+    found = Specials.of(tokenizer.backend_tokenizer)
+    for role in ("eos", "pad", "mask", "cls", "sep", "bos"):
+        declared = getattr(tokenizer, f"{role}_token", None)
+        if declared and getattr(found, role) not in (declared, None):
+            log.warning(
+                "the tokenizer's %s is %r; lmlab uses %r", role, declared, getattr(found, role)
+            )
+
+
+def framed(tok: Any, specials: Specials, family: Family | None, segments: bool = False) -> Any:
+    """A copy of ``tok`` whose post-processor frames text as lmlab's ``family`` does: BERT
+    ``[CLS] a [SEP]`` (a pair: ``[CLS] a [SEP] b [SEP]``, with ``segments`` 0 and 1), T5's
+    encoder ``a </s>``. transformers' tokenizer then gives the model's inputs from
+    ``tok(text)``, as the Hugging Face BERT and T5 tokenizers do; lmlab itself encodes
+    without it. Idempotent: a template ``tok`` has already is replaced, not framed again."""
+    from tokenizers import processors
+
+    if family not in (Family.bert, Family.t5):  # a decoder's tokenizer adds its own BOS
+        return tok
+    before, after = ([getattr(specials, r) for r in side] for side in specials.frame_roles(family))
+    if None in before + after:
+        return tok
+    b = int(segments)  # without segments, Hugging Face's BERT has the one, 0
+    single = " ".join([*before, "$A", *after])  # BERT: [CLS] $A [SEP]; T5: $A </s>
+    pair = " ".join([*before, "$A", *after, f"$B:{b}", *(f"{t}:{b}" for t in after)])
+    template = processors.TemplateProcessing(
+        single=single,
+        pair=pair,
+        special_tokens=[(t, tok.token_to_id(t)) for t in dict.fromkeys(before + after)],
+    )
+    spec = json.loads(tok.to_str())
+    # a tokenizer from Hugging Face, or from an earlier to_hf, already frames: its template
+    # goes (framing twice gives [CLS] [CLS] ..), byte-level BPE's offsets trimming stays
+    kept = [p for p in steps(spec.get("post_processor")) if p["type"] not in FRAMING]
+    spec["post_processor"] = {"type": "Sequence", "processors": kept} if kept else None
+    copy = Tokenizer.from_str(json.dumps(spec))
+    copy.post_processor = processors.Sequence([copy.post_processor, template]) if kept else template
+    return copy
+
+
+def stripping_left(tok: Any, names: set[str]) -> Any:
+    """A copy of ``tok`` whose special tokens ``names`` take the whitespace to their left
+    (``lstrip``), as RoBERTa's ``<mask>``: a masked token or a T5 span brings its own space
+    (byte-level BPE's ``Ġfox``), as ``lmlab.infer.fill`` reads a prompt."""
+    spec = json.loads(tok.to_str())
+    for added in spec["added_tokens"]:
+        if added["content"] in names:
+            added["lstrip"] = True
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def steps(processor: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The post-processors (as JSON) that ``processor`` applies, in order."""
+    if processor is None:
+        return []
+    if processor["type"] == "Sequence":
+        return [step for p in processor["processors"] for step in steps(p)]
+    return [processor]
+
+
+def hf_tokenizer_of(
+    tok: Any, specials: Specials, family: Family | None = None, segments: bool = False
+) -> Any:
+    """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles and
+    (given the ``family``) the framing its model's inputs have (``framed``); with
+    ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read."""
+    transformers = transformers_quiet()
+    # `the <mask>` reads as lmlab's fill and infill read it: as RoBERTa's <mask> does, unless
+    # a space is a token of its own (a character vocabulary)
+    strips = not spaces_are_tokens(tok)
+    tok = framed(tok, specials, family, segments)
+    if strips:
+        tok = stripping_left(tok, {specials.mask, *specials.sentinels} - {None})
+    inputs = ["input_ids", *(["token_type_ids"] if segments else []), "attention_mask"]
+    roles = {
+        f"{role}_token": getattr(specials, role)
+        for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
+        if getattr(specials, role)
+    }
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        additional_special_tokens=list(specials.sentinels),
+        model_input_names=inputs,
+        **roles,
+    )
