@@ -24,7 +24,7 @@ from lmlab.config import resolve_configs
 from lmlab.data.collators import decoder_tokens
 from lmlab.data.datamodule import LMDataModule
 from lmlab.model import build_model, flops_per_token
-from lmlab.train.task import build_optimizer, decay_groups, optimizer_from
+from lmlab.train.optimizer import build_optimizer, decay_groups, optimizer_from
 
 
 def autocast_for(precision: str) -> contextlib.AbstractContextManager:

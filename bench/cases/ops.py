@@ -14,7 +14,7 @@ from bench.harness import compose
 from bench.report import CaseResult, Stat
 from lmlab.config import resolve_configs
 from lmlab.model import build_model
-from lmlab.train.task import decay_groups
+from lmlab.train.optimizer import decay_groups
 
 ADAMW_MODELS = [
     ("shakespeare char (d 128, 4 layers)", ["+experiment=shakespeare_char_cpu"], 171),
@@ -102,7 +102,7 @@ INTROS = {
     "adamw": (
         "torch's AdamW (`decay_groups`, weight decay 0.1) over each model's parameters with "
         "random gradients: `foreach=True` against `fused=True`, which `optim.fused=auto` "
-        "picks on CPU and CUDA (`lmlab.train.task.build_optimizer`). One process, the two "
+        "picks on CPU and CUDA (`lmlab.train.optimizer.build_optimizer`). One process, the two "
         "alternating round by round after a warm-up round; ms per `optimizer.step()`."
     ),
     "cross_entropy": (

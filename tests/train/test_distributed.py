@@ -30,9 +30,9 @@ from lmlab.model import build_model
 from lmlab.train.compose import compose_train
 from lmlab.train.distributed import keyed_by_name
 from lmlab.train.machine import resolve_precision
+from lmlab.train.optimizer import decay_groups
 from lmlab.train.parallel import layout
 from lmlab.train.run import train
-from lmlab.train.task import decay_groups
 
 REPO = CONF_DIR.parent  # the repository root
 

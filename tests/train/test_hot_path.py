@@ -27,8 +27,9 @@ from lmlab.data.datamodule import loader_settings
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
+from lmlab.train.optimizer import build_optimizer, decay_groups, optimizer_from
 from lmlab.train.run import train
-from lmlab.train.task import LMTask, build_optimizer, decay_groups, optimizer_from
+from lmlab.train.task import LMTask
 from smoke import SMOKE
 from syncs import HOST_READS, SyncingOps
 

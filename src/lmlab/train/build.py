@@ -21,6 +21,7 @@ from lmlab.train.estimate import check_model_vocab
 from lmlab.train.finetune import DATAMODULES
 from lmlab.train.init_from import load_weights
 from lmlab.train.memory import check_state_fits
+from lmlab.train.optimizer import optimizer_from
 from lmlab.train.plan import (
     CORPUS_RECORD,
     RESUME_RECORD,
@@ -32,7 +33,7 @@ from lmlab.train.plan import (
 from lmlab.train.preflight import CheckedRun
 from lmlab.train.resume import already_done
 from lmlab.train.schedule import warmup_cut
-from lmlab.train.task import LMTask, optimizer_from
+from lmlab.train.task import LMTask
 
 log = logging.getLogger(__name__)
 
