@@ -253,7 +253,8 @@ def guard_wandb(logger: Logger) -> Logger:
     folder full) is one warning, and W&B logs nothing more in this run, whose history goes on
     in ``csv/metrics.csv``; training and its checkpoints go on. It failed the run with a
     traceback mid-training (a resume continued it, its W&B history cut there)."""
-    lost: list[BaseException] = []
+    lost: list[str] = []
+    then = "W&B logs nothing more in this run, whose history goes on in csv/metrics.csv"
 
     def guarded(name: str) -> None:
         method = getattr(logger, name)
@@ -262,18 +263,10 @@ def guard_wandb(logger: Logger) -> Logger:
         def call(*args: Any, **kwargs: Any) -> Any:
             if lost:
                 return None
-            try:
+            with wandb_may_fail(name, then=then):
                 return method(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 (whatever W&B raises)
-                lost.append(err)
-                log.warning(
-                    "W&B: %s failed (%s: %s); W&B logs nothing more in this run, whose "
-                    "history goes on in csv/metrics.csv",
-                    name,
-                    type(err).__name__,
-                    first_line(err),
-                )
-                return None
+            lost.append(name)  # reached only where the call raised (its one warning said)
+            return None
 
         setattr(logger, name, call)
 
@@ -345,23 +338,21 @@ KNOWN_AT_ANY_END = ("params", "active_params", "non_embedding_params", "tokens",
 
 
 @contextlib.contextmanager
-def wandb_may_fail(what: str, teardown: bool = False) -> Iterator[None]:
+def wandb_may_fail(
+    what: str, teardown: bool = False, then: str = "the run's record is results.json"
+) -> Iterator[None]:
     """W&B's part once a run has ended (its summary, finishing its W&B run): a failure there
     (W&B's service process gone: ``ConnectionResetError``) is one warning, never the run's.
     It failed a completed run with a traceback and exit code 1, its results.json saying
     completed; the run's record is results.json, and its history ``csv/metrics.csv``.
     ``teardown``: W&B's broken service and run are dropped, so a sweep's next job starts its
     own (Lightning's logger reused the run still in ``wandb.run``, and the job failed) and the
-    process exits without W&B's traceback."""
+    process exits without W&B's traceback. ``then``: what the warning says happens next
+    (``guard_wandb``'s: W&B logs nothing more in the run)."""
     try:
         yield
     except Exception as err:  # noqa: BLE001 (whatever W&B raises)
-        log.warning(
-            "W&B: %s failed (%s: %s); the run's record is results.json",
-            what,
-            type(err).__name__,
-            first_line(err),
-        )
+        log.warning("W&B: %s failed (%s: %s); %s", what, type(err).__name__, first_line(err), then)
         if teardown:
             import wandb
 
