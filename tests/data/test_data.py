@@ -818,6 +818,9 @@ def test_sampler_resumes_exactly_and_shards_ranks() -> None:
     assert sorted(ranks[0][:5] + ranks[1][:5]) == sorted(full[:10])
     resumed = ResumableSampler(10, 35, seed=3, start=17, rank=1, world_size=2)
     assert len(list(resumed)) == 9 and len(resumed) == 17  # len counts the whole run
+    # numbered: each row with its global sample number, the same on any rank or resume
+    numbered = ResumableSampler(10, 35, seed=3, start=17, rank=1, world_size=2, numbered=True)
+    assert list(numbered) == [(full[g], g) for g in range(18, 35, 2)]
 
 
 def test_special_token_roles_come_from_the_tokenizers_own_specials() -> None:

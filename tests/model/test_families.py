@@ -29,6 +29,7 @@ from lmlab.data.collators import (
     COLLATORS,
     IGNORE,
     MLMCollator,
+    Numbered,
     SpanCorruptionCollator,
     corrupt_spans,
     noise_counts,
@@ -171,26 +172,40 @@ def test_mlm_rates(tokenizer) -> None:
 
 
 @pytest.mark.parametrize("family", [Family.bert, Family.t5])
-def test_validation_corrupts_a_row_alike_in_any_batch(tokenizer, family: Family) -> None:
-    """Validation's collator (``per_row``) gives each row the same inputs and labels whichever
-    batch holds it: 8 rows as one batch, as batches of 3 and 5 (another data.val_batch_size)
-    and in reverse order. Seeded by the whole batch, each batch size scored other masks.
-    Training's corrupts a row anew among other rows (a row's next epoch: dynamic masking)."""
+def test_a_row_is_corrupted_alike_in_any_batch(tokenizer, family: Family) -> None:
+    """Each row's draws are seeded by the row alone. Validation's rows (plain tensors) by their
+    tokens: 8 rows as one batch, as batches of 3 and 5 (another data.val_batch_size) and in
+    reverse order give each row the same inputs and labels. Training's rows (``Numbered``) by
+    their sample number g: split into micro-batches (accumulation) or interleaved over two
+    ranks, each row is corrupted as in the whole batch, and the same row drawn again as
+    another sample (its next epoch) is corrupted anew. Seeded by the whole batch, another
+    split of the global batch drew other masks: one config trained on other data on 1 or 8
+    devices."""
     seq_len = 64
     make = {
-        Family.bert: lambda per_row: MLMCollator(tokenizer, seed=0, per_row=per_row),
-        Family.t5: lambda per_row: SpanCorruptionCollator(tokenizer, 0, seq_len, per_row),
+        Family.bert: lambda: MLMCollator(tokenizer, seed=0),
+        Family.t5: lambda: SpanCorruptionCollator(tokenizer, 0, seq_len),
     }[family]
-    validate, train = make(True), make(False)
+    collate = make()
     n_vocab = tokenizer.get_vocab_size()
-    rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (8, validate.row_len(seq_len)))
+    rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (8, collate.row_len(seq_len)))
     rows = rows.to(torch.int32)
-    whole, backwards = validate(rows), validate(rows.flip(0))
-    split = [validate(rows[:3]), validate(rows[3:])]
+    whole, backwards = collate(rows), collate(rows.flip(0))
+    split = [collate(rows[:3]), collate(rows[3:])]
     for key, value in whole.items():
         assert torch.equal(torch.cat([part[key] for part in split]), value), key
         assert torch.equal(backwards[key].flip(0), value), key
-    assert not torch.equal(train(rows[:1])["labels"][0], train(rows[:3])["labels"][0])
+
+    samples = list(range(100, 108))
+    whole = collate(Numbered(rows, samples))
+    micro = [collate(Numbered(rows[i : i + 2], samples[i : i + 2])) for i in range(0, 8, 2)]
+    ranks = [collate(Numbered(rows[r::2], samples[r::2])) for r in (0, 1)]
+    for key, value in whole.items():
+        assert torch.equal(torch.cat([batch[key] for batch in micro]), value), key
+        interleaved = torch.stack([ranks[b % 2][key][b // 2] for b in range(8)])
+        assert torch.equal(interleaved, value), key
+    again = collate(Numbered(rows, [s + 8 for s in samples]))  # the same rows, next epoch
+    assert all(not torch.equal(again["labels"][b], whole["labels"][b]) for b in range(8))
 
 
 def reconstruct(inputs: list[int], targets: list[int], sentinel_ids: list[int]) -> list[int]:
@@ -260,7 +275,7 @@ def test_the_shortest_sequences_fill_bert_and_t5s_objectives(tokenizer) -> None:
         assert ((collate(rows.to(torch.int32))["labels"] != IGNORE).sum(1) >= 1).all()
     # rows that select tokens on their own keep the draws they had: one rand per position
     rows = torch.randint(len(SPECIAL_TOKENS), n_vocab, (16, 254), dtype=torch.int32)
-    seeds = row_seeds(0, rows, per_row=False)
+    seeds = row_seeds(0, rows)
     draws = torch.stack(
         [torch.rand(256, generator=torch.Generator().manual_seed(s)) for s in seeds]
     )

@@ -763,7 +763,7 @@ def test_init_from_a_converted_t5_takes_its_recipe(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
 def test_every_target_token_weighs_alike_however_the_batch_is_split(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, family: str
+    tmp_path: Path, cache_dir: Path, family: str
 ) -> None:
     """BERT's micro-batches hold unequal numbers of masked tokens: averaging each micro-batch's
     mean weighed a token of a sparse one more, so the same global batch of 8 rows made
@@ -771,14 +771,9 @@ def test_every_target_token_weighs_alike_however_the_batch_is_split(
     at bert_tiny's step 0). Each target now counts alike (``LMTask.token_weighted``). In
     float64 the two splits' logged losses and gradient norms agree to the summation order's
     rounding (the terms are O(1), a few thousand of them: 1e-12 relative is far above it).
-    Rows are masked alike at both splits (each row seeded by its own tokens, as validation
-    draws them). GPT, whose micro-batches hold as many targets, is the control."""
-    from lmlab.data import collators
-
-    each_row = collators.row_seeds
-    monkeypatch.setattr(
-        collators, "row_seeds", lambda seed, rows, per_row: each_row(seed, rows, True)
-    )
+    Rows are masked alike at both splits (each seeded by its sample number, ``row_seeds``:
+    seeded by the whole micro-batch, the splits drew other masks). GPT, whose micro-batches
+    hold as many targets, is the control."""
     logged = {}
     for micro in (8, 4):
         out = tmp_path / str(micro)

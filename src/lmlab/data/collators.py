@@ -2,18 +2,20 @@
 ``labels`` (-100 where no loss is taken), so ``task.py`` has one loss path for all families.
 
 Each collator says how long a packed row it needs for a model sequence of ``seq_len``
-(``row_len``), and is deterministic given its seed and the batch's contents: the random draws
-are seeded by both, so a resumed run and every validation pass see the same corruption. A
-validation collator (``per_row``) seeds each row by its own tokens alone, so the batch size
-does not change what validation scores (``row_seeds``).
+(``row_len``), and is deterministic given its seed and its rows: each row's random draws are
+seeded by the collator's seed and the row alone (``row_seeds``), so a resumed run and every
+validation pass see the same corruption, and no batch size, accumulation or device count
+changes which tokens a row has masked.
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from numpy.random import SeedSequence
 from tokenizers import Tokenizer
 
 from lmlab.config import IGNORE, MIN_SEQ_LEN, Family
@@ -23,17 +25,29 @@ from lmlab.errors import ConfigError
 Batch = dict[str, torch.Tensor]
 
 
-def row_seeds(seed: int, rows_BR: torch.Tensor, per_row: bool) -> list[int]:
-    """A seed for each row's draws, from the run's seed and tokens (CRC32 of the int32 ids).
-    ``per_row``: of the row alone, so a row is corrupted alike in any batch (validation: it
-    scored other masks at another ``data.val_batch_size``). Otherwise of the whole batch and
-    the row's place in it (training): a row drawn again in a later epoch, among other rows, is
-    corrupted anew, as RoBERTa's dynamic masking does."""
-    rows = rows_BR.to(torch.int32).contiguous().numpy()
-    if per_row:
-        return [seed * 1_000_003 + zlib.crc32(row.tobytes()) for row in rows]
-    batch = zlib.crc32(rows.tobytes())
-    return [seed * 1_000_003 + zlib.crc32(b.to_bytes(4, "little"), batch) for b in range(len(rows))]
+class Numbered(NamedTuple):
+    """Training rows, each with its global sample number g (``ResumableSampler``: the g-th row
+    the run draws, over all ranks and micro-batches)."""
+
+    rows: torch.Tensor  # (B, R) int32
+    samples: list[int]  # (B) g
+
+
+def rows_of(batch: torch.Tensor | Numbered) -> torch.Tensor:
+    return batch.rows if isinstance(batch, Numbered) else batch
+
+
+def row_seeds(seed: int, batch: torch.Tensor | Numbered) -> list[int]:
+    """A seed for each row's draws, of ``seed`` and that row alone, never of the batch around
+    it: a row is corrupted alike whichever micro-batch, rank or batch size holds it.
+    Numbered rows (training) are seeded by their sample number g, so a row drawn again in a
+    later epoch is corrupted anew, as RoBERTa's dynamic masking does. Other rows (validation)
+    are seeded by their own tokens (CRC32 of the int32 ids), so every pass scores the same
+    targets."""
+    if isinstance(batch, Numbered):
+        return [int(SeedSequence([seed, g]).generate_state(1, np.uint64)[0]) for g in batch.samples]
+    rows = batch.to(torch.int32).contiguous().numpy()
+    return [seed * 1_000_003 + zlib.crc32(row.tobytes()) for row in rows]
 
 
 class CausalLMCollator:
@@ -54,7 +68,6 @@ class CausalLMCollator:
         tokenizer: Tokenizer | None = None,
         seed: int = 0,
         seq_len: int = 0,
-        per_row: bool = False,
     ) -> None:
         pass
 
@@ -62,8 +75,8 @@ class CausalLMCollator:
     def row_len(cls, seq_len: int) -> int:
         return seq_len + 1
 
-    def __call__(self, rows_BT1: torch.Tensor) -> Batch:
-        rows_BT1 = rows_BT1.long()
+    def __call__(self, batch: torch.Tensor | Numbered) -> Batch:
+        rows_BT1 = rows_of(batch).long()
         return {"input_ids": rows_BT1[:, :-1], "labels": rows_BT1[:, 1:]}
 
 
@@ -86,10 +99,8 @@ class MLMCollator:
         select: float = 0.15,
         mask: float = 0.8,
         random: float = 0.1,
-        per_row: bool = False,
     ) -> None:
         self.seed, self.select, self.mask, self.random = seed, select, mask, random
-        self.per_row = per_row  # seeds (``row_seeds``): each row's own (validation), or the batch's
         specials = Specials.of(tokenizer)
         [self.cls_id], [self.sep_id] = specials.frame(tokenizer, Family.bert, "BERT's masked LM")
         self.mask_id = specials.id(tokenizer, "mask", "BERT's masked LM")
@@ -109,7 +120,8 @@ class MLMCollator:
         uniform_3T = torch.rand((3, length), generator=gen)
         return uniform_3T, torch.randint(len(self.regular_ids), (length,), generator=gen)
 
-    def __call__(self, rows_BR: torch.Tensor) -> Batch:
+    def __call__(self, batch: torch.Tensor | Numbered) -> Batch:
+        rows_BR = rows_of(batch)
         B = rows_BR.shape[0]
         ids_BT = torch.cat(
             (
@@ -119,7 +131,7 @@ class MLMCollator:
             ),
             dim=1,
         )
-        seeds = row_seeds(self.seed, rows_BR, self.per_row)
+        seeds = row_seeds(self.seed, batch)
         rows = [self.draws(seed, ids_BT.shape[1]) for seed in seeds]
         uniform_3BT = torch.stack([uniform_3T for uniform_3T, _ in rows], 1)
         index_BT = torch.stack([index_T for _, index_T in rows])
@@ -192,10 +204,8 @@ class SpanCorruptionCollator:
     density, mean_span = 0.15, 3.0
     in_workers = True  # the corruption runs beside the step (``CausalLMCollator.in_workers``)
 
-    def __init__(
-        self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256, per_row: bool = False
-    ) -> None:
-        self.seed, self.input_len, self.per_row = seed, seq_len, per_row  # as MLMCollator's
+    def __init__(self, tokenizer: Tokenizer, seed: int = 0, seq_len: int = 256) -> None:
+        self.seed, self.input_len = seed, seq_len
         specials = Specials.of(tokenizer)
         self.check_spans(seq_len, len(specials.sentinels))
         self.target_len = self.decoder_len(seq_len)
@@ -243,12 +253,13 @@ class SpanCorruptionCollator:
         n_noise, n_spans = noise_counts(cls.row_len(seq_len), cls.density, cls.mean_span)
         return n_noise + n_spans + 1
 
-    def __call__(self, rows_BR: torch.Tensor) -> Batch:
+    def __call__(self, batch: torch.Tensor | Numbered) -> Batch:
+        rows_BR = rows_of(batch)
         B, R = rows_BR.shape
         inputs_BT = np.full((B, self.input_len), self.pad)
         targets_BS = np.full((B, self.target_len), self.pad)
         input_lens, target_lens = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
-        seeds = row_seeds(self.seed, rows_BR, self.per_row)
+        seeds = row_seeds(self.seed, batch)
         for b, ids in enumerate(rows_BR.numpy().astype(np.int64)):
             rng = np.random.default_rng(seeds[b])
             noise = random_spans_noise_mask(R, self.density, self.mean_span, rng)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import DataConfig, Family
-from lmlab.data.collators import COLLATORS
+from lmlab.data.collators import COLLATORS, Numbered
 from lmlab.data.packing import UnusableEntry, discard, prepare, read_entry, writing
 from lmlab.data.sampler import ResumableSampler
 from lmlab.data.tokenizer import warn_unknown
@@ -35,7 +35,8 @@ class Rows(Dataset):
     at token ``i * stride`` of the rows laid end to end; ``stride`` = the row length (the
     default) gives the rows themselves. A window may join the end of one row to the start of
     the next: rows are consecutive cuts of the token stream. ``__getitems__`` gives the
-    DataLoader a whole batch as one indexing op instead of B small tensors."""
+    DataLoader a whole batch as one indexing op instead of B small tensors; given (window, g)
+    pairs (a numbered ``ResumableSampler``), the windows with their sample numbers."""
 
     def __init__(self, rows: torch.Tensor, stride: int | None = None) -> None:
         self.rows, self.row_len = rows, rows.shape[1]
@@ -49,7 +50,10 @@ class Rows(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+    def __getitems__(self, indices: list[int] | list[tuple[int, int]]) -> torch.Tensor | Numbered:
+        if indices and isinstance(indices[0], tuple):
+            windows, samples = zip(*indices, strict=True)
+            return Numbered(self.__getitems__(list(windows)), list(samples))
         if self.stride == self.row_len:
             return self.rows[indices]
         starts = torch.as_tensor(indices) * self.stride
@@ -164,13 +168,11 @@ class LMDataModule(L.LightningDataModule):
             where = f"the {split} split of data.source={self.cfg.source.value}"
             warn_unknown(record, self.meta[split]["tokens"], where)
         self.train_rows, self.val_rows = Rows(train, self.cfg.stride), Rows(val)
-        # training draws its corruption per batch with the run's seed, validation per row with
-        # its own (``row_seeds``, ``VAL_SEED``)
+        # training draws each row's corruption with the run's seed and the row's sample
+        # number, validation with a seed of its own and the row's tokens (``row_seeds``)
         self.collate, self.val_collate = (
-            COLLATORS[self.family](
-                tokenizer=self.tokenizer, seed=seed, seq_len=self.seq_len, per_row=per_row
-            )
-            for seed, per_row in ((self.seed, False), (VAL_SEED, True))
+            COLLATORS[self.family](tokenizer=self.tokenizer, seed=seed, seq_len=self.seq_len)
+            for seed in (self.seed, VAL_SEED)
         )
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,6 +199,7 @@ class LMDataModule(L.LightningDataModule):
             self.start_sample,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            numbered=isinstance(self.train_rows, Rows),  # fine-tuning's examples: a list
         )
         return self._loader(self.train_rows, sampler)
 

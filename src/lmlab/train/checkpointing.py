@@ -325,7 +325,7 @@ class RNGState(L.Callback):
     from ``seed`` (each rank its own stream: ``dropout_seed``). Whatever runs between seeding
     and that batch (a peak-FLOP/s measurement that only a cold cache runs, probes, DataLoader
     iterators) then cannot shift the random stream that dropout draws from (masking draws
-    from generators seeded by the batch's own tokens, ``row_seeds``): the stream depends on
+    from generators seeded per row, ``row_seeds``): the stream depends on
     the seed and the step only, so an interrupted and resumed run matches an uninterrupted
     one bit for bit."""
 
