@@ -28,6 +28,7 @@ from lmlab.data.tokenizer import (
     EOS,
     MASK,
     SPECIAL_TOKENS,
+    TRAIN_WORD_BYTES,
     Specials,
     encode,
     prompt_ids,
@@ -83,6 +84,20 @@ def test_bpe_round_trips_any_text_and_carries_special_tokens() -> None:
     for s in (TEXT[:200], "ünïcödé ✓ 日本"):
         assert tok.decode(tok.encode(s).ids) == s
     assert all(tok.token_to_id(t) is not None for t in SPECIAL_TOKENS)
+
+
+def test_bpe_trains_on_a_long_word_in_pieces_and_encodes_it_whole() -> None:
+    """BPE's trainer rescans every word holding the pair it merges, so a one-line DNA sequence
+    (one "word" of 2 MB) did not train in 5 minutes. It counts pairs in pieces of at most
+    ``TRAIN_WORD_BYTES``: here a 20,000-letter word, whose every merge doubles a token, learns no
+    token longer than a piece (uncut, one of 512 bytes). The tokenizer then
+    encodes whole words, and the word round-trips; an ordinary word is never cut."""
+    word = "ACGT" * 5000
+    tok = train_bpe([word + " " + TEXT], vocab_size=400)
+    # a byte-level token spells each byte as one character
+    assert max(len(t) for t in tok.get_vocab() if t not in SPECIAL_TOKENS) == TRAIN_WORD_BYTES
+    assert tok.decode(tok.encode(word).ids) == word
+    assert tok.pre_tokenizer.pre_tokenize_str(word) == [(word, (0, len(word)))]
 
 
 def test_char_tokenizer_round_trips_and_maps_unseen_chars_to_unk() -> None:
