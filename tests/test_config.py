@@ -200,13 +200,22 @@ def test_cross_field_errors_name_fields_and_values(kwargs: dict, message: str) -
         ModelConfig(**kwargs)
 
 
-def test_gated_ffn_width_follows_llama_rule() -> None:
-    assert (
-        ModelConfig(d_model=4096, activation=Activation.swiglu, ffn_multiple_of=256).ffn_dim
-        == 11008
-    )
+def llama_hidden_dim(d_model: int, multiple_of: int) -> int:
+    """Meta's Llama ``FeedForward.__init__`` (model.py), hidden_dim = 4 * dim on the way in."""
+    hidden_dim = int(2 * (4 * d_model) / 3)
+    return multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
+
+
+# (d_model, ffn_multiple_of): Llama-2-7B's; the default 64; and multiples that are not of 8,
+# where 8d/3 rounded up directly is one multiple more than Llama's truncate-then-round
+@pytest.mark.parametrize(
+    ("d_model", "multiple_of"), [(4096, 256), (128, 64), (128, 1), (4096, 1), (7, 3), (100, 2)]
+)
+def test_gated_ffn_width_follows_llama_rule(d_model: int, multiple_of: int) -> None:
+    cfg = ModelConfig(d_model=d_model, n_heads=1, activation="swiglu", ffn_multiple_of=multiple_of)
+    assert cfg.ffn_dim == llama_hidden_dim(d_model, multiple_of)
+    assert ModelConfig(d_model=4096, activation="swiglu", ffn_multiple_of=256).ffn_dim == 11008
     assert ModelConfig(d_model=128, activation=Activation.gelu).ffn_dim == 512
-    assert ModelConfig(d_model=128, activation=Activation.swiglu).ffn_dim == 384
 
 
 # Each is refused by resolve_configs, which lmlab train runs before torch is imported and

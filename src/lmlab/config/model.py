@@ -120,8 +120,9 @@ class ModelConfig:
     from d_model (T5 v1.1 small: 6 heads of 64 in a 512 model; Gemma, Qwen3)."""
     d_ff: int | None = None
     """None derives the feed-forward width: 4 * d_model for ReLU/GELU, and for the gated
-    SwiGLU/GeGLU (three matrices instead of two) 2/3 of that rounded up to ``ffn_multiple_of``,
-    as Llama does, so the parameter count stays comparable."""
+    SwiGLU/GeGLU (three matrices instead of two) 2/3 of that, truncated to a whole number and
+    rounded up to ``ffn_multiple_of``, as Llama's code does, so the parameter count stays
+    comparable."""
     ffn_multiple_of: int = 64
     max_seq_len: int = 256
     vocab_size: int | None = None
@@ -402,8 +403,10 @@ class ModelConfig:
         if self.d_ff is not None:
             return self.d_ff
         if self.activation in GATED:
-            m = self.ffn_multiple_of
-            return m * math.ceil(2 * 4 * self.d_model / 3 / m)
+            # Llama's FeedForward: int(2 * 4d / 3), then up to a multiple; rounding 8d/3 up
+            # directly gave one multiple more where it is not a whole number (341.3 -> 342)
+            m, two_thirds = self.ffn_multiple_of, 8 * self.d_model // 3
+            return m * math.ceil(two_thirds / m)
         return 4 * self.d_model
 
 
