@@ -403,8 +403,7 @@ class ModelConfig:
         if self.d_ff is not None:
             return self.d_ff
         if self.activation in GATED:
-            # Llama's FeedForward: int(2 * 4d / 3), then up to a multiple; rounding 8d/3 up
-            # directly gave one multiple more where it is not a whole number (341.3 -> 342)
+            # Llama's FeedForward: int(2 * 4d / 3) first, then up to a multiple of m
             m, two_thirds = self.ffn_multiple_of, 8 * self.d_model // 3
             return m * math.ceil(two_thirds / m)
         return 4 * self.d_model
