@@ -354,6 +354,23 @@ def test_relative_position_buckets_match_t5(
     assert got.item() == bucket
 
 
+def test_relative_distances_are_refused_where_a_stacks_buckets_cannot_reach_them() -> None:
+    """The logarithmic buckets start where the exact ones end: buckets // 2 for a causal stack
+    (GPT, T5's decoder), buckets // 4 for a bidirectional one alone (BERT), and need a larger
+    max distance. BERT at (32, 16), as transformers takes it, was refused by the causal rule;
+    its buckets are T5's encoder's (finite, every offset in range)."""
+    relative = {"positional": Positional.relative, "relative_buckets": 32}
+    bert = build_model(tiny(Family.bert, **relative, relative_max_distance=16))
+    with torch.no_grad():
+        assert bert(torch.randint(V, (2, 24))).isfinite().all()
+    buckets = relative_position_bucket(torch.arange(-23, 24), True, 32, 16)
+    assert buckets.min() == 0 and buckets.max() == 31
+    for family, shortest in ((Family.bert, 8), (Family.gpt, 16), (Family.t5, 16)):
+        tiny(family, **relative, relative_max_distance=shortest + 1)
+        with pytest.raises(ConfigError, match=rf"> relative_buckets // . \({shortest}\) for "):
+            tiny(family, **relative, relative_max_distance=shortest)
+
+
 def test_family_only_fields_are_refused_elsewhere() -> None:
     with pytest.raises(ConfigError, match="type_vocab_size=2 .*family=bert only, not family=gpt"):
         ModelConfig(type_vocab_size=2)

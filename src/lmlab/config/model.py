@@ -320,13 +320,21 @@ class ModelConfig:
                 "without causal masking an encoder sees its input as a bag of tokens "
                 "(NoPE needs a decoder-only model)"
             )
+        # the exact buckets' end, which the logarithmic ones start from, up to the max distance
+        # (``relative_position_bucket``): BERT's stack is bidirectional only, a decoder's causal
+        exact, halves = (
+            (self.relative_buckets // 4, "4")
+            if self.family == Family.bert
+            else (self.relative_buckets // 2, "2")
+        )
         if self.positional == Positional.relative and not (
-            self.relative_buckets >= 4 and self.relative_max_distance > self.relative_buckets // 2
+            self.relative_buckets >= 4 and self.relative_max_distance > exact
         ):
             raise ConfigError(
                 f"model.positional=relative needs model.relative_buckets >= 4 and "
-                f"model.relative_max_distance > relative_buckets / 2, got relative_buckets="
-                f"{self.relative_buckets}, relative_max_distance={self.relative_max_distance}"
+                f"model.relative_max_distance > relative_buckets // {halves} ({exact}) for "
+                f"family={self.family.value}, got relative_buckets={self.relative_buckets}, "
+                f"relative_max_distance={self.relative_max_distance}"
             )
 
     def unused_fields(self) -> dict[str, str]:
