@@ -138,6 +138,28 @@ def test_a_label_that_is_no_class_name_is_refused(
     assert label_names([True, False, True], None, "x") == ("False", "True")
 
 
+@pytest.mark.parametrize(
+    ("labels", "shown"),
+    [
+        ([0, 1, 0, True], "example 4 of task.train=.* holds the label True \\(a boolean\\)"),
+        (["pos", "neg", 1], "example 3 of task.train=.* holds the label 1 \\(an integer\\)"),
+        ([False, True, "maybe"], "example 3 of .* holds the label 'maybe' \\(a string\\)"),
+    ],
+)
+def test_a_label_column_of_mixed_kinds_is_refused(tmp_path: Path, labels: list, shown: str) -> None:
+    """A JSON label column of integers with one ``true`` trained three classes (0, 1 and
+    "True"): integers are their own ids, other labels take ids by their text. A column mixing
+    kinds is refused, naming the first example of another kind and the first example's."""
+    path = jsonl(
+        tmp_path / "f.jsonl", [{"text": f"t{i}", "label": y} for i, y in enumerate(labels)]
+    )
+    task = classify(path, path)
+    with pytest.raises(
+        ConfigError, match=shown + r", where example 1 holds .*; allowed: labels of one kind"
+    ):
+        columns(task, load_splits(task, tmp_path / "cache")[0])
+
+
 def test_a_csv_label_pandas_reads_as_missing_is_named_as_such(tmp_path: Path) -> None:
     """A CSV class written ``None`` or ``NA`` (pandas' missing-value marks, which the label
     column keeps: R writes a missing label ``NA``) was refused as "has no label", of a line

@@ -343,9 +343,33 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
             f"holds the label {clip(repr(targets[odd]))}; allowed: strings or integers (class "
             f"names or {ids}; lmlab has no regression task)"
         )
+    mixed = mixed_kinds(targets) if task.kind == TaskKind.classify else None
+    if mixed is not None:
+        first, value = targets[0], targets[mixed]
+        raise ConfigError(
+            f"task.label_column={task.label_column!r}: {example(mixed, split)} of "
+            f"{split.origin} holds the label {clip(repr(value))} ({label_kind(value)}), where "
+            f"{example(0, split)} holds {clip(repr(first))} ({label_kind(first)}); allowed: "
+            "labels of one kind (strings as class names, integer class ids, or booleans)"
+        )
     if pair:
         inputs = list(zip(inputs, values["text_pair_column"], strict=True))
     return inputs, targets
+
+
+def label_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "an integer" if isinstance(value, int) else "a string"
+
+
+def mixed_kinds(labels: list[Any]) -> int | None:
+    """The row of the first label of another kind (``label_kind``) than the first one's. Each
+    kind names classes its own way (an integer is its id, the others take ids in the sorted
+    order of their text), so a JSON column of integers with one ``true`` trained three
+    classes, "True" among them."""
+    kind = label_kind(labels[0])
+    return next((r for r, v in enumerate(labels) if label_kind(v) != kind), None)
 
 
 def no_class(labels: list[Any], num_labels: int | None = None) -> int | None:
