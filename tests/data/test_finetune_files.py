@@ -14,7 +14,9 @@ import datasets
 import pytest
 
 from lmlab.config import TaskConfig, TaskKind, TaskSource
-from lmlab.data.examples import SOURCES, Split, columns, label_names, load_splits, read_file
+from lmlab.data.examples import SOURCES, columns, load_splits, read_file
+from lmlab.data.labels import label_names
+from lmlab.data.split import Split
 from lmlab.errors import ConfigError
 
 

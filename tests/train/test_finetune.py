@@ -41,17 +41,10 @@ from lmlab.data.collators import (
     Seq2SeqCollator,
     longest_first,
 )
-from lmlab.data.examples import (
-    COLUMNS,
-    CORPORA,
-    Split,
-    columns,
-    label_ids,
-    label_names,
-    load_splits,
-    read_file,
-)
+from lmlab.data.examples import COLUMNS, CORPORA, columns, load_splits, read_file
 from lmlab.data.finetune import COLLATORS, FinetuneDataModule, report_cut
+from lmlab.data.labels import label_ids, label_names
+from lmlab.data.split import Split
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq

@@ -2,8 +2,9 @@
 shipped with lmlab (``corpora/<name>.{train,val}.jsonl``), local JSONL or CSV files, or a
 ``datasets`` hub name (``datasets.load_dataset`` reads all three), split, checked and
 labelled. Without a validation file or split, a fixed fraction of the training examples is
-held out (``task.val_fraction``, seed 0). Class labels get ids once, from the training split
-(``label_names``). Every refusal names the field, the file and the example's place in it.
+held out (``task.val_fraction``, seed 0). Class labels are checked and get ids once, from
+the training split (``lmlab.data.labels``). Every refusal names the field, the file and the
+example's place in it (``lmlab.data.split.example``).
 ``lmlab.data.finetune`` tokenises them into the data module.
 """
 
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import datasets
 
@@ -31,7 +32,9 @@ except ImportError:  # a private name: its documented list where a pandas moves 
 from lmlab.config import TaskConfig, TaskKind, TaskSource
 from lmlab.config.task import FILE_FORMATS
 from lmlab.data.hub import load_dataset
+from lmlab.data.labels import check_labels, label_ids, label_names
 from lmlab.data.sources import stat_identity
+from lmlab.data.split import Split, example
 from lmlab.errors import ConfigError, first_line
 
 CORPORA = Path(__file__).resolve().parent / "corpora"
@@ -41,14 +44,6 @@ COLUMNS = {
     TaskKind.classify: ("text_column", "label_column"),
     TaskKind.seq2seq: ("input_column", "target_column"),
 }
-
-
-class Split(NamedTuple):
-    examples: datasets.Dataset
-    origin: str  # where it was read, for error messages: "task.train=x.jsonl"
-    rows: Sequence[int] | None = None  # each example's row in its source (0-based), where a
-    # shuffle moved it (the held-out split); None: its row here
-    lines: Sequence[int] | None = None  # each source row's line in its file; None: a hub split
 
 
 def read_file(origin: str, path: str | Path, cache_dir: Path, texts: Sequence[str] = ()) -> Split:
@@ -328,132 +323,13 @@ def columns(task: TaskConfig, split: Split) -> tuple[list[Any], list[Any]]:
                 f"{split.origin} is empty; allowed: a target text to predict (leave the "
                 "example out)"
             )
-    if task.kind == TaskKind.classify and None in targets:
-        raise ConfigError(
-            f"task.label_column={task.label_column!r}: {example(targets.index(None), split)} "
-            f"of {split.origin} has no label (JSON null or no such key; in a CSV an empty field "
-            "or a missing-value mark pandas reads as none: NA, N/A, None, null, nan, ...; a "
-            "class of such a name: spell it otherwise)"
-        )
-    odd = no_class(targets, task.num_labels) if task.kind == TaskKind.classify else None
-    if odd is not None:
-        ids = f"ids 0 .. {task.num_labels - 1}" if task.num_labels else "ids from 0"
-        raise ConfigError(
-            f"task.label_column={task.label_column!r}: {example(odd, split)} of {split.origin} "
-            f"holds the label {clip(repr(targets[odd]))}; allowed: strings or integers (class "
-            f"names or {ids}; lmlab has no regression task)"
-        )
-    mixed = mixed_kinds(targets) if task.kind == TaskKind.classify else None
-    if mixed is not None:
-        first, value = targets[0], targets[mixed]
-        raise ConfigError(
-            f"task.label_column={task.label_column!r}: {example(mixed, split)} of "
-            f"{split.origin} holds the label {clip(repr(value))} ({label_kind(value)}), where "
-            f"{example(0, split)} holds {clip(repr(first))} ({label_kind(first)}); allowed: "
-            "labels of one kind (strings as class names, integer class ids, or booleans)"
-        )
+    if task.kind == TaskKind.classify:
+        check_labels(task, targets, split)
     if pair:
         inputs = list(zip(inputs, values["text_pair_column"], strict=True))
     return inputs, targets
 
 
-def label_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    return "an integer" if isinstance(value, int) else "a string"
-
-
-def mixed_kinds(labels: list[Any]) -> int | None:
-    """The row of the first label of another kind (``label_kind``) than the first one's. Each
-    kind names classes its own way (an integer is its id, the others take ids in the sorted
-    order of their text), so a JSON column of integers with one ``true`` trained three
-    classes, "True" among them."""
-    kind = label_kind(labels[0])
-    return next((r for r, v in enumerate(labels) if label_kind(v) != kind), None)
-
-
-def no_class(labels: list[Any], num_labels: int | None = None) -> int | None:
-    """The row of the first label that is no class name or id: a float (1.0 too), a list, a
-    dict, or an integer below 0 or (with ``task.num_labels``) from ``num_labels`` on; one with a
-    fraction first, since with integers one 1.0 makes every label a float. Booleans are class
-    names, False and True. Checked in every split, so that a held-out or validation label
-    such as GLUE's -1 (no label) is named as no class id, not as one the training split
-    lacks (``label_ids``)."""
-
-    def odd_one(v: Any) -> bool:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v < 0 or (num_labels is not None and v >= num_labels)
-        return isinstance(v, float | list | dict)
-
-    odd = [r for r, v in enumerate(labels) if odd_one(v)]
-    fractions = [r for r in odd if isinstance(labels[r], float) and not labels[r].is_integer()]
-    return next(iter(fractions + odd), None)
-
-
 def input_texts(inputs: list[Any]) -> list[str]:
     """The texts of ``columns``' inputs: each text, or both texts of each pair."""
     return [t for x in inputs for t in x] if inputs and isinstance(inputs[0], tuple) else inputs
-
-
-def label_names(labels: list[Any], num_labels: int | None, origin: str) -> tuple[str, ...]:
-    """The class names in id order, from the training labels. Integer labels are their own
-    ids, 0 .. num_labels - 1 (null: the largest + 1); any other labels (strings) take ids in
-    the sorted order of their text. Deterministic: the same data gives the same ids."""
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
-        n = num_labels or max(labels) + 1  # each in 0 .. n - 1: ``columns`` (``no_class``)
-        names = tuple(str(i) for i in range(n))
-    else:
-        names = tuple(sorted({str(v) for v in labels}))
-        if num_labels is not None and num_labels != len(names):
-            raise ConfigError(
-                f"task.num_labels={num_labels}, but {origin} has {len(names)} labels: "
-                f"{', '.join(names[:20])}"
-            )
-    present = sorted({str(v) for v in labels})  # integer ids 0 .. n - 1 may be missing
-    if len(present) < 2:
-        raise ConfigError(
-            f"task.label_column: {origin} has one label only ({present[0]}): a classifier "
-            "needs examples of two or more"
-        )
-    return names
-
-
-def label_ids(labels: list[Any], names: tuple[str, ...], origin: str | Split) -> list[int]:
-    """Each label's id; a label the training split does not have is a ConfigError, naming
-    its example in the file where ``origin`` is the split (``example``)."""
-    split = origin if isinstance(origin, Split) else None
-    index = {name: i for i, name in enumerate(names)}
-    for row, value in enumerate(labels):
-        if value is None or str(value) not in index:
-            shown = ", ".join(clip(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
-            held = split is not None and split.rows is not None  # lmlab's hold-out drew it
-            raise ConfigError(
-                f"task.label_column: {example(row, split)} of {split.origin if split else origin} "
-                f"has label {clip(repr(value))}, unknown to the training split (its "
-                f"{len(names)} labels: {shown})" + (HELD_ALONE if held else "")
-            )
-    return [index[str(v)] for v in labels]
-
-
-# Said where the example of a label the training split lacks is one lmlab held out: the user
-# wrote no validation split to mend.
-HELD_ALONE = (
-    ": the shuffle that holds out task.val_fraction drew every example of that label; give "
-    "more examples of it, leave it out, or give validation examples (task.val, task.val_split)"
-)
-
-
-def example(row: int, split: Split | None = None) -> str:
-    """A 0-based row of ``split`` as errors name it: the example's place in its file or hub
-    split (in the held-out split too, whose rows are shuffled), counted from 1 as a JSON Lines
-    file's lines are, and its line in the file where that is another number (a CSV's header
-    is line 1; blank lines are no examples)."""
-    if split is not None and split.rows is not None:
-        row = split.rows[row]
-    line = None if split is None or split.lines is None else split.lines[row]
-    return f"example {row + 1}" + (f" (line {line})" if line not in (None, row + 1) else "")
-
-
-def clip(text: str, width: int = 40) -> str:
-    """A label as an error shows it: a text column taken for the labels has long ones."""
-    return text if len(text) <= width else text[: width - 3] + "..."

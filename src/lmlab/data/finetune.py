@@ -27,7 +27,8 @@ from lmlab.config import (
 )
 from lmlab.data.collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
-from lmlab.data.examples import columns, input_texts, label_ids, label_names, load_splits
+from lmlab.data.examples import columns, input_texts, load_splits
+from lmlab.data.labels import label_ids, label_names
 from lmlab.data.packing import cache_root, cached_tokenizer, text_digest, tokenizer_dir
 from lmlab.data.tokenizer import encode_ordinary, unknown_pieces, unknown_record, warn_unknown
 
