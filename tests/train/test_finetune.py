@@ -34,17 +34,17 @@ from lmlab.config import (
     resolve_configs,
 )
 from lmlab.config.task import SHIPPED_PAIRS
-from lmlab.data.collators import (
-    IGNORE,
+from lmlab.data.collators import IGNORE
+from lmlab.data.examples import COLUMNS, CORPORA, columns, load_splits, read_file
+from lmlab.data.finetune import COLLATORS, FinetuneDataModule, report_cut
+from lmlab.data.labels import label_ids, label_names
+from lmlab.data.split import Split
+from lmlab.data.task_collators import (
     ClassifyCollator,
     PairClassifyCollator,
     Seq2SeqCollator,
     longest_first,
 )
-from lmlab.data.examples import COLUMNS, CORPORA, columns, load_splits, read_file
-from lmlab.data.finetune import COLLATORS, FinetuneDataModule, report_cut
-from lmlab.data.labels import label_ids, label_names
-from lmlab.data.split import Split
 from lmlab.data.tokenizer import train_char
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq

@@ -25,11 +25,11 @@ from lmlab.config import (
     TaskKind,
     TaskSpec,
 )
-from lmlab.data.collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.examples import columns, input_texts, load_splits
 from lmlab.data.labels import label_ids, label_names
 from lmlab.data.packing import cache_root, cached_tokenizer, text_digest, tokenizer_dir
+from lmlab.data.task_collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.tokenizer import encode_ordinary, unknown_pieces, unknown_record, warn_unknown
 
 log = logging.getLogger(__name__)
