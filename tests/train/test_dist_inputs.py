@@ -138,6 +138,26 @@ def test_a_strategy_lightning_cannot_build_is_refused_before_any_data(
 
 
 @pytest.mark.parametrize(
+    ("key", "value"), [("tensor_parallel_size", "2"), ("data_parallel_size", "1")]
+)
+def test_an_argument_fsdp_passes_itself_is_refused_not_listed(
+    key: str, value: str, tmp_path: Path
+) -> None:
+    """Both were listed as allowed keys of trainer=fsdp, then failed once the data was
+    prepared: a TypeError traceback, ``got multiple values for keyword argument``."""
+    fsdp = ["+debug=smoke", "trainer=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    cfg = compose_train([*fsdp, f"+trainer.strategy.{key}={value}"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=rf"^trainer.strategy.{key}={value}: not a setting of "):
+        check_run(cfg, machine=False)
+    cfg = compose_train([*fsdp, "+trainer.strategy.foo=1"], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=r"^trainer.strategy.foo=1: unknown key") as unknown:
+        check_run(cfg, machine=False)
+    allowed = str(unknown.value).rpartition("allowed: ")[2].split(", ")
+    assert "save_distributed_checkpoint" in allowed and key not in allowed
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "overrides",
     [
         ["trainer=ddp", "trainer.strategy.find_unused_parameters=true", "trainer.devices=2"],

@@ -78,9 +78,18 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
             "a subclass of lightning.pytorch.strategies.Strategy, such as DDPStrategy"
         )
     params, closed = target_parameters(found)
+    fixed = getattr(found, "FIXED_ARGUMENTS", {})  # what the class passes its parent itself
+    params = {k: v for k, v in params.items() if k not in fixed}
     for key, value in strategy.items():
         if str(key).startswith("_"):
             continue
+        if key in fixed:
+            raise ConfigError(
+                f"trainer.strategy.{key}={value}: not a setting of {found.__name__}, which "
+                f"passes {key}={fixed[key]} itself (every process holds a shard of every "
+                f"parameter: FSDP over the whole world, no tensor parallelism); allowed keys: "
+                f"{', '.join(params)}"
+            )
         if key not in params:
             if closed:
                 raise ConfigError(
