@@ -158,11 +158,32 @@ def test_an_argument_fsdp_passes_itself_is_refused_not_listed(
 
 
 @pytest.mark.parametrize(
+    ("override", "given", "method"),
+    [
+        ("trainer.strategy=ddp_spawn", "trainer.strategy=ddp_spawn", "spawn"),
+        ("trainer.strategy=ddp_notebook", "trainer.strategy=ddp_notebook", "fork"),
+        ("+trainer.strategy.start_method=forkserver", "trainer.strategy.start_method", "forkse"),
+    ],
+)
+def test_a_ddp_that_starts_its_ranks_by_multiprocessing_is_refused_before_any_data(
+    override: str, given: str, method: str, tmp_path: Path
+) -> None:
+    """ddp_spawn was built and started, then failed at the first logged step (its ranks' CSV
+    logger: ``dict contains fields not in fieldnames``) and ended in a traceback
+    (``'SpawnProcess' object has no attribute 'wait'``)."""
+    cfg = compose_train([*TWO_CPUS, override], tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(given)}.*multiprocessing's {method}"):
+        check_run(cfg, machine=False)
+    cfg = compose_train([*TWO_CPUS, "+trainer.strategy.start_method=popen"], tmp_path, tmp_path)
+    check_run(cfg, machine=False)
+
+
+@pytest.mark.parametrize(
     "overrides",
     [
         ["trainer=ddp", "trainer.strategy.find_unused_parameters=true", "trainer.devices=2"],
         ["trainer=ddp", "+trainer.strategy.bucket_cap_mb=25", "trainer.devices=2"],
-        ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.devices=2"],
+        ["trainer=ddp", "trainer.strategy=ddp_find_unused_parameters_true", "trainer.devices=2"],
         ["trainer=fsdp", "trainer.strategy.save_distributed_checkpoint=false", "trainer.devices=2"],
         ["trainer=cpu"],
     ],

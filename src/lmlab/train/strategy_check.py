@@ -106,6 +106,48 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
             )
 
 
+def strategy_arguments(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``trainer.strategy`` builds its class with: a registry name's own
+    (``ddp_spawn``: ``start_method='spawn'``), a node's keys; none for ``auto``."""
+    strategy = trainer_cfg.get("strategy") or "auto"
+    if isinstance(strategy, str):
+        known = strategy in StrategyRegistry
+        return dict(StrategyRegistry[strategy]["init_params"]) if known else {}
+    return {str(k): v for k, v in strategy.items() if not str(k).startswith("_")}
+
+
+# How lmlab starts the ranks of a run: Lightning's default, each rank a process running the
+# command line (``_SubprocessScriptLauncher``), which ``job_command`` and ``JobScope`` serve.
+START_METHOD = "popen"
+
+
+def check_start_method(trainer_cfg: Mapping[str, Any]) -> None:
+    """A DDP strategy that starts its ranks with multiprocessing (``ddp_spawn``, ``ddp_fork``,
+    ``ddp_notebook``, ``trainer.strategy.start_method=spawn``) is refused: built and started
+    as any other, its ranks' CSV logger failed at the first logged step (``dict contains
+    fields not in fieldnames``) and the run ended in a traceback (``'SpawnProcess' object has
+    no attribute 'wait'``)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    found = strategy_class(trainer_cfg)
+    if found is None or not issubclass(found, DDPStrategy):
+        return
+    method = strategy_arguments(trainer_cfg).get("start_method", START_METHOD)
+    if method == START_METHOD:
+        return
+    strategy = trainer_cfg.get("strategy")
+    given = (
+        f"trainer.strategy={strategy}"
+        if isinstance(strategy, str)
+        else f"trainer.strategy.start_method={method}"
+    )
+    raise ConfigError(
+        f"{given}: starts the ranks with multiprocessing's {method}, which lmlab does not run "
+        "(each rank's log, CSV logger and exit are those of a process started as a command); "
+        f"allowed: start_method={START_METHOD}, as trainer=ddp (or trainer=fsdp) starts them"
+    )
+
+
 def target_parameters(cls: type) -> tuple[dict[str, tuple[Any, Any]], bool]:
     """The arguments a strategy (or another target class) node may set, each with its
     annotation and default, and whether they are all it takes. A ``**kwargs`` of lmlab's own
