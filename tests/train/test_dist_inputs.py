@@ -193,6 +193,25 @@ def test_strategies_lightning_builds_pass(overrides: list[str], tmp_path: Path) 
     check_run(cfg, machine=False)
 
 
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_a_process_group_backend_the_run_cannot_use_is_refused_before_any_data(
+    trainer: str, plain_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """nccl on the CPU started both ranks and failed in each, once the data was prepared, with
+    a traceback (``Distributed package doesn't have NCCL built in``)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    two = ["+debug=smoke", f"trainer={trainer}", "trainer.devices=2", "trainer.accelerator=cpu"]
+    for backend in ("nccl", "foo"):
+        override = f"+trainer.strategy.process_group_backend={backend}"
+        cfg = compose_train([*two, override], tmp_path / "run", tmp_path)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(override[1:])}: ") as refused:
+            check_run(cfg)
+        assert "allowed here: gloo" in str(refused.value)
+        check_run(cfg, machine=False)  # a sweep's jobs may train on GPUs elsewhere
+    check_run(compose_train([*two, "+trainer.strategy.process_group_backend=gloo"]))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("accelerator", ["tpu", "mps"])
 def test_an_accelerator_this_machine_lacks_is_refused_in_one_line(
     accelerator: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -149,6 +149,39 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
         )
 
 
+# torch.distributed's communication backends (its Backend list, less "undefined" and "fake")
+PROCESS_GROUP_BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
+
+
+def check_process_group_backend(trainer_cfg: DictConfig) -> None:
+    """``trainer.strategy.process_group_backend`` is one this torch has and the run's tensors
+    can use (NCCL reduces CUDA tensors only): ``nccl`` on a CPU build started every rank and
+    failed in each, after the data was prepared, with a traceback (``Distributed package
+    doesn't have NCCL built in``)."""
+    import torch.distributed as dist
+
+    from lmlab.train.strategy_check import strategy_arguments
+
+    backend = strategy_arguments(trainer_cfg).get("process_group_backend")
+    if backend is None:
+        return
+    gpu = on_cuda(trainer_cfg)
+    here = [
+        name
+        for name in PROCESS_GROUP_BACKENDS
+        if dist.is_available() and dist.is_backend_available(name) and (gpu or name != "nccl")
+    ]
+    if backend in here:
+        return
+    cpu_nccl = backend == "nccl" and not gpu
+    why = "NCCL reduces CUDA tensors only" if cpu_nccl else "not a backend this torch has"
+    raise ConfigError(
+        f"trainer.strategy.process_group_backend={backend}: {why} (torch "
+        f"{torch.__version__}, trainer.accelerator={trainer_cfg.accelerator}); allowed here: "
+        f"{', '.join(here) or 'none'}, or null (the device's own: nccl on a GPU, gloo on a CPU)"
+    )
+
+
 # Lightning's precisions that need NVIDIA's Transformer Engine package installed
 TRANSFORMER_ENGINE_PRECISIONS = ("transformer-engine", "transformer-engine-float16")
 

@@ -56,6 +56,7 @@ from lmlab.train.machine import (
     check_cuda_graphs,
     check_master_port,
     check_precision_installed,
+    check_process_group_backend,
     check_trainer_choices,
     check_world_size,
 )
@@ -277,6 +278,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if here:
         check_accelerator(cfg.trainer)
         check_precision_installed(cfg.trainer)
+        check_process_group_backend(cfg.trainer)
         check_world_size(cfg.trainer)
         check_master_port(cfg.trainer)
     return CheckedRun(model_cfg, data_cfg, seq_len, task_cfg, init, batch, callbacks)
