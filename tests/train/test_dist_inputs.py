@@ -193,6 +193,27 @@ def test_strategies_lightning_builds_pass(overrides: list[str], tmp_path: Path) 
     check_run(cfg, machine=False)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+trainer.strategy=fsdp"],
+        ["+trainer.strategy=fsdp_cpu_offload"],
+        ["trainer=ddp", "trainer.strategy=fsdp", "trainer.accelerator=auto"],
+    ],
+)
+def test_lightnings_fsdp_without_a_gpu_accelerator_is_refused_before_any_data(
+    overrides: list[str], tmp_path: Path
+) -> None:
+    """Lightning's Trainer refused it (``requires a GPU accelerator``) once the data was
+    prepared, through a traceback; lmlab's trainer=fsdp is the FSDP that runs on CPU."""
+    cfg = compose_train(["+debug=smoke", "trainer.devices=2", *overrides], tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match=r"^trainer.strategy=fsdp.* is Lightning's FSDP") as no:
+        check_run(cfg, machine=False)
+    assert "trainer=fsdp (trainer.devices=2 trainer.accelerator=cpu)" in str(no.value)
+    check_run(compose_train([*overrides, "trainer.accelerator=gpu"]), machine=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
 def test_a_process_group_backend_the_run_cannot_use_is_refused_before_any_data(
     trainer: str, plain_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -45,10 +45,15 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     prepared (through a traceback)."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    from lmlab.train.strategy_check import check_start_method, check_strategy
+    from lmlab.train.strategy_check import (
+        check_lightning_fsdp,
+        check_start_method,
+        check_strategy,
+    )
 
     check_strategy(trainer_cfg)
     check_start_method(trainer_cfg)
+    check_lightning_fsdp(trainer_cfg)
     precision = str(trainer_cfg.get("precision", "32-true"))
     if precision not in (allowed := trainer_precisions()):
         raise ConfigError(f"trainer.precision={precision}: allowed {', '.join(allowed)}")

@@ -148,6 +148,25 @@ def check_start_method(trainer_cfg: Mapping[str, Any]) -> None:
     )
 
 
+def check_lightning_fsdp(trainer_cfg: Mapping[str, Any]) -> None:
+    """Lightning's own FSDP (FSDP1: ``trainer.strategy=fsdp``, ``fsdp_cpu_offload``, or its
+    class as a node) with ``trainer.accelerator`` other than gpu or cuda, which its Trainer
+    refuses (``requires a GPU accelerator``) once the data is prepared, through a traceback:
+    refused here, naming lmlab's ``trainer=fsdp`` (FSDP2, which runs on CPU too)."""
+    from lightning.pytorch.strategies import FSDPStrategy as LightningFSDP
+
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    if strategy_class(trainer_cfg) is not LightningFSDP or accelerator in ("gpu", "cuda"):
+        return
+    strategy = trainer_cfg.get("strategy")
+    given = strategy if isinstance(strategy, str) else "lightning.pytorch.strategies.FSDPStrategy"
+    raise ConfigError(
+        f"trainer.strategy={given} is Lightning's FSDP, which needs trainer.accelerator=gpu or "
+        f"cuda (got {accelerator}); for lmlab's FSDP2, which also runs on CPU processes: "
+        "trainer=fsdp (trainer.devices=2 trainer.accelerator=cpu)"
+    )
+
+
 def target_parameters(cls: type) -> tuple[dict[str, tuple[Any, Any]], bool]:
     """The arguments a strategy (or another target class) node may set, each with its
     annotation and default, and whether they are all it takes. A ``**kwargs`` of lmlab's own
