@@ -198,19 +198,28 @@ def test_strategies_lightning_builds_pass(overrides: list[str], tmp_path: Path) 
     [
         ["+trainer.strategy=fsdp"],
         ["+trainer.strategy=fsdp_cpu_offload"],
-        ["trainer=ddp", "trainer.strategy=fsdp", "trainer.accelerator=auto"],
+        ["trainer=ddp", "trainer.strategy=fsdp", "trainer.accelerator=cpu"],
     ],
 )
 def test_lightnings_fsdp_without_a_gpu_accelerator_is_refused_before_any_data(
-    overrides: list[str], tmp_path: Path
+    overrides: list[str], plain_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Lightning's Trainer refused it (``requires a GPU accelerator``) once the data was
-    prepared, through a traceback; lmlab's trainer=fsdp is the FSDP that runs on CPU."""
+    prepared, through a traceback; lmlab's trainer=fsdp is the FSDP that runs on CPU. With
+    ``trainer.accelerator=auto`` it is refused on a machine without CUDA only: a dry run or a
+    sweep's pre-checks may plan for a GPU elsewhere."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_train(["+debug=smoke", "trainer.devices=2", *overrides], tmp_path, tmp_path)
     with pytest.raises(ConfigError, match=r"^trainer.strategy=fsdp.* is Lightning's FSDP") as no:
         check_run(cfg, machine=False)
     assert "trainer=fsdp (trainer.devices=2 trainer.accelerator=cpu)" in str(no.value)
     check_run(compose_train([*overrides, "trainer.accelerator=gpu"]), machine=False)
+    auto = compose_train(
+        ["+debug=smoke", *overrides, "trainer.accelerator=auto"], tmp_path, tmp_path
+    )
+    check_run(auto, machine=False)
+    with pytest.raises(ConfigError, match=r"got auto, and this machine has no CUDA GPU"):
+        check_run(auto)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -142,7 +142,7 @@ def test_fsdp_sharded_checkpoint_resumes_exactly(
     sweep: Path, tmp_path: Path, cache_dir: Path
 ) -> None:
     step3 = sweep / "1" / "checkpoints" / "step000003.ckpt"
-    launch(
+    console = launch(
         cache_dir,
         *COMMON,
         "trainer=fsdp",
@@ -151,6 +151,7 @@ def test_fsdp_sharded_checkpoint_resumes_exactly(
         f"ckpt_path={step3}",
         f"hydra.run.dir={tmp_path}",
     )
+    assert console.count("continuing from step 3") == 1, console[-3000:]  # rank 0's alone
     r, uninterrupted = results(tmp_path), results(sweep / "1")
     assert r["resumed_from"] == str(step3) and r["global_step"] == STEPS
     assert r["val_loss"] == uninterrupted["val_loss"]

@@ -39,9 +39,9 @@ class FSDPStrategy(ModelParallelStrategy):
     """FSDP2 sharding over every process (data_parallel = world size, tensor_parallel = 1).
     ``LMTask.configure_model`` applies ``fully_shard`` per block on ``device_mesh``."""
 
-    # What this class passes ModelParallelStrategy itself, not settings of a node: given as
-    # ``+trainer.strategy.tensor_parallel_size=2`` they were a second value for the same
-    # argument, a TypeError traceback once the data was prepared (``check_strategy``).
+    # What this class passes ModelParallelStrategy itself, not settings of a node: one given
+    # as ``+trainer.strategy.tensor_parallel_size=2`` would be a second value for the same
+    # argument (a TypeError once the data is prepared), so ``check_strategy`` refuses it.
     FIXED_ARGUMENTS = {"data_parallel_size": "auto", "tensor_parallel_size": 1}
 
     def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:

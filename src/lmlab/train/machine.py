@@ -130,9 +130,12 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
     """A run that asks for a GPU runs on one: ``trainer.accelerator`` gpu or cuda where torch
     sees none, or ``trainer.devices`` above the GPUs it sees, is refused before any data is
     read (Lightning would raise once the Trainer is built, through a traceback)."""
+    from lmlab.train.strategy_check import check_lightning_fsdp
+
     accelerator = str(trainer_cfg.accelerator)
     if accelerator not in ("gpu", "cuda"):
         check_available(accelerator)
+        check_lightning_fsdp(trainer_cfg, cuda=torch.cuda.is_available())  # auto: here's
         return
     mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu
     if not torch.cuda.is_available() and not mps:

@@ -322,7 +322,8 @@ def _fit(
     source = {"resumed_from": None, "resumed_step": None}  # the checkpoint, before the fit
     if ckpt_path is not None:
         source = {"resumed_from": str(resumed_from(ckpt_path)), "resumed_step": resume_step}
-        log.info("continuing from step %d: %s", resume_step, source["resumed_from"])
+        if launch_rank_is_zero():  # once a run, as the global batch's line
+            log.info("continuing from step %d: %s", resume_step, source["resumed_from"])
     # the checkpoint's memory map let go: a resumed run held the file it resumed from, whose
     # disk space a later save's pruning (save_top_k) or last.ckpt's re-link then did not free
     # until the run ended, one checkpoint more on the disk (Lightning reads it again to restore)

@@ -123,10 +123,10 @@ START_METHOD = "popen"
 
 def check_start_method(trainer_cfg: Mapping[str, Any]) -> None:
     """A DDP strategy that starts its ranks with multiprocessing (``ddp_spawn``, ``ddp_fork``,
-    ``ddp_notebook``, ``trainer.strategy.start_method=spawn``) is refused: built and started
-    as any other, its ranks' CSV logger failed at the first logged step (``dict contains
-    fields not in fieldnames``) and the run ended in a traceback (``'SpawnProcess' object has
-    no attribute 'wait'``)."""
+    ``ddp_notebook``, ``trainer.strategy.start_method=spawn``) is refused: lmlab's records
+    are those of ranks started as commands (under multiprocessing the ranks' CSV logger fails
+    at the first logged step, ``dict contains fields not in fieldnames``, and the run ends in
+    a traceback, ``'SpawnProcess' object has no attribute 'wait'``)."""
     from lightning.pytorch.strategies import DDPStrategy
 
     found = strategy_class(trainer_cfg)
@@ -148,21 +148,27 @@ def check_start_method(trainer_cfg: Mapping[str, Any]) -> None:
     )
 
 
-def check_lightning_fsdp(trainer_cfg: Mapping[str, Any]) -> None:
+def check_lightning_fsdp(trainer_cfg: Mapping[str, Any], cuda: bool | None = None) -> None:
     """Lightning's own FSDP (FSDP1: ``trainer.strategy=fsdp``, ``fsdp_cpu_offload``, or its
-    class as a node) with ``trainer.accelerator`` other than gpu or cuda, which its Trainer
-    refuses (``requires a GPU accelerator``) once the data is prepared, through a traceback:
-    refused here, naming lmlab's ``trainer=fsdp`` (FSDP2, which runs on CPU too)."""
+    class as a node) without a GPU accelerator, which its Trainer refuses (``requires a GPU
+    accelerator``) once the data is prepared, through a traceback: refused here, naming
+    lmlab's ``trainer=fsdp`` (FSDP2, which runs on CPU too). ``cuda``: whether this machine
+    has a CUDA GPU, where ``trainer.accelerator=auto`` takes one; None (any machine: a dry
+    run, a sweep's pre-checks) refuses only an accelerator that is no GPU on any machine."""
     from lightning.pytorch.strategies import FSDPStrategy as LightningFSDP
 
-    accelerator = trainer_cfg.get("accelerator", "auto")
-    if strategy_class(trainer_cfg) is not LightningFSDP or accelerator in ("gpu", "cuda"):
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    gpu = ("gpu", "cuda") if cuda is False else ("gpu", "cuda", "auto")
+    if strategy_class(trainer_cfg) is not LightningFSDP or accelerator in gpu:
         return
     strategy = trainer_cfg.get("strategy")
     given = strategy if isinstance(strategy, str) else "lightning.pytorch.strategies.FSDPStrategy"
+    got = (
+        f"{accelerator}, and this machine has no CUDA GPU" if accelerator == "auto" else accelerator
+    )
     raise ConfigError(
         f"trainer.strategy={given} is Lightning's FSDP, which needs trainer.accelerator=gpu or "
-        f"cuda (got {accelerator}); for lmlab's FSDP2, which also runs on CPU processes: "
+        f"cuda (got {got}); for lmlab's FSDP2, which also runs on CPU processes: "
         "trainer=fsdp (trainer.devices=2 trainer.accelerator=cpu)"
     )
 
