@@ -113,6 +113,72 @@ def test_a_sweep_narrowed_on_the_command_line_says_so_before_its_jobs(
 
 
 @pytest.mark.parametrize(
+    ("argv", "overridden"),
+    [
+        (
+            ["+sweeps=isoflop", "model.d_model=64"],
+            "model.d_model=64 on the command line "
+            "overrides model.d_model, which +sweeps=isoflop's grid sweeps in its model values "
+            "(32, 40, 48, 64, 96, 128, 192): ",
+        ),
+        (
+            ["+sweeps=moe", "model.moe.top_k=1"],
+            "model.moe.top_k=1 on the command line overrides model.moe.top_k, which "
+            "+sweeps=moe's grid sweeps in its model values (2, 1): ",
+        ),
+        (
+            ["+sweeps=moe", "model.moe={top_k:1}"],
+            "model.moe={top_k:1} on the command line overrides model.moe.top_k, which "
+            "+sweeps=moe's grid sweeps in its model values (2, 1): ",
+        ),
+        (
+            ["+sweeps=norm_x_activation", "model={activation:gelu}"],
+            "model={activation:gelu} on "
+            "the command line overrides model.activation, which +sweeps=norm_x_activation's grid "
+            "sweeps (relu, gelu, swiglu): ",
+        ),
+        (["+sweeps=moe", "model.d_model=64"], None),  # a field no swept value sets: all jobs
+        (["+sweeps=moe", "model=gpt_small"], None),  # the swept key: replaces its grid
+        (["+sweeps=norm_x_activation", "model=gpt_small"], None),  # a preset, then the grid
+        (["+sweeps=recipes", "model.activation=swiglu"], None),  # a group's option, not a value
+    ],
+)
+def test_a_command_line_value_inside_a_sweep_files_swept_values_is_refused(
+    argv: list[str], overridden: str | None, multirun_config
+) -> None:
+    """Hydra applies the command line after the grid, so ``+sweeps=isoflop model.d_model=64``
+    trained every size at d_model 64 under its ladder name ({d_model:40,n_layers:2} and
+    {d_model:48,n_layers:2} were one model, two rows of compare) and ``+sweeps=moe
+    model.moe.top_k=1`` a top-1 row named top_k:2, without a word. Such an override is refused,
+    naming the field and the swept values; one that the swept values do not set is not."""
+    from lmlab.cli.sweep import grid_values_overridden
+
+    why = grid_values_overridden(multirun_config(*argv))
+    if overridden is None:
+        assert why is None, why
+    else:
+        assert why is not None and why.startswith(overridden), why
+        assert why.endswith("leave it out, or change the swept values in a copy of the sweep file")
+
+
+def test_a_sweep_whose_swept_values_the_command_line_overrides_starts_no_job(
+    tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """The refusal comes before the jobs are checked or anything is written: one line, exit 2."""
+    import lmlab.train.preflight
+
+    monkeypatch.setattr(lmlab.train.preflight, "check_job", interrupt)  # reaching it fails
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+sweeps=moe", "model.moe.top_k=1", f"hydra.sweep.dir={sweep}"]
+    code = run_command("train", *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and not sweep.exists()
+    assert err.startswith("error: model.moe.top_k=1 on the command line overrides") and (
+        err.count("\n") == 1
+    ), err
+
+
+@pytest.mark.parametrize(
     ("sweep", "grid"),
     [
         ("positional", "model.positional: learned,sinusoidal,rope,alibi,none"),

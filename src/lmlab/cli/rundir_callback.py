@@ -17,6 +17,7 @@ from lmlab.cli.hydra_errors import refuse
 from lmlab.cli.interrupt import made_above, note_folder
 from lmlab.cli.launch import LAUNCH
 from lmlab.cli.sweep import (
+    grid_values_overridden,
     replaced_by_command_line,
     sweep_file_without_multirun,
     swept_sweep_files,
@@ -71,6 +72,8 @@ class RunDirCallback(Callback):
                 "run: a sweep file's grid applies to the whole multirun, not inside a job); "
                 "run each sweep on its own: -m +sweeps=<name>"
             )
+        if (overridden := grid_values_overridden(config)) is not None:
+            refuse(overridden)
         log = logging.getLogger("lmlab")
         for replaced in replaced_by_command_line(config):  # Hydra's way: it narrows a sweep
             log.warning(replaced)

@@ -179,15 +179,84 @@ def replaced_by_command_line(config: DictConfig) -> list[str]:
     except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
         return []
     swept = {_target(o): value for o, value in zip(grid, typed.values(), strict=True)}
-    source = next(
-        (f"{o.input_line}'s" for o in task if o.key_or_group == SWEEPS_GROUP),
-        "hydra.sweeper.params'",
-    )
+    source = _grid_source(task)
     return [
         f"{o.input_line} on the command line replaces {source} grid for it ({swept[_target(o)]})"
         for o in task
         if not o.is_delete() and _target(o) in swept
     ]
+
+
+def grid_values_overridden(config: DictConfig) -> str | None:
+    """The refusal of a command-line override that sets a field the sweep file's swept values
+    set inside another key (``+sweeps=isoflop model.d_model=64``: each ``model={d_model:..}``
+    value sets ``model.d_model``), or None. Hydra applies the command line after the grid, so
+    every job trained the command line's value under the name of the swept one: the isoflop
+    ladder's ``{d_model:40,n_layers:2}`` and ``{d_model:48,n_layers:2}`` trained one model,
+    and ``+sweeps=moe model.moe.top_k=1`` a top-1 row named ``top_k:2``, without a word. An
+    override of the swept key itself replaces its grid (``replaced_by_command_line``)."""
+    params = config.hydra.sweeper.get("params") or {}
+    parser = OverridesParser.create()
+    try:
+        task = parser.parse_overrides(as_typed(config.hydra.overrides.task))
+        grid = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
+        return None
+    for swept in grid:
+        values = _leaf_values(swept)
+        for override in task:
+            if override.is_delete() or _target(override) == _target(swept):
+                continue
+            for leaf in _leaf_values(override).keys() & values.keys():
+                inside = (
+                    f" in its {swept.key_or_group} values" if leaf != swept.key_or_group else ""
+                )
+                return (
+                    f"{override.input_line} on the command line overrides {leaf}, which "
+                    f"{_grid_source(task)} grid sweeps{inside} "
+                    f"({', '.join(map(str, values[leaf]))}): every job would train the command "
+                    "line's value under the name of its swept one (its run name, its row in "
+                    "lmlab compare), and jobs that differ only there would train one model; "
+                    "leave it out, or change the swept values in a copy of the sweep file"
+                )
+    return None
+
+
+def _leaf_values(override: Any) -> dict[str, list[Any]]:
+    """Each dotted key that ``override`` sets, with its values: the key itself, and inside
+    dict values (``model={d_model:32},{d_model:40}``) each leaf (``model.d_model``: 32, 40)."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if override.package:  # another package's keys: not compared
+        return {}
+    value, key = override.value(), override.key_or_group
+    if isinstance(value, ChoiceSweep):
+        items = value.list
+    else:  # one value, or a range or interval as typed
+        items = [value if isinstance(value, dict) else override.input_line.partition("=")[2]]
+    leaves: dict[str, list[Any]] = {}
+    for item in items:
+        for leaf, v in (_flat(item, key) if isinstance(item, dict) else {key: item}).items():
+            if v not in leaves.setdefault(leaf, []):
+                leaves[leaf].append(v)
+    return leaves
+
+
+def _flat(node: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``{moe: {top_k: 2}}`` under ``model``: ``{"model.moe.top_k": 2}``."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        path = f"{prefix}.{key}"
+        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
+    return out
+
+
+def _grid_source(task: Sequence[Any]) -> str:
+    """``+sweeps=moe's``: the sweep file on the command line, whose grid it is."""
+    return next(
+        (f"{o.input_line}'s" for o in task if o.key_or_group == SWEEPS_GROUP),
+        "hydra.sweeper.params'",
+    )
 
 
 def _target(override: Any) -> str:
