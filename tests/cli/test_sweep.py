@@ -374,3 +374,41 @@ def test_a_sweep_ends_with_how_many_jobs_completed_and_which_failed(
     assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'done'}") == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.endswith(f"sweep: 2 of 2 jobs completed in {tmp_path / 'done'}"), last
+
+
+@pytest.mark.parametrize(
+    ("flops", "said"),
+    [
+        # gpt_tiny +experiment=llama, 2,048 tokens a step: the dense model (N = 1,901,696
+        # active) takes ceil(2e11 / 6N / 2048) = 9 steps, 6N x 18,432 = 2.103e11; Mixtral's
+        # top-2 row (N = 2,495,616) 7 steps, 6N x 14,336 = 2.147e11: (2.147 - 2.103) / 2 = 2.2%
+        (
+            "2e11",
+            "unequal compute: budget=flops promises 4 jobs C = 2e11 FLOPs each, but whole steps "
+            "would train 2.103e11 (#0 model={moe:{num_experts:0}}) to 2.147e11 "
+            "(#3 model={moe:{num_experts:8,top_k:2}}), 2.2% of C apart, and one step is up to "
+            "15.3% of C: ",
+        ),
+        ("6e12", None),  # the sweep file's C: 257 steps and more, under 1% apart
+    ],
+)
+def test_a_sweep_promised_one_compute_says_before_its_jobs_when_whole_steps_break_it(
+    flops: str, said: str | None, tmp_path: Path, run_command, capsys, monkeypatch
+) -> None:
+    """``+sweeps=moe`` promises its rows one C, and compare warned only after they trained
+    that whole steps had put them 2.2% of C apart. The sweep's check says it before the first
+    job (a dry run's too), from the jobs' plans; nothing is said where they are within 1%."""
+    import lmlab.train.run
+
+    def stop(*args, **kwargs) -> None:  # the first job's training: the checks are done
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmlab.train.run, "train", stop)
+    argv = ["-m", "+sweeps=moe", f"budget.flops={flops}", "logger=csv"]
+    run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    out = "".join(capsys.readouterr())
+    assert "checked the sweep's 4 jobs" in out, out
+    if said is None:
+        assert "unequal compute" not in out, out
+    else:
+        assert out.count(said) == 1, out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from lmlab.analysis.compute import FLOPS_TOLERANCE, MIN_STEPS, sci
 from lmlab.cli.heap import long_lived
 from lmlab.cli.hydra_errors import hydra_error, refuse
 from lmlab.cli.sweep import (
@@ -26,7 +28,9 @@ from lmlab.cli.sweep import (
     sweeper_setting,
     swept_keys,
 )
+from lmlab.config import BudgetKind
 from lmlab.errors import ConfigError
+from lmlab.train.budget import Budget
 from lmlab.train.runfiles import in_the_way
 
 MAX_REASONS = 10  # a refused sweep's lines, one reason each
@@ -62,6 +66,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     refused: dict[str, list[str]] = {}
     folders: dict[Path, list[int]] = {}  # each job's, by its number
     steps = tokens = flops = 0
+    budgets: list[tuple[str, Budget]] = []  # each job's, by its name
     try:
         for num, overrides in enumerate(jobs):
             try:
@@ -82,6 +87,7 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                     tokens + budget.tokens,
                     flops + budget.flops,
                 )
+                budgets.append((job_name(overrides, keys, num, corners), budget))
             except ConfigError as err:
                 why = str(err)
             except (HydraException, OmegaConfBaseException) as err:  # it does not compose
@@ -90,11 +96,10 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                 why = f"{type(err).__name__}: {err}"  # (Hydra would only warn, and launch)
             else:
                 continue
-            named = " ".join(o for o in overrides if o.partition("=")[0] in keys)
+            named = swept_values(overrides, keys)
             if named and " " not in named:  # one swept value, which the reason may start with
                 why = why.removeprefix(f"{named}: ")
-            name = named if corners else f"#{num} {named}".strip()  # a corner is no job
-            refused.setdefault(why, []).append(name)
+            refused.setdefault(why, []).append(job_name(overrides, keys, num, corners))
         shared = shared_folder(config, jobs, folders, corners)
     finally:
         HydraConfig.instance().set_config(config)
@@ -104,6 +109,9 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     if not refused and not corners:
         checked += f"; they train {steps:,} steps, {tokens:,} tokens, {flops:.3g} FLOPs (6ND)"
     logging.getLogger("lmlab").info(checked)
+    if not refused and not corners:
+        for line in unequal_compute(budgets):
+            logging.getLogger("lmlab").warning(line)
     if refused:
         count = sum(len(names) for names in refused.values())
         lines = [
@@ -123,3 +131,60 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
                 f"  and {rest} more job(s), for {len(refused) - MAX_REASONS} other reasons"
             )
         refuse("\n".join(lines))
+
+
+def swept_values(overrides: Sequence[str], keys: set[str]) -> str:
+    """``model.norm_placement=pre model.activation=gelu``: a job's swept values."""
+    return " ".join(o for o in overrides if o.partition("=")[0] in keys)
+
+
+def job_name(overrides: Sequence[str], keys: set[str], num: int, corner: bool) -> str:
+    """``#1 model.activation=gelu``: a job by its number and swept values (a corner of a
+    search space, which is no job, by its values alone)."""
+    named = swept_values(overrides, keys)
+    return named if corner else f"#{num} {named}".strip()
+
+
+def promised_flops(budget: Budget) -> float | None:
+    """The C = 6 N D a job's budget promises before whole steps round it: ``budget.flops``,
+    or ``budget=chinchilla``'s 6 N x tokens_per_param N (one C only at one N); None for the
+    budgets that promise steps or tokens."""
+    if budget.kind == BudgetKind.flops:
+        return budget.nominal_flops
+    if budget.kind == BudgetKind.chinchilla:
+        return 6.0 * budget.n_params * budget.target_tokens
+    return None
+
+
+def unequal_compute(jobs: Sequence[tuple[str, Budget]]) -> list[str]:
+    """A warning for each group of jobs that one C was promised (``promised_flops``) whose
+    whole steps would train FLOPs more than ``FLOPS_TOLERANCE`` of C apart: compare warns of
+    it once they trained (``lmlab.analysis.compute``); said before, a larger budget or a
+    smaller global batch still makes the sweep compare equal compute. ``jobs``: (name, its
+    budget)."""
+    groups: dict[tuple[str, str], list[tuple[str, Budget]]] = {}
+    for name, budget in jobs:
+        if (c := promised_flops(budget)) is not None:
+            groups.setdefault((budget.kind.value, f"{c:.6g}"), []).append((name, budget))
+    lines = []
+    for (kind, c_text), group in groups.items():
+        c = float(c_text)
+        (low, lowest), (high, highest) = (
+            min(group, key=lambda job: job[1].flops),
+            max(group, key=lambda job: job[1].flops),
+        )
+        spread = (highest.flops - lowest.flops) / c
+        if spread <= FLOPS_TOLERANCE:
+            continue
+        step = max(6.0 * b.n_params * b.tokens_per_step for _, b in group)
+        knob = "budget.flops" if kind == "flops" else "budget.tokens_per_param"
+        lines.append(
+            f"unequal compute: budget={kind} promises {len(group)} jobs C = {sci(c)} FLOPs "
+            f"each, but whole steps would train {sci(lowest.flops)} ({low}) to "
+            f"{sci(highest.flops)} ({high}), "
+            f"{spread:.1%} of C apart, and one step is up to {step / c:.1%} of C: they would "
+            f"compare unequal compute; raise the budget ({knob}) or shrink the global batch "
+            f"until every job takes {MIN_STEPS}+ steps (then they differ by under "
+            f"{FLOPS_TOLERANCE:.0%})"
+        )
+    return lines
