@@ -191,9 +191,9 @@ def grid_values_overridden(config: DictConfig) -> str | None:
     """The refusal of a command-line override that sets a field the sweep file's swept values
     set inside another key (``+sweeps=isoflop model.d_model=64``: each ``model={d_model:..}``
     value sets ``model.d_model``), or None. Hydra applies the command line after the grid, so
-    every job trained the command line's value under the name of the swept one: the isoflop
-    ladder's ``{d_model:40,n_layers:2}`` and ``{d_model:48,n_layers:2}`` trained one model,
-    and ``+sweeps=moe model.moe.top_k=1`` a top-1 row named ``top_k:2``, without a word. An
+    every job would train the command line's value under the name of the swept one: the
+    isoflop ladder's ``{d_model:40,n_layers:2}`` and ``{d_model:48,n_layers:2}`` one model,
+    and ``+sweeps=moe model.moe.top_k=1`` a top-1 row named ``top_k:2``. An
     override of the swept key itself replaces its grid (``replaced_by_command_line``)."""
     params = config.hydra.sweeper.get("params") or {}
     parser = OverridesParser.create()
