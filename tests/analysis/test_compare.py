@@ -19,7 +19,7 @@ from rich.console import Console
 
 from lmlab.analysis import compare as cmp
 from lmlab.analysis import multirun as mrun
-from lmlab.analysis import ranking
+from lmlab.analysis import ranking, stat
 from lmlab.analysis.runs import dry_runs, load_runs, not_runs
 from lmlab.cli.compare import main as compare_main
 from lmlab.config import CONF_DIR
@@ -598,7 +598,7 @@ def test_rendered_table_order_follows_losses(multirun: Path) -> None:
     assert cells[1][3] == "3.1200 ± 0.0200" and cells[1][4] == "3"
     # the failed seed's folder: the knobs name the variant only
     assert cells[-1][3] == "FAILED" and cells[-1][-1].startswith("FAILED (5): RuntimeError: CUDA")
-    assert len(cells[-1][-1]) <= len("FAILED (5): ") + ranking.ERROR_WIDTH
+    assert len(cells[-1][-1]) <= len("FAILED (5): ") + stat.ERROR_WIDTH
     assert table.rows[0].style == "bold green"
 
 
@@ -626,22 +626,22 @@ def test_render_table_drops_extra_columns_to_fit_narrow_terminals(multirun: Path
 
 
 def test_wall_time_is_shown_to_a_tenth_of_a_second() -> None:
-    assert (ranking.fmt(2.9951, "wall_seconds"), ranking.fmt(125.04, "wall_seconds")) == (
+    assert (stat.fmt(2.9951, "wall_seconds"), stat.fmt(125.04, "wall_seconds")) == (
         "3.0",
         "125.0",
     )
-    assert ranking.fmt(2.9951, "val_loss") == "2.9951"
+    assert stat.fmt(2.9951, "val_loss") == "2.9951"
 
 
 def test_a_value_below_a_thousandth_keeps_three_significant_digits() -> None:
     """A learning rate of 3e-05 (``--metric train/lr``) read 0.0000 in the table, the bars and
     the winner's line; a std keeps its mean's format."""
-    assert ranking.fmt(3e-5, "train/lr") == "3e-05"
-    assert ranking.fmt(-1.234e-4, "x") == "-0.000123"
-    assert ranking.fmt(0.0034, "val_loss") == "0.0034"  # 4 decimals: two digits still
-    assert ranking.fmt(0.0, "val_loss") == "0.0000"
-    assert ranking.fmt_stat(ranking.Stat(3.1e-5, 2e-6, 2), "train/lr") == "3.1e-05 ± 2e-06"
-    assert ranking.fmt_stat(ranking.Stat(3.12, 1e-5, 2), "val_loss") == "3.1200 ± 0.0000"
+    assert stat.fmt(3e-5, "train/lr") == "3e-05"
+    assert stat.fmt(-1.234e-4, "x") == "-0.000123"
+    assert stat.fmt(0.0034, "val_loss") == "0.0034"  # 4 decimals: two digits still
+    assert stat.fmt(0.0, "val_loss") == "0.0000"
+    assert stat.fmt_stat(stat.Stat(3.1e-5, 2e-6, 2), "train/lr") == "3.1e-05 ± 2e-06"
+    assert stat.fmt_stat(stat.Stat(3.12, 1e-5, 2), "val_loss") == "3.1200 ± 0.0000"
 
 
 def test_a_small_gap_keeps_two_significant_digits(tmp_path: Path) -> None:
@@ -1615,8 +1615,8 @@ def test_throughput_by_its_metrics_csv_name_ranks_and_prints_as_its_results_json
         assert mrun.higher_is_better(metric) is mrun.higher_is_better(metric[5:]) is True
     rows = cmp.compare(multirun, metric="perf/tokens_per_second")
     assert rows[0].label == "norm_placement=post, activation=relu"  # 3000 tokens/s
-    assert ranking.fmt(1089.0, "perf/tokens_per_second") == "1.09k"
-    assert ranking.fmt_stat(ranking.Stat(2000.0, 100.0, 3), "perf/tokens_per_second") == "2k ± 100"
+    assert stat.fmt(1089.0, "perf/tokens_per_second") == "1.09k"
+    assert stat.fmt_stat(stat.Stat(2000.0, 100.0, 3), "perf/tokens_per_second") == "2k ± 100"
 
 
 def test_throughput_by_its_metrics_csv_name_is_the_runs_not_its_last_logging_window(

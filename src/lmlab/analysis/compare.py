@@ -30,13 +30,12 @@ from lmlab.analysis.ranking import (
     EXTRA_COLUMNS,
     Row,
     aggregate,
-    fmt_stat,
     run_folder,
     summarize,
-    truncate,
     unranked_reason,
 )
 from lmlab.analysis.runs import dry_runs, load_runs, not_runs_note
+from lmlab.analysis.stat import fmt_stat, truncate
 from lmlab.analysis.sweep_grid import unlaunched_jobs
 from lmlab.files import write_text
 

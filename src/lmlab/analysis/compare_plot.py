@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from lmlab.analysis.multirun import Run, curve_column
-from lmlab.analysis.ranking import Row, fmt_stat, truncate, unranked_reason
+from lmlab.analysis.ranking import Row, unranked_reason
 from lmlab.analysis.run_files import optimizer_steps
+from lmlab.analysis.stat import fmt_stat, truncate
 from lmlab.files import save_figure
 
 CREATOR = "lmlab compare"  # compare.png's mark: a file without it is not replaced

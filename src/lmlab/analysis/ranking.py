@@ -1,19 +1,15 @@
 """Rank the variants of a multirun: runs differing only in seed become one :class:`Row` (mean,
-sample std, n), rows are ranked by a metric, and the winner's lead gets a noise verdict.
-Also how the numbers print (``fmt``, ``fmt_stat``), shared by the table, the plot and the
-summary lines."""
+sample std, n: ``lmlab.analysis.stat``), rows are ranked by a metric, and the summary names
+the winner, the runner-up and the noise verdict on the lead (``lmlab.analysis.noise``)."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-from scipy.special import stdtrit
 
 from lmlab.analysis.comparable import (
     eval_notes,
@@ -25,17 +21,17 @@ from lmlab.analysis.comparable import (
 )
 from lmlab.analysis.compute import compute_notes
 from lmlab.analysis.multirun import (
-    MISSING,
     CompareError,
     Run,
     check_metric,
     knob_value,
-    result_key,
     run_value,
     variant_label,
     varying_knobs,
 )
+from lmlab.analysis.noise import STDERR, noise_verdict
 from lmlab.analysis.runs import KILLED, RUNNING, STOPPED
+from lmlab.analysis.stat import Stat, fmt, fmt_stat, stat
 
 # Columns shown next to the chosen metric (results.json keys), with their table titles.
 EXTRA_COLUMNS: dict[str, str] = {
@@ -49,23 +45,6 @@ EXTRA_COLUMNS: dict[str, str] = {
     "tokens_per_second": "tok/s",
     "wall_seconds": "wall s",
 }
-# Shown with k/M/B suffixes.
-SIZE_KEYS = frozenset({"params", "active_params", "non_embedding_params", "tokens", "flops"})
-HUMAN_KEYS = SIZE_KEYS | {"tokens_per_second"}
-# Fixed by the config, not by the seed: no std shown.
-NO_STD_KEYS = SIZE_KEYS
-ERROR_WIDTH = 60
-SIGNIFICANCE = 0.05  # two-sided level of the noise verdict's t test
-STDERR = "_stderr"  # lm-eval's standard error of a metric, logged as eval/<task>/<metric>_stderr
-
-
-@dataclass
-class Stat:
-    """Mean, sample standard deviation (None for n < 2) and count of the finite values."""
-
-    mean: float | None
-    std: float | None
-    n: int
 
 
 @dataclass
@@ -101,18 +80,6 @@ class Row:
         """The mean of ``metric`` over the row's runs, None when unknown."""
         stat = self.stats.get(metric)
         return None if stat is None else stat.mean
-
-
-def stat(values: Iterable[float | None]) -> Stat:
-    """Mean and sample std (ddof=1) of the finite values; std is None when n < 2."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return Stat(None, None, 0)
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
-    return Stat(float(np.mean(finite)), std, len(finite))
-
-
-# --------------------------------------------------------------------------- aggregation
 
 
 def aggregate(
@@ -189,103 +156,6 @@ def _rank(rows: list[Row], metric: str, higher_is_better: bool, rank: bool = Tru
         row.rank = ranked[i - 2].rank if tied else i
     unranked = [r for r in rows if r.status == "completed" and r.value(metric) is None]
     return ranked + unranked + [r for r in rows if r.status == "failed"]
-
-
-@dataclass
-class SeedNoise:
-    """The seed noise of the difference of two variants' means: its standard error, the
-    degrees of freedom of the t test that weighs it, and how it was found (for the verdict)."""
-
-    stderr: float
-    dof: float
-    how: str
-
-
-def seed_noise(a: Stat, b: Stat, metric: str) -> SeedNoise | None:
-    """Welch's two-sample t where both variants have seed replicates: the standard error
-    sqrt(s_a^2/n_a + s_b^2/n_b) on the Welch-Satterthwaite degrees of freedom, each variant
-    with its own std. Student's pooled std assumed one spread for both, and a variant that
-    diverges more across seeds broke it: at 2 seeds with four times the std against 5 seeds it
-    called 27% of ties 'likely real' at the 5% level (Welch's 11%; equal spreads 5% and 6%).
-    Where one variant ran one seed its spread is unknown, so the other's std stands for both
-    (Student's t, n_a + n_b - 2 df). None when neither has seed replicates."""
-    if a.n < 2 and b.n < 2:
-        return None
-    level = f"two-sided {100 * SIGNIFICANCE:g}%"
-    if min(a.n, b.n) < 2:
-        std = (a.std if a.n > 1 else b.std) or 0.0
-        dof = a.n + b.n - 2
-        how = f"Student's t, {dof} df, {level}; pooled std {fmt(std, metric)}, n={a.n} and {b.n}"
-        return SeedNoise(std * math.sqrt(1.0 / a.n + 1.0 / b.n), dof, how)
-    var_a, var_b = (a.std or 0.0) ** 2 / a.n, (b.std or 0.0) ** 2 / b.n
-    tails = var_a**2 / (a.n - 1) + var_b**2 / (b.n - 1)
-    # no spread on either side (tails 0): any lead is beyond it, whatever the df
-    dof = (var_a + var_b) ** 2 / tails if tails > 0 else float(a.n + b.n - 2)
-    stds = f"std {fmt(a.std, metric)} and {fmt(b.std, metric)}"
-    how = f"Welch's t, {dof:.3g} df, {level}; {stds}, n={a.n} and {b.n}"
-    return SeedNoise(math.sqrt(var_a + var_b), dof, how)
-
-
-def items_stderr(best: Row, second: Row, metric: str) -> float | None:
-    """The standard error of the two rows' difference in an eval metric from the sampling of
-    the task's items: sqrt(se_a^2 + se_b^2), each the mean over the row's runs of
-    ``<metric>_stderr``. Seeds score the same items, so averaging them does not shrink it.
-    None when the runs did not log it (any metric other than an eval's)."""
-    se = [row.stats.get(f"{metric}{STDERR}") for row in (best, second)]
-    if any(s is None or s.mean is None for s in se):
-        return None
-    return math.hypot(*(s.mean for s in se))
-
-
-def noise_verdict(best: Row, second: Row, metric: str) -> str:
-    """Whether the winner's lead is real at the two-sided 5% level: beyond the t critical value
-    times the standard error of the difference of the seed means (:func:`seed_noise`: Welch's
-    test) and, for an eval metric, beyond 2 x the standard error of the difference from the
-    items' sampling (:func:`items_stderr`)."""
-    a, b = best.stats[metric], second.stats[metric]
-    diff = abs((a.mean or 0.0) - (b.mean or 0.0))
-    seeds = seed_noise(a, b, metric)
-    items = items_stderr(best, second, metric)
-    if seeds is None and items is None:
-        return (
-            "no seed replicates (n=1 for both), so the noise is unknown: "
-            "rerun the top variants with more seeds" + left_out(best, second, metric)
-        )
-    checks = []  # (critical value, standard error, what it is, how it was found)
-    if seeds is not None:
-        critical = float(stdtrit(seeds.dof, 1.0 - SIGNIFICANCE / 2))
-        checks.append((critical, seeds.stderr, "its standard error over seeds", f" ({seeds.how})"))
-    if items is not None:
-        checks.append((2.0, items, f"the items' standard error ({metric}{STDERR})", ""))
-    real = all(diff > k * noise for k, noise, _, _ in checks)
-    text = f"difference {fmt(diff, metric)} " + ", ".join(
-        f"{'>' if diff > k * noise else '<='} {k:.3g} x {name} {fmt(noise, metric)}{how}"
-        for k, noise, name, how in checks
-    )
-    text += f": {'likely real' if real else 'within noise'}"
-    if seeds is None:
-        text += " (no seed replicates: the seed noise is unknown)"
-    elif min(a.n, b.n) < 2:
-        text += " (std from the variant with seed replicates only)"
-    return text + left_out(best, second, metric)
-
-
-def left_out(best: Row, second: Row, metric: str) -> str:
-    """What the verdict does not weigh: runs of the two rows whose ``metric`` is missing or
-    not finite (a diverged seed's nan), left out of their means, so a variant that diverges
-    on some seeds is judged by the seeds that did not; empty when there are none."""
-    lost = [
-        f"{row.n - row.count(metric)} of the {row.n} runs of {row.label}"
-        for row in (best, second)
-        if row.count(metric) < row.n
-    ]
-    if not lost:
-        return ""
-    return (
-        f"; left out for a missing or non-finite {metric} (a diverged seed's nan, say): "
-        f"{' and '.join(lost)}: the verdict is over the other runs and says nothing of how "
-        "often a variant diverges"
-    )
 
 
 def summarize(
@@ -422,51 +292,3 @@ def dropped_notes(rows: Sequence[Row], metric: str, root: Path | None = None) ->
             f"or not finite ({which}), left out of its mean ± std and n, which are {over}"
         )
     return lines
-
-
-# --------------------------------------------------------------------------- table
-
-
-def fmt(value: float | None, key: str = "", like: float | None = None) -> str:
-    """A number for the table: k/M/B for sizes and throughput, FLOPs as 1.40e11, wall time
-    to a tenth of a second, else 4 decimals below 10 and 2 above, and 3 significant digits
-    below 0.001 (a learning rate of 3e-05 read 0.0000); ``like`` formats a std with the
-    decimals of its mean."""
-    if value is None:
-        return MISSING
-    if not math.isfinite(value):
-        return str(value)
-    key = result_key(key)  # perf/tokens_per_second as tokens_per_second
-    ref = abs(value if like is None else like)
-    if key == "flops":  # 1.40e11, not 140B (which reads as bytes)
-        return f"{value:.3g}".replace("e+", "e")
-    if key in HUMAN_KEYS or ref >= 1e4:
-        return _human(value)
-    if key == "wall_seconds":  # seconds to a tenth: 3.0, not 2.9951
-        return f"{value:.1f}"
-    if 0 < ref < 1e-3:  # 4 decimals would leave one significant digit or none
-        return f"{value:.3g}"
-    return f"{value:.4f}" if ref < 10 else f"{value:.2f}"
-
-
-def _human(value: float) -> str:
-    if abs(value) >= 1e15:  # past the units: a diverged run's perplexity, say
-        return f"{value:.3g}"
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
-
-
-def fmt_stat(s: Stat, key: str = "") -> str:
-    """``mean ± std`` (just the mean when n < 2 or for sizes); ``-`` when unknown."""
-    if s.mean is None:
-        return MISSING
-    if s.std is None or result_key(key) in NO_STD_KEYS:
-        return fmt(s.mean, key)
-    return f"{fmt(s.mean, key)} ± {fmt(s.std, key, like=s.mean)}"
-
-
-def truncate(text: str, width: int = ERROR_WIDTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
