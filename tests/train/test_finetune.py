@@ -540,6 +540,35 @@ def test_greedy_seq2seq_takes_the_argmax_of_each_step() -> None:
     assert torch.equal(out, dec[:, 1:])
 
 
+def test_exact_match_decodes_eagerly_under_compiled_blocks() -> None:
+    """``compile=blocks``: validation's greedy decode runs the blocks eagerly, as the sample
+    does. Compiled, T5's decoder block recompiled for each KV-cache layer index and length: a
+    4-layer t5_tiny hit dynamo's recompile limit (8) in its first validation."""
+    from torch._dynamo.testing import CompileCounter
+
+    from lmlab.train.parallel import block_slots
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="t5", d_model=32, n_layers=2, n_heads=2, vocab_size=50))
+    model.eval()
+    compiles = CompileCounter()  # counts the frames dynamo compiles, runs them as traced
+    for _, _, block in block_slots(model):
+        block.compile(backend=compiles)
+    ids, mask = torch.randint(2, 50, (3, 6)), torch.ones(3, 6, dtype=torch.bool)
+    labels = torch.randint(2, 50, (3, 4))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch["decoder_input_ids"] = torch.cat((torch.ones(3, 1, dtype=torch.long), labels), 1)[:, :4]
+    scored = METRICS[TaskKind.seq2seq](model.cfg, TaskSpec(TaskKind.seq2seq, decode_rows=3))
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            scored.update(batch, torch.zeros(3, 4, 50), model)
+    finally:
+        torch._dynamo.reset()
+    assert compiles.frame_count == 0
+    assert 0.0 <= float(scored.compute()["exact_match"]) <= 1.0
+
+
 # --------------------------------------------------------------------------- refusals
 
 

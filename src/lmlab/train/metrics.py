@@ -19,6 +19,7 @@ from torchmetrics.classification import (
 from lmlab.config import ModelConfig, TaskKind, TaskSpec
 from lmlab.data.collators import IGNORE
 from lmlab.infer.generation import greedy_seq2seq
+from lmlab.train.callbacks.extras import eager
 
 Batch = dict[str, torch.Tensor]
 
@@ -90,13 +91,16 @@ class Seq2SeqMetrics(TokenMetrics):
         labels_BS = labels_BS[:, : int((labels_BS != IGNORE).sum(1).max())]
         start_B1 = batch["decoder_input_ids"][:rows, :1]
         mask = batch.get("attention_mask")
-        predicted_BS = greedy_seq2seq(
-            model,
-            batch["input_ids"][:rows],
-            mask[:rows] if mask is not None else None,
-            start_B1,
-            labels_BS.shape[1],
-        )
+        # eagerly, as the other decodes of a run (the sample): under compile=blocks the
+        # decoder blocks recompiled for each KV-cache layer and length, past dynamo's limit
+        with eager():
+            predicted_BS = greedy_seq2seq(
+                model,
+                batch["input_ids"][:rows],
+                mask[:rows] if mask is not None else None,
+                start_B1,
+                labels_BS.shape[1],
+            )
         self.metrics["exact_match"].update(predicted_BS, labels_BS)
 
     def reset(self) -> None:
