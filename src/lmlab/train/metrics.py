@@ -92,7 +92,7 @@ class Seq2SeqMetrics(TokenMetrics):
         start_B1 = batch["decoder_input_ids"][:rows, :1]
         mask = batch.get("attention_mask")
         # eagerly, as the other decodes of a run (the sample): under compile=blocks the
-        # decoder blocks recompiled for each KV-cache layer and length, past dynamo's limit
+        # decoder blocks would recompile for each KV-cache layer and length, past dynamo's limit
         with eager():
             predicted_BS = greedy_seq2seq(
                 model,
