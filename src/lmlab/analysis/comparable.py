@@ -23,9 +23,6 @@ from lmlab.config.data import DataConfig
 # Validation metrics (results.json names): each averages over the validation rows the run
 # scored, whose target tokens results.json's ``val_tokens`` counts.
 VALIDATION_METRICS = frozenset({"val_loss", "best_val_loss", "val_perplexity", "val_bits_per_byte"})
-# Families whose validation targets are drawn with the run's seed (masked tokens, spans):
-# their val_tokens differ between seeds on the same rows.
-SEEDED_TARGETS = frozenset({"bert", "t5"})
 
 
 def validation_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
@@ -33,14 +30,15 @@ def validation_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
     validated on different numbers of target tokens (``val_tokens``: another micro-batch times
     ``trainer.limit_val_batches`` scores other rows): the ranking then compares validation sets
     as much as variants. Runs of another tokenizer or corpus are not compared so (their
-    tokens differ anyway: :func:`tokenizer_notes` warns), nor masked-token runs of another
-    seed. ``runs``: (row label, run)."""
+    tokens differ anyway: :func:`tokenizer_notes` warns). BERT's masks and T5's spans in
+    validation are drawn with a seed of validation's own, whatever the run's, so runs of
+    other seeds on the same rows score the same targets. ``runs``: (row label, run)."""
     if result_key(metric) not in VALIDATION_METRICS:
         return []
     done = [(label, run) for label, run in runs if not run.failed]
     if tokenizer_notes([run for _, run in done], "val_loss"):
         return []
-    groups: dict[tuple[str, ...], dict[int, list[str]]] = {}
+    groups: dict[tuple[str, str], dict[int, list[str]]] = {}
     for label, run in done:
         tokens = run.results.get("val_tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool):
@@ -48,9 +46,8 @@ def validation_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
         if run_value(run, metric) is None:
             continue
         family = str(run.flat_config.get("model.family"))
-        seed = repr(run.seed) if family in SEEDED_TARGETS else ""
         kind = str(run.flat_config.get("task.kind", "lm"))
-        labels = groups.setdefault((family, kind, seed), {}).setdefault(tokens, [])
+        labels = groups.setdefault((family, kind), {}).setdefault(tokens, [])
         if label not in labels:
             labels.append(label)
     differ = [counts for counts in groups.values() if len(counts) > 1]
