@@ -223,6 +223,33 @@ def test_lightnings_fsdp_without_a_gpu_accelerator_is_refused_before_any_data(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("strategy", "package"), [("deepspeed", "deepspeed"), ("xla_debug", "torch_xla")]
+)
+def test_a_strategy_whose_package_is_missing_is_refused_before_any_data(
+    strategy: str, package: str, plain_env: None, tmp_path: Path
+) -> None:
+    """``+trainer.strategy=deepspeed`` without DeepSpeed, or ``xla_debug`` without torch_xla,
+    prepared the data and then failed in a traceback (MisconfigurationException,
+    ModuleNotFoundError). Refused at once, by Lightning's own check of the package; a dry run
+    plans for another machine, which may have it."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    cfg = compose_train(
+        ["+debug=smoke", f"+trainer.strategy={strategy}"], tmp_path / "run", tmp_path
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"^trainer.strategy={strategy} needs a package this "
+        rf"machine lacks \(Requirement '{package}.*; lmlab's own: trainer=ddp",
+    ):
+        check_run(cfg)
+    check_run(cfg, machine=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
 def test_a_process_group_backend_the_run_cannot_use_is_refused_before_any_data(
     trainer: str, plain_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -65,6 +65,7 @@ from lmlab.train.plan import RunPlan, make_plan
 from lmlab.train.runfiles import check_checkpoint_folder
 from lmlab.train.strategy_check import (
     annotated_parameters,
+    check_strategy_installed,
     check_strategy_loads,
     describe_kinds,
     takes,
@@ -278,6 +279,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
     if here:
         check_accelerator(cfg.trainer)
         check_precision_installed(cfg.trainer)
+        check_strategy_installed(cfg.trainer)
         check_process_group_backend(cfg.trainer)
         check_world_size(cfg.trainer)
         check_master_port(cfg.trainer)

@@ -173,6 +173,38 @@ def check_lightning_fsdp(trainer_cfg: Mapping[str, Any], cuda: bool | None = Non
     )
 
 
+def strategy_requirement(found: type) -> Any:
+    """Lightning's own check of the package a strategy class needs that lmlab does not install
+    (a ``RequirementCache``: false where missing, its text says what is not met), or None:
+    DeepSpeed's, and torch_xla for the XLA (TPU) strategies."""
+    from lightning.fabric.accelerators.xla import _XLA_AVAILABLE
+    from lightning.fabric.strategies.deepspeed import _DEEPSPEED_AVAILABLE
+    from lightning.pytorch.strategies import DeepSpeedStrategy, SingleDeviceXLAStrategy, XLAStrategy
+
+    if issubclass(found, DeepSpeedStrategy):
+        return _DEEPSPEED_AVAILABLE
+    if issubclass(found, XLAStrategy | SingleDeviceXLAStrategy):
+        return _XLA_AVAILABLE
+    return None
+
+
+def check_strategy_installed(trainer_cfg: Mapping[str, Any]) -> None:
+    """A strategy whose package this machine lacks (``+trainer.strategy=deepspeed`` without
+    DeepSpeed, ``xla_debug`` without torch_xla), which Lightning refuses once the data is
+    prepared, through a traceback: refused here in one line. A dry run plans for another
+    machine, which may have it."""
+    found = strategy_class(trainer_cfg)
+    requirement = strategy_requirement(found) if found is not None else None
+    if requirement is None or requirement:
+        return
+    strategy = trainer_cfg.get("strategy")
+    given = strategy if isinstance(strategy, str) else f"{found.__module__}.{found.__name__}"
+    raise ConfigError(
+        f"trainer.strategy={given} needs a package this machine lacks ({requirement}); "
+        "lmlab's own: trainer=ddp, or trainer=fsdp (FSDP2: shards the model over the devices)"
+    )
+
+
 def target_parameters(cls: type) -> tuple[dict[str, tuple[Any, Any]], bool]:
     """The arguments a strategy (or another target class) node may set, each with its
     annotation and default, and whether they are all it takes. A ``**kwargs`` of lmlab's own
