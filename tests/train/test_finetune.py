@@ -4,6 +4,7 @@ accuracy, metrics in every output, exact resume after kill -9."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -392,6 +393,45 @@ def test_a_batch_rounded_to_a_multiple_has_the_loss_of_its_longest_width(
             losses.append(module.loss(batch)[0].item())
     assert widths[1] % 64 == 0 and widths[1] > widths[0], widths  # wider, the same loss
     assert losses[1] == pytest.approx(losses[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", FINE_TUNING)
+def test_the_kernel_report_probes_a_batch_of_the_tasks_own(
+    cache_dir: Path, kind: TaskKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attention-kernel report ran a language model's inputs, with no padding mask, where
+    every fine-tuning batch sends one: on a GPU, where a mask rules out the flash kernel, it
+    would name flash for a step that runs another. It probes the datamodule's first training
+    example, batched by the task's collator, and its note names the padding mask."""
+    from types import SimpleNamespace
+
+    from lmlab.train.callbacks import SDPAKernelReport
+
+    task = TaskConfig(kind=kind, name="code_or_play" if kind == TaskKind.classify else "def_name")
+    data = DataConfig(tokenizer=TokenizerKind.char, cache_dir=str(cache_dir))
+    family = Family.bert if kind == TaskKind.classify else Family.t5
+    dm = FinetuneDataModule(data, task, family, 64, 0)
+    dm.setup()
+    probed = dm.probe_batch()
+    assert probed["attention_mask"].shape == probed["input_ids"].shape
+    assert probed["input_ids"].shape[0] == 1
+    tiny = TINY_BERT if kind == TaskKind.classify else dict(TINY_BERT, family="t5")
+    tiny = {k: v for k, v in tiny.items() if family == Family.bert or k != "type_vocab_size"}
+    cfg = ModelConfig(**tiny | {"vocab_size": dm.vocab_size, "max_seq_len": 64})
+    module = LMTask(cfg, None, None, task=dm.spec)
+    trainer = SimpleNamespace(
+        datamodule=dm,
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
+        is_global_zero=True,
+    )
+    with caplog.at_level(logging.INFO, logger="lmlab.train.callbacks.kernels"):
+        SDPAKernelReport().report(trainer, module)
+    assert module.sdpa_kernels and all("scaled_dot_product" in k for k in module.sdpa_kernels)
+    said = [r.getMessage() for r in caplog.records if r.name == "lmlab.train.callbacks.kernels"]
+    assert said[0] == (
+        f"attention kernel: {', '.join(module.sdpa_kernels)} (a padding mask: no flash kernel "
+        "on a GPU)"
+    )
 
 
 def test_exact_match_decodes_the_longest_target_however_wide_the_batch(

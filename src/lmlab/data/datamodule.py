@@ -182,6 +182,11 @@ class LMDataModule(L.LightningDataModule):
         train, val = (_load_rows(self.blocks_dir / split, writer) for split in ("train", "val"))
         return train, val
 
+    def probe_batch(self) -> dict[str, torch.Tensor]:
+        """The first training row as the training collator batches it: what a probe of the
+        training step's kernels runs (``SDPAKernelReport``)."""
+        return self.collate(self.train_rows.__getitems__([0]))
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import (
@@ -135,6 +136,11 @@ class FinetuneDataModule(LMDataModule):
     def val_bytes_per_token(self) -> None:
         """Bits per byte is a language-model measure: none here."""
         return None
+
+    def probe_batch(self) -> dict[str, torch.Tensor]:
+        """The first training example as a batch, with the padding mask every fine-tuning batch
+        sends (``LMDataModule.probe_batch``)."""
+        return self.collate(self.train_rows[:1])
 
 
 def report_cut(

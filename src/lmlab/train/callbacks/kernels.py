@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import torch
 
-from lmlab.config import Compile, TaskKind
+from lmlab.config import Compile
 from lmlab.model.positional import PositionalScheme
 from lmlab.train.callbacks.extras import eager, forward_here, optional
-from lmlab.train.estimate import SAMPLE_INPUTS
 from lmlab.train.kernel_probe import attention_kernels, cross_entropy_form, profiled_ops
 
 log = logging.getLogger(__name__)
@@ -28,21 +26,24 @@ class SDPAKernelReport(L.Callback):
             self.report(trainer, pl_module)
 
     def report(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seq_len = trainer.datamodule.seq_len
-        ids = torch.zeros(1, seq_len, dtype=torch.long, device=pl_module.device)
-        inputs = SAMPLE_INPUTS[pl_module.model_cfg.family](ids)
-        targets = inputs.get("decoder_input_ids", ids)
-        classify = pl_module.task.kind == TaskKind.classify
-        labels = torch.zeros_like(targets[:, :1]) if classify else targets
+        # a batch of the training data, as its collator makes it: a fine-tuning batch's
+        # padding mask, T5's decoder inputs, the labels of the task
+        batch = trainer.datamodule.probe_batch()
+        inputs = {key: value.to(pl_module.device) for key, value in batch.items()}
         with trainer.precision_plugin.forward_context(), eager():
-            ops = profiled_ops(pl_module.model, inputs | {"labels": labels})
+            ops = profiled_ops(pl_module.model, inputs)
         kernels = attention_kernels(ops)
         loss_form = cross_entropy_form(ops, pl_module.compile == Compile.model)
-        note = ""
         schemes = [m for m in pl_module.model.modules() if isinstance(m, PositionalScheme)]
-        biased = any(scheme.has_bias for scheme in schemes)
-        if "flex_attention" not in kernels and (biased or pl_module.model_cfg.attention_window):
-            note = " (an additive bias or window mask rules out the flash kernel on GPU)"
+        masks = [
+            ("a padding mask", "attention_mask" in inputs),
+            ("an additive bias", any(scheme.has_bias for scheme in schemes)),
+            ("a window", bool(pl_module.model_cfg.attention_window)),
+        ]
+        reasons = [name for name, present in masks if present]
+        note = ""
+        if "flex_attention" not in kernels and reasons:
+            note = f" ({', '.join(reasons)}: no flash kernel on a GPU)"
         if trainer.is_global_zero:
             log.info("attention kernel: %s%s", ", ".join(kernels) or "none found", note)
             log.info("cross-entropy: %s", loss_form)
