@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torch import nn
 
 from lmlab.config import GATED, IGNORE, Activation, Family, ModelConfig, MoEConfig, Norm
 from lmlab.model import build_model, flops_per_token, param_breakdown
@@ -408,6 +409,38 @@ def test_activation_checkpointing_keeps_gradients_with_router_losses() -> None:
         (loss + sum(m.aux_loss + m.z_loss for m in layers)).backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointed_compiled_moe_blocks_compile_around_their_eager_dispatch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compile=blocks with activation checkpointing: dynamo runs a checkpointed region that
+    graph-breaks wholly eagerly, and the dropless MoE's grouped matmul runs eagerly in fp32 on
+    a CPU, so the wrapped MoE blocks compiled no graph at all. Compiled inside the wrapper,
+    each block compiles around the break, and the gradients are eager's (the same ops: the
+    float32 rounding of a few hundred terms, far inside 1e-5)."""
+    from torch._dynamo.testing import CompileCounter
+
+    compiles = CompileCounter()  # counts the graphs dynamo compiles, runs them as traced
+    compile_module = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda m: compile_module(m, backend=compiles))
+    torch.manual_seed(0)
+    plain, compiled = build_model(config()), build_model(config())
+    compiled.load_state_dict(plain.state_dict())
+    layout(compiled, activation_checkpointing=True, compile=True)
+    ids = torch.randint(0, V, (2, 16))
+    torch._dynamo.reset()
+    try:
+        for model in (plain, compiled):
+            layers = moe_layers(model).values()
+            loss = model(ids).pow(2).mean()
+            (loss + sum(m.aux_loss + m.z_loss for m in layers)).backward()
+    finally:
+        torch._dynamo.reset()
+    assert compiles.op_count > 0 and compiles.frame_count >= 2  # graphs around the breaks
+    for (name, p), q in zip(plain.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
 
 
 def test_compiled_blocks_do_not_recompile_when_routing_changes() -> None:
