@@ -1,7 +1,8 @@
 """Bad multi-process inputs refused in one line before any data or rank: a MASTER_PORT another
 program holds, a strategy Lightning cannot build, an accelerator this machine lacks, a global
 batch that does not divide (naming the field given), ``trainer=cpu`` asked for many
-processes, and the stop's save that said nothing it needed to."""
+processes, Lightning's distributed sampler around lmlab's, and the stop's save that said
+nothing it needed to."""
 
 from __future__ import annotations
 
@@ -176,6 +177,26 @@ def test_a_ddp_that_starts_its_ranks_by_multiprocessing_is_refused_before_any_da
         check_run(cfg, machine=False)
     cfg = compose_train([*TWO_CPUS, "+trainer.strategy.start_method=popen"], tmp_path, tmp_path)
     check_run(cfg, machine=False)
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.use_distributed_sampler=true", "~trainer.use_distributed_sampler"]
+)
+def test_lightnings_distributed_sampler_is_refused_before_any_data(
+    override: str, tmp_path: Path
+) -> None:
+    """Lightning wrapped lmlab's sampler, which gives each rank its share itself, in its own:
+    each rank took every other row of its share, the epoch ended halfway and the next
+    restarted the sampler, so a 2-rank run trained half its rows twice and the rest never,
+    in silence (``~``: Lightning's default, true). A dry run plans such a run too."""
+    for dry in ([], ["dry_run=true"]):
+        cfg = compose_train([*TWO_CPUS, override, *dry], tmp_path / "run", tmp_path)
+        with pytest.raises(
+            ConfigError, match=r"^trainer.use_distributed_sampler=true: .*allowed: false$"
+        ):
+            check_run(cfg, machine=False)
+    check_run(compose_train([*TWO_CPUS, "trainer.use_distributed_sampler=false"]), machine=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_a_true_false_field_of_a_target_given_another_value_is_refused(
     cfg = compose_train(["+debug=smoke", *overrides], tmp_path / "run", tmp_path)
     with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
         check_run(cfg)
-    good = {"yes": "true", "7": "null", "off": "true", "0": "false"}
+    good = {"yes": "false", "7": "null", "off": "true", "0": "false"}
     fine = [k + "=" + good.get(v, v) for k, _, v in (o.partition("=") for o in overrides)]
     check_run(compose_train(["+debug=smoke", *fine], tmp_path / "run", tmp_path))
 

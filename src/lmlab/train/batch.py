@@ -65,6 +65,21 @@ def world_size(trainer_cfg: DictConfig) -> int:
     return device_count(trainer_cfg.devices, trainer_cfg.accelerator) * int(trainer_cfg.num_nodes)
 
 
+def check_rank_sharding(trainer_cfg: DictConfig) -> None:
+    """``trainer.use_distributed_sampler`` stays false: lmlab's sampler gives each rank its
+    share of the global batch itself (``ResumableSampler``), and Lightning's, wrapped around
+    it, gave each rank every other row of that share, so the epoch ended halfway and the next
+    restarted the sampler: half the rows trained twice, the other half never, in silence."""
+    given = trainer_cfg.get("use_distributed_sampler", True)  # absent: Lightning's true
+    if given is False:
+        return
+    raise ConfigError(
+        f"trainer.use_distributed_sampler={str(given).lower()}: lmlab's resumable sampler "
+        "gives each rank its share of the rows itself, and Lightning's sampler around it would "
+        "train half of them twice and skip the rest; allowed: false"
+    )
+
+
 def resolve_global_batch(
     trainer_cfg: DictConfig, data_cfg: DataConfig, seq_len: int
 ) -> GlobalBatch:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import AttentionKernel, ModelConfig
 from lmlab.errors import ConfigError, say_once
-from lmlab.train.batch import GlobalBatch, device_count, world_size
+from lmlab.train.batch import GlobalBatch, check_rank_sharding, device_count, world_size
 from lmlab.train.runfiles import launcher_processes
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
             "(that many processes) or auto (one)"
         )
     check_one_process(trainer_cfg)
+    check_rank_sharding(trainer_cfg)
 
 
 def check_one_process(trainer_cfg: DictConfig) -> None:
