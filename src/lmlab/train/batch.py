@@ -68,8 +68,8 @@ def world_size(trainer_cfg: DictConfig) -> int:
 def check_rank_sharding(trainer_cfg: DictConfig) -> None:
     """``trainer.use_distributed_sampler`` stays false: lmlab's sampler gives each rank its
     share of the global batch itself (``ResumableSampler``), and Lightning's, wrapped around
-    it, gave each rank every other row of that share, so the epoch ended halfway and the next
-    restarted the sampler: half the rows trained twice, the other half never, in silence."""
+    it, would give each rank every other row of that share, so the epoch would end halfway and
+    the next restart the sampler: half the rows trained twice, the other half never."""
     given = trainer_cfg.get("use_distributed_sampler", True)  # absent: Lightning's true
     if given is False:
         return
