@@ -51,13 +51,13 @@ from lmlab.errors import ConfigError
 from lmlab.infer.generation import greedy_seq2seq
 from lmlab.infer.pretrained import load
 from lmlab.model import TASK_MODELS, build_model, build_task_model
+from lmlab.train.checkpoint_check import check_checkpoint_model
 from lmlab.train.compose import compose_train
 from lmlab.train.finetune import DATAMODULES, TASK_RESULTS
 from lmlab.train.init_from import FRESH_PREFIXES, STARTS_FROM, InitFrom, load_weights
 from lmlab.train.metrics import METRICS
 from lmlab.train.outcome import trained
 from lmlab.train.plan import PACKED_TOKEN_FIELDS
-from lmlab.train.resume import check_checkpoint_model
 from lmlab.train.run import train
 from lmlab.train.task import LMTask
 

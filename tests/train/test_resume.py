@@ -427,7 +427,7 @@ def test_a_checkpoint_saved_before_a_model_field_existed_still_matches() -> None
     """A saved model config without a field added since (the MoE block, RoPE scaling) had
     that field's default; a value other than the default is a real difference."""
     from lmlab.config import ModelConfig, model_config_dict
-    from lmlab.train.resume import check_checkpoint_model
+    from lmlab.train.checkpoint_check import check_checkpoint_model
 
     saved = model_config_dict(ModelConfig(vocab_size=50))
     for field in ("rope_scaling", "rope_factor", "rope_original_max_seq_len", "moe"):
@@ -442,7 +442,7 @@ def test_a_weights_only_checkpoint_is_refused_as_one_to_continue(tmp_path: Path)
     """``ckpt_path=`` a ``consolidate`` output was Lightning's KeyError traceback ("contains
     only the model"): named, with init_from, which starts from its weights."""
     from lmlab.config import ModelConfig, model_config_dict
-    from lmlab.train.resume import check_checkpoint_model
+    from lmlab.train.checkpoint_check import check_checkpoint_model
 
     cfg = ModelConfig(vocab_size=50)
     weights = {"state_dict": {}, "model_config": model_config_dict(cfg)}
@@ -477,7 +477,7 @@ def test_ckpt_path_with_other_optimizer_settings_is_refused(
     param_groups hold its learning rate, betas, eps and weight decay: ``optim.lr=0.01`` there
     trained at the checkpoint's 0.001 while ``run_config.yaml`` said 0.01. Each other
     setting is now named; the settings it was trained with pass."""
-    from lmlab.train.resume import check_checkpoint_optimizer
+    from lmlab.train.checkpoint_check import check_checkpoint_optimizer
 
     quiet = [*SMOKE, "logger=none", "callbacks.sample=null"]
     train(compose_train([*quiet, "trainer.max_steps=2"], tmp_path / "first", cache_dir))

@@ -247,7 +247,7 @@ def check_resumable(
     if saved is None:
         return
     # a checkpoint written before it kept its task record has none to compare (its task's
-    # fields are checked with its model: resume.check_checkpoint_model)
+    # fields are checked with its model: checkpoint_check.check_checkpoint_model)
     if (source == PLAN or "task" in saved) and (
         changed := task_change(saved.get("task"), plan.as_dict().get("task"), source)
     ):

@@ -1,12 +1,11 @@
 """What a resumed run checks of the run it continues, and what a new run checks of the
 directory it is given (``resume``, ``resume=auto``, ``ckpt_path``): the same model, data,
-optimizer and schedule (``run_config.yaml``), the same architecture and tokenizer in the
-checkpoint, and steps left to train. Reads run directories, never writes them
-(``lmlab.train.rundir`` writes)."""
+optimizer and schedule (``run_config.yaml``) and steps left to train; what the checkpoint
+itself must match is ``lmlab.train.checkpoint_check``'s. Reads run directories, never writes
+them (``lmlab.train.rundir`` writes)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,18 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from tokenizers import Tokenizer
 
 from lmlab.config import (
-    PRETRAINING,
     RUNTIME_FIELDS,
     BudgetKind,
     ModelConfig,
     TaskKind,
-    TaskSpec,
     flatten,
     model_config_dict,
 )
-from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, checkpoints_in, read_record
-from lmlab.infer.checkpoint import holds_weights_only, newest_checkpoint, read_checkpoint
+from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.train.init_from import same_source
 from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.runfiles import (
@@ -80,7 +75,7 @@ STOPS = ("preempted", "interrupted")
 VALIDATION_FIELDS = ("task.decode_rows",)
 
 
-def _differences(a: dict, b: dict, prefix: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+def differences(a: dict, b: dict, prefix: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
     """Fields that differ between ``a`` (saved) and ``b`` (now), RUNTIME_FIELDS,
     VALIDATION_FIELDS and ``ignore`` aside."""
     flat_a, flat_b = flatten(a, prefix), flatten(b, prefix)
@@ -236,7 +231,7 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
             now["init_from"] = started
         elif loaded := (record.get("init_source") or {}).get("file"):
             saved["init_from"] = f"{started} ({loaded})"  # which file that was
-    found = _differences(saved, now, ignore=BATCH_FIELDS if planned else ())
+    found = differences(saved, now, ignore=BATCH_FIELDS if planned else ())
     changed = [d for d in found if d.startswith(CHANGEABLE)]
     diffs = [d for d in found if d not in changed]
     if continues and changed and not diffs:
@@ -325,99 +320,6 @@ def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
         BudgetKind.tokens,
     ):
         already_done(out_dir, plan, read_checkpoint(ckpt_path), ckpt_path)
-
-
-def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
-    """The data's tokenizer now is the checkpoint's: a changed corpus (or a fine-tuning run's
-    changed examples) trains another one, whose ids would not mean what the weights learnt."""
-    saved = ckpt.get("tokenizer")
-    if saved is None or tokenizer is None or json.loads(saved) == json.loads(tokenizer.to_str()):
-        return
-    was, now = Tokenizer.from_str(saved).get_vocab_size(), tokenizer.get_vocab_size()
-    sizes = f"{was:,} tokens then, {now:,} now" if was != now else f"{now:,} tokens each"
-    fine_tuning = TaskKind(ckpt.get("task", {}).get("kind", TaskKind.lm)) != TaskKind.lm
-    data = (
-        "the examples of task.train or task.val (or of task.source's task.name)"
-        if fine_tuning
-        else "the corpus"
-    )
-    raise ConfigError(
-        f"checkpoint {path} was trained with another tokenizer than the one this run's data "
-        f"gives now ({sizes}; {data}, data.tokenizer or data.vocab_size changed since): "
-        "resume with the data it was trained on, or start a new run in another directory"
-    )
-
-
-# The optimizer settings a checkpoint's optimizer state restores (AdamW's param_groups): the
-# optim field and its key there. The learning rate is the schedule's base, ``initial_lr``.
-RESTORED_OPTIM = {
-    "lr": "initial_lr",
-    "betas": "betas",
-    "eps": "eps",
-    "weight_decay": "weight_decay",
-}
-
-
-def check_checkpoint_optimizer(ckpt: dict, path: Path, optim: DictConfig) -> None:
-    """A checkpoint's optimizer state brings its own learning rate, betas, eps and weight
-    decay: ``ckpt_path=`` in a new directory with other ``optim`` values trained with the
-    checkpoint's while ``run_config.yaml`` recorded the new ones. Refused, naming each field
-    (a resume's ``run_config.yaml`` check names them first). A sharded checkpoint keeps its
-    optimizer state in the shards: not checked."""
-    groups = [g for state in ckpt.get("optimizer_states", [])[:1] for g in state["param_groups"]]
-    now = OmegaConf.to_container(optim, resolve=True)
-    diffs = []
-    for field, key in RESTORED_OPTIM.items():
-        if not groups or field not in now or key not in groups[0]:
-            continue
-        # the groups differ in weight decay only: the decayed one's is the setting
-        saved = max(g[key] for g in groups) if field == "weight_decay" else groups[0][key]
-        if _as_floats(saved) != _as_floats(now[field]):
-            diffs.append(f"optim.{field}: {_as_floats(saved)} (saved) vs {now[field]} (now)")
-    if diffs:
-        raise ConfigError(
-            f"checkpoint {path} continues its optimizer, which restores its own settings: "
-            f"{'; '.join(diffs)}; this run would train with the saved ones. Keep them, or start "
-            f"a fresh optimizer from its weights with init_from={path} data.tokenizer=checkpoint"
-        )
-
-
-def _as_floats(value: Any) -> Any:
-    """A number as a float, a list or tuple (AdamW's betas) as a tuple of floats."""
-    return tuple(map(float, value)) if isinstance(value, list | tuple) else float(value)
-
-
-def check_checkpoint_model(
-    ckpt: dict, path: Path, model_cfg: ModelConfig, task: TaskSpec = PRETRAINING
-) -> None:
-    """A checkpoint from another architecture, knob setting or task (another head, other
-    labels) is refused, naming the fields; a weights-only file (``consolidate``'s) too: it
-    has no optimizer state or step to continue from; a checkpoint with no model config (another
-    program's Lightning checkpoint) is refused as not lmlab's."""
-    if "model_config" not in ckpt:
-        raise ConfigError(
-            f"checkpoint {path} is not an lmlab checkpoint (no model_config: another program's "
-            "Lightning checkpoint?): a run continues only from a checkpoint lmlab saved"
-        )
-    if holds_weights_only(ckpt, path):
-        raise ConfigError(
-            f"checkpoint {path} holds weights only (as `lmlab consolidate` writes them: no "
-            f"optimizer state or step), so a run cannot continue from it: start a new run in "
-            f"another directory from its weights with init_from={path}"
-        )
-    diffs = _differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model")
-    # the examples' digest is the data's, not the model's: plan.json's is compared with this
-    # run's (plan.check_resumable), and checkpoints written before it have none
-    saved, now = (
-        {k: v for k, v in record.items() if k != EXAMPLES_DIGEST}
-        for record in (ckpt.get("task", PRETRAINING.record()), task.record())
-    )
-    diffs += _differences(saved, now, "task")
-    if diffs:
-        raise ConfigError(
-            f"checkpoint {path} was trained with another model; differing fields: "
-            + "; ".join(diffs)
-        )
 
 
 def resume_command(out_dir: Path) -> str:

@@ -37,6 +37,11 @@ from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.build import build_task, checked_plan, checked_resume, prepared_data
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
+from lmlab.train.checkpoint_check import (
+    check_checkpoint_model,
+    check_checkpoint_optimizer,
+    check_same_tokenizer,
+)
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
 from lmlab.train.estimate import plan_from_cfg, plan_table
 from lmlab.train.finetune import fine_tuning_results
@@ -65,9 +70,6 @@ from lmlab.train.plan import (
 from lmlab.train.preemption import StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
-    check_checkpoint_model,
-    check_checkpoint_optimizer,
-    check_same_tokenizer,
     finished_run,
     kept_record,
     read_results,
