@@ -289,6 +289,37 @@ def test_optimizer_states_are_named_in_the_optimizers_order() -> None:
         keyed_by_name(optimizer.state_dict(), other, model)
 
 
+def test_every_fsdp_rank_runs_on_its_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child rank of trainer=fsdp (which Lightning gives no launcher) takes the same thread
+    count as rank 0 and every DDP rank: cores // processes. It ran on every core while rank 0
+    ran on its share, or on the share where the environment held it already (a multirun's
+    later jobs), so a run resumed from a multirun job summed in another order than the job."""
+    import lightning.fabric.utilities.distributed as fabric_distributed
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lmlab.train.distributed import FSDPStrategy
+
+    # the process group is not what is tested: no world to join
+    monkeypatch.setattr(ModelParallelStrategy, "setup_environment", lambda self: None)
+    monkeypatch.setattr(fabric_distributed, "_num_cpus_available", lambda: 6)
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # recorded, so the run's own is undone after
+    monkeypatch.delenv("OMP_NUM_THREADS")  # a child rank's environment: not set
+    strategy = FSDPStrategy()
+    strategy.parallel_devices = [torch.device("cpu")] * 2
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # not the share: the strategy has to set it
+        strategy.setup_environment()
+        assert torch.get_num_threads() == 3  # 6 cores, 2 processes
+        assert os.environ["OMP_NUM_THREADS"] == "3"  # what its own children inherit
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")  # a user's setting: left to torch
+        strategy.setup_environment()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("family", [Family.gpt, Family.t5])
 def test_activation_checkpointing_same_gradients_and_keys(family: Family) -> None:
     cfg = ModelConfig(family=family, vocab_size=64, d_model=32, n_heads=4, n_layers=2)

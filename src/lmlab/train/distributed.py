@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lmlab.config.asked import as_typed
@@ -52,7 +53,14 @@ class FSDPStrategy(ModelParallelStrategy):
         )
 
     def setup_environment(self) -> None:
+        """Every rank on this node's share of the cores, as under DDP. Lightning sets it in
+        the launcher, which ``ModelParallelStrategy`` gives rank 0 alone (after starting the
+        others): a child rank ran on torch's default of every core, rank 0 on its share, and
+        took the share only where rank 0's environment already held ``OMP_NUM_THREADS`` (a
+        multirun's later jobs). The ranks' sums then ran in another order, so a run resumed
+        from a multirun job's checkpoint did not reproduce it (its last bits differed)."""
         self._data_parallel_size = self.num_nodes * self.num_processes
+        _set_num_threads_if_needed(num_processes=self.num_processes)
         super().setup_environment()
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
