@@ -7,6 +7,7 @@ nothing it needed to."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -585,3 +586,29 @@ def test_rank_0_failed_alone_ends_its_waiting_children_without_being_killed(
     # waited the grace period, not the 30 s, then killed by close()
     assert waits[0] <= distributed.FAILED_GRACE_S and ended == -signal.SIGKILL
     assert observer._run() is True and not sent  # the child's end kills no rank 0
+
+
+def test_a_multirun_job_leaves_the_next_one_its_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lightning's launcher sets a DDP job's share of the cores (OMP_NUM_THREADS and torch's
+    thread count) in the multirun's own process: the sweep's next job, of one process, ran on
+    that share (1 thread of 2 in ``trainer.devices=2,1``) where the same run alone takes
+    every core. ``JobScope.close`` puts both back."""
+    from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+
+    from lmlab.train import distributed
+
+    monkeypatch.setattr(distributed, "OBSERVERS", [], raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # recorded, so whatever the test sets is undone
+    monkeypatch.delenv("OMP_NUM_THREADS")  # a multirun started without one
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # the multirun's own thread count
+        scope = distributed.JobScope()
+        _set_num_threads_if_needed(num_processes=1000)  # the launcher: 1 thread per rank
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        scope.close()
+        assert torch.get_num_threads() == 3 and "OMP_NUM_THREADS" not in os.environ
+    finally:
+        torch.set_num_threads(threads)

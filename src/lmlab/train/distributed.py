@@ -256,16 +256,26 @@ OBSERVERS: list[StopAwareObserver] = []  # this process's, one per job that star
 FAILED_GRACE_S = 30.0
 
 # Set by Lightning's launcher in the main process for its children; left in place they make
-# the next job of a multirun believe it is a child (LOCAL_RANK) and wait for a world forever.
-LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# the next job of a multirun believe it is a child (LOCAL_RANK) and wait for a world forever,
+# and (OMP_NUM_THREADS, with torch's thread count) run a later job of one process on a DDP
+# rank's share of the cores: a job that ran alone on all of them summed in another order.
+LAUNCH_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "OMP_NUM_THREADS",
+)
 
 
 class JobScope:
     """One job's processes, from start to exit: ``close()`` waits for the child ranks,
-    destroys the process group and restores the launch environment."""
+    destroys the process group and restores the launch environment and thread count."""
 
     def __init__(self) -> None:
         self.env = {k: os.environ.get(k) for k in LAUNCH_ENV}
+        self.threads = torch.get_num_threads()
         self.trainer: Any | None = None  # set once built
         self.failed = False  # this process failed: its ranks may wait for it in a collective
 
@@ -297,6 +307,7 @@ class JobScope:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         OBSERVERS.clear()
+        torch.set_num_threads(self.threads)
         for key, value in self.env.items():
             if value is None:
                 os.environ.pop(key, None)
