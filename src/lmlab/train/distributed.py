@@ -55,10 +55,10 @@ class FSDPStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         """Every rank on this node's share of the cores, as under DDP. Lightning sets it in
         the launcher, which ``ModelParallelStrategy`` gives rank 0 alone (after starting the
-        others): a child rank ran on torch's default of every core, rank 0 on its share, and
-        took the share only where rank 0's environment already held ``OMP_NUM_THREADS`` (a
-        multirun's later jobs). The ranks' sums then ran in another order, so a run resumed
-        from a multirun job's checkpoint did not reproduce it (its last bits differed)."""
+        others), so a child rank would run on torch's default of every core, and take the
+        share only where rank 0's environment already held ``OMP_NUM_THREADS`` (a multirun's
+        later jobs): its sums would run in another order, and a run resumed from a multirun
+        job's checkpoint would not reproduce it to the last bit."""
         self._data_parallel_size = self.num_nodes * self.num_processes
         _set_num_threads_if_needed(num_processes=self.num_processes)
         super().setup_environment()
@@ -257,8 +257,8 @@ FAILED_GRACE_S = 30.0
 
 # Set by Lightning's launcher in the main process for its children; left in place they make
 # the next job of a multirun believe it is a child (LOCAL_RANK) and wait for a world forever,
-# and (OMP_NUM_THREADS, with torch's thread count) run a later job of one process on a DDP
-# rank's share of the cores: a job that ran alone on all of them summed in another order.
+# and (OMP_NUM_THREADS, with torch's thread count) would run a later job of one process on a
+# DDP rank's share of the cores, summing in another order than the same job run alone.
 LAUNCH_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
