@@ -30,6 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.analysis.sweep_grid import BASIC_SWEEPER, grid_jobs
+from lmlab.config import flatten
 from lmlab.config.asked import as_typed
 from lmlab.errors import first_line
 from lmlab.train.runfiles import listed
@@ -236,19 +237,10 @@ def _leaf_values(override: Any) -> dict[str, list[Any]]:
         items = [value if isinstance(value, dict) else override.input_line.partition("=")[2]]
     leaves: dict[str, list[Any]] = {}
     for item in items:
-        for leaf, v in (_flat(item, key) if isinstance(item, dict) else {key: item}).items():
+        for leaf, v in flatten(item, key).items():
             if v not in leaves.setdefault(leaf, []):
                 leaves[leaf].append(v)
     return leaves
-
-
-def _flat(node: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``{moe: {top_k: 2}}`` under ``model``: ``{"model.moe.top_k": 2}``."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        path = f"{prefix}.{key}"
-        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
-    return out
 
 
 def _grid_source(task: Sequence[Any]) -> str:
