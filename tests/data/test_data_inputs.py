@@ -166,6 +166,25 @@ def test_a_text_column_of_nulls_numbers_or_lists(
             load_documents(hf_cfg(str(folder), tmp_path, text_column=column))
 
 
+def test_a_json_lines_file_in_another_encoding_is_refused_naming_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
+) -> None:
+    """Arrow's JSON reader keeps a string's bytes as they are, so a JSON Lines file saved in
+    cp1252 loads, and its first use as text was a bare UnicodeDecodeError, naming neither the
+    file nor the row. Every row that is not UTF-8 is named (from 1), with its first bad byte;
+    a null row is no such row."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    lines = [b'{"text": "fine"}', b'{"text": "caf\xe9"}', b'{"text": null}', b'{"text": "\xff!"}']
+    path = write(tmp_path / "notes.jsonl", b"\n".join(lines) + b"\n")
+    message = (
+        rf"^data.text_column='text' of '{re.escape(str(path))}' is not UTF-8 text in 2 of its "
+        r"rows: rows 2 \(byte 3\), 4 \(byte 0\); allowed: UTF-8 text"
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_documents(hf_cfg(str(path), tmp_path))
+
+
 def test_a_data_file_datasets_cannot_parse_is_named_with_the_parsers_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
 ) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from lmlab.config import DataConfig, Source
 from lmlab.data.folders import folder_files, text_files, text_root
 from lmlab.data.hub import load_dataset
+from lmlab.data.text_column import check_text_column
 from lmlab.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
@@ -333,29 +334,6 @@ def _hf_documents(cfg: DataConfig) -> Documents:
             cfg.name,
         )
     return docs
-
-
-# The ``datasets`` types of a column of text.
-TEXT_TYPES = ("string", "large_string", "null")
-
-
-def check_text_column(ds: datasets.Dataset, cfg: DataConfig) -> None:
-    """``data.text_column`` holds text (nulls allowed): a column of numbers, lists or records
-    is refused naming its type and the columns that are text, before any row is read (each
-    value was a traceback at its first use as text)."""
-    import datasets
-
-    def is_text(feature: object) -> bool:
-        return isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES
-
-    feature = ds.features[cfg.text_column]
-    if is_text(feature):
-        return
-    texts = [name for name, f in ds.features.items() if is_text(f)]
-    raise ConfigError(
-        f"data.text_column={cfg.text_column!r} of {cfg.name!r} holds {feature}, not text; "
-        f"allowed: a column of strings ({', '.join(texts) or 'none here'})"
-    )
 
 
 def _file_documents(cfg: DataConfig) -> Documents:
