@@ -207,6 +207,21 @@ def test_a_corpus_folder_follows_links_to_folders_once_each(tmp_path: Path) -> N
     assert sorted(docs) == [("a.txt", "ay\n"), ("more/b.txt", "bee\n")]
 
 
+def test_a_file_linked_twice_in_a_corpus_folder_is_one_document(tmp_path: Path) -> None:
+    """A file beside a symbolic or a hard link to it is one document, under its first name:
+    read twice, the split held out one copy for validation and trained on the other (a folder
+    of 25 files and a link to each held out 3 documents, every one of them trained on)."""
+    corpus = tmp_path / "corpus"
+    for i in range(25):
+        write(corpus / f"d{i:02}.txt", f"document {i}\n".encode() * 20)
+        (corpus / f"s{i:02}.txt").symlink_to(corpus / f"d{i:02}.txt")
+        os.link(corpus / f"d{i:02}.txt", corpus / f"h{i:02}.txt")
+    docs = load_documents(text_cfg(corpus, tmp_path))
+    assert [name for name, _ in docs] == [f"d{i:02}.txt" for i in range(25)]
+    train, val = split_documents(docs, 0.05)
+    assert val and not set(val) & set(train)
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

@@ -77,13 +77,13 @@ OWN = "this run writes there"
 
 
 def folder_files(folder: Path, cfg: DataConfig, runs: bool = False) -> list[Path]:
-    """The files of a corpus folder, in a deterministic order. Left out: what ``skipped``
-    leaves out, and the data cache where ``data.cache_dir`` lies inside the folder (its rows
-    and tokenizers are no corpus: a second run read the first one's as documents), found by
-    its real path, so that a link to it is left out too. ``runs`` (a ``data=text`` corpus):
-    lmlab's run and sweep folders too, each marked by what lmlab or Hydra wrote there
-    (``run_mark``), and the folders this run writes in (``data.run_folders``) before
-    anything is; said in one line (``said_left_out``)."""
+    """The files of a corpus folder, in a deterministic order, each file once (``once_each``).
+    Left out: what ``skipped`` leaves out, and the data cache where ``data.cache_dir`` lies
+    inside the folder (its rows and tokenizers are no corpus: a second run read the first
+    one's as documents), found by its real path, so that a link to it is left out too.
+    ``runs`` (a ``data=text`` corpus): lmlab's run and sweep folders too, each marked by what
+    lmlab or Hydra wrote there (``run_mark``), and the folders this run writes in
+    (``data.run_folders``) before anything is; said in one line (``said_left_out``)."""
     cache = os.path.realpath(Path(cfg.cache_dir).expanduser())
     own = {os.path.realpath(Path(path).expanduser()) for path in cfg.run_folders}
 
@@ -97,7 +97,25 @@ def folder_files(folder: Path, cfg: DataConfig, runs: bool = False) -> list[Path
     walked, left = walk(folder, why_left_out)
     if runs:
         said_left_out(cfg, folder, left)
-    return sorted(p for p in walked if p.is_file() and not skipped(p.relative_to(folder)))
+    files = sorted(p for p in walked if p.is_file() and not skipped(p.relative_to(folder)))
+    return once_each(files)
+
+
+def once_each(files: list[Path]) -> list[Path]:
+    """``files`` with each file on disk once (its device and inode: a symbolic or a hard
+    link is the file it names), under its first name in ``files``' order, as ``walk`` enters
+    each real folder once. A link to a file beside it (``latest.txt`` -> ``v3.txt``) was a
+    second document of the same text, which the split could hold out for validation while
+    training read the other: a folder of 25 files and a link to each held out 3 documents,
+    each of them in the training split too."""
+    seen: set[tuple[int, int]] = set()
+    kept = []
+    for path in files:
+        st = path.stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            kept.append(path)
+    return kept
 
 
 def said_left_out(cfg: DataConfig, folder: Path, left: dict[Path, str]) -> None:
