@@ -166,6 +166,29 @@ def test_a_text_column_of_nulls_numbers_or_lists(
             load_documents(hf_cfg(str(folder), tmp_path, text_column=column))
 
 
+@pytest.mark.parametrize("name", ["notes.csv", "notes.tsv.gz"])
+def test_a_csv_data_files_text_column_is_read_as_written(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
+) -> None:
+    """pandas guesses a CSV column's type: "NA", "None" and "null" were missing texts, left
+    out with a warning that they held none, and a column of numbers was refused as int64.
+    The text column is read as written; only an empty field is missing, and the other columns
+    keep pandas' guesses (the id column's "NA" is no error)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    sep = "\t" if ".tsv" in name else ","
+    rows = ["text", "NA", "None", "null", "007", "", "hello"]
+    table = "".join(f"{text}{sep}{n if n != 2 else 'NA'}\n" for n, text in enumerate(rows))
+    table = table.replace(f"text{sep}0", f"text{sep}id")
+    data = gzip.compress(table.encode()) if name.endswith(".gz") else table.encode()
+    path = write(tmp_path / name, data)
+    docs = load_documents(hf_cfg(str(path), tmp_path))
+    assert [text for _, text in docs] == ["NA", "None", "null", "007", "hello"]
+    assert [name for name, _ in docs][-1] == f"{path}:5"  # the empty field: row 5, no text
+    digits = write(tmp_path / "digits.csv", b"text\n42\n7.50\n")
+    assert [text for _, text in load_documents(hf_cfg(str(digits), tmp_path))] == ["42", "7.50"]
+
+
 def test_a_json_lines_file_in_another_encoding_is_refused_naming_its_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
 ) -> None:

@@ -281,7 +281,7 @@ def test_the_missing_value_strings_stand_where_pandas_moves_its_private_list() -
     code = (
         "import sys, types, datasets; "  # pandas loaded first: it reads the name itself
         "sys.modules['pandas._libs.parsers'] = types.ModuleType('without_the_name'); "
-        "import lmlab.data.examples as e; print(sorted(e.STR_NA_VALUES))"
+        "import lmlab.data.csv_texts as e; print(sorted(e.STR_NA_VALUES))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     from pandas._libs.parsers import STR_NA_VALUES

@@ -21,16 +21,9 @@ from typing import Any
 
 import datasets
 
-try:  # pandas' missing-value strings ("NA", "null"), as read_csv's default na_values
-    from pandas._libs.parsers import STR_NA_VALUES
-except ImportError:  # a private name: its documented list where a pandas moves it
-    STR_NA_VALUES = {
-        *("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"),
-        *("1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"),
-    }
-
 from lmlab.config import TaskConfig, TaskKind, TaskSource
 from lmlab.config.task import FILE_FORMATS
+from lmlab.data.csv_texts import csv_texts
 from lmlab.data.hub import load_dataset
 from lmlab.data.labels import check_labels, label_ids, label_names
 from lmlab.data.sources import stat_identity
@@ -153,18 +146,6 @@ def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
     except (OSError, UnicodeDecodeError, csv.Error):  # a field over the csv module's 128 KiB too
         return [], None
     return header, lines
-
-
-def csv_texts(header: list[str], texts: Sequence[str]) -> dict[str, Any]:
-    """``datasets``' CSV options that read the ``texts`` columns as written: pandas guesses
-    each column's type, so a column of numbers was integers ("not a text"), "007" the number 7
-    and "NA" or "null" a missing text. In a text column only an empty field is missing; the
-    other columns keep pandas' guesses (integer labels are class ids)."""
-    texts = [c for c in texts if c in header]
-    if not texts:
-        return {}
-    missing = {c: [""] if c in texts else sorted(STR_NA_VALUES) for c in header}
-    return {"converters": dict.fromkeys(texts, str), "keep_default_na": False, "na_values": missing}
 
 
 def what_is_wrong(path: Path, kind: str) -> str | None:

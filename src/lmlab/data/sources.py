@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmlab.config import DataConfig, Source
+from lmlab.data.csv_texts import csv_header, csv_texts
 from lmlab.data.folders import folder_files, text_files, text_root
 from lmlab.data.hub import load_dataset
 from lmlab.data.text_column import check_text_column
@@ -238,17 +239,25 @@ DATA_FILES: dict[str, tuple[str, dict[str, str]]] = {
     ".arrow": ("arrow", {}),
     ".txt": ("text", {}),
 }
+# How a CSV or TSV data file's text column is read (``csv_texts``), in the data cache's key:
+# rows built when pandas read "NA", "None" or "null" in it as a missing text are not reused.
+CSV_READING = "the text column as written"
 # Compressions ``datasets`` reads a data file through (``train.jsonl.gz``).
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def data_file_kind(path: Path) -> str:
+    """The suffix that names the kind of the data file ``path`` (``.csv`` of ``a.csv.gz``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
 
 
 def data_file_builder(cfg: DataConfig, path: Path) -> tuple[str, dict[str, str]]:
     """``DATA_FILES``' builder for the data file ``path`` (``data.name``); a ConfigError for a
     file of another kind, or with ``data.subset`` (a hub dataset's configuration)."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in COMPRESSED:
-        suffixes.pop()
-    kind = suffixes[-1] if suffixes else ""
+    kind = data_file_kind(path)
     if kind not in DATA_FILES:
         raise ConfigError(
             f"data.name={cfg.name!r} is a file datasets does not read as data by its name; "
@@ -287,6 +296,8 @@ def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
         )
     if local is not None and local.is_file():
         builder, options = data_file_builder(cfg, local)
+        if builder == "csv":  # the text column as written: "NA", "None" or "007" are texts
+            options = {**options, **csv_texts(csv_header(local, options), [cfg.text_column])}
         return load_dataset(
             "data.name", cfg.name, None, cfg.split, builder, **options, data_files=str(local),
             cache_dir=files_cache(cfg),
@@ -377,6 +388,8 @@ def fingerprint(cfg: DataConfig) -> str:
         if local is not None:
             files = [local] if local.is_file() else folder_files(local, cfg)
             ident.append([stat_identity(path) for path in files])
+            if local.is_file() and DATA_FILES.get(data_file_kind(local), ("",))[0] == "csv":
+                ident.append(CSV_READING)
     else:
         ident = [stat_identity(path) for path in corpus_files(cfg)[0]]
         ident.append(READING)
