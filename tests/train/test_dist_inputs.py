@@ -22,8 +22,9 @@ from lmlab.config.resolve import LAUNCHER_VARIABLES
 from lmlab.errors import ConfigError
 from lmlab.train.batch import resolve_global_batch
 from lmlab.train.compose import compose_train
-from lmlab.train.machine import check_accelerator, check_master_port
+from lmlab.train.machine import check_accelerator
 from lmlab.train.preflight import check_run
+from lmlab.train.rank_check import check_master_port
 
 TWO_CPUS = ["+debug=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 

@@ -212,7 +212,7 @@ def check_launch(trainer: Mapping[str, Any], environ: Mapping[str, str] = os.env
     """More than one node needs a launcher: without one, Lightning starts this node's
     processes and waits for the others forever. (That a launcher started as many processes
     as ``trainer.devices x trainer.num_nodes`` is checked once torch can count this node's
-    GPUs: ``lmlab.train.machine.check_world_size``.)"""
+    GPUs: ``lmlab.train.rank_check.check_world_size``.)"""
     nodes = check_num_nodes(trainer)
     if nodes > 1 and not any(name in environ for name in LAUNCHER_VARIABLES):
         raise ConfigError(

@@ -53,14 +53,12 @@ from lmlab.train.machine import (
     check_accelerator,
     check_attention_kernel,
     check_cuda_graphs,
-    check_master_port,
     check_precision_installed,
-    check_process_group_backend,
     check_trainer_choices,
-    check_world_size,
 )
 from lmlab.train.memory import check_state_fits
 from lmlab.train.plan import RunPlan, make_plan
+from lmlab.train.rank_check import check_master_port, check_process_group_backend, check_world_size
 from lmlab.train.runfiles import check_checkpoint_folder
 from lmlab.train.strategy_check import (
     annotated_parameters,
