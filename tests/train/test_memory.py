@@ -87,14 +87,15 @@ def test_a_step_that_probably_does_not_fit_starts_with_a_warning(
     assert "activation_checkpointing" not in caplog.text
 
 
-def measured_step_peak(cfg: ModelConfig) -> tuple[int, int]:
+def measured_step_peak(cfg: ModelConfig, precision: str = "32-true") -> tuple[int, int]:
     """The tensors a real training step (forward, backward, AdamW) of ``cfg`` at ``plan()``'s
     micro-batch holds at its peak, torch's ``MemTracker`` counting them, and the model's
-    parameters."""
+    parameters; ``precision`` as the dry run's timed steps run it (autocast for a mixed one)."""
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from lmlab.model import build_model, param_breakdown
+    from lmlab.train.estimate import _autocast
     from lmlab.train.parallel import layout
 
     torch.manual_seed(0)
@@ -106,7 +107,9 @@ def measured_step_peak(cfg: ModelConfig) -> tuple[int, int]:
     tracker.track_external(net, optimizer)
     with tracker:
         for _ in range(2):  # the second step with AdamW's moments in place
-            net(ids_BT, labels=ids_BT).backward()
+            with _autocast(torch.device("cpu"), precision):
+                loss = net(ids_BT, labels=ids_BT)
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tracker.reset_mod_stats()
@@ -123,6 +126,42 @@ def test_a_checkpointed_steps_estimate_covers_what_a_real_step_holds() -> None:
     measured, params = measured_step_peak(cfg)
     needs = memory.memory_needs(plan(params), cfg, CPU, ADAMW, (None, "this machine has"))
     assert needs.state < measured <= needs.step
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize(
+    "block",
+    [
+        {},  # GPT-2's: pre-LayerNorm, GELU
+        {"norm": "rmsnorm", "activation": "swiglu", "positional": "rope", "bias": False},
+        {"norm": "rmsnorm", "norm_placement": "sandwich", "activation": "geglu"},
+        {"norm_placement": "post", "activation": "relu"},
+    ],
+)
+def test_a_steps_estimate_covers_what_a_real_step_holds(
+    block: dict[str, object], precision: str
+) -> None:
+    """The step's estimate is at least the tensors a real step (forward, backward, AdamW)
+    holds at its peak (``MemTracker``), under fp32 and bf16 autocast. Autocast keeps the
+    residual stream, the norms' tensors and the cross-entropy's in fp32: counted at 2 bytes,
+    a bf16-mixed step was planned under what it held; and a Llama- or sandwich-style block
+    keeps more than a GPT-2 one (19 to 22 fp32 d-wide tensors per token, 16 were counted)."""
+
+    cfg = ModelConfig(**{**vars(MODEL), "d_model": 128, "vocab_size": 512, **block})
+    measured, params = measured_step_peak(cfg, precision)
+    needs = memory.memory_needs(
+        plan(params, precision=precision), cfg, CPU, ADAMW, (None, "this machine has")
+    )
+    assert needs.state < measured <= needs.step
+
+
+def test_the_activation_counts_cover_every_knob_value() -> None:
+    from lmlab.config import Activation, Norm, NormPlacement
+    from lmlab.train import activations
+
+    assert set(activations.NORM_ACTIVATIONS) == set(Norm)
+    assert set(activations.NORMS_PER_BLOCK) == set(NormPlacement)
+    assert set(activations.MATMUL_ACTIVATIONS) == set(Activation)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

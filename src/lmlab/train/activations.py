@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.config import ModelConfig
+from lmlab.config import Activation, ModelConfig, Norm, NormPlacement
 from lmlab.train.hardware import compute_dtype
 
 
@@ -25,8 +25,25 @@ def training_bytes(
     return 16 * n_params + activation_bytes(model_cfg, micro_batch, seq_len, precision)
 
 
-# d-wide fp32 tensors per token that one block's forward keeps for its backward
-BLOCK_ACTIVATIONS = 16
+# d-wide tensors per token that one block's forward keeps for its backward, in two parts
+# (measured with torch's MemTracker, fp32 and bf16 autocast, for every knob value: the
+# per-layer growth of a step's peak). What the norms keep works on the residual stream, which
+# autocast leaves in fp32 (its adds promote, and autocast runs layer_norm in fp32), so it is
+# held in 4 bytes under a mixed precision; per norm, a block having two (pre, post) or four
+# (sandwich). Measured per block: 2 LayerNorms 3 to 4 tensors, 2 RMSNorms 5 to 6, 4 RMSNorms
+# 9 to 10.
+NORM_ACTIVATIONS = {Norm.layernorm: 2, Norm.rmsnorm: 3}
+NORMS_PER_BLOCK = {NormPlacement.pre: 2, NormPlacement.post: 2, NormPlacement.sandwich: 4}
+# the rest (the attention's and the feed-forward's tensors) in the compute dtype: measured 6
+# (ReLU), 10 (GELU, either form), 12 to 12.7 (SwiGLU, GeGLU; with RoPE the most); GELU's
+# count also covers the backward's peak of a full cross-entropy at 8 x 1024 tokens (gpt_mini)
+MATMUL_ACTIVATIONS = {
+    Activation.relu: 7,
+    Activation.gelu: 11,
+    Activation.gelu_exact: 11,
+    Activation.swiglu: 15,
+    Activation.geglu: 15,
+}
 # of these, the feed-forward's: its output and its hidden layer's tensors (two of 4 d, or three
 # of a gated 8/3 d), measured 9 and 9.25 with torch's MemTracker
 FFN_ACTIVATIONS = 9
@@ -34,6 +51,30 @@ FFN_ACTIVATIONS = 9
 # and its backward's temporaries of the same widths (measured 13.5 for GELU, 17.5 for SwiGLU
 # d-wide tensors per token), and what the router and the dispatch add per MoE layer (1.6 to 2)
 EXPERT_ACTIVATIONS, ROUTER_ACTIVATIONS = 18, 2
+# vocabulary-wide tensors per token of the output layer (logits, softmax and its gradient);
+# autocast runs the cross-entropy in fp32, so a mixed precision holds them in 4 bytes (measured
+# 2.9 fp32 tensors under bf16 autocast, where 3 bf16 ones had been counted)
+VOCAB_ACTIVATIONS = 3
+# d-wide tensors per token outside the blocks, on the residual stream: the embeddings' output,
+# the final norm's, the output layer's input and their backward's temporaries (measured 6.6
+# in fp32, 3.7 fp32 ones under bf16 autocast)
+OUTSIDE_ACTIVATIONS = 8
+
+
+def _block_activations(model_cfg: ModelConfig) -> tuple[int, int]:
+    """d-wide tensors per token one block keeps: (on the residual stream, in the compute
+    dtype), as ``NORM_ACTIVATIONS`` and ``MATMUL_ACTIVATIONS`` count them."""
+    norms = NORMS_PER_BLOCK[NormPlacement(model_cfg.norm_placement)]
+    residual = norms * NORM_ACTIVATIONS[Norm(model_cfg.norm)]
+    return residual, MATMUL_ACTIVATIONS[Activation(model_cfg.activation)]
+
+
+def held_bytes(precision: str) -> tuple[int, int]:
+    """Bytes of one element of (the residual stream and the loss, the matmuls' tensors) at
+    ``precision``: a mixed precision (autocast) keeps the first in fp32, a true one in its
+    dtype."""
+    compute = compute_dtype(precision).itemsize
+    return (4 if str(precision).endswith("-mixed") else compute), compute
 
 
 def moe_extra_activations(model_cfg: ModelConfig) -> tuple[int, int]:
@@ -54,31 +95,39 @@ def moe_extra_activations(model_cfg: ModelConfig) -> tuple[int, int]:
 def activation_bytes(
     model_cfg: ModelConfig, micro_batch: int, seq_len: int, precision: str = "32-true"
 ) -> int:
-    """What an eager step keeps for its backward: about ``BLOCK_ACTIVATIONS`` d-wide tensors
-    per token and layer, and three vocabulary-wide ones (logits, softmax and its gradient), in
-    the compute dtype of ``precision`` (fp32's 4 bytes, 2 under 16-bit compute). For
-    gpt_mini at 8 x 1024 in fp32 that is 1,152 MiB; the measured growth of the step's peak
-    memory, gradients (22 MiB) included, was 1,279 MiB with the full cross-entropy and 953 MiB
-    with the chunked one (BENCHMARKS.md, memory case). With activation checkpointing
-    (``model.activation_checkpointing``) a block keeps only its input (one d-wide tensor per
-    token) until the backward recomputes it, so the step holds every block's input, one
-    block's activations at a time, and the output layer's, which no block holds: gpt_mini at
-    16 x 256 then needs 280 MiB by this count (the vocabulary-wide 192 MiB of it the chunked
-    cross-entropy does not hold), where a real checkpointed step's tensors (torch's
-    ``MemTracker``) peaked at 108 MiB of activations and temporaries, and the process's
-    resident memory grew by 533 MiB in all (weights, gradients and AdamW state, 89 MiB,
-    included); counted as none, the step's estimate had been the state's 89 MiB. A Mixture
-    of Experts keeps more (``moe_extra_activations``): counted as dense, an 8-expert top-2
-    gpt_mini's step was planned at 740 MiB against 835 MiB measured (now 1,088)."""
+    """What an eager step keeps for its backward, per token: each block's d-wide tensors
+    (``NORM_ACTIVATIONS`` per norm on the residual stream, ``MATMUL_ACTIVATIONS`` for its
+    activation), ``OUTSIDE_ACTIVATIONS`` outside the blocks and ``VOCAB_ACTIVATIONS``
+    vocabulary-wide ones (logits, softmax and its gradient). The residual stream's and the
+    loss's are in fp32 under a mixed precision (autocast leaves the residual in fp32 and runs
+    norms and the cross-entropy in fp32), the matmuls' in the compute dtype; under a true
+    precision all in its dtype. Measured against torch's ``MemTracker`` (the step's peak,
+    forward, backward and AdamW) for every activation, norm and placement, in fp32 and bf16
+    autocast: counted 2 bytes a tensor under bf16-mixed, the step had been planned 18% to
+    37% under what it held, and a Llama- or sandwich-style block's 19 to 22 fp32 tensors
+    above the 16 counted for every block. For gpt_mini at 8 x 1024 in fp32 that is 1,168
+    MiB; the measured growth of the step's peak memory, gradients (22 MiB) included, was
+    1,279 MiB with the full cross-entropy and 953 MiB with the chunked one (BENCHMARKS.md,
+    memory case; the chunked one holds no vocabulary-wide tensor, an overestimate). Not
+    counted: the attention weights that SDPA's unfused path keeps where no fused kernel
+    applies (on a CPU, attention dropout or T5's learned relative bias: B x H x T x S per
+    layer). With activation checkpointing (``model.activation_checkpointing``) a block keeps
+    only its input (one d-wide tensor per token, on the residual stream) until the backward
+    recomputes it, so the step holds every block's input, one block's activations at a time,
+    and the output layer's, which no block holds; a real checkpointed step's tensors were
+    within the count (tested). A Mixture of Experts keeps more (``moe_extra_activations``):
+    counted as dense, an 8-expert top-2 gpt_mini's step was planned at 740 MiB against 835
+    MiB measured."""
     layers, d = model_cfg.n_layers, model_cfg.d_model
     moe_all, moe_one = moe_extra_activations(model_cfg)
-    blocks = (
-        layers + BLOCK_ACTIVATIONS + moe_one
-        if model_cfg.activation_checkpointing
-        else (BLOCK_ACTIVATIONS * layers + moe_all)
-    )
-    per_token = blocks * d + 3 * model_cfg.vocab_size
-    return compute_dtype(precision).itemsize * micro_batch * seq_len * per_token
+    residual, matmuls = _block_activations(model_cfg)
+    wide, narrow = held_bytes(precision)
+    if model_cfg.activation_checkpointing:  # every block's input (the residual), one block's
+        per_token = wide * ((layers + residual) * d) + narrow * (matmuls + moe_one) * d
+    else:
+        per_token = wide * layers * residual * d + narrow * (layers * matmuls + moe_all) * d
+    per_token += wide * (OUTSIDE_ACTIVATIONS * d + VOCAB_ACTIVATIONS * model_cfg.vocab_size)
+    return micro_batch * seq_len * per_token
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
