@@ -103,9 +103,9 @@ def activation_bytes(
     norms and the cross-entropy in fp32), the matmuls' in the compute dtype; under a true
     precision all in its dtype. Measured against torch's ``MemTracker`` (the step's peak,
     forward, backward and AdamW) for every activation, norm and placement, in fp32 and bf16
-    autocast: counted 2 bytes a tensor under bf16-mixed, the step had been planned 18% to
-    37% under what it held, and a Llama- or sandwich-style block's 19 to 22 fp32 tensors
-    above the 16 counted for every block. For gpt_mini at 8 x 1024 in fp32 that is 1,168
+    autocast (a step at 2 bytes a tensor under bf16-mixed holds 18% to 37% more than that
+    count; a Llama-style block 19 and a sandwich one 22 fp32 tensors, a GPT-2 one 13: no one
+    count fits every block). For gpt_mini at 8 x 1024 in fp32 that is 1,168
     MiB; the measured growth of the step's peak memory, gradients (22 MiB) included, was
     1,279 MiB with the full cross-entropy and 953 MiB with the chunked one (BENCHMARKS.md,
     memory case; the chunked one holds no vocabulary-wide tensor, an overestimate). Not
