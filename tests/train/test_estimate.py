@@ -34,9 +34,9 @@ from lmlab.train.estimate import (
     format_duration,
     plan_from_cfg,
     plan_run,
-    plan_table,
 )
 from lmlab.train.plan import meta_model
+from lmlab.train.plan_table import plan_table
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 LLAMA_7B = 6_738_415_616

@@ -206,7 +206,7 @@ def test_the_timings_memory_is_the_steps_of_one_whole_model(
 
 def test_the_memory_rows_say_what_they_count() -> None:
     """Per GPU; or this machine's processes together, with the state's shards."""
-    from lmlab.train.estimate import memory_scope
+    from lmlab.train.plan_table import memory_scope
 
     gpu = memory.MemoryNeeds(16, 1, 1, GIB, 2 * GIB, 8 * GIB, "GPU 0 (H200) has")
     assert memory_scope(gpu.as_dict()) == ", per GPU"

@@ -43,7 +43,7 @@ from lmlab.train.checkpoint_check import (
     check_same_tokenizer,
 )
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
-from lmlab.train.estimate import plan_from_cfg, plan_table
+from lmlab.train.estimate import plan_from_cfg
 from lmlab.train.finetune import fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import model_record
@@ -67,6 +67,7 @@ from lmlab.train.outcome import (
 from lmlab.train.plan import (
     make_plan,
 )
+from lmlab.train.plan_table import plan_table
 from lmlab.train.preemption import StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
