@@ -14,6 +14,7 @@ from omegaconf.errors import ValidationError
 from lmlab.config import (
     CONF_DIR,
     Activation,
+    Compile,
     DataConfig,
     Family,
     GuardMode,
@@ -21,6 +22,7 @@ from lmlab.config import (
     Norm,
     NormPlacement,
     Positional,
+    compile_mode,
     resolve_configs,
 )
 from lmlab.errors import ConfigError
@@ -257,6 +259,12 @@ BAD_VALUES = [
     ("final_val_batches=true", "final_val_batches=true: allowed null, a number of batches"),
     ("cuda_graphs=true", "cuda_graphs=true needs compile=model (got compile=false)"),  # as typed
     ("compile=maybe", "compile='maybe': allowed false, blocks, model"),
+    # the eager mode's name inside lmlab, another case, null: not what compile= takes
+    ("compile=none", "compile='none': allowed false, blocks, model (true = blocks)"),
+    ("compile=Model", "compile='Model': allowed false, blocks, model (true = blocks)"),
+    ("compile=BLOCKS", "compile='BLOCKS': allowed false, blocks, model (true = blocks)"),
+    ("compile=null", "compile=null: allowed false, blocks, model (true = blocks)"),
+    ("compile=1", "compile=1: allowed false, blocks, model (true = blocks)"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt: no such file"),
     ("scheduler.warmup_steps=-1", "scheduler.warmup_steps=-1 must be an int >= 0 (steps)"),
     ("scheduler.warmup_steps=2.5", "scheduler.warmup_steps=2.5 must be an int >= 0 (steps)"),
@@ -463,6 +471,25 @@ def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
         ["trainer.val_check_interval=null", "optim.weight_decay=0"],
     ):
         resolve_configs(compose_train(ok))
+
+
+@pytest.mark.parametrize(
+    ("override", "mode"),
+    [
+        ("compile=false", Compile.none),
+        ("compile=FALSE", Compile.none),  # Hydra reads true/false in any case as a bool
+        ("compile=true", Compile.blocks),
+        ("compile='true'", Compile.blocks),  # quoted: the word, as a true/false field takes it
+        ("compile=blocks", Compile.blocks),
+        ("compile=model", Compile.model),
+    ],
+)
+def test_every_compile_value_the_readme_names_selects_its_mode(
+    override: str, mode: Compile
+) -> None:
+    cfg = compose_train([override])
+    resolve_configs(cfg)
+    assert compile_mode(cfg.compile) == mode
 
 
 def test_the_trainer_options_that_change_nothing_pass() -> None:

@@ -80,14 +80,26 @@ class Compile(Choice):
     model = "model"  # the whole training loss: embeddings, blocks, head, cross-entropy
 
 
+# What ``compile=`` takes, as a config spells it (a bool as ``spelled`` writes it: YAML's and
+# Hydra's true/false in any case are bools already), and the mode each value selects.
+COMPILE_VALUES = {
+    "false": Compile.none,
+    "true": Compile.blocks,
+    "blocks": Compile.blocks,
+    "model": Compile.model,
+}
+
+
 def compile_mode(value: object) -> Compile:
-    """``compile=``: false, true (= blocks), blocks or model."""
-    text = {"false": "none", "true": "blocks"}.get(str(value).lower(), str(value).lower())
-    if text not in Compile.__members__:
+    """``compile=``: false, true (= blocks), blocks or model, exactly: ``none`` (the eager
+    mode's name inside lmlab), null and another case (``Model``) are refused with what is
+    allowed, as an enum field's unknown value is."""
+    text = spelled(value) if isinstance(value, bool) else value
+    if not isinstance(text, str) or text not in COMPILE_VALUES:
         raise ConfigError(
             f"compile={spelled(value, quote=True)}: allowed false, blocks, model (true = blocks)"
         )
-    return Compile(text)
+    return COMPILE_VALUES[text]
 
 
 # torch.set_float32_matmul_precision: "highest" is full fp32, "high" lets CUDA use TF32 (10-bit
