@@ -261,6 +261,33 @@ def test_compose_errors_are_one_line_and_exit_2(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        # Lightning's strategy, which trainer=cpu does not set, or lmlab's FSDP config
+        (
+            "trainer.strategy=fsdp",
+            "; type trainer=fsdp for the trainer config fsdp or "
+            "+trainer.strategy=fsdp to add the key\n",
+        ),
+        ("optim.amsgrad=true", "fused; type +optim.amsgrad=true to add the key\n"),
+        # a schema's group refuses an added key: only the preset
+        ("model.size=gpt_small", "moe; type model=gpt_small for the model config gpt_small\n"),
+        # the missing node is not the key typed: + would add a dict, not the key
+        ("trainer.strategy.foo=1", "default_root_dir, plugins\n"),
+    ],
+)
+def test_an_unknown_key_says_what_to_type(
+    override: str, hint: str, tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra's message for a key the config lacks names the ``+`` that adds it; the one line
+    keeps that where the key can be added, and names the group's option the value is."""
+    assert run_command("train", override, f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {override}: unknown key; allowed: ") and err.endswith(hint), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unknown_key_under_a_group_option_without_keys_says_so(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from lmlab.config import CONF_DIR, group_options, omegaconf_error
+from lmlab.config.asked import DELTA_GROUPS
+from lmlab.config.resolve import GROUP_SCHEMAS
 from lmlab.errors import ConfigError, disk_full, first_line, storage_fix, write_error_words
 from lmlab.train.runfiles import in_the_way
 
@@ -73,11 +75,32 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         key = cause.full_key
         # the override as typed: `logger.wandb.project=x` where the node missing is logger.wandb
         given = [a for a in argv if f"{a.lstrip('+~').partition('=')[0]}.".startswith(f"{key}.")]
-        return omegaconf_error(cause, given[-1].lstrip("+~") if given else key)
+        refusal = omegaconf_error(cause, given[-1].lstrip("+~") if given else key)
+        if given and isinstance(cause, ConfigKeyError | ConfigAttributeError):
+            return ConfigError(f"{refusal}{unknown_key_hint(given[-1], key)}")
+        return refusal
     if isinstance(err, OSError) and err.filename:  # creating the run directory
         return unwritable(err)
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return ConfigError(" ".join(lines) or type(err).__name__)
+
+
+def unknown_key_hint(override: str, missing: str) -> str:
+    """What to type instead of ``override`` whose key (``missing``) the composed config lacks:
+    the group's option of that name (``trainer.strategy=fsdp``: ``trainer=fsdp``), and ``+``,
+    which adds a key (Hydra's way, which its own message names), where the group's node takes
+    keys it does not set (a ``_target_``'s arguments: ``trainer``, ``optim``; a schema's
+    group refuses one). '' where neither applies."""
+    key, _, value = override.partition("=")
+    group = key.partition(".")[0]
+    if "." not in key or not (CONF_DIR / group).is_dir() or group in DELTA_GROUPS:
+        return ""
+    hints = []
+    if value in group_options(group):
+        hints.append(f"{group}={value} for the {group} config {value}")
+    if not key.startswith("+") and key == missing and group not in GROUP_SCHEMAS:
+        hints.append(f"+{override} to add the key")
+    return f"; type {' or '.join(hints)}" if hints else ""
 
 
 def unwritable(err: OSError) -> ConfigError:
