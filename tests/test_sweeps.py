@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from lmlab.analysis.compare import compare
-from lmlab.config import CONF_DIR, register_configs
+from lmlab.config import CONF_DIR, Positional, register_configs
 from lmlab.train.loggers import build_loggers
 from smoke import SMOKE
 
@@ -35,6 +35,14 @@ def test_every_sweep_composes(sweep: str) -> None:
         cfg = compose("train", overrides=[f"+sweeps={sweep}"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params, f"{sweep} sweeps nothing"
     assert f"multirun/{sweep}/" in cfg.hydra.sweep.dir
+
+
+def test_the_positional_sweep_covers_every_positional_scheme() -> None:
+    """``+sweeps=positional`` compares the positional schemes: each one ``model.positional``
+    takes (T5's relative bias on a GPT too), so a new scheme joins it or this fails."""
+    grid = yaml.safe_load((REPO / "sweeps" / "positional.yaml").read_text())
+    swept = grid["hydra"]["sweeper"]["params"]["model.positional"].split(",")
+    assert sorted(swept) == sorted(p.value for p in Positional)
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)

@@ -181,7 +181,7 @@ def test_a_sweep_whose_swept_values_the_command_line_overrides_starts_no_job(
 @pytest.mark.parametrize(
     ("sweep", "grid"),
     [
-        ("positional", "model.positional: learned,sinusoidal,rope,alibi,none"),
+        ("positional", "model.positional: learned,sinusoidal,rope,alibi,relative,none"),
         ("lr", "optim.lr: tag(log, interval(1e-4, 1e-2))"),  # Optuna's search space
     ],
 )
