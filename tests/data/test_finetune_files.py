@@ -162,6 +162,45 @@ def test_a_label_column_of_mixed_kinds_is_refused(tmp_path: Path, labels: list, 
         columns(task, load_splits(task, tmp_path / "cache")[0])
 
 
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (  # read as [1, 2, 10, 3]: eleven classes, 0 to 10
+            [{"text": f"t{i}", "label": y} for i, y in enumerate(["1", "2", "10", 3])],
+            "task.label_column='label': example 4 of task.train={path} holds the label 3 (an "
+            "integer), where example 1 holds '1' (a string); allowed: labels of one kind "
+            "(strings as class names, integer class ids, or booleans)",
+        ),
+        (  # read as [True, False, 2]
+            [{"text": f"t{i}", "label": y} for i, y in enumerate(["true", "false", 2])],
+            "task.label_column='label': example 3 of task.train={path} holds the label 2 (an "
+            "integer), where example 1 holds 'true' (a string); allowed: labels of one kind "
+            "(strings as class names, integer class ids, or booleans)",
+        ),
+        (  # read as [123, 5]: the quoted "123" was named as the number, "not quoted"
+            [{"text": "123", "label": "a"}, {"text": 5, "label": "b"}],
+            "task.text_column='text': example 2 of task.train={path} holds 5, not a text: a "
+            'number (a JSON text is quoted: "5")',
+        ),
+    ],
+)
+def test_a_json_field_of_two_kinds_keeps_its_values_as_written(
+    tmp_path: Path, rows: list, message: str
+) -> None:
+    """``datasets`` reads a JSON field whose values are of two kinds as its Json feature,
+    which gives back a string that reads as JSON ("1", "true", "123") as that value: the
+    labels "1", "2", "10" and one 3 trained eleven classes in silence. The values are the
+    file's, so the checks name the example of the other kind, with its value as written."""
+    path = jsonl(tmp_path / "f.jsonl", rows)
+    task = classify(path, path)
+    split = read_file(f"task.train={path}", path, tmp_path / "cache")
+    assert list(split.examples["label"]) == [r["label"] for r in rows]
+    assert split.examples.column_names == ["text", "label"]
+    with pytest.raises(ConfigError) as info:
+        columns(task, split)
+    assert str(info.value) == message.format(path=path)
+
+
 def test_a_csv_label_pandas_reads_as_missing_is_named_as_such(tmp_path: Path) -> None:
     """A CSV class written ``None`` or ``NA`` (pandas' missing-value marks, which the label
     column keeps: R writes a missing label ``NA``) was refused as "has no label", of a line

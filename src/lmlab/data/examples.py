@@ -61,6 +61,7 @@ def read_file(origin: str, path: str | Path, cache_dir: Path, texts: Sequence[st
             cause = cause.__cause__
         why = what_is_wrong(path, kind) or first_line(cause)
         raise ConfigError(f"{origin} could not be read as {kind}: {why}") from None
+    ds = as_written(path, ds) if kind == "json" else ds
     return Split(ds, origin, None, lines if lines is not None and len(lines) == len(ds) else None)
 
 
@@ -71,6 +72,31 @@ def file_version(path: Path) -> str:
     corpus's files are (``stat_identity``: size, inode, modification and change times)."""
     identity = json.dumps(stat_identity(path))
     return "file-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def as_written(path: Path, ds: datasets.Dataset) -> datasets.Dataset:
+    """``ds`` (the JSON file ``path``) with each field that mixes kinds of value holding the
+    values the file holds. ``datasets`` reads such a field as its Json feature, which gives
+    back a string that reads as JSON as that value: the labels "1", "2", "10" beside one 3
+    came back as class ids and trained eleven classes, 0 to 10, and "true" came back as a
+    boolean. As written, the columns' checks (``columns``) name the example of another kind.
+    (By the feature's name: an older ``datasets`` has none, and fails on such a file.)"""
+    features = {n: f for n, f in ds.features.items() if type(f).__name__ == "Json"}
+    if not features:
+        return ds
+    text = path.read_text(encoding="utf-8")  # datasets read it: UTF-8 JSON or JSON Lines
+    try:
+        whole = json.loads(text)
+        records = whole if isinstance(whole, list) else [whole]
+    except ValueError:  # JSON Lines ("\n" ends a line: a JSON string may hold U+2028)
+        records = [json.loads(line) for line in text.split("\n") if line.strip()]
+    if len(records) != len(ds) or not all(isinstance(r, dict) for r in records):
+        return ds  # not one record per example: datasets' values
+    order = ds.column_names
+    for name, feature in features.items():
+        written = [json.dumps(r.get(name)) for r in records]  # as the feature stores them
+        ds = ds.remove_columns(name).add_column(name, written, feature=feature)
+    return ds.select_columns(order)
 
 
 @contextmanager
