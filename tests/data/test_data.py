@@ -16,6 +16,7 @@ from unittest.mock import Mock
 import datasets
 import pytest
 import torch
+from tokenizers import decoders
 
 from lmlab.config import DataConfig, Family, Source, TokenizerKind
 from lmlab.config.locks import hold_folder
@@ -34,6 +35,7 @@ from lmlab.data.tokenizer import (
     prompt_ids,
     train_bpe,
     train_char,
+    training_words,
 )
 from lmlab.errors import ConfigError, disk_full, write_error_words
 from lmlab.train.compose import compose_train
@@ -98,6 +100,27 @@ def test_bpe_trains_on_a_long_word_in_pieces_and_encodes_it_whole() -> None:
     assert max(len(t) for t in tok.get_vocab() if t not in SPECIAL_TOKENS) == TRAIN_WORD_BYTES
     assert tok.decode(tok.encode(word).ids) == word
     assert tok.pre_tokenizer.pre_tokenize_str(word) == [(word, (0, len(word)))]
+
+
+# Words past TRAIN_WORD_BYTES whose byte limit falls inside a character: 3-byte CJK (the 86th
+# ends at byte 258), 4-byte emoji after a 1-byte mark and 2-byte letters after a 1-byte one.
+LONG_WORDS = ["一丁七" * 100, "!" + "\U0001f600" * 100, "x" + "\u00e9" * 300]
+
+
+@pytest.mark.parametrize("word", LONG_WORDS, ids=["cjk", "emoji", "latin"])
+def test_bpe_training_cuts_a_long_word_between_characters(word: str) -> None:
+    """BPE's trainer counts pairs in pieces of a long word (``training_words``); each piece
+    ends where a character does, so no piece starts with a character's tail (a cut at byte
+    256 split the 86th character of a CJK run, and its last two bytes became a token of the
+    vocabulary). Each piece is at most TRAIN_WORD_BYTES bytes (one byte-level symbol per
+    byte), at most 3 short of it, and the pieces are the word; the trained tokenizer
+    round-trips it."""
+    pieces = [piece for piece, _ in training_words().pre_tokenize_str(word)]
+    texts = [decoders.ByteLevel().decode([piece]) for piece in pieces]
+    assert "".join(texts) == word and not any("\ufffd" in t for t in texts), texts
+    assert all(TRAIN_WORD_BYTES - 3 <= len(p) <= TRAIN_WORD_BYTES for p in pieces[:-1])
+    tok = train_bpe([word, TEXT], vocab_size=400)
+    assert tok.decode(tok.encode(word).ids) == word
 
 
 def test_char_tokenizer_round_trips_and_maps_unseen_chars_to_unk() -> None:

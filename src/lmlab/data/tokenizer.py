@@ -224,19 +224,38 @@ def check_vocab(data_cfg: DataConfig) -> None:
 TRAIN_WORD_BYTES = 256
 
 
+def continuation_bytes() -> str:
+    """The bytes 0x80-0xBF, a UTF-8 character's bytes after its first, as byte-level BPE
+    spells them, from tokenizers' own map: the third byte of each of U+4E00-U+4E3F
+    (E4 B8 80 to E4 B8 BF)."""
+    spell = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str
+    return spell("".join(map(chr, range(0x4E00, 0x4E40))))[0][0][2::3]
+
+
+def training_words() -> pre_tokenizers.PreTokenizer:
+    """What BPE's trainer counts pairs in: each word (GPT-2's pre-tokens: a run of letters,
+    of digits, ...) cut into pieces of at most ``TRAIN_WORD_BYTES`` bytes, each ending where
+    a character does: its merge step rescans every word holding a pair, so its time grows
+    with the square of a word's length (a one-line 2 MB DNA sequence did not finish in 5
+    minutes; cut, it trains in 5 s). A piece ends before the next character, not at the byte
+    limit (up to 3 bytes earlier): a cut inside a character (the 86th of a run of CJK, 3
+    bytes each) put a character's tail, its bytes after the first, in the vocabulary as
+    tokens of their own, which no word the tokenizer encodes starts with."""
+    inside = f"[{re.escape(continuation_bytes())}]"
+    piece = Regex(rf"[\s\S]{{1,{TRAIN_WORD_BYTES}}}(?!{inside})")
+    words = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return pre_tokenizers.Sequence([words, pre_tokenizers.Split(piece, "isolated")])
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE as in GPT-2: any UTF-8 input is representable, nothing is unknown.
-    The trainer sees each word (GPT-2's pre-tokens: a run of letters, of digits, ...) cut
-    into pieces of at most ``TRAIN_WORD_BYTES``: its merge step rescans every word holding a
-    pair, so its time grows with the square of a word's length (a one-line 2 MB DNA sequence
-    did not finish in 5 minutes; cut, it trains in 5 s). No ordinary word is that long, so its
-    merges are the same. The tokenizer it returns encodes whole words (time about linear)."""
+    The trainer counts pairs in words cut into pieces (``training_words``). No ordinary word
+    is that long, so its merges are the same. The tokenizer it returns encodes whole words
+    (time about linear)."""
     check_bpe_size(vocab_size)
     tok = Tokenizer(models.BPE())
     words = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [words, pre_tokenizers.Split(Regex(rf"[\s\S]{{1,{TRAIN_WORD_BYTES}}}"), "isolated")]
-    )
+    tok.pre_tokenizer = training_words()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
