@@ -4,6 +4,7 @@ launcher, the sequence length; and the schemas' registration in Hydra's ConfigSt
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import typing
@@ -290,6 +291,7 @@ def resolve_configs(cfg: DictConfig, machine: bool = True) -> tuple[ModelConfig,
 
     check_bool_overrides(command_line_overrides())
     check_groups(cfg)
+    check_top_level(cfg)
     model_cfg = composed_model(cfg)
     data_cfg = to_schema(DataConfig, cfg.data, "data.")
     to_schema(BudgetConfig, cfg.budget, "budget.")
@@ -318,6 +320,33 @@ def check_groups(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"~{group}: a run needs the {group} group, so it cannot be removed; choose "
                 f"an option with {group}=<name>; allowed: {', '.join(group_options(group))}"
+            )
+
+
+# Top-level keys that are neither a field of RunConfig nor a config group of ``conf/``.
+OTHER_TOP_LEVEL = ("paths",)
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """Every top-level key is one lmlab reads: a field of ``RunConfig``, a config group's
+    node, ``paths`` or ``hydra``. Hydra adds any key given with ``+`` (``+sed=1`` for
+    ``seed=1``), and one that nothing reads trained the run as if it had not been given, in
+    silence."""
+    from lmlab.config import CONF_DIR  # the package imports this module
+    from lmlab.config.asked import DELTA_GROUPS
+
+    # a group's node (model, trainer, ..., hydra: Hydra's own, in a config composed with it);
+    # +experiment=, +debug= and +sweeps= add none
+    nodes = [p.name for p in CONF_DIR.iterdir() if p.is_dir()]
+    known = {f.name for f in dataclasses.fields(RunConfig)} | {*nodes, *OTHER_TOP_LEVEL}
+    known -= set(DELTA_GROUPS)
+    for key in cfg:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(
+                f"+{key}: not a key lmlab reads, so it would change nothing"
+                + (f" (did you mean {near[0]}?)" if near else "")
+                + f"; allowed top-level keys: {', '.join(sorted(known))}"
             )
 
 
