@@ -278,6 +278,43 @@ def test_generation_arguments_lmlab_cannot_honour_are_refused(
     )
 
 
+def test_a_causal_answer_as_long_as_the_context_is_refused_before_any_is_generated(
+    tok, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A causal prompt keeps its last ``max_seq_len - max_gen_toks`` tokens (the harness's
+    rule). At ``max_gen_toks >= max_seq_len`` (the default 256 on gpt_tiny's 256 positions) it
+    kept one token and wrote every answer from it in silence; it is refused in one line that
+    says where the length came from, before any request of the call is generated. One token
+    less still sees the context's last token; a T5's encoder holds its context apart."""
+    from lmlab.infer import evaluate
+
+    lm = LmlabLM(tiny(tok), max_gen_toks=64)  # tiny's max_seq_len=64
+    generated: list[torch.Tensor] = []
+    real = evaluate.decode_loop
+    monkeypatch.setattr(
+        evaluate,
+        "decode_loop",
+        lambda f, c, ids, *a, **kw: generated.append(ids) or real(f, c, ids, *a, **kw),
+    )
+    fits = (CONTEXTS[0], {"max_gen_toks": 3})
+    for asked, source in [
+        (
+            {},
+            r"max_gen_toks \(lmlab evaluate's max_gen_toks=, the length where a task "
+            r"sets none\)=64",
+        ),
+        ({"max_new_tokens": 100}, r"the task's generation_kwargs: max_new_tokens=100"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"^{source} leaves no room .* max_gen_toks <= 63$"):
+            lm.generate_until(requests("generate_until", [fits, (CONTEXTS[3], asked)]))
+    assert generated == []
+    lm.generate_until(requests("generate_until", [(CONTEXTS[0], {"max_gen_toks": 63})]))
+    assert generated[0].tolist() == [encode(tok, CONTEXTS[0])[-1:]]
+    LmlabLM(tiny(tok, "t5"), max_gen_toks=64).generate_until(
+        requests("generate_until", [(CONTEXTS[0], {})])
+    )
+
+
 def test_decoding_and_scoring_leave_cudnn_attention_out(tok) -> None:
     """On an H200, gpt_small generated 15 tokens/s: cuDNN's SDPA kernel, which PyTorch prefers
     on Hopper, builds an execution plan for each new shape, and a KV cache's every token is

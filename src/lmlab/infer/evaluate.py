@@ -47,9 +47,10 @@ from lm_eval.models.utils import (
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from lmlab.config import Family, check_sampling
+from lmlab.config import Family
 from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
+from lmlab.infer.gen_kwargs import check_gen_kwargs, check_room
 from lmlab.infer.generation import decode_loop
 from lmlab.infer.harness import BACKENDS, check_family
 from lmlab.infer.pretrained import DTYPES, Pretrained, load
@@ -252,7 +253,10 @@ class LmlabLM(TemplateLM):
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         """Greedy (``temperature`` > 0: sampled, seeded) continuations, cut before the first
-        stop sequence (EOS is always one); batched per set of generation arguments."""
+        stop sequence (EOS is always one); batched per set of generation arguments, every
+        request's checked (``_gen_kwargs``) before the first is generated."""
+        for gen_kwargs in {repr(req.args[1]): req.args[1] for req in requests}.values():
+            self._gen_kwargs(gen_kwargs)
         collator = Collator(
             [req.args for req in requests],
             sort_fn=lambda a: (-len(self.tok_encode(a[0])), a[0]),
@@ -263,13 +267,23 @@ class LmlabLM(TemplateLM):
         for chunk in collator.get_batched(n=self.batch_size):
             self._check_stop()
             contexts, all_kwargs = zip(*chunk, strict=True)
-            kwargs = check_gen_kwargs(normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks))
+            kwargs = self._gen_kwargs(all_kwargs[0])
             until = handle_stop_sequences(kwargs.pop("until", None), eos=self.eos)
             texts = self._generate(list(contexts), until, kwargs)
             for context, gen_kwargs, text in zip(contexts, all_kwargs, texts, strict=True):
                 out.append(text)
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return collator.get_original(out)
+
+    def _gen_kwargs(self, gen_kwargs: dict) -> dict:
+        """A task's generation arguments as the harness normalizes them (``max_gen_toks``:
+        this model's where the task sets no length), refused where lmlab's decoder cannot
+        do what they ask (``check_gen_kwargs``) or, for a causal model, where ``max_gen_toks``
+        leaves the context no room (``check_room``)."""
+        kwargs = check_gen_kwargs(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
+        if self.backend == "causal":
+            check_room(int(kwargs["max_gen_toks"]), self.max_length, gen_kwargs)
+        return kwargs
 
     @torch.no_grad()
     def _generate(self, contexts: list[str], until: list[str], kwargs: dict) -> list[str]:
@@ -278,8 +292,8 @@ class LmlabLM(TemplateLM):
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
         sampling = (temperature, kwargs.get("top_k"), kwargs.get("top_p"), gen)
         if self.backend == "causal":
-            # room for the new tokens; a longer context keeps its end (the harness's rule)
-            keep = max(1, self.max_length - max_new)
+            # room for the new tokens (``_gen_kwargs``); a longer context keeps its end
+            keep = self.max_length - max_new
             prompts = [self.tok_encode(c)[-keep:] or [self.prefix_token_id] for c in contexts]
             starts = [len(p) for p in prompts]
             common = min(starts)
@@ -327,49 +341,6 @@ class LmlabLM(TemplateLM):
             ids = ids[: ids.index(self.eos_id)]
         text = self.tok.decode(ids, skip_special_tokens=True)
         return postprocess_generated_text(text, until, None)
-
-
-# Generation arguments a task may set that change nothing at these values (lm-eval's own tasks
-# set ``num_beams: 1``); any other value asks for a decoding lmlab does not do.
-NEUTRAL_GEN_KWARGS: dict[str, object] = {
-    "num_beams": 1,
-    "num_return_sequences": 1,
-    "repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "min_new_tokens": 0,
-}
-# read by ``generate_until`` (``do_sample``: ``normalize_gen_kwargs`` has made it agree with
-# the temperature) or only meaningful with beams (ignored as transformers ignores them there)
-READ_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
-BEAM_ONLY_GEN_KWARGS = {"length_penalty", "early_stopping", "use_cache"}
-
-
-def check_gen_kwargs(kwargs: dict) -> dict:
-    """A task's generation arguments, refused in one line where lmlab's decoder (greedy, or
-    sampling with temperature, top-k and top-p) would not do what they ask: a negative
-    temperature (which would sample the least likely tokens), a negative top_k, a top_p
-    outside [0, 1], and any other argument at a value that changes decoding (beams, a
-    repetition penalty, ...), which HFLM would hand to transformers and lmlab would ignore.
-    ``top_k=0`` and ``top_p=0`` read as transformers reads them (``filter_logits``)."""
-    where = "the task's generation_kwargs"
-    check_sampling(f"{where}: ", float(kwargs.get("temperature") or 0.0), None)
-    top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ConfigError(f"{where}: top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")
-    if top_p is not None and not 0 <= float(top_p) <= 1:
-        raise ConfigError(f"{where}: top_p={top_p} must be in [0, 1] (null: no nucleus)")
-    for key, value in kwargs.items():
-        if key in READ_GEN_KWARGS or key in BEAM_ONLY_GEN_KWARGS:
-            continue
-        if key in NEUTRAL_GEN_KWARGS and value == NEUTRAL_GEN_KWARGS[key]:
-            continue
-        neutral = ", ".join(f"{k}={v}" for k, v in NEUTRAL_GEN_KWARGS.items())
-        raise ConfigError(
-            f"{where}: {key}={value!r} is not something lmlab's decoder does (it decodes "
-            f"greedily or samples with temperature, top_k and top_p; allowed at their "
-            f"neutral values: {neutral})"
-        )
-    return kwargs
 
 
 # Values per float64 log-softmax (128 MiB): the rows of a batch are scored together, since a

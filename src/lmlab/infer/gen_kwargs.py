@@ -1,0 +1,75 @@
+"""What a harness task may ask of lmlab's decoder: its ``generation_kwargs`` (as lm-eval's
+``normalize_gen_kwargs`` gives them), checked before anything is generated and refused in one
+line where lmlab would not do what they ask. ``LmlabLM.generate_until`` is their user."""
+
+from __future__ import annotations
+
+from lmlab.config import check_sampling
+from lmlab.errors import ConfigError
+
+# Generation arguments a task may set that change nothing at these values (lm-eval's own tasks
+# set ``num_beams: 1``); any other value asks for a decoding lmlab does not do.
+NEUTRAL_GEN_KWARGS: dict[str, object] = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+}
+# read by ``generate_until`` (``do_sample``: ``normalize_gen_kwargs`` has made it agree with
+# the temperature) or only meaningful with beams (ignored as transformers ignores them there)
+READ_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
+BEAM_ONLY_GEN_KWARGS = {"length_penalty", "early_stopping", "use_cache"}
+
+
+def check_gen_kwargs(kwargs: dict) -> dict:
+    """A task's generation arguments, refused in one line where lmlab's decoder (greedy, or
+    sampling with temperature, top-k and top-p) would not do what they ask: a negative
+    temperature (which would sample the least likely tokens), a negative top_k, a top_p
+    outside [0, 1], and any other argument at a value that changes decoding (beams, a
+    repetition penalty, ...), which HFLM would hand to transformers and lmlab would ignore.
+    ``top_k=0`` and ``top_p=0`` read as transformers reads them (``filter_logits``)."""
+    where = "the task's generation_kwargs"
+    check_sampling(f"{where}: ", float(kwargs.get("temperature") or 0.0), None)
+    top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ConfigError(f"{where}: top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")
+    if top_p is not None and not 0 <= float(top_p) <= 1:
+        raise ConfigError(f"{where}: top_p={top_p} must be in [0, 1] (null: no nucleus)")
+    for key, value in kwargs.items():
+        if key in READ_GEN_KWARGS or key in BEAM_ONLY_GEN_KWARGS:
+            continue
+        if key in NEUTRAL_GEN_KWARGS and value == NEUTRAL_GEN_KWARGS[key]:
+            continue
+        neutral = ", ".join(f"{k}={v}" for k, v in NEUTRAL_GEN_KWARGS.items())
+        raise ConfigError(
+            f"{where}: {key}={value!r} is not something lmlab's decoder does (it decodes "
+            f"greedily or samples with temperature, top_k and top_p; allowed at their "
+            f"neutral values: {neutral})"
+        )
+    return kwargs
+
+
+# the names a task may give its answers' length by (``normalize_gen_kwargs``'s aliases)
+LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+
+
+def check_room(max_new: int, max_length: int, asked: dict) -> None:
+    """A causal model's prompt keeps its last ``max_length - max_new`` tokens, so that every
+    new token is written with it in view (the harness's rule; ``HFLM`` asserts the same):
+    ``max_new >= max_length`` is refused, naming where it came from (the task's ``asked``
+    arguments, else ``lmlab evaluate``'s ``max_gen_toks=``). At that length the answer was
+    written from the context's last token alone, in silence."""
+    if max_new < max_length:
+        return
+    own = [key for key in LENGTH_KEYS if key in asked]
+    source = (
+        f"the task's generation_kwargs: {own[0]}"
+        if own
+        else "max_gen_toks (lmlab evaluate's max_gen_toks=, the length where a task sets none)"
+    )
+    raise ConfigError(
+        f"{source}={max_new} leaves no room for the context: the model reads {max_length} "
+        "tokens (model.max_seq_len) and a prompt keeps its last max_seq_len - max_gen_toks, "
+        f"so that every new token sees it; allowed: max_gen_toks <= {max_length - 1}"
+    )
