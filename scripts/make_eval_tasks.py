@@ -4,7 +4,7 @@
 
 Every scored item comes from the documents that the default corpus (``data=stdlib``, the
 Python standard library's own sources) holds out for validation, chosen by a stable hash of
-their names (``lmlab.data.packing.held_out``): a model trained with ``data=stdlib`` has never
+their names (``lmlab.data.splits.held_out``): a model trained with ``data=stdlib`` has never
 seen them in training. The few-shot examples of the two tasks that take them
 (``<task>.fewshot.jsonl``, the task's ``fewshot_split``) are drawn the same way from the
 other documents, the training ones, so no example is ever an item scored, nor from the files
@@ -35,8 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lmlab.config import DataConfig  # noqa: E402
-from lmlab.data.packing import held_out  # noqa: E402
 from lmlab.data.sources import load_documents  # noqa: E402
+from lmlab.data.splits import held_out  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "lmlab" / "infer" / "tasks"
 SEED = 21

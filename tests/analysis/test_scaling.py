@@ -377,7 +377,12 @@ def test_runs_without_a_config_are_noted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value", "default"),
-    [("max_bytes", 1_000_000, None), ("val_fraction", 0.1, 0.05), ("split", "test", "train")],
+    [
+        ("max_bytes", 1_000_000, None),
+        ("val_fraction", 0.1, 0.05),
+        ("split", "test", "train"),
+        ("val_split", "validation", None),
+    ],
 )
 def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_together(
     tmp_path: Path, key: str, value: Any, default: Any

@@ -22,9 +22,10 @@ from lmlab.config import DataConfig, Family, Source, TokenizerKind
 from lmlab.config.locks import hold_folder
 from lmlab.data import abandoned, packing
 from lmlab.data.datamodule import LMDataModule
-from lmlab.data.packing import pack, prepare, split_documents
+from lmlab.data.packing import pack, prepare
 from lmlab.data.sampler import ResumableSampler
 from lmlab.data.sources import fingerprint, load_documents, stdlib_files
+from lmlab.data.splits import split_documents
 from lmlab.data.tokenizer import (
     EOS,
     MASK,
@@ -707,7 +708,7 @@ def test_a_read_only_cache_serves_its_rows_and_refuses_to_build(
     served = char_module(corpus, cache)
     served.setup()
     assert torch.equal(served.train_rows.rows, first.train_rows.rows)
-    monkeypatch.setattr(lmlab.data.packing, "load_documents", None)  # not called
+    monkeypatch.setattr(lmlab.data.packing, "read_splits", None)  # not called
     message = f"data.cache_dir='{cache}' is not a writable folder (Read-only file system); "
     with pytest.raises(ConfigError, match=re.escape(message)):
         char_module(corpus, cache, seq_len=32).setup()

@@ -85,16 +85,19 @@ def objective_differences(runs: Sequence[Run], metric: str) -> list[str]:
 
 
 # What fixes the text a validation loss is measured on: the corpus, the slice of it kept
-# (``max_bytes``) and the documents held out for validation (``val_fraction``); the tokenizer
-# is trained on the rest of that text, so these change the tokens too.
+# (``max_bytes``) and the validation split (its own, ``val_split`` or ``val_path``, or the
+# documents held out, ``val_fraction``); the tokenizer is trained on the rest of that text, so
+# these change the tokens too.
 TEXT_KEYS = tuple(
     f"data.{name}"
     for name in (
         "source",
         "path",
+        "val_path",
         "name",
         "subset",
         "split",
+        "val_split",
         "text_column",
         "max_bytes",
         "val_fraction",
@@ -128,7 +131,7 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
             f"warning: the runs differ in {shown}, so they were validated on "
             f"different text and {metric} does not compare them, per token or per byte; "
             "compare runs of one corpus, slice (data.max_bytes) and validation split "
-            "(data.val_fraction)"
+            "(data.val_split, data.val_path or data.val_fraction)"
         ]
     if not differ or result_key(metric) not in PER_TOKEN:
         return []

@@ -25,9 +25,11 @@ class TokenizerKind(Choice):
 # ignored, and the run would train on another corpus than the one named.
 SOURCE_FIELDS: dict[str, tuple[tuple[Source, ...], object]] = {
     "path": ((Source.text,), None),
+    "val_path": ((Source.text,), None),
     "name": ((Source.hf,), None),
     "subset": ((Source.hf,), None),
     "split": ((Source.hf,), "train"),
+    "val_split": ((Source.hf,), None),
     "text_column": ((Source.hf,), "text"),
 }
 
@@ -46,9 +48,7 @@ class DataConfig:
 
     ``max_bytes`` keeps only the first documents up to that many bytes (deterministic order;
     the one that crosses it is cut at its last line end under the limit), which
-    ``+debug=smoke`` uses for a fast slice. ``val_fraction`` of the documents (by a
-    stable hash of their name) or, for fewer than 20 documents, the tail of each document is
-    held out for validation, as nanoGPT does.
+    ``+debug=smoke`` uses for a fast slice (of each split, where validation has its own).
 
     ``stride`` (tokens, null: one row) is where training windows start in the packed token
     stream: null cuts it into rows that do not overlap, each token seen once per epoch; 1
@@ -58,9 +58,14 @@ class DataConfig:
 
     source: Source = Source.stdlib
     path: str | None = None
+    val_path: str | None = None
+    """data=text: the validation file or folder (null: ``val_fraction`` of ``path`` held out)."""
     name: str | None = None
     subset: str | None = None
     split: str = "train"
+    val_split: str | None = None
+    """data=hf: the dataset's validation split, ``validation`` or ``test`` (null:
+    ``val_fraction`` of ``split`` held out), as Hugging Face's ``run_clm`` and litgpt read it."""
     text_column: str = "text"
     tokenizer: TokenizerKind = TokenizerKind.bpe
     vocab_size: int = 4096
@@ -71,6 +76,9 @@ class DataConfig:
     val_batch_size: int | None = None
     stride: int | None = None
     val_fraction: float = 0.05
+    """Without ``val_split`` or ``val_path``: the share of the text held out for validation,
+    whole documents by a stable hash of their names or, for fewer than 20 documents, the tail
+    of each, as nanoGPT does."""
     max_bytes: int | None = None
     cache_dir: str = "${oc.env:LMLAB_CACHE,${oc.env:HOME}/.cache/lmlab}"
     num_workers: int | None = None  # null: 0 on a CPU; on a GPU up to 4 per process (0 for GPT)
@@ -90,6 +98,9 @@ class DataConfig:
         unused = {}
         if self.tokenizer != TokenizerKind.bpe:
             unused["vocab_size"] = f"data.tokenizer={self.tokenizer.value}"
+        own = "data.val_split" if self.val_split is not None else "data.val_path"
+        if self.val_split is not None or self.val_path is not None:
+            unused["val_fraction"] = f"{own} (validation is a split of its own)"
         if not padded:
             unused["pad_to_multiple_of"] = "task=lm (packed rows, never padded)"
         return unused
@@ -114,6 +125,12 @@ class DataConfig:
             raise ConfigError("data.source=text needs data.path=<file or folder>")
         if self.source == Source.hf and not self.name:
             raise ConfigError("data.source=hf needs data.name=<datasets hub name>")
+        if self.val_split is not None and self.val_split == self.split:
+            raise ConfigError(
+                f"data.val_split={self.val_split!r} is data.split, the training split: the run "
+                "would validate on what it trains on; allowed: another split of the dataset, or "
+                "null (data.val_fraction of it held out)"
+            )
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 0.5)")
         if self.batch_size < 1:

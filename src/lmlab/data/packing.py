@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,14 @@ from tokenizers import Tokenizer
 from lmlab.config import DataConfig, TokenizerKind
 from lmlab.config.locks import hold_folder
 from lmlab.data.abandoned import STALE, building_prefix, remove_abandoned
-from lmlab.data.sources import Documents, fingerprint, load_documents
+from lmlab.data.sources import Documents
+from lmlab.data.splits import (
+    name_bytes,
+    read_splits,
+    split_identity,
+    split_texts,
+    validation_field,
+)
 from lmlab.data.tokenizer import (
     SPECIAL_TOKENS,
     Specials,
@@ -49,10 +55,6 @@ log = logging.getLogger(__name__)
 # rows of version 1 held a control token where the text spelled one (the standard library's
 # "<sep>"), so they are not reused; a tokenizer entry is keyed too, and trained again once.
 CACHE_VERSION = 2
-MIN_DOCS_FOR_DOC_SPLIT = 20
-# How ``held_out`` splits, in the key of a tokenizer and so of its rows: rows split before a
-# document holding more than val_fraction of the text was passed over are not reused.
-SPLITTING = "a document over val_fraction of the text is not held out whole"
 # How ``pack`` cuts rows, in the key of rows: rows cut per 1000-document batch, each batch's
 # tail dropped (18% of the tokens of a file of short lines at a row of 1025), are not reused.
 PACKING = "one stream per split, only its last partial row dropped"
@@ -64,67 +66,16 @@ class UnusableEntry(Exception):
     with why: it is discarded and built again."""
 
 
-def name_bytes(name: str) -> bytes:
-    """A document's name (or text) as UTF-8, and a file name that is not UTF-8 (``café.txt``
-    in Latin-1, from an old archive; Python holds its bytes as lone surrogates) as its bytes
-    on disk: ``str.encode`` refused it in a traceback. Every other string gives the bytes it
-    gave before, so no split or digest changes."""
-    return name.encode("utf-8", "surrogateescape")
-
-
-def held_out(docs: Documents, val_fraction: float) -> set[int]:
-    """Indices of the documents validation holds out whole: taken in the order of a stable
-    hash of their names until they hold ``val_fraction`` of the text, passing over any that
-    alone holds more (one large book among small files, first in that order, was held out
-    whole: 81% of the text for validation at ``val_fraction=0.05``), so that validation holds
-    ``val_fraction`` of the text and less than twice that. Empty, so that each document is
-    split inside instead, for fewer than ``MIN_DOCS_FOR_DOC_SPLIT`` documents, or where the
-    smaller ones do not hold ``val_fraction``. ``scripts/make_eval_tasks.py`` draws the
-    shipped eval tasks from these documents."""
-    if len(docs) < MIN_DOCS_FOR_DOC_SPLIT:
-        return set()
-    target = val_fraction * sum(len(t) for _, t in docs)
-    val_ids: set[int] = set()
-    held = 0
-    for i in sorted(range(len(docs)), key=lambda i: zlib.crc32(name_bytes(docs[i][0]))):
-        if held >= target:
-            return val_ids
-        if len(docs[i][1]) <= target:
-            val_ids.add(i)
-            held += len(docs[i][1])
-    return val_ids if held >= target else set()
-
-
-def trained_documents(docs: Documents, val_fraction: float) -> set[int]:
-    """Indices of the documents the training split reads (``split_documents``): those not
-    held out whole, or every one where none is (each is cut)."""
-    val_ids = held_out(docs, val_fraction)
-    if val_ids and len(val_ids) < len(docs):
-        return set(range(len(docs))) - val_ids
-    return set(range(len(docs)))
-
-
-def split_documents(docs: Documents, val_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic split. Many documents: whole documents, taken in the order of a stable
-    hash of their names until they hold ``val_fraction`` of the text, in characters
-    (``held_out``). Few documents (a single book): the last ``val_fraction`` of each, as
-    nanoGPT does."""
-    trained = trained_documents(docs, val_fraction)
-    if len(trained) < len(docs):
-        train = [t for i, (_, t) in enumerate(docs) if i in trained]
-        return train, [t for i, (_, t) in enumerate(docs) if i not in trained]
-    cuts = [int(len(t) * (1 - val_fraction)) for _, t in docs]
-    pairs = list(zip(docs, cuts, strict=True))
-    return [t[:c] for (_, t), c in pairs], [t[c:] for (_, t), c in pairs]
-
-
-def text_digest(docs: Documents) -> str:
+def text_digest(docs: Documents, val_docs: Documents | None = None) -> str:
     """A digest of the documents' names and text, recorded with the rows (``meta.json``) and
     in a run's plan: a resume checks it, so that a corpus edited to the same size (a word
-    changed, the same characters) is not taken for the one the run trained on. The cache key
-    (``fingerprint``) reads no text; this is computed once per build, as the text is read."""
+    changed, the same characters) is not taken for the one the run trained on. A validation
+    split of its own (``val_docs``) follows the training split's, after a marker, so that a
+    document moved from one to the other changes it. The cache key (``fingerprint``) reads no
+    text; this is computed once per build, as the text is read."""
     digest = hashlib.sha256()
-    for name, text in docs:
+    marker = [("validation split", "")] if val_docs is not None else []
+    for name, text in [*docs, *marker, *(val_docs or [])]:
         for part in (name, text):
             encoded = name_bytes(part)
             digest.update(len(encoded).to_bytes(8, "little") + encoded)
@@ -258,8 +209,8 @@ def tokenizer_dir(cache: Path, corpus: list, cfg: DataConfig, tokenizer: str | N
 
 def tokenizer_entry(cfg: DataConfig, cache: Path, tokenizer: str | None) -> Path:
     """Where the tokenizer of this data is cached: ``tokenizer_dir`` of the corpus's
-    ``fingerprint`` and its split."""
-    return tokenizer_dir(cache, [fingerprint(cfg), cfg.val_fraction, SPLITTING], cfg, tokenizer)
+    ``fingerprint`` and its split (``split_identity``)."""
+    return tokenizer_dir(cache, split_identity(cfg), cfg, tokenizer)
 
 
 def prepared_vocab_size(cfg: DataConfig) -> int | None:
@@ -366,9 +317,9 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     # a cache that cannot be written is refused before any work; a refused or stopped build
     # leaves no half-built rows in it
     with new_entry(cfg, blocks_dir) as tmp:
-        docs = load_documents(cfg)
-        meta["text_sha256"] = text_digest(docs)
-        train_texts, val_texts = split_documents(docs, cfg.val_fraction)
+        docs, val_docs = read_splits(cfg)
+        meta["text_sha256"] = text_digest(docs, val_docs)
+        train_texts, val_texts = split_texts(docs, val_docs, cfg.val_fraction)
         tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)
         save_tokenizer(tok, tmp / TOKENIZER)
         for split, texts in (("train", train_texts), ("val", val_texts)):
@@ -377,8 +328,8 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
                 raise ConfigError(
                     f"the {split} split of data source {cfg.source.value} has {n_tokens} "
                     f"tokens, fewer than one row of {row_len}: use a larger corpus (data."
-                    f"max_bytes={cfg.max_bytes}, data.val_fraction={cfg.val_fraction}) or a "
-                    f"shorter data.seq_len (now {cfg.seq_len or 'null: model.max_seq_len'})"
+                    f"max_bytes={cfg.max_bytes}, {validation_field(cfg)}) or a shorter "
+                    f"data.seq_len (now {cfg.seq_len or 'null: model.max_seq_len'})"
                 )
             ds.save_to_disk(str(tmp / split))
             meta[split] = {"rows": len(ds), "tokens": n_tokens, "bytes": n_bytes}

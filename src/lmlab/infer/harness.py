@@ -31,8 +31,8 @@ import torch
 
 from lmlab.config import DataConfig, Family, Source
 from lmlab.data.hub import hub_reachable, offline_hub
-from lmlab.data.packing import trained_documents
 from lmlab.data.sources import load_documents
+from lmlab.data.splits import trained_documents
 from lmlab.errors import ConfigError, first_line
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"

@@ -29,7 +29,6 @@ from lmlab.config import (
     DataConfig,
     Family,
     ModelConfig,
-    Source,
     TaskConfig,
     TaskKind,
     TokenizerKind,
@@ -40,8 +39,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
-from lmlab.data.folders import text_files
-from lmlab.data.sources import local_dataset
+from lmlab.data.splits import LISTED, list_splits
 from lmlab.data.tokenizer import N_SENTINELS, check_vocab
 from lmlab.errors import ConfigError, first_line, say_once, spelled
 from lmlab.model.loss import check_cross_entropy
@@ -231,17 +229,12 @@ def run_folders(cfg: DictConfig) -> tuple[str, ...]:
     return tuple(os.path.abspath(os.path.expanduser(str(f))) for f in folders if f)
 
 
-# The sources whose files are listed before a run: a text corpus's, a local dataset's path.
-LISTED = {Source.text: text_files, Source.hf: local_dataset}
-
-
 def check_corpus_listed(data_cfg: DataConfig, dry_run: bool) -> None:
-    """A ``data.path`` that is missing or holds no text files (listed, not read), or a
-    ``data.name`` path that is missing: refused, so that a sweep's job is refused before the
-    first starts. A dry run plans for any machine, where the path may be: there it is said,
-    and the plan is made."""
+    """A corpus whose files or splits are not there (``list_splits``: listed, not read):
+    refused, so that a sweep's job is refused before the first starts. A dry run plans for
+    any machine, where the path may be: there it is said, and the plan is made."""
     try:
-        LISTED[data_cfg.source](data_cfg)
+        list_splits(data_cfg)
     except ConfigError as err:
         if not dry_run:
             raise

@@ -1,0 +1,135 @@
+"""A corpus's own validation split (``data.val_split`` of a dataset, ``data.val_path`` of a
+text corpus), read instead of holding ``data.val_fraction`` out of the training split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+from test_data import text_cfg, write
+
+from lmlab.config import DataConfig, Source, TokenizerKind
+from lmlab.data.packing import prepare, tokenizer_entry
+from lmlab.errors import ConfigError
+from lmlab.train.compose import compose_train
+from lmlab.train.preflight import check_run
+
+TRAIN = [f"training story {i}: " + "the cat sat on the mat. " * 8 for i in range(30)]
+VALIDATION = [f"validation story {i}: " + "a dog ran in the park. " * 8 for i in range(6)]
+
+
+def jsonl(path: Path, texts: list[str]) -> Path:
+    return write(path, "".join(json.dumps({"text": t}) + "\n" for t in texts).encode())
+
+
+def hf_cfg(name: Path, tmp_path: Path, **kw) -> DataConfig:
+    return DataConfig(
+        source=Source.hf,
+        name=str(name),
+        cache_dir=str(tmp_path / "c"),
+        tokenizer=TokenizerKind.char,
+        **kw,
+    )
+
+
+def meta(blocks: Path) -> dict:
+    return json.loads((blocks / "meta.json").read_text())
+
+
+def utf8(texts: list[str]) -> int:
+    return sum(len(t.encode()) for t in texts)
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_datasets_own_validation_split_is_validated_on_and_nothing_held_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None, saved: bool
+) -> None:
+    """``data.val_split=validation`` of a folder of ``train.jsonl`` and ``validation.jsonl``
+    (or a saved DatasetDict): training reads the whole training split, validation the
+    validation split's text and nothing of the training split's."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    folder = tmp_path / "ds"
+    if saved:
+        splits = {"train": TRAIN, "validation": VALIDATION}
+        datasets.DatasetDict(
+            {name: datasets.Dataset.from_dict({"text": texts}) for name, texts in splits.items()}
+        ).save_to_disk(str(folder))
+    else:
+        jsonl(folder / "train.jsonl", TRAIN)
+        jsonl(folder / "validation.jsonl", VALIDATION)
+    own = meta(prepare(hf_cfg(folder, tmp_path, val_split="validation"), row_len=9))
+    assert own["train"]["bytes"] == utf8(TRAIN) and own["val"]["bytes"] == utf8(VALIDATION)
+    held = meta(prepare(hf_cfg(folder, tmp_path), row_len=9))  # null: held out of train
+    assert held["train"]["bytes"] + held["val"]["bytes"] == utf8(TRAIN)
+    assert held["text_sha256"] != own["text_sha256"]
+
+
+def test_each_split_is_in_the_data_caches_key(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    jsonl(folder / "train.jsonl", TRAIN)
+    jsonl(folder / "validation.jsonl", VALIDATION)
+    jsonl(folder / "test.jsonl", VALIDATION[:2])
+    keys = {
+        tokenizer_entry(hf_cfg(folder, tmp_path, val_split=split), tmp_path, None)
+        for split in (None, "validation", "test")
+    }
+    assert len(keys) == 3
+
+
+def test_a_split_the_dataset_lacks_is_refused_before_the_run_naming_its_splits(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "ds"
+    jsonl(folder / "train.jsonl", TRAIN)
+    jsonl(folder / "validation.jsonl", VALIDATION)
+    base = ["data=hf", f"data.name={folder}", "+debug=smoke"]
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.val_split='valid': 'valid' is not a split of '.*ds' "
+        r"\(splits: train, validation\); leave data.val_split out",
+    ):
+        check_run(compose_train([*base, "data.val_split=valid"], tmp_path / "r", tmp_path / "c"))
+    with pytest.raises(ConfigError, match=r"^data.split='training': .* \(splits: train, valid"):
+        check_run(compose_train([*base, "data.split=training"], tmp_path / "r", tmp_path / "c"))
+    with pytest.raises(ConfigError, match=r"^data.val_split='train' is data.split, the training"):
+        check_run(compose_train([*base, "data.val_split=train"], tmp_path / "r", tmp_path / "c"))
+    one_file = ["data=hf", f"data.name={folder / 'train.jsonl'}", "data.val_split=validation"]
+    with pytest.raises(ConfigError, match=r"'validation' is not a split of .* \(splits: train\)"):
+        check_run(compose_train(one_file, tmp_path / "r", tmp_path / "c"))
+    # a split expression of datasets names its splits
+    sliced = [*base, "data.split='train[:80%]'", "data.val_split='validation[:50%]+train[80%:]'"]
+    check_run(compose_train(sliced, tmp_path / "r", tmp_path / "c"))
+
+
+def test_a_text_corpus_validates_on_its_validation_folder(tmp_path: Path) -> None:
+    """``data=text data.val_path=...``: the validation files as they are, the training
+    folder whole; a validation folder inside the training one is refused (its files would be
+    trained on), as is one that is not there."""
+    for i, text in enumerate(TRAIN):
+        write(tmp_path / "corpus" / "train" / f"{i}.txt", text.encode())
+    for i, text in enumerate(VALIDATION):
+        write(tmp_path / "corpus" / "val" / f"{i}.txt", text.encode())
+    cfg = text_cfg(
+        tmp_path / "corpus" / "train",
+        tmp_path,
+        val_path=str(tmp_path / "corpus" / "val"),
+        tokenizer=TokenizerKind.char,
+    )
+    own = meta(prepare(cfg, row_len=9))
+    assert own["train"]["bytes"] == utf8(TRAIN) and own["val"]["bytes"] == utf8(VALIDATION)
+    inside = text_cfg(tmp_path / "corpus", tmp_path, val_path=str(tmp_path / "corpus" / "val"))
+    with pytest.raises(ConfigError, match=r"^data.val_path='.*val' holds 6 file\(s\) of data"):
+        prepare(inside, row_len=9)
+    gone = text_cfg(tmp_path / "corpus" / "train", tmp_path, val_path=str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match=r"^data.val_path='.*gone' does not exist"):
+        prepare(gone, row_len=9)
+
+
+def test_a_validation_field_of_another_source_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^data.val_split='validation' is read only by data=hf"):
+        DataConfig(source=Source.text, path="x", val_split="validation")
+    with pytest.raises(ConfigError, match=r"^data.val_path='v' is read only by data=text"):
+        DataConfig(source=Source.hf, name="x", val_path="v")
