@@ -48,15 +48,15 @@ def test_a_folder_save_to_disk_wrote_is_read_and_keyed_by_its_files(
     save(saved, ["first old\n" * 20, "second old\n" * 20])
     cfg = hf_cfg("~/saved", tmp_path, tokenizer=TokenizerKind.char)
     assert load_documents(cfg) == [
-        ("~/saved:0", "first old\n" * 20),
-        ("~/saved:1", "second old\n" * 20),
+        ("row 0", "first old\n" * 20),
+        ("row 1", "second old\n" * 20),
     ]
     old_print, old_rows = fingerprint(cfg), prepare(cfg, row_len=9)
     save(saved, ["first new\n" * 20, "second new\n" * 20])
     assert fingerprint(cfg) != old_print
     new_rows = prepare(cfg, row_len=9)
     assert new_rows != old_rows
-    assert load_documents(cfg)[0] == ("~/saved:0", "first new\n" * 20)
+    assert load_documents(cfg)[0] == ("row 0", "first new\n" * 20)
 
 
 def test_a_saved_dataset_dict_gives_the_split_asked_for(tmp_path: Path, hf_offline: None) -> None:
@@ -67,7 +67,7 @@ def test_a_saved_dataset_dict_gives_the_split_asked_for(tmp_path: Path, hf_offli
         {split: datasets.Dataset.from_dict({"text": texts}) for split, texts in splits.items()}
     ).save_to_disk(str(folder))
     validation = load_documents(hf_cfg(str(folder), tmp_path, split="validation"))
-    assert validation == [(f"{folder}:0", "to validate on\n")]
+    assert validation == [("row 0", "to validate on\n")]
     message = rf"^data.split='test' is not a split of '{folder}' \(splits: train, validation\)"
     with pytest.raises(ConfigError, match=message):
         load_documents(hf_cfg(str(folder), tmp_path, split="test"))
@@ -132,7 +132,7 @@ def test_a_single_local_data_file_is_read(
     else:
         examples.to_csv(str(path), index=False, sep="\t" if name.endswith(".tsv") else ",")
     cfg = hf_cfg(str(path), tmp_path)
-    assert load_documents(cfg) == [(f"{path}:0", texts[0]), (f"{path}:1", texts[1])]
+    assert load_documents(cfg) == [("row 0", texts[0]), ("row 1", texts[1])]
     with pytest.raises(ConfigError, match=r"^data.subset='en': '.*' is one data file"):
         load_documents(hf_cfg(str(path), tmp_path, subset="en"))
 
@@ -158,7 +158,7 @@ def test_a_text_column_of_nulls_numbers_or_lists(
     ).save_to_disk(str(folder))
     with caplog.at_level("WARNING", logger="lmlab.data.sources"):
         docs = load_documents(hf_cfg(str(folder), tmp_path))
-    assert docs == [(f"{folder}:0", "one"), (f"{folder}:2", "three")]
+    assert docs == [("row 0", "one"), ("row 2", "three")]
     assert "1 of the rows of" in caplog.text and "hold no text (null): left out" in caplog.text
     for column, kind in (("n", "int64"), ("tags", "List")):
         message = rf"^data.text_column='{column}' of '.*' holds .*{kind}.*, not text; .* \(text\)$"
@@ -184,7 +184,7 @@ def test_a_csv_data_files_text_column_is_read_as_written(
     path = write(tmp_path / name, data)
     docs = load_documents(hf_cfg(str(path), tmp_path))
     assert [text for _, text in docs] == ["NA", "None", "null", "007", "hello"]
-    assert [name for name, _ in docs][-1] == f"{path}:5"  # the empty field: row 5, no text
+    assert [name for name, _ in docs][-1] == "row 5"  # the empty field: row 5, no text
     digits = write(tmp_path / "digits.csv", b"text\n42\n7.50\n")
     assert [text for _, text in load_documents(hf_cfg(str(digits), tmp_path))] == ["42", "7.50"]
 

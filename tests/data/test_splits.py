@@ -3,6 +3,7 @@ text corpus), read instead of holding ``data.val_fraction`` out of the training 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +11,15 @@ import datasets
 import pytest
 from test_data import text_cfg, write
 
-from lmlab.config import DataConfig, Source, TokenizerKind
+from lmlab.config import BudgetKind, DataConfig, ParamCount, Source, TokenizerKind
 from lmlab.data.packing import prepare, tokenizer_entry
+from lmlab.data.sources import ROW_NAMES, load_documents
+from lmlab.data.splits import split_documents
 from lmlab.errors import ConfigError
+from lmlab.train.batch import GlobalBatch
+from lmlab.train.budget import Budget
 from lmlab.train.compose import compose_train
+from lmlab.train.plan import RunPlan, check_resumable
 from lmlab.train.preflight import check_run
 
 TRAIN = [f"training story {i}: " + "the cat sat on the mat. " * 8 for i in range(30)]
@@ -133,3 +139,39 @@ def test_a_validation_field_of_another_source_is_refused() -> None:
         DataConfig(source=Source.text, path="x", val_split="validation")
     with pytest.raises(ConfigError, match=r"^data.val_path='v' is read only by data=text"):
         DataConfig(source=Source.hf, name="x", val_path="v")
+
+
+def test_a_local_datasets_split_does_not_depend_on_how_its_path_is_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: None
+) -> None:
+    """A local dataset's rows are named by their row, not by ``data.name``: typed as
+    ``./ds/train.jsonl`` and as its absolute path (10 of 200 rows held out each time, no row
+    in both), or copied to another folder (another machine), it held out other rows."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets.disable_progress_bars()
+    texts = [f"row {i}: " + "words " * (5 + i % 7) for i in range(200)]
+    jsonl(tmp_path / "ds" / "train.jsonl", texts)
+    jsonl(tmp_path / "copy" / "stories.jsonl", texts)
+    monkeypatch.chdir(tmp_path)
+    names = ["./ds/train.jsonl", str(tmp_path / "ds" / "train.jsonl"), "copy/stories.jsonl"]
+    splits = [split_documents(load_documents(hf_cfg(Path(n), tmp_path)), 0.05) for n in names]
+    assert 0 < len(splits[0][1]) < len(texts) and splits[0] == splits[1] == splits[2]
+
+
+def test_a_resume_of_a_local_dataset_run_named_by_its_path_is_refused_saying_why() -> None:
+    """A run on a local data=hf dataset started when its rows were named by ``data.name``
+    held out other rows: its resume is refused for that reason, not as a changed corpus; a
+    hub dataset's and a text corpus's records (no ``names``) resume as before."""
+    batch = GlobalBatch(micro_batch=8, devices=1, accumulation=1, seq_len=64)
+    budget = Budget(BudgetKind.steps, 10 * batch.tokens, 10, 0.0, batch.tokens, 0.0, None,
+                    ParamCount.active, 1000)  # fmt: skip
+    started = RunPlan(batch, "32-true", budget, vocab_size=64, params=1000, active_params=1000)
+    corpus = {"train": {"rows": 9, "tokens": 99, "bytes": 99}, "val": {"rows": 1}}
+    now = dataclasses.replace(started, corpus={**corpus, "text_sha256": "b", "names": ROW_NAMES})
+    old = {**started.as_dict(), "corpus": {**corpus, "text_sha256": "a"}}
+    with pytest.raises(ConfigError, match=r"named a local data=hf dataset's rows by data.name"):
+        check_resumable(old, now, Path("run"))
+    same = {**started.as_dict(), "corpus": now.corpus}
+    check_resumable(same, now, Path("run"))
+    hub = dataclasses.replace(started, corpus={**corpus, "text_sha256": "a"})
+    check_resumable(old, hub, Path("run"))

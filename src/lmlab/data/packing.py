@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from lmlab.config import DataConfig, TokenizerKind
 from lmlab.config.locks import hold_folder
 from lmlab.data.abandoned import STALE, building_prefix, remove_abandoned
-from lmlab.data.sources import Documents
+from lmlab.data.sources import Documents, row_names
 from lmlab.data.splits import (
     name_bytes,
     read_splits,
@@ -318,6 +318,8 @@ def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path
     # leaves no half-built rows in it
     with new_entry(cfg, blocks_dir) as tmp:
         docs, val_docs = read_splits(cfg)
+        if names := row_names(cfg):
+            meta["names"] = names  # a resume of a run whose rows had other names is refused
         meta["text_sha256"] = text_digest(docs, val_docs)
         train_texts, val_texts = split_texts(docs, val_docs, cfg.val_fraction)
         tok = cached_tokenizer(tok_dir, cfg, train_texts, tokenizer)

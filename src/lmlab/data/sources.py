@@ -318,8 +318,22 @@ def _hf_dataset(cfg: DataConfig) -> datasets.Dataset:
     return saved_split(ds, cfg)
 
 
+# How a local dataset's rows are named (``row_names``), in the data cache's key and in the
+# record a resume compares: by their row in the split, so that the split (a hash of the names)
+# does not depend on how data.name is typed. Named "{data.name}:{i}", ./data/x.jsonl and its
+# absolute path held out disjoint rows (10 of 200 each), and so did a copy on another machine.
+ROW_NAMES = "a local dataset's rows named by their row in the split"
+
+
+def row_names(cfg: DataConfig) -> str | None:
+    """``ROW_NAMES`` for a local ``data=hf`` dataset; None for the others (a hub dataset's
+    rows are named ``{data.name}:{i}``, the same everywhere; files by their relative path)."""
+    return ROW_NAMES if cfg.source == Source.hf and local_dataset(cfg) is not None else None
+
+
 def _hf_documents(cfg: DataConfig) -> Documents:
     ds = _hf_dataset(cfg)
+    prefix = "row " if row_names(cfg) else f"{cfg.name}:"
     if cfg.text_column not in ds.column_names:
         raise ConfigError(
             f"data.text_column={cfg.text_column!r} is not a column of {cfg.name!r} "
@@ -333,7 +347,7 @@ def _hf_documents(cfg: DataConfig) -> Documents:
             continue
         raw = text.encode()
         kept = raw if cfg.max_bytes is None else cut(raw, cfg.max_bytes - total)
-        docs.append((f"{cfg.name}:{i}", kept.decode()))
+        docs.append((f"{prefix}{i}", kept.decode()))
         total += len(kept)
         if cfg.max_bytes is not None and (total >= cfg.max_bytes or len(kept) < len(raw)):
             break
@@ -390,6 +404,7 @@ def fingerprint(cfg: DataConfig) -> str:
             ident.append([stat_identity(path) for path in files])
             if local.is_file() and DATA_FILES.get(data_file_kind(local), ("",))[0] == "csv":
                 ident.append(CSV_READING)
+            ident.append(ROW_NAMES)
     else:
         ident = [stat_identity(path) for path in corpus_files(cfg)[0]]
         ident.append(READING)

@@ -41,7 +41,7 @@ from lmlab.train.machine import resolve_precision
 # What a plan records of a prepared corpus (the rows entry's meta.json): rows, tokens and bytes
 # per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
 # before it have none, and are compared by their counts alone).
-CORPUS_RECORD = ("train", "val", "text_sha256")
+CORPUS_RECORD = ("train", "val", "text_sha256", "names")
 # what of the plan a checkpoint keeps (``run_state``), for a resume whose plan.json was lost
 RESUME_RECORD = ("batch", "corpus", "task")
 # What a budget counts in tokens of packed rows: a fine-tuning run's batches are padded to
@@ -257,6 +257,20 @@ def check_resumable(
             f"started: {changed} (the data position would point at other examples): resume "
             "with the examples it was trained on (a relative task.train or task.val is read "
             "from the working directory), or start a new run"
+        )
+    started = saved.get("corpus") or {}
+    if (
+        plan.corpus
+        and "names" in plan.corpus
+        and "text_sha256" in started
+        and "names" not in started
+    ):
+        raise ConfigError(
+            f"cannot resume {out_dir}: it started when lmlab named a local data=hf dataset's "
+            "rows by data.name's path; they are named by their row now (the split no longer "
+            "depends on how the path is typed), which holds other rows out for validation, "
+            "so the data position would point at other rows: finish it with the lmlab version "
+            "that started it, or start a new run"
         )
     changed = corpus_change(saved.get("corpus"), plan.corpus)
     if changed:
