@@ -342,6 +342,32 @@ def test_shipped_sweep_fits_are_flagged_and_the_figure_is_reproduced(
         assert shipped["approach3"][key] == pytest.approx(saved["approach3"][key], rel=1e-4), key
 
 
+def test_copies_of_a_run_count_once(tmp_path: Path) -> None:
+    """docs/isoflop copied twice into one folder: each copy repeats its original's seed, sizes,
+    tokens and loss, one measurement, so it is skipped, naming the original; counted twice, the
+    copies doubled the curvature test's degrees of freedom (4 to 11 at 2e12) and read minima at
+    all three budgets, N_opt ~ C^1.43. A run of another loss at the same point (a seed
+    replicate) is kept."""
+    import shutil
+
+    for copy in ("a", "b"):
+        shutil.copytree(DOCS / "isoflop", tmp_path / copy)
+    replicate = tmp_path / "b" / "C6e12_N213600" / "results.json"
+    data = json.loads(replicate.read_text())
+    replicate.write_text(json.dumps(dict(data, seed=7, val_loss=data["val_loss"] + 0.01)))
+    runs, skipped, _ = scan_runs(tmp_path)
+    assert (len(runs), len(skipped)) == (21, 19)
+    original = str(tmp_path / "a" / "C2e12_N152032" / "results.json")
+    assert {
+        "file": original.replace("/a/", "/b/"),
+        "reason": f"a copy of {original} (its seed, sizes, tokens and val_loss): counted once",
+    } in skipped
+    statuses = {p["flops"]: p["status"].split(" (")[0] for p in isoflop_profiles(runs)}
+    assert statuses[2e12] == statuses[2e13] == "flat, no minimum"
+    with pytest.raises(ScalingError, match="found 1 of 3 budgets from 21 runs"):
+        fit_isoflop(runs)
+
+
 def test_runs_without_a_config_are_noted(tmp_path: Path) -> None:
     """A results.json does not name the run's family, task or tokenizer: runs without a
     .hydra/config.yaml are fitted (docs/isoflop's are such), with a note counting them, so a

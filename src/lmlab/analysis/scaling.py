@@ -94,8 +94,9 @@ def scan_runs(
     path: str | Path,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
     """All runs under ``path`` (:func:`lmlab.analysis.runs.load_runs`): the usable runs, for
-    the others ``{"file", "reason"}`` (not completed, unreadable, or a non-finite/non-positive
-    value such as a NaN loss), and the notes of :func:`check_one_loss`.
+    the others ``{"file", "reason"}`` (not completed, unreadable, a non-finite/non-positive
+    value such as a NaN loss, or a copy of an earlier run), and the notes of
+    :func:`check_one_loss`.
 
     Raises ScalingError if the directory does not exist, holds no results.json, or a completed
     run lacks one of REQUIRED_FIELDS (the message names the file and the field)."""
@@ -104,9 +105,12 @@ def scan_runs(
     except RunDirError as exc:
         raise ScalingError(str(exc)) from None
     runs, skipped, used = [], [], []
+    first: dict[tuple[Any, ...], Path] = {}
     for job in found:
         file = job.dir / RESULTS
         run, reason = _parse_run(file, job.results)
+        if run is not None:
+            run, reason = _first_of_its_copies(run, job, file, first)
         if run is None:
             skipped.append({"file": str(file), "reason": str(reason)})
         else:
@@ -117,6 +121,21 @@ def scan_runs(
     notes = check_one_loss(used, path)
     stray = not_runs_note(path)
     return runs, skipped, [stray, *notes] if stray else notes
+
+
+def _first_of_its_copies(
+    run: dict[str, Any], job: Run, file: Path, first: dict[tuple[Any, ...], Path]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``run``, or why it is skipped: a run whose seed, sizes, tokens and val_loss equal an
+    earlier one's is a copy of that job's folder (or the same seed run again), one measurement,
+    not a replicate. Counted twice it would fake the scatter the curvature gate weighs (n - 3
+    degrees of freedom): a copied docs/isoflop read minima at all three budgets and
+    N_opt ~ C^1.43, where the runs once give none."""
+    key = (repr(job.seed), *(run.get(k) for k in (*N_KEYS, "tokens", "flops", "val_loss")))
+    if key not in first:
+        first[key] = file
+        return run, None
+    return None, f"a copy of {first[key]} (its seed, sizes, tokens and val_loss): counted once"
 
 
 def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
