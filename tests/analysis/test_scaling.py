@@ -591,6 +591,18 @@ def test_failed_runs_skipped_and_approach2_skipped(tmp_path: Path) -> None:
     assert why and why[0].startswith("unreadable results.json: "), why
 
 
+def test_a_run_without_validation_is_skipped(tmp_path: Path) -> None:
+    """A completed run with validation off (trainer.limit_val_batches=0) has val_loss null:
+    it is skipped with that reason, as a NaN loss is, and the others are fitted."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:2], sizes=3)
+    runs[1]["val_loss"] = None
+    used, skipped, _ = scan_runs(write_runs(tmp_path, runs))
+    assert len(used) == 5
+    assert [s["reason"] for s in skipped] == [
+        "val_loss is null: its validation was off (trainer.limit_val_batches=0)"
+    ]
+
+
 def test_cli_writes_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs = chinchilla_runs(noise=0.002, seed=1, budgets=BUDGETS[:4], sizes=5)
     write_runs(tmp_path / "multirun", runs)

@@ -75,6 +75,8 @@ def _parse_run(file: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None,
     for field in REQUIRED_FIELDS:
         if field not in data:
             raise ScalingError(f"{file}: missing required field '{field}'")
+    if data["val_loss"] is None:  # a completed run's validation was off: no loss to fit
+        return None, "val_loss is null: its validation was off (trainer.limit_val_batches=0)"
     run = dict(data)
     for field in REQUIRED_FIELDS:
         run[field] = _number(data, field, file)
