@@ -300,9 +300,11 @@ BAD_VALUES = [
     ("+trainer.min_steps=8", "trainer.min_steps=8: the run trains exactly its planned steps"),
     ("+trainer.min_epochs=3", "trainer.min_epochs=3: the run is one Lightning epoch of its"),
     ("trainer.accumulate_grad_batches=1.5", "trainer.accumulate_grad_batches=1.5 must be an int"),
-    # a top-level key nothing reads, added with +: a typo trained as if it were not given
-    ("+sed=1", "+sed: not a key lmlab reads, so it would change nothing (did you mean seed?)"),
-    ("+experiment.lr=1", "+experiment: not a key lmlab reads, so it would change nothing; all"),
+    # a new top-level key that misspells one or names a group's field: trained as not given
+    ("+sed=1", "+sed: not a key lmlab reads, so it would change nothing; did you mean seed?"),
+    ("+dryrun=true", "+dryrun: not a key lmlab reads, so it would change nothing; did you mean"),
+    ("+lr=0.1", "+lr: not a key lmlab reads, so it would change nothing; did you mean optim.lr?"),
+    ("+max_steps=3", "+max_steps: not a key lmlab reads, so it would change nothing; did you me"),
 ]
 
 
