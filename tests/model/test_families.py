@@ -450,3 +450,50 @@ def test_one_step(tmp_path: Path, cache_dir: Path, preset: str, experiment: str 
     assert r["status"] == "completed" and r["global_step"] == 1, r
     assert math.isfinite(r["val_loss"]) and r["val_loss"] > 0
     assert r["val_bits_per_byte"] is None  # only meaningful for next-token prediction
+
+
+@pytest.mark.parametrize("activation", list(Activation))
+def test_t5_feed_forward_drops_its_hidden_activations_as_transformers_does(
+    activation: Activation,
+) -> None:
+    """T5's feed-forward drops its hidden activations (transformers' T5DenseActDense and
+    T5DenseGatedActDense: wi, act, dropout, wo); GPT's and BERT's drop none. Same weights and
+    seed: the same ops in float32 in the same order, so lmlab's encoder and decoder
+    feed-forwards equal transformers' to float32 rounding, and differ from the undropped ones
+    by far more."""
+    from transformers import T5Config
+    from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
+
+    cfg = tiny(Family.t5, dropout=0.5, activation=activation, bias=False)
+    model = build_model(cfg).train()
+    gated = hasattr(model.encoder[0].ffn, "w_gate")
+    hf_cfg = T5Config(d_model=cfg.d_model, d_ff=cfg.ffn_dim, dropout_rate=cfg.dropout)
+    x_BTD = torch.randn(2, 5, cfg.d_model)
+    for ffn in (model.encoder[0].ffn, model.decoder[-1].ffn):
+        hf = (T5DenseGatedActDense if gated else T5DenseActDense)(hf_cfg).train()
+        hf.act = ffn.act
+        names = (
+            {"wi_0": "w_gate", "wi_1": "w_in", "wo": "w_out"}
+            if gated
+            else {"wi": "w_in", "wo": "w_out"}
+        )
+        hf.load_state_dict({f"{k}.weight": ffn.get_submodule(v).weight for k, v in names.items()})
+        torch.manual_seed(0)
+        ours = ffn(x_BTD)
+        torch.manual_seed(0)
+        torch.testing.assert_close(ours, hf(x_BTD))
+        assert not torch.allclose(ours, ffn.eval()(x_BTD), atol=1e-3)
+    for family in (Family.gpt, Family.bert):
+        ffn = build_model(tiny(family, dropout=0.5, activation=activation)).blocks[0].ffn
+        torch.testing.assert_close(ffn.train()(x_BTD), ffn.eval()(x_BTD), rtol=0, atol=0)
+
+
+def test_t5_experts_drop_their_hidden_activations_as_the_dense_feed_forward() -> None:
+    """A T5 Mixture of Experts drops its experts' hidden activations (Switch Transformers'
+    experts are T5's DenseActDense); a GPT's experts drop none."""
+    x_BTD = torch.randn(2, 5, 32)
+    for family, dropped in ((Family.t5, True), (Family.gpt, False)):
+        cfg = tiny(family, dropout=0.5, moe={"num_experts": 4, "top_k": 2})
+        model = build_model(cfg).train()
+        ffn = (model.encoder if family == Family.t5 else model.blocks)[0].ffn
+        assert torch.equal(ffn(x_BTD), ffn.eval()(x_BTD)) is not dropped

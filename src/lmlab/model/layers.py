@@ -16,24 +16,29 @@ from lmlab.model.moe import ExpertLinear, MoEFeedForward
 from lmlab.model.norms import PLACEMENTS
 
 
-def make_block_feedforward(cfg: ModelConfig, layer: int) -> nn.Module:
+def make_block_feedforward(cfg: ModelConfig, layer: int, hidden_dropout: float) -> nn.Module:
     """The feed-forward of block ``layer`` (0-based in its stack): the Mixture-of-Experts one
-    where ``model.moe`` puts it, the dense one elsewhere."""
-    return MoEFeedForward(cfg) if cfg.moe.applies_to(layer) else make_feedforward(cfg)
+    where ``model.moe`` puts it, the dense one elsewhere; ``hidden_dropout`` on its hidden
+    activations (``lmlab.model.feedforward``)."""
+    if cfg.moe.applies_to(layer):
+        return MoEFeedForward(cfg, hidden_dropout)
+    return make_feedforward(cfg, hidden_dropout)
 
 
 class Block(nn.Module):
     """x <- residual(x, attn); x <- residual(x, ffn), where residual is the norm placement.
     ``layer`` (its index in the stack) decides whether its ffn is a Mixture of Experts; the
-    ffn gets the context's mask of real tokens (``AttnContext.real``), which only a MoE reads."""
+    ffn gets the context's mask of real tokens (``AttnContext.real``), which only a MoE reads.
+    ``ffn_dropout`` drops the ffn's hidden activations in training: T5 passes ``model.dropout``
+    (its recipe), GPT and BERT leave it 0 (theirs drop the sublayer outputs only)."""
 
-    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0, ffn_dropout: float = 0.0) -> None:
         super().__init__()
         placement = PLACEMENTS[cfg.norm_placement]
         self.attn_res = placement(cfg)
         self.attn = Attention(cfg)
         self.ffn_res = placement(cfg)
-        self.ffn = make_block_feedforward(cfg, layer)
+        self.ffn = make_block_feedforward(cfg, layer, ffn_dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -48,8 +53,8 @@ class DecoderBlock(Block):
 
     Subclasses ``Block`` so the checkpoint keys of the shared sublayers are the same."""
 
-    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
-        super().__init__(cfg, layer)
+    def __init__(self, cfg: ModelConfig, layer: int = 0, ffn_dropout: float = 0.0) -> None:
+        super().__init__(cfg, layer, ffn_dropout)
         self.cross_res = PLACEMENTS[cfg.norm_placement](cfg)
         self.cross = Attention(cfg)
 

@@ -125,36 +125,43 @@ class Experts(nn.Module):
     """E copies of ``MLP`` (``d_ff`` / granularity wide): w_out(act(w_in x)) on each expert's
     rows."""
 
-    def __init__(self, cfg: ModelConfig, act: Callable[[], nn.Module]) -> None:
+    def __init__(
+        self, cfg: ModelConfig, act: Callable[[], nn.Module], hidden_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         E = cfg.moe.num_experts
         self.w_in = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.act = act()
+        self.drop = nn.Dropout(hidden_dropout)
         self.w_out = ExpertLinear(E, cfg.expert_dim, cfg.d_model, cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
     def forward(self, x: torch.Tensor, rows: Grouped | Slots) -> torch.Tensor:
-        return self.w_out(self.act(self.w_in(x, rows)), rows)
+        return self.w_out(self.drop(self.act(self.w_in(x, rows))), rows)
 
 
 class GatedExperts(nn.Module):
     """E copies of ``GatedMLP`` (``d_ff`` / granularity wide): w_out(act(w_gate x) * w_in x),
     SwiGLU experts in Mixtral."""
 
-    def __init__(self, cfg: ModelConfig, act: Callable[[], nn.Module]) -> None:
+    def __init__(
+        self, cfg: ModelConfig, act: Callable[[], nn.Module], hidden_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         E = cfg.moe.num_experts
         self.w_gate = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.w_in = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.act = act()
+        self.drop = nn.Dropout(hidden_dropout)
         self.w_out = ExpertLinear(E, cfg.expert_dim, cfg.d_model, cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
     def forward(self, x: torch.Tensor, rows: Grouped | Slots) -> torch.Tensor:
-        return self.w_out(self.act(self.w_gate(x, rows)) * self.w_in(x, rows), rows)
+        h = self.act(self.w_gate(x, rows)) * self.w_in(x, rows)
+        return self.w_out(self.drop(h), rows)
 
 
-EXPERTS: dict[Activation, Callable[[ModelConfig], nn.Module]] = {
+EXPERTS: dict[Activation, Callable[..., nn.Module]] = {
     a: partial(GatedExperts if a in GATED else Experts, act=ACTIVATIONS[a]) for a in Activation
 }
 
@@ -186,15 +193,17 @@ def router_z_loss(logits_NE: torch.Tensor, real_N: torch.Tensor | None = None) -
 class MoEFeedForward(nn.Module):
     """The MoE feed-forward of one block: ``router`` (a bias-free linear to E logits) and
     ``experts`` (E FFNs of the model's activation, stacked). Forward: (B, T, D) -> (B, T, D),
-    with the (B, T) bool mask of real tokens where the batch is padded (None: all are)."""
+    with the (B, T) bool mask of real tokens where the batch is padded (None: all are). Each
+    expert drops its hidden activations as the dense feed-forward does (``hidden_dropout``:
+    T5's, as Switch Transformers' experts)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, hidden_dropout: float = 0.0) -> None:
         super().__init__()
         moe = cfg.moe
         self.num_experts, self.top_k = moe.num_experts, moe.top_k
         self.capacity_factor = moe.capacity_factor
         self.router = nn.Linear(cfg.d_model, moe.num_experts, bias=False)
-        self.experts = EXPERTS[cfg.activation](cfg)
+        self.experts = EXPERTS[cfg.activation](cfg, hidden_dropout=hidden_dropout)
         # what the last forward measured (read by LMTask): losses with their graph, load without
         self.aux_loss = self.z_loss = self.dropped = torch.zeros(())
         self.load_E = torch.zeros(moe.num_experts)

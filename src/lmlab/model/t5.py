@@ -5,9 +5,11 @@ What T5 adds to the block library: a second stack whose ``DecoderBlock`` cross-a
 encoder's output, and one positional scheme per stack (bidirectional in the encoder, causal in
 the decoder; for ``positional=relative`` that is one bias table per stack, shared by its layers).
 One token embedding serves the encoder, the decoder and (tied) the output head, which then
-rescales by d_model**-0.5 as Mesh TensorFlow and HF do. Under ``+experiment=t5`` (T5 v1.0: no
-biases, RMSNorm, ReLU, relative bias, tied) the parameter counts equal HF's
-``T5ForConditionalGeneration``: 60,506,624 for t5_small with vocab 32128.
+rescales by d_model**-0.5 as Mesh TensorFlow and HF do. Every feed-forward also drops its
+hidden activations with ``model.dropout`` (T5's ``dense_relu_dense``; transformers'
+``T5DenseActDense``), where GPT's and BERT's drop only the sublayer outputs. Under
+``+experiment=t5`` (T5 v1.0: no biases, RMSNorm, ReLU, relative bias, tied) the parameter
+counts equal HF's ``T5ForConditionalGeneration``: 60,506,624 for t5_small with vocab 32128.
 
 Attention scores are scaled by 1/sqrt(head_dim) as in every other family (T5 folds that scale
 into its initialisation instead); the parameter count is the same either way.
@@ -52,10 +54,11 @@ class T5(nn.Module):
         self.embed = TokenEmbedding(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.enc_positional = make_positional(cfg, bidirectional=True)
-        self.encoder = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        drop = cfg.dropout  # T5's feed-forward drops its hidden activations too
+        self.encoder = nn.ModuleList(Block(cfg, i, drop) for i in range(cfg.n_layers))
         self.enc_norm = final_norm(cfg)
         self.dec_positional = make_positional(cfg, bidirectional=False)
-        self.decoder = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.decoder_layers))
+        self.decoder = nn.ModuleList(DecoderBlock(cfg, i, drop) for i in range(cfg.decoder_layers))
         self.dec_norm = final_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.loss_chunking = resolve_chunking(cfg, cfg.vocab_size, cfg.d_model)
