@@ -1424,6 +1424,8 @@ def moe_multirun(
             "flops": 6.0 * n * tokens,
             "budget_flops": flops,
             "budget": budget,
+            "train_aux_loss": 1.0 + i / 100 if experts else None,  # a dense model has none
+            "train_z_loss": 2.0 + i / 10 if experts else None,
         }
         overrides = [f"model.moe.num_experts={experts}", f"model.moe.d_ff={i}"]
         moe = {"num_experts": experts, "top_k": top_k, "every_n_layers": 1}
@@ -1436,25 +1438,21 @@ def test_a_dense_vs_moe_table_shows_active_params_and_the_compute_trained(
     tmp_path: Path, multirun: Path
 ) -> None:
     """A MoE's total parameters are 2-3x the dense model's while a token runs through the
-    same number: the table and compare.json show the active count beside the total, and
-    the FLOPs and tokens each run trained. A dense sweep gets no active column (it would
-    repeat params), but its flops."""
+    same number: the table and compare.json show the active count beside the total, the
+    router losses at the last step, and the FLOPs and tokens each run trained. A dense sweep
+    gets no active column (it would repeat params) and no router losses, but its flops."""
     root = moe_multirun(tmp_path / "moe")
     runs = load_runs(root)
     rows = ranking.aggregate(runs, "val_loss", knobs=mrun.varying_knobs(runs))
     table = cmp.render_table(rows, mrun.varying_knobs(runs), "val_loss")
     headers = [c.header for c in table.columns]
-    assert headers[headers.index("params") :] == ["params", "active", "tokens", "flops"] + [
-        "tok/s",
-        "wall s",
-        "status",
-    ]
-    sizes = ("params", "active", "tokens", "flops")
+    sizes = ("params", "active", "aux loss", "z loss", "tokens", "flops")
+    assert headers[headers.index("params") :] == [*sizes, "tok/s", "wall s", "status"]
     cells = {c[2]: [c[headers.index(h)] for h in sizes] for c in table_cells(render(table))}
     assert cells == {  # by d_ff: dense, 8 half-width experts top-2, Mixtral's shape
-        "0": ["1.9M", "1.9M", "12.3k", "1.4e11"],
-        "1": ["3.68M", "1.91M", "12.3k", "1.41e11"],
-        "2": ["6.03M", "2.5M", "8.19k", "1.23e11"],
+        "0": ["1.9M", "1.9M", "-", "-", "12.3k", "1.4e11"],
+        "1": ["3.68M", "1.91M", "1.0100", "2.1000", "12.3k", "1.41e11"],
+        "2": ["6.03M", "2.5M", "1.0200", "2.2000", "8.19k", "1.23e11"],
     }
     cmp.compare(root, out=tmp_path / "out")
     last = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"][-1]["metrics"]
@@ -1463,7 +1461,7 @@ def test_a_dense_vs_moe_table_shows_active_params_and_the_compute_trained(
     dense = load_runs(multirun)
     dense_rows = ranking.aggregate(dense, "val_loss")
     headers = [c.header for c in cmp.render_table(dense_rows, [], "val_loss").columns]
-    assert "active" not in headers and "flops" in headers
+    assert not {"active", "aux loss", "z loss"} & set(headers) and "flops" in headers
 
 
 def test_runs_of_one_flop_budget_that_trained_unequal_flops_get_a_warning(tmp_path: Path) -> None:

@@ -156,6 +156,7 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
     for name in ("perf/tokens_per_second", "perf/mfu"):  # after the update: 1-based
         assert train_steps[name] == [3, 6, 7], name
     assert len(losses) == 7 and r["train_loss"] == pytest.approx(losses[-1])
+    assert r["train_aux_loss"] is None and r["train_z_loss"] is None  # dense: no router
     with open(tmp_path / "csv" / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("train/loss")]
     assert [int(row["step"]) for row in rows] == [2, 5, 6]
@@ -353,8 +354,10 @@ MOE = [
 
 def test_moe_run_logs_router_signals_and_resumes_exactly(tmp_path: Path, cache_dir: Path) -> None:
     """train/loss stays the LM loss, with train/aux_loss, train/z_loss and block 0's expert
-    load (max, min, dropped) beside it at every logging step; FLOPs and the budget use the
-    active parameters; a run continued from the step-2 checkpoint ends where this one does."""
+    load (max, min, dropped) beside it at every logging step, and results.json keeps the last
+    step's (``train_aux_loss``, ``train_z_loss``, as ``train_loss``); FLOPs and the budget use
+    the active parameters; a run continued from the step-2 checkpoint ends where this one
+    does, and one from the last step's checkpoint (nothing to train) reports its losses."""
     r = run(tmp_path / "a", cache_dir, *MOE)
     assert r["status"] == "completed" and r["active_params"] < r["params"]
     assert r["flops"] == 6 * r["active_params"] * r["tokens"]
@@ -371,11 +374,17 @@ def test_moe_run_logs_router_signals_and_resumes_exactly(tmp_path: Path, cache_d
         )
         assert load_max >= 1 / 4 >= load_min >= 0 and 0 <= float(row["moe/blocks.0/dropped"]) < 1
     assert not any(key.startswith("moe/blocks.1/") for key in rows[0])  # block 1 is dense
-    assert r["train_loss"] == pytest.approx(float(rows[-1]["train/loss"]))
+    losses = ("train_loss", "train_aux_loss", "train_z_loss")
+    for key in losses:  # float32 values, each as the CSV wrote it
+        assert r[key] == pytest.approx(float(rows[-1][key.replace("_", "/", 1)]), rel=1e-6)
     step2 = tmp_path / "a" / "checkpoints" / "step000002.ckpt"
     resumed = run(tmp_path / "b", cache_dir, *MOE, f"ckpt_path={step2}")
     assert resumed["global_step"] == 4
-    assert (resumed["train_loss"], resumed["val_loss"]) == (r["train_loss"], r["val_loss"])
+    ended = [r[key] for key in (*losses, "val_loss")]
+    assert [resumed[key] for key in (*losses, "val_loss")] == ended
+    step4 = tmp_path / "a" / "checkpoints" / "step000004.ckpt"
+    finished = run(tmp_path / "c", cache_dir, *MOE, f"ckpt_path={step4}")
+    assert [finished[key] for key in losses] == ended[:3]
 
 
 def test_validation_loss_falls_and_the_last_scores_final_val_batches(

@@ -44,8 +44,12 @@ JSON_KEYS = frozenset({"metric", "higher_is_better", "knobs", "winner", "summary
 # a compare.png without compare's mark is a user's, even beside compare's own compare.json
 OUTPUTS = Outputs("compare", JSON_KEYS, CREATOR)
 # Extra columns left out first when the terminal is narrow.
-DROP_ORDER = ("wall_seconds", "tokens", "flops", "params", "active_params", "val_bits_per_byte")
-DROP_ORDER += ("val_perplexity", "tokens_per_second", "val_loss")
+DROP_ORDER = ("wall_seconds", "train_z_loss", "train_aux_loss", "tokens", "flops", "params")
+DROP_ORDER += ("active_params", "val_bits_per_byte", "val_perplexity", "tokens_per_second")
+DROP_ORDER += ("val_loss",)
+# Extra columns of a Mixture of Experts only: a dense run's active count repeats its params,
+# and it has no router losses.
+MOE_COLUMNS = frozenset({"active_params", "train_aux_loss", "train_z_loss"})
 
 # --------------------------------------------------------------------------- table
 
@@ -110,10 +114,10 @@ def _fit_extras(
 
 
 def extra_columns(rows: Sequence[Row], metric: str) -> list[str]:
-    """The EXTRA_COLUMNS beside ``metric``: active parameters only where some run's differ from
-    its total (a Mixture of Experts), since for a dense model they repeat ``params``."""
+    """The EXTRA_COLUMNS beside ``metric``: ``MOE_COLUMNS`` (active parameters, router losses)
+    only where some run is a Mixture of Experts (its active parameters differ from its total)."""
     moe = any(is_moe(run.results) for row in rows for run in row.runs)
-    return [k for k in EXTRA_COLUMNS if k != metric and (moe or k != "active_params")]
+    return [k for k in EXTRA_COLUMNS if k != metric and (moe or k not in MOE_COLUMNS)]
 
 
 def _cells(

@@ -39,7 +39,9 @@ EXTRA_COLUMNS: dict[str, str] = {
     "val_perplexity": "val ppl",
     "val_bits_per_byte": "val bpb",
     "params": "params",
-    "active_params": "active",  # shown only where a run's differ from params (a MoE)
+    "active_params": "active",  # these three only where a run's differ from params (a MoE)
+    "train_aux_loss": "aux loss",  # the router losses at the last step (unweighted)
+    "train_z_loss": "z loss",
     "tokens": "tokens",
     "flops": "flops",  # 6 N D trained, N as budget.params counts
     "tokens_per_second": "tok/s",

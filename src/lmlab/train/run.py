@@ -82,7 +82,7 @@ from lmlab.train.resume import (
 from lmlab.train.rundir import RunDir
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
 from lmlab.train.schedule import warmup_cut
-from lmlab.train.task import LMTask
+from lmlab.train.task import TRAIN_LOSSES, LMTask
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ def _fit(
         val_tokens=task.val_tokens,  # what val_loss averages over (final_val_batches)
         val_perplexity=metrics.get("val/perplexity"),
         val_bits_per_byte=metrics.get("val/bits_per_byte"),
-        train_loss=metrics.get("train/loss"),
+        **{key: metrics.get(name) for name, key in TRAIN_LOSSES.items()},
         params_per_rank=task.params_per_rank,
         non_embedding_params=counts["non_embedding"],
         param_breakdown=counts,
@@ -427,8 +427,9 @@ def final_metrics(
         finally:
             task.rescoring = False
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if "train/loss" not in metrics and task.logged_loss is not None:  # nothing trained here
-        metrics["train/loss"] = float(task.logged_loss[1])
+    if "train/loss" not in metrics:  # nothing trained here: the checkpoint's last losses
+        kept = zip(TRAIN_LOSSES, task.last_losses().values(), strict=True)
+        metrics |= {name: value for name, value in kept if value is not None}
     return metrics
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import zip_longest
 from typing import Any
 
 import lightning as L
@@ -33,6 +34,11 @@ from lmlab.train.parallel import layout
 from lmlab.train.resume import extend_epoch, rebatch_progress
 
 Guard = Callable[[L.Trainer, torch.optim.Optimizer, torch.Tensor], None]
+
+# The training losses a step logs, in the order of ``objective``'s parts, and the key of each
+# in results.json and a checkpoint's ``run_state``: the LM loss, and a Mixture of Experts'
+# router losses (unweighted; None for a dense model).
+TRAIN_LOSSES = {f"train/{name}": f"train_{name}" for name in ("loss", "aux_loss", "z_loss")}
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -71,9 +77,9 @@ class LMTask(L.LightningModule):
         self.params_per_rank: int | None = None  # this rank's share (FSDP: its shards)
         self.best_val_loss: float | None = None
         self.last_val_step = -1
-        # (global step, its train/loss: on the device, or restored from a checkpoint) of the
-        # last step that logged it: a checkpoint of that step keeps the value (``run_state``)
-        self.logged_loss: tuple[int, torch.Tensor | float] | None = None
+        # (global step, its TRAIN_LOSSES: on the device, or restored from a checkpoint) of the
+        # last step that logged them: a checkpoint of that step keeps them (``run_state``)
+        self.logged_loss: tuple[int, torch.Tensor | list[float]] | None = None
         self.sdpa_kernels: list[str] | None = None  # SDPAKernelReport sets both
         self.cross_entropy: str | None = None
         # True for the validation that ends a resumed run with no step left to train
@@ -119,18 +125,26 @@ class LMTask(L.LightningModule):
 
     def run_state(self) -> dict[str, Any]:
         """What ``results.json`` reports about the steps up to this checkpoint, for a resumed
-        run: the best validation loss so far, the train loss of the checkpoint's step (None
-        unless that step logged it; the last step always does) and the training step's
-        kernels. Read once per checkpoint, when the host waits for the device anyway."""
+        run: the best validation loss so far, the train losses of the checkpoint's step
+        (``last_losses``) and the training step's kernels. Read once per checkpoint, when the
+        host waits for the device anyway."""
         step = self._trainer.global_step if self._trainer else None
-        logged = self.logged_loss
         return {
             "best_val_loss": self.best_val_loss,
-            "train_loss": float(logged[1]) if logged and logged[0] == step else None,
+            **self.last_losses(step),
             "sdpa_kernels": self.sdpa_kernels,
             "cross_entropy": self.cross_entropy,
             **self.plan_record,
         }
+
+    def last_losses(self, step: int | None = None) -> dict[str, float | None]:
+        """``TRAIN_LOSSES`` by results.json key, of the last step that logged them (the last
+        step does), read on the host: None where none did or that step is not ``step``, and
+        for a dense model's router losses."""
+        logged = self.logged_loss
+        parts = logged[1] if logged is not None and step in (None, logged[0]) else []
+        values = parts.tolist() if isinstance(parts, torch.Tensor) else list(parts)
+        return dict(zip_longest(TRAIN_LOSSES.values(), values))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run's best validation loss covers the validations before the checkpoint
@@ -141,8 +155,9 @@ class LMTask(L.LightningModule):
         self.best_val_loss = lowest(self.best_val_loss, state.get("best_val_loss"))
         self.sdpa_kernels = state.get("sdpa_kernels")
         self.cross_entropy = state.get("cross_entropy")
-        if state.get("train_loss") is not None:
-            self.logged_loss = (checkpoint["global_step"], state["train_loss"])
+        if state.get("train_loss") is not None:  # the router losses too, where it kept them
+            kept = [state.get(key) for key in TRAIN_LOSSES.values()]
+            self.logged_loss = (checkpoint["global_step"], [v for v in kept if v is not None])
         if self._trainer is not None:  # the loops restore from this dict after this hook
             rebatch_progress(checkpoint, self._trainer.accumulate_grad_batches)
             extend_epoch(checkpoint, self._trainer.max_steps)
@@ -313,13 +328,12 @@ class LMTask(L.LightningModule):
             else:
                 mean = torch.stack(self.step_losses[1]).mean(0)
                 mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # over the ranks
-            self.logged_loss = (step + 1, mean[0])  # the step's count once its update is made
+            self.logged_loss = (step + 1, mean)  # the step's count once its update is made
             # not prog_bar: Lightning converts progress-bar values to floats after every batch,
             # a host-device sync per step; lmlab's ProgressBar shows it on logging steps
-            self.log("train/loss", mean[0])
+            for name, value in zip(TRAIN_LOSSES, mean, strict=False):  # dense: train/loss only
+                self.log(name, value)
             if self.moe_layers:
-                self.log("train/aux_loss", mean[1])
-                self.log("train/z_loss", mean[2])
                 self.log_expert_load(torch.stack(self.step_loads).mean(0))
 
     def log_expert_load(self, loads_LE1: torch.Tensor) -> None:
