@@ -154,13 +154,19 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
 def test_a_refused_first_command_leaves_the_directory_to_the_corrected_one(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
-    """A command refused in a new directory records its failure there, and a dry run its
-    plan; nothing trained, so the corrected command runs in it (and a directory with a trained
-    run is still refused)."""
+    """A command refused in a new directory by the run's checks (its budget, its data) leaves
+    nothing there, as one refused for the config's own values: no results.json that compare
+    would rank as a failed run, no .hydra/ or train.log; a folder it made is gone, one that
+    existed stays, empty. A dry run writes its plan; nothing trained, so the corrected command
+    runs in it (and a directory with a trained run is still refused)."""
     here = [*SMOKE, f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *here, "trainer.max_steps=-1") == 2
-    assert results(tmp_path)["status"] == "failed"
-    assert "max_steps" in results(tmp_path)["error"]
+    assert "max_steps" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    new = tmp_path.parent / f"{tmp_path.name}-new"
+    missing = ["data=text", f"data.path={tmp_path / 'missing.txt'}", f"hydra.run.dir={new}"]
+    assert run_command("train", *SMOKE, *missing) == 2
+    assert "does not exist" in capsys.readouterr().err and not new.exists()
     for steps in (8, 6):  # a dry run's plan.json is no run either: the next dry run rewrites it
         assert run_command("train", *here, f"trainer.max_steps={steps}", "dry_run=true") == 0
         assert json.loads((tmp_path / "plan.json").read_text())["steps"] == steps

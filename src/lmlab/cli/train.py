@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> float | None:
     LAUNCH.dry_runs += bool(cfg.get("dry_run"))
     job = JobFolder.of(absolute(cfg.paths.output_dir))
     try:
-        return run_job(cfg)
+        return run_job(cfg, job)
     except (KeyboardInterrupt, SystemExit) as stop:
         ctrl_c = isinstance(stop, KeyboardInterrupt)
         if not (ctrl_c or stop_signal(stop)):
@@ -126,7 +126,7 @@ def run(cfg: DictConfig) -> float | None:
         sys.exit(130 if ctrl_c else 143)
 
 
-def run_job(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig, job: JobFolder) -> float | None:
     if in_multirun():
         LAUNCH.sweep_dir = str(absolute(HydraConfig.get().sweep.dir))
     else:
@@ -158,6 +158,9 @@ def run_job(cfg: DictConfig) -> float | None:
             LAUNCH.failed_dirs.append(str(absolute(HydraConfig.get().runtime.output_dir)))
             return None
         if isinstance(err, ConfigError):
+            if not job.started():  # refused by train()'s checks: as by the ones above
+                job.restore_record()
+                refuse_before_training(err)
             fail(err)
         if isinstance(err, NonFiniteError | RankLostError | StorageError | UnwritableRecordError):
             fail(err, code=1)  # said in results.json, or in train.log where that is unwritable
@@ -165,10 +168,12 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def refuse_before_training(err: ConfigError) -> NoReturn:
-    """A single run refused for the config's own values, before ``train()`` opens the run
-    directory: the folder this call made (Hydra's ``.hydra/`` and an empty ``train.log``)
-    removed again, as a refusal while Hydra composes leaves none; then the one line. A folder
-    that held something kept it: Hydra's writes were held there."""
+    """A single run refused (a ``ConfigError``) before training started, by the checks here or
+    by ``train()``'s (machine, data, budget, resume), whose record of the refusal the caller
+    has put back as it was: the folder this call made (Hydra's ``.hydra/``, ``train.log``)
+    removed again, as a refusal while Hydra composes leaves none, so that ``compare`` and the
+    next command find no run there; then the one line. A folder that held something kept it:
+    Hydra's writes were held there."""
     if LAUNCH.made:
         clear_launch()
     fail(err)
