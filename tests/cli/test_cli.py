@@ -267,10 +267,10 @@ def test_compose_errors_are_one_line_and_exit_2(
         # Lightning's strategy, which trainer=cpu does not set, or lmlab's FSDP config
         (
             "trainer.strategy=fsdp",
-            "; type trainer=fsdp for the trainer config fsdp or "
-            "+trainer.strategy=fsdp to add the key\n",
+            "; or another argument that lightning.pytorch.Trainer takes, added with +: "
+            "+trainer.strategy=fsdp; type trainer=fsdp for the trainer config fsdp\n",
         ),
-        ("optim.amsgrad=true", "fused; type +optim.amsgrad=true to add the key\n"),
+        ("optim.amsgrad=true", "AdamW takes, added with +: +optim.amsgrad=true\n"),
         # a schema's group refuses an added key: only the preset
         ("model.size=gpt_small", "moe; type model=gpt_small for the model config gpt_small\n"),
         # the missing node is not the key typed: + would add a dict, not the key
@@ -297,6 +297,40 @@ def test_an_unknown_key_under_a_group_option_without_keys_says_so(
     assert run_command("train", *argv) == 2
     err = capsys.readouterr().err
     assert err == "error: logger.wandb.project=x: unknown key; allowed: none, logger is empty\n"
+
+
+PLUS_ARGUMENTS = [
+    ("trainer.deterministic=true", "lightning.pytorch.Trainer"),
+    ("optim.amsgrad=true", "torch.optim.AdamW"),
+    # the README's spelling of a strategy lmlab refuses: the + form reaches that refusal
+    ("trainer.strategy.start_method=spawn", "lightning.pytorch.strategies.DDPStrategy"),
+]
+
+
+@pytest.mark.parametrize(("override", "target"), PLUS_ARGUMENTS)
+def test_an_argument_of_a_target_missing_from_its_yaml_names_the_plus_that_adds_it(
+    override: str, target: str, tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key that a ``_target_`` node's YAML lacks but its target takes is added with ``+``,
+    as Hydra's own message says; lmlab's one line said only ``unknown key`` and listed the
+    YAML's keys, so ``trainer.deterministic=true`` read as a setting lmlab has not got."""
+    group = ("trainer=ddp",) if "strategy" in override else ()
+    assert run_command("train", *group, override, f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {override}: unknown key; allowed: _target_, "), err
+    assert err.endswith(f"; or another argument that {target} takes, added with +: +{override}\n")
+
+
+@pytest.mark.parametrize(("override", "target"), PLUS_ARGUMENTS)
+def test_the_plus_form_the_unknown_key_names_is_taken_or_refused_for_itself(
+    override: str, target: str, refused_jobs
+) -> None:
+    group = ("trainer=ddp",) if "strategy" in override else ()
+    reasons = refused_jobs(*group, f"+{override}")
+    if "spawn" in override:
+        assert len(reasons) == 1 and "starts the ranks with multiprocessing's spawn" in reasons[0]
+    else:
+        assert reasons == []
 
 
 def test_an_experiment_given_twice_names_the_list_that_applies_both(

@@ -77,7 +77,7 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         given = [a for a in argv if f"{a.lstrip('+~').partition('=')[0]}.".startswith(f"{key}.")]
         refusal = omegaconf_error(cause, given[-1].lstrip("+~") if given else key)
         if given and isinstance(cause, ConfigKeyError | ConfigAttributeError):
-            return ConfigError(f"{refusal}{unknown_key_hint(given[-1], key)}")
+            return ConfigError(f"{refusal}{unknown_key_hint(given[-1], key, str(refusal))}")
         return refusal
     if isinstance(err, OSError) and err.filename:  # creating the run directory
         return unwritable(err)
@@ -85,12 +85,13 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
     return ConfigError(" ".join(lines) or type(err).__name__)
 
 
-def unknown_key_hint(override: str, missing: str) -> str:
+def unknown_key_hint(override: str, missing: str, said: str = "") -> str:
     """What to type instead of ``override`` whose key (``missing``) the composed config lacks:
     the group's option of that name (``trainer.strategy=fsdp``: ``trainer=fsdp``), and ``+``,
     which adds a key (Hydra's way, which its own message names), where the group's node takes
     keys it does not set (a ``_target_``'s arguments: ``trainer``, ``optim``; a schema's
-    group refuses one). '' where neither applies."""
+    group refuses one) and the refusal ``said`` does not name it already. '' where neither
+    applies."""
     key, _, value = override.partition("=")
     group = key.partition(".")[0]
     if "." not in key or not (CONF_DIR / group).is_dir() or group in DELTA_GROUPS:
@@ -98,7 +99,8 @@ def unknown_key_hint(override: str, missing: str) -> str:
     hints = []
     if value in group_options(group):
         hints.append(f"{group}={value} for the {group} config {value}")
-    if not key.startswith("+") and key == missing and group not in GROUP_SCHEMAS:
+    plus = not key.startswith("+") and f"+{override}" not in said
+    if plus and key == missing and group not in GROUP_SCHEMAS:
         hints.append(f"+{override} to add the key")
     return f"; type {' or '.join(hints)}" if hints else ""
 

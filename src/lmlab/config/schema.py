@@ -37,13 +37,25 @@ def to_schema(schema: type[T], values: Mapping[str, Any], prefix: str = "") -> T
 
 def omegaconf_error(err: OmegaConfBaseException, where: str) -> ConfigError:
     """OmegaConf's error at ``where`` (``key=value``) as one line; an unknown key lists the
-    keys its node has, a value of the wrong type what the field takes."""
+    keys its node has, a value of the wrong type what the field takes. A node built from a
+    ``_target_`` (the Trainer, the optimizer, a strategy, a logger, a callback) takes more
+    arguments than its YAML names: those are added with ``+`` (``+trainer.deterministic=true``),
+    which the unknown key's line says, as Hydra's own message does, where the key typed is the
+    one missing (``trainer.strategy.foo=1`` under ``trainer=cpu``, whose missing key is
+    ``trainer.strategy``: ``+`` would add a dict, not an argument)."""
     parent = getattr(err, "parent_node", None)
     if isinstance(err, ConfigKeyError | ConfigAttributeError) and OmegaConf.is_dict(parent):
         if not parent:  # logger.wandb.project=x under logger=none
             node = str(getattr(err, "full_key", "") or "").rpartition(".")[0] or "the config"
             return ConfigError(f"{where}: unknown key; allowed: none, {node} is empty")
-        return ConfigError(f"{where}: unknown key; allowed: {', '.join(map(str, parent))}")
+        keys = ", ".join(map(str, parent))
+        typed = where.partition("=")[0].lstrip("+~")
+        if "_target_" in parent and "=" in where and typed == str(getattr(err, "full_key", "")):
+            return ConfigError(
+                f"{where}: unknown key; allowed: {keys}; or another argument that "
+                f"{parent['_target_']} takes, added with +: +{where}"
+            )
+        return ConfigError(f"{where}: unknown key; allowed: {keys}")
     kind = field_kind(err, where)
     return ConfigError(f"{where}: {first_line(err)}" + (f"; allowed: {kind}" if kind else ""))
 
