@@ -270,3 +270,37 @@ def test_on_a_gpu_each_process_has_its_own_devices_memory(
     check_state_fits(plan(GIB // 4, devices=2), MODEL, gpu, ADAMW)  # 4 GiB per GPU
     with pytest.raises(ConfigError, match=r"need at least 6.0 GiB .* GPU 1 \(H200\) has 5.5 GiB"):
         check_state_fits(plan(3 * GIB // 8, devices=2), MODEL, gpu, ADAMW)
+
+
+# the README's figures of a whole step for the presets' defaults (16 rows of their context, fp32,
+# AdamW) at the default tokenizer's 4096 tokens: the sentence each one stands in, its GiB
+README_STEPS = [
+    ("gpt_medium", r"estimates [\d.]+ days and\s+~([\d.]+) GiB for a step"),
+    ("gpt_large", r"`model=gpt_large`'s default 16 x 1024 is estimated at ([\d.]+) GiB"),
+    ("gpt_7b", r"`model=gpt_7b`\s+there: [\d.]+ GiB at least, about ([\d.]+) GiB a step"),
+]
+
+
+@pytest.mark.parametrize(("preset", "sentence"), README_STEPS)
+def test_the_readmes_step_estimates_are_the_dry_runs(preset: str, sentence: str) -> None:
+    """The README quoted a step of gpt_medium at ~29 GiB and gpt_large's at 56 GiB, which the
+    dry run and the run's warning put at 28.3 and 54.2 GiB (the counts per norm and
+    activation changed since): each figure is the estimate rounded as the README rounds it."""
+    import re
+
+    from lmlab.config import CONF_DIR
+    from lmlab.model.params import param_breakdown
+    from lmlab.train.compose import compose_train
+    from lmlab.train.plan import meta_model
+
+    cfg = compose_train([f"model={preset}", "model.vocab_size=4096"])
+    model_cfg = OmegaConf.to_object(cfg.model)
+    params = param_breakdown(meta_model(model_cfg))["total"]
+    batch = GlobalBatch(16, devices=1, accumulation=1, seq_len=model_cfg.max_seq_len)
+    step_plan = RunPlan(batch, "32-true", None, 4096, params, params)
+    step = memory.memory_needs(step_plan, model_cfg, CPU, ADAMW, (None, "")).step / GIB
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    quoted = re.search(sentence, readme)
+    assert quoted, sentence
+    decimals = len(quoted[1].partition(".")[2])
+    assert float(quoted[1]) == round(step, decimals), (preset, step)
