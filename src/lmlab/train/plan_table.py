@@ -1,5 +1,5 @@
 """The dry run's plan (``lmlab.train.estimate``) as the terminal shows it: parameters by kind,
-then budget, FLOPs, throughput, wall time and memory."""
+then budget, FLOPs, throughput, wall time and memory; and a run's parameter table."""
 
 from __future__ import annotations
 
@@ -70,3 +70,13 @@ def _size(n_bytes: int) -> str:
 
 def _maybe(value: float | None, fmt: str) -> str:
     return "unknown" if value is None else fmt.format(value)
+
+
+def param_table(counts: dict[str, int]) -> Table:
+    table = Table(title="parameters", show_header=True)
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    for kind, n in counts.items():
+        if n or kind in ("total", "non_embedding"):
+            table.add_row(kind, f"{n:,}")
+    return table

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 
 from lmlab.config import (
     DataConfig,
@@ -47,6 +45,7 @@ from lmlab.train.estimate import plan_from_cfg
 from lmlab.train.finetune import fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import model_record
+from lmlab.train.lightning_logs import route_lightning_logs
 from lmlab.train.loggers import (
     build_loggers,
     kept_run_name,
@@ -67,7 +66,7 @@ from lmlab.train.outcome import (
 from lmlab.train.plan import (
     make_plan,
 )
-from lmlab.train.plan_table import plan_table
+from lmlab.train.plan_table import param_table, plan_table
 from lmlab.train.preemption import StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
@@ -82,54 +81,11 @@ from lmlab.train.resume import (
 from lmlab.train.rundir import RunDir
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
 from lmlab.train.schedule import warmup_cut
-from lmlab.train.task import TRAIN_LOSSES, LMTask
+from lmlab.train.task import LMTask
+from lmlab.train.task_state import TRAIN_LOSSES
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
 log = logging.getLogger(__name__)
-
-
-class _DropTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
-
-
-# Lightning warns on every resume mid-epoch that a dataloader without ``state_dict`` cannot
-# resume. lmlab's can: ``ResumableSampler`` starts at the checkpoint's step x global batch,
-# the rows the run would have drawn (tests/train/test_resume.py compares their losses).
-NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
-# Lightning's own pytree code (2.6.6) meets a deprecation of torch (2.13) on every run, once per
-# rank (Lightning's issue 21326): nothing a user can act on.
-LEAF_SPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-# ModelCheckpoint's warning on every resume: the folder holds the run's own checkpoints, and a
-# new run into a folder that holds a run's is refused before (``resume_checkpoint``).
-CKPT_DIR_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
-
-
-def route_lightning_logs() -> None:
-    """Lightning's messages go through Hydra's handlers (console and train.log) once, not
-    twice, and without its product tips or its warning that a resume mid-epoch is inexact
-    (``NOT_RESUMABLE``), nor the deprecation its own code meets in torch (``LEAF_SPEC``), nor
-    that a resumed run's checkpoints folder holds checkpoints (``CKPT_DIR_NOT_EMPTY``)."""
-    warnings.filterwarnings("ignore", message=NOT_RESUMABLE)
-    warnings.filterwarnings("ignore", message=CKPT_DIR_NOT_EMPTY)
-    warnings.filterwarnings("ignore", message=LEAF_SPEC, category=FutureWarning)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        lightning_log = logging.getLogger(name)
-        for handler in list(lightning_log.handlers):
-            lightning_log.removeHandler(handler)
-        lightning_log.propagate = True
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropTips())
-
-
-def param_table(counts: dict[str, int]) -> Table:
-    table = Table(title="parameters", show_header=True)
-    table.add_column("kind")
-    table.add_column("count", justify="right")
-    for kind, n in counts.items():
-        if n or kind in ("total", "non_embedding"):
-            table.add_row(kind, f"{n:,}")
-    return table
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -3,25 +3,20 @@ is built by ``lmlab.train.optimizer``."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from itertools import zip_longest
 from typing import Any
 
 import lightning as L
 import torch
 import torchmetrics
-from torch.optim.lr_scheduler import LambdaLR
 
 from lmlab.config import (
     PRETRAINING,
     Compile,
     Family,
     ModelConfig,
-    TaskKind,
     TaskSpec,
     compile_mode,
-    model_config_dict,
 )
 from lmlab.model import build_task_model
 from lmlab.model.loss import IGNORE, logits_loss
@@ -31,14 +26,9 @@ from lmlab.train.loggers import ends_run
 from lmlab.train.metrics import METRICS
 from lmlab.train.optimizer import build_optimizer, decay_groups
 from lmlab.train.parallel import layout
-from lmlab.train.resume import extend_epoch, rebatch_progress
+from lmlab.train.task_state import TRAIN_LOSSES, RunState, lowest
 
 Guard = Callable[[L.Trainer, torch.optim.Optimizer, torch.Tensor], None]
-
-# The training losses a step logs, in the order of ``objective``'s parts, and the key of each
-# in results.json and a checkpoint's ``run_state``: the LM loss, and a Mixture of Experts'
-# router losses (unweighted; None for a dense model).
-TRAIN_LOSSES = {f"train/{name}": f"train_{name}" for name in ("loss", "aux_loss", "z_loss")}
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -46,7 +36,7 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-class LMTask(L.LightningModule):
+class LMTask(RunState, L.LightningModule):
     """Wraps any family and task. The collator decides the objective; it is always the
     cross-entropy of the model's output layer against the batch's labels, skipping ``IGNORE``
     (``lmlab.model.loss``): over tokens for pre-training and seq2seq, over one position per
@@ -112,56 +102,6 @@ class LMTask(L.LightningModule):
         self.val_loss = torchmetrics.MeanMetric()
         self.val_metrics = METRICS[task.kind](model_cfg, task)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # plain types only, so checkpoints load with torch.load(weights_only=True)
-        checkpoint["model_config"] = model_config_dict(self.model_cfg)
-        if self.task.kind != TaskKind.lm:  # a pre-training checkpoint stays as it was
-            checkpoint["task"] = self.task.record()
-        # the tokenizer too (a JSON string), so a checkpoint is all that generation needs
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if getattr(datamodule, "tokenizer", None) is not None:
-            checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
-        checkpoint["run_state"] = self.run_state()
-
-    def run_state(self) -> dict[str, Any]:
-        """What ``results.json`` reports about the steps up to this checkpoint, for a resumed
-        run: the best validation loss so far, the train losses of the checkpoint's step
-        (``last_losses``) and the training step's kernels. Read once per checkpoint, when the
-        host waits for the device anyway."""
-        step = self._trainer.global_step if self._trainer else None
-        return {
-            "best_val_loss": self.best_val_loss,
-            **self.last_losses(step),
-            "sdpa_kernels": self.sdpa_kernels,
-            "cross_entropy": self.cross_entropy,
-            **self.plan_record,
-        }
-
-    def last_losses(self, step: int | None = None) -> dict[str, float | None]:
-        """``TRAIN_LOSSES`` by results.json key, of the last step that logged them (the last
-        step does), read on the host: None where none did or that step is not ``step``, and
-        for a dense model's router losses."""
-        logged = self.logged_loss
-        parts = logged[1] if logged is not None and step in (None, logged[0]) else []
-        values = parts.tolist() if isinstance(parts, torch.Tensor) else list(parts)
-        return dict(zip_longest(TRAIN_LOSSES.values(), values))
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A resumed run's best validation loss covers the validations before the checkpoint
-        too (and one known otherwise, set before: ``lmlab.train.run``); a resume with no step
-        left to train reports the checkpoint's train loss and kernels (checkpoints from
-        before ``run_state`` restore nothing)."""
-        state = checkpoint.get("run_state") or {}
-        self.best_val_loss = lowest(self.best_val_loss, state.get("best_val_loss"))
-        self.sdpa_kernels = state.get("sdpa_kernels")
-        self.cross_entropy = state.get("cross_entropy")
-        if state.get("train_loss") is not None:  # the router losses too, where it kept them
-            kept = [state.get(key) for key in TRAIN_LOSSES.values()]
-            self.logged_loss = (checkpoint["global_step"], [v for v in kept if v is not None])
-        if self._trainer is not None:  # the loops restore from this dict after this hook
-            rebatch_progress(checkpoint, self._trainer.accumulate_grad_batches)
-            extend_epoch(checkpoint, self._trainer.max_steps)
-
     def on_train_start(self) -> None:
         # Micro-batches of unequal target counts (BERT's masked LM, seq2seq fine-tuning) count
         # by their targets, not as one mean each; elsewhere the mean of means is the step's. A
@@ -173,25 +113,6 @@ class LMTask(L.LightningModule):
             rows = trainer.accumulate_grad_batches * trainer.world_size * data.cfg.batch_size
             self.target_scale = float(rows * data.seq_len)
         self.restore_lr()
-
-    def restore_lr(self) -> None:
-        """A resumed run's learning rate is its schedule's at the checkpoint's step. The
-        optimizer's restored state holds the rate the checkpoint's run set, which differs
-        when ``trainer.max_steps`` has changed since (a completed run extended): without this
-        the first step after the checkpoint ran at the old schedule's rate."""
-        for config in self.trainer.lr_scheduler_configs:
-            schedule = config.scheduler
-            if not isinstance(schedule, LambdaLR):
-                continue
-            step = schedule.last_epoch
-            factors = [fn(step) for fn in schedule.lr_lambdas]
-            lrs = [base * f for base, f in zip(schedule.base_lrs, factors, strict=True)]
-            for group, lr in zip(schedule.optimizer.param_groups, lrs, strict=True):
-                if isinstance(group["lr"], torch.Tensor):  # as LRScheduler.step sets it
-                    group["lr"].fill_(lr)
-                else:
-                    group["lr"] = lr
-            schedule._last_lr = lrs  # what get_last_lr() returns (train/lr)
 
     def on_validation_start(self) -> None:
         """The validation loss is summed in float32, or float64 in a float64 run
@@ -439,11 +360,3 @@ class LMTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
-
-
-def lowest(*losses: float | None) -> float | None:
-    """The lowest finite loss of ``losses``, or None: a NaN validation (``guard.mode=off``
-    trains on through a non-finite update) is no best. ``min`` with a NaN returned the NaN or
-    the other value by their order."""
-    finite = [v for v in losses if v is not None and math.isfinite(v)]
-    return min(finite, default=None)
