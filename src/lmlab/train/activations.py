@@ -53,7 +53,7 @@ FFN_ACTIVATIONS = 9
 EXPERT_ACTIVATIONS, ROUTER_ACTIVATIONS = 18, 2
 # vocabulary-wide tensors per token of the output layer (logits, softmax and its gradient);
 # autocast runs the cross-entropy in fp32, so a mixed precision holds them in 4 bytes (measured
-# 2.9 fp32 tensors under bf16 autocast, where 3 bf16 ones had been counted)
+# 2.9 fp32 tensors under bf16 autocast, not 3 bf16 ones)
 VOCAB_ACTIVATIONS = 3
 # d-wide tensors per token outside the blocks, on the residual stream: the embeddings' output,
 # the final norm's, the output layer's input and their backward's temporaries (measured 6.6
