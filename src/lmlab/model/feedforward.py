@@ -22,6 +22,17 @@ from torch import nn
 from lmlab.config import GATED, Activation, ModelConfig
 
 
+def unchanged(h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+def hidden_drop(p: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The hidden activations' dropout: ``nn.Dropout(p)``, or for ``p`` 0 (every GPT and BERT
+    block) a plain function that returns its input, so that an eager step calls no module per
+    feed-forward for a dropout that does nothing."""
+    return nn.Dropout(p) if p > 0 else unchanged
+
+
 class MLP(nn.Module):
     """w_out(act(w_in x)): ReLU as in Vaswani et al., GELU as in GPT-2 and BERT."""
 
@@ -31,7 +42,7 @@ class MLP(nn.Module):
         super().__init__()
         self.w_in = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.act = act()
-        self.drop = nn.Dropout(hidden_dropout)
+        self.drop = hidden_drop(hidden_dropout)
         self.w_out = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
@@ -52,7 +63,7 @@ class GatedMLP(nn.Module):
         self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.w_in = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
         self.act = act()
-        self.drop = nn.Dropout(hidden_dropout)
+        self.drop = hidden_drop(hidden_dropout)
         self.w_out = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 

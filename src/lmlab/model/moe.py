@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import GATED, Activation, ModelConfig
-from lmlab.model.feedforward import ACTIVATIONS
+from lmlab.model.feedforward import ACTIVATIONS, hidden_drop
 
 # One call for every expert's rows: F.grouped_mm (torch 2.13 has it), else the private
 # torch._grouped_mm of earlier releases; with neither, one matmul per expert (torch >= 2.5).
@@ -132,7 +132,7 @@ class Experts(nn.Module):
         E = cfg.moe.num_experts
         self.w_in = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.act = act()
-        self.drop = nn.Dropout(hidden_dropout)
+        self.drop = hidden_drop(hidden_dropout)
         self.w_out = ExpertLinear(E, cfg.expert_dim, cfg.d_model, cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
@@ -152,7 +152,7 @@ class GatedExperts(nn.Module):
         self.w_gate = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.w_in = ExpertLinear(E, cfg.d_model, cfg.expert_dim, cfg.bias)
         self.act = act()
-        self.drop = nn.Dropout(hidden_dropout)
+        self.drop = hidden_drop(hidden_dropout)
         self.w_out = ExpertLinear(E, cfg.expert_dim, cfg.d_model, cfg.bias)
         self.w_out.residual_projection = True  # GPT-2 scaled init
 
