@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmlab.config import (
     Activation,
@@ -227,6 +228,45 @@ def test_gqa_equals_attention_with_repeated_kv_heads() -> None:
     with torch.no_grad():
         torch.testing.assert_close(gqa(ids), mha(ids), rtol=0, atol=FP64_ATOL)
     assert sum(p.numel() for p in gqa.parameters()) < sum(p.numel() for p in mha.parameters())
+
+
+class MatrixProducts(TorchDispatchMode):
+    """Counts the matrix products (``mm``, ``addmm``, ``bmm``) run while entered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func._overloadpacket.__name__ in ("mm", "addmm", "bmm")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_self_attention_projects_queries_keys_and_values_in_one_product(bias: bool) -> None:
+    """Self-attention runs one product for its queries, keys and values (``wq`` and ``wkv``
+    side by side) and one for its output: two forward, four backward (each product's input
+    and weight gradients), where two projections run three and six; a GPU launches each.
+    Cross-attention reads its keys and values from the encoder's output: three and six. The
+    result is the two projections' within fp32 rounding (the backward sums one product over
+    q, k and v where two products summed two parts)."""
+    torch.manual_seed(0)
+    attn = build_model(tiny(family=Family.t5, bias=bias)).decoder[0]
+    x = torch.randn(2, 6, 32, requires_grad=True)
+    pos, positional = torch.arange(6), build_model(tiny()).positional  # learned: no bias
+    for layer, memory, products in ((attn.attn, None, (2, 4)), (attn.cross, x * 2, (3, 6))):
+        ctx = build_context(positional, pos, pos, causal=memory is None)
+        with MatrixProducts() as forward:
+            y = layer(x, ctx, memory=memory)
+        with MatrixProducts() as backward:
+            y.square().sum().backward()
+        assert (forward.count, backward.count) == products
+    wq, wkv = attn.attn.wq, attn.attn.wkv
+    q, kv = F.linear(x, wq.weight, wq.bias), F.linear(x, wkv.weight, wkv.bias)
+    q_fused, kv_fused = attn.attn.project(x, None)
+    # one dot product of 32 fp32 terms per element, in the same order: a few ulps at most
+    torch.testing.assert_close(q_fused, q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kv_fused, kv, rtol=1e-6, atol=1e-6)
 
 
 def test_residual_projections_get_scaled_init() -> None:

@@ -15,6 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ModelConfig
@@ -62,6 +63,20 @@ class Attention(nn.Module):
         self.keep_weights = False
         self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last forward
 
+    def project(
+        self, x_BTD: torch.Tensor, memory: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries, and the keys and values side by side. Self-attention projects all
+        three in one product over the two weights side by side, as one fused projection
+        would: a step launches one matrix product forward and two backward where two
+        projections launch two and four (the parameters, and so checkpoints and Hugging
+        Face's mappings, stay ``wq`` and ``wkv``)."""
+        if memory is not None:
+            return self.wq(x_BTD), self.wkv(memory)
+        bias = None if self.wq.bias is None else torch.cat((self.wq.bias, self.wkv.bias))
+        qkv = F.linear(x_BTD, torch.cat((self.wq.weight, self.wkv.weight)), bias)
+        return qkv.split((self.wq.out_features, self.wkv.out_features), dim=-1)
+
     def forward(
         self,
         x_BTD: torch.Tensor,
@@ -73,8 +88,9 @@ class Attention(nn.Module):
         src_BSD = x_BTD if memory is None else memory
         B, T, _ = x_BTD.shape
         S = src_BSD.shape[1]
-        q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        kv = self.wkv(src_BSD).view(B, S, 2, self.n_kv_heads, self.head_dim)
+        q_BTE, kv_BSE = self.project(x_BTD, memory)
+        q = q_BTE.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        kv = kv_BSE.view(B, S, 2, self.n_kv_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, Hkv, S, hd)
         q, k = ctx.rotate(q, k)
         if cache is not None:
