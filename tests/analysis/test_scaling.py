@@ -443,6 +443,41 @@ def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_togethe
         ), warning
 
 
+@pytest.mark.parametrize(
+    ("data", "key", "values"),
+    [
+        (
+            {"source": "hf", "name": "/data/set", "val_split": "validation"},
+            "val_fraction",
+            (0.05, 0.1),
+        ),
+        ({"source": "text", "path": "/data/a", "val_path": "/data/b"}, "val_fraction", (0.05, 0.1)),
+        ({"tokenizer": "char"}, "vocab_size", (4096, 8192)),
+    ],
+)
+def test_runs_differing_only_in_a_data_field_they_do_not_use_are_one_loss(
+    tmp_path: Path, data: dict[str, Any], key: str, values: tuple[Any, Any]
+) -> None:
+    """data.val_fraction has no effect where validation is a split of its own (val_split,
+    val_path), nor data.vocab_size under the char tokenizer (DataConfig.unused_fields): runs
+    that differ only there validated on the same text and tokens. Scaling fits them, and
+    compare warns of no difference, which it did ("differ in data.val_fraction")."""
+    import yaml
+
+    from lmlab.analysis.comparable import tokenizer_notes
+    from lmlab.analysis.runs import load_runs
+
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    for i, job in enumerate(jobs):
+        (job / ".hydra").mkdir()
+        config = {"data": data | {key: values[i % 2]}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert scan_runs(root)[2] == []
+    for metric in ("val_loss", "val_bits_per_byte"):
+        assert tokenizer_notes(load_runs(root), metric) == []
+
+
 def test_unlabelled_runs_join_a_labelled_budget_within_tolerance() -> None:
     """A run without budget_flops (budget=tokens, or a results.json from before the field)
     whose flops lie within 10% of a sweep's labelled budget is on that isoFLOP profile; it used

@@ -19,6 +19,8 @@ from lmlab.analysis.multirun import (
     run_value,
 )
 from lmlab.config.data import DataConfig
+from lmlab.config.schema import to_schema
+from lmlab.errors import ConfigError
 
 # Validation metrics (results.json names): each averages over the validation rows the run
 # scored, whose target tokens results.json's ``val_tokens`` counts.
@@ -118,11 +120,13 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     """A warning when ``metric`` is per token and the runs split text into tokens
     differently: another tokenizer changes the loss per token without changing the model's
     quality, so bits per byte is the comparable measure. Runs validated on other text
-    (``TEXT_KEYS``) are warned of for bits per byte too: no loss compares them."""
+    (``TEXT_KEYS``) are warned of for bits per byte too: no loss compares them. A key counts
+    only in the runs where it has an effect (:func:`data_settings`)."""
     if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:  # val/loss: val_loss
         return []
     done = [run for run in runs if not run.failed]
-    groups = {key: _by_value(done, key, default) for key, default in TOKENIZER_KEYS}
+    settings = [(run.dir.name, data_settings(run)) for run in done]
+    groups = {key: _by_value(settings, key) for key, _ in TOKENIZER_KEYS}
     differ = [key for key, by_value in groups.items() if len(by_value) > 1]
     text = [key for key in differ if key in TEXT_KEYS]
     if text:  # which runs: a key no override set is in no column of the table
@@ -142,11 +146,38 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     ]
 
 
-def _by_value(runs: Sequence[Run], key: str, default: object) -> dict[str, list[str]]:
-    """The runs' folder names by their value of ``key`` (``default`` where a config lacks it)."""
+# DataConfig's fields a run's data config is read back with: not where the cache is, nor the
+# run's own folders (no key of the config).
+_READ_BACK = frozenset(_DATA_DEFAULTS) - {"cache_dir", "run_folders"}
+
+
+def data_settings(run: Run) -> dict[str, str]:
+    """The run's value of each ``TOKENIZER_KEYS`` key (the default where its config lacks the
+    key), less the keys its own data config switches off (``DataConfig.unused_fields``:
+    ``data.val_fraction`` under ``data.val_split`` or ``data.val_path``, ``data.vocab_size``
+    under ``data.tokenizer=char``): runs that differ in such a key trained on the same text
+    and tokens. A config DataConfig cannot read (an older run's) keeps every key."""
+    settings = {key: str(run.flat_config.get(key, default)) for key, default in TOKENIZER_KEYS}
+    data = run.config.get("data")
+    if not isinstance(data, dict):
+        return settings
+    try:
+        data_cfg = to_schema(DataConfig, {k: v for k, v in data.items() if k in _READ_BACK})
+    except ConfigError:
+        return settings
+    padded = run.flat_config.get("task.kind", "lm") != "lm"  # fine-tuning's batches
+    for name in data_cfg.unused_fields(padded):
+        settings.pop(f"data.{name}", None)
+    return settings
+
+
+def _by_value(settings: Sequence[tuple[str, dict[str, str]]], key: str) -> dict[str, list[str]]:
+    """The runs' folder names by their value of ``key``, of the runs where it has an effect
+    (``settings``: each run's folder name and :func:`data_settings`)."""
     by_value: dict[str, list[str]] = {}
-    for run in runs:
-        by_value.setdefault(str(run.flat_config.get(key, default)), []).append(run.dir.name)
+    for name, values in settings:
+        if key in values:
+            by_value.setdefault(values[key], []).append(name)
     return by_value
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.analysis.comparable import OBJECTIVE_KEYS, TOKENIZER_KEYS
+from lmlab.analysis.comparable import OBJECTIVE_KEYS, TOKENIZER_KEYS, data_settings
 from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
 from lmlab.analysis.outputs import Outputs
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
@@ -143,18 +143,22 @@ def _first_of_its_copies(
 def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
     """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``),
     corpus, validation split or tokenizer (``TOKENIZER_KEYS``; a key a config lacks is at its
-    default) measure another quantity, and a law fitted across them means nothing: refused.
+    default; a data key counts only where it has an effect, :func:`data_settings`) measure
+    another quantity, and a law fitted across them means nothing: refused.
     Runs without a config (results.json alone, which names none of these) are taken as they
     are, with a note counting them."""
-    keys = [*OBJECTIVE_KEYS, *TOKENIZER_KEYS]
     known = [job for job in jobs if job.config]
+    settings = [
+        {
+            **{key: str(job.flat_config.get(key, d)) for key, d in OBJECTIVE_KEYS},
+            **data_settings(job),
+        }
+        for job in known
+    ]
     differ = []
-    for key, default in keys:
-        values = {str(job.flat_config.get(key, default)) for job in known}
-        if len(values) > 1:
-            counts = {
-                v: sum(str(j.flat_config.get(key, default)) == v for j in known) for v in values
-            }
+    for key, _ in [*OBJECTIVE_KEYS, *TOKENIZER_KEYS]:
+        counts = Counter(values[key] for values in settings if key in values)
+        if len(counts) > 1:
             differ.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
     if differ:
         raise ScalingError(
