@@ -1802,6 +1802,28 @@ def test_the_verdict_says_it_left_out_a_diverged_seed_of_the_winner(tmp_path: Pa
     assert "left out" not in ranking.summarize(rows, "val_loss")[2]
 
 
+def test_the_verdict_says_it_left_out_a_failed_seed_of_the_winner(tmp_path: Path) -> None:
+    """A seed that did not complete (the guard stops a run at a nan loss: status failed) is a
+    row of its own at the bottom, and the winner's mean ± std are over its other seeds. The
+    verdict judged the lead on those alone and said nothing of the lost seed; it now names
+    the runs of the two variants that did not complete. A failed seed of a third variant is
+    not theirs."""
+    jobs = [("pre", "gelu", s, v, 1.0) for s, v in [(1, 3.00), (2, 3.02), (3, None)]]
+    jobs += [("post", "gelu", s, v, 1.0) for s, v in [(1, 3.20), (2, 3.22), (3, 3.21)]]
+    jobs += [("post", "relu", 1, None, 1.0)]
+    rows = ranking.aggregate(load_runs(make_multirun(tmp_path / "a", jobs)), "val_loss")
+    assert [(r.label, r.n, r.status) for r in rows][:2] == [
+        ("norm_placement=pre, activation=gelu", 2, "completed"),
+        ("norm_placement=post, activation=gelu", 3, "completed"),
+    ]
+    verdict = ranking.summarize(rows, "val_loss")[2]
+    assert verdict.endswith(
+        "n=2 and 3): likely real; left out as not completed (the bottom of the table): 1 of "
+        "the 3 runs of norm_placement=pre, activation=gelu: the verdict is over the runs that "
+        "completed and says nothing of how often a variant fails"
+    ), verdict
+
+
 def write_multirun_yaml(root: Path, task: list[str], sweeper: str = "basic") -> None:
     targets = {
         "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

@@ -5,6 +5,7 @@ metric, beyond the noise of the task's items (``items_stderr``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,11 +66,12 @@ def items_stderr(best: Row, second: Row, metric: str) -> float | None:
     return math.hypot(*(s.mean for s in se))
 
 
-def noise_verdict(best: Row, second: Row, metric: str) -> str:
+def noise_verdict(best: Row, second: Row, metric: str, unfinished: Sequence[Row] = ()) -> str:
     """Whether the winner's lead is real at the two-sided 5% level: beyond the t critical value
     times the standard error of the difference of the seed means (:func:`seed_noise`: Welch's
     test) and, for an eval metric, beyond 2 x the standard error of the difference from the
-    items' sampling (:func:`items_stderr`)."""
+    items' sampling (:func:`items_stderr`). ``unfinished``: the rows of runs that did not
+    complete, which :func:`left_out` names where they are seeds of the two variants."""
     a, b = best.stats[metric], second.stats[metric]
     diff = abs((a.mean or 0.0) - (b.mean or 0.0))
     seeds = seed_noise(a, b, metric)
@@ -77,7 +79,7 @@ def noise_verdict(best: Row, second: Row, metric: str) -> str:
     if seeds is None and items is None:
         return (
             "no seed replicates (n=1 for both), so the noise is unknown: "
-            "rerun the top variants with more seeds" + left_out(best, second, metric)
+            "rerun the top variants with more seeds" + left_out(best, second, metric, unfinished)
         )
     checks = []  # (critical value, standard error, what it is, how it was found)
     if seeds is not None:
@@ -95,22 +97,45 @@ def noise_verdict(best: Row, second: Row, metric: str) -> str:
         text += " (no seed replicates: the seed noise is unknown)"
     elif min(a.n, b.n) < 2:
         text += " (std from the variant with seed replicates only)"
-    return text + left_out(best, second, metric)
+    return text + left_out(best, second, metric, unfinished)
 
 
-def left_out(best: Row, second: Row, metric: str) -> str:
+def left_out(best: Row, second: Row, metric: str, unfinished: Sequence[Row] = ()) -> str:
     """What the verdict does not weigh: runs of the two rows whose ``metric`` is missing or
-    not finite (a diverged seed's nan), left out of their means, so a variant that diverges
+    not finite (a diverged seed's nan), left out of their means, and the runs of their
+    variants that did not complete (``unfinished``: the rows at the bottom of the table; a
+    seed that the guard stopped at a nan loss is one), so a variant that diverges or fails
     on some seeds is judged by the seeds that did not; empty when there are none."""
+    totals = {
+        row.label: row.n + sum(other.n for other in _same_variant(row, unfinished))
+        for row in (best, second)
+    }
     lost = [
-        f"{row.n - row.count(metric)} of the {row.n} runs of {row.label}"
+        f"{row.n - row.count(metric)} of the {totals[row.label]} runs of {row.label}"
         for row in (best, second)
         if row.count(metric) < row.n
     ]
-    if not lost:
-        return ""
-    return (
-        f"; left out for a missing or non-finite {metric} (a diverged seed's nan, say): "
-        f"{' and '.join(lost)}: the verdict is over the other runs and says nothing of how "
-        "often a variant diverges"
-    )
+    stopped = [
+        f"{count} of the {totals[row.label]} runs of {row.label}"
+        for row in (best, second)
+        if (count := sum(other.n for other in _same_variant(row, unfinished)))
+    ]
+    text = ""
+    if lost:
+        text += (
+            f"; left out for a missing or non-finite {metric} (a diverged seed's nan, say): "
+            f"{' and '.join(lost)}: the verdict is over the other runs and says nothing of how "
+            "often a variant diverges"
+        )
+    if stopped:
+        text += (
+            f"; left out as not completed (the bottom of the table): {' and '.join(stopped)}: "
+            "the verdict is over the runs that completed and says nothing of how often a "
+            "variant fails"
+        )
+    return text
+
+
+def _same_variant(row: Row, others: Sequence[Row]) -> list[Row]:
+    """The rows of ``others`` with ``row``'s knob values (none where no knob names them)."""
+    return [other for other in others if row.knobs and other.knobs == row.knobs]

@@ -198,7 +198,7 @@ def summarize(
             f"runner-up: {second.label} ({metric} = {fmt_stat(second.stats[metric], metric)}); "
             f"gap {fmt(gap, metric)}{rel}, {'higher' if higher_is_better else 'lower'} is better"
         )
-        lines.append(noise_verdict(best, second, metric))
+        lines.append(noise_verdict(best, second, metric, failed))
     total = sum(r.n for r in rows)
     states = Counter(unfinished_state(r.runs[0]) for r in failed)
     for state, what in [
