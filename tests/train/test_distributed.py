@@ -345,7 +345,7 @@ def test_activation_checkpointing_same_gradients_and_keys(family: Family) -> Non
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "trainer").glob("*.yaml")))
 def test_every_trainer_config_composes(name: str, tmp_path: Path, cache_dir: Path) -> None:
-    from lmlab.train.run import build_trainer
+    from lmlab.train.trainer import build_trainer
 
     many = name in ("ddp", "fsdp")
     cfg = compose_train([f"trainer={name}", *(TWO_CPUS if many else [])], tmp_path, cache_dir)

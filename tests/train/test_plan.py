@@ -235,7 +235,7 @@ def test_the_trainer_gets_plain_lists_and_dicts(tmp_path: Path, trainer: str) ->
     from omegaconf import Container
 
     from lmlab.train.compose import compose_train
-    from lmlab.train.run import build_trainer
+    from lmlab.train.trainer import build_trainer
 
     cfg = compose_train([f"trainer={trainer}"], tmp_path)
     cfg.trainer._target_ = "builtins.dict"
@@ -243,6 +243,32 @@ def test_the_trainer_gets_plain_lists_and_dicts(tmp_path: Path, trainer: str) ->
     assert not [k for k, v in kwargs.items() if isinstance(v, Container)]
     assert type(kwargs["plugins"]) is list
     assert type(kwargs["plugins"][0]).__name__ == "AtomicCheckpointIO"
+
+
+@pytest.mark.parametrize("profiler", [None, "simple"])
+def test_a_trainer_without_a_profiler_enters_one_shared_context_per_hook(
+    tmp_path: Path, profiler: str | None
+) -> None:
+    """Lightning enters ``profiler.profile(name)`` around every hook it calls, about 140 a
+    step. Where ``trainer.profiler`` names none, the profiler records nothing, as Lightning's
+    default does, and hands every hook one shared context (nested too) instead of building a
+    context manager each time; a profiler the user names is Lightning's own."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lmlab.train.compose import compose_train
+    from lmlab.train.trainer import NoProfiler, build_trainer
+
+    named = [f"+trainer.profiler={profiler}"] if profiler else []
+    trainer = build_trainer(compose_train(named, tmp_path), callbacks=[], logger=False)
+    if profiler:
+        assert type(trainer.profiler) is SimpleProfiler
+        return
+    assert type(trainer.profiler) is NoProfiler
+    hook = trainer.profiler.profile("[Callback]Throughput.on_train_batch_end")
+    assert hook is trainer.profiler.profile("run_training_batch")
+    with hook, trainer.profiler.profile("optimizer_step") as inner:
+        assert inner is None
+    assert trainer.profiler.summary() == ""
 
 
 def test_a_dry_run_sizes_the_model_at_the_tokenizer_a_run_prepared(tmp_path: Path) -> None:

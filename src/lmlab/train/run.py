@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -83,6 +82,7 @@ from lmlab.train.runfiles import holds_run, launch_rank_is_zero
 from lmlab.train.schedule import warmup_cut
 from lmlab.train.task import LMTask
 from lmlab.train.task_state import TRAIN_LOSSES
+from lmlab.train.trainer import build_trainer
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
 
 log = logging.getLogger(__name__)
@@ -196,13 +196,6 @@ def dry_run(
         run.open(cfg)
         log.info("plan: %s", write_json(run.path / PLAN, {"dry_run": True, **plan}))
     return None  # no loss: a search (Optuna) records the trial as failed, not as a value
-
-
-def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """Lightning's Trainer from ``cfg.trainer`` and ``kwargs``, its arguments plain lists and
-    dicts (``_convert_="all"``): Lightning 2.4 takes a ListConfig of plugins for one plugin,
-    and refused lmlab's checkpoint plugin."""
-    return instantiate(cfg.trainer, _convert_="all", **kwargs)
 
 
 @contextmanager
