@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmlab.analysis.scaling import analyze, check_n_key, scan_runs
+from lmlab.analysis.scaling import analyze, check_n_key
 from lmlab.analysis.scaling_fit import (
     ScalingError,
     fit_isoflop,
@@ -27,6 +27,7 @@ from lmlab.analysis.scaling_fit import (
     n_of,
 )
 from lmlab.analysis.scaling_parametric import fit_parametric, optimal_allocation, predict_loss
+from lmlab.analysis.scaling_runs import scan_runs
 from lmlab.analysis.scaling_target import target_allocation
 from lmlab.cli.scaling import _fmt
 from lmlab.cli.scaling import main as scaling_main

@@ -8,10 +8,11 @@ Each job of the multirun directory holds a ``results.json`` with ``status``, ``p
 ``non_embedding_params``, ``tokens``, ``flops`` (6 N D), ``val_loss`` and optionally
 ``budget_flops`` (the nominal isoFLOP budget the sweep assigned the run to).
 
-One law is fitted to runs of one loss (:func:`check_one_loss`) and one feed-forward, dense or
-one shape of Mixture of Experts (:func:`check_one_feed_forward`), with the N their flops
-count (:func:`check_n_key`); anything else is refused in one line saying what differs. Runs
-without a config (``results.json`` alone) cannot be checked for their loss: a note counts them.
+The runs are read by :mod:`lmlab.analysis.scaling_runs`. One law is fitted to runs of one
+loss (``check_one_loss`` there) and one feed-forward, dense or one shape of Mixture of Experts
+(:func:`check_one_feed_forward`), with the N their flops count (:func:`check_n_key`); anything
+else is refused in one line saying what differs. Runs without a config (``results.json``
+alone) cannot be checked for their loss: a note counts them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.analysis.comparable import OBJECTIVE_KEYS, TOKENIZER_KEYS, data_settings
-from lmlab.analysis.compute import PARAM_KEYS, budget_params, feed_forward, is_moe
+from lmlab.analysis.compute import PARAM_KEYS, is_moe
 from lmlab.analysis.outputs import Outputs
-from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_bootstrap import bootstrap_isoflop
 from lmlab.analysis.scaling_fit import (
     BUDGET_TOLERANCE,
@@ -42,140 +41,16 @@ from lmlab.analysis.scaling_fit import (
 )
 from lmlab.analysis.scaling_parametric import fit_parametric, parametric_summary
 from lmlab.analysis.scaling_plot import CREATOR, plot_scaling
+from lmlab.analysis.scaling_runs import scan_runs
 from lmlab.analysis.scaling_target import FAR_TARGET, target_allocation, target_reach
-from lmlab.files import RESULTS, write_text
+from lmlab.files import write_text
 
-REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
 # scaling.json's top-level keys (``analyze``; ``feed_forward`` came later): a file holding
 # them all is scaling's own.
 JSON_KEYS = frozenset(
     {"multirun_dir", "n_key", "runs", "approach2", "approach3", "target", "notes", "outputs"}
 )
 OUTPUTS = Outputs("scaling", JSON_KEYS, CREATOR)
-
-# --------------------------------------------------------------------------- loading runs
-
-
-def _number(data: dict[str, Any], field: str, file: Path) -> float:
-    value = data[field]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ScalingError(f"{file}: field '{field}' must be a number, got {value!r}")
-    return float(value)
-
-
-def _parse_run(file: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """The run as a dict (fields made float, ``results_file`` added) or the reason to skip it."""
-    if data.get("unreadable"):  # the file, not the run: no status to speak of
-        return None, data["error"]
-    if "status" not in data:
-        raise ScalingError(f"{file}: missing required field 'status'")
-    if data["status"] != "completed":
-        why = f": {data['error']}" if data.get("error") else ""
-        return None, f"status is {data['status']!r}, not 'completed'{why}"
-    for field in REQUIRED_FIELDS:
-        if field not in data:
-            raise ScalingError(f"{file}: missing required field '{field}'")
-    if data["val_loss"] is None:  # a completed run's validation was off: no loss to fit
-        return None, "val_loss is null: its validation was off (trainer.limit_val_batches=0)"
-    run = dict(data)
-    for field in REQUIRED_FIELDS:
-        run[field] = _number(data, field, file)
-        if not math.isfinite(run[field]) or run[field] <= 0:
-            return None, f"{field} is {run[field]!r}, not a positive finite number"
-    if data.get("budget_flops") is not None:
-        run["budget_flops"] = _number(data, "budget_flops", file)
-        if not 0 < run["budget_flops"] < math.inf:
-            raise ScalingError(
-                f"{file}: field 'budget_flops' must be > 0, got {run['budget_flops']}"
-            )
-    run["results_file"] = str(file)
-    return run, None
-
-
-def scan_runs(
-    path: str | Path,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
-    """All runs under ``path`` (:func:`lmlab.analysis.runs.load_runs`): the usable runs, for
-    the others ``{"file", "reason"}`` (not completed, unreadable, a non-finite/non-positive
-    value such as a NaN loss, or a copy of an earlier run), and the notes of
-    :func:`check_one_loss`.
-
-    Raises ScalingError if the directory does not exist, holds no results.json, or a completed
-    run lacks one of REQUIRED_FIELDS (the message names the file and the field)."""
-    try:
-        found = load_runs(path)
-    except RunDirError as exc:
-        raise ScalingError(str(exc)) from None
-    runs, skipped, used = [], [], []
-    first: dict[tuple[Any, ...], Path] = {}
-    for job in found:
-        file = job.dir / RESULTS
-        run, reason = _parse_run(file, job.results)
-        if run is not None:
-            run, reason = _first_of_its_copies(run, job, file, first)
-        if run is None:
-            skipped.append({"file": str(file), "reason": str(reason)})
-        else:
-            run["budget_params"] = budget_params(job)  # the N of its flops: active or total
-            run["feed_forward"] = feed_forward(job)  # dense, or its experts
-            runs.append(run)
-            used.append(job)
-    notes = check_one_loss(used, path)
-    stray = not_runs_note(path)
-    return runs, skipped, [stray, *notes] if stray else notes
-
-
-def _first_of_its_copies(
-    run: dict[str, Any], job: Run, file: Path, first: dict[tuple[Any, ...], Path]
-) -> tuple[dict[str, Any] | None, str | None]:
-    """``run``, or why it is skipped: a run whose seed, sizes, tokens and val_loss equal an
-    earlier one's is a copy of that job's folder (or the same seed run again), one measurement,
-    not a replicate. Counted twice it would fake the scatter the curvature gate weighs (n - 3
-    degrees of freedom): a copied docs/isoflop read minima at all three budgets and
-    N_opt ~ C^1.43, where the runs once give none."""
-    key = (repr(job.seed), *(run.get(k) for k in (*N_KEYS, "tokens", "flops", "val_loss")))
-    if key not in first:
-        first[key] = file
-        return run, None
-    return None, f"a copy of {first[key]} (its seed, sizes, tokens and val_loss): counted once"
-
-
-def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
-    """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``),
-    corpus, validation split or tokenizer (``TOKENIZER_KEYS``; a key a config lacks is at its
-    default; a data key counts only where it has an effect, :func:`data_settings`) measure
-    another quantity, and a law fitted across them means nothing: refused.
-    Runs without a config (results.json alone, which names none of these) are taken as they
-    are, with a note counting them."""
-    known = [job for job in jobs if job.config]
-    settings = [
-        {
-            **{key: str(job.flat_config.get(key, d)) for key, d in OBJECTIVE_KEYS},
-            **data_settings(job),
-        }
-        for job in known
-    ]
-    differ = []
-    for key, _ in [*OBJECTIVE_KEYS, *TOKENIZER_KEYS]:
-        counts = Counter(values[key] for values in settings if key in values)
-        if len(counts) > 1:
-            differ.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
-    if differ:
-        raise ScalingError(
-            f"the runs under {path} differ in {'; '.join(differ)}: their losses measure "
-            "different things, and one law cannot be fitted across them; fit the runs of one "
-            "objective, corpus and tokenizer (move the others out)"
-        )
-    unchecked = len(jobs) - len(known)
-    if not unchecked:
-        return []
-    which = f"{unchecked} of the {len(jobs)} runs have" if known else f"the {unchecked} runs have"
-    return [
-        f"{which} no .hydra/config.yaml (results.json alone, which does not name them), so "
-        "their objective (model.family, task.kind), corpus and tokenizer could not be checked "
-        "against " + ("the others'" if known else "each other's") + ": make sure they measure "
-        "one loss"
-    ]
 
 
 def off_budget_notes(runs: list[dict[str, Any]], path: str | Path) -> list[str]:

@@ -8,7 +8,7 @@ Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:22
 * The allocation at a target budget from either: :mod:`lmlab.analysis.scaling_target`.
 
 Runs are dicts with ``params``, ``non_embedding_params``, ``tokens``, ``flops`` and
-``val_loss`` (see :func:`lmlab.analysis.scaling.scan_runs`).
+``val_loss`` (see :func:`lmlab.analysis.scaling_runs.scan_runs`).
 """
 
 from __future__ import annotations
