@@ -467,6 +467,26 @@ def test_to_hf_refuses_what_transformers_cannot_express(knobs: dict, named: str)
         choose_architecture(cfg)
 
 
+def test_to_hf_refuses_a_knob_before_it_reads_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal comes from the checkpoint's model_config: building the model and reading
+    its weights first took a 300M-parameter checkpoint 25 s and 2.7 GB, a 7B one its 28 GB."""
+    import lmlab.infer.hf.convert as convert
+
+    cfg = to_schema(ModelConfig, dict(d_model=32, n_layers=1, n_heads=4, vocab_size=V))
+    cfg = dataclasses.replace(cfg, positional=Positional.alibi)
+    path = lmlab_checkpoint(tmp_path / "alibi.ckpt", cfg)
+
+    def weights_read(*args, **kwargs):
+        raise AssertionError("the weights were read before the refusal")
+
+    monkeypatch.setattr(convert, "load", weights_read)
+    with pytest.raises(ConfigError, match=re.escape("model.positional=alibi (family=gpt)")):
+        to_hf(path, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_scaled_rope_converts_and_what_has_no_knob_is_refused(tmp_path: Path) -> None:
     """Llama 3.1's frequencies are transformers' own; YaRN (which also rescales attention)
     is refused, naming the rope_type and what converts."""

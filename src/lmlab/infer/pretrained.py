@@ -25,6 +25,7 @@ from lmlab.data.tokenizer import Specials, document_end_id, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
 
+NOT_LMLAB = "not an lmlab checkpoint (no model_config/state_dict)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_forward_module.")
 
@@ -287,6 +288,33 @@ def check_source(path: Path, device: str, dtype: str, key: str = "ckpt") -> None
         raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}, auto")
 
 
+def language_model_config(ckpt: dict, path: Path, key: str = "ckpt") -> ModelConfig:
+    """The model config of a read checkpoint (``read_checkpoint``'s: a file memory-mapped, a
+    sharded folder's metadata), refused where it is no lmlab checkpoint or holds a classifier,
+    which generation, evaluation, probes and conversion do not read."""
+    if "model_config" not in ckpt:
+        raise ConfigError(f"{key}={path}: {NOT_LMLAB}")
+    task = ckpt.get("task", {})
+    if task.get("kind") == "classify":  # seq2seq fine-tunes T5 as it is: it infills as before
+        raise ConfigError(
+            f"{key}={path} is a task=classify model (a classification head over the labels "
+            f"{', '.join(task.get('labels', [])[:10])}), not a language model: generation, "
+            "evaluation, probes and conversion read language models; its validation is the "
+            "run's val/acc and val/f1 (init_from starts a new classifier from its encoder, "
+            "the head drawn afresh)"
+        )
+    return saved_config(ckpt, f"{key}={path}")
+
+
+def checkpoint_config(path: str | Path, dtype: str = "auto", key: str = "ckpt") -> ModelConfig:
+    """The model config of checkpoint ``path`` from its metadata alone, no weight read: what a
+    command checks before ``load`` builds the model and reads every weight (minutes and the
+    model's size in memory for a 7B checkpoint)."""
+    path = Path(path)
+    check_source(path, "cpu", dtype, key)
+    return language_model_config(read_checkpoint(path), path, key)
+
+
 def load(
     path: str | Path,
     device: str = "cpu",
@@ -300,18 +328,9 @@ def load(
     path = Path(path)
     check_source(path, device, dtype, key)
     ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(f"{key}={path}: not an lmlab checkpoint (no model_config/state_dict)")
-    task = ckpt.get("task", {})
-    if task.get("kind") == "classify":  # seq2seq fine-tunes T5 as it is: it infills as before
-        raise ConfigError(
-            f"{key}={path} is a task=classify model (a classification head over the labels "
-            f"{', '.join(task.get('labels', [])[:10])}), not a language model: generation, "
-            "evaluation, probes and conversion read language models; its validation is the "
-            "run's val/acc and val/f1 (init_from starts a new classifier from its encoder, "
-            "the head drawn afresh)"
-        )
-    cfg = saved_config(ckpt, f"{key}={path}")
+    cfg = language_model_config(ckpt, path, key)
+    if "state_dict" not in ckpt:
+        raise ConfigError(f"{key}={path}: {NOT_LMLAB}")
     if tokenizer is not None:
         tok = read_tokenizer(Path(tokenizer), cfg.vocab_size, trained_vocab(ckpt))
         check_not_replaced(tok, carried_tokenizer(ckpt), Path(tokenizer), f"{key}={path}")

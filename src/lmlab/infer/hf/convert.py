@@ -43,7 +43,7 @@ from lmlab.infer.hf.tokenizer_io import (
     hf_tokenizer_of,
     transformers_quiet,
 )
-from lmlab.infer.pretrained import check_finite, load
+from lmlab.infer.pretrained import check_finite, checkpoint_config, load
 from lmlab.model import build_model
 
 log = logging.getLogger(__name__)
@@ -274,9 +274,11 @@ def to_hf(
             "folder it points to"
         )
     out = check_folder_out(out, empty=True)
+    # a knob transformers cannot express is refused from the checkpoint's metadata, before
+    # load builds the model and reads every weight (a 7B checkpoint's 28 GB)
+    arch = choose_architecture(checkpoint_config(path, dtype, key="to_hf"))
     pre = load(path, dtype=dtype, tokenizer=tokenizer, key="to_hf")
     cfg = pre.cfg
-    arch = choose_architecture(cfg)
     left_out = arch.left_out(cfg)
     if left_out:
         log.warning(
