@@ -1011,6 +1011,25 @@ def test_mixtral_converts_both_ways_with_transformers_logits(tmp_path: Path) -> 
         choose_architecture(dense)
 
 
+def test_a_mixtral_with_gelu_experts_goes_out_as_it_came_in(tmp_path: Path) -> None:
+    """Mixtral's experts are gated MLPs of its ``hidden_act``: a GeGLU one comes in as
+    ``activation=geglu`` and goes out again (it was refused: "Mixtral's experts are SwiGLU"),
+    with transformers' logits (fp32, 1e-5: see the module docstring) and the same weights."""
+    torch.manual_seed(0)
+    mixtral(hidden_act="gelu_pytorch_tanh").save_pretrained(tmp_path / "hf")
+    hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(tmp_path / "hf")
+    pre = load(from_hf(str(tmp_path / "hf"), tmp_path / "m.ckpt"))
+    assert pre.cfg.activation == Activation.geglu
+    out = to_hf(tmp_path / "m.ckpt", tmp_path / "out")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert hf_model.config.hidden_act == "gelu_pytorch_tanh"
+    ids = inputs("llama")["input_ids"]
+    with torch.no_grad():
+        assert (pre.model(ids) - hf_model(ids).logits).abs().max() <= 1e-5
+    back = load(from_hf(str(out), tmp_path / "back.ckpt")).model.state_dict()
+    assert all(torch.equal(back[k], v) for k, v in pre.model.state_dict().items())
+
+
 def test_mixtral_training_loss_keeps_its_weights_both_ways(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

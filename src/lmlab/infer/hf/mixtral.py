@@ -1,7 +1,9 @@
 """Mixtral (``MixtralForCausalLM``): Llama's blocks with a sparse Mixture-of-Experts
-feed-forward in every block, each token routed to ``top_k`` SwiGLU experts by a softmax over
-the router's logits renormalised over the chosen ones (Jiang et al. 2024). lmlab's
-``+experiment=mixtral`` recipe. transformers 5 holds each layer's experts stacked in memory:
+feed-forward in every block, each token routed to ``top_k`` experts by a softmax over the
+router's logits renormalised over the chosen ones (Jiang et al. 2024). lmlab's
+``+experiment=mixtral`` recipe. The experts are gated MLPs of ``hidden_act``, as Llama's MLP
+is: SwiGLU (``silu``, Mixtral's own) or GeGLU (``gelu_pytorch_tanh``), in both directions.
+transformers 5 holds each layer's experts stacked in memory:
 ``mlp.experts.gate_up_proj`` (E, 2 d_ff, d) is lmlab's ``w_gate`` and ``w_in`` side by side,
 ``down_proj`` (E, d, d_ff) its ``w_out``. Its save_pretrained writes them one by one, as
 published checkpoints, transformers 4 and vLLM have them, and so does to_hf:
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.config import Activation, Family, ModelConfig, Positional
+from lmlab.config import Family, ModelConfig, Positional
 from lmlab.errors import ConfigError
 from lmlab.infer.hf import llama
 from lmlab.infer.hf.mapping import Architecture, Rule, rule, same
@@ -106,7 +108,6 @@ MIXTRAL = Architecture(
     saved_rules=saved_rules,
     requirements=[
         *llama.REQUIREMENTS,
-        ("activation", same(Activation.swiglu), "Mixtral's experts are SwiGLU"),
         ("bias", same(False), "Mixtral has no biases"),
         ("moe.every_n_layers", same(1), "Mixtral has experts in every block"),
         ("moe.top_k", lambda c: tuple(range(2, c.moe.num_experts + 1)), "Mixtral renormalises"),
