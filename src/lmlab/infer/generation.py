@@ -77,7 +77,7 @@ def pick(
 @varying_shapes()  # one key more every token
 def decode_loop(
     forward: Forward,
-    new_cache: Callable[[int], KVCache] | None,
+    new_cache: Callable[[int, int], KVCache] | None,
     ids_BT: torch.Tensor,
     max_len: int,
     max_new_tokens: int,
@@ -108,8 +108,12 @@ def decode_loop(
     Non-finite logits at a step raise ``NonFiniteLogits`` (a diverged model, an overflowing
     dtype), greedy or sampled, unless ``check_finite=False``. Past ``max_len`` the context is
     cropped to its last tokens behind its first ``keep_start`` (``cropped``)."""
-    cache = new_cache(ids_BT.shape[0]) if new_cache else None
-    logits_BV = forward(cropped(ids_BT, max_len, keep_start), cache)[:, -1, :n_vocab]
+    context_BT = cropped(ids_BT, max_len, keep_start)
+    # the cache holds what this decode reads (the context and the new tokens), not every
+    # position the model has: a converted Llama 3.1's 131072 would be gigabytes
+    length = min(max_len, context_BT.shape[1] + max_new_tokens)
+    cache = new_cache(ids_BT.shape[0], length) if new_cache else None
+    logits_BV = forward(context_BT, cache)[:, -1, :n_vocab]
     done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
     n_forced = 0 if forced_BF is None else forced_BF.shape[1]
     for step in range(max_new_tokens):

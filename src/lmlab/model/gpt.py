@@ -59,6 +59,7 @@ class GPT(nn.Module):
             cache.advance()
         return output(self.head, self.norm_f(x_BTD), labels, self.loss_chunking)
 
-    def new_cache(self, batch: int) -> KVCache:
-        """An empty KV cache for ``batch`` sequences, in the model's dtype and device."""
-        return KVCache.for_model(self.cfg, batch, len(self.blocks), self.head.weight)
+    def new_cache(self, batch: int, length: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch`` sequences of up to ``length`` tokens (default
+        ``max_seq_len``), in the model's dtype and device."""
+        return KVCache.for_model(self.cfg, batch, len(self.blocks), self.head.weight, length)

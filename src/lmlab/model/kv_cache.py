@@ -8,8 +8,10 @@ absolute embeddings, ALiBi's and T5's biases, causality and a sliding window all
 positions, as without a cache. The cache holds ``n_kv_heads`` heads (GQA/MQA share them).
 
 Memory is preallocated once: ``(n_layers, B, n_kv_heads, size, head_dim)`` for keys and values,
-where ``size`` is ``max_seq_len``, or the attention window for a sliding-window model, whose
-cache is then a ring buffer that keeps only the last ``window`` keys (slot = position % window).
+where ``size`` is the tokens the decode holds (its prompt and new tokens, at most
+``max_seq_len``: a converted Llama 3.1's 131072 positions would be 17 GB in bf16 for one
+prompt), or the attention window for a sliding-window model, whose cache is then a ring buffer
+that keeps only the last ``window`` keys (slot = position % window).
 """
 
 from __future__ import annotations
@@ -50,22 +52,30 @@ class KVCache:
         self._new_pos: torch.Tensor | None = None
 
     @classmethod
-    def for_model(cls, cfg: ModelConfig, batch: int, n_layers: int, like: torch.Tensor) -> KVCache:
+    def for_model(
+        cls,
+        cfg: ModelConfig,
+        batch: int,
+        n_layers: int,
+        like: torch.Tensor,
+        length: int | None = None,
+    ) -> KVCache:
         """A cache for ``n_layers`` layers of a model with ``cfg``, in ``like``'s dtype and
-        device (pass a parameter: a bf16 model gets a bf16 cache)."""
+        device (pass a parameter: a bf16 model gets a bf16 cache), of ``length`` positions
+        (at most, and by default, ``max_seq_len``)."""
         return cls(
             n_layers,
             batch,
             cfg.kv_heads,
             cfg.head_dim,
-            cfg.max_seq_len,
+            cfg.max_seq_len if length is None else min(length, cfg.max_seq_len),
             cfg.attention_window,
             like.dtype,
             like.device,
         )
 
     def room(self, n_tokens: int) -> bool:
-        """Whether ``n_tokens`` more tokens fit within the model's ``max_seq_len`` positions."""
+        """Whether ``n_tokens`` more tokens fit within the cache's ``max_len`` positions."""
         return self.length + n_tokens <= self.max_len
 
     def context(

@@ -136,6 +136,7 @@ class T5(nn.Module):
         y_BSD = self.drop(self.dec_norm(y_BSD)) * self.head_scale
         return output(self.head, y_BSD, labels, self.loss_chunking)
 
-    def new_cache(self, batch: int) -> KVCache:
-        """An empty KV cache for the decoder's self-attention over ``batch`` sequences."""
-        return KVCache.for_model(self.cfg, batch, len(self.decoder), self.head.weight)
+    def new_cache(self, batch: int, length: int | None = None) -> KVCache:
+        """An empty KV cache for the decoder's self-attention over ``batch`` sequences of up
+        to ``length`` tokens (default ``max_seq_len``)."""
+        return KVCache.for_model(self.cfg, batch, len(self.decoder), self.head.weight, length)
