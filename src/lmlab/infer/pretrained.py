@@ -292,7 +292,7 @@ def language_model_config(ckpt: dict, path: Path, key: str = "ckpt") -> ModelCon
     """The model config of a read checkpoint (``read_checkpoint``'s: a file memory-mapped, a
     sharded folder's metadata), refused where it is no lmlab checkpoint or holds a classifier,
     which generation, evaluation, probes and conversion do not read."""
-    if "model_config" not in ckpt:
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt:
         raise ConfigError(f"{key}={path}: {NOT_LMLAB}")
     task = ckpt.get("task", {})
     if task.get("kind") == "classify":  # seq2seq fine-tunes T5 as it is: it infills as before
