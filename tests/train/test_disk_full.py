@@ -100,6 +100,40 @@ def test_a_full_disk_extending_a_run_names_the_file_and_keeps_the_checkpoints(
     assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 0
 
 
+def test_a_full_disk_at_run_config_yaml_keeps_the_runs_record_of_its_config(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completed run extended as the disk fills: ``.hydra/`` fitted, ``run_config.yaml``
+    did not. Rewritten in place, the file was emptied, and every later resume was refused
+    (``run_config.yaml ... cannot be read``: the run's only record of its model, data and
+    optimizer). Written whole, it is kept as it was, the message names it, and the resume it
+    names works once there is space."""
+    import io
+
+    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv) == 0
+    record = tmp_path / "run_config.yaml"
+    kept = record.read_bytes()
+    opened = io.open
+
+    def full_at_run_config(file: object, mode: str = "r", *args: object, **kwargs: object):
+        handle = opened(file, mode, *args, **kwargs)  # made, or cut to nothing, by "w"
+        if "w" in mode and record.name in os.fspath(file):
+            handle.close()
+            full()  # its data do not fit
+        return handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "open", full_at_run_config)
+        assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 1
+    assert record.read_bytes() == kept
+    err = capsys.readouterr().err
+    assert f"error: no space left on device writing {record}; the checkpoints" in err, err
+    assert not list(tmp_path.glob(".run_config.yaml.*"))  # no temporary file left
+    assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 0
+
+
 def test_a_results_json_that_cannot_be_written_at_the_end_is_one_line(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

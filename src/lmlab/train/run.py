@@ -29,7 +29,7 @@ from lmlab.errors import (
     storage_fix,
     storage_refusal,
 )
-from lmlab.files import PLAN, RESULTS, RUN_CONFIG, checkpoints_in, write_json
+from lmlab.files import PLAN, RESULTS, RUN_CONFIG, checkpoints_in, write_json, write_text
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
 from lmlab.train.build import build_task, checked_plan, checked_resume, prepared_data
@@ -267,7 +267,9 @@ def _fit(
     finishing = ckpt is not None and ckpt["global_step"] == plan.steps
     run.open(cfg)  # every check passed: from here on this run writes into the directory
     if rank_zero_only.rank == 0:
-        OmegaConf.save(OmegaConf.create(run_identity(cfg)), out_dir / RUN_CONFIG)
+        # written whole (a temporary file renamed over it): rewritten in place, a disk that
+        # filled as a resume rewrote it left the run's only record of its config empty
+        write_text(out_dir / RUN_CONFIG, OmegaConf.to_yaml(run_identity(cfg)))
         init = checked.init
         write_json(out_dir / PLAN, plan.as_dict() | (model_record(init) if init else {}))
     resume_step = ckpt["global_step"] if ckpt else 0
