@@ -1,7 +1,7 @@
 """The one error type for bad user input: caught by ``src/train.py`` and shown without traceback,
 and ``first_line``, which puts a library's error into such a message; a write the storage
-refused, a full disk (``disk_full``) or a checkpoints folder that cannot be written
-(``unwritable_checkpoint``), found in an error's chain and said in one line
+refused, a full disk (``disk_full``) or a folder of the run that cannot be written
+(``refused_write``), found in an error's chain and said in one line
 (``StorageError``)."""
 
 import errno
@@ -96,20 +96,23 @@ def write_error_words(err: OSError) -> str:
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint save the file system refused (``NOT_WRITABLE``), naming the checkpoint
-    rather than its temporary file (``lmlab.train.checkpointing.AtomicCheckpointIO``)."""
+class WriteRefusedError(OSError):
+    """A write the file system refused (``NOT_WRITABLE``), naming the file meant (a
+    checkpoint, a run's record: ``csv/metrics.csv``, ``results.json``) rather than the
+    temporary file it is written through (``lmlab.train.checkpointing.AtomicCheckpointIO``,
+    ``lmlab.files.write_bytes``)."""
 
 
-def unwritable_checkpoint(err: BaseException | None) -> OSError | None:
-    """The ``CheckpointWriteError`` in ``err``'s chain, if any."""
-    return next((e for e in chain(err) if isinstance(e, CheckpointWriteError)), None)
+def refused_write(err: BaseException | None) -> OSError | None:
+    """The ``WriteRefusedError`` in ``err``'s chain, if any."""
+    return next((e for e in chain(err) if isinstance(e, WriteRefusedError)), None)
 
 
 def refused_save(err: BaseException, path: Path) -> OSError | None:
-    """The error a save of the checkpoint ``path`` raises instead of ``err`` where the storage
-    refused it, naming the checkpoint rather than its temporary file or one rank's shard: a
-    full disk (``OSError``) or a folder that cannot be written (``CheckpointWriteError``);
+    """The error a save of ``path`` (a checkpoint, or a record written whole) raises instead of
+    ``err`` where the storage refused it, naming ``path`` rather than its temporary file or one
+    rank's shard: a full disk (``OSError``) or a folder that cannot be written
+    (``WriteRefusedError``);
     None where ``err`` is another error. Looks into the ranks' errors of a sharded save
     (torch.distributed.checkpoint's ``CheckpointException.failures``)."""
     for found in chain(err):
@@ -118,15 +121,19 @@ def refused_save(err: BaseException, path: Path) -> OSError | None:
         inner = [r[0] if isinstance(r, tuple) else r for r in ranks]
         for e in [found, *(c for r in inner if isinstance(r, BaseException) for c in chain(r))]:
             if isinstance(e, OSError) and e.errno in (*DISK_FULL, *NOT_WRITABLE):
-                kind = OSError if e.errno in DISK_FULL else CheckpointWriteError
+                kind = OSError if e.errno in DISK_FULL else WriteRefusedError
                 return kind(e.errno, e.strerror, str(path))
     return None
 
 
 def storage_refusal(err: BaseException | None) -> OSError | None:
-    """A full disk (``disk_full``) or a checkpoint that could not be written
-    (``unwritable_checkpoint``) in ``err``'s chain: a stop said in one line."""
-    return disk_full(err) or unwritable_checkpoint(err)
+    """A full disk (``disk_full``) or a checkpoint or record that could not be written
+    (``refused_write``) in ``err``'s chain: a stop said in one line. A completed run's
+    ``results.json`` that could not be written is said in its own words
+    (``UnwritableRecordError``: the resume that writes it without training again)."""
+    if any(isinstance(e, UnwritableRecordError) for e in chain(err)):
+        return None
+    return disk_full(err) or refused_write(err)
 
 
 def storage_fix(err: OSError) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import naming
+from lmlab.errors import naming, refused_save
 
 # A run directory's records.
 RESULTS = "results.json"  # the run's outcome: status, losses, tokens, W&B id (train.outcome)
@@ -85,6 +85,9 @@ def write_bytes(path: Path, data: bytes) -> Path:
         tmp.replace(path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
+        refused = refused_save(err, path)  # a full disk, a folder that cannot be written
+        if refused is not None:
+            raise refused from err  # naming the file meant, not its temporary file
         if isinstance(err, OSError):
             raise naming(err, path) from err
         raise

@@ -213,6 +213,70 @@ def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(
     assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 6
 
 
+def test_an_immutable_results_json_is_said_as_the_record_not_the_folder(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``chattr +i results.json``: the record is written to a temporary file, whose rename
+    over it the file system refuses. The stop names the record and the resume that writes it
+    (not a folder to make writable: the folder is)."""
+    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    record = tmp_path / "results.json"
+    replace = Path.replace
+
+    def immutable(self: Path, target: Path) -> Path:
+        if Path(target) == record:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM), str(self), None, str(target))
+        return replace(self, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "replace", immutable)
+        assert run_command("train", *argv) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(
+        f"error: the run trained to step 4 and saved its checkpoints, but {record} could not "
+        "be written (Operation not permitted): make it writable, then python src/train.py"
+    ), err
+    assert not list(tmp_path.glob(".results.json.*"))
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES, errno.EROFS])
+def test_a_logger_folder_that_cannot_be_written_is_one_line(
+    code: int,
+    tmp_path: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A completed run extended with its ``csv/`` made immutable (``chattr +i``), read-only
+    or on a read-only mount: the resume rewrites ``metrics.csv`` through a temporary file
+    there, and ended in a traceback naming that file. One line names ``metrics.csv`` and the
+    folder to make writable, exit code 1, and the resume it names works once it is."""
+    import json
+
+    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
+    assert run_command("train", *argv) == 0
+    csv_dir = tmp_path / "csv"
+    write = Path.write_bytes
+
+    def refused(self: Path, data: bytes) -> int:
+        if self.parent == csv_dir:  # as the file system answers the temporary file's open
+            raise OSError(code, os.strerror(code), str(self))
+        return write(self, data)
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_bytes", refused)
+        assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 1
+    err = capsys.readouterr().err
+    said = f"{os.strerror(code).lower()} writing {csv_dir / 'metrics.csv'}"
+    assert err.splitlines()[-1].startswith(f"error: {said}; the checkpoints written"), err
+    assert f"make {csv_dir} writable; resume with: python src/train.py" in err, err
+    assert "Traceback" not in err and ".tmp" not in err, err
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 0
+    assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 6
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EPERM, errno.EROFS])
 def test_a_sharded_save_refused_by_the_storage_names_the_checkpoint(code: int) -> None:
     """A sharded (FSDP) save that the storage refused failed in a traceback naming the save's
@@ -223,7 +287,7 @@ def test_a_sharded_save_refused_by_the_storage_names_the_checkpoint(code: int) -
     (``storage_refusal``); any other error is left as it was."""
     from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
 
-    from lmlab.errors import CheckpointWriteError, refused_save, storage_refusal
+    from lmlab.errors import WriteRefusedError, refused_save, storage_refusal
 
     ckpt = Path("/runs/a/checkpoints/last.ckpt")
     try:
@@ -236,7 +300,7 @@ def test_a_sharded_save_refused_by_the_storage_names_the_checkpoint(code: int) -
     ]:
         said = refused_save(raised, ckpt)
         assert said is not None and said.errno == code and said.filename == str(ckpt)
-        assert isinstance(said, CheckpointWriteError) == (code != errno.ENOSPC)
+        assert isinstance(said, WriteRefusedError) == (code != errno.ENOSPC)
         try:
             raise said from raised
         except OSError as err:
