@@ -498,6 +498,23 @@ def test_ckpt_path_with_other_optimizer_settings_is_refused(
     assert not (run_dir / "checkpoints").exists()
 
 
+def test_ckpt_path_with_another_global_batch_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    """``ckpt_path=`` continues the checkpoint's data position, its step x the global batch:
+    at twice the batch of step 2's checkpoint, the run started at row 16 (rows 8 to 15 never
+    trained) and its record counted 4 steps of the new batch as tokens trained. Refused, naming
+    the field, as a resume of the run itself is; the same batch continues."""
+    quiet = [*SMOKE, "logger=none", "callbacks.sample=null"]
+    train(compose_train([*quiet, "trainer.max_steps=2"], tmp_path / "first", cache_dir))
+    path = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run_dir = tmp_path / "new"
+    wider = [*quiet, f"ckpt_path={path}", "trainer.max_steps=4"]
+    with pytest.raises(ConfigError, match=r"has global_batch_size=4, this run 8 \(the data pos"):
+        train(compose_train([*wider, "data.batch_size=8"], run_dir, cache_dir))
+    assert not (run_dir / "checkpoints").exists()
+    train(compose_train(wider, run_dir, cache_dir))
+    assert results(run_dir)["global_step"] == 4 and results(run_dir)["resumed_step"] == 2
+
+
 def test_a_resume_on_another_device_count_may_name_the_global_batch_its_own_way(
     tmp_path: Path, cache_dir: Path
 ) -> None:

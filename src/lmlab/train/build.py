@@ -114,8 +114,7 @@ def checked_resume(
     if (out_dir / PLAN).exists() or not saved.get("batch"):
         check_resumable(read_plan(out_dir), plan, out_dir)
     else:  # plan.json deleted: the checkpoint's record of the global batch and data
-        record = {key: saved[key] for key in RESUME_RECORD if key in saved}
-        check_resumable(record, plan, out_dir, f"checkpoint {ckpt_path}")
+        checked_continuation(ckpt, ckpt_path, plan, out_dir)
     done = already_done(out_dir, plan, ckpt, ckpt_path)
     if done is not None:
         log.info(
@@ -125,6 +124,20 @@ def checked_resume(
             plan.steps,
         )
     return done
+
+
+def checked_continuation(
+    ckpt: dict[str, Any], ckpt_path: Path | None, plan: RunPlan, out_dir: Path
+) -> None:
+    """A run continuing ``ckpt`` (``ckpt_path=`` in a new directory, or a resume whose
+    plan.json is gone) checked against the global batch, sequence length and data its
+    checkpoint records: the data position is the checkpoint's step x this run's global batch,
+    so another batch skipped rows never trained and counted tokens never seen. A checkpoint
+    written before it kept the record has none to check."""
+    saved = ckpt.get("run_state") or {}
+    if saved.get("batch"):
+        record = {key: saved[key] for key in RESUME_RECORD if key in saved}
+        check_resumable(record, plan, out_dir, f"checkpoint {ckpt_path}")
 
 
 def build_task(

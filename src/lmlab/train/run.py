@@ -32,7 +32,13 @@ from lmlab.errors import (
 from lmlab.files import PLAN, RESULTS, RUN_CONFIG, checkpoints_in, write_json, write_text
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
-from lmlab.train.build import build_task, checked_plan, checked_resume, prepared_data
+from lmlab.train.build import (
+    build_task,
+    checked_continuation,
+    checked_plan,
+    checked_resume,
+    prepared_data,
+)
 from lmlab.train.callbacks import EvalTasks, Sample, Throughput
 from lmlab.train.checkpoint_check import (
     check_checkpoint_model,
@@ -257,6 +263,8 @@ def _fit(
         done = checked_resume(out_dir, plan, ckpt, ckpt_path)
         if done is not None:
             return done.get("val_loss")
+    elif ckpt is not None:  # ckpt_path= in a new directory: its data position, the same way
+        checked_continuation(ckpt, ckpt_path, plan, out_dir)
     # a completed run extended (a larger trainer.max_steps) resumes from its last step's
     # checkpoint, written before its final validation: results.json holds that one
     extended = finished_run(out_dir) if cfg.get("resume") and ckpt is not None else None
