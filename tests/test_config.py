@@ -562,7 +562,7 @@ def test_smoke_validates_two_batches_after_a_recipe_that_scores_the_whole_split(
     """+debug=smoke last (as the README says) after +experiment=shakespeare_char_cpu, whose
     final_val_batches=1.0 scores the whole held-out split after the last step: smoke's
     final validation is its two batches, not the whole split (98,432 tokens)."""
-    from lmlab.train.run import final_val_limit
+    from lmlab.train.final_validation import final_val_limit
 
     cfg = compose_train(["+experiment=shakespeare_char_cpu", "+debug=smoke"])
     assert cfg.trainer.limit_val_batches == 2

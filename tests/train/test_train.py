@@ -20,7 +20,8 @@ from lmlab.errors import ConfigError
 from lmlab.model import build_model
 from lmlab.model.loss import CHUNKED_AVAILABLE
 from lmlab.train.compose import compose_train
-from lmlab.train.run import final_val_limit, train
+from lmlab.train.final_validation import final_val_limit
+from lmlab.train.run import train
 from smoke import SMOKE
 
 REPO = CONF_DIR.parent  # the repository root

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,7 @@ from lmlab.train.checkpoint_check import (
 )
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
 from lmlab.train.estimate import plan_from_cfg
+from lmlab.train.final_validation import final_metrics
 from lmlab.train.finetune import fine_tuning_results
 from lmlab.train.hardware import set_matmul_precision
 from lmlab.train.init_from import model_record
@@ -55,7 +54,6 @@ from lmlab.train.loggers import (
     build_loggers,
     kept_run_name,
     log_param_table,
-    log_step,
     uses_wandb,
 )
 from lmlab.train.memory import memory_needs
@@ -86,7 +84,6 @@ from lmlab.train.resume import (
 from lmlab.train.rundir import RunDir
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
 from lmlab.train.schedule import warmup_cut
-from lmlab.train.task import LMTask
 from lmlab.train.task_state import TRAIN_LOSSES
 from lmlab.train.trainer import build_trainer
 from lmlab.train.wandb_run import finish_wandb, recorded_wandb_id, wandb_run_id
@@ -202,37 +199,6 @@ def dry_run(
         run.open(cfg)
         log.info("plan: %s", write_json(run.path / PLAN, {"dry_run": True, **plan}))
     return None  # no loss: a search (Optuna) records the trial as failed, not as a value
-
-
-@contextmanager
-def logged_at(trainer: L.Trainer, step: int) -> Iterator[None]:
-    """A validation after ``fit`` logs its metrics at ``step``: Lightning would log them at
-    its count of batches that stepped, which by then includes the last batch (N, not the
-    N - 1 where the validation during training, and the evals, put the weights after N
-    steps), and which a run resumed from its final checkpoint restores as N - 1. Its epoch is
-    the last step's: ``fit`` counted the epoch it ended as done, so Lightning logged the
-    validation in the next one (epoch 1 after the training rows' 0). The counts are
-    Lightning's own (private) attributes, put back afterwards."""
-    loop = trainer.fit_loop.epoch_loop
-    counted = loop._batches_that_stepped
-    epochs = trainer.fit_loop.epoch_progress.current
-    ended = epochs.completed
-    loop._batches_that_stepped = step
-    epochs.completed = max(0, ended - 1) if ended == epochs.processed else ended
-    try:
-        yield
-    finally:
-        loop._batches_that_stepped = counted
-        epochs.completed = ended
-
-
-def final_val_limit(final: int | float | None, during: int | float) -> int | float | None:
-    """The ``limit_val_batches`` of the validation after the last step, when it differs from
-    the one during training (``final_val_batches``); None: the same rows. Compared by type
-    too, as Lightning reads them: 1 is one batch, 1.0 the whole split."""
-    if final is None or (type(final), final) == (type(during), during):
-        return None
-    return final
 
 
 def _fit(
@@ -366,30 +332,6 @@ def _fit(
         summarize_wandb(loggers, results)
         write_completed(out_dir, results, trainer.global_step)
     return results["val_loss"]
-
-
-def final_metrics(
-    cfg: DictConfig, trainer: L.Trainer, task: LMTask, dm: Any, finishing: bool
-) -> dict[str, float]:
-    """The metrics after the last step: the fit's, and a validation of the final weights
-    where the fit ended without one or ``final_val_batches`` scores other rows."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    rescore = final_val_limit(cfg.get("final_val_batches"), trainer.limit_val_batches)
-    if rescore is not None:
-        trainer.limit_val_batches = rescore  # the Trainer's own setting, for this last pass
-    task.finishing = finishing  # its evals and sample run around this last validation
-    if rescore is not None or task.last_val_step != trainer.global_step:
-        task.rescoring = rescore is not None
-        try:
-            with logged_at(trainer, log_step(trainer.global_step)):
-                trainer.validate(task, datamodule=dm, verbose=False)  # it drops train/* metrics
-        finally:
-            task.rescoring = False
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if "train/loss" not in metrics:  # nothing trained here: the checkpoint's last losses
-        kept = zip(TRAIN_LOSSES, task.last_losses().values(), strict=True)
-        metrics |= {name: value for name, value in kept if value is not None}
-    return metrics
 
 
 def write_completed(out_dir: Path, results: dict[str, Any], step: int) -> None:
