@@ -362,8 +362,11 @@ def bert_ckpt(tmp_path_factory: pytest.TempPathFactory, counting: Path) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
-def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> None:
-    """300 steps of a small BERT on counting text: the masked word is the next number."""
+def test_fill_mask_after_brief_training_knows_the_pattern(
+    bert_ckpt: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """300 steps of a small BERT on counting text: the masked word is the next number, in the
+    library and through ``lmlab generate`` (in this process)."""
     pre = load(bert_ckpt)
     (candidates,), filled = fill_mask(pre, "three four [MASK] six seven", top_k=3)
     assert " five" in [c.token for c in candidates]
@@ -374,9 +377,9 @@ def test_fill_mask_after_brief_training_knows_the_pattern(bert_ckpt: Path) -> No
         fill_mask(pre, "three four five", top_k=3)
     (every,), _ = fill_mask(pre, "three four [MASK] six", top_k=10**6)  # at most every token
     assert len(every) == pre.cfg.vocab_size and every[0].token == candidates[0].token
-    res = cli("generate.py", f"ckpt={bert_ckpt}", "text=six <mask> eight")
-    assert res.returncode == 0, res.stderr
-    assert "' seven'" in res.stdout and "filled:" in res.stdout
+    assert run_command("generate", f"ckpt={bert_ckpt}", "text=six <mask> eight") == 0
+    out = capsys.readouterr().out
+    assert "' seven'" in out and "filled:" in out, out
     with torch.no_grad():  # a diverged BERT: nan probabilities were ranked and printed
         for p in pre.model.parameters():
             p.fill_(float("nan"))
@@ -430,14 +433,16 @@ def test_fill_mask_names_a_special_token_candidate(tmp_path: Path) -> None:
 
 
 def test_probe_writes_the_attention_image_and_the_parameter_table(
-    bert_ckpt: Path, tmp_path: Path
+    bert_ckpt: Path, tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    res = cli("probe.py", f"ckpt={bert_ckpt}", "text=one two three", f"out={tmp_path / 'a.png'}")
-    assert res.returncode == 0, res.stderr
+    """``lmlab probe`` (in this process)."""
+    out = f"out={tmp_path / 'a.png'}"
+    assert run_command("probe", f"ckpt={bert_ckpt}", "text=one two three", out) == 0
+    printed = capsys.readouterr().out
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "blocks.1" in res.stdout and "FLOPs per token" in res.stdout
+    assert "blocks.1" in printed and "FLOPs per token" in printed
     total = param_breakdown(load(bert_ckpt).model)["total"]
-    assert f"{total:,}" in res.stdout
+    assert f"{total:,}" in printed
 
 
 @pytest.fixture(scope="module")
@@ -477,18 +482,17 @@ def test_generate_cli_streams_reproducible_samples(smoke_ckpts: dict[str, Path])
     assert no_cache.stdout == cached.stdout
 
 
-def test_t5_infill_cli_fills_every_sentinel(smoke_ckpts: dict[str, Path]) -> None:
-    res = cli(
-        "generate.py",
-        f"ckpt={smoke_ckpts['t5']}",
-        "text=def <mask>(self): <mask>",
-        "max_new_tokens=8",
-    )
-    assert res.returncode == 0, res.stderr
-    printed = re.findall(r"^(<extra_id_\d+>) -> (.*)$", res.stdout, re.MULTILINE)
+def test_t5_infill_cli_fills_every_sentinel(
+    smoke_ckpts: dict[str, Path], run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lmlab generate`` (in this process) on a T5 checkpoint."""
+    text = "text=def <mask>(self): <mask>"
+    assert run_command("generate", f"ckpt={smoke_ckpts['t5']}", text, "max_new_tokens=8") == 0
+    stdout = capsys.readouterr().out
+    printed = re.findall(r"^(<extra_id_\d+>) -> (.*)$", stdout, re.MULTILINE)
     spans = {sentinel: ast.literal_eval(span) for sentinel, span in printed}
     # the sentinels (and the space before each) replaced by the generated spans
-    filled = res.stdout.split("filled: ")[1].removesuffix("\n")
+    filled = stdout.split("filled: ")[1].removesuffix("\n")
     assert filled == "def" + spans.get("<extra_id_0>", "") + "(self):" + spans.get(
         "<extra_id_1>", ""
     )
