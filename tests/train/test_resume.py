@@ -23,7 +23,7 @@ from lmlab.config import CONF_DIR
 from lmlab.errors import ConfigError
 from lmlab.train.checkpointing import AtomicCheckpointIO
 from lmlab.train.compose import compose_train
-from lmlab.train.resume import resume_checkpoint
+from lmlab.train.resume import check_same_run, resume_checkpoint, run_identity
 from lmlab.train.run import train
 from smoke import SHORT_ROWS, SMOKE
 
@@ -706,3 +706,41 @@ def test_a_checkpoint_gets_the_mode_a_plain_write_would(tmp_path: Path, umask: i
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+# Each config field that names a local file, with the overrides that read it.
+PATH_FIELDS = {
+    "data.path": ["data=text"],
+    "data.val_path": ["data=text", "data.path=/dev/null"],
+    "data.name": ["data=hf"],
+    "task.train": ["task=classify", "task.source=files", "model=bert_tiny"],
+    "task.val": ["task=classify", "task.source=files", "model=bert_tiny", "task.train=/a.csv"],
+}
+
+
+@pytest.mark.parametrize("field", PATH_FIELDS)
+def test_a_resume_compares_the_file_a_path_names_not_its_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """``./x.jsonl`` typed in the run's first folder is that folder's file: the resume from
+    another folder naming it by its absolute path, or by a path relative to there, goes on.
+    The same words from another folder name another file: refused, naming both files."""
+    first, other, run_dir = tmp_path / "first", tmp_path / "other", tmp_path / "run"
+    for folder in (first, other):
+        folder.mkdir()
+        (folder / "x.jsonl").write_text('{"text": "a", "label": "b"}\n')
+    (run_dir / ".hydra").mkdir(parents=True)  # Hydra's record of the launch
+    (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {first}\n")
+
+    def config(path: str):
+        return compose_train([*PATH_FIELDS[field], f"{field}={path}"], run_dir)
+
+    monkeypatch.chdir(first)
+    (run_dir / "run_config.yaml").write_text(OmegaConf.to_yaml(run_identity(config("./x.jsonl"))))
+    monkeypatch.chdir(other)
+    for same in (str(first / "x.jsonl"), "../first/x.jsonl", "../other/../first/x.jsonl"):
+        check_same_run(config(same), run_dir, "saved")
+    with pytest.raises(ConfigError, match=f"differing fields: {field}: ") as refused:
+        check_same_run(config("./x.jsonl"), run_dir, "saved")
+    assert str(first / "x.jsonl") in str(refused.value)
+    assert str(other / "x.jsonl") in str(refused.value)

@@ -43,6 +43,7 @@ from lmlab.config import (
     to_schema,
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
+from lmlab.config.local_paths import source_name
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import (
@@ -107,15 +108,6 @@ class InitFrom:
         """The file (or sharded folder) the weights are loaded from: the one whose metadata was
         read, although a ``last.ckpt`` named may since point at a newer step."""
         return Path(self.record.get("init_source", {}).get("file") or self.path)
-
-
-def source_name(path: str | os.PathLike) -> str:
-    """The checkpoint ``path`` names, one name for every spelling: absolute, its folders'
-    links followed, but not a link it ends in (a source run's ``last.ckpt`` moves on as that
-    run trains, and stays the same source). ``runs/a/last.ckpt`` from the folder above,
-    ``../a/last.ckpt`` from ``runs/b`` and a linked folder's path to it are one name."""
-    named = Path(os.path.abspath(path))
-    return str(Path(os.path.realpath(named.parent)) / named.name)
 
 
 def loaded_source(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from lmlab.config import (
     flatten,
     model_config_dict,
 )
+from lmlab.config.local_paths import launch_cwd, named_files
 from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
@@ -231,6 +232,7 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
             now["init_from"] = started
         elif loaded := (record.get("init_source") or {}).get("file"):
             saved["init_from"] = f"{started} ({loaded})"  # which file that was
+    saved, now = same_files(flatten(saved), launch_cwd(out_dir), flatten(now))
     found = differences(saved, now, ignore=BATCH_FIELDS if planned else ())
     changed = [d for d in found if d.startswith(CHANGEABLE)]
     diffs = [d for d in found if d not in changed]
@@ -245,6 +247,27 @@ def check_same_run(cfg: DictConfig, out_dir: Path, what: str, continues: bool = 
             f"cannot resume {out_dir}: it holds another config; differing "
             f"fields: {'; '.join(diffs[:8])}"
         )
+
+
+def same_files(
+    saved: dict[str, Any], saved_cwd: str | None, now: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The flat configs ``saved`` (read in ``saved_cwd``, its launch's working directory;
+    None: unknown, taken as this one's, as the words were compared) and ``now`` (read here),
+    their local paths compared as the files they name (``named_files``): a path field of
+    ``now`` that names the file ``saved``'s named takes ``saved``'s words (``./x.jsonl`` then,
+    its absolute path now); one that names another file, spelt the same or not, is shown with
+    the file each names."""
+    was, named = named_files(saved, saved_cwd), named_files(now)
+    saved, now = dict(saved), dict(now)
+    for key in was.keys() | named.keys():
+        if was.get(key) == named.get(key):
+            now[key] = saved[key]
+            continue
+        for config, names in ((saved, was), (now, named)):
+            if key in names and names[key] != config[key]:
+                config[key] = f"{config[key]} ({names[key]})"
+    return saved, now
 
 
 def read_results(out_dir: Path) -> dict[str, Any] | None:
