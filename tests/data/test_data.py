@@ -22,6 +22,7 @@ from lmlab.config import DataConfig, Family, Source, TokenizerKind
 from lmlab.config.locks import hold_folder
 from lmlab.data import abandoned, packing
 from lmlab.data.datamodule import LMDataModule
+from lmlab.data.examples import file_version
 from lmlab.data.packing import pack, prepare
 from lmlab.data.sampler import ResumableSampler
 from lmlab.data.sources import fingerprint, load_documents, stdlib_files
@@ -489,6 +490,34 @@ def test_packed_cache_is_reused_and_rebuilt_on_change(tmp_path: Path) -> None:
         os.utime(corpus, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # sets the change time
     assert corpus.stat().st_size == kept.st_size and corpus.stat().st_mtime_ns == kept.st_mtime_ns
     assert prepare(cfg, row_len=17) not in (first, second)
+
+
+@pytest.mark.parametrize("source", [Source.text, Source.hf])
+def test_every_spelling_of_a_local_corpus_is_one_cache_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: Source
+) -> None:
+    """``x.jsonl``, ``./x.jsonl``, its absolute path and a path through another folder name
+    one file: one tokenizer and one set of rows (each spelling trained its own), and one
+    ``datasets`` copy of an example file. The same words in another folder are another file."""
+    lines = "".join(json.dumps({"text": f"line {i}: {TEXT[:60]}"}) + "\n" for i in range(40))
+    corpus = write(tmp_path / "d" / "x.jsonl", lines.encode())
+    write(tmp_path / "e" / "x.jsonl", lines.encode())  # a copy: another file
+    field = "path" if source == Source.text else "name"
+    cache = tmp_path / "c"
+
+    def cfg(path: str) -> DataConfig:
+        return DataConfig(source=source, cache_dir=str(cache), tokenizer=TokenizerKind.char,
+                          **{field: path})  # fmt: skip
+
+    monkeypatch.chdir(tmp_path / "d")
+    spellings = ["x.jsonl", "./x.jsonl", str(corpus), "../e/../d/x.jsonl"]
+    assert len({fingerprint(cfg(path)) for path in spellings}) == 1
+    assert len({file_version(Path(path)) for path in spellings}) == 1
+    rows = {prepare(cfg(path), row_len=17) for path in spellings}
+    assert len(rows) == 1
+    assert len([entry for entry in cache.iterdir() if entry.name.startswith("tok-")]) == 1
+    monkeypatch.chdir(tmp_path / "e")
+    assert fingerprint(cfg("./x.jsonl")) != fingerprint(cfg(str(corpus)))
 
 
 def test_a_cache_this_datasets_cannot_read_is_built_again(

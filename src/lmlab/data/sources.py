@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmlab.config import DataConfig, Source
+from lmlab.config.local_paths import PATH_STARTS, source_name
 from lmlab.data.csv_texts import csv_header, csv_texts
 from lmlab.data.decode import READING, SLICING, cut, read_files
 from lmlab.data.folders import folder_files, text_files, text_root
@@ -59,10 +60,6 @@ def corpus_files(cfg: DataConfig) -> tuple[list[Path], Path]:
     if cfg.source == Source.shakespeare:
         return [SHAKESPEARE], SHAKESPEARE.parent
     return text_files(cfg), text_root(cfg)
-
-
-# How a path begins, and a hub name ("name", "owner/name") never does.
-PATH_STARTS = ("/", "~", "./", "../")
 
 
 def local_dataset(cfg: DataConfig) -> Path | None:
@@ -264,9 +261,10 @@ def load_documents(cfg: DataConfig) -> Documents:
 
 
 def stat_identity(path: Path) -> tuple:
-    """A file as git's index knows it, without reading it (``fingerprint``)."""
+    """A file as git's index knows it, without reading it (``fingerprint``), named as the file
+    itself (``source_name``): ``./x.jsonl`` and its absolute path are one cache entry."""
     st = path.stat()
-    return (str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return (source_name(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -275,11 +273,13 @@ def fingerprint(cfg: DataConfig) -> str:
     every write and no tool can set it back, so a file rewritten with its size and
     modification time kept (``touch -r``, ``rsync -a`` of another version) is a change too.
     A Hugging Face dataset is its name, subset, split and column; one that is a local path
-    (a ``save_to_disk`` folder, a folder of data files) adds its files' identities, which
+    (a ``save_to_disk`` folder, a folder of data files) is named as that path (``source_name``:
+    however it is typed) and adds its files' identities, which
     ``datasets`` reads as ``folder_files`` lists them (hidden files and folders left out)."""
     if cfg.source == Source.hf:
-        ident: list = [cfg.name, cfg.subset, cfg.split, cfg.text_column]
         local = local_dataset(cfg)
+        name = cfg.name if local is None else source_name(local)  # a hub name as it is
+        ident: list = [name, cfg.subset, cfg.split, cfg.text_column]
         if local is not None:
             files = [local] if local.is_file() else folder_files(local, cfg)
             ident.append([stat_identity(path) for path in files])
