@@ -1330,6 +1330,37 @@ def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) 
     assert not [line for line in ranking.summarize(bpb, "val_bits_per_byte") if "warning" in line]
 
 
+def test_a_local_corpus_is_the_file_its_path_names_from_where_the_run_was_launched(
+    tmp_path: Path,
+) -> None:
+    """``data.name=./x.jsonl`` typed in ``d`` and ``d``'s absolute path typed in ``e`` are one
+    corpus: one variant, the second run a repeat of the first (it was another variant, and a
+    warning said the two validated on different text). ``./x.jsonl`` typed in ``e`` is another
+    corpus: another variant, warned of (it was taken for the first run's copy and left out)."""
+    for folder in ("d", "e"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.jsonl").write_text('{"text": "a"}\n')
+    root = make_multirun(tmp_path / "multirun", [JOBS[0]] * 3)
+    spelt = [("./x.jsonl", "d"), (str(tmp_path / "d" / "x.jsonl"), "e"), ("./x.jsonl", "e")]
+    for job, ((name, cwd), loss) in enumerate(zip(spelt, (3.1, 3.1, 3.3), strict=True)):
+        hydra = root / str(job) / ".hydra"
+        config = yaml.safe_load((hydra / "config.yaml").read_text())
+        config["data"] = {"source": "hf", "name": name}
+        (hydra / "config.yaml").write_text(yaml.safe_dump(config))
+        overrides = yaml.safe_load((hydra / "overrides.yaml").read_text())
+        (hydra / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"data.name={name}"]))
+        (hydra / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {tmp_path / cwd}\n")
+        results = results_for(loss, 2000.0, 1, str(job))
+        (root / str(job) / "results.json").write_text(json.dumps(results))
+    rows = ranking.aggregate(load_runs(root), "val_loss")
+    grouped = [([r.dir.name for r in row.runs], [r.dir.name for r in row.copies]) for row in rows]
+    assert grouped == [(["0"], ["1"]), (["2"], [])]
+    (warning,) = [line for line in ranking.summarize(rows, "val_loss") if "warning" in line]
+    assert "differ in data.name" in warning, warning
+    for folder, job in (("d", 0), ("e", 2)):
+        assert f"{tmp_path / folder / 'x.jsonl'}: {job}" in warning, warning
+
+
 def test_fine_tuning_runs_on_different_examples_get_a_warning(tmp_path: Path) -> None:
     """Two fine-tuning runs on other files: their accuracy (or loss) measures other data;
     the summary says so, for any metric. Pre-training runs never get it."""

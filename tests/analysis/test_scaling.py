@@ -444,6 +444,39 @@ def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_togethe
         ), warning
 
 
+def test_a_local_corpus_typed_two_ways_is_one_loss_and_the_same_words_elsewhere_another(
+    tmp_path: Path,
+) -> None:
+    """``data.path`` is the file it names from the folder each run was launched in: a relative
+    path and the absolute one are one corpus, fitted together (refused as two); the same words
+    typed in another folder name another corpus, refused naming both files."""
+    import yaml
+
+    for folder in ("d", "e"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.txt").write_text("text\n")
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+
+    def launched(job: Path, path: str, cwd: str) -> None:
+        (job / ".hydra").mkdir(exist_ok=True)
+        data = {"source": "text", "path": path}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+        (job / ".hydra" / "hydra.yaml").write_text(
+            yaml.safe_dump({"hydra": {"runtime": {"cwd": str(tmp_path / cwd)}}})
+        )
+
+    for i, job in enumerate(jobs):
+        launched(job, "x.txt" if i % 2 else str(tmp_path / "d" / "x.txt"), "d")
+    launched(jobs[0], "../d/x.txt", "e")
+    assert scan_runs(root)[2] == []
+    launched(jobs[0], "./x.txt", "e")
+    with pytest.raises(ScalingError, match=r"differ in data\.path: ") as info:
+        scan_runs(root)
+    assert f"{tmp_path / 'e' / 'x.txt'} (1)" in str(info.value)
+    assert f"{tmp_path / 'd' / 'x.txt'} (14)" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("data", "key", "values"),
     [

@@ -156,8 +156,10 @@ def data_settings(run: Run) -> dict[str, str]:
     key), less the keys its own data config switches off (``DataConfig.unused_fields``:
     ``data.val_fraction`` under ``data.val_split`` or ``data.val_path``, ``data.vocab_size``
     under ``data.tokenizer=char``): runs that differ in such a key trained on the same text
-    and tokens. A config DataConfig cannot read (an older run's) keeps every key."""
-    settings = {key: str(run.flat_config.get(key, default)) for key, default in TOKENIZER_KEYS}
+    and tokens. A local path is the file it names (``Run.files``). A config DataConfig
+    cannot read (an older run's) keeps every key."""
+    values = run_values(run)
+    settings = {key: str(values.get(key, default)) for key, default in TOKENIZER_KEYS}
     data = run.config.get("data")
     if not isinstance(data, dict):
         return settings
@@ -169,6 +171,11 @@ def data_settings(run: Run) -> dict[str, str]:
     for name in data_cfg.unused_fields(padded):
         settings.pop(f"data.{name}", None)
     return settings
+
+
+def run_values(run: Run) -> dict[str, object]:
+    """The run's flat config with each local path as the file it names (``Run.files``)."""
+    return {**run.flat_config, **run.files}
 
 
 def _by_value(settings: Sequence[tuple[str, dict[str, str]]], key: str) -> dict[str, list[str]]:
@@ -218,9 +225,8 @@ def example_notes(runs: Sequence[Run], metric: str) -> list[str]:
     done = [run for run in runs if not run.failed]
     if all(run.flat_config.get("task.kind", "lm") == "lm" for run in done):
         return []
-    differ = [
-        key for key in EXAMPLE_KEYS if len({repr(run.flat_config.get(key)) for run in done}) > 1
-    ]
+    values = [run_values(run) for run in done]
+    differ = [key for key in EXAMPLE_KEYS if len({repr(v.get(key)) for v in values}) > 1]
     if not differ:
         return []
     return [

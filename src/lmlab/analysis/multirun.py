@@ -89,9 +89,13 @@ def knob_value(run: Run, key: str) -> str:
     the default preset it ran with), else ``-``. ``trainer.max_steps`` of a run whose budget
     set its steps (tokens, FLOPs, Chinchilla) is ``-``: the config's value was not used; so
     is the default ``model`` preset of an ``init_from`` run, which trained the checkpoint's
-    architecture (its fields are plan.json's: a converted BERT was listed as ``gpt_tiny``)."""
+    architecture (its fields are plan.json's: a converted BERT was listed as ``gpt_tiny``).
+    A local path is the file it names (``Run.files``): ``./x.jsonl`` and its absolute path are
+    one variant, the same words typed in two folders two (one was taken for the other's copy)."""
     if key.lstrip("+~") == "trainer.max_steps" and _budget_kind(run) not in (None, "steps"):
         return MISSING
+    if key.lstrip("+~") in run.files:
+        return run.files[key.lstrip("+~")]
     if key in run.overrides:
         return run.overrides[key]
     if key.lstrip("+~") == "model" and run.flat_config.get("init_from"):

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lmlab.config.local_paths import hydra_runtime
 from lmlab.files import EVAL_RECORDS, RUN_CONFIG
 
 # metrics.csv columns that are the x axis, not metrics.
@@ -206,7 +207,7 @@ def metrics_csv(job_dir: Path, config: dict[str, Any] | None) -> Path | None:
     ``version_N``. Outside the run's folder, a save_dir that other runs share, only a file
     whose ``hparams.yaml`` names this run's output folder is the run's. None where there is
     no file."""
-    runtime = _hydra_runtime(job_dir)
+    runtime = hydra_runtime(job_dir)
     where = _csv_logger(job_dir, config, Path(runtime.get("cwd") or job_dir))
     save_dir, name, version = where if where is not None else (job_dir, "csv", "")
     root = save_dir / name if name else save_dir
@@ -249,14 +250,6 @@ def _csv_logger(
     name, version = csv_cfg.get("name", "lightning_logs"), csv_cfg.get("version")
     version = f"version_{version}" if isinstance(version, int) else version
     return save_dir, str(name or ""), version
-
-
-def _hydra_runtime(job_dir: Path) -> dict[str, Any]:
-    """Hydra's ``runtime`` record of the run (``cwd``: the training command's working
-    directory, which jobs do not leave; ``output_dir``: the run's folder when it ran)."""
-    hydra = read_yaml(job_dir / ".hydra" / "hydra.yaml")
-    runtime = hydra.get("hydra", {}).get("runtime") if isinstance(hydra, dict) else None
-    return runtime if isinstance(runtime, dict) else {}
 
 
 def read_curve(

@@ -37,6 +37,7 @@ from lmlab.analysis.run_files import (
     results_or_failed,
 )
 from lmlab.config import flatten
+from lmlab.config.local_paths import launch_cwd, named_files
 from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN, RESULTS, checkpoints_in, read_json
@@ -76,6 +77,9 @@ class Run:
     """``config`` is ``run_config.yaml``'s (model, data, optimizer, schedule, seed): the run's
     ``.hydra/config.yaml`` is missing or unreadable (a copy made with ``cp -r run/*``). The
     keys it lacks are unknown, not different."""
+    cwd: str | None = None
+    """The working directory its newest launch read relative paths in (``launch_cwd``: Hydra's
+    ``hydra.runtime.cwd``); None where its ``.hydra/hydra.yaml`` is missing."""
     checkpointed: bool = True
     """Whether its folder holds a checkpoint (``lmlab.files.checkpoints_in``): a run that has
     not finished is continued from it by a resume; one without is started again."""
@@ -118,6 +122,14 @@ class Run:
     def flat_config(self) -> dict[str, Any]:
         """config.yaml flattened to dotted keys."""
         return flatten(self.config)
+
+    @cached_property
+    def files(self) -> dict[str, str]:
+        """Its config's local paths (dotted keys: ``data.path``, a local ``data.name``) as the
+        files they name from its launch's working directory (``named_files``): ``./x.jsonl``
+        and its absolute path are one file, the same words typed in two folders two, as a
+        resume compares them. A relative one whose folder is not known is left out (as typed)."""
+        return named_files(self.flat_config, self.cwd)
 
 
 def load_runs(path: str | Path) -> list[Run]:
@@ -372,5 +384,6 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         skipped_evals=record.skipped,
         choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
         partial_config=partial,
+        cwd=launch_cwd(job_dir),
         checkpointed=bool(checkpoints_in(job_dir)),
     )

@@ -40,11 +40,14 @@ def source_name(path: str | os.PathLike, cwd: str | os.PathLike | None = None) -
     return str(Path(os.path.realpath(named.parent)) / named.name)
 
 
-def local_name(field: str, value: Any, cwd: str | os.PathLike | None = None) -> str | None:
+def local_name(field: str, value: Any, cwd: str | os.PathLike | None) -> str | None:
     """The file ``value`` of the dotted ``field`` names from ``cwd`` (``source_name``) where
     it is a local path: any value of ``PATH_FIELDS``, a ``NAME_FIELDS`` value that exists
-    there or begins as only a path can. None for a hub name, or no string."""
+    there or begins as only a path can. None for a hub name, no string, or a relative path
+    read in a folder that is not known (``cwd`` None): it is compared as typed."""
     if not isinstance(value, str) or not value:
+        return None
+    if cwd is None and not os.path.isabs(os.path.expanduser(value)):
         return None
     name = source_name(value, cwd)
     if field in PATH_FIELDS or value.startswith(PATH_STARTS) or os.path.exists(name):
@@ -52,10 +55,11 @@ def local_name(field: str, value: Any, cwd: str | os.PathLike | None = None) -> 
     return None
 
 
-def named_files(flat: Mapping[str, Any], cwd: str | os.PathLike | None = None) -> dict[str, str]:
-    """{dotted field: the file it names from ``cwd``} for each path field of the flat config
-    ``flat`` that names a local path (``local_name``): ``NAME_FIELDS`` under their source only
-    (``task.name=code_or_play`` is a shipped set, whatever folder holds that name)."""
+def named_files(flat: Mapping[str, Any], cwd: str | os.PathLike | None) -> dict[str, str]:
+    """{dotted field: the file it names from ``cwd`` (None: not known)} for each path field of
+    the flat config ``flat`` that names a local path (``local_name``): ``NAME_FIELDS`` under
+    their source only (``task.name=code_or_play`` is a shipped set, whatever folder holds
+    that name)."""
     names = {}
     for field in (*PATH_FIELDS, *NAME_FIELDS):
         source = NAME_FIELDS.get(field)

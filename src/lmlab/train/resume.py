@@ -7,6 +7,7 @@ them (``lmlab.train.rundir`` writes)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,8 @@ def same_files(
     ``now`` that names the file ``saved``'s named takes ``saved``'s words (``./x.jsonl`` then,
     its absolute path now); one that names another file, spelt the same or not, is shown with
     the file each names."""
-    was, named = named_files(saved, saved_cwd), named_files(now)
+    here = os.getcwd()
+    was, named = named_files(saved, saved_cwd or here), named_files(now, here)
     saved, now = dict(saved), dict(now)
     for key in was.keys() | named.keys():
         if was.get(key) == named.get(key):
