@@ -1009,6 +1009,16 @@ def test_mixtral_converts_both_ways_with_transformers_logits(tmp_path: Path) -> 
     )
     with pytest.raises(ConfigError, match=r"model\.moe\.every_n_layers=2"):
         choose_architecture(dense)
+    # one expert: no top_k fits, and the message says so and why
+    single = dataclasses.replace(
+        dense, moe=dataclasses.replace(dense.moe, num_experts=1, top_k=1, every_n_layers=1)
+    )
+    with pytest.raises(ConfigError) as refused:
+        choose_architecture(single)
+    assert (
+        "model.moe.top_k=1 (no value fits: Mixtral renormalises the chosen gates: top_k "
+        "from 2 to model.moe.num_experts)" in str(refused.value)
+    )
 
 
 def test_a_mixtral_with_gelu_experts_goes_out_as_it_came_in(tmp_path: Path) -> None:

@@ -144,7 +144,10 @@ def unmet(cfg: ModelConfig, requirements: list[Requirement]) -> list[tuple[str, 
 
 def check(cfg: ModelConfig, requirements: list[Requirement], hf_class: str) -> None:
     """Every knob value the class cannot express, in one ConfigError."""
-    problems = [f"{knob} (needs {shown}: {why})" for knob, shown, why in unmet(cfg, requirements)]
+    problems = [
+        f"{knob} ({f'needs {shown}' if shown else 'no value fits'}: {why})"
+        for knob, shown, why in unmet(cfg, requirements)
+    ]
     if problems:
         raise ConfigError(f"{hf_class} cannot express " + "; ".join(problems))
 

@@ -41,7 +41,11 @@ def config_from_hf(hf: Any, tied: bool) -> dict[str, Any]:
             "probability (Switch); only top_k >= 2 converts"
         )
     if getattr(hf, "router_jitter_noise", 0.0):
-        raise ConfigError(f"router_jitter_noise={hf.router_jitter_noise}: lmlab has no jitter")
+        raise ConfigError(
+            f"router_jitter_noise={hf.router_jitter_noise}: lmlab's router has no jitter "
+            "(allowed: 0); jitter changes training only, so the model's config.json with "
+            "router_jitter_noise set to 0 converts with the same logits"
+        )
     fields = llama.config_from_hf(hf, tied)
     k = hf.num_experts_per_tok
     fields["moe"] = {
@@ -110,7 +114,11 @@ MIXTRAL = Architecture(
         *llama.REQUIREMENTS,
         ("bias", same(False), "Mixtral has no biases"),
         ("moe.every_n_layers", same(1), "Mixtral has experts in every block"),
-        ("moe.top_k", lambda c: tuple(range(2, c.moe.num_experts + 1)), "Mixtral renormalises"),
+        (
+            "moe.top_k",
+            lambda c: tuple(range(2, c.moe.num_experts + 1)),
+            "Mixtral renormalises the chosen gates: top_k from 2 to model.moe.num_experts",
+        ),
     ],
     # lmlab drops over capacity in training only: its evaluation and generation are dropless
     training_only=[
