@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -179,6 +180,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def root_handlers_kept() -> Iterator[None]:
+    """Each test ends with the root logger's handlers it began with (pytest's own aside). A
+    command run in this process (``run_command("train", ...)``: Hydra's job logging) adds
+    handlers that write to the test's captured streams, which pytest closes after it; a later
+    test's warning went there too, and through a W&B console wrapper left on such a stream,
+    whose error landed in that test's ``caplog``."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and type(handler).__module__ != "_pytest.logging":
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
