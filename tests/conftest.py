@@ -128,34 +128,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 # The files that take longest in `make test`, longest first (seconds of test time on the 2-core
-# machine, 2026-12-06, `--durations=0` summed per file): `make test` runs them first
-# (`--no-loadscope-reorder`: xdist hands out files in this order), and the small ones last, so
-# that both workers finish at about the same time. Out of date, the order only balances the
-# workers less well.
+# machine, 2026-12-02): `make test` runs them first (`--no-loadscope-reorder`: xdist hands out
+# files in this order), and the small ones last, so that both workers finish at about the same
+# time. Out of date, the order only balances the workers less well.
 LONGEST_FIRST = [
-    "train/test_rundir.py",  # 271
-    "train/test_train.py",  # 114
-    "test_config.py",  # 109
-    "infer/test_generation.py",  # 89
-    "cli/test_sweep.py",  # 74
-    "train/test_resume.py",  # 66
-    "train/test_preflight.py",  # 65
-    "train/test_disk_full.py",  # 59
-    "test_sweeps.py",  # 47
-    "train/test_hot_path.py",  # 44
-    "cli/test_cli.py",  # 42
-    "train/test_dist_inputs.py",  # 39
-    "analysis/test_scaling.py",  # 33
-    "model/test_one_graph.py",  # 32
-    "infer/test_hf.py",  # 29
-    "test_readme.py",  # 27
-    "cli/test_sweep_messages.py",  # 27
-    "train/test_estimate.py",  # 26
-    "train/test_finetune.py",  # 26
-    "test_bench.py",  # 22
-    "train/test_plan.py",  # 22
-    "train/test_loggers.py",  # 22
+    "train/test_rundir.py",  # 130
+    "infer/test_generation.py",  # 93
+    "test_config.py",  # 76
+    "train/test_train.py",  # 73
+    "model/test_one_graph.py",  # 51
+    "test_sweeps.py",  # 45
+    "train/test_preflight.py",  # 37
+    "cli/test_sweep.py",  # 36
+    "train/test_resume.py",  # 31
+    "infer/test_hf.py",  # 30
+    "test_readme.py",  # 26
+    "train/test_hot_path.py",  # 25
     "train/test_evals.py",  # 21
+    "model/test_families.py",  # 20
 ]
 
 
