@@ -247,7 +247,9 @@ def test_self_attention_projects_queries_keys_and_values_in_one_product(bias: bo
     """Self-attention runs one product for its queries, keys and values (``wq`` and ``wkv``
     side by side) and one for its output: two forward, four backward (each product's input
     and weight gradients), where two projections run three and six; a GPU launches each.
-    Cross-attention reads its keys and values from the encoder's output: three and six. The
+    Cross-attention reads its keys and values from the encoder's output: three and six.
+    Without gradients (validation, decoding) self-attention runs its two projections, which
+    read the weights once where the side-by-side copy would read and write them again. The
     result is the two projections' within fp32 rounding (the backward sums one product over
     q, k and v where two products summed two parts)."""
     torch.manual_seed(0)
@@ -261,6 +263,9 @@ def test_self_attention_projects_queries_keys_and_values_in_one_product(bias: bo
         with MatrixProducts() as backward:
             y.square().sum().backward()
         assert (forward.count, backward.count) == products
+    with torch.no_grad(), MatrixProducts() as inference:  # no copy of the weights to read
+        attn.attn(x, build_context(positional, pos, pos, causal=True))
+    assert inference.count == 3
     wq, wkv = attn.attn.wq, attn.attn.wkv
     q, kv = F.linear(x, wq.weight, wq.bias), F.linear(x, wkv.weight, wkv.bias)
     q_fused, kv_fused = attn.attn.project(x, None)

@@ -70,9 +70,12 @@ class Attention(nn.Module):
         three in one product over the two weights side by side, as one fused projection
         would: a step launches one matrix product forward and two backward where two
         projections launch two and four (the parameters, and so checkpoints and Hugging
-        Face's mappings, stay ``wq`` and ``wkv``)."""
-        if memory is not None:
-            return self.wq(x_BTD), self.wkv(memory)
+        Face's mappings, stay ``wq`` and ``wkv``). Where nothing is differentiated
+        (validation, scoring, decoding a token at a time) the two products run as they are:
+        the side-by-side weight is a copy of both, which a decoded token would read and write
+        again for every layer, where its products read them once."""
+        if memory is not None or not torch.is_grad_enabled():
+            return self.wq(x_BTD), self.wkv(x_BTD if memory is None else memory)
         bias = None if self.wq.bias is None else torch.cat((self.wq.bias, self.wkv.bias))
         qkv = F.linear(x_BTD, torch.cat((self.wq.weight, self.wkv.weight)), bias)
         return qkv.split((self.wq.out_features, self.wkv.out_features), dim=-1)
