@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,21 @@ FREE = "free space, then run the command again"
 
 def full(*args: object, **kwargs: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")  # as a flush reports it: no file
+
+
+def writes_failing_in(
+    patch: pytest.MonkeyPatch, folder: Path, fail: Callable[[Path], None]
+) -> None:
+    """``Path.write_bytes`` of a file in ``folder`` calls ``fail(file)`` first (which raises),
+    as a file system that refuses writes there does; other writes go through."""
+    write = Path.write_bytes
+
+    def failing(self: Path, data: bytes) -> int:
+        if self.parent == folder:
+            fail(self)
+        return write(self, data)
+
+    patch.setattr(Path, "write_bytes", failing)
 
 
 def test_a_full_disk_while_hydra_writes_a_new_run_folder_leaves_no_folder(
@@ -77,17 +93,14 @@ def test_a_full_disk_extending_a_run_names_the_file_and_keeps_the_checkpoints(
     kept = {
         p: p.read_bytes() for p in [*tmp_path.glob("checkpoints/*"), *tmp_path.glob(".hydra/*")]
     }
-    write = Path.write_bytes
 
-    def full_in_the_run(self: Path, data: bytes) -> int:
-        if self.parent == tmp_path / ".hydra":
-            self.touch()  # made; its data do not fit
-            full()
-        return write(self, data)
+    def full_in_the_run(file: Path) -> None:
+        file.touch()  # made; its data do not fit
+        full()
 
     capsys.readouterr()
     with monkeypatch.context() as patch:
-        patch.setattr(Path, "write_bytes", full_in_the_run)
+        writes_failing_in(patch, tmp_path / ".hydra", full_in_the_run)
         assert run_command("train", *argv, "trainer.max_steps=6", "resume=auto") == 1
     err = capsys.readouterr().err
     file = tmp_path / ".hydra" / "config.yaml"
@@ -256,16 +269,13 @@ def test_a_logger_folder_that_cannot_be_written_is_one_line(
     argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *argv) == 0
     csv_dir = tmp_path / "csv"
-    write = Path.write_bytes
 
-    def refused(self: Path, data: bytes) -> int:
-        if self.parent == csv_dir:  # as the file system answers the temporary file's open
-            raise OSError(code, os.strerror(code), str(self))
-        return write(self, data)
+    def refused(file: Path) -> None:  # as the file system answers the temporary file's open
+        raise OSError(code, os.strerror(code), str(file))
 
     capsys.readouterr()
     with monkeypatch.context() as patch:
-        patch.setattr(Path, "write_bytes", refused)
+        writes_failing_in(patch, csv_dir, refused)
         assert run_command("train", *argv, "trainer.max_steps=6", "resume=true") == 1
     err = capsys.readouterr().err
     said = f"{os.strerror(code).lower()} writing {csv_dir / 'metrics.csv'}"
