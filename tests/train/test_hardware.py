@@ -43,6 +43,9 @@ def test_tf32_is_set_for_cuda_runs_only(restore_matmul_precision) -> None:
         ("NVIDIA H100 80GB HBM3", "16-true", 989.4e12),
         ("Tesla V100-SXM2-16GB", "16-mixed", 125e12),
         ("NVIDIA H200", "32-true", 66.9e12),  # matmul_precision=highest here
+        # Transformer Engine: Lightning's bf16 (fp16) weights, not fp32's peak (MFU 15x high)
+        ("NVIDIA H100 80GB HBM3", "transformer-engine", 989.4e12),
+        ("NVIDIA H200", "transformer-engine-float16", 989.4e12),
         # NVL cards: Lightning's "h100 nvl" row is 2x one card's dense peak (MFU halved), and
         # "NVIDIA H200 NVL" took the H200 SXM's 989.4 (MFU 18% low)
         ("NVIDIA H100 NVL", "bf16-mixed", 835.5e12),

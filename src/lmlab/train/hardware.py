@@ -62,9 +62,12 @@ DENSE_OVERRIDES = {
 }
 # Lightning's ``trainer.precision`` -> the dtype its matmuls run in (autocast's under a mixed
 # precision, the weights' own under a true one): the peak MFU is taken against. Others: fp32.
+# Transformer Engine's two are Lightning's weights_dtype for them (bf16, fp16), which the
+# layers it does not convert to fp8 compute in: taken as fp32 they gave MFU against the TF32
+# peak (half the bf16 one on an H100), or fp32's (a fifteenth) with matmul_precision=highest.
 COMPUTE_DTYPES = {
-    **dict.fromkeys(("bf16-mixed", "bf16-true", "bf16"), torch.bfloat16),
-    **dict.fromkeys(("16-mixed", "16-true", "16"), torch.float16),
+    **dict.fromkeys(("bf16-mixed", "bf16-true", "bf16", "transformer-engine"), torch.bfloat16),
+    **dict.fromkeys(("16-mixed", "16-true", "16", "transformer-engine-float16"), torch.float16),
     **dict.fromkeys(("64-true", "64"), torch.float64),
 }
 # the CPU peak cache's key for each (fp32 and bf16 as before there were others)
