@@ -72,10 +72,11 @@ test-fast: $(STAMP)  ## the tests that prepare no data and train nothing (pytest
 	$(PY) -m pytest tests -m "not slow" $(XDIST)
 
 # The GPU targets take lmlab's venv where there is one, else the machine's python3 (a GPU
-# image with its own torch): they install nothing.
+# image with its own torch): they install nothing. That python3 has no lmlab installed: the
+# tests import it from src (bench/run.py adds src to its path itself).
 GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 test-gpu:  ## the tests marked gpu, on one CUDA GPU (skipped without one)
-	$(GPU_PY) -m pytest tests/train/test_gpu.py -m gpu -o addopts= -v -rfEs
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m pytest tests/train/test_gpu.py -m gpu -o addopts= -v -rfEs
 
 lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check src tests bench
