@@ -234,6 +234,49 @@ def test_throughput_times_each_batch_from_the_last_ones_end_but_not_across_other
     assert throughput.tokens_per_second == 60 / throughput.seconds
 
 
+@pytest.mark.parametrize("reads", [False, True])
+def test_a_quiet_cuda_steps_queued_work_is_its_time_not_the_validations(
+    monkeypatch: pytest.MonkeyPatch, reads: bool
+) -> None:
+    """On CUDA a step that logs nothing does not synchronise: its kernels may still run when
+    validation (or a checkpoint's save) starts, and that time went to the untimed validation,
+    overstating tokens/s. It is the step's: the device is synchronised there and the wait
+    counted. A logging step synchronised already and a CPU step has nothing queued: neither
+    waits again. The clock is fake: synchronising takes 5 s of it."""
+    from types import SimpleNamespace
+
+    from lmlab.train.callbacks import Throughput
+    from lmlab.train.callbacks import throughput as callbacks
+
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+    syncs = []
+
+    def synchronize() -> None:
+        syncs.append(now[0])
+        now[0] += 5.0
+
+    monkeypatch.setattr(callbacks.torch.cuda, "synchronize", synchronize)
+    for device in ("cuda", "cpu"):
+        throughput = Throughput(skip=0)
+        throughput.world_size, throughput.flops_per_token, syncs[:] = 2, 6.0, []
+        trainer = SimpleNamespace(world_size=2)
+        module = SimpleNamespace(reads_now=reads, device=torch.device(device), log=print)
+        batch = {"input_ids": torch.zeros(1, 10, dtype=torch.long)}
+        now[0] = 0.0
+        throughput.on_train_batch_start(trainer, module, batch, 0)
+        now[0] = 2.0 if device == "cpu" or not reads else -3.0  # a logging step syncs: 5 s
+        throughput.on_train_batch_end(trainer, module, None, batch, 0)
+        now[0] += 0.5  # Lightning's hooks before the validation
+        throughput.on_validation_start(trainer, module)
+        throughput.on_save_checkpoint(trainer, module, {})  # nothing queued any more
+        queued = device == "cuda" and not reads
+        assert throughput.seconds == (7.5 if queued else 2.0), (device, reads)
+        assert throughput.window_seconds == throughput.seconds or reads
+        assert throughput.device_seconds == 2 * throughput.seconds
+        assert len(syncs) == (device == "cuda"), (device, reads)
+
+
 def test_a_resumed_runs_mfu_divides_by_each_process_device_seconds(monkeypatch) -> None:
     """A run trained 10 s on 2 devices, then resumed on 1 for 10 s more: its MFU is every
     FLOP over the device-seconds of both (20 + 10), where it divided the whole run's tokens

@@ -43,6 +43,7 @@ class Throughput(L.Callback):
         self.shapes: list[tuple[int, int, int]] = []
         self.world_size = 1
         self.t_end: float | None = None  # the last timed batch's end, if nothing ran since
+        self.queued = False  # that batch's device work may still run (CUDA, not synchronised)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seq_len = trainer.datamodule.seq_len
@@ -61,8 +62,16 @@ class Throughput(L.Callback):
 
     def untimed(self) -> None:
         """What runs from here to the next batch (validation, a checkpoint's save, evals) is
-        no training step's time."""
-        self.t_end = None
+        no training step's time. On CUDA the last batch's kernels may still be queued (a
+        quiet step does not synchronise): they finish first and their time is that batch's,
+        not the validation's, which would read their results anyway."""
+        if self.queued and self.t_end is not None:
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - self.t_end
+            self.seconds += dt
+            self.device_seconds += dt * self.world_size
+            self.window_seconds += dt
+        self.t_end, self.queued = None, False
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.untimed()
@@ -78,6 +87,7 @@ class Throughput(L.Callback):
         self.t_end = t1 = time.perf_counter()
         if self.batches <= self.skip:
             return
+        self.queued = pl_module.device.type == "cuda" and not logs
         n_tokens = batch["input_ids"].numel() * trainer.world_size
         dt = t1 - self.t0
         flops = n_tokens * self.batch_flops_per_token(batch)
