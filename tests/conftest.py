@@ -367,3 +367,57 @@ def wandb_records() -> Callable[[Path], list[dict]]:
         return read_wandb_log(log_file)
 
     return read
+
+
+# A task that answers by generation, as a hub task (gsm8k, triviaqa, ...) does: the shipped
+# tasks only score. stdlib_cloze's items, the answer written greedily up to the line's end.
+GENERATING_TASK = """\
+task: {name}
+custom_dataset: !function loaders.jsonl
+dataset_kwargs:
+  name: {name}
+test_split: test
+output_type: generate_until
+doc_to_text: context
+doc_to_target: target
+generation_kwargs: {kwargs}
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+@pytest.fixture
+def generating_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., str]]:
+    """``make(name, **generation_kwargs)``: a generating task named ``name`` (what a hub task
+    is to lmlab: not shipped), in a folder whose lm-eval task index stands for the hub's;
+    offline, as the hub is here."""
+    from lm_eval.tasks import TaskManager
+
+    from lmlab.infer import harness
+
+    folder = tmp_path / "hub_tasks"
+    folder.mkdir()
+    (folder / "loaders.py").write_bytes((harness.TASKS_DIR / "loaders.py").read_bytes())
+    monkeypatch.setattr(harness, "hub_reachable", lambda: False)
+    monkeypatch.setattr(
+        harness,
+        "task_manager",
+        lambda hub: TaskManager(include_path=str(folder), include_defaults=False),
+    )
+    harness._hub_generation_args.cache_clear()  # names are the same in every test's folder
+
+    def make(name: str, **kwargs: Any) -> str:
+        items = (harness.TASKS_DIR / "stdlib_cloze.jsonl").read_bytes()
+        (folder / f"{name}.jsonl").write_bytes(items)
+        asked = json.dumps({"until": ["\n"], **kwargs})
+        (folder / f"{name}.yaml").write_text(GENERATING_TASK.format(name=name, kwargs=asked))
+        return name
+
+    yield make
+    harness._hub_generation_args.cache_clear()

@@ -297,15 +297,19 @@ def test_a_causal_answer_as_long_as_the_context_is_refused_before_any_is_generat
         lambda f, c, ids, *a, **kw: generated.append(ids) or real(f, c, ids, *a, **kw),
     )
     fits = (CONTEXTS[0], {"max_gen_toks": 3})
-    for asked, source in [
+    for asked, source, allowed in [
         (
             {},
-            r"max_gen_toks \(lmlab evaluate's max_gen_toks=, the length where a task "
-            r"sets none\)=64",
+            r"max_gen_toks \(the answers' length where a task sets none\)=64",
+            "max_gen_toks <= 63",
         ),
-        ({"max_new_tokens": 100}, r"the task's generation_kwargs: max_new_tokens=100"),
+        (
+            {"max_new_tokens": 100},
+            r"the task's generation_kwargs: max_new_tokens=100",
+            "a model whose model.max_seq_len is above 100",
+        ),
     ]:
-        with pytest.raises(ConfigError, match=rf"^{source} leaves no room .* max_gen_toks <= 63$"):
+        with pytest.raises(ConfigError, match=rf"^{source} leaves no room .* allowed: {allowed}$"):
             lm.generate_until(requests("generate_until", [fits, (CONTEXTS[3], asked)]))
     assert generated == []
     lm.generate_until(requests("generate_until", [(CONTEXTS[0], {"max_gen_toks": 63})]))
@@ -753,6 +757,33 @@ def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
         assert message in err and "Traceback" not in err, err
     assert {p: p.read_bytes() for p in kept} == kept
     assert dangling.is_symlink() and not (tmp_path / "gone.json").exists()
+
+
+def test_evaluate_refuses_a_generating_task_without_room_before_any_task_runs(
+    tok, tmp_path: Path, run_command, capsys, generating_tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generating task whose answers (``max_gen_toks=``, 256) leave a 64-position GPT's
+    prompt no room is refused once the checkpoint is read, before the harness runs any task
+    (it refused at the first generation, after every scoring task had run)."""
+    pre = tiny(tok, dtype=torch.float32)  # max_seq_len=64
+    ckpt = tmp_path / "model.ckpt"
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = model_config_dict(pre.cfg)
+    torch.save({"state_dict": state, "model_config": config, "tokenizer": tok.to_str()}, ckpt)
+    task = generating_tasks("gen_cloze")
+    ran = []
+    real = harness.run_tasks
+    monkeypatch.setattr(harness, "run_tasks", lambda *a, **kw: ran.append(a) or real(*a, **kw))
+    argv = [f"ckpt={ckpt}", f"tasks={task}", "limit=2", "wandb=false"]
+    assert run_command("evaluate", *argv) == 2
+    err = capsys.readouterr().err
+    expected = "max_gen_toks (the answers' length where task 'gen_cloze' sets none)=256 leaves"
+    assert expected in err and "allowed: max_gen_toks <= 63" in err and err.count("\n") == 1
+    assert ran == [] and not (tmp_path / "eval").exists()
+    assert run_command("evaluate", *argv, "max_gen_toks=8") == 0
+    record = json.loads((tmp_path / "eval" / "model.json").read_text())
+    assert "eval/gen_cloze/exact_match" in record["metrics"]
+    assert record["tasks"]["gen_cloze"]["lm_eval"]["max_gen_toks"] == 8
 
 
 def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(

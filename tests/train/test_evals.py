@@ -73,12 +73,44 @@ def test_a_run_stopped_where_evals_were_due_resumes_with_each_eval_once(
     [
         ("eval.every_n_steps=-1", "eval.every_n_steps=-1 must be >= 0"),
         ("eval.limit=0", "eval.limit=0 must be >= 1"),
+        ("eval.max_gen_toks=0", "eval.max_gen_toks=0 must be >= 1"),
         ("eval.tasks=[a,' ']", "is not a task name"),
     ],
 )
 def test_bad_eval_values_are_refused_before_any_work(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_configs(compose_train([override]))
+
+
+def test_a_generating_tasks_answers_leave_the_prompt_room_before_training_starts(
+    tmp_path: Path, cache_dir: Path, generating_tasks
+) -> None:
+    """A generating task that sets no length answers in ``eval.max_gen_toks`` tokens (256, as
+    ``lmlab evaluate``'s ``max_gen_toks=``): on a GPT of 256 positions that leaves its prompt
+    none, which is refused before any data is prepared, naming the setting; a task whose own
+    length does not fit, or that asks for beams, likewise. ``eval.max_gen_toks=8`` runs it."""
+    generating_tasks("gen_cloze")
+    generating_tasks("gen_long", max_gen_toks=300)
+    generating_tasks("gen_beams", num_beams=4)
+    refusals = {
+        "gen_cloze": r"^eval.max_gen_toks \(the answers' length where task 'gen_cloze' sets none\)"
+        r"=256 leaves no room .* allowed: eval.max_gen_toks <= 255$",
+        "gen_long": r"^the generation_kwargs of task 'gen_long': max_gen_toks=300 leaves no "
+        r"room .* allowed: a model whose model.max_seq_len is above 300$",
+        "gen_beams": r"^the generation_kwargs of task 'gen_beams': num_beams=4 is not",
+    }
+    for task, message in refusals.items():
+        run = [*SMOKE, f"eval.tasks=[{task}]"]
+        run += [] if task == "gen_cloze" else ["eval.max_gen_toks=8"]  # the task's own wins
+        with pytest.raises(ConfigError, match=message):
+            train(compose_train(run, tmp_path / task, tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()  # refused before any data was prepared
+    run = [*SMOKE, "eval.tasks=[gen_cloze]", "eval.max_gen_toks=8", "eval.limit=2"]
+    train(compose_train(run, tmp_path / "run", cache_dir))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "eval_failures" not in results, results["eval_failures"]
+    assert 0.0 <= results["eval/gen_cloze/exact_match"] <= 1.0
+    assert results["eval_n_samples"]["gen_cloze"]["effective"] == 2
 
 
 @pytest.mark.parametrize(
@@ -153,7 +185,7 @@ def test_a_rank_the_harness_gives_no_results_logs_no_failure(
     from lmlab.infer import evaluate, harness
     from lmlab.train.callbacks import EvalTasks
 
-    monkeypatch.setattr(evaluate, "LmlabLM", lambda pre, batch_size, should_stop: None)
+    monkeypatch.setattr(evaluate, "LmlabLM", lambda pre, batch_size, **settings: None)
     monkeypatch.setattr(harness, "run_tasks", lambda *args: None)  # lm-eval on rank 1
     trainer = SimpleNamespace(
         global_step=2,

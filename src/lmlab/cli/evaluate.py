@@ -22,7 +22,7 @@ from omegaconf import MISSING
 
 from lmlab.analysis.run_files import read_run_config
 from lmlab.cli.args import parse
-from lmlab.config import DataConfig, Source
+from lmlab.config import MAX_GEN_TOKS, DataConfig, Source
 from lmlab.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ class EvaluateConfig:
     limit: int | None = None  # at most this many items per task
     num_fewshot: int | None = None  # default: each task's own (0 for the shipped ones)
     batch_size: int = 16
-    max_gen_toks: int = 256  # generate_until's default length, when a task sets none
+    max_gen_toks: int = MAX_GEN_TOKS  # generate_until's default length, when a task sets none
     bootstrap_iters: int = 1000  # resamples for the standard errors that need them
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
@@ -70,6 +70,10 @@ def main(argv: list[str]) -> int | None:
     for line in harness.trained_items(names, trained_on) if trained_on else ():
         logging.getLogger(__name__).warning("%s", line)
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
+    # before any task runs: a generating task's refusal came after the others had run
+    harness.check_generation(
+        names, pre.family, cfg.max_gen_toks, pre.cfg.max_seq_len, "max_gen_toks"
+    )
     from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
 

@@ -39,6 +39,7 @@ from lmlab.config.resolve import (
 )
 from lmlab.config.run import (
     MATMUL_PRECISIONS,
+    MAX_GEN_TOKS,
     BudgetConfig,
     BudgetKind,
     CheckpointConfig,
@@ -108,6 +109,7 @@ __all__ = [
     "Init",
     "LAUNCHER_VARIABLES",
     "MATMUL_PRECISIONS",
+    "MAX_GEN_TOKS",
     "model_config_dict",
     "ModelConfig",
     "MoEConfig",

@@ -151,6 +151,11 @@ class CheckpointConfig:
             )
 
 
+# The tokens a generating task's answers may take where the task sets no length: lm-eval's
+# HFLM's default, for ``lmlab evaluate``'s ``max_gen_toks=`` and training's ``eval.max_gen_toks``.
+MAX_GEN_TOKS = 256
+
+
 @dataclass
 class EvalConfig:
     """lm-eval tasks run on the model while it trains (``eval.<field>``), through the model
@@ -167,6 +172,11 @@ class EvalConfig:
     """At most this many items per task (null: all)."""
     batch_size: int = 16
     """Requests per forward pass."""
+    max_gen_toks: int = MAX_GEN_TOKS
+    """Tokens a generating task's answers may take where the task sets no length (as
+    ``lmlab evaluate``'s ``max_gen_toks=``). A GPT's prompt keeps its last
+    ``model.max_seq_len - max_gen_toks`` tokens, so each generating task's length must be
+    below ``model.max_seq_len``: checked before training starts."""
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0:
@@ -177,6 +187,8 @@ class EvalConfig:
             raise ConfigError(f"eval.limit={self.limit} must be >= 1 (or null: every item)")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.max_gen_toks < 1:
+            raise ConfigError(f"eval.max_gen_toks={self.max_gen_toks} must be >= 1")
         bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip() or "," in t]
         if bad:
             raise ConfigError(

@@ -38,19 +38,14 @@ import torch
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import (
-    Collator,
-    handle_stop_sequences,
-    normalize_gen_kwargs,
-    postprocess_generated_text,
-)
+from lm_eval.models.utils import Collator, handle_stop_sequences, postprocess_generated_text
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from lmlab.config import Family
+from lmlab.config import MAX_GEN_TOKS, Family
 from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
-from lmlab.infer.gen_kwargs import check_gen_kwargs, check_room
+from lmlab.infer.gen_kwargs import checked_gen_kwargs
 from lmlab.infer.generation import decode_loop
 from lmlab.infer.harness import BACKENDS, check_family
 from lmlab.infer.pretrained import DTYPES, Pretrained, load
@@ -74,10 +69,11 @@ class LmlabLM(TemplateLM):
         batch_size: int | str | None = 16,
         device: str | None = None,
         dtype: str = "fp32",
-        max_gen_toks: int = 256,
+        max_gen_toks: int = MAX_GEN_TOKS,
         seed: int = 1234,
         progress: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        length_option: str = "max_gen_toks",
         **_harness_args: Any,  # max_batch_size and others the harness passes to every model
     ) -> None:
         super().__init__()
@@ -92,6 +88,7 @@ class LmlabLM(TemplateLM):
         self.batch_size = int(size)
         self.max_length = pretrained.cfg.max_seq_len
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
+        self.length_option = length_option  # the setting max_gen_toks came from, for errors
         # asked before each batch (a training run's stop): EvalStopped ends the evaluation
         self.should_stop = should_stop or (lambda: False)
         # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD])
@@ -277,13 +274,10 @@ class LmlabLM(TemplateLM):
 
     def _gen_kwargs(self, gen_kwargs: dict) -> dict:
         """A task's generation arguments as the harness normalizes them (``max_gen_toks``:
-        this model's where the task sets no length), refused where lmlab's decoder cannot
-        do what they ask (``check_gen_kwargs``) or, for a causal model, where ``max_gen_toks``
-        leaves the context no room (``check_room``)."""
-        kwargs = check_gen_kwargs(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
-        if self.backend == "causal":
-            check_room(int(kwargs["max_gen_toks"]), self.max_length, gen_kwargs)
-        return kwargs
+        this model's where the task sets no length), refused where lmlab's decoder cannot do
+        what they ask or a causal model's context would have no room (``checked_gen_kwargs``)."""
+        room = self.max_length if self.backend == "causal" else None
+        return checked_gen_kwargs(gen_kwargs, self.max_gen_toks, room, self.length_option)
 
     @torch.no_grad()
     def _generate(self, contexts: list[str], until: list[str], kwargs: dict) -> list[str]:

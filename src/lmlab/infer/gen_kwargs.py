@@ -1,6 +1,7 @@
 """What a harness task may ask of lmlab's decoder: its ``generation_kwargs`` (as lm-eval's
 ``normalize_gen_kwargs`` gives them), checked before anything is generated and refused in one
-line where lmlab would not do what they ask. ``LmlabLM.generate_until`` is their user."""
+line where lmlab would not do what they ask (``checked_gen_kwargs``). ``LmlabLM.generate_until``
+is their user; ``harness.check_generation`` checks them before a model is loaded or trained."""
 
 from __future__ import annotations
 
@@ -22,14 +23,38 @@ READ_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k",
 BEAM_ONLY_GEN_KWARGS = {"length_penalty", "early_stopping", "use_cache"}
 
 
-def check_gen_kwargs(kwargs: dict) -> dict:
+def checked_gen_kwargs(
+    asked: dict,
+    max_gen_toks: int,
+    max_length: int | None,
+    option: str = "max_gen_toks",
+    task: str | None = None,
+) -> dict:
+    """A task's generation arguments ``asked`` as the harness normalizes them (the answers'
+    length: ``max_gen_toks`` where the task sets none, the setting ``option`` names), refused
+    where lmlab's decoder would not do what they ask (``check_gen_kwargs``) or, for a causal
+    model reading ``max_length`` tokens (None: an encoder-decoder, whose encoder holds the
+    context apart), where the length leaves the context no room (``check_room``)."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    kwargs = check_gen_kwargs(normalize_gen_kwargs(asked, max_gen_toks), task)
+    if max_length is not None:
+        check_room(int(kwargs["max_gen_toks"]), max_length, asked, option, task)
+    return kwargs
+
+
+def _where(task: str | None) -> str:
+    return f"the generation_kwargs of task {task!r}" if task else "the task's generation_kwargs"
+
+
+def check_gen_kwargs(kwargs: dict, task: str | None = None) -> dict:
     """A task's generation arguments, refused in one line where lmlab's decoder (greedy, or
     sampling with temperature, top-k and top-p) would not do what they ask: a negative
     temperature (which would sample the least likely tokens), a negative top_k, a top_p
     outside [0, 1], and any other argument at a value that changes decoding (beams, a
     repetition penalty, ...), which HFLM would hand to transformers and lmlab would ignore.
     ``top_k=0`` and ``top_p=0`` read as transformers reads them (``filter_logits``)."""
-    where = "the task's generation_kwargs"
+    where = _where(task)
     check_sampling(f"{where}: ", float(kwargs.get("temperature") or 0.0), None)
     top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
@@ -54,22 +79,31 @@ def check_gen_kwargs(kwargs: dict) -> dict:
 LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 
 
-def check_room(max_new: int, max_length: int, asked: dict) -> None:
+def check_room(
+    max_new: int,
+    max_length: int,
+    asked: dict,
+    option: str = "max_gen_toks",
+    task: str | None = None,
+) -> None:
     """A causal model's prompt keeps its last ``max_length - max_new`` tokens, so that every
     new token is written with it in view (the harness's rule; ``HFLM`` asserts the same):
     ``max_new >= max_length`` is refused, naming where it came from (the task's ``asked``
-    arguments, else ``lmlab evaluate``'s ``max_gen_toks=``). At that length the answer was
-    written from the context's last token alone, in silence."""
+    arguments, else the setting ``option``: ``lmlab evaluate``'s ``max_gen_toks=``, training's
+    ``eval.max_gen_toks``). At that length the answer was written from the context's last
+    token alone, in silence."""
     if max_new < max_length:
         return
     own = [key for key in LENGTH_KEYS if key in asked]
-    source = (
-        f"the task's generation_kwargs: {own[0]}"
-        if own
-        else "max_gen_toks (lmlab evaluate's max_gen_toks=, the length where a task sets none)"
-    )
+    if own:  # the task's own length wins over the option: only another model fits it
+        source = f"{_where(task)}: {own[0]}"
+        allowed = f"a model whose model.max_seq_len is above {max_new}"
+    else:
+        who = f"task {task!r}" if task else "a task"
+        source = f"{option} (the answers' length where {who} sets none)"
+        allowed = f"{option} <= {max_length - 1}"
     raise ConfigError(
         f"{source}={max_new} leaves no room for the context: the model reads {max_length} "
         "tokens (model.max_seq_len) and a prompt keeps its last max_seq_len - max_gen_toks, "
-        f"so that every new token sees it; allowed: max_gen_toks <= {max_length - 1}"
+        f"so that every new token sees it; allowed: {allowed}"
     )

@@ -28,12 +28,14 @@ from unittest import mock
 
 import numpy as np
 import torch
+import yaml
 
 from lmlab.config import DataConfig, Family, Source
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.sources import load_documents
 from lmlab.data.splits import trained_documents
 from lmlab.errors import ConfigError, first_line
+from lmlab.infer.gen_kwargs import checked_gen_kwargs
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DEFAULT_DATA = DataConfig()  # the corpus settings the shipped tasks are held out of
@@ -100,7 +102,7 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
     for name in hub_names:
         with offline_hub(offline), quiet_harness():
             try:
-                manager.load([name])
+                _hub_generation_args(name)  # loads the task
             except Exception as err:  # the hub raises many types: no network, gated, missing
                 state = "the hub is unreachable (offline) and " if offline else ""
                 raise ConfigError(
@@ -110,6 +112,55 @@ def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
                     f"offline: {', '.join(sorted(shipped))}"
                 ) from None
     return True
+
+
+@functools.cache
+def _hub_generation_args(name: str) -> dict[str, dict[str, Any]]:
+    """Hub task (or group) ``name`` loaded (its dataset downloaded or found in the cache):
+    the ``generation_kwargs`` of each of its tasks that generates."""
+    tasks = task_manager(hub=True).load([name])["tasks"]
+    return {
+        task: dict(t.config.generation_kwargs or {})
+        for task, t in tasks.items()
+        if t.config.output_type == "generate_until"
+    }
+
+
+class _TaskYaml(yaml.SafeLoader):
+    """A shipped task's YAML with its ``!function`` tags read as nothing (lm-eval resolves
+    them; reading the fields needs no lm-eval import)."""
+
+
+_TaskYaml.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def generation_args(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The ``generation_kwargs`` of each task of ``names`` (checked by ``check_tasks``) that
+    generates (``output_type: generate_until``; a group's tasks too): a shipped task's from
+    its YAML, a hub task's as ``check_tasks`` loaded it."""
+    shipped = set(shipped_tasks())
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in shipped:
+            out.update(_hub_generation_args(name))
+            continue
+        cfg = yaml.load((TASKS_DIR / f"{name}.yaml").read_text(encoding="utf-8"), _TaskYaml)
+        if cfg.get("output_type") == "generate_until":
+            out[name] = dict(cfg.get("generation_kwargs") or {})
+    return out
+
+
+def check_generation(
+    names: Sequence[str], family: Family, max_gen_toks: int, max_length: int, option: str
+) -> None:
+    """Each generating task of ``names`` asks what lmlab's decoder does and, for a causal
+    model reading ``max_length`` tokens, leaves its prompt room at its answers' length (its
+    own, else ``max_gen_toks``, the setting ``option``): ``checked_gen_kwargs``, as
+    ``LmlabLM`` checks every request, but before a model is loaded or trained, not at each
+    eval."""
+    room = max_length if BACKENDS.get(family) == "causal" else None
+    for task, asked in generation_args(names).items():
+        checked_gen_kwargs(asked, max_gen_toks, room, option, task)
 
 
 def trained_items(names: Sequence[str], data_cfg: DataConfig) -> list[str]:

@@ -26,6 +26,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import (
+    MAX_GEN_TOKS,
     DataConfig,
     Family,
     ModelConfig,
@@ -288,7 +289,9 @@ def check_job(cfg: DictConfig, machine: bool = True) -> RunPlan:
 
 def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | None) -> None:
     """``eval.tasks`` name tasks whose data can be read now (a hub task's dataset is fetched
-    here), for a model that can be scored: before data, plan or model are built. A shipped
+    here), for a model that can be scored, whose generating tasks ask what lmlab's decoder
+    does and leave a GPT's prompt room at ``eval.max_gen_toks`` (``check_generation``):
+    before data, plan or model are built. A shipped
     task whose items the corpus ``data_cfg`` (a language model's) trains on is warned of,
     once per process (``harness.trained_items``)."""
     tasks = list((cfg.get("eval") or {}).get("tasks") or [])
@@ -300,6 +303,10 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | 
         model_cfg.family, f"eval.tasks={tasks} with model.family={model_cfg.family.value}"
     )
     harness.check_tasks(tasks, where="eval.tasks")
+    max_gen_toks = (cfg.get("eval") or {}).get("max_gen_toks", MAX_GEN_TOKS)
+    harness.check_generation(
+        tasks, model_cfg.family, max_gen_toks, model_cfg.max_seq_len, "eval.max_gen_toks"
+    )
     for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
         say_once(log, logging.WARNING, f"eval.tasks: {line}")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 
+from lmlab.config import MAX_GEN_TOKS
 from lmlab.errors import first_line
 from lmlab.files import CHECKPOINTS
 from lmlab.train.callbacks.extras import eager, finishing, forward_here, optional, stop_check
@@ -45,10 +46,12 @@ class EvalTasks(L.Callback):
         limit: int | None = None,
         batch_size: int = 16,
         bootstrap_iters: int = 1000,
+        max_gen_toks: int = MAX_GEN_TOKS,
     ) -> None:
         self.tasks = [str(t) for t in (tasks or [])]
         self.every_n_steps, self.limit = every_n_steps, limit
         self.batch_size, self.bootstrap_iters = batch_size, bootstrap_iters
+        self.max_gen_toks = max_gen_toks  # a generating task's answers, where it sets none
         self.metrics: dict[str, float] = {}
         self.n_samples: dict[str, Any] = {}  # task -> the harness's item counts for metrics
         self.failures: list[dict[str, Any]] = []  # {"step", "tasks", "error"} (``failure``)
@@ -157,6 +160,8 @@ class EvalTasks(L.Callback):
         saved = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
         ckpt = saved or Path(trainer.default_root_dir) / CHECKPOINTS / "last.ckpt"
         limit = f" limit={self.limit}" if self.limit else ""
+        if self.max_gen_toks != MAX_GEN_TOKS:
+            limit += f" max_gen_toks={self.max_gen_toks}"
         return (
             f"training has ended; python src/evaluate.py ckpt={ckpt} "
             f"tasks={','.join(self.tasks)}{limit} scores its last checkpoint"
@@ -186,7 +191,13 @@ class EvalTasks(L.Callback):
         model.eval()
         try:
             with trainer.precision_plugin.forward_context():
-                lm = LmlabLM(pre, self.batch_size, should_stop=stop)
+                lm = LmlabLM(
+                    pre,
+                    self.batch_size,
+                    max_gen_toks=self.max_gen_toks,
+                    should_stop=stop,
+                    length_option="eval.max_gen_toks",
+                )
                 results = harness.run_tasks(lm, self.tasks, self.limit, None, self.bootstrap_iters)
         finally:
             model.train(was_training)
