@@ -142,6 +142,38 @@ def test_loglikelihood_is_the_summed_log_softmax_of_the_continuation(
         assert logp < -1.0  # a random model is far from certain: the check can fail
 
 
+@pytest.mark.parametrize("family", ["gpt", "t5"])
+def test_a_long_context_keeps_its_end_and_a_long_continuation_is_refused(
+    tok, family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the harness's HFLM: a context longer than the model reads loses its start (a
+    GPT reads the last max_seq_len + 1 tokens of context and continuation, a T5's encoder
+    the context's last max_seq_len), and a continuation of max_seq_len tokens is scored
+    whole; one token more has no score of all its tokens and is refused, naming it, before
+    any request is scored (a GPT scored its last 16 tokens, a T5 its first, in silence)."""
+    pre = tiny(tok, family, max_seq_len=16)
+    lm = LmlabLM(pre, batch_size=2)
+    ids = encode(tok, SNIPPETS[0])
+    ctx, cont = ids[:40], ids[40:56]  # a 40-token context, a 16-token continuation
+    kept = ctx[-1:] if family == "gpt" else ctx[-16:]
+    (whole,), (cut,) = (lm._loglikelihood_tokens([(None, c, cont)]) for c in (ctx, kept))
+    assert whole == pytest.approx(cut, abs=FP64_ATOL) and whole[0] < -1.0
+    if family == "t5":
+        assert whole[0] == pytest.approx(t5_loglikelihood(pre, kept, cont)[0], abs=FP64_ATOL)
+
+    def scored(*_: object, **__: object) -> None:
+        raise AssertionError("a request was scored before the refusal")
+
+    monkeypatch.setattr(pre.model, "forward", scored)
+    long = ("def f():", tok.decode(ids[40:57]))
+    with pytest.raises(
+        ConfigError,
+        match=r"^a loglikelihood request's continuation \(.*\) is 17 "
+        r"tokens, more than the model reads \(model.max_seq_len=16\)",
+    ):
+        lm._loglikelihood_tokens([(None, ctx, cont), (long, ctx, ids[40:57])])
+
+
 @pytest.mark.parametrize(
     "family,knobs",
     [("gpt", {"positional": p}) for p in Positional]
@@ -446,9 +478,10 @@ def test_random_weights_score_at_chance_on_the_multiple_choice_task(tok) -> None
     """Four choices drawn alike: a model that knows nothing gets 25%, within the sampling
     error of 300 items. The bound is two of the standard errors the harness reports (a 95%
     interval); within one would fail about one random model in three by chance alone."""
-    # The smallest model, 64 positions (contexts keep their last 64 tokens, the harness's
-    # rule): all the same to weights that know nothing, and a fifth of the work
-    small = dict(d_model=16, n_layers=1, n_heads=2, max_seq_len=64, init_std=0.02)
+    # The smallest model, 80 positions (contexts keep their end, the harness's rule; the
+    # longest choice is 68 of this tokenizer's tokens, and a continuation must fit whole):
+    # all the same to weights that know nothing, and a fraction of the work
+    small = dict(d_model=16, n_layers=1, n_heads=2, max_seq_len=80, init_std=0.02)
     lm = LmlabLM(tiny(tok, dtype=torch.float32, **small), batch_size=64)
     m = harness.flat_metrics(harness.run_tasks(lm, ["stdlib_nextline"]))
     for metric in ("acc", "acc_mutual_info"):  # measured: 0.260 and 0.267, stderr 0.025

@@ -162,7 +162,10 @@ class LmlabLM(TemplateLM):
         self, requests: list[TokenRequest], disable_tqdm: bool = False, **_: Any
     ) -> list[tuple[float, bool]]:
         """(sum of log p(continuation token), greedy) per request, longest first in batches.
-        An empty continuation has probability 1."""
+        An empty continuation has probability 1. A context longer than the model reads keeps
+        its end (``HFLM``'s left truncation); a continuation longer is refused before any
+        request is scored (``check_continuations``)."""
+        self.check_continuations(requests)
         collator = Collator(
             requests, sort_fn=lambda r: (-len(r[1]) - len(r[2]), tuple(r[1] + r[2]))
         )
@@ -180,6 +183,21 @@ class LmlabLM(TemplateLM):
         bar.close()
         return collator.get_original(results)
 
+    def check_continuations(self, requests: list[TokenRequest]) -> None:
+        """Every continuation fits the model's ``max_length`` tokens (``HFLM`` asserts it):
+        a longer one has no score of all its tokens, and one scored in part would be compared
+        with answers scored whole. A rolling text's windows always fit."""
+        for key, _, cont in requests:
+            if len(cont) > self.max_length:
+                shown = f" ({key[1][:40]!r}...)" if key else ""
+                raise ConfigError(
+                    f"a loglikelihood request's continuation{shown} is {len(cont)} tokens, more "
+                    f"than the model reads (model.max_seq_len={self.max_length}): no score of "
+                    "all its tokens exists, and lm-eval's HFLM refuses it too; allowed: "
+                    f"continuations of at most {self.max_length} tokens (a task with shorter "
+                    "answers, or a model with a longer max_seq_len)"
+                )
+
     def _check_stop(self) -> None:
         if self.should_stop():
             raise EvalStopped("the run was asked to stop")
@@ -191,15 +209,15 @@ class LmlabLM(TemplateLM):
         if not chunk:
             return []
         if self.backend == "causal":
-            # The last max_length + 1 tokens (a longer request loses its start, as in the
-            # harness): the model reads tokens ..-1 and predicts tokens 1..
+            # The last max_length + 1 tokens (a longer context loses its start, as in the
+            # harness; the continuation fits whole): the model reads ..-1 and predicts 1..
             rows = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in chunk]
-            targets = [cont[-(len(r) - 1) :] for r, (_, _, cont) in zip(rows, chunk, strict=True)]
+            targets = [cont for _, _, cont in chunk]
             ids_BT, _ = self._right_pad([r[:-1] for r in rows], self.eos_id)
             logits_BTV = self.model(ids_BT)
             ends = [len(r) - 1 for r in rows]  # each row's own length: its padding comes after
         else:
-            targets = [cont[: self.max_length] for _, _, cont in chunk]
+            targets = [cont for _, _, cont in chunk]  # fits whole (check_continuations)
             enc = [ctx[-self.max_length :] for _, ctx, _ in chunk]  # a text's ends with EOS
             dec = [[self.pad_id, *t[:-1]] for t in targets]  # shifted behind the start token
             enc_BT, mask_BT = self._right_pad(enc, self.pad_id)
