@@ -100,6 +100,29 @@ def test_multirun_with_a_failed_job_logs_and_compares(
     assert (sweep_dir / "compare.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains one trial
+def test_an_optuna_trial_is_named_by_the_parameters_of_a_search_given_on_the_command_line(
+    tmp_path: Path, wandb_records, run_command
+) -> None:
+    """A search space typed on the command line (``model.activation=choice(...)``,
+    ``optim.lr=interval(...)``) is no sweeper ``params``, and Optuna's sweeper writes no
+    ``multirun.yaml`` where a grid's keeps the command line: each trial was named ``job<N>``
+    (W&B's name, results.json's ``run_name``). The sweep's folder holds its record now, and a
+    trial is named by the values it drew, in the sweep's group, tagged by its knobs."""
+    sweep = tmp_path / "sweep"
+    space = ["model.activation=choice(relu,gelu)", "optim.lr=interval(1e-4,1e-2)"]
+    argv = ["-m", *SMOKE, "logger=wandb", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1"]
+    assert run_command("train", *argv, *space, f"hydra.sweep.dir={sweep}") == 0
+    drawn = OmegaConf.load(sweep / "0" / ".hydra" / "overrides.yaml")[:2]
+    assert [o.split("=")[0] for o in drawn] == ["model.activation", "optim.lr"]
+    (run,) = [r["run"] for r in wandb_records(sweep / "0") if r["type"] == "run"]
+    assert run["display_name"] == ",".join(drawn)
+    assert json.loads((sweep / "0" / "results.json").read_text())["run_name"] == ",".join(drawn)
+    assert run["run_group"] == f"multirun-{sweep.parent.name}_{sweep.name}"
+    assert f"activation:{drawn[0].split('=')[1]}" in run["tags"]
+    assert OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task[-2:] == space
+
+
 @pytest.mark.e2e
 def test_the_wandb_sweep_runs_its_grid_as_wandbs_agent_would(
     tmp_path: Path, cache_dir: Path, wandb_records, refused_jobs, monkeypatch

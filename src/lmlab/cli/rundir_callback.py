@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmlab.analysis.sweep_grid import BASIC_SWEEPER
 from lmlab.cli.hydra_errors import refuse
 from lmlab.cli.interrupt import made_above, note_folder
 from lmlab.cli.launch import LAUNCH
@@ -36,7 +37,12 @@ from lmlab.train.dirlock import (
     unlock_sweep_dirs,
 )
 from lmlab.train.held import hold_hydra_writes, hold_sweep_hydra_writes, job_started
-from lmlab.train.rundir import chose_dir, keep_multirun_yaml, resume_into_a_new_folder
+from lmlab.train.rundir import (
+    chose_dir,
+    keep_multirun_yaml,
+    record_sweep,
+    resume_into_a_new_folder,
+)
 from lmlab.train.runfiles import (
     absolute,
     earlier_sweep_runs,
@@ -103,6 +109,8 @@ class RunDirCallback(Callback):
             hold_sweep_hydra_writes(config)
         if resumed:
             keep_multirun_yaml(sweep_dir)  # the earlier invocations stay described
+        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER and launch_rank_is_zero():
+            record_sweep(config, sweep_dir)  # Hydra's basic sweeper saves its own
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         unlock_sweep_dirs()

@@ -29,7 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config.asked import as_typed
 from lmlab.config.locks import LOCK_FILE
-from lmlab.files import CHECKPOINTS, RESULTS, SWEEP_RECORD, keep_numbered, kept_as, read_record
+from lmlab.files import (
+    CHECKPOINTS,
+    RESULTS,
+    SWEEP_RECORD,
+    keep_numbered,
+    kept_as,
+    read_record,
+    write_text,
+)
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 from lmlab.train.held import held_for, write_held
 from lmlab.train.runfiles import holds_run, launch_rank_is_zero
@@ -81,6 +89,17 @@ def keep_multirun_yaml(sweep_dir: Path) -> Path | None:
     current = sweep_dir / SWEEP_RECORD
     n = keep_numbered([current])
     return None if n is None else kept_as(current, n)
+
+
+def record_sweep(config: DictConfig, sweep_dir: Path) -> Path:
+    """The sweep's ``multirun.yaml`` (its config as composed, with the command line in
+    ``hydra.overrides``), as Hydra's basic sweeper saves it before its first job, for a
+    sweeper that saves none (Optuna's; ``on_multirun_start``). A trial's own overrides hold the
+    values it drew beside the fixed ones, alike: the search's parameters given on the command
+    line (``'optim.lr=interval(1e-4,1e-2)'``) are known from here alone, and name each trial
+    (``lmlab.train.loggers.swept_keys``: it was ``job<N>``). The record marks the folder a
+    sweep's too, as a grid's does (``lmlab.train.dirlock``)."""
+    return write_text(sweep_dir / SWEEP_RECORD, OmegaConf.to_yaml(config))
 
 
 def remove_orphans(ckpt_dir: Path) -> None:
