@@ -23,6 +23,9 @@ class Launch:
     dry_runs: int = 0
     failed: int = 0
     failed_dirs: list[str] = field(default_factory=list)  # the failed jobs' folders
+    # the jobs (of ``failed``) that train()'s checks refused before training: ``<folder>:
+    # <why>``; a folder that held a run keeps its record, so the reason is said here
+    refused: list[str] = field(default_factory=list)
     sweep_dir: str | None = None  # a multirun's folder, once a job of it ran here
     # the folder this call writes into (a run's, or a sweep's), once Hydra chose it; made:
     # None while nothing is written there, True where it held nothing before (this call's

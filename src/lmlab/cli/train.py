@@ -155,7 +155,11 @@ def run_job(cfg: DictConfig, job: JobFolder) -> float | None:
             # as a failed trial's value, which optuna refuses, ending the search)
             logging.getLogger("lmlab").error("job failed: %s: %s", type(err).__name__, err)
             LAUNCH.failed += 1
-            LAUNCH.failed_dirs.append(str(absolute(HydraConfig.get().runtime.output_dir)))
+            folder = str(absolute(HydraConfig.get().runtime.output_dir))
+            if isinstance(err, ConfigError) and not job.started():  # nothing trained
+                LAUNCH.refused.append(f"{folder}: {err}")
+            else:
+                LAUNCH.failed_dirs.append(folder)
             return None
         if isinstance(err, ConfigError):
             if not job.started():  # refused by train()'s checks: as by the ones above
@@ -187,10 +191,9 @@ def no_trial_completed(err: BaseException) -> bool:
 
 def log_sweep_summary() -> None:
     """The last line of a sweep whose jobs ran here (not every one failed): how many
-    completed, and the folders of those that failed (each one's ``results.json`` says why),
-    as a warning. A dry run's jobs are planned, not completed. The exit status stays 0: one
-    failed job does not sink a sweep (``compare`` ranks it last); a sweep whose every job
-    failed exits 1 (``main``)."""
+    completed, and the folders of those that failed (``failures``), as a warning. A dry run's
+    jobs are planned, not completed. The exit status stays 0: one failed job does not sink a
+    sweep (``compare`` ranks it last); a sweep whose every job failed exits 1 (``main``)."""
     log = logging.getLogger("lmlab")
     if LAUNCH.dry_runs == LAUNCH.jobs:
         log.info("dry run: %d jobs planned in %s", LAUNCH.jobs, LAUNCH.sweep_dir)
@@ -199,12 +202,25 @@ def log_sweep_summary() -> None:
     if not LAUNCH.failed:
         log.info("%s in %s", completed, LAUNCH.sweep_dir)
         return
-    log.warning(
-        "%s, %d failed (%s): each failed job's results.json says why",
-        completed,
-        LAUNCH.failed,
-        listed(LAUNCH.failed_dirs),
-    )
+    log.warning("%s, %s", completed, failures())
+
+
+def failures() -> str:
+    """The sweep's jobs that failed while training (``N failed (<folders>): each failed job's
+    results.json says why``) and apart from them those that ``train()``'s checks refused
+    before training (``N refused before training, nothing trained (<folder>: <why>)``): a
+    job of a resumed sweep refused there (an Optuna trial that drew other values than its
+    folder's run) leaves that run's record as it was, which says nothing of the refusal."""
+    said = []
+    if LAUNCH.failed_dirs:
+        said.append(
+            f"{len(LAUNCH.failed_dirs)} failed ({listed(LAUNCH.failed_dirs)}): each failed "
+            "job's results.json says why"
+        )
+    if LAUNCH.refused:
+        shown = "; ".join(LAUNCH.refused[:3]) + ("; ..." if len(LAUNCH.refused) > 3 else "")
+        said.append(f"{len(LAUNCH.refused)} refused before training, nothing trained ({shown})")
+    return "; ".join(said) or "each one's results.json says why"
 
 
 def main(argv: list[str]) -> int:
@@ -214,7 +230,7 @@ def main(argv: list[str]) -> int:
     sys.argv = [sys.argv[0], *argv]
     LAUNCH.forced, LAUNCH.user_full_error = True, os.environ.get(FULL_ERROR)
     LAUNCH.task_started, LAUNCH.jobs, LAUNCH.dry_runs, LAUNCH.failed = False, 0, 0, 0
-    LAUNCH.failed_dirs, LAUNCH.sweep_dir = [], None
+    LAUNCH.failed_dirs, LAUNCH.refused, LAUNCH.sweep_dir = [], [], None
     LAUNCH.folder, LAUNCH.made, LAUNCH.existed, LAUNCH.above = None, None, False, None
     logging.getLogger(OPTUNA_LOGGER).addFilter(DRY_RUN_TRIALS)
     try:
@@ -232,10 +248,7 @@ def main(argv: list[str]) -> int:
             if LAUNCH.dry_runs == LAUNCH.jobs:  # planned every trial, as asked
                 logging.getLogger("lmlab").info("dry run: %d trials planned", LAUNCH.jobs)
                 return 0
-            fail(
-                RuntimeError("no trial of the search completed: each one's results.json says why"),
-                1,
-            )
+            fail(RuntimeError(f"no trial of the search completed: {failures()}"), 1)
         if (full := disk_full(err)) is not None and LAUNCH.user_full_error != "1":
             fail(StorageError(disk_full_before_training(full)), 1)  # train() records its own
         if LAUNCH.task_started or LAUNCH.user_full_error == "1":
