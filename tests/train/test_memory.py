@@ -95,7 +95,7 @@ def measured_step_peak(cfg: ModelConfig, precision: str = "32-true") -> tuple[in
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from lmlab.model import build_model, param_breakdown
-    from lmlab.train.estimate import _autocast
+    from lmlab.train.hardware import autocast
     from lmlab.train.parallel import layout
 
     torch.manual_seed(0)
@@ -107,7 +107,7 @@ def measured_step_peak(cfg: ModelConfig, precision: str = "32-true") -> tuple[in
     tracker.track_external(net, optimizer)
     with tracker:
         for _ in range(2):  # the second step with AdamW's moments in place
-            with _autocast(torch.device("cpu"), precision):
+            with autocast(torch.device("cpu"), precision):
                 loss = net(ids_BT, labels=ids_BT)
             loss.backward()
             optimizer.step()
@@ -265,6 +265,8 @@ def test_on_a_gpu_each_process_has_its_own_devices_memory(
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda i: GIB // 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "H200")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    # no CUDA here for the attention probe to run on (lmlab.train.attention_scores)
+    monkeypatch.setattr("lmlab.train.activations.score_bytes", lambda *args: 0)
     gpu = OmegaConf.create({"accelerator": "gpu", "num_nodes": 1})
     assert memory.available_bytes(gpu) == (5.5 * GIB, "GPU 1 (H200) has")
     check_state_fits(plan(GIB // 4, devices=2), MODEL, gpu, ADAMW)  # 4 GiB per GPU

@@ -27,8 +27,6 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -36,14 +34,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import BudgetConfig, DataConfig, Family, ModelConfig
-from lmlab.data.collators import SpanCorruptionCollator, decoder_tokens
+from lmlab.config import BudgetConfig, DataConfig, ModelConfig
+from lmlab.data.collators import decoder_tokens
 from lmlab.data.packing import prepared_vocab_size
 from lmlab.errors import ConfigError
 from lmlab.model import build_model, flops_per_token, param_breakdown, recompute_flops_per_token
 from lmlab.train.activations import free_memory_bytes, training_bytes
 from lmlab.train.budget import Budget, budget_params, resolve_budget
-from lmlab.train.hardware import compute_dtype, largest_linears, peak_flops, raised_peak
+from lmlab.train.hardware import autocast, largest_linears, peak_flops, raised_peak
+from lmlab.train.kernel_probe import SAMPLE_INPUTS
 from lmlab.train.machine import on_cuda
 from lmlab.train.parallel import layout
 from lmlab.train.plan import make_plan, meta_model
@@ -114,31 +113,6 @@ def choose_method(
     return "estimated", why
 
 
-def _t5_inputs(ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Encoder ids plus decoder ids as long as span corruption's targets for this length; no
-    padding mask, as its collator sends none (its inputs fill the row), so attention runs as
-    in training."""
-    decoder_len = SpanCorruptionCollator.decoder_len(ids_BT.shape[1])
-    return {"input_ids": ids_BT, "decoder_input_ids": ids_BT[:, :decoder_len]}
-
-
-# A random batch's model inputs per family, as its collator shapes them (labels aside).
-SAMPLE_INPUTS: dict[Family, Callable[[torch.Tensor], dict[str, torch.Tensor]]] = {
-    Family.gpt: lambda ids_BT: {"input_ids": ids_BT},
-    Family.bert: lambda ids_BT: {"input_ids": ids_BT},
-    Family.t5: _t5_inputs,
-}
-
-
-def _autocast(device: torch.device, precision: str) -> Any:
-    """The measured steps' matmuls in the run's compute dtype (a true 16-bit precision's
-    weights are fp32 here: autocast gives its matmuls' dtype)."""
-    dtype = compute_dtype(precision)
-    if dtype in (torch.bfloat16, torch.float16):
-        return torch.autocast(device.type, dtype=dtype)
-    return nullcontext()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -164,7 +138,7 @@ def measure_tokens_per_second(
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         _sync(device)
         start = time.perf_counter()
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = model(**inputs, labels=labels)  # as training computes it
         loss.backward()
         optimizer.step()
@@ -209,7 +183,7 @@ def _throughput(
     is the FLOPs per token that activation checkpointing adds: an estimate runs them too."""
     micro_batch, seq_len = shape
     peak = peak_flops(device, precision, cache_dir)
-    needed = training_bytes(model_cfg, counts["total"], micro_batch, seq_len, precision)
+    needed = training_bytes(model_cfg, counts["total"], micro_batch, seq_len, precision, device)
     method, why = choose_method(
         (fpt + recompute) * micro_batch * seq_len, peak, needed, free_memory_bytes(device)
     )

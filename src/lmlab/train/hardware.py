@@ -10,7 +10,9 @@ import platform
 import re
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,6 +91,15 @@ def set_matmul_precision(value: str, device: torch.device) -> None:
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype the matmuls of a run at ``precision`` run in (``COMPUTE_DTYPES``)."""
     return COMPUTE_DTYPES.get(str(precision), torch.float32)
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """A step's matmuls in the run's compute dtype outside Lightning (timed steps, probes): a
+    true 16-bit precision's weights are fp32 there, and autocast gives its matmuls' dtype."""
+    dtype = compute_dtype(precision)
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
 
 
 def measure_cpu_matmul_flops(

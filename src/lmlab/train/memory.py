@@ -49,10 +49,13 @@ def state_bytes_per_param(precision: str, optimizer_target: str) -> int:
     return param * (2 + moments)
 
 
-def step_activations(plan: RunPlan, model_cfg: ModelConfig) -> int:
+def step_activations(plan: RunPlan, model_cfg: ModelConfig, trainer_cfg: Mapping[str, Any]) -> int:
     """The dry run's coarse activation memory of one micro-batch (``activation_bytes``) at
-    the plan's compute precision, activation checkpointing's included."""
-    return activation_bytes(model_cfg, plan.batch.micro_batch, plan.batch.seq_len, plan.precision)
+    the plan's compute precision on the run's device (which attention kernels run depends on
+    it), activation checkpointing's included."""
+    device = "cuda" if on_cuda(trainer_cfg) else "cpu"
+    batch = plan.batch
+    return activation_bytes(model_cfg, batch.micro_batch, batch.seq_len, plan.precision, device)
 
 
 def sharded(trainer_cfg: Mapping[str, Any]) -> bool:
@@ -106,7 +109,7 @@ def memory_needs(
     per_process = math.ceil(per_param * plan.params / shards)
     # the processes of one node share the CPU's memory; a GPU is one process's
     sharing = 1 if on_cuda(trainer_cfg) else max(processes // nodes, 1)
-    step = (per_process + step_activations(plan, model_cfg)) * sharing
+    step = (per_process + step_activations(plan, model_cfg, trainer_cfg)) * sharing
     return MemoryNeeds(per_param, shards, sharing, per_process * sharing, step, free, where)
 
 
