@@ -277,7 +277,7 @@ def test_on_a_gpu_each_process_has_its_own_devices_memory(
 # the README's figures of a whole step for the presets' defaults (16 rows of their context, fp32,
 # AdamW) at the default tokenizer's 4096 tokens: the sentence each one stands in, its GiB
 README_STEPS = [
-    ("gpt_medium", r"estimates [\d.]+ days and\s+~([\d.]+) GiB for a step"),
+    ("gpt_medium", r"estimates [\d.]+ hours for\s+its [\d,]+ steps and\s+~([\d.]+) GiB for a step"),
     ("gpt_large", r"`model=gpt_large`'s default 16 x 1024 is estimated at ([\d.]+) GiB"),
     ("gpt_7b", r"`model=gpt_7b`\s+there: [\d.]+ GiB at least, about ([\d.]+) GiB a step"),
 ]
