@@ -353,12 +353,19 @@ def test_a_sweep_ends_with_how_many_jobs_completed_and_which_failed(
 ) -> None:
     """A partly failed sweep ended on its last job's lines: no word of how many completed, nor
     of which failed. Its last line says both (a warning: the exit status stays 0, as one failed
-    job does not sink a sweep); a sweep whose jobs all completed, or planned, says so."""
+    job does not sink a sweep); a sweep whose jobs all completed, or planned, says so. A job
+    that train()'s checks refuse before training (a ``ConfigError``: an Optuna trial that drew
+    other values than its folder's run, a vocabulary below the tokenizer's) trained nothing,
+    and in a resumed sweep's folder its run's record stays as it was: it is said apart from
+    the failed, whose "results.json says why", with the reason."""
     import lmlab.train.run
+    from lmlab.errors import ConfigError
 
     def job(cfg) -> float:  # job 1 fails as a job does after its checks passed
         if cfg.model.activation == "gelu":
             raise RuntimeError("the data ran out")
+        if cfg.model.activation == "geglu":
+            raise ConfigError("cannot resume it: it holds another config")
         return 1.0
 
     monkeypatch.setattr(lmlab.train.run, "train", job)
@@ -370,40 +377,18 @@ def test_a_sweep_ends_with_how_many_jobs_completed_and_which_failed(
         f"sweep: 2 of 3 jobs completed, 1 failed ({sweep / '1'}): each failed job's "
         "results.json says why"
     ), out[-1]
+    argv[-1] = "model.activation=relu,gelu,geglu"
+    assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'refused'}") == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith(
+        f"sweep: 1 of 3 jobs completed, 1 failed ({tmp_path / 'refused' / '1'}): each failed "
+        f"job's results.json says why; 1 refused before training, nothing trained "
+        f"({tmp_path / 'refused' / '2'}: cannot resume it: it holds another config)"
+    ), last
     argv[-1] = "model.activation=relu,swiglu"
     assert run_command("train", *argv, f"hydra.sweep.dir={tmp_path / 'done'}") == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.endswith(f"sweep: 2 of 2 jobs completed in {tmp_path / 'done'}"), last
-
-
-def test_a_sweep_says_apart_the_jobs_refused_before_training(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], monkeypatch
-) -> None:
-    """A job that train()'s checks refuse before training (a ``ConfigError``: an Optuna
-    trial that drew other values than its folder's run, a vocabulary below the tokenizer's)
-    trained nothing, and in a resumed sweep's folder its run's record stays as it was: the
-    sweep's last line named it among the failed, whose "results.json says why". It says it
-    apart, with the reason; a job that failed while training is still named as failed."""
-    import lmlab.train.run
-    from lmlab.errors import ConfigError
-
-    def job(cfg) -> float:
-        if cfg.model.activation == "gelu":
-            raise RuntimeError("the data ran out")
-        if cfg.model.activation == "swiglu":
-            raise ConfigError("cannot resume it: it holds another config")
-        return 1.0
-
-    monkeypatch.setattr(lmlab.train.run, "train", job)
-    sweep = tmp_path / "sweep"
-    argv = ["-m", "+debug=smoke", "model.activation=relu,gelu,swiglu"]
-    assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") == 0
-    last = capsys.readouterr().out.splitlines()[-1]
-    assert last.endswith(
-        f"sweep: 1 of 3 jobs completed, 1 failed ({sweep / '1'}): each failed job's "
-        f"results.json says why; 1 refused before training, nothing trained ({sweep / '2'}: "
-        "cannot resume it: it holds another config)"
-    ), last
 
 
 @pytest.mark.parametrize(
