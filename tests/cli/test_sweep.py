@@ -330,6 +330,31 @@ def test_a_sweep_whose_jobs_would_share_a_folder_is_refused_before_any_job_start
     assert not sweep.exists()
 
 
+def test_hydra_job_chdir_is_refused_before_anything_is_written(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """``hydra.job.chdir=true`` ran the job in its run folder, where lmlab looked for
+    ``data.name=./x.jsonl`` (missing, after Hydra had made the folder). A run and a sweep are
+    refused in one line before anything is written."""
+    (tmp_path / "x.jsonl").write_text('{"text": "def f(x):\\n    return x\\n"}\n')
+    monkeypatch.chdir(tmp_path)
+    run, sweep = tmp_path / "run", tmp_path / "sweep"
+    commands = [
+        ["data=hf", "data.name=./x.jsonl", f"hydra.run.dir={run}"],
+        ["-m", "model.activation=relu,gelu", f"hydra.sweep.dir={sweep}"],
+    ]
+    for argv in commands:
+        assert run_command("train", *argv, "+debug=smoke", "hydra.job.chdir=true") == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: hydra.job.chdir=true: lmlab reads the paths"), err
+        assert err.endswith(
+            "allowed: hydra.job.chdir=false (the default); "
+            "${hydra:runtime.output_dir} names the folder\n"
+        ), err
+        assert err.count("\n") == 1
+    assert not run.exists() and not sweep.exists()
+
+
 def test_a_sweep_over_the_sweeps_group_is_refused_in_one_line(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -53,6 +53,22 @@ from lmlab.train.runfiles import (
 )
 
 
+def job_chdir(config: DictConfig) -> str | None:
+    """Why ``hydra.job.chdir=true`` is refused (None where it is false): lmlab reads the paths
+    a command names from the folder the command runs in and writes the run's files into its
+    folder by their full paths; run from that folder, ``data.name=./x.jsonl`` was looked for
+    there and reported missing after Hydra had made the folder."""
+    if not OmegaConf.select(config, "hydra.job.chdir", default=False):
+        return None
+    return (
+        "hydra.job.chdir=true: lmlab reads the paths a command names (data.path=./x.jsonl, "
+        "task.train=, init_from=, ckpt_path=) from the folder the command runs in, and writes "
+        "every file of a run into its folder (hydra.run.dir, a sweep's job folders) by its "
+        "full path; run from that folder, a relative path would name another file; allowed: "
+        "hydra.job.chdir=false (the default); ${hydra:runtime.output_dir} names the folder"
+    )
+
+
 class RunDirCallback(Callback):
     """Hydra calls ``on_run_start`` with the composed config before ``run_job`` creates the
     run directory, saves ``.hydra/`` and opens ``train.log``. Here a single run takes the
@@ -70,6 +86,8 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        if (why := job_chdir(config)) is not None:
+            refuse(why)
         if (why := resume_into_a_new_folder(config, "sweep")) is not None:
             refuse(why)
         if (swept := swept_sweep_files(config)) is not None:
@@ -119,6 +137,8 @@ class RunDirCallback(Callback):
         job_started(config)  # a resumed sweep's job: see on_multirun_start
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if (why := job_chdir(config)) is not None:
+            refuse(why)
         if (why := resume_into_a_new_folder(config, "run")) is not None:
             refuse(why)
         variable, processes = launched_processes()
