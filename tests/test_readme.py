@@ -74,3 +74,16 @@ def test_a_preset_the_readme_gives_a_sweep_keeps_its_grid(multirun_config) -> No
         for line in replaced_by_command_line(multirun_config(f"+sweeps={sweep}", preset))
     ]
     assert replaced == []
+
+
+def test_the_contents_line_links_every_section_in_order() -> None:
+    """The README's first lines list its sections (``Contents: [title](#anchor) · ...``): every
+    ``## `` heading, in order, each linked by GitHub's anchor for it (lower case, punctuation
+    but hyphens dropped, spaces as hyphens)."""
+    text = README.read_text()
+    contents = re.search(r"^Contents: (.*)$", text, flags=re.M)
+    assert contents, "no Contents line"
+    links = re.findall(r"\[([^\]]+)\]\(#([^)]+)\)", contents[1])
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    anchors = [re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings]
+    assert links == list(zip(headings, anchors, strict=True))
