@@ -536,6 +536,9 @@ def test_a_run_the_guard_stops_says_why_on_one_line(
         ("probe", ["ckpt=DIR/m.ckpt", "out=KEEP/a.png"], "is a file, not a folder"),
         ("probe", ["ckpt=DIR/m.ckpt", "out=DIR/x.ckpt"], ".ckpt is not an image format"),
         ("probe", ["ckpt=DIR/m.ckpt", "out=DIR"], "is a folder: name the file to write"),
+        ("probe", ["ckpt=DIR/m.ckpt", "out=DIR/a.png/"], "names a folder (it ends with /)"),
+        ("evaluate", ["ckpt=DIR/m.ckpt", "out=DIR/new/"], "names a folder (it ends with /)"),
+        ("evaluate", ["ckpt=DIR/m.ckpt", "out=KEEP"], "is not an lmlab eval record"),
         ("scaling", ["DIR", "--out", "KEEP"], "is a file: name a folder"),
     ],
 )
@@ -544,19 +547,23 @@ def test_an_out_that_would_damage_a_file_is_refused_before_any_work(
 ) -> None:
     """Every command that writes checks ``out`` first: an existing file is never replaced
     (unless the command owns it), and a path under a file or a folder where a file belongs
-    is one line, exit 2, before anything is read or computed."""
+    (a name ending with a slash included: ``Path`` drops the slash, and evaluate wrote its
+    record as a file named like the folder) is one line, exit 2, before anything is read or
+    computed."""
     keep = tmp_path / "keep.txt"
     keep.write_text("the user's file\n")
     sharded = tmp_path / "last.ckpt"
     sharded.mkdir()
     (sharded / "meta.pt").write_bytes(b"not read")
     before = {p: p.read_bytes() for p in (keep, sharded / "meta.pt")}
+    listing = sorted(tmp_path.rglob("*"))
     names = {"SHARDED": str(sharded), "KEEP": str(keep), "DIR": str(tmp_path)}
     argv = [next((a.replace(k, v) for k, v in names.items() if k in a), a) for a in args]
     assert run_command(name, *argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert {p: p.read_bytes() for p in before} == before
+    assert sorted(tmp_path.rglob("*")) == listing
 
 
 def test_ctrl_c_in_a_command_is_one_line_and_exit_130(

@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int | None:
     harness.check_fewshot(names, cfg.num_fewshot)
     if cfg.out:
         # nothing there, or an eval record: else refused
-        eval_records.read_eval_record(Path(cfg.out))
+        eval_records.read_eval_record(cfg.out)  # as typed: out=dir/ names a folder
     check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
     harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
     trained_on = trained_data(Path(cfg.ckpt))

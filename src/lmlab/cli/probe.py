@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.pretrained import load
 
-    out = Path(cfg.out) if cfg.out else run_dir_of(Path(cfg.ckpt)) / "attention.png"
-    check_image_out(out)  # the default too: a file there that probe did not draw stays
+    # the default too: a file there that probe did not draw stays
+    out = check_image_out(cfg.out or run_dir_of(Path(cfg.ckpt)) / "attention.png")
     # the checkpoint's checks first: the model code's imports (torch._dynamo) take seconds
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     from rich.console import Console
@@ -86,12 +86,13 @@ def main(argv: list[str]) -> int | None:
     console.print(f"attention maps ({len(ids)} token{'s' * (len(ids) != 1)}): {out}")
 
 
-def check_image_out(out: Path) -> None:
-    """``out`` is an image file matplotlib writes (by its suffix), in a folder, and new or a
-    plot probe drew (which it redraws): nothing else is overwritten."""
+def check_image_out(out: str | Path) -> Path:
+    """``out`` (as typed: a name ending with a slash is a folder's) is an image file
+    matplotlib writes (by its suffix), in a folder, and new or a plot probe drew (which it
+    redraws): nothing else is overwritten."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    check_file_out(out, new=False)
+    out = check_file_out(out, new=False)
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix.lstrip(".").lower() not in formats:
         raise ConfigError(
@@ -108,7 +109,7 @@ def check_image_out(out: Path) -> None:
                 "install it, or choose another format (.pdf and .svg are vector graphics too)"
             )
     if not (out.exists() or out.is_symlink()):
-        return
+        return out
     from lmlab.infer.probe import MARKED_FORMATS, drawn_by_probe  # imports the model code
 
     if out.suffix.lstrip(".").lower() not in MARKED_FORMATS:
@@ -123,3 +124,4 @@ def check_image_out(out: Path) -> None:
             f"out={out} exists and is not a plot probe drew: choose a new file with out= "
             "(nothing is overwritten)"
         )
+    return out

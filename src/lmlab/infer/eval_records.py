@@ -79,12 +79,12 @@ def eval_path(ckpt: Path, step: int | None) -> Path:
 RECORD_KEYS = ("checkpoint", "global_step", "metrics", "tasks")
 
 
-def read_eval_record(path: Path, key: str = "out") -> dict[str, Any] | None:
+def read_eval_record(path: str | Path, key: str = "out") -> dict[str, Any] | None:
     """The eval record at ``path`` (None: there is none yet); anything else there is refused,
-    never overwritten."""
+    never overwritten. ``path`` as typed: a name ending with a slash is a folder's."""
     from lmlab.config.outpath import check_file_out
 
-    check_file_out(path, key, new=False)
+    path = check_file_out(path, key, new=False)
     if path.is_symlink() and not path.exists():  # written, it would replace the link
         raise ConfigError(
             f"{key}={path} is a symbolic link to {os.readlink(path)}, which does not exist: "
