@@ -87,3 +87,25 @@ def test_the_contents_line_links_every_section_in_order() -> None:
     headings = re.findall(r"^## (.+)$", text, flags=re.M)
     anchors = [re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings]
     assert links == list(zip(headings, anchors, strict=True))
+
+
+def architecture_block() -> str:
+    """The Architecture section's tree: its first fenced block."""
+    section = README.read_text().partition("\n## Architecture\n")[2].partition("\n## ")[0]
+    return section.partition("\n```\n")[2].partition("\n```")[0]
+
+
+def test_the_architecture_tree_names_every_module_of_the_package() -> None:
+    """Each module of ``src/lmlab`` is named, by its file's stem, in the Architecture tree (the
+    callbacks were described but not named: ``attention_maps``, ``extras``), and each ``.py``
+    the tree names exists in the repository."""
+    block = architecture_block()
+    package = CONF_DIR.parent / "src" / "lmlab"
+    modules = [p for p in package.rglob("*.py") if p.name != "__init__.py"]
+    unnamed = [
+        str(p.relative_to(package)) for p in modules if not re.search(rf"\b{p.stem}\b", block)
+    ]
+    assert unnamed == []
+    roots = [CONF_DIR.parent / d for d in ("src", "tests", "bench", "scripts")]
+    files = {p.name for root in roots for p in root.rglob("*.py")}
+    assert set(re.findall(r"\b([a-z0-9_]+\.py)\b", block)) - files == set()
