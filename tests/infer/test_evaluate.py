@@ -1001,3 +1001,26 @@ def test_a_corpus_setting_that_trains_on_the_shipped_tasks_is_said(
             check_evals(cfg, ModelConfig(), DataConfig(val_fraction=0.02))
     (said,) = caplog.messages
     assert said.startswith("eval.tasks: stdlib_cloze: ")
+
+
+def test_a_long_answer_is_refused_naming_its_task_with_or_without_a_model(tok) -> None:
+    """The harness's requests carry their task: the refusal of a continuation longer than
+    the model reads names it, in an evaluation and in the check a training run makes with its
+    tokenizer alone (``harness.check_answers``: the task's requests built as the harness
+    builds them; its first ``limit`` items only)."""
+    pre = tiny(tok, max_seq_len=16)
+    long = (CONTEXTS[0], SNIPPETS[0][:400])
+    asked = [Instance("loglikelihood", {}, long, 0, ("my_task", 0, 1))]
+    with pytest.raises(ConfigError, match=r"^task 'my_task': a loglikelihood request's cont"):
+        LmlabLM(pre).loglikelihood(asked)
+    with pytest.raises(
+        ConfigError, match=r"^eval.tasks: task 'stdlib_nextline': a loglikelihood request's"
+    ):
+        harness.check_answers(["stdlib_nextline"], None, tok, pre.cfg, "eval.tasks")
+    longest = max(
+        len(encode(tok, choice))
+        for item in harness.task_items("stdlib_nextline.jsonl")
+        for choice in item["choices"]
+    )
+    fits = ModelConfig(**{**model_config_dict(pre.cfg), "max_seq_len": 2 * longest})
+    harness.check_answers(["stdlib_nextline", "stdlib_perplexity"], None, tok, fits, "x")

@@ -390,3 +390,19 @@ def test_a_stop_during_a_steps_evals_stops_at_that_step_and_its_resume_evaluates
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "completed" and "eval_failures" not in results
     assert steps(tmp_path, ACC) == [2, 3]  # steps 3 and 4, logged at N - 1
+
+
+def test_an_answer_longer_than_the_model_reads_is_refused_before_training(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A char tokenizer spells stdlib_nextline's longest lines in more than 64 tokens: once
+    the tokenizer exists, and before the first step, the run is refused naming the task (each
+    eval failed on it after training, the run completing with it in eval_failures)."""
+    run = [*SMOKE, "data.tokenizer=char", "model.max_seq_len=64", "eval.tasks=[stdlib_nextline]"]
+    with pytest.raises(
+        ConfigError,
+        match=r"^eval.tasks: task 'stdlib_nextline': a loglikelihood request's continuation "
+        r"\(.*\) is \d+ tokens, more than the model reads \(model.max_seq_len=64\)",
+    ):
+        train(compose_train(run, tmp_path / "run", cache_dir))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no step trained

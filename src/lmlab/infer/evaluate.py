@@ -36,23 +36,19 @@ from typing import Any
 
 import torch
 from lm_eval import utils as lm_utils
-from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, handle_stop_sequences, postprocess_generated_text
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from lmlab.config import MAX_GEN_TOKS, Family
-from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
+from lmlab.infer.eval_tokens import TokenizedLM, TokenRequest
 from lmlab.infer.gen_kwargs import checked_gen_kwargs
 from lmlab.infer.generation import decode_loop
-from lmlab.infer.harness import BACKENDS, check_family
+from lmlab.infer.harness import check_family
 from lmlab.infer.pretrained import DTYPES, Pretrained, load
 from lmlab.model.context import varying_shapes
-
-# (request key or None, context tokens, continuation tokens): TemplateLM's request form
-TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
 
 
 class EvalStopped(Exception):
@@ -60,7 +56,7 @@ class EvalStopped(Exception):
 
 
 @register_model("lmlab")
-class LmlabLM(TemplateLM):
+class LmlabLM(TokenizedLM):
     """An lmlab GPT or T5 model (a checkpoint path or a loaded ``Pretrained``) for lm-eval."""
 
     def __init__(
@@ -76,70 +72,23 @@ class LmlabLM(TemplateLM):
         length_option: str = "max_gen_toks",
         **_harness_args: Any,  # max_batch_size and others the harness passes to every model
     ) -> None:
-        super().__init__()
         if not isinstance(pretrained, Pretrained):
             pretrained = load(pretrained, device or "cpu", dtype)
         check_family(pretrained.family, f"ckpt={pretrained.path}")
         size = 16 if batch_size is None else batch_size  # the harness passes None, ints, "8"
         if not str(size).isdigit() or int(size) < 1:
             raise ConfigError(f"batch_size={batch_size!r}: allowed an integer >= 1 (not auto)")
-        self.pre, self.model, self.tok = pretrained, pretrained.model, pretrained.tokenizer
-        self.backend = BACKENDS[pretrained.family]
+        super().__init__(pretrained.tokenizer, pretrained.cfg)  # the text side: TokenizedLM
+        self.pre, self.model = pretrained, pretrained.model
         self.batch_size = int(size)
-        self.max_length = pretrained.cfg.max_seq_len
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
         self.length_option = length_option  # the setting max_gen_toks came from, for errors
         # asked before each batch (a training run's stop): EvalStopped ends the evaluation
         self.should_stop = should_stop or (lambda: False)
-        # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD])
-        specials = pretrained.specials
-        self.eos = specials.eos
-        self.eos_id = specials.id(self.tok, "eos", "evaluation")
-        self.bos_id = pretrained.bos_id  # None: no BOS (lmlab's and GPT-2's tokenizers, T5)
-        self.pad_id = specials.id(self.tok, "pad", "evaluation") if specials.pad else self.eos_id
-
-    # ---------------------------------------------------------------- what TemplateLM needs
-
-    @property
-    def eot_token_id(self) -> int:
-        """EOS ends the documents in training, and generation."""
-        return self.eos_id
-
-    @property
-    def prefix_token_id(self) -> int:
-        """What an empty context, and a rolling text's first window, is conditioned on: BOS
-        where training starts documents with it (``HFLM``'s rule), else EOS, which the
-        document before ends with."""
-        return self.eos_id if self.bos_id is None else self.bos_id
 
     @property
     def device(self) -> torch.device:
         return self.pre.device
-
-    @property
-    def tokenizer_name(self) -> str:
-        return f"lmlab-{self.tok.get_vocab_size()}"
-
-    def tok_encode(
-        self, string: str, add_special_tokens: bool | None = None, **_: Any
-    ) -> list[int]:
-        """``string``'s ids after the model's BOS, if it has one (``HFLM`` with
-        ``add_bos_token``; a string that starts with BOS gets no second one); for T5, before
-        EOS, which T5's tokenizer ends a text with (``HFLM``'s seq2seq contexts). The
-        harness's contexts without text (an empty one: the prefix token; a rolling window's)
-        reach the encoder as they are, as in ``HFLM``. ``add_special_tokens=False`` (the
-        harness's continuations) leaves BOS and EOS out."""
-        ids = encode(self.tok, string)
-        if add_special_tokens is False:
-            return ids
-        if self.backend == "seq2seq":
-            return [*ids, self.eos_id]
-        if self.bos_id is None or ids[:1] == [self.bos_id]:
-            return ids
-        return [self.bos_id, *ids]
-
-    def tok_decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
 
     def get_model_info(self) -> dict[str, Any]:
         """What lm-eval records in ``results["config"]`` (``dtype``: lmlab's name of the
@@ -182,21 +131,6 @@ class LmlabLM(TemplateLM):
                     self.cache_hook.add_partial("loglikelihood", key, answer)
         bar.close()
         return collator.get_original(results)
-
-    def check_continuations(self, requests: list[TokenRequest]) -> None:
-        """Every continuation fits the model's ``max_length`` tokens (``HFLM`` asserts it):
-        a longer one has no score of all its tokens, and one scored in part would be compared
-        with answers scored whole. A rolling text's windows always fit."""
-        for key, _, cont in requests:
-            if len(cont) > self.max_length:
-                shown = f" ({key[1][:40]!r}...)" if key else ""
-                raise ConfigError(
-                    f"a loglikelihood request's continuation{shown} is {len(cont)} tokens, more "
-                    f"than the model reads (model.max_seq_len={self.max_length}): no score of "
-                    "all its tokens exists, and lm-eval's HFLM refuses it too; allowed: "
-                    f"continuations of at most {self.max_length} tokens (a task with shorter "
-                    "answers, or a model with a longer max_seq_len)"
-                )
 
     def _check_stop(self) -> None:
         if self.should_stop():

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 
-from lmlab.config import DataConfig, Family, Source
+from lmlab.config import DataConfig, Family, ModelConfig, Source
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.sources import load_documents
 from lmlab.data.splits import trained_documents
@@ -161,6 +161,31 @@ def check_generation(
     room = max_length if BACKENDS.get(family) == "causal" else None
     for task, asked in generation_args(names).items():
         checked_gen_kwargs(asked, max_gen_toks, room, option, task)
+
+
+def check_answers(
+    names: Sequence[str], limit: int | float | None, tokenizer: Any, cfg: ModelConfig, where: str
+) -> None:
+    """Every loglikelihood request of the tasks ``names`` (their first ``limit`` items, as
+    ``run_tasks`` scores them) has a continuation that ``cfg``'s model scores whole, checked
+    with ``tokenizer`` and no model (``ContinuationCheck``, ``LmlabLM``'s rule): a training
+    run's evals are known to fail once its tokenizer exists, before its first step. The
+    requests are built as the harness builds them (each task's ``build_all_requests``)."""
+    from lm_eval.evaluator_utils import get_sample_size
+
+    from lmlab.infer.eval_tokens import ContinuationCheck
+
+    hub = any(n not in shipped_tasks() for n in names)
+    with offline_hub(hub and not hub_reachable()), quiet_harness():
+        tasks = task_manager(hub).load(list(names))["tasks"]
+        instances = []
+        for task in tasks.values():
+            task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
+            instances += [i for i in task.instances if i.request_type == "loglikelihood"]
+        try:
+            ContinuationCheck(tokenizer, cfg).loglikelihood(instances, disable_tqdm=True)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def trained_items(names: Sequence[str], data_cfg: DataConfig) -> list[str]:

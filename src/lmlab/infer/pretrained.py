@@ -57,10 +57,7 @@ class Pretrained:
         BOS, such as Llama's ``<s>``); None without one (lmlab's and GPT-2's tokenizers: a
         document follows the EOS of the one before) and for BERT and T5, which frame their
         inputs themselves."""
-        if self.family != Family.gpt:
-            return None
-        before, _ = self.specials.frame(self.tokenizer, Family.gpt, "a document's start")
-        return before[0] if before else None
+        return bos_token_id(self.tokenizer, self.family)
 
     @property
     def end_id(self) -> int | None:
@@ -73,6 +70,15 @@ class Pretrained:
         first where there is one (as a Llama tokenizer's ``tok(text)``), then the text's
         tokens; an empty prompt without BOS is the EOS a document follows."""
         return prompt_ids(self.tokenizer, text)
+
+
+def bos_token_id(tokenizer: Tokenizer, family: Family) -> int | None:
+    """``Pretrained.bos_id`` of a model of ``family`` with ``tokenizer``, from the two alone
+    (a training run's evals are checked before its model is built)."""
+    if family != Family.gpt:
+        return None
+    before, _ = Specials.of(tokenizer).frame(tokenizer, Family.gpt, "a document's start")
+    return before[0] if before else None
 
 
 def model_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

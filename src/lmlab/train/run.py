@@ -217,6 +217,9 @@ def _fit(
     out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, model_cfg, spec = prepared_data(cfg, checked)
+    evals = next((c for c in checked.callbacks if isinstance(c, EvalTasks)), None)
+    if evals is not None and getattr(dm, "tokenizer", None) is not None:
+        evals.check_answers(dm.tokenizer, model_cfg)  # before the first step, not at each eval
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         # the tokenizer first: a corpus that trains another one (a char vocabulary with a
@@ -257,7 +260,6 @@ def _fit(
     # until the run ended, one checkpoint more on the disk (Lightning reads it again to restore)
     del ckpt
     callbacks = checked.callbacks
-    evals = next((c for c in callbacks if isinstance(c, EvalTasks)), None)
     if evals is not None and ckpt_path is not None:
         # the evals of the checkpoint's step ran after it was saved: their failures are in
         # the record only (earlier steps' are in the checkpoint, later steps train again)

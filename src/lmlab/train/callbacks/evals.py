@@ -75,6 +75,14 @@ class EvalTasks(L.Callback):
         both = {(f.get("step"), str(f.get("error"))): f for f in [*self.failures, *failures]}
         self.failures = sorted(both.values(), key=lambda f: f.get("step") or 0)
 
+    def check_answers(self, tokenizer: Any, model_cfg: Any) -> None:
+        """Every task's answers fit the model whole (``harness.check_answers``): checked once
+        the run's tokenizer exists and before its first step, where each eval would fail."""
+        if self.tasks:
+            from lmlab.infer import harness
+
+            harness.check_answers(self.tasks, self.limit, tokenizer, model_cfg, "eval.tasks")
+
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
         return step != self.last_step and self.due_at(step, trainer.max_steps)
