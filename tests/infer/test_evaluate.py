@@ -1024,3 +1024,50 @@ def test_a_long_answer_is_refused_naming_its_task_with_or_without_a_model(tok) -
     )
     fits = ModelConfig(**{**model_config_dict(pre.cfg), "max_seq_len": 2 * longest})
     harness.check_answers(["stdlib_nextline", "stdlib_perplexity"], None, tok, fits, "x")
+
+
+# every scheme a T5 takes (NoPE needs a decoder-only model)
+@pytest.mark.parametrize("positional", [p for p in Positional if p != Positional.none])
+def test_a_t5_answer_past_max_seq_len_is_decoded_whole_or_refused(tok, positional) -> None:
+    """A T5's answer of more tokens than max_seq_len: its decoder reads the whole answer so
+    far, as transformers' generate does where the harness lets a seq2seq model run on
+    (lmlab cropped it to the start token and the latest max_seq_len - 1, forgetting the
+    answer's start), where the positional scheme reads any length; a scheme with a table of
+    max_seq_len positions has none past it and is refused before anything is generated.
+    Sampled (seeded) so that the answer varies: each token as the full, uncropped decoder
+    picks it with the same generator."""
+    from lmlab.config import TABLED_POSITIONS
+    from lmlab.infer.generation import pick
+
+    pre = tiny(tok, "t5", max_seq_len=8, positional=positional)
+    lm = LmlabLM(pre)
+    asked = (CONTEXTS[0], {"max_gen_toks": 20, "until": ["never"], "temperature": 1.0})
+    if positional in TABLED_POSITIONS:
+        with pytest.raises(
+            ConfigError,
+            match=r"^the task's generation_kwargs: max_gen_toks=20 is more than the decoder has "
+            rf"positions: model.positional={positional.value} holds 8 .* allowed: a model whose "
+            r"model.max_seq_len is at least 20",
+        ):
+            lm.generate_until(requests("generate_until", [asked]))
+        return
+    decode, read = pre.model.decode, []
+
+    def reading(ids, *args, **kwargs):  # the decoder's input, where no cache holds the rest
+        read.append(ids.shape[1] if kwargs.get("cache") is None else 0)
+        return decode(ids, *args, **kwargs)
+
+    pre.model.decode = reading
+    (text,) = lm.generate_until(requests("generate_until", [asked]))
+    pre.model.decode = decode
+    assert max(read) == 20  # the last token written from the start token and 19 before it
+    enc = torch.tensor([lm.tok_encode(CONTEXTS[0])[-8:]])
+    memory = pre.model.encode(enc)
+    gen = torch.Generator().manual_seed(lm.seed)
+    dec = [lm.pad_id]
+    with torch.no_grad():
+        for _ in range(20):
+            logits = pre.model.decode(torch.tensor([dec]), memory)[:, -1, : tok.get_vocab_size()]
+            dec.append(int(pick(logits, 1.0, None, None, gen)))
+    assert len(set(dec[9:])) > 1  # a varied answer: a crop would change it
+    assert text == lm._text(dec[1:], ["never"])

@@ -71,9 +71,7 @@ def main(argv: list[str]) -> int | None:
         logging.getLogger(__name__).warning("%s", line)
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     # before any task runs: a generating task's refusal came after the others had run
-    harness.check_generation(
-        names, pre.family, cfg.max_gen_toks, pre.cfg.max_seq_len, "max_gen_toks"
-    )
+    harness.check_generation(names, pre.cfg, cfg.max_gen_toks, "max_gen_toks")
     from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
 

@@ -88,6 +88,10 @@ class Positional(Choice):
 
 
 GATED = {Activation.swiglu, Activation.geglu}
+# Schemes that hold a table of max_seq_len positions (learned vectors, sinusoids, RoPE's
+# angles): no position past it exists. ALiBi, T5's relative bias and NoPE compute from
+# distances alone and read any length.
+TABLED_POSITIONS = {Positional.learned, Positional.sinusoidal, Positional.rope}
 # Config fields (of any group) that change how a run computes, not what: a checkpoint and
 # the run that continues or loads it may differ in them.
 RUNTIME_FIELDS = (

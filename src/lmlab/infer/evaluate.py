@@ -228,8 +228,7 @@ class LmlabLM(TokenizedLM):
         """A task's generation arguments as the harness normalizes them (``max_gen_toks``:
         this model's where the task sets no length), refused where lmlab's decoder cannot do
         what they ask or a causal model's context would have no room (``checked_gen_kwargs``)."""
-        room = self.max_length if self.backend == "causal" else None
-        return checked_gen_kwargs(gen_kwargs, self.max_gen_toks, room, self.length_option)
+        return checked_gen_kwargs(gen_kwargs, self.max_gen_toks, self.pre.cfg, self.length_option)
 
     @torch.no_grad()
     def _generate(self, contexts: list[str], until: list[str], kwargs: dict) -> list[str]:
@@ -262,17 +261,19 @@ class LmlabLM(TokenizedLM):
             enc_BT, mask_BT = self._right_pad(enc, self.pad_id)
             memory_BTD = self.model.encode(enc_BT, mask_BT)
             starts = [1] * len(contexts)  # after the decoder's start token
+            # the answer is decoded whole, never cropped, as transformers' generate does:
+            # within max_seq_len where positions are a table (``check_decoder_room``), past
+            # it (beyond the KV cache, recomputed) for relative bias and ALiBi
             out_BT = decode_loop(
                 lambda ids, cache: self.model.decode(ids, memory_BTD, mask_BT, cache=cache),
                 self.model.new_cache,
                 torch.full((len(contexts), 1), self.pad_id, device=self.device),
-                self.max_length,
+                1 + max_new,
                 max_new,
                 *sampling,
                 eos_id=self.eos_id,
                 stop=StopAt(self.tok_decode, starts, until),
                 n_vocab=self.tok.get_vocab_size(),
-                keep_start=1,
             )
         rows = out_BT.tolist()
         return [

@@ -5,7 +5,7 @@ is their user; ``harness.check_generation`` checks them before a model is loaded
 
 from __future__ import annotations
 
-from lmlab.config import check_sampling
+from lmlab.config import TABLED_POSITIONS, ModelConfig, check_sampling
 from lmlab.errors import ConfigError
 
 # Generation arguments a task may set that change nothing at these values (lm-eval's own tasks
@@ -26,20 +26,25 @@ BEAM_ONLY_GEN_KWARGS = {"length_penalty", "early_stopping", "use_cache"}
 def checked_gen_kwargs(
     asked: dict,
     max_gen_toks: int,
-    max_length: int | None,
+    cfg: ModelConfig,
     option: str = "max_gen_toks",
     task: str | None = None,
 ) -> dict:
     """A task's generation arguments ``asked`` as the harness normalizes them (the answers'
     length: ``max_gen_toks`` where the task sets none, the setting ``option`` names), refused
-    where lmlab's decoder would not do what they ask (``check_gen_kwargs``) or, for a causal
-    model reading ``max_length`` tokens (None: an encoder-decoder, whose encoder holds the
-    context apart), where the length leaves the context no room (``check_room``)."""
+    where lmlab's decoder would not do what they ask (``check_gen_kwargs``) or where the
+    length does not fit the model of ``cfg``: a causal model's context would have no room
+    (``check_room``), an encoder-decoder's decoder no positions (``check_decoder_room``)."""
     from lm_eval.models.utils import normalize_gen_kwargs
 
+    from lmlab.infer.harness import BACKENDS
+
     kwargs = check_gen_kwargs(normalize_gen_kwargs(asked, max_gen_toks), task)
-    if max_length is not None:
-        check_room(int(kwargs["max_gen_toks"]), max_length, asked, option, task)
+    max_new = int(kwargs["max_gen_toks"])
+    if BACKENDS.get(cfg.family) == "causal":
+        check_room(max_new, cfg.max_seq_len, asked, option, task)
+    else:
+        check_decoder_room(max_new, cfg, asked, option, task)
     return kwargs
 
 
@@ -94,16 +99,47 @@ def check_room(
     token alone, in silence."""
     if max_new < max_length:
         return
-    own = [key for key in LENGTH_KEYS if key in asked]
-    if own:  # the task's own length wins over the option: only another model fits it
-        source = f"{_where(task)}: {own[0]}"
-        allowed = f"a model whose model.max_seq_len is above {max_new}"
-    else:
-        who = f"task {task!r}" if task else "a task"
-        source = f"{option} (the answers' length where {who} sets none)"
-        allowed = f"{option} <= {max_length - 1}"
+    source, own = _length_source(asked, option, task)
+    allowed = f"a model whose model.max_seq_len is above {max_new}"
+    allowed = allowed if own else f"{option} <= {max_length - 1}"
     raise ConfigError(
         f"{source}={max_new} leaves no room for the context: the model reads {max_length} "
         "tokens (model.max_seq_len) and a prompt keeps its last max_seq_len - max_gen_toks, "
         f"so that every new token sees it; allowed: {allowed}"
+    )
+
+
+def _length_source(asked: dict, option: str, task: str | None) -> tuple[str, bool]:
+    """Where an answers' length came from, and whether it is the task's own (which wins over
+    ``option``: only another model fits it)."""
+    own = [key for key in LENGTH_KEYS if key in asked]
+    if own:
+        return f"{_where(task)}: {own[0]}", True
+    who = f"task {task!r}" if task else "a task"
+    return f"{option} (the answers' length where {who} sets none)", False
+
+
+def check_decoder_room(
+    max_new: int,
+    cfg: ModelConfig,
+    asked: dict,
+    option: str = "max_gen_toks",
+    task: str | None = None,
+) -> None:
+    """An encoder-decoder writes the last of ``max_new`` tokens from its start token and the
+    ``max_new - 1`` before it: ``max_new`` decoder positions. ``LmlabLM`` decodes the answer
+    whole, as transformers' ``generate`` does (the harness lets a seq2seq model run on past
+    its length), which a scheme with a table of ``max_seq_len`` positions
+    (``TABLED_POSITIONS``) cannot do past it: refused there, naming where the length came
+    from. T5's relative bias and ALiBi read any length."""
+    if max_new <= cfg.max_seq_len or cfg.positional not in TABLED_POSITIONS:
+        return
+    source, own = _length_source(asked, option, task)
+    allowed = f"a model whose model.max_seq_len is at least {max_new}"
+    allowed = allowed if own else f"{option} <= {cfg.max_seq_len}"
+    raise ConfigError(
+        f"{source}={max_new} is more than the decoder has positions: "
+        f"model.positional={cfg.positional.value} holds {cfg.max_seq_len} (model.max_seq_len) "
+        "and an answer's last token is written from as many as the answer is long; allowed: "
+        f"{allowed} (or model.positional=relative or alibi, which read any length)"
     )

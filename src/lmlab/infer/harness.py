@@ -151,16 +151,14 @@ def generation_args(names: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def check_generation(
-    names: Sequence[str], family: Family, max_gen_toks: int, max_length: int, option: str
+    names: Sequence[str], cfg: ModelConfig, max_gen_toks: int, option: str
 ) -> None:
-    """Each generating task of ``names`` asks what lmlab's decoder does and, for a causal
-    model reading ``max_length`` tokens, leaves its prompt room at its answers' length (its
-    own, else ``max_gen_toks``, the setting ``option``): ``checked_gen_kwargs``, as
-    ``LmlabLM`` checks every request, but before a model is loaded or trained, not at each
-    eval."""
-    room = max_length if BACKENDS.get(family) == "causal" else None
+    """Each generating task of ``names`` asks what lmlab's decoder does and fits the model of
+    ``cfg`` at its answers' length (its own, else ``max_gen_toks``, the setting ``option``):
+    ``checked_gen_kwargs``, as ``LmlabLM`` checks every request, but before a model is loaded
+    or trained, not at each eval."""
     for task, asked in generation_args(names).items():
-        checked_gen_kwargs(asked, max_gen_toks, room, option, task)
+        checked_gen_kwargs(asked, max_gen_toks, cfg, option, task)
 
 
 def check_answers(

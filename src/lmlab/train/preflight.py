@@ -304,9 +304,7 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | 
     )
     harness.check_tasks(tasks, where="eval.tasks")
     max_gen_toks = (cfg.get("eval") or {}).get("max_gen_toks", MAX_GEN_TOKS)
-    harness.check_generation(
-        tasks, model_cfg.family, max_gen_toks, model_cfg.max_seq_len, "eval.max_gen_toks"
-    )
+    harness.check_generation(tasks, model_cfg, max_gen_toks, "eval.max_gen_toks")
     for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
         say_once(log, logging.WARNING, f"eval.tasks: {line}")
 
