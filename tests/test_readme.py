@@ -61,7 +61,7 @@ def test_a_preset_the_readme_gives_a_sweep_keeps_its_grid(multirun_config) -> No
     """A ``model=`` preset that a sweep's section suggests (``run it with model=gpt_small``)
     must run that sweep's grid: where the sweep file varies ``model`` itself (moe), the
     command-line preset replaces the grid, and the sweep runs one job of the four."""
-    from lmlab.cli.sweep import replaced_by_command_line
+    from lmlab.cli.sweep_overrides import replaced_by_command_line
 
     advised = [
         (sweep, preset)

@@ -85,7 +85,7 @@ REPLACED = (
 def test_a_command_line_value_that_replaces_a_sweep_files_grid_is_named(multirun_config) -> None:
     """Hydra lets the command line win over a sweep file's ``hydra.sweeper.params`` (a way to
     narrow a sweep), and so does lmlab: each such value is named with the grid it replaces."""
-    from lmlab.cli.sweep import replaced_by_command_line  # here: the other tests run without it
+    from lmlab.cli.sweep_overrides import replaced_by_command_line  # the other tests need none
 
     sweep = "+sweeps=norm_x_activation"
     assert replaced_by_command_line(multirun_config(sweep, "model.activation=gelu")) == [REPLACED]
@@ -110,6 +110,64 @@ def test_a_sweep_narrowed_on_the_command_line_says_so_before_its_jobs(
     out = "".join(capsys.readouterr())
     assert code == 2 and "error: 2 of the sweep's 2 jobs would be refused" in out, out
     assert out.count(REPLACED) == 1 and out.index(REPLACED) < out.index("would be refused"), out
+
+
+REPEATED = (
+    "model.activation=relu,gelu and model.activation=swiglu: the command line gives "
+    "model.activation 2 values, and the sweep takes model.activation=swiglu alone (Hydra keeps "
+    "a key's last value, as a single run does); give model.activation once"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["model.activation=relu,gelu", "model.activation=swiglu"], REPEATED),
+        (  # a later ++ is the value composed last: both jobs trained swiglu
+            ["model.activation=relu,gelu", "++model.activation=swiglu"],
+            REPEATED.replace("and model", "and ++model").replace("takes model", "takes ++model"),
+        ),
+        (
+            ["model.activation=swiglu", "model.activation=relu,gelu"],
+            "model.activation=swiglu and model.activation=relu,gelu: the command line gives "
+            "model.activation 2 values, and the sweep takes model.activation=relu,gelu alone",
+        ),
+        (  # Optuna's sweeper keeps the fixed value, whichever comes last
+            ["hydra/sweeper=optuna", "optim.lr=0.001", "optim.lr=interval(1e-4,1e-2)"],
+            "optim.lr=0.001 and optim.lr=interval(1e-4,1e-2): the command line gives optim.lr 2 "
+            "values, and the sweep takes optim.lr=0.001 alone (Optuna's sweeper keeps a fixed "
+            "value over a search range)",
+        ),
+        (["model.activation=relu", "model.activation=gelu", "model.norm=layernorm,rmsnorm"], None),
+        (["model.activation=relu,gelu", "model.norm=rmsnorm"], None),
+    ],
+)
+def test_a_key_given_twice_on_the_command_line_is_named_with_the_value_the_sweep_keeps(
+    argv: list[str], said: str | None, multirun_config
+) -> None:
+    """``-m model.activation=relu,gelu model.activation=swiglu`` ran swiglu alone ("checked
+    the sweep's 1 job") without a word. Hydra keeps a key's last value in a single run too and
+    says nothing, so the sweep goes on as Hydra runs it, and says once which value it took.
+    Two fixed values, no sweep among them, are a single run's case: nothing is said."""
+    from lmlab.cli.sweep_overrides import repeated_on_command_line
+
+    lines = repeated_on_command_line(multirun_config(*argv))
+    if said is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(said), lines
+
+
+def test_a_key_given_twice_says_so_before_the_sweeps_jobs(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """The line comes from the sweep's start, before its jobs are checked (here the checks
+    refuse them, so that no job trains)."""
+    argv = ["-m", "+debug=smoke", "model.activation=relu,gelu", "model.activation=swiglu"]
+    code = run_command("train", *argv, "trainer.max_steps=0", f"hydra.sweep.dir={tmp_path}/s")
+    out = "".join(capsys.readouterr())
+    assert code == 2 and "error: 1 of the sweep's 1 job would be refused" in out, out
+    assert out.count(REPEATED) == 1 and out.index(REPEATED) < out.index("would be refused"), out
 
 
 @pytest.mark.parametrize(
@@ -151,7 +209,7 @@ def test_a_command_line_value_inside_a_sweep_files_swept_values_is_refused(
     {d_model:48,n_layers:2} were one model, two rows of compare) and ``+sweeps=moe
     model.moe.top_k=1`` a top-1 row named top_k:2, without a word. Such an override is refused,
     naming the field and the swept values; one that the swept values do not set is not."""
-    from lmlab.cli.sweep import grid_values_overridden
+    from lmlab.cli.sweep_overrides import grid_values_overridden
 
     why = grid_values_overridden(multirun_config(*argv))
     if overridden is None:

@@ -17,13 +17,13 @@ from lmlab.analysis.sweep_grid import BASIC_SWEEPER
 from lmlab.cli.hydra_errors import refuse
 from lmlab.cli.interrupt import made_above, note_folder
 from lmlab.cli.launch import LAUNCH
-from lmlab.cli.sweep import (
-    grid_values_overridden,
-    replaced_by_command_line,
-    sweep_file_without_multirun,
-    swept_sweep_files,
-)
+from lmlab.cli.sweep import sweep_file_without_multirun, swept_sweep_files
 from lmlab.cli.sweep_check import check_sweep
+from lmlab.cli.sweep_overrides import (
+    grid_values_overridden,
+    repeated_on_command_line,
+    replaced_by_command_line,
+)
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError
 from lmlab.train.dirlock import (
@@ -99,7 +99,8 @@ class RunDirCallback(Callback):
         if (overridden := grid_values_overridden(config)) is not None:
             refuse(overridden)
         log = logging.getLogger("lmlab")
-        for replaced in replaced_by_command_line(config):  # Hydra's way: it narrows a sweep
+        # Hydra's way, which narrows a sweep: said, as a single run takes it
+        for replaced in replaced_by_command_line(config) + repeated_on_command_line(config):
             log.warning(replaced)
         sweep_dir = absolute(OmegaConf.select(config, "hydra.sweep.dir"))
         named_through_dotdot(config, "sweep", sweep_dir)

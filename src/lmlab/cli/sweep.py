@@ -5,9 +5,8 @@ as its launcher composes it. ``RunDirCallback.on_multirun_start`` checks them al
 the first job trains, not hours later. Jobs that would share a folder (``shared_folder``) and
 a sweep over the sweep files themselves (``swept_sweep_files``) are refused there too, and
 so are a sweep with no job (``sweep_without_values``: ``range(2,2)``) and a sweeper setting
-that launches nothing (``sweeper_setting``: ``hydra.sweeper.n_trials=0``). A command-line
-value that replaces a sweep file's grid for its key is said in one line
-(``replaced_by_command_line``): Hydra lets it win, which narrows the sweep.
+that launches nothing (``sweeper_setting``: ``hydra.sweeper.n_trials=0``). What the command
+line does to a sweep file's grid is ``lmlab.cli.sweep_overrides``.
 
 Optuna's sweeper draws its trials as it goes, so its jobs are not known in advance. What is
 known is its search space: ``search_corners`` gives the jobs at its corners (every choice, both
@@ -30,12 +29,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab.analysis.sweep_grid import BASIC_SWEEPER, grid_jobs
-from lmlab.config import flatten
+from lmlab.cli.sweep_overrides import OPTUNA_SWEEPER, SWEEPS_GROUP
 from lmlab.config.asked import as_typed
 from lmlab.errors import first_line
 from lmlab.train.runfiles import listed
 
-OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # an integer range with at most this many values is checked at every value, not its two ends
 ALL_INT_VALUES = 8
 # the corners checked in every combination up to this many; past it, each parameter's values
@@ -43,8 +41,6 @@ ALL_INT_VALUES = 8
 MAX_CORNERS = 32
 # the launcher that runs each job in this process, on this machine
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-# the config group of the sweep files (``+sweeps=<name>``)
-SWEEPS_GROUP = "sweeps"
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
@@ -161,99 +157,6 @@ def optuna_refuses(override: Any) -> str | None:
             )
         return f"{line}: {first_line(err)}"
     return None
-
-
-def replaced_by_command_line(config: DictConfig) -> list[str]:
-    """One line for each command-line override whose key the sweep file's grid
-    (``hydra.sweeper.params``) sweeps too. Hydra's sweepers let the command line win, which
-    narrows a sweep (``+sweeps=norm_x_activation model.activation=gelu`` runs gelu alone), but
-    said nothing: the sweep ran 2 of the file's 6 jobs without a word. Keys compare without
-    ``+``/``++``, as the composed jobs do."""
-    params = config.hydra.sweeper.get("params") or {}
-    if not params:
-        return []
-    parser = OverridesParser.create()
-    typed = OmegaConf.to_container(params, resolve=False)  # the grid as the file has it
-    try:
-        task = parser.parse_overrides(as_typed(config.hydra.overrides.task))
-        grid = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-    except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
-        return []
-    swept = {_target(o): value for o, value in zip(grid, typed.values(), strict=True)}
-    source = _grid_source(task)
-    return [
-        f"{o.input_line} on the command line replaces {source} grid for it ({swept[_target(o)]})"
-        for o in task
-        if not o.is_delete() and _target(o) in swept
-    ]
-
-
-def grid_values_overridden(config: DictConfig) -> str | None:
-    """The refusal of a command-line override that sets a field the sweep file's swept values
-    set inside another key (``+sweeps=isoflop model.d_model=64``: each ``model={d_model:..}``
-    value sets ``model.d_model``), or None. Hydra applies the command line after the grid, so
-    every job would train the command line's value under the name of the swept one: the
-    isoflop ladder's ``{d_model:40,n_layers:2}`` and ``{d_model:48,n_layers:2}`` one model,
-    and ``+sweeps=moe model.moe.top_k=1`` a top-1 row named ``top_k:2``. An
-    override of the swept key itself replaces its grid (``replaced_by_command_line``)."""
-    params = config.hydra.sweeper.get("params") or {}
-    parser = OverridesParser.create()
-    try:
-        task = parser.parse_overrides(as_typed(config.hydra.overrides.task))
-        grid = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-    except Exception:  # noqa: BLE001 - the sweeper parses them again and says what is wrong
-        return None
-    for swept in grid:
-        values = _leaf_values(swept)
-        for override in task:
-            if override.is_delete() or _target(override) == _target(swept):
-                continue
-            for leaf in _leaf_values(override).keys() & values.keys():
-                inside = (
-                    f" in its {swept.key_or_group} values" if leaf != swept.key_or_group else ""
-                )
-                return (
-                    f"{override.input_line} on the command line overrides {leaf}, which "
-                    f"{_grid_source(task)} grid sweeps{inside} "
-                    f"({', '.join(map(str, values[leaf]))}): every job would train the command "
-                    "line's value under the name of its swept one (its run name, its row in "
-                    "lmlab compare), and jobs that differ only there would train one model; "
-                    "leave it out, or change the swept values in a copy of the sweep file"
-                )
-    return None
-
-
-def _leaf_values(override: Any) -> dict[str, list[Any]]:
-    """Each dotted key that ``override`` sets, with its values: the key itself, and inside
-    dict values (``model={d_model:32},{d_model:40}``) each leaf (``model.d_model``: 32, 40)."""
-    from hydra.core.override_parser.types import ChoiceSweep
-
-    if override.package:  # another package's keys: not compared
-        return {}
-    value, key = override.value(), override.key_or_group
-    if isinstance(value, ChoiceSweep):
-        items = value.list
-    else:  # one value, or a range or interval as typed
-        items = [value if isinstance(value, dict) else override.input_line.partition("=")[2]]
-    leaves: dict[str, list[Any]] = {}
-    for item in items:
-        for leaf, v in flatten(item, key).items():
-            if v not in leaves.setdefault(leaf, []):
-                leaves[leaf].append(v)
-    return leaves
-
-
-def _grid_source(task: Sequence[Any]) -> str:
-    """``+sweeps=moe's``: the sweep file on the command line, whose grid it is."""
-    return next(
-        (f"{o.input_line}'s" for o in task if o.key_or_group == SWEEPS_GROUP),
-        "hydra.sweeper.params'",
-    )
-
-
-def _target(override: Any) -> str:
-    """What ``override`` sets: its key or group, with its package (``model@a``)."""
-    return override.key_or_group + (f"@{override.package}" if override.package else "")
 
 
 def swept_sweep_files(config: DictConfig) -> str | None:
