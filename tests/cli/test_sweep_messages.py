@@ -112,6 +112,49 @@ def test_a_sweep_narrowed_on_the_command_line_says_so_before_its_jobs(
     assert out.count(REPLACED) == 1 and out.index(REPLACED) < out.index("would be refused"), out
 
 
+@pytest.mark.parametrize(
+    ("sweeper", "typed", "plain"),
+    [
+        (
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.params.optim.lr='interval(1e-4,1e-2)'",
+            "'optim.lr=interval(1e-4,1e-2)'",
+        ),
+        (
+            "hydra/sweeper=optuna",
+            "+hydra.sweeper.params.optim.lr=interval(1e-4,1e-2)",
+            "'optim.lr=interval(1e-4,1e-2)'",
+        ),
+        (
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.params={optim.lr:'interval(1e-4,1e-2)',model:{n_layers:'range(1,3)'}}",
+            "'optim.lr=interval(1e-4,1e-2)' 'model.n_layers=range(1,3)'",
+        ),
+        ("+sweeps=lr", "hydra.sweeper.params.optim.lr=0.001,0.01", "'optim.lr=0.001,0.01'"),
+        (
+            "+sweeps=norm_x_activation",  # a dotted key the file's grid does not hold
+            "hydra.sweeper.params={model.norm:'layernorm,rmsnorm'}",
+            "'model.norm=layernorm,rmsnorm'",
+        ),
+    ],
+)
+def test_a_sweep_typed_under_the_sweepers_params_is_refused_with_the_plain_form(
+    sweeper: str, typed: str, plain: str, tmp_path: Path, run_command, capsys
+) -> None:
+    """Without a sweep file the sweepers' ``params`` is null: Hydra ended on "error: Unexpected
+    type: None" or "'NoneType' object has no attribute 'get'" (and a file's dotted keys, one
+    key each, are no path the command line's dots name). The refusal says how to type it."""
+    sweep = tmp_path / "sweep"
+    code = run_command("train", "-m", sweeper, "+debug=smoke", typed, f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err
+    assert code == 2 and not sweep.exists(), err
+    assert err == (
+        f"error: {typed}: type a sweep's values as an override of the key they sweep, {plain} "
+        "(each sweeper reads them from the command line; hydra.sweeper.params is for a sweep "
+        "file)\n"
+    )
+
+
 REPEATED = (
     "model.activation=relu,gelu and model.activation=swiglu: the command line gives "
     "model.activation 2 values, and the sweep takes model.activation=swiglu alone (Hydra keeps "

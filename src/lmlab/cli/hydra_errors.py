@@ -14,7 +14,7 @@ from typing import NoReturn
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from lmlab.config import CONF_DIR, group_options, omegaconf_error
+from lmlab.config import CONF_DIR, flatten, group_options, omegaconf_error
 from lmlab.config.asked import DELTA_GROUPS
 from lmlab.config.resolve import GROUP_SCHEMAS
 from lmlab.errors import ConfigError, disk_full, first_line, storage_fix, write_error_words
@@ -31,10 +31,15 @@ REPEATED_GROUP = re.compile(
 # Hydra's words for a config group given null on the command line (`trainer=null`)
 NULL_GROUP = "Config group override must be a string or a list"
 
+# a sweeper's grid or search space: a sweep file's, keyed by whole dotted names (`optim.lr`)
+SWEEPER_PARAMS = "hydra.sweeper.params"
+
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
     """One line for what Hydra raised before the run started, naming the override and, where
     Hydra says it, what is allowed."""
+    if (typed := sweeper_params_typed(err, argv)) is not None:
+        return typed
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         options = [o for o in err.options or () if not o.startswith("base_")]  # not schemas
@@ -83,6 +88,46 @@ def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
         return unwritable(err)
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return ConfigError(" ".join(lines) or type(err).__name__)
+
+
+def sweeper_params_typed(err: Exception, argv: Sequence[str]) -> ConfigError | None:
+    """The refusal of a swept value typed under ``hydra.sweeper.params`` that Hydra could not
+    compose, saying how to type it (as an override of its own key), or None. The sweepers'
+    ``params`` is null unless a sweep file sets it, and OmegaConf read
+    ``hydra.sweeper.params.optim.lr=...`` through the null as "Unexpected type: None", and
+    ``hydra.sweeper.params={optim.lr:...}`` as "'NoneType' object has no attribute 'get'"; a
+    sweep file's ``params`` holds ``optim.lr`` as one dotted key, which the command line's
+    dots do not name (they nest). The sweepers read the command line's own overrides as their
+    grid or search space: ``'optim.lr=interval(1e-4,1e-2)'`` (the Optuna sweeper's documented
+    form)."""
+    given = [a for a in argv if re.match(rf"[+~]*{re.escape(SWEEPER_PARAMS)}[.=]", a)]
+    cause = err.__cause__
+    said = f"{err} {getattr(cause, 'full_key', '')}"
+    if not given or not (SWEEPER_PARAMS in said or "Unexpected type: None" in str(err)):
+        return None
+    plain = [f"'{o}'" for a in given for o in plain_overrides(a)]
+    return ConfigError(
+        f"{given[0]}: type a sweep's values as an override of the key they sweep, "
+        f"{' '.join(plain) or repr('optim.lr=interval(1e-4,1e-2)')} (each sweeper reads them "
+        f"from the command line; {SWEEPER_PARAMS} is for a sweep file)"
+    )
+
+
+def plain_overrides(override: str) -> list[str]:
+    """``hydra.sweeper.params.optim.lr='interval(1e-4,1e-2)'`` (or ``params={optim.lr:...}``)
+    as the command line's own overrides: ``optim.lr=interval(1e-4,1e-2)``; [] where Hydra's
+    grammar does not read it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, _, value = override.lstrip("+~").partition("=")
+    if key != SWEEPER_PARAMS:  # hydra.sweeper.params.<key>=<value>, its quotes Hydra's
+        quoted = len(value) > 1 and value[0] == value[-1] and value[0] in "'\""
+        return [f"{key.removeprefix(SWEEPER_PARAMS + '.')}={value[1:-1] if quoted else value}"]
+    try:
+        parsed = OverridesParser.create().parse_overrides([override.lstrip("+~")])[0].value()
+    except Exception:  # noqa: BLE001 - not Hydra's grammar: said without the plain form
+        return []
+    return [f"{k}={v}" for k, v in flatten(parsed).items()] if isinstance(parsed, dict) else []
 
 
 def unknown_key_hint(override: str, missing: str, said: str = "") -> str:
