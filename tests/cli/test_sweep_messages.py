@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmlab.errors import ConfigError
 
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 RANGE = (
     "range(start, stop, step) leaves out stop, as Python's range does; allowed: a stop past the "
     "start in the step's direction"
@@ -153,6 +155,76 @@ def test_a_sweep_typed_under_the_sweepers_params_is_refused_with_the_plain_form(
         "(each sweeper reads them from the command line; hydra.sweeper.params is for a sweep "
         "file)\n"
     )
+
+
+RESUMED = (
+    "error: resume=auto continues an Optuna search's runs only where each trial draws its "
+    "folder's values again, as a sampler seeded alike does: "
+)
+FRESH = "start the search in a new folder, with hydra.sweeper.sampler.seed=<n>"
+
+
+@pytest.mark.parametrize(
+    ("first", "argv", "why"),
+    [
+        (None, [], f"hydra.sweeper.sampler.seed=null draws other values each time; {FRESH}"),
+        (
+            None,
+            ["hydra.sweeper.sampler.seed=5"],
+            f"its first command had no seed, so no seed draws its values again; {FRESH}",
+        ),
+        (
+            1337,
+            ["hydra.sweeper.sampler.seed=5"],
+            "its first command had hydra.sweeper.sampler.seed=1337, this one 5; give it "
+            "hydra.sweeper.sampler.seed=1337",
+        ),
+        (
+            None,
+            ["hydra/sweeper/sampler=grid"],
+            "GridSampler takes no seed (it picks its points in a random order); "
+            f"{FRESH} and a sampler that takes one (hydra/sweeper/sampler=tpe)",
+        ),
+        (1337, ["hydra.sweeper.sampler.seed=1337"], None),  # the same draws: it continues
+    ],
+)
+def test_a_resumed_optuna_search_whose_sampler_draws_other_values_is_refused(
+    first: int | None,
+    argv: list[str],
+    why: str | None,
+    tmp_path: Path,
+    run_command,
+    capsys,
+    monkeypatch,
+) -> None:
+    """``resume=auto`` into an unseeded search's folder started again at trial #0, drew other
+    values, and every trial was refused ("holds another config") after the search's checks.
+    A search continues only where its sampler draws the same values: seeded, as its first
+    command (its ``multirun.yaml``) was. Refused in one line before any trial, the folder as
+    it was."""
+    import lmlab.train.preflight
+
+    def checked(*args) -> None:  # the corners' checks come next: a search that gets there
+        raise ConfigError("the jobs' checks")
+
+    monkeypatch.setattr(lmlab.train.preflight, "check_job", checked)
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "results.json").write_text('{"status": "completed", "val_loss": 7.0}')
+    sampler = {"_target_": "optuna.samplers.TPESampler", "seed": first}
+    (sweep / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"sweeper": {"_target_": OPTUNA, "sampler": sampler}}})
+    )
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    search = ["hydra/sweeper=optuna", "optim.lr=interval(1e-4,1e-2)", "resume=auto"]
+    code = run_command("train", "-m", "+debug=smoke", *search, *argv, f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    if why is None:
+        assert "the jobs' checks" in err, err
+    else:
+        assert err == f"{RESUMED}{why}\n"
+        assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
 
 
 REPEATED = (

@@ -28,11 +28,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmlab.analysis.run_files import read_yaml
 from lmlab.analysis.sweep_grid import BASIC_SWEEPER, grid_jobs
 from lmlab.cli.sweep_overrides import OPTUNA_SWEEPER, SWEEPS_GROUP
 from lmlab.config.asked import as_typed
 from lmlab.errors import first_line
-from lmlab.train.runfiles import listed
+from lmlab.files import SWEEP_RECORD
+from lmlab.train.runfiles import absolute, listed
 
 # an integer range with at most this many values is checked at every value, not its two ends
 ALL_INT_VALUES = 8
@@ -85,6 +87,49 @@ def sweeper_setting(config: DictConfig) -> str | None:
                 "batches of this size, so it needs at least 1 (or null: all in one batch)"
             )
     return None
+
+
+def unresumable_search(config: DictConfig) -> str | None:
+    """Why an Optuna search resumed in its folder (``resume=auto``) cannot continue its trials,
+    one line, or None. The sweeper starts again at trial #0 and draws each trial's values
+    anew, so a trial continues its folder's run only where it draws that run's values again:
+    a sampler seeded as the search's first command seeded it (``+sweeps=lr``: 1337). Unseeded
+    (the samplers' default, seed null; ``GridSampler``, which takes none and picks its grid
+    points at random), every trial drew other values and was refused ("holds another
+    config") after the search's checks, its runs left unfinished. The first command's seed is
+    read from the folder's ``multirun.yaml`` (``lmlab.train.rundir.record_sweep``)."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != OPTUNA_SWEEPER:
+        return None
+    sampler, resume = sweeper.get("sampler") or {}, config.get("resume")
+    resumed = f"resume={'true' if resume is True else resume} continues an Optuna search's runs"
+    why = (
+        f"{resumed} only where each trial draws its folder's values again, as a sampler "
+        "seeded alike does"
+    )
+    fresh = "start the search in a new folder, with hydra.sweeper.sampler.seed=<n>"
+    name = str(sampler.get("_target_")).rpartition(".")[2]
+    if "seed" not in sampler:
+        return (
+            f"{why}: {name} takes no seed (it picks its points in a random order); {fresh} "
+            "and a sampler that takes one (hydra/sweeper/sampler=tpe)"
+        )
+    seed = sampler.get("seed")
+    if seed is None:
+        return f"{why}: hydra.sweeper.sampler.seed=null draws other values each time; {fresh}"
+    record = read_yaml(absolute(str(config.hydra.sweep.dir)) / SWEEP_RECORD)
+    earlier = OmegaConf.select(OmegaConf.create(record), "hydra.sweeper") if record else None
+    if not earlier or earlier.get("_target_") != OPTUNA_SWEEPER or "sampler" not in earlier:
+        return None  # another sweep's record, or none: each trial's own check says
+    first = (earlier.sampler or {}).get("seed")
+    if first == seed:
+        return None
+    if first is None:
+        return f"{why}: its first command had no seed, so no seed draws its values again; {fresh}"
+    return (
+        f"{why}: its first command had hydra.sweeper.sampler.seed={first}, this one {seed}; "
+        f"give it hydra.sweeper.sampler.seed={first}"
+    )
 
 
 def sweep_without_values(config: DictConfig) -> str | None:

@@ -27,6 +27,7 @@ from lmlab.cli.sweep import (
     sweep_without_values,
     sweeper_setting,
     swept_keys,
+    unresumable_search,
 )
 from lmlab.config import BudgetKind
 from lmlab.errors import ConfigError
@@ -47,8 +48,12 @@ def check_sweep(config: DictConfig, resumed: bool = False) -> None:
     (``lmlab.cli.sweep.runs_here``). An Optuna sweep: the corners of its search space
     (``lmlab.cli.sweep.search_corners``). Before any of it, a sweeper setting that would launch
     nothing (``n_trials=0``) and a swept value list that is empty (``range(2,2)``), in one
-    line (``lmlab.cli.sweep.sweeper_setting``, ``sweep_without_values``)."""
+    line (``lmlab.cli.sweep.sweeper_setting``, ``sweep_without_values``); so does a resumed
+    Optuna search whose sampler would not draw its trials' values again
+    (``lmlab.cli.sweep.unresumable_search``)."""
     if (why := sweeper_setting(config) or sweep_without_values(config)) is not None:
+        refuse(why)
+    if resumed and (why := unresumable_search(config)) is not None:
         refuse(why)
     jobs = sweep_jobs(config)
     corners = jobs is None
