@@ -35,6 +35,13 @@ RANGE = (
         ),
         (["model.n_layers=range(2,2)"], f"model.n_layers=range(2,2) sweeps no value: {RANGE} "),
         (["model.n_layers=range(4,2,-1)"], None),  # 4, 3: a sweep
+        (  # Optuna's form under the basic sweeper, a later value of the key or not
+            ["optim.lr=interval(1e-4,1e-2)", "optim.lr=0.001"],
+            "optim.lr=interval(1e-4,1e-2): Hydra's basic sweeper runs a grid, and an interval "
+            "has no values to list; search it with Optuna (add hydra/sweeper=optuna, as "
+            "+sweeps=lr does), or list the values (optim.lr=a,b,c, range(start,stop,step), "
+            "choice(a,b))",
+        ),
         (
             ["model.n_layers=range(2,4,-1)"],
             f"model.n_layers=range(2,4,-1) sweeps no value: {RANGE} (range(2,1,-1) sweeps 2)",

@@ -139,7 +139,9 @@ def sweep_without_values(config: DictConfig) -> str | None:
     (``range(2,2)``, a ``glob`` that matches no option): "Launching 0 jobs", exit 0, and a
     ``multirun.yaml`` left behind. Optuna's sweeper ended on the distribution's own error
     (``range(5,2)``: "The `low` value must be smaller than ... (low=5, high=2)", no key) or
-    a bare AssertionError (a ``glob``, which its parser cannot expand)."""
+    a bare AssertionError (a ``glob``, which its parser cannot expand). An interval, which
+    only Optuna searches, ended the basic sweeper on "BasicSweeper does not support sweep type
+    : INTERVAL_SWEEP", after a warning of the checks it broke."""
     target = config.hydra.sweeper.get("_target_")
     if target not in (BASIC_SWEEPER, OPTUNA_SWEEPER):
         return None
@@ -152,6 +154,14 @@ def sweep_without_values(config: DictConfig) -> str | None:
         return None
     if target == OPTUNA_SWEEPER:  # it makes a distribution of each, replaced or not
         return next((why for o in parsed if (why := optuna_refuses(o)) is not None), None)
+    for override in parsed:  # the sweeper enumerates each one, replaced or not
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return (
+                f"{override.input_line}: Hydra's basic sweeper runs a grid, and an interval "
+                "has no values to list; search it with Optuna (add hydra/sweeper=optuna, as "
+                f"+sweeps=lr does), or list the values ({override.key_or_group}=a,b,c, "
+                "range(start,stop,step), choice(a,b))"
+            )
     last = {o.get_key_element(): o for o in parsed}  # a later value of a key wins
     for override in last.values():
         if override.is_sweep_override() and not list(override.sweep_string_iterator()):
