@@ -423,6 +423,35 @@ def test_fill_mask_keeps_the_space_a_character_vocabulary_has_as_a_token(
     assert candidates[0].token == "c" and filled == "the cat sat"
 
 
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_a_mask_marker_is_not_called_text_the_vocabulary_lacks(
+    family: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``[MASK]`` (a converted BERT's spelling) and ``<mask>`` both stand for the mask or the
+    next sentinel, so the model never reads their characters: a character vocabulary without
+    ``[``, ``M``, ... draws no warning of unknown text for them, while a character it lacks in
+    the rest of the text still does, counted over the tokens the model reads."""
+    tok = train_char(["the cat sat on the mat."])
+    path = tmp_path / "m.ckpt"
+    ckpt = (
+        char_bert(path, tok, favourite="c")
+        if family == "bert"
+        else save_ckpt(tiny("t5", vocab_size=tok.get_vocab_size()).float(), tok, path)
+    )
+    args = [f"ckpt={ckpt}"] + (["max_new_tokens=2"] if family == "t5" else [])
+    with caplog.at_level(logging.WARNING, logger="lmlab"):
+        for marker in ("[MASK]", "<mask>"):
+            generate_main([*args, f"text=the {marker}at sat"])
+        assert "unknown token" not in caplog.text
+        generate_main([*args, "text=thé [MASK]at sat"])
+    (line,) = [r.getMessage() for r in caplog.records if "unknown token" in r.getMessage()]
+    assert line.startswith("1 of the ") and "'é' x1" in line and "MASK" not in line
+    capsys.readouterr()
+
+
 def test_fill_mask_names_a_special_token_candidate(tmp_path: Path) -> None:
     """A special token among a mask's candidates is shown by its name, as transformers'
     fill-mask shows ``[PAD]``: it read '' (decoding skipped it), which names no token."""

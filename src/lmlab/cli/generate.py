@@ -115,7 +115,8 @@ def main(argv: list[str]) -> int | None:
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
     text = cfg.text if cfg.text is not None else cfg.prompt
-    warn_unknown_text(pre.tokenizer, text, "the prompt" if cfg.text is None else "the text")
+    if task == "generate":  # fill and infill warn of the text as they map its masks
+        warn_unknown_text(pre.tokenizer, text, "the prompt" if cfg.text is None else "the text")
     try:
         if task != "fill_mask":
             sample(cfg, pre, task, text, gen, console)

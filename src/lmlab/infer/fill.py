@@ -7,7 +7,8 @@ mask token strips left whitespace the same way); a character vocabulary keeps it
 own there. ``<mask>`` and ``[MASK]`` both stand for the
 tokenizer's mask token (a converted BERT's is ``[MASK]``); in ``infill`` each becomes the next
 sentinel ``<extra_id_k>`` in the text's order (after any explicit one, which must all come
-before the first mask).
+before the first mask). Text the vocabulary has no token for is warned of as mapped so: the
+marker's characters are never read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import Family
-from lmlab.data.tokenizer import SENTINEL_RE, encode, spaces_are_tokens
+from lmlab.data.tokenizer import SENTINEL_RE, encode, spaces_are_tokens, warn_unknown_text
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import NonFiniteLogits, decode_loop
 from lmlab.infer.pretrained import Pretrained
@@ -56,6 +57,7 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
         text = text.replace(marker, mask)
     if mask not in text:
         raise ConfigError(f"text={text!r} has no <mask> (or [MASK]) to fill")
+    warn_unknown_text(tok, text, "the text")  # as the model reads it: a marker is its mask
     mask_id = specials.id(tok, "mask", "fill-mask")
     before, after = specials.frame(tok, Family.bert, "fill-mask")
     ids = [*before, *encode(tok, _unspaced(tok, text, mask)), *after]
@@ -131,6 +133,7 @@ def infill(
     text = _sentinels(text, specials.sentinels)
     if not SENTINEL_RE.search(text):
         raise ConfigError(f"text={text!r} has no sentinel <extra_id_0> (or <mask>) to fill")
+    warn_unknown_text(tok, text, "the text")  # as the model reads it: a marker is a sentinel
     eos_id = specials.id(tok, "eos", "infilling")
     text = _unspaced(tok, text, "<extra_id_")  # the spans fill this text: each brings its space
     ids = [*encode(tok, text), eos_id]
