@@ -187,6 +187,27 @@ def root_handlers_kept() -> Iterator[None]:
             root.removeHandler(handler)
 
 
+@pytest.fixture(autouse=True)
+def wandb_console_kept() -> Iterator[None]:
+    """Each test ends with the W&B console callbacks it began with. A W&B run hooks this
+    process's stdout and stderr and unhooks them when it finishes; a test that replaces
+    ``Run.finish`` (W&B lost at the run's end) left its run's hooks on streams pytest closed
+    after it, and a later test's output went through them: "error in stderr callback"
+    (AlreadyJoinedError, then "I/O operation on closed file") in that test's ``caplog``. In
+    W&B's own failure path ``Run.finish`` unhooks them (``_console_stop``)."""
+    try:
+        from wandb.sdk.lib import console_capture
+    except ImportError:  # pragma: no cover - W&B is a dependency
+        yield
+        return
+    hooks = [getattr(console_capture, n, {}) for n in ("_stdout_callbacks", "_stderr_callbacks")]
+    before = [set(h) for h in hooks]
+    yield
+    for h, kept in zip(hooks, before, strict=True):
+        for key in set(h) - kept:
+            h.pop(key, None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The data cache of every test that names none (``LMLAB_CACHE``, which the default
