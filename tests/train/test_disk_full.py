@@ -5,8 +5,11 @@ same."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 import smoke
 from lmlab.cli.hydra_errors import unwritable
+from lmlab.cli.main import command
 from lmlab.config.locks import LOCK_FILE
 from lmlab.train.dirlock import lock_run_dir, unlock_run_dir
 
@@ -23,6 +27,33 @@ FREE = "free space, then run the command again"
 
 def full(*args: object, **kwargs: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")  # as a flush reports it: no file
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``lmlab train SMOKE`` run once to its end (4 steps, the CSV logger), as ``run_command``
+    runs it: the completed run that each test extending one copies (``completed_copy``); no
+    test writes in it."""
+    run_dir = tmp_path_factory.mktemp("completed") / "run"
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exited:
+        patch.setattr("lmlab.cli.main.before_exit", lambda: None)
+        for module in ("main", "train", "sweep_check"):
+            patch.setattr(f"lmlab.cli.{module}.long_lived", contextlib.nullcontext)
+        command("train", [*SMOKE, f"hydra.run.dir={run_dir}"])
+    for handler in [h for h in root.handlers if h not in handlers]:  # Hydra's job logging:
+        root.removeHandler(handler)  # its file handler would append to the run's train.log
+        handler.close()
+    assert exited.value.code == 0
+    return run_dir
+
+
+def completed_copy(completed: Path, run_dir: Path) -> list[str]:
+    """The completed run copied into ``run_dir`` (``last.ckpt`` stays a link); the command
+    line that trained it there."""
+    shutil.copytree(completed, run_dir, symlinks=True, dirs_exist_ok=True)
+    return [*SMOKE, f"hydra.run.dir={run_dir}"]
 
 
 def writes_failing_in(
@@ -82,14 +113,17 @@ def test_a_full_disk_at_the_run_folders_lock_names_the_lock_file(
 
 
 def test_a_full_disk_extending_a_run_names_the_file_and_keeps_the_checkpoints(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    completed: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A completed run extended on a full disk: Hydra's writes, held until training starts,
     did not fit (``.hydra/config.yaml``). The message named no file and the temporary file
     stayed; the checkpoints and ``.hydra/`` are as they were, and the resume it names works
     once there is space."""
-    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
-    assert run_command("train", *argv) == 0
+    argv = completed_copy(completed, tmp_path)
     kept = {
         p: p.read_bytes() for p in [*tmp_path.glob("checkpoints/*"), *tmp_path.glob(".hydra/*")]
     }
@@ -114,7 +148,11 @@ def test_a_full_disk_extending_a_run_names_the_file_and_keeps_the_checkpoints(
 
 
 def test_a_full_disk_at_run_config_yaml_keeps_the_runs_record_of_its_config(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    completed: Path,
+    run_command,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A completed run extended as the disk fills: ``.hydra/`` fitted, ``run_config.yaml``
     did not. Rewritten in place, the file was emptied, and every later resume was refused
@@ -123,8 +161,7 @@ def test_a_full_disk_at_run_config_yaml_keeps_the_runs_record_of_its_config(
     names works once there is space."""
     import io
 
-    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
-    assert run_command("train", *argv) == 0
+    argv = completed_copy(completed, tmp_path)
     record = tmp_path / "run_config.yaml"
     kept = record.read_bytes()
     opened = io.open
@@ -184,6 +221,7 @@ def test_a_results_json_that_cannot_be_written_at_the_end_is_one_line(
 def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(
     code: int,
     tmp_path: Path,
+    completed: Path,
     run_command,
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -196,8 +234,7 @@ def test_a_checkpoints_folder_that_cannot_be_written_is_one_line(
     import json
     import tempfile
 
-    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
-    assert run_command("train", *argv) == 0
+    argv = completed_copy(completed, tmp_path)
     ckpts = tmp_path / "checkpoints"
     kept = {p: p.read_bytes() for p in ckpts.iterdir()}
     mkstemp = tempfile.mkstemp
@@ -256,6 +293,7 @@ def test_an_immutable_results_json_is_said_as_the_record_not_the_folder(
 def test_a_logger_folder_that_cannot_be_written_is_one_line(
     code: int,
     tmp_path: Path,
+    completed: Path,
     run_command,
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -266,8 +304,7 @@ def test_a_logger_folder_that_cannot_be_written_is_one_line(
     folder to make writable, exit code 1, and the resume it names works once it is."""
     import json
 
-    argv = [*SMOKE, f"hydra.run.dir={tmp_path}"]
-    assert run_command("train", *argv) == 0
+    argv = completed_copy(completed, tmp_path)
     csv_dir = tmp_path / "csv"
 
     def refused(file: Path) -> None:  # as the file system answers the temporary file's open
