@@ -61,6 +61,22 @@ def step_of(path: Path) -> int:
     return torch.load(path, weights_only=True, map_location="cpu")["global_step"]
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A ``SMOKE`` run trained to its end (4 steps, ``last.ckpt`` the file itself): a test that
+    reads it reads this one; a test that extends or damages it works on its own copy
+    (``copy_of``). No test writes in it."""
+    run_dir = tmp_path_factory.mktemp("smoke-run")
+    train(compose_train(SMOKE, run_dir, cache_dir))
+    return run_dir
+
+
+def copy_of(run_dir: Path, into: Path) -> Path:
+    """``run_dir`` copied into ``into`` (which may exist, empty), links kept as links."""
+    shutil.copytree(run_dir, into, symlinks=True, dirs_exist_ok=True)
+    return into
+
+
 def test_refused_commands_leave_the_run_directory_byte_for_byte(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
@@ -69,7 +85,9 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
     ``plan.json`` and the checkpoints exactly as the completed run left them. A completed
     run resumed (by hand, or by a resumed sweep's ``resume=auto``) trains nothing and is left
     as it was too; without its checkpoints, the directory still holds the run."""
-    plain = ["+debug=smoke", "logger=csv"]  # data.seq_len unset: named below as the same run
+    # data.seq_len unset (the model's 64-token length, SHORT_ROWS' rows): named below as the
+    # same run
+    plain = ["+debug=smoke", "logger=csv", "model.max_seq_len=64"]
     here = [*plain, f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *here) == 0
     before = snapshot(tmp_path)
@@ -178,8 +196,10 @@ def test_a_refused_first_command_leaves_the_directory_to_the_corrected_one(
     assert "already holds checkpoints" in "".join(capsys.readouterr())
 
 
-def test_a_resumed_run_appends_to_the_metrics_history(tmp_path: Path, cache_dir: Path) -> None:
-    train(compose_train([*SMOKE, "trainer.max_steps=6"], tmp_path, cache_dir))
+def test_a_resumed_run_appends_to_the_metrics_history(
+    tmp_path: Path, smoke_run: Path, cache_dir: Path
+) -> None:
+    copy_of(smoke_run, tmp_path)  # 4 steps, completed
     train(compose_train([*SMOKE, "trainer.max_steps=10", "resume=true"], tmp_path, cache_dir))
     assert steps(tmp_path, "train/loss") == list(range(10))
     assert steps(tmp_path, "val/loss") == [1, 3, 5, 7, 9]  # after every 2nd step
@@ -576,14 +596,13 @@ def test_a_resumed_run_reports_the_best_validation_loss_of_every_process(
 
 
 def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, smoke_run: Path, cache_dir: Path
 ) -> None:
     """ModelCheckpoint does not recognise its files in a copied directory: it wrote
     ``last-v1.ckpt`` and left ``last.ckpt`` behind, so the next resume went back in time."""
-    run = [*smoke.SMOKE, "logger=none", "callbacks.sample=null"]
-    train(compose_train([*run, "trainer.max_steps=6"], tmp_path / "a", cache_dir))
+    run = SMOKE  # smoke_run's, completed at step 4
     copy = tmp_path / "b"
-    shutil.copytree(tmp_path / "a", copy)  # links become files, as cp -L or a sync makes them
+    shutil.copytree(smoke_run, copy)  # links become files, as cp -L or a sync makes them
     cfg = compose_train([*run, "trainer.max_steps=8", "resume=true"], copy, cache_dir)
     train(cfg)
     ckpts = copy / "checkpoints"
@@ -595,17 +614,16 @@ def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
 
 
 def test_checkpoints_hold_one_copy_per_step_and_every_tool_follows_last(
-    tmp_path: Path, cache_dir: Path, run_command
+    tmp_path: Path, smoke_run: Path, run_command
 ) -> None:
-    train(compose_train([*smoke.SMOKE, "logger=none"], tmp_path, cache_dir))
-    ckpts = tmp_path / "checkpoints"
+    ckpts = smoke_run / "checkpoints"
     last = ckpts / "last.ckpt"
     entries = list(ckpts.iterdir())
     distinct_steps = {step_of(p) for p in entries}
     largest = max(p.lstat().st_size for p in entries)
     sizes = {p.name: p.lstat().st_size for p in entries}  # a link's own size, not its target's
     assert sum(sizes.values()) <= len(distinct_steps) * largest * 1.01, sizes
-    assert step_of(last) == 4 == results(tmp_path)["global_step"]
+    assert step_of(last) == 4 == results(smoke_run)["global_step"]
     assert run_command("generate", f"ckpt={last}", "max_new_tokens=2") == 0
     assert run_command("probe", f"ckpt={last}", f"out={tmp_path / 'maps.png'}") == 0
 
@@ -662,11 +680,10 @@ def truncate(path: Path) -> None:
 
 
 def test_a_corrupt_checkpoint_is_named_by_every_tool(
-    tmp_path: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, smoke_run: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
-    train(compose_train([*smoke.SMOKE, "logger=none"], tmp_path / "run", cache_dir))
     bad = tmp_path / "bad.ckpt"
-    shutil.copy(tmp_path / "run" / "checkpoints" / "last.ckpt", bad)
+    shutil.copy(smoke_run / "checkpoints" / "last.ckpt", bad)
     truncate(bad)
     sharded = tmp_path / "sharded.ckpt"
     sharded.mkdir()
@@ -1387,14 +1404,14 @@ def test_launcher_ranks_without_a_chosen_run_dir_are_refused(
 
 
 def test_a_failed_extension_keeps_the_completed_runs_record(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, smoke_run: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A completed run extended (a larger trainer.max_steps) that then fails or stops records
     that, and keeps what it found under ``previous``: the completed run's metrics and sample
     are not lost. A damaged ``wandb_id`` is refused before any work, the directory as it was."""
     from lmlab.train import run as run_module
 
-    train(compose_train(SMOKE, tmp_path, cache_dir))
+    copy_of(smoke_run, tmp_path)  # SMOKE, completed
     whole = results(tmp_path)
 
     def broken(*args, **kwargs) -> None:
@@ -1623,16 +1640,26 @@ def sharded_run(run_dir: Path, cfg) -> Path:
     return ckpts
 
 
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """A ``resume=true`` config of trainer=fsdp, and a folder as an FSDP run of it leaves it
+    (``sharded_run``), made once: each test damages its own copy. Nothing writes in it."""
+    fsdp = [*smoke.SMOKE, "trainer=fsdp", "trainer.accelerator=cpu", "resume=true"]
+    run_dir = tmp_path_factory.mktemp("fsdp-run")
+    cfg = compose_train(fsdp, run_dir, tmp_path_factory.mktemp("fsdp-cache"))
+    sharded_run(run_dir, cfg)
+    return cfg, run_dir
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_resume_passes_over_a_sharded_checkpoint_with_a_missing_or_cut_piece(
-    damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    damage: str, tmp_path: Path, fsdp_run: tuple, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only ``meta.pt`` of a sharded folder was read: one with a shard deleted was chosen and
     every rank failed loading it. Now its ``.metadata`` and shard sizes are checked, and it is
     passed over with a warning for the newest intact one, as a truncated file is."""
-    fsdp = [*smoke.SMOKE, "trainer=fsdp", "trainer.accelerator=cpu", "resume=true"]
-    cfg = compose_train(fsdp, tmp_path, tmp_path / "cache")
-    ckpts = sharded_run(tmp_path, cfg)
+    cfg, run_dir = fsdp_run
+    ckpts = copy_of(run_dir, tmp_path) / "checkpoints"  # resume_checkpoint reads tmp_path's
     assert resume_checkpoint(cfg, tmp_path) == ckpts / "last.ckpt"
     DAMAGE[damage](ckpts / "step000004.ckpt")
     with caplog.at_level(logging.WARNING):
@@ -1644,14 +1671,20 @@ def test_resume_passes_over_a_sharded_checkpoint_with_a_missing_or_cut_piece(
         resume_checkpoint(cfg, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def sharded_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``write_sharded``'s folder at step 4, written once: each test damages its own copy."""
+    return write_sharded(tmp_path_factory.mktemp("sharded") / "step000004.ckpt", 4)
+
+
 @pytest.mark.parametrize("damage", [*sorted(DAMAGE), "shard corrupt"])
 def test_a_damaged_sharded_folder_is_named_in_one_line_by_every_tool(
-    damage: str, tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+    damage: str, tmp_path: Path, sharded_folder: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """consolidate and generate printed torch's tracebacks (CheckpointException, which is no
     Exception; AssertionError; PytorchStreamReader); a shard's bytes changed in place, its
     length kept, is found only by reading it, and is named all the same."""
-    folder = write_sharded(tmp_path / "step000004.ckpt", 4)
+    folder = copy_of(sharded_folder, tmp_path / "step000004.ckpt")
     (DAMAGE.get(damage) or (lambda d: corrupt(d / "__0_1.distcp")))(folder)
     for tool in ("consolidate", "generate"):
         capsys.readouterr()
@@ -1688,7 +1721,7 @@ def test_resuming_a_sharded_run_with_a_trainer_that_cannot_load_it_is_refused(
 
 
 def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, smoke_run: Path, cache_dir: Path
 ) -> None:
     """A completed run resumed with a larger ``trainer.max_steps`` trains every step after
     the checkpoint at the new schedule's rate: the restored optimizer held the old schedule's
@@ -1697,7 +1730,7 @@ def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
     from lmlab.train.schedule import warmup_cosine_factor
 
     run = [*SMOKE, "trainer.max_steps=4", "trainer.log_every_n_steps=1", "logger=csv"]
-    train(compose_train(run, tmp_path, cache_dir))
+    copy_of(smoke_run, tmp_path)  # SMOKE's own values: the same run, completed
     train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
     lr = {int(r["step"]): float(r["train/lr"]) for r in rows(tmp_path) if r.get("train/lr")}
     cfg = compose_train(run, tmp_path / "x", cache_dir)
