@@ -94,7 +94,6 @@ def test_a_run_a_callback_stopped_early_says_so(
         m.startswith("stopped early at step 4 of 12 planned, by EarlyStopping (")
         for m in caplog.messages
     )
-    assert "stopped_early" not in run(tmp_path / "full", cache_dir)  # a run of its steps
 
 
 def test_smoke_run_writes_results_checkpoint_and_metrics(
@@ -106,6 +105,8 @@ def test_smoke_run_writes_results_checkpoint_and_metrics(
     # Lightning's deprecation of its own that every run met: not the user's to act on
     assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
     assert r["status"] == "completed"
+    # a run of its steps: no early stop (test_a_run_a_callback_stopped_early_says_so's control)
+    assert "stopped_early" not in r, "a run that trained its steps says it stopped early"
     assert all(r[k] is not None for k in REQUIRED), {k: r.get(k) for k in REQUIRED}
     assert r["global_step"] == 4
     assert r["tokens"] == 4 * 4 * 64  # steps x batch x sequence length
@@ -585,15 +586,26 @@ def test_unknown_hf_dataset_is_a_clear_error(
         run(tmp_path, cache_dir, "data=hf", "data.name=no-such/dataset-xyz")
 
 
+# what the init_from tests below start from (each reads its checkpoint, none writes to it)
+INIT_SOURCE = [*SMOKE, "logger=none", "callbacks.sample=null"]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smoke run (no logger, no sample), trained once for this module's init_from tests:
+    they read its ``checkpoints/last.ckpt`` and never write under it."""
+    run_dir = tmp_path_factory.mktemp("first")
+    train(compose_train(INIT_SOURCE, run_dir))  # the session's data cache, as the CLI's
+    return run_dir
+
+
 def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
-    tmp_path: Path, cache_dir: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, first: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """``model=gpt_tiny`` with a gpt_tiny checkpoint asks for its architecture: the preset's
     null fields (the vocabulary, d_ff) are derived, not a conflict. Another preset is refused,
     naming the model fields a run may still set."""
-    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]
-    first = tmp_path / "first"
-    assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
+    smoke = INIT_SOURCE
     init = [*smoke, f"init_from={first / 'checkpoints' / 'last.ckpt'}", "data.tokenizer=checkpoint"]
     assert run_command("train", *init, "model=gpt_tiny", f"hydra.run.dir={tmp_path / 'a'}") == 0
     capsys.readouterr()
@@ -605,15 +617,13 @@ def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
 
 
 def test_an_init_from_run_resumes_after_its_source_is_gone(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, first: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """The run's own checkpoint holds the architecture and tokenizer it took from
     ``init_from``: a resume needs the source file no longer (it was refused for good, with
     no way to name the run's checkpoint instead). ``ckpt_path`` with ``init_from`` is
     refused: one continues a run, the other starts one."""
-    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]
-    first = tmp_path / "first"
-    assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
+    smoke = INIT_SOURCE
     source = tmp_path / "source.ckpt"
     shutil.copy(first / "checkpoints" / "last.ckpt", source)
     run_dir = tmp_path / "run"
@@ -638,15 +648,13 @@ def test_an_init_from_run_resumes_after_its_source_is_gone(
 
 
 def test_an_init_from_run_resumes_after_its_source_was_replaced(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, first: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """The ``init_from`` file replaced by another model (a name reused for a newer
     checkpoint): the resume read the file and refused the run's own checkpoint as "trained
     with another model", naming fields the command had not changed. The run's checkpoint
     holds the architecture and tokenizer it took, as when the file is gone."""
-    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]
-    first = tmp_path / "first"
-    assert run_command("train", *smoke, f"hydra.run.dir={first}") == 0
+    smoke = INIT_SOURCE
     source, run_dir = tmp_path / "source.ckpt", tmp_path / "run"
     shutil.copy(first / "checkpoints" / "last.ckpt", source)
     init = [*smoke, f"init_from={source}", "data.tokenizer=checkpoint", f"hydra.run.dir={run_dir}"]
