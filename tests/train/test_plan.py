@@ -18,6 +18,10 @@ from lmlab.train.budget import Budget
 from lmlab.train.machine import check_accelerator
 from lmlab.train.plan import RunPlan, check_resumable
 
+# a one-block model of width 32: what these tests assert rests on the steps, the rows and the
+# plan, not on the model's size (gpt_tiny's timed steps were most of a dry run's time)
+TINY = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2"]
+
 # a token budget (not trainer.max_steps), accumulation 2, precision auto; +debug=smoke's
 # settings but its trainer.max_steps, which a token budget refuses
 RUN = [
@@ -32,6 +36,7 @@ RUN = [
     "trainer.accumulate_grad_batches=2",
     "trainer.precision=auto",
     "callbacks.sample=null",
+    *TINY,
 ]
 
 
@@ -284,7 +289,7 @@ def test_a_dry_run_sizes_the_model_at_the_tokenizer_a_run_prepared(tmp_path: Pat
     corpus.write_text("\n".join(f"line {i} of a small corpus" for i in range(400)))
     cache = tmp_path / "cache"
     run = [*SMOKE, "logger=none", "data=text", f"data.path={corpus}", "data.vocab_size=4096"]
-    run += ["data.seq_len=32"]
+    run += ["data.seq_len=32", "callbacks.sample=null", *TINY]
 
     def dry(name: str) -> dict:
         train(compose_train([*run, "dry_run=true"], tmp_path / name, cache))
@@ -313,7 +318,7 @@ def test_a_batch_larger_than_the_training_split_is_said(
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"line {i} of a small corpus" for i in range(40)))
     run = [*SMOKE, "logger=none", "data=text", f"data.path={corpus}", "data.tokenizer=char"]
-    run += ["data.seq_len=32", "trainer.max_steps=2", "callbacks.sample=null"]
+    run += ["data.seq_len=32", "trainer.max_steps=2", "callbacks.sample=null", *TINY]
     train(compose_train([*run, "data.batch_size=64"], tmp_path / "run", tmp_path / "cache"))
     train_rows = json.loads((tmp_path / "run" / "plan.json").read_text())["corpus"]["train"]
     assert train_rows["rows"] < 64  # the premise
@@ -334,10 +339,11 @@ def test_a_warmup_longer_than_the_run_is_said_as_it_is_cut(
     from lmlab.train.compose import compose_train
     from lmlab.train.run import train
     from lmlab.train.schedule import warmup_cosine, warmup_cut
+    from smoke import SMOKE
 
     def warnings(*overrides: str) -> list[str]:
         caplog.clear()
-        cfg = compose_train(["+debug=smoke", "dry_run=true", *overrides], tmp_path, tmp_path)
+        cfg = compose_train([*SMOKE, *TINY, "dry_run=true", *overrides], tmp_path, tmp_path)
         with caplog.at_level("WARNING", logger="lmlab"):
             train(cfg)
         return [m for m in caplog.messages if "warmup" in m]
