@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import itertools
 import json
 import shutil
@@ -44,10 +46,17 @@ CPU = torch.device("cpu")
 EXPERIMENTS = {"gpt_1b": "llama", "gpt_3b": "llama", "gpt_7b": "llama", "gpt_8x7b": "mixtral"}
 
 
-def model_cfg(preset: str, experiment: str | None = None, vocab: int = 4096) -> ModelConfig:
+@functools.cache
+def composed_model(preset: str, experiment: str | None) -> ModelConfig:
+    """The preset's model as ``lmlab train`` composes it, composed once per module: gpt_7b
+    with Llama's settings is planned in five tests (a composition is pure, and each test gets
+    its own copy through ``model_cfg``)."""
     overrides = [f"model={preset}"] + ([f"+experiment={experiment}"] if experiment else [])
-    cfg: ModelConfig = OmegaConf.to_object(compose_train(overrides).model)
-    return dataclasses.replace(cfg, vocab_size=vocab)
+    return OmegaConf.to_object(compose_train(overrides).model)
+
+
+def model_cfg(preset: str, experiment: str | None = None, vocab: int = 4096) -> ModelConfig:
+    return dataclasses.replace(copy.deepcopy(composed_model(preset, experiment)), vocab_size=vocab)
 
 
 def plan(cfg: ModelConfig, budget: BudgetConfig | None = None, **kw: object) -> dict:
