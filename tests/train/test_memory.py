@@ -241,7 +241,9 @@ def test_a_dry_run_prints_and_saves_both_figures(
     from lmlab.train.run import train
 
     monkeypatch.setattr(memory, "available_bytes", lambda trainer: (3 * GIB, "this machine has"))
-    train(compose_train(["+debug=smoke", "dry_run=true"], tmp_path / "run", tmp_path))
+    # a one-block model of width 32: the dry run times its steps, whose figures these are not
+    tiny = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2"]
+    train(compose_train(["+debug=smoke", "dry_run=true", *tiny], tmp_path / "run", tmp_path))
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["memory"]["state"] == 16 * plan["params"] and plan["memory"]["free"] == 3 * GIB
     assert plan["memory"]["step"] > plan["memory"]["state"]
