@@ -856,8 +856,9 @@ def test_trained_llama_goes_to_transformers_and_back_into_training(
     tokenizer both came along)."""
     from lmlab.train.compose import compose_train
     from lmlab.train.run import train
+    from smoke import SMOKE
 
-    smoke = ["+debug=smoke", "logger=none", "callbacks.sample=null"]
+    smoke = [*SMOKE, "logger=none", "callbacks.sample=null"]  # 64-token rows: none rests on 256
     first = tmp_path / "first"
     val_loss = train(compose_train([*smoke, "+experiment=llama"], first, cache_dir))
     ckpt = first / "checkpoints" / "last.ckpt"
