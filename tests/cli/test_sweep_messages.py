@@ -64,19 +64,27 @@ RANGE = (
     ],
 )
 def test_a_sweep_that_would_launch_nothing_is_refused_in_one_line(
-    argv: list[str], why: str | None, tmp_path: Path, run_command, capsys, monkeypatch
+    argv: list[str], why: str | None, tmp_path: Path, multirun_config, capsys, monkeypatch
 ) -> None:
     """Optuna's n_trials=0 ran nothing and exited 0 ("dry run: 0 trials planned" where no dry
     run was asked), its n_jobs=0 ended on "error: division by zero", an empty grid launched 0
-    jobs and exited 0: now each is refused before any job, naming the field and its value."""
+    jobs and exited 0: now each is refused before any job, naming the field and its value.
+    The sweep's check itself (``check_sweep``), as ``lmlab train -m`` calls it before any job
+    (one composition a case, not a whole command's two): its refusal through the command
+    (exit 2, the lines, nothing written) is test_sweep.py's
+    test_a_sweep_with_bad_jobs_is_refused_before_any_job_starts."""
     import lmlab.train.preflight
+    from lmlab.cli.sweep_check import check_sweep
 
     def checked(*args) -> None:  # the jobs' checks come next: a sweep that gets there stops
         raise ConfigError("the jobs' checks")
 
     monkeypatch.setattr(lmlab.train.preflight, "check_job", checked)
     sweep = tmp_path / "sweep"
-    code = run_command("train", "-m", "+debug=smoke", *argv, f"hydra.sweep.dir={sweep}")
+    config = multirun_config("+debug=smoke", *argv, f"hydra.sweep.dir={sweep}")
+    with pytest.raises(SystemExit) as exited:
+        check_sweep(config)
+    code = exited.value.code
     err = capsys.readouterr().err
     assert code == 2 and not sweep.exists()
     if why is None:
