@@ -6,6 +6,7 @@ nothing it needed to."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -27,6 +28,16 @@ from lmlab.train.preflight import check_run
 from lmlab.train.rank_check import check_master_port
 
 TWO_CPUS = ["+debug=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+@contextlib.contextmanager
+def case(name: str) -> Iterator[None]:
+    """A failure inside names ``name``: the case of a test's loop, as a parametrize id would."""
+    try:
+        yield
+    except BaseException as err:
+        err.add_note(f"case: {name}")
+        raise
 
 
 @pytest.fixture
@@ -140,63 +151,58 @@ def test_a_strategy_lightning_cannot_build_is_refused_before_any_data(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    ("key", "value"), [("tensor_parallel_size", "2"), ("data_parallel_size", "1")]
-)
-def test_an_argument_fsdp_passes_itself_is_refused_not_listed(
-    key: str, value: str, tmp_path: Path
-) -> None:
+def test_an_argument_fsdp_passes_itself_is_refused_not_listed(tmp_path: Path) -> None:
     """Both were listed as allowed keys of trainer=fsdp, then failed once the data was
-    prepared: a TypeError traceback, ``got multiple values for keyword argument``."""
+    prepared: a TypeError traceback, ``got multiple values for keyword argument``. (Both keys
+    in one test: the unknown key's config, whose message lists the keys, is composed once.)"""
     fsdp = ["+debug=smoke", "trainer=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]
-    cfg = compose_train([*fsdp, f"+trainer.strategy.{key}={value}"], tmp_path / "run", tmp_path)
-    with pytest.raises(ConfigError, match=rf"^trainer.strategy.{key}={value}: not a setting of "):
-        check_run(cfg, machine=False)
     cfg = compose_train([*fsdp, "+trainer.strategy.foo=1"], tmp_path / "run", tmp_path)
     with pytest.raises(ConfigError, match=r"^trainer.strategy.foo=1: unknown key") as unknown:
         check_run(cfg, machine=False)
     allowed = str(unknown.value).rpartition("allowed: ")[2].split(", ")
-    assert "save_distributed_checkpoint" in allowed and key not in allowed
+    assert "save_distributed_checkpoint" in allowed
+    for key, value in [("tensor_parallel_size", "2"), ("data_parallel_size", "1")]:
+        override = f"+trainer.strategy.{key}={value}"
+        cfg = compose_train([*fsdp, override], tmp_path / "run", tmp_path)
+        message = rf"^trainer.strategy.{key}={value}: not a setting of "
+        with case(override), pytest.raises(ConfigError, match=message):
+            check_run(cfg, machine=False)
+        assert key not in allowed, key
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    ("override", "given", "method"),
-    [
-        ("trainer.strategy=ddp_spawn", "trainer.strategy=ddp_spawn", "spawn"),
-        ("trainer.strategy=ddp_notebook", "trainer.strategy=ddp_notebook", "fork"),
-        ("+trainer.strategy.start_method=forkserver", "trainer.strategy.start_method", "forkse"),
-    ],
-)
 def test_a_ddp_that_starts_its_ranks_by_multiprocessing_is_refused_before_any_data(
-    override: str, given: str, method: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """ddp_spawn was built and started, then failed at the first logged step (its ranks' CSV
     logger: ``dict contains fields not in fieldnames``) and ended in a traceback
-    (``'SpawnProcess' object has no attribute 'wait'``)."""
-    cfg = compose_train([*TWO_CPUS, override], tmp_path / "run", tmp_path)
-    with pytest.raises(ConfigError, match=rf"^{re.escape(given)}.*multiprocessing's {method}"):
-        check_run(cfg, machine=False)
+    (``'SpawnProcess' object has no attribute 'wait'``). (The cases in one test: the popen
+    start that passes is composed once.)"""
+    for override, given, method in [
+        ("trainer.strategy=ddp_spawn", "trainer.strategy=ddp_spawn", "spawn"),
+        ("trainer.strategy=ddp_notebook", "trainer.strategy=ddp_notebook", "fork"),
+        ("+trainer.strategy.start_method=forkserver", "trainer.strategy.start_method", "forkse"),
+    ]:
+        cfg = compose_train([*TWO_CPUS, override], tmp_path / "run", tmp_path)
+        message = rf"^{re.escape(given)}.*multiprocessing's {method}"
+        with case(override), pytest.raises(ConfigError, match=message):
+            check_run(cfg, machine=False)
     cfg = compose_train([*TWO_CPUS, "+trainer.strategy.start_method=popen"], tmp_path, tmp_path)
     check_run(cfg, machine=False)
 
 
-@pytest.mark.parametrize(
-    "override", ["trainer.use_distributed_sampler=true", "~trainer.use_distributed_sampler"]
-)
-def test_lightnings_distributed_sampler_is_refused_before_any_data(
-    override: str, tmp_path: Path
-) -> None:
+def test_lightnings_distributed_sampler_is_refused_before_any_data(tmp_path: Path) -> None:
     """Lightning wrapped lmlab's sampler, which gives each rank its share itself, in its own:
     each rank took every other row of its share, the epoch ended halfway and the next
     restarted the sampler, so a 2-rank run trained half its rows twice and the rest never,
-    in silence (``~``: Lightning's default, true). A dry run plans such a run too."""
-    for dry in ([], ["dry_run=true"]):
-        cfg = compose_train([*TWO_CPUS, override, *dry], tmp_path / "run", tmp_path)
-        with pytest.raises(
-            ConfigError, match=r"^trainer.use_distributed_sampler=true: .*allowed: false$"
-        ):
-            check_run(cfg, machine=False)
+    in silence (``~``: Lightning's default, true). A dry run plans such a run too. (Both
+    spellings in one test: the run that passes is composed once.)"""
+    message = r"^trainer.use_distributed_sampler=true: .*allowed: false$"
+    for override in ["trainer.use_distributed_sampler=true", "~trainer.use_distributed_sampler"]:
+        for dry in ([], ["dry_run=true"]):
+            cfg = compose_train([*TWO_CPUS, override, *dry], tmp_path / "run", tmp_path)
+            with case(" ".join([override, *dry])), pytest.raises(ConfigError, match=message):
+                check_run(cfg, machine=False)
     check_run(compose_train([*TWO_CPUS, "trainer.use_distributed_sampler=false"]), machine=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -346,19 +352,19 @@ def test_a_global_batch_that_does_not_divide_names_the_field_given(
         resolve_global_batch(trainer, data, seq_len=256)
 
 
-@pytest.mark.parametrize("devices", ["2", "4"])
-def test_trainer_cpu_asked_for_many_processes_points_to_trainer_ddp(
-    devices: str, tmp_path: Path
-) -> None:
-    """Lightning ran its own DDP, quietly, where the README says trainer=cpu is one process."""
-    for dry in ([], ["dry_run=true"]):
-        cfg = compose_train(
-            ["+debug=smoke", f"trainer.devices={devices}", *dry], tmp_path / "run", tmp_path
-        )
-        with pytest.raises(ConfigError, match=rf"^trainer.devices={devices}: trainer=cpu") as no:
-            check_run(cfg, machine=False)
-    hint = f"trainer=ddp trainer.devices={devices} trainer.accelerator=cpu"
-    assert hint in str(no.value) and str(no.value).endswith("allowed: 1 or auto")
+def test_trainer_cpu_asked_for_many_processes_points_to_trainer_ddp(tmp_path: Path) -> None:
+    """Lightning ran its own DDP, quietly, where the README says trainer=cpu is one process.
+    (Both counts in one test: the runs that pass are composed once.)"""
+    for devices in ("2", "4"):
+        for dry in ([], ["dry_run=true"]):
+            cfg = compose_train(
+                ["+debug=smoke", f"trainer.devices={devices}", *dry], tmp_path / "run", tmp_path
+            )
+            message = rf"^trainer.devices={devices}: trainer=cpu"
+            with case(" ".join([devices, *dry])), pytest.raises(ConfigError, match=message) as no:
+                check_run(cfg, machine=False)
+        hint = f"trainer=ddp trainer.devices={devices} trainer.accelerator=cpu"
+        assert hint in str(no.value) and str(no.value).endswith("allowed: 1 or auto"), devices
     for fine in (
         ["trainer.devices=1"],
         ["trainer.devices=auto"],
