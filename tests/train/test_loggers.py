@@ -369,33 +369,31 @@ def test_a_multirun_job_is_named_by_every_key_its_sweep_varies(multirun_job) -> 
     assert run_name(cfg) == "+experiment=gpt2"
 
 
-@pytest.mark.parametrize(
-    ("job", "size"),
-    [
-        (["model.activation=swiglu", "seed=1"], "size:tiny"),
-        (["model.d_model=64", "model.n_layers=2"], "size:custom"),
-        (["+model.moe.num_experts=4"], "size:custom"),
-        (["model={d_model:32,n_layers:1}", "budget.flops=2e12"], "size:custom"),
-        (["model=gpt_tiny", "model.norm=rmsnorm"], "size:tiny"),
-        (["data.vocab_size=512", "model.vocab_size=600", "model.n_heads=2"], "size:tiny"),
-        (["+experiment=mixtral"], "size:custom"),  # its block sets the experts
-        (["+experiment=llama"], "size:tiny"),
-    ],
-)
-def test_the_size_tag_is_the_preset_s_only_where_its_shape_is_kept(
-    multirun_job, job: list[str], size: str
-) -> None:
+SIZE_TAGS = [
+    (["model.activation=swiglu", "seed=1"], "size:tiny"),
+    (["model.d_model=64", "model.n_layers=2"], "size:custom"),
+    (["+model.moe.num_experts=4"], "size:custom"),
+    (["model={d_model:32,n_layers:1}", "budget.flops=2e12"], "size:custom"),
+    (["model=gpt_tiny", "model.norm=rmsnorm"], "size:tiny"),
+    (["data.vocab_size=512", "model.vocab_size=600", "model.n_heads=2"], "size:tiny"),
+    (["+experiment=mixtral"], "size:custom"),  # its block sets the experts
+    (["+experiment=llama"], "size:tiny"),
+]
+
+
+def test_the_size_tag_is_the_preset_s_only_where_its_shape_is_kept(multirun_job) -> None:
     """Every job of an isoflop sweep (152k to 3.5M parameters through ``model.d_model`` and
     ``model.n_layers``) was tagged ``size:tiny`` after its preset, while the other tags say
-    what the run trained."""
+    what the run trained. (The jobs in one test: the config they read is composed once.)"""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
 
     cfg = compose_train(["model=gpt_tiny"])
-    multirun_job(job, job)
-    with read_write(HydraConfig.get()):
-        HydraConfig.get().runtime.choices["model"] = "gpt_tiny"
-    assert [t for t in run_tags(cfg) if t.startswith("size:")] == [size]
+    for job, size in SIZE_TAGS:
+        multirun_job(job, job)
+        with read_write(HydraConfig.get()):
+            HydraConfig.get().runtime.choices["model"] = "gpt_tiny"
+        assert [t for t in run_tags(cfg) if t.startswith("size:")] == [size], job
 
 
 def test_a_history_row_cut_short_is_dropped_on_resume(tmp_path: Path) -> None:
