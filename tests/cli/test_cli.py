@@ -636,19 +636,27 @@ def test_a_refused_run_removes_only_the_empty_folders_it_made(
     ],
 )
 def test_a_resume_into_the_default_folder_named_by_the_time_is_refused_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], kind: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_command,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    kind: str,
 ) -> None:
     """``outputs/<date>/<time>`` (``multirun/...`` for a sweep) is a new folder each launch:
     ``resume=auto`` there (a requeued SLURM job's command without ``hydra.run.dir``) trained
     the run again from step 0 in another folder, and ``resume=true`` was refused only once the
     data was prepared, leaving that folder. Now one line before anything is written, naming
-    the folder a SLURM job can give."""
+    the folder a SLURM job can give. (In this process, in ``tmp_path`` as its working
+    directory: the console script's exit path is the one the tests above run.)"""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    out = run(LMLAB, "train", *argv, "+debug=smoke", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = run_command("train", *argv, "+debug=smoke")
+    err = capsys.readouterr().err
     dirs = {"run": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}", "sweep": "multirun/${now:%Y-%m-%d}"}
     value = argv[-2] if kind == "sweep" else argv[0]
-    assert out.returncode == 2 and out.stderr.startswith(
+    assert code == 2 and err.startswith(
         f"error: {value} continues the {kind} in hydra.{kind}.dir, which is {dirs[kind]}"
-    ), out.stderr
-    assert f"hydra.{kind}.dir=outputs/slurm/${{SLURM_JOB_ID}}, 4242 here" in out.stderr
+    ), err
+    assert f"hydra.{kind}.dir=outputs/slurm/${{SLURM_JOB_ID}}, 4242 here" in err
     assert list(tmp_path.iterdir()) == []
