@@ -3,8 +3,9 @@ before the first starts), with and without the machine's own checks."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ import torch
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.preflight import check_job, check_run
+
+
+@contextlib.contextmanager
+def case(name: str) -> Iterator[None]:
+    """A failure inside names ``name``: the case of a test's loop, as a parametrize id would."""
+    try:
+        yield
+    except BaseException as err:
+        err.add_note(f"case: {name}")
+        raise
 
 
 @pytest.fixture
@@ -110,17 +121,16 @@ def test_a_true_false_field_of_a_target_given_another_value_is_refused(
     check_run(compose_train(["+debug=smoke", *fine], tmp_path / "run", tmp_path))
 
 
-@pytest.mark.parametrize(("tags", "shown"), [("baseline", "baseline"), ("[v1,2]", "['v1', 2]")])
-def test_wandb_tags_other_than_a_list_of_strings_are_refused(
-    tags: str, shown: str, tmp_path
-) -> None:
+def test_wandb_tags_other_than_a_list_of_strings_are_refused(tmp_path) -> None:
     """W&B took ``logger.wandb.tags=baseline`` for eight tags of a letter each, in silence, and
-    refused a number in the list (pydantic's traceback) only once the data was prepared."""
+    refused a number in the list (pydantic's traceback) only once the data was prepared. (The
+    cases in one test: the list of strings that passes is composed once.)"""
     wandb = ["+debug=smoke", "logger=wandb"]
-    cfg = compose_train([*wandb, f"logger.wandb.tags={tags}"], tmp_path / "run", tmp_path)
-    message = f"logger.wandb.tags={shown}: allowed: a list of strings"
-    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
-        check_run(cfg)
+    for tags, shown in [("baseline", "baseline"), ("[v1,2]", "['v1', 2]")]:
+        cfg = compose_train([*wandb, f"logger.wandb.tags={tags}"], tmp_path / "run", tmp_path)
+        message = f"logger.wandb.tags={shown}: allowed: a list of strings"
+        with case(tags), pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+            check_run(cfg)
     check_run(
         compose_train([*wandb, "logger.wandb.tags=[baseline,'2']"], tmp_path / "run", tmp_path)
     )
@@ -140,26 +150,25 @@ def test_a_wandb_name_that_hydra_reads_as_a_number_is_refused(
     check_run(compose_train([*wandb, f"logger.wandb.{key}='{value}'"], tmp_path / "run", tmp_path))
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("logger.wandb.project=team/lm", "logger.wandb.project=team/lm: it holds /; allowed: "),
-        ("logger.wandb.project='lm:v2'", "logger.wandb.project=lm:v2: it holds :; allowed: "),
-        (f"logger.wandb.project={'p' * 129}", f"logger.wandb.project={'p' * 129}: 129 char"),
-        ("logger.wandb.tags=[ok,'']", "logger.wandb.tags: '' has 0 characters; allowed: tags"),
-        (f"logger.wandb.tags=[{'t' * 65}]", f"logger.wandb.tags: '{'t' * 65}' has 65 characters"),
-    ],
-)
-def test_a_wandb_project_or_tag_that_w_and_b_refuses_is_refused_first(
-    override: str, message: str, tmp_path
-) -> None:
+WANDB_REFUSES = [
+    ("logger.wandb.project=team/lm", "logger.wandb.project=team/lm: it holds /; allowed: "),
+    ("logger.wandb.project='lm:v2'", "logger.wandb.project=lm:v2: it holds :; allowed: "),
+    (f"logger.wandb.project={'p' * 129}", f"logger.wandb.project={'p' * 129}: 129 char"),
+    ("logger.wandb.tags=[ok,'']", "logger.wandb.tags: '' has 0 characters; allowed: tags"),
+    (f"logger.wandb.tags=[{'t' * 65}]", f"logger.wandb.tags: '{'t' * 65}' has 65 characters"),
+]
+
+
+def test_a_wandb_project_or_tag_that_w_and_b_refuses_is_refused_first(tmp_path) -> None:
     """A project holding ``/`` (``team/project``, the path W&B shows) or ``:``, or longer than
     128 characters, and an empty tag or one over 64 characters: W&B refused them in
-    ``wandb.init``, once the data was prepared, with a traceback. The limits themselves pass."""
+    ``wandb.init``, once the data was prepared, with a traceback. The limits themselves pass.
+    (The cases in one test: the config at the limits is composed once.)"""
     wandb = ["+debug=smoke", "logger=wandb"]
-    cfg = compose_train([*wandb, override], tmp_path / "run", tmp_path)
-    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
-        check_run(cfg)
+    for override, message in WANDB_REFUSES:
+        cfg = compose_train([*wandb, override], tmp_path / "run", tmp_path)
+        with case(override), pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+            check_run(cfg)
     at_limits = [f"logger.wandb.project={'p' * 128}", f"logger.wandb.tags=[t,{'t' * 64}]"]
     check_run(compose_train([*wandb, *at_limits], tmp_path / "run", tmp_path))
 
@@ -209,24 +218,21 @@ def test_a_transformer_engine_precision_without_the_package_is_refused_before_an
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
+def test_what_the_tokenizer_must_hold_is_checked_before_the_corpus_is_read(tmp_path) -> None:
+    """Arithmetic, not data: a dry run refuses them as the run would, before any data. (The
+    cases in one test: the t5_tiny run that passes is composed once.)"""
+    for overrides, message in [
         (["data.vocab_size=100"], "data.vocab_size=100 is too small: byte-level BPE needs at le"),
         (
             ["model=t5_tiny", "model.max_seq_len=4096", "model.positional=rope"],
             "data.seq_len=4096 makes 227 noise spans per row, more than the tokenizer's 100 sen",
         ),
-    ],
-)
-def test_what_the_tokenizer_must_hold_is_checked_before_the_corpus_is_read(
-    overrides: list[str], message: str, tmp_path
-) -> None:
-    """Arithmetic, not data: a dry run refuses them as the run would, before any data."""
-    for dry in ([], ["dry_run=true"]):
-        cfg = compose_train(["+debug=smoke", *overrides, *dry], tmp_path / "run", tmp_path)
-        with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
-            check_run(cfg)
+    ]:
+        for dry in ([], ["dry_run=true"]):
+            cfg = compose_train(["+debug=smoke", *overrides, *dry], tmp_path / "run", tmp_path)
+            refused = pytest.raises(ConfigError, match=r"^" + re.escape(message))
+            with case(" ".join([*overrides, *dry])), refused:
+                check_run(cfg)
     assert list(tmp_path.iterdir()) == []
     check_run(compose_train(["+debug=smoke", "model=t5_tiny"], tmp_path / "run", tmp_path))
 
@@ -301,27 +307,40 @@ def launched(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, int], None]:
     return launch
 
 
-@pytest.mark.parametrize("variable", ["WORLD_SIZE", "SLURM_NTASKS"])
 def test_a_launch_of_another_process_count_is_refused_before_any_data(
-    variable: str, launched: Callable[[str, int], None], tmp_path
+    launched: Callable[[str, int], None], monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     """trainer.devices x trainer.num_nodes is the number of processes a launcher started:
     Lightning refused another count only once the data was prepared, a traceback per rank.
-    ``auto`` on a CPU is 1 process, as Lightning counts it; a dry run plans for any launch."""
-    launched(variable, 2)
+    ``auto`` on a CPU is 1 process, as Lightning counts it; a dry run plans for any launch.
+    (torchrun's launch and srun's in one test: the configs are composed once.)"""
     run = ["+debug=smoke", "trainer=fsdp", "trainer.accelerator=cpu"]
     refusals = {
         "trainer.devices=4": r"^trainer.devices=4 x trainer.num_nodes=1 is 4 process\(es\), but",
         "trainer.devices=auto": r"^trainer.devices=auto \(1 on this node\) x trainer.num_nodes=1",
     }
-    for override, message in refusals.items():
-        cfg = compose_train([*run, override], tmp_path / "run", tmp_path)
-        with pytest.raises(ConfigError, match=message) as refused:
-            check_run(cfg)
-        assert f"the launcher started 2 ({variable}=2)" in str(refused.value)
-        check_run(compose_train([*run, override, "dry_run=true"], tmp_path / "run", tmp_path))
-        check_run(cfg, machine=False)  # a sweep's jobs, checked where it is started
-    check_run(compose_train([*run, "trainer.devices=2"], tmp_path / "run", tmp_path))
+    configs = {
+        override: [
+            compose_train([*run, override, *dry], tmp_path / "run", tmp_path)
+            for dry in ([], ["dry_run=true"])
+        ]
+        for override in refusals
+    }
+    two = compose_train([*run, "trainer.devices=2"], tmp_path / "run", tmp_path)
+    for variable in ("WORLD_SIZE", "SLURM_NTASKS"):
+        launched(variable, 2)
+        for override, message in refusals.items():
+            cfg, dry = configs[override]
+            with case(f"{variable}=2 {override}"):
+                with pytest.raises(ConfigError, match=message) as refused:
+                    check_run(cfg)
+                assert f"the launcher started 2 ({variable}=2)" in str(refused.value)
+                check_run(dry)
+                check_run(cfg, machine=False)  # a sweep's jobs, checked where it is started
+        with case(f"{variable}=2"):
+            check_run(two)
+        for name in ("WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+            monkeypatch.delenv(name, raising=False)  # the next launcher's alone
     assert list(tmp_path.iterdir()) == []
 
 
@@ -372,19 +391,21 @@ def test_num_nodes_below_1_is_named_in_a_dry_run_too(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "ddp"])
 def test_a_sharded_ckpt_path_with_a_strategy_that_cannot_load_it_is_refused(
-    trainer: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """``ckpt_path=<sharded folder>`` with trainer=cpu or ddp crashed after the data was
-    prepared (IsADirectoryError); trainer=fsdp on any device count loads it."""
+    prepared (IsADirectoryError); trainer=fsdp on any device count loads it. (Both trainers
+    in one test: the fsdp configs that pass are composed once.)"""
     folder = tmp_path / "step000004.ckpt"
     folder.mkdir()
     torch.save({"global_step": 4}, folder / "meta.pt")  # what makes it a sharded folder
     run = ["+debug=smoke", f"ckpt_path={folder}", "trainer.accelerator=cpu"]
-    cfg = compose_train([*run, f"trainer={trainer}"], tmp_path / "run", tmp_path)
-    with pytest.raises(ConfigError, match=rf"^checkpoint {folder} is sharded .* trainer=fsdp"):
-        check_run(cfg, machine=False)
+    for trainer in ("cpu", "ddp"):
+        cfg = compose_train([*run, f"trainer={trainer}"], tmp_path / "run", tmp_path)
+        message = rf"^checkpoint {folder} is sharded .* trainer=fsdp"
+        with case(f"trainer={trainer}"), pytest.raises(ConfigError, match=message):
+            check_run(cfg, machine=False)
     for fsdp in (["trainer.devices=1"], ["trainer.devices=2"]):
         check_run(compose_train([*run, "trainer=fsdp", *fsdp], tmp_path / "run", tmp_path))
 
