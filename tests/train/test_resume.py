@@ -7,11 +7,13 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -93,6 +95,32 @@ def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict
     run_dir = tmp_path_factory.mktemp("reference")
     train(compose_train(RUN, run_dir, cache_dir))  # in this process: one Lightning import less
     return results(run_dir)
+
+
+# A run of 2 smoke steps, no logger: what most input checks below start from.
+SHORT = [*SMOKE, "trainer.max_steps=2", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[Path]:
+    """SHORT, trained once for this file's tests: one reads its checkpoint, or resumes in a
+    copy of it (``copy_run``), never in it."""
+    run_dir = tmp_path_factory.mktemp("short") / "run"
+    train(compose_train(SHORT, run_dir, cache_dir))
+    files = files_of(run_dir)
+    yield run_dir
+    assert files_of(run_dir) == files, "a test wrote in the shared run"
+
+
+def files_of(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each file under ``run_dir``: its size and modification time."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in run_dir.rglob("*")}
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """A copy of ``run_dir`` at ``to`` to resume in (``last.ckpt`` stays a relative link)."""
+    shutil.copytree(run_dir, to, symlinks=True)
+    return to
 
 
 def saved_step(path: Path) -> int:
@@ -202,7 +230,7 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     kill -9: the e2e tests above."""
     monkeypatch.setenv("LMLAB_CACHE", str(cache_dir))
     hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=2"]
-    argv = [*SMOKE, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
+    argv = [*SMOKE, "trainer.max_steps=4", f"hydra.run.dir={tmp_path}"]
     assert run_command("train", *argv, *hook, f"+callbacks.stop.signum={int(signum)}") == code
     out = "".join(capsys.readouterr())
     assert f"{status} at step 2" in out, out
@@ -215,7 +243,7 @@ def test_a_stopped_command_exits_with_its_signals_code_and_resumes(
     assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == 2
     assert run_command("train", *argv, "resume=true") == 0
     r = results(tmp_path)
-    assert r["status"] == "completed" and r["global_step"] == 6
+    assert r["status"] == "completed" and r["global_step"] == 4
 
 
 # a child process whose packing of the rows meets a stop signal, as a scheduler's would
@@ -307,20 +335,21 @@ def test_kill_during_checkpoint_save_leaves_previous_loadable(tmp_path: Path) ->
 
 
 def test_nan_stops_the_run_naming_step_and_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
+    """The NaN at step 3, after step 2's checkpoint: the error names both."""
     cfg = compose_train(
-        [*RUN, SHORT_ROWS, "+callbacks.nan._target_=test_resume.InjectNaN"]
-        + ["+callbacks.nan.step=13"],
+        [*RUN, SHORT_ROWS, "checkpoint.every_n_steps=2"]
+        + ["+callbacks.nan._target_=test_resume.InjectNaN", "+callbacks.nan.step=3"],
         tmp_path,
         cache_dir,
     )
     with pytest.raises(
         Exception,
-        match=r"non-finite loss or gradient norm at step 13 .*"
+        match=r"non-finite loss or gradient norm at step 3 .*"
         r"last good checkpoint: .*last.ckpt",
     ):
         train(cfg)
     r = results(tmp_path)
-    assert r["status"] == "failed" and "step 13" in r["error"]
+    assert r["status"] == "failed" and "step 3" in r["error"]
 
 
 def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: Path) -> None:
@@ -328,10 +357,10 @@ def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: 
         [
             *RUN,
             SHORT_ROWS,
-            "trainer.max_steps=16",
+            "trainer.max_steps=6",
             "guard.mode=skip",
             "+callbacks.nan._target_=test_resume.InjectNaN",
-            "+callbacks.nan.step=5",
+            "+callbacks.nan.step=3",
         ],
         tmp_path,
         cache_dir,
@@ -361,56 +390,64 @@ def test_nan_skip_mode_drops_the_update_and_finishes(tmp_path: Path, cache_dir: 
     ],
 )
 def test_resume_input_errors(
-    tmp_path: Path, cache_dir: Path, first: list | None, second: list, message: str
+    tmp_path: Path, cache_dir: Path, short_run: Path, first: list | None, second: list, message: str
 ) -> None:
-    short = [*SMOKE, "trainer.max_steps=2", "logger=none"]
+    """``first``: the run trained in the folder before (a copy of ``short_run``), None: none."""
+    run_dir = tmp_path / "run"
     if first is not None:
-        train(compose_train([*short, *first], tmp_path, cache_dir))
+        copy_run(short_run, run_dir)
     with pytest.raises(ConfigError, match=message):
-        train(compose_train([*short, *second], tmp_path, cache_dir))
+        train(compose_train([*SHORT, *second], run_dir, cache_dir))
 
 
 NO_CHECKPOINT = "holds no checkpoint, whether they were removed or it stopped before its first"
 
 
-@pytest.mark.parametrize(
-    ("left", "record", "says"),
-    [
-        ([], None, NO_CHECKPOINT),  # killed before its first save, or checkpoints/ removed
-        (["checkpoints/"], None, "saved checkpoints into checkpoints/, since removed"),
-        (["checkpoints/.step000002.ckpt.k2j4x9.tmp"], None, NO_CHECKPOINT),  # 1st save killed
-        (["checkpoints/"], {"status": "preempted", "global_step": 13}, "at step 13, since removed"),
-        # a second Ctrl-C stopped the first save: the folder stayed, the record says no step
-        (["checkpoints/"], {"status": "interrupted"}, "stopped before its first checkpoint"),
-    ],
-)
-def test_a_run_without_checkpoints_is_told_why(
-    tmp_path: Path, left: list[str], record: dict | None, says: str
-) -> None:
+WITHOUT_CHECKPOINTS = [
+    ([], None, NO_CHECKPOINT),  # killed before its first save, or checkpoints/ removed
+    (["checkpoints/"], None, "saved checkpoints into checkpoints/, since removed"),
+    (["checkpoints/.step000002.ckpt.k2j4x9.tmp"], None, NO_CHECKPOINT),  # 1st save killed
+    (["checkpoints/"], {"status": "preempted", "global_step": 13}, "at step 13, since removed"),
+    # a second Ctrl-C stopped the first save: the folder stayed, the record says no step
+    (["checkpoints/"], {"status": "interrupted"}, "stopped before its first checkpoint"),
+]
+
+
+def test_a_run_without_checkpoints_is_told_why(tmp_path: Path) -> None:
     """A run that did not complete and holds no checkpoint: stopped before its first one, or
     they were removed (``rm checkpoints/*``: the folder is left; a stop's record names the
     step it saved). ``resume=true`` and a plain rerun both say which, as far as the directory
-    tells, and name ``resume=auto``."""
-    (tmp_path / "run_config.yaml").write_text("{}\n")  # what a run that trained writes
-    (tmp_path / "plan.json").write_text("{}")
-    for name in left:
-        (tmp_path / "checkpoints").mkdir(exist_ok=True)
-        if not name.endswith("/"):
-            (tmp_path / name).write_bytes(b"half a checkpoint")
-    if record is not None:
-        (tmp_path / "results.json").write_text(json.dumps(record))
-    for extra in (["resume=true"], []):
-        with pytest.raises(ConfigError) as refused:
-            resume_checkpoint(compose_train([*SMOKE, *extra], tmp_path), tmp_path)
-        message = str(refused.value)
-        assert says in message and "resume=auto starts it again from step 0" in message
-        assert ("stopped before" in message) == ("since removed" not in says), message
+    tells, and name ``resume=auto``. (The cases in one test, a folder each: the two configs
+    are composed once; ``resume_checkpoint`` is given the folder to check.)"""
+    configs = [compose_train([*SMOKE, *extra], tmp_path) for extra in (["resume=true"], [])]
+    for num, (left, record, says) in enumerate(WITHOUT_CHECKPOINTS):
+        run_dir = tmp_path / f"case{num}"
+        run_dir.mkdir()
+        (run_dir / "run_config.yaml").write_text("{}\n")  # what a run that trained writes
+        (run_dir / "plan.json").write_text("{}")
+        for name in left:
+            (run_dir / "checkpoints").mkdir(exist_ok=True)
+            if not name.endswith("/"):
+                (run_dir / name).write_bytes(b"half a checkpoint")
+        if record is not None:
+            (run_dir / "results.json").write_text(json.dumps(record))
+        for cfg in configs:
+            case = f"case {num} ({left}, {record}) resume={cfg.resume}"
+            try:
+                resume_checkpoint(cfg, run_dir)
+            except ConfigError as refused:
+                message = str(refused)
+            else:
+                pytest.fail(f"{case}: not refused")
+            assert says in message, case
+            assert "resume=auto starts it again from step 0" in message, case
+            assert ("stopped before" in message) == ("since removed" not in says), (case, message)
 
 
-def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path, cache_dir: Path) -> None:
-    short = [*SMOKE, "trainer.max_steps=2", "logger=none"]
-    train(compose_train(short, tmp_path / "a", cache_dir))
-    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+def test_checkpoint_from_another_architecture_is_refused(
+    tmp_path: Path, cache_dir: Path, short_run: Path
+) -> None:
+    ckpt = short_run / "checkpoints" / "last.ckpt"  # read only
     with pytest.raises(
         ConfigError,
         match=r"trained with another model; differing fields: "
@@ -418,7 +455,7 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path: Path, cache_d
     ):
         train(
             compose_train(
-                [*short, "model.activation=swiglu", f"ckpt_path={ckpt}"], tmp_path / "b", cache_dir
+                [*SHORT, "model.activation=swiglu", f"ckpt_path={ckpt}"], tmp_path / "b", cache_dir
             )
         )
 
@@ -471,7 +508,7 @@ def test_another_programs_lightning_checkpoint_is_refused_as_not_lmlabs(
 
 @pytest.mark.slow
 def test_ckpt_path_with_other_optimizer_settings_is_refused(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, short_run: Path
 ) -> None:
     """``ckpt_path=`` in a new directory restores the checkpoint's optimizer, whose
     param_groups hold its learning rate, betas, eps and weight decay: ``optim.lr=0.01`` there
@@ -480,8 +517,7 @@ def test_ckpt_path_with_other_optimizer_settings_is_refused(
     from lmlab.train.checkpoint_check import check_checkpoint_optimizer
 
     quiet = [*SMOKE, "logger=none", "callbacks.sample=null"]
-    train(compose_train([*quiet, "trainer.max_steps=2"], tmp_path / "first", cache_dir))
-    path = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    path = short_run / "checkpoints" / "last.ckpt"  # read only
     ckpt, optim = torch.load(path, weights_only=True), compose_train(quiet).optim
     check_checkpoint_optimizer(ckpt, path, optim)
     for field, value, shown in [
@@ -498,14 +534,15 @@ def test_ckpt_path_with_other_optimizer_settings_is_refused(
     assert not (run_dir / "checkpoints").exists()
 
 
-def test_ckpt_path_with_another_global_batch_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+def test_ckpt_path_with_another_global_batch_is_refused(
+    tmp_path: Path, cache_dir: Path, short_run: Path
+) -> None:
     """``ckpt_path=`` continues the checkpoint's data position, its step x the global batch:
     at twice the batch of step 2's checkpoint, the run started at row 16 (rows 8 to 15 never
     trained) and its record counted 4 steps of the new batch as tokens trained. Refused, naming
     the field, as a resume of the run itself is; the same batch continues."""
     quiet = [*SMOKE, "logger=none", "callbacks.sample=null"]
-    train(compose_train([*quiet, "trainer.max_steps=2"], tmp_path / "first", cache_dir))
-    path = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    path = short_run / "checkpoints" / "last.ckpt"  # read only: the new run is in run_dir
     run_dir = tmp_path / "new"
     wider = [*quiet, f"ckpt_path={path}", "trainer.max_steps=4"]
     with pytest.raises(ConfigError, match=r"has global_batch_size=4, this run 8 \(the data pos"):
@@ -675,20 +712,19 @@ def test_a_resumed_run_lets_go_of_the_checkpoint_it_resumed_from(
 
 
 def test_resume_checks_what_the_data_is_not_where_it_is_cached(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, short_run: Path
 ) -> None:
     """``data.cache_dir`` (LMLAB_CACHE moved) is where the prepared data is kept, not what it
     is: the resume goes on. Without ``run_config.yaml`` nothing can be checked: refused,
     saying so."""
-    short = [*SMOKE, "trainer.max_steps=2", "logger=none"]
-    train(compose_train(short, tmp_path, cache_dir))
-    moved = tmp_path.parent / f"{tmp_path.name}-new-cache"  # prepared again, identically
-    longer = [*short, "trainer.max_steps=3", "resume=true"]
-    train(compose_train(longer, tmp_path, moved))
-    assert results(tmp_path)["global_step"] == 3
-    (tmp_path / "run_config.yaml").unlink()
+    run_dir = copy_run(short_run, tmp_path / "run")  # SHORT, trained with cache_dir
+    moved = tmp_path / "new-cache"  # prepared again, identically
+    longer = [*SHORT, "trainer.max_steps=3", "resume=true"]
+    train(compose_train(longer, run_dir, moved))
+    assert results(run_dir)["global_step"] == 3
+    (run_dir / "run_config.yaml").unlink()
     with pytest.raises(ConfigError, match=r"its run_config.yaml .* is missing"):
-        train(compose_train([*short, "trainer.max_steps=4", "resume=true"], tmp_path, moved))
+        train(compose_train([*SHORT, "trainer.max_steps=4", "resume=true"], run_dir, moved))
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
