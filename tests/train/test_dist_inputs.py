@@ -6,7 +6,6 @@ nothing it needed to."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cases import case
 from lmlab.config import DataConfig
 from lmlab.config.resolve import LAUNCHER_VARIABLES
 from lmlab.errors import ConfigError
@@ -28,16 +28,6 @@ from lmlab.train.preflight import check_run
 from lmlab.train.rank_check import check_master_port
 
 TWO_CPUS = ["+debug=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
-
-
-@contextlib.contextmanager
-def case(name: str) -> Iterator[None]:
-    """A failure inside names ``name``: the case of a test's loop, as a parametrize id would."""
-    try:
-        yield
-    except BaseException as err:
-        err.add_note(f"case: {name}")
-        raise
 
 
 @pytest.fixture

@@ -3,27 +3,17 @@ before the first starts), with and without the machine's own checks."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from cases import case
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.preflight import check_job, check_run
-
-
-@contextlib.contextmanager
-def case(name: str) -> Iterator[None]:
-    """A failure inside names ``name``: the case of a test's loop, as a parametrize id would."""
-    try:
-        yield
-    except BaseException as err:
-        err.add_note(f"case: {name}")
-        raise
 
 
 @pytest.fixture
