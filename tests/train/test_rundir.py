@@ -466,6 +466,29 @@ def test_a_stop_between_micro_batches_waits_for_the_step(tmp_path: Path, cache_d
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_a_run_leaves_the_signal_handlers_as_it_found_them(tmp_path: Path, cache_dir: Path) -> None:
+    """Two runs in one process, as a sweep's jobs under Hydra's basic launcher or a notebook:
+    the first run's handlers outlived it (Lightning's teardown put back those it found as
+    ``fit`` began, which were the run's own), so after a stopped run a Ctrl-C only logged,
+    and the next run, which takes SIGUSR1 only where no handler is set, left a SIGUSR1 to
+    the finished run and trained through it to the end. Now each run, stopped or completed,
+    leaves the handlers it found, and the second one stops at the step of its signal."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    found = {signum: signal.getsignal(signum) for signum in signals}
+    hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.batch=1"]
+    with pytest.raises(SIGTERMException):  # SIGTERM after step 2's batch: a stopped run
+        train(compose_train([*SMOKE, *hook], tmp_path / "first", cache_dir))
+    assert {s: signal.getsignal(s) for s in signals} == found
+    usr1 = f"+callbacks.stop.signum={int(signal.SIGUSR1)}"
+    with pytest.raises(SIGTERMException):
+        train(compose_train([*SMOKE, *hook, usr1], tmp_path / "second", cache_dir))
+    r = results(tmp_path / "second")
+    assert r["status"] == "preempted" and r["global_step"] == 2, r
+    assert {s: signal.getsignal(s) for s in signals} == found
+    train(compose_train(SMOKE, tmp_path / "third", cache_dir))  # completed
+    assert {s: signal.getsignal(s) for s in signals} == found
+
+
 class BarAt(L.Callback):
     """Test hook: the training progress bar's description, count and total before each
     training batch, in ``seen``."""

@@ -230,6 +230,27 @@ class StopBeforeFit:
         self._previous.clear()
 
 
+class HandlersFound:
+    """The handlers of the signals a run takes (Ctrl-C, SIGTERM, SIGUSR1) as the run began,
+    put back as it ends, however it ends (``put_back``). Lightning's teardown puts back those
+    it found as ``fit`` began, which are ``Preemption``'s (its ``on_fit_start`` runs first),
+    so they outlived the run in a process that goes on (a sweep's next job under Hydra's
+    basic launcher, a notebook): SIGUSR1 still reached the finished run's callback, and the
+    next run, which takes SIGUSR1 only where no handler is set, trained through it to the
+    end; after a stopped run a Ctrl-C only logged."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()  # signals' only thread
+        self.found = {signum: signal.getsignal(signum) for signum in self.SIGNALS} if main else {}
+
+    def put_back(self) -> None:
+        for signum, handler in self.found.items():
+            if handler is not None:  # None: set outside Python, cannot be set again
+                signal.signal(signum, handler)
+
+
 def trained_to_the_end(fit_loop: Any) -> bool:
     """Whether Lightning's fit loop has taken its last step (``max_steps``) or epoch
     (``max_epochs``): read without its ``done``, which logs and updates the loop's progress,

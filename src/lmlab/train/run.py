@@ -70,7 +70,7 @@ from lmlab.train.plan import (
     make_plan,
 )
 from lmlab.train.plan_table import param_table, plan_table
-from lmlab.train.preemption import StopBeforeFit
+from lmlab.train.preemption import HandlersFound, StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
     finished_run,
@@ -107,6 +107,7 @@ def train(cfg: DictConfig) -> float | None:
     results: dict[str, Any] = {"status": "running", "run_name": name, "seed": cfg.seed}
     install_job_command()
     scope = JobScope()
+    handlers = HandlersFound()  # put back as the run ends: a sweep's next job takes them
     early = StopBeforeFit()  # a scheduler's stop before fit: no partial cache entry, said
     try:
         early.install()
@@ -166,6 +167,7 @@ def train(cfg: DictConfig) -> float | None:
         raise
     finally:
         early.release()
+        handlers.put_back()
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
