@@ -13,6 +13,10 @@ import yaml
 from lmlab.errors import ConfigError
 
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+LOSS_ONLY = (
+    "each trial's value is its run's validation loss, one number, lower is better; allowed: "
+    "minimize"
+)
 RANGE = (
     "range(start, stop, step) leaves out stop, as Python's range does; allowed: a stop past the "
     "start in the step's direction"
@@ -29,6 +33,15 @@ RANGE = (
             "hydra.sweeper.max_failure_rate=2.0: the share of failed trials that stops the "
             "search; allowed: 0 to 1",
         ),
+        (
+            ["+sweeps=lr", "hydra.sweeper.direction=maximize"],
+            f"hydra.sweeper.direction=maximize: {LOSS_ONLY}",
+        ),
+        (
+            ["+sweeps=lr", "hydra.sweeper.direction=[minimize,maximize]"],
+            f"hydra.sweeper.direction=[minimize,maximize]: {LOSS_ONLY}",
+        ),
+        (["hydra/sweeper=optuna", "optim.lr=interval(1e-4,1e-2)"], None),  # Direction.minimize
         (
             ["model.activation=relu,gelu", "hydra.sweeper.max_batch_size=0"],
             "hydra.sweeper.max_batch_size=0: the sweeper launches its jobs in batches ",
@@ -67,8 +80,9 @@ def test_a_sweep_that_would_launch_nothing_is_refused_in_one_line(
     argv: list[str], why: str | None, tmp_path: Path, multirun_config, capsys, monkeypatch
 ) -> None:
     """Optuna's n_trials=0 ran nothing and exited 0 ("dry run: 0 trials planned" where no dry
-    run was asked), its n_jobs=0 ended on "error: division by zero", an empty grid launched 0
-    jobs and exited 0: now each is refused before any job, naming the field and its value.
+    run was asked), its n_jobs=0 ended on "error: division by zero", its direction=maximize
+    searched for the highest validation loss, an empty grid launched 0 jobs and exited 0:
+    now each is refused before any job, naming the field and its value.
     The sweep's check itself (``check_sweep``), as ``lmlab train -m`` calls it before any job
     (one composition a case, not a whole command's two): its refusal through the command
     (exit 2, the lines, nothing written) is test_sweep.py's

@@ -61,12 +61,15 @@ def sweeper_setting(config: DictConfig) -> str | None:
     (one line naming the field, its value and what is allowed), or None. Optuna's
     ``n_trials=0`` ran no trial and exited 0 ("dry run: 0 trials planned" without a dry run),
     its ``n_jobs=0`` launched 0 jobs and ended on "division by zero", the basic sweeper's
-    ``max_batch_size=0`` and Optuna's ``max_failure_rate=2`` on a bare AssertionError."""
+    ``max_batch_size=0`` and Optuna's ``max_failure_rate=2`` on a bare AssertionError; an
+    Optuna ``direction`` other than minimize searched the wrong way (``search_direction``)."""
     sweeper = config.hydra.sweeper
     target = sweeper.get("_target_")
     if target == OPTUNA_SWEEPER:
         trials, jobs = sweeper.get("n_trials"), sweeper.get("n_jobs")
         rate = sweeper.get("max_failure_rate")
+        if (why := search_direction(sweeper.get("direction", "minimize"))) is not None:
+            return why
         if trials is not None and trials < 1:
             return f"hydra.sweeper.n_trials={trials}: a search needs at least 1 trial"
         if jobs is not None and jobs < 1:
@@ -87,6 +90,22 @@ def sweeper_setting(config: DictConfig) -> str | None:
                 "batches of this size, so it needs at least 1 (or null: all in one batch)"
             )
     return None
+
+
+def search_direction(direction: Any) -> str | None:
+    """Why an Optuna search's ``direction`` cannot be searched, one line, or None. A trial's
+    value is what ``train()`` returns, the run's validation loss: ``maximize`` searched for
+    the worst runs and named the worst one best, and several objectives failed each trial on
+    their count (one value against two directions) after it trained."""
+    given = list(direction) if OmegaConf.is_list(direction) else [direction]
+    names = [str(getattr(d, "name", d)) for d in given]  # Optuna's Direction, or its name
+    if names == ["minimize"]:
+        return None
+    shown = f"[{','.join(names)}]" if OmegaConf.is_list(direction) else names[0]
+    return (
+        f"hydra.sweeper.direction={shown}: each trial's value is its run's validation loss, "
+        "one number, lower is better; allowed: minimize"
+    )
 
 
 def unresumable_search(config: DictConfig) -> str | None:
