@@ -90,7 +90,8 @@ def main(argv: list[str]) -> int | None:
         lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
     )
     print(eval_records.table(results))
-    record = eval_records.eval_record(results, str(pre.path), pre.global_step, pre.digest)
+    scored = str(Path(pre.path).absolute())  # not as typed: the record is read from anywhere
+    record = eval_records.eval_record(results, scored, pre.global_step, pre.digest)
     print(f"results: {eval_records.write_record(path, record)}")
     if cfg.wandb:
         run_dir = run_dir_of(pre.path)
