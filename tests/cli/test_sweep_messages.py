@@ -186,6 +186,24 @@ def test_a_sweep_typed_under_the_sweepers_params_is_refused_with_the_plain_form(
     )
 
 
+def test_a_sweep_file_given_another_sweeper_names_the_one_to_leave_out(
+    tmp_path: Path, run_command, capsys
+) -> None:
+    """``+sweeps=lr`` chooses Optuna's sweeper and its sampler; with ``hydra/sweeper=basic``
+    Hydra ended on "In 'sweeps/lr': Could not override 'hydra/sweeper/sampler'. No match in
+    the defaults list", which names neither the sweeper typed nor what to do."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "+sweeps=lr", "hydra/sweeper=basic", "+debug=smoke", f"hydra.sweep.dir={sweep}"]
+    code = run_command("train", *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and not sweep.exists(), err
+    assert err == (
+        "error: +sweeps=lr with hydra/sweeper=basic: the sweep file chooses its own sweeper, "
+        "and hydra/sweeper/sampler with it, which hydra/sweeper=basic replaces; leave "
+        "hydra/sweeper=basic out\n"
+    )
+
+
 RESUMED = (
     "error: resume=auto continues an Optuna search's runs only where each trial draws its "
     "folder's values again, as a sampler seeded alike does: "

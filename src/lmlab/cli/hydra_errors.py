@@ -34,11 +34,15 @@ NULL_GROUP = "Config group override must be a string or a list"
 # a sweeper's grid or search space: a sweep file's, keyed by whole dotted names (`optim.lr`)
 SWEEPER_PARAMS = "hydra.sweeper.params"
 
+# Hydra's words for a sweep file's override of its sweeper's own group (`override
+# /hydra/sweeper/sampler: tpe`) where the command line chose another sweeper
+SWEEPER_SUBGROUP = re.compile(r"In '(sweeps)/([\w.-]+)': Could not override '(hydra/sweeper/\S+)'")
+
 
 def hydra_error(err: Exception, argv: Sequence[str]) -> ConfigError:
     """One line for what Hydra raised before the run started, naming the override and, where
     Hydra says it, what is allowed."""
-    if (typed := sweeper_params_typed(err, argv)) is not None:
+    if (typed := sweeper_params_typed(err, argv) or other_sweeper(err, argv)) is not None:
         return typed
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
@@ -110,6 +114,21 @@ def sweeper_params_typed(err: Exception, argv: Sequence[str]) -> ConfigError | N
         f"{given[0]}: type a sweep's values as an override of the key they sweep, "
         f"{' '.join(plain) or repr('optim.lr=interval(1e-4,1e-2)')} (each sweeper reads them "
         f"from the command line; {SWEEPER_PARAMS} is for a sweep file)"
+    )
+
+
+def other_sweeper(err: Exception, argv: Sequence[str]) -> ConfigError | None:
+    """A sweep file that chooses its sweeper and a setting of it (``+sweeps=lr``: Optuna and
+    its sampler) given with another sweeper on the command line (``hydra/sweeper=basic``):
+    Hydra said only that the sampler's override had "No match in the defaults list"."""
+    said = SWEEPER_SUBGROUP.search(str(err))
+    chosen = [a.lstrip("+~") for a in argv if re.match(r"[+~]*hydra/sweeper=", a)]
+    if said is None or not chosen:
+        return None
+    group, name, setting = said.groups()
+    return ConfigError(
+        f"+{group}={name} with {chosen[-1]}: the sweep file chooses its own sweeper, and "
+        f"{setting} with it, which {chosen[-1]} replaces; leave {chosen[-1]} out"
     )
 
 
