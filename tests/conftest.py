@@ -4,7 +4,6 @@ the records of an offline W&B run. Configs are composed from the real ``conf/`` 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from cores import usable_cores
+from in_process import without_heap_work
 from lmlab.cli.main import command
 from lmlab.config import CONF_DIR
 
@@ -128,24 +128,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 # The files that take longest in `make test`, longest first (seconds of test time on the 2-core
-# machine, 2026-12-02): `make test` runs them first (`--no-loadscope-reorder`: xdist hands out
+# machine, 2026-12-06): `make test` runs them first (`--no-loadscope-reorder`: xdist hands out
 # files in this order), and the small ones last, so that both workers finish at about the same
 # time. Out of date, the order only balances the workers less well.
 LONGEST_FIRST = [
-    "train/test_rundir.py",  # 130
-    "infer/test_generation.py",  # 93
-    "test_config.py",  # 76
-    "train/test_train.py",  # 73
-    "model/test_one_graph.py",  # 51
-    "test_sweeps.py",  # 45
-    "train/test_preflight.py",  # 37
-    "cli/test_sweep.py",  # 36
-    "train/test_resume.py",  # 31
-    "infer/test_hf.py",  # 30
-    "test_readme.py",  # 26
-    "train/test_hot_path.py",  # 25
-    "train/test_evals.py",  # 21
-    "model/test_families.py",  # 20
+    "train/test_rundir.py",  # 141
+    "test_config.py",  # 64
+    "train/test_train.py",  # 63
+    "cli/test_sweep.py",  # 47
+    "train/test_resume.py",  # 42
+    "infer/test_generation.py",  # 40
+    "train/test_hot_path.py",  # 34
+    "analysis/test_scaling.py",  # 33
+    "train/test_preflight.py",  # 31
+    "train/test_disk_full.py",  # 30
+    "train/test_evals.py",  # 29
+    "test_sweeps.py",  # 29
+    "train/test_dist_inputs.py",  # 26
+    "cli/test_cli.py",  # 24
+    "train/test_loggers.py",  # 20
+    "infer/test_hf.py",  # 20
 ]
 
 
@@ -252,12 +254,8 @@ def start_train(cache_dir: Path) -> Callable[..., subprocess.Popen]:
 def run_command(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
     """``run_command("compare", DIR, "--metric", "mfu")``: ``lmlab compare DIR ...`` in this
     process; returns its exit code (output through capsys). The process's heap work is left
-    out: this process goes on, with its heap frozen once (``pytest_collection_finish``). The
-    exit's full collection (``before_exit``) would take about half a second, and a freeze
-    of a command's imports (``long_lived``) would keep this test's garbage alive then."""
-    monkeypatch.setattr("lmlab.cli.main.before_exit", lambda: None)
-    for module in ("main", "train", "sweep_check"):
-        monkeypatch.setattr(f"lmlab.cli.{module}.long_lived", contextlib.nullcontext)
+    out (``in_process.without_heap_work``)."""
+    without_heap_work(monkeypatch)
 
     def run(name: str, *argv: str) -> int:
         with pytest.raises(SystemExit) as exited:

@@ -5,7 +5,6 @@ same."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import smoke
+from in_process import without_heap_work
 from lmlab.cli.hydra_errors import unwritable
 from lmlab.cli.main import command
 from lmlab.config.locks import LOCK_FILE
@@ -38,9 +38,7 @@ def completed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = logging.getLogger()
     handlers = list(root.handlers)
     with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exited:
-        patch.setattr("lmlab.cli.main.before_exit", lambda: None)
-        for module in ("main", "train", "sweep_check"):
-            patch.setattr(f"lmlab.cli.{module}.long_lived", contextlib.nullcontext)
+        without_heap_work(patch)
         command("train", [*SMOKE, f"hydra.run.dir={run_dir}"])
     for handler in [h for h in root.handlers if h not in handlers]:  # Hydra's job logging:
         root.removeHandler(handler)  # its file handler would append to the run's train.log
