@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -1097,6 +1098,40 @@ def test_a_run_directory_named_through_dotdot_is_its_own(tmp_path: Path, run_com
     argv = [*SMOKE, "dry_run=true", f"hydra.run.dir={tmp_path}/missing/../run"]
     assert run_command("train", *argv) == 0
     assert (tmp_path / "run").is_dir() and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("name", ["日本", "a,b", "it's"])
+def test_a_sweep_folder_lmlab_names_is_quoted_for_its_jobs(name: str, tmp_path: Path) -> None:
+    """A sweep folder lmlab names again for the jobs (``..`` resolved, or a fresh default) is
+    an override Hydra reads back as that folder: unquoted, Hydra refused ``日本`` for every
+    job and read ``a,b`` as a sweep of two folders, so no job ran."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from lmlab.cli.rundir_callback import name_dir
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": "x"}, "overrides": {"hydra": []}}})
+    name_dir(config, "sweep", tmp_path / name)
+    parsed = OverridesParser.create().parse_override(config.hydra.overrides.hydra[-1])
+    assert not parsed.is_sweep_override() and parsed.value() == str(tmp_path / name)
+
+
+def test_the_resume_command_an_error_names_runs_as_pasted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``resume with:`` command names a folder with a space or ``日本`` quoted for the
+    shell and for Hydra: split as a shell splits it, Hydra reads the folder back."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lmlab.train.resume import resume_command
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # a single run's, not a sweep's
+    out_dir = tmp_path / "a b" / "日本, it's"
+    words = shlex.split(resume_command(out_dir))
+    assert words[:2] == ["python", "src/train.py"]
+    parsed = OverridesParser.create().parse_override(words[-1])
+    assert parsed.key_or_group == "hydra.run.dir" and parsed.value() == str(out_dir)
 
 
 def test_a_stopped_sweep_names_the_command_that_continues_it(

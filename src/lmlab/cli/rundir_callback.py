@@ -24,6 +24,7 @@ from lmlab.cli.sweep_overrides import (
     repeated_on_command_line,
     replaced_by_command_line,
 )
+from lmlab.config.asked import override
 from lmlab.config.locks import LOCK_FILES
 from lmlab.errors import ConfigError
 from lmlab.train.dirlock import (
@@ -219,11 +220,12 @@ def take_fresh_sweep_dir(config: DictConfig, default: Path) -> Path:
 def name_dir(config: DictConfig, kind: str, folder: Path) -> None:
     """``hydra.<kind>.dir`` (``kind``: run or sweep) set to ``folder``, where Hydra's
     ``run_job`` or launcher then writes; a sweep's jobs, which the launcher composes again
-    from the command line's Hydra overrides, get it as one more of those."""
+    from the command line's Hydra overrides, get it as one more of those, quoted where Hydra
+    would misread it (``override``: a folder named ``日本``, or with a comma)."""
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra[kind].dir = str(folder)
         if kind == "sweep":
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
+            config.hydra.overrides.hydra.append(override("hydra.sweep.dir", str(folder)))
 
 
 def named_through_dotdot(config: DictConfig, kind: str, folder: Path) -> None:

@@ -2,15 +2,22 @@
 set by an override (``model.n_layers=2``), by a preset of its group (``model=gpt_small``) or
 by the block of a ``+experiment``, ``+debug`` or ``+sweeps`` file. ``init_from`` refuses an
 architecture asked for that is not its checkpoint's; a budget other than ``steps`` refuses a
-``trainer.max_steps`` asked for, which it would ignore."""
+``trainer.max_steps`` asked for, which it would ignore. ``override`` and ``pasteable`` write an
+override back: one that Hydra reads as the value (a folder lmlab names for Hydra), and one a
+user pastes into a shell (a folder an error names in the command to run next)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Quote, QuotedString
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from lmlab.config import CONF_DIR
@@ -29,6 +36,35 @@ def as_typed(overrides: Any) -> list[str]:
     if isinstance(overrides, list | tuple):  # read already
         return list(overrides)
     return list(OmegaConf.to_container(overrides, resolve=False))
+
+
+def override(key: str, value: str) -> str:
+    """``key=value`` as Hydra's override grammar reads ``value`` back: as it is where it reads
+    so, else single-quoted. Unquoted, a folder named ``日本`` or ``ü`` is a parse error and one
+    with a comma a sweep of two folders."""
+    plain = f"{key}={value}"
+    try:
+        parsed = OverridesParser.create().parse_override(plain)
+        if not parsed.is_sweep_override() and parsed.value() == value:
+            return plain
+    except HydraException:
+        pass
+    return f"{key}={QuotedString(text=value, quote=Quote.single).with_quotes()}"
+
+
+# what a shell's double quotes would still read: the override is then quoted by shlex
+SHELL_SPECIAL_IN_DOUBLE_QUOTES = re.compile(r'["$`\\!]')
+
+
+def pasteable(key: str, value: str) -> str:
+    """``override(key, value)`` as a shell word, for a command an error tells the user to
+    run: ``"hydra.run.dir='/runs/a b/日本'"``, the way Hydra's docs quote such a value."""
+    word = override(key, value)
+    if shlex.quote(word) == word:
+        return word
+    if SHELL_SPECIAL_IN_DOUBLE_QUOTES.search(word) is None:
+        return f'"{word}"'
+    return shlex.quote(word)
 
 
 def command_line_overrides() -> list[str]:

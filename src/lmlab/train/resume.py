@@ -24,6 +24,7 @@ from lmlab.config import (
     flatten,
     model_config_dict,
 )
+from lmlab.config.asked import pasteable
 from lmlab.config.local_paths import launch_cwd, named_files
 from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, checkpoints_in, read_record
@@ -349,11 +350,14 @@ def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
 
 def resume_command(out_dir: Path) -> str:
     """How to continue a run that stopped: in a sweep, the sweep (a stop ends it: this job
-    continues and the jobs after it run), else the run."""
+    continues and the jobs after it run), else the run; the folder quoted as the shell and
+    Hydra read it back (``pasteable``)."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep_dir = absolute(HydraConfig.get().sweep.dir)
-        return f"python src/train.py -m <same overrides> resume=auto hydra.sweep.dir={sweep_dir}"
-    return f"python src/train.py <same overrides> resume=true hydra.run.dir={out_dir}"
+        folder = pasteable("hydra.sweep.dir", str(sweep_dir))
+        return f"python src/train.py -m <same overrides> resume=auto {folder}"
+    folder = pasteable("hydra.run.dir", str(out_dir))
+    return f"python src/train.py <same overrides> resume=true {folder}"
 
 
 def extend_epoch(checkpoint: dict, max_steps: int) -> None:
