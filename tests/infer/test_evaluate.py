@@ -826,7 +826,8 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     ``<run>/eval/step<N>.json`` and the metrics in the run's (offline) W&B run, at N - 1 on
     its ``trainer/global_step`` axis, where training logged the rows of the same weights.
     The record names the checkpoint it scored by its whole path, not as typed (relative to
-    the folder the command ran in)."""
+    the folder the command ran in, or through it: ``<cwd>/../checkpoints`` names nothing once
+    that folder is removed)."""
     pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
     ckpt = tmp_path / "checkpoints" / "step000007.ckpt"
     ckpt.parent.mkdir()
@@ -838,13 +839,15 @@ def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(
     )
     (tmp_path / "wandb_id").write_text("abcd1234")
     (tmp_path / "wandb_project").write_text("agentproj")  # a W&B sweep agent's project
-    monkeypatch.chdir(tmp_path)
-    typed = "ckpt=checkpoints/step000007.ckpt"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    typed = "ckpt=../checkpoints/step000007.ckpt"
     assert run_command("evaluate", typed, "tasks=stdlib_nextline", "limit=4") == 0
     assert "stdlib_nextline" in capsys.readouterr().out
     record = json.loads((tmp_path / "eval" / "step000007.json").read_text())
     assert record["global_step"] == 7 and record["tasks"]["stdlib_nextline"]["n_samples"]
-    assert record["checkpoint"] == record["tasks"]["stdlib_nextline"]["checkpoint"] == str(ckpt)
+    scored = str(ckpt.resolve())
+    assert record["checkpoint"] == record["tasks"]["stdlib_nextline"]["checkpoint"] == scored
     records = wandb_records(tmp_path)
     run = next(r["run"] for r in records if r["type"] == "run")
     assert (run["run_id"], run["project"]) == ("abcd1234", "agentproj")  # the run's own

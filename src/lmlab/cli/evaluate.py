@@ -23,6 +23,7 @@ from omegaconf import MISSING
 from lmlab.analysis.run_files import read_run_config
 from lmlab.cli.args import parse
 from lmlab.config import MAX_GEN_TOKS, DataConfig, Source
+from lmlab.config.local_paths import source_name
 from lmlab.errors import ConfigError
 
 
@@ -90,7 +91,9 @@ def main(argv: list[str]) -> int | None:
         lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
     )
     print(eval_records.table(results))
-    scored = str(Path(pre.path).absolute())  # not as typed: the record is read from anywhere
+    # not as typed: the record is read from anywhere, also once the folder the command ran
+    # in is gone (``<cwd>/../run/...`` named a file only while <cwd> existed)
+    scored = source_name(pre.path)
     record = eval_records.eval_record(results, scored, pre.global_step, pre.digest)
     print(f"results: {eval_records.write_record(path, record)}")
     if cfg.wandb:
