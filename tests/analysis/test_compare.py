@@ -1138,6 +1138,18 @@ def test_list_valued_knobs_and_errors_with_brackets_show_in_the_table(
     assert cells[-1][-1] == f"FAILED (2): {error}"
 
 
+def test_compare_json_written_elsewhere_leads_to_the_runs(
+    multirun: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compare.json written with --out names the compared folder by its whole path, which
+    its rows' runs are named relative to: typed relative, it led nowhere from its folder."""
+    monkeypatch.chdir(multirun.parent)
+    assert compare_main([multirun.name, "--out", str(tmp_path / "o")]) == 0
+    data = json.loads((tmp_path / "o" / "compare.json").read_text())
+    runs = [Path(data["multirun_dir"]) / run for row in data["rows"] for run in row["runs"]]
+    assert runs and all((run / "results.json").is_file() for run in runs)
+
+
 def test_cli_script_runs_from_any_directory(multirun: Path, tmp_path: Path) -> None:
     script = CONF_DIR.parent / "src" / "compare.py"
     cmd = [sys.executable, str(script), str(multirun), "--out", "out"]

@@ -37,6 +37,7 @@ from lmlab.analysis.ranking import (
 from lmlab.analysis.runs import dry_runs, load_runs, not_runs_note
 from lmlab.analysis.stat import fmt_stat, truncate
 from lmlab.analysis.sweep_grid import unlaunched_jobs
+from lmlab.config.local_paths import source_name
 from lmlab.files import write_text
 
 # compare.json's top-level keys (``to_json``): a file holding them all is compare's own.
@@ -201,9 +202,12 @@ def to_json(
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The comparison as JSON-ready data (NaN/inf become null); ``notes``: the lines about
-    the folder itself (:func:`folder_notes`), after the summary's."""
+    the folder itself (:func:`folder_notes`), after the summary's. ``multirun_dir``: the
+    compared folder by its whole path, which the ``runs`` are named relative to, so a
+    compare.json written elsewhere (``--out``) still leads to them."""
     winner = next((r.label for r in rows if r.rank == 1), None)
     return {
+        "multirun_dir": source_name(root) if root is not None else None,
         "metric": metric,
         "higher_is_better": higher_is_better,
         "knobs": list(knobs),
