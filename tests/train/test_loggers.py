@@ -8,6 +8,7 @@ import csv
 import http.server
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
-from lmlab.train.loggers import kept_run_name, run_name, run_tags
+from lmlab.train.loggers import build_loggers, kept_run_name, run_name, run_tags
 from lmlab.train.run import train
 from lmlab.train.wandb_run import (
     finish_wandb,
@@ -159,6 +160,30 @@ def test_a_run_with_a_key_whose_wandb_does_not_start_online_trains_offline(
     (run,) = [r["run"] for r in recs if r["type"] == "run"]
     assert run["run_id"] == (tmp_path / "wandb_id").read_text()
     assert any(r["type"] == "history" for r in recs)
+
+
+def test_an_offline_wandb_run_leaves_the_next_run_online_where_it_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's next job or a notebook's next run in this process: an offline W&B run
+    (``logger.wandb.offline=true``, no key, a server that did not answer) left
+    ``WANDB_MODE=dryrun`` in the process's environment and in W&B's session, so a later run
+    that asked for online (``offline=false``, or a key and a server that answers) logged
+    offline, without the warning and ``wandb sync`` hint that an offline fallback says."""
+    import wandb
+
+    wandb.teardown()  # W&B's session reads the environment once a process: read it here
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # a user's: no mode set
+    cfg = compose_train([*WANDB, "logger.wandb.offline=true"], tmp_path)
+    try:
+        build_loggers(cfg, tmp_path)  # the W&B run starts with the hyperparameters
+        finish_wandb({"status": "completed"})
+        assert "WANDB_MODE" not in os.environ
+        assert wandb.setup().settings.mode == "online"  # what a wandb.init without mode takes
+    finally:
+        wandb.teardown()
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # the run itself offline
+    assert wandb_offline(False) is False
 
 
 def test_a_run_directory_before_wandb_name_keeps_its_results_name(tmp_path: Path) -> None:

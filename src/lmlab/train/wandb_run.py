@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
@@ -278,22 +278,34 @@ def guard_wandb(logger: Logger) -> Logger:
 
 def start_wandb(lcfg: DictConfig, args: dict[str, Any]) -> Logger:
     """``lcfg``'s ``WandbLogger`` with ``args``, its W&B run started (rank 0). Offline, W&B is
-    told so in ``wandb.init`` (``mode``: Lightning says it in ``WANDB_MODE``, which W&B reads
-    only once a process). An online run that W&B fails to start (a server that does not
-    answer in time, refuses the key, ...) goes on offline, with one warning and the ``wandb
-    sync`` that uploads it later, rather than ending the run in a traceback. W&B failing
-    later in training is one warning (``guard_wandb``)."""
+    told so in ``wandb.init`` (``mode``; ``offline_logger``). An online run that W&B fails to
+    start (a server that does not answer in time, refuses the key, ...) goes on offline, with
+    one warning and the ``wandb sync`` that uploads it later, rather than ending the run in a
+    traceback. W&B failing later in training is one warning (``guard_wandb``)."""
     if args["offline"]:
-        return guard_wandb(instantiate(lcfg, **args, mode="offline"))
+        return guard_wandb(offline_logger(lcfg, args))
     logger = instantiate(lcfg, **args)
     try:
         logger.experiment  # noqa: B018 (wandb.init, on rank 0)
         return guard_wandb(logger)
     except Exception as err:  # W&B's CommError, AuthenticationError, UsageError, ...
         going_offline(err, lcfg.get("save_dir"))
-    logger = instantiate(lcfg, **(args | {"offline": True}), mode="offline")
+    logger = offline_logger(lcfg, args | {"offline": True})
     logger.experiment  # noqa: B018 (offline: raises only as a run without a key would)
     return guard_wandb(logger)
+
+
+def offline_logger(lcfg: DictConfig, args: dict[str, Any]) -> Logger:
+    """``lcfg``'s ``WandbLogger`` offline, told so in ``wandb.init``'s ``mode`` alone.
+    Lightning's offline also sets ``WANDB_MODE=dryrun`` in this process's environment as the
+    W&B run starts, which outlived the run, and W&B's session read it (once a process): a
+    sweep's next job or a notebook's next run that asked for online logged offline, without
+    the warning an offline fallback says. Lightning reads its offline flag for that and for
+    its ``log_model`` refusal, made as the logger is built: past that, it is turned off."""
+    logger = instantiate(lcfg, **args, mode="offline")
+    if isinstance(logger, WandbLogger):
+        logger._offline = False  # W&B is told by ``mode``; the environment is the user's
+    return logger
 
 
 def going_offline(err: Exception, save_dir: str | Path | None) -> None:
