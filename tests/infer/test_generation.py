@@ -240,6 +240,37 @@ def test_ids_past_the_tokenizer_are_never_picked(cache: bool) -> None:
     assert len(sampled[:, 3:].unique()) > 10  # sampled among the tokens (all equally likely)
 
 
+PROMPT = torch.tensor([[1, 2, 3]])
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"temperature": -1.0}, r"^temperature=-1.0 must be >= 0 \(0: greedy\)$"),
+        ({"temperature": float("nan")}, r"^temperature=nan must be >= 0"),
+        ({"top_k": -1}, r"^top_k=-1 must be an int >= 0"),
+        ({"top_p": 1.5}, r"^top_p=1.5 must be in \[0, 1\]"),
+        ({"top_p": -0.1}, r"^top_p=-0.1 must be in \[0, 1\]"),
+        ({"max_new_tokens": -1}, r"^max_new_tokens=-1 must be >= 0$"),
+        ({"ids_BT": torch.zeros(1, 0, dtype=torch.long)}, r"^ids_BT: .* shape \(1, 0\); allowed"),
+        ({"ids_BT": PROMPT[0]}, r"^ids_BT: .* shape \(3,\); allowed: integer token ids"),
+        ({"ids_BT": PROMPT.float()}, r"^ids_BT: a torch.float32 tensor"),
+        ({"ids_BT": PROMPT + VOCAB}, rf"^ids_BT: ids from {VOCAB + 1} to {VOCAB + 3}, outside"),
+    ],
+    ids=["temperature<0", "temperature-nan", "top_k<0", "top_p>1", "top_p<0", "max_new<0",
+         "empty-prompt", "1-D", "float-ids", "ids-past-vocab"],
+)  # fmt: skip
+def test_generate_refuses_a_bad_argument_in_one_line_naming_it(bad: dict, named: str) -> None:
+    """From Python as from the command line: a negative temperature sampled the least likely
+    tokens and a top_p outside [0, 1] kept one token or all, in silence; a negative top_k, a
+    prompt of no tokens or of the wrong shape or type, and ids past the model's vocabulary
+    failed deep inside torch."""
+    model = tiny()
+    args = {"ids_BT": PROMPT, "max_new_tokens": 2, "temperature": 1.0, **bad}
+    with pytest.raises(ConfigError, match=named):
+        generate(model, generator=torch.Generator().manual_seed(0), **args)
+
+
 def test_fixed_seed_reproduces_samples_and_another_seed_does_not() -> None:
     model = tiny(init_std=0.02)  # flat logits: samples differ between seeds
     prompt = torch.zeros(1, 1, dtype=torch.long)

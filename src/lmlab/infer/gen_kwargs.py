@@ -5,8 +5,9 @@ is their user; ``harness.check_generation`` checks them before a model is loaded
 
 from __future__ import annotations
 
-from lmlab.config import TABLED_POSITIONS, ModelConfig, check_sampling
+from lmlab.config import TABLED_POSITIONS, ModelConfig
 from lmlab.errors import ConfigError
+from lmlab.infer.generation import check_decoding
 
 # Generation arguments a task may set that change nothing at these values (lm-eval's own tasks
 # set ``num_beams: 1``); any other value asks for a decoding lmlab does not do.
@@ -60,12 +61,8 @@ def check_gen_kwargs(kwargs: dict, task: str | None = None) -> dict:
     repetition penalty, ...), which HFLM would hand to transformers and lmlab would ignore.
     ``top_k=0`` and ``top_p=0`` read as transformers reads them (``filter_logits``)."""
     where = _where(task)
-    check_sampling(f"{where}: ", float(kwargs.get("temperature") or 0.0), None)
-    top_k, top_p = kwargs.get("top_k"), kwargs.get("top_p")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ConfigError(f"{where}: top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")
-    if top_p is not None and not 0 <= float(top_p) <= 1:
-        raise ConfigError(f"{where}: top_p={top_p} must be in [0, 1] (null: no nucleus)")
+    temperature = float(kwargs.get("temperature") or 0.0)
+    check_decoding(temperature, kwargs.get("top_k"), kwargs.get("top_p"), f"{where}: ")
     for key, value in kwargs.items():
         if key in READ_GEN_KWARGS or key in BEAM_ONLY_GEN_KWARGS:
             continue

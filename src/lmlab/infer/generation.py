@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lmlab.config import check_sampling
 from lmlab.errors import ConfigError
 from lmlab.model.context import varying_shapes
 from lmlab.model.kv_cache import KVCache
@@ -34,6 +35,36 @@ class NonFiniteLogits(ConfigError):
 
     def __init__(self, where: str) -> None:
         super().__init__(f"the model's logits are not finite at {where}")
+
+
+def check_decoding(
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    key: str = "",
+    ids_BT: torch.Tensor | None = None,
+    max_new_tokens: int = 0,
+) -> None:
+    """What ``decode_loop`` reads, each refused in one line naming it (after ``key``), its value
+    and what is allowed, before any forward pass: a negative temperature would sample the
+    least likely tokens, a top_p past [0, 1] would keep one token or all, silently; a bad
+    top_k, prompt or length fails deep inside torch. ``top_k`` and ``top_p`` read as
+    transformers reads them (``filter_logits``: 0 filters nothing, or keeps the top token)."""
+    check_sampling(key, temperature, None)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ConfigError(f"{key}top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")
+    if top_p is not None and not 0 <= float(top_p) <= 1:
+        raise ConfigError(f"{key}top_p={top_p} must be in [0, 1] (null: no nucleus)")
+    if max_new_tokens < 0:
+        raise ConfigError(f"{key}max_new_tokens={max_new_tokens} must be >= 0")
+    if ids_BT is not None and (
+        ids_BT.dim() != 2 or ids_BT.shape[1] == 0 or ids_BT.is_floating_point()
+    ):
+        raise ConfigError(
+            f"{key}ids_BT: a {ids_BT.dtype} tensor of shape {tuple(ids_BT.shape)}; allowed: "
+            "integer token ids of shape (batch, tokens), at least one token (an empty prompt "
+            "is Pretrained.prompt_ids(''): the BOS or EOS a document follows)"
+        )
 
 
 def filter_logits(
@@ -107,7 +138,9 @@ def decode_loop(
     it. ``stop(ids_BT)`` -> (B,) bool marks rows finished (a stop sequence), as EOS does.
     Non-finite logits at a step raise ``NonFiniteLogits`` (a diverged model, an overflowing
     dtype), greedy or sampled, unless ``check_finite=False``. Past ``max_len`` the context is
-    cropped to its last tokens behind its first ``keep_start`` (``cropped``)."""
+    cropped to its last tokens behind its first ``keep_start`` (``cropped``). Arguments outside
+    what ``check_decoding`` allows are refused before any forward pass."""
+    check_decoding(temperature, top_k, top_p, ids_BT=ids_BT, max_new_tokens=max_new_tokens)
     context_BT = cropped(ids_BT, max_len, keep_start)
     # the cache holds what this decode reads (the context and the new tokens), not every
     # position the model has: a converted Llama 3.1's 131072 would be gigabytes
@@ -183,7 +216,15 @@ def generate(
     """Continue ``ids_BT`` (B, T) with a GPT model; returns (B, T + new). A prompt longer than
     ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning). ``n_vocab``: the
     tokenizer's size, past which no id is picked; ``stop``: the rows that are finished
-    (``decode_loop``)."""
+    (``decode_loop``). Arguments outside what ``check_decoding`` allows are refused first, and
+    so are ids outside the model's vocabulary (another tokenizer's)."""
+    check_decoding(temperature, top_k, top_p, ids_BT=ids_BT, max_new_tokens=max_new_tokens)
+    vocab = model.cfg.vocab_size
+    if not bool(((ids_BT >= 0) & (ids_BT < vocab)).all()):
+        raise ConfigError(
+            f"ids_BT: ids from {int(ids_BT.min())} to {int(ids_BT.max())}, outside the model's "
+            f"vocabulary of {vocab} (0 to {vocab - 1}): another tokenizer's ids?"
+        )
     max_len = model.cfg.max_seq_len
     warn_if_cut(ids_BT.shape[1], max_len)
     return decode_loop(
