@@ -17,7 +17,15 @@ import torch
 from tokenizers import Tokenizer
 
 from lmlab.cli.generate import main as generate_main
-from lmlab.config import CONF_DIR, ModelConfig, MoEConfig, Positional, model_config_dict
+from lmlab.config import (
+    CONF_DIR,
+    INFER_TASKS,
+    Family,
+    ModelConfig,
+    MoEConfig,
+    Positional,
+    model_config_dict,
+)
 from lmlab.data.tokenizer import EOS, encode, train_bpe, train_char
 from lmlab.errors import ConfigError
 from lmlab.infer import fill
@@ -269,6 +277,28 @@ def test_generate_refuses_a_bad_argument_in_one_line_naming_it(bad: dict, named:
     args = {"ids_BT": PROMPT, "max_new_tokens": 2, "temperature": 1.0, **bad}
     with pytest.raises(ConfigError, match=named):
         generate(model, generator=torch.Generator().manual_seed(0), **args)
+
+
+CALLS = {
+    "generate": lambda pre: generate(pre.model, PROMPT, 2),
+    "fill_mask": lambda pre: fill_mask(pre, "a <mask>"),
+    "infill": lambda pre: infill(pre, "a <extra_id_0>", 2),
+}
+MISMATCHED = [(f, task) for f in Family for task in INFER_TASKS.values() if INFER_TASKS[f] != task]
+
+
+@pytest.mark.parametrize(("family", "task"), MISMATCHED, ids=[f"{f}-{t}" for f, t in MISMATCHED])
+def test_each_python_call_refuses_a_model_of_another_family(family: Family, task: str) -> None:
+    """``generate``, ``fill_mask`` and ``infill`` each take one family's model, refused
+    otherwise in one line naming the call, the family it needs and the model's: a GPT given
+    to ``fill_mask`` ranked a causal model's guesses as candidates, silently; the other
+    pairs failed on a method the model lacks."""
+    model = tiny(family.value)
+    pre = Pretrained(model, char_tokenizer(bos=False), model.cfg, Path("m.ckpt"))
+    need = next(f for f, t in INFER_TASKS.items() if t == task)
+    named = rf"^{task} needs a {need} checkpoint; .* is {family} \(a {family} model's task is "
+    with pytest.raises(ConfigError, match=named):
+        CALLS[task](pre)
 
 
 def test_fixed_seed_reproduces_samples_and_another_seed_does_not() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from lmlab.cli.args import parse
-from lmlab.config import Family, check_sampling
+from lmlab.config import INFER_TASKS, check_infer_task, check_sampling
 from lmlab.errors import ConfigError
 
 
@@ -50,8 +50,8 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         """Every value is checked here, before the checkpoint is read."""
-        if self.task is not None and self.task not in TASKS.values():
-            raise ConfigError(f"task={self.task!r}: allowed {', '.join(TASKS.values())}")
+        if self.task is not None and self.task not in INFER_TASKS.values():
+            raise ConfigError(f"task={self.task!r}: allowed {', '.join(INFER_TASKS.values())}")
         if self.text is not None and self.prompt and self.text != self.prompt:
             raise ConfigError(
                 f"prompt={self.prompt!r} and text={self.text!r}: two inputs; give one (both "
@@ -66,7 +66,6 @@ class GenerateConfig:
         check_sampling("", self.temperature, self.top_k, self.top_p, no_top_k)
 
 
-TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
 # The options fill_mask has no use for: it ranks each mask's candidates in one forward pass.
 NOT_FOR_FILL_MASK = (
     "max_new_tokens", "temperature", "top_p", "seed", "num_samples", "cache", "stop_at_eos"
@@ -106,11 +105,8 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.fill import fill_mask
     from lmlab.infer.generation import NonFiniteLogits
 
-    task = cfg.task or TASKS[pre.family]
-    if TASKS[pre.family] != task:
-        raise ConfigError(
-            f"task={task} needs a {_family_of(task)} checkpoint; {cfg.ckpt} is {pre.family.value}"
-        )
+    task = cfg.task or INFER_TASKS[pre.family]
+    check_infer_task(pre.family, task, f"task={task}", cfg.ckpt)
     check_options(task, dict(arg.split("=", 1) for arg in argv))  # parse checked key=value
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
@@ -185,10 +181,6 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
             stream.end_line()
             raise
         sys.stdout.write("\n")
-
-
-def _family_of(task: str) -> str:
-    return next(f.value for f, t in TASKS.items() if t == task)
 
 
 class Stream:

@@ -39,6 +39,7 @@ from lmlab.config.resolve import (
     sequence_length,
 )
 from lmlab.config.run import (
+    INFER_TASKS,
     MATMUL_PRECISIONS,
     MAX_GEN_TOKS,
     BudgetConfig,
@@ -50,6 +51,7 @@ from lmlab.config.run import (
     GuardMode,
     ParamCount,
     RunConfig,
+    check_infer_task,
     check_sampling,
     compile_mode,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "check_launch",
     "check_fused",
     "check_optimizer",
+    "check_infer_task",
     "check_sampling",
     "check_task_model",
     "CheckpointConfig",
@@ -107,6 +110,7 @@ __all__ = [
     "GATED",
     "GuardConfig",
     "GuardMode",
+    "INFER_TASKS",
     "Init",
     "LAUNCHER_VARIABLES",
     "MATMUL_PRECISIONS",

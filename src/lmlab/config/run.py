@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.config.knobs import Choice
+from lmlab.config.knobs import Choice, Family
 from lmlab.errors import ConfigError, spelled
 
 
@@ -306,3 +306,22 @@ def check_sampling(
         raise ConfigError(f"{key}top_k={top_k} must be >= 1 (or null: {no_top_k})")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"{key}top_p={top_p} must be in (0, 1] (or null: no nucleus)")
+
+
+# What a checkpoint of each family does with a text (``lmlab generate``'s ``task``): a
+# decoder continues it, an encoder with a masked-LM head fills its masks, an encoder-decoder
+# fills its sentinel spans.
+INFER_TASKS = {Family.gpt: "generate", Family.bert: "fill_mask", Family.t5: "infill"}
+
+
+def check_infer_task(family: Family, task: str, what: str, where: str) -> None:
+    """``task`` is the one a model of ``family`` does (``INFER_TASKS``); else one line naming
+    ``what`` asked for it, the family it needs and ``where`` the model came from. (A GPT's
+    logits ranked as fill-mask candidates are a causal model's guesses, given silently; the
+    other pairs fail on a method the model lacks.)"""
+    if INFER_TASKS[family] != task:
+        need = next(f.value for f, t in INFER_TASKS.items() if t == task)
+        raise ConfigError(
+            f"{what} needs a {need} checkpoint; {where} is {family.value} (a {family.value} "
+            f"model's task is {INFER_TASKS[family]})"
+        )

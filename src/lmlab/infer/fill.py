@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
-from lmlab.config import Family
+from lmlab.config import Family, check_infer_task
 from lmlab.data.tokenizer import SENTINEL_RE, encode, spaces_are_tokens, warn_unknown_text
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import NonFiniteLogits, decode_loop
@@ -50,7 +50,9 @@ def _unspaced(tok: Tokenizer, text: str, marker: str) -> str:
 @torch.no_grad()
 def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Candidate]], str]:
     """The ``top_k`` most likely tokens for each ``<mask>`` of ``text``, and the text with
-    every mask replaced by its most likely token."""
+    every mask replaced by its most likely token. A checkpoint of another family than BERT
+    is refused in one line."""
+    check_infer_task(pre.family, "fill_mask", "fill_mask", str(pre.path))
     tok, specials = pre.tokenizer, pre.specials
     mask = specials.mask or "<mask>"
     for marker in MASK_MARKERS:
@@ -128,7 +130,8 @@ def infill(
     """Generate the span of every sentinel in ``text`` (T5's target: ``<extra_id_0> span0
     <extra_id_1> span1 ... </s>``); returns {sentinel: span} for the text's sentinels the
     model wrote a span for, in the text's order (spans for other sentinels are ignored), and
-    the filled text."""
+    the filled text. A checkpoint of another family than T5 is refused in one line."""
+    check_infer_task(pre.family, "infill", "infill", str(pre.path))
     tok, model, specials = pre.tokenizer, pre.model, pre.specials
     text = _sentinels(text, specials.sentinels)
     if not SENTINEL_RE.search(text):

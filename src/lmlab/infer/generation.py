@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lmlab.config import check_sampling
+from lmlab.config import check_infer_task, check_sampling
 from lmlab.errors import ConfigError
 from lmlab.model.context import varying_shapes
 from lmlab.model.kv_cache import KVCache
@@ -217,7 +217,10 @@ def generate(
     ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning). ``n_vocab``: the
     tokenizer's size, past which no id is picked; ``stop``: the rows that are finished
     (``decode_loop``). Arguments outside what ``check_decoding`` allows are refused first, and
-    so are ids outside the model's vocabulary (another tokenizer's)."""
+    so are ids outside the model's vocabulary (another tokenizer's) and a model that is no GPT."""
+    check_infer_task(
+        model.cfg.family, "generate", "generate", f"the model given ({type(model).__name__})"
+    )
     check_decoding(temperature, top_k, top_p, ids_BT=ids_BT, max_new_tokens=max_new_tokens)
     vocab = model.cfg.vocab_size
     if not bool(((ids_BT >= 0) & (ids_BT < vocab)).all()):
