@@ -301,6 +301,16 @@ def test_each_python_call_refuses_a_model_of_another_family(family: Family, task
         CALLS[task](pre)
 
 
+@pytest.mark.parametrize("top_k", [0, -1, 2.5])
+def test_fill_mask_refuses_a_top_k_below_one_in_one_line(top_k: object) -> None:
+    """``top_k=0`` failed on an empty candidate list (IndexError), a negative one inside
+    ``torch.topk``."""
+    model = tiny("bert")
+    pre = Pretrained(model, char_tokenizer(bos=False), model.cfg, Path("m.ckpt"))
+    with pytest.raises(ConfigError, match=rf"^top_k={top_k} must be an int >= 1 \(the candidates"):
+        fill_mask(pre, "a <mask>", top_k=top_k)
+
+
 def test_fixed_seed_reproduces_samples_and_another_seed_does_not() -> None:
     model = tiny(init_std=0.02)  # flat logits: samples differ between seeds
     prompt = torch.zeros(1, 1, dtype=torch.long)

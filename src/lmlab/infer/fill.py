@@ -50,9 +50,11 @@ def _unspaced(tok: Tokenizer, text: str, marker: str) -> str:
 @torch.no_grad()
 def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Candidate]], str]:
     """The ``top_k`` most likely tokens for each ``<mask>`` of ``text``, and the text with
-    every mask replaced by its most likely token. A checkpoint of another family than BERT
-    is refused in one line."""
+    every mask replaced by its most likely token (at most every token of the vocabulary). A
+    checkpoint of another family than BERT, and a ``top_k`` below 1, are refused in one line."""
     check_infer_task(pre.family, "fill_mask", "fill_mask", str(pre.path))
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k={top_k!r} must be an int >= 1 (the candidates per mask)")
     tok, specials = pre.tokenizer, pre.specials
     mask = specials.mask or "<mask>"
     for marker in MASK_MARKERS:
