@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from lmlab.config import Family, ModelConfig, Positional, model_config_dict
+from lmlab.config import CONF_DIR, Family, ModelConfig, Positional, model_config_dict
 from lmlab.data.collators import IGNORE
 from lmlab.data.tokenizer import EOS, PAD, encode, train_bpe
 from lmlab.errors import ConfigError
@@ -412,6 +413,22 @@ def test_shipped_tasks_run_offline_and_twice_the_same(tok) -> None:
     expected = {"stdlib_nextline/acc", "stdlib_cloze/acc", "stdlib_perplexity/bits_per_byte"}
     assert expected <= {k.removeprefix("eval/") for k in first}
     assert all(math.isfinite(v) for v in first.values())
+
+
+def test_the_readme_python_evaluation_runs_as_written(tok, tmp_path: Path, capsys) -> None:
+    """The README's ``simple_evaluate`` block, on a checkpoint file: lm-eval's own task
+    manager does not know the shipped tasks (a KeyError), lmlab's does."""
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    block = re.search(r"```python\n(import lm_eval\n.*?)```", readme, re.S)
+    assert block, "the README shows no simple_evaluate block"
+    pre = tiny(tok, dtype=torch.float32)
+    ckpt = tmp_path / "last.ckpt"
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = model_config_dict(pre.cfg)
+    torch.save({"state_dict": state, "model_config": config, "tokenizer": tok.to_str()}, ckpt)
+    code = block[1].replace("outputs/<date>/<time>/checkpoints/last.ckpt", str(ckpt))
+    exec(code.replace("limit=100", "limit=2"), {})
+    assert 0.0 <= float(capsys.readouterr().out.splitlines()[-1]) <= 1.0
 
 
 def test_few_shot_examples_come_from_the_training_files_never_from_the_items_scored(
