@@ -415,6 +415,17 @@ def test_shipped_tasks_run_offline_and_twice_the_same(tok) -> None:
     assert all(math.isfinite(v) for v in first.values())
 
 
+def test_a_model_arg_lmlab_does_not_read_is_refused_naming_it(tok) -> None:
+    """``model_args="pretrained=...,dtyp=bf16"`` (a typo) or HFLM's ``max_length`` ran the
+    evaluation without them, in silence; what the harness passes every model is taken."""
+    pre = tiny(tok)
+    with pytest.raises(ConfigError, match=r"^model_args dtyp='bf16', max_length=32: not an "):
+        LmlabLM(pre, dtyp="bf16", max_length=32)
+    with pytest.raises(ConfigError, match=r"allowed: pretrained, batch_size, device, dtype, "):
+        LmlabLM.create_from_arg_string("pretrained=x.ckpt,dtyp=bf16", {"max_batch_size": 64})
+    assert LmlabLM(pre, batch_size=2, max_batch_size=64).batch_size == 2
+
+
 def test_the_readme_python_evaluation_runs_as_written(tok, tmp_path: Path, capsys) -> None:
     """The README's ``simple_evaluate`` block, on a checkpoint file: lm-eval's own task
     manager does not know the shipped tasks (a KeyError), lmlab's does."""

@@ -30,6 +30,7 @@ generation arguments are the harness's own (``TemplateLM``, ``Collator``,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,26 @@ class EvalStopped(Exception):
     """An evaluation ended between two batches because ``LmlabLM.should_stop`` said so."""
 
 
+# What ``simple_evaluate`` passes every model beside ``model_args`` (and ``batch_size`` and
+# ``device``, which LmlabLM reads): taken and left unused, as lmlab batches by ``batch_size``.
+HARNESS_ARGS = ("max_batch_size",)
+
+
+def check_model_args(extra: dict[str, Any]) -> None:
+    """``extra``: the keyword arguments ``LmlabLM`` was given past its own (from
+    ``model_args="pretrained=...,<key>=<value>"``); any but ``HARNESS_ARGS`` is refused in
+    one line naming it and what is allowed. A typo (``dtyp=bf16``) or another model class's
+    argument (HFLM's ``max_length``) was dropped in silence, the evaluation run without it."""
+    unknown = [f"{key}={value!r}" for key, value in extra.items() if key not in HARNESS_ARGS]
+    if unknown:
+        own = inspect.signature(LmlabLM.__init__).parameters
+        allowed = [name for name, p in own.items() if p.kind == p.POSITIONAL_OR_KEYWORD][1:]
+        raise ConfigError(
+            f"model_args {', '.join(unknown)}: not an argument of the lmlab model; allowed: "
+            f"{', '.join(allowed)}"
+        )
+
+
 @register_model("lmlab")
 class LmlabLM(TokenizedLM):
     """An lmlab GPT or T5 model (a checkpoint path or a loaded ``Pretrained``) for lm-eval."""
@@ -70,8 +91,9 @@ class LmlabLM(TokenizedLM):
         progress: bool = False,
         should_stop: Callable[[], bool] | None = None,
         length_option: str = "max_gen_toks",
-        **_harness_args: Any,  # max_batch_size and others the harness passes to every model
+        **harness_args: Any,
     ) -> None:
+        check_model_args(harness_args)
         if not isinstance(pretrained, Pretrained):
             pretrained = load(pretrained, device or "cpu", dtype)
         check_family(pretrained.family, f"ckpt={pretrained.path}")
