@@ -78,6 +78,18 @@ def copy_of(run_dir: Path, into: Path) -> Path:
     return into
 
 
+def test_a_config_composed_in_python_runs_where_the_command_line_would() -> None:
+    """``compose_train`` without ``output_dir`` (a notebook's ``train(compose_train([...]))``)
+    left ``paths.output_dir`` None, Hydra's runtime folder being set only inside a Hydra job:
+    ``train()`` failed in pathlib. It is ``hydra.run.dir``, the default or the override, and
+    every path below it follows."""
+    cfg = compose_train(["+debug=smoke"])
+    assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", cfg.paths.output_dir)
+    assert cfg.callbacks.checkpoint.dirpath == f"{cfg.paths.output_dir}/checkpoints"
+    assert cfg.logger.csv.save_dir == cfg.paths.output_dir
+    assert compose_train(["hydra.run.dir=runs/a"]).paths.output_dir == "runs/a"
+
+
 def test_refused_commands_leave_the_run_directory_byte_for_byte(
     tmp_path: Path, run_command, capsys: pytest.CaptureFixture
 ) -> None:
