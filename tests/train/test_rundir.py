@@ -1112,6 +1112,25 @@ def test_a_run_directory_named_through_dotdot_is_its_own(tmp_path: Path, run_com
     assert (tmp_path / "run").is_dir() and not (tmp_path / "missing").exists()
 
 
+def test_a_folder_typed_with_a_tilde_is_in_the_home_folder(
+    tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"hydra.run.dir='~/runs/a'"``, quoted for Hydra as lmlab's own refusal of the
+    unquoted form advises: Hydra made a folder named ``~`` in the working directory (where a
+    later ``rm -rf ~`` to tidy it removes the home folder). A run's and a sweep's folder
+    typed so are in the home folder, as a shell reads ``~``."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert run_command("train", *SMOKE, "dry_run=true", "hydra.run.dir='~/runs/a'") == 0
+    assert (home / "runs" / "a" / "plan.json").is_file()
+    sweep = [*SMOKE, "dry_run=true", "model.activation=relu,gelu", "hydra.sweep.dir='~/sw'"]
+    assert run_command("train", "-m", *sweep) == 0
+    assert sorted(p.name for p in (home / "sw").iterdir() if p.is_dir()) == ["0", "1"]
+    assert not list(cwd.iterdir())
+
+
 @pytest.mark.parametrize("name", ["日本", "a,b", "it's"])
 def test_a_sweep_folder_lmlab_names_is_quoted_for_its_jobs(name: str, tmp_path: Path) -> None:
     """A sweep folder lmlab names again for the jobs (``..`` resolved, or a fresh default) is

@@ -104,7 +104,7 @@ class RunDirCallback(Callback):
         for replaced in replaced_by_command_line(config) + repeated_on_command_line(config):
             log.warning(replaced)
         sweep_dir = absolute(OmegaConf.select(config, "hydra.sweep.dir"))
-        named_through_dotdot(config, "sweep", sweep_dir)
+        named_resolved(config, "sweep", sweep_dir)
         LAUNCH.folder = sweep_dir  # Ctrl-C in the checks: nothing is written yet
         chosen = chose_dir(config, "hydra.sweep.dir")
         existing = chosen and sweep_dir.is_dir()
@@ -163,7 +163,7 @@ class RunDirCallback(Callback):
         existed, above = False, made_above(run_dir)
         try:
             if chose_dir(config, "hydra.run.dir"):
-                named_through_dotdot(config, "run", run_dir)
+                named_resolved(config, "run", run_dir)
                 refuse_run_in_sweep_dir(run_dir)
                 refuse_files_in_the_way(run_dir, config.get("logger") or {})
                 existed = run_dir.exists()
@@ -228,8 +228,11 @@ def name_dir(config: DictConfig, kind: str, folder: Path) -> None:
             config.hydra.overrides.hydra.append(override("hydra.sweep.dir", str(folder)))
 
 
-def named_through_dotdot(config: DictConfig, kind: str, folder: Path) -> None:
-    """A folder typed with ``..`` (``runs/x/../y``) is named as Hydra and the locks resolve it
-    (``runs/y``), so that Hydra does not create ``runs/x`` on the way there."""
-    if ".." in Path(str(OmegaConf.select(config, f"hydra.{kind}.dir"))).parts:
+def named_resolved(config: DictConfig, kind: str, folder: Path) -> None:
+    """A folder typed with ``..`` (``runs/x/../y``) or a leading ``~`` is named to Hydra as the
+    locks resolve it (``runs/y``; the home folder: ``runfiles.absolute``), so that Hydra does
+    not create ``runs/x`` on the way there, nor a folder named ``~`` in the working
+    directory (which lmlab's own advice to quote ``~/runs/a`` for Hydra led to)."""
+    typed = str(OmegaConf.select(config, f"hydra.{kind}.dir"))
+    if ".." in Path(typed).parts or typed.startswith("~"):
         name_dir(config, kind, folder)

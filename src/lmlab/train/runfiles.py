@@ -27,10 +27,12 @@ RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID
 
 
 def absolute(path: str | os.PathLike) -> Path:
-    """``path`` as Hydra names a run's or sweep's folder (``os.path.abspath``): ``..`` taken
-    by name, so ``runs/x/../y`` is ``runs/y`` whether or not ``runs/x`` exists. Every lock and
-    check keys folders so, as the process's own lock is found again under any spelling."""
-    return Path(os.path.abspath(path))
+    """``path`` as lmlab names a run's or sweep's folder to Hydra (``os.path.abspath``): ``..``
+    taken by name, so ``runs/x/../y`` is ``runs/y`` whether or not ``runs/x`` exists, and a
+    leading ``~`` the home folder, as a shell reads it (Hydra took ``'~/runs/a'`` as a folder
+    named ``~`` in the working directory). Every lock and check keys folders so, as the
+    process's own lock is found again under any spelling."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def launch_rank_is_zero() -> bool:
