@@ -166,8 +166,7 @@ def train(cfg: DictConfig) -> float | None:
             log.error("%s", err)  # train.log keeps it too
         raise
     finally:
-        early.release()
-        handlers.put_back()
+        handlers.put_back()  # StopBeforeFit's too, where fit was not reached
         finish_wandb(results)  # its status and error in the W&B summary, exit code non-zero
         scope.close()  # this job's rank processes have exited before the next job starts
         run.close()
