@@ -90,12 +90,15 @@ def test_one_source_for_every_spelling(tmp_path: Path, monkeypatch: pytest.Monke
     (ckpts / "last.ckpt").unlink()
     (ckpts / "last.ckpt").symlink_to("step000004.ckpt")  # the source run trained on
     monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("HOME", str(tmp_path))
     same = [
         str(ckpts / "last.ckpt"),
         "../runs/first/checkpoints/last.ckpt",
         str(tmp_path / "linked" / "first" / "checkpoints" / "last.ckpt"),
         "../linked/first/checkpoints/step000002.ckpt",
         "mine.ckpt",
+        "~/elsewhere/mine.ckpt",  # zsh, or quoted: the ~ reaches lmlab
+        "~/runs/first/checkpoints/last.ckpt",
         typed,  # the words typed then: a resume reads its own checkpoint, not this file
     ]
     for name in same:
@@ -113,6 +116,8 @@ def test_an_init_from_run_resumes_under_another_name_of_its_source(
 ) -> None:
     """A run started with a relative ``init_from``, resumed from another folder through a
     linked folder: the resume was refused as "another config" (init_from compared as typed).
+    So is one named from the home folder with a ``~`` (zsh, or quoted, passes it on), which
+    a new run (planned here) read as a folder named ``~``.
     Another step of the source is still another run, named with the file the run loaded."""
     smoke = [*SMOKE, "logger=none", "callbacks.sample=null", "trainer.max_steps=2"]
     smoke += ["checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=2"]
@@ -123,10 +128,17 @@ def test_an_init_from_run_resumes_under_another_name_of_its_source(
     init = [*smoke, "data.tokenizer=checkpoint", f"hydra.run.dir={run_dir}"]
     monkeypatch.chdir(tmp_path / "a")
     assert run_command("train", *init, "init_from=../first/checkpoints/last.ckpt") == 0
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = ["data.tokenizer=checkpoint", "init_from='~/first/checkpoints/last.ckpt'"]
+    planned = [*smoke, *home, "dry_run=true", f"hydra.run.dir={tmp_path / 'planned'}"]
+    assert run_command("train", *planned) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "planned" / "plan.json").read_text())["dry_run"]
     monkeypatch.chdir(tmp_path / "b")
     capsys.readouterr()
     longer = ["trainer.max_steps=4", "resume=true"]
     code = run_command("train", *init, *longer, "init_from=linked/checkpoints/last.ckpt")
+    assert code == 0, capsys.readouterr().err
+    code = run_command("train", *init, *longer, "init_from='~/first/checkpoints/last.ckpt'")
     assert code == 0, capsys.readouterr().err
     record = json.loads((run_dir / "results.json").read_text())
     assert record["status"] == "completed" and record["global_step"] == 4

@@ -397,12 +397,15 @@ MOE = [
 ]
 
 
-def test_moe_run_logs_router_signals_and_resumes_exactly(tmp_path: Path, cache_dir: Path) -> None:
+def test_moe_run_logs_router_signals_and_resumes_exactly(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """train/loss stays the LM loss, with train/aux_loss, train/z_loss and block 0's expert
     load (max, min, dropped) beside it at every logging step, and results.json keeps the last
     step's (``train_aux_loss``, ``train_z_loss``, as ``train_loss``); FLOPs and the budget use
     the active parameters; a run continued from the step-2 checkpoint ends where this one
-    does, and one from the last step's checkpoint (nothing to train) reports its losses."""
+    does, and one from the last step's checkpoint (nothing to train; named with a ``~``, as
+    zsh passes it on) reports its losses."""
     r = run(tmp_path / "a", cache_dir, *MOE)
     assert r["status"] == "completed" and r["active_params"] < r["params"]
     assert r["flops"] == 6 * r["active_params"] * r["tokens"]
@@ -427,8 +430,8 @@ def test_moe_run_logs_router_signals_and_resumes_exactly(tmp_path: Path, cache_d
     assert resumed["global_step"] == 4
     ended = [r[key] for key in (*losses, "val_loss")]
     assert [resumed[key] for key in (*losses, "val_loss")] == ended
-    step4 = tmp_path / "a" / "checkpoints" / "step000004.ckpt"
-    finished = run(tmp_path / "c", cache_dir, *MOE, f"ckpt_path={step4}")
+    monkeypatch.setenv("HOME", str(tmp_path))  # zsh, or quoted: the ~ reaches lmlab
+    finished = run(tmp_path / "c", cache_dir, *MOE, "ckpt_path='~/a/checkpoints/step000004.ckpt'")
     assert [finished[key] for key in losses] == ended[:3]
 
 

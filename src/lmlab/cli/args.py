@@ -5,7 +5,9 @@ the shell's), then typed and checked against a dataclass by OmegaConf: an unknow
 value of the wrong type is a ``ConfigError`` naming the key, the value and what is allowed.
 Hydra's override grammar would reject those prompts (brackets and parentheses are syntax), and
 OmegaConf's interpolation would read ``${...}`` in them (a shell script's or a JavaScript
-template's ``${name}``), so it is escaped.
+template's ``${name}``), so it is escaped. A file or folder (``PATH_KEYS``) starting with
+``~`` is in the home folder, as a shell reads it: zsh (macOS's shell) and a quoted value pass
+the ``~`` on.
 The commands with flags (compare, scaling) use ``ArgumentParser``, whose errors take the same
 one-line path. ``-h`` or ``--help`` prints the command's usage (its module's docstring) and
 every key with its default and the comment beside it in the schema."""
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import sys
 import typing
@@ -32,6 +35,8 @@ HELP = ("-h", "--help")
 FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$")
 # what a key of each type takes, for the error of a key that cannot be null
 KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+# the keys that name a file or folder, in every tool's schema (from_hf: a folder or a hub id)
+PATH_KEYS = frozenset({"ckpt", "out", "tokenizer", "from_hf", "to_hf"})
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -112,6 +117,8 @@ def parse(schema: type[T], argv: list[str]) -> T:
         if number is not None and value is not None and not _reads_as(number, value):
             nullable = " or null" if type(None) in typing.get_args(hints[key]) else ""
             raise ConfigError(f"{key}={value}: allowed: {KINDS[number]}{nullable}")
+    for key in PATH_KEYS.intersection(given):
+        given[key] = given[key] and os.path.expanduser(given[key])
     return to_schema(schema, {k: v if v is None else verbatim(v) for k, v in given.items()})
 
 

@@ -284,7 +284,7 @@ class RunConfig:
                 "one in a directory without checkpoints (with resume=auto, a requeued job then "
                 "continues its own); give one"
             )
-        if self.ckpt_path and not Path(self.ckpt_path).exists():
+        if self.ckpt_path and not Path(self.ckpt_path).expanduser().exists():
             raise ConfigError(
                 f"ckpt_path={self.ckpt_path}: no such file or sharded checkpoint folder"
             )

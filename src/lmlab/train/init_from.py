@@ -132,7 +132,7 @@ def same_source(typed: str, saved: str | None, record: dict[str, Any]) -> bool:
     return (
         typed == record.get("init_from")
         or source_name(typed) in names
-        or os.path.realpath(typed) == source.get("file")
+        or os.path.realpath(os.path.expanduser(typed)) == source.get("file")
     )
 
 
@@ -149,7 +149,7 @@ def resolve_init_from(
         return None
     # a resume takes them from the run's own checkpoint, whatever the file now holds
     resumed = resumed_from(cfg, str(path))
-    path = Path(path)
+    path = Path(path).expanduser()  # quoted for Hydra, a shell leaves the ~
     source = resumed[0] if resumed else path if path.is_file() or is_sharded(path) else None
     if source is None:
         raise no_checkpoint("init_from", path)

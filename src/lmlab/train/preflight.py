@@ -200,7 +200,7 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
             SpanCorruptionCollator.check_spans(seq_len, N_SENTINELS)  # lmlab's tokenizers' count
     check_trainer_choices(cfg.trainer)
     if cfg.get("ckpt_path"):  # resume=true's checkpoint: checked once chosen (resume_checkpoint)
-        check_strategy_loads(cfg.trainer, Path(cfg.ckpt_path))
+        check_strategy_loads(cfg.trainer, Path(cfg.ckpt_path).expanduser())
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_cuda_graphs(cfg, batch, machine=here)  # a dry run may plan for a GPU elsewhere
     check_evals(cfg, model_cfg, data_cfg if task_cfg.kind == TaskKind.lm else None)

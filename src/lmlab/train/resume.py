@@ -167,7 +167,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             f"hydra.run.dir={out_dir} already holds an earlier run ({written}; no checkpoint "
             f"to resume){restart}: choose another directory, or move that run away first"
         )
-    return Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    return Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
 
 
 def resumed_from(ckpt_path: Path) -> Path:
