@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from config_files import read_once
 from cores import usable_cores
 from in_process import without_heap_work
 from lmlab.cli.main import command
 from lmlab.config import CONF_DIR
 
+read_once()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: a worker per usable core
