@@ -1142,9 +1142,11 @@ def test_compare_json_written_elsewhere_leads_to_the_runs(
     multirun: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A compare.json written with --out names the compared folder by its whole path, which
-    its rows' runs are named relative to: typed relative, it led nowhere from its folder."""
+    its rows' runs are named relative to: typed relative, it led nowhere from its folder.
+    ``--out=~/o`` is in the home folder (no shell reads a ``~`` after ``--out=``)."""
     monkeypatch.chdir(multirun.parent)
-    assert compare_main([multirun.name, "--out", str(tmp_path / "o")]) == 0
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert compare_main([multirun.name, "--out=~/o"]) == 0
     data = json.loads((tmp_path / "o" / "compare.json").read_text())
     runs = [Path(data["multirun_dir"]) / run for row in data["rows"] for run in row["runs"]]
     assert runs and all((run / "results.json").is_file() for run in runs)

@@ -311,7 +311,7 @@ DOCS = CONF_DIR.parent / "docs"
 
 
 def test_shipped_sweep_fits_are_flagged_and_the_figure_is_reproduced(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/isoflop, with the README's redraw command (--target-flops 1e15): at 2e12 and 2e13
     the parabola's curvature lies within Student's t quantile of its scatter (2.4 standard
@@ -319,10 +319,10 @@ def test_shipped_sweep_fits_are_flagged_and_the_figure_is_reproduced(
     fitted N_opt ~ C^1.43), so approach 2 has one budget with a minimum and is skipped, which
     the notes and the table say; approach 3's E at its bound 0 is a note, as is that its 20
     runs have no config to check their loss by; docs/scaling.json is what the command writes
-    now. Small D/N print to significant figures (0.0564, not 0.1)."""
-    assert (
-        scaling_main([str(DOCS / "isoflop"), "--out", str(tmp_path), "--target-flops", "1e15"]) == 0
-    )
+    now. Small D/N print to significant figures (0.0564, not 0.1). ``--out=~`` is the home
+    folder (no shell reads a ``~`` after ``--out=``)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert scaling_main([str(DOCS / "isoflop"), "--out=~", "--target-flops", "1e15"]) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "scaling.json").read_text())
     notes = saved["notes"]

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import typing
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from omegaconf import MISSING
@@ -45,6 +46,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message} (--help lists the arguments)")
+
+
+def user_path(value: str) -> Path:
+    """argparse's ``type`` for a file or folder flag (compare, scaling): a leading ``~`` is the
+    home folder, which no shell reads in ``--out=~/x`` (not an assignment), nor zsh in an
+    argument's ``key=~/x``."""
+    return Path(os.path.expanduser(value))
 
 
 def usage(schema: type) -> str:

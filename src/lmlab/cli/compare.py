@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lmlab.analysis.compare import compare, none_completed
-from lmlab.cli.args import ArgumentParser
+from lmlab.cli.args import ArgumentParser, user_path
 
 
 def build_parser() -> ArgumentParser:
@@ -22,14 +22,19 @@ def build_parser() -> ArgumentParser:
         description="Rank the jobs of a Hydra multirun; write compare.png and compare.json.",
     )
     parser.add_argument(
-        "multirun_dir", metavar="MULTIRUN_DIR", help="e.g. multirun/2024-06-01/12-00-00"
+        "multirun_dir",
+        metavar="MULTIRUN_DIR",
+        type=user_path,
+        help="e.g. multirun/2024-06-01/12-00-00",
     )
     parser.add_argument(
         "--metric",
         default="val_loss",
         help="results.json key or metrics.csv column to rank by (default: val_loss)",
     )
-    parser.add_argument("--out", default=None, help="output dir (default: MULTIRUN_DIR)")
+    parser.add_argument(
+        "--out", type=user_path, default=None, help="output dir (default: MULTIRUN_DIR)"
+    )
     parser.add_argument(
         "--higher-is-better",
         action=argparse.BooleanOptionalAction,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -18,7 +17,7 @@ from rich.table import Table
 
 from lmlab.analysis.scaling import N_KEYS, analyze
 from lmlab.analysis.scaling_fit import budget_summary
-from lmlab.cli.args import ArgumentParser
+from lmlab.cli.args import ArgumentParser, user_path
 from lmlab.config.outpath import check_folder_out
 
 
@@ -39,7 +38,7 @@ def build_parser() -> ArgumentParser:
         description="Fit Chinchilla scaling laws (isoFLOP profiles and the parametric loss "
         "L = E + A/N^alpha + B/D^beta) to the results.json files of a multirun directory.",
     )
-    parser.add_argument("multirun_dir", type=Path, help="directory searched for results.json")
+    parser.add_argument("multirun_dir", type=user_path, help="directory searched for results.json")
     parser.add_argument(
         "--target-flops",
         type=_positive_float,
@@ -47,7 +46,7 @@ def build_parser() -> ArgumentParser:
         help="compute budget to allocate (default: 10x the largest budget in the data)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output directory (default: MULTIRUN_DIR)"
+        "--out", type=user_path, default=None, help="output directory (default: MULTIRUN_DIR)"
     )
     parser.add_argument(
         "--n-key",
