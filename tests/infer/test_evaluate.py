@@ -787,6 +787,29 @@ def test_eval_record_is_written_beside_the_run_and_merged(tmp_path: Path) -> Non
     assert path.read_bytes() == before  # never two checkpoints' metrics in one record
 
 
+def test_record_paths_name_the_run_for_every_spelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: ``ckpt=../a/checkpoints/last.ckpt`` typed in ``runs/b`` printed ``results:
+    <...>/runs/b/../a/eval/step000004.json`` (and probe's ``<...>/b/../a/attention.png``),
+    and gave that record another lock than its absolute path: two evaluations of one record
+    did not take turns. The run's folder and the record's lock follow ``source_name``."""
+    from lmlab.infer.checkpoint import run_dir_of
+
+    run = tmp_path / "runs" / "a"
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "runs" / "b")
+    typed = "../a/checkpoints/last.ckpt"
+    assert run_dir_of(Path(typed)) == run
+    assert run_dir_of(typed) == run  # a str, as the Python API takes paths
+    assert eval_records.eval_path(Path(typed), 4) == run / "eval" / "step000004.json"
+    assert eval_records.eval_path("../a/v1.ckpt", 4) == run / "eval" / "v1.json"
+    record = run / "eval" / "step000004.json"
+    lock = eval_records.record_lock(record)
+    assert eval_records.record_lock(Path("../a/eval/step000004.json")) == lock
+    assert eval_records.record_lock(Path("../b/../a/eval/./step000004.json")) == lock
+
+
 def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
     tok, tmp_path: Path, run_command, capsys
 ) -> None:

@@ -8,6 +8,7 @@ Kept apart from ``lmlab.train.checkpointing`` (the Lightning callbacks): ``lmlab
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lmlab.config.local_paths import source_name
 from lmlab.config.outpath import beside, publish
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import CHECKPOINTS, HF_CONFIG, RUN_CONFIG, SHARDED_META, SWEEP_RECORD
@@ -24,10 +26,12 @@ from lmlab.files import CHECKPOINTS, HF_CONFIG, RUN_CONFIG, SHARDED_META, SWEEP_
 log = logging.getLogger(__name__)
 
 
-def run_dir_of(ckpt: Path) -> Path:
+def run_dir_of(ckpt: str | os.PathLike) -> Path:
     """The run directory of a checkpoint in ``<run dir>/checkpoints/``; for a checkpoint
-    elsewhere, the folder that holds it. (``lmlab evaluate`` and ``probe`` write there.)"""
-    folder = ckpt.absolute().parent
+    elsewhere, the folder that holds it. (``lmlab evaluate`` and ``probe`` write there, and
+    print it.) Named as ``source_name`` names the checkpoint, one name for every spelling:
+    ``../a/checkpoints/last.ckpt`` typed in ``runs/b`` is ``runs/a``, never ``runs/b/../a``."""
+    folder = Path(source_name(ckpt)).parent
     return folder.parent if folder.name == CHECKPOINTS else folder
 
 

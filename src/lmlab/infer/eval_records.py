@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lmlab.config.local_paths import source_name
 from lmlab.config.locks import lock_current
 from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
@@ -64,15 +65,17 @@ def eval_record(
     }
 
 
-def eval_path(ckpt: Path, step: int | None) -> Path:
+def eval_path(ckpt: str | os.PathLike, step: int | None) -> Path:
     """``<run dir>/eval/step<N>.json`` (N: the checkpoint's training step) for a checkpoint in
     ``<run dir>/checkpoints/``, whose checkpoints of one step hold the same weights
     (``last.ckpt`` and ``step-<N>.ckpt``). For a checkpoint elsewhere, ``eval/<name>.json``
-    beside it, named by its file: a folder of loose checkpoints may hold several of one step."""
+    beside it, named by its file: a folder of loose checkpoints may hold several of one step.
+    The run's folder as ``run_dir_of`` names it (no ``..``: the path is printed)."""
     from lmlab.infer.checkpoint import run_dir_of
 
-    in_run = ckpt.absolute().parent.name == CHECKPOINTS
-    name = f"step{step:06d}" if in_run and step is not None else ckpt.absolute().stem
+    named = Path(source_name(ckpt))
+    in_run = named.parent.name == CHECKPOINTS
+    name = f"step{step:06d}" if in_run and step is not None else named.stem
     return run_dir_of(ckpt) / EVAL_RECORDS / f"{name}.json"
 
 
@@ -239,8 +242,10 @@ def record_lock(path: Path) -> Path:
     """The lock file of eval record ``path``: in this user's folder of the machine's
     temporary one, named for the record's path, so that nothing is written beside the
     record. (A lock of the record's folder waited, after every task had run, for the live
-    run whose folder it was: a run holds a ``flock`` on its folder.)"""
-    key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+    run whose folder it was: a run holds a ``flock`` on its folder.) One lock for every
+    spelling of the record's path (``source_name``: ``../a/eval/x.json``, its absolute path,
+    a linked folder's path to it), so that two evaluations naming it so take turns."""
+    key = hashlib.sha256(source_name(path).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"lmlab-{os.getuid()}-eval-locks"
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder / f"{key}.lock"
