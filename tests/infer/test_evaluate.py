@@ -810,6 +810,19 @@ def test_record_paths_name_the_run_for_every_spelling(
     assert eval_records.record_lock(Path("../b/../a/eval/./step000004.json")) == lock
 
 
+def test_same_weights_reads_each_spelling_of_a_runs_checkpoints(tmp_path: Path) -> None:
+    """QA: a record without ``model_digest`` of ``<run>/x/../checkpoints/last.ckpt`` was taken
+    for other weights than ``<run>/checkpoints/step-4.ckpt`` of the same step: the two
+    ``checkpoints/`` folders were compared as spelt."""
+    folder = tmp_path / "run" / "checkpoints"
+    step_file = str(folder / "step-4.ckpt")
+    for spelt in (f"{tmp_path}/run/x/../checkpoints/last.ckpt", f"{folder}/./last.ckpt"):
+        assert eval_records.same_weights(spelt, step_file, 4, 4)
+        assert not eval_records.same_weights(spelt, step_file, 4, 3)
+    other = f"{tmp_path}/other/../other/checkpoints/last.ckpt"
+    assert not eval_records.same_weights(other, step_file, 4, 4)
+
+
 def test_evaluate_refuses_an_out_it_would_damage_before_any_task(
     tok, tmp_path: Path, run_command, capsys
 ) -> None:

@@ -135,10 +135,11 @@ def same_weights(a: str, b: str, step_a: int | None, step_b: int | None) -> bool
     """Whether checkpoints ``a`` and ``b`` are taken to hold the same weights by their paths
     (a record without ``model_digest``): one step, and one file (``last.ckpt`` is a link) or
     one run's ``checkpoints/`` folder. (``last.ckpt`` moves on as its run trains: the same
-    file at another step holds other weights.)"""
+    file at another step holds other weights.) Each path is the file it names
+    (``source_name``): ``<run>/x/../checkpoints`` is that run's folder."""
     if step_a != step_b:
         return False
-    pa, pb = Path(a).absolute(), Path(b).absolute()
+    pa, pb = Path(source_name(a)), Path(source_name(b))
     one_run = pa.parent == pb.parent and pa.parent.name == CHECKPOINTS and step_a is not None
     return one_run or pa.resolve() == pb.resolve()
 
