@@ -259,20 +259,28 @@ PROMPT = torch.tensor([[1, 2, 3]])
         ({"top_k": -1}, r"^top_k=-1 must be an int >= 0"),
         ({"top_p": 1.5}, r"^top_p=1.5 must be in \[0, 1\]"),
         ({"top_p": -0.1}, r"^top_p=-0.1 must be in \[0, 1\]"),
-        ({"max_new_tokens": -1}, r"^max_new_tokens=-1 must be >= 0$"),
+        ({"max_new_tokens": -1}, r"^max_new_tokens=-1 must be an int >= 0$"),
+        ({"max_new_tokens": 10.0}, r"^max_new_tokens=10.0 must be an int >= 0$"),
+        ({"max_new_tokens": True}, r"^max_new_tokens=True must be an int >= 0$"),
+        ({"top_k": True}, r"^top_k=True must be an int >= 0"),
+        ({"temperature": "0.8"}, r"^temperature='0.8' must be a number >= 0"),
+        ({"top_p": "0.9"}, r"^top_p='0.9' must be a number in \[0, 1\]"),
         ({"ids_BT": torch.zeros(1, 0, dtype=torch.long)}, r"^ids_BT: .* shape \(1, 0\); allowed"),
         ({"ids_BT": PROMPT[0]}, r"^ids_BT: .* shape \(3,\); allowed: integer token ids"),
         ({"ids_BT": PROMPT.float()}, r"^ids_BT: a torch.float32 tensor"),
         ({"ids_BT": PROMPT + VOCAB}, rf"^ids_BT: ids from {VOCAB + 1} to {VOCAB + 3}, outside"),
     ],
     ids=["temperature<0", "temperature-nan", "top_k<0", "top_p>1", "top_p<0", "max_new<0",
+         "max_new-float", "max_new-bool", "top_k-bool", "temperature-str", "top_p-str",
          "empty-prompt", "1-D", "float-ids", "ids-past-vocab"],
 )  # fmt: skip
 def test_generate_refuses_a_bad_argument_in_one_line_naming_it(bad: dict, named: str) -> None:
     """From Python as from the command line: a negative temperature sampled the least likely
     tokens and a top_p outside [0, 1] kept one token or all, in silence; a negative top_k, a
     prompt of no tokens or of the wrong shape or type, and ids past the model's vocabulary
-    failed deep inside torch."""
+    failed deep inside torch; a float max_new_tokens (``10.0`` too, as ``range`` refuses it)
+    failed there with a TypeError, a bool one was taken for 0 or 1 token, and a string
+    temperature or top_p failed in a comparison."""
     model = tiny()
     args = {"ids_BT": PROMPT, "max_new_tokens": 2, "temperature": 1.0, **bad}
     with pytest.raises(ConfigError, match=named):
@@ -301,7 +309,41 @@ def test_each_python_call_refuses_a_model_of_another_family(family: Family, task
         CALLS[task](pre)
 
 
-@pytest.mark.parametrize("top_k", [0, -1, 2.5])
+def test_python_calls_take_numpy_and_torch_integers() -> None:
+    """QA: ``generate(..., top_k=numpy.int64(50))`` and ``fill_mask``'s were refused (the
+    checks asked for a Python int): an integer of any kind (``operator.index``) is one, and
+    samples as the int does. ``infill`` refuses a float length before its encoder runs."""
+    import numpy as np
+
+    model = tiny()
+
+    def sample(**kw: object) -> torch.Tensor:
+        return generate(model, PROMPT, generator=torch.Generator().manual_seed(0), **kw)
+
+    want = sample(max_new_tokens=4, top_k=3, top_p=0.9, temperature=0.8)
+    for top_k, new in ((np.int64(3), np.int32(4)), (torch.tensor(3), torch.tensor(4))):
+        got = sample(max_new_tokens=new, top_k=top_k, top_p=np.float64(0.9), temperature=0.8)
+        assert torch.equal(got, want)
+    tok = char_tokenizer(bos=False)
+    bert = tiny("bert", vocab_size=max(VOCAB, tok.get_vocab_size()))
+    pre = Pretrained(bert, tok, bert.cfg, Path("m.ckpt"))
+    assert [len(c) for c in fill_mask(pre, "a <mask>", top_k=np.int64(2))[0]] == [2]
+    t5 = tiny("t5")
+    pre = Pretrained(t5, char_tokenizer(bos=False), t5.cfg, Path("m.ckpt"))
+    t5.encode = None  # called, it fails: the refusal comes first
+    with pytest.raises(ConfigError, match=r"^max_new_tokens=2.0 must be an int >= 0$"):
+        infill(pre, "a <extra_id_0>", max_new_tokens=2.0)
+
+
+def test_python_api_takes_a_path_as_str_or_pathlike(smoke_ckpts: dict[str, Path]) -> None:
+    """QA: ``checkpoint_digest`` took a ``Path`` only (a ``str`` failed on ``.is_file``)."""
+    from lmlab.infer.pretrained import checkpoint_digest
+
+    ckpt = smoke_ckpts["gpt"]
+    assert checkpoint_digest(str(ckpt)) == checkpoint_digest(ckpt) is not None
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 2.5, True])
 def test_fill_mask_refuses_a_top_k_below_one_in_one_line(top_k: object) -> None:
     """``top_k=0`` failed on an empty candidate list (IndexError), a negative one inside
     ``torch.topk``."""

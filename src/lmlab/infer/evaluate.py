@@ -31,8 +31,8 @@ generation arguments are the harness's own (``TemplateLM``, ``Collator``,
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,11 +78,12 @@ def check_model_args(extra: dict[str, Any]) -> None:
 
 @register_model("lmlab")
 class LmlabLM(TokenizedLM):
-    """An lmlab GPT or T5 model (a checkpoint path or a loaded ``Pretrained``) for lm-eval."""
+    """An lmlab GPT or T5 model (a checkpoint path, a ``str`` or any ``os.PathLike``, or a
+    loaded ``Pretrained``) for lm-eval."""
 
     def __init__(
         self,
-        pretrained: Pretrained | str | Path,
+        pretrained: Pretrained | str | os.PathLike,
         batch_size: int | str | None = 16,
         device: str | None = None,
         dtype: str = "fp32",

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from lmlab.config import Family, check_infer_task
 from lmlab.data.tokenizer import SENTINEL_RE, encode, spaces_are_tokens, warn_unknown_text
 from lmlab.errors import ConfigError
-from lmlab.infer.generation import NonFiniteLogits, decode_loop
+from lmlab.infer.generation import NonFiniteLogits, check_decoding, decode_loop, integral
 from lmlab.infer.pretrained import Pretrained
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ def fill_mask(pre: Pretrained, text: str, top_k: int = 5) -> tuple[list[list[Can
     every mask replaced by its most likely token (at most every token of the vocabulary). A
     checkpoint of another family than BERT, and a ``top_k`` below 1, are refused in one line."""
     check_infer_task(pre.family, "fill_mask", "fill_mask", str(pre.path))
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"top_k={top_k!r} must be an int >= 1 (the candidates per mask)")
+    top_k = integral(top_k, "top_k", 1, " (the candidates per mask)")  # numpy's int too
     tok, specials = pre.tokenizer, pre.specials
     mask = specials.mask or "<mask>"
     for marker in MASK_MARKERS:
@@ -132,8 +131,12 @@ def infill(
     """Generate the span of every sentinel in ``text`` (T5's target: ``<extra_id_0> span0
     <extra_id_1> span1 ... </s>``); returns {sentinel: span} for the text's sentinels the
     model wrote a span for, in the text's order (spans for other sentinels are ignored), and
-    the filled text. A checkpoint of another family than T5 is refused in one line."""
+    the filled text. A checkpoint of another family than T5, and an argument outside what
+    ``check_decoding`` allows, are refused in one line before the encoder runs."""
     check_infer_task(pre.family, "infill", "infill", str(pre.path))
+    temperature, top_k, top_p, max_new_tokens = check_decoding(
+        temperature, top_k, top_p, max_new_tokens=max_new_tokens
+    )
     tok, model, specials = pre.tokenizer, pre.model, pre.specials
     text = _sentinels(text, specials.sentinels)
     if not SENTINEL_RE.search(text):

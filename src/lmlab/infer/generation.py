@@ -12,7 +12,10 @@ with every target starting from it.
 from __future__ import annotations
 
 import logging
+import numbers
+import operator
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -37,6 +40,44 @@ class NonFiniteLogits(ConfigError):
         super().__init__(f"the model's logits are not finite at {where}")
 
 
+class Decoding(NamedTuple):
+    """The arguments ``decode_loop`` reads, as ``check_decoding`` passed them: Python numbers."""
+
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    max_new_tokens: int
+
+
+def integral(value: object, name: str, least: int, note: str = "") -> int:
+    """``value`` as an int >= ``least`` where it is an integer of any kind a user computes
+    (Python's, numpy's, a one-element integer tensor: what ``operator.index`` takes, as
+    ``range`` and torch's sizes take it); else one line naming ``name``, the value and what
+    is allowed (``note`` after it). A bool is refused (``True`` is no count), and so is a
+    float, ``10.0`` too, as ``range`` refuses it."""
+    is_bool = isinstance(value, bool) or (
+        isinstance(value, torch.Tensor) and value.dtype == torch.bool
+    )
+    try:
+        number = None if is_bool else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < least:
+        raise ConfigError(f"{name}={value!r} must be an int >= {least}{note}")
+    return number
+
+
+def real(value: object, name: str, allowed: str) -> float:
+    """``value`` as a float where it is a real number of any kind (Python's, numpy's, a
+    one-element tensor); else one line naming ``name`` and ``allowed`` (a string failed inside
+    a comparison with a TypeError)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}={value!r} must be a number {allowed}")
+    return float(value)
+
+
 def check_decoding(
     temperature: float,
     top_k: int | None,
@@ -44,19 +85,24 @@ def check_decoding(
     key: str = "",
     ids_BT: torch.Tensor | None = None,
     max_new_tokens: int = 0,
-) -> None:
+) -> Decoding:
     """What ``decode_loop`` reads, each refused in one line naming it (after ``key``), its value
     and what is allowed, before any forward pass: a negative temperature would sample the
     least likely tokens, a top_p past [0, 1] would keep one token or all, silently; a bad
-    top_k, prompt or length fails deep inside torch. ``top_k`` and ``top_p`` read as
-    transformers reads them (``filter_logits``: 0 filters nothing, or keeps the top token)."""
+    top_k, prompt or length fails deep inside torch. ``top_k`` and ``max_new_tokens`` are
+    integers of any kind (``integral``: numpy's, a one-element tensor; no bool, no float),
+    ``temperature`` and ``top_p`` numbers of any kind (``real``); returned as Python numbers.
+    ``top_k`` and ``top_p`` read as transformers reads them (``filter_logits``: 0 filters
+    nothing, or keeps the top token)."""
+    temperature = real(temperature, f"{key}temperature", ">= 0 (0: greedy)")
     check_sampling(key, temperature, None)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ConfigError(f"{key}top_k={top_k!r} must be an int >= 0 (0 or null: no top-k)")
-    if top_p is not None and not 0 <= float(top_p) <= 1:
-        raise ConfigError(f"{key}top_p={top_p} must be in [0, 1] (null: no nucleus)")
-    if max_new_tokens < 0:
-        raise ConfigError(f"{key}max_new_tokens={max_new_tokens} must be >= 0")
+    if top_k is not None:
+        top_k = integral(top_k, f"{key}top_k", 0, " (0 or null: no top-k)")
+    if top_p is not None:
+        top_p = real(top_p, f"{key}top_p", "in [0, 1] (null: no nucleus)")
+        if not 0 <= top_p <= 1:
+            raise ConfigError(f"{key}top_p={top_p} must be in [0, 1] (null: no nucleus)")
+    max_new_tokens = integral(max_new_tokens, f"{key}max_new_tokens", 0)
     if ids_BT is not None and (
         ids_BT.dim() != 2 or ids_BT.shape[1] == 0 or ids_BT.is_floating_point()
     ):
@@ -65,6 +111,7 @@ def check_decoding(
             "integer token ids of shape (batch, tokens), at least one token (an empty prompt "
             "is Pretrained.prompt_ids(''): the BOS or EOS a document follows)"
         )
+    return Decoding(temperature, top_k, top_p, max_new_tokens)
 
 
 def filter_logits(
@@ -140,7 +187,9 @@ def decode_loop(
     dtype), greedy or sampled, unless ``check_finite=False``. Past ``max_len`` the context is
     cropped to its last tokens behind its first ``keep_start`` (``cropped``). Arguments outside
     what ``check_decoding`` allows are refused before any forward pass."""
-    check_decoding(temperature, top_k, top_p, ids_BT=ids_BT, max_new_tokens=max_new_tokens)
+    temperature, top_k, top_p, max_new_tokens = check_decoding(
+        temperature, top_k, top_p, ids_BT=ids_BT, max_new_tokens=max_new_tokens
+    )
     context_BT = cropped(ids_BT, max_len, keep_start)
     # the cache holds what this decode reads (the context and the new tokens), not every
     # position the model has: a converted Llama 3.1's 131072 would be gigabytes

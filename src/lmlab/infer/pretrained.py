@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,14 +176,15 @@ def saved_config(ckpt: dict, where: str) -> ModelConfig:
         ) from None
 
 
-def checkpoint_digest(path: Path, step: int | None = None) -> str | None:
+def checkpoint_digest(path: str | os.PathLike, step: int | None = None) -> str | None:
     """``model_digest`` of the checkpoint file ``path`` as ``load`` computes it with the
     tokenizer it carries (what ``lmlab evaluate`` records), without building the model: the
     file is memory-mapped and a few pages of each tensor read. None for a sharded folder
     (consolidating it reads every shard), a checkpoint that carries no model config or
     tokenizer, or one not saved at ``step`` (where given). Training records it in
     results.json, so that ``compare`` can tell this run's ``eval/step<N>.json`` from another
-    model's."""
+    model's. ``path``: a ``str`` or any ``os.PathLike``."""
+    path = Path(path)
     if is_sharded(path) or not path.is_file():
         return None
     ckpt = read_checkpoint(path)
@@ -312,7 +314,9 @@ def language_model_config(ckpt: dict, path: Path, key: str = "ckpt") -> ModelCon
     return saved_config(ckpt, f"{key}={path}")
 
 
-def checkpoint_config(path: str | Path, dtype: str = "auto", key: str = "ckpt") -> ModelConfig:
+def checkpoint_config(
+    path: str | os.PathLike, dtype: str = "auto", key: str = "ckpt"
+) -> ModelConfig:
     """The model config of checkpoint ``path`` from its metadata alone, no weight read: what a
     command checks before ``load`` builds the model and reads every weight (minutes and the
     model's size in memory for a 7B checkpoint)."""
@@ -322,15 +326,16 @@ def checkpoint_config(path: str | Path, dtype: str = "auto", key: str = "ckpt") 
 
 
 def load(
-    path: str | Path,
+    path: str | os.PathLike,
     device: str = "cpu",
     dtype: str = "fp32",
-    tokenizer: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
     key: str = "ckpt",
 ) -> Pretrained:
     """The model of checkpoint ``path`` in eval mode on ``device`` in ``dtype`` (fp32, bf16,
     fp16, or auto: as stored), with its tokenizer (or the ``tokenizer.json`` at ``tokenizer``).
-    ``key``: the argument that named ``path``, for the messages."""
+    ``path`` and ``tokenizer``: a ``str`` or any ``os.PathLike``. ``key``: the argument that
+    named ``path``, for the messages."""
     path = Path(path)
     check_source(path, device, dtype, key)
     ckpt = consolidate(path) if is_sharded(path) else read_checkpoint(path)
