@@ -277,6 +277,7 @@ BAD_VALUES = [
     ("trainer.val_check_interval=0.5", "trainer.val_check_interval=0.5 must be an int >= 1"),
     ("trainer.log_every_n_steps=0", "log_every_n_steps=0 must be an int >= 1 (optimizer steps)"),
     ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 must be >= 0"),
+    ("+trainer.gradient_clip_algorithm=vaue", "trainer.gradient_clip_algorithm=vaue: allowed "),
     ("trainer.limit_val_batches=-1", "trainer.limit_val_batches=-1: allowed an int >= 0"),
     ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches=1.5: allowed an int >= 0"),
     ("model.moe.num_experts=-1", "model.moe.num_experts=-1 must be >= 0 (0: dense"),
@@ -474,6 +475,8 @@ def test_the_trainer_and_optimizer_values_that_are_allowed_pass() -> None:
         ["trainer.gradient_clip_val=null", "trainer.limit_val_batches=0"],
         ["trainer.gradient_clip_val=0", "trainer.limit_val_batches=0.25", "optim.betas=[0, 0.5]"],
         ["trainer.val_check_interval=null", "optim.weight_decay=0"],
+        ["+trainer.gradient_clip_algorithm=value", "trainer.gradient_clip_val=0.5"],
+        ["+trainer.gradient_clip_algorithm=Norm"],  # Lightning reads it in any case
     ):
         resolve_configs(compose_train(ok))
 

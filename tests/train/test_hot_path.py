@@ -446,6 +446,64 @@ def test_fused_adamw_under_a_grad_scaler_clips_the_true_gradients(
     assert scaler.get_scale() == 65536.0
 
 
+class GradientsAround(L.Callback):
+    """Each step's gradients before clipping (``on_before_optimizer_step``, which Lightning
+    calls before it clips) and after the step (the clipped ones the update used)."""
+
+    def __init__(self) -> None:
+        self.before: list[list[torch.Tensor]] = []
+        self.after: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        self.before.append([p.grad.clone() for p in pl_module.parameters()])
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, idx) -> None:
+        self.after.append([p.grad.clone() for p in pl_module.parameters()])
+
+
+@pytest.mark.parametrize("algorithm", ["value", "norm"])
+def test_gradients_are_clipped_as_gradient_clip_algorithm_says(
+    tmp_path: Path, algorithm: str
+) -> None:
+    """``trainer.gradient_clip_algorithm=value`` clamps each gradient element to
+    [-gradient_clip_val, gradient_clip_val] (it was clipped by global norm, the same update as
+    ``norm``); ``norm`` scales them to that global norm. ``train/grad_norm`` is the pre-clip
+    norm either way. Clamping is exact; the norm and its scale differ from these only in
+    float32 summation order and rounding, a few ulps (relative 1e-6)."""
+    cfg = compose_train([], tmp_path)
+    task = LMTask(
+        ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=64),
+        instantiate(cfg.optim),
+        instantiate(cfg.scheduler),
+    )
+    seen, clip = GradientsAround(), 1e-3
+    trainer = L.Trainer(
+        accelerator="cpu",
+        callbacks=[seen],
+        max_steps=2,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+        log_every_n_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    ids = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
+    rows = [{"input_ids": r[:-1], "labels": r[1:]} for r in ids]
+    trainer.fit(task, torch.utils.data.DataLoader(rows, batch_size=4))
+    before, after = seen.before[-1], seen.after[-1]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in before]))
+    assert float(trainer.logged_metrics["train/grad_norm"]) == pytest.approx(float(norm), rel=1e-6)
+    assert norm > 10 * clip  # so that either clip changes the gradients
+    if algorithm == "value":
+        for g, clipped in zip(before, after, strict=True):
+            assert torch.equal(clipped, g.clamp(-clip, clip))
+    else:
+        for g, clipped in zip(before, after, strict=True):
+            torch.testing.assert_close(clipped, g * (clip / (norm + 1e-6)), rtol=1e-6, atol=0)
+
+
 def test_fp16_stops_once_the_loss_scale_collapses(tmp_path: Path) -> None:
     """Every step's loss is inf, so every step's gradients overflow: the GradScaler skips each
     update and halves its scale, 65536 -> 32768 -> 16384 -> 8192. With

@@ -148,6 +148,11 @@ def check_step_plan(trainer: Mapping[str, Any]) -> None:
             raise ConfigError(f"trainer.{name}={spelled(value)}: {why}")
 
 
+# Lightning's ``gradient_clip_algorithm`` values (``GradClipAlgorithmType``, read in any case),
+# which ``LMTask.configure_gradient_clipping`` applies.
+CLIP_ALGORITHMS = ("norm", "value")
+
+
 def check_trainer(trainer: Mapping[str, Any]) -> None:
     """The Trainer's values that Lightning would divide by, or take without complaint and
     train wrongly with (a negative clipping threshold flips every gradient's sign; an option
@@ -173,6 +178,13 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     clip = trainer.get("gradient_clip_val")
     if clip is not None and (not is_number(clip) or not 0 <= clip < math.inf):
         raise ConfigError(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")
+    algorithm = trainer.get("gradient_clip_algorithm")
+    if algorithm is not None and str(algorithm).lower() not in CLIP_ALGORITHMS:
+        raise ConfigError(
+            f"trainer.gradient_clip_algorithm={algorithm}: allowed norm (the default: the "
+            "global norm of all gradients at most gradient_clip_val) or value (each gradient "
+            "element clamped to [-gradient_clip_val, gradient_clip_val])"
+        )
     limit = trainer.get("limit_val_batches", 1.0)
     if limit is not None and (
         not is_number(limit) or limit < 0 or (isinstance(limit, float) and limit > 1)
