@@ -1901,6 +1901,20 @@ def test_a_run_without_validation_says_so(
     assert not any("validation is off" in m for m in caplog.messages), caplog.messages
 
 
+@pytest.mark.parametrize("limit", ["trainer.limit_val_batches", "final_val_batches"])
+def test_a_validation_fraction_under_one_batch_is_refused_before_training(
+    tmp_path: Path, cache_dir: Path, limit: str
+) -> None:
+    """A fraction of the validation split under one of its batches (the smoke slice's 54 at
+    4 rows: 0.01 x 54 < 1) was Lightning's traceback at the first validation, and under
+    ``final_val_batches`` after the last step, the run trained and marked failed. It is refused
+    once the data is prepared, naming the field, the batches and the least fraction."""
+    message = f"{limit}=0.01: 0.01 of the validation split's 54 batches is less than one batch"
+    with pytest.raises(ConfigError, match=re.escape(message) + ".* at least 1/54"):
+        train(compose_train([*SMOKE, f"{limit}=0.01"], tmp_path, cache_dir))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
     tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, cache_dir: Path
 ) -> None:

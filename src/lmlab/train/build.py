@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmlab.config import PRETRAINING, Compile, ModelConfig, TaskSpec, compile_mode
+from lmlab.errors import ConfigError
 from lmlab.files import PLAN
 from lmlab.train.budget import overshoot
 from lmlab.train.estimate import check_model_vocab
@@ -52,6 +53,20 @@ def warn_repeated_rows(global_batch: int, train_rows: int) -> bool:
         train_rows,
     )
     return True
+
+
+def check_val_fractions(limits: dict[str, Any], batches: int) -> None:
+    """A fraction of the validation split (``trainer.limit_val_batches``, ``final_val_batches``;
+    ``limits`` by name) that comes to less than one of its ``batches`` batches is refused now,
+    with the data prepared and nothing built: Lightning refused it with a traceback once the
+    validation began (``final_val_batches``: after the last step, the run marked failed)."""
+    for name, limit in limits.items():
+        if isinstance(limit, float) and limit > 0 and int(batches * limit) == 0:
+            raise ConfigError(
+                f"{name}={limit}: {limit} of the validation split's {batches} batches is less "
+                f"than one batch; allowed: a fraction of at least 1/{batches}, or an int of "
+                "batches (data.val_batch_size sets their size)"
+            )
 
 
 def prepared_data(cfg: DictConfig, checked: CheckedRun) -> tuple[Any, ModelConfig, TaskSpec]:
@@ -92,6 +107,10 @@ def checked_plan(
             f"{plan.budget.tokens:,}",
             over,
         )
+    limits = {"trainer.limit_val_batches": cfg.trainer.get("limit_val_batches", 1.0)}
+    check_val_fractions(
+        limits | {"final_val_batches": cfg.get("final_val_batches")}, len(dm.val_dataloader())
+    )
     if cut := warmup_cut(cfg.scheduler, plan.steps):
         log.warning(cut)
     if cfg.trainer.get("limit_val_batches") == 0 and not cfg.get("final_val_batches"):
