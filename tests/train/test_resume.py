@@ -652,6 +652,28 @@ def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir:
         )
 
 
+def test_a_checkpoint_of_the_same_corpus_with_an_older_tokenizer_says_lmlab_changed() -> None:
+    """A checkpoint that records its corpus's text digest, resumed on that same text with
+    another tokenizer, was saved by an lmlab that trained the tokenizer otherwise (a run
+    started before BPE's trainer cut long words): the refusal says so, not that the user
+    changed the corpus; either refusal names the init_from= that starts a run from it."""
+    from lmlab.data.tokenizer import train_char
+    from lmlab.train.checkpoint_check import check_same_tokenizer
+
+    then, now = train_char(["abc"]), train_char(["abd"])
+    path = Path("run/checkpoints/last.ckpt")
+    ckpt = {"tokenizer": then.to_str(), "run_state": {"corpus": {"text_sha256": "0f1e"}}}
+    with pytest.raises(ConfigError, match=r"tokenizer training changed since") as same:
+        check_same_tokenizer(ckpt, path, now, {"text_sha256": "0f1e"})
+    with pytest.raises(ConfigError, match=r"changed since, or the lmlab that saved") as older:
+        check_same_tokenizer({"tokenizer": then.to_str()}, path, now, {"text_sha256": "0f1e"})
+    for refused in (same, older):
+        assert f"init_from={path} data.tokenizer=checkpoint" in str(refused.value)
+    with pytest.raises(ConfigError, match=r"another tokenizer than the one this run's data"):
+        check_same_tokenizer(ckpt, path, now, {"text_sha256": "9a8b"})  # another text
+    check_same_tokenizer(ckpt, path, train_char(["abc"]), {"text_sha256": "0f1e"})
+
+
 def test_a_resume_after_a_same_size_edit_of_the_corpus_is_refused(
     tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -17,12 +17,18 @@ from lmlab.config import PRETRAINING, ModelConfig, TaskKind, TaskSpec, model_con
 from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import holds_weights_only
+from lmlab.train.plan import TEXT_DIGEST
 from lmlab.train.resume import differences
 
 
-def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
+def check_same_tokenizer(
+    ckpt: dict, path: Path, tokenizer: Any, corpus: dict[str, Any] | None = None
+) -> None:
     """The data's tokenizer now is the checkpoint's: a changed corpus (or a fine-tuning run's
-    changed examples) trains another one, whose ids would not mean what the weights learnt."""
+    changed examples) trains another one, whose ids would not mean what the weights learnt.
+    ``corpus``: this run's corpus record (its text digest); where the checkpoint records the
+    same text, the corpus and settings are the run's, and the refusal says that lmlab trains
+    the tokenizer otherwise than the lmlab that saved it."""
     saved = ckpt.get("tokenizer")
     if saved is None or tokenizer is None or json.loads(saved) == json.loads(tokenizer.to_str()):
         return
@@ -34,10 +40,24 @@ def check_same_tokenizer(ckpt: dict, path: Path, tokenizer: Any) -> None:
         if fine_tuning
         else "the corpus"
     )
+    weights = (
+        f"start a new run in another directory from its weights: init_from={path} "
+        "data.tokenizer=checkpoint"
+    )
+    digest = ((ckpt.get("run_state") or {}).get("corpus") or {}).get(TEXT_DIGEST)
+    if digest is not None and digest == (corpus or {}).get(TEXT_DIGEST):
+        raise ConfigError(
+            f"checkpoint {path} was trained with another tokenizer than this lmlab trains on "
+            f"the same corpus (its text digest {digest}) and settings ({sizes}): lmlab's "
+            "tokenizer training changed since the lmlab that saved it (BPE counts pairs in "
+            "words cut to 256 bytes since 2026-12-05). Finish the run with the lmlab version "
+            f"that started it, or {weights}"
+        )
+    older = "" if digest is not None else ", or the lmlab that saved it prepared it otherwise"
     raise ConfigError(
         f"checkpoint {path} was trained with another tokenizer than the one this run's data "
-        f"gives now ({sizes}; {data}, data.tokenizer or data.vocab_size changed since): "
-        "resume with the data it was trained on, or start a new run in another directory"
+        f"gives now ({sizes}; {data}, data.tokenizer or data.vocab_size changed since{older}): "
+        f"resume with the data it was trained on, or {weights}"
     )
 
 

@@ -41,7 +41,8 @@ from lmlab.train.machine import resolve_precision
 # What a plan records of a prepared corpus (the rows entry's meta.json): rows, tokens and bytes
 # per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
 # before it have none, and are compared by their counts alone).
-CORPUS_RECORD = ("train", "val", "text_sha256", "names")
+TEXT_DIGEST = "text_sha256"  # the corpus record's digest of its text (tokenizer aside)
+CORPUS_RECORD = ("train", "val", TEXT_DIGEST, "names")
 # what of the plan a checkpoint keeps (``run_state``), for a resume whose plan.json was lost
 RESUME_RECORD = ("batch", "corpus", "task")
 # What a budget counts in tokens of packed rows: a fine-tuning run's batches are padded to

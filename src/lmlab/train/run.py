@@ -225,7 +225,9 @@ def _fit(
     if ckpt is not None:
         # the tokenizer first: a corpus that trains another one (a char vocabulary with a
         # character more) also changes the model's vocab_size, which is not what to fix
-        check_same_tokenizer(ckpt, ckpt_path, getattr(dm, "tokenizer", None))
+        check_same_tokenizer(
+            ckpt, ckpt_path, getattr(dm, "tokenizer", None), getattr(dm, "meta", None)
+        )
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
         check_checkpoint_optimizer(ckpt, ckpt_path, cfg.optim)
     plan = checked_plan(cfg, checked, model_cfg, dm, spec)
