@@ -977,6 +977,32 @@ def test_a_record_never_mixes_two_models_saved_at_one_path(
     assert record["model_digest"] == json.loads(first)["model_digest"]
 
 
+def test_a_checkpoint_saved_before_a_model_field_was_added_keeps_its_digest(
+    tok, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint whose saved model config lacks fields added to ModelConfig since
+    (``embed_scale``, ``moe.granularity``: an older lmlab's) has the digest that lmlab gave it,
+    which its eval records and results.json hold: ``lmlab evaluate`` of an older run refused
+    its own record as another checkpoint's."""
+    from lmlab.infer import pretrained
+
+    pre = tiny(tok, dtype=torch.float32)
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+
+    def older(config: dict) -> dict:  # as the ModelConfig of 2026-12-04 wrote it
+        moe = {k: v for k, v in config["moe"].items() if k != "granularity"}
+        return {**{k: v for k, v in config.items() if k != "embed_scale"}, "moe": moe}
+
+    ckpt = tmp_path / "last.ckpt"
+    saved = older(model_config_dict(pre.cfg))
+    torch.save({"state_dict": state, "model_config": saved, "tokenizer": tok.to_str()}, ckpt)
+    with monkeypatch.context() as then:  # the older lmlab, whose config had no such fields
+        then.setattr(pretrained, "model_config_dict", lambda cfg: older(model_config_dict(cfg)))
+        recorded = pretrained.checkpoint_digest(ckpt)
+    assert pretrained.checkpoint_digest(ckpt) == recorded
+    assert pretrained.load(ckpt).digest == recorded
+
+
 def test_a_record_without_a_digest_is_refused_for_a_checkpoint_written_after_it(
     tmp_path: Path,
 ) -> None:

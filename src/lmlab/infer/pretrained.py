@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -194,17 +195,25 @@ def checkpoint_digest(path: str | os.PathLike, step: int | None = None) -> str |
         return None
     where = f"ckpt={path}"
     tok = stored_tokenizer(ckpt["tokenizer"], where)
-    return model_digest(saved_config(ckpt, where), model_state(ckpt["state_dict"]), tok)
+    state = model_state(ckpt["state_dict"])
+    return model_digest(saved_config(ckpt, where), state, tok, ckpt["model_config"])
 
 
-def model_digest(cfg: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer) -> str:
+def model_digest(
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    tok: Tokenizer,
+    saved: dict[str, Any] | None = None,
+) -> str:
     """An identity of what a checkpoint gives, cheap at any size: its model config (less the
     fields that change how, not what, it computes), its tokenizer, and per weight tensor the
     name, shape, dtype and first and last ``DIGEST_VALUES`` values as stored (a few pages of a
     memory-mapped file). Two trainings, or one run at two steps, differ in every trained
     tensor; two files of the same weights (a copy, ``last.ckpt`` and its step's file, a
-    sharded folder and its consolidated file) share one digest."""
+    sharded folder and its consolidated file) share one digest. ``saved``: the checkpoint's
+    ``model_config`` as it was saved, whose fields alone are read (``fields_saved``)."""
     config = {k: v for k, v in model_config_dict(cfg).items() if k not in RUNTIME_FIELDS}
+    config = fields_saved(config, saved)
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(tok.to_str().encode())
@@ -214,6 +223,21 @@ def model_digest(cfg: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenize
         for part in (values[:DIGEST_VALUES], values[-DIGEST_VALUES:]):
             h.update(part.cpu().contiguous().view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+def fields_saved(config: dict[str, Any], saved: dict[str, Any] | None) -> dict[str, Any]:
+    """``config`` less the fields (``moe``'s too) that the checkpoint's saved model config
+    ``saved`` lacks (None: lacks none): a field added to ModelConfig since it was saved
+    (``embed_scale``, ``moe.granularity``) holds the default that computes what the model did
+    then, so the checkpoint keeps the digest the lmlab that saved it gave, which its eval
+    records and results.json hold."""
+    if saved is None:
+        return config
+    return {
+        k: fields_saved(v, saved[k]) if isinstance(v, dict) and isinstance(saved[k], dict) else v
+        for k, v in config.items()
+        if k in saved
+    }
 
 
 def carried_tokenizer(ckpt: dict) -> Tokenizer | None:
@@ -370,5 +394,5 @@ def load(
             f"{key}={path} in dtype={dtype}",
             f"they overflow {dtype}'s range; load them in fp32 or bf16",
         )
-    digest = model_digest(cfg, state, tok)
+    digest = model_digest(cfg, state, tok, ckpt["model_config"])
     return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest)
