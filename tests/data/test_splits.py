@@ -175,3 +175,36 @@ def test_a_resume_of_a_local_dataset_run_named_by_its_path_is_refused_saying_why
     check_resumable(same, now, Path("run"))
     hub = dataclasses.replace(started, corpus={**corpus, "text_sha256": "a"})
     check_resumable(old, hub, Path("run"))
+
+
+def test_a_resume_of_a_run_whose_text_lmlab_split_otherwise_is_refused_saying_why() -> None:
+    """A run started before validation passed over a document holding more than
+    data.val_fraction of the text (2026-12-05) held out other documents of the same text
+    (+debug=smoke data.tokenizer=char: 890,531 training bytes then, 949,571 now): its resume
+    is refused as lmlab's change, naming init_from, not as a corpus the user changed; the same
+    text split the same way resumes, and another text is a changed corpus."""
+    batch = GlobalBatch(micro_batch=8, devices=1, accumulation=1, seq_len=64)
+    budget = Budget(BudgetKind.steps, 10 * batch.tokens, 10, 0.0, batch.tokens, 0.0, None,
+                    ParamCount.active, 1000)  # fmt: skip
+    started = RunPlan(batch, "32-true", budget, vocab_size=64, params=1000, active_params=1000)
+
+    def corpus(train: int, val: int, digest: str = "b0ed") -> dict:
+        split = {"train": {"rows": train // 257, "tokens": train, "bytes": train}}
+        return {
+            **split,
+            "val": {"rows": val // 257, "tokens": val, "bytes": val},
+            "text_sha256": digest,
+        }
+
+    now = dataclasses.replace(started, corpus=corpus(949_571, 50_421))
+    old = {**started.as_dict(), "corpus": corpus(890_531, 109_461)}
+    with pytest.raises(ConfigError, match=r"the lmlab that started it split its corpus") as why:
+        check_resumable(old, now, Path("run"))
+    assert "890,531 training and 109,461 validation bytes then, 949,571 and 50,421 now" in str(
+        why.value
+    )
+    assert "init_from=" in str(why.value)
+    check_resumable({**started.as_dict(), "corpus": now.corpus}, now, Path("run"))
+    other = {**started.as_dict(), "corpus": corpus(890_531, 109_461, "a1c2")}
+    with pytest.raises(ConfigError, match=r"its corpus changed since it started"):
+        check_resumable(other, now, Path("run"))

@@ -17,7 +17,7 @@ from lmlab.config import PRETRAINING, ModelConfig, TaskKind, TaskSpec, model_con
 from lmlab.config.task import EXAMPLES_DIGEST
 from lmlab.errors import ConfigError
 from lmlab.infer.checkpoint import holds_weights_only
-from lmlab.train.plan import TEXT_DIGEST
+from lmlab.train.plan import PREPARED_OTHERWISE, TEXT_DIGEST
 from lmlab.train.resume import differences
 
 
@@ -48,10 +48,9 @@ def check_same_tokenizer(
     if digest is not None and digest == (corpus or {}).get(TEXT_DIGEST):
         raise ConfigError(
             f"checkpoint {path} was trained with another tokenizer than this lmlab trains on "
-            f"the same corpus (its text digest {digest}) and settings ({sizes}): lmlab's "
-            "tokenizer training changed since the lmlab that saved it (BPE counts pairs in "
-            "words cut to 256 bytes since 2026-12-05). Finish the run with the lmlab version "
-            f"that started it, or {weights}"
+            f"the same corpus (its text digest {digest}) and settings ({sizes}): the lmlab "
+            f"that saved it prepared the data otherwise ({PREPARED_OTHERWISE}). Finish the run "
+            f"with the lmlab version that started it, or {weights}"
         )
     older = "" if digest is not None else ", or the lmlab that saved it prepared it otherwise"
     raise ConfigError(

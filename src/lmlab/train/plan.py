@@ -42,6 +42,13 @@ from lmlab.train.machine import resolve_precision
 # per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
 # before it have none, and are compared by their counts alone).
 TEXT_DIGEST = "text_sha256"  # the corpus record's digest of its text (tokenizer aside)
+# What an older lmlab prepared otherwise from the same text and settings: a run it started
+# trains other rows (or another tokenizer) now, and is refused saying so.
+PREPARED_OTHERWISE = (
+    "since 2026-12-05 lmlab holds validation out otherwise (a document over "
+    "data.val_fraction of the text is no longer held out whole) and trains BPE on words cut "
+    "to 256 bytes"
+)
 CORPUS_RECORD = ("train", "val", TEXT_DIGEST, "names")
 # what of the plan a checkpoint keeps (``run_state``), for a resume whose plan.json was lost
 RESUME_RECORD = ("batch", "corpus", "task")
@@ -208,6 +215,25 @@ def corpus_change(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str
     )
 
 
+def split_moved(was: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+    """How the same text (``TEXT_DIGEST``, of every document before the split) of a run's
+    corpus (``was``) is split otherwise now (``now``), said for the message; None where the
+    splits are the same, or the text is not known to be (either record without a digest)."""
+    digests = [(record or {}).get(TEXT_DIGEST) for record in (was, now)]
+    if None in digests or digests[0] != digests[1]:
+        return None
+    splits = [
+        [(record.get(s) or {}).get("bytes") for s in ("train", "val")] for record in (was, now)
+    ]
+    if splits[0] == splits[1]:
+        return None
+    (train_was, val_was), (train_now, val_now) = splits
+    return (
+        f"the same text (its digest {digests[0]}) held {train_was:,} training and {val_was:,} "
+        f"validation bytes then, {train_now:,} and {val_now:,} now"
+    )
+
+
 def task_change(
     was: dict[str, Any] | None, now: dict[str, Any] | None, source: str = PLAN
 ) -> str | None:
@@ -272,6 +298,13 @@ def check_resumable(
             "depends on how the path is typed), which holds other rows out for validation, "
             "so the data position would point at other rows: finish it with the lmlab version "
             "that started it, or start a new run"
+        )
+    if moved := split_moved(saved.get("corpus"), plan.corpus):
+        raise ConfigError(
+            f"cannot resume {out_dir}: the lmlab that started it split its corpus otherwise: "
+            f"{moved} ({PREPARED_OTHERWISE}), so the data position would point at other rows: "
+            "finish it with the lmlab version that started it, or start a new run in another "
+            "directory from its weights (init_from=<its checkpoint> data.tokenizer=checkpoint)"
         )
     changed = corpus_change(saved.get("corpus"), plan.corpus)
     if changed:
