@@ -1839,8 +1839,9 @@ def test_a_resume_keeps_the_gradient_clipping_and_says_a_new_precision(
     """A resume with another ``trainer.gradient_clip_val`` trained on silently, and plan.json
     then held the new value as if every step had: refused now, as another learning rate is.
     Another precision (a resume on another GPU, or a CPU) computes the same function rounded
-    otherwise: allowed, with a warning naming both. A run_config.yaml saved before it held the
-    trainer's fields is not compared on them."""
+    otherwise: allowed, with a warning naming both. The clipping algorithm left unset is
+    Lightning's default, ``norm``, in any case; ``value`` is another run. A run_config.yaml
+    saved before it held the trainer's fields is not compared on them."""
     from omegaconf import OmegaConf
 
     from lmlab.train.resume import check_same_run, run_identity
@@ -1855,6 +1856,10 @@ def test_a_resume_keeps_the_gradient_clipping_and_says_a_new_precision(
         ConfigError, match=re.escape("trainer.gradient_clip_val: 1.0 (saved) vs 0.01 (now)")
     ):
         check_same_run(clipped, tmp_path, "the checkpoints were trained with", continues=True)
+    for norm in ("norm", "Norm"):
+        check_same_run(config(f"+trainer.gradient_clip_algorithm={norm}"), tmp_path, "", True)
+    with pytest.raises(ConfigError, match=re.escape("algorithm: 'norm' (saved) vs 'value' (now)")):
+        check_same_run(config("+trainer.gradient_clip_algorithm=value"), tmp_path, "", True)
     with caplog.at_level(logging.WARNING, logger="lmlab.train.resume"):
         check_same_run(config("trainer.precision=bf16-mixed"), tmp_path, "", continues=True)
     assert caplog.messages == [

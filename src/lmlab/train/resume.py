@@ -58,6 +58,8 @@ ADDED_MODEL_FIELDS = flatten(model_config_dict(ModelConfig()), "model")
 
 # A null that stands for another field's value: set to that value, it is the same run.
 NULL_MEANS = {"data.seq_len": "model.max_seq_len", "data.val_batch_size": "data.batch_size"}
+# Lightning's clipping algorithm, unset or null: its default, norm; read in any case.
+CLIP_ALGORITHM, CLIP_DEFAULT = "trainer.gradient_clip_algorithm", "norm"
 
 # How the global batch is split (micro-batch x devices x accumulation) or named (sequences,
 # tokens, or null: micro-batch x devices): a run resumed on another device count names it its
@@ -88,6 +90,8 @@ def differences(a: dict, b: dict, prefix: str = "", ignore: tuple[str, ...] = ()
         for key, source in NULL_MEANS.items():
             if key in flat and flat[key] is None:
                 flat[key] = flat.get(source)
+        if any(k.startswith("trainer.") for k in flat):  # one setting, two spellings
+            flat[CLIP_ALGORITHM] = str(flat.get(CLIP_ALGORITHM) or CLIP_DEFAULT).lower()
     for key in [k for k in {*flat_a, *flat_b} if k.split(".")[-1] in RUNTIME_FIELDS]:
         flat_a.pop(key, None), flat_b.pop(key, None)  # how the model runs, not what it is
     for key in (*VALIDATION_FIELDS, *ignore):  # what validation measures; checked elsewhere
