@@ -469,7 +469,10 @@ def test_gradients_are_clipped_as_gradient_clip_algorithm_says(
     [-gradient_clip_val, gradient_clip_val] (it was clipped by global norm, the same update as
     ``norm``); ``norm`` scales them to that global norm. ``train/grad_norm`` is the pre-clip
     norm either way. Clamping is exact; the norm and its scale differ from these only in
-    float32 summation order and rounding, a few ulps (relative 1e-6)."""
+    float32 summation order and rounding: a blocked sum of squares over a tensor of at most
+    4,096 gradients errs by up to log2(4096) = 12 unit roundoffs (u = 6e-8), the norms of the
+    ~20 tensors by 5 more, the square root halves that, and the scale and product add a few:
+    under 16 u, relative 1e-6; 2e-6 allowed."""
     cfg = compose_train([], tmp_path)
     task = LMTask(
         ModelConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=64),
@@ -494,14 +497,14 @@ def test_gradients_are_clipped_as_gradient_clip_algorithm_says(
     trainer.fit(task, torch.utils.data.DataLoader(rows, batch_size=4))
     before, after = seen.before[-1], seen.after[-1]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in before]))
-    assert float(trainer.logged_metrics["train/grad_norm"]) == pytest.approx(float(norm), rel=1e-6)
+    assert float(trainer.logged_metrics["train/grad_norm"]) == pytest.approx(float(norm), rel=2e-6)
     assert norm > 10 * clip  # so that either clip changes the gradients
     if algorithm == "value":
         for g, clipped in zip(before, after, strict=True):
             assert torch.equal(clipped, g.clamp(-clip, clip))
     else:
         for g, clipped in zip(before, after, strict=True):
-            torch.testing.assert_close(clipped, g * (clip / (norm + 1e-6)), rtol=1e-6, atol=0)
+            torch.testing.assert_close(clipped, g * (clip / (norm + 1e-6)), rtol=2e-6, atol=0)
 
 
 def test_fp16_stops_once_the_loss_scale_collapses(tmp_path: Path) -> None:
