@@ -55,13 +55,20 @@ def warn_repeated_rows(global_batch: int, train_rows: int) -> bool:
     return True
 
 
-def check_val_fractions(limits: dict[str, Any], batches: int) -> None:
-    """A fraction of the validation split (``trainer.limit_val_batches``, ``final_val_batches``;
-    ``limits`` by name) that comes to less than one of its ``batches`` batches is refused now,
-    with the data prepared and nothing built: Lightning refused it with a traceback once the
-    validation began (``final_val_batches``: after the last step, the run marked failed)."""
-    for name, limit in limits.items():
-        if isinstance(limit, float) and limit > 0 and int(batches * limit) == 0:
+def check_val_fractions(cfg: DictConfig, dm: Any) -> None:
+    """A fraction of the validation split (``trainer.limit_val_batches``, ``final_val_batches``)
+    that comes to less than one of ``dm``'s validation batches is refused now, with the data
+    prepared and nothing built: Lightning refused it with a traceback once the validation
+    began (``final_val_batches``: after the last step, the run marked failed). The batches are
+    counted only where a fraction below 1 asks."""
+    limits = {
+        "trainer.limit_val_batches": cfg.trainer.get("limit_val_batches"),
+        "final_val_batches": cfg.get("final_val_batches"),
+    }
+    fractions = {k: v for k, v in limits.items() if isinstance(v, float) and 0 < v < 1}
+    batches = len(dm.val_dataloader()) if fractions else 0
+    for name, limit in fractions.items():
+        if int(batches * limit) == 0:
             raise ConfigError(
                 f"{name}={limit}: {limit} of the validation split's {batches} batches is less "
                 f"than one batch; allowed: a fraction of at least 1/{batches}, or an int of "
@@ -107,10 +114,7 @@ def checked_plan(
             f"{plan.budget.tokens:,}",
             over,
         )
-    limits = {"trainer.limit_val_batches": cfg.trainer.get("limit_val_batches", 1.0)}
-    check_val_fractions(
-        limits | {"final_val_batches": cfg.get("final_val_batches")}, len(dm.val_dataloader())
-    )
+    check_val_fractions(cfg, dm)
     if cut := warmup_cut(cfg.scheduler, plan.steps):
         log.warning(cut)
     if cfg.trainer.get("limit_val_batches") == 0 and not cfg.get("final_val_batches"):

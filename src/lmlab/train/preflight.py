@@ -16,7 +16,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -58,7 +57,7 @@ from lmlab.train.machine import (
 from lmlab.train.memory import check_state_fits
 from lmlab.train.plan import RunPlan, make_plan
 from lmlab.train.rank_check import check_master_port, check_process_group_backend, check_world_size
-from lmlab.train.runfiles import check_checkpoint_folder
+from lmlab.train.runfiles import asked_checkpoint, check_checkpoint_folder
 from lmlab.train.strategy_check import (
     annotated_parameters,
     check_strategy_installed,
@@ -199,8 +198,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         if model_cfg.family == Family.t5 and data_cfg.tokenizer != TokenizerKind.checkpoint:
             SpanCorruptionCollator.check_spans(seq_len, N_SENTINELS)  # lmlab's tokenizers' count
     check_trainer_choices(cfg.trainer)
-    if cfg.get("ckpt_path"):  # resume=true's checkpoint: checked once chosen (resume_checkpoint)
-        check_strategy_loads(cfg.trainer, Path(cfg.ckpt_path).expanduser())
+    if asked := asked_checkpoint(cfg):  # resume=true's: checked once chosen (resume_checkpoint)
+        check_strategy_loads(cfg.trainer, asked)
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_cuda_graphs(cfg, batch, machine=here)  # a dry run may plan for a GPU elsewhere
     check_evals(cfg, model_cfg, data_cfg if task_cfg.kind == TaskKind.lm else None)

@@ -33,6 +33,7 @@ from lmlab.train.init_from import same_source
 from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.runfiles import (
     absolute,
+    asked_checkpoint,
     holds_run,
     launch_rank_is_zero,
     run_files_in,
@@ -171,7 +172,7 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             f"hydra.run.dir={out_dir} already holds an earlier run ({written}; no checkpoint "
             f"to resume){restart}: choose another directory, or move that run away first"
         )
-    return Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
+    return asked_checkpoint(cfg)
 
 
 def resumed_from(ckpt_path: Path) -> Path:

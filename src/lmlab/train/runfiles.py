@@ -35,6 +35,12 @@ def absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
+def asked_checkpoint(cfg: Mapping) -> Path | None:
+    """The checkpoint ``ckpt_path`` names, as typed but for a leading ``~`` (the home folder:
+    quoted for Hydra, or from zsh, it reaches lmlab); None without one."""
+    return Path(cfg["ckpt_path"]).expanduser() if cfg.get("ckpt_path") else None
+
+
 def launch_rank_is_zero() -> bool:
     """True unless a launcher started this process as another rank than global 0."""
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
