@@ -82,7 +82,7 @@ def test_the_cpu_peak_is_measured_in_the_runs_compute_dtype(
 ) -> None:
     measured: list[torch.dtype] = []
 
-    def fake(dtype, n=1024, seconds=1.0, shape=None):
+    def fake(dtype, n=1024, seconds=1.0, shape=None, timings=None):
         measured.append(dtype)
         return 75.0
 
@@ -102,7 +102,7 @@ def test_cpu_peak_is_the_best_rate_seen_and_covers_the_runs_own_shapes(
     timed: list[tuple | None] = []
     rates = iter([50.0, 40.0, 200.0, 120.0])
 
-    def fake(dtype, n=1024, seconds=1.0, shape=None):
+    def fake(dtype, n=1024, seconds=1.0, shape=None, timings=None):
         timed.append(shape)
         return next(rates)
 
@@ -152,3 +152,29 @@ def test_a_damaged_peak_cache_is_measured_again(
     assert hw.cpu_peak_flops(torch.float32, tmp_path) == 75.0
     assert list(json.loads((tmp_path / "peak_flops.json").read_text()).values()) == [75.0]
     assert [p.name for p in tmp_path.iterdir()] == ["peak_flops.json"]  # no temporary left
+
+
+def test_a_small_layer_is_timed_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's own small layers take microseconds a matmul: their best is taken over
+    ``SHAPE_TIMINGS`` timings of four matmuls (after three to warm up), not over a twentieth of
+    a second of them, which every run paid at its start."""
+    calls = 0
+    matmul = torch.Tensor.__matmul__
+
+    def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", counted)
+    rate = hw.measure_cpu_matmul_flops(torch.float32, seconds=60.0, shape=(8, 8, 8), timings=5)
+    assert calls == 3 + 4 * 5 and rate > 0
+    # a run's start, the square's peak cached (1 FLOP/s): its layer alone, SHAPE_TIMINGS times
+    with monkeypatch.context() as patch:
+        patch.setattr(hw, "measure_cpu_matmul_flops", lambda *a, **k: 1.0)
+        hw.cpu_peak_flops(torch.float32, tmp_path)
+    calls = 0
+    assert hw.cpu_peak_flops(torch.float32, tmp_path, [(8, 8, 8)]) > 1.0
+    assert calls == 3 + 4 * hw.SHAPE_TIMINGS

@@ -107,24 +107,32 @@ def measure_cpu_matmul_flops(
     n: int = 1024,
     seconds: float = 1.0,
     shape: tuple[int, int, int] | None = None,
+    timings: int | None = None,
 ) -> float:
     """Best FLOP/s of repeated matmuls on the CPU with the current thread count, in the layout
     ``F.linear`` uses (``x @ w.T``; on CPUs without native bf16, ``a @ b`` in bf16 takes a path
     ten times slower than the one training takes, and is no peak): n x n by default, or
-    ``shape`` = (rows, in, out), a linear layer of the model itself."""
+    ``shape`` = (rows, in, out), a linear layer of the model itself. Each timing is of four
+    matmuls; the best is kept over ``seconds``, or over ``timings`` of them where those end
+    sooner."""
     rows, k, out = shape or (n, n, n)
     gen = torch.Generator().manual_seed(0)  # not the global RNG: training's stream stays put
     a = torch.randn(rows, k, dtype=dtype, generator=gen)
     w = torch.randn(out, k, dtype=dtype, generator=gen)
     for _ in range(3):
         a @ w.T
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    best, deadline, left = 0.0, time.perf_counter() + seconds, timings or math.inf
+    while time.perf_counter() < deadline and left > 0:
+        left -= 1
         t = time.perf_counter()
         for _ in range(4):
             a @ w.T
         best = max(best, 4 * 2 * rows * k * out / (time.perf_counter() - t))
     return best
+
+
+# timings of a run's own layer at its start (four matmuls each), at most
+SHAPE_TIMINGS = 64
 
 
 def cpu_peak_flops(
@@ -136,13 +144,17 @@ def cpu_peak_flops(
     linear layers (a twentieth of a second each, or seven matmuls where those take longer:
     every run pays it at start-up). A value measured while other work ran is raised by the
     next idle run, and the run's own matmuls, measured alone, cannot beat the peak their MFU
-    is taken against."""
+    is taken against. A small layer's matmul takes microseconds: the best of
+    ``SHAPE_TIMINGS`` timings is its best, and its run starts without waiting the twentieth."""
     path = Path(cache_dir).expanduser() / "peak_flops.json"
     cpu = platform.processor() or platform.machine()
     key = f"{cpu}|{torch.get_num_threads()}|{DTYPE_NAMES[dtype]}|linear"
     cache = read_peak_cache(path)
     measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
-    measured += [measure_cpu_matmul_flops(dtype, seconds=0.05, shape=s) for s in shapes]
+    measured += [
+        measure_cpu_matmul_flops(dtype, seconds=0.05, shape=s, timings=SHAPE_TIMINGS)
+        for s in shapes
+    ]
     best = max([cache.get(key, 0.0), *measured])
     if best > cache.get(key, 0.0):
         try:
