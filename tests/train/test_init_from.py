@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmlab.train.init_from import loaded_source, same_source, source_name
 from smoke import SMOKE
@@ -149,3 +150,30 @@ def test_an_init_from_run_resumes_under_another_name_of_its_source(
     err = capsys.readouterr().err
     assert "differing fields: init_from" in err and os.fspath(other) in err, err
     assert os.fspath(first / "checkpoints" / "step000002.ckpt") in err, err  # the one loaded
+
+
+def test_a_dry_run_plans_the_record_of_its_source(tmp_path: Path) -> None:
+    """A dry run's plan.json holds the ``init_from`` and ``init_source`` a run of the same
+    command records (it had neither), and its printed plan names the file and step. The
+    checkpoint is written here: a dry run reads its metadata, not its weights."""
+    from rich.console import Console
+
+    from lmlab.config import ModelConfig, model_config_dict
+    from lmlab.train.compose import compose_train
+    from lmlab.train.plan_table import plan_table
+    from lmlab.train.run import train
+
+    model = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=300, max_seq_len=64)
+    source = tmp_path / "source.ckpt"
+    record = {"model_config": model_config_dict(model), "state_dict": {}, "tokenizer": "{}"}
+    torch.save(record | {"global_step": 7}, source)
+    typed = ["data.tokenizer=checkpoint", f"init_from={source}", "dry_run=true"]
+    train(compose_train([*SMOKE, "logger=none", *typed], tmp_path / "dry", tmp_path))
+    plan = json.loads((tmp_path / "dry" / "plan.json").read_text())
+    assert plan["dry_run"] and plan["vocab_size"] == 300  # the checkpoint's model planned
+    assert plan["init_from"] == str(source)
+    assert plan["init_source"] == loaded_source(source, {"global_step": 7})
+    console = Console(width=200, record=True)
+    console.print(plan_table(plan))
+    (row,) = [line for line in console.export_text().splitlines() if "init_from" in line]
+    assert row.rstrip(" │").endswith(f"{source} (step 7)"), row

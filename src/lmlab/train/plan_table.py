@@ -40,6 +40,9 @@ def plan_table(plan: dict[str, Any]) -> Table:
     }
     if "vocab_from" in plan:  # a dry run's: where its vocabulary size comes from
         rows = {"vocabulary": f"{plan['vocab_size']:,} ({plan['vocab_from']})", **rows}
+    if source := plan.get("init_source"):  # init_from: the file whose weights it starts from
+        step = source["global_step"]
+        rows = {"init_from": source["file"] + ("" if step is None else f" (step {step})"), **rows}
     memory = plan.get("memory")
     if memory:  # lmlab.train.memory: per node's CPU, or per GPU
         each = memory_scope(memory)

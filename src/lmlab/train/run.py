@@ -14,11 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from lmlab.config import (
-    DataConfig,
-    ModelConfig,
-    TaskKind,
-)
+from lmlab.config import TaskKind
 from lmlab.errors import (
     StorageError,
     UnwritableRecordError,
@@ -116,7 +112,7 @@ def train(cfg: DictConfig) -> float | None:
         if launch_rank_is_zero():  # every DDP/FSDP rank runs this, on every node
             log.info(checked.batch.describe())
         if cfg.get("dry_run"):  # plans a GPU run on any machine
-            return dry_run(cfg, checked.model_cfg, checked.data_cfg, checked.seq_len, run)
+            return dry_run(cfg, checked, run)
         if uses_wandb(cfg):
             recorded_wandb_id(out_dir)  # a damaged record: named before any work
         ckpt_path = resume_checkpoint(cfg, out_dir)
@@ -181,13 +177,15 @@ def record_failure(out_dir: Path, results: dict[str, Any]) -> None:
         log.error("results.json not written (%s): %s", first_line(err), results.get("error"))
 
 
-def dry_run(
-    cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig, seq_len: int, run: RunDir
-) -> float | None:
+def dry_run(cfg: DictConfig, checked: CheckedRun, run: RunDir) -> float | None:
     """Print the plan (parameters, budget, FLOPs, wall time), write plan.json (marked
     ``dry_run``: a directory holding only that holds no run), train nothing. Into a directory
-    that holds an earlier run, nothing is written."""
+    that holds an earlier run, nothing is written. Under ``init_from`` the plan holds the
+    record of its source the run would write (``init_from``, ``init_source``)."""
+    model_cfg, data_cfg, seq_len = checked.model_cfg, checked.data_cfg, checked.seq_len
     plan = plan_from_cfg(cfg, model_cfg, data_cfg, seq_len)
+    if checked.init is not None:  # the model is the checkpoint's: plan_from_cfg's "model"
+        plan.update(checked.init.record)
     planned = dataclasses.replace(model_cfg, vocab_size=plan["vocab_size"])  # as it planned
     run_plan = make_plan(cfg, planned, data_cfg, seq_len)
     if cut := warmup_cut(cfg.scheduler, run_plan.steps):
