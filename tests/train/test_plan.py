@@ -119,6 +119,20 @@ def test_resume_checks_the_data_position_not_the_length() -> None:
     assert plan(8).start_sample(3) == 24 and plan(8).trainer_args({})["max_steps"] == 10
 
 
+def test_a_record_of_another_data_preparation_is_refused() -> None:
+    """A plan or checkpoint record naming another data preparation version is refused; one
+    without it (saved before versions were recorded) is left to the corpus's own checks."""
+    from lmlab.train.plan import PREPARATION
+
+    saved = plan(8).resume_record()
+    assert PREPARATION in saved  # a checkpoint keeps it
+    check_resumable(saved, plan(8), Path("run"), "checkpoint last.ckpt")
+    older = {key: v for key, v in saved.items() if key != PREPARATION}
+    check_resumable(older, plan(8), Path("run"), "checkpoint last.ckpt")
+    with pytest.raises(ConfigError, match=r"its checkpoint last.ckpt records data_preparation=0"):
+        check_resumable(saved | {PREPARATION: 0}, plan(8), Path("run"), "checkpoint last.ckpt")
+
+
 def test_flex_attention_is_refused_before_training_off_cuda(tmp_path: Path) -> None:
     """FlexAttention has no backward pass off CUDA: refused before data, plan or model."""
     from lmlab.train.compose import compose_train

@@ -652,6 +652,38 @@ def test_a_resume_after_the_corpus_changed_is_refused(tmp_path: Path, cache_dir:
         )
 
 
+def test_a_resume_by_an_lmlab_of_another_data_preparation_is_refused_before_the_data(
+    tmp_path: Path, cache_dir: Path, short_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run records the data preparation version of the lmlab that started it, in plan.json
+    and in its checkpoints; a resume by an lmlab of another one, older or newer, is refused
+    before any data is prepared (it was refused only once the data was, where the split
+    moved), naming both versions and, for an older run's, what changed since."""
+    from lmlab.data.packing import PREPARATION_CHANGES, PREPARATION_VERSION
+
+    run_dir = copy_run(short_run, tmp_path / "run")
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["data_preparation"] == PREPARATION_VERSION
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["run_state"]
+    assert saved["data_preparation"] == PREPARATION_VERSION
+
+    def no_data(*args: object) -> None:
+        raise AssertionError("the data was prepared")
+
+    monkeypatch.setattr("lmlab.train.run.prepared_data", no_data)
+    resume = [*SHORT, "trainer.max_steps=4", "resume=true"]
+    newest = PREPARATION_CHANGES[PREPARATION_VERSION]  # what an older run's refusal names last
+    now = PREPARATION_VERSION
+    for was, says in [(now - 1, newest), (now + 1, "a later lmlab")]:
+        (run_dir / "plan.json").write_text(json.dumps(plan | {"data_preparation": was}))
+        with pytest.raises(ConfigError, match="prepared its data otherwise") as refused:
+            train(compose_train(resume, run_dir, cache_dir))
+        words = str(refused.value)
+        assert f"data_preparation={was}, this lmlab's is {PREPARATION_VERSION}: " in words
+        assert says in words
+        assert "init_from=<its checkpoint> data.tokenizer=checkpoint" in words
+
+
 def test_a_checkpoint_of_the_same_corpus_with_an_older_tokenizer_says_lmlab_changed() -> None:
     """A checkpoint that records its corpus's text digest, resumed on that same text with
     another tokenizer, was saved by an lmlab that trained the tokenizer otherwise (a run

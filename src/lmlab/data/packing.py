@@ -55,6 +55,19 @@ log = logging.getLogger(__name__)
 # rows of version 1 held a control token where the text spelled one (the standard library's
 # "<sep>"), so they are not reused; a tokenizer entry is keyed too, and trained again once.
 CACHE_VERSION = 2
+# The version of data preparation (split, tokenizer training, packing), recorded in each run's
+# plan.json and checkpoints (``data_preparation``): raise it, with a line below saying what
+# changed, whenever preparation gives other rows or another tokenizer for the same corpus and
+# settings (a cache key that changes alone, with the same rows, does not raise it). A resume
+# by an lmlab of another version is refused before the data is prepared: the data position
+# (step x global batch) would point at other rows. Runs that record none started before it
+# was recorded: theirs is found once the data is prepared (``plan.split_moved``).
+PREPARATION_CHANGES = {
+    1: "since 2026-12-05 lmlab holds validation out otherwise (a document over "
+    "data.val_fraction of the text is no longer held out whole) and trains BPE on words cut "
+    "to 256 bytes",
+}
+PREPARATION_VERSION = max(PREPARATION_CHANGES)
 # How ``pack`` cuts rows, in the key of rows: rows cut per 1000-document batch, each batch's
 # tail dropped (18% of the tokens of a file of short lines at a row of 1025), are not reused.
 PACKING = "one stream per split, only its last partial row dropped"

@@ -31,6 +31,7 @@ from lmlab.config import (
     TaskSpec,
 )
 from lmlab.config.task import EXAMPLES_DIGEST
+from lmlab.data.packing import PREPARATION_CHANGES, PREPARATION_VERSION
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN
 from lmlab.model import build_task_model, param_breakdown
@@ -42,16 +43,20 @@ from lmlab.train.machine import resolve_precision
 # per split, and a digest of its text (``packing.text_digest``; plans and cached rows written
 # before it have none, and are compared by their counts alone).
 TEXT_DIGEST = "text_sha256"  # the corpus record's digest of its text (tokenizer aside)
-# What an older lmlab prepared otherwise from the same text and settings: a run it started
-# trains other rows (or another tokenizer) now, and is refused saying so.
-PREPARED_OTHERWISE = (
-    "since 2026-12-05 lmlab holds validation out otherwise (a document over "
-    "data.val_fraction of the text is no longer held out whole) and trains BPE on words cut "
-    "to 256 bytes"
-)
+# What an lmlab that recorded no preparation version prepared otherwise from the same text
+# and settings: a run it started trains other rows (or another tokenizer) now, and is refused
+# saying so.
+PREPARED_OTHERWISE = PREPARATION_CHANGES[1]
 CORPUS_RECORD = ("train", "val", TEXT_DIGEST, "names")
+PREPARATION = "data_preparation"  # plan.json's record of PREPARATION_VERSION
 # what of the plan a checkpoint keeps (``run_state``), for a resume whose plan.json was lost
-RESUME_RECORD = ("batch", "corpus", "task")
+RESUME_RECORD = ("batch", "corpus", "task", PREPARATION)
+# what a refusal of a run whose rows lmlab now prepares otherwise says to do
+FINISH_OR_RESTART = (
+    "so the data position would point at other rows: finish it with the lmlab version that "
+    "started it, or start a new run in another directory from its weights (init_from=<its "
+    "checkpoint> data.tokenizer=checkpoint)"
+)
 # What a budget counts in tokens of packed rows: a fine-tuning run's batches are padded to
 # their longest example, so steps x rows x seq_len would overstate what it trains; its plan
 # gives none of them (its budget is steps: ``config.task.resolve_task`` refuses the others).
@@ -110,6 +115,7 @@ class RunPlan:
             "active_params": self.active_params,
             "train_samples": self.train_samples,
             "budget": self.budget_record(),
+            PREPARATION: PREPARATION_VERSION,
         }
         if self.corpus is not None:
             plan["corpus"] = self.corpus
@@ -261,6 +267,23 @@ def task_change(
     )
 
 
+def check_preparation(saved: dict[str, Any] | None, out_dir: Path, source: str = PLAN) -> None:
+    """A run whose record (``saved``: its plan, or its checkpoint's part of it) names another
+    data preparation version than this lmlab's (``PREPARATION_VERSION``) is refused, saying
+    what changed between them; read before the data is prepared. A record without one is
+    left to ``split_moved`` and ``corpus_change``, once the data is prepared."""
+    was = (saved or {}).get(PREPARATION)
+    if was is None or was == PREPARATION_VERSION:
+        return
+    newer = range(was + 1, PREPARATION_VERSION + 1) if isinstance(was, int) else ()
+    changes = "; ".join(PREPARATION_CHANGES[v] for v in newer if v in PREPARATION_CHANGES)
+    raise ConfigError(
+        f"cannot resume {out_dir}: the lmlab that started it prepared its data otherwise (its "
+        f"{source} records {PREPARATION}={was}, this lmlab's is {PREPARATION_VERSION}: "
+        f"{changes or 'a later lmlab started it'}), {FINISH_OR_RESTART}"
+    )
+
+
 def check_resumable(
     saved: dict[str, Any] | None, plan: RunPlan, out_dir: Path, source: str = PLAN
 ) -> None:
@@ -273,6 +296,7 @@ def check_resumable(
     again once it has read them."""
     if saved is None:
         return
+    check_preparation(saved, out_dir, source)
     # a checkpoint written before it kept its task record has none to compare (its task's
     # fields are checked with its model: checkpoint_check.check_checkpoint_model)
     if (source == PLAN or "task" in saved) and (
@@ -302,9 +326,7 @@ def check_resumable(
     if moved := split_moved(saved.get("corpus"), plan.corpus):
         raise ConfigError(
             f"cannot resume {out_dir}: the lmlab that started it split its corpus otherwise: "
-            f"{moved} ({PREPARED_OTHERWISE}), so the data position would point at other rows: "
-            "finish it with the lmlab version that started it, or start a new run in another "
-            "directory from its weights (init_from=<its checkpoint> data.tokenizer=checkpoint)"
+            f"{moved} ({PREPARED_OTHERWISE}), {FINISH_OR_RESTART}"
         )
     changed = corpus_change(saved.get("corpus"), plan.corpus)
     if changed:

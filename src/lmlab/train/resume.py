@@ -30,7 +30,7 @@ from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
 from lmlab.train.init_from import same_source
-from lmlab.train.plan import RunPlan, check_resumable, read_plan
+from lmlab.train.plan import RunPlan, check_preparation, check_resumable, read_plan
 from lmlab.train.runfiles import (
     absolute,
     asked_checkpoint,
@@ -145,7 +145,9 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
             )
         check_same_run(cfg, out_dir, "the checkpoints were trained with", continues=True)
-        read_plan(out_dir)  # an unreadable plan.json: refused before the data is prepared
+        # an unreadable plan.json, or one of another data preparation: refused before the
+        # data is prepared
+        check_preparation(read_plan(out_dir), out_dir)
         return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
     if found:
         raise ConfigError(
