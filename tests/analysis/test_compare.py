@@ -1344,6 +1344,37 @@ def test_per_token_losses_of_different_tokenizers_get_a_warning(tmp_path: Path) 
     assert not [line for line in ranking.summarize(bpb, "val_bits_per_byte") if "warning" in line]
 
 
+def test_runs_of_one_data_config_validated_on_other_rows_get_a_warning(tmp_path: Path) -> None:
+    """Jobs of one data config whose plan.json records other validation rows (a sweep extended
+    by a later lmlab, which holds other documents out, or the corpus's files edited between
+    jobs): the summary names each job's value, for any loss, per token or per byte (they were
+    ranked unsaid). A record one job lacks (a plan written before it) is no difference."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:5])
+    corpus = {"train": {"bytes": 9000}, "val": {"bytes": 1000}, "text_sha256": "0f1e"}
+    plans = [
+        {"corpus": corpus},  # an older lmlab's: no data_preparation
+        {"corpus": corpus | {"val": {"bytes": 1200}}, "data_preparation": 1},
+        {"corpus": corpus, "data_preparation": 1},
+    ]
+    for job, plan in enumerate(plans):
+        (root / str(job) / PLAN).write_text(json.dumps(plan))
+    for metric in ("val_loss", "val_bits_per_byte"):
+        lines = ranking.summarize(ranking.aggregate(load_runs(root), metric), metric)
+        (warning,) = [line for line in lines if "validated on different text" in line]
+        assert warning.startswith(
+            "warning: the runs differ in plan.corpus.val.bytes (1000: 2, 0; 1200: 1), so"
+        ), warning
+        assert "their data config is the same" in warning and "plan.data_prep" not in warning
+    (root / "1" / PLAN).write_text(json.dumps(plans[2]))
+    (root / "2" / PLAN).write_text(json.dumps(plans[2] | {"data_preparation": 2}))
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    (warning,) = [line for line in lines if "validated on different text" in line]
+    assert "differ in plan.data_preparation (1: 1; 2: 2), so" in warning, warning
+    (root / "2" / PLAN).write_text(json.dumps(plans[2]))
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    assert not [line for line in lines if "warning" in line], lines
+
+
 def test_a_local_corpus_is_the_file_its_path_names_from_where_the_run_was_launched(
     tmp_path: Path,
 ) -> None:

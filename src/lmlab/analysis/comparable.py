@@ -18,6 +18,7 @@ from lmlab.analysis.multirun import (
     result_key,
     run_value,
 )
+from lmlab.config import flatten
 from lmlab.config.data import DataConfig
 from lmlab.config.schema import to_schema
 from lmlab.errors import ConfigError
@@ -114,6 +115,12 @@ TOKENIZER_KEYS: tuple[tuple[str, object], ...] = tuple(
     for key in (*TEXT_KEYS, "data.tokenizer", "data.vocab_size")
 )
 PER_TOKEN = frozenset({"val_loss", "best_val_loss", "val_perplexity", "train_loss"})
+# What a run's plan.json records of the rows it trained and was validated on: lmlab's data
+# preparation version (another lmlab holds other documents of the same corpus out, or trains
+# another BPE), the text's digest and the validation split's bytes. Runs of one data config
+# differ in them where its files changed between the runs or another lmlab prepared them.
+# Each is compared among the runs that record it (an older plan lacks some).
+RECORD_KEYS = ("plan.data_preparation", "plan.corpus.text_sha256", "plan.corpus.val.bytes")
 
 
 def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
@@ -125,17 +132,25 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
     if result_key(metric) not in PER_TOKEN | {"val_bits_per_byte"}:  # val/loss: val_loss
         return []
     done = [run for run in runs if not run.failed]
-    settings = [(run.dir.name, data_settings(run)) for run in done]
-    groups = {key: _by_value(settings, key) for key, _ in TOKENIZER_KEYS}
+    settings = [(run.dir.name, data_settings(run) | record_settings(run)) for run in done]
+    keys = [*(key for key, _ in TOKENIZER_KEYS), *RECORD_KEYS]
+    groups = {key: _by_value(settings, key) for key in keys}
     differ = [key for key, by_value in groups.items() if len(by_value) > 1]
-    text = [key for key in differ if key in TEXT_KEYS]
+    text = [key for key in differ if key in TEXT_KEYS or key in RECORD_KEYS]
     if text:  # which runs: a key no override set is in no column of the table
         shown = ", ".join(f"{key} ({_which(groups[key])})" for key in differ)
+        same = set(differ) <= set(RECORD_KEYS)  # one data config, other rows
         return [
             f"warning: the runs differ in {shown}, so they were validated on "
             f"different text and {metric} does not compare them, per token or per byte; "
-            "compare runs of one corpus, slice (data.max_bytes) and validation split "
-            "(data.val_split, data.val_path or data.val_fraction)"
+            + (
+                "their data config is the same, but its files changed between the runs or "
+                "another lmlab prepared them (plan.json's data_preparation): train them again "
+                "with one lmlab on the same files"
+                if same
+                else "compare runs of one corpus, slice (data.max_bytes) and validation split "
+                "(data.val_split, data.val_path or data.val_fraction)"
+            )
         ]
     if not differ or result_key(metric) not in PER_TOKEN:
         return []
@@ -144,6 +159,12 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
         "(per token) does not compare them; rank by val_bits_per_byte (--metric "
         "val_bits_per_byte) instead"
     ]
+
+
+def record_settings(run: Run) -> dict[str, str]:
+    """The run's value of each ``RECORD_KEYS`` key its plan.json holds."""
+    flat = flatten(run.plan, "plan")
+    return {key: str(flat[key]) for key in RECORD_KEYS if key in flat}
 
 
 # DataConfig's fields a run's data config is read back with: not where the cache is, nor the

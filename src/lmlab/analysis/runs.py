@@ -80,6 +80,8 @@ class Run:
     cwd: str | None = None
     """The working directory its newest launch read relative paths in (``launch_cwd``: Hydra's
     ``hydra.runtime.cwd``); None where its ``.hydra/hydra.yaml`` is missing."""
+    plan: dict[str, Any] = field(default_factory=dict)
+    """Its plan.json (what it trained with, of the rows it was validated on); {} without."""
     checkpointed: bool = True
     """Whether its folder holds a checkpoint (``lmlab.files.checkpoints_in``): a run that has
     not finished is continued from it by a resume; one without is started again."""
@@ -385,5 +387,6 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
         partial_config=partial,
         cwd=launch_cwd(job_dir),
+        plan=plan if isinstance(plan, dict) else {},
         checkpointed=bool(checkpoints_in(job_dir)),
     )
