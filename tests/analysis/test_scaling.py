@@ -444,6 +444,29 @@ def test_runs_of_another_corpus_slice_or_validation_split_are_not_fitted_togethe
         ), warning
 
 
+def test_runs_of_one_data_config_validated_on_other_rows_are_no_one_loss(tmp_path: Path) -> None:
+    """Runs of one data config whose plan.json records other validation rows (a sweep
+    extended by a later lmlab, which holds other documents out, or the corpus file edited
+    between jobs) measure another loss: refused, as compare warns, saying why (they were
+    fitted unsaid). A record a run lacks (a plan written before it) is no difference."""
+    import yaml
+
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    corpus = {"val": {"bytes": 1000}, "text_sha256": "0f1e"}
+    for i, job in enumerate(jobs):
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "x"}}))
+        plan = {"corpus": corpus} | ({"data_preparation": 1} if i % 2 else {})
+        (job / "plan.json").write_text(json.dumps(plan))
+    assert scan_runs(root)[2] == []
+    (jobs[0] / "plan.json").write_text(json.dumps({"corpus": corpus | {"val": {"bytes": 1200}}}))
+    with pytest.raises(ScalingError, match=r"differ in plan\.corpus\.val\.bytes: ") as info:
+        scan_runs(root)
+    assert "1000 (14), 1200 (1)" in str(info.value)
+    assert "its files changed between the runs or another lmlab prepared" in str(info.value)
+
+
 def test_a_local_corpus_typed_two_ways_is_one_loss_and_the_same_words_elsewhere_another(
     tmp_path: Path,
 ) -> None:

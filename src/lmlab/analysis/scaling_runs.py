@@ -10,7 +10,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lmlab.analysis.comparable import OBJECTIVE_KEYS, TOKENIZER_KEYS, data_settings
+from lmlab.analysis.comparable import (
+    OBJECTIVE_KEYS,
+    RECORD_KEYS,
+    TOKENIZER_KEYS,
+    data_settings,
+    record_settings,
+)
 from lmlab.analysis.compute import budget_params, feed_forward
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_fit import N_KEYS, ScalingError
@@ -107,7 +113,10 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
     """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``),
     corpus, validation split or tokenizer (``TOKENIZER_KEYS``; a key a config lacks is at its
     default; a data key counts only where it has an effect, :func:`data_settings`) measure
-    another quantity, and a law fitted across them means nothing: refused.
+    another quantity, and a law fitted across them means nothing: refused. So are runs of one
+    data config whose plan.json records other validation rows (``RECORD_KEYS``: another
+    lmlab's data preparation, the corpus file edited between them), compared among the runs
+    that record them.
     Runs without a config (results.json alone, which names none of these) are taken as they
     are, with a note counting them."""
     known = [job for job in jobs if job.config]
@@ -115,11 +124,12 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
         {
             **{key: str(job.flat_config.get(key, d)) for key, d in OBJECTIVE_KEYS},
             **data_settings(job),
+            **record_settings(job),
         }
         for job in known
     ]
     differ = []
-    for key, _ in [*OBJECTIVE_KEYS, *TOKENIZER_KEYS]:
+    for key in [*(key for key, _ in (*OBJECTIVE_KEYS, *TOKENIZER_KEYS)), *RECORD_KEYS]:
         counts = Counter(values[key] for values in settings if key in values)
         if len(counts) > 1:
             differ.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
@@ -128,6 +138,12 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
             f"the runs under {path} differ in {'; '.join(differ)}: their losses measure "
             "different things, and one law cannot be fitted across them; fit the runs of one "
             "objective, corpus and tokenizer (move the others out)"
+            + (
+                ": their data config is the same, but its files changed between the runs or "
+                "another lmlab prepared them (plan.json's data_preparation)"
+                if all(line.startswith(RECORD_KEYS) for line in differ)
+                else ""
+            )
         )
     unchecked = len(jobs) - len(known)
     if not unchecked:
