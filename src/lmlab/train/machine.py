@@ -234,7 +234,30 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
             "autocast there)",
         )
         return "bf16-mixed"
+    if precision in ROUNDED_UPDATES:
+        say_once(log, logging.WARNING, rounded_updates(asked, precision))
     return precision
+
+
+# The true 16-bit precisions: weights, AdamW's moments and its update in 16 bits, whose
+# spacing near a weight w is 2^-8 to 2^-7 of it (bf16) or 2^-11 to 2^-10 (fp16): an update
+# below half of that rounds to no change, and more of them do as the learning rate decays
+# (its dtype, half its spacing as a share of the weight)
+ROUNDED_UPDATES = {"bf16-true": ("bf16", "0.2 to 0.4%"), "16-true": ("fp16", "0.02 to 0.05%")}
+
+
+def rounded_updates(asked: str, precision: str) -> str:
+    """Why a true 16-bit run learns less than a mixed one at the same settings (measured on
+    the 2-core CPU: 2 layers, d_model 64, 400 steps at lr 1e-3 decayed to 1e-4, validation loss
+    5.637 under bf16-true against 5.488 under bf16-mixed and fp32, 0.15 nats apart)."""
+    dtype, share = ROUNDED_UPDATES[precision]
+    return (
+        f"trainer.precision={asked} keeps the weights and AdamW's state in {dtype}: an update "
+        f"smaller than half a weight's {dtype} spacing ({share} of it) rounds away, "
+        "more of them as the learning rate decays, so the run learns less than at "
+        "bf16-mixed, which updates fp32 weights (a 400-step run: validation loss 5.64 against "
+        "5.49); compare runs of one precision"
+    )
 
 
 def on_cpu(trainer_cfg: DictConfig) -> bool:
