@@ -1064,3 +1064,44 @@ def test_seq2seq_learns_and_reports_exact_match(tmp_path: Path, cache_dir: Path)
         "val_examples": 40,
     }
     assert r["val_exact_match"] >= 0.3 and r["val_accuracy"] > 0.5
+
+
+class ValidationRows:
+    """A data module's validation loader alone: ``n`` examples in batches of 16."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(list(range(self.n)), batch_size=16)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "val_examples", "warned"),
+    [
+        ([], 1000, "the first 320 of the 1000 validation examples"),
+        (["trainer.limit_val_batches=0.5"], 1000, "the first 496 of the 1000 validation"),
+        (["final_val_batches=1.0"], 1000, None),
+        (["trainer.limit_val_batches=1.0"], 1000, None),
+        ([], 320, None),
+    ],
+)
+def test_a_fine_tuning_run_scoring_part_of_its_validation_file_says_so(
+    overrides: list[str],
+    val_examples: int,
+    warned: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The default ``trainer.limit_val_batches=20`` scores 320 examples: val/acc and
+    results.json's val_acc were over the first 320 rows of a 1000-example validation file
+    (0.0 where the file was sorted by label), with plan.json saying 1000 and no word of it."""
+    from lmlab.train.build import warn_partial_validation
+
+    cfg = compose_train(["task=classify", "model=bert_tiny", *overrides])
+    spec = TaskSpec(TaskKind.classify, ("a", "b"), 200, val_examples, origin="task.val=v.csv")
+    with caplog.at_level(logging.WARNING, logger="lmlab.train.build"):
+        said = warn_partial_validation(cfg, ValidationRows(val_examples), spec)
+    assert said == (warned is not None)
+    if warned is not None:
+        assert warned in caplog.text and "final_val_batches=1.0 scores all 1000" in caplog.text
+    assert not warn_partial_validation(cfg, ValidationRows(val_examples), TaskSpec())

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lmlab.config import PRETRAINING, Compile, ModelConfig, TaskSpec, compile_mode
+from lmlab.config import PRETRAINING, Compile, ModelConfig, TaskKind, TaskSpec, compile_mode
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN
 from lmlab.train.budget import overshoot
@@ -76,6 +76,48 @@ def check_val_fractions(cfg: DictConfig, dm: Any) -> None:
             )
 
 
+def scored_batches(limit: int | float | None, batches: int) -> int:
+    """The validation batches of ``batches`` that a ``limit_val_batches`` of ``limit`` scores,
+    as Lightning counts them: an int that many, a float that fraction (1.0 all)."""
+    if limit is None or (isinstance(limit, float) and limit >= 1.0):
+        return batches
+    return min(int(limit), batches) if isinstance(limit, int) else int(batches * limit)
+
+
+def warn_partial_validation(cfg: DictConfig, dm: Any, spec: TaskSpec) -> bool:
+    """A warning where a fine-tuning run's final validation, whose metrics (``val/acc``,
+    ``val/f1``, ``val/exact_match``, ...) are results.json's and what compare ranks, scores
+    only the first rows of the validation examples: ``trainer.limit_val_batches`` (20 on
+    ``trainer=cpu``) caps it at 320 of a validation file of any size, in the file's order.
+    Returns whether it warned."""
+    if spec.kind == TaskKind.lm or not spec.val_examples:
+        return False
+    final = cfg.get("final_val_batches")
+    setting = "final_val_batches" if final is not None else "trainer.limit_val_batches"
+    limit = final if final is not None else cfg.trainer.get("limit_val_batches")
+    loader = dm.val_dataloader()
+    batches = len(loader)
+    scored = scored_batches(limit, batches)
+    if scored >= batches or scored == 0:  # all, or validation off (said where it is set)
+        return False
+    rows = min(scored * loader.batch_size, spec.val_examples)
+    log.warning(
+        "validation scores the first %d of the %d validation examples of %s (%s=%s: %d of "
+        "their %d batches), so the validation metrics and results.json's are theirs alone; "
+        "final_val_batches=1.0 scores all %d after the last step, "
+        "trainer.limit_val_batches=1.0 at every validation",
+        rows,
+        spec.val_examples,
+        spec.origin,
+        setting,
+        limit,
+        scored,
+        batches,
+        spec.val_examples,
+    )
+    return True
+
+
 def prepared_data(cfg: DictConfig, checked: CheckedRun) -> tuple[Any, ModelConfig, TaskSpec]:
     """The task's datamodule, its data prepared and split; the model config with the
     tokenizer's vocabulary where it leaves ``vocab_size`` to it; the task's spec (fine-tuning:
@@ -115,6 +157,7 @@ def checked_plan(
             over,
         )
     check_val_fractions(cfg, dm)
+    warn_partial_validation(cfg, dm, spec)
     if cut := warmup_cut(cfg.scheduler, plan.steps):
         log.warning(cut)
     if cfg.trainer.get("limit_val_batches") == 0 and not cfg.get("final_val_batches"):
