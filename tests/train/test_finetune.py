@@ -1105,3 +1105,36 @@ def test_a_fine_tuning_run_scoring_part_of_its_validation_file_says_so(
     if warned is not None:
         assert warned in caplog.text and "final_val_batches=1.0 scores all 1000" in caplog.text
     assert not warn_partial_validation(cfg, ValidationRows(val_examples), TaskSpec())
+
+
+def test_a_seq2seq_checkpoint_answers_its_input_as_validation_decodes_it(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+) -> None:
+    """generate on a ``task=seq2seq`` T5 refused every input without a sentinel ("has no
+    sentinel <extra_id_0> to fill"): a fine-tuned model could not be used. It answers the
+    text now, framed and decoded as validation's exact match decodes it (greedy, from the
+    collator's input ending in EOS and PAD as the decoder's start); a "<mask>" in the text is
+    its characters, as in training."""
+    from lmlab.data.tokenizer import encode_ordinary
+    from lmlab.infer.fill import answer
+
+    tok = train_char(["def add(a, b): <mask> xyz"])
+    cfg = ModelConfig(family="t5", d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
+    cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    ckpt = save_checkpoint(tmp_path / "s.ckpt", model, cfg, task={"kind": "seq2seq"})
+    torch.save(torch.load(ckpt, weights_only=False) | {"tokenizer": tok.to_str()}, ckpt)
+    pre = load(ckpt)
+    collate = Seq2SeqCollator(tok, cfg.max_seq_len, 12)
+    for text in ("def add(a, b):", "x <mask> y"):
+        batch = collate([(encode_ordinary(tok, [text])[0].ids, [collate.eos])])
+        start_11 = batch["decoder_input_ids"][:, :1]
+        ids_1S = greedy_seq2seq(model, batch["input_ids"], batch["attention_mask"], start_11, 12)
+        written = tok.decode(ids_1S[0].tolist(), skip_special_tokens=False)
+        expected = written.split(pre.specials.eos)[0]
+        assert expected and answer(pre, text, 12, 0.0) == expected
+    capsys.readouterr()
+    argv = (f"ckpt={ckpt}", "text=def add(a, b):", "temperature=0", "max_new_tokens=12")
+    assert run_command("generate", *argv) == 0
+    assert capsys.readouterr().out.rstrip("\n") == answer(pre, "def add(a, b):", 12, 0.0)

@@ -4,8 +4,11 @@ r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans
         top_k=50 top_p=0.95 seed=0 num_samples=3
     python src/generate.py ckpt=<bert run>/checkpoints/last.ckpt text="import <mask>"
     python src/generate.py ckpt=<t5 run>/checkpoints/last.ckpt text="def <extra_id_0>(self):"
+    python src/generate.py ckpt=<task=seq2seq run>/checkpoints/last.ckpt text="def f(x):" \
+        temperature=0
 
-``task`` follows the checkpoint's family (generate, fill_mask, infill); ``prompt=`` and
+``task`` follows the checkpoint's family (generate, fill_mask, infill); a T5 fine-tuned with
+``task=seq2seq`` answers its input text instead of filling sentinels (``answer``); ``prompt=`` and
 ``text=`` name the same input, for every task. Generation streams to the terminal and uses a
 KV cache (``cache=false`` recomputes the context at every token); ``temperature=0`` is greedy.
 A sample ends where the model writes the token its training documents ended with (EOS), as
@@ -141,9 +144,18 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
     import torch
     from rich.markup import escape
 
-    from lmlab.infer.fill import infill
+    from lmlab.infer.fill import answer, infill
     from lmlab.infer.generation import generate, warn_if_cut
 
+    if task == "infill" and pre.task == "seq2seq":  # fine-tuned: the text is its input
+        for n in range(cfg.num_samples):
+            if cfg.num_samples > 1:
+                console.rule(f"sample {n + 1} of {cfg.num_samples}")
+            said = answer(
+                pre, text, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.cache
+            )
+            console.print(escape(said), soft_wrap=True)
+        return
     if task == "infill":
         for n in range(cfg.num_samples):  # one generator: each fill draws after the last
             if cfg.num_samples > 1:

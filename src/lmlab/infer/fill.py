@@ -1,4 +1,5 @@
-"""Fill-mask for encoder checkpoints and span infilling for encoder-decoders, as HF's
+"""Fill-mask for encoder checkpoints, span infilling for encoder-decoders (and a ``task=seq2seq``
+T5's answer to its input: ``answer``), as HF's
 ``fill-mask`` and ``text2text-generation`` pipelines do.
 
 Byte-level BPE folds a word's leading space into the word's token, so the one space before a
@@ -15,13 +16,23 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer
 
 from lmlab.config import Family, check_infer_task
-from lmlab.data.tokenizer import SENTINEL_RE, encode, spaces_are_tokens, warn_unknown_text
+from lmlab.data.tokenizer import (
+    SENTINEL_RE,
+    encode,
+    encode_ordinary,
+    spaces_are_tokens,
+    unknown_pieces,
+    unknown_record,
+    warn_unknown,
+    warn_unknown_text,
+)
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import NonFiniteLogits, check_decoding, decode_loop, integral
 from lmlab.infer.pretrained import Pretrained
@@ -134,23 +145,106 @@ def infill(
     the filled text. A checkpoint of another family than T5, and an argument outside what
     ``check_decoding`` allows, are refused in one line before the encoder runs."""
     check_infer_task(pre.family, "infill", "infill", str(pre.path))
-    temperature, top_k, top_p, max_new_tokens = check_decoding(
-        temperature, top_k, top_p, max_new_tokens=max_new_tokens
-    )
-    tok, model, specials = pre.tokenizer, pre.model, pre.specials
+    tok, specials = pre.tokenizer, pre.specials
     text = _sentinels(text, specials.sentinels)
     if not SENTINEL_RE.search(text):
         raise ConfigError(f"text={text!r} has no sentinel <extra_id_0> (or <mask>) to fill")
     warn_unknown_text(tok, text, "the text")  # as the model reads it: a marker is a sentinel
-    eos_id = specials.id(tok, "eos", "infilling")
     text = _unspaced(tok, text, "<extra_id_")  # the spans fill this text: each brings its space
-    ids = [*encode(tok, text), eos_id]
+    target = decode_target(
+        pre,
+        encode(tok, text),
+        "infilling",
+        "its spans (EOS): the last span may be cut, later ones missing",
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        use_cache,
+    )
+    written_spans = parse_spans(target, specials.eos)
+    inputs = list(dict.fromkeys(m.group(0) for m in SENTINEL_RE.finditer(text)))
+    # only the text's sentinels, in its order: T5 often goes on past the last one
+    spans = {s: written_spans[s] for s in inputs if s in written_spans}
+    if extra := [s for s in written_spans if s not in spans]:
+        log.debug("ignored the model's spans for %s (not in the text)", ", ".join(extra))
+    unfilled = [s for s in inputs if s not in spans]
+    if unfilled:  # left empty in the filled text: say so, with what the model wrote instead
+        written = target.split(specials.eos)[0] if specials.eos else target
+        log.warning(
+            "the model wrote no span for %s (left empty in the filled text); its output: %r",
+            ", ".join(unfilled),
+            written if len(written) <= 200 else written[:197] + "...",
+        )
+    filled = SENTINEL_RE.sub(lambda m: spans.get(m.group(0), ""), text)
+    return spans, filled
+
+
+def answer(
+    pre: Pretrained,
+    text: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> str:
+    """A ``task=seq2seq`` T5's target for the input ``text``, read as its training read an
+    input (``Seq2SeqCollator``): ordinary text (a ``<mask>`` or ``<extra_id_0>`` in it is its
+    characters) ended by EOS, decoded until the model's EOS. ``temperature=0`` is the greedy
+    decode that validation's exact match scores."""
+    check_infer_task(pre.family, "infill", "a seq2seq answer", str(pre.path))
+    tok = pre.tokenizer
+    [enc] = encode_ordinary(tok, [text])
+    found = unknown_record(Counter(unknown_pieces(tok, [text], [enc])[0]))
+    warn_unknown(found, len(enc.ids), "the text", "The model never saw that text in training")
+    ids = enc.ids
+    target = decode_target(
+        pre,
+        ids,
+        "a seq2seq answer",
+        "its answer (EOS): the answer is cut",
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        use_cache,
+    )
+    return target.split(pre.specials.eos)[0] if pre.specials.eos else target
+
+
+def decode_target(
+    pre: Pretrained,
+    ids: list[int],
+    use: str,
+    what: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+    use_cache: bool,
+) -> str:
+    """T5's decoded target (its special tokens kept) for the input ``ids`` ended by EOS, from
+    T5's decoder start token (PAD) until the model's EOS or ``max_new_tokens``; ``use`` and
+    ``what`` name the decode in the messages. Arguments outside what ``check_decoding``
+    allows, and an input past the model's ``max_seq_len``, are refused before the encoder
+    runs."""
+    temperature, top_k, top_p, max_new_tokens = check_decoding(
+        temperature, top_k, top_p, max_new_tokens=max_new_tokens
+    )
+    tok, model, specials = pre.tokenizer, pre.model, pre.specials
+    eos_id = specials.id(tok, "eos", use)
+    ids = [*ids, eos_id]
     if len(ids) > pre.cfg.max_seq_len:
         raise ConfigError(
             f"text is {len(ids)} tokens, above the model's max_seq_len={pre.cfg.max_seq_len}"
         )
     memory_1TD = model.encode(torch.tensor([ids], device=pre.device))
-    start_id = specials.id(tok, "pad", "infilling")  # T5's decoder start token
+    start_id = specials.id(tok, "pad", use)  # T5's decoder start token
     start_11 = torch.tensor([[start_id]], device=pre.device)
     out_1S = decode_loop(
         lambda dec_ids, cache: model.decode(dec_ids, memory_1TD, cache=cache),
@@ -169,27 +263,12 @@ def infill(
     written_ids = out_1S[0, 1:].tolist()
     if eos_id not in written_ids and len(written_ids) >= max_new_tokens:
         log.warning(
-            "infilling stopped at max_new_tokens=%d before the model ended its spans (EOS): "
-            "the last span may be cut, later ones missing; raise max_new_tokens",
+            "%s stopped at max_new_tokens=%d before the model ended %s; raise max_new_tokens",
+            use,
             max_new_tokens,
+            what,
         )
-    target = tok.decode(written_ids, skip_special_tokens=False)
-    written_spans = parse_spans(target, specials.eos)
-    inputs = list(dict.fromkeys(m.group(0) for m in SENTINEL_RE.finditer(text)))
-    # only the text's sentinels, in its order: T5 often goes on past the last one
-    spans = {s: written_spans[s] for s in inputs if s in written_spans}
-    if extra := [s for s in written_spans if s not in spans]:
-        log.debug("ignored the model's spans for %s (not in the text)", ", ".join(extra))
-    unfilled = [s for s in inputs if s not in spans]
-    if unfilled:  # left empty in the filled text: say so, with what the model wrote instead
-        written = target.split(specials.eos)[0] if specials.eos else target
-        log.warning(
-            "the model wrote no span for %s (left empty in the filled text); its output: %r",
-            ", ".join(unfilled),
-            written if len(written) <= 200 else written[:197] + "...",
-        )
-    filled = SENTINEL_RE.sub(lambda m: spans.get(m.group(0), ""), text)
-    return spans, filled
+    return tok.decode(written_ids, skip_special_tokens=False)
 
 
 def parse_spans(target: str, eos: str) -> dict[str, str]:

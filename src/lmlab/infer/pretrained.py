@@ -40,6 +40,7 @@ class Pretrained:
     path: Path
     global_step: int | None = None  # the training step the checkpoint was saved at
     digest: str | None = None  # ``model_digest`` of the checkpoint (None: a model in memory)
+    task: str = "lm"  # the task it was trained on (``TaskKind``'s value): seq2seq answers texts
 
     @property
     def family(self) -> Family:
@@ -395,4 +396,5 @@ def load(
             f"they overflow {dtype}'s range; load them in fp32 or bf16",
         )
     digest = model_digest(cfg, state, tok, ckpt["model_config"])
-    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest)
+    task = ckpt.get("task", {}).get("kind", "lm")
+    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest, task)
