@@ -326,3 +326,30 @@ def test_the_missing_value_strings_stand_where_pandas_moves_its_private_list() -
     from pandas._libs.parsers import STR_NA_VALUES
 
     assert out.stdout.strip() == str(sorted(STR_NA_VALUES))
+
+
+def test_an_empty_input_text_in_a_jsonl_file_is_counted_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JSON Lines text "" (or whitespace) trained in silence, the model reading [CLS] [SEP]
+    alone and taught the label from nothing, where the same empty field in a CSV is refused
+    as missing. Counted per split, naming the first by its place in the file; either text of
+    a pair counts."""
+    from lmlab.data.finetune import report_empty
+
+    rows = [{"text": t, "text_pair": p, "label": "ab"[i % 2]} for i, (t, p) in enumerate(
+        [("x y", "z"), ("", "z"), ("x", "z"), (" \t", "z"), ("x", ""), ("x", "z")]
+    )]  # fmt: skip
+    path = jsonl(tmp_path / "e.jsonl", rows, blank_lines=1)
+    task = classify(path, path)
+    split = read_file("task.train=e.jsonl", path, tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="lmlab.data.finetune"):
+        assert report_empty(columns(task, split)[0], split, ("text_column",)) == 2
+        assert "2 of 6 examples of task.train=e.jsonl have an empty input" in caplog.text
+        assert "the first is example 2 (line 3)" in caplog.text
+        task.text_pair_column = "text_pair"
+        fields = ("text_column", "text_pair_column")
+        assert report_empty(columns(task, split)[0], split, fields) == 3
+        caplog.clear()
+        assert report_empty(["a", "b c"], split, ("text_column",)) == 0
+    assert not caplog.text

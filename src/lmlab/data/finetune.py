@@ -27,9 +27,10 @@ from lmlab.config import (
     TaskSpec,
 )
 from lmlab.data.datamodule import LMDataModule
-from lmlab.data.examples import columns, input_texts, load_splits
+from lmlab.data.examples import columns, input_texts, load_splits, text_fields
 from lmlab.data.labels import label_ids, label_names
 from lmlab.data.packing import cache_root, cached_tokenizer, text_digest, tokenizer_dir
+from lmlab.data.split import Split, example
 from lmlab.data.task_collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
 from lmlab.data.tokenizer import encode_ordinary, unknown_pieces, unknown_record, warn_unknown
 
@@ -69,6 +70,8 @@ class FinetuneDataModule(LMDataModule):
         cache = cache_root(self.cfg)  # a file or unwritable folder: named, not a traceback
         train, val = load_splits(task, cache / "datasets")
         (x_train, y_train), (x_val, y_val) = columns(task, train), columns(task, val)
+        for x, split in ((x_train, train), (x_val, val)):
+            report_empty(x, split, text_fields(task)[: 2 if task.text_pair_column else 1])
         labels: tuple[str, ...] = ()
         if task.kind == TaskKind.classify:  # labels become ids; seq2seq targets are texts
             labels = label_names(y_train, task.num_labels, train.origin)
@@ -161,6 +164,28 @@ def report_cut(
             parts.append(f"{sum(targets)} targets past {room[1]} (task.max_target_len)")
         log.warning("%d of %d examples of %s are cut: %s", cut, len(rows), origin, ", ".join(parts))
     return cut
+
+
+def report_empty(inputs: list[Any], split: Split, fields: tuple[str, ...]) -> int:
+    """A warning counting the examples of ``split`` whose input (either text of a pair) is
+    empty or whitespace only, as a JSON Lines file's ``""`` is: the model reads its framing
+    alone ([CLS] [SEP], or EOS) and is taught the label or target from nothing. (A CSV's
+    empty text field is a missing value, refused by ``columns``.) Returns the count."""
+    texts = [x if isinstance(x, tuple) else (x,) for x in inputs]
+    empty = [r for r, pair in enumerate(texts) if not all(t.strip() for t in pair)]
+    if empty:
+        named = ", ".join(f"task.{f}" for f in fields)
+        log.warning(
+            "%d of %d examples of %s have an empty input text (%s; whitespace only counts), "
+            "the first is %s: the model reads its framing alone for them; leave them out or "
+            "fill them in",
+            len(empty),
+            len(inputs),
+            split.origin,
+            named,
+            example(empty[0], split),
+        )
+    return len(empty)
 
 
 # How each task's examples are batched.
