@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 from test_resume import logged_steps, saved_step, wait_for
 
 from lmlab.config import (
@@ -1076,18 +1077,25 @@ class ValidationRows:
         return torch.utils.data.DataLoader(list(range(self.n)), batch_size=16)
 
 
+@pytest.fixture(scope="module")
+def classify_config() -> DictConfig:
+    """``task=classify model=bert_tiny`` as the command line composes it, once."""
+    return compose_train(["task=classify", "model=bert_tiny"])
+
+
 @pytest.mark.parametrize(
-    ("overrides", "val_examples", "warned"),
+    ("settings", "val_examples", "warned"),
     [
-        ([], 1000, "the first 320 of the 1000 validation examples"),
-        (["trainer.limit_val_batches=0.5"], 1000, "the first 496 of the 1000 validation"),
-        (["final_val_batches=1.0"], 1000, None),
-        (["trainer.limit_val_batches=1.0"], 1000, None),
-        ([], 320, None),
+        ({}, 1000, "the first 320 of the 1000 validation examples"),
+        ({"trainer.limit_val_batches": 0.5}, 1000, "the first 496 of the 1000 validation"),
+        ({"final_val_batches": 1.0}, 1000, None),
+        ({"trainer.limit_val_batches": 1.0}, 1000, None),
+        ({}, 320, None),
     ],
 )
 def test_a_fine_tuning_run_scoring_part_of_its_validation_file_says_so(
-    overrides: list[str],
+    classify_config: DictConfig,
+    settings: dict,
     val_examples: int,
     warned: str | None,
     caplog: pytest.LogCaptureFixture,
@@ -1097,7 +1105,9 @@ def test_a_fine_tuning_run_scoring_part_of_its_validation_file_says_so(
     (0.0 where the file was sorted by label), with plan.json saying 1000 and no word of it."""
     from lmlab.train.build import warn_partial_validation
 
-    cfg = compose_train(["task=classify", "model=bert_tiny", *overrides])
+    cfg = classify_config.copy()
+    for key, value in settings.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
     spec = TaskSpec(TaskKind.classify, ("a", "b"), 200, val_examples, origin="task.val=v.csv")
     with caplog.at_level(logging.WARNING, logger="lmlab.train.build"):
         said = warn_partial_validation(cfg, ValidationRows(val_examples), spec)
