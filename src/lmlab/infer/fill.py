@@ -14,10 +14,12 @@ marker's characters are never read.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -181,41 +183,30 @@ def infill(
     return spans, filled
 
 
-def answer(
-    pre: Pretrained,
-    text: str,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-) -> str:
+def answer(pre: Pretrained, text: str, *args: Any, **decoding: Any) -> str:
     """A ``task=seq2seq`` T5's target for the input ``text``, read as its training read an
     input (``Seq2SeqCollator``): ordinary text (a ``<mask>`` or ``<extra_id_0>`` in it is its
-    characters) ended by EOS, decoded until the model's EOS. ``temperature=0`` is the greedy
-    decode that validation's exact match scores."""
+    characters) ended by EOS, decoded until the model's EOS. ``args`` and ``decoding``:
+    ``infill``'s arguments after the text, with its defaults (``temperature=0``: the greedy
+    decode that validation's exact match scores)."""
     check_infer_task(pre.family, "infill", "a seq2seq answer", str(pre.path))
     tok = pre.tokenizer
     [enc] = encode_ordinary(tok, [text])
     found = unknown_record(Counter(unknown_pieces(tok, [text], [enc])[0]))
     warn_unknown(found, len(enc.ids), "the text", "The model never saw that text in training")
-    ids = enc.ids
+    asked = inspect.signature(infill).bind(pre, text, *args, **decoding)  # infill's names, defaults
+    asked.apply_defaults()
     target = decode_target(
         pre,
-        ids,
+        enc.ids,
         "a seq2seq answer",
         "its answer (EOS): the answer is cut",
-        max_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        generator,
-        use_cache,
+        *list(asked.arguments.values())[2:],
     )
     return target.split(pre.specials.eos)[0] if pre.specials.eos else target
 
 
+@torch.no_grad()
 def decode_target(
     pre: Pretrained,
     ids: list[int],
