@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
-from lmlab.train.loggers import build_loggers, kept_run_name, run_name, run_tags
+from lmlab.train.loggers import build_loggers, kept_run_name, run_name, run_tags, uses_wandb
 from lmlab.train.run import train
 from lmlab.train.wandb_run import (
     finish_wandb,
@@ -184,6 +184,31 @@ def test_an_offline_wandb_run_leaves_the_next_run_online_where_it_asks(
         wandb.teardown()
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # the run itself offline
     assert wandb_offline(False) is False
+
+
+@pytest.mark.parametrize("how", ["WANDB_MODE", "wandb disabled"])
+def test_w_and_b_disabled_by_the_user_starts_no_wandb_run(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``WANDB_MODE=disabled``, or ``wandb disabled`` (its settings file's ``mode``), W&B's
+    documented off switch: lmlab passed ``mode=offline`` to ``wandb.init``, which overruled
+    it, and every run wrote ``wandb/offline-run-*`` records and a ``wandb_id``."""
+    run_dir = tmp_path / "run"
+    if how == "WANDB_MODE":
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+    else:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+        (tmp_path / "config").mkdir()
+        (tmp_path / "config" / "settings").write_text("[default]\nmode = disabled\n")
+    cfg = compose_train(WANDB, run_dir)
+    try:
+        loggers = build_loggers(cfg, run_dir)
+    finally:
+        finish_wandb({"status": "completed"})
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger"]
+    assert not uses_wandb(cfg)
+    assert not (run_dir / "wandb").exists() and not (run_dir / "wandb_id").exists()
 
 
 def test_a_run_directory_before_wandb_name_keeps_its_results_name(tmp_path: Path) -> None:

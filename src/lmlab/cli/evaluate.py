@@ -132,15 +132,22 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
     of step N), and into its summary. Offline unless credentials exist, as in training; an
     offline run is uploaded with ``wandb sync <run dir>/wandb/offline-run-*``. The run's id is
     the one a resume reopens (``recorded_wandb_id``: ``wandb_id``, else results.json's).
-    Returns the run id, or None when the run directory has no W&B run."""
+    Returns the run id, or None when the run directory has no W&B run or W&B is disabled
+    (``wandb_disabled``)."""
     from lmlab.files import RESULTS, read_record
 
     if not (run_dir / "wandb_id").exists() and not read_record(run_dir / RESULTS).get("wandb_id"):
         return None  # no W&B run: not worth Lightning's import (the W&B helpers'), ~4 s
-    from lmlab.train.wandb_run import init_wandb, recorded_wandb_id, wandb_offline, wandb_place
+    from lmlab.train.wandb_run import (
+        init_wandb,
+        recorded_wandb_id,
+        wandb_disabled,
+        wandb_offline,
+        wandb_place,
+    )
 
     run_id = recorded_wandb_id(run_dir)
-    if run_id is None:
+    if run_id is None or wandb_disabled():  # WANDB_MODE=disabled: the user's, no W&B run
         return None
     import wandb
 

@@ -28,6 +28,7 @@ from lmlab.train.wandb_run import (
     record_wandb_place,
     recorded_wandb_name,
     start_wandb,
+    wandb_disabled,
     wandb_may_fail,
     wandb_offline,
     wandb_place,
@@ -237,8 +238,10 @@ class CSVLogger(pl_loggers.CSVLogger):
 
 
 def uses_wandb(cfg: DictConfig) -> bool:
-    """Whether the run logs to W&B: a ``logger.wandb`` entry that is not turned off (null)."""
-    return (cfg.get("logger") or {}).get("wandb") is not None
+    """Whether the run logs to W&B: a ``logger.wandb`` entry that is not turned off (null),
+    and W&B not turned off by the user (``WANDB_MODE=disabled``, ``wandb disabled``:
+    ``wandb_disabled``)."""
+    return (cfg.get("logger") or {}).get("wandb") is not None and not wandb_disabled()
 
 
 def build_loggers(
@@ -259,6 +262,9 @@ def build_loggers(
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is None:  # logger.wandb=null: that one off, as a callback's null
+            continue
+        if name == "wandb" and not uses_wandb(cfg):
+            log.info("W&B is disabled (WANDB_MODE=disabled or `wandb disabled`): no W&B run")
             continue
         if name == "wandb":
             wandb_name = lcfg.get("name") or recorded_wandb_name(out_dir) or run_name(cfg)

@@ -43,12 +43,13 @@ WANDB_REACH_SECONDS = 3.0
 SYNC_HINT = "wandb sync {}/wandb/offline-run-*"
 
 
-def wandb_base_url() -> str:
-    """The W&B server a run talks to, found where W&B finds it: ``WANDB_BASE_URL``, else
-    ``base_url`` in W&B's settings files (the workspace's ``wandb/settings`` over the global
-    one, ``~/.config/wandb/settings`` or under ``WANDB_CONFIG_DIR``), else W&B's default."""
-    if url := os.environ.get("WANDB_BASE_URL"):
-        return url
+def wandb_setting(key: str, variable: str) -> str | None:
+    """A W&B setting found where W&B finds it: the environment's ``variable``, else ``key`` in
+    W&B's settings files (the workspace's ``wandb/settings`` over the global one,
+    ``~/.config/wandb/settings`` or under ``WANDB_CONFIG_DIR``, which ``wandb offline`` and
+    ``wandb disabled`` write); None where neither sets it."""
+    if value := os.environ.get(variable):
+        return value
     config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
     root = Path(os.environ.get("WANDB_DIR") or ".")
     workspace = root / (".wandb" if (root / ".wandb").exists() else "wandb")
@@ -57,14 +58,28 @@ def wandb_base_url() -> str:
         parser = ConfigParser()
         try:
             parser.read(path)
-            found = parser.get("default", "base_url", fallback=None) or found
+            found = parser.get("default", key, fallback=None) or found
         except (OSError, ConfigParserError):
             continue
-    if found:
+    return found
+
+
+def wandb_base_url() -> str:
+    """The W&B server a run talks to (``WANDB_BASE_URL``, else ``base_url`` in W&B's settings
+    files: ``wandb_setting``), else W&B's default."""
+    if found := wandb_setting("base_url", "WANDB_BASE_URL"):
         return found
     import wandb
 
     return wandb.Settings().base_url
+
+
+def wandb_disabled() -> bool:
+    """Whether the user turned W&B off the way W&B documents: ``WANDB_MODE=disabled``, or
+    ``wandb disabled`` (its settings file's ``mode``). Such a run starts no W&B run and writes
+    no ``wandb/`` records, as with ``logger.wandb=null``: lmlab passes W&B its ``mode``
+    (offline or online), which would overrule the user's."""
+    return wandb_setting("mode", "WANDB_MODE") == "disabled"
 
 
 def wandb_has_credentials() -> bool:
