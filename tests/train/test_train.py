@@ -483,6 +483,9 @@ def test_wandb_offline_run_records_config_and_metrics(
         k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()
     }
     assert config["model.norm_placement"] == "pre" and config["data.source"] == "stdlib"
+    # the groups' options too: a sweep over a preset or +experiment is a column to group by
+    assert (config["choices.model"], config["choices.debug"]) == ("gpt_tiny", "smoke")
+    assert not any(k.startswith("choices.hydra") for k in config)
     # what the run trained with, beside the config's fields it did not use
     assert config["trainer.accumulate_grad_batches"] == 1
     assert config["plan.batch.accumulation"] == results["batch"]["accumulation"] == 2

@@ -104,6 +104,18 @@ SHAPE_FIELDS = {"d_model", "n_layers", "n_decoder_layers", "d_head", "d_ff", "ff
 SHAPE_FIELDS |= {"moe"}
 
 
+def config_choices() -> dict[str, str]:
+    """The option each of lmlab's config groups took (``model: gpt_tiny``, ``experiment:
+    llama``, ``sweeps: recipes``; Hydra's own groups left out). The resolved config holds a
+    group's fields, never its name: logged as ``choices.<group>``, a sweep over a group
+    (``+sweeps=recipes``'s ``+experiment``, ``model=gpt_tiny,gpt_small``) has its swept value
+    in a config column a dashboard groups and plots by, as a field's sweep has."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {g: str(c) for g, c in choices.items() if c is not None and not g.startswith("hydra/")}
+
+
 def run_tags(cfg: DictConfig) -> list[str]:
     """Tags from the config choices: family, size, the model knobs, experiment and sweep. The
     size is the preset's (``size:tiny`` for ``model=gpt_tiny``), or ``size:custom`` where the
@@ -115,7 +127,7 @@ def run_tags(cfg: DictConfig) -> list[str]:
     tags = [f"{k}:{model[k]}" for k in knobs]
     if HydraConfig.initialized():
         hc = HydraConfig.get()
-        choices = hc.runtime.choices
+        choices = config_choices()
         preset = choices.get("model") or ""
         reshaped = bool(set(asked_fields(as_typed(hc.overrides.task), "model")) & SHAPE_FIELDS)
         tags.append(f"size:{'custom' if reshaped else preset.split('_', 1)[-1]}")
@@ -253,7 +265,8 @@ def build_loggers(
     plan: dict[str, Any] | None = None,
 ) -> list[Logger]:
     """Instantiate ``cfg.logger``'s entries (``logger.<name>=null`` turns one off) and log the
-    resolved config with dotted keys, and
+    resolved config with dotted keys, the config groups' options as ``choices.<group>``
+    (``config_choices``), and
     the run's frozen ``plan`` (``plan.json``) as ``plan.*``: the steps, accumulation, precision
     and vocabulary the run trains with, where a budget, the global batch or the data derived
     them and the config's own fields (``trainer.max_steps``, ``trainer.accumulate_grad_batches``)
@@ -298,7 +311,8 @@ def build_loggers(
             )
         else:
             loggers.append(instantiate(lcfg))
-    flat = redact(flatten(OmegaConf.to_container(cfg, resolve=True)) | flatten(plan or {}, "plan"))
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True)) | flatten(plan or {}, "plan")
+    flat = redact(flat | flatten(config_choices(), "choices"))
     for lg in loggers:
         lg.log_hyperparams(flat)  # W&B's run starts here (rank 0)
         if type(lg).__name__ == "WandbLogger":
