@@ -21,12 +21,8 @@ from lmlab.train.compose import compose_train
 from lmlab.train.guard import NonFiniteError
 from lmlab.train.loggers import build_loggers, kept_run_name, run_name, run_tags, uses_wandb
 from lmlab.train.run import train
-from lmlab.train.wandb_run import (
-    finish_wandb,
-    recorded_wandb_name,
-    wandb_offline,
-    wandb_unreachable,
-)
+from lmlab.train.wandb_mode import wandb_offline, wandb_unreachable
+from lmlab.train.wandb_run import finish_wandb, recorded_wandb_name
 from smoke import SMOKE
 
 WANDB = [*SMOKE, "logger=wandb"]
@@ -83,7 +79,7 @@ def test_a_key_whose_server_cannot_be_reached_means_offline_at_once(
     offline, without a warning."""
     url = f"http://127.0.0.1:{closed_port()}"
     with_key.setenv("WANDB_BASE_URL", url)
-    with caplog.at_level(logging.WARNING, logger="lmlab.train.wandb_run"):
+    with caplog.at_level(logging.WARNING, logger="lmlab.train"):
         assert wandb_offline(None, tmp_path) is True
     (record,) = caplog.records
     assert f"W&B: {url} cannot be reached" in record.getMessage()
@@ -101,6 +97,28 @@ def test_a_key_whose_server_cannot_be_reached_means_offline_at_once(
     with_key.setenv("NETRC", str(tmp_path / "no-netrc"))
     assert wandb_offline(None, tmp_path) is True
     assert not caplog.records
+
+
+def test_log_model_in_a_run_that_falls_back_offline_keeps_its_checkpoints_local(
+    with_key: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``logger.wandb.log_model=true`` with a key (the checks pass) whose server cannot be
+    reached: Lightning refuses ``log_model`` offline, and the offline fallback failed the run
+    once its data was prepared. It goes on offline, its checkpoints local, in one warning."""
+    with_key.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    cfg = compose_train([*WANDB, "logger.wandb.log_model=true"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lmlab.train"):
+        try:
+            loggers = build_loggers(cfg, tmp_path)
+        finally:
+            finish_wandb({"status": "completed"})
+    assert "WandbLogger" in [type(lg).__name__ for lg in loggers]
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    warned = [r.getMessage() for r in caplog.records if "log_model=" in r.getMessage()]
+    assert warned == [
+        f"W&B: offline, no checkpoint is uploaded (logger.wandb.log_model=true): they stay in "
+        f"{tmp_path}/checkpoints"
+    ]
 
 
 def test_a_server_that_never_answers_is_given_up_after_the_timeout(
@@ -143,7 +161,7 @@ def test_a_run_with_a_key_whose_wandb_does_not_start_online_trains_offline(
     port = httpd.server_address[1] if server == "refusing" else closed_port()
     try:
         with_key.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-        with caplog.at_level(logging.WARNING, logger="lmlab.train.wandb_run"):
+        with caplog.at_level(logging.WARNING, logger="lmlab.train"):
             train(compose_train(WANDB, tmp_path, cache_dir))
     finally:
         httpd.shutdown()

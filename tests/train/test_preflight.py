@@ -163,6 +163,18 @@ def test_a_wandb_project_or_tag_that_w_and_b_refuses_is_refused_first(tmp_path) 
     check_run(compose_train([*wandb, *at_limits], tmp_path / "run", tmp_path))
 
 
+def test_wandb_log_model_in_a_run_known_to_log_offline_is_refused(tmp_path) -> None:
+    """``logger.wandb.log_model=true`` where the run logs offline (here ``WANDB_MODE=offline``;
+    no API key or ``logger.wandb.offline=true`` alike), which Lightning refuses as the logger
+    is built: the run failed once its data was prepared, with a traceback. Asked online, it
+    passes (the fallback offline: ``test_loggers``)."""
+    wandb = ["+debug=smoke", "logger=wandb", "logger.wandb.log_model=true"]
+    cfg = compose_train(wandb, tmp_path / "run", tmp_path)
+    message = "logger.wandb.log_model=true: this run logs to W&B offline (WANDB_MODE=offline"
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+
+
 def test_a_logger_entry_without_a_target_is_refused(tmp_path) -> None:
     """``+logger.mine.project=x`` (no ``_target_``) failed the run once its data was prepared,
     with OmegaConf's traceback ("Key '_target_' is not in struct")."""

@@ -138,13 +138,8 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float], step: int | None) -> 
 
     if not (run_dir / "wandb_id").exists() and not read_record(run_dir / RESULTS).get("wandb_id"):
         return None  # no W&B run: not worth Lightning's import (the W&B helpers'), ~4 s
-    from lmlab.train.wandb_run import (
-        init_wandb,
-        recorded_wandb_id,
-        wandb_disabled,
-        wandb_offline,
-        wandb_place,
-    )
+    from lmlab.train.wandb_mode import wandb_disabled, wandb_offline
+    from lmlab.train.wandb_run import init_wandb, recorded_wandb_id, wandb_place
 
     run_id = recorded_wandb_id(run_dir)
     if run_id is None or wandb_disabled():  # WANDB_MODE=disabled: the user's, no W&B run

@@ -22,15 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.config import flatten, redact
 from lmlab.config.asked import as_typed, asked_fields
 from lmlab.files import SWEEP_RECORD, write_text
+from lmlab.train.wandb_mode import wandb_disabled, wandb_offline
 from lmlab.train.wandb_run import (
     in_wandb_sweep,
     record_wandb_name,
     record_wandb_place,
     recorded_wandb_name,
     start_wandb,
-    wandb_disabled,
     wandb_may_fail,
-    wandb_offline,
     wandb_place,
     wandb_run_id,
 )

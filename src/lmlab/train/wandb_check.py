@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import ConfigError, spelled
+from lmlab.train.wandb_mode import wandb_disabled, wandb_offline_known
 
 
 def check_wandb(cfg: DictConfig) -> None:
@@ -17,7 +18,9 @@ def check_wandb(cfg: DictConfig) -> None:
     false. ``tags``: a list of strings (or null); W&B took ``tags=baseline`` for the tags b,
     a, s, e, l, i, n, e, and refused a number (``tags=[v1,2]``) once the data was prepared.
     ``name``, ``group``, ``project``, ``entity``: a string (or null); a number as Hydra reads
-    ``name=2024`` failed the run after its data was prepared, through a traceback."""
+    ``name=2024`` failed the run after its data was prepared, through a traceback.
+    ``log_model`` in a run known to log offline (``wandb_offline_known``), which Lightning
+    refuses as the logger is built, once the data was prepared, through a traceback."""
     node = (cfg.get("logger") or {}).get("wandb")
     if node is None:
         return
@@ -44,6 +47,13 @@ def check_wandb(cfg: DictConfig) -> None:
             "logger.wandb.tags=[baseline] (quote a number: '[v1,\"2\"]'), or null"
         )
     check_wandb_words(node.get("project"), tags)
+    if node.get("log_model") and not wandb_disabled() and wandb_offline_known(offline):
+        raise ConfigError(
+            f"logger.wandb.log_model={spelled(node.get('log_model'))}: this run logs to W&B "
+            "offline (WANDB_MODE=offline, logger.wandb.offline=true, or no API key), which "
+            "uploads no checkpoint: log in (wandb login, or WANDB_API_KEY), or leave log_model "
+            "false (checkpoints stay in <run dir>/checkpoints)"
+        )
 
 
 # What W&B refuses in ``wandb.init`` (its settings' ``validate_project`` and
