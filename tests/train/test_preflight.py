@@ -175,6 +175,19 @@ def test_wandb_log_model_in_a_run_known_to_log_offline_is_refused(tmp_path) -> N
         check_run(cfg)
 
 
+@pytest.mark.parametrize("mode", ["offlne", ""])
+def test_a_wandb_mode_that_w_and_b_refuses_is_refused_first(
+    mode: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``WANDB_MODE=offlne`` (a typo) or an empty ``WANDB_MODE=``: W&B's first call failed
+    (pydantic's ``ValidationError``), and the run, completed, logged nothing to W&B."""
+    cfg = compose_train(["+debug=smoke", "logger=wandb"], tmp_path / "run", tmp_path)
+    monkeypatch.setenv("WANDB_MODE", mode)
+    message = f"WANDB_MODE={mode!r}: allowed: online, offline, disabled (W&B refuses any other"
+    with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
+        check_run(cfg)
+
+
 def test_a_logger_entry_without_a_target_is_refused(tmp_path) -> None:
     """``+logger.mine.project=x`` (no ``_target_``) failed the run once its data was prepared,
     with OmegaConf's traceback ("Key '_target_' is not in struct")."""

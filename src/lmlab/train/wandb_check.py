@@ -4,12 +4,13 @@ the run's data was prepared, through a traceback."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import ConfigError, spelled
-from lmlab.train.wandb_mode import wandb_disabled, wandb_offline_known
+from lmlab.train.wandb_mode import WANDB_MODES, wandb_disabled, wandb_offline_known
 
 
 def check_wandb(cfg: DictConfig) -> None:
@@ -20,10 +21,18 @@ def check_wandb(cfg: DictConfig) -> None:
     ``name``, ``group``, ``project``, ``entity``: a string (or null); a number as Hydra reads
     ``name=2024`` failed the run after its data was prepared, through a traceback.
     ``log_model`` in a run known to log offline (``wandb_offline_known``), which Lightning
-    refuses as the logger is built, once the data was prepared, through a traceback."""
+    refuses as the logger is built, once the data was prepared, through a traceback. A
+    ``WANDB_MODE`` W&B refuses (``WANDB_MODES``): the run logged nothing to W&B, in one warning
+    naming a pydantic ``ValidationError``."""
     node = (cfg.get("logger") or {}).get("wandb")
     if node is None:
         return
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(
+            f"WANDB_MODE={mode!r}: allowed: {', '.join(WANDB_MODES[:3])} (W&B refuses any "
+            "other, and the run would log nothing to W&B), or unset it"
+        )
     offline = node.get("offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError(

@@ -23,6 +23,10 @@ WANDB_HOST = "api.wandb.ai"
 # offline: W&B's own init gives up only after its init_timeout (90 s) and retries.
 WANDB_REACH_SECONDS = 3.0
 
+# The WANDB_MODE values W&B takes (its Settings' ``mode``): any other, a typo or an empty
+# ``WANDB_MODE=``, fails W&B's first call in the run, and the run logs nothing to W&B
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+
 SYNC_HINT = "wandb sync {}/wandb/offline-run-*"
 
 
