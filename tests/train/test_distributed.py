@@ -289,6 +289,46 @@ def test_optimizer_states_are_named_in_the_optimizers_order() -> None:
         keyed_by_name(optimizer.state_dict(), other, model)
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_lmlabs_lines_of_a_run_are_said_by_rank_0_alone(
+    rank: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank plans the run, so each said the plan's warnings (a cut warm-up, validation
+    off, bf16-true) and init_from's source: twice on the console of a 2-process run. A rank
+    other than 0 now leaves lmlab's info and warnings to rank 0 and keeps its own errors and
+    Lightning's lines (which say their rank where it matters)."""
+    import logging
+
+    from lmlab.train.lightning_logs import route_lightning_logs
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(f"{record.name} {record.getMessage()}")
+
+    kept = Kept()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [kept])  # Hydra's, as a rank has
+    for name in ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    route_lightning_logs()
+    route_lightning_logs()  # a multirun's next job: one filter of each kind
+    assert len(kept.filters) == (1 if rank == "0" else 2)
+    logging.getLogger("lmlab.train.build").warning("warm-up cut")
+    logging.getLogger("lmlab").warning("weights from init_from")
+    logging.getLogger("lmlab.train.run").error("results.json not written")
+    logging.getLogger("lightning.fabric.utilities.distributed").warning("GLOBAL_RANK: 1")
+    said = ["lmlab.train.build warm-up cut", "lmlab weights from init_from"]
+    always = [
+        "lmlab.train.run results.json not written",
+        "lightning.fabric.utilities.distributed GLOBAL_RANK: 1",
+    ]
+    assert kept.lines == (said if rank == "0" else []) + always
+
+
 def test_every_fsdp_rank_runs_on_its_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child rank of trainer=fsdp (which Lightning gives no launcher) takes the same thread
     count as rank 0 and every DDP rank: cores // processes. It ran on every core while rank 0
