@@ -1492,6 +1492,32 @@ def test_launcher_ranks_without_a_chosen_run_dir_are_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_launchers_other_ranks_save_no_hydra_record(
+    launcher: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun's and srun's every rank runs the whole command: each rank's Hydra saved
+    ``.hydra/`` into the run's one folder, over a resumed run's record of the launch before,
+    ahead of rank 0 keeping it (``config.<n>.yaml`` then held the new launch's config and
+    train.log said it changed nothing), and into a new folder ahead of rank 0, which kept it
+    as an earlier launch's. Only rank 0 saves it, as Lightning's own children are told."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmlab.cli.rundir_callback import RunDirCallback
+    from lmlab.config import CONF_DIR
+
+    for name, value in LAUNCHERS[launcher].items():
+        monkeypatch.setenv(name, value.format(rank=1))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        config = compose("train", [f"hydra.run.dir={tmp_path / 'run'}"], return_hydra_config=True)
+    assert config.hydra.output_subdir == ".hydra"
+    RunDirCallback().on_run_start(config)
+    assert config.hydra.output_subdir is None
+    assert list(tmp_path.iterdir()) == []  # rank 0 makes and guards the folder
+
+
 def test_a_failed_extension_keeps_the_completed_runs_record(
     tmp_path: Path, smoke_run: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

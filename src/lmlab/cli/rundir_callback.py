@@ -37,7 +37,12 @@ from lmlab.train.dirlock import (
     refuse_sweep_in_run_dir,
     unlock_sweep_dirs,
 )
-from lmlab.train.held import hold_hydra_writes, hold_sweep_hydra_writes, job_started
+from lmlab.train.held import (
+    hold_hydra_writes,
+    hold_sweep_hydra_writes,
+    job_started,
+    rank_zero_saves,
+)
 from lmlab.train.rundir import (
     chose_dir,
     keep_multirun_yaml,
@@ -154,8 +159,9 @@ class RunDirCallback(Callback):
                 "folder, outputs/<date>/<time>, by the second it started: give them one with "
                 "hydra.run.dir=<folder>"
             )
-        if not launch_rank_is_zero():
-            return  # a DDP/FSDP rank of a run that rank 0 guards (a sweep job's ranks too)
+        if not launch_rank_is_zero():  # a DDP/FSDP rank of a run that rank 0 guards
+            rank_zero_saves(config)  # (a sweep job's ranks too)
+            return
         if (why := sweep_file_without_multirun(config)) is not None:
             refuse(why)
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolve

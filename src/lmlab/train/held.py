@@ -10,6 +10,8 @@ a directory holding an earlier run exactly as it was.
   starts in a job's folder), whose ``.hydra/`` Hydra's launcher would rewrite before each
   job's checks: a job that another grid's config is refused for keeps what described it,
   and a live run's directory gets nothing.
+- ``rank_zero_saves``: a rank other than global 0 (torchrun's, srun's) saves no ``.hydra/``:
+  rank 0's describes the run, as Lightning's own children are told (``job_command``).
 - ``write_held``: what was held, written once training starts (``RunDir.open``). The
   ``.hydra/`` files of the launch before (a resume's, or a start refused for the machine) are
   kept first as ``config.<n>.yaml``, ``hydra.<n>.yaml``, ``overrides.<n>.yaml`` (1 for the
@@ -120,6 +122,17 @@ def hold_hydra_writes(config: DictConfig, run_dir: Path) -> None:
                 swapped[name] = handler["class"]
                 handler["class"] = HELD_HANDLER
     _HELD = _Held(absolute(run_dir), subdir, swapped)
+
+
+def rank_zero_saves(config: DictConfig) -> None:
+    """Before Hydra's ``run_job`` on a rank other than global 0: Hydra saves no ``.hydra/``
+    there. Every rank that torchrun or srun starts runs the whole command, and each saved it
+    into the run's one folder: over a resumed run's record of the launch before, before rank
+    0 (whose writes wait, ``hold_hydra_writes``) kept it as ``config.<n>.yaml``, which then
+    held this launch's config and ``train.log`` said it changed nothing; into a new folder
+    before rank 0 looked, which rank 0 then kept as an earlier launch's."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.output_subdir = None
 
 
 def hold_sweep_hydra_writes(config: DictConfig) -> None:
