@@ -99,6 +99,21 @@ def test_a_key_whose_server_cannot_be_reached_means_offline_at_once(
     assert not caplog.records
 
 
+def test_wandb_offline_typed_in_its_settings_file_is_followed(
+    with_key: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``wandb offline`` writes ``mode = offline`` to W&B's settings file: with a key, the run
+    logs offline as the user asked, without trying the server (lmlab read only
+    ``WANDB_MODE``, then passed W&B ``mode=online``, overruling it); ``wandb online`` alike."""
+    with_key.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    with_key.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    for mode, offline in (("offline", True), ("online", False)):
+        (tmp_path / "settings").write_text(f"[default]\nmode = {mode}\n")
+        with caplog.at_level(logging.WARNING, logger="lmlab.train"):
+            assert wandb_offline(None, tmp_path) is offline
+    assert not caplog.records  # the server was not tried
+
+
 def test_log_model_in_a_run_that_falls_back_offline_keeps_its_checkpoints_local(
     with_key: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -68,7 +68,7 @@ def check_val_fractions(cfg: DictConfig, dm: Any) -> None:
     fractions = {k: v for k, v in limits.items() if isinstance(v, float) and 0 < v < 1}
     batches = len(dm.val_dataloader()) if fractions else 0
     for name, limit in fractions.items():
-        if int(batches * limit) == 0:
+        if scored_batches(limit, batches) == 0:
             raise ConfigError(
                 f"{name}={limit}: {limit} of the validation split's {batches} batches is less "
                 f"than one batch; allowed: a fraction of at least 1/{batches}, or an int of "

@@ -66,7 +66,13 @@ def wandb_disabled() -> bool:
     ``wandb disabled`` (its settings file's ``mode``). Such a run starts no W&B run and writes
     no ``wandb/`` records, as with ``logger.wandb=null``: lmlab passes W&B its ``mode``
     (offline or online), which would overrule the user's."""
-    return wandb_setting("mode", "WANDB_MODE") == "disabled"
+    return wandb_mode() == "disabled"
+
+
+def wandb_mode() -> str | None:
+    """The mode the user set for W&B (``WANDB_MODE``, else the settings files' ``mode``, which
+    ``wandb offline``, ``wandb online`` and ``wandb disabled`` write); None where unset."""
+    return wandb_setting("mode", "WANDB_MODE")
 
 
 def wandb_has_credentials() -> bool:
@@ -114,8 +120,9 @@ def wandb_unreachable(url: str, timeout: float = WANDB_REACH_SECONDS) -> str | N
 def wandb_offline_known(requested: bool | None) -> bool | None:
     """``wandb_offline`` where the server is not asked: ``WANDB_MODE=offline`` (True), else
     ``logger.wandb.offline`` (``requested``), else no credentials (True), else another
-    ``WANDB_MODE`` (False: W&B's to follow); None where the server's answer decides."""
-    mode = os.environ.get("WANDB_MODE")
+    ``WANDB_MODE`` (False: W&B's to follow); None where the server's answer decides. The mode
+    is the user's wherever W&B reads it (``wandb_mode``: ``wandb offline`` too)."""
+    mode = wandb_mode()
     if mode in ("offline", "dryrun"):
         return True
     if requested is not None:
