@@ -353,3 +353,16 @@ def test_an_empty_input_text_in_a_jsonl_file_is_counted_in_a_warning(
         caplog.clear()
         assert report_empty(["a", "b c"], split, ("text_column",)) == 0
     assert not caplog.text
+
+
+def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path: Path) -> None:
+    """pandas reads ``text,text,label``'s second column as "text.1": the examples were the
+    first column's, the second unread and unsaid."""
+    path = tmp_path / "twice.csv"
+    path.write_text("text,text,label\na,b,0\nc,d,1\n")
+    with pytest.raises(ConfigError) as info:
+        read_file(f"task.train={path}", path, tmp_path / "cache", ["text"])
+    assert str(info.value) == (
+        f"task.train={path} could not be read as csv: its header (text, text, label) names "
+        '"text" twice: give each column a name of its own'
+    )

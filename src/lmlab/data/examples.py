@@ -159,6 +159,7 @@ def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
                     )
                 if record and not header:
                     header = record
+                    check_names(origin, header)
                 elif record:
                     if len(record) > len(header):
                         raise ConfigError(
@@ -172,6 +173,18 @@ def csv_lines(origin: str, path: Path) -> tuple[list[str], list[int] | None]:
     except (OSError, UnicodeDecodeError, csv.Error):  # a field over the csv module's 128 KiB too
         return [], None
     return header, lines
+
+
+def check_names(origin: str, header: list[str]) -> None:
+    """A header that names a column twice is refused: pandas reads the second as "text.1",
+    and the examples were the first column's, unsaid."""
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        names = " and ".join(f'"{name}"' for name in twice)
+        raise ConfigError(
+            f"{origin} could not be read as csv: its header ({', '.join(header)}) names "
+            f"{names} twice: give each column a name of its own"
+        )
 
 
 def what_is_wrong(path: Path, kind: str) -> str | None:
