@@ -15,7 +15,7 @@ import pytest
 
 from lmlab.config import TaskConfig, TaskKind, TaskSource
 from lmlab.data.examples import SOURCES, columns, load_splits, read_file
-from lmlab.data.labels import label_names
+from lmlab.data.labels import label_names, majority
 from lmlab.data.split import Split
 from lmlab.errors import ConfigError
 
@@ -365,4 +365,19 @@ def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path: Path) -> No
     assert str(info.value) == (
         f"task.train={path} could not be read as csv: its header (text, text, label) names "
         '"text" twice: give each column a name of its own'
+    )
+
+
+def test_the_validation_labels_are_counted_with_what_the_most_frequent_scores() -> None:
+    """A validation file of 6 "neg", 3 "pos", 1 "x": a classifier that always answers "neg"
+    scores val_acc 0.6, which the run says at its start and plan.json records."""
+    counts, said = majority([0] * 6 + [1] * 3 + [2], ("neg", "pos", "x"), "task.val=v.csv")
+    assert counts == (6, 3, 1)
+    assert said == (
+        "validation labels of task.val=v.csv: neg 6, pos 3, x 1; always answering neg "
+        "scores val_acc 0.600"
+    )
+    counts, said = majority([2, 2, 0], ("a", "b", "c"), "v")  # a label with none: counted 0
+    assert counts == (1, 0, 2) and said.endswith(
+        "c 2, a 1, b 0; always answering c scores val_acc 0.667"
     )

@@ -716,6 +716,7 @@ def test_classify_reaches_90_percent_within_200_steps(classified: Path) -> None:
         "examples_sha256": digest,
         "train_examples": 480,
         "val_examples": 96,
+        "val_labels": {"blue": 34, "green": 33, "red": 29},  # always "blue": val_acc 0.354
     }
     assert r["examples"] == 100 * 16 and r["tokens"] is None and r["flops"] is None
     with (classified / "csv" / "metrics.csv").open() as f:
@@ -791,6 +792,7 @@ def test_a_pair_run_records_its_pair_column(paired: Path) -> None:
         "examples_sha256": digest,
         "train_examples": 2048,
         "val_examples": 256,
+        "val_labels": {"next": 135, "random": 121},
     }
     assert json.loads((paired / "plan.json").read_text())["task"] == r["task"]
     path = paired / "checkpoints" / "last.ckpt"

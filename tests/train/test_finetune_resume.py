@@ -85,7 +85,7 @@ def test_a_resume_on_changed_examples_is_refused(tmp_path: Path, cache_dir: Path
     without plan.json the checkpoint's copy of it. A
     character more trains another tokenizer, which the refusal says the examples changed.
     The examples it trained on resume, also from a plan and checkpoint written before the
-    digest (none in them)."""
+    digest and the validation label counts (none in them)."""
     train_file, val_file = example_files(tmp_path)
     run_dir = tmp_path / "run"
     run = [*TINY, f"task.train={train_file}", f"task.val={val_file}", "trainer.max_steps=2"]
@@ -127,9 +127,11 @@ def test_a_resume_on_changed_examples_is_refused(tmp_path: Path, cache_dir: Path
     assert "the examples of task.train or task.val (or of task.source" in message, message
     assert "corpus" not in message, message
     write(train_file, rows(24, 0))
-    # a run from before the digest: its plan.json and checkpoint have none
+    # a run from before the digest and the validation label counts: its plan.json and
+    # checkpoint have neither
     plan = json.loads((run_dir / "plan.json").read_text())
     digest = plan["task"].pop("examples_sha256")
+    assert plan["task"].pop("val_labels") == {"long": 4, "short": 4}
     (run_dir / "plan.json").write_text(json.dumps(plan))
     ckpt_path = (run_dir / "checkpoints" / "last.ckpt").resolve()
     ckpt = torch.load(ckpt_path, weights_only=True)

@@ -217,6 +217,9 @@ def check_example_file(field_name: str, path: str | None) -> None:
 # The key of a task record (``TaskSpec.record``) that holds the examples' digest: records
 # written before it have none.
 EXAMPLES_DIGEST = "examples_sha256"
+# The key of a task summary (``TaskSpec.summary``) that counts a classifier's validation
+# examples per label: summaries written before it have none (the digest covers them).
+VAL_LABELS = "val_labels"
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,8 @@ class TaskSpec:
     checks, pre-training)."""
     origin: str = field(default="", compare=False)
     """Where the examples were read, for messages: ``task.train=a.jsonl and task.val=b.csv``."""
+    val_label_counts: tuple[int, ...] = field(default=(), compare=False)
+    """classify: the validation examples of each label, in id order (the digest covers them)."""
 
     @property
     def num_labels(self) -> int:
@@ -254,6 +259,18 @@ class TaskSpec:
             out["text_pair_column"] = self.text_pair_column
         if self.examples_sha256 is not None:
             out[EXAMPLES_DIGEST] = self.examples_sha256
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """``record`` with the example counts, and a classifier's validation examples per
+        label (``VAL_LABELS``: what always answering the most frequent one scores): what
+        plan.json and results.json say of the task."""
+        out = self.record() | {
+            "train_examples": self.train_examples,
+            "val_examples": self.val_examples,
+        }
+        if self.val_label_counts:
+            out[VAL_LABELS] = dict(zip(self.labels, self.val_label_counts, strict=True))
         return out
 
 

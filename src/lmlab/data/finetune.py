@@ -28,7 +28,7 @@ from lmlab.config import (
 )
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.examples import columns, input_texts, load_splits, text_fields
-from lmlab.data.labels import label_ids, label_names
+from lmlab.data.labels import label_ids, label_names, majority
 from lmlab.data.packing import cache_root, cached_tokenizer, text_digest, tokenizer_dir
 from lmlab.data.split import Split, example
 from lmlab.data.task_collators import ClassifyCollator, PairClassifyCollator, Seq2SeqCollator
@@ -73,10 +73,13 @@ class FinetuneDataModule(LMDataModule):
         for x, split in ((x_train, train), (x_val, val)):
             report_empty(x, split, text_fields(task)[: 2 if task.text_pair_column else 1])
         labels: tuple[str, ...] = ()
+        val_counts: tuple[int, ...] = ()
         if task.kind == TaskKind.classify:  # labels become ids; seq2seq targets are texts
             labels = label_names(y_train, task.num_labels, train.origin)
             y_train = label_ids(y_train, labels, train.origin)
             y_val = label_ids(y_val, labels, val.origin)
+            val_counts, said = majority(y_val, labels, val.origin)
+            log.info(said)
         # a trained tokenizer learns what it will read: the inputs (both texts of a pair), and
         # seq2seq's targets
         texts = input_texts(x_train) + (y_train if task.kind == TaskKind.seq2seq else [])
@@ -106,6 +109,7 @@ class FinetuneDataModule(LMDataModule):
             task.text_pair_column,
             examples_sha256=digest,
             origin=train.origin if held_out else f"{train.origin} and {val.origin}",
+            val_label_counts=val_counts,
         )
 
     def tokenized(self, x: list[Any], y: list[Any], origin: str) -> list[tuple[Any, Any]]:

@@ -1,9 +1,11 @@
 """Class labels of a fine-tuning classification: the checks of a split's label column (a
 missing label, one that is no class, a column mixing kinds: ``check_labels``), and their ids,
-given once from the training split (``label_names``, ``label_ids``)."""
+given once from the training split (``label_names``, ``label_ids``), and what always
+answering the most frequent validation label scores (``majority``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from lmlab.config import TaskConfig
@@ -119,3 +121,20 @@ HELD_ALONE = (
     ": the shuffle that holds out task.val_fraction drew every example of that label; give "
     "more examples of it, leave it out, or give validation examples (task.val, task.val_split)"
 )
+
+
+def majority(ids: list[int], names: tuple[str, ...], origin: str) -> tuple[tuple[int, ...], str]:
+    """The validation examples of each label (in id order), and a line saying them with the
+    accuracy of always answering the most frequent: the floor a classifier's ``val_acc``
+    beats, which a sorted or skewed validation file hides (``val_f1``, macro, does not)."""
+    counts = Counter(ids)
+    per_label = tuple(counts.get(i, 0) for i in range(len(names)))
+    top = max(range(len(names)), key=per_label.__getitem__)
+    total = max(len(ids), 1)
+    shown = sorted(range(len(names)), key=lambda i: -per_label[i])
+    spelled = ", ".join(f"{clip(names[i])} {per_label[i]:,}" for i in shown[:10])
+    more = f", ... ({len(names)} labels)" if len(names) > 10 else ""
+    return per_label, (
+        f"validation labels of {origin}: {spelled}{more}; always answering "
+        f"{clip(names[top])} scores val_acc {per_label[top] / total:.3f}"
+    )

@@ -32,8 +32,7 @@ def fine_tuning_results(spec: TaskSpec, metrics: dict[str, float], examples: int
     example counts), its own metrics, and the examples trained on. (Its tokens and FLOPs are
     left empty, as its budget leaves them: ``plan.PACKED_TOKEN_FIELDS``.)"""
     return {
-        "task": spec.record()
-        | {"train_examples": spec.train_examples, "val_examples": spec.val_examples},
+        "task": spec.summary(),
         **{key: metrics.get(name) for key, name in TASK_RESULTS[spec.kind].items()},
         "examples": examples,
         "epochs": examples / spec.train_examples,

@@ -30,7 +30,7 @@ from lmlab.config import (
     TaskKind,
     TaskSpec,
 )
-from lmlab.config.task import EXAMPLES_DIGEST
+from lmlab.config.task import EXAMPLES_DIGEST, VAL_LABELS
 from lmlab.data.packing import PREPARATION_CHANGES, PREPARATION_VERSION
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN
@@ -120,10 +120,7 @@ class RunPlan:
         if self.corpus is not None:
             plan["corpus"] = self.corpus
         if self.task.kind != TaskKind.lm:  # a pre-training plan stays as it was
-            plan["task"] = self.task.record() | {
-                "train_examples": self.task.train_examples,
-                "val_examples": self.task.val_examples,
-            }
+            plan["task"] = self.task.summary()
         return plan
 
     def budget_record(self) -> dict[str, Any]:
@@ -254,7 +251,9 @@ def task_change(
         return None
     digests = [(record or {}).get(EXAMPLES_DIGEST) for record in (was, now)]
     was, now = (
-        None if record is None else {k: v for k, v in record.items() if k != EXAMPLES_DIGEST}
+        None
+        if record is None
+        else {k: v for k, v in record.items() if k not in (EXAMPLES_DIGEST, VAL_LABELS)}
         for record in (was, now)
     )
     if was != now:
