@@ -1500,9 +1500,12 @@ def test_a_launchers_other_ranks_save_no_hydra_record(
     ``.hydra/`` into the run's one folder, over a resumed run's record of the launch before,
     ahead of rank 0 keeping it (``config.<n>.yaml`` then held the new launch's config and
     train.log said it changed nothing), and into a new folder ahead of rank 0, which kept it
-    as an earlier launch's. Only rank 0 saves it, as Lightning's own children are told."""
+    as an earlier launch's; each rank's Hydra appended its log lines to rank 0's train.log.
+    Only rank 0 saves it and logs to train.log; the others to rank<N>.log, as Lightning's own
+    children are told."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
     from lmlab.cli.rundir_callback import RunDirCallback
     from lmlab.config import CONF_DIR
@@ -1512,9 +1515,11 @@ def test_a_launchers_other_ranks_save_no_hydra_record(
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         config = compose("train", [f"hydra.run.dir={tmp_path / 'run'}"], return_hydra_config=True)
-    assert config.hydra.output_subdir == ".hydra"
+    handler = config.hydra.job_logging.handlers.file
+    log_file = OmegaConf.to_container(handler)["filename"]  # the job's name names it
+    assert config.hydra.output_subdir == ".hydra" and log_file.endswith("/${hydra.job.name}.log")
     RunDirCallback().on_run_start(config)
-    assert config.hydra.output_subdir is None
+    assert config.hydra.output_subdir is None and config.hydra.job.name == "rank1"
     assert list(tmp_path.iterdir()) == []  # rank 0 makes and guards the folder
 
 

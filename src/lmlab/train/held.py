@@ -11,7 +11,8 @@ a directory holding an earlier run exactly as it was.
   job's checks: a job that another grid's config is refused for keeps what described it,
   and a live run's directory gets nothing.
 - ``rank_zero_saves``: a rank other than global 0 (torchrun's, srun's) saves no ``.hydra/``:
-  rank 0's describes the run, as Lightning's own children are told (``job_command``).
+  rank 0's describes the run, and logs to ``rank<N>.log``, not rank 0's ``train.log``, as
+  Lightning's own children are told (``job_command``).
 - ``write_held``: what was held, written once training starts (``RunDir.open``). The
   ``.hydra/`` files of the launch before (a resume's, or a start refused for the machine) are
   kept first as ``config.<n>.yaml``, ``hydra.<n>.yaml``, ``overrides.<n>.yaml`` (1 for the
@@ -47,6 +48,8 @@ from lmlab.train.dirlock import refuse_if_live
 from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
 
 log = logging.getLogger(__name__)
+# the global rank that torchrun (RANK) or srun (SLURM_PROCID) gives each process it starts
+LAUNCHER_RANKS = ("RANK", "SLURM_PROCID")
 
 
 class HeldFileHandler(logging.FileHandler):
@@ -130,9 +133,14 @@ def rank_zero_saves(config: DictConfig) -> None:
     into the run's one folder: over a resumed run's record of the launch before, before rank
     0 (whose writes wait, ``hold_hydra_writes``) kept it as ``config.<n>.yaml``, which then
     held this launch's config and ``train.log`` said it changed nothing; into a new folder
-    before rank 0 looked, which rank 0 then kept as an earlier launch's."""
+    before rank 0 looked, which rank 0 then kept as an earlier launch's. Its job log is
+    ``rank<N>.log`` (N: the launcher's global rank): each rank's Hydra opened the run's
+    ``train.log`` and appended its lines to rank 0's."""
+    rank = next((os.environ[v] for v in LAUNCHER_RANKS if v in os.environ), None)
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.output_subdir = None
+        if rank is not None:  # Lightning's own children are named by job_command
+            config.hydra.job.name = f"rank{rank}"
 
 
 def hold_sweep_hydra_writes(config: DictConfig) -> None:
