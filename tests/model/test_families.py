@@ -354,6 +354,18 @@ def test_relative_position_buckets_match_t5(
     assert got.item() == bucket
 
 
+@pytest.mark.parametrize("buckets", [(32, 128), (16, 64), (8, 20), (33, 128), (4, 3), (32, 1000)])
+def test_relative_position_buckets_equal_t5s_for_every_setting(buckets: tuple[int, int]) -> None:
+    """transformers' ``T5Attention._relative_position_bucket``, both directions, every offset
+    to 1000: the bucket counts and distances a user may set, odd ones too."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    relative = torch.arange(-1000, 1001)
+    for bidirectional in (True, False):
+        t5 = T5Attention._relative_position_bucket(relative, bidirectional, *buckets)
+        assert torch.equal(relative_position_bucket(relative, bidirectional, *buckets), t5)
+
+
 def test_relative_distances_are_refused_where_a_stacks_buckets_cannot_reach_them() -> None:
     """The logarithmic buckets start where the exact ones end: buckets // 2 for a causal stack
     (GPT, T5's decoder), buckets // 4 for a bidirectional one alone (BERT), and need a larger

@@ -194,6 +194,16 @@ def test_alibi_slopes_follow_the_paper() -> None:
     torch.testing.assert_close(s6, torch.cat((alibi_slopes(4), alibi_slopes(8)[0::2][:2])))
 
 
+def test_alibi_slopes_equal_blooms_for_every_head_count() -> None:
+    """BLOOM's ``build_alibi_tensor`` (position 1's bias is the slope), head counts that are no
+    power of two too; it computes some slopes with an fp32 power: a few roundings apart."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    for heads in range(1, 40):
+        bloom = build_alibi_tensor(torch.ones(1, 2), heads, torch.float32)[:, 0, 1]
+        torch.testing.assert_close(alibi_slopes(heads), bloom, rtol=1e-6, atol=0)
+
+
 def test_sinusoid_table_matches_the_formula() -> None:
     table = sinusoid_table(10, 8)
     p, i = 7, 2
