@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,7 @@ def test_a_dry_run_plans_the_record_of_its_source(tmp_path: Path) -> None:
     console.print(plan_table(plan))
     (row,) = [line for line in console.export_text().splitlines() if "init_from" in line]
     assert row.rstrip(" │").endswith(f"{source} (step 7)"), row
+    narrow = Console(width=60, record=True)  # a long path folds over lines, none of it cut
+    narrow.print(plan_table(plan))
+    shown = re.sub(r"[\s│]", "", narrow.export_text())
+    assert re.sub(r"\s", "", f"{source} (step 7)") in shown, narrow.export_text()

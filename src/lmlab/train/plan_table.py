@@ -14,7 +14,7 @@ def plan_table(plan: dict[str, Any]) -> Table:
     """The plan for the terminal: parameters by kind, then budget, FLOPs and wall time."""
     table = Table(title="plan", show_header=True)
     table.add_column("")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # a long path whole
     for kind, n in plan["param_breakdown"].items():
         if n or kind in ("total", "non_embedding"):
             table.add_row(f"params: {kind}", f"{n:,}")
