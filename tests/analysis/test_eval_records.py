@@ -31,16 +31,22 @@ ACC = f"eval/{TASK}/acc_mutual_info"
 
 
 def write_record(
-    job: Path, step: int, value: float, digest: str | None, items: int | None = None
+    job: Path,
+    step: int,
+    value: float,
+    digest: str | None,
+    items: int | None = None,
+    shots: int | None = None,
 ) -> Path:
-    """``lmlab evaluate``'s ``eval/step<N>.json`` (``items``: its task's ``n_samples``)."""
+    """``lmlab evaluate``'s ``eval/step<N>.json`` (``items``: its task's ``n_samples``;
+    ``shots``: its ``n_shot``)."""
     (job / "eval").mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": "x.ckpt", "global_step": step, "model_digest": digest}
     record |= {"metrics": {ACC: value}, "tasks": {}}
     if items is not None:
         settings = {"limit": items, "batch_size": 16}
         n_samples = {"original": 300, "effective": items}
-        record["tasks"] = {TASK: {"n_samples": n_samples, "lm_eval": settings}}
+        record["tasks"] = {TASK: {"n_samples": n_samples, "lm_eval": settings, "n_shot": shots}}
     path = job / "eval" / f"step{step:06d}.json"
     path.write_text(json.dumps(record))
     return path
@@ -136,6 +142,35 @@ def test_eval_metrics_of_different_item_counts_get_a_warning(tmp_path: Path) -> 
     config["eval"] = {"tasks": [TASK], "limit": 50}
     (root / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     assert "50 items: norm_placement=pre" in item_warnings(root)[0]
+
+
+def shot_warnings(root: Path) -> list[str]:
+    rows = ranking.aggregate(load_runs(root), ACC, higher_is_better=True)
+    return [line for line in ranking.summarize(rows, ACC, True) if "few-shot" in line]
+
+
+def test_eval_metrics_of_different_shots_get_a_warning(tmp_path: Path) -> None:
+    """One run's evals during training scored the task 0-shot (``eval_n_shot``), the other's
+    ``lmlab evaluate num_fewshot=3`` record on as many items: ranked by that task's metric,
+    the summary says the shots differ, naming them and the variants (a 3-shot score beat a
+    0-shot one unsaid). The same shots, or a run that recorded none: no warning."""
+    root = two_runs(tmp_path)
+    n_samples = {TASK: {"original": 300, "effective": 20}}
+    update_results(root / "0", eval_n_samples=n_samples, eval_n_shot={TASK: 0}, **{ACC: 0.40})
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3)
+    (warning,) = shot_warnings(root)
+    assert warning == (
+        f"warning: the runs scored {TASK} with different numbers of few-shot examples (0-shot: "
+        "norm_placement=pre, activation=gelu; 3-shot: norm_placement=post, activation=relu), "
+        f"so {ACC} compares the prompts as much as the variants; evaluate every run with the "
+        "same num_fewshot= (the evals during training use the task's own)"
+    )
+    assert item_warnings(root) == []
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0)
+    assert shot_warnings(root) == []
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3)
+    update_results(root / "0", eval_n_shot=None)  # an older run: its shots are not known
+    assert shot_warnings(root) == []
 
 
 def test_eval_settings_are_not_knobs(tmp_path: Path) -> None:
@@ -318,12 +353,13 @@ def test_a_failed_last_eval_leaves_no_earlier_steps_metrics_in_the_record(
 
 
 def test_a_run_records_the_item_counts_of_its_evals(tmp_path: Path, cache_dir: Path) -> None:
-    """The evals during training keep each task's item count in results.json, which compare
-    reads to warn of runs scored on different counts."""
+    """The evals during training keep each task's item count and shots in results.json,
+    which compare reads to warn of runs scored on different counts or shots."""
     overrides = [*smoke.SMOKE, "logger=csv", f"eval.tasks=[{TASK}]", "eval.limit=3"]
     train(compose_train([*overrides, "callbacks.sample=null"], tmp_path, cache_dir))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["eval_n_samples"] == {TASK: {"original": 300, "effective": 3}}
+    assert results["eval_n_shot"] == {TASK: 0}
     assert "eval_failures" not in results and results[f"eval/{TASK}/acc"] is not None
 
 

@@ -8,12 +8,13 @@ warning line for compare's summary (``ranking.summarize``); scaling refuses what
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lmlab.analysis.multirun import (
     Run,
     eval_failures,
     eval_items,
+    eval_shots,
     eval_task,
     result_key,
     run_value,
@@ -261,25 +262,43 @@ def item_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
     with a value scored different numbers of the task's items (``eval.limit``, ``lmlab
     evaluate limit=``): each count is another sample of the task, with its own noise (and
     its first items may be easier), so the ranking compares samples as much as variants.
+    And one when they scored it with different shots (``lmlab evaluate num_fewshot=``): a
+    3-shot score and a 0-shot one measure different things, whatever the variants.
     ``runs``: (row label, run)."""
     task = eval_task(metric)
     if task is None:
         return []
-    counts: dict[int, list[str]] = {}
+    lines = []
+    if len(counts := _grouped(runs, metric, eval_items)) > 1:
+        which = "; ".join(f"{n} items: {', '.join(labels)}" for n, labels in counts)
+        lines.append(
+            f"warning: the runs scored {task} on different numbers of items ({which}), so "
+            f"{metric} compares samples of the task as much as the variants; evaluate every "
+            "run on the same items (the same eval.limit, or lmlab evaluate limit=)"
+        )
+    if len(shots := _grouped(runs, metric, eval_shots)) > 1:
+        which = "; ".join(f"{n}-shot: {', '.join(labels)}" for n, labels in shots)
+        lines.append(
+            f"warning: the runs scored {task} with different numbers of few-shot examples "
+            f"({which}), so {metric} compares the prompts as much as the variants; evaluate "
+            "every run with the same num_fewshot= (the evals during training use the task's own)"
+        )
+    return lines
+
+
+def _grouped(
+    runs: Sequence[tuple[str, Run]], metric: str, of: Callable[[Run, str], int | None]
+) -> list[tuple[int, list[str]]]:
+    """The labels of the completed runs with a value of ``metric``, by what ``of`` says of
+    it (item count, shots), in increasing order; runs where ``of`` knows nothing left out."""
+    groups: dict[int, list[str]] = {}
     for label, run in runs:
-        count = eval_items(run, metric)
-        if not run.failed and count is not None and run_value(run, metric) is not None:
-            labels = counts.setdefault(count, [])
+        value = of(run, metric)
+        if not run.failed and value is not None and run_value(run, metric) is not None:
+            labels = groups.setdefault(value, [])
             if label not in labels:
                 labels.append(label)
-    if len(counts) < 2:
-        return []
-    which = "; ".join(f"{n} items: {', '.join(labels)}" for n, labels in sorted(counts.items()))
-    return [
-        f"warning: the runs scored {task} on different numbers of items ({which}), so {metric} "
-        "compares samples of the task as much as the variants; evaluate every run on the same "
-        "items (the same eval.limit, or lmlab evaluate limit=)"
-    ]
+    return sorted(groups.items())
 
 
 def eval_notes(runs: Sequence[Run], metric: str) -> list[str]:

@@ -6,7 +6,7 @@ The knobs are the overrides whose values differ between jobs, falling back to di
 which loggers it has, which downstream evals it runs) never are: they change neither the
 model nor its training, and a resumed sweep's jobs differ in them (a resumed job's overrides
 hold ``resume=auto``). Runs ranked by an eval scored on different item counts get a warning
-instead (``comparable.item_notes``).
+instead, and so do runs scored with different shots (``comparable.item_notes``).
 """
 
 from __future__ import annotations
@@ -276,11 +276,32 @@ def eval_items(run: Run, metric: str) -> int | None:
     task = eval_task(metric)
     if task is None:
         return None
-    if metric in run.evals and (evaluated_last(run) or not _is_number(run.results.get(metric))):
+    if from_record(run, metric):
         return run.eval_items.get(task)
     n_samples = run.results.get("eval_n_samples")
     entry = n_samples.get(task) if isinstance(n_samples, dict) else None
     return item_count(entry, run.flat_config.get("eval.limit"))
+
+
+def eval_shots(run: Run, metric: str) -> int | None:
+    """How many few-shot examples each item of the run's value of the eval metric ``metric``
+    was scored with, from where :func:`run_value` takes the value: ``lmlab evaluate``'s
+    record (``num_fewshot=``), or results.json's ``eval_n_shot`` (the evals during training:
+    each task's own); None where unknown (a run from before it was recorded)."""
+    task = eval_task(metric)
+    if task is None:
+        return None
+    if from_record(run, metric):
+        return run.eval_shots.get(task)
+    shots = run.results.get("eval_n_shot")
+    value = shots.get(task) if isinstance(shots, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def from_record(run: Run, metric: str) -> bool:
+    """Whether :func:`run_value` of the eval metric ``metric`` is ``lmlab evaluate``'s record
+    (else results.json's, the evals during training)."""
+    return metric in run.evals and (evaluated_last(run) or not _is_number(run.results.get(metric)))
 
 
 def curve_column(metric: str, columns: Iterable[str]) -> str | None:

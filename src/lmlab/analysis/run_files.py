@@ -43,12 +43,13 @@ def read_choices(path: Path) -> dict[str, str]:
 
 @dataclass
 class EvalRecord:
-    """What :func:`read_evals` found: the record used (its step, metrics and per-task item
-    counts) and why any newer one was skipped."""
+    """What :func:`read_evals` found: the record used (its step, metrics, per-task item
+    counts and shots) and why any newer one was skipped."""
 
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)
+    shots: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -84,7 +85,7 @@ def read_evals(job_dir: Path, results: dict[str, Any]) -> EvalRecord:
             )
             continue
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        return EvalRecord(step, values, _record_items(record), skipped)
+        return EvalRecord(step, values, _record_items(record), record_shots(record), skipped)
     return EvalRecord(skipped=skipped)
 
 
@@ -102,6 +103,21 @@ def _record_items(record: dict[str, Any]) -> dict[str, int]:
         if count is not None:
             out[str(task)] = count
     return out
+
+
+def record_shots(record: dict[str, Any]) -> dict[str, int]:
+    """Per task of an eval record, the few-shot examples each item was scored with (the
+    harness's ``n-shot``: ``num_fewshot=``, else the task's own); tasks without one are left
+    out."""
+    tasks = record.get("tasks")
+    entries = tasks.items() if isinstance(tasks, dict) else ()
+    return {
+        str(task): entry["n_shot"]
+        for task, entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("n_shot"), int)
+        and not isinstance(entry["n_shot"], bool)
+    }
 
 
 def item_count(n_samples: Any, limit: Any = None) -> int | None:

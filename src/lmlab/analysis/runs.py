@@ -69,6 +69,9 @@ class Run:
     eval_items: dict[str, int] = field(default_factory=dict)
     """Per task of ``evals``, the items it scored (the record's ``n_samples``, else its
     ``limit``)."""
+    eval_shots: dict[str, int] = field(default_factory=dict)
+    """Per task of ``evals``, the few-shot examples each item was scored with (the record's
+    ``n_shot``)."""
     skipped_evals: list[str] = field(default_factory=list)
     """Why each ``eval/step<N>.json`` that is not this run's was skipped (one line each)."""
     choices: dict[str, str] = field(default_factory=dict)
@@ -383,6 +386,7 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         evals=record.metrics,
         eval_step=record.step,
         eval_items=record.items,
+        eval_shots=record.shots,
         skipped_evals=record.skipped,
         choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
         partial_config=partial,

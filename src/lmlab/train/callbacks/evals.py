@@ -25,11 +25,12 @@ class EvalTasks(L.Callback):
     the last step, through ``lmlab evaluate``'s model class (``lmlab.infer.evaluate``), and
     logs ``eval/<task>/<metric>`` to every logger at the step the validation of the same
     weights carries (``log_step``: N - 1 for the weights after N steps); the last values go
-    into results.json, with each task's item count (``n_samples``: ``compare`` warns where
-    runs ranked by a task scored different counts). Rank 0 runs them (every rank when the
-    weights are sharded); the model is put back in training mode and the random state is left
-    as it was. The last step's evals run after its checkpoint is saved (``on_train_end``), so
-    a kill or a second Ctrl-C during them loses no training. A stop asked while evals run (a
+    into results.json, with each task's item count and shots (``n_samples``, ``n_shot``:
+    ``compare`` warns where runs ranked by a task scored different counts or shots). Rank 0
+    runs them (every rank when the weights are sharded); the model is put back in training
+    mode and the random state is left as it was. The last step's evals run after its
+    checkpoint is saved (``on_train_end``), so a kill or a second Ctrl-C during them loses no
+    training. A stop asked while evals run (a
     Ctrl-C, a cluster's SIGTERM, ``stop_check``) ends them between two batches instead of
     minutes later; the cut is recorded like a failure, with how to run them again (``redo``).
     A failure is logged and the run goes on; ``failures`` keeps its step and error for
@@ -54,6 +55,7 @@ class EvalTasks(L.Callback):
         self.max_gen_toks = max_gen_toks  # a generating task's answers, where it sets none
         self.metrics: dict[str, float] = {}
         self.n_samples: dict[str, Any] = {}  # task -> the harness's item counts for metrics
+        self.n_shot: dict[str, Any] = {}  # task -> the few-shot examples per item it used
         self.failures: list[dict[str, Any]] = []  # {"step", "tasks", "error"} (``failure``)
         self.last_step = -1
 
@@ -121,7 +123,7 @@ class EvalTasks(L.Callback):
         self.failures = [f for f in self.failures if f["step"] < trainer.global_step]
         # results.json's eval metrics are these weights' or none: an earlier step's, kept
         # where these evals fail or are cut, would read as the final model's
-        self.metrics, self.n_samples = {}, {}
+        self.metrics, self.n_samples, self.n_shot = {}, {}, {}
         stop_if_nonfinite(trainer)  # not inside ``optional``: a non-finite update ends the run
         if not forward_here(trainer, pl_module):
             return
@@ -150,6 +152,7 @@ class EvalTasks(L.Callback):
                 raise  # logged by optional(); the run goes on
             self.metrics = metrics
             self.n_samples = dict((results or {}).get("n-samples", {}))
+            self.n_shot = dict((results or {}).get("n-shot", {}))
             if trainer.is_global_zero and metrics:
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
                 log.info("evals at step %d: %s", trainer.global_step, shown)
