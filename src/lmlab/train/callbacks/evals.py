@@ -30,9 +30,9 @@ class EvalTasks(L.Callback):
     runs them (every rank when the weights are sharded); the model is put back in training
     mode and the random state is left as it was. The last step's evals run after its
     checkpoint is saved (``on_train_end``), so a kill or a second Ctrl-C during them loses no
-    training. A stop asked while evals run (a
-    Ctrl-C, a cluster's SIGTERM, ``stop_check``) ends them between two batches instead of
-    minutes later; the cut is recorded like a failure, with how to run them again (``redo``).
+    training. A stop asked while evals run (a Ctrl-C, a cluster's SIGTERM, ``stop_check``)
+    ends them between two batches instead of minutes later; the cut is recorded like a
+    failure, with how to run them again (``redo``).
     A failure is logged and the run goes on; ``failures`` keeps its step and error for
     results.json (``eval_failures``), which otherwise would not say why its eval metrics are
     missing (``metrics`` are the last evals' or none, never an earlier step's); they are kept
