@@ -36,7 +36,7 @@ from lmlab.errors import ConfigError  # noqa: E402
 from lmlab.infer import fill  # noqa: E402
 from lmlab.infer.generation import decode_loop, generate  # noqa: E402
 from lmlab.infer.hf.convert import choose_architecture, from_hf, to_hf  # noqa: E402
-from lmlab.infer.hf.tokenizer_io import hf_tokenizer_of  # noqa: E402
+from lmlab.infer.hf.tokenizer_io import check_specials, hf_tokenizer_of  # noqa: E402
 from lmlab.infer.pretrained import load  # noqa: E402
 from lmlab.model import build_model  # noqa: E402
 
@@ -716,6 +716,35 @@ def test_from_hf_keeps_a_tokenizer_only_where_the_folder_has_a_usable_one(
     ):
         from_hf(str(small), tmp_path / "small.ckpt")
     assert not {"cut.ckpt", "small.ckpt"} & {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """lmlab finds roles by name: a tokenizer whose EOS is ``<|im_end|>`` converts without
+    one, and the conversion says so; GPT-2's one token in three roles, or a Llama tokenizer
+    padding with ``<unk>``, keeps each declared token in a role and says nothing."""
+    from tokenizers import models
+
+    def declaring(vocab: list[str], **roles: str) -> object:
+        tok = Tokenizer(models.WordLevel({v: i for i, v in enumerate(vocab)}, unk_token=vocab[0]))
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
+
+    def warned(tok: object) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
+            check_specials(tok)
+        return caplog.text
+
+    im_end = declaring(["<|im_end|>", "a"], eos_token="<|im_end|>")
+    assert Specials.of(im_end.backend_tokenizer).eos is None
+    assert "the tokenizer's eos is '<|im_end|>', a name lmlab does not give that role" in (
+        warned(im_end)
+    )
+    eos = "<|endoftext|>"
+    assert not warned(declaring([eos, "a"], eos_token=eos, bos_token=eos, unk_token=eos))
+    llama = ["<unk>", "<s>", "</s>", "a"]
+    assert not warned(declaring(llama, eos_token="</s>", unk_token="<unk>", pad_token="<unk>"))
 
 
 def test_from_hf_refuses_weights_that_are_not_the_model_in_one_line(

@@ -14,7 +14,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from lmlab.config import Family
-from lmlab.data.tokenizer import Specials, spaces_are_tokens
+from lmlab.data.tokenizer import ROLE_NAMES, Specials, spaces_are_tokens
 from lmlab.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,28 @@ def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
 
 def check_specials(tokenizer: Any) -> None:
     """lmlab finds each role by name among the special tokens (``Specials.of``); warn where that
-    differs from what the Hugging Face tokenizer declares."""
+    differs from what the Hugging Face tokenizer declares, and where a declared token takes no
+    role at all (an EOS named ``<|im_end|>``: the checkpoint then has no EOS, so generation does
+    not stop at it and training's packing is refused). BOS is left out: it counts only where
+    the tokenizer adds it (``Specials.of``)."""
     found = Specials.of(tokenizer.backend_tokenizer)
-    for role in ("eos", "pad", "mask", "cls", "sep", "bos"):
-        declared = getattr(tokenizer, f"{role}_token", None)
-        if declared and getattr(found, role) not in (declared, None):
+    roles = ("eos", "pad", "mask", "cls", "sep", "unk")
+    taken = {getattr(found, role) for role in roles} - {None}
+    for role in roles:
+        declared, ours = getattr(tokenizer, f"{role}_token", None), getattr(found, role)
+        if declared and ours not in (declared, None):
+            log.warning("the tokenizer's %s is %r; lmlab uses %r", role, declared, ours)
+        elif declared and ours is None and declared not in taken:
             log.warning(
-                "the tokenizer's %s is %r; lmlab uses %r", role, declared, getattr(found, role)
+                "the tokenizer's %s is %r, a name lmlab does not give that role (it reads %s): "
+                "the checkpoint has no %s token, and what needs one refuses it%s",
+                role,
+                declared,
+                ", ".join(ROLE_NAMES[role]),
+                role,
+                " (generation does not stop at it; training cannot pack documents)"
+                if role == "eos"
+                else "",
             )
 
 
