@@ -159,6 +159,14 @@ def test_a_folder_given_as_a_checkpoint_is_named_for_what_it_holds(tmp_path: Pat
         f"ckpt={sweep} is a sweep's folder: give a checkpoint of one of its jobs, e.g. "
         f"ckpt={sweep}/<job>/checkpoints/last.ckpt"
     )
+    # runs gathered in a folder by hand: "a folder but no sharded checkpoint" named neither
+    (tmp_path / "runs" / "swiglu" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "gelu" / "checkpoints").mkdir(parents=True)
+    assert str(no_checkpoint("ckpt", tmp_path / "runs")) == (
+        f"ckpt={tmp_path}/runs is a folder of 2 run(s) (gelu, swiglu): give a checkpoint of "
+        f"one, e.g. ckpt={tmp_path}/runs/gelu/checkpoints/last.ckpt (`lmlab compare "
+        f"{tmp_path}/runs` ranks them)"
+    )
 
 
 def test_a_runs_checkpoints_folder_given_as_a_checkpoint_names_them(tmp_path: Path) -> None:

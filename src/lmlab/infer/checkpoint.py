@@ -95,6 +95,14 @@ def no_checkpoint(key: str, path: Path) -> ConfigError:
             f"{key}={path} is a Hugging Face model folder, not an lmlab checkpoint: convert it "
             f"with `lmlab convert from_hf={path} out=<file>.ckpt`, then give {key}=<file>.ckpt"
         )
+    runs = sorted(p.name for p in path.glob("*/") if (p / CHECKPOINTS).is_dir())
+    if runs:  # runs gathered by hand, or the jobs of a sweep whose multirun.yaml is gone
+        shown = ", ".join(runs[:4]) + ", ..." * (len(runs) > 4)
+        return ConfigError(
+            f"{key}={path} is a folder of {len(runs)} run(s) ({shown}): give a checkpoint of "
+            f"one, e.g. {key}={path / runs[0] / CHECKPOINTS / 'last.ckpt'} (`lmlab compare "
+            f"{path}` ranks them)"
+        )
     if path.is_dir():
         return ConfigError(
             f"{key}={path} is a folder but no sharded checkpoint (no {SHARDED_META} inside): "
