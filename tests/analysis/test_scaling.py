@@ -837,6 +837,34 @@ def test_runs_of_another_objective_or_tokenizer_are_not_fitted_together(tmp_path
         scan_runs(root)
 
 
+def test_runs_validated_at_another_context_are_not_fitted_together(tmp_path: Path) -> None:
+    """A loss averaged over longer rows is lower at the same quality: runs of presets with
+    another max_seq_len (gpt_tiny 256, gpt_small 1024), which a null data.seq_len follows,
+    or of another data.seq_len, are refused, read from results.json's batch (runs without a
+    config too) or else from the config. A run that records neither is no difference."""
+    import yaml
+
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5)
+    root = write_runs(tmp_path / "runs", [r | {"batch": {"seq_len": 256}} for r in runs])
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    assert len(scan_runs(root)[0]) == len(jobs)
+    first = json.loads((jobs[0] / "results.json").read_text())
+    (jobs[0] / "results.json").write_text(json.dumps(first | {"batch": {"seq_len": 1024}}))
+    with pytest.raises(ScalingError, match=r"differ in data\.seq_len .*: 256 \(14\), 1024 \(1\)"):
+        scan_runs(root)
+    del first["batch"]  # an older results.json: the config's data.seq_len, else max_seq_len
+    (jobs[0] / "results.json").write_text(json.dumps(first))
+    assert len(scan_runs(root)[0]) == len(jobs)
+    config = {"model": {"max_seq_len": 1024}, "data": {"seq_len": None}}
+    (jobs[0] / ".hydra").mkdir()
+    (jobs[0] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ScalingError, match=r"256 \(14\), 1024 \(1\)"):
+        scan_runs(root)
+    config["data"]["seq_len"] = 256
+    (jobs[0] / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert len(scan_runs(root)[0]) == len(jobs)
+
+
 def moe_runs(budget_params: str, record: bool = True) -> list[dict[str, Any]]:
     """The isoFLOP grid as Mixtures of Experts holding 4x their active parameters in total,
     made with ``budget.params`` (``record=False``: a results.json without the budget's record,

@@ -109,10 +109,27 @@ def _first_of_its_copies(
     return None, f"a copy of {first[key]} (its seed, sizes, tokens and val_loss): counted once"
 
 
+CONTEXT_KEY = "data.seq_len"
+
+
+def context_length(job: Run) -> int | None:
+    """The tokens of context the run's loss is averaged over: results.json's ``batch.seq_len``,
+    else its config's ``data.seq_len``, else ``model.max_seq_len`` (which a null
+    ``data.seq_len`` follows); None where neither records it. A token's loss falls with the
+    context before it, so a run validated on longer rows reads a lower loss at the same
+    quality: presets differ in ``max_seq_len`` (gpt_tiny 256, gpt_small 1024)."""
+    batch = job.results.get("batch")
+    if isinstance(batch, dict) and isinstance(batch.get("seq_len"), int):
+        return batch["seq_len"]
+    seq_len = job.flat_config.get(CONTEXT_KEY)
+    return seq_len if seq_len is not None else job.flat_config.get("model.max_seq_len")
+
+
 def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
     """One fit is of one loss: runs of another objective (``model.family``, ``task.kind``),
-    corpus, validation split or tokenizer (``TOKENIZER_KEYS``; a key a config lacks is at its
-    default; a data key counts only where it has an effect, :func:`data_settings`) measure
+    context (:func:`context_length`), corpus, validation split or tokenizer
+    (``TOKENIZER_KEYS``; a key a config lacks is at its default; a data key counts only where
+    it has an effect, :func:`data_settings`) measure
     another quantity, and a law fitted across them means nothing: refused. So are runs of one
     data config whose plan.json records other validation rows (``RECORD_KEYS``: another
     lmlab's data preparation, the corpus file edited between them), compared among the runs
@@ -133,11 +150,17 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
         counts = Counter(values[key] for values in settings if key in values)
         if len(counts) > 1:
             differ.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
+    contexts = Counter(c for c in map(context_length, jobs) if c is not None)
+    if len(contexts) > 1:  # results.json records it: runs without a config are checked too
+        differ.append(
+            f"{CONTEXT_KEY} (the context each loss is averaged over): "
+            + ", ".join(f"{v} ({n})" for v, n in sorted(contexts.items()))
+        )
     if differ:
         raise ScalingError(
             f"the runs under {path} differ in {'; '.join(differ)}: their losses measure "
             "different things, and one law cannot be fitted across them; fit the runs of one "
-            "objective, corpus and tokenizer (move the others out)"
+            "objective, context, corpus and tokenizer (move the others out)"
             + (
                 ": their data config is the same, but its files changed between the runs or "
                 "another lmlab prepared them (plan.json's data_preparation)"
