@@ -865,6 +865,24 @@ def test_runs_validated_at_another_context_are_not_fitted_together(tmp_path: Pat
     assert len(scan_runs(root)[0]) == len(jobs)
 
 
+def test_a_run_extended_past_an_earlier_completed_launch_is_skipped(tmp_path: Path) -> None:
+    """A completed run resumed with a larger budget restarted its schedule where it had ended:
+    not a run of its budget, so skipped and named. A resume after a stop (an earlier launch
+    that did not complete) continues the schedule exactly and is fitted."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5)
+    root = write_runs(tmp_path / "runs", [r | {"global_step": 300} for r in runs])
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    kept = {"status": "preempted", "global_step": 100}
+    (jobs[0] / "results.1.json").write_text(json.dumps(kept))
+    assert len(scan_runs(root)[0]) == len(jobs)
+    (jobs[0] / "results.2.json").write_text(json.dumps(kept | {"status": "completed"}))
+    used, skipped, _ = scan_runs(root)
+    assert len(used) == len(jobs) - 1
+    (skip,) = skipped
+    assert skip["file"] == str(jobs[0] / "results.json")
+    assert skip["reason"].startswith("extended: results.2.json completed 100 steps")
+
+
 def moe_runs(budget_params: str, record: bool = True) -> list[dict[str, Any]]:
     """The isoFLOP grid as Mixtures of Experts holding 4x their active parameters in total,
     made with ``budget.params`` (``record=False``: a results.json without the budget's record,

@@ -20,7 +20,7 @@ from lmlab.analysis.comparable import (
 from lmlab.analysis.compute import budget_params, feed_forward
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_fit import N_KEYS, ScalingError
-from lmlab.files import RESULTS
+from lmlab.files import RESULTS, kept_as, read_record
 
 REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
 
@@ -81,6 +81,8 @@ def scan_runs(
         file = job.dir / RESULTS
         run, reason = _parse_run(file, job.results)
         if run is not None:
+            run, reason = _not_extended(run, job.dir)
+        if run is not None:
             run, reason = _first_of_its_copies(run, job, file, first)
         if run is None:
             skipped.append({"file": str(file), "reason": str(reason)})
@@ -92,6 +94,27 @@ def scan_runs(
     notes = check_one_loss(used, path)
     stray = not_runs_note(path)
     return runs, skipped, [stray, *notes] if stray else notes
+
+
+def _not_extended(run: dict[str, Any], folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``run``, or why it is skipped: a completed run resumed with a larger budget (an earlier
+    launch's ``results.<n>.json`` completed fewer steps) restarted its learning-rate schedule
+    there, so its loss is not that of a run trained for its budget: on a 2e9-to-6e9 extension
+    it read 3.55 where a fresh run of the size read 3.48 (Hoffmann et al. 2022: the cosine
+    must span the run)."""
+    n = 1
+    while (kept := kept_as(folder / RESULTS, n)).is_file():
+        earlier = read_record(kept)
+        step = earlier.get("global_step")
+        done = earlier.get("status") == "completed" and isinstance(step, int)
+        if done and step < run.get("global_step", step):
+            return None, (
+                f"extended: {kept.name} completed {step} steps, and a resume with a larger "
+                f"budget trained on to {run['global_step']}, its learning-rate schedule "
+                "started again, so its loss is not a run's of this budget: train it afresh"
+            )
+        n += 1
+    return run, None
 
 
 def _first_of_its_copies(
