@@ -883,6 +883,22 @@ def test_a_run_extended_past_an_earlier_completed_launch_is_skipped(tmp_path: Pa
     assert skip["reason"].startswith("extended: results.2.json completed 100 steps")
 
 
+def test_a_run_a_callback_stopped_early_is_skipped(tmp_path: Path) -> None:
+    """EarlyStopping ends a run before its planned steps with status completed: its schedule
+    did not finish, so its loss is not a run's of its budget (within 10% of the budget's
+    FLOPs no off-budget note named it)."""
+    runs = chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5)
+    early = {"step": 280, "planned_steps": 300, "by": "EarlyStopping", "why": "no gain"}
+    root = write_runs(tmp_path / "runs", [runs[0] | {"stopped_early": early}, *runs[1:]])
+    used, skipped, _ = scan_runs(root)
+    assert len(used) == len(runs) - 1
+    (skip,) = skipped
+    assert skip["reason"] == (
+        "stopped early by EarlyStopping at step 280 of 300 planned: its loss is not a run's "
+        "of its budget"
+    )
+
+
 def moe_runs(budget_params: str, record: bool = True) -> list[dict[str, Any]]:
     """The isoFLOP grid as Mixtures of Experts holding 4x their active parameters in total,
     made with ``budget.params`` (``record=False``: a results.json without the budget's record,

@@ -46,6 +46,12 @@ def _parse_run(file: Path, data: dict[str, Any]) -> tuple[dict[str, Any] | None,
             raise ScalingError(f"{file}: missing required field '{field}'")
     if data["val_loss"] is None:  # a completed run's validation was off: no loss to fit
         return None, "val_loss is null: its validation was off (trainer.limit_val_batches=0)"
+    early = data.get("stopped_early")
+    if isinstance(early, dict):  # a callback (EarlyStopping) ended it: its schedule unfinished
+        return None, (
+            f"stopped early by {early.get('by')} at step {early.get('step')} of "
+            f"{early.get('planned_steps')} planned: its loss is not a run's of its budget"
+        )
     run = dict(data)
     for field in REQUIRED_FIELDS:
         run[field] = _number(data, field, file)
