@@ -883,6 +883,30 @@ def test_a_run_extended_past_an_earlier_completed_launch_is_skipped(tmp_path: Pa
     assert skip["reason"].startswith("extended: results.2.json completed 100 steps")
 
 
+def test_runs_of_two_recipes_are_fitted_with_a_note(tmp_path: Path) -> None:
+    """Two sweeps' folders under one parent, one with +experiment=llama's knobs: one law was
+    fitted across both architectures, unsaid. A config without the key is at its default."""
+    import yaml
+
+    root = write_runs(tmp_path / "runs", chinchilla_runs(noise=0.0, budgets=BUDGETS[:3], sizes=5))
+    jobs = sorted(p.parent for p in root.rglob("results.json"))
+    for i, job in enumerate(jobs):
+        model = {"family": "gpt"} | ({"activation": "swiglu", "norm": "rmsnorm"} if i < 5 else {})
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+    assert scan_runs(root)[2] == [
+        f"the runs under {root} differ in model.norm: layernorm (10), rmsnorm (5); "
+        "model.activation: gelu (10), swiglu (5): one law is fitted across architectures, "
+        "whose constants differ in general; to compare recipes, fit each recipe's runs on "
+        "their own (a folder each)"
+    ]
+    for job in jobs[:5]:
+        (job / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"model": {"family": "gpt", "norm": "layernorm"}})
+        )
+    assert scan_runs(root)[2] == []
+
+
 def test_a_run_a_callback_stopped_early_is_skipped(tmp_path: Path) -> None:
     """EarlyStopping ends a run before its planned steps with status completed: its schedule
     did not finish, so its loss is not a run's of its budget (within 10% of the budget's

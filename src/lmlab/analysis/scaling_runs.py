@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from lmlab.analysis.comparable import (
 from lmlab.analysis.compute import budget_params, feed_forward
 from lmlab.analysis.runs import Run, RunDirError, load_runs, not_runs_note
 from lmlab.analysis.scaling_fit import N_KEYS, ScalingError
+from lmlab.config import ModelConfig
 from lmlab.files import RESULTS, kept_as, read_record
 
 REQUIRED_FIELDS = ("params", "non_embedding_params", "tokens", "flops", "val_loss")
@@ -197,13 +199,48 @@ def check_one_loss(jobs: list[Run], path: str | Path) -> list[str]:
                 else ""
             )
         )
+    notes = recipe_notes(known, path)
     unchecked = len(jobs) - len(known)
     if not unchecked:
-        return []
+        return notes
     which = f"{unchecked} of the {len(jobs)} runs have" if known else f"the {unchecked} runs have"
     return [
         f"{which} no .hydra/config.yaml (results.json alone, which does not name them), so "
         "their objective (model.family, task.kind), corpus and tokenizer could not be checked "
         "against " + ("the others'" if known else "each other's") + ": make sure they measure "
-        "one loss"
+        "one loss",
+        *notes,
+    ]
+
+
+# The knobs of a recipe (``+experiment=llama``: RMSNorm, SwiGLU, RoPE, no biases): runs that
+# differ in one are other architectures, each with its own law, where the sizes of one
+# ladder (d_model, n_layers, n_heads, d_ff) are the points of one law.
+RECIPE_KEYS = tuple(
+    f"model.{name}"
+    for name in (
+        *("norm_placement", "norm", "activation", "positional", "bias", "tie_embeddings"),
+        *("init", "attention_window"),
+    )
+)
+
+
+def recipe_notes(jobs: list[Run], path: str | Path) -> list[str]:
+    """A note where runs with a config differ in a recipe knob (``RECIPE_KEYS``; a key a
+    config lacks is at ``ModelConfig``'s default): one law is fitted across architectures,
+    two sweeps' folders under one parent (``+experiment=llama`` beside the GPT-2 recipe)."""
+    defaults = ModelConfig()
+    differ = []
+    for key in RECIPE_KEYS:
+        default = getattr(defaults, key.removeprefix("model."))
+        default = default.value if isinstance(default, Enum) else default
+        counts = Counter(str(job.flat_config.get(key, default)) for job in jobs)
+        if len(counts) > 1:
+            differ.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())))
+    if not differ:
+        return []
+    return [
+        f"the runs under {path} differ in {'; '.join(differ)}: one law is fitted across "
+        "architectures, whose constants differ in general; to compare recipes, fit each "
+        "recipe's runs on their own (a folder each)"
     ]
