@@ -377,6 +377,7 @@ def test_the_validation_labels_are_counted_with_what_the_most_frequent_scores() 
         "validation labels of task.val=v.csv: neg 6, pos 3, x 1; always answering neg "
         "scores val_acc 0.600"
     )
+    assert majority([], ("a", "b"), "v") == ((0, 0), None)  # no validation examples: no floor
     counts, said = majority([2, 2, 0], ("a", "b", "c"), "v")  # a label with none: counted 0
     assert counts == (1, 0, 2) and said.endswith(
         "c 2, a 1, b 0; always answering c scores val_acc 0.667"

@@ -1520,6 +1520,15 @@ def test_a_launchers_other_ranks_save_no_hydra_record(
     assert config.hydra.output_subdir == ".hydra" and log_file.endswith("/${hydra.job.name}.log")
     RunDirCallback().on_run_start(config)
     assert config.hydra.output_subdir is None and config.hydra.job.name == "rank1"
+    # a rank Lightning started (LOCAL_RANK; in a SLURM job, SLURM_PROCID 0 inherited) keeps
+    # the name job_command gave it
+    for name in LAUNCHERS[launcher]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    config.hydra.output_subdir, config.hydra.job.name = ".hydra", "rank1"
+    RunDirCallback().on_run_start(config)
+    assert config.hydra.output_subdir is None and config.hydra.job.name == "rank1"
     assert list(tmp_path.iterdir()) == []  # rank 0 makes and guards the folder
 
 

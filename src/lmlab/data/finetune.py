@@ -79,7 +79,8 @@ class FinetuneDataModule(LMDataModule):
             y_train = label_ids(y_train, labels, train.origin)
             y_val = label_ids(y_val, labels, val.origin)
             val_counts, said = majority(y_val, labels, val.origin)
-            log.info(said)
+            if said:
+                log.info(said)
         # a trained tokenizer learns what it will read: the inputs (both texts of a pair), and
         # seq2seq's targets
         texts = input_texts(x_train) + (y_train if task.kind == TaskKind.seq2seq else [])

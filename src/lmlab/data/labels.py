@@ -123,14 +123,19 @@ HELD_ALONE = (
 )
 
 
-def majority(ids: list[int], names: tuple[str, ...], origin: str) -> tuple[tuple[int, ...], str]:
+def majority(
+    ids: list[int], names: tuple[str, ...], origin: str
+) -> tuple[tuple[int, ...], str | None]:
     """The validation examples of each label (in id order), and a line saying them with the
     accuracy of always answering the most frequent: the floor a classifier's ``val_acc``
-    beats, which a sorted or skewed validation file hides (``val_f1``, macro, does not)."""
+    beats, which a sorted or skewed validation file hides (``val_f1``, macro, does not). No
+    line without validation examples."""
     counts = Counter(ids)
     per_label = tuple(counts.get(i, 0) for i in range(len(names)))
+    if not ids:
+        return per_label, None
     top = max(range(len(names)), key=per_label.__getitem__)
-    total = max(len(ids), 1)
+    total = len(ids)
     shown = sorted(range(len(names)), key=lambda i: -per_label[i])
     spelled = ", ".join(f"{clip(names[i])} {per_label[i]:,}" for i in shown[:10])
     more = f", ... ({len(names)} labels)" if len(names) > 10 else ""

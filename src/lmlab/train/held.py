@@ -45,11 +45,9 @@ from lmlab.files import (
     write_text,
 )
 from lmlab.train.dirlock import refuse_if_live
-from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero
+from lmlab.train.runfiles import absolute, holds_run, launch_rank_is_zero, launcher_processes
 
 log = logging.getLogger(__name__)
-# the global rank that torchrun (RANK) or srun (SLURM_PROCID) gives each process it starts
-LAUNCHER_RANKS = ("RANK", "SLURM_PROCID")
 
 
 class HeldFileHandler(logging.FileHandler):
@@ -136,10 +134,12 @@ def rank_zero_saves(config: DictConfig) -> None:
     before rank 0 looked, which rank 0 then kept as an earlier launch's. Its job log is
     ``rank<N>.log`` (N: the launcher's global rank): each rank's Hydra opened the run's
     ``train.log`` and appended its lines to rank 0's."""
-    rank = next((os.environ[v] for v in LAUNCHER_RANKS if v in os.environ), None)
+    rank = os.environ.get("RANK")  # torchrun's; Lightning gives its own children none
+    if rank is None and (launcher_processes() or ("",))[0] == "SLURM_NTASKS":
+        rank = os.environ.get("SLURM_PROCID")  # srun's (a SLURM job's own process has 0)
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.output_subdir = None
-        if rank is not None:  # Lightning's own children are named by job_command
+        if rank is not None:
             config.hydra.job.name = f"rank{rank}"
 
 
