@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lmlab.analysis.run_files import canonical, item_count
+from lmlab.analysis.run_files import canonical, count, item_count
 from lmlab.analysis.runs import Run, RunDirError
 from lmlab.files import RESULTS
 
@@ -289,13 +289,8 @@ def eval_shots(run: Run, metric: str) -> int | None:
     record (``num_fewshot=``), or results.json's ``eval_n_shot`` (the evals during training:
     each task's own); None where unknown (a run from before it was recorded)."""
     task = eval_task(metric)
-    if task is None:
-        return None
-    if from_record(run, metric):
-        return run.eval_shots.get(task)
-    shots = run.results.get("eval_n_shot")
-    value = shots.get(task) if isinstance(shots, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    shots = run.eval_shots if from_record(run, metric) else run.results.get("eval_n_shot")
+    return count(shots.get(task)) if task is not None and isinstance(shots, dict) else None
 
 
 def from_record(run: Run, metric: str) -> bool:

@@ -111,13 +111,13 @@ def record_shots(record: dict[str, Any]) -> dict[str, int]:
     out."""
     tasks = record.get("tasks")
     entries = tasks.items() if isinstance(tasks, dict) else ()
-    return {
-        str(task): entry["n_shot"]
-        for task, entry in entries
-        if isinstance(entry, dict)
-        and isinstance(entry.get("n_shot"), int)
-        and not isinstance(entry["n_shot"], bool)
-    }
+    shots = {str(t): count(e.get("n_shot")) for t, e in entries if isinstance(e, dict)}
+    return {task: n for task, n in shots.items() if n is not None}
+
+
+def count(value: Any) -> int | None:
+    """``value`` where it is a count (an integer; JSON's true is none), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def item_count(n_samples: Any, limit: Any = None) -> int | None:
@@ -125,10 +125,7 @@ def item_count(n_samples: Any, limit: Any = None) -> int | None:
     "effective": 20}``, or a bare count), else ``limit`` (at most that many); None unknown."""
     if isinstance(n_samples, dict):
         n_samples = n_samples.get("effective", n_samples.get("original"))
-    for value in (n_samples, limit):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    return next((n for n in map(count, (n_samples, limit)) if n is not None), None)
 
 
 def results_or_failed(path: Path) -> dict[str, Any]:
