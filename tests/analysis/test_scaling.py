@@ -339,8 +339,16 @@ def test_shipped_sweep_fits_are_flagged_and_the_figure_is_reproduced(
     assert (shipped["n_key"], shipped["target"]["flops"]) == (saved["n_key"], 1e15)
     assert shipped["notes"] == notes
     assert shipped["approach2"]["status"] == saved["approach2"]["status"]
-    for key in ("alpha", "beta"):
-        assert shipped["approach3"][key] == pytest.approx(saved["approach3"][key], rel=1e-4), key
+    # what the data determine: the fit's Huber sum (at a minimum, first-order insensitive to
+    # where along a flat direction the optimizer stopped), beta, and the allocation at the
+    # target. E at its bound leaves A and alpha undetermined (the note): another CPU's kernels
+    # stop it elsewhere along that valley (alpha 0.42743 on one, 0.42732 on another)
+    fit, fit_saved = shipped["approach3"], saved["approach3"]
+    assert fit["huber_loss"] == pytest.approx(fit_saved["huber_loss"], rel=1e-6)
+    assert fit["beta"] == pytest.approx(fit_saved["beta"], rel=1e-4)
+    target, target_saved = shipped["target"]["approach3"], saved["target"]["approach3"]
+    for key in ("N_opt", "D_opt", "predicted_loss"):
+        assert target[key] == pytest.approx(target_saved[key], rel=1e-4), key
 
 
 def test_copies_of_a_run_count_once(tmp_path: Path) -> None:

@@ -241,8 +241,11 @@ def parametric_warnings(par: dict[str, Any], losses: Sequence[float] | np.ndarra
             "alpha and beta are not determined by the data"
         )
     if par["E"] < HUBER_DELTA * loss.min():
+        # where it sits is the optimizer's last step, not the data's: 5.8e-193 on one CPU's
+        # kernels, 0 on another's; below a millionth of the loss it prints as the bound
+        shown = par["E"] if par["E"] >= 1e-6 * loss.min() else 0.0
         warnings.append(
-            f"E={par['E']:.3g} sits at its bound 0 (below the Huber delta {HUBER_DELTA:g} times "
+            f"E={shown:.3g} sits at its bound 0 (below the Huber delta {HUBER_DELTA:g} times "
             f"the smallest loss {loss.min():.4g}): the data do not determine the irreducible "
             "loss, and A and alpha, which trade off against it, do not transfer"
         )
