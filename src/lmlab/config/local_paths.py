@@ -13,7 +13,7 @@ its config's paths so (``lmlab.train.resume``), ``init_from`` its checkpoint
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,25 @@ def source_name(path: str | os.PathLike, cwd: str | os.PathLike | None = None) -
     its folders' links followed, but not a link it ends in (a run's ``last.ckpt`` moves on as
     that run trains, and stays the same source). ``runs/a/last.ckpt`` from the folder above,
     ``../a/last.ckpt`` from ``runs/b`` and a linked folder's path to it are one name."""
+    return source_names([path], cwd)[0]
+
+
+def source_names(
+    paths: Iterable[str | os.PathLike], cwd: str | os.PathLike | None = None
+) -> list[str]:
+    """``source_name`` of each of ``paths``, each folder's links resolved once: a corpus of
+    thousands of files in a few folders (the stdlib corpus: 612 files, a realpath each took a
+    fifth of a millisecond, 0.13 s at every run's start)."""
     base = os.getcwd() if cwd is None else os.fspath(cwd)
-    named = Path(os.path.abspath(os.path.join(base, os.path.expanduser(os.fspath(path)))))
-    return str(Path(os.path.realpath(named.parent)) / named.name)
+    folders: dict[str, str] = {}
+    names = []
+    for path in paths:
+        named = os.path.abspath(os.path.join(base, os.path.expanduser(os.fspath(path))))
+        parent, name = os.path.split(named)
+        if parent not in folders:
+            folders[parent] = os.path.realpath(parent)
+        names.append(str(Path(folders[parent]) / name))
+    return names
 
 
 def local_name(field: str, value: Any, cwd: str | os.PathLike | None) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmlab.config import DataConfig, Source
-from lmlab.config.local_paths import PATH_STARTS, source_name
+from lmlab.config.local_paths import PATH_STARTS, source_name, source_names
 from lmlab.data.csv_texts import csv_header, csv_texts
 from lmlab.data.decode import READING, SLICING, cut, read_files
 from lmlab.data.folders import folder_files, text_files, text_root
@@ -263,8 +263,16 @@ def load_documents(cfg: DataConfig) -> Documents:
 def stat_identity(path: Path) -> tuple:
     """A file as git's index knows it, without reading it (``fingerprint``), named as the file
     itself (``source_name``): ``./x.jsonl`` and its absolute path are one cache entry."""
-    st = path.stat()
-    return (source_name(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return stat_identities([path])[0]
+
+
+def stat_identities(paths: list[Path]) -> list[tuple]:
+    """``stat_identity`` of each of ``paths`` (their folders' links resolved once)."""
+    stats = [path.stat() for path in paths]
+    return [
+        (name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        for name, st in zip(source_names(paths), stats, strict=True)
+    ]
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -282,12 +290,12 @@ def fingerprint(cfg: DataConfig) -> str:
         ident: list = [name, cfg.subset, cfg.split, cfg.text_column]
         if local is not None:
             files = [local] if local.is_file() else folder_files(local, cfg)
-            ident.append([stat_identity(path) for path in files])
+            ident.append(stat_identities(files))
             if local.is_file() and DATA_FILES.get(data_file_kind(local), ("",))[0] == "csv":
                 ident.append(CSV_READING)
             ident.append(ROW_NAMES)
     else:
-        ident = [stat_identity(path) for path in corpus_files(cfg)[0]]
+        ident = stat_identities(corpus_files(cfg)[0])
         ident.append(READING)
     limit = None if cfg.max_bytes is None else [cfg.max_bytes, SLICING]
     blob = json.dumps([cfg.source.value, limit, ident], sort_keys=True)
