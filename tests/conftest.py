@@ -390,6 +390,27 @@ def wandb_records() -> Callable[[Path], list[dict]]:
     return read
 
 
+@pytest.fixture
+def own_tasks(tmp_path: Path) -> Path:
+    """A user's folder of lm-eval tasks (``include_path``): ``my_nextline``, the shipped
+    ``stdlib_nextline`` under another name, its items and few-shot examples copied, and the
+    loader its YAML names (lm-eval finds a ``!function`` in the YAML's own folder)."""
+    from lmlab.infer import harness
+
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    shipped = harness.TASKS_DIR
+    (folder / "loaders.py").write_bytes((shipped / "loaders.py").read_bytes())
+    for suffix in (".jsonl", ".fewshot.jsonl"):
+        (folder / f"my_nextline{suffix}").write_bytes(
+            (shipped / f"stdlib_nextline{suffix}").read_bytes()
+        )
+    text = (shipped / "stdlib_nextline.yaml").read_text(encoding="utf-8")
+    assert text.count("stdlib_nextline") == 2  # task: and dataset_kwargs.name:
+    (folder / "my_nextline.yaml").write_text(text.replace("stdlib_nextline", "my_nextline"))
+    return folder
+
+
 # A task that answers by generation, as a hub task (gsm8k, triviaqa, ...) does: the shipped
 # tasks only score. stdlib_cloze's items, the answer written greedily up to the line's end.
 GENERATING_TASK = """\
@@ -429,9 +450,9 @@ def generating_tasks(
     monkeypatch.setattr(
         harness,
         "task_manager",
-        lambda hub: TaskManager(include_path=str(folder), include_defaults=False),
+        lambda hub, folders=(): TaskManager(include_path=str(folder), include_defaults=False),
     )
-    harness._hub_generation_args.cache_clear()  # names are the same in every test's folder
+    harness._task_generation_args.cache_clear()  # names are the same in every test's folder
 
     def make(name: str, **kwargs: Any) -> str:
         items = (harness.TASKS_DIR / "stdlib_cloze.jsonl").read_bytes()
@@ -441,4 +462,4 @@ def generating_tasks(
         return name
 
     yield make
-    harness._hub_generation_args.cache_clear()
+    harness._task_generation_args.cache_clear()

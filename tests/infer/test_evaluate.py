@@ -533,7 +533,7 @@ class HubIndex:
 
 @pytest.fixture
 def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(harness, "task_manager", lambda hub: HubIndex())
+    monkeypatch.setattr(harness, "task_manager", lambda hub, folders=(): HubIndex())
     monkeypatch.setattr(harness, "hub_reachable", lambda: False)
 
 
@@ -881,6 +881,53 @@ def test_evaluate_refuses_a_generating_task_without_room_before_any_task_runs(
     record = json.loads((tmp_path / "eval" / "model.json").read_text())
     assert "eval/gen_cloze/exact_match" in record["metrics"]
     assert record["tasks"]["gen_cloze"]["lm_eval"]["max_gen_toks"] == 8
+
+
+def test_a_folder_of_ones_own_tasks_runs_beside_the_shipped_ones(
+    tok, tmp_path: Path, run_command, capsys, own_tasks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``include_path=<folder>`` (lm-eval's ``--include_path``): the tasks in a folder of the
+    user's task YAML files run as the shipped ones do; ``my_nextline``, a copy of
+    ``stdlib_nextline`` under its own name, scores exactly what the shipped task scores. The
+    folder is checked before the checkpoint is read: missing, a file, holding no YAML, or a
+    task named as a shipped one (lm-eval takes the later path's, lmlab reads the shipped file:
+    they would disagree) are one line each; an unknown task names the folder's tasks."""
+    pre = tiny(tok, dtype=torch.float32, max_seq_len=256)
+    ckpt = tmp_path / "model.ckpt"
+    state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
+    config = model_config_dict(pre.cfg)
+    torch.save({"state_dict": state, "model_config": config, "tokenizer": tok.to_str()}, ckpt)
+    both = ["tasks=my_nextline,stdlib_nextline", "limit=6", "wandb=false"]
+    assert run_command("evaluate", f"ckpt={ckpt}", f"include_path={own_tasks}", *both) == 0
+    metrics = json.loads((tmp_path / "eval" / "model.json").read_text())["metrics"]
+    assert metrics["eval/my_nextline/acc"] == metrics["eval/stdlib_nextline/acc"]
+    assert metrics["eval/my_nextline/acc_stderr"] == metrics["eval/stdlib_nextline/acc_stderr"]
+    capsys.readouterr()
+
+    def refused(*argv: str) -> str:
+        out = tmp_path / "not-written.json"
+        assert run_command("evaluate", f"ckpt={ckpt}", f"out={out}", *argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and not out.exists(), err
+        return err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shadowing = tmp_path / "shadowing"
+    shadowing.mkdir()
+    (shadowing / "cloze.yaml").write_text("task: stdlib_cloze\ntest_split: test\n")
+    nowhere = tmp_path / "nowhere"
+    assert "does not exist: name a folder of lm-eval" in refused(f"include_path={nowhere}")
+    assert f"include_path={ckpt} is a file" in refused(f"include_path={ckpt}")
+    assert "holds no .yaml file" in refused(f"include_path={empty}")
+    shadows = "its task 'stdlib_cloze' has the name of a task lmlab ships"
+    assert shadows in refused(f"include_path={shadowing}")
+    # the harness's own index (30 s to build) stands empty here: the name is no task at all
+    real = harness.task_manager
+    monkeypatch.setattr(harness, "task_manager", lambda hub, folders=(): real(False, folders))
+    err = refused(f"include_path={own_tasks}", "tasks=my_nextlin")
+    assert "unknown task 'my_nextlin'; allowed: the shipped offline tasks" in err
+    assert f"a task of {own_tasks} (my_nextline)" in err
 
 
 def test_evaluate_command_writes_the_run_eval_file_and_its_wandb_run(

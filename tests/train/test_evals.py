@@ -128,7 +128,7 @@ def test_tasks_are_checked_before_training_starts(
     class ShippedOnly:  # lm-eval's hub index takes seconds to build; these names need none
         all_tasks = harness.shipped_tasks()
 
-    monkeypatch.setattr(harness, "task_manager", lambda hub: ShippedOnly())
+    monkeypatch.setattr(harness, "task_manager", lambda hub, folders=(): ShippedOnly())
     with pytest.raises(ConfigError, match=message):
         train(compose_train([*SMOKE, *overrides], tmp_path, tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()  # refused before any data was prepared
@@ -186,7 +186,7 @@ def test_a_rank_the_harness_gives_no_results_logs_no_failure(
     from lmlab.train.callbacks import EvalTasks
 
     monkeypatch.setattr(evaluate, "LmlabLM", lambda pre, batch_size, **settings: None)
-    monkeypatch.setattr(harness, "run_tasks", lambda *args: None)  # lm-eval on rank 1
+    monkeypatch.setattr(harness, "run_tasks", lambda *args, **kwargs: None)  # lm-eval on rank 1
     trainer = SimpleNamespace(
         global_step=2,
         max_steps=4,
@@ -406,3 +406,26 @@ def test_an_answer_longer_than_the_model_reads_is_refused_before_training(
     ):
         train(compose_train(run, tmp_path / "run", cache_dir))
     assert not (tmp_path / "run" / "checkpoints").exists()  # no step trained
+
+
+def test_a_runs_evals_take_tasks_from_ones_own_folder(
+    tmp_path: Path, cache_dir: Path, own_tasks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval.include_path=<folder>``: the tasks of a folder of the user's task YAML files run
+    during training as the shipped ones do (``my_nextline``, a copy of ``stdlib_nextline``
+    under its own name, scores what the shipped task scores on the same weights). Without the
+    folder the name is refused before any data is prepared."""
+    from lmlab.infer import harness
+
+    # the harness's own index (30 s to build) stands empty here: the name is no task at all
+    real = harness.task_manager
+    monkeypatch.setattr(harness, "task_manager", lambda hub, folders=(): real(False, folders))
+    run = [*SMOKE, "logger=csv", "eval.tasks=[my_nextline,stdlib_nextline]", "eval.limit=4"]
+    run += ["callbacks.sample=null"]
+    with pytest.raises(ConfigError, match=r"^eval.tasks: unknown task 'my_nextline'"):
+        train(compose_train(run, tmp_path / "without", cache_dir))
+    assert not (tmp_path / "without" / "plan.json").exists()
+    train(compose_train([*run, f"eval.include_path={own_tasks}"], tmp_path / "run", cache_dir))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["eval/my_nextline/acc"] == results[ACC] is not None

@@ -3,13 +3,16 @@
     python src/evaluate.py ckpt=<run>/checkpoints/last.ckpt                  # the shipped tasks
     python src/evaluate.py ckpt=<file> tasks=stdlib_nextline,stdlib_cloze limit=100
     python src/evaluate.py ckpt=<file> tasks=hellaswag,lambada_openai       # online: hub tasks
+    python src/evaluate.py ckpt=<file> include_path=my_tasks tasks=my_task  # your own tasks
 
 With no ``tasks=``, the offline tasks shipped with lmlab run (``stdlib_nextline``,
-``stdlib_cloze``, ``stdlib_perplexity``). Results are printed as the harness's table, written
-to ``<run dir>/eval/step<N>.json`` (a checkpoint outside a run's ``checkpoints/`` folder: an
-``eval/`` folder beside it; ``out=`` to choose) and logged to the run's W&B run when it has one
-(``wandb=false`` to skip). The device, the checkpoint's path and the dtype, then task names
-and a hub task's dataset, are checked before the checkpoint is read and the harness imported.
+``stdlib_cloze``, ``stdlib_perplexity``); ``include_path=`` adds a folder of your own lm-eval
+task YAML files (``lmlab.infer.task_folders``), whose tasks ``tasks=`` then names. Results are
+printed as the harness's table, written to ``<run dir>/eval/step<N>.json`` (a checkpoint
+outside a run's ``checkpoints/`` folder: an ``eval/`` folder beside it; ``out=`` to choose) and
+logged to the run's W&B run when it has one (``wandb=false`` to skip). The device, the
+checkpoint's path and the dtype, then the task folder, task names and a hub task's dataset, are
+checked before the checkpoint is read and the harness imported.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lmlab.errors import ConfigError
 class EvaluateConfig:
     ckpt: str = MISSING
     tasks: str | None = None  # a,b or [a,b]; default: every shipped offline task
+    include_path: str | None = None  # a folder of your own lm-eval task YAML files
     limit: int | None = None  # at most this many items per task
     num_fewshot: int | None = None  # default: each task's own (0 for the shipped ones)
     batch_size: int = 16
@@ -66,13 +70,15 @@ def main(argv: list[str]) -> int | None:
         # nothing there, or an eval record: else refused
         eval_records.read_eval_record(cfg.out)  # as typed: out=dir/ names a folder
     check_source(Path(cfg.ckpt), cfg.device, cfg.dtype)  # before the model and lm-eval imports
-    harness.check_tasks(names)  # before the checkpoint: a bad or unreachable task fails fast
+    folders = harness.checked_folders(cfg.include_path, "include_path")  # lm-eval indexes it
+    # before the checkpoint: a bad or unreachable task fails fast
+    harness.check_tasks(names, folders=folders)
     trained_on = trained_data(Path(cfg.ckpt))
     for line in harness.trained_items(names, trained_on) if trained_on else ():
         logging.getLogger(__name__).warning("%s", line)
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     # before any task runs: a generating task's refusal came after the others had run
-    harness.check_generation(names, pre.cfg, cfg.max_gen_toks, "max_gen_toks")
+    harness.check_generation(names, pre.cfg, cfg.max_gen_toks, "max_gen_toks", folders)
     from lmlab.infer.checkpoint import run_dir_of
     from lmlab.infer.evaluate import LmlabLM  # imports lm-eval: after every check
 
@@ -88,7 +94,7 @@ def main(argv: list[str]) -> int | None:
         ) from None
     lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)
     results = harness.run_tasks(
-        lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True
+        lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True, folders=folders
     )
     print(eval_records.table(results))
     # not as typed: the record is read from anywhere, also once the folder the command ran

@@ -166,6 +166,9 @@ class EvalConfig:
     """Task names: the shipped offline ones (stdlib_nextline, stdlib_cloze,
     stdlib_perplexity) or any lm-eval task, whose dataset is downloaded (online only).
     Empty: no evals. Checked before training starts."""
+    include_path: str | None = None
+    """A folder of your own lm-eval task YAML files (lm-eval's ``--include_path``), whose
+    tasks ``tasks`` may then name (``lmlab.infer.task_folders``)."""
     every_n_steps: int = 0
     """Steps between evals; they always run at the last step (0: only there)."""
     limit: int | None = None

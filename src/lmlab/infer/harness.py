@@ -2,8 +2,10 @@
 records what they gave).
 
 Tasks are lm-eval's: the ones shipped in ``infer/tasks/`` (YAML + JSONL made by
-``scripts/make_eval_tasks.py``, offline) and, for users who are online, any task the harness
-knows (hellaswag, lambada_openai, arc_easy, ...), whose dataset it downloads. Names are checked
+``scripts/make_eval_tasks.py``, offline), the user's own in a folder of task YAML files
+(``folders``: ``include_path``, ``lmlab.infer.task_folders``) and, for users who are online,
+any task the harness knows (hellaswag, lambada_openai, arc_easy, ...), whose dataset it
+downloads. Names are checked
 and datasets fetched before a model is loaded or a run trains, so an unknown name or a hub task
 offline fails at once, naming the task. Results become flat metrics, ``eval/<task>/<metric>``,
 the names every logger and ``lmlab compare`` use.
@@ -35,6 +37,7 @@ from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.sources import load_documents
 from lmlab.data.splits import trained_documents
 from lmlab.errors import ConfigError, first_line
+from lmlab.infer import task_folders
 from lmlab.infer.gen_kwargs import checked_gen_kwargs
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -62,12 +65,26 @@ def shipped_tasks() -> list[str]:
 
 
 @functools.cache
-def task_manager(hub: bool) -> Any:
-    """lm-eval's ``TaskManager`` over the shipped tasks, plus the harness's own when ``hub``
-    (indexing its thousands of YAML files takes seconds, so only when a name needs them)."""
+def task_manager(hub: bool, folders: tuple[str, ...] = ()) -> Any:
+    """lm-eval's ``TaskManager`` over the shipped tasks and the user's task ``folders``, plus
+    the harness's own when ``hub`` (indexing its thousands of YAML files takes seconds, so
+    only when a name needs them)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=hub)
+    return TaskManager(include_path=[str(TASKS_DIR), *folders], include_defaults=hub)
+
+
+def needs_hub(names: Sequence[str], folders: tuple[str, ...] = ()) -> bool:
+    """Whether a name is neither shipped nor one of the user's ``folders``: the harness's own
+    task index is needed (and its dataset, from the hub)."""
+    local = set(shipped_tasks()) | (task_folders.tasks_of(folders) if folders else set())
+    return any(n not in local for n in names)
+
+
+def checked_folders(value: str | None, key: str) -> tuple[str, ...]:
+    """The user's task folder ``value`` (``key``: ``include_path``), checked
+    (``task_folders.checked_folders``): () without one."""
+    return task_folders.checked_folders(value, key, set(shipped_tasks()))
 
 
 def parse_tasks(value: str | Sequence[str] | None) -> list[str]:
@@ -83,42 +100,52 @@ def parse_tasks(value: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def check_tasks(names: Sequence[str], where: str = "tasks") -> bool:
+def check_tasks(names: Sequence[str], where: str = "tasks", folders: tuple[str, ...] = ()) -> bool:
     """Every name is a task whose data can be read now; returns whether the hub's task index
-    is needed (a name that is not shipped). A hub task's dataset is downloaded (or found in
-    the cache) here, before any model is loaded: offline, that fails naming the task."""
+    is needed (``needs_hub``). A task that is not shipped (one of the user's ``folders``, or
+    the harness's) is loaded here, a hub task's dataset downloaded (or found in the cache),
+    before any model is loaded: offline, that fails naming the task."""
     shipped = set(shipped_tasks())
-    hub_names = [n for n in names if n not in shipped]
-    if not hub_names:
+    others = [n for n in names if n not in shipped]
+    if not others:
         return False
-    manager = task_manager(hub=True)
-    unknown = [n for n in hub_names if n not in manager.all_tasks]
+    own = task_folders.tasks_of(folders) if folders else set()
+    hub = needs_hub(others, folders)
+    manager = task_manager(hub, folders)
+    unknown = [n for n in others if n not in manager.all_tasks]
     if unknown:
+        mine = f", a task of {', '.join(folders)} ({', '.join(sorted(own))})" if folders else ""
         raise ConfigError(
             f"{where}: unknown task {unknown[0]!r}; allowed: the shipped offline tasks "
-            f"({', '.join(sorted(shipped))}) or an lm-eval task (`lm_eval ls tasks` lists them)"
+            f"({', '.join(sorted(shipped))}){mine} or an lm-eval task (`lm_eval ls tasks` lists "
+            "them)"
         )
     offline = not hub_reachable()
-    for name in hub_names:
+    for name in others:
         with offline_hub(offline), quiet_harness():
             try:
-                _hub_generation_args(name)  # loads the task
+                _task_generation_args(name, folders)  # loads the task
             except Exception as err:  # the hub raises many types: no network, gated, missing
+                error = f"{type(err).__name__}{': ' + first_line(err) if str(err).strip() else ''}"
+                if name in own:
+                    raise ConfigError(
+                        f"{where}: task {name!r} of {', '.join(folders)} could not be loaded "
+                        f"({error})"
+                    ) from None
                 state = "the hub is unreachable (offline) and " if offline else ""
                 raise ConfigError(
                     f"{where}: task {name!r} needs its dataset from the Hugging Face hub; "
-                    f"{state}it could not be loaded ({type(err).__name__}"
-                    f"{': ' + first_line(err) if str(err).strip() else ''}); the shipped tasks run "
-                    f"offline: {', '.join(sorted(shipped))}"
+                    f"{state}it could not be loaded ({error}); the shipped tasks run offline: "
+                    f"{', '.join(sorted(shipped))}"
                 ) from None
-    return True
+    return hub
 
 
 @functools.cache
-def _hub_generation_args(name: str) -> dict[str, dict[str, Any]]:
-    """Hub task (or group) ``name`` loaded (its dataset downloaded or found in the cache):
-    the ``generation_kwargs`` of each of its tasks that generates."""
-    tasks = task_manager(hub=True).load([name])["tasks"]
+def _task_generation_args(name: str, folders: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Task (or group) ``name``, not a shipped one, loaded (a hub task's dataset downloaded or
+    found in the cache): the ``generation_kwargs`` of each of its tasks that generates."""
+    tasks = task_manager(needs_hub([name], folders), folders).load([name])["tasks"]
     return {
         task: dict(t.config.generation_kwargs or {})
         for task, t in tasks.items()
@@ -134,15 +161,17 @@ class _TaskYaml(yaml.SafeLoader):
 _TaskYaml.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def generation_args(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def generation_args(
+    names: Sequence[str], folders: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
     """The ``generation_kwargs`` of each task of ``names`` (checked by ``check_tasks``) that
     generates (``output_type: generate_until``; a group's tasks too): a shipped task's from
-    its YAML, a hub task's as ``check_tasks`` loaded it."""
+    its YAML, another's as ``check_tasks`` loaded it."""
     shipped = set(shipped_tasks())
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         if name not in shipped:
-            out.update(_hub_generation_args(name))
+            out.update(_task_generation_args(name, folders))
             continue
         cfg = yaml.load((TASKS_DIR / f"{name}.yaml").read_text(encoding="utf-8"), _TaskYaml)
         if cfg.get("output_type") == "generate_until":
@@ -151,18 +180,27 @@ def generation_args(names: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def check_generation(
-    names: Sequence[str], cfg: ModelConfig, max_gen_toks: int, option: str
+    names: Sequence[str],
+    cfg: ModelConfig,
+    max_gen_toks: int,
+    option: str,
+    folders: tuple[str, ...] = (),
 ) -> None:
     """Each generating task of ``names`` asks what lmlab's decoder does and fits the model of
     ``cfg`` at its answers' length (its own, else ``max_gen_toks``, the setting ``option``):
     ``checked_gen_kwargs``, as ``LmlabLM`` checks every request, but before a model is loaded
     or trained, not at each eval."""
-    for task, asked in generation_args(names).items():
+    for task, asked in generation_args(names, folders).items():
         checked_gen_kwargs(asked, max_gen_toks, cfg, option, task)
 
 
 def check_answers(
-    names: Sequence[str], limit: int | float | None, tokenizer: Any, cfg: ModelConfig, where: str
+    names: Sequence[str],
+    limit: int | float | None,
+    tokenizer: Any,
+    cfg: ModelConfig,
+    where: str,
+    folders: tuple[str, ...] = (),
 ) -> None:
     """Every loglikelihood request of the tasks ``names`` (their first ``limit`` items, as
     ``run_tasks`` scores them) has a continuation that ``cfg``'s model scores whole, checked
@@ -173,9 +211,9 @@ def check_answers(
 
     from lmlab.infer.eval_tokens import ContinuationCheck
 
-    hub = any(n not in shipped_tasks() for n in names)
+    hub = needs_hub(names, folders)
     with offline_hub(hub and not hub_reachable()), quiet_harness():
-        tasks = task_manager(hub).load(list(names))["tasks"]
+        tasks = task_manager(hub, folders).load(list(names))["tasks"]
         instances = []
         for task in tasks.values():
             task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
@@ -323,6 +361,7 @@ def run_tasks(
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
     progress: bool = False,
+    folders: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """lm-eval's ``simple_evaluate`` of ``lm`` on ``names`` (checked by ``check_tasks``), with
     its fixed seeds: the same model gives the same results. The global random state is as
@@ -330,7 +369,7 @@ def run_tasks(
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
 
-    hub = any(n not in shipped_tasks() for n in names)
+    hub = needs_hub(names, folders)
     # simple_evaluate also describes the machine (pip, GPUs, OS: 1.5 s on the 2-core CPU, more
     # under load) for a report lmlab does not write: skipped, at every in-training eval too;
     # so is the git commit of the working directory (not the model's: outside a repository,
@@ -343,7 +382,7 @@ def run_tasks(
             return simple_evaluate(
                 model=lm,
                 tasks=list(names),
-                task_manager=task_manager(hub),
+                task_manager=task_manager(hub, folders),
                 limit=limit,
                 num_fewshot=num_fewshot,
                 bootstrap_iters=bootstrap_iters,

@@ -301,9 +301,12 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | 
     harness.check_family(
         model_cfg.family, f"eval.tasks={tasks} with model.family={model_cfg.family.value}"
     )
-    harness.check_tasks(tasks, where="eval.tasks")
+    folders = harness.checked_folders(
+        (cfg.get("eval") or {}).get("include_path"), "eval.include_path"
+    )
+    harness.check_tasks(tasks, where="eval.tasks", folders=folders)
     max_gen_toks = (cfg.get("eval") or {}).get("max_gen_toks", MAX_GEN_TOKS)
-    harness.check_generation(tasks, model_cfg, max_gen_toks, "eval.max_gen_toks")
+    harness.check_generation(tasks, model_cfg, max_gen_toks, "eval.max_gen_toks", folders)
     for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
         say_once(log, logging.WARNING, f"eval.tasks: {line}")
 

@@ -43,6 +43,7 @@ class EvalTasks(L.Callback):
     def __init__(
         self,
         tasks: list[str] | None = None,
+        include_path: str | None = None,
         every_n_steps: int = 0,
         limit: int | None = None,
         batch_size: int = 16,
@@ -50,6 +51,9 @@ class EvalTasks(L.Callback):
         max_gen_toks: int = MAX_GEN_TOKS,
     ) -> None:
         self.tasks = [str(t) for t in (tasks or [])]
+        # the user's task folder as the command's working directory names it (checked with
+        # the config, before training: ``preflight.check_evals``)
+        self.folders = (str(Path(include_path).expanduser().absolute()),) if include_path else ()
         self.every_n_steps, self.limit = every_n_steps, limit
         self.batch_size, self.bootstrap_iters = batch_size, bootstrap_iters
         self.max_gen_toks = max_gen_toks  # a generating task's answers, where it sets none
@@ -83,7 +87,9 @@ class EvalTasks(L.Callback):
         if self.tasks:
             from lmlab.infer import harness
 
-            harness.check_answers(self.tasks, self.limit, tokenizer, model_cfg, "eval.tasks")
+            harness.check_answers(
+                self.tasks, self.limit, tokenizer, model_cfg, "eval.tasks", self.folders
+            )
 
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
@@ -209,7 +215,9 @@ class EvalTasks(L.Callback):
                     should_stop=stop,
                     length_option="eval.max_gen_toks",
                 )
-                results = harness.run_tasks(lm, self.tasks, self.limit, None, self.bootstrap_iters)
+                results = harness.run_tasks(
+                    lm, self.tasks, self.limit, None, self.bootstrap_iters, folders=self.folders
+                )
         finally:
             model.train(was_training)
         return results
