@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,17 +62,88 @@ def run(tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
     return json.loads((tmp_path / "results.json").read_text())
 
 
+# What logged_run trains (and test_validations_and_logs_are_counted_in_steps_whatever_the_
+# accumulation at another batch): 7 steps, a validation every 2 and the train metrics logged
+# every 3, so that the last step is neither a validation's nor a logging step.
+LOGGED = ["trainer.max_steps=7", "trainer.val_check_interval=2", "trainer.log_every_n_steps=3"]
+
+
+@dataclasses.dataclass
+class LoggedRun:
+    run_dir: Path
+    results: dict
+    messages: list[str]  # lmlab's log messages, INFO and above
+    warnings: list[warnings.WarningMessage]  # every warning the run raised
+    logged: list[tuple[str, int]]  # (name, global step) of each ``LMTask.log`` call
+    losses: list[float]  # each training step's loss, as training_step returned it
+    peaks: Path  # the Throughput callback's cache of measured peaks
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> LoggedRun:
+    """A run of ``LOGGED`` (global batch 4, the CSV logger), trained once for the tests that
+    read what a run wrote and logged: none writes under it. Its ``LMTask.log`` and
+    ``training_step`` are spied on (what was logged at which step; each step's loss), and
+    its CPU peak is taken as measured under load (the start's probe: 1 kFLOP/s, below what
+    the run achieves), with a peak cache of its own: the spies and the low peak change no
+    value the other tests read (the steps, losses and records)."""
+    from lmlab.train.callbacks import Throughput
+    from lmlab.train.task import LMTask
+
+    base = tmp_path_factory.mktemp("logged")
+    run_dir, peaks = base / "run", base / "peaks"
+    logged: list[tuple[str, int]] = []
+    losses: list[float] = []
+    log, step, start = LMTask.log, LMTask.training_step, Throughput.on_train_start
+
+    def spy_log(self, name, value, *args, **kwargs):
+        logged.append((name, self.trainer.global_step))
+        return log(self, name, value, *args, **kwargs)
+
+    def spy_step(self, batch, batch_idx):
+        losses.append(float((out := step(self, batch, batch_idx)).detach()))
+        return out
+
+    def measured_under_load(self, trainer, pl_module) -> None:
+        start(self, trainer, pl_module)
+        self.peak = 1e3
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    kept, lmlab_log = Kept(), logging.getLogger("lmlab")
+    level = lmlab_log.level
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # as pytest's recwarn
+        patch.setattr(LMTask, "log", spy_log)
+        patch.setattr(LMTask, "training_step", spy_step)
+        patch.setattr(Throughput, "on_train_start", measured_under_load)
+        lmlab_log.addHandler(kept)
+        lmlab_log.setLevel(logging.INFO)
+        try:
+            overrides = [*LOGGED, "data.global_batch_size=4"]
+            r = run(run_dir, cache_dir, *overrides, f"callbacks.throughput.cache_dir={peaks}")
+        finally:
+            lmlab_log.removeHandler(kept)
+            lmlab_log.setLevel(level)
+    return LoggedRun(run_dir, r, kept.messages, list(caught), logged, losses, peaks)
+
+
 def test_the_validation_after_the_last_step_logs_the_training_rows_epoch(
-    tmp_path: Path, cache_dir: Path
+    logged_run: LoggedRun,
 ) -> None:
-    """A run of 5 steps validating every 2 validates its final weights after ``fit``. Its
+    """A run of 7 steps validating every 2 validates its final weights after ``fit``. Its
     metrics.csv row said epoch 1 beside the training rows' 0: ``fit`` had counted the run's
     one epoch as ended. It logs the last step's epoch, and its step, as the others."""
-    run(tmp_path, cache_dir, "trainer.max_steps=5")
-    with (tmp_path / "csv" / "metrics.csv").open() as f:
+    with (logged_run.run_dir / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     validations = [r for r in rows if r["val/loss"]]
-    assert [r["step"] for r in validations] == ["1", "3", "4"]  # after steps 2, 4 and 5
+    assert [r["step"] for r in validations] == ["1", "3", "5", "6"]  # after steps 2, 4, 6, 7
     assert {r["epoch"] for r in rows} == {"0"}
 
 
@@ -96,20 +169,20 @@ def test_a_run_a_callback_stopped_early_says_so(
     )
 
 
-def test_smoke_run_writes_results_checkpoint_and_metrics(
-    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture, recwarn
-) -> None:
-    with caplog.at_level("INFO", logger="lmlab"):
-        r = run(tmp_path, cache_dir)
-    assert sum(m.startswith("global batch 4 sequences") for m in caplog.messages) == 1
+def test_smoke_run_writes_results_checkpoint_and_metrics(logged_run: LoggedRun) -> None:
+    """The smoke recipe's run (``logged_run``: 7 steps) writes results.json with every
+    required field, its final checkpoint alone, which loads into the model, and metrics.csv
+    with the validation results.json reports."""
+    r, run_dir = logged_run.results, logged_run.run_dir
+    assert sum(m.startswith("global batch 4 sequences") for m in logged_run.messages) == 1
     # Lightning's deprecation of its own that every run met: not the user's to act on
-    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
+    assert not [w for w in logged_run.warnings if "LeafSpec" in str(w.message)]
     assert r["status"] == "completed"
     # a run of its steps: no early stop (test_a_run_a_callback_stopped_early_says_so's control)
     assert "stopped_early" not in r, "a run that trained its steps says it stopped early"
     assert all(r[k] is not None for k in REQUIRED), {k: r.get(k) for k in REQUIRED}
-    assert r["global_step"] == 4
-    assert r["tokens"] == 4 * 4 * 64  # steps x batch x sequence length
+    assert r["global_step"] == 7
+    assert r["tokens"] == 7 * 4 * 64  # steps x batch x sequence length
     assert r["flops"] == 6 * r["params"] * r["tokens"]
     # exp of the loss itself: fp32's exp is within an ulp or two (1e-7 each)
     assert math.isclose(r["val_perplexity"], math.exp(r["val_loss"]), rel_tol=1e-6)
@@ -117,41 +190,24 @@ def test_smoke_run_writes_results_checkpoint_and_metrics(
     # gpt_tiny's 4096-token vocabulary over d_model 128, fp32: auto's chunked loss
     assert r["cross_entropy"] == ("chunked" if CHUNKED_AVAILABLE else "full")
     # one checkpoint, the final one: a smoke run of gpt_medium wrote 7 GB of step files
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 4 and ckpt["model_config"]["positional"] == "learned"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 7 and ckpt["model_config"]["positional"] == "learned"
     model = build_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
-    rows = read_csv(tmp_path / "csv" / "metrics.csv")
+    rows = read_csv(run_dir / "csv" / "metrics.csv")
     assert [float(x["val/loss"]) for x in rows if x.get("val/loss")][-1] == pytest.approx(
         r["val_loss"]
     )
     assert any(x.get("train/grad_norm") for x in rows) and any(x.get("train/lr") for x in rows)
 
 
-def test_train_metrics_are_logged_only_when_a_logger_writes_them(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_train_metrics_are_logged_only_when_a_logger_writes_them(logged_run: LoggedRun) -> None:
     """``self.log`` costs ~0.3 ms a call: the train/* values are logged on the steps Lightning
     writes (every log_every_n_steps) and at the last step, whose loss results.json reports
     (also when a final ``trainer.validate``, which drops train metrics, follows the fit), and
     metrics.csv holds those steps' rows: the last one's too, which Lightning leaves out."""
-    from lmlab.train.task import LMTask
-
-    logged, losses = [], []
-    log, step = LMTask.log, LMTask.training_step
-
-    def spy_log(self, name, value, *args, **kwargs):
-        logged.append((name, self.trainer.global_step))
-        return log(self, name, value, *args, **kwargs)
-
-    def spy_step(self, batch, batch_idx):
-        losses.append(float((out := step(self, batch, batch_idx)).detach()))
-        return out
-
-    monkeypatch.setattr(LMTask, "log", spy_log)
-    monkeypatch.setattr(LMTask, "training_step", spy_step)
-    r = run(tmp_path, cache_dir, "trainer.max_steps=7", "trainer.log_every_n_steps=3")
+    logged, losses, r = logged_run.logged, logged_run.losses, logged_run.results
     train_steps = {name: sorted({s for n, s in logged if n == name}) for name, _ in logged}
     for name in ("train/loss", "train/lr", "train/grad_norm"):
         assert train_steps[name] == [2, 5, 6], name  # steps 3 and 6 (1-based), and the last
@@ -159,7 +215,7 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
         assert train_steps[name] == [3, 6, 7], name
     assert len(losses) == 7 and r["train_loss"] == pytest.approx(losses[-1])
     assert r["train_aux_loss"] is None and r["train_z_loss"] is None  # dense: no router
-    with open(tmp_path / "csv" / "metrics.csv") as f:
+    with open(logged_run.run_dir / "csv" / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("train/loss")]
     assert [int(row["step"]) for row in rows] == [2, 5, 6]
     assert float(rows[-1]["train/loss"]) == pytest.approx(losses[-1], rel=1e-6)
@@ -168,28 +224,18 @@ def test_train_metrics_are_logged_only_when_a_logger_writes_them(
 
 
 def test_no_mfu_is_above_1_when_the_cached_peak_was_measured_under_load(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    logged_run: LoggedRun,
 ) -> None:
     """A CPU peak measured while other work ran (the cache's and the start's probe: 1 kFLOP/s
-    here) is below what the run achieves: MFU was logged at 2.1 in QA. The run measures its
-    linear layers again and takes at least its achieved rate, so every logged MFU and the
-    recorded one are at most 1; the cache keeps measured matmuls only."""
-    from lmlab.train.callbacks import Throughput
-
-    start = Throughput.on_train_start
-
-    def measured_under_load(self, trainer, pl_module) -> None:
-        start(self, trainer, pl_module)
-        self.peak = 1e3
-
-    monkeypatch.setattr(Throughput, "on_train_start", measured_under_load)
-    peaks = tmp_path / "peaks"
-    r = run(tmp_path, cache_dir, f"callbacks.throughput.cache_dir={peaks}")
-    with open(tmp_path / "csv" / "metrics.csv") as f:
+    here, ``logged_run``) is below what the run achieves: MFU was logged at 2.1 in QA. The
+    run measures its linear layers again and takes at least its achieved rate, so every
+    logged MFU and the recorded one are at most 1; the cache keeps measured matmuls only."""
+    with open(logged_run.run_dir / "csv" / "metrics.csv") as f:
         mfu = [float(row["perf/mfu"]) for row in csv.DictReader(f) if row.get("perf/mfu")]
     assert mfu and max(mfu) <= 1.0 + 1e-9, mfu
+    r = logged_run.results
     assert 0 < r["mfu"] <= 1.0 + 1e-9, r["mfu"]
-    cached = json.loads((peaks / "peak_flops.json").read_text())
+    cached = json.loads((logged_run.peaks / "peak_flops.json").read_text())
     assert min(cached.values()) > 1e3  # measured matmuls, not the low figure
 
 
@@ -352,20 +398,23 @@ def test_mfu_counts_each_batch_at_its_own_shape(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize("global_batch", [4, 12])
 def test_validations_and_logs_are_counted_in_steps_whatever_the_accumulation(
-    tmp_path: Path, cache_dir: Path, global_batch: int
+    tmp_path: Path, cache_dir: Path, request: pytest.FixtureRequest, global_batch: int
 ) -> None:
     """``trainer.val_check_interval`` and ``log_every_n_steps`` count optimizer steps, so a
     run validates and logs at the same steps with 1 or 3 micro-batches a step (or with more
     devices). Lightning counts validation intervals in micro-batches: at accumulation 3,
     val_check_interval=2 validated every 2 micro-batches, some in the middle of a step's
-    accumulation (rows at steps 0, 1, 1, 2, 3, 3, ...)."""
-    overrides = [f"data.global_batch_size={global_batch}", "trainer.max_steps=6"]
-    overrides += ["trainer.val_check_interval=2", "trainer.log_every_n_steps=3"]
-    r = run(tmp_path, cache_dir, *overrides)
+    accumulation (rows at steps 0, 1, 1, 2, 3, 3, ...). At 1 micro-batch: ``logged_run``."""
+    if global_batch == 4:
+        logged_run = request.getfixturevalue("logged_run")
+        run_dir, r = logged_run.run_dir, logged_run.results
+    else:
+        run_dir = tmp_path
+        r = run(run_dir, cache_dir, *LOGGED, f"data.global_batch_size={global_batch}")
     assert r["batch"]["accumulation"] == global_batch // 4
-    rows = read_csv(tmp_path / "csv" / "metrics.csv")
-    assert [int(x["step"]) for x in rows if x.get("val/loss")] == [1, 3, 5]
-    assert [int(x["step"]) for x in rows if x.get("train/loss")] == [2, 5]
+    rows = read_csv(run_dir / "csv" / "metrics.csv")
+    assert [int(x["step"]) for x in rows if x.get("val/loss")] == [1, 3, 5, 6]
+    assert [int(x["step"]) for x in rows if x.get("train/loss")] == [2, 5, 6]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
