@@ -17,6 +17,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from in_process import without_heap_work
+from lmlab.cli.main import command
 from lmlab.config import CONF_DIR, ModelConfig
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
@@ -654,16 +656,52 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@dataclasses.dataclass
+class InitRun:
+    source: Path  # its init_from file: a copy of first's checkpoint, as trained
+    run_dir: Path
+    init: list[str]  # the command line that trained it, less hydra.run.dir
+    code: int  # its exit code
+
+
+@pytest.fixture(scope="module")
+def init_run(tmp_path_factory: pytest.TempPathFactory, first: Path) -> InitRun:
+    """``lmlab train model=gpt_tiny init_from=<source> data.tokenizer=checkpoint``, 2 steps,
+    run once in this process as ``run_command`` runs it (``source``: a copy of ``first``'s
+    checkpoint). The init_from tests below resume in copies of it (``copy_of_init_run``),
+    never in it; a copy names the same ``source``, which a test may remove or replace (each
+    puts there what it needs), as the run is trained already."""
+    base = tmp_path_factory.mktemp("init")
+    source, run_dir = base / "source.ckpt", base / "run"
+    shutil.copy(first / "checkpoints" / "last.ckpt", source)
+    init = [*INIT_SOURCE, f"init_from={source}", "data.tokenizer=checkpoint", "model=gpt_tiny"]
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exited:
+        without_heap_work(patch)
+        command("train", [*init, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"])
+    for handler in [h for h in root.handlers if h not in handlers]:  # Hydra's job logging:
+        root.removeHandler(handler)  # its file handler would append to the run's train.log
+        handler.close()
+    return InitRun(source, run_dir, init, exited.value.code)
+
+
+def copy_of_init_run(init_run: InitRun, run_dir: Path) -> list[str]:
+    """``init_run`` copied into ``run_dir`` (links kept as links); the command line that
+    trained it there."""
+    shutil.copytree(init_run.run_dir, run_dir, symlinks=True)
+    return [*init_run.init, f"hydra.run.dir={run_dir}"]
+
+
 def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
-    tmp_path: Path, first: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, first: Path, init_run: InitRun, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """``model=gpt_tiny`` with a gpt_tiny checkpoint asks for its architecture: the preset's
-    null fields (the vocabulary, d_ff) are derived, not a conflict. Another preset is refused,
-    naming the model fields a run may still set."""
+    null fields (the vocabulary, d_ff) are derived, not a conflict (``init_run`` trained).
+    Another preset is refused, naming the model fields a run may still set."""
+    assert init_run.code == 0
     smoke = INIT_SOURCE
     init = [*smoke, f"init_from={first / 'checkpoints' / 'last.ckpt'}", "data.tokenizer=checkpoint"]
-    assert run_command("train", *init, "model=gpt_tiny", f"hydra.run.dir={tmp_path / 'a'}") == 0
-    capsys.readouterr()
     assert run_command("train", *init, "model=gpt_mini", f"hydra.run.dir={tmp_path / 'b'}") == 2
     err = capsys.readouterr().err
     assert "model.d_model=256 (from model=gpt_mini) but the checkpoint has 128" in err, err
@@ -672,19 +710,17 @@ def test_init_from_takes_the_checkpoints_own_preset_and_names_what_may_differ(
 
 
 def test_an_init_from_run_resumes_after_its_source_is_gone(
-    tmp_path: Path, first: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, first: Path, init_run: InitRun, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """The run's own checkpoint holds the architecture and tokenizer it took from
     ``init_from``: a resume needs the source file no longer (it was refused for good, with
     no way to name the run's checkpoint instead). ``ckpt_path`` with ``init_from`` is
     refused: one continues a run, the other starts one."""
     smoke = INIT_SOURCE
-    source = tmp_path / "source.ckpt"
-    shutil.copy(first / "checkpoints" / "last.ckpt", source)
-    run_dir = tmp_path / "run"
-    init = [*smoke, f"init_from={source}", "data.tokenizer=checkpoint", f"hydra.run.dir={run_dir}"]
-    assert run_command("train", *init, "trainer.max_steps=2") == 0
-    source.unlink()
+    source, run_dir = init_run.source, tmp_path / "run"
+    init = copy_of_init_run(init_run, run_dir)  # trained 2 steps from source
+    assert init_run.code == 0
+    source.unlink(missing_ok=True)  # gone (another test may have replaced it, or removed it)
     capsys.readouterr()
     assert run_command("train", *init, "trainer.max_steps=2") == 2  # a new run needs it
     assert f"init_from={source}: no such file" in capsys.readouterr().err
@@ -703,20 +739,18 @@ def test_an_init_from_run_resumes_after_its_source_is_gone(
 
 
 def test_an_init_from_run_resumes_after_its_source_was_replaced(
-    tmp_path: Path, first: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, first: Path, init_run: InitRun, run_command, capsys: pytest.CaptureFixture
 ) -> None:
     """The ``init_from`` file replaced by another model (a name reused for a newer
     checkpoint): the resume read the file and refused the run's own checkpoint as "trained
     with another model", naming fields the command had not changed. The run's checkpoint
     holds the architecture and tokenizer it took, as when the file is gone."""
-    smoke = INIT_SOURCE
-    source, run_dir = tmp_path / "source.ckpt", tmp_path / "run"
-    shutil.copy(first / "checkpoints" / "last.ckpt", source)
-    init = [*smoke, f"init_from={source}", "data.tokenizer=checkpoint", f"hydra.run.dir={run_dir}"]
-    assert run_command("train", *init, "trainer.max_steps=2") == 0
-    other = torch.load(source, weights_only=True)
+    run_dir = tmp_path / "run"
+    init = copy_of_init_run(init_run, run_dir)  # trained 2 steps from source
+    assert init_run.code == 0
+    other = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)  # source's
     other["model_config"]["activation"] = "relu"  # another model now under that name
-    torch.save(other, source)
+    torch.save(other, init_run.source)
     capsys.readouterr()
     assert run_command("train", *init, "trainer.max_steps=4", "resume=true") == 0, (
         capsys.readouterr()
