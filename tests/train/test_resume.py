@@ -3,6 +3,7 @@ and the resume/checkpoint input checks."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -824,8 +825,14 @@ def test_a_resume_compares_the_file_a_path_names_not_its_words(
     (run_dir / ".hydra").mkdir(parents=True)  # Hydra's record of the launch
     (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {first}\n")
 
+    # composed once: the configs below differ in the field's words alone, set as an override
+    # of them composes them (Hydra composes in no working directory: the words stay as typed)
+    composed = compose_train([*PATH_FIELDS[field], f"{field}=./x.jsonl"], run_dir)
+
     def config(path: str):
-        return compose_train([*PATH_FIELDS[field], f"{field}={path}"], run_dir)
+        cfg = copy.deepcopy(composed)
+        OmegaConf.update(cfg, field, path)
+        return cfg
 
     monkeypatch.chdir(first)
     (run_dir / "run_config.yaml").write_text(OmegaConf.to_yaml(run_identity(config("./x.jsonl"))))
