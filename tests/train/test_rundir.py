@@ -78,6 +78,19 @@ def copy_of(run_dir: Path, into: Path) -> Path:
     return into
 
 
+@pytest.fixture
+def untimed_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dry run's throughput a fixed 1000 tokens/s, its 4 timed training steps of the model
+    left out (tests/train/test_estimate.py times them): the tests that use it check where a
+    plan is written and what is refused, not how fast the model trains."""
+    from lmlab.train import estimate
+
+    def fixed(*args: object) -> tuple[float, list[float]]:
+        return 1000.0, [0.1, 0.1, 0.1]
+
+    monkeypatch.setattr(estimate, "measure_tokens_per_second", fixed)
+
+
 def test_a_config_composed_in_python_runs_where_the_command_line_would() -> None:
     """``compose_train`` without ``output_dir`` (a notebook's ``train(compose_train([...]))``)
     left ``paths.output_dir`` None, Hydra's runtime folder being set only inside a Hydra job:
@@ -91,7 +104,7 @@ def test_a_config_composed_in_python_runs_where_the_command_line_would() -> None
 
 
 def test_refused_commands_leave_the_run_directory_byte_for_byte(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, untimed_plans: None
 ) -> None:
     """Hydra writes ``.hydra/`` and ``train.log`` before the task runs: a command that is
     refused, before or after the data is prepared, must leave all of it, ``results.json``,
@@ -183,7 +196,7 @@ def test_refused_commands_leave_the_run_directory_byte_for_byte(
 
 
 def test_a_refused_first_command_leaves_the_directory_to_the_corrected_one(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture, untimed_plans: None
 ) -> None:
     """A command refused in a new directory by the run's checks (its budget, its data) leaves
     nothing there, as one refused for the config's own values: no results.json that compare
@@ -1104,7 +1117,9 @@ def test_a_sweep_job_meeting_an_earlier_run_is_told_the_sweeps_resume(
     ) in "".join(capsys.readouterr())
 
 
-def test_a_run_directory_named_through_dotdot_is_its_own(tmp_path: Path, run_command) -> None:
+def test_a_run_directory_named_through_dotdot_is_its_own(
+    tmp_path: Path, run_command, untimed_plans: None
+) -> None:
     """``hydra.run.dir=<x>/../run``: the run took its lock under that spelling and looked for
     it again under Hydra's (``..`` resolved), and refused itself as a live run (its own pid)."""
     argv = [*SMOKE, "dry_run=true", f"hydra.run.dir={tmp_path}/missing/../run"]
@@ -1113,7 +1128,7 @@ def test_a_run_directory_named_through_dotdot_is_its_own(tmp_path: Path, run_com
 
 
 def test_a_folder_typed_with_a_tilde_is_in_the_home_folder(
-    tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_command, monkeypatch: pytest.MonkeyPatch, untimed_plans: None
 ) -> None:
     """``"hydra.run.dir='~/runs/a'"``, quoted for Hydra as lmlab's own refusal of the
     unquoted form advises: Hydra made a folder named ``~`` in the working directory (where a
