@@ -72,6 +72,28 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
     return run_dir
 
 
+# 6 steps of two micro-batches each (a global batch of 8 rows, 4 a micro-batch)
+ACCUMULATED = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def accumulated_run(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> tuple[Path, list[tuple[str, int, int | None]]]:
+    """An ``ACCUMULATED`` run trained to its end, a step checkpoint every 2 steps, all kept
+    (``last.ckpt`` links to step 6's), with ``BarAt`` watching it: the run directory, and the
+    progress bar before each of its training batches (``BarAt.seen``). A test that resumes or
+    damages the run works on its own copy (``copy_of``). No test writes in it."""
+    run_dir = tmp_path_factory.mktemp("accumulated-run")
+    kept = ["checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=-1"]
+    BarAt.seen.clear()
+    bar = "+callbacks.bar._target_=test_rundir.BarAt"
+    train(compose_train([*ACCUMULATED, *kept, bar], run_dir, cache_dir))
+    seen = list(BarAt.seen)
+    BarAt.seen.clear()
+    return run_dir, seen
+
+
 def copy_of(run_dir: Path, into: Path) -> Path:
     """``run_dir`` copied into ``into`` (which may exist, empty), links kept as links."""
     shutil.copytree(run_dir, into, symlinks=True, dirs_exist_ok=True)
@@ -232,15 +254,14 @@ def test_a_resumed_run_appends_to_the_metrics_history(
 
 
 def test_rows_logged_after_the_resumed_checkpoint_are_replaced(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, accumulated_run: tuple[Path, list], cache_dir: Path
 ) -> None:
     """As if killed after step 4's checkpoint, once the rows of steps 4 and 5 were written:
     the resumed run replays those steps, and the file holds each once, as uninterrupted.
     Two micro-batches a step: the checkpoint, saved once step 4's validation ends, is a
     step boundary."""
-    run = [*SMOKE, "trainer.max_steps=6", "checkpoint.every_n_steps=2"]
-    run += ["callbacks.checkpoint.save_top_k=-1", "data.global_batch_size=8"]
-    train(compose_train(run, tmp_path, cache_dir))
+    run = [*ACCUMULATED, "checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=-1"]
+    copy_of(accumulated_run[0], tmp_path)  # run's 6 steps, uninterrupted
     uninterrupted = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)]
     ckpts = tmp_path / "checkpoints"
     (ckpts / "last.ckpt").unlink()
@@ -482,8 +503,7 @@ def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache
 def test_a_stop_between_micro_batches_waits_for_the_step(tmp_path: Path, cache_dir: Path) -> None:
     """SIGTERM after the first of a step's two micro-batches: the run stops once that step's
     update is made (a checkpoint there holds no half-accumulated step), at step 3 not 2."""
-    run = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
-    run += ["trainer.val_check_interval=null"]  # the final validation only
+    run = [*ACCUMULATED, "trainer.val_check_interval=null"]  # the final validation only
     hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.batch=4"]
     with pytest.raises(SIGTERMException):
         train(compose_train([*run, *hook], tmp_path, cache_dir))
@@ -526,14 +546,14 @@ class BarAt(L.Callback):
         BarAt.seen.append((bar.desc, bar.n, bar.total))
 
 
-def test_the_progress_bar_counts_the_runs_micro_batches(tmp_path: Path, cache_dir: Path) -> None:
+def test_the_progress_bar_counts_the_runs_micro_batches(
+    accumulated_run: tuple[Path, list],
+) -> None:
     """The bar counts micro-batches (Lightning's ``batch_idx``): its total is the run's 6 steps
     x 2 micro-batches. Lightning's took the optimizer steps left, and the bar ran past it:
     ``6/6``, then ``7/?``."""
-    BarAt.seen.clear()
-    run = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
-    train(compose_train([*run, "+callbacks.bar._target_=test_rundir.BarAt"], tmp_path, cache_dir))
-    assert len(BarAt.seen) == 12 and {total for _, _, total in BarAt.seen} == {12}, BarAt.seen
+    seen = accumulated_run[1]  # an ACCUMULATED run's bar, before each training batch
+    assert len(seen) == 12 and {total for _, _, total in seen} == {12}, seen
 
 
 def test_a_resumed_runs_progress_bar_counts_to_the_runs_end(
@@ -542,8 +562,7 @@ def test_a_resumed_runs_progress_bar_counts_to_the_runs_end(
     """Lightning sets the bar's total as an epoch starts, and a resumed run continues its one
     epoch: its bar read ``Training: 70/?`` where the fresh run's read ``Epoch 0: 70/100``. It
     reads as the fresh run's, from the micro-batches the stopped run trained (two a step)."""
-    run = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
-    run += ["+callbacks.bar._target_=test_rundir.BarAt"]
+    run = [*ACCUMULATED, "+callbacks.bar._target_=test_rundir.BarAt"]
     hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.batch=3"]
     BarAt.seen.clear()
     with pytest.raises(SIGTERMException):
