@@ -94,6 +94,21 @@ def accumulated_run(
     return run_dir, seen
 
 
+# 6 steps, a step checkpoint every 2, three validation batches (a stop can land between two)
+SIX_STEPS = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
+SIX_STEPS += ["checkpoint.every_n_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A ``SIX_STEPS`` run trained to its end, uninterrupted, every step checkpoint kept
+    (``save_top_k=-1``; ``last.ckpt`` links to step 6's). A test that extends it works on
+    its own copy (``copy_of``). No test writes in it."""
+    run_dir = tmp_path_factory.mktemp("six-step-run")
+    train(compose_train([*SIX_STEPS, "callbacks.checkpoint.save_top_k=-1"], run_dir, cache_dir))
+    return run_dir
+
+
 def copy_of(run_dir: Path, into: Path) -> Path:
     """``run_dir`` copied into ``into`` (which may exist, empty), links kept as links."""
     shutil.copytree(run_dir, into, symlinks=True, dirs_exist_ok=True)
@@ -471,15 +486,16 @@ def stop_at_4_and_resume(run: list[str], run_dir: Path, cache_dir: Path) -> dict
     return stop
 
 
-def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache_dir: Path) -> None:
+def test_a_stop_during_validation_resumes_into_one_history(
+    tmp_path: Path, six_step_run: Path, cache_dir: Path
+) -> None:
     """Stopped mid-validation, Lightning saves a checkpoint whose resume runs a partial
     validation and logs every later step one step off. The stop waits for the validation's
     end instead: the resumed history is the uninterrupted one, row for row. Step 4 is a
     periodic checkpoint's step too, saved once at that point: ``last.ckpt`` links to it. The
     stop's record keeps the tokens and FLOPs its checkpoint trained, beside the budget."""
-    run = [*SMOKE, "trainer.max_steps=6", "trainer.limit_val_batches=3"]
-    run += ["checkpoint.every_n_steps=2", "callbacks.checkpoint.save_top_k=1"]
-    train(compose_train(run, tmp_path / "whole", cache_dir))
+    run = [*SIX_STEPS, "callbacks.checkpoint.save_top_k=1"]
+    whole_dir = six_step_run  # the uninterrupted run (its step checkpoints all kept)
     stopped = tmp_path / "stopped"
     hook = ["+callbacks.stop._target_=test_rundir.SignalAt", "+callbacks.stop.step=4"]
     with pytest.raises(SIGTERMException):
@@ -489,15 +505,13 @@ def test_a_stop_during_validation_resumes_into_one_history(tmp_path: Path, cache
     assert os.readlink(ckpts / "last.ckpt") == "step000004.ckpt"
     assert results(stopped)["error"].endswith("after saving " + str(ckpts / "last.ckpt"))
     # what the stop's checkpoint trained, beside the budget: 4 of the whole run's 6 steps
-    stop, whole = results(stopped), results(tmp_path / "whole")
+    stop, whole = results(stopped), results(whole_dir)
     assert stop["global_step"] == 4 and stop["tokens"] == whole["tokens"] * 4 // 6
     assert stop["flops"] == 6.0 * whole["budget"]["n_params"] * stop["tokens"]
     assert all(stop[k] == whole[k] for k in ("budget", "batch", "params", "active_params"))
     train(compose_train([*run, "resume=true"], stopped, cache_dir))
     history = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(stopped)]
-    assert history == [
-        (r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path / "whole")
-    ]
+    assert history == [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(whole_dir)]
 
 
 def test_a_stop_between_micro_batches_waits_for_the_step(tmp_path: Path, cache_dir: Path) -> None:
@@ -628,15 +642,15 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_into_the_same_end(
 
 
 def test_a_resumed_run_reports_the_best_validation_loss_of_every_process(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, six_step_run: Path, cache_dir: Path
 ) -> None:
     """The checkpoint keeps the best validation loss so far; the resumed run's
     ``best_val_loss`` starts from it. A periodic checkpoint whose step is validated is saved
     once that validation ends, so it holds it; the last step's is saved before the final
     validation, which a resume from it runs again, and a run extended past its end takes
     that one from its results."""
-    run = [*SMOKE, "trainer.max_steps=6", "checkpoint.every_n_steps=2"]
-    train(compose_train([*run, "callbacks.checkpoint.save_top_k=-1"], tmp_path, cache_dir))
+    run = [*SIX_STEPS, "callbacks.checkpoint.save_top_k=-1"]
+    copy_of(six_step_run, tmp_path)  # run's 6 steps, completed
     val = {int(r["step"]) + 1: float(r["val/loss"]) for r in rows(tmp_path) if r["val/loss"]}
     assert sorted(val) == [2, 4, 6] and val[4] < val[2], val  # step 4's own is its best
     ckpts = tmp_path / "checkpoints"
