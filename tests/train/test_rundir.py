@@ -109,6 +109,20 @@ def six_step_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> P
     return run_dir
 
 
+# SMOKE without a logger, its final checkpoint a step file that last.ckpt links to
+STEP_FILES = [*SMOKE, "logger=none", "callbacks.checkpoint.save_top_k=-1"]
+
+
+@pytest.fixture(scope="module")
+def step_files_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A ``STEP_FILES`` run trained to its end: ``checkpoints/step000004.ckpt``, and
+    ``last.ckpt`` linking to it. A test that resumes or damages it works on its own copy
+    (``copy_of``). No test writes in it."""
+    run_dir = tmp_path_factory.mktemp("step-files-run")
+    train(compose_train(STEP_FILES, run_dir, cache_dir))
+    return run_dir
+
+
 def copy_of(run_dir: Path, into: Path) -> Path:
     """``run_dir`` copied into ``into`` (which may exist, empty), links kept as links."""
     shutil.copytree(run_dir, into, symlinks=True, dirs_exist_ok=True)
@@ -782,13 +796,13 @@ def test_a_corrupt_checkpoint_is_named_by_every_tool(
 
 
 def test_resume_continues_from_the_newest_intact_checkpoint(
-    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, step_files_run: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A truncated ``last.ckpt`` (a real file here, as a preempted save or a copy makes it) is
     passed over with a warning for the intact step checkpoint beside it; files left by a save
     that was killed (``.<name>.<random>.tmp``) are removed when the next run starts."""
-    run = [*smoke.SMOKE, "logger=none", "callbacks.checkpoint.save_top_k=-1"]
-    train(compose_train(run, tmp_path, cache_dir))
+    run = STEP_FILES
+    copy_of(step_files_run, tmp_path)  # run's 4 steps: step000004.ckpt, last.ckpt its link
     ckpts = tmp_path / "checkpoints"
     truncate(ckpts / "last.ckpt")
     orphans = [ckpts / ".step000006.ckpt.k2j4x9.tmp", ckpts / ".last.ckpt.tmp"]
@@ -2048,14 +2062,16 @@ def test_every_launch_of_a_resumed_run_keeps_its_hydra_record(
 
 
 def test_a_resumed_runs_record_names_the_checkpoint_it_continued(
-    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, step_files_run: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """results.json's ``resumed_from`` said ``checkpoints/last.ckpt``, a link that the resume's
     own saves point at its last step: the record named the final checkpoint as the one it
     started from. It names the file the link pointed to, and the step; so does the log."""
     run = [*SMOKE, "logger=none", "callbacks.checkpoint.save_top_k=2"]
-    train(compose_train(run, tmp_path, cache_dir))
+    # its first 4 steps: one checkpoint, as save_top_k=2 leaves it (last.ckpt links to it)
+    copy_of(step_files_run, tmp_path)
     ckpts = tmp_path / "checkpoints"
+    assert os.readlink(ckpts / "last.ckpt") == "step000004.ckpt"
     with caplog.at_level(logging.INFO):
         train(compose_train([*run, "trainer.max_steps=6", "resume=true"], tmp_path, cache_dir))
     assert os.readlink(ckpts / "last.ckpt") == "step000006.ckpt"
