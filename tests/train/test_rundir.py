@@ -72,6 +72,20 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def extended_run(
+    tmp_path_factory: pytest.TempPathFactory, smoke_run: Path, cache_dir: Path
+) -> Path:
+    """``smoke_run`` copied as ``cp -L`` or a sync copies it (links become files), then
+    extended in the copy from its 4 steps to 8 (``trainer.max_steps=8 resume=true``): a
+    completed run resumed with a larger budget, in a copied directory. A test that resumes
+    it again works on its own copy. No test writes in it."""
+    run_dir = tmp_path_factory.mktemp("extended-run")
+    shutil.copytree(smoke_run, run_dir, dirs_exist_ok=True)
+    train(compose_train([*SMOKE, "trainer.max_steps=8", "resume=true"], run_dir, cache_dir))
+    return run_dir
+
+
 # 6 steps of two micro-batches each (a global batch of 8 rows, 4 a micro-batch)
 ACCUMULATED = [*SMOKE, "trainer.max_steps=6", "data.global_batch_size=8"]
 
@@ -692,19 +706,20 @@ def test_a_resumed_run_reports_the_best_validation_loss_of_every_process(
 
 
 def test_a_copied_run_directory_resumes_from_its_newest_checkpoint(
-    tmp_path: Path, smoke_run: Path, cache_dir: Path
+    tmp_path: Path, extended_run: Path, cache_dir: Path
 ) -> None:
     """ModelCheckpoint does not recognise its files in a copied directory: it wrote
     ``last-v1.ckpt`` and left ``last.ckpt`` behind, so the next resume went back in time."""
     run = SMOKE  # smoke_run's, completed at step 4
-    copy = tmp_path / "b"
-    shutil.copytree(smoke_run, copy)  # links become files, as cp -L or a sync makes them
+    copy = extended_run  # smoke_run copied (links become files), then resumed to step 8 there
     cfg = compose_train([*run, "trainer.max_steps=8", "resume=true"], copy, cache_dir)
-    train(cfg)
     ckpts = copy / "checkpoints"
     assert not list(ckpts.glob("last-v*")), sorted(p.name for p in ckpts.iterdir())
     assert step_of(ckpts / "last.ckpt") == 8
     assert step_of(resume_checkpoint(cfg, copy)) == 8
+    copy = tmp_path / "b"  # the next resume, in a copy of its own (copied again)
+    shutil.copytree(extended_run, copy)
+    ckpts = copy / "checkpoints"
     train(compose_train([*run, "trainer.max_steps=10", "resume=true"], copy, cache_dir))
     assert step_of(ckpts / "last.ckpt") == 10 and not list(ckpts.glob("last-v*"))
 
@@ -1912,7 +1927,7 @@ def test_resuming_a_sharded_run_with_a_trainer_that_cannot_load_it_is_refused(
 
 
 def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
-    tmp_path: Path, smoke_run: Path, cache_dir: Path
+    tmp_path: Path, extended_run: Path, cache_dir: Path
 ) -> None:
     """A completed run resumed with a larger ``trainer.max_steps`` trains every step after
     the checkpoint at the new schedule's rate: the restored optimizer held the old schedule's
@@ -1921,9 +1936,8 @@ def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
     from lmlab.train.schedule import warmup_cosine_factor
 
     run = [*SMOKE, "trainer.max_steps=4", "trainer.log_every_n_steps=1", "logger=csv"]
-    copy_of(smoke_run, tmp_path)  # SMOKE's own values: the same run, completed
-    train(compose_train([*run, "trainer.max_steps=8", "resume=true"], tmp_path, cache_dir))
-    lr = {int(r["step"]): float(r["train/lr"]) for r in rows(tmp_path) if r.get("train/lr")}
+    # SMOKE's own values (smoke_run, completed), then [*run, "trainer.max_steps=8", "resume=true"]
+    lr = {int(r["step"]): float(r["train/lr"]) for r in rows(extended_run) if r.get("train/lr")}
     cfg = compose_train(run, tmp_path / "x", cache_dir)
     base, warmup, floor = cfg.optim.lr, cfg.scheduler.warmup_steps, cfg.scheduler.min_lr_ratio
     new = {s: base * warmup_cosine_factor(s, warmup, 8, floor) for s in range(4, 8)}
@@ -1932,7 +1946,7 @@ def test_an_extended_run_follows_its_new_schedule_from_the_first_step(
         assert lr[step] == pytest.approx(new[step], rel=1e-6), (step, lr, new)
     # the run's one Lightning epoch goes on: the extension's rows said epoch 1 (the old plan's
     # last batch, marked in its checkpoint, ended the epoch for Lightning)
-    assert {r["epoch"] for r in rows(tmp_path)} == {"0"}
+    assert {r["epoch"] for r in rows(extended_run)} == {"0"}
 
 
 def test_a_resume_keeps_the_gradient_clipping_and_says_a_new_precision(
