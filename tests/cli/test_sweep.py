@@ -215,6 +215,7 @@ def test_an_optuna_search_goes_on_past_a_trial_with_no_value(
     refuses, and the search ended at its first trial with a traceback."""
     sweep = tmp_path / "sweep"
     argv = ["-m", "+sweeps=lr", *SMOKE, "dry_run=true", "hydra.sweeper.n_trials=2"]
+    argv.append("model.n_layers=1")  # each trial's dry run times 4 steps of its model
     assert run_command("train", *argv, f"hydra.sweep.dir={sweep}") in (0, None)
     assert sorted(p.parent.name for p in sweep.glob("*/plan.json")) == ["0", "1"]
     out = "".join(capsys.readouterr())
