@@ -449,7 +449,10 @@ def counting(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bert_ckpt(tmp_path_factory: pytest.TempPathFactory, counting: Path) -> Path:
+def bert_ckpt(tmp_path_factory: pytest.TempPathFactory, counting: Path, cache_dir: Path) -> Path:
+    """300 steps of a small BERT on ``counting``, in this process's data cache (``cache_dir``,
+    where smoke_ckpts trained before): a fresh cache measured the CPU's peak FLOP/s again, a
+    second of its first run."""
     out = tmp_path_factory.mktemp("bert")
     overrides = [
         "+debug=smoke",
@@ -471,7 +474,7 @@ def bert_ckpt(tmp_path_factory: pytest.TempPathFactory, counting: Path) -> Path:
         "scheduler.warmup_steps=10",
         "logger=none",
     ]
-    train(compose_train(overrides, out, out / "cache"))
+    train(compose_train(overrides, out, cache_dir))
     return out / "checkpoints" / "last.ckpt"
 
 
