@@ -415,25 +415,51 @@ def cli(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_checkpoint_tools_and_input_checks_load_no_lightning() -> None:
-    """generate.py, probe.py and train.py's input check import no Lightning (nor torchmetrics,
-    which it pulls in): that import alone takes ~4 s here, before the first line of output."""
-    modules = ", ".join(
-        ["lmlab.infer.pretrained", "lmlab.infer.probe", "lmlab.infer.fill", "lmlab.cli.main"]
-        + ["lmlab.cli.generate", "lmlab.cli.probe", "lmlab.cli.train", "lmlab.train.budget"]
-    )
-    code = (
-        f"import sys, {modules}; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'torchmetrics'}))"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
+# What one fresh Python does for the two tests below (a process each cost a Python and torch
+# start-up more): ``lmlab probe`` and ``lmlab generate`` given a missing checkpoint, then an
+# import of the checkpoint tools' modules, which load the model code.
+FRESH_PROCESS = """
+import contextlib, io, json, sys
+from lmlab.cli.main import command
+
+said = {}
+for name in ("probe", "generate"):
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            command(name, ["ckpt=/nonexistent.ckpt"])
+        except SystemExit as exited:
+            said[name] = [exited.code, err.getvalue()]
+loaded = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "lmlab.model")))
+with contextlib.redirect_stderr(io.StringIO()):  # stderr: the commands' alone
+    import lmlab.infer.pretrained, lmlab.infer.probe, lmlab.infer.fill, lmlab.cli.main
+    import lmlab.cli.generate, lmlab.cli.probe, lmlab.cli.train, lmlab.train.budget
+lightning = sorted({m.split(".")[0] for m in sys.modules} & {"lightning", "torchmetrics"})
+print(json.dumps({"said": said, "loaded": loaded, "lightning": lightning}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_process() -> subprocess.CompletedProcess:
+    """``FRESH_PROCESS`` run once: its stdout is one JSON line, ``said`` (each command's exit
+    code and stderr), ``loaded`` (the model modules loaded once both commands have exited)
+    and ``lightning`` (the Lightning packages loaded once the tools' modules are imported)."""
+    return subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"
+
+
+def test_checkpoint_tools_and_input_checks_load_no_lightning(
+    fresh_process: subprocess.CompletedProcess,
+) -> None:
+    """generate.py, probe.py and train.py's input check import no Lightning (nor torchmetrics,
+    which it pulls in): that import alone takes ~4 s here, before the first line of output.
+    (In the fresh process the two commands ran first: what they loaded counts too.)"""
+    assert fresh_process.returncode == 0, fresh_process.stderr
+    (line,) = fresh_process.stdout.splitlines()
+    assert json.loads(line)["lightning"] == []
 
 
 @pytest.fixture(scope="module")
@@ -673,36 +699,22 @@ def test_generate_bad_input_is_named(
         generate_main(args)
 
 
-def test_cli_error_is_one_line_and_exit_code_2_before_the_model_code_loads() -> None:
+def test_cli_error_is_one_line_and_exit_code_2_before_the_model_code_loads(
+    fresh_process: subprocess.CompletedProcess,
+) -> None:
     """A missing checkpoint is named before the model code is imported (torch._dynamo,
-    seconds of a command's start-up). ``probe`` and ``generate`` in one fresh process (a
-    process each cost a Python and torch start-up more): each command's exit code and
-    stderr are its own, and the modules loaded by the exit are both commands' together."""
-    code = (
-        "import atexit, contextlib, io, json, sys; from lmlab.cli.main import command; "
-        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith("
-        "('torch._dynamo', 'lmlab.model'))))); "
-        "said = {}\n"
-        "for name in ('probe', 'generate'):\n"
-        "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
-        "        try: command(name, ['ckpt=/nonexistent.ckpt'])\n"
-        "        except SystemExit as exited: said[name] = [exited.code, err.getvalue()]\n"
-        "print(json.dumps(said))"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )
-    assert res.returncode == 0 and res.stderr == "", res.stderr
-    said, loaded = res.stdout.splitlines()
+    seconds of a command's start-up). ``probe`` and ``generate`` in one fresh process: each
+    command's exit code and stderr are its own, and the modules loaded once both exited are
+    both commands' together; they print nothing else."""
+    assert fresh_process.returncode == 0 and fresh_process.stderr == "", fresh_process.stderr
+    (line,) = fresh_process.stdout.splitlines()
+    result = json.loads(line)
     message = (
         "error: ckpt=/nonexistent.ckpt: no such file or folder (allowed: a checkpoint file or "
         "a sharded checkpoint folder)\n"
     )
-    assert json.loads(said) == {"probe": [2, message], "generate": [2, message]}
-    assert loaded == "[]"
+    assert result["said"] == {"probe": [2, message], "generate": [2, message]}
+    assert result["loaded"] == []
 
 
 def test_checkpoint_loads_with_wrapper_prefixes_stripped(
