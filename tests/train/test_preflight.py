@@ -3,17 +3,38 @@ before the first starts), with and without the machine's own checks."""
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from cases import case
 from lmlab.errors import ConfigError
 from lmlab.train.compose import compose_train
 from lmlab.train.preflight import check_job, check_run
+
+
+def dry(cfg: DictConfig) -> DictConfig:
+    """``cfg`` as ``dry_run=true`` composes it, without a composition more (0.2 s each; a
+    third of this file's compositions were dry runs): a copy with the top-level flag set,
+    which no other value reads (``test_dry_is_the_dry_run_composed``)."""
+    planned = copy.deepcopy(cfg)
+    planned.dry_run = True
+    return planned
+
+
+def test_dry_is_the_dry_run_composed(tmp_path) -> None:
+    """The tests' ``dry`` is the config that ``dry_run=true`` composes, with ``+debug=smoke``
+    and without, other groups chosen too."""
+    smoke = ["+debug=smoke", "trainer=fsdp", "cuda_graphs=true", "model=t5_tiny", "data=text"]
+    for overrides in (smoke, ["model=gpt_8x7b"]):
+        cfg = compose_train(overrides, tmp_path / "run", tmp_path)
+        composed = compose_train([*overrides, "dry_run=true"], tmp_path / "run", tmp_path)
+        assert dry(cfg) == composed and not cfg.dry_run, overrides
 
 
 @pytest.fixture
@@ -57,7 +78,7 @@ def test_a_job_is_checked_as_far_as_its_dry_run_goes(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"^the model's 31,564,570,624 parameters need at le"):
         check_job(big)
     check_job(big, machine=False)  # a cluster's node may have it
-    check_job(compose_train(["model=gpt_8x7b", "dry_run=true"], tmp_path / "run", tmp_path))
+    check_job(dry(big))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -77,10 +98,10 @@ def test_trainer_values_lightning_refuses_are_refused_before_any_data(
 ) -> None:
     """Lightning refuses these only when the Trainer is built, after the data is prepared,
     through a traceback; a dry run plans for another machine, but not with such values."""
-    for dry in ([], ["dry_run=true"]):
-        cfg = compose_train(["+debug=smoke", override, *dry], tmp_path / "run", tmp_path)
+    cfg = compose_train(["+debug=smoke", override], tmp_path / "run", tmp_path)
+    for planned in (cfg, dry(cfg)):
         with pytest.raises(ConfigError, match=r"^" + re.escape(message)):
-            check_run(cfg)
+            check_run(planned)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -227,7 +248,7 @@ def test_a_transformer_engine_precision_without_the_package_is_refused_before_an
     message = f"trainer.precision={precision} needs NVIDIA's transformer_engine package, which "
     with pytest.raises(ConfigError, match=r"^" + re.escape(message) + r".*not installed"):
         check_run(cfg)
-    check_run(compose_train(["+debug=smoke", f"trainer.precision={precision}", "dry_run=true"]))
+    check_run(dry(cfg))
     monkeypatch.setattr(machine, "transformer_engine_missing", lambda: None)
     check_run(cfg)  # where it is installed, Lightning builds it
     assert not (tmp_path / "run").exists()
@@ -243,11 +264,11 @@ def test_what_the_tokenizer_must_hold_is_checked_before_the_corpus_is_read(tmp_p
             "data.seq_len=4096 makes 227 noise spans per row, more than the tokenizer's 100 sen",
         ),
     ]:
-        for dry in ([], ["dry_run=true"]):
-            cfg = compose_train(["+debug=smoke", *overrides, *dry], tmp_path / "run", tmp_path)
+        cfg = compose_train(["+debug=smoke", *overrides], tmp_path / "run", tmp_path)
+        for planned, flag in ((cfg, []), (dry(cfg), ["dry_run=true"])):
             refused = pytest.raises(ConfigError, match=r"^" + re.escape(message))
-            with case(" ".join([*overrides, *dry])), refused:
-                check_run(cfg)
+            with case(" ".join([*overrides, *flag])), refused:
+                check_run(planned)
     assert list(tmp_path.iterdir()) == []
     check_run(compose_train(["+debug=smoke", "model=t5_tiny"], tmp_path / "run", tmp_path))
 
@@ -257,14 +278,12 @@ def test_a_precision_fsdp_refuses_is_refused_before_any_data(precision: str, tmp
     """Lightning's ModelParallelStrategy (trainer=fsdp) takes 4 precisions; it refused another
     only once the data was prepared, through a traceback per rank. DDP takes them all."""
     fsdp = ["+debug=smoke", "trainer=fsdp", "trainer.accelerator=cpu"]
-    for dry in ([], ["dry_run=true"]):
-        cfg = compose_train(
-            [*fsdp, f"trainer.precision={precision}", *dry], tmp_path / "r", tmp_path
-        )
+    cfg = compose_train([*fsdp, f"trainer.precision={precision}"], tmp_path / "r", tmp_path)
+    for planned in (cfg, dry(cfg)):
         with pytest.raises(
             ConfigError, match=r"^trainer.precision=.* FSDPStrategy \(trainer=fsd"
         ) as refused:
-            check_run(cfg, machine=False)
+            check_run(planned, machine=False)
     assert "allowed 32-true, bf16-mixed, bf16-true, 16-true, or auto" in str(refused.value)
     ddp = [
         "+debug=smoke",
@@ -335,22 +354,19 @@ def test_a_launch_of_another_process_count_is_refused_before_any_data(
         "trainer.devices=auto": r"^trainer.devices=auto \(1 on this node\) x trainer.num_nodes=1",
     }
     configs = {
-        override: [
-            compose_train([*run, override, *dry], tmp_path / "run", tmp_path)
-            for dry in ([], ["dry_run=true"])
-        ]
+        override: compose_train([*run, override], tmp_path / "run", tmp_path)
         for override in refusals
     }
     two = compose_train([*run, "trainer.devices=2"], tmp_path / "run", tmp_path)
     for variable in ("WORLD_SIZE", "SLURM_NTASKS"):
         launched(variable, 2)
         for override, message in refusals.items():
-            cfg, dry = configs[override]
+            cfg = configs[override]
             with case(f"{variable}=2 {override}"):
                 with pytest.raises(ConfigError, match=message) as refused:
                     check_run(cfg)
                 assert f"the launcher started 2 ({variable}=2)" in str(refused.value)
-                check_run(dry)
+                check_run(dry(cfg))
                 check_run(cfg, machine=False)  # a sweep's jobs, checked where it is started
         with case(f"{variable}=2"):
             check_run(two)
@@ -397,12 +413,13 @@ def test_a_torchrun_rank_with_another_process_count_exits_with_one_line(
 def test_num_nodes_below_1_is_named_in_a_dry_run_too(tmp_path) -> None:
     """A dry run leaves out the launcher check, not the value check: it said 'tokens per
     step=0 must be >= 1' for trainer.num_nodes=0."""
-    for dry in ([], ["dry_run=true"]):
-        for nodes in ("0", "x", "true"):  # "x must be >= 1" did not say it is no number
-            overrides = ["+debug=smoke", f"trainer.num_nodes={nodes}", *dry]
-            cfg = compose_train(overrides, tmp_path / "r", tmp_path)
+    for nodes in ("0", "x", "true"):  # "x must be >= 1" did not say it is no number
+        cfg = compose_train(
+            ["+debug=smoke", f"trainer.num_nodes={nodes}"], tmp_path / "r", tmp_path
+        )
+        for planned in (cfg, dry(cfg)):
             with pytest.raises(ConfigError, match=rf"^trainer.num_nodes={nodes}: must be an int"):
-                check_run(cfg)
+                check_run(planned)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -479,9 +496,10 @@ def test_a_missing_text_corpus_is_refused_where_the_run_would_read_it(
     them; a dry run plans for another machine, where the path may be, and says it is not
     here."""
     missing = ["data=text", f"data.path={tmp_path / 'missing.txt'}", "+debug=smoke"]
+    cfg = compose_train(missing, tmp_path / "run", tmp_path)
     with pytest.raises(ConfigError, match=r"data.path='.*missing.txt' does not exist"):
-        check_run(compose_train(missing, tmp_path / "run", tmp_path))
-    check_run(compose_train([*missing, "dry_run=true"], tmp_path / "run", tmp_path))
+        check_run(cfg)
+    check_run(dry(cfg))
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(
         "missing.txt' does not exist" in m and "a run here would be refused" in m for m in said
@@ -667,12 +685,12 @@ def test_cuda_graphs_are_refused_where_they_cannot_hold_the_step(
     """Wherever the run is, a dry run too: another compile mode, gradient accumulation
     (torch's graph trees overwrite the first micro-batch's gradients), several devices or a
     distributed strategy."""
-    for dry in ([], ["dry_run=true"]):
-        cfg = compose_train(
-            ["+debug=smoke", "cuda_graphs=true", *overrides, *dry], tmp_path / "run", tmp_path
-        )
+    cfg = compose_train(
+        ["+debug=smoke", "cuda_graphs=true", *overrides], tmp_path / "run", tmp_path
+    )
+    for planned in (cfg, dry(cfg)):
         with pytest.raises(ConfigError, match=message):
-            check_run(cfg, machine=False)
+            check_run(planned, machine=False)
     assert list(tmp_path.iterdir()) == []
 
 
