@@ -22,9 +22,9 @@ def checked_folders(value: str | None, key: str, shipped: set[str]) -> tuple[str
     """``value`` (``key``'s setting: a folder, or None) as the absolute folders the task
     manager takes: () without one; a ConfigError where it is no folder, holds no YAML file,
     or a task in it has a shipped task's name (``shipped``)."""
-    if value is None or not str(value).strip():
+    if not folders_of(value):
         return ()
-    folder = Path(os.path.expanduser(str(value))).absolute()
+    folder = Path(folders_of(value)[0])
     if not folder.is_dir():
         state = "is a file" if folder.exists() else "does not exist"
         raise ConfigError(
@@ -42,6 +42,14 @@ def checked_folders(value: str | None, key: str, shipped: set[str]) -> tuple[str
             "rename it (the `task:` line of its YAML file)"
         )
     return (str(folder),)
+
+
+def folders_of(value: str | None) -> tuple[str, ...]:
+    """``value`` (an ``include_path`` setting) as the absolute folders the task manager takes,
+    named from this process's working directory (``~`` expanded); () without one."""
+    if value is None or not str(value).strip():
+        return ()
+    return (str(Path(os.path.expanduser(str(value))).absolute()),)
 
 
 @functools.cache

@@ -12,6 +12,7 @@ import lightning as L
 from lmlab.config import MAX_GEN_TOKS
 from lmlab.errors import first_line
 from lmlab.files import CHECKPOINTS
+from lmlab.infer import task_folders
 from lmlab.train.callbacks.extras import eager, finishing, forward_here, optional, stop_check
 from lmlab.train.callbacks.throughput import untimed
 from lmlab.train.guard import stop_if_nonfinite
@@ -53,7 +54,7 @@ class EvalTasks(L.Callback):
         self.tasks = [str(t) for t in (tasks or [])]
         # the user's task folder as the command's working directory names it (checked with
         # the config, before training: ``preflight.check_evals``)
-        self.folders = (str(Path(include_path).expanduser().absolute()),) if include_path else ()
+        self.folders = task_folders.folders_of(include_path)
         self.every_n_steps, self.limit = every_n_steps, limit
         self.batch_size, self.bootstrap_iters = batch_size, bootstrap_iters
         self.max_gen_toks = max_gen_toks  # a generating task's answers, where it sets none
