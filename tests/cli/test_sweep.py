@@ -222,6 +222,11 @@ def test_an_optuna_search_goes_on_past_a_trial_with_no_value(
     assert "Traceback" not in out
     # a dry run's trials have no value by design: no "Failed experiment" line for each
     assert "dry run: 2 trials planned" in out and "Failed experiment" not in out, out
+    # Optuna's lines go through logging (a handler of its own held the stderr of the moment it
+    # was imported: a later test's lines were "--- Logging error ---" tracebacks)
+    assert "A new study created" in out
+    optuna_logger = logging.getLogger("optuna")
+    assert optuna_logger.propagate and not optuna_logger.handlers
 
 
 def test_a_sweep_whose_every_job_failed_exits_1(

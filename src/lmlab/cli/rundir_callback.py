@@ -17,7 +17,7 @@ from lmlab.analysis.sweep_grid import BASIC_SWEEPER
 from lmlab.cli.hydra_errors import refuse
 from lmlab.cli.interrupt import made_above, note_folder
 from lmlab.cli.launch import LAUNCH
-from lmlab.cli.sweep import sweep_file_without_multirun, swept_sweep_files
+from lmlab.cli.sweep import optuna_logs_as_lmlab, sweep_file_without_multirun, swept_sweep_files
 from lmlab.cli.sweep_check import check_sweep
 from lmlab.cli.sweep_overrides import (
     grid_values_overridden,
@@ -92,6 +92,7 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
+        optuna_logs_as_lmlab(config)
         if (why := job_chdir(config)) is not None:
             refuse(why)
         if (why := resume_into_a_new_folder(config, "sweep")) is not None:

@@ -267,6 +267,20 @@ def subdir_as_typed(config: DictConfig) -> str:
     return str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
 
 
+def optuna_logs_as_lmlab(config: DictConfig) -> None:
+    """Under Optuna's sweeper, Optuna's log lines ("A new study created", each trial's value)
+    go through Python's logging as lmlab's and Hydra's do, not through the handler Optuna adds
+    to its logger at import: that handler holds the ``sys.stderr`` of that moment, and where it
+    was a stream since closed (a test's captured output, a notebook cell's) every later line
+    was a "--- Logging error ---" traceback instead. Optuna is imported by the sweeper already."""
+    if config.hydra.sweeper.get("_target_") != OPTUNA_SWEEPER:
+        return
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
 def search_corners(config: DictConfig) -> list[list[str]] | None:
     """Jobs at the corners of an Optuna sweep's search space (``hydra.sweeper.params`` and the
     command line, read by the sweeper's own parser): every value of a choice and of a short
