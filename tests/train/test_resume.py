@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -445,10 +446,21 @@ def test_a_run_without_checkpoints_is_told_why(tmp_path: Path) -> None:
             assert ("stopped before" in message) == ("since removed" not in says), (case, message)
 
 
+def no_data_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on a run that reaches its data preparation fails the test."""
+
+    def prepared(*args: Any) -> None:
+        raise AssertionError("the data was prepared before the refusal")
+
+    monkeypatch.setattr("lmlab.train.run.prepared_data", prepared)
+
+
 def test_checkpoint_from_another_architecture_is_refused(
-    tmp_path: Path, cache_dir: Path, short_run: Path
+    tmp_path: Path, cache_dir: Path, short_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Refused before the data is prepared (a large corpus's tokenizer and packing first)."""
     ckpt = short_run / "checkpoints" / "last.ckpt"  # read only
+    no_data_work(monkeypatch)
     with pytest.raises(
         ConfigError,
         match=r"trained with another model; differing fields: "
@@ -492,7 +504,7 @@ def test_a_weights_only_checkpoint_is_refused_as_one_to_continue(tmp_path: Path)
 
 @pytest.mark.parametrize("optimizer", [False, True], ids=["weights", "with-optimizer"])
 def test_another_programs_lightning_checkpoint_is_refused_as_not_lmlabs(
-    tmp_path: Path, run_command, capsys, optimizer: bool
+    tmp_path: Path, run_command, capsys, optimizer: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``ckpt_path=`` a Lightning checkpoint lmlab did not save (no ``model_config``) was
     called weights only, ``lmlab consolidate``'s, and sent to ``init_from``, which refuses
@@ -501,6 +513,7 @@ def test_another_programs_lightning_checkpoint_is_refused_as_not_lmlabs(
     ckpt = {"state_dict": {"layer.weight": torch.zeros(2, 2)}, "global_step": 3, "epoch": 0}
     torch.save(ckpt | ({"optimizer_states": [{}]} if optimizer else {}), path)
     run = ["+debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    no_data_work(monkeypatch)
     assert run_command("train", *run, f"ckpt_path={path}") == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: checkpoint {path} is not an lmlab checkpoint (no model_c"), err
@@ -509,7 +522,7 @@ def test_another_programs_lightning_checkpoint_is_refused_as_not_lmlabs(
 
 @pytest.mark.slow
 def test_ckpt_path_with_other_optimizer_settings_is_refused(
-    tmp_path: Path, cache_dir: Path, short_run: Path
+    tmp_path: Path, cache_dir: Path, short_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``ckpt_path=`` in a new directory restores the checkpoint's optimizer, whose
     param_groups hold its learning rate, betas, eps and weight decay: ``optim.lr=0.01`` there
@@ -530,8 +543,10 @@ def test_ckpt_path_with_other_optimizer_settings_is_refused(
         with pytest.raises(ConfigError, match=re.escape(f"optim.{field}: {shown} (now)")):
             check_checkpoint_optimizer(ckpt, path, OmegaConf.merge(optim, {field: value}))
     run_dir = tmp_path / "new"
-    with pytest.raises(ConfigError, match=r"continues its optimizer, .* optim.lr: 0.001 \(sa"):
-        train(compose_train([*quiet, f"ckpt_path={path}", "optim.lr=0.01"], run_dir, cache_dir))
+    with monkeypatch.context() as patch:  # refused before the data is prepared
+        no_data_work(patch)
+        with pytest.raises(ConfigError, match=r"continues its optimizer, .* optim.lr: 0.001 \("):
+            train(compose_train([*quiet, f"ckpt_path={path}", "optim.lr=0.01"], run_dir, cache_dir))
     assert not (run_dir / "checkpoints").exists()
 
 

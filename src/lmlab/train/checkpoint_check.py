@@ -100,12 +100,14 @@ def _as_floats(value: Any) -> Any:
 
 
 def check_checkpoint_model(
-    ckpt: dict, path: Path, model_cfg: ModelConfig, task: TaskSpec = PRETRAINING
+    ckpt: dict, path: Path, model_cfg: ModelConfig, task: TaskSpec | None = PRETRAINING
 ) -> None:
     """A checkpoint from another architecture, knob setting or task (another head, other
     labels) is refused, naming the fields; a weights-only file (``consolidate``'s) too: it
     has no optimizer state or step to continue from; a checkpoint with no model config (another
-    program's Lightning checkpoint) is refused as not lmlab's."""
+    program's Lightning checkpoint) is refused as not lmlab's. ``task`` None: before the data
+    is read, what it decides is not compared yet (the task's labels, and a ``vocab_size``
+    left to the tokenizer)."""
     if "model_config" not in ckpt:
         raise ConfigError(
             f"checkpoint {path} is not an lmlab checkpoint (no model_config: another program's "
@@ -117,14 +119,16 @@ def check_checkpoint_model(
             f"optimizer state or step), so a run cannot continue from it: start a new run in "
             f"another directory from its weights with init_from={path}"
         )
-    diffs = differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model")
+    later = ("model.vocab_size",) if task is None and model_cfg.vocab_size is None else ()
+    diffs = differences(ckpt.get("model_config", {}), model_config_dict(model_cfg), "model", later)
     # the examples' digest is the data's, not the model's: plan.json's is compared with this
     # run's (plan.check_resumable), and checkpoints written before it have none
-    saved, now = (
-        {k: v for k, v in record.items() if k != EXAMPLES_DIGEST}
-        for record in (ckpt.get("task", PRETRAINING.record()), task.record())
-    )
-    diffs += differences(saved, now, "task")
+    if task is not None:
+        saved, now = (
+            {k: v for k, v in record.items() if k != EXAMPLES_DIGEST}
+            for record in (ckpt.get("task", PRETRAINING.record()), task.record())
+        )
+        diffs += differences(saved, now, "task")
     if diffs:
         raise ConfigError(
             f"checkpoint {path} was trained with another model; differing fields: "

@@ -210,16 +210,21 @@ def _fit(
     scope: JobScope,
     early: StopBeforeFit,
 ) -> float | None:
-    """Prepare the data, plan, check a resume against the plan, then (every check passed)
-    open the run directory, train, validate at the end and write ``results.json``. A stop
-    signal before ``fit`` is ``early``'s, during it ``Preemption``'s."""
+    """Check the checkpoint it continues where the data does not decide (another program's,
+    weights only, another model or optimizer setting: refused before any data work), prepare
+    the data, plan, check a resume against the plan, then (every check passed) open the run
+    directory, train, validate at the end and write ``results.json``. A stop signal before
+    ``fit`` is ``early``'s, during it ``Preemption``'s."""
     out_dir = run.path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt is not None:  # what the data does not decide: refused before it is prepared
+        check_checkpoint_model(ckpt, ckpt_path, checked.model_cfg, task=None)
+        check_checkpoint_optimizer(ckpt, ckpt_path, cfg.optim)
     dm, model_cfg, spec = prepared_data(cfg, checked)
     evals = next((c for c in checked.callbacks if isinstance(c, EvalTasks)), None)
     if evals is not None and getattr(dm, "tokenizer", None) is not None:
         evals.check_answers(dm.tokenizer, model_cfg)  # before the first step, not at each eval
-    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         # the tokenizer first: a corpus that trains another one (a char vocabulary with a
         # character more) also changes the model's vocab_size, which is not what to fix
@@ -227,7 +232,6 @@ def _fit(
             ckpt, ckpt_path, getattr(dm, "tokenizer", None), getattr(dm, "meta", None)
         )
         check_checkpoint_model(ckpt, ckpt_path, model_cfg, spec)
-        check_checkpoint_optimizer(ckpt, ckpt_path, cfg.optim)
     plan = checked_plan(cfg, checked, model_cfg, dm, spec)
     if cfg.get("resume"):
         done = checked_resume(out_dir, plan, ckpt, ckpt_path)
