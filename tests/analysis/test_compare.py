@@ -1997,3 +1997,41 @@ def test_a_run_without_its_hydra_config_is_read_from_run_config_yaml(tmp_path: P
     assert mrun.varying_knobs(runs) == []  # seeds of one config
     variant = [*ranking.aggregate(runs, "val_loss")]
     assert len(variant) == 1 and variant[0].n == 3
+
+
+def test_runs_of_different_precisions_get_a_warning(tmp_path: Path) -> None:
+    """``trainer=ddp``'s ``precision: auto`` is bf16-mixed on a GPU and 32-true on a CPU: one
+    command run on two machines trains and validates at two precisions, which no column of the
+    table shows (no override differs). Said, naming the rows; not where each run sets
+    ``trainer.precision`` (the precision is the variant), nor for runs of one precision or
+    without a value."""
+    from lmlab.analysis.comparable import precision_notes
+    from lmlab.analysis.runs import Run
+
+    def run(precision: str, overrides: dict | None = None, status: str = "completed") -> Run:
+        results = {"status": status, "val_loss": 2.0}
+        return Run(tmp_path, results, overrides or {}, plan={"precision": precision})
+
+    rows = [("swiglu", run("bf16-mixed")), ("swiglu", run("bf16-mixed")), ("gelu", run("32-true"))]
+    assert precision_notes(rows, "val_loss") == [
+        "warning: the runs trained and were validated at different precisions (32-true: gelu; "
+        "bf16-mixed: swiglu), so val_loss compares precisions as much as variants; set "
+        "trainer.precision to one value (32-true or bf16-mixed) for every run"
+    ]
+    swept = [(p, run(p, {"trainer.precision": p})) for p in ("bf16-mixed", "32-true")]
+    assert precision_notes(swept, "val_loss") == []
+    assert precision_notes([("a", run("32-true")), ("b", run("32-true"))], "val_loss") == []
+    failed = [("a", run("32-true")), ("b", run("bf16-mixed", status="failed"))]
+    assert precision_notes(failed, "val_loss") == []
+    assert precision_notes(rows, "val_accuracy") == []  # no run has a value
+
+
+def test_compares_summary_names_runs_of_other_precisions(tmp_path: Path) -> None:
+    """The warning above from the runs' folders, as ``lmlab compare`` reads them (plan.json's
+    resolved precision)."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[3:5])
+    for job, precision in enumerate(("32-true", "bf16-mixed", "32-true")):
+        (root / str(job) / PLAN).write_text(json.dumps({"precision": precision}))
+    lines = ranking.summarize(ranking.aggregate(load_runs(root), "val_loss"), "val_loss")
+    (warning,) = [line for line in lines if "different precisions" in line]
+    assert "(32-true: " in warning and "; bf16-mixed: " in warning, warning

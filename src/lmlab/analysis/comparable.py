@@ -1,7 +1,8 @@
 """Whether the runs a comparison ranks measured one thing: the same objective (a loss of
 another family or task is not comparable), the same text and tokenizer (a per-token loss of
 another tokenizer, or any loss of another corpus slice or validation split, is not), the
-same validation rows, the same fine-tuning examples and eval items. Each check is a note or
+same validation rows, the same numeric precision, the same fine-tuning examples and eval
+items. Each check is a note or
 warning line for compare's summary (``ranking.summarize``); scaling refuses what
 ``OBJECTIVE_KEYS`` and ``TOKENIZER_KEYS`` tell apart."""
 
@@ -159,6 +160,39 @@ def tokenizer_notes(runs: Sequence[Run], metric: str) -> list[str]:
         f"warning: the runs differ in {', '.join(differ)}, so their tokens differ and {metric} "
         "(per token) does not compare them; rank by val_bits_per_byte (--metric "
         "val_bits_per_byte) instead"
+    ]
+
+
+PRECISION = "trainer.precision"
+
+
+def precision_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
+    """A warning when the completed runs with a value of ``metric`` trained, and were
+    validated, at different numeric precisions (plan.json's ``precision``, as resolved:
+    ``trainer.precision=auto``, ``trainer=ddp``'s and ``trainer=fsdp``'s, is bf16-mixed on a GPU
+    with bf16 and 32-true elsewhere, so one command run on two machines differs): bf16
+    autocast rounds every matmul's inputs, the validation's too, so the ranking compares
+    precisions as much as variants. Not where the precision is the swept variant (each run
+    sets ``trainer.precision``). ``runs``: (row label, run)."""
+    done = [(label, run) for label, run in runs if not run.failed]
+    done = [(label, run) for label, run in done if run_value(run, metric) is not None]
+    if all(PRECISION in run.overrides for _, run in done):
+        return []
+    settings = [
+        (label, {PRECISION: str(run.plan["precision"])})
+        for label, run in done
+        if run.plan.get("precision")
+    ]
+    by_value = {
+        value: list(dict.fromkeys(labels))
+        for value, labels in _by_value(settings, PRECISION).items()
+    }
+    if len(by_value) < 2:
+        return []
+    return [
+        f"warning: the runs trained and were validated at different precisions "
+        f"({_which(by_value)}), so {metric} compares precisions as much as variants; set "
+        f"{PRECISION} to one value (32-true or bf16-mixed) for every run"
     ]
 
 

@@ -16,6 +16,7 @@ from lmlab.analysis.comparable import (
     example_notes,
     item_notes,
     objective_differences,
+    precision_notes,
     tokenizer_notes,
     validation_notes,
 )
@@ -233,6 +234,7 @@ def summarize(
     lines += example_notes([run for row in rows for run in row.runs], metric)
     lines += item_notes([(row.label, run) for row in rows for run in row.runs], metric)
     lines += validation_notes([(row.label, run) for row in rows for run in row.runs], metric)
+    lines += precision_notes([(row.label, run) for row in rows for run in row.runs], metric)
     lines += dropped_notes(rows, metric, root)
     lines += eval_notes([run for row in rows for run in row.runs], metric)
     lines += compute_notes([(row.label, run) for row in rows for run in row.runs])
