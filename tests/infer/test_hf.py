@@ -848,6 +848,12 @@ def test_to_hf_keeps_the_tokenizer_a_checkpoint_carries(tmp_path: Path) -> None:
     assert Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).get_vocab() == (
         TOKENIZER.get_vocab()
     )
+    # the folder's own tokenizer.json, as to_hf wrote it for transformers (a framing
+    # template, masks that take the space to their left): the same ids, accepted (it was
+    # refused as another model's)
+    to_hf(ckpt, tmp_path / "again", tokenizer=str(tmp_path / "hf" / "tokenizer.json"))
+    exported = [Tokenizer.from_file(str(tmp_path / f / "tokenizer.json")) for f in ("hf", "again")]
+    assert exported[0].to_str() == exported[1].to_str()
 
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])

@@ -26,6 +26,7 @@ from lmlab.config import RUNTIME_FIELDS, Family, ModelConfig, model_config_dict
 from lmlab.data.tokenizer import Specials, document_end_id, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
+from lmlab.infer.hf.tokenizer_io import same_tokenizer
 
 NOT_LMLAB = "not an lmlab checkpoint (no model_config/state_dict)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -130,9 +131,8 @@ def check_not_replaced(tok: Tokenizer, carried: Tokenizer | None, path: Path, wh
     """``tokenizer=`` is for a checkpoint that carries none: the one it carries is the one it
     was trained with, and another of the same size (which ``check_vocab`` passes) would read
     every text as other ids, scoring and generating silently wrong. Refused unless it is that
-    tokenizer (both written out by this ``tokenizers`` version, which may spell a file another
-    wrote differently)."""
-    if carried is not None and tok.to_str() != carried.to_str():
+    tokenizer, or its ``to_hf`` export (``lmlab.infer.hf.tokenizer_io.same_tokenizer``)."""
+    if carried is not None and not same_tokenizer(tok, carried):
         raise ConfigError(
             f"tokenizer={path}: {where} carries its own tokenizer, the one it was trained "
             "with; tokenizer= is for checkpoints that carry none (leave it out)"

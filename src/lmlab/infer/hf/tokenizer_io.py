@@ -152,6 +152,25 @@ def stripping_left(tok: Any, names: set[str]) -> Any:
     return Tokenizer.from_str(json.dumps(spec))
 
 
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether ``a`` and ``b`` read text as the same ids: their JSON equal but for what
+    ``to_hf`` adds for transformers (``framed``'s template, ``stripping_left``'s ``lstrip``)
+    and the encoding's truncation and padding, so a tokenizer and its ``to_hf`` export are one
+    (the export was refused as another model's tokenizer)."""
+
+    def core(tok: Tokenizer) -> dict[str, Any]:
+        spec = json.loads(tok.to_str())
+        spec.pop("truncation", None), spec.pop("padding", None)
+        spec["post_processor"] = [
+            p for p in steps(spec.get("post_processor")) if p["type"] not in FRAMING
+        ]
+        for added in spec["added_tokens"]:
+            added.pop("lstrip", None)
+        return spec
+
+    return core(a) == core(b)
+
+
 def steps(processor: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The post-processors (as JSON) that ``processor`` applies, in order."""
     if processor is None:
