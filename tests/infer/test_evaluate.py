@@ -1031,7 +1031,7 @@ def test_a_checkpoint_saved_before_a_model_field_was_added_keeps_its_digest(
     (``embed_scale``, ``moe.granularity``: an older lmlab's) has the digest that lmlab gave it,
     which its eval records and results.json hold: ``lmlab evaluate`` of an older run refused
     its own record as another checkpoint's."""
-    from lmlab.infer import pretrained
+    from lmlab.infer import digest, pretrained
 
     pre = tiny(tok, dtype=torch.float32)
     state = {f"model.{k}": v for k, v in pre.model.state_dict().items()}
@@ -1044,7 +1044,7 @@ def test_a_checkpoint_saved_before_a_model_field_was_added_keeps_its_digest(
     saved = older(model_config_dict(pre.cfg))
     torch.save({"state_dict": state, "model_config": saved, "tokenizer": tok.to_str()}, ckpt)
     with monkeypatch.context() as then:  # the older lmlab, whose config had no such fields
-        then.setattr(pretrained, "model_config_dict", lambda cfg: older(model_config_dict(cfg)))
+        then.setattr(digest, "model_config_dict", lambda cfg: older(model_config_dict(cfg)))
         recorded = pretrained.checkpoint_digest(ckpt)
     assert pretrained.checkpoint_digest(ckpt) == recorded
     assert pretrained.load(ckpt).digest == recorded
