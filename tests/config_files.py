@@ -25,8 +25,8 @@ load gets its own copy, which Hydra edits (it takes ``defaults`` out)."""
 
 from __future__ import annotations
 
-import copy
 import os
+import pickle
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,12 +40,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import CONF_DIR
 
-_PARSED: dict[tuple[str, str], Any] = {}
+_PARSED: dict[tuple[str, str], bytes] = {}
 _LOAD = OmegaConf.load
 
 
 # lmlab's conf/ and Hydra's own (its hydra/ group: logging, output, help)
 _KEPT = tuple(os.path.realpath(d) + os.sep for d in (CONF_DIR, Path(hydra.__file__).parent))
+
+
+def kept(value: Any) -> bytes:
+    """What is kept, pickled: each use unpickles its own copy (an OmegaConf config's deep copy
+    took 2.5 times as long)."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _load(file_: str | os.PathLike | IO[Any]) -> Any:
@@ -61,13 +67,13 @@ def _load(file_: str | os.PathLike | IO[Any]) -> Any:
         file_.seek(start)
     key = (os.path.realpath(name), text)
     if key not in _PARSED:  # parsed from the file itself: its errors name it
-        _PARSED[key] = _LOAD(file_)
-    return copy.deepcopy(_PARSED[key])
+        _PARSED[key] = kept(_LOAD(file_))
+    return pickle.loads(_PARSED[key])
 
 
 _SOURCES = {"pkg://hydra.conf", "structured://", f"file://{CONF_DIR}"}
-_DEFAULTS: dict[tuple[Any, ...], DefaultsList] = {}
-_MERGED: dict[tuple[Any, ...], DictConfig] = {}
+_DEFAULTS: dict[tuple[Any, ...], bytes] = {}
+_MERGED: dict[tuple[Any, ...], bytes] = {}
 _DEFAULTS_LIST = config_loader_impl.create_defaults_list
 _MERGE = ConfigLoaderImpl._compose_config_from_defaults_list
 
@@ -101,8 +107,8 @@ def _defaults_list(
     groups = [o for o in overrides_list if not o.is_sweep_override() and o not in values]
     key = (sources, config_name, *sorted(kwargs.items()), *(o.input_line for o in groups))
     if key not in _DEFAULTS:
-        _DEFAULTS[key] = _DEFAULTS_LIST(repo, config_name, groups, **kwargs)
-    defaults = copy.deepcopy(_DEFAULTS[key])
+        _DEFAULTS[key] = kept(_DEFAULTS_LIST(repo, config_name, groups, **kwargs))
+    defaults = pickle.loads(_DEFAULTS[key])
     defaults.config_overrides = defaults.overrides.config_overrides = values
     return defaults
 
@@ -118,8 +124,8 @@ def _merged(self: ConfigLoaderImpl, defaults: list[Any], repo: Any) -> DictConfi
         # the merge reads ``${now:...}`` (hydra.run.dir) and OmegaConf keeps what it read in
         # the root: each composition reads its own time, as Hydra's own does at its merge
         merged._metadata.resolver_cache.clear()
-        _MERGED[key] = merged
-    return copy.deepcopy(_MERGED[key])
+        _MERGED[key] = kept(merged)
+    return pickle.loads(_MERGED[key])
 
 
 def read_once() -> None:
