@@ -2,9 +2,8 @@
 another family or task is not comparable), the same text and tokenizer (a per-token loss of
 another tokenizer, or any loss of another corpus slice or validation split, is not), the
 same validation rows, the same numeric precision, the same fine-tuning examples and eval
-items. Each check is a note or
-warning line for compare's summary (``ranking.summarize``); scaling refuses what
-``OBJECTIVE_KEYS`` and ``TOKENIZER_KEYS`` tell apart."""
+items. Each check is a note or warning line for compare's summary (``ranking.summarize``);
+scaling refuses what ``OBJECTIVE_KEYS`` and ``TOKENIZER_KEYS`` tell apart."""
 
 from __future__ import annotations
 
