@@ -80,7 +80,7 @@ _DEFAULTS_LIST = config_loader_impl.create_defaults_list
 _MERGE = ConfigLoaderImpl._compose_config_from_defaults_list
 
 
-def _kept(repo: Any) -> tuple[str, ...] | None:
+def _conf_sources(repo: Any) -> tuple[str, ...] | None:
     """The repository's sources, where they are only ``conf/``'s, Hydra's and the
     ConfigStore's: a test's own config folder is composed every time (None)."""
     sources = tuple(source.full_path() for source in repo.get_sources())
@@ -103,7 +103,7 @@ def _defaults_list(
 ) -> DefaultsList:
     """Hydra's ``create_defaults_list``, kept by the overrides that choose config groups
     (value overrides pass through it untouched, as ``config_overrides``)."""
-    if (sources := _kept(repo)) is None:
+    if (sources := _conf_sources(repo)) is None:
         return _DEFAULTS_LIST(repo, config_name, overrides_list, **kwargs)
     values = _values(repo, overrides_list)
     groups = [o for o in overrides_list if not o.is_sweep_override() and o not in values]
@@ -117,7 +117,7 @@ def _defaults_list(
 
 def _merged(self: ConfigLoaderImpl, defaults: list[Any], repo: Any) -> DictConfig:
     """Hydra's ``_compose_config_from_defaults_list``, kept by the defaults list."""
-    if (sources := _kept(repo)) is None:
+    if (sources := _conf_sources(repo)) is None:
         return _MERGE(self, defaults, repo)
     fields = ("config_path", "parent", "package", "is_self", "primary")
     key = (sources, *(tuple(getattr(d, f) for f in fields) for d in defaults))
