@@ -700,6 +700,54 @@ def test_a_resume_by_an_lmlab_of_another_data_preparation_is_refused_before_the_
         assert "init_from=<its checkpoint> data.tokenizer=checkpoint" in words
 
 
+def test_a_completed_run_of_another_data_preparation_is_left_as_it_is(
+    tmp_path: Path, cache_dir: Path, short_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completed run resumed with no step left (a sweep resumed with ``resume=auto`` to add
+    jobs, by a later lmlab whose data preparation changed) reads nothing of its data: it is
+    reported done and its files are left as they were, where it was refused as a resume of
+    another data preparation (and its sweep with it). The steps a ``flops`` budget sets are
+    the completed model's (plan.json's parameter count). A sweep's check of the job passes
+    the same way. Its global batch is still checked, and a resume with steps left is still
+    refused before the data."""
+    from lmlab.data.packing import PREPARATION_VERSION
+    from lmlab.train.batch import resolve_global_batch
+    from lmlab.train.completed import done_before_data
+    from lmlab.train.preflight import check_job, check_run
+    from lmlab.train.resume import check_continues
+
+    run_dir = copy_run(short_run, tmp_path / "run")
+    plan = json.loads((run_dir / "plan.json").read_text())
+    (run_dir / "plan.json").write_text(json.dumps(plan | {"data_preparation": 0}))
+    assert PREPARATION_VERSION > 0
+    results = json.loads((run_dir / "results.json").read_text())
+    before = files_of(run_dir)
+
+    def no_data(*args: object) -> None:
+        raise AssertionError("the data was prepared")
+
+    monkeypatch.setattr("lmlab.train.run.prepared_data", no_data)
+    for resume in ("true", "auto"):
+        cfg = compose_train([*SHORT, f"resume={resume}"], run_dir, cache_dir)
+        check_continues(cfg, check_job(cfg), run_dir)  # a resumed sweep's check of the job
+        assert train(cfg) == results["val_loss"]
+        assert files_of(run_dir) == before
+    tokens = plan["batch"]["global_batch_tokens"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checked = check_run(cfg)
+    batch = resolve_global_batch(cfg.trainer, checked.data_cfg, checked.seq_len)
+    assert batch.tokens == tokens
+    for steps, trained in ((1.5, results), (2.5, None)):  # 1.5 steps of tokens: 2 steps
+        cfg.budget.kind, cfg.budget.flops = "flops", 6 * plan["active_params"] * tokens * steps
+        assert done_before_data(cfg, batch, run_dir, ckpt, run_dir / "last.ckpt") == trained
+    batch = plan["batch"]["global_batch_size"]
+    with pytest.raises(ConfigError, match=rf"has global_batch_size={batch}, this run {2 * batch}"):
+        train(compose_train([*SHORT, "resume=true", f"data.batch_size={2 * batch}"], run_dir))
+    with pytest.raises(ConfigError, match="data_preparation=0, this lmlab's is"):
+        train(compose_train([*SHORT, "resume=true", "trainer.max_steps=4"], run_dir, cache_dir))
+    assert files_of(run_dir) == before
+
+
 def test_a_checkpoint_of_the_same_corpus_with_an_older_tokenizer_says_lmlab_changed() -> None:
     """A checkpoint that records its corpus's text digest, resumed on that same text with
     another tokenizer, was saved by an lmlab that trained the tokenizer otherwise (a run

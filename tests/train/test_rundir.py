@@ -1775,7 +1775,7 @@ def test_a_file_where_the_run_makes_a_folder_is_refused_before_anything_is_writt
 def test_a_completed_record_outlives_any_number_of_stops() -> None:
     """An extension of a completed run preempted twice (a requeued job) kept the first stop's
     record alone: the completed run's metrics, sample and digest were gone."""
-    from lmlab.train.resume import kept_record
+    from lmlab.train.completed import kept_record
 
     completed = {"status": "completed", "global_step": 8, "val_loss": 7.9}
     first = {"status": "preempted", "global_step": 105, "previous": kept_record(completed)}

@@ -18,6 +18,7 @@ from lmlab.config import PRETRAINING, Compile, ModelConfig, TaskKind, TaskSpec, 
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN
 from lmlab.train.budget import overshoot
+from lmlab.train.completed import already_done, say_done
 from lmlab.train.estimate import check_model_vocab
 from lmlab.train.finetune import DATAMODULES
 from lmlab.train.init_from import load_weights
@@ -32,7 +33,6 @@ from lmlab.train.plan import (
     read_plan,
 )
 from lmlab.train.preflight import CheckedRun
-from lmlab.train.resume import already_done
 from lmlab.train.schedule import warmup_cut
 from lmlab.train.task import LMTask
 
@@ -181,14 +181,9 @@ def checked_resume(
         check_resumable(read_plan(out_dir), plan, out_dir)
     else:  # plan.json deleted: the checkpoint's record of the global batch and data
         checked_continuation(ckpt, ckpt_path, plan, out_dir)
-    done = already_done(out_dir, plan, ckpt, ckpt_path)
-    if done is not None:
-        log.info(
-            "%s completed its %d planned steps: nothing to train, its files are left as "
-            "they were (raise trainer.max_steps to train further)",
-            out_dir,
-            plan.steps,
-        )
+    done = already_done(out_dir, plan.steps, ckpt, ckpt_path)
+    if done is not None:  # a run without plan.json's record (else ``done_before_data``'s)
+        say_done(out_dir, plan.steps)
     return done
 
 

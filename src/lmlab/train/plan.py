@@ -334,7 +334,16 @@ def check_resumable(
             "data position would point at other rows): resume with the data it was trained "
             "on (a relative data.path is read from the working directory), or start a new run"
         )
-    was, now = saved["batch"], plan.batch.as_dict()
+    check_same_batch(saved, plan.batch, out_dir, source)
+
+
+def check_same_batch(
+    saved: dict[str, Any], batch: GlobalBatch, out_dir: Path, source: str = PLAN
+) -> None:
+    """The global batch and sequence length of the run ``saved`` records (its plan, or its
+    checkpoint's part of it) are ``batch``'s: a resume's data position is steps x global batch
+    rows, and a completed run's steps were trained at its own."""
+    was, now = saved["batch"], batch.as_dict()
     for key in ("global_batch_size", "seq_len"):
         if was.get(key) != now[key]:
             raise ConfigError(

@@ -27,8 +27,15 @@ from lmlab.config import (
 from lmlab.config.asked import pasteable
 from lmlab.config.local_paths import launch_cwd, named_files
 from lmlab.errors import ConfigError
-from lmlab.files import CHECKPOINTS, PLAN, RESULTS, RUN_CONFIG, checkpoints_in, read_record
+from lmlab.files import CHECKPOINTS, PLAN, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import newest_checkpoint, read_checkpoint
+from lmlab.train.completed import (
+    already_done,
+    done_before_data,
+    finished_run,
+    kept_record,
+    read_results,
+)
 from lmlab.train.init_from import same_source
 from lmlab.train.plan import RunPlan, check_preparation, check_resumable, read_plan
 from lmlab.train.runfiles import (
@@ -146,8 +153,10 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
             )
         check_same_run(cfg, out_dir, "the checkpoints were trained with", continues=True)
         # an unreadable plan.json, or one of another data preparation: refused before the
-        # data is prepared
-        check_preparation(read_plan(out_dir), out_dir)
+        # data is prepared (a completed run's where it has steps left: ``train()`` decides
+        # that, and one with none is left as it is, whichever lmlab prepared its data)
+        if finished_run(out_dir) is None:
+            check_preparation(read_plan(out_dir), out_dir)
         return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
     if found:
         raise ConfigError(
@@ -280,79 +289,27 @@ def same_files(
     return saved, now
 
 
-def read_results(out_dir: Path) -> dict[str, Any] | None:
-    """``results.json`` of the run in ``out_dir``; None when there is none, or unreadable."""
-    return read_record(out_dir / RESULTS) or None
-
-
-def kept_record(results: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a process that stops or fails keeps, under ``previous``, of the record it found:
-    the last one with results (a completed run's metrics, a stop's step), and under a stop's
-    record the completed run's it kept, so extending a completed run and stopping or failing
-    any number of times loses none of them (a second preemption of an extension lost them)."""
-    if results is None:
-        return None
-    if results.get("status") in ("failed", "running"):
-        return results.get("previous")
-    kept = {k: v for k, v in results.items() if k != "previous"}
-    if results.get("status") == "completed":
-        return kept
-    before = results.get("previous")  # a stop's: the completed record, or a stop's keeping it
-    while isinstance(before, dict) and before.get("status") != "completed":
-        before = before.get("previous")
-    if isinstance(before, dict):
-        kept["previous"] = before
-    return kept
-
-
-def finished_run(out_dir: Path) -> dict[str, Any] | None:
-    """``results.json`` of a run that completed in ``out_dir``, else None."""
-    results = read_results(out_dir)
-    return results if results is not None and results.get("status") == "completed" else None
-
-
-def already_done(
-    out_dir: Path, plan: RunPlan, ckpt: dict | None, ckpt_path: Path | None
-) -> dict[str, Any] | None:
-    """A resumed run (``resume=true`` or ``auto``) whose planned steps are all trained: the
-    completed run's results, which it leaves as they are; None when there is training left.
-    A checkpoint past the plan's last step (``trainer.max_steps`` lowered), or a completed
-    run with no checkpoint and more steps planned, is refused: neither can be continued."""
-    step = ckpt["global_step"] if ckpt is not None else None
-    if step is not None and step > plan.steps:
-        raise ConfigError(
-            f"cannot resume {out_dir}: {ckpt_path} is at step {step}, past this run's "
-            f"{plan.steps} planned steps (trainer.max_steps or the budget was lowered): keep "
-            f"them at {step} or more"
-        )
-    finished = finished_run(out_dir)
-    if finished is None:
-        return None
-    if step is None and finished.get("global_step") != plan.steps:
-        raise ConfigError(
-            f"cannot resume {out_dir}: the run completed {finished.get('global_step')} steps "
-            f"and has no checkpoint to continue to {plan.steps}; choose another directory"
-        )
-    if step in (None, plan.steps) and finished.get("global_step") == plan.steps:
-        return finished
-    return None
-
-
 def check_continues(cfg: DictConfig, plan: RunPlan, out_dir: Path) -> None:
     """What a resumed run checks of the run it continues in ``out_dir`` (``resume_checkpoint``:
     its checkpoint and config; ``check_resumable``: its plan's task, global batch and
     sequence length; ``already_done``: its checkpoint is not past the planned steps), for a
     resumed sweep's job before any job of the sweep starts: a grid reordered
     (``trainer.max_steps=2,4`` resumed as ``4,2``) extended job 0 before job 1 was refused.
-    Steps that a ``flops`` or ``chinchilla`` budget sets rest on the parameter count, which a
-    sweep's checks take at the tokenizer's target vocabulary: those are left to ``train()``."""
+    A completed job with no step left (``done_before_data``) is checked no further, as its run
+    checks it. Steps that a ``flops`` or ``chinchilla`` budget sets rest on the parameter
+    count, which a sweep's checks take at the tokenizer's target vocabulary: those are left to
+    ``train()`` where the job has steps left."""
     ckpt_path = resume_checkpoint(cfg, out_dir)
+    exact = BudgetKind(plan.budget.kind) in (BudgetKind.steps, BudgetKind.tokens)
+    if ckpt_path is None or not (exact or finished_run(out_dir)):
+        check_resumable(read_plan(out_dir), plan, out_dir)
+        return
+    ckpt = read_checkpoint(ckpt_path)
+    if done_before_data(cfg, plan.batch, out_dir, ckpt, ckpt_path) is not None:
+        return
     check_resumable(read_plan(out_dir), plan, out_dir)
-    if ckpt_path is not None and BudgetKind(plan.budget.kind) in (
-        BudgetKind.steps,
-        BudgetKind.tokens,
-    ):
-        already_done(out_dir, plan, read_checkpoint(ckpt_path), ckpt_path)
+    if exact:
+        already_done(out_dir, plan.steps, ckpt, ckpt_path)
 
 
 def resume_command(out_dir: Path) -> str:
@@ -365,35 +322,3 @@ def resume_command(out_dir: Path) -> str:
         return f"python src/train.py -m <same overrides> resume=auto {folder}"
     folder = pasteable("hydra.run.dir", str(out_dir))
     return f"python src/train.py <same overrides> resume=true {folder}"
-
-
-def extend_epoch(checkpoint: dict, max_steps: int) -> None:
-    """A completed run extended (``trainer.max_steps`` raised): its last checkpoint marks
-    the last batch of the run's one Lightning epoch, whose sampler held the old plan's
-    samples, and Lightning took the epoch as ended: the extension logged epoch 1 where an
-    uninterrupted run logs 0 (its data and losses were the same). With steps left to train,
-    the epoch goes on. In place."""
-    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    if progress and progress.get("is_last_batch") and checkpoint["global_step"] < max_steps:
-        progress["is_last_batch"] = False
-
-
-def rebatch_progress(checkpoint: dict, accumulation: int) -> None:
-    """A checkpoint's training-loop counters in this run's micro-batches. Lightning counts the
-    micro-batches a rank has run (``epoch_loop.batch_progress``) and ends the epoch, or closes
-    an optimizer step, by that count; a checkpoint of ``k`` steps at gradient accumulation
-    ``a`` holds k x a. Resumed at another accumulation (another device count at the same
-    global batch) the count must be k x this run's: left as saved, a run resumed on more
-    devices ended its epoch early and replayed batches, and one on fewer closed its first
-    step after one micro-batch. Every counter moves by the same amount, so how Lightning
-    reads their differences (a save at a batch's end) is kept. In place."""
-    batch = (checkpoint.get("run_state") or {}).get("batch") or {}
-    saved = batch.get("accumulation")
-    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    if not saved or saved == accumulation or not progress:
-        return
-    step = int(checkpoint["global_step"])
-    shift = step * accumulation - progress["total"]["processed"]
-    for counts in (progress["total"], progress["current"]):
-        for name in ("ready", "started", "processed", "completed"):
-            counts[name] += shift

@@ -26,6 +26,7 @@ from lmlab.errors import (
 from lmlab.files import PLAN, RESULTS, RUN_CONFIG, checkpoints_in, write_json, write_text
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
+from lmlab.train.batch import resolve_global_batch
 from lmlab.train.build import (
     build_task,
     checked_continuation,
@@ -38,6 +39,13 @@ from lmlab.train.checkpoint_check import (
     check_checkpoint_model,
     check_checkpoint_optimizer,
     check_same_tokenizer,
+)
+from lmlab.train.completed import (
+    done_before_data,
+    finished_run,
+    kept_record,
+    read_results,
+    say_done,
 )
 from lmlab.train.distributed import JobScope, RankLostError, install_job_command, lost_rank
 from lmlab.train.estimate import plan_from_cfg
@@ -62,16 +70,11 @@ from lmlab.train.outcome import (
     trained,
     write_results,
 )
-from lmlab.train.plan import (
-    make_plan,
-)
+from lmlab.train.plan import check_preparation, make_plan, read_plan
 from lmlab.train.plan_table import param_table, plan_table
 from lmlab.train.preemption import HandlersFound, StopBeforeFit
 from lmlab.train.preflight import CheckedRun, check_run, warn_unused
 from lmlab.train.resume import (
-    finished_run,
-    kept_record,
-    read_results,
     resume_checkpoint,
     resume_command,
     resumed_from,
@@ -221,6 +224,13 @@ def _fit(
     if ckpt is not None:  # what the data does not decide: refused before it is prepared
         check_checkpoint_model(ckpt, ckpt_path, checked.model_cfg, task=None)
         check_checkpoint_optimizer(ckpt, ckpt_path, cfg.optim)
+    if cfg.get("resume") and ckpt is not None:  # a completed run: nothing of its data read
+        batch = resolve_global_batch(cfg.trainer, checked.data_cfg, checked.seq_len)
+        done = done_before_data(cfg, batch, out_dir, ckpt, ckpt_path)
+        if done is not None:
+            say_done(out_dir, done["global_step"])
+            return done.get("val_loss")
+        check_preparation(read_plan(out_dir), out_dir)  # steps left: its data read again
     dm, model_cfg, spec = prepared_data(cfg, checked)
     evals = next((c for c in checked.callbacks if isinstance(c, EvalTasks)), None)
     if evals is not None and getattr(dm, "tokenizer", None) is not None:

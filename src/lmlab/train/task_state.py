@@ -1,7 +1,8 @@
 """What ``LMTask``'s checkpoints keep of a run and restore (its Lightning checkpoint hooks,
 as a base class of ``LMTask``): the model's config, the task, the tokenizer and ``run_state``
 (the best validation loss, the last step's training losses, the kernels, the plan's record);
-and a resumed run's learning rate at its schedule's value for the checkpoint's step."""
+a resumed run's learning rate at its schedule's value for the checkpoint's step, and its
+training-loop counters as this run counts them (``rebatch_progress``, ``extend_epoch``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmlab.config import TaskKind, model_config_dict
-from lmlab.train.resume import extend_epoch, rebatch_progress
 
 # The training losses a step logs, in the order of ``objective``'s parts, and the key of each
 # in results.json and a checkpoint's ``run_state``: the LM loss, and a Mixture of Experts'
@@ -102,3 +102,35 @@ def lowest(*losses: float | None) -> float | None:
     the other value by their order."""
     finite = [v for v in losses if v is not None and math.isfinite(v)]
     return min(finite, default=None)
+
+
+def extend_epoch(checkpoint: dict, max_steps: int) -> None:
+    """A completed run extended (``trainer.max_steps`` raised): its last checkpoint marks
+    the last batch of the run's one Lightning epoch, whose sampler held the old plan's
+    samples, and Lightning took the epoch as ended: the extension logged epoch 1 where an
+    uninterrupted run logs 0 (its data and losses were the same). With steps left to train,
+    the epoch goes on. In place."""
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if progress and progress.get("is_last_batch") and checkpoint["global_step"] < max_steps:
+        progress["is_last_batch"] = False
+
+
+def rebatch_progress(checkpoint: dict, accumulation: int) -> None:
+    """A checkpoint's training-loop counters in this run's micro-batches. Lightning counts the
+    micro-batches a rank has run (``epoch_loop.batch_progress``) and ends the epoch, or closes
+    an optimizer step, by that count; a checkpoint of ``k`` steps at gradient accumulation
+    ``a`` holds k x a. Resumed at another accumulation (another device count at the same
+    global batch) the count must be k x this run's: left as saved, a run resumed on more
+    devices ended its epoch early and replayed batches, and one on fewer closed its first
+    step after one micro-batch. Every counter moves by the same amount, so how Lightning
+    reads their differences (a save at a batch's end) is kept. In place."""
+    batch = (checkpoint.get("run_state") or {}).get("batch") or {}
+    saved = batch.get("accumulation")
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not saved or saved == accumulation or not progress:
+        return
+    step = int(checkpoint["global_step"])
+    shift = step * accumulation - progress["total"]["processed"]
+    for counts in (progress["total"], progress["current"]):
+        for name in ("ready", "started", "processed", "completed"):
+            counts[name] += shift
