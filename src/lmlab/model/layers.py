@@ -85,14 +85,25 @@ def t5_std(module: nn.Module, cfg: ModelConfig, tied: bool) -> float:
     folds attention's 1/sqrt(d_head) into the query's init, (d_model d_head)^-1/2; lmlab
     scales the scores, so the query's fan-in rule gives the same scores at init. An embedding
     tied to the head keeps N(0, 1) under T5's head, which rescales by d_model**-0.5; under
-    GPT's and BERT's, which do not, it is the head's N(0, 1/d_model) (unit-scale logits)."""
+    GPT's and BERT's, which do not, it is the head's N(0, 1/d_model) (unit-scale logits). A
+    learned position table, which T5 has none of, is added to the token embedding's output
+    and takes its scale (times sqrt(d_model) with ``model.embed_scale``): at N(0, 1) beside a
+    tied GPT or BERT embedding's N(0, 1/d_model) it outweighed the tokens sqrt(d_model) times."""
     if getattr(module, "attention_bias", False):
         return cfg.d_model**-0.5
-    if tied and cfg.family == Family.t5:
+    if tied:
+        return t5_token_std(cfg)
+    if getattr(module, "added_to_tokens", False):
+        return t5_token_std(cfg) * (cfg.d_model**0.5 if cfg.embed_scale else 1.0)
+    if isinstance(module, nn.Embedding):
         return 1.0
-    if isinstance(module, nn.Embedding) and not tied:
-        return 1.0
-    return module.weight.shape[-1] ** -0.5  # (out, in), stacked experts (E, out, in), tied
+    return module.weight.shape[-1] ** -0.5  # (out, in), stacked experts (E, out, in)
+
+
+def t5_token_std(cfg: ModelConfig) -> float:
+    """``t5_std``'s for the token embedding: N(0, 1), or a GPT or BERT head's N(0, 1/d_model)
+    where it is tied to one (``model.tie_embeddings``)."""
+    return cfg.d_model**-0.5 if cfg.tie_embeddings and cfg.family != Family.t5 else 1.0
 
 
 # The std of each weight under ``model.init``, per module.

@@ -56,6 +56,7 @@ class LearnedPositional(PositionalScheme):
     def __init__(self, cfg: ModelConfig, bidirectional: bool = False) -> None:
         super().__init__(cfg, bidirectional)
         self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.table.added_to_tokens = True  # init=t5: the token embedding's scale
 
     def embed(self, x_BTD: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
         return x_BTD + self.table(pos_T)
