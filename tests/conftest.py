@@ -18,6 +18,7 @@ import pytest
 
 from config_files import read_once
 from cores import usable_cores
+from eval_tasks import GENERATING_TASK
 from in_process import without_heap_work
 from lmlab.cli.main import command
 from lmlab.config import CONF_DIR
@@ -409,27 +410,6 @@ def own_tasks(tmp_path: Path) -> Path:
     assert text.count("stdlib_nextline") == 2  # task: and dataset_kwargs.name:
     (folder / "my_nextline.yaml").write_text(text.replace("stdlib_nextline", "my_nextline"))
     return folder
-
-
-# A task that answers by generation, as a hub task (gsm8k, triviaqa, ...) does: the shipped
-# tasks only score. stdlib_cloze's items, the answer written greedily up to the line's end.
-GENERATING_TASK = """\
-task: {name}
-custom_dataset: !function loaders.jsonl
-dataset_kwargs:
-  name: {name}
-test_split: test
-output_type: generate_until
-doc_to_text: context
-doc_to_target: target
-generation_kwargs: {kwargs}
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
 
 
 @pytest.fixture
