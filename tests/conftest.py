@@ -228,6 +228,21 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def brief_peak_probe() -> Iterator[None]:
+    """The CPU peak probe every run starts with (``lmlab.train.hardware.cpu_peak_flops``) runs
+    as it is, timed briefly: the square matmul for a twentieth of a second where a cache has
+    no peak yet (a user's first run: a second), a run's own layers twice (a user's: 16 times).
+    The suite's runs spent 44 s of CPU in it (255 probes, 12 of them the square's second);
+    test_hardware.py tests what the probe's timings give, and a user's run measures as before."""
+    from lmlab.train import hardware
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hardware, "SQUARE_SECONDS", 0.05)
+        patch.setattr(hardware, "SHAPE_TIMINGS", 2)
+        yield
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lmlab-cache")

@@ -135,6 +135,8 @@ def measure_cpu_matmul_flops(
 # within 1.5% of the best of 64 in 11 of 12 rounds for gpt_tiny's two layers on the 2-core
 # machine (one round 23% lower: noise, which the cache's best over runs absorbs)
 SHAPE_TIMINGS = 16
+# seconds of square n = 1024 matmuls where the cache has no peak yet (a run's first start)
+SQUARE_SECONDS = 1.0
 
 
 def cpu_peak_flops(
@@ -152,7 +154,7 @@ def cpu_peak_flops(
     cpu = platform.processor() or platform.machine()
     key = f"{cpu}|{torch.get_num_threads()}|{DTYPE_NAMES[dtype]}|linear"
     cache = read_peak_cache(path)
-    measured = [] if key in cache else [measure_cpu_matmul_flops(dtype)]
+    measured = [] if key in cache else [measure_cpu_matmul_flops(dtype, seconds=SQUARE_SECONDS)]
     measured += [
         measure_cpu_matmul_flops(dtype, seconds=0.05, shape=s, timings=SHAPE_TIMINGS)
         for s in shapes
