@@ -131,26 +131,32 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 # The files that take longest in `make test`, longest first (seconds of test time on the 2-core
-# machine, 2026-12-06): `make test` runs them first (`--no-loadscope-reorder`: xdist hands out
-# files in this order), and the small ones last, so that both workers finish at about the same
-# time. Out of date, the order only balances the workers less well.
+# machine, 2026-12-07, pytest's junit times): `make test` runs them first
+# (`--no-loadscope-reorder`: xdist hands out files in this order), and the small ones last, so
+# that both workers finish at about the same time. Out of date, the order only balances the
+# workers less well.
 LONGEST_FIRST = [
-    "train/test_rundir.py",  # 141
-    "test_config.py",  # 64
-    "train/test_train.py",  # 63
-    "cli/test_sweep.py",  # 47
-    "train/test_resume.py",  # 42
-    "infer/test_generation.py",  # 40
-    "train/test_hot_path.py",  # 34
-    "analysis/test_scaling.py",  # 33
-    "train/test_preflight.py",  # 31
-    "train/test_disk_full.py",  # 30
-    "train/test_evals.py",  # 29
-    "test_sweeps.py",  # 29
-    "train/test_dist_inputs.py",  # 26
-    "cli/test_cli.py",  # 24
-    "train/test_loggers.py",  # 20
-    "infer/test_hf.py",  # 20
+    "train/test_rundir.py",  # 100
+    "train/test_train.py",  # 60
+    "analysis/test_scaling.py",  # 47
+    "infer/test_generation.py",  # 44
+    "test_config.py",  # 37
+    "model/test_one_graph.py",  # 35
+    "train/test_resume.py",  # 33
+    "train/test_disk_full.py",  # 28
+    "train/test_loggers.py",  # 26
+    "train/test_evals.py",  # 26
+    "train/test_hot_path.py",  # 25
+    "cli/test_cli.py",  # 25
+    "test_sweeps.py",  # 24
+    "train/test_memory.py",  # 23
+    "train/test_preflight.py",  # 22
+    "cli/test_sweep.py",  # 20
+    "analysis/test_compare.py",  # 19
+    "train/test_finetune.py",  # 18
+    "infer/test_evaluate.py",  # 18
+    "infer/test_hf.py",  # 17
+    "infer/test_hflm.py",  # 17
 ]
 
 
