@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -701,7 +702,11 @@ def test_a_resume_by_an_lmlab_of_another_data_preparation_is_refused_before_the_
 
 
 def test_a_completed_run_of_another_data_preparation_is_left_as_it_is(
-    tmp_path: Path, cache_dir: Path, short_run: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    cache_dir: Path,
+    short_run: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A completed run resumed with no step left (a sweep resumed with ``resume=auto`` to add
     jobs, by a later lmlab whose data preparation changed) reads nothing of its data: it is
@@ -730,7 +735,10 @@ def test_a_completed_run_of_another_data_preparation_is_left_as_it_is(
     for resume in ("true", "auto"):
         cfg = compose_train([*SHORT, f"resume={resume}"], run_dir, cache_dir)
         check_continues(cfg, check_job(cfg), run_dir)  # a resumed sweep's check of the job
-        assert train(cfg) == results["val_loss"]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lmlab.train.completed"):
+            assert train(cfg) == results["val_loss"]
+        assert caplog.text.count("nothing to train") == 1  # said once, by the run
         assert files_of(run_dir) == before
     tokens = plan["batch"]["global_batch_tokens"]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

@@ -85,26 +85,24 @@ def done_before_data(
 ) -> dict[str, Any] | None:
     """``already_done`` of a resumed run, decided before its data is prepared: the completed
     run's results where ``cfg`` plans the steps it completed, at the global batch ``batch``
-    (the same as its plan.json's, else refused) and its model's parameter count (plan.json's,
-    which a ``flops`` or ``chinchilla`` budget's steps rest on); None where there are steps left,
-    or the run has no plan.json or did not complete (the data decides). The data's own checks
-    (the corpus, the tokenizer, the lmlab version that prepared it) are for a run that trains:
-    one with nothing left to train reads none of it, so a sweep resumed by a later lmlab whose
-    data preparation changed goes past its completed jobs instead of refusing them."""
+    (plan.json's, else refused) and its model's parameter count (plan.json's, which a
+    ``flops`` or ``chinchilla`` budget's steps rest on); None where there are steps left (a
+    checkpoint past them is refused here) or the run has no plan.json (the data decides). The
+    data's own checks (the corpus, the tokenizer, the lmlab version that prepared it) are for a
+    run that trains: one with nothing left to train reads none of it, so a sweep resumed by a
+    later lmlab whose data preparation changed goes past its completed jobs instead of
+    refusing them. The caller says the run is done (``say_done``)."""
     saved = read_plan(out_dir)
-    if saved is None or finished_run(out_dir) is None:
+    if saved is None:
         return None
+    check_same_batch(saved, batch, out_dir)
     counts = {"total": saved.get("params"), "active": saved.get("active_params")}
     budget_cfg = OmegaConf.to_object(cfg.budget)
     n_params = budget_params(budget_cfg, counts)
     if not isinstance(n_params, int):  # a plan.json from before it held them
         return None
     steps = resolve_budget(budget_cfg, n_params, batch.tokens, int(cfg.trainer.max_steps)).steps
-    done = already_done(out_dir, steps, ckpt, ckpt_path)
-    if done is not None:
-        check_same_batch(saved, batch, out_dir)
-        say_done(out_dir, steps)
-    return done
+    return already_done(out_dir, steps, ckpt, ckpt_path)
 
 
 def say_done(out_dir: Path, steps: int) -> None:

@@ -37,7 +37,7 @@ from lmlab.train.completed import (
     read_results,
 )
 from lmlab.train.init_from import same_source
-from lmlab.train.plan import RunPlan, check_preparation, check_resumable, read_plan
+from lmlab.train.plan import RunPlan, check_resumable, read_plan
 from lmlab.train.runfiles import (
     absolute,
     asked_checkpoint,
@@ -152,11 +152,8 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"(nothing to resume in hydra.run.dir={out_dir}){restart}"
             )
         check_same_run(cfg, out_dir, "the checkpoints were trained with", continues=True)
-        # an unreadable plan.json, or one of another data preparation: refused before the
-        # data is prepared (a completed run's where it has steps left: ``train()`` decides
-        # that, and one with none is left as it is, whichever lmlab prepared its data)
-        if finished_run(out_dir) is None:
-            check_preparation(read_plan(out_dir), out_dir)
+        # plan.json (unreadable, or of another data preparation) is checked by ``train()``
+        # before the data is prepared, once it knows whether the run has steps left
         return check_strategy_loads(cfg.trainer, newest_checkpoint(found))
     if found:
         raise ConfigError(

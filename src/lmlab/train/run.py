@@ -26,7 +26,6 @@ from lmlab.errors import (
 from lmlab.files import PLAN, RESULTS, RUN_CONFIG, checkpoints_in, write_json, write_text
 from lmlab.infer.checkpoint import read_checkpoint
 from lmlab.model import param_breakdown
-from lmlab.train.batch import resolve_global_batch
 from lmlab.train.build import (
     build_task,
     checked_continuation,
@@ -225,8 +224,7 @@ def _fit(
         check_checkpoint_model(ckpt, ckpt_path, checked.model_cfg, task=None)
         check_checkpoint_optimizer(ckpt, ckpt_path, cfg.optim)
     if cfg.get("resume") and ckpt is not None:  # a completed run: nothing of its data read
-        batch = resolve_global_batch(cfg.trainer, checked.data_cfg, checked.seq_len)
-        done = done_before_data(cfg, batch, out_dir, ckpt, ckpt_path)
+        done = done_before_data(cfg, checked.batch, out_dir, ckpt, ckpt_path)
         if done is not None:
             say_done(out_dir, done["global_step"])
             return done.get("val_loss")
