@@ -36,7 +36,11 @@ from lmlab.errors import ConfigError  # noqa: E402
 from lmlab.infer import fill  # noqa: E402
 from lmlab.infer.generation import decode_loop, generate  # noqa: E402
 from lmlab.infer.hf.convert import choose_architecture, from_hf, to_hf  # noqa: E402
-from lmlab.infer.hf.tokenizer_io import check_specials, hf_tokenizer_of  # noqa: E402
+from lmlab.infer.hf.tokenizer_io import (  # noqa: E402
+    check_specials,
+    declared_eos,
+    hf_tokenizer_of,
+)
 from lmlab.infer.pretrained import load  # noqa: E402
 from lmlab.model import build_model  # noqa: E402
 
@@ -721,9 +725,11 @@ def test_from_hf_keeps_a_tokenizer_only_where_the_folder_has_a_usable_one(
 def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """lmlab finds roles by name: a tokenizer whose EOS is ``<|im_end|>`` converts without
-    one, and the conversion says so; GPT-2's one token in three roles, or a Llama tokenizer
-    padding with ``<unk>``, keeps each declared token in a role and says nothing."""
+    """lmlab finds roles by name: a tokenizer whose PAD is ``<|pad|>`` converts without one,
+    and the conversion says so; one whose EOS is ``<|im_end|>`` ends generation there (its
+    declared end: test_declared_eos.py), and the conversion says that training has no EOS to
+    pack documents with. GPT-2's one token in three roles, or a Llama tokenizer padding with
+    ``<unk>``, keeps each declared token in a role and says nothing."""
     from tokenizers import models
 
     def declaring(vocab: list[str], **roles: str) -> object:
@@ -733,14 +739,25 @@ def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
     def warned(tok: object) -> str:
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
-            check_specials(tok)
+            check_specials(tok, declared_eos(tok, None, "folder"))
         return caplog.text
 
+    pad = declaring(["<|pad|>", "</s>", "a"], pad_token="<|pad|>", eos_token="</s>")
+    assert (
+        warned(pad)
+        .strip()
+        .endswith(
+            "the tokenizer's pad is '<|pad|>', a name lmlab does not give that role (it reads "
+            "<pad>, [PAD]): the checkpoint has no pad token, and what needs one refuses it"
+        )
+    )
     im_end = declaring(["<|im_end|>", "a"], eos_token="<|im_end|>")
     assert Specials.of(im_end.backend_tokenizer).eos is None
-    assert "the tokenizer's eos is '<|im_end|>', a name lmlab does not give that role" in (
-        warned(im_end)
-    )
+    assert (
+        "the model ends its text at '<|im_end|>', as it declares: generation and evaluation "
+        "stop there; training ends documents with an EOS, which this tokenizer lacks by name "
+        "(<|endoftext|>, </s>, <|end_of_text|>, <eos>), so training cannot pack its documents"
+    ) in warned(im_end)
     eos = "<|endoftext|>"
     assert not warned(declaring([eos, "a"], eos_token=eos, bos_token=eos, unk_token=eos))
     llama = ["<unk>", "<s>", "</s>", "a"]

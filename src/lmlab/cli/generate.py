@@ -185,7 +185,7 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
                 cfg.top_p,
                 gen,
                 use_cache=cfg.cache,
-                eos_id=pre.end_id if cfg.stop_at_eos else None,
+                eos_id=pre.end_ids if cfg.stop_at_eos else None,
                 on_token=stream,
                 n_vocab=tok.get_vocab_size(),
             )

@@ -31,15 +31,23 @@ class TokenizedLM(TemplateLM):
     continuation, the prefix of an empty context, and the rule that a continuation fits the
     model whole (``check_continuations``)."""
 
-    def __init__(self, tokenizer: Tokenizer, cfg: ModelConfig) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, cfg: ModelConfig, eos_tokens: Sequence[str] = ()
+    ) -> None:
         super().__init__()
         self.tok = tokenizer
         self.backend = BACKENDS[cfg.family]
         self.max_length = cfg.max_seq_len
-        # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD])
+        # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD]);
+        # EOS is the one a converted model declares first (``Pretrained.eos_tokens``: an
+        # instruct model's <|eot_id|>), as HFLM takes the tokenizer's ``eos_token``
         specials = Specials.of(tokenizer)
-        self.eos = specials.eos
-        self.eos_id = specials.id(tokenizer, "eos", "evaluation")
+        self.eos = eos_tokens[0] if eos_tokens else specials.eos
+        self.eos_id = (
+            tokenizer.token_to_id(self.eos)
+            if eos_tokens
+            else specials.id(tokenizer, "eos", "evaluation")
+        )
         self.bos_id = bos_token_id(tokenizer, cfg.family)  # None: lmlab's, GPT-2's, T5
         self.pad_id = specials.id(tokenizer, "pad", "evaluation") if specials.pad else self.eos_id
         # (context, continuation) -> the task that asked for it (``loglikelihood``)

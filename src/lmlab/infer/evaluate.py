@@ -101,7 +101,8 @@ class LmlabLM(TokenizedLM):
         size = 16 if batch_size is None else batch_size  # the harness passes None, ints, "8"
         if not str(size).isdigit() or int(size) < 1:
             raise ConfigError(f"batch_size={batch_size!r}: allowed an integer >= 1 (not auto)")
-        super().__init__(pretrained.tokenizer, pretrained.cfg)  # the text side: TokenizedLM
+        # the text side: TokenizedLM
+        super().__init__(pretrained.tokenizer, pretrained.cfg, pretrained.eos_tokens)
         self.pre, self.model = pretrained, pretrained.model
         self.batch_size = int(size)
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
@@ -274,7 +275,7 @@ class LmlabLM(TokenizedLM):
                 self.max_length,
                 max(starts) - common + max_new,
                 *sampling,
-                eos_id=self.eos_id,
+                eos_id=self.pre.end_ids,
                 forced_BF=forced_BF,
                 stop=StopAt(self.tok_decode, starts, until),
                 n_vocab=self.tok.get_vocab_size(),
@@ -294,7 +295,7 @@ class LmlabLM(TokenizedLM):
                 1 + max_new,
                 max_new,
                 *sampling,
-                eos_id=self.eos_id,
+                eos_id=self.pre.end_ids,
                 stop=StopAt(self.tok_decode, starts, until),
                 n_vocab=self.tok.get_vocab_size(),
             )
@@ -304,11 +305,12 @@ class LmlabLM(TokenizedLM):
         ]
 
     def _text(self, ids: list[int], until: list[str]) -> str:
-        """A continuation's text as the harness's HFLM returns it: up to EOS, without special
-        tokens (T5's sentinels: a span-corruption model starts its answer with
-        ``<extra_id_0>``, which would fail every exact match), cut before a stop sequence."""
-        if self.eos_id in ids:
-            ids = ids[: ids.index(self.eos_id)]
+        """A continuation's text as the harness's HFLM returns it: up to its end (EOS, or
+        any end a converted model declares: ``Pretrained.end_ids``), without special tokens
+        (T5's sentinels: a span-corruption model starts its answer with ``<extra_id_0>``,
+        which would fail every exact match), cut before a stop sequence."""
+        ends = set(self.pre.end_ids)
+        ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
         text = self.tok.decode(ids, skip_special_tokens=True)
         return postprocess_generated_text(text, until, None)
 

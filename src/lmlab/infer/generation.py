@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import numbers
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -163,7 +163,7 @@ def decode_loop(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
     forced_BF: torch.Tensor | None = None,
     stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -175,8 +175,9 @@ def decode_loop(
     context every step. ``n_vocab`` (the tokenizer's size): only ids below it are picked, where
     the model has more rows than the tokenizer has tokens (``model.vocab_size=50304`` for
     GPT-2's 50257, a converted T5's 32128 for 32100): an id past the tokenizer decodes to
-    nothing, silently. A sequence that produced ``eos_id`` is continued with ``eos_id``; the
-    loop stops early when all have. ``on_token`` receives each step's tokens (B, 1).
+    nothing, silently. A sequence that produced ``eos_id`` (one id, or a list: any of a
+    converted instruct model's ends, ``Pretrained.end_ids``) is continued with it (a list's
+    first); the loop stops early when all have. ``on_token`` receives each step's tokens (B, 1).
 
     Prompts of different lengths share one batch without padding: ``ids_BT`` holds the part
     every prompt has (their first T tokens) and ``forced_BF`` the rest of each, right-padded
@@ -197,6 +198,8 @@ def decode_loop(
     cache = new_cache(ids_BT.shape[0], length) if new_cache else None
     logits_BV = forward(context_BT, cache)[:, -1, :n_vocab]
     done_B = torch.zeros(ids_BT.shape[0], dtype=torch.bool, device=ids_BT.device)
+    ends = [int(eos_id)] if isinstance(eos_id, numbers.Integral) else list(eos_id or ())
+    ends_E = torch.tensor(ends, dtype=ids_BT.dtype, device=ids_BT.device)
     n_forced = 0 if forced_BF is None else forced_BF.shape[1]
     for step in range(max_new_tokens):
         # one host sync per token, as the `done_B.all()` check below (and on_token) make anyway
@@ -208,9 +211,9 @@ def decode_loop(
             force_B1 = forced_BF[:, step : step + 1]
             next_B1 = torch.where(force_B1 >= 0, force_B1, next_B1)
             generated_B = force_B1[:, 0] < 0
-        if eos_id is not None:
-            next_B1 = next_B1.masked_fill(done_B[:, None], eos_id)
-            done_B |= (next_B1[:, 0] == eos_id) & generated_B
+        if ends:
+            next_B1 = next_B1.masked_fill(done_B[:, None], ends[0])
+            done_B |= torch.isin(next_B1[:, 0], ends_E) & generated_B
         ids_BT = torch.cat((ids_BT, next_B1), dim=1)
         if stop is not None:
             done_B |= stop(ids_BT)
@@ -257,16 +260,17 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
     n_vocab: int | None = None,
     stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Continue ``ids_BT`` (B, T) with a GPT model; returns (B, T + new). A prompt longer than
     ``max_seq_len`` keeps its last ``max_seq_len`` tokens (with a warning). ``n_vocab``: the
-    tokenizer's size, past which no id is picked; ``stop``: the rows that are finished
-    (``decode_loop``). Arguments outside what ``check_decoding`` allows are refused first, and
-    so are ids outside the model's vocabulary (another tokenizer's) and a model that is no GPT."""
+    tokenizer's size, past which no id is picked; ``eos_id``: the id, or ids, a row ends at,
+    and ``stop``: the rows that are finished (``decode_loop``). Arguments outside what
+    ``check_decoding`` allows are refused first, and so are ids outside the model's
+    vocabulary (another tokenizer's) and a model that is no GPT."""
     check_infer_task(
         model.cfg.family, "generate", "generate", f"the model given ({type(model).__name__})"
     )

@@ -11,6 +11,7 @@ The tokenizer's side is ``lmlab.infer.hf.tokenizer_io``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,11 +40,12 @@ from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
 from lmlab.infer.hf.tokenizer_io import (
     check_specials,
+    declared_eos,
     hf_tokenizer,
     hf_tokenizer_of,
     transformers_quiet,
 )
-from lmlab.infer.pretrained import check_finite, checkpoint_config, load
+from lmlab.infer.pretrained import EOS_TOKENS, check_finite, checkpoint_config, load
 from lmlab.model import build_model
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,10 @@ def _from_hf(source: str) -> dict[str, Any]:
     }
     if tokenizer is not None:
         ckpt["tokenizer"] = tokenizer.backend_tokenizer.to_str()
-        check_specials(tokenizer)
+        eos_tokens = declared_eos(tokenizer, getattr(hf_model, "generation_config", None), source)
+        if eos_tokens:
+            ckpt[EOS_TOKENS] = eos_tokens
+        check_specials(tokenizer, eos_tokens)
     else:
         log.warning(
             "from_hf=%s %s: generation will need tokenizer=<tokenizer.json>, and init_from a "
@@ -290,6 +295,8 @@ def to_hf(
     transformers = transformers_quiet()
     hf_class = getattr(transformers, arch.hf_class)
     tok, specials = pre.tokenizer, pre.specials
+    if pre.eos_tokens:  # a converted model's declared end of text goes out as it came in
+        specials = dataclasses.replace(specials, eos=pre.eos_tokens[0])
     ids = {
         role: tok.token_to_id(getattr(specials, role))
         for role in ("bos", "eos", "pad")
@@ -314,6 +321,9 @@ def to_hf(
     tmp.mkdir()
     try:
         config.save_pretrained(tmp)
+        if len(pre.eos_tokens) > 1:  # generate() stops at each (Llama 3 Instruct's two)
+            ends = [tok.token_to_id(name) for name in pre.eos_tokens]
+            transformers.GenerationConfig(**(extra | {"eos_token_id": ends})).save_pretrained(tmp)
         say_tied(tmp / "config.json", cfg.tie_embeddings)
         save_torch_state_dict(hf_state, tmp)
         hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1).save_pretrained(tmp)

@@ -83,15 +83,44 @@ def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
     return tok, ""
 
 
-def check_specials(tokenizer: Any) -> None:
+def declared_eos(tokenizer: Any, generation_config: Any, source: str) -> list[str]:
+    """The tokens a Hugging Face model's publisher says end its text, as transformers reads
+    them: the tokenizer's ``eos_token`` first (lm-eval's HFLM ends and prefixes with it), then
+    the ``eos_token_id`` of the model's generation config (generation_config.json, else
+    config.json), at any of which transformers' ``generate`` stops. An instruct model's differ
+    from its base model's: Llama 3 Instruct ends a turn with ``<|eot_id|>`` and lists
+    ``<|end_of_text|>`` too, SmolLM2 Instruct ends with ``<|im_end|>``, names that ``Specials``
+    does not give EOS (its base model's hold them too). ``from_hf`` records them in the
+    checkpoint (``EOS_TOKENS``). An id the tokenizer has no token for is left out, with a
+    warning naming ``source``."""
+    backend = tokenizer.backend_tokenizer
+    names = [tokenizer.eos_token] if getattr(tokenizer, "eos_token", None) else []
+    ids = getattr(generation_config, "eos_token_id", None)
+    for token_id in [ids] if isinstance(ids, int) else list(ids or ()):
+        name = backend.id_to_token(token_id)
+        if name is None:
+            log.warning(
+                "from_hf=%s: its generation config's eos_token_id %s is no token of its "
+                "tokenizer (of %d): generation does not stop at it",
+                source,
+                token_id,
+                backend.get_vocab_size(),
+            )
+        else:
+            names.append(name)
+    return [n for n in dict.fromkeys(names) if backend.token_to_id(n) is not None]
+
+
+def check_specials(tokenizer: Any, eos_tokens: list[str] | None = None) -> None:
     """lmlab finds each role by name among the special tokens (``Specials.of``); warn where that
     differs from what the Hugging Face tokenizer declares, and where a declared token takes no
-    role at all (an EOS named ``<|im_end|>``: the checkpoint then has no EOS, so generation does
-    not stop at it and training's packing is refused). BOS is left out: it counts only where
-    the tokenizer adds it (``Specials.of``)."""
+    role at all (a PAD named ``<|pad|>``: what needs one refuses the checkpoint). EOS is said
+    apart: generation and evaluation end at ``eos_tokens`` (``declared_eos``, which the
+    checkpoint records), while training ends its documents with the EOS found by name. BOS is
+    left out: it counts only where the tokenizer adds it (``Specials.of``)."""
     found = Specials.of(tokenizer.backend_tokenizer)
-    roles = ("eos", "pad", "mask", "cls", "sep", "unk")
-    taken = {getattr(found, role) for role in roles} - {None}
+    roles = ("pad", "mask", "cls", "sep", "unk")
+    taken = {getattr(found, role) for role in ("eos", *roles)} - {None}
     for role in roles:
         declared, ours = getattr(tokenizer, f"{role}_token", None), getattr(found, role)
         if declared and ours not in (declared, None):
@@ -99,15 +128,23 @@ def check_specials(tokenizer: Any) -> None:
         elif declared and ours is None and declared not in taken:
             log.warning(
                 "the tokenizer's %s is %r, a name lmlab does not give that role (it reads %s): "
-                "the checkpoint has no %s token, and what needs one refuses it%s",
+                "the checkpoint has no %s token, and what needs one refuses it",
                 role,
                 declared,
                 ", ".join(ROLE_NAMES[role]),
                 role,
-                " (generation does not stop at it; training cannot pack documents)"
-                if role == "eos"
-                else "",
             )
+    eos_tokens = eos_tokens or []
+    if eos_tokens and eos_tokens != [found.eos]:
+        log.warning(
+            "the model ends its text at %s, as it declares: generation and evaluation stop "
+            "there; training ends documents with %s",
+            " or ".join(repr(n) for n in eos_tokens),
+            f"{found.eos!r} (the EOS lmlab finds by name)"
+            if found.eos
+            else f"an EOS, which this tokenizer lacks by name ({', '.join(ROLE_NAMES['eos'])}), "
+            "so training cannot pack its documents",
+        )
 
 
 def framed(tok: Any, specials: Specials, family: Family | None, segments: bool = False) -> Any:

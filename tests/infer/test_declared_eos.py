@@ -1,0 +1,194 @@
+"""A converted model ends its text where its publisher declares: an instruct model's
+tokenizer names ``<|eot_id|>`` (Llama 3 Instruct, whose generation config lists
+``<|end_of_text|>`` too) or ``<|im_end|>`` (SmolLM2 Instruct) as its EOS, names lmlab does not
+give that role by itself (the base models hold the same tokens). ``from_hf`` records them
+(``eos_tokens``); ``lmlab generate`` stops, and ``lmlab evaluate`` ends and prefixes, as
+transformers' ``generate`` and lm-eval's ``HFLM`` do on the original folder; ``to_hf`` writes
+them back. Tiny models built in-process; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, processors
+
+transformers = pytest.importorskip("transformers")
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+from lmlab.cli.generate import main as generate_main  # noqa: E402
+from lmlab.data.tokenizer import EOS, Specials, train_bpe  # noqa: E402
+from lmlab.errors import ConfigError  # noqa: E402
+from lmlab.infer.evaluate import LmlabLM  # noqa: E402
+from lmlab.infer.harness import TASKS_DIR  # noqa: E402
+from lmlab.infer.hf.convert import from_hf, to_hf  # noqa: E402
+from lmlab.infer.pretrained import EOS_TOKENS, load  # noqa: E402
+
+TEXTS = [
+    json.loads(line)["text"]
+    for line in (TASKS_DIR / "stdlib_perplexity.jsonl").read_text().split("\n")
+    if line
+]
+PROMPT = "def main("
+N_NEW = 24
+# The two instruct tokenizers: (their BOS, added before every text, or None; the declared
+# eos_token; generation_config.json's eos_token_id, by name)
+LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>", "<|eot_id|>"])
+SMOLLM2 = (None, "<|im_end|>", ["<|im_end|>"])
+
+
+def tokenizer(bos: str | None, declared: list[str]) -> Tokenizer:
+    """lmlab's byte-level BPE (its EOS, ``<|endoftext|>``, is the one lmlab finds by name)
+    with an instruct model's specials; ``bos`` before every text where given."""
+    tok = train_bpe(TEXTS, 400)
+    tok.add_special_tokens([*([bos] if bos else []), *declared])
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    return tok
+
+
+def instruct_folder(root: Path, kind: tuple) -> tuple[Path, torch.nn.Module, object]:
+    """A Hugging Face Llama folder whose greedy text from ``PROMPT`` reaches its declared EOS
+    after a few tokens of its own: its head writes text (the rows of special tokens and of
+    bytes that are part of a character are zero), and the declared EOS's row is a scaled copy
+    of the row of the token it would write third."""
+    bos, declared, ends = kind
+    tok = tokenizer(bos, ends)
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=declared, **({"bos_token": bos} if bos else {})
+    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        bos_token_id=tok.token_to_id(bos) if bos else None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = hf_tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        for i in range(tok.get_vocab_size()):  # it writes text: no specials, no bytes alone
+            if not tok.decode([i]) or "\ufffd" in tok.decode([i]):
+                model.lm_head.weight[i] = 0.0
+        third = model.generate(ids, do_sample=False, max_new_tokens=3)[0, -1]
+        model.lm_head.weight[tok.token_to_id(declared)] = 1.5 * model.lm_head.weight[third]
+    model.generation_config.eos_token_id = [tok.token_to_id(n) for n in ends]
+    model.generation_config.bos_token_id = config.bos_token_id
+    folder = root / "hf"
+    model.save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    return folder, model, hf_tok
+
+
+@pytest.mark.parametrize("kind", [LLAMA3, SMOLLM2], ids=["llama3", "smollm2"])
+def test_a_converted_instruct_model_stops_where_transformers_does(
+    kind: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog
+) -> None:
+    """``lmlab generate`` on the conversion writes what transformers' ``generate`` writes on
+    the folder: up to the declared EOS (it went on past it, to ``max_new_tokens``, stopping at
+    lmlab's ``<|endoftext|>`` only). The conversion records the declared ends, tokenizer's
+    first, and says that training ends documents otherwise."""
+    folder, model, hf_tok = instruct_folder(tmp_path, kind)
+    bos, declared, ends = kind
+    with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
+        ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    assert torch.load(ckpt, weights_only=True)[EOS_TOKENS] == list(dict.fromkeys([declared, *ends]))
+    said = f"the model ends its text at {declared!r}"
+    assert said in caplog.text and f"training ends documents with {EOS!r}" in caplog.text
+    ids = hf_tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = model.generate(ids, do_sample=False, max_new_tokens=N_NEW)[0, ids.shape[1] :]
+    new = expected.tolist()
+    assert 1 < len(new) < N_NEW and new[-1] == hf_tok.convert_tokens_to_ids(declared), new
+    generate_main([f"ckpt={ckpt}", f"prompt={PROMPT}", "temperature=0", f"max_new_tokens={N_NEW}"])
+    assert capsys.readouterr().out == PROMPT + hf_tok.decode(new, skip_special_tokens=True) + "\n"
+    pre = load(ckpt)
+    assert pre.end_ids[0] == hf_tok.convert_tokens_to_ids(declared)
+    assert pre.end_ids[-1] == pre.tokenizer.token_to_id(EOS)  # training's document end
+
+
+def requests(kind: str, args: list[tuple]) -> list[Instance]:
+    return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
+
+
+@pytest.mark.parametrize("kind", [LLAMA3, SMOLLM2], ids=["llama3", "smollm2"])
+def test_lmlab_evaluates_a_converted_instruct_model_as_hflm_does(
+    kind: tuple, tmp_path: Path
+) -> None:
+    """``LmlabLM`` on the conversion and lm-eval's ``HFLM`` on the folder end a text with the
+    declared EOS (their ``eot_token_id``), condition an empty context and a rolling text on
+    the same token (SmolLM2's: no BOS, so its EOS) and write the same answers, ended at the
+    declared EOS; with lmlab's ``<|endoftext|>`` the rolling scores and answers differed."""
+    folder, _, _ = instruct_folder(tmp_path, kind)
+    bos = kind[0]
+    ours = LmlabLM(from_hf(str(folder), tmp_path / "m.ckpt"), batch_size=4)
+    theirs = HFLM(
+        pretrained=str(folder),
+        dtype="float32",
+        batch_size=4,
+        device="cpu",
+        add_bos_token=bos is not None,  # the BOS its tokenizer puts before a text
+    )
+    assert ours.eot_token_id == theirs.eot_token_id
+    assert ours.prefix_token_id == theirs.prefix_token_id
+    if bos is None:  # with add_bos_token HFLM scores a rolling text's BOS too (test_hflm)
+        rolled = requests("loglikelihood_rolling", [(t,) for t in TEXTS[:4]])
+        for a, b in zip(
+            ours.loglikelihood_rolling(rolled), theirs.loglikelihood_rolling(rolled), strict=True
+        ):
+            # float32 log-softmax sums of tens of tokens: within 1e-5 of their size (test_hflm)
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-5)
+    until = {"until": ["\n\n"], "do_sample": False, "max_gen_toks": N_NEW}
+    asked = requests("generate_until", [(p, until) for p in (PROMPT, "import os\n", "x = [")])
+    written = ours.generate_until(asked)
+    assert written == theirs.generate_until(asked) and written[0], written
+
+
+def test_to_hf_writes_the_declared_ends_back(tmp_path: Path) -> None:
+    """The export's tokenizer declares the converted model's EOS and its generation config
+    lists every end, so transformers stops the export where it stopped the original; a
+    conversion of the export records the same ends."""
+    folder, model, hf_tok = instruct_folder(tmp_path, LLAMA3)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    out = to_hf(ckpt, tmp_path / "out")
+    again = transformers.AutoTokenizer.from_pretrained(out)
+    assert again.eos_token == "<|eot_id|>"
+    export = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert set(export.generation_config.eos_token_id) == set(model.generation_config.eos_token_id)
+    ids = hf_tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(
+            export.generate(ids, do_sample=False, max_new_tokens=N_NEW),
+            model.generate(ids, do_sample=False, max_new_tokens=N_NEW),
+        )
+    back = from_hf(str(out), tmp_path / "back.ckpt")
+    saved = torch.load(back, weights_only=True)[EOS_TOKENS]
+    assert saved[0] == "<|eot_id|>" and set(saved) == {"<|eot_id|>", "<|end_of_text|>"}
+
+
+def test_a_checkpoints_eos_tokens_must_be_its_tokenizers(tmp_path: Path) -> None:
+    """A checkpoint whose ``eos_tokens`` is no list of names, or names a token its tokenizer
+    lacks, is refused in one line before the model is built."""
+    folder, _, _ = instruct_folder(tmp_path, SMOLLM2)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    for value, said in (
+        ("<|im_end|>", r"its eos_tokens is '<\|im_end\|>'; allowed: a list of token names"),
+        (["<|im_end|>", "<|nope|>"], r"its eos_tokens \['<\|nope\|>'\] are no tokens of its"),
+    ):
+        torch.save(saved | {EOS_TOKENS: value}, tmp_path / "bad.ckpt")
+        with pytest.raises(ConfigError, match=said):
+            load(tmp_path / "bad.ckpt")
+    assert Specials.of(load(ckpt).tokenizer).eos == EOS  # by name, as before
