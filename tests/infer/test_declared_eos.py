@@ -1,10 +1,11 @@
-"""A converted model ends its text where its publisher declares: an instruct model's
-tokenizer names ``<|eot_id|>`` (Llama 3 Instruct, whose generation config lists
-``<|end_of_text|>`` too) or ``<|im_end|>`` (SmolLM2 Instruct) as its EOS, names lmlab does not
-give that role by itself (the base models hold the same tokens). ``from_hf`` records them
-(``eos_tokens``); ``lmlab generate`` stops, and ``lmlab evaluate`` ends and prefixes, as
-transformers' ``generate`` and lm-eval's ``HFLM`` do on the original folder; ``to_hf`` writes
-them back. Tiny models built in-process; nothing is downloaded."""
+"""What a converted model's publisher declares travels with it (``lmlab.infer.declared``):
+where its text ends (an instruct model's tokenizer names ``<|eot_id|>``, Llama 3 Instruct's,
+whose generation config lists ``<|end_of_text|>`` too, or ``<|im_end|>``, SmolLM2 Instruct's:
+names lmlab does not give EOS by itself) and its chat template. ``lmlab generate`` stops, and
+``lmlab evaluate`` ends and prefixes, as transformers' ``generate`` and lm-eval's ``HFLM`` do
+on the original folder; a run started from the conversion keeps the record in its
+checkpoints; ``to_hf`` writes it back. Tiny models built in-process; nothing is
+downloaded."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lmlab.cli.generate import main as generate_main  # noqa: E402
 from lmlab.data.tokenizer import EOS, Specials, train_bpe  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
+from lmlab.infer.declared import DECLARED  # noqa: E402
 from lmlab.infer.evaluate import LmlabLM  # noqa: E402
 from lmlab.infer.harness import TASKS_DIR  # noqa: E402
 from lmlab.infer.hf.convert import from_hf, to_hf  # noqa: E402
-from lmlab.infer.pretrained import EOS_TOKENS, load  # noqa: E402
+from lmlab.infer.pretrained import load  # noqa: E402
 
 TEXTS = [
     json.loads(line)["text"]
@@ -38,6 +40,12 @@ N_NEW = 24
 # The two instruct tokenizers: (their BOS, added before every text, or None; the declared
 # eos_token; generation_config.json's eos_token_id, by name)
 LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>", "<|eot_id|>"])
+# A chat template as an instruct model's tokenizer holds one (Jinja)
+TEMPLATE = (
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+)
+CHAT = [{"role": "user", "content": "hi"}]
 SMOLLM2 = (None, "<|im_end|>", ["<|im_end|>"])
 
 
@@ -63,6 +71,7 @@ def instruct_folder(root: Path, kind: tuple) -> tuple[Path, torch.nn.Module, obj
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=declared, **({"bos_token": bos} if bos else {})
     )
+    hf_tok.chat_template = TEMPLATE
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         hidden_size=32,
@@ -98,13 +107,16 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
 ) -> None:
     """``lmlab generate`` on the conversion writes what transformers' ``generate`` writes on
     the folder: up to the declared EOS (it went on past it, to ``max_new_tokens``, stopping at
-    lmlab's ``<|endoftext|>`` only). The conversion records the declared ends, tokenizer's
-    first, and says that training ends documents otherwise."""
+    lmlab's ``<|endoftext|>`` only). The conversion records the declared ends, the
+    tokenizer's first, and the chat template, and says that training ends documents
+    otherwise."""
     folder, model, hf_tok = instruct_folder(tmp_path, kind)
     bos, declared, ends = kind
     with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
         ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
-    assert torch.load(ckpt, weights_only=True)[EOS_TOKENS] == list(dict.fromkeys([declared, *ends]))
+    eos_tokens = list(dict.fromkeys([declared, *ends]))  # the tokenizer's first
+    record = torch.load(ckpt, weights_only=True)[DECLARED]
+    assert record == {"eos_tokens": eos_tokens, "chat_template": TEMPLATE}
     said = f"the model ends its text at {declared!r}"
     assert said in caplog.text and f"training ends documents with {EOS!r}" in caplog.text
     ids = hf_tok(PROMPT, return_tensors="pt").input_ids
@@ -156,15 +168,19 @@ def test_lmlab_evaluates_a_converted_instruct_model_as_hflm_does(
     assert written == theirs.generate_until(asked) and written[0], written
 
 
-def test_to_hf_writes_the_declared_ends_back(tmp_path: Path) -> None:
-    """The export's tokenizer declares the converted model's EOS and its generation config
-    lists every end, so transformers stops the export where it stopped the original; a
-    conversion of the export records the same ends."""
+def test_to_hf_writes_the_declared_ends_and_chat_template_back(tmp_path: Path) -> None:
+    """The export's tokenizer declares the converted model's EOS and chat template (it lost
+    the template) and its generation config lists every end, so transformers stops the
+    export where it stopped the original and formats a chat as it did; a conversion of the
+    export records the same."""
     folder, model, hf_tok = instruct_folder(tmp_path, LLAMA3)
     ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
     out = to_hf(ckpt, tmp_path / "out")
     again = transformers.AutoTokenizer.from_pretrained(out)
     assert again.eos_token == "<|eot_id|>"
+    assert again.apply_chat_template(CHAT, tokenize=False) == hf_tok.apply_chat_template(
+        CHAT, tokenize=False
+    )
     export = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert set(export.generation_config.eos_token_id) == set(model.generation_config.eos_token_id)
     ids = hf_tok(PROMPT, return_tensors="pt").input_ids
@@ -174,21 +190,48 @@ def test_to_hf_writes_the_declared_ends_back(tmp_path: Path) -> None:
             model.generate(ids, do_sample=False, max_new_tokens=N_NEW),
         )
     back = from_hf(str(out), tmp_path / "back.ckpt")
-    saved = torch.load(back, weights_only=True)[EOS_TOKENS]
-    assert saved[0] == "<|eot_id|>" and set(saved) == {"<|eot_id|>", "<|end_of_text|>"}
+    record = torch.load(back, weights_only=True)[DECLARED]
+    assert record["eos_tokens"][0] == "<|eot_id|>"
+    assert set(record["eos_tokens"]) == {"<|eot_id|>", "<|end_of_text|>"}
+    assert record["chat_template"] == TEMPLATE
 
 
-def test_a_checkpoints_eos_tokens_must_be_its_tokenizers(tmp_path: Path) -> None:
-    """A checkpoint whose ``eos_tokens`` is no list of names, or names a token its tokenizer
-    lacks, is refused in one line before the model is built."""
+@pytest.mark.slow
+def test_a_run_started_from_a_conversion_keeps_what_it_declares(
+    tmp_path: Path, run_command
+) -> None:
+    """``init_from`` a converted instruct model: the run's checkpoints keep its record, as a
+    fine-tuned Hugging Face model keeps its tokenizer and generation config, so the trained
+    model stops at the declared ends too and goes out with them and the chat template (both
+    were dropped: the run's checkpoints carried the tokenizer alone)."""
+    folder, _, hf_tok = instruct_folder(tmp_path, LLAMA3)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    run = tmp_path / "run"
+    args = ["+debug=smoke", "data.seq_len=64", "logger=csv", f"hydra.run.dir={run}"]
+    assert run_command("train", *args, f"init_from={ckpt}", "data.tokenizer=checkpoint") == 0
+    trained = run / "checkpoints" / "last.ckpt"
+    assert torch.load(trained, weights_only=True)[DECLARED] == torch.load(ckpt)[DECLARED]
+    assert load(trained).end_ids[:2] == [hf_tok.convert_tokens_to_ids(n) for n in LLAMA3[2][::-1]]
+    again = transformers.AutoTokenizer.from_pretrained(to_hf(trained, tmp_path / "out"))
+    assert again.eos_token == "<|eot_id|>" and again.chat_template == TEMPLATE
+
+
+def test_a_checkpoints_declared_record_must_fit_its_tokenizer(tmp_path: Path) -> None:
+    """A checkpoint whose declared ends are no list of names, or name a token its tokenizer
+    lacks, or whose chat template is no text, is refused in one line before the model is
+    built."""
     folder, _, _ = instruct_folder(tmp_path, SMOLLM2)
     ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
     saved = torch.load(ckpt, weights_only=True)
-    for value, said in (
-        ("<|im_end|>", r"its eos_tokens is '<\|im_end\|>'; allowed: a list of token names"),
-        (["<|im_end|>", "<|nope|>"], r"its eos_tokens \['<\|nope\|>'\] are no tokens of its"),
+    for record, said in (
+        ({"eos_tokens": "<|im_end|>"}, r"its declared record is .*; allowed: eos_tokens, a list"),
+        (
+            {"eos_tokens": ["<|im_end|>", "<|nope|>"]},
+            r"its declared eos_tokens \['<\|nope\|>'\] are no tokens of its tokenizer",
+        ),
+        ({"chat_template": 3}, "its declared chat_template is int; allowed: a Jinja template"),
     ):
-        torch.save(saved | {EOS_TOKENS: value}, tmp_path / "bad.ckpt")
+        torch.save(saved | {DECLARED: record}, tmp_path / "bad.ckpt")
         with pytest.raises(ConfigError, match=said):
             load(tmp_path / "bad.ckpt")
     assert Specials.of(load(ckpt).tokenizer).eos == EOS  # by name, as before

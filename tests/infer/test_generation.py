@@ -29,6 +29,7 @@ from lmlab.config import (
 from lmlab.data.tokenizer import EOS, encode, train_bpe, train_char
 from lmlab.errors import ConfigError
 from lmlab.infer import fill
+from lmlab.infer.declared import Declared
 from lmlab.infer.fill import fill_mask, infill, parse_spans
 from lmlab.infer.generation import decode_loop, filter_logits, generate
 from lmlab.infer.pretrained import Pretrained, load
@@ -1007,7 +1008,7 @@ def test_a_sample_ends_at_the_models_eos_unless_asked_to_go_on(
         callbacks, "generate", lambda *a, **k: outs.append(sample(*a, **k)) or outs[-1]
     )
     trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=tok), is_global_zero=True)
-    module = SimpleNamespace(model=model, device=torch.device("cpu"))
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), declared=Declared())
     callbacks.Sample("def", max_new_tokens=6, temperature=0.0).sample(trainer, module)
     assert outs[0][0].tolist() == [*encode(tok, "def"), tok.token_to_id(EOS)]
     for family, named in (("t5", "infill"), ("bert", "fill_mask")):
@@ -1036,7 +1037,9 @@ def test_the_end_of_run_sample_ends_where_the_run_is_asked_to_stop(
     trainer = SimpleNamespace(
         datamodule=SimpleNamespace(tokenizer=tok), is_global_zero=True, callbacks=[stop]
     )
-    module = SimpleNamespace(model=model, device=torch.device("cpu"), model_cfg=model.cfg)
+    module = SimpleNamespace(
+        model=model, device=torch.device("cpu"), model_cfg=model.cfg, declared=Declared()
+    )
     sample = callbacks.Sample("def", max_new_tokens=40, temperature=1.0, top_k=None)
     with caplog.at_level(logging.INFO):
         sample.sample(trainer, module)

@@ -11,6 +11,7 @@ from test_rundir import rows, steps, stop_at_4_and_resume
 
 from lmlab.config import resolve_configs
 from lmlab.errors import ConfigError
+from lmlab.infer.declared import Declared
 from lmlab.train.compose import compose_train
 from lmlab.train.run import train
 from smoke import SMOKE
@@ -197,7 +198,9 @@ def test_a_rank_the_harness_gives_no_results_logs_no_failure(
         datamodule=SimpleNamespace(tokenizer=None),
         precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
     )
-    module = SimpleNamespace(model=torch.nn.Linear(1, 1), model_cfg=None, _device_mesh="fsdp")
+    module = SimpleNamespace(
+        model=torch.nn.Linear(1, 1), model_cfg=None, _device_mesh="fsdp", declared=Declared()
+    )
     callback = EvalTasks(tasks=["stdlib_nextline"], every_n_steps=2)
     with caplog.at_level(logging.WARNING):
         callback.evaluate(trainer, module)
@@ -290,7 +293,7 @@ def test_a_stop_asked_during_the_evals_ends_them_between_two_batches(
         datamodule=SimpleNamespace(tokenizer=tok),
         precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
     )
-    module = SimpleNamespace(model=model, model_cfg=cfg)
+    module = SimpleNamespace(model=model, model_cfg=cfg, declared=Declared())
     callback = EvalTasks(tasks=["stdlib_nextline"], limit=8, batch_size=2)
     with caplog.at_level(logging.WARNING):
         callback.evaluate(trainer, module)

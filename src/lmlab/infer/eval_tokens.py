@@ -39,7 +39,7 @@ class TokenizedLM(TemplateLM):
         self.backend = BACKENDS[cfg.family]
         self.max_length = cfg.max_seq_len
         # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD]);
-        # EOS is the one a converted model declares first (``Pretrained.eos_tokens``: an
+        # EOS is the one a converted model declares first (``Declared.eos_tokens``: an
         # instruct model's <|eot_id|>), as HFLM takes the tokenizer's ``eos_token``
         specials = Specials.of(tokenizer)
         self.eos = eos_tokens[0] if eos_tokens else specials.eos

@@ -102,7 +102,7 @@ class LmlabLM(TokenizedLM):
         if not str(size).isdigit() or int(size) < 1:
             raise ConfigError(f"batch_size={batch_size!r}: allowed an integer >= 1 (not auto)")
         # the text side: TokenizedLM
-        super().__init__(pretrained.tokenizer, pretrained.cfg, pretrained.eos_tokens)
+        super().__init__(pretrained.tokenizer, pretrained.cfg, pretrained.declared.eos_tokens)
         self.pre, self.model = pretrained, pretrained.model
         self.batch_size = int(size)
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress

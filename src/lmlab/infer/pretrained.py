@@ -20,16 +20,14 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.config import Family, ModelConfig
-from lmlab.data.tokenizer import Specials, document_end_id, prompt_ids
+from lmlab.data.tokenizer import Specials, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
+from lmlab.infer.declared import Declared
 from lmlab.infer.digest import model_digest
 from lmlab.infer.hf.tokenizer_io import same_tokenizer
 
 NOT_LMLAB = "not an lmlab checkpoint (no model_config/state_dict)"
-# A converted model's declared ends of text (``lmlab.infer.hf.tokenizer_io.declared_eos``):
-# token names, the tokenizer's EOS first; where generation and evaluation stop
-EOS_TOKENS = "eos_tokens"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_forward_module.")
 
@@ -43,7 +41,7 @@ class Pretrained:
     global_step: int | None = None  # the training step the checkpoint was saved at
     digest: str | None = None  # ``model_digest`` of the checkpoint (None: a model in memory)
     task: str = "lm"  # the task it was trained on (``TaskKind``'s value): seq2seq answers texts
-    eos_tokens: tuple[str, ...] = ()  # the ends of text a converted model declares (EOS_TOKENS)
+    declared: Declared = Declared()  # what a converted model's publisher declares
 
     @property
     def family(self) -> Family:
@@ -68,12 +66,9 @@ class Pretrained:
     @property
     def end_ids(self) -> list[int]:
         """The tokens that end a text, where generation stops: those a converted model
-        declares (``eos_tokens``: an instruct model's ``<|eot_id|>`` or ``<|im_end|>``, its
-        tokenizer's EOS first), then the one training ends every document with
-        (``Specials.document_end``). Empty where the tokenizer has none."""
-        ids = [self.tokenizer.token_to_id(name) for name in self.eos_tokens]
-        ends = dict.fromkeys([*ids, document_end_id(self.tokenizer)])
-        return [i for i in ends if i is not None]
+        declares (an instruct model's ``<|eot_id|>`` or ``<|im_end|>``, its tokenizer's EOS
+        first), then the one training ends every document with (``Declared.end_ids``)."""
+        return self.declared.end_ids(self.tokenizer)
 
     def prompt_ids(self, text: str) -> list[int]:
         """A GPT's input for the prompt ``text``, framed as training frames a document: BOS
@@ -339,7 +334,7 @@ def load(
             "folder without one): pass tokenizer=<a tokenizer.json, such as the run's data "
             "cache's>"
         )
-    ends = carried_eos(ckpt, tok, f"{key}={path}")
+    declared = Declared.of(ckpt, tok, f"{key}={path}")
     from lmlab.model import build_model  # 2 s of imports (torch._dynamo): after the checks
 
     model = build_model(cfg)
@@ -359,19 +354,4 @@ def load(
         )
     digest = model_digest(cfg, state, tok, ckpt["model_config"])
     task = ckpt.get("task", {}).get("kind", "lm")
-    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest, task, ends)
-
-
-def carried_eos(ckpt: dict, tok: Tokenizer, where: str) -> tuple[str, ...]:
-    """The ends of text a checkpoint declares (``EOS_TOKENS``; none: an lmlab-trained one),
-    each a token of ``tok``; a ConfigError naming ``where`` for anything else."""
-    names = ckpt.get(EOS_TOKENS, [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{where}: its {EOS_TOKENS} is {names!r}; allowed: a list of token names")
-    unknown = [n for n in names if tok.token_to_id(n) is None]
-    if unknown:
-        raise ConfigError(
-            f"{where}: its {EOS_TOKENS} {unknown} are no tokens of its tokenizer; allowed: "
-            "tokens of the tokenizer it carries"
-        )
-    return tuple(names)
+    return Pretrained(model, tok, cfg, path, ckpt.get("global_step"), digest, task, declared)

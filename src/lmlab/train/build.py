@@ -228,6 +228,8 @@ def build_task(
     )
     task.plan_record = plan.resume_record()  # its checkpoints keep the global batch and data
     init = checked.init
+    if init is not None:
+        task.declared = init.declared  # a resume's from the run's own checkpoint
     if init is not None and from_weights:
         dropped, fresh = load_weights(task.model, init, spec.kind)
         step = init.record.get("init_source", {}).get("global_step")

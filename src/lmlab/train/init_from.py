@@ -53,7 +53,8 @@ from lmlab.infer.checkpoint import (
     no_checkpoint,
     read_checkpoint,
 )
-from lmlab.infer.pretrained import check_finite, model_state
+from lmlab.infer.declared import DECLARED, Declared
+from lmlab.infer.pretrained import check_finite, model_state, stored_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class InitFrom:
     # plan.json's record of the source: ``init_from`` as typed when the run started and
     # ``init_source`` (``loaded_source``); a resume's is the run's own record
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    declared: Declared = Declared()  # what a converted model declares: kept by the run
 
     @property
     def file(self) -> Path:
@@ -200,7 +202,13 @@ def resolve_init_from(
             f"{', '.join('model.' + f for f in free_names)} may be set"
         )
     record = resumed[1] if resumed else {"init_source": loaded_source(path, ckpt)}
-    return InitFrom(path, model_cfg, ckpt["tokenizer"], {"init_from": str(path), **record})
+    declared = Declared()  # what a converted model declares, checked against its tokenizer
+    if DECLARED in ckpt:
+        tok = stored_tokenizer(ckpt["tokenizer"], f"init_from={path}")
+        declared = Declared.of(ckpt, tok, f"init_from={path}")
+    return InitFrom(
+        path, model_cfg, ckpt["tokenizer"], {"init_from": str(path), **record}, declared
+    )
 
 
 def resumed_from(cfg: DictConfig, path: str) -> tuple[Path, dict[str, Any]] | None:

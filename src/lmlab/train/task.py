@@ -19,6 +19,7 @@ from lmlab.config import (
     TaskSpec,
     compile_mode,
 )
+from lmlab.infer.declared import Declared
 from lmlab.model import build_task_model
 from lmlab.model.loss import IGNORE, logits_loss
 from lmlab.model.moe import moe_layers
@@ -97,6 +98,8 @@ class LMTask(RunState, L.LightningModule):
         # run's examples: ``RunPlan.resume_record``, set by lmlab.train.run), kept in
         # checkpoints: a resume whose plan.json was lost still checks its data against them
         self.plan_record: dict[str, Any] = {"batch": None}
+        # what the converted model it started from declares (init_from): its checkpoints keep it
+        self.declared = Declared()
         # Bits per byte converts a next-token loss over the whole stream; an MLM or span loss
         # covers only the corrupted tokens, so it is not logged for BERT and T5.
         self.bytes_per_token = bytes_per_token if model_cfg.family == Family.gpt else None

@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmlab.config import TaskKind, model_config_dict
+from lmlab.infer.declared import DECLARED
 
 # The training losses a step logs, in the order of ``objective``'s parts, and the key of each
 # in results.json and a checkpoint's ``run_state``: the LM loss, and a Mixture of Experts'
@@ -24,7 +25,7 @@ TRAIN_LOSSES = {f"train/{name}": f"train_{name}" for name in ("loss", "aux_loss"
 class RunState:
     """``LMTask``'s checkpoint hooks; the attributes they read (``model_cfg``, ``task``,
     ``best_val_loss``, ``logged_loss``, ``sdpa_kernels``, ``cross_entropy``,
-    ``plan_record``) are ``LMTask``'s."""
+    ``plan_record``, ``declared``) are ``LMTask``'s."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain types only, so checkpoints load with torch.load(weights_only=True)
@@ -35,6 +36,8 @@ class RunState:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if getattr(datamodule, "tokenizer", None) is not None:
             checkpoint["tokenizer"] = datamodule.tokenizer.to_str()
+        if self.declared.record():  # a converted model's, kept as its tokenizer is
+            checkpoint[DECLARED] = self.declared.record()
         checkpoint["run_state"] = self.run_state()
 
     def run_state(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.errors import ConfigError, first_line
 from lmlab.files import HF_CONFIG
 from lmlab.infer.checkpoint import save_new
+from lmlab.infer.declared import DECLARED, Declared
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
 from lmlab.infer.hf.mapping import to_hf as state_to_hf
 from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
@@ -45,7 +46,7 @@ from lmlab.infer.hf.tokenizer_io import (
     hf_tokenizer_of,
     transformers_quiet,
 )
-from lmlab.infer.pretrained import EOS_TOKENS, check_finite, checkpoint_config, load
+from lmlab.infer.pretrained import check_finite, checkpoint_config, load
 from lmlab.model import build_model
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,9 @@ def _from_hf(source: str) -> dict[str, Any]:
     if tokenizer is not None:
         ckpt["tokenizer"] = tokenizer.backend_tokenizer.to_str()
         eos_tokens = declared_eos(tokenizer, getattr(hf_model, "generation_config", None), source)
-        if eos_tokens:
-            ckpt[EOS_TOKENS] = eos_tokens
+        declared = Declared(tuple(eos_tokens), getattr(tokenizer, "chat_template", None))
+        if declared.record():
+            ckpt[DECLARED] = declared.record()
         check_specials(tokenizer, eos_tokens)
     else:
         log.warning(
@@ -294,9 +296,9 @@ def to_hf(
         )
     transformers = transformers_quiet()
     hf_class = getattr(transformers, arch.hf_class)
-    tok, specials = pre.tokenizer, pre.specials
-    if pre.eos_tokens:  # a converted model's declared end of text goes out as it came in
-        specials = dataclasses.replace(specials, eos=pre.eos_tokens[0])
+    tok, specials, declared = pre.tokenizer, pre.specials, pre.declared
+    if declared.eos_tokens:  # a converted model's declared end of text goes out as it came in
+        specials = dataclasses.replace(specials, eos=declared.eos_tokens[0])
     ids = {
         role: tok.token_to_id(getattr(specials, role))
         for role in ("bos", "eos", "pad")
@@ -321,12 +323,14 @@ def to_hf(
     tmp.mkdir()
     try:
         config.save_pretrained(tmp)
-        if len(pre.eos_tokens) > 1:  # generate() stops at each (Llama 3 Instruct's two)
-            ends = [tok.token_to_id(name) for name in pre.eos_tokens]
+        if len(declared.eos_tokens) > 1:  # generate() stops at each (Llama 3 Instruct's two)
+            ends = [tok.token_to_id(name) for name in declared.eos_tokens]
             transformers.GenerationConfig(**(extra | {"eos_token_id": ends})).save_pretrained(tmp)
         say_tied(tmp / "config.json", cfg.tie_embeddings)
         save_torch_state_dict(hf_state, tmp)
-        hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1).save_pretrained(tmp)
+        hf_tok = hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1)
+        hf_tok.chat_template = declared.chat_template  # as it came in (chat_template.jinja)
+        hf_tok.save_pretrained(tmp)
         as_umask_allows(tmp)
         publish(tmp, out)  # over an empty folder, not over another conversion's
     finally:

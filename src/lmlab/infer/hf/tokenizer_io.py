@@ -91,7 +91,7 @@ def declared_eos(tokenizer: Any, generation_config: Any, source: str) -> list[st
     from its base model's: Llama 3 Instruct ends a turn with ``<|eot_id|>`` and lists
     ``<|end_of_text|>`` too, SmolLM2 Instruct ends with ``<|im_end|>``, names that ``Specials``
     does not give EOS (its base model's hold them too). ``from_hf`` records them in the
-    checkpoint (``EOS_TOKENS``). An id the tokenizer has no token for is left out, with a
+    checkpoint (``lmlab.infer.declared``). An id the tokenizer has no token for is left out, with a
     warning naming ``source``."""
     backend = tokenizer.backend_tokenizer
     names = [tokenizer.eos_token] if getattr(tokenizer, "eos_token", None) else []

@@ -204,6 +204,7 @@ class EvalTasks(L.Callback):
             pl_module.model_cfg,
             Path(trainer.default_root_dir),
             trainer.global_step,
+            declared=pl_module.declared,
         )
         was_training = model.training
         model.eval()

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from lmlab.config import Family, check_sampling
-from lmlab.data.tokenizer import document_end_id, prompt_ids
+from lmlab.data.tokenizer import prompt_ids
 from lmlab.errors import ConfigError
 from lmlab.infer.generation import generate
 from lmlab.train.callbacks.extras import eager, finishing, forward_here, optional, stop_check
@@ -66,7 +66,7 @@ class Sample(L.Callback):
             self.temperature,
             self.top_k,
             generator=gen,
-            eos_id=document_end_id(tok),  # a sample ends with its document, as generate.py's
+            eos_id=pl_module.declared.end_ids(tok),  # as generate.py ends the checkpoint's
             n_vocab=tok.get_vocab_size(),  # model.vocab_size may pad past the tokenizer
             stop=lambda ids_BT: torch.full_like(ids_BT[:, 0], asked(), dtype=torch.bool),
         )
