@@ -131,6 +131,20 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
     assert pre.end_ids[-1] == pre.tokenizer.token_to_id(EOS)  # training's document end
 
 
+def both_models(root: Path, kind: tuple) -> tuple[LmlabLM, HFLM]:
+    """``LmlabLM`` on the conversion of an instruct folder, and ``HFLM`` on the folder."""
+    folder, _, _ = instruct_folder(root, kind)
+    ours = LmlabLM(from_hf(str(folder), root / "m.ckpt"), batch_size=4)
+    theirs = HFLM(
+        pretrained=str(folder),
+        dtype="float32",
+        batch_size=4,
+        device="cpu",
+        add_bos_token=kind[0] is not None,  # the BOS its tokenizer puts before a text
+    )
+    return ours, theirs
+
+
 def requests(kind: str, args: list[tuple]) -> list[Instance]:
     return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
 
@@ -143,16 +157,8 @@ def test_lmlab_evaluates_a_converted_instruct_model_as_hflm_does(
     declared EOS (their ``eot_token_id``), condition an empty context and a rolling text on
     the same token (SmolLM2's: no BOS, so its EOS) and write the same answers, ended at the
     declared EOS; with lmlab's ``<|endoftext|>`` the rolling scores and answers differed."""
-    folder, _, _ = instruct_folder(tmp_path, kind)
+    ours, theirs = both_models(tmp_path, kind)
     bos = kind[0]
-    ours = LmlabLM(from_hf(str(folder), tmp_path / "m.ckpt"), batch_size=4)
-    theirs = HFLM(
-        pretrained=str(folder),
-        dtype="float32",
-        batch_size=4,
-        device="cpu",
-        add_bos_token=bos is not None,  # the BOS its tokenizer puts before a text
-    )
     assert ours.eot_token_id == theirs.eot_token_id
     assert ours.prefix_token_id == theirs.prefix_token_id
     if bos is None:  # with add_bos_token HFLM scores a rolling text's BOS too (test_hflm)
@@ -235,3 +241,82 @@ def test_a_checkpoints_declared_record_must_fit_its_tokenizer(tmp_path: Path) ->
         with pytest.raises(ConfigError, match=said):
             load(tmp_path / "bad.ckpt")
     assert Specials.of(load(ckpt).tokenizer).eos == EOS  # by name, as before
+
+
+def chat_responses(lm: object, **chat: object) -> dict[str, list]:
+    """Each task's prompts and responses by document, lm-eval formatting every request in
+    the model's chat template."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(
+        model=lm,
+        tasks=["stdlib_cloze", "stdlib_nextline"],
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+        limit=6,
+        num_fewshot=2,
+        bootstrap_iters=0,
+        log_samples=True,
+        apply_chat_template=True,
+        **chat,
+    )
+    return {
+        task: [
+            (s["arguments"], [r[0] for r in s["resps"]])
+            for s in sorted(samples, key=lambda s: s["doc_id"])
+        ]
+        for task, samples in out["samples"].items()
+    }
+
+
+@pytest.mark.parametrize("kind", [LLAMA3, SMOLLM2], ids=["llama3", "smollm2"])
+def test_an_instruct_model_is_evaluated_in_its_chat_template_as_hflm_does(
+    kind: tuple, tmp_path: Path
+) -> None:
+    """lm-eval's ``apply_chat_template`` (few-shot examples as turns, a system turn): lmlab
+    renders every request in the declared template as HFLM renders it on the original
+    folder, and scores it alike (lm-eval refused lmlab's model: "please implement the
+    'apply_chat_template' method")."""
+    ours, theirs = both_models(tmp_path, kind)
+    chat = {"system_instruction": "Finish the code.", "fewshot_as_multiturn": True}
+    a, b = chat_responses(ours, **chat), chat_responses(theirs, **chat)
+    assert set(a) == set(b) == {"stdlib_cloze", "stdlib_nextline"}
+    for task in a:
+        for doc, ((asked, got), (asked_b, got_b)) in enumerate(zip(a[task], b[task], strict=True)):
+            assert asked == asked_b, (task, doc)  # the same rendered contexts
+            context = asked[0][0]  # each choice's request has the same
+            assert context.startswith("<|start_header_id|>system<|end_header_id|>\n\nFinish")
+            assert context.count("<|start_header_id|>user<|end_header_id|>") == 3  # 2 shots
+            for (x, g), (y, h) in zip(got, got_b, strict=True):
+                assert g == h and x == pytest.approx(y, rel=1e-5, abs=1e-5), (task, doc)
+
+
+def test_evaluate_applies_the_chat_template_and_records_it(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lmlab evaluate apply_chat_template=true`` formats every request in the declared
+    template and its record says so; a checkpoint that declares none is refused before its
+    weights are read, and a system turn without the template in one line."""
+    folder, _, _ = instruct_folder(tmp_path, SMOLLM2)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    args = [f"ckpt={ckpt}", "tasks=stdlib_cloze", "limit=4", "bootstrap_iters=0", "wandb=false"]
+    out = tmp_path / "chat.json"
+    chat = ["apply_chat_template=true", "system_instruction=Finish the code."]
+    assert run_command("evaluate", *args, *chat, f"out={out}") == 0
+    settings = json.loads(out.read_text())["tasks"]["stdlib_cloze"]["lm_eval"]
+    assert settings["apply_chat_template"] is True
+    assert settings["system_instruction"] == "Finish the code."
+    plain = tmp_path / "plain.json"
+    assert run_command("evaluate", *args, f"out={plain}") == 0
+    assert (
+        json.loads(plain.read_text())["tasks"]["stdlib_cloze"]["lm_eval"]["apply_chat_template"]
+        is False
+    )
+    capsys.readouterr()
+    saved = torch.load(ckpt, weights_only=True)
+    torch.save(saved | {DECLARED: {"eos_tokens": ["<|im_end|>"]}}, tmp_path / "none.ckpt")
+    none = [f"ckpt={tmp_path / 'none.ckpt'}", *args[1:], "apply_chat_template=true"]
+    assert run_command("evaluate", *none) == 2
+    assert "none.ckpt declares no chat template" in capsys.readouterr().err
+    assert run_command("evaluate", *args, "system_instruction=Be brief.") == 2
+    assert "allowed with apply_chat_template=true" in capsys.readouterr().err

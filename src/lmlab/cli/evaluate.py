@@ -4,6 +4,7 @@
     python src/evaluate.py ckpt=<file> tasks=stdlib_nextline,stdlib_cloze limit=100
     python src/evaluate.py ckpt=<file> tasks=hellaswag,lambada_openai       # online: hub tasks
     python src/evaluate.py ckpt=<file> include_path=my_tasks tasks=my_task  # your own tasks
+    python src/evaluate.py ckpt=<instruct model> apply_chat_template=true   # in its template
 
 With no ``tasks=``, the offline tasks shipped with lmlab run (``stdlib_nextline``,
 ``stdlib_cloze``, ``stdlib_perplexity``); ``include_path=`` adds a folder of your own lm-eval
@@ -45,6 +46,11 @@ class EvaluateConfig:
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
     out: str | None = None  # default: <run dir>/eval/step<N>.json
     wandb: bool = True  # log to the checkpoint's W&B run, when its run directory has one
+    # an instruct model's requests in its chat template (a converted model's, or a run's
+    # started from one), as lm-eval's --apply_chat_template: few-shot examples as turns
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = True
+    system_instruction: str | None = None  # the chat's system turn
 
     def __post_init__(self) -> None:
         """Every value is checked here, before tasks or checkpoint are read."""
@@ -57,6 +63,11 @@ class EvaluateConfig:
             raise ConfigError(f"num_fewshot={self.num_fewshot} must be >= 0 (or null)")
         if self.bootstrap_iters < 0:
             raise ConfigError(f"bootstrap_iters={self.bootstrap_iters} must be >= 0")
+        if self.system_instruction is not None and not self.apply_chat_template:
+            raise ConfigError(
+                f"system_instruction={self.system_instruction!r} is the chat's system turn; "
+                "allowed with apply_chat_template=true"
+            )
 
 
 def main(argv: list[str]) -> int | None:
@@ -76,6 +87,10 @@ def main(argv: list[str]) -> int | None:
     trained_on = trained_data(Path(cfg.ckpt))
     for line in harness.trained_items(names, trained_on) if trained_on else ():
         logging.getLogger(__name__).warning("%s", line)
+    chat = None
+    if cfg.apply_chat_template:  # the checkpoint declares a template: before its weights
+        chat = harness.ChatFormat(True, cfg.fewshot_as_multiturn, cfg.system_instruction)
+        declared_template(Path(cfg.ckpt))
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     # before any task runs: a generating task's refusal came after the others had run
     harness.check_generation(names, pre.cfg, cfg.max_gen_toks, "max_gen_toks", folders)
@@ -94,7 +109,14 @@ def main(argv: list[str]) -> int | None:
         ) from None
     lm = LmlabLM(pre, cfg.batch_size, max_gen_toks=cfg.max_gen_toks, progress=True)
     results = harness.run_tasks(
-        lm, names, cfg.limit, cfg.num_fewshot, cfg.bootstrap_iters, progress=True, folders=folders
+        lm,
+        names,
+        cfg.limit,
+        cfg.num_fewshot,
+        cfg.bootstrap_iters,
+        progress=True,
+        folders=folders,
+        chat=chat,
     )
     print(eval_records.table(results))
     # not as typed: the record is read from anywhere, also once the folder the command ran
@@ -107,6 +129,17 @@ def main(argv: list[str]) -> int | None:
         wandb_run = log_to_wandb(run_dir, record["metrics"], pre.global_step)
         if wandb_run:
             print(f"logged to W&B run {wandb_run}")
+
+
+def declared_template(ckpt: Path) -> None:
+    """``apply_chat_template=true`` of a checkpoint that declares no chat template (one lmlab
+    trained from scratch) is refused from its metadata, before its weights are read."""
+    from lmlab.infer.checkpoint import read_checkpoint
+    from lmlab.infer.declared import DECLARED, Declared
+
+    record = read_checkpoint(ckpt).get(DECLARED)
+    template = record.get("chat_template") if isinstance(record, dict) else None
+    Declared(chat_template=template).chat(True, f"ckpt={ckpt}")
 
 
 def trained_data(ckpt: Path) -> DataConfig | None:

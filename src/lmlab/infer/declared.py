@@ -7,12 +7,13 @@ fine-tuned model; generation, evaluation and ``to_hf`` read it."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from lmlab.data.tokenizer import document_end_id
+from lmlab.data.tokenizer import Specials, document_end_id
 from lmlab.errors import ConfigError
 
 DECLARED = "declared"  # the checkpoint's key
@@ -61,6 +62,35 @@ class Declared:
         if self.chat_template is not None:
             out["chat_template"] = self.chat_template
         return out
+
+    def chat(self, asked: bool | str, where: str) -> str:
+        """The chat template lm-eval formats requests with (``apply_chat_template``), chosen
+        as lm-eval's HFLM chooses: the one template; of templates by name, the one ``asked``
+        names (``True``: ``default``). A ConfigError naming ``where`` where none is declared
+        or the name is not one of them."""
+        template = self.chat_template
+        if template is None:
+            raise ConfigError(
+                f"{where} declares no chat template (a model converted from a Hugging Face "
+                "folder whose tokenizer has one does, and the runs started from it); allowed: "
+                "apply_chat_template=false"
+            )
+        if isinstance(template, str):
+            return template
+        name = "default" if asked is True else str(asked)
+        if name not in template:
+            raise ConfigError(
+                f"{where} declares chat templates {sorted(template)}, none named {name!r}; "
+                f"allowed: {', '.join(sorted(template))}"
+            )
+        return template[name]
+
+    def specials(self, tok: Tokenizer) -> Specials:
+        """``tok``'s special tokens by role (``Specials.of``), EOS the declared one where the
+        model declares its ends: the tokenizer a converted model goes out with, and renders
+        its chat template with, names the EOS it came in with."""
+        found = Specials.of(tok)
+        return dataclasses.replace(found, eos=self.eos_tokens[0]) if self.eos_tokens else found
 
     def end_ids(self, tok: Tokenizer) -> list[int]:
         """The ids that end a text, where generation stops: the declared ends, then the token

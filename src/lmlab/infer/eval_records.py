@@ -21,7 +21,7 @@ from lmlab.config.local_paths import source_name
 from lmlab.config.locks import lock_current
 from lmlab.errors import ConfigError
 from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
-from lmlab.infer.harness import flat_metrics
+from lmlab.infer.harness import CHAT_SETTINGS, flat_metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 # The settings of an evaluation that a task's numbers depend on; each task's entry in a record
 # holds those it was run with (a record merges runs of other settings). ``run_tasks`` passes
 # the model's batch size to the harness, and ``LmlabLM.get_model_info`` its dtype and
-# ``max_gen_toks`` (a generating task's answers end there where the task sets no length).
-RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size", "dtype", "max_gen_toks")
+# ``max_gen_toks`` (a generating task's answers end there where the task sets no length);
+# ``run_tasks`` adds whether each request was formatted in the chat template, and how.
+RUN_SETTINGS = ("limit", "bootstrap_iters", "batch_size", "dtype", "max_gen_toks", *CHAT_SETTINGS)
 
 
 def eval_record(

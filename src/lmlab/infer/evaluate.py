@@ -109,6 +109,9 @@ class LmlabLM(TokenizedLM):
         self.length_option = length_option  # the setting max_gen_toks came from, for errors
         # asked before each batch (a training run's stop): EvalStopped ends the evaluation
         self.should_stop = should_stop or (lambda: False)
+        # under apply_chat_template: the declared template and the tokenizer that renders it
+        self.chat: str | None = None
+        self.hf_tokenizer: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +131,44 @@ class LmlabLM(TokenizedLM):
             "checkpoint": str(self.pre.path),
             "global_step": self.pre.global_step,
         }
+
+    # ---------------------------------------------------------------- chat
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The template lm-eval's ``apply_chat_template`` formats each request with: the one
+        the checkpoint declares (``Declared.chat``: a converted instruct model's, kept by the
+        runs started from it), which ``apply_chat_template`` below renders; None where not
+        asked."""
+        if chat_template is False or chat_template is None:
+            return None
+        self.chat = self.pre.declared.chat(chat_template, f"ckpt={self.pre.path}")
+        return self.chat
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """A chat as text in the declared template, rendered as HFLM renders it: by
+        transformers' ``apply_chat_template`` of the checkpoint's tokenizer (its BOS and
+        declared EOS are the template's ``bos_token`` and ``eos_token``), a last assistant
+        message continued where no generation prompt is asked, and without the system
+        message where the template refuses that role."""
+        import jinja2
+
+        from lmlab.infer.hf.tokenizer_io import hf_tokenizer_of
+
+        if self.hf_tokenizer is None:
+            self.hf_tokenizer = hf_tokenizer_of(self.tok, self.pre.specials, self.pre.family)
+        asked = {
+            "tokenize": False,
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": not add_generation_prompt,
+            "chat_template": self.chat or self.chat_template(True),
+        }
+        try:
+            return self.hf_tokenizer.apply_chat_template(chat_history, **asked)
+        except jinja2.exceptions.TemplateError:
+            kept = [m for m in chat_history if m["role"] != "system"]
+            return self.hf_tokenizer.apply_chat_template(kept, **asked)
 
     # ---------------------------------------------------------------- scoring
 

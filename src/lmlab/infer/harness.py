@@ -24,6 +24,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -354,6 +355,34 @@ def kept_random_state() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+# What an evaluation in a chat template records beside lm-eval's own settings
+CHAT_SETTINGS = ("apply_chat_template", "fewshot_as_multiturn", "system_instruction")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """lm-eval's chat formatting of every request (``lmlab evaluate apply_chat_template=
+    true``), for an instruct model: each context rendered in the model's chat template
+    (``LmlabLM.apply_chat_template``) as a user turn followed by the assistant's prompt, the
+    few-shot examples as turns of their own (``fewshot_as_multiturn``) and
+    ``system_instruction`` as the system turn, as lm-eval's CLI does for HFLM."""
+
+    template: bool | str = True  # True: the template (or "default"); a name among several
+    fewshot_as_multiturn: bool = True  # lm-eval's default
+    system_instruction: str | None = None
+
+    def harness_args(self) -> dict[str, Any]:
+        return {
+            "apply_chat_template": self.template,
+            "fewshot_as_multiturn": bool(self.template) and self.fewshot_as_multiturn,
+            "system_instruction": self.system_instruction,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """``CHAT_SETTINGS``, as an eval record holds them."""
+        return dict(zip(CHAT_SETTINGS, self.harness_args().values(), strict=True))
+
+
 def run_tasks(
     lm: Any,
     names: Sequence[str],
@@ -362,10 +391,13 @@ def run_tasks(
     bootstrap_iters: int = 1000,
     progress: bool = False,
     folders: tuple[str, ...] = (),
+    chat: ChatFormat | None = None,
 ) -> dict[str, Any]:
     """lm-eval's ``simple_evaluate`` of ``lm`` on ``names`` (checked by ``check_tasks``), with
     its fixed seeds: the same model gives the same results. The global random state is as
-    before. Returns the harness's results dict (no per-item samples)."""
+    before. ``chat``: each request formatted in the model's chat template. Returns the
+    harness's results dict (no per-item samples), its ``config`` holding ``chat``'s settings
+    (``CHAT_SETTINGS``), which lm-eval's leaves out."""
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
 
@@ -379,7 +411,7 @@ def run_tasks(
     offline = offline_hub(hub and not hub_reachable())
     with offline, quiet_harness(progress), kept_random_state(), no_env_info, no_git:
         try:
-            return simple_evaluate(
+            results = simple_evaluate(
                 model=lm,
                 tasks=list(names),
                 task_manager=task_manager(hub, folders),
@@ -388,6 +420,7 @@ def run_tasks(
                 bootstrap_iters=bootstrap_iters,
                 batch_size=getattr(lm, "batch_size", None),  # recorded only: lm is built
                 log_samples=False,
+                **(chat := chat or ChatFormat(template=False)).harness_args(),
             )
         except ValueError as err:  # the few-shot sampler's, for a pool smaller than asked
             if num_fewshot and "Sample larger than population" in str(err):
@@ -396,6 +429,9 @@ def run_tasks(
                     "few-shot examples than that"
                 ) from None
             raise
+    if results is not None:  # None on a rank lm-eval gives no results
+        results.setdefault("config", {}).update(chat.settings())
+    return results
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:

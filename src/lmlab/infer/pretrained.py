@@ -49,7 +49,9 @@ class Pretrained:
 
     @property
     def specials(self) -> Specials:
-        return Specials.of(self.tokenizer)
+        """The tokenizer's special tokens by role, EOS as a converted model declares it
+        (``Declared.specials``)."""
+        return self.declared.specials(self.tokenizer)
 
     @property
     def device(self) -> torch.device:

@@ -11,7 +11,6 @@ The tokenizer's side is ``lmlab.infer.hf.tokenizer_io``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -296,9 +295,8 @@ def to_hf(
         )
     transformers = transformers_quiet()
     hf_class = getattr(transformers, arch.hf_class)
+    # a converted model's declared end of text goes out as it came in (``pre.specials``)
     tok, specials, declared = pre.tokenizer, pre.specials, pre.declared
-    if declared.eos_tokens:  # a converted model's declared end of text goes out as it came in
-        specials = dataclasses.replace(specials, eos=declared.eos_tokens[0])
     ids = {
         role: tok.token_to_id(getattr(specials, role))
         for role in ("bos", "eos", "pad")
