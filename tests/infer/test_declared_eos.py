@@ -44,6 +44,7 @@ LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>", "<|eot_id|>"])
 TEMPLATE = (
     "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 CHAT = [{"role": "user", "content": "hi"}]
 SMOLLM2 = (None, "<|im_end|>", ["<|im_end|>"])
@@ -320,3 +321,30 @@ def test_evaluate_applies_the_chat_template_and_records_it(
     assert "none.ckpt declares no chat template" in capsys.readouterr().err
     assert run_command("evaluate", *args, "system_instruction=Be brief.") == 2
     assert "allowed with apply_chat_template=true" in capsys.readouterr().err
+
+
+def test_generate_chats_with_an_instruct_model_as_transformers_does(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lmlab generate chat=true``: the prompt as a user's turn in the declared template,
+    the assistant's turn opened, the answer to the declared end of turn: transformers'
+    ``generate`` of ``apply_chat_template`` on the original folder writes the same. Refused
+    before the weights for a checkpoint that declares no template."""
+    folder, model, hf_tok = instruct_folder(tmp_path, LLAMA3)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    ids = hf_tok.apply_chat_template(
+        CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    with torch.no_grad():
+        new = model.generate(ids, do_sample=False, max_new_tokens=N_NEW)[0, ids.shape[1] :]
+    assert new[-1] == hf_tok.convert_tokens_to_ids("<|eot_id|>") and len(new) < N_NEW
+    args = [f"ckpt={ckpt}", "prompt=hi", "temperature=0", f"max_new_tokens={N_NEW}"]
+    capsys.readouterr()
+    assert run_command("generate", *args, "chat=true") == 0
+    answer = hf_tok.decode(new.tolist(), skip_special_tokens=True)
+    assert capsys.readouterr().out == f"hi\n{answer}\n"
+    saved = torch.load(ckpt, weights_only=True)
+    torch.save(saved | {DECLARED: {"eos_tokens": ["<|eot_id|>"]}}, tmp_path / "none.ckpt")
+    none = [f"ckpt={tmp_path / 'none.ckpt'}", *args[1:], "chat=true"]
+    assert run_command("generate", *none) == 2
+    assert "none.ckpt declares no chat template" in capsys.readouterr().err

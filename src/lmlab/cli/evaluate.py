@@ -73,6 +73,7 @@ class EvaluateConfig:
 def main(argv: list[str]) -> int | None:
     cfg = parse(EvaluateConfig, argv)
     from lmlab.infer import eval_records, harness
+    from lmlab.infer.declared import check_declares_chat
     from lmlab.infer.pretrained import check_source, load
 
     names = harness.parse_tasks(cfg.tasks)
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int | None:
     chat = None
     if cfg.apply_chat_template:  # the checkpoint declares a template: before its weights
         chat = harness.ChatFormat(True, cfg.fewshot_as_multiturn, cfg.system_instruction)
-        declared_template(Path(cfg.ckpt))
+        check_declares_chat(Path(cfg.ckpt))
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     # before any task runs: a generating task's refusal came after the others had run
     harness.check_generation(names, pre.cfg, cfg.max_gen_toks, "max_gen_toks", folders)
@@ -129,17 +130,6 @@ def main(argv: list[str]) -> int | None:
         wandb_run = log_to_wandb(run_dir, record["metrics"], pre.global_step)
         if wandb_run:
             print(f"logged to W&B run {wandb_run}")
-
-
-def declared_template(ckpt: Path) -> None:
-    """``apply_chat_template=true`` of a checkpoint that declares no chat template (one lmlab
-    trained from scratch) is refused from its metadata, before its weights are read."""
-    from lmlab.infer.checkpoint import read_checkpoint
-    from lmlab.infer.declared import DECLARED, Declared
-
-    record = read_checkpoint(ckpt).get(DECLARED)
-    template = record.get("chat_template") if isinstance(record, dict) else None
-    Declared(chat_template=template).chat(True, f"ckpt={ckpt}")
 
 
 def trained_data(ckpt: Path) -> DataConfig | None:

@@ -6,6 +6,7 @@ r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans
     python src/generate.py ckpt=<t5 run>/checkpoints/last.ckpt text="def <extra_id_0>(self):"
     python src/generate.py ckpt=<task=seq2seq run>/checkpoints/last.ckpt text="def f(x):" \
         temperature=0
+    python src/generate.py ckpt=<instruct model> prompt="Write fib in Python." chat=true
 
 ``task`` follows the checkpoint's family (generate, fill_mask, infill); a T5 fine-tuned with
 ``task=seq2seq`` answers its input text instead of filling sentinels (``answer``); ``prompt=`` and
@@ -13,7 +14,10 @@ r"""Use a trained checkpoint: sample text (GPT), fill masks (BERT) or fill spans
 KV cache (``cache=false`` recomputes the context at every token); ``temperature=0`` is greedy.
 A sample ends where the model writes the token its training documents ended with (EOS), as
 transformers' ``generate`` stops at ``eos_token_id``; ``stop_at_eos=false`` writes on past it
-(into what the model takes for the next document), to ``max_new_tokens``.
+(into what the model takes for the next document), to ``max_new_tokens``. ``chat=true``
+makes the prompt a user's turn in the chat template an instruct model declares (a converted
+one's, and the runs started from it) and writes the assistant's answer, which ends at the
+model's declared end of turn.
 Infilling samples as generation does (``num_samples`` fills, one after another); fill_mask
 takes ``top_k`` only (the candidates per mask): a sampling option given to it is refused.
 A GPT's prompt starts with the BOS its documents started with in training, where its tokenizer
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import MISSING
 
@@ -47,6 +52,7 @@ class GenerateConfig:
     num_samples: int = 1
     cache: bool = True
     stop_at_eos: bool = True  # generate: end a sample at the model's EOS
+    chat: bool = False  # generate: the prompt as a user's turn in the model's chat template
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
@@ -79,6 +85,11 @@ def check_options(task: str, given: dict[str, str]) -> None:
     """An option the user gave (``given``: key -> value, as on the command line) that ``task``
     would ignore is refused, naming it, its value and what the task takes; defaults never
     are."""
+    if task != "generate" and "chat" in given:
+        raise ConfigError(
+            f"chat={given['chat']}: a chat is a gpt checkpoint's (an instruct model's), and "
+            f"{task} fills its text's masks or spans; the option is generate's"
+        )
     if task == "infill" and "stop_at_eos" in given:
         raise ConfigError(
             f"stop_at_eos={given['stop_at_eos']}: infill (a t5 checkpoint) always ends at the "
@@ -98,6 +109,10 @@ def main(argv: list[str]) -> int | None:
     from lmlab.infer.pretrained import load
 
     # the checkpoint's checks first: the model code's imports (torch._dynamo) take seconds
+    if cfg.chat:  # a chat template to render: refused before the weights where there is none
+        from lmlab.infer.declared import check_declares_chat
+
+        check_declares_chat(Path(cfg.ckpt))
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     import torch
     from rich.console import Console
@@ -167,7 +182,8 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
                 console.print(escape(f"{sentinel} -> {span!r}"), soft_wrap=True)
             console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
-    tok, ids, max_len = pre.tokenizer, pre.prompt_ids(text), pre.cfg.max_seq_len
+    tok, max_len = pre.tokenizer, pre.cfg.max_seq_len
+    ids = pre.chat_ids(text) if cfg.chat else pre.prompt_ids(text)
     warn_if_cut(len(ids), max_len)  # once, and before the prompt is written: not glued to it
     ids = ids[-max_len:]
     for n in range(cfg.num_samples):
@@ -175,7 +191,7 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
             console.rule(f"sample {n + 1} of {cfg.num_samples}")
         stream = Stream(tok, ids)
         try:
-            stream.write(text)
+            stream.write(f"{text}\n" if cfg.chat else text)  # a chat's answer on its own line
             generate(
                 pre.model,
                 torch.tensor([ids], device=pre.device),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -72,8 +73,8 @@ class Declared:
         if template is None:
             raise ConfigError(
                 f"{where} declares no chat template (a model converted from a Hugging Face "
-                "folder whose tokenizer has one does, and the runs started from it); allowed: "
-                "apply_chat_template=false"
+                "folder whose tokenizer has one does, and the runs started from it): it has no "
+                "chat format to render"
             )
         if isinstance(template, str):
             return template
@@ -99,3 +100,14 @@ class Declared:
         ids = [tok.token_to_id(name) for name in self.eos_tokens]
         ends = dict.fromkeys([*ids, document_end_id(tok)])
         return [i for i in ends if i is not None]
+
+
+def check_declares_chat(path: Path, key: str = "ckpt") -> None:
+    """A command that renders the chat template (``apply_chat_template=true``,
+    ``chat=true``) of a checkpoint that declares none (one lmlab trained from scratch) is
+    refused from its metadata, before its weights are read."""
+    from lmlab.infer.checkpoint import read_checkpoint
+
+    record = read_checkpoint(path).get(DECLARED)
+    template = record.get("chat_template") if isinstance(record, dict) else None
+    Declared(chat_template=template).chat(True, f"{key}={path}")

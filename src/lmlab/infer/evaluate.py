@@ -109,9 +109,7 @@ class LmlabLM(TokenizedLM):
         self.length_option = length_option  # the setting max_gen_toks came from, for errors
         # asked before each batch (a training run's stop): EvalStopped ends the evaluation
         self.should_stop = should_stop or (lambda: False)
-        # under apply_chat_template: the declared template and the tokenizer that renders it
-        self.chat: str | None = None
-        self.hf_tokenizer: Any = None
+        self.chat: str | None = None  # under apply_chat_template: the declared template
 
     @property
     def device(self) -> torch.device:
@@ -147,28 +145,17 @@ class LmlabLM(TokenizedLM):
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        """A chat as text in the declared template, rendered as HFLM renders it: by
-        transformers' ``apply_chat_template`` of the checkpoint's tokenizer (its BOS and
-        declared EOS are the template's ``bos_token`` and ``eos_token``), a last assistant
-        message continued where no generation prompt is asked, and without the system
-        message where the template refuses that role."""
+        """A chat as text in the declared template, as HFLM renders it
+        (``Pretrained.chat_text``), and without the system message where the template
+        refuses that role, as HFLM retries."""
         import jinja2
 
-        from lmlab.infer.hf.tokenizer_io import hf_tokenizer_of
-
-        if self.hf_tokenizer is None:
-            self.hf_tokenizer = hf_tokenizer_of(self.tok, self.pre.specials, self.pre.family)
-        asked = {
-            "tokenize": False,
-            "add_generation_prompt": add_generation_prompt,
-            "continue_final_message": not add_generation_prompt,
-            "chat_template": self.chat or self.chat_template(True),
-        }
+        template = self.chat or self.chat_template(True)
         try:
-            return self.hf_tokenizer.apply_chat_template(chat_history, **asked)
+            return self.pre.chat_text(chat_history, add_generation_prompt, template)
         except jinja2.exceptions.TemplateError:
             kept = [m for m in chat_history if m["role"] != "system"]
-            return self.hf_tokenizer.apply_chat_template(kept, **asked)
+            return self.pre.chat_text(kept, add_generation_prompt, template)
 
     # ---------------------------------------------------------------- scoring
 

@@ -9,9 +9,11 @@ folder is consolidated in memory; ``src/consolidate.py`` writes it as one file.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -20,7 +22,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmlab.config import Family, ModelConfig
-from lmlab.data.tokenizer import Specials, prompt_ids
+from lmlab.data.tokenizer import Specials, encode, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
 from lmlab.infer.declared import Declared
@@ -71,6 +73,40 @@ class Pretrained:
         declares (an instruct model's ``<|eot_id|>`` or ``<|im_end|>``, its tokenizer's EOS
         first), then the one training ends every document with (``Declared.end_ids``)."""
         return self.declared.end_ids(self.tokenizer)
+
+    @functools.cached_property
+    def hf_tokenizer(self) -> Any:
+        """The tokenizer as transformers' (``hf_tokenizer_of``), its roles as the model
+        declares them: what a chat template is rendered with."""
+        from lmlab.infer.hf.tokenizer_io import hf_tokenizer_of
+
+        return hf_tokenizer_of(self.tokenizer, self.specials, self.family)
+
+    def chat_text(
+        self,
+        history: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        template: bool | str = True,
+    ) -> str:
+        """``history`` (``[{"role": "user", "content": ...}, ...]``) in the chat template the
+        model declares (``Declared.chat``: ``template`` names one of several), rendered by
+        transformers' ``apply_chat_template`` with the model's tokenizer (its BOS and declared
+        EOS are the template's ``bos_token`` and ``eos_token``), as lm-eval's HFLM renders it:
+        the assistant's turn opened (``add_generation_prompt``), else the last message
+        continued. A ConfigError where the model declares no template."""
+        return self.hf_tokenizer.apply_chat_template(
+            history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+            chat_template=self.declared.chat(template, f"ckpt={self.path}"),
+        )
+
+    def chat_ids(self, text: str) -> list[int]:
+        """A GPT's input for the user's message ``text``: the chat with that one turn and the
+        assistant's turn opened (``chat_text``), its special tokens read as such and nothing
+        added, as transformers' ``apply_chat_template(tokenize=True)`` gives it."""
+        return encode(self.tokenizer, self.chat_text([{"role": "user", "content": text}]))
 
     def prompt_ids(self, text: str) -> list[int]:
         """A GPT's input for the prompt ``text``, framed as training frames a document: BOS
