@@ -40,6 +40,7 @@ N_NEW = 24
 # The two instruct tokenizers: (their BOS, added before every text, or None; the declared
 # eos_token; generation_config.json's eos_token_id, by name)
 LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>", "<|eot_id|>"])
+SMOLLM2 = (None, "<|im_end|>", ["<|im_end|>"])
 # A chat template as an instruct model's tokenizer holds one (Jinja)
 TEMPLATE = (
     "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -47,7 +48,6 @@ TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 CHAT = [{"role": "user", "content": "hi"}]
-SMOLLM2 = (None, "<|im_end|>", ["<|im_end|>"])
 
 
 def tokenizer(bos: str | None, declared: list[str]) -> Tokenizer:
