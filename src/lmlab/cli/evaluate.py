@@ -46,11 +46,9 @@ class EvaluateConfig:
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
     out: str | None = None  # default: <run dir>/eval/step<N>.json
     wandb: bool = True  # log to the checkpoint's W&B run, when its run directory has one
-    # an instruct model's requests in its chat template (a converted model's, or a run's
-    # started from one), as lm-eval's --apply_chat_template: few-shot examples as turns
-    apply_chat_template: bool = False
-    fewshot_as_multiturn: bool = True
-    system_instruction: str | None = None  # the chat's system turn
+    apply_chat_template: bool = False  # requests in the model's declared chat template
+    fewshot_as_multiturn: bool = True  # with the template: each few-shot example a turn
+    system_instruction: str | None = None  # with the template: the chat's system turn
 
     def __post_init__(self) -> None:
         """Every value is checked here, before tasks or checkpoint are read."""
