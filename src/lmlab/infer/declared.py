@@ -29,9 +29,10 @@ class Declared:
     chat_template: str | dict[str, str] | None = None
 
     @classmethod
-    def of(cls, ckpt: dict, tok: Tokenizer, where: str) -> Declared:
-        """A checkpoint's record (none: nothing declared, as for an lmlab-trained model),
-        checked against its tokenizer ``tok``; a ConfigError naming ``where`` otherwise."""
+    def read(cls, ckpt: dict, where: str) -> Declared:
+        """A checkpoint's record (none: nothing declared, as for an lmlab-trained model), its
+        types checked (``checked`` holds its names to the tokenizer); a ConfigError naming
+        ``where`` otherwise. From the metadata alone: no weight is read."""
         record = ckpt.get(DECLARED) or {}
         names = record.get("eos_tokens", []) if isinstance(record, dict) else None
         template = record.get("chat_template") if isinstance(record, dict) else None
@@ -40,12 +41,6 @@ class Declared:
                 f"{where}: its {DECLARED} record is {record!r}; allowed: eos_tokens, a list of "
                 "token names, and chat_template"
             )
-        unknown = [n for n in names if tok.token_to_id(n) is None]
-        if unknown:
-            raise ConfigError(
-                f"{where}: its declared eos_tokens {unknown} are no tokens of its tokenizer; "
-                "allowed: tokens of the tokenizer it carries"
-            )
         texts = template.values() if isinstance(template, dict) else [template]
         if not all(t is None or isinstance(t, str) for t in texts):
             raise ConfigError(
@@ -53,6 +48,17 @@ class Declared:
                 "a Jinja template (text), or templates by name"
             )
         return cls(tuple(names), template)
+
+    def checked(self, tok: Tokenizer, where: str) -> Declared:
+        """Itself, where every declared end is a token of ``tok`` (the checkpoint's
+        tokenizer); a ConfigError naming ``where`` otherwise."""
+        unknown = [n for n in self.eos_tokens if tok.token_to_id(n) is None]
+        if unknown:
+            raise ConfigError(
+                f"{where}: its declared eos_tokens {unknown} are no tokens of its tokenizer; "
+                "allowed: tokens of the tokenizer it carries"
+            )
+        return self
 
     def record(self) -> dict[str, Any]:
         """The checkpoint's record: plain types (``torch.load(weights_only=True)``), only
@@ -102,12 +108,14 @@ class Declared:
         return [i for i in ends if i is not None]
 
 
+NOTHING = Declared()  # an lmlab-trained model's: nothing declared
+
+
 def check_declares_chat(path: Path, key: str = "ckpt") -> None:
     """A command that renders the chat template (``apply_chat_template=true``,
     ``chat=true``) of a checkpoint that declares none (one lmlab trained from scratch) is
     refused from its metadata, before its weights are read."""
     from lmlab.infer.checkpoint import read_checkpoint
 
-    record = read_checkpoint(path).get(DECLARED)
-    template = record.get("chat_template") if isinstance(record, dict) else None
-    Declared(chat_template=template).chat(True, f"{key}={path}")
+    where = f"{key}={path}"
+    Declared.read(read_checkpoint(path), where).chat(True, where)

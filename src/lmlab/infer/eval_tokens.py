@@ -17,8 +17,9 @@ from lm_eval.api.model import TemplateLM
 from tokenizers import Tokenizer
 
 from lmlab.config import ModelConfig
-from lmlab.data.tokenizer import Specials, encode
+from lmlab.data.tokenizer import encode
 from lmlab.errors import ConfigError
+from lmlab.infer.declared import NOTHING, Declared
 from lmlab.infer.harness import BACKENDS
 from lmlab.infer.pretrained import bos_token_id
 
@@ -32,22 +33,18 @@ class TokenizedLM(TemplateLM):
     model whole (``check_continuations``)."""
 
     def __init__(
-        self, tokenizer: Tokenizer, cfg: ModelConfig, eos_tokens: Sequence[str] = ()
+        self, tokenizer: Tokenizer, cfg: ModelConfig, declared: Declared = NOTHING
     ) -> None:
         super().__init__()
         self.tok = tokenizer
         self.backend = BACKENDS[cfg.family]
         self.max_length = cfg.max_seq_len
         # the special tokens by role: lmlab's names, or a converted tokenizer's (</s>, [PAD]);
-        # EOS is the one a converted model declares first (``Declared.eos_tokens``: an
-        # instruct model's <|eot_id|>), as HFLM takes the tokenizer's ``eos_token``
-        specials = Specials.of(tokenizer)
-        self.eos = eos_tokens[0] if eos_tokens else specials.eos
-        self.eos_id = (
-            tokenizer.token_to_id(self.eos)
-            if eos_tokens
-            else specials.id(tokenizer, "eos", "evaluation")
-        )
+        # EOS the one a converted model declares (``Declared.specials``: an instruct model's
+        # <|eot_id|>), as HFLM takes the tokenizer's ``eos_token``
+        specials = declared.specials(tokenizer)
+        self.eos = specials.eos
+        self.eos_id = specials.id(tokenizer, "eos", "evaluation")
         self.bos_id = bos_token_id(tokenizer, cfg.family)  # None: lmlab's, GPT-2's, T5
         self.pad_id = specials.id(tokenizer, "pad", "evaluation") if specials.pad else self.eos_id
         # (context, continuation) -> the task that asked for it (``loglikelihood``)

@@ -102,8 +102,9 @@ class LmlabLM(TokenizedLM):
         if not str(size).isdigit() or int(size) < 1:
             raise ConfigError(f"batch_size={batch_size!r}: allowed an integer >= 1 (not auto)")
         # the text side: TokenizedLM
-        super().__init__(pretrained.tokenizer, pretrained.cfg, pretrained.declared.eos_tokens)
+        super().__init__(pretrained.tokenizer, pretrained.cfg, pretrained.declared)
         self.pre, self.model = pretrained, pretrained.model
+        self.end_ids = pretrained.end_ids  # where an answer ends (read once, not per answer)
         self.batch_size = int(size)
         self.max_gen_toks, self.seed, self.progress = max_gen_toks, seed, progress
         self.length_option = length_option  # the setting max_gen_toks came from, for errors
@@ -303,7 +304,7 @@ class LmlabLM(TokenizedLM):
                 self.max_length,
                 max(starts) - common + max_new,
                 *sampling,
-                eos_id=self.pre.end_ids,
+                eos_id=self.end_ids,
                 forced_BF=forced_BF,
                 stop=StopAt(self.tok_decode, starts, until),
                 n_vocab=self.tok.get_vocab_size(),
@@ -323,7 +324,7 @@ class LmlabLM(TokenizedLM):
                 1 + max_new,
                 max_new,
                 *sampling,
-                eos_id=self.pre.end_ids,
+                eos_id=self.end_ids,
                 stop=StopAt(self.tok_decode, starts, until),
                 n_vocab=self.tok.get_vocab_size(),
             )
@@ -337,7 +338,7 @@ class LmlabLM(TokenizedLM):
         any end a converted model declares: ``Pretrained.end_ids``), without special tokens
         (T5's sentinels: a span-corruption model starts its answer with ``<extra_id_0>``,
         which would fail every exact match), cut before a stop sequence."""
-        ends = set(self.pre.end_ids)
+        ends = set(self.end_ids)
         ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
         text = self.tok.decode(ids, skip_special_tokens=True)
         return postprocess_generated_text(text, until, None)

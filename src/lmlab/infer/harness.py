@@ -379,8 +379,9 @@ class ChatFormat:
         }
 
     def settings(self) -> dict[str, Any]:
-        """``CHAT_SETTINGS``, as an eval record holds them."""
-        return dict(zip(CHAT_SETTINGS, self.harness_args().values(), strict=True))
+        """``CHAT_SETTINGS``, as an eval record holds them: the arguments the harness took."""
+        args = self.harness_args()
+        return {name: args[name] for name in CHAT_SETTINGS}
 
 
 def run_tasks(

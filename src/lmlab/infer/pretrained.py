@@ -372,7 +372,7 @@ def load(
             "folder without one): pass tokenizer=<a tokenizer.json, such as the run's data "
             "cache's>"
         )
-    declared = Declared.of(ckpt, tok, f"{key}={path}")
+    declared = Declared.read(ckpt, f"{key}={path}").checked(tok, f"{key}={path}")
     from lmlab.model import build_model  # 2 s of imports (torch._dynamo): after the checks
 
     model = build_model(cfg)

@@ -53,7 +53,7 @@ from lmlab.infer.checkpoint import (
     no_checkpoint,
     read_checkpoint,
 )
-from lmlab.infer.declared import DECLARED, Declared
+from lmlab.infer.declared import Declared
 from lmlab.infer.pretrained import check_finite, model_state, stored_tokenizer
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,10 @@ def resolve_init_from(
             f"{', '.join('model.' + f for f in free_names)} may be set"
         )
     record = resumed[1] if resumed else {"init_source": loaded_source(path, ckpt)}
-    declared = Declared()  # what a converted model declares, checked against its tokenizer
-    if DECLARED in ckpt:
+    declared = Declared.read(ckpt, f"init_from={path}")  # what a converted model declares
+    if declared.eos_tokens:  # its names are its tokenizer's: parsed only to check them
         tok = stored_tokenizer(ckpt["tokenizer"], f"init_from={path}")
-        declared = Declared.of(ckpt, tok, f"init_from={path}")
+        declared.checked(tok, f"init_from={path}")
     return InitFrom(
         path, model_cfg, ckpt["tokenizer"], {"init_from": str(path), **record}, declared
     )
