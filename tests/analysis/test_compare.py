@@ -402,7 +402,7 @@ def test_a_job_that_ends_while_its_folder_is_read_is_not_killed(
 ) -> None:
     """The last job writes results.json and lets go of its lock between compare's listing of
     the folders and its probe of the lock: it is read as it ended, not shown KILLED."""
-    import lmlab.analysis.runs as runs_module
+    import lmlab.analysis.job_state as job_state
 
     job = multirun / "6"
     (job / ".hydra").mkdir(parents=True)
@@ -413,7 +413,7 @@ def test_a_job_that_ends_while_its_folder_is_read_is_not_killed(
         (job / "results.json").write_text(json.dumps(record))  # then the lock is released
         return None
 
-    monkeypatch.setattr(runs_module, "live_holder", ends_meanwhile)
+    monkeypatch.setattr(job_state, "live_holder", ends_meanwhile)
     assert load_runs(multirun)[-1].results == record
 
 

@@ -21,6 +21,7 @@ from lmlab.analysis.comparable import (
     validation_notes,
 )
 from lmlab.analysis.compute import compute_notes
+from lmlab.analysis.job_state import KILLED, RUNNING, STOPPED
 from lmlab.analysis.multirun import (
     CompareError,
     Run,
@@ -31,7 +32,6 @@ from lmlab.analysis.multirun import (
     varying_knobs,
 )
 from lmlab.analysis.noise import STDERR, noise_verdict
-from lmlab.analysis.runs import KILLED, RUNNING, STOPPED
 from lmlab.analysis.stat import Stat, fmt, fmt_stat, stat
 
 # Columns shown next to the chosen metric (results.json keys), with their table titles.

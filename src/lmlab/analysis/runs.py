@@ -6,18 +6,18 @@ holds ``results.json``, ``plan.json`` (the frozen run plan: steps, global batch,
 ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``csv/metrics.csv`` and, once ``lmlab
 evaluate`` has scored a checkpoint, ``eval/step<N>.json`` (a record of the final step whose
 ``model_digest`` is not the one results.json holds is another model's, and skipped). A job
-that has not ended
-(``.hydra/`` without results.json, or results.json still ``running``) is ``running`` where a
-live process holds its lock or its sweep's, else ``killed``. A dry run's folder
-(``dry_run=true``: ``.hydra/`` and a ``plan.json`` marked ``dry_run``) holds no run: it is
-left out (:func:`dry_runs` lists them), not counted as a job that was refused. Nor is a
-folder whose results.json no run wrote (a JSON object without ``status``, and no ``.hydra/``
-or ``plan.json`` beside it: notes left in a sweep's folder; :func:`not_runs` lists them); a
-results.json with a ``status`` is a run's even alone, as in the folders of results.json files that
-``lmlab scaling`` is given (``docs/isoflop``). A run started with ``init_from`` trained the
-checkpoint's model, not the one its config composed: plan.json's ``model`` replaces the
-config's. A basic sweeper's ``multirun.yaml`` holds its grid, so the jobs of it that have no
-folder (a sweep stopped before them) are known too (:mod:`lmlab.analysis.sweep_grid`).
+that has not ended (``.hydra/`` without results.json, or results.json still ``running``) is
+``running`` where a live process holds its lock or its sweep's, else ``killed``
+(:mod:`lmlab.analysis.job_state`). A dry run's folder (``dry_run=true``: ``.hydra/`` and a
+``plan.json`` marked ``dry_run``) holds no run: it is left out (:func:`dry_runs` lists them),
+not counted as a job that was refused. Nor is a folder whose results.json no run wrote (a JSON
+object without ``status``, and no ``.hydra/`` or ``plan.json`` beside it: notes left in a
+sweep's folder; :func:`not_runs` lists them); a results.json with a ``status`` is a run's even
+alone, as in the folders of results.json files that ``lmlab scaling`` is given
+(``docs/isoflop``). A run started with ``init_from`` trained the checkpoint's model, not the
+one its config composed: plan.json's ``model`` replaces the config's. A basic sweeper's
+``multirun.yaml`` holds its grid, so the jobs of it that have no folder (a sweep stopped
+before them) are known too (:mod:`lmlab.analysis.sweep_grid`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lmlab.analysis.job_state import (
+    RUNNING,
+    STOPPED,
+    UNFINISHED,
+    continued,
+    live_holder_of,
+    tally,
+    unfinished,
+)
 from lmlab.analysis.run_files import (
     parse_overrides,
     read_choices,
@@ -38,15 +47,9 @@ from lmlab.analysis.run_files import (
 )
 from lmlab.config import flatten
 from lmlab.config.local_paths import launch_cwd, named_files
-from lmlab.config.locks import LOCK_FILE, SWEEP_LOCK_FILE, live_holder
+from lmlab.config.locks import LOCK_FILE
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN, RESULTS, checkpoints_in, read_json
-
-# results.json statuses of a run stopped by a signal, with a checkpoint to resume from.
-STOPPED = ("preempted", "interrupted")
-# statuses of a job that has not ended: a live process holds its lock, or none does.
-RUNNING, KILLED = "running", "killed"
-UNFINISHED = (*STOPPED, RUNNING, KILLED)
 
 
 class RunDirError(ConfigError):
@@ -163,10 +166,10 @@ def load_runs(path: str | Path) -> list[Run]:
         )
     if not job_dirs and started:  # a sweep whose first job still runs, say
         dirs = sorted(started)
-        states = [_unfinished(d, root, {}) for d in dirs]
+        states = [unfinished(d, root, {}) for d in dirs]
         raise RunDirError(
             f"no run under {root} has written its results.json yet ({len(started)} started: "
-            + "; ".join(_tally(states, [bool(checkpoints_in(d)) for d in dirs]))
+            + "; ".join(tally(states, [bool(checkpoints_in(d)) for d in dirs]))
             + ")"
         )
     if not job_dirs:
@@ -244,133 +247,20 @@ def _planned(job_dir: Path, root: Path) -> bool:
         isinstance(plan, dict)
         and plan.get("dry_run") is True
         and not (job_dir / LOCK_FILE).exists()
-        and _live_holder(job_dir, root) is None
+        and live_holder_of(job_dir, root) is None
     )
-
-
-def _started(job_dir: Path) -> bool:
-    """Whether a run passed its checks in ``job_dir``: it writes plan.json then (a dry run's
-    is marked ``dry_run``), before it trains."""
-    plan = read_json(job_dir / PLAN)
-    return isinstance(plan, dict) and plan.get("dry_run") is not True
-
-
-def _live_holder(job_dir: Path, root: Path) -> str | None:
-    """The pid of a live process holding the job's run lock, else None; a job without a lock
-    file (not yet taken, or released as it ended) asks the lock of a sweep folder it sits in
-    (up to ``root``: a sweep's job as it starts). A lock file that nobody holds is a killed
-    job's, whether or not its sweep goes on (a launcher running jobs in other processes). A
-    live run whose lock file was deleted by hand still holds its folder: pid ``unknown``."""
-    holder = live_holder(job_dir / LOCK_FILE)
-    if holder is not None or (job_dir / LOCK_FILE).exists():
-        return holder
-    folder = job_dir
-    while holder is None and folder != root and root in folder.parents:
-        folder = folder.parent
-        holder = live_holder(folder / SWEEP_LOCK_FILE)
-    return holder
-
-
-def resume_does(job_dir: Path) -> str:
-    """What ``resume=auto`` does with the unfinished run in ``job_dir``: continues it from its
-    newest checkpoint, or, with none (killed before its first), starts it again."""
-    if checkpoints_in(job_dir):
-        return "resume=auto continues it"
-    return "no checkpoint yet, so resume=auto starts it again"
-
-
-def _unfinished(job_dir: Path, root: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The results of a job that has not ended (none, or ``running``) with the status it has
-    now: ``running`` where a live process holds its lock or its sweep's; ``killed`` where it
-    trained (results.json says ``running``), left its lock file behind (a ``kill -9``) or
-    wrote the plan.json of a run that passed its checks (the lock file a kill left is removed
-    by the next command in the folder, refused or not); else ``failed``: refused before it
-    took its lock, with nothing written but ``.hydra/``."""
-    holder = _live_holder(job_dir, root)
-    if holder is not None:
-        error = f"pid {holder} holds its lock"
-        return {**results, "status": RUNNING, "error": error, "holder": holder}
-    # nothing live: a results.json written since the folders were listed is the job's own
-    # (a run writes it before it lets go of its lock)
-    if (job_dir / RESULTS).is_file():
-        current = results_or_failed(job_dir / RESULTS)
-        if current.get("status") != RUNNING:
-            return current
-    if results or (job_dir / LOCK_FILE).exists() or _started(job_dir):
-        unwritten = "" if results else "no results.json, and "
-        return {
-            **results,
-            "status": KILLED,
-            "error": f"{unwritten}no live process holds its lock: {resume_does(job_dir)}",
-        }
-    return {"status": "failed", "error": NEVER_TRAINED}
-
-
-NEVER_TRAINED = (
-    "no results.json: refused before training (train.log or its command's output says why)"
-)
-
-
-def _tally(states: list[dict[str, Any]], checkpointed: list[bool]) -> list[str]:
-    """What the jobs without a results.json are (``states``; whether each has a checkpoint),
-    one clause per kind."""
-    holders = [s["holder"] for s in states if s.get("status") == RUNNING]
-    killed = sum(s.get("status") == KILLED for s in states)
-    afresh = sum(
-        s.get("status") == KILLED and not c for s, c in zip(states, checkpointed, strict=True)
-    )
-    refused = sum(s.get("error") == NEVER_TRAINED for s in states)
-    clauses = []
-    if holders:
-        clauses.append(
-            f"{len(holders)} still running (pid {', '.join(sorted(set(holders)))}): compare "
-            "again when they end"
-        )
-    if killed > afresh:
-        clauses.append(f"{killed - afresh} killed before they ended: resume=auto continues them")
-    if afresh:
-        clauses.append(
-            f"{afresh} killed before their first checkpoint: resume=auto starts them again"
-        )
-    if refused:
-        clauses.append(f"{refused} refused before training: train.log or the command says why")
-    if len(states) > len(holders) + killed + refused:  # ended since they were listed
-        clauses.append("the others ended meanwhile: compare again")
-    return clauses
 
 
 def _path_key(path: Path) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
 
 
-def _continued(job_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """A run whose results.json says how it ended that a later process took up (a resume
-    extending or finishing it), which writes its record only at its own end: ``running``
-    while that process holds the run's lock; ``killed`` where its lock file, newer than
-    results.json, is held by nobody (a kill before it wrote a record). Else the record as it
-    is: no lock file, or one older than the record (its own run, killed once it was written)."""
-    lock = job_dir / LOCK_FILE
-    holder = live_holder(lock)
-    before = "its results.json is of the run before"
-    if holder is not None:
-        error = f"pid {holder} holds its lock: a process continues the run ({before})"
-        return {**results, "status": RUNNING, "error": error, "holder": holder}
-    try:
-        later = lock.stat().st_mtime_ns > (job_dir / RESULTS).stat().st_mtime_ns
-    except OSError:  # no lock file
-        return results
-    if not later:
-        return results
-    error = f"a process that continued the run was killed ({before}): {resume_does(job_dir)}"
-    return {**results, "status": KILLED, "error": error}
-
-
 def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
     results = results_or_failed(job_dir / RESULTS) if has_results else {}
     if not has_results or results.get("status") == RUNNING:
-        results = _unfinished(job_dir, root, results)
+        results = unfinished(job_dir, root, results)
     else:
-        results = _continued(job_dir, results)
+        results = continued(job_dir, results)
     overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
     config, partial = read_run_config(job_dir)
     plan = read_json(job_dir / PLAN)
