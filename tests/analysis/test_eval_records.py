@@ -37,14 +37,16 @@ def write_record(
     digest: str | None,
     items: int | None = None,
     shots: int | None = None,
+    chat: dict[str, object] | None = None,
 ) -> Path:
     """``lmlab evaluate``'s ``eval/step<N>.json`` (``items``: its task's ``n_samples``;
-    ``shots``: its ``n_shot``)."""
+    ``shots``: its ``n_shot``; ``chat``: its chat settings, none in a record from before
+    them)."""
     (job / "eval").mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": "x.ckpt", "global_step": step, "model_digest": digest}
     record |= {"metrics": {ACC: value}, "tasks": {}}
     if items is not None:
-        settings = {"limit": items, "batch_size": 16}
+        settings = {"limit": items, "batch_size": 16, **(chat or {})}
         n_samples = {"original": 300, "effective": items}
         record["tasks"] = {TASK: {"n_samples": n_samples, "lm_eval": settings, "n_shot": shots}}
     path = job / "eval" / f"step{step:06d}.json"
@@ -171,6 +173,70 @@ def test_eval_metrics_of_different_shots_get_a_warning(tmp_path: Path) -> None:
     write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3)
     update_results(root / "0", eval_n_shot=None)  # an older run: its shots are not known
     assert shot_warnings(root) == []
+
+
+def format_warnings(root: Path) -> list[str]:
+    rows = ranking.aggregate(load_runs(root), ACC, higher_is_better=True)
+    return [line for line in ranking.summarize(rows, ACC, True) if "formatted" in line]
+
+
+def chat(template: object = True, multiturn: bool = True, system: str | None = None) -> dict:
+    """A record's chat settings, as ``ChatFormat.settings`` writes them."""
+    keys = ("apply_chat_template", "fewshot_as_multiturn", "system_instruction")
+    return dict(zip(keys, (template, bool(template) and multiturn, system), strict=True))
+
+
+def test_eval_metrics_of_differently_formatted_prompts_get_a_warning(tmp_path: Path) -> None:
+    """One run's evals during training used plain prompts, the other's ``lmlab evaluate
+    apply_chat_template=true`` record the chat template, on the same items and shots: ranked
+    by that task's metric, the summary says the formats differ, naming them and the variants
+    (an instruct model's chat-formatted score beat a plain one unsaid). A record from before
+    the chat settings is plain; shots as turns differ only where there are shots; a system
+    instruction, or another of several named templates, is another format."""
+    root = two_runs(tmp_path)
+    n_samples = {TASK: {"original": 300, "effective": 20}}
+    update_results(root / "0", eval_n_samples=n_samples, eval_n_shot={TASK: 0}, **{ACC: 0.40})
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0, chat=chat())
+    (warning,) = format_warnings(root)
+    assert warning == (
+        f"warning: the runs scored {TASK} with differently formatted prompts (chat template: "
+        "norm_placement=post, activation=relu; plain prompts: norm_placement=pre, "
+        f"activation=gelu), so {ACC} compares the formats as much as the variants; evaluate "
+        "every run alike (lmlab evaluate apply_chat_template=, fewshot_as_multiturn=, "
+        "system_instruction=; the evals during training use plain prompts)"
+    )
+    assert item_warnings(root) == [] and shot_warnings(root) == []
+    plain = chat(template=False)
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0, chat=plain)
+    assert format_warnings(root) == []
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0)  # older record
+    assert format_warnings(root) == []
+
+    # both by lmlab evaluate in the chat template: 0-shot, shots as turns or not is one format
+    write_record(root / "0", MAX_STEPS, 0.40, digest=None, items=20, shots=0, chat=chat())
+    one_turn = chat(multiturn=False)
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0, chat=one_turn)
+    assert format_warnings(root) == []
+    write_record(root / "0", MAX_STEPS, 0.40, digest=None, items=20, shots=3, chat=chat())
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3, chat=one_turn)
+    assert (
+        "(chat template: norm_placement=post, activation=relu; chat template, shots as "
+        in (format_warnings(root)[0])
+    )
+    system = "You are a careful assistant who answers every question in one word."
+    write_record(
+        root / "1", MAX_STEPS, 0.50, digest=None, shots=3, items=20, chat=chat(system=system)
+    )
+    assert (
+        "chat template, shots as turns, system instruction 'You are a careful assistant who "
+        "answe'... (67 characters): norm_placement=post" in format_warnings(root)[0]
+    )
+    named = chat(template="tool_use")
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3, chat=named)
+    assert (
+        "chat template 'tool_use', shots as turns: norm_placement=post"
+        in (format_warnings(root)[0])
+    )
 
 
 def test_eval_settings_are_not_knobs(tmp_path: Path) -> None:

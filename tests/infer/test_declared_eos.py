@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
+from lmlab.analysis.run_files import PLAIN_PROMPTS, prompt_format  # noqa: E402
 from lmlab.cli.generate import main as generate_main  # noqa: E402
 from lmlab.data.tokenizer import EOS, Specials, train_bpe  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
@@ -304,15 +305,19 @@ def test_evaluate_applies_the_chat_template_and_records_it(
     out = tmp_path / "chat.json"
     chat = ["apply_chat_template=true", "system_instruction=Finish the code."]
     assert run_command("evaluate", *args, *chat, f"out={out}") == 0
-    settings = json.loads(out.read_text())["tasks"]["stdlib_cloze"]["lm_eval"]
+    entry = json.loads(out.read_text())["tasks"]["stdlib_cloze"]
+    settings = entry["lm_eval"]
     assert settings["apply_chat_template"] is True
     assert settings["system_instruction"] == "Finish the code."
+    # as compare reads it (its warning where runs' formats differ); the task is 0-shot
+    assert prompt_format(settings, entry["n_shot"]) == (
+        "chat template, system instruction 'Finish the code.'"
+    )
     plain = tmp_path / "plain.json"
     assert run_command("evaluate", *args, f"out={plain}") == 0
-    assert (
-        json.loads(plain.read_text())["tasks"]["stdlib_cloze"]["lm_eval"]["apply_chat_template"]
-        is False
-    )
+    entry = json.loads(plain.read_text())["tasks"]["stdlib_cloze"]
+    assert entry["lm_eval"]["apply_chat_template"] is False
+    assert prompt_format(entry["lm_eval"], entry["n_shot"]) == PLAIN_PROMPTS
     capsys.readouterr()
     saved = torch.load(ckpt, weights_only=True)
     torch.save(saved | {DECLARED: {"eos_tokens": ["<|im_end|>"]}}, tmp_path / "none.ckpt")

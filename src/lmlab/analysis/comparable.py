@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from lmlab.analysis.multirun import (
     Run,
     eval_failures,
+    eval_format,
     eval_items,
     eval_shots,
     eval_task,
@@ -296,35 +297,60 @@ def item_notes(runs: Sequence[tuple[str, Run]], metric: str) -> list[str]:
     evaluate limit=``): each count is another sample of the task, with its own noise (and
     its first items may be easier), so the ranking compares samples as much as variants.
     And one when they scored it with different shots (``lmlab evaluate num_fewshot=``): a
-    3-shot score and a 0-shot one measure different things, whatever the variants.
-    ``runs``: (row label, run)."""
+    3-shot score and a 0-shot one measure different things, whatever the variants. And one
+    when they formatted its prompts differently (``lmlab evaluate apply_chat_template=``, its
+    shots as turns or a system instruction, against plain prompts): an instruct model scores
+    otherwise in its chat template. ``runs``: (row label, run)."""
     task = eval_task(metric)
     if task is None:
         return []
     lines = []
-    if len(counts := _grouped(runs, metric, eval_items)) > 1:
-        which = "; ".join(f"{n} items: {', '.join(labels)}" for n, labels in counts)
-        lines.append(
-            f"warning: the runs scored {task} on different numbers of items ({which}), so "
-            f"{metric} compares samples of the task as much as the variants; evaluate every "
-            "run on the same items (the same eval.limit, or lmlab evaluate limit=)"
-        )
-    if len(shots := _grouped(runs, metric, eval_shots)) > 1:
-        which = "; ".join(f"{n}-shot: {', '.join(labels)}" for n, labels in shots)
-        lines.append(
-            f"warning: the runs scored {task} with different numbers of few-shot examples "
-            f"({which}), so {metric} compares the prompts as much as the variants; evaluate "
-            "every run with the same num_fewshot= (the evals during training use the task's own)"
-        )
+    for of, label, scored, compares, alike in _EVAL_SETTINGS:
+        if len(groups := _grouped(runs, metric, of)) > 1:
+            which = "; ".join(f"{label.format(v)}: {', '.join(names)}" for v, names in groups)
+            lines.append(
+                f"warning: the runs scored {task} {scored} ({which}), so {metric} compares "
+                f"{compares} as much as the variants; evaluate every run {alike}"
+            )
     return lines
 
 
+# What item_notes checks of an eval metric's runs: how to read it of a run, how a group is
+# named, and the warning's words (how the runs differ, what the metric then compares, and how
+# to evaluate them alike).
+_EVAL_SETTINGS = (
+    (
+        eval_items,
+        "{} items",
+        "on different numbers of items",
+        "samples of the task",
+        "on the same items (the same eval.limit, or lmlab evaluate limit=)",
+    ),
+    (
+        eval_shots,
+        "{}-shot",
+        "with different numbers of few-shot examples",
+        "the prompts",
+        "with the same num_fewshot= (the evals during training use the task's own)",
+    ),
+    (
+        eval_format,
+        "{}",
+        "with differently formatted prompts",
+        "the formats",
+        "alike (lmlab evaluate apply_chat_template=, fewshot_as_multiturn=, "
+        "system_instruction=; the evals during training use plain prompts)",
+    ),
+)
+
+
 def _grouped(
-    runs: Sequence[tuple[str, Run]], metric: str, of: Callable[[Run, str], int | None]
-) -> list[tuple[int, list[str]]]:
+    runs: Sequence[tuple[str, Run]], metric: str, of: Callable[[Run, str], int | str | None]
+) -> list[tuple[int | str, list[str]]]:
     """The labels of the completed runs with a value of ``metric``, by what ``of`` says of
-    it (item count, shots), in increasing order; runs where ``of`` knows nothing left out."""
-    groups: dict[int, list[str]] = {}
+    it (item count, shots, prompt format), in increasing order; runs where ``of`` knows
+    nothing left out."""
+    groups: dict[int | str, list[str]] = {}
     for label, run in runs:
         value = of(run, metric)
         if not run.failed and value is not None and run_value(run, metric) is not None:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lmlab.analysis.run_files import canonical, count, item_count
+from lmlab.analysis.run_files import PLAIN_PROMPTS, canonical, count, item_count
 from lmlab.analysis.runs import Run, RunDirError
 from lmlab.files import RESULTS
 
@@ -291,6 +291,17 @@ def eval_shots(run: Run, metric: str) -> int | None:
     task = eval_task(metric)
     shots = run.eval_shots if from_record(run, metric) else run.results.get("eval_n_shot")
     return count(shots.get(task)) if task is not None and isinstance(shots, dict) else None
+
+
+def eval_format(run: Run, metric: str) -> str | None:
+    """How the prompts of the run's value of the eval metric ``metric`` were formatted
+    (``run_files.prompt_format``), from where :func:`run_value` takes the value: ``lmlab
+    evaluate``'s record, or the evals during training, which use plain prompts; None where
+    not an eval metric."""
+    task = eval_task(metric)
+    if task is None:
+        return None
+    return run.eval_formats.get(task, PLAIN_PROMPTS) if from_record(run, metric) else PLAIN_PROMPTS
 
 
 def from_record(run: Run, metric: str) -> bool:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config.local_paths import hydra_runtime
-from lmlab.files import EVAL_RECORDS, RUN_CONFIG
+from lmlab.files import CHAT_SETTINGS, EVAL_RECORDS, RUN_CONFIG
 
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
@@ -44,12 +44,13 @@ def read_choices(path: Path) -> dict[str, str]:
 @dataclass
 class EvalRecord:
     """What :func:`read_evals` found: the record used (its step, metrics, per-task item
-    counts and shots) and why any newer one was skipped."""
+    counts, shots and prompt formats) and why any newer one was skipped."""
 
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)
     shots: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -85,7 +86,8 @@ def read_evals(job_dir: Path, results: dict[str, Any]) -> EvalRecord:
             )
             continue
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        return EvalRecord(step, values, _record_items(record), record_shots(record), skipped)
+        items, shots, formats = _record_items(record), record_shots(record), _formats(record)
+        return EvalRecord(step, values, items, shots, formats, skipped)
     return EvalRecord(skipped=skipped)
 
 
@@ -113,6 +115,41 @@ def record_shots(record: dict[str, Any]) -> dict[str, int]:
     entries = tasks.items() if isinstance(tasks, dict) else ()
     shots = {str(t): count(e.get("n_shot")) for t, e in entries if isinstance(e, dict)}
     return {task: n for task, n in shots.items() if n is not None}
+
+
+def _formats(record: dict[str, Any]) -> dict[str, str]:
+    """Per task of an eval record, how its prompts were formatted (:func:`prompt_format`),
+    from the settings the task's entry holds (an older record kept them once, at its top)."""
+    tasks, once = record.get("tasks"), record.get("lm_eval")
+    out = {}
+    for task, entry in (tasks if isinstance(tasks, dict) else {}).items():
+        if isinstance(entry, dict):
+            settings = entry.get("lm_eval", once)
+            settings = settings if isinstance(settings, dict) else {}
+            out[str(task)] = prompt_format(settings, count(entry.get("n_shot")))
+    return out
+
+
+PLAIN_PROMPTS = "plain prompts"  # lm-eval's default, and the evals' during training
+
+
+def prompt_format(settings: dict[str, Any], shots: int | None = None) -> str:
+    """How an evaluation with these settings (``CHAT_SETTINGS``) formatted its prompts:
+    ``plain prompts`` (as every record from before lmlab evaluated in a chat template, which
+    holds none of them), else ``chat template`` (its name where the model declares several),
+    ``shots as turns`` where the ``shots`` few-shot examples were turns of their own (none or
+    unknown shots: said where set), and the system instruction (its first words)."""
+    template, multiturn, system = (settings.get(key) for key in CHAT_SETTINGS)
+    if not template:
+        return PLAIN_PROMPTS
+    parts = ["chat template" + ("" if template is True else f" {template!r}")]
+    if multiturn and shots != 0:
+        parts.append("shots as turns")
+    if system:
+        text = str(system)
+        shown = repr(text) if len(text) <= 40 else f"{text[:37]!r}... ({len(text)} characters)"
+        parts.append(f"system instruction {shown}")
+    return ", ".join(parts)
 
 
 def count(value: Any) -> int | None:

@@ -75,6 +75,8 @@ class Run:
     eval_shots: dict[str, int] = field(default_factory=dict)
     """Per task of ``evals``, the few-shot examples each item was scored with (the record's
     ``n_shot``)."""
+    eval_formats: dict[str, str] = field(default_factory=dict)
+    """Per task of ``evals``, how its prompts were formatted (``run_files.prompt_format``)."""
     skipped_evals: list[str] = field(default_factory=list)
     """Why each ``eval/step<N>.json`` that is not this run's was skipped (one line each)."""
     choices: dict[str, str] = field(default_factory=dict)
@@ -277,6 +279,7 @@ def _load_run(job_dir: Path, root: Path, has_results: bool) -> Run:
         eval_step=record.step,
         eval_items=record.items,
         eval_shots=record.shots,
+        eval_formats=record.formats,
         skipped_evals=record.skipped,
         choices=read_choices(job_dir / ".hydra" / "hydra.yaml"),
         partial_config=partial,

@@ -20,8 +20,8 @@ from typing import Any
 from lmlab.config.local_paths import source_name
 from lmlab.config.locks import lock_current
 from lmlab.errors import ConfigError
-from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
-from lmlab.infer.harness import CHAT_SETTINGS, flat_metrics
+from lmlab.files import CHAT_SETTINGS, CHECKPOINTS, EVAL_RECORDS, write_text
+from lmlab.infer.harness import flat_metrics
 
 log = logging.getLogger(__name__)
 

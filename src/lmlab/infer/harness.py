@@ -38,6 +38,7 @@ from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.sources import load_documents
 from lmlab.data.splits import trained_documents
 from lmlab.errors import ConfigError, first_line
+from lmlab.files import CHAT_SETTINGS
 from lmlab.infer import task_folders
 from lmlab.infer.gen_kwargs import checked_gen_kwargs
 
@@ -353,10 +354,6 @@ def kept_random_state() -> Iterator[None]:
         finally:
             random.setstate(py)
             np.random.set_state(np_state)
-
-
-# What an evaluation in a chat template records beside lm-eval's own settings
-CHAT_SETTINGS = ("apply_chat_template", "fewshot_as_multiturn", "system_instruction")
 
 
 @dataclass(frozen=True)
