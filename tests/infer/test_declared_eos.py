@@ -69,7 +69,7 @@ def instruct_folder(root: Path, kind: tuple) -> tuple[Path, torch.nn.Module, obj
     bytes that are part of a character are zero), and the declared EOS's row is a scaled copy
     of the row of the token it would write third."""
     bos, declared, ends = kind
-    tok = tokenizer(bos, ends)
+    tok = tokenizer(bos, list(dict.fromkeys([*ends, declared])))
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=declared, **({"bos_token": bos} if bos else {})
     )
@@ -110,15 +110,17 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
     """``lmlab generate`` on the conversion writes what transformers' ``generate`` writes on
     the folder: up to the declared EOS (it went on past it, to ``max_new_tokens``, stopping at
     lmlab's ``<|endoftext|>`` only). The conversion records the declared ends, the
-    tokenizer's first, and the chat template, and says that training ends documents
-    otherwise."""
+    tokenizer's first, the chat template, the tokenizer's roles and the generation config,
+    and says that training ends documents otherwise."""
     folder, model, hf_tok = instruct_folder(tmp_path, kind)
     bos, declared, ends = kind
     with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
         ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
     eos_tokens = list(dict.fromkeys([declared, *ends]))  # the tokenizer's first
     record = torch.load(ckpt, weights_only=True)[DECLARED]
-    assert record == {"eos_tokens": eos_tokens, "chat_template": TEMPLATE}
+    assert (record["eos_tokens"], record["chat_template"]) == (eos_tokens, TEMPLATE)
+    assert record["roles"] == {"eos_token": declared, **({"bos_token": bos} if bos else {})}
+    assert record["generation"]["eos_token_id"] == model.generation_config.eos_token_id
     said = f"the model ends its text at {declared!r}"
     assert said in caplog.text and f"training ends documents with {EOS!r}" in caplog.text
     ids = hf_tok(PROMPT, return_tensors="pt").input_ids
@@ -129,8 +131,26 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
     generate_main([f"ckpt={ckpt}", f"prompt={PROMPT}", "temperature=0", f"max_new_tokens={N_NEW}"])
     assert capsys.readouterr().out == PROMPT + hf_tok.decode(new, skip_special_tokens=True) + "\n"
     pre = load(ckpt)
-    assert pre.end_ids[0] == hf_tok.convert_tokens_to_ids(declared)
-    assert pre.end_ids[-1] == pre.tokenizer.token_to_id(EOS)  # training's document end
+    assert pre.end_ids == model.generation_config.eos_token_id  # generate()'s
+    # an empty prompt: the BOS, else the declared EOS (HFLM's prefix of an empty context)
+    assert pre.prompt_ids("") == [hf_tok.convert_tokens_to_ids(bos or declared)]
+
+
+def test_generation_stops_where_the_generation_config_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokenizer whose ``eos_token`` is none of its generation config's ends: transformers'
+    ``generate`` writes on past it, and so does ``lmlab generate`` (it stopped there)."""
+    kind = ("<|begin_of_text|>", "<|end_of_text|>", ["<|eot_id|>"])
+    folder, model, hf_tok = instruct_folder(tmp_path, kind)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    ids = hf_tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = model.generate(ids, do_sample=False, max_new_tokens=N_NEW)[0, ids.shape[1] :]
+    new = expected.tolist()
+    assert len(new) == N_NEW and hf_tok.convert_tokens_to_ids(kind[1]) in new, new
+    generate_main([f"ckpt={ckpt}", f"prompt={PROMPT}", "temperature=0", f"max_new_tokens={N_NEW}"])
+    assert capsys.readouterr().out == PROMPT + hf_tok.decode(new, skip_special_tokens=True) + "\n"
 
 
 def both_models(root: Path, kind: tuple) -> tuple[LmlabLM, HFLM]:
@@ -178,10 +198,14 @@ def test_lmlab_evaluates_a_converted_instruct_model_as_hflm_does(
 
 def test_to_hf_writes_the_declared_ends_and_chat_template_back(tmp_path: Path) -> None:
     """The export's tokenizer declares the converted model's EOS and chat template (it lost
-    the template) and its generation config lists every end, so transformers stops the
-    export where it stopped the original and formats a chat as it did; a conversion of the
-    export records the same."""
+    the template) and its generation config is the original's, every end and the sampling
+    defaults (it kept the ends alone), so transformers stops the export where it stopped the
+    original and formats a chat as it did; a conversion of the export records the same."""
     folder, model, hf_tok = instruct_folder(tmp_path, LLAMA3)
+    sampling = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77}
+    published = json.loads((folder / "generation_config.json").read_text()) | sampling
+    published = {k: v for k, v in published.items() if k[0] != "_" and k != "transformers_version"}
+    (folder / "generation_config.json").write_text(json.dumps(published))
     ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
     out = to_hf(ckpt, tmp_path / "out")
     again = transformers.AutoTokenizer.from_pretrained(out)
@@ -190,9 +214,10 @@ def test_to_hf_writes_the_declared_ends_and_chat_template_back(tmp_path: Path) -
         CHAT, tokenize=False
     )
     export = transformers.AutoModelForCausalLM.from_pretrained(out)
-    assert set(export.generation_config.eos_token_id) == set(model.generation_config.eos_token_id)
+    written = json.loads((out / "generation_config.json").read_text())
+    assert {k: v for k, v in written.items() if k in published} == published
     ids = hf_tok(PROMPT, return_tensors="pt").input_ids
-    with torch.no_grad():
+    with torch.no_grad():  # greedy, as the original
         assert torch.equal(
             export.generate(ids, do_sample=False, max_new_tokens=N_NEW),
             model.generate(ids, do_sample=False, max_new_tokens=N_NEW),
@@ -211,17 +236,25 @@ def test_a_run_started_from_a_conversion_keeps_what_it_declares(
     """``init_from`` a converted instruct model: the run's checkpoints keep its record, as a
     fine-tuned Hugging Face model keeps its tokenizer and generation config, so the trained
     model stops at the declared ends too and goes out with them and the chat template (both
-    were dropped: the run's checkpoints carried the tokenizer alone)."""
+    were dropped: the run's checkpoints carried the tokenizer alone). The run ends its
+    documents with lmlab's EOS, which its generation config then lists too."""
     folder, _, hf_tok = instruct_folder(tmp_path, LLAMA3)
     ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
     run = tmp_path / "run"
     args = ["+debug=smoke", "data.seq_len=64", "logger=csv", f"hydra.run.dir={run}"]
     assert run_command("train", *args, f"init_from={ckpt}", "data.tokenizer=checkpoint") == 0
     trained = run / "checkpoints" / "last.ckpt"
-    assert torch.load(trained, weights_only=True)[DECLARED] == torch.load(ckpt)[DECLARED]
-    assert load(trained).end_ids[:2] == [hf_tok.convert_tokens_to_ids(n) for n in LLAMA3[2][::-1]]
-    again = transformers.AutoTokenizer.from_pretrained(to_hf(trained, tmp_path / "out"))
+    record, source = torch.load(trained, weights_only=True)[DECLARED], torch.load(ckpt)[DECLARED]
+    ends = [
+        *(hf_tok.convert_tokens_to_ids(n) for n in LLAMA3[2]),
+        hf_tok.convert_tokens_to_ids(EOS),
+    ]
+    assert record == source | {"generation": source["generation"] | {"eos_token_id": ends}}
+    assert load(trained).end_ids == ends
+    out = to_hf(trained, tmp_path / "out")
+    again = transformers.AutoTokenizer.from_pretrained(out)
     assert again.eos_token == "<|eot_id|>" and again.chat_template == TEMPLATE
+    assert transformers.GenerationConfig.from_pretrained(out).eos_token_id == ends
 
 
 def test_a_checkpoints_declared_record_must_fit_its_tokenizer(tmp_path: Path) -> None:
@@ -235,8 +268,12 @@ def test_a_checkpoints_declared_record_must_fit_its_tokenizer(tmp_path: Path) ->
         ({"eos_tokens": "<|im_end|>"}, r"its declared record is .*; allowed: eos_tokens, a list"),
         (
             {"eos_tokens": ["<|im_end|>", "<|nope|>"]},
-            r"its declared eos_tokens \['<\|nope\|>'\] are no tokens of its tokenizer",
+            r"its declared tokens \['<\|nope\|>'\] are no tokens of its tokenizer",
         ),
+        ({"roles": {"bos_token": "<|nope|>"}}, r"its declared tokens \['<\|nope\|>'\] are no"),
+        ({"roles": {"bos_token": 1}}, "allowed: eos_tokens, a list of token names, chat_temp"),
+        ({"generation": [1]}, "allowed: eos_tokens, a list of token names, chat_template, r"),
+        ({"generation": {"eos_token_id": [3, 9999]}}, r"generation eos_token_id \[9999\] are no"),
         ({"chat_template": 3}, "its declared chat_template is int; allowed: a Jinja template"),
     ):
         torch.save(saved | {DECLARED: record}, tmp_path / "bad.ckpt")
@@ -353,3 +390,70 @@ def test_generate_chats_with_an_instruct_model_as_transformers_does(
     none = [f"ckpt={tmp_path / 'none.ckpt'}", *args[1:], "chat=true"]
     assert run_command("generate", *none) == 2
     assert "none.ckpt declares no chat template" in capsys.readouterr().err
+
+
+# A second template, chosen by name (a tokenizer's templates by name: chat_template.jinja and
+# additional_chat_templates/), and one that reads the BOS its tokenizer declares (Mistral's)
+TOOL_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+BOS_TEMPLATE = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+
+
+def refolded(folder: Path, **tokenizer: object) -> object:
+    """The folder's tokenizer with the ``tokenizer`` attributes set, saved over it."""
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    for name, value in tokenizer.items():
+        setattr(hf_tok, name, value)
+    hf_tok.save_pretrained(folder)
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def test_a_template_among_several_is_chosen_by_name(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model with templates by name: evaluation renders the ``default`` one, or the one
+    ``chat_template=`` names, as transformers renders that name on the original folder
+    (evaluation refused every request: it looked the template's text up as a name); a name
+    it lacks, or ``chat_template=`` without the chat, is refused in one line."""
+    folder, _, _ = instruct_folder(tmp_path, SMOLLM2)
+    templates = {"default": TEMPLATE, "tool_use": TOOL_TEMPLATE}
+    hf_tok = refolded(folder, chat_template=templates)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    lm = LmlabLM(load(ckpt), batch_size=4)
+    for name in (True, "tool_use"):
+        assert lm.chat_template(name) == templates["default" if name is True else name]
+        expected = hf_tok.apply_chat_template(
+            CHAT, tokenize=False, add_generation_prompt=True, chat_template=templates.get(name)
+        )
+        assert lm.apply_chat_template(CHAT) == expected
+    args = [f"ckpt={ckpt}", "tasks=stdlib_cloze", "limit=2", "bootstrap_iters=0", "wandb=false"]
+    out = tmp_path / "tool.json"
+    chat = ["apply_chat_template=true", "chat_template=tool_use", f"out={out}"]
+    assert run_command("evaluate", *args, *chat) == 0
+    tasks = json.loads(out.read_text())["tasks"]
+    assert tasks["stdlib_cloze"]["lm_eval"]["apply_chat_template"] == "tool_use"
+    capsys.readouterr()
+    assert run_command("evaluate", *args, "apply_chat_template=true", "chat_template=x") == 2
+    assert "none named 'x'; allowed: chat_template= one of default, tool_use" in (
+        capsys.readouterr().err
+    )
+    assert run_command("generate", f"ckpt={ckpt}", "chat_template=tool_use") == 2
+    assert "allowed with chat=true" in capsys.readouterr().err
+
+
+def test_a_template_reads_the_bos_its_tokenizer_declares(tmp_path: Path) -> None:
+    """A tokenizer that declares a BOS it does not put before a text (Mistral's ``<s>``,
+    which its chat template writes): lmlab renders the chat as transformers does on the
+    original folder (the template's ``bos_token`` was undefined: a traceback), and ``to_hf``
+    writes the BOS back (transformers could no longer render the export's chat)."""
+    folder, _, _ = instruct_folder(tmp_path, (None, "</s>", ["</s>", "<s>"]))
+    hf_tok = refolded(folder, bos_token="<s>", chat_template=BOS_TEMPLATE)
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    expected = hf_tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert expected.startswith("<s>[INST] hi")
+    pre = load(ckpt)
+    assert pre.chat_text(CHAT) == expected and pre.bos_id is None  # training adds none
+    chat = hf_tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)
+    assert pre.chat_ids("hi") == chat["input_ids"]
+    again = transformers.AutoTokenizer.from_pretrained(to_hf(ckpt, tmp_path / "out"))
+    assert again.bos_token == "<s>" and again("hi").input_ids == hf_tok("hi").input_ids
+    assert again.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == expected

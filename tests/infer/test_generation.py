@@ -681,7 +681,10 @@ def test_t5_infill_cli_fills_every_sentinel(
         (["ckpt=/nonexistent.ckpt"], "ckpt=/nonexistent.ckpt: no such file or folder"),
         (["ckpt=RUN"], "ckpt=RUN is a run directory: give one of its checkpoints, e.g. ckpt=RUN/"),
         (["ckpt=RUN/csv"], "ckpt=RUN/csv is a folder but no sharded checkpoint (no meta.pt"),
-        (["ckpt=GPT", "tmperature=0"], "unknown key 'tmperature'; allowed: cache, chat, ckpt"),
+        (
+            ["ckpt=GPT", "tmperature=0"],
+            "unknown key 'tmperature'; allowed: cache, chat, chat_template, ckpt",
+        ),
         (["ckpt=GPT", "prompt"], "argument 'prompt' is not key=value"),
         (["ckpt=GPT", "max_new_tokens=many"], "max_new_tokens=many: allowed: an integer"),
         (["ckpt=GPT", "num_samples=0"], "num_samples=0, max_new_tokens=200: both must be >= 1"),

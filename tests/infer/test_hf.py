@@ -715,7 +715,8 @@ def test_from_hf_keeps_a_tokenizer_only_where_the_folder_has_a_usable_one(
     hf_tokenizer_of(TOKENIZER, SPECIALS).save_pretrained(small)
     with pytest.raises(
         ConfigError,
-        match=rf"its tokenizer has ids up to {V - 1}, past config.json's vocab_size={V - 10} "
+        match=rf"its tokenizer has ids up to {V - 1}, past config.json's vocab_size={V - 10}: "
+        rf"'.*' \({V - 10}\), '.*' \({V - 9}\), '.*' \({V - 8}\) and 7 more \(no embedding "
         rf".*; allowed: ids below {V - 10}$",
     ):
         from_hf(str(small), tmp_path / "small.ckpt")

@@ -47,6 +47,7 @@ class EvaluateConfig:
     out: str | None = None  # default: <run dir>/eval/step<N>.json
     wandb: bool = True  # log to the checkpoint's W&B run, when its run directory has one
     apply_chat_template: bool = False  # requests in the model's declared chat template
+    chat_template: str | None = None  # of several named templates, the one (default: default)
     fewshot_as_multiturn: bool = True  # with the template: each few-shot example a turn
     system_instruction: str | None = None  # with the template: the chat's system turn
 
@@ -61,11 +62,12 @@ class EvaluateConfig:
             raise ConfigError(f"num_fewshot={self.num_fewshot} must be >= 0 (or null)")
         if self.bootstrap_iters < 0:
             raise ConfigError(f"bootstrap_iters={self.bootstrap_iters} must be >= 0")
-        if self.system_instruction is not None and not self.apply_chat_template:
-            raise ConfigError(
-                f"system_instruction={self.system_instruction!r} is the chat's system turn; "
-                "allowed with apply_chat_template=true"
-            )
+        for name in ("system_instruction", "chat_template"):
+            if getattr(self, name) is not None and not self.apply_chat_template:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is of the chat format; allowed with "
+                    "apply_chat_template=true"
+                )
 
 
 def main(argv: list[str]) -> int | None:
@@ -88,8 +90,9 @@ def main(argv: list[str]) -> int | None:
         logging.getLogger(__name__).warning("%s", line)
     chat = None
     if cfg.apply_chat_template:  # the checkpoint declares a template: before its weights
-        chat = harness.ChatFormat(True, cfg.fewshot_as_multiturn, cfg.system_instruction)
-        check_declares_chat(Path(cfg.ckpt))
+        template = cfg.chat_template or True
+        chat = harness.ChatFormat(template, cfg.fewshot_as_multiturn, cfg.system_instruction)
+        check_declares_chat(Path(cfg.ckpt), cfg.chat_template)
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     # before any task runs: a generating task's refusal came after the others had run
     harness.check_generation(names, pre.cfg, cfg.max_gen_toks, "max_gen_toks", folders)

@@ -53,6 +53,7 @@ class GenerateConfig:
     cache: bool = True
     stop_at_eos: bool = True  # generate: end a sample at the model's EOS
     chat: bool = False  # generate: the prompt as a user's turn in the model's chat template
+    chat_template: str | None = None  # of several named templates, the one (default: default)
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto (as stored)
     tokenizer: str | None = None  # a tokenizer.json, for checkpoints that carry none
@@ -73,6 +74,11 @@ class GenerateConfig:
             )
         no_top_k = "50 for generate, 5 candidates for fill_mask"
         check_sampling("", self.temperature, self.top_k, self.top_p, no_top_k)
+        if self.chat_template is not None and not self.chat:
+            raise ConfigError(
+                f"chat_template={self.chat_template!r} names the template of a chat; allowed "
+                "with chat=true"
+            )
 
 
 # The options fill_mask has no use for: it ranks each mask's candidates in one forward pass.
@@ -112,7 +118,7 @@ def main(argv: list[str]) -> int | None:
     if cfg.chat:  # a chat template to render: refused before the weights where there is none
         from lmlab.infer.declared import check_declares_chat
 
-        check_declares_chat(Path(cfg.ckpt))
+        check_declares_chat(Path(cfg.ckpt), cfg.chat_template)
     pre = load(cfg.ckpt, cfg.device, cfg.dtype, cfg.tokenizer)
     import torch
     from rich.console import Console
@@ -183,7 +189,7 @@ def sample(cfg: GenerateConfig, pre, task: str, text: str, gen, console) -> None
             console.print(f"[bold]filled:[/bold] {escape(filled)}", soft_wrap=True)
         return
     tok, max_len = pre.tokenizer, pre.cfg.max_seq_len
-    ids = pre.chat_ids(text) if cfg.chat else pre.prompt_ids(text)
+    ids = pre.chat_ids(text, cfg.chat_template or True) if cfg.chat else pre.prompt_ids(text)
     warn_if_cut(len(ids), max_len)  # once, and before the prompt is written: not glued to it
     ids = ids[-max_len:]
     for n in range(cfg.num_samples):

@@ -110,7 +110,7 @@ class LmlabLM(TokenizedLM):
         self.length_option = length_option  # the setting max_gen_toks came from, for errors
         # asked before each batch (a training run's stop): EvalStopped ends the evaluation
         self.should_stop = should_stop or (lambda: False)
-        self.chat: str | None = None  # under apply_chat_template: the declared template
+        self.chat: bool | str = True  # under apply_chat_template: the template asked for
 
     @property
     def device(self) -> torch.device:
@@ -140,8 +140,9 @@ class LmlabLM(TokenizedLM):
         asked."""
         if chat_template is False or chat_template is None:
             return None
-        self.chat = self.pre.declared.chat(chat_template, f"ckpt={self.pre.path}")
-        return self.chat
+        text = self.pre.declared.chat(chat_template, f"ckpt={self.pre.path}")
+        self.chat = chat_template  # a name among several, or True: the one (or "default")
+        return text
 
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
@@ -151,12 +152,11 @@ class LmlabLM(TokenizedLM):
         refuses that role, as HFLM retries."""
         import jinja2
 
-        template = self.chat or self.chat_template(True)
         try:
-            return self.pre.chat_text(chat_history, add_generation_prompt, template)
+            return self.pre.chat_text(chat_history, add_generation_prompt, self.chat)
         except jinja2.exceptions.TemplateError:
             kept = [m for m in chat_history if m["role"] != "system"]
-            return self.pre.chat_text(kept, add_generation_prompt, template)
+            return self.pre.chat_text(kept, add_generation_prompt, self.chat)
 
     # ---------------------------------------------------------------- scoring
 

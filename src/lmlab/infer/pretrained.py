@@ -80,7 +80,9 @@ class Pretrained:
         declares them: what a chat template is rendered with."""
         from lmlab.infer.hf.tokenizer_io import hf_tokenizer_of
 
-        return hf_tokenizer_of(self.tokenizer, self.specials, self.family)
+        return hf_tokenizer_of(
+            self.tokenizer, self.specials, self.family, roles=self.declared.roles
+        )
 
     def chat_text(
         self,
@@ -102,17 +104,20 @@ class Pretrained:
             chat_template=self.declared.chat(template, f"ckpt={self.path}"),
         )
 
-    def chat_ids(self, text: str) -> list[int]:
+    def chat_ids(self, text: str, template: bool | str = True) -> list[int]:
         """A GPT's input for the user's message ``text``: the chat with that one turn and the
-        assistant's turn opened (``chat_text``), its special tokens read as such and nothing
-        added, as transformers' ``apply_chat_template(tokenize=True)`` gives it."""
-        return encode(self.tokenizer, self.chat_text([{"role": "user", "content": text}]))
+        assistant's turn opened (``chat_text``; ``template`` names one of several), its
+        special tokens read as such and nothing added, as transformers'
+        ``apply_chat_template(tokenize=True)`` gives it."""
+        turn = [{"role": "user", "content": text}]
+        return encode(self.tokenizer, self.chat_text(turn, template=template))
 
     def prompt_ids(self, text: str) -> list[int]:
         """A GPT's input for the prompt ``text``, framed as training frames a document: BOS
         first where there is one (as a Llama tokenizer's ``tok(text)``), then the text's
-        tokens; an empty prompt without BOS is the EOS a document follows."""
-        return prompt_ids(self.tokenizer, text)
+        tokens; an empty prompt without BOS is the EOS a document follows, a converted
+        model's the one it declares (as lm-eval's HFLM prefixes an empty context)."""
+        return prompt_ids(self.tokenizer, text, self.specials)
 
 
 def bos_token_id(tokenizer: Tokenizer, family: Family) -> int | None:

@@ -44,6 +44,7 @@ from lmlab.config import (
 )
 from lmlab.config.asked import asked_fields, asked_paths, command_line_overrides
 from lmlab.config.local_paths import source_name
+from lmlab.data.tokenizer import document_end_id
 from lmlab.errors import ConfigError
 from lmlab.files import PLAN, RUN_CONFIG, checkpoints_in, read_record
 from lmlab.infer.checkpoint import (
@@ -203,9 +204,13 @@ def resolve_init_from(
         )
     record = resumed[1] if resumed else {"init_source": loaded_source(path, ckpt)}
     declared = Declared.read(ckpt, f"init_from={path}")  # what a converted model declares
-    if declared.eos_tokens:  # its names are its tokenizer's: parsed only to check them
+    if declared.eos_tokens or declared.roles or declared.generation_ends():
+        # its names are its tokenizer's: parsed only to check them; the run ends its
+        # documents with the EOS found by name, so its checkpoints' generation stops there too
         tok = stored_tokenizer(ckpt["tokenizer"], f"init_from={path}")
-        declared.checked(tok, f"init_from={path}")
+        declared = declared.checked(tok, f"init_from={path}")
+        if (end := document_end_id(tok)) is not None:
+            declared = declared.ending_also(end)
     return InitFrom(
         path, model_cfg, ckpt["tokenizer"], {"init_from": str(path), **record}, declared
     )

@@ -41,8 +41,10 @@ from lmlab.infer.hf.mapping import to_lmlab as state_to_lmlab
 from lmlab.infer.hf.tokenizer_io import (
     check_specials,
     declared_eos,
+    declared_roles,
     hf_tokenizer,
     hf_tokenizer_of,
+    published_generation,
     transformers_quiet,
 )
 from lmlab.infer.pretrained import check_finite, checkpoint_config, load
@@ -138,8 +140,14 @@ def _from_hf(source: str) -> dict[str, Any]:
     }
     if tokenizer is not None:
         ckpt["tokenizer"] = tokenizer.backend_tokenizer.to_str()
-        eos_tokens = declared_eos(tokenizer, getattr(hf_model, "generation_config", None), source)
-        declared = Declared(tuple(eos_tokens), getattr(tokenizer, "chat_template", None))
+        generation = getattr(hf_model, "generation_config", None)
+        eos_tokens = declared_eos(tokenizer, generation, source)
+        declared = Declared(
+            tuple(eos_tokens),
+            getattr(tokenizer, "chat_template", None),
+            declared_roles(tokenizer),
+            published_generation(generation),
+        )
         if declared.record():
             ckpt[DECLARED] = declared.record()
         check_specials(tokenizer, eos_tokens)
@@ -321,12 +329,16 @@ def to_hf(
     tmp.mkdir()
     try:
         config.save_pretrained(tmp)
-        if len(declared.eos_tokens) > 1:  # generate() stops at each (Llama 3 Instruct's two)
+        if declared.generation:  # as it came in: where generate() stops, its sampling
+            transformers.GenerationConfig(**declared.generation).save_pretrained(tmp)
+        elif len(declared.eos_tokens) > 1:  # a record from before the generation config's
             ends = [tok.token_to_id(name) for name in declared.eos_tokens]
             transformers.GenerationConfig(**(extra | {"eos_token_id": ends})).save_pretrained(tmp)
         say_tied(tmp / "config.json", cfg.tie_embeddings)
         save_torch_state_dict(hf_state, tmp)
-        hf_tok = hf_tokenizer_of(tok, specials, cfg.family, cfg.type_vocab_size > 1)
+        hf_tok = hf_tokenizer_of(
+            tok, specials, cfg.family, cfg.type_vocab_size > 1, roles=declared.roles
+        )
         hf_tok.chat_template = declared.chat_template  # as it came in (chat_template.jinja)
         hf_tok.save_pretrained(tmp)
         as_umask_allows(tmp)

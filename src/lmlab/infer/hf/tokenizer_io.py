@@ -75,10 +75,14 @@ def hf_tokenizer(source: str, vocab_size: int) -> tuple[Any | None, str]:
         )
     top = max(backend.get_vocab().values())
     if top >= vocab_size:
+        past = sorted((i, t) for t, i in backend.get_vocab().items() if i >= vocab_size)
+        more = f" and {len(past) - 3} more" if len(past) > 3 else ""
+        shown = ", ".join(f"{t!r} ({i})" for i, t in past[:3]) + more
         raise ConfigError(
             f"from_hf={source}: its tokenizer has ids up to {top}, past config.json's "
-            f"vocab_size={vocab_size} (no embedding for them: another model's tokenizer?); "
-            f"allowed: ids below {vocab_size}"
+            f"vocab_size={vocab_size}: {shown} (no embedding for them: another model's "
+            "tokenizer, or special tokens tokenizer_config.json names and tokenizer.json lacks, "
+            f"which transformers adds at its end); allowed: ids below {vocab_size}"
         )
     return tok, ""
 
@@ -109,6 +113,29 @@ def declared_eos(tokenizer: Any, generation_config: Any, source: str) -> list[st
         else:
             names.append(name)
     return [n for n in dict.fromkeys(names) if backend.token_to_id(n) is not None]
+
+
+def declared_roles(tokenizer: Any) -> dict[str, str]:
+    """The Hugging Face tokenizer's special tokens by role (``special_tokens_map``:
+    ``bos_token``, ``eos_token``...), those its vocabulary holds: what transformers renders a
+    chat template with (``{{ bos_token }}``), whichever names lmlab finds by itself."""
+    backend = tokenizer.backend_tokenizer
+    roles = {}
+    for role, token in (getattr(tokenizer, "special_tokens_map", None) or {}).items():
+        name = token if isinstance(token, str) else getattr(token, "content", None)
+        if isinstance(name, str) and backend.token_to_id(name) is not None:
+            roles[str(role)] = name
+    return roles
+
+
+def published_generation(generation_config: Any) -> dict[str, Any]:
+    """A model's generation config as its folder holds it: the fields that differ from
+    transformers' defaults (generation_config.json's, else those config.json gives), as JSON
+    types, without transformers' own bookkeeping (its version)."""
+    if generation_config is None:
+        return {}
+    fields = json.loads(generation_config.to_json_string(use_diff=True))
+    return {k: v for k, v in fields.items() if k != "transformers_version" and k[0] != "_"}
 
 
 def check_specials(tokenizer: Any, eos_tokens: list[str] | None = None) -> None:
@@ -218,11 +245,18 @@ def steps(processor: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def hf_tokenizer_of(
-    tok: Any, specials: Specials, family: Family | None = None, segments: bool = False
+    tok: Any,
+    specials: Specials,
+    family: Family | None = None,
+    segments: bool = False,
+    roles: dict[str, str] | None = None,
 ) -> Any:
     """lmlab's tokenizer as transformers' fast tokenizer, with its special tokens' roles and
     (given the ``family``) the framing its model's inputs have (``framed``); with
-    ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read."""
+    ``segments``, ``tok(a, b)`` also gives the ``token_type_ids`` BERT's segments read.
+    ``roles``: the names a converted model's tokenizer declared (``declared_roles``), which
+    its chat template reads and its folder goes out with, those alone (not the roles lmlab
+    finds by name beside them); the framing stays ``specials``'."""
     transformers = transformers_quiet()
     # `the <mask>` reads as lmlab's fill and infill read it: as RoBERTa's <mask> does, unless
     # a space is a token of its own (a character vocabulary)
@@ -231,11 +265,12 @@ def hf_tokenizer_of(
     if strips:
         tok = stripping_left(tok, {specials.mask, *specials.sentinels} - {None})
     inputs = ["input_ids", *(["token_type_ids"] if segments else []), "attention_mask"]
-    roles = {
+    found = {
         f"{role}_token": getattr(specials, role)
         for role in ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
         if getattr(specials, role)
     }
+    roles = roles or found
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         additional_special_tokens=list(specials.sentinels),
