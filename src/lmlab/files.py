@@ -43,6 +43,7 @@ CHECKPOINTS = "checkpoints"  # *.ckpt: files, links or sharded folders
 SHARDED_META = "meta.pt"
 # What marks a Hugging Face model folder (save_pretrained's): ``lmlab convert from_hf`` reads it.
 HF_CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"  # its generation defaults (to_hf writes it back)
 EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
 # What an evaluation in a chat template records beside lm-eval's own settings (each task's
 # ``lm_eval`` in a record; infer.harness.ChatFormat writes them, analysis reads them).

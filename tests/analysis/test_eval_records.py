@@ -202,8 +202,8 @@ def test_eval_metrics_of_differently_formatted_prompts_get_a_warning(tmp_path: P
         f"warning: the runs scored {TASK} with differently formatted prompts (chat template: "
         "norm_placement=post, activation=relu; plain prompts: norm_placement=pre, "
         f"activation=gelu), so {ACC} compares the formats as much as the variants; evaluate "
-        "every run alike (lmlab evaluate apply_chat_template=, fewshot_as_multiturn=, "
-        "system_instruction=; the evals during training use plain prompts)"
+        "every run alike (lmlab evaluate apply_chat_template=, chat_template=, "
+        "fewshot_as_multiturn=, system_instruction=; the evals during training use plain prompts)"
     )
     assert item_warnings(root) == [] and shot_warnings(root) == []
     plain = chat(template=False)
@@ -231,6 +231,9 @@ def test_eval_metrics_of_differently_formatted_prompts_get_a_warning(tmp_path: P
         "chat template, shots as turns, system instruction 'You are a careful assistant who "
         "answe'... (67 characters): norm_placement=post" in format_warnings(root)[0]
     )
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3, chat=chat("default"))
+    write_record(root / "0", MAX_STEPS, 0.40, digest=None, items=20, shots=3, chat=chat())
+    assert format_warnings(root) == []  # the default template, named or not
     named = chat(template="tool_use")
     write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=3, chat=named)
     assert (

@@ -202,7 +202,9 @@ def test_to_hf_writes_the_declared_ends_and_chat_template_back(tmp_path: Path) -
     defaults (it kept the ends alone), so transformers stops the export where it stopped the
     original and formats a chat as it did; a conversion of the export records the same."""
     folder, model, hf_tok = instruct_folder(tmp_path, LLAMA3)
-    sampling = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77}
+    # Llama 2 Chat's: sampling settings without do_sample, which transformers loads with a
+    # warning and refuses to save (to_hf failed with a traceback)
+    sampling = {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 77}
     published = json.loads((folder / "generation_config.json").read_text()) | sampling
     published = {k: v for k, v in published.items() if k[0] != "_" and k != "transformers_version"}
     (folder / "generation_config.json").write_text(json.dumps(published))
@@ -273,13 +275,17 @@ def test_a_checkpoints_declared_record_must_fit_its_tokenizer(tmp_path: Path) ->
         ({"roles": {"bos_token": "<|nope|>"}}, r"its declared tokens \['<\|nope\|>'\] are no"),
         ({"roles": {"bos_token": 1}}, "allowed: eos_tokens, a list of token names, chat_temp"),
         ({"generation": [1]}, "allowed: eos_tokens, a list of token names, chat_template, r"),
-        ({"generation": {"eos_token_id": [3, 9999]}}, r"generation eos_token_id \[9999\] are no"),
+        ({"generation": {"eos_token_id": [3, -1]}}, r"generation eos_token_id \[-1\] are no"),
         ({"chat_template": 3}, "its declared chat_template is int; allowed: a Jinja template"),
     ):
         torch.save(saved | {DECLARED: record}, tmp_path / "bad.ckpt")
         with pytest.raises(ConfigError, match=said):
             load(tmp_path / "bad.ckpt")
     assert Specials.of(load(ckpt).tokenizer).eos == EOS  # by name, as before
+    # an end past the tokenizer (a padded embedding's row: from_hf warns) loads
+    past = {"generation": {"eos_token_id": [3, 9999]}}
+    torch.save(saved | {DECLARED: saved[DECLARED] | past}, tmp_path / "past.ckpt")
+    assert load(tmp_path / "past.ckpt").end_ids == [3, 9999]
 
 
 def chat_responses(lm: object, **chat: object) -> dict[str, list]:
@@ -444,7 +450,8 @@ def test_a_template_reads_the_bos_its_tokenizer_declares(tmp_path: Path) -> None
     """A tokenizer that declares a BOS it does not put before a text (Mistral's ``<s>``,
     which its chat template writes): lmlab renders the chat as transformers does on the
     original folder (the template's ``bos_token`` was undefined: a traceback), and ``to_hf``
-    writes the BOS back (transformers could no longer render the export's chat)."""
+    writes the BOS back (transformers could no longer render the export's chat). An empty
+    context is conditioned on that BOS, as lm-eval's HFLM conditions it (it was the EOS)."""
     folder, _, _ = instruct_folder(tmp_path, (None, "</s>", ["</s>", "<s>"]))
     hf_tok = refolded(folder, bos_token="<s>", chat_template=BOS_TEMPLATE)
     ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
@@ -454,6 +461,9 @@ def test_a_template_reads_the_bos_its_tokenizer_declares(tmp_path: Path) -> None
     assert pre.chat_text(CHAT) == expected and pre.bos_id is None  # training adds none
     chat = hf_tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)
     assert pre.chat_ids("hi") == chat["input_ids"]
+    theirs = HFLM(pretrained=str(folder), dtype="float32", batch_size=1, device="cpu")
+    assert LmlabLM(pre).prefix_token_id == theirs.prefix_token_id == hf_tok.bos_token_id
+    assert pre.prompt_ids("") == [hf_tok.bos_token_id]
     again = transformers.AutoTokenizer.from_pretrained(to_hf(ckpt, tmp_path / "out"))
     assert again.bos_token == "<s>" and again("hi").input_ids == hf_tok("hi").input_ids
     assert again.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == expected

@@ -338,7 +338,7 @@ _EVAL_SETTINGS = (
         "{}",
         "with differently formatted prompts",
         "the formats",
-        "alike (lmlab evaluate apply_chat_template=, fewshot_as_multiturn=, "
+        "alike (lmlab evaluate apply_chat_template=, chat_template=, fewshot_as_multiturn=, "
         "system_instruction=; the evals during training use plain prompts)",
     ),
 )

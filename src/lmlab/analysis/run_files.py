@@ -142,7 +142,8 @@ def prompt_format(settings: dict[str, Any], shots: int | None = None) -> str:
     template, multiturn, system = (settings.get(key) for key in CHAT_SETTINGS)
     if not template:
         return PLAIN_PROMPTS
-    parts = ["chat template" + ("" if template is True else f" {template!r}")]
+    named = template not in (True, "default")  # the one template, or its default
+    parts = ["chat template" + (f" {template!r}" if named else "")]
     if multiturn and shots != 0:
         parts.append("shots as turns")
     if system:

@@ -71,8 +71,8 @@ class Declared:
         tokenizer); a ConfigError naming ``where`` otherwise."""
         names = [*self.eos_tokens, *self.roles.values()]
         unknown = list(dict.fromkeys(n for n in names if tok.token_to_id(n) is None))
-        n = tok.get_vocab_size()
-        ends = [i for i in self.generation_ends() if type(i) is not int or not 0 <= i < n]
+        # an end past the tokenizer (a padded embedding's row) is kept: from_hf said so
+        ends = [i for i in self.generation_ends() if type(i) is not int or i < 0]
         if unknown or ends:
             which = f"tokens {unknown}" if unknown else f"generation eos_token_id {ends}"
             raise ConfigError(
@@ -146,6 +146,17 @@ class Declared:
         its chat template with, names the EOS it came in with."""
         found = Specials.of(tok)
         return dataclasses.replace(found, eos=self.eos_tokens[0]) if self.eos_tokens else found
+
+    def prefix_id(self, tok: Tokenizer, bos_id: int | None, eos_id: int) -> int:
+        """What an empty context is conditioned on, as lm-eval's HFLM takes its
+        ``prefix_token_id``: a converted model's ``bos_token``, where its tokenizer declares
+        one (whether or not it puts it before a text), else its EOS (``eos_id``); a model
+        without the tokenizer's roles (lmlab's, or a record from before them): ``bos_id``,
+        the BOS training starts documents with, else EOS."""
+        if self.roles:
+            bos = self.roles.get("bos_token")
+            return tok.token_to_id(bos) if bos else eos_id
+        return eos_id if bos_id is None else bos_id
 
     def end_ids(self, tok: Tokenizer) -> list[int]:
         """The ids that end a text, where generation stops: the generation config's ends,

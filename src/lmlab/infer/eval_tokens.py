@@ -46,6 +46,7 @@ class TokenizedLM(TemplateLM):
         self.eos = specials.eos
         self.eos_id = specials.id(tokenizer, "eos", "evaluation")
         self.bos_id = bos_token_id(tokenizer, cfg.family)  # None: lmlab's, GPT-2's, T5
+        self.prefix_id = declared.prefix_id(tokenizer, self.bos_id, self.eos_id)
         self.pad_id = specials.id(tokenizer, "pad", "evaluation") if specials.pad else self.eos_id
         # (context, continuation) -> the task that asked for it (``loglikelihood``)
         self.task_of: dict[tuple[str, str], str] = {}
@@ -58,9 +59,10 @@ class TokenizedLM(TemplateLM):
     @property
     def prefix_token_id(self) -> int:
         """What an empty context, and a rolling text's first window, is conditioned on: BOS
-        where training starts documents with it (``HFLM``'s rule), else EOS, which the
-        document before ends with."""
-        return self.eos_id if self.bos_id is None else self.bos_id
+        (``HFLM``'s rule: a converted model's declared ``bos_token``; else the BOS training
+        starts documents with), else EOS, which the document before ends with
+        (``Declared.prefix_id``)."""
+        return self.prefix_id
 
     @property
     def tokenizer_name(self) -> str:

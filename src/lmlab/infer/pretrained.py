@@ -25,9 +25,15 @@ from lmlab.config import Family, ModelConfig
 from lmlab.data.tokenizer import Specials, encode, prompt_ids
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer.checkpoint import consolidate, is_sharded, no_checkpoint, read_checkpoint
+from lmlab.infer.ckpt_tokenizer import (
+    carried_tokenizer,
+    check_not_replaced,
+    read_tokenizer,
+    stored_tokenizer,
+    trained_vocab,
+)
 from lmlab.infer.declared import Declared
 from lmlab.infer.digest import model_digest
-from lmlab.infer.hf.tokenizer_io import same_tokenizer
 
 NOT_LMLAB = "not an lmlab checkpoint (no model_config/state_dict)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,9 +75,10 @@ class Pretrained:
 
     @property
     def end_ids(self) -> list[int]:
-        """The tokens that end a text, where generation stops: those a converted model
-        declares (an instruct model's ``<|eot_id|>`` or ``<|im_end|>``, its tokenizer's EOS
-        first), then the one training ends every document with (``Declared.end_ids``)."""
+        """The tokens that end a text, where generation stops (``Declared.end_ids``): a
+        converted model's generation config's ends (an instruct model's ``<|eot_id|>`` or
+        ``<|im_end|>``), as transformers' ``generate`` stops; without them, the ends it
+        declares and the one training ends every document with."""
         return self.declared.end_ids(self.tokenizer)
 
     @functools.cached_property
@@ -115,9 +122,13 @@ class Pretrained:
     def prompt_ids(self, text: str) -> list[int]:
         """A GPT's input for the prompt ``text``, framed as training frames a document: BOS
         first where there is one (as a Llama tokenizer's ``tok(text)``), then the text's
-        tokens; an empty prompt without BOS is the EOS a document follows, a converted
-        model's the one it declares (as lm-eval's HFLM prefixes an empty context)."""
-        return prompt_ids(self.tokenizer, text, self.specials)
+        tokens; an empty prompt without BOS is what evaluation conditions an empty context on
+        (``Declared.prefix_id``: a converted model's declared BOS, else its EOS; lmlab's: the
+        EOS a document follows)."""
+        ids = prompt_ids(self.tokenizer, text, self.specials)
+        if text or self.bos_id is not None:
+            return ids
+        return [self.declared.prefix_id(self.tokenizer, None, ids[0])]
 
 
 def bos_token_id(tokenizer: Tokenizer, family: Family) -> int | None:
@@ -157,53 +168,6 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def read_tokenizer(path: Path, vocab_size: int, trained: int | None = None) -> Tokenizer:
-    """``tokenizer=``: a ``tokenizers`` JSON file that can be the model's (``check_vocab``)."""
-    if not path.is_file():
-        raise ConfigError(f"tokenizer={path}: no such file (a tokenizer.json)")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises a bare Exception for any file it cannot parse
-        raise ConfigError(
-            f"tokenizer={path}: not a tokenizers JSON file ({first_line(err, 120)})"
-        ) from None
-    check_vocab(tok, vocab_size, trained, f"tokenizer={path}")
-    return tok
-
-
-def check_not_replaced(tok: Tokenizer, carried: Tokenizer | None, path: Path, where: str) -> None:
-    """``tokenizer=`` is for a checkpoint that carries none: the one it carries is the one it
-    was trained with, and another of the same size (which ``check_vocab`` passes) would read
-    every text as other ids, scoring and generating silently wrong. Refused unless it is that
-    tokenizer, or its ``to_hf`` export (``lmlab.infer.hf.tokenizer_io.same_tokenizer``)."""
-    if carried is not None and not same_tokenizer(tok, carried):
-        raise ConfigError(
-            f"tokenizer={path}: {where} carries its own tokenizer, the one it was trained "
-            "with; tokenizer= is for checkpoints that carry none (leave it out)"
-        )
-
-
-def check_vocab(tok: Tokenizer, vocab_size: int, trained: int | None, where: str) -> None:
-    """``tok`` can be the model's: no more tokens than its embedding has rows (an id past
-    them is an IndexError, or another model's token) and, where the checkpoint carries the
-    tokenizer it was trained with (``trained``: its size), exactly as many. The rows may
-    outnumber the tokens (``model.vocab_size`` set above the tokenizer's, a converted T5's
-    32128 rows for 32100 tokens), so fewer tokens than rows alone proves nothing; a smaller
-    tokenizer than the trained one would read text as other ids (wrong numbers, silently)."""
-    size = tok.get_vocab_size()
-    if size > vocab_size:
-        raise ConfigError(
-            f"{where} has {size} tokens, more than the model's vocabulary of {vocab_size}: it "
-            "is another model's tokenizer"
-        )
-    if trained is not None and size != trained:
-        raise ConfigError(
-            f"{where} has {size} tokens, the model was trained with a tokenizer of {trained} "
-            "(the one its checkpoint carries): it is another model's tokenizer; leave "
-            "tokenizer= out to use the checkpoint's"
-        )
-
-
 def saved_config(ckpt: dict, where: str) -> ModelConfig:
     """A checkpoint's ``model_config`` as this lmlab's ModelConfig; ``where`` names the
     checkpoint in the one line that says it does not fit."""
@@ -238,32 +202,6 @@ def checkpoint_digest(path: str | os.PathLike, step: int | None = None) -> str |
     tok = stored_tokenizer(ckpt["tokenizer"], where)
     state = model_state(ckpt["state_dict"])
     return model_digest(saved_config(ckpt, where), state, tok, ckpt["model_config"])
-
-
-def carried_tokenizer(ckpt: dict) -> Tokenizer | None:
-    """The tokenizer a checkpoint carries (the one it was trained with); None where it
-    carries none, or one that does not parse (``tokenizer=`` stands in for it)."""
-    try:
-        return Tokenizer.from_str(ckpt["tokenizer"])
-    except Exception:  # missing (KeyError), or anything tokenizers cannot parse
-        return None
-
-
-def trained_vocab(ckpt: dict) -> int | None:
-    """The size of the tokenizer a checkpoint carries; None as ``carried_tokenizer``."""
-    carried = carried_tokenizer(ckpt)
-    return None if carried is None else carried.get_vocab_size()
-
-
-def stored_tokenizer(value: object, where: str) -> Tokenizer:
-    """The tokenizer a checkpoint carries (its JSON string); ``where`` names the checkpoint."""
-    try:
-        return Tokenizer.from_str(value)  # type: ignore[arg-type]
-    except Exception as err:  # a bare Exception (or TypeError) for anything it cannot parse
-        raise ConfigError(
-            f"{where}: its tokenizer is unreadable ({first_line(err, 120)}): the file is damaged; "
-            "tokenizer=<a tokenizer.json> uses the weights with another"
-        ) from None
 
 
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

@@ -54,8 +54,9 @@ from lmlab.infer.checkpoint import (
     no_checkpoint,
     read_checkpoint,
 )
+from lmlab.infer.ckpt_tokenizer import stored_tokenizer
 from lmlab.infer.declared import Declared
-from lmlab.infer.pretrained import check_finite, model_state, stored_tokenizer
+from lmlab.infer.pretrained import check_finite, model_state
 
 log = logging.getLogger(__name__)
 

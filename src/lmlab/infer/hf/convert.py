@@ -32,7 +32,7 @@ from lmlab.config.outpath import (
 )
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import HF_CONFIG
+from lmlab.files import GENERATION_CONFIG, HF_CONFIG, write_json
 from lmlab.infer.checkpoint import save_new
 from lmlab.infer.declared import DECLARED, Declared
 from lmlab.infer.hf import ARCHITECTURES, Architecture, architectures_of
@@ -329,8 +329,11 @@ def to_hf(
     tmp.mkdir()
     try:
         config.save_pretrained(tmp)
-        if declared.generation:  # as it came in: where generate() stops, its sampling
-            transformers.GenerationConfig(**declared.generation).save_pretrained(tmp)
+        if declared.generation:  # as it came in: where generate() stops, its sampling;
+            # written as is: save_pretrained refuses what transformers loads with a warning
+            # (Llama 2 Chat's temperature and top_p without do_sample)
+            version = {"transformers_version": transformers.__version__}
+            write_json(tmp / GENERATION_CONFIG, declared.generation | version)
         elif len(declared.eos_tokens) > 1:  # a record from before the generation config's
             ends = [tok.token_to_id(name) for name in declared.eos_tokens]
             transformers.GenerationConfig(**(extra | {"eos_token_id": ends})).save_pretrained(tmp)

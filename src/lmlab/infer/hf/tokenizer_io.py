@@ -105,7 +105,7 @@ def declared_eos(tokenizer: Any, generation_config: Any, source: str) -> list[st
         if name is None:
             log.warning(
                 "from_hf=%s: its generation config's eos_token_id %s is no token of its "
-                "tokenizer (of %d): generation does not stop at it",
+                "tokenizer (of %d): no text of it ends there",
                 source,
                 token_id,
                 backend.get_vocab_size(),
