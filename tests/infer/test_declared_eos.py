@@ -467,3 +467,37 @@ def test_a_template_reads_the_bos_its_tokenizer_declares(tmp_path: Path) -> None
     again = transformers.AutoTokenizer.from_pretrained(to_hf(ckpt, tmp_path / "out"))
     assert again.bos_token == "<s>" and again("hi").input_ids == hf_tok("hi").input_ids
     assert again.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == expected
+
+
+def test_generate_samples_as_the_generation_config_publishes(
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], caplog
+) -> None:
+    """A converted model whose generation config publishes its sampling (here top_k 1: the
+    most likely token, whatever the temperature) samples so where the command line sets none
+    of it, as vLLM takes a model's defaults: ``lmlab generate`` writes transformers' greedy
+    text (it sampled at its own temperature 0.8 and top_k 50). The command line's win."""
+    folder, model, hf_tok = instruct_folder(tmp_path, SMOLLM2)
+    published = json.loads((folder / "generation_config.json").read_text())
+    published |= {"do_sample": True, "top_k": 1, "temperature": 0.9}
+    (folder / "generation_config.json").write_text(json.dumps(published))
+    ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
+    ids = hf_tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        greedy = model.generate(ids, do_sample=False, max_new_tokens=N_NEW)[0, ids.shape[1] :]
+    args = [f"ckpt={ckpt}", f"prompt={PROMPT}", f"max_new_tokens={N_NEW}", "seed=3"]
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="lmlab.cli.generate"):
+        assert run_command("generate", *args) == 0
+    text = PROMPT + hf_tok.decode(greedy.tolist(), skip_special_tokens=True)
+    assert capsys.readouterr().out == text + "\n"
+    assert "generation config publishes it: temperature=0.9, top_k=1" in caplog.text
+    assert run_command("generate", *args, "top_k=50", "temperature=5") == 0
+    assert capsys.readouterr().out != text + "\n"  # at temperature 5 over 50 tokens
+    assert run_command("generate", *args, "top_p=0") == 2  # the command line's checked
+    published["temperature"] = -1.0
+    (folder / "generation_config.json").write_text(json.dumps(published))
+    bad = from_hf(str(folder), tmp_path / "bad.ckpt")
+    capsys.readouterr()
+    assert run_command("generate", f"ckpt={bad}", "prompt=x") == 2
+    err = capsys.readouterr().err
+    assert "generation config publishes temperature=-1.0, top_k=1; set temperature, top_k" in err

@@ -17,7 +17,9 @@ transformers' ``generate`` stops at ``eos_token_id``; ``stop_at_eos=false`` writ
 (into what the model takes for the next document), to ``max_new_tokens``. ``chat=true``
 makes the prompt a user's turn in the chat template an instruct model declares (a converted
 one's, and the runs started from it) and writes the assistant's answer, which ends at the
-model's declared end of turn.
+model's declared end of turn. A converted model samples as its generation config publishes
+(Llama 3 Instruct's temperature 0.6 and top_p 0.9, as vLLM takes them) where the command line
+sets none of ``temperature``, ``top_k``, ``top_p``; the command line's win, key by key.
 Infilling samples as generation does (``num_samples`` fills, one after another); fill_mask
 takes ``top_k`` only (the candidates per mask): a sampling option given to it is refused.
 A GPT's prompt starts with the BOS its documents started with in training, where its tokenizer
@@ -27,6 +29,8 @@ for a GPU.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +114,40 @@ def check_options(task: str, given: dict[str, str]) -> None:
         )
 
 
+# The sampling settings a model's generation config can publish that generate takes.
+PUBLISHED_SAMPLING = ("temperature", "top_k", "top_p")
+
+
+def published_sampling(
+    cfg: GenerateConfig, generation: dict, given: dict[str, str]
+) -> GenerateConfig:
+    """``cfg`` with the sampling a converted model's generation config publishes
+    (``Declared.generation``: temperature, top_k, top_p), each where the command line
+    (``given``) sets none of that key, as vLLM takes a model's defaults (transformers' own
+    top_k of 0, every token, is the whole vocabulary's ``None`` here: left at generate's);
+    said in one line. A published value generate cannot take is refused in one line naming
+    the key that overrides it."""
+    taken = {k: generation[k] for k in PUBLISHED_SAMPLING if k in generation and k not in given}
+    if taken.get("top_k") == 0:
+        del taken["top_k"]
+    if not taken:
+        return cfg
+    said = ", ".join(f"{k}={v}" for k, v in taken.items())
+    try:
+        merged = dataclasses.replace(cfg, **taken)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err} (ckpt={cfg.ckpt}'s generation config publishes {said}; set "
+            f"{', '.join(taken)} on the command line)"
+        ) from None
+    logging.getLogger(__name__).info(
+        "sampling as the model's generation config publishes it: %s (%s= set them)",
+        said,
+        "=, ".join(PUBLISHED_SAMPLING),
+    )
+    return merged
+
+
 def main(argv: list[str]) -> int | None:
     cfg = parse(GenerateConfig, argv)
     from lmlab.infer.pretrained import load
@@ -131,7 +169,10 @@ def main(argv: list[str]) -> int | None:
 
     task = cfg.task or INFER_TASKS[pre.family]
     check_infer_task(pre.family, task, f"task={task}", cfg.ckpt)
-    check_options(task, dict(arg.split("=", 1) for arg in argv))  # parse checked key=value
+    given = dict(arg.split("=", 1) for arg in argv)  # parse checked key=value
+    check_options(task, given)
+    if task == "generate":
+        cfg = published_sampling(cfg, pre.declared.generation, given)
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
     text = cfg.text if cfg.text is not None else cfg.prompt
