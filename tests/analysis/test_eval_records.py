@@ -203,7 +203,8 @@ def test_eval_metrics_of_differently_formatted_prompts_get_a_warning(tmp_path: P
         "norm_placement=post, activation=relu; plain prompts: norm_placement=pre, "
         f"activation=gelu), so {ACC} compares the formats as much as the variants; evaluate "
         "every run alike (lmlab evaluate apply_chat_template=, chat_template=, "
-        "fewshot_as_multiturn=, system_instruction=; the evals during training use plain prompts)"
+        "fewshot_as_multiturn=, system_instruction=; eval.apply_chat_template= and the others "
+        "during training)"
     )
     assert item_warnings(root) == [] and shot_warnings(root) == []
     plain = chat(template=False)
@@ -489,3 +490,30 @@ def test_a_run_resumed_past_its_evaluation_is_ranked_by_it_with_a_note(tmp_path:
     )
     rows = ranking.aggregate([run], ACC, higher_is_better=True)
     assert note in ranking.summarize(rows, ACC, True)
+
+
+def test_evals_during_training_in_the_chat_template_are_compared_by_their_format(
+    tmp_path: Path,
+) -> None:
+    """results.json's ``eval_prompts`` (``eval.apply_chat_template=true``) is the format of
+    the evals during training: against another run's plain ``lmlab evaluate`` record, the
+    summary warns; against a record in the same template, it does not."""
+    root = two_runs(tmp_path)
+    n_samples = {TASK: {"original": 300, "effective": 20}}
+    update_results(
+        root / "0",
+        eval_n_samples=n_samples,
+        eval_n_shot={TASK: 0},
+        eval_prompts=chat(system="Be brief."),
+        **{ACC: 0.40},
+    )
+    plain = chat(template=False)
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0, chat=plain)
+    (warning,) = format_warnings(root)
+    assert (
+        "(chat template, system instruction 'Be brief.': norm_placement=pre, activation=gelu; "
+        "plain prompts: norm_placement=post, activation=relu)" in warning
+    )
+    same = chat(system="Be brief.")
+    write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0, chat=same)
+    assert format_warnings(root) == []

@@ -21,7 +21,9 @@ transformers = pytest.importorskip("transformers")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
+from lmlab.analysis import multirun as mrun  # noqa: E402
 from lmlab.analysis.run_files import PLAIN_PROMPTS, prompt_format  # noqa: E402
+from lmlab.analysis.runs import load_runs  # noqa: E402
 from lmlab.cli.generate import main as generate_main  # noqa: E402
 from lmlab.data.tokenizer import EOS, Specials, train_bpe  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
@@ -233,18 +235,32 @@ def test_to_hf_writes_the_declared_ends_and_chat_template_back(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_run_started_from_a_conversion_keeps_what_it_declares(
-    tmp_path: Path, run_command
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``init_from`` a converted instruct model: the run's checkpoints keep its record, as a
     fine-tuned Hugging Face model keeps its tokenizer and generation config, so the trained
     model stops at the declared ends too and goes out with them and the chat template (both
     were dropped: the run's checkpoints carried the tokenizer alone). The run ends its
-    documents with lmlab's EOS, which its generation config then lists too."""
+    documents with lmlab's EOS, which its generation config then lists too. Its evals run in
+    the chat template (``eval.apply_chat_template=true``), which results.json records for
+    ``compare``; a run whose model declares no template is refused that before training."""
     folder, _, hf_tok = instruct_folder(tmp_path, LLAMA3)
     ckpt = from_hf(str(folder), tmp_path / "m.ckpt")
     run = tmp_path / "run"
     args = ["+debug=smoke", "data.seq_len=64", "logger=csv", f"hydra.run.dir={run}"]
-    assert run_command("train", *args, f"init_from={ckpt}", "data.tokenizer=checkpoint") == 0
+    evals = ["eval.tasks=[stdlib_cloze]", "eval.limit=2", "eval.apply_chat_template=true"]
+    assert (
+        run_command("train", *args, *evals, f"init_from={ckpt}", "data.tokenizer=checkpoint") == 0
+    )
+    results = json.loads((run / "results.json").read_text())
+    assert "eval/stdlib_cloze/acc" in results
+    assert results["eval_prompts"]["apply_chat_template"] is True
+    assert mrun.eval_format(load_runs(run)[0], "eval/stdlib_cloze/acc") == "chat template"
+    alone = [*args[:3], f"hydra.run.dir={tmp_path / 'alone'}", *evals]
+    assert run_command("train", *alone) == 2
+    assert "eval.apply_chat_template=true: the model it trains declares no chat template" in (
+        capsys.readouterr().err
+    )
     trained = run / "checkpoints" / "last.ckpt"
     record, source = torch.load(trained, weights_only=True)[DECLARED], torch.load(ckpt)[DECLARED]
     ends = [

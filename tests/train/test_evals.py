@@ -76,6 +76,12 @@ def test_a_run_stopped_where_evals_were_due_resumes_with_each_eval_once(
         ("eval.limit=0", "eval.limit=0 must be >= 1"),
         ("eval.max_gen_toks=0", "eval.max_gen_toks=0 must be >= 1"),
         ("eval.tasks=[a,' ']", "is not a task name"),
+        (
+            "eval.system_instruction=Be brief.",
+            "eval.system_instruction='Be brief.' is of the chat format; allowed with "
+            "eval.apply_chat_template=true",
+        ),
+        ("eval.chat_template=tool_use", "eval.chat_template='tool_use' is of the chat format"),
     ],
 )
 def test_bad_eval_values_are_refused_before_any_work(override: str, message: str) -> None:

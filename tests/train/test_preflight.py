@@ -723,7 +723,7 @@ def test_the_throughput_skip_the_readme_documents_is_a_shipped_field(tmp_path: P
     import inspect
 
     from lmlab.train.callbacks import Throughput
-    from lmlab.train.preflight import build_callbacks
+    from lmlab.train.targets import build_callbacks
 
     cfg = compose_train(["+debug=smoke", "callbacks.throughput.skip=5"], tmp_path, tmp_path)
     (throughput,) = [c for c in build_callbacks(cfg) if isinstance(c, Throughput)]

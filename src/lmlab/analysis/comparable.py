@@ -339,7 +339,7 @@ _EVAL_SETTINGS = (
         "with differently formatted prompts",
         "the formats",
         "alike (lmlab evaluate apply_chat_template=, chat_template=, fewshot_as_multiturn=, "
-        "system_instruction=; the evals during training use plain prompts)",
+        "system_instruction=; eval.apply_chat_template= and the others during training)",
     ),
 )
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lmlab.analysis.run_files import PLAIN_PROMPTS, canonical, count, item_count
+from lmlab.analysis.run_files import PLAIN_PROMPTS, canonical, count, item_count, prompt_format
 from lmlab.analysis.runs import Run, RunDirError
 from lmlab.files import RESULTS
 
@@ -296,12 +296,16 @@ def eval_shots(run: Run, metric: str) -> int | None:
 def eval_format(run: Run, metric: str) -> str | None:
     """How the prompts of the run's value of the eval metric ``metric`` were formatted
     (``run_files.prompt_format``), from where :func:`run_value` takes the value: ``lmlab
-    evaluate``'s record, or the evals during training, which use plain prompts; None where
-    not an eval metric."""
+    evaluate``'s record, or results.json's ``eval_prompts`` (the evals during training; plain
+    prompts in a run from before it was recorded); None where not an eval metric."""
     task = eval_task(metric)
     if task is None:
         return None
-    return run.eval_formats.get(task, PLAIN_PROMPTS) if from_record(run, metric) else PLAIN_PROMPTS
+    if from_record(run, metric):
+        return run.eval_formats.get(task, PLAIN_PROMPTS)
+    settings, shots = run.results.get("eval_prompts"), run.results.get("eval_n_shot")
+    shots = count(shots.get(task)) if isinstance(shots, dict) else None
+    return prompt_format(settings if isinstance(settings, dict) else {}, shots)
 
 
 def from_record(run: Run, metric: str) -> bool:

@@ -130,7 +130,7 @@ def _formats(record: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-PLAIN_PROMPTS = "plain prompts"  # lm-eval's default, and the evals' during training
+PLAIN_PROMPTS = "plain prompts"  # lm-eval's default
 
 
 def prompt_format(settings: dict[str, Any], shots: int | None = None) -> str:

@@ -138,8 +138,8 @@ def run_job(cfg: DictConfig, job: JobFolder) -> float | None:
     with long_lived():  # heavy imports only once the config composed
         from lmlab.train.distributed import RankLostError
         from lmlab.train.guard import NonFiniteError
-        from lmlab.train.preflight import check_callbacks
         from lmlab.train.run import train
+        from lmlab.train.targets import check_callbacks
 
     if not in_multirun():  # the callbacks' classes import Lightning: checked once it is loaded,
         try:  # before train() opens the run directory (a sweep's were checked before its start)

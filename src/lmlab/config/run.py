@@ -180,8 +180,24 @@ class EvalConfig:
     ``lmlab evaluate``'s ``max_gen_toks=``). A GPT's prompt keeps its last
     ``model.max_seq_len - max_gen_toks`` tokens, so each generating task's length must be
     below ``model.max_seq_len``: checked before training starts."""
+    apply_chat_template: bool = False
+    """Every request in the chat template the model declares (a run started with
+    ``init_from`` a converted instruct model), as ``lmlab evaluate apply_chat_template=true``;
+    checked before training starts."""
+    chat_template: str | None = None
+    """Of several templates by name, the one (default: ``default``)."""
+    fewshot_as_multiturn: bool = True
+    """With the template: each few-shot example a turn of its own (lm-eval's default)."""
+    system_instruction: str | None = None
+    """With the template: the chat's system turn."""
 
     def __post_init__(self) -> None:
+        for name in ("chat_template", "system_instruction"):
+            if getattr(self, name) is not None and not self.apply_chat_template:
+                raise ConfigError(
+                    f"eval.{name}={getattr(self, name)!r} is of the chat format; allowed with "
+                    "eval.apply_chat_template=true"
+                )
         if self.every_n_steps < 0:
             raise ConfigError(
                 f"eval.every_n_steps={self.every_n_steps} must be >= 0 (0: at the last step only)"

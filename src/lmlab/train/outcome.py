@@ -34,8 +34,9 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
     """What results.json keeps of the evals during training beside their metrics: each task's
     item count (``eval_n_samples``, the harness's ``original`` and ``effective``) and shots
-    (``eval_n_shot``: ``compare`` warns where runs ranked by a task scored different counts,
-    or with different shots) and every eval that failed
+    (``eval_n_shot``) and how they formatted its prompts (``eval_prompts``: the chat settings,
+    as an eval record holds them): ``compare`` warns where runs ranked by a task scored
+    different counts, with different shots or in other formats; and every eval that failed
     (``eval_failures``: step, tasks and one-line error; the run went on without its
     metrics)."""
     if evals is None:
@@ -45,6 +46,8 @@ def eval_results(evals: EvalTasks | None) -> dict[str, Any]:
         out["eval_n_samples"] = evals.n_samples
     if evals.metrics and evals.n_shot:
         out["eval_n_shot"] = evals.n_shot
+    if evals.metrics and evals.prompts:
+        out["eval_prompts"] = evals.prompts
     if evals.failures:
         out["eval_failures"] = list(evals.failures)
     return out

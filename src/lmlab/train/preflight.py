@@ -11,17 +11,13 @@ to other machines is checked on the one it is started from.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.config import (
@@ -41,7 +37,8 @@ from lmlab.config.asked import asked_paths, command_line_overrides
 from lmlab.data.collators import COLLATORS, SpanCorruptionCollator
 from lmlab.data.splits import LISTED, list_splits
 from lmlab.data.tokenizer import N_SENTINELS, check_vocab
-from lmlab.errors import ConfigError, first_line, say_once, spelled
+from lmlab.errors import ConfigError, say_once
+from lmlab.infer.declared import NOTHING, Declared
 from lmlab.model.loss import check_cross_entropy
 from lmlab.train.batch import GlobalBatch, resolve_global_batch
 from lmlab.train.budget import check_max_steps
@@ -59,14 +56,10 @@ from lmlab.train.plan import RunPlan, make_plan
 from lmlab.train.rank_check import check_master_port, check_process_group_backend, check_world_size
 from lmlab.train.runfiles import asked_checkpoint, check_checkpoint_folder
 from lmlab.train.strategy_check import (
-    annotated_parameters,
     check_strategy_installed,
     check_strategy_loads,
-    describe_kinds,
-    takes,
-    target_parameters,
-    value_kinds,
 )
+from lmlab.train.targets import check_callbacks, check_target_node, has_target, not_built
 from lmlab.train.wandb_check import check_wandb
 
 log = logging.getLogger(__name__)
@@ -96,77 +89,6 @@ def check_stride(stride: int | None, family: Family, seq_len: int) -> None:
             f"trains on at data.seq_len={seq_len}: windows would skip tokens (allowed: 1 to "
             f"{row}, or null for whole rows)"
         )
-
-
-# Fields whose value lmlab reads before the target does, with words of its own: null is auto.
-LMLAB_READS = {"logger.wandb": ("offline",), "optim": ("fused",)}
-
-# Arguments lmlab passes a target itself, {group: {argument: what it passes}}: a key for one
-# (+scheduler.total_steps=100) was overridden without a word (the schedule still ended with
-# the run), or failed as a second value once the data was prepared (+optim.params=...).
-LMLAB_PASSES = {
-    "optim": {"params": "the model's parameter groups (weight decay on matmul weights only)"},
-    "scheduler": {
-        "optimizer": "the run's optimizer",
-        "total_steps": "the run's planned steps (trainer.max_steps, or the budget's): the "
-        "schedule ends with the run",
-    },
-    "logger.wandb": {
-        "id": "the run directory's W&B id (its wandb_id file), which a resume reopens",
-        "resume": "'allow': a resumed run reopens its W&B run",
-        "mode": "offline or online as logger.wandb.offline says (W&B off: logger=csv)",
-    },
-    "trainer": {
-        "callbacks": "the callbacks group's (callbacks.<name>=...)",
-        "logger": "the logger group's (logger=csv, wandb or none)",
-    },
-}
-
-
-def check_target_node(node: DictConfig, where: str, keys: bool = True, types: bool = False) -> None:
-    """A ``_target_`` node's keys are arguments its target takes (``keys``): a key added with
-    ``+`` (``+trainer.foo=1``, ``+optim.foo=1``) failed only when the object was built, after
-    the data was prepared, through a traceback. And a field the target annotates as
-    true/false (Lightning's ``Trainer(use_distributed_sampler=...)``,
-    ``ModelCheckpoint(enable_version_counter=...)``) given anything else is refused: ``yes``
-    or ``7`` were passed on, and read as true. ``types``: every field the target annotates
-    with basic types (int, float, str, bool, Optional, a Literal or an Enum) is held to them
-    (a callback's: ``callbacks.sample.temperature=hot`` failed in its comparison with 0)."""
-    try:
-        target = get_method(node._target_)
-        params = (
-            target_parameters(target)[0]
-            if isinstance(target, type)
-            else annotated_parameters(target)
-        )
-        takes_any = any(
-            p.kind == inspect.Parameter.VAR_KEYWORD
-            for p in inspect.signature(target).parameters.values()
-        )
-    except (ImportError, ValueError, TypeError, AttributeError):
-        return  # the target itself is named when it is built
-    named = [key for key in node if not str(key).startswith("_")]
-    passed = LMLAB_PASSES.get(where, {})
-    if keys and (key := next((k for k in named if k in passed), None)) is not None:
-        raise ConfigError(
-            f"{where}.{key}={spelled(node[key])}: not a setting: lmlab passes {passed[key]}"
-        )
-    unknown = [key for key in named if key not in params]
-    if keys and unknown and not takes_any:
-        key = unknown[0]
-        allowed = ", ".join(name for name in params if name not in ("self", "**", *passed))
-        raise ConfigError(
-            f"{where}.{key}={node[key]}: unknown key ({node._target_} does not take it); "
-            f"allowed: {allowed}"
-        )
-    for key in named:
-        if key in unknown or key in LMLAB_READS.get(where, ()):
-            continue
-        kinds = value_kinds(*params[key])
-        true_false = kinds and bool in kinds[0] and kinds[0] <= {bool, type(None)} and not kinds[1]
-        if (true_false or (types and kinds)) and not takes(kinds, node[key]):
-            shown = spelled(node[key])
-            raise ConfigError(f"{where}.{key}={shown}: allowed: {describe_kinds(kinds)}")
 
 
 def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
@@ -202,7 +124,8 @@ def check_run(cfg: DictConfig, machine: bool = True) -> CheckedRun:
         check_strategy_loads(cfg.trainer, asked)
     batch = resolve_global_batch(cfg.trainer, data_cfg, seq_len)  # bad batches fail early
     check_cuda_graphs(cfg, batch, machine=here)  # a dry run may plan for a GPU elsewhere
-    check_evals(cfg, model_cfg, data_cfg if task_cfg.kind == TaskKind.lm else None)
+    declared = init.declared if init is not None else NOTHING
+    check_evals(cfg, model_cfg, data_cfg if task_cfg.kind == TaskKind.lm else None, declared)
     if machine:
         check_attention_kernel(cfg.trainer, model_cfg)
     check_cross_entropy(model_cfg)
@@ -286,11 +209,18 @@ def check_job(cfg: DictConfig, machine: bool = True) -> RunPlan:
     return plan
 
 
-def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | None) -> None:
+def check_evals(
+    cfg: DictConfig,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig | None,
+    declared: Declared = NOTHING,
+) -> None:
     """``eval.tasks`` name tasks whose data can be read now (a hub task's dataset is fetched
     here), for a model that can be scored, whose generating tasks ask what lmlab's decoder
-    does and leave a GPT's prompt room at ``eval.max_gen_toks`` (``check_generation``):
-    before data, plan or model are built. A shipped
+    does and leave a GPT's prompt room at ``eval.max_gen_toks`` (``check_generation``), in
+    a chat template the model declares where ``eval.apply_chat_template`` asks for one
+    (``declared``: what the ``init_from`` checkpoint declares): before data, plan or model
+    are built. A shipped
     task whose items the corpus ``data_cfg`` (a language model's) trains on is warned of,
     once per process (``harness.trained_items``)."""
     tasks = list((cfg.get("eval") or {}).get("tasks") or [])
@@ -307,87 +237,8 @@ def check_evals(cfg: DictConfig, model_cfg: ModelConfig, data_cfg: DataConfig | 
     harness.check_tasks(tasks, where="eval.tasks", folders=folders)
     max_gen_toks = (cfg.get("eval") or {}).get("max_gen_toks", MAX_GEN_TOKS)
     harness.check_generation(tasks, model_cfg, max_gen_toks, "eval.max_gen_toks", folders)
+    if (cfg.get("eval") or {}).get("apply_chat_template"):
+        name = cfg.eval.get("chat_template")
+        declared.chat(name or True, "eval.apply_chat_template=true: the model it trains")
     for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
         say_once(log, logging.WARNING, f"eval.tasks: {line}")
-
-
-def check_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks, each field held to the type its target annotates
-    (``check_target_node``), then built (``build_callbacks``): the run's, and ``lmlab
-    train``'s check before it starts the run (nothing written to its directory yet)."""
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is not None and not has_target(node):
-            raise not_built("callbacks", name, node)
-        if node is not None:  # its keys and the types of their values
-            check_target_node(node, f"callbacks.{name}", types=True)
-    return build_callbacks(cfg)
-
-
-def not_built(group: str, name: str, node: object, kind: str = "Callback") -> ConfigError:
-    """``<group>.<name>`` (``callbacks``, ``logger``) that builds no Lightning ``kind``: an
-    entry without ``_target_`` (a key added with ``+callbacks.early.patience=3`` or
-    ``+logger.mine.project=x``, what ``~callbacks`` leaves of ``+debug=smoke``'s settings) or
-    a class of another kind. Lightning or lmlab failed on it after the data was prepared, with
-    a traceback."""
-    shown = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
-    return ConfigError(
-        f"{group}.{name}={spelled(shown)}: not a {kind.lower()}; allowed: a Lightning {kind} "
-        f"class, as {group}.{name}._target_=<its dotted path>, or {group}.{name}=null to "
-        "turn it off"
-    )
-
-
-def has_target(node: object) -> bool:
-    """Whether a config entry is built from a ``_target_``."""
-    return OmegaConf.is_dict(node) and "_target_" in node
-
-
-def callback_error(name: str, entry: DictConfig, cause: BaseException) -> ConfigError:
-    """A callback constructor's refusal (a ValueError, Lightning's
-    MisconfigurationException) as one line that names the fields its message names:
-    ``callbacks.checkpoint.every_n_train_steps=-1: Invalid value for ... Must be >= 0``."""
-    text = first_line(cause)
-    keys = [
-        str(key)
-        for key in entry
-        if not str(key).startswith("_") and re.search(rf"\b{re.escape(str(key))}\b", text)
-    ]
-    for key in keys:  # a message that starts with the field itself: said once
-        text = re.sub(rf"^{re.escape(key)}=[^:]*: ", "", text)
-    named = " ".join(f"callbacks.{name}.{key}={spelled(entry[key])}" for key in keys)
-    return ConfigError(f"{named or f'callbacks.{name}'}: {text}")
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """``cfg.callbacks``' entries (``callbacks.<name>=null`` turns one off). A value a
-    callback refuses (its ConfigError, a ValueError or Lightning's MisconfigurationException:
-    ``callback_error``) or cannot take (a TypeError: a key it does not have), and a
-    ``_target_`` that does not import, are one ConfigError, not Hydra's wrapping of it."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    callbacks = []
-    for name, entry in (cfg.get("callbacks") or {}).items():
-        if entry is None:
-            continue
-        try:
-            callback = instantiate(entry)
-        except InstantiationException as err:
-            cause = err.__cause__
-            if isinstance(cause, ConfigError):
-                raise cause from None
-            if isinstance(cause, ValueError | MisconfigurationException):
-                raise callback_error(name, entry, cause) from err
-            if isinstance(cause, TypeError):
-                raise ConfigError(f"callbacks.{name}: {cause}") from err
-            if isinstance(cause, ImportError):  # Hydra's, naming the module it could not load
-                origin = cause.__cause__ or cause
-                raise ConfigError(
-                    f"callbacks.{name}._target_={entry.get('_target_')!r} cannot be imported "
-                    f"({type(origin).__name__}: {str(origin).strip()}): a class's dotted path "
-                    "on the Python path, or callbacks." + name + "=null"
-                ) from err
-            raise
-        if not isinstance(callback, L.Callback):
-            raise not_built("callbacks", name, entry)
-        callbacks.append(callback)
-    return callbacks

@@ -11,7 +11,7 @@ import lightning as L
 
 from lmlab.config import MAX_GEN_TOKS
 from lmlab.errors import first_line
-from lmlab.files import CHECKPOINTS
+from lmlab.files import CHAT_SETTINGS, CHECKPOINTS
 from lmlab.infer import task_folders
 from lmlab.train.callbacks.extras import eager, finishing, forward_here, optional, stop_check
 from lmlab.train.callbacks.throughput import untimed
@@ -50,8 +50,19 @@ class EvalTasks(L.Callback):
         batch_size: int = 16,
         bootstrap_iters: int = 1000,
         max_gen_toks: int = MAX_GEN_TOKS,
+        apply_chat_template: bool = False,
+        chat_template: str | None = None,
+        fewshot_as_multiturn: bool = True,
+        system_instruction: str | None = None,
     ) -> None:
         self.tasks = [str(t) for t in (tasks or [])]
+        # the chat format (``harness.ChatFormat``'s arguments; checked before training that
+        # the model declares the template), None for plain prompts
+        self.chat = (
+            (chat_template or True, fewshot_as_multiturn, system_instruction)
+            if apply_chat_template
+            else None
+        )
         # the user's task folder as the command's working directory names it (checked with
         # the config, before training: ``preflight.check_evals``)
         self.folders = task_folders.folders_of(include_path)
@@ -61,6 +72,9 @@ class EvalTasks(L.Callback):
         self.metrics: dict[str, float] = {}
         self.n_samples: dict[str, Any] = {}  # task -> the harness's item counts for metrics
         self.n_shot: dict[str, Any] = {}  # task -> the few-shot examples per item it used
+        # how the last evals formatted their prompts (the harness's ``CHAT_SETTINGS``, as an
+        # eval record holds them): results.json's ``eval_prompts``, which ``compare`` reads
+        self.prompts: dict[str, Any] = {}
         self.failures: list[dict[str, Any]] = []  # {"step", "tasks", "error"} (``failure``)
         self.last_step = -1
 
@@ -160,6 +174,8 @@ class EvalTasks(L.Callback):
             self.metrics = metrics
             self.n_samples = dict((results or {}).get("n-samples", {}))
             self.n_shot = dict((results or {}).get("n-shot", {}))
+            config = (results or {}).get("config") or {}
+            self.prompts = {k: config.get(k) for k in CHAT_SETTINGS}  # as a record holds them
             if trainer.is_global_zero and metrics:
                 shown = {k: round(v, 4) for k, v in metrics.items() if "_stderr" not in k}
                 log.info("evals at step %d: %s", trainer.global_step, shown)
@@ -180,6 +196,12 @@ class EvalTasks(L.Callback):
         limit = f" limit={self.limit}" if self.limit else ""
         if self.max_gen_toks != MAX_GEN_TOKS:
             limit += f" max_gen_toks={self.max_gen_toks}"
+        if self.chat:
+            template, multiturn, system = self.chat
+            limit += " apply_chat_template=true"
+            limit += f" chat_template={template}" if template is not True else ""
+            limit += "" if multiturn else " fewshot_as_multiturn=false"
+            limit += f" 'system_instruction={system}'" if system else ""
         return (
             f"training has ended; python src/evaluate.py ckpt={ckpt} "
             f"tasks={','.join(self.tasks)}{limit} scores its last checkpoint"
@@ -217,8 +239,15 @@ class EvalTasks(L.Callback):
                     should_stop=stop,
                     length_option="eval.max_gen_toks",
                 )
+                chat = harness.ChatFormat(*self.chat) if self.chat else None
                 results = harness.run_tasks(
-                    lm, self.tasks, self.limit, None, self.bootstrap_iters, folders=self.folders
+                    lm,
+                    self.tasks,
+                    self.limit,
+                    None,
+                    self.bootstrap_iters,
+                    folders=self.folders,
+                    chat=chat,
                 )
         finally:
             model.train(was_training)
