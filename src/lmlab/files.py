@@ -45,9 +45,6 @@ SHARDED_META = "meta.pt"
 HF_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"  # its generation defaults (to_hf writes it back)
 EVAL_RECORDS = "eval"  # lmlab evaluate's records of the run's checkpoints (infer.harness)
-# What an evaluation in a chat template records beside lm-eval's own settings (each task's
-# ``lm_eval`` in a record; infer.harness.ChatFormat writes them, analysis reads them).
-CHAT_SETTINGS = ("apply_chat_template", "fewshot_as_multiturn", "system_instruction")
 # Hydra's record of a sweep's invocation, in the sweep's folder: what marks a sweep's folder.
 SWEEP_RECORD = "multirun.yaml"
 # Hydra's record of a run's launch, in its ``.hydra/`` (``hydra.output_subdir``): the composed

@@ -517,3 +517,17 @@ def test_evals_during_training_in_the_chat_template_are_compared_by_their_format
     same = chat(system="Be brief.")
     write_record(root / "1", MAX_STEPS, 0.50, digest=None, items=20, shots=0, chat=same)
     assert format_warnings(root) == []
+
+
+def test_runs_that_differ_only_in_how_they_were_evaluated_are_warned_of(
+    tmp_path: Path,
+) -> None:
+    """A sweep over an eval setting alone (``-m eval.apply_chat_template=true,false``: eval
+    settings are no knobs) gives two runs of one variant and seed, the second counted as a
+    copy: ranked by the task's metric, the summary still says their formats differ (the copy
+    was left out of the check, and the plain score dropped without a word)."""
+    root = make_multirun(tmp_path / "multirun", JOBS[:1] + JOBS[:1])
+    for job, prompts in ((root / "0", chat()), (root / "1", chat(template=False))):
+        update_results(job, eval_n_shot={TASK: 0}, eval_prompts=prompts, **{ACC: 0.40})
+    (warning,) = format_warnings(root)
+    assert "(chat template: all runs; plain prompts: all runs)" in warning

@@ -22,9 +22,11 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from lmlab.analysis import multirun as mrun  # noqa: E402
-from lmlab.analysis.run_files import PLAIN_PROMPTS, prompt_format  # noqa: E402
 from lmlab.analysis.runs import load_runs  # noqa: E402
+from lmlab.cli.args import parse  # noqa: E402
+from lmlab.cli.generate import GenerateConfig, published_sampling  # noqa: E402
 from lmlab.cli.generate import main as generate_main  # noqa: E402
+from lmlab.config.prompts import PLAIN_PROMPTS, prompt_format  # noqa: E402
 from lmlab.data.tokenizer import EOS, Specials, train_bpe  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
 from lmlab.infer.declared import DECLARED  # noqa: E402
@@ -261,6 +263,9 @@ def test_a_run_started_from_a_conversion_keeps_what_it_declares(
     assert "eval.apply_chat_template=true: the model it trains declares no chat template" in (
         capsys.readouterr().err
     )
+    named = [*alone, f"init_from={ckpt}", "data.tokenizer=checkpoint", "eval.chat_template=x"]
+    assert run_command("train", *named) == 2
+    assert "not several by name: eval.chat_template='x' names none" in capsys.readouterr().err
     trained = run / "checkpoints" / "last.ckpt"
     record, source = torch.load(trained, weights_only=True)[DECLARED], torch.load(ckpt)[DECLARED]
     ends = [
@@ -430,12 +435,13 @@ def refolded(folder: Path, **tokenizer: object) -> object:
 
 
 def test_a_template_among_several_is_chosen_by_name(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     """A model with templates by name: evaluation renders the ``default`` one, or the one
     ``chat_template=`` names, as transformers renders that name on the original folder
-    (evaluation refused every request: it looked the template's text up as a name); a name
-    it lacks, or ``chat_template=`` without the chat, is refused in one line."""
+    (evaluation refused every request: it looked the template's text up as a name; then,
+    through the harness, rendered the default whatever the name); a name it lacks, or
+    ``chat_template=`` without the chat, is refused in one line."""
     folder, _, _ = instruct_folder(tmp_path, SMOLLM2)
     templates = {"default": TEMPLATE, "tool_use": TOOL_TEMPLATE}
     hf_tok = refolded(folder, chat_template=templates)
@@ -450,7 +456,12 @@ def test_a_template_among_several_is_chosen_by_name(
     args = [f"ckpt={ckpt}", "tasks=stdlib_cloze", "limit=2", "bootstrap_iters=0", "wandb=false"]
     out = tmp_path / "tool.json"
     chat = ["apply_chat_template=true", "chat_template=tool_use", f"out={out}"]
+    rendered = []
+    render = LmlabLM.apply_chat_template
+    spy = lambda self, *a, **k: rendered.append(render(self, *a, **k)) or rendered[-1]  # noqa: E731
+    monkeypatch.setattr(LmlabLM, "apply_chat_template", spy)
     assert run_command("evaluate", *args, *chat) == 0
+    assert rendered and all(text.startswith("[user] ") for text in rendered), rendered[:1]
     tasks = json.loads(out.read_text())["tasks"]
     assert tasks["stdlib_cloze"]["lm_eval"]["apply_chat_template"] == "tool_use"
     capsys.readouterr()
@@ -486,12 +497,14 @@ def test_a_template_reads_the_bos_its_tokenizer_declares(tmp_path: Path) -> None
 
 
 def test_generate_samples_as_the_generation_config_publishes(
-    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str], caplog
+    tmp_path: Path, run_command, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A converted model whose generation config publishes its sampling (here top_k 1: the
     most likely token, whatever the temperature) samples so where the command line sets none
     of it, as vLLM takes a model's defaults: ``lmlab generate`` writes transformers' greedy
-    text (it sampled at its own temperature 0.8 and top_k 50). The command line's win."""
+    text (it sampled at its own temperature 0.8 and top_k 50), and says so on stderr. The
+    command line's win; transformers' top_k of 0 is every token; ``temperature=0`` is
+    greedy, whatever the model publishes."""
     folder, model, hf_tok = instruct_folder(tmp_path, SMOLLM2)
     published = json.loads((folder / "generation_config.json").read_text())
     published |= {"do_sample": True, "top_k": 1, "temperature": 0.9}
@@ -502,11 +515,19 @@ def test_generate_samples_as_the_generation_config_publishes(
         greedy = model.generate(ids, do_sample=False, max_new_tokens=N_NEW)[0, ids.shape[1] :]
     args = [f"ckpt={ckpt}", f"prompt={PROMPT}", f"max_new_tokens={N_NEW}", "seed=3"]
     capsys.readouterr()
-    with caplog.at_level(logging.INFO, logger="lmlab.cli.generate"):
-        assert run_command("generate", *args) == 0
+    assert run_command("generate", *args) == 0
     text = PROMPT + hf_tok.decode(greedy.tolist(), skip_special_tokens=True)
-    assert capsys.readouterr().out == text + "\n"
-    assert "generation config publishes it: temperature=0.9, top_k=1" in caplog.text
+    out = capsys.readouterr()
+    assert out.out == text + "\n"
+    assert "generation config publishes it: temperature=0.9, top_k=1 (temperature=" in out.err
+    cfg = parse(GenerateConfig, [f"ckpt={ckpt}"])
+    every = published_sampling(cfg, {"top_k": 0, "top_p": 0.9}, {}, 405)
+    assert (every.top_k, every.top_p) == (405, 0.9)
+    assert "top_k=0 (every token), top_p=0.9" in capsys.readouterr().err
+    greedy_cfg = parse(GenerateConfig, [f"ckpt={ckpt}", "temperature=0"])
+    asked = {"temperature": "0"}
+    assert published_sampling(greedy_cfg, published, asked, 405) == greedy_cfg
+    assert capsys.readouterr().err == ""
     assert run_command("generate", *args, "top_k=50", "temperature=5") == 0
     assert capsys.readouterr().out != text + "\n"  # at temperature 5 over 50 tokens
     assert run_command("generate", *args, "top_p=0") == 2  # the command line's checked

@@ -630,6 +630,16 @@ def test_eval_record_keeps_the_settings_each_task_ran_with(
         "b: replaces its earlier result (20 items) with this one (5 items; limit=5 (was 20))",
         "b: replaces its earlier result (5 items) with this one (5 items; n_shot=2 (was 0))",
     ]
+    caplog.clear()  # in the chat template: said as the prompts it makes, not its settings
+    chat = {"apply_chat_template": True, "fewshot_as_multiturn": True, "system_instruction": None}
+    for template in (True, "default"):  # the default template, named or not: the same prompts
+        shots["config"] |= chat | {"apply_chat_template": template}
+        with caplog.at_level(logging.WARNING, logger="lmlab.infer.eval_records"):
+            eval_records.write_record(path, eval_records.eval_record(shots, ckpt, None))
+    assert caplog.messages == [
+        "b: replaces its earlier result (5 items) with this one (5 items; prompts=chat "
+        "template, shots as turns (was plain prompts))"
+    ]
     eval_records.write_record(path, again)  # put back: the rest of the test reads it
     record = json.loads(path.read_text())
     assert "lm_eval" not in record  # a record-wide block would misstate a task's settings

@@ -438,3 +438,48 @@ def test_a_runs_evals_take_tasks_from_ones_own_folder(
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["eval/my_nextline/acc"] == results[ACC] is not None
+
+
+def test_the_command_that_scores_a_cut_last_step_again_is_one_a_shell_reads(
+    tmp_path: Path,
+) -> None:
+    """The last step's evals cut short name the ``lmlab evaluate`` command that scores its
+    checkpoint with the same settings, each word quoted as a shell needs it (a system
+    instruction with an apostrophe broke the line), the task folder included (it was left
+    out)."""
+    import shlex
+    from types import SimpleNamespace
+
+    from lmlab.train.callbacks import EvalTasks
+
+    folder = tmp_path / "my tasks"
+    evals = EvalTasks(
+        tasks=["stdlib_cloze", "mine"],
+        include_path=str(folder),
+        limit=4,
+        apply_chat_template=True,
+        chat_template="tool_use",
+        fewshot_as_multiturn=False,
+        system_instruction="You're terse.",
+    )
+    ckpt = tmp_path / "a run" / "last.ckpt"
+    trainer = SimpleNamespace(
+        global_step=6,
+        max_steps=6,
+        checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt)),
+        default_root_dir=str(tmp_path),
+    )
+    said = evals.redo(trainer)
+    command = said.removeprefix("training has ended; ").removesuffix(" scores its last checkpoint")
+    assert shlex.split(command) == [
+        "python",
+        "src/evaluate.py",
+        f"ckpt={ckpt}",
+        "tasks=stdlib_cloze,mine",
+        f"include_path={folder}",
+        "limit=4",
+        "apply_chat_template=true",
+        "chat_template=tool_use",
+        "fewshot_as_multiturn=false",
+        "system_instruction=You're terse.",
+    ]

@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lmlab.analysis.run_files import PLAIN_PROMPTS, canonical, count, item_count, prompt_format
+from lmlab.analysis.run_files import canonical, count, item_count
 from lmlab.analysis.runs import Run, RunDirError
+from lmlab.config.prompts import PLAIN_PROMPTS, prompt_format
 from lmlab.files import RESULTS
 
 # results.json keys that are not metrics.
@@ -295,7 +296,7 @@ def eval_shots(run: Run, metric: str) -> int | None:
 
 def eval_format(run: Run, metric: str) -> str | None:
     """How the prompts of the run's value of the eval metric ``metric`` were formatted
-    (``run_files.prompt_format``), from where :func:`run_value` takes the value: ``lmlab
+    (``lmlab.config.prompts.prompt_format``), from where :func:`run_value` takes the value: ``lmlab
     evaluate``'s record, or results.json's ``eval_prompts`` (the evals during training; plain
     prompts in a run from before it was recorded); None where not an eval metric."""
     task = eval_task(metric)

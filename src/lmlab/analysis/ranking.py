@@ -232,7 +232,10 @@ def summarize(
             )
     lines += tokenizer_notes([run for row in rows for run in row.runs], metric)
     lines += example_notes([run for row in rows for run in row.runs], metric)
-    lines += item_notes([(row.label, run) for row in rows for run in row.runs], metric)
+    # a run folded in as a copy may differ in how it was evaluated (a sweep over eval.limit or
+    # eval.apply_chat_template: eval settings are no knobs): its items, shots and format count
+    scored = [(row.label, run) for row in rows for run in (*row.runs, *row.copies)]
+    lines += item_notes(scored, metric)
     lines += validation_notes([(row.label, run) for row in rows for run in row.runs], metric)
     lines += precision_notes([(row.label, run) for row in rows for run in row.runs], metric)
     lines += dropped_notes(rows, metric, root)

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config.local_paths import hydra_runtime
-from lmlab.files import CHAT_SETTINGS, EVAL_RECORDS, RUN_CONFIG
+from lmlab.config.prompts import prompt_format
+from lmlab.files import EVAL_RECORDS, RUN_CONFIG
 
 # metrics.csv columns that are the x axis, not metrics.
 CURVE_AXIS_COLUMNS = frozenset({"step", "epoch"})
@@ -118,8 +119,8 @@ def record_shots(record: dict[str, Any]) -> dict[str, int]:
 
 
 def _formats(record: dict[str, Any]) -> dict[str, str]:
-    """Per task of an eval record, how its prompts were formatted (:func:`prompt_format`),
-    from the settings the task's entry holds (an older record kept them once, at its top)."""
+    """Per task of an eval record, how its prompts were formatted (``prompt_format``), from
+    the settings the task's entry holds (an older record kept them once, at its top)."""
     tasks, once = record.get("tasks"), record.get("lm_eval")
     out = {}
     for task, entry in (tasks if isinstance(tasks, dict) else {}).items():
@@ -128,29 +129,6 @@ def _formats(record: dict[str, Any]) -> dict[str, str]:
             settings = settings if isinstance(settings, dict) else {}
             out[str(task)] = prompt_format(settings, count(entry.get("n_shot")))
     return out
-
-
-PLAIN_PROMPTS = "plain prompts"  # lm-eval's default
-
-
-def prompt_format(settings: dict[str, Any], shots: int | None = None) -> str:
-    """How an evaluation with these settings (``CHAT_SETTINGS``) formatted its prompts:
-    ``plain prompts`` (as every record from before lmlab evaluated in a chat template, which
-    holds none of them), else ``chat template`` (its name where the model declares several),
-    ``shots as turns`` where the ``shots`` few-shot examples were turns of their own (none or
-    unknown shots: said where set), and the system instruction (its first words)."""
-    template, multiturn, system = (settings.get(key) for key in CHAT_SETTINGS)
-    if not template:
-        return PLAIN_PROMPTS
-    named = template not in (True, "default")  # the one template, or its default
-    parts = ["chat template" + (f" {template!r}" if named else "")]
-    if multiturn and shots != 0:
-        parts.append("shots as turns")
-    if system:
-        text = str(system)
-        shown = repr(text) if len(text) <= 40 else f"{text[:37]!r}... ({len(text)} characters)"
-        parts.append(f"system instruction {shown}")
-    return ", ".join(parts)
 
 
 def count(value: Any) -> int | None:

@@ -76,7 +76,8 @@ class Run:
     """Per task of ``evals``, the few-shot examples each item was scored with (the record's
     ``n_shot``)."""
     eval_formats: dict[str, str] = field(default_factory=dict)
-    """Per task of ``evals``, how its prompts were formatted (``run_files.prompt_format``)."""
+    """Per task of ``evals``, how its prompts were formatted
+    (``lmlab.config.prompts.prompt_format``)."""
     skipped_evals: list[str] = field(default_factory=list)
     """Why each ``eval/step<N>.json`` that is not this run's was skipped (one line each)."""
     choices: dict[str, str] = field(default_factory=dict)

@@ -30,7 +30,6 @@ for a GPU.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,20 +118,22 @@ PUBLISHED_SAMPLING = ("temperature", "top_k", "top_p")
 
 
 def published_sampling(
-    cfg: GenerateConfig, generation: dict, given: dict[str, str]
+    cfg: GenerateConfig, generation: dict, given: dict[str, str], n_vocab: int
 ) -> GenerateConfig:
     """``cfg`` with the sampling a converted model's generation config publishes
     (``Declared.generation``: temperature, top_k, top_p), each where the command line
-    (``given``) sets none of that key, as vLLM takes a model's defaults (transformers' own
-    top_k of 0, every token, is the whole vocabulary's ``None`` here: left at generate's);
-    said in one line. A published value generate cannot take is refused in one line naming
-    the key that overrides it."""
+    (``given``) sets none of that key, as vLLM takes a model's defaults (transformers' top_k
+    of 0, every token, is all ``n_vocab`` here); said in one line on stderr. Nothing where the
+    command line asks for greedy decoding (``temperature=0``). A published value generate
+    cannot take is refused in one line naming the key that overrides it."""
+    if "temperature" in given and cfg.temperature == 0:
+        return cfg
     taken = {k: generation[k] for k in PUBLISHED_SAMPLING if k in generation and k not in given}
-    if taken.get("top_k") == 0:
-        del taken["top_k"]
     if not taken:
         return cfg
     said = ", ".join(f"{k}={v}" for k, v in taken.items())
+    if taken.get("top_k") == 0:
+        taken["top_k"], said = n_vocab, said.replace("top_k=0", "top_k=0 (every token)")
     try:
         merged = dataclasses.replace(cfg, **taken)
     except ConfigError as err:
@@ -140,10 +141,10 @@ def published_sampling(
             f"{err} (ckpt={cfg.ckpt}'s generation config publishes {said}; set "
             f"{', '.join(taken)} on the command line)"
         ) from None
-    logging.getLogger(__name__).info(
-        "sampling as the model's generation config publishes it: %s (%s= set them)",
-        said,
-        "=, ".join(PUBLISHED_SAMPLING),
+    keys = "=, ".join(PUBLISHED_SAMPLING)
+    print(
+        f"sampling as the model's generation config publishes it: {said} ({keys}= set them)",
+        file=sys.stderr,
     )
     return merged
 
@@ -172,7 +173,8 @@ def main(argv: list[str]) -> int | None:
     given = dict(arg.split("=", 1) for arg in argv)  # parse checked key=value
     check_options(task, given)
     if task == "generate":
-        cfg = published_sampling(cfg, pre.declared.generation, given)
+        n_vocab = pre.tokenizer.get_vocab_size()
+        cfg = published_sampling(cfg, pre.declared.generation, given, n_vocab)
     console = Console(highlight=False)
     gen = torch.Generator(device=pre.device).manual_seed(cfg.seed)
     text = cfg.text if cfg.text is not None else cfg.prompt

@@ -113,11 +113,11 @@ class Declared:
             out["generation"] = dict(self.generation)
         return out
 
-    def chat(self, asked: bool | str, where: str) -> str:
+    def chat(self, asked: bool | str, where: str, key: str = "chat_template") -> str:
         """The chat template lm-eval formats requests with (``apply_chat_template``), chosen
         as lm-eval's HFLM chooses: the one template; of templates by name, the one ``asked``
         names (``True``: ``default``). A ConfigError naming ``where`` where none is declared
-        or the name is not one of them."""
+        or the name is not one of them, and ``key``, the setting that names one."""
         template = self.chat_template
         if template is None:
             raise ConfigError(
@@ -129,14 +129,14 @@ class Declared:
             if asked is True or asked == "default":
                 return template
             raise ConfigError(
-                f"{where} declares one chat template, not several by name: chat_template="
-                f"{asked!r} names none; allowed: no chat_template= (the one)"
+                f"{where} declares one chat template, not several by name: {key}="
+                f"{asked!r} names none; allowed: no {key}= (the one)"
             )
         name = "default" if asked is True else str(asked)
         if name not in template:
             raise ConfigError(
                 f"{where} declares chat templates {sorted(template)}, none named {name!r}; "
-                f"allowed: chat_template= one of {', '.join(sorted(template))}"
+                f"allowed: {key}= one of {', '.join(sorted(template))}"
             )
         return template[name]
 

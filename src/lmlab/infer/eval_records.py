@@ -19,8 +19,9 @@ from typing import Any
 
 from lmlab.config.local_paths import source_name
 from lmlab.config.locks import lock_current
+from lmlab.config.prompts import CHAT_SETTINGS, prompt_format
 from lmlab.errors import ConfigError
-from lmlab.files import CHAT_SETTINGS, CHECKPOINTS, EVAL_RECORDS, write_text
+from lmlab.files import CHECKPOINTS, EVAL_RECORDS, write_text
 from lmlab.infer.harness import flat_metrics
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,12 @@ def replaced_results(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     def described(entry: dict[str, Any], fallback: Any) -> tuple[Any, dict[str, Any]]:
         items = (entry.get("n_samples") or {}).get("effective")
         settings = {**(entry.get("lm_eval") or fallback or {}), "n_shot": entry.get("n_shot")}
-        # the batch size changes a score at rounding only (batched equals unbatched)
-        return items, {k: settings.get(k) for k in (*RUN_SETTINGS, "n_shot") if k != "batch_size"}
+        # the batch size changes a score at rounding only (batched equals unbatched); the chat
+        # settings are compared as the prompts they make (a 0-shot task's turns are none)
+        kept = [k for k in RUN_SETTINGS if k != "batch_size" and k not in CHAT_SETTINGS]
+        described = {k: settings.get(k) for k in (*kept, "n_shot")}
+        prompts = prompt_format(settings, entry.get("n_shot"))
+        return items, described | {"prompts": prompts}
 
     lines = []
     for name, entry in new["tasks"].items():

@@ -34,11 +34,11 @@ import torch
 import yaml
 
 from lmlab.config import DataConfig, Family, ModelConfig, Source
+from lmlab.config.prompts import CHAT_SETTINGS
 from lmlab.data.hub import hub_reachable, offline_hub
 from lmlab.data.sources import load_documents
 from lmlab.data.splits import trained_documents
 from lmlab.errors import ConfigError, first_line
-from lmlab.files import CHAT_SETTINGS
 from lmlab.infer import task_folders
 from lmlab.infer.gen_kwargs import checked_gen_kwargs
 
@@ -407,6 +407,11 @@ def run_tasks(
     no_env_info = mock.patch.object(lm_eval.evaluator, "add_env_info", lambda results: None)
     no_git = mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None)
     offline = offline_hub(hub and not hub_reachable())
+    chat = chat or ChatFormat(template=False)
+    if chat.template and hasattr(lm, "chat_template"):
+        # the template a name chooses: lm-eval asks the model for it only with an evaluation
+        # tracker, which it is not given here (every request went out in the default one)
+        lm.chat_template(chat.template)
     with offline, quiet_harness(progress), kept_random_state(), no_env_info, no_git:
         try:
             results = simple_evaluate(
@@ -418,7 +423,7 @@ def run_tasks(
                 bootstrap_iters=bootstrap_iters,
                 batch_size=getattr(lm, "batch_size", None),  # recorded only: lm is built
                 log_samples=False,
-                **(chat := chat or ChatFormat(template=False)).harness_args(),
+                **chat.harness_args(),
             )
         except ValueError as err:  # the few-shot sampler's, for a pool smaller than asked
             if num_fewshot and "Sample larger than population" in str(err):

@@ -239,6 +239,7 @@ def check_evals(
     harness.check_generation(tasks, model_cfg, max_gen_toks, "eval.max_gen_toks", folders)
     if (cfg.get("eval") or {}).get("apply_chat_template"):
         name = cfg.eval.get("chat_template")
-        declared.chat(name or True, "eval.apply_chat_template=true: the model it trains")
+        where = "eval.apply_chat_template=true: the model it trains"
+        declared.chat(name or True, where, key="eval.chat_template")
     for line in harness.trained_items(tasks, data_cfg) if data_cfg else ():
         say_once(log, logging.WARNING, f"eval.tasks: {line}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import lightning as L
 
 from lmlab.config import MAX_GEN_TOKS
+from lmlab.config.prompts import CHAT_SETTINGS
 from lmlab.errors import first_line
-from lmlab.files import CHAT_SETTINGS, CHECKPOINTS
+from lmlab.files import CHECKPOINTS
 from lmlab.infer import task_folders
 from lmlab.train.callbacks.extras import eager, finishing, forward_here, optional, stop_check
 from lmlab.train.callbacks.throughput import untimed
@@ -193,19 +195,19 @@ class EvalTasks(L.Callback):
             return "the run is stopping (a resume evaluates them again)"
         saved = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
         ckpt = saved or Path(trainer.default_root_dir) / CHECKPOINTS / "last.ckpt"
-        limit = f" limit={self.limit}" if self.limit else ""
+        words = [f"ckpt={ckpt}", f"tasks={','.join(self.tasks)}"]
+        words += [f"include_path={folder}" for folder in self.folders]
+        words += [f"limit={self.limit}"] if self.limit else []
         if self.max_gen_toks != MAX_GEN_TOKS:
-            limit += f" max_gen_toks={self.max_gen_toks}"
+            words.append(f"max_gen_toks={self.max_gen_toks}")
         if self.chat:
             template, multiturn, system = self.chat
-            limit += " apply_chat_template=true"
-            limit += f" chat_template={template}" if template is not True else ""
-            limit += "" if multiturn else " fewshot_as_multiturn=false"
-            limit += f" 'system_instruction={system}'" if system else ""
-        return (
-            f"training has ended; python src/evaluate.py ckpt={ckpt} "
-            f"tasks={','.join(self.tasks)}{limit} scores its last checkpoint"
-        )
+            words.append("apply_chat_template=true")
+            words += [f"chat_template={template}"] if template is not True else []
+            words += [] if multiturn else ["fewshot_as_multiturn=false"]
+            words += [f"system_instruction={system}"] if system else []
+        command = " ".join(shlex.quote(word) for word in words)  # as a shell reads it
+        return f"training has ended; python src/evaluate.py {command} scores its last checkpoint"
 
     def run(
         self,
