@@ -67,8 +67,9 @@ class Declared:
         return cls(tuple(names), template, dict(roles), dict(generation))
 
     def checked(self, tok: Tokenizer, where: str) -> Declared:
-        """Itself, where every declared end is a token of ``tok`` (the checkpoint's
-        tokenizer); a ConfigError naming ``where`` otherwise."""
+        """Itself, where every declared end and role names a token of ``tok`` (the
+        checkpoint's tokenizer) and the generation config's ends are ids; a ConfigError
+        naming ``where`` otherwise."""
         names = [*self.eos_tokens, *self.roles.values()]
         unknown = list(dict.fromkeys(n for n in names if tok.token_to_id(n) is None))
         # an end past the tokenizer (a padded embedding's row) is kept: from_hf said so
