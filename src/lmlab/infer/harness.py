@@ -16,21 +16,14 @@ training command line starts as fast without evals as before.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
-import logging
-import os
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import numpy as np
-import torch
 import yaml
 
 from lmlab.config import DataConfig, Family, ModelConfig, Source
@@ -41,6 +34,7 @@ from lmlab.data.splits import trained_documents
 from lmlab.errors import ConfigError, first_line
 from lmlab.infer import task_folders
 from lmlab.infer.gen_kwargs import checked_gen_kwargs
+from lmlab.infer.harness_env import kept_random_state, quiet_harness
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DEFAULT_DATA = DataConfig()  # the corpus settings the shipped tasks are held out of
@@ -298,62 +292,6 @@ def check_fewshot(names: Sequence[str], num_fewshot: int | None) -> None:
                 f"num_fewshot={num_fewshot}: task {name!r} has {pool} few-shot examples; "
                 f"allowed: 0 to {pool}"
             )
-
-
-NOTICE_LOGGERS = ("lm_eval", "lm_eval.api.task", "lm_eval.evaluator", "lm_eval.api.model")
-
-
-class _DropNotices(logging.Filter):
-    """The harness's notices that say nothing about lmlab's use of it."""
-
-    NOTICES = ("Custom kwargs can be passed", "No chat template", "chat_template")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in record.getMessage() for n in self.NOTICES)
-
-
-@contextlib.contextmanager
-def quiet_harness(progress: bool = False) -> Iterator[None]:
-    """lm-eval at WARNING (its INFO lines would fill a training log) and without its notices;
-    without ``progress``, its progress bars and prints (to stderr and stdout) are dropped
-    (logging's handlers keep their streams). Bootstrapped standard errors are computed in
-    this process: a pool of worker processes inside a training run is not worth starting."""
-    harness_log = logging.getLogger("lm_eval")
-    level, notices = harness_log.level, _DropNotices()
-    harness_log.setLevel(logging.WARNING)
-    for name in NOTICE_LOGGERS:  # a logger's filter sees its own records only
-        logging.getLogger(name).addFilter(notices)
-    saved = os.environ.get("DISABLE_MULTIPROC")
-    os.environ["DISABLE_MULTIPROC"] = "1"
-    try:
-        with contextlib.ExitStack() as stack:
-            if not progress:
-                stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-            yield
-    finally:
-        harness_log.setLevel(level)
-        for name in NOTICE_LOGGERS:
-            logging.getLogger(name).removeFilter(notices)
-        if saved is None:
-            os.environ.pop("DISABLE_MULTIPROC", None)
-        else:
-            os.environ["DISABLE_MULTIPROC"] = saved
-
-
-@contextlib.contextmanager
-def kept_random_state() -> Iterator[None]:
-    """The harness seeds Python's, NumPy's and torch's global generators; inside a training
-    run they are put back afterwards, so a run with evals draws the same numbers as one
-    without (and resumes exactly)."""
-    py, np_state = random.getstate(), np.random.get_state()
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):  # the harness seeds the GPUs' generators too
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(np_state)
 
 
 @dataclass(frozen=True)
