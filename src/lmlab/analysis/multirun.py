@@ -304,9 +304,8 @@ def eval_format(run: Run, metric: str) -> str | None:
         return None
     if from_record(run, metric):
         return run.eval_formats.get(task, PLAIN_PROMPTS)
-    settings, shots = run.results.get("eval_prompts"), run.results.get("eval_n_shot")
-    shots = count(shots.get(task)) if isinstance(shots, dict) else None
-    return prompt_format(settings if isinstance(settings, dict) else {}, shots)
+    settings = run.results.get("eval_prompts")
+    return prompt_format(settings if isinstance(settings, dict) else {}, eval_shots(run, metric))
 
 
 def from_record(run: Run, metric: str) -> bool:

@@ -170,12 +170,11 @@ def encode_ordinary(tok: Tokenizer, texts: list[str]) -> list[Encoding]:
         tok.encode_special_tokens = before
 
 
-def prompt_ids(tok: Tokenizer, text: str, specials: Specials | None = None) -> list[int]:
+def prompt_ids(tok: Tokenizer, text: str) -> list[int]:
     """A decoder's input for the prompt ``text``, framed as ``pack`` frames a document: the
     tokenizer's BOS first where it adds one (Llama's ``<s>``, as its ``tok(text)``); an empty
-    prompt without BOS is the EOS a document follows (``specials``': a converted model's the
-    one it declares; default ``Specials.of``)."""
-    specials = specials or Specials.of(tok)
+    prompt without BOS is the EOS a document follows."""
+    specials = Specials.of(tok)
     ids = encode(tok, text)
     before, _ = specials.frame(tok, Family.gpt, "a document's start")
     if before:

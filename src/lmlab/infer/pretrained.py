@@ -125,10 +125,10 @@ class Pretrained:
         tokens; an empty prompt without BOS is what evaluation conditions an empty context on
         (``Declared.prefix_id``: a converted model's declared BOS, else its EOS; lmlab's: the
         EOS a document follows)."""
-        ids = prompt_ids(self.tokenizer, text, self.specials)
         if text or self.bos_id is not None:
-            return ids
-        return [self.declared.prefix_id(self.tokenizer, None, ids[0])]
+            return prompt_ids(self.tokenizer, text)
+        eos = self.specials.id(self.tokenizer, "eos", "an empty prompt")
+        return [self.declared.prefix_id(self.tokenizer, None, eos)]
 
 
 def bos_token_id(tokenizer: Tokenizer, family: Family) -> int | None:
