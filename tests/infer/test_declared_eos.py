@@ -46,6 +46,9 @@ N_NEW = 24
 # eos_token; generation_config.json's eos_token_id, by name)
 LLAMA3 = ("<|begin_of_text|>", "<|eot_id|>", ["<|end_of_text|>", "<|eot_id|>"])
 SMOLLM2 = (None, "<|im_end|>", ["<|im_end|>"])
+# a BOS under a name of its own, which the tokenizer puts before every text
+DEEPSEEK = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", ["<｜end▁of▁sentence｜>"])
+KINDS = {"llama3": LLAMA3, "smollm2": SMOLLM2, "deepseek": DEEPSEEK}
 # A chat template as an instruct model's tokenizer holds one (Jinja)
 TEMPLATE = (
     "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -107,7 +110,7 @@ def instruct_folder(root: Path, kind: tuple) -> tuple[Path, torch.nn.Module, obj
     return folder, model, hf_tok
 
 
-@pytest.mark.parametrize("kind", [LLAMA3, SMOLLM2], ids=["llama3", "smollm2"])
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS)
 def test_a_converted_instruct_model_stops_where_transformers_does(
     kind: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog
 ) -> None:
@@ -115,7 +118,9 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
     the folder: up to the declared EOS (it went on past it, to ``max_new_tokens``, stopping at
     lmlab's ``<|endoftext|>`` only). The conversion records the declared ends, the
     tokenizer's first, the chat template, the tokenizer's roles and the generation config,
-    and says that training ends documents otherwise."""
+    and says where generation stops and that training ends documents otherwise. The prompt
+    follows the BOS the tokenizer puts before a text, whatever its name (DeepSeek's was left
+    out: lmlab knew a BOS by name only)."""
     folder, model, hf_tok = instruct_folder(tmp_path, kind)
     bos, declared, ends = kind
     with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
@@ -125,8 +130,10 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
     assert (record["eos_tokens"], record["chat_template"]) == (eos_tokens, TEMPLATE)
     assert record["roles"] == {"eos_token": declared, **({"bos_token": bos} if bos else {})}
     assert record["generation"]["eos_token_id"] == model.generation_config.eos_token_id
+    stops = " or ".join(repr(n) for n in ends)
     said = f"the model ends its text at {declared!r}"
     assert said in caplog.text and f"training ends documents with {EOS!r}" in caplog.text
+    assert f"generation stops at {stops} (its generation config's ends)" in caplog.text
     ids = hf_tok(PROMPT, return_tensors="pt").input_ids
     with torch.no_grad():
         expected = model.generate(ids, do_sample=False, max_new_tokens=N_NEW)[0, ids.shape[1] :]
@@ -136,6 +143,7 @@ def test_a_converted_instruct_model_stops_where_transformers_does(
     assert capsys.readouterr().out == PROMPT + hf_tok.decode(new, skip_special_tokens=True) + "\n"
     pre = load(ckpt)
     assert pre.end_ids == model.generation_config.eos_token_id  # generate()'s
+    assert pre.prompt_ids(PROMPT) == ids[0].tolist()  # after the BOS, whatever its name
     # an empty prompt: the BOS, else the declared EOS (HFLM's prefix of an empty context)
     assert pre.prompt_ids("") == [hf_tok.convert_tokens_to_ids(bos or declared)]
 
@@ -175,14 +183,15 @@ def requests(kind: str, args: list[tuple]) -> list[Instance]:
     return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
 
 
-@pytest.mark.parametrize("kind", [LLAMA3, SMOLLM2], ids=["llama3", "smollm2"])
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS)
 def test_lmlab_evaluates_a_converted_instruct_model_as_hflm_does(
     kind: tuple, tmp_path: Path
 ) -> None:
     """``LmlabLM`` on the conversion and lm-eval's ``HFLM`` on the folder end a text with the
     declared EOS (their ``eot_token_id``), condition an empty context and a rolling text on
     the same token (SmolLM2's: no BOS, so its EOS) and write the same answers, ended at the
-    declared EOS; with lmlab's ``<|endoftext|>`` the rolling scores and answers differed."""
+    declared EOS; with lmlab's ``<|endoftext|>`` the rolling scores and answers differed.
+    A context follows the BOS the tokenizer puts before a text, DeepSeek's too."""
     ours, theirs = both_models(tmp_path, kind)
     bos = kind[0]
     assert ours.eot_token_id == theirs.eot_token_id

@@ -34,6 +34,7 @@ from lmlab.config import (  # noqa: E402
 from lmlab.data.tokenizer import Specials, encode, train_bpe, train_char  # noqa: E402
 from lmlab.errors import ConfigError  # noqa: E402
 from lmlab.infer import fill  # noqa: E402
+from lmlab.infer.declared import Declared  # noqa: E402
 from lmlab.infer.generation import decode_loop, generate  # noqa: E402
 from lmlab.infer.hf.convert import choose_architecture, from_hf, to_hf  # noqa: E402
 from lmlab.infer.hf.tokenizer_io import (  # noqa: E402
@@ -740,7 +741,7 @@ def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
     def warned(tok: object) -> str:
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="lmlab.infer.hf.tokenizer_io"):
-            check_specials(tok, declared_eos(tok, None, "folder"))
+            check_specials(tok, Declared(tuple(declared_eos(tok, None, "folder"))))
         return caplog.text
 
     pad = declaring(["<|pad|>", "</s>", "a"], pad_token="<|pad|>", eos_token="</s>")
@@ -755,8 +756,10 @@ def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
     im_end = declaring(["<|im_end|>", "a"], eos_token="<|im_end|>")
     assert Specials.of(im_end.backend_tokenizer).eos is None
     assert (
-        "the model ends its text at '<|im_end|>', as it declares: generation and evaluation "
-        "stop there; training ends documents with an EOS, which this tokenizer lacks by name "
+        "the model ends its text at '<|im_end|>', as it declares: generation stops at "
+        "'<|im_end|>' (its declared ends and the EOS training ends documents with), evaluation "
+        "ends a text with '<|im_end|>' (its tokenizer's eos_token); training ends documents "
+        "with an EOS, which this tokenizer lacks by name "
         "(<|endoftext|>, </s>, <|end_of_text|>, <eos>), so training cannot pack its documents"
     ) in warned(im_end)
     eos = "<|endoftext|>"

@@ -34,6 +34,7 @@ N_BYTES = 256
 # The names each role has in the tokenizers lmlab reads: its own first, then Hugging Face's
 # (GPT-2, Llama 2 and 3, Mistral, BERT, T5). A role is looked up among a tokenizer's special
 # (added) tokens only, so an ordinary BPE token that happens to read "<s>" is never taken.
+# BOS has no names: it is the token the tokenizer puts before a text (``Specials.of``).
 ROLE_NAMES = {
     "eos": (EOS, "</s>", "<|end_of_text|>", "<eos>"),
     "pad": (PAD, "[PAD]"),
@@ -41,7 +42,6 @@ ROLE_NAMES = {
     "cls": (CLS, "[CLS]"),
     "sep": (SEP, "[SEP]"),
     "unk": (UNK, "[UNK]"),
-    "bos": ("<s>", "<|begin_of_text|>", "<bos>"),
 }
 SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
 
@@ -67,16 +67,19 @@ class Specials:
     def of(cls, tok: Tokenizer) -> Specials:
         """The roles of ``tok``'s special tokens, by name (``ROLE_NAMES``). A tokenizer without
         added special tokens (a character vocabulary saved before lmlab marked its specials) is
-        searched in its whole vocabulary."""
-        added = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-        added = added or set(tok.get_vocab())
+        searched in its whole vocabulary. BOS is the special token the tokenizer's
+        post-processor puts before a text, whatever its name (DeepSeek's
+        ``<｜begin▁of▁sentence｜>``), and none where it puts none (a tokenizer that declares
+        ``<s>`` and does not add it): lmlab frames a decoder's text as ``tok(text)`` does."""
+        special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        added = special or set(tok.get_vocab())
         roles = {
             role: next((n for n in names if n in added), None) for role, names in ROLE_NAMES.items()
         }
         numbered = sorted((int(m.group(1)), t) for t in added if (m := SENTINEL_RE.fullmatch(t)))
         sentinels = tuple(t for i, (k, t) in enumerate(numbered) if k == i)  # 0, 1, 2, ... only
-        if roles["bos"] and not starts_with(tok, roles["bos"]):
-            roles["bos"] = None  # it has <s> but does not add it: its tok(text) starts without
+        first = added_first(tok)  # not a token of another role: BERT's [CLS] comes first too
+        roles["bos"] = first if first in special - set(roles.values()) else None
         return cls(**roles, sentinels=sentinels)
 
     def id(self, tok: Tokenizer, role: str, use: str) -> int:
@@ -129,11 +132,13 @@ def document_end_id(tok: Tokenizer) -> int | None:
     return tok.token_to_id(name) if name is not None else None
 
 
-def starts_with(tok: Tokenizer, name: str) -> bool:
-    """Whether ``tok``'s post-processor puts the token ``name`` before a text, as a Llama
-    tokenizer puts ``<s>`` (transformers' ``tok(text)``, with ``add_bos_token``)."""
+def added_first(tok: Tokenizer) -> str | None:
+    """The token ``tok``'s post-processor puts before a text, as a Llama tokenizer puts
+    ``<s>`` (transformers' ``tok(text)``, with ``add_bos_token``); None where the text comes
+    first (lmlab's tokenizers, GPT-2's, T5's)."""
     ids = tok.encode("a").ids
-    return bool(ids) and ids[0] == tok.token_to_id(name)
+    plain = tok.encode("a", add_special_tokens=False).ids
+    return tok.id_to_token(ids[0]) if ids and ids[: len(plain)] != plain else None
 
 
 def spaces_are_tokens(tok: Tokenizer) -> bool:

@@ -150,7 +150,7 @@ def _from_hf(source: str) -> dict[str, Any]:
         )
         if declared.record():
             ckpt[DECLARED] = declared.record()
-        check_specials(tokenizer, eos_tokens)
+        check_specials(tokenizer, declared)
     else:
         log.warning(
             "from_hf=%s %s: generation will need tokenizer=<tokenizer.json>, and init_from a "

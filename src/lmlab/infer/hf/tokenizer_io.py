@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from lmlab.config import Family
 from lmlab.data.tokenizer import ROLE_NAMES, Specials, spaces_are_tokens
 from lmlab.errors import ConfigError, first_line
+from lmlab.infer.declared import NOTHING, Declared
 
 log = logging.getLogger(__name__)
 
@@ -138,35 +139,43 @@ def published_generation(generation_config: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k != "transformers_version" and k[0] != "_"}
 
 
-def check_specials(tokenizer: Any, eos_tokens: list[str] | None = None) -> None:
+def check_specials(tokenizer: Any, declared: Declared = NOTHING) -> None:
     """lmlab finds each role by name among the special tokens (``Specials.of``); warn where that
     differs from what the Hugging Face tokenizer declares, and where a declared token takes no
     role at all (a PAD named ``<|pad|>``: what needs one refuses the checkpoint). EOS is said
-    apart: generation and evaluation end at ``eos_tokens`` (``declared_eos``, which the
-    checkpoint records), while training ends its documents with the EOS found by name. BOS is
-    left out: it counts only where the tokenizer adds it (``Specials.of``)."""
-    found = Specials.of(tokenizer.backend_tokenizer)
+    apart: generation stops at the model's declared ends (``Declared.end_ids``) and
+    evaluation ends a text with its tokenizer's (``declared``, which the checkpoint records),
+    while training ends its documents with the EOS found by name. BOS is left out: it is the
+    token the tokenizer puts before a text, whatever its name (``Specials.of``)."""
+    backend = tokenizer.backend_tokenizer
+    found = Specials.of(backend)
     roles = ("pad", "mask", "cls", "sep", "unk")
     taken = {getattr(found, role) for role in ("eos", *roles)} - {None}
     for role in roles:
-        declared, ours = getattr(tokenizer, f"{role}_token", None), getattr(found, role)
-        if declared and ours not in (declared, None):
-            log.warning("the tokenizer's %s is %r; lmlab uses %r", role, declared, ours)
-        elif declared and ours is None and declared not in taken:
+        named, ours = getattr(tokenizer, f"{role}_token", None), getattr(found, role)
+        if named and ours not in (named, None):
+            log.warning("the tokenizer's %s is %r; lmlab uses %r", role, named, ours)
+        elif named and ours is None and named not in taken:
             log.warning(
                 "the tokenizer's %s is %r, a name lmlab does not give that role (it reads %s): "
                 "the checkpoint has no %s token, and what needs one refuses it",
                 role,
-                declared,
+                named,
                 ", ".join(ROLE_NAMES[role]),
                 role,
             )
-    eos_tokens = eos_tokens or []
-    if eos_tokens and eos_tokens != [found.eos]:
+    if declared.eos_tokens and list(declared.eos_tokens) != [found.eos]:
+        stops = [backend.id_to_token(i) for i in declared.end_ids(backend)]
         log.warning(
-            "the model ends its text at %s, as it declares: generation and evaluation stop "
-            "there; training ends documents with %s",
-            " or ".join(repr(n) for n in eos_tokens),
+            "the model ends its text at %s, as it declares: generation stops at %s (%s), "
+            "evaluation ends a text with %r (its tokenizer's eos_token); training ends "
+            "documents with %s",
+            " or ".join(repr(n) for n in declared.eos_tokens),
+            " or ".join(repr(n) for n in stops),
+            "its generation config's ends"
+            if declared.generation_ends()
+            else "its declared ends and the EOS training ends documents with",
+            declared.eos_tokens[0],
             f"{found.eos!r} (the EOS lmlab finds by name)"
             if found.eos
             else f"an EOS, which this tokenizer lacks by name ({', '.join(ROLE_NAMES['eos'])}), "
