@@ -82,6 +82,11 @@ def test_a_run_stopped_where_evals_were_due_resumes_with_each_eval_once(
             "eval.apply_chat_template=true",
         ),
         ("eval.chat_template=tool_use", "eval.chat_template='tool_use' is of the chat format"),
+        (
+            "eval.apply_chat_template=true",
+            r"eval.apply_chat_template=true formats the evals' requests, and eval.tasks is "
+            r"empty: allowed with eval.tasks=\[<task>, ...\]",
+        ),
     ],
 )
 def test_bad_eval_values_are_refused_before_any_work(override: str, message: str) -> None:

@@ -198,6 +198,11 @@ class EvalConfig:
                     f"eval.{name}={getattr(self, name)!r} is of the chat format; allowed with "
                     "eval.apply_chat_template=true"
                 )
+        if self.apply_chat_template and not self.tasks:
+            raise ConfigError(
+                "eval.apply_chat_template=true formats the evals' requests, and eval.tasks is "
+                "empty: allowed with eval.tasks=[<task>, ...] (or leave it false)"
+            )
         if self.every_n_steps < 0:
             raise ConfigError(
                 f"eval.every_n_steps={self.every_n_steps} must be >= 0 (0: at the last step only)"
