@@ -23,7 +23,7 @@ from lmlab.config.locks import hold_folder
 from lmlab.data import abandoned, packing
 from lmlab.data.datamodule import LMDataModule
 from lmlab.data.examples import file_version
-from lmlab.data.packing import pack, prepare
+from lmlab.data.packing import first_tokens, pack, prepare
 from lmlab.data.sampler import ResumableSampler
 from lmlab.data.sources import fingerprint, load_documents, stdlib_files
 from lmlab.data.splits import split_documents
@@ -212,6 +212,28 @@ def test_a_prompt_starts_as_a_packed_document_does() -> None:
     assert prompt_ids(tok, "") == [bos]
     packed = pack(["def"], tok, row_len=2)[0]["input_ids"][0]
     assert packed == prompt_ids(tok, "def")[:2]
+
+
+def test_a_bos_under_a_name_of_its_own_starts_documents_and_prompts() -> None:
+    """The token a tokenizer puts before a text is its BOS whatever its name (DeepSeek's
+    ``<｜begin▁of▁sentence｜>``), as Llama's ``<s>`` is: packed documents and prompts start
+    with it (lmlab knew a BOS by name only, and left this one out). Rows packed with it are
+    keyed apart from the rows an earlier lmlab packed without it (``first_tokens``); a
+    tokenizer without BOS keeps its rows' key."""
+    from tokenizers import processors
+
+    tok = train_char([TEXT])
+    name = "<｜begin▁of▁sentence｜>"
+    tok.add_special_tokens([name])
+    assert Specials.of(tok).bos is None and first_tokens(tok.to_str()) == []
+    bos = tok.token_to_id(name)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{name} $A", special_tokens=[(name, bos)]
+    )
+    assert Specials.of(tok).bos == name
+    assert prompt_ids(tok, "def") == [bos, *encode(tok, "def")]
+    assert pack(["def"], tok, row_len=2)[0]["input_ids"][0] == [bos, *encode(tok, "d")]
+    assert first_tokens(tok.to_str()) == [f"documents start with {name}"]
 
 
 def test_vocab_too_small_for_bytes_and_special_tokens() -> None:

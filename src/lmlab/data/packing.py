@@ -313,13 +313,23 @@ def discard(entry: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def first_tokens(tokenizer: str | None) -> list[str]:
+    """The rows' key's part for the BOS every document starts with, where the tokenizer (a
+    converted model's JSON) has one (``Specials.of``): rows packed before lmlab knew a BOS
+    under a name of its own (DeepSeek's, until 2026-12-07) start their documents without it,
+    and are not reused (a Llama tokenizer's are packed once more, the same). Empty without
+    one, so that the rows of lmlab's tokenizers and GPT-2's keep their keys."""
+    bos = Specials.of(Tokenizer.from_str(tokenizer)).bos if tokenizer else None
+    return [f"documents start with {bos}"] if bos else []
+
+
 def prepare(cfg: DataConfig, row_len: int, tokenizer: str | None = None) -> Path:
     """Build (or find) the tokenizer and packed rows for this corpus; return the blocks dir.
     ``tokenizer`` (a tokenizer's JSON) is the one ``data.tokenizer=checkpoint`` uses."""
     datasets.disable_progress_bars()
     cache = cache_root(cfg)
     tok_dir = tokenizer_entry(cfg, cache, tokenizer)
-    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len, PACKING)}"
+    blocks_dir = cache / f"blocks-{_key(tok_dir.name, row_len, PACKING, *first_tokens(tokenizer))}"
     if (blocks_dir / "meta.json").exists():
         return blocks_dir  # read only: a read-only cache that holds the rows serves them
     meta = {
