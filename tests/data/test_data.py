@@ -236,6 +236,64 @@ def test_a_bos_under_a_name_of_its_own_starts_documents_and_prompts() -> None:
     assert first_tokens(tok.to_str()) == [f"documents start with {name}"]
 
 
+def word_tokenizer(vocab: list[str], template: str | None, specials: list[str]) -> object:
+    """A tokenizer of ``vocab``'s characters, without an unknown token (a character it lacks is
+    left out), whose post-processor frames a text by ``template`` (``<s> $A``); ``specials``:
+    the tokens it marks special."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.BPE({v: i for i, v in enumerate(vocab)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(specials)
+    if template:
+        framing = [(t, vocab.index(t)) for t in template.split() if t != "$A"]
+        tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=framing)
+    return tok
+
+
+DNA = ["<s>", "</s>", "G", "A", "T", "C"]
+
+
+@pytest.mark.parametrize(
+    "template,specials,bos,eos",
+    [
+        ("<s> $A", ["<s>", "</s>"], "<s>", "</s>"),  # a vocabulary without "a" (DNA's)
+        ("<s> $A", [], "<s>", "</s>"),  # no token marked special: the vocabulary is read
+        ("</s> $A", ["<s>", "</s>"], "</s>", "</s>"),  # its EOS first too (OPT's)
+        ("<s> $A </s>", ["<s>", "</s>"], "<s>", "</s>"),
+        ("$A </s>", ["<s>", "</s>"], None, "</s>"),  # T5's
+        (None, ["<s>", "</s>"], None, "</s>"),  # declares <s>, puts none before a text
+    ],
+)
+def test_bos_is_the_token_a_tokenizer_puts_before_a_text(
+    template: str | None, specials: list[str], bos: str | None, eos: str
+) -> None:
+    """Whatever the tokenizer reads and whatever else the token is: a vocabulary that cannot
+    encode "a" or marks no token special lost its BOS, and an EOS put before a text was no
+    BOS (lmlab's prompts and documents then started otherwise than ``tok(text)``). A
+    document is packed as ``tok(text)`` and its end are."""
+    tok = word_tokenizer(DNA, template, specials)
+    assert (Specials.of(tok).bos, Specials.of(tok).eos) == (bos, eos)
+    text = "G A T"
+    expected = tok.encode(text).ids
+    if template and template.endswith("</s>"):
+        expected = expected[:-1]  # a prompt is a text's start: no end after it
+    assert prompt_ids(tok, text) == expected
+    assert pack([text], tok, row_len=4)[0]["input_ids"][0] == [*expected, DNA.index(eos)][:4]
+
+
+def test_bert_and_deepseek_tokenizers_take_their_roles_by_name() -> None:
+    """BERT's [CLS], which its tokenizer puts before a text, is no BOS; DeepSeek's
+    ``<｜end▁of▁sentence｜>`` is its EOS (a converted DeepSeek could not be trained on text:
+    "packing documents needs a eos token")."""
+    bert = word_tokenizer(["[CLS]", "[SEP]", "a"], "[CLS] $A [SEP]", ["[CLS]", "[SEP]"])
+    assert (Specials.of(bert).bos, Specials.of(bert).cls) == (None, "[CLS]")
+    names = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "a"]
+    deepseek = word_tokenizer(names, f"{names[0]} $A", names[:2])
+    assert (Specials.of(deepseek).bos, Specials.of(deepseek).eos) == tuple(names[:2])
+    assert pack(["a a"], deepseek, row_len=4)[0]["input_ids"][0] == [0, 2, 2, 1]
+
+
 def test_vocab_too_small_for_bytes_and_special_tokens() -> None:
     with pytest.raises(ConfigError, match=r"data.vocab_size=100 is too small.*at least 362"):
         train_bpe([TEXT], vocab_size=100)

@@ -757,10 +757,11 @@ def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
     assert Specials.of(im_end.backend_tokenizer).eos is None
     assert (
         "the model ends its text at '<|im_end|>', as it declares: generation stops at "
-        "'<|im_end|>' (its declared ends and the EOS training ends documents with), evaluation "
+        "'<|im_end|>' (its declared ends), evaluation "
         "ends a text with '<|im_end|>' (its tokenizer's eos_token); training ends documents "
         "with an EOS, which this tokenizer lacks by name "
-        "(<|endoftext|>, </s>, <|end_of_text|>, <eos>), so training cannot pack its documents"
+        "(<|endoftext|>, </s>, <|end_of_text|>, <eos>, <｜end▁of▁sentence｜>), so training "
+        "cannot pack its documents"
     ) in warned(im_end)
     eos = "<|endoftext|>"
     assert not warned(declaring([eos, "a"], eos_token=eos, bos_token=eos, unk_token=eos))

@@ -35,8 +35,9 @@ N_BYTES = 256
 # (GPT-2, Llama 2 and 3, Mistral, BERT, T5). A role is looked up among a tokenizer's special
 # (added) tokens only, so an ordinary BPE token that happens to read "<s>" is never taken.
 # BOS has no names: it is the token the tokenizer puts before a text (``Specials.of``).
+# DeepSeek's EOS is its own: ``<｜end▁of▁sentence｜>`` (fullwidth bars, U+2581 spaces).
 ROLE_NAMES = {
-    "eos": (EOS, "</s>", "<|end_of_text|>", "<eos>"),
+    "eos": (EOS, "</s>", "<|end_of_text|>", "<eos>", "<｜end▁of▁sentence｜>"),
     "pad": (PAD, "[PAD]"),
     "mask": (MASK, "[MASK]"),
     "cls": (CLS, "[CLS]"),
@@ -44,6 +45,8 @@ ROLE_NAMES = {
     "unk": (UNK, "[UNK]"),
 }
 SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+# How many of a vocabulary's tokens ``added_first`` tries, after "a", as a text to encode.
+PROBES = 64
 
 
 @dataclass(frozen=True)
@@ -67,19 +70,20 @@ class Specials:
     def of(cls, tok: Tokenizer) -> Specials:
         """The roles of ``tok``'s special tokens, by name (``ROLE_NAMES``). A tokenizer without
         added special tokens (a character vocabulary saved before lmlab marked its specials) is
-        searched in its whole vocabulary. BOS is the special token the tokenizer's
-        post-processor puts before a text, whatever its name (DeepSeek's
-        ``<｜begin▁of▁sentence｜>``), and none where it puts none (a tokenizer that declares
-        ``<s>`` and does not add it): lmlab frames a decoder's text as ``tok(text)`` does."""
-        special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-        added = special or set(tok.get_vocab())
+        searched in its whole vocabulary. BOS is the token the tokenizer's post-processor puts
+        before a text, whatever its name (DeepSeek's ``<｜begin▁of▁sentence｜>``) or other role
+        (a ``</s>`` that is EOS too), but BERT's [CLS]; none where it puts none (a tokenizer
+        that declares ``<s>`` and does not add it): lmlab frames a decoder's text as
+        ``tok(text)`` does."""
+        added = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        added = added or set(tok.get_vocab())
         roles = {
             role: next((n for n in names if n in added), None) for role, names in ROLE_NAMES.items()
         }
         numbered = sorted((int(m.group(1)), t) for t in added if (m := SENTINEL_RE.fullmatch(t)))
         sentinels = tuple(t for i, (k, t) in enumerate(numbered) if k == i)  # 0, 1, 2, ... only
-        first = added_first(tok)  # not a token of another role: BERT's [CLS] comes first too
-        roles["bos"] = first if first in special - set(roles.values()) else None
+        first = added_first(tok)  # BERT's [CLS] comes first too: a BOS only a decoder reads
+        roles["bos"] = first if first not in (roles["cls"], roles["sep"]) else None
         return cls(**roles, sentinels=sentinels)
 
     def id(self, tok: Tokenizer, role: str, use: str) -> int:
@@ -135,10 +139,14 @@ def document_end_id(tok: Tokenizer) -> int | None:
 def added_first(tok: Tokenizer) -> str | None:
     """The token ``tok``'s post-processor puts before a text, as a Llama tokenizer puts
     ``<s>`` (transformers' ``tok(text)``, with ``add_bos_token``); None where the text comes
-    first (lmlab's tokenizers, GPT-2's, T5's)."""
-    ids = tok.encode("a").ids
-    plain = tok.encode("a", add_special_tokens=False).ids
-    return tok.id_to_token(ids[0]) if ids and ids[: len(plain)] != plain else None
+    first (lmlab's tokenizers, GPT-2's, T5's). Read from a text the tokenizer encodes to one
+    token at least: "a", else one of its own tokens (a DNA vocabulary has no "a")."""
+    vocab = tok.get_vocab_size()
+    for text in ("a", *(tok.id_to_token(i) for i in range(min(vocab, PROBES)))):
+        encoded = tok.encode(text or "")
+        if 0 in encoded.sequence_ids:  # a token of the text: what comes before it is added
+            return tok.id_to_token(encoded.ids[0]) if encoded.sequence_ids[0] is None else None
+    return None
 
 
 def spaces_are_tokens(tok: Tokenizer) -> bool:
