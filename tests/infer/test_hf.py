@@ -758,7 +758,7 @@ def test_a_declared_special_token_lmlab_has_no_role_for_is_named(
     assert (
         "the model ends its text at '<|im_end|>', as it declares: generation stops at "
         "'<|im_end|>' (its declared ends), evaluation "
-        "ends a text with '<|im_end|>' (its tokenizer's eos_token); training ends documents "
+        "ends a text with '<|im_end|>' (the first it declares); training ends documents "
         "with an EOS, which this tokenizer lacks by name "
         "(<|endoftext|>, </s>, <|end_of_text|>, <eos>, <｜end▁of▁sentence｜>), so training "
         "cannot pack its documents"

@@ -32,8 +32,9 @@ SPECIAL_TOKENS = [EOS, PAD, MASK, CLS, SEP, UNK, *SENTINELS]
 N_BYTES = 256
 
 # The names each role has in the tokenizers lmlab reads: its own first, then Hugging Face's
-# (GPT-2, Llama 2 and 3, Mistral, BERT, T5). A role is looked up among a tokenizer's special
-# (added) tokens only, so an ordinary BPE token that happens to read "<s>" is never taken.
+# (GPT-2, Llama 2 and 3, Mistral, Gemma, DeepSeek, BERT, T5). A role is looked up among a
+# tokenizer's special (added) tokens only, so an ordinary BPE token that happens to read "<s>"
+# is never taken.
 # BOS has no names: it is the token the tokenizer puts before a text (``Specials.of``).
 # DeepSeek's EOS is its own: ``<｜end▁of▁sentence｜>`` (fullwidth bars, U+2581 spaces).
 ROLE_NAMES = {

@@ -168,7 +168,7 @@ def check_specials(tokenizer: Any, declared: Declared = NOTHING) -> None:
         stops = [backend.id_to_token(i) for i in declared.end_ids(backend)]
         log.warning(
             "the model ends its text at %s, as it declares: generation stops at %s (%s), "
-            "evaluation ends a text with %r (its tokenizer's eos_token); training ends "
+            "evaluation ends a text with %r (the first it declares); training ends "
             "documents with %s",
             " or ".join(repr(n) for n in declared.eos_tokens),
             " or ".join(repr(n) for n in stops),
