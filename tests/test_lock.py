@@ -1,5 +1,6 @@
 """constraints.txt, the lock that ``make install`` installs with: every dependency pinned, on
-every Python lmlab supports, within pyproject.toml's floors, torch left to TORCH_SPEC."""
+every Python lmlab supports, within pyproject.toml's floors, torch (and what its version
+decides) left to TORCH_SPEC."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from packaging.version import Version
 
 LOCK = Path(__file__).resolve().parents[1] / "constraints.txt"
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
-TORCH_BUILD = re.compile(r"^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)$")
+TORCH_BUILD = re.compile(r"^(torch|triton|setuptools|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)$")
 
 
 def _name(name: str) -> str:
@@ -75,6 +76,8 @@ def test_the_lock_pins_every_dependency_within_its_floor(python: str) -> None:
 
 
 def test_torch_and_its_cuda_packages_are_left_to_torch_spec() -> None:
-    """A pin on torch, triton or a CUDA wheel would fight `make install TORCH_SPEC=...`."""
+    """A pin on torch, triton, a CUDA wheel or setuptools, whose range torch sets, would fight
+    `make install TORCH_SPEC=...`: torch 2.11 needs setuptools below 82, and the lock held
+    84.2.1 (`make install TORCH_SPEC=torch==2.11.0` could not resolve)."""
     for python in PYTHONS:
         assert not [name for name in _pins(python) if TORCH_BUILD.match(name)]
