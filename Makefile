@@ -36,9 +36,10 @@ install: $(STAMP)  ## create .venv and install lmlab with its dev tools (once)
 
 # The newest versions pyproject.toml allows, for every Python from 3.10 on and every platform
 # (markers where they differ), with torch at TORCH_SPEC's version. torch and the CUDA packages
-# it pulls in (triton, nvidia-*, cuda-*) are left out: TORCH_SPEC chooses the build. Run the
+# it pulls in (triton, nvidia-*, cuda-*) are left out: TORCH_SPEC chooses the build. So is
+# setuptools, whose range torch sets (2.11: below 82; 2.13: 77.0.3 or later). Run the
 # whole suite (`make test-all`) on the new file before committing it.
-LOCK_DROP := ^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==
+LOCK_DROP := ^(torch|triton|setuptools|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==
 lock:  ## re-resolve constraints.txt to the newest versions pyproject.toml allows
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m uv --version > /dev/null 2>&1 || $(PY) -m pip install --quiet uv
@@ -46,7 +47,7 @@ lock:  ## re-resolve constraints.txt to the newest versions pyproject.toml allow
 	$(PY) -m uv pip compile --quiet pyproject.toml --extra dev --extra cluster --universal \
 	  --python-version 3.10 --no-annotate --no-header --override $(VENV)/lock-torch.txt -o $(VENV)/lock.txt
 	{ printf '%s\n' "# Written by \`make lock\` ($(TORCH_SPEC)); \`make install\` installs with it (-c)." \
-	  "# Every Python from 3.10 on; torch and its CUDA packages are TORCH_SPEC's."; \
+	  "# Every Python from 3.10 on; torch, its CUDA packages and setuptools are TORCH_SPEC's."; \
 	  grep -Ev '$(LOCK_DROP)' $(VENV)/lock.txt; } > constraints.txt
 
 train: $(STAMP)  ## train the embedded default (gpt_tiny on the stdlib corpus, CPU); ARGS=overrides
