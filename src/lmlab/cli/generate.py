@@ -128,12 +128,14 @@ def published_sampling(
     cannot take is refused in one line naming the key that overrides it."""
     if "temperature" in given and cfg.temperature == 0:
         return cfg
-    taken = {k: generation[k] for k in PUBLISHED_SAMPLING if k in generation and k not in given}
-    if not taken:
+    published = {k: generation[k] for k in PUBLISHED_SAMPLING if k in generation and k not in given}
+    if not published:
         return cfg
-    said = ", ".join(f"{k}={v}" for k, v in taken.items())
-    if taken.get("top_k") == 0:
-        taken["top_k"], said = n_vocab, said.replace("top_k=0", "top_k=0 (every token)")
+    said = ", ".join(
+        f"{k}={v}" + (" (every token)" if (k, v) == ("top_k", 0) else "")
+        for k, v in published.items()
+    )
+    taken = published | ({"top_k": n_vocab} if published.get("top_k") == 0 else {})
     try:
         merged = dataclasses.replace(cfg, **taken)
     except ConfigError as err:

@@ -172,11 +172,7 @@ def check_specials(tokenizer: Any, declared: Declared = NOTHING) -> None:
             "documents with %s",
             " or ".join(repr(n) for n in declared.eos_tokens),
             " or ".join(repr(n) for n in stops),
-            "its generation config's ends"
-            if declared.generation_ends()
-            else "its declared ends and the EOS training ends documents with"
-            if found.eos
-            else "its declared ends",
+            "its generation config's ends" if declared.generation_ends() else "its declared ends",
             declared.eos_tokens[0],
             f"{found.eos!r} (the EOS lmlab finds by name)"
             if found.eos
